@@ -1,0 +1,198 @@
+//! Frames to bytes and back.
+//!
+//! Encoding writes a MessagePack map with string keys (`rmp_serde::to_vec_named`).
+//! Decoding reads the `t` tag first, then the payload struct for that tag, so a
+//! frame with a tag from a newer peer decodes to the `Unknown` variant instead of
+//! failing, while a known tag with a broken payload is an error that names the tag.
+
+use serde::Deserialize;
+
+use crate::MAX_FRAME_LEN;
+use crate::frame::{ClientFrame, ServerFrame};
+
+/// Why bytes could not be decoded into a frame.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The frame is larger than [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not a MessagePack map with a string `t` entry.
+    #[error("not a frame (expected a MessagePack map with a string `t` entry): {source}")]
+    NotAFrame {
+        /// The parser's complaint.
+        source: rmp_serde::decode::Error,
+        /// The first bytes of the input, for the log.
+        head: Vec<u8>,
+    },
+    /// The tag is known but the payload does not fit it.
+    #[error("malformed `{tag}` frame: {source}")]
+    Malformed {
+        /// The frame's tag.
+        tag: String,
+        /// The parser's complaint.
+        source: rmp_serde::decode::Error,
+    },
+}
+
+/// A frame type of one direction: [`ClientFrame`] or [`ServerFrame`].
+pub trait Frame: Sized + serde::Serialize {
+    /// Decodes the payload for a known `tag`; `Ok(None)` for an unknown tag.
+    fn decode_tagged(tag: &str, bytes: &[u8]) -> Result<Option<Self>, rmp_serde::decode::Error>;
+
+    /// The value standing for a frame with an unknown tag.
+    fn unknown(tag: String) -> Self;
+}
+
+/// Encodes a frame as one MessagePack map.
+///
+/// # Panics
+///
+/// Never for frames of this crate: they contain only maps, strings, integers,
+/// booleans and byte strings, which MessagePack always encodes. An `Unknown`
+/// frame encodes as an empty map (it is never meant to be sent).
+pub fn encode<F: Frame>(frame: &F) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(frame, &mut out);
+    out
+}
+
+/// Encodes a frame, appending to `out`.
+pub fn encode_into<F: Frame>(frame: &F, out: &mut Vec<u8>) {
+    // Serialising into a Vec cannot fail for our types; an `Unknown` variant is
+    // skipped by serde and reported as an error, which we map to an empty map.
+    if rmp_serde::encode::write_named(out, frame).is_err() {
+        out.clear();
+        out.push(0x80);
+    }
+}
+
+/// Decodes one frame.
+pub fn decode<F: Frame>(bytes: &[u8]) -> Result<F, DecodeError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge { len: bytes.len(), limit: MAX_FRAME_LEN });
+    }
+    #[derive(Deserialize)]
+    struct Tag {
+        t: String,
+    }
+    let tag: Tag = rmp_serde::from_slice(bytes).map_err(|source| DecodeError::NotAFrame {
+        source,
+        head: bytes[..bytes.len().min(16)].to_vec(),
+    })?;
+    match F::decode_tagged(&tag.t, bytes) {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Ok(F::unknown(tag.t)),
+        Err(source) => Err(DecodeError::Malformed { tag: tag.t, source }),
+    }
+}
+
+macro_rules! tagged {
+    ($frame:ident { $($tag:literal => $variant:ident),* $(,)? }) => {
+        impl Frame for $frame {
+            fn decode_tagged(
+                tag: &str,
+                bytes: &[u8],
+            ) -> Result<Option<Self>, rmp_serde::decode::Error> {
+                Ok(Some(match tag {
+                    $($tag => $frame::$variant(rmp_serde::from_slice(bytes)?),)*
+                    _ => return Ok(None),
+                }))
+            }
+
+            fn unknown(tag: String) -> Self {
+                $frame::Unknown { tag }
+            }
+        }
+    };
+}
+
+tagged!(ClientFrame {
+    "hello" => Hello,
+    "data" => Data,
+    "eof" => Eof,
+    "window" => Window,
+    "response" => Response,
+    "signal" => Signal,
+    "error" => Error,
+});
+
+tagged!(ServerFrame {
+    "welcome" => Welcome,
+    "incompatible" => Incompatible,
+    "data" => Data,
+    "window" => Window,
+    "request" => Request,
+    "exit" => Exit,
+    "error" => Error,
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::*;
+
+    #[test]
+    fn unknown_tag_decodes_to_unknown() {
+        // {"t": "teleport", "x": 1}
+        let bytes = [0x82, 0xa1, b't', 0xa8, b't', b'e', b'l', b'e', b'p', b'o', b'r', b't', 0xa1, b'x', 0x01];
+        let frame: ServerFrame = decode(&bytes).unwrap();
+        assert_eq!(frame, ServerFrame::Unknown { tag: "teleport".into() });
+    }
+
+    #[test]
+    fn known_tag_with_bad_payload_is_malformed() {
+        // {"t": "exit", "status": "x"}
+        let mut bytes = vec![0x82, 0xa1, b't', 0xa4, b'e', b'x', b'i', b't'];
+        bytes.extend([0xa6, b's', b't', b'a', b't', b'u', b's', 0xa1, b'x']);
+        match decode::<ServerFrame>(&bytes) {
+            Err(DecodeError::Malformed { tag, .. }) => assert_eq!(tag, "exit"),
+            other => panic!("expected malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_not_panics() {
+        let good = encode(&ServerFrame::Data(Data {
+            sid: StreamId::STDOUT,
+            bytes: serde_bytes::ByteBuf::from(b"hello world".to_vec()),
+        }));
+        for cut in 0..good.len() {
+            assert!(decode::<ServerFrame>(&good[..cut]).is_err(), "prefix of {cut} bytes decoded");
+        }
+        for garbage in [&b""[..], b"\xc1", b"\xff\xff\xff", b"GET / HTTP/1.1\r\n", b"\x92\x01\x02"] {
+            assert!(decode::<ClientFrame>(garbage).is_err(), "{garbage:?} decoded");
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_parsing() {
+        let big = vec![0u8; MAX_FRAME_LEN + 1];
+        assert!(matches!(decode::<ClientFrame>(&big), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn unknown_error_code_is_kept() {
+        let frame = ServerFrame::Error(SessionError {
+            code: ErrorCode::Other("quota".into()),
+            message: "too many".into(),
+        });
+        assert_eq!(decode::<ServerFrame>(&encode(&frame)).unwrap(), frame);
+    }
+
+    #[test]
+    fn unknown_operation_keeps_request_id() {
+        // {"t":"request","id":7,"op":{"k":"warp"}}
+        let mut bytes = vec![0x83, 0xa1, b't', 0xa7];
+        bytes.extend(b"request");
+        bytes.extend([0xa2, b'i', b'd', 0x07, 0xa2, b'o', b'p', 0x81, 0xa1, b'k', 0xa4]);
+        bytes.extend(b"warp");
+        let frame: ServerFrame = decode(&bytes).unwrap();
+        assert_eq!(frame, ServerFrame::Request(Request { id: RequestId(7), op: Operation::Unknown }));
+    }
+}

@@ -1,0 +1,452 @@
+//! Frame types: [`ClientFrame`] (client → server) and [`ServerFrame`] (server → client).
+//!
+//! Every frame is a MessagePack map. Its `t` entry is the frame's permanent type
+//! tag (listed on each variant); the other entries are the fields of the
+//! variant's payload struct, by name. Optional fields are left out when absent,
+//! and receivers ignore entries they do not know, so fields can be added without
+//! a version bump. Tags are never reused: a retired tag stays retired.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::handshake::VersionRange;
+
+/// Identifies one request of a session. Chosen by the requester, unique among
+/// its requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub u64);
+
+/// Identifies one byte stream of a session. Ids 0, 1 and 2 are the client's
+/// stdin, stdout and stderr, like file descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamId(pub u32);
+
+impl StreamId {
+    /// The client's standard input (client → server).
+    pub const STDIN: StreamId = StreamId(0);
+    /// The client's standard output (server → client).
+    pub const STDOUT: StreamId = StreamId(1);
+    /// The client's standard error (server → client).
+    pub const STDERR: StreamId = StreamId(2);
+}
+
+/// Frames the client sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientFrame {
+    /// `hello`: the first frame of every session; nothing else may come before it.
+    Hello(Hello),
+    /// `data`: bytes on a client → server stream (e.g. piped stdin).
+    Data(Data),
+    /// `eof`: the client will send no more data on this stream.
+    Eof(Eof),
+    /// `window`: the client grants the server more credit on a server → client stream.
+    Window(WindowAdjust),
+    /// `response`: the answer to a server's [`Request`], matched by id.
+    Response(Response),
+    /// `signal`: something happened on the client's terminal (interrupt, resize).
+    Signal(Signal),
+    /// `error`: the client ends the session because of a fatal error.
+    Error(SessionError),
+    /// A frame whose tag this implementation does not know (from a newer peer).
+    /// Never encoded; receivers reject or ignore it.
+    #[serde(skip)]
+    Unknown {
+        /// The tag as received.
+        tag: String,
+    },
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// `welcome`: the handshake succeeded; the session is open.
+    Welcome(Welcome),
+    /// `incompatible`: the server speaks none of the client's versions; it closes next.
+    Incompatible(Incompatible),
+    /// `data`: bytes on a server → client stream (stdout, stderr).
+    Data(Data),
+    /// `window`: the server grants the client more credit on a client → server stream.
+    Window(WindowAdjust),
+    /// `request`: the server asks the client to perform an operation.
+    Request(Request),
+    /// `exit`: the command finished; the client exits with this status after
+    /// writing everything received before it.
+    Exit(Exit),
+    /// `error`: the server ends the session because of a fatal error.
+    Error(SessionError),
+    /// A frame whose tag this implementation does not know (from a newer peer).
+    /// Never encoded; receivers reject or ignore it.
+    #[serde(skip)]
+    Unknown {
+        /// The tag as received.
+        tag: String,
+    },
+}
+
+/// Name and version of a program (client or server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Software {
+    /// Program name, e.g. `terminalwire`.
+    pub name: String,
+    /// Program version, e.g. `0.1.0`.
+    pub version: String,
+}
+
+/// How the client was invoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Program {
+    /// The name the user typed: a launcher's name, or `terminalwire URL`.
+    pub name: String,
+    /// The arguments after the program name, for the app.
+    pub args: Vec<String>,
+}
+
+/// `hello`: the client introduces itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the client speaks.
+    pub versions: VersionRange,
+    /// The client program.
+    pub client: Software,
+    /// Operating system (`linux`, `macos`, `windows`, ...).
+    pub os: String,
+    /// Operating-system version, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// CPU architecture (`x86_64`, `aarch64`, ...).
+    pub arch: String,
+    /// The authority the client computed from the URL; it keys entitlements.
+    pub authority: String,
+    /// Program name and arguments.
+    pub program: Program,
+    /// Facts about the client's terminal and standard streams.
+    pub terminal: TerminalFacts,
+    /// Features the client supports (see `PROTOCOL.md`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Initial credit, in bytes, of each server → client stream.
+    pub window: u32,
+    /// Largest `data` payload the client accepts, in bytes.
+    pub max_chunk: u32,
+}
+
+/// Facts about the client's terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalFacts {
+    /// Standard input.
+    pub stdin: StreamFacts,
+    /// Standard output.
+    pub stdout: StreamFacts,
+    /// Standard error.
+    pub stderr: StreamFacts,
+    /// The `TERM` environment variable, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+}
+
+/// What one standard stream is connected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFacts {
+    /// The kind of file behind the stream.
+    pub kind: StreamKind,
+    /// Terminal size, for a terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<TerminalSize>,
+    /// Colours the stream supports (honours `NO_COLOR` and `CLICOLOR_FORCE`).
+    #[serde(default)]
+    pub color: ColorLevel,
+}
+
+/// The kind of file behind a standard stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// A terminal.
+    Tty,
+    /// A pipe or socket.
+    Pipe,
+    /// A regular file.
+    File,
+    /// `/dev/null` or a closed stream.
+    Null,
+    /// Anything else (or unknown).
+    #[serde(other)]
+    Other,
+}
+
+/// Colour support of a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColorLevel {
+    /// The 16 basic ANSI colours.
+    Ansi16,
+    /// 256 colours.
+    Ansi256,
+    /// 24-bit colour.
+    Truecolor,
+    /// No colour escapes (also what an unknown level decodes to).
+    #[default]
+    #[serde(other)]
+    None,
+}
+
+/// A terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+/// `welcome`: the server accepts the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version both sides now speak.
+    pub version: u16,
+    /// The server program.
+    pub server: Software,
+    /// Identifies the session (for logs, and later for resuming).
+    pub session_id: String,
+    /// Capabilities both sides support.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Initial credit, in bytes, of each client → server stream.
+    pub window: u32,
+    /// Largest `data` payload the server accepts, in bytes.
+    pub max_chunk: u32,
+}
+
+/// `incompatible`: no common protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incompatible {
+    /// The versions the server speaks.
+    pub versions: VersionRange,
+    /// A human-readable explanation for the user, e.g. how to upgrade.
+    pub message: String,
+}
+
+/// `data`: a chunk of a byte stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Data {
+    /// The stream.
+    pub sid: StreamId,
+    /// The bytes (MessagePack `bin`).
+    pub bytes: ByteBuf,
+}
+
+/// `eof`: end of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eof {
+    /// The stream.
+    pub sid: StreamId,
+}
+
+/// `window`: more flow-control credit on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowAdjust {
+    /// The stream.
+    pub sid: StreamId,
+    /// Bytes the receiver of this frame may now send in addition.
+    pub bytes: u32,
+}
+
+/// `exit`: the command's exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// The status the client exits with.
+    pub status: u8,
+}
+
+/// `error`: a fatal session error; the sender closes the connection next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// A human-readable message.
+    pub message: String,
+}
+
+/// `signal`: a terminal event on the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    /// Which event.
+    pub signal: SignalKind,
+    /// The new size, for `resize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<TerminalSize>,
+}
+
+/// Terminal events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// The user pressed Ctrl-C in cooked mode.
+    Interrupt,
+    /// The terminal window changed size.
+    Resize,
+    /// A signal this implementation does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `request`: the server asks the client to do something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the [`Response`].
+    pub id: RequestId,
+    /// What to do.
+    pub op: Operation,
+}
+
+/// Operations a server can request. Each has a permanent `k` tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Operation {
+    /// `stdin_read_line`: read one line from the client's standard input.
+    /// Answered with [`Reply::Line`].
+    StdinReadLine {
+        /// Shown before reading, on the client's stderr.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt: Option<String>,
+    },
+    /// An operation this implementation does not know; answered with an
+    /// `unsupported` error.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `response`: the outcome of a [`Request`]; exactly one of `ok` or `error` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: RequestId,
+    /// The result on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Reply>,
+    /// The failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<OpError>,
+}
+
+impl Response {
+    /// A successful response.
+    pub fn ok(id: RequestId, reply: Reply) -> Self {
+        Response { id, ok: Some(reply), error: None }
+    }
+
+    /// A failed response.
+    pub fn error(id: RequestId, error: OpError) -> Self {
+        Response { id, ok: None, error: Some(error) }
+    }
+}
+
+/// Successful results, tagged by shape with `k`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reply {
+    /// `unit`: done, nothing to return.
+    Unit,
+    /// `line`: a line of text without its line ending; absent at end of input.
+    Line {
+        /// The line, or none at end of input.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<String>,
+    },
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// A human-readable message.
+    pub message: String,
+}
+
+/// Error codes shared by operation errors and session errors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `denied`: the client's entitlements do not allow it.
+    Denied,
+    /// `not_found`: the target does not exist.
+    NotFound,
+    /// `io`: an operating-system error.
+    Io,
+    /// `invalid`: the request was malformed (bad path, bad argument).
+    Invalid,
+    /// `unsupported`: the peer does not implement this operation.
+    Unsupported,
+    /// `protocol`: the peer broke the protocol.
+    Protocol,
+    /// `incompatible`: no common protocol version.
+    Incompatible,
+    /// `shutdown`: the server is shutting down.
+    Shutdown,
+    /// `internal`: a bug or unexpected failure inside the sender.
+    Internal,
+    /// A code this implementation does not know, kept as received.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::Denied => "denied",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Io => "io",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::Incompatible => "incompatible",
+            ErrorCode::Shutdown => "shutdown",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(other) => other,
+        }
+    }
+
+    /// Parses the wire spelling; unknown codes become [`ErrorCode::Other`].
+    pub fn parse(code: &str) -> Self {
+        match code {
+            "denied" => ErrorCode::Denied,
+            "not_found" => ErrorCode::NotFound,
+            "io" => ErrorCode::Io,
+            "invalid" => ErrorCode::Invalid,
+            "unsupported" => ErrorCode::Unsupported,
+            "protocol" => ErrorCode::Protocol,
+            "incompatible" => ErrorCode::Incompatible,
+            "shutdown" => ErrorCode::Shutdown,
+            "internal" => ErrorCode::Internal,
+            other => ErrorCode::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(ErrorCode::parse(&code))
+    }
+}

@@ -1,0 +1,59 @@
+//! The terminalwire wire protocol, free of I/O.
+//!
+//! A terminalwire session is one WebSocket connection whose subprotocol is
+//! [`SUBPROTOCOL`]. Every binary WebSocket message carries exactly one frame:
+//! a MessagePack map with string keys whose `t` entry names the frame type.
+//! The client speaks [`ClientFrame`]s, the server [`ServerFrame`]s. This crate
+//! knows nothing of sockets or async runtimes: it turns frames into bytes and
+//! back, negotiates the version and keeps the flow-control books, so the client,
+//! the server SDK, tests and other-language implementations share one truth.
+//!
+//! The full wire specification, with golden vectors, is `PROTOCOL.md` beside this
+//! crate's `Cargo.toml`.
+//!
+//! # Layout
+//!
+//! - [`frame`]: the message types, one enum per direction, every variant documented.
+//! - [`codec`]: [`encode`](codec::encode) / [`decode`](codec::decode) between frames and
+//!   bytes, with typed errors and an "unknown" value for tags from newer peers.
+//! - [`handshake`]: version ranges and [`negotiate`](handshake::negotiate).
+//! - [`flow`]: credit-based flow control ([`SendCredit`](flow::SendCredit) for the
+//!   sender, [`ReceiveWindow`](flow::ReceiveWindow) for the receiver).
+//!
+//! # Example
+//!
+//! ```
+//! use terminalwire_protocol::{codec, ServerFrame, frame::Exit};
+//!
+//! let bytes = codec::encode(&ServerFrame::Exit(Exit { status: 3 }));
+//! let back: ServerFrame = codec::decode(&bytes).unwrap();
+//! assert_eq!(back, ServerFrame::Exit(Exit { status: 3 }));
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod flow;
+pub mod frame;
+pub mod handshake;
+
+pub use codec::{DecodeError, Frame};
+pub use frame::{ClientFrame, ErrorCode, RequestId, ServerFrame, StreamId};
+pub use handshake::{VersionRange, negotiate};
+
+/// The WebSocket subprotocol name of this protocol. The client offers it in
+/// `Sec-WebSocket-Protocol`; the server must echo it.
+pub const SUBPROTOCOL: &str = "terminalwire-rs.v1";
+
+/// The protocol versions this crate implements.
+pub const SUPPORTED_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
+
+/// Largest encoded frame a peer may send, in bytes. Receivers reject larger
+/// frames before decoding them.
+pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// Default largest payload of one `data` frame, in bytes.
+pub const DEFAULT_MAX_CHUNK: u32 = 64 * 1024;
+
+/// Default initial flow-control window of a stream, in bytes.
+pub const DEFAULT_WINDOW: u32 = 1024 * 1024;

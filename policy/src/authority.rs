@@ -1,0 +1,355 @@
+//! The authority of a server: the key under which the client keeps everything
+//! it knows about that server (entitlements, storage), and the server's origin.
+//!
+//! An authority is the lower-cased host (IDNA-encoded by the `url` crate, IPv6
+//! in brackets) plus `:port` when the port is not the scheme's default
+//! (80 for `ws`/`http`, 443 for `wss`/`https`). Because it names a directory
+//! under `~/.terminalwire/authorities/`, it must also be a safe single directory
+//! name; URLs whose authority would not be are refused.
+
+use std::fmt;
+use std::str::FromStr;
+
+use url::{Host, Url};
+
+/// The URL schemes a terminalwire server can be reached with.
+const SERVER_SCHEMES: [&str; 4] = ["ws", "wss", "http", "https"];
+
+/// A validated authority such as `example.com` or `example.com:3000`.
+///
+/// It is always a safe single directory name: not empty, no `/`, `\`, NUL or
+/// `..`, and it does not start with `.`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Authority(String);
+
+/// Why a URL or a typed string is not a usable authority.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthorityError {
+    /// The text is not a URL nor a `host[:port]` authority.
+    #[error("{input:?} is not a valid URL or authority: {reason}")]
+    Invalid {
+        /// The text as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The URL's scheme is not one a terminalwire server is reached with.
+    #[error("{url:?} has scheme {scheme:?}; expected ws, wss, http or https")]
+    UnsupportedScheme {
+        /// The URL.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// The URL has no host.
+    #[error("{url:?} has no host")]
+    NoHost {
+        /// The URL.
+        url: String,
+    },
+    /// The authority would not be a safe single directory name.
+    #[error("{authority:?} cannot be used as an authority: it is not a safe directory name")]
+    Unsafe {
+        /// The authority that was derived.
+        authority: String,
+    },
+}
+
+impl Authority {
+    /// The authority of a server URL (`ws`, `wss`, `http` or `https`).
+    ///
+    /// ```
+    /// # use terminalwire_policy::Authority;
+    /// let url = url::Url::parse("wss://Example.COM:443/terminal").unwrap();
+    /// assert_eq!(Authority::from_url(&url).unwrap().as_str(), "example.com");
+    /// ```
+    pub fn from_url(url: &Url) -> Result<Authority, AuthorityError> {
+        let scheme = url.scheme();
+        if !SERVER_SCHEMES.contains(&scheme) {
+            return Err(AuthorityError::UnsupportedScheme {
+                url: url.to_string(),
+                scheme: scheme.to_owned(),
+            });
+        }
+        let host = url.host().ok_or_else(|| AuthorityError::NoHost {
+            url: url.to_string(),
+        })?;
+        // For these special schemes `url` already drops a default port; the
+        // comparison keeps this correct whatever it does.
+        let port = url.port().filter(|&p| Some(p) != default_port(scheme));
+        Authority::from_parts(&host, port)
+    }
+
+    /// An authority typed by a user (`example.com:3000`, `[::1]:8080`) or a
+    /// server URL (anything containing `://`).
+    ///
+    /// A typed authority is taken literally after host normalisation: its port
+    /// is kept even when it is 80 or 443, since no scheme is known.
+    pub fn parse(input: &str) -> Result<Authority, AuthorityError> {
+        let invalid = |reason: &str| AuthorityError::Invalid {
+            input: input.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if input.contains("://") {
+            let url = Url::parse(input).map_err(|e| invalid(&e.to_string()))?;
+            return Authority::from_url(&url);
+        }
+        let (host, port) = if let Some(rest) = input.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or_else(|| invalid("unclosed '['"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| invalid("unexpected text after ']'"))?,
+                ),
+            };
+            (&input[..inside.len() + 2], port)
+        } else {
+            match input.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (input, None),
+            }
+        };
+        let port = port
+            .map(|p| {
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(invalid("the port is not a number"));
+                }
+                p.parse::<u16>()
+                    .map_err(|_| invalid("the port is out of range"))
+            })
+            .transpose()?;
+        if host.is_empty() {
+            return Err(invalid("empty host"));
+        }
+        let host = Host::parse(host).map_err(|e| invalid(&e.to_string()))?;
+        Authority::from_parts(&host, port)
+    }
+
+    /// The authority as text, e.g. `example.com:3000`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn from_parts<S: AsRef<str>>(
+        host: &Host<S>,
+        port: Option<u16>,
+    ) -> Result<Authority, AuthorityError> {
+        // `Host`'s Display puts IPv6 addresses in brackets.
+        let mut text = host.to_string().to_ascii_lowercase();
+        if let Some(port) = port {
+            text.push(':');
+            text.push_str(&port.to_string());
+        }
+        if is_safe_dir_name(&text) {
+            Ok(Authority(text))
+        } else {
+            Err(AuthorityError::Unsafe { authority: text })
+        }
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Authority {
+    type Err = AuthorityError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Authority::parse(s)
+    }
+}
+
+impl AsRef<str> for Authority {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The http(s) origin of a server URL, e.g. `https://example.com:3000`:
+/// `ws` becomes `http`, `wss` becomes `https`, and a default port is left out.
+/// This is the origin the server may always open in the browser.
+///
+/// ```
+/// # use terminalwire_policy::authority::origin;
+/// let url = url::Url::parse("wss://example.com/terminal").unwrap();
+/// assert_eq!(origin(&url).unwrap(), "https://example.com");
+/// ```
+pub fn origin(url: &Url) -> Result<String, AuthorityError> {
+    let scheme = match url.scheme() {
+        "ws" | "http" => "http",
+        "wss" | "https" => "https",
+        other => {
+            return Err(AuthorityError::UnsupportedScheme {
+                url: url.to_string(),
+                scheme: other.to_owned(),
+            });
+        }
+    };
+    let host = url.host().ok_or_else(|| AuthorityError::NoHost {
+        url: url.to_string(),
+    })?;
+    let mut text = format!("{scheme}://{host}");
+    if let Some(port) = url.port().filter(|&p| Some(p) != default_port(scheme)) {
+        text.push(':');
+        text.push_str(&port.to_string());
+    }
+    Ok(text)
+}
+
+/// The default port of a scheme the client knows.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "ws" | "http" => Some(80),
+        "wss" | "https" => Some(443),
+        _ => None,
+    }
+}
+
+/// True when `name` can be used as one directory name without escaping its parent.
+pub(crate) fn is_safe_dir_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(url: &str) -> Result<String, AuthorityError> {
+        Authority::from_url(&Url::parse(url).unwrap()).map(|a| a.to_string())
+    }
+
+    #[test]
+    fn default_ports_are_left_out() {
+        assert_eq!(from("ws://example.com/t").unwrap(), "example.com");
+        assert_eq!(from("ws://example.com:80/t").unwrap(), "example.com");
+        assert_eq!(from("wss://example.com:443/t").unwrap(), "example.com");
+        assert_eq!(from("http://example.com:80").unwrap(), "example.com");
+        assert_eq!(from("https://example.com:443").unwrap(), "example.com");
+    }
+
+    #[test]
+    fn other_ports_are_kept() {
+        assert_eq!(from("ws://example.com:3000/t").unwrap(), "example.com:3000");
+        assert_eq!(from("ws://example.com:443/t").unwrap(), "example.com:443");
+        assert_eq!(from("wss://example.com:80/t").unwrap(), "example.com:80");
+        assert_eq!(from("http://example.com:443").unwrap(), "example.com:443");
+        assert_eq!(
+            from("https://example.com:8443").unwrap(),
+            "example.com:8443"
+        );
+    }
+
+    #[test]
+    fn hosts_are_lower_cased_and_idna_encoded() {
+        assert_eq!(from("wss://EXAMPLE.Com/t").unwrap(), "example.com");
+        assert_eq!(
+            from("http://bücher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            from("http://BÜCHER.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+    }
+
+    #[test]
+    fn ip_addresses() {
+        assert_eq!(from("ws://[::1]:8080/t").unwrap(), "[::1]:8080");
+        assert_eq!(from("wss://[::1]/t").unwrap(), "[::1]");
+        assert_eq!(from("ws://127.0.0.1:3000").unwrap(), "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        assert!(matches!(
+            from("file:///etc/passwd"),
+            Err(AuthorityError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            from("file://host/etc/passwd"),
+            Err(AuthorityError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            from("mailto:a@example.com"),
+            Err(AuthorityError::UnsupportedScheme { .. })
+        ));
+        // Percent-encoded dots decode to a `..` host.
+        assert!(from("http://%2e%2e/").is_err());
+        assert!(from("http://../").is_err());
+        assert!(Authority::parse("ws://").is_err());
+    }
+
+    #[test]
+    fn typed_authorities() {
+        let a = Authority::parse("Example.com:3000").unwrap();
+        assert_eq!(a.as_str(), "example.com:3000");
+        assert_eq!(
+            Authority::parse("example.com").unwrap().as_str(),
+            "example.com"
+        );
+        assert_eq!(
+            Authority::parse("[::1]:8080").unwrap().as_str(),
+            "[::1]:8080"
+        );
+        assert_eq!(
+            Authority::parse("wss://example.com:3000/terminal").unwrap(),
+            a
+        );
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "example.com:",
+            "example.com:+1",
+            "example.com:99999",
+            "[::1",
+            "[::1]x",
+            "a..b",
+            ":3000",
+        ] {
+            assert!(Authority::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        let o = |u: &str| origin(&Url::parse(u).unwrap());
+        assert_eq!(o("ws://example.com:80/t").unwrap(), "http://example.com");
+        assert_eq!(o("wss://Example.com/t").unwrap(), "https://example.com");
+        assert_eq!(
+            o("ws://example.com:3000/t").unwrap(),
+            "http://example.com:3000"
+        );
+        assert_eq!(
+            o("wss://example.com:80/t").unwrap(),
+            "https://example.com:80"
+        );
+        assert_eq!(o("ws://[::1]:8080").unwrap(), "http://[::1]:8080");
+        assert!(o("file:///x").is_err());
+    }
+
+    #[test]
+    fn ordering_and_hash_are_by_text() {
+        let mut v = [
+            Authority::parse("b.example").unwrap(),
+            Authority::parse("a.example").unwrap(),
+        ];
+        v.sort();
+        assert_eq!(v[0].as_str(), "a.example");
+    }
+}

@@ -1,0 +1,1063 @@
+//! Decisions: may this authority read or write this path, read this
+//! environment variable, open this URL in the browser, set this mode?
+//!
+//! [`Entitlements`] is built once per session from the server URL, the
+//! [`Home`], the loaded [`Policy`] and the user's home; it resolves the
+//! protected areas and compiles the grants, then answers each request with an
+//! allow or a [`Denial`] that tells the user what to run to allow it.
+//!
+//! Order of the path rules (first match wins):
+//! 1. the client binary (and anything under it) is never granted;
+//! 2. the authority's own `storage/` is always granted (modes ≤ 0600 / 0700);
+//! 3. everything else under the home root is never granted: policy files,
+//!    `bin/`, other authorities' folders, this authority's folder, other
+//!    control files;
+//! 4. writing to a folder that contains the home root or the client binary
+//!    is never granted (it could delete or replace them);
+//! 5. path grants, matched against the resolved path.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use globset::{GlobSet, GlobSetBuilder};
+use url::Url;
+
+use crate::authority::{self, Authority, AuthorityError};
+use crate::grant::{Access, Action, BrowserTarget, EnvName, Mode, escape_glob};
+use crate::home::{HOME_ENV, Home, POLICY_FILE_NAME};
+use crate::path::{PathError, ResolvedPath, resolve, resolve_absolute};
+use crate::policy::Policy;
+
+/// URL schemes that are never suggested for a grant (they run code or read
+/// local files); they can still be granted by hand, by scheme.
+const DANGEROUS_SCHEMES: [&str; 6] = ["javascript", "vbscript", "file", "data", "blob", "about"];
+
+/// The kind of resource a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// A file or directory.
+    Path,
+    /// An environment variable.
+    Env,
+    /// A URL opened in the browser.
+    Browser,
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resource::Path => "path",
+            Resource::Env => "env",
+            Resource::Browser => "browser",
+        })
+    }
+}
+
+/// What was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// Read a path or a variable.
+    Read,
+    /// Write a path.
+    Write,
+    /// Create or chmod with this mode.
+    SetMode(u32),
+    /// Open in the browser.
+    Launch,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation::Read => f.write_str("read"),
+            Operation::Write => f.write_str("write"),
+            Operation::SetMode(m) => write!(f, "set mode {m:04o} on"),
+            Operation::Launch => f.write_str("launch"),
+        }
+    }
+}
+
+impl From<Action> for Operation {
+    fn from(a: Action) -> Operation {
+        match a {
+            Action::Read => Operation::Read,
+            Action::Write => Operation::Write,
+        }
+    }
+}
+
+/// A place that no policy can open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ControlArea {
+    /// The terminalwire client program.
+    ClientBinary,
+    /// A `policy.toml` file.
+    PolicyFile,
+    /// The launchers folder `bin/`.
+    Launchers,
+    /// Another authority's folder.
+    OtherAuthority,
+    /// This authority's own folder outside `storage/`.
+    AuthorityFolder,
+    /// Any other file of the terminalwire home, or the home itself.
+    HomeRoot,
+    /// A folder containing the terminalwire home or the client (write only).
+    Ancestor,
+}
+
+impl fmt::Display for ControlArea {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ControlArea::ClientBinary => "it is the terminalwire client itself",
+            ControlArea::PolicyFile => "it is a terminalwire policy file",
+            ControlArea::Launchers => "it is in the terminalwire launchers folder",
+            ControlArea::OtherAuthority => "it belongs to another authority",
+            ControlArea::AuthorityFolder => "it is outside this authority's storage folder",
+            ControlArea::HomeRoot => "it is a terminalwire control file",
+            ControlArea::Ancestor => "it contains terminalwire's own files",
+        })
+    }
+}
+
+/// Why a request was denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DenialReason {
+    /// Nothing in the policy allows it.
+    NotGranted,
+    /// It touches a place no policy can open.
+    NeverGrantable(ControlArea),
+    /// The mode has bits outside the ceiling.
+    ModeTooWide {
+        /// The mode asked for.
+        requested: u32,
+        /// The widest mode allowed there.
+        ceiling: Mode,
+    },
+    /// The mode has a setuid, setgid or sticky bit.
+    SpecialModeBits {
+        /// The mode asked for.
+        requested: u32,
+    },
+    /// A scheme that runs code or reads local files.
+    DangerousScheme {
+        /// The scheme.
+        scheme: String,
+    },
+    /// The target cannot be understood.
+    InvalidTarget {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl fmt::Display for DenialReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenialReason::NotGranted => f.write_str("it has not been granted"),
+            DenialReason::NeverGrantable(area) => write!(f, "{area}"),
+            DenialReason::ModeTooWide { requested, ceiling } => {
+                write!(
+                    f,
+                    "mode {requested:04o} is wider than the allowed {ceiling}"
+                )
+            }
+            DenialReason::SpecialModeBits { requested } => {
+                write!(f, "mode {requested:04o} has setuid, setgid or sticky bits")
+            }
+            DenialReason::DangerousScheme { scheme } => {
+                write!(f, "the {scheme}: scheme can run code or read local files")
+            }
+            DenialReason::InvalidTarget { reason } => f.write_str(reason),
+        }
+    }
+}
+
+/// A refused request, with what the user can do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// Who asked.
+    pub authority: Authority,
+    /// What kind of resource.
+    pub resource: Resource,
+    /// What was asked.
+    pub action: Operation,
+    /// The path (resolved), variable name or URL.
+    pub target: String,
+    /// Why it was refused.
+    pub reason: DenialReason,
+    /// The command that would allow it; `None` when it can never be granted
+    /// (or is not worth suggesting, such as a `javascript:` URL).
+    pub command: Option<String>,
+}
+
+impl Denial {
+    /// True when no grant can ever allow this.
+    pub fn is_never_grantable(&self) -> bool {
+        matches!(
+            self.reason,
+            DenialReason::NeverGrantable(_) | DenialReason::SpecialModeBits { .. }
+        )
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} may not {} {} {}: {}",
+            self.authority, self.action, self.resource, self.target, self.reason
+        )?;
+        match (&self.command, self.is_never_grantable()) {
+            (Some(command), _) => write!(f, ". To allow it, run: {command}"),
+            (None, true) => f.write_str(". This can never be granted."),
+            (None, false) => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Denial {}
+
+/// An allowed path request and the widest modes allowed there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    /// Ceiling for files created or chmodded.
+    pub file_mode: Mode,
+    /// Ceiling for directories created or chmodded.
+    pub dir_mode: Mode,
+    /// True when the path is in the authority's storage folder.
+    pub in_storage: bool,
+}
+
+/// Why [`Entitlements`] cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The server URL has no usable authority.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    /// The home root or the client binary cannot be resolved.
+    #[error("cannot resolve {what}: {source}")]
+    Path {
+        /// Which path.
+        what: &'static str,
+        /// Why.
+        source: PathError,
+    },
+}
+
+/// The compiled entitlements of one authority for one session.
+#[derive(Debug, Clone)]
+pub struct Entitlements {
+    authority: Authority,
+    server_origin: String,
+    user_home: PathBuf,
+    resolved_user_home: PathBuf,
+    home_root: PathBuf,
+    authorities_dir: PathBuf,
+    authority_dir: PathBuf,
+    bin_dir: PathBuf,
+    storage: Option<PathBuf>,
+    client_binary: Option<PathBuf>,
+    globs: GlobSet,
+    /// For each glob in `globs`: the access and file ceiling of its grant.
+    glob_grants: Vec<(Access, Mode)>,
+    env: Vec<EnvName>,
+    browser: Vec<BrowserTarget>,
+}
+
+impl Entitlements {
+    /// Compile the entitlements of the server at `server_url`.
+    /// `user_home` is what `~` means; `client_binary` (from
+    /// `std::env::current_exe`) is protected when given.
+    pub fn new(
+        server_url: &Url,
+        home: &Home,
+        policy: &Policy,
+        user_home: &Path,
+        client_binary: Option<&Path>,
+    ) -> Result<Entitlements, SetupError> {
+        let authority = Authority::from_url(server_url)?;
+        let server_origin = authority::origin(server_url)?;
+        let resolve_own = |what, path: &Path| {
+            resolve_absolute(path)
+                .map(|r| r.as_path().to_path_buf())
+                .map_err(|source| SetupError::Path { what, source })
+        };
+        let home_root = resolve_own("the terminalwire home", home.root())?;
+        let authorities_dir = home_root.join("authorities");
+        let authority_dir = authorities_dir.join(authority.as_str());
+        // Storage counts only if it really is `<authority>/storage`, not a
+        // symlink to somewhere else.
+        let storage = resolve_own("the storage folder", &home.storage_dir(&authority))
+            .ok()
+            .filter(|s| *s == authority_dir.join("storage"));
+        let client_binary = client_binary
+            .map(|p| resolve_own("the client binary", p))
+            .transpose()?;
+        let resolved_user_home = resolve_own("the user's home", user_home)?;
+
+        let mut builder = GlobSetBuilder::new();
+        let mut glob_grants = Vec::new();
+        for grant in &policy.paths {
+            let ceiling = grant.mode.unwrap_or(Mode::DEFAULT_FILE);
+            for glob in grant.pattern.globs(user_home) {
+                builder.add(glob);
+                glob_grants.push((grant.access, ceiling));
+            }
+        }
+        // Each glob compiled on its own already; should the set still fail,
+        // matching nothing is the safe answer.
+        let globs = builder.build().unwrap_or_else(|_| GlobSet::empty());
+
+        Ok(Entitlements {
+            bin_dir: home_root.join("bin"),
+            authority,
+            server_origin,
+            user_home: user_home.to_path_buf(),
+            resolved_user_home,
+            home_root,
+            authorities_dir,
+            authority_dir,
+            storage,
+            client_binary,
+            globs,
+            glob_grants,
+            env: policy.env.iter().map(|g| g.name.clone()).collect(),
+            browser: policy.browser.iter().map(|g| g.target.clone()).collect(),
+        })
+    }
+
+    /// The authority these entitlements belong to.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The server's http(s) origin, which the browser may always open.
+    pub fn server_origin(&self) -> &str {
+        &self.server_origin
+    }
+
+    /// [`resolve`] a path sent by the server, with `~`
+    /// meaning the user's home.
+    pub fn resolve(&self, raw: &str) -> Result<ResolvedPath, PathError> {
+        resolve(raw, &self.user_home)
+    }
+
+    /// May the authority do `action` on `path`?
+    pub fn check_path(&self, path: &ResolvedPath, action: Action) -> Result<Allowed, Denial> {
+        let p = path.as_path();
+        let never = |area| {
+            Err(self.path_denial(
+                path,
+                action.into(),
+                DenialReason::NeverGrantable(area),
+                None,
+            ))
+        };
+        if let Some(bin) = &self.client_binary
+            && p.starts_with(bin)
+        {
+            return never(ControlArea::ClientBinary);
+        }
+        if let Some(storage) = &self.storage
+            && p.starts_with(storage)
+        {
+            return Ok(Allowed {
+                file_mode: Mode::STORAGE_FILE,
+                dir_mode: Mode::STORAGE_DIR,
+                in_storage: true,
+            });
+        }
+        if p.starts_with(&self.home_root) {
+            return never(self.control_area(p));
+        }
+        if action == Action::Write
+            && (self.home_root.starts_with(p)
+                || self
+                    .client_binary
+                    .as_ref()
+                    .is_some_and(|b| b.starts_with(p)))
+        {
+            return never(ControlArea::Ancestor);
+        }
+        let ceiling = self
+            .globs
+            .matches(p)
+            .into_iter()
+            .filter_map(|i| self.glob_grants.get(i))
+            .filter(|(access, _)| access.allows(action))
+            .map(|&(_, mode)| mode.bits())
+            .reduce(|a, b| a | b);
+        match ceiling.and_then(Mode::new) {
+            Some(file_mode) => Ok(Allowed {
+                file_mode,
+                dir_mode: file_mode.for_dirs(),
+                in_storage: false,
+            }),
+            None => {
+                let command = self.grant_path_command(path, action, None);
+                Err(self.path_denial(path, action.into(), DenialReason::NotGranted, Some(command)))
+            }
+        }
+    }
+
+    /// May a file (`is_dir` false) or directory at an allowed `path` be
+    /// created or chmodded with `mode`? Denied when `mode` has a bit outside
+    /// the ceiling, or a setuid, setgid or sticky bit.
+    pub fn check_mode(
+        &self,
+        path: &ResolvedPath,
+        allowed: &Allowed,
+        is_dir: bool,
+        mode: u32,
+    ) -> Result<(), Denial> {
+        let ceiling = if is_dir {
+            allowed.dir_mode
+        } else {
+            allowed.file_mode
+        };
+        let op = Operation::SetMode(mode);
+        if mode & !0o777 != 0 {
+            let reason = DenialReason::SpecialModeBits { requested: mode };
+            return Err(self.path_denial(path, op, reason, None));
+        }
+        if ceiling.permits(mode) {
+            return Ok(());
+        }
+        let reason = DenialReason::ModeTooWide {
+            requested: mode,
+            ceiling,
+        };
+        // Storage modes are fixed; elsewhere a grant with a wider mode helps.
+        let command = (!allowed.in_storage).then(|| {
+            let file_mode = if is_dir {
+                (mode & 0o666) | ((mode & 0o111) << 2)
+            } else {
+                mode
+            };
+            self.grant_path_command(path, Action::Write, Mode::new(file_mode))
+        });
+        Err(self.path_denial(path, op, reason, command))
+    }
+
+    /// May the authority read the environment variable `name`?
+    /// `TERMINALWIRE_HOME` always may be read.
+    pub fn check_env(&self, name: &str) -> Result<(), Denial> {
+        let denial = |reason, command| Denial {
+            authority: self.authority.clone(),
+            resource: Resource::Env,
+            action: Operation::Read,
+            target: name.to_owned(),
+            reason,
+            command,
+        };
+        let parsed = EnvName::parse(name).map_err(|e| {
+            denial(
+                DenialReason::InvalidTarget {
+                    reason: e.to_string(),
+                },
+                None,
+            )
+        })?;
+        if name == HOME_ENV || self.env.contains(&parsed) {
+            return Ok(());
+        }
+        let command = format!(
+            "terminalwire entitlement grant {} env {}",
+            shell_word(self.authority.as_str()),
+            shell_word(name)
+        );
+        Err(denial(DenialReason::NotGranted, Some(command)))
+    }
+
+    /// May the authority open `url` in the browser? The server's own http(s)
+    /// origin always may; other targets need a scheme or origin grant.
+    pub fn check_browser(&self, url: &str) -> Result<(), Denial> {
+        let denial = |reason, command| Denial {
+            authority: self.authority.clone(),
+            resource: Resource::Browser,
+            action: Operation::Launch,
+            target: url.to_owned(),
+            reason,
+            command,
+        };
+        let parsed = Url::parse(url).map_err(|e| {
+            denial(
+                DenialReason::InvalidTarget {
+                    reason: format!("not a URL: {e}"),
+                },
+                None,
+            )
+        })?;
+        let scheme = parsed.scheme();
+        if self
+            .browser
+            .iter()
+            .any(|t| matches!(t, BrowserTarget::Scheme(s) if s == scheme))
+        {
+            return Ok(());
+        }
+        let grant_command = |target: &str| {
+            format!(
+                "terminalwire entitlement grant {} browser {}",
+                shell_word(self.authority.as_str()),
+                shell_word(target)
+            )
+        };
+        if matches!(scheme, "http" | "https") {
+            if parsed.host().is_none() {
+                let reason = DenialReason::InvalidTarget {
+                    reason: "the URL has no host".into(),
+                };
+                return Err(denial(reason, None));
+            }
+            let origin = parsed.origin().ascii_serialization();
+            if origin == self.server_origin
+                || self
+                    .browser
+                    .iter()
+                    .any(|t| matches!(t, BrowserTarget::Origin(o) if *o == origin))
+            {
+                return Ok(());
+            }
+            return Err(denial(
+                DenialReason::NotGranted,
+                Some(grant_command(&origin)),
+            ));
+        }
+        if DANGEROUS_SCHEMES.contains(&scheme) {
+            let reason = DenialReason::DangerousScheme {
+                scheme: scheme.to_owned(),
+            };
+            return Err(denial(reason, None));
+        }
+        Err(denial(
+            DenialReason::NotGranted,
+            Some(grant_command(scheme)),
+        ))
+    }
+
+    /// Which control area `p` (under the home root) is in.
+    fn control_area(&self, p: &Path) -> ControlArea {
+        if p.starts_with(&self.bin_dir) {
+            ControlArea::Launchers
+        } else if p.starts_with(&self.authorities_dir)
+            && p.file_name().is_some_and(|n| n == POLICY_FILE_NAME)
+        {
+            ControlArea::PolicyFile
+        } else if p.starts_with(&self.authority_dir) {
+            ControlArea::AuthorityFolder
+        } else if p.starts_with(&self.authorities_dir) && p != self.authorities_dir {
+            ControlArea::OtherAuthority
+        } else {
+            ControlArea::HomeRoot
+        }
+    }
+
+    fn path_denial(
+        &self,
+        path: &ResolvedPath,
+        action: Operation,
+        reason: DenialReason,
+        command: Option<String>,
+    ) -> Denial {
+        Denial {
+            authority: self.authority.clone(),
+            resource: Resource::Path,
+            action,
+            target: path.as_path().to_string_lossy().into_owned(),
+            reason,
+            command,
+        }
+    }
+
+    /// `terminalwire entitlement grant <authority> path '<folder>/**' --<action> [--mode M]`,
+    /// where the folder is the path itself for an existing directory, else its parent.
+    fn grant_path_command(
+        &self,
+        path: &ResolvedPath,
+        action: Action,
+        mode: Option<Mode>,
+    ) -> String {
+        let p = path.as_path();
+        let folder = if path.is_dir() {
+            p
+        } else {
+            p.parent().unwrap_or(p)
+        };
+        let shown = match folder.strip_prefix(&self.resolved_user_home) {
+            Ok(rest) if rest.as_os_str().is_empty() => "~".to_owned(),
+            Ok(rest) => format!("~/{}", escape_glob(&rest.to_string_lossy())),
+            Err(_) => escape_glob(folder.to_string_lossy().trim_end_matches('/')),
+        };
+        let mut command = format!(
+            "terminalwire entitlement grant {} path {} --{action}",
+            shell_word(self.authority.as_str()),
+            single_quote(&format!("{shown}/**")),
+        );
+        if let Some(mode) = mode {
+            command.push_str(&format!(" --mode {mode}"));
+        }
+        command
+    }
+}
+
+/// `text` as one shell word: unchanged when it only has safe characters,
+/// else single-quoted.
+fn shell_word(text: &str) -> String {
+    let safe = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:@%+=,-".contains(c));
+    if safe {
+        text.to_owned()
+    } else {
+        single_quote(text)
+    }
+}
+
+/// `text` in single quotes, each `'` written as `'\''`.
+fn single_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::{Grant, PathGrant, PathPattern};
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        user_home: PathBuf,
+        home: Home,
+        policy: Policy,
+        client: PathBuf,
+    }
+
+    const SERVER: &str = "ws://example.com:3000/terminal";
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let user_home = std::fs::canonicalize(tmp.path()).unwrap();
+        let home = Home::at(user_home.join(".terminalwire"));
+        let a = Authority::parse("example.com:3000").unwrap();
+        let b = Authority::parse("other.example").unwrap();
+        for dir in [home.storage_dir(&a), home.storage_dir(&b), home.bin_dir()] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(home.policy_file(&a), "").unwrap();
+        std::fs::write(home.storage_dir(&b).join("token"), "secret").unwrap();
+        let client = user_home.join("tools/terminalwire");
+        std::fs::create_dir_all(client.parent().unwrap()).unwrap();
+        std::fs::write(&client, "binary").unwrap();
+        Fixture {
+            _tmp: tmp,
+            user_home,
+            home,
+            policy: Policy::default(),
+            client,
+        }
+    }
+
+    impl Fixture {
+        fn grant(&mut self, pattern: &str, access: Access, mode: Option<u32>) {
+            self.policy.grant(Grant::Path(PathGrant {
+                pattern: PathPattern::parse(pattern).unwrap(),
+                access,
+                mode: mode.and_then(Mode::new),
+            }));
+        }
+
+        fn entitlements(&self) -> Entitlements {
+            Entitlements::new(
+                &Url::parse(SERVER).unwrap(),
+                &self.home,
+                &self.policy,
+                &self.user_home,
+                Some(&self.client),
+            )
+            .unwrap()
+        }
+
+        fn check(&self, raw: &str, action: Action) -> Result<Allowed, Denial> {
+            let e = self.entitlements();
+            e.check_path(&e.resolve(raw).unwrap(), action)
+        }
+    }
+
+    fn never(result: Result<Allowed, Denial>) -> ControlArea {
+        match result {
+            Err(Denial {
+                reason: DenialReason::NeverGrantable(area),
+                command: None,
+                ..
+            }) => area,
+            other => panic!("expected a never-grantable denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn own_storage_is_always_allowed() {
+        let f = fixture();
+        let storage = "~/.terminalwire/authorities/example.com:3000/storage";
+        for raw in [
+            storage.to_owned(),
+            format!("{storage}/session.json"),
+            format!("{storage}/a/b"),
+        ] {
+            let allowed = f.check(&raw, Action::Write).unwrap();
+            assert_eq!(allowed.file_mode, Mode::STORAGE_FILE);
+            assert_eq!(allowed.dir_mode, Mode::STORAGE_DIR);
+            assert!(allowed.in_storage);
+            f.check(&raw, Action::Read).unwrap();
+        }
+    }
+
+    #[test]
+    fn control_areas_are_never_granted_even_with_a_root_grant() {
+        let mut f = fixture();
+        f.grant("/**", Access::ReadWrite, Some(0o777));
+        let auth = "~/.terminalwire/authorities";
+        let cases = [
+            (
+                format!("{auth}/example.com:3000/policy.toml"),
+                ControlArea::PolicyFile,
+            ),
+            (
+                format!("{auth}/other.example/policy.toml"),
+                ControlArea::PolicyFile,
+            ),
+            (
+                format!("{auth}/example.com:3000"),
+                ControlArea::AuthorityFolder,
+            ),
+            (
+                format!("{auth}/example.com:3000/other"),
+                ControlArea::AuthorityFolder,
+            ),
+            (
+                format!("{auth}/other.example/storage/token"),
+                ControlArea::OtherAuthority,
+            ),
+            (format!("{auth}/other.example"), ControlArea::OtherAuthority),
+            (
+                format!("{auth}/example.com:3000/storage/../policy.toml"),
+                ControlArea::PolicyFile,
+            ),
+            ("~/.terminalwire/bin/app".to_owned(), ControlArea::Launchers),
+            ("~/.terminalwire/bin".to_owned(), ControlArea::Launchers),
+            ("~/.terminalwire".to_owned(), ControlArea::HomeRoot),
+            ("~/.terminalwire/config".to_owned(), ControlArea::HomeRoot),
+            (auth.to_owned(), ControlArea::HomeRoot),
+            ("~/tools/terminalwire".to_owned(), ControlArea::ClientBinary),
+        ];
+        for (raw, area) in cases {
+            assert_eq!(never(f.check(&raw, Action::Read)), area, "{raw}");
+            assert_eq!(never(f.check(&raw, Action::Write)), area, "{raw}");
+        }
+        // Writing a folder that holds them is refused; reading (listing) is fine.
+        assert_eq!(never(f.check("~", Action::Write)), ControlArea::Ancestor);
+        assert_eq!(
+            never(f.check("~/tools", Action::Write)),
+            ControlArea::Ancestor
+        );
+        f.check("~", Action::Read).unwrap();
+        let no_client = Entitlements::new(
+            &Url::parse(SERVER).unwrap(),
+            &f.home,
+            &f.policy,
+            &f.user_home,
+            None,
+        )
+        .unwrap();
+        let home_dir = no_client.resolve("~").unwrap();
+        assert_eq!(
+            never(no_client.check_path(&home_dir, Action::Write)),
+            ControlArea::Ancestor
+        );
+        // Everything else is granted by `/**`.
+        assert_eq!(
+            f.check("/etc/hosts", Action::Read)
+                .unwrap()
+                .file_mode
+                .bits(),
+            0o777
+        );
+        f.check("~/.terminalwire2/x", Action::Write).unwrap();
+    }
+
+    #[test]
+    fn denial_message_for_never_grantable() {
+        let f = fixture();
+        let d = f
+            .check("~/.terminalwire/bin/app", Action::Write)
+            .unwrap_err();
+        assert!(d.is_never_grantable());
+        assert!(d.to_string().ends_with("This can never be granted."), "{d}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_in_storage_pointing_outside_is_denied() {
+        let f = fixture();
+        let a = Authority::parse("example.com:3000").unwrap();
+        std::fs::create_dir_all(f.user_home.join("secrets")).unwrap();
+        std::fs::write(f.user_home.join("secrets/key"), "k").unwrap();
+        std::os::unix::fs::symlink(
+            f.user_home.join("secrets"),
+            f.home.storage_dir(&a).join("link"),
+        )
+        .unwrap();
+        let e = f.entitlements();
+        let r = e
+            .resolve("~/.terminalwire/authorities/example.com:3000/storage/link/key")
+            .unwrap();
+        assert_eq!(r.as_path(), f.user_home.join("secrets/key"));
+        let d = e.check_path(&r, Action::Read).unwrap_err();
+        assert_eq!(d.reason, DenialReason::NotGranted);
+        // A link to another authority's storage is never granted.
+        std::os::unix::fs::symlink(
+            f.home
+                .storage_dir(&Authority::parse("other.example").unwrap()),
+            f.home.storage_dir(&a).join("other"),
+        )
+        .unwrap();
+        let raw = "~/.terminalwire/authorities/example.com:3000/storage/other/token";
+        assert_eq!(
+            never(f.check(raw, Action::Read)),
+            ControlArea::OtherAuthority
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn storage_that_is_a_symlink_is_not_storage() {
+        let f = fixture();
+        let a = Authority::parse("example.com:3000").unwrap();
+        let storage = f.home.storage_dir(&a);
+        std::fs::remove_dir(&storage).unwrap();
+        std::fs::create_dir_all(f.user_home.join(".ssh")).unwrap();
+        std::os::unix::fs::symlink(f.user_home.join(".ssh"), &storage).unwrap();
+        let raw = "~/.terminalwire/authorities/example.com:3000/storage/id_ed25519";
+        let d = f.check(raw, Action::Read).unwrap_err();
+        assert_eq!(d.reason, DenialReason::NotGranted);
+    }
+
+    #[test]
+    fn grants_match_resolved_paths_with_access_and_modes() {
+        let mut f = fixture();
+        f.grant("~/reports/**", Access::Read, None);
+        f.grant("~/out/*.txt", Access::Write, Some(0o600));
+        assert!(f.check("~/reports/2024/q1.csv", Action::Read).is_ok());
+        assert!(f.check("~/reports", Action::Read).is_ok());
+        assert!(f.check("~/reports/x", Action::Write).is_err());
+        assert!(f.check("~/reports/../.ssh/id", Action::Read).is_err());
+        let allowed = f.check("~/out/a.txt", Action::Write).unwrap();
+        assert_eq!(
+            (allowed.file_mode.bits(), allowed.dir_mode.bits()),
+            (0o600, 0o700)
+        );
+        assert!(f.check("~/out/sub/a.txt", Action::Write).is_err());
+        assert!(f.check("out/a.txt", Action::Write).is_ok());
+        let default = {
+            f.grant("~/docs/**", Access::ReadWrite, None);
+            f.check("~/docs/x", Action::Write).unwrap()
+        };
+        assert_eq!(
+            (default.file_mode.bits(), default.dir_mode.bits()),
+            (0o644, 0o755)
+        );
+    }
+
+    #[test]
+    fn glob_characters_in_paths_do_not_widen() {
+        let mut f = fixture();
+        f.grant("~/a/[*]", Access::Read, None);
+        std::fs::create_dir_all(f.user_home.join("a")).unwrap();
+        std::fs::write(f.user_home.join("a/*"), "star").unwrap();
+        assert!(f.check("~/a/*", Action::Read).is_ok());
+        assert!(f.check("~/a/b", Action::Read).is_err());
+        // A file named `*` elsewhere is just a name.
+        f.grant("~/r/**", Access::Read, None);
+        assert!(f.check("~/*", Action::Read).is_err());
+        assert!(f.check("~/r*/x", Action::Read).is_err());
+        // And the suggested grant escapes it.
+        let d = f.check("~/we[ir]d*/f", Action::Read).unwrap_err();
+        assert_eq!(
+            d.command.as_deref(),
+            Some(
+                "terminalwire entitlement grant example.com:3000 path '~/we[[]ir[]]d[*]/**' --read"
+            )
+        );
+    }
+
+    #[test]
+    fn denial_commands_are_exact() {
+        let f = fixture();
+        let cmd = |raw: &str, action| f.check(raw, action).unwrap_err().command.unwrap();
+        assert_eq!(
+            cmd("~/reports/q1.csv", Action::Write),
+            "terminalwire entitlement grant example.com:3000 path '~/reports/**' --write"
+        );
+        assert_eq!(
+            cmd("~/tools", Action::Read),
+            "terminalwire entitlement grant example.com:3000 path '~/tools/**' --read"
+        );
+        assert_eq!(
+            cmd("/etc/passwd", Action::Read),
+            "terminalwire entitlement grant example.com:3000 path '/etc/**' --read"
+        );
+        assert_eq!(
+            cmd("~/it's/x", Action::Read),
+            r"terminalwire entitlement grant example.com:3000 path '~/it'\''s/**' --read"
+        );
+        let e = f.entitlements();
+        assert_eq!(
+            e.check_env("EDITOR").unwrap_err().command.unwrap(),
+            "terminalwire entitlement grant example.com:3000 env EDITOR"
+        );
+        assert_eq!(
+            e.check_browser("https://github.com/x")
+                .unwrap_err()
+                .command
+                .unwrap(),
+            "terminalwire entitlement grant example.com:3000 browser https://github.com"
+        );
+        assert_eq!(
+            e.check_browser("mailto:a@b.example")
+                .unwrap_err()
+                .command
+                .unwrap(),
+            "terminalwire entitlement grant example.com:3000 browser mailto"
+        );
+        let d = e.check_env("EDITOR").unwrap_err();
+        assert_eq!(
+            d.to_string(),
+            "example.com:3000 may not read env EDITOR: it has not been granted. \
+             To allow it, run: terminalwire entitlement grant example.com:3000 env EDITOR"
+        );
+    }
+
+    #[test]
+    fn ipv6_authorities_are_quoted() {
+        let f = fixture();
+        let e = Entitlements::new(
+            &Url::parse("ws://[::1]:8080/").unwrap(),
+            &f.home,
+            &f.policy,
+            &f.user_home,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            e.check_env("EDITOR").unwrap_err().command.unwrap(),
+            "terminalwire entitlement grant '[::1]:8080' env EDITOR"
+        );
+    }
+
+    #[test]
+    fn modes() {
+        let mut f = fixture();
+        f.grant("~/out/**", Access::Write, Some(0o640));
+        let e = f.entitlements();
+        let r = e.resolve("~/out/f").unwrap();
+        let allowed = e.check_path(&r, Action::Write).unwrap();
+        assert!(e.check_mode(&r, &allowed, false, 0o640).is_ok());
+        assert!(e.check_mode(&r, &allowed, false, 0o600).is_ok());
+        assert!(e.check_mode(&r, &allowed, true, 0o750).is_ok());
+        let d = e.check_mode(&r, &allowed, false, 0o644).unwrap_err();
+        assert!(matches!(
+            d.reason,
+            DenialReason::ModeTooWide {
+                requested: 0o644,
+                ..
+            }
+        ));
+        assert_eq!(
+            d.command.as_deref(),
+            Some(
+                "terminalwire entitlement grant example.com:3000 path '~/out/**' --write --mode 0644"
+            )
+        );
+        let d = e.check_mode(&r, &allowed, false, 0o4640).unwrap_err();
+        assert!(d.is_never_grantable() && d.command.is_none());
+        assert!(e.check_mode(&r, &allowed, true, 0o1750).is_err());
+        // Storage caps.
+        let s = e
+            .resolve("~/.terminalwire/authorities/example.com:3000/storage/f")
+            .unwrap();
+        let allowed = e.check_path(&s, Action::Write).unwrap();
+        assert!(e.check_mode(&s, &allowed, false, 0o600).is_ok());
+        assert!(e.check_mode(&s, &allowed, true, 0o700).is_ok());
+        let d = e.check_mode(&s, &allowed, false, 0o644).unwrap_err();
+        assert!(d.command.is_none());
+    }
+
+    #[test]
+    fn env_rules() {
+        let mut f = fixture();
+        f.policy
+            .grant(Grant::Env(EnvName::parse("EDITOR").unwrap()));
+        let e = f.entitlements();
+        assert!(e.check_env("TERMINALWIRE_HOME").is_ok());
+        assert!(e.check_env("EDITOR").is_ok());
+        assert!(e.check_env("editor").is_err());
+        assert!(e.check_env("AWS_SECRET_ACCESS_KEY").is_err());
+        let d = e.check_env("A=B").unwrap_err();
+        assert!(d.command.is_none());
+    }
+
+    #[test]
+    fn browser_rules() {
+        let mut f = fixture();
+        let e = f.entitlements();
+        assert_eq!(e.server_origin(), "http://example.com:3000");
+        assert!(e.check_browser("http://example.com:3000/login?x=1").is_ok());
+        assert!(e.check_browser("http://EXAMPLE.com:3000/").is_ok());
+        for denied in [
+            "https://example.com:3000/",
+            "http://example.com/",
+            "http://example.com:3001/",
+            "http://example.com:30001/",
+            "http://example.com:3000@evil.example/",
+            "https://github.com/",
+            "mailto:a@b.example",
+        ] {
+            assert_eq!(
+                e.check_browser(denied).unwrap_err().reason,
+                DenialReason::NotGranted,
+                "{denied}"
+            );
+        }
+        for dangerous in [
+            "javascript:alert(1)",
+            "JavaScript:alert(1)",
+            "file:///etc/passwd",
+            "data:text/html,x",
+            "vbscript:x",
+        ] {
+            let d = e.check_browser(dangerous).unwrap_err();
+            assert!(
+                matches!(d.reason, DenialReason::DangerousScheme { .. }),
+                "{dangerous}"
+            );
+            assert!(d.command.is_none());
+        }
+        assert!(e.check_browser("not a url").is_err());
+
+        for target in ["mailto", "https://github.com", "javascript"] {
+            f.policy
+                .grant(Grant::Browser(BrowserTarget::parse(target).unwrap()));
+        }
+        let e = f.entitlements();
+        assert!(e.check_browser("mailto:a@b.example").is_ok());
+        assert!(e.check_browser("https://github.com/a/b").is_ok());
+        assert!(e.check_browser("https://github.com:443/a/b").is_ok());
+        assert!(e.check_browser("http://github.com/").is_err());
+        assert!(e.check_browser("https://github.com:8443/").is_err());
+        assert!(e.check_browser("https://gist.github.com/").is_err());
+        assert!(e.check_browser("javascript:alert(1)").is_ok());
+    }
+}

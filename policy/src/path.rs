@@ -1,0 +1,325 @@
+//! Turning a path sent by a server into the one real location it names.
+//!
+//! [`resolve`] does, in order: refuse empty paths, NUL bytes and paths longer
+//! than [`MAX_PATH_LEN`] bytes; expand `~` and `~/...` to the user's home
+//! (`~otheruser` is refused); make a relative path absolute **relative to the
+//! user's home** (never to the client's working directory); normalise `.` and
+//! `..` lexically (`..` above `/` is refused); then resolve the symlinks of the
+//! longest existing prefix with [`std::fs::canonicalize`] and append the part
+//! that does not exist yet. Decisions are taken on that resolved path. The
+//! client still opens it with `O_NOFOLLOW`, since the disk can change between
+//! the check and the use.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+/// The longest path, in bytes, that is accepted (Linux's `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// An absolute, normalised path whose existing prefix has its symlinks resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResolvedPath {
+    path: PathBuf,
+    is_dir: bool,
+}
+
+impl ResolvedPath {
+    /// The resolved path.
+    pub fn as_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when the path existed as a directory when it was resolved.
+    pub fn is_dir(&self) -> bool {
+        self.is_dir
+    }
+}
+
+impl AsRef<Path> for ResolvedPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Why a path is refused before any decision is taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// The path is empty.
+    #[error("empty path")]
+    Empty,
+    /// The path contains a NUL byte.
+    #[error("path {path:?} contains a NUL byte")]
+    Nul {
+        /// The path as given.
+        path: String,
+    },
+    /// The path is longer than [`MAX_PATH_LEN`] bytes.
+    #[error("path is {len} bytes long; the limit is {MAX_PATH_LEN}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// `~user` refers to another user's home.
+    #[error("path {path:?} refers to another user's home; only `~` and `~/...` are allowed")]
+    OtherUserHome {
+        /// The path as given.
+        path: String,
+    },
+    /// `..` climbs above the root.
+    #[error("path {path:?} climbs above the root")]
+    AboveRoot {
+        /// The path as given.
+        path: String,
+    },
+    /// A component of the path is a symlink whose target does not exist.
+    #[error("{path} is a dangling symlink")]
+    DanglingSymlink {
+        /// The symlink.
+        path: PathBuf,
+    },
+    /// The path could not be examined.
+    #[error("cannot resolve {path}: {source}")]
+    Io {
+        /// The path being resolved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// Resolve `raw` as described in the [module docs](self); `user_home` is what
+/// `~` and relative paths start from.
+pub fn resolve(raw: &str, user_home: &Path) -> Result<ResolvedPath, PathError> {
+    let absolute = normalize(&expand_tilde(raw, user_home)?, raw)?;
+    resolve_normalized(&absolute)
+}
+
+/// [`resolve`] for a path the client itself holds (the home root, the
+/// client binary, a pattern's literal folders): no `~` expansion.
+pub(crate) fn resolve_absolute(path: &Path) -> Result<ResolvedPath, PathError> {
+    check_len(path.as_os_str())?;
+    resolve_normalized(&normalize(path, &path.to_string_lossy())?)
+}
+
+fn resolve_normalized(absolute: &Path) -> Result<ResolvedPath, PathError> {
+    let (mut path, rest) = canonical_prefix(absolute)?;
+    let is_dir = rest.is_empty() && path.is_dir();
+    for part in rest {
+        path.push(part);
+    }
+    check_len(path.as_os_str())?;
+    Ok(ResolvedPath { path, is_dir })
+}
+
+/// Expand `~` and `~/...` to `user_home`, and join a relative path onto
+/// `user_home`. Also refuses empty, NUL-containing and too long input.
+pub fn expand_tilde(raw: &str, user_home: &Path) -> Result<PathBuf, PathError> {
+    if raw.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if raw.contains('\0') {
+        return Err(PathError::Nul {
+            path: raw.to_owned(),
+        });
+    }
+    check_len(OsStr::new(raw))?;
+    let expanded = if raw == "~" {
+        user_home.to_path_buf()
+    } else if let Some(rest) = raw.strip_prefix("~/") {
+        user_home.join(rest)
+    } else if raw.starts_with('~') {
+        return Err(PathError::OtherUserHome {
+            path: raw.to_owned(),
+        });
+    } else {
+        // A relative path starts from the user's home; an absolute one is kept.
+        user_home.join(raw)
+    };
+    check_len(expanded.as_os_str())?;
+    Ok(expanded)
+}
+
+/// Remove `.` and `..` lexically from an absolute path; `raw` is named in errors.
+fn normalize(path: &Path, raw: &str) -> Result<PathBuf, PathError> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Prefix(p) => out.push(p.as_os_str()),
+            Component::RootDir => out.push(Component::RootDir.as_os_str()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(PathError::AboveRoot {
+                        path: raw.to_owned(),
+                    });
+                }
+            }
+            Component::Normal(part) => out.push(part),
+        }
+    }
+    if !out.has_root() {
+        // `user_home` itself was relative: refuse rather than guess.
+        return Err(PathError::Io {
+            path: out,
+            source: io::Error::new(io::ErrorKind::InvalidInput, "home is not absolute"),
+        });
+    }
+    Ok(out)
+}
+
+/// Canonicalise the longest existing prefix of `path`; return it with the
+/// remaining (non-existing) components, in order.
+fn canonical_prefix(path: &Path) -> Result<(PathBuf, Vec<&OsStr>), PathError> {
+    let mut rest = Vec::new();
+    let mut current = path;
+    loop {
+        match std::fs::canonicalize(current) {
+            Ok(canonical) => {
+                rest.reverse();
+                return Ok((canonical, rest));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                if std::fs::symlink_metadata(current).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(PathError::DanglingSymlink {
+                        path: current.to_path_buf(),
+                    });
+                }
+                match (current.parent(), current.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        rest.push(name);
+                        current = parent;
+                    }
+                    _ => {
+                        return Err(PathError::Io {
+                            path: path.to_path_buf(),
+                            source: e,
+                        });
+                    }
+                }
+            }
+            Err(source) => {
+                return Err(PathError::Io {
+                    path: current.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+fn check_len(path: &OsStr) -> Result<(), PathError> {
+    if path.len() > MAX_PATH_LEN {
+        Err(PathError::TooLong { len: path.len() })
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temporary, canonical user home.
+    fn home() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = std::fs::canonicalize(tmp.path()).unwrap();
+        (tmp, path)
+    }
+
+    #[test]
+    fn tilde_and_relative_paths_start_at_home() {
+        let (_tmp, h) = home();
+        assert_eq!(resolve("~", &h).unwrap().as_path(), h);
+        assert!(resolve("~", &h).unwrap().is_dir());
+        assert_eq!(resolve("~/a/b", &h).unwrap().as_path(), h.join("a/b"));
+        assert_eq!(resolve("a/b", &h).unwrap().as_path(), h.join("a/b"));
+        assert_eq!(resolve("./a/./b/", &h).unwrap().as_path(), h.join("a/b"));
+    }
+
+    #[test]
+    fn other_users_homes_are_refused() {
+        let (_tmp, h) = home();
+        assert!(matches!(
+            resolve("~root/.ssh/id_ed25519", &h),
+            Err(PathError::OtherUserHome { .. })
+        ));
+        assert!(matches!(
+            resolve("~root", &h),
+            Err(PathError::OtherUserHome { .. })
+        ));
+        // A `~` later in the path is an ordinary character.
+        assert_eq!(resolve("a/~b", &h).unwrap().as_path(), h.join("a/~b"));
+    }
+
+    #[test]
+    fn dot_dot_is_normalised_before_matching() {
+        let (_tmp, h) = home();
+        assert_eq!(
+            resolve("~/reports/../.ssh/id", &h).unwrap().as_path(),
+            h.join(".ssh/id")
+        );
+        assert_eq!(
+            resolve("/etc/../etc/passwd", &h).unwrap().as_path(),
+            Path::new("/etc/passwd")
+        );
+        assert!(matches!(
+            resolve("/..", &h),
+            Err(PathError::AboveRoot { .. })
+        ));
+        assert!(matches!(
+            resolve("/a/../../b", &h),
+            Err(PathError::AboveRoot { .. })
+        ));
+        // `..` through a path that does not exist is still lexical.
+        assert_eq!(
+            resolve("~/missing/../x", &h).unwrap().as_path(),
+            h.join("x")
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let (_tmp, h) = home();
+        assert!(matches!(resolve("", &h), Err(PathError::Empty)));
+        assert!(matches!(resolve("~/a\0b", &h), Err(PathError::Nul { .. })));
+        let long = format!("/{}", "a/".repeat(2100));
+        assert!(matches!(resolve(&long, &h), Err(PathError::TooLong { .. })));
+        let long_rel = "a".repeat(MAX_PATH_LEN - 1);
+        assert!(matches!(
+            resolve(&long_rel, &h),
+            Err(PathError::TooLong { .. })
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_are_resolved() {
+        let (_tmp, h) = home();
+        std::fs::create_dir_all(h.join("inside")).unwrap();
+        std::fs::create_dir_all(h.join("outside")).unwrap();
+        std::os::unix::fs::symlink(h.join("outside"), h.join("inside/link")).unwrap();
+        let r = resolve("~/inside/link/new/file", &h).unwrap();
+        assert_eq!(r.as_path(), h.join("outside/new/file"));
+        assert!(!r.is_dir());
+        // A dangling symlink is refused: writing through it would create its target.
+        std::os::unix::fs::symlink(h.join("nowhere"), h.join("inside/dangling")).unwrap();
+        assert!(matches!(
+            resolve("~/inside/dangling", &h),
+            Err(PathError::DanglingSymlink { .. })
+        ));
+    }
+
+    #[test]
+    fn going_through_a_file_is_not_an_error() {
+        let (_tmp, h) = home();
+        std::fs::write(h.join("f"), "x").unwrap();
+        assert_eq!(resolve("~/f/g", &h).unwrap().as_path(), h.join("f/g"));
+    }
+}

@@ -1,0 +1,495 @@
+//! The policy file of one authority (`authorities/<authority>/policy.toml`):
+//! a human-editable TOML list of grants, loaded strictly and saved atomically.
+//!
+//! ```toml
+//! [[path]]
+//! pattern = "~/reports/**"
+//! access = "read-write"   # or "read", "write"
+//! mode = "0644"           # optional ceiling for files created or chmodded
+//!
+//! [[env]]
+//! name = "EDITOR"
+//!
+//! [[browser]]
+//! target = "mailto"       # a scheme, or an origin such as "https://github.com"
+//! ```
+//!
+//! A missing file is an empty policy. A corrupt file is an error naming the
+//! file, line and column; it is never silently replaced.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::grant::{BrowserTarget, EnvName, Grant, PathGrant};
+
+/// The comment written at the top of every saved policy file.
+pub const HEADER: &str = "\
+# terminalwire entitlements for one authority.
+# This file is edited by `terminalwire entitlement grant` and
+# `terminalwire entitlement revoke`; you may also edit it by hand.
+# Grants: [[path]] pattern/access/mode, [[env]] name, [[browser]] target.
+";
+
+/// The grants of one authority.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Path grants, in file order.
+    #[serde(default, rename = "path", skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathGrant>,
+    /// Granted environment variables.
+    #[serde(default, rename = "env", skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvGrant>,
+    /// Granted browser targets.
+    #[serde(default, rename = "browser", skip_serializing_if = "Vec::is_empty")]
+    pub browser: Vec<BrowserGrant>,
+}
+
+/// An `[[env]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvGrant {
+    /// The variable's name.
+    pub name: EnvName,
+}
+
+/// A `[[browser]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserGrant {
+    /// The scheme or origin.
+    pub target: BrowserTarget,
+}
+
+/// What [`Policy::grant`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantOutcome {
+    /// A new grant was added.
+    Added,
+    /// An existing grant was widened or its mode changed.
+    Updated,
+    /// The policy already had it.
+    Unchanged,
+}
+
+/// Why a policy file cannot be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file exists but cannot be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The file is not a valid policy.
+    #[error("{}: {message}", location(path, *line, *column))]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error, when known.
+        line: Option<usize>,
+        /// 1-based column (in characters) of the error, when known.
+        column: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// The policy cannot be turned into TOML.
+    #[error("cannot serialise the policy for {path}: {message}")]
+    Serialize {
+        /// The file it was meant for.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The file (or its folder) cannot be written.
+    #[error("cannot write policy file {path}: {source}")]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+fn location(path: &Path, line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!("{}:{l}:{c}", path.display()),
+        (Some(l), None) => format!("{}:{l}", path.display()),
+        _ => path.display().to_string(),
+    }
+}
+
+impl Policy {
+    /// Load a policy file; a missing file is an empty policy.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Policy::from_toml(&text, path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Policy::default()),
+            Err(source) => Err(PolicyError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Parse policy text; `path` is only used in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = match e.span() {
+                Some(span) => {
+                    let (l, c) = line_column(text, span.start);
+                    (Some(l), Some(c))
+                }
+                None => (None, None),
+            };
+            PolicyError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })
+    }
+
+    /// The file's text: [`HEADER`] then the grants.
+    pub fn to_toml(&self, path: &Path) -> Result<String, PolicyError> {
+        let body = toml::to_string(self).map_err(|e| PolicyError::Serialize {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(format!("{HEADER}\n{body}"))
+    }
+
+    /// Save atomically: create the folder (mode 0700) if needed, write a
+    /// temporary file (mode 0600) beside `path`, fsync it, rename it over
+    /// `path`, then fsync the folder.
+    pub fn save(&self, path: &Path) -> Result<(), PolicyError> {
+        let text = self.to_toml(path)?;
+        let write_err = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| PolicyError::Write { path: p, source }
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        create_private_dirs(dir).map_err(write_err(dir))?;
+        let tmp = temp_path(path);
+        let result =
+            write_new_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(source) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(PolicyError::Write {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        sync_dir(dir).map_err(write_err(dir))
+    }
+
+    /// Add a grant. The same pattern granted again merges: accesses are
+    /// united and a given mode replaces the old one. Names and targets are
+    /// never duplicated.
+    pub fn grant(&mut self, grant: Grant) -> GrantOutcome {
+        match grant {
+            Grant::Path(new) => {
+                let Some(old) = self.paths.iter_mut().find(|g| g.pattern == new.pattern) else {
+                    self.paths.push(new);
+                    return GrantOutcome::Added;
+                };
+                let before = old.clone();
+                old.access = old.access.union(new.access);
+                if new.mode.is_some() {
+                    old.mode = new.mode;
+                }
+                if *old == before {
+                    GrantOutcome::Unchanged
+                } else {
+                    GrantOutcome::Updated
+                }
+            }
+            Grant::Env(name) => {
+                if self.env.iter().any(|g| g.name == name) {
+                    GrantOutcome::Unchanged
+                } else {
+                    self.env.push(EnvGrant { name });
+                    GrantOutcome::Added
+                }
+            }
+            Grant::Browser(target) => {
+                if self.browser.iter().any(|g| g.target == target) {
+                    GrantOutcome::Unchanged
+                } else {
+                    self.browser.push(BrowserGrant { target });
+                    GrantOutcome::Added
+                }
+            }
+        }
+    }
+
+    /// Take a grant away; true when anything was removed. For a path the
+    /// pattern must be the same text; revoking `write` from a `read-write`
+    /// grant leaves a `read` grant (the mode of the revoke is ignored).
+    pub fn revoke(&mut self, grant: &Grant) -> bool {
+        match grant {
+            Grant::Path(gone) => {
+                let Some(i) = self.paths.iter().position(|g| g.pattern == gone.pattern) else {
+                    return false;
+                };
+                let old = self.paths[i].access;
+                match old.without(gone.access) {
+                    None => {
+                        self.paths.remove(i);
+                        true
+                    }
+                    Some(left) if left != old => {
+                        self.paths[i].access = left;
+                        true
+                    }
+                    Some(_) => false,
+                }
+            }
+            Grant::Env(name) => {
+                let before = self.env.len();
+                self.env.retain(|g| g.name != *name);
+                self.env.len() != before
+            }
+            Grant::Browser(target) => {
+                let before = self.browser.len();
+                self.browser.retain(|g| g.target != *target);
+                self.browser.len() != before
+            }
+        }
+    }
+
+    /// True when the policy grants nothing.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.env.is_empty() && self.browser.is_empty()
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map_or_else(|| "policy".into(), |n| n.to_string_lossy().into_owned());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+fn create_private_dirs(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The umask can only remove bits; make sure of the exact mode.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::{Access, Mode, PathPattern};
+
+    fn path_grant(pattern: &str, access: Access, mode: Option<u32>) -> Grant {
+        Grant::Path(PathGrant {
+            pattern: PathPattern::parse(pattern).unwrap(),
+            access,
+            mode: mode.map(|m| Mode::new(m).unwrap()),
+        })
+    }
+
+    fn sample() -> Policy {
+        let mut p = Policy::default();
+        p.grant(path_grant("~/reports/**", Access::ReadWrite, Some(0o640)));
+        p.grant(path_grant("/tmp/*.txt", Access::Read, None));
+        p.grant(Grant::Env(EnvName::parse("EDITOR").unwrap()));
+        p.grant(Grant::Browser(BrowserTarget::parse("mailto").unwrap()));
+        p.grant(Grant::Browser(
+            BrowserTarget::parse("https://github.com").unwrap(),
+        ));
+        p
+    }
+
+    #[test]
+    fn round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a/b/policy.toml");
+        let policy = sample();
+        policy.save(&file).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.starts_with(HEADER), "{text}");
+        assert!(text.contains("pattern = \"~/reports/**\""), "{text}");
+        assert!(text.contains("mode = \"0640\""), "{text}");
+        assert_eq!(Policy::load(&file).unwrap(), policy);
+    }
+
+    #[test]
+    fn missing_file_is_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(
+            Policy::load(&tmp.path().join("policy.toml"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn save_is_atomic_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("authorities/example.com");
+        let file = dir.join("policy.toml");
+        sample().save(&file).unwrap();
+        // Overwrite an existing, world-readable file: the result is 0600.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Policy::default().save(&file).unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(dir_mode, 0o700);
+        assert!(Policy::load(&file).unwrap().is_empty());
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["policy.toml"]);
+    }
+
+    #[test]
+    fn corrupt_file_names_file_and_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("policy.toml");
+        std::fs::write(
+            &file,
+            "# header\n[[path]]\npattern = \"~/ok/**\"\naccess = \"read\"\n\n[[path]]\npattern = \"relative/**\"\naccess = \"read\"\n",
+        )
+        .unwrap();
+        let err = Policy::load(&file).unwrap_err();
+        let PolicyError::Parse { path, line, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path, &file);
+        assert_eq!(*line, Some(7));
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!("{}:7:", file.display())),
+            "{shown}"
+        );
+        assert!(shown.contains("relative/**"), "{shown}");
+
+        std::fs::write(
+            &file,
+            "[[path]]\npattern = \"~/x\"\naccess = \"read\"\nacess = 1\n",
+        )
+        .unwrap();
+        let err = Policy::load(&file).unwrap_err();
+        assert!(
+            matches!(err, PolicyError::Parse { line: Some(4), .. }),
+            "{err}"
+        );
+
+        std::fs::write(&file, "[[path]\n").unwrap();
+        let err = Policy::load(&file).unwrap_err();
+        assert!(
+            matches!(err, PolicyError::Parse { line: Some(1), .. }),
+            "{err}"
+        );
+        // The corrupt file is left as it was.
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "[[path]\n");
+    }
+
+    #[test]
+    fn granting_twice_merges() {
+        let mut p = Policy::default();
+        assert_eq!(
+            p.grant(path_grant("~/r/**", Access::Read, None)),
+            GrantOutcome::Added
+        );
+        assert_eq!(
+            p.grant(path_grant("~/r/**", Access::Read, None)),
+            GrantOutcome::Unchanged
+        );
+        assert_eq!(
+            p.grant(path_grant("~/r/**", Access::Write, None)),
+            GrantOutcome::Updated
+        );
+        assert_eq!(p.paths.len(), 1);
+        assert_eq!(p.paths[0].access, Access::ReadWrite);
+        assert_eq!(
+            p.grant(path_grant("~/r/**", Access::Read, Some(0o600))),
+            GrantOutcome::Updated
+        );
+        assert_eq!(p.paths[0].mode, Mode::new(0o600));
+        let editor = Grant::Env(EnvName::parse("EDITOR").unwrap());
+        assert_eq!(p.grant(editor.clone()), GrantOutcome::Added);
+        assert_eq!(p.grant(editor), GrantOutcome::Unchanged);
+        let gh = |t| Grant::Browser(BrowserTarget::parse(t).unwrap());
+        assert_eq!(p.grant(gh("https://github.com")), GrantOutcome::Added);
+        assert_eq!(
+            p.grant(gh("https://GITHUB.com:443/")),
+            GrantOutcome::Unchanged
+        );
+        assert_eq!(p.env.len(), 1);
+        assert_eq!(p.browser.len(), 1);
+    }
+
+    #[test]
+    fn revoke() {
+        let mut p = sample();
+        assert!(p.revoke(&path_grant("~/reports/**", Access::Write, None)));
+        assert_eq!(p.paths[0].access, Access::Read);
+        assert!(!p.revoke(&path_grant("~/reports/**", Access::Write, None)));
+        assert!(p.revoke(&path_grant("~/reports/**", Access::ReadWrite, None)));
+        assert!(!p.revoke(&path_grant("~/reports/**", Access::Read, None)));
+        assert_eq!(p.paths.len(), 1);
+        assert!(p.revoke(&Grant::Env(EnvName::parse("EDITOR").unwrap())));
+        assert!(!p.revoke(&Grant::Env(EnvName::parse("EDITOR").unwrap())));
+        assert!(p.revoke(&Grant::Browser(BrowserTarget::parse("mailto").unwrap())));
+        assert_eq!(p.browser.len(), 1);
+    }
+}

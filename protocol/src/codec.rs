@@ -75,7 +75,10 @@ pub fn encode_into<F: Frame>(frame: &F, out: &mut Vec<u8>) {
 /// Decodes one frame.
 pub fn decode<F: Frame>(bytes: &[u8]) -> Result<F, DecodeError> {
     if bytes.len() > MAX_FRAME_LEN {
-        return Err(DecodeError::TooLarge { len: bytes.len(), limit: MAX_FRAME_LEN });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_FRAME_LEN,
+        });
     }
     #[derive(Deserialize)]
     struct Tag {
@@ -140,9 +143,17 @@ mod tests {
     #[test]
     fn unknown_tag_decodes_to_unknown() {
         // {"t": "teleport", "x": 1}
-        let bytes = [0x82, 0xa1, b't', 0xa8, b't', b'e', b'l', b'e', b'p', b'o', b'r', b't', 0xa1, b'x', 0x01];
+        let bytes = [
+            0x82, 0xa1, b't', 0xa8, b't', b'e', b'l', b'e', b'p', b'o', b'r', b't', 0xa1, b'x',
+            0x01,
+        ];
         let frame: ServerFrame = decode(&bytes).unwrap();
-        assert_eq!(frame, ServerFrame::Unknown { tag: "teleport".into() });
+        assert_eq!(
+            frame,
+            ServerFrame::Unknown {
+                tag: "teleport".into()
+            }
+        );
     }
 
     #[test]
@@ -163,17 +174,32 @@ mod tests {
             bytes: serde_bytes::ByteBuf::from(b"hello world".to_vec()),
         }));
         for cut in 0..good.len() {
-            assert!(decode::<ServerFrame>(&good[..cut]).is_err(), "prefix of {cut} bytes decoded");
+            assert!(
+                decode::<ServerFrame>(&good[..cut]).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
         }
-        for garbage in [&b""[..], b"\xc1", b"\xff\xff\xff", b"GET / HTTP/1.1\r\n", b"\x92\x01\x02"] {
-            assert!(decode::<ClientFrame>(garbage).is_err(), "{garbage:?} decoded");
+        for garbage in [
+            &b""[..],
+            b"\xc1",
+            b"\xff\xff\xff",
+            b"GET / HTTP/1.1\r\n",
+            b"\x92\x01\x02",
+        ] {
+            assert!(
+                decode::<ClientFrame>(garbage).is_err(),
+                "{garbage:?} decoded"
+            );
         }
     }
 
     #[test]
     fn oversized_frames_are_refused_before_parsing() {
         let big = vec![0u8; MAX_FRAME_LEN + 1];
-        assert!(matches!(decode::<ClientFrame>(&big), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<ClientFrame>(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -190,9 +216,17 @@ mod tests {
         // {"t":"request","id":7,"op":{"k":"warp"}}
         let mut bytes = vec![0x83, 0xa1, b't', 0xa7];
         bytes.extend(b"request");
-        bytes.extend([0xa2, b'i', b'd', 0x07, 0xa2, b'o', b'p', 0x81, 0xa1, b'k', 0xa4]);
+        bytes.extend([
+            0xa2, b'i', b'd', 0x07, 0xa2, b'o', b'p', 0x81, 0xa1, b'k', 0xa4,
+        ]);
         bytes.extend(b"warp");
         let frame: ServerFrame = decode(&bytes).unwrap();
-        assert_eq!(frame, ServerFrame::Request(Request { id: RequestId(7), op: Operation::Unknown }));
+        assert_eq!(
+            frame,
+            ServerFrame::Request(Request {
+                id: RequestId(7),
+                op: Operation::Unknown
+            })
+        );
     }
 }

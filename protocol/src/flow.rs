@@ -42,7 +42,9 @@ pub struct SendCredit {
 impl SendCredit {
     /// Starts with the peer's initial window.
     pub fn new(initial: u32) -> Self {
-        SendCredit { credit: u64::from(initial) }
+        SendCredit {
+            credit: u64::from(initial),
+        }
     }
 
     /// Bytes that may be sent now.
@@ -62,7 +64,11 @@ impl SendCredit {
     pub fn grant(&mut self, bytes: u32) -> Result<(), FlowError> {
         let granted = u64::from(bytes);
         if self.credit + granted > MAX_CREDIT {
-            return Err(FlowError::GrantOverflow { credit: self.credit, granted, limit: MAX_CREDIT });
+            return Err(FlowError::GrantOverflow {
+                credit: self.credit,
+                granted,
+                limit: MAX_CREDIT,
+            });
         }
         self.credit += granted;
         Ok(())
@@ -82,7 +88,11 @@ pub struct ReceiveWindow {
 impl ReceiveWindow {
     /// A window of `window` bytes, all of it granted up front.
     pub fn new(window: u32) -> Self {
-        ReceiveWindow { window, peer_credit: u64::from(window), consumed: 0 }
+        ReceiveWindow {
+            window,
+            peer_credit: u64::from(window),
+            consumed: 0,
+        }
     }
 
     /// The window size.
@@ -94,7 +104,10 @@ impl ReceiveWindow {
     pub fn on_receive(&mut self, len: usize) -> Result<(), FlowError> {
         let len = len as u64;
         if len > self.peer_credit {
-            return Err(FlowError::CreditExceeded { len, credit: self.peer_credit });
+            return Err(FlowError::CreditExceeded {
+                len,
+                credit: self.peer_credit,
+            });
         }
         self.peer_credit -= len;
         Ok(())
@@ -136,7 +149,10 @@ mod tests {
     fn runaway_grants_are_refused() {
         let mut credit = SendCredit::new(u32::MAX);
         credit.grant(1).unwrap();
-        assert!(matches!(credit.grant(1), Err(FlowError::GrantOverflow { .. })));
+        assert!(matches!(
+            credit.grant(1),
+            Err(FlowError::GrantOverflow { .. })
+        ));
     }
 
     #[test]
@@ -146,7 +162,13 @@ mod tests {
         assert_eq!(window.on_consumed(30), None);
         assert_eq!(window.on_consumed(20), Some(50));
         // The peer had 30 left plus 50 granted.
-        assert!(matches!(window.on_receive(81), Err(FlowError::CreditExceeded { len: 81, credit: 80 })));
+        assert!(matches!(
+            window.on_receive(81),
+            Err(FlowError::CreditExceeded {
+                len: 81,
+                credit: 80
+            })
+        ));
         window.on_receive(80).unwrap();
         assert!(window.on_receive(1).is_err());
     }

@@ -339,12 +339,20 @@ pub struct Response {
 impl Response {
     /// A successful response.
     pub fn ok(id: RequestId, reply: Reply) -> Self {
-        Response { id, ok: Some(reply), error: None }
+        Response {
+            id,
+            ok: Some(reply),
+            error: None,
+        }
     }
 
     /// A failed response.
     pub fn error(id: RequestId, error: OpError) -> Self {
-        Response { id, ok: None, error: Some(error) }
+        Response {
+            id,
+            ok: None,
+            error: Some(error),
+        }
     }
 }
 

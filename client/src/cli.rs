@@ -1,0 +1,180 @@
+//! Argument parsing: `terminalwire [OPTIONS] URL [ARGS...]`.
+//!
+//! Everything after the URL belongs to the app, so `terminalwire URL --help`
+//! is the app's help: the arguments are split at the URL before clap sees the
+//! client's own options.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::exit_code;
+
+/// Options of the client itself (before the URL).
+#[derive(Debug, Parser)]
+#[command(
+    name = "terminalwire",
+    version,
+    about = "Run a web app's command-line interface on your terminal.",
+    long_about = "Run a web app's command-line interface on your terminal.\n\n\
+        Connects to the app's terminal endpoint (ws://, or http:// which is mapped to ws://), \
+        runs the command given by ARGS on the server and shows its output here. \
+        Everything after the URL is passed to the app: `terminalwire URL --help` shows the app's help.",
+    after_help = "Exit status: the remote command's status; 2 bad client arguments; 69 cannot connect; \
+        75 connection lost, timed out or server shut down; 76 protocol error; \
+        78 incompatible server; 141 stdout closed."
+)]
+struct Options {
+    /// Seconds to wait for the connection and the server's welcome.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10.0,
+        env = "TERMINALWIRE_CONNECT_TIMEOUT"
+    )]
+    connect_timeout: f64,
+    /// Log the client's own activity on stderr (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// The app's terminal endpoint, e.g. ws://127.0.0.1:3000/terminal.
+    url: String,
+    /// Arguments for the app.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Client options that take a value (so the URL split can skip their values).
+const OPTIONS_WITH_VALUE: &[&str] = &["--connect-timeout"];
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    /// The URL as typed.
+    pub url: String,
+    /// Program name reported to the app.
+    pub program_name: String,
+    /// Arguments for the app.
+    pub args: Vec<String>,
+    /// Connection and handshake time-out.
+    pub connect_timeout: Duration,
+    /// Log level of the client's own logs.
+    pub verbose: u8,
+}
+
+/// Parsing ended the program (help, version or a usage error was printed).
+#[derive(Debug)]
+pub enum ParseOutcome {
+    /// Exit with this status.
+    Exit(u8),
+}
+
+/// Parses process arguments (including argv\[0\]).
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, ParseOutcome> {
+    let mut args = args.into_iter();
+    let argv0 = args.next().unwrap_or_else(|| "terminalwire".into());
+    let mut own = vec![argv0];
+    let mut app_args = Vec::new();
+    let mut expecting_value = false;
+    let mut found_url = false;
+    for arg in args.by_ref() {
+        if found_url {
+            app_args.push(arg);
+            continue;
+        }
+        let text = arg.to_string_lossy();
+        let is_option = text.starts_with('-') && text != "-";
+        if expecting_value {
+            expecting_value = false;
+        } else if text == "--" {
+            // `terminalwire -- URL ARGS`: the URL follows.
+            continue;
+        } else if is_option {
+            expecting_value = OPTIONS_WITH_VALUE.contains(&text.as_ref());
+        } else {
+            found_url = true;
+        }
+        own.push(arg);
+    }
+    let options = match Options::try_parse_from(own) {
+        Ok(options) => options,
+        Err(error) => {
+            let _ = error.print();
+            return Err(ParseOutcome::Exit(
+                u8::try_from(error.exit_code()).unwrap_or(exit_code::USAGE),
+            ));
+        }
+    };
+    let mut args = Vec::with_capacity(app_args.len());
+    for (index, arg) in app_args.into_iter().enumerate() {
+        match arg.into_string() {
+            Ok(arg) => args.push(arg),
+            Err(arg) => {
+                eprintln!(
+                    "terminalwire: argument {} ({arg:?}) is not valid UTF-8",
+                    index + 1
+                );
+                return Err(ParseOutcome::Exit(exit_code::USAGE));
+            }
+        }
+    }
+    let connect_timeout = match Duration::try_from_secs_f64(options.connect_timeout) {
+        Ok(timeout) if !timeout.is_zero() => timeout,
+        _ => {
+            eprintln!("terminalwire: --connect-timeout must be a positive number of seconds");
+            return Err(ParseOutcome::Exit(exit_code::USAGE));
+        }
+    };
+    Ok(Invocation {
+        program_name: format!("terminalwire {}", options.url),
+        url: options.url,
+        args,
+        connect_timeout,
+        verbose: options.verbose,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(args: &[&str]) -> Invocation {
+        parse(args.iter().map(OsString::from)).expect("parses")
+    }
+
+    #[test]
+    fn everything_after_the_url_is_the_apps() {
+        let invocation = parse_ok(&["terminalwire", "ws://h/t", "--help", "-v", "x"]);
+        assert_eq!(invocation.url, "ws://h/t");
+        assert_eq!(invocation.args, ["--help", "-v", "x"]);
+        assert_eq!(invocation.verbose, 0);
+        assert_eq!(invocation.program_name, "terminalwire ws://h/t");
+    }
+
+    #[test]
+    fn client_options_come_before_the_url() {
+        let invocation = parse_ok(&[
+            "terminalwire",
+            "-v",
+            "--connect-timeout",
+            "2.5",
+            "ws://h/t",
+            "hello",
+        ]);
+        assert_eq!(invocation.verbose, 1);
+        assert_eq!(invocation.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(invocation.args, ["hello"]);
+    }
+
+    #[test]
+    fn bad_timeout_and_missing_url_are_usage_errors() {
+        assert!(matches!(
+            parse(["terminalwire", "--connect-timeout", "-1", "ws://h/"].map(OsString::from)),
+            Err(ParseOutcome::Exit(2))
+        ));
+        assert!(matches!(
+            parse(["terminalwire"].map(OsString::from)),
+            Err(ParseOutcome::Exit(2))
+        ));
+    }
+}

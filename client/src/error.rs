@@ -1,0 +1,112 @@
+//! Client errors and the exit statuses they map to.
+
+use terminalwire_protocol::ErrorCode;
+
+/// Exit statuses of the client for failures of its own. Any other status is
+/// the remote command's.
+pub mod exit_code {
+    /// The client's own arguments are wrong (also clap's usage status).
+    pub const USAGE: u8 = 2;
+    /// Cannot reach the server: connection refused, DNS failure, upgrade
+    /// refused, or the server does not speak this protocol.
+    pub const UNAVAILABLE: u8 = 69;
+    /// A bug in the client.
+    pub const INTERNAL: u8 = 70;
+    /// Writing the command's output failed (other than a closed pipe).
+    pub const IO: u8 = 74;
+    /// The connection was lost or timed out, or the server shut down, before
+    /// the command finished.
+    pub const CONNECTION_LOST: u8 = 75;
+    /// The server broke the protocol (malformed, oversized or unexpected
+    /// frames, flow-control violations) or ended the session with an error.
+    pub const PROTOCOL: u8 = 76;
+    /// The server speaks no protocol version this client speaks.
+    pub const INCOMPATIBLE: u8 = 78;
+    /// Standard output was closed by its reader (like a local program killed
+    /// by SIGPIPE: 128 + 13).
+    pub const BROKEN_PIPE: u8 = 141;
+}
+
+/// Why the client stopped without the command's exit status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Bad client arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// The URL is not usable.
+    #[error("invalid URL `{url}`: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Could not open the session.
+    #[error("cannot connect to {target}: {reason}")]
+    Unavailable {
+        /// What was being connected to.
+        target: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// No common protocol version; the server's message.
+    #[error("incompatible server (it speaks protocol versions {versions}): {message}")]
+    Incompatible {
+        /// The versions the server speaks.
+        versions: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The connection ended or timed out before the command finished.
+    #[error("{0}")]
+    ConnectionLost(String),
+    /// The server shut down before the command finished.
+    #[error("{0}")]
+    ServerShutdown(String),
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server ended the session with an error.
+    #[error("the server ended the session ({code}): {message}")]
+    ServerError {
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// Writing output failed.
+    #[error("cannot write {stream}: {source}")]
+    Output {
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Standard output was closed by its reader.
+    #[error("standard output was closed")]
+    BrokenPipe,
+}
+
+impl ClientError {
+    /// The exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Usage(_) | ClientError::BadUrl { .. } => exit_code::USAGE,
+            ClientError::Unavailable { .. } => exit_code::UNAVAILABLE,
+            ClientError::Incompatible { .. } => exit_code::INCOMPATIBLE,
+            ClientError::ConnectionLost(_) | ClientError::ServerShutdown(_) => {
+                exit_code::CONNECTION_LOST
+            }
+            ClientError::Protocol(_) | ClientError::ServerError { .. } => exit_code::PROTOCOL,
+            ClientError::Output { .. } => exit_code::IO,
+            ClientError::BrokenPipe => exit_code::BROKEN_PIPE,
+        }
+    }
+
+    /// Errors that are reported by the exit status alone, like a local
+    /// program's broken pipe.
+    pub fn is_silent(&self) -> bool {
+        matches!(self, ClientError::BrokenPipe)
+    }
+}

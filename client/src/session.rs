@@ -1,0 +1,568 @@
+//! The client's protocol engine for one session.
+//!
+//! Generic over the WebSocket's underlying byte stream and over the local
+//! streams ([`LocalIo`]), so tests run it over `tokio::io::duplex` with
+//! in-memory output.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use terminalwire_protocol::flow::ReceiveWindow;
+use terminalwire_protocol::frame::{
+    ClientFrame, ErrorCode, Hello, OpError, Operation, Reply, Request, Response, ServerFrame,
+    SessionError, StreamId, WindowAdjust,
+};
+use terminalwire_protocol::{MAX_FRAME_LEN, codec};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::error::ClientError;
+
+/// Longest line `stdin_read_line` returns.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Time-outs and limits of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Time the server has to answer the hello.
+    pub handshake_timeout: Duration,
+    /// The session fails when nothing arrives from the server for this long.
+    pub idle_timeout: Duration,
+    /// Interval of WebSocket pings that keep the connection alive.
+    pub heartbeat: Duration,
+    /// Requests the server may have in flight at once; more is a violation.
+    pub max_requests_in_flight: usize,
+    /// On a failure, how long already-received output may take to be written.
+    pub flush_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(15),
+            max_requests_in_flight: 64,
+            flush_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The local streams a session writes to and reads from.
+pub struct LocalIo {
+    /// Where the command's stdout goes.
+    pub stdout: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Where the command's stderr (and prompts) go.
+    pub stderr: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Where lines for the command come from.
+    pub stdin: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+impl std::fmt::Debug for LocalIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIo").finish_non_exhaustive()
+    }
+}
+
+impl LocalIo {
+    /// The process's own standard streams.
+    pub fn process() -> Self {
+        LocalIo {
+            stdout: Box::new(tokio::io::stdout()),
+            stderr: Box::new(tokio::io::stderr()),
+            stdin: Box::new(tokio::io::stdin()),
+        }
+    }
+}
+
+enum Chunk {
+    /// Bytes from the server, counted against the stream's window.
+    Remote(Vec<u8>),
+    /// Bytes the client writes itself (prompts), not counted.
+    Local(Vec<u8>),
+}
+
+enum Event {
+    Consumed { index: usize, len: usize },
+    Failed { index: usize, error: io::Error },
+}
+
+/// One local output stream: a writer task fed by a queue that the server's
+/// window bounds.
+struct OutputPipe {
+    sid: StreamId,
+    name: &'static str,
+    queue: Option<mpsc::UnboundedSender<Chunk>>,
+    task: JoinHandle<()>,
+    window: ReceiveWindow,
+}
+
+impl OutputPipe {
+    fn spawn(
+        index: usize,
+        sid: StreamId,
+        name: &'static str,
+        mut writer: Box<dyn AsyncWrite + Send + Unpin>,
+        window: u32,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        let (queue, mut chunks) = mpsc::unbounded_channel::<Chunk>();
+        let task = tokio::spawn(async move {
+            let result: io::Result<()> = async {
+                while let Some(chunk) = chunks.recv().await {
+                    let (bytes, remote) = match chunk {
+                        Chunk::Remote(bytes) => (bytes, true),
+                        Chunk::Local(bytes) => (bytes, false),
+                    };
+                    writer.write_all(&bytes).await?;
+                    // Flush when caught up: interactive output shows at once,
+                    // bulk output is written in big pieces.
+                    if chunks.is_empty() {
+                        writer.flush().await?;
+                    }
+                    if remote {
+                        let _ = events.send(Event::Consumed {
+                            index,
+                            len: bytes.len(),
+                        });
+                    }
+                }
+                writer.flush().await
+            }
+            .await;
+            if let Err(error) = result {
+                let _ = events.send(Event::Failed { index, error });
+            }
+        });
+        OutputPipe {
+            sid,
+            name,
+            queue: Some(queue),
+            task,
+            window: ReceiveWindow::new(window),
+        }
+    }
+
+    fn push(&self, chunk: Chunk) {
+        if let Some(queue) = &self.queue {
+            // A failed writer reports through its event; nothing to do here.
+            let _ = queue.send(chunk);
+        }
+    }
+}
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+type Source<S> = SplitStream<WebSocketStream<S>>;
+
+/// Runs a session on an open WebSocket and returns the command's exit status.
+pub async fn run<S>(
+    socket: WebSocketStream<S>,
+    hello: Hello,
+    io: LocalIo,
+    config: &SessionConfig,
+) -> Result<u8, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut source) = socket.split();
+    let window = hello.window;
+    let max_chunk = hello.max_chunk as usize;
+    send(&mut sink, &ClientFrame::Hello(hello)).await?;
+    let welcome =
+        match tokio::time::timeout(config.handshake_timeout, next_frame(&mut source)).await {
+            Err(_) => {
+                return Err(ClientError::ConnectionLost(format!(
+                    "the server did not answer the hello within {:?}",
+                    config.handshake_timeout
+                )));
+            }
+            Ok(frame) => match frame? {
+                ServerFrame::Welcome(welcome) => welcome,
+                ServerFrame::Incompatible(incompatible) => {
+                    return Err(ClientError::Incompatible {
+                        versions: incompatible.versions.to_string(),
+                        message: incompatible.message,
+                    });
+                }
+                ServerFrame::Error(error) => return Err(server_error(error)),
+                other => {
+                    let message = format!("expected welcome, got {}", frame_name(&other));
+                    return Err(violation(&mut sink, message).await);
+                }
+            },
+        };
+    tracing::info!(session = %welcome.session_id, version = welcome.version, server = %welcome.server.name, "session open");
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut pipes = [
+        OutputPipe::spawn(
+            0,
+            StreamId::STDOUT,
+            "stdout",
+            io.stdout,
+            window,
+            events_tx.clone(),
+        ),
+        OutputPipe::spawn(1, StreamId::STDERR, "stderr", io.stderr, window, events_tx),
+    ];
+    let stdin = Arc::new(Mutex::new(BufReader::new(io.stdin)));
+    let requests = Arc::new(Semaphore::new(config.max_requests_in_flight));
+    let (responses_tx, mut responses) =
+        mpsc::channel::<ClientFrame>(config.max_requests_in_flight.max(1));
+    let mut heartbeat =
+        tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
+    let mut idle_deadline = Instant::now() + config.idle_timeout;
+
+    let result = loop {
+        tokio::select! {
+            frame = next_frame(&mut source) => {
+                idle_deadline = Instant::now() + config.idle_timeout;
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(ClientError::Protocol(message)) => break Err(violation(&mut sink, message).await),
+                    Err(error) => break Err(error),
+                };
+                match frame {
+                    ServerFrame::Data(data) => {
+                        let Some(pipe) = pipes.iter_mut().find(|pipe| pipe.sid == data.sid) else {
+                            let message = format!("data on stream {} which is not open", data.sid.0);
+                            break Err(violation(&mut sink, message).await);
+                        };
+                        let len = data.bytes.len();
+                        if len > max_chunk {
+                            let message = format!("data chunk of {len} bytes exceeds the agreed maximum of {max_chunk}");
+                            break Err(violation(&mut sink, message).await);
+                        }
+                        if let Err(error) = pipe.window.on_receive(len) {
+                            break Err(violation(&mut sink, format!("on {}: {error}", pipe.name)).await);
+                        }
+                        if len > 0 {
+                            pipe.push(Chunk::Remote(data.bytes.into_vec()));
+                        }
+                    }
+                    ServerFrame::Request(request) => {
+                        let Ok(permit) = requests.clone().try_acquire_owned() else {
+                            let message = format!("more than {} requests in flight", config.max_requests_in_flight);
+                            break Err(violation(&mut sink, message).await);
+                        };
+                        let responses = responses_tx.clone();
+                        let stdin = stdin.clone();
+                        let prompts = pipes[1].queue.clone();
+                        tokio::spawn(async move {
+                            let response = perform(request, &stdin, prompts).await;
+                            let _ = responses.send(ClientFrame::Response(response)).await;
+                            drop(permit);
+                        });
+                    }
+                    ServerFrame::Exit(exit) => break Ok(exit.status),
+                    ServerFrame::Error(error) => break Err(server_error(error)),
+                    // No client → server stream is open yet; credit for one is harmless.
+                    ServerFrame::Window(_) => {}
+                    other => {
+                        let message = format!("unexpected {} frame", frame_name(&other));
+                        break Err(violation(&mut sink, message).await);
+                    }
+                }
+            }
+            Some(event) = events.recv() => match event {
+                Event::Consumed { index, len } => {
+                    let pipe = &mut pipes[index];
+                    if let Some(grant) = pipe.window.on_consumed(len) {
+                        let frame = ClientFrame::Window(WindowAdjust { sid: pipe.sid, bytes: grant });
+                        if let Err(error) = send(&mut sink, &frame).await {
+                            break Err(error);
+                        }
+                    }
+                }
+                Event::Failed { index, error } => {
+                    break Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
+                        ClientError::BrokenPipe
+                    } else {
+                        ClientError::Output { stream: pipes[index].name, source: error }
+                    });
+                }
+            },
+            Some(response) = responses.recv() => {
+                if let Err(error) = send(&mut sink, &response).await {
+                    break Err(error);
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Err(error) = sink.send(Message::Ping(Vec::new().into())).await {
+                    break Err(lost(error));
+                }
+            }
+            () = tokio::time::sleep_until(idle_deadline) => {
+                break Err(ClientError::ConnectionLost(format!(
+                    "no sign of life from the server for {:?}", config.idle_timeout
+                )));
+            }
+        }
+    };
+
+    // Write out everything received before the end, whatever the end was.
+    let flushed = finish_outputs(
+        &mut pipes,
+        &mut events,
+        result.is_ok(),
+        config.flush_timeout,
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    match (result, flushed) {
+        (Ok(status), Ok(())) => Ok(status),
+        (Ok(_), Err(error)) => Err(error),
+        (Err(error), _) => Err(error),
+    }
+}
+
+/// Closes the output queues and waits for the writers. After a normal exit
+/// the wait is unbounded (a slow reader of our stdout is not an error);
+/// after a failure it is bounded.
+async fn finish_outputs(
+    pipes: &mut [OutputPipe; 2],
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    unbounded: bool,
+    bound: Duration,
+) -> Result<(), ClientError> {
+    for pipe in pipes.iter_mut() {
+        pipe.queue = None;
+    }
+    let wait = async {
+        for pipe in pipes.iter_mut() {
+            let _ = (&mut pipe.task).await;
+        }
+    };
+    if unbounded {
+        wait.await;
+    } else if tokio::time::timeout(bound, wait).await.is_err() {
+        return Ok(());
+    }
+    while let Ok(event) = events.try_recv() {
+        if let Event::Failed { index, error } = event {
+            return Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
+                ClientError::BrokenPipe
+            } else {
+                ClientError::Output {
+                    stream: pipes[index].name,
+                    source: error,
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Performs one request and builds its response; never fails the session.
+async fn perform(
+    request: Request,
+    stdin: &Mutex<BufReader<Box<dyn AsyncRead + Send + Unpin>>>,
+    prompts: Option<mpsc::UnboundedSender<Chunk>>,
+) -> Response {
+    let result = match request.op {
+        Operation::StdinReadLine { prompt } => {
+            if let (Some(prompt), Some(prompts)) = (prompt, prompts) {
+                let _ = prompts.send(Chunk::Local(prompt.into_bytes()));
+            }
+            read_line(&mut *stdin.lock().await).await
+        }
+        _ => Err(OpError {
+            code: ErrorCode::Unsupported,
+            message: "this client does not support that operation".into(),
+        }),
+    };
+    match result {
+        Ok(reply) => Response::ok(request.id, reply),
+        Err(error) => Response::error(request.id, error),
+    }
+}
+
+async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpError> {
+    let mut bytes = Vec::new();
+    // Reads through the session's one buffer: bytes after the newline stay
+    // there for the next read instead of being lost with a local buffer.
+    let mut limited = stdin.take(MAX_LINE as u64 + 1);
+    let io_error = |error: io::Error| OpError {
+        code: ErrorCode::Io,
+        message: format!("reading stdin: {error}"),
+    };
+    let n = limited
+        .read_until(b'\n', &mut bytes)
+        .await
+        .map_err(io_error)?;
+    if n == 0 {
+        return Ok(Reply::Line { line: None });
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    } else if bytes.len() > MAX_LINE {
+        return Err(OpError {
+            code: ErrorCode::Invalid,
+            message: format!("input line longer than {MAX_LINE} bytes"),
+        });
+    }
+    let line = String::from_utf8(bytes).map_err(|_| OpError {
+        code: ErrorCode::Invalid,
+        message: "input line is not valid UTF-8".into(),
+    })?;
+    Ok(Reply::Line { line: Some(line) })
+}
+
+async fn send<S>(sink: &mut Sink<S>, frame: &ClientFrame) -> Result<(), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    sink.send(Message::Binary(codec::encode(frame).into()))
+        .await
+        .map_err(lost)
+}
+
+/// The next frame from the server, skipping pings and pongs.
+async fn next_frame<S>(source: &mut Source<S>) -> Result<ServerFrame, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let message = match source.next().await {
+            None => {
+                return Err(ClientError::ConnectionLost(
+                    "the server closed the connection".into(),
+                ));
+            }
+            Some(Err(error)) => return Err(classify(error)),
+            Some(Ok(message)) => message,
+        };
+        match message {
+            Message::Binary(bytes) => {
+                return codec::decode::<ServerFrame>(&bytes).map_err(|error| {
+                    ClientError::Protocol(format!("the server sent an invalid frame: {error}"))
+                });
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Text(_) => {
+                return Err(ClientError::Protocol(
+                    "the server sent a text message instead of a frame".into(),
+                ));
+            }
+            Message::Close(_) => {
+                return Err(ClientError::ConnectionLost(
+                    "the server closed the connection before the command finished".into(),
+                ));
+            }
+        }
+    }
+}
+
+fn classify(error: tungstenite::Error) -> ClientError {
+    use tungstenite::Error;
+    match error {
+        Error::Capacity(error) => ClientError::Protocol(format!(
+            "the server sent a frame over the {MAX_FRAME_LEN}-byte limit ({error})"
+        )),
+        Error::Protocol(error) => {
+            ClientError::Protocol(format!("bad WebSocket data from the server: {error}"))
+        }
+        Error::Utf8(_) => {
+            ClientError::Protocol("the server sent invalid UTF-8 in a text message".into())
+        }
+        other => lost(other),
+    }
+}
+
+fn lost(error: tungstenite::Error) -> ClientError {
+    ClientError::ConnectionLost(format!("the connection to the server was lost: {error}"))
+}
+
+fn server_error(error: SessionError) -> ClientError {
+    match error.code {
+        ErrorCode::Shutdown => ClientError::ServerShutdown(error.message),
+        code => ClientError::ServerError {
+            code,
+            message: error.message,
+        },
+    }
+}
+
+/// Tells the server why the client gives up, then returns the error.
+async fn violation<S>(sink: &mut Sink<S>, message: String) -> ClientError
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = ClientFrame::Error(SessionError {
+        code: ErrorCode::Protocol,
+        message: message.clone(),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), send(sink, &frame)).await;
+    ClientError::Protocol(message)
+}
+
+fn frame_name(frame: &ServerFrame) -> String {
+    match frame {
+        ServerFrame::Welcome(_) => "welcome".into(),
+        ServerFrame::Incompatible(_) => "incompatible".into(),
+        ServerFrame::Data(_) => "data".into(),
+        ServerFrame::Window(_) => "window".into(),
+        ServerFrame::Request(_) => "request".into(),
+        ServerFrame::Exit(_) => "exit".into(),
+        ServerFrame::Error(_) => "error".into(),
+        ServerFrame::Unknown { tag } => format!("unknown `{tag}`"),
+        _ => "unsupported".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn read_line_strips_endings_and_reports_eof() {
+        let mut input: &[u8] = b"first\r\nsecond\nlast";
+        assert_eq!(
+            read_line(&mut input).await.unwrap(),
+            Reply::Line {
+                line: Some("first".into())
+            }
+        );
+        assert_eq!(
+            read_line(&mut input).await.unwrap(),
+            Reply::Line {
+                line: Some("second".into())
+            }
+        );
+        assert_eq!(
+            read_line(&mut input).await.unwrap(),
+            Reply::Line {
+                line: Some("last".into())
+            }
+        );
+        assert_eq!(
+            read_line(&mut input).await.unwrap(),
+            Reply::Line { line: None }
+        );
+    }
+
+    #[tokio::test]
+    async fn overlong_and_invalid_lines_are_errors() {
+        let long = vec![b'x'; MAX_LINE + 10];
+        let mut input: &[u8] = &long;
+        assert_eq!(
+            read_line(&mut input).await.unwrap_err().code,
+            ErrorCode::Invalid
+        );
+        let mut input: &[u8] = b"\xff\xfe\n";
+        assert_eq!(
+            read_line(&mut input).await.unwrap_err().code,
+            ErrorCode::Invalid
+        );
+    }
+}

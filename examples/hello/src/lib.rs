@@ -1,0 +1,202 @@
+//! The `hello` example: a small axum web app whose command-line interface is
+//! served to the `terminalwire` client.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo run -p hello -- --listen 127.0.0.1:3000
+//! terminalwire ws://127.0.0.1:3000/terminal hello World --shout
+//! ```
+//!
+//! # Layout
+//!
+//! - [`Cli`]: the remote CLI, defined with clap derive.
+//! - [`command`]: runs one client session.
+//! - [`router`]: the web app (an HTML page at `/`) with the terminal at `/terminal`.
+//! - [`run`]: serves on a listener until a shutdown signal, then drains.
+
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use clap::{Parser, Subcommand};
+use terminalwire_server::{Config, Context, Terminal};
+use tokio::net::TcpListener;
+
+/// The remote command-line interface of the hello app.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hello",
+    version,
+    about = "A friendly example app, run remotely with terminalwire."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands of the hello app.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Greet someone.
+    Hello {
+        /// Who to greet.
+        name: String,
+        /// Greet loudly.
+        #[arg(long)]
+        shout: bool,
+    },
+    /// Stream a lot of numbered lines (to try throughput and flow control).
+    Stream {
+        /// How many bytes to write.
+        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        bytes: u64,
+    },
+    /// Ask for your name on your terminal and greet you.
+    Ask,
+    /// Show what the server knows about your client and terminal.
+    Whoami,
+}
+
+/// Runs one session: parses the arguments and performs the command.
+pub async fn command(ctx: Context) -> anyhow::Result<()> {
+    let cli: Cli = ctx.parse_args().await?;
+    let out = ctx.stdout();
+    match cli.command {
+        Command::Hello { name, shout } => {
+            let greeting = format!("Hello, {name}!");
+            let greeting = if shout {
+                greeting.to_uppercase()
+            } else {
+                greeting
+            };
+            out.println(greeting).await?;
+        }
+        Command::Stream { bytes } => stream(&ctx, bytes).await?,
+        Command::Ask => {
+            let name = ctx.read_line(Some("What is your name? ")).await?;
+            match name.as_deref().map(str::trim) {
+                Some(name) if !name.is_empty() => {
+                    out.println(format!("Nice to meet you, {name}!")).await?
+                }
+                _ => anyhow::bail!("no name given"),
+            }
+        }
+        Command::Whoami => {
+            let client = ctx.client();
+            let terminal = ctx.terminal();
+            out.println(format!("session:   {}", ctx.session_id()))
+                .await?;
+            out.println(format!("client:    {} {}", client.name, client.version))
+                .await?;
+            out.println(format!(
+                "machine:   {} {} {}",
+                client.os,
+                client.os_version.as_deref().unwrap_or(""),
+                client.arch
+            ))
+            .await?;
+            out.println(format!("authority: {}", client.authority))
+                .await?;
+            out.println(format!(
+                "stdout:    {:?} {:?} colour {:?}",
+                terminal.stdout.kind, terminal.stdout.size, terminal.stdout.color
+            ))
+            .await?;
+            out.println(format!(
+                "term:      {}",
+                terminal.term.as_deref().unwrap_or("(unset)")
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `total` bytes of numbered 64-byte lines (the last one cut short).
+pub async fn stream(ctx: &Context, total: u64) -> std::io::Result<()> {
+    let out = ctx.stdout();
+    let mut block = Vec::with_capacity(64 * 1024);
+    let mut line = 0u64;
+    let mut left = total;
+    while left > 0 {
+        block.clear();
+        while block.len() < 64 * 1024 {
+            line += 1;
+            block.extend_from_slice(stream_line(line).as_bytes());
+        }
+        let n = block.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        out.write_all(&block[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Line `n` of the `stream` command: exactly 64 bytes including the newline.
+pub fn stream_line(n: u64) -> String {
+    format!("line {n:>12}: the quick brown fox jumps over the lazy dog.\n")
+}
+
+/// The web app: a page at `/` and the terminal endpoint at `/terminal`.
+pub fn router(terminal: &Terminal) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/terminal", terminal.route())
+}
+
+async fn index() -> Html<&'static str> {
+    Html(
+        "<!doctype html><title>hello</title><h1>hello</h1>\
+         <p>This app has a command-line interface. Try:</p>\
+         <pre>terminalwire ws://HOST/terminal hello World</pre>",
+    )
+}
+
+/// The terminal of the hello app.
+pub fn terminal() -> Terminal {
+    let config = Config {
+        server_name: "hello".into(),
+        ..Config::default()
+    };
+    Terminal::with_config(command, config)
+}
+
+/// Serves the app on `listener` until `shutdown` resolves, then lets running
+/// commands finish (within the grace period) and returns.
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let terminal = terminal();
+    let app = router(&terminal);
+    let draining = terminal.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            draining.begin_shutdown();
+        })
+        .await?;
+    terminal.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_lines_are_64_bytes() {
+        assert_eq!(stream_line(1).len(), 64);
+        assert_eq!(stream_line(999_999_999_999).len(), 64);
+    }
+
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from(["hello", "hello", "Ada", "--shout"]).unwrap();
+        assert!(matches!(cli.command, Command::Hello { ref name, shout: true } if name == "Ada"));
+    }
+}

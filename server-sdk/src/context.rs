@@ -1,0 +1,327 @@
+//! What a command sees of its session: arguments, client facts, output streams
+//! and client resources.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use terminalwire_protocol::frame::{self as wire, Operation, Reply};
+
+use crate::session::Shared;
+
+/// Facts the client reported about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientInfo {
+    /// Client program name.
+    pub name: String,
+    /// Client program version.
+    pub version: String,
+    /// Operating system (`linux`, `macos`, `windows`, ...).
+    pub os: String,
+    /// Operating-system version, when known.
+    pub os_version: Option<String>,
+    /// CPU architecture.
+    pub arch: String,
+    /// The authority the client computed from the URL it was given.
+    pub authority: String,
+    /// Capabilities both sides support.
+    pub capabilities: Vec<String>,
+}
+
+/// The kind of file behind one of the client's standard streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamKind {
+    /// A terminal.
+    Tty,
+    /// A pipe or socket.
+    Pipe,
+    /// A regular file.
+    File,
+    /// `/dev/null` or closed.
+    Null,
+    /// Anything else.
+    Other,
+}
+
+/// Colour support of one of the client's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ColorLevel {
+    /// No colour.
+    None,
+    /// 16 colours.
+    Ansi16,
+    /// 256 colours.
+    Ansi256,
+    /// 24-bit colour.
+    Truecolor,
+}
+
+/// One of the client's standard streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamInfo {
+    /// What it is connected to.
+    pub kind: StreamKind,
+    /// Terminal size as (columns, rows), for a terminal.
+    pub size: Option<(u16, u16)>,
+    /// Colour support.
+    pub color: ColorLevel,
+}
+
+impl StreamInfo {
+    /// Whether the stream is a terminal.
+    pub fn is_tty(&self) -> bool {
+        self.kind == StreamKind::Tty
+    }
+}
+
+/// The client's terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TerminalInfo {
+    /// Standard input.
+    pub stdin: StreamInfo,
+    /// Standard output.
+    pub stdout: StreamInfo,
+    /// Standard error.
+    pub stderr: StreamInfo,
+    /// `TERM`, when set.
+    pub term: Option<String>,
+}
+
+impl From<&wire::StreamFacts> for StreamInfo {
+    fn from(facts: &wire::StreamFacts) -> Self {
+        StreamInfo {
+            kind: match facts.kind {
+                wire::StreamKind::Tty => StreamKind::Tty,
+                wire::StreamKind::Pipe => StreamKind::Pipe,
+                wire::StreamKind::File => StreamKind::File,
+                wire::StreamKind::Null => StreamKind::Null,
+                wire::StreamKind::Other => StreamKind::Other,
+            },
+            size: facts.size.map(|size| (size.cols, size.rows)),
+            color: match facts.color {
+                wire::ColorLevel::None => ColorLevel::None,
+                wire::ColorLevel::Ansi16 => ColorLevel::Ansi16,
+                wire::ColorLevel::Ansi256 => ColorLevel::Ansi256,
+                wire::ColorLevel::Truecolor => ColorLevel::Truecolor,
+            },
+        }
+    }
+}
+
+impl From<&wire::TerminalFacts> for TerminalInfo {
+    fn from(facts: &wire::TerminalFacts) -> Self {
+        TerminalInfo {
+            stdin: (&facts.stdin).into(),
+            stdout: (&facts.stdout).into(),
+            stderr: (&facts.stderr).into(),
+            term: facts.term.clone(),
+        }
+    }
+}
+
+/// Fixed facts of a session, shared by every clone of its [`Context`].
+#[derive(Debug)]
+pub(crate) struct SessionInfo {
+    pub(crate) session_id: String,
+    pub(crate) program_name: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) client: ClientInfo,
+    pub(crate) terminal: TerminalInfo,
+}
+
+/// A client resource request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResourceError {
+    /// The user's entitlements do not allow it.
+    #[error("denied by the client: {message}")]
+    Denied {
+        /// The client's explanation.
+        message: String,
+    },
+    /// The target does not exist.
+    #[error("not found: {message}")]
+    NotFound {
+        /// The client's explanation.
+        message: String,
+    },
+    /// The client's operating system reported an error.
+    #[error("I/O error on the client: {message}")]
+    Io {
+        /// The client's explanation.
+        message: String,
+    },
+    /// The request was not valid (bad path, bad argument, no terminal, ...).
+    #[error("invalid request: {message}")]
+    Invalid {
+        /// The client's explanation.
+        message: String,
+    },
+    /// The client does not implement the operation.
+    #[error("the client does not support this: {message}")]
+    Unsupported {
+        /// The client's explanation.
+        message: String,
+    },
+    /// The client answered with another error code.
+    #[error("client error ({code}): {message}")]
+    Other {
+        /// The code as received.
+        code: String,
+        /// The client's explanation.
+        message: String,
+    },
+    /// The client answered with a reply of the wrong shape.
+    #[error("the client sent an unexpected reply")]
+    UnexpectedReply,
+    /// The session ended before the answer arrived.
+    #[error("the client disconnected")]
+    Disconnected,
+}
+
+impl From<wire::OpError> for ResourceError {
+    fn from(error: wire::OpError) -> Self {
+        let message = error.message;
+        match error.code {
+            wire::ErrorCode::Denied => ResourceError::Denied { message },
+            wire::ErrorCode::NotFound => ResourceError::NotFound { message },
+            wire::ErrorCode::Io => ResourceError::Io { message },
+            wire::ErrorCode::Invalid => ResourceError::Invalid { message },
+            wire::ErrorCode::Unsupported => ResourceError::Unsupported { message },
+            other => ResourceError::Other {
+                code: other.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+/// The session of one client, handed to the app's command.
+///
+/// Cheap to clone; all clones talk to the same client.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) info: Arc<SessionInfo>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("session_id", &self.info.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// The arguments the user typed after the program name.
+    pub fn args(&self) -> &[String] {
+        &self.info.args
+    }
+
+    /// The program name the user typed (a launcher's name, or `terminalwire URL`).
+    pub fn program_name(&self) -> &str {
+        &self.info.program_name
+    }
+
+    /// Facts about the client program and machine.
+    pub fn client(&self) -> &ClientInfo {
+        &self.info.client
+    }
+
+    /// Facts about the client's terminal.
+    pub fn terminal(&self) -> &TerminalInfo {
+        &self.info.terminal
+    }
+
+    /// This session's id (also in the server's logs).
+    pub fn session_id(&self) -> &str {
+        &self.info.session_id
+    }
+
+    /// The client's standard output.
+    pub fn stdout(&self) -> Output {
+        Output {
+            ctx: self.clone(),
+            stream: 0,
+        }
+    }
+
+    /// The client's standard error.
+    pub fn stderr(&self) -> Output {
+        Output {
+            ctx: self.clone(),
+            stream: 1,
+        }
+    }
+
+    /// Reads one line from the client's standard input (without its line
+    /// ending), showing `prompt` on the client's stderr first. `None` at end of input.
+    pub async fn read_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
+        let op = Operation::StdinReadLine {
+            prompt: prompt.map(str::to_owned),
+        };
+        match self.shared.request(op).await? {
+            Reply::Line { line } => Ok(line),
+            _ => Err(ResourceError::UnexpectedReply),
+        }
+    }
+
+    /// Resolves when the server begins shutting down. A command may finish
+    /// early then; after the server's grace period it is cancelled.
+    pub async fn shutdown_requested(&self) {
+        self.shared.shutdown.cancelled().await;
+    }
+
+    /// Resolves when the client has gone (disconnected, or the session ended).
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await;
+    }
+}
+
+/// A writer on one of the client's output streams.
+///
+/// Format with `format!` and write with [`print`](Output::print) or
+/// [`println`](Output::println) (`write!` cannot be used: its formatting
+/// temporaries may not cross an `.await` in a `Send` future). A write returns once the bytes
+/// are queued for the client within its flow-control window, so a slow
+/// terminal slows the command down instead of filling the server's memory.
+#[derive(Debug, Clone)]
+pub struct Output {
+    ctx: Context,
+    stream: usize,
+}
+
+impl Output {
+    /// Writes all of `bytes`.
+    pub async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        self.ctx.shared.write_stream(self.stream, bytes).await
+    }
+
+    /// Writes a string: `out.print(format!("{n} items\n")).await?`.
+    pub async fn print(&self, text: impl AsRef<str>) -> io::Result<()> {
+        self.write_all(text.as_ref().as_bytes()).await
+    }
+
+    /// Writes a string and a newline.
+    pub async fn println(&self, text: impl AsRef<str>) -> io::Result<()> {
+        let text = text.as_ref();
+        let mut line = String::with_capacity(text.len() + 1);
+        line.push_str(text);
+        line.push('\n');
+        self.write_all(line.as_bytes()).await
+    }
+
+    /// Facts about the client's stream behind this writer.
+    pub fn info(&self) -> &StreamInfo {
+        match self.stream {
+            0 => &self.ctx.info.terminal.stdout,
+            _ => &self.ctx.info.terminal.stderr,
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Server SDK of terminalwire: mount a remote command-line interface in an axum app.
+//!
+//! The app writes its command as an async function of a [`Context`]; users run
+//! it with the `terminalwire` client. The app never sees the wire format: the
+//! context offers streams, client facts and (later) client resources, so other
+//! transports (such as Terminalwire v1 clients) can drive the same app.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use terminalwire_server::{Context, Terminal};
+//!
+//! async fn cli(ctx: Context) -> anyhow::Result<()> {
+//!     let name = ctx.args().first().cloned().unwrap_or_else(|| "world".into());
+//!     ctx.stdout().println(format!("Hello, {name}!")).await?;
+//!     Ok(())
+//! }
+//!
+//! # async fn serve() -> std::io::Result<()> {
+//! let terminal = Terminal::new(cli);
+//! let app = Router::new()
+//!     .route("/", get(|| async { "a web app" }))
+//!     .route("/terminal", terminal.route());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`terminal`]: [`Terminal`], the service an app mounts, its [`Config`] and
+//!   graceful shutdown.
+//! - [`context`]: [`Context`] handed to the app's command, [`Output`] writers,
+//!   client and terminal facts.
+//! - [`outcome`]: how a command's return value becomes an exit status ([`Exit`],
+//!   [`IntoOutcome`]).
+//! - [`cli`]: clap integration (help, version and usage errors rendered like a
+//!   local program).
+//! - [`transport`]: the byte-frame transport a session runs over (axum
+//!   WebSockets, or anything implementing [`transport::Transport`]).
+//! - `session` (private): the protocol engine of one connection.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod context;
+pub mod outcome;
+mod session;
+pub mod terminal;
+pub mod transport;
+
+pub use context::{
+    ClientInfo, ColorLevel, Context, Output, ResourceError, StreamInfo, StreamKind, TerminalInfo,
+};
+pub use outcome::{Exit, IntoOutcome, Outcome};
+pub use terminal::{Config, Terminal};

@@ -1,0 +1,146 @@
+//! How a command's return value becomes the client's exit status.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::Context;
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command chose this exit status.
+    Exit(u8),
+    /// The command failed: the message is shown on the client's stderr
+    /// (`error: ...`) and the client exits with status 1.
+    Failed(String),
+}
+
+/// Ends the command at once with a status, after everything it printed is delivered.
+///
+/// Return it as an error (`return Err(Exit(3).into())`, or `?` on a function
+/// returning it) to stop from deep inside a command; no message is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("exit with status {0}")]
+pub struct Exit(pub u8);
+
+/// Values a command may return.
+pub trait IntoOutcome {
+    /// Converts into an [`Outcome`].
+    fn into_outcome(self) -> Outcome;
+}
+
+impl IntoOutcome for Outcome {
+    fn into_outcome(self) -> Outcome {
+        self
+    }
+}
+
+impl IntoOutcome for () {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Exit(0)
+    }
+}
+
+impl IntoOutcome for u8 {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Exit(self)
+    }
+}
+
+impl IntoOutcome for Exit {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Exit(self.0)
+    }
+}
+
+impl IntoOutcome for i32 {
+    /// Statuses outside 0..=255 become 1, as a shell would never see them.
+    fn into_outcome(self) -> Outcome {
+        Outcome::Exit(u8::try_from(self).unwrap_or(1))
+    }
+}
+
+impl<T: IntoOutcome> IntoOutcome for Result<T, Exit> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(value) => value.into_outcome(),
+            Err(exit) => Outcome::Exit(exit.0),
+        }
+    }
+}
+
+impl<T: IntoOutcome> IntoOutcome for anyhow::Result<T> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(value) => value.into_outcome(),
+            Err(error) => match error.downcast_ref::<Exit>() {
+                Some(exit) => Outcome::Exit(exit.0),
+                None => Outcome::Failed(format!("{error:#}")),
+            },
+        }
+    }
+}
+
+impl<T: IntoOutcome> IntoOutcome for Result<T, std::io::Error> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(value) => value.into_outcome(),
+            Err(error) => Outcome::Failed(error.to_string()),
+        }
+    }
+}
+
+impl<T: IntoOutcome> IntoOutcome for Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(value) => value.into_outcome(),
+            Err(error) => match error.downcast_ref::<Exit>() {
+                Some(exit) => Outcome::Exit(exit.0),
+                None => Outcome::Failed(error.to_string()),
+            },
+        }
+    }
+}
+
+/// A boxed command future.
+pub type CommandFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// A remote command: what runs on the server for each client session.
+///
+/// Implemented for every `Fn(Context) -> impl Future<Output = impl IntoOutcome>`.
+pub trait Command: Send + Sync + 'static {
+    /// Runs the command for one session.
+    fn run(&self, ctx: Context) -> CommandFuture;
+}
+
+impl<F, Fut, R> Command for F
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoOutcome,
+{
+    fn run(&self, ctx: Context) -> CommandFuture {
+        let fut = self(ctx);
+        Box::pin(async move { fut.await.into_outcome() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_values_map_to_outcomes() {
+        assert_eq!(().into_outcome(), Outcome::Exit(0));
+        assert_eq!(7u8.into_outcome(), Outcome::Exit(7));
+        assert_eq!(300i32.into_outcome(), Outcome::Exit(1));
+        assert_eq!(Err::<(), Exit>(Exit(4)).into_outcome(), Outcome::Exit(4));
+        let failed: anyhow::Result<()> = Err(anyhow::anyhow!("disk full").context("saving"));
+        assert_eq!(
+            failed.into_outcome(),
+            Outcome::Failed("saving: disk full".into())
+        );
+        let exit: anyhow::Result<()> = Err(Exit(9).into());
+        assert_eq!(exit.into_outcome(), Outcome::Exit(9));
+    }
+}

@@ -1,0 +1,182 @@
+//! [`Terminal`]: the service an app mounts on its axum router.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use terminalwire_protocol::{DEFAULT_MAX_CHUNK, DEFAULT_WINDOW, MAX_FRAME_LEN, SUBPROTOCOL};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::outcome::Command;
+use crate::session;
+use crate::transport::{AxumTransport, Transport};
+
+/// Settings of a [`Terminal`]. Start from [`Config::default`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name the server reports in `welcome`.
+    pub server_name: String,
+    /// Version the server reports in `welcome`.
+    pub server_version: String,
+    /// Time a client has to send its hello.
+    pub handshake_timeout: Duration,
+    /// A session with no frame or heartbeat for this long is closed.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long running commands may take to finish before they
+    /// are cancelled.
+    pub shutdown_grace: Duration,
+    /// Initial credit granted to the client on its streams.
+    pub window: u32,
+    /// Largest data chunk the server sends and accepts.
+    pub max_chunk: u32,
+    /// What an incompatible client is told (default: versions and how to upgrade).
+    pub incompatible_message: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "terminalwire-server".into(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            window: DEFAULT_WINDOW,
+            max_chunk: DEFAULT_MAX_CHUNK,
+            incompatible_message: None,
+        }
+    }
+}
+
+/// A remote command-line interface, ready to mount on an axum router.
+///
+/// Cheap to clone. Keep a clone to [`shut down`](Terminal::shutdown) gracefully.
+#[derive(Clone)]
+pub struct Terminal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    command: Arc<dyn Command>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+    next_session: AtomicU64,
+    /// Distinguishes this process's session ids from another's.
+    instance: u64,
+}
+
+impl std::fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terminal")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Terminal {
+    /// A terminal running `command` for every client, with default settings.
+    pub fn new(command: impl Command) -> Self {
+        Self::with_config(command, Config::default())
+    }
+
+    /// A terminal with explicit settings.
+    pub fn with_config(command: impl Command, config: Config) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let instance = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Terminal {
+            inner: Arc::new(Inner {
+                command: Arc::new(command),
+                config: Arc::new(config),
+                shutdown: CancellationToken::new(),
+                sessions: TaskTracker::new(),
+                next_session: AtomicU64::new(1),
+                instance,
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// An axum route serving the terminal endpoint:
+    /// `router.route("/terminal", terminal.route())`.
+    pub fn route<S: Clone + Send + Sync + 'static>(&self) -> MethodRouter<S> {
+        let terminal = self.clone();
+        axum::routing::get(move |upgrade: WebSocketUpgrade| {
+            let terminal = terminal.clone();
+            async move { terminal.upgrade(upgrade) }
+        })
+    }
+
+    /// Answers a WebSocket upgrade request (for apps that write their own handler).
+    pub fn upgrade(&self, upgrade: WebSocketUpgrade) -> Response {
+        if self.inner.shutdown.is_cancelled() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down\n",
+            )
+                .into_response();
+        }
+        let upgrade = upgrade
+            .protocols([SUBPROTOCOL])
+            .max_message_size(MAX_FRAME_LEN)
+            .max_frame_size(MAX_FRAME_LEN);
+        if upgrade.selected_protocol().is_none() {
+            let message = format!(
+                "this endpoint speaks the `{SUBPROTOCOL}` WebSocket subprotocol; run it with the terminalwire client\n"
+            );
+            return (StatusCode::BAD_REQUEST, message).into_response();
+        }
+        let terminal = self.clone();
+        upgrade.on_upgrade(move |socket| async move { terminal.serve(AxumTransport(socket)).await })
+    }
+
+    /// Runs one session over any transport, until it ends.
+    pub async fn serve(&self, transport: impl Transport) {
+        let inner = &self.inner;
+        let number = inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let session_id = format!("{:08x}-{number}", inner.instance as u32);
+        let session = session::run(
+            transport,
+            inner.command.clone(),
+            inner.config.clone(),
+            inner.shutdown.clone(),
+            session_id,
+        );
+        inner.sessions.track_future(session).await;
+    }
+
+    /// Begins a graceful shutdown: new sessions are refused, running commands
+    /// see [`Context::shutdown_requested`](crate::Context::shutdown_requested)
+    /// and have the configured grace period to finish.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.sessions.close();
+    }
+
+    /// Shuts down gracefully and waits until every session has ended, or until
+    /// the grace period plus a margin for the final frames has passed. Returns
+    /// whether every session ended.
+    pub async fn shutdown(&self) -> bool {
+        self.begin_shutdown();
+        let bound = self.inner.config.shutdown_grace + Duration::from_secs(6);
+        tokio::time::timeout(bound, self.inner.sessions.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Sessions currently running.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+}

@@ -16,7 +16,9 @@ use terminalwire_protocol::frame::{
     SessionError, StreamId, WindowAdjust,
 };
 use terminalwire_protocol::{MAX_FRAME_LEN, codec};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -469,6 +471,11 @@ fn classify(error: tungstenite::Error) -> ClientError {
         Error::Capacity(error) => ClientError::Protocol(format!(
             "the server sent a frame over the {MAX_FRAME_LEN}-byte limit ({error})"
         )),
+        // A peer that vanishes without a close frame is a lost connection,
+        // not a broken server.
+        Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            lost(error)
+        }
         Error::Protocol(error) => {
             ClientError::Protocol(format!("bad WebSocket data from the server: {error}"))
         }

@@ -1,0 +1,335 @@
+//! Harness for the end-to-end tests: real servers on loopback port 0 and the
+//! real `terminalwire` binary as a child process.
+//!
+//! # Layout
+//!
+//! - [`TestServer`]: the `hello` example app, or an app of the test's own, in
+//!   process on `127.0.0.1:0`; shuts down when dropped.
+//! - [`ScriptedServer`]: a bare WebSocket server whose sessions a test
+//!   scripts frame by frame, to play a broken or hostile server.
+//! - [`Client`]: runs the `terminalwire` binary and collects its output.
+//! - [`client_binary`]: where that binary is.
+//!
+//! The tests themselves live in `tests/`.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, reason = "a test harness fails loudly")]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use terminalwire_protocol::{ClientFrame, ServerFrame, codec};
+use terminalwire_server::Terminal;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// How long a client process may run before the test fails as hung.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Resolves when a [`TestServer`] is asked to stop.
+pub type ShutdownSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// An app serving on a loopback port until dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    /// Starts the `hello` example app on `127.0.0.1:0`.
+    pub async fn hello() -> TestServer {
+        TestServer::start(hello::run).await
+    }
+
+    /// Starts an app whose terminal runs `terminal` at `/terminal`.
+    pub async fn with_terminal(terminal: Terminal) -> TestServer {
+        TestServer::start(move |listener, shutdown| async move {
+            let app = axum::Router::new().route("/terminal", terminal.route());
+            let draining = terminal.clone();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    draining.begin_shutdown();
+                })
+                .await?;
+            terminal.shutdown().await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts `serve(listener, shutdown)` on `127.0.0.1:0`.
+    async fn start<S, Fut>(serve: S) -> TestServer
+    where
+        S: FnOnce(TcpListener, ShutdownSignal) -> Fut,
+        Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            Box::pin(async move {
+                let _ = signal.await;
+            }),
+        ));
+        TestServer {
+            addr,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// The terminal endpoint, `ws://127.0.0.1:PORT/terminal`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/terminal", self.addr)
+    }
+
+    /// Asks the app to shut down gracefully and waits until it has.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.task).await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A WebSocket server whose every session runs a script written by the test.
+#[derive(Debug)]
+pub struct ScriptedServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// One scripted session's socket.
+pub type ScriptedSocket = WebSocketStream<TcpStream>;
+
+impl ScriptedServer {
+    /// Serves on `127.0.0.1:0`; accepts the WebSocket upgrade, echoing the
+    /// terminalwire subprotocol when `echo_subprotocol`, and runs `script`.
+    pub async fn start<F, Fut>(echo_subprotocol: bool, script: F) -> ScriptedServer
+    where
+        F: Fn(ScriptedSocket) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = std::sync::Arc::new(script);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let script = script.clone();
+                tokio::spawn(async move {
+                    #[allow(
+                        clippy::result_large_err,
+                        reason = "the signature tungstenite asks for"
+                    )]
+                    let callback = |_request: &Request, mut response: Response| {
+                        if echo_subprotocol {
+                            response.headers_mut().insert(
+                                "sec-websocket-protocol",
+                                HeaderValue::from_static(terminalwire_protocol::SUBPROTOCOL),
+                            );
+                        }
+                        Ok(response)
+                    };
+                    if let Ok(socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await
+                    {
+                        script(socket).await;
+                    }
+                });
+            }
+        });
+        ScriptedServer { addr, task }
+    }
+
+    /// The endpoint URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}/terminal", self.addr)
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads the client's next frame; `None` when the socket ends or sends
+/// something that is not a frame.
+pub async fn next_client_frame(socket: &mut ScriptedSocket) -> Option<ClientFrame> {
+    loop {
+        match socket.next().await? {
+            Ok(Message::Binary(bytes)) => return codec::decode(&bytes).ok(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Sends one server frame.
+pub async fn send_server_frame(socket: &mut ScriptedSocket, frame: &ServerFrame) {
+    let _ = socket
+        .send(Message::Binary(codec::encode(frame).into()))
+        .await;
+}
+
+/// The `terminalwire` binary under test: `$TERMINALWIRE_BIN`, else the one
+/// in this test executable's target directory, brought up to date once per
+/// test process (`cargo test -p terminalwire-tests` alone would not rebuild
+/// another package's binary, and a stale one would test old code).
+pub fn client_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(locate_and_build_client).clone()
+}
+
+fn locate_and_build_client() -> PathBuf {
+    if let Some(path) = std::env::var_os("TERMINALWIRE_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>/terminalwire
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("unexpected test executable path {}", exe.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "terminalwire-client",
+            "--bin",
+            "terminalwire",
+        ])
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the terminalwire client failed");
+    profile_dir.join(format!("terminalwire{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// What a client run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The exit status (`None` if killed by a signal).
+    pub status: Option<i32>,
+    /// Everything written to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything written to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Outcome {
+    /// stdout as text.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// One run of the real client binary, with its own empty terminalwire home.
+#[derive(Debug)]
+pub struct Client {
+    args: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    envs: Vec<(String, String)>,
+}
+
+impl Client {
+    /// `terminalwire ARGS...`
+    pub fn new<I, S>(args: I) -> Client
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Client {
+            args: args.into_iter().map(Into::into).collect(),
+            stdin: None,
+            envs: Vec::new(),
+        }
+    }
+
+    /// Feeds `bytes` on stdin (then end of file); stdin is null otherwise.
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Client {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Sets an environment variable for the client.
+    pub fn env(mut self, key: &str, value: &str) -> Client {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs the client to completion; fails the test if it runs longer than
+    /// [`CLIENT_DEADLINE`].
+    pub async fn run(self) -> Outcome {
+        let home = tempfile::tempdir().unwrap();
+        let mut command = tokio::process::Command::new(client_binary());
+        command
+            .args(&self.args)
+            .env("TERMINALWIRE_HOME", home.path())
+            .env_remove("CLICOLOR_FORCE")
+            .env_remove("TERMINALWIRE_LOG")
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in &self.envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        if let Some(bytes) = self.stdin {
+            let mut stdin = child.stdin.take().unwrap();
+            tokio::spawn(async move {
+                // The client may exit before reading everything.
+                let _ = stdin.write_all(&bytes).await;
+            });
+        }
+        let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("client {:?} hung", self.args))
+            .unwrap();
+        Outcome {
+            status: output.status.code(),
+            stdout: output.stdout,
+            stderr: output.stderr,
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The real `terminalwire` binary against real servers on loopback.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+
+use terminalwire_protocol::frame::{Exit as ExitFrame, Incompatible};
+use terminalwire_protocol::{ClientFrame, ServerFrame, VersionRange};
+use terminalwire_server::{Context, Exit, Terminal};
+use terminalwire_tests::{
+    Client, ScriptedServer, TestServer, next_client_frame, send_server_frame,
+};
+use tokio::sync::Notify;
+
+/// Documented client exit statuses (README, `client/src/error.rs`).
+const USAGE: i32 = 2;
+const UNAVAILABLE: i32 = 69;
+const CONNECTION_LOST: i32 = 75;
+const PROTOCOL: i32 = 76;
+const INCOMPATIBLE: i32 = 78;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_prints_the_greeting_and_exits_zero() {
+    let server = TestServer::hello().await;
+    let run = Client::new([server.url().as_str(), "hello", "Ada"])
+        .run()
+        .await;
+    assert_eq!(run.stdout_text(), "Hello, Ada!\n");
+    assert_eq!(run.stderr_text(), "");
+    assert_eq!(run.status, Some(0));
+
+    let run = Client::new([server.url().as_str(), "hello", "Ada", "--shout"])
+        .run()
+        .await;
+    assert_eq!(run.stdout_text(), "HELLO, ADA!\n");
+    assert_eq!(run.status, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_urls_are_mapped_to_websocket() {
+    let server = TestServer::hello().await;
+    let url = server.url().replacen("ws://", "http://", 1);
+    let run = Client::new([url.as_str(), "hello", "web"]).run().await;
+    assert_eq!(run.stdout_text(), "Hello, web!\n", "{}", run.stderr_text());
+    assert_eq!(run.status, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_exit_status_and_arguments_reach_the_client() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.stdout().println(ctx.args().join("|")).await.unwrap();
+        ctx.stderr().println("to stderr").await.unwrap();
+        Exit(42)
+    });
+    let server = TestServer::with_terminal(terminal).await;
+    let run = Client::new([server.url().as_str(), "a b", "--flag", "-x", "--", "ü"])
+        .run()
+        .await;
+    assert_eq!(run.stdout_text(), "a b|--flag|-x|--|ü\n");
+    assert_eq!(run.stderr_text(), "to stderr\n");
+    assert_eq!(run.status, Some(42));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_error_exits_one_with_its_message() {
+    let server = TestServer::hello().await;
+    // `ask` with stdin at end of file gets no name and fails.
+    let run = Client::new([server.url().as_str(), "ask"]).run().await;
+    assert_eq!(run.status, Some(1));
+    assert!(
+        run.stderr_text().contains("no name given"),
+        "stderr: {}",
+        run.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panic_exits_one_and_the_server_serves_the_next_client() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        if ctx.args().first().map(String::as_str) == Some("panic") {
+            panic!("the handler fell over");
+        }
+        ctx.stdout().println("still here").await.unwrap();
+    });
+    let server = TestServer::with_terminal(terminal).await;
+    let run = Client::new([server.url().as_str(), "panic"]).run().await;
+    assert_eq!(run.status, Some(1));
+    assert_eq!(run.stdout_text(), "");
+    let stderr = run.stderr_text();
+    // The panic's details stay in the server's log, like a web app's 500.
+    assert!(
+        stderr.starts_with("error: the command failed unexpectedly on the server"),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("fell over"), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    let run = Client::new([server.url().as_str(), "calm"]).run().await;
+    assert_eq!(run.stdout_text(), "still here\n");
+    assert_eq!(run.status, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clap_help_and_version_go_to_stdout_with_status_zero() {
+    let server = TestServer::hello().await;
+    let run = Client::new([server.url().as_str(), "--help"]).run().await;
+    assert_eq!(run.status, Some(0));
+    assert_eq!(run.stderr_text(), "");
+    let help = run.stdout_text();
+    let usage = format!("Usage: terminalwire {} <COMMAND>", server.url());
+    assert!(help.contains(&usage), "help: {help}");
+    assert!(help.contains("Greet someone"), "help: {help}");
+    // Stdout is a pipe: no colour codes.
+    assert!(!help.contains('\u{1b}'), "help: {help:?}");
+
+    let run = Client::new([server.url().as_str(), "--version"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0));
+    assert_eq!(
+        run.stdout_text(),
+        format!("hello {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clap_usage_errors_go_to_stderr_with_status_two() {
+    let server = TestServer::hello().await;
+    let run = Client::new([server.url().as_str(), "frobnicate"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(USAGE));
+    assert_eq!(run.stdout_text(), "");
+    let stderr = run.stderr_text();
+    assert!(
+        stderr.starts_with("error: unrecognized subcommand 'frobnicate'"),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("Usage: terminalwire"), "stderr: {stderr}");
+
+    let run = Client::new([server.url().as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(USAGE));
+    assert!(
+        run.stderr_text().contains("<NAME>"),
+        "{}",
+        run.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_megabytes_of_stdout_arrive_byte_exact() {
+    const BYTES: u64 = 20_000_000;
+    let server = TestServer::hello().await;
+    let run = Client::new([
+        server.url().as_str(),
+        "stream",
+        "--bytes",
+        &BYTES.to_string(),
+    ])
+    .run()
+    .await;
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
+    let mut expected = Vec::with_capacity(BYTES as usize + 64);
+    let mut line = 0;
+    while (expected.len() as u64) < BYTES {
+        line += 1;
+        expected.extend_from_slice(hello::stream_line(line).as_bytes());
+    }
+    expected.truncate(BYTES as usize);
+    assert_eq!(run.stdout.len(), expected.len());
+    // Compare without printing 20 MB on failure.
+    let first_difference = run.stdout.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_stdin_answers_read_line() {
+    let server = TestServer::hello().await;
+    let run = Client::new([server.url().as_str(), "ask"])
+        .stdin("Ada Lovelace\r\nignored\n")
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
+    assert!(
+        run.stdout_text()
+            .ends_with("Nice to meet you, Ada Lovelace!\n"),
+        "stdout: {}",
+        run.stdout_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incompatible_server_gives_its_message_and_the_documented_status() {
+    let server = ScriptedServer::start(true, |mut socket| async move {
+        let Some(ClientFrame::Hello(hello)) = next_client_frame(&mut socket).await else {
+            return;
+        };
+        let message = format!(
+            "this server needs protocol 7 or newer; you have {}: please upgrade",
+            hello.versions
+        );
+        send_server_frame(
+            &mut socket,
+            &ServerFrame::Incompatible(Incompatible {
+                versions: VersionRange { min: 7, max: 9 },
+                message,
+            }),
+        )
+        .await;
+    })
+    .await;
+    let run = Client::new([server.url().as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(INCOMPATIBLE));
+    let stderr = run.stderr_text();
+    assert!(
+        stderr.contains("needs protocol 7 or newer; you have 1: please upgrade"),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("7..=9"), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+/// A server that answers the hello with `reply` and then waits for the
+/// client to go.
+async fn replying_server(reply: Vec<u8>) -> ScriptedServer {
+    let reply = Arc::new(reply);
+    ScriptedServer::start(true, move |mut socket| {
+        let reply = reply.clone();
+        async move {
+            use futures_util::SinkExt;
+            if next_client_frame(&mut socket).await.is_none() {
+                return;
+            }
+            let message = tokio_tungstenite::tungstenite::Message::Binary((*reply).clone().into());
+            let _ = socket.send(message).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_sends_garbage_gets_a_clean_protocol_error() {
+    for garbage in [
+        b"\xc1\xc1\xc1 not msgpack".to_vec(),
+        vec![0x93, 1, 2, 3],
+        // A map whose tag names no frame.
+        vec![0x81, 0xa1, b't', 0xa4, b'b', b'o', b'o', b'm'],
+        Vec::new(),
+    ] {
+        let server = replying_server(garbage.clone()).await;
+        let run = Client::new([server.url().as_str(), "hello"]).run().await;
+        assert_eq!(run.status, Some(PROTOCOL), "garbage {garbage:x?}");
+        let stderr = run.stderr_text();
+        assert!(
+            stderr.starts_with("terminalwire: protocol error"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_refused() {
+    let server = replying_server(vec![0xc4; 2 * terminalwire_protocol::MAX_FRAME_LEN]).await;
+    let run = Client::new([server.url().as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(PROTOCOL), "stderr: {}", run.stderr_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_vanishes_mid_session_is_a_lost_connection() {
+    let server = ScriptedServer::start(true, |mut socket| async move {
+        if next_client_frame(&mut socket).await.is_none() {
+            return;
+        }
+        // Welcome, then drop the connection without an exit frame.
+        let welcome = terminalwire_protocol::frame::Welcome {
+            version: 1,
+            server: terminalwire_protocol::frame::Software {
+                name: "scripted".into(),
+                version: "0".into(),
+            },
+            session_id: "s".into(),
+            capabilities: Vec::new(),
+            window: terminalwire_protocol::DEFAULT_WINDOW,
+            max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+        };
+        send_server_frame(&mut socket, &ServerFrame::Welcome(welcome)).await;
+    })
+    .await;
+    let run = Client::new([server.url().as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(CONNECTION_LOST), "{}", run.stderr_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_frame_before_welcome_is_a_protocol_error() {
+    let server = replying_server(terminalwire_protocol::codec::encode(&ServerFrame::Exit(
+        ExitFrame { status: 0 },
+    )))
+    .await;
+    let run = Client::new([server.url().as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(PROTOCOL), "{}", run.stderr_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_out_the_handshake() {
+    let server = ScriptedServer::start(true, |mut socket| async move {
+        while next_client_frame(&mut socket).await.is_some() {}
+    })
+    .await;
+    let run = Client::new(["--connect-timeout", "0.5", server.url().as_str(), "hello"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(CONNECTION_LOST), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text()
+            .contains("did not answer the hello within 500ms"),
+        "{}",
+        run.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_our_subprotocol_is_unavailable() {
+    let server = ScriptedServer::start(false, |mut socket| async move {
+        while next_client_frame(&mut socket).await.is_some() {}
+    })
+    .await;
+    let run = Client::new([server.url().as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(UNAVAILABLE), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text().contains("terminalwire-rs.v1"),
+        "{}",
+        run.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_unavailable() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let url = format!("ws://{addr}/terminal");
+    let run = Client::new([url.as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(UNAVAILABLE), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text()
+            .starts_with("terminalwire: cannot connect"),
+        "{}",
+        run.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_is_not_a_terminal_is_unavailable() {
+    let server = TestServer::hello().await;
+    let url = server.url().replace("/terminal", "/");
+    let run = Client::new([url.as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(UNAVAILABLE), "{}", run.stderr_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_tells_running_commands() {
+    let started = Arc::new(Notify::new());
+    let started_in_command = started.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let started = started_in_command.clone();
+        async move {
+            started.notify_one();
+            ctx.shutdown_requested().await;
+            ctx.stdout().println("saving and leaving").await.unwrap();
+            Exit(3)
+        }
+    });
+    let server = TestServer::with_terminal(terminal).await;
+    let client = tokio::spawn(Client::new([server.url().as_str()]).run());
+    started.notified().await;
+    server.stop().await.unwrap();
+    let run = client.await.unwrap();
+    assert_eq!(run.stdout_text(), "saving and leaving\n");
+    assert_eq!(run.status, Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_own_help_version_and_usage() {
+    let run = Client::new(["--help"]).run().await;
+    assert_eq!(run.status, Some(0));
+    assert!(
+        run.stdout_text().contains("Usage: terminalwire"),
+        "{}",
+        run.stdout_text()
+    );
+
+    let run = Client::new(["--version"]).run().await;
+    assert_eq!(run.status, Some(0));
+    assert!(
+        run.stdout_text().starts_with("terminalwire "),
+        "{}",
+        run.stdout_text()
+    );
+
+    let run = Client::new(Vec::<String>::new()).run().await;
+    assert_eq!(run.status, Some(USAGE));
+    assert_eq!(run.stdout_text(), "");
+
+    let run = Client::new(["ftp://example.com/terminal"]).run().await;
+    assert_eq!(run.status, Some(USAGE));
+    assert!(run.stderr_text().contains("ftp"), "{}", run.stderr_text());
+}

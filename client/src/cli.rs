@@ -21,7 +21,10 @@ use crate::error::exit_code;
         Connects to the app's terminal endpoint (ws://, or http:// which is mapped to ws://), \
         runs the command given by ARGS on the server and shows its output here. \
         Everything after the URL is passed to the app: `terminalwire URL --help` shows the app's help.",
-    after_help = "Exit status: the remote command's status; 2 bad client arguments; 69 cannot connect; \
+    after_help = "Administration: `terminalwire entitlement list|grant|revoke ...` and \
+        `terminalwire authority list|forget ...` manage what each server may do here \
+        (see `terminalwire entitlement --help`).\n\n\
+        Exit status: the remote command's status; 2 bad client arguments; 69 cannot connect; \
         75 connection lost, timed out or server shut down; 76 protocol error; \
         78 incompatible server; 141 stdout closed."
 )]

@@ -5,6 +5,9 @@ use terminalwire_protocol::ErrorCode;
 /// Exit statuses of the client for failures of its own. Any other status is
 /// the remote command's.
 pub mod exit_code {
+    /// An administration command (`entitlement`, `authority`) failed: bad
+    /// authority, pattern, name or target, a corrupt policy file, an I/O error.
+    pub const FAILURE: u8 = 1;
     /// The client's own arguments are wrong (also clap's usage status).
     pub const USAGE: u8 = 2;
     /// Cannot reach the server: connection refused, DNS failure, upgrade

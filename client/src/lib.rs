@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //!
+//! - [`admin`]: `terminalwire entitlement ...` and `terminalwire authority ...`.
 //! - [`cli`]: argument parsing (`terminalwire [OPTIONS] URL [ARGS...]`).
 //! - [`connect`]: URL checks and the WebSocket connection.
 //! - [`facts`]: what the hello reports about this machine and terminal.
@@ -17,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod connect;
 pub mod error;
@@ -31,6 +33,10 @@ pub use session::{LocalIo, SessionConfig};
 /// Runs the client with these process arguments and returns its exit status.
 /// Prints errors itself.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
+    let args: Vec<OsString> = args.into_iter().collect();
+    if admin::is_admin(args.get(1..).unwrap_or_default()) {
+        return admin::main(args);
+    }
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
         Err(cli::ParseOutcome::Exit(code)) => return code,

@@ -1,0 +1,492 @@
+//! The user's administration commands: `terminalwire entitlement ...` and
+//! `terminalwire authority ...`.
+//!
+//! These edit the per-authority policy files under the terminalwire home
+//! (`$TERMINALWIRE_HOME`, else `~/.terminalwire`). They never talk to a
+//! server.
+
+use std::ffi::OsString;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use terminalwire_policy::grant::{Access, BrowserTarget, EnvName, Mode, PathGrant, PathPattern};
+use terminalwire_policy::{Authority, Grant, GrantOutcome, Home, Policy};
+
+use crate::error::exit_code;
+
+/// The first words that select an administration command instead of a URL.
+pub const COMMANDS: &[&str] = &["entitlement", "authority"];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "terminalwire",
+    version,
+    about = "Manage what web apps may do on this machine."
+)]
+struct Admin {
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// List, grant and revoke what an authority (a server) may do here.
+    #[command(subcommand)]
+    Entitlement(EntitlementCommand),
+    /// List or forget the authorities this client has met.
+    #[command(subcommand)]
+    Authority(AuthorityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EntitlementCommand {
+    /// Show the grants of one authority, or of every authority.
+    List {
+        /// An authority (`example.com:3000`) or a URL of it.
+        authority: Option<String>,
+    },
+    /// Allow an authority a path pattern, an environment variable or a browser target.
+    Grant(GrantArgs),
+    /// Take a grant away (same shapes as `grant`).
+    Revoke(GrantArgs),
+}
+
+#[derive(Debug, Args)]
+struct GrantArgs {
+    /// An authority (`example.com:3000`) or a URL of it.
+    authority: String,
+    #[command(subcommand)]
+    what: GrantTarget,
+}
+
+#[derive(Debug, Subcommand)]
+enum GrantTarget {
+    /// Paths matching a glob, e.g. '~/reports/**' (quote it for your shell).
+    Path {
+        /// An absolute or `~/` glob pattern.
+        pattern: String,
+        /// Reading files, listing folders (the default).
+        #[arg(long, group = "access")]
+        read: bool,
+        /// Creating, writing, deleting, changing modes.
+        #[arg(long, group = "access")]
+        write: bool,
+        /// Both.
+        #[arg(long, group = "access")]
+        read_write: bool,
+        /// The widest mode (octal, e.g. 0644) for files the server creates or chmods.
+        #[arg(long, value_name = "OCTAL")]
+        mode: Option<String>,
+    },
+    /// An environment variable the server may read.
+    Env {
+        /// The variable's name.
+        name: String,
+    },
+    /// A scheme (`mailto`) or origin (`https://github.com`) the server may open in your browser.
+    Browser {
+        /// The scheme or origin.
+        target: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthorityCommand {
+    /// List the authorities that have a folder here.
+    List,
+    /// Delete an authority's folder: its storage and its grants.
+    Forget {
+        /// An authority (`example.com:3000`) or a URL of it.
+        authority: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+/// Whether these arguments (after argv\[0\]) name an administration command.
+/// A URL always has a scheme, so these words cannot be one.
+pub fn is_admin(args: &[OsString]) -> bool {
+    args.first()
+        .is_some_and(|first| COMMANDS.iter().any(|command| first == *command))
+}
+
+/// Runs an administration command; returns the exit status.
+pub fn main(args: Vec<OsString>) -> u8 {
+    let admin = match Admin::try_parse_from(args) {
+        Ok(admin) => admin,
+        Err(error) => {
+            let _ = error.print();
+            return u8::try_from(error.exit_code()).unwrap_or(exit_code::USAGE);
+        }
+    };
+    let home = match Home::from_env() {
+        Ok(home) => home,
+        Err(error) => {
+            eprintln!("terminalwire: {error}");
+            return exit_code::FAILURE;
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match run(admin.command, &home, &mut out) {
+        Ok(()) => 0,
+        Err(error) => {
+            let _ = out.flush();
+            eprintln!("terminalwire: {error:#}");
+            exit_code::FAILURE
+        }
+    }
+}
+
+fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Entitlement(EntitlementCommand::List { authority }) => {
+            let authorities = match authority {
+                Some(authority) => vec![parse_authority(&authority)?],
+                None => home.list_authorities()?,
+            };
+            if authorities.is_empty() {
+                writeln!(
+                    out,
+                    "No authorities yet (none has been granted anything or connected)."
+                )?;
+            }
+            for (index, authority) in authorities.iter().enumerate() {
+                if index > 0 {
+                    writeln!(out)?;
+                }
+                list(home, authority, out)?;
+            }
+        }
+        AdminCommand::Entitlement(EntitlementCommand::Grant(args)) => {
+            let authority = parse_authority(&args.authority)?;
+            let grant = parse_grant(args.what)?;
+            let path = home.policy_file(&authority);
+            let mut policy = load(&path)?;
+            let outcome = policy.grant(grant.clone());
+            if outcome != GrantOutcome::Unchanged {
+                policy.save(&path)?;
+            }
+            let verb = match outcome {
+                GrantOutcome::Added => "granted",
+                GrantOutcome::Updated => "updated",
+                GrantOutcome::Unchanged => "already granted",
+            };
+            writeln!(out, "{authority}: {verb} {}", describe(&grant))?;
+        }
+        AdminCommand::Entitlement(EntitlementCommand::Revoke(args)) => {
+            let authority = parse_authority(&args.authority)?;
+            let grant = parse_grant(args.what)?;
+            let path = home.policy_file(&authority);
+            let mut policy = load(&path)?;
+            if !policy.revoke(&grant) {
+                bail!(
+                    "{authority} has no grant of {}; see `terminalwire entitlement list {authority}`",
+                    describe(&grant)
+                );
+            }
+            policy.save(&path)?;
+            writeln!(out, "{authority}: revoked {}", describe(&grant))?;
+        }
+        AdminCommand::Authority(AuthorityCommand::List) => {
+            let authorities = home.list_authorities()?;
+            if authorities.is_empty() {
+                writeln!(out, "No authorities yet.")?;
+            }
+            for authority in authorities {
+                writeln!(out, "{authority}")?;
+            }
+        }
+        AdminCommand::Authority(AuthorityCommand::Forget { authority, yes }) => {
+            let authority = parse_authority(&authority)?;
+            let folder = home.authority_dir(&authority);
+            if !folder.exists() {
+                bail!("{authority} has no folder at {}", folder.display());
+            }
+            if !yes
+                && !confirm(&format!(
+                    "Delete {} (the storage and grants of {authority})? [y/N] ",
+                    folder.display()
+                ))?
+            {
+                bail!("not confirmed; nothing was deleted (use --yes to skip the question)");
+            }
+            std::fs::remove_dir_all(&folder)
+                .with_context(|| format!("cannot delete {}", folder.display()))?;
+            writeln!(out, "forgot {authority}: deleted {}", folder.display())?;
+        }
+    }
+    Ok(())
+}
+
+fn load(path: &Path) -> anyhow::Result<Policy> {
+    // A corrupt file is reported with its line, never silently replaced.
+    Ok(Policy::load(path)?)
+}
+
+fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Result<()> {
+    let path = home.policy_file(authority);
+    let policy = load(&path)?;
+    writeln!(out, "{authority}   (grants in {})", path.display())?;
+    writeln!(
+        out,
+        "  storage  {}  read-write, always",
+        home.storage_dir(authority).display()
+    )?;
+    writeln!(out, "  browser  http(s) URLs of its own origin, always")?;
+    for grant in &policy.paths {
+        match grant.mode {
+            Some(mode) => writeln!(
+                out,
+                "  path     {}  {}  mode {mode}",
+                grant.pattern.as_str(),
+                grant.access
+            )?,
+            None => writeln!(
+                out,
+                "  path     {}  {}",
+                grant.pattern.as_str(),
+                grant.access
+            )?,
+        }
+    }
+    for grant in &policy.env {
+        writeln!(out, "  env      {}", grant.name.as_str())?;
+    }
+    for grant in &policy.browser {
+        writeln!(out, "  browser  {}", grant.target.as_str())?;
+    }
+    Ok(())
+}
+
+/// An authority typed as `host[:port]` or as a URL of it.
+fn parse_authority(text: &str) -> anyhow::Result<Authority> {
+    if text.contains("://") {
+        let url = url::Url::parse(text).with_context(|| format!("invalid URL {text:?}"))?;
+        Ok(Authority::from_url(&url)?)
+    } else {
+        Ok(Authority::parse(text)?)
+    }
+}
+
+fn parse_grant(target: GrantTarget) -> anyhow::Result<Grant> {
+    Ok(match target {
+        GrantTarget::Path {
+            pattern,
+            read: _,
+            write,
+            read_write,
+            mode,
+        } => {
+            let access = if read_write {
+                Access::ReadWrite
+            } else if write {
+                Access::Write
+            } else {
+                Access::Read
+            };
+            let mode = mode.as_deref().map(Mode::parse).transpose()?;
+            Grant::Path(PathGrant {
+                pattern: PathPattern::parse(&pattern)?,
+                access,
+                mode,
+            })
+        }
+        GrantTarget::Env { name } => Grant::Env(EnvName::parse(&name)?),
+        GrantTarget::Browser { target } => Grant::Browser(BrowserTarget::parse(&target)?),
+    })
+}
+
+fn describe(grant: &Grant) -> String {
+    match grant {
+        Grant::Path(path) => match path.mode {
+            Some(mode) => format!(
+                "path {} ({}, mode {mode})",
+                path.pattern.as_str(),
+                path.access
+            ),
+            None => format!("path {} ({})", path.pattern.as_str(), path.access),
+        },
+        Grant::Env(name) => format!("env {}", name.as_str()),
+        Grant::Browser(target) => format!("browser {}", target.as_str()),
+    }
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("refusing to delete without confirmation: stdin is not a terminal (use --yes)");
+    }
+    eprint!("{question}");
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin(home: &Home, args: &[&str]) -> anyhow::Result<String> {
+        let parsed =
+            Admin::try_parse_from(std::iter::once("terminalwire").chain(args.iter().copied()))?;
+        let mut out = Vec::new();
+        run(parsed.command, home, &mut out)?;
+        Ok(String::from_utf8(out)?)
+    }
+
+    #[test]
+    fn grant_list_revoke_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let out = admin(
+            &home,
+            &[
+                "entitlement",
+                "grant",
+                "http://Example.COM:3000/x",
+                "path",
+                "~/reports/**",
+                "--read-write",
+                "--mode",
+                "0640",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "example.com:3000: granted path ~/reports/** (read-write, mode 0640)\n"
+        );
+        admin(
+            &home,
+            &["entitlement", "grant", "example.com:3000", "env", "EDITOR"],
+        )
+        .unwrap();
+        admin(
+            &home,
+            &[
+                "entitlement",
+                "grant",
+                "example.com:3000",
+                "browser",
+                "mailto",
+            ],
+        )
+        .unwrap();
+        let again = admin(
+            &home,
+            &["entitlement", "grant", "example.com:3000", "env", "EDITOR"],
+        )
+        .unwrap();
+        assert!(again.contains("already granted"), "{again}");
+
+        let listing = admin(&home, &["entitlement", "list"]).unwrap();
+        assert!(
+            listing.contains("path     ~/reports/**  read-write  mode 0640"),
+            "{listing}"
+        );
+        assert!(listing.contains("env      EDITOR"), "{listing}");
+        assert!(listing.contains("browser  mailto"), "{listing}");
+
+        admin(
+            &home,
+            &[
+                "entitlement",
+                "revoke",
+                "example.com:3000",
+                "path",
+                "~/reports/**",
+                "--write",
+            ],
+        )
+        .unwrap();
+        let listing = admin(&home, &["entitlement", "list", "example.com:3000"]).unwrap();
+        assert!(
+            listing.contains("path     ~/reports/**  read  mode 0640"),
+            "{listing}"
+        );
+
+        let missing = admin(
+            &home,
+            &["entitlement", "revoke", "example.com:3000", "env", "HOME"],
+        );
+        assert!(
+            missing
+                .unwrap_err()
+                .to_string()
+                .contains("has no grant of env HOME")
+        );
+
+        assert_eq!(
+            admin(&home, &["authority", "list"]).unwrap(),
+            "example.com:3000\n"
+        );
+        admin(&home, &["authority", "forget", "example.com:3000", "--yes"]).unwrap();
+        assert_eq!(
+            admin(&home, &["authority", "list"]).unwrap(),
+            "No authorities yet.\n"
+        );
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        for bad in [
+            &["entitlement", "grant", "a/b", "env", "X"][..],
+            &["entitlement", "grant", "example.com", "path", "reports/**"],
+            &[
+                "entitlement",
+                "grant",
+                "example.com",
+                "path",
+                "/x",
+                "--mode",
+                "4755",
+            ],
+            &["entitlement", "grant", "example.com", "env", "A=B"],
+            &[
+                "entitlement",
+                "grant",
+                "example.com",
+                "browser",
+                "https://x.com/path",
+            ],
+            &[
+                "entitlement",
+                "grant",
+                "example.com",
+                "path",
+                "/x",
+                "--read",
+                "--write",
+            ],
+        ] {
+            assert!(admin(&home, bad).is_err(), "{bad:?} was accepted");
+        }
+        let authority = Authority::parse("example.com").unwrap();
+        let policy = home.policy_file(&authority);
+        std::fs::create_dir_all(policy.parent().unwrap()).unwrap();
+        std::fs::write(&policy, "[[env]]\nname = \"A\"\n[[bogus]]\n").unwrap();
+        let error = admin(&home, &["entitlement", "grant", "example.com", "env", "B"]).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("policy.toml:3"), "{message}");
+        assert_eq!(
+            std::fs::read_to_string(&policy).unwrap(),
+            "[[env]]\nname = \"A\"\n[[bogus]]\n",
+            "a corrupt file is left alone"
+        );
+    }
+
+    #[test]
+    fn admin_commands_are_recognised_before_urls() {
+        let os = |args: &[&str]| args.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(is_admin(&os(&["entitlement", "list"])));
+        assert!(is_admin(&os(&["authority", "list"])));
+        assert!(!is_admin(&os(&["ws://h/t", "entitlement"])));
+        assert!(!is_admin(&os(&[])));
+    }
+}

@@ -1,14 +1,19 @@
 //! Frames to bytes and back.
 //!
 //! Encoding writes a MessagePack map with string keys (`rmp_serde::to_vec_named`).
-//! Decoding reads the `t` tag first, then the payload struct for that tag, so a
-//! frame with a tag from a newer peer decodes to the `Unknown` variant instead of
-//! failing, while a known tag with a broken payload is an error that names the tag.
+//! Decoding first checks that the bytes are exactly one MessagePack map (no
+//! trailing bytes, nesting at most [`MAX_DEPTH`]) with a string `t` entry, then
+//! reads the payload struct for that tag, so a frame with a tag from a newer peer
+//! decodes to the `Unknown` variant instead of failing, while a known tag with a
+//! broken payload is an error that names the tag.
 
-use serde::Deserialize;
+use std::fmt;
+use std::io::Cursor;
 
-use crate::MAX_FRAME_LEN;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+
 use crate::frame::{ClientFrame, ServerFrame};
+use crate::{MAX_DEPTH, MAX_FRAME_LEN};
 
 /// Why bytes could not be decoded into a frame.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +27,8 @@ pub enum DecodeError {
         /// The limit.
         limit: usize,
     },
-    /// The bytes are not a MessagePack map with a string `t` entry.
+    /// The bytes are not exactly one MessagePack map (nested at most
+    /// [`MAX_DEPTH`] levels) with a string `t` entry.
     #[error("not a frame (expected a MessagePack map with a string `t` entry): {source}")]
     NotAFrame {
         /// The parser's complaint.
@@ -66,8 +72,10 @@ pub fn encode<F: Frame>(frame: &F) -> Vec<u8> {
 pub fn encode_into<F: Frame>(frame: &F, out: &mut Vec<u8>) {
     // Serialising into a Vec cannot fail for our types; an `Unknown` variant is
     // skipped by serde and reported as an error, which we map to an empty map.
+    // Only what this call appended is replaced: `out` may hold earlier frames.
+    let start = out.len();
     if rmp_serde::encode::write_named(out, frame).is_err() {
-        out.clear();
+        out.truncate(start);
         out.push(0x80);
     }
 }
@@ -80,18 +88,70 @@ pub fn decode<F: Frame>(bytes: &[u8]) -> Result<F, DecodeError> {
             limit: MAX_FRAME_LEN,
         });
     }
-    #[derive(Deserialize)]
-    struct Tag {
-        t: String,
-    }
-    let tag: Tag = rmp_serde::from_slice(bytes).map_err(|source| DecodeError::NotAFrame {
+    let tag = read_tag(bytes).map_err(|source| DecodeError::NotAFrame {
         source,
         head: bytes[..bytes.len().min(16)].to_vec(),
     })?;
-    match F::decode_tagged(&tag.t, bytes) {
+    match F::decode_tagged(&tag, bytes) {
         Ok(Some(frame)) => Ok(frame),
-        Ok(None) => Ok(F::unknown(tag.t)),
-        Err(source) => Err(DecodeError::Malformed { tag: tag.t, source }),
+        Ok(None) => Ok(F::unknown(tag)),
+        Err(source) => Err(DecodeError::Malformed { tag, source }),
+    }
+}
+
+/// Reads the `t` entry of a frame, checking on the way that `bytes` hold exactly
+/// one MessagePack map, nested no deeper than [`MAX_DEPTH`].
+fn read_tag(bytes: &[u8]) -> Result<String, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    de.set_max_depth(MAX_DEPTH + 1);
+    let Tag(tag) = Tag::deserialize(&mut de)?;
+    let trailing = bytes.len() as u64 - de.position();
+    if trailing > 0 {
+        return Err(rmp_serde::decode::Error::Syntax(format!(
+            "{trailing} trailing bytes after the frame"
+        )));
+    }
+    Ok(tag)
+}
+
+/// Decodes a frame's payload struct from the whole frame map (the `t` entry is
+/// ignored like any unknown entry).
+fn payload<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH + 1);
+    T::deserialize(&mut de)
+}
+
+/// The `t` entry of a frame map; other entries are skipped.
+struct Tag(String);
+
+impl<'de> Deserialize<'de> for Tag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TagVisitor;
+
+        impl<'de> Visitor<'de> for TagVisitor {
+            type Value = Tag;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map with string keys and a string `t` entry")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tag, A::Error> {
+                let mut tag = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "t" {
+                        map.next_value::<IgnoredAny>()?;
+                    } else if tag.is_some() {
+                        return Err(de::Error::duplicate_field("t"));
+                    } else {
+                        tag = Some(map.next_value::<String>()?);
+                    }
+                }
+                tag.map(Tag).ok_or_else(|| de::Error::missing_field("t"))
+            }
+        }
+
+        deserializer.deserialize_map(TagVisitor)
     }
 }
 
@@ -103,7 +163,7 @@ macro_rules! tagged {
                 bytes: &[u8],
             ) -> Result<Option<Self>, rmp_serde::decode::Error> {
                 Ok(Some(match tag {
-                    $($tag => $frame::$variant(rmp_serde::from_slice(bytes)?),)*
+                    $($tag => $frame::$variant(payload(bytes)?),)*
                     _ => return Ok(None),
                 }))
             }

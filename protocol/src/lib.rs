@@ -52,6 +52,11 @@ pub const SUPPORTED_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
 /// frames before decoding them.
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 
+/// Deepest nesting of MessagePack maps and arrays in a frame, counting the
+/// frame's own map as 1. Receivers reject deeper frames, which bounds the
+/// decoder's recursion.
+pub const MAX_DEPTH: usize = 32;
+
 /// Default largest payload of one `data` frame, in bytes.
 pub const DEFAULT_MAX_CHUNK: u32 = 64 * 1024;
 

@@ -15,7 +15,7 @@ use terminalwire_protocol::frame::{
     ClientFrame, ErrorCode, Hello, OpError, Operation, Reply, Request, Response, ServerFrame,
     SessionError, StreamId, WindowAdjust,
 };
-use terminalwire_protocol::{MAX_FRAME_LEN, codec};
+use terminalwire_protocol::{MAX_FRAME_LEN, SUPPORTED_VERSIONS, codec};
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
@@ -200,6 +200,13 @@ where
                 }
             },
         };
+    if !SUPPORTED_VERSIONS.contains(welcome.version) {
+        let message = format!(
+            "the server chose protocol version {}, which this client (versions {SUPPORTED_VERSIONS}) did not offer",
+            welcome.version
+        );
+        return Err(violation(&mut sink, message).await);
+    }
     tracing::info!(session = %welcome.session_id, version = welcome.version, server = %welcome.server.name, "session open");
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -224,10 +231,11 @@ where
 
     let result = loop {
         tokio::select! {
-            frame = next_frame(&mut source) => {
+            message = next_message(&mut source) => {
                 idle_deadline = Instant::now() + config.idle_timeout;
-                let frame = match frame {
-                    Ok(frame) => frame,
+                let frame = match message {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => continue,
                     Err(ClientError::Protocol(message)) => break Err(violation(&mut sink, message).await),
                     Err(error) => break Err(error),
                 };
@@ -435,33 +443,40 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        let message = match source.next().await {
-            None => {
-                return Err(ClientError::ConnectionLost(
-                    "the server closed the connection".into(),
-                ));
-            }
-            Some(Err(error)) => return Err(classify(error)),
-            Some(Ok(message)) => message,
-        };
-        match message {
-            Message::Binary(bytes) => {
-                return codec::decode::<ServerFrame>(&bytes).map_err(|error| {
-                    ClientError::Protocol(format!("the server sent an invalid frame: {error}"))
-                });
-            }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            Message::Text(_) => {
-                return Err(ClientError::Protocol(
-                    "the server sent a text message instead of a frame".into(),
-                ));
-            }
-            Message::Close(_) => {
-                return Err(ClientError::ConnectionLost(
-                    "the server closed the connection before the command finished".into(),
-                ));
-            }
+        if let Some(frame) = next_message(source).await? {
+            return Ok(frame);
         }
+    }
+}
+
+/// The server's next frame, or `None` for a ping or pong: a sign of life that
+/// keeps the idle time-out from firing while a command prints nothing.
+async fn next_message<S>(source: &mut Source<S>) -> Result<Option<ServerFrame>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let message = match source.next().await {
+        None => {
+            return Err(ClientError::ConnectionLost(
+                "the server closed the connection".into(),
+            ));
+        }
+        Some(Err(error)) => return Err(classify(error)),
+        Some(Ok(message)) => message,
+    };
+    match message {
+        Message::Binary(bytes) => codec::decode::<ServerFrame>(&bytes)
+            .map(Some)
+            .map_err(|error| {
+                ClientError::Protocol(format!("the server sent an invalid frame: {error}"))
+            }),
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
+        Message::Text(_) => Err(ClientError::Protocol(
+            "the server sent a text message instead of a frame".into(),
+        )),
+        Message::Close(_) => Err(ClientError::ConnectionLost(
+            "the server closed the connection before the command finished".into(),
+        )),
     }
 }
 

@@ -293,6 +293,32 @@ async fn a_server_that_vanishes_mid_session_is_a_lost_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_with_a_version_the_client_did_not_offer_is_refused() {
+    let welcome = terminalwire_protocol::frame::Welcome {
+        version: 9,
+        server: terminalwire_protocol::frame::Software {
+            name: "scripted".into(),
+            version: "0".into(),
+        },
+        session_id: "s".into(),
+        capabilities: Vec::new(),
+        window: terminalwire_protocol::DEFAULT_WINDOW,
+        max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+    };
+    let server = replying_server(terminalwire_protocol::codec::encode(&ServerFrame::Welcome(
+        welcome,
+    )))
+    .await;
+    let run = Client::new([server.url().as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(PROTOCOL), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text().contains("protocol version 9"),
+        "{}",
+        run.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exit_frame_before_welcome_is_a_protocol_error() {
     let server = replying_server(terminalwire_protocol::codec::encode(&ServerFrame::Exit(
         ExitFrame { status: 0 },

@@ -123,6 +123,10 @@ pub struct Hello {
     pub arch: String,
     /// The authority the client computed from the URL; it keys entitlements.
     pub authority: String,
+    /// The absolute path of this authority's storage folder on the client,
+    /// which the server may always use; absent when the client has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
     /// Program name and arguments.
     pub program: Program,
     /// Facts about the client's terminal and standard streams.
@@ -306,6 +310,12 @@ pub struct Request {
 }
 
 /// Operations a server can request. Each has a permanent `k` tag.
+///
+/// Paths are strings as the server means them: absolute, `~` or `~/...`
+/// (the user's home), or relative (to the user's home). The client resolves
+/// them and checks them against the authority's entitlements before doing
+/// anything; a refusal is an [`OpError`] with code `denied` and a
+/// [`Denial`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -316,6 +326,128 @@ pub enum Operation {
         /// Shown before reading, on the client's stderr.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prompt: Option<String>,
+    },
+    /// `stdin_read_password`: read one line from the client's terminal
+    /// without echo. Fails with `unsupported` when stdin is not a terminal.
+    /// Answered with [`Reply::Line`].
+    StdinReadPassword {
+        /// Shown before reading, on the client's stderr.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt: Option<String>,
+    },
+    /// `stdin_read`: read up to `max` bytes of standard input (a pipe, a
+    /// file). Answered with [`Reply::Data`]; `eof` set at end of input.
+    StdinRead {
+        /// Most bytes to return (the client may return fewer).
+        max: u32,
+    },
+    /// `file_read`: read up to `len` bytes of a regular file from `offset`.
+    /// Answered with [`Reply::Data`]; `eof` set when the file ends within
+    /// the range.
+    FileRead {
+        /// The file.
+        path: String,
+        /// Where to start.
+        #[serde(default)]
+        offset: u64,
+        /// Most bytes to return (the client may return fewer, so that its
+        /// response fits in one frame).
+        len: u32,
+    },
+    /// `file_write`: replace (or create) a file with `bytes`, atomically: a
+    /// temporary file beside it is renamed over it. Answered with
+    /// [`Reply::Unit`].
+    FileWrite {
+        /// The file.
+        path: String,
+        /// The whole new content.
+        bytes: ByteBuf,
+        /// Permission bits for the file; default: the old file's, else 0644
+        /// (0600 in storage), never above the grant's ceiling.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// `file_append`: append `bytes` to a file, creating it if missing.
+    /// Answered with [`Reply::Unit`].
+    FileAppend {
+        /// The file.
+        path: String,
+        /// What to append.
+        bytes: ByteBuf,
+    },
+    /// `file_delete`: delete a file (not a directory). Answered with
+    /// [`Reply::Unit`].
+    FileDelete {
+        /// The file.
+        path: String,
+    },
+    /// `file_exists`: whether a regular file exists there. Answered with
+    /// [`Reply::Bool`].
+    FileExists {
+        /// The path.
+        path: String,
+    },
+    /// `metadata`: facts about a path. The client decides on the path with
+    /// its symlinks resolved and then never follows a symlink planted since.
+    /// Answered with [`Reply::Metadata`].
+    Metadata {
+        /// The path.
+        path: String,
+    },
+    /// `chmod`: change a file's or directory's permission bits (never
+    /// setuid, setgid or sticky; never above the grant's ceiling). Answered
+    /// with [`Reply::Unit`].
+    Chmod {
+        /// The path.
+        path: String,
+        /// The new permission bits.
+        mode: u32,
+    },
+    /// `dir_list`: the entries of a directory, sorted by name. Answered with
+    /// [`Reply::Entries`].
+    DirList {
+        /// The directory.
+        path: String,
+    },
+    /// `dir_create`: create a directory. Answered with [`Reply::Unit`].
+    DirCreate {
+        /// The directory.
+        path: String,
+        /// Also create missing parents (and succeed if it exists).
+        #[serde(default)]
+        parents: bool,
+        /// Permission bits; default 0755 (0700 in storage), never above the
+        /// grant's ceiling.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// `dir_exists`: whether a directory exists there. Answered with
+    /// [`Reply::Bool`].
+    DirExists {
+        /// The path.
+        path: String,
+    },
+    /// `dir_delete`: delete a directory; with `recursive`, everything in it
+    /// (only when every entry under it may be written). Answered with
+    /// [`Reply::Unit`].
+    DirDelete {
+        /// The directory.
+        path: String,
+        /// Delete its content too.
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// `env_get`: the value of one environment variable of the client.
+    /// Answered with [`Reply::Value`].
+    EnvGet {
+        /// The variable's name.
+        name: String,
+    },
+    /// `browser_open`: open a URL in the user's browser. Answered with
+    /// [`Reply::Unit`].
+    BrowserOpen {
+        /// The URL.
+        url: String,
     },
     /// An operation this implementation does not know; answered with an
     /// `unsupported` error.
@@ -369,6 +501,79 @@ pub enum Reply {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         line: Option<String>,
     },
+    /// `data`: bytes read, and whether the input ended after them.
+    Data {
+        /// The bytes.
+        bytes: ByteBuf,
+        /// No more bytes follow.
+        #[serde(default)]
+        eof: bool,
+    },
+    /// `bool`: a yes or no answer.
+    Bool {
+        /// The answer.
+        value: bool,
+    },
+    /// `value`: a text value that may be absent (an unset variable).
+    Value {
+        /// The value, or none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+    },
+    /// `metadata`: facts about a path; `exists` false (and zeros) when it
+    /// does not exist.
+    Metadata(Metadata),
+    /// `entries`: a directory's entries.
+    Entries {
+        /// Entries sorted by name.
+        entries: Vec<DirEntry>,
+    },
+    /// A reply this implementation does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Facts about a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Whether anything exists there.
+    pub exists: bool,
+    /// What it is, when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EntryKind>,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Permission bits (including setuid, setgid, sticky).
+    #[serde(default)]
+    pub mode: u32,
+    /// Last modification, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub modified_ms: i64,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// The entry's name (valid UTF-8; others are left out).
+    pub name: String,
+    /// What it is.
+    pub kind: EntryKind,
+}
+
+/// What a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// `file`: a regular file.
+    File,
+    /// `dir`: a directory.
+    Dir,
+    /// `symlink`: a symbolic link (never followed).
+    Symlink,
+    /// `other`: a device, FIFO, socket, or a kind this version does not know.
+    #[serde(other)]
+    Other,
 }
 
 /// Why an operation failed.
@@ -378,6 +583,37 @@ pub struct OpError {
     pub code: ErrorCode,
     /// A human-readable message.
     pub message: String,
+    /// With code `denied`: what was refused and how the user can allow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial: Option<Denial>,
+}
+
+impl OpError {
+    /// An error without denial details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        OpError {
+            code,
+            message: message.into(),
+            denial: None,
+        }
+    }
+}
+
+/// What the client's entitlements refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    /// `path`, `env` or `browser`.
+    pub resource: String,
+    /// What was asked: `read`, `write`, `set mode 0777 on`, `launch`.
+    pub action: String,
+    /// The resolved path, variable name or URL.
+    pub target: String,
+    /// Why, in words.
+    pub reason: String,
+    /// The command the user can run to allow it; absent when it can never
+    /// be granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 /// Error codes shared by operation errors and session errors.
@@ -388,6 +624,12 @@ pub enum ErrorCode {
     Denied,
     /// `not_found`: the target does not exist.
     NotFound,
+    /// `exists`: the target already exists.
+    Exists,
+    /// `not_empty`: the directory is not empty.
+    NotEmpty,
+    /// `too_large`: the result would exceed a limit.
+    TooLarge,
     /// `io`: an operating-system error.
     Io,
     /// `invalid`: the request was malformed (bad path, bad argument).
@@ -412,6 +654,9 @@ impl ErrorCode {
         match self {
             ErrorCode::Denied => "denied",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Exists => "exists",
+            ErrorCode::NotEmpty => "not_empty",
+            ErrorCode::TooLarge => "too_large",
             ErrorCode::Io => "io",
             ErrorCode::Invalid => "invalid",
             ErrorCode::Unsupported => "unsupported",
@@ -428,6 +673,9 @@ impl ErrorCode {
         match code {
             "denied" => ErrorCode::Denied,
             "not_found" => ErrorCode::NotFound,
+            "exists" => ErrorCode::Exists,
+            "not_empty" => ErrorCode::NotEmpty,
+            "too_large" => ErrorCode::TooLarge,
             "io" => ErrorCode::Io,
             "invalid" => ErrorCode::Invalid,
             "unsupported" => ErrorCode::Unsupported,

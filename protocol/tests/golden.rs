@@ -24,9 +24,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::frame::{
-    ColorLevel, Data, Eof, Exit, Hello, Incompatible, OpError, Operation, Program, Reply, Request,
-    Response, SessionError, Signal, SignalKind, Software, StreamFacts, StreamKind, TerminalFacts,
-    TerminalSize, Welcome, WindowAdjust,
+    ColorLevel, Data, Denial, DirEntry, EntryKind, Eof, Exit, Hello, Incompatible, Metadata,
+    OpError, Operation, Program, Reply, Request, Response, SessionError, Signal, SignalKind,
+    Software, StreamFacts, StreamKind, TerminalFacts, TerminalSize, Welcome, WindowAdjust,
 };
 use terminalwire_protocol::{
     ClientFrame, DecodeError, ErrorCode, MAX_DEPTH, MAX_FRAME_LEN, RequestId, ServerFrame,
@@ -161,6 +161,9 @@ fn hello_full() -> Hello {
         os_version: Some(s("6.8.0")),
         arch: s("x86_64"),
         authority: s("example.com:3000"),
+        storage: Some(s(
+            "/home/ada/.terminalwire/authorities/example.com:3000/storage",
+        )),
         program: Program {
             name: s("hello"),
             args: vec![s("greet"), s("--name"), s("Ada")],
@@ -188,6 +191,7 @@ fn hello_minimal() -> Hello {
         os_version: None,
         arch: s("aarch64"),
         authority: s("127.0.0.1:8080"),
+        storage: None,
         program: Program {
             name: s("terminalwire ws://127.0.0.1:8080/t"),
             args: vec![],
@@ -205,13 +209,18 @@ fn hello_minimal() -> Hello {
 }
 
 fn op_error(id: u64, code: ErrorCode, message: &str) -> ClientFrame {
-    ClientFrame::Response(Response::error(
-        RequestId(id),
-        OpError {
-            code,
-            message: s(message),
-        },
-    ))
+    ClientFrame::Response(Response::error(RequestId(id), OpError::new(code, message)))
+}
+
+fn reply(id: u64, reply: Reply) -> ClientFrame {
+    ClientFrame::Response(Response::ok(RequestId(id), reply))
+}
+
+fn entry(name: &str, kind: EntryKind) -> DirEntry {
+    DirEntry {
+        name: s(name),
+        kind,
+    }
 }
 
 fn session_error(code: ErrorCode, message: &str) -> SessionError {
@@ -352,6 +361,251 @@ fn table() -> Vec<Case> {
         client(
             "client_response_error_unsupported",
             op_error(8, ErrorCode::Unsupported, "unknown operation"),
+        ),
+        client(
+            "client_response_error_exists",
+            op_error(9, ErrorCode::Exists, "/home/ada/reports exists"),
+        ),
+        client(
+            "client_response_error_not_empty",
+            op_error(10, ErrorCode::NotEmpty, "/home/ada/reports is not empty"),
+        ),
+        client(
+            "client_response_error_too_large",
+            op_error(11, ErrorCode::TooLarge, "/home/ada/big has more than 10000 entries"),
+        ),
+        client(
+            "client_response_error_denied_grantable",
+            ClientFrame::Response(Response::error(
+                RequestId(12),
+                OpError {
+                    code: ErrorCode::Denied,
+                    message: s(
+                        "example.com:3000 may not write path /home/ada/reports/q1.csv: it has \
+                         not been granted. To allow it, run: terminalwire entitlement grant \
+                         example.com:3000 path '~/reports/**' --write",
+                    ),
+                    denial: Some(Denial {
+                        resource: s("path"),
+                        action: s("write"),
+                        target: s("/home/ada/reports/q1.csv"),
+                        reason: s("it has not been granted"),
+                        command: Some(s(
+                            "terminalwire entitlement grant example.com:3000 path \
+                             '~/reports/**' --write",
+                        )),
+                    }),
+                },
+            )),
+        )
+        .note("a refusal by the entitlements, with the command that would allow it"),
+        client(
+            "client_response_error_denied_never",
+            ClientFrame::Response(Response::error(
+                RequestId(13),
+                OpError {
+                    code: ErrorCode::Denied,
+                    message: s(
+                        "example.com:3000 may not set mode 4755 on path /home/ada/bin/tool: \
+                         mode 4755 has setuid, setgid or sticky bits. This can never be granted.",
+                    ),
+                    denial: Some(Denial {
+                        resource: s("path"),
+                        action: s("set mode 4755 on"),
+                        target: s("/home/ada/bin/tool"),
+                        reason: s("mode 4755 has setuid, setgid or sticky bits"),
+                        command: None,
+                    }),
+                },
+            )),
+        )
+        .note("a refusal no grant can lift: `denial.command` left out"),
+        client(
+            "client_response_data",
+            reply(
+                14,
+                Reply::Data {
+                    bytes: bytes(b"id,total\n1,42\n"),
+                    eof: false,
+                },
+            ),
+        )
+        .note("`eof` is a defaulted field: written even when false"),
+        client(
+            "client_response_data_eof",
+            reply(
+                15,
+                Reply::Data {
+                    bytes: bytes(b"\x00\xff\xfe tail"),
+                    eof: true,
+                },
+            ),
+        ),
+        client(
+            "client_response_data_empty",
+            reply(
+                16,
+                Reply::Data {
+                    bytes: bytes(b""),
+                    eof: true,
+                },
+            ),
+        )
+        .note("end of input: an empty bin, c4 00, with `eof` true"),
+        client(
+            "client_response_bool_true",
+            reply(17, Reply::Bool { value: true }),
+        ),
+        client(
+            "client_response_bool_false",
+            reply(18, Reply::Bool { value: false }),
+        ),
+        client(
+            "client_response_value",
+            reply(
+                19,
+                Reply::Value {
+                    value: Some(s("vim")),
+                },
+            ),
+        ),
+        client(
+            "client_response_value_unset",
+            reply(20, Reply::Value { value: None }),
+        )
+        .note("an unset variable: `value` left out"),
+        client(
+            "client_response_metadata_file",
+            reply(
+                21,
+                Reply::Metadata(Metadata {
+                    exists: true,
+                    kind: Some(EntryKind::File),
+                    size: 5_000_000_000,
+                    mode: 0o4755,
+                    modified_ms: 1_700_000_000_123,
+                }),
+            ),
+        )
+        .note("mode 0o4755 (setuid shown as is); size and modified_ms need uint64"),
+        client(
+            "client_response_metadata_dir_before_1970",
+            reply(
+                22,
+                Reply::Metadata(Metadata {
+                    exists: true,
+                    kind: Some(EntryKind::Dir),
+                    size: 4096,
+                    mode: 0o700,
+                    modified_ms: -86_400_000,
+                }),
+            ),
+        )
+        .note("modified_ms is signed: a time before 1970 is negative (int32 here)"),
+        client(
+            "client_response_metadata_missing",
+            reply(
+                23,
+                Reply::Metadata(Metadata {
+                    exists: false,
+                    kind: None,
+                    size: 0,
+                    mode: 0,
+                    modified_ms: 0,
+                }),
+            ),
+        )
+        .note("nothing there: `kind` left out; the defaulted fields are written as 0"),
+        decode_only(
+            client(
+                "client_response_metadata_missing_short",
+                reply(
+                    24,
+                    Reply::Metadata(Metadata {
+                        exists: false,
+                        kind: None,
+                        size: 0,
+                        mode: 0,
+                        modified_ms: 0,
+                    }),
+                ),
+            )
+            .note("decode-only: `size`, `mode` and `modified_ms` left out default to 0"),
+            map(vec![
+                ("t", V::from("response")),
+                ("id", V::from(24)),
+                (
+                    "ok",
+                    map(vec![("k", V::from("metadata")), ("exists", V::from(false))]),
+                ),
+            ]),
+        ),
+        client(
+            "client_response_entries",
+            reply(
+                25,
+                Reply::Entries {
+                    entries: vec![
+                        entry(".profile", EntryKind::File),
+                        entry("fifo", EntryKind::Other),
+                        entry("latest", EntryKind::Symlink),
+                        entry("reports", EntryKind::Dir),
+                    ],
+                },
+            ),
+        )
+        .note("every entry kind; entries sorted by name"),
+        client(
+            "client_response_entries_empty",
+            reply(26, Reply::Entries { entries: vec![] }),
+        )
+        .note("an empty directory: an empty array"),
+        decode_only(
+            client(
+                "client_response_entries_unknown_kind",
+                reply(
+                    27,
+                    Reply::Entries {
+                        entries: vec![entry("door", EntryKind::Other)],
+                    },
+                ),
+            )
+            .note("decode-only: an unknown entry kind decodes as \"other\""),
+            map(vec![
+                ("t", V::from("response")),
+                ("id", V::from(27)),
+                (
+                    "ok",
+                    map(vec![
+                        ("k", V::from("entries")),
+                        (
+                            "entries",
+                            V::Array(vec![map(vec![
+                                ("name", V::from("door")),
+                                ("kind", V::from("door")),
+                            ])]),
+                        ),
+                    ]),
+                ),
+            ]),
+        ),
+        decode_only(
+            client(
+                "client_response_unknown_reply",
+                reply(28, Reply::Unknown),
+            )
+            .note(
+                "decode-only: an unknown reply kind decodes as the unknown reply, keeping \
+                 the response id (the requester treats it as an unexpected reply)",
+            ),
+            map(vec![
+                ("t", V::from("response")),
+                ("id", V::from(28)),
+                (
+                    "ok",
+                    map(vec![("k", V::from("stream")), ("sid", V::from(5))]),
+                ),
+            ]),
         ),
         client(
             "client_signal_interrupt",
@@ -518,6 +772,210 @@ fn table() -> Vec<Case> {
             request(4_294_967_296, Operation::StdinReadLine { prompt: None }),
         )
         .note("request ids are u64"),
+        server(
+            "server_request_read_password",
+            request(
+                5,
+                Operation::StdinReadPassword {
+                    prompt: Some(s("Password: ")),
+                },
+            ),
+        ),
+        server(
+            "server_request_read_password_no_prompt",
+            request(6, Operation::StdinReadPassword { prompt: None }),
+        ),
+        server(
+            "server_request_stdin_read",
+            request(7, Operation::StdinRead { max: 65_536 }),
+        ),
+        server(
+            "server_request_file_read",
+            request(
+                8,
+                Operation::FileRead {
+                    path: s("~/reports/q1.csv"),
+                    offset: 4_294_967_296,
+                    len: 65_536,
+                },
+            ),
+        )
+        .note("`offset` is u64"),
+        decode_only(
+            server(
+                "server_request_file_read_no_offset",
+                request(
+                    10,
+                    Operation::FileRead {
+                        path: s("notes.txt"),
+                        offset: 0,
+                        len: 1024,
+                    },
+                ),
+            )
+            .note(
+                "decode-only: `offset` left out defaults to 0; a relative path is relative \
+                 to the user's home",
+            ),
+            map(vec![
+                ("t", V::from("request")),
+                ("id", V::from(10)),
+                (
+                    "op",
+                    map(vec![
+                        ("k", V::from("file_read")),
+                        ("path", V::from("notes.txt")),
+                        ("len", V::from(1024)),
+                    ]),
+                ),
+            ]),
+        ),
+        server(
+            "server_request_file_write",
+            request(
+                11,
+                Operation::FileWrite {
+                    path: s("/home/ada/.config/app/token"),
+                    bytes: bytes(b"\x00secret\xff\n"),
+                    mode: Some(0o600),
+                },
+            ),
+        )
+        .note("mode 0o600 is 384"),
+        server(
+            "server_request_file_write_default_mode",
+            request(
+                12,
+                Operation::FileWrite {
+                    path: s("~/notes.txt"),
+                    bytes: bytes(b""),
+                    mode: None,
+                },
+            ),
+        )
+        .note("no `mode`: the client picks it; an empty file is an empty bin"),
+        server(
+            "server_request_file_append",
+            request(
+                13,
+                Operation::FileAppend {
+                    path: s("~/log.txt"),
+                    bytes: bytes(b"started\n"),
+                },
+            ),
+        ),
+        server(
+            "server_request_file_delete",
+            request(
+                14,
+                Operation::FileDelete {
+                    path: s("~/tmp/old.txt"),
+                },
+            ),
+        ),
+        server(
+            "server_request_file_exists",
+            request(
+                15,
+                Operation::FileExists {
+                    path: s("~/.config/app/config.toml"),
+                },
+            ),
+        ),
+        server(
+            "server_request_metadata",
+            request(
+                16,
+                Operation::Metadata {
+                    path: s("/etc/hosts"),
+                },
+            ),
+        ),
+        server(
+            "server_request_chmod",
+            request(
+                17,
+                Operation::Chmod {
+                    path: s("~/bin/tool"),
+                    mode: 0o755,
+                },
+            ),
+        )
+        .note("mode 0o755 is 493"),
+        server(
+            "server_request_dir_list",
+            request(18, Operation::DirList { path: s("~") }),
+        ),
+        server(
+            "server_request_dir_create",
+            request(
+                19,
+                Operation::DirCreate {
+                    path: s("~/reports/2024/q1"),
+                    parents: true,
+                    mode: Some(0o700),
+                },
+            ),
+        ),
+        server(
+            "server_request_dir_create_defaults",
+            request(
+                20,
+                Operation::DirCreate {
+                    path: s("reports"),
+                    parents: false,
+                    mode: None,
+                },
+            ),
+        )
+        .note("`parents` is defaulted (always written); `mode` optional"),
+        server(
+            "server_request_dir_exists",
+            request(
+                21,
+                Operation::DirExists {
+                    path: s("~/reports"),
+                },
+            ),
+        ),
+        server(
+            "server_request_dir_delete",
+            request(
+                22,
+                Operation::DirDelete {
+                    path: s("~/reports/2024"),
+                    recursive: true,
+                },
+            ),
+        ),
+        server(
+            "server_request_dir_delete_empty",
+            request(
+                23,
+                Operation::DirDelete {
+                    path: s("~/reports/empty"),
+                    recursive: false,
+                },
+            ),
+        ),
+        server(
+            "server_request_env_get",
+            request(
+                24,
+                Operation::EnvGet {
+                    name: s("EDITOR"),
+                },
+            ),
+        ),
+        server(
+            "server_request_browser_open",
+            request(
+                25,
+                Operation::BrowserOpen {
+                    url: s("https://example.com/login?code=1234"),
+                },
+            ),
+        ),
         decode_only(
             server("server_request_unknown_op", request(9, Operation::Unknown)).note(
                 "decode-only: an unknown operation decodes as the unknown operation \
@@ -833,6 +1291,13 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
         Frame::Client(frame) => match frame {
             ClientFrame::Hello(hello) => {
                 found.push("client:hello".to_owned());
+                found.push(
+                    match hello.storage {
+                        Some(_) => "hello:storage",
+                        None => "hello:no-storage",
+                    }
+                    .to_owned(),
+                );
                 for facts in [
                     &hello.terminal.stdin,
                     &hello.terminal.stdout,
@@ -847,15 +1312,51 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
             ClientFrame::Window(_) => found.push("client:window".to_owned()),
             ClientFrame::Response(response) => {
                 found.push("client:response".to_owned());
-                match &response.ok {
-                    Some(Reply::Unit) => found.push("reply:unit".to_owned()),
-                    Some(Reply::Line { line: Some(_) }) => found.push("reply:line".to_owned()),
-                    Some(Reply::Line { line: None }) => found.push("reply:line-eof".to_owned()),
-                    Some(other) => panic!("unlisted reply {other:?}"),
-                    None => {}
+                if let Some(reply) = &response.ok {
+                    let label = match reply {
+                        Reply::Unit => "reply:unit".to_owned(),
+                        Reply::Line { line: Some(_) } => "reply:line".to_owned(),
+                        Reply::Line { line: None } => "reply:line-eof".to_owned(),
+                        Reply::Data { bytes, .. } if bytes.is_empty() => {
+                            "reply:data-empty".to_owned()
+                        }
+                        Reply::Data { eof: false, .. } => "reply:data".to_owned(),
+                        Reply::Data { eof: true, .. } => "reply:data-eof".to_owned(),
+                        Reply::Bool { value } => format!("reply:bool-{value}"),
+                        Reply::Value { value: Some(_) } => "reply:value".to_owned(),
+                        Reply::Value { value: None } => "reply:value-unset".to_owned(),
+                        Reply::Metadata(meta) => match (meta.exists, meta.kind) {
+                            (false, None) => "reply:metadata-missing".to_owned(),
+                            (true, Some(kind)) => format!("reply:metadata-{kind:?}"),
+                            other => panic!("inconsistent metadata {other:?}"),
+                        },
+                        Reply::Entries { entries } => {
+                            for entry in entries {
+                                found.push(format!("entry:{:?}", entry.kind));
+                            }
+                            if entries.is_empty() {
+                                "reply:entries-empty".to_owned()
+                            } else {
+                                "reply:entries".to_owned()
+                            }
+                        }
+                        Reply::Unknown => "reply:<unknown>".to_owned(),
+                        other => panic!("unlisted reply {other:?}"),
+                    };
+                    found.push(label);
                 }
                 if let Some(error) = &response.error {
                     code(&error.code);
+                    found.push(
+                        match &error.denial {
+                            None => "denial:none",
+                            Some(Denial {
+                                command: Some(_), ..
+                            }) => "denial:command",
+                            Some(Denial { command: None, .. }) => "denial:no-command",
+                        }
+                        .to_owned(),
+                    );
                 }
             }
             ClientFrame::Signal(signal) => found.push(format!("signal:{:?}", signal.signal)),
@@ -876,6 +1377,33 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
                 Operation::StdinReadLine { prompt: None } => {
                     "op:stdin_read_line-no-prompt".to_owned()
                 }
+                Operation::StdinReadPassword { prompt: Some(_) } => {
+                    "op:stdin_read_password".to_owned()
+                }
+                Operation::StdinReadPassword { prompt: None } => {
+                    "op:stdin_read_password-no-prompt".to_owned()
+                }
+                Operation::StdinRead { .. } => "op:stdin_read".to_owned(),
+                Operation::FileRead { .. } => "op:file_read".to_owned(),
+                Operation::FileWrite { mode: Some(_), .. } => "op:file_write".to_owned(),
+                Operation::FileWrite { mode: None, .. } => "op:file_write-no-mode".to_owned(),
+                Operation::FileAppend { .. } => "op:file_append".to_owned(),
+                Operation::FileDelete { .. } => "op:file_delete".to_owned(),
+                Operation::FileExists { .. } => "op:file_exists".to_owned(),
+                Operation::Metadata { .. } => "op:metadata".to_owned(),
+                Operation::Chmod { .. } => "op:chmod".to_owned(),
+                Operation::DirList { .. } => "op:dir_list".to_owned(),
+                Operation::DirCreate { mode: Some(_), .. } => "op:dir_create".to_owned(),
+                Operation::DirCreate { mode: None, .. } => "op:dir_create-no-mode".to_owned(),
+                Operation::DirExists { .. } => "op:dir_exists".to_owned(),
+                Operation::DirDelete {
+                    recursive: true, ..
+                } => "op:dir_delete".to_owned(),
+                Operation::DirDelete {
+                    recursive: false, ..
+                } => "op:dir_delete-not-recursive".to_owned(),
+                Operation::EnvGet { .. } => "op:env_get".to_owned(),
+                Operation::BrowserOpen { .. } => "op:browser_open".to_owned(),
                 Operation::Unknown => "op:<unknown>".to_owned(),
                 other => panic!("unlisted operation {other:?}"),
             }),
@@ -917,10 +1445,51 @@ fn vectors_cover_every_variant() {
         "signal:Unknown",
         "op:stdin_read_line",
         "op:stdin_read_line-no-prompt",
+        "op:stdin_read_password",
+        "op:stdin_read_password-no-prompt",
+        "op:stdin_read",
+        "op:file_read",
+        "op:file_write",
+        "op:file_write-no-mode",
+        "op:file_append",
+        "op:file_delete",
+        "op:file_exists",
+        "op:metadata",
+        "op:chmod",
+        "op:dir_list",
+        "op:dir_create",
+        "op:dir_create-no-mode",
+        "op:dir_exists",
+        "op:dir_delete",
+        "op:dir_delete-not-recursive",
+        "op:env_get",
+        "op:browser_open",
         "op:<unknown>",
         "reply:unit",
         "reply:line",
         "reply:line-eof",
+        "reply:data",
+        "reply:data-eof",
+        "reply:data-empty",
+        "reply:bool-true",
+        "reply:bool-false",
+        "reply:value",
+        "reply:value-unset",
+        "reply:metadata-File",
+        "reply:metadata-Dir",
+        "reply:metadata-missing",
+        "reply:entries",
+        "reply:entries-empty",
+        "reply:<unknown>",
+        "entry:File",
+        "entry:Dir",
+        "entry:Symlink",
+        "entry:Other",
+        "hello:storage",
+        "hello:no-storage",
+        "denial:none",
+        "denial:command",
+        "denial:no-command",
         "kind:Tty",
         "kind:Pipe",
         "kind:File",
@@ -932,6 +1501,9 @@ fn vectors_cover_every_variant() {
         "color:None",
         "code:denied",
         "code:not_found",
+        "code:exists",
+        "code:not_empty",
+        "code:too_large",
         "code:io",
         "code:invalid",
         "code:unsupported",
@@ -1236,8 +1808,80 @@ fn oversized_frames_are_too_large() {
     ));
 }
 
+/// The frames that carry a byte payload, each carrying `payload`: `data` in
+/// both directions, the `data` reply, and the `file_write` and `file_append`
+/// operations.
+fn payload_frames(payload: &[u8]) -> Vec<Frame> {
+    let data = Data {
+        sid: StreamId::STDERR,
+        bytes: bytes(payload),
+    };
+    vec![
+        Frame::Server(ServerFrame::Data(data.clone())),
+        Frame::Client(ClientFrame::Data(data)),
+        Frame::Client(reply(
+            1,
+            Reply::Data {
+                bytes: bytes(payload),
+                eof: true,
+            },
+        )),
+        Frame::Server(request(
+            2,
+            Operation::FileWrite {
+                path: s("~/f"),
+                bytes: bytes(payload),
+                mode: Some(0o600),
+            },
+        )),
+        Frame::Server(request(
+            3,
+            Operation::FileAppend {
+                path: s("~/f"),
+                bytes: bytes(payload),
+            },
+        )),
+    ]
+}
+
+/// Collects the `bytes` entries of the maps, at any depth, whose `t` or `k`
+/// tag names a payload-carrying frame, reply or operation, labelled
+/// `t:<tag>` or `k:<tag>`.
+fn payload_fields<'a>(value: &'a V, out: &mut Vec<(String, &'a V)>) {
+    match value {
+        V::Map(entries) => {
+            let field = |name: &str| {
+                entries
+                    .iter()
+                    .find(|(key, _)| key.as_str() == Some(name))
+                    .map(|(_, value)| value)
+            };
+            for tag_key in ["t", "k"] {
+                if let Some(tag @ ("data" | "file_write" | "file_append")) =
+                    field(tag_key).and_then(V::as_str)
+                    && let Some(payload) = field("bytes")
+                {
+                    out.push((format!("{tag_key}:{tag}"), payload));
+                }
+            }
+            for (_, item) in entries {
+                payload_fields(item, out);
+            }
+        }
+        V::Array(items) => {
+            for item in items {
+                payload_fields(item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+const PAYLOAD_TAGS: [&str; 4] = ["t:data", "k:data", "k:file_write", "k:file_append"];
+
 #[test]
 fn payloads_are_msgpack_bin() {
+    let key = msgpack(&V::from("bytes"));
     for (len, marker, header) in [
         (0usize, 0xc4u8, 2usize),
         (1, 0xc4, 2),
@@ -1247,49 +1891,53 @@ fn payloads_are_msgpack_bin() {
         (65_536, 0xc6, 5),
     ] {
         let payload = vec![7u8; len];
-        let data = Data {
-            sid: StreamId::STDERR,
-            bytes: ByteBuf::from(payload.clone()),
-        };
-        for encoded in [
-            codec::encode(&ServerFrame::Data(data.clone())),
-            codec::encode(&ClientFrame::Data(data.clone())),
-        ] {
-            // `bytes` is the last entry, so the encoding ends with it.
-            let at = encoded.len() - len - header;
-            assert_eq!(encoded[at], marker, "{len}-byte payload");
-            assert_eq!(&encoded[at + header..], &payload[..]);
+        let mut tags = BTreeSet::new();
+        for frame in payload_frames(&payload) {
+            let encoded = frame.encode();
+            // The `bytes` key occurs once; the payload's header follows it.
+            let found = encoded.windows(key.len()).position(|w| w == &key[..]);
+            let last = encoded.windows(key.len()).rposition(|w| w == &key[..]);
+            assert_eq!(found, last, "{frame:?}: `bytes` twice");
+            let at = found.expect("a `bytes` key") + key.len();
+            assert_eq!(encoded[at], marker, "{len}-byte payload in {frame:?}");
+            assert_eq!(
+                &encoded[at + header..at + header + len],
+                &payload[..],
+                "{len}-byte payload"
+            );
             let value = read_value(&encoded);
-            let field = value
-                .as_map()
-                .and_then(|entries| {
-                    entries
-                        .iter()
-                        .find(|(key, _)| key.as_str() == Some("bytes"))
-                })
-                .map(|(_, value)| value);
-            assert_eq!(field, Some(&V::Binary(payload.clone())));
+            let mut fields = Vec::new();
+            payload_fields(&value, &mut fields);
+            assert_eq!(fields.len(), 1, "{len}-byte payload");
+            let (tag, field) = &fields[0];
+            assert_eq!(*field, &V::Binary(payload.clone()), "{tag}");
+            tags.insert(tag.clone());
         }
+        assert_eq!(
+            tags,
+            PAYLOAD_TAGS.iter().map(|&tag| tag.to_owned()).collect()
+        );
     }
-    // And in the vectors: every data frame's payload is a bin value.
+    // And in the vectors: every payload is a bin value, and the vectors have
+    // payloads of every kind.
+    let mut tags = BTreeSet::new();
     for vector in load() {
         let value = read_value(&vector_bytes(&vector));
-        let entries = value.as_map().expect("a map");
-        let is_data = entries
-            .iter()
-            .any(|(key, value)| key.as_str() == Some("t") && value.as_str() == Some("data"));
-        if is_data {
-            let payload = entries
-                .iter()
-                .find(|(key, _)| key.as_str() == Some("bytes"))
-                .map(|(_, value)| value);
+        let mut fields = Vec::new();
+        payload_fields(&value, &mut fields);
+        for (tag, field) in fields {
             assert!(
-                matches!(payload, Some(V::Binary(_))),
-                "{}: payload is not bin",
+                matches!(field, V::Binary(_)),
+                "{}: the {tag} payload is not bin",
                 vector.name
             );
+            tags.insert(tag);
         }
     }
+    assert_eq!(
+        tags,
+        PAYLOAD_TAGS.iter().map(|&tag| tag.to_owned()).collect()
+    );
 }
 
 #[test]

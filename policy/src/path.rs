@@ -34,6 +34,21 @@ impl ResolvedPath {
     pub fn is_dir(&self) -> bool {
         self.is_dir
     }
+
+    /// The entry at `relative` under this directory, as found by a walk that
+    /// never follows symlinks: the entry itself, not where a symlink in it
+    /// points. `None` unless `relative` is made of plain names only.
+    pub fn join_entry(&self, relative: &Path, is_dir: bool) -> Option<ResolvedPath> {
+        let plain = relative
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)));
+        if !plain || relative.as_os_str().is_empty() {
+            return None;
+        }
+        let path = self.path.join(relative);
+        check_len(path.as_os_str()).ok()?;
+        Some(ResolvedPath { path, is_dir })
+    }
 }
 
 impl AsRef<Path> for ResolvedPath {
@@ -225,6 +240,17 @@ fn check_len(path: &OsStr) -> Result<(), PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_entry_takes_plain_names_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = resolve(&dir.path().to_string_lossy(), dir.path()).unwrap();
+        let entry = root.join_entry(Path::new("a/b"), false).unwrap();
+        assert_eq!(entry.as_path(), root.as_path().join("a/b"));
+        for bad in ["", "../x", "/etc", "./a", "a/../b"] {
+            assert!(root.join_entry(Path::new(bad), false).is_none(), "{bad:?}");
+        }
+    }
 
     /// A temporary, canonical user home.
     fn home() -> (tempfile::TempDir, PathBuf) {

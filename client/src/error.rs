@@ -10,6 +10,9 @@ pub mod exit_code {
     pub const FAILURE: u8 = 1;
     /// The client's own arguments are wrong (also clap's usage status).
     pub const USAGE: u8 = 2;
+    /// The terminalwire home or a policy file is unusable (e.g. a corrupt
+    /// `policy.toml`; the message names the file and line).
+    pub const CONFIG: u8 = 65;
     /// Cannot reach the server: connection refused, DNS failure, upgrade
     /// refused, or the server does not speak this protocol.
     pub const UNAVAILABLE: u8 = 69;
@@ -45,6 +48,9 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The terminalwire home or the authority's policy is unusable.
+    #[error("{0}")]
+    Config(String),
     /// Could not open the session.
     #[error("cannot connect to {target}: {reason}")]
     Unavailable {
@@ -97,6 +103,7 @@ impl ClientError {
         match self {
             ClientError::Usage(_) | ClientError::BadUrl { .. } => exit_code::USAGE,
             ClientError::Unavailable { .. } => exit_code::UNAVAILABLE,
+            ClientError::Config(_) => exit_code::CONFIG,
             ClientError::Incompatible { .. } => exit_code::INCOMPATIBLE,
             ClientError::ConnectionLost(_) | ClientError::ServerShutdown(_) => {
                 exit_code::CONNECTION_LOST

@@ -30,6 +30,7 @@ pub fn hello(
         os_version: os_version(),
         arch: std::env::consts::ARCH.into(),
         authority: target.authority.clone(),
+        storage: None,
         program: Program {
             name: program_name,
             args,

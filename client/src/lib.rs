@@ -12,6 +12,10 @@
 //! - [`cli`]: argument parsing (`terminalwire [OPTIONS] URL [ARGS...]`).
 //! - [`connect`]: URL checks and the WebSocket connection.
 //! - [`facts`]: what the hello reports about this machine and terminal.
+//! - [`resources`]: files, directories, environment and browser, checked
+//!   against the authority's entitlements.
+//! - [`safe_fs`]: file operations on a checked path that never follow symlinks.
+//! - [`terminal`]: echo off for password reads, restored on drop.
 //! - [`session`]: the protocol engine, generic over the WebSocket's byte stream
 //!   and the local streams, so tests drive it in memory.
 //! - [`error`]: [`ClientError`] and the exit codes.
@@ -23,7 +27,10 @@ pub mod cli;
 pub mod connect;
 pub mod error;
 pub mod facts;
+pub mod resources;
+pub mod safe_fs;
 pub mod session;
+pub mod terminal;
 
 use std::ffi::OsString;
 
@@ -70,17 +77,63 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
 /// Connects and runs one remote command on the process's own terminal.
 pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
     let target = connect::Target::parse(&invocation.url)?;
-    let hello = facts::hello(
+    let mut hello = facts::hello(
         &target,
         invocation.program_name.clone(),
         invocation.args.clone(),
     )?;
+    let (resources, storage) = entitlements(&target)?;
+    hello.storage = Some(storage.to_string_lossy().into_owned());
     let config = SessionConfig {
         handshake_timeout: invocation.connect_timeout,
+        resources,
+        stdin_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stdin()),
         ..SessionConfig::default()
     };
     let socket = connect::connect(&target, config.handshake_timeout).await?;
     session::run(socket, hello, LocalIo::process(), &config).await
+}
+
+/// Loads the authority's grants and makes sure its storage folder exists.
+fn entitlements(
+    target: &connect::Target,
+) -> Result<(resources::Resources, std::path::PathBuf), ClientError> {
+    use terminalwire_policy::{Authority, Entitlements, Home, Policy};
+    let config = |message: String| ClientError::Config(message);
+    let home = Home::from_env().map_err(|error| config(error.to_string()))?;
+    let authority = Authority::from_url(&target.url).map_err(|error| config(error.to_string()))?;
+    let storage = home.storage_dir(&authority);
+    create_private_dirs(&storage)
+        .map_err(|error| config(format!("cannot create {}: {error}", storage.display())))?;
+    // A corrupt policy file stops the client: never a silent reset.
+    let policy =
+        Policy::load(&home.policy_file(&authority)).map_err(|error| config(error.to_string()))?;
+    let user_home =
+        terminalwire_policy::home::user_home().map_err(|error| config(error.to_string()))?;
+    let client_binary = std::env::current_exe().ok();
+    let entitlements = Entitlements::new(
+        &target.url,
+        &home,
+        &policy,
+        &user_home,
+        client_binary.as_deref(),
+    )
+    .map_err(|error| config(error.to_string()))?;
+    let resources = resources::Resources::new(
+        entitlements,
+        home.root().to_path_buf(),
+        resources::Resources::system_opener(),
+    );
+    Ok((resources, storage))
+}
+
+/// `mkdir -p` with mode 0700 for the folders it creates.
+fn create_private_dirs(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
 }
 
 fn init_logging(verbose: u8) {

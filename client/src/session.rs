@@ -26,9 +26,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::error::ClientError;
+use crate::resources::Resources;
 
 /// Longest line `stdin_read_line` returns.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Most bytes one `stdin_read` returns.
+pub const MAX_STDIN_CHUNK: usize = 256 * 1024;
 
 /// Time-outs and limits of a session.
 #[derive(Debug, Clone)]
@@ -43,6 +46,11 @@ pub struct SessionConfig {
     pub max_requests_in_flight: usize,
     /// On a failure, how long already-received output may take to be written.
     pub flush_timeout: Duration,
+    /// Files, directories, environment and browser, within the entitlements.
+    pub resources: Resources,
+    /// Stdin is the process's terminal: passwords may be read with echo off.
+    /// When false, password reads are refused.
+    pub stdin_is_terminal: bool,
 }
 
 impl Default for SessionConfig {
@@ -53,6 +61,8 @@ impl Default for SessionConfig {
             heartbeat: Duration::from_secs(15),
             max_requests_in_flight: 64,
             flush_timeout: Duration::from_secs(5),
+            resources: Resources::none(),
+            stdin_is_terminal: false,
         }
     }
 }
@@ -221,7 +231,10 @@ where
         ),
         OutputPipe::spawn(1, StreamId::STDERR, "stderr", io.stderr, window, events_tx),
     ];
-    let stdin = Arc::new(Mutex::new(BufReader::new(io.stdin)));
+    let stdin = Arc::new(Mutex::new(BufReader::with_capacity(
+        MAX_STDIN_CHUNK,
+        io.stdin,
+    )));
     let requests = Arc::new(Semaphore::new(config.max_requests_in_flight));
     let (responses_tx, mut responses) =
         mpsc::channel::<ClientFrame>(config.max_requests_in_flight.max(1));
@@ -265,8 +278,10 @@ where
                         let responses = responses_tx.clone();
                         let stdin = stdin.clone();
                         let prompts = pipes[1].queue.clone();
+                        let resources = config.resources.clone();
+                        let stdin_is_terminal = config.stdin_is_terminal;
                         tokio::spawn(async move {
-                            let response = perform(request, &stdin, prompts).await;
+                            let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal).await;
                             let _ = responses.send(ClientFrame::Response(response)).await;
                             drop(permit);
                         });
@@ -375,18 +390,49 @@ async fn perform(
     request: Request,
     stdin: &Mutex<BufReader<Box<dyn AsyncRead + Send + Unpin>>>,
     prompts: Option<mpsc::UnboundedSender<Chunk>>,
+    resources: &Resources,
+    stdin_is_terminal: bool,
 ) -> Response {
+    let prompt_with = |prompt: Option<String>| {
+        if let (Some(prompt), Some(prompts)) = (prompt, &prompts) {
+            let _ = prompts.send(Chunk::Local(prompt.into_bytes()));
+        }
+    };
     let result = match request.op {
         Operation::StdinReadLine { prompt } => {
-            if let (Some(prompt), Some(prompts)) = (prompt, prompts) {
-                let _ = prompts.send(Chunk::Local(prompt.into_bytes()));
-            }
-            read_line(&mut *stdin.lock().await).await
+            let mut stdin = stdin.lock().await;
+            prompt_with(prompt);
+            read_line(&mut *stdin).await
         }
-        _ => Err(OpError {
-            code: ErrorCode::Unsupported,
-            message: "this client does not support that operation".into(),
-        }),
+        Operation::StdinReadPassword { prompt } => {
+            if stdin_is_terminal {
+                let mut stdin = stdin.lock().await;
+                prompt_with(prompt);
+                match crate::terminal::EchoOff::stdin() {
+                    Ok(_echo_off) => read_line(&mut *stdin).await,
+                    Err(error) => Err(OpError::new(
+                        ErrorCode::Io,
+                        format!("cannot turn off echo on the terminal: {error}"),
+                    )),
+                }
+            } else {
+                Err(OpError::new(
+                    ErrorCode::Unsupported,
+                    "stdin is not a terminal, so a password cannot be read without echo",
+                ))
+            }
+        }
+        Operation::StdinRead { max } => {
+            let mut stdin = stdin.lock().await;
+            read_chunk(&mut *stdin, max as usize).await
+        }
+        op => match resources.perform(op).await {
+            Some(result) => result,
+            None => Err(OpError::new(
+                ErrorCode::Unsupported,
+                "this client does not support that operation",
+            )),
+        },
     };
     match result {
         Ok(reply) => Response::ok(request.id, reply),
@@ -394,15 +440,28 @@ async fn perform(
     }
 }
 
+/// Up to `max` bytes of what stdin has (at least one byte unless at end).
+async fn read_chunk(stdin: &mut (impl AsyncBufRead + Unpin), max: usize) -> Result<Reply, OpError> {
+    let available = stdin
+        .fill_buf()
+        .await
+        .map_err(|error| OpError::new(ErrorCode::Io, format!("reading stdin: {error}")))?;
+    let len = available.len().min(max.min(MAX_STDIN_CHUNK));
+    let bytes = available[..len].to_vec();
+    stdin.consume(len);
+    Ok(Reply::Data {
+        eof: bytes.is_empty(),
+        bytes: bytes.into(),
+    })
+}
+
 async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpError> {
     let mut bytes = Vec::new();
     // Reads through the session's one buffer: bytes after the newline stay
     // there for the next read instead of being lost with a local buffer.
     let mut limited = stdin.take(MAX_LINE as u64 + 1);
-    let io_error = |error: io::Error| OpError {
-        code: ErrorCode::Io,
-        message: format!("reading stdin: {error}"),
-    };
+    let io_error =
+        |error: io::Error| OpError::new(ErrorCode::Io, format!("reading stdin: {error}"));
     let n = limited
         .read_until(b'\n', &mut bytes)
         .await
@@ -416,15 +475,13 @@ async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpE
             bytes.pop();
         }
     } else if bytes.len() > MAX_LINE {
-        return Err(OpError {
-            code: ErrorCode::Invalid,
-            message: format!("input line longer than {MAX_LINE} bytes"),
-        });
+        return Err(OpError::new(
+            ErrorCode::Invalid,
+            format!("input line longer than {MAX_LINE} bytes"),
+        ));
     }
-    let line = String::from_utf8(bytes).map_err(|_| OpError {
-        code: ErrorCode::Invalid,
-        message: "input line is not valid UTF-8".into(),
-    })?;
+    let line = String::from_utf8(bytes)
+        .map_err(|_| OpError::new(ErrorCode::Invalid, "input line is not valid UTF-8"))?;
     Ok(Reply::Line { line: Some(line) })
 }
 

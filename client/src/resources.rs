@@ -1,0 +1,412 @@
+//! The client's resources: files, directories, environment variables and
+//! the browser, each request checked against the authority's entitlements
+//! before anything is touched.
+//!
+//! Order for a path: the policy crate resolves it (`~`, relative to the
+//! user's home, `.`/`..`, symlinks of the existing part) and decides on the
+//! resolved path; [`safe_fs`](crate::safe_fs) then performs the operation on
+//! that path without following any symlink, so one planted after the check
+//! is refused rather than followed. Denials carry the command that would
+//! allow them.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "OpError is the wire answer itself; errors are the cold path"
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use terminalwire_policy::decide::{Allowed, Denial as PolicyDenial};
+use terminalwire_policy::grant::Action;
+use terminalwire_policy::{Entitlements, ResolvedPath};
+use terminalwire_protocol::frame::Denial;
+use terminalwire_protocol::frame::{
+    DirEntry, EntryKind, ErrorCode, Metadata, OpError, Operation, Reply,
+};
+
+use crate::safe_fs::{self, FsError, Kind};
+
+/// Largest `file_read` answer, so that a response frame stays well under the
+/// protocol's frame limit.
+pub const MAX_READ: u32 = 768 * 1024;
+/// Most entries a `dir_list` returns.
+pub const MAX_ENTRIES: usize = 10_000;
+
+/// Opens URLs for `browser_open`.
+pub type Opener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;
+
+/// What the client may do for one session's server.
+#[derive(Clone)]
+pub struct Resources {
+    entitlements: Option<Arc<Entitlements>>,
+    home_root: Option<PathBuf>,
+    opener: Opener,
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resources")
+            .field(
+                "authority",
+                &self
+                    .entitlements
+                    .as_ref()
+                    .map(|e| e.authority().to_string()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resources {
+    /// Resources governed by `entitlements`; `home_root` is the terminalwire
+    /// home (the value of `TERMINALWIRE_HOME` the server may read).
+    pub fn new(entitlements: Entitlements, home_root: PathBuf, opener: Opener) -> Self {
+        Resources {
+            entitlements: Some(Arc::new(entitlements)),
+            home_root: Some(home_root),
+            opener,
+        }
+    }
+
+    /// No resources at all: every file, env and browser request is refused.
+    pub fn none() -> Self {
+        Resources {
+            entitlements: None,
+            home_root: None,
+            opener: Arc::new(|_| Err(std::io::Error::other("no browser"))),
+        }
+    }
+
+    /// The default opener: `$TERMINALWIRE_BROWSER URL` when that is set
+    /// (a program, run without a shell), else the desktop's opener.
+    pub fn system_opener() -> Opener {
+        Arc::new(|url: &str| match std::env::var_os("TERMINALWIRE_BROWSER") {
+            Some(program) if !program.is_empty() => {
+                let status = std::process::Command::new(program)
+                    .arg(url)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .status()?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other(format!(
+                        "the browser command failed ({status})"
+                    )))
+                }
+            }
+            _ => open::that_detached(url),
+        })
+    }
+
+    /// Performs a resource operation. `None` for operations that are not
+    /// resources (stdin is the session's).
+    pub async fn perform(&self, op: Operation) -> Option<Result<Reply, OpError>> {
+        let this = self.clone();
+        Some(match op {
+            Operation::EnvGet { name } => self.env_get(&name),
+            Operation::BrowserOpen { url } => {
+                let this = this.clone();
+                blocking(move || this.browser_open(&url)).await
+            }
+            Operation::FileRead { .. }
+            | Operation::FileWrite { .. }
+            | Operation::FileAppend { .. }
+            | Operation::FileDelete { .. }
+            | Operation::FileExists { .. }
+            | Operation::Metadata { .. }
+            | Operation::Chmod { .. }
+            | Operation::DirList { .. }
+            | Operation::DirCreate { .. }
+            | Operation::DirExists { .. }
+            | Operation::DirDelete { .. } => blocking(move || this.path_op(op)).await,
+            _ => return None,
+        })
+    }
+
+    fn entitlements(&self) -> Result<&Entitlements, OpError> {
+        self.entitlements.as_deref().ok_or_else(|| {
+            OpError::new(
+                ErrorCode::Denied,
+                "this client grants no resources to this server",
+            )
+        })
+    }
+
+    fn env_get(&self, name: &str) -> Result<Reply, OpError> {
+        let entitlements = self.entitlements()?;
+        entitlements.check_env(name).map_err(denied)?;
+        let value = if name == terminalwire_policy::home::HOME_ENV {
+            self.home_root
+                .as_ref()
+                .map(|root| root.to_string_lossy().into_owned())
+        } else {
+            std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+        };
+        Ok(Reply::Value { value })
+    }
+
+    fn browser_open(&self, url: &str) -> Result<Reply, OpError> {
+        let entitlements = self.entitlements()?;
+        entitlements.check_browser(url).map_err(denied)?;
+        (self.opener)(url).map_err(|error| {
+            OpError::new(
+                ErrorCode::Io,
+                format!("cannot open {url} in the browser: {error}"),
+            )
+        })?;
+        Ok(Reply::Unit)
+    }
+
+    fn path_op(&self, op: Operation) -> Result<Reply, OpError> {
+        let entitlements = self.entitlements()?;
+        let resolve = |raw: &str| {
+            entitlements
+                .resolve(raw)
+                .map_err(|error| OpError::new(ErrorCode::Invalid, error.to_string()))
+        };
+        let check =
+            |path: &ResolvedPath, action| entitlements.check_path(path, action).map_err(denied);
+        match op {
+            Operation::FileRead { path, offset, len } => {
+                let path = resolve(&path)?;
+                check(&path, Action::Read)?;
+                let len = len.min(MAX_READ) as usize;
+                let (bytes, eof) = safe_fs::read(path.as_path(), offset, len).map_err(fs_error)?;
+                Ok(Reply::Data {
+                    bytes: bytes.into(),
+                    eof,
+                })
+            }
+            Operation::FileWrite { path, bytes, mode } => {
+                let path = resolve(&path)?;
+                let allowed = check(&path, Action::Write)?;
+                let mode = match mode {
+                    Some(mode) => Some(check_mode(entitlements, &path, &allowed, false, mode)?),
+                    // An existing file keeps its mode; a new one gets the default.
+                    None => match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
+                        Some(_) => None,
+                        None => Some(default_mode(&allowed, false)),
+                    },
+                };
+                safe_fs::write_atomic(path.as_path(), &bytes, mode).map_err(fs_error)?;
+                Ok(Reply::Unit)
+            }
+            Operation::FileAppend { path, bytes } => {
+                let path = resolve(&path)?;
+                let allowed = check(&path, Action::Write)?;
+                safe_fs::append(path.as_path(), &bytes, default_mode(&allowed, false))
+                    .map_err(fs_error)?;
+                Ok(Reply::Unit)
+            }
+            Operation::FileDelete { path } => {
+                let path = resolve(&path)?;
+                check(&path, Action::Write)?;
+                safe_fs::delete_file(path.as_path()).map_err(fs_error)?;
+                Ok(Reply::Unit)
+            }
+            Operation::FileExists { path } => {
+                let path = resolve(&path)?;
+                check(&path, Action::Read)?;
+                let meta = safe_fs::metadata(path.as_path()).map_err(fs_error)?;
+                Ok(Reply::Bool {
+                    value: meta.is_some_and(|m| m.kind == Kind::File),
+                })
+            }
+            Operation::DirExists { path } => {
+                let path = resolve(&path)?;
+                check(&path, Action::Read)?;
+                let meta = safe_fs::metadata(path.as_path()).map_err(fs_error)?;
+                Ok(Reply::Bool {
+                    value: meta.is_some_and(|m| m.kind == Kind::Dir),
+                })
+            }
+            Operation::Metadata { path } => {
+                let path = resolve(&path)?;
+                check(&path, Action::Read)?;
+                Ok(Reply::Metadata(
+                    match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
+                        Some(meta) => Metadata {
+                            exists: true,
+                            kind: Some(entry_kind(meta.kind)),
+                            size: meta.size,
+                            mode: meta.mode,
+                            modified_ms: meta.modified_unix_ms,
+                        },
+                        None => Metadata {
+                            exists: false,
+                            kind: None,
+                            size: 0,
+                            mode: 0,
+                            modified_ms: 0,
+                        },
+                    },
+                ))
+            }
+            Operation::Chmod { path, mode } => {
+                let path = resolve(&path)?;
+                let allowed = check(&path, Action::Write)?;
+                let is_dir = path.is_dir();
+                let mode = check_mode(entitlements, &path, &allowed, is_dir, mode)?;
+                safe_fs::chmod(path.as_path(), mode).map_err(fs_error)?;
+                Ok(Reply::Unit)
+            }
+            Operation::DirList { path } => {
+                let path = resolve(&path)?;
+                check(&path, Action::Read)?;
+                let entries = safe_fs::list(path.as_path(), MAX_ENTRIES).map_err(fs_error)?;
+                Ok(Reply::Entries {
+                    entries: entries
+                        .into_iter()
+                        .map(|entry| DirEntry {
+                            name: entry.name,
+                            kind: entry_kind(entry.kind),
+                        })
+                        .collect(),
+                })
+            }
+            Operation::DirCreate {
+                path,
+                parents,
+                mode,
+            } => {
+                let path = resolve(&path)?;
+                let allowed = check(&path, Action::Write)?;
+                let mode = match mode {
+                    Some(mode) => check_mode(entitlements, &path, &allowed, true, mode)?,
+                    None => default_mode(&allowed, true),
+                };
+                if parents {
+                    // Every folder created must itself be writable by grant.
+                    let mut missing = path.as_path();
+                    while let Some(parent) = missing.parent() {
+                        if parent.exists() {
+                            break;
+                        }
+                        let parent_resolved = resolve(&parent.to_string_lossy())?;
+                        check(&parent_resolved, Action::Write)?;
+                        missing = parent;
+                    }
+                }
+                safe_fs::create_dir(path.as_path(), parents, mode).map_err(fs_error)?;
+                Ok(Reply::Unit)
+            }
+            Operation::DirDelete { path, recursive } => {
+                let root = resolve(&path)?;
+                check(&root, Action::Write)?;
+                // Everything under the folder must be writable by grant; the
+                // walk reports entries as they are, symlinks not followed.
+                let mut refused: Option<PolicyDenial> = None;
+                let mut may_delete = |entry: &Path, kind: Kind| {
+                    let verdict = entry
+                        .strip_prefix(root.as_path())
+                        .ok()
+                        .and_then(|relative| root.join_entry(relative, kind == Kind::Dir))
+                        .map(|resolved| entitlements.check_path(&resolved, Action::Write));
+                    match verdict {
+                        Some(Ok(_)) => true,
+                        Some(Err(denial)) => {
+                            refused.get_or_insert(denial);
+                            false
+                        }
+                        None => false,
+                    }
+                };
+                match safe_fs::delete_dir(root.as_path(), recursive, &mut may_delete) {
+                    Ok(()) => Ok(Reply::Unit),
+                    Err(FsError::Denied { path: entry }) => Err(match refused {
+                        Some(denial) => denied(denial),
+                        None => OpError::new(
+                            ErrorCode::Denied,
+                            format!("may not delete {}", entry.display()),
+                        ),
+                    }),
+                    Err(error) => Err(fs_error(error)),
+                }
+            }
+            _ => Err(OpError::new(
+                ErrorCode::Unsupported,
+                "this client does not support that operation",
+            )),
+        }
+    }
+}
+
+/// Runs a blocking resource operation off the async threads.
+async fn blocking(
+    work: impl FnOnce() -> Result<Reply, OpError> + Send + 'static,
+) -> Result<Reply, OpError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|error| {
+            Err(OpError::new(
+                ErrorCode::Internal,
+                format!("the operation failed inside the client: {error}"),
+            ))
+        })
+}
+
+fn check_mode(
+    entitlements: &Entitlements,
+    path: &ResolvedPath,
+    allowed: &Allowed,
+    is_dir: bool,
+    mode: u32,
+) -> Result<u32, OpError> {
+    entitlements
+        .check_mode(path, allowed, is_dir, mode)
+        .map_err(denied)?;
+    Ok(mode)
+}
+
+fn default_mode(allowed: &Allowed, is_dir: bool) -> u32 {
+    use terminalwire_policy::grant::Mode;
+    let (default, ceiling) = if is_dir {
+        (Mode::DEFAULT_DIR, allowed.dir_mode)
+    } else {
+        (Mode::DEFAULT_FILE, allowed.file_mode)
+    };
+    // Never above the ceiling: storage's 0600 beats the usual 0644.
+    default.bits() & ceiling.bits()
+}
+
+fn entry_kind(kind: Kind) -> EntryKind {
+    match kind {
+        Kind::File => EntryKind::File,
+        Kind::Dir => EntryKind::Dir,
+        Kind::Symlink => EntryKind::Symlink,
+        _ => EntryKind::Other,
+    }
+}
+
+/// The wire form of a policy denial.
+pub fn denied(denial: PolicyDenial) -> OpError {
+    OpError {
+        code: ErrorCode::Denied,
+        message: denial.to_string(),
+        denial: Some(Denial {
+            resource: denial.resource.to_string(),
+            action: denial.action.to_string(),
+            target: denial.target.clone(),
+            reason: denial.reason.to_string(),
+            command: denial.command.clone(),
+        }),
+    }
+}
+
+fn fs_error(error: FsError) -> OpError {
+    let code = match &error {
+        FsError::NotFound { .. } => ErrorCode::NotFound,
+        FsError::AlreadyExists { .. } => ErrorCode::Exists,
+        FsError::DirectoryNotEmpty { .. } => ErrorCode::NotEmpty,
+        FsError::TooLarge { .. } => ErrorCode::TooLarge,
+        FsError::NotAFile { .. } | FsError::NotADirectory { .. } | FsError::InvalidPath { .. } => {
+            ErrorCode::Invalid
+        }
+        // The disk changed between the check and the use: refuse.
+        FsError::SymlinkRace { .. } | FsError::Denied { .. } => ErrorCode::Denied,
+        _ => ErrorCode::Io,
+    };
+    OpError::new(code, error.to_string())
+}

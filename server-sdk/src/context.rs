@@ -25,6 +25,9 @@ pub struct ClientInfo {
     pub arch: String,
     /// The authority the client computed from the URL it was given.
     pub authority: String,
+    /// The absolute path of this authority's storage folder on the client,
+    /// which the app may always use (see [`Context::storage_path`]).
+    pub storage: Option<String>,
     /// Capabilities both sides support.
     pub capabilities: Vec<String>,
 }
@@ -138,16 +141,37 @@ pub(crate) struct SessionInfo {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResourceError {
-    /// The user's entitlements do not allow it.
+    /// The user's entitlements do not allow it. `denial` says what was
+    /// refused and the command the user can run to allow it.
     #[error("denied by the client: {message}")]
     Denied {
         /// The client's explanation.
         message: String,
+        /// Details, when the client gave them.
+        denial: Option<Box<Denial>>,
     },
     /// The target does not exist.
     #[error("not found: {message}")]
     NotFound {
         /// The client's explanation.
+        message: String,
+    },
+    /// The target already exists.
+    #[error("already exists: {message}")]
+    Exists {
+        /// The client's explanation.
+        message: String,
+    },
+    /// The directory is not empty.
+    #[error("not empty: {message}")]
+    NotEmpty {
+        /// The client's explanation.
+        message: String,
+    },
+    /// The request or its answer is over a limit.
+    #[error("too large: {message}")]
+    TooLarge {
+        /// The explanation.
         message: String,
     },
     /// The client's operating system reported an error.
@@ -184,12 +208,67 @@ pub enum ResourceError {
     Disconnected,
 }
 
+impl ResourceError {
+    /// What was refused, for a denied request whose client gave details.
+    pub fn denial(&self) -> Option<&Denial> {
+        match self {
+            ResourceError::Denied {
+                denial: Some(denial),
+                ..
+            } => Some(denial),
+            _ => None,
+        }
+    }
+
+    /// The command that would allow a denied request, if the client gave one.
+    pub fn grant_command(&self) -> Option<&str> {
+        match self {
+            ResourceError::Denied {
+                denial: Some(denial),
+                ..
+            } => denial.command.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// What the client's entitlements refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Denial {
+    /// `path`, `env` or `browser`.
+    pub resource: String,
+    /// What was asked: `read`, `write`, `launch`, ...
+    pub action: String,
+    /// The resolved path, variable name or URL.
+    pub target: String,
+    /// Why, in words.
+    pub reason: String,
+    /// The command the user can run to allow it; `None` when it can never be
+    /// granted.
+    pub command: Option<String>,
+}
+
 impl From<wire::OpError> for ResourceError {
     fn from(error: wire::OpError) -> Self {
         let message = error.message;
         match error.code {
-            wire::ErrorCode::Denied => ResourceError::Denied { message },
+            wire::ErrorCode::Denied => ResourceError::Denied {
+                message,
+                denial: error.denial.map(|denial| {
+                    Box::new(Denial {
+                        resource: denial.resource,
+                        action: denial.action,
+                        target: denial.target,
+                        reason: denial.reason,
+                        command: denial.command,
+                    })
+                }),
+            },
             wire::ErrorCode::NotFound => ResourceError::NotFound { message },
+            wire::ErrorCode::Exists => ResourceError::Exists { message },
+            wire::ErrorCode::NotEmpty => ResourceError::NotEmpty { message },
+            wire::ErrorCode::TooLarge => ResourceError::TooLarge { message },
             wire::ErrorCode::Io => ResourceError::Io { message },
             wire::ErrorCode::Invalid => ResourceError::Invalid { message },
             wire::ErrorCode::Unsupported => ResourceError::Unsupported { message },
@@ -261,15 +340,53 @@ impl Context {
     }
 
     /// Reads one line from the client's standard input (without its line
-    /// ending), showing `prompt` on the client's stderr first. `None` at end of input.
+    /// ending), showing `prompt` on the client's stderr first. `None` at end
+    /// of input. Same as `ctx.stdin().read_line(prompt)`.
     pub async fn read_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
-        let op = Operation::StdinReadLine {
-            prompt: prompt.map(str::to_owned),
-        };
-        match self.shared.request(op).await? {
-            Reply::Line { line } => Ok(line),
-            _ => Err(ResourceError::UnexpectedReply),
-        }
+        self.stdin().read_line(prompt).await
+    }
+
+    /// The client's standard input: lines, passwords, raw chunks.
+    pub fn stdin(&self) -> crate::resources::Stdin {
+        crate::resources::Stdin::new(self.clone())
+    }
+
+    /// Files on the client, within the user's entitlements.
+    pub fn file(&self) -> crate::resources::Files {
+        crate::resources::Files::new(self.clone())
+    }
+
+    /// Directories on the client, within the user's entitlements.
+    pub fn dir(&self) -> crate::resources::Dirs {
+        crate::resources::Dirs::new(self.clone())
+    }
+
+    /// The client's environment variables that the user granted.
+    pub fn env(&self) -> crate::resources::Env {
+        crate::resources::Env::new(self.clone())
+    }
+
+    /// The user's browser, for the app's own origin and granted targets.
+    pub fn browser(&self) -> crate::resources::Browser {
+        crate::resources::Browser::new(self.clone())
+    }
+
+    /// `relative` inside this authority's storage folder on the client (a
+    /// folder the app may always read and write); `None` when the client
+    /// did not report one.
+    pub fn storage_path(&self, relative: &str) -> Option<String> {
+        let storage = self.info.client.storage.as_deref()?;
+        let relative = relative.trim_start_matches('/');
+        Some(if relative.is_empty() {
+            storage.to_owned()
+        } else {
+            format!("{}/{relative}", storage.trim_end_matches('/'))
+        })
+    }
+
+    /// Sends one operation and waits for its reply.
+    pub(crate) async fn request(&self, op: Operation) -> Result<Reply, ResourceError> {
+        self.shared.request(op).await
     }
 
     /// Resolves when the server begins shutting down. A command may finish

@@ -31,6 +31,9 @@
 //!   graceful shutdown.
 //! - [`context`]: [`Context`] handed to the app's command, [`Output`] writers,
 //!   client and terminal facts.
+//! - [`resources`]: the client's stdin, files, directories, environment and
+//!   browser ([`Context::file`], [`Context::dir`], ...), checked by the client
+//!   against the user's entitlements.
 //! - [`outcome`]: how a command's return value becomes an exit status ([`Exit`],
 //!   [`IntoOutcome`]).
 //! - [`cli`]: clap integration (help, version and usage errors rendered like a
@@ -44,12 +47,14 @@
 pub mod cli;
 pub mod context;
 pub mod outcome;
+pub mod resources;
 mod session;
 pub mod terminal;
 pub mod transport;
 
 pub use context::{
-    ClientInfo, ColorLevel, Context, Output, ResourceError, StreamInfo, StreamKind, TerminalInfo,
+    ClientInfo, ColorLevel, Context, Denial, Output, ResourceError, StreamInfo, StreamKind,
+    TerminalInfo,
 };
 pub use outcome::{Exit, IntoOutcome, Outcome};
 pub use terminal::{Config, Terminal};

@@ -387,6 +387,7 @@ async fn serve(
             os_version: hello.os_version,
             arch: hello.arch,
             authority: hello.authority,
+            storage: hello.storage,
             capabilities: hello.capabilities,
         },
         terminal: (&hello.terminal).into(),

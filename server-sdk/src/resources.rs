@@ -1,0 +1,453 @@
+//! Client resources as the app sees them: stdin, files, directories,
+//! environment variables and the browser.
+//!
+//! Every call is a request the client checks against the user's
+//! entitlements for this app's authority; a refusal is
+//! [`ResourceError::Denied`] with the command the user can run to allow it
+//! ([`ResourceError::grant_command`]). Several calls may be in flight at once
+//! (`futures::future::join_all` over many reads works); the client runs them
+//! concurrently up to a bound.
+//!
+//! Paths are strings as the user would type them: absolute, `~/...`, or
+//! relative to the user's home. [`Context::storage_path`] names a path in the
+//! app's own storage folder, which is always allowed.
+
+use std::time::{Duration, SystemTime};
+
+use serde_bytes::ByteBuf;
+use terminalwire_protocol::frame::{self as wire, Operation, Reply};
+
+use crate::context::{Context, ResourceError};
+
+/// Largest payload of one `write`/`append` request: a request must fit in
+/// one protocol frame. Larger appends are split; larger writes are refused
+/// (atomic streaming writes come with large-transfer support).
+pub const MAX_WRITE: usize = 768 * 1024;
+/// Size of each `file_read` request when reading a whole file.
+pub const READ_CHUNK: u32 = 512 * 1024;
+/// Largest file [`Files::read`] collects into memory.
+pub const MAX_READ_TOTAL: u64 = 256 * 1024 * 1024;
+
+fn unexpected<T>() -> Result<T, ResourceError> {
+    Err(ResourceError::UnexpectedReply)
+}
+
+/// The client's standard input.
+#[derive(Debug, Clone)]
+pub struct Stdin {
+    ctx: Context,
+}
+
+impl Stdin {
+    pub(crate) fn new(ctx: Context) -> Self {
+        Stdin { ctx }
+    }
+
+    /// One line without its ending, after showing `prompt` on the client's
+    /// stderr; `None` at end of input.
+    pub async fn read_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
+        let op = Operation::StdinReadLine {
+            prompt: prompt.map(str::to_owned),
+        };
+        match self.ctx.request(op).await? {
+            Reply::Line { line } => Ok(line),
+            _ => unexpected(),
+        }
+    }
+
+    /// One line typed without echo on the client's terminal. Fails with
+    /// [`ResourceError::Unsupported`] when the client's stdin is not a
+    /// terminal (a password is never read from a pipe by accident).
+    pub async fn read_password(&self, prompt: &str) -> Result<Option<String>, ResourceError> {
+        let op = Operation::StdinReadPassword {
+            prompt: Some(prompt.to_owned()),
+        };
+        match self.ctx.request(op).await? {
+            Reply::Line { line } => Ok(line),
+            _ => unexpected(),
+        }
+    }
+
+    /// Up to `max` bytes of raw input (for piped data); empty at end of input.
+    pub async fn read_chunk(&self, max: u32) -> Result<Vec<u8>, ResourceError> {
+        match self.ctx.request(Operation::StdinRead { max }).await? {
+            Reply::Data { bytes, .. } => Ok(bytes.into_vec()),
+            _ => unexpected(),
+        }
+    }
+}
+
+/// What a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (the client never follows it).
+    Symlink,
+    /// A device, FIFO, socket or something else.
+    Other,
+}
+
+impl From<wire::EntryKind> for EntryKind {
+    fn from(kind: wire::EntryKind) -> Self {
+        match kind {
+            wire::EntryKind::File => EntryKind::File,
+            wire::EntryKind::Dir => EntryKind::Dir,
+            wire::EntryKind::Symlink => EntryKind::Symlink,
+            wire::EntryKind::Other => EntryKind::Other,
+        }
+    }
+}
+
+/// Facts about an existing path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metadata {
+    /// What it is.
+    pub kind: EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Last modification.
+    pub modified: SystemTime,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DirEntry {
+    /// Its name.
+    pub name: String,
+    /// What it is.
+    pub kind: EntryKind,
+}
+
+/// Files on the client.
+#[derive(Debug, Clone)]
+pub struct Files {
+    ctx: Context,
+}
+
+impl Files {
+    pub(crate) fn new(ctx: Context) -> Self {
+        Files { ctx }
+    }
+
+    async fn unit(&self, op: Operation) -> Result<(), ResourceError> {
+        match self.ctx.request(op).await? {
+            Reply::Unit => Ok(()),
+            _ => unexpected(),
+        }
+    }
+
+    /// The whole file (at most [`MAX_READ_TOTAL`] bytes), read in chunks.
+    pub async fn read(&self, path: &str) -> Result<Vec<u8>, ResourceError> {
+        let mut content = Vec::new();
+        loop {
+            let (chunk, eof) = self
+                .read_range(path, content.len() as u64, READ_CHUNK)
+                .await?;
+            if content.len() as u64 + chunk.len() as u64 > MAX_READ_TOTAL {
+                return Err(ResourceError::TooLarge {
+                    message: format!("{path} is larger than {MAX_READ_TOTAL} bytes"),
+                });
+            }
+            let empty = chunk.is_empty();
+            content.extend_from_slice(&chunk);
+            if eof || empty {
+                return Ok(content);
+            }
+        }
+    }
+
+    /// The whole file as UTF-8 text.
+    pub async fn read_to_string(&self, path: &str) -> Result<String, ResourceError> {
+        String::from_utf8(self.read(path).await?).map_err(|_| ResourceError::Invalid {
+            message: format!("{path} is not valid UTF-8"),
+        })
+    }
+
+    /// Up to `len` bytes from `offset`, and whether the file ended there.
+    pub async fn read_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Vec<u8>, bool), ResourceError> {
+        let op = Operation::FileRead {
+            path: path.to_owned(),
+            offset,
+            len,
+        };
+        match self.ctx.request(op).await? {
+            Reply::Data { bytes, eof } => Ok((bytes.into_vec(), eof)),
+            _ => unexpected(),
+        }
+    }
+
+    /// Replaces (or creates) the file atomically; a new file gets mode 0644
+    /// (0600 in storage), an existing one keeps its mode.
+    pub async fn write(&self, path: &str, bytes: impl AsRef<[u8]>) -> Result<(), ResourceError> {
+        self.write_op(path, bytes.as_ref(), None).await
+    }
+
+    /// [`write`](Files::write) with explicit permission bits (within the
+    /// grant's ceiling; never setuid, setgid or sticky).
+    pub async fn write_with_mode(
+        &self,
+        path: &str,
+        bytes: impl AsRef<[u8]>,
+        mode: u32,
+    ) -> Result<(), ResourceError> {
+        self.write_op(path, bytes.as_ref(), Some(mode)).await
+    }
+
+    async fn write_op(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), ResourceError> {
+        if bytes.len() > MAX_WRITE {
+            return Err(ResourceError::TooLarge {
+                message: format!(
+                    "an atomic write is limited to {MAX_WRITE} bytes for now, not {}",
+                    bytes.len()
+                ),
+            });
+        }
+        self.unit(Operation::FileWrite {
+            path: path.to_owned(),
+            bytes: ByteBuf::from(bytes.to_vec()),
+            mode,
+        })
+        .await
+    }
+
+    /// Appends to the file, creating it if needed (large data in several
+    /// requests).
+    pub async fn append(&self, path: &str, bytes: impl AsRef<[u8]>) -> Result<(), ResourceError> {
+        let bytes = bytes.as_ref();
+        let mut chunks = bytes.chunks(MAX_WRITE).peekable();
+        if chunks.peek().is_none() {
+            return self
+                .unit(Operation::FileAppend {
+                    path: path.to_owned(),
+                    bytes: ByteBuf::new(),
+                })
+                .await;
+        }
+        for chunk in chunks {
+            self.unit(Operation::FileAppend {
+                path: path.to_owned(),
+                bytes: ByteBuf::from(chunk.to_vec()),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the file.
+    pub async fn delete(&self, path: &str) -> Result<(), ResourceError> {
+        self.unit(Operation::FileDelete {
+            path: path.to_owned(),
+        })
+        .await
+    }
+
+    /// Whether a regular file exists there.
+    pub async fn exists(&self, path: &str) -> Result<bool, ResourceError> {
+        match self
+            .ctx
+            .request(Operation::FileExists {
+                path: path.to_owned(),
+            })
+            .await?
+        {
+            Reply::Bool { value } => Ok(value),
+            _ => unexpected(),
+        }
+    }
+
+    /// Facts about the path; `None` when nothing is there.
+    pub async fn metadata(&self, path: &str) -> Result<Option<Metadata>, ResourceError> {
+        match self
+            .ctx
+            .request(Operation::Metadata {
+                path: path.to_owned(),
+            })
+            .await?
+        {
+            Reply::Metadata(meta) if !meta.exists => Ok(None),
+            Reply::Metadata(meta) => Ok(Some(Metadata {
+                kind: meta.kind.map_or(EntryKind::Other, EntryKind::from),
+                size: meta.size,
+                mode: meta.mode,
+                modified: if meta.modified_ms >= 0 {
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(meta.modified_ms as u64)
+                } else {
+                    SystemTime::UNIX_EPOCH - Duration::from_millis(meta.modified_ms.unsigned_abs())
+                },
+            })),
+            _ => unexpected(),
+        }
+    }
+
+    /// Changes the permission bits.
+    pub async fn chmod(&self, path: &str, mode: u32) -> Result<(), ResourceError> {
+        self.unit(Operation::Chmod {
+            path: path.to_owned(),
+            mode,
+        })
+        .await
+    }
+}
+
+/// Directories on the client.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    ctx: Context,
+}
+
+impl Dirs {
+    pub(crate) fn new(ctx: Context) -> Self {
+        Dirs { ctx }
+    }
+
+    async fn unit(&self, op: Operation) -> Result<(), ResourceError> {
+        match self.ctx.request(op).await? {
+            Reply::Unit => Ok(()),
+            _ => unexpected(),
+        }
+    }
+
+    /// The entries, sorted by name.
+    pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, ResourceError> {
+        match self
+            .ctx
+            .request(Operation::DirList {
+                path: path.to_owned(),
+            })
+            .await?
+        {
+            Reply::Entries { entries } => Ok(entries
+                .into_iter()
+                .map(|entry| DirEntry {
+                    name: entry.name,
+                    kind: entry.kind.into(),
+                })
+                .collect()),
+            _ => unexpected(),
+        }
+    }
+
+    /// Creates the directory (its parent must exist).
+    pub async fn create(&self, path: &str) -> Result<(), ResourceError> {
+        self.unit(Operation::DirCreate {
+            path: path.to_owned(),
+            parents: false,
+            mode: None,
+        })
+        .await
+    }
+
+    /// Creates the directory and missing parents; fine if it exists.
+    pub async fn create_all(&self, path: &str) -> Result<(), ResourceError> {
+        self.unit(Operation::DirCreate {
+            path: path.to_owned(),
+            parents: true,
+            mode: None,
+        })
+        .await
+    }
+
+    /// Whether a directory exists there.
+    pub async fn exists(&self, path: &str) -> Result<bool, ResourceError> {
+        match self
+            .ctx
+            .request(Operation::DirExists {
+                path: path.to_owned(),
+            })
+            .await?
+        {
+            Reply::Bool { value } => Ok(value),
+            _ => unexpected(),
+        }
+    }
+
+    /// Deletes an empty directory.
+    pub async fn delete(&self, path: &str) -> Result<(), ResourceError> {
+        self.unit(Operation::DirDelete {
+            path: path.to_owned(),
+            recursive: false,
+        })
+        .await
+    }
+
+    /// Deletes the directory and everything in it; refused unless every
+    /// entry may be written.
+    pub async fn delete_all(&self, path: &str) -> Result<(), ResourceError> {
+        self.unit(Operation::DirDelete {
+            path: path.to_owned(),
+            recursive: true,
+        })
+        .await
+    }
+}
+
+/// The client's environment.
+#[derive(Debug, Clone)]
+pub struct Env {
+    ctx: Context,
+}
+
+impl Env {
+    pub(crate) fn new(ctx: Context) -> Self {
+        Env { ctx }
+    }
+
+    /// The variable's value; `None` when unset. Denied unless granted.
+    pub async fn get(&self, name: &str) -> Result<Option<String>, ResourceError> {
+        match self
+            .ctx
+            .request(Operation::EnvGet {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            Reply::Value { value } => Ok(value),
+            _ => unexpected(),
+        }
+    }
+}
+
+/// The user's browser.
+#[derive(Debug, Clone)]
+pub struct Browser {
+    ctx: Context,
+}
+
+impl Browser {
+    pub(crate) fn new(ctx: Context) -> Self {
+        Browser { ctx }
+    }
+
+    /// Opens the URL: the app's own http(s) origin always may; other
+    /// origins and schemes need a grant.
+    pub async fn open(&self, url: &str) -> Result<(), ResourceError> {
+        match self
+            .ctx
+            .request(Operation::BrowserOpen {
+                url: url.to_owned(),
+            })
+            .await?
+        {
+            Reply::Unit => Ok(()),
+            _ => unexpected(),
+        }
+    }
+}

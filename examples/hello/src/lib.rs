@@ -23,7 +23,8 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
-use terminalwire_server::{Config, Context, Terminal};
+use terminalwire_server::resources::EntryKind;
+use terminalwire_server::{Config, Context, ResourceError, Terminal};
 use tokio::net::TcpListener;
 
 /// The remote command-line interface of the hello app.
@@ -60,6 +61,46 @@ pub enum Command {
     Ask,
     /// Show what the server knows about your client and terminal.
     Whoami,
+    /// Keep notes in this app's storage folder on your machine.
+    Note {
+        /// What to do with notes.
+        #[command(subcommand)]
+        action: NoteAction,
+    },
+    /// Print a file from your machine (if you granted it).
+    Cat {
+        /// The file, e.g. ~/reports/today.txt.
+        path: String,
+    },
+    /// List a folder on your machine (if you granted it).
+    Ls {
+        /// The folder (default: your home).
+        #[arg(default_value = "~")]
+        path: String,
+    },
+    /// Print one of your environment variables (if you granted it).
+    Env {
+        /// The variable's name.
+        name: String,
+    },
+    /// Open this app's page in your browser.
+    Open,
+    /// Pretend to log in: asks for a password without echo.
+    Login,
+}
+
+/// Actions of `note`.
+#[derive(Debug, Subcommand)]
+pub enum NoteAction {
+    /// Add a note.
+    Add {
+        /// The note.
+        text: Vec<String>,
+    },
+    /// Show all notes.
+    List,
+    /// Delete all notes.
+    Clear,
 }
 
 /// Runs one session: parses the arguments and performs the command.
@@ -113,8 +154,100 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
             ))
             .await?;
         }
+        Command::Note { action } => return notes(&ctx, action).await,
+        Command::Cat { path } => {
+            let bytes = ctx.file().read(&path).await.map_err(explain)?;
+            out.write_all(&bytes).await?;
+        }
+        Command::Ls { path } => {
+            for entry in ctx.dir().list(&path).await.map_err(explain)? {
+                let suffix = match entry.kind {
+                    EntryKind::Dir => "/",
+                    EntryKind::Symlink => "@",
+                    _ => "",
+                };
+                out.println(format!("{}{suffix}", entry.name)).await?;
+            }
+        }
+        Command::Env { name } => match ctx.env().get(&name).await.map_err(explain)? {
+            Some(value) => out.println(value).await?,
+            None => anyhow::bail!("{name} is not set"),
+        },
+        Command::Open => {
+            let url = format!("http://{}/", ctx.client().authority);
+            ctx.browser().open(&url).await.map_err(explain)?;
+            out.println(format!("opened {url}")).await?;
+        }
+        Command::Login => {
+            let password = ctx
+                .stdin()
+                .read_password("Password: ")
+                .await
+                .map_err(explain)?;
+            match password {
+                Some(password) if !password.is_empty() => {
+                    out.println(format!(
+                        "logged in (password of {} characters)",
+                        password.chars().count()
+                    ))
+                    .await?
+                }
+                _ => anyhow::bail!("no password given"),
+            }
+        }
     }
     Ok(())
+}
+
+async fn notes(ctx: &Context, action: NoteAction) -> anyhow::Result<()> {
+    let out = ctx.stdout();
+    let Some(file) = ctx.storage_path("notes.txt") else {
+        anyhow::bail!("your client has no storage folder for this app");
+    };
+    match action {
+        NoteAction::Add { text } => {
+            ctx.file()
+                .append(&file, format!("{}\n", text.join(" ")))
+                .await
+                .map_err(explain)?;
+            out.println("noted").await?;
+        }
+        NoteAction::List => {
+            if !ctx.file().exists(&file).await.map_err(explain)? {
+                out.println("no notes yet").await?;
+                return Ok(());
+            }
+            let notes = ctx.file().read_to_string(&file).await.map_err(explain)?;
+            for (number, note) in notes.lines().enumerate() {
+                out.println(format!("{:>3}. {note}", number + 1)).await?;
+            }
+        }
+        NoteAction::Clear => {
+            if ctx.file().exists(&file).await.map_err(explain)? {
+                ctx.file().delete(&file).await.map_err(explain)?;
+            }
+            out.println("notes cleared").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Turns a refused request into a message that tells the user what to run.
+fn explain(error: ResourceError) -> anyhow::Error {
+    match error.denial() {
+        Some(denial) => {
+            let mut message = format!(
+                "your terminalwire client did not let this app {} {} {}: {}",
+                denial.action, denial.resource, denial.target, denial.reason
+            );
+            match &denial.command {
+                Some(command) => message.push_str(&format!("\nTo allow it, run:\n    {command}")),
+                None => message.push_str(" (this can never be allowed)"),
+            }
+            anyhow::anyhow!(message)
+        }
+        None => anyhow::Error::new(error),
+    }
 }
 
 /// Writes `total` bytes of numbered 64-byte lines (the last one cut short).

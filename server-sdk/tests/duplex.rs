@@ -1,0 +1,1113 @@
+//! In-memory tests: the SDK's [`Terminal`] and the real client session engine
+//! (`terminalwire_client::session::run`) over a `tokio::io::duplex` pipe with a
+//! tiny buffer, each side wrapped in a tungstenite WebSocket. No sockets, no
+//! ports, no child processes; every session is bounded by a deadline so a hang
+//! fails the test instead of stalling it.
+//!
+//! The server side implements the SDK's public [`Transport`] trait for a
+//! tungstenite `WebSocketStream` ([`WsTransport`]), optionally with a tap that
+//! sees every frame the server sends (used to check flow control).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::collections::BTreeSet;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt, future};
+use terminalwire_client::connect::{Target, websocket_config};
+use terminalwire_client::session::{self, LocalIo, SessionConfig};
+use terminalwire_client::{ClientError, exit_code, facts};
+use terminalwire_protocol::frame::{
+    ColorLevel as WireColor, Hello, Operation, Reply, Response, Software, StreamFacts,
+    StreamKind as WireKind, TerminalSize, Welcome,
+};
+use terminalwire_protocol::{ClientFrame, ErrorCode, ServerFrame, StreamId, VersionRange, codec};
+use terminalwire_server::transport::{
+    FrameReader, FrameWriter, Inbound, Transport, TransportError,
+};
+use terminalwire_server::{ColorLevel, Config, Context, Exit, Terminal};
+use tokio::io::{AsyncWrite, DuplexStream};
+use tokio::sync::Notify;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// Bytes the in-memory pipe buffers in each direction: far smaller than one
+/// frame, so every frame crosses it in many pieces and both sides block often.
+const PIPE_BUFFER: usize = 61;
+
+/// Bound on a whole session; turns a hang into a failure.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Bound on the sessions that move megabytes through the tiny pipe (debug builds).
+const BULK_DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// Sees every encoded frame the server sends, before it is written.
+type Tap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// A tungstenite WebSocket as an SDK transport (what a non-axum server would write).
+struct WsTransport {
+    socket: WebSocketStream<DuplexStream>,
+    tap: Option<Tap>,
+}
+
+impl Transport for WsTransport {
+    fn split(self) -> (FrameWriter, FrameReader) {
+        let (sink, stream) = self.socket.split();
+        let tap = self.tap;
+        let writer = sink
+            .sink_map_err(TransportError::new)
+            .with(move |frame: Vec<u8>| {
+                if let Some(tap) = &tap {
+                    tap(&frame);
+                }
+                future::ready(Ok::<_, TransportError>(Message::Binary(frame.into())))
+            });
+        let reader = stream.filter_map(|message| {
+            future::ready(match message {
+                Ok(Message::Binary(bytes)) => Some(Ok(Inbound::Frame(bytes.into()))),
+                Ok(Message::Ping(_) | Message::Pong(_)) => Some(Ok(Inbound::Heartbeat)),
+                Ok(Message::Text(_)) => Some(Ok(Inbound::Unexpected("a text message"))),
+                Ok(Message::Frame(_)) => Some(Ok(Inbound::Unexpected("a raw frame"))),
+                Ok(Message::Close(_)) => None,
+                Err(error) => Some(Err(TransportError::new(error))),
+            })
+        });
+        (Box::pin(writer), Box::pin(reader))
+    }
+}
+
+/// A WebSocket pair over a tiny in-memory pipe: (client side, server side).
+async fn socket_pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+    let (client, server) = tokio::io::duplex(PIPE_BUFFER);
+    let config = Some(websocket_config());
+    let client = WebSocketStream::from_raw_socket(client, Role::Client, config).await;
+    let server = WebSocketStream::from_raw_socket(server, Role::Server, config).await;
+    (client, server)
+}
+
+/// An in-memory output stream. With `slow`, every write is first refused once
+/// (`Pending`, self-woken) and then accepts at most that many bytes.
+#[derive(Clone, Default)]
+struct Capture {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    /// Bytes accepted so far (the client has consumed them).
+    written: Arc<AtomicU64>,
+    slow: Option<usize>,
+    ready: bool,
+    /// Every write fails with a broken pipe (the reader went away).
+    broken: bool,
+}
+
+impl Capture {
+    fn slow(max_write: usize) -> Self {
+        Capture {
+            slow: Some(max_write),
+            ..Capture::default()
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.bytes.lock().unwrap())
+    }
+}
+
+impl AsyncWrite for Capture {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.broken {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let mut n = buf.len();
+        if let Some(max) = self.slow {
+            if !self.ready {
+                self.ready = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = false;
+            n = n.min(max);
+        }
+        self.bytes.lock().unwrap().extend_from_slice(&buf[..n]);
+        self.written.fetch_add(n as u64, Ordering::SeqCst);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What a client session ended with.
+struct Run {
+    result: Result<u8, ClientError>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Run {
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// The command's exit status; fails the test on a client error.
+    fn status(&self) -> u8 {
+        match &self.result {
+            Ok(status) => *status,
+            Err(error) => panic!(
+                "client error {error} (exit {}); stderr: {}",
+                error.exit_code(),
+                self.stderr_text()
+            ),
+        }
+    }
+
+    fn error(&self) -> &ClientError {
+        match &self.result {
+            Ok(status) => panic!(
+                "expected a client error, got status {status}; stderr: {}",
+                self.stderr_text()
+            ),
+            Err(error) => error,
+        }
+    }
+}
+
+/// The hello the real client would send for `app ARGS...` at `ws://example.test`.
+fn hello(args: &[&str]) -> Hello {
+    let target = Target::parse("ws://example.test/terminal").unwrap();
+    facts::hello(
+        &target,
+        "app".into(),
+        args.iter().map(|&arg| arg.to_owned()).collect(),
+    )
+    .unwrap()
+}
+
+/// A session of the real client engine against `terminal`.
+struct Session {
+    hello: Hello,
+    stdin: Vec<u8>,
+    stdout: Capture,
+    stderr: Capture,
+    tap: Option<Tap>,
+    config: SessionConfig,
+    deadline: Duration,
+}
+
+impl Session {
+    fn new(hello: Hello) -> Self {
+        Session {
+            hello,
+            stdin: Vec::new(),
+            stdout: Capture::default(),
+            stderr: Capture::default(),
+            tap: None,
+            config: SessionConfig::default(),
+            deadline: DEADLINE,
+        }
+    }
+
+    fn args(args: &[&str]) -> Self {
+        Session::new(hello(args))
+    }
+
+    fn stdin(mut self, stdin: &[u8]) -> Self {
+        self.stdin = stdin.to_vec();
+        self
+    }
+
+    /// Runs the session to its end on both sides.
+    async fn run(self, terminal: &Terminal) -> Run {
+        let (client_socket, server_socket) = socket_pair().await;
+        let transport = WsTransport {
+            socket: server_socket,
+            tap: self.tap,
+        };
+        let io = LocalIo {
+            stdout: Box::new(self.stdout.clone()),
+            stderr: Box::new(self.stderr.clone()),
+            stdin: Box::new(io::Cursor::new(self.stdin)),
+        };
+        let config = self.config;
+        let client = session::run(client_socket, self.hello, io, &config);
+        let both = async { tokio::join!(terminal.serve(transport), client).1 };
+        let result = tokio::time::timeout(self.deadline, both)
+            .await
+            .expect("the session hung");
+        Run {
+            result,
+            stdout: self.stdout.take(),
+            stderr: self.stderr.take(),
+        }
+    }
+}
+
+/// A deterministic byte pattern (xorshift).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Writes `bytes` in uneven pieces (1 byte up to well over one data chunk).
+async fn write_unevenly(out: terminalwire_server::Output, bytes: &[u8]) -> io::Result<()> {
+    const SIZES: [usize; 8] = [1, 7, 4093, 65_535, 65_537, 3, 200_003, 131_072];
+    let mut rest = bytes;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = SIZES[i % SIZES.len()].min(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        out.write_all(chunk).await?;
+        rest = tail;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Asserts byte equality without printing megabytes on failure.
+fn assert_same_bytes(what: &str, got: &[u8], want: &[u8]) {
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {at} (got {} bytes, want {})",
+            got.len(),
+            want.len()
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{what}: length differs");
+}
+
+/// The command used by several tests: behaviour chosen by its first argument.
+fn multi_command() -> Terminal {
+    Terminal::new(|ctx: Context| async move {
+        match ctx.args().first().map(String::as_str) {
+            Some("fail") => Err(anyhow::anyhow!("disk full").context("saving")),
+            Some("panic") => panic!("secret panic detail"),
+            Some("exit") => {
+                ctx.stdout().println("before exit").await?;
+                Err(Exit(42).into())
+            }
+            Some("status") => {
+                ctx.stderr().print("warn").await?;
+                Ok(7u8)
+            }
+            _ => {
+                ctx.stdout().println("fine").await?;
+                Ok(0)
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+/// What the command saw of its context in the hello test.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    args: Vec<String>,
+    program: String,
+    client_name: String,
+    client_version: String,
+    os: String,
+    arch: String,
+    authority: String,
+    capabilities: Vec<String>,
+    stdout_tty: bool,
+    stdout_size: Option<(u16, u16)>,
+    stdout_color: Option<ColorLevel>,
+    term: Option<String>,
+    session_id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_prints_the_greeting_and_sees_the_clients_facts() {
+    let seen = Arc::new(Mutex::new(None::<Seen>));
+    let seen_in_command = seen.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let seen = seen_in_command.clone();
+        async move {
+            let client = ctx.client();
+            let terminal = ctx.terminal();
+            *seen.lock().unwrap() = Some(Seen {
+                args: ctx.args().to_vec(),
+                program: ctx.program_name().to_owned(),
+                client_name: client.name.clone(),
+                client_version: client.version.clone(),
+                os: client.os.clone(),
+                arch: client.arch.clone(),
+                authority: client.authority.clone(),
+                capabilities: client.capabilities.clone(),
+                stdout_tty: terminal.stdout.is_tty(),
+                stdout_size: terminal.stdout.size,
+                stdout_color: Some(ctx.stdout().info().color),
+                term: terminal.term.clone(),
+                session_id: ctx.session_id().to_owned(),
+            });
+            let name = ctx.args().first().cloned().unwrap_or_default();
+            ctx.stdout().println(format!("Hello, {name}!")).await
+        }
+    });
+
+    let mut hello = hello(&["Ada Lovelace", "--x"]);
+    hello.terminal.stdout = StreamFacts {
+        kind: WireKind::Tty,
+        size: Some(TerminalSize {
+            cols: 120,
+            rows: 40,
+        }),
+        color: WireColor::Ansi256,
+    };
+    hello.terminal.term = Some("xterm-256color".into());
+    let sent = hello.clone();
+    let run = Session::new(hello).run(&terminal).await;
+
+    assert_eq!(run.status(), 0);
+    assert_eq!(run.stdout_text(), "Hello, Ada Lovelace!\n");
+    assert_eq!(run.stderr_text(), "");
+    let seen = seen.lock().unwrap().clone().expect("the command ran");
+    assert_eq!(seen.args, ["Ada Lovelace", "--x"]);
+    assert_eq!(seen.program, "app");
+    assert_eq!(seen.client_name, "terminalwire");
+    assert_eq!(seen.client_version, sent.client.version);
+    assert_eq!(seen.os, std::env::consts::OS);
+    assert_eq!(seen.arch, std::env::consts::ARCH);
+    assert_eq!(seen.authority, "example.test");
+    for capability in ["stdout", "stderr", "exit", "stdin.line"] {
+        assert!(
+            seen.capabilities.iter().any(|c| c == capability),
+            "{capability}"
+        );
+    }
+    assert!(
+        seen.capabilities
+            .iter()
+            .all(|c| sent.capabilities.contains(c)),
+        "only capabilities the client offered: {:?}",
+        seen.capabilities
+    );
+    assert!(seen.stdout_tty);
+    assert_eq!(seen.stdout_size, Some((120, 40)));
+    assert_eq!(seen.stdout_color, Some(ColorLevel::Ansi256));
+    assert_eq!(seen.term.as_deref(), Some("xterm-256color"));
+    assert!(!seen.session_id.is_empty());
+    assert_eq!(terminal.session_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabytes_of_uneven_output_arrive_byte_exact() {
+    let stdout = Arc::new(pattern(8 * 1024 * 1024 + 12_345, 1));
+    let stderr = Arc::new(pattern(1024 * 1024 + 777, 2));
+    let (out, err) = (stdout.clone(), stderr.clone());
+    let terminal = Terminal::new(move |ctx: Context| {
+        let (out, err) = (out.clone(), err.clone());
+        async move {
+            // Both streams at once, so their windows and frames interleave.
+            let (a, b) = tokio::join!(
+                write_unevenly(ctx.stdout(), &out),
+                write_unevenly(ctx.stderr(), &err)
+            );
+            a.and(b)
+        }
+    });
+    let mut session = Session::args(&[]);
+    session.deadline = BULK_DEADLINE;
+    let run = session.run(&terminal).await;
+    assert_eq!(run.status(), 0);
+    assert_same_bytes("stdout", &run.stdout, &stdout);
+    assert_same_bytes("stderr", &run.stderr, &stderr);
+}
+
+/// Checks, at every data frame the server sends, that it has no more than the
+/// client's window outstanding (sent but not yet written out by the client).
+struct FlowProbe {
+    window: u64,
+    max_chunk: usize,
+    consumed: [Arc<AtomicU64>; 2],
+    sent: [AtomicU64; 2],
+    max_outstanding: [AtomicU64; 2],
+    oversized: AtomicUsize,
+    frames: AtomicUsize,
+}
+
+impl FlowProbe {
+    fn observe(&self, frame: &[u8]) {
+        let Ok(ServerFrame::Data(data)) = codec::decode::<ServerFrame>(frame) else {
+            return;
+        };
+        let index = match data.sid {
+            StreamId::STDOUT => 0,
+            StreamId::STDERR => 1,
+            _ => return,
+        };
+        self.frames.fetch_add(1, Ordering::SeqCst);
+        if data.bytes.len() > self.max_chunk {
+            self.oversized.fetch_add(1, Ordering::SeqCst);
+        }
+        let sent = self.sent[index].fetch_add(data.bytes.len() as u64, Ordering::SeqCst)
+            + data.bytes.len() as u64;
+        // Read after the send is counted: consumption only grows, so this
+        // over-approximates nothing (a grant needs the bytes consumed first).
+        let consumed = self.consumed[index].load(Ordering::SeqCst);
+        let outstanding = sent.saturating_sub(consumed);
+        self.max_outstanding[index].fetch_max(outstanding, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_gets_everything_in_order_and_the_window_bounds_the_server() {
+    const WINDOW: u32 = 4096;
+    const MAX_CHUNK: u32 = 1000;
+    let stdout = Arc::new(pattern(600_000 + 11, 3));
+    let stderr = Arc::new(pattern(150_000 + 5, 4));
+    let (out, err) = (stdout.clone(), stderr.clone());
+    let terminal = Terminal::new(move |ctx: Context| {
+        let (out, err) = (out.clone(), err.clone());
+        async move {
+            let (a, b) = tokio::join!(
+                write_unevenly(ctx.stdout(), &out),
+                write_unevenly(ctx.stderr(), &err)
+            );
+            a.and(b)
+        }
+    });
+
+    let mut hello = hello(&[]);
+    hello.window = WINDOW;
+    hello.max_chunk = MAX_CHUNK;
+    let mut session = Session::new(hello);
+    session.stdout = Capture::slow(13);
+    session.stderr = Capture::slow(29);
+    let probe = Arc::new(FlowProbe {
+        window: u64::from(WINDOW),
+        max_chunk: MAX_CHUNK as usize,
+        consumed: [
+            session.stdout.written.clone(),
+            session.stderr.written.clone(),
+        ],
+        sent: Default::default(),
+        max_outstanding: Default::default(),
+        oversized: AtomicUsize::new(0),
+        frames: AtomicUsize::new(0),
+    });
+    let tap_probe = probe.clone();
+    session.tap = Some(Arc::new(move |frame: &[u8]| tap_probe.observe(frame)));
+    session.deadline = BULK_DEADLINE;
+    let run = session.run(&terminal).await;
+
+    assert_eq!(run.status(), 0);
+    assert_same_bytes("stdout", &run.stdout, &stdout);
+    assert_same_bytes("stderr", &run.stderr, &stderr);
+    assert_eq!(
+        probe.oversized.load(Ordering::SeqCst),
+        0,
+        "chunks over max_chunk"
+    );
+    assert!(probe.frames.load(Ordering::SeqCst) >= (stdout.len() + stderr.len()) / 1000);
+    for (index, name) in ["stdout", "stderr"].into_iter().enumerate() {
+        let max = probe.max_outstanding[index].load(Ordering::SeqCst);
+        assert!(max > 0, "{name}: the probe saw no data");
+        assert!(
+            max <= probe.window,
+            "{name}: the server had {max} bytes outstanding with a window of {}",
+            probe.window
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_lines_each_get_one_distinct_line() {
+    const N: usize = 8;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got_in_command = got.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            let reads = (0..N).map(|_| ctx.read_line(None));
+            let lines = future::join_all(reads).await;
+            *got.lock().unwrap() = lines;
+            ctx.stdout().println("done").await
+        }
+    });
+    let stdin: String = (0..N).map(|i| format!("line {i}\n")).collect();
+    let run = Session::args(&[])
+        .stdin(stdin.as_bytes())
+        .run(&terminal)
+        .await;
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    assert_eq!(run.stdout_text(), "done\n");
+    let lines: Vec<String> = got
+        .lock()
+        .unwrap()
+        .drain(..)
+        .map(|line| line.unwrap().expect("a line, not EOF"))
+        .collect();
+    assert_eq!(lines.len(), N);
+    let distinct: BTreeSet<_> = lines.iter().cloned().collect();
+    let want: BTreeSet<_> = (0..N).map(|i| format!("line {i}")).collect();
+    assert_eq!(distinct, want, "each line exactly once: {lines:?}");
+}
+
+/// A scripted client answers concurrent requests in reverse order; each
+/// `read_line` must still get the answer to its own request (matched by id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_out_of_order_reach_their_own_requests() {
+    const N: usize = 5;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got_in_command = got.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            let prompts: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
+            let reads = prompts.iter().map(|prompt| ctx.read_line(Some(prompt)));
+            *got.lock().unwrap() = future::join_all(reads).await;
+        }
+    });
+    let (mut client, server) = socket_pair().await;
+    let script = async {
+        send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Welcome(_))
+        ));
+        let mut requests = Vec::new();
+        while requests.len() < N {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) => requests.push(request),
+                other => panic!("expected a request, got {other:?}"),
+            }
+        }
+        let ids: BTreeSet<_> = requests.iter().map(|request| request.id).collect();
+        assert_eq!(ids.len(), N, "request ids are unique");
+        for request in requests.into_iter().rev() {
+            let Operation::StdinReadLine {
+                prompt: Some(prompt),
+            } = request.op
+            else {
+                panic!("unexpected operation {:?}", request.op);
+            };
+            let reply = Reply::Line {
+                line: Some(format!("answer to {prompt}")),
+            };
+            send_client(
+                &mut client,
+                &ClientFrame::Response(Response::ok(request.id, reply)),
+            )
+            .await;
+        }
+        let status = loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Exit(exit)) => break exit.status,
+                Some(ServerFrame::Data(_)) => {}
+                other => panic!("expected exit, got {other:?}"),
+            }
+        };
+        assert_eq!(next_server(&mut client).await, None, "nothing after exit");
+        status
+    };
+    let transport = WsTransport {
+        socket: server,
+        tap: None,
+    };
+    let (_, status) = tokio::time::timeout(DEADLINE, async {
+        tokio::join!(terminal.serve(transport), script)
+    })
+    .await
+    .expect("the session hung");
+    assert_eq!(status, 0);
+    let got: Vec<_> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|line| line.clone().unwrap())
+        .collect();
+    let want: Vec<_> = (0..N).map(|i| Some(format!("answer to p{i}"))).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_line_prompts_on_stderr_strips_line_endings_and_ends_with_none() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        loop {
+            match ctx.read_line(Some("name? ")).await? {
+                Some(line) => ctx.stdout().println(format!("[{line}]")).await?,
+                None => {
+                    ctx.stdout().println("EOF").await?;
+                    break;
+                }
+            }
+        }
+        anyhow::Ok(())
+    });
+    let run = Session::args(&[])
+        .stdin(b"alpha\r\nbeta\n\r\nlast")
+        .run(&terminal)
+        .await;
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    assert_eq!(run.stdout_text(), "[alpha]\n[beta]\n[]\n[last]\nEOF\n");
+    assert_eq!(run.stderr_text(), "name? ".repeat(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incompatible_client_gets_the_servers_message_and_status() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let ran_in_command = ran.clone();
+    let config = Config {
+        incompatible_message: Some("please upgrade: https://example.test/get".into()),
+        ..Config::default()
+    };
+    let terminal = Terminal::with_config(
+        move |_ctx: Context| {
+            ran_in_command.fetch_add(1, Ordering::SeqCst);
+            async {}
+        },
+        config,
+    );
+    let mut hello = hello(&[]);
+    hello.versions = VersionRange { min: 7, max: 9 };
+    let run = Session::new(hello).run(&terminal).await;
+    let error = run.error();
+    assert!(
+        matches!(error, ClientError::Incompatible { message, .. } if message == "please upgrade: https://example.test/get"),
+        "{error:?}"
+    );
+    assert_eq!(error.exit_code(), exit_code::INCOMPATIBLE);
+    let text = error.to_string();
+    assert!(
+        text.contains("please upgrade: https://example.test/get"),
+        "{text}"
+    );
+    assert!(text.contains("versions 1"), "the server's versions: {text}");
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "the command must not run");
+
+    // The default message names both sides' versions.
+    let terminal = Terminal::new(|_ctx: Context| async {});
+    let mut hello = self::hello(&[]);
+    hello.versions = VersionRange { min: 7, max: 9 };
+    let run = Session::new(hello).run(&terminal).await;
+    let text = run.error().to_string();
+    assert_eq!(run.error().exit_code(), exit_code::INCOMPATIBLE);
+    assert!(text.contains("7..=9"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_errors_and_panics_exit_one_and_the_terminal_keeps_serving() {
+    let terminal = multi_command();
+
+    let run = Session::args(&["fail"]).run(&terminal).await;
+    assert_eq!(run.status(), 1);
+    assert_eq!(run.stderr_text(), "error: saving: disk full\n");
+    assert_eq!(run.stdout_text(), "");
+
+    let run = Session::args(&["panic"]).run(&terminal).await;
+    assert_eq!(run.status(), 1);
+    let stderr = run.stderr_text();
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("internal error"), "{stderr}");
+    assert!(
+        !stderr.contains("secret"),
+        "panic details stay on the server: {stderr}"
+    );
+
+    let run = Session::args(&["ok"]).run(&terminal).await;
+    assert_eq!(run.status(), 0);
+    assert_eq!(run.stdout_text(), "fine\n");
+    assert_eq!(run.stderr_text(), "");
+    assert_eq!(terminal.session_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_zero_exit_statuses_propagate_after_the_output() {
+    let terminal = multi_command();
+    let run = Session::args(&["exit"]).run(&terminal).await;
+    assert_eq!(run.status(), 42);
+    assert_eq!(run.stdout_text(), "before exit\n");
+    assert_eq!(run.stderr_text(), "");
+
+    let run = Session::args(&["status"]).run(&terminal).await;
+    assert_eq!(run.status(), 7);
+    assert_eq!(run.stderr_text(), "warn");
+}
+
+async fn send_client(socket: &mut WebSocketStream<DuplexStream>, frame: &ClientFrame) {
+    socket
+        .send(Message::Binary(codec::encode(frame).into()))
+        .await
+        .unwrap();
+}
+
+async fn send_server(socket: &mut WebSocketStream<DuplexStream>, frame: &ServerFrame) {
+    socket
+        .send(Message::Binary(codec::encode(frame).into()))
+        .await
+        .unwrap();
+}
+
+/// The next server frame a scripted client receives; `None` at the end.
+async fn next_server(socket: &mut WebSocketStream<DuplexStream>) -> Option<ServerFrame> {
+    loop {
+        match socket.next().await? {
+            Ok(Message::Binary(bytes)) => return Some(codec::decode(&bytes).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The next client frame a scripted server receives; `None` at the end.
+async fn next_client(socket: &mut WebSocketStream<DuplexStream>) -> Option<ClientFrame> {
+    loop {
+        match socket.next().await? {
+            Ok(Message::Binary(bytes)) => return Some(codec::decode(&bytes).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn welcome() -> ServerFrame {
+    ServerFrame::Welcome(Welcome {
+        version: 1,
+        server: Software {
+            name: "scripted".into(),
+            version: "0".into(),
+        },
+        session_id: "s".into(),
+        capabilities: Vec::new(),
+        window: terminalwire_protocol::DEFAULT_WINDOW,
+        max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+    })
+}
+
+const GARBAGE: &[&[u8]] = &[
+    b"\xc1\xc1\xc1 not msgpack",
+    &[0x93, 1, 2, 3],
+    // A `data` frame without its fields.
+    &[0x81, 0xa1, b't', 0xa4, b'd', b'a', b't', b'a'],
+    &[],
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_sending_garbage_ends_the_client_with_a_protocol_error() {
+    for &garbage in GARBAGE {
+        for after_welcome in [false, true] {
+            let (client_socket, mut server) = socket_pair().await;
+            let script = async {
+                let Some(ClientFrame::Hello(_)) = next_client(&mut server).await else {
+                    panic!("expected hello");
+                };
+                if after_welcome {
+                    send_server(&mut server, &welcome()).await;
+                }
+                server
+                    .send(Message::Binary(garbage.to_vec().into()))
+                    .await
+                    .unwrap();
+                // Collect what the client says until it goes.
+                let mut frames = Vec::new();
+                while let Some(frame) = next_client(&mut server).await {
+                    frames.push(frame);
+                }
+                frames
+            };
+            let stdout = Capture::default();
+            let io = LocalIo {
+                stdout: Box::new(stdout.clone()),
+                stderr: Box::new(Capture::default()),
+                stdin: Box::new(tokio::io::empty()),
+            };
+            let config = SessionConfig::default();
+            let client = session::run(client_socket, hello(&[]), io, &config);
+            let (told, result) =
+                tokio::time::timeout(DEADLINE, async { tokio::join!(script, client) })
+                    .await
+                    .expect("the client hung");
+            let case = format!("garbage {garbage:x?}, after welcome: {after_welcome}");
+            let error = result.expect_err(&case);
+            assert!(
+                matches!(error, ClientError::Protocol(_)),
+                "{case}: {error:?}"
+            );
+            assert_eq!(error.exit_code(), exit_code::PROTOCOL, "{case}");
+            assert!(stdout.take().is_empty(), "{case}");
+            if after_welcome {
+                // Mid-session, the client tells the server why it leaves.
+                assert!(
+                    told.iter().any(|frame| matches!(
+                        frame,
+                        ClientFrame::Error(error) if error.code == ErrorCode::Protocol
+                    )),
+                    "{case}: {told:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_garbage_is_told_and_the_terminal_keeps_serving() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let started_in_command = started.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let started = started_in_command.clone();
+        async move {
+            started.fetch_add(1, Ordering::SeqCst);
+            if ctx.args().first().map(String::as_str) == Some("wait") {
+                // Would run forever unless the session ends it.
+                ctx.closed().await;
+            }
+            ctx.stdout().println("fine").await
+        }
+    });
+    for &garbage in GARBAGE {
+        for as_hello in [true, false] {
+            let case = format!("garbage {garbage:x?}, as hello: {as_hello}");
+            let runs_before = started.load(Ordering::SeqCst);
+            let (mut client, server) = socket_pair().await;
+            let script = async {
+                if !as_hello {
+                    send_client(&mut client, &ClientFrame::Hello(hello(&["wait"]))).await;
+                    assert!(
+                        matches!(
+                            next_server(&mut client).await,
+                            Some(ServerFrame::Welcome(_))
+                        ),
+                        "{case}"
+                    );
+                }
+                client
+                    .send(Message::Binary(garbage.to_vec().into()))
+                    .await
+                    .unwrap();
+                let mut frames = Vec::new();
+                while let Some(frame) = next_server(&mut client).await {
+                    frames.push(frame);
+                }
+                frames
+            };
+            let transport = WsTransport {
+                socket: server,
+                tap: None,
+            };
+            let (_, told) = tokio::time::timeout(DEADLINE, async {
+                tokio::join!(terminal.serve(transport), script)
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the session hung"));
+            assert!(
+                matches!(
+                    told.last(),
+                    Some(ServerFrame::Error(error)) if error.code == ErrorCode::Protocol
+                ),
+                "{case}: {told:?}"
+            );
+            assert_eq!(terminal.session_count(), 0, "{case}");
+            if as_hello {
+                assert_eq!(
+                    started.load(Ordering::SeqCst),
+                    runs_before,
+                    "{case}: the command ran"
+                );
+            }
+        }
+    }
+
+    let run = Session::args(&["ok"]).run(&terminal).await;
+    assert_eq!(run.status(), 0);
+    assert_eq!(run.stdout_text(), "fine\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_tells_running_commands_and_they_finish() {
+    let started = Arc::new(Notify::new());
+    let started_in_command = started.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let started = started_in_command.clone();
+        async move {
+            ctx.stdout().println("working").await?;
+            started.notify_one();
+            ctx.shutdown_requested().await;
+            ctx.stdout().println("saving and leaving").await?;
+            Err::<(), anyhow::Error>(Exit(3).into())
+        }
+    });
+    let session = Session::args(&[]).run(&terminal);
+    let stop = async {
+        started.notified().await;
+        assert_eq!(terminal.session_count(), 1);
+        terminal.shutdown().await
+    };
+    let (run, all_ended) = tokio::time::timeout(DEADLINE, async { tokio::join!(session, stop) })
+        .await
+        .expect("shutdown hung");
+    assert!(all_ended, "shutdown() reports every session ended");
+    assert_eq!(run.status(), 3);
+    assert_eq!(run.stdout_text(), "working\nsaving and leaving\n");
+    assert_eq!(terminal.session_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_ignoring_shutdown_is_cancelled_after_the_grace_period() {
+    let started = Arc::new(Notify::new());
+    let started_in_command = started.clone();
+    let config = Config {
+        shutdown_grace: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let terminal = Terminal::with_config(
+        move |ctx: Context| {
+            let started = started_in_command.clone();
+            async move {
+                ctx.stdout().println("working").await?;
+                started.notify_one();
+                std::future::pending::<()>().await;
+                anyhow::Ok(())
+            }
+        },
+        config,
+    );
+    let session = Session::args(&[]).run(&terminal);
+    let stop = async {
+        started.notified().await;
+        terminal.shutdown().await
+    };
+    let (run, all_ended) = tokio::time::timeout(DEADLINE, async { tokio::join!(session, stop) })
+        .await
+        .expect("shutdown hung");
+    assert!(all_ended);
+    let error = run.error();
+    assert!(matches!(error, ClientError::ServerShutdown(_)), "{error:?}");
+    assert_eq!(error.exit_code(), exit_code::CONNECTION_LOST);
+    assert!(error.to_string().contains("shutting down"), "{error}");
+    // Output written before the cancellation is still delivered.
+    assert_eq!(run.stdout_text(), "working\n");
+}
+
+/// Client settings for the liveness tests (on tokio's paused clock).
+fn quick_heartbeats() -> SessionConfig {
+    SessionConfig {
+        idle_timeout: Duration::from_secs(1),
+        heartbeat: Duration::from_millis(200),
+        ..SessionConfig::default()
+    }
+}
+
+/// A command that prints nothing for longer than the client's idle time-out
+/// keeps its session: the server's pongs to the client's pings are signs of life.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_command_outlives_the_idle_timeout_thanks_to_heartbeats() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        // The workload: quiet for five idle time-outs (virtual time).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        ctx.stdout().println("still here").await
+    });
+    let mut session = Session::args(&[]);
+    session.config = quick_heartbeats();
+    let run = session.run(&terminal).await;
+    assert_eq!(run.status(), 0);
+    assert_eq!(run.stdout_text(), "still here\n");
+}
+
+/// A server that stops reading (so it answers no ping) and sends nothing is
+/// given up on after the idle time-out.
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_is_a_lost_connection_after_the_idle_timeout() {
+    let (client_socket, mut server) = socket_pair().await;
+    let done = Notify::new();
+    let script = async {
+        let Some(ClientFrame::Hello(_)) = next_client(&mut server).await else {
+            panic!("expected hello");
+        };
+        send_server(&mut server, &welcome()).await;
+        // Hold the connection open, unread, until the client has given up.
+        done.notified().await;
+    };
+    let io = LocalIo {
+        stdout: Box::new(Capture::default()),
+        stderr: Box::new(Capture::default()),
+        stdin: Box::new(tokio::io::empty()),
+    };
+    let config = quick_heartbeats();
+    let client = async {
+        let result = session::run(client_socket, hello(&[]), io, &config).await;
+        done.notify_one();
+        result
+    };
+    let started = tokio::time::Instant::now();
+    let ((), result) = tokio::time::timeout(DEADLINE, async { tokio::join!(script, client) })
+        .await
+        .expect("the client hung");
+    let error = result.expect_err("a silent server is an error");
+    assert!(matches!(error, ClientError::ConnectionLost(_)), "{error:?}");
+    assert_eq!(error.exit_code(), exit_code::CONNECTION_LOST);
+    assert!(error.to_string().contains("no sign of life"), "{error}");
+    assert!(started.elapsed() >= config.idle_timeout);
+}
+
+/// Signals when dropped: the command's future was cancelled (or finished).
+struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// When the client goes away (here: its stdout reader closed), the server
+/// ends the session and cancels the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_the_command() {
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
+    let tx_in_command = dropped_tx.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let guard = DropSignal(tx_in_command.lock().unwrap().take());
+        async move {
+            let _guard = guard;
+            ctx.stdout().println("one line").await?;
+            // Never finishes by itself.
+            std::future::pending::<()>().await;
+            anyhow::Ok(())
+        }
+    });
+    let mut session = Session::args(&[]);
+    session.stdout.broken = true;
+    let run = session.run(&terminal).await;
+    let error = run.error();
+    assert!(matches!(error, ClientError::BrokenPipe), "{error:?}");
+    assert_eq!(error.exit_code(), exit_code::BROKEN_PIPE);
+    tokio::time::timeout(DEADLINE, dropped)
+        .await
+        .expect("the command was not cancelled")
+        .expect("the command's future was dropped");
+    assert_eq!(terminal.session_count(), 0);
+}

@@ -28,6 +28,10 @@ pub mod exit_code {
     pub const PROTOCOL: u8 = 76;
     /// The server speaks no protocol version this client speaks.
     pub const INCOMPATIBLE: u8 = 78;
+    /// Ctrl-C: the command was interrupted (128 + SIGINT, like a local
+    /// program). The server sends it when its command does not handle the
+    /// interrupt; the client uses it when Ctrl-C is pressed twice.
+    pub const INTERRUPTED: u8 = 130;
     /// Standard output was closed by its reader (like a local program killed
     /// by SIGPIPE: 128 + 13).
     pub const BROKEN_PIPE: u8 = 141;
@@ -95,6 +99,12 @@ pub enum ClientError {
     /// Standard output was closed by its reader.
     #[error("standard output was closed")]
     BrokenPipe,
+    /// The user pressed Ctrl-C twice while the command was running.
+    #[error("interrupted")]
+    Interrupted,
+    /// The client received SIGTERM (15) or SIGHUP (1).
+    #[error("terminated by signal {0}")]
+    Terminated(i32),
 }
 
 impl ClientError {
@@ -111,12 +121,16 @@ impl ClientError {
             ClientError::Protocol(_) | ClientError::ServerError { .. } => exit_code::PROTOCOL,
             ClientError::Output { .. } => exit_code::IO,
             ClientError::BrokenPipe => exit_code::BROKEN_PIPE,
+            ClientError::Interrupted => exit_code::INTERRUPTED,
+            ClientError::Terminated(number) => {
+                u8::try_from(128 + number).unwrap_or(exit_code::INTERNAL)
+            }
         }
     }
 
     /// Errors that are reported by the exit status alone, like a local
     /// program's broken pipe.
     pub fn is_silent(&self) -> bool {
-        matches!(self, ClientError::BrokenPipe)
+        matches!(self, ClientError::BrokenPipe | ClientError::Interrupted)
     }
 }

@@ -76,6 +76,18 @@ pub fn stream_facts(fd: BorrowedFd<'_>, env: &dyn Fn(&str) -> Option<String>) ->
     }
 }
 
+/// The size of the client's terminal (stdout's, else stdin's, else stderr's).
+pub fn terminal_size() -> Option<TerminalSize> {
+    let env = |_: &str| None;
+    [
+        std::io::stdout().as_fd(),
+        std::io::stdin().as_fd(),
+        std::io::stderr().as_fd(),
+    ]
+    .into_iter()
+    .find_map(|fd| stream_facts(fd, &env).size)
+}
+
 fn stream_kind(fd: BorrowedFd<'_>) -> StreamKind {
     use rustix::fs::FileType;
     let Ok(stat) = rustix::fs::fstat(fd) else {

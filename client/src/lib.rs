@@ -12,6 +12,7 @@
 //! - [`cli`]: argument parsing (`terminalwire [OPTIONS] URL [ARGS...]`).
 //! - [`connect`]: URL checks and the WebSocket connection.
 //! - [`facts`]: what the hello reports about this machine and terminal.
+//! - [`progress`]: progress bars for long transfers, on a terminal only.
 //! - [`resources`]: files, directories, environment and browser, checked
 //!   against the authority's entitlements.
 //! - [`safe_fs`]: file operations on a checked path that never follow symlinks.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod connect;
 pub mod error;
 pub mod facts;
+pub mod progress;
 pub mod resources;
 pub mod safe_fs;
 pub mod session;
@@ -49,6 +51,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
         Err(cli::ParseOutcome::Exit(code)) => return code,
     };
     init_logging(invocation.verbose);
+    terminal::restore_on_panic();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -88,6 +91,7 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         handshake_timeout: invocation.connect_timeout,
         resources,
         stdin_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stdin()),
+        handle_signals: true,
         ..SessionConfig::default()
     };
     let socket = connect::connect(&target, config.handshake_timeout).await?;
@@ -123,7 +127,10 @@ fn entitlements(
         entitlements,
         home.root().to_path_buf(),
         resources::Resources::system_opener(),
-    );
+    )
+    .with_progress(progress::Progress::new(std::io::IsTerminal::is_terminal(
+        &std::io::stderr(),
+    )));
     Ok((resources, storage))
 }
 

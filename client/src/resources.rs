@@ -14,8 +14,10 @@
     reason = "OpError is the wire answer itself; errors are the cold path"
 )]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use terminalwire_policy::decide::{Allowed, Denial as PolicyDenial};
 use terminalwire_policy::grant::Action;
@@ -25,7 +27,8 @@ use terminalwire_protocol::frame::{
     DirEntry, EntryKind, ErrorCode, Metadata, OpError, Operation, Reply,
 };
 
-use crate::safe_fs::{self, FsError, Kind};
+use crate::progress::Progress;
+use crate::safe_fs::{self, FsError, Kind, StreamedWrite};
 
 /// Largest `file_read` answer, so that a response frame stays well under the
 /// protocol's frame limit.
@@ -36,12 +39,31 @@ pub const MAX_ENTRIES: usize = 10_000;
 /// Opens URLs for `browser_open`.
 pub type Opener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;
 
+/// Streamed writes a server may have open at once.
+pub const MAX_OPEN_WRITES: usize = 16;
+
 /// What the client may do for one session's server.
 #[derive(Clone)]
 pub struct Resources {
     entitlements: Option<Arc<Entitlements>>,
     home_root: Option<PathBuf>,
     opener: Opener,
+    writes: Arc<Mutex<Writes>>,
+    progress: Progress,
+}
+
+/// Open streamed writes by handle.
+#[derive(Debug, Default)]
+struct Writes {
+    next: u64,
+    open: HashMap<u64, Arc<OpenWrite>>,
+}
+
+#[derive(Debug)]
+struct OpenWrite {
+    write: StreamedWrite,
+    path: PathBuf,
+    written: AtomicU64,
 }
 
 impl std::fmt::Debug for Resources {
@@ -66,7 +88,24 @@ impl Resources {
             entitlements: Some(Arc::new(entitlements)),
             home_root: Some(home_root),
             opener,
+            writes: Arc::default(),
+            progress: Progress::disabled(),
         }
+    }
+
+    /// Shows progress bars for long transfers (when stderr is a terminal).
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Drops every unfinished streamed write (their temporary files are
+    /// deleted) and clears progress bars: the session is over.
+    pub fn end_session(&self) {
+        if let Ok(mut writes) = self.writes.lock() {
+            writes.open.clear();
+        }
+        self.progress.clear();
     }
 
     /// No resources at all: every file, env and browser request is refused.
@@ -75,6 +114,8 @@ impl Resources {
             entitlements: None,
             home_root: None,
             opener: Arc::new(|_| Err(std::io::Error::other("no browser"))),
+            writes: Arc::default(),
+            progress: Progress::disabled(),
         }
     }
 
@@ -120,7 +161,11 @@ impl Resources {
             | Operation::DirList { .. }
             | Operation::DirCreate { .. }
             | Operation::DirExists { .. }
-            | Operation::DirDelete { .. } => blocking(move || this.path_op(op)).await,
+            | Operation::DirDelete { .. }
+            | Operation::FileWriteOpen { .. }
+            | Operation::FileWriteChunk { .. }
+            | Operation::FileWriteCommit { .. }
+            | Operation::FileWriteAbort { .. } => blocking(move || this.path_op(op)).await,
             _ => return None,
         })
     }
@@ -159,6 +204,20 @@ impl Resources {
         Ok(Reply::Unit)
     }
 
+    fn writes(&self) -> Result<std::sync::MutexGuard<'_, Writes>, OpError> {
+        self.writes
+            .lock()
+            .map_err(|_| OpError::new(ErrorCode::Internal, "streamed writes are unavailable"))
+    }
+
+    fn open_write(&self, handle: u64) -> Result<Arc<OpenWrite>, OpError> {
+        self.writes()?
+            .open
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| unknown_handle(handle))
+    }
+
     fn path_op(&self, op: Operation) -> Result<Reply, OpError> {
         let entitlements = self.entitlements()?;
         let resolve = |raw: &str| {
@@ -174,6 +233,17 @@ impl Resources {
                 check(&path, Action::Read)?;
                 let len = len.min(MAX_READ) as usize;
                 let (bytes, eof) = safe_fs::read(path.as_path(), offset, len).map_err(fs_error)?;
+                let done = offset.saturating_add(bytes.len() as u64);
+                let total = if offset == 0 && !eof {
+                    safe_fs::metadata(path.as_path())
+                        .ok()
+                        .flatten()
+                        .map(|meta| meta.size)
+                } else {
+                    None
+                };
+                self.progress
+                    .update("reading", path.as_path(), done, total, eof);
                 Ok(Reply::Data {
                     bytes: bytes.into(),
                     eof,
@@ -191,6 +261,76 @@ impl Resources {
                     },
                 };
                 safe_fs::write_atomic(path.as_path(), &bytes, mode).map_err(fs_error)?;
+                Ok(Reply::Unit)
+            }
+            Operation::FileWriteOpen { path, mode } => {
+                let path = resolve(&path)?;
+                let allowed = check(&path, Action::Write)?;
+                let mode = match mode {
+                    Some(mode) => Some(check_mode(entitlements, &path, &allowed, false, mode)?),
+                    None => match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
+                        Some(_) => None,
+                        None => Some(default_mode(&allowed, false)),
+                    },
+                };
+                let mut writes = self.writes()?;
+                if writes.open.len() >= MAX_OPEN_WRITES {
+                    return Err(OpError::new(
+                        ErrorCode::TooLarge,
+                        format!("more than {MAX_OPEN_WRITES} streamed writes open at once"),
+                    ));
+                }
+                let write = StreamedWrite::begin(path.as_path(), mode).map_err(fs_error)?;
+                writes.next += 1;
+                let handle = writes.next;
+                writes.open.insert(
+                    handle,
+                    Arc::new(OpenWrite {
+                        write,
+                        path: path.as_path().to_path_buf(),
+                        written: AtomicU64::new(0),
+                    }),
+                );
+                Ok(Reply::Handle { handle })
+            }
+            Operation::FileWriteChunk {
+                handle,
+                offset,
+                bytes,
+            } => {
+                let open = self.open_write(handle)?;
+                open.write.write_at(offset, &bytes).map_err(fs_error)?;
+                let written = open
+                    .written
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed)
+                    + bytes.len() as u64;
+                self.progress
+                    .update("writing", &open.path, written, None, false);
+                Ok(Reply::Unit)
+            }
+            Operation::FileWriteCommit { handle } => {
+                let open = self
+                    .writes()?
+                    .open
+                    .remove(&handle)
+                    .ok_or_else(|| unknown_handle(handle))?;
+                let open = Arc::try_unwrap(open).map_err(|_| {
+                    OpError::new(
+                        ErrorCode::Invalid,
+                        format!("streamed write {handle} still has chunks in flight"),
+                    )
+                })?;
+                self.progress.update("writing", &open.path, 0, None, true);
+                open.write.commit().map_err(fs_error)?;
+                Ok(Reply::Unit)
+            }
+            Operation::FileWriteAbort { handle } => {
+                let open = self
+                    .writes()?
+                    .open
+                    .remove(&handle)
+                    .ok_or_else(|| unknown_handle(handle))?;
+                self.progress.update("writing", &open.path, 0, None, true);
                 Ok(Reply::Unit)
             }
             Operation::FileAppend { path, bytes } => {
@@ -369,6 +509,13 @@ fn default_mode(allowed: &Allowed, is_dir: bool) -> u32 {
     };
     // Never above the ceiling: storage's 0600 beats the usual 0644.
     default.bits() & ceiling.bits()
+}
+
+fn unknown_handle(handle: u64) -> OpError {
+    OpError::new(
+        ErrorCode::Invalid,
+        format!("no streamed write has handle {handle}"),
+    )
 }
 
 fn entry_kind(kind: Kind) -> EntryKind {

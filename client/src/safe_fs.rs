@@ -301,6 +301,88 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
     sync_dir(&parent, path)
 }
 
+/// An atomic write of unknown length in progress: a temporary file beside
+/// the target that [`commit`](StreamedWrite::commit) renames over it. Dropped
+/// without a commit, the temporary file is deleted and the target untouched.
+#[derive(Debug)]
+pub struct StreamedWrite {
+    parent: OwnedFd,
+    target: OsString,
+    temp: Option<OsString>,
+    file: File,
+    mode: u32,
+    path: PathBuf,
+}
+
+impl StreamedWrite {
+    /// Starts a write to `path`, with the same rules as [`write_atomic`] for
+    /// what may be replaced and which mode the file gets.
+    pub fn begin(path: &Path, mode: Option<u32>) -> Result<StreamedWrite, FsError> {
+        let (parent, name) = open_parent(path)?;
+        let existing = stat_at(&parent, name, path)?;
+        let mode = match existing.as_ref().map(|st| (kind_of(st), st)) {
+            None => mode.unwrap_or(DEFAULT_FILE_MODE),
+            Some((Kind::File, st)) => mode.unwrap_or_else(|| mode_bits(st)),
+            Some((Kind::Symlink, _)) => return Err(FsError::SymlinkRace { path: path.into() }),
+            Some((Kind::Dir | Kind::Other, _)) => {
+                return Err(FsError::NotAFile { path: path.into() });
+            }
+        };
+        let target = name.to_os_string();
+        let (temp, fd) = create_temp(&parent, name, path)?;
+        let file = File::from(fd);
+        // Private until committed, whatever the final mode.
+        rustix::fs::fchmod(&file, to_mode(0o600)).map_err(|e| map_errno(e, path))?;
+        Ok(StreamedWrite {
+            parent,
+            target,
+            temp: Some(temp),
+            file,
+            mode,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes `bytes` at `offset` of the new file (chunks may arrive in any
+    /// order).
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), FsError> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|source| io_error(&self.path, source))
+    }
+
+    /// Syncs the new file, gives it its mode and renames it over the target.
+    pub fn commit(mut self) -> Result<(), FsError> {
+        let path = self.path.clone();
+        rustix::fs::fchmod(&self.file, to_mode(self.mode)).map_err(|e| map_errno(e, &path))?;
+        self.file
+            .sync_all()
+            .map_err(|source| io_error(&path, source))?;
+        let temp = self.temp.take().unwrap_or_default();
+        let renamed = rustix::fs::renameat(&self.parent, &temp, &self.parent, &self.target)
+            .map_err(|e| match e {
+                Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
+                    FsError::NotAFile { path: path.clone() }
+                }
+                e => map_errno(e, &path),
+            });
+        if renamed.is_err() {
+            let _ = rustix::fs::unlinkat(&self.parent, &temp, AtFlags::empty());
+        }
+        renamed?;
+        sync_dir(&self.parent, &path)
+    }
+}
+
+impl Drop for StreamedWrite {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = rustix::fs::unlinkat(&self.parent, &temp, AtFlags::empty());
+        }
+    }
+}
+
 /// Appends `bytes` to the regular file at `path`, creating it with exactly
 /// `create_mode` (applied with `fchmod`, so the umask does not matter) when it
 /// does not exist. An existing file keeps its mode.
@@ -1658,5 +1740,51 @@ mod tests {
         let error = read(&missing.join("f"), 0, 1).unwrap_err();
         assert_eq!(error.path(), missing);
         assert!(error.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn streamed_write_commits_atomically_and_aborts_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let target = root.join("big.bin");
+        std::fs::write(&target, b"old").unwrap();
+
+        let write = StreamedWrite::begin(&target, Some(0o640)).unwrap();
+        // Out of order, as concurrent chunks may land.
+        write.write_at(3, b"def").unwrap();
+        write.write_at(0, b"abc").unwrap();
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            b"old",
+            "not visible before commit"
+        );
+        write.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"abcdef");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+
+        let write = StreamedWrite::begin(&target, None).unwrap();
+        write.write_at(0, b"never").unwrap();
+        drop(write);
+        assert_eq!(std::fs::read(&target).unwrap(), b"abcdef");
+        let names: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("big.bin")],
+            "no temp file left"
+        );
+
+        let link = root.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(
+            StreamedWrite::begin(&link, None),
+            Err(FsError::SymlinkRace { .. })
+        ));
     }
 }

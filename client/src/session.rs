@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use terminalwire_protocol::flow::ReceiveWindow;
 use terminalwire_protocol::frame::{
     ClientFrame, ErrorCode, Hello, OpError, Operation, Reply, Request, Response, ServerFrame,
-    SessionError, StreamId, WindowAdjust,
+    SessionError, Signal, SignalKind, StreamId, TerminalMode, WindowAdjust,
 };
 use terminalwire_protocol::{MAX_FRAME_LEN, SUPPORTED_VERSIONS, codec};
 use tokio::io::{
@@ -30,6 +30,8 @@ use crate::resources::Resources;
 
 /// Longest line `stdin_read_line` returns.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Longest a send may wait for the server to take data.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most bytes one `stdin_read` returns.
 pub const MAX_STDIN_CHUNK: usize = 256 * 1024;
 
@@ -48,9 +50,13 @@ pub struct SessionConfig {
     pub flush_timeout: Duration,
     /// Files, directories, environment and browser, within the entitlements.
     pub resources: Resources,
-    /// Stdin is the process's terminal: passwords may be read with echo off.
-    /// When false, password reads are refused.
+    /// Stdin is the process's terminal: passwords may be read with echo off,
+    /// raw mode and key reads are possible. When false, they are refused.
     pub stdin_is_terminal: bool,
+    /// Catch SIGINT (forwarded as an interrupt; a second one exits at once),
+    /// SIGWINCH (forwarded as a resize), SIGTERM and SIGHUP (clean exit).
+    /// Only the real client sets this: it changes the whole process.
+    pub handle_signals: bool,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +69,7 @@ impl Default for SessionConfig {
             flush_timeout: Duration::from_secs(5),
             resources: Resources::none(),
             stdin_is_terminal: false,
+            handle_signals: false,
         }
     }
 }
@@ -241,9 +248,38 @@ where
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
+    let mut signals =
+        if config.handle_signals {
+            Some(Signals::new().map_err(|error| {
+                ClientError::Config(format!("cannot watch for signals: {error}"))
+            })?)
+        } else {
+            None
+        };
+    let mut interrupted = false;
 
     let result = loop {
         tokio::select! {
+            signal = next_signal(&mut signals) => match signal {
+                LocalSignal::Interrupt if interrupted => break Err(ClientError::Interrupted),
+                LocalSignal::Interrupt => {
+                    interrupted = true;
+                    let frame = ClientFrame::Signal(Signal { signal: SignalKind::Interrupt, size: None });
+                    if let Err(error) = send(&mut sink, &frame).await {
+                        break Err(error);
+                    }
+                }
+                LocalSignal::Resize => {
+                    let frame = ClientFrame::Signal(Signal {
+                        signal: SignalKind::Resize,
+                        size: crate::facts::terminal_size(),
+                    });
+                    if let Err(error) = send(&mut sink, &frame).await {
+                        break Err(error);
+                    }
+                }
+                LocalSignal::Terminate(number) => break Err(ClientError::Terminated(number)),
+            },
             message = next_message(&mut source) => {
                 idle_deadline = Instant::now() + config.idle_timeout;
                 let frame = match message {
@@ -320,8 +356,8 @@ where
                 }
             }
             _ = heartbeat.tick() => {
-                if let Err(error) = sink.send(Message::Ping(Vec::new().into())).await {
-                    break Err(lost(error));
+                if let Err(error) = send_message(&mut sink, Message::Ping(Vec::new().into())).await {
+                    break Err(error);
                 }
             }
             () = tokio::time::sleep_until(idle_deadline) => {
@@ -332,14 +368,18 @@ where
         }
     };
 
+    // Whatever the end, the terminal goes back to cooked mode and unfinished
+    // streamed writes are dropped.
+    let _ = crate::terminal::leave_raw_mode();
+    config.resources.end_session();
+
     // Write out everything received before the end, whatever the end was.
-    let flushed = finish_outputs(
-        &mut pipes,
-        &mut events,
-        result.is_ok(),
-        config.flush_timeout,
-    )
-    .await;
+    let flush_timeout = match result {
+        // The user wants out now.
+        Err(ClientError::Interrupted | ClientError::Terminated(_)) => Duration::ZERO,
+        _ => config.flush_timeout,
+    };
+    let flushed = finish_outputs(&mut pipes, &mut events, result.is_ok(), flush_timeout).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     match (result, flushed) {
         (Ok(status), Ok(())) => Ok(status),
@@ -422,6 +462,42 @@ async fn perform(
                 ))
             }
         }
+        Operation::TerminalMode { mode } if stdin_is_terminal => {
+            let switched = match mode {
+                TerminalMode::Raw => crate::terminal::enter_raw_mode(),
+                TerminalMode::Cooked => crate::terminal::leave_raw_mode(),
+            };
+            switched.map(|()| Reply::Unit).map_err(|error| {
+                OpError::new(
+                    ErrorCode::Io,
+                    format!("cannot switch the terminal: {error}"),
+                )
+            })
+        }
+        Operation::ReadKey if stdin_is_terminal => {
+            // Keys come from the terminal; hold stdin so no line read competes.
+            let _stdin = stdin.lock().await;
+            let was_raw = crate::terminal::is_raw();
+            let read = async {
+                if !was_raw {
+                    crate::terminal::enter_raw_mode()?;
+                }
+                let key = tokio::task::spawn_blocking(crate::terminal::read_key_blocking)
+                    .await
+                    .map_err(io::Error::other)?;
+                if !was_raw {
+                    crate::terminal::leave_raw_mode()?;
+                }
+                key
+            };
+            read.await
+                .map(Reply::Key)
+                .map_err(|error| OpError::new(ErrorCode::Io, format!("cannot read a key: {error}")))
+        }
+        Operation::TerminalMode { .. } | Operation::ReadKey => Err(OpError::new(
+            ErrorCode::Unsupported,
+            "stdin is not a terminal",
+        )),
         Operation::StdinRead { max } => {
             let mut stdin = stdin.lock().await;
             read_chunk(&mut *stdin, max as usize).await
@@ -485,13 +561,65 @@ async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpE
     Ok(Reply::Line { line: Some(line) })
 }
 
+/// A signal the client itself received.
+enum LocalSignal {
+    Interrupt,
+    Resize,
+    Terminate(i32),
+}
+
+/// The process signals the client watches.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    resize: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind as Kind, signal};
+        Ok(Signals {
+            interrupt: signal(Kind::interrupt())?,
+            resize: signal(Kind::window_change())?,
+            terminate: signal(Kind::terminate())?,
+            hangup: signal(Kind::hangup())?,
+        })
+    }
+}
+
+async fn next_signal(signals: &mut Option<Signals>) -> LocalSignal {
+    let Some(signals) = signals else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        Some(()) = signals.interrupt.recv() => LocalSignal::Interrupt,
+        Some(()) = signals.resize.recv() => LocalSignal::Resize,
+        Some(()) = signals.terminate.recv() => LocalSignal::Terminate(15),
+        Some(()) = signals.hangup.recv() => LocalSignal::Terminate(1),
+        else => std::future::pending().await,
+    }
+}
+
 async fn send<S>(sink: &mut Sink<S>, frame: &ClientFrame) -> Result<(), ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    sink.send(Message::Binary(codec::encode(frame).into()))
-        .await
-        .map_err(lost)
+    send_message(sink, Message::Binary(codec::encode(frame).into())).await
+}
+
+/// Sends one message; a server that stops reading cannot hold the client
+/// forever.
+async fn send_message<S>(sink: &mut Sink<S>, message: Message) -> Result<(), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(result) => result.map_err(lost),
+        Err(_) => Err(ClientError::ConnectionLost(format!(
+            "the server took no data for {SEND_TIMEOUT:?}"
+        ))),
+    }
 }
 
 /// The next frame from the server, skipping pings and pongs.

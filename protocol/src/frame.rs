@@ -449,10 +449,68 @@ pub enum Operation {
         /// The URL.
         url: String,
     },
+    /// `file_write_open`: start an atomic streamed write: the client creates
+    /// a temporary file beside `path` and answers [`Reply::Handle`]. Chunks
+    /// follow with `file_write_chunk`; `file_write_commit` renames the
+    /// temporary file over `path`; `file_write_abort`, or the end of the
+    /// session, deletes it.
+    FileWriteOpen {
+        /// The file.
+        path: String,
+        /// Permission bits, as for `file_write`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// `file_write_chunk`: append `bytes` to an open streamed write, at
+    /// `offset` (the number of bytes written before it, so that chunks sent
+    /// concurrently are placed right). Answered with [`Reply::Unit`].
+    FileWriteChunk {
+        /// From `file_write_open`.
+        handle: u64,
+        /// Where the bytes go in the new file.
+        offset: u64,
+        /// The bytes.
+        bytes: ByteBuf,
+    },
+    /// `file_write_commit`: finish a streamed write: sync and rename over
+    /// the target. Answered with [`Reply::Unit`].
+    FileWriteCommit {
+        /// From `file_write_open`.
+        handle: u64,
+    },
+    /// `file_write_abort`: drop a streamed write; the target is untouched.
+    /// Answered with [`Reply::Unit`].
+    FileWriteAbort {
+        /// From `file_write_open`.
+        handle: u64,
+    },
+    /// `terminal_mode`: switch the client's terminal between cooked (line
+    /// editing, echo, Ctrl-C interrupts) and raw (every key goes to the app,
+    /// Ctrl-C included). The client restores cooked mode when the session
+    /// ends, whatever the end. Fails with `unsupported` when stdin is not a
+    /// terminal. Answered with [`Reply::Unit`].
+    TerminalMode {
+        /// The mode.
+        mode: TerminalMode,
+    },
+    /// `read_key`: wait for one key press on the client's terminal (raw mode
+    /// for the duration if cooked). Fails with `unsupported` when stdin is
+    /// not a terminal. Answered with [`Reply::Key`].
+    ReadKey,
     /// An operation this implementation does not know; answered with an
     /// `unsupported` error.
     #[serde(other)]
     Unknown,
+}
+
+/// How the client's terminal treats input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminalMode {
+    /// `cooked`: line editing, echo, Ctrl-C interrupts.
+    Cooked,
+    /// `raw`: keys go to the app as they are pressed.
+    Raw,
 }
 
 /// `response`: the outcome of a [`Request`]; exactly one of `ok` or `error` is set.
@@ -528,9 +586,34 @@ pub enum Reply {
         /// Entries sorted by name.
         entries: Vec<DirEntry>,
     },
+    /// `handle`: a client-side handle for later requests.
+    Handle {
+        /// The handle.
+        handle: u64,
+    },
+    /// `key`: one key press.
+    Key(Key),
     /// A reply this implementation does not know.
     #[serde(other)]
     Unknown,
+}
+
+/// A key press.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    /// The key: a character (`a`, `A`, `é`, ` `) or a name (`enter`, `tab`,
+    /// `backspace`, `esc`, `up`, `down`, `left`, `right`, `home`, `end`,
+    /// `page_up`, `page_down`, `delete`, `insert`, `f1`..`f12`).
+    pub key: String,
+    /// Control was held.
+    #[serde(default)]
+    pub ctrl: bool,
+    /// Alt (Meta) was held.
+    #[serde(default)]
+    pub alt: bool,
+    /// Shift was held (for named keys; characters are already shifted).
+    #[serde(default)]
+    pub shift: bool,
 }
 
 /// Facts about a path.

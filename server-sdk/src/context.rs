@@ -137,6 +137,22 @@ pub(crate) struct SessionInfo {
     pub(crate) terminal: TerminalInfo,
 }
 
+/// A key press on the client's terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Key {
+    /// A character (`a`, `A`, ` `) or a name (`enter`, `tab`, `backspace`,
+    /// `esc`, `up`, `down`, `left`, `right`, `home`, `end`, `page_up`,
+    /// `page_down`, `delete`, `insert`, `f1`..`f12`).
+    pub key: String,
+    /// Control was held.
+    pub ctrl: bool,
+    /// Alt was held.
+    pub alt: bool,
+    /// Shift was held (for named keys).
+    pub shift: bool,
+}
+
 /// A client resource request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -387,6 +403,73 @@ impl Context {
     /// Sends one operation and waits for its reply.
     pub(crate) async fn request(&self, op: Operation) -> Result<Reply, ResourceError> {
         self.shared.request(op).await
+    }
+
+    /// From now on, Ctrl-C on the client is delivered to
+    /// [`interrupted`](Context::interrupted) instead of cancelling the
+    /// command (which then exits 130, like a local program).
+    pub fn handle_interrupts(&self) {
+        self.shared
+            .interrupts_handled
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Resolves at the next Ctrl-C the user presses on the client (cooked
+    /// mode; in raw mode Ctrl-C is a key). Calling it means the command
+    /// handles interrupts itself ([`handle_interrupts`](Context::handle_interrupts)).
+    pub async fn interrupted(&self) {
+        self.handle_interrupts();
+        let mut interrupts = self.shared.interrupts.subscribe();
+        interrupts.mark_unchanged();
+        tokio::select! {
+            _ = interrupts.changed() => {}
+            () = self.shared.closed.cancelled() => std::future::pending().await,
+        }
+    }
+
+    /// The client terminal's size as (columns, rows), as last reported.
+    pub fn terminal_size(&self) -> Option<(u16, u16)> {
+        *self.shared.size.borrow()
+    }
+
+    /// Waits until the client's terminal changes size; returns the new size.
+    pub async fn resized(&self) -> Option<(u16, u16)> {
+        let mut size = self.shared.size.subscribe();
+        size.mark_unchanged();
+        tokio::select! {
+            _ = size.changed() => {}
+            () = self.shared.closed.cancelled() => std::future::pending::<()>().await,
+        }
+        *size.borrow()
+    }
+
+    /// Switches the client's terminal to raw mode (every key goes to the
+    /// app, Ctrl-C included) or back to cooked mode. The client restores
+    /// cooked mode when the session ends. Fails with
+    /// [`ResourceError::Unsupported`] when the client's stdin is not a terminal.
+    pub async fn set_raw_mode(&self, raw: bool) -> Result<(), ResourceError> {
+        let mode = if raw {
+            wire::TerminalMode::Raw
+        } else {
+            wire::TerminalMode::Cooked
+        };
+        match self.request(Operation::TerminalMode { mode }).await? {
+            Reply::Unit => Ok(()),
+            _ => Err(ResourceError::UnexpectedReply),
+        }
+    }
+
+    /// Waits for one key press on the client's terminal.
+    pub async fn read_key(&self) -> Result<Key, ResourceError> {
+        match self.request(Operation::ReadKey).await? {
+            Reply::Key(key) => Ok(Key {
+                key: key.key,
+                ctrl: key.ctrl,
+                alt: key.alt,
+                shift: key.shift,
+            }),
+            _ => Err(ResourceError::UnexpectedReply),
+        }
     }
 
     /// Resolves when the server begins shutting down. A command may finish

@@ -53,7 +53,7 @@ pub mod terminal;
 pub mod transport;
 
 pub use context::{
-    ClientInfo, ColorLevel, Context, Denial, Output, ResourceError, StreamInfo, StreamKind,
+    ClientInfo, ColorLevel, Context, Denial, Key, Output, ResourceError, StreamInfo, StreamKind,
     TerminalInfo,
 };
 pub use outcome::{Exit, IntoOutcome, Outcome};

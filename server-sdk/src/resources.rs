@@ -12,7 +12,12 @@
 //! relative to the user's home. [`Context::storage_path`] names a path in the
 //! app's own storage folder, which is always allowed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::frame::{self as wire, Operation, Reply};
@@ -20,8 +25,8 @@ use terminalwire_protocol::frame::{self as wire, Operation, Reply};
 use crate::context::{Context, ResourceError};
 
 /// Largest payload of one `write`/`append` request: a request must fit in
-/// one protocol frame. Larger appends are split; larger writes are refused
-/// (atomic streaming writes come with large-transfer support).
+/// one protocol frame. Larger appends are split; larger writes are streamed
+/// ([`Files::writer`]), still atomic.
 pub const MAX_WRITE: usize = 768 * 1024;
 /// Size of each `file_read` request when reading a whole file.
 pub const READ_CHUNK: u32 = 512 * 1024;
@@ -164,6 +169,18 @@ impl Files {
         }
     }
 
+    /// Reads the file chunk by chunk with a few reads in flight, for files
+    /// of any size in bounded memory ([`FileReader::next_chunk`]).
+    pub fn reader(&self, path: &str) -> FileReader {
+        FileReader {
+            ctx: self.ctx.clone(),
+            path: path.to_owned(),
+            next_offset: 0,
+            eof_seen: false,
+            in_flight: FuturesOrdered::new(),
+        }
+    }
+
     /// The whole file as UTF-8 text.
     pub async fn read_to_string(&self, path: &str) -> Result<String, ResourceError> {
         String::from_utf8(self.read(path).await?).map_err(|_| ResourceError::Invalid {
@@ -213,12 +230,9 @@ impl Files {
         mode: Option<u32>,
     ) -> Result<(), ResourceError> {
         if bytes.len() > MAX_WRITE {
-            return Err(ResourceError::TooLarge {
-                message: format!(
-                    "an atomic write is limited to {MAX_WRITE} bytes for now, not {}",
-                    bytes.len()
-                ),
-            });
+            let mut writer = self.open_writer(path, mode).await?;
+            writer.write(bytes).await?;
+            return writer.commit().await;
         }
         self.unit(Operation::FileWrite {
             path: path.to_owned(),
@@ -226,6 +240,44 @@ impl Files {
             mode,
         })
         .await
+    }
+
+    /// Starts an atomic write of any size: write with
+    /// [`FileWriter::write`], then [`FileWriter::commit`]. Nothing is visible
+    /// at `path` before the commit; dropped without one, the write is
+    /// abandoned and `path` is untouched. Memory stays bounded: a few chunks
+    /// are in flight at a time.
+    pub async fn writer(&self, path: &str) -> Result<FileWriter, ResourceError> {
+        self.open_writer(path, None).await
+    }
+
+    /// [`writer`](Files::writer) with explicit permission bits.
+    pub async fn writer_with_mode(
+        &self,
+        path: &str,
+        mode: u32,
+    ) -> Result<FileWriter, ResourceError> {
+        self.open_writer(path, Some(mode)).await
+    }
+
+    async fn open_writer(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+    ) -> Result<FileWriter, ResourceError> {
+        let op = Operation::FileWriteOpen {
+            path: path.to_owned(),
+            mode,
+        };
+        match self.ctx.request(op).await? {
+            Reply::Handle { handle } => Ok(FileWriter {
+                ctx: self.ctx.clone(),
+                handle: Some(handle),
+                offset: 0,
+                in_flight: FuturesUnordered::new(),
+            }),
+            _ => unexpected(),
+        }
     }
 
     /// Appends to the file, creating it if needed (large data in several
@@ -304,6 +356,178 @@ impl Files {
             mode,
         })
         .await
+    }
+}
+
+type ReadFuture = Pin<Box<dyn Future<Output = Result<(Vec<u8>, bool), ResourceError>> + Send>>;
+
+/// Reads chunks of size [`READ_CHUNK`] in flight at once.
+pub const READ_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A client file read in chunks ([`Files::reader`]).
+pub struct FileReader {
+    ctx: Context,
+    path: String,
+    next_offset: u64,
+    eof_seen: bool,
+    in_flight: FuturesOrdered<ReadFuture>,
+}
+
+impl std::fmt::Debug for FileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileReader")
+            .field("path", &self.path)
+            .field("next_offset", &self.next_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileReader {
+    /// The next chunk, in order; `None` after the end of the file.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ResourceError> {
+        loop {
+            while !self.eof_seen && self.in_flight.len() < READ_CHUNKS_IN_FLIGHT {
+                let ctx = self.ctx.clone();
+                let op = Operation::FileRead {
+                    path: self.path.clone(),
+                    offset: self.next_offset,
+                    len: READ_CHUNK,
+                };
+                self.next_offset += u64::from(READ_CHUNK);
+                self.in_flight.push_back(Box::pin(async move {
+                    match ctx.request(op).await? {
+                        Reply::Data { bytes, eof } => Ok((bytes.into_vec(), eof)),
+                        _ => unexpected(),
+                    }
+                }));
+            }
+            let Some(result) = self.in_flight.next().await else {
+                return Ok(None);
+            };
+            let (chunk, eof) = result?;
+            if eof || chunk.is_empty() {
+                // Reads queued beyond the end come back empty; drop them.
+                self.eof_seen = true;
+                self.in_flight = FuturesOrdered::new();
+            }
+            if !chunk.is_empty() {
+                return Ok(Some(chunk));
+            }
+            if self.eof_seen {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Size of each chunk of a [`FileWriter`].
+pub const WRITE_CHUNK: usize = 512 * 1024;
+/// Chunks a [`FileWriter`] keeps in flight.
+pub const WRITE_CHUNKS_IN_FLIGHT: usize = 4;
+
+type ChunkFuture = Pin<Box<dyn Future<Output = Result<(), ResourceError>> + Send>>;
+
+/// An atomic write to a client file in progress ([`Files::writer`]).
+pub struct FileWriter {
+    ctx: Context,
+    handle: Option<u64>,
+    offset: u64,
+    in_flight: FuturesUnordered<ChunkFuture>,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("handle", &self.handle)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileWriter {
+    /// Queues `bytes` after what was written before; waits only when
+    /// [`WRITE_CHUNKS_IN_FLIGHT`] chunks are already on their way.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ResourceError> {
+        let handle = self.handle.ok_or(ResourceError::Disconnected)?;
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            while self.in_flight.len() >= WRITE_CHUNKS_IN_FLIGHT {
+                if let Some(result) = self.in_flight.next().await {
+                    result?;
+                }
+            }
+            let ctx = self.ctx.clone();
+            let op = Operation::FileWriteChunk {
+                handle,
+                offset: self.offset,
+                bytes: ByteBuf::from(chunk.to_vec()),
+            };
+            self.offset += chunk.len() as u64;
+            self.in_flight.push(Box::pin(async move {
+                match ctx.request(op).await? {
+                    Reply::Unit => Ok(()),
+                    _ => unexpected(),
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.offset
+    }
+
+    /// True when nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// Waits for every chunk, then makes the new content visible at the path.
+    pub async fn commit(mut self) -> Result<(), ResourceError> {
+        let handle = self.handle.ok_or(ResourceError::Disconnected)?;
+        while let Some(result) = self.in_flight.next().await {
+            result?;
+        }
+        self.handle = None;
+        match self
+            .ctx
+            .request(Operation::FileWriteCommit { handle })
+            .await?
+        {
+            Reply::Unit => Ok(()),
+            _ => unexpected(),
+        }
+    }
+
+    /// Abandons the write; the path is untouched.
+    pub async fn abort(mut self) -> Result<(), ResourceError> {
+        let Some(handle) = self.handle.take() else {
+            return Ok(());
+        };
+        while self.in_flight.next().await.is_some() {}
+        match self
+            .ctx
+            .request(Operation::FileWriteAbort { handle })
+            .await?
+        {
+            Reply::Unit => Ok(()),
+            _ => unexpected(),
+        }
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        // Not committed: tell the client to drop the temporary file now
+        // rather than at the end of the session.
+        if let Some(handle) = self.handle.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let ctx = self.ctx.clone();
+            runtime.spawn(async move {
+                let _ = ctx.request(Operation::FileWriteAbort { handle }).await;
+            });
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,10 +13,10 @@ use serde_bytes::ByteBuf;
 use terminalwire_protocol::flow::SendCredit;
 use terminalwire_protocol::frame::{
     ClientFrame, Data, ErrorCode, Exit, Hello, Incompatible, Operation, Reply, Request, Response,
-    ServerFrame, SessionError, Software, StreamId, Welcome,
+    ServerFrame, SessionError, SignalKind, Software, StreamId, Welcome,
 };
 use terminalwire_protocol::{SUPPORTED_VERSIONS, codec, negotiate};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -27,6 +27,10 @@ use crate::terminal::Config;
 use crate::transport::{FrameReader, FrameWriter, Inbound, Transport};
 
 /// Capabilities this server implements.
+/// Exit status of a command cancelled by Ctrl-C (128 + SIGINT), like a
+/// local program's.
+pub(crate) const INTERRUPTED_STATUS: u8 = 130;
+
 pub(crate) const SERVER_CAPABILITIES: &[&str] = &["stdout", "stderr", "exit", "stdin.line"];
 
 /// Frames queued for the writer task; small, since data frames are already
@@ -59,6 +63,12 @@ pub(crate) struct Shared {
     max_chunk: usize,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_request: AtomicU64,
+    /// The command handles Ctrl-C itself (else an interrupt cancels it).
+    pub(crate) interrupts_handled: AtomicBool,
+    /// Counts the interrupts delivered to the command.
+    pub(crate) interrupts: watch::Sender<u64>,
+    /// The client terminal's size (columns, rows), as last reported.
+    pub(crate) size: watch::Sender<Option<(u16, u16)>>,
 }
 
 fn disconnected() -> io::Error {
@@ -348,6 +358,8 @@ enum End {
     Violation(String),
     /// The shutdown grace period ran out.
     ShutdownExpired,
+    /// The user pressed Ctrl-C and the command does not handle it.
+    Interrupted,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -375,6 +387,16 @@ async fn serve(
         max_chunk: hello.max_chunk.min(config.max_chunk) as usize,
         pending: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(1),
+        interrupts_handled: AtomicBool::new(false),
+        interrupts: watch::Sender::new(0),
+        size: watch::Sender::new(
+            hello
+                .terminal
+                .stdout
+                .size
+                .or(hello.terminal.stdin.size)
+                .map(|size| (size.cols, size.rows)),
+        ),
     });
     let info = SessionInfo {
         session_id,
@@ -449,6 +471,12 @@ async fn serve(
                 message: reason.clone(),
             }))
         }
+        End::Interrupted => {
+            tracing::info!("interrupted by the user");
+            Some(ServerFrame::Exit(Exit {
+                status: INTERRUPTED_STATUS,
+            }))
+        }
         End::ShutdownExpired => Some(ServerFrame::Error(SessionError {
             code: ErrorCode::Shutdown,
             message: "the server is shutting down; the command was cancelled".into(),
@@ -494,7 +522,20 @@ fn dispatch(shared: &Shared, bytes: &[u8]) -> Result<(), End> {
         ClientFrame::Response(response) => shared.complete(response).map_err(End::Violation),
         ClientFrame::Signal(signal) => {
             tracing::debug!(?signal, "signal from the client");
-            Ok(())
+            match signal.signal {
+                SignalKind::Interrupt if shared.interrupts_handled.load(Ordering::Acquire) => {
+                    shared.interrupts.send_modify(|count| *count += 1);
+                    Ok(())
+                }
+                SignalKind::Interrupt => Err(End::Interrupted),
+                SignalKind::Resize => {
+                    if let Some(size) = signal.size {
+                        shared.size.send_replace(Some((size.cols, size.rows)));
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
         }
         ClientFrame::Error(error) => Err(End::Gone(format!(
             "client error ({}): {}",

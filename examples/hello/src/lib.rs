@@ -87,6 +87,20 @@ pub enum Command {
     Open,
     /// Pretend to log in: asks for a password without echo.
     Login,
+    /// Count the bytes and lines piped in: `cat big.csv | terminalwire URL wc`.
+    Wc,
+    /// Copy a file on your machine (within your grants), with progress.
+    Copy {
+        /// The file to read.
+        from: String,
+        /// Where to write it (atomically).
+        to: String,
+    },
+    /// Read keys in raw mode and name them; `q` quits.
+    Keys,
+    /// Show your terminal's size, and each new size as you resize it;
+    /// Ctrl-C stops.
+    Size,
 }
 
 /// Actions of `note`.
@@ -177,6 +191,68 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
             let url = format!("http://{}/", ctx.client().authority);
             ctx.browser().open(&url).await.map_err(explain)?;
             out.println(format!("opened {url}")).await?;
+        }
+        Command::Wc => {
+            let (mut bytes, mut lines) = (0u64, 0u64);
+            loop {
+                let chunk = ctx.stdin().read_chunk(256 * 1024).await.map_err(explain)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                bytes += chunk.len() as u64;
+                lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            }
+            out.println(format!("{lines} lines, {bytes} bytes")).await?;
+        }
+        Command::Copy { from, to } => {
+            let mut reader = ctx.file().reader(&from);
+            let mut writer = ctx.file().writer(&to).await.map_err(explain)?;
+            while let Some(chunk) = reader.next_chunk().await.map_err(explain)? {
+                writer.write(&chunk).await.map_err(explain)?;
+            }
+            let copied = writer.len();
+            writer.commit().await.map_err(explain)?;
+            out.println(format!("copied {copied} bytes to {to}"))
+                .await?;
+        }
+        Command::Keys => {
+            ctx.set_raw_mode(true).await.map_err(explain)?;
+            out.print("press keys (q quits)\r\n").await?;
+            loop {
+                let key = ctx.read_key().await.map_err(explain)?;
+                let mut name = String::new();
+                for (held, modifier) in [
+                    (key.ctrl, "ctrl-"),
+                    (key.alt, "alt-"),
+                    (key.shift, "shift-"),
+                ] {
+                    if held {
+                        name.push_str(modifier);
+                    }
+                }
+                name.push_str(&key.key);
+                out.print(format!("{name}\r\n")).await?;
+                if key.key == "q" && !key.ctrl && !key.alt {
+                    break;
+                }
+            }
+            ctx.set_raw_mode(false).await.map_err(explain)?;
+        }
+        Command::Size => {
+            let show = |size: Option<(u16, u16)>| match size {
+                Some((cols, rows)) => format!("{cols} columns x {rows} rows"),
+                None => "not a terminal".to_owned(),
+            };
+            out.println(show(ctx.terminal_size())).await?;
+            loop {
+                tokio::select! {
+                    size = ctx.resized() => out.println(show(size)).await?,
+                    () = ctx.interrupted() => {
+                        out.println("bye").await?;
+                        break;
+                    }
+                }
+            }
         }
         Command::Login => {
             let password = ctx

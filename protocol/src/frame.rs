@@ -511,6 +511,10 @@ pub enum TerminalMode {
     Cooked,
     /// `raw`: keys go to the app as they are pressed.
     Raw,
+    /// A mode this implementation does not know; answered with
+    /// `unsupported`.
+    #[serde(other)]
+    Unknown,
 }
 
 /// `response`: the outcome of a [`Request`]; exactly one of `ok` or `error` is set.

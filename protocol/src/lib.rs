@@ -19,6 +19,8 @@
 //! - [`handshake`]: version ranges and [`negotiate`](handshake::negotiate).
 //! - [`flow`]: credit-based flow control ([`SendCredit`](flow::SendCredit) for the
 //!   sender, [`ReceiveWindow`](flow::ReceiveWindow) for the receiver).
+//! - [`secure`]: the Noise XX handshake and sealed frames inside the WebSocket
+//!   (pinned server key, device key, AEAD on every frame).
 //!
 //! # Example
 //!
@@ -36,6 +38,7 @@ pub mod codec;
 pub mod flow;
 pub mod frame;
 pub mod handshake;
+pub mod secure;
 
 pub use codec::{DecodeError, Frame};
 pub use frame::{ClientFrame, ErrorCode, RequestId, ServerFrame, StreamId};

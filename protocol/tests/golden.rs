@@ -24,9 +24,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::frame::{
-    ColorLevel, Data, Denial, DirEntry, EntryKind, Eof, Exit, Hello, Incompatible, Metadata,
+    ColorLevel, Data, Denial, DirEntry, EntryKind, Eof, Exit, Hello, Incompatible, Key, Metadata,
     OpError, Operation, Program, Reply, Request, Response, SessionError, Signal, SignalKind,
-    Software, StreamFacts, StreamKind, TerminalFacts, TerminalSize, Welcome, WindowAdjust,
+    Software, StreamFacts, StreamKind, TerminalFacts, TerminalMode, TerminalSize, Welcome,
+    WindowAdjust,
 };
 use terminalwire_protocol::{
     ClientFrame, DecodeError, ErrorCode, MAX_DEPTH, MAX_FRAME_LEN, RequestId, ServerFrame,
@@ -221,6 +222,15 @@ fn entry(name: &str, kind: EntryKind) -> DirEntry {
         name: s(name),
         kind,
     }
+}
+
+fn key(name: &str, ctrl: bool, alt: bool, shift: bool) -> Reply {
+    Reply::Key(Key {
+        key: s(name),
+        ctrl,
+        alt,
+        shift,
+    })
 }
 
 fn session_error(code: ErrorCode, message: &str) -> SessionError {
@@ -608,6 +618,43 @@ fn table() -> Vec<Case> {
             ]),
         ),
         client(
+            "client_response_handle",
+            reply(29, Reply::Handle { handle: 1 }),
+        )
+        .note("the answer to `file_write_open`: the handle of the streamed write (u64)"),
+        client("client_response_key", reply(30, key("é", false, false, false)))
+            .note("a character, as typed (UTF-8); the modifiers are defaulted fields, written even when false"),
+        client(
+            "client_response_key_ctrl_c",
+            reply(31, key("c", true, false, false)),
+        )
+        .note("Ctrl-C in raw mode reaches the app as a key, not as an interrupt"),
+        client(
+            "client_response_key_named",
+            reply(32, key("tab", false, false, true)),
+        )
+        .note("a named key with a modifier: Shift-Tab"),
+        client(
+            "client_response_key_all_modifiers",
+            reply(33, key("page_down", true, true, true)),
+        )
+        .note("Ctrl-Alt-Shift-PageDown: every modifier set"),
+        decode_only(
+            client(
+                "client_response_key_modifiers_absent",
+                reply(34, key("enter", false, false, false)),
+            )
+            .note("decode-only: `ctrl`, `alt` and `shift` left out default to false"),
+            map(vec![
+                ("t", V::from("response")),
+                ("id", V::from(34)),
+                (
+                    "ok",
+                    map(vec![("k", V::from("key")), ("key", V::from("enter"))]),
+                ),
+            ]),
+        ),
+        client(
             "client_signal_interrupt",
             ClientFrame::Signal(Signal {
                 signal: SignalKind::Interrupt,
@@ -976,6 +1023,68 @@ fn table() -> Vec<Case> {
                 },
             ),
         ),
+        server(
+            "server_request_file_write_open",
+            request(
+                26,
+                Operation::FileWriteOpen {
+                    path: s("~/backups/db.tar"),
+                    mode: Some(0o600),
+                },
+            ),
+        )
+        .note("starts a streamed write; answered with a `handle` reply"),
+        server(
+            "server_request_file_write_open_default_mode",
+            request(
+                27,
+                Operation::FileWriteOpen {
+                    path: s("~/big.iso"),
+                    mode: None,
+                },
+            ),
+        )
+        .note("no `mode`: the client picks it, as for `file_write`"),
+        server(
+            "server_request_file_write_chunk",
+            request(
+                28,
+                Operation::FileWriteChunk {
+                    handle: 1,
+                    offset: 5_368_709_120,
+                    bytes: bytes(b"\x00chunk\xff"),
+                },
+            ),
+        )
+        .note("`offset` (u64) is where the bytes go, so chunks sent concurrently land right"),
+        server(
+            "server_request_file_write_commit",
+            request(29, Operation::FileWriteCommit { handle: 1 }),
+        ),
+        server(
+            "server_request_file_write_abort",
+            request(30, Operation::FileWriteAbort { handle: 2 }),
+        ),
+        server(
+            "server_request_terminal_mode_raw",
+            request(
+                31,
+                Operation::TerminalMode {
+                    mode: TerminalMode::Raw,
+                },
+            ),
+        ),
+        server(
+            "server_request_terminal_mode_cooked",
+            request(
+                32,
+                Operation::TerminalMode {
+                    mode: TerminalMode::Cooked,
+                },
+            ),
+        ),
+        server("server_request_read_key", request(33, Operation::ReadKey))
+            .note("an operation without fields: the `op` map holds only `k`"),
         decode_only(
             server("server_request_unknown_op", request(9, Operation::Unknown)).note(
                 "decode-only: an unknown operation decodes as the unknown operation \
@@ -1340,6 +1449,28 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
                                 "reply:entries".to_owned()
                             }
                         }
+                        Reply::Handle { .. } => "reply:handle".to_owned(),
+                        Reply::Key(key) => {
+                            found.push(
+                                if key.key.chars().count() == 1 {
+                                    "key:char"
+                                } else {
+                                    "key:named"
+                                }
+                                .to_owned(),
+                            );
+                            for (held, label) in [
+                                (key.ctrl, "key:ctrl"),
+                                (key.alt, "key:alt"),
+                                (key.shift, "key:shift"),
+                                (!(key.ctrl || key.alt || key.shift), "key:no-modifiers"),
+                            ] {
+                                if held {
+                                    found.push(label.to_owned());
+                                }
+                            }
+                            "reply:key".to_owned()
+                        }
                         Reply::Unknown => "reply:<unknown>".to_owned(),
                         other => panic!("unlisted reply {other:?}"),
                     };
@@ -1404,6 +1535,15 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
                 } => "op:dir_delete-not-recursive".to_owned(),
                 Operation::EnvGet { .. } => "op:env_get".to_owned(),
                 Operation::BrowserOpen { .. } => "op:browser_open".to_owned(),
+                Operation::FileWriteOpen { mode: Some(_), .. } => "op:file_write_open".to_owned(),
+                Operation::FileWriteOpen { mode: None, .. } => {
+                    "op:file_write_open-no-mode".to_owned()
+                }
+                Operation::FileWriteChunk { .. } => "op:file_write_chunk".to_owned(),
+                Operation::FileWriteCommit { .. } => "op:file_write_commit".to_owned(),
+                Operation::FileWriteAbort { .. } => "op:file_write_abort".to_owned(),
+                Operation::TerminalMode { mode } => format!("op:terminal_mode-{mode:?}"),
+                Operation::ReadKey => "op:read_key".to_owned(),
                 Operation::Unknown => "op:<unknown>".to_owned(),
                 other => panic!("unlisted operation {other:?}"),
             }),
@@ -1464,6 +1604,14 @@ fn vectors_cover_every_variant() {
         "op:dir_delete-not-recursive",
         "op:env_get",
         "op:browser_open",
+        "op:file_write_open",
+        "op:file_write_open-no-mode",
+        "op:file_write_chunk",
+        "op:file_write_commit",
+        "op:file_write_abort",
+        "op:terminal_mode-Cooked",
+        "op:terminal_mode-Raw",
+        "op:read_key",
         "op:<unknown>",
         "reply:unit",
         "reply:line",
@@ -1480,7 +1628,15 @@ fn vectors_cover_every_variant() {
         "reply:metadata-missing",
         "reply:entries",
         "reply:entries-empty",
+        "reply:handle",
+        "reply:key",
         "reply:<unknown>",
+        "key:char",
+        "key:named",
+        "key:ctrl",
+        "key:alt",
+        "key:shift",
+        "key:no-modifiers",
         "entry:File",
         "entry:Dir",
         "entry:Symlink",
@@ -1809,8 +1965,8 @@ fn oversized_frames_are_too_large() {
 }
 
 /// The frames that carry a byte payload, each carrying `payload`: `data` in
-/// both directions, the `data` reply, and the `file_write` and `file_append`
-/// operations.
+/// both directions, the `data` reply, and the `file_write`, `file_append` and
+/// `file_write_chunk` operations.
 fn payload_frames(payload: &[u8]) -> Vec<Frame> {
     let data = Data {
         sid: StreamId::STDERR,
@@ -1841,6 +1997,14 @@ fn payload_frames(payload: &[u8]) -> Vec<Frame> {
                 bytes: bytes(payload),
             },
         )),
+        Frame::Server(request(
+            4,
+            Operation::FileWriteChunk {
+                handle: 1,
+                offset: 1 << 32,
+                bytes: bytes(payload),
+            },
+        )),
     ]
 }
 
@@ -1857,7 +2021,7 @@ fn payload_fields<'a>(value: &'a V, out: &mut Vec<(String, &'a V)>) {
                     .map(|(_, value)| value)
             };
             for tag_key in ["t", "k"] {
-                if let Some(tag @ ("data" | "file_write" | "file_append")) =
+                if let Some(tag @ ("data" | "file_write" | "file_append" | "file_write_chunk")) =
                     field(tag_key).and_then(V::as_str)
                     && let Some(payload) = field("bytes")
                 {
@@ -1877,7 +2041,13 @@ fn payload_fields<'a>(value: &'a V, out: &mut Vec<(String, &'a V)>) {
     }
 }
 
-const PAYLOAD_TAGS: [&str; 4] = ["t:data", "k:data", "k:file_write", "k:file_append"];
+const PAYLOAD_TAGS: [&str; 5] = [
+    "t:data",
+    "k:data",
+    "k:file_write",
+    "k:file_append",
+    "k:file_write_chunk",
+];
 
 #[test]
 fn payloads_are_msgpack_bin() {

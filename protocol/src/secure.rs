@@ -1,0 +1,483 @@
+//! The end-to-end secure channel inside the WebSocket: a Noise handshake that
+//! authenticates both ends by their long-term keys, then every frame sealed
+//! with an AEAD.
+//!
+//! Pattern `Noise_XX_25519_ChaChaPoly_BLAKE2s` (via the `snow` crate), with
+//! the subprotocol name as prologue. The client is the initiator; both sides
+//! learn the other's static public key during the handshake, so the client
+//! can pin the server's key (trust on first use, refuse on change) and the
+//! server knows the device by its key.
+//!
+//! Handshake, one WebSocket binary message each: client → `e`; server →
+//! `e, ee, s, es`; client → `s, se`. All handshake payloads are empty. After
+//! that, each WebSocket binary message is one sealed frame: the plaintext
+//! frame (MessagePack) cut into pieces of at most [`MAX_PIECE`] bytes, each
+//! encrypted with the next nonce of its direction and written as a 2-byte
+//! big-endian length followed by the ciphertext (piece + 16-byte tag).
+//!
+//! Sans-I/O: callers move the bytes.
+
+use std::fmt;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use snow::{Builder, HandshakeState, StatelessTransportState};
+
+use crate::{MAX_FRAME_LEN, SUBPROTOCOL};
+
+/// The Noise protocol name.
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+/// Largest plaintext piece of one Noise transport message.
+pub const MAX_PIECE: usize = 65535 - TAG_LEN;
+/// AEAD tag length.
+pub const TAG_LEN: usize = 16;
+/// Longest sealed WebSocket message: a [`MAX_FRAME_LEN`] frame with the
+/// length prefix and tag of each piece.
+pub const MAX_SEALED_LEN: usize = MAX_FRAME_LEN + (MAX_FRAME_LEN / MAX_PIECE + 1) * (2 + TAG_LEN);
+/// Longest handshake message accepted.
+pub const MAX_HANDSHAKE_LEN: usize = 1024;
+
+/// Why the secure channel failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecureError {
+    /// A handshake message was malformed or did not authenticate.
+    #[error("the secure handshake failed: {0}")]
+    Handshake(String),
+    /// A sealed frame was malformed, truncated or tampered with.
+    #[error("a sealed frame did not authenticate (tampered, truncated or out of order)")]
+    Tampered,
+    /// A frame is larger than the protocol allows.
+    #[error("a sealed frame of {len} bytes is over the limit")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// A key file's content is not a key.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+}
+
+fn params() -> snow::params::NoiseParams {
+    // The constant is a valid pattern name.
+    NOISE_PARAMS
+        .parse()
+        .unwrap_or_else(|_| unreachable!("NOISE_PARAMS parses"))
+}
+
+/// A long-term X25519 key pair (a server's identity or a client's device key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticKey {
+    private: Vec<u8>,
+    public: Vec<u8>,
+}
+
+impl fmt::Debug for StaticKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticKey")
+            .field("fingerprint", &fingerprint(&self.public))
+            .finish_non_exhaustive()
+    }
+}
+
+impl StaticKey {
+    /// A new random key pair.
+    pub fn generate() -> Result<StaticKey, SecureError> {
+        let pair = Builder::new(params())
+            .generate_keypair()
+            .map_err(|error| SecureError::InvalidKey(error.to_string()))?;
+        Ok(StaticKey {
+            private: pair.private,
+            public: pair.public,
+        })
+    }
+
+    /// The public half.
+    pub fn public(&self) -> &[u8] {
+        &self.public
+    }
+
+    /// `SHA256:<base64>` of the public key.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.public)
+    }
+
+    /// The key file format: two lines, `private <hex>` and `public <hex>`.
+    pub fn to_file_text(&self) -> String {
+        format!(
+            "# terminalwire static key ({NOISE_PARAMS}); keep private\nprivate {}\npublic {}\n",
+            hex(&self.private),
+            hex(&self.public)
+        )
+    }
+
+    /// Parses [`to_file_text`](StaticKey::to_file_text).
+    pub fn from_file_text(text: &str) -> Result<StaticKey, SecureError> {
+        let mut private = None;
+        let mut public = None;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.split_once(' ') {
+                Some(("private", value)) => private = Some(unhex(value.trim())?),
+                Some(("public", value)) => public = Some(unhex(value.trim())?),
+                _ => return Err(SecureError::InvalidKey(format!("unexpected line {line:?}"))),
+            }
+        }
+        match (private, public) {
+            (Some(private), Some(public)) if private.len() == 32 && public.len() == 32 => {
+                Ok(StaticKey { private, public })
+            }
+            _ => Err(SecureError::InvalidKey(
+                "expected 32-byte `private` and `public` lines".into(),
+            )),
+        }
+    }
+}
+
+/// `SHA256:<base64, no padding>` of a public key, like OpenSSH's.
+pub fn fingerprint(public: &[u8]) -> String {
+    let digest = Sha256::digest(public);
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Result<Vec<u8>, SecureError> {
+    if !text.len().is_multiple_of(2) {
+        return Err(SecureError::InvalidKey("odd hex length".into()));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| SecureError::InvalidKey("not hex".into()))
+        })
+        .collect()
+}
+
+fn handshake_error(error: snow::Error) -> SecureError {
+    SecureError::Handshake(error.to_string())
+}
+
+/// The client's side of the handshake.
+pub struct Initiator {
+    state: HandshakeState,
+}
+
+impl fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Initiator").finish_non_exhaustive()
+    }
+}
+
+impl Initiator {
+    /// Starts the handshake with the device key; returns the first message.
+    pub fn start(device: &StaticKey) -> Result<(Initiator, Vec<u8>), SecureError> {
+        let mut state = Builder::new(params())
+            .local_private_key(&device.private)
+            .and_then(|builder| builder.prologue(SUBPROTOCOL.as_bytes()))
+            .and_then(Builder::build_initiator)
+            .map_err(handshake_error)?;
+        let mut message = vec![0u8; MAX_HANDSHAKE_LEN];
+        let len = state
+            .write_message(&[], &mut message)
+            .map_err(handshake_error)?;
+        message.truncate(len);
+        Ok((Initiator { state }, message))
+    }
+
+    /// Reads the server's answer; returns the server's static public key, to
+    /// be checked against the pin before [`finish`](Initiator::finish).
+    pub fn read_response(&mut self, message: &[u8]) -> Result<Vec<u8>, SecureError> {
+        if message.len() > MAX_HANDSHAKE_LEN {
+            return Err(SecureError::Handshake("handshake message too long".into()));
+        }
+        let mut payload = vec![0u8; MAX_HANDSHAKE_LEN];
+        self.state
+            .read_message(message, &mut payload)
+            .map_err(handshake_error)?;
+        self.state
+            .get_remote_static()
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| SecureError::Handshake("the server sent no static key".into()))
+    }
+
+    /// Writes the last handshake message and opens the channel.
+    pub fn finish(mut self) -> Result<(Vec<u8>, Channel), SecureError> {
+        let mut message = vec![0u8; MAX_HANDSHAKE_LEN];
+        let len = self
+            .state
+            .write_message(&[], &mut message)
+            .map_err(handshake_error)?;
+        message.truncate(len);
+        Ok((message, Channel::open(self.state)?))
+    }
+}
+
+/// The server's side of the handshake.
+pub struct Responder {
+    state: HandshakeState,
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder").finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Reads the client's first message with the server key; returns the
+    /// answer to send.
+    pub fn respond(server: &StaticKey, first: &[u8]) -> Result<(Responder, Vec<u8>), SecureError> {
+        if first.len() > MAX_HANDSHAKE_LEN {
+            return Err(SecureError::Handshake("handshake message too long".into()));
+        }
+        let mut state = Builder::new(params())
+            .local_private_key(&server.private)
+            .and_then(|builder| builder.prologue(SUBPROTOCOL.as_bytes()))
+            .and_then(Builder::build_responder)
+            .map_err(handshake_error)?;
+        let mut payload = vec![0u8; MAX_HANDSHAKE_LEN];
+        state
+            .read_message(first, &mut payload)
+            .map_err(handshake_error)?;
+        let mut message = vec![0u8; MAX_HANDSHAKE_LEN];
+        let len = state
+            .write_message(&[], &mut message)
+            .map_err(handshake_error)?;
+        message.truncate(len);
+        Ok((Responder { state }, message))
+    }
+
+    /// Reads the client's last message; returns the client's device public
+    /// key and the open channel.
+    pub fn finish(mut self, last: &[u8]) -> Result<(Vec<u8>, Channel), SecureError> {
+        if last.len() > MAX_HANDSHAKE_LEN {
+            return Err(SecureError::Handshake("handshake message too long".into()));
+        }
+        let mut payload = vec![0u8; MAX_HANDSHAKE_LEN];
+        self.state
+            .read_message(last, &mut payload)
+            .map_err(handshake_error)?;
+        let device = self
+            .state
+            .get_remote_static()
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| SecureError::Handshake("the client sent no device key".into()))?;
+        Ok((device, Channel::open(self.state)?))
+    }
+}
+
+/// Both directions of an open channel; split it to seal and open
+/// concurrently.
+#[derive(Debug)]
+pub struct Channel {
+    sealer: Sealer,
+    opener: Opener,
+}
+
+impl Channel {
+    fn open(state: HandshakeState) -> Result<Channel, SecureError> {
+        let state = std::sync::Arc::new(
+            state
+                .into_stateless_transport_mode()
+                .map_err(handshake_error)?,
+        );
+        Ok(Channel {
+            sealer: Sealer {
+                state: Transport(state.clone()),
+                nonce: 0,
+            },
+            opener: Opener {
+                state: Transport(state),
+                nonce: 0,
+            },
+        })
+    }
+
+    /// The sending and receiving halves.
+    pub fn split(self) -> (Sealer, Opener) {
+        (self.sealer, self.opener)
+    }
+}
+
+struct Transport(std::sync::Arc<StatelessTransportState>);
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Transport")
+    }
+}
+
+/// Seals outgoing frames.
+#[derive(Debug)]
+pub struct Sealer {
+    state: Transport,
+    nonce: u64,
+}
+
+impl Sealer {
+    /// Seals one plaintext frame into one WebSocket message.
+    pub fn seal(&mut self, frame: &[u8]) -> Result<Vec<u8>, SecureError> {
+        if frame.len() > MAX_FRAME_LEN {
+            return Err(SecureError::TooLarge { len: frame.len() });
+        }
+        let pieces = frame.len().div_ceil(MAX_PIECE).max(1);
+        let mut out = Vec::with_capacity(frame.len() + pieces * (2 + TAG_LEN));
+        let mut chunks: Vec<&[u8]> = frame.chunks(MAX_PIECE).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let mut buffer = vec![0u8; MAX_PIECE + TAG_LEN];
+        for chunk in chunks {
+            let len = self
+                .state
+                .0
+                .write_message(self.nonce, chunk, &mut buffer)
+                .map_err(|_| SecureError::Tampered)?;
+            self.nonce += 1;
+            let prefix = u16::try_from(len).map_err(|_| SecureError::TooLarge { len })?;
+            out.extend_from_slice(&prefix.to_be_bytes());
+            out.extend_from_slice(&buffer[..len]);
+        }
+        Ok(out)
+    }
+}
+
+/// Opens incoming frames.
+#[derive(Debug)]
+pub struct Opener {
+    state: Transport,
+    nonce: u64,
+}
+
+impl Opener {
+    /// Opens one WebSocket message into the plaintext frame.
+    pub fn open(&mut self, mut message: &[u8]) -> Result<Vec<u8>, SecureError> {
+        let mut frame = Vec::with_capacity(message.len());
+        let mut buffer = vec![0u8; MAX_PIECE + TAG_LEN];
+        if message.is_empty() {
+            return Err(SecureError::Tampered);
+        }
+        while !message.is_empty() {
+            let (prefix, rest) = message.split_at_checked(2).ok_or(SecureError::Tampered)?;
+            let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+            let (piece, rest) = rest.split_at_checked(len).ok_or(SecureError::Tampered)?;
+            if len < TAG_LEN {
+                return Err(SecureError::Tampered);
+            }
+            let n = self
+                .state
+                .0
+                .read_message(self.nonce, piece, &mut buffer)
+                .map_err(|_| SecureError::Tampered)?;
+            self.nonce += 1;
+            if frame.len() + n > MAX_FRAME_LEN {
+                return Err(SecureError::TooLarge {
+                    len: frame.len() + n,
+                });
+            }
+            frame.extend_from_slice(&buffer[..n]);
+            message = rest;
+        }
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Halves = (Sealer, Opener);
+
+    fn pair() -> (Halves, Halves, Vec<u8>, Vec<u8>) {
+        let device = StaticKey::generate().unwrap();
+        let server = StaticKey::generate().unwrap();
+        let (mut initiator, first) = Initiator::start(&device).unwrap();
+        let (responder, second) = Responder::respond(&server, &first).unwrap();
+        let server_seen = initiator.read_response(&second).unwrap();
+        let (third, client) = initiator.finish().unwrap();
+        let (device_seen, server_channel) = responder.finish(&third).unwrap();
+        assert_eq!(server_seen, server.public());
+        assert_eq!(device_seen, device.public());
+        (
+            client.split(),
+            server_channel.split(),
+            server_seen,
+            device_seen,
+        )
+    }
+
+    #[test]
+    fn frames_round_trip_both_ways_including_large_ones() {
+        let ((mut client_seal, mut client_open), (mut server_seal, mut server_open), _, _) = pair();
+        for size in [
+            0usize,
+            1,
+            MAX_PIECE - 1,
+            MAX_PIECE,
+            MAX_PIECE + 1,
+            MAX_FRAME_LEN,
+        ] {
+            let frame: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let sealed = client_seal.seal(&frame).unwrap();
+            if size >= 16 {
+                assert_ne!(&sealed[2..18], &frame[..16], "plaintext visible");
+            }
+            assert_eq!(server_open.open(&sealed).unwrap(), frame);
+            let sealed = server_seal.seal(&frame).unwrap();
+            assert_eq!(client_open.open(&sealed).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn tampering_replay_and_truncation_are_detected() {
+        let ((mut client_seal, _), (_, mut server_open), _, _) = pair();
+        let sealed = client_seal.seal(b"hello").unwrap();
+        for i in 0..sealed.len() {
+            let mut flipped = sealed.clone();
+            flipped[i] ^= 0x01;
+            assert!(server_open.open(&flipped).is_err(), "flip at {i} accepted");
+        }
+        for cut in 0..sealed.len() {
+            assert!(server_open.open(&sealed[..cut]).is_err(), "cut at {cut}");
+        }
+        // Failed opens do not advance the nonce: the real message still opens once.
+        assert_eq!(server_open.open(&sealed).unwrap(), b"hello");
+        assert!(server_open.open(&sealed).is_err(), "a replay was accepted");
+    }
+
+    #[test]
+    fn keys_round_trip_through_their_file_text_and_fingerprints_differ() {
+        let key = StaticKey::generate().unwrap();
+        let text = key.to_file_text();
+        assert_eq!(StaticKey::from_file_text(&text).unwrap(), key);
+        assert!(key.fingerprint().starts_with("SHA256:"));
+        assert_ne!(
+            key.fingerprint(),
+            StaticKey::generate().unwrap().fingerprint()
+        );
+        for bad in ["", "private 00\npublic 00\n", "private zz\n", "secret 00\n"] {
+            assert!(StaticKey::from_file_text(bad).is_err(), "{bad:?}");
+        }
+        assert!(!format!("{key:?}").contains(&hex(&key.private)));
+    }
+
+    #[test]
+    fn a_wrong_prologue_or_garbage_fails_the_handshake() {
+        let server = StaticKey::generate().unwrap();
+        assert!(Responder::respond(&server, b"garbage").is_err());
+        assert!(Responder::respond(&server, &[0u8; 4096]).is_err());
+        let device = StaticKey::generate().unwrap();
+        let (mut initiator, _) = Initiator::start(&device).unwrap();
+        assert!(initiator.read_response(&[1, 2, 3]).is_err());
+    }
+}

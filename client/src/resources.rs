@@ -309,11 +309,24 @@ impl Resources {
                 Ok(Reply::Unit)
             }
             Operation::FileWriteCommit { handle } => {
-                let open = self
-                    .writes()?
-                    .open
-                    .remove(&handle)
-                    .ok_or_else(|| unknown_handle(handle))?;
+                let open = {
+                    let mut writes = self.writes()?;
+                    // Chunks in flight hold the write: refuse, and keep it.
+                    match writes.open.get(&handle) {
+                        None => return Err(unknown_handle(handle)),
+                        Some(open) if Arc::strong_count(open) > 1 => {
+                            return Err(OpError::new(
+                                ErrorCode::Invalid,
+                                format!("streamed write {handle} still has chunks in flight"),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                    writes
+                        .open
+                        .remove(&handle)
+                        .ok_or_else(|| unknown_handle(handle))?
+                };
                 let open = Arc::try_unwrap(open).map_err(|_| {
                     OpError::new(
                         ErrorCode::Invalid,
@@ -387,9 +400,18 @@ impl Resources {
             Operation::Chmod { path, mode } => {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
-                let is_dir = path.is_dir();
-                let mode = check_mode(entitlements, &path, &allowed, is_dir, mode)?;
-                safe_fs::chmod(path.as_path(), mode).map_err(fs_error)?;
+                // The ceiling depends on what is there now; chmod then
+                // refuses if the kind changed before it opened the path.
+                let kind = match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
+                    Some(meta) => meta.kind,
+                    None => {
+                        return Err(fs_error(FsError::NotFound {
+                            path: path.as_path().to_path_buf(),
+                        }));
+                    }
+                };
+                let mode = check_mode(entitlements, &path, &allowed, kind == Kind::Dir, mode)?;
+                safe_fs::chmod(path.as_path(), mode, kind).map_err(fs_error)?;
                 Ok(Reply::Unit)
             }
             Operation::DirList { path } => {

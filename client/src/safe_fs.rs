@@ -450,9 +450,13 @@ pub fn metadata(path: &Path) -> Result<Option<Metadata>, FsError> {
 /// cannot `fchmodat` without following symlinks). A symlink at `path` is
 /// [`FsError::SymlinkRace`]; FIFOs, sockets and devices are
 /// [`FsError::NotAFile`], so that nothing with side effects on open is opened.
-pub fn chmod(path: &Path, mode: u32) -> Result<(), FsError> {
+///
+/// `expect` is the kind the caller approved `mode` for (a file's ceiling is
+/// not a folder's): if the path is another kind when it is opened, nothing
+/// changes and the answer is [`FsError::Denied`].
+pub fn chmod(path: &Path, mode: u32, expect: Kind) -> Result<(), FsError> {
     let (parent, name) = open_parent(path)?;
-    chmod_at(&parent, name, mode, path)
+    chmod_at(&parent, name, mode, path, Some(expect))
 }
 
 /// The entries of the folder at `path` (without `.` and `..`), sorted by
@@ -935,7 +939,7 @@ fn sync_dir(dir: &OwnedFd, shown: &Path) -> Result<(), FsError> {
 /// `mkdirat` then `fchmod` of exactly `mode`.
 fn make_dir_at(dir: &OwnedFd, name: &OsStr, mode: u32, shown: &Path) -> Result<(), FsError> {
     rustix::fs::mkdirat(dir, name, to_mode(mode)).map_err(|e| map_errno(e, shown))?;
-    chmod_at(dir, name, mode, shown)
+    chmod_at(dir, name, mode, shown, None)
 }
 
 /// `unlinkat(AT_REMOVEDIR)`, telling a symlink from a non-folder.
@@ -954,8 +958,17 @@ fn remove_dir_at(dir: &impl AsFd, name: &OsStr, shown: &Path) -> Result<(), FsEr
 
 /// Sets exactly `mode` on the file or folder `name` in `dir`, never following
 /// a symlink.
-fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32, shown: &Path) -> Result<(), FsError> {
+fn chmod_at(
+    dir: &OwnedFd,
+    name: &OsStr,
+    mode: u32,
+    shown: &Path,
+    expect: Option<Kind>,
+) -> Result<(), FsError> {
     let check_kind = |st: &Stat| match kind_of(st) {
+        kind @ (Kind::File | Kind::Dir) if expect.is_some_and(|expect| expect != kind) => {
+            Err(FsError::Denied { path: shown.into() })
+        }
         Kind::File | Kind::Dir => Ok(()),
         Kind::Symlink => Err(FsError::SymlinkRace { path: shown.into() }),
         Kind::Other => Err(FsError::NotAFile { path: shown.into() }),
@@ -1140,7 +1153,7 @@ mod tests {
             ));
             assert!(matches!(metadata(path), Err(FsError::InvalidPath { .. })));
             assert!(matches!(
-                chmod(path, 0o600),
+                chmod(path, 0o600, Kind::File),
                 Err(FsError::InvalidPath { .. })
             ));
             assert!(matches!(list(path, 10), Err(FsError::InvalidPath { .. })));
@@ -1215,7 +1228,7 @@ mod tests {
             "{result:?}"
         );
         let path = fifo.clone();
-        let result = within_seconds(move || chmod(&path, 0o600));
+        let result = within_seconds(move || chmod(&path, 0o600, Kind::File));
         assert!(
             matches!(result, Err(FsError::NotAFile { .. })),
             "{result:?}"
@@ -1307,7 +1320,7 @@ mod tests {
         ));
         assert!(race(write_atomic(&link, b"pwned", None)));
         assert!(race(append(&link, b"pwned", 0o600)));
-        assert!(race(chmod(&link, 0o777)));
+        assert!(race(chmod(&link, 0o777, Kind::File)));
         assert!(matches!(list(&link, 10), Err(FsError::SymlinkRace { .. })));
         assert!(race(delete_dir(&link, false, &mut accept_all)));
         assert!(race(delete_dir(&link, true, &mut accept_all)));
@@ -1359,7 +1372,7 @@ mod tests {
         assert!(race(&append(&via("f"), b"pwned", 0o600)));
         assert!(race(&append(&via("new"), b"pwned", 0o600)));
         assert!(race(&delete_file(&via("f"))));
-        assert!(race(&chmod(&via("f"), 0o777)));
+        assert!(race(&chmod(&via("f"), 0o777, Kind::File)));
         assert!(matches!(
             metadata(&via("f")),
             Err(FsError::SymlinkRace { .. })
@@ -1463,23 +1476,32 @@ mod tests {
         let (_t, d) = tmp();
         let f = d.join("f");
         fs::write(&f, "x").unwrap();
-        chmod(&f, 0o600).unwrap();
+        chmod(&f, 0o600, Kind::File).unwrap();
         assert_eq!(mode_of(&f), 0o600);
-        chmod(&f, 0o4755).unwrap();
+        chmod(&f, 0o4755, Kind::File).unwrap();
         assert_eq!(mode_of(&f), 0o4755);
         // Unreadable files can still be changed by their owner.
-        chmod(&f, 0o000).unwrap();
+        chmod(&f, 0o000, Kind::File).unwrap();
         assert_eq!(mode_of(&f), 0o000);
-        chmod(&f, 0o200).unwrap();
-        chmod(&f, 0o644).unwrap();
+        chmod(&f, 0o200, Kind::File).unwrap();
+        chmod(&f, 0o644, Kind::File).unwrap();
         assert_eq!(mode_of(&f), 0o644);
         let sub = d.join("sub");
         fs::create_dir(&sub).unwrap();
-        chmod(&sub, 0o711).unwrap();
+        chmod(&sub, 0o711, Kind::Dir).unwrap();
         assert_eq!(mode_of(&sub), 0o711);
-        chmod(&sub, 0o755).unwrap();
+        chmod(&sub, 0o755, Kind::Dir).unwrap();
+        // A mode approved for a file is not applied to a folder, nor the reverse.
         assert!(matches!(
-            chmod(&d.join("missing"), 0o600),
+            chmod(&sub, 0o777, Kind::File),
+            Err(FsError::Denied { .. })
+        ));
+        assert!(matches!(
+            chmod(&f, 0o755, Kind::Dir),
+            Err(FsError::Denied { .. })
+        ));
+        assert!(matches!(
+            chmod(&d.join("missing"), 0o600, Kind::File),
             Err(FsError::NotFound { .. })
         ));
     }

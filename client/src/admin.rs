@@ -96,7 +96,17 @@ enum GrantTarget {
 enum AuthorityCommand {
     /// List the authorities that have a folder here.
     List,
-    /// Delete an authority's folder: its storage and its grants.
+    /// Pin the server identity an authority must present (after a
+    /// deliberate key change), e.g. `--fingerprint SHA256:...`.
+    Trust {
+        /// An authority (`example.com:3000`) or a URL of it.
+        authority: String,
+        /// The fingerprint the server now presents, as the client showed it.
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// Delete an authority's folder: its storage, its grants, its pinned
+    /// identity and this device's key for it.
     Forget {
         /// An authority (`example.com:3000`) or a URL of it.
         authority: String,
@@ -197,7 +207,39 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 writeln!(out, "No authorities yet.")?;
             }
             for authority in authorities {
-                writeln!(out, "{authority}")?;
+                match crate::secure::load_pin(&home.server_pin_file(&authority)) {
+                    Ok(crate::secure::ServerPin::Pinned(fingerprint)) => {
+                        writeln!(out, "{authority}  {fingerprint}")?
+                    }
+                    _ => writeln!(out, "{authority}")?,
+                }
+            }
+        }
+        AdminCommand::Authority(AuthorityCommand::Trust {
+            authority,
+            fingerprint,
+        }) => {
+            let authority = parse_authority(&authority)?;
+            let valid = fingerprint.strip_prefix("SHA256:").is_some_and(|b64| {
+                b64.len() == 43
+                    && b64
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+            });
+            if !valid {
+                bail!(
+                    "{fingerprint:?} is not a fingerprint; expected SHA256: and 43 base64 characters, as the client printed it"
+                );
+            }
+            let path = home.server_pin_file(&authority);
+            let before = crate::secure::load_pin(&path).ok();
+            crate::secure::save_pin(&path, &fingerprint)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            match before {
+                Some(crate::secure::ServerPin::Pinned(old)) if old != fingerprint => {
+                    writeln!(out, "{authority}: now trusting {fingerprint} (was {old})")?
+                }
+                _ => writeln!(out, "{authority}: trusting {fingerprint}")?,
             }
         }
         AdminCommand::Authority(AuthorityCommand::Forget { authority, yes }) => {

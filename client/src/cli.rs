@@ -5,6 +5,7 @@
 //! client's own options.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -18,13 +19,18 @@ use crate::error::exit_code;
     version,
     about = "Run a web app's command-line interface on your terminal.",
     long_about = "Run a web app's command-line interface on your terminal.\n\n\
-        Connects to the app's terminal endpoint (ws://, or http:// which is mapped to ws://), \
-        runs the command given by ARGS on the server and shows its output here. \
-        Everything after the URL is passed to the app: `terminalwire URL --help` shows the app's help.",
+        Connects to the app's terminal endpoint (ws://, or wss:// over TLS; http:// and https:// \
+        are mapped to them), runs the command given by ARGS on the server and shows its output here. \
+        Everything after the URL is passed to the app: `terminalwire URL --help` shows the app's help.\n\n\
+        Over TLS the server's certificate must be issued by a certificate authority this system \
+        trusts (or, on a system without any, one of the Mozilla roots built into the client), \
+        or by one in the --ca-cert file.",
     after_help = "Administration: `terminalwire entitlement list|grant|revoke ...` and \
         `terminalwire authority list|forget ...` manage what each server may do here \
         (see `terminalwire entitlement --help`).\n\n\
-        Exit status: the remote command's status; 2 bad client arguments; 69 cannot connect; \
+        Exit status: the remote command's status; 2 bad client arguments; \
+        65 unusable terminalwire home, policy or --ca-cert file; \
+        69 cannot connect (also: TLS certificate not trusted or not for this host); \
         75 connection lost, timed out or server shut down; 76 protocol error; \
         78 incompatible server; 141 stdout closed."
 )]
@@ -37,6 +43,11 @@ struct Options {
         env = "TERMINALWIRE_CONNECT_TIMEOUT"
     )]
     connect_timeout: f64,
+    /// Also trust the certificate authorities in this PEM file (one or more
+    /// certificates), e.g. a private CA or a self-signed development
+    /// certificate. Used for wss:// and https:// only.
+    #[arg(long, value_name = "FILE", env = "TERMINALWIRE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Log the client's own activity on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -48,7 +59,7 @@ struct Options {
 }
 
 /// Client options that take a value (so the URL split can skip their values).
-const OPTIONS_WITH_VALUE: &[&str] = &["--connect-timeout"];
+const OPTIONS_WITH_VALUE: &[&str] = &["--connect-timeout", "--ca-cert"];
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +72,8 @@ pub struct Invocation {
     pub args: Vec<String>,
     /// Connection and handshake time-out.
     pub connect_timeout: Duration,
+    /// Extra trusted CA certificates (PEM) for TLS (`--ca-cert`).
+    pub ca_cert: Option<PathBuf>,
     /// Log level of the client's own logs.
     pub verbose: u8,
 }
@@ -133,6 +146,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
         url: options.url,
         args,
         connect_timeout,
+        ca_cert: options.ca_cert,
         verbose: options.verbose,
     })
 }
@@ -167,6 +181,24 @@ mod tests {
         assert_eq!(invocation.verbose, 1);
         assert_eq!(invocation.connect_timeout, Duration::from_millis(2500));
         assert_eq!(invocation.args, ["hello"]);
+        assert_eq!(invocation.ca_cert, None);
+    }
+
+    #[test]
+    fn ca_cert_takes_a_value_before_the_url() {
+        let invocation = parse_ok(&[
+            "terminalwire",
+            "--ca-cert",
+            "ca.pem",
+            "wss://h/t",
+            "--ca-cert",
+            "app.pem",
+        ]);
+        assert_eq!(invocation.ca_cert, Some(PathBuf::from("ca.pem")));
+        assert_eq!(invocation.url, "wss://h/t");
+        assert_eq!(invocation.args, ["--ca-cert", "app.pem"]);
+        let invocation = parse_ok(&["terminalwire", "--ca-cert=ca.pem", "wss://h/t"]);
+        assert_eq!(invocation.ca_cert, Some(PathBuf::from("ca.pem")));
     }
 
     #[test]

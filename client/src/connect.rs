@@ -1,15 +1,40 @@
-//! The server URL and the WebSocket connection.
+//! The server URL and the WebSocket connection, plain or over TLS.
+//!
+//! # TLS
+//!
+//! `wss://` (and `https://`, mapped to it) connects with rustls, using the
+//! *ring* crypto provider explicitly (never a process-wide default). The
+//! server's certificate must chain to a trusted certificate authority:
+//!
+//! - the platform's trusted roots, loaded with `rustls-native-certs` (on Unix
+//!   the system bundle, honouring `SSL_CERT_FILE` and `SSL_CERT_DIR`; the
+//!   system keychain or store on macOS and Windows);
+//! - only when the platform has none (e.g. a minimal container), the Mozilla
+//!   roots compiled into the client (`webpki-roots`);
+//! - plus the certificates of `--ca-cert FILE` (env `TERMINALWIRE_CA_CERT`): a
+//!   PEM file of one or more private CA (or self-signed server) certificates.
+//!
+//! The `--ca-cert` file is read only for TLS connections; an unreadable or
+//! invalid one is a configuration error (exit 65). A certificate the client
+//! does not trust, or one for another name, is reported in one line with
+//! exit 69 (cannot connect).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use terminalwire_protocol::{MAX_FRAME_LEN, SUBPROTOCOL};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::{CertificateError, ClientConfig, RootCertStore};
+use terminalwire_protocol::SUBPROTOCOL;
+use terminalwire_protocol::secure::MAX_SEALED_LEN;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::{SEC_WEBSOCKET_PROTOCOL, USER_AGENT};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use url::Url;
 
 use crate::error::ClientError;
@@ -24,8 +49,8 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses a URL as typed by the user: `ws://` as is, `http://` mapped to
-    /// `ws://`; `wss://`/`https://` are refused until TLS support lands.
+    /// Parses a URL as typed by the user: `ws://` and `wss://` as they are,
+    /// `http://` mapped to `ws://` and `https://` to `wss://`.
     pub fn parse(raw: &str) -> Result<Target, ClientError> {
         let bad = |reason: &str| ClientError::BadUrl {
             url: raw.to_owned(),
@@ -34,12 +59,8 @@ impl Target {
         let mut url = Url::parse(raw).map_err(|error| bad(&error.to_string()))?;
         let scheme = match url.scheme() {
             "ws" | "http" => "ws",
-            "wss" | "https" => {
-                return Err(bad(
-                    "TLS (wss:// and https://) is not supported by this client build yet; use ws:// or http://",
-                ));
-            }
-            _ => return Err(bad("expected a ws:// or http:// URL")),
+            "wss" | "https" => "wss",
+            _ => return Err(bad("expected a ws://, wss://, http:// or https:// URL")),
         };
         if url.scheme() != scheme {
             // `Url::set_scheme` refuses special-to-special changes it deems invalid;
@@ -57,6 +78,76 @@ impl Target {
             .to_string();
         Ok(Target { url, authority })
     }
+
+    /// Whether the connection is over TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.url.scheme() == "wss"
+    }
+}
+
+/// The rustls client configuration for `wss://`: the platform's roots (or
+/// the bundled Mozilla roots when the platform has none) plus the CA
+/// certificates in the PEM file `ca_cert`, verified with the ring provider.
+///
+/// An unreadable or invalid `ca_cert` file is a [`ClientError::Config`].
+pub fn tls_config(ca_cert: Option<&Path>) -> Result<Arc<ClientConfig>, ClientError> {
+    let mut roots = platform_roots();
+    if let Some(path) = ca_cert {
+        for (index, certificate) in read_ca_file(path)?.into_iter().enumerate() {
+            roots.add(certificate).map_err(|error| {
+                ca_error(
+                    path,
+                    &format!("certificate {} is not usable: {error}", index + 1),
+                )
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| ClientError::Config(format!("cannot set up TLS: {error}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The platform's trusted roots; the bundled Mozilla roots if it has none.
+fn platform_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!("loading the platform's root certificates: {error}");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!("{added} platform root certificates ({ignored} unusable)");
+    if roots.is_empty() {
+        tracing::debug!("no platform root certificates: using the bundled Mozilla roots");
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
+/// The certificates of a PEM file (other PEM sections, such as keys, are
+/// skipped).
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let pem = std::fs::read(path).map_err(|error| ca_error(path, &error.to_string()))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| ca_error(path, &format!("invalid PEM: {error}")))?;
+    if certificates.is_empty() {
+        return Err(ca_error(
+            path,
+            "it holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(certificates)
+}
+
+fn ca_error(path: &Path, reason: &str) -> ClientError {
+    ClientError::Config(format!(
+        "cannot use the CA certificate file {} (--ca-cert): {reason}",
+        path.display()
+    ))
 }
 
 /// The client's WebSocket.
@@ -65,12 +156,24 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// WebSocket limits matching the protocol's.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME_LEN))
-        .max_frame_size(Some(MAX_FRAME_LEN))
+        .max_message_size(Some(MAX_SEALED_LEN))
+        .max_frame_size(Some(MAX_SEALED_LEN))
+}
+
+/// Opens the WebSocket, offering the protocol's subprotocol, within `timeout`;
+/// `wss://` trusts the platform's roots only (see [`connect_with`]).
+pub async fn connect(target: &Target, timeout: Duration) -> Result<Socket, ClientError> {
+    connect_with(target, timeout, None).await
 }
 
 /// Opens the WebSocket, offering the protocol's subprotocol, within `timeout`.
-pub async fn connect(target: &Target, timeout: Duration) -> Result<Socket, ClientError> {
+/// `wss://` uses `tls` (see [`tls_config`]), or the platform's roots when
+/// `None`; `ws://` ignores it.
+pub async fn connect_with(
+    target: &Target,
+    timeout: Duration,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<Socket, ClientError> {
     let unavailable = |reason: String| ClientError::Unavailable {
         target: target.url.as_str().to_owned(),
         reason,
@@ -89,11 +192,24 @@ pub async fn connect(target: &Target, timeout: Duration) -> Result<Socket, Clien
         USER_AGENT,
         HeaderValue::from_static(concat!("terminalwire/", env!("CARGO_PKG_VERSION"))),
     );
-    let connecting =
-        tokio_tungstenite::connect_async_with_config(request, Some(websocket_config()), true);
+    let connector = if target.is_tls() {
+        let config = match tls {
+            Some(config) => config,
+            None => tls_config(None)?,
+        };
+        Connector::Rustls(config)
+    } else {
+        Connector::Plain
+    };
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(websocket_config()),
+        true,
+        Some(connector),
+    );
     let (socket, response) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => return Err(unavailable(format!("timed out after {timeout:?}"))),
-        Ok(Err(error)) => return Err(unavailable(describe(error))),
+        Ok(Err(error)) => return Err(unavailable(describe(error, target))),
         Ok(Ok(connected)) => connected,
     };
     let echoed = response
@@ -108,9 +224,27 @@ pub async fn connect(target: &Target, timeout: Duration) -> Result<Socket, Clien
     Ok(socket)
 }
 
-fn describe(error: tungstenite::Error) -> String {
+fn describe(error: tungstenite::Error, target: &Target) -> String {
     match error {
-        tungstenite::Error::Io(error) => error.to_string(),
+        tungstenite::Error::Io(error) => {
+            match error
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls) => describe_tls(tls, target),
+                None if target.is_tls() && error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    "the server closed the connection during the TLS handshake".to_owned()
+                }
+                None => error.to_string(),
+            }
+        }
+        tungstenite::Error::Tls(tungstenite::error::TlsError::Rustls(error)) => {
+            describe_tls(&error, target)
+        }
+        tungstenite::Error::Tls(tungstenite::error::TlsError::InvalidDnsName) => format!(
+            "`{}` is not a valid TLS server name",
+            target.url.host_str().unwrap_or_default()
+        ),
         tungstenite::Error::Http(response) => {
             let status = response.status();
             let body = response
@@ -126,7 +260,72 @@ fn describe(error: tungstenite::Error) -> String {
         tungstenite::Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(_)) => format!(
             "the server does not speak the terminalwire protocol (it did not accept the `{SUBPROTOCOL}` subprotocol)"
         ),
+        tungstenite::Error::Protocol(ProtocolError::HttparseError(error)) if !target.is_tls() => {
+            format!(
+                "the server did not answer in HTTP ({error}); if it serves TLS, use wss:// or https://"
+            )
+        }
         other => other.to_string(),
+    }
+}
+
+/// A readable reason for a failed TLS handshake, naming rustls's error kind.
+fn describe_tls(error: &rustls::Error, target: &Target) -> String {
+    let host = target.url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let certificate = |reason: String| format!("the server's certificate {reason}");
+    match error {
+        rustls::Error::InvalidCertificate(error) => match error {
+            CertificateError::UnknownIssuer => certificate(
+                "is not trusted (UnknownIssuer); use --ca-cert FILE for a private CA".into(),
+            ),
+            CertificateError::NotValidForName => {
+                certificate(format!("is not valid for {host} (NotValidForName)"))
+            }
+            CertificateError::NotValidForNameContext { presented, .. } => {
+                let names = if presented.is_empty() {
+                    "no names".to_owned()
+                } else {
+                    presented.join(", ")
+                };
+                certificate(format!(
+                    "is not valid for {host} (NotValidForName): it is for {names}"
+                ))
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => certificate(
+                "has expired (Expired); check the server's certificate and this machine's clock"
+                    .into(),
+            ),
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                certificate("is not valid yet (NotValidYet); check this machine's clock".into())
+            }
+            CertificateError::Revoked => certificate("has been revoked (Revoked)".into()),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                certificate("is not meant for TLS servers (InvalidPurpose)".into())
+            }
+            CertificateError::BadEncoding => certificate("is malformed (BadEncoding)".into()),
+            // Typically signed by another key than the trusted CA of the
+            // issuer's name: not trusted either.
+            CertificateError::BadSignature => certificate(
+                "is not trusted (BadSignature): its signature does not match the trusted \
+                 certificate authority of that name; use --ca-cert FILE for a private CA"
+                    .into(),
+            ),
+            other => certificate(format!("was rejected ({other:?})")),
+        },
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => format!(
+            "the TLS handshake failed ({error}); does the server speak TLS on this port? \
+             (for a plain server use ws:// or http://)"
+        ),
+        rustls::Error::AlertReceived(alert) => {
+            format!("the server refused the TLS handshake ({alert:?} alert)")
+        }
+        rustls::Error::PeerIncompatible(_) | rustls::Error::NoCertificatesPresented => {
+            format!("the server's TLS is not compatible with this client ({error})")
+        }
+        other => format!("the TLS handshake failed: {other}"),
     }
 }
 
@@ -141,6 +340,41 @@ mod tests {
         assert_eq!(target.authority, "127.0.0.1:3000");
         let target = Target::parse("ws://Example.COM:80/t").unwrap();
         assert_eq!(target.authority, "example.com");
+        assert!(!target.is_tls());
+        let target = Target::parse("https://127.0.0.1:8443/terminal").unwrap();
+        assert_eq!(target.url.as_str(), "wss://127.0.0.1:8443/terminal");
+        assert!(target.is_tls());
+        let target = Target::parse("wss://Secure.Example/t").unwrap();
+        assert_eq!(target.url.as_str(), "wss://secure.example/t");
+        assert_eq!(target.authority, "secure.example");
+    }
+
+    #[test]
+    fn unusable_ca_files_are_config_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for path in [missing, empty, broken] {
+            let error = tls_config(Some(&path)).unwrap_err();
+            assert!(matches!(error, ClientError::Config(_)), "{error:?}");
+            assert_eq!(error.exit_code(), crate::exit_code::CONFIG);
+            let message = error.to_string();
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_default_tls_config_has_roots() {
+        assert!(!platform_roots().is_empty());
+        tls_config(None).unwrap();
     }
 
     #[test]
@@ -148,7 +382,6 @@ mod tests {
         for url in [
             "ftp://x/",
             "not a url",
-            "wss://secure.example/",
             "ws://user:pw@h/",
             "file:///etc/passwd",
         ] {

@@ -10,11 +10,13 @@ pub mod exit_code {
     pub const FAILURE: u8 = 1;
     /// The client's own arguments are wrong (also clap's usage status).
     pub const USAGE: u8 = 2;
-    /// The terminalwire home or a policy file is unusable (e.g. a corrupt
-    /// `policy.toml`; the message names the file and line).
+    /// The terminalwire home, a policy file or a `--ca-cert` file is
+    /// unusable (e.g. a corrupt `policy.toml`; the message names the file and
+    /// line).
     pub const CONFIG: u8 = 65;
-    /// Cannot reach the server: connection refused, DNS failure, upgrade
-    /// refused, or the server does not speak this protocol.
+    /// Cannot reach the server: connection refused, DNS failure, TLS
+    /// certificate not trusted or not valid for the host, upgrade refused, or
+    /// the server does not speak this protocol.
     pub const UNAVAILABLE: u8 = 69;
     /// A bug in the client.
     pub const INTERNAL: u8 = 70;
@@ -28,6 +30,9 @@ pub mod exit_code {
     pub const PROTOCOL: u8 = 76;
     /// The server speaks no protocol version this client speaks.
     pub const INCOMPATIBLE: u8 = 78;
+    /// The server's identity is not the one pinned for its authority (a
+    /// changed key, or someone in between). Nothing was sent to it.
+    pub const IDENTITY_CHANGED: u8 = 77;
     /// Ctrl-C: the command was interrupted (128 + SIGINT, like a local
     /// program). The server sends it when its command does not handle the
     /// interrupt; the client uses it when Ctrl-C is pressed twice.
@@ -99,6 +104,24 @@ pub enum ClientError {
     /// Standard output was closed by its reader.
     #[error("standard output was closed")]
     BrokenPipe,
+    /// The server presented another key than the pinned one.
+    #[error(
+        "THE SERVER'S IDENTITY HAS CHANGED for {authority}!\n\
+         \x20 pinned:    {pinned}\n\
+         \x20 presented: {presented}\n\
+         Someone may be intercepting this connection, or the server's key was replaced. \
+         Nothing was sent to it. If you know the key changed deliberately, run:\n\
+         \x20 terminalwire authority trust {authority} --fingerprint {presented}\n\
+         (or `terminalwire authority forget {authority}` to start over)"
+    )]
+    IdentityChanged {
+        /// Whose identity.
+        authority: String,
+        /// The fingerprint pinned on first contact.
+        pinned: String,
+        /// The fingerprint the server presented now.
+        presented: String,
+    },
     /// The user pressed Ctrl-C twice while the command was running.
     #[error("interrupted")]
     Interrupted,
@@ -115,6 +138,7 @@ impl ClientError {
             ClientError::Unavailable { .. } => exit_code::UNAVAILABLE,
             ClientError::Config(_) => exit_code::CONFIG,
             ClientError::Incompatible { .. } => exit_code::INCOMPATIBLE,
+            ClientError::IdentityChanged { .. } => exit_code::IDENTITY_CHANGED,
             ClientError::ConnectionLost(_) | ClientError::ServerShutdown(_) => {
                 exit_code::CONNECTION_LOST
             }

@@ -10,7 +10,8 @@
 //!
 //! - [`admin`]: `terminalwire entitlement ...` and `terminalwire authority ...`.
 //! - [`cli`]: argument parsing (`terminalwire [OPTIONS] URL [ARGS...]`).
-//! - [`connect`]: URL checks and the WebSocket connection.
+//! - [`connect`]: URL checks and the WebSocket connection, plain or over TLS
+//!   (rustls with the platform's roots, plus `--ca-cert`).
 //! - [`facts`]: what the hello reports about this machine and terminal.
 //! - [`progress`]: progress bars for long transfers, on a terminal only.
 //! - [`resources`]: files, directories, environment and browser, checked
@@ -31,6 +32,7 @@ pub mod facts;
 pub mod progress;
 pub mod resources;
 pub mod safe_fs;
+pub mod secure;
 pub mod session;
 pub mod terminal;
 
@@ -80,6 +82,12 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
 /// Connects and runs one remote command on the process's own terminal.
 pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
     let target = connect::Target::parse(&invocation.url)?;
+    // A bad --ca-cert file stops the client before anything else happens.
+    let tls = if target.is_tls() {
+        Some(connect::tls_config(invocation.ca_cert.as_deref())?)
+    } else {
+        None
+    };
     let mut hello = facts::hello(
         &target,
         invocation.program_name.clone(),
@@ -87,6 +95,9 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
     )?;
     let (resources, storage) = entitlements(&target)?;
     hello.storage = Some(storage.to_string_lossy().into_owned());
+    let identity = identity_files(&target)?;
+    let device = secure::device_key(&identity.device_key)?;
+    let pin = secure::load_pin(&identity.server_pin)?;
     let config = SessionConfig {
         handshake_timeout: invocation.connect_timeout,
         resources,
@@ -94,8 +105,48 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         handle_signals: true,
         ..SessionConfig::default()
     };
-    let socket = connect::connect(&target, config.handshake_timeout).await?;
+    let socket = connect::connect_with(&target, config.handshake_timeout, tls).await?;
+    let (socket, presented) = secure::handshake(
+        socket,
+        &device,
+        &pin,
+        &target.authority,
+        config.handshake_timeout,
+    )
+    .await?;
+    if pin == secure::ServerPin::FirstContact {
+        secure::save_pin(&identity.server_pin, &presented).map_err(|error| {
+            ClientError::Config(format!(
+                "cannot pin the server identity in {}: {error}",
+                identity.server_pin.display()
+            ))
+        })?;
+        // Shown once, where a person can see it; pipes stay clean.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!(
+                "terminalwire: first contact with {}; pinned its identity {presented}",
+                target.authority
+            );
+        }
+    }
     session::run(socket, hello, LocalIo::process(), &config).await
+}
+
+/// Where this client keeps its device key and the server's pin.
+struct IdentityFiles {
+    device_key: std::path::PathBuf,
+    server_pin: std::path::PathBuf,
+}
+
+fn identity_files(target: &connect::Target) -> Result<IdentityFiles, ClientError> {
+    use terminalwire_policy::{Authority, Home};
+    let config = |message: String| ClientError::Config(message);
+    let home = Home::from_env().map_err(|error| config(error.to_string()))?;
+    let authority = Authority::from_url(&target.url).map_err(|error| config(error.to_string()))?;
+    Ok(IdentityFiles {
+        device_key: home.device_key_file(&authority),
+        server_pin: home.server_pin_file(&authority),
+    })
 }
 
 /// Loads the authority's grants and makes sure its storage folder exists.

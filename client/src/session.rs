@@ -22,7 +22,6 @@ use tokio::io::{
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::error::ClientError;
@@ -30,6 +29,9 @@ use crate::resources::Resources;
 
 /// Longest line `stdin_read_line` returns.
 pub const MAX_LINE: usize = 64 * 1024;
+/// A second Ctrl-C within this time of the first exits the client at once;
+/// later ones are interrupts for the app again.
+pub const DOUBLE_INTERRUPT: Duration = Duration::from_secs(3);
 /// Longest a send may wait for the server to take data.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most bytes one `stdin_read` returns.
@@ -177,18 +179,38 @@ impl OutputPipe {
     }
 }
 
-type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
-type Source<S> = SplitStream<WebSocketStream<S>>;
+/// A socket of WebSocket messages: a `WebSocketStream`, or the
+/// [`SecureSocket`](crate::secure::SecureSocket) that seals them.
+pub trait Socket:
+    futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+    + futures_util::Sink<Message, Error = tungstenite::Error>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> Socket for T where
+    T: futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+        + futures_util::Sink<Message, Error = tungstenite::Error>
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
+type Sink<S> = SplitSink<S, Message>;
+type Source<S> = SplitStream<S>;
 
 /// Runs a session on an open WebSocket and returns the command's exit status.
 pub async fn run<S>(
-    socket: WebSocketStream<S>,
+    socket: S,
     hello: Hello,
     io: LocalIo,
     config: &SessionConfig,
 ) -> Result<u8, ClientError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Socket,
 {
     let (mut sink, mut source) = socket.split();
     let window = hello.window;
@@ -256,14 +278,17 @@ where
         } else {
             None
         };
-    let mut interrupted = false;
+    let mut interrupted: Option<Instant> = None;
 
     let result = loop {
         tokio::select! {
             signal = next_signal(&mut signals) => match signal {
-                LocalSignal::Interrupt if interrupted => break Err(ClientError::Interrupted),
+                // A second Ctrl-C soon after the first: the user wants out now.
+                LocalSignal::Interrupt if interrupted.is_some_and(|at: Instant| at.elapsed() < DOUBLE_INTERRUPT) => {
+                    break Err(ClientError::Interrupted);
+                }
                 LocalSignal::Interrupt => {
-                    interrupted = true;
+                    interrupted = Some(Instant::now());
                     let frame = ClientFrame::Signal(Signal { signal: SignalKind::Interrupt, size: None });
                     if let Err(error) = send(&mut sink, &frame).await {
                         break Err(error);
@@ -466,6 +491,10 @@ async fn perform(
             let switched = match mode {
                 TerminalMode::Raw => crate::terminal::enter_raw_mode(),
                 TerminalMode::Cooked => crate::terminal::leave_raw_mode(),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this client does not know that terminal mode",
+                )),
             };
             switched.map(|()| Reply::Unit).map_err(|error| {
                 OpError::new(
@@ -603,7 +632,7 @@ async fn next_signal(signals: &mut Option<Signals>) -> LocalSignal {
 
 async fn send<S>(sink: &mut Sink<S>, frame: &ClientFrame) -> Result<(), ClientError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Socket,
 {
     send_message(sink, Message::Binary(codec::encode(frame).into())).await
 }
@@ -612,7 +641,7 @@ where
 /// forever.
 async fn send_message<S>(sink: &mut Sink<S>, message: Message) -> Result<(), ClientError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Socket,
 {
     match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
         Ok(result) => result.map_err(lost),
@@ -625,7 +654,7 @@ where
 /// The next frame from the server, skipping pings and pongs.
 async fn next_frame<S>(source: &mut Source<S>) -> Result<ServerFrame, ClientError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Socket,
 {
     loop {
         if let Some(frame) = next_message(source).await? {
@@ -638,7 +667,7 @@ where
 /// keeps the idle time-out from firing while a command prints nothing.
 async fn next_message<S>(source: &mut Source<S>) -> Result<Option<ServerFrame>, ClientError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Socket,
 {
     let message = match source.next().await {
         None => {
@@ -682,6 +711,13 @@ fn classify(error: tungstenite::Error) -> ClientError {
         Error::Utf8(_) => {
             ClientError::Protocol("the server sent invalid UTF-8 in a text message".into())
         }
+        Error::Io(error)
+            if error
+                .get_ref()
+                .is_some_and(|inner| inner.is::<crate::secure::Unsealed>()) =>
+        {
+            ClientError::Protocol(error.to_string())
+        }
         other => lost(other),
     }
 }
@@ -703,7 +739,7 @@ fn server_error(error: SessionError) -> ClientError {
 /// Tells the server why the client gives up, then returns the error.
 async fn violation<S>(sink: &mut Sink<S>, message: String) -> ClientError
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Socket,
 {
     let frame = ClientFrame::Error(SessionError {
         code: ErrorCode::Protocol,

@@ -32,9 +32,14 @@ fn a_missing_url_is_a_usage_error_on_stderr() {
 }
 
 #[test]
-fn a_tls_url_is_refused_clearly_until_tls_lands() {
-    let output = terminalwire(&["wss://127.0.0.1:1/terminal"]);
-    assert_ne!(output.status.code(), Some(0));
+fn an_unreachable_tls_server_is_one_line_and_unavailable() {
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_terminalwire"))
+        .arg("wss://127.0.0.1:1/terminal")
+        .env("TERMINALWIRE_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(69));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.starts_with("terminalwire: "), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

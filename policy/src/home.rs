@@ -94,6 +94,18 @@ impl Home {
         self.authority_dir(authority).join(POLICY_FILE_NAME)
     }
 
+    /// `<root>/authorities/<authority>/device.key`: this client's device key
+    /// for that authority (0600).
+    pub fn device_key_file(&self, authority: &Authority) -> PathBuf {
+        self.authority_dir(authority).join("device.key")
+    }
+
+    /// `<root>/authorities/<authority>/server.pin`: the server identity
+    /// pinned on first contact.
+    pub fn server_pin_file(&self, authority: &Authority) -> PathBuf {
+        self.authority_dir(authority).join("server.pin")
+    }
+
     /// `<root>/bin`, where app launchers are installed.
     pub fn bin_dir(&self) -> PathBuf {
         self.root.join("bin")

@@ -25,6 +25,9 @@ pub struct ClientInfo {
     pub arch: String,
     /// The authority the client computed from the URL it was given.
     pub authority: String,
+    /// The fingerprint (`SHA256:...`) of the client's device key for this
+    /// server: a stable id of the device, proven by the secure handshake.
+    pub device: String,
     /// The absolute path of this authority's storage folder on the client,
     /// which the app may always use (see [`Context::storage_path`]).
     pub storage: Option<String>,

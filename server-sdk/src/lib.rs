@@ -29,6 +29,8 @@
 //!
 //! - [`terminal`]: [`Terminal`], the service an app mounts, its [`Config`] and
 //!   graceful shutdown.
+//! - [`identity`]: the server's long-term key ([`ServerIdentity`]) that
+//!   clients pin.
 //! - [`context`]: [`Context`] handed to the app's command, [`Output`] writers,
 //!   client and terminal facts.
 //! - [`resources`]: the client's stdin, files, directories, environment and
@@ -38,6 +40,10 @@
 //!   [`IntoOutcome`]).
 //! - [`cli`]: clap integration (help, version and usage errors rendered like a
 //!   local program).
+//! - [`tls`] (feature `tls`, on by default): serve the app over TLS (`wss://`)
+//!   with rustls, and self-signed development certificates.
+//! - [`tokens`]: app sessions saved on the client, short-lived, rotated and
+//!   bound to the device key ([`tokens::TokenIssuer`], [`Context::session`]).
 //! - [`transport`]: the byte-frame transport a session runs over (axum
 //!   WebSockets, or anything implementing [`transport::Transport`]).
 //! - `session` (private): the protocol engine of one connection.
@@ -46,15 +52,20 @@
 
 pub mod cli;
 pub mod context;
+pub mod identity;
 pub mod outcome;
 pub mod resources;
 mod session;
 pub mod terminal;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod tokens;
 pub mod transport;
 
 pub use context::{
     ClientInfo, ColorLevel, Context, Denial, Key, Output, ResourceError, StreamInfo, StreamKind,
     TerminalInfo,
 };
+pub use identity::ServerIdentity;
 pub use outcome::{Exit, IntoOutcome, Outcome};
 pub use terminal::{Config, Terminal};

@@ -24,13 +24,14 @@ use tracing::Instrument;
 use crate::context::{ClientInfo, Context, ResourceError, SessionInfo};
 use crate::outcome::{Command, Outcome};
 use crate::terminal::Config;
-use crate::transport::{FrameReader, FrameWriter, Inbound, Transport};
+use crate::transport::{FrameReader, FrameWriter, Inbound, Transport, TransportError};
+use terminalwire_protocol::secure::Responder;
 
-/// Capabilities this server implements.
 /// Exit status of a command cancelled by Ctrl-C (128 + SIGINT), like a
 /// local program's.
 pub(crate) const INTERRUPTED_STATUS: u8 = 130;
 
+/// Capabilities this server implements.
 pub(crate) const SERVER_CAPABILITIES: &[&str] = &["stdout", "stderr", "exit", "stdin.line"];
 
 /// Frames queued for the writer task; small, since data frames are already
@@ -203,7 +204,14 @@ pub(crate) async fn run(
 ) {
     let span = tracing::info_span!("session", id = %session_id);
     async move {
-        let (mut writer, mut reader) = transport.split();
+        let (writer, reader) = transport.split();
+        let (mut writer, mut reader, device) = match secure_accept(writer, reader, &config).await {
+            Ok(secured) => secured,
+            Err(reason) => {
+                tracing::info!(%reason, "secure handshake failed");
+                return;
+            }
+        };
         let hello = match handshake(&mut writer, &mut reader, &config, &session_id).await {
             Ok(hello) => hello,
             Err(reason) => {
@@ -216,10 +224,70 @@ pub(crate) async fn run(
             client = %hello.client.name, version = %hello.client.version, os = %hello.os,
             authority = %hello.authority, "session started"
         );
-        serve(writer, reader, hello, command, config, shutdown, session_id).await;
+        serve(
+            writer, reader, hello, device, command, config, shutdown, session_id,
+        )
+        .await;
     }
     .instrument(span)
     .await;
+}
+
+/// Runs the Noise handshake as the responder, then wraps the transport so
+/// that every frame is sealed and opened. Returns the device fingerprint.
+async fn secure_accept(
+    mut writer: FrameWriter,
+    mut reader: FrameReader,
+    config: &Config,
+) -> Result<(FrameWriter, FrameReader, String), String> {
+    let Some(identity) = &config.identity else {
+        return Err("the server has no identity key".into());
+    };
+    let deadline = Instant::now() + config.handshake_timeout;
+    let mut next = async || loop {
+        match tokio::time::timeout_at(deadline, reader.next()).await {
+            Err(_) => {
+                return Err(format!(
+                    "no secure handshake within {:?}",
+                    config.handshake_timeout
+                ));
+            }
+            Ok(None) => return Err("client closed during the secure handshake".to_owned()),
+            Ok(Some(Err(error))) => return Err(format!("transport error: {error}")),
+            Ok(Some(Ok(Inbound::Frame(bytes)))) => return Ok(bytes),
+            Ok(Some(Ok(Inbound::Heartbeat))) => {}
+            Ok(Some(Ok(Inbound::Unexpected(what)))) => return Err(format!("unexpected {what}")),
+        }
+    };
+    let first = next().await?;
+    let (responder, second) =
+        Responder::respond(&identity.0, &first).map_err(|error| error.to_string())?;
+    if tokio::time::timeout_at(deadline, writer.send(second))
+        .await
+        .map_or(true, |sent| sent.is_err())
+    {
+        return Err("could not answer the secure handshake".into());
+    }
+    let third = next().await?;
+    let (device, channel) = responder
+        .finish(&third)
+        .map_err(|error| error.to_string())?;
+    let (mut sealer, mut opener) = channel.split();
+    let writer = writer.with(move |frame: Vec<u8>| {
+        std::future::ready(sealer.seal(&frame).map_err(TransportError::new))
+    });
+    let reader = reader.map(move |inbound| match inbound {
+        Ok(Inbound::Frame(sealed)) => opener
+            .open(&sealed)
+            .map(Inbound::Frame)
+            .map_err(TransportError::new),
+        other => other,
+    });
+    Ok((
+        Box::pin(writer),
+        Box::pin(reader),
+        terminalwire_protocol::secure::fingerprint(&device),
+    ))
 }
 
 async fn send_now(writer: &mut FrameWriter, frame: &ServerFrame) -> bool {
@@ -367,6 +435,7 @@ async fn serve(
     writer: FrameWriter,
     mut reader: FrameReader,
     hello: Hello,
+    device: String,
     command: Arc<dyn Command>,
     config: Arc<Config>,
     shutdown: CancellationToken,
@@ -409,6 +478,7 @@ async fn serve(
             os_version: hello.os_version,
             arch: hello.arch,
             authority: hello.authority,
+            device,
             storage: hello.storage,
             capabilities: hello.capabilities,
         },

@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
-use terminalwire_protocol::{DEFAULT_MAX_CHUNK, DEFAULT_WINDOW, MAX_FRAME_LEN, SUBPROTOCOL};
+use terminalwire_protocol::secure::MAX_SEALED_LEN;
+use terminalwire_protocol::{DEFAULT_MAX_CHUNK, DEFAULT_WINDOW, SUBPROTOCOL};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::identity::ServerIdentity;
 use crate::outcome::Command;
 use crate::session;
 use crate::transport::{AxumTransport, Transport};
@@ -36,6 +38,14 @@ pub struct Config {
     pub max_chunk: u32,
     /// What an incompatible client is told (default: versions and how to upgrade).
     pub incompatible_message: Option<String>,
+    /// The server's identity key, which clients pin. `None`: a random one
+    /// per [`Terminal`] (fine for tests; a real deployment loads a stable
+    /// one with [`ServerIdentity::load_or_create`]).
+    pub identity: Option<ServerIdentity>,
+    /// Browser origins allowed to open a session (`Origin` header). The
+    /// native client sends none; an upgrade from any other web page is
+    /// refused, so a malicious page cannot drive a session.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -49,6 +59,8 @@ impl Default for Config {
             window: DEFAULT_WINDOW,
             max_chunk: DEFAULT_MAX_CHUNK,
             incompatible_message: None,
+            identity: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -86,8 +98,20 @@ impl Terminal {
     }
 
     /// A terminal with explicit settings.
-    pub fn with_config(command: impl Command, config: Config) -> Self {
+    pub fn with_config(command: impl Command, mut config: Config) -> Self {
         use std::hash::{BuildHasher, Hasher};
+        if config.identity.is_none() {
+            match ServerIdentity::generate() {
+                Ok(identity) => {
+                    tracing::warn!(
+                        fingerprint = %identity.fingerprint(),
+                        "no server identity configured: using a random one, which clients will refuse after a restart"
+                    );
+                    config.identity = Some(identity);
+                }
+                Err(error) => tracing::error!(%error, "cannot generate a server identity"),
+            }
+        }
         let instance = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
@@ -112,14 +136,35 @@ impl Terminal {
     /// `router.route("/terminal", terminal.route())`.
     pub fn route<S: Clone + Send + Sync + 'static>(&self) -> MethodRouter<S> {
         let terminal = self.clone();
-        axum::routing::get(move |upgrade: WebSocketUpgrade| {
+        axum::routing::get(move |headers: HeaderMap, upgrade: WebSocketUpgrade| {
             let terminal = terminal.clone();
-            async move { terminal.upgrade(upgrade) }
+            async move { terminal.upgrade(upgrade, &headers) }
         })
     }
 
-    /// Answers a WebSocket upgrade request (for apps that write their own handler).
-    pub fn upgrade(&self, upgrade: WebSocketUpgrade) -> Response {
+    /// Answers a WebSocket upgrade request (for apps that write their own
+    /// handler; pass the request's headers so the `Origin` check runs).
+    pub fn upgrade(&self, upgrade: WebSocketUpgrade, headers: &HeaderMap) -> Response {
+        // A browser always sends Origin; the native client never does. A page
+        // the app did not list must not open a session (cross-site WebSocket
+        // hijacking).
+        if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+            let allowed = origin.to_str().is_ok_and(|origin| {
+                self.inner
+                    .config
+                    .allowed_origins
+                    .iter()
+                    .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+            });
+            if !allowed {
+                tracing::warn!(origin = ?origin, "refused a WebSocket upgrade from a web page");
+                return (
+                    StatusCode::FORBIDDEN,
+                    "this terminal endpoint does not accept sessions from web pages\n",
+                )
+                    .into_response();
+            }
+        }
         if self.inner.shutdown.is_cancelled() {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -129,8 +174,8 @@ impl Terminal {
         }
         let upgrade = upgrade
             .protocols([SUBPROTOCOL])
-            .max_message_size(MAX_FRAME_LEN)
-            .max_frame_size(MAX_FRAME_LEN);
+            .max_message_size(MAX_SEALED_LEN)
+            .max_frame_size(MAX_SEALED_LEN);
         if upgrade.selected_protocol().is_none() {
             let message = format!(
                 "this endpoint speaks the `{SUBPROTOCOL}` WebSocket subprotocol; run it with the terminalwire client\n"

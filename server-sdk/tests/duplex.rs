@@ -20,12 +20,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt, future};
 use terminalwire_client::connect::{Target, websocket_config};
-use terminalwire_client::session::{self, LocalIo, SessionConfig};
+use terminalwire_client::secure::{self, SecureSocket, ServerPin};
+use terminalwire_client::session::{self, LocalIo, SessionConfig, Socket};
 use terminalwire_client::{ClientError, exit_code, facts};
 use terminalwire_protocol::frame::{
     ColorLevel as WireColor, Hello, Operation, Reply, Response, Software, StreamFacts,
     StreamKind as WireKind, TerminalSize, Welcome,
 };
+use terminalwire_protocol::secure::StaticKey;
 use terminalwire_protocol::{ClientFrame, ErrorCode, ServerFrame, StreamId, VersionRange, codec};
 use terminalwire_server::transport::{
     FrameReader, FrameWriter, Inbound, Transport, TransportError,
@@ -51,8 +53,48 @@ const BULK_DEADLINE: Duration = Duration::from_secs(60);
 // Harness
 // ---------------------------------------------------------------------------
 
-/// Sees every encoded frame the server sends, before it is written.
+/// Sees every encoded frame the server sends, as the client opens it (the
+/// wire carries them sealed).
 type Tap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// A client socket that shows each opened frame to a tap.
+struct Tapped<S> {
+    inner: S,
+    tap: Tap,
+}
+
+impl<S: Socket> futures_util::Stream for Tapped<S> {
+    type Item = Result<Message, tokio_tungstenite::tungstenite::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let item = std::task::ready!(this.inner.poll_next_unpin(cx));
+        if let Some(Ok(Message::Binary(frame))) = &item {
+            (this.tap)(frame);
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl<S: Socket> futures_util::Sink<Message> for Tapped<S> {
+    type Error = tokio_tungstenite::tungstenite::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().inner.poll_ready_unpin(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.get_mut().inner.start_send_unpin(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().inner.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().inner.poll_close_unpin(cx)
+    }
+}
 
 /// A tungstenite WebSocket as an SDK transport (what a non-axum server would write).
 struct WsTransport {
@@ -242,15 +284,24 @@ impl Session {
         let (client_socket, server_socket) = socket_pair().await;
         let transport = WsTransport {
             socket: server_socket,
-            tap: self.tap,
+            tap: None,
         };
+        let tap = self.tap;
         let io = LocalIo {
             stdout: Box::new(self.stdout.clone()),
             stderr: Box::new(self.stderr.clone()),
             stdin: Box::new(io::Cursor::new(self.stdin)),
         };
         let config = self.config;
-        let client = session::run(client_socket, self.hello, io, &config);
+        let client = async {
+            let socket = secure_client(client_socket).await;
+            match tap {
+                Some(tap) => {
+                    session::run(Tapped { inner: socket, tap }, self.hello, io, &config).await
+                }
+                None => session::run(socket, self.hello, io, &config).await,
+            }
+        };
         let both = async { tokio::join!(terminal.serve(transport), client).1 };
         let result = tokio::time::timeout(self.deadline, both)
             .await
@@ -590,8 +641,9 @@ async fn answers_out_of_order_reach_their_own_requests() {
             *got.lock().unwrap() = future::join_all(reads).await;
         }
     });
-    let (mut client, server) = socket_pair().await;
+    let (client, server) = socket_pair().await;
     let script = async {
+        let mut client = secure_client(client).await;
         send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
         assert!(matches!(
             next_server(&mut client).await,
@@ -756,7 +808,23 @@ async fn non_zero_exit_statuses_propagate_after_the_output() {
     assert_eq!(run.stderr_text(), "warn");
 }
 
-async fn send_client(socket: &mut WebSocketStream<DuplexStream>, frame: &ClientFrame) {
+/// Runs the client's side of the secure handshake (a fresh device key,
+/// first contact), as the real client does before its hello.
+async fn secure_client(socket: WebSocketStream<DuplexStream>) -> SecureSocket<DuplexStream> {
+    let device = StaticKey::generate().unwrap();
+    let (socket, _) = secure::handshake(
+        socket,
+        &device,
+        &ServerPin::FirstContact,
+        "duplex",
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the secure handshake");
+    socket
+}
+
+async fn send_client(socket: &mut impl Socket, frame: &ClientFrame) {
     socket
         .send(Message::Binary(codec::encode(frame).into()))
         .await
@@ -771,7 +839,7 @@ async fn send_server(socket: &mut WebSocketStream<DuplexStream>, frame: &ServerF
 }
 
 /// The next server frame a scripted client receives; `None` at the end.
-async fn next_server(socket: &mut WebSocketStream<DuplexStream>) -> Option<ServerFrame> {
+async fn next_server(socket: &mut impl Socket) -> Option<ServerFrame> {
     loop {
         match socket.next().await? {
             Ok(Message::Binary(bytes)) => return Some(codec::decode(&bytes).unwrap()),
@@ -890,8 +958,9 @@ async fn a_client_sending_garbage_is_told_and_the_terminal_keeps_serving() {
         for as_hello in [true, false] {
             let case = format!("garbage {garbage:x?}, as hello: {as_hello}");
             let runs_before = started.load(Ordering::SeqCst);
-            let (mut client, server) = socket_pair().await;
+            let (client, server) = socket_pair().await;
             let script = async {
+                let mut client = secure_client(client).await;
                 if !as_hello {
                     send_client(&mut client, &ClientFrame::Hello(hello(&["wait"]))).await;
                     assert!(

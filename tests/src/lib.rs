@@ -9,12 +9,18 @@
 //!   scripts frame by frame, to play a broken or hostile server.
 //! - [`Client`]: runs the `terminalwire` binary and collects its output.
 //! - [`client_binary`]: where that binary is.
+//! - [`relay`]: a man in the middle that switches targets, records and tampers.
 //!
 //! The tests themselves live in `tests/`.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, reason = "a test harness fails loudly")]
 
+pub mod pattern;
+pub mod process;
+pub mod tmux;
+
+pub mod relay;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +29,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use terminalwire_protocol::secure::{Opener, Responder, Sealer, StaticKey};
 use terminalwire_protocol::{ClientFrame, ServerFrame, codec};
 use terminalwire_server::Terminal;
 use tokio::io::AsyncWriteExt;
@@ -93,6 +100,11 @@ impl TestServer {
         }
     }
 
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The terminal endpoint, `ws://127.0.0.1:PORT/terminal`.
     pub fn url(&self) -> String {
         format!("ws://{}/terminal", self.addr)
@@ -120,10 +132,74 @@ impl Drop for TestServer {
 pub struct ScriptedServer {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    fingerprint: String,
 }
 
 /// One scripted session's socket.
-pub type ScriptedSocket = WebSocketStream<TcpStream>;
+///
+/// The scripted server runs the real secure handshake with its own identity
+/// key, so frames are sealed as the protocol requires; a script can still
+/// send raw WebSocket messages ([`ScriptedSocket::send_unsealed`]).
+#[derive(Debug)]
+pub struct ScriptedSocket {
+    socket: WebSocketStream<TcpStream>,
+    sealer: Sealer,
+    opener: Opener,
+    /// The fingerprint of the client's device key.
+    pub device: String,
+}
+
+impl ScriptedSocket {
+    /// Seals `bytes` as one frame (whatever they contain) and sends it.
+    pub async fn send_sealed(&mut self, bytes: &[u8]) {
+        if let Ok(sealed) = self.sealer.seal(bytes) {
+            let _ = self.socket.send(Message::Binary(sealed.into())).await;
+        }
+    }
+
+    /// Sends a binary WebSocket message as it is, not sealed.
+    pub async fn send_unsealed(&mut self, bytes: Vec<u8>) {
+        let _ = self.socket.send(Message::Binary(bytes.into())).await;
+    }
+
+    /// The next opened frame's bytes; `None` when the client goes or sends
+    /// something that does not open.
+    pub async fn next_opened(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match self.socket.next().await? {
+                Ok(Message::Binary(bytes)) => return self.opener.open(&bytes).ok(),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The secure handshake as the responder.
+async fn secure_accept(
+    mut socket: WebSocketStream<TcpStream>,
+    identity: &StaticKey,
+) -> Option<ScriptedSocket> {
+    let next_binary = async |socket: &mut WebSocketStream<TcpStream>| loop {
+        match socket.next().await? {
+            Ok(Message::Binary(bytes)) => return Some(bytes.to_vec()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    };
+    let first = next_binary(&mut socket).await?;
+    let (responder, second) = Responder::respond(identity, &first).ok()?;
+    socket.send(Message::Binary(second.into())).await.ok()?;
+    let third = next_binary(&mut socket).await?;
+    let (device, channel) = responder.finish(&third).ok()?;
+    let (sealer, opener) = channel.split();
+    Some(ScriptedSocket {
+        socket,
+        sealer,
+        opener,
+        device: terminalwire_protocol::secure::fingerprint(&device),
+    })
+}
 
 impl ScriptedServer {
     /// Serves on `127.0.0.1:0`; accepts the WebSocket upgrade, echoing the
@@ -136,9 +212,12 @@ impl ScriptedServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script = std::sync::Arc::new(script);
+        let identity = std::sync::Arc::new(StaticKey::generate().unwrap());
+        let fingerprint = identity.fingerprint();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let script = script.clone();
+                let identity = identity.clone();
                 tokio::spawn(async move {
                     #[allow(
                         clippy::result_large_err,
@@ -154,13 +233,23 @@ impl ScriptedServer {
                         Ok(response)
                     };
                     if let Ok(socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await
+                        && let Some(socket) = secure_accept(socket, &identity).await
                     {
                         script(socket).await;
                     }
                 });
             }
         });
-        ScriptedServer { addr, task }
+        ScriptedServer {
+            addr,
+            task,
+            fingerprint,
+        }
+    }
+
+    /// The fingerprint of this server's identity key.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The endpoint URL.
@@ -178,20 +267,12 @@ impl Drop for ScriptedServer {
 /// Reads the client's next frame; `None` when the socket ends or sends
 /// something that is not a frame.
 pub async fn next_client_frame(socket: &mut ScriptedSocket) -> Option<ClientFrame> {
-    loop {
-        match socket.next().await? {
-            Ok(Message::Binary(bytes)) => return codec::decode(&bytes).ok(),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            _ => return None,
-        }
-    }
+    codec::decode(&socket.next_opened().await?).ok()
 }
 
 /// Sends one server frame.
 pub async fn send_server_frame(socket: &mut ScriptedSocket, frame: &ServerFrame) {
-    let _ = socket
-        .send(Message::Binary(codec::encode(frame).into()))
-        .await;
+    socket.send_sealed(&codec::encode(frame)).await;
 }
 
 /// The `terminalwire` binary under test: `$TERMINALWIRE_BIN`, else the one

@@ -227,12 +227,14 @@ async fn replying_server(reply: Vec<u8>) -> ScriptedServer {
     ScriptedServer::start(true, move |mut socket| {
         let reply = reply.clone();
         async move {
-            use futures_util::SinkExt;
             if next_client_frame(&mut socket).await.is_none() {
                 return;
             }
-            let message = tokio_tungstenite::tungstenite::Message::Binary((*reply).clone().into());
-            let _ = socket.send(message).await;
+            if reply.len() > terminalwire_protocol::MAX_FRAME_LEN {
+                socket.send_unsealed((*reply).clone()).await;
+            } else {
+                socket.send_sealed(&reply).await;
+            }
             while next_client_frame(&mut socket).await.is_some() {}
         }
     })

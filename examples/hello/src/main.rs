@@ -2,11 +2,22 @@
 //!
 //! Prints `listening on ws://ADDR/terminal` as its first line, serves until
 //! SIGINT or SIGTERM, then shuts down gracefully.
+//!
+//! Over TLS, the first line is `listening on wss://ADDR/terminal`:
+//!
+//! - `--tls-cert FILE --tls-key FILE`: a PEM certificate chain and its key;
+//! - `--tls-self-signed DIR`: a development certificate for `localhost`,
+//!   `127.0.0.1`, `::1` (and the listening IP) in `DIR/dev-cert.pem` and
+//!   `DIR/dev-key.pem`, made on first use and reused after (delete them to
+//!   make new ones). The second line tells how clients trust it:
+//!   `terminalwire --ca-cert DIR/dev-cert.pem wss://ADDR/terminal ...`.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Parser;
+use terminalwire_server::tls;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The hello example web app with a terminalwire CLI.")]
@@ -14,6 +25,16 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:3000", env = "HELLO_LISTEN")]
     listen: SocketAddr,
+    /// Serve over TLS (wss://) with this PEM certificate chain.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve over TLS with a self-signed development certificate kept in DIR
+    /// (dev-cert.pem and dev-key.pem, made if missing).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -26,13 +47,80 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Certificate problems stop the server before it listens.
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_self_signed) {
+        (Some(cert), Some(key), _) => Some((
+            tls::TlsConfig::from_pem_files(cert, key).context("cannot use --tls-cert/--tls-key")?,
+            None,
+        )),
+        (_, _, Some(dir)) => {
+            let (config, cert) = self_signed(dir, args.listen)?;
+            Some((config, Some(cert)))
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    announce(addr);
-    hello::run(listener, shutdown_signal()).await?;
+    match tls {
+        None => {
+            announce(&format!("listening on ws://{addr}/terminal"));
+            hello::run(listener, shutdown_signal()).await?;
+        }
+        Some((config, dev_cert)) => {
+            announce(&format!("listening on wss://{addr}/terminal"));
+            if let Some(cert) = dev_cert {
+                announce(&format!(
+                    "development certificate: trust it with `terminalwire --ca-cert {} wss://{addr}/terminal hello World`",
+                    cert.display()
+                ));
+            }
+            run_tls(listener, config).await?;
+        }
+    }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the development certificate kept in `dir`, or makes one.
+fn self_signed(dir: &Path, listen: SocketAddr) -> anyhow::Result<(tls::TlsConfig, PathBuf)> {
+    let cert = dir.join(tls::DEV_CERT_FILE);
+    let key = dir.join(tls::DEV_KEY_FILE);
+    if cert.exists() && key.exists() {
+        let config = tls::TlsConfig::from_pem_files(&cert, &key).with_context(|| {
+            format!(
+                "cannot use the development certificate in {} (delete it to make a new one)",
+                dir.display()
+            )
+        })?;
+        return Ok((config, cert));
+    }
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let ip = listen.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    let dev = tls::self_signed(&names).context("cannot make a development certificate")?;
+    let (cert, _key) = dev.write_to(dir)?;
+    Ok((dev.tls_config()?, cert))
+}
+
+/// Like [`hello::run`], over TLS.
+async fn run_tls(listener: tokio::net::TcpListener, config: tls::TlsConfig) -> std::io::Result<()> {
+    let terminal = hello::terminal();
+    let app = hello::router(&terminal);
+    let draining = terminal.clone();
+    tls::serve(listener, config, app, async move {
+        shutdown_signal().await;
+        draining.begin_shutdown();
+    })
+    .await?;
+    terminal.shutdown().await;
     Ok(())
 }
 
@@ -40,9 +128,9 @@ async fn main() -> anyhow::Result<()> {
     clippy::print_stdout,
     reason = "the listening line is this binary's contract with tests and scripts"
 )]
-fn announce(addr: SocketAddr) {
+fn announce(line: &str) {
     use std::io::Write;
-    println!("listening on ws://{addr}/terminal");
+    println!("{line}");
     let _ = std::io::stdout().flush();
 }
 

@@ -1,0 +1,453 @@
+//! Serving an app over TLS (`wss://`), and development certificates.
+//!
+//! TLS is rustls with the *ring* crypto provider, used explicitly (no
+//! process-wide default provider is needed or installed). The app is served by
+//! `axum::serve` exactly like the plain path, over a [`TlsListener`] that
+//! wraps a TCP listener and hands over connections once their TLS handshake
+//! is done (handshakes run concurrently, each bounded by
+//! [`HANDSHAKE_TIMEOUT`], so a slow client never blocks others).
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use terminalwire_server::{Context, Terminal, tls};
+//!
+//! async fn cli(ctx: Context) -> anyhow::Result<()> {
+//!     ctx.stdout().println("Hello over TLS!").await?;
+//!     Ok(())
+//! }
+//!
+//! # async fn serve() -> anyhow::Result<()> {
+//! let terminal = Terminal::new(cli);
+//! let app = Router::new().route("/terminal", terminal.route());
+//! let config = tls::TlsConfig::from_pem_files("cert.pem", "key.pem")?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let draining = terminal.clone();
+//! tls::serve(listener, config, app, async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     draining.begin_shutdown();
+//! })
+//! .await?;
+//! terminal.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! For development, [`self_signed`] makes a certificate for names such as
+//! `localhost` and `127.0.0.1`; clients trust it with
+//! `terminalwire --ca-cert dev-cert.pem wss://...`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this many TLS handshakes run at once; further connections wait in
+/// the kernel's accept queue.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Why a TLS configuration or certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The certificate chain or private key is missing or malformed.
+    #[error("{0}")]
+    Pem(String),
+    /// rustls refused the certificate and key (e.g. they do not match).
+    #[error("unusable certificate or key: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A certificate could not be generated.
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A development certificate could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A server's TLS configuration: its certificate chain and private key.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    config: Arc<ServerConfig>,
+}
+
+impl TlsConfig {
+    /// From PEM text: `cert_chain` holds the server's certificate first, then
+    /// any intermediates; `key` holds its private key (PKCS#8, PKCS#1 or
+    /// SEC1).
+    pub fn from_pem(cert_chain: &[u8], key: &[u8]) -> Result<Self, TlsError> {
+        Self::from_pem_named(cert_chain, "the certificate PEM", key, "the key PEM")
+    }
+
+    /// From PEM files (see [`from_pem`](Self::from_pem)).
+    pub fn from_pem_files(
+        cert_chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, TlsError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let (cert_path, key_path) = (cert_chain.as_ref(), key.as_ref());
+        Self::from_pem_named(
+            &read(cert_path)?,
+            &cert_path.display().to_string(),
+            &read(key_path)?,
+            &key_path.display().to_string(),
+        )
+    }
+
+    fn from_pem_named(
+        cert_chain: &[u8],
+        cert_name: &str,
+        key: &[u8],
+        key_name: &str,
+    ) -> Result<Self, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(cert_chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| TlsError::Pem(format!("{cert_name}: invalid PEM: {error}")))?;
+        if chain.is_empty() {
+            return Err(TlsError::Pem(format!(
+                "{cert_name} holds no certificate (-----BEGIN CERTIFICATE-----)"
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|error| match error {
+            rustls::pki_types::pem::Error::NoItemsFound => TlsError::Pem(format!(
+                "{key_name} holds no private key (-----BEGIN PRIVATE KEY-----)"
+            )),
+            error => TlsError::Pem(format!("{key_name}: invalid PEM: {error}")),
+        })?;
+        Self::from_der(chain, key)
+    }
+
+    /// From DER: the chain (server certificate first) and its private key.
+    pub fn from_der(
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(cert_chain, key)?;
+        // The terminal endpoint is an HTTP/1.1 WebSocket upgrade.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsConfig {
+            config: Arc::new(config),
+        })
+    }
+
+    /// A configuration built by the app itself (its own provider, client
+    /// authentication, resumption...). Its ALPN protocols, if any, must
+    /// include `http/1.1`.
+    pub fn from_rustls(config: Arc<ServerConfig>) -> Self {
+        TlsConfig { config }
+    }
+
+    /// The rustls configuration.
+    pub fn rustls(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+}
+
+/// A TCP listener that yields TLS streams, for [`axum::serve`].
+///
+/// A background task accepts TCP connections and runs their handshakes
+/// concurrently; connections whose handshake fails or times out are dropped
+/// (logged at debug level). Dropping the listener stops that task and any
+/// handshake in progress.
+#[derive(Debug)]
+pub struct TlsListener {
+    local_addr: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    _acceptor: AbortOnDrop,
+}
+
+impl TlsListener {
+    /// Wraps a bound listener. Must be called within a tokio runtime.
+    pub fn new(listener: TcpListener, config: &TlsConfig) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (sender, ready) = mpsc::channel(16);
+        let acceptor = TlsAcceptor::from(config.config.clone());
+        let task = tokio::spawn(accept_loop(listener, acceptor, sender));
+        Ok(TlsListener {
+            local_addr,
+            ready,
+            _acceptor: AbortOnDrop(task),
+        })
+    }
+
+    /// Wraps a bound standard listener (made non-blocking here). Must be
+    /// called within a tokio runtime.
+    pub fn from_std(listener: std::net::TcpListener, config: &TlsConfig) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::new(TcpListener::from_std(listener)?, config)
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept loop never ends on its own; should it have died,
+            // accept nothing rather than spin.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let mut handshakes = JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+            accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        accept_error(error).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let ready = ready.clone();
+                handshakes.spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = ready.send((stream, peer)).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {error}");
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+            () = ready.closed() => return,
+        }
+    }
+}
+
+/// Like axum's plain listener: per-connection errors are skipped, others
+/// (such as running out of file descriptors) pause accepting for a second.
+async fn accept_error(error: io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept error: {error}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` resolves, then waits
+/// for open connections to close (like `axum::serve(..).with_graceful_shutdown`).
+///
+/// To drain running terminal sessions, call
+/// [`Terminal::begin_shutdown`](crate::Terminal::begin_shutdown) in
+/// `shutdown` and [`Terminal::shutdown`](crate::Terminal::shutdown) after this
+/// returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: TlsConfig,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let listener = TlsListener::new(listener, &config)?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A development certificate and its private key, in PEM.
+#[derive(Clone)]
+pub struct DevCertificate {
+    /// The self-signed certificate (`-----BEGIN CERTIFICATE-----`).
+    pub cert_pem: String,
+    /// Its private key (`-----BEGIN PRIVATE KEY-----`, PKCS#8).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for DevCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCertificate")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The file names [`DevCertificate::write_to`] uses.
+pub const DEV_CERT_FILE: &str = "dev-cert.pem";
+/// See [`DEV_CERT_FILE`].
+pub const DEV_KEY_FILE: &str = "dev-key.pem";
+
+impl DevCertificate {
+    /// The server configuration for this certificate.
+    pub fn tls_config(&self) -> Result<TlsConfig, TlsError> {
+        TlsConfig::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
+    }
+
+    /// Writes [`DEV_CERT_FILE`] and [`DEV_KEY_FILE`] (the key readable by its
+    /// owner only) into `dir`, creating it, and returns their paths.
+    pub fn write_to(&self, dir: impl AsRef<Path>) -> Result<(PathBuf, PathBuf), TlsError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let cert = dir.join(DEV_CERT_FILE);
+        let key = dir.join(DEV_KEY_FILE);
+        write_file(&key, self.key_pem.as_bytes(), 0o600)?;
+        write_file(&cert, self.cert_pem.as_bytes(), 0o644)?;
+        Ok((cert, key))
+    }
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::io::Write as _;
+    let error = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(mode);
+        let mut file = options.open(path).map_err(error)?;
+        // An existing file keeps its mode on open: set it.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(error)?;
+        file.write_all(contents).map_err(error)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = mode;
+        options
+            .open(path)
+            .and_then(|mut file| file.write_all(contents))
+            .map_err(error)
+    }
+}
+
+/// Generates a self-signed certificate for development, valid for `names`
+/// (host names and IP addresses, e.g. `["localhost", "127.0.0.1"]`).
+///
+/// Clients must be told to trust it (`terminalwire --ca-cert dev-cert.pem`);
+/// never use it in production.
+pub fn self_signed<S: AsRef<str>>(names: &[S]) -> Result<DevCertificate, TlsError> {
+    let names: Vec<String> = names.iter().map(|name| name.as_ref().to_owned()).collect();
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "terminalwire development certificate",
+    );
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(DevCertificate {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_certificates_make_a_config() {
+        let dev = self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        assert!(dev.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(dev.key_pem.contains("PRIVATE KEY"));
+        let config = dev.tls_config().unwrap();
+        assert_eq!(config.rustls().alpn_protocols, [b"http/1.1".to_vec()]);
+        assert!(!format!("{dev:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn bad_pem_is_refused() {
+        let dev = self_signed(&["localhost"]).unwrap();
+        let other = self_signed(&["localhost"]).unwrap();
+        let no_cert = TlsConfig::from_pem(b"", dev.key_pem.as_bytes()).unwrap_err();
+        assert!(no_cert.to_string().contains("no certificate"), "{no_cert}");
+        let no_key = TlsConfig::from_pem(dev.cert_pem.as_bytes(), b"").unwrap_err();
+        assert!(no_key.to_string().contains("no private key"), "{no_key}");
+        let mismatch =
+            TlsConfig::from_pem(dev.cert_pem.as_bytes(), other.key_pem.as_bytes()).unwrap_err();
+        assert!(matches!(mismatch, TlsError::Rustls(_)), "{mismatch}");
+        let missing =
+            TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/cert.pem"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn dev_certificates_are_written_with_a_private_key_file() {
+        let dir = std::env::temp_dir().join(format!("terminalwire-tls-{}", std::process::id()));
+        let dev = self_signed(&["localhost"]).unwrap();
+        let (cert, key) = dev.write_to(&dir).unwrap();
+        TlsConfig::from_pem_files(&cert, &key).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

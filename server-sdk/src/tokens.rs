@@ -1,0 +1,298 @@
+//! App sessions ("logged in as ...") kept in the authority's storage folder
+//! on the client: short-lived tokens, rotated as they are used, and bound to
+//! the device key so that a copied token is useless on another machine.
+//!
+//! A token is `tw1.<payload>.<mac>`: the payload (JSON: subject, device
+//! fingerprint, issue and expiry times, base64url) signed with HMAC-SHA256
+//! under the app's secret. It is only accepted from the device it was issued
+//! to, as proven by the secure handshake ([`ClientInfo::device`]).
+//!
+//! [`ClientInfo::device`]: crate::ClientInfo::device
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::context::{Context, ResourceError};
+
+/// Where a session token lives in the authority's storage folder.
+pub const TOKEN_FILE: &str = "session.token";
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Claims {
+    /// Who is logged in (the app's user id or name).
+    pub sub: String,
+    /// The device fingerprint the token is bound to.
+    pub dev: String,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// Why a token is not accepted. Every case means "log in again".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not a token, or its signature is wrong.
+    #[error("the saved session is not valid; please log in again")]
+    Invalid,
+    /// Its time is over.
+    #[error("your session has expired; please log in again")]
+    Expired,
+    /// Issued to another device: copied from elsewhere.
+    #[error("the saved session belongs to another device; please log in again")]
+    WrongDevice,
+}
+
+/// Issues and checks tokens with the app's secret.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    secret: Vec<u8>,
+    lifetime: Duration,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+impl TokenIssuer {
+    /// Tokens signed with `secret` (at least 32 bytes), valid for `lifetime`.
+    pub fn new(secret: &[u8], lifetime: Duration) -> io::Result<TokenIssuer> {
+        if secret.len() < 32 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a token secret must be at least 32 bytes",
+            ));
+        }
+        Ok(TokenIssuer {
+            secret: secret.to_vec(),
+            lifetime,
+        })
+    }
+
+    /// Loads the secret at `path`, creating a random one (0600) if missing.
+    pub fn load_or_create(path: &Path, lifetime: Duration) -> io::Result<TokenIssuer> {
+        match std::fs::read(path) {
+            Ok(secret) => TokenIssuer::new(&secret, lifetime),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                // A fresh static key's bytes are a good random secret.
+                let key = terminalwire_protocol::secure::StaticKey::generate()
+                    .map_err(io::Error::other)?;
+                let secret = key.to_file_text().into_bytes();
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)?;
+                file.write_all(&secret)?;
+                file.sync_all()?;
+                TokenIssuer::new(&secret, lifetime)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn mac(&self, payload: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(b"tw1.");
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// A token for `subject` on the device with fingerprint `device`.
+    pub fn issue(&self, subject: &str, device: &str) -> String {
+        self.issue_at(subject, device, now())
+    }
+
+    fn issue_at(&self, subject: &str, device: &str, issued: u64) -> String {
+        let claims = Claims {
+            sub: subject.to_owned(),
+            dev: device.to_owned(),
+            iat: issued,
+            exp: issued.saturating_add(self.lifetime.as_secs()),
+        };
+        let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let mac = B64.encode(self.mac(&payload).finalize().into_bytes());
+        format!("tw1.{payload}.{mac}")
+    }
+
+    /// Checks a token presented by the device `device`.
+    pub fn verify(&self, token: &str, device: &str) -> Result<Claims, TokenError> {
+        let mut parts = token.trim().split('.');
+        let (Some("tw1"), Some(payload), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Invalid);
+        };
+        let mac = B64.decode(mac).map_err(|_| TokenError::Invalid)?;
+        // Constant-time comparison.
+        self.mac(payload)
+            .verify_slice(&mac)
+            .map_err(|_| TokenError::Invalid)?;
+        let claims: Claims = B64
+            .decode(payload)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or(TokenError::Invalid)?;
+        if claims.dev != device {
+            return Err(TokenError::WrongDevice);
+        }
+        if now() >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// Whether a valid token is old enough to be replaced (past half its
+    /// lifetime).
+    pub fn wants_rotation(&self, claims: &Claims) -> bool {
+        now() >= claims.iat.saturating_add(self.lifetime.as_secs() / 2)
+    }
+}
+
+/// The outcome of looking for a saved session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionState {
+    /// Logged in; the token may just have been rotated.
+    LoggedIn(Claims),
+    /// No saved session.
+    LoggedOut,
+    /// A saved session that cannot be used (it was removed): log in again.
+    Rejected(TokenError),
+}
+
+impl Context {
+    /// Saves a session for `subject`, bound to this client's device, in the
+    /// app's storage folder on the client.
+    pub async fn log_in(&self, issuer: &TokenIssuer, subject: &str) -> Result<(), ResourceError> {
+        let path = self.token_path()?;
+        let token = issuer.issue(subject, &self.client().device);
+        self.file().write_with_mode(&path, token, 0o600).await
+    }
+
+    /// Removes the saved session.
+    pub async fn log_out(&self) -> Result<(), ResourceError> {
+        let path = self.token_path()?;
+        match self.file().delete(&path).await {
+            Ok(()) | Err(ResourceError::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Reads and checks the saved session; rotates a valid token past half
+    /// its life; removes one that cannot be used. Never fails because of
+    /// what the file contains.
+    pub async fn session(&self, issuer: &TokenIssuer) -> Result<SessionState, ResourceError> {
+        let path = self.token_path()?;
+        let token = match self.file().read_to_string(&path).await {
+            Ok(token) => token,
+            Err(ResourceError::NotFound { .. }) => return Ok(SessionState::LoggedOut),
+            Err(ResourceError::Invalid { .. }) => String::new(),
+            Err(error) => return Err(error),
+        };
+        match issuer.verify(&token, &self.client().device) {
+            Ok(claims) => {
+                if issuer.wants_rotation(&claims) {
+                    self.log_in(issuer, &claims.sub).await?;
+                }
+                Ok(SessionState::LoggedIn(claims))
+            }
+            Err(error) => {
+                self.log_out().await?;
+                Ok(SessionState::Rejected(error))
+            }
+        }
+    }
+
+    fn token_path(&self) -> Result<String, ResourceError> {
+        self.storage_path(TOKEN_FILE)
+            .ok_or_else(|| ResourceError::Unsupported {
+                message: "the client has no storage folder for this app".into(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(lifetime: u64) -> TokenIssuer {
+        TokenIssuer::new(&[7u8; 32], Duration::from_secs(lifetime)).unwrap()
+    }
+
+    #[test]
+    fn a_token_works_on_its_device_only() {
+        let issuer = issuer(3600);
+        let token = issuer.issue("ada", "SHA256:device-a");
+        let claims = issuer.verify(&token, "SHA256:device-a").unwrap();
+        assert_eq!(claims.sub, "ada");
+        assert_eq!(
+            issuer.verify(&token, "SHA256:device-b"),
+            Err(TokenError::WrongDevice)
+        );
+    }
+
+    #[test]
+    fn tampered_foreign_and_expired_tokens_are_refused() {
+        let issuer = issuer(3600);
+        let token = issuer.issue("ada", "dev");
+        let mut tampered = token.clone().into_bytes();
+        let middle = tampered.len() / 2;
+        tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(issuer.verify(&tampered, "dev"), Err(TokenError::Invalid));
+        let other = TokenIssuer::new(&[8u8; 32], Duration::from_secs(3600)).unwrap();
+        assert_eq!(other.verify(&token, "dev"), Err(TokenError::Invalid));
+        for junk in ["", "tw1", "tw1..", "tw1.a.b.c", "jwt.x.y", "tw1.!!!.???"] {
+            assert_eq!(
+                issuer.verify(junk, "dev"),
+                Err(TokenError::Invalid),
+                "{junk:?}"
+            );
+        }
+        let old = issuer.issue_at("ada", "dev", now() - 7200);
+        assert_eq!(issuer.verify(&old, "dev"), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn tokens_past_half_life_want_rotation() {
+        let issuer = issuer(100);
+        let fresh = issuer.verify(&issuer.issue("a", "d"), "d").unwrap();
+        assert!(!issuer.wants_rotation(&fresh));
+        let aging = issuer
+            .verify(&issuer.issue_at("a", "d", now() - 60), "d")
+            .unwrap();
+        assert!(issuer.wants_rotation(&aging));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(TokenIssuer::new(b"short", Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! The real client in a real terminal: a tmux pane on a private tmux server,
+//! driven with `send-keys` and read with `capture-pane`.
+//!
+//! The pane runs a small shell wrapper that records `stty -g` before the
+//! client starts, then the client's exit status and `stty -g` again after it
+//! ends, so a test can check that the terminal is left as it was found.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::client_binary;
+
+/// How long a test waits for text to appear or the client to end.
+pub const PANE_DEADLINE: Duration = Duration::from_secs(20);
+/// How often the pane is polled meanwhile.
+const POLL: Duration = Duration::from_millis(50);
+/// The tmux session's name (each test has its own tmux server).
+const SESSION: &str = "tw";
+
+/// Fails the test unless tmux can be run.
+pub fn require_tmux() {
+    let found = std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert!(
+        found,
+        "tmux is not installed: the real-terminal tests drive the client through tmux \
+         (install it, e.g. `apt-get install tmux`; `.ci/run` does so when it is missing)"
+    );
+}
+
+/// How the client run in a pane ended.
+#[derive(Debug)]
+pub struct PaneExit {
+    /// The client's exit status.
+    pub status: i32,
+    /// `stty -g` of the pane before the client started.
+    pub stty_before: String,
+    /// `stty -g` of the pane after the client ended.
+    pub stty_after: String,
+    /// The pane's text at the end.
+    pub screen: String,
+}
+
+/// One tmux server with one window running `terminalwire ARGS...`; the
+/// server is killed when this is dropped.
+#[derive(Debug)]
+pub struct TmuxPane {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+impl TmuxPane {
+    /// Starts the client in a `cols`×`rows` pane with its own empty
+    /// terminalwire home.
+    pub fn start(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
+        require_tmux();
+        let binary = client_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let home = base.join("home");
+        std::fs::create_dir(&home).unwrap();
+        let quoted_args: Vec<String> = std::iter::once(binary.to_string_lossy().into_owned())
+            .chain(args.iter().map(|arg| (*arg).to_owned()))
+            .map(|word| shell_quote(&word))
+            .collect();
+        let out = |name: &str| shell_quote(&base.join(name).to_string_lossy());
+        // Catching SIGINT (not ignoring it: an ignored signal would stay
+        // ignored in the client) keeps the wrapper alive through Ctrl-C to
+        // record the client's status; the client gets the default handling.
+        let script = format!(
+            "trap 'true' INT\n\
+             unset CLICOLOR_FORCE TERMINALWIRE_LOG NO_COLOR\n\
+             export TERMINALWIRE_HOME={home}\n\
+             stty -g > {before}\n\
+             {command}\n\
+             echo $? > {partial}\n\
+             stty -g > {after}\n\
+             mv {partial} {status}\n\
+             exec sleep 3600\n",
+            home = shell_quote(&home.to_string_lossy()),
+            before = out("stty.before"),
+            command = quoted_args.join(" "),
+            partial = out("status.partial"),
+            after = out("stty.after"),
+            status = out("status"),
+        );
+        let script_path = base.join("run.sh");
+        std::fs::write(&script_path, script).unwrap();
+        let socket = base.join("tmux.sock");
+        let pane = TmuxPane { dir, socket };
+        let (cols, rows) = (cols.to_string(), rows.to_string());
+        let command = format!("sh {}", shell_quote(&script_path.to_string_lossy()));
+        pane.tmux_sync(&[
+            "new-session",
+            "-d",
+            "-s",
+            SESSION,
+            "-x",
+            &cols,
+            "-y",
+            &rows,
+            &command,
+        ]);
+        pane.tmux_sync(&["set-option", "-w", "-t", SESSION, "window-size", "manual"]);
+        pane
+    }
+
+    fn base(&self) -> &Path {
+        self.socket.parent().unwrap()
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new("tmux");
+        command
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("-f")
+            .arg("/dev/null")
+            .env_remove("TMUX");
+        command
+    }
+
+    fn tmux_sync(&self, args: &[&str]) -> String {
+        let output = self.command().args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "tmux {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    async fn tmux(&self, args: &[&str]) -> String {
+        let output = tokio::process::Command::from(self.command())
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "tmux {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The pane's visible text.
+    pub async fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", SESSION]).await
+    }
+
+    /// Waits until the pane shows `text`; returns the screen. Fails the test
+    /// after [`PANE_DEADLINE`].
+    pub async fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + PANE_DEADLINE;
+        loop {
+            let screen = self.screen().await;
+            if screen.contains(text) {
+                return screen;
+            }
+            if let Some(status) = self.status() {
+                panic!("the client exited ({status}) without showing {text:?}; screen:\n{screen}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} did not appear within {PANE_DEADLINE:?}; screen:\n{screen}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sends tmux key names (`a`, `Enter`, `C-c`, `Up`, ...).
+    pub async fn send_keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", SESSION];
+        args.extend_from_slice(keys);
+        self.tmux(&args).await;
+    }
+
+    /// Types `text` literally.
+    pub async fn type_text(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", SESSION, "-l", text]).await;
+    }
+
+    /// Resizes the window (and so the pane) to `cols`×`rows`.
+    pub async fn resize(&self, cols: u16, rows: u16) {
+        let (cols, rows) = (cols.to_string(), rows.to_string());
+        self.tmux(&["resize-window", "-t", SESSION, "-x", &cols, "-y", &rows])
+            .await;
+    }
+
+    fn status(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.base().join("status")).ok()?;
+        Some(text.trim().parse().unwrap())
+    }
+
+    /// Waits until the client has exited; fails the test after
+    /// [`PANE_DEADLINE`].
+    pub async fn wait_exit(&self) -> PaneExit {
+        let deadline = Instant::now() + PANE_DEADLINE;
+        loop {
+            if let Some(status) = self.status() {
+                let read = |name: &str| {
+                    std::fs::read_to_string(self.base().join(name))
+                        .unwrap()
+                        .trim()
+                        .to_owned()
+                };
+                return PaneExit {
+                    status,
+                    stty_before: read("stty.before"),
+                    stty_after: read("stty.after"),
+                    screen: self.screen().await,
+                };
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the client did not exit within {PANE_DEADLINE:?}; screen:\n{}",
+                    self.screen().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The temporary folder holding this pane's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TmuxPane {
+    fn drop(&mut self) {
+        let _ = self
+            .command()
+            .arg("kill-server")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,330 @@
+//! Trust: the pinned server identity, the end-to-end encryption against a
+//! man in the middle, and the refusal of web pages.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use terminalwire_server::{Context, Terminal};
+use terminalwire_tests::relay::Relay;
+use terminalwire_tests::{Client, TestServer};
+
+const IDENTITY_CHANGED: i32 = 77;
+const PROTOCOL: i32 = 76;
+
+/// Runs the client through `relay` with the given home.
+async fn run_via(
+    relay: &Relay,
+    home: &std::path::Path,
+    args: &[&str],
+) -> terminalwire_tests::Outcome {
+    let url = format!("ws://{}/terminal", relay.addr());
+    let mut all = vec![url.as_str()];
+    all.extend_from_slice(args);
+    Client::new(all)
+        .env("TERMINALWIRE_HOME", home.to_str().unwrap())
+        .run()
+        .await
+}
+
+fn admin(home: &std::path::Path, args: &[&str]) -> Client {
+    Client::new(args.iter().copied()).env("TERMINALWIRE_HOME", home.to_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_contact_pins_and_a_changed_identity_is_refused_until_trusted() {
+    let home = tempfile::tempdir().unwrap();
+    let first = TestServer::hello().await;
+    let impostor = TestServer::hello().await;
+    // One authority (the relay's address), two servers with different keys.
+    let relay = Relay::start(first.addr()).await;
+    let authority = relay.addr().to_string();
+
+    let run = run_via(&relay, home.path(), &["hello", "pin"]).await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    let pin_file = home
+        .path()
+        .join(format!("authorities/{authority}/server.pin"));
+    let pinned = std::fs::read_to_string(&pin_file).unwrap();
+    let pinned = pinned.lines().last().unwrap().to_owned();
+    assert!(pinned.starts_with("SHA256:"), "{pinned}");
+    use std::os::unix::fs::PermissionsExt;
+    let device_key = home
+        .path()
+        .join(format!("authorities/{authority}/device.key"));
+    let mode = std::fs::metadata(&device_key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "device key mode");
+
+    // Same server again: fine.
+    let run = run_via(&relay, home.path(), &["hello", "again"]).await;
+    assert_eq!(run.stdout_text(), "Hello, again!\n");
+
+    // Another key at the same authority: refused, loudly, nothing sent.
+    relay.switch_to(impostor.addr());
+    let sent_before = relay.from_client().len();
+    let run = run_via(&relay, home.path(), &["hello", "secret-argument"]).await;
+    assert_eq!(run.status, Some(IDENTITY_CHANGED), "{}", run.stderr_text());
+    let stderr = run.stderr_text();
+    assert!(stderr.contains("IDENTITY HAS CHANGED"), "{stderr}");
+    assert!(stderr.contains(&pinned), "names the pinned key: {stderr}");
+    let presented = stderr
+        .split_whitespace()
+        .find(|word| word.starts_with("SHA256:") && *word != pinned)
+        .unwrap()
+        .to_owned();
+    assert!(
+        stderr.contains(&format!(
+            "terminalwire authority trust {authority} --fingerprint {presented}"
+        )),
+        "{stderr}"
+    );
+    let sent = &relay.from_client()[sent_before..];
+    assert!(
+        !sent.windows(15).any(|w| w == b"secret-argument"),
+        "the arguments never reach an impostor"
+    );
+    assert_eq!(run.stdout_text(), "");
+
+    // The user accepts the change deliberately.
+    let run = admin(
+        home.path(),
+        &[
+            "authority",
+            "trust",
+            &authority,
+            "--fingerprint",
+            &presented,
+        ],
+    )
+    .run()
+    .await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    let run = run_via(&relay, home.path(), &["hello", "new"]).await;
+    assert_eq!(run.stdout_text(), "Hello, new!\n", "{}", run.stderr_text());
+
+    // Back to the first server: refused again; `forget` starts over.
+    relay.switch_to(first.addr());
+    let run = run_via(&relay, home.path(), &["hello", "x"]).await;
+    assert_eq!(run.status, Some(IDENTITY_CHANGED));
+    let run = admin(home.path(), &["authority", "forget", &authority, "--yes"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    let run = run_via(&relay, home.path(), &["hello", "fresh"]).await;
+    assert_eq!(
+        run.stdout_text(),
+        "Hello, fresh!\n",
+        "{}",
+        run.stderr_text()
+    );
+
+    let run = admin(
+        home.path(),
+        &[
+            "authority",
+            "trust",
+            &authority,
+            "--fingerprint",
+            "SHA256:nope",
+        ],
+    )
+    .run()
+    .await;
+    assert_eq!(run.status, Some(1), "a malformed fingerprint is refused");
+}
+
+const SECRET: &str = "the-launch-code-is-0000-and-nobody-else-may-read-it";
+
+fn secret_app() -> Terminal {
+    Terminal::new(|ctx: Context| async move {
+        let line = ctx.read_line(None).await.unwrap().unwrap_or_default();
+        let out = ctx.stdout();
+        out.println(format!("{SECRET} for {line}")).await.unwrap();
+        // Enough output that a byte in the middle of the stream is payload.
+        for n in 0..2000 {
+            out.println(format!("{n:>8} {SECRET}")).await.unwrap();
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_in_the_middle_reads_nothing() {
+    let server = TestServer::with_terminal(secret_app()).await;
+    let relay = Relay::start(server.addr()).await;
+    let home = tempfile::tempdir().unwrap();
+    let url = format!("ws://{}/terminal", relay.addr());
+    let run = Client::new([url.as_str(), "--password-like-argument"])
+        .stdin("typed-on-stdin-private\n")
+        .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert!(run.stdout_text().contains(SECRET), "the client did get it");
+    let contains = |haystack: &[u8], needle: &str| {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    };
+    let from_server = relay.from_server();
+    let from_client = relay.from_client();
+    assert!(from_server.len() > 100_000, "the relay saw the traffic");
+    assert!(
+        !contains(&from_server, SECRET),
+        "the secret crossed in clear"
+    );
+    assert!(
+        !contains(&from_server, "launch-code"),
+        "part of the secret crossed in clear"
+    );
+    assert!(
+        !contains(&from_client, "typed-on-stdin-private"),
+        "stdin crossed in clear"
+    );
+    assert!(
+        !contains(&from_client, "password-like-argument"),
+        "arguments crossed in clear"
+    );
+    assert!(
+        !contains(&from_client, "hello"),
+        "the hello crossed in clear"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_ends_the_session_cleanly() {
+    let server = TestServer::with_terminal(secret_app()).await;
+    for index in [60_000usize, 90_001, 120_003] {
+        let relay = Relay::start(server.addr()).await;
+        relay.flip_server_byte(index);
+        let home = tempfile::tempdir().unwrap();
+        let url = format!("ws://{}/terminal", relay.addr());
+        let run = Client::new([url.as_str()])
+            .stdin("me\n")
+            .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+            .run()
+            .await;
+        assert_eq!(
+            run.status,
+            Some(PROTOCOL),
+            "flip at {index}: {}",
+            run.stderr_text()
+        );
+        let stderr = run.stderr_text();
+        assert!(
+            stderr.starts_with("terminalwire: protocol error"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        // Whatever arrived before the flip is intact; nothing after it.
+        let stdout = run.stdout_text();
+        assert!(stdout.len() < 2000 * 60, "the session stopped early");
+        for line in stdout.lines().skip(1) {
+            assert!(
+                line.ends_with(SECRET),
+                "a damaged line got through: {line:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_cannot_open_a_session() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::hello().await;
+    let request = |origin: Option<&str>| {
+        let mut request = server.url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            terminalwire_protocol::SUBPROTOCOL.parse().unwrap(),
+        );
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        request
+    };
+    let refused = tokio_tungstenite::connect_async(request(Some("https://evil.example"))).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+        }
+        other => panic!("an upgrade from a web page was not refused: {other:?}"),
+    }
+    let accepted = tokio_tungstenite::connect_async(request(None)).await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+}
+
+fn session_app() -> Terminal {
+    let issuer = std::sync::Arc::new(
+        terminalwire_server::tokens::TokenIssuer::new(
+            &[42u8; 32],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap(),
+    );
+    Terminal::new(move |ctx: Context| {
+        let issuer = issuer.clone();
+        async move {
+            use terminalwire_server::tokens::SessionState;
+            let out = ctx.stdout();
+            match ctx.args().first().map(String::as_str) {
+                Some("login") => {
+                    ctx.log_in(&issuer, &ctx.args()[1]).await?;
+                    out.println("logged in").await?;
+                }
+                _ => match ctx.session(&issuer).await? {
+                    SessionState::LoggedIn(claims) => {
+                        out.println(format!("logged in as {}", claims.sub)).await?
+                    }
+                    SessionState::LoggedOut => out.println("logged out").await?,
+                    SessionState::Rejected(error) => out.println(format!("{error}")).await?,
+                    _ => out.println("unknown").await?,
+                },
+            }
+            anyhow::Ok(())
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_session_token_is_useless_on_another_device() {
+    let server = TestServer::with_terminal(session_app()).await;
+    let laptop = tempfile::tempdir().unwrap();
+    let other_machine = tempfile::tempdir().unwrap();
+    let run_on = |home: &std::path::Path, args: &[&str]| {
+        let mut all = vec![server.url()];
+        all.extend(args.iter().map(|arg| (*arg).to_owned()));
+        Client::new(all).env("TERMINALWIRE_HOME", home.to_str().unwrap())
+    };
+    let run = run_on(laptop.path(), &["login", "ada"]).run().await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    let run = run_on(laptop.path(), &["whoami"]).run().await;
+    assert_eq!(run.stdout_text(), "logged in as ada\n");
+
+    // Steal the token file and use it from another device.
+    let authority = server.addr().to_string();
+    let token_file = |home: &std::path::Path| {
+        home.join(format!("authorities/{authority}/storage/session.token"))
+    };
+    run_on(other_machine.path(), &["whoami"]).run().await;
+    std::fs::copy(token_file(laptop.path()), token_file(other_machine.path())).unwrap();
+    let run = run_on(other_machine.path(), &["whoami"]).run().await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert_eq!(
+        run.stdout_text(),
+        "the saved session belongs to another device; please log in again\n"
+    );
+    assert!(
+        !token_file(other_machine.path()).exists(),
+        "the stolen token was removed"
+    );
+
+    // A damaged token is a clean "log in again", not a crash.
+    std::fs::write(token_file(laptop.path()), "tw1.garbage.garbage").unwrap();
+    let run = run_on(laptop.path(), &["whoami"]).run().await;
+    assert_eq!(
+        run.stdout_text(),
+        "the saved session is not valid; please log in again\n"
+    );
+    let run = run_on(laptop.path(), &["whoami"]).run().await;
+    assert_eq!(run.stdout_text(), "logged out\n");
+}

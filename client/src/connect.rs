@@ -44,8 +44,12 @@ use crate::error::ClientError;
 pub struct Target {
     /// The WebSocket URL (`ws://` or `wss://`).
     pub url: Url,
-    /// The authority (host, plus port when not the scheme's default).
+    /// The authority (host, plus port when not the scheme's default; for a
+    /// Unix socket, `local-` and a digest of its path).
     pub authority: String,
+    /// For `unix:PATH`: the socket to connect to (the URL is then a stand-in
+    /// naming the authority).
+    pub unix: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -56,6 +60,9 @@ impl Target {
             url: raw.to_owned(),
             reason: reason.to_owned(),
         };
+        if let Some(path) = raw.strip_prefix("unix:") {
+            return Target::unix(raw, path);
+        }
         let mut url = Url::parse(raw).map_err(|error| bad(&error.to_string()))?;
         let scheme = match url.scheme() {
             "ws" | "http" => "ws",
@@ -76,7 +83,36 @@ impl Target {
         let authority = terminalwire_policy::Authority::from_url(&url)
             .map_err(|error| bad(&error.to_string()))?
             .to_string();
-        Ok(Target { url, authority })
+        Ok(Target {
+            url,
+            authority,
+            unix: None,
+        })
+    }
+
+    /// `unix:/absolute/path/to/app.sock`: the local per-user mode. The
+    /// authority is `local-` and the first 12 hex digits of the SHA-256 of
+    /// the path, so each socket has its own grants and pinned identity.
+    fn unix(raw: &str, path: &str) -> Result<Target, ClientError> {
+        let bad = |reason: &str| ClientError::BadUrl {
+            url: raw.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let path = std::path::Path::new(path);
+        if !path.is_absolute() {
+            return Err(bad("expected unix:/absolute/path/to/socket"));
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+        let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let authority = format!("local-{short}");
+        let url = Url::parse(&format!("ws://{authority}/terminal"))
+            .map_err(|error| bad(&error.to_string()))?;
+        Ok(Target {
+            url,
+            authority,
+            unix: Some(path.to_path_buf()),
+        })
     }
 
     /// Whether the connection is over TLS (`wss://`).
@@ -211,6 +247,49 @@ pub async fn connect_with(
         Err(_) => return Err(unavailable(format!("timed out after {timeout:?}"))),
         Ok(Err(error)) => return Err(unavailable(describe(error, target))),
         Ok(Ok(connected)) => connected,
+    };
+    let echoed = response
+        .headers()
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|value| value.to_str().ok());
+    if echoed != Some(SUBPROTOCOL) {
+        return Err(unavailable(format!(
+            "the server does not speak the terminalwire protocol (it did not accept the `{SUBPROTOCOL}` subprotocol)"
+        )));
+    }
+    Ok(socket)
+}
+
+/// Connects to a `unix:` target and upgrades to a WebSocket.
+pub async fn connect_unix(
+    target: &Target,
+    timeout: Duration,
+) -> Result<WebSocketStream<tokio::net::UnixStream>, ClientError> {
+    let path = target.unix.as_deref().unwrap_or(std::path::Path::new(""));
+    let unavailable = |reason: String| ClientError::Unavailable {
+        target: format!("unix:{}", path.display()),
+        reason,
+    };
+    let mut request = target
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|error| unavailable(error.to_string()))?;
+    request.headers_mut().insert(
+        SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let connecting = async {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|error| unavailable(error.to_string()))?;
+        tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config()))
+            .await
+            .map_err(|error| unavailable(describe(error, target)))
+    };
+    let (socket, response) = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => return Err(unavailable(format!("timed out after {timeout:?}"))),
+        Ok(result) => result?,
     };
     let echoed = response
         .headers()

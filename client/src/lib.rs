@@ -105,20 +105,53 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         handle_signals: true,
         ..SessionConfig::default()
     };
-    let socket = connect::connect_with(&target, config.handshake_timeout, tls).await?;
+    let identity = Identity {
+        files: identity,
+        device,
+        pin,
+    };
+    if target.unix.is_some() {
+        let socket = connect::connect_unix(&target, config.handshake_timeout).await?;
+        drive(socket, &target, &identity, hello, &config).await
+    } else {
+        let socket = connect::connect_with(&target, config.handshake_timeout, tls).await?;
+        drive(socket, &target, &identity, hello, &config).await
+    }
+}
+
+/// The device key and what is known of the server's identity.
+struct Identity {
+    files: IdentityFiles,
+    device: terminalwire_protocol::secure::StaticKey,
+    pin: secure::ServerPin,
+}
+
+/// Secures an open WebSocket, pins the server on first contact, and runs
+/// the session on the process's own terminal.
+async fn drive<S>(
+    socket: tokio_tungstenite::WebSocketStream<S>,
+    target: &connect::Target,
+    identity: &Identity,
+    hello: terminalwire_protocol::frame::Hello,
+    config: &SessionConfig,
+) -> Result<u8, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (socket, presented) = secure::handshake(
         socket,
-        &device,
-        &pin,
+        &identity.device,
+        &identity.pin,
         &target.authority,
         config.handshake_timeout,
     )
     .await?;
-    if pin == secure::ServerPin::FirstContact {
-        secure::save_pin(&identity.server_pin, &presented).map_err(|error| {
+    if identity.pin == secure::ServerPin::FirstContact {
+        let pin_file = &identity.files.server_pin;
+        secure::save_pin(pin_file, &presented).map_err(|error| {
             ClientError::Config(format!(
                 "cannot pin the server identity in {}: {error}",
-                identity.server_pin.display()
+                pin_file.display()
             ))
         })?;
         // Shown once, where a person can see it; pipes stay clean.
@@ -129,7 +162,7 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
             );
         }
     }
-    session::run(socket, hello, LocalIo::process(), &config).await
+    session::run(socket, hello, LocalIo::process(), config).await
 }
 
 /// Where this client keeps its device key and the server's pin.

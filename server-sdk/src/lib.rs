@@ -31,6 +31,8 @@
 //!   graceful shutdown.
 //! - [`identity`]: the server's long-term key ([`ServerIdentity`]) that
 //!   clients pin.
+//! - [`local`]: local per-user mode on an owner-only Unix socket
+//!   ([`local::LocalListener`]), peers checked by user id.
 //! - [`context`]: [`Context`] handed to the app's command, [`Output`] writers,
 //!   client and terminal facts.
 //! - [`resources`]: the client's stdin, files, directories, environment and
@@ -53,6 +55,7 @@
 pub mod cli;
 pub mod context;
 pub mod identity;
+pub mod local;
 pub mod outcome;
 pub mod resources;
 mod session;

@@ -328,3 +328,41 @@ async fn a_copied_session_token_is_useless_on_another_device() {
     let run = run_on(laptop.path(), &["whoami"]).run().await;
     assert_eq!(run.stdout_text(), "logged out\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_serves_its_owner_on_a_private_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runtime/terminalwire/hello.sock");
+    let listener = terminalwire_server::local::LocalListener::bind(&path).unwrap();
+    let terminal = hello::terminal();
+    let app = axum::Router::new().route("/terminal", terminal.route());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket is owner-only");
+    let folder = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(folder, 0o700, "its folder is owner-only");
+
+    let url = format!("unix:{}", path.display());
+    let run = Client::new([url.as_str(), "hello", "Ada"]).run().await;
+    assert_eq!(run.stdout_text(), "Hello, Ada!\n", "{}", run.stderr_text());
+    assert_eq!(run.status, Some(0));
+    let run = Client::new([url.as_str(), "whoami"]).run().await;
+    assert!(
+        run.stdout_text().contains("authority: local-"),
+        "{}",
+        run.stdout_text()
+    );
+
+    let missing = format!("unix:{}", dir.path().join("nothing.sock").display());
+    let run = Client::new([missing.as_str(), "hello", "x"]).run().await;
+    assert_eq!(run.status, Some(69), "{}", run.stderr_text());
+    let run = Client::new(["unix:relative.sock", "hello"]).run().await;
+    assert_eq!(run.status, Some(2), "{}", run.stderr_text());
+    server.abort();
+}

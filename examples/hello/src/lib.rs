@@ -24,7 +24,7 @@ use axum::response::Html;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
 use terminalwire_server::resources::EntryKind;
-use terminalwire_server::{Config, Context, ResourceError, Terminal};
+use terminalwire_server::{Config, Context, ResourceError, ServerIdentity, Terminal};
 use tokio::net::TcpListener;
 
 /// The remote command-line interface of the hello app.
@@ -367,8 +367,15 @@ async fn index() -> Html<&'static str> {
 
 /// The terminal of the hello app.
 pub fn terminal() -> Terminal {
+    terminal_with_identity(None)
+}
+
+/// The terminal with a stable identity key (clients pin it); `None` makes
+/// a random one, which clients refuse after a restart.
+pub fn terminal_with_identity(identity: Option<ServerIdentity>) -> Terminal {
     let config = Config {
         server_name: "hello".into(),
+        identity,
         ..Config::default()
     };
     Terminal::with_config(command, config)
@@ -380,7 +387,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let terminal = terminal();
+    serve(listener, terminal(), shutdown).await
+}
+
+/// [`run`] with a given terminal, on any listener (TCP, or a local Unix
+/// socket from `terminalwire_server::local`).
+pub async fn serve<L>(
+    listener: L,
+    terminal: Terminal,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = router(&terminal);
     let draining = terminal.clone();
     axum::serve(listener, app)

@@ -35,6 +35,16 @@ struct Args {
     /// (dev-cert.pem and dev-key.pem, made if missing).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
     tls_self_signed: Option<PathBuf>,
+    /// The server's identity key, which clients pin (created 0600 if
+    /// missing). Default: the app's data folder (e.g.
+    /// ~/.local/share/terminalwire-hello/identity.key).
+    #[arg(long, value_name = "FILE", env = "HELLO_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// Serve only to this user, on an owner-only Unix socket instead of TCP
+    /// (default path: $XDG_RUNTIME_DIR/terminalwire/hello.sock). The first
+    /// line is then `listening on unix:PATH`.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["tls_cert", "tls_key", "tls_self_signed"])]
+    local: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -46,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Certificate problems stop the server before it listens.
     let tls = match (&args.tls_cert, &args.tls_key, &args.tls_self_signed) {
@@ -59,6 +70,29 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let identity_file = match &args.identity {
+        Some(path) => path.clone(),
+        None => directories::ProjectDirs::from("", "", "terminalwire-hello")
+            .map(|dirs| dirs.data_dir().join("identity.key"))
+            .context("cannot find a data folder for the identity key; use --identity FILE")?,
+    };
+    let identity = terminalwire_server::ServerIdentity::load_or_create(&identity_file)
+        .with_context(|| format!("cannot use the identity key {}", identity_file.display()))?;
+    tracing::info!(fingerprint = %identity.fingerprint(), file = %identity_file.display(), "server identity");
+    let terminal = hello::terminal_with_identity(Some(identity));
+    if let Some(path) = &args.local {
+        let path = if path.as_os_str().is_empty() {
+            terminalwire_server::local::default_socket_path("hello")
+        } else {
+            path.clone()
+        };
+        let listener = terminalwire_server::local::LocalListener::bind(&path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        announce(&format!("listening on unix:{}", path.display()));
+        hello::serve(listener, terminal, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -66,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     match tls {
         None => {
             announce(&format!("listening on ws://{addr}/terminal"));
-            hello::run(listener, shutdown_signal()).await?;
+            hello::serve(listener, terminal, shutdown_signal()).await?;
         }
         Some((config, dev_cert)) => {
             announce(&format!("listening on wss://{addr}/terminal"));
@@ -76,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
                     cert.display()
                 ));
             }
-            run_tls(listener, config).await?;
+            run_tls(listener, config, terminal).await?;
         }
     }
     tracing::info!("stopped");
@@ -111,8 +145,11 @@ fn self_signed(dir: &Path, listen: SocketAddr) -> anyhow::Result<(tls::TlsConfig
 }
 
 /// Like [`hello::run`], over TLS.
-async fn run_tls(listener: tokio::net::TcpListener, config: tls::TlsConfig) -> std::io::Result<()> {
-    let terminal = hello::terminal();
+async fn run_tls(
+    listener: tokio::net::TcpListener,
+    config: tls::TlsConfig,
+    terminal: terminalwire_server::Terminal,
+) -> std::io::Result<()> {
     let app = hello::router(&terminal);
     let draining = terminal.clone();
     tls::serve(listener, config, app, async move {

@@ -1,0 +1,164 @@
+//! Local per-user mode: serve the terminal on a Unix domain socket that only
+//! its owner can reach, with no TCP port at all.
+//!
+//! The socket's folder is created owner-only (0700) — or, if it exists, must
+//! already be owned by this user and not reachable by others — the socket
+//! itself is 0600, and every connection's peer user id is checked
+//! (`SO_PEERCRED`): another local user is refused even if permissions were
+//! loosened. Clients connect with `terminalwire unix:/path/to/app.sock ARGS`.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::net::{UnixListener, UnixStream};
+
+/// Where an app's socket goes by default: `$XDG_RUNTIME_DIR/terminalwire/APP.sock`,
+/// else `/tmp/terminalwire-UID/APP.sock`.
+pub fn default_socket_path(app: &str) -> PathBuf {
+    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("terminalwire"),
+        _ => std::env::temp_dir().join(format!("terminalwire-{}", current_uid())),
+    };
+    base.join(format!("{app}.sock"))
+}
+
+fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// A Unix socket listener that accepts only its owner's connections; use it
+/// with `axum::serve` like a `TcpListener`.
+#[derive(Debug)]
+pub struct LocalListener {
+    listener: UnixListener,
+    path: PathBuf,
+    uid: u32,
+}
+
+impl LocalListener {
+    /// Binds `path`: makes the folder owner-only, replaces a stale socket,
+    /// and makes the socket 0600.
+    pub fn bind(path: &Path) -> io::Result<LocalListener> {
+        let uid = current_uid();
+        let dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "the socket path has no folder")
+            })?;
+        match std::fs::symlink_metadata(dir) {
+            Ok(meta) => {
+                if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{} must be a folder owned by you and not writable by others",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            Err(error) => return Err(error),
+        }
+        // A socket left by a previous run: replace it (never anything else).
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() && meta.uid() == uid {
+                std::fs::remove_file(path)?;
+            } else {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket of yours", path.display()),
+                ));
+            }
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(LocalListener {
+            listener,
+            path: path.to_path_buf(),
+            uid,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LocalListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl axum::serve::Listener for LocalListener {
+    type Io = UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == self.uid => return (stream, addr),
+                    Ok(cred) => {
+                        tracing::warn!(
+                            peer_uid = cred.uid(),
+                            "refused a local connection from another user"
+                        );
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot check a local peer; refused"),
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed on the local socket");
+                    // Out of descriptors and the like: don't spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_private_and_its_folder_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/app.sock");
+        let listener = LocalListener::bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        drop(listener);
+        assert!(!path.exists(), "the socket is removed on drop");
+
+        // A stale socket is replaced; a regular file is not.
+        let again = LocalListener::bind(&path).unwrap();
+        std::mem::forget(again);
+        assert!(LocalListener::bind(&path).is_ok());
+        let file = dir.path().join("run/not-a-socket");
+        std::fs::write(&file, "x").unwrap();
+        assert!(LocalListener::bind(&file).is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+
+        // A folder others can write to is refused.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(LocalListener::bind(&open.join("app.sock")).is_err());
+    }
+}

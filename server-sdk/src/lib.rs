@@ -29,6 +29,8 @@
 //!
 //! - [`terminal`]: [`Terminal`], the service an app mounts, its [`Config`] and
 //!   graceful shutdown.
+//! - [`devices`]: approval of new devices and revocation
+//!   ([`devices::DeviceRegistry`]).
 //! - [`identity`]: the server's long-term key ([`ServerIdentity`]) that
 //!   clients pin.
 //! - [`local`]: local per-user mode on an owner-only Unix socket
@@ -54,6 +56,7 @@
 
 pub mod cli;
 pub mod context;
+pub mod devices;
 pub mod identity;
 pub mod local;
 pub mod outcome;

@@ -366,3 +366,99 @@ async fn local_mode_serves_its_owner_on_a_private_unix_socket() {
     assert_eq!(run.status, Some(2), "{}", run.stderr_text());
     server.abort();
 }
+
+/// POSTs a form to the app and returns the HTTP status.
+async fn post_form(addr: std::net::SocketAddr, path: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_waits_for_approval_on_the_web_and_can_be_revoked() {
+    use terminalwire_server::devices::DeviceStatus;
+    let server = TestServer::hello().await;
+    let home = tempfile::tempdir().unwrap();
+    let secret = |home: &std::path::Path| {
+        Client::new([server.url().as_str(), "secret"])
+            .env("TERMINALWIRE_HOME", home.to_str().unwrap())
+            .run()
+    };
+    let before: std::collections::BTreeSet<String> = hello::devices()
+        .list()
+        .into_iter()
+        .map(|device| device.fingerprint)
+        .collect();
+    let waiting = tokio::spawn(secret(home.path()));
+    // The app registers the new device as pending; find its code.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (fingerprint, code) = loop {
+        let pending = hello::devices().list().into_iter().find_map(|device| {
+            match (&device.status, before.contains(&device.fingerprint)) {
+                (DeviceStatus::Pending { code }, false) => {
+                    Some((device.fingerprint.clone(), code.clone()))
+                }
+                _ => None,
+            }
+        });
+        if let Some(found) = pending {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no device became pending"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        post_form(server.addr(), "/devices/approve", "code=WRONG123").await,
+        404
+    );
+    assert_eq!(
+        post_form(server.addr(), "/devices/approve", &format!("code={code}")).await,
+        200
+    );
+    let run = waiting.await.unwrap();
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert_eq!(run.stdout_text(), "The secret is 42.\n");
+    assert!(
+        run.stderr_text().contains(&code),
+        "the code was shown: {}",
+        run.stderr_text()
+    );
+
+    // Approved: straight in. Revoked: refused at once.
+    let run = secret(home.path()).await;
+    assert_eq!(run.stdout_text(), "The secret is 42.\n");
+    let body = format!(
+        "device={}",
+        fingerprint
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace(':', "%3A")
+    );
+    assert_eq!(
+        post_form(server.addr(), "/devices/revoke", &body).await,
+        200
+    );
+    let run = secret(home.path()).await;
+    assert_eq!(run.status, Some(1));
+    assert!(
+        run.stderr_text().contains("revoked"),
+        "{}",
+        run.stderr_text()
+    );
+    assert_eq!(run.stdout_text(), "");
+}

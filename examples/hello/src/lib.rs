@@ -19,10 +19,13 @@
 
 use std::future::Future;
 
+use axum::Form;
 use axum::Router;
+use axum::http::StatusCode;
 use axum::response::Html;
-use axum::routing::get;
+use axum::routing::{get, post};
 use clap::{Parser, Subcommand};
+use terminalwire_server::devices::{DeviceRegistry, DeviceStatus};
 use terminalwire_server::resources::EntryKind;
 use terminalwire_server::{Config, Context, ResourceError, ServerIdentity, Terminal};
 use tokio::net::TcpListener;
@@ -101,6 +104,9 @@ pub enum Command {
     /// Show your terminal's size, and each new size as you resize it;
     /// Ctrl-C stops.
     Size,
+    /// Show a secret that only approved devices may see (approve new
+    /// devices on the app's /devices page).
+    Secret,
 }
 
 /// Actions of `note`.
@@ -254,6 +260,13 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Secret => {
+            let approve = format!("http://{}/devices", ctx.client().authority);
+            devices()
+                .require(&ctx, &approve, std::time::Duration::from_secs(300))
+                .await?;
+            out.println("The secret is 42.").await?;
+        }
         Command::Login => {
             let password = ctx
                 .stdin()
@@ -354,7 +367,97 @@ pub fn stream_line(n: u64) -> String {
 pub fn router(terminal: &Terminal) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/devices", get(devices_page))
+        .route("/devices/approve", post(approve_device))
+        .route("/devices/revoke", post(revoke_device))
         .route("/terminal", terminal.route())
+}
+
+/// The app's device registry (in memory unless [`use_device_file`] was
+/// called first).
+pub fn devices() -> DeviceRegistry {
+    DEVICES.get_or_init(DeviceRegistry::in_memory).clone()
+}
+
+static DEVICES: std::sync::OnceLock<DeviceRegistry> = std::sync::OnceLock::new();
+
+/// Keeps the device registry in `path`; call before serving.
+pub fn use_device_file(path: &std::path::Path) -> std::io::Result<()> {
+    let registry = DeviceRegistry::load_or_create(path)?;
+    DEVICES
+        .set(registry)
+        .map_err(|_| std::io::Error::other("the device registry is already in use"))
+}
+
+/// The "approve this device" page. A real app puts it behind its web login;
+/// the example trusts whoever can load it.
+async fn devices_page() -> Html<String> {
+    let mut rows = String::new();
+    for device in devices().list() {
+        let status = match &device.status {
+            DeviceStatus::Pending { .. } => "waiting for approval",
+            DeviceStatus::Approved => "approved",
+            DeviceStatus::Revoked => "revoked",
+            _ => "unknown",
+        };
+        rows.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{status}</td><td>\
+             <form method=post action=/devices/revoke><input type=hidden name=device value=\"{}\">\
+             <button>revoke</button></form></td></tr>",
+            escape(&device.fingerprint),
+            escape(&device.label),
+            escape(&device.fingerprint),
+        ));
+    }
+    Html(format!(
+        "<!doctype html><title>devices</title><h1>Devices</h1>\
+         <p>Approve a new device with the code its terminal shows:</p>\
+         <form method=post action=/devices/approve><input name=code autofocus> <button>approve</button></form>\
+         <table><tr><th>device</th><th>client</th><th>status</th><th></th></tr>{rows}</table>"
+    ))
+}
+
+/// The approval form.
+#[derive(Debug, serde::Deserialize)]
+pub struct ApproveForm {
+    /// The code the terminal showed.
+    pub code: String,
+}
+
+/// The revocation form.
+#[derive(Debug, serde::Deserialize)]
+pub struct RevokeForm {
+    /// The device's fingerprint.
+    pub device: String,
+}
+
+async fn approve_device(Form(form): Form<ApproveForm>) -> (StatusCode, Html<String>) {
+    if devices().approve(&form.code) {
+        (
+            StatusCode::OK,
+            Html("<p>Device approved. You can go back to your terminal.</p>".into()),
+        )
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Html("<p>No device is waiting with that code.</p>".into()),
+        )
+    }
+}
+
+async fn revoke_device(Form(form): Form<RevokeForm>) -> (StatusCode, Html<String>) {
+    if devices().revoke(&form.device) {
+        (StatusCode::OK, Html("<p>Device revoked.</p>".into()))
+    } else {
+        (StatusCode::NOT_FOUND, Html("<p>No such device.</p>".into()))
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn index() -> Html<&'static str> {

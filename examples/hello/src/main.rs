@@ -40,6 +40,10 @@ struct Args {
     /// ~/.local/share/terminalwire-hello/identity.key).
     #[arg(long, value_name = "FILE", env = "HELLO_IDENTITY")]
     identity: Option<PathBuf>,
+    /// Where the app keeps its approved devices (JSON). Default: the app's
+    /// data folder.
+    #[arg(long, value_name = "FILE", env = "HELLO_DEVICES")]
+    devices: Option<PathBuf>,
     /// Serve only to this user, on an owner-only Unix socket instead of TCP
     /// (default path: $XDG_RUNTIME_DIR/terminalwire/hello.sock). The first
     /// line is then `listening on unix:PATH`.
@@ -76,6 +80,12 @@ async fn main() -> anyhow::Result<()> {
             .map(|dirs| dirs.data_dir().join("identity.key"))
             .context("cannot find a data folder for the identity key; use --identity FILE")?,
     };
+    let devices_file = match &args.devices {
+        Some(path) => path.clone(),
+        None => identity_file.with_file_name("devices.json"),
+    };
+    hello::use_device_file(&devices_file)
+        .with_context(|| format!("cannot use the device registry {}", devices_file.display()))?;
     let identity = terminalwire_server::ServerIdentity::load_or_create(&identity_file)
         .with_context(|| format!("cannot use the identity key {}", identity_file.display()))?;
     tracing::info!(fingerprint = %identity.fingerprint(), file = %identity_file.display(), "server identity");

@@ -1,0 +1,323 @@
+//! Device approval: an app may require that each new device (client key) is
+//! approved by its user on the web before it can run commands, and may
+//! revoke a device later.
+//!
+//! A device is known by the fingerprint of its key ([`ClientInfo::device`]),
+//! which the secure handshake proves. An unknown device gets a short
+//! approval code; the app shows a link to its own "approve this device" page
+//! (behind its web login) where the user enters or confirms the code.
+//!
+//! [`ClientInfo::device`]: crate::ClientInfo::device
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::context::Context;
+
+/// Where a device stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeviceStatus {
+    /// Waiting for its user to approve it with this code.
+    Pending {
+        /// The approval code shown to the user.
+        code: String,
+    },
+    /// May run commands.
+    Approved,
+    /// Refused for good (until approved again).
+    Revoked,
+}
+
+/// One device the app has seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Device {
+    /// Its key's fingerprint.
+    pub fingerprint: String,
+    /// What the client said about itself (`linux x86_64, terminalwire 0.1.0`).
+    pub label: String,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub status: DeviceStatus,
+}
+
+/// Why a device may not run a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// Not approved (yet): the user must approve it with `code`.
+    #[error("this device is not approved yet; approve it with code {code}")]
+    NotApproved {
+        /// The approval code.
+        code: String,
+    },
+    /// The device was revoked.
+    #[error("this device was revoked; ask the app's administrator")]
+    Revoked,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Devices {
+    devices: BTreeMap<String, Device>,
+}
+
+/// The app's devices, in memory or persisted in a JSON file.
+#[derive(Debug, Clone)]
+pub struct DeviceRegistry {
+    state: Arc<Mutex<Devices>>,
+    changed: Arc<Notify>,
+    file: Option<PathBuf>,
+}
+
+impl DeviceRegistry {
+    /// A registry that forgets everything when the process ends.
+    pub fn in_memory() -> Self {
+        DeviceRegistry {
+            state: Arc::default(),
+            changed: Arc::default(),
+            file: None,
+        }
+    }
+
+    /// A registry kept in `path` (JSON, written atomically, 0600).
+    pub fn load_or_create(path: &Path) -> io::Result<Self> {
+        let devices = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {error}", path.display()),
+                )
+            })?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Devices::default(),
+            Err(error) => return Err(error),
+        };
+        Ok(DeviceRegistry {
+            state: Arc::new(Mutex::new(devices)),
+            changed: Arc::default(),
+            file: Some(path.to_path_buf()),
+        })
+    }
+
+    fn update<T>(&self, change: impl FnOnce(&mut Devices) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = change(&mut state);
+        if let Some(file) = &self.file
+            && let Err(error) = save(file, &state)
+        {
+            tracing::error!(%error, file = %file.display(), "cannot save the device registry");
+        }
+        drop(state);
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// Every device, by fingerprint.
+    pub fn list(&self) -> Vec<Device> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.devices.values().cloned().collect()
+    }
+
+    /// The device's status, if the app has seen it.
+    pub fn status(&self, fingerprint: &str) -> Option<DeviceStatus> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .devices
+            .get(fingerprint)
+            .map(|device| device.status.clone())
+    }
+
+    /// Whether the device may run commands; an unknown device becomes
+    /// pending with a new code.
+    pub fn check(&self, fingerprint: &str, label: &str) -> Result<(), DeviceError> {
+        if let Some(status) = self.status(fingerprint) {
+            return match status {
+                DeviceStatus::Approved => Ok(()),
+                DeviceStatus::Revoked => Err(DeviceError::Revoked),
+                DeviceStatus::Pending { code } => Err(DeviceError::NotApproved { code }),
+            };
+        }
+        let code = new_code(fingerprint);
+        self.update(|state| {
+            state.devices.insert(
+                fingerprint.to_owned(),
+                Device {
+                    fingerprint: fingerprint.to_owned(),
+                    label: label.to_owned(),
+                    status: DeviceStatus::Pending { code: code.clone() },
+                },
+            );
+        });
+        Err(DeviceError::NotApproved { code })
+    }
+
+    /// Approves the pending device with this code; false if none has it.
+    pub fn approve(&self, code: &str) -> bool {
+        let code = code.trim().to_ascii_uppercase();
+        self.update(|state| {
+            let found = state.devices.values_mut().find(
+                |device| matches!(&device.status, DeviceStatus::Pending { code: c } if *c == code),
+            );
+            match found {
+                Some(device) => {
+                    device.status = DeviceStatus::Approved;
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
+    /// Revokes a device; false if unknown.
+    pub fn revoke(&self, fingerprint: &str) -> bool {
+        self.update(|state| match state.devices.get_mut(fingerprint) {
+            Some(device) => {
+                device.status = DeviceStatus::Revoked;
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// For a command: returns when the client's device is approved. An
+    /// unknown or pending device is told to approve it at `approve_url`
+    /// (with the code) and may wait up to `wait` for that; a revoked one is
+    /// refused at once.
+    pub async fn require(
+        &self,
+        ctx: &Context,
+        approve_url: &str,
+        wait: Duration,
+    ) -> Result<(), DeviceError> {
+        let client = ctx.client();
+        let label = format!(
+            "{} {}, {} {}",
+            client.os, client.arch, client.name, client.version
+        );
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut told = false;
+        loop {
+            let changed = self.changed.notified();
+            match self.check(&client.device, &label) {
+                Ok(()) => return Ok(()),
+                Err(DeviceError::NotApproved { code }) if !told => {
+                    told = true;
+                    let _ = ctx
+                        .stderr()
+                        .println(format!(
+                            "This device is new to this app. Approve it at {approve_url} with code {code}."
+                        ))
+                        .await;
+                    if wait.is_zero() {
+                        return Err(DeviceError::NotApproved { code });
+                    }
+                    let _ = ctx.stderr().println("Waiting for approval...").await;
+                }
+                Err(error @ DeviceError::Revoked) => return Err(error),
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return self.check(&client.device, &label);
+                }
+            }
+        }
+    }
+}
+
+/// An 8-character code (no 0/O/1/I) derived from the fingerprint and the
+/// time, so that codes are hard to guess and differ between requests.
+fn new_code(fingerprint: &str) -> String {
+    use sha2::{Digest, Sha256};
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let seed = std::collections::hash_map::RandomState::new();
+    let random = std::hash::BuildHasher::hash_one(&seed, nanos);
+    let digest = Sha256::new()
+        .chain_update(fingerprint.as_bytes())
+        .chain_update(nanos.to_le_bytes())
+        .chain_update(random.to_le_bytes())
+        .finalize();
+    digest[..8]
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn save(path: &Path, devices: &Devices) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bytes = serde_json::to_vec_pretty(devices).map_err(io::Error::other)?;
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_device_is_pending_until_approved_and_can_be_revoked() {
+        let registry = DeviceRegistry::in_memory();
+        let Err(DeviceError::NotApproved { code }) = registry.check("SHA256:a", "linux") else {
+            panic!("a new device must not be approved");
+        };
+        assert_eq!(code.len(), 8);
+        // Asking again gives the same code.
+        assert_eq!(
+            registry.check("SHA256:a", "linux"),
+            Err(DeviceError::NotApproved { code: code.clone() })
+        );
+        assert!(!registry.approve("WRONGCOD"));
+        assert!(registry.approve(&code.to_lowercase()));
+        assert_eq!(registry.check("SHA256:a", "linux"), Ok(()));
+        assert!(registry.revoke("SHA256:a"));
+        assert_eq!(
+            registry.check("SHA256:a", "linux"),
+            Err(DeviceError::Revoked)
+        );
+        assert!(!registry.revoke("SHA256:unknown"));
+    }
+
+    #[test]
+    fn a_persisted_registry_survives_a_restart_and_rejects_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.json");
+        let registry = DeviceRegistry::load_or_create(&path).unwrap();
+        let Err(DeviceError::NotApproved { code }) = registry.check("SHA256:b", "mac") else {
+            panic!("pending expected");
+        };
+        registry.approve(&code);
+        let again = DeviceRegistry::load_or_create(&path).unwrap();
+        assert_eq!(again.status("SHA256:b"), Some(DeviceStatus::Approved));
+        std::fs::write(&path, "{ not json").unwrap();
+        assert!(DeviceRegistry::load_or_create(&path).is_err());
+    }
+}

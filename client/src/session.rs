@@ -67,7 +67,7 @@ impl Default for SessionConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             heartbeat: Duration::from_secs(15),
-            max_requests_in_flight: 64,
+            max_requests_in_flight: terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT,
             flush_timeout: Duration::from_secs(5),
             resources: Resources::none(),
             stdin_is_terminal: false,
@@ -279,6 +279,7 @@ where
             None
         };
     let mut interrupted: Option<Instant> = None;
+    let mut in_flight = tokio::task::JoinSet::new();
 
     let result = loop {
         tokio::select! {
@@ -341,7 +342,7 @@ where
                         let prompts = pipes[1].queue.clone();
                         let resources = config.resources.clone();
                         let stdin_is_terminal = config.stdin_is_terminal;
-                        tokio::spawn(async move {
+                        in_flight.spawn(async move {
                             let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal).await;
                             let _ = responses.send(ClientFrame::Response(response)).await;
                             drop(permit);
@@ -375,6 +376,8 @@ where
                     });
                 }
             },
+            // Reap finished request tasks so the set stays small.
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             Some(response) = responses.recv() => {
                 if let Err(error) = send(&mut sink, &response).await {
                     break Err(error);
@@ -393,6 +396,11 @@ where
         }
     };
 
+    // Requests still running (a prompt waiting for a line, say) end with
+    // the session: dropping them restores echo and releases the stderr
+    // queue they hold, so the output writers can finish.
+    in_flight.abort_all();
+    while in_flight.join_next().await.is_some() {}
     // Whatever the end, the terminal goes back to cooked mode and unfinished
     // streamed writes are dropped.
     let _ = crate::terminal::leave_raw_mode();

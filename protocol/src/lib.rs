@@ -65,3 +65,7 @@ pub const DEFAULT_MAX_CHUNK: u32 = 64 * 1024;
 
 /// Default initial flow-control window of a stream, in bytes.
 pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
+
+/// Requests a server may have in flight at once: a client may treat more as
+/// a protocol violation, so a server queues the rest.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 64;

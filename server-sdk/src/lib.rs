@@ -33,6 +33,8 @@
 //!   ([`devices::DeviceRegistry`]).
 //! - [`identity`]: the server's long-term key ([`ServerIdentity`]) that
 //!   clients pin.
+//! - [`login`]: browser login ([`login::BrowserLogins`]): a command opens a
+//!   one-time, short-lived page of the app and waits until the user approves.
 //! - [`local`]: local per-user mode on an owner-only Unix socket
 //!   ([`local::LocalListener`]), peers checked by user id.
 //! - [`context`]: [`Context`] handed to the app's command, [`Output`] writers,
@@ -59,6 +61,7 @@ pub mod context;
 pub mod devices;
 pub mod identity;
 pub mod local;
+pub mod login;
 pub mod outcome;
 pub mod resources;
 mod session;

@@ -64,6 +64,12 @@ pub(crate) struct Shared {
     max_chunk: usize,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_request: AtomicU64,
+    /// Bounds requests in flight to what clients accept; the rest wait.
+    request_slots: Arc<tokio::sync::Semaphore>,
+    /// The slot of each request the client has not answered yet: held until
+    /// its response arrives, even if the requester gave up meanwhile (the
+    /// client still counts it).
+    slots_held: Mutex<HashMap<u64, tokio::sync::OwnedSemaphorePermit>>,
     /// The command handles Ctrl-C itself (else an interrupt cancels it).
     pub(crate) interrupts_handled: AtomicBool,
     /// Counts the interrupts delivered to the command.
@@ -118,7 +124,17 @@ impl Shared {
 
     /// Sends a request and waits for its response.
     pub(crate) async fn request(&self, op: Operation) -> Result<Reply, ResourceError> {
+        let slot = tokio::select! {
+            slot = self.request_slots.clone().acquire_owned() => {
+                slot.map_err(|_| ResourceError::Disconnected)?
+            }
+            () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
+        };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.slots_held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, slot);
         let (answer_tx, answer_rx) = oneshot::channel();
         self.pending
             .lock()
@@ -159,6 +175,10 @@ impl Shared {
     }
 
     fn complete(&self, response: Response) -> Result<(), String> {
+        self.slots_held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&response.id.0);
         let waiter = self
             .pending
             .lock()
@@ -456,6 +476,10 @@ async fn serve(
         max_chunk: hello.max_chunk.min(config.max_chunk) as usize,
         pending: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(1),
+        request_slots: Arc::new(tokio::sync::Semaphore::new(
+            terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT,
+        )),
+        slots_held: Mutex::new(HashMap::new()),
         interrupts_handled: AtomicBool::new(false),
         interrupts: watch::Sender::new(0),
         size: watch::Sender::new(

@@ -47,7 +47,7 @@ pub struct PaneExit {
 /// server is killed when this is dropped.
 #[derive(Debug)]
 pub struct TmuxPane {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     socket: PathBuf,
 }
 
@@ -93,7 +93,7 @@ impl TmuxPane {
         let script_path = base.join("run.sh");
         std::fs::write(&script_path, script).unwrap();
         let socket = base.join("tmux.sock");
-        let pane = TmuxPane { dir, socket };
+        let pane = TmuxPane { _dir: dir, socket };
         let (cols, rows) = (cols.to_string(), rows.to_string());
         let command = format!("sh {}", shell_quote(&script_path.to_string_lossy()));
         pane.tmux_sync(&[
@@ -202,7 +202,18 @@ impl TmuxPane {
     /// Waits until the client has exited; fails the test after
     /// [`PANE_DEADLINE`].
     pub async fn wait_exit(&self) -> PaneExit {
-        let deadline = Instant::now() + PANE_DEADLINE;
+        match self.try_wait_exit(PANE_DEADLINE).await {
+            Some(exit) => exit,
+            None => panic!(
+                "the client did not exit within {PANE_DEADLINE:?}; screen:\n{}",
+                self.screen().await
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for the client to exit; `None` if it has not.
+    pub async fn try_wait_exit(&self, timeout: Duration) -> Option<PaneExit> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.status() {
                 let read = |name: &str| {
@@ -211,26 +222,18 @@ impl TmuxPane {
                         .trim()
                         .to_owned()
                 };
-                return PaneExit {
+                return Some(PaneExit {
                     status,
                     stty_before: read("stty.before"),
                     stty_after: read("stty.after"),
                     screen: self.screen().await,
-                };
+                });
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "the client did not exit within {PANE_DEADLINE:?}; screen:\n{}",
-                    self.screen().await
-                );
+                return None;
             }
             tokio::time::sleep(POLL).await;
         }
-    }
-
-    /// The temporary folder holding this pane's files.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -1,0 +1,460 @@
+//! Browser login: a command opens the user's browser at a one-time,
+//! short-lived page of the app, the user approves there, and the waiting
+//! command learns who logged in.
+//!
+//! The app keeps one [`BrowserLogins`] (cheap to clone) shared by its
+//! terminal and its web routes:
+//!
+//! - the command calls [`BrowserLogins::log_in`] (or [`BrowserLogins::begin`]
+//!   and [`PendingLogin::wait`] for its own flow): it gets a random 128-bit
+//!   token, opens `url_for(token)` in the user's browser (the app's own
+//!   origin needs no grant) and waits on an in-process channel, without
+//!   polling, until the page is approved or refused, the link expires or
+//!   the server shuts down;
+//! - the app's page looks the token up ([`BrowserLogins::request`]) to show
+//!   what is asking, and completes it with [`BrowserLogins::approve`] (with
+//!   the user the app authenticated) or [`BrowserLogins::refuse`].
+//!
+//! A token works once: afterwards, and after it expires, the page is told
+//! so ([`LinkError`]). Pending logins live in memory: a restart forgets them,
+//! which only means running `login` again. On approval,
+//! [`BrowserLogins::log_in`] saves a device-bound session with
+//! [`Context::log_in`] ([`crate::tokens`]).
+//!
+//! ```no_run
+//! # use terminalwire_server::{Context, login::BrowserLogins, tokens::TokenIssuer};
+//! # async fn login(ctx: Context, logins: BrowserLogins, issuer: TokenIssuer) -> anyhow::Result<()> {
+//! let authority = ctx.client().authority.clone();
+//! let user = logins
+//!     .log_in(&ctx, &issuer, |token| format!("http://{authority}/login/approve?t={token}"))
+//!     .await?;
+//! ctx.stdout().println(format!("Logged in as {user}")).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::context::{Context, ResourceError};
+use crate::tokens::TokenIssuer;
+
+/// How long a login link works unless configured otherwise.
+pub const DEFAULT_LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
+/// How long a used or expired link is remembered, to tell the page why it no
+/// longer works (after that it is simply unknown).
+const REMEMBER: Duration = Duration::from_secs(30 * 60);
+
+/// What the page may show about a pending login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoginRequest {
+    /// Who is asking, in words: the client's machine and program.
+    pub client: String,
+    /// The fingerprint of the device that will hold the session.
+    pub device: String,
+    /// Time left before the link expires.
+    pub expires_in: Duration,
+}
+
+/// Why a login link cannot be used (the page shows it; HTTP 404 for
+/// [`LinkError::Unknown`], 410 for the others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// No such link (mistyped, very old, or from before a restart).
+    #[error("this login link is not valid; run `login` again in your terminal")]
+    Unknown,
+    /// The link was already used.
+    #[error("this login link was already used; run `login` again in your terminal")]
+    Used,
+    /// The link expired.
+    #[error("this login link has expired; run `login` again in your terminal")]
+    Expired,
+    /// The command that asked is gone (interrupted or disconnected).
+    #[error("the terminal that asked for this login is no longer waiting; run `login` again")]
+    Abandoned,
+}
+
+/// Why a browser login did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoginError {
+    /// Nobody approved within the link's lifetime.
+    #[error("the login link expired before it was approved; run `login` again")]
+    Expired,
+    /// The user refused the login on the page.
+    #[error("the login was refused in the browser")]
+    Refused,
+    /// The server is shutting down.
+    #[error("the server is shutting down; run `login` again in a moment")]
+    ShuttingDown,
+    /// No random token could be made.
+    #[error("cannot make a login token: {0}")]
+    Random(String),
+    /// Saving the session on the client failed.
+    #[error("cannot save the session on your machine: {0}")]
+    Resource(#[from] ResourceError),
+}
+
+enum Slot {
+    Waiting {
+        sender: oneshot::Sender<Decision>,
+        request: LoginRequest,
+        expires: Instant,
+    },
+    Gone {
+        why: LinkError,
+        since: Instant,
+    },
+}
+
+enum Decision {
+    Approved(String),
+    Refused,
+}
+
+/// The app's pending browser logins (in memory; clones share them).
+#[derive(Clone)]
+pub struct BrowserLogins {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+    lifetime: Duration,
+}
+
+impl std::fmt::Debug for BrowserLogins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserLogins")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for BrowserLogins {
+    fn default() -> Self {
+        BrowserLogins::new(DEFAULT_LINK_LIFETIME)
+    }
+}
+
+/// A login waiting for its page; dropping it withdraws the link.
+#[derive(Debug)]
+pub struct PendingLogin {
+    token: String,
+    receiver: oneshot::Receiver<Decision>,
+    expires: Instant,
+    logins: BrowserLogins,
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Approved(_) => f.write_str("Approved"),
+            Decision::Refused => f.write_str("Refused"),
+        }
+    }
+}
+
+/// 128 random bits as 32 hex digits, from the operating system's CSPRNG
+/// (by way of a fresh key pair's private half, hashed).
+fn random_token() -> Result<String, LoginError> {
+    use sha2::{Digest, Sha256};
+    let key = terminalwire_protocol::secure::StaticKey::generate()
+        .map_err(|error| LoginError::Random(error.to_string()))?;
+    let digest = Sha256::digest(key.to_file_text().as_bytes());
+    Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl BrowserLogins {
+    /// Login links valid for `lifetime` each.
+    pub fn new(lifetime: Duration) -> Self {
+        BrowserLogins {
+            slots: Arc::default(),
+            lifetime,
+        }
+    }
+
+    /// How long each link works.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a login for the client of `ctx`: a new one-time token.
+    pub fn begin(&self, ctx: &Context) -> Result<PendingLogin, LoginError> {
+        let client = ctx.client();
+        let request = LoginRequest {
+            client: format!(
+                "{} {} ({} {})",
+                client.name, client.version, client.os, client.arch
+            ),
+            device: client.device.clone(),
+            expires_in: self.lifetime,
+        };
+        self.begin_for(request)
+    }
+
+    /// Starts a login described by `request` (its `expires_in` is ignored).
+    pub fn begin_for(&self, request: LoginRequest) -> Result<PendingLogin, LoginError> {
+        let token = random_token()?;
+        let (sender, receiver) = oneshot::channel();
+        let now = Instant::now();
+        let expires = now + self.lifetime;
+        let mut slots = self.slots();
+        // Forget what is long over, so the map stays small.
+        slots.retain(|_, slot| match slot {
+            Slot::Waiting { expires, .. } => now < *expires + REMEMBER,
+            Slot::Gone { since, .. } => now < *since + REMEMBER,
+        });
+        slots.insert(
+            token.clone(),
+            Slot::Waiting {
+                sender,
+                request,
+                expires,
+            },
+        );
+        drop(slots);
+        Ok(PendingLogin {
+            token,
+            receiver,
+            expires,
+            logins: self.clone(),
+        })
+    }
+
+    /// What is waiting behind `token`, for the approval page.
+    pub fn request(&self, token: &str) -> Result<LoginRequest, LinkError> {
+        let now = Instant::now();
+        match self.slots().get(token) {
+            None => Err(LinkError::Unknown),
+            Some(Slot::Gone { why, .. }) => Err(*why),
+            Some(Slot::Waiting {
+                expires, request, ..
+            }) => {
+                if now >= *expires {
+                    Err(LinkError::Expired)
+                } else {
+                    Ok(LoginRequest {
+                        expires_in: *expires - now,
+                        ..request.clone()
+                    })
+                }
+            }
+        }
+    }
+
+    fn decide(&self, token: &str, decision: Decision) -> Result<(), LinkError> {
+        let now = Instant::now();
+        let mut slots = self.slots();
+        let slot = slots.get_mut(token).ok_or(LinkError::Unknown)?;
+        let expired = match slot {
+            Slot::Gone { why, .. } => return Err(*why),
+            Slot::Waiting { expires, .. } => now >= *expires,
+        };
+        let why = if expired {
+            LinkError::Expired
+        } else {
+            LinkError::Used
+        };
+        let taken = std::mem::replace(slot, Slot::Gone { why, since: now });
+        drop(slots);
+        match taken {
+            Slot::Waiting { .. } if expired => Err(LinkError::Expired),
+            Slot::Waiting { sender, .. } => sender.send(decision).map_err(|_| {
+                // The command went away meanwhile.
+                if let Some(slot) = self.slots().get_mut(token) {
+                    *slot = Slot::Gone {
+                        why: LinkError::Abandoned,
+                        since: now,
+                    };
+                }
+                LinkError::Abandoned
+            }),
+            Slot::Gone { why, .. } => Err(why),
+        }
+    }
+
+    /// Completes the login behind `token` as `subject` (the user the app
+    /// authenticated on the page). Works once.
+    pub fn approve(&self, token: &str, subject: &str) -> Result<(), LinkError> {
+        self.decide(token, Decision::Approved(subject.to_owned()))
+    }
+
+    /// Refuses the login behind `token`; the command fails with
+    /// [`LoginError::Refused`].
+    pub fn refuse(&self, token: &str) -> Result<(), LinkError> {
+        self.decide(token, Decision::Refused)
+    }
+
+    fn mark_gone(&self, token: &str, why: LinkError) {
+        let mut slots = self.slots();
+        if let Some(slot) = slots.get_mut(token)
+            && let Slot::Waiting { .. } = slot
+        {
+            *slot = Slot::Gone {
+                why,
+                since: Instant::now(),
+            };
+        }
+    }
+
+    /// The whole flow for a command: starts a login, opens
+    /// `url_for(token)` in the user's browser (printing the URL too, and
+    /// only the URL when the browser cannot be opened), waits for the
+    /// page's decision, and on approval saves the session with
+    /// `issuer` ([`Context::log_in`]). Returns who logged in.
+    pub async fn log_in(
+        &self,
+        ctx: &Context,
+        issuer: &TokenIssuer,
+        url_for: impl FnOnce(&str) -> String,
+    ) -> Result<String, LoginError> {
+        let pending = self.begin(ctx)?;
+        let url = url_for(pending.token());
+        let err = ctx.stderr();
+        let told = match ctx.browser().open(&url).await {
+            Ok(()) => {
+                err.println(format!(
+                    "Opened your browser; waiting for you to approve the login... (or open {url})"
+                ))
+                .await
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot open the browser for a login");
+                err.println(format!(
+                    "Open this page in your browser to log in: {url}\nWaiting for you to approve the login..."
+                ))
+                .await
+            }
+        };
+        if told.is_err() {
+            return Err(LoginError::Resource(ResourceError::Disconnected));
+        }
+        let subject = tokio::select! {
+            decided = pending.wait() => decided?,
+            () = ctx.shutdown_requested() => return Err(LoginError::ShuttingDown),
+        };
+        ctx.log_in(issuer, &subject).await?;
+        Ok(subject)
+    }
+}
+
+impl PendingLogin {
+    /// The one-time token to put in the page's URL.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Waits (without polling) until the page approves or refuses, or the
+    /// link expires. Returns the approved subject.
+    pub async fn wait(mut self) -> Result<String, LoginError> {
+        match tokio::time::timeout_at(self.expires, &mut self.receiver).await {
+            Ok(Ok(Decision::Approved(subject))) => Ok(subject),
+            Ok(Ok(Decision::Refused)) => Err(LoginError::Refused),
+            Ok(Err(_)) | Err(_) => {
+                self.logins.mark_gone(&self.token, LinkError::Expired);
+                Err(LoginError::Expired)
+            }
+        }
+    }
+}
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        // Still waiting: the command went away (interrupted, disconnected).
+        let why = if Instant::now() >= self.expires {
+            LinkError::Expired
+        } else {
+            LinkError::Abandoned
+        };
+        self.logins.mark_gone(&self.token, why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> LoginRequest {
+        LoginRequest {
+            client: "terminalwire 0.1.0 (linux x86_64)".into(),
+            device: "SHA256:dev".into(),
+            expires_in: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_approved_link_completes_the_wait_once() {
+        let logins = BrowserLogins::new(Duration::from_secs(60));
+        let pending = logins.begin_for(request()).unwrap();
+        let token = pending.token().to_owned();
+        assert_eq!(token.len(), 32);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        let shown = logins.request(&token).unwrap();
+        assert_eq!(shown.device, "SHA256:dev");
+        assert!(shown.expires_in <= Duration::from_secs(60));
+        let waiting = tokio::spawn(pending.wait());
+        assert_eq!(logins.approve(&token, "ada"), Ok(()));
+        assert_eq!(waiting.await.unwrap().unwrap(), "ada");
+        assert_eq!(logins.approve(&token, "eve"), Err(LinkError::Used));
+        assert_eq!(logins.request(&token), Err(LinkError::Used));
+        assert_eq!(logins.approve("0123", "eve"), Err(LinkError::Unknown));
+    }
+
+    #[tokio::test]
+    async fn tokens_differ() {
+        let logins = BrowserLogins::default();
+        let a = logins.begin_for(request()).unwrap();
+        let b = logins.begin_for(request()).unwrap();
+        assert_ne!(a.token(), b.token());
+    }
+
+    #[tokio::test]
+    async fn a_refused_link_fails_the_wait() {
+        let logins = BrowserLogins::default();
+        let pending = logins.begin_for(request()).unwrap();
+        let token = pending.token().to_owned();
+        assert_eq!(logins.refuse(&token), Ok(()));
+        assert!(matches!(pending.wait().await, Err(LoginError::Refused)));
+        assert_eq!(logins.approve(&token, "ada"), Err(LinkError::Used));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_expires() {
+        let logins = BrowserLogins::new(Duration::from_secs(300));
+        let pending = logins.begin_for(request()).unwrap();
+        let token = pending.token().to_owned();
+        let started = Instant::now();
+        assert!(matches!(pending.wait().await, Err(LoginError::Expired)));
+        assert!(started.elapsed() >= Duration::from_secs(300));
+        assert_eq!(logins.request(&token), Err(LinkError::Expired));
+        assert_eq!(logins.approve(&token, "ada"), Err(LinkError::Expired));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_link_cannot_be_approved_before_the_wait_notices() {
+        let logins = BrowserLogins::new(Duration::from_secs(10));
+        let pending = logins.begin_for(request()).unwrap();
+        let token = pending.token().to_owned();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(logins.request(&token), Err(LinkError::Expired));
+        assert_eq!(logins.approve(&token, "ada"), Err(LinkError::Expired));
+        assert!(matches!(pending.wait().await, Err(LoginError::Expired)));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_link_says_so() {
+        let logins = BrowserLogins::default();
+        let pending = logins.begin_for(request()).unwrap();
+        let token = pending.token().to_owned();
+        drop(pending);
+        assert_eq!(logins.request(&token), Err(LinkError::Abandoned));
+        assert_eq!(logins.approve(&token, "ada"), Err(LinkError::Abandoned));
+    }
+}

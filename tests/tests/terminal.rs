@@ -1,0 +1,327 @@
+//! The real client in a real terminal (a tmux pane): password prompts
+//! without echo, raw key reading, resizes, Ctrl-C, and the terminal left in
+//! the mode it was found in (`stty -g` before and after). Also what happens
+//! without a terminal: interactive requests fail clearly instead of echoing
+//! or hanging.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::time::{Duration, Instant};
+
+use terminalwire_server::{Context, Exit, ResourceError, StreamKind, Terminal};
+use terminalwire_tests::tmux::{PaneExit, TmuxPane};
+use terminalwire_tests::{Client, TestServer};
+
+const INTERRUPTED: i32 = 130;
+
+/// The test apps, one per first argument.
+fn app() -> Terminal {
+    Terminal::new(|ctx: Context| async move {
+        let command = ctx.args().first().cloned().unwrap_or_default();
+        match command.as_str() {
+            "password" => password(ctx).await,
+            "keys" => keys(ctx).await,
+            "size" => size(ctx).await,
+            "wait" => wait(ctx).await,
+            "handle" => handle(ctx).await,
+            "ignore" => ignore(ctx).await,
+            "no-tty" => no_tty(ctx).await,
+            other => Err(anyhow::anyhow!("unknown test command {other:?}")),
+        }
+    })
+}
+
+async fn password(ctx: Context) -> anyhow::Result<Exit> {
+    let password = ctx.stdin().read_password("Password: ").await?;
+    let password = password.unwrap_or_default();
+    // Echo must be back on for the next, ordinary read.
+    let name = ctx.read_line(Some("Name: ")).await?.unwrap_or_default();
+    ctx.stdout()
+        .println(format!("length {} name {name}", password.chars().count()))
+        .await?;
+    Ok(Exit(0))
+}
+
+async fn keys(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.set_raw_mode(true).await?;
+    ctx.stdout().print("raw on\r\n").await?;
+    loop {
+        let key = ctx.read_key().await?;
+        ctx.stdout()
+            .print(format!(
+                "key {} ctrl={} alt={} shift={}\r\n",
+                key.key, key.ctrl, key.alt, key.shift
+            ))
+            .await?;
+        if key.key == "q" && !key.ctrl {
+            // Leaves raw mode to the client, which must restore it.
+            return Ok(Exit(0));
+        }
+    }
+}
+
+async fn size(ctx: Context) -> anyhow::Result<Exit> {
+    // Start watching before saying so, or a quick resize could be missed.
+    let mut resized = std::pin::pin!(ctx.resized());
+    tokio::select! {
+        biased;
+        early = &mut resized => anyhow::bail!("resized before the size was shown: {early:?}"),
+        () = std::future::ready(()) => {}
+    }
+    let (cols, rows) = ctx.terminal_size().unwrap_or_default();
+    ctx.stdout().println(format!("size {cols}x{rows}")).await?;
+    let (cols, rows) = resized.await.unwrap_or_default();
+    ctx.stdout()
+        .println(format!("resized {cols}x{rows}"))
+        .await?;
+    Ok(Exit(0))
+}
+
+async fn wait(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.stdout().println("waiting").await?;
+    std::future::pending::<()>().await;
+    Ok(Exit(0))
+}
+
+/// Polls `interrupted()` once, so an interrupt from now on is seen.
+async fn watch_interrupts(
+    interrupted: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) {
+    tokio::select! {
+        biased;
+        () = interrupted.as_mut() => {}
+        () = std::future::ready(()) => {}
+    }
+}
+
+async fn handle(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.handle_interrupts();
+    let mut interrupted = std::pin::pin!(ctx.interrupted());
+    watch_interrupts(&mut interrupted).await;
+    ctx.stdout().println("ready").await?;
+    interrupted.await;
+    ctx.stdout().println("caught").await?;
+    Ok(Exit(7))
+}
+
+async fn ignore(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.handle_interrupts();
+    let mut interrupted = std::pin::pin!(ctx.interrupted());
+    watch_interrupts(&mut interrupted).await;
+    ctx.stdout().println("ready").await?;
+    interrupted.await;
+    ctx.stdout().println("ignored").await?;
+    loop {
+        ctx.interrupted().await;
+    }
+}
+
+/// Without a terminal: every interactive request fails with a clear error.
+async fn no_tty(ctx: Context) -> anyhow::Result<Exit> {
+    let out = ctx.stdout();
+    let terminal = ctx.terminal();
+    out.println(format!(
+        "stdin tty={} stdout {:?} color {:?} size {:?}",
+        terminal.stdin.is_tty(),
+        terminal.stdout.kind,
+        terminal.stdout.color,
+        ctx.terminal_size()
+    ))
+    .await?;
+    let unsupported = |result: Result<String, ResourceError>| match result {
+        Err(ResourceError::Unsupported { message }) => format!("unsupported: {message}"),
+        other => format!("UNEXPECTED {other:?}"),
+    };
+    let password = ctx
+        .stdin()
+        .read_password("Password: ")
+        .await
+        .map(|line| format!("{line:?}"));
+    out.println(format!("password {}", unsupported(password)))
+        .await?;
+    let raw = ctx.set_raw_mode(true).await.map(|()| "raw".to_owned());
+    out.println(format!("raw {}", unsupported(raw))).await?;
+    let key = ctx.read_key().await.map(|key| format!("{key:?}"));
+    out.println(format!("key {}", unsupported(key))).await?;
+    // The piped input was left alone for the app's ordinary reads.
+    let line = ctx.read_line(None).await?;
+    out.println(format!("line {line:?}")).await?;
+    let stdout_is_pipe = terminal.stdout.kind == StreamKind::Pipe;
+    Ok(Exit(if stdout_is_pipe { 0 } else { 3 }))
+}
+
+fn assert_terminal_restored(exit: &PaneExit) {
+    assert!(!exit.stty_before.is_empty(), "no stty -g recorded");
+    assert_eq!(
+        exit.stty_after, exit.stty_before,
+        "the terminal settings changed; screen:\n{}",
+        exit.screen
+    );
+}
+
+fn pane_for(server: &TestServer, command: &str) -> TmuxPane {
+    TmuxPane::start(&[server.url().as_str(), command], 80, 24)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_prompt_does_not_echo_and_echo_comes_back() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "password");
+    pane.wait_for("Password:").await;
+    pane.type_text("hunter2").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("Name:").await;
+    pane.type_text("visible-name").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("length 7 name visible-name").await;
+    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
+    assert!(
+        screen.contains("Name: visible-name"),
+        "echo not back on:\n{screen}"
+    );
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_reads_keys_ctrl_c_included_and_is_undone_on_exit() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "keys");
+    pane.wait_for("raw on").await;
+    pane.send_keys(&["a", "Up", "Enter", "C-c", "Tab", "F5", "Z", "q"])
+        .await;
+    let screen = pane.wait_for("key q ").await;
+    let keys: Vec<&str> = screen
+        .lines()
+        .filter(|line| line.starts_with("key "))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "key a ctrl=false alt=false shift=false",
+            "key up ctrl=false alt=false shift=false",
+            "key enter ctrl=false alt=false shift=false",
+            "key c ctrl=true alt=false shift=false",
+            "key tab ctrl=false alt=false shift=false",
+            "key f5 ctrl=false alt=false shift=false",
+            "key Z ctrl=false alt=false shift=true",
+            "key q ctrl=false alt=false shift=false",
+        ],
+        "screen:\n{screen}"
+    );
+    let exit = pane.wait_exit().await;
+    // Ctrl-C in raw mode is a key, not an interrupt.
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_reaches_the_app() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "size");
+    pane.wait_for("size 80x24").await;
+    pane.resize(100, 30).await;
+    pane.wait_for("resized 100x30").await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_a_command_that_does_not_handle_it_with_status_130() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "wait");
+    pane.wait_for("waiting").await;
+    pane.send_keys(&["C-c"]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, INTERRUPTED, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_at_a_password_prompt_exits_130_with_echo_back_on() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "password");
+    pane.wait_for("Password:").await;
+    pane.type_text("half").await;
+    pane.send_keys(&["C-c"]).await;
+    let Some(exit) = pane.try_wait_exit(Duration::from_secs(10)).await else {
+        // Find out what it was waiting for: the end of the line?
+        pane.send_keys(&["Enter"]).await;
+        let exit = pane.try_wait_exit(Duration::from_secs(10)).await;
+        panic!(
+            "after Ctrl-C at the password prompt the client did not exit within 10 s; \
+             after Enter was then pressed it ended with {exit:#?}"
+        );
+    };
+    assert_eq!(exit.status, INTERRUPTED, "screen:\n{}", exit.screen);
+    assert!(!exit.screen.contains("half"), "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_handles_ctrl_c_chooses_the_exit_status() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "handle");
+    pane.wait_for("ready").await;
+    pane.send_keys(&["C-c"]).await;
+    pane.wait_for("caught").await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 7, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_exits_at_once_when_the_app_ignores_the_first() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "ignore");
+    pane.wait_for("ready").await;
+    pane.send_keys(&["C-c"]).await;
+    pane.wait_for("ignored").await;
+    let started = Instant::now();
+    pane.send_keys(&["C-c"]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, INTERRUPTED, "screen:\n{}", exit.screen);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_interactive_requests_fail_clearly_instead_of_echoing_or_hanging() {
+    let server = TestServer::with_terminal(app()).await;
+    let started = Instant::now();
+    let run = Client::new([server.url().as_str(), "no-tty"])
+        .stdin("piped secret\n")
+        .run()
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let stdout = run.stdout_text();
+    assert_eq!(
+        run.status,
+        Some(0),
+        "stdout: {stdout} stderr: {}",
+        run.stderr_text()
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "stdout: {stdout}");
+    assert_eq!(lines[0], "stdin tty=false stdout Pipe color None size None");
+    assert!(
+        lines[1].starts_with("password unsupported: ") && lines[1].contains("not a terminal"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].starts_with("raw unsupported: "), "{}", lines[2]);
+    assert!(lines[3].starts_with("key unsupported: "), "{}", lines[3]);
+    assert_eq!(lines[4], r#"line Some("piped secret")"#);
+    // No prompt was shown for a password that could not be read.
+    assert_eq!(run.stderr_text(), "");
+}

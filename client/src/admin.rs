@@ -17,7 +17,7 @@ use terminalwire_policy::{Authority, Grant, GrantOutcome, Home, Policy};
 use crate::error::exit_code;
 
 /// The first words that select an administration command instead of a URL.
-pub const COMMANDS: &[&str] = &["entitlement", "authority"];
+pub const COMMANDS: &[&str] = &["entitlement", "authority", "install", "uninstall", "apps"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +38,22 @@ enum AdminCommand {
     /// List or forget the authorities this client has met.
     #[command(subcommand)]
     Authority(AuthorityCommand),
+    /// Install an app as a command of its own (a launcher in
+    /// ~/.terminalwire/bin).
+    Install {
+        /// The app's URL.
+        url: String,
+        /// The command name (default: from the URL).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove an installed app's launcher.
+    Uninstall {
+        /// The command name.
+        name: String,
+    },
+    /// List the installed apps.
+    Apps,
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +216,43 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             }
             policy.save(&path)?;
             writeln!(out, "{authority}: revoked {}", describe(&grant))?;
+        }
+        AdminCommand::Install { url, name } => {
+            let name = match name {
+                Some(name) => name,
+                None => crate::launcher::default_name(&url).with_context(|| {
+                    format!("cannot derive a command name from {url}; use --name NAME")
+                })?,
+            };
+            let path = crate::launcher::install(home, &url, &name)?;
+            writeln!(out, "installed {name}: {}", path.display())?;
+            let dir = home.bin_dir();
+            if !crate::launcher::on_path(&dir) {
+                writeln!(
+                    out,
+                    "add it to your PATH to run `{name}`: export PATH=\"{}:$PATH\"",
+                    dir.display()
+                )?;
+            }
+        }
+        AdminCommand::Uninstall { name } => {
+            let path = crate::launcher::uninstall(home, &name)?;
+            writeln!(out, "uninstalled {name}: removed {}", path.display())?;
+        }
+        AdminCommand::Apps => {
+            let apps = crate::launcher::list(home)?;
+            if apps.is_empty() {
+                writeln!(
+                    out,
+                    "No apps installed (see `terminalwire install --help`)."
+                )?;
+            }
+            for (name, launcher) in apps {
+                match launcher {
+                    Ok(launcher) => writeln!(out, "{name}  {}", launcher.url)?,
+                    Err(error) => writeln!(out, "{name}  (broken: {error})")?,
+                }
+            }
         }
         AdminCommand::Authority(AuthorityCommand::List) => {
             let authorities = home.list_authorities()?;

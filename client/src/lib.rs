@@ -13,6 +13,7 @@
 //! - [`connect`]: URL checks and the WebSocket connection, plain or over TLS
 //!   (rustls with the platform's roots, plus `--ca-cert`).
 //! - [`facts`]: what the hello reports about this machine and terminal.
+//! - [`launcher`]: installed apps (`terminalwire install`) and `terminalwire-exec`.
 //! - [`progress`]: progress bars for long transfers, on a terminal only.
 //! - [`resources`]: files, directories, environment and browser, checked
 //!   against the authority's entitlements.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod connect;
 pub mod error;
 pub mod facts;
+pub mod launcher;
 pub mod progress;
 pub mod resources;
 pub mod safe_fs;
@@ -45,6 +47,15 @@ pub use session::{LocalIo, SessionConfig};
 /// Prints errors itself.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
     let args: Vec<OsString> = args.into_iter().collect();
+    // The same binary runs launchers when called as `terminalwire-exec`.
+    let called_as_exec = args
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|argv0| argv0.file_name())
+        .is_some_and(|name| name == launcher::EXEC_NAME);
+    if called_as_exec {
+        return launcher::exec_main(args);
+    }
     if admin::is_admin(args.get(1..).unwrap_or_default()) {
         return admin::main(args);
     }
@@ -52,6 +63,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
         Ok(invocation) => invocation,
         Err(cli::ParseOutcome::Exit(code)) => return code,
     };
+    run_invocation(invocation)
+}
+
+/// Runs one parsed invocation on a fresh runtime; returns the exit status.
+pub fn run_invocation(invocation: cli::Invocation) -> u8 {
     init_logging(invocation.verbose);
     terminal::restore_on_panic();
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -304,8 +304,8 @@ fn locate_and_build_client() -> PathBuf {
             "--quiet",
             "-p",
             "terminalwire-client",
-            "--bin",
-            "terminalwire",
+            // `terminalwire` and `terminalwire-exec` (launchers).
+            "--bins",
         ])
         .args(["--profile", profile])
         .arg("--target-dir")
@@ -346,6 +346,7 @@ pub struct Client {
     args: Vec<String>,
     stdin: Option<Vec<u8>>,
     envs: Vec<(String, String)>,
+    program: Option<PathBuf>,
 }
 
 impl Client {
@@ -359,12 +360,21 @@ impl Client {
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
             envs: Vec::new(),
+            program: None,
         }
     }
 
     /// Feeds `bytes` on stdin (then end of file); stdin is null otherwise.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Client {
         self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Runs `program` (e.g. an installed launcher) instead of the client
+    /// binary, with the client's folder first on `PATH` so that
+    /// `#!/usr/bin/env terminalwire-exec` finds the one under test.
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Client {
+        self.program = Some(program.into());
         self
     }
 
@@ -378,7 +388,21 @@ impl Client {
     /// [`CLIENT_DEADLINE`].
     pub async fn run(self) -> Outcome {
         let home = tempfile::tempdir().unwrap();
-        let mut command = tokio::process::Command::new(client_binary());
+        let binary = client_binary();
+        let mut command = match &self.program {
+            Some(program) => {
+                let mut command = tokio::process::Command::new(program);
+                let bin_dir = binary.parent().unwrap().to_path_buf();
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let path = std::env::join_paths(
+                    std::iter::once(bin_dir).chain(std::env::split_paths(&path)),
+                )
+                .unwrap();
+                command.env("PATH", path);
+                command
+            }
+            None => tokio::process::Command::new(binary),
+        };
         command
             .args(&self.args)
             .env("TERMINALWIRE_HOME", home.path())

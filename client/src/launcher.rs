@@ -1,0 +1,393 @@
+//! Launchers: an app installed as a command of its own.
+//!
+//! `terminalwire install URL --name notes` writes `~/.terminalwire/bin/notes`
+//! (mode 0755):
+//!
+//! ```text
+//! #!/usr/bin/env terminalwire-exec
+//! # terminalwire launcher: `notes ARGS` runs the app at the URL below.
+//! url = "ws://127.0.0.1:3000/terminal"
+//! ```
+//!
+//! The kernel runs it as `terminalwire-exec ~/.terminalwire/bin/notes ARGS`;
+//! the client reads the URL and runs the app with the launcher's name as the
+//! program name, so the app's help says `Usage: notes ...`.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use terminalwire_policy::Home;
+
+use crate::error::exit_code;
+
+/// The interpreter line every launcher starts with.
+pub const SHEBANG: &str = "#!/usr/bin/env terminalwire-exec";
+/// The name of the program that runs launchers.
+pub const EXEC_NAME: &str = "terminalwire-exec";
+/// Largest launcher file read.
+const MAX_LAUNCHER_LEN: u64 = 64 * 1024;
+
+/// An installed app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launcher {
+    /// Its command name (the file name).
+    pub name: String,
+    /// The app's URL.
+    pub url: String,
+}
+
+/// Why a launcher file cannot be used; always names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LauncherError {
+    /// The file cannot be read.
+    #[error("cannot read launcher {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file is not a valid launcher.
+    #[error("{path}:{line}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A valid command name: a letter or digit, then letters, digits, `.`, `_`, `-`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The launcher file's text.
+pub fn render(url: &str) -> String {
+    format!(
+        "{SHEBANG}\n# terminalwire launcher: run the app at the URL below with `terminalwire-exec`.\n\
+         # Remove it with `terminalwire uninstall NAME`.\nurl = {}\n",
+        quote(url)
+    )
+}
+
+fn quote(text: &str) -> String {
+    let mut quoted = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// Parses a launcher file's text; `path` names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Launcher, LauncherError> {
+    let invalid = |line: usize, reason: &str| LauncherError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        reason: reason.to_owned(),
+    };
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, first)) if first.trim_end() == SHEBANG => {}
+        _ => return Err(invalid(1, &format!("a launcher starts with `{SHEBANG}`"))),
+    }
+    let mut url = None;
+    for (index, line) in lines {
+        let number = index + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(invalid(number, "expected `url = \"...\"`"));
+        };
+        let value = unquote(value.trim())
+            .ok_or_else(|| invalid(number, "the value must be a quoted string"))?;
+        match key.trim() {
+            "url" if url.is_none() => url = Some(value),
+            "url" => return Err(invalid(number, "`url` is given twice")),
+            other => return Err(invalid(number, &format!("unknown key `{other}`"))),
+        }
+    }
+    let url = url.ok_or_else(|| invalid(text.lines().count().max(1), "no `url = \"...\"` line"))?;
+    crate::connect::Target::parse(&url).map_err(|error| {
+        invalid(
+            1 + text
+                .lines()
+                .position(|l| l.trim_start().starts_with("url"))
+                .unwrap_or(0),
+            &error.to_string(),
+        )
+    })?;
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("app")
+        .to_owned();
+    Ok(Launcher { name, url })
+}
+
+fn unquote(value: &str) -> Option<String> {
+    let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                '"' => out.push('"'),
+                '\\' => out.push('\\'),
+                _ => return None,
+            },
+            '"' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// Reads and parses a launcher file.
+pub fn load(path: &Path) -> Result<Launcher, LauncherError> {
+    use std::io::Read;
+    let read = |source| LauncherError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read)?
+        .take(MAX_LAUNCHER_LEN)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    parse(&text, path)
+}
+
+/// A default command name for a URL: the last path segment unless it is
+/// `terminal`, else the host's first label.
+pub fn default_name(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let segment = parsed
+        .path_segments()
+        .and_then(|mut segments| segments.next_back().map(str::to_owned))
+        .filter(|segment| !segment.is_empty() && segment != "terminal");
+    let name = segment.or_else(|| {
+        parsed
+            .host_str()
+            .and_then(|host| host.split('.').next())
+            .map(str::to_owned)
+    })?;
+    valid_name(&name).then_some(name)
+}
+
+/// Writes a launcher for `url` as `name` in `home`'s bin folder
+/// (atomically, 0755). Returns its path.
+pub fn install(home: &Home, url: &str, name: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    anyhow::ensure!(
+        valid_name(name),
+        "{name:?} is not a valid command name (letters, digits, `.`, `_`, `-`)"
+    );
+    crate::connect::Target::parse(url).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let dir = home.bin_dir();
+    std::fs::DirBuilder::new().recursive(true).create(&dir)?;
+    let path = dir.join(name);
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&temp)?;
+        file.write_all(render(url).as_bytes())?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written?;
+    Ok(path)
+}
+
+/// The installed launchers, sorted, each parsed or with its error.
+pub fn list(home: &Home) -> io::Result<Vec<(String, Result<Launcher, LauncherError>)>> {
+    let dir = home.bin_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') || !entry.file_type()?.is_file() {
+            continue;
+        }
+        found.push((name, load(&entry.path())));
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+/// Removes the launcher `name`; only a file that is a launcher.
+pub fn uninstall(home: &Home, name: &str) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(valid_name(name), "{name:?} is not a valid command name");
+    let path = home.bin_dir().join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "no app named {name} is installed ({} does not exist)",
+        path.display()
+    );
+    load(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(path)
+}
+
+/// Whether `dir` is on `$PATH`.
+pub fn on_path(dir: &Path) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|entry| entry == dir))
+}
+
+/// `terminalwire-exec LAUNCHER ARGS...`: runs the app a launcher names.
+/// Returns the exit status.
+pub fn exec_main(args: Vec<OsString>) -> u8 {
+    let mut args = args.into_iter();
+    let _argv0 = args.next();
+    let Some(path) = args.next() else {
+        eprintln!(
+            "usage: {EXEC_NAME} LAUNCHER [ARGS...] (launchers start with `{SHEBANG}`; install one with `terminalwire install URL`)"
+        );
+        return exit_code::USAGE;
+    };
+    let launcher = match load(Path::new(&path)) {
+        Ok(launcher) => launcher,
+        Err(error) => {
+            eprintln!("{EXEC_NAME}: {error}");
+            return exit_code::CONFIG;
+        }
+    };
+    let mut app_args = Vec::new();
+    for (index, arg) in args.enumerate() {
+        match arg.into_string() {
+            Ok(arg) => app_args.push(arg),
+            Err(arg) => {
+                eprintln!(
+                    "{}: argument {} ({arg:?}) is not valid UTF-8",
+                    launcher.name,
+                    index + 1
+                );
+                return exit_code::USAGE;
+            }
+        }
+    }
+    let invocation = crate::cli::Invocation {
+        program_name: launcher.name.clone(),
+        url: launcher.url,
+        args: app_args,
+        connect_timeout: std::time::Duration::from_secs(10),
+        ca_cert: std::env::var_os("TERMINALWIRE_CA_CERT").map(PathBuf::from),
+        verbose: 0,
+    };
+    crate::run_invocation(invocation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_launcher_parses_back() {
+        let path = Path::new("/home/u/.terminalwire/bin/notes");
+        let text = render("ws://127.0.0.1:3000/terminal?x=\"y\"");
+        let launcher = parse(&text, path).unwrap();
+        assert_eq!(launcher.name, "notes");
+        assert_eq!(launcher.url, "ws://127.0.0.1:3000/terminal?x=\"y\"");
+    }
+
+    #[test]
+    fn malformed_launchers_name_the_file_and_line() {
+        let path = Path::new("/bin-dir/app");
+        for (text, line) in [
+            ("#!/bin/sh\nurl = \"ws://h/t\"\n", 1),
+            (&format!("{SHEBANG}\nurl = ws://h/t\n"), 2),
+            (&format!("{SHEBANG}\n# nothing\n"), 2),
+            (&format!("{SHEBANG}\nurl = \"ftp://h/t\"\n"), 2),
+            (
+                &format!("{SHEBANG}\nurl = \"ws://h/t\"\nurl = \"ws://h/u\"\n"),
+                3,
+            ),
+            (&format!("{SHEBANG}\ncolor = \"red\"\n"), 2),
+        ] {
+            match parse(text, path) {
+                Err(LauncherError::Invalid {
+                    line: got, path: p, ..
+                }) => {
+                    assert_eq!(got, line, "{text:?}");
+                    assert_eq!(p, path);
+                }
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_checked_and_defaulted() {
+        assert!(valid_name("notes"));
+        assert!(valid_name("my-app.v2"));
+        for bad in ["", "-x", ".hidden", "a/b", "a b", "../x"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert_eq!(
+            default_name("ws://notes.example.com/terminal").as_deref(),
+            Some("notes")
+        );
+        assert_eq!(
+            default_name("ws://127.0.0.1:3000/tasks").as_deref(),
+            Some("tasks")
+        );
+    }
+
+    #[test]
+    fn install_list_and_uninstall() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let path = install(&home, "ws://127.0.0.1:9/terminal", "demo").unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with(SHEBANG));
+        std::fs::write(home.bin_dir().join("broken"), "#!/bin/sh\n").unwrap();
+        let listed = list(&home).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed[0].1.is_err(), "broken is listed with its error");
+        assert_eq!(
+            listed[1].1.as_ref().unwrap().url,
+            "ws://127.0.0.1:9/terminal"
+        );
+        assert!(install(&home, "ws://h/t", "../evil").is_err());
+        assert!(
+            uninstall(&home, "broken").is_err(),
+            "only launchers are removed"
+        );
+        uninstall(&home, "demo").unwrap();
+        assert!(!path.exists());
+    }
+}

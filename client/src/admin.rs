@@ -17,7 +17,14 @@ use terminalwire_policy::{Authority, Grant, GrantOutcome, Home, Policy};
 use crate::error::exit_code;
 
 /// The first words that select an administration command instead of a URL.
-pub const COMMANDS: &[&str] = &["entitlement", "authority", "install", "uninstall", "apps"];
+pub const COMMANDS: &[&str] = &[
+    "entitlement",
+    "authority",
+    "install",
+    "uninstall",
+    "apps",
+    "audit",
+];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +61,19 @@ enum AdminCommand {
     },
     /// List the installed apps.
     Apps,
+    /// Show what servers did on this machine (files, folders, environment,
+    /// browser), allowed or denied.
+    Audit {
+        /// Only this authority (or a URL of it); default: all.
+        authority: Option<String>,
+        /// Only entries since then: a duration (`1h`, `30m`, `2days`) or a
+        /// time (`2026-11-26T09:00:00Z`).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +259,53 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             let path = crate::launcher::uninstall(home, &name)?;
             writeln!(out, "uninstalled {name}: removed {}", path.display())?;
         }
+        AdminCommand::Audit {
+            authority,
+            since,
+            json,
+        } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let authorities = match authority {
+                Some(authority) => vec![parse_authority(&authority)?],
+                None => home.list_authorities()?,
+            };
+            let mut any = false;
+            for authority in authorities {
+                let path = home.authority_dir(&authority).join("audit.log");
+                for entry in crate::audit::read(&path, since)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                {
+                    if json {
+                        let mut value = serde_json::to_value(&entry)?;
+                        value["authority"] = serde_json::Value::from(authority.to_string());
+                        writeln!(out, "{value}")?;
+                    } else {
+                        if !any {
+                            writeln!(
+                                out,
+                                "{:<24} {:<22} {:<8} {:<20} {:<10} {:>10}  TARGET",
+                                "TIME", "AUTHORITY", "RESOURCE", "ACTION", "DECISION", "BYTES"
+                            )?;
+                        }
+                        writeln!(
+                            out,
+                            "{:<24} {:<22} {:<8} {:<20} {:<10} {:>10}  {}",
+                            entry.time,
+                            authority.as_str(),
+                            entry.resource,
+                            entry.action,
+                            entry.decision,
+                            entry.bytes.map(|b| b.to_string()).unwrap_or_default(),
+                            entry.target
+                        )?;
+                    }
+                    any = true;
+                }
+            }
+            if !any && !json {
+                writeln!(out, "Nothing recorded.")?;
+            }
+        }
         AdminCommand::Apps => {
             let apps = crate::launcher::list(home)?;
             if apps.is_empty() {
@@ -315,6 +382,17 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// `1h`, `30m`, `2days` ago, or an RFC 3339 time.
+fn parse_since(text: &str) -> anyhow::Result<std::time::SystemTime> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(time);
+    }
+    let ago = humantime::parse_duration(text).with_context(|| {
+        format!("--since {text:?}: expected a duration like 1h or a time like 2026-11-26T09:00:00Z")
+    })?;
+    Ok(std::time::SystemTime::now() - ago)
 }
 
 fn load(path: &Path) -> anyhow::Result<Policy> {

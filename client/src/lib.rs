@@ -9,6 +9,7 @@
 //! # Layout
 //!
 //! - [`admin`]: `terminalwire entitlement ...` and `terminalwire authority ...`.
+//! - [`audit`]: the per-authority audit log of resource requests.
 //! - [`cli`]: argument parsing (`terminalwire [OPTIONS] URL [ARGS...]`).
 //! - [`connect`]: URL checks and the WebSocket connection, plain or over TLS
 //!   (rustls with the platform's roots, plus `--ca-cert`).
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod connect;
 pub mod error;
@@ -230,7 +232,10 @@ fn entitlements(
     )
     .with_progress(progress::Progress::new(std::io::IsTerminal::is_terminal(
         &std::io::stderr(),
-    )));
+    )))
+    .with_audit(audit::AuditLog::new(
+        home.authority_dir(&authority).join("audit.log"),
+    ));
     Ok((resources, storage))
 }
 

@@ -27,6 +27,7 @@ use terminalwire_protocol::frame::{
     DirEntry, EntryKind, ErrorCode, Metadata, OpError, Operation, Reply,
 };
 
+use crate::audit::AuditLog;
 use crate::progress::Progress;
 use crate::safe_fs::{self, FsError, Kind, StreamedWrite};
 
@@ -50,6 +51,7 @@ pub struct Resources {
     opener: Opener,
     writes: Arc<Mutex<Writes>>,
     progress: Progress,
+    audit: Option<AuditLog>,
 }
 
 /// Open streamed writes by handle.
@@ -90,6 +92,20 @@ impl Resources {
             opener,
             writes: Arc::default(),
             progress: Progress::disabled(),
+            audit: None,
+        }
+    }
+
+    /// Appends every request and its outcome to `log`.
+    pub fn with_audit(mut self, log: AuditLog) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
+    /// Names the session in the audit log.
+    pub fn set_session(&self, session: &str) {
+        if let Some(audit) = &self.audit {
+            audit.set_session(session);
         }
     }
 
@@ -116,6 +132,7 @@ impl Resources {
             opener: Arc::new(|_| Err(std::io::Error::other("no browser"))),
             writes: Arc::default(),
             progress: Progress::disabled(),
+            audit: None,
         }
     }
 
@@ -144,6 +161,25 @@ impl Resources {
     /// Performs a resource operation. `None` for operations that are not
     /// resources (stdin is the session's).
     pub async fn perform(&self, op: Operation) -> Option<Result<Reply, OpError>> {
+        let described = describe(&op);
+        let result = self.perform_unaudited(op).await?;
+        if let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) {
+            let (decision, bytes) = match &result {
+                Ok(Reply::Data { bytes, .. }) => ("allowed".to_owned(), Some(bytes.len() as u64)),
+                Ok(_) => ("allowed".to_owned(), sent),
+                Err(error) => (error.code.to_string(), None),
+            };
+            let audit = audit.clone();
+            // A small append; off the async threads all the same.
+            let _ = tokio::task::spawn_blocking(move || {
+                audit.record(resource, action, &target, &decision, bytes);
+            })
+            .await;
+        }
+        Some(result)
+    }
+
+    async fn perform_unaudited(&self, op: Operation) -> Option<Result<Reply, OpError>> {
         let this = self.clone();
         Some(match op {
             Operation::EnvGet { name } => self.env_get(&name),
@@ -531,6 +567,52 @@ fn default_mode(allowed: &Allowed, is_dir: bool) -> u32 {
     };
     // Never above the ceiling: storage's 0600 beats the usual 0644.
     default.bits() & ceiling.bits()
+}
+
+/// What the audit log says about an operation: resource, action, target and
+/// bytes sent by the server; `None` for chunks of a streamed write (the
+/// open and the commit are logged).
+fn describe(op: &Operation) -> Option<(&'static str, &'static str, String, Option<u64>)> {
+    let path = |action, path: &str| Some(("path", action, path.to_owned(), None));
+    match op {
+        Operation::FileRead { path: p, .. } => path("file_read", p),
+        Operation::FileWrite { path: p, bytes, .. } => {
+            Some(("path", "file_write", p.clone(), Some(bytes.len() as u64)))
+        }
+        Operation::FileAppend { path: p, bytes } => {
+            Some(("path", "file_append", p.clone(), Some(bytes.len() as u64)))
+        }
+        Operation::FileDelete { path: p } => path("file_delete", p),
+        Operation::FileExists { path: p } => path("file_exists", p),
+        Operation::Metadata { path: p } => path("metadata", p),
+        Operation::Chmod { path: p, mode } => {
+            Some(("path", "chmod", format!("{p} ({mode:04o})"), None))
+        }
+        Operation::DirList { path: p } => path("dir_list", p),
+        Operation::DirCreate { path: p, .. } => path("dir_create", p),
+        Operation::DirExists { path: p } => path("dir_exists", p),
+        Operation::DirDelete { path: p, recursive } => path(
+            if *recursive {
+                "dir_delete_recursive"
+            } else {
+                "dir_delete"
+            },
+            p,
+        ),
+        Operation::FileWriteOpen { path: p, .. } => path("file_write_open", p),
+        Operation::FileWriteCommit { handle } => Some((
+            "path",
+            "file_write_commit",
+            format!("handle {handle}"),
+            None,
+        )),
+        Operation::FileWriteAbort { handle } => {
+            Some(("path", "file_write_abort", format!("handle {handle}"), None))
+        }
+        Operation::EnvGet { name } => Some(("env", "env_get", name.clone(), None)),
+        Operation::BrowserOpen { url } => Some(("browser", "browser_open", url.clone(), None)),
+        _ => None,
+    }
 }
 
 fn unknown_handle(handle: u64) -> OpError {

@@ -246,6 +246,7 @@ where
         );
         return Err(violation(&mut sink, message).await);
     }
+    config.resources.set_session(&welcome.session_id);
     tracing::info!(session = %welcome.session_id, version = welcome.version, server = %welcome.server.name, "session open");
 
     let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -1,0 +1,170 @@
+//! The client-side audit log: every file, directory, environment and browser
+//! request of a server, allowed or denied, appended as one JSON line to
+//! `authorities/<authority>/audit.log`. The log is bounded: past
+//! [`MAX_LOG_BYTES`] it is rotated to `audit.log.1` (one old file kept).
+
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Size at which the log is rotated.
+pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// When, RFC 3339 UTC.
+    pub time: String,
+    /// The session (the server's session id).
+    pub session: String,
+    /// `path`, `env` or `browser`.
+    pub resource: String,
+    /// The operation (`file_read`, `dir_list`, `env_get`, ...).
+    pub action: String,
+    /// The path, variable or URL as the server sent it.
+    pub target: String,
+    /// `allowed`, `denied`, or the error code of a permitted action that failed.
+    pub decision: String,
+    /// Bytes moved, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// The audit log of one authority.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+    session: Arc<OnceLock<String>>,
+    lock: Arc<Mutex<()>>,
+}
+
+impl AuditLog {
+    /// The log at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        AuditLog {
+            path,
+            session: Arc::default(),
+            lock: Arc::default(),
+        }
+    }
+
+    /// Names the session for later entries (once, from the welcome).
+    pub fn set_session(&self, session: &str) {
+        let _ = self.session.set(session.to_owned());
+    }
+
+    /// Appends one entry; failures are logged, never fatal.
+    pub fn record(
+        &self,
+        resource: &str,
+        action: &str,
+        target: &str,
+        decision: &str,
+        bytes: Option<u64>,
+    ) {
+        let entry = Entry {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            session: self.session.get().cloned().unwrap_or_default(),
+            resource: resource.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            decision: decision.to_owned(),
+            bytes,
+        };
+        if let Err(error) = self.append(&entry) {
+            tracing::warn!(%error, path = %self.path.display(), "cannot write the audit log");
+        }
+    }
+
+    fn append(&self, entry: &Entry) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _one_writer = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if std::fs::metadata(&self.path).is_ok_and(|meta| meta.len() >= MAX_LOG_BYTES) {
+            std::fs::rename(&self.path, rotated(&self.path))?;
+        }
+        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        // One write per line: concurrent clients never interleave a line.
+        file.write_all(&line)
+    }
+}
+
+fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// The entries of the log at `path` (older rotated file first), skipping
+/// lines that are not entries; only those at or after `since` when given.
+pub fn read(path: &Path, since: Option<SystemTime>) -> io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for file in [rotated(path), path.to_path_buf()] {
+        let reader = match std::fs::File::open(&file) {
+            Ok(file) => io::BufReader::new(file),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        for line in reader.lines() {
+            let Ok(entry) = serde_json::from_str::<Entry>(&line?) else {
+                continue;
+            };
+            let recent = since.is_none_or(|since| {
+                humantime::parse_rfc3339_weak(&entry.time).is_ok_and(|time| time >= since)
+            });
+            if recent {
+                entries.push(entry);
+            }
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_appended_read_back_filtered_and_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::new(path.clone());
+        log.set_session("s-1");
+        log.record("path", "file_read", "~/a", "allowed", Some(3));
+        log.record("env", "env_get", "HOME", "denied", None);
+        let entries = read(&path, None).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].session, "s-1");
+        assert_eq!(entries[1].decision, "denied");
+        let future = SystemTime::now() + std::time::Duration::from_secs(3600);
+        assert!(read(&path, Some(future)).unwrap().is_empty());
+
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&vec![b'x'; MAX_LOG_BYTES as usize])
+            .unwrap();
+        log.record("browser", "browser_open", "https://x", "allowed", None);
+        assert!(rotated(&path).exists());
+        let after = read(&path, None).unwrap();
+        assert_eq!(
+            after.len(),
+            3,
+            "old entries stay readable, junk lines are skipped"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

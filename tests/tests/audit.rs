@@ -1,0 +1,69 @@
+//! The client's audit log: what a server did, allowed or denied.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use terminalwire_tests::{Client, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_resource_request_is_logged_with_its_decision() {
+    let server = TestServer::hello().await;
+    let home = tempfile::tempdir().unwrap();
+    let run_app = |args: &[&str]| {
+        let mut all = vec![server.url()];
+        all.extend(args.iter().map(|arg| (*arg).to_owned()));
+        Client::new(all).env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+    };
+    let run = run_app(&["note", "add", "buy", "milk"]).run().await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    let run = run_app(&["cat", "/etc/hostname"]).run().await;
+    assert_eq!(run.status, Some(1));
+    let run = run_app(&["env", "PATH"]).run().await;
+    assert_eq!(run.status, Some(1));
+
+    let audit = Client::new(["audit", "--json"])
+        .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+        .run()
+        .await;
+    assert_eq!(audit.status, Some(0), "{}", audit.stderr_text());
+    let entries: Vec<serde_json::Value> = audit
+        .stdout_text()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let find = |action: &str, decision: &str| {
+        entries
+            .iter()
+            .find(|entry| entry["action"] == action && entry["decision"] == decision)
+            .unwrap_or_else(|| panic!("no {action}/{decision} in {entries:#?}"))
+    };
+    let append = find("file_append", "allowed");
+    assert_eq!(append["bytes"], 9, "the bytes of `buy milk\\n`");
+    assert_eq!(append["authority"], server.addr().to_string());
+    assert!(
+        append["target"]
+            .as_str()
+            .unwrap()
+            .ends_with("storage/notes.txt")
+    );
+    assert!(!append["session"].as_str().unwrap().is_empty());
+    assert_eq!(find("file_read", "denied")["target"], "/etc/hostname");
+    assert_eq!(find("env_get", "denied")["target"], "PATH");
+
+    let table = Client::new(["audit", &server.url()])
+        .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+        .run()
+        .await;
+    let text = table.stdout_text();
+    assert!(text.starts_with("TIME"), "{text}");
+    assert!(text.contains("/etc/hostname"), "{text}");
+    let later = Client::new(["audit", "--since", "2999-01-01T00:00:00Z"])
+        .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+        .run()
+        .await;
+    assert_eq!(later.stdout_text(), "Nothing recorded.\n");
+    let bad = Client::new(["audit", "--since", "yesterday-ish"])
+        .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+        .run()
+        .await;
+    assert_eq!(bad.status, Some(1));
+}

@@ -380,7 +380,15 @@ where
             // Reap finished request tasks so the set stays small.
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             Some(response) = responses.recv() => {
-                if let Err(error) = send(&mut sink, &response).await {
+                // Answers that are ready together leave in one flush.
+                let mut batch = vec![response];
+                while batch.len() < 64 {
+                    match responses.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(error) = send_batch(&mut sink, &batch).await {
                     break Err(error);
                 }
             }
@@ -644,6 +652,26 @@ where
     S: Socket,
 {
     send_message(sink, Message::Binary(codec::encode(frame).into())).await
+}
+
+/// Sends several frames with one flush.
+async fn send_batch<S>(sink: &mut Sink<S>, frames: &[ClientFrame]) -> Result<(), ClientError>
+where
+    S: Socket,
+{
+    let sending = async {
+        for frame in frames {
+            sink.feed(Message::Binary(codec::encode(frame).into()))
+                .await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, sending).await {
+        Ok(result) => result.map_err(lost),
+        Err(_) => Err(ClientError::ConnectionLost(format!(
+            "the server took no data for {SEND_TIMEOUT:?}"
+        ))),
+    }
 }
 
 /// Sends one message; a server that stops reading cannot hold the client

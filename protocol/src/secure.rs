@@ -295,10 +295,12 @@ impl Channel {
             sealer: Sealer {
                 state: Transport(state.clone()),
                 nonce: 0,
+                buffer: Vec::new(),
             },
             opener: Opener {
                 state: Transport(state),
                 nonce: 0,
+                buffer: Vec::new(),
             },
         })
     }
@@ -322,6 +324,8 @@ impl fmt::Debug for Transport {
 pub struct Sealer {
     state: Transport,
     nonce: u64,
+    /// Reused between frames; grows to the largest piece seen, no more.
+    buffer: Vec<u8>,
 }
 
 impl Sealer {
@@ -336,17 +340,19 @@ impl Sealer {
         if chunks.is_empty() {
             chunks.push(&[]);
         }
-        let mut buffer = vec![0u8; MAX_PIECE + TAG_LEN];
         for chunk in chunks {
+            if self.buffer.len() < chunk.len() + TAG_LEN {
+                self.buffer.resize(chunk.len() + TAG_LEN, 0);
+            }
             let len = self
                 .state
                 .0
-                .write_message(self.nonce, chunk, &mut buffer)
+                .write_message(self.nonce, chunk, &mut self.buffer)
                 .map_err(|_| SecureError::Tampered)?;
             self.nonce += 1;
             let prefix = u16::try_from(len).map_err(|_| SecureError::TooLarge { len })?;
             out.extend_from_slice(&prefix.to_be_bytes());
-            out.extend_from_slice(&buffer[..len]);
+            out.extend_from_slice(&self.buffer[..len]);
         }
         Ok(out)
     }
@@ -357,13 +363,14 @@ impl Sealer {
 pub struct Opener {
     state: Transport,
     nonce: u64,
+    /// Reused between frames; grows to the largest piece seen, no more.
+    buffer: Vec<u8>,
 }
 
 impl Opener {
     /// Opens one WebSocket message into the plaintext frame.
     pub fn open(&mut self, mut message: &[u8]) -> Result<Vec<u8>, SecureError> {
         let mut frame = Vec::with_capacity(message.len());
-        let mut buffer = vec![0u8; MAX_PIECE + TAG_LEN];
         if message.is_empty() {
             return Err(SecureError::Tampered);
         }
@@ -374,10 +381,13 @@ impl Opener {
             if len < TAG_LEN {
                 return Err(SecureError::Tampered);
             }
+            if self.buffer.len() < len {
+                self.buffer.resize(len, 0);
+            }
             let n = self
                 .state
                 .0
-                .read_message(self.nonce, piece, &mut buffer)
+                .read_message(self.nonce, piece, &mut self.buffer)
                 .map_err(|_| SecureError::Tampered)?;
             self.nonce += 1;
             if frame.len() + n > MAX_FRAME_LEN {
@@ -385,7 +395,7 @@ impl Opener {
                     len: frame.len() + n,
                 });
             }
-            frame.extend_from_slice(&buffer[..n]);
+            frame.extend_from_slice(&self.buffer[..n]);
             message = rest;
         }
         Ok(frame)

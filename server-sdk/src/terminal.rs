@@ -42,6 +42,10 @@ pub struct Config {
     /// per [`Terminal`] (fine for tests; a real deployment loads a stable
     /// one with [`ServerIdentity::load_or_create`]).
     pub identity: Option<ServerIdentity>,
+    /// Size of each connection's WebSocket read buffer. It stays resident
+    /// for the connection's life, so it dominates the memory of idle
+    /// sessions; larger values save system calls on big uploads.
+    pub read_buffer_size: usize,
     /// Browser origins allowed to open a session (`Origin` header). The
     /// native client sends none; an upgrade from any other web page is
     /// refused, so a malicious page cannot drive a session.
@@ -60,6 +64,7 @@ impl Default for Config {
             max_chunk: DEFAULT_MAX_CHUNK,
             incompatible_message: None,
             identity: None,
+            read_buffer_size: 8 * 1024,
             allowed_origins: Vec::new(),
         }
     }
@@ -175,7 +180,8 @@ impl Terminal {
         let upgrade = upgrade
             .protocols([SUBPROTOCOL])
             .max_message_size(MAX_SEALED_LEN)
-            .max_frame_size(MAX_SEALED_LEN);
+            .max_frame_size(MAX_SEALED_LEN)
+            .read_buffer_size(self.inner.config.read_buffer_size);
         if upgrade.selected_protocol().is_none() {
             let message = format!(
                 "this endpoint speaks the `{SUBPROTOCOL}` WebSocket subprotocol; run it with the terminalwire client\n"

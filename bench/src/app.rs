@@ -1,0 +1,224 @@
+//! The bench app: an axum web app with a terminalwire CLI made for
+//! measuring, run as its own process (`terminalwire-bench serve`).
+//!
+//! Commands (arguments after the URL):
+//!
+//! - `hello NAME`: prints `Hello, NAME!` (the cold-command figure).
+//! - `stream BYTES`: writes BYTES bytes to stdout in 64 KiB writes.
+//! - `exists N`: N sequential `file exists` requests; prints `n=N secs=S`.
+//! - `exists-pipelined N K`: the same with K requests in flight.
+//! - `fileread NAME PIDFILE`: reads the client file `NAME` in the app's
+//!   storage folder, 512 KiB per request, and discards it; prints bytes,
+//!   seconds and the peak memory of this server and of the client whose
+//!   process id is in PIDFILE (on the client's machine, which here is this one).
+//! - `filewrite NAME BYTES PIDFILE`: writes BYTES bytes to that client file
+//!   with `append` requests of 768 KiB (an atomic write is limited to one
+//!   request, 768 KiB, today); prints the same facts.
+//! - `idle`: prints `ready` and waits until the client goes away.
+//!
+//! `GET /hello` answers `Hello, x!` over plain HTTP, for curl.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use futures_util::StreamExt;
+use terminalwire_server::resources::{MAX_WRITE, READ_CHUNK};
+use terminalwire_server::{Config, Context, Terminal, tls};
+
+use crate::procfs;
+
+/// Size of one stdout write of `stream`.
+const STREAM_WRITE: usize = 64 * 1024;
+
+/// Serves the bench app on `listen` until killed; the first stdout line is
+/// `listening on ws://ADDR/terminal`.
+/// With `nodelay`, accepted connections get `TCP_NODELAY` (as the raw
+/// WebSocket server's do). With `tls_dir`, serves `wss://` with a fresh
+/// self-signed certificate for 127.0.0.1 written there (`dev-cert.pem`).
+///
+/// With `read_buffer`, the app mounts the terminal with its own handler that
+/// sets the WebSocket read buffer (tungstenite's default: 128 KiB) before
+/// `Terminal::upgrade`, to measure that setting.
+pub(crate) async fn serve(
+    listen: SocketAddr,
+    nodelay: bool,
+    tls_dir: Option<PathBuf>,
+    read_buffer: Option<usize>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let config = Config {
+        server_name: "terminalwire-bench".into(),
+        // Idle sessions are held for minutes by clients that send no
+        // heartbeat (the real client pings every 15 s).
+        idle_timeout: Duration::from_secs(3600),
+        ..Config::default()
+    };
+    let terminal = Terminal::with_config(command, config);
+    let route = match read_buffer {
+        None => terminal.route(),
+        Some(size) => get(move |headers: HeaderMap, upgrade: WebSocketUpgrade| {
+            let terminal = terminal.clone();
+            async move { terminal.upgrade(upgrade.read_buffer_size(size), &headers) }
+        }),
+    };
+    let app = Router::new()
+        .route("/terminal", route)
+        .route("/hello", get(|| async { "Hello, x!\n" }));
+    if let Some(dir) = tls_dir {
+        let certificate = tls::self_signed(&["127.0.0.1", "localhost"])?;
+        certificate.write_to(&dir)?;
+        let listener = tls::TlsListener::new(listener, &certificate.tls_config()?)?;
+        let listener = listener.tap_io(move |stream| {
+            if nodelay {
+                let _ = stream.get_ref().0.set_nodelay(true);
+            }
+        });
+        crate::announce(&format!("listening on wss://{addr}/terminal"))?;
+        axum::serve(listener, app).await?;
+    } else {
+        let listener = listener.tap_io(move |tcp| {
+            if nodelay {
+                let _ = tcp.set_nodelay(true);
+            }
+        });
+        crate::announce(&format!("listening on ws://{addr}/terminal"))?;
+        axum::serve(listener, app).await?;
+    }
+    Ok(())
+}
+
+/// One session of the bench app.
+async fn command(ctx: Context) -> anyhow::Result<()> {
+    let args = ctx.args().to_vec();
+    let arg = |index: usize| -> anyhow::Result<&str> {
+        args.get(index)
+            .map(String::as_str)
+            .with_context(|| format!("missing argument {index} of {args:?}"))
+    };
+    let number = |index: usize| -> anyhow::Result<u64> {
+        arg(index)?
+            .parse()
+            .with_context(|| format!("argument {index} is not a number"))
+    };
+    match arg(0)? {
+        "hello" => ctx.stdout().println(format!("Hello, {}!", arg(1)?)).await?,
+        "stream" => stream(&ctx, number(1)?).await?,
+        "exists" => exists(&ctx, number(1)?, 1).await?,
+        "exists-pipelined" => exists(&ctx, number(1)?, number(2)?).await?,
+        "fileread" => file_read(&ctx, arg(1)?, arg(2)?).await?,
+        "filewrite" => file_write(&ctx, arg(1)?, number(2)?, arg(3)?).await?,
+        "idle" => {
+            ctx.stdout().println("ready").await?;
+            ctx.closed().await;
+        }
+        other => bail!("unknown bench command {other:?}"),
+    }
+    Ok(())
+}
+
+/// A block of printable bytes, the same for every write.
+pub(crate) fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b"0123456789abcdef"[i % 16]).collect()
+}
+
+async fn stream(ctx: &Context, total: u64) -> anyhow::Result<()> {
+    let block = pattern(STREAM_WRITE);
+    let out = ctx.stdout();
+    let mut left = total;
+    while left > 0 {
+        let n = block.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        out.write_all(&block[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+async fn exists(ctx: &Context, n: u64, in_flight: u64) -> anyhow::Result<()> {
+    let path = ctx
+        .storage_path("absent")
+        .context("the client reported no storage folder")?;
+    let files = ctx.file();
+    let started = Instant::now();
+    if in_flight <= 1 {
+        for _ in 0..n {
+            if files.exists(&path).await? {
+                bail!("{path} exists");
+            }
+        }
+    } else {
+        let mut answers = futures_util::stream::iter(0..n)
+            .map(|_| files.exists(&path))
+            .buffer_unordered(usize::try_from(in_flight)?);
+        while let Some(answer) = answers.next().await {
+            if answer? {
+                bail!("{path} exists");
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    ctx.stdout().println(format!("n={n} secs={secs}")).await?;
+    Ok(())
+}
+
+async fn file_read(ctx: &Context, name: &str, pid_file: &str) -> anyhow::Result<()> {
+    let path = ctx
+        .storage_path(name)
+        .context("the client reported no storage folder")?;
+    let _ = procfs::reset_peak_rss(0);
+    let files = ctx.file();
+    let started = Instant::now();
+    let mut offset = 0u64;
+    loop {
+        let (chunk, eof) = files.read_range(&path, offset, READ_CHUNK).await?;
+        offset += chunk.len() as u64;
+        if eof || chunk.is_empty() {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    report(ctx, offset, secs, pid_file).await
+}
+
+async fn file_write(ctx: &Context, name: &str, total: u64, pid_file: &str) -> anyhow::Result<()> {
+    let path = ctx
+        .storage_path(name)
+        .context("the client reported no storage folder")?;
+    let _ = procfs::reset_peak_rss(0);
+    let files = ctx.file();
+    let block = pattern(MAX_WRITE);
+    let started = Instant::now();
+    let mut left = total;
+    while left > 0 {
+        let n = block.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        files.append(&path, &block[..n]).await?;
+        left -= n as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    report(ctx, total, secs, pid_file).await
+}
+
+/// Prints `bytes=B secs=S server_peak_kib=K client_peak_kib=K`.
+async fn report(ctx: &Context, bytes: u64, secs: f64, pid_file: &str) -> anyhow::Result<()> {
+    let server_peak = procfs::peak_rss_kib(0).unwrap_or(0);
+    let client_peak = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .and_then(procfs::peak_rss_kib)
+        .unwrap_or(0);
+    ctx.stdout()
+        .println(format!(
+            "bytes={bytes} secs={secs} server_peak_kib={server_peak} client_peak_kib={client_peak}"
+        ))
+        .await?;
+    Ok(())
+}

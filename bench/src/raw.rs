@@ -1,0 +1,180 @@
+//! The raw WebSocket baseline: a tokio-tungstenite server and client with no
+//! protocol on top, the transport's limit on this machine.
+//!
+//! The server (`terminalwire-bench raw-serve`) answers by path:
+//! `/stream/BYTES` sends BYTES bytes in 64 KiB binary messages then closes;
+//! `/echo` sends every binary message back; `/idle` holds the connection
+//! until the client closes it. The client (`terminalwire-bench raw-client`)
+//! writes a stream to its stdout, or times echo round trips.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+/// Size of one streamed message: the terminalwire default chunk size.
+pub(crate) const MESSAGE: usize = 64 * 1024;
+
+/// The payload of one echo round trip: about the size of a `file exists`
+/// request frame.
+const ECHO_PAYLOAD: &[u8] = b"{\"t\":\"req\",\"id\":1,\"op\":\"file_exists\",\"path\":\"/x\"}";
+
+/// tokio-tungstenite's configuration, with `read_buffer` bytes of read
+/// buffer instead of the default 128 KiB when given.
+pub(crate) fn config(read_buffer: Option<usize>) -> WebSocketConfig {
+    let config = WebSocketConfig::default();
+    match read_buffer {
+        Some(size) => config.read_buffer_size(size),
+        None => config,
+    }
+}
+
+/// Serves until killed; the first stdout line is `listening on ws://ADDR/`.
+pub(crate) async fn serve(listen: SocketAddr, read_buffer: Option<usize>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    crate::announce(&format!("listening on ws://{}/", listener.local_addr()?))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = session(stream, read_buffer).await;
+        });
+    }
+}
+
+async fn session(stream: TcpStream, read_buffer: Option<usize>) -> anyhow::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut path = String::new();
+    #[allow(
+        clippy::result_large_err,
+        reason = "the signature tungstenite asks for"
+    )]
+    let callback = |request: &Request, response: Response| {
+        path = request.uri().path().to_owned();
+        Ok(response)
+    };
+    let mut socket = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(config(read_buffer)),
+    )
+    .await?;
+    if let Some(bytes) = path.strip_prefix("/stream/") {
+        let mut left: u64 = bytes.parse()?;
+        let block = Bytes::from(crate::app::pattern(MESSAGE));
+        while left > 0 {
+            let n = MESSAGE.min(usize::try_from(left).unwrap_or(usize::MAX));
+            socket.feed(Message::Binary(block.slice(..n))).await?;
+            left -= n as u64;
+        }
+        socket.flush().await?;
+        socket.close(None).await?;
+        // Let the client's close reach us.
+        while let Some(Ok(_)) = socket.next().await {}
+    } else if path == "/echo" {
+        while let Some(message) = socket.next().await {
+            match message? {
+                message @ Message::Binary(_) => socket.send(message).await?,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    } else {
+        // `/idle`: hold until the client closes.
+        while let Some(Ok(_)) = socket.next().await {}
+    }
+    Ok(())
+}
+
+/// What the raw client does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    /// Read a stream of `bytes` bytes and write it to stdout.
+    Stream {
+        /// Bytes expected.
+        bytes: u64,
+    },
+    /// `n` echo round trips with `in_flight` messages in flight; prints
+    /// `n=N secs=S`.
+    Echo {
+        /// Round trips.
+        n: u64,
+        /// Messages in flight.
+        in_flight: u64,
+    },
+}
+
+/// Runs the raw client against the raw server at `base` (`ws://ADDR/`).
+pub(crate) async fn client(
+    base: &str,
+    mode: Mode,
+    read_buffer: Option<usize>,
+) -> anyhow::Result<()> {
+    let base = base.trim_end_matches('/');
+    match mode {
+        Mode::Stream { bytes } => {
+            let (socket, _) = tokio_tungstenite::connect_async_with_config(
+                format!("{base}/stream/{bytes}"),
+                Some(config(read_buffer)),
+                true,
+            )
+            .await?;
+            let (_sink, mut source) = socket.split();
+            let mut stdout = std::io::stdout().lock();
+            let mut received = 0u64;
+            while let Some(message) = source.next().await {
+                match message? {
+                    Message::Binary(payload) => {
+                        stdout.write_all(&payload)?;
+                        received += payload.len() as u64;
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            stdout.flush()?;
+            if received != bytes {
+                bail!("received {received} bytes, expected {bytes}");
+            }
+        }
+        Mode::Echo { n, in_flight } => {
+            let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
+                format!("{base}/echo"),
+                Some(config(read_buffer)),
+                true,
+            )
+            .await?;
+            let payload = Bytes::from_static(ECHO_PAYLOAD);
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while sent < in_flight.max(1).min(n) {
+                socket.feed(Message::Binary(payload.clone())).await?;
+                sent += 1;
+            }
+            socket.flush().await?;
+            let mut answered = 0u64;
+            while answered < n {
+                match socket.next().await.context("the echo server closed")?? {
+                    Message::Binary(_) => answered += 1,
+                    _ => continue,
+                }
+                if sent < n {
+                    socket.send(Message::Binary(payload.clone())).await?;
+                    sent += 1;
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            socket.close(None).await?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "n={n} secs={secs}")?;
+        }
+    }
+    Ok(())
+}

@@ -435,6 +435,16 @@ fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Res
     Ok(())
 }
 
+/// The grant of a `terminalwire entitlement grant AUTHORITY ...` command
+/// line (as a denial suggests it); `None` for anything else.
+pub fn grant_from_words(words: &[String]) -> Option<Grant> {
+    let admin = Admin::try_parse_from(words).ok()?;
+    match admin.command {
+        AdminCommand::Entitlement(EntitlementCommand::Grant(args)) => parse_grant(args.what).ok(),
+        _ => None,
+    }
+}
+
 /// An authority typed as `host[:port]` or as a URL of it.
 fn parse_authority(text: &str) -> anyhow::Result<Authority> {
     if text.contains("://") {

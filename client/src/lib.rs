@@ -11,6 +11,7 @@
 //! - [`admin`]: `terminalwire entitlement ...` and `terminalwire authority ...`.
 //! - [`audit`]: the per-authority audit log of resource requests.
 //! - [`cli`]: argument parsing (`terminalwire [OPTIONS] URL [ARGS...]`).
+//! - [`consent`]: the client's own prompts for requests not granted yet.
 //! - [`connect`]: URL checks and the WebSocket connection, plain or over TLS
 //!   (rustls with the platform's roots, plus `--ca-cert`).
 //! - [`facts`]: what the hello reports about this machine and terminal.
@@ -30,6 +31,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod connect;
+pub mod consent;
 pub mod error;
 pub mod facts;
 pub mod launcher;
@@ -236,6 +238,16 @@ fn entitlements(
     .with_audit(audit::AuditLog::new(
         home.authority_dir(&authority).join("audit.log"),
     ));
+    let resources = if consent::Consent::available() {
+        resources.with_consent(consent::Consent::new(
+            target.url.clone(),
+            home.clone(),
+            user_home.clone(),
+            client_binary.clone(),
+        ))
+    } else {
+        resources
+    };
     Ok((resources, storage))
 }
 

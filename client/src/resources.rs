@@ -28,6 +28,7 @@ use terminalwire_protocol::frame::{
 };
 
 use crate::audit::AuditLog;
+use crate::consent::Consent;
 use crate::progress::Progress;
 use crate::safe_fs::{self, FsError, Kind, StreamedWrite};
 
@@ -46,7 +47,8 @@ pub const MAX_OPEN_WRITES: usize = 16;
 /// What the client may do for one session's server.
 #[derive(Clone)]
 pub struct Resources {
-    entitlements: Option<Arc<Entitlements>>,
+    entitlements: Arc<std::sync::RwLock<Option<Arc<Entitlements>>>>,
+    consent: Option<Arc<Consent>>,
     home_root: Option<PathBuf>,
     opener: Opener,
     writes: Arc<Mutex<Writes>>,
@@ -73,10 +75,7 @@ impl std::fmt::Debug for Resources {
         f.debug_struct("Resources")
             .field(
                 "authority",
-                &self
-                    .entitlements
-                    .as_ref()
-                    .map(|e| e.authority().to_string()),
+                &self.entitlements().ok().map(|e| e.authority().to_string()),
             )
             .finish_non_exhaustive()
     }
@@ -87,13 +86,26 @@ impl Resources {
     /// home (the value of `TERMINALWIRE_HOME` the server may read).
     pub fn new(entitlements: Entitlements, home_root: PathBuf, opener: Opener) -> Self {
         Resources {
-            entitlements: Some(Arc::new(entitlements)),
+            entitlements: Arc::new(std::sync::RwLock::new(Some(Arc::new(entitlements)))),
+            consent: None,
             home_root: Some(home_root),
             opener,
             writes: Arc::default(),
             progress: Progress::disabled(),
             audit: None,
         }
+    }
+
+    /// Asks the user about grantable denials (see [`Consent`]).
+    pub fn with_consent(mut self, consent: Consent) -> Self {
+        self.consent = Some(Arc::new(consent));
+        self
+    }
+
+    /// The lock a consent prompt holds while it is on screen; output
+    /// writers take it for each write.
+    pub fn output_gate(&self) -> Option<Arc<tokio::sync::RwLock<()>>> {
+        self.consent.as_ref().map(|consent| consent.gate.clone())
     }
 
     /// Appends every request and its outcome to `log`.
@@ -127,7 +139,8 @@ impl Resources {
     /// No resources at all: every file, env and browser request is refused.
     pub fn none() -> Self {
         Resources {
-            entitlements: None,
+            entitlements: Arc::default(),
+            consent: None,
             home_root: None,
             opener: Arc::new(|_| Err(std::io::Error::other("no browser"))),
             writes: Arc::default(),
@@ -162,7 +175,33 @@ impl Resources {
     /// resources (stdin is the session's).
     pub async fn perform(&self, op: Operation) -> Option<Result<Reply, OpError>> {
         let described = describe(&op);
-        let result = self.perform_unaudited(op).await?;
+        let retry = self.consent.as_ref().map(|_| op.clone());
+        let mut result = self.perform_unaudited(op).await?;
+        // A grantable denial, on a terminal: the client asks the user.
+        if let (
+            Some(consent),
+            Some(op),
+            Err(OpError {
+                denial: Some(denial),
+                ..
+            }),
+        ) = (&self.consent, retry, &result)
+            && let Some((answer, updated)) = consent.ask(denial).await
+        {
+            let previous = self
+                .entitlements
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .replace(Arc::new(updated));
+            result = self.perform_unaudited(op).await?;
+            if answer == crate::consent::Answer::Once {
+                // Once means this request: the rules go back as they were.
+                *self
+                    .entitlements
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = previous;
+            }
+        }
         if let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) {
             let (decision, bytes) = match &result {
                 Ok(Reply::Data { bytes, .. }) => ("allowed".to_owned(), Some(bytes.len() as u64)),
@@ -206,8 +245,13 @@ impl Resources {
         })
     }
 
-    fn entitlements(&self) -> Result<&Entitlements, OpError> {
-        self.entitlements.as_deref().ok_or_else(|| {
+    fn entitlements(&self) -> Result<Arc<Entitlements>, OpError> {
+        let current = self
+            .entitlements
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        current.ok_or_else(|| {
             OpError::new(
                 ErrorCode::Denied,
                 "this client grants no resources to this server",
@@ -289,7 +333,7 @@ impl Resources {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
                 let mode = match mode {
-                    Some(mode) => Some(check_mode(entitlements, &path, &allowed, false, mode)?),
+                    Some(mode) => Some(check_mode(&entitlements, &path, &allowed, false, mode)?),
                     // An existing file keeps its mode; a new one gets the default.
                     None => match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
                         Some(_) => None,
@@ -303,7 +347,7 @@ impl Resources {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
                 let mode = match mode {
-                    Some(mode) => Some(check_mode(entitlements, &path, &allowed, false, mode)?),
+                    Some(mode) => Some(check_mode(&entitlements, &path, &allowed, false, mode)?),
                     None => match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
                         Some(_) => None,
                         None => Some(default_mode(&allowed, false)),
@@ -446,7 +490,7 @@ impl Resources {
                         }));
                     }
                 };
-                let mode = check_mode(entitlements, &path, &allowed, kind == Kind::Dir, mode)?;
+                let mode = check_mode(&entitlements, &path, &allowed, kind == Kind::Dir, mode)?;
                 safe_fs::chmod(path.as_path(), mode, kind).map_err(fs_error)?;
                 Ok(Reply::Unit)
             }
@@ -472,7 +516,7 @@ impl Resources {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
                 let mode = match mode {
-                    Some(mode) => check_mode(entitlements, &path, &allowed, true, mode)?,
+                    Some(mode) => check_mode(&entitlements, &path, &allowed, true, mode)?,
                     None => default_mode(&allowed, true),
                 };
                 if parents {

@@ -133,6 +133,7 @@ impl OutputPipe {
         mut writer: Box<dyn AsyncWrite + Send + Unpin>,
         window: u32,
         events: mpsc::UnboundedSender<Event>,
+        gate: Option<Arc<tokio::sync::RwLock<()>>>,
     ) -> Self {
         let (queue, mut chunks) = mpsc::unbounded_channel::<Chunk>();
         let task = tokio::spawn(async move {
@@ -141,6 +142,11 @@ impl OutputPipe {
                     let (bytes, remote) = match chunk {
                         Chunk::Remote(bytes) => (bytes, true),
                         Chunk::Local(bytes) => (bytes, false),
+                    };
+                    // Not while the client's own consent prompt is on screen.
+                    let _open = match &gate {
+                        Some(gate) => Some(gate.read().await),
+                        None => None,
                     };
                     writer.write_all(&bytes).await?;
                     // Flush when caught up: interactive output shows at once,
@@ -258,8 +264,17 @@ where
             io.stdout,
             window,
             events_tx.clone(),
+            config.resources.output_gate(),
         ),
-        OutputPipe::spawn(1, StreamId::STDERR, "stderr", io.stderr, window, events_tx),
+        OutputPipe::spawn(
+            1,
+            StreamId::STDERR,
+            "stderr",
+            io.stderr,
+            window,
+            events_tx,
+            config.resources.output_gate(),
+        ),
     ];
     let stdin = Arc::new(Mutex::new(BufReader::with_capacity(
         MAX_STDIN_CHUNK,

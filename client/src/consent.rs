@@ -1,0 +1,324 @@
+//! Consent prompts drawn by the client itself.
+//!
+//! When a server asks for something the user has not granted, and the
+//! client has an interactive terminal, the client asks on `/dev/tty` —
+//! with the server's output paused, so the app cannot draw a fake prompt
+//! beside it — whether to allow it once, always (written to the policy
+//! file, exactly the grant the denial suggests), or deny. Without a
+//! terminal, or with `TERMINALWIRE_NO_PROMPT=1`, nothing is asked: the
+//! denial stands with its grant command. A request denied in a session is
+//! not asked about again in that session, so prompts cannot be flooded.
+
+use std::collections::HashSet;
+use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use terminalwire_policy::grant::{Access, PathGrant, PathPattern};
+use terminalwire_policy::{Entitlements, Grant, Home, Policy};
+use terminalwire_protocol::frame::Denial;
+use url::Url;
+
+/// What the user answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Allow this one request.
+    Once,
+    /// Allow it from now on (grant written to the policy file).
+    Always,
+    /// Refuse it.
+    Deny,
+}
+
+/// Everything needed to ask, and to rebuild the entitlements after a yes.
+pub struct Consent {
+    url: Url,
+    home: Home,
+    user_home: PathBuf,
+    client_binary: Option<PathBuf>,
+    /// Grants for this session only ("allow once").
+    session: Mutex<Policy>,
+    /// Requests already asked about (or refused) in this session.
+    asked: Mutex<HashSet<String>>,
+    /// Held for writing while a prompt is on screen: the server's output
+    /// waits.
+    pub gate: Arc<tokio::sync::RwLock<()>>,
+    /// Serialises prompts.
+    one_prompt: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Consent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consent")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consent {
+    /// Prompts for the server at `url`.
+    pub fn new(url: Url, home: Home, user_home: PathBuf, client_binary: Option<PathBuf>) -> Self {
+        Consent {
+            url,
+            home,
+            user_home,
+            client_binary,
+            session: Mutex::new(Policy::default()),
+            asked: Mutex::new(HashSet::new()),
+            gate: Arc::default(),
+            one_prompt: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether prompts are possible and wanted here.
+    pub fn available() -> bool {
+        use std::io::IsTerminal;
+        let disabled = std::env::var_os("TERMINALWIRE_NO_PROMPT")
+            .is_some_and(|value| !value.is_empty() && value != "0");
+        !disabled
+            && std::io::stdin().is_terminal()
+            && std::io::stderr().is_terminal()
+            && std::fs::File::open("/dev/tty").is_ok()
+    }
+
+    /// Asks about `denial` unless it was asked before in this session.
+    /// Returns the user's yes and the entitlements that allow the request:
+    /// for [`Answer::Once`] they are meant for this one request only.
+    pub async fn ask(self: &Arc<Self>, denial: &Denial) -> Option<(Answer, Entitlements)> {
+        let command = denial.command.clone()?;
+        let key = format!(
+            "{}\u{0}{}\u{0}{}",
+            denial.resource, denial.action, denial.target
+        );
+        let _one = self.one_prompt.lock().await;
+        if !self
+            .asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key)
+        {
+            return None;
+        }
+        // The server's output waits while the prompt is on screen.
+        let _paused = self.gate.write().await;
+        let was_raw = crate::terminal::is_raw();
+        if was_raw {
+            let _ = crate::terminal::leave_raw_mode();
+        }
+        let question = question(self.url.as_str(), denial, &command);
+        let answer = tokio::task::spawn_blocking(move || prompt(&question))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(Answer::Deny);
+        if was_raw {
+            let _ = crate::terminal::enter_raw_mode();
+        }
+        match answer {
+            Answer::Deny => None,
+            Answer::Once => {
+                let grant = once_grant(denial, &command, &self.user_home)?;
+                self.rebuild(Some(grant)).ok().map(|e| (Answer::Once, e))
+            }
+            Answer::Always => {
+                let grant = grant_of(&command)?;
+                let authority = terminalwire_policy::Authority::from_url(&self.url).ok()?;
+                let path = self.home.policy_file(&authority);
+                let mut policy = Policy::load(&path).ok()?;
+                policy.grant(grant);
+                if let Err(error) = policy.save(&path) {
+                    tracing::warn!(%error, "cannot save the grant");
+                    return None;
+                }
+                self.rebuild(None).ok().map(|e| (Answer::Always, e))
+            }
+        }
+    }
+
+    /// The entitlements from the policy file plus this session's grants,
+    /// plus `extra` when given.
+    fn rebuild(&self, extra: Option<Grant>) -> Result<Entitlements, String> {
+        let authority =
+            terminalwire_policy::Authority::from_url(&self.url).map_err(|e| e.to_string())?;
+        let mut policy =
+            Policy::load(&self.home.policy_file(&authority)).map_err(|e| e.to_string())?;
+        let session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        for grant in &session.paths {
+            policy.grant(Grant::Path(grant.clone()));
+        }
+        for grant in &session.env {
+            policy.grant(Grant::Env(grant.name.clone()));
+        }
+        for grant in &session.browser {
+            policy.grant(Grant::Browser(grant.target.clone()));
+        }
+        drop(session);
+        if let Some(extra) = extra {
+            policy.grant(extra);
+        }
+        Entitlements::new(
+            &self.url,
+            &self.home,
+            &policy,
+            &self.user_home,
+            self.client_binary.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn question(url: &str, denial: &Denial, command: &str) -> String {
+    format!(
+        "\r\n\x1b[7m terminalwire \x1b[0m \x1b[1mYOUR CLIENT asks (not the app):\x1b[0m\r\n\
+         \x20 {url} wants to {} {} \x1b[1m{}\x1b[0m\r\n\
+         \x20 ({})\r\n\
+         \x20 [o] allow once   [a] always (runs: {command})   [d] deny (default)\r\n\
+         \x1b[7m terminalwire \x1b[0m your choice: ",
+        denial.action, denial.resource, denial.target, denial.reason
+    )
+}
+
+/// Shows the question on the controlling terminal and reads the answer.
+fn prompt(question: &str) -> io::Result<Answer> {
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
+    tty.write_all(question.as_bytes())?;
+    tty.flush()?;
+    let mut line = String::new();
+    io::BufReader::new(&tty).read_line(&mut line)?;
+    Ok(match line.trim().to_ascii_lowercase().as_str() {
+        "o" | "once" => Answer::Once,
+        "a" | "always" => Answer::Always,
+        _ => Answer::Deny,
+    })
+}
+
+/// Splits a suggested command the way a shell would (it only uses single
+/// quotes) and parses its grant.
+fn grant_of(command: &str) -> Option<Grant> {
+    let words = shell_words(command)?;
+    crate::admin::grant_from_words(&words)
+}
+
+/// For "once": the exact target, with the access of the suggestion.
+fn once_grant(denial: &Denial, command: &str, _user_home: &std::path::Path) -> Option<Grant> {
+    let suggested = grant_of(command)?;
+    match suggested {
+        Grant::Path(grant) => {
+            let exact = escape_glob(&denial.target);
+            Some(Grant::Path(PathGrant {
+                pattern: PathPattern::parse(&exact).ok()?,
+                access: if grant.access == Access::Read {
+                    Access::Read
+                } else {
+                    grant.access
+                },
+                mode: grant.mode,
+            }))
+        }
+        other => Some(other),
+    }
+}
+
+fn escape_glob(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+            out.push('[');
+            out.push(c);
+            out.push(']');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn shell_words(command: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => current.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                current.push(chars.next()?);
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                current.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(current);
+    }
+    Some(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggested_commands_parse_back_into_grants() {
+        let grant = grant_of(
+            "terminalwire entitlement grant 127.0.0.1:3000 path '~/my reports/**' --write",
+        )
+        .unwrap();
+        let Grant::Path(grant) = grant else {
+            panic!("a path grant")
+        };
+        assert_eq!(grant.pattern.as_str(), "~/my reports/**");
+        assert_eq!(grant.access, Access::Write);
+        assert!(matches!(
+            grant_of("terminalwire entitlement grant example.com env 'EDITOR'"),
+            Some(Grant::Env(_))
+        ));
+        assert!(grant_of("rm -rf /").is_none());
+        assert_eq!(
+            shell_words("a 'b c' d\\ e").unwrap(),
+            vec!["a", "b c", "d e"]
+        );
+        assert!(shell_words("a 'unterminated").is_none());
+    }
+
+    #[test]
+    fn once_grants_the_exact_target_only() {
+        let denial = Denial {
+            resource: "path".into(),
+            action: "write".into(),
+            target: "/home/u/re[1]/*.txt".into(),
+            reason: "not granted".into(),
+            command: None,
+        };
+        let grant = once_grant(
+            &denial,
+            "terminalwire entitlement grant h path '/home/u/re[1]/**' --write",
+            std::path::Path::new("/home/u"),
+        )
+        .unwrap();
+        let Grant::Path(grant) = grant else {
+            panic!("a path grant")
+        };
+        assert_eq!(grant.pattern.as_str(), "/home/u/re[[]1[]]/[*].txt");
+    }
+}

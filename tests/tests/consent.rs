@@ -1,0 +1,119 @@
+//! Consent prompts drawn by the client on its own terminal (under tmux).
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use terminalwire_server::{Context, ResourceError, Terminal};
+use terminalwire_tests::TestServer;
+use terminalwire_tests::tmux::TmuxPane;
+
+/// `read PATH...`: reads each path in turn and says what happened.
+fn reader_app() -> Terminal {
+    Terminal::new(|ctx: Context| async move {
+        let out = ctx.stdout();
+        for path in ctx.args().iter().skip(1) {
+            let line = match ctx.file().read_to_string(path).await {
+                Ok(text) => format!("read: {}", text.trim()),
+                Err(ResourceError::Denied { .. }) => "denied".to_owned(),
+                Err(error) => format!("error: {error}"),
+            };
+            out.print(format!("{line}\r\n")).await.unwrap();
+        }
+        out.print("done\r\n").await.unwrap();
+    })
+}
+
+fn secret_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret.txt");
+    std::fs::write(&file, "the-content\n").unwrap();
+    let file = std::fs::canonicalize(file).unwrap();
+    (dir, file.to_string_lossy().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_once_allows_one_request_only() {
+    let server = TestServer::with_terminal(reader_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start(&[&server.url(), "read", &file, &file], 120, 30);
+    let screen = pane.wait_for("your choice:").await;
+    assert!(
+        screen.contains("YOUR CLIENT asks (not the app)"),
+        "{screen}"
+    );
+    assert!(screen.contains(&file), "names the exact target:\n{screen}");
+    pane.type_text("o").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("done").await;
+    let results: Vec<&str> = screen
+        .lines()
+        .filter(|line| line.starts_with("read:") || *line == "denied")
+        .collect();
+    assert_eq!(results, ["read: the-content", "denied"], "{screen}");
+    assert_eq!(
+        screen.matches("your choice:").count(),
+        1,
+        "not asked twice:\n{screen}"
+    );
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "{}", exit.screen);
+    assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
+    let policy = pane
+        .home()
+        .join(format!("authorities/{}/policy.toml", server.addr()));
+    assert!(
+        !std::fs::read_to_string(&policy)
+            .unwrap_or_default()
+            .contains("secret"),
+        "once is not written down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_writes_the_grant_and_deny_denies() {
+    let server = TestServer::with_terminal(reader_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start(&[&server.url(), "read", &file, &file], 120, 30);
+    pane.wait_for("your choice:").await;
+    pane.type_text("a").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("done").await;
+    let reads = screen
+        .lines()
+        .filter(|line| *line == "read: the-content")
+        .count();
+    assert_eq!(reads, 2, "{screen}");
+    pane.wait_exit().await;
+    let policy = pane
+        .home()
+        .join(format!("authorities/{}/policy.toml", server.addr()));
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(
+        text.contains("[[path]]") && text.contains("access = \"read\""),
+        "{text}"
+    );
+
+    let (_other, other_file) = secret_file();
+    let pane = TmuxPane::start(&[&server.url(), "read", &other_file], 120, 30);
+    pane.wait_for("your choice:").await;
+    pane.type_text("d").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("done").await;
+    assert!(screen.lines().any(|line| line == "denied"), "{screen}");
+    pane.wait_exit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_nothing_is_asked() {
+    let server = TestServer::with_terminal(reader_app()).await;
+    let (_dir, file) = secret_file();
+    // A pipe: the denial stands with its grant command, no prompt.
+    let run = terminalwire_tests::Client::new([server.url().as_str(), "read", &file])
+        .run()
+        .await;
+    assert_eq!(run.stdout_text(), "denied\r\ndone\r\n");
+    assert!(
+        !run.stderr_text().contains("your choice"),
+        "{}",
+        run.stderr_text()
+    );
+}

@@ -58,7 +58,9 @@ fn shell_quote(word: &str) -> String {
 impl TmuxPane {
     /// The pane's terminalwire home (`TERMINALWIRE_HOME` of the client).
     pub fn home(&self) -> PathBuf {
-        std::fs::canonicalize(self._dir.path()).unwrap().join("home")
+        std::fs::canonicalize(self._dir.path())
+            .unwrap()
+            .join("home")
     }
 
     /// Starts the client in a `cols`×`rows` pane with its own empty

@@ -4,6 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -42,6 +46,12 @@ pub struct Config {
     /// per [`Terminal`] (fine for tests; a real deployment loads a stable
     /// one with [`ServerIdentity::load_or_create`]).
     pub identity: Option<ServerIdentity>,
+    /// Most sessions at once; more upgrades get 503.
+    pub max_sessions: usize,
+    /// Most sessions at once from one IP address (when the app serves with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, so that the
+    /// address is known); more get 429.
+    pub max_sessions_per_address: usize,
     /// Size of each connection's WebSocket read buffer. It stays resident
     /// for the connection's life, so it dominates the memory of idle
     /// sessions; larger values save system calls on big uploads.
@@ -65,6 +75,8 @@ impl Default for Config {
             incompatible_message: None,
             identity: None,
             read_buffer_size: 8 * 1024,
+            max_sessions: 10_000,
+            max_sessions_per_address: 64,
             allowed_origins: Vec::new(),
         }
     }
@@ -84,6 +96,7 @@ struct Inner {
     shutdown: CancellationToken,
     sessions: TaskTracker,
     next_session: AtomicU64,
+    per_address: PerAddress,
     /// Distinguishes this process's session ids from another's.
     instance: u64,
 }
@@ -127,6 +140,7 @@ impl Terminal {
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
                 next_session: AtomicU64::new(1),
+                per_address: PerAddress::default(),
                 instance,
             }),
         }
@@ -141,15 +155,33 @@ impl Terminal {
     /// `router.route("/terminal", terminal.route())`.
     pub fn route<S: Clone + Send + Sync + 'static>(&self) -> MethodRouter<S> {
         let terminal = self.clone();
-        axum::routing::get(move |headers: HeaderMap, upgrade: WebSocketUpgrade| {
-            let terminal = terminal.clone();
-            async move { terminal.upgrade(upgrade, &headers) }
-        })
+        axum::routing::get(
+            move |peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+                  headers: HeaderMap,
+                  upgrade: WebSocketUpgrade| {
+                let terminal = terminal.clone();
+                async move {
+                    let peer = peer.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
+                    terminal.upgrade_from(upgrade, &headers, peer)
+                }
+            },
+        )
     }
 
     /// Answers a WebSocket upgrade request (for apps that write their own
     /// handler; pass the request's headers so the `Origin` check runs).
     pub fn upgrade(&self, upgrade: WebSocketUpgrade, headers: &HeaderMap) -> Response {
+        self.upgrade_from(upgrade, headers, None)
+    }
+
+    /// [`upgrade`](Terminal::upgrade) for a client at `peer`, which counts
+    /// against [`Config::max_sessions_per_address`].
+    pub fn upgrade_from(
+        &self,
+        upgrade: WebSocketUpgrade,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Response {
         // A browser always sends Origin; the native client never does. A page
         // the app did not list must not open a session (cross-site WebSocket
         // hijacking).
@@ -188,8 +220,40 @@ impl Terminal {
             );
             return (StatusCode::BAD_REQUEST, message).into_response();
         }
+        if self.session_count() >= self.inner.config.max_sessions {
+            tracing::warn!(
+                limit = self.inner.config.max_sessions,
+                "session limit reached"
+            );
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sessions; try again later\n",
+            )
+                .into_response();
+        }
+        let slot = match peer {
+            Some(ip) => match self
+                .inner
+                .per_address
+                .take(ip, self.inner.config.max_sessions_per_address)
+            {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!(%ip, "per-address session limit reached");
+                    return (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many sessions from your address; try again later\n",
+                    )
+                        .into_response();
+                }
+            },
+            None => None,
+        };
         let terminal = self.clone();
-        upgrade.on_upgrade(move |socket| async move { terminal.serve(AxumTransport(socket)).await })
+        upgrade.on_upgrade(move |socket| async move {
+            terminal.serve(AxumTransport(socket)).await;
+            drop(slot);
+        })
     }
 
     /// Runs one session over any transport, until it ends.
@@ -229,5 +293,71 @@ impl Terminal {
     /// Sessions currently running.
     pub fn session_count(&self) -> usize {
         self.inner.sessions.len()
+    }
+}
+
+/// Sessions per client address.
+#[derive(Debug, Default, Clone)]
+struct PerAddress(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One session's place in [`PerAddress`]; freed when dropped.
+#[derive(Debug)]
+struct AddressSlot {
+    counts: PerAddress,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn take(&self, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_slots_are_counted_and_freed() {
+        let counts = PerAddress::default();
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let a = counts.take(ip, 2).unwrap();
+        let b = counts.take(ip, 2).unwrap();
+        assert!(counts.take(ip, 2).is_none(), "the third is refused");
+        assert!(
+            counts.take([127, 0, 0, 2].into(), 2).is_some(),
+            "other addresses are not"
+        );
+        drop(a);
+        assert!(counts.take(ip, 2).is_some());
+        drop(b);
     }
 }

@@ -1,0 +1,99 @@
+//! Limits and hostile clients: the server keeps serving everyone else.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+
+use terminalwire_server::{Config, Context, Terminal};
+use terminalwire_tests::{Client, TestServer};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_limit_refuses_cleanly_and_frees_up() {
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (started_in, release_in) = (started.clone(), release.clone());
+    let config = Config {
+        max_sessions: 1,
+        ..Config::default()
+    };
+    let terminal = Terminal::with_config(
+        move |ctx: Context| {
+            let (started, release) = (started_in.clone(), release_in.clone());
+            async move {
+                if ctx.args().first().map(String::as_str) == Some("hold") {
+                    started.notify_one();
+                    release.notified().await;
+                }
+                ctx.stdout().println("served").await.unwrap();
+            }
+        },
+        config,
+    );
+    let server = TestServer::with_terminal(terminal).await;
+    let holder = tokio::spawn(Client::new([server.url().as_str(), "hold"]).run());
+    started.notified().await;
+    let refused = Client::new([server.url().as_str()]).run().await;
+    assert_eq!(refused.status, Some(69), "{}", refused.stderr_text());
+    assert!(
+        refused.stderr_text().contains("503"),
+        "{}",
+        refused.stderr_text()
+    );
+    release.notify_one();
+    assert_eq!(holder.await.unwrap().stdout_text(), "served\n");
+    let run = Client::new([server.url().as_str()]).run().await;
+    assert_eq!(run.stdout_text(), "served\n", "{}", run.stderr_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_do_not_stop_the_server_serving_others() {
+    let server = TestServer::hello().await;
+    let addr = server.addr();
+    // Slowloris: half an HTTP request, never finished.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /terminal HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // WebSockets that upgrade and then never finish the secure handshake,
+    // or send garbage in its place.
+    let mut stalled = Vec::new();
+    for garbage in [None, Some(vec![0u8; 10]), Some(vec![0xff; 70_000])] {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = server.url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            terminalwire_protocol::SUBPROTOCOL.parse().unwrap(),
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        if let Some(garbage) = garbage {
+            use futures_util::SinkExt;
+            let _ = socket
+                .send(tokio_tungstenite::tungstenite::Message::Binary(
+                    garbage.into(),
+                ))
+                .await;
+        }
+        stalled.push(socket);
+    }
+    for n in 0..3 {
+        let name = format!("user{n}");
+        let run = Client::new([server.url().as_str(), "hello", &name])
+            .run()
+            .await;
+        assert_eq!(
+            run.stdout_text(),
+            format!("Hello, {name}!\n"),
+            "{}",
+            run.stderr_text()
+        );
+    }
+    drop(slow);
+    drop(stalled);
+}

@@ -177,8 +177,17 @@ fn snapshot(roots: &[&Path]) -> BTreeMap<PathBuf, Node> {
 }
 
 fn assert_same_disk(before: &BTreeMap<PathBuf, Node>, after: &BTreeMap<PathBuf, Node>) {
+    // The client's own audit log is the one file that must change: it
+    // records every refusal (checked separately).
+    let audited = |path: &PathBuf| {
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("audit.log"))
+    };
+    let before: BTreeMap<_, _> = before.iter().filter(|(path, _)| !audited(path)).collect();
+    let after: BTreeMap<_, _> = after.iter().filter(|(path, _)| !audited(path)).collect();
     let mut differences = Vec::new();
-    for (path, node) in before {
+    for (path, node) in &before {
         match after.get(path) {
             None => differences.push(format!("removed {}", path.display())),
             Some(now) if now != node => {
@@ -187,7 +196,7 @@ fn assert_same_disk(before: &BTreeMap<PathBuf, Node>, after: &BTreeMap<PathBuf, 
             Some(_) => {}
         }
     }
-    for path in after.keys().filter(|path| !before.contains_key(*path)) {
+    for path in after.keys().filter(|path| !before.contains_key(**path)) {
         differences.push(format!("created {}", path.display()));
     }
     assert!(
@@ -1110,6 +1119,26 @@ async fn a_table_of_hostile_requests_is_refused_and_the_client_keeps_serving() {
 
     assert_same_disk(&before, &snapshot(&roots));
     assert_eq!(sandbox.launched(), "", "a denied URL was launched");
+    // Every refusal is in the client's audit log.
+    let logs: String = roots
+        .iter()
+        .flat_map(|root| walk_files(root))
+        .filter(|path| path.file_name().is_some_and(|name| name == "audit.log"))
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect();
+    let denied = logs
+        .lines()
+        .filter(|line| line.contains("\"decision\":\"denied\""))
+        .count();
+    assert!(
+        denied >= 100,
+        "only {denied} denials in the audit log for {} hostile rows",
+        rows.len()
+    );
+}
+
+fn walk_files(root: &Path) -> Vec<PathBuf> {
+    snapshot(&[root]).into_keys().collect()
 }
 
 // ---------------------------------------------------------------------------

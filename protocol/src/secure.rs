@@ -13,7 +13,10 @@
 //! that, each WebSocket binary message is one sealed frame: the plaintext
 //! frame (MessagePack) cut into pieces of at most [`MAX_PIECE`] bytes, each
 //! encrypted with the next nonce of its direction and written as a 2-byte
-//! big-endian length followed by the ciphertext (piece + 16-byte tag).
+//! big-endian length followed by the ciphertext of one flag byte (1 on the
+//! frame's last piece, 0 before) and the piece, plus the 16-byte tag. The
+//! flag is encrypted and authenticated, so a frame cannot be cut short or
+//! two frames glued together without the receiver noticing.
 //!
 //! Sans-I/O: callers move the bytes.
 
@@ -27,13 +30,19 @@ use crate::{MAX_FRAME_LEN, SUBPROTOCOL};
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-/// Largest plaintext piece of one Noise transport message.
-pub const MAX_PIECE: usize = 65535 - TAG_LEN;
+/// Largest part of a frame carried by one Noise transport message (its
+/// plaintext is one flag byte, then this part).
+pub const MAX_PIECE: usize = 65535 - TAG_LEN - 1;
+/// First plaintext byte of a piece that more pieces of the frame follow.
+const MORE: u8 = 0;
+/// First plaintext byte of a frame's last piece.
+const LAST: u8 = 1;
 /// AEAD tag length.
 pub const TAG_LEN: usize = 16;
 /// Longest sealed WebSocket message: a [`MAX_FRAME_LEN`] frame with the
 /// length prefix and tag of each piece.
-pub const MAX_SEALED_LEN: usize = MAX_FRAME_LEN + (MAX_FRAME_LEN / MAX_PIECE + 1) * (2 + TAG_LEN);
+pub const MAX_SEALED_LEN: usize =
+    MAX_FRAME_LEN + (MAX_FRAME_LEN / MAX_PIECE + 1) * (2 + 1 + TAG_LEN);
 /// Longest handshake message accepted.
 pub const MAX_HANDSHAKE_LEN: usize = 1024;
 
@@ -335,19 +344,24 @@ impl Sealer {
             return Err(SecureError::TooLarge { len: frame.len() });
         }
         let pieces = frame.len().div_ceil(MAX_PIECE).max(1);
-        let mut out = Vec::with_capacity(frame.len() + pieces * (2 + TAG_LEN));
+        let mut out = Vec::with_capacity(frame.len() + pieces * (2 + 1 + TAG_LEN));
         let mut chunks: Vec<&[u8]> = frame.chunks(MAX_PIECE).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
         }
-        for chunk in chunks {
-            if self.buffer.len() < chunk.len() + TAG_LEN {
-                self.buffer.resize(chunk.len() + TAG_LEN, 0);
+        let last_index = chunks.len() - 1;
+        let mut plain = Vec::with_capacity(chunks.first().map_or(0, |chunk| chunk.len()) + 1);
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            plain.clear();
+            plain.push(if index == last_index { LAST } else { MORE });
+            plain.extend_from_slice(chunk);
+            if self.buffer.len() < plain.len() + TAG_LEN {
+                self.buffer.resize(plain.len() + TAG_LEN, 0);
             }
             let len = self
                 .state
                 .0
-                .write_message(self.nonce, chunk, &mut self.buffer)
+                .write_message(self.nonce, &plain, &mut self.buffer)
                 .map_err(|_| SecureError::Tampered)?;
             self.nonce += 1;
             let prefix = u16::try_from(len).map_err(|_| SecureError::TooLarge { len })?;
@@ -374,11 +388,16 @@ impl Opener {
         if message.is_empty() {
             return Err(SecureError::Tampered);
         }
+        let mut ended = false;
         while !message.is_empty() {
+            if ended {
+                // Bytes after the last piece: frames glued together.
+                return Err(SecureError::Tampered);
+            }
             let (prefix, rest) = message.split_at_checked(2).ok_or(SecureError::Tampered)?;
             let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
             let (piece, rest) = rest.split_at_checked(len).ok_or(SecureError::Tampered)?;
-            if len < TAG_LEN {
+            if len < TAG_LEN + 1 {
                 return Err(SecureError::Tampered);
             }
             if self.buffer.len() < len {
@@ -390,13 +409,23 @@ impl Opener {
                 .read_message(self.nonce, piece, &mut self.buffer)
                 .map_err(|_| SecureError::Tampered)?;
             self.nonce += 1;
-            if frame.len() + n > MAX_FRAME_LEN {
+            let (flag, part) = self.buffer[..n].split_first().ok_or(SecureError::Tampered)?;
+            ended = match *flag {
+                LAST => true,
+                MORE => false,
+                _ => return Err(SecureError::Tampered),
+            };
+            if frame.len() + part.len() > MAX_FRAME_LEN {
                 return Err(SecureError::TooLarge {
-                    len: frame.len() + n,
+                    len: frame.len() + part.len(),
                 });
             }
-            frame.extend_from_slice(&self.buffer[..n]);
+            frame.extend_from_slice(part);
             message = rest;
+        }
+        if !ended {
+            // The frame's last piece never came: cut short.
+            return Err(SecureError::Tampered);
         }
         Ok(frame)
     }
@@ -463,6 +492,22 @@ mod tests {
         // Failed opens do not advance the nonce: the real message still opens once.
         assert_eq!(server_open.open(&sealed).unwrap(), b"hello");
         assert!(server_open.open(&sealed).is_err(), "a replay was accepted");
+    }
+
+    #[test]
+    fn frames_cannot_be_cut_short_or_glued_together() {
+        let ((mut client_seal, _), (_, mut server_open), _, _) = pair();
+        let big: Vec<u8> = (0..MAX_PIECE + 10).map(|i| i as u8).collect();
+        let sealed = client_seal.seal(&big).unwrap();
+        let first_len = 2 + usize::from(u16::from_be_bytes([sealed[0], sealed[1]]));
+        assert!(
+            server_open.open(&sealed[..first_len]).is_err(),
+            "the first piece alone is not a frame"
+        );
+        let ((mut client_seal, _), (_, mut server_open), _, _) = pair();
+        let mut glued = client_seal.seal(b"one").unwrap();
+        glued.extend(client_seal.seal(b"two").unwrap());
+        assert!(server_open.open(&glued).is_err(), "two frames glued together");
     }
 
     #[test]

@@ -409,7 +409,9 @@ impl Opener {
                 .read_message(self.nonce, piece, &mut self.buffer)
                 .map_err(|_| SecureError::Tampered)?;
             self.nonce += 1;
-            let (flag, part) = self.buffer[..n].split_first().ok_or(SecureError::Tampered)?;
+            let (flag, part) = self.buffer[..n]
+                .split_first()
+                .ok_or(SecureError::Tampered)?;
             ended = match *flag {
                 LAST => true,
                 MORE => false,
@@ -507,7 +509,10 @@ mod tests {
         let ((mut client_seal, _), (_, mut server_open), _, _) = pair();
         let mut glued = client_seal.seal(b"one").unwrap();
         glued.extend(client_seal.seal(b"two").unwrap());
-        assert!(server_open.open(&glued).is_err(), "two frames glued together");
+        assert!(
+            server_open.open(&glued).is_err(),
+            "two frames glued together"
+        );
     }
 
     #[test]

@@ -117,11 +117,49 @@ async fn command(ctx: Context) -> anyhow::Result<()> {
         "exists-pipelined" => exists(&ctx, number(1)?, number(2)?).await?,
         "fileread" => file_read(&ctx, arg(1)?, arg(2)?).await?,
         "filewrite" => file_write(&ctx, arg(1)?, number(2)?, arg(3)?).await?,
+        "mixed" => mixed(&ctx, number(1)?, number(2)?).await?,
         "idle" => {
             ctx.stdout().println("ready").await?;
             ctx.closed().await;
         }
         other => bail!("unknown bench command {other:?}"),
+    }
+    Ok(())
+}
+
+/// Sessions of the load test that have started `mixed`.
+static LOAD_ARRIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LOAD_ALL_IN: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The load test's command: waits until `sessions` sessions are in (so they
+/// really are concurrent), then does `requests` mixed requests (line reads,
+/// an environment variable, a file check) with output between them. Every
+/// request must be answered; denials count as answers.
+async fn mixed(ctx: &Context, requests: u64, sessions: u64) -> anyhow::Result<()> {
+    let all_in = LOAD_ALL_IN.notified();
+    if LOAD_ARRIVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= sessions {
+        LOAD_ALL_IN.notify_waiters();
+    } else {
+        tokio::time::timeout(std::time::Duration::from_secs(60), all_in)
+            .await
+            .context("not every load session arrived")?;
+    }
+    let out = ctx.stdout();
+    let block = pattern(1024);
+    for n in 0..requests {
+        match n % 3 {
+            0 => {
+                let line = ctx.read_line(None).await?;
+                anyhow::ensure!(line.is_some(), "stdin ended early");
+            }
+            1 => {
+                let _ = ctx.env().get("TERMINALWIRE_HOME").await;
+            }
+            _ => {
+                let _ = ctx.file().exists("/nonexistent/load").await;
+            }
+        }
+        out.write_all(&block).await?;
     }
     Ok(())
 }

@@ -24,6 +24,7 @@
 
 mod app;
 mod idle;
+mod load;
 mod orchestrate;
 mod procfs;
 mod raw;
@@ -99,6 +100,16 @@ enum Role {
         #[arg(long)]
         read_buffer: Option<usize>,
     },
+    /// The load test: many concurrent sessions with mixed requests against
+    /// one bench app process; zero errors required.
+    Load {
+        /// Concurrent sessions.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Mixed requests per session.
+        #[arg(long, default_value_t = 100)]
+        requests: u64,
+    },
     /// The raw WebSocket client: `stream BYTES` or `echo N IN_FLIGHT`.
     #[command(hide = true)]
     RawClient {
@@ -155,6 +166,7 @@ fn main() -> std::process::ExitCode {
                     .and_then(|rt| rt.block_on(raw::client(&url, mode, read_buffer)))
             })
         }
+        Some(Role::Load { sessions, requests }) => orchestrate::load(sessions, requests),
         None => orchestrate::run(orchestrate::Options {
             quick: cli.quick,
             output: cli.output,

@@ -1197,3 +1197,17 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `terminalwire-bench load`: starts the bench app, runs [`crate::load`]
+/// against it and prints the report.
+pub(crate) fn load(sessions: usize, requests: u64) -> anyhow::Result<()> {
+    raise_open_files();
+    let exe = std::env::current_exe()?;
+    let server = Server::start(&exe, &["serve", "--listen", "127.0.0.1:0"])?;
+    let report = crate::load::run(&server.url, server.pid(), sessions, requests)?;
+    #[allow(clippy::print_stdout, reason = "the report is this command's output")]
+    {
+        println!("{report}");
+    }
+    Ok(())
+}

@@ -48,6 +48,10 @@ struct Options {
     /// certificate. Used for wss:// and https:// only.
     #[arg(long, value_name = "FILE", env = "TERMINALWIRE_CA_CERT")]
     ca_cert: Option<PathBuf>,
+    /// Never ask about requests that are not granted: deny them (also
+    /// TERMINALWIRE_NO_PROMPT=1).
+    #[arg(long)]
+    no_prompt: bool,
     /// Log the client's own activity on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -74,6 +78,8 @@ pub struct Invocation {
     pub connect_timeout: Duration,
     /// Extra trusted CA certificates (PEM) for TLS (`--ca-cert`).
     pub ca_cert: Option<PathBuf>,
+    /// Deny ungranted requests without asking (`--no-prompt`).
+    pub no_prompt: bool,
     /// Log level of the client's own logs.
     pub verbose: u8,
 }
@@ -147,6 +153,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
         args,
         connect_timeout,
         ca_cert: options.ca_cert,
+        no_prompt: options.no_prompt,
         verbose: options.verbose,
     })
 }

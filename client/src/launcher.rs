@@ -302,6 +302,7 @@ pub fn exec_main(args: Vec<OsString>) -> u8 {
         args: app_args,
         connect_timeout: std::time::Duration::from_secs(10),
         ca_cert: std::env::var_os("TERMINALWIRE_CA_CERT").map(PathBuf::from),
+        no_prompt: false,
         verbose: 0,
     };
     crate::run_invocation(invocation)

@@ -113,7 +113,7 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         invocation.program_name.clone(),
         invocation.args.clone(),
     )?;
-    let (resources, storage) = entitlements(&target)?;
+    let (resources, storage) = entitlements(&target, invocation.no_prompt)?;
     hello.storage = Some(storage.to_string_lossy().into_owned());
     let identity = identity_files(&target)?;
     let device = secure::device_key(&identity.device_key)?;
@@ -205,6 +205,7 @@ fn identity_files(target: &connect::Target) -> Result<IdentityFiles, ClientError
 /// Loads the authority's grants and makes sure its storage folder exists.
 fn entitlements(
     target: &connect::Target,
+    no_prompt: bool,
 ) -> Result<(resources::Resources, std::path::PathBuf), ClientError> {
     use terminalwire_policy::{Authority, Entitlements, Home, Policy};
     let config = |message: String| ClientError::Config(message);
@@ -238,7 +239,7 @@ fn entitlements(
     .with_audit(audit::AuditLog::new(
         home.authority_dir(&authority).join("audit.log"),
     ));
-    let resources = if consent::Consent::available() {
+    let resources = if !no_prompt && consent::Consent::available() {
         resources.with_consent(consent::Consent::new(
             target.url.clone(),
             home.clone(),

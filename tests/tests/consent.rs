@@ -117,3 +117,15 @@ async fn without_a_terminal_nothing_is_asked() {
         run.stderr_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_prompt_denies_without_asking_even_on_a_terminal() {
+    let server = TestServer::with_terminal(reader_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start(&["--no-prompt", &server.url(), "read", &file], 120, 30);
+    let screen = pane.wait_for("done").await;
+    assert!(screen.lines().any(|line| line == "denied"), "{screen}");
+    assert!(!screen.contains("your choice"), "{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "{}", exit.screen);
+}

@@ -1,0 +1,210 @@
+//! A scripted hostile server, case by case: the client exits cleanly with
+//! the documented status and its memory stays under a bound.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::time::Duration;
+
+use terminalwire_protocol::frame::{
+    Data, Operation, Request, RequestId, ServerFrame, Software, StreamId, Welcome,
+};
+use terminalwire_protocol::{DEFAULT_MAX_CHUNK, DEFAULT_WINDOW, codec};
+use terminalwire_tests::process::{ClientHome, proc_status_bytes};
+use terminalwire_tests::{ScriptedServer, ScriptedSocket, next_client_frame, send_server_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PROTOCOL: i32 = 76;
+const CONNECTION_LOST: i32 = 75;
+/// The client's peak resident memory under every attack.
+const MEMORY_BOUND: u64 = 64 * 1024 * 1024;
+
+fn welcome() -> ServerFrame {
+    ServerFrame::Welcome(Welcome {
+        version: 1,
+        server: Software {
+            name: "hostile".into(),
+            version: "0".into(),
+        },
+        session_id: "h".into(),
+        capabilities: Vec::new(),
+        window: DEFAULT_WINDOW,
+        max_chunk: DEFAULT_MAX_CHUNK,
+    })
+}
+
+/// Runs the client against `url`; returns (status, stderr, peak RSS).
+async fn attack(url: &str, extra: &[&str]) -> (Option<i32>, String, u64) {
+    let home = ClientHome::new();
+    let mut args: Vec<&str> = extra.to_vec();
+    args.push(url);
+    args.push("go");
+    let mut child = home.command(&args).spawn().unwrap();
+    let pid = child.id();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reading = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        let mut sink = Vec::new();
+        let _ = stdout.read_to_end(&mut sink).await;
+        text
+    });
+    let mut peak = 0;
+    let status = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(hwm) = proc_status_bytes(pid, "VmHWM") {
+                peak = peak.max(hwm);
+            }
+            tokio::select! {
+                status = child.wait() => break status.unwrap(),
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the client hung");
+    (status.code(), reading.await.unwrap(), peak)
+}
+
+async fn after_hello(socket: &mut ScriptedSocket) -> bool {
+    if next_client_frame(socket).await.is_none() {
+        return false;
+    }
+    send_server_frame(socket, &welcome()).await;
+    true
+}
+
+fn check(case: &str, outcome: (Option<i32>, String, u64), expected: i32) {
+    let (status, stderr, peak) = outcome;
+    assert_eq!(status, Some(expected), "{case}: {stderr}");
+    assert!(stderr.starts_with("terminalwire: "), "{case}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{case}: one line: {stderr}");
+    assert!(
+        peak < MEMORY_BOUND,
+        "{case}: the client peaked at {} MiB",
+        peak / (1024 * 1024)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nesting_bomb_and_huge_length_claims_are_protocol_errors() {
+    // 100 000 nested arrays inside a data frame's map.
+    let mut bomb = vec![
+        0x82, 0xa1, b't', 0xa4, b'd', b'a', b't', b'a', 0xa3, b's', b'i', b'd',
+    ];
+    bomb.extend(std::iter::repeat_n(0x91, 100_000));
+    bomb.push(0x00);
+    // A bin32 claiming 4 GiB, and a map32 claiming 2^32 - 1 entries.
+    let mut bin_claim = vec![
+        0x83, 0xa1, b't', 0xa4, b'd', b'a', b't', b'a', 0xa3, b's', b'i', b'd', 0x00,
+    ];
+    bin_claim.extend([
+        0xa5, b'b', b'y', b't', b'e', b's', 0xc6, 0xff, 0xff, 0xff, 0xff, 1, 2, 3,
+    ]);
+    let map_claim = vec![0xdf, 0xff, 0xff, 0xff, 0xff, 0xa1, b't'];
+    for (case, payload) in [
+        ("nesting bomb", bomb),
+        ("bin32 claim", bin_claim),
+        ("map32 claim", map_claim),
+    ] {
+        let server = ScriptedServer::start(true, move |mut socket| {
+            let payload = payload.clone();
+            async move {
+                if after_hello(&mut socket).await {
+                    socket.send_sealed(&payload).await;
+                    while next_client_frame(&mut socket).await.is_some() {}
+                }
+            }
+        })
+        .await;
+        check(case, attack(&server.url(), &[]).await, PROTOCOL);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_and_a_stream_without_credit_are_protocol_errors() {
+    let flood = ScriptedServer::start(true, |mut socket| async move {
+        if after_hello(&mut socket).await {
+            for id in 1..=200 {
+                let request = ServerFrame::Request(Request {
+                    id: RequestId(id),
+                    op: Operation::StdinReadLine { prompt: None },
+                });
+                send_server_frame(&mut socket, &request).await;
+            }
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    check("request flood", attack(&flood.url(), &[]).await, PROTOCOL);
+
+    let no_credit = ScriptedServer::start(true, |mut socket| async move {
+        if after_hello(&mut socket).await {
+            let chunk = vec![b'x'; DEFAULT_MAX_CHUNK as usize];
+            // 64 MiB while the client granted 1 MiB.
+            for _ in 0..1024 {
+                let data = ServerFrame::Data(Data {
+                    sid: StreamId::STDOUT,
+                    bytes: chunk.clone().into(),
+                });
+                socket.send_sealed(&codec::encode(&data)).await;
+            }
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    check(
+        "stream without credit",
+        attack(&no_credit.url(), &[]).await,
+        PROTOCOL,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_with_a_partial_frame_times_out() {
+    // Slowloris: a raw TCP server that completes the HTTP upgrade, then
+    // sends half a WebSocket frame header and nothing more.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stalling = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buffer).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+            }
+            let text = String::from_utf8_lossy(&request).to_string();
+            let key = text
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .starts_with("sec-websocket-key:")
+                        .then(|| line.split_once(':').unwrap().1.trim().to_owned())
+                })
+                .unwrap_or_default();
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+                terminalwire_protocol::SUBPROTOCOL
+            );
+            stream.write_all(response.as_bytes()).await.unwrap();
+            // A binary frame header claiming 2^32 bytes... and then nothing.
+            stream.write_all(&[0x82, 0x7f, 0, 0, 0, 1]).await.unwrap();
+            held.push(stream);
+        }
+    });
+    let url = format!("ws://{addr}/terminal");
+    check(
+        "partial frame and a stalled handshake",
+        attack(&url, &["--connect-timeout", "1"]).await,
+        CONNECTION_LOST,
+    );
+    stalling.abort();
+}

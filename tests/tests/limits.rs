@@ -97,3 +97,86 @@ async fn hostile_clients_do_not_stop_the_server_serving_others() {
     drop(slow);
     drop(stalled);
 }
+
+/// A client that completes the secure handshake, then sends `payloads` as
+/// sealed frames (or raw ones when `raw`), and holds the connection.
+async fn hostile_client(
+    url: &str,
+    payloads: Vec<Vec<u8>>,
+) -> Option<
+    terminalwire_client::secure::SecureSocket<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+> {
+    use futures_util::SinkExt;
+    let target = terminalwire_client::connect::Target::parse(url).unwrap();
+    let socket = terminalwire_client::connect::connect(&target, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let device = terminalwire_protocol::secure::StaticKey::generate().unwrap();
+    let (mut socket, _) = terminalwire_client::secure::handshake(
+        socket,
+        &device,
+        &terminalwire_client::secure::ServerPin::FirstContact,
+        &target.authority,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .ok()?;
+    for payload in payloads {
+        if socket
+            .send(tokio_tungstenite::tungstenite::Message::Binary(
+                payload.into(),
+            ))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    Some(socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_from_clients_end_only_their_own_sessions() {
+    let server = TestServer::hello().await;
+    let mut bomb = vec![0x81, 0xa1, b't'];
+    bomb.extend(std::iter::repeat_n(0x91, 100_000));
+    bomb.push(0x00);
+    let bin_claim = vec![
+        0x82, 0xa1, b't', 0xa4, b'd', b'a', b't', b'a', 0xa5, b'b', b'y', b't', b'e', b's', 0xc6,
+        0xff, 0xff, 0xff, 0xff,
+    ];
+    // A window grant of 4 GiB - 1, many times: credit must not overflow.
+    let window = codec_window(u32::MAX);
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("nesting bomb", vec![bomb]),
+        ("bin32 claim", vec![bin_claim]),
+        ("window flood", vec![window; 1000]),
+        ("empty frames", vec![Vec::new(); 1000]),
+    ];
+    let mut held = Vec::new();
+    for (case, payloads) in cases {
+        held.push(hostile_client(&server.url(), payloads).await);
+        let run = Client::new([server.url().as_str(), "hello", case])
+            .run()
+            .await;
+        assert_eq!(
+            run.stdout_text(),
+            format!("Hello, {case}!\n"),
+            "after {case}: {}",
+            run.stderr_text()
+        );
+    }
+    drop(held);
+}
+
+fn codec_window(bytes: u32) -> Vec<u8> {
+    use terminalwire_protocol::frame::WindowAdjust;
+    terminalwire_protocol::codec::encode(&terminalwire_protocol::ClientFrame::Window(
+        WindowAdjust {
+            sid: terminalwire_protocol::StreamId::STDOUT,
+            bytes,
+        },
+    ))
+}

@@ -184,7 +184,7 @@ pub fn device_key(path: &Path) -> Result<StaticKey, ClientError> {
             .map_err(|error| config(format!("{}: {error}", path.display()))),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             let key = StaticKey::generate().map_err(|error| config(error.to_string()))?;
-            write_private(path, key.to_file_text().as_bytes())
+            terminalwire_policy::write_private_atomically(path, key.to_file_text().as_bytes())
                 .map_err(|error| config(format!("cannot write {}: {error}", path.display())))?;
             Ok(key)
         }
@@ -224,32 +224,5 @@ pub fn save_pin(path: &Path, fingerprint: &str) -> io::Result<()> {
         "# The server identity terminalwire pinned for this authority.\n\
          # Change it only with `terminalwire authority trust`.\n{fingerprint}\n"
     );
-    write_private(path, text.as_bytes())
-}
-
-/// Writes a private file atomically: temporary file (0600) + rename.
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let temp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    terminalwire_policy::write_private_atomically(path, text.as_bytes())
 }

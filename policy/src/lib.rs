@@ -62,4 +62,4 @@ pub use grant::{
 };
 pub use home::{Home, HomeError};
 pub use path::{PathError, ResolvedPath, resolve};
-pub use policy::{GrantOutcome, Policy, PolicyError};
+pub use policy::{GrantOutcome, Policy, PolicyError, write_private_atomically};

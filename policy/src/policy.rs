@@ -171,26 +171,10 @@ impl Policy {
     /// `path`, then fsync the folder.
     pub fn save(&self, path: &Path) -> Result<(), PolicyError> {
         let text = self.to_toml(path)?;
-        let write_err = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| PolicyError::Write { path: p, source }
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        create_private_dirs(dir).map_err(write_err(dir))?;
-        let tmp = temp_path(path);
-        let result =
-            write_new_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(source) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(PolicyError::Write {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-        sync_dir(dir).map_err(write_err(dir))
+        write_private_atomically(path, text.as_bytes()).map_err(|source| PolicyError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Add a grant. The same pattern granted again merges: accesses are
@@ -285,6 +269,26 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     (line, column)
+}
+
+/// Writes a file only its owner can read, atomically: the folder is
+/// created (0700) if needed, `bytes` go to a temporary file (0600) beside
+/// `path`, which is synced and renamed over `path`, then the folder is
+/// synced. On failure the temporary file is removed and `path` is untouched.
+/// The client keeps its policy files, pins and keys this way.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    create_private_dirs(dir)?;
+    let tmp = temp_path(path);
+    let result = write_new_private(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(error) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(error);
+    }
+    sync_dir(dir)
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -77,4 +77,4 @@ pub use context::{
 };
 pub use identity::ServerIdentity;
 pub use outcome::{Exit, IntoOutcome, Outcome};
-pub use terminal::{Config, Terminal};
+pub use terminal::{Config, Terminal, shutdown_signal};

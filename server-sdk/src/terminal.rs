@@ -256,6 +256,31 @@ impl Terminal {
         })
     }
 
+    /// Serves `app` (which mounts this terminal) on `listener` until
+    /// `shutdown` resolves, then stops taking sessions and lets running
+    /// commands finish within the grace period. Any axum listener works:
+    /// TCP, [`LocalListener`](crate::local::LocalListener), a TLS listener.
+    pub async fn serve_app<L>(
+        &self,
+        listener: L,
+        app: axum::Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()>
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
+        let draining = self.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                draining.begin_shutdown();
+            })
+            .await?;
+        self.shutdown().await;
+        Ok(())
+    }
+
     /// Runs one session over any transport, until it ends.
     pub async fn serve(&self, transport: impl Transport) {
         let inner = &self.inner;
@@ -339,6 +364,25 @@ impl Drop for AddressSlot {
             }
         }
     }
+}
+
+/// Resolves on SIGINT or SIGTERM: the usual `shutdown` future for
+/// [`Terminal::serve_app`] in an app's `main`.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
 }
 
 #[cfg(test)]

@@ -65,15 +65,7 @@ impl TestServer {
     pub async fn with_terminal(terminal: Terminal) -> TestServer {
         TestServer::start(move |listener, shutdown| async move {
             let app = axum::Router::new().route("/terminal", terminal.route());
-            let draining = terminal.clone();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    shutdown.await;
-                    draining.begin_shutdown();
-                })
-                .await?;
-            terminal.shutdown().await;
-            Ok(())
+            terminal.serve_app(listener, app, shutdown).await
         })
         .await
     }

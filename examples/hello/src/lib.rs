@@ -504,16 +504,9 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    let app = router(&terminal);
-    let draining = terminal.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            draining.begin_shutdown();
-        })
-        .await?;
-    terminal.shutdown().await;
-    Ok(())
+    terminal
+        .serve_app(listener, router(&terminal), shutdown)
+        .await
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         let listener = terminalwire_server::local::LocalListener::bind(&path)
             .with_context(|| format!("cannot listen on {}", path.display()))?;
         announce(&format!("listening on unix:{}", path.display()));
-        hello::serve(listener, terminal, shutdown_signal()).await?;
+        hello::serve(listener, terminal, terminalwire_server::shutdown_signal()).await?;
         tracing::info!("stopped");
         return Ok(());
     }
@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     match tls {
         None => {
             announce(&format!("listening on ws://{addr}/terminal"));
-            hello::serve(listener, terminal, shutdown_signal()).await?;
+            hello::serve(listener, terminal, terminalwire_server::shutdown_signal()).await?;
         }
         Some((config, dev_cert)) => {
             announce(&format!("listening on wss://{addr}/terminal"));
@@ -163,7 +163,7 @@ async fn run_tls(
     let app = hello::router(&terminal);
     let draining = terminal.clone();
     tls::serve(listener, config, app, async move {
-        shutdown_signal().await;
+        terminalwire_server::shutdown_signal().await;
         draining.begin_shutdown();
     })
     .await?;
@@ -179,26 +179,4 @@ fn announce(line: &str) {
     use std::io::Write;
     println!("{line}");
     let _ = std::io::stdout().flush();
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(terminate) => terminate,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutdown signal received");
 }

@@ -551,16 +551,9 @@ pub async fn serve(
     terminal: Terminal,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = web::router(app, &terminal);
-    let draining = terminal.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            draining.begin_shutdown();
-        })
-        .await?;
-    terminal.shutdown().await;
-    Ok(())
+    terminal
+        .serve_app(listener, web::router(app, &terminal), shutdown)
+        .await
 }
 
 #[cfg(test)]

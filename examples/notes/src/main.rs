@@ -68,7 +68,13 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     announce(&format!("listening on ws://{addr}/terminal"));
-    notes::serve(listener, &app, terminal, shutdown_signal()).await?;
+    notes::serve(
+        listener,
+        &app,
+        terminal,
+        terminalwire_server::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -81,21 +87,4 @@ fn announce(line: &str) {
     use std::io::Write;
     println!("{line}");
     let _ = std::io::stdout().flush();
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(terminate) => terminate,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
 }

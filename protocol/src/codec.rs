@@ -183,6 +183,9 @@ tagged!(ClientFrame {
     "response" => Response,
     "signal" => Signal,
     "error" => Error,
+    "ack" => Ack,
+    "resume" => Resume,
+    "detach" => Detach,
 });
 
 tagged!(ServerFrame {
@@ -193,6 +196,9 @@ tagged!(ServerFrame {
     "request" => Request,
     "exit" => Exit,
     "error" => Error,
+    "ack" => Ack,
+    "resumed" => Resumed,
+    "detached" => Detached,
 });
 
 #[cfg(test)]

@@ -131,6 +131,26 @@ impl ReceiveWindow {
     }
 }
 
+impl ReceiveWindow {
+    /// Grants back everything consumed so far, however little (before the
+    /// receiver goes away, so that the next one can start from a full window).
+    pub fn grant_consumed(&mut self) -> Option<u32> {
+        if self.consumed == 0 {
+            return None;
+        }
+        let grant = u32::try_from(self.consumed).unwrap_or(u32::MAX);
+        self.consumed -= u64::from(grant);
+        self.peer_credit += u64::from(grant);
+        Some(grant)
+    }
+
+    /// Whether the peer holds the whole window as credit: nothing is in
+    /// flight, buffered or awaiting a grant.
+    pub fn is_full(&self) -> bool {
+        self.peer_credit == u64::from(self.window)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,15 @@ pub enum ClientFrame {
     Signal(Signal),
     /// `error`: the client ends the session because of a fatal error.
     Error(SessionError),
+    /// `ack`: the client has processed the server's sequenced frames up to
+    /// and including `seq` (capability `resume`; not itself sequenced).
+    Ack(Ack),
+    /// `resume`: instead of `hello`, the first frame on a new connection
+    /// that continues an existing session (capability `resume`).
+    Resume(Resume),
+    /// `detach`: the client asks to leave the session running on the server
+    /// and re-attach later (capability `resume`; not sequenced).
+    Detach(Detach),
     /// A frame whose tag this implementation does not know (from a newer peer).
     /// Never encoded; receivers reject or ignore it.
     #[serde(skip)]
@@ -58,6 +67,23 @@ pub enum ClientFrame {
         /// The tag as received.
         tag: String,
     },
+}
+
+impl ClientFrame {
+    /// Whether the frame takes the next sequence number of its direction
+    /// when `resume` is on: the frames whose loss the peer would notice.
+    /// Handshake and control frames (`hello`, `resume`, `ack`, `detach`,
+    /// `error`) are not numbered and never replayed.
+    pub fn is_sequenced(&self) -> bool {
+        matches!(
+            self,
+            ClientFrame::Data(_)
+                | ClientFrame::Eof(_)
+                | ClientFrame::Window(_)
+                | ClientFrame::Response(_)
+                | ClientFrame::Signal(_)
+        )
+    }
 }
 
 /// Frames the server sends.
@@ -80,6 +106,15 @@ pub enum ServerFrame {
     Exit(Exit),
     /// `error`: the server ends the session because of a fatal error.
     Error(SessionError),
+    /// `ack`: the server has processed the client's sequenced frames up to
+    /// and including `seq` (capability `resume`; not itself sequenced).
+    Ack(Ack),
+    /// `resumed`: the answer to `resume`; the session continues on this
+    /// connection and each side replays what the other lacks.
+    Resumed(Resumed),
+    /// `detached`: the answer to `detach`. When accepted it is the last
+    /// frame the server sends on this connection.
+    Detached(Detached),
     /// A frame whose tag this implementation does not know (from a newer peer).
     /// Never encoded; receivers reject or ignore it.
     #[serde(skip)]
@@ -87,6 +122,20 @@ pub enum ServerFrame {
         /// The tag as received.
         tag: String,
     },
+}
+
+impl ServerFrame {
+    /// Whether the frame takes the next sequence number of its direction
+    /// when `resume` is on (see [`ClientFrame::is_sequenced`]).
+    pub fn is_sequenced(&self) -> bool {
+        matches!(
+            self,
+            ServerFrame::Data(_)
+                | ServerFrame::Window(_)
+                | ServerFrame::Request(_)
+                | ServerFrame::Exit(_)
+        )
+    }
 }
 
 /// Name and version of a program (client or server).
@@ -225,6 +274,75 @@ pub struct Welcome {
     pub window: u32,
     /// Largest `data` payload the server accepts, in bytes.
     pub max_chunk: u32,
+    /// How to resume this session after a lost connection; present when
+    /// both sides have the `resume` capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumeTicket>,
+}
+
+/// What a client needs to continue a session on a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeTicket {
+    /// The secret that proves the session is the client's, together with
+    /// the device key of the secure channel (section 1.1). Single use:
+    /// every `resumed` carries the next one.
+    pub token: ByteBuf,
+    /// Seconds the server keeps the session and its command after the
+    /// connection drops.
+    pub grace_secs: u32,
+    /// Seconds the server keeps a detached session; 0 when detaching is not
+    /// offered.
+    #[serde(default)]
+    pub detach_secs: u32,
+}
+
+/// `ack`: cumulative acknowledgement of the peer's sequenced frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The number of the peer's sequenced frames processed so far (the
+    /// first sequenced frame of each direction is number 1).
+    pub seq: u64,
+}
+
+/// `resume`: continue a session on a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The `session_id` from `welcome`.
+    pub session_id: String,
+    /// The current token (from `welcome.resume` or the last `resumed`).
+    pub token: ByteBuf,
+    /// Sequenced server frames the client has processed.
+    pub received: u64,
+}
+
+/// `resumed`: the session continues on this connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// Sequenced client frames the server has processed: the client replays
+    /// the ones after it.
+    pub received: u64,
+    /// The token for the next resume; the one just used is spent.
+    pub token: ByteBuf,
+}
+
+/// `detach`: the client wants to leave the command running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detach {}
+
+/// `detached`: the server's answer to `detach`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {
+    /// Whether the session is now detached. If not, it goes on as before.
+    pub accepted: bool,
+    /// Why not (or a note for the user), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Seconds the server keeps the detached session.
+    #[serde(default)]
+    pub keep_secs: u32,
+    /// The token for re-attaching (the previous one is spent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<ByteBuf>,
 }
 
 /// `incompatible`: no common protocol version.
@@ -731,6 +849,9 @@ pub enum ErrorCode {
     Shutdown,
     /// `internal`: a bug or unexpected failure inside the sender.
     Internal,
+    /// `expired`: the session to resume does not exist (any more): it ended,
+    /// or its grace period ran out.
+    Expired,
     /// A code this implementation does not know, kept as received.
     Other(String),
 }
@@ -751,6 +872,7 @@ impl ErrorCode {
             ErrorCode::Incompatible => "incompatible",
             ErrorCode::Shutdown => "shutdown",
             ErrorCode::Internal => "internal",
+            ErrorCode::Expired => "expired",
             ErrorCode::Other(other) => other,
         }
     }
@@ -770,6 +892,7 @@ impl ErrorCode {
             "incompatible" => ErrorCode::Incompatible,
             "shutdown" => ErrorCode::Shutdown,
             "internal" => ErrorCode::Internal,
+            "expired" => ErrorCode::Expired,
             other => ErrorCode::Other(other.to_owned()),
         }
     }

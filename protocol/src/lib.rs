@@ -19,6 +19,8 @@
 //! - [`handshake`]: version ranges and [`negotiate`](handshake::negotiate).
 //! - [`flow`]: credit-based flow control ([`SendCredit`](flow::SendCredit) for the
 //!   sender, [`ReceiveWindow`](flow::ReceiveWindow) for the receiver).
+//! - [`resume`]: sequence numbers, acknowledgements and replay for resuming a
+//!   session on a new connection, and the client's memory of executed requests.
 //! - [`secure`]: the Noise XX handshake and sealed frames inside the WebSocket
 //!   (pinned server key, device key, AEAD on every frame).
 //!
@@ -38,6 +40,7 @@ pub mod codec;
 pub mod flow;
 pub mod frame;
 pub mod handshake;
+pub mod resume;
 pub mod secure;
 
 pub use codec::{DecodeError, Frame};

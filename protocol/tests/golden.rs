@@ -747,6 +747,7 @@ fn table() -> Vec<Case> {
                 capabilities: vec![s("stdout"), s("stderr"), s("exit"), s("stdin.line")],
                 window: 1024 * 1024,
                 max_chunk: 64 * 1024,
+                resume: None,
             }),
         ),
         server(
@@ -761,6 +762,7 @@ fn table() -> Vec<Case> {
                 capabilities: vec![],
                 window: 65_536,
                 max_chunk: 16_384,
+                resume: None,
             }),
         ),
         server(

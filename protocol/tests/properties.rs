@@ -337,6 +337,7 @@ fn server_frame() -> BoxedStrategy<ServerFrame> {
                 capabilities,
                 window,
                 max_chunk,
+                resume: None,
             },
         );
     prop_oneof![

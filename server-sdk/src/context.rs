@@ -417,6 +417,28 @@ impl Context {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Refuses to let the user detach from this command (say, while it
+    /// waits for a human answer); `reason` is shown to the user who tries.
+    /// Commands can be detached by default when the server allows it
+    /// ([`Config::detach_keep`](crate::Config::detach_keep)).
+    pub fn refuse_detach(&self, reason: impl Into<String>) {
+        *self
+            .shared
+            .detach_refusal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.into());
+    }
+
+    /// Lets the user detach from this command again (after
+    /// [`refuse_detach`](Context::refuse_detach)).
+    pub fn allow_detach(&self) {
+        *self
+            .shared
+            .detach_refusal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     /// Resolves at the next Ctrl-C the user presses on the client (cooked
     /// mode; in raw mode Ctrl-C is a key). Calling it means the command
     /// handles interrupts itself ([`handle_interrupts`](Context::handle_interrupts)).

@@ -1,7 +1,7 @@
 //! The protocol engine of one connection: handshake, frame dispatch, flow
 //! control, requests in flight, the command's task and the session's end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,9 +12,11 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::flow::SendCredit;
 use terminalwire_protocol::frame::{
-    ClientFrame, Data, ErrorCode, Exit, Hello, Incompatible, Operation, Reply, Request, Response,
-    ServerFrame, SessionError, SignalKind, Software, StreamId, Welcome,
+    Ack, ClientFrame, Data, Detached, ErrorCode, Exit, Hello, Incompatible, Operation, Reply,
+    Request, Response, Resume, ResumeTicket, Resumed, ServerFrame, SessionError, SignalKind,
+    Software, StreamId, Welcome,
 };
+use terminalwire_protocol::resume::{self, Receipts, ReplayBuffer, Token};
 use terminalwire_protocol::{SUPPORTED_VERSIONS, codec, negotiate};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -32,7 +34,8 @@ use terminalwire_protocol::secure::Responder;
 pub(crate) const INTERRUPTED_STATUS: u8 = 130;
 
 /// Capabilities this server implements.
-pub(crate) const SERVER_CAPABILITIES: &[&str] = &["stdout", "stderr", "exit", "stdin.line"];
+pub(crate) const SERVER_CAPABILITIES: &[&str] =
+    &["stdout", "stderr", "exit", "stdin.line", resume::CAPABILITY];
 
 /// Frames queued for the writer task; small, since data frames are already
 /// bounded by the client's window.
@@ -76,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) interrupts: watch::Sender<u64>,
     /// The client terminal's size (columns, rows), as last reported.
     pub(crate) size: watch::Sender<Option<(u16, u16)>>,
+    /// Why the command may not be detached now, if it may not.
+    pub(crate) detach_refusal: Mutex<Option<String>>,
 }
 
 fn disconnected() -> io::Error {
@@ -214,15 +219,17 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// Runs one session to its end. Never panics on peer input.
+/// Runs one connection to its end: a new session, or a new connection for
+/// a session that is waiting to be resumed. Never panics on peer input.
 pub(crate) async fn run(
     transport: impl Transport,
     command: Arc<dyn Command>,
     config: Arc<Config>,
     shutdown: CancellationToken,
     session_id: String,
+    registry: Arc<Registry>,
 ) {
-    let span = tracing::info_span!("session", id = %session_id);
+    let span = tracing::info_span!("connection", id = %session_id);
     async move {
         let (writer, reader) = transport.split();
         let (mut writer, mut reader, device) = match secure_accept(writer, reader, &config).await {
@@ -232,8 +239,28 @@ pub(crate) async fn run(
                 return;
             }
         };
-        let hello = match handshake(&mut writer, &mut reader, &config, &session_id).await {
-            Ok(hello) => hello,
+        let first = match first_frame(&mut writer, &mut reader, &config).await {
+            Ok(first) => first,
+            Err(reason) => {
+                tracing::info!(%reason, "handshake failed");
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
+                return;
+            }
+        };
+        let hello = match first {
+            First::Hello(hello) => hello,
+            First::Resume(resume) => {
+                reattach(writer, reader, resume, &device, &registry).await;
+                return;
+            }
+        };
+        let session = Started {
+            id: session_id,
+            device,
+            ticket: None,
+        };
+        let (hello, session) = match handshake(&mut writer, hello, &config, session).await {
+            Ok(opened) => opened,
             Err(reason) => {
                 tracing::info!(%reason, "handshake failed");
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
@@ -241,16 +268,160 @@ pub(crate) async fn run(
             }
         };
         tracing::info!(
-            client = %hello.client.name, version = %hello.client.version, os = %hello.os,
-            authority = %hello.authority, "session started"
+            session = %session.id, client = %hello.client.name, version = %hello.client.version,
+            os = %hello.os, authority = %hello.authority, resumable = session.ticket.is_some(),
+            "session started"
         );
         serve(
-            writer, reader, hello, device, command, config, shutdown, session_id,
+            writer, reader, hello, session, command, config, shutdown, registry,
         )
         .await;
     }
     .instrument(span)
     .await;
+}
+
+/// A session that passed its handshake.
+struct Started {
+    id: String,
+    /// Fingerprint of the client's device key.
+    device: String,
+    /// The first resume token, when the session can be resumed.
+    ticket: Option<Token>,
+}
+
+/// What a client opens a connection with.
+enum First {
+    Hello(Hello),
+    Resume(Resume),
+}
+
+/// A new connection handed to the session it resumes.
+pub(crate) struct Reattach {
+    writer: FrameWriter,
+    reader: FrameReader,
+    /// Sequenced server frames the client has processed.
+    received: u64,
+    /// The token for the next resume (already in the registry).
+    token: Token,
+}
+
+/// Sessions that can be resumed, by id: every running session whose client
+/// has the `resume` capability, connected or not.
+#[derive(Default)]
+pub(crate) struct Registry {
+    sessions: Mutex<HashMap<String, Resumable>>,
+}
+
+struct Resumable {
+    device: String,
+    token: Token,
+    attach: mpsc::Sender<Reattach>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resumable>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, id: &str, device: &str, token: Token, attach: mpsc::Sender<Reattach>) {
+        self.lock().insert(
+            id.to_owned(),
+            Resumable {
+                device: device.to_owned(),
+                token,
+                attach,
+            },
+        );
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Replaces the session's token with a fresh one and returns it.
+    fn rotate(&self, id: &str) -> Option<Token> {
+        let token = new_token().ok()?;
+        let mut sessions = self.lock();
+        let session = sessions.get_mut(id)?;
+        session.token = token.clone();
+        Some(token)
+    }
+
+    /// Checks a resume attempt by the device `device`; on success the token
+    /// is spent and the next one returned with the session's door.
+    fn claim(
+        &self,
+        resume: &Resume,
+        device: &str,
+    ) -> Result<(mpsc::Sender<Reattach>, Token), (ErrorCode, String)> {
+        let mut sessions = self.lock();
+        let Some(session) = sessions.get_mut(&resume.session_id) else {
+            return Err((
+                ErrorCode::Expired,
+                format!(
+                    "there is no session {} to resume: it ended, or it waited longer than its grace period",
+                    resume.session_id
+                ),
+            ));
+        };
+        // Both checks always run, so a refusal does not tell which failed.
+        let same_device = session.device == device;
+        let right_token = session.token.matches(&resume.token);
+        if !(same_device && right_token) {
+            return Err((
+                ErrorCode::Denied,
+                "this session can only be resumed by the device that started it, with its current token"
+                    .into(),
+            ));
+        }
+        let next = new_token().map_err(|error| (ErrorCode::Internal, error))?;
+        session.token = next.clone();
+        Ok((session.attach.clone(), next))
+    }
+
+    /// Sessions that can be resumed now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// 32 bytes from the operating system's random generator.
+fn new_token() -> Result<Token, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|error| format!("no random numbers: {error}"))?;
+    Ok(Token(bytes))
+}
+
+/// Hands a resuming connection to its session, or tells the client why not.
+async fn reattach(
+    mut writer: FrameWriter,
+    reader: FrameReader,
+    resume: Resume,
+    device: &str,
+    registry: &Registry,
+) {
+    match registry.claim(&resume, device) {
+        Ok((attach, token)) => {
+            tracing::info!(session = %resume.session_id, received = resume.received, "resume");
+            let reattach = Reattach {
+                writer,
+                reader,
+                received: resume.received,
+                token,
+            };
+            if let Err(mpsc::error::SendError(mut back)) = attach.send(reattach).await {
+                let message = format!("session {} has just ended", resume.session_id);
+                reject(&mut back.writer, ErrorCode::Expired, message).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, back.writer.close()).await;
+            }
+        }
+        Err((code, message)) => {
+            tracing::info!(session = %resume.session_id, %code, %message, "resume refused");
+            reject(&mut writer, code, message).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
+        }
+    }
 }
 
 /// Runs the Noise handshake as the responder, then wraps the transport so
@@ -328,15 +499,15 @@ async fn reject(writer: &mut FrameWriter, code: ErrorCode, message: String) -> S
     message
 }
 
-/// Reads and answers the client's hello. On failure the client has been told why.
-async fn handshake(
+/// Reads the client's first frame: `hello`, or `resume`. On failure the
+/// client has been told why.
+async fn first_frame(
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
     config: &Config,
-    session_id: &str,
-) -> Result<Hello, String> {
+) -> Result<First, String> {
     let deadline = Instant::now() + config.handshake_timeout;
-    let hello = loop {
+    loop {
         let inbound = match tokio::time::timeout_at(deadline, reader.next()).await {
             Err(_) => {
                 let message = format!("no hello within {:?}", config.handshake_timeout);
@@ -356,20 +527,33 @@ async fn handshake(
                 )
                 .await);
             }
-            Inbound::Frame(bytes) => match codec::decode::<ClientFrame>(&bytes) {
-                Ok(ClientFrame::Hello(hello)) => break hello,
-                Ok(other) => {
-                    let message = format!("expected hello, got {}", client_frame_name(&other));
-                    return Err(reject(writer, ErrorCode::Protocol, message).await);
-                }
-                Err(error) => {
-                    return Err(
-                        reject(writer, ErrorCode::Protocol, format!("bad hello: {error}")).await,
-                    );
-                }
-            },
+            Inbound::Frame(bytes) => {
+                return match codec::decode::<ClientFrame>(&bytes) {
+                    Ok(ClientFrame::Hello(hello)) => Ok(First::Hello(hello)),
+                    Ok(ClientFrame::Resume(resume)) => Ok(First::Resume(resume)),
+                    Ok(other) => {
+                        let message = format!("expected hello, got {}", client_frame_name(&other));
+                        Err(reject(writer, ErrorCode::Protocol, message).await)
+                    }
+                    Err(error) => {
+                        Err(
+                            reject(writer, ErrorCode::Protocol, format!("bad hello: {error}"))
+                                .await,
+                        )
+                    }
+                };
+            }
         }
-    };
+    }
+}
+
+/// Answers the client's hello. On failure the client has been told why.
+async fn handshake(
+    writer: &mut FrameWriter,
+    hello: Hello,
+    config: &Config,
+    mut session: Started,
+) -> Result<(Hello, Started), String> {
     let Some(version) = negotiate(SUPPORTED_VERSIONS, hello.versions) else {
         let message = config.incompatible_message.clone().unwrap_or_else(|| {
             format!(
@@ -396,30 +580,60 @@ async fn handshake(
         )
         .await);
     }
+    let resumable = !config.resume_grace.is_zero()
+        && hello
+            .capabilities
+            .iter()
+            .any(|capability| capability == resume::CAPABILITY);
+    let ticket = if resumable {
+        match new_token() {
+            Ok(token) => Some(token),
+            Err(error) => {
+                tracing::warn!(%error, "session cannot be resumed");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let welcome = Welcome {
         version,
         server: Software {
             name: config.server_name.clone(),
             version: config.server_version.clone(),
         },
-        session_id: session_id.to_owned(),
+        session_id: session.id.clone(),
         capabilities: hello
             .capabilities
             .iter()
             .filter(|capability| SERVER_CAPABILITIES.contains(&capability.as_str()))
+            .filter(|capability| ticket.is_some() || *capability != resume::CAPABILITY)
             .cloned()
             .collect(),
         window: config.window,
         max_chunk: config.max_chunk,
+        resume: ticket.as_ref().map(|token| ResumeTicket {
+            token: ByteBuf::from(token.0.to_vec()),
+            grace_secs: secs(config.resume_grace),
+            detach_secs: secs(config.detach_keep),
+        }),
     };
     let capabilities = welcome.capabilities.clone();
     if !send_now(writer, &ServerFrame::Welcome(welcome)).await {
         return Err("could not send welcome".into());
     }
-    Ok(Hello {
-        capabilities,
-        ..hello
-    })
+    session.ticket = ticket;
+    Ok((
+        Hello {
+            capabilities,
+            ..hello
+        },
+        session,
+    ))
+}
+
+fn secs(duration: Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
 }
 
 fn client_frame_name(frame: &ClientFrame) -> String {
@@ -431,6 +645,9 @@ fn client_frame_name(frame: &ClientFrame) -> String {
         ClientFrame::Response(_) => "response".into(),
         ClientFrame::Signal(_) => "signal".into(),
         ClientFrame::Error(_) => "error".into(),
+        ClientFrame::Ack(_) => "ack".into(),
+        ClientFrame::Resume(_) => "resume".into(),
+        ClientFrame::Detach(_) => "detach".into(),
         ClientFrame::Unknown { tag } => format!("unknown frame type `{tag}`"),
         _ => "an unsupported frame".into(),
     }
@@ -438,29 +655,98 @@ fn client_frame_name(frame: &ClientFrame) -> String {
 
 /// Why the session loop stopped.
 enum End {
-    /// The command finished and its exit frame is queued.
+    /// The command finished and its exit frame is queued (or, when the
+    /// session is resumable, delivered and acknowledged).
     Finished,
-    /// The client went away or the transport failed.
+    /// The client went away or the transport failed, and the session cannot
+    /// be resumed.
     Gone(String),
     /// The client broke the protocol; tell it.
     Violation(String),
     /// The shutdown grace period ran out.
     ShutdownExpired,
-    /// The user pressed Ctrl-C and the command does not handle it.
-    Interrupted,
+    /// No client came back within the grace period (or the detach time).
+    Expired(String),
+}
+
+/// What a frame from the client asks of the session loop.
+enum Action {
+    None,
+    Ack(u64),
+    Interrupt,
+    Detach,
+}
+
+/// Orders for the writer task.
+enum Control {
+    /// Write on this connection from now on: first `first`, then the
+    /// sequenced frames after `replay_from` that the client lacks.
+    Attach {
+        writer: FrameWriter,
+        generation: u64,
+        first: Option<ServerFrame>,
+        replay_from: Option<u64>,
+    },
+    /// Write this unsequenced frame now, ahead of queued frames.
+    Send(ServerFrame),
+    /// The client processed our sequenced frames up to here.
+    Acked(u64),
+    /// Stop writing on the connection (lost, or detached); keep buffering.
+    Release,
+    /// The session is over: flush, close the connection and stop.
+    Close,
+}
+
+/// What the writer task reports.
+enum WriterEvent {
+    /// Writing on connection `generation` failed.
+    Lost { generation: u64, reason: String },
+    /// The client's acknowledgements or resume point are impossible.
+    Violation(String),
+    /// The client acknowledged the exit frame: the session is complete.
+    ExitAcked,
+}
+
+/// The client's current connection, as the session loop sees it.
+struct Connection {
+    reader: Option<FrameReader>,
+    generation: u64,
+    /// Set while no client is connected: when the session expires.
+    parked_until: Option<Instant>,
+    /// The client asked to detach; when it disconnects, keep the session
+    /// for the detach time instead of the grace period.
+    detaching: bool,
+}
+
+/// Ends the session's registration however `serve` ends.
+struct Registered<'a> {
+    registry: &'a Registry,
+    id: &'a str,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     writer: FrameWriter,
-    mut reader: FrameReader,
+    reader: FrameReader,
     hello: Hello,
-    device: String,
+    session: Started,
     command: Arc<dyn Command>,
     config: Arc<Config>,
     shutdown: CancellationToken,
-    session_id: String,
+    registry: Arc<Registry>,
 ) {
+    let Started {
+        id: session_id,
+        device,
+        ticket,
+    } = session;
+    let resumable = ticket.is_some();
     let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let out_stream = |sid| OutStream {
         sid,
@@ -490,9 +776,10 @@ async fn serve(
                 .or(hello.terminal.stdin.size)
                 .map(|size| (size.cols, size.rows)),
         ),
+        detach_refusal: Mutex::new(None),
     });
     let info = SessionInfo {
-        session_id,
+        session_id: session_id.clone(),
         program_name: hello.program.name,
         args: hello.program.args,
         client: ClientInfo {
@@ -502,7 +789,7 @@ async fn serve(
             os_version: hello.os_version,
             arch: hello.arch,
             authority: hello.authority,
-            device,
+            device: device.clone(),
             storage: hello.storage,
             capabilities: hello.capabilities,
         },
@@ -512,42 +799,225 @@ async fn serve(
         shared: shared.clone(),
         info: Arc::new(info),
     };
-    let writer_task = tokio::spawn(write_frames(writer, outbound_rx));
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let (events_tx, mut writer_events) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(
+        write_frames(
+            outbound_rx,
+            control_rx,
+            events_tx,
+            resumable,
+            config.replay_limit as u64,
+        )
+        .in_current_span(),
+    );
+    let _ = control.send(Control::Attach {
+        writer,
+        generation: 0,
+        first: None,
+        replay_from: None,
+    });
+    let (attach_tx, mut attach_rx) = mpsc::channel::<Reattach>(1);
+    if let Some(token) = ticket {
+        registry.insert(&session_id, &device, token, attach_tx);
+    } else {
+        drop(attach_tx);
+    }
+    let _registered = Registered {
+        registry: &registry,
+        id: &session_id,
+    };
     let mut command_task = tokio::spawn(run_command(command, ctx).in_current_span());
-
+    let mut command_done = false;
+    let mut interrupted = false;
+    let mut connection = Connection {
+        reader: Some(reader),
+        generation: 0,
+        parked_until: None,
+        detaching: false,
+    };
+    let mut receipts = Receipts::new();
+    let mut ack_deadline: Option<Instant> = None;
+    let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
     let mut shutdown_deadline: Option<Instant> = None;
+
+    // A lost connection ends a session that cannot be resumed; a resumable
+    // one waits for its client.
+    let lose = |connection: &mut Connection, reason: String| -> Option<End> {
+        if !resumable {
+            return Some(End::Gone(reason));
+        }
+        let keep = if connection.detaching {
+            config.detach_keep
+        } else {
+            config.resume_grace
+        };
+        tracing::info!(%reason, ?keep, detached = connection.detaching, "client disconnected; keeping the session");
+        connection.reader = None;
+        connection.generation += 1;
+        connection.parked_until = Some(Instant::now() + keep);
+        let _ = control.send(Control::Release);
+        None
+    };
+
     let end = loop {
+        let idle = connection.reader.is_some().then_some(idle_deadline);
         tokio::select! {
-            inbound = reader.next() => {
+            inbound = next_inbound(&mut connection.reader) => {
                 idle_deadline = Instant::now() + config.idle_timeout;
-                match inbound {
-                    None => break End::Gone("client closed the connection".into()),
-                    Some(Err(error)) => break End::Gone(format!("transport error: {error}")),
-                    Some(Ok(Inbound::Heartbeat)) => {}
+                let bytes = match inbound {
+                    None => {
+                        match lose(&mut connection, "the client closed the connection".into()) {
+                            Some(end) => break end,
+                            None => continue,
+                        }
+                    }
+                    Some(Err(error)) => {
+                        match lose(&mut connection, format!("transport error: {error}")) {
+                            Some(end) => break end,
+                            None => continue,
+                        }
+                    }
+                    Some(Ok(Inbound::Heartbeat)) => continue,
                     Some(Ok(Inbound::Unexpected(what))) => break End::Violation(format!("unexpected {what}")),
-                    Some(Ok(Inbound::Frame(bytes))) => {
-                        if let Err(end) = dispatch(&shared, &bytes) {
-                            break end;
+                    Some(Ok(Inbound::Frame(bytes))) => bytes,
+                };
+                let (action, sequenced) = match dispatch(&shared, &bytes, resumable) {
+                    Ok(dispatched) => dispatched,
+                    Err(end) => break end,
+                };
+                if sequenced {
+                    if let Some(seq) = receipts.on_frame(bytes.len()) {
+                        let _ = control.send(Control::Send(ServerFrame::Ack(Ack { seq })));
+                        ack_deadline = None;
+                    } else if ack_deadline.is_none() {
+                        ack_deadline = Some(Instant::now() + ack_delay);
+                    }
+                }
+                match action {
+                    Action::None => {}
+                    Action::Ack(seq) => {
+                        let _ = control.send(Control::Acked(seq));
+                    }
+                    Action::Interrupt => {
+                        if !command_done {
+                            interrupted = true;
+                            command_task.abort();
+                        }
+                    }
+                    Action::Detach => {
+                        let refusal = if !resumable {
+                            Some("this session cannot be detached: the client did not ask for resumable sessions".to_owned())
+                        } else if config.detach_keep.is_zero() {
+                            Some("detaching is turned off on this server".to_owned())
+                        } else {
+                            shared.detach_refusal.lock().unwrap_or_else(PoisonError::into_inner).clone()
+                        };
+                        let token = match refusal {
+                            Some(_) => None,
+                            None => registry.rotate(&session_id),
+                        };
+                        let answer = match (token, refusal) {
+                            (Some(token), _) => {
+                                tracing::info!(keep = ?config.detach_keep, "client detaches");
+                                connection.detaching = true;
+                                Detached {
+                                    accepted: true,
+                                    message: None,
+                                    keep_secs: secs(config.detach_keep),
+                                    token: Some(ByteBuf::from(token.0.to_vec())),
+                                }
+                            }
+                            (None, refusal) => Detached {
+                                accepted: false,
+                                message: Some(refusal.unwrap_or_else(|| "the server could not make a token to re-attach with".into())),
+                                keep_secs: 0,
+                                token: None,
+                            },
+                        };
+                        let accepted = answer.accepted;
+                        let _ = control.send(Control::Send(ServerFrame::Detached(answer)));
+                        if accepted {
+                            // Nothing more goes to this client; the frames the
+                            // command writes meanwhile wait for `attach`.
+                            let _ = control.send(Control::Release);
                         }
                     }
                 }
             }
-            joined = &mut command_task => {
-                if let Err(error) = joined {
-                    tracing::error!(%error, "command task failed");
+            Some(reattach) = attach_rx.recv() => {
+                connection.generation += 1;
+                connection.reader = Some(reattach.reader);
+                connection.parked_until = None;
+                connection.detaching = false;
+                idle_deadline = Instant::now() + config.idle_timeout;
+                let received = receipts.received();
+                receipts.acknowledged_all();
+                ack_deadline = None;
+                tracing::info!(client_received = reattach.received, received, "client resumed");
+                let _ = control.send(Control::Attach {
+                    writer: reattach.writer,
+                    generation: connection.generation,
+                    first: Some(ServerFrame::Resumed(Resumed {
+                        received,
+                        token: ByteBuf::from(reattach.token.0.to_vec()),
+                    })),
+                    replay_from: Some(reattach.received),
+                });
+            }
+            Some(event) = writer_events.recv() => match event {
+                WriterEvent::Lost { generation, reason } if generation == connection.generation => {
+                    if let Some(end) = lose(&mut connection, reason) {
+                        break end;
+                    }
                 }
-                break End::Finished;
+                WriterEvent::Lost { .. } => {}
+                WriterEvent::Violation(reason) => break End::Violation(reason),
+                WriterEvent::ExitAcked => break End::Finished,
+            },
+            joined = &mut command_task, if !command_done => {
+                command_done = true;
+                match joined {
+                    Err(error) if error.is_cancelled() && interrupted => {
+                        tracing::info!("interrupted by the user");
+                        // After the frames already queued, so no output is lost.
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let _ = shared.send(ServerFrame::Exit(Exit { status: INTERRUPTED_STATUS })).await;
+                        });
+                    }
+                    Err(error) => tracing::error!(%error, "command task failed"),
+                    Ok(()) => {}
+                }
+                // A resumable session lives until the client has the exit.
+                if !resumable {
+                    break End::Finished;
+                }
             }
             () = shutdown.cancelled(), if shutdown_deadline.is_none() => {
                 tracing::info!(grace = ?config.shutdown_grace, "server shutting down; waiting for the command");
                 shutdown_deadline = Some(Instant::now() + config.shutdown_grace);
             }
-            () = tokio::time::sleep_until(shutdown_deadline.unwrap_or(idle_deadline)), if shutdown_deadline.is_some() => {
-                break End::ShutdownExpired;
+            () = sleep_until(shutdown_deadline) => break End::ShutdownExpired,
+            () = sleep_until(idle) => {
+                let reason = format!("no sign of life from the client for {:?}", config.idle_timeout);
+                if let Some(end) = lose(&mut connection, reason) {
+                    break end;
+                }
             }
-            () = tokio::time::sleep_until(idle_deadline) => {
-                break End::Gone(format!("no sign of life from the client for {:?}", config.idle_timeout));
+            () = sleep_until(connection.parked_until) => {
+                break End::Expired(if connection.detaching {
+                    "the detached session was not re-attached in time".into()
+                } else {
+                    "the client did not come back within the grace period".into()
+                });
+            }
+            () = sleep_until(ack_deadline) => {
+                ack_deadline = None;
+                if connection.reader.is_some() && let Some(seq) = receipts.pending() {
+                    let _ = control.send(Control::Send(ServerFrame::Ack(Ack { seq })));
+                }
             }
         }
     };
@@ -558,17 +1028,15 @@ async fn serve(
             tracing::info!(%reason, "client gone");
             None
         }
+        End::Expired(reason) => {
+            tracing::info!(%reason, "session expired");
+            None
+        }
         End::Violation(reason) => {
             tracing::warn!(%reason, "protocol violation by the client");
             Some(ServerFrame::Error(SessionError {
                 code: ErrorCode::Protocol,
                 message: reason.clone(),
-            }))
-        }
-        End::Interrupted => {
-            tracing::info!("interrupted by the user");
-            Some(ServerFrame::Exit(Exit {
-                status: INTERRUPTED_STATUS,
             }))
         }
         End::ShutdownExpired => Some(ServerFrame::Error(SessionError {
@@ -579,19 +1047,23 @@ async fn serve(
     if !matches!(end, End::Finished) {
         command_task.abort();
     }
+    // Fatal errors go ahead of queued output; the writer closes after them.
     if let Some(frame) = final_frame {
-        // The queue may be full of data the client will never read; don't wait long.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, shared.outbound.send(frame)).await;
+        let _ = control.send(Control::Send(frame));
     }
-    if matches!(end, End::Gone(_)) {
+    if resumable {
+        let _ = control.send(Control::Close);
+    }
+    if matches!(end, End::Gone(_) | End::Expired(_)) {
         writer_task.abort();
     } else {
         // The writer sends the exit or error frame, then closes; meanwhile keep
         // reading so the client's window grants and close are consumed.
+        let mut reader = connection.reader.take();
         let drain = async {
-            while let Some(Ok(inbound)) = reader.next().await {
+            while let Some(Ok(inbound)) = next_inbound(&mut reader).await {
                 if let Inbound::Frame(bytes) = inbound {
-                    let _ = dispatch(&shared, &bytes);
+                    let _ = dispatch(&shared, &bytes, resumable);
                 }
             }
         };
@@ -605,62 +1077,274 @@ async fn serve(
     tracing::info!("session ended");
 }
 
-/// Handles one frame from the client while the command runs.
-fn dispatch(shared: &Shared, bytes: &[u8]) -> Result<(), End> {
+/// The next message on the connection; never, while there is none.
+async fn next_inbound(reader: &mut Option<FrameReader>) -> Option<Result<Inbound, TransportError>> {
+    match reader {
+        Some(reader) => reader.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`; forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Handles one frame from the client while the command runs. Also says
+/// whether the frame was sequenced (it counts towards acknowledgements).
+fn dispatch(shared: &Shared, bytes: &[u8], resumable: bool) -> Result<(Action, bool), End> {
     let frame =
         codec::decode::<ClientFrame>(bytes).map_err(|error| End::Violation(error.to_string()))?;
-    match frame {
-        ClientFrame::Window(adjust) => shared
-            .grant(adjust.sid, adjust.bytes)
-            .map_err(End::Violation),
-        ClientFrame::Response(response) => shared.complete(response).map_err(End::Violation),
+    let sequenced = resumable && frame.is_sequenced();
+    let action = match frame {
+        ClientFrame::Window(adjust) => {
+            shared
+                .grant(adjust.sid, adjust.bytes)
+                .map_err(End::Violation)?;
+            Action::None
+        }
+        ClientFrame::Response(response) => {
+            shared.complete(response).map_err(End::Violation)?;
+            Action::None
+        }
         ClientFrame::Signal(signal) => {
             tracing::debug!(?signal, "signal from the client");
             match signal.signal {
                 SignalKind::Interrupt if shared.interrupts_handled.load(Ordering::Acquire) => {
                     shared.interrupts.send_modify(|count| *count += 1);
-                    Ok(())
+                    Action::None
                 }
-                SignalKind::Interrupt => Err(End::Interrupted),
+                SignalKind::Interrupt => Action::Interrupt,
                 SignalKind::Resize => {
                     if let Some(size) = signal.size {
                         shared.size.send_replace(Some((size.cols, size.rows)));
                     }
-                    Ok(())
+                    Action::None
                 }
-                _ => Ok(()),
+                _ => Action::None,
             }
         }
-        ClientFrame::Error(error) => Err(End::Gone(format!(
-            "client error ({}): {}",
-            error.code, error.message
-        ))),
-        other => Err(End::Violation(format!(
-            "unexpected {} frame",
-            client_frame_name(&other)
-        ))),
+        ClientFrame::Ack(ack) if resumable => Action::Ack(ack.seq),
+        ClientFrame::Detach(_) => Action::Detach,
+        ClientFrame::Error(error) => {
+            return Err(End::Gone(format!(
+                "client error ({}): {}",
+                error.code, error.message
+            )));
+        }
+        other => {
+            return Err(End::Violation(format!(
+                "unexpected {} frame",
+                client_frame_name(&other)
+            )));
+        }
+    };
+    Ok((action, sequenced))
+}
+
+/// What the writer task handles next.
+enum Next {
+    Control(Control),
+    Frame(ServerFrame),
+}
+
+/// Sends the session's frames on whichever connection the client has now.
+/// For a resumable session, keeps every sequenced frame until the client
+/// acknowledges it, and replays what a resuming client lacks; stops taking
+/// frames from the command while `replay_limit` bytes are unacknowledged.
+async fn write_frames(
+    mut frames: mpsc::Receiver<ServerFrame>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    events: mpsc::UnboundedSender<WriterEvent>,
+    resumable: bool,
+    replay_limit: u64,
+) {
+    let mut replay = ReplayBuffer::new();
+    let mut exit_seq: Option<u64> = None;
+    let mut link: Option<(FrameWriter, u64)> = None;
+    let mut deferred: VecDeque<Control> = VecDeque::new();
+    let mut frames_open = true;
+    loop {
+        let room = !resumable || replay.bytes() < replay_limit;
+        let next = match deferred.pop_front() {
+            Some(order) => Next::Control(order),
+            None => tokio::select! {
+                biased;
+                order = control.recv() => match order {
+                    Some(order) => Next::Control(order),
+                    None => return,
+                },
+                frame = frames.recv(), if room && frames_open => match frame {
+                    Some(frame) => Next::Frame(frame),
+                    None => {
+                        frames_open = false;
+                        continue;
+                    }
+                },
+            },
+        };
+        match next {
+            Next::Control(Control::Attach {
+                writer,
+                generation,
+                first,
+                replay_from,
+            }) => {
+                let mut out = Vec::new();
+                if let Some(from) = replay_from {
+                    match replay.replay_after(from) {
+                        Ok(missing) => out = missing,
+                        Err(error) => {
+                            let _ = events
+                                .send(WriterEvent::Violation(format!("cannot resume: {error}")));
+                            continue;
+                        }
+                    }
+                    if exit_seq.is_some_and(|exit| replay.acked() >= exit) {
+                        let _ = events.send(WriterEvent::ExitAcked);
+                    }
+                }
+                if let Some(first) = first {
+                    out.insert(0, codec::encode(&first));
+                }
+                link = Some((writer, generation));
+                let count = out.len();
+                for (index, bytes) in out.into_iter().enumerate() {
+                    let flush = index + 1 == count;
+                    write_on(
+                        &mut link,
+                        bytes,
+                        flush,
+                        &mut control,
+                        &mut deferred,
+                        &events,
+                    )
+                    .await;
+                }
+            }
+            Next::Control(Control::Send(frame)) => {
+                let last = matches!(frame, ServerFrame::Error(_));
+                write_on(
+                    &mut link,
+                    codec::encode(&frame),
+                    true,
+                    &mut control,
+                    &mut deferred,
+                    &events,
+                )
+                .await;
+                if last {
+                    close(link.take()).await;
+                    return;
+                }
+            }
+            Next::Control(Control::Acked(seq)) => {
+                if let Err(error) = replay.ack(seq) {
+                    let _ = events.send(WriterEvent::Violation(error.to_string()));
+                } else if exit_seq.is_some_and(|exit| seq >= exit) {
+                    let _ = events.send(WriterEvent::ExitAcked);
+                }
+            }
+            Next::Control(Control::Release) => link = None,
+            Next::Control(Control::Close) => {
+                close(link.take()).await;
+                return;
+            }
+            Next::Frame(frame) => {
+                let last = match frame {
+                    ServerFrame::Error(_) => true,
+                    ServerFrame::Exit(_) => !resumable,
+                    _ => false,
+                };
+                let bytes = codec::encode(&frame);
+                if resumable && frame.is_sequenced() {
+                    let seq = replay.push(bytes.clone());
+                    if matches!(frame, ServerFrame::Exit(_)) {
+                        exit_seq = Some(seq);
+                    }
+                }
+                // Batch frames that are already queued into one flush.
+                let flush = last || frames.is_empty();
+                write_on(
+                    &mut link,
+                    bytes,
+                    flush,
+                    &mut control,
+                    &mut deferred,
+                    &events,
+                )
+                .await;
+                if last {
+                    close(link.take()).await;
+                    return;
+                }
+            }
+        }
     }
 }
 
-/// Sends queued frames until the exit or error frame, then closes.
-async fn write_frames(mut writer: FrameWriter, mut frames: mpsc::Receiver<ServerFrame>) {
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    while let Some(frame) = frames.recv().await {
-        let last = matches!(frame, ServerFrame::Exit(_) | ServerFrame::Error(_));
-        buffer.clear();
-        codec::encode_into(&frame, &mut buffer);
-        if writer.feed(std::mem::take(&mut buffer)).await.is_err() {
-            return;
+/// Writes one frame on the current connection, if there is one. An order
+/// that replaces or drops the connection abandons a write it does not take
+/// (a dead connection can block for minutes); other orders wait their turn.
+async fn write_on(
+    link: &mut Option<(FrameWriter, u64)>,
+    bytes: Vec<u8>,
+    flush: bool,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    deferred: &mut VecDeque<Control>,
+    events: &mpsc::UnboundedSender<WriterEvent>,
+) {
+    let Some((writer, generation)) = link.as_mut() else {
+        return;
+    };
+    let generation = *generation;
+    let outcome = {
+        let write = async {
+            writer.feed(bytes).await?;
+            if flush {
+                writer.flush().await?;
+            }
+            Ok::<(), TransportError>(())
+        };
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                result = &mut write => break Some(result),
+                order = control.recv() => match order {
+                    Some(order @ (Control::Attach { .. } | Control::Release | Control::Close)) => {
+                        deferred.push_back(order);
+                        break None;
+                    }
+                    Some(order) => deferred.push_back(order),
+                    None => break None,
+                },
+            }
         }
-        // Batch frames that are already queued into one flush.
-        if (last || frames.is_empty()) && writer.flush().await.is_err() {
-            return;
+    };
+    match outcome {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
+            *link = None;
+            let _ = events.send(WriterEvent::Lost {
+                generation,
+                reason: format!("transport error: {error}"),
+            });
         }
-        if last {
-            break;
-        }
+        None => *link = None,
     }
-    let _ = writer.close().await;
+}
+
+async fn close(link: Option<(FrameWriter, u64)>) {
+    if let Some((mut writer, _)) = link {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = writer.flush().await;
+            let _ = writer.close().await;
+        })
+        .await;
+    }
 }
 
 /// Runs the command, turns its end (return value, error or panic) into the

@@ -60,6 +60,17 @@ pub struct Config {
     /// native client sends none; an upgrade from any other web page is
     /// refused, so a malicious page cannot drive a session.
     pub allowed_origins: Vec<String>,
+    /// How long a session and its running command wait for a client whose
+    /// connection dropped to resume it (clients with the `resume`
+    /// capability). Zero turns resuming off.
+    pub resume_grace: Duration,
+    /// How long a session the user detached from waits to be re-attached.
+    /// Zero turns detaching off.
+    pub detach_keep: Duration,
+    /// Most bytes of frames a resumable session keeps for replay until the
+    /// client acknowledges them; beyond it the command's writes and requests
+    /// wait.
+    pub replay_limit: usize,
 }
 
 impl Default for Config {
@@ -78,6 +89,9 @@ impl Default for Config {
             max_sessions: 10_000,
             max_sessions_per_address: 64,
             allowed_origins: Vec::new(),
+            resume_grace: Duration::from_secs(120),
+            detach_keep: Duration::from_secs(3600),
+            replay_limit: 8 * 1024 * 1024,
         }
     }
 }
@@ -97,6 +111,8 @@ struct Inner {
     sessions: TaskTracker,
     next_session: AtomicU64,
     per_address: PerAddress,
+    /// Sessions that can be resumed on a new connection.
+    resumable: Arc<session::Registry>,
     /// Distinguishes this process's session ids from another's.
     instance: u64,
 }
@@ -141,6 +157,7 @@ impl Terminal {
                 sessions: TaskTracker::new(),
                 next_session: AtomicU64::new(1),
                 per_address: PerAddress::default(),
+                resumable: Arc::default(),
                 instance,
             }),
         }
@@ -292,6 +309,7 @@ impl Terminal {
             inner.config.clone(),
             inner.shutdown.clone(),
             session_id,
+            inner.resumable.clone(),
         );
         inner.sessions.track_future(session).await;
     }
@@ -315,9 +333,15 @@ impl Terminal {
             .is_ok()
     }
 
-    /// Sessions currently running.
+    /// Sessions currently running (connections in their handshake
+    /// included; sessions waiting for their client to resume too).
     pub fn session_count(&self) -> usize {
         self.inner.sessions.len()
+    }
+
+    /// Running sessions that a client can resume (connected or not).
+    pub fn resumable_count(&self) -> usize {
+        self.inner.resumable.len()
     }
 }
 

@@ -871,6 +871,7 @@ fn welcome() -> ServerFrame {
         capabilities: Vec::new(),
         window: terminalwire_protocol::DEFAULT_WINDOW,
         max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+        resume: None,
     })
 }
 

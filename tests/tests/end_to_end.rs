@@ -286,6 +286,7 @@ async fn a_server_that_vanishes_mid_session_is_a_lost_connection() {
             capabilities: Vec::new(),
             window: terminalwire_protocol::DEFAULT_WINDOW,
             max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+            resume: None,
         };
         send_server_frame(&mut socket, &ServerFrame::Welcome(welcome)).await;
     })
@@ -306,6 +307,7 @@ async fn a_welcome_with_a_version_the_client_did_not_offer_is_refused() {
         capabilities: Vec::new(),
         window: terminalwire_protocol::DEFAULT_WINDOW,
         max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+        resume: None,
     };
     let server = replying_server(terminalwire_protocol::codec::encode(&ServerFrame::Welcome(
         welcome,

@@ -280,6 +280,7 @@ async fn run_plan(mut socket: ScriptedSocket, ops: Vec<Operation>) -> Session {
         capabilities: Vec::new(),
         window: terminalwire_protocol::DEFAULT_WINDOW,
         max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+        resume: None,
     };
     send_server_frame(&mut socket, &ServerFrame::Welcome(welcome)).await;
     for (index, op) in ops.into_iter().enumerate() {

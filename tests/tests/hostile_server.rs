@@ -29,6 +29,7 @@ fn welcome() -> ServerFrame {
         capabilities: Vec::new(),
         window: DEFAULT_WINDOW,
         max_chunk: DEFAULT_MAX_CHUNK,
+        resume: None,
     })
 }
 

@@ -24,6 +24,7 @@ pub const COMMANDS: &[&str] = &[
     "uninstall",
     "apps",
     "audit",
+    "sessions",
 ];
 
 #[derive(Debug, Parser)]
@@ -61,6 +62,9 @@ enum AdminCommand {
     },
     /// List the installed apps.
     Apps,
+    /// List the sessions you detached from (Ctrl-\), oldest first;
+    /// re-attach with `terminalwire attach ID`. Expired ones are removed.
+    Sessions,
     /// Show what servers did on this machine (files, folders, environment,
     /// browser), allowed or denied.
     Audit {
@@ -189,6 +193,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
 
 fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Result<()> {
     match command {
+        AdminCommand::Sessions => sessions(home, out)?,
         AdminCommand::Entitlement(EntitlementCommand::List { authority }) => {
             let authorities = match authority {
                 Some(authority) => vec![parse_authority(&authority)?],
@@ -672,4 +677,46 @@ mod tests {
         assert!(!is_admin(&os(&["ws://h/t", "entitlement"])));
         assert!(!is_admin(&os(&[])));
     }
+}
+
+/// `terminalwire sessions`: the detached sessions, oldest first.
+fn sessions(home: &Home, out: &mut impl Write) -> anyhow::Result<()> {
+    let (saved, problems) = crate::detached::list(home)?;
+    let now = crate::detached::now();
+    let mut shown = 0;
+    for saved in &saved {
+        let record = &saved.record;
+        if record.is_expired() {
+            // The server has forgotten it; so do we.
+            crate::detached::forget(&saved.path)?;
+            continue;
+        }
+        if shown == 0 {
+            writeln!(out, "ID\tAUTHORITY\tDETACHED\tEXPIRES IN\tCOMMAND")?;
+        }
+        shown += 1;
+        writeln!(
+            out,
+            "{}\t{}\t{} ago\t{}\t{}",
+            record.session_id,
+            record.authority,
+            humantime::format_duration(std::time::Duration::from_secs(
+                now.saturating_sub(record.detached_at)
+            )),
+            humantime::format_duration(std::time::Duration::from_secs(
+                record.expires_at().saturating_sub(now)
+            )),
+            record.command.join(" "),
+        )?;
+    }
+    if shown == 0 {
+        writeln!(
+            out,
+            "No detached sessions. Detach from a running command with Ctrl-\\."
+        )?;
+    }
+    for problem in &problems {
+        eprintln!("terminalwire: skipped {problem}");
+    }
+    Ok(())
 }

@@ -31,8 +31,11 @@ use crate::error::exit_code;
         Exit status: the remote command's status; 2 bad client arguments; \
         65 unusable terminalwire home, policy or --ca-cert file; \
         69 cannot connect (also: TLS certificate not trusted or not for this host); \
-        75 connection lost, timed out or server shut down; 76 protocol error; \
-        78 incompatible server; 141 stdout closed."
+        75 connection lost (and not resumed within the server's grace period), timed out \
+        or server shut down; 76 protocol error; 78 incompatible server; 141 stdout closed.\n\n\
+        A session survives a dropped connection: the client reconnects and resumes it. \
+        Ctrl-\\ detaches from a running command; `terminalwire sessions` lists detached \
+        sessions and `terminalwire attach ID` re-attaches."
 )]
 struct Options {
     /// Seconds to wait for the connection and the server's welcome.
@@ -158,6 +161,84 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
     })
 }
 
+/// `terminalwire attach ID`: re-attach to a detached session.
+#[derive(Debug, Parser)]
+#[command(
+    name = "terminalwire attach",
+    about = "Re-attach to a session you detached from (Ctrl-\\); `terminalwire sessions` lists them.",
+    after_help = "Output the command wrote while detached is shown first. \
+        Exit status: the command's, or 75 if the server no longer has the session."
+)]
+struct AttachOptions {
+    /// The session id, as listed by `terminalwire sessions`.
+    id: String,
+    /// Seconds to wait for the connection and the server's answer.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10.0,
+        env = "TERMINALWIRE_CONNECT_TIMEOUT"
+    )]
+    connect_timeout: f64,
+    /// Also trust the certificate authorities in this PEM file.
+    #[arg(long, value_name = "FILE", env = "TERMINALWIRE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Never ask about requests that are not granted: deny them.
+    #[arg(long)]
+    no_prompt: bool,
+    /// Log the client's own activity on stderr (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// A parsed `terminalwire attach` command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attach {
+    /// The session to re-attach to.
+    pub id: String,
+    /// Connection and handshake time-out.
+    pub connect_timeout: Duration,
+    /// Extra trusted CA certificates (PEM).
+    pub ca_cert: Option<PathBuf>,
+    /// Deny ungranted requests without asking.
+    pub no_prompt: bool,
+    /// Log level of the client's own logs.
+    pub verbose: u8,
+}
+
+/// Parses `terminalwire attach ...` (process arguments including argv\[0\]
+/// and the word `attach`).
+pub fn parse_attach(args: impl IntoIterator<Item = OsString>) -> Result<Attach, ParseOutcome> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    // clap sees `terminalwire-attach ID ...`.
+    if args.len() >= 2 {
+        args.remove(1);
+    }
+    let options = match AttachOptions::try_parse_from(args) {
+        Ok(options) => options,
+        Err(error) => {
+            let _ = error.print();
+            return Err(ParseOutcome::Exit(
+                u8::try_from(error.exit_code()).unwrap_or(exit_code::USAGE),
+            ));
+        }
+    };
+    let connect_timeout = match Duration::try_from_secs_f64(options.connect_timeout) {
+        Ok(timeout) if !timeout.is_zero() => timeout,
+        _ => {
+            eprintln!("terminalwire: --connect-timeout must be a positive number of seconds");
+            return Err(ParseOutcome::Exit(exit_code::USAGE));
+        }
+    };
+    Ok(Attach {
+        id: options.id,
+        connect_timeout,
+        ca_cert: options.ca_cert,
+        no_prompt: options.no_prompt,
+        verbose: options.verbose,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +297,29 @@ mod tests {
         ));
         assert!(matches!(
             parse(["terminalwire"].map(OsString::from)),
+            Err(ParseOutcome::Exit(2))
+        ));
+    }
+
+    #[test]
+    fn attach_takes_an_id_and_client_options() {
+        let attach = parse_attach(
+            [
+                "terminalwire",
+                "attach",
+                "-v",
+                "--connect-timeout",
+                "3",
+                "abc-1",
+            ]
+            .map(OsString::from),
+        )
+        .expect("parses");
+        assert_eq!(attach.id, "abc-1");
+        assert_eq!(attach.verbose, 1);
+        assert_eq!(attach.connect_timeout, Duration::from_secs(3));
+        assert!(matches!(
+            parse_attach(["terminalwire", "attach"].map(OsString::from)),
             Err(ParseOutcome::Exit(2))
         ));
     }

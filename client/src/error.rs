@@ -23,7 +23,9 @@ pub mod exit_code {
     /// Writing the command's output failed (other than a closed pipe).
     pub const IO: u8 = 74;
     /// The connection was lost or timed out, or the server shut down, before
-    /// the command finished.
+    /// the command finished; for a resumable session, the connection could not
+    /// be resumed within the server's grace period, or the server no longer
+    /// had the session.
     pub const CONNECTION_LOST: u8 = 75;
     /// The server broke the protocol (malformed, oversized or unexpected
     /// frames, flow-control violations) or ended the session with an error.
@@ -122,6 +124,10 @@ pub enum ClientError {
         /// The fingerprint the server presented now.
         presented: String,
     },
+    /// The connection was lost and the server no longer has the session
+    /// (it ended, or its grace period ran out), so it cannot be resumed.
+    #[error("{0}")]
+    SessionGone(String),
     /// The user pressed Ctrl-C twice while the command was running.
     #[error("interrupted")]
     Interrupted,
@@ -139,9 +145,9 @@ impl ClientError {
             ClientError::Config(_) => exit_code::CONFIG,
             ClientError::Incompatible { .. } => exit_code::INCOMPATIBLE,
             ClientError::IdentityChanged { .. } => exit_code::IDENTITY_CHANGED,
-            ClientError::ConnectionLost(_) | ClientError::ServerShutdown(_) => {
-                exit_code::CONNECTION_LOST
-            }
+            ClientError::ConnectionLost(_)
+            | ClientError::ServerShutdown(_)
+            | ClientError::SessionGone(_) => exit_code::CONNECTION_LOST,
             ClientError::Protocol(_) | ClientError::ServerError { .. } => exit_code::PROTOCOL,
             ClientError::Output { .. } => exit_code::IO,
             ClientError::BrokenPipe => exit_code::BROKEN_PIPE,

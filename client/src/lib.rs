@@ -14,6 +14,7 @@
 //! - [`consent`]: the client's own prompts for requests not granted yet.
 //! - [`connect`]: URL checks and the WebSocket connection, plain or over TLS
 //!   (rustls with the platform's roots, plus `--ca-cert`).
+//! - [`detached`]: records of detached sessions (`terminalwire sessions`, `attach`).
 //! - [`facts`]: what the hello reports about this machine and terminal.
 //! - [`launcher`]: installed apps (`terminalwire install`) and `terminalwire-exec`.
 //! - [`progress`]: progress bars for long transfers, on a terminal only.
@@ -32,6 +33,7 @@ pub mod audit;
 pub mod cli;
 pub mod connect;
 pub mod consent;
+pub mod detached;
 pub mod error;
 pub mod facts;
 pub mod launcher;
@@ -43,6 +45,7 @@ pub mod session;
 pub mod terminal;
 
 use std::ffi::OsString;
+use std::sync::Arc;
 
 pub use error::{ClientError, exit_code};
 pub use session::{LocalIo, SessionConfig};
@@ -63,6 +66,12 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
     if admin::is_admin(args.get(1..).unwrap_or_default()) {
         return admin::main(args);
     }
+    if args.get(1).is_some_and(|first| first == "attach") {
+        return match cli::parse_attach(args) {
+            Ok(attach) => run_attach(attach),
+            Err(cli::ParseOutcome::Exit(code)) => code,
+        };
+    }
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
         Err(cli::ParseOutcome::Exit(code)) => return code,
@@ -73,6 +82,16 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
 /// Runs one parsed invocation on a fresh runtime; returns the exit status.
 pub fn run_invocation(invocation: cli::Invocation) -> u8 {
     init_logging(invocation.verbose);
+    on_runtime(run(invocation))
+}
+
+/// Runs `terminalwire attach` on a fresh runtime; returns the exit status.
+pub fn run_attach(attach: cli::Attach) -> u8 {
+    init_logging(attach.verbose);
+    on_runtime(self::attach(attach))
+}
+
+fn on_runtime(session: impl std::future::Future<Output = Result<u8, ClientError>>) -> u8 {
     terminal::restore_on_panic();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,7 +103,7 @@ pub fn run_invocation(invocation: cli::Invocation) -> u8 {
             return exit_code::INTERNAL;
         }
     };
-    let outcome = runtime.block_on(run(invocation));
+    let outcome = runtime.block_on(session);
     // A stdin read still pending on tokio's blocking pool must not hold the
     // process open after the session has ended.
     runtime.shutdown_background();
@@ -102,12 +121,6 @@ pub fn run_invocation(invocation: cli::Invocation) -> u8 {
 /// Connects and runs one remote command on the process's own terminal.
 pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
     let target = connect::Target::parse(&invocation.url)?;
-    // A bad --ca-cert file stops the client before anything else happens.
-    let tls = if target.is_tls() {
-        Some(connect::tls_config(invocation.ca_cert.as_deref())?)
-    } else {
-        None
-    };
     let mut hello = facts::hello(
         &target,
         invocation.program_name.clone(),
@@ -115,9 +128,41 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
     )?;
     let (resources, storage) = entitlements(&target, invocation.no_prompt)?;
     hello.storage = Some(storage.to_string_lossy().into_owned());
-    let identity = identity_files(&target)?;
-    let device = secure::device_key(&identity.device_key)?;
-    let pin = secure::load_pin(&identity.server_pin)?;
+    let command = std::iter::once(invocation.program_name.clone())
+        .chain(invocation.args.iter().cloned())
+        .collect();
+    let config = session_config(&invocation, resources);
+    connect_and_run(
+        &target,
+        invocation.ca_cert.as_deref(),
+        session::Start::Hello(hello),
+        command,
+        &config,
+    )
+    .await
+}
+
+/// `terminalwire attach ID`: re-attaches to a detached session.
+pub async fn attach(invocation: cli::Attach) -> Result<u8, ClientError> {
+    use terminalwire_policy::Home;
+    let config_error = |message: String| ClientError::Config(message);
+    let home = Home::from_env().map_err(|error| config_error(error.to_string()))?;
+    let saved = detached::find(&home, &invocation.id).map_err(|error| match error {
+        detached::RecordError::NotFound(_) | detached::RecordError::BadId(_) => {
+            ClientError::Usage(error.to_string())
+        }
+        other => config_error(other.to_string()),
+    })?;
+    if saved.record.is_expired() {
+        let _ = detached::forget(&saved.path);
+        return Err(ClientError::SessionGone(format!(
+            "session {} has expired: the server kept it for {}s after you detached",
+            saved.record.session_id, saved.record.detach_secs
+        )));
+    }
+    let target = connect::Target::parse(&saved.record.url)?;
+    let (resources, _) = entitlements(&target, invocation.no_prompt)?;
+    let command = saved.record.command.clone();
     let config = SessionConfig {
         handshake_timeout: invocation.connect_timeout,
         resources,
@@ -125,19 +170,92 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         handle_signals: true,
         ..SessionConfig::default()
     };
+    let start = session::Start::Attach(Box::new(saved.record));
+    let outcome = connect_and_run(
+        &target,
+        invocation.ca_cert.as_deref(),
+        start,
+        command,
+        &config,
+    )
+    .await;
+    // Once the server has answered, the record is spent: its token was
+    // used (or the session is gone). A connection that failed before that
+    // leaves it for another try.
+    let spent = !matches!(
+        outcome,
+        Err(ClientError::Unavailable { .. }
+            | ClientError::Config(_)
+            | ClientError::IdentityChanged { .. })
+    );
+    if spent {
+        let _ = detached::forget(&saved.path);
+    }
+    outcome
+}
+
+fn session_config(invocation: &cli::Invocation, resources: resources::Resources) -> SessionConfig {
+    SessionConfig {
+        handshake_timeout: invocation.connect_timeout,
+        resources,
+        stdin_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stdin()),
+        handle_signals: true,
+        ..SessionConfig::default()
+    }
+}
+
+/// Connects (TCP, TLS or a Unix socket), secures the connection, runs the
+/// session and saves it when the user detaches.
+async fn connect_and_run(
+    target: &connect::Target,
+    ca_cert: Option<&std::path::Path>,
+    start: session::Start,
+    command: Vec<String>,
+    config: &SessionConfig,
+) -> Result<u8, ClientError> {
+    // A bad --ca-cert file stops the client before anything else happens.
+    let tls = if target.is_tls() {
+        Some(connect::tls_config(ca_cert)?)
+    } else {
+        None
+    };
+    let identity = identity_files(target)?;
+    let device = secure::device_key(&identity.device_key)?;
+    let pin = secure::load_pin(&identity.server_pin)?;
     let identity = Identity {
         files: identity,
         device,
         pin,
     };
+    let timeout = config.handshake_timeout;
     if target.unix.is_some() {
-        let socket = connect::connect_unix(&target, config.handshake_timeout).await?;
-        drive(socket, &target, &identity, hello, &config).await
+        let dial = {
+            let target = target.clone();
+            move || {
+                let target = target.clone();
+                Box::pin(async move { connect::connect_unix(&target, timeout).await }) as Dial<_>
+            }
+        };
+        drive(dial, target, identity, start, command, config).await
     } else {
-        let socket = connect::connect_with(&target, config.handshake_timeout, tls).await?;
-        drive(socket, &target, &identity, hello, &config).await
+        let dial = {
+            let target = target.clone();
+            move || {
+                let target = target.clone();
+                let tls = tls.clone();
+                Box::pin(async move { connect::connect_with(&target, timeout, tls).await })
+                    as Dial<_>
+            }
+        };
+        drive(dial, target, identity, start, command, config).await
     }
 }
+
+/// Opens a WebSocket to the server.
+type Dial<S> = futures_util::future::BoxFuture<
+    'static,
+    Result<tokio_tungstenite::WebSocketStream<S>, ClientError>,
+>;
 
 /// The device key and what is known of the server's identity.
 struct Identity {
@@ -146,18 +264,22 @@ struct Identity {
     pin: secure::ServerPin,
 }
 
-/// Secures an open WebSocket, pins the server on first contact, and runs
-/// the session on the process's own terminal.
-async fn drive<S>(
-    socket: tokio_tungstenite::WebSocketStream<S>,
+/// Secures a first connection, pins the server on first contact, and runs
+/// the session on the process's own terminal; later connections (to resume)
+/// must show the pinned identity.
+async fn drive<S, D>(
+    dial: D,
     target: &connect::Target,
-    identity: &Identity,
-    hello: terminalwire_protocol::frame::Hello,
+    identity: Identity,
+    start: session::Start,
+    command: Vec<String>,
     config: &SessionConfig,
 ) -> Result<u8, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    D: Fn() -> Dial<S> + Send + Sync + 'static,
 {
+    let socket = dial().await?;
     let (socket, presented) = secure::handshake(
         socket,
         &identity.device,
@@ -182,7 +304,53 @@ where
             );
         }
     }
-    session::run(socket, hello, LocalIo::process(), config).await
+    let reconnect: session::Reconnect<secure::SecureSocket<S>> = {
+        let device = identity.device.clone();
+        let pin = secure::ServerPin::Pinned(presented);
+        let authority = target.authority.clone();
+        let timeout = config.handshake_timeout;
+        let dial = Arc::new(dial);
+        Arc::new(move || {
+            let dial = dial.clone();
+            let device = device.clone();
+            let pin = pin.clone();
+            let authority = authority.clone();
+            Box::pin(async move {
+                let socket = dial().await?;
+                let (socket, _) =
+                    secure::handshake(socket, &device, &pin, &authority, timeout).await?;
+                Ok(socket)
+            })
+        })
+    };
+    let resumption = session::Resumption {
+        reconnect,
+        url: target.url.to_string(),
+        authority: target.authority.clone(),
+        command,
+        show_status: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    match session::run_with(socket, start, LocalIo::process(), config, Some(resumption)).await? {
+        session::Ended::Exit(status) => Ok(status),
+        session::Ended::Detached(record) => {
+            let home = terminalwire_policy::Home::from_env()
+                .map_err(|error| ClientError::Config(error.to_string()))?;
+            let authority = terminalwire_policy::Authority::from_url(&target.url)
+                .map_err(|error| ClientError::Config(error.to_string()))?;
+            detached::save(&home, &authority, &record).map_err(|error| {
+                ClientError::Config(format!("cannot save the detached session: {error}"))
+            })?;
+            eprintln!(
+                "terminalwire: detached from session {id}; the command goes on for up to {keep}.\n\
+                 Re-attach with: terminalwire attach {id}",
+                id = record.session_id,
+                keep = humantime::format_duration(std::time::Duration::from_secs(
+                    record.detach_secs.into()
+                )),
+            );
+            Ok(0)
+        }
+    }
 }
 
 /// Where this client keeps its device key and the server's pin.

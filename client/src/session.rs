@@ -4,17 +4,21 @@
 //! streams ([`LocalIo`]), so tests run it over `tokio::io::duplex` with
 //! in-memory output.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use serde_bytes::ByteBuf;
 use terminalwire_protocol::flow::ReceiveWindow;
 use terminalwire_protocol::frame::{
-    ClientFrame, ErrorCode, Hello, OpError, Operation, Reply, Request, Response, ServerFrame,
-    SessionError, Signal, SignalKind, StreamId, TerminalMode, WindowAdjust,
+    Ack, ClientFrame, Detach, ErrorCode, Hello, OpError, Operation, Reply, Request, Response,
+    Resume, Resumed, ServerFrame, SessionError, Signal, SignalKind, StreamId, TerminalMode,
+    WindowAdjust,
 };
+use terminalwire_protocol::resume::{self, Receipts, RecentRequests, ReplayBuffer, Seen};
 use terminalwire_protocol::{MAX_FRAME_LEN, SUPPORTED_VERSIONS, codec};
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
@@ -24,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::detached::SessionRecord;
 use crate::error::ClientError;
 use crate::resources::Resources;
 
@@ -209,6 +214,7 @@ type Sink<S> = SplitSink<S, Message>;
 type Source<S> = SplitStream<S>;
 
 /// Runs a session on an open WebSocket and returns the command's exit status.
+/// The session cannot be resumed or detached (see [`run_with`]).
 pub async fn run<S>(
     socket: S,
     hello: Hello,
@@ -218,42 +224,178 @@ pub async fn run<S>(
 where
     S: Socket,
 {
-    let (mut sink, mut source) = socket.split();
-    let window = hello.window;
-    let max_chunk = hello.max_chunk as usize;
-    send(&mut sink, &ClientFrame::Hello(hello)).await?;
-    let welcome =
-        match tokio::time::timeout(config.handshake_timeout, next_frame(&mut source)).await {
-            Err(_) => {
-                return Err(ClientError::ConnectionLost(format!(
-                    "the server did not answer the hello within {:?}",
-                    config.handshake_timeout
-                )));
-            }
-            Ok(frame) => match frame? {
-                ServerFrame::Welcome(welcome) => welcome,
-                ServerFrame::Incompatible(incompatible) => {
-                    return Err(ClientError::Incompatible {
-                        versions: incompatible.versions.to_string(),
-                        message: incompatible.message,
-                    });
-                }
-                ServerFrame::Error(error) => return Err(server_error(error)),
-                other => {
-                    let message = format!("expected welcome, got {}", frame_name(&other));
-                    return Err(violation(&mut sink, message).await);
-                }
-            },
-        };
-    if !SUPPORTED_VERSIONS.contains(welcome.version) {
-        let message = format!(
-            "the server chose protocol version {}, which this client (versions {SUPPORTED_VERSIONS}) did not offer",
-            welcome.version
-        );
-        return Err(violation(&mut sink, message).await);
+    match run_with(socket, Start::Hello(hello), io, config, None).await? {
+        Ended::Exit(status) => Ok(status),
+        Ended::Detached(_) => Err(ClientError::Protocol(
+            "the server detached a session that cannot be resumed".into(),
+        )),
     }
-    config.resources.set_session(&welcome.session_id);
-    tracing::info!(session = %welcome.session_id, version = welcome.version, server = %welcome.server.name, "session open");
+}
+
+/// How a session starts.
+#[derive(Debug)]
+pub enum Start {
+    /// A new session: introduce the client with this hello.
+    Hello(Hello),
+    /// Re-attach to a session the user detached from.
+    Attach(Box<SessionRecord>),
+}
+
+/// How a session ended, short of an error.
+#[derive(Debug)]
+pub enum Ended {
+    /// The command exited with this status.
+    Exit(u8),
+    /// The user detached; the command goes on on the server, and this record
+    /// re-attaches to it.
+    Detached(Box<SessionRecord>),
+}
+
+/// Opens a new connection to the same server, secured and with the pinned
+/// identity checked, to resume the session on.
+pub type Reconnect<S> =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<S, ClientError>> + Send + Sync>;
+
+/// What a session needs to survive a lost connection and to detach.
+pub struct Resumption<S> {
+    /// Opens a new connection.
+    pub reconnect: Reconnect<S>,
+    /// The URL, authority and command, for the record of a detached session.
+    pub url: String,
+    /// See `url`.
+    pub authority: String,
+    /// See `url`.
+    pub command: Vec<String>,
+    /// Show the one-line "reconnecting" status on stderr (a terminal).
+    pub show_status: bool,
+}
+
+impl<S> std::fmt::Debug for Resumption<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumption")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The resume state of a session opened with the `resume` capability.
+struct ResumeState {
+    session_id: String,
+    token: Vec<u8>,
+    grace: Duration,
+    detach_secs: u32,
+}
+
+/// Most bytes of frames the client keeps for a server that does not
+/// acknowledge them; more is a violation.
+pub const MAX_UNACKED: u64 = 64 * 1024 * 1024;
+/// Longest wait between two attempts to resume.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Slack on top of the server's grace period before giving up resuming.
+const GRACE_MARGIN: Duration = Duration::from_secs(5);
+
+/// One connection's halves.
+struct Link<S: Socket> {
+    sink: Sink<S>,
+    source: Source<S>,
+}
+
+/// What the session loop does after an event.
+enum Flow {
+    Continue,
+    /// The session is over.
+    Done(Result<Finish, ClientError>),
+    /// The connection failed; resume if possible.
+    Lost(String),
+}
+
+/// How the loop finished without an error.
+enum Finish {
+    Exit(u8),
+    Detach { token: Vec<u8>, keep_secs: u32 },
+}
+
+/// Lost connections are resumable; anything else ends the session.
+fn flow_of(error: ClientError) -> Flow {
+    match error {
+        ClientError::ConnectionLost(reason) => Flow::Lost(reason),
+        other => Flow::Done(Err(other)),
+    }
+}
+
+/// Runs a session: a new one, or one re-attached; with `resumption`, it
+/// survives lost connections (within the server's grace period) and the
+/// user can detach from it.
+pub async fn run_with<S>(
+    socket: S,
+    start: Start,
+    io: LocalIo,
+    config: &SessionConfig,
+    resumption: Option<Resumption<S>>,
+) -> Result<Ended, ClientError>
+where
+    S: Socket,
+{
+    let (mut sink, mut source) = socket.split();
+    let mut initial: Vec<ClientFrame> = Vec::new();
+    let (window, max_chunk, mut resume, mut receipts, mut replay) = match start {
+        Start::Hello(mut hello) => {
+            if resumption.is_some() && !hello.capabilities.iter().any(|c| c == resume::CAPABILITY) {
+                hello.capabilities.push(resume::CAPABILITY.to_owned());
+            }
+            let window = hello.window;
+            let max_chunk = hello.max_chunk as usize;
+            let welcome = open_session(&mut sink, &mut source, hello, config).await?;
+            config.resources.set_session(&welcome.session_id);
+            tracing::info!(session = %welcome.session_id, version = welcome.version, server = %welcome.server.name, "session open");
+            let resume = match (welcome.resume, &resumption) {
+                (Some(ticket), Some(_)) => Some(ResumeState {
+                    session_id: welcome.session_id,
+                    token: ticket.token.into_vec(),
+                    grace: Duration::from_secs(ticket.grace_secs.into()),
+                    detach_secs: ticket.detach_secs,
+                }),
+                _ => None,
+            };
+            let replay = resume.as_ref().map(|_| ReplayBuffer::new());
+            (window, max_chunk, resume, Receipts::new(), replay)
+        }
+        Start::Attach(record) => {
+            let resumed = attach_session(&mut sink, &mut source, &record, config).await?;
+            let mut replay = ReplayBuffer::restore(
+                record.sent,
+                record.unacked.into_iter().map(ByteBuf::into_vec).collect(),
+            );
+            let missing = replay
+                .replay_after(resumed.received)
+                .map_err(|error| ClientError::Protocol(format!("cannot re-attach: {error}")))?;
+            send_encoded(&mut sink, missing).await?;
+            config.resources.set_session(&record.session_id);
+            tracing::info!(session = %record.session_id, "re-attached");
+            // This terminal may not be the size of the one that detached.
+            if config.stdin_is_terminal || config.handle_signals {
+                initial.push(ClientFrame::Signal(Signal {
+                    signal: SignalKind::Resize,
+                    size: crate::facts::terminal_size(),
+                }));
+            }
+            let resume = ResumeState {
+                session_id: record.session_id,
+                token: resumed.token.into_vec(),
+                grace: Duration::from_secs(record.grace_secs.into()),
+                detach_secs: record.detach_secs,
+            };
+            (
+                record.window,
+                record.max_chunk as usize,
+                Some(resume),
+                Receipts::restore(record.received),
+                Some(replay),
+            )
+        }
+    };
+    let mut link = Some(Link { sink, source });
+    let show_status = resumption.as_ref().is_some_and(|r| r.show_status);
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut pipes = [
@@ -282,7 +424,8 @@ where
     )));
     let requests = Arc::new(Semaphore::new(config.max_requests_in_flight));
     let (responses_tx, mut responses) =
-        mpsc::channel::<ClientFrame>(config.max_requests_in_flight.max(1));
+        mpsc::channel::<Response>(config.max_requests_in_flight.max(1));
+    let (detach_keys_tx, mut detach_keys) = mpsc::unbounded_channel::<()>();
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
@@ -296,104 +439,226 @@ where
         };
     let mut interrupted: Option<Instant> = None;
     let mut in_flight = tokio::task::JoinSet::new();
+    // Requests being performed, so a detach can answer them.
+    let mut running: HashSet<u64> = HashSet::new();
+    let mut recent = RecentRequests::new();
+    let mut ack_deadline: Option<Instant> = None;
+    let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
+    let mut reconnecting: Option<
+        futures_util::future::BoxFuture<'static, Result<(Link<S>, Resumed), ClientError>>,
+    > = None;
+    let mut detach_requested = false;
 
-    let result = loop {
-        tokio::select! {
+    if !initial.is_empty() {
+        let outgoing = encode_all(&initial, replay.as_mut());
+        if let Err(error) = transmit(&mut link, outgoing).await {
+            return Err(error);
+        }
+    }
+
+    let result: Result<Finish, ClientError> = loop {
+        let idle = link.is_some().then_some(idle_deadline);
+        let flow = tokio::select! {
             signal = next_signal(&mut signals) => match signal {
                 // A second Ctrl-C soon after the first: the user wants out now.
                 LocalSignal::Interrupt if interrupted.is_some_and(|at: Instant| at.elapsed() < DOUBLE_INTERRUPT) => {
-                    break Err(ClientError::Interrupted);
+                    Flow::Done(Err(ClientError::Interrupted))
                 }
                 LocalSignal::Interrupt => {
                     interrupted = Some(Instant::now());
                     let frame = ClientFrame::Signal(Signal { signal: SignalKind::Interrupt, size: None });
-                    if let Err(error) = send(&mut sink, &frame).await {
-                        break Err(error);
-                    }
+                    send_frames(&mut link, replay.as_mut(), &[frame]).await
                 }
                 LocalSignal::Resize => {
                     let frame = ClientFrame::Signal(Signal {
                         signal: SignalKind::Resize,
                         size: crate::facts::terminal_size(),
                     });
-                    if let Err(error) = send(&mut sink, &frame).await {
-                        break Err(error);
-                    }
+                    send_frames(&mut link, replay.as_mut(), &[frame]).await
                 }
-                LocalSignal::Terminate(number) => break Err(ClientError::Terminated(number)),
+                LocalSignal::Detach => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
+                LocalSignal::Terminate(number) => Flow::Done(Err(ClientError::Terminated(number))),
             },
-            message = next_message(&mut source) => {
+            Some(()) = detach_keys.recv() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
+            message = next_message_on(&mut link) => {
                 idle_deadline = Instant::now() + config.idle_timeout;
-                let frame = match message {
+                let (frame, len) = match message {
                     Ok(Some(frame)) => frame,
                     Ok(None) => continue,
-                    Err(ClientError::Protocol(message)) => break Err(violation(&mut sink, message).await),
-                    Err(error) => break Err(error),
+                    Err(ClientError::Protocol(message)) => break Err(violation_on(&mut link, message).await),
+                    Err(error) => {
+                        match flow_of(error) {
+                            Flow::Lost(reason) => {
+                                if let Err(error) = lose_link(&mut link, &resume, &resumption, &mut reconnecting, &receipts, config, show_status, &pipes, reason) {
+                                    break Err(error);
+                                }
+                                continue;
+                            }
+                            Flow::Done(result) => break result,
+                            Flow::Continue => continue,
+                        }
+                    }
                 };
-                match frame {
+                let sequenced = replay.is_some() && frame.is_sequenced();
+                let mut flow = match frame {
                     ServerFrame::Data(data) => {
-                        let Some(pipe) = pipes.iter_mut().find(|pipe| pipe.sid == data.sid) else {
-                            let message = format!("data on stream {} which is not open", data.sid.0);
-                            break Err(violation(&mut sink, message).await);
-                        };
-                        let len = data.bytes.len();
-                        if len > max_chunk {
-                            let message = format!("data chunk of {len} bytes exceeds the agreed maximum of {max_chunk}");
-                            break Err(violation(&mut sink, message).await);
-                        }
-                        if let Err(error) = pipe.window.on_receive(len) {
-                            break Err(violation(&mut sink, format!("on {}: {error}", pipe.name)).await);
-                        }
-                        if len > 0 {
-                            pipe.push(Chunk::Remote(data.bytes.into_vec()));
+                        match pipes.iter_mut().find(|pipe| pipe.sid == data.sid) {
+                            None => {
+                                let message = format!("data on stream {} which is not open", data.sid.0);
+                                Flow::Done(Err(violation_on(&mut link, message).await))
+                            }
+                            Some(pipe) => {
+                                let len = data.bytes.len();
+                                if len > max_chunk {
+                                    let message = format!("data chunk of {len} bytes exceeds the agreed maximum of {max_chunk}");
+                                    Flow::Done(Err(violation_on(&mut link, message).await))
+                                } else if let Err(error) = pipe.window.on_receive(len) {
+                                    let message = format!("on {}: {error}", pipe.name);
+                                    Flow::Done(Err(violation_on(&mut link, message).await))
+                                } else {
+                                    if len > 0 {
+                                        pipe.push(Chunk::Remote(data.bytes.into_vec()));
+                                    }
+                                    Flow::Continue
+                                }
+                            }
                         }
                     }
-                    ServerFrame::Request(request) => {
-                        let Ok(permit) = requests.clone().try_acquire_owned() else {
-                            let message = format!("more than {} requests in flight", config.max_requests_in_flight);
-                            break Err(violation(&mut sink, message).await);
-                        };
-                        let responses = responses_tx.clone();
-                        let stdin = stdin.clone();
-                        let prompts = pipes[1].queue.clone();
-                        let resources = config.resources.clone();
-                        let stdin_is_terminal = config.stdin_is_terminal;
-                        in_flight.spawn(async move {
-                            let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal).await;
-                            let _ = responses.send(ClientFrame::Response(response)).await;
-                            drop(permit);
-                        });
-                    }
-                    ServerFrame::Exit(exit) => break Ok(exit.status),
-                    ServerFrame::Error(error) => break Err(server_error(error)),
+                    ServerFrame::Request(request) => match recent.begin(request.id.0) {
+                        Seen::New => {
+                            if let Ok(permit) = requests.clone().try_acquire_owned() {
+                                running.insert(request.id.0);
+                                let responses = responses_tx.clone();
+                                let stdin = stdin.clone();
+                                let prompts = pipes[1].queue.clone();
+                                let resources = config.resources.clone();
+                                let stdin_is_terminal = config.stdin_is_terminal;
+                                let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
+                                in_flight.spawn(async move {
+                                    let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, detach_keys).await;
+                                    let _ = responses.send(response).await;
+                                    drop(permit);
+                                });
+                                Flow::Continue
+                            } else {
+                                let message = format!("more than {} requests in flight", config.max_requests_in_flight);
+                                Flow::Done(Err(violation_on(&mut link, message).await))
+                            }
+                        }
+                        // Never executed twice: the answer will come, or is sent again.
+                        Seen::Running => Flow::Continue,
+                        Seen::Answered(answer) => {
+                            let outgoing = vec![(answer, true)];
+                            transmit(&mut link, keep(outgoing, replay.as_mut())).await.map_or_else(flow_of, |()| Flow::Continue)
+                        }
+                        Seen::AnsweredNotKept => {
+                            let response = Response::error(request.id, OpError::new(
+                                ErrorCode::Invalid,
+                                format!("request {} was already executed; its answer is no longer kept", request.id.0),
+                            ));
+                            send_frames(&mut link, replay.as_mut(), &[ClientFrame::Response(response)]).await
+                        }
+                    },
+                    ServerFrame::Exit(exit) => Flow::Done(Ok(Finish::Exit(exit.status))),
+                    ServerFrame::Error(error) => Flow::Done(Err(server_error(error))),
                     // No client → server stream is open yet; credit for one is harmless.
-                    ServerFrame::Window(_) => {}
+                    ServerFrame::Window(_) => Flow::Continue,
+                    ServerFrame::Ack(ack) => match replay.as_mut().map(|replay| replay.ack(ack.seq)) {
+                        Some(Ok(())) | None => Flow::Continue,
+                        Some(Err(error)) => Flow::Done(Err(violation_on(&mut link, error.to_string()).await)),
+                    },
+                    ServerFrame::Detached(detached) if detach_requested => {
+                        detach_requested = false;
+                        if detached.accepted {
+                            let token = detached
+                                .token
+                                .map(ByteBuf::into_vec)
+                                .or_else(|| resume.as_ref().map(|r| r.token.clone()))
+                                .unwrap_or_default();
+                            Flow::Done(Ok(Finish::Detach { token, keep_secs: detached.keep_secs }))
+                        } else {
+                            let why = detached.message.unwrap_or_else(|| "the server refused".into());
+                            pipes[1].push(Chunk::Local(format!("terminalwire: cannot detach: {why}\n").into_bytes()));
+                            Flow::Continue
+                        }
+                    }
                     other => {
                         let message = format!("unexpected {} frame", frame_name(&other));
-                        break Err(violation(&mut sink, message).await);
+                        Flow::Done(Err(violation_on(&mut link, message).await))
+                    }
+                };
+                if sequenced && matches!(flow, Flow::Continue | Flow::Done(Ok(Finish::Exit(_)))) {
+                    let exit = matches!(flow, Flow::Done(_));
+                    let due = receipts.on_frame(len);
+                    // The server keeps the session until it knows the exit arrived.
+                    let due = if exit { receipts.pending().or(due) } else { due };
+                    if let Some(seq) = due {
+                        ack_deadline = None;
+                        let sent = send_frames(&mut link, None, &[ClientFrame::Ack(Ack { seq })]).await;
+                        if !exit {
+                            flow = sent;
+                        }
+                    } else if ack_deadline.is_none() {
+                        ack_deadline = Some(Instant::now() + ack_delay);
+                    }
+                }
+                if let Some(replay) = &replay
+                    && replay.bytes() > MAX_UNACKED
+                    && link.is_some()
+                {
+                    let message = format!("the server acknowledges nothing: {} bytes await acknowledgement", replay.bytes());
+                    flow = Flow::Done(Err(violation_on(&mut link, message).await));
+                }
+                flow
+            }
+            resumed = poll_reconnect(&mut reconnecting) => {
+                reconnecting = None;
+                match resumed {
+                    Err(error) => Flow::Done(Err(error)),
+                    Ok((new_link, resumed)) => {
+                        let resume_state = resume.as_mut().expect("reconnecting implies resume");
+                        resume_state.token = resumed.token.into_vec();
+                        receipts.acknowledged_all();
+                        ack_deadline = None;
+                        idle_deadline = Instant::now() + config.idle_timeout;
+                        heartbeat.reset();
+                        link = Some(new_link);
+                        tracing::info!(server_received = resumed.received, "session resumed");
+                        let replay = replay.as_mut().expect("reconnecting implies resume");
+                        match replay.replay_after(resumed.received) {
+                            Err(error) => Flow::Done(Err(violation_on(&mut link, format!("cannot resume: {error}")).await)),
+                            Ok(missing) => {
+                                let mut outgoing: Vec<(Vec<u8>, bool)> = missing.into_iter().map(|bytes| (bytes, false)).collect();
+                                if detach_requested {
+                                    outgoing.push((codec::encode(&ClientFrame::Detach(Detach {})), false));
+                                }
+                                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+                            }
+                        }
                     }
                 }
             }
             Some(event) = events.recv() => match event {
                 Event::Consumed { index, len } => {
                     let pipe = &mut pipes[index];
-                    if let Some(grant) = pipe.window.on_consumed(len) {
-                        let frame = ClientFrame::Window(WindowAdjust { sid: pipe.sid, bytes: grant });
-                        if let Err(error) = send(&mut sink, &frame).await {
-                            break Err(error);
+                    match pipe.window.on_consumed(len) {
+                        Some(grant) => {
+                            let frame = ClientFrame::Window(WindowAdjust { sid: pipe.sid, bytes: grant });
+                            send_frames(&mut link, replay.as_mut(), &[frame]).await
                         }
+                        None => Flow::Continue,
                     }
                 }
                 Event::Failed { index, error } => {
-                    break Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
+                    Flow::Done(Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
                         ClientError::BrokenPipe
                     } else {
                         ClientError::Output { stream: pipes[index].name, source: error }
-                    });
+                    }))
                 }
             },
             // Reap finished request tasks so the set stays small.
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => Flow::Continue,
             Some(response) = responses.recv() => {
                 // Answers that are ready together leave in one flush.
                 let mut batch = vec![response];
@@ -403,20 +668,112 @@ where
                         Err(_) => break,
                     }
                 }
-                if let Err(error) = send_batch(&mut sink, &batch).await {
+                let outgoing = answer(batch, &mut running, &mut recent, replay.as_mut());
+                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+            }
+            _ = heartbeat.tick(), if link.is_some() => {
+                match &mut link {
+                    Some(current) => send_message(&mut current.sink, Message::Ping(Vec::new().into())).await.map_or_else(flow_of, |()| Flow::Continue),
+                    None => Flow::Continue,
+                }
+            }
+            () = sleep_until(ack_deadline) => {
+                ack_deadline = None;
+                match receipts.pending() {
+                    Some(seq) if link.is_some() => send_frames(&mut link, None, &[ClientFrame::Ack(Ack { seq })]).await,
+                    _ => Flow::Continue,
+                }
+            }
+            () = sleep_until(idle) => Flow::Lost(format!(
+                "no sign of life from the server for {:?}", config.idle_timeout
+            )),
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Done(result) => break result,
+            Flow::Lost(reason) => {
+                if let Err(error) = lose_link(
+                    &mut link,
+                    &resume,
+                    &resumption,
+                    &mut reconnecting,
+                    &receipts,
+                    config,
+                    show_status,
+                    &pipes,
+                    reason,
+                ) {
                     break Err(error);
                 }
             }
-            _ = heartbeat.tick() => {
-                if let Err(error) = send_message(&mut sink, Message::Ping(Vec::new().into())).await {
-                    break Err(error);
-                }
+        }
+    };
+
+    let result: Result<u8, ClientError> = match result {
+        Ok(Finish::Exit(status)) => Ok(status),
+        Err(error) => Err(error),
+        Ok(Finish::Detach { token, keep_secs }) => {
+            // Answers that are ready go out; requests still waiting (for input,
+            // say) are given up and answered so, since this process will not
+            // answer them later.
+            let mut batch = Vec::new();
+            while let Ok(response) = responses.try_recv() {
+                batch.push(response);
             }
-            () = tokio::time::sleep_until(idle_deadline) => {
-                break Err(ClientError::ConnectionLost(format!(
-                    "no sign of life from the server for {:?}", config.idle_timeout
-                )));
+            in_flight.abort_all();
+            while in_flight.join_next().await.is_some() {}
+            while let Ok(response) = responses.try_recv() {
+                batch.push(response);
             }
+            let mut outgoing = answer(batch, &mut running, &mut recent, replay.as_mut());
+            let cancelled: Vec<ClientFrame> = running
+                .drain()
+                .map(|id| {
+                    ClientFrame::Response(Response::error(
+                        terminalwire_protocol::RequestId(id),
+                        OpError::new(
+                            ErrorCode::Cancelled,
+                            "the user detached before this finished",
+                        ),
+                    ))
+                })
+                .collect();
+            outgoing.extend(encode_all(&cancelled, replay.as_mut()));
+            let _ = crate::terminal::leave_raw_mode();
+            config.resources.end_session();
+            // Output received before the detach is written out, and its credit
+            // given back, so that the next client starts with a full window.
+            let grants = drain_outputs(&mut pipes, &mut events).await?;
+            outgoing.extend(encode_all(&grants, replay.as_mut()));
+            let _ = transmit(&mut link, outgoing).await;
+            if let Some(mut current) = link.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), current.sink.close()).await;
+            }
+            let (Some(resume), Some(resumption), Some(replay)) = (resume, resumption, replay)
+            else {
+                return Err(ClientError::Protocol(
+                    "detached without a resumable session".into(),
+                ));
+            };
+            let record = SessionRecord {
+                session_id: resume.session_id,
+                url: resumption.url,
+                authority: resumption.authority,
+                command: resumption.command,
+                token: ByteBuf::from(token),
+                received: receipts.received(),
+                sent: replay.sent(),
+                unacked: replay
+                    .unacked()
+                    .map(|bytes| ByteBuf::from(bytes.to_vec()))
+                    .collect(),
+                window,
+                max_chunk: u32::try_from(max_chunk).unwrap_or(u32::MAX),
+                grace_secs: u32::try_from(resume.grace.as_secs()).unwrap_or(u32::MAX),
+                detach_secs: keep_secs,
+                detached_at: crate::detached::now(),
+            };
+            return Ok(Ended::Detached(Box::new(record)));
         }
     };
 
@@ -437,11 +794,349 @@ where
         _ => config.flush_timeout,
     };
     let flushed = finish_outputs(&mut pipes, &mut events, result.is_ok(), flush_timeout).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    if let Some(mut current) = link.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), current.sink.close()).await;
+    }
     match (result, flushed) {
-        (Ok(status), Ok(())) => Ok(status),
+        (Ok(status), Ok(())) => Ok(Ended::Exit(status)),
         (Ok(_), Err(error)) => Err(error),
         (Err(error), _) => Err(error),
+    }
+}
+
+/// Sends the hello and waits for the welcome.
+async fn open_session<S: Socket>(
+    sink: &mut Sink<S>,
+    source: &mut Source<S>,
+    hello: Hello,
+    config: &SessionConfig,
+) -> Result<terminalwire_protocol::frame::Welcome, ClientError> {
+    send(sink, &ClientFrame::Hello(hello)).await?;
+    let welcome = match tokio::time::timeout(config.handshake_timeout, next_frame(source)).await {
+        Err(_) => {
+            return Err(ClientError::ConnectionLost(format!(
+                "the server did not answer the hello within {:?}",
+                config.handshake_timeout
+            )));
+        }
+        Ok(frame) => match frame? {
+            ServerFrame::Welcome(welcome) => welcome,
+            ServerFrame::Incompatible(incompatible) => {
+                return Err(ClientError::Incompatible {
+                    versions: incompatible.versions.to_string(),
+                    message: incompatible.message,
+                });
+            }
+            ServerFrame::Error(error) => return Err(server_error(error)),
+            other => {
+                let message = format!("expected welcome, got {}", frame_name(&other));
+                return Err(violation(sink, message).await);
+            }
+        },
+    };
+    if !SUPPORTED_VERSIONS.contains(welcome.version) {
+        let message = format!(
+            "the server chose protocol version {}, which this client (versions {SUPPORTED_VERSIONS}) did not offer",
+            welcome.version
+        );
+        return Err(violation(sink, message).await);
+    }
+    Ok(welcome)
+}
+
+/// Asks the server to continue a detached session on this connection.
+async fn attach_session<S: Socket>(
+    sink: &mut Sink<S>,
+    source: &mut Source<S>,
+    record: &SessionRecord,
+    config: &SessionConfig,
+) -> Result<Resumed, ClientError> {
+    let resume = Resume {
+        session_id: record.session_id.clone(),
+        token: record.token.clone(),
+        received: record.received,
+    };
+    send(sink, &ClientFrame::Resume(resume)).await?;
+    match tokio::time::timeout(config.handshake_timeout, next_frame(source)).await {
+        Err(_) => Err(ClientError::ConnectionLost(format!(
+            "the server did not answer within {:?}",
+            config.handshake_timeout
+        ))),
+        Ok(frame) => match frame? {
+            ServerFrame::Resumed(resumed) => Ok(resumed),
+            ServerFrame::Error(error) => Err(resume_refused(error)),
+            other => {
+                let message = format!("expected resumed, got {}", frame_name(&other));
+                Err(violation(sink, message).await)
+            }
+        },
+    }
+}
+
+fn resume_refused(error: SessionError) -> ClientError {
+    match error.code {
+        ErrorCode::Expired => {
+            ClientError::SessionGone(format!("the session cannot be resumed: {}", error.message))
+        }
+        _ => server_error(error),
+    }
+}
+
+/// Starts resuming after a lost connection, or says why the session ends.
+#[allow(clippy::too_many_arguments)]
+fn lose_link<S: Socket>(
+    link: &mut Option<Link<S>>,
+    resume: &Option<ResumeState>,
+    resumption: &Option<Resumption<S>>,
+    reconnecting: &mut Option<
+        futures_util::future::BoxFuture<'static, Result<(Link<S>, Resumed), ClientError>>,
+    >,
+    receipts: &Receipts,
+    config: &SessionConfig,
+    show_status: bool,
+    pipes: &[OutputPipe; 2],
+    reason: String,
+) -> Result<(), ClientError> {
+    let (Some(resume), Some(resumption)) = (resume, resumption) else {
+        return Err(ClientError::ConnectionLost(reason));
+    };
+    *link = None;
+    if reconnecting.is_some() {
+        return Ok(());
+    }
+    tracing::info!(%reason, grace = ?resume.grace, "connection lost; resuming");
+    if show_status {
+        pipes[1].push(Chunk::Local(
+            "terminalwire: connection lost; reconnecting\u{2026}\n"
+                .as_bytes()
+                .to_vec(),
+        ));
+    }
+    let frame = Resume {
+        session_id: resume.session_id.clone(),
+        token: ByteBuf::from(resume.token.clone()),
+        received: receipts.received(),
+    };
+    *reconnecting = Some(Box::pin(reconnect_loop(
+        resumption.reconnect.clone(),
+        frame,
+        Instant::now() + resume.grace + GRACE_MARGIN,
+        resume.grace,
+        config.handshake_timeout,
+        reason,
+    )));
+    Ok(())
+}
+
+/// Tries to resume until the server's grace period is over, with backoff.
+async fn reconnect_loop<S: Socket>(
+    reconnect: Reconnect<S>,
+    resume: Resume,
+    deadline: Instant,
+    grace: Duration,
+    handshake_timeout: Duration,
+    reason: String,
+) -> Result<(Link<S>, Resumed), ClientError> {
+    let mut delay = Duration::from_millis(50);
+    let mut last_error = reason;
+    for attempt in 1u32.. {
+        let attempt_once = async {
+            let socket = reconnect().await?;
+            let (mut sink, mut source) = socket.split();
+            send(&mut sink, &ClientFrame::Resume(resume.clone())).await?;
+            let answer = tokio::time::timeout(handshake_timeout, next_frame(&mut source))
+                .await
+                .map_err(|_| {
+                    ClientError::ConnectionLost("the server did not answer the resume".into())
+                })??;
+            match answer {
+                ServerFrame::Resumed(resumed) => Ok((Link { sink, source }, resumed)),
+                ServerFrame::Error(error) => Err(resume_refused(error)),
+                other => Err(ClientError::Protocol(format!(
+                    "expected resumed, got {}",
+                    frame_name(&other)
+                ))),
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempt_once).await {
+            Err(_) => break,
+            Ok(Ok(resumed)) => return Ok(resumed),
+            Ok(Err(error @ (ClientError::ConnectionLost(_) | ClientError::Unavailable { .. }))) => {
+                tracing::info!(attempt, %error, "resume attempt failed");
+                last_error = error.to_string();
+            }
+            Ok(Err(error)) => return Err(error),
+        }
+        if Instant::now() + delay >= deadline {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+    Err(ClientError::ConnectionLost(format!(
+        "the connection was lost and could not be resumed within the server's grace period of {}s ({last_error})",
+        grace.as_secs()
+    )))
+}
+
+async fn poll_reconnect<S: Socket>(
+    reconnecting: &mut Option<
+        futures_util::future::BoxFuture<'static, Result<(Link<S>, Resumed), ClientError>>,
+    >,
+) -> Result<(Link<S>, Resumed), ClientError> {
+    match reconnecting {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks the server to detach, when the session allows it; else says why not.
+async fn request_detach<S: Socket>(
+    link: &mut Option<Link<S>>,
+    resume: &Option<ResumeState>,
+    pipes: &[OutputPipe; 2],
+    detach_requested: &mut bool,
+) -> Flow {
+    let refusal = match resume {
+        None => Some("this session cannot be detached (the server does not offer resuming it)"),
+        Some(resume) if resume.detach_secs == 0 => Some("this server does not allow detaching"),
+        Some(_) if link.is_none() => Some("cannot detach while reconnecting"),
+        Some(_) => None,
+    };
+    if let Some(refusal) = refusal {
+        pipes[1].push(Chunk::Local(
+            format!("terminalwire: {refusal}\n").into_bytes(),
+        ));
+        return Flow::Continue;
+    }
+    if *detach_requested {
+        return Flow::Continue;
+    }
+    *detach_requested = true;
+    send_frames(link, None, &[ClientFrame::Detach(Detach {})]).await
+}
+
+/// Frames encoded, each with whether it was kept for replay.
+fn encode_all(frames: &[ClientFrame], replay: Option<&mut ReplayBuffer>) -> Vec<(Vec<u8>, bool)> {
+    let encoded = frames
+        .iter()
+        .map(|frame| (codec::encode(frame), frame.is_sequenced()))
+        .collect();
+    keep(encoded, replay)
+}
+
+/// Keeps the sequenced frames of `outgoing` for replay (when resuming is on).
+fn keep(outgoing: Vec<(Vec<u8>, bool)>, replay: Option<&mut ReplayBuffer>) -> Vec<(Vec<u8>, bool)> {
+    if let Some(replay) = replay {
+        for (bytes, sequenced) in &outgoing {
+            if *sequenced {
+                replay.push(bytes.clone());
+            }
+        }
+    }
+    outgoing
+}
+
+/// Encodes responses, remembers them as answered, and keeps them for replay.
+fn answer(
+    batch: Vec<Response>,
+    running: &mut HashSet<u64>,
+    recent: &mut RecentRequests,
+    replay: Option<&mut ReplayBuffer>,
+) -> Vec<(Vec<u8>, bool)> {
+    let outgoing = batch
+        .into_iter()
+        .map(|response| {
+            let id = response.id.0;
+            let bytes = codec::encode(&ClientFrame::Response(response));
+            running.remove(&id);
+            recent.finish(id, &bytes);
+            (bytes, true)
+        })
+        .collect();
+    keep(outgoing, replay)
+}
+
+/// Sends frames (kept for replay first, when resuming is on).
+async fn send_frames<S: Socket>(
+    link: &mut Option<Link<S>>,
+    replay: Option<&mut ReplayBuffer>,
+    frames: &[ClientFrame],
+) -> Flow {
+    let outgoing = encode_all(frames, replay);
+    transmit(link, outgoing)
+        .await
+        .map_or_else(flow_of, |()| Flow::Continue)
+}
+
+/// Sends encoded frames on the connection, if there is one; without one they
+/// wait in the replay buffer (or, for unsequenced frames, are dropped).
+async fn transmit<S: Socket>(
+    link: &mut Option<Link<S>>,
+    outgoing: Vec<(Vec<u8>, bool)>,
+) -> Result<(), ClientError> {
+    let Some(current) = link else {
+        return Ok(());
+    };
+    send_encoded(
+        &mut current.sink,
+        outgoing.into_iter().map(|(bytes, _)| bytes).collect(),
+    )
+    .await
+}
+
+/// Writes out what the output pipes hold and returns the grants that give
+/// the server back all the credit consumed.
+async fn drain_outputs(
+    pipes: &mut [OutputPipe; 2],
+    events: &mut mpsc::UnboundedReceiver<Event>,
+) -> Result<Vec<ClientFrame>, ClientError> {
+    for pipe in pipes.iter_mut() {
+        pipe.queue = None;
+    }
+    for pipe in pipes.iter_mut() {
+        let _ = (&mut pipe.task).await;
+    }
+    let mut grants = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::Consumed { index, len } => {
+                let pipe = &mut pipes[index];
+                if let Some(bytes) = pipe.window.on_consumed(len) {
+                    grants.push(ClientFrame::Window(WindowAdjust {
+                        sid: pipe.sid,
+                        bytes,
+                    }));
+                }
+            }
+            Event::Failed { index, error } => {
+                return Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
+                    ClientError::BrokenPipe
+                } else {
+                    ClientError::Output {
+                        stream: pipes[index].name,
+                        source: error,
+                    }
+                });
+            }
+        }
+    }
+    for pipe in pipes.iter_mut() {
+        if let Some(bytes) = pipe.window.grant_consumed() {
+            grants.push(ClientFrame::Window(WindowAdjust {
+                sid: pipe.sid,
+                bytes,
+            }));
+        }
+    }
+    Ok(grants)
+}
+
+/// Sleeps until `deadline`; forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -489,6 +1184,7 @@ async fn perform(
     prompts: Option<mpsc::UnboundedSender<Chunk>>,
     resources: &Resources,
     stdin_is_terminal: bool,
+    detach_keys: Option<mpsc::UnboundedSender<()>>,
 ) -> Response {
     let prompt_with = |prompt: Option<String>| {
         if let (Some(prompt), Some(prompts)) = (prompt, &prompts) {
@@ -543,13 +1239,22 @@ async fn perform(
                 if !was_raw {
                     crate::terminal::enter_raw_mode()?;
                 }
-                let key = tokio::task::spawn_blocking(crate::terminal::read_key_blocking)
-                    .await
-                    .map_err(io::Error::other)?;
+                let key = loop {
+                    let key = tokio::task::spawn_blocking(crate::terminal::read_key_blocking)
+                        .await
+                        .map_err(io::Error::other)??;
+                    // Ctrl-\ is the client's detach key, never the app's.
+                    match &detach_keys {
+                        Some(detach) if crate::terminal::is_detach_key(&key) => {
+                            let _ = detach.send(());
+                        }
+                        _ => break key,
+                    }
+                };
                 if !was_raw {
                     crate::terminal::leave_raw_mode()?;
                 }
-                key
+                Ok::<_, io::Error>(key)
             };
             read.await
                 .map(Reply::Key)
@@ -626,6 +1331,8 @@ async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpE
 enum LocalSignal {
     Interrupt,
     Resize,
+    /// Ctrl-\ (SIGQUIT): detach from the session.
+    Detach,
     Terminate(i32),
 }
 
@@ -635,6 +1342,7 @@ struct Signals {
     resize: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -645,6 +1353,7 @@ impl Signals {
             resize: signal(Kind::window_change())?,
             terminate: signal(Kind::terminate())?,
             hangup: signal(Kind::hangup())?,
+            quit: signal(Kind::quit())?,
         })
     }
 }
@@ -658,6 +1367,7 @@ async fn next_signal(signals: &mut Option<Signals>) -> LocalSignal {
         Some(()) = signals.resize.recv() => LocalSignal::Resize,
         Some(()) = signals.terminate.recv() => LocalSignal::Terminate(15),
         Some(()) = signals.hangup.recv() => LocalSignal::Terminate(1),
+        Some(()) = signals.quit.recv() => LocalSignal::Detach,
         else => std::future::pending().await,
     }
 }
@@ -669,15 +1379,17 @@ where
     send_message(sink, Message::Binary(codec::encode(frame).into())).await
 }
 
-/// Sends several frames with one flush.
-async fn send_batch<S>(sink: &mut Sink<S>, frames: &[ClientFrame]) -> Result<(), ClientError>
+/// Sends encoded frames with one flush.
+async fn send_encoded<S>(sink: &mut Sink<S>, frames: Vec<Vec<u8>>) -> Result<(), ClientError>
 where
     S: Socket,
 {
+    if frames.is_empty() {
+        return Ok(());
+    }
     let sending = async {
-        for frame in frames {
-            sink.feed(Message::Binary(codec::encode(frame).into()))
-                .await?;
+        for bytes in frames {
+            sink.feed(Message::Binary(bytes.into())).await?;
         }
         sink.flush().await
     };
@@ -709,15 +1421,30 @@ where
     S: Socket,
 {
     loop {
-        if let Some(frame) = next_message(source).await? {
+        if let Some((frame, _)) = next_message(source).await? {
             return Ok(frame);
         }
     }
 }
 
+/// [`next_message`] on the current connection; never, while there is none.
+async fn next_message_on<S>(
+    link: &mut Option<Link<S>>,
+) -> Result<Option<(ServerFrame, usize)>, ClientError>
+where
+    S: Socket,
+{
+    match link {
+        Some(current) => next_message(&mut current.source).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The server's next frame, or `None` for a ping or pong: a sign of life that
 /// keeps the idle time-out from firing while a command prints nothing.
-async fn next_message<S>(source: &mut Source<S>) -> Result<Option<ServerFrame>, ClientError>
+async fn next_message<S>(
+    source: &mut Source<S>,
+) -> Result<Option<(ServerFrame, usize)>, ClientError>
 where
     S: Socket,
 {
@@ -732,7 +1459,7 @@ where
     };
     match message {
         Message::Binary(bytes) => codec::decode::<ServerFrame>(&bytes)
-            .map(Some)
+            .map(|frame| Some((frame, bytes.len())))
             .map_err(|error| {
                 ClientError::Protocol(format!("the server sent an invalid frame: {error}"))
             }),
@@ -788,6 +1515,17 @@ fn server_error(error: SessionError) -> ClientError {
     }
 }
 
+/// [`violation`] on the current connection, if there is one.
+async fn violation_on<S>(link: &mut Option<Link<S>>, message: String) -> ClientError
+where
+    S: Socket,
+{
+    match link {
+        Some(current) => violation(&mut current.sink, message).await,
+        None => ClientError::Protocol(message),
+    }
+}
+
 /// Tells the server why the client gives up, then returns the error.
 async fn violation<S>(sink: &mut Sink<S>, message: String) -> ClientError
 where
@@ -810,6 +1548,9 @@ fn frame_name(frame: &ServerFrame) -> String {
         ServerFrame::Request(_) => "request".into(),
         ServerFrame::Exit(_) => "exit".into(),
         ServerFrame::Error(_) => "error".into(),
+        ServerFrame::Ack(_) => "ack".into(),
+        ServerFrame::Resumed(_) => "resumed".into(),
+        ServerFrame::Detached(_) => "detached".into(),
         ServerFrame::Unknown { tag } => format!("unknown `{tag}`"),
         _ => "unsupported".into(),
     }

@@ -105,3 +105,9 @@ pub fn read_key_blocking() -> io::Result<terminalwire_protocol::frame::Key> {
         });
     }
 }
+
+/// Ctrl-\, the key that detaches from a session (terminals send byte 0x1c,
+/// which some report as Ctrl-4).
+pub fn is_detach_key(key: &terminalwire_protocol::frame::Key) -> bool {
+    key.ctrl && (key.key == "\\" || key.key == "4")
+}

@@ -852,6 +852,9 @@ pub enum ErrorCode {
     /// `expired`: the session to resume does not exist (any more): it ended,
     /// or its grace period ran out.
     Expired,
+    /// `cancelled`: the client gave the operation up unfinished (the user
+    /// detached while it waited, say, for input).
+    Cancelled,
     /// A code this implementation does not know, kept as received.
     Other(String),
 }
@@ -873,6 +876,7 @@ impl ErrorCode {
             ErrorCode::Shutdown => "shutdown",
             ErrorCode::Internal => "internal",
             ErrorCode::Expired => "expired",
+            ErrorCode::Cancelled => "cancelled",
             ErrorCode::Other(other) => other,
         }
     }
@@ -893,6 +897,7 @@ impl ErrorCode {
             "shutdown" => ErrorCode::Shutdown,
             "internal" => ErrorCode::Internal,
             "expired" => ErrorCode::Expired,
+            "cancelled" => ErrorCode::Cancelled,
             other => ErrorCode::Other(other.to_owned()),
         }
     }

@@ -1,0 +1,306 @@
+//! Detached sessions: what the client keeps on disk to re-attach later.
+//!
+//! When the user detaches (Ctrl-\), the command goes on running on the
+//! server and the client saves a [`SessionRecord`] in
+//! `<home>/authorities/<authority>/sessions/<id>.json` (mode 0600: it holds
+//! the session's resume token, which only works with this device's key
+//! anyway). `terminalwire sessions` lists the records; `terminalwire attach
+//! ID` resumes one, and deletes it once the server has taken it back.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use terminalwire_policy::{Authority, Home};
+
+/// Largest session record accepted from disk.
+const MAX_RECORD_LEN: u64 = 64 * 1024 * 1024;
+
+/// Everything needed to continue a detached session in a new process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The server's session id.
+    pub session_id: String,
+    /// The URL the session was opened with.
+    pub url: String,
+    /// The authority (for listing).
+    pub authority: String,
+    /// The command the user ran (program name and arguments), for listing.
+    pub command: Vec<String>,
+    /// The resume token the server gave with `detached`.
+    pub token: ByteBuf,
+    /// Sequenced server frames the client processed.
+    pub received: u64,
+    /// Sequenced frames the client sent.
+    pub sent: u64,
+    /// The last of those the server has not acknowledged, oldest first.
+    pub unacked: Vec<ByteBuf>,
+    /// The client's window for the server's streams.
+    pub window: u32,
+    /// Largest data chunk the client accepts.
+    pub max_chunk: u32,
+    /// Seconds the server keeps the session after a dropped connection.
+    pub grace_secs: u32,
+    /// Seconds the server keeps a detached session.
+    pub detach_secs: u32,
+    /// When the client detached (seconds since the Unix epoch).
+    pub detached_at: u64,
+}
+
+impl SessionRecord {
+    /// When the server forgets the session (seconds since the Unix epoch).
+    pub fn expires_at(&self) -> u64 {
+        self.detached_at + u64::from(self.detach_secs)
+    }
+
+    /// Whether the server has forgotten the session by now.
+    pub fn is_expired(&self) -> bool {
+        now() >= self.expires_at()
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// A problem with the saved sessions.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The home folder is unusable.
+    #[error("{0}")]
+    Home(String),
+    /// No saved session has this id.
+    #[error("no detached session `{0}` (see `terminalwire sessions`)")]
+    NotFound(String),
+    /// The id cannot name a session file.
+    #[error("`{0}` is not a session id")]
+    BadId(String),
+    /// A record file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A record file is not a session record.
+    #[error("{path}: not a valid session record: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The folder of an authority's detached sessions.
+pub fn sessions_dir(home: &Home, authority: &Authority) -> PathBuf {
+    home.authority_dir(authority).join("sessions")
+}
+
+/// Session ids are the server's; only plain names make file names.
+fn check_id(id: &str) -> Result<(), RecordError> {
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        Ok(())
+    } else {
+        Err(RecordError::BadId(id.to_owned()))
+    }
+}
+
+/// Saves `record` atomically, readable by the user only.
+pub fn save(
+    home: &Home,
+    authority: &Authority,
+    record: &SessionRecord,
+) -> Result<PathBuf, RecordError> {
+    check_id(&record.session_id)?;
+    let dir = sessions_dir(home, authority);
+    let path = dir.join(format!("{}.json", record.session_id));
+    let io = |source| RecordError::Io {
+        path: path.clone(),
+        source,
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io)?;
+    }
+    let json =
+        serde_json::to_vec_pretty(record).map_err(|error| io(std::io::Error::other(error)))?;
+    terminalwire_policy::write_private_atomically(&path, &json).map_err(io)?;
+    Ok(path)
+}
+
+/// A saved session and the file it came from.
+#[derive(Debug)]
+pub struct Saved {
+    /// The record.
+    pub record: SessionRecord,
+    /// Its file.
+    pub path: PathBuf,
+}
+
+fn load(path: &Path) -> Result<SessionRecord, RecordError> {
+    use std::io::Read;
+    let io = |source| RecordError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_RECORD_LEN {
+        return Err(RecordError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("larger than {MAX_RECORD_LEN} bytes"),
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|error| RecordError::Corrupt {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+/// Every saved session of every authority, oldest first. Unreadable
+/// records are reported next to the good ones, not hidden.
+pub fn list(home: &Home) -> Result<(Vec<Saved>, Vec<RecordError>), RecordError> {
+    let authorities = home
+        .list_authorities()
+        .map_err(|error| RecordError::Home(error.to_string()))?;
+    let mut saved = Vec::new();
+    let mut problems = Vec::new();
+    for authority in authorities {
+        let dir = sessions_dir(home, &authority);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                problems.push(RecordError::Io { path: dir, source });
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            match load(&path) {
+                Ok(record) => saved.push(Saved { record, path }),
+                Err(error) => problems.push(error),
+            }
+        }
+    }
+    saved.sort_by_key(|saved| (saved.record.detached_at, saved.record.session_id.clone()));
+    Ok((saved, problems))
+}
+
+/// The saved session `id`.
+pub fn find(home: &Home, id: &str) -> Result<Saved, RecordError> {
+    check_id(id)?;
+    let (saved, _) = list(home)?;
+    saved
+        .into_iter()
+        .find(|saved| saved.record.session_id == id)
+        .ok_or_else(|| RecordError::NotFound(id.to_owned()))
+}
+
+/// Deletes a saved session's file.
+pub fn forget(path: &Path) -> Result<(), RecordError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RecordError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, detached_at: u64) -> SessionRecord {
+        SessionRecord {
+            session_id: id.into(),
+            url: "ws://127.0.0.1:9/terminal".into(),
+            authority: "127.0.0.1:9".into(),
+            command: vec!["app".into(), "build".into()],
+            token: ByteBuf::from(vec![1; 32]),
+            received: 7,
+            sent: 3,
+            unacked: vec![ByteBuf::from(vec![0x81, 0xa1, b't'])],
+            window: 1 << 20,
+            max_chunk: 1 << 16,
+            grace_secs: 120,
+            detach_secs: 3600,
+            detached_at,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_list_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority =
+            Authority::from_url(&url::Url::parse("ws://127.0.0.1:9/").unwrap()).unwrap();
+        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
+        let newer = record("a-2", 200);
+        let older = record("a-1", 100);
+        let path = save(&home, &authority, &newer).unwrap();
+        save(&home, &authority, &older).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (saved, problems) = list(&home).unwrap();
+        assert!(problems.is_empty());
+        let ids: Vec<_> = saved.iter().map(|s| s.record.session_id.as_str()).collect();
+        assert_eq!(ids, ["a-1", "a-2"]);
+        assert_eq!(find(&home, "a-2").unwrap().record, newer);
+        forget(&path).unwrap();
+        assert!(matches!(find(&home, "a-2"), Err(RecordError::NotFound(_))));
+    }
+
+    #[test]
+    fn bad_ids_and_corrupt_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority =
+            Authority::from_url(&url::Url::parse("ws://127.0.0.1:9/").unwrap()).unwrap();
+        assert!(matches!(find(&home, "../x"), Err(RecordError::BadId(_))));
+        let mut bad = record("../../evil", 1);
+        assert!(matches!(
+            save(&home, &authority, &bad),
+            Err(RecordError::BadId(_))
+        ));
+        bad.session_id = "ok".into();
+        save(&home, &authority, &bad).unwrap();
+        std::fs::write(sessions_dir(&home, &authority).join("broken.json"), b"{").unwrap();
+        let (saved, problems) = list(&home).unwrap();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].to_string().contains("broken.json"),
+            "{}",
+            problems[0]
+        );
+    }
+}

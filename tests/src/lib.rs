@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, reason = "a test harness fails loudly")]
 
+pub mod cutter;
 pub mod pattern;
 pub mod process;
 pub mod tmux;

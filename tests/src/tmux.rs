@@ -49,6 +49,7 @@ pub struct PaneExit {
 pub struct TmuxPane {
     _dir: tempfile::TempDir,
     socket: PathBuf,
+    home: PathBuf,
 }
 
 fn shell_quote(word: &str) -> String {
@@ -58,30 +59,40 @@ fn shell_quote(word: &str) -> String {
 impl TmuxPane {
     /// The pane's terminalwire home (`TERMINALWIRE_HOME` of the client).
     pub fn home(&self) -> PathBuf {
-        std::fs::canonicalize(self._dir.path())
-            .unwrap()
-            .join("home")
+        self.home.clone()
     }
 
     /// Starts the client in a `cols`×`rows` pane with its own empty
     /// terminalwire home.
     pub fn start(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
+        TmuxPane::start_with_home(args, cols, rows, None)
+    }
+
+    /// [`start`](TmuxPane::start) with the terminalwire home `home` (say,
+    /// another pane's), when given.
+    pub fn start_with_home(args: &[&str], cols: u16, rows: u16, home: Option<&Path>) -> TmuxPane {
         require_tmux();
         let binary = client_binary();
         let dir = tempfile::tempdir().unwrap();
         let base = std::fs::canonicalize(dir.path()).unwrap();
-        let home = base.join("home");
-        std::fs::create_dir(&home).unwrap();
+        let home = match home {
+            Some(home) => home.to_path_buf(),
+            None => {
+                let home = base.join("home");
+                std::fs::create_dir(&home).unwrap();
+                home
+            }
+        };
         let quoted_args: Vec<String> = std::iter::once(binary.to_string_lossy().into_owned())
             .chain(args.iter().map(|arg| (*arg).to_owned()))
             .map(|word| shell_quote(&word))
             .collect();
         let out = |name: &str| shell_quote(&base.join(name).to_string_lossy());
-        // Catching SIGINT (not ignoring it: an ignored signal would stay
+        // Catching SIGINT and SIGQUIT (not ignoring them: an ignored signal would stay
         // ignored in the client) keeps the wrapper alive through Ctrl-C to
         // record the client's status; the client gets the default handling.
         let script = format!(
-            "trap 'true' INT\n\
+            "trap 'true' INT QUIT\n\
              unset CLICOLOR_FORCE TERMINALWIRE_LOG NO_COLOR\n\
              export TERMINALWIRE_HOME={home}\n\
              stty -g > {before}\n\
@@ -100,7 +111,11 @@ impl TmuxPane {
         let script_path = base.join("run.sh");
         std::fs::write(&script_path, script).unwrap();
         let socket = base.join("tmux.sock");
-        let pane = TmuxPane { _dir: dir, socket };
+        let pane = TmuxPane {
+            _dir: dir,
+            socket,
+            home,
+        };
         let (cols, rows) = (cols.to_string(), rows.to_string());
         let command = format!("sh {}", shell_quote(&script_path.to_string_lossy()));
         pane.tmux_sync(&[

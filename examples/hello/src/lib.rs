@@ -107,6 +107,29 @@ pub enum Command {
     /// Show a secret that only approved devices may see (approve new
     /// devices on the app's /devices page).
     Secret,
+    /// Count slowly, one line per tick: a long command to detach from
+    /// (Ctrl-\) and re-attach to (`terminalwire attach ID`).
+    Count {
+        /// Count up to this.
+        #[arg(long, default_value_t = 60)]
+        to: u64,
+        /// Milliseconds between lines.
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
+        /// Refuse to be detached (as a command that needs a human would).
+        #[arg(long)]
+        no_detach: bool,
+    },
+    /// Append numbered lines to a file in this app's storage folder, one
+    /// request each (each must land exactly once, even over a flaky network).
+    Append {
+        /// How many lines.
+        #[arg(long, default_value_t = 1000)]
+        times: u64,
+        /// The file, relative to the storage folder.
+        #[arg(long, default_value = "appends.txt")]
+        file: String,
+    },
 }
 
 /// Actions of `note`.
@@ -138,6 +161,33 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
             out.println(greeting).await?;
         }
         Command::Stream { bytes } => stream(&ctx, bytes).await?,
+        Command::Count {
+            to,
+            every_ms,
+            no_detach,
+        } => {
+            if no_detach {
+                ctx.refuse_detach("this command needs you at the terminal");
+            }
+            for n in 1..=to {
+                out.println(format!("tick {n}")).await?;
+                if n < to {
+                    tokio::time::sleep(std::time::Duration::from_millis(every_ms)).await;
+                }
+            }
+        }
+        Command::Append { times, file } => {
+            let Some(path) = ctx.storage_path(&file) else {
+                anyhow::bail!("your client has no storage folder for this app");
+            };
+            for n in 1..=times {
+                ctx.file()
+                    .append(&path, format!("entry {n}\n"))
+                    .await
+                    .map_err(explain)?;
+            }
+            out.println(format!("appended {times} lines")).await?;
+        }
         Command::Ask => {
             let name = ctx.read_line(Some("What is your name? ")).await?;
             match name.as_deref().map(str::trim) {

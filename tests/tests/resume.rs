@@ -1,0 +1,378 @@
+//! Surviving the network: the real client resumes its session through a
+//! proxy that cuts connections at random points, with output neither lost
+//! nor duplicated and requests executed exactly once; the grace period
+//! ends a session whose client does not come back; a resume token is
+//! useless on another device; and a user detaches and re-attaches (tmux).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use terminalwire_client::connect::{self, Target};
+use terminalwire_client::secure::{self, ServerPin};
+use terminalwire_protocol::codec;
+use terminalwire_protocol::frame::{ClientFrame, ErrorCode, Resume, ServerFrame};
+use terminalwire_protocol::secure::StaticKey;
+use terminalwire_server::{Config, Context, Terminal};
+use terminalwire_tests::cutter::Cutter;
+use terminalwire_tests::tmux::TmuxPane;
+use terminalwire_tests::{Client, TestServer};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Polls `condition` until it holds; fails the test after `deadline`.
+async fn eventually(what: &str, deadline: Duration, condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn url_of(addr: std::net::SocketAddr) -> String {
+    format!("ws://{addr}/terminal")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_megabytes_arrive_byte_exact_through_a_connection_cut_at_random_points() {
+    const BYTES: u64 = 100_000_000;
+    let server = TestServer::hello().await;
+    // Cut every connection after 128 KiB to 8 MiB of traffic.
+    let cutter = Cutter::start(server.addr(), 128 << 10, 8 << 20, 200, 0x5eed_0001).await;
+    let run = Client::new([
+        url_of(cutter.addr()).as_str(),
+        "stream",
+        "--bytes",
+        &BYTES.to_string(),
+    ])
+    .run()
+    .await;
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
+    assert!(
+        cutter.cuts() >= 5,
+        "only {} cuts: the test did not test resuming",
+        cutter.cuts()
+    );
+    let mut expected = Vec::with_capacity(BYTES as usize + 64);
+    let mut line = 0;
+    while (expected.len() as u64) < BYTES {
+        line += 1;
+        expected.extend_from_slice(hello::stream_line(line).as_bytes());
+    }
+    expected.truncate(BYTES as usize);
+    assert_eq!(run.stdout.len(), expected.len(), "output lost or duplicated");
+    let first_difference = run.stdout.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "output corrupted");
+    eprintln!(
+        "{} connections, {} cuts",
+        cutter.connections(),
+        cutter.cuts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_appends_land_exactly_once_through_a_connection_cut_at_random_points() {
+    let server = TestServer::hello().await;
+    // Small budgets: cuts fall between a request and its answer, inside
+    // handshakes and resumes.
+    let cutter = Cutter::start(server.addr(), 1 << 10, 24 << 10, 150, 0x5eed_0002).await;
+    let home = tempfile::tempdir().unwrap();
+    let run = Client::new([url_of(cutter.addr()).as_str(), "append", "--times", "1000"])
+        .env("TERMINALWIRE_HOME", &home.path().to_string_lossy())
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
+    assert_eq!(run.stdout_text(), "appended 1000 lines\n");
+    assert!(
+        cutter.cuts() >= 5,
+        "only {} cuts: the test did not test resuming",
+        cutter.cuts()
+    );
+    let authorities: Vec<_> = std::fs::read_dir(home.path().join("authorities"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(authorities.len(), 1, "{authorities:?}");
+    let written =
+        std::fs::read_to_string(authorities[0].join("storage").join("appends.txt")).unwrap();
+    let expected: String = (1..=1000).map(|n| format!("entry {n}\n")).collect();
+    if written != expected {
+        let lines: Vec<&str> = written.lines().collect();
+        panic!(
+            "{} lines instead of 1000 (first difference at line {:?})",
+            lines.len(),
+            lines
+                .iter()
+                .zip(expected.lines())
+                .position(|(a, b)| *a != b)
+        );
+    }
+    eprintln!(
+        "{} connections, {} cuts",
+        cutter.connections(),
+        cutter.cuts()
+    );
+}
+
+/// The hello app with its own settings.
+fn hello_with(config: Config) -> Terminal {
+    Terminal::with_config(hello::command, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_come_back_within_the_grace_period_exits_75() {
+    let terminal = hello_with(Config {
+        resume_grace: Duration::from_secs(1),
+        ..Config::default()
+    });
+    let server = TestServer::with_terminal(terminal.clone()).await;
+    let cutter = Cutter::reliable(server.addr()).await;
+    let client = tokio::spawn(
+        Client::new([
+            url_of(cutter.addr()).as_str(),
+            "count",
+            "--to",
+            "1000",
+            "--every-ms",
+            "20",
+        ])
+        .run(),
+    );
+    eventually("the session to start", Duration::from_secs(20), || {
+        terminal.resumable_count() == 1
+    })
+    .await;
+    // The network goes down: the connection is cut and nothing gets through.
+    cutter.refuse(true);
+    cutter.cut_all();
+    // The server gives up on the session after its grace period…
+    eventually("the session to expire", Duration::from_secs(20), || {
+        terminal.resumable_count() == 0
+    })
+    .await;
+    // …so when the network is back, the client learns the session is gone.
+    cutter.refuse(false);
+    let run = client.await.unwrap();
+    assert_eq!(run.status, Some(75), "stderr: {}", run.stderr_text());
+    let stderr = run.stderr_text();
+    assert!(
+        stderr.contains("cannot be resumed") && stderr.contains("grace period"),
+        "stderr: {stderr}"
+    );
+    // Whatever arrived before the cut arrived in order.
+    let seen = ticks(&run.stdout_text());
+    assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());
+}
+
+/// Opens a session with the `resume` capability as device `device`, running
+/// `args`; returns the connection, the session id and the resume token.
+async fn open_resumable(
+    url: &str,
+    device: &StaticKey,
+    args: &[&str],
+) -> (impl Send + Unpin + 'static, String, Vec<u8>) {
+    let target = Target::parse(url).unwrap();
+    let socket = connect::connect(&target, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (mut socket, _) = secure::handshake(
+        socket,
+        device,
+        &ServerPin::FirstContact,
+        &target.authority,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut hello = terminalwire_client::facts::hello(
+        &target,
+        "test".into(),
+        args.iter().map(|arg| (*arg).to_owned()).collect(),
+    )
+    .unwrap();
+    hello.capabilities.push("resume".into());
+    socket
+        .send(Message::Binary(
+            codec::encode(&ClientFrame::Hello(hello)).into(),
+        ))
+        .await
+        .unwrap();
+    loop {
+        let Message::Binary(bytes) = socket.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        if let ServerFrame::Welcome(welcome) = codec::decode::<ServerFrame>(&bytes).unwrap() {
+            let ticket = welcome.resume.expect("the server offers resuming");
+            return (socket, welcome.session_id, ticket.token.into_vec());
+        }
+    }
+}
+
+/// Sends `resume` as `device` on a new connection; returns the answer.
+async fn try_resume(url: &str, device: &StaticKey, session_id: &str, token: &[u8]) -> ServerFrame {
+    let target = Target::parse(url).unwrap();
+    let socket = connect::connect(&target, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (mut socket, _) = secure::handshake(
+        socket,
+        device,
+        &ServerPin::FirstContact,
+        &target.authority,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let resume = ClientFrame::Resume(Resume {
+        session_id: session_id.to_owned(),
+        token: token.to_vec().into(),
+        received: 0,
+    });
+    socket
+        .send(Message::Binary(codec::encode(&resume).into()))
+        .await
+        .unwrap();
+    loop {
+        let Message::Binary(bytes) = socket.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        return codec::decode::<ServerFrame>(&bytes).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_token_from_another_device_is_refused() {
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let device = StaticKey::generate().unwrap();
+    let thief = StaticKey::generate().unwrap();
+    let (connection, session_id, token) =
+        open_resumable(&url, &device, &["count", "--to", "1000", "--every-ms", "50"]).await;
+    // The stolen token, presented by another device, is refused…
+    match try_resume(&url, &thief, &session_id, &token).await {
+        ServerFrame::Error(error) => {
+            assert_eq!(error.code, ErrorCode::Denied, "{error:?}");
+            assert!(error.message.contains("device"), "{}", error.message);
+        }
+        other => panic!("a thief resumed the session: {other:?}"),
+    }
+    // …and is not spent: the device it belongs to resumes with it.
+    match try_resume(&url, &device, &session_id, &token).await {
+        ServerFrame::Resumed(resumed) => {
+            assert_eq!(resumed.received, 0);
+            assert_ne!(resumed.token.as_ref(), token.as_slice(), "tokens rotate");
+        }
+        other => panic!("the owner could not resume: {other:?}"),
+    }
+    // A token is single use.
+    match try_resume(&url, &device, &session_id, &token).await {
+        ServerFrame::Error(error) => assert_eq!(error.code, ErrorCode::Denied),
+        other => panic!("a spent token resumed the session: {other:?}"),
+    }
+    // An unknown session is `expired`.
+    match try_resume(&url, &device, "no-such-session", &token).await {
+        ServerFrame::Error(error) => assert_eq!(error.code, ErrorCode::Expired),
+        other => panic!("{other:?}"),
+    }
+    drop(connection);
+}
+
+/// Prints ticks 1 to `first`, waits for `go`, prints the rest up to `to`
+/// (one every 10 ms), signals `done` and exits 7.
+fn counting_terminal(
+    first: u64,
+    to: u64,
+    go: Arc<tokio::sync::Notify>,
+    done: Arc<tokio::sync::Notify>,
+) -> Terminal {
+    Terminal::new(move |ctx: Context| {
+        let (go, done) = (go.clone(), done.clone());
+        async move {
+            for n in 1..=first {
+                ctx.stdout().println(format!("tick {n}")).await?;
+            }
+            go.notified().await;
+            for n in first + 1..=to {
+                ctx.stdout().println(format!("tick {n}")).await?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            done.notify_one();
+            Ok::<_, std::io::Error>(terminalwire_server::Outcome::Exit(7))
+        }
+    })
+}
+
+fn ticks(screen: &str) -> Vec<u64> {
+    screen
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_then_attach_shows_what_was_written_meanwhile() {
+    let go = Arc::new(tokio::sync::Notify::new());
+    let done = Arc::new(tokio::sync::Notify::new());
+    let server = TestServer::with_terminal(counting_terminal(3, 40, go.clone(), done.clone())).await;
+    let url = server.url();
+    let first = TmuxPane::start(&[&url], 80, 60);
+    first.wait_for("tick 3").await;
+    // Ctrl-\ detaches.
+    first.send_keys(&["C-\\"]).await;
+    let exit = first.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_eq!(exit.stty_before, exit.stty_after);
+    assert_eq!(ticks(&exit.screen), [1, 2, 3], "screen:\n{}", exit.screen);
+    let last_seen = 3;
+    let id = exit
+        .screen
+        .split_whitespace()
+        .skip_while(|word| *word != "attach")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no session id on screen:\n{}", exit.screen))
+        .to_owned();
+    // The command goes on without a client and finishes.
+    go.notify_one();
+    tokio::time::timeout(Duration::from_secs(20), done.notified())
+        .await
+        .expect("the detached command finished");
+    let listing = Client::new(["sessions"])
+        .env("TERMINALWIRE_HOME", &first.home().to_string_lossy())
+        .run()
+        .await;
+    assert!(listing.stdout_text().contains(&id), "{}", listing.stdout_text());
+    // Re-attaching shows everything written meanwhile, once, and the exit.
+    let second = TmuxPane::start_with_home(&["attach", &id], 80, 60, Some(&first.home()));
+    let exit = second.wait_exit().await;
+    assert_eq!(exit.status, 7, "screen:\n{}", exit.screen);
+    assert_eq!(
+        ticks(&exit.screen),
+        ((last_seen + 1)..=40).collect::<Vec<_>>(),
+        "screen:\n{}",
+        exit.screen
+    );
+    // The record is spent.
+    let listing = Client::new(["sessions"])
+        .env("TERMINALWIRE_HOME", &first.home().to_string_lossy())
+        .run()
+        .await;
+    assert!(!listing.stdout_text().contains(&id), "{}", listing.stdout_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_needs_a_human_refuses_to_be_detached() {
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let pane = TmuxPane::start(
+        &[&url, "count", "--to", "30", "--every-ms", "50", "--no-detach"],
+        80,
+        50,
+    );
+    pane.wait_for("tick 2").await;
+    pane.send_keys(&["C-\\"]).await;
+    pane.wait_for("cannot detach: this command needs you at the terminal")
+        .await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_eq!(ticks(&exit.screen), (1..=30).collect::<Vec<_>>());
+}

@@ -24,10 +24,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::frame::{
-    ColorLevel, Data, Denial, DirEntry, EntryKind, Eof, Exit, Hello, Incompatible, Key, Metadata,
-    OpError, Operation, Program, Reply, Request, Response, SessionError, Signal, SignalKind,
-    Software, StreamFacts, StreamKind, TerminalFacts, TerminalMode, TerminalSize, Welcome,
-    WindowAdjust,
+    Ack, ColorLevel, Data, Denial, Detach, Detached, DirEntry, EntryKind, Eof, Exit, Hello,
+    Incompatible, Key, Metadata, OpError, Operation, Program, Reply, Request, Response, Resume,
+    ResumeTicket, Resumed, SessionError, Signal, SignalKind, Software, StreamFacts, StreamKind,
+    TerminalFacts, TerminalMode, TerminalSize, Welcome, WindowAdjust,
 };
 use terminalwire_protocol::{
     ClientFrame, DecodeError, ErrorCode, MAX_DEPTH, MAX_FRAME_LEN, RequestId, ServerFrame,
@@ -359,6 +359,10 @@ fn table() -> Vec<Case> {
         client(
             "client_response_error_not_found",
             op_error(5, ErrorCode::NotFound, "no such file"),
+        ),
+        client(
+            "client_response_error_cancelled",
+            op_error(9, ErrorCode::Cancelled, "the user detached before this finished"),
         ),
         client(
             "client_response_error_io",
@@ -704,6 +708,18 @@ fn table() -> Vec<Case> {
                 "unexpected welcome frame",
             )),
         ),
+        client("client_ack", ClientFrame::Ack(Ack { seq: 300 }))
+            .note("resume: the client processed the server's sequenced frames 1..=300"),
+        client(
+            "client_resume",
+            ClientFrame::Resume(Resume {
+                session_id: s("5f3a9c01-1"),
+                token: bytes(&[0xa5; 32]),
+                received: 1234,
+            }),
+        )
+        .note("the first frame on a new connection, instead of hello"),
+        client("client_detach", ClientFrame::Detach(Detach {})),
         client(
             "client_error_other_code",
             ClientFrame::Error(session_error(
@@ -1102,6 +1118,58 @@ fn table() -> Vec<Case> {
             ]),
         ),
         server("server_exit_0", ServerFrame::Exit(Exit { status: 0 })),
+        server("server_ack", ServerFrame::Ack(Ack { seq: 7 })),
+        server(
+            "server_resumed",
+            ServerFrame::Resumed(Resumed {
+                received: 42,
+                token: bytes(&[0x5a; 32]),
+            }),
+        ),
+        server(
+            "server_detached",
+            ServerFrame::Detached(Detached {
+                accepted: true,
+                message: None,
+                keep_secs: 3600,
+                token: Some(bytes(&[0x11; 32])),
+            }),
+        ),
+        server(
+            "server_detach_refused",
+            ServerFrame::Detached(Detached {
+                accepted: false,
+                message: Some(s("this command needs you at the terminal")),
+                keep_secs: 0,
+                token: None,
+            }),
+        ),
+        server(
+            "server_welcome_resumable",
+            ServerFrame::Welcome(Welcome {
+                version: 1,
+                server: Software {
+                    name: s("terminalwire-server"),
+                    version: s("0.1.0"),
+                },
+                session_id: s("5f3a9c01-2"),
+                capabilities: vec![s("stdout"), s("resume")],
+                window: 1024 * 1024,
+                max_chunk: 64 * 1024,
+                resume: Some(ResumeTicket {
+                    token: bytes(&[0x33; 32]),
+                    grace_secs: 120,
+                    detach_secs: 3600,
+                }),
+            }),
+        ),
+        server(
+            "server_error_expired",
+            ServerFrame::Error(session_error(
+                ErrorCode::Expired,
+                "there is no session 5f3a9c01-1 to resume",
+            )),
+        ),
         server("server_exit_255", ServerFrame::Exit(Exit { status: 255 })),
         server(
             "server_error_shutdown",
@@ -1497,11 +1565,19 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
                 found.push("client:error".to_owned());
                 code(&error.code);
             }
+            ClientFrame::Ack(_) => found.push("client:ack".to_owned()),
+            ClientFrame::Resume(_) => found.push("client:resume".to_owned()),
+            ClientFrame::Detach(_) => found.push("client:detach".to_owned()),
             ClientFrame::Unknown { .. } => found.push("client:<unknown>".to_owned()),
             other => panic!("unlisted client frame {other:?}"),
         },
         Frame::Server(frame) => match frame {
-            ServerFrame::Welcome(_) => found.push("server:welcome".to_owned()),
+            ServerFrame::Welcome(welcome) => {
+                found.push("server:welcome".to_owned());
+                if welcome.resume.is_some() {
+                    found.push("welcome:resume".to_owned());
+                }
+            }
             ServerFrame::Incompatible(_) => found.push("server:incompatible".to_owned()),
             ServerFrame::Data(_) => found.push("server:data".to_owned()),
             ServerFrame::Window(_) => found.push("server:window".to_owned()),
@@ -1554,6 +1630,12 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
                 found.push("server:error".to_owned());
                 code(&error.code);
             }
+            ServerFrame::Ack(_) => found.push("server:ack".to_owned()),
+            ServerFrame::Resumed(_) => found.push("server:resumed".to_owned()),
+            ServerFrame::Detached(detached) => found.push(format!(
+                "server:detached-{}",
+                if detached.accepted { "accepted" } else { "refused" }
+            )),
             ServerFrame::Unknown { .. } => found.push("server:<unknown>".to_owned()),
             other => panic!("unlisted server frame {other:?}"),
         },
@@ -1574,6 +1656,9 @@ fn vectors_cover_every_variant() {
         "client:window",
         "client:response",
         "client:error",
+        "client:ack",
+        "client:resume",
+        "client:detach",
         "client:<unknown>",
         "server:welcome",
         "server:incompatible",
@@ -1581,6 +1666,11 @@ fn vectors_cover_every_variant() {
         "server:window",
         "server:exit",
         "server:error",
+        "server:ack",
+        "server:resumed",
+        "server:detached-accepted",
+        "server:detached-refused",
+        "welcome:resume",
         "server:<unknown>",
         "signal:Interrupt",
         "signal:Resize",
@@ -1669,6 +1759,8 @@ fn vectors_cover_every_variant() {
         "code:incompatible",
         "code:shutdown",
         "code:internal",
+        "code:expired",
+        "code:cancelled",
         "code:<other>",
     ];
     let expected: BTreeSet<String> = expected.iter().map(|&label| label.to_owned()).collect();

@@ -376,3 +376,77 @@ async fn a_command_that_needs_a_human_refuses_to_be_detached() {
     assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
     assert_eq!(ticks(&exit.screen), (1..=30).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_sent_twice_is_answered_twice_but_executed_once() {
+    use terminalwire_protocol::frame::{
+        Exit, Operation, Request, RequestId, Software, Welcome,
+    };
+    use terminalwire_tests::{ScriptedServer, next_client_frame, send_server_frame};
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = answers.clone();
+    let server = ScriptedServer::start(true, move |mut socket| {
+        let seen = seen.clone();
+        async move {
+            let Some(ClientFrame::Hello(hello)) = next_client_frame(&mut socket).await else {
+                return;
+            };
+            let welcome = ServerFrame::Welcome(Welcome {
+                version: 1,
+                server: Software {
+                    name: "forgetful".into(),
+                    version: "0".into(),
+                },
+                session_id: "twice".into(),
+                capabilities: Vec::new(),
+                window: terminalwire_protocol::DEFAULT_WINDOW,
+                max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+                resume: None,
+            });
+            send_server_frame(&mut socket, &welcome).await;
+            let path = format!("{}/dup.txt", hello.storage.unwrap());
+            let append = ServerFrame::Request(Request {
+                id: RequestId(5),
+                op: Operation::FileAppend {
+                    path,
+                    bytes: b"once\n".to_vec().into(),
+                },
+            });
+            send_server_frame(&mut socket, &append).await;
+            // Wait for the first answer so the second is not "still running".
+            let Some(first) = next_client_frame(&mut socket).await else {
+                return;
+            };
+            seen.lock().unwrap().push(first);
+            send_server_frame(&mut socket, &append).await;
+            let Some(second) = next_client_frame(&mut socket).await else {
+                return;
+            };
+            seen.lock().unwrap().push(second);
+            send_server_frame(&mut socket, &ServerFrame::Exit(Exit { status: 0 })).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let run = Client::new([server.url().as_str(), "go"])
+        .env("TERMINALWIRE_HOME", &home.path().to_string_lossy())
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
+    let answers = answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0], answers[1], "the same answer both times");
+    assert!(
+        matches!(&answers[0], ClientFrame::Response(response) if response.id == terminalwire_protocol::RequestId(5) && response.error.is_none()),
+        "{answers:?}"
+    );
+    let authority = std::fs::read_dir(home.path().join("authorities"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let written = std::fs::read_to_string(authority.join("storage").join("dup.txt")).unwrap();
+    assert_eq!(written, "once\n", "the append ran more than once");
+}

@@ -514,6 +514,48 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
+/// `terminalwire sessions`: the detached sessions, oldest first.
+fn sessions(home: &Home, out: &mut impl Write) -> anyhow::Result<()> {
+    let (saved, problems) = crate::detached::list(home)?;
+    let now = crate::detached::now();
+    let mut shown = 0;
+    for saved in &saved {
+        let record = &saved.record;
+        if record.is_expired() {
+            // The server has forgotten it; so do we.
+            crate::detached::forget(&saved.path)?;
+            continue;
+        }
+        if shown == 0 {
+            writeln!(out, "ID\tAUTHORITY\tDETACHED\tEXPIRES IN\tCOMMAND")?;
+        }
+        shown += 1;
+        writeln!(
+            out,
+            "{}\t{}\t{} ago\t{}\t{}",
+            record.session_id,
+            record.authority,
+            humantime::format_duration(std::time::Duration::from_secs(
+                now.saturating_sub(record.detached_at)
+            )),
+            humantime::format_duration(std::time::Duration::from_secs(
+                record.expires_at().saturating_sub(now)
+            )),
+            record.command.join(" "),
+        )?;
+    }
+    if shown == 0 {
+        writeln!(
+            out,
+            "No detached sessions. Detach from a running command with Ctrl-\\."
+        )?;
+    }
+    for problem in &problems {
+        eprintln!("terminalwire: skipped {problem}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,6 +566,44 @@ mod tests {
         let mut out = Vec::new();
         run(parsed.command, home, &mut out)?;
         Ok(String::from_utf8(out)?)
+    }
+
+    #[test]
+    fn sessions_lists_live_records_and_forgets_expired_ones() {
+        use crate::detached::{self, SessionRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = parse_authority("127.0.0.1:9").unwrap();
+        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
+        assert!(
+            admin(&home, &["sessions"])
+                .unwrap()
+                .contains("No detached sessions")
+        );
+        let record = |id: &str, detached_at: u64| SessionRecord {
+            session_id: id.into(),
+            url: "ws://127.0.0.1:9/terminal".into(),
+            authority: "127.0.0.1:9".into(),
+            command: vec!["app".into(), "build".into()],
+            token: vec![1; 32].into(),
+            received: 0,
+            sent: 0,
+            unacked: Vec::new(),
+            window: 1 << 20,
+            max_chunk: 1 << 16,
+            grace_secs: 120,
+            detach_secs: 3600,
+            detached_at,
+        };
+        detached::save(&home, &authority, &record("live-1", detached::now())).unwrap();
+        let stale = detached::save(&home, &authority, &record("old-1", 1000)).unwrap();
+        let listing = admin(&home, &["sessions"]).unwrap();
+        assert!(
+            listing.contains("live-1") && listing.contains("app build"),
+            "{listing}"
+        );
+        assert!(!listing.contains("old-1"), "{listing}");
+        assert!(!stale.exists(), "the expired record is removed");
     }
 
     #[test]
@@ -677,46 +757,4 @@ mod tests {
         assert!(!is_admin(&os(&["ws://h/t", "entitlement"])));
         assert!(!is_admin(&os(&[])));
     }
-}
-
-/// `terminalwire sessions`: the detached sessions, oldest first.
-fn sessions(home: &Home, out: &mut impl Write) -> anyhow::Result<()> {
-    let (saved, problems) = crate::detached::list(home)?;
-    let now = crate::detached::now();
-    let mut shown = 0;
-    for saved in &saved {
-        let record = &saved.record;
-        if record.is_expired() {
-            // The server has forgotten it; so do we.
-            crate::detached::forget(&saved.path)?;
-            continue;
-        }
-        if shown == 0 {
-            writeln!(out, "ID\tAUTHORITY\tDETACHED\tEXPIRES IN\tCOMMAND")?;
-        }
-        shown += 1;
-        writeln!(
-            out,
-            "{}\t{}\t{} ago\t{}\t{}",
-            record.session_id,
-            record.authority,
-            humantime::format_duration(std::time::Duration::from_secs(
-                now.saturating_sub(record.detached_at)
-            )),
-            humantime::format_duration(std::time::Duration::from_secs(
-                record.expires_at().saturating_sub(now)
-            )),
-            record.command.join(" "),
-        )?;
-    }
-    if shown == 0 {
-        writeln!(
-            out,
-            "No detached sessions. Detach from a running command with Ctrl-\\."
-        )?;
-    }
-    for problem in &problems {
-        eprintln!("terminalwire: skipped {problem}");
-    }
-    Ok(())
 }

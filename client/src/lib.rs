@@ -135,7 +135,7 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
     connect_and_run(
         &target,
         invocation.ca_cert.as_deref(),
-        session::Start::Hello(hello),
+        session::Start::Hello(Box::new(hello)),
         command,
         &config,
     )

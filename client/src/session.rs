@@ -224,7 +224,7 @@ pub async fn run<S>(
 where
     S: Socket,
 {
-    match run_with(socket, Start::Hello(hello), io, config, None).await? {
+    match run_with(socket, Start::Hello(Box::new(hello)), io, config, None).await? {
         Ended::Exit(status) => Ok(status),
         Ended::Detached(_) => Err(ClientError::Protocol(
             "the server detached a session that cannot be resumed".into(),
@@ -236,7 +236,7 @@ where
 #[derive(Debug)]
 pub enum Start {
     /// A new session: introduce the client with this hello.
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// Re-attach to a session the user detached from.
     Attach(Box<SessionRecord>),
 }
@@ -293,6 +293,13 @@ pub const MAX_UNACKED: u64 = 64 * 1024 * 1024;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Slack on top of the server's grace period before giving up resuming.
 const GRACE_MARGIN: Duration = Duration::from_secs(5);
+/// Longest the client tries to resume, whatever grace period the server
+/// announces (a hostile one could announce years).
+pub const MAX_RESUME_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// A resume in progress: the new connection and the server's answer.
+type Reconnecting<S> =
+    futures_util::future::BoxFuture<'static, Result<(Link<S>, Resumed), ClientError>>;
 
 /// One connection's halves.
 struct Link<S: Socket> {
@@ -345,14 +352,14 @@ where
             }
             let window = hello.window;
             let max_chunk = hello.max_chunk as usize;
-            let welcome = open_session(&mut sink, &mut source, hello, config).await?;
+            let welcome = open_session(&mut sink, &mut source, *hello, config).await?;
             config.resources.set_session(&welcome.session_id);
             tracing::info!(session = %welcome.session_id, version = welcome.version, server = %welcome.server.name, "session open");
             let resume = match (welcome.resume, &resumption) {
                 (Some(ticket), Some(_)) => Some(ResumeState {
                     session_id: welcome.session_id,
                     token: ticket.token.into_vec(),
-                    grace: Duration::from_secs(ticket.grace_secs.into()),
+                    grace: Duration::from_secs(ticket.grace_secs.into()).min(MAX_RESUME_WINDOW),
                     detach_secs: ticket.detach_secs,
                 }),
                 _ => None,
@@ -382,7 +389,7 @@ where
             let resume = ResumeState {
                 session_id: record.session_id,
                 token: resumed.token.into_vec(),
-                grace: Duration::from_secs(record.grace_secs.into()),
+                grace: Duration::from_secs(record.grace_secs.into()).min(MAX_RESUME_WINDOW),
                 detach_secs: record.detach_secs,
             };
             (
@@ -444,16 +451,12 @@ where
     let mut recent = RecentRequests::new();
     let mut ack_deadline: Option<Instant> = None;
     let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
-    let mut reconnecting: Option<
-        futures_util::future::BoxFuture<'static, Result<(Link<S>, Resumed), ClientError>>,
-    > = None;
+    let mut reconnecting: Option<Reconnecting<S>> = None;
     let mut detach_requested = false;
 
     if !initial.is_empty() {
         let outgoing = encode_all(&initial, replay.as_mut());
-        if let Err(error) = transmit(&mut link, outgoing).await {
-            return Err(error);
-        }
+        transmit(&mut link, outgoing).await?;
     }
 
     let result: Result<Finish, ClientError> = loop {
@@ -720,6 +723,7 @@ where
             while let Ok(response) = responses.try_recv() {
                 batch.push(response);
             }
+            tracing::debug!("detaching: giving up requests in flight");
             in_flight.abort_all();
             while in_flight.join_next().await.is_some() {}
             while let Ok(response) = responses.try_recv() {
@@ -743,8 +747,10 @@ where
             config.resources.end_session();
             // Output received before the detach is written out, and its credit
             // given back, so that the next client starts with a full window.
+            tracing::debug!("detaching: writing out the output");
             let grants = drain_outputs(&mut pipes, &mut events).await?;
             outgoing.extend(encode_all(&grants, replay.as_mut()));
+            tracing::debug!(frames = outgoing.len(), "detaching: last frames");
             let _ = transmit(&mut link, outgoing).await;
             if let Some(mut current) = link.take() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), current.sink.close()).await;
@@ -888,9 +894,7 @@ fn lose_link<S: Socket>(
     link: &mut Option<Link<S>>,
     resume: &Option<ResumeState>,
     resumption: &Option<Resumption<S>>,
-    reconnecting: &mut Option<
-        futures_util::future::BoxFuture<'static, Result<(Link<S>, Resumed), ClientError>>,
-    >,
+    reconnecting: &mut Option<Reconnecting<S>>,
     receipts: &Receipts,
     config: &SessionConfig,
     show_status: bool,
@@ -980,9 +984,7 @@ async fn reconnect_loop<S: Socket>(
 }
 
 async fn poll_reconnect<S: Socket>(
-    reconnecting: &mut Option<
-        futures_util::future::BoxFuture<'static, Result<(Link<S>, Resumed), ClientError>>,
-    >,
+    reconnecting: &mut Option<Reconnecting<S>>,
 ) -> Result<(Link<S>, Resumed), ClientError> {
     match reconnecting {
         Some(future) => future.await,

@@ -248,7 +248,7 @@ pub(crate) async fn run(
             }
         };
         let hello = match first {
-            First::Hello(hello) => hello,
+            First::Hello(hello) => *hello,
             First::Resume(resume) => {
                 reattach(writer, reader, resume, &device, &registry).await;
                 return;
@@ -292,7 +292,7 @@ struct Started {
 
 /// What a client opens a connection with.
 enum First {
-    Hello(Hello),
+    Hello(Box<Hello>),
     Resume(Resume),
 }
 
@@ -529,7 +529,7 @@ async fn first_frame(
             }
             Inbound::Frame(bytes) => {
                 return match codec::decode::<ClientFrame>(&bytes) {
-                    Ok(ClientFrame::Hello(hello)) => Ok(First::Hello(hello)),
+                    Ok(ClientFrame::Hello(hello)) => Ok(First::Hello(Box::new(hello))),
                     Ok(ClientFrame::Resume(resume)) => Ok(First::Resume(resume)),
                     Ok(other) => {
                         let message = format!("expected hello, got {}", client_frame_name(&other));
@@ -689,6 +689,9 @@ enum Control {
     },
     /// Write this unsequenced frame now, ahead of queued frames.
     Send(ServerFrame),
+    /// Write this unsequenced frame as the last one on the connection, then
+    /// stop writing on it (keep buffering), as after `detached`.
+    SendLast(ServerFrame),
     /// The client processed our sequenced frames up to here.
     Acked(u64),
     /// Stop writing on the connection (lost, or detached); keep buffering.
@@ -936,13 +939,13 @@ async fn serve(
                                 token: None,
                             },
                         };
-                        let accepted = answer.accepted;
-                        let _ = control.send(Control::Send(ServerFrame::Detached(answer)));
-                        if accepted {
-                            // Nothing more goes to this client; the frames the
-                            // command writes meanwhile wait for `attach`.
-                            let _ = control.send(Control::Release);
-                        }
+                        // When accepted, nothing more goes to this client; the
+                        // frames the command writes meanwhile wait for `attach`.
+                        let _ = control.send(if answer.accepted {
+                            Control::SendLast(ServerFrame::Detached(answer))
+                        } else {
+                            Control::Send(ServerFrame::Detached(answer))
+                        });
                     }
                 }
             }
@@ -1240,6 +1243,18 @@ async fn write_frames(
                     close(link.take()).await;
                     return;
                 }
+            }
+            Next::Control(Control::SendLast(frame)) => {
+                write_on(
+                    &mut link,
+                    codec::encode(&frame),
+                    true,
+                    &mut control,
+                    &mut deferred,
+                    &events,
+                )
+                .await;
+                link = None;
             }
             Next::Control(Control::Acked(seq)) => {
                 if let Err(error) = replay.ack(seq) {

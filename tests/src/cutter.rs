@@ -58,7 +58,13 @@ pub struct Cutter {
 impl Cutter {
     /// Forwards to `target`, cutting each connection after between `low`
     /// and `high` bytes, at most `max_cuts` times; `seed` picks the points.
-    pub async fn start(target: SocketAddr, low: u64, high: u64, max_cuts: u64, seed: u64) -> Cutter {
+    pub async fn start(
+        target: SocketAddr,
+        low: u64,
+        high: u64,
+        max_cuts: u64,
+        seed: u64,
+    ) -> Cutter {
         assert!(low <= high && seed != 0);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -88,7 +94,13 @@ impl Cutter {
                 match budget {
                     None => reset(client),
                     Some((target, budget)) => {
-                        tokio::spawn(forward(client, target, budget, shared.clone(), cut_all.clone()));
+                        tokio::spawn(forward(
+                            client,
+                            target,
+                            budget,
+                            shared.clone(),
+                            cut_all.clone(),
+                        ));
                     }
                 }
             }

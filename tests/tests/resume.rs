@@ -4,6 +4,8 @@
 //! ends a session whose client does not come back; a resume token is
 //! useless on another device; and a user detaches and re-attaches (tmux).
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +61,11 @@ async fn a_hundred_megabytes_arrive_byte_exact_through_a_connection_cut_at_rando
         expected.extend_from_slice(hello::stream_line(line).as_bytes());
     }
     expected.truncate(BYTES as usize);
-    assert_eq!(run.stdout.len(), expected.len(), "output lost or duplicated");
+    assert_eq!(
+        run.stdout.len(),
+        expected.len(),
+        "output lost or duplicated"
+    );
     let first_difference = run.stdout.iter().zip(&expected).position(|(a, b)| a != b);
     assert_eq!(first_difference, None, "output corrupted");
     eprintln!(
@@ -245,8 +251,12 @@ async fn a_resume_token_from_another_device_is_refused() {
     let url = server.url();
     let device = StaticKey::generate().unwrap();
     let thief = StaticKey::generate().unwrap();
-    let (connection, session_id, token) =
-        open_resumable(&url, &device, &["count", "--to", "1000", "--every-ms", "50"]).await;
+    let (connection, session_id, token) = open_resumable(
+        &url,
+        &device,
+        &["count", "--to", "1000", "--every-ms", "50"],
+    )
+    .await;
     // The stolen token, presented by another device, is refused…
     match try_resume(&url, &thief, &session_id, &token).await {
         ServerFrame::Error(error) => {
@@ -313,7 +323,8 @@ fn ticks(screen: &str) -> Vec<u64> {
 async fn detach_then_attach_shows_what_was_written_meanwhile() {
     let go = Arc::new(tokio::sync::Notify::new());
     let done = Arc::new(tokio::sync::Notify::new());
-    let server = TestServer::with_terminal(counting_terminal(3, 40, go.clone(), done.clone())).await;
+    let server =
+        TestServer::with_terminal(counting_terminal(3, 40, go.clone(), done.clone())).await;
     let url = server.url();
     let first = TmuxPane::start(&[&url], 80, 60);
     first.wait_for("tick 3").await;
@@ -340,7 +351,11 @@ async fn detach_then_attach_shows_what_was_written_meanwhile() {
         .env("TERMINALWIRE_HOME", &first.home().to_string_lossy())
         .run()
         .await;
-    assert!(listing.stdout_text().contains(&id), "{}", listing.stdout_text());
+    assert!(
+        listing.stdout_text().contains(&id),
+        "{}",
+        listing.stdout_text()
+    );
     // Re-attaching shows everything written meanwhile, once, and the exit.
     let second = TmuxPane::start_with_home(&["attach", &id], 80, 60, Some(&first.home()));
     let exit = second.wait_exit().await;
@@ -356,7 +371,11 @@ async fn detach_then_attach_shows_what_was_written_meanwhile() {
         .env("TERMINALWIRE_HOME", &first.home().to_string_lossy())
         .run()
         .await;
-    assert!(!listing.stdout_text().contains(&id), "{}", listing.stdout_text());
+    assert!(
+        !listing.stdout_text().contains(&id),
+        "{}",
+        listing.stdout_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +383,15 @@ async fn a_command_that_needs_a_human_refuses_to_be_detached() {
     let server = TestServer::hello().await;
     let url = server.url();
     let pane = TmuxPane::start(
-        &[&url, "count", "--to", "30", "--every-ms", "50", "--no-detach"],
+        &[
+            &url,
+            "count",
+            "--to",
+            "30",
+            "--every-ms",
+            "50",
+            "--no-detach",
+        ],
         80,
         50,
     );
@@ -379,9 +406,7 @@ async fn a_command_that_needs_a_human_refuses_to_be_detached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_sent_twice_is_answered_twice_but_executed_once() {
-    use terminalwire_protocol::frame::{
-        Exit, Operation, Request, RequestId, Software, Welcome,
-    };
+    use terminalwire_protocol::frame::{Exit, Operation, Request, RequestId, Software, Welcome};
     use terminalwire_tests::{ScriptedServer, next_client_frame, send_server_frame};
     let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = answers.clone();

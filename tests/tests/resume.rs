@@ -475,3 +475,32 @@ async fn a_request_id_sent_twice_is_answered_twice_but_executed_once() {
     let written = std::fs::read_to_string(authority.join("storage").join("dup.txt")).unwrap();
     assert_eq!(written, "once\n", "the append ran more than once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_shows_one_reconnecting_line_and_the_command_goes_on() {
+    let server = TestServer::hello().await;
+    let cutter = Cutter::reliable(server.addr()).await;
+    let url = url_of(cutter.addr());
+    let pane = TmuxPane::start(&[&url, "count", "--to", "40", "--every-ms", "50"], 80, 60);
+    pane.wait_for("tick 3").await;
+    cutter.refuse(true);
+    cutter.cut_all();
+    pane.wait_for("terminalwire: connection lost; reconnecting")
+        .await;
+    cutter.refuse(false);
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_eq!(
+        ticks(&exit.screen),
+        (1..=40).collect::<Vec<_>>(),
+        "screen:\n{}",
+        exit.screen
+    );
+    assert_eq!(
+        exit.screen.matches("reconnecting").count(),
+        1,
+        "screen:\n{}",
+        exit.screen
+    );
+    assert!(cutter.connections() >= 2);
+}

@@ -1634,7 +1634,11 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
             ServerFrame::Resumed(_) => found.push("server:resumed".to_owned()),
             ServerFrame::Detached(detached) => found.push(format!(
                 "server:detached-{}",
-                if detached.accepted { "accepted" } else { "refused" }
+                if detached.accepted {
+                    "accepted"
+                } else {
+                    "refused"
+                }
             )),
             ServerFrame::Unknown { .. } => found.push("server:<unknown>".to_owned()),
             other => panic!("unlisted server frame {other:?}"),

@@ -291,6 +291,9 @@ struct ResumeState {
 pub const MAX_UNACKED: u64 = 64 * 1024 * 1024;
 /// Longest wait between two attempts to resume.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// On detach, how long requests in flight may take to finish before the
+/// rest (those waiting for the user) are given up.
+const DETACH_SETTLE: Duration = Duration::from_secs(1);
 /// Slack on top of the server's grace period before giving up resuming.
 const GRACE_MARGIN: Duration = Duration::from_secs(5);
 /// Longest the client tries to resume, whatever grace period the server
@@ -723,7 +726,15 @@ where
             while let Ok(response) = responses.try_recv() {
                 batch.push(response);
             }
-            tracing::debug!("detaching: giving up requests in flight");
+            // Requests that are just running (a file write, say) finish, so
+            // their effect and their answer agree; the ones still waiting
+            // after that wait for the user, and are given up.
+            let settle = async { while in_flight.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(DETACH_SETTLE, settle).await;
+            tracing::debug!(
+                left = in_flight.len(),
+                "detaching: giving up requests in flight"
+            );
             in_flight.abort_all();
             while in_flight.join_next().await.is_some() {}
             while let Ok(response) = responses.try_recv() {

@@ -585,7 +585,7 @@ mod tests {
             url: "ws://127.0.0.1:9/terminal".into(),
             authority: "127.0.0.1:9".into(),
             command: vec!["app".into(), "build".into()],
-            token: vec![1; 32].into(),
+            token: detached::Bytes64(vec![1; 32]),
             received: 0,
             sent: 0,
             unacked: Vec::new(),

@@ -10,12 +10,40 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use terminalwire_policy::{Authority, Home};
 
-/// Largest session record accepted from disk.
-const MAX_RECORD_LEN: u64 = 64 * 1024 * 1024;
+/// Largest session record accepted from disk: room for the most a client
+/// keeps unacknowledged (`session::MAX_UNACKED`), in base64.
+const MAX_RECORD_LEN: u64 = 96 * 1024 * 1024;
+
+/// Bytes kept in a record as one base64 string (compact, unlike a JSON
+/// array of numbers).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Bytes64(pub Vec<u8>);
+
+impl From<Vec<u8>> for Bytes64 {
+    fn from(bytes: Vec<u8>) -> Self {
+        Bytes64(bytes)
+    }
+}
+
+impl Serialize for Bytes64 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes64 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes64)
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// Everything needed to continue a detached session in a new process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,13 +57,13 @@ pub struct SessionRecord {
     /// The command the user ran (program name and arguments), for listing.
     pub command: Vec<String>,
     /// The resume token the server gave with `detached`.
-    pub token: ByteBuf,
+    pub token: Bytes64,
     /// Sequenced server frames the client processed.
     pub received: u64,
     /// Sequenced frames the client sent.
     pub sent: u64,
     /// The last of those the server has not acknowledged, oldest first.
-    pub unacked: Vec<ByteBuf>,
+    pub unacked: Vec<Bytes64>,
     /// The client's window for the server's streams.
     pub window: u32,
     /// Largest data chunk the client accepts.
@@ -242,10 +270,10 @@ mod tests {
             url: "ws://127.0.0.1:9/terminal".into(),
             authority: "127.0.0.1:9".into(),
             command: vec!["app".into(), "build".into()],
-            token: ByteBuf::from(vec![1; 32]),
+            token: Bytes64(vec![1; 32]),
             received: 7,
             sent: 3,
-            unacked: vec![ByteBuf::from(vec![0x81, 0xa1, b't'])],
+            unacked: vec![Bytes64(vec![0x81, 0xa1, b't'])],
             window: 1 << 20,
             max_chunk: 1 << 16,
             grace_secs: 120,
@@ -277,6 +305,21 @@ mod tests {
         assert_eq!(find(&home, "a-2").unwrap().record, newer);
         forget(&path).unwrap();
         assert!(matches!(find(&home, "a-2"), Err(RecordError::NotFound(_))));
+    }
+
+    #[test]
+    fn large_records_stay_compact_and_loadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority =
+            Authority::from_url(&url::Url::parse("ws://127.0.0.1:9/").unwrap()).unwrap();
+        let mut big = record("big-1", 1);
+        // 64 answers of 1 MiB, the most a client keeps unacknowledged.
+        big.unacked = vec![Bytes64(vec![0xab; 1 << 20]); 64];
+        let path = save(&home, &authority, &big).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len < MAX_RECORD_LEN, "{len} bytes");
+        assert_eq!(find(&home, "big-1").unwrap().record, big);
     }
 
     #[test]

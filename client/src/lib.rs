@@ -138,6 +138,7 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         session::Start::Hello(Box::new(hello)),
         command,
         &config,
+        None,
     )
     .await
 }
@@ -171,27 +172,42 @@ pub async fn attach(invocation: cli::Attach) -> Result<u8, ClientError> {
         ..SessionConfig::default()
     };
     let start = session::Start::Attach(Box::new(saved.record));
+    let record_path = saved.path.clone();
+    // Spent as soon as the server takes the client back; a later detach
+    // saves a new record in its place.
+    let on_attached: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let _ = detached::forget(&record_path);
+    });
     let outcome = connect_and_run(
         &target,
         invocation.ca_cert.as_deref(),
         start,
         command,
         &config,
+        Some(on_attached),
     )
     .await;
-    // Once the server has answered, the record is spent: its token was
-    // used (or the session is gone). A connection that failed before that
-    // leaves it for another try.
-    let spent = !matches!(
-        outcome,
-        Err(ClientError::Unavailable { .. }
-            | ClientError::Config(_)
-            | ClientError::IdentityChanged { .. })
-    );
-    if spent {
-        let _ = detached::forget(&saved.path);
+    match outcome {
+        // The server answered: the session is gone, or the record is not
+        // this device's any more.
+        Err(ClientError::SessionGone(_))
+        | Err(ClientError::ServerError {
+            code: terminalwire_protocol::ErrorCode::Denied,
+            ..
+        }) => {
+            let _ = detached::forget(&saved.path);
+            outcome
+        }
+        // No answer (the network, the server down): the record is kept.
+        Err(error) if saved.path.exists() => Err(match error {
+            ClientError::ConnectionLost(reason) => ClientError::ConnectionLost(format!(
+                "{reason}; the session is still saved: try `terminalwire attach {}` again",
+                invocation.id
+            )),
+            other => other,
+        }),
+        other => other,
     }
-    outcome
 }
 
 fn session_config(invocation: &cli::Invocation, resources: resources::Resources) -> SessionConfig {
@@ -212,6 +228,7 @@ async fn connect_and_run(
     start: session::Start,
     command: Vec<String>,
     config: &SessionConfig,
+    on_attached: Option<Box<dyn FnOnce() + Send>>,
 ) -> Result<u8, ClientError> {
     // A bad --ca-cert file stops the client before anything else happens.
     let tls = if target.is_tls() {
@@ -236,7 +253,7 @@ async fn connect_and_run(
                 Box::pin(async move { connect::connect_unix(&target, timeout).await }) as Dial<_>
             }
         };
-        drive(dial, target, identity, start, command, config).await
+        drive(dial, target, identity, start, command, config, on_attached).await
     } else {
         let dial = {
             let target = target.clone();
@@ -247,7 +264,7 @@ async fn connect_and_run(
                     as Dial<_>
             }
         };
-        drive(dial, target, identity, start, command, config).await
+        drive(dial, target, identity, start, command, config, on_attached).await
     }
 }
 
@@ -274,6 +291,7 @@ async fn drive<S, D>(
     start: session::Start,
     command: Vec<String>,
     config: &SessionConfig,
+    on_attached: Option<Box<dyn FnOnce() + Send>>,
 ) -> Result<u8, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -329,6 +347,7 @@ where
         authority: target.authority.clone(),
         command,
         show_status: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        on_attached,
     };
     match session::run_with(socket, start, LocalIo::process(), config, Some(resumption)).await? {
         session::Ended::Exit(status) => Ok(status),

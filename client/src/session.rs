@@ -268,6 +268,9 @@ pub struct Resumption<S> {
     pub command: Vec<String>,
     /// Show the one-line "reconnecting" status on stderr (a terminal).
     pub show_status: bool,
+    /// Called once the server has taken a re-attaching client back (the
+    /// saved record is spent then).
+    pub on_attached: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<S> std::fmt::Debug for Resumption<S> {
@@ -347,6 +350,7 @@ where
     S: Socket,
 {
     let (mut sink, mut source) = socket.split();
+    let mut resumption = resumption;
     let mut initial: Vec<ClientFrame> = Vec::new();
     let (window, max_chunk, mut resume, mut receipts, mut replay) = match start {
         Start::Hello(mut hello) => {
@@ -372,14 +376,21 @@ where
         }
         Start::Attach(record) => {
             let resumed = attach_session(&mut sink, &mut source, &record, config).await?;
+            if let Some(attached) = resumption.as_mut().and_then(|r| r.on_attached.take()) {
+                attached();
+            }
             let mut replay = ReplayBuffer::restore(
                 record.sent,
-                record.unacked.into_iter().map(ByteBuf::into_vec).collect(),
+                record.unacked.into_iter().map(|frame| frame.0).collect(),
             );
             let missing = replay
                 .replay_after(resumed.received)
                 .map_err(|error| ClientError::Protocol(format!("cannot re-attach: {error}")))?;
-            send_encoded(&mut sink, missing).await?;
+            // The ack tells the server this client has the new token.
+            let ack = codec::encode(&ClientFrame::Ack(Ack {
+                seq: record.received,
+            }));
+            send_encoded(&mut sink, std::iter::once(ack).chain(missing).collect()).await?;
             config.resources.set_session(&record.session_id);
             tracing::info!(session = %record.session_id, "re-attached");
             // This terminal may not be the size of the one that detached.
@@ -634,7 +645,11 @@ where
                         match replay.replay_after(resumed.received) {
                             Err(error) => Flow::Done(Err(violation_on(&mut link, format!("cannot resume: {error}")).await)),
                             Ok(missing) => {
-                                let mut outgoing: Vec<(Vec<u8>, bool)> = missing.into_iter().map(|bytes| (bytes, false)).collect();
+                                // The ack first: it tells the server this client
+                                // has the new token.
+                                let ack = ClientFrame::Ack(Ack { seq: receipts.received() });
+                                let mut outgoing: Vec<(Vec<u8>, bool)> = vec![(codec::encode(&ack), false)];
+                                outgoing.extend(missing.into_iter().map(|bytes| (bytes, false)));
                                 if detach_requested {
                                     outgoing.push((codec::encode(&ClientFrame::Detach(Detach {})), false));
                                 }
@@ -759,8 +774,13 @@ where
             // Output received before the detach is written out, and its credit
             // given back, so that the next client starts with a full window.
             tracing::debug!("detaching: writing out the output");
-            let grants = drain_outputs(&mut pipes, &mut events).await?;
+            let grants = drain_outputs(&mut pipes, &mut events, config.flush_timeout).await?;
             outgoing.extend(encode_all(&grants, replay.as_mut()));
+            // Tells the server this client has the token in `detached`.
+            let ack = ClientFrame::Ack(Ack {
+                seq: receipts.received(),
+            });
+            outgoing.push((codec::encode(&ack), false));
             tracing::debug!(frames = outgoing.len(), "detaching: last frames");
             let _ = transmit(&mut link, outgoing).await;
             if let Some(mut current) = link.take() {
@@ -777,12 +797,12 @@ where
                 url: resumption.url,
                 authority: resumption.authority,
                 command: resumption.command,
-                token: ByteBuf::from(token),
+                token: crate::detached::Bytes64(token),
                 received: receipts.received(),
                 sent: replay.sent(),
                 unacked: replay
                     .unacked()
-                    .map(|bytes| ByteBuf::from(bytes.to_vec()))
+                    .map(|bytes| crate::detached::Bytes64(bytes.to_vec()))
                     .collect(),
                 window,
                 max_chunk: u32::try_from(max_chunk).unwrap_or(u32::MAX),
@@ -870,7 +890,7 @@ async fn attach_session<S: Socket>(
 ) -> Result<Resumed, ClientError> {
     let resume = Resume {
         session_id: record.session_id.clone(),
-        token: record.token.clone(),
+        token: ByteBuf::from(record.token.0.clone()),
         received: record.received,
     };
     send(sink, &ClientFrame::Resume(resume)).await?;
@@ -1098,51 +1118,52 @@ async fn transmit<S: Socket>(
     .await
 }
 
-/// Writes out what the output pipes hold and returns the grants that give
-/// the server back all the credit consumed.
+/// Writes out what the output pipes hold (for at most `bound`: a stalled
+/// reader must not stop the detach) and returns the grants that give the
+/// server back all the credit it used, written out or not, so that the next
+/// client starts from a full window.
 async fn drain_outputs(
     pipes: &mut [OutputPipe; 2],
     events: &mut mpsc::UnboundedReceiver<Event>,
+    bound: Duration,
 ) -> Result<Vec<ClientFrame>, ClientError> {
     for pipe in pipes.iter_mut() {
         pipe.queue = None;
     }
-    for pipe in pipes.iter_mut() {
-        let _ = (&mut pipe.task).await;
+    let wait = async {
+        for pipe in pipes.iter_mut() {
+            let _ = (&mut pipe.task).await;
+        }
+    };
+    if tokio::time::timeout(bound, wait).await.is_err() {
+        for pipe in pipes.iter() {
+            pipe.task.abort();
+        }
+        tracing::warn!("output not written out before detaching was dropped");
     }
-    let mut grants = Vec::new();
     while let Ok(event) = events.try_recv() {
-        match event {
-            Event::Consumed { index, len } => {
-                let pipe = &mut pipes[index];
-                if let Some(bytes) = pipe.window.on_consumed(len) {
-                    grants.push(ClientFrame::Window(WindowAdjust {
-                        sid: pipe.sid,
-                        bytes,
-                    }));
+        if let Event::Failed { index, error } = event {
+            return Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
+                ClientError::BrokenPipe
+            } else {
+                ClientError::Output {
+                    stream: pipes[index].name,
+                    source: error,
                 }
-            }
-            Event::Failed { index, error } => {
-                return Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
-                    ClientError::BrokenPipe
-                } else {
-                    ClientError::Output {
-                        stream: pipes[index].name,
-                        source: error,
-                    }
-                });
-            }
+            });
         }
     }
-    for pipe in pipes.iter_mut() {
-        if let Some(bytes) = pipe.window.grant_consumed() {
-            grants.push(ClientFrame::Window(WindowAdjust {
-                sid: pipe.sid,
-                bytes,
-            }));
-        }
-    }
-    Ok(grants)
+    Ok(pipes
+        .iter_mut()
+        .filter_map(|pipe| {
+            pipe.window.grant_all().map(|bytes| {
+                ClientFrame::Window(WindowAdjust {
+                    sid: pipe.sid,
+                    bytes,
+                })
+            })
+        })
+        .collect())
 }
 
 /// Sleeps until `deadline`; forever when there is none.

@@ -132,16 +132,17 @@ impl ReceiveWindow {
 }
 
 impl ReceiveWindow {
-    /// Grants back everything consumed so far, however little (before the
-    /// receiver goes away, so that the next one can start from a full window).
-    pub fn grant_consumed(&mut self) -> Option<u32> {
-        if self.consumed == 0 {
+    /// Grants back every byte received and not granted yet, consumed or
+    /// not (before the receiver goes away, dropping what it still holds, so
+    /// that the next receiver can start from a full window).
+    pub fn grant_all(&mut self) -> Option<u32> {
+        let outstanding = u64::from(self.window).saturating_sub(self.peer_credit);
+        if outstanding == 0 {
             return None;
         }
-        let grant = u32::try_from(self.consumed).unwrap_or(u32::MAX);
-        self.consumed -= u64::from(grant);
-        self.peer_credit += u64::from(grant);
-        Some(grant)
+        self.consumed = 0;
+        self.peer_credit = u64::from(self.window);
+        Some(u32::try_from(outstanding).unwrap_or(u32::MAX))
     }
 
     /// Whether the peer holds the whole window as credit: nothing is in
@@ -163,6 +164,18 @@ mod tests {
         assert_eq!(credit.take(1), 0);
         credit.grant(10).unwrap();
         assert_eq!(credit.take(usize::MAX), 10);
+    }
+
+    #[test]
+    fn grant_all_gives_back_the_whole_window() {
+        let mut window = ReceiveWindow::new(100);
+        assert_eq!(window.grant_all(), None);
+        window.on_receive(70).unwrap();
+        assert_eq!(window.on_consumed(10), None);
+        // 10 consumed, 60 still buffered: all 70 go back.
+        assert_eq!(window.grant_all(), Some(70));
+        assert!(window.is_full());
+        window.on_receive(100).unwrap();
     }
 
     #[test]

@@ -284,8 +284,8 @@ pub struct Welcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeTicket {
     /// The secret that proves the session is the client's, together with
-    /// the device key of the secure channel (section 1.1). Single use:
-    /// every `resumed` carries the next one.
+    /// the device key of the secure channel (section 1.1). Rotated: every
+    /// `resumed` and `detached` carries the next one.
     pub token: ByteBuf,
     /// Seconds the server keeps the session and its command after the
     /// connection drops.

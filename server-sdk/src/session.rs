@@ -315,7 +315,13 @@ pub(crate) struct Registry {
 
 struct Resumable {
     device: String,
-    token: Token,
+    /// The newest token the client has shown it holds.
+    confirmed: Token,
+    /// A newer token sent to the client (in `resumed` or `detached`) that
+    /// it has not shown it received yet: the answer may have been lost with
+    /// the connection, so `confirmed` stays valid until the client uses
+    /// this one or sends a frame after receiving it.
+    pending: Option<Token>,
     attach: mpsc::Sender<Reattach>,
 }
 
@@ -329,7 +335,8 @@ impl Registry {
             id.to_owned(),
             Resumable {
                 device: device.to_owned(),
-                token,
+                confirmed: token,
+                pending: None,
                 attach,
             },
         );
@@ -339,17 +346,29 @@ impl Registry {
         self.lock().remove(id);
     }
 
-    /// Replaces the session's token with a fresh one and returns it.
+    /// A fresh token for the session, pending until the client confirms it
+    /// (see [`Resumable::pending`]).
     fn rotate(&self, id: &str) -> Option<Token> {
         let token = new_token().ok()?;
         let mut sessions = self.lock();
         let session = sessions.get_mut(id)?;
-        session.token = token.clone();
+        session.pending = Some(token.clone());
         Some(token)
     }
 
-    /// Checks a resume attempt by the device `device`; on success the token
-    /// is spent and the next one returned with the session's door.
+    /// The client has the pending token: the older one is spent.
+    fn confirm(&self, id: &str) {
+        if let Some(session) = self.lock().get_mut(id)
+            && let Some(pending) = session.pending.take()
+        {
+            session.confirmed = pending;
+        }
+    }
+
+    /// Checks a resume attempt by the device `device`; on success the next
+    /// token (pending) is returned with the session's door. The presented
+    /// token stays valid until the client confirms the next one, so a lost
+    /// `resumed` does not lock the client out.
     fn claim(
         &self,
         resume: &Resume,
@@ -367,7 +386,11 @@ impl Registry {
         };
         // Both checks always run, so a refusal does not tell which failed.
         let same_device = session.device == device;
-        let right_token = session.token.matches(&resume.token);
+        let shows_pending = session
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.matches(&resume.token));
+        let right_token = shows_pending || session.confirmed.matches(&resume.token);
         if !(same_device && right_token) {
             return Err((
                 ErrorCode::Denied,
@@ -376,7 +399,10 @@ impl Registry {
             ));
         }
         let next = new_token().map_err(|error| (ErrorCode::Internal, error))?;
-        session.token = next.clone();
+        if shows_pending && let Some(pending) = session.pending.take() {
+            session.confirmed = pending;
+        }
+        session.pending = Some(next.clone());
         Ok((session.attach.clone(), next))
     }
 
@@ -840,6 +866,8 @@ async fn serve(
         detaching: false,
     };
     let mut receipts = Receipts::new();
+    // A token was sent that the client has not shown it received.
+    let mut token_unconfirmed = false;
     let mut ack_deadline: Option<Instant> = None;
     let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
@@ -886,6 +914,12 @@ async fn serve(
                     Some(Ok(Inbound::Unexpected(what))) => break End::Violation(format!("unexpected {what}")),
                     Some(Ok(Inbound::Frame(bytes))) => bytes,
                 };
+                // A frame sent after `resumed` or `detached` arrived: the
+                // client has the token they carried.
+                if token_unconfirmed {
+                    token_unconfirmed = false;
+                    registry.confirm(&session_id);
+                }
                 let (action, sequenced) = match dispatch(&shared, &bytes, resumable) {
                     Ok(dispatched) => dispatched,
                     Err(end) => break end,
@@ -925,6 +959,7 @@ async fn serve(
                             (Some(token), _) => {
                                 tracing::info!(keep = ?config.detach_keep, "client detaches");
                                 connection.detaching = true;
+                                token_unconfirmed = true;
                                 Detached {
                                     accepted: true,
                                     message: None,
@@ -954,6 +989,7 @@ async fn serve(
                 connection.reader = Some(reattach.reader);
                 connection.parked_until = None;
                 connection.detaching = false;
+                token_unconfirmed = true;
                 idle_deadline = Instant::now() + config.idle_timeout;
                 let received = receipts.received();
                 receipts.acknowledged_all();
@@ -1025,6 +1061,17 @@ async fn serve(
         }
     };
 
+    // No resume can reach the session any more; one already on its way is
+    // told so.
+    registry.remove(&session_id);
+    attach_rx.close();
+    while let Ok(mut late) = attach_rx.try_recv() {
+        tokio::spawn(async move {
+            let message = "the session has just ended".to_owned();
+            reject(&mut late.writer, ErrorCode::Expired, message).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, late.writer.close()).await;
+        });
+    }
     let final_frame = match &end {
         End::Finished => None,
         End::Gone(reason) => {
@@ -1201,6 +1248,8 @@ async fn write_frames(
                     match replay.replay_after(from) {
                         Ok(missing) => out = missing,
                         Err(error) => {
+                            // On the new connection, so the client hears why.
+                            link = Some((writer, generation));
                             let _ = events
                                 .send(WriterEvent::Violation(format!("cannot resume: {error}")));
                             continue;

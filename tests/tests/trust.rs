@@ -462,3 +462,93 @@ async fn a_new_device_waits_for_approval_on_the_web_and_can_be_revoked() {
     );
     assert_eq!(run.stdout_text(), "");
 }
+
+/// Runs the client as user `nobody` (65534) with its own home; `None` when
+/// this test process cannot switch users (not root, or no `setpriv`).
+async fn run_as_nobody(args: &[&str]) -> Option<terminalwire_tests::Outcome> {
+    if rustix::process::getuid().as_raw() != 0 {
+        return None;
+    }
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())?;
+    let binary = terminalwire_tests::client_binary();
+    let home = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let output = tokio::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&binary)
+        .args(args)
+        .env("TERMINALWIRE_HOME", home.path().join("tw"))
+        .env("HOME", home.path())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), output)
+        .await
+        .expect("the client hung")
+        .unwrap();
+    Some(terminalwire_tests::Outcome {
+        status: output.status.code(),
+        stdout: output.stdout,
+        stderr: output.stderr,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_local_user_cannot_drive_a_local_session() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("runtime/terminalwire/hello.sock");
+    let listener = terminalwire_server::local::LocalListener::bind(&path).unwrap();
+    let terminal = hello::terminal();
+    let app = axum::Router::new().route("/terminal", terminal.route());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("unix:{}", path.display());
+
+    // The owner is served.
+    let run = Client::new([url.as_str(), "hello", "Ada"]).run().await;
+    assert_eq!(run.stdout_text(), "Hello, Ada!\n", "{}", run.stderr_text());
+
+    // Another user cannot even reach the socket (0600 in a 0700 folder)…
+    let Some(run) = run_as_nobody(&[url.as_str(), "hello", "Mallory"]).await else {
+        eprintln!("skipped: switching to another user needs root and setpriv");
+        server.abort();
+        return;
+    };
+    assert_eq!(
+        run.status,
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.stdout.is_empty());
+
+    // …and if the permissions were loosened by mistake, the server still
+    // refuses the connection by the peer's user id.
+    for folder in [
+        path.parent().unwrap().parent().unwrap(),
+        path.parent().unwrap(),
+    ] {
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = run_as_nobody(&[url.as_str(), "hello", "Mallory"])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.stdout.is_empty(), "another user was served: {stderr}");
+    assert!(
+        matches!(run.status, Some(69 | 75)),
+        "status {:?}: {stderr}",
+        run.status
+    );
+    // The owner still is.
+    let run = Client::new([url.as_str(), "hello", "Ada"]).run().await;
+    assert_eq!(run.stdout_text(), "Hello, Ada!\n", "{}", run.stderr_text());
+    server.abort();
+}

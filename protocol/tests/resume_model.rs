@@ -5,6 +5,8 @@
 //! receiver must end up with every frame exactly once, in order, and the
 //! sender's buffer must never hold more than what is unacknowledged.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
 use std::collections::VecDeque;
 
 use proptest::prelude::*;

@@ -53,7 +53,101 @@ pub struct Resources {
     opener: Opener,
     writes: Arc<Mutex<Writes>>,
     progress: Progress,
-    audit: Option<AuditLog>,
+    audit: Option<Audit>,
+}
+
+/// The audit log, written by its own thread: a request is answered without
+/// waiting for its line (a thread hop and a file append per request were
+/// most of a small request's cost). [`Resources::end_session`] waits until
+/// every line is written.
+#[derive(Clone)]
+struct Audit {
+    log: AuditLog,
+    queue: std::sync::mpsc::SyncSender<AuditMessage>,
+}
+
+enum AuditMessage {
+    Record {
+        resource: &'static str,
+        action: &'static str,
+        target: String,
+        decision: String,
+        bytes: Option<u64>,
+    },
+    /// Answered once every earlier record is written.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Records queued for the audit thread before requests wait for it.
+const AUDIT_QUEUE: usize = 4096;
+/// How long the end of a session waits for the audit log to be written.
+const AUDIT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Audit {
+    fn start(log: AuditLog) -> Self {
+        let (queue, records) = std::sync::mpsc::sync_channel(AUDIT_QUEUE);
+        let writer = log.clone();
+        let spawned = std::thread::Builder::new()
+            .name("terminalwire-audit".into())
+            .spawn(move || {
+                // Ends when every `Resources` clone (every sender) is gone.
+                while let Ok(message) = records.recv() {
+                    match message {
+                        AuditMessage::Record {
+                            resource,
+                            action,
+                            target,
+                            decision,
+                            bytes,
+                        } => writer.record(resource, action, &target, &decision, bytes),
+                        AuditMessage::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            // Without the thread, records fail to queue and are written inline.
+            tracing::warn!(%error, "cannot start the audit log writer");
+        }
+        Audit { log, queue }
+    }
+
+    fn record(
+        &self,
+        resource: &'static str,
+        action: &'static str,
+        target: String,
+        decision: String,
+        bytes: Option<u64>,
+    ) {
+        let message = AuditMessage::Record {
+            resource,
+            action,
+            target,
+            decision,
+            bytes,
+        };
+        // A full queue holds the request back (bounded memory); a missing
+        // writer thread means writing here.
+        if let Err(std::sync::mpsc::SendError(AuditMessage::Record {
+            resource,
+            action,
+            target,
+            decision,
+            bytes,
+        })) = self.queue.send(message)
+        {
+            self.log.record(resource, action, &target, &decision, bytes);
+        }
+    }
+
+    fn flush(&self) {
+        let (done, finished) = std::sync::mpsc::sync_channel(1);
+        if self.queue.send(AuditMessage::Flush(done)).is_ok() {
+            let _ = finished.recv_timeout(AUDIT_FLUSH_TIMEOUT);
+        }
+    }
 }
 
 /// Open streamed writes by handle.
@@ -110,14 +204,14 @@ impl Resources {
 
     /// Appends every request and its outcome to `log`.
     pub fn with_audit(mut self, log: AuditLog) -> Self {
-        self.audit = Some(log);
+        self.audit = Some(Audit::start(log));
         self
     }
 
     /// Names the session in the audit log.
     pub fn set_session(&self, session: &str) {
         if let Some(audit) = &self.audit {
-            audit.set_session(session);
+            audit.log.set_session(session);
         }
     }
 
@@ -134,6 +228,9 @@ impl Resources {
             writes.open.clear();
         }
         self.progress.clear();
+        if let Some(audit) = &self.audit {
+            audit.flush();
+        }
     }
 
     /// No resources at all: every file, env and browser request is refused.
@@ -208,12 +305,7 @@ impl Resources {
                 Ok(_) => ("allowed".to_owned(), sent),
                 Err(error) => (error.code.to_string(), None),
             };
-            let audit = audit.clone();
-            // A small append; off the async threads all the same.
-            let _ = tokio::task::spawn_blocking(move || {
-                audit.record(resource, action, &target, &decision, bytes);
-            })
-            .await;
+            audit.record(resource, action, target, decision, bytes);
         }
         Some(result)
     }
@@ -226,16 +318,18 @@ impl Resources {
                 let this = this.clone();
                 blocking(move || this.browser_open(&url)).await
             }
+            // A few system calls each: a hop to a blocking thread and back
+            // would cost more than the work.
+            Operation::FileExists { .. }
+            | Operation::DirExists { .. }
+            | Operation::Metadata { .. } => this.path_op(op),
             Operation::FileRead { .. }
             | Operation::FileWrite { .. }
             | Operation::FileAppend { .. }
             | Operation::FileDelete { .. }
-            | Operation::FileExists { .. }
-            | Operation::Metadata { .. }
             | Operation::Chmod { .. }
             | Operation::DirList { .. }
             | Operation::DirCreate { .. }
-            | Operation::DirExists { .. }
             | Operation::DirDelete { .. }
             | Operation::FileWriteOpen { .. }
             | Operation::FileWriteChunk { .. }

@@ -224,10 +224,13 @@ pub fn read(path: &Path, offset: u64, max_len: usize) -> Result<(Vec<u8>, bool),
         path,
     )?;
     let mut file = File::from(fd);
-    ensure_regular(&file, path)?;
+    let size = ensure_regular(&file, path)?;
     file.seek(SeekFrom::Start(offset))
         .map_err(|source| io_error(path, source))?;
-    let mut bytes = Vec::new();
+    // Sized to what the file holds now: growing from empty would copy a
+    // big read several times over. A file that grows meanwhile still works.
+    let expected = size.saturating_sub(offset).min(to_u64(max_len));
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(max_len));
     let limit = u64::try_from(max_len).unwrap_or(u64::MAX);
     Read::by_ref(&mut file)
         .take(limit)
@@ -732,6 +735,9 @@ fn open_dirs(parts: &[&OsStr], last_flags: OFlags) -> Result<OwnedFd, FsError> {
     let Some((last, dirs)) = parts.split_last() else {
         return open_root(last_flags);
     };
+    if let Some(fd) = open_dirs_at_once(parts, last_flags) {
+        return Ok(fd);
+    }
     let mut dir = open_root(walk_flags())?;
     let mut shown = PathBuf::from("/");
     for part in dirs {
@@ -740,6 +746,34 @@ fn open_dirs(parts: &[&OsStr], last_flags: OFlags) -> Result<OwnedFd, FsError> {
     }
     shown.push(last);
     open_dir_at(&dir, last, last_flags, &shown)
+}
+
+/// The walk of [`open_dirs`] in one system call where the kernel offers it:
+/// `openat2` with `RESOLVE_NO_SYMLINKS` refuses a symlink on every
+/// component, as the walk does one `openat` at a time (a per-request cost
+/// that dominated small requests). `None` on any failure, so the walk runs
+/// and reports the precise error (which component, symlink or missing).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn open_dirs_at_once(parts: &[&OsStr], last_flags: OFlags) -> Option<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    let mut path = Vec::with_capacity(parts.iter().map(|part| part.len() + 1).sum());
+    for part in parts {
+        path.push(b'/');
+        path.extend_from_slice(part.as_bytes());
+    }
+    rustix::fs::openat2(
+        rustix::fs::CWD,
+        OsStr::from_bytes(&path),
+        last_flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn open_dirs_at_once(_parts: &[&OsStr], _last_flags: OFlags) -> Option<OwnedFd> {
+    None
 }
 
 /// Opens the parent folder of `path` for operating on its last component,
@@ -852,10 +886,11 @@ fn read_entries(
 // ---------------------------------------------------------------------------
 // Helpers for the final component.
 
-fn ensure_regular(file: &File, shown: &Path) -> Result<(), FsError> {
+/// Refuses anything but a regular file; returns its size.
+fn ensure_regular(file: &File, shown: &Path) -> Result<u64, FsError> {
     let meta = file.metadata().map_err(|source| io_error(shown, source))?;
     if meta.file_type().is_file() {
-        Ok(())
+        Ok(meta.len())
     } else {
         Err(FsError::NotAFile { path: shown.into() })
     }

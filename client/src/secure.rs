@@ -46,8 +46,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for SecureSocket<S> {
         match this.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(Message::Binary(sealed)))) => Poll::Ready(Some(
                 this.opener
-                    .open(&sealed)
-                    .map(|frame| Message::Binary(frame.into()))
+                    .open_unmoved(&sealed)
+                    // The frame is taken where it was decrypted, not moved.
+                    .map(|opened| {
+                        Message::Binary(
+                            tungstenite::Bytes::from(opened.buffer).slice(opened.start..),
+                        )
+                    })
                     .map_err(sealed_error),
             )),
             other => other,

@@ -119,8 +119,14 @@ pub(crate) fn resolve_absolute(path: &Path) -> Result<ResolvedPath, PathError> {
 }
 
 fn resolve_normalized(absolute: &Path) -> Result<ResolvedPath, PathError> {
-    let (mut path, rest) = canonical_prefix(absolute)?;
-    let is_dir = rest.is_empty() && path.is_dir();
+    let (mut path, rest, is_dir) = match symlink_free_prefix(absolute) {
+        Some(found) => found,
+        None => {
+            let (path, rest) = canonical_prefix(absolute)?;
+            let is_dir = rest.is_empty() && path.is_dir();
+            (path, rest, is_dir)
+        }
+    };
     for part in rest {
         path.push(part);
     }
@@ -182,6 +188,43 @@ fn normalize(path: &Path, raw: &str) -> Result<PathBuf, PathError> {
         });
     }
     Ok(out)
+}
+
+/// The common case of [`canonical_prefix`] in three system calls instead of
+/// a `readlink` per component: a path whose folder exists and has no
+/// symlink on the way, and whose last component is missing or not a
+/// symlink, is its own canonical form. `openat2` with `RESOLVE_NO_SYMLINKS`
+/// proves the folder part (the kernel refuses a symlink on any component);
+/// `fstatat` without following looks at the last one. Returns the prefix,
+/// the missing components and whether the path is an existing folder;
+/// `None` for anything else (a symlink, a missing folder, an error), which
+/// the general resolution handles.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn symlink_free_prefix(path: &Path) -> Option<(PathBuf, Vec<&OsStr>, bool)> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+    let (parent, name) = (path.parent()?, path.file_name()?);
+    let folder = rustix::fs::openat2(
+        rustix::fs::CWD,
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()?;
+    match rustix::fs::statat(&folder, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
+            // Followed by the general resolution.
+            FileType::Symlink => None,
+            kind => Some((path.to_path_buf(), Vec::new(), kind == FileType::Directory)),
+        },
+        Err(rustix::io::Errno::NOENT) => Some((parent.to_path_buf(), vec![name], false)),
+        Err(_) => None,
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn symlink_free_prefix(_path: &Path) -> Option<(PathBuf, Vec<&OsStr>, bool)> {
+    None
 }
 
 /// Canonicalise the longest existing prefix of `path`; return it with the

@@ -23,8 +23,9 @@
 use std::fmt;
 
 use base64::Engine as _;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
-use snow::{Builder, HandshakeState, StatelessTransportState};
+use snow::{Builder, HandshakeState};
 
 use crate::{MAX_FRAME_LEN, SUBPROTOCOL};
 
@@ -294,22 +295,32 @@ pub struct Channel {
 }
 
 impl Channel {
-    fn open(state: HandshakeState) -> Result<Channel, SecureError> {
-        let state = std::sync::Arc::new(
-            state
-                .into_stateless_transport_mode()
-                .map_err(handshake_error)?,
-        );
+    fn open(mut state: HandshakeState) -> Result<Channel, SecureError> {
+        if !state.is_handshake_finished() {
+            return Err(SecureError::Handshake(
+                "the handshake is not finished".into(),
+            ));
+        }
+        // Noise's Split(): the initiator sends with the first key. The
+        // transport is Noise's ChaChaPoly done here with `ring` rather than
+        // snow's, so that a piece is encrypted and decrypted where it lies in
+        // the message instead of through scratch buffers (same bytes on the
+        // wire: 96-bit nonce of 4 zero bytes and the little-endian counter,
+        // empty associated data).
+        let (first, second) = state.dangerously_get_raw_split();
+        let (send, receive) = if state.is_initiator() {
+            (first, second)
+        } else {
+            (second, first)
+        };
         Ok(Channel {
             sealer: Sealer {
-                state: Transport(state.clone()),
+                key: Transport::new(&send)?,
                 nonce: 0,
-                buffer: Vec::new(),
             },
             opener: Opener {
-                state: Transport(state),
+                key: Transport::new(&receive)?,
                 nonce: 0,
-                buffer: Vec::new(),
             },
         })
     }
@@ -320,7 +331,16 @@ impl Channel {
     }
 }
 
-struct Transport(std::sync::Arc<StatelessTransportState>);
+/// One direction's ChaCha20-Poly1305 key.
+struct Transport(LessSafeKey);
+
+impl Transport {
+    fn new(key: &[u8; 32]) -> Result<Transport, SecureError> {
+        UnboundKey::new(&CHACHA20_POLY1305, key)
+            .map(|key| Transport(LessSafeKey::new(key)))
+            .map_err(|_| SecureError::Handshake("unusable transport key".into()))
+    }
+}
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -328,13 +348,22 @@ impl fmt::Debug for Transport {
     }
 }
 
+/// Noise's ChaChaPoly nonce for counter `n`; the last counter value is
+/// reserved by Noise, so a channel that reaches it refuses to go on.
+fn noise_nonce(n: u64) -> Result<Nonce, SecureError> {
+    if n == u64::MAX {
+        return Err(SecureError::Tampered);
+    }
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&n.to_le_bytes());
+    Ok(Nonce::assume_unique_for_key(nonce))
+}
+
 /// Seals outgoing frames.
 #[derive(Debug)]
 pub struct Sealer {
-    state: Transport,
+    key: Transport,
     nonce: u64,
-    /// Reused between frames; grows to the largest piece seen, no more.
-    buffer: Vec<u8>,
 }
 
 impl Sealer {
@@ -350,23 +379,25 @@ impl Sealer {
             chunks.push(&[]);
         }
         let last_index = chunks.len() - 1;
-        let mut plain = Vec::with_capacity(chunks.first().map_or(0, |chunk| chunk.len()) + 1);
         for (index, chunk) in chunks.into_iter().enumerate() {
-            plain.clear();
-            plain.push(if index == last_index { LAST } else { MORE });
-            plain.extend_from_slice(chunk);
-            if self.buffer.len() < plain.len() + TAG_LEN {
-                self.buffer.resize(plain.len() + TAG_LEN, 0);
-            }
-            let len = self
-                .state
-                .0
-                .write_message(self.nonce, &plain, &mut self.buffer)
-                .map_err(|_| SecureError::Tampered)?;
-            self.nonce += 1;
+            let len = 1 + chunk.len() + TAG_LEN;
             let prefix = u16::try_from(len).map_err(|_| SecureError::TooLarge { len })?;
             out.extend_from_slice(&prefix.to_be_bytes());
-            out.extend_from_slice(&self.buffer[..len]);
+            // The piece is written once, where it goes, and encrypted there.
+            let start = out.len();
+            out.push(if index == last_index { LAST } else { MORE });
+            out.extend_from_slice(chunk);
+            let tag = self
+                .key
+                .0
+                .seal_in_place_separate_tag(
+                    noise_nonce(self.nonce)?,
+                    Aad::empty(),
+                    &mut out[start..],
+                )
+                .map_err(|_| SecureError::Tampered)?;
+            out.extend_from_slice(tag.as_ref());
+            self.nonce += 1;
         }
         Ok(out)
     }
@@ -375,19 +406,46 @@ impl Sealer {
 /// Opens incoming frames.
 #[derive(Debug)]
 pub struct Opener {
-    state: Transport,
+    key: Transport,
     nonce: u64,
-    /// Reused between frames; grows to the largest piece seen, no more.
-    buffer: Vec<u8>,
+}
+
+/// An opened frame: `buffer[start..]`, so that the caller can take it without
+/// moving the bytes (see [`Opener::open_unmoved`]).
+#[derive(Debug)]
+pub struct Opened {
+    /// The bytes; the frame starts at `start`.
+    pub buffer: Vec<u8>,
+    /// Where the frame starts in `buffer` (0 or 1).
+    pub start: usize,
+}
+
+impl Opened {
+    /// The frame as its own vector (moves the bytes when `start` is not 0).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.buffer.drain(..self.start);
+        self.buffer
+    }
 }
 
 impl Opener {
     /// Opens one WebSocket message into the plaintext frame.
-    pub fn open(&mut self, mut message: &[u8]) -> Result<Vec<u8>, SecureError> {
-        let mut frame = Vec::with_capacity(message.len());
+    pub fn open(&mut self, message: &[u8]) -> Result<Vec<u8>, SecureError> {
+        self.open_unmoved(message).map(Opened::into_vec)
+    }
+
+    /// [`open`](Opener::open) without the final move of the bytes: each piece
+    /// is copied once into the output and decrypted there, its flag byte on
+    /// the byte before its part (the previous part's last byte, put back
+    /// after; for the first piece, a spare byte at the start).
+    pub fn open_unmoved(&mut self, mut message: &[u8]) -> Result<Opened, SecureError> {
         if message.is_empty() {
             return Err(SecureError::Tampered);
         }
+        let mut buffer = Vec::with_capacity(message.len());
+        // The spare byte the first piece's flag lands on.
+        buffer.push(0);
+        let mut nonce = self.nonce;
         let mut ended = false;
         while !message.is_empty() {
             if ended {
@@ -400,36 +458,39 @@ impl Opener {
             if len < TAG_LEN + 1 {
                 return Err(SecureError::Tampered);
             }
-            if self.buffer.len() < len {
-                self.buffer.resize(len, 0);
+            let part_len = len - TAG_LEN - 1;
+            if buffer.len() - 1 + part_len > MAX_FRAME_LEN {
+                return Err(SecureError::TooLarge {
+                    len: buffer.len() - 1 + part_len,
+                });
             }
-            let n = self
-                .state
+            let at = buffer.len() - 1;
+            let kept = buffer[at];
+            buffer.truncate(at);
+            buffer.extend_from_slice(piece);
+            let opened = self
+                .key
                 .0
-                .read_message(self.nonce, piece, &mut self.buffer)
+                .open_in_place(noise_nonce(nonce)?, Aad::empty(), &mut buffer[at..])
                 .map_err(|_| SecureError::Tampered)?;
-            self.nonce += 1;
-            let (flag, part) = self.buffer[..n]
-                .split_first()
-                .ok_or(SecureError::Tampered)?;
-            ended = match *flag {
+            let flag = opened.first().copied().ok_or(SecureError::Tampered)?;
+            nonce += 1;
+            ended = match flag {
                 LAST => true,
                 MORE => false,
                 _ => return Err(SecureError::Tampered),
             };
-            if frame.len() + part.len() > MAX_FRAME_LEN {
-                return Err(SecureError::TooLarge {
-                    len: frame.len() + part.len(),
-                });
-            }
-            frame.extend_from_slice(part);
+            buffer[at] = kept;
+            buffer.truncate(at + 1 + part_len);
             message = rest;
         }
         if !ended {
             // The frame's last piece never came: cut short.
             return Err(SecureError::Tampered);
         }
-        Ok(frame)
+        // Only a message that opened whole moves the channel on.
+        self.nonce = nonce;
+        Ok(Opened { buffer, start: 1 })
     }
 }
 
@@ -539,5 +600,45 @@ mod tests {
         let device = StaticKey::generate().unwrap();
         let (mut initiator, _) = Initiator::start(&device).unwrap();
         assert!(initiator.read_response(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn the_transport_is_noise_chachapoly_as_snow_does_it() {
+        // Same handshake, then one side's channel against snow's own transport.
+        let device = StaticKey::generate().unwrap();
+        let server = StaticKey::generate().unwrap();
+        let (mut initiator, first) = Initiator::start(&device).unwrap();
+        let (responder, second) = Responder::respond(&server, &first).unwrap();
+        initiator.read_response(&second).unwrap();
+        let mut third = vec![0u8; MAX_HANDSHAKE_LEN];
+        let len = initiator.state.write_message(&[], &mut third).unwrap();
+        third.truncate(len);
+        let snow_client = initiator.state.into_stateless_transport_mode().unwrap();
+        let (_, channel) = responder.finish(&third).unwrap();
+        let (mut seal, mut open) = channel.split();
+        let frame: Vec<u8> = (0..MAX_PIECE + 100).map(|i| (i % 253) as u8).collect();
+        // Server → client: our pieces open with snow.
+        let sealed = seal.seal(&frame).unwrap();
+        let mut plain = Vec::new();
+        let (mut rest, mut nonce) = (&sealed[..], 0u64);
+        while !rest.is_empty() {
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            let mut out = vec![0u8; len];
+            let n = snow_client
+                .read_message(nonce, &rest[2..2 + len], &mut out)
+                .unwrap();
+            plain.extend_from_slice(&out[1..n]);
+            nonce += 1;
+            rest = &rest[2 + len..];
+        }
+        assert_eq!(plain, frame);
+        // Client → server: snow's piece opens with ours.
+        let mut piece = vec![0u8; 64];
+        let n = snow_client
+            .write_message(0, b"\x01hello", &mut piece)
+            .unwrap();
+        let mut message = u16::try_from(n).unwrap().to_be_bytes().to_vec();
+        message.extend_from_slice(&piece[..n]);
+        assert_eq!(open.open(&message).unwrap(), b"hello");
     }
 }

@@ -61,6 +61,10 @@ pub(crate) async fn serve(
         // Idle sessions are held for minutes by clients that send no
         // heartbeat (the real client pings every 15 s).
         idle_timeout: Duration::from_secs(3600),
+        // Sessions whose client went away wait for it to resume (the
+        // default grace period) and keep their slot meanwhile: room for
+        // the 10 000 idle sessions plus the ones closed before them.
+        max_sessions: 20_000,
         ..Config::default()
     };
     let terminal = Terminal::with_config(command, config);

@@ -38,11 +38,15 @@ async fn open_session(url: &str, device: &StaticKey) -> anyhow::Result<Held> {
         TIMEOUT,
     )
     .await?;
-    let hello = terminalwire_client::facts::hello(
+    let mut hello = terminalwire_client::facts::hello(
         &target,
         "terminalwire-bench".into(),
         vec!["idle".into()],
     )?;
+    // Resumable, like the real client's sessions.
+    hello
+        .capabilities
+        .push(terminalwire_protocol::resume::CAPABILITY.into());
     socket
         .send(Message::Binary(
             codec::encode(&ClientFrame::Hello(hello)).into(),
@@ -61,6 +65,8 @@ async fn open_session(url: &str, device: &StaticKey) -> anyhow::Result<Held> {
             .with_context(|| format!("decoding {:02x?}", &bytes[..bytes.len().min(64)]))?;
         match frame {
             ServerFrame::Welcome(_) => welcomed = true,
+            // Acknowledgements of nothing yet: harmless.
+            ServerFrame::Ack(_) => {}
             ServerFrame::Data(data) if welcomed && data.sid == StreamId::STDOUT => {
                 if data.bytes.as_ref() == b"ready\n" {
                     return Ok(Held {

@@ -58,7 +58,9 @@ struct OutStream {
 /// State shared by a session's engine and its [`Context`] clones.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    outbound: mpsc::Sender<ServerFrame>,
+    /// Boxed: the channel's blocks hold 32 slots from the start, and an
+    /// idle session should not pay 32 frames' worth of memory.
+    outbound: mpsc::Sender<Box<ServerFrame>>,
     /// Cancelled when the session is over (client gone, violation, exit sent).
     pub(crate) closed: CancellationToken,
     /// Cancelled when the server begins shutting down.
@@ -90,7 +92,7 @@ fn disconnected() -> io::Error {
 impl Shared {
     async fn send(&self, frame: ServerFrame) -> Result<(), ResourceError> {
         tokio::select! {
-            sent = self.outbound.send(frame) => sent.map_err(|_| ResourceError::Disconnected),
+            sent = self.outbound.send(Box::new(frame)) => sent.map_err(|_| ResourceError::Disconnected),
             () = self.closed.cancelled() => Err(ResourceError::Disconnected),
         }
     }
@@ -306,6 +308,9 @@ pub(crate) struct Reattach {
     token: Token,
 }
 
+/// Where a session takes the connections that resume it.
+type Door = mpsc::Sender<Box<Reattach>>;
+
 /// Sessions that can be resumed, by id: every running session whose client
 /// has the `resume` capability, connected or not.
 #[derive(Default)]
@@ -322,7 +327,7 @@ struct Resumable {
     /// the connection, so `confirmed` stays valid until the client uses
     /// this one or sends a frame after receiving it.
     pending: Option<Token>,
-    attach: mpsc::Sender<Reattach>,
+    attach: Door,
 }
 
 impl Registry {
@@ -330,7 +335,7 @@ impl Registry {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn insert(&self, id: &str, device: &str, token: Token, attach: mpsc::Sender<Reattach>) {
+    fn insert(&self, id: &str, device: &str, token: Token, attach: Door) {
         self.lock().insert(
             id.to_owned(),
             Resumable {
@@ -369,11 +374,7 @@ impl Registry {
     /// token (pending) is returned with the session's door. The presented
     /// token stays valid until the client confirms the next one, so a lost
     /// `resumed` does not lock the client out.
-    fn claim(
-        &self,
-        resume: &Resume,
-        device: &str,
-    ) -> Result<(mpsc::Sender<Reattach>, Token), (ErrorCode, String)> {
+    fn claim(&self, resume: &Resume, device: &str) -> Result<(Door, Token), (ErrorCode, String)> {
         let mut sessions = self.lock();
         let Some(session) = sessions.get_mut(&resume.session_id) else {
             return Err((
@@ -436,7 +437,7 @@ async fn reattach(
                 received: resume.received,
                 token,
             };
-            if let Err(mpsc::error::SendError(mut back)) = attach.send(reattach).await {
+            if let Err(mpsc::error::SendError(mut back)) = attach.send(Box::new(reattach)).await {
                 let message = format!("session {} has just ended", resume.session_id);
                 reject(&mut back.writer, ErrorCode::Expired, message).await;
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, back.writer.close()).await;
@@ -707,23 +708,26 @@ enum Action {
 enum Control {
     /// Write on this connection from now on: first `first`, then the
     /// sequenced frames after `replay_from` that the client lacks.
-    Attach {
-        writer: FrameWriter,
-        generation: u64,
-        first: Option<ServerFrame>,
-        replay_from: Option<u64>,
-    },
+    Attach(Box<Attachment>),
     /// Write this unsequenced frame now, ahead of queued frames.
-    Send(ServerFrame),
+    Send(Box<ServerFrame>),
     /// Write this unsequenced frame as the last one on the connection, then
     /// stop writing on it (keep buffering), as after `detached`.
-    SendLast(ServerFrame),
+    SendLast(Box<ServerFrame>),
     /// The client processed our sequenced frames up to here.
     Acked(u64),
     /// Stop writing on the connection (lost, or detached); keep buffering.
     Release,
     /// The session is over: flush, close the connection and stop.
     Close,
+}
+
+/// A connection for the writer: [`Control::Attach`].
+struct Attachment {
+    writer: FrameWriter,
+    generation: u64,
+    first: Option<ServerFrame>,
+    replay_from: Option<u64>,
 }
 
 /// What the writer task reports.
@@ -840,18 +844,18 @@ async fn serve(
         )
         .in_current_span(),
     );
-    let _ = control.send(Control::Attach {
+    let _ = control.send(Control::Attach(Box::new(Attachment {
         writer,
         generation: 0,
         first: None,
         replay_from: None,
-    });
-    let (attach_tx, mut attach_rx) = mpsc::channel::<Reattach>(1);
-    if let Some(token) = ticket {
+    })));
+    // Only a resumable session has a door for new connections.
+    let mut attach_rx = ticket.map(|token| {
+        let (attach_tx, attach_rx) = mpsc::channel::<Box<Reattach>>(1);
         registry.insert(&session_id, &device, token, attach_tx);
-    } else {
-        drop(attach_tx);
-    }
+        attach_rx
+    });
     let _registered = Registered {
         registry: &registry,
         id: &session_id,
@@ -926,7 +930,7 @@ async fn serve(
                 };
                 if sequenced {
                     if let Some(seq) = receipts.on_frame(bytes.len()) {
-                        let _ = control.send(Control::Send(ServerFrame::Ack(Ack { seq })));
+                        let _ = control.send(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
                         ack_deadline = None;
                     } else if ack_deadline.is_none() {
                         ack_deadline = Some(Instant::now() + ack_delay);
@@ -977,14 +981,14 @@ async fn serve(
                         // When accepted, nothing more goes to this client; the
                         // frames the command writes meanwhile wait for `attach`.
                         let _ = control.send(if answer.accepted {
-                            Control::SendLast(ServerFrame::Detached(answer))
+                            Control::SendLast(Box::new(ServerFrame::Detached(answer)))
                         } else {
-                            Control::Send(ServerFrame::Detached(answer))
+                            Control::Send(Box::new(ServerFrame::Detached(answer)))
                         });
                     }
                 }
             }
-            Some(reattach) = attach_rx.recv() => {
+            Some(reattach) = next_reattach(&mut attach_rx) => {
                 connection.generation += 1;
                 connection.reader = Some(reattach.reader);
                 connection.parked_until = None;
@@ -995,7 +999,7 @@ async fn serve(
                 receipts.acknowledged_all();
                 ack_deadline = None;
                 tracing::info!(client_received = reattach.received, received, "client resumed");
-                let _ = control.send(Control::Attach {
+                let _ = control.send(Control::Attach(Box::new(Attachment {
                     writer: reattach.writer,
                     generation: connection.generation,
                     first: Some(ServerFrame::Resumed(Resumed {
@@ -1003,7 +1007,7 @@ async fn serve(
                         token: ByteBuf::from(reattach.token.0.to_vec()),
                     })),
                     replay_from: Some(reattach.received),
-                });
+                })));
             }
             Some(event) = writer_events.recv() => match event {
                 WriterEvent::Lost { generation, reason } if generation == connection.generation => {
@@ -1055,7 +1059,7 @@ async fn serve(
             () = sleep_until(ack_deadline) => {
                 ack_deadline = None;
                 if connection.reader.is_some() && let Some(seq) = receipts.pending() {
-                    let _ = control.send(Control::Send(ServerFrame::Ack(Ack { seq })));
+                    let _ = control.send(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
                 }
             }
         }
@@ -1064,8 +1068,11 @@ async fn serve(
     // No resume can reach the session any more; one already on its way is
     // told so.
     registry.remove(&session_id);
-    attach_rx.close();
-    while let Ok(mut late) = attach_rx.try_recv() {
+    let late_ones = attach_rx.as_mut().map(|attach_rx| {
+        attach_rx.close();
+        std::iter::from_fn(|| attach_rx.try_recv().ok()).collect::<Vec<_>>()
+    });
+    for mut late in late_ones.into_iter().flatten() {
         tokio::spawn(async move {
             let message = "the session has just ended".to_owned();
             reject(&mut late.writer, ErrorCode::Expired, message).await;
@@ -1099,7 +1106,7 @@ async fn serve(
     }
     // Fatal errors go ahead of queued output; the writer closes after them.
     if let Some(frame) = final_frame {
-        let _ = control.send(Control::Send(frame));
+        let _ = control.send(Control::Send(Box::new(frame)));
     }
     if resumable {
         let _ = control.send(Control::Close);
@@ -1131,6 +1138,17 @@ async fn serve(
 async fn next_inbound(reader: &mut Option<FrameReader>) -> Option<Result<Inbound, TransportError>> {
     match reader {
         Some(reader) => reader.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next connection that resumes the session; never, for a session
+/// that cannot be resumed.
+async fn next_reattach(
+    attach_rx: &mut Option<mpsc::Receiver<Box<Reattach>>>,
+) -> Option<Box<Reattach>> {
+    match attach_rx {
+        Some(attach_rx) => attach_rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -1206,7 +1224,7 @@ enum Next {
 /// acknowledges it, and replays what a resuming client lacks; stops taking
 /// frames from the command while `replay_limit` bytes are unacknowledged.
 async fn write_frames(
-    mut frames: mpsc::Receiver<ServerFrame>,
+    mut frames: mpsc::Receiver<Box<ServerFrame>>,
     mut control: mpsc::UnboundedReceiver<Control>,
     events: mpsc::UnboundedSender<WriterEvent>,
     resumable: bool,
@@ -1228,7 +1246,7 @@ async fn write_frames(
                     None => return,
                 },
                 frame = frames.recv(), if room && frames_open => match frame {
-                    Some(frame) => Next::Frame(frame),
+                    Some(frame) => Next::Frame(*frame),
                     None => {
                         frames_open = false;
                         continue;
@@ -1237,12 +1255,13 @@ async fn write_frames(
             },
         };
         match next {
-            Next::Control(Control::Attach {
-                writer,
-                generation,
-                first,
-                replay_from,
-            }) => {
+            Next::Control(Control::Attach(attachment)) => {
+                let Attachment {
+                    writer,
+                    generation,
+                    first,
+                    replay_from,
+                } = *attachment;
                 let mut out = Vec::new();
                 if let Some(from) = replay_from {
                     match replay.replay_after(from) {
@@ -1278,10 +1297,10 @@ async fn write_frames(
                 }
             }
             Next::Control(Control::Send(frame)) => {
-                let last = matches!(frame, ServerFrame::Error(_));
+                let last = matches!(*frame, ServerFrame::Error(_));
                 write_on(
                     &mut link,
-                    codec::encode(&frame),
+                    codec::encode(&*frame),
                     true,
                     &mut control,
                     &mut deferred,
@@ -1296,7 +1315,7 @@ async fn write_frames(
             Next::Control(Control::SendLast(frame)) => {
                 write_on(
                     &mut link,
-                    codec::encode(&frame),
+                    codec::encode(&*frame),
                     true,
                     &mut control,
                     &mut deferred,
@@ -1378,7 +1397,7 @@ async fn write_on(
             tokio::select! {
                 result = &mut write => break Some(result),
                 order = control.recv() => match order {
-                    Some(order @ (Control::Attach { .. } | Control::Release | Control::Close)) => {
+                    Some(order @ (Control::Attach(_) | Control::Release | Control::Close)) => {
                         deferred.push_back(order);
                         break None;
                     }

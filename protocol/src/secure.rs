@@ -214,10 +214,13 @@ impl Initiator {
         self.state
             .read_message(message, &mut payload)
             .map_err(handshake_error)?;
-        self.state
+        let key = self
+            .state
             .get_remote_static()
             .map(<[u8]>::to_vec)
-            .ok_or_else(|| SecureError::Handshake("the server sent no static key".into()))
+            .ok_or_else(|| SecureError::Handshake("the server sent no static key".into()))?;
+        check_public_key(&key)?;
+        Ok(key)
     }
 
     /// Writes the last handshake message and opens the channel.
@@ -282,6 +285,7 @@ impl Responder {
             .get_remote_static()
             .map(<[u8]>::to_vec)
             .ok_or_else(|| SecureError::Handshake("the client sent no device key".into()))?;
+        check_public_key(&device)?;
         Ok((device, Channel::open(self.state)?))
     }
 }
@@ -494,9 +498,85 @@ impl Opener {
     }
 }
 
+/// X25519 public keys of small order (libsodium's list; the top bit of the
+/// last byte is ignored). With one of them, every Diffie-Hellman result is
+/// the same whatever the private key, so anyone could present that "key":
+/// a device or server identity must never be one.
+const SMALL_ORDER_KEYS: [[u8; 32]; 7] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// Refuses a peer's static key of small order (see [`SMALL_ORDER_KEYS`]).
+pub fn check_public_key(key: &[u8]) -> Result<(), SecureError> {
+    let Ok(key) = <&[u8; 32]>::try_from(key) else {
+        return Err(SecureError::Handshake(format!(
+            "a static key of {} bytes",
+            key.len()
+        )));
+    };
+    let small = SMALL_ORDER_KEYS
+        .iter()
+        .any(|bad| bad[..31] == key[..31] && bad[31] == key[31] & 0x7f);
+    if small {
+        return Err(SecureError::Handshake(
+            "the peer's static key has small order (anyone could present it)".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_order_keys_are_refused_and_real_ones_accepted() {
+        use ring::agreement::{EphemeralPrivateKey, UnparsedPublicKey, X25519, agree_ephemeral};
+        let rng = ring::rand::SystemRandom::new();
+        for bad in SMALL_ORDER_KEYS {
+            // Each listed key really is of small order: ring's X25519 refuses
+            // the all-zero result it gives.
+            let private = EphemeralPrivateKey::generate(&X25519, &rng).unwrap();
+            let agreed = agree_ephemeral(private, &UnparsedPublicKey::new(&X25519, bad), |_| ());
+            assert!(agreed.is_err(), "{bad:02x?} is not of small order");
+            assert!(check_public_key(&bad).is_err());
+            let mut high = bad;
+            high[31] |= 0x80;
+            assert!(check_public_key(&high).is_err(), "top bit set");
+        }
+        let real = StaticKey::generate().unwrap();
+        check_public_key(&real.public).unwrap();
+        assert!(check_public_key(&[1; 31]).is_err());
+    }
 
     type Halves = (Sealer, Opener);
 

@@ -101,10 +101,22 @@ impl LocalIo {
     /// The process's own standard streams.
     pub fn process() -> Self {
         LocalIo {
-            stdout: Box::new(tokio::io::stdout()),
+            stdout: unbuffered_stdout(),
             stderr: Box::new(tokio::io::stderr()),
             stdin: Box::new(tokio::io::stdin()),
         }
+    }
+}
+
+/// Standard output without std's line buffering (which scans every chunk
+/// for a newline and splits big writes at it): a duplicate of fd 1 written
+/// by tokio's blocking pool. The session flushes when it is caught up, so
+/// interactive output still shows at once. Falls back to
+/// `tokio::io::stdout()` if fd 1 cannot be duplicated.
+fn unbuffered_stdout() -> Box<dyn AsyncWrite + Send + Unpin> {
+    match rustix::io::dup(rustix::stdio::stdout()) {
+        Ok(fd) => Box::new(tokio::fs::File::from_std(std::fs::File::from(fd))),
+        Err(_) => Box::new(tokio::io::stdout()),
     }
 }
 

@@ -1225,23 +1225,27 @@ enum Next {
 /// frames from the command while `replay_limit` bytes are unacknowledged.
 async fn write_frames(
     mut frames: mpsc::Receiver<Box<ServerFrame>>,
-    mut control: mpsc::UnboundedReceiver<Control>,
+    control: mpsc::UnboundedReceiver<Control>,
     events: mpsc::UnboundedSender<WriterEvent>,
     resumable: bool,
     replay_limit: u64,
 ) {
     let mut replay = ReplayBuffer::new();
     let mut exit_seq: Option<u64> = None;
-    let mut link: Option<(FrameWriter, u64)> = None;
-    let mut deferred: VecDeque<Control> = VecDeque::new();
+    let mut outlet = Outlet {
+        link: None,
+        control,
+        deferred: VecDeque::new(),
+        events,
+    };
     let mut frames_open = true;
     loop {
         let room = !resumable || replay.bytes() < replay_limit;
-        let next = match deferred.pop_front() {
+        let next = match outlet.deferred.pop_front() {
             Some(order) => Next::Control(order),
             None => tokio::select! {
                 biased;
-                order = control.recv() => match order {
+                order = outlet.control.recv() => match order {
                     Some(order) => Next::Control(order),
                     None => return,
                 },
@@ -1268,72 +1272,51 @@ async fn write_frames(
                         Ok(missing) => out = missing,
                         Err(error) => {
                             // On the new connection, so the client hears why.
-                            link = Some((writer, generation));
-                            let _ = events
+                            outlet.link = Some((writer, generation));
+                            let _ = outlet
+                                .events
                                 .send(WriterEvent::Violation(format!("cannot resume: {error}")));
                             continue;
                         }
                     }
                     if exit_seq.is_some_and(|exit| replay.acked() >= exit) {
-                        let _ = events.send(WriterEvent::ExitAcked);
+                        let _ = outlet.events.send(WriterEvent::ExitAcked);
                     }
                 }
                 if let Some(first) = first {
                     out.insert(0, codec::encode(&first));
                 }
-                link = Some((writer, generation));
+                outlet.link = Some((writer, generation));
                 let count = out.len();
                 for (index, bytes) in out.into_iter().enumerate() {
                     let flush = index + 1 == count;
-                    write_on(
-                        &mut link,
-                        bytes,
-                        flush,
-                        &mut control,
-                        &mut deferred,
-                        &events,
-                    )
-                    .await;
+                    outlet.write(bytes, flush).await;
                 }
             }
             Next::Control(Control::Send(frame)) => {
                 let last = matches!(*frame, ServerFrame::Error(_));
-                write_on(
-                    &mut link,
-                    codec::encode(&*frame),
-                    true,
-                    &mut control,
-                    &mut deferred,
-                    &events,
-                )
-                .await;
+                outlet.write(codec::encode(&*frame), true).await;
                 if last {
-                    close(link.take()).await;
+                    close(outlet.link.take()).await;
                     return;
                 }
             }
             Next::Control(Control::SendLast(frame)) => {
-                write_on(
-                    &mut link,
-                    codec::encode(&*frame),
-                    true,
-                    &mut control,
-                    &mut deferred,
-                    &events,
-                )
-                .await;
-                link = None;
+                outlet.write(codec::encode(&*frame), true).await;
+                outlet.link = None;
             }
             Next::Control(Control::Acked(seq)) => {
                 if let Err(error) = replay.ack(seq) {
-                    let _ = events.send(WriterEvent::Violation(error.to_string()));
+                    let _ = outlet
+                        .events
+                        .send(WriterEvent::Violation(error.to_string()));
                 } else if exit_seq.is_some_and(|exit| seq >= exit) {
-                    let _ = events.send(WriterEvent::ExitAcked);
+                    let _ = outlet.events.send(WriterEvent::ExitAcked);
                 }
             }
-            Next::Control(Control::Release) => link = None,
+            Next::Control(Control::Release) => outlet.link = None,
             Next::Control(Control::Close) => {
-                close(link.take()).await;
+                close(outlet.link.take()).await;
                 return;
             }
             Next::Frame(frame) => {
@@ -1351,17 +1334,9 @@ async fn write_frames(
                 }
                 // Batch frames that are already queued into one flush.
                 let flush = last || frames.is_empty();
-                write_on(
-                    &mut link,
-                    bytes,
-                    flush,
-                    &mut control,
-                    &mut deferred,
-                    &events,
-                )
-                .await;
+                outlet.write(bytes, flush).await;
                 if last {
-                    close(link.take()).await;
+                    close(outlet.link.take()).await;
                     return;
                 }
             }
@@ -1369,54 +1344,60 @@ async fn write_frames(
     }
 }
 
-/// Writes one frame on the current connection, if there is one. An order
-/// that replaces or drops the connection abandons a write it does not take
-/// (a dead connection can block for minutes); other orders wait their turn.
-async fn write_on(
-    link: &mut Option<(FrameWriter, u64)>,
-    bytes: Vec<u8>,
-    flush: bool,
-    control: &mut mpsc::UnboundedReceiver<Control>,
-    deferred: &mut VecDeque<Control>,
-    events: &mpsc::UnboundedSender<WriterEvent>,
-) {
-    let Some((writer, generation)) = link.as_mut() else {
-        return;
-    };
-    let generation = *generation;
-    let outcome = {
-        let write = async {
-            writer.feed(bytes).await?;
-            if flush {
-                writer.flush().await?;
-            }
-            Ok::<(), TransportError>(())
+/// The writer task's connection and orders.
+struct Outlet {
+    /// The current connection and its generation, if any.
+    link: Option<(FrameWriter, u64)>,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// Orders that arrived during a write, in order.
+    deferred: VecDeque<Control>,
+    events: mpsc::UnboundedSender<WriterEvent>,
+}
+
+impl Outlet {
+    /// Writes one frame on the current connection, if there is one. An order
+    /// that replaces or drops the connection abandons a write it does not
+    /// take (a dead connection can block for minutes); other orders wait
+    /// their turn.
+    async fn write(&mut self, bytes: Vec<u8>, flush: bool) {
+        let Some((writer, generation)) = self.link.as_mut() else {
+            return;
         };
-        tokio::pin!(write);
-        loop {
-            tokio::select! {
-                result = &mut write => break Some(result),
-                order = control.recv() => match order {
-                    Some(order @ (Control::Attach(_) | Control::Release | Control::Close)) => {
-                        deferred.push_back(order);
-                        break None;
-                    }
-                    Some(order) => deferred.push_back(order),
-                    None => break None,
-                },
+        let generation = *generation;
+        let outcome = {
+            let write = async {
+                writer.feed(bytes).await?;
+                if flush {
+                    writer.flush().await?;
+                }
+                Ok::<(), TransportError>(())
+            };
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    result = &mut write => break Some(result),
+                    order = self.control.recv() => match order {
+                        Some(order @ (Control::Attach(_) | Control::Release | Control::Close)) => {
+                            self.deferred.push_back(order);
+                            break None;
+                        }
+                        Some(order) => self.deferred.push_back(order),
+                        None => break None,
+                    },
+                }
             }
+        };
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                self.link = None;
+                let _ = self.events.send(WriterEvent::Lost {
+                    generation,
+                    reason: format!("transport error: {error}"),
+                });
+            }
+            None => self.link = None,
         }
-    };
-    match outcome {
-        Some(Ok(())) => {}
-        Some(Err(error)) => {
-            *link = None;
-            let _ = events.send(WriterEvent::Lost {
-                generation,
-                reason: format!("transport error: {error}"),
-            });
-        }
-        None => *link = None,
     }
 }
 

@@ -38,7 +38,19 @@ use crate::error::exit_code;
         sessions and `terminalwire attach ID` re-attaches."
 )]
 struct Options {
-    /// Seconds to wait for the connection and the server's welcome.
+    #[command(flatten)]
+    client: ClientOptions,
+    /// The app's terminal endpoint, e.g. ws://127.0.0.1:3000/terminal.
+    url: String,
+    /// Arguments for the app.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Options of the client for any session (new or re-attached).
+#[derive(Debug, clap::Args)]
+struct ClientOptions {
+    /// Seconds to wait for the connection and the server's answer.
     #[arg(
         long,
         value_name = "SECS",
@@ -58,11 +70,27 @@ struct Options {
     /// Log the client's own activity on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// The app's terminal endpoint, e.g. ws://127.0.0.1:3000/terminal.
-    url: String,
-    /// Arguments for the app.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+}
+
+impl ClientOptions {
+    /// The connection time-out, checked.
+    fn connect_timeout(&self) -> Result<Duration, ParseOutcome> {
+        match Duration::try_from_secs_f64(self.connect_timeout) {
+            Ok(timeout) if !timeout.is_zero() => Ok(timeout),
+            _ => {
+                eprintln!("terminalwire: --connect-timeout must be a positive number of seconds");
+                Err(ParseOutcome::Exit(exit_code::USAGE))
+            }
+        }
+    }
+}
+
+/// Parses with clap; usage errors, help and version are printed.
+fn parse_with<P: Parser>(args: Vec<OsString>) -> Result<P, ParseOutcome> {
+    P::try_parse_from(args).map_err(|error| {
+        let _ = error.print();
+        ParseOutcome::Exit(u8::try_from(error.exit_code()).unwrap_or(exit_code::USAGE))
+    })
 }
 
 /// Client options that take a value (so the URL split can skip their values).
@@ -121,15 +149,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
         }
         own.push(arg);
     }
-    let options = match Options::try_parse_from(own) {
-        Ok(options) => options,
-        Err(error) => {
-            let _ = error.print();
-            return Err(ParseOutcome::Exit(
-                u8::try_from(error.exit_code()).unwrap_or(exit_code::USAGE),
-            ));
-        }
-    };
+    let options: Options = parse_with(own)?;
     let mut args = Vec::with_capacity(app_args.len());
     for (index, arg) in app_args.into_iter().enumerate() {
         match arg.into_string() {
@@ -143,21 +163,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
             }
         }
     }
-    let connect_timeout = match Duration::try_from_secs_f64(options.connect_timeout) {
-        Ok(timeout) if !timeout.is_zero() => timeout,
-        _ => {
-            eprintln!("terminalwire: --connect-timeout must be a positive number of seconds");
-            return Err(ParseOutcome::Exit(exit_code::USAGE));
-        }
-    };
     Ok(Invocation {
         program_name: format!("terminalwire {}", options.url),
+        connect_timeout: options.client.connect_timeout()?,
         url: options.url,
         args,
-        connect_timeout,
-        ca_cert: options.ca_cert,
-        no_prompt: options.no_prompt,
-        verbose: options.verbose,
+        ca_cert: options.client.ca_cert,
+        no_prompt: options.client.no_prompt,
+        verbose: options.client.verbose,
     })
 }
 
@@ -172,23 +185,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
 struct AttachOptions {
     /// The session id, as listed by `terminalwire sessions`.
     id: String,
-    /// Seconds to wait for the connection and the server's answer.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 10.0,
-        env = "TERMINALWIRE_CONNECT_TIMEOUT"
-    )]
-    connect_timeout: f64,
-    /// Also trust the certificate authorities in this PEM file.
-    #[arg(long, value_name = "FILE", env = "TERMINALWIRE_CA_CERT")]
-    ca_cert: Option<PathBuf>,
-    /// Never ask about requests that are not granted: deny them.
-    #[arg(long)]
-    no_prompt: bool,
-    /// Log the client's own activity on stderr (repeat for more).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    client: ClientOptions,
 }
 
 /// A parsed `terminalwire attach` command line.
@@ -214,28 +212,13 @@ pub fn parse_attach(args: impl IntoIterator<Item = OsString>) -> Result<Attach, 
     if args.len() >= 2 {
         args.remove(1);
     }
-    let options = match AttachOptions::try_parse_from(args) {
-        Ok(options) => options,
-        Err(error) => {
-            let _ = error.print();
-            return Err(ParseOutcome::Exit(
-                u8::try_from(error.exit_code()).unwrap_or(exit_code::USAGE),
-            ));
-        }
-    };
-    let connect_timeout = match Duration::try_from_secs_f64(options.connect_timeout) {
-        Ok(timeout) if !timeout.is_zero() => timeout,
-        _ => {
-            eprintln!("terminalwire: --connect-timeout must be a positive number of seconds");
-            return Err(ParseOutcome::Exit(exit_code::USAGE));
-        }
-    };
+    let options: AttachOptions = parse_with(args)?;
     Ok(Attach {
+        connect_timeout: options.client.connect_timeout()?,
         id: options.id,
-        connect_timeout,
-        ca_cert: options.ca_cert,
-        no_prompt: options.no_prompt,
-        verbose: options.verbose,
+        ca_cert: options.client.ca_cert,
+        no_prompt: options.client.no_prompt,
+        verbose: options.client.verbose,
     })
 }
 

@@ -131,7 +131,7 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
     let command = std::iter::once(invocation.program_name.clone())
         .chain(invocation.args.iter().cloned())
         .collect();
-    let config = session_config(&invocation, resources);
+    let config = session_config(invocation.connect_timeout, resources);
     connect_and_run(
         &target,
         invocation.ca_cert.as_deref(),
@@ -164,13 +164,7 @@ pub async fn attach(invocation: cli::Attach) -> Result<u8, ClientError> {
     let target = connect::Target::parse(&saved.record.url)?;
     let (resources, _) = entitlements(&target, invocation.no_prompt)?;
     let command = saved.record.command.clone();
-    let config = SessionConfig {
-        handshake_timeout: invocation.connect_timeout,
-        resources,
-        stdin_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stdin()),
-        handle_signals: true,
-        ..SessionConfig::default()
-    };
+    let config = session_config(invocation.connect_timeout, resources);
     let start = session::Start::Attach(Box::new(saved.record));
     let record_path = saved.path.clone();
     // Spent as soon as the server takes the client back; a later detach
@@ -210,9 +204,13 @@ pub async fn attach(invocation: cli::Attach) -> Result<u8, ClientError> {
     }
 }
 
-fn session_config(invocation: &cli::Invocation, resources: resources::Resources) -> SessionConfig {
+/// The session settings of the process's own terminal.
+fn session_config(
+    connect_timeout: std::time::Duration,
+    resources: resources::Resources,
+) -> SessionConfig {
     SessionConfig {
-        handshake_timeout: invocation.connect_timeout,
+        handshake_timeout: connect_timeout,
         resources,
         stdin_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stdin()),
         handle_signals: true,

@@ -683,11 +683,7 @@ where
                     }
                 }
                 Event::Failed { index, error } => {
-                    Flow::Done(Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
-                        ClientError::BrokenPipe
-                    } else {
-                        ClientError::Output { stream: pipes[index].name, source: error }
-                    }))
+                    Flow::Done(Err(output_failed(pipes[index].name, index, error)))
                 }
             },
             // Reap finished request tasks so the set stays small.
@@ -1155,14 +1151,7 @@ async fn drain_outputs(
     }
     while let Ok(event) = events.try_recv() {
         if let Event::Failed { index, error } = event {
-            return Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
-                ClientError::BrokenPipe
-            } else {
-                ClientError::Output {
-                    stream: pipes[index].name,
-                    source: error,
-                }
-            });
+            return Err(output_failed(pipes[index].name, index, error));
         }
     }
     Ok(pipes
@@ -1176,6 +1165,19 @@ async fn drain_outputs(
             })
         })
         .collect())
+}
+
+/// The error for a failed output writer: a closed stdout is like a local
+/// program's broken pipe.
+fn output_failed(stream: &'static str, index: usize, error: io::Error) -> ClientError {
+    if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
+        ClientError::BrokenPipe
+    } else {
+        ClientError::Output {
+            stream,
+            source: error,
+        }
+    }
 }
 
 /// Sleeps until `deadline`; forever when there is none.
@@ -1210,14 +1212,7 @@ async fn finish_outputs(
     }
     while let Ok(event) = events.try_recv() {
         if let Event::Failed { index, error } = event {
-            return Err(if index == 0 && error.kind() == io::ErrorKind::BrokenPipe {
-                ClientError::BrokenPipe
-            } else {
-                ClientError::Output {
-                    stream: pipes[index].name,
-                    source: error,
-                }
-            });
+            return Err(output_failed(pipes[index].name, index, error));
         }
     }
     Ok(())

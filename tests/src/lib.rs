@@ -20,6 +20,7 @@ pub mod cutter;
 pub mod pattern;
 pub mod process;
 pub mod tmux;
+pub mod wire;
 
 pub mod relay;
 use std::future::Future;

@@ -9,17 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use terminalwire_client::connect::{self, Target};
-use terminalwire_client::secure::{self, ServerPin};
-use terminalwire_protocol::codec;
-use terminalwire_protocol::frame::{ClientFrame, ErrorCode, Resume, ServerFrame};
+use terminalwire_protocol::frame::{ClientFrame, ErrorCode, ServerFrame};
 use terminalwire_protocol::secure::StaticKey;
 use terminalwire_server::{Config, Context, Terminal};
 use terminalwire_tests::cutter::Cutter;
 use terminalwire_tests::tmux::TmuxPane;
+use terminalwire_tests::wire::{open_resumable, try_resume};
 use terminalwire_tests::{Client, TestServer};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Polls `condition` until it holds; fails the test after `deadline`.
 async fn eventually(what: &str, deadline: Duration, condition: impl Fn() -> bool) {
@@ -169,82 +165,6 @@ async fn a_client_that_does_not_come_back_within_the_grace_period_exits_75() {
     // Whatever arrived before the cut arrived in order.
     let seen = ticks(&run.stdout_text());
     assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());
-}
-
-/// Opens a session with the `resume` capability as device `device`, running
-/// `args`; returns the connection, the session id and the resume token.
-async fn open_resumable(
-    url: &str,
-    device: &StaticKey,
-    args: &[&str],
-) -> (impl Send + Unpin + 'static, String, Vec<u8>) {
-    let target = Target::parse(url).unwrap();
-    let socket = connect::connect(&target, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let (mut socket, _) = secure::handshake(
-        socket,
-        device,
-        &ServerPin::FirstContact,
-        &target.authority,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let mut hello = terminalwire_client::facts::hello(
-        &target,
-        "test".into(),
-        args.iter().map(|arg| (*arg).to_owned()).collect(),
-    )
-    .unwrap();
-    hello.capabilities.push("resume".into());
-    socket
-        .send(Message::Binary(
-            codec::encode(&ClientFrame::Hello(hello)).into(),
-        ))
-        .await
-        .unwrap();
-    loop {
-        let Message::Binary(bytes) = socket.next().await.unwrap().unwrap() else {
-            continue;
-        };
-        if let ServerFrame::Welcome(welcome) = codec::decode::<ServerFrame>(&bytes).unwrap() {
-            let ticket = welcome.resume.expect("the server offers resuming");
-            return (socket, welcome.session_id, ticket.token.into_vec());
-        }
-    }
-}
-
-/// Sends `resume` as `device` on a new connection; returns the answer.
-async fn try_resume(url: &str, device: &StaticKey, session_id: &str, token: &[u8]) -> ServerFrame {
-    let target = Target::parse(url).unwrap();
-    let socket = connect::connect(&target, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let (mut socket, _) = secure::handshake(
-        socket,
-        device,
-        &ServerPin::FirstContact,
-        &target.authority,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let resume = ClientFrame::Resume(Resume {
-        session_id: session_id.to_owned(),
-        token: token.to_vec().into(),
-        received: 0,
-    });
-    socket
-        .send(Message::Binary(codec::encode(&resume).into()))
-        .await
-        .unwrap();
-    loop {
-        let Message::Binary(bytes) = socket.next().await.unwrap().unwrap() else {
-            continue;
-        };
-        return codec::decode::<ServerFrame>(&bytes).unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ use terminalwire_protocol::frame::{
     DirEntry, EntryKind, ErrorCode, Metadata, OpError, Operation, Reply,
 };
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Record};
 use crate::consent::Consent;
 use crate::progress::Progress;
 use crate::safe_fs::{self, FsError, Kind, StreamedWrite};
@@ -67,42 +67,52 @@ struct Audit {
 }
 
 enum AuditMessage {
-    Record {
-        resource: &'static str,
-        action: &'static str,
-        target: String,
-        decision: String,
-        bytes: Option<u64>,
-    },
+    Record(Record),
     /// Answered once every earlier record is written.
     Flush(std::sync::mpsc::SyncSender<()>),
 }
 
 /// Records queued for the audit thread before requests wait for it.
 const AUDIT_QUEUE: usize = 4096;
+/// Most records the audit thread appends with one write.
+const AUDIT_BATCH: usize = 256;
+/// How long the audit thread gathers records before writing them.
+const AUDIT_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long the end of a session waits for the audit log to be written.
 const AUDIT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Audit {
     fn start(log: AuditLog) -> Self {
-        let (queue, records) = std::sync::mpsc::sync_channel(AUDIT_QUEUE);
+        let (queue, messages) = std::sync::mpsc::sync_channel(AUDIT_QUEUE);
         let writer = log.clone();
         let spawned = std::thread::Builder::new()
             .name("terminalwire-audit".into())
             .spawn(move || {
                 // Ends when every `Resources` clone (every sender) is gone.
-                while let Ok(message) = records.recv() {
-                    match message {
-                        AuditMessage::Record {
-                            resource,
-                            action,
-                            target,
-                            decision,
-                            bytes,
-                        } => writer.record(resource, action, &target, &decision, bytes),
-                        AuditMessage::Flush(done) => {
-                            let _ = done.send(());
+                let mut batch = Vec::with_capacity(AUDIT_BATCH);
+                let mut flushes = Vec::new();
+                while let Ok(first) = messages.recv() {
+                    // Records of the next moments go out in the same write:
+                    // a busy session wakes this thread a few hundred times a
+                    // second, not once per request.
+                    let until = std::time::Instant::now() + AUDIT_GATHER;
+                    let mut next = Some(first);
+                    while let Some(message) = next {
+                        match message {
+                            AuditMessage::Record(record) => batch.push(record),
+                            AuditMessage::Flush(done) => flushes.push(done),
                         }
+                        let wait = until.saturating_duration_since(std::time::Instant::now());
+                        next = if batch.len() < AUDIT_BATCH && flushes.is_empty() {
+                            messages.recv_timeout(wait).ok()
+                        } else {
+                            None
+                        };
+                    }
+                    writer.record_all(&batch);
+                    batch.clear();
+                    for done in flushes.drain(..) {
+                        let _ = done.send(());
                     }
                 }
             });
@@ -113,32 +123,13 @@ impl Audit {
         Audit { log, queue }
     }
 
-    fn record(
-        &self,
-        resource: &'static str,
-        action: &'static str,
-        target: String,
-        decision: String,
-        bytes: Option<u64>,
-    ) {
-        let message = AuditMessage::Record {
-            resource,
-            action,
-            target,
-            decision,
-            bytes,
-        };
+    fn record(&self, record: Record) {
         // A full queue holds the request back (bounded memory); a missing
         // writer thread means writing here.
-        if let Err(std::sync::mpsc::SendError(AuditMessage::Record {
-            resource,
-            action,
-            target,
-            decision,
-            bytes,
-        })) = self.queue.send(message)
+        if let Err(std::sync::mpsc::SendError(AuditMessage::Record(record))) =
+            self.queue.send(AuditMessage::Record(record))
         {
-            self.log.record(resource, action, &target, &decision, bytes);
+            self.log.record_all(&[record]);
         }
     }
 
@@ -305,7 +296,14 @@ impl Resources {
                 Ok(_) => ("allowed".to_owned(), sent),
                 Err(error) => (error.code.to_string(), None),
             };
-            audit.record(resource, action, target, decision, bytes);
+            audit.record(Record {
+                time: std::time::SystemTime::now(),
+                resource,
+                action,
+                target,
+                decision,
+                bytes,
+            });
         }
         Some(result)
     }

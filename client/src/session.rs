@@ -5,8 +5,11 @@
 //! in-memory output.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -475,6 +478,8 @@ where
     // Requests being performed, so a detach can answer them.
     let mut running: HashSet<u64> = HashSet::new();
     let mut recent = RecentRequests::new();
+    // Answers of requests done at once, not sent yet.
+    let mut ready: Vec<Response> = Vec::new();
     let mut ack_deadline: Option<Instant> = None;
     let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
     let mut reconnecting: Option<Reconnecting<S>> = None;
@@ -557,18 +562,40 @@ where
                         Seen::New => {
                             if let Ok(permit) = requests.clone().try_acquire_owned() {
                                 running.insert(request.id.0);
-                                let responses = responses_tx.clone();
+                                let quick = answers_at_once(&request.op);
                                 let stdin = stdin.clone();
                                 let prompts = pipes[1].queue.clone();
                                 let resources = config.resources.clone();
                                 let stdin_is_terminal = config.stdin_is_terminal;
                                 let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
-                                in_flight.spawn(async move {
+                                let mut work = Box::pin(async move {
                                     let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, detach_keys).await;
-                                    let _ = responses.send(response).await;
                                     drop(permit);
+                                    response
                                 });
-                                Flow::Continue
+                                // A stat-class request is done in one poll: no
+                                // task, and its answer leaves with the others.
+                                let first = if quick { poll_once(work.as_mut()).await } else { Poll::Pending };
+                                match first {
+                                    Poll::Ready(response) => {
+                                        ready.push(response);
+                                        if ready.len() >= MAX_ANSWER_BATCH {
+                                            let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
+                                            transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+                                        } else {
+                                            Flow::Continue
+                                        }
+                                    }
+                                    // Waits for something (consent, say): a task of its own.
+                                    Poll::Pending => {
+                                        let responses = responses_tx.clone();
+                                        in_flight.spawn(async move {
+                                            let response = work.await;
+                                            let _ = responses.send(response).await;
+                                        });
+                                        Flow::Continue
+                                    }
+                                }
                             } else {
                                 let message = format!("more than {} requests in flight", config.max_requests_in_flight);
                                 Flow::Done(Err(violation_on(&mut link, message).await))
@@ -688,10 +715,15 @@ where
             },
             // Reap finished request tasks so the set stays small.
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => Flow::Continue,
+            // Answers given at once leave together, once no message waits.
+            () = Settle::default(), if !ready.is_empty() => {
+                let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
+                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+            }
             Some(response) = responses.recv() => {
                 // Answers that are ready together leave in one flush.
                 let mut batch = vec![response];
-                while batch.len() < 64 {
+                while batch.len() < MAX_ANSWER_BATCH {
                     match responses.try_recv() {
                         Ok(more) => batch.push(more),
                         Err(_) => break,
@@ -745,7 +777,7 @@ where
             // Answers that are ready go out; requests still waiting (for input,
             // say) are given up and answered so, since this process will not
             // answer them later.
-            let mut batch = Vec::new();
+            let mut batch = std::mem::take(&mut ready);
             while let Ok(response) = responses.try_recv() {
                 batch.push(response);
             }
@@ -1216,6 +1248,47 @@ async fn finish_outputs(
         }
     }
     Ok(())
+}
+
+/// Most answers sent in one flush.
+const MAX_ANSWER_BATCH: usize = 64;
+
+/// Operations that finish in one poll unless the user must be asked: a few
+/// system calls each, done inline by [`Resources::perform`].
+fn answers_at_once(op: &Operation) -> bool {
+    matches!(
+        op,
+        Operation::FileExists { .. }
+            | Operation::DirExists { .. }
+            | Operation::Metadata { .. }
+            | Operation::EnvGet { .. }
+    )
+}
+
+/// Polls `future` once, with this task's waker.
+async fn poll_once<F: Future + Unpin>(future: F) -> Poll<F::Output> {
+    let mut future = future;
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
+}
+
+/// Pending on its first poll (waking its task at once), ready on the
+/// second: in a `select!`, its branch runs only once every other branch
+/// was found pending, such as when no message is left to read.
+#[derive(Default)]
+struct Settle(bool);
+
+impl Future for Settle {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
 }
 
 /// Performs one request and builds its response; never fails the session.

@@ -6,15 +6,25 @@ use terminalwire_server::{Context, ResourceError, Terminal};
 use terminalwire_tests::TestServer;
 use terminalwire_tests::tmux::TmuxPane;
 
-/// `read PATH...`: reads each path in turn and says what happened.
+/// `read PATH...`: reads each path in turn and says what happened;
+/// `exists PATH...` asks whether each exists instead.
 fn reader_app() -> Terminal {
     Terminal::new(|ctx: Context| async move {
         let out = ctx.stdout();
-        for path in ctx.args().iter().skip(1) {
-            let line = match ctx.file().read_to_string(path).await {
-                Ok(text) => format!("read: {}", text.trim()),
-                Err(ResourceError::Denied { .. }) => "denied".to_owned(),
-                Err(error) => format!("error: {error}"),
+        let exists = ctx.args().get(1).is_some_and(|first| first == "exists");
+        for path in ctx.args().iter().skip(if exists { 2 } else { 1 }) {
+            let line = if exists {
+                match ctx.file().exists(path).await {
+                    Ok(found) => format!("exists: {found}"),
+                    Err(ResourceError::Denied { .. }) => "denied".to_owned(),
+                    Err(error) => format!("error: {error}"),
+                }
+            } else {
+                match ctx.file().read_to_string(path).await {
+                    Ok(text) => format!("read: {}", text.trim()),
+                    Err(ResourceError::Denied { .. }) => "denied".to_owned(),
+                    Err(error) => format!("error: {error}"),
+                }
             };
             out.print(format!("{line}\r\n")).await.unwrap();
         }
@@ -126,6 +136,27 @@ async fn no_prompt_denies_without_asking_even_on_a_terminal() {
     let screen = pane.wait_for("done").await;
     assert!(screen.lines().any(|line| line == "denied"), "{screen}");
     assert!(!screen.contains("your choice"), "{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "{}", exit.screen);
+}
+
+/// A stat-class request is answered inline by the client, unless it must
+/// ask the user: then it waits for the answer without holding the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_request_that_needs_consent_waits_for_it() {
+    let server = TestServer::with_terminal(reader_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start(&[&server.url(), "read", "exists", &file, &file], 120, 30);
+    let screen = pane.wait_for("your choice:").await;
+    assert!(screen.contains(&file), "names the exact target:\n{screen}");
+    pane.type_text("o").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("done").await;
+    let results: Vec<&str> = screen
+        .lines()
+        .filter(|line| line.starts_with("exists:") || *line == "denied")
+        .collect();
+    assert_eq!(results, ["exists: true", "denied"], "{screen}");
     let exit = pane.wait_exit().await;
     assert_eq!(exit.status, 0, "{}", exit.screen);
 }

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use terminalwire_policy::decide::{Allowed, Denial as PolicyDenial};
 use terminalwire_policy::grant::Action;
@@ -59,11 +59,13 @@ pub struct Resources {
 /// The audit log, written by its own thread: a request is answered without
 /// waiting for its line (a thread hop and a file append per request were
 /// most of a small request's cost). [`Resources::end_session`] waits until
-/// every line is written.
+/// every line is written. The thread starts with the first record: a
+/// command that asks for no resource does not pay for it.
 #[derive(Clone)]
 struct Audit {
     log: AuditLog,
-    queue: std::sync::mpsc::SyncSender<AuditMessage>,
+    /// The writer thread's queue; `None` inside when it could not start.
+    queue: Arc<OnceLock<Option<std::sync::mpsc::SyncSender<AuditMessage>>>>,
 }
 
 enum AuditMessage {
@@ -82,9 +84,21 @@ const AUDIT_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 const AUDIT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Audit {
-    fn start(log: AuditLog) -> Self {
+    fn new(log: AuditLog) -> Self {
+        Audit {
+            log,
+            queue: Arc::default(),
+        }
+    }
+
+    fn queue(&self) -> Option<&std::sync::mpsc::SyncSender<AuditMessage>> {
+        self.queue
+            .get_or_init(|| Self::start(self.log.clone()))
+            .as_ref()
+    }
+
+    fn start(writer: AuditLog) -> Option<std::sync::mpsc::SyncSender<AuditMessage>> {
         let (queue, messages) = std::sync::mpsc::sync_channel(AUDIT_QUEUE);
-        let writer = log.clone();
         let spawned = std::thread::Builder::new()
             .name("terminalwire-audit".into())
             .spawn(move || {
@@ -116,26 +130,37 @@ impl Audit {
                     }
                 }
             });
-        if let Err(error) = spawned {
-            // Without the thread, records fail to queue and are written inline.
-            tracing::warn!(%error, "cannot start the audit log writer");
+        match spawned {
+            Ok(_) => Some(queue),
+            Err(error) => {
+                // Without the thread, records are written inline.
+                tracing::warn!(%error, "cannot start the audit log writer");
+                None
+            }
         }
-        Audit { log, queue }
     }
 
     fn record(&self, record: Record) {
         // A full queue holds the request back (bounded memory); a missing
         // writer thread means writing here.
-        if let Err(std::sync::mpsc::SendError(AuditMessage::Record(record))) =
-            self.queue.send(AuditMessage::Record(record))
-        {
-            self.log.record_all(&[record]);
-        }
+        let record = match self.queue() {
+            Some(queue) => match queue.send(AuditMessage::Record(record)) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(AuditMessage::Record(record))) => record,
+                Err(_) => return,
+            },
+            None => record,
+        };
+        self.log.record_all(&[record]);
     }
 
     fn flush(&self) {
+        // Never started: nothing to write.
+        let Some(Some(queue)) = self.queue.get() else {
+            return;
+        };
         let (done, finished) = std::sync::mpsc::sync_channel(1);
-        if self.queue.send(AuditMessage::Flush(done)).is_ok() {
+        if queue.send(AuditMessage::Flush(done)).is_ok() {
             let _ = finished.recv_timeout(AUDIT_FLUSH_TIMEOUT);
         }
     }
@@ -195,7 +220,7 @@ impl Resources {
 
     /// Appends every request and its outcome to `log`.
     pub fn with_audit(mut self, log: AuditLog) -> Self {
-        self.audit = Some(Audit::start(log));
+        self.audit = Some(Audit::new(log));
         self
     }
 

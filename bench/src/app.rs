@@ -29,7 +29,7 @@ use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use futures_util::StreamExt;
-use terminalwire_server::resources::{MAX_WRITE, READ_CHUNK};
+use terminalwire_server::resources::WRITE_CHUNK;
 use terminalwire_server::{Config, Context, Terminal, tls};
 
 use crate::procfs;
@@ -217,18 +217,15 @@ async fn file_read(ctx: &Context, name: &str, pid_file: &str) -> anyhow::Result<
         .storage_path(name)
         .context("the client reported no storage folder")?;
     let _ = procfs::reset_peak_rss(0);
-    let files = ctx.file();
     let started = Instant::now();
-    let mut offset = 0u64;
-    loop {
-        let (chunk, eof) = files.read_range(&path, offset, READ_CHUNK).await?;
-        offset += chunk.len() as u64;
-        if eof || chunk.is_empty() {
-            break;
-        }
+    // The SDK's streaming reader: a few chunks in flight, in order.
+    let mut reader = ctx.file().reader(&path);
+    let mut read = 0u64;
+    while let Some(chunk) = reader.next_chunk().await? {
+        read += chunk.len() as u64;
     }
     let secs = started.elapsed().as_secs_f64();
-    report(ctx, offset, secs, pid_file).await
+    report(ctx, read, secs, pid_file).await
 }
 
 async fn file_write(ctx: &Context, name: &str, total: u64, pid_file: &str) -> anyhow::Result<()> {
@@ -236,15 +233,17 @@ async fn file_write(ctx: &Context, name: &str, total: u64, pid_file: &str) -> an
         .storage_path(name)
         .context("the client reported no storage folder")?;
     let _ = procfs::reset_peak_rss(0);
-    let files = ctx.file();
-    let block = pattern(MAX_WRITE);
+    let block = pattern(WRITE_CHUNK);
     let started = Instant::now();
+    // The SDK's streaming atomic write: chunks in flight, then one commit.
+    let mut writer = ctx.file().writer(&path).await?;
     let mut left = total;
     while left > 0 {
         let n = block.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        files.append(&path, &block[..n]).await?;
+        writer.write(&block[..n]).await?;
         left -= n as u64;
     }
+    writer.commit().await?;
     let secs = started.elapsed().as_secs_f64();
     report(ctx, total, secs, pid_file).await
 }

@@ -13,6 +13,10 @@
 //! # Layout
 //!
 //! - `orchestrate`: starts the servers, runs every figure, collects samples.
+//!
+//! Figure 6 also runs a second build of this binary and of the client, made
+//! with the bench-only, insecure `terminalwire-protocol/insecure-plaintext-bench`
+//! feature (no end-to-end encryption), to measure what the encryption costs.
 //! - `app`: the bench app (a terminalwire server with measuring commands).
 //! - `raw`: the raw tokio-tungstenite server and client.
 //! - `ssh`: an unprivileged OpenSSH server on a high loopback port.
@@ -56,6 +60,12 @@ struct Cli {
     /// Do not install openssh-server when sshd is missing.
     #[arg(long)]
     no_ssh_install: bool,
+    /// Folder of the `terminalwire` and `terminalwire-bench` binaries built
+    /// with the bench-only, insecure `terminalwire-protocol/insecure-plaintext-bench`
+    /// feature, for figure 6's "E2E off" rows (default: `plaintext/release`
+    /// in this executable's target folder, where bench/run.sh builds them).
+    #[arg(long)]
+    plaintext_dir: Option<PathBuf>,
     /// Run only these figures (1-6; repeatable).
     #[arg(long = "figure", value_parser = clap::value_parser!(u8).range(1..=6))]
     figures: Vec<u8>,
@@ -136,8 +146,16 @@ fn main() -> std::process::ExitCode {
             nagle,
             tls_dir,
             read_buffer,
-        }) => multi_thread()
-            .and_then(|rt| rt.block_on(app::serve(listen, !nagle, tls_dir, read_buffer))),
+        }) => {
+            if !terminalwire_protocol::secure::ENCRYPTED {
+                eprintln!(
+                    "terminalwire-bench serve: built with insecure-plaintext-bench: \
+                     NO end-to-end encryption"
+                );
+            }
+            multi_thread()
+                .and_then(|rt| rt.block_on(app::serve(listen, !nagle, tls_dir, read_buffer)))
+        }
         Some(Role::RawServe {
             listen,
             read_buffer,
@@ -171,6 +189,7 @@ fn main() -> std::process::ExitCode {
             quick: cli.quick,
             output: cli.output,
             client: cli.client,
+            plaintext_dir: cli.plaintext_dir,
             install_ssh: !cli.no_ssh_install,
             figures: cli.figures,
             tuning: orchestrate::Tuning {

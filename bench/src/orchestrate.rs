@@ -23,6 +23,8 @@ pub(crate) struct Options {
     pub(crate) output: Option<PathBuf>,
     /// The terminalwire client binary.
     pub(crate) client: Option<PathBuf>,
+    /// The folder of the bench-only plaintext build (figure 6, E2E off).
+    pub(crate) plaintext_dir: Option<PathBuf>,
     /// Install openssh-server when missing.
     pub(crate) install_ssh: bool,
     /// Only these figures (all when empty).
@@ -210,11 +212,13 @@ fn field(stdout: &[u8], key: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("bad {key}= in {text:?}"))
 }
 
-/// A terminalwire endpoint of the bench app: its URL and the client
-/// options it needs.
+/// A terminalwire endpoint of the bench app: its URL, the client binary
+/// that talks to it and the client options it needs.
 #[derive(Debug)]
 struct Endpoint {
     server: Server,
+    /// The terminalwire client binary run against it.
+    client: PathBuf,
     /// Client options before the URL (`--ca-cert` for TLS).
     options: Vec<String>,
 }
@@ -242,8 +246,6 @@ struct Bench {
     tuning: Tuning,
     /// This executable (the servers and the raw client).
     exe: PathBuf,
-    /// The terminalwire client.
-    client: PathBuf,
     tmp: tempfile::TempDir,
     /// `TERMINALWIRE_HOME` of the client runs.
     home: PathBuf,
@@ -251,6 +253,9 @@ struct Bench {
     app: Endpoint,
     /// The bench app over `wss://`, or why not.
     tls: Result<Endpoint, String>,
+    /// The plaintext build of the bench app over `ws://`, with the plaintext
+    /// build of the client (end-to-end encryption off), or why not.
+    plaintext: Result<Endpoint, String>,
     raw: Server,
     ssh: Result<Sshd, String>,
 }
@@ -258,7 +263,12 @@ struct Bench {
 impl Bench {
     /// `terminalwire [OPTIONS] URL ARGS...` with the bench's terminalwire home.
     fn terminalwire(&self, endpoint: &Endpoint, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.client);
+        self.terminalwire_with(&endpoint.client, endpoint, args)
+    }
+
+    /// [`terminalwire`](Bench::terminalwire) with this client binary.
+    fn terminalwire_with(&self, client: &Path, endpoint: &Endpoint, args: &[&str]) -> Command {
+        let mut command = Command::new(client);
         command
             .args(&endpoint.options)
             .arg(&endpoint.server.url)
@@ -842,92 +852,198 @@ impl Bench {
         Ok(figure)
     }
 
-    /// Figures 1–4 over `wss://` next to `ws://` (both with the end-to-end
-    /// encryption, which cannot be turned off).
+    /// Checks, before figure 6 measures anything, that the plaintext build
+    /// is what it claims: its client warns and reaches its app, and each
+    /// build refuses the other in the handshake, naming the feature. The
+    /// first run also pins the plaintext app's identity (first contact).
+    fn check_plaintext(&self, plaintext: &Endpoint) -> anyhow::Result<()> {
+        let run = |client: &Path, endpoint: &Endpoint| -> anyhow::Result<std::process::Output> {
+            self.terminalwire_with(client, endpoint, &["hello", "x"])
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("starting {}", client.display()))
+        };
+        let stderr = |output: &std::process::Output| {
+            String::from_utf8_lossy(&output.stderr).trim().to_owned()
+        };
+        let off = run(&plaintext.client, plaintext)?;
+        if !off.status.success() || off.stdout != b"Hello, x!\n" {
+            bail!(
+                "the plaintext client against the plaintext app failed ({}): {}",
+                off.status,
+                stderr(&off)
+            );
+        }
+        let warnings = stderr(&off)
+            .lines()
+            .filter(|line| *line == PLAINTEXT_WARNING)
+            .count();
+        if warnings != 1 {
+            bail!(
+                "the plaintext client did not warn (once) that it does not encrypt: {:?}",
+                stderr(&off)
+            );
+        }
+        let on = run(&self.app.client, &self.app)?;
+        if !on.status.success() || stderr(&on).contains("insecure-plaintext-bench") {
+            bail!(
+                "the client of figures 1–5 is not the encrypting build ({}): {}",
+                on.status,
+                stderr(&on)
+            );
+        }
+        for (client, endpoint, what) in [
+            (
+                &self.app.client,
+                plaintext,
+                "the client against the plaintext app",
+            ),
+            (
+                &plaintext.client,
+                &self.app,
+                "the plaintext client against the app",
+            ),
+        ] {
+            let mixed = run(client, endpoint)?;
+            if mixed.status.success() || !stderr(&mixed).contains("insecure-plaintext-bench") {
+                bail!(
+                    "{what} was not refused by name ({}): {}",
+                    mixed.status,
+                    stderr(&mixed)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Figures 1–4 with the end-to-end encryption on (`ws://`), off (the
+    /// plaintext build, `ws://`) and under TLS (`wss://`).
     fn tls(&self) -> anyhow::Result<Figure> {
         let mut figure = Figure::new("6. Encryption on and off, and over TLS");
         let runs = self.sizes.runs.min(3);
         figure.setup = vec![
-            "End-to-end encryption (Noise XX, X25519, ChaChaPoly, BLAKE2s) is always on in this \
-             build: every terminalwire number in figures 1–5 includes it, and there is no switch \
-             to turn it off, so \"off\" is not measured."
-                .into(),
-            "Over TLS: the same bench app served over `wss://` (rustls, a self-signed certificate \
-             for 127.0.0.1 passed to the client with `--ca-cert`) in its own process, next to the \
-             `ws://` app; both carry the end-to-end encryption."
+            "E2E on: the release binaries of figures 1–5, with the end-to-end encryption (Noise XX, \
+             X25519, ChaChaPoly, BLAKE2s) that every terminalwire number there includes, over \
+             `ws://`. It is the baseline of each measurement."
                 .into(),
             format!(
-                "Runs interleaved: {} for the cold command, {runs} for each other row; sizes as in \
-                 figures 1–4.",
+                "E2E off: a second pair of release binaries, the `terminalwire` client and the bench \
+                 app (`terminalwire-bench serve`), built by `bench/run.sh` with the bench-only, \
+                 insecure feature `{PLAINTEXT_FEATURE}` in their own target folder, over `ws://`. \
+                 The Noise handshake is unchanged (server identity, pin, device key); after it, \
+                 frames take the same code path and framing, but each piece is copied in the clear \
+                 instead of sealed with ChaCha20-Poly1305 (its 16-byte tag slot carries a marker \
+                 and the piece counter, so the bytes on the wire are as many). The ratio to E2E on \
+                 is what the encryption costs. Checked before measuring: the plaintext client \
+                 warns that it does not encrypt and reaches the plaintext app, the other client \
+                 does not warn, and each build refuses the other in the handshake."
+            ),
+            "Over TLS: the bench app of figures 1–5 served over `wss://` (rustls, a self-signed \
+             certificate for 127.0.0.1 passed to the client with `--ca-cert`) in its own process: \
+             TLS under the end-to-end encryption."
+                .into(),
+            format!(
+                "Each is its own server process. Runs interleaved: {} for the cold command, {runs} \
+                 for each other row; sizes as in figures 1–4.",
                 self.sizes.cold_runs
             ),
         ];
-        let tls = match &self.tls {
-            Ok(tls) => tls,
-            Err(reason) => {
-                figure.missing.push(format!("TLS not measured: {reason}"));
-                return Ok(figure);
+        // The variants measured, the first one the baseline.
+        let mut variants: Vec<(&str, &Endpoint)> = vec![("ws:// (E2E on)", &self.app)];
+        match &self.plaintext {
+            Ok(plaintext) => {
+                self.check_plaintext(plaintext)?;
+                variants.push(("ws:// (E2E off)", plaintext));
             }
-        };
+            Err(reason) => figure
+                .missing
+                .push(format!("end-to-end encryption off not measured: {reason}")),
+        }
+        match &self.tls {
+            Ok(tls) => variants.push(("wss:// (TLS + E2E)", tls)),
+            Err(reason) => figure.missing.push(format!("TLS not measured: {reason}")),
+        }
+        if variants.len() < 2 {
+            return Ok(figure);
+        }
         let source = self.source_file()?;
-        let plain_storage = self.prepare_storage(&self.app, &source)?;
-        let tls_storage = self.prepare_storage(tls, &source)?;
+        let storages = variants
+            .iter()
+            .map(|(_, endpoint)| self.prepare_storage(endpoint, &source))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let big = self.sizes.file_bytes;
         let k = self.sizes.in_flight;
-        // Warm-up: first contact pins the TLS server's identity.
-        self.cold_once(tls)?;
-        let mut s: [Samples; 12] = Default::default();
+        // Warm-up: first contact pins each server's identity.
+        for (_, endpoint) in &variants {
+            self.cold_once(endpoint)?;
+        }
+        // Cold command first (its own run count), then the others interleaved.
+        type Once<'a> = Box<dyn Fn(&Endpoint, &Path) -> anyhow::Result<f64> + 'a>;
+        let metrics: [(&str, Unit, Once<'_>); 6] = [
+            (
+                "cold command",
+                Unit::Millis,
+                Box::new(|endpoint, _| self.cold_once(endpoint)),
+            ),
+            (
+                "stdout streaming",
+                Unit::MegabytesPerSec,
+                Box::new(|endpoint, _| self.stream_once(endpoint)),
+            ),
+            (
+                "file exists, sequential",
+                Unit::PerSec,
+                Box::new(|endpoint, _| self.requests_once(endpoint, 1)),
+            ),
+            (
+                "file exists, pipelined",
+                Unit::PerSec,
+                Box::new(|endpoint, _| self.requests_once(endpoint, k)),
+            ),
+            (
+                "file read",
+                Unit::MegabytesPerSec,
+                Box::new(|endpoint, storage| {
+                    Ok(self
+                        .transfer(endpoint, storage, false, "read.bin", big)?
+                        .rate)
+                }),
+            ),
+            (
+                "file write",
+                Unit::MegabytesPerSec,
+                Box::new(|endpoint, storage| {
+                    Ok(self
+                        .transfer(endpoint, storage, true, "write.bin", big)?
+                        .rate)
+                }),
+            ),
+        ];
+        // samples[metric][variant]
+        let mut samples: Vec<Vec<Samples>> = metrics
+            .iter()
+            .map(|_| variants.iter().map(|_| Samples::new()).collect())
+            .collect();
+        let cold = &metrics[0].2;
         for _ in 0..self.sizes.cold_runs {
-            s[0].push(self.cold_once(&self.app)?);
-            s[1].push(self.cold_once(tls)?);
+            for (v, ((_, endpoint), storage)) in variants.iter().zip(&storages).enumerate() {
+                samples[0][v].push(cold(endpoint, storage)?);
+            }
         }
         for _ in 0..runs {
-            s[2].push(self.stream_once(&self.app)?);
-            s[3].push(self.stream_once(tls)?);
-            s[4].push(self.requests_once(&self.app, 1)?);
-            s[5].push(self.requests_once(tls, 1)?);
-            s[6].push(self.requests_once(&self.app, k)?);
-            s[7].push(self.requests_once(tls, k)?);
-            s[8].push(
-                self.transfer(&self.app, &plain_storage, false, "read.bin", big)?
-                    .rate,
-            );
-            s[9].push(
-                self.transfer(tls, &tls_storage, false, "read.bin", big)?
-                    .rate,
-            );
-            s[10].push(
-                self.transfer(&self.app, &plain_storage, true, "write.bin", big)?
-                    .rate,
-            );
-            s[11].push(
-                self.transfer(tls, &tls_storage, true, "write.bin", big)?
-                    .rate,
-            );
+            for (m, (_, _, once)) in metrics.iter().enumerate().skip(1) {
+                for (v, ((_, endpoint), storage)) in variants.iter().zip(&storages).enumerate() {
+                    samples[m][v].push(once(endpoint, storage)?);
+                }
+            }
         }
-        let rows: [(&str, Unit); 6] = [
-            ("cold command", Unit::Millis),
-            ("stdout streaming", Unit::MegabytesPerSec),
-            ("file exists, sequential", Unit::PerSec),
-            ("file exists, pipelined", Unit::PerSec),
-            ("file read", Unit::MegabytesPerSec),
-            ("file write", Unit::MegabytesPerSec),
-        ];
-        let mut samples = s.into_iter();
-        for (label, unit) in rows {
-            let plain = samples.next().unwrap_or_default();
-            let over_tls = samples.next().unwrap_or_default();
-            let base = figure.row(format!("{label}, ws:// (E2E on)"), unit, plain, None);
-            figure.row(
-                format!("{label}, wss:// (TLS + E2E)"),
-                unit,
-                over_tls,
-                Some(base),
-            );
+        for ((metric, unit, _), per_variant) in metrics.into_iter().zip(samples) {
+            let mut base = None;
+            for ((label, _), variant_samples) in variants.iter().zip(per_variant) {
+                let row = figure.row(format!("{metric}, {label}"), unit, variant_samples, base);
+                base = base.or(Some(row));
+            }
         }
-        figure
-            .missing
-            .push("not measured: end-to-end encryption off (no switch exists)".into());
         Ok(figure)
     }
 }
@@ -938,18 +1054,62 @@ fn rate(bytes: u64, elapsed: Duration) -> f64 {
 }
 
 /// Starts the bench app over TLS with its certificate in `dir`.
-fn start_tls(exe: &Path, tuning: &Tuning, dir: &Path) -> anyhow::Result<Endpoint> {
+fn start_tls(exe: &Path, client: &Path, tuning: &Tuning, dir: &Path) -> anyhow::Result<Endpoint> {
     let mut args = tuning.app_args();
     args.extend(["--tls-dir".into(), dir.display().to_string()]);
     let server = Server::start(exe, &args)?;
     Ok(Endpoint {
         server,
+        client: client.to_owned(),
         options: vec![
             "--ca-cert".into(),
             dir.join(terminalwire_server::tls::DEV_CERT_FILE)
                 .display()
                 .to_string(),
         ],
+    })
+}
+
+/// The feature of the bench-only plaintext build.
+const PLAINTEXT_FEATURE: &str = "terminalwire-protocol/insecure-plaintext-bench";
+
+/// What the plaintext build of the client prints to stderr when it connects.
+const PLAINTEXT_WARNING: &str =
+    "terminalwire: built with insecure-plaintext-bench: NO end-to-end encryption";
+
+/// The folder of the plaintext build: `--plaintext-dir`, else
+/// `plaintext/release` in this executable's target folder (where
+/// bench/run.sh builds it).
+fn plaintext_dir(options: &Options, exe: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &options.plaintext_dir {
+        return Ok(dir.clone());
+    }
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("this executable is not in a target folder")?;
+    Ok(target.join("plaintext").join("release"))
+}
+
+/// Starts the plaintext build of the bench app (`ws://`) and pairs it with
+/// the plaintext build of the client, both found in `dir`.
+fn start_plaintext(dir: &Path, tuning: &Tuning) -> anyhow::Result<Endpoint> {
+    let exe = dir.join("terminalwire-bench");
+    let client = dir.join("terminalwire");
+    for binary in [&exe, &client] {
+        if !procfs::is_executable(binary) {
+            bail!(
+                "no plaintext build at {}: `bash bench/run.sh` builds it (by hand: \
+                 `CARGO_TARGET_DIR=TARGET/plaintext cargo build --release -p terminalwire-client \
+                 -p terminalwire-bench --features {PLAINTEXT_FEATURE}`), or pass --plaintext-dir DIR",
+                binary.display()
+            );
+        }
+    }
+    Ok(Endpoint {
+        server: Server::start(&exe, &tuning.app_args())?,
+        client,
+        options: Vec::new(),
     })
 }
 
@@ -1022,8 +1182,15 @@ fn locate_client(options: &Options, exe: &Path) -> anyhow::Result<PathBuf> {
 /// Runs the selected figures and writes the report.
 pub(crate) fn run(options: Options) -> anyhow::Result<()> {
     let started = Instant::now();
+    if !terminalwire_protocol::secure::ENCRYPTED {
+        bail!(
+            "this terminalwire-bench was built with {PLAINTEXT_FEATURE} (no end-to-end \
+             encryption): it only serves figure 6's \"E2E off\" rows; run `bash bench/run.sh`"
+        );
+    }
     let exe = std::env::current_exe()?;
     let client = locate_client(&options, &exe)?;
+    let plaintext_dir = plaintext_dir(&options, &exe)?;
     let mut sizes = if options.quick {
         Sizes::quick()
     } else {
@@ -1055,6 +1222,12 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         ));
         facts.push(("terminalwire client".into(), client.display().to_string()));
+        if wanted(6) {
+            facts.push((
+                "plaintext build (figure 6, E2E off)".into(),
+                plaintext_dir.display().to_string(),
+            ));
+        }
         facts
     };
 
@@ -1066,15 +1239,26 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
     eprintln!("terminalwire-bench: starting the servers");
     let app = Endpoint {
         server: Server::start(&exe, &options.tuning.app_args())?,
+        client: client.clone(),
         options: Vec::new(),
     };
     let raw = Server::start(&exe, &options.tuning.raw_args())?;
     let tls = if wanted(6) {
-        start_tls(&exe, &options.tuning, &tmp.path().join("tls"))
+        start_tls(&exe, &client, &options.tuning, &tmp.path().join("tls"))
             .map_err(|error| format!("{error:#}"))
     } else {
         Err("not selected".into())
     };
+    let plaintext = if wanted(6) {
+        start_plaintext(&plaintext_dir, &options.tuning).map_err(|error| format!("{error:#}"))
+    } else {
+        Err("not selected".into())
+    };
+    if wanted(6)
+        && let Err(reason) = &plaintext
+    {
+        eprintln!("terminalwire-bench: end-to-end encryption off not measured: {reason}");
+    }
     let ssh = if wanted(1) || wanted(2) || wanted(4) {
         Sshd::start(&tmp.path().join("ssh"), options.install_ssh)
     } else {
@@ -1088,11 +1272,11 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
         quick: options.quick,
         tuning: options.tuning.clone(),
         exe,
-        client,
         tmp,
         home,
         app,
         tls,
+        plaintext,
         raw,
         ssh,
     };
@@ -1120,7 +1304,10 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
          baselines are interleaved. The ratio is terminalwire's median over the baseline's median."
             .into(),
         "Encryption: every terminalwire number includes the end-to-end encryption (Noise, \
-         ChaChaPoly; always on), over plain `ws://` unless figure 6 says `wss://`; the raw \
+         ChaChaPoly; always on in the client and the SDK), over plain `ws://`, except figure 6's \
+         rows marked `E2E off` (a separate build of client and bench app with the bench-only, \
+         insecure `insecure-plaintext-bench` feature: same handshake and framing, frames not \
+         encrypted, to measure what the encryption costs) and `wss://` (TLS under it); the raw \
          WebSocket baseline is not encrypted (the transport's limit); ssh and scp always encrypt \
          (chacha20-poly1305, OpenSSH's default)."
             .into(),

@@ -142,6 +142,16 @@ where
             )));
         }
     };
+    if !secure::ENCRYPTED {
+        // A bench-only build (`terminalwire-protocol/insecure-plaintext-bench`):
+        // say so once per process, whatever the command prints.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            eprintln!(
+                "terminalwire: built with insecure-plaintext-bench: NO end-to-end encryption"
+            );
+        });
+    }
     let (sealer, opener) = channel.split();
     Ok((
         SecureSocket {

@@ -24,6 +24,15 @@
 //! - [`secure`]: the Noise XX handshake and sealed frames inside the WebSocket
 //!   (pinned server key, device key, AEAD on every frame).
 //!
+//! # Cargo features
+//!
+//! - `insecure-plaintext-bench` (off by default; **benchmarks only, insecure**):
+//!   frames after the handshake are sent unencrypted and unauthenticated, with
+//!   the same framing, so that the benchmark can measure what the encryption
+//!   costs ([`secure::ENCRYPTED`] is then `false`). No crate of the workspace
+//!   enables it; a build with it and a build without it refuse each other in
+//!   the handshake. See the [`secure`] module.
+//!
 //! # Example
 //!
 //! ```

@@ -19,11 +19,31 @@
 //! two frames glued together without the receiver noticing.
 //!
 //! Sans-I/O: callers move the bytes.
+//!
+//! # The `insecure-plaintext-bench` feature: benchmarks only, insecure
+//!
+//! Built with the cargo feature `insecure-plaintext-bench` (off by default,
+//! enabled by no crate of the workspace; `bench/run.sh` builds a separate
+//! pair of binaries with it for figure 6), [`ENCRYPTED`] is `false` and the
+//! channel **does not encrypt or authenticate anything**: it exists only to
+//! measure what the AEAD costs. The handshake runs unchanged (both static
+//! keys are proven, the client pins the server's key, the server learns the
+//! device key), except that its second and third messages carry
+//! [`PLAINTEXT_MARKER`] as their payload. After it, [`Sealer::seal`] and
+//! [`Opener::open`] keep the same framing (length prefix, flag byte, piece,
+//! a 16-byte slot where the tag goes) and the same code path, but copy the
+//! piece in the clear and fill the tag slot with `PLAINTXT` and the piece's
+//! counter (little-endian `u64`), so that order and replays are still
+//! checked (not tampering). A build with the feature and a build without it
+//! refuse each other during the handshake, each with an error naming the
+//! feature.
 
 use std::fmt;
 
 use base64::Engine as _;
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+#[cfg(not(feature = "insecure-plaintext-bench"))]
+use ring::aead::Aad;
+use ring::aead::{CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
 use snow::{Builder, HandshakeState};
 
@@ -46,6 +66,24 @@ pub const MAX_SEALED_LEN: usize =
     MAX_FRAME_LEN + (MAX_FRAME_LEN / MAX_PIECE + 1) * (2 + 1 + TAG_LEN);
 /// Longest handshake message accepted.
 pub const MAX_HANDSHAKE_LEN: usize = 1024;
+
+/// Whether frames are encrypted and authenticated: `true` unless this crate
+/// was built with the bench-only `insecure-plaintext-bench` feature (see the
+/// [module documentation](self)).
+pub const ENCRYPTED: bool = !cfg!(feature = "insecure-plaintext-bench");
+
+/// The payload of the second and third handshake messages of a build with
+/// the `insecure-plaintext-bench` feature (empty without it). Both kinds of
+/// build recognise it, so that they refuse each other with a clear error.
+pub const PLAINTEXT_MARKER: &[u8] = b"terminalwire insecure-plaintext-bench";
+
+/// This build's payload of the second and third handshake messages.
+const HANDSHAKE_PAYLOAD: &[u8] = if ENCRYPTED { b"" } else { PLAINTEXT_MARKER };
+
+/// First bytes of the tag slot of a piece sent in the clear (the piece's
+/// counter follows).
+#[cfg(feature = "insecure-plaintext-bench")]
+const PLAINTEXT_TAG: &[u8; 8] = b"PLAINTXT";
 
 /// Why the secure channel failed.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +215,27 @@ fn handshake_error(error: snow::Error) -> SecureError {
     SecureError::Handshake(error.to_string())
 }
 
+/// Checks that the peer (`"server"` or `"client"`) was built like this side:
+/// both encrypt, or both have the `insecure-plaintext-bench` feature.
+/// `payload` is that of its second or third handshake message.
+fn check_peer_build(payload: &[u8], peer: &str) -> Result<(), SecureError> {
+    let plaintext_peer = payload == PLAINTEXT_MARKER;
+    if ENCRYPTED && plaintext_peer {
+        return Err(SecureError::Handshake(format!(
+            "the {peer} was built with the insecure-plaintext-bench feature (benchmarks only): \
+             it sends frames unencrypted; refused"
+        )));
+    }
+    if !ENCRYPTED && !plaintext_peer {
+        return Err(SecureError::Handshake(format!(
+            "this program was built with the insecure-plaintext-bench feature (benchmarks only, \
+             no end-to-end encryption); the {peer} encrypts end to end and can only be reached \
+             by a normal build"
+        )));
+    }
+    Ok(())
+}
+
 /// The client's side of the handshake.
 pub struct Initiator {
     state: HandshakeState,
@@ -211,9 +270,11 @@ impl Initiator {
             return Err(SecureError::Handshake("handshake message too long".into()));
         }
         let mut payload = vec![0u8; MAX_HANDSHAKE_LEN];
-        self.state
+        let len = self
+            .state
             .read_message(message, &mut payload)
             .map_err(handshake_error)?;
+        check_peer_build(&payload[..len], "server")?;
         let key = self
             .state
             .get_remote_static()
@@ -228,7 +289,7 @@ impl Initiator {
         let mut message = vec![0u8; MAX_HANDSHAKE_LEN];
         let len = self
             .state
-            .write_message(&[], &mut message)
+            .write_message(HANDSHAKE_PAYLOAD, &mut message)
             .map_err(handshake_error)?;
         message.truncate(len);
         Ok((message, Channel::open(self.state)?))
@@ -264,7 +325,7 @@ impl Responder {
             .map_err(handshake_error)?;
         let mut message = vec![0u8; MAX_HANDSHAKE_LEN];
         let len = state
-            .write_message(&[], &mut message)
+            .write_message(HANDSHAKE_PAYLOAD, &mut message)
             .map_err(handshake_error)?;
         message.truncate(len);
         Ok((Responder { state }, message))
@@ -277,9 +338,11 @@ impl Responder {
             return Err(SecureError::Handshake("handshake message too long".into()));
         }
         let mut payload = vec![0u8; MAX_HANDSHAKE_LEN];
-        self.state
+        let len = self
+            .state
             .read_message(last, &mut payload)
             .map_err(handshake_error)?;
+        check_peer_build(&payload[..len], "client")?;
         let device = self
             .state
             .get_remote_static()
@@ -335,8 +398,15 @@ impl Channel {
     }
 }
 
-/// One direction's ChaCha20-Poly1305 key.
-struct Transport(LessSafeKey);
+/// One direction's ChaCha20-Poly1305 key (made from the split key in both
+/// builds; not used by the `insecure-plaintext-bench` one).
+struct Transport(
+    #[cfg_attr(
+        feature = "insecure-plaintext-bench",
+        allow(dead_code, reason = "the plaintext bench build seals nothing")
+    )]
+    LessSafeKey,
+);
 
 impl Transport {
     fn new(key: &[u8; 32]) -> Result<Transport, SecureError> {
@@ -344,6 +414,61 @@ impl Transport {
             .map(|key| Transport(LessSafeKey::new(key)))
             .map_err(|_| SecureError::Handshake("unusable transport key".into()))
     }
+
+    /// Encrypts `in_out` in place with counter `n`; returns the tag.
+    #[cfg(not(feature = "insecure-plaintext-bench"))]
+    #[inline]
+    fn seal(&self, n: u64, in_out: &mut [u8]) -> Result<impl AsRef<[u8]> + use<>, SecureError> {
+        self.0
+            .seal_in_place_separate_tag(noise_nonce(n)?, Aad::empty(), in_out)
+            .map_err(|_| SecureError::Tampered)
+    }
+
+    /// Decrypts `in_out` (ciphertext, then tag) in place with counter `n`;
+    /// returns the plaintext part.
+    #[cfg(not(feature = "insecure-plaintext-bench"))]
+    #[inline]
+    fn open<'a>(&self, n: u64, in_out: &'a mut [u8]) -> Result<&'a mut [u8], SecureError> {
+        self.0
+            .open_in_place(noise_nonce(n)?, Aad::empty(), in_out)
+            .map_err(|_| SecureError::Tampered)
+    }
+
+    /// INSECURE, benchmarks only: leaves `in_out` in the clear; the "tag" is
+    /// [`PLAINTEXT_TAG`] and the counter.
+    #[cfg(feature = "insecure-plaintext-bench")]
+    #[inline]
+    fn seal(&self, n: u64, _in_out: &mut [u8]) -> Result<impl AsRef<[u8]> + use<>, SecureError> {
+        noise_nonce(n)?;
+        Ok(plaintext_tag(n))
+    }
+
+    /// INSECURE, benchmarks only: checks the tag slot holds
+    /// [`PLAINTEXT_TAG`] and counter `n` (so a sealed frame, a replay or a
+    /// piece out of order is refused); returns the part in the clear before it.
+    #[cfg(feature = "insecure-plaintext-bench")]
+    #[inline]
+    fn open<'a>(&self, n: u64, in_out: &'a mut [u8]) -> Result<&'a mut [u8], SecureError> {
+        noise_nonce(n)?;
+        let at = in_out
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(SecureError::Tampered)?;
+        let (plain, tag) = in_out.split_at_mut(at);
+        if *tag != plaintext_tag(n) {
+            return Err(SecureError::Tampered);
+        }
+        Ok(plain)
+    }
+}
+
+/// The tag slot of piece `n` sent in the clear.
+#[cfg(feature = "insecure-plaintext-bench")]
+fn plaintext_tag(n: u64) -> [u8; TAG_LEN] {
+    let mut tag = [0u8; TAG_LEN];
+    tag[..8].copy_from_slice(PLAINTEXT_TAG);
+    tag[8..].copy_from_slice(&n.to_le_bytes());
+    tag
 }
 
 impl fmt::Debug for Transport {
@@ -391,15 +516,7 @@ impl Sealer {
             let start = out.len();
             out.push(if index == last_index { LAST } else { MORE });
             out.extend_from_slice(chunk);
-            let tag = self
-                .key
-                .0
-                .seal_in_place_separate_tag(
-                    noise_nonce(self.nonce)?,
-                    Aad::empty(),
-                    &mut out[start..],
-                )
-                .map_err(|_| SecureError::Tampered)?;
+            let tag = self.key.seal(self.nonce, &mut out[start..])?;
             out.extend_from_slice(tag.as_ref());
             self.nonce += 1;
         }
@@ -472,11 +589,7 @@ impl Opener {
             let kept = buffer[at];
             buffer.truncate(at);
             buffer.extend_from_slice(piece);
-            let opened = self
-                .key
-                .0
-                .open_in_place(noise_nonce(nonce)?, Aad::empty(), &mut buffer[at..])
-                .map_err(|_| SecureError::Tampered)?;
+            let opened = self.key.open(nonce, &mut buffer[at..])?;
             let flag = opened.first().copied().ok_or(SecureError::Tampered)?;
             nonce += 1;
             ended = match flag {
@@ -612,7 +725,12 @@ mod tests {
             let frame: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             let sealed = client_seal.seal(&frame).unwrap();
             if size >= 16 {
-                assert_ne!(&sealed[2..18], &frame[..16], "plaintext visible");
+                // The first piece's part starts after the prefix and flag byte.
+                if ENCRYPTED {
+                    assert_ne!(&sealed[3..19], &frame[..16], "plaintext visible");
+                } else {
+                    assert_eq!(&sealed[3..19], &frame[..16], "the bench build copies");
+                }
             }
             assert_eq!(server_open.open(&sealed).unwrap(), frame);
             let sealed = server_seal.seal(&frame).unwrap();
@@ -620,6 +738,9 @@ mod tests {
         }
     }
 
+    // The plaintext bench build authenticates nothing: a flipped byte of a
+    // piece goes through (see `plaintext` below for what it still checks).
+    #[cfg(not(feature = "insecure-plaintext-bench"))]
     #[test]
     fn tampering_replay_and_truncation_are_detected() {
         let ((mut client_seal, _), (_, mut server_open), _, _) = pair();
@@ -682,6 +803,7 @@ mod tests {
         assert!(initiator.read_response(&[1, 2, 3]).is_err());
     }
 
+    #[cfg(not(feature = "insecure-plaintext-bench"))]
     #[test]
     fn the_transport_is_noise_chachapoly_as_snow_does_it() {
         // Same handshake, then one side's channel against snow's own transport.
@@ -720,5 +842,168 @@ mod tests {
         let mut message = u16::try_from(n).unwrap().to_be_bytes().to_vec();
         message.extend_from_slice(&piece[..n]);
         assert_eq!(open.open(&message).unwrap(), b"hello");
+    }
+
+    /// The handshake payload of the other kind of build.
+    fn other_build_payload() -> &'static [u8] {
+        if ENCRYPTED { PLAINTEXT_MARKER } else { b"" }
+    }
+
+    #[test]
+    fn a_peer_built_the_other_way_is_refused_by_name_in_the_handshake() {
+        let device = StaticKey::generate().unwrap();
+        let server = StaticKey::generate().unwrap();
+
+        // A server of the other build answers the client's first message.
+        let (mut initiator, first) = Initiator::start(&device).unwrap();
+        let mut other_server = Builder::new(params())
+            .local_private_key(&server.private)
+            .and_then(|builder| builder.prologue(SUBPROTOCOL.as_bytes()))
+            .and_then(Builder::build_responder)
+            .unwrap();
+        let mut scratch = vec![0u8; MAX_HANDSHAKE_LEN];
+        other_server.read_message(&first, &mut scratch).unwrap();
+        let mut second = vec![0u8; MAX_HANDSHAKE_LEN];
+        let len = other_server
+            .write_message(other_build_payload(), &mut second)
+            .unwrap();
+        second.truncate(len);
+        let error = initiator.read_response(&second).unwrap_err().to_string();
+        assert!(error.contains("insecure-plaintext-bench"), "{error}");
+        assert!(error.contains("server"), "{error}");
+
+        // A client of the other build finishes the handshake with a server of this one.
+        let (mut initiator, first) = Initiator::start(&device).unwrap();
+        let (responder, second) = Responder::respond(&server, &first).unwrap();
+        initiator.state.read_message(&second, &mut scratch).unwrap();
+        let mut third = vec![0u8; MAX_HANDSHAKE_LEN];
+        let len = initiator
+            .state
+            .write_message(other_build_payload(), &mut third)
+            .unwrap();
+        third.truncate(len);
+        let error = responder.finish(&third).unwrap_err().to_string();
+        assert!(error.contains("insecure-plaintext-bench"), "{error}");
+        assert!(error.contains("client"), "{error}");
+
+        // Same builds agree; other payloads are ignored, as before.
+        check_peer_build(HANDSHAKE_PAYLOAD, "server").unwrap();
+        if ENCRYPTED {
+            check_peer_build(b"something newer", "server").unwrap();
+        } else {
+            assert!(check_peer_build(b"something newer", "server").is_err());
+        }
+    }
+
+    /// The bench-only build: same framing, bytes in the clear.
+    #[cfg(feature = "insecure-plaintext-bench")]
+    mod plaintext {
+        use super::*;
+
+        #[test]
+        fn the_build_says_it_does_not_encrypt() {
+            const { assert!(!ENCRYPTED) };
+            assert_eq!(HANDSHAKE_PAYLOAD, PLAINTEXT_MARKER);
+        }
+
+        #[test]
+        fn frames_are_framed_as_sealed_ones_but_in_the_clear() {
+            let ((mut client_seal, mut client_open), (mut server_seal, mut server_open), _, _) =
+                pair();
+            let mut counter = 0u64;
+            for size in [0usize, 1, 100, MAX_PIECE, MAX_PIECE + 1, MAX_FRAME_LEN] {
+                let frame: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                let sealed = client_seal.seal(&frame).unwrap();
+                // Exactly the layout of a sealed frame: per piece, a 2-byte
+                // length, the flag byte, the part and 16 bytes in the tag's place.
+                let mut expected = Vec::new();
+                let chunks: Vec<&[u8]> = if frame.is_empty() {
+                    vec![&[]]
+                } else {
+                    frame.chunks(MAX_PIECE).collect()
+                };
+                let last = chunks.len() - 1;
+                for (index, chunk) in chunks.into_iter().enumerate() {
+                    let len = u16::try_from(1 + chunk.len() + TAG_LEN).unwrap();
+                    expected.extend_from_slice(&len.to_be_bytes());
+                    expected.push(if index == last { LAST } else { MORE });
+                    expected.extend_from_slice(chunk);
+                    expected.extend_from_slice(b"PLAINTXT");
+                    expected.extend_from_slice(&counter.to_le_bytes());
+                    counter += 1;
+                }
+                assert_eq!(sealed, expected, "frame of {size} bytes");
+                assert_eq!(server_open.open(&sealed).unwrap(), frame);
+                let sealed = server_seal.seal(&frame).unwrap();
+                let opened = client_open.open_unmoved(&sealed).unwrap();
+                assert_eq!(&opened.buffer[opened.start..], &frame[..]);
+            }
+        }
+
+        #[test]
+        fn replays_reordering_truncation_and_glued_frames_are_still_refused() {
+            let ((mut seal, _), (_, mut open), _, _) = pair();
+            let one = seal.seal(b"one").unwrap();
+            let two = seal.seal(b"two").unwrap();
+            assert!(matches!(open.open(&two), Err(SecureError::Tampered)));
+            for cut in 0..one.len() {
+                assert!(open.open(&one[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut glued = one.clone();
+            glued.extend_from_slice(&two);
+            assert!(open.open(&glued).is_err(), "two frames glued together");
+            assert_eq!(open.open(&one).unwrap(), b"one");
+            assert!(open.open(&one).is_err(), "a replay was accepted");
+            assert_eq!(open.open(&two).unwrap(), b"two");
+            // A damaged tag slot is refused; a damaged part is not noticed.
+            let three = seal.seal(b"three").unwrap();
+            let mut bad_tag = three.clone();
+            let at = bad_tag.len() - 1;
+            bad_tag[at] ^= 1;
+            assert!(open.open(&bad_tag).is_err());
+            let mut bad_part = three.clone();
+            bad_part[3] ^= 1;
+            assert_eq!(open.open(&bad_part).unwrap(), b"uhree");
+        }
+
+        #[test]
+        fn a_frame_really_sealed_with_chachapoly_is_refused() {
+            let ((mut seal, _), (_, mut open), _, _) = pair();
+            // What a normal build would send with the same key and counter.
+            let mut piece = vec![LAST];
+            piece.extend_from_slice(b"hello");
+            let tag = seal
+                .key
+                .0
+                .seal_in_place_separate_tag(
+                    noise_nonce(0).unwrap(),
+                    ring::aead::Aad::empty(),
+                    &mut piece,
+                )
+                .unwrap();
+            piece.extend_from_slice(tag.as_ref());
+            let mut message = u16::try_from(piece.len()).unwrap().to_be_bytes().to_vec();
+            message.extend_from_slice(&piece);
+            assert!(matches!(open.open(&message), Err(SecureError::Tampered)));
+            // The channel is not moved on by the refusal.
+            assert_eq!(open.open(&seal.seal(b"hi").unwrap()).unwrap(), b"hi");
+        }
+
+        #[test]
+        fn garbage_is_refused_without_panicking() {
+            let ((_, _), (_, mut open), _, _) = pair();
+            let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+            for len in 0..200usize {
+                let garbage: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                assert!(open.open(&garbage).is_err(), "{garbage:02x?}");
+            }
+        }
     }
 }

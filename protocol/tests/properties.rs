@@ -23,9 +23,9 @@ use terminalwire_protocol::frame::{
     Software, StreamFacts, StreamKind, TerminalFacts, TerminalMode, TerminalSize, Welcome,
     WindowAdjust,
 };
-use terminalwire_protocol::secure::{
-    Initiator, MAX_PIECE, Opener, Responder, Sealer, SecureError, StaticKey,
-};
+#[cfg(not(feature = "insecure-plaintext-bench"))]
+use terminalwire_protocol::secure::SecureError;
+use terminalwire_protocol::secure::{Initiator, MAX_PIECE, Opener, Responder, Sealer, StaticKey};
 use terminalwire_protocol::{
     ClientFrame, DecodeError, ErrorCode, MAX_FRAME_LEN, RequestId, ServerFrame, StreamId,
     VersionRange, codec,
@@ -532,6 +532,8 @@ proptest! {
         }
     }
 
+    // The bench-only `insecure-plaintext-bench` build authenticates nothing.
+    #[cfg(not(feature = "insecure-plaintext-bench"))]
     #[test]
     fn any_flipped_bit_is_detected(
         frames in vec(plaintext(), 1..5),

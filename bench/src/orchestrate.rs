@@ -654,14 +654,14 @@ impl Bench {
         figure.setup = vec![
             format!(
                 "terminalwire read: the app reads a {} file in the app's storage folder on the client \
-                 (no grant needed) with sequential `ctx.file().read_range` requests of 512 KiB and \
-                 discards it.",
+                 (no grant needed) with the SDK's streaming reader (`ctx.file().reader`: chunks \
+                 of 512 KiB, 4 requests in flight, delivered in order) and discards it.",
                 size(big)
             ),
             format!(
-                "terminalwire write: the app writes {} to a new client file with sequential \
-                 `ctx.file().append` requests of 768 KiB: one atomic `write` is limited to 768 KiB \
-                 (one request) today; a streaming atomic write is coming.",
+                "terminalwire write: the app writes {} to a new client file with the SDK's \
+                 streaming atomic writer (`ctx.file().writer`: chunks of 512 KiB, 4 in flight, into \
+                 a temporary file that the commit syncs to disk and renames over the target).",
                 size(big)
             ),
             "scp: the same file copied over the bench's sshd: upload (the server reads the client's \

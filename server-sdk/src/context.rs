@@ -444,28 +444,26 @@ impl Context {
     /// handles interrupts itself ([`handle_interrupts`](Context::handle_interrupts)).
     pub async fn interrupted(&self) {
         self.handle_interrupts();
-        let mut interrupts = self.shared.interrupts.subscribe();
-        interrupts.mark_unchanged();
+        let seen = self.shared.signals().interrupts;
         tokio::select! {
-            _ = interrupts.changed() => {}
+            () = self.shared.signal_change(|now| now.interrupts != seen) => {}
             () = self.shared.closed.cancelled() => std::future::pending().await,
         }
     }
 
     /// The client terminal's size as (columns, rows), as last reported.
     pub fn terminal_size(&self) -> Option<(u16, u16)> {
-        *self.shared.size.borrow()
+        self.shared.signals().size
     }
 
     /// Waits until the client's terminal changes size; returns the new size.
     pub async fn resized(&self) -> Option<(u16, u16)> {
-        let mut size = self.shared.size.subscribe();
-        size.mark_unchanged();
+        let seen = self.shared.signals().resizes;
         tokio::select! {
-            _ = size.changed() => {}
+            () = self.shared.signal_change(|now| now.resizes != seen) => {}
             () = self.shared.closed.cancelled() => std::future::pending::<()>().await,
         }
-        *size.borrow()
+        self.shared.signals().size
     }
 
     /// Switches the client's terminal to raw mode (every key goes to the

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -18,7 +18,7 @@ use terminalwire_protocol::frame::{
 };
 use terminalwire_protocol::resume::{self, Receipts, ReplayBuffer, Token};
 use terminalwire_protocol::{SUPPORTED_VERSIONS, codec, negotiate};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::context::{ClientInfo, Context, ResourceError, SessionInfo};
 use crate::outcome::{Command, Outcome};
 use crate::terminal::Config;
-use crate::transport::{FrameReader, FrameWriter, Inbound, Transport, TransportError};
+use crate::transport::{FrameReader, FrameWriter, Inbound, TransportError};
 use terminalwire_protocol::secure::Responder;
 
 /// Exit status of a command cancelled by Ctrl-C (128 + SIGINT), like a
@@ -77,12 +77,25 @@ pub(crate) struct Shared {
     slots_held: Mutex<HashMap<u64, tokio::sync::OwnedSemaphorePermit>>,
     /// The command handles Ctrl-C itself (else an interrupt cancels it).
     pub(crate) interrupts_handled: AtomicBool,
-    /// Counts the interrupts delivered to the command.
-    pub(crate) interrupts: watch::Sender<u64>,
-    /// The client terminal's size (columns, rows), as last reported.
-    pub(crate) size: watch::Sender<Option<(u16, u16)>>,
+    /// Interrupts delivered to the command and the terminal's size. One
+    /// lock and one wake-up instead of a watch channel each: a watch
+    /// channel allocates nine `Notify`s, a cost every idle session paid.
+    signals: Mutex<Signals>,
+    /// Wakes the command's waiters when `signals` changes.
+    signal_changed: Notify,
     /// Why the command may not be detached now, if it may not.
     pub(crate) detach_refusal: Mutex<Option<String>>,
+}
+
+/// What the client signalled to the command.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Signals {
+    /// Interrupts delivered to the command.
+    pub(crate) interrupts: u64,
+    /// The client terminal's size (columns, rows), as last reported.
+    pub(crate) size: Option<(u16, u16)>,
+    /// Size reports received.
+    pub(crate) resizes: u64,
 }
 
 fn disconnected() -> io::Error {
@@ -90,6 +103,31 @@ fn disconnected() -> io::Error {
 }
 
 impl Shared {
+    /// The signals as they are now.
+    pub(crate) fn signals(&self) -> Signals {
+        *self.signals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn signal(&self, change: impl FnOnce(&mut Signals)) {
+        change(&mut self.signals.lock().unwrap_or_else(PoisonError::into_inner));
+        self.signal_changed.notify_waiters();
+    }
+
+    /// Resolves once `changed` holds of the signals (checked now and after
+    /// every change).
+    pub(crate) async fn signal_change(&self, changed: impl Fn(&Signals) -> bool) {
+        loop {
+            let notified = self.signal_changed.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so no change can slip between.
+            notified.as_mut().enable();
+            if changed(&self.signals()) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     async fn send(&self, frame: ServerFrame) -> Result<(), ResourceError> {
         tokio::select! {
             sent = self.outbound.send(Box::new(frame)) => sent.map_err(|_| ResourceError::Disconnected),
@@ -223,64 +261,105 @@ impl Drop for PendingGuard<'_> {
 
 /// Runs one connection to its end: a new session, or a new connection for
 /// a session that is waiting to be resumed. Never panics on peer input.
-pub(crate) async fn run(
-    transport: impl Transport,
+///
+/// The future lives as long as the session, idle or not, so it is kept
+/// small: it holds the two halves of the transport rather than the
+/// transport, and the handshake runs in a boxed future of its own (over a
+/// kilobyte that the session would otherwise carry to its end).
+pub(crate) fn run(
+    writer: FrameWriter,
+    reader: FrameReader,
     command: Arc<dyn Command>,
     config: Arc<Config>,
     shutdown: CancellationToken,
     session_id: String,
     registry: Arc<Registry>,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!("connection", id = %session_id);
     async move {
-        let (writer, reader) = transport.split();
-        let (mut writer, mut reader, device) = match secure_accept(writer, reader, &config).await {
-            Ok(secured) => secured,
-            Err(reason) => {
-                tracing::info!(%reason, "secure handshake failed");
-                return;
-            }
+        let opened = Box::pin(open(writer, reader, &config, session_id, &registry)).await;
+        // Unboxed at once, so that the box is freed now and not when the
+        // session ends.
+        let Some(Opened {
+            writer,
+            reader,
+            hello,
+            session,
+        }) = opened.map(|opened| *opened)
+        else {
+            return;
         };
-        let first = match first_frame(&mut writer, &mut reader, &config).await {
-            Ok(first) => first,
-            Err(reason) => {
-                tracing::info!(%reason, "handshake failed");
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
-                return;
-            }
-        };
-        let hello = match first {
-            First::Hello(hello) => *hello,
-            First::Resume(resume) => {
-                reattach(writer, reader, resume, &device, &registry).await;
-                return;
-            }
-        };
-        let session = Started {
-            id: session_id,
-            device,
-            ticket: None,
-        };
-        let (hello, session) = match handshake(&mut writer, hello, &config, session).await {
-            Ok(opened) => opened,
-            Err(reason) => {
-                tracing::info!(%reason, "handshake failed");
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
-                return;
-            }
-        };
-        tracing::info!(
-            session = %session.id, client = %hello.client.name, version = %hello.client.version,
-            os = %hello.os, authority = %hello.authority, resumable = session.ticket.is_some(),
-            "session started"
-        );
         serve(
             writer, reader, hello, session, command, config, shutdown, registry,
         )
         .await;
     }
     .instrument(span)
-    .await;
+}
+
+/// A new session's connection after its handshake.
+struct Opened {
+    writer: FrameWriter,
+    reader: FrameReader,
+    hello: Hello,
+    session: Started,
+}
+
+/// The handshakes of a connection: the secure one, then `hello` (a new
+/// session, returned) or `resume` (handed to its session here).
+async fn open(
+    writer: FrameWriter,
+    reader: FrameReader,
+    config: &Config,
+    session_id: String,
+    registry: &Registry,
+) -> Option<Box<Opened>> {
+    let (mut writer, mut reader, device) = match secure_accept(writer, reader, config).await {
+        Ok(secured) => secured,
+        Err(reason) => {
+            tracing::info!(%reason, "secure handshake failed");
+            return None;
+        }
+    };
+    let first = match first_frame(&mut writer, &mut reader, config).await {
+        Ok(first) => first,
+        Err(reason) => {
+            tracing::info!(%reason, "handshake failed");
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
+            return None;
+        }
+    };
+    let hello = match first {
+        First::Hello(hello) => *hello,
+        First::Resume(resume) => {
+            reattach(writer, reader, resume, &device, registry).await;
+            return None;
+        }
+    };
+    let session = Started {
+        id: session_id,
+        device,
+        ticket: None,
+    };
+    let (hello, session) = match handshake(&mut writer, hello, config, session).await {
+        Ok(opened) => opened,
+        Err(reason) => {
+            tracing::info!(%reason, "handshake failed");
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
+            return None;
+        }
+    };
+    tracing::info!(
+        session = %session.id, client = %hello.client.name, version = %hello.client.version,
+        os = %hello.os, authority = %hello.authority, resumable = session.ticket.is_some(),
+        "session started"
+    );
+    Some(Box::new(Opened {
+        writer,
+        reader,
+        hello,
+        session,
+    }))
 }
 
 /// A session that passed its handshake.
@@ -309,7 +388,178 @@ pub(crate) struct Reattach {
 }
 
 /// Where a session takes the connections that resume it.
-type Door = mpsc::Sender<Box<Reattach>>;
+type Door = Arc<Post>;
+
+/// What a session's loop, its writer task and the resume registry hand each
+/// other: orders for the writer, and mail for the loop (the writer's
+/// reports, connections that resume the session).
+///
+/// Two queues under one lock with a wake-up each, instead of a tokio
+/// channel per direction: each of those allocates cache-padded state and a
+/// block of 32 slots up front, over a kilobyte that every idle session paid
+/// three times. The queues grow only when used.
+#[derive(Default)]
+pub(crate) struct Post {
+    queues: Mutex<Queues>,
+    /// Wakes the writer: an order arrived, or orders were closed.
+    to_writer: Notify,
+    /// Wakes the session loop: mail arrived.
+    to_loop: Notify,
+}
+
+#[derive(Default)]
+struct Queues {
+    orders: VecDeque<Control>,
+    /// No more orders: the writer takes those queued, then stops (the
+    /// loop ended), or it has stopped (orders are dropped).
+    orders_closed: bool,
+    mail: VecDeque<Mail>,
+    /// The loop takes no more mail.
+    mail_closed: bool,
+}
+
+/// Mail for the session loop.
+enum Mail {
+    /// A report from the writer task.
+    Writer(WriterEvent),
+    /// A connection that resumes the session.
+    Reattach(Box<Reattach>),
+}
+
+impl Post {
+    fn queues(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an order for the writer; dropped if the writer has stopped.
+    fn order(&self, order: Control) {
+        let refused = {
+            let mut queues = self.queues();
+            if queues.orders_closed {
+                Some(order)
+            } else {
+                queues.orders.push_back(order);
+                None
+            }
+        };
+        // Dropped outside the lock (it may hold a connection).
+        drop(refused);
+        self.to_writer.notify_one();
+    }
+
+    /// The writer's next order; `None` once orders are closed and none is
+    /// left. Cancel safe: an order is only taken by the call that returns it.
+    async fn next_order(&self) -> Option<Control> {
+        loop {
+            {
+                let mut queues = self.queues();
+                if let Some(order) = queues.orders.pop_front() {
+                    return Some(order);
+                }
+                if queues.orders_closed {
+                    return None;
+                }
+            }
+            // A wake-up given before this wait is kept (one permit), so
+            // none is lost between the look above and the wait.
+            self.to_writer.notified().await;
+        }
+    }
+
+    /// The loop is done: the writer carries out what is queued, then stops.
+    fn end_orders(&self) {
+        self.queues().orders_closed = true;
+        self.to_writer.notify_one();
+    }
+
+    /// The writer has stopped: queued and later orders are dropped.
+    fn stop_orders(&self) {
+        let dropped = {
+            let mut queues = self.queues();
+            queues.orders_closed = true;
+            std::mem::take(&mut queues.orders)
+        };
+        drop(dropped);
+    }
+
+    /// Sends mail to the loop; gives it back once the loop takes no more.
+    fn mail(&self, mail: Mail) -> Result<(), Mail> {
+        {
+            let mut queues = self.queues();
+            if queues.mail_closed {
+                return Err(mail);
+            }
+            queues.mail.push_back(mail);
+        }
+        self.to_loop.notify_one();
+        Ok(())
+    }
+
+    /// A report from the writer for the loop (dropped once the loop ended).
+    fn report(&self, event: WriterEvent) {
+        let _ = self.mail(Mail::Writer(event));
+    }
+
+    /// The loop's next mail; never, once mail is closed. Cancel safe.
+    async fn next_mail(&self) -> Mail {
+        loop {
+            let closed = {
+                let mut queues = self.queues();
+                if let Some(mail) = queues.mail.pop_front() {
+                    return mail;
+                }
+                queues.mail_closed
+            };
+            if closed {
+                return std::future::pending().await;
+            }
+            self.to_loop.notified().await;
+        }
+    }
+
+    /// The loop takes no more mail; returns what was not taken.
+    fn close_mail(&self) -> VecDeque<Mail> {
+        let mut queues = self.queues();
+        queues.mail_closed = true;
+        std::mem::take(&mut queues.mail)
+    }
+}
+
+/// Closes a session's post when its loop ends, however it ends: the
+/// writer finishes the queued orders and stops, and mail is refused.
+struct PostClosed(Arc<Post>);
+
+impl std::ops::Deref for PostClosed {
+    type Target = Post;
+
+    fn deref(&self) -> &Post {
+        &self.0
+    }
+}
+
+impl Drop for PostClosed {
+    fn drop(&mut self) {
+        self.0.end_orders();
+        drop(self.0.close_mail());
+    }
+}
+
+/// Stops a session's orders when its writer task ends or is aborted.
+struct OrdersStopped(Arc<Post>);
+
+impl std::ops::Deref for OrdersStopped {
+    type Target = Post;
+
+    fn deref(&self) -> &Post {
+        &self.0
+    }
+}
+
+impl Drop for OrdersStopped {
+    fn drop(&mut self) {
+        self.0.stop_orders();
+    }
+}
 
 /// Sessions that can be resumed, by id: every running session whose client
 /// has the `resume` capability, connected or not.
@@ -431,13 +681,13 @@ async fn reattach(
     match registry.claim(&resume, device) {
         Ok((attach, token)) => {
             tracing::info!(session = %resume.session_id, received = resume.received, "resume");
-            let reattach = Reattach {
+            let reattach = Box::new(Reattach {
                 writer,
                 reader,
                 received: resume.received,
                 token,
-            };
-            if let Err(mpsc::error::SendError(mut back)) = attach.send(Box::new(reattach)).await {
+            });
+            if let Err(Mail::Reattach(mut back)) = attach.mail(Mail::Reattach(reattach)) {
                 let message = format!("session {} has just ended", resume.session_id);
                 reject(&mut back.writer, ErrorCode::Expired, message).await;
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, back.writer.close()).await;
@@ -751,20 +1001,24 @@ struct Connection {
     detaching: bool,
 }
 
-/// Ends the session's registration however `serve` ends.
-struct Registered<'a> {
-    registry: &'a Registry,
-    id: &'a str,
+/// Ends the session's registration however its loop ends.
+struct Registered {
+    registry: Arc<Registry>,
+    id: String,
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
-        self.registry.remove(self.id);
+        self.registry.remove(&self.id);
     }
 }
 
+/// Starts a session that passed its handshake: its shared state, its writer
+/// task and its command's task. Returns the session's loop, which runs until
+/// the session ends. Built before it runs, so that the loop's future (alive
+/// as long as the session) holds only what the loop needs.
 #[allow(clippy::too_many_arguments)]
-async fn serve(
+fn serve(
     writer: FrameWriter,
     reader: FrameReader,
     hello: Hello,
@@ -773,7 +1027,7 @@ async fn serve(
     config: Arc<Config>,
     shutdown: CancellationToken,
     registry: Arc<Registry>,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let Started {
         id: session_id,
         device,
@@ -800,15 +1054,16 @@ async fn serve(
         )),
         slots_held: Mutex::new(HashMap::new()),
         interrupts_handled: AtomicBool::new(false),
-        interrupts: watch::Sender::new(0),
-        size: watch::Sender::new(
-            hello
+        signals: Mutex::new(Signals {
+            size: hello
                 .terminal
                 .stdout
                 .size
                 .or(hello.terminal.stdin.size)
                 .map(|size| (size.cols, size.rows)),
-        ),
+            ..Signals::default()
+        }),
+        signal_changed: Notify::new(),
         detach_refusal: Mutex::new(None),
     });
     let info = SessionInfo {
@@ -832,247 +1087,292 @@ async fn serve(
         shared: shared.clone(),
         info: Arc::new(info),
     };
-    let (control, control_rx) = mpsc::unbounded_channel();
-    let (events_tx, mut writer_events) = mpsc::unbounded_channel();
+    let post = Arc::new(Post::default());
     let writer_task = tokio::spawn(
         write_frames(
             outbound_rx,
-            control_rx,
-            events_tx,
+            post.clone(),
             resumable,
             config.replay_limit as u64,
         )
         .in_current_span(),
     );
-    let _ = control.send(Control::Attach(Box::new(Attachment {
+    post.order(Control::Attach(Box::new(Attachment {
         writer,
         generation: 0,
         first: None,
         replay_from: None,
     })));
     // Only a resumable session has a door for new connections.
-    let mut attach_rx = ticket.map(|token| {
-        let (attach_tx, attach_rx) = mpsc::channel::<Box<Reattach>>(1);
-        registry.insert(&session_id, &device, token, attach_tx);
-        attach_rx
-    });
-    let _registered = Registered {
-        registry: &registry,
-        id: &session_id,
+    if let Some(token) = ticket {
+        registry.insert(&session_id, &device, token, post.clone());
+    }
+    let registered = Registered {
+        registry,
+        id: session_id,
     };
     let mut command_task = tokio::spawn(run_command(command, ctx).in_current_span());
-    let mut command_done = false;
-    let mut interrupted = false;
     let mut connection = Connection {
         reader: Some(reader),
         generation: 0,
         parked_until: None,
         detaching: false,
     };
-    let mut receipts = Receipts::new();
-    // A token was sent that the client has not shown it received.
-    let mut token_unconfirmed = false;
-    let mut ack_deadline: Option<Instant> = None;
-    let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
-    let mut idle_deadline = Instant::now() + config.idle_timeout;
-    let mut shutdown_deadline: Option<Instant> = None;
+    let post = PostClosed(post);
+    // The session loop: frames from the client, resuming connections, the
+    // writer's reports, the command's end, shutdown and timers.
+    async move {
+        let registry = &*registered.registry;
+        let session_id = &*registered.id;
+        let mut command_done = false;
+        let mut interrupted = false;
+        let mut receipts = Receipts::new();
+        // A token was sent that the client has not shown it received.
+        let mut token_unconfirmed = false;
+        let mut ack_deadline: Option<Instant> = None;
+        let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
+        let mut idle_deadline = Instant::now() + config.idle_timeout;
+        let mut shutdown_deadline: Option<Instant> = None;
 
-    // A lost connection ends a session that cannot be resumed; a resumable
-    // one waits for its client.
-    let lose = |connection: &mut Connection, reason: String| -> Option<End> {
-        if !resumable {
-            return Some(End::Gone(reason));
-        }
-        let keep = if connection.detaching {
-            config.detach_keep
-        } else {
-            config.resume_grace
+        // A lost connection ends a session that cannot be resumed; a resumable
+        // one waits for its client.
+        let lose = |connection: &mut Connection, reason: String| -> Option<End> {
+            if !resumable {
+                return Some(End::Gone(reason));
+            }
+            let keep = if connection.detaching {
+                config.detach_keep
+            } else {
+                config.resume_grace
+            };
+            tracing::info!(%reason, ?keep, detached = connection.detaching, "client disconnected; keeping the session");
+            connection.reader = None;
+            connection.generation += 1;
+            connection.parked_until = Some(Instant::now() + keep);
+            post.order(Control::Release);
+            None
         };
-        tracing::info!(%reason, ?keep, detached = connection.detaching, "client disconnected; keeping the session");
-        connection.reader = None;
-        connection.generation += 1;
-        connection.parked_until = Some(Instant::now() + keep);
-        let _ = control.send(Control::Release);
-        None
-    };
 
-    let end = loop {
-        let idle = connection.reader.is_some().then_some(idle_deadline);
-        tokio::select! {
-            inbound = next_inbound(&mut connection.reader) => {
-                idle_deadline = Instant::now() + config.idle_timeout;
-                let bytes = match inbound {
-                    None => {
-                        match lose(&mut connection, "the client closed the connection".into()) {
-                            Some(end) => break end,
-                            None => continue,
-                        }
-                    }
-                    Some(Err(error)) => {
-                        match lose(&mut connection, format!("transport error: {error}")) {
-                            Some(end) => break end,
-                            None => continue,
-                        }
-                    }
-                    Some(Ok(Inbound::Heartbeat)) => continue,
-                    Some(Ok(Inbound::Unexpected(what))) => break End::Violation(format!("unexpected {what}")),
-                    Some(Ok(Inbound::Frame(bytes))) => bytes,
-                };
-                // A frame sent after `resumed` or `detached` arrived: the
-                // client has the token they carried.
-                if token_unconfirmed {
-                    token_unconfirmed = false;
-                    registry.confirm(&session_id);
-                }
-                let (action, sequenced) = match dispatch(&shared, &bytes, resumable) {
-                    Ok(dispatched) => dispatched,
-                    Err(end) => break end,
-                };
-                if sequenced {
-                    if let Some(seq) = receipts.on_frame(bytes.len()) {
-                        let _ = control.send(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
-                        ack_deadline = None;
-                    } else if ack_deadline.is_none() {
-                        ack_deadline = Some(Instant::now() + ack_delay);
-                    }
-                }
-                match action {
-                    Action::None => {}
-                    Action::Ack(seq) => {
-                        let _ = control.send(Control::Acked(seq));
-                    }
-                    Action::Interrupt => {
-                        if !command_done {
-                            interrupted = true;
-                            command_task.abort();
-                        }
-                    }
-                    Action::Detach => {
-                        let refusal = if !resumable {
-                            Some("this session cannot be detached: the client did not ask for resumable sessions".to_owned())
-                        } else if config.detach_keep.is_zero() {
-                            Some("detaching is turned off on this server".to_owned())
-                        } else {
-                            shared.detach_refusal.lock().unwrap_or_else(PoisonError::into_inner).clone()
-                        };
-                        let token = match refusal {
-                            Some(_) => None,
-                            None => registry.rotate(&session_id),
-                        };
-                        let answer = match (token, refusal) {
-                            (Some(token), _) => {
-                                tracing::info!(keep = ?config.detach_keep, "client detaches");
-                                connection.detaching = true;
-                                token_unconfirmed = true;
-                                Detached {
-                                    accepted: true,
-                                    message: None,
-                                    keep_secs: secs(config.detach_keep),
-                                    token: Some(ByteBuf::from(token.0.to_vec())),
-                                }
+        let end = loop {
+            let idle = connection.reader.is_some().then_some(idle_deadline);
+            // One timer for every deadline (each timer takes room in this
+            // future, which lives as long as the session).
+            let wake = [
+                idle,
+                shutdown_deadline,
+                connection.parked_until,
+                ack_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                inbound = next_inbound(&mut connection.reader) => {
+                    idle_deadline = Instant::now() + config.idle_timeout;
+                    let bytes = match inbound {
+                        None => {
+                            match lose(&mut connection, "the client closed the connection".into()) {
+                                Some(end) => break end,
+                                None => continue,
                             }
-                            (None, refusal) => Detached {
-                                accepted: false,
-                                message: Some(refusal.unwrap_or_else(|| "the server could not make a token to re-attach with".into())),
-                                keep_secs: 0,
-                                token: None,
-                            },
-                        };
-                        // When accepted, nothing more goes to this client; the
-                        // frames the command writes meanwhile wait for `attach`.
-                        let _ = control.send(if answer.accepted {
-                            Control::SendLast(Box::new(ServerFrame::Detached(answer)))
+                        }
+                        Some(Err(error)) => {
+                            match lose(&mut connection, format!("transport error: {error}")) {
+                                Some(end) => break end,
+                                None => continue,
+                            }
+                        }
+                        Some(Ok(Inbound::Heartbeat)) => continue,
+                        Some(Ok(Inbound::Unexpected(what))) => break End::Violation(format!("unexpected {what}")),
+                        Some(Ok(Inbound::Frame(bytes))) => bytes,
+                    };
+                    // A frame sent after `resumed` or `detached` arrived: the
+                    // client has the token they carried.
+                    if token_unconfirmed {
+                        token_unconfirmed = false;
+                        registry.confirm(session_id);
+                    }
+                    let (action, sequenced) = match dispatch(&shared, &bytes, resumable) {
+                        Ok(dispatched) => dispatched,
+                        Err(end) => break end,
+                    };
+                    if sequenced {
+                        if let Some(seq) = receipts.on_frame(bytes.len()) {
+                            post.order(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
+                            ack_deadline = None;
+                        } else if ack_deadline.is_none() {
+                            ack_deadline = Some(Instant::now() + ack_delay);
+                        }
+                    }
+                    match action {
+                        Action::None => {}
+                        Action::Ack(seq) => post.order(Control::Acked(seq)),
+                        Action::Interrupt => {
+                            if !command_done {
+                                interrupted = true;
+                                command_task.abort();
+                            }
+                        }
+                        Action::Detach => {
+                            let refusal = if !resumable {
+                                Some("this session cannot be detached: the client did not ask for resumable sessions".to_owned())
+                            } else if config.detach_keep.is_zero() {
+                                Some("detaching is turned off on this server".to_owned())
+                            } else {
+                                shared.detach_refusal.lock().unwrap_or_else(PoisonError::into_inner).clone()
+                            };
+                            let token = match refusal {
+                                Some(_) => None,
+                                None => registry.rotate(session_id),
+                            };
+                            let answer = match (token, refusal) {
+                                (Some(token), _) => {
+                                    tracing::info!(keep = ?config.detach_keep, "client detaches");
+                                    connection.detaching = true;
+                                    token_unconfirmed = true;
+                                    Detached {
+                                        accepted: true,
+                                        message: None,
+                                        keep_secs: secs(config.detach_keep),
+                                        token: Some(ByteBuf::from(token.0.to_vec())),
+                                    }
+                                }
+                                (None, refusal) => Detached {
+                                    accepted: false,
+                                    message: Some(refusal.unwrap_or_else(|| "the server could not make a token to re-attach with".into())),
+                                    keep_secs: 0,
+                                    token: None,
+                                },
+                            };
+                            // When accepted, nothing more goes to this client; the
+                            // frames the command writes meanwhile wait for `attach`.
+                            post.order(if answer.accepted {
+                                Control::SendLast(Box::new(ServerFrame::Detached(answer)))
+                            } else {
+                                Control::Send(Box::new(ServerFrame::Detached(answer)))
+                            });
+                        }
+                    }
+                }
+                mail = post.next_mail() => match mail {
+                    Mail::Reattach(reattach) => {
+                        connection.generation += 1;
+                        connection.reader = Some(reattach.reader);
+                        connection.parked_until = None;
+                        connection.detaching = false;
+                        token_unconfirmed = true;
+                        idle_deadline = Instant::now() + config.idle_timeout;
+                        let received = receipts.received();
+                        receipts.acknowledged_all();
+                        ack_deadline = None;
+                        tracing::info!(client_received = reattach.received, received, "client resumed");
+                        post.order(Control::Attach(Box::new(Attachment {
+                            writer: reattach.writer,
+                            generation: connection.generation,
+                            first: Some(ServerFrame::Resumed(Resumed {
+                                received,
+                                token: ByteBuf::from(reattach.token.0.to_vec()),
+                            })),
+                            replay_from: Some(reattach.received),
+                        })));
+                    }
+                    Mail::Writer(WriterEvent::Lost { generation, reason }) => {
+                        if generation == connection.generation
+                            && let Some(end) = lose(&mut connection, reason)
+                        {
+                            break end;
+                        }
+                    }
+                    Mail::Writer(WriterEvent::Violation(reason)) => break End::Violation(reason),
+                    Mail::Writer(WriterEvent::ExitAcked) => break End::Finished,
+                },
+                joined = &mut command_task, if !command_done => {
+                    command_done = true;
+                    match joined {
+                        Err(error) if error.is_cancelled() && interrupted => {
+                            tracing::info!("interrupted by the user");
+                            // After the frames already queued, so no output is lost.
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                let _ = shared.send(ServerFrame::Exit(Exit { status: INTERRUPTED_STATUS })).await;
+                            });
+                        }
+                        Err(error) => tracing::error!(%error, "command task failed"),
+                        Ok(()) => {}
+                    }
+                    // A resumable session lives until the client has the exit.
+                    if !resumable {
+                        break End::Finished;
+                    }
+                }
+                () = shutdown.cancelled(), if shutdown_deadline.is_none() => {
+                    tracing::info!(grace = ?config.shutdown_grace, "server shutting down; waiting for the command");
+                    shutdown_deadline = Some(Instant::now() + config.shutdown_grace);
+                }
+                () = sleep_until(wake) => {
+                    // The earliest deadline that passed; any other is
+                    // handled on the next turn, at once.
+                    let now = Instant::now();
+                    let passed = |deadline: Option<Instant>| deadline.is_some_and(|at| at <= now);
+                    if passed(shutdown_deadline) {
+                        break End::ShutdownExpired;
+                    } else if passed(idle) {
+                        let reason = format!("no sign of life from the client for {:?}", config.idle_timeout);
+                        if let Some(end) = lose(&mut connection, reason) {
+                            break end;
+                        }
+                    } else if passed(connection.parked_until) {
+                        break End::Expired(if connection.detaching {
+                            "the detached session was not re-attached in time".into()
                         } else {
-                            Control::Send(Box::new(ServerFrame::Detached(answer)))
+                            "the client did not come back within the grace period".into()
                         });
+                    } else if passed(ack_deadline) {
+                        ack_deadline = None;
+                        if connection.reader.is_some() && let Some(seq) = receipts.pending() {
+                            post.order(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
+                        }
                     }
                 }
             }
-            Some(reattach) = next_reattach(&mut attach_rx) => {
-                connection.generation += 1;
-                connection.reader = Some(reattach.reader);
-                connection.parked_until = None;
-                connection.detaching = false;
-                token_unconfirmed = true;
-                idle_deadline = Instant::now() + config.idle_timeout;
-                let received = receipts.received();
-                receipts.acknowledged_all();
-                ack_deadline = None;
-                tracing::info!(client_received = reattach.received, received, "client resumed");
-                let _ = control.send(Control::Attach(Box::new(Attachment {
-                    writer: reattach.writer,
-                    generation: connection.generation,
-                    first: Some(ServerFrame::Resumed(Resumed {
-                        received,
-                        token: ByteBuf::from(reattach.token.0.to_vec()),
-                    })),
-                    replay_from: Some(reattach.received),
-                })));
-            }
-            Some(event) = writer_events.recv() => match event {
-                WriterEvent::Lost { generation, reason } if generation == connection.generation => {
-                    if let Some(end) = lose(&mut connection, reason) {
-                        break end;
-                    }
-                }
-                WriterEvent::Lost { .. } => {}
-                WriterEvent::Violation(reason) => break End::Violation(reason),
-                WriterEvent::ExitAcked => break End::Finished,
-            },
-            joined = &mut command_task, if !command_done => {
-                command_done = true;
-                match joined {
-                    Err(error) if error.is_cancelled() && interrupted => {
-                        tracing::info!("interrupted by the user");
-                        // After the frames already queued, so no output is lost.
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            let _ = shared.send(ServerFrame::Exit(Exit { status: INTERRUPTED_STATUS })).await;
-                        });
-                    }
-                    Err(error) => tracing::error!(%error, "command task failed"),
-                    Ok(()) => {}
-                }
-                // A resumable session lives until the client has the exit.
-                if !resumable {
-                    break End::Finished;
-                }
-            }
-            () = shutdown.cancelled(), if shutdown_deadline.is_none() => {
-                tracing::info!(grace = ?config.shutdown_grace, "server shutting down; waiting for the command");
-                shutdown_deadline = Some(Instant::now() + config.shutdown_grace);
-            }
-            () = sleep_until(shutdown_deadline) => break End::ShutdownExpired,
-            () = sleep_until(idle) => {
-                let reason = format!("no sign of life from the client for {:?}", config.idle_timeout);
-                if let Some(end) = lose(&mut connection, reason) {
-                    break end;
-                }
-            }
-            () = sleep_until(connection.parked_until) => {
-                break End::Expired(if connection.detaching {
-                    "the detached session was not re-attached in time".into()
-                } else {
-                    "the client did not come back within the grace period".into()
-                });
-            }
-            () = sleep_until(ack_deadline) => {
-                ack_deadline = None;
-                if connection.reader.is_some() && let Some(seq) = receipts.pending() {
-                    let _ = control.send(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
-                }
-            }
-        }
-    };
+        };
+        // Boxed: the ending is needed once, and its futures would otherwise
+        // take room in the loop's future for the session's whole life.
+        Box::pin(finish(
+            end,
+            shared,
+            &post,
+            registry,
+            session_id,
+            resumable,
+            writer_task,
+            command_task,
+            connection.reader.take(),
+        ))
+        .await;
+    }
+}
 
+/// Ends a session once its loop has stopped.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    end: End,
+    shared: Arc<Shared>,
+    post: &Post,
+    registry: &Registry,
+    session_id: &str,
+    resumable: bool,
+    writer_task: tokio::task::JoinHandle<()>,
+    command_task: tokio::task::JoinHandle<()>,
+    mut reader: Option<FrameReader>,
+) {
     // No resume can reach the session any more; one already on its way is
     // told so.
-    registry.remove(&session_id);
-    let late_ones = attach_rx.as_mut().map(|attach_rx| {
-        attach_rx.close();
-        std::iter::from_fn(|| attach_rx.try_recv().ok()).collect::<Vec<_>>()
-    });
-    for mut late in late_ones.into_iter().flatten() {
+    registry.remove(session_id);
+    for late in post.close_mail() {
+        let Mail::Reattach(mut late) = late else {
+            continue;
+        };
         tokio::spawn(async move {
             let message = "the session has just ended".to_owned();
             reject(&mut late.writer, ErrorCode::Expired, message).await;
@@ -1106,17 +1406,16 @@ async fn serve(
     }
     // Fatal errors go ahead of queued output; the writer closes after them.
     if let Some(frame) = final_frame {
-        let _ = control.send(Control::Send(Box::new(frame)));
+        post.order(Control::Send(Box::new(frame)));
     }
     if resumable {
-        let _ = control.send(Control::Close);
+        post.order(Control::Close);
     }
     if matches!(end, End::Gone(_) | End::Expired(_)) {
         writer_task.abort();
     } else {
         // The writer sends the exit or error frame, then closes; meanwhile keep
         // reading so the client's window grants and close are consumed.
-        let mut reader = connection.reader.take();
         let drain = async {
             while let Some(Ok(inbound)) = next_inbound(&mut reader).await {
                 if let Inbound::Frame(bytes) = inbound {
@@ -1138,17 +1437,6 @@ async fn serve(
 async fn next_inbound(reader: &mut Option<FrameReader>) -> Option<Result<Inbound, TransportError>> {
     match reader {
         Some(reader) => reader.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next connection that resumes the session; never, for a session
-/// that cannot be resumed.
-async fn next_reattach(
-    attach_rx: &mut Option<mpsc::Receiver<Box<Reattach>>>,
-) -> Option<Box<Reattach>> {
-    match attach_rx {
-        Some(attach_rx) => attach_rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -1182,13 +1470,16 @@ fn dispatch(shared: &Shared, bytes: &[u8], resumable: bool) -> Result<(Action, b
             tracing::debug!(?signal, "signal from the client");
             match signal.signal {
                 SignalKind::Interrupt if shared.interrupts_handled.load(Ordering::Acquire) => {
-                    shared.interrupts.send_modify(|count| *count += 1);
+                    shared.signal(|signals| signals.interrupts += 1);
                     Action::None
                 }
                 SignalKind::Interrupt => Action::Interrupt,
                 SignalKind::Resize => {
                     if let Some(size) = signal.size {
-                        shared.size.send_replace(Some((size.cols, size.rows)));
+                        shared.signal(|signals| {
+                            signals.size = Some((size.cols, size.rows));
+                            signals.resizes += 1;
+                        });
                     }
                     Action::None
                 }
@@ -1216,7 +1507,7 @@ fn dispatch(shared: &Shared, bytes: &[u8], resumable: bool) -> Result<(Action, b
 /// What the writer task handles next.
 enum Next {
     Control(Control),
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
 }
 
 /// Sends the session's frames on whichever connection the client has now.
@@ -1225,8 +1516,7 @@ enum Next {
 /// frames from the command while `replay_limit` bytes are unacknowledged.
 async fn write_frames(
     mut frames: mpsc::Receiver<Box<ServerFrame>>,
-    control: mpsc::UnboundedReceiver<Control>,
-    events: mpsc::UnboundedSender<WriterEvent>,
+    post: Arc<Post>,
     resumable: bool,
     replay_limit: u64,
 ) {
@@ -1234,9 +1524,8 @@ async fn write_frames(
     let mut exit_seq: Option<u64> = None;
     let mut outlet = Outlet {
         link: None,
-        control,
+        post: OrdersStopped(post),
         deferred: VecDeque::new(),
-        events,
     };
     let mut frames_open = true;
     loop {
@@ -1245,12 +1534,12 @@ async fn write_frames(
             Some(order) => Next::Control(order),
             None => tokio::select! {
                 biased;
-                order = outlet.control.recv() => match order {
+                order = outlet.post.next_order() => match order {
                     Some(order) => Next::Control(order),
                     None => return,
                 },
                 frame = frames.recv(), if room && frames_open => match frame {
-                    Some(frame) => Next::Frame(*frame),
+                    Some(frame) => Next::Frame(frame),
                     None => {
                         frames_open = false;
                         continue;
@@ -1260,33 +1549,11 @@ async fn write_frames(
         };
         match next {
             Next::Control(Control::Attach(attachment)) => {
-                let Attachment {
-                    writer,
-                    generation,
-                    first,
-                    replay_from,
-                } = *attachment;
-                let mut out = Vec::new();
-                if let Some(from) = replay_from {
-                    match replay.replay_after(from) {
-                        Ok(missing) => out = missing,
-                        Err(error) => {
-                            // On the new connection, so the client hears why.
-                            outlet.link = Some((writer, generation));
-                            let _ = outlet
-                                .events
-                                .send(WriterEvent::Violation(format!("cannot resume: {error}")));
-                            continue;
-                        }
-                    }
-                    if exit_seq.is_some_and(|exit| replay.acked() >= exit) {
-                        let _ = outlet.events.send(WriterEvent::ExitAcked);
-                    }
-                }
-                if let Some(first) = first {
-                    out.insert(0, codec::encode(&first));
-                }
-                outlet.link = Some((writer, generation));
+                // Prepared apart, so that the attachment (a whole frame) takes
+                // no room in this task's future while it writes.
+                let Some(out) = outlet.attach(*attachment, &mut replay, exit_seq) else {
+                    continue;
+                };
                 let count = out.len();
                 for (index, bytes) in out.into_iter().enumerate() {
                     let flush = index + 1 == count;
@@ -1297,7 +1564,7 @@ async fn write_frames(
                 let last = matches!(*frame, ServerFrame::Error(_));
                 outlet.write(codec::encode(&*frame), true).await;
                 if last {
-                    close(outlet.link.take()).await;
+                    Box::pin(close(outlet.link.take())).await;
                     return;
                 }
             }
@@ -1307,36 +1574,37 @@ async fn write_frames(
             }
             Next::Control(Control::Acked(seq)) => {
                 if let Err(error) = replay.ack(seq) {
-                    let _ = outlet
-                        .events
-                        .send(WriterEvent::Violation(error.to_string()));
+                    outlet
+                        .post
+                        .report(WriterEvent::Violation(error.to_string()));
                 } else if exit_seq.is_some_and(|exit| seq >= exit) {
-                    let _ = outlet.events.send(WriterEvent::ExitAcked);
+                    outlet.post.report(WriterEvent::ExitAcked);
                 }
             }
             Next::Control(Control::Release) => outlet.link = None,
             Next::Control(Control::Close) => {
-                close(outlet.link.take()).await;
+                Box::pin(close(outlet.link.take())).await;
                 return;
             }
             Next::Frame(frame) => {
-                let last = match frame {
+                let last = match *frame {
                     ServerFrame::Error(_) => true,
                     ServerFrame::Exit(_) => !resumable,
                     _ => false,
                 };
-                let bytes = codec::encode(&frame);
+                let bytes = codec::encode(&*frame);
                 if resumable && frame.is_sequenced() {
                     let seq = replay.push(bytes.clone());
-                    if matches!(frame, ServerFrame::Exit(_)) {
+                    if matches!(*frame, ServerFrame::Exit(_)) {
                         exit_seq = Some(seq);
                     }
                 }
+                drop(frame);
                 // Batch frames that are already queued into one flush.
                 let flush = last || frames.is_empty();
                 outlet.write(bytes, flush).await;
                 if last {
-                    close(outlet.link.take()).await;
+                    Box::pin(close(outlet.link.take())).await;
                     return;
                 }
             }
@@ -1348,13 +1616,52 @@ async fn write_frames(
 struct Outlet {
     /// The current connection and its generation, if any.
     link: Option<(FrameWriter, u64)>,
-    control: mpsc::UnboundedReceiver<Control>,
+    /// Where the orders come from and the reports go; stopped when the
+    /// writer ends.
+    post: OrdersStopped,
     /// Orders that arrived during a write, in order.
     deferred: VecDeque<Control>,
-    events: mpsc::UnboundedSender<WriterEvent>,
 }
 
 impl Outlet {
+    /// Takes a new connection: returns the frames to write on it first
+    /// (`first`, then those the client lacks), or nothing when the client's
+    /// resume point is impossible (reported).
+    fn attach(
+        &mut self,
+        attachment: Attachment,
+        replay: &mut ReplayBuffer,
+        exit_seq: Option<u64>,
+    ) -> Option<Vec<Vec<u8>>> {
+        let Attachment {
+            writer,
+            generation,
+            first,
+            replay_from,
+        } = attachment;
+        let mut out = Vec::new();
+        if let Some(from) = replay_from {
+            match replay.replay_after(from) {
+                Ok(missing) => out = missing,
+                Err(error) => {
+                    // On the new connection, so the client hears why.
+                    self.link = Some((writer, generation));
+                    self.post
+                        .report(WriterEvent::Violation(format!("cannot resume: {error}")));
+                    return None;
+                }
+            }
+            if exit_seq.is_some_and(|exit| replay.acked() >= exit) {
+                self.post.report(WriterEvent::ExitAcked);
+            }
+        }
+        if let Some(first) = first {
+            out.insert(0, codec::encode(&first));
+        }
+        self.link = Some((writer, generation));
+        Some(out)
+    }
+
     /// Writes one frame on the current connection, if there is one. An order
     /// that replaces or drops the connection abandons a write it does not
     /// take (a dead connection can block for minutes); other orders wait
@@ -1376,7 +1683,7 @@ impl Outlet {
             loop {
                 tokio::select! {
                     result = &mut write => break Some(result),
-                    order = self.control.recv() => match order {
+                    order = self.post.next_order() => match order {
                         Some(order @ (Control::Attach(_) | Control::Release | Control::Close)) => {
                             self.deferred.push_back(order);
                             break None;
@@ -1391,7 +1698,7 @@ impl Outlet {
             Some(Ok(())) => {}
             Some(Err(error)) => {
                 self.link = None;
-                let _ = self.events.send(WriterEvent::Lost {
+                self.post.report(WriterEvent::Lost {
                     generation,
                     reason: format!("transport error: {error}"),
                 });
@@ -1417,6 +1724,13 @@ async fn run_command(command: Arc<dyn Command>, ctx: Context) {
     let outcome = AssertUnwindSafe(command.run(ctx.clone()))
         .catch_unwind()
         .await;
+    // Boxed: the task holds the command for the session's whole life, and
+    // should not also hold room for these final writes.
+    Box::pin(report_outcome(ctx, outcome)).await;
+}
+
+/// Writes why the command failed, if it did, then queues the exit frame.
+async fn report_outcome(ctx: Context, outcome: std::thread::Result<Outcome>) {
     let status = match outcome {
         Ok(Outcome::Exit(status)) => status,
         Ok(Outcome::Failed(message)) => {
@@ -1440,4 +1754,61 @@ async fn run_command(command: Arc<dyn Command>, ctx: Context) {
         }
     };
     let _ = ctx.shared.send(ServerFrame::Exit(Exit { status })).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn orders_arrive_in_order_and_end_after_the_queued_ones() {
+        let post = Post::default();
+        post.order(Control::Acked(1));
+        post.order(Control::Acked(2));
+        post.end_orders();
+        assert!(matches!(post.next_order().await, Some(Control::Acked(1))));
+        assert!(matches!(post.next_order().await, Some(Control::Acked(2))));
+        assert!(post.next_order().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_order_or_mail_wakes_its_waiting_taker() {
+        let post = Arc::new(Post::default());
+        let writer = tokio::spawn({
+            let post = post.clone();
+            async move { matches!(post.next_order().await, Some(Control::Release)) }
+        });
+        let session_loop = tokio::spawn({
+            let post = post.clone();
+            async move { matches!(post.next_mail().await, Mail::Writer(WriterEvent::ExitAcked)) }
+        });
+        tokio::task::yield_now().await;
+        post.order(Control::Release);
+        post.report(WriterEvent::ExitAcked);
+        assert!(writer.await.unwrap());
+        assert!(session_loop.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_taker_dropped_while_waiting_loses_nothing() {
+        let post = Post::default();
+        // Wait, give up, then an order comes: the next taker gets it.
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), post.next_order()).await;
+        assert!(gave_up.is_err());
+        post.order(Control::Acked(7));
+        assert!(matches!(post.next_order().await, Some(Control::Acked(7))));
+    }
+
+    #[test]
+    fn orders_after_the_writer_stopped_and_mail_after_the_loop_ended_are_refused() {
+        let post = Post::default();
+        post.order(Control::Acked(1));
+        post.stop_orders();
+        post.order(Control::Acked(2));
+        assert!(post.queues().orders.is_empty());
+        post.report(WriterEvent::ExitAcked);
+        assert_eq!(post.close_mail().len(), 1, "mail not taken is handed back");
+        assert!(post.mail(Mail::Writer(WriterEvent::ExitAcked)).is_err());
+        assert!(post.close_mail().is_empty());
+    }
 }

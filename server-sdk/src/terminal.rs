@@ -12,6 +12,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
+use futures_util::FutureExt;
 use terminalwire_protocol::secure::MAX_SEALED_LEN;
 use terminalwire_protocol::{DEFAULT_MAX_CHUNK, DEFAULT_WINDOW, SUBPROTOCOL};
 use tokio_util::sync::CancellationToken;
@@ -267,9 +268,13 @@ impl Terminal {
             None => None,
         };
         let terminal = self.clone();
-        upgrade.on_upgrade(move |socket| async move {
-            terminal.serve(AxumTransport(socket)).await;
-            drop(slot);
+        upgrade.on_upgrade(move |socket| {
+            // The session's future is built here, and not wrapped in another
+            // `async` block that would hold the socket and a second copy of
+            // it: the task lives as long as the session, idle or not.
+            terminal
+                .session(AxumTransport(socket))
+                .map(move |()| drop(slot))
         })
     }
 
@@ -299,19 +304,28 @@ impl Terminal {
     }
 
     /// Runs one session over any transport, until it ends.
-    pub async fn serve(&self, transport: impl Transport) {
+    pub fn serve<T: Transport>(&self, transport: T) -> impl Future<Output = ()> + Send + use<T> {
+        self.session(transport)
+    }
+
+    /// [`serve`](Terminal::serve), built at once: the future holds the
+    /// halves of the transport, not the transport (idle sessions pay for
+    /// every byte of it).
+    fn session<T: Transport>(&self, transport: T) -> impl Future<Output = ()> + Send + use<T> {
         let inner = &self.inner;
         let number = inner.next_session.fetch_add(1, Ordering::Relaxed);
         let session_id = format!("{:08x}-{number}", inner.instance as u32);
+        let (writer, reader) = transport.split();
         let session = session::run(
-            transport,
+            writer,
+            reader,
             inner.command.clone(),
             inner.config.clone(),
             inner.shutdown.clone(),
             session_id,
             inner.resumable.clone(),
         );
-        inner.sessions.track_future(session).await;
+        inner.sessions.track_future(session)
     }
 
     /// Begins a graceful shutdown: new sessions are refused, running commands

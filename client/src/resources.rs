@@ -106,19 +106,21 @@ impl Audit {
                 let mut batch = Vec::with_capacity(AUDIT_BATCH);
                 let mut flushes = Vec::new();
                 while let Ok(first) = messages.recv() {
-                    // Records of the next moments go out in the same write:
-                    // a busy session wakes this thread a few hundred times a
-                    // second, not once per request.
-                    let until = std::time::Instant::now() + AUDIT_GATHER;
+                    // Records of the next moments go out in the same write,
+                    // and a sleeping thread is not woken by each of them: a
+                    // busy session wakes it a few hundred times a second,
+                    // not once per request.
+                    if matches!(first, AuditMessage::Record(_)) {
+                        std::thread::sleep(AUDIT_GATHER);
+                    }
                     let mut next = Some(first);
                     while let Some(message) = next {
                         match message {
                             AuditMessage::Record(record) => batch.push(record),
                             AuditMessage::Flush(done) => flushes.push(done),
                         }
-                        let wait = until.saturating_duration_since(std::time::Instant::now());
-                        next = if batch.len() < AUDIT_BATCH && flushes.is_empty() {
-                            messages.recv_timeout(wait).ok()
+                        next = if batch.len() < AUDIT_BATCH {
+                            messages.try_recv().ok()
                         } else {
                             None
                         };

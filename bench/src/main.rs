@@ -8,7 +8,8 @@
 //! ```
 //!
 //! The binary also plays the servers and the raw client it measures, each as
-//! its own process (hidden subcommands `serve`, `raw-serve`, `raw-client`).
+//! its own process (hidden subcommands `serve`, `raw-serve`, `raw-client`, `tcp-echo-serve`,
+//! `tcp-ping-pong`).
 //!
 //! # Layout
 //!
@@ -110,6 +111,23 @@ enum Role {
         #[arg(long)]
         read_buffer: Option<usize>,
     },
+    /// A blocking TCP echo server (std::net, a thread per connection): the
+    /// machine's round-trip floor, under any WebSocket or async runtime.
+    #[command(hide = true)]
+    TcpEchoServe {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// `N` blocking TCP round trips of 52 bytes to a `tcp-echo-serve`;
+    /// prints `n=N secs=S`.
+    #[command(hide = true)]
+    TcpPingPong {
+        /// The echo server's `ADDR:PORT`.
+        addr: SocketAddr,
+        /// Round trips.
+        n: u64,
+    },
     /// The load test: many concurrent sessions with mixed requests against
     /// one bench app process; zero errors required.
     Load {
@@ -184,6 +202,8 @@ fn main() -> std::process::ExitCode {
                     .and_then(|rt| rt.block_on(raw::client(&url, mode, read_buffer)))
             })
         }
+        Some(Role::TcpEchoServe { listen }) => raw::tcp_echo_serve(listen),
+        Some(Role::TcpPingPong { addr, n }) => raw::tcp_ping_pong(addr, n),
         Some(Role::Load { sessions, requests }) => orchestrate::load(sessions, requests),
         None => orchestrate::run(orchestrate::Options {
             quick: cli.quick,

@@ -257,6 +257,8 @@ struct Bench {
     /// build of the client (end-to-end encryption off), or why not.
     plaintext: Result<Endpoint, String>,
     raw: Server,
+    /// The blocking TCP echo server (the machine's round-trip floor).
+    tcp_echo: Server,
     ssh: Result<Sshd, String>,
 }
 
@@ -352,6 +354,19 @@ impl Bench {
             self.raw_client(&["echo", &count, &k])
                 .stdout(Stdio::piped()),
             "raw WebSocket echo",
+            |_| {},
+        )?;
+        Ok(field(&stdout, "n")? / field(&stdout, "secs")?)
+    }
+
+    /// Round trips per second of blocking TCP ping-pong (two processes).
+    fn tcp_ping_pong_once(&self) -> anyhow::Result<f64> {
+        let count = self.sizes.requests.to_string();
+        let (_, stdout) = timed(
+            Command::new(&self.exe)
+                .args(["tcp-ping-pong", &self.tcp_echo.url, &count])
+                .stdout(Stdio::piped()),
+            "TCP ping-pong",
             |_| {},
         )?;
         Ok(field(&stdout, "n")? / field(&stdout, "secs")?)
@@ -598,21 +613,36 @@ impl Bench {
                 "raw WebSocket: {n} echo round trips of a 52-byte binary message between a \
                  tokio-tungstenite client and server processes, one at a time, then {k} in flight."
             ),
+            format!(
+                "TCP ping-pong: {n} round trips of 52 bytes over one loopback TCP connection \
+                 between two processes with blocking `std::net` sockets (no WebSocket, no async \
+                 runtime, TCP_NODELAY): the machine's floor for one round trip at a time. On this \
+                 virtual machine a process that waits lets its CPU idle, and waking an idle \
+                 virtual CPU costs tens of microseconds, so an idle machine does fewer sequential \
+                 round trips than a busy one."
+            ),
             format!("{} runs of each, interleaved.", self.sizes.runs),
         ];
-        let mut samples: [Samples; 4] = Default::default();
+        let mut samples: [Samples; 5] = Default::default();
         for _ in 0..self.sizes.runs {
+            samples[4].push(self.tcp_ping_pong_once()?);
             samples[0].push(self.raw_echo_once(1)?);
             samples[1].push(self.requests_once(&self.app, 1)?);
             samples[2].push(self.raw_echo_once(k)?);
             samples[3].push(self.requests_once(&self.app, k)?);
         }
-        let [raw_seq, ours_seq, raw_pipe, ours_pipe] = samples;
+        let [raw_seq, ours_seq, raw_pipe, ours_pipe, tcp] = samples;
+        let tcp = figure.row(
+            "TCP ping-pong (blocking sockets), sequential",
+            Unit::PerSec,
+            tcp,
+            None,
+        );
         let raw_seq = figure.row(
             "raw WebSocket echo, sequential",
             Unit::PerSec,
             raw_seq,
-            None,
+            Some(tcp),
         );
         let ours_seq = figure.row(
             "terminalwire file exists, sequential",
@@ -620,6 +650,7 @@ impl Bench {
             ours_seq,
             Some(raw_seq),
         );
+
         let raw_pipe = figure.row(
             format!("raw WebSocket echo, {k} in flight"),
             Unit::PerSec,
@@ -1243,6 +1274,7 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
         options: Vec::new(),
     };
     let raw = Server::start(&exe, &options.tuning.raw_args())?;
+    let tcp_echo = Server::start(&exe, &["tcp-echo-serve"])?;
     let tls = if wanted(6) {
         start_tls(&exe, &client, &options.tuning, &tmp.path().join("tls"))
             .map_err(|error| format!("{error:#}"))
@@ -1278,6 +1310,7 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
         tls,
         plaintext,
         raw,
+        tcp_echo,
         ssh,
     };
 

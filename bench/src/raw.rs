@@ -178,3 +178,43 @@ pub(crate) async fn client(
     }
     Ok(())
 }
+
+/// Serves blocking TCP echo on `listen` (a thread per connection) until
+/// killed; announces `listening on ADDR`.
+pub(crate) fn tcp_echo_serve(listen: SocketAddr) -> anyhow::Result<()> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(listen)?;
+    crate::announce(&format!("listening on {}", listener.local_addr()?))?;
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        stream.set_nodelay(true)?;
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// `n` round trips of a 52-byte message to a blocking TCP echo server, one
+/// at a time; prints `n=N secs=S`.
+pub(crate) fn tcp_ping_pong(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let message = [7u8; 52];
+    let mut answer = [0u8; 52];
+    let started = Instant::now();
+    for _ in 0..n {
+        stream.write_all(&message)?;
+        stream.read_exact(&mut answer)?;
+        anyhow::ensure!(answer == message, "the echo server changed the message");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    writeln!(std::io::stdout(), "n={n} secs={secs}")?;
+    Ok(())
+}

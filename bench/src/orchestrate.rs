@@ -449,7 +449,9 @@ impl Bench {
                 .into(),
             format!(
                 "{} timed runs of each, interleaved, after one untimed warm-up run (which also \
-                 pins the server's identity: first contact).",
+                 pins the server's identity: first contact). After each ssh or scp run (here and \
+                 in figures 2 and 4) the bench waits until sshd's session process has exited, so \
+                 that its cleanup does not run during the next measurement.",
                 self.sizes.cold_runs
             ),
         ];
@@ -470,6 +472,7 @@ impl Bench {
                     "ssh echo hello",
                     |_| {},
                 )?;
+                sshd.settle();
                 if stdout != b"hello\n" {
                     bail!("ssh echo printed {:?}", String::from_utf8_lossy(&stdout));
                 }
@@ -566,6 +569,7 @@ impl Bench {
                     "ssh head",
                     |_| {},
                 )?;
+                sshd.settle();
                 ssh.push(rate(bytes, elapsed));
             }
         }
@@ -732,6 +736,7 @@ impl Bench {
                     "scp upload",
                     |_| {},
                 )?;
+                sshd.settle();
                 s[6].push(rate(big, elapsed));
                 let _ = std::fs::remove_file(&copy);
                 let (elapsed, _) = timed(
@@ -743,6 +748,7 @@ impl Bench {
                     "scp download",
                     |_| {},
                 )?;
+                sshd.settle();
                 s[7].push(rate(big, elapsed));
                 let _ = std::fs::remove_file(&copy);
             }

@@ -180,6 +180,22 @@ impl Sshd {
         command
     }
 
+    /// Waits (at most 2 s) until sshd has no session process left: the
+    /// ssh client exits before sshd's session has finished its cleanup,
+    /// which would otherwise run during the next measurement.
+    pub(crate) fn settle(&self) {
+        let pid = self.child.id();
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            match std::fs::read_to_string(&children) {
+                Ok(list) if list.trim().is_empty() => return,
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// `scp -P PORT ... FROM TO`; a remote path is written `127.0.0.1:PATH`.
     pub(crate) fn scp(&self, from: &str, to: &str) -> Command {
         let mut command = Command::new("scp");

@@ -24,6 +24,8 @@ struct State {
     cuts: u64,
     /// Connections accepted so far.
     connections: u64,
+    /// Bytes read from clients (counted before they are passed on).
+    upstream: u64,
     /// New connections are closed at once.
     refusing: bool,
     /// Stop cutting after this many cuts (so a run always finishes).
@@ -74,6 +76,7 @@ impl Cutter {
             budget: Some((low, high)),
             cuts: 0,
             connections: 0,
+            upstream: 0,
             refusing: false,
             max_cuts,
         }));
@@ -135,6 +138,12 @@ impl Cutter {
         self.state.lock().unwrap().connections
     }
 
+    /// Bytes received from clients so far, all connections together; a
+    /// byte counts before the server can have it.
+    pub fn upstream_bytes(&self) -> u64 {
+        self.state.lock().unwrap().upstream
+    }
+
     /// Cuts every open connection now.
     pub fn cut_all(&self) {
         self.cut_now.notify_waiters();
@@ -188,6 +197,7 @@ async fn forward(
         left: &Mutex<Option<u64>>,
         cut_tx: &tokio::sync::watch::Sender<bool>,
         mut cut_rx: tokio::sync::watch::Receiver<bool>,
+        count: &(dyn Fn(u64) + Sync),
     ) {
         let mut buffer = vec![0u8; 16 * 1024];
         loop {
@@ -202,6 +212,7 @@ async fn forward(
                 }
                 Ok(n) => n,
             };
+            count(n as u64);
             let (pass, cut) = {
                 let mut left = left.lock().unwrap();
                 match left.as_mut() {
@@ -229,11 +240,13 @@ async fn forward(
             let _ = cut_tx.send(true);
         }
     };
+    let count_upstream = |n: u64| state.lock().unwrap().upstream += n;
+    let count_nothing = |_: u64| {};
     tokio::select! {
         () = async {
             tokio::join!(
-                copy(&mut client_read, &mut server_write, &left, &cut_tx, cut_rx.clone()),
-                copy(&mut server_read, &mut client_write, &left, &cut_tx, cut_rx.clone()),
+                copy(&mut client_read, &mut server_write, &left, &cut_tx, cut_rx.clone(), &count_upstream),
+                copy(&mut server_read, &mut client_write, &left, &cut_tx, cut_rx.clone(), &count_nothing),
             );
         } => {}
         () = cut_by_hand => {}

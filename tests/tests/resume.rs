@@ -145,6 +145,16 @@ async fn a_client_that_does_not_come_back_within_the_grace_period_exits_75() {
         terminal.resumable_count() == 1
     })
     .await;
+    // After its hello the client sends nothing until it has the welcome
+    // (and its resume ticket) and acknowledges the first output: wait for
+    // that, or a cut could take the welcome with it.
+    let sent_before_welcome = cutter.upstream_bytes();
+    eventually(
+        "the client to acknowledge output",
+        Duration::from_secs(20),
+        || cutter.upstream_bytes() > sent_before_welcome,
+    )
+    .await;
     // The network goes down: the connection is cut and nothing gets through.
     cutter.refuse(true);
     cutter.cut_all();

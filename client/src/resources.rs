@@ -106,24 +106,18 @@ impl Audit {
                 let mut batch = Vec::with_capacity(AUDIT_BATCH);
                 let mut flushes = Vec::new();
                 while let Ok(first) = messages.recv() {
-                    // Records of the next moments go out in the same write,
-                    // and a sleeping thread is not woken by each of them: a
-                    // busy session wakes it a few hundred times a second,
-                    // not once per request.
-                    if matches!(first, AuditMessage::Record(_)) {
-                        std::thread::sleep(AUDIT_GATHER);
+                    match first {
+                        AuditMessage::Record(record) => batch.push(record),
+                        AuditMessage::Flush(done) => flushes.push(done),
                     }
-                    let mut next = Some(first);
-                    while let Some(message) = next {
-                        match message {
-                            AuditMessage::Record(record) => batch.push(record),
-                            AuditMessage::Flush(done) => flushes.push(done),
-                        }
-                        next = if batch.len() < AUDIT_BATCH {
-                            messages.try_recv().ok()
-                        } else {
-                            None
-                        };
+                    drain_audit(&messages, &mut batch, &mut flushes);
+                    // Few records waiting: those of the next moments go out
+                    // in the same write, and a sleeping thread is not woken
+                    // by each of them (a busy session wakes it a few hundred
+                    // times a second, not once per request).
+                    if flushes.is_empty() && batch.len() < AUDIT_BATCH / 8 {
+                        std::thread::sleep(AUDIT_GATHER);
+                        drain_audit(&messages, &mut batch, &mut flushes);
                     }
                     writer.record_all(&batch);
                     batch.clear();
@@ -164,6 +158,22 @@ impl Audit {
         let (done, finished) = std::sync::mpsc::sync_channel(1);
         if queue.send(AuditMessage::Flush(done)).is_ok() {
             let _ = finished.recv_timeout(AUDIT_FLUSH_TIMEOUT);
+        }
+    }
+}
+
+/// Moves what is queued into `batch` and `flushes`, up to [`AUDIT_BATCH`]
+/// records, without waiting.
+fn drain_audit(
+    messages: &std::sync::mpsc::Receiver<AuditMessage>,
+    batch: &mut Vec<Record>,
+    flushes: &mut Vec<std::sync::mpsc::SyncSender<()>>,
+) {
+    while batch.len() < AUDIT_BATCH {
+        match messages.try_recv() {
+            Ok(AuditMessage::Record(record)) => batch.push(record),
+            Ok(AuditMessage::Flush(done)) => flushes.push(done),
+            Err(_) => break,
         }
     }
 }

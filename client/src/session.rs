@@ -490,7 +490,11 @@ where
         transmit(&mut link, outgoing).await?;
     }
 
+    // Loop turns since `ready` got its first answer: while messages keep
+    // coming, `Settle` never fires, so the answers leave after this many.
+    let mut ready_turns = 0usize;
     let result: Result<Finish, ClientError> = loop {
+        ready_turns = if ready.is_empty() { 0 } else { ready_turns + 1 };
         let idle = link.is_some().then_some(idle_deadline);
         let flow = tokio::select! {
             signal = next_signal(&mut signals) => match signal {
@@ -568,16 +572,17 @@ where
                                 let resources = config.resources.clone();
                                 let stdin_is_terminal = config.stdin_is_terminal;
                                 let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
+                                // The permit goes with the answer until it is queued.
                                 let mut work = Box::pin(async move {
                                     let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, detach_keys).await;
-                                    drop(permit);
-                                    response
+                                    (response, permit)
                                 });
                                 // A stat-class request is done in one poll: no
                                 // task, and its answer leaves with the others.
                                 let first = if quick { poll_once(work.as_mut()).await } else { Poll::Pending };
                                 match first {
-                                    Poll::Ready(response) => {
+                                    // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
+                                    Poll::Ready((response, _permit)) => {
                                         ready.push(response);
                                         if ready.len() >= MAX_ANSWER_BATCH {
                                             let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
@@ -590,8 +595,9 @@ where
                                     Poll::Pending => {
                                         let responses = responses_tx.clone();
                                         in_flight.spawn(async move {
-                                            let response = work.await;
+                                            let (response, permit) = work.await;
                                             let _ = responses.send(response).await;
+                                            drop(permit);
                                         });
                                         Flow::Continue
                                     }
@@ -716,7 +722,7 @@ where
             // Reap finished request tasks so the set stays small.
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => Flow::Continue,
             // Answers given at once leave together, once no message waits.
-            () = Settle::default(), if !ready.is_empty() => {
+            () = Settle(ready_turns > MAX_ANSWER_BATCH), if !ready.is_empty() => {
                 let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
                 transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
             }
@@ -1274,7 +1280,7 @@ async fn poll_once<F: Future + Unpin>(future: F) -> Poll<F::Output> {
 /// Pending on its first poll (waking its task at once), ready on the
 /// second: in a `select!`, its branch runs only once every other branch
 /// was found pending, such as when no message is left to read.
-#[derive(Default)]
+/// `Settle(true)` is ready at once.
 struct Settle(bool);
 
 impl Future for Settle {

@@ -304,6 +304,10 @@ impl Terminal {
     }
 
     /// Runs one session over any transport, until it ends.
+    ///
+    /// The session counts from this call (in [`session_count`](Self::session_count),
+    /// and for [`shutdown`](Self::shutdown)), not from the first poll of the
+    /// returned future: await it at once, or drop it.
     pub fn serve<T: Transport>(&self, transport: T) -> impl Future<Output = ()> + Send + use<T> {
         self.session(transport)
     }

@@ -162,6 +162,19 @@ impl Audit {
     }
 }
 
+/// Operations [`Resources::perform`] does on the calling thread, without
+/// waiting for anything unless the user must be asked: a few system calls
+/// each.
+pub(crate) fn performed_inline(op: &Operation) -> bool {
+    matches!(
+        op,
+        Operation::FileExists { .. }
+            | Operation::DirExists { .. }
+            | Operation::Metadata { .. }
+            | Operation::EnvGet { .. }
+    )
+}
+
 /// Moves what is queued into `batch` and `flushes`, up to [`AUDIT_BATCH`]
 /// records, without waiting.
 fn drain_audit(
@@ -355,9 +368,7 @@ impl Resources {
             }
             // A few system calls each: a hop to a blocking thread and back
             // would cost more than the work.
-            Operation::FileExists { .. }
-            | Operation::DirExists { .. }
-            | Operation::Metadata { .. } => this.path_op(op),
+            op if performed_inline(&op) => this.path_op(op),
             Operation::FileRead { .. }
             | Operation::FileWrite { .. }
             | Operation::FileAppend { .. }

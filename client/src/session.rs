@@ -566,7 +566,7 @@ where
                         Seen::New => {
                             if let Ok(permit) = requests.clone().try_acquire_owned() {
                                 running.insert(request.id.0);
-                                let quick = answers_at_once(&request.op);
+                                let quick = crate::resources::performed_inline(&request.op);
                                 let stdin = stdin.clone();
                                 let prompts = pipes[1].queue.clone();
                                 let resources = config.resources.clone();
@@ -1258,18 +1258,6 @@ async fn finish_outputs(
 
 /// Most answers sent in one flush.
 const MAX_ANSWER_BATCH: usize = 64;
-
-/// Operations that finish in one poll unless the user must be asked: a few
-/// system calls each, done inline by [`Resources::perform`].
-fn answers_at_once(op: &Operation) -> bool {
-    matches!(
-        op,
-        Operation::FileExists { .. }
-            | Operation::DirExists { .. }
-            | Operation::Metadata { .. }
-            | Operation::EnvGet { .. }
-    )
-}
 
 /// Polls `future` once, with this task's waker.
 async fn poll_once<F: Future + Unpin>(future: F) -> Poll<F::Output> {

@@ -32,6 +32,21 @@ fn reader_app() -> Terminal {
     })
 }
 
+/// Answers the prompt with "once" and returns the screen when the app is done.
+async fn answer_once(pane: &TmuxPane) -> String {
+    pane.type_text("o").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("done").await
+}
+
+/// The app's result lines: those starting with `prefix`, and denials.
+fn results<'a>(screen: &'a str, prefix: &str) -> Vec<&'a str> {
+    screen
+        .lines()
+        .filter(|line| line.starts_with(prefix) || *line == "denied")
+        .collect()
+}
+
 fn secret_file() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("secret.txt");
@@ -51,14 +66,12 @@ async fn allow_once_allows_one_request_only() {
         "{screen}"
     );
     assert!(screen.contains(&file), "names the exact target:\n{screen}");
-    pane.type_text("o").await;
-    pane.send_keys(&["Enter"]).await;
-    let screen = pane.wait_for("done").await;
-    let results: Vec<&str> = screen
-        .lines()
-        .filter(|line| line.starts_with("read:") || *line == "denied")
-        .collect();
-    assert_eq!(results, ["read: the-content", "denied"], "{screen}");
+    let screen = answer_once(&pane).await;
+    assert_eq!(
+        results(&screen, "read:"),
+        ["read: the-content", "denied"],
+        "{screen}"
+    );
     assert_eq!(
         screen.matches("your choice:").count(),
         1,
@@ -149,14 +162,12 @@ async fn a_quick_request_that_needs_consent_waits_for_it() {
     let pane = TmuxPane::start(&[&server.url(), "read", "exists", &file, &file], 120, 30);
     let screen = pane.wait_for("your choice:").await;
     assert!(screen.contains(&file), "names the exact target:\n{screen}");
-    pane.type_text("o").await;
-    pane.send_keys(&["Enter"]).await;
-    let screen = pane.wait_for("done").await;
-    let results: Vec<&str> = screen
-        .lines()
-        .filter(|line| line.starts_with("exists:") || *line == "denied")
-        .collect();
-    assert_eq!(results, ["exists: true", "denied"], "{screen}");
+    let screen = answer_once(&pane).await;
+    assert_eq!(
+        results(&screen, "exists:"),
+        ["exists: true", "denied"],
+        "{screen}"
+    );
     let exit = pane.wait_exit().await;
     assert_eq!(exit.status, 0, "{}", exit.screen);
 }

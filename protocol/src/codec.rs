@@ -7,12 +7,9 @@
 //! decodes to the `Unknown` variant instead of failing, while a known tag with a
 //! broken payload is an error that names the tag.
 
-use std::fmt;
-use std::io::Cursor;
+use serde::Deserialize;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-
-use crate::frame::{ClientFrame, ServerFrame};
+use crate::frame::{ClientFrame, ServerFrame, StreamId};
 use crate::{MAX_DEPTH, MAX_FRAME_LEN};
 
 /// Why bytes could not be decoded into a frame.
@@ -80,6 +77,73 @@ pub fn encode_into<F: Frame>(frame: &F, out: &mut Vec<u8>) {
     }
 }
 
+/// The bytes every `data` frame of this crate starts with: a map of three
+/// entries, its `t` entry, and the key of its `sid` entry.
+const DATA_HEAD: &[u8] = b"\x83\xa1t\xa4data\xa3sid";
+/// The key of a `data` frame's last entry.
+const BYTES_KEY: &[u8] = b"\xa5bytes";
+
+/// Encodes a `data` frame for stream `sid` carrying `bytes`: the same bytes
+/// as [`encode`] with a [`Data`](crate::frame::Data) frame, without first
+/// copying `bytes` into one, in a vector of exactly that length.
+pub fn encode_data(sid: StreamId, bytes: &[u8]) -> Vec<u8> {
+    let sid_len = match sid.0 {
+        0..=0x7f => 1,
+        0x80..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    };
+    let bin_len = match bytes.len() {
+        0..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    };
+    let mut out =
+        Vec::with_capacity(DATA_HEAD.len() + sid_len + BYTES_KEY.len() + bin_len + bytes.len());
+    out.extend_from_slice(DATA_HEAD);
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_uint(&mut out, u64::from(sid.0));
+    out.extend_from_slice(BYTES_KEY);
+    // Frames are far below 4 GiB (`MAX_FRAME_LEN`); a longer slice would
+    // need a length MessagePack cannot write, so it is cut there.
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    let _ = rmp::encode::write_bin_len(&mut out, len);
+    out.extend_from_slice(&bytes[..len as usize]);
+    out
+}
+
+/// Recognises a `data` frame encoded exactly as this crate encodes one
+/// (entries `t`, `sid`, `bytes` in that order, shortest integer and length
+/// forms), and returns its stream and where its bytes lie in `frame`, so
+/// that the receiver can take them without a copy. `None` for anything
+/// else, which [`decode`] then handles (and judges) as usual; for a frame
+/// recognised here, [`decode`] gives the same stream and bytes.
+pub fn data_chunk(frame: &[u8]) -> Option<(StreamId, std::ops::Range<usize>)> {
+    if frame.len() > MAX_FRAME_LEN {
+        return None;
+    }
+    let rest = frame.strip_prefix(DATA_HEAD)?;
+    let (sid, rest) = match *rest {
+        [small @ 0x00..=0x7f, ref rest @ ..] => (u32::from(small), rest),
+        [0xcc, byte, ref rest @ ..] if byte > 0x7f => (u32::from(byte), rest),
+        [0xcd, a, b, ref rest @ ..] if a > 0 => (u32::from(u16::from_be_bytes([a, b])), rest),
+        [0xce, a, b, c, d, ref rest @ ..] if a > 0 || b > 0 => {
+            (u32::from_be_bytes([a, b, c, d]), rest)
+        }
+        _ => return None,
+    };
+    let rest = rest.strip_prefix(BYTES_KEY)?;
+    let (len, rest) = match *rest {
+        [0xc4, len, ref rest @ ..] => (usize::from(len), rest),
+        [0xc5, a, b, ref rest @ ..] if a > 0 => (usize::from(u16::from_be_bytes([a, b])), rest),
+        [0xc6, a, b, c, d, ref rest @ ..] if a > 0 || b > 0 => {
+            (u32::from_be_bytes([a, b, c, d]) as usize, rest)
+        }
+        _ => return None,
+    };
+    (rest.len() == len).then(|| (StreamId(sid), frame.len() - len..frame.len()))
+}
+
 /// Decodes one frame.
 pub fn decode<F: Frame>(bytes: &[u8]) -> Result<F, DecodeError> {
     if bytes.len() > MAX_FRAME_LEN {
@@ -100,18 +164,149 @@ pub fn decode<F: Frame>(bytes: &[u8]) -> Result<F, DecodeError> {
 }
 
 /// Reads the `t` entry of a frame, checking on the way that `bytes` hold exactly
-/// one MessagePack map, nested no deeper than [`MAX_DEPTH`].
+/// one MessagePack map, nested no deeper than [`MAX_DEPTH`], whose keys are
+/// strings.
+///
+/// Walks the MessagePack markers without decoding values: the entries it
+/// skips (a data chunk's bytes, above all) are neither copied nor allocated.
 fn read_tag(bytes: &[u8]) -> Result<String, rmp_serde::decode::Error> {
-    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
-    de.set_max_depth(MAX_DEPTH + 1);
-    let Tag(tag) = Tag::deserialize(&mut de)?;
-    let trailing = bytes.len() as u64 - de.position();
-    if trailing > 0 {
-        return Err(rmp_serde::decode::Error::Syntax(format!(
-            "{trailing} trailing bytes after the frame"
-        )));
+    let mut walk = Walk { bytes, at: 0 };
+    let entries = match walk.header(MAX_DEPTH)? {
+        Header::Map(entries) => entries,
+        _ => return Err(syntax("a frame must be a map")),
+    };
+    let mut tag = None;
+    for _ in 0..entries {
+        let key = walk.text()?;
+        if key != "t" {
+            walk.skip(MAX_DEPTH - 1)?;
+        } else if tag.is_some() {
+            return Err(syntax("duplicate field `t`"));
+        } else {
+            tag = Some(walk.text()?.to_owned());
+        }
     }
-    Ok(tag)
+    let trailing = bytes.len() - walk.at;
+    if trailing > 0 {
+        return Err(syntax(format!("{trailing} trailing bytes after the frame")));
+    }
+    tag.ok_or_else(|| syntax("missing field `t`"))
+}
+
+fn syntax(message: impl Into<String>) -> rmp_serde::decode::Error {
+    rmp_serde::decode::Error::Syntax(message.into())
+}
+
+/// A cursor over MessagePack bytes that checks structure only.
+struct Walk<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+/// What a MessagePack marker announces.
+enum Header {
+    /// A value with nothing nested: skip this many bytes.
+    Scalar(usize),
+    /// A string of this many bytes follows.
+    Str(usize),
+    /// A byte string of this many bytes follows.
+    Bin(usize),
+    /// This many values follow.
+    Array(usize),
+    /// This many key-value pairs follow.
+    Map(usize),
+}
+
+impl<'a> Walk<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], rmp_serde::decode::Error> {
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| syntax("the frame ends in the middle of a value"))?;
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn length(&mut self, width: usize) -> Result<usize, rmp_serde::decode::Error> {
+        let taken = self.take(width)?;
+        Ok(taken
+            .iter()
+            .fold(0usize, |len, byte| (len << 8) | usize::from(*byte)))
+    }
+
+    /// Reads one marker (and its length field). `levels` is how many levels
+    /// of nesting may still open here; a map or array needs one.
+    fn header(&mut self, levels: usize) -> Result<Header, rmp_serde::decode::Error> {
+        let marker = self.take(1)?[0];
+        let header = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Header::Scalar(0),
+            0x80..=0x8f => Header::Map(usize::from(marker & 0x0f)),
+            0x90..=0x9f => Header::Array(usize::from(marker & 0x0f)),
+            0xa0..=0xbf => Header::Str(usize::from(marker & 0x1f)),
+            0xc1 => return Err(syntax("reserved MessagePack marker 0xc1")),
+            0xc4 => Header::Bin(self.length(1)?),
+            0xc5 => Header::Bin(self.length(2)?),
+            0xc6 => Header::Bin(self.length(4)?),
+            // Extensions: a type byte, then the data.
+            0xc7 => Header::Scalar(self.length(1)? + 1),
+            0xc8 => Header::Scalar(self.length(2)? + 1),
+            0xc9 => Header::Scalar(self.length(4)? + 1),
+            0xca => Header::Scalar(4),
+            0xcb => Header::Scalar(8),
+            0xcc | 0xd0 => Header::Scalar(1),
+            0xcd | 0xd1 => Header::Scalar(2),
+            0xce | 0xd2 => Header::Scalar(4),
+            0xcf | 0xd3 => Header::Scalar(8),
+            0xd4 => Header::Scalar(2),
+            0xd5 => Header::Scalar(3),
+            0xd6 => Header::Scalar(5),
+            0xd7 => Header::Scalar(9),
+            0xd8 => Header::Scalar(17),
+            0xd9 => Header::Str(self.length(1)?),
+            0xda => Header::Str(self.length(2)?),
+            0xdb => Header::Str(self.length(4)?),
+            0xdc => Header::Array(self.length(2)?),
+            0xdd => Header::Array(self.length(4)?),
+            0xde => Header::Map(self.length(2)?),
+            0xdf => Header::Map(self.length(4)?),
+        };
+        if matches!(header, Header::Array(_) | Header::Map(_)) && levels == 0 {
+            return Err(rmp_serde::decode::Error::DepthLimitExceeded);
+        }
+        Ok(header)
+    }
+
+    /// Reads a string (a byte string holding UTF-8 counts too, as it does
+    /// for serde's `String`).
+    fn text(&mut self) -> Result<&'a str, rmp_serde::decode::Error> {
+        match self.header(1)? {
+            Header::Str(len) | Header::Bin(len) => std::str::from_utf8(self.take(len)?)
+                .map_err(|_| syntax("a key or tag that is not UTF-8")),
+            _ => Err(syntax("a key or tag that is not a string")),
+        }
+    }
+
+    /// Skips one value; `levels` as for [`Walk::header`].
+    fn skip(&mut self, levels: usize) -> Result<(), rmp_serde::decode::Error> {
+        match self.header(levels)? {
+            Header::Scalar(len) | Header::Str(len) | Header::Bin(len) => {
+                self.take(len)?;
+            }
+            Header::Array(values) => {
+                for _ in 0..values {
+                    self.skip(levels - 1)?;
+                }
+            }
+            Header::Map(entries) => {
+                for _ in 0..entries.saturating_mul(2) {
+                    self.skip(levels - 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Decodes a frame's payload struct from the whole frame map (the `t` entry is
@@ -120,39 +315,6 @@ fn payload<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, rmp_serde::d
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH + 1);
     T::deserialize(&mut de)
-}
-
-/// The `t` entry of a frame map; other entries are skipped.
-struct Tag(String);
-
-impl<'de> Deserialize<'de> for Tag {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TagVisitor;
-
-        impl<'de> Visitor<'de> for TagVisitor {
-            type Value = Tag;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map with string keys and a string `t` entry")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tag, A::Error> {
-                let mut tag = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    if key != "t" {
-                        map.next_value::<IgnoredAny>()?;
-                    } else if tag.is_some() {
-                        return Err(de::Error::duplicate_field("t"));
-                    } else {
-                        tag = Some(map.next_value::<String>()?);
-                    }
-                }
-                tag.map(Tag).ok_or_else(|| de::Error::missing_field("t"))
-            }
-        }
-
-        deserializer.deserialize_map(TagVisitor)
-    }
 }
 
 macro_rules! tagged {
@@ -205,6 +367,252 @@ tagged!(ServerFrame {
 mod tests {
     use super::*;
     use crate::frame::*;
+
+    /// The `t` entry as serde reads it: the reference `read_tag` must agree with.
+    fn reference_read_tag(bytes: &[u8]) -> Result<String, rmp_serde::decode::Error> {
+        use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+        use std::fmt;
+
+        struct Tag(String);
+
+        impl<'de> Deserialize<'de> for Tag {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct TagVisitor;
+
+                impl<'de> Visitor<'de> for TagVisitor {
+                    type Value = Tag;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a map with string keys and a string `t` entry")
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tag, A::Error> {
+                        let mut tag = None;
+                        while let Some(key) = map.next_key::<String>()? {
+                            if key != "t" {
+                                map.next_value::<IgnoredAny>()?;
+                            } else if tag.is_some() {
+                                return Err(de::Error::duplicate_field("t"));
+                            } else {
+                                tag = Some(map.next_value::<String>()?);
+                            }
+                        }
+                        tag.map(Tag).ok_or_else(|| de::Error::missing_field("t"))
+                    }
+                }
+
+                deserializer.deserialize_map(TagVisitor)
+            }
+        }
+
+        let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+        de.set_max_depth(MAX_DEPTH + 1);
+        let Tag(tag) = Tag::deserialize(&mut de)?;
+        let trailing = bytes.len() as u64 - de.position();
+        if trailing > 0 {
+            return Err(syntax(format!("{trailing} trailing bytes")));
+        }
+        Ok(tag)
+    }
+
+    /// Tiny deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Frames of every shape this crate sends, to mutate.
+    fn seeds() -> Vec<Vec<u8>> {
+        vec![
+            encode(&ServerFrame::Data(Data {
+                sid: StreamId::STDOUT,
+                bytes: serde_bytes::ByteBuf::from(vec![7; 300]),
+            })),
+            encode(&ClientFrame::Data(Data {
+                sid: StreamId::STDIN,
+                bytes: serde_bytes::ByteBuf::from(b"ls -l\n".to_vec()),
+            })),
+            encode(&ServerFrame::Exit(Exit { status: 3 })),
+            encode(&ServerFrame::Request(Request {
+                id: RequestId(9),
+                op: Operation::EnvGet {
+                    name: "HOME".into(),
+                },
+            })),
+            encode(&ClientFrame::Window(WindowAdjust {
+                sid: StreamId::STDOUT,
+                bytes: 1 << 20,
+            })),
+            encode(&ServerFrame::Error(SessionError {
+                code: ErrorCode::Other("quota".into()),
+                message: "too many".into(),
+            })),
+        ]
+    }
+
+    #[test]
+    fn the_tag_walker_agrees_with_serde_on_mutated_and_random_input() {
+        let mut rng = Rng(0x7a9_3e11_0c0d_ec01);
+        let seeds = seeds();
+        let (mut tags, mut errors) = (0, 0);
+        for round in 0..60_000 {
+            let input: Vec<u8> = if round % 4 == 0 {
+                // Random bytes, often starting like a map.
+                let len = rng.below(48);
+                let mut input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                if let Some(first) = input.first_mut() {
+                    *first = 0x80 | (*first & 0x0f);
+                }
+                input
+            } else {
+                let mut input = seeds[rng.below(seeds.len())].clone();
+                for _ in 0..rng.below(3) {
+                    let at = rng.below(input.len() + 1);
+                    match rng.below(4) {
+                        0 if at < input.len() => input[at] = rng.next() as u8,
+                        1 if at < input.len() => {
+                            input.remove(at);
+                        }
+                        2 => input.truncate(at),
+                        _ => input.insert(at, rng.next() as u8),
+                    }
+                }
+                input
+            };
+            let walked = read_tag(&input);
+            let reference = reference_read_tag(&input);
+            match (&walked, &reference) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "{input:02x?}");
+                    tags += 1;
+                }
+                (Err(_), Err(_)) => errors += 1,
+                _ => panic!("{input:02x?}: walker {walked:?}, serde {reference:?}"),
+            }
+        }
+        // Both outcomes must be exercised, or the comparison proves little.
+        assert!(
+            tags > 5_000 && errors > 5_000,
+            "{tags} tags, {errors} errors"
+        );
+    }
+
+    #[test]
+    fn the_tag_walker_agrees_with_serde_on_a_full_chunk_and_its_prefixes() {
+        // A 64 KiB chunk: a `bin 32` entry.
+        let frame = encode(&ServerFrame::Data(Data {
+            sid: StreamId::STDOUT,
+            bytes: serde_bytes::ByteBuf::from(vec![1; 1 << 16]),
+        }));
+        assert_eq!(read_tag(&frame).unwrap(), "data");
+        for cut in [1, 10, 15, 16, 17, 20, frame.len() / 2, frame.len() - 1] {
+            assert!(read_tag(&frame[..cut]).is_err(), "{cut}");
+            assert!(reference_read_tag(&frame[..cut]).is_err(), "{cut}");
+        }
+    }
+
+    #[test]
+    fn data_frames_encoded_directly_match_the_generic_encoding_and_are_recognised() {
+        let sizes = [0usize, 1, 31, 32, 255, 256, 65_535, 65_536, 70_000];
+        let sids = [0u32, 1, 2, 127, 128, 255, 256, 65_535, 65_536, u32::MAX];
+        for len in sizes {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            for sid in sids {
+                let data = Data {
+                    sid: StreamId(sid),
+                    bytes: serde_bytes::ByteBuf::from(bytes.clone()),
+                };
+                let generic = encode(&ServerFrame::Data(data.clone()));
+                let direct = encode_data(StreamId(sid), &bytes);
+                assert_eq!(direct, generic, "len {len}, sid {sid}");
+                // Exactly sized: handing it on as a boxed slice moves nothing.
+                assert_eq!(direct.capacity(), direct.len(), "len {len}, sid {sid}");
+                let (found, range) = data_chunk(&generic).expect("recognised");
+                assert_eq!((found, &generic[range]), (StreamId(sid), &bytes[..]));
+                assert_eq!(
+                    decode::<ServerFrame>(&generic).unwrap(),
+                    ServerFrame::Data(data)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_data_fast_path_accepts_decodes_the_same_way() {
+        let mut rng = Rng(0xda7a_c4a9_0000_0001);
+        let seeds: Vec<Vec<u8>> = [0usize, 5, 200, 300]
+            .into_iter()
+            .map(|len| encode_data(StreamId(1), &vec![3; len]))
+            .collect();
+        let mut recognised = 0;
+        for _ in 0..40_000 {
+            let mut input = seeds[rng.below(seeds.len())].clone();
+            for _ in 0..rng.below(3) {
+                let at = rng.below(input.len() + 1);
+                match rng.below(4) {
+                    0 if at < input.len() => input[at] = rng.next() as u8,
+                    1 if at < input.len() => {
+                        input.remove(at);
+                    }
+                    2 => input.truncate(at),
+                    _ => input.insert(at, rng.next() as u8),
+                }
+            }
+            if let Some((sid, range)) = data_chunk(&input) {
+                recognised += 1;
+                let expected = ServerFrame::Data(Data {
+                    sid,
+                    bytes: serde_bytes::ByteBuf::from(input[range].to_vec()),
+                });
+                assert_eq!(
+                    decode::<ServerFrame>(&input).ok(),
+                    Some(expected),
+                    "{input:02x?}"
+                );
+            }
+        }
+        assert!(recognised > 10_000, "only {recognised} recognised");
+        // Another frame, or data in another entry order, is left to `decode`.
+        assert!(data_chunk(&encode(&ServerFrame::Exit(Exit { status: 0 }))).is_none());
+        let mut reordered = b"\x83\xa1t\xa4data\xa5bytes\xc4\x01x\xa3sid\x01".to_vec();
+        assert!(data_chunk(&reordered).is_none());
+        assert!(decode::<ServerFrame>(&reordered).is_ok());
+        reordered.push(0);
+        assert!(data_chunk(&reordered).is_none());
+    }
+
+    #[test]
+    fn the_tag_walker_limits_nesting_like_serde() {
+        for arrays in [MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 5] {
+            for container in [0x91u8, 0x81] {
+                // {"t":"x","y": <arrays nested containers>}
+                let mut bytes = vec![0x82, 0xa1, b't', 0xa1, b'x', 0xa1, b'y'];
+                for _ in 0..arrays {
+                    bytes.push(container);
+                    if container == 0x81 {
+                        bytes.push(0x00);
+                    }
+                }
+                bytes.push(0xc0);
+                assert_eq!(
+                    read_tag(&bytes).is_ok(),
+                    reference_read_tag(&bytes).is_ok(),
+                    "{arrays} nested {container:02x}"
+                );
+                assert_eq!(read_tag(&bytes).is_ok(), arrays < MAX_DEPTH, "{arrays}");
+            }
+        }
+    }
 
     #[test]
     fn unknown_tag_decodes_to_unknown() {

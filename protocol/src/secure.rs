@@ -9,14 +9,44 @@
 //! server knows the device by its key.
 //!
 //! Handshake, one WebSocket binary message each: client → `e`; server →
-//! `e, ee, s, es`; client → `s, se`. All handshake payloads are empty. After
-//! that, each WebSocket binary message is one sealed frame: the plaintext
-//! frame (MessagePack) cut into pieces of at most [`MAX_PIECE`] bytes, each
-//! encrypted with the next nonce of its direction and written as a 2-byte
-//! big-endian length followed by the ciphertext of one flag byte (1 on the
-//! frame's last piece, 0 before) and the piece, plus the 16-byte tag. The
-//! flag is encrypted and authenticated, so a frame cannot be cut short or
-//! two frames glued together without the receiver noticing.
+//! `e, ee, s, es`; client → `s, se`. The handshake itself always uses the
+//! ChaChaPoly of its name; only the transport AEAD after Noise's `Split()`
+//! is negotiated ([`TransportCipher`]):
+//!
+//! - the first message's payload (in the clear, but mixed into the handshake
+//!   hash, so that a change by anyone in the middle makes the second message
+//!   fail to authenticate) is the client's **offer**: the MessagePack map
+//!   `{"aead": [names]}` with the Noise names of the ciphers it accepts,
+//!   `"AESGCM"` and/or `"ChaChaPoly"`. The reference client offers `AESGCM`
+//!   only when its CPU has AES hardware ([`aes_hardware`]), and always
+//!   `ChaChaPoly` ([`TransportCipher::defaults`]);
+//! - the second message's payload (encrypted) is the server's **choice**:
+//!   the map `{"aead": name}`, one of the offered ciphers. The reference
+//!   server takes the first of its own list that the client offered: AESGCM
+//!   when it has AES hardware too, else ChaChaPoly;
+//! - the third message's payload is empty.
+//!
+//! Offer and choice are at most [`MAX_NEGOTIATION_LEN`] bytes; other keys of
+//! the maps are ignored, and so are unknown names in an offer. An offer or
+//! choice that is malformed, too long, names no known cipher, or a choice
+//! that was not offered, fails the handshake ([`SecureError::Handshake`]).
+//! Older peers: a client that sends an empty first payload offers
+//! ChaChaPoly only, and the server then answers with an empty payload (as
+//! older servers do, and as older clients expect); a client that gets an
+//! empty second payload uses ChaChaPoly.
+//!
+//! After that, each WebSocket binary message is one sealed frame: the
+//! plaintext frame (MessagePack) cut into pieces of at most [`MAX_PIECE`]
+//! bytes, each encrypted with the next nonce of its direction and written as
+//! a 2-byte big-endian length followed by the ciphertext of one flag byte (1
+//! on the frame's last piece, 0 before) and the piece, plus the 16-byte tag.
+//! The flag is encrypted and authenticated, so a frame cannot be cut short or
+//! two frames glued together without the receiver noticing. The AEAD is
+//! Noise's cipher of that name, done here with `ring`: the key is the 32-byte
+//! `Split()` key of the direction, the associated data is empty, and the
+//! 96-bit nonce is 4 zero bytes then the piece's counter (0, 1, 2, ... per
+//! direction) as a **little-endian** `u64` for ChaChaPoly and a
+//! **big-endian** `u64` for AESGCM.
 //!
 //! Sans-I/O: callers move the bytes.
 //!
@@ -29,7 +59,12 @@
 //! measure what the AEAD costs. The handshake runs unchanged (both static
 //! keys are proven, the client pins the server's key, the server learns the
 //! device key), except that its second and third messages carry
-//! [`PLAINTEXT_MARKER`] as their payload. After it, [`Sealer::seal`] and
+//! [`PLAINTEXT_MARKER`] as their payload, no cipher is negotiated (the
+//! client's first payload is empty, the server ignores it, the offer lists
+//! given to [`Initiator::start_with`] and [`Responder::respond_with`] are
+//! ignored and the channel reports `TransportCipher::InsecurePlaintext`, a
+//! variant that only this build has).
+//! After it, [`Sealer::seal`] and
 //! [`Opener::open`] keep the same framing (length prefix, flag byte, piece,
 //! a 16-byte slot where the tag goes) and the same code path, but copy the
 //! piece in the clear and fill the tag slot with `PLAINTXT` and the piece's
@@ -39,11 +74,13 @@
 //! feature.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use base64::Engine as _;
 #[cfg(not(feature = "insecure-plaintext-bench"))]
 use ring::aead::Aad;
-use ring::aead::{CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 use snow::{Builder, HandshakeState};
 
@@ -66,6 +103,13 @@ pub const MAX_SEALED_LEN: usize =
     MAX_FRAME_LEN + (MAX_FRAME_LEN / MAX_PIECE + 1) * (2 + 1 + TAG_LEN);
 /// Longest handshake message accepted.
 pub const MAX_HANDSHAKE_LEN: usize = 1024;
+/// Longest cipher offer (payload of the first handshake message) or choice
+/// (payload of the second) accepted; see the [module documentation](self).
+pub const MAX_NEGOTIATION_LEN: usize = 256;
+/// Deepest nesting of MessagePack arrays and maps in an offer or choice, the
+/// outer map included (unknown entries are skipped, whatever they hold,
+/// within this depth).
+const NEGOTIATION_DEPTH: usize = 8;
 
 /// Whether frames are encrypted and authenticated: `true` unless this crate
 /// was built with the bench-only `insecure-plaintext-bench` feature (see the
@@ -104,6 +148,307 @@ pub enum SecureError {
     /// A key file's content is not a key.
     #[error("invalid key: {0}")]
     InvalidKey(String),
+}
+
+/// The AEAD that seals frames after the handshake, negotiated during it
+/// (see the [module documentation](self)). Displayed as its Noise name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportCipher {
+    /// AES-256-GCM, Noise's `AESGCM` (nonce: 4 zero bytes, then the counter
+    /// as a big-endian `u64`). Preferred when both ends have AES hardware.
+    Aes256Gcm,
+    /// ChaCha20-Poly1305, Noise's `ChaChaPoly` (nonce: 4 zero bytes, then
+    /// the counter as a little-endian `u64`). Every peer supports it.
+    ChaCha20Poly1305,
+    /// INSECURE, benchmarks only: the `insecure-plaintext-bench` build, which
+    /// negotiates nothing and seals nothing.
+    #[cfg(feature = "insecure-plaintext-bench")]
+    InsecurePlaintext,
+}
+
+impl TransportCipher {
+    /// Noise's name of the cipher, as written in offers and choices
+    /// (`AESGCM`, `ChaChaPoly`).
+    pub const fn noise_name(self) -> &'static str {
+        match self {
+            TransportCipher::Aes256Gcm => "AESGCM",
+            TransportCipher::ChaCha20Poly1305 => "ChaChaPoly",
+            #[cfg(feature = "insecure-plaintext-bench")]
+            TransportCipher::InsecurePlaintext => "PLAINTEXT (insecure-plaintext-bench)",
+        }
+    }
+
+    /// The cipher of a Noise name that can be negotiated, if known.
+    pub fn from_noise_name(name: &str) -> Option<TransportCipher> {
+        match name {
+            "AESGCM" => Some(TransportCipher::Aes256Gcm),
+            "ChaChaPoly" => Some(TransportCipher::ChaCha20Poly1305),
+            _ => None,
+        }
+    }
+
+    /// What this machine offers (as a client) and accepts (as a server), in
+    /// order of preference: AES-256-GCM first when the CPU has AES hardware
+    /// ([`aes_hardware`]), then ChaCha20-Poly1305, which is always there.
+    /// [`Initiator::start`] and [`Responder::respond`] use it.
+    pub fn defaults() -> &'static [TransportCipher] {
+        if aes_hardware() {
+            &[
+                TransportCipher::Aes256Gcm,
+                TransportCipher::ChaCha20Poly1305,
+            ]
+        } else {
+            &[TransportCipher::ChaCha20Poly1305]
+        }
+    }
+}
+
+impl fmt::Display for TransportCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.noise_name())
+    }
+}
+
+/// Whether this CPU has the instructions that make AES-GCM fast and
+/// constant-time: AES and carry-less multiplication (`aes` and `pclmulqdq`
+/// on x86-64, `aes` and `pmull` on AArch64). `false` on other architectures.
+pub fn aes_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// `ciphers` as `AESGCM, ChaChaPoly`, for error messages.
+fn cipher_list(ciphers: &[TransportCipher]) -> String {
+    let names: Vec<&str> = ciphers.iter().map(|cipher| cipher.noise_name()).collect();
+    names.join(", ")
+}
+
+/// `ciphers` without repeats, in order; an error if none is left.
+fn cipher_set(
+    ciphers: &[TransportCipher],
+    whose: &str,
+) -> Result<Vec<TransportCipher>, SecureError> {
+    let mut set = Vec::with_capacity(ciphers.len());
+    for cipher in ciphers {
+        if !set.contains(cipher) {
+            set.push(*cipher);
+        }
+    }
+    if set.is_empty() {
+        return Err(SecureError::Handshake(format!(
+            "{whose} lists no transport cipher"
+        )));
+    }
+    Ok(set)
+}
+
+/// The client's offer: `{"aead": [names]}`.
+#[cfg_attr(
+    feature = "insecure-plaintext-bench",
+    allow(dead_code, reason = "the plaintext bench build negotiates nothing")
+)]
+fn encode_offer(ciphers: &[TransportCipher]) -> Result<Vec<u8>, SecureError> {
+    #[derive(serde::Serialize)]
+    struct Offer<'a> {
+        aead: Vec<&'a str>,
+    }
+    let offer = Offer {
+        aead: ciphers.iter().map(|cipher| cipher.noise_name()).collect(),
+    };
+    let bytes = rmp_serde::to_vec_named(&offer)
+        .map_err(|error| SecureError::Handshake(format!("cannot encode the offer: {error}")))?;
+    if bytes.len() > MAX_NEGOTIATION_LEN {
+        return Err(SecureError::Handshake(
+            "the cipher offer is too long".into(),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The server's choice: `{"aead": name}`.
+#[cfg_attr(
+    feature = "insecure-plaintext-bench",
+    allow(dead_code, reason = "the plaintext bench build negotiates nothing")
+)]
+fn encode_choice(cipher: TransportCipher) -> Result<Vec<u8>, SecureError> {
+    #[derive(serde::Serialize)]
+    struct Choice {
+        aead: &'static str,
+    }
+    rmp_serde::to_vec_named(&Choice {
+        aead: cipher.noise_name(),
+    })
+    .map_err(|error| SecureError::Handshake(format!("cannot encode the choice: {error}")))
+}
+
+/// The known ciphers of a client's offer (a non-empty first payload), in
+/// its order; unknown names are skipped.
+#[cfg_attr(
+    feature = "insecure-plaintext-bench",
+    allow(dead_code, reason = "the plaintext bench build negotiates nothing")
+)]
+fn decode_offer(payload: &[u8]) -> Result<Vec<TransportCipher>, SecureError> {
+    let refused = |why: String| SecureError::Handshake(format!("the client's cipher offer {why}"));
+    if payload.len() > MAX_NEGOTIATION_LEN {
+        return Err(refused(format!(
+            "is {} bytes, over the limit of {MAX_NEGOTIATION_LEN}",
+            payload.len()
+        )));
+    }
+    let Names(names) =
+        read_aead_entry::<Names>(payload).map_err(|why| refused(format!("is malformed: {why}")))?;
+    let mut known = Vec::new();
+    for cipher in names
+        .iter()
+        .filter_map(|name| TransportCipher::from_noise_name(name))
+    {
+        if !known.contains(&cipher) {
+            known.push(cipher);
+        }
+    }
+    if known.is_empty() {
+        return Err(refused(format!("names no known cipher: {names:?}")));
+    }
+    Ok(known)
+}
+
+/// The server's choice (a non-empty second payload); it must be one of
+/// `offered`.
+#[cfg_attr(
+    feature = "insecure-plaintext-bench",
+    allow(dead_code, reason = "the plaintext bench build negotiates nothing")
+)]
+fn decode_choice(
+    payload: &[u8],
+    offered: &[TransportCipher],
+) -> Result<TransportCipher, SecureError> {
+    let refused = |why: String| SecureError::Handshake(format!("the server's cipher choice {why}"));
+    if payload.len() > MAX_NEGOTIATION_LEN {
+        return Err(refused(format!(
+            "is {} bytes, over the limit of {MAX_NEGOTIATION_LEN}",
+            payload.len()
+        )));
+    }
+    let name = read_aead_entry::<String>(payload)
+        .map_err(|why| refused(format!("is malformed: {why}")))?;
+    let cipher = TransportCipher::from_noise_name(&name)
+        .ok_or_else(|| refused(format!("names an unknown cipher, {name:?}")))?;
+    if !offered.contains(&cipher) {
+        return Err(refused(format!(
+            "is {cipher}, which this client did not offer (it offered {})",
+            cipher_list(offered)
+        )));
+    }
+    Ok(cipher)
+}
+
+/// The cipher an empty payload stands for, in an older peer's handshake:
+/// ChaChaPoly, if `ours` (what this side offers or accepts) has it.
+#[cfg_attr(
+    feature = "insecure-plaintext-bench",
+    allow(dead_code, reason = "the plaintext bench build negotiates nothing")
+)]
+fn legacy_cipher(ours: &[TransportCipher], peer: &str) -> Result<TransportCipher, SecureError> {
+    if ours.contains(&TransportCipher::ChaCha20Poly1305) {
+        Ok(TransportCipher::ChaCha20Poly1305)
+    } else {
+        Err(SecureError::Handshake(format!(
+            "the {peer} negotiates no cipher (an older version: ChaChaPoly only), and this side \
+             allows only {}",
+            cipher_list(ours)
+        )))
+    }
+}
+
+/// Reads the `aead` entry of a MessagePack map that must make up the whole
+/// of `payload` (string keys, other entries skipped, no trailing bytes).
+fn read_aead_entry<T: de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    let mut decoder = rmp_serde::Deserializer::new(std::io::Cursor::new(payload));
+    // rmp-serde refuses a value nested as deep as its limit.
+    decoder.set_max_depth(NEGOTIATION_DEPTH + 1);
+    let AeadEntry(value) =
+        AeadEntry::<T>::deserialize(&mut decoder).map_err(|error| error.to_string())?;
+    let read = usize::try_from(decoder.position()).unwrap_or(usize::MAX);
+    match payload.len().checked_sub(read) {
+        Some(0) => Ok(value),
+        Some(trailing) => Err(format!("{trailing} trailing bytes")),
+        None => Err("read past the end".into()),
+    }
+}
+
+/// The `aead` entry of an offer or choice map.
+struct AeadEntry<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for AeadEntry<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for EntryVisitor<T> {
+            type Value = AeadEntry<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map with an `aead` entry")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut aead = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "aead" {
+                        map.next_value::<IgnoredAny>()?;
+                    } else if aead.is_some() {
+                        return Err(de::Error::duplicate_field("aead"));
+                    } else {
+                        aead = Some(map.next_value::<T>()?);
+                    }
+                }
+                aead.map(AeadEntry)
+                    .ok_or_else(|| de::Error::missing_field("aead"))
+            }
+        }
+
+        deserializer.deserialize_map(EntryVisitor(PhantomData))
+    }
+}
+
+/// The names of an offer: an array of strings (read without reserving room
+/// for the length it announces).
+struct Names(Vec<String>);
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NamesVisitor;
+
+        impl<'de> Visitor<'de> for NamesVisitor {
+            type Value = Names;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of cipher names")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(Names(names))
+            }
+        }
+
+        deserializer.deserialize_seq(NamesVisitor)
+    }
 }
 
 fn params() -> snow::params::NoiseParams {
@@ -239,17 +584,41 @@ fn check_peer_build(payload: &[u8], peer: &str) -> Result<(), SecureError> {
 /// The client's side of the handshake.
 pub struct Initiator {
     state: HandshakeState,
+    /// The ciphers offered (empty in the plaintext bench build).
+    offered: Vec<TransportCipher>,
+    /// The server's choice, once its answer is read.
+    cipher: Option<TransportCipher>,
 }
 
 impl fmt::Debug for Initiator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Initiator").finish_non_exhaustive()
+        f.debug_struct("Initiator")
+            .field("offered", &self.offered)
+            .field("cipher", &self.cipher)
+            .finish_non_exhaustive()
     }
 }
 
 impl Initiator {
-    /// Starts the handshake with the device key; returns the first message.
+    /// Starts the handshake with the device key, offering this machine's
+    /// [`TransportCipher::defaults`]; returns the first message.
     pub fn start(device: &StaticKey) -> Result<(Initiator, Vec<u8>), SecureError> {
+        Initiator::start_with(device, TransportCipher::defaults())
+    }
+
+    /// [`start`](Initiator::start), offering exactly `offer` (at least one
+    /// cipher; repeats are dropped). The plaintext bench build ignores it.
+    pub fn start_with(
+        device: &StaticKey,
+        offer: &[TransportCipher],
+    ) -> Result<(Initiator, Vec<u8>), SecureError> {
+        let (offered, payload) = if ENCRYPTED {
+            let offered = cipher_set(offer, "the client's offer")?;
+            let payload = encode_offer(&offered)?;
+            (offered, payload)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut state = Builder::new(params())
             .local_private_key(&device.private)
             .and_then(|builder| builder.prologue(SUBPROTOCOL.as_bytes()))
@@ -257,10 +626,17 @@ impl Initiator {
             .map_err(handshake_error)?;
         let mut message = vec![0u8; MAX_HANDSHAKE_LEN];
         let len = state
-            .write_message(&[], &mut message)
+            .write_message(&payload, &mut message)
             .map_err(handshake_error)?;
         message.truncate(len);
-        Ok((Initiator { state }, message))
+        Ok((
+            Initiator {
+                state,
+                offered,
+                cipher: None,
+            },
+            message,
+        ))
     }
 
     /// Reads the server's answer; returns the server's static public key, to
@@ -274,14 +650,38 @@ impl Initiator {
             .state
             .read_message(message, &mut payload)
             .map_err(handshake_error)?;
-        check_peer_build(&payload[..len], "server")?;
+        let payload = &payload[..len];
+        check_peer_build(payload, "server")?;
+        let cipher = self.chosen(payload)?;
         let key = self
             .state
             .get_remote_static()
             .map(<[u8]>::to_vec)
             .ok_or_else(|| SecureError::Handshake("the server sent no static key".into()))?;
         check_public_key(&key)?;
+        self.cipher = Some(cipher);
         Ok(key)
+    }
+
+    /// The cipher the server's second payload stands for.
+    #[cfg(not(feature = "insecure-plaintext-bench"))]
+    fn chosen(&self, payload: &[u8]) -> Result<TransportCipher, SecureError> {
+        if payload.is_empty() {
+            legacy_cipher(&self.offered, "server")
+        } else {
+            decode_choice(payload, &self.offered)
+        }
+    }
+
+    /// The plaintext bench build negotiates nothing.
+    #[cfg(feature = "insecure-plaintext-bench")]
+    fn chosen(&self, _payload: &[u8]) -> Result<TransportCipher, SecureError> {
+        Ok(TransportCipher::InsecurePlaintext)
+    }
+
+    /// The cipher the server chose, once its answer has been read.
+    pub fn cipher(&self) -> Option<TransportCipher> {
+        self.cipher
     }
 
     /// Writes the last handshake message and opens the channel.
@@ -292,43 +692,73 @@ impl Initiator {
             .write_message(HANDSHAKE_PAYLOAD, &mut message)
             .map_err(handshake_error)?;
         message.truncate(len);
-        Ok((message, Channel::open(self.state)?))
+        let cipher = self
+            .cipher
+            .ok_or_else(|| SecureError::Handshake("the server's answer was not read".into()))?;
+        Ok((message, Channel::open(self.state, cipher)?))
     }
 }
 
 /// The server's side of the handshake.
 pub struct Responder {
     state: HandshakeState,
+    /// The cipher chosen for the channel.
+    cipher: TransportCipher,
 }
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Responder").finish_non_exhaustive()
+        f.debug_struct("Responder")
+            .field("cipher", &self.cipher)
+            .finish_non_exhaustive()
     }
 }
 
 impl Responder {
     /// Reads the client's first message with the server key; returns the
-    /// answer to send.
+    /// answer to send. Accepts this machine's [`TransportCipher::defaults`].
     pub fn respond(server: &StaticKey, first: &[u8]) -> Result<(Responder, Vec<u8>), SecureError> {
+        Responder::respond_with(server, first, TransportCipher::defaults())
+    }
+
+    /// [`respond`](Responder::respond), accepting only the ciphers of
+    /// `accept` (at least one), in order of preference: the channel uses the
+    /// first of them that the client offered. The plaintext bench build
+    /// ignores it.
+    pub fn respond_with(
+        server: &StaticKey,
+        first: &[u8],
+        accept: &[TransportCipher],
+    ) -> Result<(Responder, Vec<u8>), SecureError> {
         if first.len() > MAX_HANDSHAKE_LEN {
             return Err(SecureError::Handshake("handshake message too long".into()));
         }
+        let accept = if ENCRYPTED {
+            cipher_set(accept, "the server's list")?
+        } else {
+            Vec::new()
+        };
         let mut state = Builder::new(params())
             .local_private_key(&server.private)
             .and_then(|builder| builder.prologue(SUBPROTOCOL.as_bytes()))
             .and_then(Builder::build_responder)
             .map_err(handshake_error)?;
         let mut payload = vec![0u8; MAX_HANDSHAKE_LEN];
-        state
+        let len = state
             .read_message(first, &mut payload)
             .map_err(handshake_error)?;
+        let (cipher, answer) = choose(&payload[..len], &accept)?;
         let mut message = vec![0u8; MAX_HANDSHAKE_LEN];
         let len = state
-            .write_message(HANDSHAKE_PAYLOAD, &mut message)
+            .write_message(&answer, &mut message)
             .map_err(handshake_error)?;
         message.truncate(len);
-        Ok((Responder { state }, message))
+        Ok((Responder { state, cipher }, message))
+    }
+
+    /// The cipher chosen for the channel.
+    pub fn cipher(&self) -> TransportCipher {
+        self.cipher
     }
 
     /// Reads the client's last message; returns the client's device public
@@ -349,8 +779,46 @@ impl Responder {
             .map(<[u8]>::to_vec)
             .ok_or_else(|| SecureError::Handshake("the client sent no device key".into()))?;
         check_public_key(&device)?;
-        Ok((device, Channel::open(self.state)?))
+        Ok((device, Channel::open(self.state, self.cipher)?))
     }
+}
+
+/// The server's choice for the client's first payload `offer`, among
+/// `accept`, and the payload of its answer: empty for an empty offer (an
+/// older client, which expects an empty answer), else the encoded choice.
+#[cfg(not(feature = "insecure-plaintext-bench"))]
+fn choose(
+    offer: &[u8],
+    accept: &[TransportCipher],
+) -> Result<(TransportCipher, Vec<u8>), SecureError> {
+    if offer.is_empty() {
+        return Ok((legacy_cipher(accept, "client")?, Vec::new()));
+    }
+    let offered = decode_offer(offer)?;
+    let cipher = accept
+        .iter()
+        .copied()
+        .find(|cipher| offered.contains(cipher))
+        .ok_or_else(|| {
+            SecureError::Handshake(format!(
+                "no transport cipher in common: the client offers {}, this server accepts {}",
+                cipher_list(&offered),
+                cipher_list(accept)
+            ))
+        })?;
+    Ok((cipher, encode_choice(cipher)?))
+}
+
+/// The plaintext bench build ignores the offer and answers with the marker.
+#[cfg(feature = "insecure-plaintext-bench")]
+fn choose(
+    _offer: &[u8],
+    _accept: &[TransportCipher],
+) -> Result<(TransportCipher, Vec<u8>), SecureError> {
+    Ok((
+        TransportCipher::InsecurePlaintext,
+        PLAINTEXT_MARKER.to_vec(),
+    ))
 }
 
 /// Both directions of an open channel; split it to seal and open
@@ -362,18 +830,19 @@ pub struct Channel {
 }
 
 impl Channel {
-    fn open(mut state: HandshakeState) -> Result<Channel, SecureError> {
+    fn open(mut state: HandshakeState, cipher: TransportCipher) -> Result<Channel, SecureError> {
         if !state.is_handshake_finished() {
             return Err(SecureError::Handshake(
                 "the handshake is not finished".into(),
             ));
         }
         // Noise's Split(): the initiator sends with the first key. The
-        // transport is Noise's ChaChaPoly done here with `ring` rather than
-        // snow's, so that a piece is encrypted and decrypted where it lies in
-        // the message instead of through scratch buffers (same bytes on the
-        // wire: 96-bit nonce of 4 zero bytes and the little-endian counter,
-        // empty associated data).
+        // transport is Noise's cipher `cipher` done here with `ring` rather
+        // than snow's, so that a piece is encrypted and decrypted where it
+        // lies in the message instead of through scratch buffers (same bytes
+        // on the wire: 96-bit nonce of 4 zero bytes and the counter, little-
+        // endian for ChaChaPoly and big-endian for AESGCM, empty associated
+        // data).
         let (first, second) = state.dangerously_get_raw_split();
         let (send, receive) = if state.is_initiator() {
             (first, second)
@@ -382,14 +851,19 @@ impl Channel {
         };
         Ok(Channel {
             sealer: Sealer {
-                key: Transport::new(&send)?,
+                key: Transport::new(cipher, &send)?,
                 nonce: 0,
             },
             opener: Opener {
-                key: Transport::new(&receive)?,
+                key: Transport::new(cipher, &receive)?,
                 nonce: 0,
             },
         })
+    }
+
+    /// The AEAD that seals the frames, as negotiated in the handshake.
+    pub fn cipher(&self) -> TransportCipher {
+        self.sealer.cipher()
     }
 
     /// The sending and receiving halves.
@@ -398,20 +872,31 @@ impl Channel {
     }
 }
 
-/// One direction's ChaCha20-Poly1305 key (made from the split key in both
-/// builds; not used by the `insecure-plaintext-bench` one).
-struct Transport(
+/// One direction's AEAD key (made from the split key in both builds, a
+/// ChaCha20-Poly1305 one in the `insecure-plaintext-bench` build, which does
+/// not use it).
+struct Transport {
     #[cfg_attr(
         feature = "insecure-plaintext-bench",
         allow(dead_code, reason = "the plaintext bench build seals nothing")
     )]
-    LessSafeKey,
-);
+    key: LessSafeKey,
+    cipher: TransportCipher,
+}
 
 impl Transport {
-    fn new(key: &[u8; 32]) -> Result<Transport, SecureError> {
-        UnboundKey::new(&CHACHA20_POLY1305, key)
-            .map(|key| Transport(LessSafeKey::new(key)))
+    fn new(cipher: TransportCipher, key: &[u8; 32]) -> Result<Transport, SecureError> {
+        let algorithm = match cipher {
+            TransportCipher::Aes256Gcm => &AES_256_GCM,
+            TransportCipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+            #[cfg(feature = "insecure-plaintext-bench")]
+            TransportCipher::InsecurePlaintext => &CHACHA20_POLY1305,
+        };
+        UnboundKey::new(algorithm, key)
+            .map(|key| Transport {
+                key: LessSafeKey::new(key),
+                cipher,
+            })
             .map_err(|_| SecureError::Handshake("unusable transport key".into()))
     }
 
@@ -419,8 +904,8 @@ impl Transport {
     #[cfg(not(feature = "insecure-plaintext-bench"))]
     #[inline]
     fn seal(&self, n: u64, in_out: &mut [u8]) -> Result<impl AsRef<[u8]> + use<>, SecureError> {
-        self.0
-            .seal_in_place_separate_tag(noise_nonce(n)?, Aad::empty(), in_out)
+        self.key
+            .seal_in_place_separate_tag(noise_nonce(self.cipher, n)?, Aad::empty(), in_out)
             .map_err(|_| SecureError::Tampered)
     }
 
@@ -429,8 +914,8 @@ impl Transport {
     #[cfg(not(feature = "insecure-plaintext-bench"))]
     #[inline]
     fn open<'a>(&self, n: u64, in_out: &'a mut [u8]) -> Result<&'a mut [u8], SecureError> {
-        self.0
-            .open_in_place(noise_nonce(n)?, Aad::empty(), in_out)
+        self.key
+            .open_in_place(noise_nonce(self.cipher, n)?, Aad::empty(), in_out)
             .map_err(|_| SecureError::Tampered)
     }
 
@@ -439,7 +924,7 @@ impl Transport {
     #[cfg(feature = "insecure-plaintext-bench")]
     #[inline]
     fn seal(&self, n: u64, _in_out: &mut [u8]) -> Result<impl AsRef<[u8]> + use<>, SecureError> {
-        noise_nonce(n)?;
+        noise_nonce(self.cipher, n)?;
         Ok(plaintext_tag(n))
     }
 
@@ -449,7 +934,7 @@ impl Transport {
     #[cfg(feature = "insecure-plaintext-bench")]
     #[inline]
     fn open<'a>(&self, n: u64, in_out: &'a mut [u8]) -> Result<&'a mut [u8], SecureError> {
-        noise_nonce(n)?;
+        noise_nonce(self.cipher, n)?;
         let at = in_out
             .len()
             .checked_sub(TAG_LEN)
@@ -473,18 +958,26 @@ fn plaintext_tag(n: u64) -> [u8; TAG_LEN] {
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Transport")
+        write!(f, "Transport({})", self.cipher)
     }
 }
 
-/// Noise's ChaChaPoly nonce for counter `n`; the last counter value is
-/// reserved by Noise, so a channel that reaches it refuses to go on.
-fn noise_nonce(n: u64) -> Result<Nonce, SecureError> {
+/// Noise's nonce of `cipher` for counter `n`: 4 zero bytes, then the counter
+/// as a big-endian `u64` for AESGCM and a little-endian one for ChaChaPoly.
+/// The last counter value is reserved by Noise, so a channel that reaches
+/// it refuses to go on.
+fn noise_nonce(cipher: TransportCipher, n: u64) -> Result<Nonce, SecureError> {
     if n == u64::MAX {
         return Err(SecureError::Tampered);
     }
+    let counter = match cipher {
+        TransportCipher::Aes256Gcm => n.to_be_bytes(),
+        TransportCipher::ChaCha20Poly1305 => n.to_le_bytes(),
+        #[cfg(feature = "insecure-plaintext-bench")]
+        TransportCipher::InsecurePlaintext => n.to_le_bytes(),
+    };
     let mut nonce = [0u8; 12];
-    nonce[4..].copy_from_slice(&n.to_le_bytes());
+    nonce[4..].copy_from_slice(&counter);
     Ok(Nonce::assume_unique_for_key(nonce))
 }
 
@@ -496,6 +989,11 @@ pub struct Sealer {
 }
 
 impl Sealer {
+    /// The AEAD that seals the frames.
+    pub fn cipher(&self) -> TransportCipher {
+        self.key.cipher
+    }
+
     /// Seals one plaintext frame into one WebSocket message.
     pub fn seal(&mut self, frame: &[u8]) -> Result<Vec<u8>, SecureError> {
         if frame.len() > MAX_FRAME_LEN {
@@ -550,6 +1048,11 @@ impl Opened {
 }
 
 impl Opener {
+    /// The AEAD that seals the frames.
+    pub fn cipher(&self) -> TransportCipher {
+        self.key.cipher
+    }
+
     /// Opens one WebSocket message into the plaintext frame.
     pub fn open(&mut self, message: &[u8]) -> Result<Vec<u8>, SecureError> {
         self.open_unmoved(message).map(Opened::into_vec)
@@ -693,48 +1196,87 @@ mod tests {
 
     type Halves = (Sealer, Opener);
 
-    fn pair() -> (Halves, Halves, Vec<u8>, Vec<u8>) {
+    const AES: TransportCipher = TransportCipher::Aes256Gcm;
+    const CHACHA: TransportCipher = TransportCipher::ChaCha20Poly1305;
+
+    /// A full handshake: the client offers `offer`, the server accepts
+    /// `accept`; both sides must agree on the cipher.
+    fn channels(offer: &[TransportCipher], accept: &[TransportCipher]) -> (Channel, Channel) {
         let device = StaticKey::generate().unwrap();
         let server = StaticKey::generate().unwrap();
-        let (mut initiator, first) = Initiator::start(&device).unwrap();
-        let (responder, second) = Responder::respond(&server, &first).unwrap();
+        let (mut initiator, first) = Initiator::start_with(&device, offer).unwrap();
+        let (responder, second) = Responder::respond_with(&server, &first, accept).unwrap();
         let server_seen = initiator.read_response(&second).unwrap();
+        assert_eq!(initiator.cipher(), Some(responder.cipher()));
         let (third, client) = initiator.finish().unwrap();
         let (device_seen, server_channel) = responder.finish(&third).unwrap();
         assert_eq!(server_seen, server.public());
         assert_eq!(device_seen, device.public());
-        (
-            client.split(),
-            server_channel.split(),
-            server_seen,
-            device_seen,
-        )
+        assert_eq!(client.cipher(), server_channel.cipher());
+        (client, server_channel)
+    }
+
+    /// [`channels`] with both sides forced to `ciphers`.
+    fn pair_of(ciphers: &[TransportCipher]) -> (Halves, Halves) {
+        let (client, server) = channels(ciphers, ciphers);
+        (client.split(), server.split())
+    }
+
+    /// A channel with this machine's defaults.
+    fn pair() -> (Halves, Halves) {
+        pair_of(TransportCipher::defaults())
+    }
+
+    /// Each cipher to run the channel tests with, forced on both sides (the
+    /// bench build negotiates nothing: its defaults).
+    fn each_cipher() -> Vec<Vec<TransportCipher>> {
+        if ENCRYPTED {
+            vec![vec![AES], vec![CHACHA]]
+        } else {
+            vec![TransportCipher::defaults().to_vec()]
+        }
     }
 
     #[test]
     fn frames_round_trip_both_ways_including_large_ones() {
-        let ((mut client_seal, mut client_open), (mut server_seal, mut server_open), _, _) = pair();
-        for size in [
-            0usize,
-            1,
-            MAX_PIECE - 1,
-            MAX_PIECE,
-            MAX_PIECE + 1,
-            MAX_FRAME_LEN,
-        ] {
-            let frame: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-            let sealed = client_seal.seal(&frame).unwrap();
-            if size >= 16 {
-                // The first piece's part starts after the prefix and flag byte.
-                if ENCRYPTED {
-                    assert_ne!(&sealed[3..19], &frame[..16], "plaintext visible");
-                } else {
-                    assert_eq!(&sealed[3..19], &frame[..16], "the bench build copies");
-                }
+        for ciphers in each_cipher() {
+            let ((mut client_seal, mut client_open), (mut server_seal, mut server_open)) =
+                pair_of(&ciphers);
+            if ENCRYPTED {
+                assert_eq!(client_seal.cipher(), ciphers[0]);
+                assert_eq!(server_open.cipher(), ciphers[0]);
             }
-            assert_eq!(server_open.open(&sealed).unwrap(), frame);
-            let sealed = server_seal.seal(&frame).unwrap();
-            assert_eq!(client_open.open(&sealed).unwrap(), frame);
+            for size in [
+                0usize,
+                1,
+                MAX_PIECE - 1,
+                MAX_PIECE,
+                MAX_PIECE + 1,
+                2 * MAX_PIECE + 7,
+                MAX_FRAME_LEN,
+            ] {
+                let frame: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                let sealed = client_seal.seal(&frame).unwrap();
+                if size >= 16 {
+                    // The first piece's part starts after the prefix and flag byte.
+                    if ENCRYPTED {
+                        assert_ne!(&sealed[3..19], &frame[..16], "plaintext visible");
+                    } else {
+                        assert_eq!(&sealed[3..19], &frame[..16], "the bench build copies");
+                    }
+                }
+                assert_eq!(
+                    server_open.open(&sealed).unwrap(),
+                    frame,
+                    "{ciphers:?} {size}"
+                );
+                let sealed = server_seal.seal(&frame).unwrap();
+                assert_eq!(
+                    client_open.open(&sealed).unwrap(),
+                    frame,
+                    "{ciphers:?} {size}"
+                );
+            }
         }
     }
 
@@ -743,38 +1285,42 @@ mod tests {
     #[cfg(not(feature = "insecure-plaintext-bench"))]
     #[test]
     fn tampering_replay_and_truncation_are_detected() {
-        let ((mut client_seal, _), (_, mut server_open), _, _) = pair();
-        let sealed = client_seal.seal(b"hello").unwrap();
-        for i in 0..sealed.len() {
-            let mut flipped = sealed.clone();
-            flipped[i] ^= 0x01;
-            assert!(server_open.open(&flipped).is_err(), "flip at {i} accepted");
+        for ciphers in each_cipher() {
+            let ((mut client_seal, _), (_, mut server_open)) = pair_of(&ciphers);
+            let sealed = client_seal.seal(b"hello").unwrap();
+            for i in 0..sealed.len() {
+                let mut flipped = sealed.clone();
+                flipped[i] ^= 0x01;
+                assert!(server_open.open(&flipped).is_err(), "flip at {i} accepted");
+            }
+            for cut in 0..sealed.len() {
+                assert!(server_open.open(&sealed[..cut]).is_err(), "cut at {cut}");
+            }
+            // Failed opens do not advance the nonce: the real message still opens once.
+            assert_eq!(server_open.open(&sealed).unwrap(), b"hello");
+            assert!(server_open.open(&sealed).is_err(), "a replay was accepted");
         }
-        for cut in 0..sealed.len() {
-            assert!(server_open.open(&sealed[..cut]).is_err(), "cut at {cut}");
-        }
-        // Failed opens do not advance the nonce: the real message still opens once.
-        assert_eq!(server_open.open(&sealed).unwrap(), b"hello");
-        assert!(server_open.open(&sealed).is_err(), "a replay was accepted");
     }
 
     #[test]
     fn frames_cannot_be_cut_short_or_glued_together() {
-        let ((mut client_seal, _), (_, mut server_open), _, _) = pair();
-        let big: Vec<u8> = (0..MAX_PIECE + 10).map(|i| i as u8).collect();
-        let sealed = client_seal.seal(&big).unwrap();
-        let first_len = 2 + usize::from(u16::from_be_bytes([sealed[0], sealed[1]]));
-        assert!(
-            server_open.open(&sealed[..first_len]).is_err(),
-            "the first piece alone is not a frame"
-        );
-        let ((mut client_seal, _), (_, mut server_open), _, _) = pair();
-        let mut glued = client_seal.seal(b"one").unwrap();
-        glued.extend(client_seal.seal(b"two").unwrap());
-        assert!(
-            server_open.open(&glued).is_err(),
-            "two frames glued together"
-        );
+        for ciphers in each_cipher() {
+            let ((mut client_seal, _), (_, mut server_open)) = pair_of(&ciphers);
+            let big: Vec<u8> = (0..MAX_PIECE + 10).map(|i| i as u8).collect();
+            let sealed = client_seal.seal(&big).unwrap();
+            let first_len = 2 + usize::from(u16::from_be_bytes([sealed[0], sealed[1]]));
+            assert!(
+                server_open.open(&sealed[..first_len]).is_err(),
+                "the first piece alone is not a frame"
+            );
+            let ((mut client_seal, _), (_, mut server_open)) = pair_of(&ciphers);
+            let mut glued = client_seal.seal(b"one").unwrap();
+            glued.extend(client_seal.seal(b"two").unwrap());
+            assert!(
+                server_open.open(&glued).is_err(),
+                "two frames glued together"
+            );
+        }
     }
 
     #[test]
@@ -809,7 +1355,7 @@ mod tests {
         // Same handshake, then one side's channel against snow's own transport.
         let device = StaticKey::generate().unwrap();
         let server = StaticKey::generate().unwrap();
-        let (mut initiator, first) = Initiator::start(&device).unwrap();
+        let (mut initiator, first) = Initiator::start_with(&device, &[CHACHA]).unwrap();
         let (responder, second) = Responder::respond(&server, &first).unwrap();
         initiator.read_response(&second).unwrap();
         let mut third = vec![0u8; MAX_HANDSHAKE_LEN];
@@ -817,6 +1363,7 @@ mod tests {
         third.truncate(len);
         let snow_client = initiator.state.into_stateless_transport_mode().unwrap();
         let (_, channel) = responder.finish(&third).unwrap();
+        assert_eq!(channel.cipher(), CHACHA);
         let (mut seal, mut open) = channel.split();
         let frame: Vec<u8> = (0..MAX_PIECE + 100).map(|i| (i % 253) as u8).collect();
         // Server → client: our pieces open with snow.
@@ -886,12 +1433,560 @@ mod tests {
         assert!(error.contains("insecure-plaintext-bench"), "{error}");
         assert!(error.contains("client"), "{error}");
 
-        // Same builds agree; other payloads are ignored, as before.
+        // Same builds agree; other payloads pass this check, as before (a
+        // normal build then reads them as the server's cipher choice).
         check_peer_build(HANDSHAKE_PAYLOAD, "server").unwrap();
         if ENCRYPTED {
             check_peer_build(b"something newer", "server").unwrap();
         } else {
             assert!(check_peer_build(b"something newer", "server").is_err());
+        }
+    }
+
+    /// A snow handshake state with `key`, for playing a peer by hand.
+    fn snow_peer(key: &StaticKey, initiator: bool) -> HandshakeState {
+        let builder = Builder::new(params())
+            .local_private_key(&key.private)
+            .and_then(|builder| builder.prologue(SUBPROTOCOL.as_bytes()))
+            .unwrap();
+        if initiator {
+            builder.build_initiator().unwrap()
+        } else {
+            builder.build_responder().unwrap()
+        }
+    }
+
+    /// Writes a handshake message with `payload` from a snow state.
+    fn snow_write(state: &mut HandshakeState, payload: &[u8]) -> Vec<u8> {
+        let mut message = vec![0u8; MAX_HANDSHAKE_LEN];
+        let len = state.write_message(payload, &mut message).unwrap();
+        message.truncate(len);
+        message
+    }
+
+    /// Reads a handshake message into a snow state; returns its payload.
+    fn snow_read(state: &mut HandshakeState, message: &[u8]) -> Vec<u8> {
+        let mut payload = vec![0u8; MAX_HANDSHAKE_LEN];
+        let len = state.read_message(message, &mut payload).unwrap();
+        payload.truncate(len);
+        payload
+    }
+
+    /// The transport cipher negotiation (not in the bench build, which
+    /// negotiates nothing).
+    #[cfg(not(feature = "insecure-plaintext-bench"))]
+    mod negotiation {
+        use super::*;
+        use rmpv::Value;
+        use snow::params::CipherChoice;
+        use snow::resolvers::{CryptoResolver, DefaultResolver};
+
+        /// MessagePack bytes of `value`.
+        fn pack(value: &Value) -> Vec<u8> {
+            let mut bytes = Vec::new();
+            rmpv::encode::write_value(&mut bytes, value).unwrap();
+            bytes
+        }
+
+        /// `{"aead": [names]}`.
+        fn offer_of(names: &[&str]) -> Vec<u8> {
+            let names = names.iter().map(|name| Value::from(*name)).collect();
+            pack(&Value::Map(vec![(
+                Value::from("aead"),
+                Value::Array(names),
+            )]))
+        }
+
+        /// The handshake error of `result`, or a panic.
+        fn handshake_error<T: fmt::Debug>(result: Result<T, SecureError>) -> String {
+            match result {
+                Err(SecureError::Handshake(message)) => message,
+                other => panic!("expected a handshake error, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn the_offer_and_the_choice_are_the_documented_maps() {
+            let device = StaticKey::generate().unwrap();
+            let (_, first) = Initiator::start_with(&device, &[AES, CHACHA, AES]).unwrap();
+            // Message 1 is `e` (32 bytes) and the offer in the clear.
+            assert_eq!(first[32..], offer_of(&["AESGCM", "ChaChaPoly"]));
+            assert_eq!(
+                hex(&first[32..]),
+                "81a46165616492a641455347434daa436861436861506f6c79"
+            );
+            let (_, first) = Initiator::start_with(&device, &[CHACHA]).unwrap();
+            assert_eq!(first[32..], offer_of(&["ChaChaPoly"]));
+            assert_eq!(
+                encode_choice(AES).unwrap(),
+                pack(&Value::Map(vec![(
+                    Value::from("aead"),
+                    Value::from("AESGCM")
+                )]))
+            );
+            assert_eq!(
+                hex(&encode_choice(AES).unwrap()),
+                "81a461656164a641455347434d"
+            );
+            assert_eq!(AES.to_string(), "AESGCM");
+            assert_eq!(CHACHA.to_string(), "ChaChaPoly");
+            for cipher in [AES, CHACHA] {
+                assert_eq!(
+                    TransportCipher::from_noise_name(cipher.noise_name()),
+                    Some(cipher)
+                );
+            }
+            assert_eq!(TransportCipher::from_noise_name("aesgcm"), None);
+        }
+
+        #[test]
+        fn both_offering_aesgcm_gives_aes256gcm_on_both_sides() {
+            let (client, server) = channels(&[AES, CHACHA], &[AES, CHACHA]);
+            assert_eq!(client.cipher(), AES);
+            assert_eq!(server.cipher(), AES);
+            let ((mut client_seal, mut client_open), (mut server_seal, mut server_open)) =
+                (client.split(), server.split());
+            assert_eq!(client_open.cipher(), AES);
+            assert_eq!(server_seal.cipher(), AES);
+            for size in [0, 5, MAX_PIECE + 1, 3 * MAX_PIECE, MAX_FRAME_LEN] {
+                let frame: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
+                let sealed = client_seal.seal(&frame).unwrap();
+                assert_eq!(server_open.open(&sealed).unwrap(), frame);
+                let sealed = server_seal.seal(&frame).unwrap();
+                assert_eq!(client_open.open(&sealed).unwrap(), frame);
+            }
+        }
+
+        #[test]
+        fn the_server_takes_the_first_cipher_of_its_list_that_the_client_offered() {
+            let cases: [(&[TransportCipher], &[TransportCipher], TransportCipher); 7] = [
+                (&[AES, CHACHA], &[AES, CHACHA], AES),
+                (&[CHACHA, AES], &[AES, CHACHA], AES),
+                (&[AES], &[AES, CHACHA], AES),
+                (&[CHACHA], &[AES, CHACHA], CHACHA),
+                (&[AES, CHACHA], &[CHACHA], CHACHA),
+                (&[AES, CHACHA], &[CHACHA, AES], CHACHA),
+                (&[CHACHA], &[CHACHA], CHACHA),
+            ];
+            for (offer, accept, expected) in cases {
+                let (client, server) = channels(offer, accept);
+                assert_eq!(client.cipher(), expected, "{offer:?} {accept:?}");
+                assert_eq!(server.cipher(), expected, "{offer:?} {accept:?}");
+            }
+        }
+
+        #[test]
+        fn the_defaults_follow_the_aes_hardware() {
+            let expected: &[TransportCipher] = if aes_hardware() {
+                &[AES, CHACHA]
+            } else {
+                &[CHACHA]
+            };
+            assert_eq!(TransportCipher::defaults(), expected);
+            let ((seal, _), (_, open)) = pair();
+            let cipher = if aes_hardware() { AES } else { CHACHA };
+            assert_eq!((seal.cipher(), open.cipher()), (cipher, cipher));
+            #[cfg(target_arch = "x86_64")]
+            assert_eq!(
+                aes_hardware(),
+                std::arch::is_x86_feature_detected!("aes")
+                    && std::arch::is_x86_feature_detected!("pclmulqdq")
+            );
+        }
+
+        #[test]
+        fn no_cipher_in_common_or_an_empty_list_fails_the_handshake() {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            let (_, first) = Initiator::start_with(&device, &[AES]).unwrap();
+            let error = handshake_error(Responder::respond_with(&server, &first, &[CHACHA]));
+            assert!(error.contains("no transport cipher in common"), "{error}");
+            assert!(
+                error.contains("AESGCM") && error.contains("ChaChaPoly"),
+                "{error}"
+            );
+            let error = handshake_error(Initiator::start_with(&device, &[]));
+            assert!(error.contains("no transport cipher"), "{error}");
+            let error = handshake_error(Responder::respond_with(&server, &first, &[]));
+            assert!(error.contains("no transport cipher"), "{error}");
+        }
+
+        #[test]
+        fn an_older_client_gets_chachapoly_and_an_empty_answer() {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            // What a client before the negotiation sends: an empty payload.
+            let mut old_client = snow_peer(&device, true);
+            let first = snow_write(&mut old_client, b"");
+            let (responder, second) =
+                Responder::respond_with(&server, &first, &[AES, CHACHA]).unwrap();
+            assert_eq!(responder.cipher(), CHACHA);
+            assert_eq!(snow_read(&mut old_client, &second), b"", "answer not empty");
+            let third = snow_write(&mut old_client, b"");
+            let (device_seen, channel) = responder.finish(&third).unwrap();
+            assert_eq!(device_seen, device.public());
+            assert_eq!(channel.cipher(), CHACHA);
+            // And it talks with the old client's (snow's ChaChaPoly) transport.
+            let old_client = old_client.into_stateless_transport_mode().unwrap();
+            let (mut seal, mut open) = channel.split();
+            let sealed = seal.seal(b"hi").unwrap();
+            let mut out = [0u8; 64];
+            let n = old_client.read_message(0, &sealed[2..], &mut out).unwrap();
+            assert_eq!(&out[..n], b"\x01hi");
+            let n = old_client.write_message(0, b"\x01ho", &mut out).unwrap();
+            let mut message = u16::try_from(n).unwrap().to_be_bytes().to_vec();
+            message.extend_from_slice(&out[..n]);
+            assert_eq!(open.open(&message).unwrap(), b"ho");
+            // A server that accepts only AES-GCM refuses an older client.
+            let mut old_client = snow_peer(&device, true);
+            let first = snow_write(&mut old_client, b"");
+            let error = handshake_error(Responder::respond_with(&server, &first, &[AES]));
+            assert!(error.contains("older"), "{error}");
+        }
+
+        #[test]
+        fn an_older_server_means_chachapoly() {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            // What a server before the negotiation does: ignore the offer,
+            // answer with an empty payload.
+            let (mut initiator, first) = Initiator::start_with(&device, &[AES, CHACHA]).unwrap();
+            let mut old_server = snow_peer(&server, false);
+            snow_read(&mut old_server, &first);
+            let second = snow_write(&mut old_server, b"");
+            assert_eq!(initiator.read_response(&second).unwrap(), server.public());
+            assert_eq!(initiator.cipher(), Some(CHACHA));
+            let (third, channel) = initiator.finish().unwrap();
+            assert_eq!(snow_read(&mut old_server, &third), b"");
+            assert_eq!(channel.cipher(), CHACHA);
+            let old_server = old_server.into_stateless_transport_mode().unwrap();
+            let (mut seal, _) = channel.split();
+            let sealed = seal.seal(b"hi").unwrap();
+            let mut out = [0u8; 64];
+            let n = old_server.read_message(0, &sealed[2..], &mut out).unwrap();
+            assert_eq!(&out[..n], b"\x01hi");
+            // A client that offered only AES-GCM cannot use an older server.
+            let (mut initiator, first) = Initiator::start_with(&device, &[AES]).unwrap();
+            let mut old_server = snow_peer(&server, false);
+            snow_read(&mut old_server, &first);
+            let second = snow_write(&mut old_server, b"");
+            let error = handshake_error(initiator.read_response(&second));
+            assert!(error.contains("older"), "{error}");
+        }
+
+        #[test]
+        fn a_man_in_the_middle_who_rewrites_the_offer_fails_the_handshake() {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            for tampered_offer in [
+                offer_of(&["ChaChaPoly"]),
+                offer_of(&["ChaChaPoly", "AESGCM"]),
+                b"".to_vec(),
+            ] {
+                let (mut initiator, first) =
+                    Initiator::start_with(&device, &[AES, CHACHA]).unwrap();
+                let mut tampered = first[..32].to_vec();
+                tampered.extend_from_slice(&tampered_offer);
+                assert_ne!(tampered, first);
+                // The server takes the rewritten offer at face value...
+                let (responder, second) =
+                    Responder::respond_with(&server, &tampered, &[AES, CHACHA]).unwrap();
+                if tampered_offer == offer_of(&["ChaChaPoly"]) || tampered_offer.is_empty() {
+                    assert_eq!(responder.cipher(), CHACHA, "downgraded on the server");
+                }
+                // ...but the offer is in the handshake hash: the client
+                // cannot authenticate the answer, so no channel opens.
+                let error = handshake_error(initiator.read_response(&second));
+                assert!(!error.is_empty());
+                assert!(initiator.finish().is_err());
+            }
+            // Control: the same exchange untouched goes through.
+            let (mut initiator, first) = Initiator::start_with(&device, &[AES, CHACHA]).unwrap();
+            let (responder, second) =
+                Responder::respond_with(&server, &first, &[AES, CHACHA]).unwrap();
+            initiator.read_response(&second).unwrap();
+            let (third, client) = initiator.finish().unwrap();
+            let (_, server_channel) = responder.finish(&third).unwrap();
+            assert_eq!((client.cipher(), server_channel.cipher()), (AES, AES));
+        }
+
+        /// Builds a first message with `payload` as the offer and gives it to
+        /// a server accepting both ciphers.
+        fn respond_to_offer(payload: &[u8]) -> Result<TransportCipher, SecureError> {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            let mut client = snow_peer(&device, true);
+            let first = snow_write(&mut client, payload);
+            let (responder, second) = Responder::respond_with(&server, &first, &[AES, CHACHA])?;
+            // The choice the client reads is the one the server made.
+            assert_eq!(
+                snow_read(&mut client, &second),
+                encode_choice(responder.cipher()).unwrap()
+            );
+            Ok(responder.cipher())
+        }
+
+        /// An offer of exactly `len` bytes, valid but for its length: the two
+        /// ciphers and one unknown name filling it up.
+        fn offer_of_len(len: usize) -> Vec<u8> {
+            for pad in 0..len {
+                let offer = offer_of(&["ChaChaPoly", &"x".repeat(pad), "AESGCM"]);
+                if offer.len() == len {
+                    return offer;
+                }
+            }
+            panic!("no offer of {len} bytes");
+        }
+
+        #[test]
+        fn malformed_unknown_or_oversized_offers_are_refused() {
+            let aead = || Value::from("aead");
+            let names = || Value::Array(vec![Value::from("AESGCM")]);
+            // An unknown entry nested `levels` deep, the outer map included.
+            let nested = |levels: usize| {
+                let mut value = Value::from(1);
+                for _ in 1..levels {
+                    value = Value::Array(vec![value]);
+                }
+                pack(&Value::Map(vec![
+                    (aead(), names()),
+                    (Value::from("x"), value),
+                ]))
+            };
+            let mut trailing = offer_of(&["AESGCM"]);
+            trailing.push(0);
+            let mut truncated = offer_of(&["AESGCM"]);
+            truncated.pop();
+            let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+                ("an array", pack(&names()), "malformed"),
+                ("a string", pack(&Value::from("AESGCM")), "malformed"),
+                (
+                    "no aead",
+                    pack(&Value::Map(vec![(Value::from("ciphers"), names())])),
+                    "malformed",
+                ),
+                (
+                    "a name, not a list",
+                    pack(&Value::Map(vec![(aead(), Value::from("AESGCM"))])),
+                    "malformed",
+                ),
+                (
+                    "a number in the list",
+                    pack(&Value::Map(vec![(
+                        aead(),
+                        Value::Array(vec![Value::from(1)]),
+                    )])),
+                    "malformed",
+                ),
+                (
+                    "a number as key",
+                    pack(&Value::Map(vec![(Value::from(1), names())])),
+                    "malformed",
+                ),
+                (
+                    "aead twice",
+                    pack(&Value::Map(vec![(aead(), names()), (aead(), names())])),
+                    "malformed",
+                ),
+                (
+                    "nested too deep",
+                    nested(NEGOTIATION_DEPTH + 1),
+                    "malformed",
+                ),
+                (
+                    "a huge announced list",
+                    vec![
+                        0x81, 0xa4, b'a', b'e', b'a', b'd', 0xdd, 0xff, 0xff, 0xff, 0xff,
+                    ],
+                    "malformed",
+                ),
+                ("trailing bytes", trailing, "malformed"),
+                ("truncated", truncated, "malformed"),
+                ("garbage", vec![0xc1], "malformed"),
+                (
+                    "unknown names only",
+                    offer_of(&["AES128GCM", "chachapoly"]),
+                    "no known cipher",
+                ),
+                ("no names", offer_of(&[]), "no known cipher"),
+                (
+                    "too long",
+                    offer_of_len(MAX_NEGOTIATION_LEN + 1),
+                    "over the limit",
+                ),
+            ];
+            for (what, offer, expected) in cases {
+                let error = handshake_error(respond_to_offer(&offer));
+                assert!(error.contains(expected), "{what}: {error}");
+                assert!(error.contains("offer"), "{what}: {error}");
+            }
+            // Unknown names and entries are skipped; the bound is inclusive.
+            let future = pack(&Value::Map(vec![
+                (
+                    Value::from("future"),
+                    Value::Map(vec![(
+                        Value::from("a"),
+                        Value::Array(vec![Value::from(1), Value::Nil]),
+                    )]),
+                ),
+                (
+                    aead(),
+                    Value::Array(vec![Value::from("AES512OCB"), Value::from("ChaChaPoly")]),
+                ),
+            ]));
+            assert_eq!(respond_to_offer(&future).unwrap(), CHACHA);
+            assert_eq!(respond_to_offer(&nested(NEGOTIATION_DEPTH)).unwrap(), AES);
+            assert_eq!(
+                respond_to_offer(&offer_of_len(MAX_NEGOTIATION_LEN)).unwrap(),
+                AES
+            );
+        }
+
+        #[test]
+        fn a_choice_not_offered_unknown_malformed_or_oversized_is_refused() {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            let choice = |value: Value| pack(&Value::Map(vec![(Value::from("aead"), value)]));
+            let mut padded = Vec::new();
+            for pad in 0.. {
+                padded = pack(&Value::Map(vec![
+                    (Value::from("aead"), Value::from("ChaChaPoly")),
+                    (Value::from("pad"), Value::from("x".repeat(pad))),
+                ]));
+                if padded.len() > MAX_NEGOTIATION_LEN {
+                    break;
+                }
+            }
+            let cases: Vec<(Vec<u8>, &str)> = vec![
+                (choice(Value::from("AESGCM")), "did not offer"),
+                (choice(Value::from("AES512OCB")), "unknown cipher"),
+                (
+                    choice(Value::Array(vec![Value::from("ChaChaPoly")])),
+                    "malformed",
+                ),
+                (pack(&Value::from("ChaChaPoly")), "malformed"),
+                (
+                    pack(&Value::Map(vec![(
+                        Value::from("cipher"),
+                        Value::from("ChaChaPoly"),
+                    )])),
+                    "malformed",
+                ),
+                (vec![0xc1], "malformed"),
+                (padded, "over the limit"),
+            ];
+            for (payload, expected) in cases {
+                let (mut initiator, first) = Initiator::start_with(&device, &[CHACHA]).unwrap();
+                let mut fake_server = snow_peer(&server, false);
+                snow_read(&mut fake_server, &first);
+                let second = snow_write(&mut fake_server, &payload);
+                let error = handshake_error(initiator.read_response(&second));
+                assert!(error.contains(expected), "{payload:02x?}: {error}");
+                assert!(error.contains("choice"), "{error}");
+                assert!(initiator.finish().is_err());
+            }
+            // Control: a choice with an extra entry, of an offered cipher, goes through.
+            let (mut initiator, first) = Initiator::start_with(&device, &[CHACHA]).unwrap();
+            let mut fake_server = snow_peer(&server, false);
+            snow_read(&mut fake_server, &first);
+            let second = snow_write(
+                &mut fake_server,
+                &pack(&Value::Map(vec![
+                    (Value::from("later"), Value::from(7)),
+                    (Value::from("aead"), Value::from("ChaChaPoly")),
+                ])),
+            );
+            initiator.read_response(&second).unwrap();
+            assert_eq!(initiator.cipher(), Some(CHACHA));
+        }
+
+        /// Runs a handshake forced to `cipher`, keeping the split keys from
+        /// the client's handshake state; checks that every piece sealed by
+        /// either side is, byte for byte, snow's own Noise cipher `choice`
+        /// under that key and counter.
+        fn pieces_are_snows(cipher: TransportCipher, choice: CipherChoice) {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            let (mut initiator, first) = Initiator::start_with(&device, &[cipher]).unwrap();
+            let (responder, second) = Responder::respond_with(&server, &first, &[cipher]).unwrap();
+            initiator.read_response(&second).unwrap();
+            let third = snow_write(&mut initiator.state, b"");
+            let (to_server, to_client) = initiator.state.dangerously_get_raw_split();
+            let client = Channel::open(initiator.state, cipher).unwrap();
+            let (_, server_channel) = responder.finish(&third).unwrap();
+            assert_eq!((client.cipher(), server_channel.cipher()), (cipher, cipher));
+            let (mut client_seal, _) = client.split();
+            let (mut server_seal, _) = server_channel.split();
+            for (seal, key) in [(&mut client_seal, to_server), (&mut server_seal, to_client)] {
+                let mut reference = DefaultResolver.resolve_cipher(&choice).unwrap();
+                reference.set(&key);
+                let mut counter = 0u64;
+                // Three pieces, then one: counters 0 to 3, so that the
+                // byte order of the nonce matters.
+                for size in [2 * MAX_PIECE + 300, 17] {
+                    let frame: Vec<u8> = (0..size).map(|i| (i * 7 % 256) as u8).collect();
+                    let sealed = seal.seal(&frame).unwrap();
+                    let mut expected = Vec::new();
+                    let parts: Vec<&[u8]> = frame.chunks(MAX_PIECE).collect();
+                    for (index, part) in parts.iter().enumerate() {
+                        let mut plain = vec![if index + 1 == parts.len() { LAST } else { MORE }];
+                        plain.extend_from_slice(part);
+                        let mut out = vec![0u8; plain.len() + TAG_LEN];
+                        let n = reference.encrypt(counter, &[], &plain, &mut out);
+                        assert_eq!(n, out.len());
+                        expected.extend_from_slice(&u16::try_from(n).unwrap().to_be_bytes());
+                        expected.extend_from_slice(&out);
+                        counter += 1;
+                    }
+                    assert!(
+                        sealed == expected,
+                        "{cipher}: frame of {size} bytes differs from snow's"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn the_aesgcm_transport_is_noise_aesgcm_as_snow_computes_it() {
+            pieces_are_snows(AES, CipherChoice::AESGCM);
+        }
+
+        #[test]
+        fn the_chachapoly_transport_is_noise_chachapoly_as_snow_computes_it() {
+            pieces_are_snows(CHACHA, CipherChoice::ChaChaPoly);
+        }
+
+        #[test]
+        fn the_nonces_are_big_endian_for_aesgcm_and_little_endian_for_chachapoly() {
+            let n = 0x0102_0304_0506_0708;
+            assert_eq!(
+                noise_nonce(AES, n).unwrap().as_ref(),
+                &[0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+            );
+            assert_eq!(
+                noise_nonce(CHACHA, n).unwrap().as_ref(),
+                &[0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
+            );
+            assert!(noise_nonce(AES, u64::MAX).is_err());
+        }
+
+        #[test]
+        fn a_frame_of_one_cipher_does_not_open_with_the_other() {
+            // Same keys, other cipher: as if the two sides disagreed.
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            let (mut initiator, first) = Initiator::start_with(&device, &[AES]).unwrap();
+            let (responder, second) = Responder::respond_with(&server, &first, &[AES]).unwrap();
+            initiator.read_response(&second).unwrap();
+            let third = snow_write(&mut initiator.state, b"");
+            let client = Channel::open(initiator.state, CHACHA).unwrap();
+            let (_, server_channel) = responder.finish(&third).unwrap();
+            let (mut seal, _) = client.split();
+            let (_, mut open) = server_channel.split();
+            assert!(matches!(
+                open.open(&seal.seal(b"hi").unwrap()),
+                Err(SecureError::Tampered)
+            ));
         }
     }
 
@@ -907,9 +2002,42 @@ mod tests {
         }
 
         #[test]
+        fn the_build_negotiates_no_cipher() {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            // The offer list is ignored: the first payload stays empty.
+            let (mut initiator, first) =
+                Initiator::start_with(&device, &[TransportCipher::Aes256Gcm]).unwrap();
+            let mut peer = snow_peer(&server, false);
+            assert_eq!(snow_read(&mut peer, &first), b"");
+            let (responder, second) =
+                Responder::respond_with(&server, &first, &[TransportCipher::ChaCha20Poly1305])
+                    .unwrap();
+            assert_eq!(responder.cipher(), TransportCipher::InsecurePlaintext);
+            initiator.read_response(&second).unwrap();
+            let (third, client) = initiator.finish().unwrap();
+            let (_, server_channel) = responder.finish(&third).unwrap();
+            assert_eq!(client.cipher(), TransportCipher::InsecurePlaintext);
+            assert_eq!(server_channel.cipher(), TransportCipher::InsecurePlaintext);
+            assert!(
+                client
+                    .cipher()
+                    .to_string()
+                    .contains("insecure-plaintext-bench")
+            );
+            // A normal client's offer in the first message is ignored too.
+            let mut normal_client = snow_peer(&device, true);
+            let first = snow_write(
+                &mut normal_client,
+                &encode_offer(&[TransportCipher::Aes256Gcm]).unwrap(),
+            );
+            let (_, second) = Responder::respond(&server, &first).unwrap();
+            assert_eq!(snow_read(&mut normal_client, &second), PLAINTEXT_MARKER);
+        }
+
+        #[test]
         fn frames_are_framed_as_sealed_ones_but_in_the_clear() {
-            let ((mut client_seal, mut client_open), (mut server_seal, mut server_open), _, _) =
-                pair();
+            let ((mut client_seal, mut client_open), (mut server_seal, mut server_open)) = pair();
             let mut counter = 0u64;
             for size in [0usize, 1, 100, MAX_PIECE, MAX_PIECE + 1, MAX_FRAME_LEN] {
                 let frame: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -942,7 +2070,7 @@ mod tests {
 
         #[test]
         fn replays_reordering_truncation_and_glued_frames_are_still_refused() {
-            let ((mut seal, _), (_, mut open), _, _) = pair();
+            let ((mut seal, _), (_, mut open)) = pair();
             let one = seal.seal(b"one").unwrap();
             let two = seal.seal(b"two").unwrap();
             assert!(matches!(open.open(&two), Err(SecureError::Tampered)));
@@ -968,15 +2096,15 @@ mod tests {
 
         #[test]
         fn a_frame_really_sealed_with_chachapoly_is_refused() {
-            let ((mut seal, _), (_, mut open), _, _) = pair();
+            let ((mut seal, _), (_, mut open)) = pair();
             // What a normal build would send with the same key and counter.
             let mut piece = vec![LAST];
             piece.extend_from_slice(b"hello");
             let tag = seal
                 .key
-                .0
+                .key
                 .seal_in_place_separate_tag(
-                    noise_nonce(0).unwrap(),
+                    noise_nonce(CHACHA, 0).unwrap(),
                     ring::aead::Aad::empty(),
                     &mut piece,
                 )
@@ -991,7 +2119,7 @@ mod tests {
 
         #[test]
         fn garbage_is_refused_without_panicking() {
-            let ((_, _), (_, mut open), _, _) = pair();
+            let ((_, _), (_, mut open)) = pair();
             let mut state = 0x9e37_79b9_7f4a_7c15_u64;
             for len in 0..200usize {
                 let garbage: Vec<u8> = (0..len)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use terminalwire_client::connect::{self, Target};
 use terminalwire_client::secure::{self, ServerPin};
-use terminalwire_client::session::{self, LocalIo, SessionConfig};
+use terminalwire_client::session::{self, LocalIo, Output, SessionConfig};
 use terminalwire_protocol::secure::StaticKey;
 use tokio::io::AsyncWrite;
 
@@ -79,8 +79,8 @@ async fn session(
         .flat_map(|n| format!("line {n}\n").into_bytes())
         .collect();
     let io = LocalIo {
-        stdout: Box::new(Counter(output)),
-        stderr: Box::new(tokio::io::sink()),
+        stdout: Output::Async(Box::new(Counter(output))),
+        stderr: Output::Async(Box::new(tokio::io::sink())),
         stdin: Box::new(std::io::Cursor::new(stdin)),
     };
     Ok(session::run(socket, hello, io, &SessionConfig::default()).await?)

@@ -48,7 +48,7 @@ use std::ffi::OsString;
 use std::sync::Arc;
 
 pub use error::{ClientError, exit_code};
-pub use session::{LocalIo, SessionConfig};
+pub use session::{LocalIo, Output, SessionConfig};
 
 /// Runs the client with these process arguments and returns its exit status.
 /// Prints errors itself.

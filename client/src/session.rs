@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::flow::ReceiveWindow;
 use terminalwire_protocol::frame::{
-    Ack, ClientFrame, Detach, ErrorCode, Hello, OpError, Operation, Reply, Request, Response,
+    Ack, ClientFrame, Data, Detach, ErrorCode, Hello, OpError, Operation, Reply, Request, Response,
     Resume, Resumed, ServerFrame, SessionError, Signal, SignalKind, StreamId, TerminalMode,
     WindowAdjust,
 };
@@ -29,7 +29,7 @@ use tokio::io::{
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 
 use crate::detached::SessionRecord;
 use crate::error::ClientError;
@@ -87,9 +87,9 @@ impl Default for SessionConfig {
 /// The local streams a session writes to and reads from.
 pub struct LocalIo {
     /// Where the command's stdout goes.
-    pub stdout: Box<dyn AsyncWrite + Send + Unpin>,
+    pub stdout: Output,
     /// Where the command's stderr (and prompts) go.
-    pub stderr: Box<dyn AsyncWrite + Send + Unpin>,
+    pub stderr: Output,
     /// Where lines for the command come from.
     pub stdin: Box<dyn AsyncRead + Send + Unpin>,
 }
@@ -105,35 +105,64 @@ impl LocalIo {
     pub fn process() -> Self {
         LocalIo {
             stdout: unbuffered_stdout(),
-            stderr: Box::new(tokio::io::stderr()),
+            stderr: Output::Async(Box::new(tokio::io::stderr())),
             stdin: Box::new(tokio::io::stdin()),
         }
     }
 }
 
+/// Where an output stream of the command goes.
+pub enum Output {
+    /// Any asynchronous writer (tests, in-process clients).
+    Async(Box<dyn AsyncWrite + Send + Unpin>),
+    /// A file descriptor written by a thread of its own with plain blocking
+    /// writes: the chunks from the server are handed over without a copy,
+    /// and several waiting ones go out in one vectored write.
+    File(std::fs::File),
+}
+
 /// Standard output without std's line buffering (which scans every chunk
-/// for a newline and splits big writes at it): a duplicate of fd 1 written
-/// by tokio's blocking pool. The session flushes when it is caught up, so
-/// interactive output still shows at once. Falls back to
-/// `tokio::io::stdout()` if fd 1 cannot be duplicated.
-fn unbuffered_stdout() -> Box<dyn AsyncWrite + Send + Unpin> {
+/// for a newline and splits big writes at it): a duplicate of fd 1, written
+/// by a thread of its own. Falls back to `tokio::io::stdout()` if fd 1
+/// cannot be duplicated.
+fn unbuffered_stdout() -> Output {
     match rustix::io::dup(rustix::stdio::stdout()) {
-        Ok(fd) => Box::new(tokio::fs::File::from_std(std::fs::File::from(fd))),
-        Err(_) => Box::new(tokio::io::stdout()),
+        Ok(fd) => Output::File(std::fs::File::from(fd)),
+        Err(_) => Output::Async(Box::new(tokio::io::stdout())),
     }
 }
 
 enum Chunk {
     /// Bytes from the server, counted against the stream's window.
-    Remote(Vec<u8>),
+    Remote(Bytes),
     /// Bytes the client writes itself (prompts), not counted.
     Local(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Remote(bytes) => bytes,
+            Chunk::Local(bytes) => bytes,
+        }
+    }
+
+    /// Bytes that count against the window.
+    fn remote_len(&self) -> usize {
+        match self {
+            Chunk::Remote(bytes) => bytes.len(),
+            Chunk::Local(_) => 0,
+        }
+    }
 }
 
 enum Event {
     Consumed { index: usize, len: usize },
     Failed { index: usize, error: io::Error },
 }
+
+/// Most chunks a file writer takes for one vectored write.
+const CHUNKS_PER_WRITE: usize = 64;
 
 /// One local output stream: a writer task fed by a queue that the server's
 /// window bounds.
@@ -142,6 +171,8 @@ struct OutputPipe {
     name: &'static str,
     queue: Option<mpsc::UnboundedSender<Chunk>>,
     task: JoinHandle<()>,
+    /// Tells a file writer's thread, which cannot be aborted, to write no more.
+    stop: Arc<std::sync::atomic::AtomicBool>,
     window: ReceiveWindow,
 }
 
@@ -150,49 +181,28 @@ impl OutputPipe {
         index: usize,
         sid: StreamId,
         name: &'static str,
-        mut writer: Box<dyn AsyncWrite + Send + Unpin>,
+        output: Output,
         window: u32,
         events: mpsc::UnboundedSender<Event>,
         gate: Option<Arc<tokio::sync::RwLock<()>>>,
     ) -> Self {
-        let (queue, mut chunks) = mpsc::unbounded_channel::<Chunk>();
-        let task = tokio::spawn(async move {
-            let result: io::Result<()> = async {
-                while let Some(chunk) = chunks.recv().await {
-                    let (bytes, remote) = match chunk {
-                        Chunk::Remote(bytes) => (bytes, true),
-                        Chunk::Local(bytes) => (bytes, false),
-                    };
-                    // Not while the client's own consent prompt is on screen.
-                    let _open = match &gate {
-                        Some(gate) => Some(gate.read().await),
-                        None => None,
-                    };
-                    writer.write_all(&bytes).await?;
-                    // Flush when caught up: interactive output shows at once,
-                    // bulk output is written in big pieces.
-                    if chunks.is_empty() {
-                        writer.flush().await?;
-                    }
-                    if remote {
-                        let _ = events.send(Event::Consumed {
-                            index,
-                            len: bytes.len(),
-                        });
-                    }
-                }
-                writer.flush().await
+        let (queue, chunks) = mpsc::unbounded_channel::<Chunk>();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = match output {
+            Output::Async(writer) => tokio::spawn(write_async(index, writer, chunks, events, gate)),
+            Output::File(file) => {
+                let stop = stop.clone();
+                tokio::task::spawn_blocking(move || {
+                    write_file(index, file, chunks, &events, gate.as_deref(), &stop);
+                })
             }
-            .await;
-            if let Err(error) = result {
-                let _ = events.send(Event::Failed { index, error });
-            }
-        });
+        };
         OutputPipe {
             sid,
             name,
             queue: Some(queue),
             task,
+            stop,
             window: ReceiveWindow::new(window),
         }
     }
@@ -203,6 +213,104 @@ impl OutputPipe {
             let _ = queue.send(chunk);
         }
     }
+
+    /// Gives up on what the writer has not written yet.
+    fn abort(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.abort();
+    }
+}
+
+/// An asynchronous writer's loop.
+async fn write_async(
+    index: usize,
+    mut writer: Box<dyn AsyncWrite + Send + Unpin>,
+    mut chunks: mpsc::UnboundedReceiver<Chunk>,
+    events: mpsc::UnboundedSender<Event>,
+    gate: Option<Arc<tokio::sync::RwLock<()>>>,
+) {
+    let result: io::Result<()> = async {
+        while let Some(chunk) = chunks.recv().await {
+            // Not while the client's own consent prompt is on screen.
+            let _open = match &gate {
+                Some(gate) => Some(gate.read().await),
+                None => None,
+            };
+            writer.write_all(chunk.bytes()).await?;
+            // Flush when caught up: interactive output shows at once,
+            // bulk output is written in big pieces.
+            if chunks.is_empty() {
+                writer.flush().await?;
+            }
+            let len = chunk.remote_len();
+            if len > 0 {
+                let _ = events.send(Event::Consumed { index, len });
+            }
+        }
+        writer.flush().await
+    }
+    .await;
+    if let Err(error) = result {
+        let _ = events.send(Event::Failed { index, error });
+    }
+}
+
+/// A file writer's loop, on a thread of its own: takes what is queued (up
+/// to [`CHUNKS_PER_WRITE`]) and writes it with vectored writes, then
+/// reports the server's bytes as consumed in one event. Unbuffered, so
+/// nothing waits for a flush.
+fn write_file(
+    index: usize,
+    mut file: std::fs::File,
+    mut chunks: mpsc::UnboundedReceiver<Chunk>,
+    events: &mpsc::UnboundedSender<Event>,
+    gate: Option<&tokio::sync::RwLock<()>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut batch: Vec<Chunk> = Vec::with_capacity(CHUNKS_PER_WRITE);
+    while let Some(first) = chunks.blocking_recv() {
+        batch.push(first);
+        while batch.len() < CHUNKS_PER_WRITE
+            && let Ok(chunk) = chunks.try_recv()
+        {
+            batch.push(chunk);
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        // Not while the client's own consent prompt is on screen.
+        let _open = gate.map(tokio::sync::RwLock::blocking_read);
+        if let Err(error) = write_all_vectored(&mut file, &batch) {
+            let _ = events.send(Event::Failed { index, error });
+            return;
+        }
+        let len = batch.iter().map(Chunk::remote_len).sum();
+        if len > 0 {
+            let _ = events.send(Event::Consumed { index, len });
+        }
+        batch.clear();
+    }
+}
+
+/// Writes every chunk in order, with as few `writev` calls as the file
+/// takes.
+fn write_all_vectored(file: &mut std::fs::File, chunks: &[Chunk]) -> io::Result<()> {
+    use std::io::{IoSlice, Write};
+    let mut slices: Vec<IoSlice<'_>> = chunks
+        .iter()
+        .map(|chunk| IoSlice::new(chunk.bytes()))
+        .filter(|slice| !slice.is_empty())
+        .collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// A socket of WebSocket messages: a `WebSocketStream`, or the
@@ -520,7 +628,7 @@ where
             Some(()) = detach_keys.recv() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
             message = next_message_on(&mut link) => {
                 idle_deadline = Instant::now() + config.idle_timeout;
-                let (frame, len) = match message {
+                let (incoming, len) = match message {
                     Ok(Some(frame)) => frame,
                     Ok(None) => continue,
                     Err(ClientError::Protocol(message)) => break Err(violation_on(&mut link, message).await),
@@ -537,117 +645,100 @@ where
                         }
                     }
                 };
-                let sequenced = replay.is_some() && frame.is_sequenced();
-                let mut flow = match frame {
-                    ServerFrame::Data(data) => {
-                        match pipes.iter_mut().find(|pipe| pipe.sid == data.sid) {
-                            None => {
-                                let message = format!("data on stream {} which is not open", data.sid.0);
-                                Flow::Done(Err(violation_on(&mut link, message).await))
-                            }
-                            Some(pipe) => {
-                                let len = data.bytes.len();
-                                if len > max_chunk {
-                                    let message = format!("data chunk of {len} bytes exceeds the agreed maximum of {max_chunk}");
-                                    Flow::Done(Err(violation_on(&mut link, message).await))
-                                } else if let Err(error) = pipe.window.on_receive(len) {
-                                    let message = format!("on {}: {error}", pipe.name);
-                                    Flow::Done(Err(violation_on(&mut link, message).await))
-                                } else {
-                                    if len > 0 {
-                                        pipe.push(Chunk::Remote(data.bytes.into_vec()));
-                                    }
-                                    Flow::Continue
-                                }
-                            }
-                        }
-                    }
-                    ServerFrame::Request(request) => match recent.begin(request.id.0) {
-                        Seen::New => {
-                            if let Ok(permit) = requests.clone().try_acquire_owned() {
-                                running.insert(request.id.0);
-                                let quick = crate::resources::performed_inline(&request.op);
-                                let stdin = stdin.clone();
-                                let prompts = pipes[1].queue.clone();
-                                let resources = config.resources.clone();
-                                let stdin_is_terminal = config.stdin_is_terminal;
-                                let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
-                                // The permit goes with the answer until it is queued.
-                                let mut work = Box::pin(async move {
-                                    let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, detach_keys).await;
-                                    (response, permit)
-                                });
-                                // A stat-class request is done in one poll: no
-                                // task, and its answer leaves with the others.
-                                let first = if quick { poll_once(work.as_mut()).await } else { Poll::Pending };
-                                match first {
-                                    // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
-                                    Poll::Ready((response, _permit)) => {
-                                        ready.push(response);
-                                        if ready.len() >= MAX_ANSWER_BATCH {
-                                            let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
-                                            transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
-                                        } else {
+                let sequenced = replay.is_some() && incoming.is_sequenced();
+                let mut flow = match incoming {
+                    Incoming::Chunk(sid, bytes) => match take_chunk(&mut pipes, sid, bytes, max_chunk) {
+                        Ok(()) => Flow::Continue,
+                        Err(message) => Flow::Done(Err(violation_on(&mut link, message).await)),
+                    },
+                    Incoming::Frame(frame) => match frame {
+                        ServerFrame::Request(request) => match recent.begin(request.id.0) {
+                            Seen::New => {
+                                if let Ok(permit) = requests.clone().try_acquire_owned() {
+                                    running.insert(request.id.0);
+                                    let quick = crate::resources::performed_inline(&request.op);
+                                    let stdin = stdin.clone();
+                                    let prompts = pipes[1].queue.clone();
+                                    let resources = config.resources.clone();
+                                    let stdin_is_terminal = config.stdin_is_terminal;
+                                    let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
+                                    // The permit goes with the answer until it is queued.
+                                    let mut work = Box::pin(async move {
+                                        let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, detach_keys).await;
+                                        (response, permit)
+                                    });
+                                    // A stat-class request is done in one poll: no
+                                    // task, and its answer leaves with the others.
+                                    let first = if quick { poll_once(work.as_mut()).await } else { Poll::Pending };
+                                    match first {
+                                        // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
+                                        Poll::Ready((response, _permit)) => {
+                                            ready.push(response);
+                                            if ready.len() >= MAX_ANSWER_BATCH {
+                                                let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
+                                                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+                                            } else {
+                                                Flow::Continue
+                                            }
+                                        }
+                                        // Waits for something (consent, say): a task of its own.
+                                        Poll::Pending => {
+                                            let responses = responses_tx.clone();
+                                            in_flight.spawn(async move {
+                                                let (response, permit) = work.await;
+                                                let _ = responses.send(response).await;
+                                                drop(permit);
+                                            });
                                             Flow::Continue
                                         }
                                     }
-                                    // Waits for something (consent, say): a task of its own.
-                                    Poll::Pending => {
-                                        let responses = responses_tx.clone();
-                                        in_flight.spawn(async move {
-                                            let (response, permit) = work.await;
-                                            let _ = responses.send(response).await;
-                                            drop(permit);
-                                        });
-                                        Flow::Continue
-                                    }
+                                } else {
+                                    let message = format!("more than {} requests in flight", config.max_requests_in_flight);
+                                    Flow::Done(Err(violation_on(&mut link, message).await))
                                 }
+                            }
+                            // Never executed twice: the answer will come, or is sent again.
+                            Seen::Running => Flow::Continue,
+                            Seen::Answered(answer) => {
+                                let outgoing = vec![(answer, true)];
+                                transmit(&mut link, keep(outgoing, replay.as_mut())).await.map_or_else(flow_of, |()| Flow::Continue)
+                            }
+                            Seen::AnsweredNotKept => {
+                                let response = Response::error(request.id, OpError::new(
+                                    ErrorCode::Invalid,
+                                    format!("request {} was already executed; its answer is no longer kept", request.id.0),
+                                ));
+                                send_frames(&mut link, replay.as_mut(), &[ClientFrame::Response(response)]).await
+                            }
+                        },
+                        ServerFrame::Exit(exit) => Flow::Done(Ok(Finish::Exit(exit.status))),
+                        ServerFrame::Error(error) => Flow::Done(Err(server_error(error))),
+                        // No client → server stream is open yet; credit for one is harmless.
+                        ServerFrame::Window(_) => Flow::Continue,
+                        ServerFrame::Ack(ack) => match replay.as_mut().map(|replay| replay.ack(ack.seq)) {
+                            Some(Ok(())) | None => Flow::Continue,
+                            Some(Err(error)) => Flow::Done(Err(violation_on(&mut link, error.to_string()).await)),
+                        },
+                        ServerFrame::Detached(detached) if detach_requested => {
+                            detach_requested = false;
+                            if detached.accepted {
+                                let token = detached
+                                    .token
+                                    .map(ByteBuf::into_vec)
+                                    .or_else(|| resume.as_ref().map(|r| r.token.clone()))
+                                    .unwrap_or_default();
+                                Flow::Done(Ok(Finish::Detach { token, keep_secs: detached.keep_secs }))
                             } else {
-                                let message = format!("more than {} requests in flight", config.max_requests_in_flight);
-                                Flow::Done(Err(violation_on(&mut link, message).await))
+                                let why = detached.message.unwrap_or_else(|| "the server refused".into());
+                                pipes[1].push(Chunk::Local(format!("terminalwire: cannot detach: {why}\n").into_bytes()));
+                                Flow::Continue
                             }
                         }
-                        // Never executed twice: the answer will come, or is sent again.
-                        Seen::Running => Flow::Continue,
-                        Seen::Answered(answer) => {
-                            let outgoing = vec![(answer, true)];
-                            transmit(&mut link, keep(outgoing, replay.as_mut())).await.map_or_else(flow_of, |()| Flow::Continue)
-                        }
-                        Seen::AnsweredNotKept => {
-                            let response = Response::error(request.id, OpError::new(
-                                ErrorCode::Invalid,
-                                format!("request {} was already executed; its answer is no longer kept", request.id.0),
-                            ));
-                            send_frames(&mut link, replay.as_mut(), &[ClientFrame::Response(response)]).await
+                        other => {
+                            let message = format!("unexpected {} frame", frame_name(&other));
+                            Flow::Done(Err(violation_on(&mut link, message).await))
                         }
                     },
-                    ServerFrame::Exit(exit) => Flow::Done(Ok(Finish::Exit(exit.status))),
-                    ServerFrame::Error(error) => Flow::Done(Err(server_error(error))),
-                    // No client → server stream is open yet; credit for one is harmless.
-                    ServerFrame::Window(_) => Flow::Continue,
-                    ServerFrame::Ack(ack) => match replay.as_mut().map(|replay| replay.ack(ack.seq)) {
-                        Some(Ok(())) | None => Flow::Continue,
-                        Some(Err(error)) => Flow::Done(Err(violation_on(&mut link, error.to_string()).await)),
-                    },
-                    ServerFrame::Detached(detached) if detach_requested => {
-                        detach_requested = false;
-                        if detached.accepted {
-                            let token = detached
-                                .token
-                                .map(ByteBuf::into_vec)
-                                .or_else(|| resume.as_ref().map(|r| r.token.clone()))
-                                .unwrap_or_default();
-                            Flow::Done(Ok(Finish::Detach { token, keep_secs: detached.keep_secs }))
-                        } else {
-                            let why = detached.message.unwrap_or_else(|| "the server refused".into());
-                            pipes[1].push(Chunk::Local(format!("terminalwire: cannot detach: {why}\n").into_bytes()));
-                            Flow::Continue
-                        }
-                    }
-                    other => {
-                        let message = format!("unexpected {} frame", frame_name(&other));
-                        Flow::Done(Err(violation_on(&mut link, message).await))
-                    }
                 };
                 if sequenced && matches!(flow, Flow::Continue | Flow::Done(Ok(Finish::Exit(_)))) {
                     let exit = matches!(flow, Flow::Done(_));
@@ -1183,7 +1274,7 @@ async fn drain_outputs(
     };
     if tokio::time::timeout(bound, wait).await.is_err() {
         for pipe in pipes.iter() {
-            pipe.task.abort();
+            pipe.abort();
         }
         tracing::warn!("output not written out before detaching was dropped");
     }
@@ -1529,8 +1620,8 @@ where
     S: Socket,
 {
     loop {
-        if let Some((frame, _)) = next_message(source).await? {
-            return Ok(frame);
+        if let Some((incoming, _)) = next_message(source).await? {
+            return Ok(incoming.into_frame());
         }
     }
 }
@@ -1538,7 +1629,7 @@ where
 /// [`next_message`] on the current connection; never, while there is none.
 async fn next_message_on<S>(
     link: &mut Option<Link<S>>,
-) -> Result<Option<(ServerFrame, usize)>, ClientError>
+) -> Result<Option<(Incoming, usize)>, ClientError>
 where
     S: Socket,
 {
@@ -1548,11 +1639,64 @@ where
     }
 }
 
+/// A frame from the server, with a `data` frame's bytes kept in the
+/// message they arrived in.
+enum Incoming {
+    /// A chunk of output for a stream.
+    Chunk(StreamId, Bytes),
+    /// Any other frame (never [`ServerFrame::Data`]).
+    Frame(ServerFrame),
+}
+
+impl Incoming {
+    fn is_sequenced(&self) -> bool {
+        match self {
+            Incoming::Chunk(..) => true,
+            Incoming::Frame(frame) => frame.is_sequenced(),
+        }
+    }
+
+    fn into_frame(self) -> ServerFrame {
+        match self {
+            Incoming::Chunk(sid, bytes) => ServerFrame::Data(Data {
+                sid,
+                bytes: ByteBuf::from(Vec::from(bytes)),
+            }),
+            Incoming::Frame(frame) => frame,
+        }
+    }
+}
+
+/// Queues a chunk of output for its stream, within the stream's window;
+/// the violation's description otherwise.
+fn take_chunk(
+    pipes: &mut [OutputPipe; 2],
+    sid: StreamId,
+    bytes: Bytes,
+    max_chunk: usize,
+) -> Result<(), String> {
+    let pipe = pipes
+        .iter_mut()
+        .find(|pipe| pipe.sid == sid)
+        .ok_or_else(|| format!("data on stream {} which is not open", sid.0))?;
+    let len = bytes.len();
+    if len > max_chunk {
+        return Err(format!(
+            "data chunk of {len} bytes exceeds the agreed maximum of {max_chunk}"
+        ));
+    }
+    pipe.window
+        .on_receive(len)
+        .map_err(|error| format!("on {}: {error}", pipe.name))?;
+    if len > 0 {
+        pipe.push(Chunk::Remote(bytes));
+    }
+    Ok(())
+}
+
 /// The server's next frame, or `None` for a ping or pong: a sign of life that
 /// keeps the idle time-out from firing while a command prints nothing.
-async fn next_message<S>(
-    source: &mut Source<S>,
-) -> Result<Option<(ServerFrame, usize)>, ClientError>
+async fn next_message<S>(source: &mut Source<S>) -> Result<Option<(Incoming, usize)>, ClientError>
 where
     S: Socket,
 {
@@ -1566,11 +1710,23 @@ where
         Some(Ok(message)) => message,
     };
     match message {
-        Message::Binary(bytes) => codec::decode::<ServerFrame>(&bytes)
-            .map(|frame| Some((frame, bytes.len())))
-            .map_err(|error| {
-                ClientError::Protocol(format!("the server sent an invalid frame: {error}"))
-            }),
+        Message::Binary(bytes) => {
+            let len = bytes.len();
+            // Output takes the fast path: its bytes stay where they arrived.
+            if let Some((sid, range)) = codec::data_chunk(&bytes) {
+                return Ok(Some((Incoming::Chunk(sid, bytes.slice(range)), len)));
+            }
+            match codec::decode::<ServerFrame>(&bytes) {
+                Ok(ServerFrame::Data(data)) => Ok(Some((
+                    Incoming::Chunk(data.sid, Bytes::from(data.bytes.into_vec())),
+                    len,
+                ))),
+                Ok(frame) => Ok(Some((Incoming::Frame(frame), len))),
+                Err(error) => Err(ClientError::Protocol(format!(
+                    "the server sent an invalid frame: {error}"
+                ))),
+            }
+        }
         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
         Message::Text(_) => Err(ClientError::Protocol(
             "the server sent a text message instead of a frame".into(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt, future};
 use terminalwire_client::connect::{Target, websocket_config};
 use terminalwire_client::secure::{self, SecureSocket, ServerPin};
-use terminalwire_client::session::{self, LocalIo, SessionConfig, Socket};
+use terminalwire_client::session::{self, LocalIo, Output, SessionConfig, Socket};
 use terminalwire_client::{ClientError, exit_code, facts};
 use terminalwire_protocol::frame::{
     ColorLevel as WireColor, Hello, Operation, Reply, Response, Software, StreamFacts,
@@ -288,8 +288,8 @@ impl Session {
         };
         let tap = self.tap;
         let io = LocalIo {
-            stdout: Box::new(self.stdout.clone()),
-            stderr: Box::new(self.stderr.clone()),
+            stdout: Output::Async(Box::new(self.stdout.clone())),
+            stderr: Output::Async(Box::new(self.stderr.clone())),
             stdin: Box::new(io::Cursor::new(self.stdin)),
         };
         let config = self.config;
@@ -908,8 +908,8 @@ async fn a_server_sending_garbage_ends_the_client_with_a_protocol_error() {
             };
             let stdout = Capture::default();
             let io = LocalIo {
-                stdout: Box::new(stdout.clone()),
-                stderr: Box::new(Capture::default()),
+                stdout: Output::Async(Box::new(stdout.clone())),
+                stderr: Output::Async(Box::new(Capture::default())),
                 stdin: Box::new(tokio::io::empty()),
             };
             let config = SessionConfig::default();
@@ -1120,8 +1120,8 @@ async fn a_silent_server_is_a_lost_connection_after_the_idle_timeout() {
         done.notified().await;
     };
     let io = LocalIo {
-        stdout: Box::new(Capture::default()),
-        stderr: Box::new(Capture::default()),
+        stdout: Output::Async(Box::new(Capture::default())),
+        stderr: Output::Async(Box::new(Capture::default())),
         stdin: Box::new(tokio::io::empty()),
     };
     let config = quick_heartbeats();

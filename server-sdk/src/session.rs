@@ -12,9 +12,9 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::flow::SendCredit;
 use terminalwire_protocol::frame::{
-    Ack, ClientFrame, Data, Detached, ErrorCode, Exit, Hello, Incompatible, Operation, Reply,
-    Request, Response, Resume, ResumeTicket, Resumed, ServerFrame, SessionError, SignalKind,
-    Software, StreamId, Welcome,
+    Ack, ClientFrame, Detached, ErrorCode, Exit, Hello, Incompatible, Operation, Reply, Request,
+    Response, Resume, ResumeTicket, Resumed, ServerFrame, SessionError, SignalKind, Software,
+    StreamId, Welcome,
 };
 use terminalwire_protocol::resume::{self, Receipts, ReplayBuffer, Token};
 use terminalwire_protocol::{SUPPORTED_VERSIONS, codec, negotiate};
@@ -55,12 +55,21 @@ struct OutStream {
     writer: tokio::sync::Mutex<()>,
 }
 
+/// What the command's side queues for the writer task.
+#[derive(Debug)]
+enum Outgoing {
+    /// A frame to encode.
+    Frame(Box<ServerFrame>),
+    /// An encoded `data` frame (sequenced, never the last).
+    Data(Box<[u8]>),
+}
+
 /// State shared by a session's engine and its [`Context`] clones.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// Boxed: the channel's blocks hold 32 slots from the start, and an
-    /// idle session should not pay 32 frames' worth of memory.
-    outbound: mpsc::Sender<Box<ServerFrame>>,
+    /// Small items: the channel's blocks hold 32 slots from the start, and
+    /// an idle session should not pay 32 frames' worth of memory.
+    outbound: mpsc::Sender<Outgoing>,
     /// Cancelled when the session is over (client gone, violation, exit sent).
     pub(crate) closed: CancellationToken,
     /// Cancelled when the server begins shutting down.
@@ -129,8 +138,12 @@ impl Shared {
     }
 
     async fn send(&self, frame: ServerFrame) -> Result<(), ResourceError> {
+        self.send_outgoing(Outgoing::Frame(Box::new(frame))).await
+    }
+
+    async fn send_outgoing(&self, outgoing: Outgoing) -> Result<(), ResourceError> {
         tokio::select! {
-            sent = self.outbound.send(Box::new(frame)) => sent.map_err(|_| ResourceError::Disconnected),
+            sent = self.outbound.send(outgoing) => sent.map_err(|_| ResourceError::Disconnected),
             () = self.closed.cancelled() => Err(ResourceError::Disconnected),
         }
     }
@@ -157,11 +170,11 @@ impl Shared {
                 }
             };
             let (chunk, rest) = bytes.split_at(n);
-            let frame = ServerFrame::Data(Data {
-                sid: stream.sid,
-                bytes: ByteBuf::from(chunk.to_vec()),
-            });
-            self.send(frame).await.map_err(|_| disconnected())?;
+            // Encoded here, straight from the caller's bytes: one copy.
+            let frame = codec::encode_data(stream.sid, chunk).into_boxed_slice();
+            self.send_outgoing(Outgoing::Data(frame))
+                .await
+                .map_err(|_| disconnected())?;
             bytes = rest;
         }
         Ok(())
@@ -1507,7 +1520,7 @@ fn dispatch(shared: &Shared, bytes: &[u8], resumable: bool) -> Result<(Action, b
 /// What the writer task handles next.
 enum Next {
     Control(Control),
-    Frame(Box<ServerFrame>),
+    Frame(Outgoing),
 }
 
 /// Sends the session's frames on whichever connection the client has now.
@@ -1515,7 +1528,7 @@ enum Next {
 /// acknowledges it, and replays what a resuming client lacks; stops taking
 /// frames from the command while `replay_limit` bytes are unacknowledged.
 async fn write_frames(
-    mut frames: mpsc::Receiver<Box<ServerFrame>>,
+    mut frames: mpsc::Receiver<Outgoing>,
     post: Arc<Post>,
     resumable: bool,
     replay_limit: u64,
@@ -1586,7 +1599,15 @@ async fn write_frames(
                 Box::pin(close(outlet.link.take())).await;
                 return;
             }
-            Next::Frame(frame) => {
+            Next::Frame(Outgoing::Data(bytes)) => {
+                let bytes = Vec::from(bytes);
+                // A `data` frame is sequenced.
+                if resumable {
+                    replay.push(bytes.clone());
+                }
+                outlet.write(bytes, frames.is_empty()).await;
+            }
+            Next::Frame(Outgoing::Frame(frame)) => {
                 let last = match *frame {
                     ServerFrame::Error(_) => true,
                     ServerFrame::Exit(_) => !resumable,

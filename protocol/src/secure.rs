@@ -48,6 +48,16 @@
 //! direction) as a **little-endian** `u64` for ChaChaPoly and a
 //! **big-endian** `u64` for AESGCM.
 //!
+//! With AESGCM only, each direction's key is replaced every
+//! [`REKEY_INTERVAL`] pieces, by both ends and with nothing on the wire: the
+//! piece with counter `n` is sealed with the key obtained from the `Split()`
+//! key by `n / REKEY_INTERVAL` applications of Noise's `Rekey()` (the new
+//! key is the first 32 bytes of the encryption of 32 zero bytes under the
+//! old key, with the nonce of counter 2^64 − 1 and empty associated data).
+//! The counter runs on across a rekey, as in Noise. ChaChaPoly is never
+//! rekeyed: older peers do not do it, and ChaCha20-Poly1305 has no per-key
+//! limit that these volumes come near (see [`REKEY_INTERVAL`]).
+//!
 //! Sans-I/O: callers move the bytes.
 //!
 //! # The `insecure-plaintext-bench` feature: benchmarks only, insecure
@@ -75,11 +85,10 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::num::NonZeroU64;
 
 use base64::Engine as _;
-#[cfg(not(feature = "insecure-plaintext-bench"))]
-use ring::aead::Aad;
-use ring::aead::{AES_256_GCM, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 use snow::{Builder, HandshakeState};
@@ -97,6 +106,32 @@ const MORE: u8 = 0;
 const LAST: u8 = 1;
 /// AEAD tag length.
 pub const TAG_LEN: usize = 16;
+/// Pieces sealed under one AES-256-GCM key, per direction, before both ends
+/// replace it with Noise's `Rekey()` (see the [module documentation](self));
+/// ChaCha20-Poly1305 keys are never replaced.
+///
+/// Why 2^20: AES-GCM's security under one key degrades with the number of
+/// 16-byte blocks it encrypts. The analysis behind TLS 1.3's limit (RFC 8446
+/// §5.5, and draft-irtf-cfrg-aead-limits, whose confidentiality bound is
+/// about `(blocks + messages)^2 / 2^129`) allows about 2^34.5 blocks
+/// (2^38.5 bytes, some 400 GB) for an advantage of 2^-57. A piece is at most
+/// 65535 bytes on the wire, so a key encrypts at most 2^20 × 2^16 bytes =
+/// 64 GiB = 2^32 blocks (and 2^20 messages): `(2^32 + 2^20)^2 / 2^129` is
+/// about 2^-65, 2^8 times under that margin (summed over keys, still under
+/// 2^-57 after 2^8 keys, 16 TiB per direction). At about 1 GB/s that is a
+/// new key every minute or so, for the cost of one 32-byte AES-GCM
+/// encryption and a key schedule; a smaller interval would buy nothing
+/// measurable.
+///
+/// ChaCha20-Poly1305 has no comparable per-key limit at these volumes: RFC
+/// 8446 §5.5 notes that a 64-bit record counter wraps before its safety
+/// limit is reached (and RFC 9001 §6.6 puts its confidentiality limit beyond
+/// 2^62 packets); its integrity limit counts forgery attempts, and here the
+/// first piece that fails to open ends the session. Older peers, which know
+/// only ChaCha20-Poly1305, do not rekey either.
+pub const REKEY_INTERVAL: u64 = 1 << 20;
+// A key's share of the traffic stays at 64 GiB or less.
+const _: () = assert!(REKEY_INTERVAL * (MAX_PIECE + 1 + TAG_LEN) as u64 <= 1 << 36);
 /// Longest sealed WebSocket message: a [`MAX_FRAME_LEN`] frame with the
 /// length prefix and tag of each piece.
 pub const MAX_SEALED_LEN: usize =
@@ -842,7 +877,7 @@ impl Channel {
         // lies in the message instead of through scratch buffers (same bytes
         // on the wire: 96-bit nonce of 4 zero bytes and the counter, little-
         // endian for ChaChaPoly and big-endian for AESGCM, empty associated
-        // data).
+        // data). AESGCM keys are rekeyed every `REKEY_INTERVAL` pieces.
         let (first, second) = state.dangerously_get_raw_split();
         let (send, receive) = if state.is_initiator() {
             (first, second)
@@ -851,14 +886,26 @@ impl Channel {
         };
         Ok(Channel {
             sealer: Sealer {
-                key: Transport::new(cipher, &send)?,
+                key: Transport::new(cipher, &send, REKEY_INTERVAL)?,
                 nonce: 0,
             },
             opener: Opener {
-                key: Transport::new(cipher, &receive)?,
+                key: Transport::new(cipher, &receive, REKEY_INTERVAL)?,
                 nonce: 0,
             },
         })
+    }
+
+    /// The channel rekeying AES-256-GCM every `interval` pieces instead of
+    /// every [`REKEY_INTERVAL`], so that tests reach a rekey; only before
+    /// anything is sealed or opened.
+    #[cfg(test)]
+    fn with_rekey_interval(mut self, interval: u64) -> Channel {
+        assert_eq!((self.sealer.nonce, self.opener.nonce), (0, 0));
+        for key in [&mut self.sealer.key, &mut self.opener.key] {
+            key.rekey_interval = rekey_interval(key.cipher, interval);
+        }
+        self
     }
 
     /// The AEAD that seals the frames, as negotiated in the handshake.
@@ -882,10 +929,29 @@ struct Transport {
     )]
     key: LessSafeKey,
     cipher: TransportCipher,
+    /// Pieces per key: `Some` for AES-256-GCM only (see [`rekey_interval`]).
+    rekey_interval: Option<NonZeroU64>,
+    /// How many times Noise's `Rekey()` led from the split key to this one.
+    rekeys: u64,
+}
+
+/// The rekey interval of a `cipher` key: `interval` pieces for AES-256-GCM
+/// (never 0), none for the others.
+fn rekey_interval(cipher: TransportCipher, interval: u64) -> Option<NonZeroU64> {
+    match cipher {
+        TransportCipher::Aes256Gcm => Some(NonZeroU64::new(interval).unwrap_or(NonZeroU64::MIN)),
+        _ => None,
+    }
 }
 
 impl Transport {
-    fn new(cipher: TransportCipher, key: &[u8; 32]) -> Result<Transport, SecureError> {
+    /// The split key `key` of `cipher`, replaced every `interval` pieces if
+    /// the cipher is AES-256-GCM.
+    fn new(
+        cipher: TransportCipher,
+        key: &[u8; 32],
+        interval: u64,
+    ) -> Result<Transport, SecureError> {
         let algorithm = match cipher {
             TransportCipher::Aes256Gcm => &AES_256_GCM,
             TransportCipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
@@ -896,8 +962,51 @@ impl Transport {
             .map(|key| Transport {
                 key: LessSafeKey::new(key),
                 cipher,
+                rekey_interval: rekey_interval(cipher, interval),
+                rekeys: 0,
             })
             .map_err(|_| SecureError::Handshake("unusable transport key".into()))
+    }
+
+    /// Noise's `Rekey()`: the next key, the first 32 bytes of the encryption
+    /// of 32 zero bytes under this one with the nonce of counter 2^64 − 1
+    /// (which no piece uses) and empty associated data; the tag is dropped.
+    fn rekeyed(&self) -> Result<Transport, SecureError> {
+        let mut next = [0u8; 32];
+        let _tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes(self.cipher, u64::MAX)),
+                Aad::empty(),
+                &mut next,
+            )
+            .map_err(|_| SecureError::Tampered)?;
+        let interval = self.rekey_interval.map_or(REKEY_INTERVAL, NonZeroU64::get);
+        let mut transport = Transport::new(self.cipher, &next, interval)?;
+        transport.rekeys = self.rekeys + 1;
+        Ok(transport)
+    }
+
+    /// The key for the piece of counter `n`: the one after `n / interval`
+    /// rekeys. That is this key, or one derived from it into `pending` (or
+    /// from the one already there), so that the caller decides whether the
+    /// channel moves on to it.
+    #[inline]
+    fn for_piece<'a>(
+        &'a self,
+        n: u64,
+        pending: &'a mut Option<Transport>,
+    ) -> Result<&'a Transport, SecureError> {
+        let due = self.rekey_interval.map_or(0, |interval| n / interval);
+        loop {
+            let current = pending.as_ref().unwrap_or(self);
+            if current.rekeys >= due {
+                break;
+            }
+            let next = current.rekeyed()?;
+            *pending = Some(next);
+        }
+        Ok(pending.as_ref().unwrap_or(self))
     }
 
     /// Encrypts `in_out` in place with counter `n`; returns the tag.
@@ -970,6 +1079,12 @@ fn noise_nonce(cipher: TransportCipher, n: u64) -> Result<Nonce, SecureError> {
     if n == u64::MAX {
         return Err(SecureError::Tampered);
     }
+    Ok(Nonce::assume_unique_for_key(nonce_bytes(cipher, n)))
+}
+
+/// The bytes of Noise's nonce of `cipher` for counter `n` (see
+/// [`noise_nonce`]; `Rekey()` uses the reserved last one).
+fn nonce_bytes(cipher: TransportCipher, n: u64) -> [u8; 12] {
     let counter = match cipher {
         TransportCipher::Aes256Gcm => n.to_be_bytes(),
         TransportCipher::ChaCha20Poly1305 => n.to_le_bytes(),
@@ -978,7 +1093,7 @@ fn noise_nonce(cipher: TransportCipher, n: u64) -> Result<Nonce, SecureError> {
     };
     let mut nonce = [0u8; 12];
     nonce[4..].copy_from_slice(&counter);
-    Ok(Nonce::assume_unique_for_key(nonce))
+    nonce
 }
 
 /// Seals outgoing frames.
@@ -1006,6 +1121,9 @@ impl Sealer {
             chunks.push(&[]);
         }
         let last_index = chunks.len() - 1;
+        let mut nonce = self.nonce;
+        // The key after a rekey within this frame, if any.
+        let mut rekeyed = None;
         for (index, chunk) in chunks.into_iter().enumerate() {
             let len = 1 + chunk.len() + TAG_LEN;
             let prefix = u16::try_from(len).map_err(|_| SecureError::TooLarge { len })?;
@@ -1014,10 +1132,16 @@ impl Sealer {
             let start = out.len();
             out.push(if index == last_index { LAST } else { MORE });
             out.extend_from_slice(chunk);
-            let tag = self.key.seal(self.nonce, &mut out[start..])?;
+            let key = self.key.for_piece(nonce, &mut rekeyed)?;
+            let tag = key.seal(nonce, &mut out[start..])?;
             out.extend_from_slice(tag.as_ref());
-            self.nonce += 1;
+            nonce += 1;
         }
+        // Only a frame sealed whole moves the channel on.
+        if let Some(key) = rekeyed {
+            self.key = key;
+        }
+        self.nonce = nonce;
         Ok(out)
     }
 }
@@ -1070,6 +1194,9 @@ impl Opener {
         // The spare byte the first piece's flag lands on.
         buffer.push(0);
         let mut nonce = self.nonce;
+        // The key after a rekey within this message, if any: the channel
+        // moves on to it only if the whole message opens.
+        let mut rekeyed = None;
         let mut ended = false;
         while !message.is_empty() {
             if ended {
@@ -1092,7 +1219,8 @@ impl Opener {
             let kept = buffer[at];
             buffer.truncate(at);
             buffer.extend_from_slice(piece);
-            let opened = self.key.open(nonce, &mut buffer[at..])?;
+            let key = self.key.for_piece(nonce, &mut rekeyed)?;
+            let opened = key.open(nonce, &mut buffer[at..])?;
             let flag = opened.first().copied().ok_or(SecureError::Tampered)?;
             nonce += 1;
             ended = match flag {
@@ -1109,6 +1237,9 @@ impl Opener {
             return Err(SecureError::Tampered);
         }
         // Only a message that opened whole moves the channel on.
+        if let Some(key) = rekeyed {
+            self.key = key;
+        }
         self.nonce = nonce;
         Ok(Opened { buffer, start: 1 })
     }
@@ -1990,6 +2121,350 @@ mod tests {
         }
     }
 
+    /// Rekeying of the AES-256-GCM transport keys (the bench build seals
+    /// nothing, so has nothing to rekey: see `plaintext` below).
+    #[cfg(not(feature = "insecure-plaintext-bench"))]
+    mod rekey {
+        use super::*;
+        use snow::params::CipherChoice;
+        use snow::resolvers::{CryptoResolver, DefaultResolver};
+
+        /// Both ends of a channel forced to `cipher` and rekeying every
+        /// `interval` pieces, as (client, server), with the split keys
+        /// (client → server, server → client).
+        fn rekeying(
+            cipher: TransportCipher,
+            interval: u64,
+        ) -> (Halves, Halves, [u8; 32], [u8; 32]) {
+            let device = StaticKey::generate().unwrap();
+            let server = StaticKey::generate().unwrap();
+            let (mut initiator, first) = Initiator::start_with(&device, &[cipher]).unwrap();
+            let (responder, second) = Responder::respond_with(&server, &first, &[cipher]).unwrap();
+            initiator.read_response(&second).unwrap();
+            let third = snow_write(&mut initiator.state, b"");
+            let (to_server, to_client) = initiator.state.dangerously_get_raw_split();
+            let client = Channel::open(initiator.state, cipher)
+                .unwrap()
+                .with_rekey_interval(interval);
+            let (_, server) = responder.finish(&third).unwrap();
+            let server = server.with_rekey_interval(interval);
+            assert_eq!((client.cipher(), server.cipher()), (cipher, cipher));
+            (client.split(), server.split(), to_server, to_client)
+        }
+
+        /// Noise's cipher `choice` as snow computes it, sealing frames the
+        /// way [`Sealer`] does; with `rekey_every`, snow's own `rekey()`
+        /// runs before each piece whose counter is a non-zero multiple of it.
+        struct SnowSealer {
+            cipher: Box<dyn snow::types::Cipher>,
+            counter: u64,
+            rekey_every: Option<u64>,
+        }
+
+        impl SnowSealer {
+            fn new(choice: CipherChoice, key: &[u8; 32], rekey_every: Option<u64>) -> SnowSealer {
+                let mut cipher = DefaultResolver.resolve_cipher(&choice).unwrap();
+                cipher.set(key);
+                SnowSealer {
+                    cipher,
+                    counter: 0,
+                    rekey_every,
+                }
+            }
+
+            /// The sealed piece of counter `self.counter` (length prefix
+            /// included), rekeying first if it is due.
+            fn piece(&mut self, flag: u8, part: &[u8]) -> Vec<u8> {
+                if let Some(every) = self.rekey_every
+                    && self.counter > 0
+                    && self.counter.is_multiple_of(every)
+                {
+                    self.cipher.rekey();
+                }
+                let mut plain = vec![flag];
+                plain.extend_from_slice(part);
+                let mut out = vec![0u8; plain.len() + TAG_LEN];
+                let n = self.cipher.encrypt(self.counter, &[], &plain, &mut out);
+                assert_eq!(n, out.len());
+                self.counter += 1;
+                let mut piece = u16::try_from(n).unwrap().to_be_bytes().to_vec();
+                piece.extend_from_slice(&out);
+                piece
+            }
+
+            fn seal(&mut self, frame: &[u8]) -> Vec<u8> {
+                let mut parts: Vec<&[u8]> = frame.chunks(MAX_PIECE).collect();
+                if parts.is_empty() {
+                    parts.push(&[]);
+                }
+                let last = parts.len() - 1;
+                let mut sealed = Vec::new();
+                for (index, part) in parts.into_iter().enumerate() {
+                    sealed.extend(self.piece(if index == last { LAST } else { MORE }, part));
+                }
+                sealed
+            }
+        }
+
+        /// A frame of `size` bytes, different for each `seed`.
+        fn frame(size: usize, seed: usize) -> Vec<u8> {
+            (0..size)
+                .map(|i| ((i * 7 + seed * 13) % 256) as u8)
+                .collect()
+        }
+
+        /// Frame sizes of one, two, three, four and up to 17 pieces, mixed.
+        const SIZES: [usize; 12] = [
+            0,
+            5,
+            MAX_PIECE + 1,
+            17,
+            3 * MAX_PIECE,
+            MAX_PIECE,
+            MAX_FRAME_LEN,
+            1,
+            2 * MAX_PIECE + 9,
+            0,
+            4 * MAX_PIECE - 1,
+            100,
+        ];
+
+        #[test]
+        fn aesgcm_frames_round_trip_across_many_rekeys() {
+            for interval in [1, 2, 3, 5] {
+                let ((mut client_seal, mut client_open), (mut server_seal, mut server_open), _, _) =
+                    rekeying(AES, interval);
+                for (seed, size) in SIZES.into_iter().chain(SIZES.into_iter().rev()).enumerate() {
+                    let frame = frame(size, seed);
+                    let sealed = client_seal.seal(&frame).unwrap();
+                    assert_eq!(
+                        server_open.open(&sealed).unwrap(),
+                        frame,
+                        "{interval} {size}"
+                    );
+                    let sealed = server_seal.seal(&frame).unwrap();
+                    let opened = client_open.open_unmoved(&sealed).unwrap();
+                    assert_eq!(
+                        &opened.buffer[opened.start..],
+                        &frame[..],
+                        "{interval} {size}"
+                    );
+                    // Each side's key is the one after `counter / interval` rekeys.
+                    for (key, counter) in [
+                        (&client_seal.key, client_seal.nonce),
+                        (&server_open.key, server_open.nonce),
+                        (&server_seal.key, server_seal.nonce),
+                        (&client_open.key, client_open.nonce),
+                    ] {
+                        // The last piece sealed or opened, `counter - 1`, used it.
+                        assert_eq!(key.rekeys, (counter - 1) / interval, "{interval} {size}");
+                    }
+                }
+                assert!(
+                    client_seal.key.rekeys >= 10,
+                    "only {} rekeys",
+                    client_seal.key.rekeys
+                );
+            }
+        }
+
+        #[test]
+        fn aesgcm_pieces_are_snows_with_its_rekey_every_interval() {
+            for interval in [2, 3] {
+                let ((mut client_seal, _), (mut server_seal, _), to_server, to_client) =
+                    rekeying(AES, interval);
+                for (seal, key) in [(&mut client_seal, to_server), (&mut server_seal, to_client)] {
+                    let mut reference = SnowSealer::new(CipherChoice::AESGCM, &key, Some(interval));
+                    let mut never_rekeyed = SnowSealer::new(CipherChoice::AESGCM, &key, None);
+                    for (seed, size) in SIZES.into_iter().enumerate() {
+                        let frame = frame(size, seed);
+                        let sealed = seal.seal(&frame).unwrap();
+                        let first_counter = reference.counter;
+                        let expected = reference.seal(&frame);
+                        assert!(
+                            sealed == expected,
+                            "interval {interval}: frame {seed} of {size} bytes (pieces from \
+                             counter {first_counter}) differs from snow's"
+                        );
+                        // With the split key as it was, only the pieces before
+                        // the first rekey would be the same.
+                        let stale = never_rekeyed.seal(&frame);
+                        if first_counter >= interval {
+                            assert_ne!(sealed[..18], stale[..18], "counter {first_counter}");
+                        } else if reference.counter <= interval {
+                            assert_eq!(sealed, stale);
+                        }
+                    }
+                    assert!(reference.counter > 10 * interval);
+                }
+            }
+        }
+
+        #[test]
+        fn the_piece_at_the_interval_is_sealed_with_the_rekeyed_key() {
+            let interval = 3;
+            let ((mut seal, _), (_, mut open), to_server, _) = rekeying(AES, interval);
+            let mut old = SnowSealer::new(CipherChoice::AESGCM, &to_server, None);
+            let mut rekeyed = SnowSealer::new(CipherChoice::AESGCM, &to_server, None);
+            // Counters 0 to 2 under the split key, same as snow's.
+            for seed in 0..3 {
+                let sealed = seal.seal(&frame(9, seed)).unwrap();
+                assert_eq!(sealed, old.seal(&frame(9, seed)));
+                assert_eq!(open.open(&sealed).unwrap(), frame(9, seed));
+            }
+            // Counter 3: snow's key after one `rekey()`, at the same nonce.
+            let sealed = seal.seal(b"after").unwrap();
+            assert_ne!(sealed, old.seal(b"after"), "the key did not change");
+            rekeyed.cipher.rekey();
+            rekeyed.counter = 3;
+            assert_eq!(sealed, rekeyed.seal(b"after"));
+            assert_eq!(open.open(&sealed).unwrap(), b"after");
+            // The rekey is Noise's: the first 32 bytes of the encryption of
+            // 32 zero bytes at the last nonce, 4 zero bytes and 8 of 0xff.
+            assert_eq!(
+                nonce_bytes(AES, u64::MAX),
+                [0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255]
+            );
+            let mut by_hand = DefaultResolver
+                .resolve_cipher(&CipherChoice::AESGCM)
+                .unwrap();
+            by_hand.set(&to_server);
+            let mut out = [0u8; 32 + TAG_LEN];
+            by_hand.encrypt(u64::MAX, &[], &[0; 32], &mut out);
+            by_hand.set(out[..32].try_into().unwrap());
+            let mut piece = vec![LAST];
+            piece.extend_from_slice(b"after");
+            let mut expected = vec![0u8; piece.len() + TAG_LEN];
+            by_hand.encrypt(3, &[], &piece, &mut expected);
+            assert_eq!(sealed[2..], expected);
+            // A sealer that starts at counter 10 (three rekeys due at once)
+            // seals with the key after 10 / 3 = 3 rekeys.
+            let ((mut seal, _), _, to_server, _) = rekeying(AES, interval);
+            seal.nonce = 10;
+            let mut reference = SnowSealer::new(CipherChoice::AESGCM, &to_server, None);
+            for _ in 0..3 {
+                reference.cipher.rekey();
+            }
+            reference.counter = 10;
+            assert_eq!(seal.seal(b"x").unwrap(), reference.seal(b"x"));
+            assert_eq!(seal.key.rekeys, 3);
+        }
+
+        #[test]
+        fn a_tampered_message_at_a_rekey_boundary_fails_and_moves_nothing() {
+            let interval = 3;
+            let ((mut seal, _), (_, mut open), _, _) = rekeying(AES, interval);
+            // Counters 0 and 1.
+            let a = seal.seal(&frame(MAX_PIECE + 1, 0)).unwrap();
+            assert_eq!(open.open(&a).unwrap(), frame(MAX_PIECE + 1, 0));
+            // Counters 2, 3 and 4: the rekey falls between the first two pieces.
+            let b_frame = frame(2 * MAX_PIECE + 40, 1);
+            let b = seal.seal(&b_frame).unwrap();
+            // Counter 6 of single-piece frames is the next rekey: it is
+            // due before the first piece of `d`.
+            let c = seal.seal(b"c").unwrap();
+            let d = seal.seal(b"d").unwrap();
+            let e = seal.seal(b"e").unwrap();
+            let piece_starts = |message: &[u8]| {
+                let mut starts = Vec::new();
+                let mut at = 0;
+                while at < message.len() {
+                    starts.push(at);
+                    at += 2 + usize::from(u16::from_be_bytes([message[at], message[at + 1]]));
+                }
+                starts
+            };
+            let unmoved = |open: &Opener, counter: u64, rekeys: u64| {
+                assert_eq!((open.nonce, open.key.rekeys), (counter, rekeys));
+            };
+            let starts = piece_starts(&b);
+            assert_eq!(starts.len(), 3);
+            // A flipped byte in each piece (before, at and after the boundary),
+            // in its ciphertext and in its tag.
+            for start in &starts {
+                let end = start + 2 + usize::from(u16::from_be_bytes([b[*start], b[start + 1]]));
+                for at in [start + 2, start + 10, end - 1] {
+                    let mut bad = b.clone();
+                    bad[at] ^= 0x40;
+                    assert!(
+                        matches!(open.open(&bad), Err(SecureError::Tampered)),
+                        "byte {at}"
+                    );
+                    unmoved(&open, 2, 0);
+                }
+            }
+            // Cut after the piece past the boundary; pieces swapped across it.
+            assert!(open.open(&b[..starts[2]]).is_err());
+            unmoved(&open, 2, 0);
+            let mut swapped = b[starts[1]..starts[2]].to_vec();
+            swapped.extend_from_slice(&b[..starts[1]]);
+            swapped.extend_from_slice(&b[starts[2]..]);
+            assert!(open.open(&swapped).is_err());
+            unmoved(&open, 2, 0);
+            // A message from one key too far (`d` in place of `c`).
+            assert!(open.open(&d).is_err());
+            unmoved(&open, 2, 0);
+            // The untampered message opens, with the rekey.
+            assert_eq!(open.open(&b).unwrap(), b_frame);
+            unmoved(&open, 5, 1);
+            assert_eq!(open.open(&c).unwrap(), b"c");
+            // A rekey due before the first piece of a message that fails.
+            let mut bad = d.clone();
+            bad[4] ^= 1;
+            assert!(open.open(&bad).is_err());
+            assert!(open.open(&d[..d.len() - 1]).is_err());
+            assert!(open.open(&e).is_err(), "`e` skips `d`");
+            unmoved(&open, 6, 1);
+            assert_eq!(open.open(&d).unwrap(), b"d");
+            unmoved(&open, 7, 2);
+            assert_eq!(open.open(&e).unwrap(), b"e");
+            assert!(open.open(&e).is_err(), "a replay was accepted");
+            unmoved(&open, 8, 2);
+        }
+
+        #[test]
+        fn chachapoly_is_never_rekeyed() {
+            let interval = 2;
+            let (
+                (mut client_seal, mut client_open),
+                (mut server_seal, mut server_open),
+                to_server,
+                to_client,
+            ) = rekeying(CHACHA, interval);
+            for (seal, open, key) in [
+                (&mut client_seal, &mut server_open, to_server),
+                (&mut server_seal, &mut client_open, to_client),
+            ] {
+                let mut reference = SnowSealer::new(CipherChoice::ChaChaPoly, &key, None);
+                for (seed, size) in SIZES.into_iter().enumerate() {
+                    let frame = frame(size, seed);
+                    let sealed = seal.seal(&frame).unwrap();
+                    assert!(
+                        sealed == reference.seal(&frame),
+                        "frame {seed} of {size} bytes"
+                    );
+                    assert_eq!(open.open(&sealed).unwrap(), frame);
+                }
+                assert!(reference.counter > 10 * interval);
+                assert_eq!((seal.key.rekeys, open.key.rekeys), (0, 0));
+            }
+        }
+
+        #[test]
+        fn the_default_interval_is_for_aesgcm_only() {
+            const { assert!(REKEY_INTERVAL.is_power_of_two() && REKEY_INTERVAL >= 1 << 16) };
+            for (cipher, interval) in [(AES, NonZeroU64::new(REKEY_INTERVAL)), (CHACHA, None)] {
+                let ((seal, open), (server_seal, server_open)) = pair_of(&[cipher]);
+                for key in [&seal.key, &open.key, &server_seal.key, &server_open.key] {
+                    assert_eq!(key.rekey_interval, interval, "{cipher}");
+                    assert_eq!(key.rekeys, 0);
+                }
+            }
+            // At most 64 GiB under one key.
+            const { assert!(REKEY_INTERVAL * 65535 <= 64 << 30) };
+        }
+    }
+
     /// The bench-only build: same framing, bytes in the clear.
     #[cfg(feature = "insecure-plaintext-bench")]
     mod plaintext {
@@ -2115,6 +2590,22 @@ mod tests {
             assert!(matches!(open.open(&message), Err(SecureError::Tampered)));
             // The channel is not moved on by the refusal.
             assert_eq!(open.open(&seal.seal(b"hi").unwrap()).unwrap(), b"hi");
+        }
+
+        #[test]
+        fn the_build_does_not_rekey() {
+            let (client, server) =
+                channels(TransportCipher::defaults(), TransportCipher::defaults());
+            let (mut seal, _) = client.with_rekey_interval(2).split();
+            let (_, mut open) = server.with_rekey_interval(2).split();
+            for counter in 0..8u64 {
+                let sealed = seal.seal(b"x").unwrap();
+                assert_eq!(sealed[sealed.len() - TAG_LEN..], plaintext_tag(counter));
+                assert_eq!(open.open(&sealed).unwrap(), b"x");
+            }
+            for key in [&seal.key, &open.key] {
+                assert_eq!((key.rekey_interval, key.rekeys), (None, 0));
+            }
         }
 
         #[test]

@@ -240,3 +240,11 @@ pub(crate) fn announce(line: &str) -> std::io::Result<()> {
     writeln!(stdout, "{line}")?;
     stdout.flush()
 }
+
+/// The bench app's allocator (also that of the raw WebSocket baseline,
+/// which runs from this binary). With glibc's malloc, the 64 KiB buffers
+/// of each streamed chunk are returned to the kernel and faulted back in:
+/// a third of the server's CPU in figure 2 (bench/PROFILE.md). An app
+/// chooses its allocator; the README recommends one for servers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -601,6 +601,9 @@ where
     // Loop turns since `ready` got its first answer: while messages keep
     // coming, `Settle` never fires, so the answers leave after this many.
     let mut ready_turns = 0usize;
+    // Shared by every request's work: a clone of `Resources` per request
+    // (paths, the audit log's state) cost more than a small request itself.
+    let shared_resources = Arc::new(config.resources.clone());
     let result: Result<Finish, ClientError> = loop {
         ready_turns = if ready.is_empty() { 0 } else { ready_turns + 1 };
         let idle = link.is_some().then_some(idle_deadline);
@@ -659,7 +662,7 @@ where
                                     let quick = crate::resources::performed_inline(&request.op);
                                     let stdin = stdin.clone();
                                     let prompts = pipes[1].queue.clone();
-                                    let resources = config.resources.clone();
+                                    let resources = shared_resources.clone();
                                     let stdin_is_terminal = config.stdin_is_terminal;
                                     let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
                                     // The permit goes with the answer until it is queued.

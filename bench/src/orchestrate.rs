@@ -959,17 +959,19 @@ impl Bench {
         let mut figure = Figure::new("6. Encryption on and off, and over TLS");
         let runs = self.sizes.runs.min(3);
         figure.setup = vec![
-            "E2E on: the release binaries of figures 1–5, with the end-to-end encryption (Noise XX, \
-             X25519, ChaChaPoly, BLAKE2s) that every terminalwire number there includes, over \
-             `ws://`. It is the baseline of each measurement."
-                .into(),
+            format!(
+                "E2E on: the release binaries of figures 1–5, with the end-to-end encryption (Noise \
+                 XX handshake with X25519, ChaChaPoly and BLAKE2s, then {}) that every terminalwire \
+                 number there includes, over `ws://`. It is the baseline of each measurement.",
+                transport_aead()
+            ),
             format!(
                 "E2E off: a second pair of release binaries, the `terminalwire` client and the bench \
                  app (`terminalwire-bench serve`), built by `bench/run.sh` with the bench-only, \
                  insecure feature `{PLAINTEXT_FEATURE}` in their own target folder, over `ws://`. \
                  The Noise handshake is unchanged (server identity, pin, device key); after it, \
                  frames take the same code path and framing, but each piece is copied in the clear \
-                 instead of sealed with ChaCha20-Poly1305 (its 16-byte tag slot carries a marker \
+                 instead of sealed (its 16-byte tag slot carries a marker \
                  and the piece counter, so the bytes on the wire are as many). The ratio to E2E on \
                  is what the encryption costs. Checked before measuring: the plaintext client \
                  warns that it does not encrypt and reaches the plaintext app, the other client \
@@ -1342,13 +1344,20 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
         "Each figure: the median and the min – max over the runs; runs of a figure and its \
          baselines are interleaved. The ratio is terminalwire's median over the baseline's median."
             .into(),
-        "Encryption: every terminalwire number includes the end-to-end encryption (Noise, \
-         ChaChaPoly; always on in the client and the SDK), over plain `ws://`, except figure 6's \
-         rows marked `E2E off` (a separate build of client and bench app with the bench-only, \
-         insecure `insecure-plaintext-bench` feature: same handshake and framing, frames not \
-         encrypted, to measure what the encryption costs) and `wss://` (TLS under it); the raw \
-         WebSocket baseline is not encrypted (the transport's limit); ssh and scp always encrypt \
-         (chacha20-poly1305, OpenSSH's default)."
+        format!(
+            "Encryption: every terminalwire number includes the end-to-end encryption (Noise XX, \
+             then {}; always on in the client and the SDK), over plain `ws://`, except figure 6's \
+             rows marked `E2E off` (a separate build of client and bench app with the bench-only, \
+             insecure `insecure-plaintext-bench` feature: same handshake and framing, frames not \
+             encrypted, to measure what the encryption costs) and `wss://` (TLS under it); the raw \
+             WebSocket baseline is not encrypted (the transport's limit); ssh and scp always \
+             encrypt (chacha20-poly1305, OpenSSH's default, which is what users get).",
+            transport_aead()
+        ),
+        "Allocator: the bench app (and the raw WebSocket baseline, which runs from the same \
+         binary) uses mimalloc; with glibc's malloc the server re-faults its 64 KiB chunk buffers \
+         (bench/PROFILE.md). The `terminalwire` client uses glibc's malloc, with its trim \
+         threshold raised at start."
             .into(),
     ]);
     if let Some(size) = bench.tuning.read_buffer {
@@ -1436,4 +1445,13 @@ pub(crate) fn load(sessions: usize, requests: u64) -> anyhow::Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+/// The transport AEAD the client and the bench app negotiate on this machine.
+fn transport_aead() -> &'static str {
+    if terminalwire_protocol::secure::aes_hardware() {
+        "AES-256-GCM, negotiated since both ends have AES hardware"
+    } else {
+        "ChaCha20-Poly1305, negotiated since this CPU has no AES hardware"
+    }
 }

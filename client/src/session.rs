@@ -1827,6 +1827,89 @@ fn frame_name(frame: &ServerFrame) -> String {
 mod tests {
     use super::*;
 
+    /// Runs a file writer on `chunks` into a pipe read `read_size` bytes at
+    /// a time; returns what came out and the bytes reported consumed.
+    fn through_a_pipe(chunks: Vec<Chunk>, read_size: usize) -> (Vec<u8>, usize, Vec<Event>) {
+        use std::io::Read;
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        for chunk in chunks {
+            queue.send(chunk).unwrap_or_else(|_| unreachable!());
+        }
+        drop(queue);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let writing = std::thread::spawn(move || {
+            let file = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+            write_file(0, file, receiver, &events_tx, None, &stop);
+        });
+        let mut out = Vec::new();
+        let mut buffer = vec![0u8; read_size];
+        loop {
+            let n = reader.read(&mut buffer).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buffer[..n]);
+        }
+        writing.join().unwrap();
+        let mut consumed = 0;
+        let mut other = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            match event {
+                Event::Consumed { len, .. } => consumed += len,
+                failed => other.push(failed),
+            }
+        }
+        (out, consumed, other)
+    }
+
+    #[test]
+    fn the_file_writer_writes_every_chunk_in_order_through_partial_writes() {
+        // More than a pipe holds, read in small pieces: writev returns short.
+        let mut chunks = Vec::new();
+        let mut expected = Vec::new();
+        let mut remote = 0;
+        for i in 0..300usize {
+            let bytes: Vec<u8> = (0..(i * 37) % 9000).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&bytes);
+            if i % 7 == 0 {
+                chunks.push(Chunk::Local(bytes));
+            } else {
+                remote += bytes.len();
+                chunks.push(Chunk::Remote(Bytes::from(bytes)));
+            }
+        }
+        assert!(expected.len() > 1 << 20);
+        let (out, consumed, other) = through_a_pipe(chunks, 4096);
+        assert!(other.is_empty());
+        assert_eq!(out.len(), expected.len());
+        assert!(out == expected, "bytes differ or are out of order");
+        // Prompts the client wrote itself do not count against the window.
+        assert_eq!(consumed, remote);
+    }
+
+    #[test]
+    fn a_file_writer_whose_reader_is_gone_reports_the_failure() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        queue
+            .send(Chunk::Remote(Bytes::from_static(b"lost")))
+            .unwrap_or_else(|_| unreachable!());
+        drop(queue);
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        write_file(1, file, receiver, &events_tx, None, &stop);
+        match events.try_recv() {
+            Ok(Event::Failed { index: 1, error }) => {
+                assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+            }
+            _ => panic!("no failure reported"),
+        }
+    }
+
     #[tokio::test]
     async fn read_line_strips_endings_and_reports_eof() {
         let mut input: &[u8] = b"first\r\nsecond\nlast";

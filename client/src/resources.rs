@@ -4,7 +4,7 @@
 //!
 //! Order for a path: the policy crate resolves it (`~`, relative to the
 //! user's home, `.`/`..`, symlinks of the existing part) and decides on the
-//! resolved path; [`safe_fs`](crate::safe_fs) then performs the operation on
+//! resolved path; [`safe_fs`] then performs the operation on
 //! that path without following any symlink, so one planted after the check
 //! is refused rather than followed. Denials carry the command that would
 //! allow them.

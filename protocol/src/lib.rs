@@ -16,7 +16,7 @@
 //! - [`frame`]: the message types, one enum per direction, every variant documented.
 //! - [`codec`]: [`encode`](codec::encode) / [`decode`](codec::decode) between frames and
 //!   bytes, with typed errors and an "unknown" value for tags from newer peers.
-//! - [`handshake`]: version ranges and [`negotiate`](handshake::negotiate).
+//! - [`handshake`]: version ranges and [`negotiate`].
 //! - [`flow`]: credit-based flow control ([`SendCredit`](flow::SendCredit) for the
 //!   sender, [`ReceiveWindow`](flow::ReceiveWindow) for the receiver).
 //! - [`resume`]: sequence numbers, acknowledgements and replay for resuming a

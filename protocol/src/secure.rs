@@ -1282,7 +1282,8 @@ const SMALL_ORDER_KEYS: [[u8; 32]; 7] = [
     ],
 ];
 
-/// Refuses a peer's static key of small order (see [`SMALL_ORDER_KEYS`]).
+/// Refuses a peer's static key of small order (libsodium's list of the seven X25519
+/// public keys with which every Diffie-Hellman result is the same).
 pub fn check_public_key(key: &[u8]) -> Result<(), SecureError> {
     let Ok(key) = <&[u8; 32]>::try_from(key) else {
         return Err(SecureError::Handshake(format!(

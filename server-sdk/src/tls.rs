@@ -179,7 +179,7 @@ impl TlsConfig {
     }
 }
 
-/// A TCP listener that yields TLS streams, for [`axum::serve`].
+/// A TCP listener that yields TLS streams, for [`axum::serve()`].
 ///
 /// A background task accepts TCP connections and runs their handshakes
 /// concurrently; connections whose handshake fails or times out are dropped

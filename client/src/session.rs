@@ -161,6 +161,9 @@ enum Event {
     Failed { index: usize, error: io::Error },
 }
 
+/// Output chunks shorter than this are copied out of their message.
+const SMALL_CHUNK: usize = 1024;
+
 /// Most chunks a file writer takes for one vectored write.
 const CHUNKS_PER_WRITE: usize = 64;
 
@@ -275,11 +278,12 @@ fn write_file(
         {
             batch.push(chunk);
         }
+        // Not while the client's own consent prompt is on screen.
+        let _open = gate.map(tokio::sync::RwLock::blocking_read);
+        // Checked after the wait for the prompt, which can be long.
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        // Not while the client's own consent prompt is on screen.
-        let _open = gate.map(tokio::sync::RwLock::blocking_read);
         if let Err(error) = write_all_vectored(&mut file, &batch) {
             let _ = events.send(Event::Failed { index, error });
             return;
@@ -1340,6 +1344,10 @@ async fn finish_outputs(
     if unbounded {
         wait.await;
     } else if tokio::time::timeout(bound, wait).await.is_err() {
+        // Nothing more reaches the terminal after the session's end.
+        for pipe in pipes.iter() {
+            pipe.abort();
+        }
         return Ok(());
     }
     while let Ok(event) = events.try_recv() {
@@ -1716,8 +1724,15 @@ where
         Message::Binary(bytes) => {
             let len = bytes.len();
             // Output takes the fast path: its bytes stay where they arrived.
+            // A small chunk is copied instead, so that it does not keep its
+            // message's buffer alive while it waits in the output queue.
             if let Some((sid, range)) = codec::data_chunk(&bytes) {
-                return Ok(Some((Incoming::Chunk(sid, bytes.slice(range)), len)));
+                let chunk = if range.len() < SMALL_CHUNK {
+                    Bytes::copy_from_slice(&bytes[range])
+                } else {
+                    bytes.slice(range)
+                };
+                return Ok(Some((Incoming::Chunk(sid, chunk), len)));
             }
             match codec::decode::<ServerFrame>(&bytes) {
                 Ok(ServerFrame::Data(data)) => Ok(Some((

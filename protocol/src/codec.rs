@@ -250,9 +250,9 @@ impl<'a> Walk<'a> {
             0xc5 => Header::Bin(self.length(2)?),
             0xc6 => Header::Bin(self.length(4)?),
             // Extensions: a type byte, then the data.
-            0xc7 => Header::Scalar(self.length(1)? + 1),
-            0xc8 => Header::Scalar(self.length(2)? + 1),
-            0xc9 => Header::Scalar(self.length(4)? + 1),
+            0xc7 => Header::Scalar(self.length(1)?.saturating_add(1)),
+            0xc8 => Header::Scalar(self.length(2)?.saturating_add(1)),
+            0xc9 => Header::Scalar(self.length(4)?.saturating_add(1)),
             0xca => Header::Scalar(4),
             0xcb => Header::Scalar(8),
             0xcc | 0xd0 => Header::Scalar(1),

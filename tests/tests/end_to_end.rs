@@ -8,7 +8,8 @@ use terminalwire_protocol::frame::{Exit as ExitFrame, Incompatible};
 use terminalwire_protocol::{ClientFrame, ServerFrame, VersionRange};
 use terminalwire_server::{Context, Exit, Terminal};
 use terminalwire_tests::{
-    Client, ScriptedServer, TestServer, next_client_frame, send_server_frame,
+    CLIENT_DEADLINE, Client, ScriptedServer, TestServer, client_binary, next_client_frame,
+    send_server_frame,
 };
 use tokio::sync::Notify;
 
@@ -18,6 +19,7 @@ const UNAVAILABLE: i32 = 69;
 const CONNECTION_LOST: i32 = 75;
 const PROTOCOL: i32 = 76;
 const INCOMPATIBLE: i32 = 78;
+const BROKEN_PIPE: i32 = 141;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_prints_the_greeting_and_exits_zero() {
@@ -171,6 +173,39 @@ async fn twenty_megabytes_of_stdout_arrive_byte_exact() {
     // Compare without printing 20 MB on failure.
     let first_difference = run.stdout.iter().zip(&expected).position(|(a, b)| a != b);
     assert_eq!(first_difference, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_closes_stdout_early_gives_the_broken_pipe_status() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::hello().await;
+    let home = tempfile::tempdir().unwrap();
+    // Far more than the pipe and the client's window hold.
+    let mut child = tokio::process::Command::new(client_binary())
+        .args([server.url().as_str(), "stream", "--bytes", "1000000000"])
+        .env("TERMINALWIRE_HOME", home.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Like `terminalwire ... | head -c 1000`.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = vec![0u8; 1000];
+    stdout.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first[..10], &hello::stream_line(1).as_bytes()[..10]);
+    drop(stdout);
+    let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
+        .await
+        .expect("the client went on after its reader left")
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(BROKEN_PIPE),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -943,6 +943,9 @@ fn client_frame_name(frame: &ClientFrame) -> String {
     }
 }
 
+/// The writer or the command, polled by the session's task.
+type SessionPart = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Why the session loop stopped.
 enum End {
     /// The command finished and its exit frame is queued (or, when the
@@ -1101,15 +1104,16 @@ fn serve(
         info: Arc::new(info),
     };
     let post = Arc::new(Post::default());
-    let writer_task = tokio::spawn(
-        write_frames(
-            outbound_rx,
-            post.clone(),
-            resumable,
-            config.replay_limit as u64,
-        )
-        .in_current_span(),
-    );
+    // The writer and the command run inside the session's own task, not
+    // tasks of their own: a chunk of output then goes from the command to
+    // the writer without waking another worker thread (which cost a third
+    // of the server's CPU while streaming; bench/PROFILE.md).
+    let mut writer_task: SessionPart = Box::pin(write_frames(
+        outbound_rx,
+        post.clone(),
+        resumable,
+        config.replay_limit as u64,
+    ));
     post.order(Control::Attach(Box::new(Attachment {
         writer,
         generation: 0,
@@ -1124,7 +1128,7 @@ fn serve(
         registry,
         id: session_id,
     };
-    let mut command_task = tokio::spawn(run_command(command, ctx).in_current_span());
+    let mut command_task: SessionPart = Box::pin(run_command(command, ctx));
     let mut connection = Connection {
         reader: Some(reader),
         generation: 0,
@@ -1138,6 +1142,7 @@ fn serve(
         let registry = &*registered.registry;
         let session_id = &*registered.id;
         let mut command_done = false;
+        let mut writer_done = false;
         let mut interrupted = false;
         let mut receipts = Receipts::new();
         // A token was sent that the client has not shown it received.
@@ -1223,7 +1228,8 @@ fn serve(
                         Action::Interrupt => {
                             if !command_done {
                                 interrupted = true;
-                                command_task.abort();
+                                // Dropped here and now: the command is cancelled.
+                                command_task = Box::pin(std::future::ready(()));
                             }
                         }
                         Action::Detach => {
@@ -1299,25 +1305,22 @@ fn serve(
                     Mail::Writer(WriterEvent::Violation(reason)) => break End::Violation(reason),
                     Mail::Writer(WriterEvent::ExitAcked) => break End::Finished,
                 },
-                joined = &mut command_task, if !command_done => {
+                () = &mut command_task, if !command_done => {
                     command_done = true;
-                    match joined {
-                        Err(error) if error.is_cancelled() && interrupted => {
-                            tracing::info!("interrupted by the user");
-                            // After the frames already queued, so no output is lost.
-                            let shared = shared.clone();
-                            tokio::spawn(async move {
-                                let _ = shared.send(ServerFrame::Exit(Exit { status: INTERRUPTED_STATUS })).await;
-                            });
-                        }
-                        Err(error) => tracing::error!(%error, "command task failed"),
-                        Ok(()) => {}
+                    if interrupted {
+                        tracing::info!("interrupted by the user");
+                        // After the frames already queued, so no output is lost.
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let _ = shared.send(ServerFrame::Exit(Exit { status: INTERRUPTED_STATUS })).await;
+                        });
                     }
                     // A resumable session lives until the client has the exit.
                     if !resumable {
                         break End::Finished;
                     }
                 }
+                () = &mut writer_task, if !writer_done => writer_done = true,
                 () = shutdown.cancelled(), if shutdown_deadline.is_none() => {
                     tracing::info!(grace = ?config.shutdown_grace, "server shutting down; waiting for the command");
                     shutdown_deadline = Some(Instant::now() + config.shutdown_grace);
@@ -1358,7 +1361,7 @@ fn serve(
             registry,
             session_id,
             resumable,
-            writer_task,
+            (!writer_done).then_some(writer_task),
             command_task,
             connection.reader.take(),
         ))
@@ -1375,8 +1378,8 @@ async fn finish(
     registry: &Registry,
     session_id: &str,
     resumable: bool,
-    writer_task: tokio::task::JoinHandle<()>,
-    command_task: tokio::task::JoinHandle<()>,
+    writer_task: Option<SessionPart>,
+    command_task: SessionPart,
     mut reader: Option<FrameReader>,
 ) {
     // No resume can reach the session any more; one already on its way is
@@ -1414,9 +1417,8 @@ async fn finish(
             message: "the server is shutting down; the command was cancelled".into(),
         })),
     };
-    if !matches!(end, End::Finished) {
-        command_task.abort();
-    }
+    // Cancelled unless it has finished (dropping a finished one is a no-op).
+    drop(command_task);
     // Fatal errors go ahead of queued output; the writer closes after them.
     if let Some(frame) = final_frame {
         post.order(Control::Send(Box::new(frame)));
@@ -1424,9 +1426,9 @@ async fn finish(
     if resumable {
         post.order(Control::Close);
     }
-    if matches!(end, End::Gone(_) | End::Expired(_)) {
-        writer_task.abort();
-    } else {
+    if let Some(writer_task) = writer_task
+        && !matches!(end, End::Gone(_) | End::Expired(_))
+    {
         // The writer sends the exit or error frame, then closes; meanwhile keep
         // reading so the client's window grants and close are consumed.
         let drain = async {

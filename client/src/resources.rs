@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use terminalwire_policy::decide::{Allowed, Denial as PolicyDenial};
 use terminalwire_policy::grant::Action;
-use terminalwire_policy::{Entitlements, ResolvedPath};
+use terminalwire_policy::{Entitlements, ResolvedPath, Sighting};
 use terminalwire_protocol::frame::Denial;
 use terminalwire_protocol::frame::{
     DirEntry, EntryKind, ErrorCode, Metadata, OpError, Operation, Reply,
@@ -359,16 +359,15 @@ impl Resources {
     }
 
     async fn perform_unaudited(&self, op: Operation) -> Option<Result<Reply, OpError>> {
-        let this = self.clone();
         Some(match op {
             Operation::EnvGet { name } => self.env_get(&name),
             Operation::BrowserOpen { url } => {
-                let this = this.clone();
+                let this = self.clone();
                 blocking(move || this.browser_open(&url)).await
             }
             // A few system calls each: a hop to a blocking thread and back
             // would cost more than the work.
-            op if performed_inline(&op) => this.path_op(op),
+            op if performed_inline(&op) => self.path_op(op),
             Operation::FileRead { .. }
             | Operation::FileWrite { .. }
             | Operation::FileAppend { .. }
@@ -380,7 +379,10 @@ impl Resources {
             | Operation::FileWriteOpen { .. }
             | Operation::FileWriteChunk { .. }
             | Operation::FileWriteCommit { .. }
-            | Operation::FileWriteAbort { .. } => blocking(move || this.path_op(op)).await,
+            | Operation::FileWriteAbort { .. } => {
+                let this = self.clone();
+                blocking(move || this.path_op(op)).await
+            }
             _ => return None,
         })
     }
@@ -440,10 +442,19 @@ impl Resources {
 
     fn path_op(&self, op: Operation) -> Result<Reply, OpError> {
         let entitlements = self.entitlements()?;
-        let resolve = |raw: &str| {
+        // Resolving also looks at the path, the same way `safe_fs::metadata`
+        // would, in most cases: the stat-class operations use that look.
+        let resolve_seen = |raw: &str| {
             entitlements
-                .resolve(raw)
+                .resolve_seen(raw)
                 .map_err(|error| OpError::new(ErrorCode::Invalid, error.to_string()))
+        };
+        let resolve = |raw: &str| resolve_seen(raw).map(|(path, _)| path);
+        let look = |path: &ResolvedPath, seen: Option<Sighting>| match seen
+            .and_then(safe_fs::metadata_seen)
+        {
+            Some(meta) => Ok(meta),
+            None => safe_fs::metadata(path.as_path()).map_err(fs_error),
         };
         let check =
             |path: &ResolvedPath, action| entitlements.check_path(path, action).map_err(denied);
@@ -580,42 +591,40 @@ impl Resources {
                 Ok(Reply::Unit)
             }
             Operation::FileExists { path } => {
-                let path = resolve(&path)?;
+                let (path, seen) = resolve_seen(&path)?;
                 check(&path, Action::Read)?;
-                let meta = safe_fs::metadata(path.as_path()).map_err(fs_error)?;
+                let meta = look(&path, seen)?;
                 Ok(Reply::Bool {
                     value: meta.is_some_and(|m| m.kind == Kind::File),
                 })
             }
             Operation::DirExists { path } => {
-                let path = resolve(&path)?;
+                let (path, seen) = resolve_seen(&path)?;
                 check(&path, Action::Read)?;
-                let meta = safe_fs::metadata(path.as_path()).map_err(fs_error)?;
+                let meta = look(&path, seen)?;
                 Ok(Reply::Bool {
                     value: meta.is_some_and(|m| m.kind == Kind::Dir),
                 })
             }
             Operation::Metadata { path } => {
-                let path = resolve(&path)?;
+                let (path, seen) = resolve_seen(&path)?;
                 check(&path, Action::Read)?;
-                Ok(Reply::Metadata(
-                    match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
-                        Some(meta) => Metadata {
-                            exists: true,
-                            kind: Some(entry_kind(meta.kind)),
-                            size: meta.size,
-                            mode: meta.mode,
-                            modified_ms: meta.modified_unix_ms,
-                        },
-                        None => Metadata {
-                            exists: false,
-                            kind: None,
-                            size: 0,
-                            mode: 0,
-                            modified_ms: 0,
-                        },
+                Ok(Reply::Metadata(match look(&path, seen)? {
+                    Some(meta) => Metadata {
+                        exists: true,
+                        kind: Some(entry_kind(meta.kind)),
+                        size: meta.size,
+                        mode: meta.mode,
+                        modified_ms: meta.modified_unix_ms,
                     },
-                ))
+                    None => Metadata {
+                        exists: false,
+                        kind: None,
+                        size: 0,
+                        mode: 0,
+                        modified_ms: 0,
+                    },
+                }))
             }
             Operation::Chmod { path, mode } => {
                 let path = resolve(&path)?;

@@ -41,6 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
+use terminalwire_policy::Sighting;
 
 /// How deep [`delete_dir`] descends below the folder it deletes.
 pub const MAX_DELETE_DEPTH: usize = 256;
@@ -444,6 +445,18 @@ pub fn metadata(path: &Path) -> Result<Option<Metadata>, FsError> {
         }
     };
     Ok(stat.map(|st| to_metadata(&st)))
+}
+
+/// [`metadata`] from what path resolution already saw at the path, when it
+/// looked the same way (its folder reached without symlinks, the last
+/// component not followed): no second look. `None` for a sighting this
+/// client does not know, which calls for a look of its own.
+pub fn metadata_seen(sighting: Sighting) -> Option<Option<Metadata>> {
+    match sighting {
+        Sighting::Present(stat) => Some(Some(to_metadata(&stat))),
+        Sighting::Absent => Some(None),
+        _ => None,
+    }
 }
 
 /// Sets the permission bits of the file or folder at `path` to exactly `mode`

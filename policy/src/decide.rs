@@ -25,7 +25,7 @@ use url::Url;
 use crate::authority::{self, Authority, AuthorityError};
 use crate::grant::{Access, Action, BrowserTarget, EnvName, Mode, escape_glob};
 use crate::home::{HOME_ENV, Home, POLICY_FILE_NAME};
-use crate::path::{PathError, ResolvedPath, resolve, resolve_absolute};
+use crate::path::{PathError, ResolvedPath, Sighting, resolve, resolve_absolute};
 use crate::policy::Policy;
 
 /// URL schemes that are never suggested for a grant (they run code or read
@@ -343,6 +343,13 @@ impl Entitlements {
     /// meaning the user's home.
     pub fn resolve(&self, raw: &str) -> Result<ResolvedPath, PathError> {
         resolve(raw, &self.user_home)
+    }
+
+    /// [`resolve_seen`](crate::resolve_seen) a path sent by the server: also
+    /// what the resolution saw there, when it looked without following any
+    /// symlink.
+    pub fn resolve_seen(&self, raw: &str) -> Result<(ResolvedPath, Option<Sighting>), PathError> {
+        crate::path::resolve_seen(raw, &self.user_home)
     }
 
     /// May the authority do `action` on `path`?

@@ -61,5 +61,5 @@ pub use grant::{
     Access, Action, BrowserTarget, EnvName, Grant, GrantError, Mode, PathGrant, PathPattern,
 };
 pub use home::{Home, HomeError};
-pub use path::{PathError, ResolvedPath, resolve};
+pub use path::{PathError, ResolvedPath, Sighting, resolve, resolve_seen};
 pub use policy::{GrantOutcome, Policy, PolicyError, write_private_atomically};

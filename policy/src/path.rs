@@ -107,6 +107,28 @@ pub enum PathError {
 /// Resolve `raw` as described in the [module docs](self); `user_home` is what
 /// `~` and relative paths start from.
 pub fn resolve(raw: &str, user_home: &Path) -> Result<ResolvedPath, PathError> {
+    resolve_seen(raw, user_home).map(|(path, _)| path)
+}
+
+/// What [`resolve_seen`] found at the path itself.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Sighting {
+    /// Nothing is there; its folder exists.
+    Absent,
+    /// Something other than a symlink is there: `fstatat` with
+    /// `AT_SYMLINK_NOFOLLOW`, in a folder reached without any symlink.
+    Present(rustix::fs::Stat),
+}
+
+/// [`resolve`], with what the resolution saw at the path when it looked
+/// there without following any symlink (the common case on Linux), so a
+/// caller that only needs that need not look again. `None` when it did not
+/// look: a symlink on the way, a missing folder, another platform.
+pub fn resolve_seen(
+    raw: &str,
+    user_home: &Path,
+) -> Result<(ResolvedPath, Option<Sighting>), PathError> {
     let absolute = normalize(&expand_tilde(raw, user_home)?, raw)?;
     resolve_normalized(&absolute)
 }
@@ -115,23 +137,27 @@ pub fn resolve(raw: &str, user_home: &Path) -> Result<ResolvedPath, PathError> {
 /// client binary, a pattern's literal folders): no `~` expansion.
 pub(crate) fn resolve_absolute(path: &Path) -> Result<ResolvedPath, PathError> {
     check_len(path.as_os_str())?;
-    resolve_normalized(&normalize(path, &path.to_string_lossy())?)
+    resolve_normalized(&normalize(path, &path.to_string_lossy())?).map(|(path, _)| path)
 }
 
-fn resolve_normalized(absolute: &Path) -> Result<ResolvedPath, PathError> {
-    let (mut path, rest, is_dir) = match symlink_free_prefix(absolute) {
-        Some(found) => found,
+fn resolve_normalized(absolute: &Path) -> Result<(ResolvedPath, Option<Sighting>), PathError> {
+    let (mut path, rest, is_dir, sighting) = match symlink_free_prefix(absolute) {
+        Some((path, rest, sighting)) => {
+            let is_dir = matches!(sighting, Sighting::Present(stat)
+                if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory);
+            (path, rest, is_dir, Some(sighting))
+        }
         None => {
             let (path, rest) = canonical_prefix(absolute)?;
             let is_dir = rest.is_empty() && path.is_dir();
-            (path, rest, is_dir)
+            (path, rest, is_dir, None)
         }
     };
     for part in rest {
         path.push(part);
     }
     check_len(path.as_os_str())?;
-    Ok(ResolvedPath { path, is_dir })
+    Ok((ResolvedPath { path, is_dir }, sighting))
 }
 
 /// Expand `~` and `~/...` to `user_home`, and join a relative path onto
@@ -196,11 +222,11 @@ fn normalize(path: &Path, raw: &str) -> Result<PathBuf, PathError> {
 /// symlink, is its own canonical form. `openat2` with `RESOLVE_NO_SYMLINKS`
 /// proves the folder part (the kernel refuses a symlink on any component);
 /// `fstatat` without following looks at the last one. Returns the prefix,
-/// the missing components and whether the path is an existing folder;
-/// `None` for anything else (a symlink, a missing folder, an error), which
-/// the general resolution handles.
+/// the missing components and what is at the path; `None` for anything
+/// else (a symlink, a missing folder, an error), which the general
+/// resolution handles.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn symlink_free_prefix(path: &Path) -> Option<(PathBuf, Vec<&OsStr>, bool)> {
+fn symlink_free_prefix(path: &Path) -> Option<(PathBuf, Vec<&OsStr>, Sighting)> {
     use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
     let (parent, name) = (path.parent()?, path.file_name()?);
     let folder = rustix::fs::openat2(
@@ -215,15 +241,15 @@ fn symlink_free_prefix(path: &Path) -> Option<(PathBuf, Vec<&OsStr>, bool)> {
         Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
             // Followed by the general resolution.
             FileType::Symlink => None,
-            kind => Some((path.to_path_buf(), Vec::new(), kind == FileType::Directory)),
+            _ => Some((path.to_path_buf(), Vec::new(), Sighting::Present(stat))),
         },
-        Err(rustix::io::Errno::NOENT) => Some((parent.to_path_buf(), vec![name], false)),
+        Err(rustix::io::Errno::NOENT) => Some((parent.to_path_buf(), vec![name], Sighting::Absent)),
         Err(_) => None,
     }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn symlink_free_prefix(_path: &Path) -> Option<(PathBuf, Vec<&OsStr>, bool)> {
+fn symlink_free_prefix(_path: &Path) -> Option<(PathBuf, Vec<&OsStr>, Sighting)> {
     None
 }
 
@@ -383,6 +409,44 @@ mod tests {
             resolve("~/inside/dangling", &h),
             Err(PathError::DanglingSymlink { .. })
         ));
+    }
+
+    /// What `resolve_seen` reports as seen must be what is there, and it must
+    /// never report a look through a symlink (the client answers `exists` and
+    /// `metadata` from it without looking again).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn resolving_reports_what_it_saw_only_without_symlinks() {
+        let (_tmp, h) = home();
+        std::fs::create_dir_all(h.join("dir")).unwrap();
+        std::fs::write(h.join("dir/file"), "12345").unwrap();
+        let seen = |raw: &str| resolve_seen(raw, &h).unwrap();
+
+        let (path, sighting) = seen("~/dir/file");
+        assert_eq!(path.as_path(), h.join("dir/file"));
+        match sighting {
+            Some(Sighting::Present(stat)) => {
+                assert_eq!(stat.st_size, 5);
+                assert!(!path.is_dir());
+            }
+            other => panic!("the file was not seen: {other:?}"),
+        }
+        let (path, sighting) = seen("~/dir");
+        assert!(path.is_dir());
+        assert!(matches!(sighting, Some(Sighting::Present(_))));
+        assert!(matches!(seen("~/dir/missing").1, Some(Sighting::Absent)));
+        // A missing folder: the general resolution, nothing seen.
+        assert!(seen("~/nowhere/missing").1.is_none());
+
+        // Symlinks, last or on the way: resolved to their target, not seen.
+        std::os::unix::fs::symlink(h.join("dir/file"), h.join("link")).unwrap();
+        std::os::unix::fs::symlink(h.join("dir"), h.join("linkdir")).unwrap();
+        let (path, sighting) = seen("~/link");
+        assert_eq!(path.as_path(), h.join("dir/file"));
+        assert!(sighting.is_none());
+        let (path, sighting) = seen("~/linkdir/file");
+        assert_eq!(path.as_path(), h.join("dir/file"));
+        assert!(sighting.is_none());
     }
 
     #[test]

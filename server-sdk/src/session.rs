@@ -1150,7 +1150,17 @@ fn serve(
         let mut ack_deadline: Option<Instant> = None;
         let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
         let mut idle_deadline = Instant::now() + config.idle_timeout;
+        // When the client was last heard from. The idle deadline moves up to
+        // it only when the deadline passes: resetting a timer for every
+        // frame woke tokio's timer driver on the other worker each time.
+        let mut last_heard = Instant::now();
         let mut shutdown_deadline: Option<Instant> = None;
+        // One timer for every deadline, made once. It is reset only to an
+        // earlier time; when a deadline it was set for goes away, it fires
+        // for nothing and is set again.
+        let timer = tokio::time::sleep_until(idle_deadline);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
 
         // A lost connection ends a session that cannot be resumed; a resumable
         // one waits for its client.
@@ -1173,8 +1183,6 @@ fn serve(
 
         let end = loop {
             let idle = connection.reader.is_some().then_some(idle_deadline);
-            // One timer for every deadline (each timer takes room in this
-            // future, which lives as long as the session).
             let wake = [
                 idle,
                 shutdown_deadline,
@@ -1184,9 +1192,15 @@ fn serve(
             .into_iter()
             .flatten()
             .min();
+            if let Some(at) = wake
+                && armed.is_none_or(|armed| at < armed)
+            {
+                timer.as_mut().reset(at);
+                armed = Some(at);
+            }
             tokio::select! {
                 inbound = next_inbound(&mut connection.reader) => {
-                    idle_deadline = Instant::now() + config.idle_timeout;
+                    last_heard = Instant::now();
                     let bytes = match inbound {
                         None => {
                             match lose(&mut connection, "the client closed the connection".into()) {
@@ -1280,7 +1294,8 @@ fn serve(
                         connection.parked_until = None;
                         connection.detaching = false;
                         token_unconfirmed = true;
-                        idle_deadline = Instant::now() + config.idle_timeout;
+                        last_heard = Instant::now();
+                        idle_deadline = last_heard + config.idle_timeout;
                         let received = receipts.received();
                         receipts.acknowledged_all();
                         ack_deadline = None;
@@ -1325,14 +1340,20 @@ fn serve(
                     tracing::info!(grace = ?config.shutdown_grace, "server shutting down; waiting for the command");
                     shutdown_deadline = Some(Instant::now() + config.shutdown_grace);
                 }
-                () = sleep_until(wake) => {
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
                     // The earliest deadline that passed; any other is
-                    // handled on the next turn, at once.
+                    // handled on the next turn, at once. None may have:
+                    // the one the timer was set for went away.
                     let now = Instant::now();
                     let passed = |deadline: Option<Instant>| deadline.is_some_and(|at| at <= now);
                     if passed(shutdown_deadline) {
                         break End::ShutdownExpired;
                     } else if passed(idle) {
+                        if last_heard + config.idle_timeout > now {
+                            idle_deadline = last_heard + config.idle_timeout;
+                            continue;
+                        }
                         let reason = format!("no sign of life from the client for {:?}", config.idle_timeout);
                         if let Some(end) = lose(&mut connection, reason) {
                             break end;
@@ -1452,14 +1473,6 @@ async fn finish(
 async fn next_inbound(reader: &mut Option<FrameReader>) -> Option<Result<Inbound, TransportError>> {
     match reader {
         Some(reader) => reader.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `deadline`; forever when there is none.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

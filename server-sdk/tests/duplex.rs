@@ -1141,6 +1141,73 @@ async fn a_silent_server_is_a_lost_connection_after_the_idle_timeout() {
     assert!(started.elapsed() >= config.idle_timeout);
 }
 
+/// The server's side of liveness: a session whose client keeps sending
+/// heartbeats outlives the server's idle time-out many times over (the
+/// idle deadline moves up to the last sign of life when it passes).
+#[tokio::test(start_paused = true)]
+async fn a_client_sending_heartbeats_outlives_the_servers_idle_timeout() {
+    let config = Config {
+        idle_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let terminal = Terminal::with_config(
+        |ctx: Context| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            ctx.stdout().println("still here").await
+        },
+        config,
+    );
+    let mut session = Session::args(&[]);
+    session.config = quick_heartbeats();
+    let run = session.run(&terminal).await;
+    assert_eq!(run.status(), 0);
+    assert_eq!(run.stdout_text(), "still here\n");
+}
+
+/// A client that says hello and then nothing (no frame, no heartbeat) is
+/// given up on after the server's idle time-out: the session ends and its
+/// command is cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_dropped_after_the_servers_idle_timeout() {
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
+    let config = Config {
+        idle_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let terminal = Terminal::with_config(
+        move |_ctx: Context| {
+            let guard = DropSignal(dropped_tx.lock().unwrap().take());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                anyhow::Ok(())
+            }
+        },
+        config,
+    );
+    let (client_socket, server_socket) = socket_pair().await;
+    let transport = WsTransport {
+        socket: server_socket,
+        tap: None,
+    };
+    let client = async {
+        let mut socket = secure_client(client_socket).await;
+        send_client(&mut socket, &ClientFrame::Hello(hello(&[]))).await;
+        // Read what comes, say nothing, until the server closes.
+        while next_server(&mut socket).await.is_some() {}
+    };
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(DEADLINE, async {
+        tokio::join!(terminal.serve(transport), client)
+    })
+    .await
+    .expect("the server kept a silent client");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    dropped.await.expect("the command's future was dropped");
+    assert_eq!(terminal.session_count(), 0);
+}
+
 /// Signals when dropped: the command's future was cancelled (or finished).
 struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
 

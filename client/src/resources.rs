@@ -340,8 +340,44 @@ impl Resources {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = previous;
             }
         }
+        self.audit(described, &result);
+        Some(result)
+    }
+
+    /// Performs a stat-class operation ([`performed_inline`]) here and now,
+    /// audited like [`perform`](Self::perform), without a future: no
+    /// allocation for a state machine, no task. Hands the operation back
+    /// (`Err`) when it is not stat-class, or when its answer is a denial the
+    /// user could be asked to grant: [`perform`](Self::perform) waits for
+    /// that answer.
+    pub(crate) fn perform_now(&self, op: Operation) -> Result<Result<Reply, OpError>, Operation> {
+        if !performed_inline(&op) {
+            return Err(op);
+        }
+        // Only a client that can ask needs the operation again.
+        let retry = self.consent.as_ref().map(|_| op.clone());
+        let described = describe(&op);
+        let result = match op {
+            Operation::EnvGet { name } => self.env_get(&name),
+            op => self.path_op(op),
+        };
+        if let (
+            Some(op),
+            Err(OpError {
+                denial: Some(_), ..
+            }),
+        ) = (retry, &result)
+        {
+            return Err(op);
+        }
+        self.audit(described, &result);
+        Ok(result)
+    }
+
+    /// Records what an operation did in the audit log, when there is one.
+    fn audit(&self, described: Option<Described>, result: &Result<Reply, OpError>) {
         if let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) {
-            let (decision, bytes) = match &result {
+            let (decision, bytes) = match result {
                 Ok(Reply::Data { bytes, .. }) => ("allowed".to_owned(), Some(bytes.len() as u64)),
                 Ok(_) => ("allowed".to_owned(), sent),
                 Err(error) => (error.code.to_string(), None),
@@ -355,7 +391,6 @@ impl Resources {
                 bytes,
             });
         }
-        Some(result)
     }
 
     async fn perform_unaudited(&self, op: Operation) -> Option<Result<Reply, OpError>> {
@@ -762,10 +797,13 @@ fn default_mode(allowed: &Allowed, is_dir: bool) -> u32 {
     default.bits() & ceiling.bits()
 }
 
-/// What the audit log says about an operation: resource, action, target and
-/// bytes sent by the server; `None` for chunks of a streamed write (the
-/// open and the commit are logged).
-fn describe(op: &Operation) -> Option<(&'static str, &'static str, String, Option<u64>)> {
+/// What the audit log says of an operation: resource, action, target and
+/// bytes sent by the server.
+type Described = (&'static str, &'static str, String, Option<u64>);
+
+/// What the audit log says about an operation; `None` for chunks of a
+/// streamed write (the open and the commit are logged).
+fn describe(op: &Operation) -> Option<Described> {
     let path = |action, path: &str| Some(("path", action, path.to_owned(), None));
     match op {
         Operation::FileRead { path: p, .. } => path("file_read", p),

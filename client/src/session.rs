@@ -660,9 +660,30 @@ where
                     },
                     Incoming::Frame(frame) => match frame {
                         ServerFrame::Request(request) => match recent.begin(request.id.0) {
-                            Seen::New => {
+                            Seen::New => 'request: {
                                 if let Ok(permit) = requests.clone().try_acquire_owned() {
                                     running.insert(request.id.0);
+                                    // A stat-class request is answered here and now: no
+                                    // future, no task, and its answer leaves with the others.
+                                    let id = request.id;
+                                    let request = match shared_resources.perform_now(request.op) {
+                                        Ok(result) => {
+                                            drop(permit);
+                                            ready.push(match result {
+                                                Ok(reply) => Response::ok(id, reply),
+                                                Err(error) => Response::error(id, error),
+                                            });
+                                            // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
+                                            let flow = if ready.len() >= MAX_ANSWER_BATCH {
+                                                let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
+                                                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+                                            } else {
+                                                Flow::Continue
+                                            };
+                                            break 'request flow;
+                                        }
+                                        Err(op) => Request { id, op },
+                                    };
                                     let quick = crate::resources::performed_inline(&request.op);
                                     let stdin = stdin.clone();
                                     let prompts = pipes[1].queue.clone();

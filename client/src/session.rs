@@ -577,6 +577,16 @@ where
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
+    // When the server was last heard from: the idle deadline moves up to it
+    // only when it passes, not on every message.
+    let mut last_heard = Instant::now();
+    // One timer for the nearest of the deadlines, reset only to an earlier
+    // one: a new `Sleep` per turn would register with the timer wheel and
+    // deregister on every message. A fire for a deadline that moved is
+    // ignored, and the timer set again.
+    let timer = tokio::time::sleep_until(idle_deadline);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     let mut signals =
         if config.handle_signals {
             Some(Signals::new().map_err(|error| {
@@ -611,6 +621,16 @@ where
     let result: Result<Finish, ClientError> = loop {
         ready_turns = if ready.is_empty() { 0 } else { ready_turns + 1 };
         let idle = link.is_some().then_some(idle_deadline);
+        let nearest = match (ack_deadline, idle) {
+            (Some(ack), Some(idle)) => Some(ack.min(idle)),
+            (ack, idle) => ack.or(idle),
+        };
+        if let Some(at) = nearest
+            && armed.is_none_or(|armed| at < armed)
+        {
+            timer.as_mut().reset(at);
+            armed = Some(at);
+        }
         let flow = tokio::select! {
             signal = next_signal(&mut signals) => match signal {
                 // A second Ctrl-C soon after the first: the user wants out now.
@@ -634,7 +654,7 @@ where
             },
             Some(()) = detach_keys.recv() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
             message = next_message_on(&mut link) => {
-                idle_deadline = Instant::now() + config.idle_timeout;
+                last_heard = Instant::now();
                 let (incoming, len) = match message {
                     Ok(Some(frame)) => frame,
                     Ok(None) => continue,
@@ -801,7 +821,8 @@ where
                         resume_state.token = resumed.token.into_vec();
                         receipts.acknowledged_all();
                         ack_deadline = None;
-                        idle_deadline = Instant::now() + config.idle_timeout;
+                        last_heard = Instant::now();
+                        idle_deadline = last_heard + config.idle_timeout;
                         heartbeat.reset();
                         link = Some(new_link);
                         tracing::info!(server_received = resumed.received, "session resumed");
@@ -863,16 +884,29 @@ where
                     None => Flow::Continue,
                 }
             }
-            () = sleep_until(ack_deadline) => {
-                ack_deadline = None;
-                match receipts.pending() {
-                    Some(seq) if link.is_some() => send_frames(&mut link, None, &[ClientFrame::Ack(Ack { seq })]).await,
-                    _ => Flow::Continue,
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                let now = Instant::now();
+                let passed = |deadline: Option<Instant>| deadline.is_some_and(|at| at <= now);
+                if passed(ack_deadline) {
+                    ack_deadline = None;
+                    match receipts.pending() {
+                        Some(seq) if link.is_some() => send_frames(&mut link, None, &[ClientFrame::Ack(Ack { seq })]).await,
+                        _ => Flow::Continue,
+                    }
+                } else if passed(idle) {
+                    if last_heard + config.idle_timeout > now {
+                        // Heard from since: the deadline moves, the session goes on.
+                        idle_deadline = last_heard + config.idle_timeout;
+                        Flow::Continue
+                    } else {
+                        Flow::Lost(format!("no sign of life from the server for {:?}", config.idle_timeout))
+                    }
+                } else {
+                    // The deadline it was set for moved or went away.
+                    Flow::Continue
                 }
             }
-            () = sleep_until(idle) => Flow::Lost(format!(
-                "no sign of life from the server for {:?}", config.idle_timeout
-            )),
         };
         match flow {
             Flow::Continue => {}
@@ -1334,14 +1368,6 @@ fn output_failed(stream: &'static str, index: usize, error: io::Error) -> Client
             stream,
             source: error,
         }
-    }
-}
-
-/// Sleeps until `deadline`; forever when there is none.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

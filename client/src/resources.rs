@@ -165,7 +165,7 @@ impl Audit {
 /// Operations [`Resources::perform`] does on the calling thread, without
 /// waiting for anything unless the user must be asked: a few system calls
 /// each.
-pub(crate) fn performed_inline(op: &Operation) -> bool {
+fn performed_inline(op: &Operation) -> bool {
     matches!(
         op,
         Operation::FileExists { .. }

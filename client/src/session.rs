@@ -680,13 +680,13 @@ where
                     },
                     Incoming::Frame(frame) => match frame {
                         ServerFrame::Request(request) => match recent.begin(request.id.0) {
-                            Seen::New => 'request: {
+                            Seen::New => {
                                 if let Ok(permit) = requests.clone().try_acquire_owned() {
                                     running.insert(request.id.0);
-                                    // A stat-class request is answered here and now: no
-                                    // future, no task, and its answer leaves with the others.
                                     let id = request.id;
-                                    let request = match shared_resources.perform_now(request.op) {
+                                    match shared_resources.perform_now(request.op) {
+                                        // A stat-class request is answered here and now: no
+                                        // future, no task, and its answer leaves with the others.
                                         Ok(result) => {
                                             drop(permit);
                                             ready.push(match result {
@@ -694,34 +694,6 @@ where
                                                 Err(error) => Response::error(id, error),
                                             });
                                             // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
-                                            let flow = if ready.len() >= MAX_ANSWER_BATCH {
-                                                let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
-                                                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
-                                            } else {
-                                                Flow::Continue
-                                            };
-                                            break 'request flow;
-                                        }
-                                        Err(op) => Request { id, op },
-                                    };
-                                    let quick = crate::resources::performed_inline(&request.op);
-                                    let stdin = stdin.clone();
-                                    let prompts = pipes[1].queue.clone();
-                                    let resources = shared_resources.clone();
-                                    let stdin_is_terminal = config.stdin_is_terminal;
-                                    let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
-                                    // The permit goes with the answer until it is queued.
-                                    let mut work = Box::pin(async move {
-                                        let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, detach_keys).await;
-                                        (response, permit)
-                                    });
-                                    // A stat-class request is done in one poll: no
-                                    // task, and its answer leaves with the others.
-                                    let first = if quick { poll_once(work.as_mut()).await } else { Poll::Pending };
-                                    match first {
-                                        // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
-                                        Poll::Ready((response, _permit)) => {
-                                            ready.push(response);
                                             if ready.len() >= MAX_ANSWER_BATCH {
                                                 let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
                                                 transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
@@ -729,12 +701,19 @@ where
                                                 Flow::Continue
                                             }
                                         }
-                                        // Waits for something (consent, say): a task of its own.
-                                        Poll::Pending => {
+                                        // May wait for something (stdin, consent): a task of its own.
+                                        Err(op) => {
+                                            let request = Request { id, op };
+                                            let stdin = stdin.clone();
+                                            let prompts = pipes[1].queue.clone();
+                                            let resources = shared_resources.clone();
+                                            let stdin_is_terminal = config.stdin_is_terminal;
+                                            let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
                                             let responses = responses_tx.clone();
                                             in_flight.spawn(async move {
-                                                let (response, permit) = work.await;
+                                                let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, detach_keys).await;
                                                 let _ = responses.send(response).await;
+                                                // The permit goes with the answer until it is queued.
                                                 drop(permit);
                                             });
                                             Flow::Continue
@@ -1407,12 +1386,6 @@ async fn finish_outputs(
 
 /// Most answers sent in one flush.
 const MAX_ANSWER_BATCH: usize = 64;
-
-/// Polls `future` once, with this task's waker.
-async fn poll_once<F: Future + Unpin>(future: F) -> Poll<F::Output> {
-    let mut future = future;
-    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
-}
 
 /// Pending on its first poll (waking its task at once), ready on the
 /// second: in a `select!`, its branch runs only once every other branch

@@ -74,10 +74,14 @@ pub enum ResumeError {
 
 /// The frames a side has sent and the peer has not acknowledged yet, as
 /// encoded bytes (before any sealing: a new connection seals them anew).
-#[derive(Debug, Default, Clone)]
-pub struct ReplayBuffer {
+///
+/// `F` is how a frame's bytes are held: a `Vec<u8>` by default, or a
+/// shared, reference-counted buffer, so that a sender can keep a frame and
+/// hand the same bytes to its transport without copying them.
+#[derive(Debug, Clone)]
+pub struct ReplayBuffer<F = Vec<u8>> {
     /// Frames `acked + 1 ..= sent`, oldest first.
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<F>,
     /// Sequenced frames sent so far (the number of the last one).
     sent: u64,
     /// Frames up to here are acknowledged and forgotten.
@@ -86,7 +90,18 @@ pub struct ReplayBuffer {
     bytes: u64,
 }
 
-impl ReplayBuffer {
+impl<F> Default for ReplayBuffer<F> {
+    fn default() -> Self {
+        ReplayBuffer {
+            frames: VecDeque::new(),
+            sent: 0,
+            acked: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl<F: AsRef<[u8]> + Clone> ReplayBuffer<F> {
     /// An empty buffer at the start of a session.
     pub fn new() -> Self {
         Self::default()
@@ -94,9 +109,12 @@ impl ReplayBuffer {
 
     /// A buffer that continues a session in another process: `sent` frames
     /// were sent, and `unacked` are the last of them, oldest first.
-    pub fn restore(sent: u64, unacked: Vec<Vec<u8>>) -> Self {
+    pub fn restore(sent: u64, unacked: Vec<F>) -> Self {
         let acked = sent.saturating_sub(unacked.len() as u64);
-        let bytes = unacked.iter().map(|frame| frame.len() as u64).sum();
+        let bytes = unacked
+            .iter()
+            .map(|frame| frame.as_ref().len() as u64)
+            .sum();
         ReplayBuffer {
             frames: unacked.into(),
             sent,
@@ -106,8 +124,8 @@ impl ReplayBuffer {
     }
 
     /// Records a sequenced frame about to be sent; returns its number.
-    pub fn push(&mut self, encoded: Vec<u8>) -> u64 {
-        self.bytes += encoded.len() as u64;
+    pub fn push(&mut self, encoded: F) -> u64 {
+        self.bytes += encoded.as_ref().len() as u64;
         self.frames.push_back(encoded);
         self.sent += 1;
         self.sent
@@ -125,7 +143,7 @@ impl ReplayBuffer {
         }
         while self.acked < seq {
             if let Some(frame) = self.frames.pop_front() {
-                self.bytes -= frame.len() as u64;
+                self.bytes -= frame.as_ref().len() as u64;
             }
             self.acked += 1;
         }
@@ -134,7 +152,7 @@ impl ReplayBuffer {
 
     /// After a reconnection: the peer has processed `received` frames. Forgets
     /// those and returns the ones it lacks, oldest first, to send again.
-    pub fn replay_after(&mut self, received: u64) -> Result<Vec<Vec<u8>>, ResumeError> {
+    pub fn replay_after(&mut self, received: u64) -> Result<Vec<F>, ResumeError> {
         if received < self.acked {
             return Err(ResumeError::AlreadyForgotten {
                 from: received,
@@ -172,7 +190,7 @@ impl ReplayBuffer {
 
     /// The unacknowledged frames, oldest first (to save a detached session).
     pub fn unacked(&self) -> impl Iterator<Item = &[u8]> {
-        self.frames.iter().map(Vec::as_slice)
+        self.frames.iter().map(AsRef::as_ref)
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::flow::SendCredit;
@@ -743,7 +744,7 @@ async fn secure_accept(
     let first = next().await?;
     let (responder, second) =
         Responder::respond(&identity.0, &first).map_err(|error| error.to_string())?;
-    if tokio::time::timeout_at(deadline, writer.send(second))
+    if tokio::time::timeout_at(deadline, writer.send(Bytes::from(second)))
         .await
         .map_or(true, |sent| sent.is_err())
     {
@@ -754,8 +755,13 @@ async fn secure_accept(
         .finish(&third)
         .map_err(|error| error.to_string())?;
     let (mut sealer, mut opener) = channel.split();
-    let writer = writer.with(move |frame: Vec<u8>| {
-        std::future::ready(sealer.seal(&frame).map_err(TransportError::new))
+    let writer = writer.with(move |frame: Bytes| {
+        std::future::ready(
+            sealer
+                .seal(&frame)
+                .map(Bytes::from)
+                .map_err(TransportError::new),
+        )
     });
     let reader = reader.map(move |inbound| match inbound {
         Ok(Inbound::Frame(sealed)) => opener
@@ -772,9 +778,12 @@ async fn secure_accept(
 }
 
 async fn send_now(writer: &mut FrameWriter, frame: &ServerFrame) -> bool {
-    tokio::time::timeout(CLOSE_TIMEOUT, writer.send(codec::encode(frame)))
-        .await
-        .is_ok_and(|sent| sent.is_ok())
+    tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        writer.send(Bytes::from(codec::encode(frame))),
+    )
+    .await
+    .is_ok_and(|sent| sent.is_ok())
 }
 
 async fn reject(writer: &mut FrameWriter, code: ErrorCode, message: String) -> String {
@@ -1590,14 +1599,14 @@ async fn write_frames(
             }
             Next::Control(Control::Send(frame)) => {
                 let last = matches!(*frame, ServerFrame::Error(_));
-                outlet.write(codec::encode(&*frame), true).await;
+                outlet.write(codec::encode(&*frame).into(), true).await;
                 if last {
                     Box::pin(close(outlet.link.take())).await;
                     return;
                 }
             }
             Next::Control(Control::SendLast(frame)) => {
-                outlet.write(codec::encode(&*frame), true).await;
+                outlet.write(codec::encode(&*frame).into(), true).await;
                 outlet.link = None;
             }
             Next::Control(Control::Acked(seq)) => {
@@ -1615,8 +1624,8 @@ async fn write_frames(
                 return;
             }
             Next::Frame(Outgoing::Data(bytes)) => {
-                let bytes = Vec::from(bytes);
-                // A `data` frame is sequenced.
+                let bytes = Bytes::from(bytes);
+                // A `data` frame is sequenced; the replay shares its bytes.
                 if resumable {
                     replay.push(bytes.clone());
                 }
@@ -1628,7 +1637,7 @@ async fn write_frames(
                     ServerFrame::Exit(_) => !resumable,
                     _ => false,
                 };
-                let bytes = codec::encode(&*frame);
+                let bytes = Bytes::from(codec::encode(&*frame));
                 if resumable && frame.is_sequenced() {
                     let seq = replay.push(bytes.clone());
                     if matches!(*frame, ServerFrame::Exit(_)) {
@@ -1666,9 +1675,9 @@ impl Outlet {
     fn attach(
         &mut self,
         attachment: Attachment,
-        replay: &mut ReplayBuffer,
+        replay: &mut ReplayBuffer<Bytes>,
         exit_seq: Option<u64>,
-    ) -> Option<Vec<Vec<u8>>> {
+    ) -> Option<Vec<Bytes>> {
         let Attachment {
             writer,
             generation,
@@ -1692,7 +1701,7 @@ impl Outlet {
             }
         }
         if let Some(first) = first {
-            out.insert(0, codec::encode(&first));
+            out.insert(0, codec::encode(&first).into());
         }
         self.link = Some((writer, generation));
         Some(out)
@@ -1702,7 +1711,7 @@ impl Outlet {
     /// that replaces or drops the connection abandons a write it does not
     /// take (a dead connection can block for minutes); other orders wait
     /// their turn.
-    async fn write(&mut self, bytes: Vec<u8>, flush: bool) {
+    async fn write(&mut self, bytes: Bytes, flush: bool) {
         let Some((writer, generation)) = self.link.as_mut() else {
             return;
         };

@@ -8,6 +8,7 @@
 use std::pin::Pin;
 
 use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
 /// A transport failure (connection reset, malformed WebSocket framing, ...).
@@ -37,8 +38,9 @@ pub enum Inbound {
 pub type FrameReader = Pin<Box<dyn Stream<Item = Result<Inbound, TransportError>> + Send>>;
 
 /// Outbound half of a transport: each item is one encoded frame. Closing it
-/// closes the connection.
-pub type FrameWriter = Pin<Box<dyn Sink<Vec<u8>, Error = TransportError> + Send>>;
+/// closes the connection. Frames are shared buffers: the session keeps the
+/// same bytes for replay after a reconnection without copying them.
+pub type FrameWriter = Pin<Box<dyn Sink<Bytes, Error = TransportError> + Send>>;
 
 /// A connection that carries frames.
 pub trait Transport: Send + 'static {
@@ -55,9 +57,7 @@ impl Transport for AxumTransport {
         let (sink, stream) = self.0.split();
         let writer = sink
             .sink_map_err(TransportError::new)
-            .with(|frame: Vec<u8>| async move {
-                Ok::<_, TransportError>(Message::Binary(frame.into()))
-            });
+            .with(|frame: Bytes| async move { Ok::<_, TransportError>(Message::Binary(frame)) });
         let reader = stream.filter_map(|message| async move {
             match message {
                 Ok(Message::Binary(bytes)) => Some(Ok(Inbound::Frame(bytes.into()))),

@@ -108,11 +108,11 @@ impl Transport for WsTransport {
         let tap = self.tap;
         let writer = sink
             .sink_map_err(TransportError::new)
-            .with(move |frame: Vec<u8>| {
+            .with(move |frame: bytes::Bytes| {
                 if let Some(tap) = &tap {
                     tap(&frame);
                 }
-                future::ready(Ok::<_, TransportError>(Message::Binary(frame.into())))
+                future::ready(Ok::<_, TransportError>(Message::Binary(frame)))
             });
         let reader = stream.filter_map(|message| {
             future::ready(match message {

@@ -2235,6 +2235,14 @@ fn protocol_md_states_the_constants() {
         format!("{MAX_DEPTH} levels"),
         format!("{} bytes", terminalwire_protocol::DEFAULT_WINDOW),
         format!("{} bytes", terminalwire_protocol::DEFAULT_MAX_CHUNK),
+        format!(
+            "{} bytes (`flow::MAX_GROWN_WINDOW`)",
+            terminalwire_protocol::flow::MAX_GROWN_WINDOW
+        ),
+        format!(
+            "{} ms (`flow::MIN_GROWTH_RTT`)",
+            terminalwire_protocol::flow::MIN_GROWTH_RTT.as_millis()
+        ),
         format!("2^32 ({} bytes)", terminalwire_protocol::flow::MAX_CREDIT),
     ] {
         assert!(spec.contains(&fact), "PROTOCOL.md does not say {fact:?}");

@@ -130,7 +130,14 @@ impl Transport for WsTransport {
 
 /// A WebSocket pair over a tiny in-memory pipe: (client side, server side).
 async fn socket_pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
-    let (client, server) = tokio::io::duplex(PIPE_BUFFER);
+    socket_pair_buffered(PIPE_BUFFER).await
+}
+
+/// A WebSocket pair over an in-memory pipe that buffers `buffer` bytes.
+async fn socket_pair_buffered(
+    buffer: usize,
+) -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+    let (client, server) = tokio::io::duplex(buffer);
     let config = Some(websocket_config());
     let client = WebSocketStream::from_raw_socket(client, Role::Client, config).await;
     let server = WebSocketStream::from_raw_socket(server, Role::Server, config).await;
@@ -1245,4 +1252,99 @@ async fn a_client_that_goes_away_cancels_the_command() {
         .expect("the command was not cancelled")
         .expect("the command's future was dropped");
     assert_eq!(terminal.session_count(), 0);
+}
+
+/// A scripted server that answers the real client's hello after `delay`
+/// (so the client measures a round trip of at least that), then streams
+/// 8 MiB of stdout as fast as its credit allows. Returns the largest
+/// `window` grant it received, and the client's announced window.
+async fn largest_grant_for_a_stream(delay: Duration) -> (u32, u32) {
+    const TOTAL: usize = 8 << 20;
+    let (client_socket, server) = socket_pair_buffered(1 << 16).await;
+    let (mut sink, mut stream) = server.split();
+    let script = async move {
+        let Some(Ok(Message::Binary(bytes))) = stream.next().await else {
+            panic!("expected hello");
+        };
+        let Ok(ClientFrame::Hello(hello)) = codec::decode(&bytes) else {
+            panic!("expected hello");
+        };
+        tokio::time::sleep(delay).await;
+        let welcome = Message::Binary(codec::encode(&welcome()).into());
+        sink.send(welcome).await.unwrap();
+        let (grants_tx, mut grants) = tokio::sync::mpsc::unbounded_channel();
+        let reader = async move {
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Binary(bytes) = message
+                    && let Ok(ClientFrame::Window(grant)) = codec::decode(&bytes)
+                {
+                    let _ = grants_tx.send(grant.bytes);
+                }
+            }
+        };
+        let writer = async move {
+            let mut credit = u64::from(hello.window);
+            let (mut sent, mut largest) = (0usize, 0u32);
+            let chunk = pattern(64 << 10, 5);
+            while sent < TOTAL {
+                while credit == 0 || !grants.is_empty() {
+                    let grant = grants.recv().await.expect("the client went away");
+                    largest = largest.max(grant);
+                    credit += u64::from(grant);
+                }
+                let n = chunk.len().min(TOTAL - sent).min(credit as usize);
+                let data = ServerFrame::Data(terminalwire_protocol::frame::Data {
+                    sid: StreamId::STDOUT,
+                    bytes: serde_bytes::ByteBuf::from(&chunk[..n]),
+                });
+                send_frame(&mut sink, &data).await;
+                (sent, credit) = (sent + n, credit - n as u64);
+            }
+            let exit = ServerFrame::Exit(terminalwire_protocol::frame::Exit { status: 0 });
+            send_frame(&mut sink, &exit).await;
+            (largest, hello.window)
+        };
+        tokio::join!(reader, writer).1
+    };
+    let stdout = Capture::default();
+    let io = LocalIo {
+        stdout: Output::Async(Box::new(stdout.clone())),
+        stderr: Output::Async(Box::new(Capture::default())),
+        stdin: Box::new(tokio::io::empty()),
+    };
+    let config = SessionConfig::default();
+    let client = session::run(client_socket, hello(&[]), io, &config);
+    let (grants, status) =
+        tokio::time::timeout(BULK_DEADLINE, async { tokio::join!(script, client) })
+            .await
+            .expect("the session hung");
+    assert_eq!(status.unwrap(), 0);
+    assert_eq!(stdout.take().len(), TOTAL);
+    grants
+}
+
+async fn send_frame<S>(sink: &mut S, frame: &ServerFrame)
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::fmt::Debug,
+{
+    sink.send(Message::Binary(codec::encode(frame).into()))
+        .await
+        .unwrap();
+}
+
+/// Far from its server (100 ms from hello to welcome), the client grows a
+/// stream's window when half of it drains in less than a round trip: a
+/// grant then carries the growth too, more than a whole window, where
+/// grants without growth give back what was consumed, about half a window.
+/// (Near, with a round trip under `flow::MIN_GROWTH_RTT`, the window never
+/// grows: `protocol/src/flow.rs` tests that rule; a debug build's hello
+/// can take longer than that in process, so it is not tested here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_grows_its_window_for_a_far_server() {
+    let (largest, window) = largest_grant_for_a_stream(Duration::from_millis(100)).await;
+    assert!(
+        largest > window,
+        "largest grant {largest} with a window of {window}"
+    );
 }

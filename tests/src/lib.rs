@@ -345,6 +345,7 @@ pub struct Client {
     stdin: Option<Vec<u8>>,
     envs: Vec<(String, String)>,
     program: Option<PathBuf>,
+    stdout_file: Option<PathBuf>,
 }
 
 impl Client {
@@ -359,6 +360,7 @@ impl Client {
             stdin: None,
             envs: Vec::new(),
             program: None,
+            stdout_file: None,
         }
     }
 
@@ -373,6 +375,13 @@ impl Client {
     /// `#!/usr/bin/env terminalwire-exec` finds the one under test.
     pub fn program(mut self, program: impl Into<PathBuf>) -> Client {
         self.program = Some(program.into());
+        self
+    }
+
+    /// Sends stdout to a new file at `path` (as `> path` would) instead of
+    /// a pipe; the outcome's `stdout` is then empty.
+    pub fn stdout_to_file(mut self, path: impl Into<PathBuf>) -> Client {
+        self.stdout_file = Some(path.into());
         self
     }
 
@@ -411,7 +420,10 @@ impl Client {
             } else {
                 Stdio::null()
             })
-            .stdout(Stdio::piped())
+            .stdout(match &self.stdout_file {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::piped(),
+            })
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for (key, value) in &self.envs {

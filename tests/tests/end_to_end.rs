@@ -149,9 +149,28 @@ async fn clap_usage_errors_go_to_stderr_with_status_two() {
     );
 }
 
+/// The first `bytes` bytes of the hello app's `stream` output.
+fn stream_output(bytes: usize) -> Vec<u8> {
+    let mut expected = Vec::with_capacity(bytes + 64);
+    let mut line = 0;
+    while expected.len() < bytes {
+        line += 1;
+        expected.extend_from_slice(hello::stream_line(line).as_bytes());
+    }
+    expected.truncate(bytes);
+    expected
+}
+
+/// Compares without printing megabytes on failure.
+fn assert_same_output(got: &[u8], expected: &[u8]) {
+    assert_eq!(got.len(), expected.len());
+    let first_difference = got.iter().zip(expected).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_megabytes_of_stdout_arrive_byte_exact() {
-    const BYTES: u64 = 20_000_000;
+    const BYTES: usize = 20_000_000;
     let server = TestServer::hello().await;
     let run = Client::new([
         server.url().as_str(),
@@ -162,17 +181,30 @@ async fn twenty_megabytes_of_stdout_arrive_byte_exact() {
     .run()
     .await;
     assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
-    let mut expected = Vec::with_capacity(BYTES as usize + 64);
-    let mut line = 0;
-    while (expected.len() as u64) < BYTES {
-        line += 1;
-        expected.extend_from_slice(hello::stream_line(line).as_bytes());
-    }
-    expected.truncate(BYTES as usize);
-    assert_eq!(run.stdout.len(), expected.len());
-    // Compare without printing 20 MB on failure.
-    let first_difference = run.stdout.iter().zip(&expected).position(|(a, b)| a != b);
-    assert_eq!(first_difference, None);
+    assert_same_output(&run.stdout, &stream_output(BYTES));
+}
+
+/// Into a file, the client writes each chunk itself (no writer thread)
+/// with a smaller window: every byte must still arrive, in order, and
+/// every window's worth must be granted back or the stream stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_megabytes_of_stdout_into_a_file_arrive_byte_exact() {
+    const BYTES: usize = 20_000_000;
+    let server = TestServer::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stdout");
+    let run = Client::new([
+        server.url().as_str(),
+        "stream",
+        "--bytes",
+        &BYTES.to_string(),
+    ])
+    .stdout_to_file(&path)
+    .run()
+    .await;
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
+    assert!(run.stdout.is_empty());
+    assert_same_output(&std::fs::read(&path).unwrap(), &stream_output(BYTES));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

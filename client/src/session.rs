@@ -161,14 +161,16 @@ enum Event {
     Failed { index: usize, error: io::Error },
 }
 
-/// Window of an output the session writes itself ([`Direct`]). Data the
-/// client has not read waits in socket buffers, where it goes cold in the
-/// CPU caches; a window this size keeps little of it there while still
-/// carrying GB/s on loopback (1 GiB into `/dev/null` took 0.32-0.36 s with
-/// it, 0.35-0.9 s with 1 MiB and about 0.65 s with 4 MiB or more). An
-/// output written by a thread (a pipe, a terminal) goes through more
-/// hand-offs, and keeps the announced window: 1 GiB into `| cat` took a
-/// median 0.78 s with 1 MiB and 1.09 s with 512 KiB.
+/// Window of an output the session writes itself ([`Direct`]), at first:
+/// on a link with a round trip of 1 ms or more it grows as the data flows
+/// ([`OutputPipe::size_window`]). Data the client has not read waits in
+/// socket buffers, where it goes cold in the CPU caches; a window this
+/// size keeps little of it there while still carrying GB/s on loopback
+/// (1 GiB into `/dev/null` took 0.32-0.36 s with it, 0.35-0.9 s with 1 MiB
+/// and about 0.65 s with 4 MiB or more). An output written by a thread (a
+/// pipe, a terminal) goes through more hand-offs, and keeps the announced
+/// window: 1 GiB into `| cat` took a median 0.78 s with 1 MiB and 1.09 s
+/// with 512 KiB.
 const DIRECT_OUTPUT_WINDOW: u32 = 512 * 1024;
 
 /// Output chunks shorter than this are copied out of their message.
@@ -189,20 +191,27 @@ struct OutputPipe {
     window: ReceiveWindow,
     /// Set when the output is a file that a write never waits on.
     direct: Option<Direct>,
-    /// Held by the client's own consent prompt while it is on screen.
-    gate: Option<Arc<tokio::sync::RwLock<()>>>,
 }
 
 /// An output written by the session itself, without handing each chunk to
 /// a thread and back (two wake-ups per chunk): a regular file or the null
 /// device, where a write never waits for a reader. A pipe or a terminal
-/// can stall for as long as its reader does, so it keeps its thread.
+/// can stall for as long as its reader does, so it keeps its thread. Such
+/// an output is never the terminal, so a consent prompt on screen does not
+/// hold it up.
 struct Direct {
     file: std::fs::File,
     /// Chunks handed to the thread and not written yet: the session writes
     /// itself only when there are none, so that the bytes stay in order.
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// A write took longer than [`SLOW_DIRECT_WRITE`] (a network or
+    /// removable file system): the thread writes from then on, so that the
+    /// session keeps answering while the file is slow.
+    slow: std::sync::atomic::AtomicBool,
 }
+
+/// A direct write slower than this hands the output back to its thread.
+const SLOW_DIRECT_WRITE: Duration = Duration::from_millis(50);
 
 /// What became of a chunk of output.
 #[must_use]
@@ -238,7 +247,7 @@ impl OutputPipe {
         sid: StreamId,
         name: &'static str,
         output: Output,
-        mut window: ReceiveWindow,
+        window: u32,
         events: mpsc::UnboundedSender<Event>,
         gate: Option<Arc<tokio::sync::RwLock<()>>>,
     ) -> Self {
@@ -247,9 +256,7 @@ impl OutputPipe {
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut direct = None;
         let task = match output {
-            Output::Async(writer) => {
-                tokio::spawn(write_async(index, writer, chunks, events, gate.clone()))
-            }
+            Output::Async(writer) => tokio::spawn(write_async(index, writer, chunks, events, gate)),
             Output::File(file) => {
                 if never_waits(&file)
                     && let Ok(copy) = file.try_clone()
@@ -257,10 +264,10 @@ impl OutputPipe {
                     direct = Some(Direct {
                         file: copy,
                         queued: queued.clone(),
+                        slow: std::sync::atomic::AtomicBool::new(false),
                     });
                 }
                 let stop = stop.clone();
-                let gate = gate.clone();
                 tokio::task::spawn_blocking(move || {
                     write_file(
                         index,
@@ -279,43 +286,56 @@ impl OutputPipe {
             name,
             queue: Some(queue),
             task,
-            window: {
-                if direct.is_some() {
-                    window.shrink_to(DIRECT_OUTPUT_WINDOW);
-                }
-                window
-            },
+            window: ReceiveWindow::new(window),
             stop,
             direct,
-            gate,
         }
     }
 
-    /// Writes the server's `chunk` at once when the output is [`Direct`],
-    /// nothing is queued before it and no prompt is on screen; queues it
-    /// otherwise (and always queues the client's own text, whose failure
-    /// the writer reports).
+    /// Sizes the window of this stream, whose sender was announced
+    /// `announced` bytes, on a connection with round trip `rtt`. An output
+    /// the session writes itself ([`Direct`]) shrinks to
+    /// [`DIRECT_OUTPUT_WINDOW`] and grows on a long link: none of its bytes
+    /// wait in memory, so a bigger window costs nothing. Other outputs keep
+    /// the announced window: their queue holds it all when their reader
+    /// stalls, in as many chunks as the server cut it into.
+    fn size_window(&mut self, announced: u32, rtt: Duration) {
+        if self.direct.is_some() {
+            let growth = Growth {
+                rtt,
+                max: MAX_GROWN_WINDOW,
+            };
+            self.window = ReceiveWindow::with_growth(announced, growth);
+            self.window.shrink_to(DIRECT_OUTPUT_WINDOW);
+        }
+    }
+
+    /// Writes the server's `chunk` at once when the output is [`Direct`]
+    /// and nothing is queued before it; queues it otherwise (and always
+    /// queues the client's own text, whose failure the writer reports).
     fn push(&self, chunk: Chunk) -> Pushed {
+        use std::sync::atomic::Ordering;
         let Some(queue) = &self.queue else {
             return Pushed::Queued;
         };
         if let Some(direct) = &self.direct {
             if matches!(chunk, Chunk::Remote(_))
-                && direct.queued.load(std::sync::atomic::Ordering::Acquire) == 0
-                && let Some(_open) = self
-                    .gate
-                    .as_ref()
-                    .map_or(Some(None), |gate| gate.try_read().ok().map(Some))
+                && !direct.slow.load(Ordering::Relaxed)
+                && direct.queued.load(Ordering::Acquire) == 0
             {
                 use std::io::Write as _;
-                return match (&direct.file).write_all(chunk.bytes()) {
+                let started = std::time::Instant::now();
+                let written = (&direct.file).write_all(chunk.bytes());
+                if started.elapsed() > SLOW_DIRECT_WRITE {
+                    tracing::debug!(stream = self.name, "slow output: written by its thread");
+                    direct.slow.store(true, Ordering::Relaxed);
+                }
+                return match written {
                     Ok(()) => Pushed::Written(chunk.remote_len()),
                     Err(error) => Pushed::Failed(error),
                 };
             }
-            direct
-                .queued
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
+            direct.queued.fetch_add(1, Ordering::Release);
         }
         // A failed writer reports through its event; nothing to do here.
         let _ = queue.send(chunk);
@@ -673,22 +693,13 @@ where
     let show_status = resumption.as_ref().is_some_and(|r| r.show_status);
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let new_window = || {
-        ReceiveWindow::with_growth(
-            window,
-            Growth {
-                rtt,
-                max: MAX_GROWN_WINDOW,
-            },
-        )
-    };
     let mut pipes = [
         OutputPipe::spawn(
             0,
             StreamId::STDOUT,
             "stdout",
             io.stdout,
-            new_window(),
+            window,
             events_tx.clone(),
             config.resources.output_gate(),
         ),
@@ -697,11 +708,14 @@ where
             StreamId::STDERR,
             "stderr",
             io.stderr,
-            new_window(),
+            window,
             events_tx,
             config.resources.output_gate(),
         ),
     ];
+    for pipe in &mut pipes {
+        pipe.size_window(window, rtt);
+    }
     let stdin = Arc::new(Mutex::new(BufReader::with_capacity(
         MAX_STDIN_CHUNK,
         io.stdin,
@@ -1091,13 +1105,9 @@ where
             tracing::debug!("detaching: writing out the output");
             let grants = drain_outputs(&mut pipes, &mut events, config.flush_timeout).await?;
             outgoing.extend(encode_all(&grants, replay.as_mut()));
-            // The server now holds each stream's whole window, which may have
-            // grown: the next client starts from the largest (a receiver that
-            // allows more than the sender holds is safe; less would not be).
-            let window = pipes
-                .iter()
-                .map(|pipe| pipe.window.window())
-                .fold(window, u32::max);
+            // The server now holds the same window on every stream (see
+            // `drain_outputs`): the next client starts from it.
+            let window = pipes[0].window.window();
             // Tells the server this client has the token in `detached`.
             let ack = ClientFrame::Ack(Ack {
                 seq: receipts.received(),
@@ -1468,10 +1478,19 @@ async fn drain_outputs(
             return Err(output_failed(pipes[index].name, index, error));
         }
     }
+    // The next client starts every stream from one window, the one in
+    // the record: each stream is given back at least the largest, so that
+    // the server holds exactly that on each (with less, the next client
+    // could wait for more bytes than the server may send, and stall).
+    let common = pipes
+        .iter()
+        .map(|pipe| pipe.window.full_size())
+        .max()
+        .unwrap_or(0);
     Ok(pipes
         .iter_mut()
         .filter_map(|pipe| {
-            pipe.window.grant_all().map(|bytes| {
+            pipe.window.grant_all(common).map(|bytes| {
                 ClientFrame::Window(WindowAdjust {
                     sid: pipe.sid,
                     bytes,
@@ -2012,23 +2031,28 @@ mod tests {
         Chunk::Remote(Bytes::copy_from_slice(bytes))
     }
 
-    /// An output pipe on `output` with a 1 MiB window.
+    /// An output pipe on `output` with a 1 MiB window, sized for a link
+    /// with round trip `rtt`.
     fn pipe_on(
         output: Output,
         gate: Option<Arc<tokio::sync::RwLock<()>>>,
+        rtt: Duration,
     ) -> (OutputPipe, mpsc::UnboundedReceiver<Event>) {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let pipe = OutputPipe::spawn(
+        let mut pipe = OutputPipe::spawn(
             0,
             StreamId::STDOUT,
             "stdout",
             output,
-            ReceiveWindow::new(1 << 20),
+            1 << 20,
             events_tx,
             gate,
         );
+        pipe.size_window(1 << 20, rtt);
         (pipe, events)
     }
+
+    const NEAR: Duration = Duration::from_micros(50);
 
     #[test]
     fn only_regular_files_and_the_null_device_never_wait() {
@@ -2051,25 +2075,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_file_is_written_at_once_in_order_around_a_prompt_on_screen() {
+    async fn a_file_is_written_at_once_and_in_order_behind_queued_text() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
         let file = std::fs::File::create(&path).unwrap();
         let gate = Arc::new(tokio::sync::RwLock::new(()));
-        let (pipe, mut events) = pipe_on(Output::File(file), Some(gate.clone()));
+        let (pipe, mut events) = pipe_on(Output::File(file), Some(gate.clone()), NEAR);
         assert_eq!(pipe.window.window(), DIRECT_OUTPUT_WINDOW);
 
-        assert!(matches!(pipe.push(remote(b"one ")), Pushed::Written(4)));
-        // A prompt on screen: the chunks wait for the writer, and so does
-        // one pushed while they wait (or it would overtake them).
+        // A prompt on screen holds the writer thread, not a file.
         let prompt = gate.clone().write_owned().await;
-        assert!(matches!(pipe.push(remote(b"two ")), Pushed::Queued));
+        assert!(matches!(pipe.push(remote(b"one ")), Pushed::Written(4)));
+        // The client's own text goes to the thread (held by the prompt);
+        // the server's chunks after it wait behind it.
         assert!(matches!(
-            pipe.push(Chunk::Local(b"(prompt) ".to_vec())),
+            pipe.push(Chunk::Local(b"(note) ".to_vec())),
             Pushed::Queued
         ));
-        drop(prompt);
+        assert!(matches!(pipe.push(remote(b"two ")), Pushed::Queued));
         assert!(matches!(pipe.push(remote(b"three ")), Pushed::Queued));
+        drop(prompt);
         // The writer reports the queued chunks written; then the session
         // writes at once again.
         let mut consumed = 0;
@@ -2081,17 +2106,89 @@ mod tests {
         }
         assert_eq!(consumed, 10, "the client's own text is not counted");
         assert!(matches!(pipe.push(remote(b"four")), Pushed::Written(4)));
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            b"one two (prompt) three four"
+        assert_eq!(std::fs::read(&path).unwrap(), b"one (note) two three four");
+    }
+
+    #[tokio::test]
+    async fn only_an_output_written_at_once_grows_its_window_on_a_long_link() {
+        let far = terminalwire_protocol::flow::MIN_GROWTH_RTT * 40;
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("out")).unwrap();
+        let (mut direct, _events) = pipe_on(Output::File(file), None, far);
+        let (_reader, writer) = std::io::pipe().unwrap();
+        let piped = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+        let (mut queued, _events) = pipe_on(Output::File(piped), None, far);
+        // The server sends the announced MiB, then twice more as granted.
+        let start = std::time::Instant::now();
+        let (mut direct_grants, mut queued_grants) = (0u64, 0u64);
+        for step in 0..48u32 {
+            let now = start + Duration::from_micros(u64::from(step) * 10);
+            direct.window.on_receive(64 << 10).unwrap();
+            queued.window.on_receive(64 << 10).unwrap();
+            if let Some(grant) = direct.window.on_consumed_at(64 << 10, now) {
+                direct_grants += u64::from(grant);
+            }
+            if let Some(grant) = queued.window.on_consumed_at(64 << 10, now) {
+                queued_grants += u64::from(grant);
+            }
+        }
+        assert!(
+            direct.window.window() > 1 << 20,
+            "{}",
+            direct.window.window()
         );
+        assert_eq!(queued.window.window(), 1 << 20);
+        assert!(direct_grants > queued_grants);
+    }
+
+    #[tokio::test]
+    async fn detaching_leaves_the_server_the_same_window_on_every_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("out")).unwrap();
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let spawn = |index, sid, output| {
+            let mut pipe =
+                OutputPipe::spawn(index, sid, "out", output, 1 << 20, events_tx.clone(), None);
+            pipe.size_window(1 << 20, NEAR);
+            pipe
+        };
+        let (_reader, writer) = std::io::pipe().unwrap();
+        let piped = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+        let mut pipes = [
+            spawn(0, StreamId::STDOUT, Output::File(file)),
+            spawn(1, StreamId::STDERR, Output::File(piped)),
+        ];
+        // stdout (a file) shrank to 512 KiB; the server used all of the
+        // first MiB, and the client wrote half of it (the half it keeps
+        // rather than grants). stderr used nothing.
+        for chunk in 0..16 {
+            pipes[0].window.on_receive(64 << 10).unwrap();
+            if chunk < 8 {
+                assert!(pipes[0].consumed(64 << 10).is_none());
+            }
+        }
+        let grants = drain_outputs(&mut pipes, &mut events, Duration::from_secs(5))
+            .await
+            .unwrap();
+        // The server gets the whole MiB back on stdout, so that both
+        // streams hold the window the next client starts from.
+        let granted: Vec<(StreamId, u32)> = grants
+            .iter()
+            .map(|frame| match frame {
+                ClientFrame::Window(grant) => (grant.sid, grant.bytes),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(granted, [(StreamId::STDOUT, 1 << 20)]);
+        assert_eq!(pipes[0].window.window(), 1 << 20);
+        assert_eq!(pipes[1].window.window(), 1 << 20);
     }
 
     #[tokio::test]
     async fn a_pipe_keeps_its_writer_and_its_announced_window() {
         let (reader, writer) = std::io::pipe().unwrap();
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
-        let (mut pipe, mut events) = pipe_on(Output::File(file), None);
+        let (mut pipe, mut events) = pipe_on(Output::File(file), None, NEAR);
         assert_eq!(pipe.window.window(), 1 << 20);
         assert!(matches!(pipe.push(remote(b"queued")), Pushed::Queued));
         match events.recv().await.unwrap() {

@@ -4,7 +4,8 @@
 //! `hello`/`welcome`, later with `window` frames). The sender never sends more
 //! than its credit; the receiver grants more only after it has consumed
 //! (written out) what it received. So at most one window of bytes per stream is
-//! ever buffered or in flight, whatever either side does.
+//! ever buffered or in flight, whatever either side does (after the receiver
+//! shrinks its window, the larger one until the excess is consumed).
 //!
 //! A receiver may grow its window by granting more than it consumed
 //! ([`ReceiveWindow::with_growth`]): it starts small, so that little data
@@ -95,8 +96,9 @@ pub const MIN_GROWTH_RTT: Duration = Duration::from_millis(1);
 /// How a [`ReceiveWindow`] grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Growth {
-    /// The connection's round-trip time (an upper bound is fine: one
-    /// request and its answer).
+    /// The connection's round-trip time (the reference client takes one
+    /// request and its answer, which a server can make as long as it
+    /// likes: grow only windows whose bytes do not wait in memory).
     pub rtt: Duration,
     /// The window never grows beyond this.
     pub max: u32,
@@ -224,22 +226,29 @@ impl ReceiveWindow {
 
     /// Grants back every byte received and not granted yet, consumed or
     /// not (before the receiver goes away, dropping what it still holds, so
-    /// that the next receiver can start from a full window).
-    /// After a shrink whose excess is not consumed yet, the peer keeps the
-    /// larger credit it holds, and the window becomes that again.
-    pub fn grant_all(&mut self) -> Option<u32> {
+    /// that the next receiver can start from a full window), and enough more
+    /// that the peer then holds `at_least` bytes of credit, or the window if
+    /// larger. The window becomes what the peer holds: after a shrink whose
+    /// excess is not consumed yet, that is the larger credit it still has.
+    pub fn grant_all(&mut self, at_least: u32) -> Option<u32> {
         self.withheld = 0;
         self.consumed = 0;
-        if self.peer_credit > u64::from(self.window) {
-            // Credit below 4 GiB: it never exceeds a window granted as a u32.
-            self.window = u32::try_from(self.peer_credit).unwrap_or(u32::MAX);
-        }
+        // Credit stays below 4 GiB: it never exceeds windows granted as u32.
+        let held = u32::try_from(self.peer_credit).unwrap_or(u32::MAX);
+        self.window = self.window.max(held).max(at_least);
         let outstanding = u64::from(self.window) - self.peer_credit;
         if outstanding == 0 {
             return None;
         }
         self.peer_credit = u64::from(self.window);
         Some(u32::try_from(outstanding).unwrap_or(u32::MAX))
+    }
+
+    /// What the window becomes with [`grant_all`](Self::grant_all): the
+    /// window, or the credit the peer holds if larger.
+    pub fn full_size(&self) -> u32 {
+        let held = u32::try_from(self.peer_credit).unwrap_or(u32::MAX);
+        self.window.max(held)
     }
 
     /// Whether the peer holds the whole window as credit: nothing is in
@@ -266,13 +275,18 @@ mod tests {
     #[test]
     fn grant_all_gives_back_the_whole_window() {
         let mut window = ReceiveWindow::new(100);
-        assert_eq!(window.grant_all(), None);
+        assert_eq!(window.grant_all(0), None);
         window.on_receive(70).unwrap();
         assert_eq!(window.on_consumed(10), None);
         // 10 consumed, 60 still buffered: all 70 go back.
-        assert_eq!(window.grant_all(), Some(70));
+        assert_eq!(window.grant_all(0), Some(70));
         assert!(window.is_full());
         window.on_receive(100).unwrap();
+        // And more, to a size the next receiver expects.
+        assert_eq!(window.grant_all(150), Some(150));
+        assert_eq!(window.window(), 150);
+        window.on_receive(150).unwrap();
+        assert!(window.on_receive(1).is_err());
     }
 
     #[test]
@@ -302,10 +316,11 @@ mod tests {
         window.on_receive(30).unwrap();
         // The peer holds 70, more than the new window: nothing to grant,
         // and the window is what the peer holds.
-        assert_eq!(window.grant_all(), None);
+        assert_eq!(window.full_size(), 70);
+        assert_eq!(window.grant_all(0), None);
         assert_eq!(window.window(), 70);
         window.on_receive(70).unwrap();
-        assert_eq!(window.grant_all(), Some(70));
+        assert_eq!(window.grant_all(0), Some(70));
         assert!(window.is_full());
     }
 

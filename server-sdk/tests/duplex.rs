@@ -1256,9 +1256,11 @@ async fn a_client_that_goes_away_cancels_the_command() {
 
 /// A scripted server that answers the real client's hello after `delay`
 /// (so the client measures a round trip of at least that), then streams
-/// 8 MiB of stdout as fast as its credit allows. Returns the largest
-/// `window` grant it received, and the client's announced window.
-async fn largest_grant_for_a_stream(delay: Duration) -> (u32, u32) {
+/// 8 MiB of stdout as fast as its credit allows, into a file when
+/// `into_file` (the client writes it at once) and into an in-memory writer
+/// otherwise (queued for a writer task). Returns the largest `window` grant
+/// it received, and the client's announced window.
+async fn largest_grant_for_a_stream(delay: Duration, into_file: bool) -> (u32, u32) {
     const TOTAL: usize = 8 << 20;
     let (client_socket, server) = socket_pair_buffered(1 << 16).await;
     let (mut sink, mut stream) = server.split();
@@ -1307,8 +1309,14 @@ async fn largest_grant_for_a_stream(delay: Duration) -> (u32, u32) {
         tokio::join!(reader, writer).1
     };
     let stdout = Capture::default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stdout");
     let io = LocalIo {
-        stdout: Output::Async(Box::new(stdout.clone())),
+        stdout: if into_file {
+            Output::File(std::fs::File::create(&path).unwrap())
+        } else {
+            Output::Async(Box::new(stdout.clone()))
+        },
         stderr: Output::Async(Box::new(Capture::default())),
         stdin: Box::new(tokio::io::empty()),
     };
@@ -1319,7 +1327,12 @@ async fn largest_grant_for_a_stream(delay: Duration) -> (u32, u32) {
             .await
             .expect("the session hung");
     assert_eq!(status.unwrap(), 0);
-    assert_eq!(stdout.take().len(), TOTAL);
+    let written = if into_file {
+        std::fs::read(&path).unwrap()
+    } else {
+        stdout.take()
+    };
+    assert_eq!(written, pattern(64 << 10, 5).repeat(TOTAL / (64 << 10)));
     grants
 }
 
@@ -1333,18 +1346,25 @@ where
         .unwrap();
 }
 
-/// Far from its server (100 ms from hello to welcome), the client grows a
-/// stream's window when half of it drains in less than a round trip: a
-/// grant then carries the growth too, more than a whole window, where
-/// grants without growth give back what was consumed, about half a window.
-/// (Near, with a round trip under `flow::MIN_GROWTH_RTT`, the window never
-/// grows: `protocol/src/flow.rs` tests that rule; a debug build's hello
-/// can take longer than that in process, so it is not tested here.)
+/// Far from its server (100 ms from hello to welcome), the client grows
+/// the window of an output it writes at once when half of it drains in
+/// less than a round trip: a grant then carries the growth too, more than
+/// a whole window. The window of an output that queues (a pipe, a
+/// terminal) does not grow: its grants give back what was consumed, about
+/// half a window each. (Near, with a round trip under
+/// `flow::MIN_GROWTH_RTT`, no window grows: `protocol/src/flow.rs` tests
+/// that rule; a debug build's hello can take longer than that in process.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_grows_its_window_for_a_far_server() {
-    let (largest, window) = largest_grant_for_a_stream(Duration::from_millis(100)).await;
+async fn the_client_grows_the_window_of_a_file_for_a_far_server() {
+    let far = Duration::from_millis(100);
+    let (largest, window) = largest_grant_for_a_stream(far, true).await;
     assert!(
         largest > window,
-        "largest grant {largest} with a window of {window}"
+        "file: largest grant {largest} with a window of {window}"
+    );
+    let (largest, window) = largest_grant_for_a_stream(far, false).await;
+    assert!(
+        largest <= window,
+        "queued: largest grant {largest} with a window of {window}"
     );
 }

@@ -71,6 +71,29 @@ impl TmuxPane {
     /// [`start`](TmuxPane::start) with the terminalwire home `home` (say,
     /// another pane's), when given.
     pub fn start_with_home(args: &[&str], cols: u16, rows: u16, home: Option<&Path>) -> TmuxPane {
+        TmuxPane::launch(args, cols, rows, home, None)
+    }
+
+    /// [`start_with_home`](TmuxPane::start_with_home) with the client's
+    /// stdout sent to a new file at `stdout` (`> stdout`); stdin and stderr
+    /// stay the pane's terminal.
+    pub fn start_with_stdout(
+        args: &[&str],
+        cols: u16,
+        rows: u16,
+        home: Option<&Path>,
+        stdout: &Path,
+    ) -> TmuxPane {
+        TmuxPane::launch(args, cols, rows, home, Some(stdout))
+    }
+
+    fn launch(
+        args: &[&str],
+        cols: u16,
+        rows: u16,
+        home: Option<&Path>,
+        stdout: Option<&Path>,
+    ) -> TmuxPane {
         require_tmux();
         let binary = client_binary();
         let dir = tempfile::tempdir().unwrap();
@@ -83,10 +106,13 @@ impl TmuxPane {
                 home
             }
         };
-        let quoted_args: Vec<String> = std::iter::once(binary.to_string_lossy().into_owned())
+        let mut quoted_args: Vec<String> = std::iter::once(binary.to_string_lossy().into_owned())
             .chain(args.iter().map(|arg| (*arg).to_owned()))
             .map(|word| shell_quote(&word))
             .collect();
+        if let Some(stdout) = stdout {
+            quoted_args.push(format!("> {}", shell_quote(&stdout.to_string_lossy())));
+        }
         let out = |name: &str| shell_quote(&base.join(name).to_string_lossy());
         // Catching SIGINT and SIGQUIT (not ignoring them: an ignored signal would stay
         // ignored in the client) keeps the wrapper alive through Ctrl-C to

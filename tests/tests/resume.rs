@@ -315,6 +315,65 @@ async fn detach_then_attach_shows_what_was_written_meanwhile() {
     );
 }
 
+/// `count` MiB of a deterministic pattern, from MiB `from` on.
+fn mebibytes(from: usize, count: usize) -> Vec<u8> {
+    (from << 20..(from + count) << 20)
+        .map(|i| (i % 251) as u8)
+        .collect()
+}
+
+/// Output into a file is written by the client itself with a smaller window
+/// than the one announced; after a detach, the client that re-attaches
+/// (into a file again) must find the server holding the credit it expects
+/// on every stream, or the output stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_and_attach_with_stdout_in_a_file_gets_every_byte() {
+    const FIRST: usize = 3;
+    const REST: usize = 5;
+    let go = Arc::new(tokio::sync::Notify::new());
+    let command_go = go.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let go = command_go.clone();
+        async move {
+            ctx.stdout().write_all(&mebibytes(0, FIRST)).await?;
+            go.notified().await;
+            ctx.stdout().write_all(&mebibytes(FIRST, REST)).await?;
+            Ok::<_, std::io::Error>(terminalwire_server::Outcome::Exit(3))
+        }
+    });
+    let server = TestServer::with_terminal(terminal).await;
+    let url = server.url();
+    let files = tempfile::tempdir().unwrap();
+    let (first_out, second_out) = (files.path().join("first"), files.path().join("second"));
+    let first = TmuxPane::start_with_stdout(&[&url], 80, 30, None, &first_out);
+    eventually(
+        "the first part in the file",
+        Duration::from_secs(20),
+        || std::fs::metadata(&first_out).is_ok_and(|meta| meta.len() == (FIRST << 20) as u64),
+    )
+    .await;
+    // Ctrl-\ detaches.
+    first.send_keys(&["C-\\"]).await;
+    let exit = first.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    let id = exit
+        .screen
+        .split_whitespace()
+        .skip_while(|word| *word != "attach")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no session id on screen:\n{}", exit.screen))
+        .to_owned();
+    assert_eq!(std::fs::read(&first_out).unwrap(), mebibytes(0, FIRST));
+    go.notify_one();
+    let second =
+        TmuxPane::start_with_stdout(&["attach", &id], 80, 30, Some(&first.home()), &second_out);
+    let exit = second.wait_exit().await;
+    assert_eq!(exit.status, 3, "screen:\n{}", exit.screen);
+    let rest = std::fs::read(&second_out).unwrap();
+    assert_eq!(rest.len(), REST << 20);
+    assert!(rest == mebibytes(FIRST, REST), "the bytes differ");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_needs_a_human_refuses_to_be_detached() {
     let server = TestServer::hello().await;

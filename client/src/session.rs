@@ -208,6 +208,8 @@ struct Direct {
     /// removable file system): the thread writes from then on, so that the
     /// session keeps answering while the file is slow.
     slow: std::sync::atomic::AtomicBool,
+    /// [`SLOW_DIRECT_WRITE`] (tests shorten it).
+    slow_after: Duration,
 }
 
 /// A direct write slower than this hands the output back to its thread.
@@ -265,6 +267,7 @@ impl OutputPipe {
                         file: copy,
                         queued: queued.clone(),
                         slow: std::sync::atomic::AtomicBool::new(false),
+                        slow_after: SLOW_DIRECT_WRITE,
                     });
                 }
                 let stop = stop.clone();
@@ -326,7 +329,7 @@ impl OutputPipe {
                 use std::io::Write as _;
                 let started = std::time::Instant::now();
                 let written = (&direct.file).write_all(chunk.bytes());
-                if started.elapsed() > SLOW_DIRECT_WRITE {
+                if started.elapsed() > direct.slow_after {
                     tracing::debug!(stream = self.name, "slow output: written by its thread");
                     direct.slow.store(true, Ordering::Relaxed);
                 }
@@ -2107,6 +2110,23 @@ mod tests {
         assert_eq!(consumed, 10, "the client's own text is not counted");
         assert!(matches!(pipe.push(remote(b"four")), Pushed::Written(4)));
         assert_eq!(std::fs::read(&path).unwrap(), b"one (note) two three four");
+    }
+
+    #[tokio::test]
+    async fn after_a_slow_write_the_thread_writes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let file = std::fs::File::create(&path).unwrap();
+        let (mut pipe, mut events) = pipe_on(Output::File(file), None, NEAR);
+        // Every write counts as slow.
+        pipe.direct.as_mut().unwrap().slow_after = Duration::ZERO;
+        assert!(matches!(pipe.push(remote(b"slow ")), Pushed::Written(5)));
+        assert!(matches!(pipe.push(remote(b"then queued")), Pushed::Queued));
+        match events.recv().await.unwrap() {
+            Event::Consumed { len, .. } => assert_eq!(len, 11),
+            Event::Failed { error, .. } => panic!("{error}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), b"slow then queued");
     }
 
     #[tokio::test]

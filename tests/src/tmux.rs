@@ -17,6 +17,17 @@ const POLL: Duration = Duration::from_millis(50);
 /// The tmux session's name (each test has its own tmux server).
 const SESSION: &str = "tw";
 
+/// The session id in the `attach ID` hint a detaching client prints on
+/// `screen`; fails the test when there is none.
+pub fn session_id_on(screen: &str) -> String {
+    screen
+        .split_whitespace()
+        .skip_while(|word| *word != "attach")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no session id on screen:\n{screen}"))
+        .to_owned()
+}
+
 /// Fails the test unless tmux can be run.
 pub fn require_tmux() {
     let found = std::process::Command::new("tmux")

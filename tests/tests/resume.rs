@@ -13,7 +13,7 @@ use terminalwire_protocol::frame::{ClientFrame, ErrorCode, ServerFrame};
 use terminalwire_protocol::secure::StaticKey;
 use terminalwire_server::{Config, Context, Terminal};
 use terminalwire_tests::cutter::Cutter;
-use terminalwire_tests::tmux::TmuxPane;
+use terminalwire_tests::tmux::{TmuxPane, session_id_on};
 use terminalwire_tests::wire::{open_resumable, try_resume};
 use terminalwire_tests::{Client, TestServer};
 
@@ -272,13 +272,7 @@ async fn detach_then_attach_shows_what_was_written_meanwhile() {
     assert_eq!(exit.stty_before, exit.stty_after);
     assert_eq!(ticks(&exit.screen), [1, 2, 3], "screen:\n{}", exit.screen);
     let last_seen = 3;
-    let id = exit
-        .screen
-        .split_whitespace()
-        .skip_while(|word| *word != "attach")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no session id on screen:\n{}", exit.screen))
-        .to_owned();
+    let id = session_id_on(&exit.screen);
     // The command goes on without a client and finishes.
     go.notify_one();
     tokio::time::timeout(Duration::from_secs(20), done.notified())
@@ -356,13 +350,7 @@ async fn detach_and_attach_with_stdout_in_a_file_gets_every_byte() {
     first.send_keys(&["C-\\"]).await;
     let exit = first.wait_exit().await;
     assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
-    let id = exit
-        .screen
-        .split_whitespace()
-        .skip_while(|word| *word != "attach")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no session id on screen:\n{}", exit.screen))
-        .to_owned();
+    let id = session_id_on(&exit.screen);
     assert_eq!(std::fs::read(&first_out).unwrap(), mebibytes(0, FIRST));
     go.notify_one();
     let second =

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use terminalwire_protocol::frame::{ClientFrame, Detach, ServerFrame};
 use terminalwire_protocol::secure::StaticKey;
-use terminalwire_tests::tmux::TmuxPane;
+use terminalwire_tests::tmux::{TmuxPane, session_id_on};
 use terminalwire_tests::wire::{
     next_frame, open_resumable, resume_frame, secure_connect, send_frame,
 };
@@ -72,15 +72,6 @@ async fn a_detach_whose_answer_is_lost_leaves_the_session_resumable() {
         ServerFrame::Resumed(_) => {}
         other => panic!("a lost `detached` loses the session: {other:?}"),
     }
-}
-
-fn session_id_on(screen: &str) -> String {
-    screen
-        .split_whitespace()
-        .skip_while(|word| *word != "attach")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no session id on screen:\n{screen}"))
-        .to_owned()
 }
 
 /// Detach, attach, detach again: the second record must survive. `attach`

@@ -2030,6 +2030,18 @@ fn frame_name(frame: &ServerFrame) -> String {
 mod tests {
     use super::*;
 
+    /// The file writer's loop with no prompt, never stopped.
+    fn write_ungated(
+        index: usize,
+        file: std::fs::File,
+        chunks: mpsc::UnboundedReceiver<Chunk>,
+        events: &mpsc::UnboundedSender<Event>,
+    ) {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let queued = std::sync::atomic::AtomicUsize::new(0);
+        write_file(index, file, chunks, events, None, &stop, &queued);
+    }
+
     fn remote(bytes: &[u8]) -> Chunk {
         Chunk::Remote(Bytes::copy_from_slice(bytes))
     }
@@ -2233,18 +2245,9 @@ mod tests {
             queue.send(chunk).unwrap_or_else(|_| unreachable!());
         }
         drop(queue);
-        let stop = std::sync::atomic::AtomicBool::new(false);
         let writing = std::thread::spawn(move || {
             let file = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
-            write_file(
-                0,
-                file,
-                receiver,
-                &events_tx,
-                None,
-                &stop,
-                &Default::default(),
-            );
+            write_ungated(0, file, receiver, &events_tx);
         });
         let mut out = Vec::new();
         let mut buffer = vec![0u8; read_size];
@@ -2303,16 +2306,7 @@ mod tests {
             .unwrap_or_else(|_| unreachable!());
         drop(queue);
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        write_file(
-            1,
-            file,
-            receiver,
-            &events_tx,
-            None,
-            &stop,
-            &Default::default(),
-        );
+        write_ungated(1, file, receiver, &events_tx);
         match events.try_recv() {
             Ok(Event::Failed { index: 1, error }) => {
                 assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);

@@ -233,9 +233,7 @@ impl ReceiveWindow {
     pub fn grant_all(&mut self, at_least: u32) -> Option<u32> {
         self.withheld = 0;
         self.consumed = 0;
-        // Credit stays below 4 GiB: it never exceeds windows granted as u32.
-        let held = u32::try_from(self.peer_credit).unwrap_or(u32::MAX);
-        self.window = self.window.max(held).max(at_least);
+        self.window = self.full_size().max(at_least);
         let outstanding = u64::from(self.window) - self.peer_credit;
         if outstanding == 0 {
             return None;
@@ -247,6 +245,7 @@ impl ReceiveWindow {
     /// What the window becomes with [`grant_all`](Self::grant_all): the
     /// window, or the credit the peer holds if larger.
     pub fn full_size(&self) -> u32 {
+        // Credit stays below 4 GiB: it never exceeds windows granted as u32.
         let held = u32::try_from(self.peer_credit).unwrap_or(u32::MAX);
         self.window.max(held)
     }

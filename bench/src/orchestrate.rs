@@ -696,7 +696,9 @@ impl Bench {
             format!(
                 "terminalwire write: the app writes {} to a new client file with the SDK's \
                  streaming atomic writer (`ctx.file().writer`: chunks of 512 KiB, 4 in flight, into \
-                 a temporary file that the commit syncs to disk and renames over the target).",
+                 a temporary file that the commit syncs to disk and renames over the target; the \
+                 client writes whole aligned chunks with direct I/O, past the page cache, where the \
+                 file system supports it, as this machine's ext4 does).",
                 size(big)
             ),
             "scp: the same file copied over the bench's sshd: upload (the server reads the client's \
@@ -704,7 +706,8 @@ impl Bench {
              `scp 127.0.0.1:FILE COPY` (SFTP protocol, OpenSSH's default)."
                 .into(),
             "MB/s = 10^6 bytes per second of the client process's wall time from start to exit \
-             (scp's includes its ssh handshake). Files live on the same disk, in the page cache."
+             (scp's includes its ssh handshake). Files live on the same disk; the file read \
+             and scp's files are in the page cache."
                 .into(),
             format!(
                 "Peak memory (VmHWM): the client process's, read by the app right before it \

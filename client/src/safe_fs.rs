@@ -331,6 +331,7 @@ pub struct StreamedWrite {
 /// the disk. Direct writes skip that copy and leave the user's page cache
 /// alone.
 #[derive(Debug)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct DirectFile {
     file: File,
     /// Offsets and lengths must be multiples of this.
@@ -348,6 +349,7 @@ struct DirectFile {
 /// costs little and a synchronous disk write more.
 const MIN_DIRECT_WRITE: usize = 64 * 1024;
 /// The largest alignment a file system may ask for that direct writes honour.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const MAX_DIRECT_ALIGN: usize = 64 * 1024;
 
 impl StreamedWrite {
@@ -443,26 +445,46 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
     let _ = (file, offset, len);
 }
 
+/// The alignments direct writes to `file` need, as (offsets and lengths,
+/// memory), when its file system says it supports direct I/O
+/// (`STATX_DIOALIGN`, Linux 6.1+) and asks for nothing beyond
+/// [`MAX_DIRECT_ALIGN`]. Offsets are aligned to whole pages at least, so a
+/// direct chunk never shares a page with one written through the cache.
+#[cfg(target_os = "linux")]
+fn direct_io_alignment(file: &impl AsFd) -> Option<(usize, usize)> {
+    use rustix::fs::{StatxFlags, statx};
+    let facts = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
+    let offset_align = facts.stx_dio_offset_align as usize;
+    let memory_align = facts.stx_dio_mem_align as usize;
+    let supported = facts.stx_mask & StatxFlags::DIOALIGN.bits() != 0
+        && offset_align.is_power_of_two()
+        && memory_align.is_power_of_two()
+        && offset_align <= MAX_DIRECT_ALIGN
+        && memory_align <= MAX_DIRECT_ALIGN;
+    let page = rustix::param::page_size();
+    supported.then_some((offset_align.max(page), memory_align))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn direct_io_alignment(_file: &impl AsFd) -> Option<(usize, usize)> {
+    None
+}
+
 impl DirectFile {
     /// Opens the temporary file `temp` in `parent` (already open as `file`)
-    /// again for direct I/O. `None` when the file system does not say it
-    /// supports it, asks for an alignment beyond [`MAX_DIRECT_ALIGN`], or the
-    /// name no longer leads to `file`.
+    /// again for direct I/O. `None` when [`direct_io_alignment`] says no, or
+    /// the name no longer leads to `file`.
     #[cfg(target_os = "linux")]
     fn open(parent: &OwnedFd, temp: &OsStr, file: &File) -> Option<DirectFile> {
-        use rustix::fs::{StatxFlags, statx};
-        let facts = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
-        let offset_align = facts.stx_dio_offset_align as usize;
-        let memory_align = facts.stx_dio_mem_align as usize;
-        let supported = facts.stx_mask & StatxFlags::DIOALIGN.bits() != 0
-            && offset_align.is_power_of_two()
-            && memory_align.is_power_of_two()
-            && offset_align <= MAX_DIRECT_ALIGN
-            && memory_align <= MAX_DIRECT_ALIGN;
-        if !supported {
-            return None;
-        }
-        let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let (offset_align, memory_align) = direct_io_alignment(file)?;
+        // Non-blocking, so that a FIFO swapped in for the name cannot hang
+        // the open; dropped once the file is known to be ours.
+        let flags = OFlags::WRONLY
+            | OFlags::DIRECT
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::NOCTTY
+            | OFlags::CLOEXEC;
         let direct = File::from(rustix::fs::openat(parent, temp, flags, Mode::empty()).ok()?);
         // The name is ours, but the folder is not: check it is the same file.
         let (ours, opened) = (
@@ -472,6 +494,7 @@ impl DirectFile {
         if (ours.st_dev, ours.st_ino) != (opened.st_dev, opened.st_ino) {
             return None;
         }
+        rustix::fs::fcntl_setfl(&direct, OFlags::DIRECT).ok()?;
         Some(DirectFile {
             file: direct,
             offset_align,
@@ -488,9 +511,9 @@ impl DirectFile {
 
     /// Writes `bytes` at `offset` directly when they are large and aligned
     /// enough; `false` when the caller must write them through the page
-    /// cache instead (also after a refusal, or any error: the buffered write
-    /// then reports it, and rewriting the same bytes at the same offset is
-    /// harmless).
+    /// cache instead. Any error turns direct I/O off for the rest of the
+    /// write, and the caller writes the same bytes at the same offset again
+    /// through the cache, which reports an error that persists.
     fn write_at(&self, offset: u64, bytes: &[u8]) -> bool {
         use std::os::unix::fs::FileExt;
         let aligned = offset.is_multiple_of(self.offset_align as u64)
@@ -499,26 +522,30 @@ impl DirectFile {
         if !aligned || !self.usable.load(Ordering::Relaxed) {
             return false;
         }
-        // The received chunk sits anywhere in memory: copy it to an aligned
-        // spot of a slightly larger buffer.
-        // The capacity is reserved up front, so the bytes do not move.
-        let mut buffer: Vec<u8> = Vec::with_capacity(bytes.len() + self.memory_align);
-        let start = buffer.as_ptr().align_offset(self.memory_align);
-        if start > self.memory_align {
-            return false;
-        }
-        buffer.resize(start, 0);
-        buffer.extend_from_slice(bytes);
-        match self.file.write_all_at(&buffer[start..], offset) {
+        let written = if bytes.as_ptr().align_offset(self.memory_align) == 0 {
+            self.file.write_all_at(bytes, offset)
+        } else {
+            // The received chunk sits anywhere in memory: copy it to an
+            // aligned spot of a slightly larger buffer. The capacity is
+            // reserved up front, so the bytes do not move.
+            let mut buffer: Vec<u8> = Vec::with_capacity(bytes.len() + self.memory_align);
+            let start = buffer.as_ptr().align_offset(self.memory_align);
+            if start > self.memory_align {
+                return false;
+            }
+            buffer.resize(start, 0);
+            buffer.extend_from_slice(bytes);
+            self.file.write_all_at(&buffer[start..], offset)
+        };
+        match written {
             Ok(()) => {
                 self.written
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 true
             }
             Err(error) => {
-                if error.raw_os_error() == Some(Errno::INVAL.raw_os_error()) {
-                    self.usable.store(false, Ordering::Relaxed);
-                }
+                tracing::debug!(%error, "direct write refused: writing through the page cache");
+                self.usable.store(false, Ordering::Relaxed);
                 false
             }
         }
@@ -1958,29 +1985,21 @@ mod tests {
         assert!(error.to_string().contains("does not exist"));
     }
 
-    /// Whether the file system of `dir` says it supports direct I/O
-    /// (Linux's `STATX_DIOALIGN`), asked independently of [`DirectFile`].
+    /// Whether the file system of `dir` supports direct I/O, by the rule
+    /// [`DirectFile::open`] follows.
     fn supports_direct_io(dir: &Path) -> bool {
-        #[cfg(target_os = "linux")]
-        {
-            let probe = dir.join("probe");
-            std::fs::write(&probe, b"").unwrap();
-            let facts = rustix::fs::statx(
-                rustix::fs::CWD,
-                &probe,
-                AtFlags::empty(),
-                rustix::fs::StatxFlags::DIOALIGN,
-            )
-            .unwrap();
-            std::fs::remove_file(&probe).unwrap();
-            facts.stx_mask & rustix::fs::StatxFlags::DIOALIGN.bits() != 0
-                && facts.stx_dio_offset_align != 0
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = dir;
-            false
-        }
+        let probe = dir.join("probe");
+        let file = File::create(&probe).unwrap();
+        let supported = direct_io_alignment(&file).is_some();
+        std::fs::remove_file(&probe).unwrap();
+        supported
+    }
+
+    /// A temporary folder next to the test binary: on the disk of the build
+    /// (where `/tmp` may be a tmpfs without direct I/O).
+    fn on_disk_tempdir() -> tempfile::TempDir {
+        let exe = std::env::current_exe().unwrap();
+        tempfile::tempdir_in(exe.parent().unwrap()).unwrap()
     }
 
     /// `len` bytes that differ from one offset to the next.
@@ -1991,18 +2010,25 @@ mod tests {
     #[test]
     fn streamed_write_sends_big_aligned_chunks_past_the_page_cache() {
         const CHUNK: usize = 512 * 1024;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = on_disk_tempdir();
         let root = dir.path().canonicalize().unwrap();
         let target = root.join("big.bin");
         let write = StreamedWrite::begin(&target, None).unwrap();
-        // Out of order, each chunk from an odd address, then a small tail.
-        for index in [2, 0, 1] {
+        // Out of order, two chunks from an odd address (copied to an aligned
+        // one), one from a page-aligned address (written as it is), then a
+        // small tail.
+        for index in [2, 0] {
             let mut with_prefix = vec![0xff];
             with_prefix.extend(numbered(index * CHUNK, CHUNK));
             write
                 .write_at((index * CHUNK) as u64, &with_prefix[1..])
                 .unwrap();
         }
+        let mut roomy: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
+        let start = roomy.as_ptr().align_offset(4096);
+        roomy.resize(start, 0);
+        roomy.extend(numbered(CHUNK, CHUNK));
+        write.write_at(CHUNK as u64, &roomy[start..]).unwrap();
         let tail = numbered(3 * CHUNK, 1000);
         write.write_at((3 * CHUNK) as u64, &tail).unwrap();
         let direct = write.direct_bytes();
@@ -2023,10 +2049,35 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_fifo_in_place_of_the_temporary_file_is_not_reopened_and_does_not_block() {
+        let dir = on_disk_tempdir();
+        let root = dir.path().canonicalize().unwrap();
+        if !supports_direct_io(&root) {
+            eprintln!("skipped: {} has no direct I/O", root.display());
+            return;
+        }
+        let ours = File::create(root.join("ours")).unwrap();
+        mkfifo(&root.join("swapped"));
+        let parent: OwnedFd = File::open(&root).unwrap().into();
+        let reopened = within_seconds(move || {
+            DirectFile::open(&parent, OsStr::new("swapped"), &ours).is_some()
+        });
+        assert!(!reopened, "a FIFO was taken for the temporary file");
+        // The same name, a regular file that is not ours: refused too.
+        std::fs::remove_file(root.join("swapped")).unwrap();
+        std::fs::write(root.join("swapped"), b"").unwrap();
+        let ours = File::open(root.join("ours")).unwrap();
+        let parent: OwnedFd = File::open(&root).unwrap().into();
+        assert!(DirectFile::open(&parent, OsStr::new("swapped"), &ours).is_none());
+        assert!(DirectFile::open(&parent, OsStr::new("ours"), &ours).is_some());
+    }
+
     #[test]
     fn a_refused_direct_write_falls_back_to_the_page_cache_for_good() {
         const CHUNK: usize = 128 * 1024;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = on_disk_tempdir();
         let root = dir.path().canonicalize().unwrap();
         if !supports_direct_io(&root) {
             eprintln!("skipped: {} has no direct I/O", root.display());

@@ -282,6 +282,7 @@ impl Terminal {
     /// `shutdown` resolves, then stops taking sessions and lets running
     /// commands finish within the grace period. Any axum listener works:
     /// TCP, [`LocalListener`](crate::local::LocalListener), a TLS listener.
+    /// Each accepted connection is made [`Interactive`] first.
     pub async fn serve_app<L>(
         &self,
         listener: L,
@@ -290,9 +291,12 @@ impl Terminal {
     ) -> std::io::Result<()>
     where
         L: axum::serve::Listener,
+        L::Io: Interactive,
         L::Addr: std::fmt::Debug,
     {
+        use axum::serve::ListenerExt;
         let draining = self.clone();
+        let listener = listener.tap_io(|connection| connection.send_small_writes_at_once());
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -427,6 +431,35 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// A connection that carries terminal sessions, which [`Terminal::serve_app`]
+/// tunes as it accepts it.
+///
+/// A session sends small frames (a line of output, a prompt, an exit status)
+/// that must leave at once. On TCP, Nagle's algorithm holds a small write back
+/// until the peer acknowledges the previous one, and the peer delays its
+/// acknowledgements: on Linux that costs about 40 ms per command (measured: a
+/// one-line command took 4 ms with `TCP_NODELAY` and 40–50 ms without). An app
+/// that calls `axum::serve` itself should set `TCP_NODELAY` on accepted
+/// connections (`axum::serve::ListenerExt::tap_io`); a custom listener's
+/// connection type implements this trait to be served by `serve_app`.
+pub trait Interactive {
+    /// Makes small writes leave at once (`TCP_NODELAY` on TCP; nothing to do
+    /// on a Unix socket). Failures are logged, never fatal.
+    fn send_small_writes_at_once(&self);
+}
+
+impl Interactive for tokio::net::TcpStream {
+    fn send_small_writes_at_once(&self) {
+        if let Err(error) = self.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    }
+}
+
+impl Interactive for tokio::net::UnixStream {
+    fn send_small_writes_at_once(&self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,5 +478,62 @@ mod tests {
         drop(a);
         assert!(counts.take(ip, 2).is_some());
         drop(b);
+    }
+
+    /// A TCP listener that hands the test a second handle to each socket it
+    /// accepts, to look at the socket's options from outside the server.
+    struct WatchedListener {
+        inner: tokio::net::TcpListener,
+        accepted: tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>,
+    }
+
+    impl axum::serve::Listener for WatchedListener {
+        type Io = tokio::net::TcpStream;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            let (stream, peer) = self.inner.accept().await.unwrap();
+            let stream = stream.into_std().unwrap();
+            let _ = self.accepted.send(stream.try_clone().unwrap());
+            (tokio::net::TcpStream::from_std(stream).unwrap(), peer)
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            self.inner.local_addr()
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_app_sends_small_writes_at_once_on_every_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let (accepted, mut sockets) = tokio::sync::mpsc::unbounded_channel();
+        let terminal = Terminal::new(|_ctx: crate::Context| async { Ok::<(), anyhow::Error>(()) });
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "up" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let listener = WatchedListener { inner, accepted };
+            terminal
+                .serve_app(listener, app, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        for _ in 0..2 {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut response = Vec::new();
+            client.read_to_end(&mut response).await.unwrap();
+            assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+            // Served, so the connection was tuned before.
+            let socket = sockets.recv().await.unwrap();
+            assert!(socket.nodelay().unwrap(), "Nagle's algorithm is still on");
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 }

@@ -53,6 +53,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::terminal::Interactive;
+
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -232,6 +234,12 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+impl<S: Interactive> Interactive for TlsStream<S> {
+    fn send_small_writes_at_once(&self) {
+        self.get_ref().0.send_small_writes_at_once();
+    }
+}
+
 #[derive(Debug)]
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -258,6 +266,8 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                // Before the handshake, whose flights are small writes too.
+                stream.send_small_writes_at_once();
                 let acceptor = acceptor.clone();
                 let ready = ready.clone();
                 handshakes.spawn(async move {
@@ -433,6 +443,38 @@ mod tests {
         assert!(
             missing.to_string().contains("/nonexistent/cert.pem"),
             "{missing}"
+        );
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        use axum::serve::Listener as _;
+        let dev = self_signed(&["127.0.0.1"]).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = TlsListener::new(tcp, &dev.tls_config().unwrap()).unwrap();
+
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(dev.cert_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        });
+        let (server_side, _) = listener.accept().await;
+        let _client_side = client.await.unwrap();
+        assert!(
+            server_side.get_ref().0.nodelay().unwrap(),
+            "Nagle's algorithm is still on"
         );
     }
 

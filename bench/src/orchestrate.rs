@@ -1336,7 +1336,8 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
             if bench.tuning.nagle {
                 ", Nagle's algorithm left on"
             } else {
-                ", TCP_NODELAY on accepted connections like the raw server"
+                ", TCP_NODELAY on accepted connections like the raw server and like the SDK's \
+                 `Terminal::serve_app`"
             }
         ),
         "Baselines: OpenSSH (Debian's sshd run by the bench on a high loopback port with a temporary \

@@ -82,10 +82,9 @@ pub(crate) async fn serve(
         let certificate = tls::self_signed(&["127.0.0.1", "localhost"])?;
         certificate.write_to(&dir)?;
         let listener = tls::TlsListener::new(listener, &certificate.tls_config()?)?;
+        // The SDK's TLS listener sets TCP_NODELAY itself: `--nagle` undoes it.
         let listener = listener.tap_io(move |stream| {
-            if nodelay {
-                let _ = stream.get_ref().0.set_nodelay(true);
-            }
+            let _ = stream.get_ref().0.set_nodelay(nodelay);
         });
         crate::announce(&format!("listening on wss://{addr}/terminal"))?;
         axum::serve(listener, app).await?;

@@ -21,7 +21,7 @@
 //!     .route("/", get(|| async { "a web app" }))
 //!     .route("/terminal", terminal.route());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! // Sets TCP_NODELAY on each connection (see `Interactive`), and drains
+//! // Sets TCP_NODELAY on each connection (see `TerminalConnection`), and drains
 //! // running commands once the shutdown signal comes.
 //! terminal
 //!     .serve_app(listener, app, terminalwire_server::shutdown_signal())
@@ -81,4 +81,4 @@ pub use context::{
 };
 pub use identity::ServerIdentity;
 pub use outcome::{Exit, IntoOutcome, Outcome};
-pub use terminal::{Config, Interactive, Terminal, shutdown_signal};
+pub use terminal::{Config, Terminal, TerminalConnection, shutdown_signal};

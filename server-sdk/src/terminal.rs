@@ -280,9 +280,15 @@ impl Terminal {
 
     /// Serves `app` (which mounts this terminal) on `listener` until
     /// `shutdown` resolves, then stops taking sessions and lets running
-    /// commands finish within the grace period. Any axum listener works:
-    /// TCP, [`LocalListener`](crate::local::LocalListener), a TLS listener.
-    /// Each accepted connection is made [`Interactive`] first.
+    /// commands finish within the grace period.
+    ///
+    /// Any axum listener whose connections implement [`TerminalConnection`]
+    /// works: TCP and Unix listeners,
+    /// [`LocalListener`](crate::local::LocalListener), the SDK's
+    /// [`TlsListener`](crate::tls::TlsListener), and any of these wrapped by
+    /// `axum::serve::ListenerExt::tap_io`. Each accepted connection is tuned
+    /// with [`TerminalConnection::send_small_writes_at_once`] first. For other
+    /// connection types, call `axum::serve` yourself and set `TCP_NODELAY`.
     pub async fn serve_app<L>(
         &self,
         listener: L,
@@ -291,7 +297,7 @@ impl Terminal {
     ) -> std::io::Result<()>
     where
         L: axum::serve::Listener,
-        L::Io: Interactive,
+        L::Io: TerminalConnection,
         L::Addr: std::fmt::Debug,
     {
         use axum::serve::ListenerExt;
@@ -441,14 +447,15 @@ pub async fn shutdown_signal() {
 /// one-line command took 4 ms with `TCP_NODELAY` and 40–50 ms without). An app
 /// that calls `axum::serve` itself should set `TCP_NODELAY` on accepted
 /// connections (`axum::serve::ListenerExt::tap_io`); a custom listener's
-/// connection type implements this trait to be served by `serve_app`.
-pub trait Interactive {
+/// own connection type implements this trait to be served by `serve_app`.
+/// Methods added later will have a default body.
+pub trait TerminalConnection {
     /// Makes small writes leave at once (`TCP_NODELAY` on TCP; nothing to do
     /// on a Unix socket). Failures are logged, never fatal.
     fn send_small_writes_at_once(&self);
 }
 
-impl Interactive for tokio::net::TcpStream {
+impl TerminalConnection for tokio::net::TcpStream {
     fn send_small_writes_at_once(&self) {
         if let Err(error) = self.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
@@ -456,7 +463,7 @@ impl Interactive for tokio::net::TcpStream {
     }
 }
 
-impl Interactive for tokio::net::UnixStream {
+impl TerminalConnection for tokio::net::UnixStream {
     fn send_small_writes_at_once(&self) {}
 }
 

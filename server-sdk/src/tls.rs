@@ -53,7 +53,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::terminal::Interactive;
+use crate::terminal::TerminalConnection;
 
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -234,7 +234,7 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-impl<S: Interactive> Interactive for TlsStream<S> {
+impl<S: TerminalConnection> TerminalConnection for TlsStream<S> {
     fn send_small_writes_at_once(&self) {
         self.get_ref().0.send_small_writes_at_once();
     }
@@ -472,10 +472,12 @@ mod tests {
         });
         let (server_side, _) = listener.accept().await;
         let _client_side = client.await.unwrap();
-        assert!(
-            server_side.get_ref().0.nodelay().unwrap(),
-            "Nagle's algorithm is still on"
-        );
+        let tcp = server_side.get_ref().0;
+        assert!(tcp.nodelay().unwrap(), "Nagle's algorithm is still on");
+        // What `serve_app` does with a TLS connection reaches its socket.
+        tcp.set_nodelay(false).unwrap();
+        server_side.send_small_writes_at_once();
+        assert!(server_side.get_ref().0.nodelay().unwrap());
     }
 
     #[test]

@@ -552,7 +552,7 @@ pub async fn serve<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Io: terminalwire_server::Interactive,
+    L::Io: terminalwire_server::TerminalConnection,
     L::Addr: std::fmt::Debug,
 {
     terminal

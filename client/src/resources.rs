@@ -64,8 +64,19 @@ pub struct Resources {
 #[derive(Clone)]
 struct Audit {
     log: AuditLog,
-    /// The writer thread's queue; `None` inside when it could not start.
-    queue: Arc<OnceLock<Option<std::sync::mpsc::SyncSender<AuditMessage>>>>,
+    /// How long the writer thread gathers records before a write.
+    gather: std::time::Duration,
+    /// The writer thread; `None` inside when it could not start.
+    writer: Arc<OnceLock<Option<AuditWriter>>>,
+    /// Set by the writer thread as it starts to gather, for tests.
+    #[cfg(test)]
+    gathering: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The audit thread's queue, and the thread, to wake it for a flush.
+struct AuditWriter {
+    queue: std::sync::mpsc::SyncSender<AuditMessage>,
+    thread: std::thread::Thread,
 }
 
 enum AuditMessage {
@@ -87,17 +98,24 @@ impl Audit {
     fn new(log: AuditLog) -> Self {
         Audit {
             log,
-            queue: Arc::default(),
+            gather: AUDIT_GATHER,
+            writer: Arc::default(),
+            #[cfg(test)]
+            gathering: Arc::default(),
         }
     }
 
     fn queue(&self) -> Option<&std::sync::mpsc::SyncSender<AuditMessage>> {
-        self.queue
-            .get_or_init(|| Self::start(self.log.clone()))
+        self.writer
+            .get_or_init(|| self.start())
             .as_ref()
+            .map(|writer| &writer.queue)
     }
 
-    fn start(writer: AuditLog) -> Option<std::sync::mpsc::SyncSender<AuditMessage>> {
+    fn start(&self) -> Option<AuditWriter> {
+        let (writer, gather) = (self.log.clone(), self.gather);
+        #[cfg(test)]
+        let gathering = self.gathering.clone();
         let (queue, messages) = std::sync::mpsc::sync_channel(AUDIT_QUEUE);
         let spawned = std::thread::Builder::new()
             .name("terminalwire-audit".into())
@@ -112,11 +130,14 @@ impl Audit {
                     }
                     drain_audit(&messages, &mut batch, &mut flushes);
                     // Few records waiting: those of the next moments go out
-                    // in the same write, and a sleeping thread is not woken
+                    // in the same write, and a parked thread is not woken
                     // by each of them (a busy session wakes it a few hundred
-                    // times a second, not once per request).
+                    // times a second, not once per request). A flush wakes
+                    // it (`unpark`): the end of a session does not wait.
                     if flushes.is_empty() && batch.len() < AUDIT_BATCH / 8 {
-                        std::thread::sleep(AUDIT_GATHER);
+                        #[cfg(test)]
+                        gathering.store(true, Ordering::SeqCst);
+                        std::thread::park_timeout(gather);
                         drain_audit(&messages, &mut batch, &mut flushes);
                     }
                     writer.record_all(&batch);
@@ -127,7 +148,10 @@ impl Audit {
                 }
             });
         match spawned {
-            Ok(_) => Some(queue),
+            Ok(handle) => Some(AuditWriter {
+                queue,
+                thread: handle.thread().clone(),
+            }),
             Err(error) => {
                 // Without the thread, records are written inline.
                 tracing::warn!(%error, "cannot start the audit log writer");
@@ -152,11 +176,12 @@ impl Audit {
 
     fn flush(&self) {
         // Never started: nothing to write.
-        let Some(Some(queue)) = self.queue.get() else {
+        let Some(Some(writer)) = self.writer.get() else {
             return;
         };
         let (done, finished) = std::sync::mpsc::sync_channel(1);
-        if queue.send(AuditMessage::Flush(done)).is_ok() {
+        if writer.queue.send(AuditMessage::Flush(done)).is_ok() {
+            writer.thread.unpark();
             let _ = finished.recv_timeout(AUDIT_FLUSH_TIMEOUT);
         }
     }
@@ -891,4 +916,36 @@ fn fs_error(error: FsError) -> OpError {
         _ => ErrorCode::Io,
     };
     OpError::new(code, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_session_writes_the_audit_log_without_waiting_out_the_gathering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut audit = Audit::new(AuditLog::new(path.clone()));
+        // Far longer than a flush waits (AUDIT_FLUSH_TIMEOUT): only a flush
+        // that wakes the writer finds the record written.
+        audit.gather = std::time::Duration::from_secs(3600);
+        audit.record(Record {
+            time: std::time::SystemTime::now(),
+            resource: "path",
+            action: "file_exists",
+            target: "~/f".into(),
+            decision: "allowed".into(),
+            bytes: None,
+        });
+        // The writer took the record and gathers (parked): only a flush
+        // that wakes it gets the record written in time.
+        while !audit.gathering.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        audit.flush();
+        let entries = crate::audit::read(&path, None).unwrap();
+        assert_eq!(entries.len(), 1, "the record was not written by the flush");
+        assert_eq!(entries[0].target, "~/f");
+    }
 }

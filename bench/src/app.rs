@@ -4,16 +4,19 @@
 //! Commands (arguments after the URL):
 //!
 //! - `hello NAME`: prints `Hello, NAME!` (the cold-command figure).
+//! - `token`: reads the client file `token` in the app's storage folder
+//!   (what a command of a logged-in user does first) and prints its length
+//!   (the cold-command figure's command with a resource request).
 //! - `stream BYTES`: writes BYTES bytes to stdout in 64 KiB writes.
 //! - `exists N`: N sequential `file exists` requests; prints `n=N secs=S`.
 //! - `exists-pipelined N K`: the same with K requests in flight.
 //! - `fileread NAME PIDFILE`: reads the client file `NAME` in the app's
-//!   storage folder, 512 KiB per request, and discards it; prints bytes,
-//!   seconds and the peak memory of this server and of the client whose
-//!   process id is in PIDFILE (on the client's machine, which here is this one).
+//!   storage folder with the SDK's streaming reader and discards it; prints
+//!   bytes, seconds and the peak memory of this server and of the client
+//!   whose process id is in PIDFILE (on the client's machine, which here is
+//!   this one).
 //! - `filewrite NAME BYTES PIDFILE`: writes BYTES bytes to that client file
-//!   with `append` requests of 768 KiB (an atomic write is limited to one
-//!   request, 768 KiB, today); prints the same facts.
+//!   with the SDK's streaming atomic writer; prints the same facts.
 //! - `idle`: prints `ready` and waits until the client goes away.
 //!
 //! `GET /hello` answers `Hello, x!` over plain HTTP, for curl.
@@ -115,6 +118,15 @@ async fn command(ctx: Context) -> anyhow::Result<()> {
     };
     match arg(0)? {
         "hello" => ctx.stdout().println(format!("Hello, {}!", arg(1)?)).await?,
+        "token" => {
+            let path = ctx
+                .storage_path("token")
+                .context("the client reported no storage folder")?;
+            let token = ctx.file().read(&path).await?;
+            ctx.stdout()
+                .println(format!("token of {} bytes", token.len()))
+                .await?;
+        }
         "stream" => stream(&ctx, number(1)?).await?,
         "exists" => exists(&ctx, number(1)?, 1).await?,
         "exists-pipelined" => exists(&ctx, number(1)?, number(2)?).await?,

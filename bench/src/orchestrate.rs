@@ -69,6 +69,8 @@ impl Tuning {
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
+/// The size of the login token that figure 1's `token` command reads.
+const COLD_TOKEN_BYTES: usize = 64;
 
 /// Sizes and repetitions of one run.
 #[derive(Debug, Clone)]
@@ -317,6 +319,24 @@ impl Bench {
         Ok(millis(elapsed))
     }
 
+    /// Wall time of `terminalwire URL token` (one file read), in ms.
+    fn cold_token_once(&self, endpoint: &Endpoint) -> anyhow::Result<f64> {
+        let (elapsed, stdout) = timed(
+            self.terminalwire(endpoint, &["token"])
+                .stdout(Stdio::piped()),
+            "terminalwire token",
+            |_| {},
+        )?;
+        let expected = format!("token of {COLD_TOKEN_BYTES} bytes\n");
+        if stdout != expected.as_bytes() {
+            bail!(
+                "terminalwire token printed {:?}",
+                String::from_utf8_lossy(&stdout)
+            );
+        }
+        Ok(millis(elapsed))
+    }
+
     /// MB/s of `terminalwire URL stream BYTES > /dev/null`.
     fn stream_once(&self, endpoint: &Endpoint) -> anyhow::Result<f64> {
         let bytes = self.sizes.stream_bytes;
@@ -448,6 +468,12 @@ impl Bench {
             "curl: `curl -sS http://127.0.0.1:PORT/hello`, one HTTP request to the same app process."
                 .into(),
             format!(
+                "terminalwire token: `terminalwire URL token`, a command that reads a \
+                 {COLD_TOKEN_BYTES}-byte file in the app's storage folder on the client (what a \
+                 command of a logged-in user does first: one request, checked against the \
+                 entitlements and written to the audit log) and prints its length."
+            ),
+            format!(
                 "{} timed runs of each, interleaved, after one untimed warm-up run (which also \
                  pins the server's identity: first contact). After each ssh or scp run (here and \
                  in figures 2 and 4) the bench waits until sshd's session process has exited, so \
@@ -457,7 +483,11 @@ impl Bench {
         ];
         let sshd = self.ssh.as_ref().ok();
         let http = format!("http://{}/hello", self.app.authority());
+        let storage = Home::at(&self.home).storage_dir(&Authority::parse(self.app.authority())?);
+        std::fs::create_dir_all(&storage)?;
+        std::fs::write(storage.join("token"), [b't'; COLD_TOKEN_BYTES])?;
         let mut ours = Samples::new();
+        let mut token = Samples::new();
         let mut ssh = Samples::new();
         let mut curl = Samples::new();
         let mut curl_missing = None;
@@ -465,6 +495,10 @@ impl Bench {
             let elapsed = self.cold_once(&self.app)?;
             if run > 0 {
                 ours.push(elapsed);
+            }
+            let elapsed = self.cold_token_once(&self.app)?;
+            if run > 0 {
+                token.push(elapsed);
             }
             if let Some(sshd) = sshd {
                 let (elapsed, stdout) = timed(
@@ -509,6 +543,12 @@ impl Bench {
             .is_none()
             .then(|| figure.row("curl one HTTP request", Unit::Millis, curl, None));
         let ours_row = figure.row("terminalwire hello x", Unit::Millis, ours, ssh_row);
+        figure.row(
+            "terminalwire token (one file read)",
+            Unit::Millis,
+            token,
+            ssh_row,
+        );
         figure.missing.extend(self.ssh_missing());
         figure.missing.extend(curl_missing);
         if let Some(curl_row) = curl_row {

@@ -21,6 +21,7 @@ use terminalwire_protocol::frame::{
     Resume, Resumed, ServerFrame, SessionError, Signal, SignalKind, StreamId, TerminalMode,
     WindowAdjust,
 };
+use terminalwire_protocol::liveness::{Alarm, Idle, IdleWatch};
 use terminalwire_protocol::resume::{self, Receipts, RecentRequests, ReplayBuffer, Seen};
 use terminalwire_protocol::{MAX_FRAME_LEN, SUPPORTED_VERSIONS, codec};
 use tokio::io::{
@@ -729,17 +730,13 @@ where
     let (detach_keys_tx, mut detach_keys) = mpsc::unbounded_channel::<()>();
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
-    let mut idle_deadline = Instant::now() + config.idle_timeout;
-    // When the server was last heard from: the idle deadline moves up to it
-    // only when it passes, not on every message.
-    let mut last_heard = Instant::now();
-    // One timer for the nearest of the deadlines, reset only to an earlier
-    // one: a new `Sleep` per turn would register with the timer wheel and
-    // deregister on every message. A fire for a deadline that moved is
-    // ignored, and the timer set again.
-    let timer = tokio::time::sleep_until(idle_deadline);
+    // The server's idle deadline, moved only when it passes, and one timer
+    // for the nearest deadline (`liveness`: a new `Sleep` per turn would
+    // register with the timer wheel on every message).
+    let mut idle_watch = IdleWatch::new(config.idle_timeout, Instant::now());
+    let timer = tokio::time::sleep_until(idle_watch.deadline());
     tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
+    let mut alarm = Alarm::new();
     let mut signals =
         if config.handle_signals {
             Some(Signals::new().map_err(|error| {
@@ -773,16 +770,13 @@ where
     let shared_resources = Arc::new(config.resources.clone());
     let result: Result<Finish, ClientError> = loop {
         ready_turns = if ready.is_empty() { 0 } else { ready_turns + 1 };
-        let idle = link.is_some().then_some(idle_deadline);
+        let idle = link.is_some().then_some(idle_watch.deadline());
         let nearest = match (ack_deadline, idle) {
             (Some(ack), Some(idle)) => Some(ack.min(idle)),
             (ack, idle) => ack.or(idle),
         };
-        if let Some(at) = nearest
-            && armed.is_none_or(|armed| at < armed)
-        {
+        if let Some(at) = alarm.rearm(nearest) {
             timer.as_mut().reset(at);
-            armed = Some(at);
         }
         let flow = tokio::select! {
             signal = next_signal(&mut signals) => match signal {
@@ -807,7 +801,7 @@ where
             },
             Some(()) = detach_keys.recv() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
             message = next_message_on(&mut link) => {
-                last_heard = Instant::now();
+                idle_watch.heard(Instant::now());
                 let (incoming, len) = match message {
                     Ok(Some(frame)) => frame,
                     Ok(None) => continue,
@@ -960,8 +954,7 @@ where
                         resume_state.token = resumed.token.into_vec();
                         receipts.acknowledged_all();
                         ack_deadline = None;
-                        last_heard = Instant::now();
-                        idle_deadline = last_heard + config.idle_timeout;
+                        idle_watch.restart(Instant::now());
                         heartbeat.reset();
                         link = Some(new_link);
                         tracing::info!(server_received = resumed.received, "session resumed");
@@ -1017,8 +1010,8 @@ where
                     None => Flow::Continue,
                 }
             }
-            () = &mut timer, if armed.is_some() => {
-                armed = None;
+            () = &mut timer, if alarm.is_armed() => {
+                alarm.fired();
                 let now = Instant::now();
                 let passed = |deadline: Option<Instant>| deadline.is_some_and(|at| at <= now);
                 if passed(ack_deadline) {
@@ -1028,12 +1021,10 @@ where
                         _ => Flow::Continue,
                     }
                 } else if passed(idle) {
-                    if last_heard + config.idle_timeout > now {
-                        // Heard from since: the deadline moves, the session goes on.
-                        idle_deadline = last_heard + config.idle_timeout;
-                        Flow::Continue
-                    } else {
-                        Flow::Lost(format!("no sign of life from the server for {:?}", config.idle_timeout))
+                    match idle_watch.deadline_passed(now) {
+                        // Heard from since: the deadline moved, the session goes on.
+                        Idle::Moved => Flow::Continue,
+                        Idle::Silent => Flow::Lost(format!("no sign of life from the server for {:?}", config.idle_timeout)),
                     }
                 } else {
                     // The deadline it was set for moved or went away.

@@ -21,6 +21,8 @@
 //!   sender, [`ReceiveWindow`](flow::ReceiveWindow) for the receiver).
 //! - [`resume`]: sequence numbers, acknowledgements and replay for resuming a
 //!   session on a new connection, and the client's memory of executed requests.
+//! - [`liveness`]: the idle deadline of a silent peer, moved lazily, and one
+//!   timer for a session loop's deadlines.
 //! - [`secure`]: the Noise XX handshake and sealed frames inside the WebSocket
 //!   (pinned server key, device key, AEAD on every frame).
 //!
@@ -49,6 +51,7 @@ pub mod codec;
 pub mod flow;
 pub mod frame;
 pub mod handshake;
+pub mod liveness;
 pub mod resume;
 pub mod secure;
 

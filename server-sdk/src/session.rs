@@ -17,6 +17,7 @@ use terminalwire_protocol::frame::{
     Response, Resume, ResumeTicket, Resumed, ServerFrame, SessionError, SignalKind, Software,
     StreamId, Welcome,
 };
+use terminalwire_protocol::liveness::{Alarm, Idle, IdleWatch};
 use terminalwire_protocol::resume::{self, Receipts, ReplayBuffer, Token};
 use terminalwire_protocol::{SUPPORTED_VERSIONS, codec, negotiate};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -1158,18 +1159,14 @@ fn serve(
         let mut token_unconfirmed = false;
         let mut ack_deadline: Option<Instant> = None;
         let ack_delay = Duration::from_millis(resume::ACK_DELAY_MS);
-        let mut idle_deadline = Instant::now() + config.idle_timeout;
-        // When the client was last heard from. The idle deadline moves up to
-        // it only when the deadline passes: resetting a timer for every
-        // frame woke tokio's timer driver on the other worker each time.
-        let mut last_heard = Instant::now();
+        // The client's idle deadline, moved only when it passes: resetting a
+        // timer for every frame woke tokio's timer driver on the other worker
+        // each time. One timer for every deadline, made once (`liveness`).
+        let mut idle_watch = IdleWatch::new(config.idle_timeout, Instant::now());
         let mut shutdown_deadline: Option<Instant> = None;
-        // One timer for every deadline, made once. It is reset only to an
-        // earlier time; when a deadline it was set for goes away, it fires
-        // for nothing and is set again.
-        let timer = tokio::time::sleep_until(idle_deadline);
+        let timer = tokio::time::sleep_until(idle_watch.deadline());
         tokio::pin!(timer);
-        let mut armed: Option<Instant> = None;
+        let mut alarm = Alarm::new();
 
         // A lost connection ends a session that cannot be resumed; a resumable
         // one waits for its client.
@@ -1191,7 +1188,7 @@ fn serve(
         };
 
         let end = loop {
-            let idle = connection.reader.is_some().then_some(idle_deadline);
+            let idle = connection.reader.is_some().then_some(idle_watch.deadline());
             let wake = [
                 idle,
                 shutdown_deadline,
@@ -1201,15 +1198,12 @@ fn serve(
             .into_iter()
             .flatten()
             .min();
-            if let Some(at) = wake
-                && armed.is_none_or(|armed| at < armed)
-            {
+            if let Some(at) = alarm.rearm(wake) {
                 timer.as_mut().reset(at);
-                armed = Some(at);
             }
             tokio::select! {
                 inbound = next_inbound(&mut connection.reader) => {
-                    last_heard = Instant::now();
+                    idle_watch.heard(Instant::now());
                     let bytes = match inbound {
                         None => {
                             match lose(&mut connection, "the client closed the connection".into()) {
@@ -1303,8 +1297,7 @@ fn serve(
                         connection.parked_until = None;
                         connection.detaching = false;
                         token_unconfirmed = true;
-                        last_heard = Instant::now();
-                        idle_deadline = last_heard + config.idle_timeout;
+                        idle_watch.restart(Instant::now());
                         let received = receipts.received();
                         receipts.acknowledged_all();
                         ack_deadline = None;
@@ -1349,8 +1342,8 @@ fn serve(
                     tracing::info!(grace = ?config.shutdown_grace, "server shutting down; waiting for the command");
                     shutdown_deadline = Some(Instant::now() + config.shutdown_grace);
                 }
-                () = &mut timer, if armed.is_some() => {
-                    armed = None;
+                () = &mut timer, if alarm.is_armed() => {
+                    alarm.fired();
                     // The earliest deadline that passed; any other is
                     // handled on the next turn, at once. None may have:
                     // the one the timer was set for went away.
@@ -1359,8 +1352,7 @@ fn serve(
                     if passed(shutdown_deadline) {
                         break End::ShutdownExpired;
                     } else if passed(idle) {
-                        if last_heard + config.idle_timeout > now {
-                            idle_deadline = last_heard + config.idle_timeout;
+                        if idle_watch.deadline_passed(now) == Idle::Moved {
                             continue;
                         }
                         let reason = format!("no sign of life from the client for {:?}", config.idle_timeout);

@@ -940,7 +940,12 @@ mod tests {
         });
         // The writer took the record and gathers (parked): only a flush
         // that wakes it gets the record written in time.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !audit.gathering.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the audit writer never started to gather"
+            );
             std::thread::yield_now();
         }
         audit.flush();

@@ -80,9 +80,15 @@ impl<I: Copy + Ord + Add<Duration, Output = I>> IdleWatch<I> {
 /// when the deadline it was set for moves away or goes, it fires for
 /// nothing, and the caller checks its deadlines and calls
 /// [`rearm`](Self::rearm) again.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Alarm<I> {
     armed: Option<I>,
+}
+
+impl<I> Default for Alarm<I> {
+    fn default() -> Self {
+        Alarm { armed: None }
+    }
 }
 
 impl<I: Copy + Ord> Alarm<I> {

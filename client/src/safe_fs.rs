@@ -338,8 +338,8 @@ struct DirectFile {
     offset_align: usize,
     /// The buffer's address must be a multiple of this.
     memory_align: usize,
-    /// Cleared at the first refusal (`EINVAL`): later chunks go through the
-    /// page cache.
+    /// Cleared at the first error of a direct write: later chunks go
+    /// through the page cache.
     usable: std::sync::atomic::AtomicBool,
     /// Bytes written directly, for tests.
     written: AtomicU64,

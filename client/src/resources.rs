@@ -85,6 +85,9 @@ enum AuditMessage {
     Flush(std::sync::mpsc::SyncSender<()>),
 }
 
+/// The audit decision of an operation that was performed.
+const ALLOWED: std::borrow::Cow<'static, str> = std::borrow::Cow::Borrowed("allowed");
+
 /// Records queued for the audit thread before requests wait for it.
 const AUDIT_QUEUE: usize = 4096;
 /// Most records the audit thread appends with one write.
@@ -403,9 +406,9 @@ impl Resources {
     fn audit(&self, described: Option<Described>, result: &Result<Reply, OpError>) {
         if let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) {
             let (decision, bytes) = match result {
-                Ok(Reply::Data { bytes, .. }) => ("allowed".to_owned(), Some(bytes.len() as u64)),
-                Ok(_) => ("allowed".to_owned(), sent),
-                Err(error) => (error.code.to_string(), None),
+                Ok(Reply::Data { bytes, .. }) => (ALLOWED, Some(bytes.len() as u64)),
+                Ok(_) => (ALLOWED, sent),
+                Err(error) => (std::borrow::Cow::Owned(error.code.to_string()), None),
             };
             audit.record(Record {
                 time: std::time::SystemTime::now(),

@@ -392,11 +392,17 @@ impl Bench {
         Ok(field(&stdout, "n")? / field(&stdout, "secs")?)
     }
 
+    /// The app's storage folder on the client for `endpoint`, created.
+    fn storage_dir(&self, endpoint: &Endpoint) -> anyhow::Result<PathBuf> {
+        let storage = Home::at(&self.home).storage_dir(&Authority::parse(endpoint.authority())?);
+        std::fs::create_dir_all(&storage)?;
+        Ok(storage)
+    }
+
     /// The app's storage folder on the client for `endpoint`, with
     /// `read.bin` (a link to `source`) and `small.bin` (`small` bytes) in it.
     fn prepare_storage(&self, endpoint: &Endpoint, source: &Path) -> anyhow::Result<PathBuf> {
-        let storage = Home::at(&self.home).storage_dir(&Authority::parse(endpoint.authority())?);
-        std::fs::create_dir_all(&storage)?;
+        let storage = self.storage_dir(endpoint)?;
         let read_path = storage.join("read.bin");
         let _ = std::fs::remove_file(&read_path);
         std::fs::hard_link(source, &read_path)?;
@@ -483,8 +489,7 @@ impl Bench {
         ];
         let sshd = self.ssh.as_ref().ok();
         let http = format!("http://{}/hello", self.app.authority());
-        let storage = Home::at(&self.home).storage_dir(&Authority::parse(self.app.authority())?);
-        std::fs::create_dir_all(&storage)?;
+        let storage = self.storage_dir(&self.app)?;
         std::fs::write(storage.join("token"), [b't'; COLD_TOKEN_BYTES])?;
         let mut ours = Samples::new();
         let mut token = Samples::new();

@@ -479,13 +479,8 @@ impl DirectFile {
         let (offset_align, memory_align) = direct_io_alignment(file)?;
         // Non-blocking, so that a FIFO swapped in for the name cannot hang
         // the open; dropped once the file is known to be ours.
-        let flags = OFlags::WRONLY
-            | OFlags::DIRECT
-            | OFlags::NOFOLLOW
-            | OFlags::NONBLOCK
-            | OFlags::NOCTTY
-            | OFlags::CLOEXEC;
-        let direct = File::from(rustix::fs::openat(parent, temp, flags, Mode::empty()).ok()?);
+        let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let direct = File::from(open_file_at(parent, temp, flags, Path::new("")).ok()?);
         // The name is ours, but the folder is not: check it is the same file.
         let (ours, opened) = (
             rustix::fs::fstat(file).ok()?,

@@ -23,6 +23,8 @@
 //!   session on a new connection, and the client's memory of executed requests.
 //! - [`liveness`]: the idle deadline of a silent peer, moved lazily, and one
 //!   timer for a session loop's deadlines.
+//! - [`linger`]: when to poll for a fast peer's answer for a few microseconds
+//!   instead of sleeping.
 //! - [`secure`]: the Noise XX handshake and sealed frames inside the WebSocket
 //!   (pinned server key, device key, AEAD on every frame).
 //!
@@ -51,6 +53,7 @@ pub mod codec;
 pub mod flow;
 pub mod frame;
 pub mod handshake;
+pub mod linger;
 pub mod liveness;
 pub mod resume;
 pub mod secure;

@@ -17,6 +17,7 @@ use terminalwire_protocol::frame::{
     Response, Resume, ResumeTicket, Resumed, ServerFrame, SessionError, SignalKind, Software,
     StreamId, Welcome,
 };
+use terminalwire_protocol::linger::Linger;
 use terminalwire_protocol::liveness::{Alarm, Idle, IdleWatch};
 use terminalwire_protocol::resume::{self, Receipts, ReplayBuffer, Token};
 use terminalwire_protocol::{SUPPORTED_VERSIONS, codec, negotiate};
@@ -96,6 +97,10 @@ pub(crate) struct Shared {
     signal_changed: Notify,
     /// Why the command may not be detached now, if it may not.
     pub(crate) detach_refusal: Mutex<Option<String>>,
+    /// Whether requests wait for their answers polling (`Config::linger`).
+    /// (`std`'s clock: tokio's stands still in tests that pause time, and
+    /// lingering would never end.)
+    linger: Mutex<Linger<std::time::Instant>>,
 }
 
 /// What the client signalled to the command.
@@ -196,10 +201,11 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, slot);
         let (answer_tx, answer_rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, answer_tx);
+        let alone = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.insert(id, answer_tx);
+            pending.len() == 1
+        };
         // Forget the request if this future is dropped before the answer.
         let _forget = PendingGuard { shared: self, id };
         self.send(ServerFrame::Request(Request {
@@ -207,9 +213,34 @@ impl Shared {
             op,
         }))
         .await?;
-        let response = tokio::select! {
-            answer = answer_rx => answer.map_err(|_| ResourceError::Disconnected)?,
-            () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
+        self.lingering().sent(std::time::Instant::now());
+        let mut answer_rx = answer_rx;
+        // The client answers fast: poll for the answer a little while
+        // rather than sleep (`linger`). Only a request alone in flight does:
+        // with others in flight, their answers keep the session awake, and
+        // many tasks polling in turn would only take the runtime's time.
+        let mut early = None;
+        while alone
+            && !self.closed.is_cancelled()
+            && self.lingering().awake(std::time::Instant::now())
+        {
+            match answer_rx.try_recv() {
+                Ok(response) => {
+                    early = Some(response);
+                    break;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(ResourceError::Disconnected);
+                }
+            }
+        }
+        let response = match early {
+            Some(response) => response,
+            None => tokio::select! {
+                answer = answer_rx => answer.map_err(|_| ResourceError::Disconnected)?,
+                () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
+            },
         };
         match (response.ok, response.error) {
             (_, Some(error)) => Err(error.into()),
@@ -234,7 +265,12 @@ impl Shared {
         Ok(())
     }
 
+    fn lingering(&self) -> MutexGuard<'_, Linger<std::time::Instant>> {
+        self.linger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn complete(&self, response: Response) -> Result<(), String> {
+        self.lingering().heard(std::time::Instant::now());
         self.slots_held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1091,6 +1127,7 @@ fn serve(
         }),
         signal_changed: Notify::new(),
         detach_refusal: Mutex::new(None),
+        linger: Mutex::new(Linger::with_budget(config.linger)),
     });
     let info = SessionInfo {
         session_id: session_id.clone(),

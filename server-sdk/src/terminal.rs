@@ -72,7 +72,19 @@ pub struct Config {
     /// client acknowledges them; beyond it the command's writes and requests
     /// wait.
     pub replay_limit: usize,
+    /// After sending a request with no other in flight, the command's task
+    /// polls for the answer this long (at most an hour; yielding to the
+    /// runtime each time) before it sleeps, once a request's round trip took
+    /// at most three times this: a client on the same host answers in
+    /// microseconds, and the two wake-ups a round trip costs otherwise are
+    /// most of it there. Over a network round trips are slower and the task
+    /// stops lingering after the first one that lingering missed. Zero:
+    /// never. See `terminalwire_protocol::linger`.
+    pub linger: Duration,
 }
+
+/// The default [`Config::linger`].
+pub const LINGER: Duration = Duration::from_micros(50);
 
 impl Default for Config {
     fn default() -> Self {
@@ -93,6 +105,7 @@ impl Default for Config {
             resume_grace: Duration::from_secs(120),
             detach_keep: Duration::from_secs(3600),
             replay_limit: 8 * 1024 * 1024,
+            linger: LINGER,
         }
     }
 }

@@ -711,6 +711,182 @@ async fn answers_out_of_order_reach_their_own_requests() {
     assert_eq!(got, want);
 }
 
+/// A terminal whose requests always linger for their answers (a minute,
+/// turned on by any round trip under three minutes).
+fn lingering<F, Fut>(command: F) -> Terminal
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    Terminal::with_config(
+        command,
+        Config {
+            linger: Duration::from_secs(60),
+            ..Config::default()
+        },
+    )
+}
+
+/// Answers `n` line reads from a scripted client, each with its prompt.
+async fn answer_line_reads(client: &mut impl Socket, n: usize) {
+    for _ in 0..n {
+        let request = match next_server(client).await {
+            Some(ServerFrame::Request(request)) => request,
+            other => panic!("expected a request, got {other:?}"),
+        };
+        let Operation::StdinReadLine {
+            prompt: Some(prompt),
+        } = request.op
+        else {
+            panic!("unexpected operation {:?}", request.op);
+        };
+        let reply = Reply::Line {
+            line: Some(format!("answer to {prompt}")),
+        };
+        send_client(
+            client,
+            &ClientFrame::Response(Response::ok(request.id, reply)),
+        )
+        .await;
+    }
+}
+
+/// With lingering on, each request polls for its answer instead of
+/// sleeping; every answer still reaches its own request, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_linger_get_their_own_answers() {
+    const N: usize = 50;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got_in_command = got.clone();
+    let terminal = lingering(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            for i in 0..N {
+                let line = ctx.read_line(Some(&format!("p{i}"))).await?;
+                got.lock().unwrap().push(line);
+            }
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = secure_client(client).await;
+        send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Welcome(_))
+        ));
+        answer_line_reads(&mut client, N).await;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Exit(exit)) => break exit.status,
+                Some(ServerFrame::Data(_)) => {}
+                other => panic!("expected exit, got {other:?}"),
+            }
+        }
+    };
+    let transport = WsTransport {
+        socket: server,
+        tap: None,
+    };
+    let (_, status) = tokio::time::timeout(DEADLINE, async {
+        tokio::join!(terminal.serve(transport), script)
+    })
+    .await
+    .expect("the session hung");
+    assert_eq!(status, 0);
+    let want: Vec<_> = (0..N).map(|i| Some(format!("answer to p{i}"))).collect();
+    assert_eq!(*got.lock().unwrap(), want);
+}
+
+/// Both ends lingering for a minute after each round trip: the client
+/// still answers every request, takes the exit at once, and the session
+/// ends long before any minute is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_client_answers_every_request_and_ends_with_the_command() {
+    const N: usize = 200;
+    let terminal = lingering(|ctx: Context| async move {
+        let mut answered = 0;
+        for _ in 0..N {
+            // Refused (this client grants nothing), but answered.
+            if ctx.file().exists("/etc/hostname").await.is_err() {
+                answered += 1;
+            }
+        }
+        ctx.stdout().println(format!("answered {answered}")).await?;
+        anyhow::Ok(())
+    });
+    let mut session = Session::args(&[]);
+    session.config.linger = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    let run = session.run(&terminal).await;
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    assert_eq!(run.stdout_text(), format!("answered {N}\n"));
+    assert!(started.elapsed() < DEADLINE, "took {:?}", started.elapsed());
+}
+
+/// A request lingering for its answer when the client goes away ends at
+/// once (with an error, or cancelled with its command), not when its minute
+/// of lingering is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_request_ends_when_the_client_goes_away() {
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+    let result_tx = Arc::new(Mutex::new(Some(result_tx)));
+    let terminal = lingering(move |ctx: Context| {
+        let result_tx = result_tx.lock().unwrap().take();
+        async move {
+            ctx.read_line(Some("first")).await?;
+            let second = ctx.read_line(Some("second")).await;
+            if let Some(tx) = result_tx {
+                let _ = tx.send(second.map_err(|error| error.to_string()));
+            }
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = secure_client(client).await;
+        send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Welcome(_))
+        ));
+        answer_line_reads(&mut client, 1).await;
+        // The second request arrives; the client goes away instead.
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Request(_))
+        ));
+        drop(client);
+    };
+    let transport = WsTransport {
+        socket: server,
+        tap: None,
+    };
+    let started = std::time::Instant::now();
+    tokio::time::timeout(DEADLINE, async {
+        tokio::join!(terminal.serve(transport), script)
+    })
+    .await
+    .expect("the session hung");
+    // Either the request failed, or the command was cancelled with the
+    // session (its sender dropped): both end it.
+    let second = tokio::time::timeout(DEADLINE, result_rx)
+        .await
+        .expect("the lingering request never ended");
+    if let Ok(second) = second {
+        assert!(
+            second.is_err(),
+            "an answer from a client that left: {second:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < DEADLINE,
+        "ended only after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_line_prompts_on_stderr_strips_line_endings_and_ends_with_none() {
     let terminal = Terminal::new(|ctx: Context| async move {

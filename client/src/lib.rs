@@ -25,6 +25,7 @@
 //! - [`session`]: the protocol engine, generic over the WebSocket's byte stream
 //!   and the local streams, so tests drive it in memory.
 //! - [`error`]: [`ClientError`] and the exit codes.
+//! - [`woken`]: a stream polled only when it woke its task (the WebSocket).
 
 #![forbid(unsafe_code)]
 
@@ -43,6 +44,7 @@ pub mod safe_fs;
 pub mod secure;
 pub mod session;
 pub mod terminal;
+pub mod woken;
 
 use std::ffi::OsString;
 use std::sync::Arc;

@@ -21,6 +21,7 @@ use terminalwire_protocol::frame::{
     Resume, Resumed, ServerFrame, SessionError, Signal, SignalKind, StreamId, TerminalMode,
     WindowAdjust,
 };
+use terminalwire_protocol::linger::Linger;
 use terminalwire_protocol::liveness::{Alarm, Idle, IdleWatch};
 use terminalwire_protocol::resume::{self, Receipts, RecentRequests, ReplayBuffer, Seen};
 use terminalwire_protocol::{MAX_FRAME_LEN, SUPPORTED_VERSIONS, codec};
@@ -35,6 +36,7 @@ use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use crate::detached::SessionRecord;
 use crate::error::ClientError;
 use crate::resources::Resources;
+use crate::woken::WokenOnly;
 
 /// Longest line `stdin_read_line` returns.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -68,7 +70,17 @@ pub struct SessionConfig {
     /// SIGWINCH (forwarded as a resize), SIGTERM and SIGHUP (clean exit).
     /// Only the real client sets this: it changes the whole process.
     pub handle_signals: bool,
+    /// After sending answers, poll for the server's next request this long
+    /// (at most an hour) before sleeping, once the server's next request
+    /// came within three times this: two wake-ups saved per round trip on
+    /// loopback (`terminalwire_protocol::linger`). Zero: never.
+    pub linger: Duration,
 }
+
+/// The default [`SessionConfig::linger`]. Lingering starts once a round
+/// trip took at most three times this: on loopback one takes tens of
+/// microseconds, over a network hundreds at least.
+pub const LINGER: Duration = Duration::from_micros(50);
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -81,6 +93,7 @@ impl Default for SessionConfig {
             resources: Resources::none(),
             stdin_is_terminal: false,
             handle_signals: false,
+            linger: LINGER,
         }
     }
 }
@@ -464,6 +477,10 @@ fn write_all_vectored(file: &mut std::fs::File, chunks: &[Chunk]) -> io::Result<
 
 /// A socket of WebSocket messages: a `WebSocketStream`, or the
 /// [`SecureSocket`](crate::secure::SecureSocket) that seals them.
+///
+/// Its stream half is polled only after it woke the waker of its last poll
+/// ([`WokenOnly`]): it must keep the stream's waker apart from the sink's,
+/// as `WebSocketStream` does.
 pub trait Socket:
     futures_util::Stream<Item = Result<Message, tungstenite::Error>>
     + futures_util::Sink<Message, Error = tungstenite::Error>
@@ -483,7 +500,8 @@ impl<T> Socket for T where
 }
 
 type Sink<S> = SplitSink<S, Message>;
-type Source<S> = SplitStream<S>;
+/// Polled only when it woke its task (`woken`).
+type Source<S> = WokenOnly<SplitStream<S>>;
 
 /// Runs a session on an open WebSocket and returns the command's exit status.
 /// The session cannot be resumed or detached (see [`run_with`]).
@@ -621,7 +639,8 @@ pub async fn run_with<S>(
 where
     S: Socket,
 {
-    let (mut sink, mut source) = socket.split();
+    let (mut sink, source) = socket.split();
+    let mut source = WokenOnly::new(source);
     let mut resumption = resumption;
     let mut initial: Vec<ClientFrame> = Vec::new();
     // The round trip of the first request and its answer: how far the
@@ -734,6 +753,9 @@ where
     // for the nearest deadline (`liveness`: a new `Sleep` per turn would
     // register with the timer wheel on every message).
     let mut idle_watch = IdleWatch::new(config.idle_timeout, Instant::now());
+    // On `std`'s clock: tokio's stands still while tasks run in tests that
+    // pause time, and lingering would never end.
+    let mut linger = Linger::with_budget(config.linger);
     let timer = tokio::time::sleep_until(idle_watch.deadline());
     tokio::pin!(timer);
     let mut alarm = Alarm::new();
@@ -819,6 +841,11 @@ where
                         }
                     }
                 };
+                // The server's next request is what answers the client's
+                // answers; output says nothing of how fast it comes.
+                if matches!(incoming, Incoming::Frame(ServerFrame::Request(_))) {
+                    linger.heard(std::time::Instant::now());
+                }
                 let sequenced = replay.is_some() && incoming.is_sequenced();
                 let mut flow = match incoming {
                     Incoming::Chunk(sid, bytes) => match take_chunk(&mut pipes, sid, bytes, max_chunk) {
@@ -850,6 +877,7 @@ where
                                             // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
                                             if ready.len() >= MAX_ANSWER_BATCH {
                                                 let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
+                                                linger.sent(std::time::Instant::now());
                                                 transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
                                             } else {
                                                 Flow::Continue
@@ -990,6 +1018,7 @@ where
             // Answers given at once leave together, once no message waits.
             () = Settle(ready_turns > MAX_ANSWER_BATCH), if !ready.is_empty() => {
                 let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
+                linger.sent(std::time::Instant::now());
                 transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
             }
             Some(response) = responses.recv() => {
@@ -1002,8 +1031,12 @@ where
                     }
                 }
                 let outgoing = answer(batch, &mut running, &mut recent, replay.as_mut());
+                linger.sent(std::time::Instant::now());
                 transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
             }
+            // The server answers fast: poll for its next message a little
+            // while rather than sleep (`linger`). Only once the answers left.
+            () = tokio::task::yield_now(), if ready.is_empty() && linger.awake(std::time::Instant::now()) => Flow::Continue,
             _ = heartbeat.tick(), if link.is_some() => {
                 match &mut link {
                     Some(current) => send_message(&mut current.sink, Message::Ping(Vec::new().into())).await.map_or_else(flow_of, |()| Flow::Continue),
@@ -1303,7 +1336,8 @@ async fn reconnect_loop<S: Socket>(
     for attempt in 1u32.. {
         let attempt_once = async {
             let socket = reconnect().await?;
-            let (mut sink, mut source) = socket.split();
+            let (mut sink, source) = socket.split();
+            let mut source = WokenOnly::new(source);
             send(&mut sink, &ClientFrame::Resume(resume.clone())).await?;
             let answer = tokio::time::timeout(handshake_timeout, next_frame(&mut source))
                 .await

@@ -103,6 +103,15 @@ pub(crate) struct Shared {
     linger: Mutex<Linger<std::time::Instant>>,
 }
 
+/// The reply in a response, or its error.
+fn into_reply(response: Response) -> Result<Reply, ResourceError> {
+    match (response.ok, response.error) {
+        (_, Some(error)) => Err(error.into()),
+        (Some(reply), None) => Ok(reply),
+        (None, None) => Err(ResourceError::UnexpectedReply),
+    }
+}
+
 /// What the client signalled to the command.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Signals {
@@ -215,38 +224,39 @@ impl Shared {
         .await?;
         self.lingering().sent(std::time::Instant::now());
         let mut answer_rx = answer_rx;
-        // The client answers fast: poll for the answer a little while
-        // rather than sleep (`linger`). Only a request alone in flight does:
-        // with others in flight, their answers keep the session awake, and
-        // many tasks polling in turn would only take the runtime's time.
-        let mut early = None;
-        while alone
-            && !self.closed.is_cancelled()
-            && self.lingering().awake(std::time::Instant::now())
-        {
+        // Only a request alone in flight lingers: with others in flight,
+        // their answers keep the session awake, and many tasks polling in
+        // turn would only take the runtime's time.
+        if alone {
+            // No answer is held across an await here: every command's
+            // future holds this one's state, idle or not.
+            if let Some(answer) = self.linger_for(&mut answer_rx).await {
+                return into_reply(answer?);
+            }
+        }
+        let response = tokio::select! {
+            answer = answer_rx => answer.map_err(|_| ResourceError::Disconnected)?,
+            () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
+        };
+        into_reply(response)
+    }
+
+    /// Polls for an answer while the client answers fast (`linger`), rather
+    /// than sleep: the answer, or `None` once lingering is over.
+    async fn linger_for(
+        &self,
+        answer_rx: &mut oneshot::Receiver<Response>,
+    ) -> Option<Result<Response, ResourceError>> {
+        while !self.closed.is_cancelled() && self.lingering().awake(std::time::Instant::now()) {
             match answer_rx.try_recv() {
-                Ok(response) => {
-                    early = Some(response);
-                    break;
-                }
+                Ok(response) => return Some(Ok(response)),
                 Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
                 Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(ResourceError::Disconnected);
+                    return Some(Err(ResourceError::Disconnected));
                 }
             }
         }
-        let response = match early {
-            Some(response) => response,
-            None => tokio::select! {
-                answer = answer_rx => answer.map_err(|_| ResourceError::Disconnected)?,
-                () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
-            },
-        };
-        match (response.ok, response.error) {
-            (_, Some(error)) => Err(error.into()),
-            (Some(reply), None) => Ok(reply),
-            (None, None) => Err(ResourceError::UnexpectedReply),
-        }
+        None
     }
 
     fn grant(&self, sid: StreamId, bytes: u32) -> Result<(), String> {

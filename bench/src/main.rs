@@ -111,22 +111,26 @@ enum Role {
         #[arg(long)]
         read_buffer: Option<usize>,
     },
-    /// A blocking TCP echo server (std::net, a thread per connection): the
-    /// machine's round-trip floor, under any WebSocket or async runtime.
+    /// A TCP echo server (std::net, a thread per connection, blocking or
+    /// polling as each client asks): the machine's round-trip floor, under
+    /// any WebSocket or async runtime.
     #[command(hide = true)]
     TcpEchoServe {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
-    /// `N` blocking TCP round trips of 52 bytes to a `tcp-echo-serve`;
-    /// prints `n=N secs=S`.
+    /// `N` TCP round trips of 52 bytes to a `tcp-echo-serve`, blocking or
+    /// polling; prints `n=N secs=S`.
     #[command(hide = true)]
     TcpPingPong {
         /// The echo server's `ADDR:PORT`.
         addr: SocketAddr,
         /// Round trips.
         n: u64,
+        /// Both ends poll their socket for 20 µs before they block.
+        #[arg(long)]
+        poll: bool,
     },
     /// The load test: many concurrent sessions with mixed requests against
     /// one bench app process; zero errors required.
@@ -203,7 +207,7 @@ fn main() -> std::process::ExitCode {
             })
         }
         Some(Role::TcpEchoServe { listen }) => raw::tcp_echo_serve(listen),
-        Some(Role::TcpPingPong { addr, n }) => raw::tcp_ping_pong(addr, n),
+        Some(Role::TcpPingPong { addr, n, poll }) => raw::tcp_ping_pong(addr, n, poll),
         Some(Role::Load { sessions, requests }) => orchestrate::load(sessions, requests),
         None => orchestrate::run(orchestrate::Options {
             quick: cli.quick,

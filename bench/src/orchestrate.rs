@@ -379,16 +379,16 @@ impl Bench {
         Ok(field(&stdout, "n")? / field(&stdout, "secs")?)
     }
 
-    /// Round trips per second of blocking TCP ping-pong (two processes).
-    fn tcp_ping_pong_once(&self) -> anyhow::Result<f64> {
+    /// Round trips per second of TCP ping-pong (two processes), blocking or
+    /// polling before blocking.
+    fn tcp_ping_pong_once(&self, poll: bool) -> anyhow::Result<f64> {
         let count = self.sizes.requests.to_string();
-        let (_, stdout) = timed(
-            Command::new(&self.exe)
-                .args(["tcp-ping-pong", &self.tcp_echo.url, &count])
-                .stdout(Stdio::piped()),
-            "TCP ping-pong",
-            |_| {},
-        )?;
+        let mut command = Command::new(&self.exe);
+        command.args(["tcp-ping-pong", &self.tcp_echo.url, &count]);
+        if poll {
+            command.arg("--poll");
+        }
+        let (_, stdout) = timed(command.stdout(Stdio::piped()), "TCP ping-pong", |_| {})?;
         Ok(field(&stdout, "n")? / field(&stdout, "secs")?)
     }
 
@@ -664,28 +664,46 @@ impl Bench {
             ),
             format!(
                 "TCP ping-pong: {n} round trips of 52 bytes over one loopback TCP connection \
-                 between two processes with blocking `std::net` sockets (no WebSocket, no async \
+                 between two processes with `std::net` sockets (no WebSocket, no async \
                  runtime, TCP_NODELAY): the machine's floor for one round trip at a time. On this \
                  virtual machine a process that waits lets its CPU idle, and waking an idle \
                  virtual CPU costs tens of microseconds, so an idle machine does fewer sequential \
-                 round trips than a busy one."
+                 round trips than a busy one. Blocking: each end sleeps in `read`. Polling: each \
+                 end first polls its non-blocking socket for {} µs, and its CPU stays awake.",
+                crate::raw::TCP_POLL.as_micros()
             ),
+            "terminalwire lingers as the polling ping-pong does: after sending answers the client \
+             polls for the server's next request for up to 50 µs, and a request alone in flight \
+             polls for its answer as long (`linger` in the client's and the SDK's configuration), \
+             once a round trip was that fast. The raw WebSocket echo does not: it is \
+             tokio-tungstenite as it comes."
+                .into(),
             format!("{} runs of each, interleaved.", self.sizes.runs),
         ];
-        let mut samples: [Samples; 5] = Default::default();
+        let mut samples: [Samples; 6] = Default::default();
         for _ in 0..self.sizes.runs {
-            samples[4].push(self.tcp_ping_pong_once()?);
+            samples[4].push(self.tcp_ping_pong_once(false)?);
+            samples[5].push(self.tcp_ping_pong_once(true)?);
             samples[0].push(self.raw_echo_once(1)?);
             samples[1].push(self.requests_once(&self.app, 1)?);
             samples[2].push(self.raw_echo_once(k)?);
             samples[3].push(self.requests_once(&self.app, k)?);
         }
-        let [raw_seq, ours_seq, raw_pipe, ours_pipe, tcp] = samples;
+        let [raw_seq, ours_seq, raw_pipe, ours_pipe, tcp, tcp_polling] = samples;
         let tcp = figure.row(
             "TCP ping-pong (blocking sockets), sequential",
             Unit::PerSec,
             tcp,
             None,
+        );
+        figure.row(
+            format!(
+                "TCP ping-pong (polling {} µs, then blocking), sequential",
+                crate::raw::TCP_POLL.as_micros()
+            ),
+            Unit::PerSec,
+            tcp_polling,
+            Some(tcp),
         );
         let raw_seq = figure.row(
             "raw WebSocket echo, sequential",

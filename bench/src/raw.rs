@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -179,8 +179,12 @@ pub(crate) async fn client(
     Ok(())
 }
 
-/// Serves blocking TCP echo on `listen` (a thread per connection) until
-/// killed; announces `listening on ADDR`.
+/// How long a polling TCP ping-pong end polls its socket before it blocks.
+pub(crate) const TCP_POLL: Duration = Duration::from_micros(20);
+
+/// Serves TCP echo on `listen` (a thread per connection) until killed;
+/// announces `listening on ADDR`. A connection's first byte says how its
+/// reads wait: 0 blocks, 1 polls for [`TCP_POLL`] first (as the client does).
 pub(crate) fn tcp_echo_serve(listen: SocketAddr) -> anyhow::Result<()> {
     use std::io::Read;
     let listener = std::net::TcpListener::bind(listen)?;
@@ -189,8 +193,17 @@ pub(crate) fn tcp_echo_serve(listen: SocketAddr) -> anyhow::Result<()> {
         let mut stream = stream?;
         stream.set_nodelay(true)?;
         std::thread::spawn(move || {
+            let mut mode = [0u8; 1];
+            if stream.read_exact(&mut mode).is_err() {
+                return;
+            }
+            let poll = if mode[0] == 1 {
+                TCP_POLL
+            } else {
+                Duration::ZERO
+            };
             let mut buffer = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buffer) {
+            while let Ok(n) = read_polling(&mut stream, &mut buffer, poll) {
                 if n == 0 || stream.write_all(&buffer[..n]).is_err() {
                     break;
                 }
@@ -200,18 +213,57 @@ pub(crate) fn tcp_echo_serve(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `n` round trips of a 52-byte message to a blocking TCP echo server, one
-/// at a time; prints `n=N secs=S`.
-pub(crate) fn tcp_ping_pong(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
+/// Reads into `buffer`, polling the socket for up to `poll` before a
+/// blocking read: a thread that polls keeps its CPU awake, so the answer
+/// costs no wake-up.
+fn read_polling(
+    stream: &mut std::net::TcpStream,
+    buffer: &mut [u8],
+    poll: Duration,
+) -> std::io::Result<usize> {
     use std::io::Read;
+    if !poll.is_zero() {
+        stream.set_nonblocking(true)?;
+        let started = Instant::now();
+        let polled = loop {
+            match stream.read(buffer) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    if started.elapsed() >= poll {
+                        break None;
+                    }
+                    std::hint::spin_loop();
+                }
+                done => break Some(done),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        if let Some(done) = polled {
+            return done;
+        }
+    }
+    stream.read(buffer)
+}
+
+/// `n` round trips of a 52-byte message to a TCP echo server, one at a
+/// time, both ends blocking or (with `poll`) both polling for
+/// [`TCP_POLL`] before they block; prints `n=N secs=S`.
+pub(crate) fn tcp_ping_pong(addr: SocketAddr, n: u64, poll: bool) -> anyhow::Result<()> {
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
+    stream.write_all(&[u8::from(poll)])?;
+    let poll = if poll { TCP_POLL } else { Duration::ZERO };
     let message = [7u8; 52];
     let mut answer = [0u8; 52];
     let started = Instant::now();
     for _ in 0..n {
         stream.write_all(&message)?;
-        stream.read_exact(&mut answer)?;
+        let mut got = 0;
+        while got < answer.len() {
+            match read_polling(&mut stream, &mut answer[got..], poll)? {
+                0 => bail!("the echo server closed the connection"),
+                read => got += read,
+            }
+        }
         anyhow::ensure!(answer == message, "the echo server changed the message");
     }
     let secs = started.elapsed().as_secs_f64();

@@ -24,7 +24,7 @@ use terminalwire_client::secure::{self, SecureSocket, ServerPin};
 use terminalwire_client::session::{self, LocalIo, Output, SessionConfig, Socket};
 use terminalwire_client::{ClientError, exit_code, facts};
 use terminalwire_protocol::frame::{
-    ColorLevel as WireColor, Hello, Operation, Reply, Response, Software, StreamFacts,
+    ColorLevel as WireColor, Hello, Operation, Reply, Request, Response, Software, StreamFacts,
     StreamKind as WireKind, TerminalSize, Welcome,
 };
 use terminalwire_protocol::secure::StaticKey;
@@ -666,28 +666,9 @@ async fn answers_out_of_order_reach_their_own_requests() {
         let ids: BTreeSet<_> = requests.iter().map(|request| request.id).collect();
         assert_eq!(ids.len(), N, "request ids are unique");
         for request in requests.into_iter().rev() {
-            let Operation::StdinReadLine {
-                prompt: Some(prompt),
-            } = request.op
-            else {
-                panic!("unexpected operation {:?}", request.op);
-            };
-            let reply = Reply::Line {
-                line: Some(format!("answer to {prompt}")),
-            };
-            send_client(
-                &mut client,
-                &ClientFrame::Response(Response::ok(request.id, reply)),
-            )
-            .await;
+            send_client(&mut client, &answer_to_line_read(request)).await;
         }
-        let status = loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Exit(exit)) => break exit.status,
-                Some(ServerFrame::Data(_)) => {}
-                other => panic!("expected exit, got {other:?}"),
-            }
-        };
+        let status = until_exit(&mut client).await;
         assert_eq!(next_server(&mut client).await, None, "nothing after exit");
         status
     };
@@ -727,27 +708,40 @@ where
     )
 }
 
-/// Answers `n` line reads from a scripted client, each with its prompt.
+/// A scripted client's answer to a line read: `answer to PROMPT`.
+fn answer_to_line_read(request: Request) -> ClientFrame {
+    let Operation::StdinReadLine {
+        prompt: Some(prompt),
+    } = request.op
+    else {
+        panic!("unexpected operation {:?}", request.op);
+    };
+    let reply = Reply::Line {
+        line: Some(format!("answer to {prompt}")),
+    };
+    ClientFrame::Response(Response::ok(request.id, reply))
+}
+
+/// Answers `n` line reads from a scripted client, one at a time.
 async fn answer_line_reads(client: &mut impl Socket, n: usize) {
     for _ in 0..n {
-        let request = match next_server(client).await {
-            Some(ServerFrame::Request(request)) => request,
+        match next_server(client).await {
+            Some(ServerFrame::Request(request)) => {
+                send_client(client, &answer_to_line_read(request)).await;
+            }
             other => panic!("expected a request, got {other:?}"),
-        };
-        let Operation::StdinReadLine {
-            prompt: Some(prompt),
-        } = request.op
-        else {
-            panic!("unexpected operation {:?}", request.op);
-        };
-        let reply = Reply::Line {
-            line: Some(format!("answer to {prompt}")),
-        };
-        send_client(
-            client,
-            &ClientFrame::Response(Response::ok(request.id, reply)),
-        )
-        .await;
+        }
+    }
+}
+
+/// Skips output until the exit frame; its status.
+async fn until_exit(client: &mut impl Socket) -> u8 {
+    loop {
+        match next_server(client).await {
+            Some(ServerFrame::Exit(exit)) => break exit.status,
+            Some(ServerFrame::Data(_)) => {}
+            other => panic!("expected exit, got {other:?}"),
+        }
     }
 }
 
@@ -777,13 +771,7 @@ async fn requests_that_linger_get_their_own_answers() {
             Some(ServerFrame::Welcome(_))
         ));
         answer_line_reads(&mut client, N).await;
-        loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Exit(exit)) => break exit.status,
-                Some(ServerFrame::Data(_)) => {}
-                other => panic!("expected exit, got {other:?}"),
-            }
-        }
+        until_exit(&mut client).await
     };
     let transport = WsTransport {
         socket: server,

@@ -650,12 +650,7 @@ async fn answers_out_of_order_reach_their_own_requests() {
     });
     let (client, server) = socket_pair().await;
     let script = async {
-        let mut client = secure_client(client).await;
-        send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
-        assert!(matches!(
-            next_server(&mut client).await,
-            Some(ServerFrame::Welcome(_))
-        ));
+        let mut client = welcomed(client).await;
         let mut requests = Vec::new();
         while requests.len() < N {
             match next_server(&mut client).await {
@@ -672,15 +667,7 @@ async fn answers_out_of_order_reach_their_own_requests() {
         assert_eq!(next_server(&mut client).await, None, "nothing after exit");
         status
     };
-    let transport = WsTransport {
-        socket: server,
-        tap: None,
-    };
-    let (_, status) = tokio::time::timeout(DEADLINE, async {
-        tokio::join!(terminal.serve(transport), script)
-    })
-    .await
-    .expect("the session hung");
+    let status = serve_script(&terminal, server, script).await;
     assert_eq!(status, 0);
     let got: Vec<_> = got
         .lock()
@@ -706,6 +693,36 @@ where
             ..Config::default()
         },
     )
+}
+
+/// Serves one session of `terminal` on `server` while `script` plays the
+/// client; what the script returns.
+async fn serve_script<T>(
+    terminal: &Terminal,
+    server: WebSocketStream<DuplexStream>,
+    script: impl Future<Output = T>,
+) -> T {
+    let transport = WsTransport {
+        socket: server,
+        tap: None,
+    };
+    let (_, out) = tokio::time::timeout(DEADLINE, async {
+        tokio::join!(terminal.serve(transport), script)
+    })
+    .await
+    .expect("the session hung");
+    out
+}
+
+/// A scripted client, secured, that sent its hello and got the welcome.
+async fn welcomed(socket: WebSocketStream<DuplexStream>) -> SecureSocket<DuplexStream> {
+    let mut client = secure_client(socket).await;
+    send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
+    assert!(matches!(
+        next_server(&mut client).await,
+        Some(ServerFrame::Welcome(_))
+    ));
+    client
 }
 
 /// A scripted client's answer to a line read: `answer to PROMPT`.
@@ -764,24 +781,11 @@ async fn requests_that_linger_get_their_own_answers() {
     });
     let (client, server) = socket_pair().await;
     let script = async {
-        let mut client = secure_client(client).await;
-        send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
-        assert!(matches!(
-            next_server(&mut client).await,
-            Some(ServerFrame::Welcome(_))
-        ));
+        let mut client = welcomed(client).await;
         answer_line_reads(&mut client, N).await;
         until_exit(&mut client).await
     };
-    let transport = WsTransport {
-        socket: server,
-        tap: None,
-    };
-    let (_, status) = tokio::time::timeout(DEADLINE, async {
-        tokio::join!(terminal.serve(transport), script)
-    })
-    .await
-    .expect("the session hung");
+    let status = serve_script(&terminal, server, script).await;
     assert_eq!(status, 0);
     let want: Vec<_> = (0..N).map(|i| Some(format!("answer to p{i}"))).collect();
     assert_eq!(*got.lock().unwrap(), want);
@@ -833,12 +837,7 @@ async fn a_lingering_request_ends_when_the_client_goes_away() {
     });
     let (client, server) = socket_pair().await;
     let script = async {
-        let mut client = secure_client(client).await;
-        send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
-        assert!(matches!(
-            next_server(&mut client).await,
-            Some(ServerFrame::Welcome(_))
-        ));
+        let mut client = welcomed(client).await;
         answer_line_reads(&mut client, 1).await;
         // The second request arrives; the client goes away instead.
         assert!(matches!(
@@ -847,16 +846,8 @@ async fn a_lingering_request_ends_when_the_client_goes_away() {
         ));
         drop(client);
     };
-    let transport = WsTransport {
-        socket: server,
-        tap: None,
-    };
     let started = std::time::Instant::now();
-    tokio::time::timeout(DEADLINE, async {
-        tokio::join!(terminal.serve(transport), script)
-    })
-    .await
-    .expect("the session hung");
+    serve_script(&terminal, server, script).await;
     // Either the request failed, or the command was cancelled with the
     // session (its sender dropped): both end it.
     let second = tokio::time::timeout(DEADLINE, result_rx)

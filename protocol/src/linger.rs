@@ -10,9 +10,10 @@
 //! or the next rack, its answer comes sooner than that, and a round trip at
 //! a time (a script's requests, one after the other) pays two wake-ups per
 //! request. Over a real network the answer never comes that soon: a round
-//! trip that is slower than lingering could catch turns lingering off until
-//! round trips are fast again, so the cost there is at most one `budget`
-//! of CPU now and then.
+//! trip that lingering missed turns it off for the next round trip, and
+//! each further miss (without a catch between) for twice as many, up to
+//! [`MAX_BACKOFF`]: where round trips are a little too slow to catch, an
+//! end spends at most one `budget` of CPU every few dozen round trips.
 
 use std::ops::{Add, Sub};
 use std::time::Duration;
@@ -24,6 +25,10 @@ pub const MAX_BUDGET: Duration = Duration::from_secs(3600);
 /// measured without lingering, turns lingering on.
 pub const WORTH_FACTOR: u32 = 3;
 
+/// Most round trips lingering stays off after a miss (the backoff doubles
+/// from one with each miss in a row).
+pub const MAX_BACKOFF: u32 = 64;
+
 /// How long to stay awake after sending, and whether it is worth it.
 #[derive(Debug, Clone, Copy)]
 pub struct Linger<I> {
@@ -34,6 +39,11 @@ pub struct Linger<I> {
     worth: Duration,
     /// Polling is worth it: the last round trip was fast.
     worthwhile: bool,
+    /// Round trips still to be measured without lingering, after a miss.
+    skip: u32,
+    /// The `skip` the last miss gave (0 after a catch): doubles with each
+    /// miss in a row.
+    backoff: u32,
     /// The first send since the peer was last heard from, and whether
     /// lingering was on when it left.
     outstanding: Option<(I, bool)>,
@@ -45,9 +55,9 @@ impl<I> Linger<I>
 where
     I: Copy + Ord + Add<Duration, Output = I> + Sub<I, Output = Duration>,
 {
-    /// Lingers `budget` after each send once a round trip took at
-    /// most `worth` (and, while lingering, at most `budget`). Off until
-    /// the first round trip says otherwise.
+    /// Lingers `budget` after each send once a round trip took at most
+    /// `worth`, and as long as lingering catches the answers (within
+    /// `budget`). Off until the first round trip says otherwise.
     pub fn new(budget: Duration, worth: Duration) -> Self {
         // Any longer is no longer a short wait, and `now + budget` must not
         // overflow.
@@ -56,6 +66,8 @@ where
             budget,
             worth: worth.max(budget),
             worthwhile: false,
+            skip: 0,
+            backoff: 0,
             outstanding: None,
             until: None,
         }
@@ -89,10 +101,23 @@ where
     pub fn heard(&mut self, now: I) {
         if let Some((sent, lingered)) = self.outstanding.take() {
             let round_trip = now - sent;
-            // While lingering, only a round trip that it caught counts as
-            // fast: one that it missed would be missed again.
-            let bound = if lingered { self.budget } else { self.worth };
-            self.worthwhile = !self.budget.is_zero() && round_trip <= bound;
+            if self.budget.is_zero() {
+                self.worthwhile = false;
+            } else if lingered {
+                if round_trip <= self.budget {
+                    self.backoff = 0;
+                } else {
+                    // Missed: the next one would likely be missed too.
+                    self.backoff = (self.backoff.saturating_mul(2)).clamp(1, MAX_BACKOFF);
+                    self.skip = self.backoff;
+                    self.worthwhile = false;
+                }
+            } else if self.skip > 0 {
+                self.skip -= 1;
+            } else {
+                // Measured with the wake-ups that lingering would save.
+                self.worthwhile = round_trip <= self.worth;
+            }
         }
         self.until = None;
     }
@@ -160,22 +185,62 @@ mod tests {
         assert!(!linger.awake(At(301)));
     }
 
+    /// One round trip of `took` µs starting at `at`.
+    fn round_trip(linger: &mut Linger<At>, at: u64, took: u64) {
+        linger.sent(At(at));
+        linger.heard(At(at + took));
+    }
+
     #[test]
     fn while_lingering_only_a_caught_answer_keeps_it_on() {
         let mut linger = linger();
-        linger.sent(At(0));
-        linger.heard(At(100));
+        round_trip(&mut linger, 0, 100);
         // Lingering now: an answer after 80 µs was not caught by 50 µs.
-        linger.sent(At(1000));
-        linger.heard(At(1080));
+        round_trip(&mut linger, 1000, 80);
         assert!(!linger.worthwhile(), "missed while lingering");
-        // Measured without lingering again: 80 µs may be the wake-ups.
-        linger.sent(At(2000));
-        linger.heard(At(2080));
+        // One round trip is skipped after a first miss...
+        round_trip(&mut linger, 2000, 80);
+        assert!(!linger.worthwhile(), "skipped");
+        // ...then one measured without lingering may turn it on again.
+        round_trip(&mut linger, 3000, 80);
         assert!(linger.worthwhile());
-        linger.sent(At(3000));
-        linger.heard(At(3040));
+        round_trip(&mut linger, 4000, 40);
         assert!(linger.worthwhile(), "caught");
+    }
+
+    /// Round trips just too slow to catch: lingering, on each time a round
+    /// trip without it looks fast enough, runs for fewer and fewer of them.
+    #[test]
+    fn misses_in_a_row_back_off_to_one_round_trip_in_sixty_six() {
+        let mut linger = linger();
+        let mut lingered = Vec::new();
+        for i in 0..1000 {
+            lingered.push(linger.worthwhile());
+            round_trip(&mut linger, i * 1000, 100);
+        }
+        let first: Vec<usize> = (0..lingered.len())
+            .filter(|&i| lingered[i])
+            .take(5)
+            .collect();
+        // Lingered, missed, skipped 1, 2, 4, 8 round trips, measured one.
+        assert_eq!(first, vec![1, 4, 8, 14, 24]);
+        let late = lingered[500..].iter().filter(|&&on| on).count();
+        assert!(
+            late <= 500 / 66 + 1,
+            "lingered {late} times in the last 500"
+        );
+        assert!(late >= 1, "never tried again");
+        // A caught answer resets the backoff.
+        while !linger.worthwhile() {
+            round_trip(&mut linger, 2_000_000, 10);
+        }
+        round_trip(&mut linger, 3_000_000, 10);
+        assert!(linger.worthwhile(), "caught");
+        round_trip(&mut linger, 4_000_000, 100);
+        round_trip(&mut linger, 5_000_000, 10);
+        assert!(!linger.worthwhile(), "one skipped after the first miss");
+        round_trip(&mut linger, 6_000_000, 10);
+        assert!(linger.worthwhile());
     }
 
     #[test]

@@ -217,12 +217,13 @@ impl Shared {
         };
         // Forget the request if this future is dropped before the answer.
         let _forget = PendingGuard { shared: self, id };
+        // Before the send: the answer may come before the send returns.
+        self.lingering().sent(std::time::Instant::now());
         self.send(ServerFrame::Request(Request {
             id: terminalwire_protocol::RequestId(id),
             op,
         }))
         .await?;
-        self.lingering().sent(std::time::Instant::now());
         let mut answer_rx = answer_rx;
         // Only a request alone in flight lingers: with others in flight,
         // their answers keep the session awake, and many tasks polling in

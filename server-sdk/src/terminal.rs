@@ -77,9 +77,10 @@ pub struct Config {
     /// runtime each time) before it sleeps, once a request's round trip took
     /// at most three times this: a client on the same host answers in
     /// microseconds, and the two wake-ups a round trip costs otherwise are
-    /// most of it there. Over a network round trips are slower and the task
-    /// stops lingering after the first one that lingering missed. Zero:
-    /// never. See `terminalwire_protocol::linger`.
+    /// most of it there. A round trip that lingering missed turns it off for
+    /// the next one, and each further miss for twice as many (up to 64), so
+    /// over a network it costs at most this much CPU every few dozen round
+    /// trips. Zero: never. See `terminalwire_protocol::linger`.
     pub linger: Duration,
 }
 

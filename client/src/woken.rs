@@ -84,7 +84,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     /// Counts its polls; ready with `Some(())` when `ready` is set, else
-    /// pending, waking its waker at once when `wake` is set.
+    /// pending, keeping the waker it was polled with.
     struct Probe {
         polls: Arc<AtomicUsize>,
         ready: Arc<AtomicBool>,

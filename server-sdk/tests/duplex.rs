@@ -32,7 +32,7 @@ use terminalwire_protocol::{ClientFrame, ErrorCode, ServerFrame, StreamId, Versi
 use terminalwire_server::transport::{
     FrameReader, FrameWriter, Inbound, Transport, TransportError,
 };
-use terminalwire_server::{ColorLevel, Config, Context, Exit, Terminal};
+use terminalwire_server::{ColorLevel, Config, Context, Exit, ResourceError, Terminal};
 use tokio::io::{AsyncWrite, DuplexStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
@@ -763,7 +763,9 @@ async fn until_exit(client: &mut impl Socket) -> u8 {
 }
 
 /// With lingering on, each request polls for its answer instead of
-/// sleeping; every answer still reaches its own request, once.
+/// sleeping; every answer still reaches its own request, once. (The
+/// scripted client answers within the minute, so each answer is taken while
+/// its request lingers: dropping that answer fails this test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_linger_get_their_own_answers() {
     const N: usize = 50;
@@ -801,7 +803,8 @@ async fn a_lingering_client_answers_every_request_and_ends_with_the_command() {
         let mut answered = 0;
         for _ in 0..N {
             // Refused (this client grants nothing), but answered.
-            if ctx.file().exists("/etc/hostname").await.is_err() {
+            let answer = ctx.file().exists("/etc/hostname").await;
+            if matches!(answer, Err(ResourceError::Denied { .. })) {
                 answered += 1;
             }
         }
@@ -810,11 +813,10 @@ async fn a_lingering_client_answers_every_request_and_ends_with_the_command() {
     });
     let mut session = Session::args(&[]);
     session.config.linger = Duration::from_secs(60);
-    let started = std::time::Instant::now();
+    // `run` gives up after DEADLINE (10 s), long before a minute.
     let run = session.run(&terminal).await;
     assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
     assert_eq!(run.stdout_text(), format!("answered {N}\n"));
-    assert!(started.elapsed() < DEADLINE, "took {:?}", started.elapsed());
 }
 
 /// A request lingering for its answer when the client goes away ends at
@@ -846,7 +848,7 @@ async fn a_lingering_request_ends_when_the_client_goes_away() {
         ));
         drop(client);
     };
-    let started = std::time::Instant::now();
+    // Gives up after DEADLINE (10 s), long before a minute.
     serve_script(&terminal, server, script).await;
     // Either the request failed, or the command was cancelled with the
     // session (its sender dropped): both end it.
@@ -859,11 +861,6 @@ async fn a_lingering_request_ends_when_the_client_goes_away() {
             "an answer from a client that left: {second:?}"
         );
     }
-    assert!(
-        started.elapsed() < DEADLINE,
-        "ended only after {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -672,11 +672,12 @@ impl Bench {
                  end first polls its non-blocking socket for {} µs, and its CPU stays awake.",
                 crate::raw::TCP_POLL.as_micros()
             ),
-            "terminalwire lingers as the polling ping-pong does: after sending answers the client \
-             polls for the server's next request for up to 50 µs, and a request alone in flight \
-             polls for its answer as long (`linger` in the client's and the SDK's configuration), \
-             once a round trip was that fast. The raw WebSocket echo does not: it is \
-             tokio-tungstenite as it comes."
+            "terminalwire lingers much as the polling ping-pong does: after sending answers the \
+             client polls for the server's next request for up to 50 µs, and a request alone in \
+             flight polls for its answer as long (`linger` in the client's and the SDK's \
+             configuration), once a round trip took at most 150 µs. The raw WebSocket echo, \
+             figure 3's baseline, does not: it is tokio-tungstenite as it comes; the polling \
+             ping-pong is the floor for ends that linger."
                 .into(),
             format!("{} runs of each, interleaved.", self.sizes.runs),
         ];
@@ -691,14 +692,14 @@ impl Bench {
         }
         let [raw_seq, ours_seq, raw_pipe, ours_pipe, tcp, tcp_polling] = samples;
         let tcp = figure.row(
-            "TCP ping-pong (blocking sockets), sequential",
+            "blocking TCP ping-pong, sequential",
             Unit::PerSec,
             tcp,
             None,
         );
         figure.row(
             format!(
-                "TCP ping-pong (polling {} µs, then blocking), sequential",
+                "polling TCP ping-pong ({} µs, then blocking), sequential",
                 crate::raw::TCP_POLL.as_micros()
             ),
             Unit::PerSec,

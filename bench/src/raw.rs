@@ -215,33 +215,33 @@ pub(crate) fn tcp_echo_serve(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// Reads into `buffer`, polling the socket for up to `poll` before a
 /// blocking read: a thread that polls keeps its CPU awake, so the answer
-/// costs no wake-up.
+/// costs no wake-up. Polls with `MSG_DONTWAIT`, so the socket stays blocking.
 fn read_polling(
     stream: &mut std::net::TcpStream,
     buffer: &mut [u8],
     poll: Duration,
 ) -> std::io::Result<usize> {
+    use rustix::io::Errno;
     use std::io::Read;
     if !poll.is_zero() {
-        stream.set_nonblocking(true)?;
         let started = Instant::now();
-        let polled = loop {
-            match stream.read(buffer) {
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    if started.elapsed() >= poll {
-                        break None;
-                    }
+        loop {
+            match rustix::net::recv(&*stream, &mut *buffer, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((read, _)) => return Ok(read),
+                Err(Errno::AGAIN | Errno::INTR) if started.elapsed() < poll => {
                     std::hint::spin_loop();
                 }
-                done => break Some(done),
+                Err(Errno::AGAIN | Errno::INTR) => break,
+                Err(error) => return Err(error.into()),
             }
-        };
-        stream.set_nonblocking(false)?;
-        if let Some(done) = polled {
-            return done;
         }
     }
-    stream.read(buffer)
+    loop {
+        match stream.read(buffer) {
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
 }
 
 /// `n` round trips of a 52-byte message to a TCP echo server, one at a

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use terminalwire_policy::{Authority, Home};
+use terminalwire_protocol::linger;
 
 use crate::report::{Figure, Report, Unit, check, times};
 use crate::ssh::Sshd;
@@ -672,13 +673,16 @@ impl Bench {
                  end first polls its non-blocking socket for {} µs, and its CPU stays awake.",
                 crate::raw::TCP_POLL.as_micros()
             ),
-            "terminalwire lingers much as the polling ping-pong does: after sending answers the \
-             client polls for the server's next request for up to 50 µs, and a request alone in \
-             flight polls for its answer as long (`linger` in the client's and the SDK's \
-             configuration), once a round trip took at most 150 µs. The raw WebSocket echo, \
-             figure 3's baseline, does not: it is tokio-tungstenite as it comes; the polling \
-             ping-pong is the floor for ends that linger."
-                .into(),
+            format!(
+                "terminalwire lingers much as the polling ping-pong does: after sending answers \
+                 the client polls for the server's next request for up to {} µs, and a request \
+                 alone in flight polls for its answer as long (`linger` in the client's and the \
+                 SDK's configuration), once a round trip took at most {} µs. The raw WebSocket \
+                 echo, figure 3's baseline, does not: it is tokio-tungstenite as it comes; the \
+                 polling ping-pong is the floor for ends that linger.",
+                linger::DEFAULT_BUDGET.as_micros(),
+                linger::DEFAULT_BUDGET.as_micros() * u128::from(linger::WORTH_FACTOR)
+            ),
             format!("{} runs of each, interleaved.", self.sizes.runs),
         ];
         let mut samples: [Samples; 6] = Default::default();

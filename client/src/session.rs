@@ -73,14 +73,10 @@ pub struct SessionConfig {
     /// After sending answers, poll for the server's next request this long
     /// (at most an hour) before sleeping, once the server's next request
     /// came within three times this: two wake-ups saved per round trip on
-    /// loopback (`terminalwire_protocol::linger`). Zero: never.
+    /// loopback (`terminalwire_protocol::linger`; default
+    /// `linger::DEFAULT_BUDGET`, 50 µs). Zero: never.
     pub linger: Duration,
 }
-
-/// The default [`SessionConfig::linger`]. Lingering starts once a round
-/// trip took at most three times this: on loopback one takes tens of
-/// microseconds, over a network hundreds at least.
-pub const LINGER: Duration = Duration::from_micros(50);
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -93,7 +89,7 @@ impl Default for SessionConfig {
             resources: Resources::none(),
             stdin_is_terminal: false,
             handle_signals: false,
-            linger: LINGER,
+            linger: terminalwire_protocol::linger::DEFAULT_BUDGET,
         }
     }
 }
@@ -503,6 +499,12 @@ type Sink<S> = SplitSink<S, Message>;
 /// Polled only when it woke its task (`woken`).
 type Source<S> = WokenOnly<SplitStream<S>>;
 
+/// The socket's two halves.
+fn split<S: Socket>(socket: S) -> (Sink<S>, Source<S>) {
+    let (sink, source) = socket.split();
+    (sink, WokenOnly::new(source))
+}
+
 /// Runs a session on an open WebSocket and returns the command's exit status.
 /// The session cannot be resumed or detached (see [`run_with`]).
 pub async fn run<S>(
@@ -639,8 +641,7 @@ pub async fn run_with<S>(
 where
     S: Socket,
 {
-    let (mut sink, source) = socket.split();
-    let mut source = WokenOnly::new(source);
+    let (mut sink, mut source) = split(socket);
     let mut resumption = resumption;
     let mut initial: Vec<ClientFrame> = Vec::new();
     // The round trip of the first request and its answer: how far the
@@ -876,9 +877,8 @@ where
                                             });
                                             // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
                                             if ready.len() >= MAX_ANSWER_BATCH {
-                                                let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
-                                                linger.sent(std::time::Instant::now());
-                                                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+                                                let answers = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
+                                                send_answers(&mut link, answers, &mut linger).await
                                             } else {
                                                 Flow::Continue
                                             }
@@ -1017,9 +1017,8 @@ where
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => Flow::Continue,
             // Answers given at once leave together, once no message waits.
             () = Settle(ready_turns > MAX_ANSWER_BATCH), if !ready.is_empty() => {
-                let outgoing = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
-                linger.sent(std::time::Instant::now());
-                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+                let answers = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
+                send_answers(&mut link, answers, &mut linger).await
             }
             Some(response) = responses.recv() => {
                 // Answers that are ready together leave in one flush.
@@ -1030,9 +1029,8 @@ where
                         Err(_) => break,
                     }
                 }
-                let outgoing = answer(batch, &mut running, &mut recent, replay.as_mut());
-                linger.sent(std::time::Instant::now());
-                transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
+                let answers = answer(batch, &mut running, &mut recent, replay.as_mut());
+                send_answers(&mut link, answers, &mut linger).await
             }
             // The server answers fast: poll for its next message a little
             // while rather than sleep (`linger`). Only once the answers left.
@@ -1336,8 +1334,7 @@ async fn reconnect_loop<S: Socket>(
     for attempt in 1u32.. {
         let attempt_once = async {
             let socket = reconnect().await?;
-            let (mut sink, source) = socket.split();
-            let mut source = WokenOnly::new(source);
+            let (mut sink, mut source) = split(socket);
             send(&mut sink, &ClientFrame::Resume(resume.clone())).await?;
             let answer = tokio::time::timeout(handshake_timeout, next_frame(&mut source))
                 .await
@@ -1448,6 +1445,18 @@ fn answer(
         })
         .collect();
     keep(outgoing, replay)
+}
+
+/// Sends encoded answers, and lingers for the server's next request.
+async fn send_answers<S: Socket>(
+    link: &mut Option<Link<S>>,
+    answers: Vec<(Vec<u8>, bool)>,
+    linger: &mut Linger<std::time::Instant>,
+) -> Flow {
+    linger.sent(std::time::Instant::now());
+    transmit(link, answers)
+        .await
+        .map_or_else(flow_of, |()| Flow::Continue)
 }
 
 /// Sends frames (kept for replay first, when resuming is on).

@@ -18,6 +18,11 @@
 use std::ops::{Add, Sub};
 use std::time::Duration;
 
+/// The budget both ends use unless configured otherwise: long enough for a
+/// peer on the same host to answer, short enough to cost nothing noticeable
+/// where it does not.
+pub const DEFAULT_BUDGET: Duration = Duration::from_micros(50);
+
 /// The longest budget: longer ones are cut to it.
 pub const MAX_BUDGET: Duration = Duration::from_secs(3600);
 

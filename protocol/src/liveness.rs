@@ -94,7 +94,7 @@ impl<I> Default for Alarm<I> {
 impl<I: Copy + Ord> Alarm<I> {
     /// Not set.
     pub fn new() -> Self {
-        Alarm { armed: None }
+        Alarm::default()
     }
 
     /// Given the nearest deadline (if any), the time to set the timer to, or

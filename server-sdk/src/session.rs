@@ -209,7 +209,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, slot);
-        let (answer_tx, answer_rx) = oneshot::channel();
+        let (answer_tx, mut answer_rx) = oneshot::channel();
         let alone = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             pending.insert(id, answer_tx);
@@ -224,7 +224,6 @@ impl Shared {
             op,
         }))
         .await?;
-        let mut answer_rx = answer_rx;
         // Only a request alone in flight lingers: with others in flight,
         // their answers keep the session awake, and many tasks polling in
         // turn would only take the runtime's time.

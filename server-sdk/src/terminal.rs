@@ -80,12 +80,10 @@ pub struct Config {
     /// most of it there. A round trip that lingering missed turns it off for
     /// the next one, and each further miss for twice as many (up to 64), so
     /// over a network it costs at most this much CPU every few dozen round
-    /// trips. Zero: never. See `terminalwire_protocol::linger`.
+    /// trips. Zero: never. Default: `terminalwire_protocol::linger::DEFAULT_BUDGET`
+    /// (50 µs).
     pub linger: Duration,
 }
-
-/// The default [`Config::linger`].
-pub const LINGER: Duration = Duration::from_micros(50);
 
 impl Default for Config {
     fn default() -> Self {
@@ -106,7 +104,7 @@ impl Default for Config {
             resume_grace: Duration::from_secs(120),
             detach_keep: Duration::from_secs(3600),
             replay_limit: 8 * 1024 * 1024,
-            linger: LINGER,
+            linger: terminalwire_protocol::linger::DEFAULT_BUDGET,
         }
     }
 }

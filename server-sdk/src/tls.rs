@@ -453,18 +453,11 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let mut listener = TlsListener::new(tcp, &dev.tls_config().unwrap()).unwrap();
-
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(dev.cert_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        // The real client's TLS configuration, trusting the certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = dev.write_to(dir.path()).unwrap();
+        let client = terminalwire_client::connect::tls_config(Some(&cert)).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client);
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         let client = tokio::spawn(async move {
             let tcp = TcpStream::connect(addr).await.unwrap();

@@ -71,7 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for SecureSocket<S> {
         let this = self.get_mut();
         let item = match item {
             Message::Binary(frame) => {
-                Message::Binary(this.sealer.seal(&frame).map_err(sealed_error)?.into())
+                Message::Binary(this.sealer.seal_message(&frame).map_err(sealed_error)?)
             }
             other => other,
         };

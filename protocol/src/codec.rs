@@ -108,7 +108,7 @@ pub fn encode_data(sid: StreamId, bytes: &[u8]) -> Vec<u8> {
     // need a length MessagePack cannot write, so it is cut there.
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
     let _ = rmp::encode::write_bin_len(&mut out, len);
-    out.extend_from_slice(&bytes[..len as usize]);
+    crate::copy::extend_from_slice(&mut out, &bytes[..len as usize]);
     out
 }
 

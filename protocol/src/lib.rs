@@ -16,6 +16,8 @@
 //! - [`frame`]: the message types, one enum per direction, every variant documented.
 //! - [`codec`]: [`encode`](codec::encode) / [`decode`](codec::decode) between frames and
 //!   bytes, with typed errors and an "unknown" value for tags from newer peers.
+//! - [`copy`]: copying frame-sized byte slices without glibc's slow `memcpy`
+//!   case on AMD processors.
 //! - [`handshake`]: version ranges and [`negotiate`].
 //! - [`flow`]: credit-based flow control ([`SendCredit`](flow::SendCredit) for the
 //!   sender, [`ReceiveWindow`](flow::ReceiveWindow) for the receiver).
@@ -50,6 +52,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod copy;
 pub mod flow;
 pub mod frame;
 pub mod handshake;

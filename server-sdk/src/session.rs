@@ -803,12 +803,7 @@ async fn secure_accept(
         .map_err(|error| error.to_string())?;
     let (mut sealer, mut opener) = channel.split();
     let writer = writer.with(move |frame: Bytes| {
-        std::future::ready(
-            sealer
-                .seal(&frame)
-                .map(Bytes::from)
-                .map_err(TransportError::new),
-        )
+        std::future::ready(sealer.seal_message(&frame).map_err(TransportError::new))
     });
     let reader = reader.map(move |inbound| match inbound {
         Ok(Inbound::Frame(sealed)) => opener

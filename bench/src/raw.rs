@@ -68,7 +68,15 @@ async fn session(stream: TcpStream, read_buffer: Option<usize>) -> anyhow::Resul
     .await?;
     if let Some(bytes) = path.strip_prefix("/stream/") {
         let mut left: u64 = bytes.parse()?;
-        let block = Bytes::from(crate::app::pattern(MESSAGE));
+        // Placed as terminalwire places its sealed messages, so that this
+        // baseline is not slowed by what `MESSAGE_LEAD` avoids: tungstenite
+        // copies each message behind a 10-byte header, and on AMD Zen
+        // glibc's `memcpy` is ten times slower from a source at the same
+        // offset in its page as the write buffer (both are page-aligned here).
+        let lead = terminalwire_protocol::secure::MESSAGE_LEAD;
+        let mut block = vec![0; lead];
+        block.extend_from_slice(&crate::app::pattern(MESSAGE));
+        let block = Bytes::from(block).slice(lead..);
         while left > 0 {
             let n = MESSAGE.min(usize::try_from(left).unwrap_or(usize::MAX));
             socket.feed(Message::Binary(block.slice(..n))).await?;

@@ -1331,6 +1331,14 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
                 })
                 .unwrap_or_default(),
         ));
+        let (memcpy, memcpy_past) = procfs::memcpy_gbps(3);
+        facts.push((
+            "memcpy of 64 KiB".into(),
+            format!(
+                "{memcpy:.1} GB/s; {memcpy_past:.1} GB/s to 3 bytes past the source's offset in its page \
+                 (`protocol/src/copy.rs`)"
+            ),
+        ));
         facts.push(("terminalwire client".into(), client.display().to_string()));
         if wanted(6) {
             facts.push((

@@ -592,7 +592,9 @@ impl Bench {
                 .into(),
             "raw WebSocket: a tokio-tungstenite server sends the same bytes as 64 KiB binary messages \
              to a tokio-tungstenite client process that writes them to `/dev/null`: no protocol, \
-             no flow control, no encryption (the transport's limit)."
+             no flow control, no encryption (the transport's limit). Its messages start as far \
+             into their allocation as terminalwire's (`MESSAGE_LEAD`), so that tungstenite copies \
+             both at the same speed (see the `memcpy` machine fact)."
                 .into(),
             format!("ssh: `ssh -p PORT 127.0.0.1 'head -c {bytes} /dev/zero' > /dev/null`."),
             format!("{} runs of each, interleaved.", self.sizes.runs),

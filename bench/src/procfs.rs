@@ -148,9 +148,10 @@ pub(crate) fn is_executable(path: &Path) -> bool {
 
 /// The speed of this machine's `memcpy` (what `copy_from_slice` calls) for
 /// 64 KiB, in GB/s: with the destination at the source's offset in its page,
-/// then `past` bytes further. On AMD Zen with glibc 2.35–2.36, 1 to 15 bytes
-/// further is ten times slower (see `terminalwire_protocol::copy`); that
-/// difference explains figures that move memory on such a machine.
+/// then `past` bytes further (modulo a page). On AMD Zen with glibc's `rep
+/// movsb`, 1 to 15 bytes further is about fifteen times slower (see
+/// `terminalwire_protocol::copy`); that difference explains figures that move
+/// memory on such a machine.
 pub(crate) fn memcpy_gbps(past: usize) -> (f64, f64) {
     const LEN: usize = 64 * 1024;
     const PAGE: usize = 4096;
@@ -173,7 +174,7 @@ pub(crate) fn memcpy_gbps(past: usize) -> (f64, f64) {
             })
             .fold(0.0, f64::max)
     };
-    (speed(to), speed(to + past))
+    (speed(to), speed(to + past % PAGE))
 }
 
 #[cfg(test)]

@@ -529,7 +529,8 @@ impl DirectFile {
                 return false;
             }
             buffer.resize(start, 0);
-            buffer.extend_from_slice(bytes);
+            // The destination is aligned; the source may lie just before it.
+            terminalwire_protocol::copy::extend_from_slice(&mut buffer, bytes);
             self.file.write_all_at(&buffer[start..], offset)
         };
         match written {

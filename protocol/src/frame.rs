@@ -70,6 +70,18 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
+    /// Bytes of byte strings carried (see [`Frame::bulk_len`](crate::codec::Frame::bulk_len)).
+    pub(crate) fn bulk_len(&self) -> usize {
+        match self {
+            ClientFrame::Data(data) => data.bytes.len(),
+            ClientFrame::Response(Response {
+                ok: Some(Reply::Data { bytes, .. }),
+                ..
+            }) => bytes.len(),
+            _ => 0,
+        }
+    }
+
     /// Whether the frame takes the next sequence number of its direction
     /// when `resume` is on: the frames whose loss the peer would notice.
     /// Handshake and control frames (`hello`, `resume`, `ack`, `detach`,
@@ -125,6 +137,20 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// Bytes of byte strings carried (see [`Frame::bulk_len`](crate::codec::Frame::bulk_len)).
+    pub(crate) fn bulk_len(&self) -> usize {
+        match self {
+            ServerFrame::Data(data) => data.bytes.len(),
+            ServerFrame::Request(request) => match &request.op {
+                Operation::FileWrite { bytes, .. }
+                | Operation::FileAppend { bytes, .. }
+                | Operation::FileWriteChunk { bytes, .. } => bytes.len(),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
     /// Whether the frame takes the next sequence number of its direction
     /// when `resume` is on (see [`ClientFrame::is_sequenced`]).
     pub fn is_sequenced(&self) -> bool {

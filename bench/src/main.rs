@@ -100,6 +100,9 @@ enum Role {
         /// WebSocket read buffer in bytes (default: the SDK's, tungstenite's 128 KiB).
         #[arg(long)]
         read_buffer: Option<usize>,
+        /// Tokio worker threads (default: one per CPU).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
     },
     /// The raw WebSocket server.
     #[command(hide = true)]
@@ -168,6 +171,7 @@ fn main() -> std::process::ExitCode {
             nagle,
             tls_dir,
             read_buffer,
+            workers,
         }) => {
             if !terminalwire_protocol::secure::ENCRYPTED {
                 eprintln!(
@@ -175,7 +179,7 @@ fn main() -> std::process::ExitCode {
                      NO end-to-end encryption"
                 );
             }
-            multi_thread()
+            multi_thread_with(workers)
                 .and_then(|rt| rt.block_on(app::serve(listen, !nagle, tls_dir, read_buffer)))
         }
         Some(Role::RawServe {
@@ -232,9 +236,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    multi_thread_with(None)
+}
+
+/// Tokio's multi-threaded runtime with `workers` worker threads (default:
+/// one per CPU).
+fn multi_thread_with(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(usize::from(workers));
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 /// Prints a server's first stdout line (its contract with the orchestrator).

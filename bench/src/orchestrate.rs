@@ -254,6 +254,8 @@ struct Bench {
     home: PathBuf,
     /// The bench app over `ws://`.
     app: Endpoint,
+    /// The bench app on one worker thread over `ws://` (figure 3), or why not.
+    app_one_worker: Result<Endpoint, String>,
     /// The bench app over `wss://`, or why not.
     tls: Result<Endpoint, String>,
     /// The plaintext build of the bench app over `ws://`, with the plaintext
@@ -685,14 +687,25 @@ impl Bench {
                 linger::DEFAULT_BUDGET.as_micros(),
                 linger::DEFAULT_BUDGET.as_micros() * u128::from(linger::WORTH_FACTOR)
             ),
+            "The bench app runs on tokio's multi-threaded runtime with a worker per CPU, like a \
+             web app; the row \"one worker thread\" runs a second bench app process with one \
+             (`serve --workers 1`), which leaves the other CPU to the client, as a client on its \
+             own machine would have. With two workers, the session's task is moved between \
+             them and a worker asleep on the I/O driver is woken for answers that the lingering \
+             one cannot poll for."
+                .to_owned(),
             format!("{} runs of each, interleaved.", self.sizes.runs),
         ];
         let mut samples: [Samples; 6] = Default::default();
+        let mut one_worker = Samples::default();
         for _ in 0..self.sizes.runs {
             samples[4].push(self.tcp_ping_pong_once(false)?);
             samples[5].push(self.tcp_ping_pong_once(true)?);
             samples[0].push(self.raw_echo_once(1)?);
             samples[1].push(self.requests_once(&self.app, 1)?);
+            if let Ok(endpoint) = &self.app_one_worker {
+                one_worker.push(self.requests_once(endpoint, 1)?);
+            }
             samples[2].push(self.raw_echo_once(k)?);
             samples[3].push(self.requests_once(&self.app, k)?);
         }
@@ -724,6 +737,19 @@ impl Bench {
             ours_seq,
             Some(raw_seq),
         );
+        match &self.app_one_worker {
+            Ok(_) => {
+                figure.row(
+                    "terminalwire file exists, sequential, app on one worker thread",
+                    Unit::PerSec,
+                    one_worker,
+                    Some(raw_seq),
+                );
+            }
+            Err(reason) => figure.setup.push(format!(
+                "The bench app on one worker thread did not start: {reason}."
+            )),
+        }
 
         let raw_pipe = figure.row(
             format!("raw WebSocket echo, {k} in flight"),
@@ -1362,6 +1388,19 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
         client: client.clone(),
         options: Vec::new(),
     };
+    let app_one_worker = if wanted(3) {
+        let mut args = options.tuning.app_args();
+        args.extend(["--workers".into(), "1".into()]);
+        Server::start(&exe, &args)
+            .map(|server| Endpoint {
+                server,
+                client: client.clone(),
+                options: Vec::new(),
+            })
+            .map_err(|error| format!("{error:#}"))
+    } else {
+        Err("not selected".into())
+    };
     let raw = Server::start(&exe, &options.tuning.raw_args())?;
     let tcp_echo = Server::start(&exe, &["tcp-echo-serve"])?;
     let tls = if wanted(6) {
@@ -1396,6 +1435,7 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
         tmp,
         home,
         app,
+        app_one_worker,
         tls,
         plaintext,
         raw,

@@ -667,7 +667,7 @@ where
                 }),
                 _ => None,
             };
-            let replay = resume.as_ref().map(|_| ReplayBuffer::new());
+            let replay = resume.as_ref().map(|_| ReplayBuffer::<Bytes>::new());
             (window, max_chunk, rtt, resume, Receipts::new(), replay)
         }
         Start::Attach(record) => {
@@ -678,7 +678,11 @@ where
             }
             let mut replay = ReplayBuffer::restore(
                 record.sent,
-                record.unacked.into_iter().map(|frame| frame.0).collect(),
+                record
+                    .unacked
+                    .into_iter()
+                    .map(|frame| Bytes::from(frame.0))
+                    .collect(),
             );
             let missing = replay
                 .replay_after(resumed.received)
@@ -687,7 +691,11 @@ where
             let ack = codec::encode(&ClientFrame::Ack(Ack {
                 seq: record.received,
             }));
-            send_encoded(&mut sink, std::iter::once(ack).chain(missing).collect()).await?;
+            send_encoded(
+                &mut sink,
+                std::iter::once(Bytes::from(ack)).chain(missing).collect(),
+            )
+            .await?;
             config.resources.set_session(&record.session_id);
             tracing::info!(session = %record.session_id, "re-attached");
             // This terminal may not be the size of the one that detached.
@@ -909,7 +917,7 @@ where
                             // Never executed twice: the answer will come, or is sent again.
                             Seen::Running => Flow::Continue,
                             Seen::Answered(answer) => {
-                                let outgoing = vec![(answer, true)];
+                                let outgoing = vec![(Bytes::from(answer), true)];
                                 transmit(&mut link, keep(outgoing, replay.as_mut())).await.map_or_else(flow_of, |()| Flow::Continue)
                             }
                             Seen::AnsweredNotKept => {
@@ -993,10 +1001,10 @@ where
                                 // The ack first: it tells the server this client
                                 // has the new token.
                                 let ack = ClientFrame::Ack(Ack { seq: receipts.received() });
-                                let mut outgoing: Vec<(Vec<u8>, bool)> = vec![(codec::encode(&ack), false)];
+                                let mut outgoing: Vec<(Bytes, bool)> = vec![(codec::encode(&ack).into(), false)];
                                 outgoing.extend(missing.into_iter().map(|bytes| (bytes, false)));
                                 if detach_requested {
-                                    outgoing.push((codec::encode(&ClientFrame::Detach(Detach {})), false));
+                                    outgoing.push((codec::encode(&ClientFrame::Detach(Detach {})).into(), false));
                                 }
                                 transmit(&mut link, outgoing).await.map_or_else(flow_of, |()| Flow::Continue)
                             }
@@ -1137,7 +1145,7 @@ where
             let ack = ClientFrame::Ack(Ack {
                 seq: receipts.received(),
             });
-            outgoing.push((codec::encode(&ack), false));
+            outgoing.push((codec::encode(&ack).into(), false));
             tracing::debug!(frames = outgoing.len(), "detaching: last frames");
             let _ = transmit(&mut link, outgoing).await;
             if let Some(mut current) = link.take() {
@@ -1407,16 +1415,22 @@ async fn request_detach<S: Socket>(
 }
 
 /// Frames encoded, each with whether it was kept for replay.
-fn encode_all(frames: &[ClientFrame], replay: Option<&mut ReplayBuffer>) -> Vec<(Vec<u8>, bool)> {
+fn encode_all(
+    frames: &[ClientFrame],
+    replay: Option<&mut ReplayBuffer<Bytes>>,
+) -> Vec<(Bytes, bool)> {
     let encoded = frames
         .iter()
-        .map(|frame| (codec::encode(frame), frame.is_sequenced()))
+        .map(|frame| (codec::encode(frame).into(), frame.is_sequenced()))
         .collect();
     keep(encoded, replay)
 }
 
 /// Keeps the sequenced frames of `outgoing` for replay (when resuming is on).
-fn keep(outgoing: Vec<(Vec<u8>, bool)>, replay: Option<&mut ReplayBuffer>) -> Vec<(Vec<u8>, bool)> {
+fn keep(
+    outgoing: Vec<(Bytes, bool)>,
+    replay: Option<&mut ReplayBuffer<Bytes>>,
+) -> Vec<(Bytes, bool)> {
     if let Some(replay) = replay {
         for (bytes, sequenced) in &outgoing {
             if *sequenced {
@@ -1432,13 +1446,13 @@ fn answer(
     batch: Vec<Response>,
     running: &mut HashSet<u64>,
     recent: &mut RecentRequests,
-    replay: Option<&mut ReplayBuffer>,
-) -> Vec<(Vec<u8>, bool)> {
+    replay: Option<&mut ReplayBuffer<Bytes>>,
+) -> Vec<(Bytes, bool)> {
     let outgoing = batch
         .into_iter()
         .map(|response| {
             let id = response.id.0;
-            let bytes = codec::encode(&ClientFrame::Response(response));
+            let bytes = Bytes::from(codec::encode(&ClientFrame::Response(response)));
             running.remove(&id);
             recent.finish(id, &bytes);
             (bytes, true)
@@ -1450,7 +1464,7 @@ fn answer(
 /// Sends encoded answers, and lingers for the server's next request.
 async fn send_answers<S: Socket>(
     link: &mut Option<Link<S>>,
-    answers: Vec<(Vec<u8>, bool)>,
+    answers: Vec<(Bytes, bool)>,
     linger: &mut Linger<std::time::Instant>,
 ) -> Flow {
     linger.sent(std::time::Instant::now());
@@ -1462,7 +1476,7 @@ async fn send_answers<S: Socket>(
 /// Sends frames (kept for replay first, when resuming is on).
 async fn send_frames<S: Socket>(
     link: &mut Option<Link<S>>,
-    replay: Option<&mut ReplayBuffer>,
+    replay: Option<&mut ReplayBuffer<Bytes>>,
     frames: &[ClientFrame],
 ) -> Flow {
     let outgoing = encode_all(frames, replay);
@@ -1475,7 +1489,7 @@ async fn send_frames<S: Socket>(
 /// wait in the replay buffer (or, for unsequenced frames, are dropped).
 async fn transmit<S: Socket>(
     link: &mut Option<Link<S>>,
-    outgoing: Vec<(Vec<u8>, bool)>,
+    outgoing: Vec<(Bytes, bool)>,
 ) -> Result<(), ClientError> {
     let Some(current) = link else {
         return Ok(());
@@ -1810,7 +1824,7 @@ where
 }
 
 /// Sends encoded frames with one flush.
-async fn send_encoded<S>(sink: &mut Sink<S>, frames: Vec<Vec<u8>>) -> Result<(), ClientError>
+async fn send_encoded<S>(sink: &mut Sink<S>, frames: Vec<Bytes>) -> Result<(), ClientError>
 where
     S: Socket,
 {
@@ -1819,7 +1833,7 @@ where
     }
     let sending = async {
         for bytes in frames {
-            sink.feed(Message::Binary(bytes.into())).await?;
+            sink.feed(Message::Binary(bytes)).await?;
         }
         sink.flush().await
     };

@@ -227,6 +227,15 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// Starts the bench app `exe` with `args` (over `ws://`), for `client`.
+    fn start_app(exe: &Path, args: &[String], client: PathBuf) -> anyhow::Result<Endpoint> {
+        Ok(Endpoint {
+            server: Server::start(exe, args)?,
+            client,
+            options: Vec::new(),
+        })
+    }
+
     /// `127.0.0.1:PORT`.
     fn authority(&self) -> &str {
         let url = &self.server.url;
@@ -1244,11 +1253,7 @@ fn start_plaintext(dir: &Path, tuning: &Tuning) -> anyhow::Result<Endpoint> {
             );
         }
     }
-    Ok(Endpoint {
-        server: Server::start(&exe, &tuning.app_args())?,
-        client,
-        options: Vec::new(),
-    })
+    Endpoint::start_app(&exe, &tuning.app_args(), client)
 }
 
 fn millis(elapsed: Duration) -> f64 {
@@ -1383,21 +1388,11 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home)?;
     eprintln!("terminalwire-bench: starting the servers");
-    let app = Endpoint {
-        server: Server::start(&exe, &options.tuning.app_args())?,
-        client: client.clone(),
-        options: Vec::new(),
-    };
+    let app = Endpoint::start_app(&exe, &options.tuning.app_args(), client.clone())?;
     let app_one_worker = if wanted(3) {
         let mut args = options.tuning.app_args();
         args.extend(["--workers".into(), "1".into()]);
-        Server::start(&exe, &args)
-            .map(|server| Endpoint {
-                server,
-                client: client.clone(),
-                options: Vec::new(),
-            })
-            .map_err(|error| format!("{error:#}"))
+        Endpoint::start_app(&exe, &args, client.clone()).map_err(|error| format!("{error:#}"))
     } else {
         Err("not selected".into())
     };

@@ -93,11 +93,6 @@ impl std::io::Write for BlockWriter<'_> {
         Ok(bytes.len())
     }
 
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        copy::extend_from_slice(self.0, bytes);
-        Ok(())
-    }
-
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }

@@ -114,7 +114,8 @@ pub fn resolve(raw: &str, user_home: &Path) -> Result<ResolvedPath, PathError> {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum Sighting {
-    /// Nothing is there; its folder exists.
+    /// Nothing is there (nor, perhaps, its folder), and no symlink is on
+    /// the way to it.
     Absent,
     /// Something other than a symlink is there: `fstatat` with
     /// `AT_SYMLINK_NOFOLLOW`, in a folder reached without any symlink.
@@ -216,33 +217,40 @@ fn normalize(path: &Path, raw: &str) -> Result<PathBuf, PathError> {
     Ok(out)
 }
 
-/// The common case of [`canonical_prefix`] in three system calls instead of
-/// a `readlink` per component: a path whose folder exists and has no
-/// symlink on the way, and whose last component is missing or not a
-/// symlink, is its own canonical form. `openat2` with `RESOLVE_NO_SYMLINKS`
-/// proves the folder part (the kernel refuses a symlink on any component);
-/// `fstatat` without following looks at the last one. Returns the prefix,
-/// the missing components and what is at the path; `None` for anything
-/// else (a symlink, a missing folder, an error), which the general
-/// resolution handles.
+/// The common case of [`canonical_prefix`] without a `readlink` per
+/// component: a path with no symlink on the way, whose last component is
+/// missing or not a symlink, is its own canonical form. One `openat2` with
+/// `RESOLVE_NO_SYMLINKS` walks the whole path (the kernel refuses a symlink
+/// on any component but the last, which `O_PATH | O_NOFOLLOW` opens as
+/// itself): `ENOENT` means nothing is there and every component the kernel
+/// met was a plain one, so the path is canonical in one system call (the
+/// usual answer to an `exists`); otherwise `fstat` on what it opened says
+/// what is there. Returns the prefix, the missing components and what is at
+/// the path; `None` for anything else (a symlink, a file on the way, an
+/// error), which the general resolution handles.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn symlink_free_prefix(path: &Path) -> Option<(PathBuf, Vec<&OsStr>, Sighting)> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
     let (parent, name) = (path.parent()?, path.file_name()?);
-    let folder = rustix::fs::openat2(
+    let opened = rustix::fs::openat2(
         rustix::fs::CWD,
-        parent,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .ok()?;
-    match rustix::fs::statat(&folder, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
-            // Followed by the general resolution.
-            FileType::Symlink => None,
-            _ => Some((path.to_path_buf(), Vec::new(), Sighting::Present(stat))),
-        },
+    );
+    match opened {
+        Ok(fd) => {
+            let stat = rustix::fs::fstat(&fd).ok()?;
+            match FileType::from_raw_mode(stat.st_mode) {
+                // Followed by the general resolution.
+                FileType::Symlink => None,
+                _ => Some((path.to_path_buf(), Vec::new(), Sighting::Present(stat))),
+            }
+        }
+        // Some component is missing: the ones before it are plain folders
+        // (a symlink among them would have been ELOOP first), and the ones
+        // after it do not exist, so none is a symlink.
         Err(rustix::io::Errno::NOENT) => Some((parent.to_path_buf(), vec![name], Sighting::Absent)),
         Err(_) => None,
     }
@@ -435,8 +443,13 @@ mod tests {
         assert!(path.is_dir());
         assert!(matches!(sighting, Some(Sighting::Present(_))));
         assert!(matches!(seen("~/dir/missing").1, Some(Sighting::Absent)));
-        // A missing folder: the general resolution, nothing seen.
-        assert!(seen("~/nowhere/missing").1.is_none());
+        // A missing folder: nothing there either, and the path is its own
+        // canonical form.
+        let (path, sighting) = seen("~/nowhere/missing");
+        assert_eq!(path.as_path(), h.join("nowhere/missing"));
+        assert!(matches!(sighting, Some(Sighting::Absent)));
+        // A file on the way: the general resolution, nothing seen.
+        assert!(seen("~/dir/file/below").1.is_none());
 
         // Symlinks, last or on the way: resolved to their target, not seen.
         std::os::unix::fs::symlink(h.join("dir/file"), h.join("link")).unwrap();
@@ -446,6 +459,10 @@ mod tests {
         assert!(sighting.is_none());
         let (path, sighting) = seen("~/linkdir/file");
         assert_eq!(path.as_path(), h.join("dir/file"));
+        assert!(sighting.is_none());
+        // A missing path behind a symlink is not seen, and resolves through it.
+        let (path, sighting) = seen("~/linkdir/missing/deeper");
+        assert_eq!(path.as_path(), h.join("dir/missing/deeper"));
         assert!(sighting.is_none());
     }
 

@@ -74,7 +74,9 @@ pub struct SessionConfig {
     /// (at most an hour) before sleeping, once the server's next request
     /// came within three times this: two wake-ups saved per round trip on
     /// loopback (`terminalwire_protocol::linger`; default
-    /// `linger::DEFAULT_BUDGET`, 50 µs). Zero: never.
+    /// `linger::DEFAULT_BUDGET`, 50 µs). The same after writing output that
+    /// is written at once (a file, the null device), once the next chunk
+    /// came that soon. Zero: never.
     pub linger: Duration,
 }
 
@@ -765,6 +767,12 @@ where
     // On `std`'s clock: tokio's stands still while tasks run in tests that
     // pause time, and lingering would never end.
     let mut linger = Linger::with_budget(config.linger);
+    // The same after output written at once (a file, `/dev/null`): while the
+    // server streams, its next chunk comes within microseconds, and a client
+    // that slept between chunks had the server pay a wake-up of its idle CPU
+    // in each send (figure 2 in `bench/PROFILE.md`). The next chunk is what
+    // answers a written one.
+    let mut output_linger = Linger::with_budget(config.linger.saturating_mul(2));
     let timer = tokio::time::sleep_until(idle_watch.deadline());
     tokio::pin!(timer);
     let mut alarm = Alarm::new();
@@ -859,10 +867,15 @@ where
                 let mut flow = match incoming {
                     Incoming::Chunk(sid, bytes) => match take_chunk(&mut pipes, sid, bytes, max_chunk) {
                         Ok((_, Pushed::Queued)) => Flow::Continue,
-                        Ok((index, Pushed::Written(len))) => match pipes[index].consumed(len) {
-                            Some(grant) => send_frames(&mut link, replay.as_mut(), &[grant]).await,
-                            None => Flow::Continue,
-                        },
+                        Ok((index, Pushed::Written(len))) => {
+                            let now = std::time::Instant::now();
+                            output_linger.heard(now);
+                            output_linger.sent(now);
+                            match pipes[index].consumed(len) {
+                                Some(grant) => send_frames(&mut link, replay.as_mut(), &[grant]).await,
+                                None => Flow::Continue,
+                            }
+                        }
                         Ok((index, Pushed::Failed(error))) => {
                             Flow::Done(Err(output_failed(pipes[index].name, index, error)))
                         }
@@ -1040,9 +1053,10 @@ where
                 let answers = answer(batch, &mut running, &mut recent, replay.as_mut());
                 send_answers(&mut link, answers, &mut linger).await
             }
-            // The server answers fast: poll for its next message a little
-            // while rather than sleep (`linger`). Only once the answers left.
-            () = tokio::task::yield_now(), if ready.is_empty() && linger.awake(std::time::Instant::now()) => Flow::Continue,
+            // The server answers or streams fast: poll for its next message
+            // a little while rather than sleep (`linger`). Only once the
+            // answers left.
+            () = tokio::task::yield_now(), if ready.is_empty() && awake(&linger, &output_linger) => Flow::Continue,
             _ = heartbeat.tick(), if link.is_some() => {
                 match &mut link {
                     Some(current) => send_message(&mut current.sink, Message::Ping(Vec::new().into())).await.map_or_else(flow_of, |()| Flow::Continue),
@@ -1459,6 +1473,12 @@ fn answer(
         })
         .collect();
     keep(outgoing, replay)
+}
+
+/// Whether either kind of lingering wants the loop to poll rather than sleep.
+fn awake(requests: &Linger<std::time::Instant>, output: &Linger<std::time::Instant>) -> bool {
+    let now = std::time::Instant::now();
+    requests.awake(now) || output.awake(now)
 }
 
 /// Sends encoded answers, and lingers for the server's next request.

@@ -617,8 +617,9 @@ pub fn metadata(path: &Path) -> Result<Option<Metadata>, FsError> {
 }
 
 /// [`metadata`] from what path resolution already saw at the path, when it
-/// looked the same way (its folder reached without symlinks, the last
-/// component not followed): no second look. `None` for a sighting this
+/// looked the same way (reached without symlinks, the last component not
+/// followed; an absent path's folder may be missing too, which [`metadata`]
+/// also reports as nothing there): no second look. `None` for a sighting this
 /// client does not know, which calls for a look of its own.
 pub fn metadata_seen(sighting: Sighting) -> Option<Option<Metadata>> {
     match sighting {

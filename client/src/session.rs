@@ -74,9 +74,10 @@ pub struct SessionConfig {
     /// (at most an hour) before sleeping, once the server's next request
     /// came within three times this: two wake-ups saved per round trip on
     /// loopback (`terminalwire_protocol::linger`; default
-    /// `linger::DEFAULT_BUDGET`, 50 µs). The same after writing output that
-    /// is written at once (a file, the null device), once the next chunk
-    /// came that soon. Zero: never.
+    /// `linger::DEFAULT_BUDGET`, 50 µs). After output written at once (a
+    /// file, the null device), poll twice this long for the next chunk, once
+    /// a chunk came within six times this after the one before (100 and
+    /// 300 µs by default). Zero: never.
     pub linger: Duration,
 }
 
@@ -865,12 +866,15 @@ where
                 }
                 let sequenced = replay.is_some() && incoming.is_sequenced();
                 let mut flow = match incoming {
-                    Incoming::Chunk(sid, bytes) => match take_chunk(&mut pipes, sid, bytes, max_chunk) {
+                    Incoming::Chunk(sid, bytes) => {
+                      let arrived = std::time::Instant::now();
+                      match take_chunk(&mut pipes, sid, bytes, max_chunk) {
                         Ok((_, Pushed::Queued)) => Flow::Continue,
                         Ok((index, Pushed::Written(len))) => {
-                            let now = std::time::Instant::now();
-                            output_linger.heard(now);
-                            output_linger.sent(now);
+                            // The gap is from one chunk written to the next
+                            // one's arrival, without the write.
+                            output_linger.heard(arrived);
+                            output_linger.sent(std::time::Instant::now());
                             match pipes[index].consumed(len) {
                                 Some(grant) => send_frames(&mut link, replay.as_mut(), &[grant]).await,
                                 None => Flow::Continue,
@@ -880,7 +884,8 @@ where
                             Flow::Done(Err(output_failed(pipes[index].name, index, error)))
                         }
                         Err(message) => Flow::Done(Err(violation_on(&mut link, message).await)),
-                    },
+                      }
+                    }
                     Incoming::Frame(frame) => match frame {
                         ServerFrame::Request(request) => match recent.begin(request.id.0) {
                             Seen::New => {

@@ -117,15 +117,16 @@ pub enum Sighting {
     /// Nothing is there (nor, perhaps, its folder), and no symlink is on
     /// the way to it.
     Absent,
-    /// Something other than a symlink is there: `fstatat` with
-    /// `AT_SYMLINK_NOFOLLOW`, in a folder reached without any symlink.
+    /// Something other than a symlink is there: its `fstat`, opened with
+    /// `O_PATH | O_NOFOLLOW` by a walk that met no symlink.
     Present(rustix::fs::Stat),
 }
 
 /// [`resolve`], with what the resolution saw at the path when it looked
 /// there without following any symlink (the common case on Linux), so a
 /// caller that only needs that need not look again. `None` when it did not
-/// look: a symlink on the way, a missing folder, another platform.
+/// look: a symlink on the way or at the path, a file on the way, another
+/// error on the way, another platform.
 pub fn resolve_seen(
     raw: &str,
     user_home: &Path,
@@ -450,6 +451,17 @@ mod tests {
         assert!(matches!(sighting, Some(Sighting::Absent)));
         // A file on the way: the general resolution, nothing seen.
         assert!(seen("~/dir/file/below").1.is_none());
+        // A dangling symlink on the way is refused, never seen as absent.
+        std::os::unix::fs::symlink(h.join("nowhere"), h.join("dangling")).unwrap();
+        assert!(matches!(
+            resolve_seen("~/dangling/below", &h),
+            Err(PathError::DanglingSymlink { .. })
+        ));
+        // A magic link on the way (`/proc/self/cwd`) is resolved, not seen.
+        let (path, sighting) = seen("/proc/self/cwd/terminalwire-missing");
+        let cwd = std::fs::canonicalize(std::env::current_dir().unwrap()).unwrap();
+        assert_eq!(path.as_path(), cwd.join("terminalwire-missing"));
+        assert!(sighting.is_none());
 
         // Symlinks, last or on the way: resolved to their target, not seen.
         std::os::unix::fs::symlink(h.join("dir/file"), h.join("link")).unwrap();

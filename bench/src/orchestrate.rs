@@ -688,11 +688,14 @@ impl Bench {
             ),
             format!(
                 "terminalwire lingers much as the polling ping-pong does: after sending answers \
-                 the client polls for the server's next request for up to {} µs, and a request \
-                 alone in flight polls for its answer as long (`linger` in the client's and the \
-                 SDK's configuration), once a round trip took at most {} µs. The raw WebSocket \
-                 echo, figure 3's baseline, does not: it is tokio-tungstenite as it comes; the \
-                 polling ping-pong is the floor for ends that linger.",
+                 the client polls for the server's next request for up to {} µs, once a round \
+                 trip took at most {} µs, and a request alone in flight polls for its answer for \
+                 up to {} µs, once a round trip took at most {} µs (`linger` in the client's and \
+                 the SDK's configuration). The raw WebSocket echo, figure 3's baseline, does \
+                 not: it is tokio-tungstenite as it comes; the polling ping-pong is the floor \
+                 for ends that linger.",
+                linger::CLIENT_BUDGET.as_micros(),
+                linger::CLIENT_BUDGET.as_micros() * u128::from(linger::WORTH_FACTOR),
                 linger::DEFAULT_BUDGET.as_micros(),
                 linger::DEFAULT_BUDGET.as_micros() * u128::from(linger::WORTH_FACTOR)
             ),

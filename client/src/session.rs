@@ -74,10 +74,8 @@ pub struct SessionConfig {
     /// (at most an hour) before sleeping, once the server's next request
     /// came within three times this: two wake-ups saved per round trip on
     /// loopback (`terminalwire_protocol::linger`; default
-    /// `linger::DEFAULT_BUDGET`, 50 µs). After output written at once (a
-    /// file, the null device), poll twice this long for the next chunk, once
-    /// a chunk came within six times this after the one before (100 and
-    /// 300 µs by default). Zero: never.
+    /// `linger::CLIENT_BUDGET`, 100 µs). The same after output written at
+    /// once (a file, the null device), for the next chunk. Zero: never.
     pub linger: Duration,
 }
 
@@ -92,7 +90,7 @@ impl Default for SessionConfig {
             resources: Resources::none(),
             stdin_is_terminal: false,
             handle_signals: false,
-            linger: terminalwire_protocol::linger::DEFAULT_BUDGET,
+            linger: terminalwire_protocol::linger::CLIENT_BUDGET,
         }
     }
 }
@@ -773,7 +771,7 @@ where
     // that slept between chunks had the server pay a wake-up of its idle CPU
     // in each send (figure 2 in `bench/PROFILE.md`). The next chunk is what
     // answers a written one.
-    let mut output_linger = Linger::with_budget(config.linger.saturating_mul(2));
+    let mut output_linger = Linger::with_budget(config.linger);
     let timer = tokio::time::sleep_until(idle_watch.deadline());
     tokio::pin!(timer);
     let mut alarm = Alarm::new();

@@ -865,24 +865,24 @@ where
                 let sequenced = replay.is_some() && incoming.is_sequenced();
                 let mut flow = match incoming {
                     Incoming::Chunk(sid, bytes) => {
-                      let arrived = std::time::Instant::now();
-                      match take_chunk(&mut pipes, sid, bytes, max_chunk) {
-                        Ok((_, Pushed::Queued)) => Flow::Continue,
-                        Ok((index, Pushed::Written(len))) => {
-                            // The gap is from one chunk written to the next
-                            // one's arrival, without the write.
-                            output_linger.heard(arrived);
-                            output_linger.sent(std::time::Instant::now());
-                            match pipes[index].consumed(len) {
-                                Some(grant) => send_frames(&mut link, replay.as_mut(), &[grant]).await,
-                                None => Flow::Continue,
+                        let arrived = std::time::Instant::now();
+                        match take_chunk(&mut pipes, sid, bytes, max_chunk) {
+                            Ok((_, Pushed::Queued)) => Flow::Continue,
+                            Ok((index, Pushed::Written(len))) => {
+                                // The gap is from one chunk written to the next
+                                // one's arrival, without the write.
+                                output_linger.heard(arrived);
+                                output_linger.sent(std::time::Instant::now());
+                                match pipes[index].consumed(len) {
+                                    Some(grant) => send_frames(&mut link, replay.as_mut(), &[grant]).await,
+                                    None => Flow::Continue,
+                                }
                             }
+                            Ok((index, Pushed::Failed(error))) => {
+                                Flow::Done(Err(output_failed(pipes[index].name, index, error)))
+                            }
+                            Err(message) => Flow::Done(Err(violation_on(&mut link, message).await)),
                         }
-                        Ok((index, Pushed::Failed(error))) => {
-                            Flow::Done(Err(output_failed(pipes[index].name, index, error)))
-                        }
-                        Err(message) => Flow::Done(Err(violation_on(&mut link, message).await)),
-                      }
                     }
                     Incoming::Frame(frame) => match frame {
                         ServerFrame::Request(request) => match recent.begin(request.id.0) {

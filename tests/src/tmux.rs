@@ -14,6 +14,9 @@ use crate::client_binary;
 pub const PANE_DEADLINE: Duration = Duration::from_secs(20);
 /// How often the pane is polled meanwhile.
 const POLL: Duration = Duration::from_millis(50);
+/// How long after the client's exit [`TmuxPane::wait_for`] still looks for
+/// its last output on the screen.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// The tmux session's name (each test has its own tmux server).
 const SESSION: &str = "tw";
 
@@ -218,13 +221,24 @@ impl TmuxPane {
     /// after [`PANE_DEADLINE`].
     pub async fn wait_for(&self, text: &str) -> String {
         let deadline = Instant::now() + PANE_DEADLINE;
+        // When the client was first seen to have exited.
+        let mut exited_at = None;
         loop {
+            // The exit first: what the client wrote before it exited may
+            // reach tmux's screen after the status file appears, so the
+            // screen is only judged a while after the exit.
+            let status = self.status();
             let screen = self.screen().await;
             if screen.contains(text) {
                 return screen;
             }
-            if let Some(status) = self.status() {
-                panic!("the client exited ({status}) without showing {text:?}; screen:\n{screen}");
+            if let Some(status) = status {
+                let since: Instant = *exited_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= EXIT_GRACE {
+                    panic!(
+                        "the client exited ({status}) without showing {text:?}; screen:\n{screen}"
+                    );
+                }
             }
             assert!(
                 Instant::now() < deadline,

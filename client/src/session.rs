@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::flow::{Growth, MAX_GROWN_WINDOW, ReceiveWindow};
 use terminalwire_protocol::frame::{
@@ -803,6 +803,8 @@ where
     // Loop turns since `ready` got its first answer: while messages keep
     // coming, `Settle` never fires, so the answers leave after this many.
     let mut ready_turns = 0usize;
+    // A message found waiting while answers were ready (see `drained`).
+    let mut waiting: Option<Result<Option<(Incoming, usize)>, ClientError>> = None;
     // Shared by every request's work: a clone of `Resources` per request
     // (paths, the audit log's state) cost more than a small request itself.
     let shared_resources = Arc::new(config.resources.clone());
@@ -816,6 +818,20 @@ where
         if let Some(at) = alarm.rearm(nearest) {
             timer.as_mut().reset(at);
         }
+        // Answers are ready and no message is left to read: they leave at
+        // once, without the extra turn of the runtime that `Settle` takes (a
+        // poll of the reactor for each request done one at a time). A
+        // message found instead is kept for the next turn, and the answers
+        // wait for it.
+        let drained = !ready.is_empty()
+            && waiting.is_none()
+            && match next_message_on(&mut link).now_or_never() {
+                Some(message) => {
+                    waiting = Some(message);
+                    false
+                }
+                None => true,
+            };
         let flow = tokio::select! {
             signal = next_signal(&mut signals) => match signal {
                 // A second Ctrl-C soon after the first: the user wants out now.
@@ -838,7 +854,7 @@ where
                 LocalSignal::Terminate(number) => Flow::Done(Err(ClientError::Terminated(number))),
             },
             Some(()) = detach_keys.recv() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
-            message = next_message_on(&mut link) => {
+            message = next_or_waiting(&mut waiting, &mut link) => {
                 idle_watch.heard(Instant::now());
                 let (incoming, len) = match message {
                     Ok(Some(frame)) => frame,
@@ -1040,7 +1056,7 @@ where
             // Reap finished request tasks so the set stays small.
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => Flow::Continue,
             // Answers given at once leave together, once no message waits.
-            () = Settle(ready_turns > MAX_ANSWER_BATCH), if !ready.is_empty() => {
+            () = Settle(drained || ready_turns > MAX_ANSWER_BATCH), if !ready.is_empty() => {
                 let answers = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
                 send_answers(&mut link, answers, &mut linger).await
             }
@@ -1904,6 +1920,22 @@ where
     match link {
         Some(current) => next_message(&mut current.source).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The message found `waiting` by an earlier turn, or else the next one.
+/// Cancel-safe: the waiting message is taken only when the future is first
+/// polled, which then returns it at once.
+async fn next_or_waiting<S>(
+    waiting: &mut Option<Result<Option<(Incoming, usize)>, ClientError>>,
+    link: &mut Option<Link<S>>,
+) -> Result<Option<(Incoming, usize)>, ClientError>
+where
+    S: Socket,
+{
+    match waiting.take() {
+        Some(message) => message,
+        None => next_message_on(link).await,
     }
 }
 

@@ -151,6 +151,25 @@ impl ScriptedSocket {
         }
     }
 
+    /// Seals each frame and sends them all with one flush, so that they
+    /// reach the client together (most likely in one read).
+    pub async fn send_frames_together(&mut self, frames: &[ServerFrame]) {
+        for frame in frames {
+            let Ok(sealed) = self.sealer.seal(&codec::encode(frame)) else {
+                return;
+            };
+            if self
+                .socket
+                .feed(Message::Binary(sealed.into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = self.socket.flush().await;
+    }
+
     /// Sends a binary WebSocket message as it is, not sealed.
     pub async fn send_unsealed(&mut self, bytes: Vec<u8>) {
         let _ = self.socket.send(Message::Binary(bytes.into())).await;
@@ -262,6 +281,23 @@ impl Drop for ScriptedServer {
 /// something that is not a frame.
 pub async fn next_client_frame(socket: &mut ScriptedSocket) -> Option<ClientFrame> {
     codec::decode(&socket.next_opened().await?).ok()
+}
+
+/// A welcome for a scripted session: protocol version 1, default window
+/// and chunk size, no resuming.
+pub fn scripted_welcome() -> ServerFrame {
+    ServerFrame::Welcome(terminalwire_protocol::frame::Welcome {
+        version: 1,
+        server: terminalwire_protocol::frame::Software {
+            name: "scripted".into(),
+            version: "0".into(),
+        },
+        session_id: "scripted".into(),
+        capabilities: Vec::new(),
+        window: terminalwire_protocol::DEFAULT_WINDOW,
+        max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+        resume: None,
+    })
 }
 
 /// Sends one server frame.

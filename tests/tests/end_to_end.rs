@@ -2,14 +2,19 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
-use terminalwire_protocol::frame::{Exit as ExitFrame, Incompatible};
-use terminalwire_protocol::{ClientFrame, ServerFrame, VersionRange};
+use terminalwire_protocol::frame::{
+    Data, Exit as ExitFrame, Incompatible, Operation, Reply, Request, StreamId,
+};
+use terminalwire_protocol::{ClientFrame, RequestId, ServerFrame, VersionRange};
 use terminalwire_server::{Context, Exit, Terminal};
+use terminalwire_tests::process::ClientHome;
 use terminalwire_tests::{
     CLIENT_DEADLINE, Client, ScriptedServer, TestServer, client_binary, next_client_frame,
-    send_server_frame,
+    scripted_welcome, send_server_frame,
 };
 use tokio::sync::Notify;
 
@@ -343,23 +348,92 @@ async fn a_server_that_vanishes_mid_session_is_a_lost_connection() {
             return;
         }
         // Welcome, then drop the connection without an exit frame.
-        let welcome = terminalwire_protocol::frame::Welcome {
-            version: 1,
-            server: terminalwire_protocol::frame::Software {
-                name: "scripted".into(),
-                version: "0".into(),
-            },
-            session_id: "s".into(),
-            capabilities: Vec::new(),
-            window: terminalwire_protocol::DEFAULT_WINDOW,
-            max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
-            resume: None,
-        };
-        send_server_frame(&mut socket, &ServerFrame::Welcome(welcome)).await;
+        send_server_frame(&mut socket, &scripted_welcome()).await;
     })
     .await;
     let run = Client::new([server.url().as_str(), "hello"]).run().await;
     assert_eq!(run.status, Some(CONNECTION_LOST), "{}", run.stderr_text());
+}
+
+/// Requests and output that arrive in one burst: the client answers a small
+/// request at once but sends the answer only once no message is left to
+/// read, so each next frame is read while an answer waits. None is lost or
+/// reordered, and both answers come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_output_arriving_together_are_all_handled_in_order() {
+    let storage: Arc<OnceLock<PathBuf>> = Arc::default();
+    let script_storage = storage.clone();
+    let server = ScriptedServer::start(true, move |mut socket| {
+        let storage = script_storage.get().cloned();
+        async move {
+            let Some(storage) = storage else { return };
+            if next_client_frame(&mut socket).await.is_none() {
+                return;
+            }
+            send_server_frame(&mut socket, &scripted_welcome()).await;
+            let exists = |id: u64, name: &str| {
+                ServerFrame::Request(Request {
+                    id: RequestId(id),
+                    op: Operation::FileExists {
+                        path: storage.join(name).display().to_string(),
+                    },
+                })
+            };
+            let output = |text: &str| {
+                ServerFrame::Data(Data {
+                    sid: StreamId::STDOUT,
+                    bytes: text.as_bytes().to_vec().into(),
+                })
+            };
+            socket
+                .send_frames_together(&[
+                    exists(1, "present"),
+                    output("one\n"),
+                    exists(2, "absent"),
+                    output("two\n"),
+                    exists(3, "present"),
+                ])
+                .await;
+            let mut answers = BTreeMap::new();
+            while answers.len() < 3 {
+                match next_client_frame(&mut socket).await {
+                    Some(ClientFrame::Response(response)) => {
+                        answers.insert(response.id.0, response.ok);
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+            let bool_reply = |value| Some(Reply::Bool { value });
+            let expected = BTreeMap::from([
+                (1, bool_reply(true)),
+                (2, bool_reply(false)),
+                (3, bool_reply(true)),
+            ]);
+            let status = if answers == expected { 0 } else { 1 };
+            if status != 0 {
+                let text = format!("wrong answers: {answers:?}\n");
+                send_server_frame(&mut socket, &output(&text)).await;
+            }
+            send_server_frame(&mut socket, &ServerFrame::Exit(ExitFrame { status })).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    let folder = home.storage_dir(&url);
+    std::fs::write(folder.join("present"), b"here").unwrap();
+    storage.set(folder).unwrap();
+    let child = home.command([url.as_str(), "go"]).spawn().unwrap();
+    let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
+        .await
+        .expect("the client hung")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stdout, "one\ntwo\n", "stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

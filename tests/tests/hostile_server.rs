@@ -5,33 +5,18 @@
 
 use std::time::Duration;
 
-use terminalwire_protocol::frame::{
-    Data, Operation, Request, RequestId, ServerFrame, Software, StreamId, Welcome,
-};
-use terminalwire_protocol::{DEFAULT_MAX_CHUNK, DEFAULT_WINDOW, codec};
+use terminalwire_protocol::frame::{Data, Operation, Request, RequestId, ServerFrame, StreamId};
+use terminalwire_protocol::{DEFAULT_MAX_CHUNK, codec};
 use terminalwire_tests::process::{ClientHome, proc_status_bytes};
-use terminalwire_tests::{ScriptedServer, ScriptedSocket, next_client_frame, send_server_frame};
+use terminalwire_tests::{
+    ScriptedServer, ScriptedSocket, next_client_frame, scripted_welcome, send_server_frame,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROTOCOL: i32 = 76;
 const CONNECTION_LOST: i32 = 75;
 /// The client's peak resident memory under every attack.
 const MEMORY_BOUND: u64 = 64 * 1024 * 1024;
-
-fn welcome() -> ServerFrame {
-    ServerFrame::Welcome(Welcome {
-        version: 1,
-        server: Software {
-            name: "hostile".into(),
-            version: "0".into(),
-        },
-        session_id: "h".into(),
-        capabilities: Vec::new(),
-        window: DEFAULT_WINDOW,
-        max_chunk: DEFAULT_MAX_CHUNK,
-        resume: None,
-    })
-}
 
 /// Runs the client against `url`; returns (status, stderr, peak RSS).
 async fn attack(url: &str, extra: &[&str]) -> (Option<i32>, String, u64) {
@@ -71,7 +56,7 @@ async fn after_hello(socket: &mut ScriptedSocket) -> bool {
     if next_client_frame(socket).await.is_none() {
         return false;
     }
-    send_server_frame(socket, &welcome()).await;
+    send_server_frame(socket, &scripted_welcome()).await;
     true
 }
 

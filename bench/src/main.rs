@@ -9,7 +9,7 @@
 //!
 //! The binary also plays the servers and the raw client it measures, each as
 //! its own process (hidden subcommands `serve`, `raw-serve`, `raw-client`, `tcp-echo-serve`,
-//! `tcp-ping-pong`).
+//! `tcp-ping-pong`, `tcp-stream`).
 //!
 //! # Layout
 //!
@@ -135,6 +135,15 @@ enum Role {
         #[arg(long)]
         poll: bool,
     },
+    /// Receives `BYTES` over plain TCP from a `tcp-echo-serve` (64 KiB
+    /// writes) and writes them to stdout.
+    #[command(hide = true)]
+    TcpStream {
+        /// The echo server's `ADDR:PORT`.
+        addr: SocketAddr,
+        /// Bytes to receive.
+        bytes: u64,
+    },
     /// The load test: many concurrent sessions with mixed requests against
     /// one bench app process; zero errors required.
     Load {
@@ -212,6 +221,7 @@ fn main() -> std::process::ExitCode {
         }
         Some(Role::TcpEchoServe { listen }) => raw::tcp_echo_serve(listen),
         Some(Role::TcpPingPong { addr, n, poll }) => raw::tcp_ping_pong(addr, n, poll),
+        Some(Role::TcpStream { addr, bytes }) => raw::tcp_stream(addr, bytes),
         Some(Role::Load { sessions, requests }) => orchestrate::load(sessions, requests),
         None => orchestrate::run(orchestrate::Options {
             quick: cli.quick,

@@ -608,11 +608,18 @@ impl Bench {
              both at the same speed (see the `memcpy` machine fact)."
                 .into(),
             format!("ssh: `ssh -p PORT 127.0.0.1 'head -c {bytes} /dev/zero' > /dev/null`."),
+            "plain TCP: the same bytes in 64 KiB `write`s over one loopback TCP connection \
+             between two processes with `std::net` sockets, the receiver writing them to \
+             `/dev/null`: no WebSocket, no async runtime, what the kernel gives a plain program. \
+             On this virtual machine its speed changes from run to run, by as much as two to \
+             one, with nothing changed (bench/PROFILE.md); the other rows vary as much."
+                .into(),
             format!("{} runs of each, interleaved.", self.sizes.runs),
         ];
         let sshd = self.ssh.as_ref().ok();
         let count = bytes.to_string();
         let (mut ours, mut raw, mut ssh) = (Samples::new(), Samples::new(), Samples::new());
+        let mut tcp = Samples::new();
         for _ in 0..self.sizes.runs {
             ours.push(self.stream_once(&self.app)?);
             let (elapsed, _) = timed(
@@ -621,6 +628,14 @@ impl Bench {
                 |_| {},
             )?;
             raw.push(rate(bytes, elapsed));
+            let (elapsed, _) = timed(
+                Command::new(&self.exe)
+                    .args(["tcp-stream", &self.tcp_echo.url, &count])
+                    .stdout(Stdio::null()),
+                "plain TCP stream",
+                |_| {},
+            )?;
+            tcp.push(rate(bytes, elapsed));
             if let Some(sshd) = sshd {
                 let (elapsed, _) = timed(
                     sshd.ssh(&format!("head -c {bytes} /dev/zero"))
@@ -632,7 +647,8 @@ impl Bench {
                 ssh.push(rate(bytes, elapsed));
             }
         }
-        let raw_row = figure.row("raw WebSocket", Unit::MegabytesPerSec, raw, None);
+        let tcp_row = figure.row("plain TCP", Unit::MegabytesPerSec, tcp, None);
+        let raw_row = figure.row("raw WebSocket", Unit::MegabytesPerSec, raw, Some(tcp_row));
         let ssh_row = sshd.map(|_| figure.row("ssh head -c", Unit::MegabytesPerSec, ssh, None));
         let ours_row = figure.row(
             "terminalwire stream",

@@ -192,9 +192,14 @@ pub(crate) async fn client(
 /// How long a polling TCP ping-pong end polls its socket before it blocks.
 pub(crate) const TCP_POLL: Duration = Duration::from_micros(20);
 
+/// The first byte of a TCP connection that asks for a stream.
+const TCP_STREAM_MODE: u8 = 2;
+
 /// Serves TCP echo on `listen` (a thread per connection) until killed;
 /// announces `listening on ADDR`. A connection's first byte says how its
-/// reads wait: 0 blocks, 1 polls for [`TCP_POLL`] first (as the client does).
+/// reads wait: 0 blocks, 1 polls for [`TCP_POLL`] first (as the client does);
+/// 2 asks instead for a stream of the number of bytes in the next 8 (little
+/// endian), sent in [`MESSAGE`] writes.
 pub(crate) fn tcp_echo_serve(listen: SocketAddr) -> anyhow::Result<()> {
     use std::io::Read;
     let listener = std::net::TcpListener::bind(listen)?;
@@ -205,6 +210,13 @@ pub(crate) fn tcp_echo_serve(listen: SocketAddr) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             let mut mode = [0u8; 1];
             if stream.read_exact(&mut mode).is_err() {
+                return;
+            }
+            if mode[0] == TCP_STREAM_MODE {
+                let mut count = [0u8; 8];
+                if stream.read_exact(&mut count).is_ok() {
+                    let _ = tcp_stream_send(&mut stream, u64::from_le_bytes(count));
+                }
                 return;
             }
             let poll = if mode[0] == 1 {
@@ -278,5 +290,50 @@ pub(crate) fn tcp_ping_pong(addr: SocketAddr, n: u64, poll: bool) -> anyhow::Res
     }
     let secs = started.elapsed().as_secs_f64();
     writeln!(std::io::stdout(), "n={n} secs={secs}")?;
+    Ok(())
+}
+
+/// Sends `bytes` bytes in [`MESSAGE`] writes, as the raw WebSocket server
+/// sends its messages.
+fn tcp_stream_send(stream: &mut std::net::TcpStream, bytes: u64) -> std::io::Result<()> {
+    let chunk = vec![b'x'; MESSAGE];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left).map_or(MESSAGE, |left| left.min(MESSAGE));
+        stream.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Receives a stream of `bytes` bytes over plain TCP from a
+/// `tcp-echo-serve` and writes it to stdout, as the raw WebSocket client
+/// does its messages: the kernel's floor for moving the bytes over loopback.
+pub(crate) fn tcp_stream(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut ask = vec![TCP_STREAM_MODE];
+    ask.extend(bytes.to_le_bytes());
+    stream.write_all(&ask)?;
+    let mut buffer = vec![0u8; MESSAGE];
+    let mut stdout = std::io::stdout().lock();
+    let mut got = 0u64;
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                stdout.write_all(&buffer[..n])?;
+                got += n as u64;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    stdout.flush()?;
+    anyhow::ensure!(
+        got == bytes,
+        "the TCP stream ended after {got} of {bytes} bytes"
+    );
     Ok(())
 }

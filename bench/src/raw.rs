@@ -194,6 +194,8 @@ pub(crate) const TCP_POLL: Duration = Duration::from_micros(20);
 
 /// The first byte of a TCP connection that asks for a stream.
 const TCP_STREAM_MODE: u8 = 2;
+/// The plain TCP stream's reads: tungstenite's default read buffer.
+const TCP_STREAM_READ: usize = 128 * 1024;
 
 /// Serves TCP echo on `listen` (a thread per connection) until killed;
 /// announces `listening on ADDR`. A connection's first byte says how its
@@ -308,7 +310,7 @@ fn tcp_stream_send(stream: &mut std::net::TcpStream, bytes: u64) -> std::io::Res
 
 /// Receives a stream of `bytes` bytes over plain TCP from a
 /// `tcp-echo-serve` and writes it to stdout, as the raw WebSocket client
-/// does its messages: the kernel's floor for moving the bytes over loopback.
+/// does its messages: what the kernel gives a plain program over loopback.
 pub(crate) fn tcp_stream(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(addr)?;
@@ -316,7 +318,8 @@ pub(crate) fn tcp_stream(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
     let mut ask = vec![TCP_STREAM_MODE];
     ask.extend(bytes.to_le_bytes());
     stream.write_all(&ask)?;
-    let mut buffer = vec![0u8; MESSAGE];
+    // As much as the raw client's tungstenite reads at a time by default.
+    let mut buffer = vec![0u8; TCP_STREAM_READ];
     let mut stdout = std::io::stdout().lock();
     let mut got = 0u64;
     loop {

@@ -827,6 +827,9 @@ where
             && waiting.is_none()
             && match next_message_on(&mut link).now_or_never() {
                 Some(message) => {
+                    // Heard from: the idle alarm must not call the link
+                    // silent while this message waits for its turn.
+                    idle_watch.heard(Instant::now());
                     waiting = Some(message);
                     false
                 }
@@ -1108,6 +1111,10 @@ where
             Flow::Continue => {}
             Flow::Done(result) => break result,
             Flow::Lost(reason) => {
+                // A message kept from the lost link was not counted as
+                // received: the server sends it again after resuming, and
+                // handled now as well it would be handled twice.
+                waiting = None;
                 if let Err(error) = lose_link(
                     &mut link,
                     &resume,

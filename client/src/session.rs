@@ -803,6 +803,9 @@ where
     // Loop turns since `ready` got its first answer: while messages keep
     // coming, `Settle` never fires, so the answers leave after this many.
     let mut ready_turns = 0usize;
+    // An acknowledgement due while answers were ready: it leaves with them,
+    // in the same write (one in 32 requests would otherwise cost a send).
+    let mut ack_with_answers: Option<u64> = None;
     // A message found waiting while answers were ready (see `drained`).
     let mut waiting: Option<Result<Option<(Incoming, usize)>, ClientError>> = None;
     // Shared by every request's work: a clone of `Resources` per request
@@ -921,7 +924,7 @@ where
                                             // `ready` is bounded: it leaves at MAX_ANSWER_BATCH.
                                             if ready.len() >= MAX_ANSWER_BATCH {
                                                 let answers = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
-                                                send_answers(&mut link, answers, &mut linger).await
+                                                send_answers(&mut link, answers, ack_with_answers.take(), &mut linger).await
                                             } else {
                                                 Flow::Continue
                                             }
@@ -999,9 +1002,14 @@ where
                     let due = if exit { receipts.pending().or(due) } else { due };
                     if let Some(seq) = due {
                         ack_deadline = None;
-                        let sent = send_frames(&mut link, None, &[ClientFrame::Ack(Ack { seq })]).await;
-                        if !exit {
-                            flow = sent;
+                        if !exit && !ready.is_empty() {
+                            // Answers leave within a turn or two: with them.
+                            ack_with_answers = Some(seq);
+                        } else {
+                            let sent = send_frames(&mut link, None, &[ClientFrame::Ack(Ack { seq })]).await;
+                            if !exit {
+                                flow = sent;
+                            }
                         }
                     } else if ack_deadline.is_none() {
                         ack_deadline = Some(Instant::now() + ack_delay);
@@ -1024,6 +1032,7 @@ where
                         let resume_state = resume.as_mut().expect("reconnecting implies resume");
                         resume_state.token = resumed.token.into_vec();
                         receipts.acknowledged_all();
+                        ack_with_answers = None;
                         ack_deadline = None;
                         idle_watch.restart(Instant::now());
                         heartbeat.reset();
@@ -1061,7 +1070,7 @@ where
             // Answers given at once leave together, once no message waits.
             () = Settle(drained || ready_turns > MAX_ANSWER_BATCH), if !ready.is_empty() => {
                 let answers = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
-                send_answers(&mut link, answers, &mut linger).await
+                send_answers(&mut link, answers, ack_with_answers.take(), &mut linger).await
             }
             Some(response) = responses.recv() => {
                 // Answers that are ready together leave in one flush.
@@ -1073,7 +1082,7 @@ where
                     }
                 }
                 let answers = answer(batch, &mut running, &mut recent, replay.as_mut());
-                send_answers(&mut link, answers, &mut linger).await
+                send_answers(&mut link, answers, ack_with_answers.take(), &mut linger).await
             }
             // The server answers or streams fast: poll for its next message
             // a little while rather than sleep (`linger`). Only once the
@@ -1507,12 +1516,19 @@ fn awake(requests: &Linger<std::time::Instant>, output: &Linger<std::time::Insta
     requests.awake(now) || output.awake(now)
 }
 
-/// Sends encoded answers, and lingers for the server's next request.
+/// Sends encoded answers, after the acknowledgement `ack` when one is due,
+/// and lingers for the server's next request.
 async fn send_answers<S: Socket>(
     link: &mut Option<Link<S>>,
-    answers: Vec<(Bytes, bool)>,
+    mut answers: Vec<(Bytes, bool)>,
+    ack: Option<u64>,
     linger: &mut Linger<std::time::Instant>,
 ) -> Flow {
+    if let Some(seq) = ack {
+        // Not sequenced: never kept for replay.
+        let frame = ClientFrame::Ack(Ack { seq });
+        answers.insert(0, (codec::encode(&frame).into(), false));
+    }
     linger.sent(std::time::Instant::now());
     transmit(link, answers)
         .await

@@ -490,3 +490,83 @@ async fn a_terminal_shows_one_reconnecting_line_and_the_command_goes_on() {
     );
     assert!(cutter.connections() >= 2);
 }
+
+/// An acknowledgement falls due (every 32 frames) while the answers of a
+/// burst of requests wait to leave: it leaves with them, at once, rather
+/// than with the acknowledgement timer later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_due_while_answers_wait_leaves_with_them() {
+    use terminalwire_protocol::frame::{
+        Exit, Operation, Request, RequestId, ResumeTicket, Software, Welcome,
+    };
+    use terminalwire_tests::{ScriptedServer, next_client_frame, send_server_frame};
+    const REQUESTS: u64 = 40;
+    let seen = Arc::new(std::sync::Mutex::new((Vec::new(), 0u64)));
+    let script_seen = seen.clone();
+    let server = ScriptedServer::start(true, move |mut socket| {
+        let seen = script_seen.clone();
+        async move {
+            let Some(ClientFrame::Hello(hello)) = next_client_frame(&mut socket).await else {
+                return;
+            };
+            let welcome = ServerFrame::Welcome(Welcome {
+                version: 1,
+                server: Software {
+                    name: "bursty".into(),
+                    version: "0".into(),
+                },
+                session_id: "burst".into(),
+                capabilities: vec![terminalwire_protocol::resume::CAPABILITY.into()],
+                window: terminalwire_protocol::DEFAULT_WINDOW,
+                max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+                resume: Some(ResumeTicket {
+                    token: vec![7; 32].into(),
+                    grace_secs: 30,
+                    detach_secs: 0,
+                }),
+            });
+            send_server_frame(&mut socket, &welcome).await;
+            let storage = hello.storage.unwrap_or_default();
+            let burst: Vec<ServerFrame> = (1..=REQUESTS)
+                .map(|id| {
+                    ServerFrame::Request(Request {
+                        id: RequestId(id),
+                        op: Operation::FileExists {
+                            path: format!("{storage}/missing-{id}"),
+                        },
+                    })
+                })
+                .collect();
+            socket.send_frames_together(&burst).await;
+            // Well within the acknowledgement timer's 100 ms: what comes
+            // later is the timer's, not the due one.
+            let _ = tokio::time::timeout(Duration::from_millis(50), async {
+                while let Some(frame) = next_client_frame(&mut socket).await {
+                    let mut seen = seen.lock().unwrap();
+                    match frame {
+                        ClientFrame::Ack(ack) => seen.0.push(ack.seq),
+                        ClientFrame::Response(_) => seen.1 += 1,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            send_server_frame(&mut socket, &ServerFrame::Exit(Exit { status: 0 })).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let run = Client::new([server.url().as_str(), "go"])
+        .env("TERMINALWIRE_HOME", &home.path().to_string_lossy())
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
+    let (acks, answers) = seen.lock().unwrap().clone();
+    assert_eq!(answers, REQUESTS, "answers within 50 ms");
+    assert_eq!(
+        acks,
+        vec![32],
+        "the acknowledgement due at the 32nd request"
+    );
+}

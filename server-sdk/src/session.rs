@@ -44,6 +44,10 @@ pub(crate) const SERVER_CAPABILITIES: &[&str] =
 /// bounded by the client's window.
 const OUTBOUND_QUEUE: usize = 64;
 
+/// Most frames already read that one turn of the session loop handles
+/// before it polls the command, the writer and its timers.
+const INBOUND_BATCH: usize = 64;
+
 /// How long the final frame and the close may take before the session gives up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -1229,7 +1233,7 @@ fn serve(
             None
         };
 
-        let end = loop {
+        let end = 'session: loop {
             let idle = connection.reader.is_some().then_some(idle_watch.deadline());
             let wake = [
                 idle,
@@ -1245,91 +1249,107 @@ fn serve(
             }
             tokio::select! {
                 inbound = next_inbound(&mut connection.reader) => {
-                    idle_watch.heard(Instant::now());
-                    let bytes = match inbound {
-                        None => {
-                            match lose(&mut connection, "the client closed the connection".into()) {
-                                Some(end) => break end,
-                                None => continue,
-                            }
-                        }
-                        Some(Err(error)) => {
-                            match lose(&mut connection, format!("transport error: {error}")) {
-                                Some(end) => break end,
-                                None => continue,
-                            }
-                        }
-                        Some(Ok(Inbound::Heartbeat)) => continue,
-                        Some(Ok(Inbound::Unexpected(what))) => break End::Violation(format!("unexpected {what}")),
-                        Some(Ok(Inbound::Frame(bytes))) => bytes,
-                    };
-                    // A frame sent after `resumed` or `detached` arrived: the
-                    // client has the token they carried.
-                    if token_unconfirmed {
-                        token_unconfirmed = false;
-                        registry.confirm(session_id);
-                    }
-                    let (action, sequenced) = match dispatch(&shared, &bytes, resumable) {
-                        Ok(dispatched) => dispatched,
-                        Err(end) => break end,
-                    };
-                    if sequenced {
-                        if let Some(seq) = receipts.on_frame(bytes.len()) {
-                            post.order(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
-                            ack_deadline = None;
-                        } else if ack_deadline.is_none() {
-                            ack_deadline = Some(Instant::now() + ack_delay);
-                        }
-                    }
-                    match action {
-                        Action::None => {}
-                        Action::Ack(seq) => post.order(Control::Acked(seq)),
-                        Action::Interrupt => {
-                            if !command_done {
-                                interrupted = true;
-                                // Dropped here and now: the command is cancelled.
-                                command_task = Box::pin(std::future::ready(()));
-                            }
-                        }
-                        Action::Detach => {
-                            let refusal = if !resumable {
-                                Some("this session cannot be detached: the client did not ask for resumable sessions".to_owned())
-                            } else if config.detach_keep.is_zero() {
-                                Some("detaching is turned off on this server".to_owned())
-                            } else {
-                                shared.detach_refusal.lock().unwrap_or_else(PoisonError::into_inner).clone()
-                            };
-                            let token = match refusal {
-                                Some(_) => None,
-                                None => registry.rotate(session_id),
-                            };
-                            let answer = match (token, refusal) {
-                                (Some(token), _) => {
-                                    tracing::info!(keep = ?config.detach_keep, "client detaches");
-                                    connection.detaching = true;
-                                    token_unconfirmed = true;
-                                    Detached {
-                                        accepted: true,
-                                        message: None,
-                                        keep_secs: secs(config.detach_keep),
-                                        token: Some(ByteBuf::from(token.0.to_vec())),
-                                    }
+                    let mut inbound = inbound;
+                    let mut handled = 1;
+                    'frames: loop {
+                        idle_watch.heard(Instant::now());
+                        let bytes = match inbound {
+                            None => {
+                                match lose(&mut connection, "the client closed the connection".into()) {
+                                    Some(end) => break 'session end,
+                                    None => continue 'session,
                                 }
-                                (None, refusal) => Detached {
-                                    accepted: false,
-                                    message: Some(refusal.unwrap_or_else(|| "the server could not make a token to re-attach with".into())),
-                                    keep_secs: 0,
-                                    token: None,
-                                },
-                            };
-                            // When accepted, nothing more goes to this client; the
-                            // frames the command writes meanwhile wait for `attach`.
-                            post.order(if answer.accepted {
-                                Control::SendLast(Box::new(ServerFrame::Detached(answer)))
-                            } else {
-                                Control::Send(Box::new(ServerFrame::Detached(answer)))
-                            });
+                            }
+                            Some(Err(error)) => {
+                                match lose(&mut connection, format!("transport error: {error}")) {
+                                    Some(end) => break 'session end,
+                                    None => continue 'session,
+                                }
+                            }
+                            Some(Ok(Inbound::Heartbeat)) => continue 'session,
+                            Some(Ok(Inbound::Unexpected(what))) => break 'session End::Violation(format!("unexpected {what}")),
+                            Some(Ok(Inbound::Frame(bytes))) => bytes,
+                        };
+                        // A frame sent after `resumed` or `detached` arrived: the
+                        // client has the token they carried.
+                        if token_unconfirmed {
+                            token_unconfirmed = false;
+                            registry.confirm(session_id);
                         }
+                        let (action, sequenced) = match dispatch(&shared, &bytes, resumable) {
+                            Ok(dispatched) => dispatched,
+                            Err(end) => break 'session end,
+                        };
+                        if sequenced {
+                            if let Some(seq) = receipts.on_frame(bytes.len()) {
+                                post.order(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
+                                ack_deadline = None;
+                            } else if ack_deadline.is_none() {
+                                ack_deadline = Some(Instant::now() + ack_delay);
+                            }
+                        }
+                        match action {
+                            Action::None => {}
+                            Action::Ack(seq) => post.order(Control::Acked(seq)),
+                            Action::Interrupt => {
+                                if !command_done {
+                                    interrupted = true;
+                                    // Dropped here and now: the command is cancelled.
+                                    command_task = Box::pin(std::future::ready(()));
+                                }
+                            }
+                            Action::Detach => {
+                                let refusal = if !resumable {
+                                    Some("this session cannot be detached: the client did not ask for resumable sessions".to_owned())
+                                } else if config.detach_keep.is_zero() {
+                                    Some("detaching is turned off on this server".to_owned())
+                                } else {
+                                    shared.detach_refusal.lock().unwrap_or_else(PoisonError::into_inner).clone()
+                                };
+                                let token = match refusal {
+                                    Some(_) => None,
+                                    None => registry.rotate(session_id),
+                                };
+                                let answer = match (token, refusal) {
+                                    (Some(token), _) => {
+                                        tracing::info!(keep = ?config.detach_keep, "client detaches");
+                                        connection.detaching = true;
+                                        token_unconfirmed = true;
+                                        Detached {
+                                            accepted: true,
+                                            message: None,
+                                            keep_secs: secs(config.detach_keep),
+                                            token: Some(ByteBuf::from(token.0.to_vec())),
+                                        }
+                                    }
+                                    (None, refusal) => Detached {
+                                        accepted: false,
+                                        message: Some(refusal.unwrap_or_else(|| "the server could not make a token to re-attach with".into())),
+                                        keep_secs: 0,
+                                        token: None,
+                                    },
+                                };
+                                // When accepted, nothing more goes to this client; the
+                                // frames the command writes meanwhile wait for `attach`.
+                                post.order(if answer.accepted {
+                                    Control::SendLast(Box::new(ServerFrame::Detached(answer)))
+                                } else {
+                                    Control::Send(Box::new(ServerFrame::Detached(answer)))
+                                });
+                            }
+                        }
+                    // Frames already read are handled before anything else
+                    // runs: answers that came together complete their
+                    // requests together, and the requests the command sends
+                    // next leave in one write, not one write per answer.
+                    if handled < INBOUND_BATCH
+                        && let Some(next) = next_inbound(&mut connection.reader).now_or_never()
+                    {
+                        inbound = next;
+                        handled += 1;
+                        continue 'frames;
+                    }
+                    break 'frames;
                     }
                 }
                 mail = post.next_mail() => match mail {

@@ -96,16 +96,54 @@ impl<S: Socket> futures_util::Sink<Message> for Tapped<S> {
     }
 }
 
+/// A sink that counts its completed flushes (each one a write of what the
+/// server had queued).
+struct CountFlushes<S> {
+    inner: S,
+    flushes: Arc<AtomicUsize>,
+}
+
+impl<S: futures_util::Sink<Message> + Unpin> futures_util::Sink<Message> for CountFlushes<S> {
+    type Error = S::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().inner.poll_ready_unpin(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.get_mut().inner.start_send_unpin(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        let flushed = this.inner.poll_flush_unpin(cx);
+        if flushed.is_ready() {
+            this.flushes.fetch_add(1, Ordering::SeqCst);
+        }
+        flushed
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().inner.poll_close_unpin(cx)
+    }
+}
+
 /// A tungstenite WebSocket as an SDK transport (what a non-axum server would write).
 struct WsTransport {
     socket: WebSocketStream<DuplexStream>,
     tap: Option<Tap>,
+    /// Counts the writer's flushes, when set.
+    flushes: Option<Arc<AtomicUsize>>,
 }
 
 impl Transport for WsTransport {
     fn split(self) -> (FrameWriter, FrameReader) {
         let (sink, stream) = self.socket.split();
         let tap = self.tap;
+        let sink = CountFlushes {
+            inner: sink,
+            flushes: self.flushes.unwrap_or_default(),
+        };
         let writer = sink
             .sink_map_err(TransportError::new)
             .with(move |frame: bytes::Bytes| {
@@ -292,6 +330,7 @@ impl Session {
         let transport = WsTransport {
             socket: server_socket,
             tap: None,
+            flushes: None,
         };
         let tap = self.tap;
         let io = LocalIo {
@@ -679,6 +718,74 @@ async fn answers_out_of_order_reach_their_own_requests() {
     assert_eq!(got, want);
 }
 
+/// Answers that reach the server together complete their requests
+/// together, so the requests the command sends next leave in one write: the
+/// server handles every frame it has read before its writer flushes (one
+/// write per answer was most of its system calls with requests pipelined).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_come_together_let_the_next_requests_leave_together() {
+    const TOTAL: usize = 64;
+    const IN_FLIGHT: usize = 8;
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let lines: Vec<_> = futures_util::stream::iter(0..TOTAL)
+            .map(|i| {
+                let ctx = ctx.clone();
+                async move { ctx.read_line(Some(&format!("p{i}"))).await }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let answered = lines
+            .iter()
+            .filter(|line| matches!(line, Ok(Some(_))))
+            .count();
+        anyhow::Ok(Exit(if answered == TOTAL { 0 } else { 1 }))
+    });
+    // Room for a whole round of answers in the pipe: they arrive together.
+    let (client, server) = socket_pair_buffered(64 * 1024).await;
+    let flushes = Arc::new(AtomicUsize::new(0));
+    let transport = WsTransport {
+        socket: server,
+        tap: None,
+        flushes: Some(flushes.clone()),
+    };
+    let script = async {
+        let mut client = welcomed(client).await;
+        let mut answered = 0;
+        let mut waiting = Vec::new();
+        while answered < TOTAL {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) => waiting.push(request),
+                other => panic!("expected a request, got {other:?}"),
+            }
+            // Every request in flight is here: answer them all at once.
+            if waiting.len() == IN_FLIGHT.min(TOTAL - answered) {
+                answered += waiting.len();
+                for request in waiting.drain(..) {
+                    let answer = codec::encode(&answer_to_line_read(request));
+                    client.feed(Message::Binary(answer.into())).await.unwrap();
+                }
+                client.flush().await.unwrap();
+            }
+        }
+        until_exit(&mut client).await
+    };
+    let (_, status) = tokio::time::timeout(DEADLINE, async {
+        tokio::join!(terminal.serve(transport), script)
+    })
+    .await
+    .expect("the session hung");
+    assert_eq!(status, 0);
+    // About a write per round of answers (8), and the welcome's and the
+    // exit's: 12 in all when this was written. A write per answer handled
+    // made 26.
+    let flushes = flushes.load(Ordering::SeqCst);
+    assert!(
+        flushes <= 2 * TOTAL / IN_FLIGHT + 2,
+        "{flushes} writes for {TOTAL} requests in rounds of {IN_FLIGHT}"
+    );
+}
+
 /// A terminal whose requests always linger for their answers (a minute,
 /// turned on by any round trip under three minutes).
 fn lingering<F, Fut>(command: F) -> Terminal
@@ -705,6 +812,7 @@ async fn serve_script<T>(
     let transport = WsTransport {
         socket: server,
         tap: None,
+        flushes: None,
     };
     let (_, out) = tokio::time::timeout(DEADLINE, async {
         tokio::join!(terminal.serve(transport), script)
@@ -1144,6 +1252,7 @@ async fn a_client_sending_garbage_is_told_and_the_terminal_keeps_serving() {
             let transport = WsTransport {
                 socket: server,
                 tap: None,
+                flushes: None,
             };
             let (_, told) = tokio::time::timeout(DEADLINE, async {
                 tokio::join!(terminal.serve(transport), script)
@@ -1347,6 +1456,7 @@ async fn a_silent_client_is_dropped_after_the_servers_idle_timeout() {
     let transport = WsTransport {
         socket: server_socket,
         tap: None,
+        flushes: None,
     };
     let client = async {
         let mut socket = secure_client(client_socket).await;

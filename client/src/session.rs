@@ -1520,15 +1520,19 @@ fn awake(requests: &Linger<std::time::Instant>, output: &Linger<std::time::Insta
 /// and lingers for the server's next request.
 async fn send_answers<S: Socket>(
     link: &mut Option<Link<S>>,
-    mut answers: Vec<(Bytes, bool)>,
+    answers: Vec<(Bytes, bool)>,
     ack: Option<u64>,
     linger: &mut Linger<std::time::Instant>,
 ) -> Flow {
-    if let Some(seq) = ack {
+    let answers = match ack {
         // Not sequenced: never kept for replay.
-        let frame = ClientFrame::Ack(Ack { seq });
-        answers.insert(0, (codec::encode(&frame).into(), false));
-    }
+        Some(seq) => {
+            let mut all = encode_all(&[ClientFrame::Ack(Ack { seq })], None);
+            all.extend(answers);
+            all
+        }
+        None => answers,
+    };
     linger.sent(std::time::Instant::now());
     transmit(link, answers)
         .await

@@ -1338,18 +1338,18 @@ fn serve(
                                 });
                             }
                         }
-                    // Frames already read are handled before anything else
-                    // runs: answers that came together complete their
-                    // requests together, and the requests the command sends
-                    // next leave in one write, not one write per answer.
-                    if handled < INBOUND_BATCH
-                        && let Some(next) = next_inbound(&mut connection.reader).now_or_never()
-                    {
-                        inbound = next;
-                        handled += 1;
-                        continue 'frames;
-                    }
-                    break 'frames;
+                        // Frames already read are handled before anything else
+                        // runs: answers that came together complete their
+                        // requests together, and the requests the command sends
+                        // next leave in one write, not one write per answer.
+                        if handled < INBOUND_BATCH
+                            && let Some(next) = next_inbound(&mut connection.reader).now_or_never()
+                        {
+                            inbound = next;
+                            handled += 1;
+                            continue 'frames;
+                        }
+                        break 'frames;
                     }
                 }
                 mail = post.next_mail() => match mail {

@@ -286,7 +286,12 @@ pub async fn next_client_frame(socket: &mut ScriptedSocket) -> Option<ClientFram
 /// A welcome for a scripted session: protocol version 1, default window
 /// and chunk size, no resuming.
 pub fn scripted_welcome() -> ServerFrame {
-    ServerFrame::Welcome(terminalwire_protocol::frame::Welcome {
+    ServerFrame::Welcome(scripted_welcome_fields())
+}
+
+/// The fields of [`scripted_welcome`], for a script that changes some.
+pub fn scripted_welcome_fields() -> terminalwire_protocol::frame::Welcome {
+    terminalwire_protocol::frame::Welcome {
         version: 1,
         server: terminalwire_protocol::frame::Software {
             name: "scripted".into(),
@@ -297,7 +302,7 @@ pub fn scripted_welcome() -> ServerFrame {
         window: terminalwire_protocol::DEFAULT_WINDOW,
         max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
         resume: None,
-    })
+    }
 }
 
 /// Sends one server frame.

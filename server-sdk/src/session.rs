@@ -639,8 +639,8 @@ struct Resumable {
     confirmed: Token,
     /// A newer token sent to the client (in `resumed` or `detached`) that
     /// it has not shown it received yet: the answer may have been lost with
-    /// the connection, so `confirmed` stays valid until the client uses
-    /// this one or sends a frame after receiving it.
+    /// the connection, so `confirmed` stays valid until the client resumes
+    /// with this one or sends a frame on the connection `resumed` opened.
     pending: Option<Token>,
     attach: Door,
 }
@@ -1270,8 +1270,8 @@ fn serve(
                             Some(Ok(Inbound::Unexpected(what))) => break 'session End::Violation(format!("unexpected {what}")),
                             Some(Ok(Inbound::Frame(bytes))) => bytes,
                         };
-                        // A frame sent after `resumed` or `detached` arrived: the
-                        // client has the token they carried.
+                        // A frame on a resumed connection: the client sends none
+                        // before `resumed` arrives, so it has the token it carried.
                         if token_unconfirmed {
                             token_unconfirmed = false;
                             registry.confirm(session_id);
@@ -1313,8 +1313,11 @@ fn serve(
                                 let answer = match (token, refusal) {
                                     (Some(token), _) => {
                                         tracing::info!(keep = ?config.detach_keep, "client detaches");
+                                        // Not `token_unconfirmed`: the client may send
+                                        // frames before `detached` reaches it, so they
+                                        // prove nothing. It shows the new token by
+                                        // resuming with it (`Registry::claim`).
                                         connection.detaching = true;
-                                        token_unconfirmed = true;
                                         Detached {
                                             accepted: true,
                                             message: None,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use terminalwire_protocol::frame::{ClientFrame, Detach, ServerFrame};
+use terminalwire_protocol::frame::{Ack, ClientFrame, Detach, ServerFrame};
 use terminalwire_protocol::secure::StaticKey;
 use terminalwire_tests::tmux::{TmuxPane, session_id_on};
 use terminalwire_tests::wire::{
@@ -71,6 +71,36 @@ async fn a_detach_whose_answer_is_lost_leaves_the_session_resumable() {
     match next_frame(&mut retry).await {
         ServerFrame::Resumed(_) => {}
         other => panic!("a lost `detached` loses the session: {other:?}"),
+    }
+}
+
+/// The client sends a frame after `detach` (an acknowledgement falling due,
+/// an answer) before `detached` reaches it; then the connection dies. Such a
+/// frame shows nothing about the new token, so the token of the welcome must
+/// still resume the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_after_detach_does_not_spend_the_old_token() {
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let device = StaticKey::generate().unwrap();
+    let (mut first, session_id, token) = open_resumable(
+        &url,
+        &device,
+        &["count", "--to", "1000", "--every-ms", "50"],
+    )
+    .await;
+    send_frame(&mut first, &ClientFrame::Detach(Detach {})).await;
+    send_frame(&mut first, &ClientFrame::Ack(Ack { seq: 0 })).await;
+    // `detached` is treated as lost. The server reads the acknowledgement
+    // before this connection's end, and that long before the resume below
+    // has made its secure handshake.
+    while !matches!(next_frame(&mut first).await, ServerFrame::Detached(_)) {}
+    drop(first);
+    let mut retry = secure_connect(&url, &device).await;
+    send_frame(&mut retry, &resume_frame(&session_id, &token)).await;
+    match next_frame(&mut retry).await {
+        ServerFrame::Resumed(_) => {}
+        other => panic!("a frame after `detach` spent the only token the client has: {other:?}"),
     }
 }
 

@@ -503,7 +503,7 @@ impl Post {
             if queues.orders_closed {
                 Some(order)
             } else {
-                queues.orders.push_back(order);
+                queue_order(&mut queues.orders, order);
                 None
             }
         };
@@ -1043,6 +1043,57 @@ enum Control {
     Close,
 }
 
+/// Queues `order` after `queue`, merging it into an order of its kind among
+/// the acknowledgements and refusals at the queue's end: the client's
+/// acknowledgements (the highest counts), ours (the highest is sent) and
+/// `detached` refusals (one answers them all). A client that sends these
+/// without reading what we write (our write blocked) cannot grow the queue:
+/// between two other orders, each kind is queued once.
+fn queue_order(queue: &mut VecDeque<Control>, order: Control) {
+    for queued in queue.iter_mut().rev() {
+        let merged = match (&mut *queued, &order) {
+            (Control::Acked(queued), Control::Acked(seq)) => {
+                *queued = (*queued).max(*seq);
+                true
+            }
+            (Control::Send(queued), Control::Send(frame)) => match (&mut **queued, &**frame) {
+                (ServerFrame::Ack(queued), ServerFrame::Ack(ack)) => {
+                    queued.seq = queued.seq.max(ack.seq);
+                    true
+                }
+                (ServerFrame::Detached(queued), ServerFrame::Detached(answer)) => {
+                    !queued.accepted && !answer.accepted
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if merged {
+            return;
+        }
+        if !is_mergeable(queued) {
+            break;
+        }
+    }
+    queue.push_back(order);
+}
+
+/// Orders [`queue_order`] merges with their kind.
+fn is_mergeable(order: &Control) -> bool {
+    match order {
+        Control::Acked(_) => true,
+        Control::Send(frame) => matches!(
+            &**frame,
+            ServerFrame::Ack(_)
+                | ServerFrame::Detached(Detached {
+                    accepted: false,
+                    ..
+                })
+        ),
+        _ => false,
+    }
+}
+
 /// A connection for the writer: [`Control::Attach`].
 struct Attachment {
     writer: FrameWriter,
@@ -1298,6 +1349,8 @@ fn serve(
                                     command_task = Box::pin(std::future::ready(()));
                                 }
                             }
+                            // Accepted already: nothing more goes to this client.
+                            Action::Detach if connection.detaching => {}
                             Action::Detach => {
                                 let refusal = if !resumable {
                                     Some("this session cannot be detached: the client did not ask for resumable sessions".to_owned())
@@ -1787,10 +1840,10 @@ impl Outlet {
                     result = &mut write => break Some(result),
                     order = self.post.next_order() => match order {
                         Some(order @ (Control::Attach(_) | Control::Release | Control::Close)) => {
-                            self.deferred.push_back(order);
+                            queue_order(&mut self.deferred, order);
                             break None;
                         }
-                        Some(order) => self.deferred.push_back(order),
+                        Some(order) => queue_order(&mut self.deferred, order),
                         None => break None,
                     },
                 }
@@ -1866,10 +1919,10 @@ mod tests {
     async fn orders_arrive_in_order_and_end_after_the_queued_ones() {
         let post = Post::default();
         post.order(Control::Acked(1));
-        post.order(Control::Acked(2));
+        post.order(Control::Release);
         post.end_orders();
         assert!(matches!(post.next_order().await, Some(Control::Acked(1))));
-        assert!(matches!(post.next_order().await, Some(Control::Acked(2))));
+        assert!(matches!(post.next_order().await, Some(Control::Release)));
         assert!(post.next_order().await.is_none());
     }
 
@@ -1912,5 +1965,76 @@ mod tests {
         assert_eq!(post.close_mail().len(), 1, "mail not taken is handed back");
         assert!(post.mail(Mail::Writer(WriterEvent::ExitAcked)).is_err());
         assert!(post.close_mail().is_empty());
+    }
+
+    fn our_ack(seq: u64) -> Control {
+        Control::Send(Box::new(ServerFrame::Ack(Ack { seq })))
+    }
+
+    fn refusal() -> Control {
+        Control::Send(Box::new(ServerFrame::Detached(Detached {
+            accepted: false,
+            message: Some("no".into()),
+            keep_secs: 0,
+            token: None,
+        })))
+    }
+
+    /// What a queue holds, in order, as short names.
+    fn shapes(queue: &VecDeque<Control>) -> Vec<String> {
+        queue
+            .iter()
+            .map(|order| match order {
+                Control::Acked(seq) => format!("acked {seq}"),
+                Control::Send(frame) => match &**frame {
+                    ServerFrame::Ack(ack) => format!("ack {}", ack.seq),
+                    ServerFrame::Detached(_) => "refusal".into(),
+                    _ => "send".into(),
+                },
+                Control::Release => "release".into(),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn acknowledgements_and_refusals_that_pile_up_are_merged() {
+        // A client flooding acknowledgements and `detach` while our write
+        // is blocked: each kind is queued once, with the highest count.
+        let mut queue = VecDeque::new();
+        for seq in 1..=10_000 {
+            queue_order(&mut queue, Control::Acked(seq));
+            queue_order(&mut queue, our_ack(seq * 2));
+            queue_order(&mut queue, refusal());
+        }
+        assert_eq!(shapes(&queue), ["acked 10000", "ack 20000", "refusal"]);
+    }
+
+    #[test]
+    fn merging_never_crosses_another_order() {
+        // An acknowledgement after `release` belongs to what comes after it
+        // (a new connection): it must not move ahead of it.
+        let mut queue = VecDeque::new();
+        queue_order(&mut queue, Control::Acked(5));
+        queue_order(&mut queue, our_ack(1));
+        queue_order(&mut queue, Control::Release);
+        queue_order(&mut queue, Control::Acked(3));
+        queue_order(&mut queue, our_ack(2));
+        queue_order(&mut queue, Control::Acked(4));
+        assert_eq!(
+            shapes(&queue),
+            ["acked 5", "ack 1", "release", "acked 4", "ack 2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_writer_gets_merged_orders_from_the_post() {
+        let post = Post::default();
+        for seq in [3, 9, 4] {
+            post.order(Control::Acked(seq));
+        }
+        post.order(Control::Release);
+        assert!(matches!(post.next_order().await, Some(Control::Acked(9))));
+        assert!(matches!(post.next_order().await, Some(Control::Release)));
     }
 }

@@ -104,6 +104,36 @@ async fn a_frame_sent_after_detach_does_not_spend_the_old_token() {
     }
 }
 
+/// `detach` sent twice (the detach key pressed twice) before `detached`
+/// arrives. The client keeps the token of the first answer; a second
+/// accepted detach would have replaced it on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_detach_does_not_replace_the_token_of_the_first() {
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let device = StaticKey::generate().unwrap();
+    let (mut first, session_id, _) = open_resumable(
+        &url,
+        &device,
+        &["count", "--to", "1000", "--every-ms", "50"],
+    )
+    .await;
+    send_frame(&mut first, &ClientFrame::Detach(Detach {})).await;
+    send_frame(&mut first, &ClientFrame::Detach(Detach {})).await;
+    let token = loop {
+        if let ServerFrame::Detached(detached) = next_frame(&mut first).await {
+            break detached.token.expect("an accepted detach carries a token");
+        }
+    };
+    drop(first);
+    let mut attach = secure_connect(&url, &device).await;
+    send_frame(&mut attach, &resume_frame(&session_id, &token)).await;
+    match next_frame(&mut attach).await {
+        ServerFrame::Resumed(_) => {}
+        other => panic!("the token of `detached` does not re-attach: {other:?}"),
+    }
+}
+
 /// Detach, attach, detach again: the second record must survive. `attach`
 /// deletes `saved.path` after any successful outcome, and the second
 /// detach saved its new record at that very path (same session id).

@@ -1298,7 +1298,48 @@ fn serve(
             if let Some(at) = alarm.rearm(wake) {
                 timer.as_mut().reset(at);
             }
+            // In this order, the first ready branch wins: deadlines first, so
+            // a client that never stops sending cannot hold them off; frames
+            // read before the command runs (answers that came together
+            // complete their requests together); the command before the
+            // writer, so what it sends next leaves in the writer's next
+            // write, with the acknowledgement the frames made due.
             tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if shutdown_deadline.is_none() => {
+                    tracing::info!(grace = ?config.shutdown_grace, "server shutting down; waiting for the command");
+                    shutdown_deadline = Some(Instant::now() + config.shutdown_grace);
+                }
+                () = &mut timer, if alarm.is_armed() => {
+                    alarm.fired();
+                    // The earliest deadline that passed; any other is
+                    // handled on the next turn, at once. None may have:
+                    // the one the timer was set for went away.
+                    let now = Instant::now();
+                    let passed = |deadline: Option<Instant>| deadline.is_some_and(|at| at <= now);
+                    if passed(shutdown_deadline) {
+                        break End::ShutdownExpired;
+                    } else if passed(idle) {
+                        if idle_watch.deadline_passed(now) == Idle::Moved {
+                            continue;
+                        }
+                        let reason = format!("no sign of life from the client for {:?}", config.idle_timeout);
+                        if let Some(end) = lose(&mut connection, reason) {
+                            break end;
+                        }
+                    } else if passed(connection.parked_until) {
+                        break End::Expired(if connection.detaching {
+                            "the detached session was not re-attached in time".into()
+                        } else {
+                            "the client did not come back within the grace period".into()
+                        });
+                    } else if passed(ack_deadline) {
+                        ack_deadline = None;
+                        if connection.reader.is_some() && let Some(seq) = receipts.pending() {
+                            post.order(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
+                        }
+                    }
+                }
                 inbound = next_inbound(&mut connection.reader) => {
                     let mut inbound = inbound;
                     let mut handled = 1;
@@ -1456,40 +1497,6 @@ fn serve(
                     }
                 }
                 () = &mut writer_task, if !writer_done => writer_done = true,
-                () = shutdown.cancelled(), if shutdown_deadline.is_none() => {
-                    tracing::info!(grace = ?config.shutdown_grace, "server shutting down; waiting for the command");
-                    shutdown_deadline = Some(Instant::now() + config.shutdown_grace);
-                }
-                () = &mut timer, if alarm.is_armed() => {
-                    alarm.fired();
-                    // The earliest deadline that passed; any other is
-                    // handled on the next turn, at once. None may have:
-                    // the one the timer was set for went away.
-                    let now = Instant::now();
-                    let passed = |deadline: Option<Instant>| deadline.is_some_and(|at| at <= now);
-                    if passed(shutdown_deadline) {
-                        break End::ShutdownExpired;
-                    } else if passed(idle) {
-                        if idle_watch.deadline_passed(now) == Idle::Moved {
-                            continue;
-                        }
-                        let reason = format!("no sign of life from the client for {:?}", config.idle_timeout);
-                        if let Some(end) = lose(&mut connection, reason) {
-                            break end;
-                        }
-                    } else if passed(connection.parked_until) {
-                        break End::Expired(if connection.detaching {
-                            "the detached session was not re-attached in time".into()
-                        } else {
-                            "the client did not come back within the grace period".into()
-                        });
-                    } else if passed(ack_deadline) {
-                        ack_deadline = None;
-                        if connection.reader.is_some() && let Some(seq) = receipts.pending() {
-                            post.order(Control::Send(Box::new(ServerFrame::Ack(Ack { seq }))));
-                        }
-                    }
-                }
             }
         };
         // Boxed: the ending is needed once, and its futures would otherwise
@@ -1709,7 +1716,13 @@ async fn write_frames(
             }
             Next::Control(Control::Send(frame)) => {
                 let last = matches!(*frame, ServerFrame::Error(_));
-                outlet.write(codec::encode(&*frame).into(), true).await;
+                // An acknowledgement leaves with the frames queued behind it,
+                // in their write, when the writer takes them next.
+                let flush = !(matches!(*frame, ServerFrame::Ack(_))
+                    && room
+                    && frames_open
+                    && !frames.is_empty());
+                outlet.write(codec::encode(&*frame).into(), flush).await;
                 if last {
                     Box::pin(close(outlet.link.take())).await;
                     return;

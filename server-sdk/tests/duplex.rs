@@ -23,12 +23,15 @@ use terminalwire_client::connect::{Target, websocket_config};
 use terminalwire_client::secure::{self, SecureSocket, ServerPin};
 use terminalwire_client::session::{self, LocalIo, Output, SessionConfig, Socket};
 use terminalwire_client::{ClientError, exit_code, facts};
+use terminalwire_protocol::frame::Ack;
 use terminalwire_protocol::frame::{
     ColorLevel as WireColor, Hello, Operation, Reply, Request, Response, Software, StreamFacts,
     StreamKind as WireKind, TerminalSize, Welcome,
 };
 use terminalwire_protocol::secure::StaticKey;
-use terminalwire_protocol::{ClientFrame, ErrorCode, ServerFrame, StreamId, VersionRange, codec};
+use terminalwire_protocol::{
+    ClientFrame, ErrorCode, ServerFrame, StreamId, VersionRange, codec, resume,
+};
 use terminalwire_server::transport::{
     FrameReader, FrameWriter, Inbound, Transport, TransportError,
 };
@@ -783,6 +786,88 @@ async fn answers_that_come_together_let_the_next_requests_leave_together() {
     assert!(
         flushes <= 2 * TOTAL / IN_FLIGHT + 2,
         "{flushes} writes for {TOTAL} requests in rounds of {IN_FLIGHT}"
+    );
+}
+
+/// The same with `resume` on: each round of 32 answers makes our
+/// acknowledgement due, and it leaves in the write of the requests the
+/// command sends next instead of in a write of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_acknowledgements_leave_with_the_next_requests() {
+    const TOTAL: usize = 256;
+    const IN_FLIGHT: usize = resume::ACK_EVERY_FRAMES as usize;
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let lines: Vec<_> = futures_util::stream::iter(0..TOTAL)
+            .map(|i| {
+                let ctx = ctx.clone();
+                async move { ctx.read_line(Some(&format!("p{i}"))).await }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let answered = lines
+            .iter()
+            .filter(|line| matches!(line, Ok(Some(_))))
+            .count();
+        anyhow::Ok(Exit(if answered == TOTAL { 0 } else { 1 }))
+    });
+    let (client, server) = socket_pair_buffered(256 * 1024).await;
+    let flushes = Arc::new(AtomicUsize::new(0));
+    let transport = WsTransport {
+        socket: server,
+        tap: None,
+        flushes: Some(flushes.clone()),
+    };
+    let script = async {
+        let mut client = secure_client(client).await;
+        let mut hello = hello(&[]);
+        hello.capabilities.push("resume".into());
+        send_client(&mut client, &ClientFrame::Hello(hello)).await;
+        let mut answered = 0;
+        let mut acks = 0;
+        let mut sequenced = 0;
+        let mut waiting = Vec::new();
+        let status = loop {
+            let frame = next_server(&mut client).await.expect("a frame");
+            if frame.is_sequenced() {
+                sequenced += 1;
+            }
+            match frame {
+                ServerFrame::Welcome(_) => {}
+                ServerFrame::Ack(_) => acks += 1,
+                ServerFrame::Request(request) => waiting.push(request),
+                ServerFrame::Exit(exit) => break exit.status,
+                other => panic!("unexpected {other:?}"),
+            }
+            if waiting.len() == IN_FLIGHT.min(TOTAL - answered) {
+                answered += waiting.len();
+                for request in waiting.drain(..) {
+                    let answer = codec::encode(&answer_to_line_read(request));
+                    client.feed(Message::Binary(answer.into())).await.unwrap();
+                }
+                client.flush().await.unwrap();
+            }
+        };
+        // The session ends once the exit is acknowledged.
+        send_client(&mut client, &ClientFrame::Ack(Ack { seq: sequenced })).await;
+        (status, acks)
+    };
+    let (_, (status, acks)) = tokio::time::timeout(DEADLINE, async {
+        tokio::join!(terminal.serve(transport), script)
+    })
+    .await
+    .expect("the session hung");
+    assert_eq!(status, 0);
+    assert!(
+        acks >= TOTAL / IN_FLIGHT - 1,
+        "only {acks} acknowledgements"
+    );
+    // A write per round (8), the welcome's, the exit's and one more: 11 when
+    // this was written; 19 with each acknowledgement written on its own.
+    let flushes = flushes.load(Ordering::SeqCst);
+    assert!(
+        flushes <= TOTAL / IN_FLIGHT + 4,
+        "{flushes} writes for {TOTAL} requests in rounds of {IN_FLIGHT}, {acks} acknowledged"
     );
 }
 

@@ -183,6 +183,14 @@ impl Terminal {
 
     /// An axum route serving the terminal endpoint:
     /// `router.route("/terminal", terminal.route())`.
+    ///
+    /// Sessions count against [`Config::max_sessions_per_address`] when the
+    /// request carries the peer's `ConnectInfo<SocketAddr>`: [`serve_app`]
+    /// and [`tls::serve`](crate::tls::serve) do that; an app calling
+    /// `axum::serve` itself passes
+    /// `app.into_make_service_with_connect_info::<SocketAddr>()`.
+    ///
+    /// [`serve_app`]: Terminal::serve_app
     pub fn route<S: Clone + Send + Sync + 'static>(&self) -> MethodRouter<S> {
         let terminal = self.clone();
         axum::routing::get(
@@ -310,11 +318,14 @@ impl Terminal {
     where
         L: axum::serve::Listener,
         L::Io: TerminalConnection,
-        L::Addr: std::fmt::Debug,
+        L::Addr: std::fmt::Debug + Clone + Send + Sync + 'static,
     {
         use axum::serve::ListenerExt;
         let draining = self.clone();
         let listener = listener.tap_io(|connection| connection.send_small_writes_at_once());
+        // With the peer's address on each request, so that `route` counts
+        // sessions per address (TCP and TLS; a Unix socket has none).
+        let app = app.into_make_service_with_connect_info::<L::Addr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -480,7 +491,7 @@ impl TerminalConnection for tokio::net::UnixStream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -553,6 +564,66 @@ mod tests {
             assert!(socket.nodelay().unwrap(), "Nagle's algorithm is still on");
         }
         let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// Sends a WebSocket upgrade for `/terminal` on `client`; the status
+    /// line of the answer, and the connection (kept open by the caller).
+    pub(crate) async fn upgrade_status<S>(mut client: S) -> (String, S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let request = format!(
+            "GET /terminal HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n"
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut status = String::new();
+        BufReader::new(&mut client)
+            .read_line(&mut status)
+            .await
+            .unwrap();
+        (status.trim_end().to_owned(), client)
+    }
+
+    async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn serve_app_counts_sessions_per_client_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Config {
+            max_sessions_per_address: 1,
+            ..Config::default()
+        };
+        let terminal = Terminal::with_config(
+            |_ctx: crate::Context| async { Ok::<(), anyhow::Error>(()) },
+            config,
+        );
+        let app = axum::Router::new().route("/terminal", terminal.route());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let terminal = terminal.clone();
+            async move {
+                terminal
+                    .serve_app(listener, app, async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }
+        });
+        // The first session holds the address's only slot while it waits
+        // for its handshake.
+        let (first, held) = upgrade_status(connect(addr).await).await;
+        assert!(first.starts_with("HTTP/1.1 101"), "{first}");
+        let (second, _) = upgrade_status(connect(addr).await).await;
+        assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+        let _ = stop.send(());
+        drop(held);
         server.await.unwrap().unwrap();
     }
 }

@@ -314,7 +314,11 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = TlsListener::new(listener, &config)?;
+    use axum::serve::ListenerExt;
+    // Tapped only so that axum hands each request the peer's address, which
+    // `Terminal::route` counts sessions by.
+    let listener = TlsListener::new(listener, &config)?.tap_io(|_| {});
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -471,6 +475,47 @@ mod tests {
         tcp.set_nodelay(false).unwrap();
         server_side.send_small_writes_at_once();
         assert!(server_side.get_ref().0.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn serve_counts_sessions_per_client_address() {
+        use crate::terminal::tests::upgrade_status;
+        use crate::{Config, Terminal};
+        let dev = self_signed(&["127.0.0.1"]).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let config = Config {
+            max_sessions_per_address: 1,
+            ..Config::default()
+        };
+        let terminal = Terminal::with_config(
+            |_ctx: crate::Context| async { Ok::<(), anyhow::Error>(()) },
+            config,
+        );
+        let app = Router::new().route("/terminal", terminal.route());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(tcp, dev.tls_config().unwrap(), app, async move {
+            let _ = stopped.await;
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = dev.write_to(dir.path()).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(
+            terminalwire_client::connect::tls_config(Some(&cert)).unwrap(),
+        );
+        let connect = async || {
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        };
+        // The first session holds the address's only slot while it waits
+        // for its handshake.
+        let (first, held) = upgrade_status(connect().await).await;
+        assert!(first.starts_with("HTTP/1.1 101"), "{first}");
+        let (second, _) = upgrade_status(connect().await).await;
+        assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+        let _ = stop.send(());
+        drop(held);
+        server.await.unwrap().unwrap();
     }
 
     #[test]

@@ -553,7 +553,7 @@ pub async fn serve<L>(
 where
     L: axum::serve::Listener,
     L::Io: terminalwire_server::TerminalConnection,
-    L::Addr: std::fmt::Debug,
+    L::Addr: std::fmt::Debug + Clone + Send + Sync + 'static,
 {
     terminal
         .serve_app(listener, router(&terminal), shutdown)

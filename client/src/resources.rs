@@ -37,6 +37,13 @@ use crate::safe_fs::{self, FsError, Kind, StreamedWrite};
 pub const MAX_READ: u32 = 768 * 1024;
 /// Most entries a `dir_list` returns.
 pub const MAX_ENTRIES: usize = 10_000;
+/// Most bytes the names of a `dir_list` answer may take, counting
+/// [`LISTED_ENTRY_OVERHEAD`] for each: the answer stays under the frame limit
+/// (10 000 names of 255 bytes would not).
+pub const MAX_LISTING_BYTES: usize = 768 * 1024;
+/// What an entry of a `dir_list` answer takes besides its name (its kind, the
+/// field names and lengths), rounded up.
+const LISTED_ENTRY_OVERHEAD: usize = 32;
 
 /// Opens URLs for `browser_open`.
 pub type Opener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;
@@ -710,6 +717,21 @@ impl Resources {
                 let path = resolve(&path)?;
                 check(&path, Action::Read)?;
                 let entries = safe_fs::list(path.as_path(), MAX_ENTRIES).map_err(fs_error)?;
+                let size: usize = entries
+                    .entries
+                    .iter()
+                    .map(|entry| entry.name.len() + LISTED_ENTRY_OVERHEAD)
+                    .sum();
+                if size > MAX_LISTING_BYTES {
+                    return Err(OpError::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "{} is too large to list: the names of its {} entries take more than {MAX_LISTING_BYTES} bytes",
+                            path.as_path().display(),
+                            entries.entries.len()
+                        ),
+                    ));
+                }
                 Ok(Reply::Entries {
                     entries: entries
                         .into_iter()

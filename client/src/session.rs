@@ -1500,8 +1500,22 @@ fn answer(
     let outgoing = batch
         .into_iter()
         .map(|response| {
-            let id = response.id.0;
-            let bytes = Bytes::from(codec::encode(&ClientFrame::Response(response)));
+            let request_id = response.id;
+            let id = request_id.0;
+            let mut bytes = codec::encode(&ClientFrame::Response(response));
+            // Sealing refuses a frame over the limit, and a failed send of
+            // an answer kept for replay would fail again on every resume.
+            if bytes.len() > MAX_FRAME_LEN {
+                let error = OpError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the answer takes {} bytes, over the protocol's limit of {MAX_FRAME_LEN}",
+                        bytes.len()
+                    ),
+                );
+                bytes = codec::encode(&ClientFrame::Response(Response::error(request_id, error)));
+            }
+            let bytes = Bytes::from(bytes);
             running.remove(&id);
             recent.finish(id, &bytes);
             (bytes, true)
@@ -2159,6 +2173,42 @@ fn frame_name(frame: &ServerFrame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use terminalwire_protocol::RequestId;
+
+    #[test]
+    fn an_answer_over_the_frame_limit_leaves_as_an_error_that_fits() {
+        let line = "x".repeat(MAX_FRAME_LEN + 1);
+        let big = Response::ok(RequestId(7), Reply::Line { line: Some(line) });
+        let small = Response::ok(RequestId(8), Reply::Bool { value: true });
+        let mut running = HashSet::from([7, 8]);
+        let mut recent = RecentRequests::new();
+        recent.begin(7);
+        recent.begin(8);
+        let mut replay = ReplayBuffer::new();
+        let sent = answer(
+            vec![big, small],
+            &mut running,
+            &mut recent,
+            Some(&mut replay),
+        );
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|(bytes, _)| bytes.len() <= MAX_FRAME_LEN));
+        let Ok(ClientFrame::Response(refused)) = codec::decode(&sent[0].0) else {
+            panic!("not a response");
+        };
+        assert_eq!(refused.id, RequestId(7));
+        assert_eq!(
+            refused.error.map(|error| error.code),
+            Some(ErrorCode::TooLarge)
+        );
+        let Ok(ClientFrame::Response(kept)) = codec::decode(&sent[1].0) else {
+            panic!("not a response");
+        };
+        assert_eq!(kept.ok, Some(Reply::Bool { value: true }));
+        // What a resume would send again is the error, not the answer.
+        assert!(matches!(recent.begin(7), Seen::Answered(bytes) if bytes == sent[0].0));
+        assert!(running.is_empty());
+    }
 
     /// The file writer's loop with no prompt, never stopped.
     fn write_ungated(

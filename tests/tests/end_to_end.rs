@@ -9,7 +9,7 @@ use std::time::Duration;
 use terminalwire_protocol::frame::{
     Data, Exit as ExitFrame, Incompatible, Operation, Reply, Request, StreamId,
 };
-use terminalwire_protocol::{ClientFrame, RequestId, ServerFrame, VersionRange};
+use terminalwire_protocol::{ClientFrame, ErrorCode, RequestId, ServerFrame, VersionRange};
 use terminalwire_server::{Context, Exit, Terminal};
 use terminalwire_tests::process::ClientHome;
 use terminalwire_tests::{
@@ -438,6 +438,69 @@ async fn requests_and_output_arriving_together_are_all_handled_in_order() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stdout, "one\ntwo\n", "stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+}
+
+/// A folder whose listing would not fit in one frame with room to spare (3 500 names of 240
+/// bytes, which the server may create in its own storage folder) is refused
+/// as too large, and the session goes on. Sending that answer failed, and
+/// the session was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
+    let storage: Arc<OnceLock<PathBuf>> = Arc::default();
+    let script_storage = storage.clone();
+    let server = ScriptedServer::start(true, move |mut socket| {
+        let storage = script_storage.get().cloned();
+        async move {
+            let Some(storage) = storage else { return };
+            if next_client_frame(&mut socket).await.is_none() {
+                return;
+            }
+            send_server_frame(&mut socket, &scripted_welcome()).await;
+            let path = storage.display().to_string();
+            let requests = [
+                Operation::DirList { path: path.clone() },
+                Operation::DirExists { path },
+            ];
+            let mut answers = Vec::new();
+            for (id, op) in (1..).zip(requests) {
+                let request = Request {
+                    id: RequestId(id),
+                    op,
+                };
+                send_server_frame(&mut socket, &ServerFrame::Request(request)).await;
+                loop {
+                    match next_client_frame(&mut socket).await {
+                        Some(ClientFrame::Response(response)) => break answers.push(response),
+                        Some(_) => {}
+                        None => return,
+                    }
+                }
+            }
+            let refused = answers[0]
+                .error
+                .as_ref()
+                .is_some_and(|error| error.code == ErrorCode::TooLarge);
+            let went_on = answers[1].ok == Some(Reply::Bool { value: true });
+            let status = if refused && went_on { 0 } else { 1 };
+            send_server_frame(&mut socket, &ServerFrame::Exit(ExitFrame { status })).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    let folder = home.storage_dir(&url);
+    for index in 0..3_500 {
+        std::fs::write(folder.join(format!("{index:05}{}", "n".repeat(235))), b"").unwrap();
+    }
+    storage.set(folder).unwrap();
+    let child = home.command([url.as_str(), "go"]).spawn().unwrap();
+    let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
+        .await
+        .expect("the client hung")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
 }
 

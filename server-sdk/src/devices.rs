@@ -47,7 +47,23 @@ pub struct Device {
     /// Where it stands.
     #[serde(flatten)]
     pub status: DeviceStatus,
+    /// When it became pending, as a count: the registry keeps at most
+    /// [`MAX_PENDING`] pending devices and forgets the oldest first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pending_since: u64,
 }
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// Most devices kept waiting for approval. Any client can make a new key,
+/// and each unknown key becomes pending: without a bound, a client making
+/// keys in a loop would grow the registry (and its file) without end.
+pub const MAX_PENDING: usize = 1024;
+
+/// Longest label kept, in characters (the client writes it).
+pub const MAX_LABEL_CHARS: usize = 160;
 
 /// Why a device may not run a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,13 +161,34 @@ impl DeviceRegistry {
             };
         }
         let code = new_code(fingerprint);
+        let label = match label.char_indices().nth(MAX_LABEL_CHARS) {
+            Some((end, _)) => format!("{}…", &label[..end]),
+            None => label.to_owned(),
+        };
         self.update(|state| {
+            let pending: Vec<(u64, &String)> = state
+                .devices
+                .values()
+                .filter(|device| matches!(device.status, DeviceStatus::Pending { .. }))
+                .map(|device| (device.pending_since, &device.fingerprint))
+                .collect();
+            let since = pending
+                .iter()
+                .map(|(since, _)| since + 1)
+                .max()
+                .unwrap_or(1);
+            if pending.len() >= MAX_PENDING
+                && let Some((_, oldest)) = pending.iter().min().map(|(s, f)| (*s, (*f).clone()))
+            {
+                state.devices.remove(&oldest);
+            }
             state.devices.insert(
                 fingerprint.to_owned(),
                 Device {
                     fingerprint: fingerprint.to_owned(),
-                    label: label.to_owned(),
+                    label,
                     status: DeviceStatus::Pending { code: code.clone() },
+                    pending_since: since,
                 },
             );
         });
@@ -319,5 +356,44 @@ mod tests {
         assert_eq!(again.status("SHA256:b"), Some(DeviceStatus::Approved));
         std::fs::write(&path, "{ not json").unwrap();
         assert!(DeviceRegistry::load_or_create(&path).is_err());
+    }
+
+    #[test]
+    fn new_keys_in_a_loop_keep_only_the_newest_pending_devices() {
+        let registry = DeviceRegistry::in_memory();
+        let _ = registry.check("SHA256:approved", "linux");
+        let code = match registry.status("SHA256:approved") {
+            Some(DeviceStatus::Pending { code }) => code,
+            other => panic!("{other:?}"),
+        };
+        assert!(registry.approve(&code));
+        let long_label = "x".repeat(100_000);
+        for index in 0..MAX_PENDING + 10 {
+            let _ = registry.check(&format!("SHA256:{index:06}"), &long_label);
+        }
+        let devices = registry.list();
+        assert_eq!(
+            devices.len(),
+            MAX_PENDING + 1,
+            "the pending ones and the approved one"
+        );
+        assert_eq!(
+            registry.status("SHA256:approved"),
+            Some(DeviceStatus::Approved)
+        );
+        // The oldest went first; the newest is there.
+        assert_eq!(registry.status("SHA256:000000"), None);
+        assert_eq!(registry.status("SHA256:000009"), None);
+        assert!(registry.status("SHA256:000010").is_some());
+        assert!(
+            registry
+                .status(&format!("SHA256:{:06}", MAX_PENDING + 9))
+                .is_some()
+        );
+        assert!(
+            devices
+                .iter()
+                .all(|device| device.label.chars().count() <= MAX_LABEL_CHARS + 1)
+        );
     }
 }

@@ -1030,7 +1030,9 @@ enum Control {
     /// Write on this connection from now on: first `first`, then the
     /// sequenced frames after `replay_from` that the client lacks.
     Attach(Box<Attachment>),
-    /// Write this unsequenced frame now, ahead of queued frames.
+    /// Write this unsequenced frame now, ahead of queued frames. After an
+    /// `error` frame the writer closes the connection and stops, as for
+    /// `Close`.
     Send(Box<ServerFrame>),
     /// Write this unsequenced frame as the last one on the connection, then
     /// stop writing on it (keep buffering), as after `detached`.
@@ -1567,11 +1569,12 @@ async fn finish(
     // Cancelled unless it has finished (dropping a finished one is a no-op).
     drop(command_task);
     // Fatal errors go ahead of queued output; the writer closes after them.
-    if let Some(frame) = final_frame {
-        post.order(Control::Send(Box::new(frame)));
-    }
-    if resumable {
-        post.order(Control::Close);
+    // No `Close` behind an error: it would abandon the error's write, and
+    // the client would see a bare disconnect (and try to resume).
+    match final_frame {
+        Some(frame) => post.order(Control::Send(Box::new(frame))),
+        None if resumable => post.order(Control::Close),
+        None => {}
     }
     if let Some(writer_task) = writer_task
         && !matches!(end, End::Gone(_) | End::Expired(_))

@@ -1715,3 +1715,96 @@ async fn the_client_grows_the_window_of_a_file_for_a_far_server() {
         "queued: largest grant {largest} with a window of {window}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Ends, slots and credit
+// ---------------------------------------------------------------------------
+
+/// The hello of a client that asks for a resumable session.
+fn resumable_hello() -> Hello {
+    let mut hello = hello(&[]);
+    hello.capabilities.push(resume::CAPABILITY.into());
+    hello
+}
+
+/// A scripted client that opened a resumable session.
+async fn welcomed_resumable(socket: WebSocketStream<DuplexStream>) -> SecureSocket<DuplexStream> {
+    let mut client = secure_client(socket).await;
+    send_client(&mut client, &ClientFrame::Hello(resumable_hello())).await;
+    match next_server(&mut client).await {
+        Some(ServerFrame::Welcome(welcome)) => assert!(welcome.resume.is_some(), "not resumable"),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    client
+}
+
+/// Every frame the server sends until it closes.
+async fn rest_of_session(client: &mut impl Socket) -> Vec<ServerFrame> {
+    let mut frames = Vec::new();
+    while let Some(frame) = next_server(client).await {
+        frames.push(frame);
+    }
+    frames
+}
+
+/// A resumable session that ends on the client's violation, or on the end
+/// of the shutdown grace period, writes its `error` frame before it closes.
+/// (The end queued the error and then the close, and the close abandoned
+/// the error's write: over this tiny pipe the client saw a bare close nearly
+/// every time, and a real client would have tried to resume.) Several
+/// sessions each, since the loss depended on the writer's unbiased select.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_session_always_sends_its_final_error_frame() {
+    const SESSIONS: usize = 8;
+    let waiting = |started: Arc<Notify>| {
+        move |ctx: Context| {
+            let started = started.clone();
+            async move {
+                started.notify_one();
+                // Runs until the session ends it.
+                ctx.closed().await;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let mut lost = Vec::new();
+    for session in 0..SESSIONS {
+        let terminal = Terminal::new(waiting(Arc::new(Notify::new())));
+        let (client, server) = socket_pair().await;
+        let script = async {
+            let mut client = welcomed_resumable(client).await;
+            client
+                .send(Message::Binary(b"\xc1 not msgpack".to_vec().into()))
+                .await
+                .unwrap();
+            rest_of_session(&mut client).await
+        };
+        let told = serve_script(&terminal, server, script).await;
+        if !matches!(told.last(), Some(ServerFrame::Error(error)) if error.code == ErrorCode::Protocol)
+        {
+            lost.push(format!("violation {session}: {told:?}"));
+        }
+
+        let started = Arc::new(Notify::new());
+        let terminal = Terminal::with_config(
+            waiting(started.clone()),
+            Config {
+                shutdown_grace: Duration::from_millis(20),
+                ..Config::default()
+            },
+        );
+        let (client, server) = socket_pair().await;
+        let script = async {
+            let mut client = welcomed_resumable(client).await;
+            started.notified().await;
+            terminal.begin_shutdown();
+            rest_of_session(&mut client).await
+        };
+        let told = serve_script(&terminal, server, script).await;
+        if !matches!(told.last(), Some(ServerFrame::Error(error)) if error.code == ErrorCode::Shutdown)
+        {
+            lost.push(format!("shutdown {session}: {told:?}"));
+        }
+    }
+    assert!(lost.is_empty(), "final error frames lost: {lost:#?}");
+}

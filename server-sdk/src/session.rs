@@ -208,6 +208,14 @@ impl Shared {
             }
             () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
         };
+        // Room in the queue before the request takes its id and its slot is
+        // held: from then on nothing may stop it from being sent. Dropped
+        // while waiting for room after that, it kept its slot for an answer
+        // that could never come, and 64 of those stopped every request.
+        let room = tokio::select! {
+            room = self.outbound.reserve() => room.map_err(|_| ResourceError::Disconnected)?,
+            () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
+        };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         self.slots_held
             .lock()
@@ -223,11 +231,10 @@ impl Shared {
         let _forget = PendingGuard { shared: self, id };
         // Before the send: the answer may come before the send returns.
         self.lingering().sent(std::time::Instant::now());
-        self.send(ServerFrame::Request(Request {
+        room.send(Outgoing::Frame(Box::new(ServerFrame::Request(Request {
             id: terminalwire_protocol::RequestId(id),
             op,
-        }))
-        .await?;
+        }))));
         // Only a request alone in flight lingers: with others in flight,
         // their answers keep the session awake, and many tasks polling in
         // turn would only take the runtime's time.

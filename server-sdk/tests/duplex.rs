@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt, future};
+use futures_util::{FutureExt, SinkExt, StreamExt, future};
 use terminalwire_client::connect::{Target, websocket_config};
 use terminalwire_client::secure::{self, SecureSocket, ServerPin};
 use terminalwire_client::session::{self, LocalIo, Output, SessionConfig, Socket};
@@ -1807,4 +1807,98 @@ async fn a_resumable_session_always_sends_its_final_error_frame() {
         }
     }
     assert!(lost.is_empty(), "final error frames lost: {lost:#?}");
+}
+
+/// Fills the server's queue of outgoing frames: the scripted client reads
+/// nothing, and stderr (window 1 MiB in chunks of 1 KiB) writes until the
+/// write stays blocked. True when it did block: the queue was full then,
+/// and stays full until the client reads.
+async fn fill_the_outgoing_queue(ctx: &Context) -> bool {
+    let filler = vec![b'e'; 1 << 20];
+    tokio::time::timeout(Duration::from_millis(200), ctx.stderr().write_all(&filler))
+        .await
+        .is_err()
+}
+
+/// A hello with a 1 MiB window per stream and 1 KiB chunks.
+fn small_chunks_hello() -> Hello {
+    let mut hello = hello(&[]);
+    hello.window = 1 << 20;
+    hello.max_chunk = 1024;
+    hello
+}
+
+/// A scripted client that reads nothing until `go`, then answers line
+/// reads and collects stdout until the exit: (status, stdout).
+async fn read_after(
+    socket: WebSocketStream<DuplexStream>,
+    hello: Hello,
+    go: &Notify,
+) -> (u8, Vec<u8>) {
+    let mut client = secure_client(socket).await;
+    send_client(&mut client, &ClientFrame::Hello(hello)).await;
+    assert!(matches!(
+        next_server(&mut client).await,
+        Some(ServerFrame::Welcome(_))
+    ));
+    go.notified().await;
+    let mut stdout = Vec::new();
+    loop {
+        match next_server(&mut client).await {
+            Some(ServerFrame::Request(request)) => {
+                send_client(&mut client, &answer_to_line_read(request)).await;
+            }
+            Some(ServerFrame::Data(data)) if data.sid == StreamId::STDOUT => {
+                stdout.extend_from_slice(&data.bytes);
+            }
+            Some(ServerFrame::Data(_)) => {}
+            Some(ServerFrame::Exit(exit)) => return (exit.status, stdout),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Requests given up while the outgoing queue is full (never sent) give
+/// back their slot: after twice as many as may be in flight, a request still
+/// gets its answer. (Each one kept its slot, held for an answer that could
+/// never come: after 64, every request waited forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_given_up_before_they_are_sent_keep_no_slot() {
+    let go = Arc::new(Notify::new());
+    let go_in_command = go.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let go = go_in_command.clone();
+        async move {
+            let full = fill_the_outgoing_queue(&ctx).await;
+            let mut given_up = 0;
+            for _ in 0..2 * terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT {
+                // Polled once, then dropped: waiting for room in the queue.
+                if ctx.read_line(Some("lost")).now_or_never().is_none() {
+                    given_up += 1;
+                }
+                // A fresh task budget for the next (tokio's cooperative
+                // budget would refuse it before it got anywhere).
+                tokio::task::yield_now().await;
+            }
+            go.notify_one();
+            let last =
+                tokio::time::timeout(Duration::from_secs(3), ctx.read_line(Some("last"))).await;
+            ctx.stdout()
+                .println(format!("full {full}, given up {given_up}, last {last:?}"))
+                .await?;
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let (status, stdout) = serve_script(
+        &terminal,
+        server,
+        read_after(client, small_chunks_hello(), &go),
+    )
+    .await;
+    assert_eq!(status, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        "full true, given up 128, last Ok(Ok(Some(\"answer to last\")))\n"
+    );
 }

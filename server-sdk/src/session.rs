@@ -158,10 +158,7 @@ impl Shared {
     }
 
     async fn send(&self, frame: ServerFrame) -> Result<(), ResourceError> {
-        self.send_outgoing(Outgoing::Frame(Box::new(frame))).await
-    }
-
-    async fn send_outgoing(&self, outgoing: Outgoing) -> Result<(), ResourceError> {
+        let outgoing = Outgoing::Frame(Box::new(frame));
         tokio::select! {
             sent = self.outbound.send(outgoing) => sent.map_err(|_| ResourceError::Disconnected),
             () = self.closed.cancelled() => Err(ResourceError::Disconnected),
@@ -174,27 +171,32 @@ impl Shared {
         let stream = &self.streams[index];
         let _one_writer = stream.writer.lock().await;
         while !bytes.is_empty() {
-            let n = loop {
-                let want = bytes.len().min(self.max_chunk);
-                let n = stream
-                    .credit
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take(want);
-                if n > 0 {
-                    break n;
-                }
+            // Room in the queue before credit: taken credit comes back only
+            // with a frame sent (the client grants back what it receives),
+            // so a write dropped while waiting for room must hold none.
+            let room = tokio::select! {
+                room = self.outbound.reserve() => room.map_err(|_| disconnected())?,
+                () = self.closed.cancelled() => return Err(disconnected()),
+            };
+            let want = bytes.len().min(self.max_chunk);
+            let n = stream
+                .credit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(want);
+            if n == 0 {
+                // The room goes back to other frames while this waits.
+                drop(room);
                 tokio::select! {
                     () = stream.credit_added.notified() => {}
                     () = self.closed.cancelled() => return Err(disconnected()),
                 }
-            };
+                continue;
+            }
             let (chunk, rest) = bytes.split_at(n);
             // Encoded here, straight from the caller's bytes: one copy.
             let frame = codec::encode_data(stream.sid, chunk).into_boxed_slice();
-            self.send_outgoing(Outgoing::Data(frame))
-                .await
-                .map_err(|_| disconnected())?;
+            room.send(Outgoing::Data(frame));
             bytes = rest;
         }
         Ok(())

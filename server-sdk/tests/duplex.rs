@@ -1902,3 +1902,49 @@ async fn requests_given_up_before_they_are_sent_keep_no_slot() {
         "full true, given up 128, last Ok(Ok(Some(\"answer to last\")))\n"
     );
 }
+
+/// Writes given up while the outgoing queue is full (nothing sent) give
+/// back their credit: after two windows' worth of them, stdout still
+/// writes. (Each one kept the credit of the chunk it never sent, which the
+/// client never grants back: stdout hung for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_given_up_before_they_are_sent_keep_no_credit() {
+    let go = Arc::new(Notify::new());
+    let report = Arc::new(Mutex::new(String::new()));
+    let (go_in_command, report_in_command) = (go.clone(), report.clone());
+    let terminal = Terminal::new(move |ctx: Context| {
+        let (go, report) = (go_in_command.clone(), report_in_command.clone());
+        async move {
+            let full = fill_the_outgoing_queue(&ctx).await;
+            let chunk = [b'o'; 1024];
+            let mut given_up = 0;
+            for _ in 0..2048 {
+                // Polled once, then dropped: waiting for room in the queue.
+                if ctx.stdout().write_all(&chunk).now_or_never().is_none() {
+                    given_up += 1;
+                }
+                // A fresh task budget for the next (tokio's cooperative
+                // budget would refuse it before it took any credit).
+                tokio::task::yield_now().await;
+            }
+            go.notify_one();
+            let last =
+                tokio::time::timeout(Duration::from_secs(3), ctx.stdout().print("done")).await;
+            *report.lock().unwrap() = format!("full {full}, given up {given_up}, last {last:?}");
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let (status, stdout) = serve_script(
+        &terminal,
+        server,
+        read_after(client, small_chunks_hello(), &go),
+    )
+    .await;
+    assert_eq!(status, 0);
+    assert_eq!(
+        *report.lock().unwrap(),
+        "full true, given up 2048, last Ok(Ok(()))"
+    );
+    assert_eq!(String::from_utf8_lossy(&stdout), "done");
+}

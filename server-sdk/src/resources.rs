@@ -37,6 +37,25 @@ fn unexpected<T>() -> Result<T, ResourceError> {
     Err(ResourceError::UnexpectedReply)
 }
 
+/// The bytes of a `data` reply to a read of at most `asked` bytes, and
+/// whether the input ended there. More than asked is refused: a hostile
+/// client could otherwise hand the app (and a whole-file read, its memory)
+/// bytes it never asked for.
+fn data_reply(reply: Reply, asked: u32) -> Result<(Vec<u8>, bool), ResourceError> {
+    match reply {
+        Reply::Data { bytes, eof } if bytes.len() as u64 <= u64::from(asked) => {
+            Ok((bytes.into_vec(), eof))
+        }
+        Reply::Data { bytes, .. } => Err(ResourceError::TooLarge {
+            message: format!(
+                "the client answered a read of at most {asked} bytes with {}",
+                bytes.len()
+            ),
+        }),
+        _ => unexpected(),
+    }
+}
+
 /// The client's standard input.
 #[derive(Debug, Clone)]
 pub struct Stdin {
@@ -75,10 +94,8 @@ impl Stdin {
 
     /// Up to `max` bytes of raw input (for piped data); empty at end of input.
     pub async fn read_chunk(&self, max: u32) -> Result<Vec<u8>, ResourceError> {
-        match self.ctx.request(Operation::StdinRead { max }).await? {
-            Reply::Data { bytes, .. } => Ok(bytes.into_vec()),
-            _ => unexpected(),
-        }
+        let reply = self.ctx.request(Operation::StdinRead { max }).await?;
+        data_reply(reply, max).map(|(bytes, _)| bytes)
     }
 }
 
@@ -151,14 +168,24 @@ impl Files {
 
     /// The whole file (at most [`MAX_READ_TOTAL`] bytes), read in chunks.
     pub async fn read(&self, path: &str) -> Result<Vec<u8>, ResourceError> {
+        self.read_limited(path, MAX_READ_TOTAL).await
+    }
+
+    /// The whole file, read in chunks, if it holds at most `limit` bytes
+    /// (and [`MAX_READ_TOTAL`]); else [`ResourceError::TooLarge`], with no
+    /// more than `limit` bytes and one chunk in memory.
+    pub async fn read_limited(&self, path: &str, limit: u64) -> Result<Vec<u8>, ResourceError> {
+        let limit = limit.min(MAX_READ_TOTAL);
         let mut content = Vec::new();
         loop {
-            let (chunk, eof) = self
-                .read_range(path, content.len() as u64, READ_CHUNK)
-                .await?;
-            if content.len() as u64 + chunk.len() as u64 > MAX_READ_TOTAL {
+            let have = content.len() as u64;
+            // One byte beyond the limit, to tell a file of exactly `limit`
+            // bytes from a longer one.
+            let want = (limit - have + 1).min(u64::from(READ_CHUNK)) as u32;
+            let (chunk, eof) = self.read_range(path, have, want).await?;
+            if have + chunk.len() as u64 > limit {
                 return Err(ResourceError::TooLarge {
-                    message: format!("{path} is larger than {MAX_READ_TOTAL} bytes"),
+                    message: format!("{path} is larger than {limit} bytes"),
                 });
             }
             let empty = chunk.is_empty();
@@ -188,7 +215,9 @@ impl Files {
         })
     }
 
-    /// Up to `len` bytes from `offset`, and whether the file ended there.
+    /// Up to `len` bytes from `offset`, and whether the file ended there. A
+    /// client that answers with more than `len` bytes is refused
+    /// ([`ResourceError::TooLarge`]).
     pub async fn read_range(
         &self,
         path: &str,
@@ -200,10 +229,7 @@ impl Files {
             offset,
             len,
         };
-        match self.ctx.request(op).await? {
-            Reply::Data { bytes, eof } => Ok((bytes.into_vec(), eof)),
-            _ => unexpected(),
-        }
+        data_reply(self.ctx.request(op).await?, len)
     }
 
     /// Replaces (or creates) the file atomically; a new file gets mode 0644
@@ -395,10 +421,7 @@ impl FileReader {
                 };
                 self.next_offset += u64::from(READ_CHUNK);
                 self.in_flight.push_back(Box::pin(async move {
-                    match ctx.request(op).await? {
-                        Reply::Data { bytes, eof } => Ok((bytes.into_vec(), eof)),
-                        _ => unexpected(),
-                    }
+                    data_reply(ctx.request(op).await?, READ_CHUNK)
                 }));
             }
             let Some(result) = self.in_flight.next().await else {

@@ -1948,3 +1948,142 @@ async fn writes_given_up_before_they_are_sent_keep_no_credit() {
     );
     assert_eq!(String::from_utf8_lossy(&stdout), "done");
 }
+
+/// A scripted client that answers every read with one byte more than
+/// asked, and every other request with an empty `data`; the exit status.
+async fn answer_reads_with_too_much(client: &mut impl Socket) -> u8 {
+    loop {
+        match next_server(client).await {
+            Some(ServerFrame::Request(request)) => {
+                let len = match request.op {
+                    Operation::FileRead { len, .. } => len as usize + 1,
+                    Operation::StdinRead { max } => max as usize + 1,
+                    _ => 0,
+                };
+                let reply = Reply::Data {
+                    bytes: vec![b'x'; len].into(),
+                    eof: false,
+                };
+                send_client(
+                    client,
+                    &ClientFrame::Response(Response::ok(request.id, reply)),
+                )
+                .await;
+            }
+            Some(ServerFrame::Data(_)) => {}
+            Some(ServerFrame::Exit(exit)) => return exit.status,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A client that answers a read with more bytes than were asked for is
+/// refused (`TooLarge`), by every kind of read: the bytes are not the
+/// app's to keep, and a whole-file read would otherwise gather them (up to
+/// 256 MiB) without bound per request. (All four took the bytes before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answered_with_more_than_asked_are_refused() {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got_in_command = got.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            let files = ctx.file();
+            let results = [
+                files
+                    .read_range("f", 0, 10)
+                    .await
+                    .map(|(bytes, _)| bytes.len()),
+                files.read("f").await.map(|bytes| bytes.len()),
+                files
+                    .reader("f")
+                    .next_chunk()
+                    .await
+                    .map(|chunk| chunk.map_or(0, |chunk| chunk.len())),
+                ctx.stdin().read_chunk(10).await.map(|bytes| bytes.len()),
+            ];
+            *got.lock().unwrap() = results.to_vec();
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        answer_reads_with_too_much(&mut client).await
+    };
+    let status = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0);
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 4);
+    for (read, result) in ["read_range", "read", "reader", "read_chunk"]
+        .iter()
+        .zip(&*got)
+    {
+        assert!(
+            matches!(result, Err(ResourceError::TooLarge { .. })),
+            "{read}: {result:?}"
+        );
+    }
+}
+
+/// `read_limited` takes a file of up to its limit and refuses a longer
+/// one, asking for no more than one byte beyond the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_limited_refuses_a_file_over_its_limit() {
+    const FILE: &[u8] = b"12345678";
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got_in_command = got.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            let files = ctx.file();
+            let results = vec![
+                files.read_limited("f", 8).await,
+                files.read_limited("f", 7).await,
+                files.read_limited("f", 0).await,
+            ];
+            *got.lock().unwrap() = results;
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        let mut largest_ask = 0;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) => {
+                    let Operation::FileRead { offset, len, .. } = request.op else {
+                        panic!("unexpected {:?}", request.op);
+                    };
+                    largest_ask = largest_ask.max(len);
+                    let start = (offset as usize).min(FILE.len());
+                    let end = (start + len as usize).min(FILE.len());
+                    let reply = Reply::Data {
+                        bytes: FILE[start..end].to_vec().into(),
+                        eof: end == FILE.len(),
+                    };
+                    let answer = ClientFrame::Response(Response::ok(request.id, reply));
+                    send_client(&mut client, &answer).await;
+                }
+                Some(ServerFrame::Exit(exit)) => break (exit.status, largest_ask),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let (status, largest_ask) = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0);
+    assert_eq!(largest_ask, 9);
+    let got = got.lock().unwrap();
+    assert_eq!(got[0], Ok(FILE.to_vec()));
+    assert!(
+        matches!(got[1], Err(ResourceError::TooLarge { .. })),
+        "{:?}",
+        got[1]
+    );
+    assert!(
+        matches!(got[2], Err(ResourceError::TooLarge { .. })),
+        "{:?}",
+        got[2]
+    );
+}

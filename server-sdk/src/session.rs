@@ -1024,6 +1024,9 @@ enum End {
     ShutdownExpired,
     /// No client came back within the grace period (or the detach time).
     Expired(String),
+    /// The command has ended, but the connected client did not acknowledge
+    /// the exit within the resume grace period.
+    ExitUnacknowledged,
 }
 
 /// What a frame from the client asks of the session loop.
@@ -1272,6 +1275,12 @@ fn serve(
         // each time. One timer for every deadline, made once (`liveness`).
         let mut idle_watch = IdleWatch::new(config.idle_timeout, Instant::now());
         let mut shutdown_deadline: Option<Instant> = None;
+        // Once the command has ended, when the client must have acknowledged
+        // its exit: the resume grace period after the end, or after the
+        // client came back. Counted only while a client is connected (a
+        // detached or lost one has its own deadline), so that a client that
+        // keeps pinging but never acknowledges cannot keep the session.
+        let mut exit_deadline: Option<Instant> = None;
         let timer = tokio::time::sleep_until(idle_watch.deadline());
         tokio::pin!(timer);
         let mut alarm = Alarm::new();
@@ -1297,10 +1306,12 @@ fn serve(
 
         let end = 'session: loop {
             let idle = connection.reader.is_some().then_some(idle_watch.deadline());
+            let exit_due = exit_deadline.filter(|_| connection.reader.is_some());
             let wake = [
                 idle,
                 shutdown_deadline,
                 connection.parked_until,
+                exit_due,
                 ack_deadline,
             ]
             .into_iter()
@@ -1344,6 +1355,8 @@ fn serve(
                         } else {
                             "the client did not come back within the grace period".into()
                         });
+                    } else if passed(exit_due) {
+                        break End::ExitUnacknowledged;
                     } else if passed(ack_deadline) {
                         ack_deadline = None;
                         if connection.reader.is_some() && let Some(seq) = receipts.pending() {
@@ -1468,6 +1481,9 @@ fn serve(
                         connection.detaching = false;
                         token_unconfirmed = true;
                         idle_watch.restart(Instant::now());
+                        if command_done {
+                            exit_deadline = Some(Instant::now() + config.resume_grace);
+                        }
                         let received = receipts.received();
                         receipts.acknowledged_all();
                         ack_deadline = None;
@@ -1502,10 +1518,12 @@ fn serve(
                             let _ = shared.send(ServerFrame::Exit(Exit { status: INTERRUPTED_STATUS })).await;
                         });
                     }
-                    // A resumable session lives until the client has the exit.
+                    // A resumable session lives until the client has the exit
+                    // (or lets the deadline for it pass).
                     if !resumable {
                         break End::Finished;
                     }
+                    exit_deadline = Some(Instant::now() + config.resume_grace);
                 }
                 () = &mut writer_task, if !writer_done => writer_done = true,
             }
@@ -1561,6 +1579,12 @@ async fn finish(
         }
         End::Expired(reason) => {
             tracing::info!(%reason, "session expired");
+            None
+        }
+        End::ExitUnacknowledged => {
+            tracing::info!(
+                "the client did not acknowledge the exit within the resume grace period"
+            );
             None
         }
         End::Violation(reason) => {

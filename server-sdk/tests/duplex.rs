@@ -23,7 +23,7 @@ use terminalwire_client::connect::{Target, websocket_config};
 use terminalwire_client::secure::{self, SecureSocket, ServerPin};
 use terminalwire_client::session::{self, LocalIo, Output, SessionConfig, Socket};
 use terminalwire_client::{ClientError, exit_code, facts};
-use terminalwire_protocol::frame::Ack;
+use terminalwire_protocol::frame::{Ack, Detach, Resume};
 use terminalwire_protocol::frame::{
     ColorLevel as WireColor, Hello, Operation, Reply, Request, Response, Software, StreamFacts,
     StreamKind as WireKind, TerminalSize, Welcome,
@@ -2086,4 +2086,146 @@ async fn read_limited_refuses_a_file_over_its_limit() {
         "{:?}",
         got[2]
     );
+}
+
+/// Runs the client's side of the secure handshake with `device`.
+async fn secure_client_as(
+    socket: WebSocketStream<DuplexStream>,
+    device: &StaticKey,
+) -> SecureSocket<DuplexStream> {
+    let pin = ServerPin::FirstContact;
+    let (socket, _) = secure::handshake(socket, device, &pin, "duplex", Duration::from_secs(10))
+        .await
+        .expect("the secure handshake");
+    socket
+}
+
+/// A client that never acknowledges the exit of a resumable session, while
+/// it keeps the connection alive with pings, is let go once the resume
+/// grace period has passed since the exit: the server closes the connection
+/// and the session ends. (It was kept for as long as the pings came.)
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_acknowledges_the_exit_is_let_go() {
+    let grace = Duration::from_secs(3);
+    let terminal = Terminal::with_config(
+        |ctx: Context| async move { ctx.stdout().println("done").await },
+        Config {
+            resume_grace: grace,
+            ..Config::default()
+        },
+    );
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed_resumable(client).await;
+        assert_eq!(until_exit(&mut client).await, 0);
+        let exit_at = tokio::time::Instant::now();
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            // `None`: time for a heartbeat.
+            let next = tokio::select! {
+                frame = next_server(&mut client) => Some(frame),
+                _ = heartbeat.tick() => None,
+            };
+            match next {
+                None => {
+                    if client.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(None) => break,
+                Some(Some(ServerFrame::Ack(_))) => {}
+                Some(Some(other)) => panic!("unexpected {other:?}"),
+            }
+        }
+        exit_at.elapsed()
+    };
+    // `serve_script` fails if the session is still there after 10 s.
+    let kept = serve_script(&terminal, server, script).await;
+    // The grace period from the command's end, which the client saw a
+    // moment later (no time at all on this paused clock).
+    assert!(
+        kept + Duration::from_millis(100) >= grace && kept <= grace,
+        "kept {kept:?}"
+    );
+    assert_eq!(terminal.session_count(), 0);
+}
+
+/// The exit's deadline counts only while a client is connected: a detached
+/// session whose command ends meanwhile still waits the detach time, and
+/// the client re-attaching well after the resume grace period gets the
+/// output and the exit.
+#[tokio::test(start_paused = true)]
+async fn a_detached_session_keeps_its_exit_beyond_the_resume_grace() {
+    let terminal = Terminal::with_config(
+        |ctx: Context| async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ctx.stdout().println("done").await
+        },
+        Config {
+            resume_grace: Duration::from_secs(2),
+            detach_keep: Duration::from_secs(60),
+            ..Config::default()
+        },
+    );
+    let device = StaticKey::generate().unwrap();
+    let serve = |server| {
+        tokio::spawn(terminal.serve(WsTransport {
+            socket: server,
+            tap: None,
+            flushes: None,
+        }))
+    };
+    let script = async {
+        let (client, server) = socket_pair().await;
+        let first = serve(server);
+        let mut client = secure_client_as(client, &device).await;
+        send_client(&mut client, &ClientFrame::Hello(resumable_hello())).await;
+        let Some(ServerFrame::Welcome(welcome)) = next_server(&mut client).await else {
+            panic!("expected welcome");
+        };
+        send_client(&mut client, &ClientFrame::Detach(Detach {})).await;
+        let token = loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Detached(detached)) if detached.accepted => {
+                    break detached.token.expect("a token");
+                }
+                Some(ServerFrame::Ack(_)) => {}
+                other => panic!("expected detached, got {other:?}"),
+            }
+        };
+        drop(client);
+        // The command ends after 1 s; the resume grace would end at 3 s.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (client, server) = socket_pair().await;
+        let second = serve(server);
+        let mut client = secure_client_as(client, &device).await;
+        let resume = Resume {
+            session_id: welcome.session_id,
+            token,
+            received: 0,
+        };
+        send_client(&mut client, &ClientFrame::Resume(resume)).await;
+        let mut frames = Vec::new();
+        let status = loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Exit(exit)) => break exit.status,
+                Some(frame) => frames.push(frame),
+                None => panic!("closed after {frames:?}"),
+            }
+        };
+        send_client(&mut client, &ClientFrame::Ack(Ack { seq: 2 })).await;
+        first.await.unwrap();
+        second.await.unwrap();
+        (status, frames)
+    };
+    let (status, frames) = tokio::time::timeout(Duration::from_secs(30), script)
+        .await
+        .expect("the session hung");
+    assert_eq!(status, 0);
+    assert!(matches!(frames[0], ServerFrame::Resumed(_)), "{frames:?}");
+    assert!(
+        matches!(&frames[1], ServerFrame::Data(data) if &data.bytes[..] == b"done\n"),
+        "{frames:?}"
+    );
+    assert_eq!(terminal.session_count(), 0);
 }

@@ -388,14 +388,18 @@ async fn open(
     session_id: String,
     registry: &Registry,
 ) -> Option<Box<Opened>> {
-    let (mut writer, mut reader, device) = match secure_accept(writer, reader, config).await {
-        Ok(secured) => secured,
-        Err(reason) => {
-            tracing::info!(%reason, "secure handshake failed");
-            return None;
-        }
-    };
-    let first = match first_frame(&mut writer, &mut reader, config).await {
+    // One deadline for both handshakes: each had its own, and a slow client
+    // could take twice the handshake time-out before it said hello.
+    let deadline = Instant::now() + config.handshake_timeout;
+    let (mut writer, mut reader, device) =
+        match secure_accept(writer, reader, config, deadline).await {
+            Ok(secured) => secured,
+            Err(reason) => {
+                tracing::info!(%reason, "secure handshake failed");
+                return None;
+            }
+        };
+    let first = match first_frame(&mut writer, &mut reader, config, deadline).await {
         Ok(first) => first,
         Err(reason) => {
             tracing::info!(%reason, "handshake failed");
@@ -775,17 +779,18 @@ async fn reattach(
     }
 }
 
-/// Runs the Noise handshake as the responder, then wraps the transport so
-/// that every frame is sealed and opened. Returns the device fingerprint.
+/// Runs the Noise handshake as the responder, by `deadline`, then wraps the
+/// transport so that every frame is sealed and opened. Returns the device
+/// fingerprint.
 async fn secure_accept(
     mut writer: FrameWriter,
     mut reader: FrameReader,
     config: &Config,
+    deadline: Instant,
 ) -> Result<(FrameWriter, FrameReader, String), String> {
     let Some(identity) = &config.identity else {
         return Err("the server has no identity key".into());
     };
-    let deadline = Instant::now() + config.handshake_timeout;
     let mut next = async || loop {
         match tokio::time::timeout_at(deadline, reader.next()).await {
             Err(_) => {
@@ -853,18 +858,22 @@ async fn reject(writer: &mut FrameWriter, code: ErrorCode, message: String) -> S
     message
 }
 
-/// Reads the client's first frame: `hello`, or `resume`. On failure the
-/// client has been told why.
+/// Reads the client's first frame, `hello` or `resume`, by `deadline` (the
+/// handshake's, which the secure handshake started). On failure the client
+/// has been told why.
 async fn first_frame(
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
     config: &Config,
+    deadline: Instant,
 ) -> Result<First, String> {
-    let deadline = Instant::now() + config.handshake_timeout;
     loop {
         let inbound = match tokio::time::timeout_at(deadline, reader.next()).await {
             Err(_) => {
-                let message = format!("no hello within {:?}", config.handshake_timeout);
+                let message = format!(
+                    "no hello within {:?} of connecting",
+                    config.handshake_timeout
+                );
                 return Err(reject(writer, ErrorCode::Protocol, message).await);
             }
             Ok(None) => return Err("client closed before hello".into()),

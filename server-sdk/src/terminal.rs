@@ -30,7 +30,8 @@ pub struct Config {
     pub server_name: String,
     /// Version the server reports in `welcome`.
     pub server_version: String,
-    /// Time a client has to send its hello.
+    /// Time a client has, from connecting, to finish the secure handshake
+    /// and send its hello (or resume).
     pub handshake_timeout: Duration,
     /// A session with no frame or heartbeat for this long is closed.
     pub idle_timeout: Duration,

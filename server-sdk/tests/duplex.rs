@@ -2229,3 +2229,37 @@ async fn a_detached_session_keeps_its_exit_beyond_the_resume_grace() {
     );
     assert_eq!(terminal.session_count(), 0);
 }
+
+/// One handshake deadline covers the secure handshake and the hello: a
+/// client that takes most of it for the first is told "no hello" when it
+/// ends, not a whole handshake time-out later. (Each had its own deadline.)
+#[tokio::test(start_paused = true)]
+async fn one_deadline_covers_the_whole_handshake() {
+    let timeout = Duration::from_secs(4);
+    let terminal = Terminal::with_config(
+        |_ctx: Context| async move { anyhow::Ok(()) },
+        Config {
+            handshake_timeout: timeout,
+            ..Config::default()
+        },
+    );
+    let (client, server) = socket_pair().await;
+    let started = tokio::time::Instant::now();
+    let script = async {
+        // Slow, but within the deadline, for the secure handshake...
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut client = secure_client(client).await;
+        // ... then no hello.
+        let told = next_server(&mut client).await;
+        (told, started.elapsed())
+    };
+    let (told, at) = serve_script(&terminal, server, script).await;
+    assert!(
+        matches!(&told, Some(ServerFrame::Error(error)) if error.message.contains("no hello")),
+        "{told:?}"
+    );
+    assert!(
+        at <= timeout + Duration::from_millis(100),
+        "told after {at:?}"
+    );
+}

@@ -385,7 +385,15 @@ impl Files {
     }
 }
 
-type ReadFuture = Pin<Box<dyn Future<Output = Result<(Vec<u8>, bool), ResourceError>> + Send>>;
+type ReadFuture = Pin<Box<dyn Future<Output = Result<ReadPiece, ResourceError>> + Send>>;
+
+/// One answered read of a [`FileReader`].
+struct ReadPiece {
+    offset: u64,
+    asked: u32,
+    bytes: Vec<u8>,
+    eof: bool,
+}
 
 /// Reads chunks of size [`READ_CHUNK`] in flight at once.
 pub const READ_CHUNKS_IN_FLIGHT: usize = 4;
@@ -409,29 +417,54 @@ impl std::fmt::Debug for FileReader {
 }
 
 impl FileReader {
+    /// A read of `len` bytes at `offset`, as a future.
+    fn read_at(&self, offset: u64, len: u32) -> ReadFuture {
+        let ctx = self.ctx.clone();
+        let op = Operation::FileRead {
+            path: self.path.clone(),
+            offset,
+            len,
+        };
+        Box::pin(async move {
+            let (bytes, eof) = data_reply(ctx.request(op).await?, len)?;
+            Ok(ReadPiece {
+                offset,
+                asked: len,
+                bytes,
+                eof,
+            })
+        })
+    }
+
     /// The next chunk, in order; `None` after the end of the file.
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ResourceError> {
         loop {
             while !self.eof_seen && self.in_flight.len() < READ_CHUNKS_IN_FLIGHT {
-                let ctx = self.ctx.clone();
-                let op = Operation::FileRead {
-                    path: self.path.clone(),
-                    offset: self.next_offset,
-                    len: READ_CHUNK,
-                };
+                let read = self.read_at(self.next_offset, READ_CHUNK);
                 self.next_offset += u64::from(READ_CHUNK);
-                self.in_flight.push_back(Box::pin(async move {
-                    data_reply(ctx.request(op).await?, READ_CHUNK)
-                }));
+                self.in_flight.push_back(read);
             }
             let Some(result) = self.in_flight.next().await else {
                 return Ok(None);
             };
-            let (chunk, eof) = result?;
+            let ReadPiece {
+                offset,
+                asked,
+                bytes: chunk,
+                eof,
+            } = result?;
             if eof || chunk.is_empty() {
                 // Reads queued beyond the end come back empty; drop them.
                 self.eof_seen = true;
                 self.in_flight = FuturesOrdered::new();
+            } else if let Ok(got) = u32::try_from(chunk.len())
+                && got < asked
+            {
+                // A client may answer with less than asked and no end of
+                // file (its own frame limit): the rest is read next, before
+                // the chunks already asked for, or the file would have holes.
+                let rest = self.read_at(offset + u64::from(got), asked - got);
+                self.in_flight.push_front(rest);
             }
             if !chunk.is_empty() {
                 return Ok(Some(chunk));

@@ -2088,6 +2088,56 @@ async fn read_limited_refuses_a_file_over_its_limit() {
     );
 }
 
+/// A client may answer a read with fewer bytes than asked and no end of
+/// file (to stay under its own frame limit). The reader asks for the rest
+/// before going on, so the file comes back whole. (It went on at the next
+/// chunk's offset, and the file came back with holes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_asks_again_for_what_a_short_answer_left_out() {
+    const SHORT: usize = 100_000;
+    let file = pattern(1_300_000, 5);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got_in_command = got.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            let mut reader = ctx.file().reader("f");
+            let mut all = Vec::new();
+            while let Some(chunk) = reader.next_chunk().await? {
+                all.extend_from_slice(&chunk);
+            }
+            *got.lock().unwrap() = all;
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) => {
+                    let Operation::FileRead { offset, len, .. } = request.op else {
+                        panic!("unexpected {:?}", request.op);
+                    };
+                    let start = (offset as usize).min(file.len());
+                    let end = (start + (len as usize).min(SHORT)).min(file.len());
+                    let reply = Reply::Data {
+                        bytes: file[start..end].to_vec().into(),
+                        eof: end == file.len(),
+                    };
+                    let answer = ClientFrame::Response(Response::ok(request.id, reply));
+                    send_client(&mut client, &answer).await;
+                }
+                Some(ServerFrame::Exit(exit)) => break exit.status,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let status = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0);
+    assert_same_bytes("the file read in chunks", &got.lock().unwrap(), &file);
+}
+
 /// Runs the client's side of the secure handshake with `device`.
 async fn secure_client_as(
     socket: WebSocketStream<DuplexStream>,

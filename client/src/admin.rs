@@ -15,6 +15,7 @@ use terminalwire_policy::grant::{Access, BrowserTarget, EnvName, Mode, PathGrant
 use terminalwire_policy::{Authority, Grant, GrantOutcome, Home, Policy};
 
 use crate::error::exit_code;
+use crate::inert::inert;
 
 /// The first words that select an administration command instead of a URL.
 pub const COMMANDS: &[&str] = &[
@@ -185,7 +186,11 @@ pub fn main(args: Vec<OsString>) -> u8 {
         Ok(()) => 0,
         Err(error) => {
             let _ = out.flush();
-            eprintln!("terminalwire: {error:#}");
+            // A policy file or log may quote a server's path.
+            eprintln!(
+                "terminalwire: {}",
+                crate::inert::inert_lines(&format!("{error:#}"))
+            );
             exit_code::FAILURE
         }
     }
@@ -292,16 +297,17 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                                 "TIME", "AUTHORITY", "RESOURCE", "ACTION", "DECISION", "BYTES"
                             )?;
                         }
+                        // Targets are the server's paths and URLs, as sent.
                         writeln!(
                             out,
                             "{:<24} {:<22} {:<8} {:<20} {:<10} {:>10}  {}",
-                            entry.time,
+                            inert(&entry.time),
                             authority.as_str(),
-                            entry.resource,
-                            entry.action,
-                            entry.decision,
+                            inert(&entry.resource),
+                            inert(&entry.action),
+                            inert(&entry.decision),
                             entry.bytes.map(|b| b.to_string()).unwrap_or_default(),
-                            entry.target
+                            inert(&entry.target)
                         )?;
                     }
                     any = true;
@@ -420,13 +426,13 @@ fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Res
             Some(mode) => writeln!(
                 out,
                 "  path     {}  {}  mode {mode}",
-                grant.pattern.as_str(),
+                inert(grant.pattern.as_str()),
                 grant.access
             )?,
             None => writeln!(
                 out,
                 "  path     {}  {}",
-                grant.pattern.as_str(),
+                inert(grant.pattern.as_str()),
                 grant.access
             )?,
         }
@@ -493,10 +499,10 @@ fn describe(grant: &Grant) -> String {
         Grant::Path(path) => match path.mode {
             Some(mode) => format!(
                 "path {} ({}, mode {mode})",
-                path.pattern.as_str(),
+                inert(path.pattern.as_str()),
                 path.access
             ),
-            None => format!("path {} ({})", path.pattern.as_str(), path.access),
+            None => format!("path {} ({})", inert(path.pattern.as_str()), path.access),
         },
         Grant::Env(name) => format!("env {}", name.as_str()),
         Grant::Browser(target) => format!("browser {}", target.as_str()),
@@ -746,6 +752,44 @@ mod tests {
             std::fs::read_to_string(&policy).unwrap(),
             "[[env]]\nname = \"A\"\n[[bogus]]\n",
             "a corrupt file is left alone"
+        );
+    }
+
+    #[test]
+    fn audit_and_grant_listings_show_a_servers_escape_sequences_inert() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = parse_authority("example.com").unwrap();
+        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
+        // A path as a server sent it: clears the line and hides the rest.
+        let hostile = "~/x\x1b[2K\r\x1b]11;#000\x07\u{202e}gpj.exe";
+        crate::audit::AuditLog::new(home.authority_dir(&authority).join("audit.log")).record(
+            "path",
+            "file_read",
+            hostile,
+            "denied",
+            None,
+        );
+        // "Always" writes a grant that quotes such a path.
+        let mut policy = Policy::default();
+        policy.grant(Grant::Path(PathGrant {
+            pattern: PathPattern::parse("~/x\x1bc\u{202e}/**").unwrap(),
+            access: Access::Read,
+            mode: None,
+        }));
+        policy.save(&home.policy_file(&authority)).unwrap();
+        for args in [&["audit"][..], &["entitlement", "list"]] {
+            let out = admin(&home, args).unwrap();
+            let raw: Vec<char> = out
+                .chars()
+                .filter(|&c| c != '\n' && crate::inert::is_unsafe(c))
+                .collect();
+            assert!(raw.is_empty(), "{args:?} printed {raw:?}:\n{out}");
+        }
+        let audit = admin(&home, &["audit"]).unwrap();
+        assert!(
+            audit.contains("~/x\\u{1b}[2K\\r\\u{1b}]11;#000\\u{7}\\u{202e}gpj.exe"),
+            "{audit}"
         );
     }
 

@@ -167,27 +167,68 @@ impl Consent {
     }
 }
 
+/// Written before every prompt. The server's output may have left the
+/// terminal hiding or garbling text (foreground set to the background
+/// colour, concealed text, line-drawing characters, a hidden cursor, lines
+/// cut at the margin); this restores what can be restored without moving
+/// the cursor or clearing the screen.
+pub(crate) const TERMINAL_RESET: &str = concat!(
+    "\x0f",           // SI: the G0 character set
+    "\x1b(B",         // G0 is ASCII, not line drawing
+    "\x1b[0m",        // no colours, no concealed, reversed or blinking text
+    "\x1b]104\x1b\\", // the default palette
+    "\x1b]110\x1b\\", // the default foreground colour
+    "\x1b]111\x1b\\", // the default background colour
+    "\x1b]112\x1b\\", // the default cursor colour
+    "\x1b[?5l",       // the screen not reversed
+    "\x1b[?25h",      // the cursor shown
+    "\x1b[?7h",       // long lines wrap instead of being cut at the margin
+    "\x1b[4l",        // text replaces, not inserts
+);
+
+/// The prompt's text. Everything in it the server chose (the target, whose
+/// last parts are the server's even when resolved, the reason, the grant
+/// command that quotes the target) is made [`inert`](crate::inert): it
+/// cannot move the cursor, recolour or reorder the prompt. The grant
+/// "always" writes has a line of its own, so it cannot hide in a long line.
 fn question(url: &str, denial: &Denial, command: &str) -> String {
+    use crate::inert::inert;
     format!(
         "\r\n\x1b[7m terminalwire \x1b[0m \x1b[1mYOUR CLIENT asks (not the app):\x1b[0m\r\n\
-         \x20 {url} wants to {} {} \x1b[1m{}\x1b[0m\r\n\
+         \x20 {} wants to {} {} \x1b[1m{}\x1b[0m\r\n\
          \x20 ({})\r\n\
-         \x20 [o] allow once   [a] always (runs: {command})   [d] deny (default)\r\n\
+         \x20 [a] always writes this grant to your policy file:\r\n\
+         \x20     \x1b[1m{}\x1b[0m\r\n\
+         \x20 [o] allow once   [a] always   [d] deny (default)\r\n\
          \x1b[7m terminalwire \x1b[0m your choice: ",
-        denial.action, denial.resource, denial.target, denial.reason
+        inert(url),
+        inert(&denial.action),
+        inert(&denial.resource),
+        inert(&denial.target),
+        inert(&denial.reason),
+        inert(command),
     )
 }
 
 /// Shows the question on the controlling terminal and reads the answer.
 fn prompt(question: &str) -> io::Result<Answer> {
-    let mut tty = std::fs::OpenOptions::new()
+    let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/tty")?;
+    // Keys typed ahead, or a terminal's replies to queries in the server's
+    // output (a window title sent back, say), must not answer for the user.
+    let _ = rustix::termios::tcflush(&tty, rustix::termios::QueueSelector::IFlush);
+    converse(&tty, question)
+}
+
+/// Resets the terminal, asks `question` on `tty` and reads the answer.
+fn converse(mut tty: impl io::Read + Write, question: &str) -> io::Result<Answer> {
+    tty.write_all(TERMINAL_RESET.as_bytes())?;
     tty.write_all(question.as_bytes())?;
     tty.flush()?;
     let mut line = String::new();
-    io::BufReader::new(&tty).read_line(&mut line)?;
+    io::BufReader::new(tty).read_line(&mut line)?;
     Ok(match line.trim().to_ascii_lowercase().as_str() {
         "o" | "once" => Answer::Once,
         "a" | "always" => Answer::Always,
@@ -299,6 +340,93 @@ mod tests {
             vec!["a", "b c", "d e"]
         );
         assert!(shell_words("a 'unterminated").is_none());
+    }
+
+    /// A path whose last part (the server's) tries to redraw the prompt:
+    /// erase the line, move up, write a harmless request over it, set the
+    /// background colour, reverse the rest with bidi controls.
+    const HOSTILE_TARGET: &str = "/home/u/.ssh/x\r\x1b[2K\x1b[1A\x1b[0m  wants to read path ~/notes.txt\u{9b}8m\x1b]11;#ffffff\x07\u{202e}txt.ssh\u{2066}\u{200b}";
+
+    fn hostile_denial() -> (Denial, String) {
+        let denial = Denial {
+            resource: "path".into(),
+            action: "write".into(),
+            target: HOSTILE_TARGET.into(),
+            reason: "not granted\x1b[8m".into(),
+            command: None,
+        };
+        let command =
+            format!("terminalwire entitlement grant h path '{HOSTILE_TARGET}/**' --write");
+        (denial, command)
+    }
+
+    #[test]
+    fn server_text_in_the_prompt_is_shown_escaped_and_cannot_redraw_it() {
+        let (denial, command) = hostile_denial();
+        let question = question("ws://h/terminal", &denial, &command);
+        // Only the client's own styling is left; no other escape, control
+        // or bidi character, and line breaks are the client's "\r\n".
+        let mut bare = question.clone();
+        for own in ["\x1b[7m", "\x1b[1m", "\x1b[0m", "\r\n"] {
+            bare = bare.replace(own, "");
+        }
+        let left: Vec<char> = bare
+            .chars()
+            .filter(|&c| crate::inert::is_unsafe(c))
+            .collect();
+        assert!(left.is_empty(), "raw {left:?} in {question:?}");
+        // The target is there, visibly escaped.
+        let shown = crate::inert::inert(HOSTILE_TARGET);
+        assert!(shown.contains("\\u{1b}[2K\\u{1b}[1A"), "{shown}");
+        assert!(shown.contains("\\u{202e}txt.ssh\\u{2066}"), "{shown}");
+        assert!(question.contains(&*shown), "{question:?}");
+        // The grant "always" writes is a line of its own.
+        let grant_line = format!("      \x1b[1m{}\x1b[0m", crate::inert::inert(&command));
+        assert!(
+            question.split("\r\n").any(|line| line == grant_line),
+            "{question:?}"
+        );
+    }
+
+    /// A terminal that answers `answer` and records what was written.
+    struct FakeTty {
+        input: io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl io::Read for &mut FakeTty {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for &mut FakeTty {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_terminal_is_made_legible_before_the_question_without_clearing_it() {
+        let mut tty = FakeTty {
+            input: io::Cursor::new(b"a\n".to_vec()),
+            output: Vec::new(),
+        };
+        let answer = converse(&mut tty, "the question").unwrap();
+        assert_eq!(answer, Answer::Always);
+        let written = String::from_utf8(tty.output).unwrap();
+        assert_eq!(written, format!("{TERMINAL_RESET}the question"));
+        // Colours, default foreground and background, cursor shown.
+        for reset in ["\x1b[0m", "\x1b]110\x1b\\", "\x1b]111\x1b\\", "\x1b[?25h"] {
+            assert!(TERMINAL_RESET.contains(reset), "{reset:?} missing");
+        }
+        // Nothing that clears the screen or moves the cursor.
+        for moving in ["\x1bc", "\x1b[2J", "\x1b[H", "\x1b[r", "\x1b[?1049"] {
+            assert!(!TERMINAL_RESET.contains(moving), "{moving:?}");
+        }
     }
 
     #[test]

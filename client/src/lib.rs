@@ -16,6 +16,7 @@
 //!   (rustls with the platform's roots, plus `--ca-cert`).
 //! - [`detached`]: records of detached sessions (`terminalwire sessions`, `attach`).
 //! - [`facts`]: what the hello reports about this machine and terminal.
+//! - [`inert`]: server-chosen text escaped for the client's own messages.
 //! - [`launcher`]: installed apps (`terminalwire install`) and `terminalwire-exec`.
 //! - [`progress`]: progress bars for long transfers, on a terminal only.
 //! - [`resources`]: files, directories, environment and browser, checked
@@ -37,6 +38,7 @@ pub mod consent;
 pub mod detached;
 pub mod error;
 pub mod facts;
+pub mod inert;
 pub mod launcher;
 pub mod progress;
 pub mod resources;
@@ -113,7 +115,8 @@ fn on_runtime(session: impl std::future::Future<Output = Result<u8, ClientError>
         Ok(status) => status,
         Err(error) => {
             if !error.is_silent() {
-                eprintln!("terminalwire: {error}");
+                // Errors quote the server (its messages, frame tags, paths).
+                eprintln!("terminalwire: {}", inert::inert_lines(&error.to_string()));
             }
             error.exit_code()
         }

@@ -107,7 +107,11 @@ fn new_bar(verb: &str, path: &Path, total: Option<u64>) -> ProgressBar {
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_message(format!("{verb} {}", path.display()));
+    // The path is the server's: drawn inert next to the client's bar.
+    bar.set_message(format!(
+        "{verb} {}",
+        crate::inert::inert(&path.to_string_lossy())
+    ));
     bar
 }
 

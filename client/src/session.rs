@@ -985,6 +985,7 @@ where
                                 Flow::Done(Ok(Finish::Detach { token, keep_secs: detached.keep_secs }))
                             } else {
                                 let why = detached.message.unwrap_or_else(|| "the server refused".into());
+                                let why = crate::inert::inert(&why);
                                 let _ = pipes[1].push(Chunk::Local(format!("terminalwire: cannot detach: {why}\n").into_bytes()));
                                 Flow::Continue
                             }
@@ -1275,7 +1276,7 @@ async fn open_session<S: Socket>(
             ServerFrame::Incompatible(incompatible) => {
                 return Err(ClientError::Incompatible {
                     versions: incompatible.versions.to_string(),
-                    message: incompatible.message,
+                    message: crate::inert::inert(&incompatible.message).into_owned(),
                 });
             }
             ServerFrame::Error(error) => return Err(server_error(error)),
@@ -1326,9 +1327,10 @@ async fn attach_session<S: Socket>(
 
 fn resume_refused(error: SessionError) -> ClientError {
     match error.code {
-        ErrorCode::Expired => {
-            ClientError::SessionGone(format!("the session cannot be resumed: {}", error.message))
-        }
+        ErrorCode::Expired => ClientError::SessionGone(format!(
+            "the session cannot be resumed: {}",
+            crate::inert::inert(&error.message)
+        )),
         _ => server_error(error),
     }
 }
@@ -2120,12 +2122,11 @@ fn lost(error: tungstenite::Error) -> ClientError {
 }
 
 fn server_error(error: SessionError) -> ClientError {
+    // Shown as the client's own message: the server's text is quoted inert.
+    let message = crate::inert::inert(&error.message).into_owned();
     match error.code {
-        ErrorCode::Shutdown => ClientError::ServerShutdown(error.message),
-        code => ClientError::ServerError {
-            code,
-            message: error.message,
-        },
+        ErrorCode::Shutdown => ClientError::ServerShutdown(message),
+        code => ClientError::ServerError { code, message },
     }
 }
 
@@ -2165,7 +2166,7 @@ fn frame_name(frame: &ServerFrame) -> String {
         ServerFrame::Ack(_) => "ack".into(),
         ServerFrame::Resumed(_) => "resumed".into(),
         ServerFrame::Detached(_) => "detached".into(),
-        ServerFrame::Unknown { tag } => format!("unknown `{tag}`"),
+        ServerFrame::Unknown { tag } => format!("unknown `{}`", crate::inert::inert(tag)),
         _ => "unsupported".into(),
     }
 }

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use terminalwire_protocol::frame::{Data, Operation, Request, RequestId, ServerFrame, StreamId};
+use terminalwire_protocol::frame::{
+    Data, ErrorCode, Operation, Request, RequestId, ServerFrame, SessionError, StreamId,
+};
 use terminalwire_protocol::{DEFAULT_MAX_CHUNK, codec};
 use terminalwire_tests::process::{ClientHome, proc_status_bytes};
 use terminalwire_tests::{
@@ -143,6 +145,40 @@ async fn a_request_flood_and_a_stream_without_credit_are_protocol_errors() {
         "stream without credit",
         attack(&no_credit.url(), &[]).await,
         PROTOCOL,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_error_message_cannot_write_escape_sequences_to_the_terminal() {
+    // Clears the screen, forges a second line, hides the text (foreground
+    // set to black) and reverses what follows.
+    let message =
+        "\x1b[2J\x1b[H\r\nterminalwire: all is well\x1b]10;#000000\x07\u{9b}8m\u{202e}lla";
+    let server = ScriptedServer::start(true, move |mut socket| async move {
+        if after_hello(&mut socket).await {
+            let error = ServerFrame::Error(SessionError {
+                code: ErrorCode::Internal,
+                message: message.to_owned(),
+            });
+            send_server_frame(&mut socket, &error).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let outcome = attack(&server.url(), &[]).await;
+    let stderr = outcome.1.clone();
+    check("escapes in an error message", outcome, PROTOCOL);
+    let raw: Vec<char> = stderr
+        .trim_end_matches('\n')
+        .chars()
+        .filter(|c| {
+            c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect();
+    assert!(raw.is_empty(), "raw {raw:?} in {stderr:?}");
+    assert!(
+        stderr.contains("\\u{1b}[2J\\u{1b}[H\\r\\nterminalwire: all is well\\u{1b}]10;#000000\\u{7}\\u{9b}8m\\u{202e}lla"),
+        "{stderr:?}"
     );
 }
 

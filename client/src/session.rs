@@ -40,6 +40,10 @@ use crate::woken::WokenOnly;
 
 /// Longest line `stdin_read_line` returns.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Longest prompt of a `stdin_read_line` or `stdin_read_password`; a longer
+/// one is refused. Prompts are written outside flow control, so each must
+/// be small; a request waits until its prompt is written.
+pub const MAX_PROMPT: usize = 4 * 1024;
 /// A second Ctrl-C within this time of the first exits the client at once;
 /// later ones are interrupts for the app again.
 pub const DOUBLE_INTERRUPT: Duration = Duration::from_secs(3);
@@ -146,15 +150,22 @@ fn unbuffered_stdout() -> Output {
 enum Chunk {
     /// Bytes from the server, counted against the stream's window.
     Remote(Bytes),
-    /// Bytes the client writes itself (prompts), not counted.
+    /// Bytes the client writes itself (its notices), not counted.
     Local(Vec<u8>),
+    /// A request's prompt, not counted either. `_taken` goes with the chunk
+    /// when the writer is done with it (written, or given up), which wakes
+    /// the request waiting for it ([`PromptSink::show`]).
+    Prompt {
+        bytes: Vec<u8>,
+        _taken: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Remote(bytes) => bytes,
-            Chunk::Local(bytes) => bytes,
+            Chunk::Local(bytes) | Chunk::Prompt { bytes, .. } => bytes,
         }
     }
 
@@ -162,8 +173,49 @@ impl Chunk {
     fn remote_len(&self) -> usize {
         match self {
             Chunk::Remote(bytes) => bytes.len(),
-            Chunk::Local(_) => 0,
+            Chunk::Local(_) | Chunk::Prompt { .. } => 0,
         }
+    }
+}
+
+/// Where the requests that read stdin write their prompts: stderr's queue.
+///
+/// A prompt is not counted against the stderr window (the server did not
+/// send it as output), so nothing else bounds it: a server whose requests
+/// are answered at once (stdin at its end) while stderr's reader stalls
+/// could queue a prompt per round trip. So the request waits until the
+/// writer has taken its prompt: one prompt at most waits per request (and
+/// stdin's lock, held meanwhile, lets one request at a time get there).
+#[derive(Clone)]
+struct PromptSink {
+    queue: mpsc::UnboundedSender<Chunk>,
+    /// The output's [`Direct::queued`], when it has one: a prompt counts
+    /// there like any chunk queued, so the session does not write the
+    /// server's later bytes past it.
+    queued: Option<Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl PromptSink {
+    /// Queues `prompt` and waits until the writer is done with it.
+    async fn show(&self, prompt: String) {
+        use std::sync::atomic::Ordering;
+        let (taken, done) = tokio::sync::oneshot::channel();
+        if let Some(queued) = &self.queued {
+            queued.fetch_add(1, Ordering::Release);
+        }
+        let chunk = Chunk::Prompt {
+            bytes: prompt.into_bytes(),
+            _taken: taken,
+        };
+        if self.queue.send(chunk).is_err() {
+            // The writer is gone; the prompt with it.
+            if let Some(queued) = &self.queued {
+                queued.fetch_sub(1, Ordering::Release);
+            }
+            return;
+        }
+        // Err too once the chunk is dropped: that is the signal.
+        let _ = done.await;
     }
 }
 
@@ -367,6 +419,14 @@ impl OutputPipe {
                     bytes,
                 })
             })
+    }
+
+    /// Where requests write their prompts; `None` once the output is closed.
+    fn prompt_sink(&self) -> Option<PromptSink> {
+        Some(PromptSink {
+            queue: self.queue.clone()?,
+            queued: self.direct.as_ref().map(|direct| direct.queued.clone()),
+        })
     }
 
     /// Gives up on what the writer has not written yet.
@@ -933,7 +993,7 @@ where
                                         Err(op) => {
                                             let request = Request { id, op };
                                             let stdin = stdin.clone();
-                                            let prompts = pipes[1].queue.clone();
+                                            let prompts = pipes[1].prompt_sink();
                                             let resources = shared_resources.clone();
                                             let stdin_is_terminal = config.stdin_is_terminal;
                                             let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
@@ -1707,39 +1767,50 @@ impl Future for Settle {
 async fn perform(
     request: Request,
     stdin: &Mutex<BufReader<Box<dyn AsyncRead + Send + Unpin>>>,
-    prompts: Option<mpsc::UnboundedSender<Chunk>>,
+    prompts: Option<PromptSink>,
     resources: &Resources,
     stdin_is_terminal: bool,
     detach_keys: Option<mpsc::UnboundedSender<()>>,
 ) -> Response {
-    let prompt_with = |prompt: Option<String>| {
+    let show = async |prompt: Option<String>| {
         if let (Some(prompt), Some(prompts)) = (prompt, &prompts) {
-            let _ = prompts.send(Chunk::Local(prompt.into_bytes()));
+            prompts.show(prompt).await;
         }
     };
     let result = match request.op {
         Operation::StdinReadLine { prompt } => {
-            let mut stdin = stdin.lock().await;
-            prompt_with(prompt);
-            read_line(&mut *stdin).await
+            async {
+                if let Some(refused) = oversized(prompt.as_deref()) {
+                    return Err(refused);
+                }
+                let mut stdin = stdin.lock().await;
+                show(prompt).await;
+                read_line(&mut *stdin).await
+            }
+            .await
         }
         Operation::StdinReadPassword { prompt } => {
-            if stdin_is_terminal {
+            async {
+                if !stdin_is_terminal {
+                    return Err(OpError::new(
+                        ErrorCode::Unsupported,
+                        "stdin is not a terminal, so a password cannot be read without echo",
+                    ));
+                }
+                if let Some(refused) = oversized(prompt.as_deref()) {
+                    return Err(refused);
+                }
                 let mut stdin = stdin.lock().await;
-                prompt_with(prompt);
-                match crate::terminal::EchoOff::stdin() {
-                    Ok(_echo_off) => read_line(&mut *stdin).await,
-                    Err(error) => Err(OpError::new(
+                show(prompt).await;
+                let _echo_off = crate::terminal::EchoOff::stdin().map_err(|error| {
+                    OpError::new(
                         ErrorCode::Io,
                         format!("cannot turn off echo on the terminal: {error}"),
-                    )),
-                }
-            } else {
-                Err(OpError::new(
-                    ErrorCode::Unsupported,
-                    "stdin is not a terminal, so a password cannot be read without echo",
-                ))
+                    )
+                })?;
+                read_line(&mut *stdin).await
             }
+            .await
         }
         Operation::TerminalMode { mode } if stdin_is_terminal => {
             let switched = match mode {
@@ -1806,6 +1877,19 @@ async fn perform(
         Ok(reply) => Response::ok(request.id, reply),
         Err(error) => Response::error(request.id, error),
     }
+}
+
+/// Why `prompt` is not shown: it is longer than [`MAX_PROMPT`].
+fn oversized(prompt: Option<&str>) -> Option<OpError> {
+    let len = prompt.map_or(0, str::len);
+    (len > MAX_PROMPT).then(|| {
+        OpError::new(
+            ErrorCode::Invalid,
+            format!(
+                "the prompt is {len} bytes; this client shows prompts of up to {MAX_PROMPT} bytes"
+            ),
+        )
+    })
 }
 
 /// Up to `max` bytes of what stdin has (at least one byte unless at end).
@@ -2494,6 +2578,128 @@ mod tests {
             }
             _ => panic!("no failure reported"),
         }
+    }
+
+    /// Stdin as a session holds it.
+    fn stdin_of(bytes: &'static [u8]) -> Mutex<BufReader<Box<dyn AsyncRead + Send + Unpin>>> {
+        Mutex::new(BufReader::new(Box::new(bytes)))
+    }
+
+    fn read_line_request(prompt: String) -> Request {
+        Request {
+            id: terminalwire_protocol::RequestId(1),
+            op: Operation::StdinReadLine {
+                prompt: Some(prompt),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prompt_over_the_bound_is_refused_and_not_shown() {
+        let (queue, mut shown) = mpsc::unbounded_channel();
+        let prompts = PromptSink {
+            queue,
+            queued: None,
+        };
+        let stdin = stdin_of(b"");
+        let request = read_line_request("x".repeat(MAX_PROMPT + 1));
+        let response = perform(
+            request,
+            &stdin,
+            Some(prompts.clone()),
+            &Resources::none(),
+            false,
+            None,
+        )
+        .await;
+        let error = response.error.expect("refused");
+        assert_eq!(error.code, ErrorCode::Invalid);
+        assert!(error.message.contains("4096"), "{}", error.message);
+        assert!(shown.try_recv().is_err(), "an overlong prompt was queued");
+        // One at the bound is shown (the receiver takes it at once).
+        let request = read_line_request("x".repeat(MAX_PROMPT));
+        let reading = tokio::spawn(async move {
+            perform(
+                request,
+                &stdin,
+                Some(prompts),
+                &Resources::none(),
+                false,
+                None,
+            )
+            .await
+        });
+        let chunk = shown.recv().await.unwrap();
+        assert_eq!(chunk.bytes().len(), MAX_PROMPT);
+        drop(chunk);
+        let response = reading.await.unwrap();
+        assert_eq!(response.ok, Some(Reply::Line { line: None }));
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_until_its_prompt_is_written_so_prompts_cannot_pile_up() {
+        // stderr's reader does not read: its pipe holds 64 bytes.
+        let (mut reader, writer) = tokio::io::duplex(64);
+        let (events_tx, _events) = mpsc::unbounded_channel();
+        let stderr = OutputPipe::spawn(
+            1,
+            StreamId::STDERR,
+            "stderr",
+            Output::Async(Box::new(writer)),
+            1 << 20,
+            events_tx,
+            None,
+        );
+        // Stdin at its end: the read itself would be answered at once.
+        let stdin = stdin_of(b"");
+        let prompt = "p".repeat(MAX_PROMPT);
+        let resources = Resources::none();
+        let mut reading = std::pin::pin!(perform(
+            read_line_request(prompt.clone()),
+            &stdin,
+            stderr.prompt_sink(),
+            &resources,
+            false,
+            None,
+        ));
+        // Not answered while its prompt waits: the server cannot ask again
+        // and queue another.
+        assert!(reading.as_mut().now_or_never().is_none());
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            assert!(reading.as_mut().now_or_never().is_none());
+        }
+        // Once the reader takes the prompt, the answer comes.
+        let mut written = vec![0; prompt.len()];
+        reader.read_exact(&mut written).await.unwrap();
+        assert_eq!(written, prompt.as_bytes());
+        let response = reading.await;
+        assert_eq!(response.ok, Some(Reply::Line { line: None }));
+    }
+
+    #[tokio::test]
+    async fn a_prompt_on_a_file_stays_in_order_with_the_output_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("err");
+        let file = std::fs::File::create(&path).unwrap();
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
+        let (pipe, mut events) = pipe_on(Output::File(file), Some(gate.clone()), NEAR);
+        let prompts = pipe.prompt_sink().unwrap();
+        // The writer thread is held (a consent prompt on screen).
+        let consent = gate.clone().write_owned().await;
+        let mut showing = std::pin::pin!(prompts.show("Name: ".into()));
+        assert!(showing.as_mut().now_or_never().is_none());
+        // The server's next output waits behind the prompt.
+        assert!(matches!(pipe.push(remote(b"out")), Pushed::Queued));
+        drop(consent);
+        showing.await;
+        match events.recv().await.unwrap() {
+            Event::Consumed { len, .. } => assert_eq!(len, 3),
+            Event::Failed { error, .. } => panic!("{error}"),
+        }
+        // Nothing is left queued: written at once again.
+        assert!(matches!(pipe.push(remote(b"!")), Pushed::Written(1)));
+        assert_eq!(std::fs::read(&path).unwrap(), b"Name: out!");
     }
 
     #[tokio::test]

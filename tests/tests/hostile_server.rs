@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use terminalwire_protocol::frame::{
-    Data, ErrorCode, Operation, Request, RequestId, ServerFrame, SessionError, StreamId,
+    ClientFrame, Data, ErrorCode, Exit, Operation, Request, RequestId, Response, ServerFrame,
+    SessionError, StreamId,
 };
 use terminalwire_protocol::{DEFAULT_MAX_CHUNK, codec};
 use terminalwire_tests::process::{ClientHome, proc_status_bytes};
@@ -180,6 +181,82 @@ async fn a_servers_error_message_cannot_write_escape_sequences_to_the_terminal()
         stderr.contains("\\u{1b}[2J\\u{1b}[H\\r\\nterminalwire: all is well\\u{1b}]10;#000000\\u{7}\\u{9b}8m\\u{202e}lla"),
         "{stderr:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_prompts_cannot_pile_up_behind_a_stderr_nobody_reads() {
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::oneshot;
+    const ROUNDS: u64 = 96;
+    // Each prompt nearly fills a frame; stdin is at its end, so each read
+    // would be answered at once, and the next asked for.
+    let prompt = "p".repeat(1000 * 1024);
+    let (asked_tx, asked) = oneshot::channel::<Vec<Response>>();
+    let (exit_tx, exit) = oneshot::channel::<()>();
+    let channels = Arc::new(Mutex::new(Some((asked_tx, exit))));
+    let server = ScriptedServer::start(true, move |mut socket| {
+        let prompt = prompt.clone();
+        let channels = channels.lock().unwrap().take();
+        async move {
+            let Some((asked_tx, exit)) = channels else {
+                return;
+            };
+            if !after_hello(&mut socket).await {
+                return;
+            }
+            let mut answers = Vec::new();
+            for id in 1..=ROUNDS {
+                let request = ServerFrame::Request(Request {
+                    id: RequestId(id),
+                    op: Operation::StdinReadLine {
+                        prompt: Some(prompt.clone()),
+                    },
+                });
+                send_server_frame(&mut socket, &request).await;
+                loop {
+                    match next_client_frame(&mut socket).await {
+                        Some(ClientFrame::Response(answer)) => break answers.push(answer),
+                        Some(_) => {}
+                        None => return,
+                    }
+                }
+            }
+            let _ = asked_tx.send(answers);
+            let _ = exit.await;
+            send_server_frame(&mut socket, &ServerFrame::Exit(Exit { status: 0 })).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    let mut child = home.command([url.as_str(), "go"]).spawn().unwrap();
+    let pid = child.id();
+    // Nobody reads stderr until the server is done asking.
+    let mut stderr = child.stderr.take().unwrap();
+    let answers = tokio::time::timeout(Duration::from_secs(60), asked)
+        .await
+        .expect("the server was not answered")
+        .unwrap();
+    let peak = proc_status_bytes(pid, "VmHWM").unwrap();
+    exit_tx.send(()).unwrap();
+    let mut text = String::new();
+    stderr.read_to_string(&mut text).await.unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(
+        peak < MEMORY_BOUND,
+        "the client peaked at {} MiB",
+        peak / (1024 * 1024)
+    );
+    for answer in &answers {
+        let error = answer
+            .error
+            .as_ref()
+            .expect("an overlong prompt is refused");
+        assert_eq!(error.code, ErrorCode::Invalid, "{}", error.message);
+    }
+    assert_eq!(text, "", "no prompt was shown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

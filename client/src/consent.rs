@@ -101,19 +101,16 @@ impl Consent {
         }
         // The server's output waits while the prompt is on screen.
         let _paused = self.gate.write().await;
-        let was_raw = crate::terminal::is_raw();
-        if was_raw {
-            let _ = crate::terminal::leave_raw_mode();
-        }
+        // Cooked, with echo, whatever the app asked for; its modes come
+        // back after.
+        let as_found = crate::terminal::AsFound::begin();
         let question = question(self.url.as_str(), denial, &command);
         let answer = tokio::task::spawn_blocking(move || prompt(&question))
             .await
             .ok()
             .and_then(Result::ok)
             .unwrap_or(Answer::Deny);
-        if was_raw {
-            let _ = crate::terminal::enter_raw_mode();
-        }
+        drop(as_found);
         match answer {
             Answer::Deny => None,
             Answer::Once => {

@@ -22,7 +22,8 @@
 //! - [`resources`]: files, directories, environment and browser, checked
 //!   against the authority's entitlements.
 //! - [`safe_fs`]: file operations on a checked path that never follow symlinks.
-//! - [`terminal`]: echo off for password reads, restored on drop.
+//! - [`terminal`]: the one owner of the terminal's settings (echo off for
+//!   password reads, raw mode), restored as found on every exit path.
 //! - [`session`]: the protocol engine, generic over the WebSocket's byte stream
 //!   and the local streams, so tests drive it in memory.
 //! - [`error`]: [`ClientError`] and the exit codes.

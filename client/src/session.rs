@@ -1241,7 +1241,7 @@ where
                 })
                 .collect();
             outgoing.extend(encode_all(&cancelled, replay.as_mut()));
-            let _ = crate::terminal::leave_raw_mode();
+            let _ = crate::terminal::restore();
             config.resources.end_session();
             // Output received before the detach is written out, and its credit
             // given back, so that the next client starts with a full window.
@@ -1294,9 +1294,9 @@ where
     // queue they hold, so the output writers can finish.
     in_flight.abort_all();
     while in_flight.join_next().await.is_some() {}
-    // Whatever the end, the terminal goes back to cooked mode and unfinished
-    // streamed writes are dropped.
-    let _ = crate::terminal::leave_raw_mode();
+    // Whatever the end, the terminal goes back to the settings it was found
+    // with and unfinished streamed writes are dropped.
+    let _ = crate::terminal::restore();
     config.resources.end_session();
 
     // Write out everything received before the end, whatever the end was.
@@ -1814,8 +1814,8 @@ async fn perform(
         }
         Operation::TerminalMode { mode } if stdin_is_terminal => {
             let switched = match mode {
-                TerminalMode::Raw => crate::terminal::enter_raw_mode(),
-                TerminalMode::Cooked => crate::terminal::leave_raw_mode(),
+                TerminalMode::Raw => crate::terminal::set_raw(true),
+                TerminalMode::Cooked => crate::terminal::set_raw(false),
                 _ => Err(io::Error::new(
                     io::ErrorKind::Unsupported,
                     "this client does not know that terminal mode",
@@ -1831,11 +1831,9 @@ async fn perform(
         Operation::ReadKey if stdin_is_terminal => {
             // Keys come from the terminal; hold stdin so no line read competes.
             let _stdin = stdin.lock().await;
-            let was_raw = crate::terminal::is_raw();
             let read = async {
-                if !was_raw {
-                    crate::terminal::enter_raw_mode()?;
-                }
+                // Raw for this read, if the app has not asked for it.
+                let _raw = crate::terminal::RawForKeys::begin()?;
                 let key = loop {
                     let key = tokio::task::spawn_blocking(crate::terminal::read_key_blocking)
                         .await
@@ -1848,9 +1846,6 @@ async fn perform(
                         _ => break key,
                     }
                 };
-                if !was_raw {
-                    crate::terminal::leave_raw_mode()?;
-                }
                 Ok::<_, io::Error>(key)
             };
             read.await

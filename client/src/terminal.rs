@@ -1,66 +1,237 @@
 //! The client's own terminal: echo off for password reads, raw mode and key
-//! reading for the app, and always turning them back off.
+//! reading for the app, and always putting the terminal back as it was.
+//!
+//! One owner decides the terminal's settings. The first change saves them
+//! as found; every later setting is made from those, for what is asked at
+//! that moment (raw mode, echo off, or neither), and the end of a session
+//! (or a panic) restores exactly them. Password reads and raw mode used to
+//! save and restore the settings each on their own, which did not nest: a
+//! password read still waiting when raw mode began (raw mode saved "echo
+//! off") and cancelled at the end left the terminal without echo.
 
 use std::io;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustix::termios::{self, LocalModes, OptionalActions, Termios};
 
-/// Echo is off on stdin's terminal while this lives; dropping it restores
-/// the previous settings.
+/// What is asked of the terminal at the moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wanted {
+    /// The app asked for raw mode.
+    raw: bool,
+    /// Key reads in progress: raw while they last.
+    key_reads: usize,
+    /// Password reads in progress: no echo while they last.
+    passwords: usize,
+    /// The client's own prompts on screen: the settings as found (cooked,
+    /// with echo) while they last.
+    own_prompts: usize,
+}
+
+impl Wanted {
+    const NOTHING: Wanted = Wanted {
+        raw: false,
+        key_reads: 0,
+        passwords: 0,
+        own_prompts: 0,
+    };
+
+    fn mode(&self) -> Mode {
+        if self.own_prompts > 0 {
+            Mode::AsFound
+        } else if self.raw || self.key_reads > 0 {
+            // Raw mode does not echo either.
+            Mode::Raw
+        } else if self.passwords > 0 {
+            Mode::NoEcho
+        } else {
+            Mode::AsFound
+        }
+    }
+}
+
+/// The settings the terminal gets, all made from those it was found with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    AsFound,
+    NoEcho,
+    Raw,
+}
+
+/// The owner of the terminal's settings.
+struct Owner {
+    /// The settings as found; `None` until the first change, and again
+    /// after [`restore`].
+    found: Option<Termios>,
+    wanted: Wanted,
+    /// Counts restores: a guard from before one changes nothing.
+    generation: u64,
+}
+
+static OWNER: Mutex<Owner> = Mutex::new(Owner {
+    found: None,
+    wanted: Wanted::NOTHING,
+    generation: 0,
+});
+
+fn owner() -> MutexGuard<'static, Owner> {
+    OWNER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Owner {
+    /// Applies `change` to what is wanted and sets the terminal for it; on
+    /// failure nothing changes. Returns the generation it was made in.
+    fn change(
+        &mut self,
+        change: impl FnOnce(&mut Wanted),
+        how: OptionalActions,
+    ) -> io::Result<u64> {
+        let mut wanted = self.wanted;
+        change(&mut wanted);
+        let mode = wanted.mode();
+        if self.found.is_none() && mode != Mode::AsFound {
+            self.found = Some(termios::tcgetattr(rustix::stdio::stdin())?);
+        }
+        if let Some(found) = &self.found {
+            set(found, mode, how)?;
+        }
+        self.wanted = wanted;
+        Ok(self.generation)
+    }
+}
+
+/// Puts the terminal in `mode`, made from `found`. Raw mode is crossterm's
+/// (its key parser asks whether it is on); it saves what it finds and puts
+/// that back when it ends, so it only ever starts from `found`.
+fn set(found: &Termios, mode: Mode, how: OptionalActions) -> io::Result<()> {
+    let stdin = rustix::stdio::stdin();
+    let raw = crossterm::terminal::is_raw_mode_enabled()?;
+    match mode {
+        Mode::Raw if raw => Ok(()),
+        Mode::Raw => {
+            termios::tcsetattr(stdin, OptionalActions::Now, found)?;
+            crossterm::terminal::enable_raw_mode()
+        }
+        Mode::AsFound | Mode::NoEcho => {
+            if raw {
+                crossterm::terminal::disable_raw_mode()?;
+            }
+            let mut settings = found.clone();
+            if mode == Mode::NoEcho {
+                settings.local_modes.remove(LocalModes::ECHO);
+                // Keep echoing the newline so the cursor moves on as usual.
+                settings.local_modes.insert(LocalModes::ECHONL);
+            }
+            Ok(termios::tcsetattr(stdin, how, &settings)?)
+        }
+    }
+}
+
+/// Echo is off on stdin's terminal while this lives (unless raw mode,
+/// which does not echo either, is on).
 #[derive(Debug)]
 pub struct EchoOff {
-    saved: Termios,
+    generation: u64,
 }
 
 impl EchoOff {
     /// Turns echo off on the process's stdin terminal.
     pub fn stdin() -> io::Result<EchoOff> {
-        let fd = rustix::stdio::stdin();
-        let saved = termios::tcgetattr(fd)?;
-        let mut quiet = saved.clone();
-        quiet.local_modes.remove(LocalModes::ECHO);
-        // Keep echoing the newline so the cursor moves on as usual.
-        quiet.local_modes.insert(LocalModes::ECHONL);
-        termios::tcsetattr(fd, OptionalActions::Flush, &quiet)?;
-        Ok(EchoOff { saved })
+        let generation = owner().change(|w| w.passwords += 1, OptionalActions::Flush)?;
+        Ok(EchoOff { generation })
     }
 }
 
 impl Drop for EchoOff {
     fn drop(&mut self) {
-        let _ = termios::tcsetattr(rustix::stdio::stdin(), OptionalActions::Now, &self.saved);
+        let mut owner = owner();
+        if owner.generation == self.generation {
+            let _ = owner.change(
+                |w| w.passwords = w.passwords.saturating_sub(1),
+                OptionalActions::Now,
+            );
+        }
     }
 }
 
-/// Whether this client has put the terminal in raw mode; restored on every
-/// exit path (end of session, signals, panics).
-static RAW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Puts the terminal in raw mode (every key to the app, Ctrl-C included).
-pub fn enter_raw_mode() -> io::Result<()> {
-    crossterm::terminal::enable_raw_mode()?;
-    RAW.store(true, std::sync::atomic::Ordering::SeqCst);
-    Ok(())
+/// Raw mode while this lives, for a key read.
+#[derive(Debug)]
+pub struct RawForKeys {
+    generation: u64,
 }
 
-/// Back to the cooked mode the terminal had before.
-pub fn leave_raw_mode() -> io::Result<()> {
-    if RAW.swap(false, std::sync::atomic::Ordering::SeqCst) {
-        crossterm::terminal::disable_raw_mode()?;
+impl RawForKeys {
+    /// Raw mode on, if it was not.
+    pub fn begin() -> io::Result<RawForKeys> {
+        let generation = owner().change(|w| w.key_reads += 1, OptionalActions::Now)?;
+        Ok(RawForKeys { generation })
     }
+}
+
+impl Drop for RawForKeys {
+    fn drop(&mut self) {
+        let mut owner = owner();
+        if owner.generation == self.generation {
+            let _ = owner.change(
+                |w| w.key_reads = w.key_reads.saturating_sub(1),
+                OptionalActions::Now,
+            );
+        }
+    }
+}
+
+/// The terminal as it was found while this lives (cooked, with echo), for
+/// a prompt of the client's own; then back to what the app asked for.
+#[derive(Debug)]
+pub struct AsFound {
+    generation: u64,
+}
+
+impl AsFound {
+    /// The settings as found, until dropped.
+    pub fn begin() -> io::Result<AsFound> {
+        let generation = owner().change(|w| w.own_prompts += 1, OptionalActions::Now)?;
+        Ok(AsFound { generation })
+    }
+}
+
+impl Drop for AsFound {
+    fn drop(&mut self) {
+        let mut owner = owner();
+        if owner.generation == self.generation {
+            let _ = owner.change(
+                |w| w.own_prompts = w.own_prompts.saturating_sub(1),
+                OptionalActions::Now,
+            );
+        }
+    }
+}
+
+/// Raw mode on (every key to the app, Ctrl-C included) or off, as the app
+/// asks.
+pub fn set_raw(on: bool) -> io::Result<()> {
+    owner().change(|w| w.raw = on, OptionalActions::Now)?;
     Ok(())
 }
 
-/// True while raw mode is on.
-pub fn is_raw() -> bool {
-    RAW.load(std::sync::atomic::Ordering::SeqCst)
+/// The terminal back exactly as it was found, whatever was asked since;
+/// guards still alive change nothing any more. Every exit path calls it
+/// (end of session, signals, panics).
+pub fn restore() -> io::Result<()> {
+    let mut owner = owner();
+    owner.wanted = Wanted::NOTHING;
+    owner.generation += 1;
+    match owner.found.take() {
+        Some(found) => set(&found, Mode::AsFound, OptionalActions::Now),
+        None => Ok(()),
+    }
 }
 
 /// Restores the terminal if a panic unwinds through the client.
 pub fn restore_on_panic() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let _ = leave_raw_mode();
+        let _ = restore();
         previous(info);
     }));
 }
@@ -110,4 +281,46 @@ pub fn read_key_blocking() -> io::Result<terminalwire_protocol::frame::Key> {
 /// which some report as Ctrl-4).
 pub fn is_detach_key(key: &terminalwire_protocol::frame::Key) -> bool {
     key.ctrl && (key.key == "\\" || key.key == "4")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_asked_decides_the_mode_whatever_the_order() {
+        let with = |change: &dyn Fn(&mut Wanted)| {
+            let mut wanted = Wanted::NOTHING;
+            change(&mut wanted);
+            wanted.mode()
+        };
+        assert_eq!(Wanted::NOTHING.mode(), Mode::AsFound);
+        assert_eq!(with(&|w| w.passwords = 1), Mode::NoEcho);
+        // A password read and raw mode: raw (which does not echo).
+        assert_eq!(
+            with(&|w| {
+                w.passwords = 1;
+                w.raw = true;
+            }),
+            Mode::Raw
+        );
+        // The app leaves raw mode while a password is read: still no echo.
+        assert_eq!(
+            with(&|w| {
+                w.passwords = 1;
+                w.raw = false;
+            }),
+            Mode::NoEcho
+        );
+        assert_eq!(with(&|w| w.key_reads = 1), Mode::Raw);
+        // The client's own prompt shows the terminal as found, echo on.
+        assert_eq!(
+            with(&|w| {
+                w.raw = true;
+                w.passwords = 1;
+                w.own_prompts = 1;
+            }),
+            Mode::AsFound
+        );
+    }
 }

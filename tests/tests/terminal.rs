@@ -26,6 +26,7 @@ fn app() -> Terminal {
             "handle" => handle(ctx).await,
             "ignore" => ignore(ctx).await,
             "no-tty" => no_tty(ctx).await,
+            "password-then-raw" => password_then_raw(ctx).await,
             other => Err(anyhow::anyhow!("unknown test command {other:?}")),
         }
     })
@@ -39,6 +40,31 @@ async fn password(ctx: Context) -> anyhow::Result<Exit> {
     ctx.stdout()
         .println(format!("length {} name {name}", password.chars().count()))
         .await?;
+    Ok(Exit(0))
+}
+
+/// Switches raw mode while a password read waits, then exits with the read
+/// still waiting. `password-then-raw on`: the read first, then raw mode on;
+/// `password-then-raw off`: raw mode on, the read, then raw mode off. The
+/// test resizes the pane once the prompt is up, which says when to switch.
+async fn password_then_raw(ctx: Context) -> anyhow::Result<Exit> {
+    let raw_first = ctx.args().get(1).is_some_and(|arg| arg == "off");
+    // Start watching before the prompt shows, or the resize could be missed.
+    let mut resized = std::pin::pin!(ctx.resized());
+    tokio::select! {
+        biased;
+        early = &mut resized => anyhow::bail!("resized before the prompt: {early:?}"),
+        () = std::future::ready(()) => {}
+    }
+    if raw_first {
+        ctx.set_raw_mode(true).await?;
+    }
+    let stdin = ctx.stdin();
+    let _reading = tokio::spawn(async move { stdin.read_password("Password: ").await });
+    resized.await;
+    ctx.set_raw_mode(!raw_first).await?;
+    ctx.stdout().print("switched\r\n").await?;
+    // The password read is still waiting: the session ends under it.
     Ok(Exit(0))
 }
 
@@ -182,6 +208,33 @@ async fn a_password_prompt_does_not_echo_and_echo_comes_back() {
     let exit = pane.wait_exit().await;
     assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
     assert_terminal_restored(&exit);
+}
+
+/// A password read waiting when the app switches raw mode, then the end of
+/// the session: the terminal is left exactly as it was found.
+async fn switch_raw_mode_under_a_password_read(raw: &str) {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = TmuxPane::start(&[&server.url(), "password-then-raw", raw], 80, 24);
+    pane.wait_for("Password:").await;
+    pane.resize(100, 30).await;
+    pane.wait_for("switched").await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_begun_under_a_password_read_leaves_echo_on_at_the_end() {
+    // Raw mode saved "echo off" and put it back after the cancelled
+    // password read had restored echo.
+    switch_raw_mode_under_a_password_read("on").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_ended_under_a_password_read_does_not_leave_the_terminal_raw() {
+    // The cancelled password read put back the raw settings it had found,
+    // after raw mode had ended.
+    switch_raw_mode_under_a_password_read("off").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -487,7 +487,13 @@ impl Resources {
     fn browser_open(&self, url: &str) -> Result<Reply, OpError> {
         let entitlements = self.entitlements()?;
         entitlements.check_browser(url).map_err(denied)?;
-        (self.opener)(url).map_err(|error| {
+        // The opener gets the URL that was checked, as parsed: the parser
+        // drops leading and trailing controls and spaces and every tab and
+        // newline, which the raw string still has for the opener to read
+        // its own way.
+        let parsed = url::Url::parse(url)
+            .map_err(|error| OpError::new(ErrorCode::Invalid, format!("not a URL: {error}")))?;
+        (self.opener)(parsed.as_str()).map_err(|error| {
             OpError::new(
                 ErrorCode::Io,
                 format!("cannot open {url} in the browser: {error}"),
@@ -946,6 +952,34 @@ fn fs_error(error: FsError) -> OpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_browser_opens_the_url_that_was_checked_not_the_raw_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let entitlements = Entitlements::new(
+            &server,
+            &terminalwire_policy::Home::at(dir.path()),
+            &terminalwire_policy::Policy::default(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        let opened = Arc::new(Mutex::new(Vec::<String>::new()));
+        let opener: Opener = {
+            let opened = opened.clone();
+            Arc::new(move |url: &str| {
+                opened.lock().unwrap().push(url.to_owned());
+                Ok(())
+            })
+        };
+        let resources = Resources::new(entitlements, dir.path().to_path_buf(), opener);
+        // The server's own origin, to the parser; not to a program that
+        // reads the raw string (a leading control, a newline, a tab).
+        let raw = "\u{1}http://127.0.0.1:3000/log\nin?a=1\t ";
+        resources.browser_open(raw).unwrap();
+        assert_eq!(*opened.lock().unwrap(), ["http://127.0.0.1:3000/login?a=1"]);
+    }
 
     #[test]
     fn the_end_of_a_session_writes_the_audit_log_without_waiting_out_the_gathering() {

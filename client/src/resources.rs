@@ -43,7 +43,7 @@ pub const MAX_ENTRIES: usize = 10_000;
 pub const MAX_LISTING_BYTES: usize = 768 * 1024;
 /// What an entry of a `dir_list` answer takes besides its name (its kind, the
 /// field names and lengths), rounded up.
-const LISTED_ENTRY_OVERHEAD: usize = 32;
+pub const LISTED_ENTRY_OVERHEAD: usize = 32;
 
 /// Opens URLs for `browser_open`.
 pub type Opener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;

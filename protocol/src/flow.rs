@@ -68,6 +68,12 @@ impl SendCredit {
         n as usize
     }
 
+    /// Gives back `n` bytes that [`take`](Self::take) reserved but that
+    /// were never sent (the peer grants again only what it receives).
+    pub fn untake(&mut self, n: usize) {
+        self.credit = self.credit.saturating_add(n as u64);
+    }
+
     /// Adds a grant from the peer.
     pub fn grant(&mut self, bytes: u32) -> Result<(), FlowError> {
         let granted = u64::from(bytes);

@@ -171,13 +171,6 @@ impl Shared {
         let stream = &self.streams[index];
         let _one_writer = stream.writer.lock().await;
         while !bytes.is_empty() {
-            // Room in the queue before credit: taken credit comes back only
-            // with a frame sent (the client grants back what it receives),
-            // so a write dropped while waiting for room must hold none.
-            let room = tokio::select! {
-                room = self.outbound.reserve() => room.map_err(|_| disconnected())?,
-                () = self.closed.cancelled() => return Err(disconnected()),
-            };
             let want = bytes.len().min(self.max_chunk);
             let n = stream
                 .credit
@@ -185,18 +178,30 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(want);
             if n == 0 {
-                // The room goes back to other frames while this waits.
-                drop(room);
                 tokio::select! {
                     () = stream.credit_added.notified() => {}
                     () = self.closed.cancelled() => return Err(disconnected()),
                 }
                 continue;
             }
+            // Taken credit comes back only with a frame sent (the client
+            // grants again what it receives): a write dropped before the send
+            // gives it back.
+            let mut taken = Untaken {
+                credit: &stream.credit,
+                n,
+            };
             let (chunk, rest) = bytes.split_at(n);
-            // Encoded here, straight from the caller's bytes: one copy.
+            // Encoded here, straight from the caller's bytes: one copy. And
+            // before waiting for room, so that the writer finds the next
+            // frame ready as soon as there is room for it.
             let frame = codec::encode_data(stream.sid, chunk).into_boxed_slice();
+            let room = tokio::select! {
+                room = self.outbound.reserve() => room.map_err(|_| disconnected())?,
+                () = self.closed.cancelled() => return Err(disconnected()),
+            };
             room.send(Outgoing::Data(frame));
+            taken.n = 0;
             bytes = rest;
         }
         Ok(())
@@ -636,6 +641,21 @@ impl std::ops::Deref for OrdersStopped {
 impl Drop for OrdersStopped {
     fn drop(&mut self) {
         self.0.stop_orders();
+    }
+}
+
+/// Credit taken for a chunk not sent yet; given back if dropped.
+struct Untaken<'a> {
+    credit: &'a Mutex<SendCredit>,
+    n: usize,
+}
+
+impl Drop for Untaken<'_> {
+    fn drop(&mut self) {
+        self.credit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .untake(self.n);
     }
 }
 

@@ -348,6 +348,7 @@ impl Resources {
     /// resources (stdin is the session's).
     pub async fn perform(&self, op: Operation) -> Option<Result<Reply, OpError>> {
         let described = describe(&op);
+        let named = named_path(&op).map(str::to_owned);
         let retry = self.consent.as_ref().map(|_| op.clone());
         let mut result = self.perform_unaudited(op).await?;
         // A grantable denial, on a terminal: the client asks the user.
@@ -376,7 +377,7 @@ impl Resources {
             }
         }
         self.audit(described, &result);
-        Some(result)
+        Some(self.as_told(named.as_deref(), result))
     }
 
     /// Performs a stat-class operation ([`performed_inline`]) here and now,
@@ -392,6 +393,7 @@ impl Resources {
         // Only a client that can ask needs the operation again.
         let retry = self.consent.as_ref().map(|_| op.clone());
         let described = describe(&op);
+        let named = named_path(&op).map(str::to_owned);
         let result = match op {
             Operation::EnvGet { name } => self.env_get(&name),
             op => self.path_op(op),
@@ -406,7 +408,38 @@ impl Resources {
             return Err(op);
         }
         self.audit(described, &result);
-        Ok(result)
+        Ok(self.as_told(named.as_deref(), result))
+    }
+
+    /// The result as the server is told it. A path denial names what the
+    /// path resolved to, which a symlink can put anywhere (`/proc/self/cwd`
+    /// is the user's working folder): when that is not the path the server
+    /// named, it learns only that its path is not granted, not where it
+    /// leads nor why. The user's prompt and the audit log keep the whole
+    /// denial.
+    fn as_told(
+        &self,
+        named: Option<&str>,
+        result: Result<Reply, OpError>,
+    ) -> Result<Reply, OpError> {
+        let Err(mut error) = result else {
+            return result;
+        };
+        if let (Some(named), Some(denial)) = (named, error.denial.as_mut())
+            && denial.resource == "path"
+        {
+            let as_named = self.entitlements().is_ok_and(|entitlements| {
+                entitlements.resolves_as_named(named, std::path::Path::new(&denial.target))
+            });
+            if !as_named {
+                denial.target = named.to_owned();
+                denial.reason = terminalwire_policy::decide::DenialReason::NotGranted.to_string();
+                denial.command = None;
+                error.message =
+                    format!("may not {} path {named}: {}", denial.action, denial.reason);
+            }
+        }
+        Err(error)
     }
 
     /// Records what an operation did in the audit log, when there is one.
@@ -851,6 +884,25 @@ fn default_mode(allowed: &Allowed, is_dir: bool) -> u32 {
     };
     // Never above the ceiling: storage's 0600 beats the usual 0644.
     default.bits() & ceiling.bits()
+}
+
+/// The path a path operation names, as the server sent it.
+fn named_path(op: &Operation) -> Option<&str> {
+    match op {
+        Operation::FileRead { path, .. }
+        | Operation::FileWrite { path, .. }
+        | Operation::FileAppend { path, .. }
+        | Operation::FileDelete { path }
+        | Operation::FileExists { path }
+        | Operation::Metadata { path }
+        | Operation::Chmod { path, .. }
+        | Operation::DirList { path }
+        | Operation::DirCreate { path, .. }
+        | Operation::DirExists { path }
+        | Operation::DirDelete { path, .. }
+        | Operation::FileWriteOpen { path, .. } => Some(path),
+        _ => None,
+    }
 }
 
 /// What the audit log says of an operation: resource, action, target and

@@ -352,6 +352,20 @@ impl Entitlements {
         crate::path::resolve_seen(raw, &self.user_home)
     }
 
+    /// Whether `resolved` is the path `raw` (sent by the server) names, or a
+    /// path inside it, with no symlink followed but the one the user's home
+    /// may be: then a denial of `resolved` tells the server nothing about
+    /// where its path leads.
+    pub fn resolves_as_named(&self, raw: &str, resolved: &Path) -> bool {
+        let Ok(named) = crate::path::normalized(raw, &self.user_home) else {
+            return false;
+        };
+        resolved.starts_with(&named)
+            || named
+                .strip_prefix(&self.user_home)
+                .is_ok_and(|rest| resolved.starts_with(self.resolved_user_home.join(rest)))
+    }
+
     /// May the authority do `action` on `path`?
     pub fn check_path(&self, path: &ResolvedPath, action: Action) -> Result<Allowed, Denial> {
         let p = path.as_path();
@@ -692,6 +706,40 @@ mod tests {
             let e = self.entitlements();
             e.check_path(&e.resolve(raw).unwrap(), action)
         }
+    }
+
+    #[test]
+    fn a_path_resolves_as_named_unless_a_symlink_leads_elsewhere() {
+        let f = fixture();
+        let e = f.entitlements();
+        let outside = tempfile::tempdir().unwrap();
+        let outside = std::fs::canonicalize(outside.path()).unwrap();
+        std::fs::create_dir(f.user_home.join("docs")).unwrap();
+        std::os::unix::fs::symlink(&outside, f.user_home.join("docs/link")).unwrap();
+        let as_named = |raw: &str| e.resolves_as_named(raw, e.resolve(raw).unwrap().as_path());
+        assert!(as_named("~/docs/report.txt"));
+        assert!(as_named("~/docs/sub/../report.txt"));
+        assert!(as_named(&f.user_home.join("docs").display().to_string()));
+        assert!(!as_named("~/docs/link"));
+        assert!(!as_named("~/docs/link/secret.txt"));
+        // A path inside the named one (what a recursive delete reports).
+        assert!(e.resolves_as_named("~/docs", &f.user_home.join("docs/a/b")));
+        assert!(!e.resolves_as_named("~/docs", &f.user_home.join("docs-other")));
+        // A home that is itself a symlink does not count as leading elsewhere.
+        let linked_home = outside.join("home-link");
+        std::os::unix::fs::symlink(&f.user_home, &linked_home).unwrap();
+        let e = Entitlements::new(
+            &Url::parse(SERVER).unwrap(),
+            &f.home,
+            &f.policy,
+            &linked_home,
+            Some(&f.client),
+        )
+        .unwrap();
+        let resolved = e.resolve("~/docs/report.txt").unwrap();
+        assert_eq!(resolved.as_path(), f.user_home.join("docs/report.txt"));
+        assert!(e.resolves_as_named("~/docs/report.txt", resolved.as_path()));
+        assert!(!e.resolves_as_named("~/docs/link", e.resolve("~/docs/link").unwrap().as_path()));
     }
 
     fn never(result: Result<Allowed, Denial>) -> ControlArea {

@@ -135,6 +135,13 @@ pub fn resolve_seen(
     resolve_normalized(&absolute)
 }
 
+/// `raw` made absolute (`~` and relative paths from `user_home`) with `.`
+/// and `..` removed, without looking at the disk: the path the server named,
+/// before any symlink is followed.
+pub fn normalized(raw: &str, user_home: &Path) -> Result<PathBuf, PathError> {
+    normalize(&expand_tilde(raw, user_home)?, raw)
+}
+
 /// [`resolve`] for a path the client itself holds (the home root, the
 /// client binary, a pattern's literal folders): no `~` expansion.
 pub(crate) fn resolve_absolute(path: &Path) -> Result<ResolvedPath, PathError> {

@@ -504,6 +504,86 @@ async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
 }
 
+/// A denial tells the server what it named, not where a symlink led: a
+/// link in the storage folder to a folder outside the entitlements (as
+/// `/proc/self/cwd` leads to the user's working folder) is refused without
+/// the folder's name, reason or grant command. A path that leads nowhere
+/// else keeps its grant command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
+    let paths: Arc<OnceLock<(String, String)>> = Arc::default();
+    let script_paths = paths.clone();
+    let server = ScriptedServer::start(true, move |mut socket| {
+        let paths = script_paths.get().cloned();
+        async move {
+            let Some((link, plain)) = paths else { return };
+            if next_client_frame(&mut socket).await.is_none() {
+                return;
+            }
+            send_server_frame(&mut socket, &scripted_welcome()).await;
+            let mut denials = Vec::new();
+            for (id, path) in (1..).zip([link.clone(), plain.clone()]) {
+                let op = Operation::DirList { path };
+                let request = Request {
+                    id: RequestId(id),
+                    op,
+                };
+                send_server_frame(&mut socket, &ServerFrame::Request(request)).await;
+                loop {
+                    match next_client_frame(&mut socket).await {
+                        Some(ClientFrame::Response(response)) => {
+                            break denials.push(response.error);
+                        }
+                        Some(_) => {}
+                        None => return,
+                    }
+                }
+            }
+            let report = format!("{denials:?}\n");
+            let data = Data {
+                sid: StreamId::STDOUT,
+                bytes: report.into_bytes().into(),
+            };
+            send_server_frame(&mut socket, &ServerFrame::Data(data)).await;
+            send_server_frame(&mut socket, &ServerFrame::Exit(ExitFrame { status: 0 })).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    let storage = home.storage_dir(&url);
+    let outside = tempfile::tempdir().unwrap();
+    let outside = std::fs::canonicalize(outside.path()).unwrap();
+    let hidden = outside.join("hidden-place-7f3a");
+    let plain = outside.join("plain-folder");
+    std::fs::create_dir(&hidden).unwrap();
+    std::fs::create_dir(&plain).unwrap();
+    let link = storage.join("elsewhere");
+    std::os::unix::fs::symlink(&hidden, &link).unwrap();
+    let named = |path: &std::path::Path| path.display().to_string();
+    paths.set((named(&link), named(&plain))).unwrap();
+    let child = home.command([url.as_str(), "go"]).spawn().unwrap();
+    let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
+        .await
+        .expect("the client hung")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    let (first, second) = stdout.split_once("), Some(").expect("two denials");
+    assert!(
+        !first.contains("hidden-place"),
+        "the link's target leaked: {first}"
+    );
+    assert!(first.contains(&named(&link)), "{first}");
+    assert!(first.contains("command: None"), "{first}");
+    assert!(
+        second.contains("terminalwire entitlement grant"),
+        "a plain denial keeps its grant command: {second}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_welcome_with_a_version_the_client_did_not_offer_is_refused() {
     let welcome = terminalwire_protocol::frame::Welcome {

@@ -410,6 +410,9 @@ enum Expect {
     /// Granted, but not a regular file (a FIFO): `invalid`, without
     /// blocking the client.
     NotRegular,
+    /// `denied` through a symlink that leads elsewhere: the denial names the
+    /// path as sent, with no reason or command that would tell where it led.
+    Hidden,
 }
 
 struct Row {
@@ -482,7 +485,9 @@ async fn hostile_fixture(sandbox: &Sandbox, authority: &str) -> Vec<Row> {
     let port = authority.rsplit(':').next().unwrap();
     let other_port = if port == "1" { "2" } else { "1" };
 
-    use Expect::{Grantable as G, Literal as L, Malformed as M, Never as N, NotRegular as F};
+    use Expect::{
+        Grantable as G, Hidden as H, Literal as L, Malformed as M, Never as N, NotRegular as F,
+    };
     let rows: Vec<(&str, Operation, Expect)> = vec![
         // `..` escapes.
         (
@@ -519,11 +524,11 @@ async fn hostile_fixture(sandbox: &Sandbox, authority: &str) -> Vec<Row> {
         // Absolute paths.
         ("read /etc/passwd", read("/etc/passwd"), G),
         ("exists /etc/passwd", exists("/etc/passwd"), G),
-        ("read /proc/self/environ", read("/proc/self/environ"), G),
+        ("read /proc/self/environ", read("/proc/self/environ"), H),
         (
             "read /proc/self/root/etc/passwd",
             read("/proc/self/root/etc/passwd"),
-            G,
+            H,
         ),
         ("metadata /etc/shadow", metadata("/etc/shadow"), G),
         ("list /etc", list("/etc"), G),
@@ -581,27 +586,27 @@ async fn hostile_fixture(sandbox: &Sandbox, authority: &str) -> Vec<Row> {
         (
             "read storage/link-out/secret",
             read(s(&storage.join("link-out/secret.txt"))),
-            G,
+            H,
         ),
         (
             "write storage/link-out/new",
             write_op(s(&storage.join("link-out/new.txt")), None),
-            G,
+            H,
         ),
         (
             "read storage/link-secret",
             read(s(&storage.join("link-secret"))),
-            G,
+            H,
         ),
         (
             "write storage/link-secret",
             write_op(s(&storage.join("link-secret")), None),
-            G,
+            H,
         ),
         (
             "rmdir storage/link-out",
             rmdir(s(&storage.join("link-out")), true),
-            G,
+            H,
         ),
         (
             "write storage/link-policy",
@@ -617,40 +622,40 @@ async fn hostile_fixture(sandbox: &Sandbox, authority: &str) -> Vec<Row> {
         (
             "read ~/granted/link-out/secret",
             read("~/granted/link-out/secret.txt"),
-            G,
+            H,
         ),
         (
             "write ~/granted/link-secret",
             write_op("~/granted/link-secret", None),
-            G,
+            H,
         ),
         (
             "append ~/granted/link-out/f",
             append("~/granted/link-out/f.txt", b"x"),
-            G,
+            H,
         ),
-        ("list ~/granted/link-out", list("~/granted/link-out"), G),
+        ("list ~/granted/link-out", list("~/granted/link-out"), H),
         (
             "chmod ~/granted/link-secret",
             chmod("~/granted/link-secret", 0o644),
-            G,
+            H,
         ),
         (
             "rm -r ~/granted/link-out",
             rmdir("~/granted/link-out", true),
-            G,
+            H,
         ),
         (
             "mkdir -p ~/granted/link-out/sub",
             mkdir("~/granted/link-out/sub", true, None),
-            G,
+            H,
         ),
         (
             "metadata ~/granted/link-out/secret",
             metadata("~/granted/link-out/secret.txt"),
-            G,
+            H,
         ),
-        ("read ~/granted/link-dev", read("~/granted/link-dev"), G),
+        ("read ~/granted/link-dev", read("~/granted/link-dev"), H),
         // A FIFO inside the grant: refused without blocking.
         ("read a FIFO", read("~/granted/fifo"), F),
         ("append to a FIFO", append("~/granted/fifo", b"x"), F),
@@ -966,7 +971,7 @@ fn check_row(row: &Row, response: &Response, authority: &str) -> Option<String> 
     let code = &error.code;
     let denial = error.denial.as_ref();
     let code_ok = match row.expect {
-        Expect::Grantable | Expect::Never => *code == ErrorCode::Denied,
+        Expect::Grantable | Expect::Never | Expect::Hidden => *code == ErrorCode::Denied,
         Expect::Malformed => {
             *code == ErrorCode::Invalid
                 || (*code == ErrorCode::Denied && denial.is_some_and(|d| d.command.is_none()))
@@ -1002,10 +1007,13 @@ fn check_row(row: &Row, response: &Response, authority: &str) -> Option<String> 
     if denial.resource != resource || !actions.iter().any(|a| denial.action.starts_with(a)) {
         return Some(format!("unexpected resource/action: {denial:?}"));
     }
+    let as_sent = named_path(&row.op);
     let target_ok = match &row.op {
         Operation::EnvGet { name } => denial.target == *name,
         Operation::BrowserOpen { url } => denial.target == *url,
-        _ => denial.target.starts_with('/'),
+        _ if row.expect == Expect::Hidden => Some(denial.target.as_str()) == as_sent,
+        // Resolved, or as sent when it led through a symlink.
+        _ => denial.target.starts_with('/') || Some(denial.target.as_str()) == as_sent,
     };
     if !target_ok {
         return Some(format!("unexpected target: {denial:?}"));
@@ -1016,10 +1024,33 @@ fn check_row(row: &Row, response: &Response, authority: &str) -> Option<String> 
             (!command.starts_with(&prefix)).then(|| format!("unexpected command: {denial:?}"))
         }
         (Expect::Grantable, None) => Some(format!("no grant command: {denial:?}")),
+        (Expect::Hidden, Some(_)) => Some(format!(
+            "a grant command that tells where a symlink led: {denial:?}"
+        )),
+        (Expect::Hidden, None) => (denial.reason != "it has not been granted")
+            .then(|| format!("a reason that tells where a symlink led: {denial:?}")),
         (_, Some(_)) => Some(format!(
             "a grant command for a never-grantable request: {denial:?}"
         )),
         (_, None) => None,
+    }
+}
+
+/// The path a path operation names, as sent.
+fn named_path(op: &Operation) -> Option<&str> {
+    match op {
+        Operation::FileRead { path, .. }
+        | Operation::FileWrite { path, .. }
+        | Operation::FileAppend { path, .. }
+        | Operation::FileDelete { path }
+        | Operation::FileExists { path }
+        | Operation::Metadata { path }
+        | Operation::Chmod { path, .. }
+        | Operation::DirList { path }
+        | Operation::DirCreate { path, .. }
+        | Operation::DirExists { path }
+        | Operation::DirDelete { path, .. } => Some(path),
+        _ => None,
     }
 }
 

@@ -551,11 +551,22 @@ impl Resources {
 
     fn path_op(&self, op: Operation) -> Result<Reply, OpError> {
         let entitlements = self.entitlements()?;
+        // What a denial's grant command names follows the request, not the
+        // disk: a server must not learn whether a folder it may not see
+        // exists from the command it is told to suggest.
+        let about_a_folder = matches!(
+            op,
+            Operation::DirList { .. }
+                | Operation::DirCreate { .. }
+                | Operation::DirDelete { .. }
+                | Operation::DirExists { .. }
+        );
         // Resolving also looks at the path, the same way `safe_fs::metadata`
         // would, in most cases: the stat-class operations use that look.
         let resolve_seen = |raw: &str| {
             entitlements
                 .resolve_seen(raw)
+                .map(|(path, seen)| (path.named_as_folder(about_a_folder), seen))
                 .map_err(|error| OpError::new(ErrorCode::Invalid, error.to_string()))
         };
         let resolve = |raw: &str| resolve_seen(raw).map(|(path, _)| path);

@@ -595,7 +595,8 @@ impl Entitlements {
     }
 
     /// `terminalwire entitlement grant <authority> path '<folder>/**' --<action> [--mode M]`,
-    /// where the folder is the path itself for an existing directory, else its parent.
+    /// where the folder is the path itself when it is taken as a folder
+    /// ([`ResolvedPath::is_dir`]: on disk, or by the request), else its parent.
     fn grant_path_command(
         &self,
         path: &ResolvedPath,

@@ -30,9 +30,20 @@ impl ResolvedPath {
         &self.path
     }
 
-    /// True when the path existed as a directory when it was resolved.
+    /// True when the path existed as a directory when it was resolved (or
+    /// was named as a folder, [`named_as_folder`](Self::named_as_folder)).
     pub fn is_dir(&self) -> bool {
         self.is_dir
+    }
+
+    /// The path, taken as a folder or not by what the request is about
+    /// rather than by what is on disk: a denial's grant command names the
+    /// path itself for a folder and its parent otherwise, and must not tell
+    /// whether a folder the server may not see exists.
+    #[must_use]
+    pub fn named_as_folder(mut self, folder: bool) -> ResolvedPath {
+        self.is_dir = folder;
+        self
     }
 
     /// The entry at `relative` under this directory, as found by a walk that

@@ -508,22 +508,28 @@ async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
 /// link in the storage folder to a folder outside the entitlements (as
 /// `/proc/self/cwd` leads to the user's working folder) is refused without
 /// the folder's name, reason or grant command. A path that leads nowhere
-/// else keeps its grant command.
+/// else keeps its grant command, which names the same folder whether or not
+/// what was asked about exists (it named an existing folder itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
-    let paths: Arc<OnceLock<(String, String)>> = Arc::default();
+    let paths: Arc<OnceLock<Vec<String>>> = Arc::default();
     let script_paths = paths.clone();
     let server = ScriptedServer::start(true, move |mut socket| {
         let paths = script_paths.get().cloned();
         async move {
-            let Some((link, plain)) = paths else { return };
+            let Some(paths) = paths else { return };
             if next_client_frame(&mut socket).await.is_none() {
                 return;
             }
             send_server_frame(&mut socket, &scripted_welcome()).await;
             let mut denials = Vec::new();
-            for (id, path) in (1..).zip([link.clone(), plain.clone()]) {
-                let op = Operation::DirList { path };
+            for (id, path) in (1..).zip(paths) {
+                // Two listings, then the metadata of a folder and of nothing.
+                let op = if id <= 2 {
+                    Operation::DirList { path }
+                } else {
+                    Operation::Metadata { path }
+                };
                 let request = Request {
                     id: RequestId(id),
                     op,
@@ -539,7 +545,10 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
                     }
                 }
             }
-            let report = format!("{denials:?}\n");
+            let report: String = denials
+                .iter()
+                .map(|denial| format!("{denial:?}\n"))
+                .collect();
             let data = Data {
                 sid: StreamId::STDOUT,
                 bytes: report.into_bytes().into(),
@@ -562,7 +571,15 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
     let link = storage.join("elsewhere");
     std::os::unix::fs::symlink(&hidden, &link).unwrap();
     let named = |path: &std::path::Path| path.display().to_string();
-    paths.set((named(&link), named(&plain))).unwrap();
+    let absent = outside.join("absent");
+    paths
+        .set(vec![
+            named(&link),
+            named(&plain),
+            named(&plain),
+            named(&absent),
+        ])
+        .unwrap();
     let child = home.command([url.as_str(), "go"]).spawn().unwrap();
     let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
         .await
@@ -571,7 +588,10 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
-    let (first, second) = stdout.split_once("), Some(").expect("two denials");
+    let denials: Vec<&str> = stdout.lines().collect();
+    let [first, second, folder, nothing] = denials[..] else {
+        panic!("four denials expected: {stdout}");
+    };
     assert!(
         !first.contains("hidden-place"),
         "the link's target leaked: {first}"
@@ -582,6 +602,10 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
         second.contains("terminalwire entitlement grant"),
         "a plain denial keeps its grant command: {second}"
     );
+    let suggested = format!("path '{}/**'", outside.display());
+    for denial in [folder, nothing] {
+        assert!(denial.contains(&suggested), "{denial}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

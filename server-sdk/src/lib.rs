@@ -33,6 +33,8 @@
 //!
 //! - [`terminal`]: [`Terminal`], the service an app mounts, its [`Config`] and
 //!   graceful shutdown.
+//! - [`accept`]: the accept loop of `serve_app` and `tls::serve` (a time-out
+//!   for request headers, the peer's address on each request).
 //! - [`devices`]: approval of new devices and revocation
 //!   ([`devices::DeviceRegistry`]).
 //! - [`identity`]: the server's long-term key ([`ServerIdentity`]) that
@@ -60,6 +62,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod cli;
 pub mod context;
 pub mod devices;

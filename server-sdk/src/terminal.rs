@@ -326,14 +326,13 @@ impl Terminal {
         let draining = self.clone();
         let listener = listener.tap_io(|connection| connection.send_small_writes_at_once());
         // With the peer's address on each request, so that `route` counts
-        // sessions per address (TCP and TLS; a Unix socket has none).
-        let app = app.into_make_service_with_connect_info::<L::Addr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                draining.begin_shutdown();
-            })
-            .await?;
+        // sessions per address (TCP and TLS; a Unix socket has none), and a
+        // time-out for each request's header.
+        crate::accept::serve(listener, app, async move {
+            shutdown.await;
+            draining.begin_shutdown();
+        })
+        .await;
         self.shutdown().await;
         Ok(())
     }

@@ -314,14 +314,11 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Tapped only so that axum hands each request the peer's address, which
-    // `Terminal::route` counts sessions by.
-    let listener = TlsListener::new(listener, &config)?.tap_io(|_| {});
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The SDK's accept loop hands each request the peer's address, which
+    // `Terminal::route` counts sessions by, and times out slow headers.
+    let listener = TlsListener::new(listener, &config)?;
+    crate::accept::serve(listener, app, shutdown).await;
+    Ok(())
 }
 
 /// A development certificate and its private key, in PEM.

@@ -1,0 +1,146 @@
+//! The SDK's accept loop, used by [`Terminal::serve_app`](crate::Terminal::serve_app)
+//! and [`tls::serve`](crate::tls::serve) instead of `axum::serve`: the same
+//! HTTP/1 service with upgrades and graceful shutdown, plus a time-out for a
+//! request's header. `axum::serve` builds hyper without a timer, which turns
+//! hyper's header time-out off: a connection that never sends a request
+//! (or sends it a byte a minute) held its task, buffers and socket forever,
+//! counted by no session limit.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt as _;
+
+/// How long a client may take to send a request's header, from the moment
+/// the connection waits for one (also how long an idle keep-alive
+/// connection is kept).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets open
+/// connections finish (upgraded ones included: a session ends on its own)
+/// and returns. Each request carries the peer's address as
+/// `ConnectInfo<L::Addr>`.
+pub(crate) async fn serve<L>(
+    mut listener: L,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: Listener,
+    L::Addr: Clone + Send + Sync + 'static,
+{
+    // Dropped senders tell the connections to close gracefully; every
+    // connection holds a receiver, so `closed` waits for them all.
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let (open, _) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let service = app
+            .clone()
+            .map_request(move |request: axum::http::Request<Incoming>| {
+                let mut request = request.map(Body::new);
+                request.extensions_mut().insert(ConnectInfo(addr.clone()));
+                request
+            });
+        let service = TowerToHyperService::new(service);
+        let mut stopped = stopped.clone();
+        let held = open.subscribe();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "connection ended");
+                        }
+                        break;
+                    }
+                    _ = stopped.changed(), if !stopping => {
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(held);
+        });
+    }
+    drop(listener);
+    drop(stop);
+    open.closed().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves a one-route app on a fresh port; its address.
+    async fn started() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
+        tokio::spawn(serve(listener, app, std::future::pending()));
+        addr
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_no_request_is_closed_after_the_header_time_out() {
+        let addr = started().await;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut byte = [0u8; 1];
+        // The clock is paused: it jumps to the next timer whenever all
+        // tasks wait, so an hour passes at once if nothing closes it.
+        let read = tokio::time::timeout(Duration::from_secs(3600), client.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "still open after an hour: {read:?}"
+        );
+        assert!(started.elapsed() <= HEADER_READ_TIMEOUT + Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_request_is_served_with_the_peers_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route(
+            "/",
+            axum::routing::get(
+                |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| async move {
+                    peer.ip().to_string()
+                },
+            ),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("127.0.0.1"), "{response}");
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+}

@@ -348,7 +348,7 @@ impl Resources {
     /// resources (stdin is the session's).
     pub async fn perform(&self, op: Operation) -> Option<Result<Reply, OpError>> {
         let described = describe(&op);
-        let named = named_path(&op).map(str::to_owned);
+        let named = op.path().map(str::to_owned);
         let retry = self.consent.as_ref().map(|_| op.clone());
         let mut result = self.perform_unaudited(op).await?;
         // A grantable denial, on a terminal: the client asks the user.
@@ -393,7 +393,7 @@ impl Resources {
         // Only a client that can ask needs the operation again.
         let retry = self.consent.as_ref().map(|_| op.clone());
         let described = describe(&op);
-        let named = named_path(&op).map(str::to_owned);
+        let named = op.path().map(str::to_owned);
         let result = match op {
             Operation::EnvGet { name } => self.env_get(&name),
             op => self.path_op(op),
@@ -895,25 +895,6 @@ fn default_mode(allowed: &Allowed, is_dir: bool) -> u32 {
     };
     // Never above the ceiling: storage's 0600 beats the usual 0644.
     default.bits() & ceiling.bits()
-}
-
-/// The path a path operation names, as the server sent it.
-fn named_path(op: &Operation) -> Option<&str> {
-    match op {
-        Operation::FileRead { path, .. }
-        | Operation::FileWrite { path, .. }
-        | Operation::FileAppend { path, .. }
-        | Operation::FileDelete { path }
-        | Operation::FileExists { path }
-        | Operation::Metadata { path }
-        | Operation::Chmod { path, .. }
-        | Operation::DirList { path }
-        | Operation::DirCreate { path, .. }
-        | Operation::DirExists { path }
-        | Operation::DirDelete { path, .. }
-        | Operation::FileWriteOpen { path, .. } => Some(path),
-        _ => None,
-    }
 }
 
 /// What the audit log says of an operation: resource, action, target and

@@ -647,6 +647,27 @@ pub enum Operation {
     Unknown,
 }
 
+impl Operation {
+    /// The path a path operation names, as the server sent it.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Operation::FileRead { path, .. }
+            | Operation::FileWrite { path, .. }
+            | Operation::FileAppend { path, .. }
+            | Operation::FileDelete { path }
+            | Operation::FileExists { path }
+            | Operation::Metadata { path }
+            | Operation::Chmod { path, .. }
+            | Operation::DirList { path }
+            | Operation::DirCreate { path, .. }
+            | Operation::DirExists { path }
+            | Operation::DirDelete { path, .. }
+            | Operation::FileWriteOpen { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// How the client's terminal treats input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -589,14 +589,9 @@ pub(crate) mod tests {
         (status.trim_end().to_owned(), client)
     }
 
-    async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-        tokio::net::TcpStream::connect(addr).await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn serve_app_counts_sessions_per_client_address() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// A terminal that allows one session per client address, mounted at
+    /// `/terminal` of an app.
+    pub(crate) fn one_session_per_address() -> (Terminal, axum::Router) {
         let config = Config {
             max_sessions_per_address: 1,
             ..Config::default()
@@ -606,6 +601,18 @@ pub(crate) mod tests {
             config,
         );
         let app = axum::Router::new().route("/terminal", terminal.route());
+        (terminal, app)
+    }
+
+    async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn serve_app_counts_sessions_per_client_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (terminal, app) = one_session_per_address();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
             let terminal = terminal.clone();

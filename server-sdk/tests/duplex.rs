@@ -721,6 +721,26 @@ async fn answers_out_of_order_reach_their_own_requests() {
     assert_eq!(got, want);
 }
 
+/// A command that reads `total` lines, `in_flight` at a time, and exits 0
+/// when every read got a line.
+fn line_reads_in_flight(total: usize, in_flight: usize) -> Terminal {
+    Terminal::new(move |ctx: Context| async move {
+        let lines: Vec<_> = futures_util::stream::iter(0..total)
+            .map(|i| {
+                let ctx = ctx.clone();
+                async move { ctx.read_line(Some(&format!("p{i}"))).await }
+            })
+            .buffer_unordered(in_flight)
+            .collect()
+            .await;
+        let answered = lines
+            .iter()
+            .filter(|line| matches!(line, Ok(Some(_))))
+            .count();
+        anyhow::Ok(Exit(if answered == total { 0 } else { 1 }))
+    })
+}
+
 /// Answers that reach the server together complete their requests
 /// together, so the requests the command sends next leave in one write: the
 /// server handles every frame it has read before its writer flushes (one
@@ -729,21 +749,7 @@ async fn answers_out_of_order_reach_their_own_requests() {
 async fn answers_that_come_together_let_the_next_requests_leave_together() {
     const TOTAL: usize = 64;
     const IN_FLIGHT: usize = 8;
-    let terminal = Terminal::new(|ctx: Context| async move {
-        let lines: Vec<_> = futures_util::stream::iter(0..TOTAL)
-            .map(|i| {
-                let ctx = ctx.clone();
-                async move { ctx.read_line(Some(&format!("p{i}"))).await }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        let answered = lines
-            .iter()
-            .filter(|line| matches!(line, Ok(Some(_))))
-            .count();
-        anyhow::Ok(Exit(if answered == TOTAL { 0 } else { 1 }))
-    });
+    let terminal = line_reads_in_flight(TOTAL, IN_FLIGHT);
     // Room for a whole round of answers in the pipe: they arrive together.
     let (client, server) = socket_pair_buffered(64 * 1024).await;
     let flushes = Arc::new(AtomicUsize::new(0));
@@ -796,21 +802,7 @@ async fn answers_that_come_together_let_the_next_requests_leave_together() {
 async fn our_acknowledgements_leave_with_the_next_requests() {
     const TOTAL: usize = 256;
     const IN_FLIGHT: usize = resume::ACK_EVERY_FRAMES as usize;
-    let terminal = Terminal::new(|ctx: Context| async move {
-        let lines: Vec<_> = futures_util::stream::iter(0..TOTAL)
-            .map(|i| {
-                let ctx = ctx.clone();
-                async move { ctx.read_line(Some(&format!("p{i}"))).await }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        let answered = lines
-            .iter()
-            .filter(|line| matches!(line, Ok(Some(_))))
-            .count();
-        anyhow::Ok(Exit(if answered == TOTAL { 0 } else { 1 }))
-    });
+    let terminal = line_reads_in_flight(TOTAL, IN_FLIGHT);
     let (client, server) = socket_pair_buffered(256 * 1024).await;
     let flushes = Arc::new(AtomicUsize::new(0));
     let transport = WsTransport {

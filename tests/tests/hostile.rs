@@ -1007,7 +1007,7 @@ fn check_row(row: &Row, response: &Response, authority: &str) -> Option<String> 
     if denial.resource != resource || !actions.iter().any(|a| denial.action.starts_with(a)) {
         return Some(format!("unexpected resource/action: {denial:?}"));
     }
-    let as_sent = named_path(&row.op);
+    let as_sent = row.op.path();
     let target_ok = match &row.op {
         Operation::EnvGet { name } => denial.target == *name,
         Operation::BrowserOpen { url } => denial.target == *url,
@@ -1033,24 +1033,6 @@ fn check_row(row: &Row, response: &Response, authority: &str) -> Option<String> 
             "a grant command for a never-grantable request: {denial:?}"
         )),
         (_, None) => None,
-    }
-}
-
-/// The path a path operation names, as sent.
-fn named_path(op: &Operation) -> Option<&str> {
-    match op {
-        Operation::FileRead { path, .. }
-        | Operation::FileWrite { path, .. }
-        | Operation::FileAppend { path, .. }
-        | Operation::FileDelete { path }
-        | Operation::FileExists { path }
-        | Operation::Metadata { path }
-        | Operation::Chmod { path, .. }
-        | Operation::DirList { path }
-        | Operation::DirCreate { path, .. }
-        | Operation::DirExists { path }
-        | Operation::DirDelete { path, .. } => Some(path),
-        _ => None,
     }
 }
 

@@ -50,9 +50,13 @@ pub struct Config {
     pub identity: Option<ServerIdentity>,
     /// Most sessions at once; more upgrades get 503.
     pub max_sessions: usize,
-    /// Most sessions at once from one IP address (when the app serves with
-    /// `into_make_service_with_connect_info::<SocketAddr>()`, so that the
-    /// address is known); more get 429.
+    /// Most sessions at once from one IP address; more get 429. The address
+    /// is the TCP peer's ([`Terminal::serve_app`] and
+    /// [`tls::serve`](crate::tls::serve) pass it; an app calling
+    /// `axum::serve` itself passes it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`). Behind a
+    /// reverse proxy or load balancer every client has the proxy's address:
+    /// there, set 0, which turns this limit off.
     pub max_sessions_per_address: usize,
     /// Size of each connection's WebSocket read buffer. It stays resident
     /// for the connection's life, so it dominates the memory of idle
@@ -271,7 +275,7 @@ impl Terminal {
             )
                 .into_response();
         }
-        let slot = match peer {
+        let slot = match peer.filter(|_| self.inner.config.max_sessions_per_address > 0) {
             Some(ip) => match self
                 .inner
                 .per_address
@@ -589,11 +593,11 @@ pub(crate) mod tests {
         (status.trim_end().to_owned(), client)
     }
 
-    /// A terminal that allows one session per client address, mounted at
-    /// `/terminal` of an app.
-    pub(crate) fn one_session_per_address() -> (Terminal, axum::Router) {
+    /// A terminal that allows `limit` sessions per client address, mounted
+    /// at `/terminal` of an app.
+    pub(crate) fn sessions_per_address(limit: usize) -> (Terminal, axum::Router) {
         let config = Config {
-            max_sessions_per_address: 1,
+            max_sessions_per_address: limit,
             ..Config::default()
         };
         let terminal = Terminal::with_config(
@@ -608,11 +612,40 @@ pub(crate) mod tests {
         tokio::net::TcpStream::connect(addr).await.unwrap()
     }
 
+    /// Serves `app` of `terminal` with `serve_app` on a fresh port: its
+    /// address, and the sender that stops it.
+    async fn serving(
+        terminal: Terminal,
+        app: axum::Router,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            terminal
+                .serve_app(listener, app, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn a_limit_of_zero_sessions_per_address_is_no_limit() {
+        let (terminal, app) = sessions_per_address(0);
+        let (addr, _stop) = serving(terminal, app).await;
+        let (first, _held) = upgrade_status(connect(addr).await).await;
+        let (second, _) = upgrade_status(connect(addr).await).await;
+        assert!(first.starts_with("HTTP/1.1 101"), "{first}");
+        assert!(second.starts_with("HTTP/1.1 101"), "{second}");
+    }
+
     #[tokio::test]
     async fn serve_app_counts_sessions_per_client_address() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (terminal, app) = one_session_per_address();
+        let (terminal, app) = sessions_per_address(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
             let terminal = terminal.clone();

@@ -476,11 +476,11 @@ mod tests {
 
     #[tokio::test]
     async fn serve_counts_sessions_per_client_address() {
-        use crate::terminal::tests::{one_session_per_address, upgrade_status};
+        use crate::terminal::tests::{sessions_per_address, upgrade_status};
         let dev = self_signed(&["127.0.0.1"]).unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
-        let (_terminal, app) = one_session_per_address();
+        let (_terminal, app) = sessions_per_address(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(tcp, dev.tls_config().unwrap(), app, async move {
             let _ = stopped.await;

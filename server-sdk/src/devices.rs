@@ -78,6 +78,10 @@ pub enum DeviceError {
     /// The device was revoked.
     #[error("this device was revoked; ask the app's administrator")]
     Revoked,
+    /// Its approval code was given up while it waited: more devices were
+    /// waiting than the registry keeps ([`MAX_PENDING`]).
+    #[error("the approval code expired while too many devices were waiting; run the command again")]
+    Forgotten,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -242,7 +246,15 @@ impl DeviceRegistry {
         let mut told = false;
         loop {
             let changed = self.changed.notified();
-            match self.check(&client.device, &label) {
+            // Once told its code, the device is only looked up: added again
+            // after it was forgotten, it would have a code the user never
+            // saw, and push out the next device waiting, and so on.
+            let now = if told {
+                self.waiting(&client.device)
+            } else {
+                self.check(&client.device, &label)
+            };
+            match now {
                 Ok(()) => return Ok(()),
                 Err(DeviceError::NotApproved { code }) if !told => {
                     told = true;
@@ -257,15 +269,26 @@ impl DeviceRegistry {
                     }
                     let _ = ctx.stderr().println("Waiting for approval...").await;
                 }
-                Err(error @ DeviceError::Revoked) => return Err(error),
+                Err(error @ (DeviceError::Revoked | DeviceError::Forgotten)) => return Err(error),
                 Err(_) => {}
             }
             tokio::select! {
                 () = changed => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    return self.check(&client.device, &label);
+                    return self.waiting(&client.device);
                 }
             }
+        }
+    }
+
+    /// [`check`](Self::check) for a device already told its code: never
+    /// adds it.
+    fn waiting(&self, fingerprint: &str) -> Result<(), DeviceError> {
+        match self.status(fingerprint) {
+            Some(DeviceStatus::Approved) => Ok(()),
+            Some(DeviceStatus::Revoked) => Err(DeviceError::Revoked),
+            Some(DeviceStatus::Pending { code }) => Err(DeviceError::NotApproved { code }),
+            None => Err(DeviceError::Forgotten),
         }
     }
 }
@@ -395,5 +418,17 @@ mod tests {
                 .iter()
                 .all(|device| device.label.chars().count() <= MAX_LABEL_CHARS + 1)
         );
+        // A forgotten device that waits for approval is told so, and not
+        // added again (which would push out the next one, and so on).
+        assert_eq!(
+            registry.waiting("SHA256:000000"),
+            Err(DeviceError::Forgotten)
+        );
+        assert_eq!(registry.list().len(), MAX_PENDING + 1);
+        assert!(matches!(
+            registry.waiting("SHA256:000010"),
+            Err(DeviceError::NotApproved { .. })
+        ));
+        assert_eq!(registry.waiting("SHA256:approved"), Ok(()));
     }
 }

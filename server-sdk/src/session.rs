@@ -1310,6 +1310,9 @@ fn serve(
         // detached or lost one has its own deadline), so that a client that
         // keeps pinging but never acknowledges cannot keep the session.
         let mut exit_deadline: Option<Instant> = None;
+        // The highest acknowledgement from the client: each higher one moves
+        // `exit_deadline` on.
+        let mut acked_upto = 0u64;
         let timer = tokio::time::sleep_until(idle_watch.deadline());
         tokio::pin!(timer);
         let mut alarm = Alarm::new();
@@ -1435,7 +1438,17 @@ fn serve(
                         }
                         match action {
                             Action::None => {}
-                            Action::Ack(seq) => post.order(Control::Acked(seq)),
+                            Action::Ack(seq) => {
+                                // A client still taking in what came before the
+                                // exit (a slow link) is not one that ignores it.
+                                if seq > acked_upto {
+                                    acked_upto = seq;
+                                    if let Some(at) = exit_deadline.as_mut() {
+                                        *at = Instant::now() + config.resume_grace;
+                                    }
+                                }
+                                post.order(Control::Acked(seq));
+                            }
                             Action::Interrupt => {
                                 if !command_done {
                                     interrupted = true;

@@ -69,7 +69,8 @@ pub struct Config {
     /// How long a session and its running command wait for a client whose
     /// connection dropped to resume it (clients with the `resume`
     /// capability). Zero turns resuming off. Also how long, once the command
-    /// has ended, a connected client has to acknowledge the exit.
+    /// has ended, a connected client has to acknowledge the exit (counted
+    /// again from each acknowledgement of more frames).
     pub resume_grace: Duration,
     /// How long a session the user detached from waits to be re-attached.
     /// Zero turns detaching off.

@@ -2149,6 +2149,33 @@ async fn secure_client_as(
 #[tokio::test(start_paused = true)]
 async fn a_client_that_never_acknowledges_the_exit_is_let_go() {
     let grace = Duration::from_secs(3);
+    let kept = exit_kept(grace, None).await;
+    // The grace period from the command's end, which the client saw a
+    // moment later (no time at all on this paused clock).
+    assert!(
+        kept + Duration::from_millis(100) >= grace && kept <= grace,
+        "kept {kept:?}"
+    );
+}
+
+/// A client still acknowledging what came before the exit (a slow link) is
+/// given the grace period again from its last acknowledgement.
+#[tokio::test(start_paused = true)]
+async fn acknowledging_earlier_frames_moves_the_exits_deadline_on() {
+    let grace = Duration::from_secs(3);
+    let ack_after = Duration::from_secs(2);
+    let kept = exit_kept(grace, Some(ack_after)).await;
+    let want = ack_after + grace;
+    assert!(
+        kept + Duration::from_millis(100) >= want && kept <= want,
+        "kept {kept:?}, want {want:?}"
+    );
+}
+
+/// How long a resumable session is kept after its exit reaches a client
+/// that pings but never acknowledges the exit; with `ack_after`, the client
+/// acknowledges the frame before the exit that long after it.
+async fn exit_kept(grace: Duration, ack_after: Option<Duration>) -> Duration {
     let terminal = Terminal::with_config(
         |ctx: Context| async move { ctx.stdout().println("done").await },
         Config {
@@ -2162,11 +2189,18 @@ async fn a_client_that_never_acknowledges_the_exit_is_let_go() {
         assert_eq!(until_exit(&mut client).await, 0);
         let exit_at = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+        let mut ack = ack_after.map(|after| Box::pin(tokio::time::sleep(after)));
         loop {
             // `None`: time for a heartbeat.
             let next = tokio::select! {
                 frame = next_server(&mut client) => Some(frame),
                 _ = heartbeat.tick() => None,
+                () = async { ack.as_mut().unwrap().await }, if ack.is_some() => {
+                    ack = None;
+                    // The data frame ("done"), the first sequenced one.
+                    send_client(&mut client, &ClientFrame::Ack(Ack { seq: 1 })).await;
+                    continue;
+                }
             };
             match next {
                 None => {
@@ -2183,13 +2217,8 @@ async fn a_client_that_never_acknowledges_the_exit_is_let_go() {
     };
     // `serve_script` fails if the session is still there after 10 s.
     let kept = serve_script(&terminal, server, script).await;
-    // The grace period from the command's end, which the client saw a
-    // moment later (no time at all on this paused clock).
-    assert!(
-        kept + Duration::from_millis(100) >= grace && kept <= grace,
-        "kept {kept:?}"
-    );
     assert_eq!(terminal.session_count(), 0);
+    kept
 }
 
 /// The exit's deadline counts only while a client is connected: a detached

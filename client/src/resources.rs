@@ -561,13 +561,30 @@ impl Resources {
                 | Operation::DirDelete { .. }
                 | Operation::DirExists { .. }
         );
+        let reads = matches!(
+            op,
+            Operation::FileRead { .. }
+                | Operation::FileExists { .. }
+                | Operation::DirExists { .. }
+                | Operation::Metadata { .. }
+                | Operation::DirList { .. }
+        );
         // Resolving also looks at the path, the same way `safe_fs::metadata`
         // would, in most cases: the stat-class operations use that look.
         let resolve_seen = |raw: &str| {
             entitlements
                 .resolve_seen(raw)
                 .map(|(path, seen)| (path.named_as_folder(about_a_folder), seen))
-                .map_err(|error| OpError::new(ErrorCode::Invalid, error.to_string()))
+                .map_err(|error| {
+                    // Resolving looked at the disk: why it failed (a dangling
+                    // link, a folder it may not enter) is only told for a path
+                    // the server may use. A malformed path is its own.
+                    if entitlements.normalized_ok(raw) && !entitlements.names_a_granted_path(raw) {
+                        not_granted(raw, if reads { Action::Read } else { Action::Write })
+                    } else {
+                        OpError::new(ErrorCode::Invalid, error.to_string())
+                    }
+                })
         };
         let resolve = |raw: &str| resolve_seen(raw).map(|(path, _)| path);
         let look = |path: &ResolvedPath, seen: Option<Sighting>| match seen
@@ -959,6 +976,23 @@ fn entry_kind(kind: Kind) -> EntryKind {
         Kind::Dir => EntryKind::Dir,
         Kind::Symlink => EntryKind::Symlink,
         _ => EntryKind::Other,
+    }
+}
+
+/// A denial of `raw` for `action` that tells nothing but that it is not
+/// granted.
+fn not_granted(raw: &str, action: Action) -> OpError {
+    let reason = terminalwire_policy::decide::DenialReason::NotGranted.to_string();
+    OpError {
+        code: ErrorCode::Denied,
+        message: format!("may not {action} path {raw}: {reason}"),
+        denial: Some(Denial {
+            resource: "path".into(),
+            action: action.to_string(),
+            target: raw.to_owned(),
+            reason,
+            command: None,
+        }),
     }
 }
 

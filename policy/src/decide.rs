@@ -366,6 +366,29 @@ impl Entitlements {
                 .is_ok_and(|rest| resolved.starts_with(self.resolved_user_home.join(rest)))
     }
 
+    /// Whether `raw` (sent by the server) is a well-formed path: one that
+    /// [`normalized`](crate::path::normalized) takes, without the disk.
+    pub fn normalized_ok(&self, raw: &str) -> bool {
+        crate::path::normalized(raw, &self.user_home).is_ok()
+    }
+
+    /// Whether `raw` (sent by the server) names, with no symlink followed, a
+    /// path in the authority's storage or under one of its grants. For a
+    /// path that could not be resolved: only then may the server hear why.
+    pub fn names_a_granted_path(&self, raw: &str) -> bool {
+        let Ok(named) = crate::path::normalized(raw, &self.user_home) else {
+            return false;
+        };
+        let named = match named.strip_prefix(&self.user_home) {
+            Ok(rest) => self.resolved_user_home.join(rest),
+            Err(_) => named,
+        };
+        self.storage
+            .as_ref()
+            .is_some_and(|storage| named.starts_with(storage))
+            || !self.globs.matches(&named).is_empty()
+    }
+
     /// May the authority do `action` on `path`?
     pub fn check_path(&self, path: &ResolvedPath, action: Action) -> Result<Allowed, Denial> {
         let p = path.as_path();
@@ -707,6 +730,26 @@ mod tests {
             let e = self.entitlements();
             e.check_path(&e.resolve(raw).unwrap(), action)
         }
+    }
+
+    #[test]
+    fn a_path_is_named_as_granted_by_its_storage_or_a_grant_without_the_disk() {
+        let mut f = fixture();
+        f.grant("~/docs/**", Access::Read, None);
+        let e = f.entitlements();
+        assert!(e.names_a_granted_path("~/docs/missing/file"));
+        assert!(
+            e.names_a_granted_path(
+                &f.home
+                    .storage_dir(&Authority::parse("example.com:3000").unwrap())
+                    .join("x")
+                    .display()
+                    .to_string()
+            )
+        );
+        assert!(!e.names_a_granted_path("~/private/file"));
+        assert!(!e.names_a_granted_path("~/docs/../private"));
+        assert!(!e.names_a_granted_path("~other/docs"));
     }
 
     #[test]

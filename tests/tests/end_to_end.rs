@@ -524,11 +524,12 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
             send_server_frame(&mut socket, &scripted_welcome()).await;
             let mut denials = Vec::new();
             for (id, path) in (1..).zip(paths) {
-                // Two listings, then the metadata of a folder and of nothing.
-                let op = if id <= 2 {
-                    Operation::DirList { path }
-                } else {
-                    Operation::Metadata { path }
+                // Two listings, the metadata of a folder and of nothing, then
+                // whether a file behind a dangling link exists.
+                let op = match id {
+                    1 | 2 => Operation::DirList { path },
+                    3 | 4 => Operation::Metadata { path },
+                    _ => Operation::FileExists { path },
                 };
                 let request = Request {
                     id: RequestId(id),
@@ -572,12 +573,15 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
     std::os::unix::fs::symlink(&hidden, &link).unwrap();
     let named = |path: &std::path::Path| path.display().to_string();
     let absent = outside.join("absent");
+    let dangling = outside.join("gone-link");
+    std::os::unix::fs::symlink(outside.join("nowhere"), &dangling).unwrap();
     paths
         .set(vec![
             named(&link),
             named(&plain),
             named(&plain),
             named(&absent),
+            named(&dangling.join("x")),
         ])
         .unwrap();
     let child = home.command([url.as_str(), "go"]).spawn().unwrap();
@@ -589,8 +593,8 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
     let denials: Vec<&str> = stdout.lines().collect();
-    let [first, second, folder, nothing] = denials[..] else {
-        panic!("four denials expected: {stdout}");
+    let [first, second, folder, nothing, behind_link] = denials[..] else {
+        panic!("five denials expected: {stdout}");
     };
     assert!(
         !first.contains("hidden-place"),
@@ -606,6 +610,13 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
     for denial in [folder, nothing] {
         assert!(denial.contains(&suggested), "{denial}");
     }
+    // Why the path could not be resolved is not the server's to learn.
+    assert!(
+        behind_link.contains("code: Denied")
+            && behind_link.contains("it has not been granted")
+            && !behind_link.contains("symlink"),
+        "{behind_link}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -352,41 +352,42 @@ impl Entitlements {
         crate::path::resolve_seen(raw, &self.user_home)
     }
 
+    /// The path `raw` (sent by the server) names, with no symlink followed
+    /// but the one the user's home may be (so that it compares with
+    /// resolved paths); `None` when `raw` is malformed.
+    fn as_named(&self, raw: &str) -> Option<PathBuf> {
+        let named = crate::path::normalized(raw, &self.user_home).ok()?;
+        Some(match named.strip_prefix(&self.user_home) {
+            Ok(rest) => self.resolved_user_home.join(rest),
+            Err(_) => named,
+        })
+    }
+
     /// Whether `resolved` is the path `raw` (sent by the server) names, or a
     /// path inside it, with no symlink followed but the one the user's home
     /// may be: then a denial of `resolved` tells the server nothing about
     /// where its path leads.
     pub fn resolves_as_named(&self, raw: &str, resolved: &Path) -> bool {
-        let Ok(named) = crate::path::normalized(raw, &self.user_home) else {
-            return false;
-        };
-        resolved.starts_with(&named)
-            || named
-                .strip_prefix(&self.user_home)
-                .is_ok_and(|rest| resolved.starts_with(self.resolved_user_home.join(rest)))
+        self.as_named(raw)
+            .is_some_and(|named| resolved.starts_with(named))
     }
 
     /// Whether `raw` (sent by the server) is a well-formed path: one that
     /// [`normalized`](crate::path::normalized) takes, without the disk.
     pub fn normalized_ok(&self, raw: &str) -> bool {
-        crate::path::normalized(raw, &self.user_home).is_ok()
+        self.as_named(raw).is_some()
     }
 
     /// Whether `raw` (sent by the server) names, with no symlink followed, a
     /// path in the authority's storage or under one of its grants. For a
     /// path that could not be resolved: only then may the server hear why.
     pub fn names_a_granted_path(&self, raw: &str) -> bool {
-        let Ok(named) = crate::path::normalized(raw, &self.user_home) else {
-            return false;
-        };
-        let named = match named.strip_prefix(&self.user_home) {
-            Ok(rest) => self.resolved_user_home.join(rest),
-            Err(_) => named,
-        };
-        self.storage
-            .as_ref()
-            .is_some_and(|storage| named.starts_with(storage))
-            || !self.globs.matches(&named).is_empty()
+        self.as_named(raw).is_some_and(|named| {
+            self.storage
+                .as_ref()
+                .is_some_and(|storage| named.starts_with(storage))
+                || !self.globs.matches(&named).is_empty()
+        })
     }
 
     /// May the authority do `action` on `path`?

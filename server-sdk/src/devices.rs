@@ -157,12 +157,10 @@ impl DeviceRegistry {
     /// Whether the device may run commands; an unknown device becomes
     /// pending with a new code.
     pub fn check(&self, fingerprint: &str, label: &str) -> Result<(), DeviceError> {
-        if let Some(status) = self.status(fingerprint) {
-            return match status {
-                DeviceStatus::Approved => Ok(()),
-                DeviceStatus::Revoked => Err(DeviceError::Revoked),
-                DeviceStatus::Pending { code } => Err(DeviceError::NotApproved { code }),
-            };
+        match self.waiting(fingerprint) {
+            // Not known yet: it becomes pending below.
+            Err(DeviceError::Forgotten) => {}
+            known => return known,
         }
         let code = new_code(fingerprint);
         let label = match label.char_indices().nth(MAX_LABEL_CHARS) {

@@ -614,28 +614,32 @@ pub(crate) mod tests {
     }
 
     /// Serves `app` of `terminal` with `serve_app` on a fresh port: its
-    /// address, and the sender that stops it.
+    /// address, the sender that stops it, and the serving task.
     async fn serving(
         terminal: Terminal,
         app: axum::Router,
-    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             terminal
                 .serve_app(listener, app, async move {
                     let _ = stopped.await;
                 })
                 .await
         });
-        (addr, stop)
+        (addr, stop, server)
     }
 
     #[tokio::test]
     async fn a_limit_of_zero_sessions_per_address_is_no_limit() {
         let (terminal, app) = sessions_per_address(0);
-        let (addr, _stop) = serving(terminal, app).await;
+        let (addr, _stop, _) = serving(terminal, app).await;
         let (first, _held) = upgrade_status(connect(addr).await).await;
         let (second, _) = upgrade_status(connect(addr).await).await;
         assert!(first.starts_with("HTTP/1.1 101"), "{first}");
@@ -644,20 +648,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn serve_app_counts_sessions_per_client_address() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (terminal, app) = sessions_per_address(1);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn({
-            let terminal = terminal.clone();
-            async move {
-                terminal
-                    .serve_app(listener, app, async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-            }
-        });
+        let (addr, stop, server) = serving(terminal, app).await;
         // The first session holds the address's only slot while it waits
         // for its handshake.
         let (first, held) = upgrade_status(connect(addr).await).await;

@@ -1850,6 +1850,21 @@ async fn read_after(
     }
 }
 
+/// Starts `attempts` operations, polls each once and drops it; how many were
+/// still waiting (for room in the outgoing queue) when dropped.
+async fn give_up<F: Future>(attempts: usize, mut start: impl FnMut() -> F) -> usize {
+    let mut given_up = 0;
+    for _ in 0..attempts {
+        if start().now_or_never().is_none() {
+            given_up += 1;
+        }
+        // A fresh task budget for the next (tokio's cooperative budget would
+        // refuse it before it got anywhere).
+        tokio::task::yield_now().await;
+    }
+    given_up
+}
+
 /// Requests given up while the outgoing queue is full (never sent) give
 /// back their slot: after twice as many as may be in flight, a request still
 /// gets its answer. (Each one kept its slot, held for an answer that could
@@ -1862,16 +1877,10 @@ async fn requests_given_up_before_they_are_sent_keep_no_slot() {
         let go = go_in_command.clone();
         async move {
             let full = fill_the_outgoing_queue(&ctx).await;
-            let mut given_up = 0;
-            for _ in 0..2 * terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT {
-                // Polled once, then dropped: waiting for room in the queue.
-                if ctx.read_line(Some("lost")).now_or_never().is_none() {
-                    given_up += 1;
-                }
-                // A fresh task budget for the next (tokio's cooperative
-                // budget would refuse it before it got anywhere).
-                tokio::task::yield_now().await;
-            }
+            let given_up = give_up(2 * terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT, || {
+                ctx.read_line(Some("lost"))
+            })
+            .await;
             go.notify_one();
             let last =
                 tokio::time::timeout(Duration::from_secs(3), ctx.read_line(Some("last"))).await;
@@ -1909,16 +1918,11 @@ async fn writes_given_up_before_they_are_sent_keep_no_credit() {
         async move {
             let full = fill_the_outgoing_queue(&ctx).await;
             let chunk = [b'o'; 1024];
-            let mut given_up = 0;
-            for _ in 0..2048 {
-                // Polled once, then dropped: waiting for room in the queue.
-                if ctx.stdout().write_all(&chunk).now_or_never().is_none() {
-                    given_up += 1;
-                }
-                // A fresh task budget for the next (tokio's cooperative
-                // budget would refuse it before it took any credit).
-                tokio::task::yield_now().await;
-            }
+            let given_up = give_up(2048, || {
+                let stdout = ctx.stdout();
+                async move { stdout.write_all(&chunk).await }
+            })
+            .await;
             go.notify_one();
             let last =
                 tokio::time::timeout(Duration::from_secs(3), ctx.stdout().print("done")).await;

@@ -310,6 +310,25 @@ pub async fn send_server_frame(socket: &mut ScriptedSocket, frame: &ServerFrame)
     socket.send_sealed(&codec::encode(frame)).await;
 }
 
+/// Sends `op` as request `id` and waits for its answer, skipping other
+/// frames; `None` when the client went away.
+pub async fn ask(
+    socket: &mut ScriptedSocket,
+    id: u64,
+    op: terminalwire_protocol::frame::Operation,
+) -> Option<terminalwire_protocol::frame::Response> {
+    let request = terminalwire_protocol::frame::Request {
+        id: terminalwire_protocol::RequestId(id),
+        op,
+    };
+    send_server_frame(socket, &ServerFrame::Request(request)).await;
+    loop {
+        if let ClientFrame::Response(response) = next_client_frame(socket).await? {
+            return Some(response);
+        }
+    }
+}
+
 /// The `terminalwire` binary under test: `$TERMINALWIRE_BIN`, else the one
 /// in this test executable's target directory, brought up to date once per
 /// test process (`cargo test -p terminalwire-tests` alone would not rebuild

@@ -13,7 +13,7 @@ use terminalwire_protocol::{ClientFrame, ErrorCode, RequestId, ServerFrame, Vers
 use terminalwire_server::{Context, Exit, Terminal};
 use terminalwire_tests::process::ClientHome;
 use terminalwire_tests::{
-    CLIENT_DEADLINE, Client, ScriptedServer, TestServer, client_binary, next_client_frame,
+    CLIENT_DEADLINE, Client, ScriptedServer, TestServer, ask, client_binary, next_client_frame,
     scripted_welcome, send_server_frame,
 };
 use tokio::sync::Notify;
@@ -441,9 +441,9 @@ async fn requests_and_output_arriving_together_are_all_handled_in_order() {
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
 }
 
-/// A folder whose listing would not fit in one frame with room to spare (3 500 names of 240
-/// bytes, which the server may create in its own storage folder) is refused
-/// as too large, and the session goes on. Sending that answer failed, and
+/// A folder whose listing would not fit in one frame with room to spare
+/// (3 500 names of 240 bytes, which the server may create in its own
+/// storage folder) is refused as too large, and the session goes on. Sending that answer failed, and
 /// the session was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
@@ -464,18 +464,10 @@ async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
             ];
             let mut answers = Vec::new();
             for (id, op) in (1..).zip(requests) {
-                let request = Request {
-                    id: RequestId(id),
-                    op,
+                let Some(answer) = ask(&mut socket, id, op).await else {
+                    return;
                 };
-                send_server_frame(&mut socket, &ServerFrame::Request(request)).await;
-                loop {
-                    match next_client_frame(&mut socket).await {
-                        Some(ClientFrame::Response(response)) => break answers.push(response),
-                        Some(_) => {}
-                        None => return,
-                    }
-                }
+                answers.push(answer);
             }
             let refused = answers[0]
                 .error
@@ -531,20 +523,10 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
                     3 | 4 => Operation::Metadata { path },
                     _ => Operation::FileExists { path },
                 };
-                let request = Request {
-                    id: RequestId(id),
-                    op,
+                let Some(answer) = ask(&mut socket, id, op).await else {
+                    return;
                 };
-                send_server_frame(&mut socket, &ServerFrame::Request(request)).await;
-                loop {
-                    match next_client_frame(&mut socket).await {
-                        Some(ClientFrame::Response(response)) => {
-                            break denials.push(response.error);
-                        }
-                        Some(_) => {}
-                        None => return,
-                    }
-                }
+                denials.push(answer.error);
             }
             let report: String = denials
                 .iter()

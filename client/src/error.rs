@@ -37,7 +37,8 @@ pub mod exit_code {
     pub const IDENTITY_CHANGED: u8 = 77;
     /// Ctrl-C: the command was interrupted (128 + SIGINT, like a local
     /// program). The server sends it when its command does not handle the
-    /// interrupt; the client uses it when Ctrl-C is pressed twice.
+    /// interrupt; the client uses it when Ctrl-C is pressed twice, and when
+    /// the user types the escape `~.` in raw mode.
     pub const INTERRUPTED: u8 = 130;
     /// Standard output was closed by its reader (like a local program killed
     /// by SIGPIPE: 128 + 13).
@@ -131,6 +132,9 @@ pub enum ClientError {
     /// The user pressed Ctrl-C twice while the command was running.
     #[error("interrupted")]
     Interrupted,
+    /// The user typed the client's escape `~.` (raw mode, after Enter).
+    #[error("disconnected (~.)")]
+    Disconnected,
     /// The client received SIGTERM (15) or SIGHUP (1).
     #[error("terminated by signal {0}")]
     Terminated(i32),
@@ -151,7 +155,7 @@ impl ClientError {
             ClientError::Protocol(_) | ClientError::ServerError { .. } => exit_code::PROTOCOL,
             ClientError::Output { .. } => exit_code::IO,
             ClientError::BrokenPipe => exit_code::BROKEN_PIPE,
-            ClientError::Interrupted => exit_code::INTERRUPTED,
+            ClientError::Interrupted | ClientError::Disconnected => exit_code::INTERRUPTED,
             ClientError::Terminated(number) => {
                 u8::try_from(128 + number).unwrap_or(exit_code::INTERNAL)
             }

@@ -17,6 +17,8 @@
 //! - [`detached`]: records of detached sessions (`terminalwire sessions`, `attach`).
 //! - [`facts`]: what the hello reports about this machine and terminal.
 //! - [`inert`]: server-chosen text escaped for the client's own messages.
+//! - [`keys`]: keys read while the terminal is raw, and the client's own
+//!   escapes there (`~.` disconnects, Ctrl-\ detaches).
 //! - [`launcher`]: installed apps (`terminalwire install`) and `terminalwire-exec`.
 //! - [`progress`]: progress bars for long transfers, on a terminal only.
 //! - [`resources`]: files, directories, environment and browser, checked
@@ -40,6 +42,7 @@ pub mod detached;
 pub mod error;
 pub mod facts;
 pub mod inert;
+pub mod keys;
 pub mod launcher;
 pub mod progress;
 pub mod resources;

@@ -816,7 +816,10 @@ where
     let requests = Arc::new(Semaphore::new(config.max_requests_in_flight));
     let (responses_tx, mut responses) =
         mpsc::channel::<Response>(config.max_requests_in_flight.max(1));
-    let (detach_keys_tx, mut detach_keys) = mpsc::unbounded_channel::<()>();
+    // Keys typed in raw mode: Ctrl-\ detaches a resumable session, `~.`
+    // ends any (`keys`).
+    let keys = crate::keys::pump();
+    keys.set_detach_key(resume.is_some());
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
     // The server's idle deadline, moved only when it passes, and one timer
@@ -919,7 +922,8 @@ where
                 LocalSignal::Detach => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
                 LocalSignal::Terminate(number) => Flow::Done(Err(ClientError::Terminated(number))),
             },
-            Some(()) = detach_keys.recv() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
+            () = keys.detach_typed() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
+            () = keys.disconnect_typed() => Flow::Done(Err(ClientError::Disconnected)),
             message = next_or_waiting(&mut waiting, &mut link) => {
                 idle_watch.heard(Instant::now());
                 let (incoming, len) = match message {
@@ -996,10 +1000,9 @@ where
                                             let prompts = pipes[1].prompt_sink();
                                             let resources = shared_resources.clone();
                                             let stdin_is_terminal = config.stdin_is_terminal;
-                                            let detach_keys = resume.is_some().then(|| detach_keys_tx.clone());
                                             let responses = responses_tx.clone();
                                             in_flight.spawn(async move {
-                                                let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, detach_keys).await;
+                                                let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal).await;
                                                 let _ = responses.send(response).await;
                                                 // The permit goes with the answer until it is queued.
                                                 drop(permit);
@@ -1302,7 +1305,9 @@ where
     // Write out everything received before the end, whatever the end was.
     let flush_timeout = match result {
         // The user wants out now.
-        Err(ClientError::Interrupted | ClientError::Terminated(_)) => Duration::ZERO,
+        Err(ClientError::Interrupted | ClientError::Disconnected | ClientError::Terminated(_)) => {
+            Duration::ZERO
+        }
         _ => config.flush_timeout,
     };
     let flushed = finish_outputs(&mut pipes, &mut events, result.is_ok(), flush_timeout).await;
@@ -1770,7 +1775,6 @@ async fn perform(
     prompts: Option<PromptSink>,
     resources: &Resources,
     stdin_is_terminal: bool,
-    detach_keys: Option<mpsc::UnboundedSender<()>>,
 ) -> Response {
     let show = async |prompt: Option<String>| {
         if let (Some(prompt), Some(prompts)) = (prompt, &prompts) {
@@ -1834,19 +1838,7 @@ async fn perform(
             let read = async {
                 // Raw for this read, if the app has not asked for it.
                 let _raw = crate::terminal::RawForKeys::begin()?;
-                let key = loop {
-                    let key = tokio::task::spawn_blocking(crate::terminal::read_key_blocking)
-                        .await
-                        .map_err(io::Error::other)??;
-                    // Ctrl-\ is the client's detach key, never the app's.
-                    match &detach_keys {
-                        Some(detach) if crate::terminal::is_detach_key(&key) => {
-                            let _ = detach.send(());
-                        }
-                        _ => break key,
-                    }
-                };
-                Ok::<_, io::Error>(key)
+                crate::keys::pump().next_key().await
             };
             read.await
                 .map(Reply::Key)
@@ -2604,7 +2596,6 @@ mod tests {
             Some(prompts.clone()),
             &Resources::none(),
             false,
-            None,
         )
         .await;
         let error = response.error.expect("refused");
@@ -2614,15 +2605,7 @@ mod tests {
         // One at the bound is shown (the receiver takes it at once).
         let request = read_line_request("x".repeat(MAX_PROMPT));
         let reading = tokio::spawn(async move {
-            perform(
-                request,
-                &stdin,
-                Some(prompts),
-                &Resources::none(),
-                false,
-                None,
-            )
-            .await
+            perform(request, &stdin, Some(prompts), &Resources::none(), false).await
         });
         let chunk = shown.recv().await.unwrap();
         assert_eq!(chunk.bytes().len(), MAX_PROMPT);
@@ -2655,7 +2638,6 @@ mod tests {
             stderr.prompt_sink(),
             &resources,
             false,
-            None,
         ));
         // Not answered while its prompt waits: the server cannot ask again
         // and queue another.

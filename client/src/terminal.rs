@@ -1,5 +1,6 @@
-//! The client's own terminal: echo off for password reads, raw mode and key
-//! reading for the app, and always putting the terminal back as it was.
+//! The client's own terminal: echo off for password reads, raw mode for the
+//! app (whose keys [`crate::keys`] reads), and always putting the terminal
+//! back as it was.
 //!
 //! One owner decides the terminal's settings. The first change saves them
 //! as found; every later setting is made from those, for what is asked at
@@ -95,6 +96,7 @@ impl Owner {
         if let Some(found) = &self.found {
             set(found, mode, how)?;
         }
+        crate::keys::pump().set_raw(mode == Mode::Raw);
         self.wanted = wanted;
         Ok(self.generation)
     }
@@ -221,6 +223,7 @@ pub fn restore() -> io::Result<()> {
     let mut owner = owner();
     owner.wanted = Wanted::NOTHING;
     owner.generation += 1;
+    crate::keys::pump().set_raw(false);
     match owner.found.take() {
         Some(found) => set(&found, Mode::AsFound, OptionalActions::Now),
         None => Ok(()),
@@ -234,53 +237,6 @@ pub fn restore_on_panic() {
         let _ = restore();
         previous(info);
     }));
-}
-
-/// Waits for one key press (the terminal must be in raw mode).
-pub fn read_key_blocking() -> io::Result<terminalwire_protocol::frame::Key> {
-    use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers};
-    loop {
-        let Event::Key(event) = crossterm::event::read()? else {
-            continue;
-        };
-        if event.kind == KeyEventKind::Release {
-            continue;
-        }
-        let named = |name: &str| Some(name.to_owned());
-        let key = match event.code {
-            KeyCode::Char(c) => Some(c.to_string()),
-            KeyCode::Enter => named("enter"),
-            KeyCode::Tab => named("tab"),
-            KeyCode::BackTab => named("tab"),
-            KeyCode::Backspace => named("backspace"),
-            KeyCode::Esc => named("esc"),
-            KeyCode::Up => named("up"),
-            KeyCode::Down => named("down"),
-            KeyCode::Left => named("left"),
-            KeyCode::Right => named("right"),
-            KeyCode::Home => named("home"),
-            KeyCode::End => named("end"),
-            KeyCode::PageUp => named("page_up"),
-            KeyCode::PageDown => named("page_down"),
-            KeyCode::Delete => named("delete"),
-            KeyCode::Insert => named("insert"),
-            KeyCode::F(n) => Some(format!("f{n}")),
-            _ => None,
-        };
-        let Some(key) = key else { continue };
-        return Ok(terminalwire_protocol::frame::Key {
-            key,
-            ctrl: event.modifiers.contains(KeyModifiers::CONTROL),
-            alt: event.modifiers.contains(KeyModifiers::ALT),
-            shift: event.modifiers.contains(KeyModifiers::SHIFT) || event.code == KeyCode::BackTab,
-        });
-    }
-}
-
-/// Ctrl-\, the key that detaches from a session (terminals send byte 0x1c,
-/// which some report as Ctrl-4).
-pub fn is_detach_key(key: &terminalwire_protocol::frame::Key) -> bool {
-    key.ctrl && (key.key == "\\" || key.key == "4")
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ fn app() -> Terminal {
             "ignore" => ignore(ctx).await,
             "no-tty" => no_tty(ctx).await,
             "password-then-raw" => password_then_raw(ctx).await,
+            "hold-raw" => hold_raw(ctx).await,
+            "key-then-line" => key_then_line(ctx).await,
             other => Err(anyhow::anyhow!("unknown test command {other:?}")),
         }
     })
@@ -84,6 +86,34 @@ async fn keys(ctx: Context) -> anyhow::Result<Exit> {
             return Ok(Exit(0));
         }
     }
+}
+
+/// Raw mode on, then never a key read and never an end: only the client's
+/// own escape gets the user out.
+async fn hold_raw(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.set_raw_mode(true).await?;
+    ctx.stdout().print("raw held\r\n").await?;
+    std::future::pending::<()>().await;
+    Ok(Exit(0))
+}
+
+/// A key (in raw mode if the first argument is `raw`, else for the read
+/// alone), then cooked mode and a line: the line must reach the app whole.
+async fn key_then_line(ctx: Context) -> anyhow::Result<Exit> {
+    let raw = ctx.args().get(1).is_some_and(|arg| arg == "raw");
+    if raw {
+        ctx.set_raw_mode(true).await?;
+    }
+    ctx.stdout().print("key please\r\n").await?;
+    let key = ctx.read_key().await?;
+    if raw {
+        ctx.set_raw_mode(false).await?;
+    }
+    let line = ctx.read_line(Some("line please: ")).await?;
+    ctx.stdout()
+        .println(format!("got key {} line {line:?}", key.key))
+        .await?;
+    Ok(Exit(0))
 }
 
 async fn size(ctx: Context) -> anyhow::Result<Exit> {
@@ -267,6 +297,100 @@ async fn raw_mode_reads_keys_ctrl_c_included_and_is_undone_on_exit() {
     // Ctrl-C in raw mode is a key, not an interrupt.
     assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
     assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tilde_dot_after_enter_leaves_a_server_that_holds_raw_mode_and_reads_no_key() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "hold-raw");
+    pane.wait_for("raw held").await;
+    // Ctrl-C is a key in raw mode, and nobody reads it.
+    pane.send_keys(&["C-c", "x", "~", "."]).await;
+    assert!(
+        pane.try_wait_exit(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "`~.` in the middle of a line is not the escape"
+    );
+    pane.send_keys(&["Enter", "~", "?"]).await;
+    pane.wait_for("~.  disconnect").await;
+    pane.send_keys(&["~", "."]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, INTERRUPTED, "screen:\n{}", exit.screen);
+    assert!(
+        exit.screen.contains("terminalwire: disconnected (~.)"),
+        "screen:\n{}",
+        exit.screen
+    );
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_backslash_detaches_while_the_app_holds_raw_mode_and_reads_no_key() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "hold-raw");
+    pane.wait_for("raw held").await;
+    // Raw mode sends no SIGQUIT: the client's key reader sees Ctrl-\.
+    pane.send_keys(&["C-\\"]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    let id = terminalwire_tests::tmux::session_id_on(&exit.screen);
+    assert!(!id.is_empty(), "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tilde_that_starts_no_escape_reaches_the_app() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "keys");
+    pane.wait_for("raw on").await;
+    // At the start: `~x` is two keys, `~~` one tilde; then `~` mid-line.
+    pane.send_keys(&["~", "x", "Enter", "~", "~", "~", "q"])
+        .await;
+    let screen = pane.wait_for("key q ").await;
+    let keys: Vec<&str> = screen
+        .lines()
+        .filter(|line| line.starts_with("key "))
+        .map(|line| line.split(' ').nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        keys,
+        ["~", "x", "enter", "~", "~", "q"],
+        "screen:\n{screen}"
+    );
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+/// Keys are read only while the terminal is raw: a line typed after raw
+/// mode (or a key read) ended reaches the line read whole.
+async fn key_then_line_typed_at_once(mode: &str) {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = TmuxPane::start(&[&server.url(), "key-then-line", mode], 80, 24);
+    pane.wait_for("key please").await;
+    pane.send_keys(&["k"]).await;
+    pane.wait_for("line please:").await;
+    pane.type_text("typed-at-once").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("got key").await;
+    assert!(
+        screen.contains(r#"got key k line Some("typed-at-once")"#),
+        "screen:\n{screen}"
+    );
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_typed_after_raw_mode_ended_reaches_the_app_whole() {
+    key_then_line_typed_at_once("raw").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_typed_after_a_key_read_reaches_the_app_whole() {
+    key_then_line_typed_at_once("cooked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

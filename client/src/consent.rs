@@ -45,6 +45,9 @@ pub struct Consent {
     pub gate: Arc<tokio::sync::RwLock<()>>,
     /// Serialises prompts.
     one_prompt: tokio::sync::Mutex<()>,
+    /// Answers given instead of asking on the terminal, for tests.
+    #[cfg(test)]
+    pub(crate) scripted: Mutex<std::collections::VecDeque<Answer>>,
 }
 
 impl std::fmt::Debug for Consent {
@@ -67,6 +70,8 @@ impl Consent {
             asked: Mutex::new(HashSet::new()),
             gate: Arc::default(),
             one_prompt: tokio::sync::Mutex::new(()),
+            #[cfg(test)]
+            scripted: Mutex::default(),
         }
     }
 
@@ -105,11 +110,22 @@ impl Consent {
         // back after.
         let as_found = crate::terminal::AsFound::begin();
         let question = question(self.url.as_str(), denial, &command);
-        let answer = tokio::task::spawn_blocking(move || prompt(&question))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(Answer::Deny);
+        #[cfg(test)]
+        let scripted = self
+            .scripted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        #[cfg(not(test))]
+        let scripted = None;
+        let answer = match scripted {
+            Some(answer) => answer,
+            None => tokio::task::spawn_blocking(move || prompt(&question))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(Answer::Deny),
+        };
         drop(as_found);
         match answer {
             Answer::Deny => None,

@@ -362,19 +362,22 @@ impl Resources {
         ) = (&self.consent, retry, &result)
             && let Some((answer, updated)) = consent.ask(denial).await
         {
-            let previous = self
-                .entitlements
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .replace(Arc::new(updated));
-            result = self.perform_unaudited(op).await?;
-            if answer == crate::consent::Answer::Once {
-                // Once means this request: the rules go back as they were.
+            let updated = Arc::new(updated);
+            result = if answer == crate::consent::Answer::Once {
+                // Once means this request: it runs with rules of its own.
+                // Swapped into the session's for the retry, they allowed
+                // every request made meanwhile, and two overlapping retries
+                // put back each other's rules, keeping one grant for good.
+                let mut once = self.clone();
+                once.entitlements = Arc::new(std::sync::RwLock::new(Some(updated)));
+                once.perform_unaudited(op).await?
+            } else {
                 *self
                     .entitlements
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = previous;
-            }
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(updated);
+                self.perform_unaudited(op).await?
+            };
         }
         self.audit(described, &result);
         Some(self.as_told(named.as_deref(), result))
@@ -1057,6 +1060,61 @@ mod tests {
         let raw = "\u{1}http://127.0.0.1:3000/log\nin?a=1\t ";
         resources.browser_open(raw).unwrap();
         assert_eq!(*opened.lock().unwrap(), ["http://127.0.0.1:3000/login?a=1"]);
+    }
+
+    #[tokio::test]
+    async fn allow_once_leaves_the_sessions_rules_alone_while_its_request_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = terminalwire_policy::Home::at(dir.path());
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let entitlements = Entitlements::new(
+            &server,
+            &home,
+            &terminalwire_policy::Policy::default(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        // The opener runs in the retry of the request the user allowed
+        // once, and asks the session's rules about that same URL.
+        let session_rules: Arc<OnceLock<Resources>> = Arc::default();
+        let seen_by_others = Arc::new(Mutex::new(Vec::<bool>::new()));
+        let opener: Opener = {
+            let session_rules = session_rules.clone();
+            let seen_by_others = seen_by_others.clone();
+            Arc::new(move |url: &str| {
+                let allowed = session_rules
+                    .get()
+                    .unwrap()
+                    .entitlements()
+                    .is_ok_and(|rules| rules.check_browser(url).is_ok());
+                seen_by_others.lock().unwrap().push(allowed);
+                Ok(())
+            })
+        };
+        let consent = Consent::new(server, home, dir.path().to_path_buf(), None);
+        consent
+            .scripted
+            .lock()
+            .unwrap()
+            .push_back(crate::consent::Answer::Once);
+        let resources =
+            Resources::new(entitlements, dir.path().to_path_buf(), opener).with_consent(consent);
+        session_rules.set(resources.clone()).ok().unwrap();
+        let url = "https://example.com/docs".to_owned();
+        let opened = resources
+            .perform(Operation::BrowserOpen { url: url.clone() })
+            .await
+            .unwrap();
+        assert_eq!(opened, Ok(Reply::Unit));
+        // Another request during the retry was not allowed by the once.
+        assert_eq!(*seen_by_others.lock().unwrap(), [false]);
+        // Nor after it.
+        let again = resources.perform(Operation::BrowserOpen { url }).await;
+        assert!(
+            matches!(&again, Some(Err(error)) if error.code == ErrorCode::Denied),
+            "{again:?}"
+        );
     }
 
     #[test]

@@ -7,13 +7,16 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use terminalwire_policy::{Authority, Home};
+use terminalwire_policy::{Authority, Home, Policy};
 use terminalwire_protocol::linger;
 
 use crate::report::{Figure, Report, Unit, check, times};
 use crate::ssh::Sshd;
 use crate::stats::Samples;
 use crate::{idle, procfs};
+
+/// The storage quota the bench gives its apps: figure 4's files and more.
+const BENCH_STORAGE_QUOTA_MIB: u64 = 64 * 1024;
 
 /// What to run and where to write.
 #[derive(Debug)]
@@ -406,8 +409,18 @@ impl Bench {
 
     /// The app's storage folder on the client for `endpoint`, created.
     fn storage_dir(&self, endpoint: &Endpoint) -> anyhow::Result<PathBuf> {
-        let storage = Home::at(&self.home).storage_dir(&Authority::parse(endpoint.authority())?);
+        let home = Home::at(&self.home);
+        let authority = Authority::parse(endpoint.authority())?;
+        let storage = home.storage_dir(&authority);
         std::fs::create_dir_all(&storage)?;
+        // Figure 4 keeps two files of up to 1 GiB there, over the default
+        // quota: raised as a user would (`terminalwire entitlement quota`).
+        let policy_file = home.policy_file(&authority);
+        let mut policy = Policy::load(&policy_file)?;
+        if policy.storage_quota_mib.is_none() {
+            policy.storage_quota_mib = Some(BENCH_STORAGE_QUOTA_MIB);
+            policy.save(&policy_file)?;
+        }
         Ok(storage)
     }
 

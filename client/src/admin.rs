@@ -92,6 +92,13 @@ enum EntitlementCommand {
     Grant(GrantArgs),
     /// Take a grant away (same shapes as `grant`).
     Revoke(GrantArgs),
+    /// Set what an authority's storage folder may hold (1024 MiB unless set).
+    Quota {
+        /// An authority (`example.com:3000`) or a URL of it.
+        authority: String,
+        /// The quota in MiB, or `default`.
+        mib: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +253,26 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             }
             policy.save(&path)?;
             writeln!(out, "{authority}: revoked {}", describe(&grant))?;
+        }
+        AdminCommand::Entitlement(EntitlementCommand::Quota { authority, mib }) => {
+            let authority = parse_authority(&authority)?;
+            let quota = match mib.as_str() {
+                "default" => None,
+                number => Some(number.parse::<u64>().ok().filter(|n| *n > 0).with_context(
+                    || format!("invalid quota {mib:?}: give a whole number of MiB, or `default`"),
+                )?),
+            };
+            let path = home.policy_file(&authority);
+            let mut policy = load(&path)?;
+            if policy.storage_quota_mib != quota {
+                policy.storage_quota_mib = quota;
+                policy.save(&path)?;
+            }
+            writeln!(
+                out,
+                "{authority}: storage may hold {} MiB",
+                policy.storage_quota_bytes() >> 20
+            )?;
         }
         AdminCommand::Install { url, name } => {
             let name = match name {
@@ -417,8 +444,9 @@ fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Res
     writeln!(out, "{authority}   (grants in {})", path.display())?;
     writeln!(
         out,
-        "  storage  {}  read-write, always",
-        home.storage_dir(authority).display()
+        "  storage  {}  read-write, always, up to {} MiB",
+        home.storage_dir(authority).display(),
+        policy.storage_quota_bytes() >> 20
     )?;
     writeln!(out, "  browser  http(s) URLs of its own origin, always")?;
     for grant in &policy.paths {
@@ -706,6 +734,23 @@ mod tests {
     }
 
     #[test]
+    fn the_storage_quota_is_set_shown_and_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let out = admin(&home, &["entitlement", "quota", "example.com", "4096"]).unwrap();
+        assert_eq!(out, "example.com: storage may hold 4096 MiB\n");
+        let listed = admin(&home, &["entitlement", "list", "example.com"]).unwrap();
+        assert!(
+            listed.contains("read-write, always, up to 4096 MiB"),
+            "{listed}"
+        );
+        let out = admin(&home, &["entitlement", "quota", "example.com", "default"]).unwrap();
+        assert_eq!(out, "example.com: storage may hold 1024 MiB\n");
+        let policy = Policy::load(&home.policy_file(&Authority::parse("example.com").unwrap()));
+        assert_eq!(policy.unwrap().storage_quota_mib, None);
+    }
+
+    #[test]
     fn bad_input_is_an_error_not_a_reset() {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path());
@@ -738,9 +783,19 @@ mod tests {
                 "--read",
                 "--write",
             ],
+            &["entitlement", "quota", "example.com", "0"],
+            &["entitlement", "quota", "example.com", "-5"],
+            &["entitlement", "quota", "example.com", "1.5"],
+            &["entitlement", "quota", "example.com", "1GiB"],
         ] {
             assert!(admin(&home, bad).is_err(), "{bad:?} was accepted");
         }
+        assert!(
+            !home
+                .policy_file(&Authority::parse("example.com").unwrap())
+                .exists(),
+            "a refused command wrote a policy"
+        );
         let authority = Authority::parse("example.com").unwrap();
         let policy = home.policy_file(&authority);
         std::fs::create_dir_all(policy.parent().unwrap()).unwrap();

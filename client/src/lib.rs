@@ -21,6 +21,7 @@
 //!   escapes there (`~.` disconnects, Ctrl-\ detaches).
 //! - [`launcher`]: installed apps (`terminalwire install`) and `terminalwire-exec`.
 //! - [`progress`]: progress bars for long transfers, on a terminal only.
+//! - [`quota`]: the bound on what a server may write to its storage folder.
 //! - [`resources`]: files, directories, environment and browser, checked
 //!   against the authority's entitlements.
 //! - [`safe_fs`]: file operations on a checked path that never follow symlinks.
@@ -45,6 +46,7 @@ pub mod inert;
 pub mod keys;
 pub mod launcher;
 pub mod progress;
+pub mod quota;
 pub mod resources;
 pub mod safe_fs;
 pub mod secure;

@@ -30,6 +30,7 @@ use terminalwire_protocol::frame::{
 use crate::audit::{AuditLog, Record};
 use crate::consent::Consent;
 use crate::progress::Progress;
+use crate::quota::StorageQuota;
 use crate::safe_fs::{self, FsError, Kind, StreamedWrite};
 
 /// Largest `file_read` answer, so that a response frame stays well under the
@@ -61,6 +62,9 @@ pub struct Resources {
     writes: Arc<Mutex<Writes>>,
     progress: Progress,
     audit: Option<Audit>,
+    /// What the authority's storage folder may still take; `None` without
+    /// a storage folder.
+    quota: Option<Arc<StorageQuota>>,
 }
 
 /// The audit log, written by its own thread: a request is answered without
@@ -238,6 +242,8 @@ struct OpenWrite {
     write: StreamedWrite,
     path: PathBuf,
     written: AtomicU64,
+    /// Its chunks are charged to the storage quota.
+    in_storage: bool,
 }
 
 impl std::fmt::Debug for Resources {
@@ -255,7 +261,14 @@ impl Resources {
     /// Resources governed by `entitlements`; `home_root` is the terminalwire
     /// home (the value of `TERMINALWIRE_HOME` the server may read).
     pub fn new(entitlements: Entitlements, home_root: PathBuf, opener: Opener) -> Self {
+        let quota = entitlements.storage_dir().map(|storage| {
+            Arc::new(StorageQuota::new(
+                storage.to_path_buf(),
+                entitlements.storage_quota(),
+            ))
+        });
         Resources {
+            quota,
             entitlements: Arc::new(std::sync::RwLock::new(Some(Arc::new(entitlements)))),
             consent: None,
             home_root: Some(home_root),
@@ -319,6 +332,7 @@ impl Resources {
             writes: Arc::default(),
             progress: Progress::disabled(),
             audit: None,
+            quota: None,
         }
     }
 
@@ -538,6 +552,34 @@ impl Resources {
         Ok(Reply::Unit)
     }
 
+    /// Charges a write of `bytes` that may create `entries` files or
+    /// folders to the storage quota, when it is in storage.
+    fn charge(&self, allowed: &Allowed, bytes: usize, entries: u64) -> Result<(), OpError> {
+        if allowed.in_storage {
+            self.charge_storage(bytes, entries)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn charge_storage(&self, bytes: usize, entries: u64) -> Result<(), OpError> {
+        let Some(quota) = &self.quota else {
+            return Ok(());
+        };
+        quota.charge(bytes as u64, entries).map_err(|full| {
+            let authority = self
+                .entitlements()
+                .map(|rules| rules.authority().to_string())
+                .unwrap_or_default();
+            OpError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{full} (the user can raise it: terminalwire entitlement quota {authority} MIB)"
+                ),
+            )
+        })
+    }
+
     fn writes(&self) -> Result<std::sync::MutexGuard<'_, Writes>, OpError> {
         self.writes
             .lock()
@@ -623,14 +665,24 @@ impl Resources {
             Operation::FileWrite { path, bytes, mode } => {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
+                let existing = safe_fs::metadata(path.as_path()).map_err(fs_error)?;
                 let mode = match mode {
                     Some(mode) => Some(check_mode(&entitlements, &path, &allowed, false, mode)?),
                     // An existing file keeps its mode; a new one gets the default.
-                    None => match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
+                    None => match existing {
                         Some(_) => None,
                         None => Some(default_mode(&allowed, false)),
                     },
                 };
+                // Replacing a file frees its bytes: an app that rewrites a
+                // file in storage is charged what it grows by.
+                let (grows, entries) = match &existing {
+                    Some(old) if old.kind == Kind::File => {
+                        (bytes.len().saturating_sub(old.size as usize), 0)
+                    }
+                    _ => (bytes.len(), 1),
+                };
+                self.charge(&allowed, grows, entries)?;
                 safe_fs::write_atomic(path.as_path(), &bytes, mode).map_err(fs_error)?;
                 Ok(Reply::Unit)
             }
@@ -651,6 +703,7 @@ impl Resources {
                         format!("more than {MAX_OPEN_WRITES} streamed writes open at once"),
                     ));
                 }
+                self.charge(&allowed, 0, 1)?;
                 let write = StreamedWrite::begin(path.as_path(), mode).map_err(fs_error)?;
                 writes.next += 1;
                 let handle = writes.next;
@@ -660,6 +713,7 @@ impl Resources {
                         write,
                         path: path.as_path().to_path_buf(),
                         written: AtomicU64::new(0),
+                        in_storage: allowed.in_storage,
                     }),
                 );
                 Ok(Reply::Handle { handle })
@@ -670,6 +724,9 @@ impl Resources {
                 bytes,
             } => {
                 let open = self.open_write(handle)?;
+                if open.in_storage {
+                    self.charge_storage(bytes.len(), 0)?;
+                }
                 open.write.write_at(offset, &bytes).map_err(fs_error)?;
                 let written = open
                     .written
@@ -720,6 +777,7 @@ impl Resources {
             Operation::FileAppend { path, bytes } => {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
+                self.charge(&allowed, bytes.len(), 1)?;
                 safe_fs::append(path.as_path(), &bytes, default_mode(&allowed, false))
                     .map_err(fs_error)?;
                 Ok(Reply::Unit)
@@ -823,6 +881,7 @@ impl Resources {
                     Some(mode) => check_mode(&entitlements, &path, &allowed, true, mode)?,
                     None => default_mode(&allowed, true),
                 };
+                let mut created = 1;
                 if parents {
                     // Every folder created must itself be writable by grant.
                     let mut missing = path.as_path();
@@ -833,8 +892,10 @@ impl Resources {
                         let parent_resolved = resolve(&parent.to_string_lossy())?;
                         check(&parent_resolved, Action::Write)?;
                         missing = parent;
+                        created += 1;
                     }
                 }
+                self.charge(&allowed, 0, created)?;
                 safe_fs::create_dir(path.as_path(), parents, mode).map_err(fs_error)?;
                 Ok(Reply::Unit)
             }

@@ -259,6 +259,7 @@ pub struct Entitlements {
     authority_dir: PathBuf,
     bin_dir: PathBuf,
     storage: Option<PathBuf>,
+    storage_quota: u64,
     client_binary: Option<PathBuf>,
     globs: GlobSet,
     /// For each glob in `globs`: the access and file ceiling of its grant.
@@ -321,6 +322,7 @@ impl Entitlements {
             authorities_dir,
             authority_dir,
             storage,
+            storage_quota: policy.storage_quota_bytes(),
             client_binary,
             globs,
             glob_grants,
@@ -332,6 +334,18 @@ impl Entitlements {
     /// The authority these entitlements belong to.
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The authority's storage folder, resolved; `None` when it is not a
+    /// plain folder (a symlink is not storage).
+    pub fn storage_dir(&self) -> Option<&Path> {
+        self.storage.as_deref()
+    }
+
+    /// What the storage folder may hold, in bytes (its policy's
+    /// `storage_quota_mib`).
+    pub fn storage_quota(&self) -> u64 {
+        self.storage_quota
     }
 
     /// The server's http(s) origin, which the browser may always open.

@@ -2,6 +2,8 @@
 //! a human-editable TOML list of grants, loaded strictly and saved atomically.
 //!
 //! ```toml
+//! storage_quota_mib = 2048  # optional: what storage/ may hold (1024 MiB by default)
+//!
 //! [[path]]
 //! pattern = "~/reports/**"
 //! access = "read-write"   # or "read", "write"
@@ -31,12 +33,22 @@ pub const HEADER: &str = "\
 # This file is edited by `terminalwire entitlement grant` and
 # `terminalwire entitlement revoke`; you may also edit it by hand.
 # Grants: [[path]] pattern/access/mode, [[env]] name, [[browser]] target.
+# storage_quota_mib (before the grants): what storage/ may hold, in MiB.
 ";
+
+/// What an authority's `storage/` may hold when its policy does not say
+/// (`storage_quota_mib`), in MiB.
+pub const DEFAULT_STORAGE_QUOTA_MIB: u64 = 1024;
 
 /// The grants of one authority.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// What the authority's `storage/` may hold, in MiB;
+    /// [`DEFAULT_STORAGE_QUOTA_MIB`] when unset. (A plain value: TOML
+    /// needs it before the tables.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_quota_mib: Option<u64>,
     /// Path grants, in file order.
     #[serde(default, rename = "path", skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<PathGrant>,
@@ -126,6 +138,13 @@ fn location(path: &Path, line: Option<usize>, column: Option<usize>) -> String {
 }
 
 impl Policy {
+    /// What the authority's `storage/` may hold, in bytes.
+    pub fn storage_quota_bytes(&self) -> u64 {
+        self.storage_quota_mib
+            .unwrap_or(DEFAULT_STORAGE_QUOTA_MIB)
+            .saturating_mul(1 << 20)
+    }
+
     /// Load a policy file; a missing file is an empty policy.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         match std::fs::read_to_string(path) {
@@ -368,6 +387,24 @@ mod tests {
         assert!(text.contains("pattern = \"~/reports/**\""), "{text}");
         assert!(text.contains("mode = \"0640\""), "{text}");
         assert_eq!(Policy::load(&file).unwrap(), policy);
+    }
+
+    #[test]
+    fn the_storage_quota_is_saved_before_the_grants_and_defaults_to_1024_mib() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("policy.toml");
+        assert_eq!(Policy::default().storage_quota_bytes(), 1024 << 20);
+        let policy = Policy {
+            storage_quota_mib: Some(3),
+            ..sample()
+        };
+        policy.save(&file).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let quota = text.find("storage_quota_mib = 3").expect(&text);
+        assert!(quota < text.find("\n[[path]]").unwrap(), "{text}");
+        let loaded = Policy::load(&file).unwrap();
+        assert_eq!(loaded, policy);
+        assert_eq!(loaded.storage_quota_bytes(), 3 << 20);
     }
 
     #[test]

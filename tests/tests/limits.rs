@@ -180,3 +180,128 @@ fn codec_window(bytes: u32) -> Vec<u8> {
         },
     ))
 }
+
+/// Writes to its storage as the arguments say, printing each outcome:
+/// `write NAME KIB`, `append NAME KIB`, `stream NAME KIB`, `delete NAME`.
+fn storage_filler() -> Terminal {
+    Terminal::new(|ctx: Context| async move {
+        let args = ctx.args().to_vec();
+        for step in args.chunks(3) {
+            let path = ctx.storage_path(&step[1]).unwrap();
+            let bytes = |index: usize| vec![b'x'; step[index].parse::<usize>().unwrap() * 1024];
+            let files = ctx.file();
+            let outcome = match step[0].as_str() {
+                "write" => files.write(&path, bytes(2)).await,
+                "append" => files.append(&path, bytes(2)).await,
+                "stream" => {
+                    async {
+                        let mut writer = files.writer(&path).await?;
+                        for chunk in bytes(2).chunks(64 * 1024) {
+                            writer.write(chunk).await?;
+                        }
+                        writer.commit().await
+                    }
+                    .await
+                }
+                "delete" => files.delete(&path).await,
+                other => panic!("unknown step {other}"),
+            };
+            let shown = match outcome {
+                Ok(()) => "ok".to_owned(),
+                Err(error) => format!("refused: {error}"),
+            };
+            ctx.stdout()
+                .println(format!("{} {}: {shown}", step[0], step[1]))
+                .await
+                .unwrap();
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_cannot_write_more_than_its_storage_quota() {
+    let server = TestServer::with_terminal(storage_filler()).await;
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_str().unwrap();
+    let authority = server.addr().to_string();
+    let set = Client::new(["entitlement", "quota", &authority, "1"])
+        .env("TERMINALWIRE_HOME", home_path)
+        .run()
+        .await;
+    assert_eq!(set.status, Some(0), "{}", set.stderr_text());
+    assert_eq!(
+        set.stdout_text(),
+        format!("{authority}: storage may hold 1 MiB\n")
+    );
+    let steps = [
+        // 600 KiB, rewritten: only what a file grows by counts.
+        "write a 600",
+        "write a 600",
+        "write a 600",
+        // A second 600 KiB does not fit, in one piece, streamed or appended.
+        "write b 600",
+        "stream b 600",
+        "append b 600",
+        // Small additions still fit.
+        "append c 100",
+        // Deleting frees room.
+        "delete a -",
+        "stream b 600",
+    ];
+    let mut args = vec![server.url()];
+    for step in steps {
+        args.extend(step.split(' ').map(str::to_owned));
+    }
+    let run = Client::new(args)
+        .env("TERMINALWIRE_HOME", home_path)
+        .run()
+        .await;
+    let stdout = run.stdout_text();
+    let outcomes: Vec<&str> = stdout
+        .lines()
+        .map(|line| {
+            if line.contains("refused") {
+                "refused"
+            } else {
+                line
+            }
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "write a: ok",
+            "write a: ok",
+            "write a: ok",
+            "refused",
+            "refused",
+            "refused",
+            "append c: ok",
+            "delete a: ok",
+            "stream b: ok",
+        ],
+        "{stdout}\n{}",
+        run.stderr_text()
+    );
+    assert!(
+        stdout.contains("storage folder is full")
+            && stdout.contains(&format!("terminalwire entitlement quota {authority} MIB")),
+        "{stdout}"
+    );
+    // What is in storage stayed under the quota.
+    let storage = home.path().join(format!("authorities/{authority}/storage"));
+    let held: u64 = std::fs::read_dir(&storage)
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(held <= 1 << 20, "{held} bytes in storage");
+    let list = Client::new(["entitlement", "list", &authority])
+        .env("TERMINALWIRE_HOME", home_path)
+        .run()
+        .await;
+    assert!(
+        list.stdout_text().contains("up to 1 MiB"),
+        "{}",
+        list.stdout_text()
+    );
+}

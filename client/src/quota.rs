@@ -1,0 +1,210 @@
+//! The storage quota: what a server may put in its authority's `storage/`.
+//!
+//! Storage needs no grant, so without a bound a server could fill the
+//! user's disk through it. Every write there is charged before it is made:
+//! its bytes plus [`ENTRY_COST`] (so that a flood of empty files counts
+//! too). The charge is an upper bound of what the folder grows by (an
+//! overwrite frees the old bytes, a delete frees its file, neither is
+//! credited), so it only errs towards refusing. When a write would go over
+//! the quota, the folder is measured again and the write is refused only
+//! if it still would. Measuring a large folder takes a while, so refusals
+//! spend at most a tenth of their time measuring ([`MEASURING_SHARE`]).
+//! Other clients of the same authority are seen at each measurement.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// What each file or folder counts for beyond its bytes.
+pub const ENTRY_COST: u64 = 1024;
+
+/// A write refused on the running count measures the folder again once
+/// this many times the last measurement's duration has passed since it.
+pub const MEASURING_SHARE: u32 = 10;
+
+/// Entries a measurement looks at, at most; beyond that the folder counts
+/// as full (the quota would be met by their entry costs long before).
+const MAX_MEASURED_ENTRIES: u64 = 4_000_000;
+
+/// The quota of one storage folder, shared by a session's requests.
+#[derive(Debug)]
+pub struct StorageQuota {
+    root: PathBuf,
+    limit: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// What the folder holds, as last measured plus the charges since.
+    used: Option<u64>,
+    measured_at: Option<Instant>,
+    /// How long the last measurement took.
+    took: Duration,
+}
+
+/// A write the quota refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the storage folder is full: it holds {used} bytes of its {limit}-byte quota, \
+     and this write needs {needed} more"
+)]
+pub struct QuotaExceeded {
+    /// What the folder holds (measured).
+    pub used: u64,
+    /// The quota.
+    pub limit: u64,
+    /// What the refused write would add.
+    pub needed: u64,
+}
+
+impl StorageQuota {
+    /// The quota of `root`, `limit` bytes.
+    pub fn new(root: PathBuf, limit: u64) -> StorageQuota {
+        StorageQuota {
+            root,
+            limit,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The folder it bounds.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Charges a write of `bytes` bytes that may create `entries` files or
+    /// folders; refused when the folder would go over the quota.
+    pub fn charge(&self, bytes: u64, entries: u64) -> Result<(), QuotaExceeded> {
+        let needed = bytes.saturating_add(entries.saturating_mul(ENTRY_COST));
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = match state.used {
+            Some(used) => used,
+            None => self.measure(&mut state),
+        };
+        let fits = |used: u64| used.saturating_add(needed) <= self.limit;
+        if fits(used) {
+            state.used = Some(used.saturating_add(needed));
+            return Ok(());
+        }
+        // The running count only grows: look again before refusing.
+        let took = state.took;
+        let recent = state
+            .measured_at
+            .is_some_and(|at| at.elapsed() < took * MEASURING_SHARE);
+        let used = if recent {
+            used
+        } else {
+            self.measure(&mut state)
+        };
+        if fits(used) {
+            state.used = Some(used.saturating_add(needed));
+            Ok(())
+        } else {
+            Err(QuotaExceeded {
+                used,
+                limit: self.limit,
+                needed,
+            })
+        }
+    }
+
+    fn measure(&self, state: &mut State) -> u64 {
+        let start = Instant::now();
+        let used = measure(&self.root);
+        state.used = Some(used);
+        state.measured_at = Some(Instant::now());
+        state.took = start.elapsed();
+        used
+    }
+}
+
+/// What the folder at `root` holds: the bytes of its files plus
+/// [`ENTRY_COST`] per entry, without following symlinks. Entries that
+/// vanish or cannot be read while it looks count for their entry cost.
+pub fn measure(root: &Path) -> u64 {
+    let mut used = 0u64;
+    let mut entries = 0u64;
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(listing) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            entries += 1;
+            if entries > MAX_MEASURED_ENTRIES {
+                return u64::MAX;
+            }
+            used = used.saturating_add(ENTRY_COST);
+            // `DirEntry::metadata` does not follow a symlink.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                folders.push(entry.path());
+            } else if meta.is_file() {
+                used = used.saturating_add(meta.len());
+            }
+        }
+    }
+    used
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_counts_its_bytes_and_entries_and_not_what_links_point_to() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![0; 5000]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), vec![0; 100]).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("big"), vec![0; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        // a, sub, sub/b, link: four entries.
+        assert_eq!(measure(dir.path()), 5000 + 100 + 4 * ENTRY_COST);
+    }
+
+    #[test]
+    fn a_write_over_the_quota_is_refused_after_measuring_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), vec![0; 8 * ENTRY_COST as usize]).unwrap();
+        let quota = StorageQuota::new(dir.path().to_path_buf(), 10 * ENTRY_COST);
+        // 9 of 10 held: one more entry's worth fits, then nothing.
+        quota.charge(ENTRY_COST, 0).unwrap();
+        // As if measuring took long: the refusal trusts the count.
+        quota.state.lock().unwrap().took = Duration::from_secs(3600);
+        let refused = quota.charge(1, 0).unwrap_err();
+        assert_eq!(
+            refused,
+            QuotaExceeded {
+                used: 10 * ENTRY_COST,
+                limit: 10 * ENTRY_COST,
+                needed: 1
+            }
+        );
+        assert!(refused.to_string().contains("storage folder is full"));
+        // Measured again (the charge was made: the folder is full).
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        quota.state.lock().unwrap().measured_at = None;
+        assert_eq!(quota.charge(1, 0).unwrap_err().used, 10 * ENTRY_COST);
+    }
+
+    #[test]
+    fn overwrites_charged_in_full_are_credited_by_the_next_measurement() {
+        let dir = tempfile::tempdir().unwrap();
+        let quota = StorageQuota::new(dir.path().to_path_buf(), 10 * ENTRY_COST);
+        let file = dir.path().join("f");
+        for _ in 0..4 {
+            quota.charge(ENTRY_COST, 1).unwrap();
+            std::fs::write(&file, vec![0; ENTRY_COST as usize]).unwrap();
+        }
+        // Counted 8 of 10; the folder holds 2 (the file and its entry).
+        // Refused on the count alone while the last measurement is recent
+        // (as if it took long).
+        quota.state.lock().unwrap().took = Duration::from_secs(3600);
+        assert!(quota.charge(7 * ENTRY_COST, 0).is_err());
+        quota.state.lock().unwrap().measured_at = None;
+        quota.charge(7 * ENTRY_COST, 0).unwrap();
+    }
+}

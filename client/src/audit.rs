@@ -2,6 +2,7 @@
 //! request of a server, allowed or denied, appended as one JSON line to
 //! `authorities/<authority>/audit.log`. The log is bounded: past
 //! [`MAX_LOG_BYTES`] it is rotated to `audit.log.1` (one old file kept).
+//! Clients of the same authority rotate it under a lock (`audit.log.lock`).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -127,6 +128,18 @@ impl AuditLog {
     fn append(&self, lines: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let _one_writer = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // Other clients of this authority write the same log. Two that
+        // found it full at once both rotated it, the second moving the new,
+        // nearly empty log over the rotated one: a megabyte of history lost.
+        // The check, the rotation and the append are made under a lock they
+        // all take (released when the file closes).
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(lock_path(&self.path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
         if std::fs::metadata(&self.path).is_ok_and(|meta| meta.len() >= MAX_LOG_BYTES) {
             std::fs::rename(&self.path, rotated(&self.path))?;
         }
@@ -155,6 +168,13 @@ pub struct Record {
     pub decision: Cow<'static, str>,
     /// Bytes moved, when any.
     pub bytes: Option<u64>,
+}
+
+/// The lock file of the log at `path`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
 }
 
 fn rotated(path: &Path) -> PathBuf {
@@ -226,6 +246,45 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn clients_of_one_authority_rotate_its_log_once_between_them() {
+        // Separate logs of one file: separate client processes.
+        const CLIENTS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let lines = |path: &Path| {
+            std::fs::read(path)
+                .map(|bytes| bytes.iter().filter(|b| **b == b'\n').count())
+                .unwrap_or(0)
+        };
+        for round in 0..40 {
+            let _ = std::fs::remove_file(rotated(&path));
+            // Just under the limit in whole lines: the next append rotates.
+            let filler = format!("{}\n", "x".repeat(1023));
+            let full = filler.repeat(MAX_LOG_BYTES as usize / filler.len() + 1);
+            std::fs::write(&path, &full).unwrap();
+            let before = lines(&path);
+            let start = Arc::new(std::sync::Barrier::new(CLIENTS));
+            let writers: Vec<_> = (0..CLIENTS)
+                .map(|_| {
+                    let (log, start) = (AuditLog::new(path.clone()), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        log.record("path", "file_read", "~/a", "allowed", None);
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            assert_eq!(
+                lines(&rotated(&path)) + lines(&path),
+                before + CLIENTS,
+                "round {round}: lines were lost to a second rotation"
+            );
+        }
     }
 
     #[test]

@@ -121,7 +121,13 @@ impl LocalIo {
         LocalIo {
             stdout: unbuffered_stdout(),
             stderr: Output::Async(Box::new(tokio::io::stderr())),
-            stdin: Box::new(tokio::io::stdin()),
+            // The terminal has one reader, which keeps the client's escapes
+            // in raw mode (`keys`).
+            stdin: if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                Box::new(crate::keys::TtyStdin)
+            } else {
+                Box::new(tokio::io::stdin())
+            },
         }
     }
 }

@@ -93,10 +93,23 @@ impl Owner {
         if self.found.is_none() && mode != Mode::AsFound {
             self.found = Some(termios::tcgetattr(rustix::stdio::stdin())?);
         }
-        if let Some(found) = &self.found {
-            set(found, mode, how)?;
+        // The terminal's reader is told before raw mode ends (what it reads
+        // then is not filtered for the escapes) and after it begins.
+        let pump = crate::keys::pump();
+        let paused = wanted.own_prompts > 0;
+        if mode != Mode::Raw {
+            pump.set_mode(false, paused);
         }
-        crate::keys::pump().set_raw(mode == Mode::Raw);
+        if let Some(found) = &self.found
+            && let Err(error) = set(found, mode, how)
+        {
+            let was_raw = self.wanted.mode() == Mode::Raw;
+            pump.set_mode(was_raw, self.wanted.own_prompts > 0);
+            return Err(error);
+        }
+        if mode == Mode::Raw {
+            pump.set_mode(true, paused);
+        }
         self.wanted = wanted;
         Ok(self.generation)
     }
@@ -223,7 +236,7 @@ pub fn restore() -> io::Result<()> {
     let mut owner = owner();
     owner.wanted = Wanted::NOTHING;
     owner.generation += 1;
-    crate::keys::pump().set_raw(false);
+    crate::keys::pump().set_mode(false, false);
     match owner.found.take() {
         Some(found) => set(&found, Mode::AsFound, OptionalActions::Now),
         None => Ok(()),

@@ -29,6 +29,8 @@ fn app() -> Terminal {
             "password-then-raw" => password_then_raw(ctx).await,
             "hold-raw" => hold_raw(ctx).await,
             "key-then-line" => key_then_line(ctx).await,
+            "raw-bytes" => raw_bytes(ctx).await,
+            "three-keys" => three_keys(ctx).await,
             other => Err(anyhow::anyhow!("unknown test command {other:?}")),
         }
     })
@@ -94,6 +96,32 @@ async fn hold_raw(ctx: Context) -> anyhow::Result<Exit> {
     ctx.set_raw_mode(true).await?;
     ctx.stdout().print("raw held\r\n").await?;
     std::future::pending::<()>().await;
+    Ok(Exit(0))
+}
+
+/// Raw mode, then stdin read as bytes (not keys) for ever: its reads must
+/// not take the client's escape away.
+async fn raw_bytes(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.set_raw_mode(true).await?;
+    ctx.stdout().print("raw bytes\r\n").await?;
+    loop {
+        let chunk = ctx.stdin().read_chunk(64).await?;
+        ctx.stdout()
+            .print(format!("got {:?}\r\n", String::from_utf8_lossy(&chunk)))
+            .await?;
+    }
+}
+
+/// Three key reads in cooked mode: each is raw mode of its own.
+async fn three_keys(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.stdout().println("three keys").await?;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(ctx.read_key().await?.key);
+    }
+    ctx.stdout()
+        .println(format!("keys {}", keys.join(" ")))
+        .await?;
     Ok(Exit(0))
 }
 
@@ -340,6 +368,42 @@ async fn ctrl_backslash_detaches_while_the_app_holds_raw_mode_and_reads_no_key()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tilde_dot_works_while_the_app_reads_raw_bytes_and_the_rest_reaches_it() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "raw-bytes");
+    pane.wait_for("raw bytes").await;
+    pane.send_keys(&["a", "C-c"]).await;
+    // Ctrl-C is a byte for the app in raw mode (with `a`, or after it).
+    pane.wait_for(r#"\u{3}""#).await;
+    pane.send_keys(&["Enter"]).await;
+    // The app's next read waits while the escape is typed.
+    pane.wait_for(r#"got "\r""#).await;
+    pane.send_keys(&["~"]).await;
+    pane.send_keys(&["."]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, INTERRUPTED, "screen:\n{}", exit.screen);
+    assert!(
+        !exit.screen.contains(r#"got "~"#) && !exit.screen.contains(r#"~.""#),
+        "the escape reached the app:\n{}",
+        exit.screen
+    );
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_typed_at_once_reach_key_reads_made_one_at_a_time() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "three-keys");
+    pane.wait_for("three keys").await;
+    pane.send_keys(&["x", "Up", "z"]).await;
+    let screen = pane.wait_for("keys ").await;
+    assert!(screen.contains("keys x up z"), "screen:\n{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tilde_that_starts_no_escape_reaches_the_app() {
     let server = TestServer::with_terminal(app()).await;
     let pane = pane_for(&server, "keys");
@@ -365,7 +429,7 @@ async fn a_tilde_that_starts_no_escape_reaches_the_app() {
 
 /// Keys are read only while the terminal is raw: a line typed after raw
 /// mode (or a key read) ended reaches the line read whole.
-async fn key_then_line_typed_at_once(mode: &str) {
+async fn a_line_after_a_key(mode: &str) {
     let server = TestServer::with_terminal(app()).await;
     let pane = TmuxPane::start(&[&server.url(), "key-then-line", mode], 80, 24);
     pane.wait_for("key please").await;
@@ -385,12 +449,12 @@ async fn key_then_line_typed_at_once(mode: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_typed_after_raw_mode_ended_reaches_the_app_whole() {
-    key_then_line_typed_at_once("raw").await;
+    a_line_after_a_key("raw").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_typed_after_a_key_read_reaches_the_app_whole() {
-    key_then_line_typed_at_once("cooked").await;
+    a_line_after_a_key("cooked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

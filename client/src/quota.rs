@@ -2,29 +2,37 @@
 //!
 //! Storage needs no grant, so without a bound a server could fill the
 //! user's disk through it. Every write there is charged before it is made:
-//! its bytes plus [`ENTRY_COST`] (so that a flood of empty files counts
-//! too). The charge is an upper bound of what the folder grows by (an
-//! overwrite frees the old bytes, a delete frees its file, neither is
-//! credited), so it only errs towards refusing. When a write would go over
-//! the quota, the folder is measured again and the write is refused only
-//! if it still would. Measuring a large folder takes a while, so refusals
-//! spend at most a tenth of their time measuring ([`MEASURING_SHARE`]).
-//! Other clients of the same authority are seen at each measurement.
+//! what it adds to the files' sizes (a streamed write, what it extends its
+//! file past the furthest byte written so far, so that writes far past the
+//! end are charged for the whole size), plus [`ENTRY_COST`] for each file or
+//! folder it may create, so that a flood of empty files counts too. Sizes
+//! are apparent sizes: a sparse file counts as if full. The charges are an
+//! upper bound of what the folder grows by (a delete is not credited), so
+//! they only err towards refusing. When a write would go over the quota,
+//! the folder is measured again and the write is refused only if it still
+//! would. Each session keeps its own count; it measures again after
+//! writing an eighth of the quota, so sessions running at once see each
+//! other's writes. Measuring a large folder takes a while, so it spends at
+//! most a tenth of the time ([`MEASURING_SHARE`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// What each file or folder counts for beyond its bytes.
-pub const ENTRY_COST: u64 = 1024;
+/// What each file or folder counts for beyond its bytes (a block of most
+/// file systems: a folder or a small file takes one).
+pub const ENTRY_COST: u64 = 4096;
 
 /// A write refused on the running count measures the folder again once
 /// this many times the last measurement's duration has passed since it.
 pub const MEASURING_SHARE: u32 = 10;
 
 /// Entries a measurement looks at, at most; beyond that the folder counts
-/// as full (the quota would be met by their entry costs long before).
+/// as full (a 16 GiB quota is met by their entry costs alone).
 const MAX_MEASURED_ENTRIES: u64 = 4_000_000;
+
+/// The share of the quota a session writes before it measures again.
+const CHARGED_BEFORE_MEASURING: u64 = 8;
 
 /// The quota of one storage folder, shared by a session's requests.
 #[derive(Debug)]
@@ -38,6 +46,8 @@ pub struct StorageQuota {
 struct State {
     /// What the folder holds, as last measured plus the charges since.
     used: Option<u64>,
+    /// What the last measurement found.
+    measured: u64,
     measured_at: Option<Instant>,
     /// How long the last measurement took.
     took: Duration,
@@ -50,7 +60,8 @@ struct State {
      and this write needs {needed} more"
 )]
 pub struct QuotaExceeded {
-    /// What the folder holds (measured).
+    /// What the folder holds: as last measured, plus what was charged
+    /// since.
     pub used: u64,
     /// The quota.
     pub limit: u64,
@@ -83,15 +94,17 @@ impl StorageQuota {
             None => self.measure(&mut state),
         };
         let fits = |used: u64| used.saturating_add(needed) <= self.limit;
-        if fits(used) {
-            state.used = Some(used.saturating_add(needed));
-            return Ok(());
-        }
-        // The running count only grows: look again before refusing.
         let took = state.took;
         let recent = state
             .measured_at
             .is_some_and(|at| at.elapsed() < took * MEASURING_SHARE);
+        // Other sessions write too: after an eighth of the quota, look.
+        let stale = used.saturating_sub(state.measured) > self.limit / CHARGED_BEFORE_MEASURING;
+        if fits(used) && (!stale || recent) {
+            state.used = Some(used.saturating_add(needed));
+            return Ok(());
+        }
+        // The running count only grows: look again before refusing.
         let used = if recent {
             used
         } else {
@@ -113,6 +126,7 @@ impl StorageQuota {
         let start = Instant::now();
         let used = measure(&self.root);
         state.used = Some(used);
+        state.measured = used;
         state.measured_at = Some(Instant::now());
         state.took = start.elapsed();
         used
@@ -188,6 +202,30 @@ mod tests {
         std::fs::write(dir.path().join("empty"), b"").unwrap();
         quota.state.lock().unwrap().measured_at = None;
         assert_eq!(quota.charge(1, 0).unwrap_err().used, 10 * ENTRY_COST);
+    }
+
+    #[test]
+    fn a_session_sees_what_others_wrote_after_an_eighth_of_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 16 * ENTRY_COST;
+        let (first, second) = (
+            StorageQuota::new(dir.path().to_path_buf(), limit),
+            StorageQuota::new(dir.path().to_path_buf(), limit),
+        );
+        let write = |quota: &StorageQuota, name: &str| {
+            quota.charge(6 * ENTRY_COST, 1)?;
+            std::fs::write(dir.path().join(name), vec![0; 6 * ENTRY_COST as usize]).unwrap();
+            Ok::<_, QuotaExceeded>(())
+        };
+        // Each measures an empty folder, then writes 7 of 16.
+        second.charge(0, 0).unwrap();
+        write(&first, "a").unwrap();
+        write(&second, "b").unwrap();
+        // By its own count the second has 9 left; it looks (its last
+        // measurement long ago), finds 2.
+        second.state.lock().unwrap().measured_at = None;
+        let refused = write(&second, "c").unwrap_err();
+        assert_eq!(refused.used, 14 * ENTRY_COST);
     }
 
     #[test]

@@ -244,6 +244,9 @@ struct OpenWrite {
     written: AtomicU64,
     /// Its chunks are charged to the storage quota.
     in_storage: bool,
+    /// How far into the file chunks were charged: a chunk is charged for
+    /// what it extends the file past this.
+    charged_to: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Resources {
@@ -554,7 +557,7 @@ impl Resources {
 
     /// Charges a write of `bytes` that may create `entries` files or
     /// folders to the storage quota, when it is in storage.
-    fn charge(&self, allowed: &Allowed, bytes: usize, entries: u64) -> Result<(), OpError> {
+    fn charge(&self, allowed: &Allowed, bytes: u64, entries: u64) -> Result<(), OpError> {
         if allowed.in_storage {
             self.charge_storage(bytes, entries)
         } else {
@@ -562,11 +565,11 @@ impl Resources {
         }
     }
 
-    fn charge_storage(&self, bytes: usize, entries: u64) -> Result<(), OpError> {
+    fn charge_storage(&self, bytes: u64, entries: u64) -> Result<(), OpError> {
         let Some(quota) = &self.quota else {
             return Ok(());
         };
-        quota.charge(bytes as u64, entries).map_err(|full| {
+        quota.charge(bytes, entries).map_err(|full| {
             let authority = self
                 .entitlements()
                 .map(|rules| rules.authority().to_string())
@@ -678,9 +681,9 @@ impl Resources {
                 // file in storage is charged what it grows by.
                 let (grows, entries) = match &existing {
                     Some(old) if old.kind == Kind::File => {
-                        (bytes.len().saturating_sub(old.size as usize), 0)
+                        ((bytes.len() as u64).saturating_sub(old.size), 0)
                     }
-                    _ => (bytes.len(), 1),
+                    _ => (bytes.len() as u64, 1),
                 };
                 self.charge(&allowed, grows, entries)?;
                 safe_fs::write_atomic(path.as_path(), &bytes, mode).map_err(fs_error)?;
@@ -696,6 +699,9 @@ impl Resources {
                         None => Some(default_mode(&allowed, false)),
                     },
                 };
+                // Charged before the table of writes is locked: the charge
+                // may measure the storage folder.
+                self.charge(&allowed, 0, 1)?;
                 let mut writes = self.writes()?;
                 if writes.open.len() >= MAX_OPEN_WRITES {
                     return Err(OpError::new(
@@ -703,7 +709,6 @@ impl Resources {
                         format!("more than {MAX_OPEN_WRITES} streamed writes open at once"),
                     ));
                 }
-                self.charge(&allowed, 0, 1)?;
                 let write = StreamedWrite::begin(path.as_path(), mode).map_err(fs_error)?;
                 writes.next += 1;
                 let handle = writes.next;
@@ -714,6 +719,7 @@ impl Resources {
                         path: path.as_path().to_path_buf(),
                         written: AtomicU64::new(0),
                         in_storage: allowed.in_storage,
+                        charged_to: Mutex::new(0),
                     }),
                 );
                 Ok(Reply::Handle { handle })
@@ -725,7 +731,16 @@ impl Resources {
             } => {
                 let open = self.open_write(handle)?;
                 if open.in_storage {
-                    self.charge_storage(bytes.len(), 0)?;
+                    // What a chunk adds is how far it extends the file: one
+                    // byte far past the end makes a file of that size.
+                    let mut charged_to = open
+                        .charged_to
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let end = offset.saturating_add(bytes.len() as u64);
+                    let grows = end.saturating_sub(*charged_to);
+                    self.charge_storage(grows, 0)?;
+                    *charged_to = (*charged_to).max(end);
                 }
                 open.write.write_at(offset, &bytes).map_err(fs_error)?;
                 let written = open
@@ -777,7 +792,7 @@ impl Resources {
             Operation::FileAppend { path, bytes } => {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
-                self.charge(&allowed, bytes.len(), 1)?;
+                self.charge(&allowed, bytes.len() as u64, 1)?;
                 safe_fs::append(path.as_path(), &bytes, default_mode(&allowed, false))
                     .map_err(fs_error)?;
                 Ok(Reply::Unit)
@@ -1121,6 +1136,49 @@ mod tests {
         let raw = "\u{1}http://127.0.0.1:3000/log\nin?a=1\t ";
         resources.browser_open(raw).unwrap();
         assert_eq!(*opened.lock().unwrap(), ["http://127.0.0.1:3000/login?a=1"]);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_write_far_past_its_end_is_charged_for_the_size_it_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = terminalwire_policy::Home::at(dir.path());
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let authority = terminalwire_policy::Authority::from_url(&server).unwrap();
+        std::fs::create_dir_all(home.storage_dir(&authority)).unwrap();
+        let policy = terminalwire_policy::Policy {
+            storage_quota_mib: Some(1),
+            ..Default::default()
+        };
+        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), None).unwrap();
+        let resources = Resources::new(
+            entitlements,
+            dir.path().to_path_buf(),
+            Resources::system_opener(),
+        );
+        let path = format!("{}/sparse", home.storage_dir(&authority).display());
+        let opened = resources
+            .perform(Operation::FileWriteOpen { path, mode: None })
+            .await
+            .unwrap();
+        let Ok(Reply::Handle { handle }) = opened else {
+            panic!("{opened:?}")
+        };
+        let chunk = |offset: u64| Operation::FileWriteChunk {
+            handle,
+            offset,
+            bytes: vec![1u8; 10].into(),
+        };
+        // Within the quota, and again over the same bytes: charged once.
+        for _ in 0..3 {
+            let written = resources.perform(chunk(500 * 1024)).await.unwrap();
+            assert_eq!(written, Ok(Reply::Unit));
+        }
+        // Ten bytes at 2 MiB would make a 2 MiB file.
+        let far = resources.perform(chunk(2 << 20)).await.unwrap();
+        assert!(
+            matches!(&far, Err(error) if error.code == ErrorCode::TooLarge),
+            "{far:?}"
+        );
     }
 
     #[tokio::test]

@@ -133,13 +133,9 @@ impl AuditLog {
         // nearly empty log over the rotated one: a megabyte of history lost.
         // The check, the rotation and the append are made under a lock they
         // all take (released when the file closes).
-        let lock = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(lock_path(&self.path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+        // Without the lock (it cannot be made, or a client holding it is
+        // stopped), the line is still written: unlocked, as before.
+        let _locked = lock_log(&self.path);
         if std::fs::metadata(&self.path).is_ok_and(|meta| meta.len() >= MAX_LOG_BYTES) {
             std::fs::rename(&self.path, rotated(&self.path))?;
         }
@@ -168,6 +164,36 @@ pub struct Record {
     pub decision: Cow<'static, str>,
     /// Bytes moved, when any.
     pub bytes: Option<u64>,
+}
+
+/// How long a client waits for another to finish with the log before it
+/// writes without the lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Locks the log at `path` against other clients; `None` when that fails
+/// or takes longer than [`LOCK_WAIT`]. Unlocked when the file closes.
+fn lock_log(path: &Path) -> Option<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock_path(path))
+        .ok()?;
+    let started = std::time::Instant::now();
+    loop {
+        match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Some(lock),
+            Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR)
+                if started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 /// The lock file of the log at `path`.
@@ -285,6 +311,24 @@ mod tests {
                 "round {round}: lines were lost to a second rotation"
             );
         }
+    }
+
+    #[test]
+    fn a_line_is_written_without_the_lock_when_another_holds_it_too_long() {
+        use rustix::fs::{FlockOperation, flock};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // A stopped client holding the lock.
+        let held = std::fs::File::create(lock_path(&path)).unwrap();
+        flock(&held, FlockOperation::LockExclusive).unwrap();
+        let log = AuditLog::new(path.clone());
+        let started = std::time::Instant::now();
+        log.record("path", "file_read", "~/a", "allowed", None);
+        assert!(
+            started.elapsed() >= LOCK_WAIT,
+            "it did not wait for the lock"
+        );
+        assert_eq!(read(&path, None).unwrap().len(), 1);
     }
 
     #[test]

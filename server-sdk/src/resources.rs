@@ -502,13 +502,16 @@ impl std::fmt::Debug for FileWriter {
 
 impl FileWriter {
     /// Queues `bytes` after what was written before; waits only when
-    /// [`WRITE_CHUNKS_IN_FLIGHT`] chunks are already on their way.
+    /// [`WRITE_CHUNKS_IN_FLIGHT`] chunks are already on their way. When a
+    /// chunk failed (the client refused it, say), the write is abandoned
+    /// (the client drops its temporary file) before the error is returned.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ResourceError> {
         let handle = self.handle.ok_or(ResourceError::Disconnected)?;
         for chunk in bytes.chunks(WRITE_CHUNK) {
             while self.in_flight.len() >= WRITE_CHUNKS_IN_FLIGHT {
-                if let Some(result) = self.in_flight.next().await {
-                    result?;
+                if let Some(Err(error)) = self.in_flight.next().await {
+                    self.abandon().await;
+                    return Err(error);
                 }
             }
             let ctx = self.ctx.clone();
@@ -538,11 +541,16 @@ impl FileWriter {
         self.offset == 0
     }
 
-    /// Waits for every chunk, then makes the new content visible at the path.
+    /// Waits for every chunk, then makes the new content visible at the
+    /// path. When a chunk failed, the write is abandoned before the error
+    /// is returned, and the path is untouched.
     pub async fn commit(mut self) -> Result<(), ResourceError> {
         let handle = self.handle.ok_or(ResourceError::Disconnected)?;
         while let Some(result) = self.in_flight.next().await {
-            result?;
+            if let Err(error) = result {
+                self.abandon().await;
+                return Err(error);
+            }
         }
         self.handle = None;
         match self
@@ -553,6 +561,16 @@ impl FileWriter {
             Reply::Unit => Ok(()),
             _ => unexpected(),
         }
+    }
+
+    /// Waits for the chunks on their way, then has the client drop the
+    /// write; errors are the write's, already returned.
+    async fn abandon(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        while self.in_flight.next().await.is_some() {}
+        let _ = self.ctx.request(Operation::FileWriteAbort { handle }).await;
     }
 
     /// Abandons the write; the path is untouched.

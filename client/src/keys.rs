@@ -69,10 +69,12 @@ pub enum Escape {
     Help,
 }
 
-/// Where the escape recogniser is in a terminal sequence (`ESC ...`). The
-/// bytes of a sequence (a key such as an arrow, or the terminal's reply to
-/// a query the server sent) pass through and change nothing: a server
-/// cannot break the user's `Enter ~ .` by making the terminal answer.
+/// Where the escape recogniser is in a terminal sequence (`ESC ...`, or an
+/// 8-bit C1 introducer). The bytes of a sequence (a key such as an arrow,
+/// a mouse report, or the terminal's reply to a query the server sent) pass
+/// through and change nothing: a server cannot break the user's `Enter ~ .`
+/// by making the terminal answer. A line end always ends a sequence (no
+/// reply has one): Esc then `P`, typed, must not hide the next escape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sequence {
     None,
@@ -80,13 +82,23 @@ enum Sequence {
     Esc,
     /// `ESC [` parameters, up to a final byte.
     Csi,
-    /// `ESC ]` or `ESC P` (a string), up to BEL or `ESC \`.
+    /// `ESC ]` or `ESC P` (a string), up to BEL or ST.
     Text,
     /// ESC inside a string: `\` ends it.
     TextEsc,
     /// `ESC O`: one more byte.
     Ss3,
+    /// An X10 mouse report (`ESC [ M`): this many raw bytes more.
+    Mouse(u8),
 }
+
+/// 8-bit introducers: SS3, DCS, CSI, OSC.
+const C1_SS3: u8 = 0x8f;
+const C1_DCS: u8 = 0x90;
+const C1_CSI: u8 = 0x9b;
+const C1_OSC: u8 = 0x9d;
+/// 8-bit string terminator.
+const C1_ST: u8 = 0x9c;
 
 /// Recognises the escapes in the bytes typed in raw mode.
 #[derive(Debug, Clone)]
@@ -98,6 +110,11 @@ pub struct Escapes {
     held: Vec<u8>,
     sequence: Sequence,
     sequence_len: usize,
+    /// No parameter in the CSI sequence so far (`ESC [ M` is a mouse report).
+    csi_empty: bool,
+    /// Continuation bytes left in the UTF-8 character being typed (they
+    /// are not 8-bit introducers).
+    utf8_left: u8,
 }
 
 impl Default for Escapes {
@@ -107,6 +124,8 @@ impl Default for Escapes {
             held: Vec::new(),
             sequence: Sequence::None,
             sequence_len: 0,
+            csi_empty: false,
+            utf8_left: 0,
         }
     }
 }
@@ -124,8 +143,20 @@ impl Escapes {
         escapes
     }
 
+    /// Gives up a held `~` (raw mode ended: it is just a `~`).
+    pub fn release(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.held);
+    }
+
     fn feed_byte(&mut self, byte: u8, detach_key: bool, out: &mut Vec<u8>) -> Option<Escape> {
-        if self.sequence != Sequence::None || byte == ESC {
+        if byte == b'\r' || byte == b'\n' {
+            self.sequence = Sequence::None;
+        }
+        let continuation = self.utf8_left > 0 && (0x80..=0xbf).contains(&byte);
+        let introducer =
+            byte == ESC || (!continuation && matches!(byte, C1_SS3 | C1_DCS | C1_CSI | C1_OSC));
+        if self.sequence != Sequence::None || introducer {
+            self.utf8_left = 0;
             self.sequence = self.next_in_sequence(byte);
             if self.held.is_empty() {
                 out.push(byte);
@@ -137,6 +168,11 @@ impl Escapes {
             }
             return None;
         }
+        self.utf8_left = if continuation {
+            self.utf8_left - 1
+        } else {
+            u8::try_from(utf8_len(byte) - 1).unwrap_or(0)
+        };
         if !self.held.is_empty() {
             match byte {
                 b'.' => {
@@ -180,17 +216,26 @@ impl Escapes {
             return Sequence::None;
         }
         match (self.sequence, byte) {
-            (Sequence::None, _) => Sequence::Esc,
-            (Sequence::Esc, b'[') => Sequence::Csi,
-            (Sequence::Esc, b']' | b'P') => Sequence::Text,
-            (Sequence::Esc, b'O') => Sequence::Ss3,
+            (Sequence::None, C1_CSI) | (Sequence::Esc, b'[') => {
+                self.csi_empty = true;
+                Sequence::Csi
+            }
+            (Sequence::None, C1_OSC | C1_DCS) | (Sequence::Esc, b']' | b'P') => Sequence::Text,
+            (Sequence::None, C1_SS3) | (Sequence::Esc, b'O') => Sequence::Ss3,
             // ESC ESC: the second may start a sequence of its own.
-            (Sequence::Esc, ESC) => Sequence::Esc,
+            (Sequence::None | Sequence::Esc, ESC) => Sequence::Esc,
+            (Sequence::None, _) => Sequence::None,
             // Alt and a key.
             (Sequence::Esc, _) => Sequence::None,
-            (Sequence::Csi, 0x20..=0x3f) => Sequence::Csi,
+            (Sequence::Csi, b'M') if self.csi_empty => Sequence::Mouse(3),
+            (Sequence::Csi, 0x20..=0x3f) => {
+                self.csi_empty = false;
+                Sequence::Csi
+            }
             (Sequence::Csi, _) => Sequence::None,
-            (Sequence::Text, 0x07) => Sequence::None,
+            (Sequence::Mouse(left), _) if left > 1 => Sequence::Mouse(left - 1),
+            (Sequence::Mouse(_), _) => Sequence::None,
+            (Sequence::Text, 0x07 | C1_ST) => Sequence::None,
             (Sequence::Text, ESC) => Sequence::TextEsc,
             (Sequence::Text, _) => Sequence::Text,
             (Sequence::TextEsc, b'\\') => Sequence::None,
@@ -227,6 +272,12 @@ pub fn decode_key(input: &[u8], complete: bool) -> Decoded {
     let Some(&first) = input.first() else {
         return Decoded::Incomplete;
     };
+    let esc = || Decoded::Key(key("esc", false, false, false), 1);
+    match first {
+        C1_CSI => return decode_csi(input, 1, complete).unwrap_or(Decoded::Skip(1)),
+        C1_OSC | C1_DCS => return skip_text(input, 1, complete).unwrap_or(Decoded::Skip(1)),
+        _ => {}
+    }
     if first != ESC {
         return match decode_plain(input) {
             Some((key, len)) => Decoded::Key(key, len),
@@ -241,8 +292,10 @@ pub fn decode_key(input: &[u8], complete: bool) -> Decoded {
             Decoded::Incomplete
         };
     };
+    // A sequence that turns out not to be one (a line end inside it, no
+    // end in sight): Esc was typed, and what follows are keys of their own.
     match second {
-        b'[' => decode_csi(input, complete),
+        b'[' => decode_csi(input, 2, complete).unwrap_or_else(esc),
         b'O' => match input.get(2) {
             None if complete => Decoded::Key(key("O", false, true, true), 2),
             None => Decoded::Incomplete,
@@ -258,18 +311,15 @@ pub fn decode_key(input: &[u8], complete: bool) -> Decoded {
                     b'D' => "left",
                     b'H' => "home",
                     b'F' => "end",
-                    _ => return Decoded::Skip(3),
+                    // Alt-O, then a key of its own.
+                    _ => return Decoded::Key(key("O", false, true, true), 2),
                 };
                 Decoded::Key(key(name, false, false, false), 3)
             }
         },
-        b']' | b'P' => match skip_text(input) {
-            Some(len) => Decoded::Skip(len),
-            None if complete || input.len() > MAX_SEQUENCE => Decoded::Skip(input.len()),
-            None => Decoded::Incomplete,
-        },
+        b']' | b'P' => skip_text(input, 2, complete).unwrap_or_else(esc),
         // ESC ESC: Esc, then whatever the second starts.
-        ESC => Decoded::Key(key("esc", false, false, false), 1),
+        ESC => esc(),
         _ => match decode_plain(&input[1..]) {
             Some((mut key, len)) => {
                 key.alt = true;
@@ -322,23 +372,38 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
-/// `ESC [ parameters final`: arrows, Home and End, Insert, Delete, page
-/// keys, F1–F12 and Shift-Tab, with their modifiers.
-fn decode_csi(input: &[u8], complete: bool) -> Decoded {
-    let Some(end) = input[2..]
+/// `ESC [ parameters final` (`start`: where the parameters begin, after
+/// `ESC [` or 8-bit CSI): arrows, Home and End, Insert, Delete, page keys,
+/// F1–F12 and Shift-Tab, with their modifiers; mouse reports are skipped.
+/// `None` when it is no sequence after all.
+fn decode_csi(input: &[u8], start: usize, complete: bool) -> Option<Decoded> {
+    let Some(end) = input[start..]
         .iter()
         .position(|byte| !(0x20..=0x3f).contains(byte))
-        .map(|at| at + 2)
+        .map(|at| at + start)
     else {
         return if complete || input.len() > MAX_SEQUENCE {
+            None
+        } else {
+            Some(Decoded::Incomplete)
+        };
+    };
+    if !(0x40..=0x7e).contains(&input[end]) {
+        return None;
+    }
+    let len = end + 1;
+    if input[end] == b'M' && end == start {
+        // An X10 mouse report: three raw bytes follow.
+        return Some(if input.len() >= len + 3 {
+            Decoded::Skip(len + 3)
+        } else if complete {
             Decoded::Skip(input.len())
         } else {
             Decoded::Incomplete
-        };
-    };
-    let len = end + 1;
-    let Ok(parameters) = std::str::from_utf8(&input[2..end]) else {
-        return Decoded::Skip(len);
+        });
+    }
+    let Ok(parameters) = std::str::from_utf8(&input[start..end]) else {
+        return Some(Decoded::Skip(len));
     };
     let mut numbers = parameters.split(';').map(|n| n.parse::<u32>().unwrap_or(1));
     let first = numbers.next().unwrap_or(1);
@@ -355,7 +420,7 @@ fn decode_csi(input: &[u8], complete: bool) -> Decoded {
         b'Q' => "f2",
         b'R' => "f3",
         b'S' => "f4",
-        b'Z' => return Decoded::Key(key("tab", false, false, true), len),
+        b'Z' => return Some(Decoded::Key(key("tab", false, false, true), len)),
         b'~' => match first {
             1 | 7 => "home",
             4 | 8 => "end",
@@ -375,11 +440,11 @@ fn decode_csi(input: &[u8], complete: bool) -> Decoded {
             21 => "f10",
             23 => "f11",
             24 => "f12",
-            _ => return Decoded::Skip(len),
+            _ => return Some(Decoded::Skip(len)),
         },
-        _ => return Decoded::Skip(len),
+        _ => return Some(Decoded::Skip(len)),
     };
-    Decoded::Key(
+    Some(Decoded::Key(
         key(
             name,
             modifiers & 4 != 0,
@@ -387,20 +452,27 @@ fn decode_csi(input: &[u8], complete: bool) -> Decoded {
             modifiers & 1 != 0,
         ),
         len,
-    )
+    ))
 }
 
-/// The length of an `ESC ]` or `ESC P` string ended by BEL or `ESC \`.
-fn skip_text(input: &[u8]) -> Option<usize> {
-    let mut at = 2;
+/// An `ESC ]` or `ESC P` string (or 8-bit OSC or DCS; `start`: after the
+/// introducer) ended by BEL or ST, skipped whole; `None` when it is no
+/// string after all (a line end in it, or no end in sight).
+fn skip_text(input: &[u8], start: usize, complete: bool) -> Option<Decoded> {
+    let mut at = start;
     while at < input.len() {
         match input[at] {
-            0x07 => return Some(at + 1),
-            ESC if input.get(at + 1) == Some(&b'\\') => return Some(at + 2),
+            0x07 | C1_ST => return Some(Decoded::Skip(at + 1)),
+            ESC if input.get(at + 1) == Some(&b'\\') => return Some(Decoded::Skip(at + 2)),
+            b'\r' | b'\n' => return None,
             _ => at += 1,
         }
     }
-    None
+    if complete || input.len() > MAX_SEQUENCE {
+        None
+    } else {
+        Some(Decoded::Incomplete)
+    }
 }
 
 /// The terminal's reader, shared by its thread and the session.
@@ -415,6 +487,8 @@ pub struct KeyPump {
     /// Input arrived, or reading failed.
     arrived: Notify,
     disconnect: Notify,
+    /// The session saw the disconnect (see [`KeyPump::disconnect_seen`]).
+    disconnect_seen: std::sync::atomic::AtomicBool,
     detach: Notify,
 }
 
@@ -422,14 +496,18 @@ pub struct KeyPump {
 struct State {
     /// The terminal is raw: what is read is filtered for the escapes.
     raw: bool,
-    /// The app has read its stdin: lines are read for it in cooked mode too.
+    /// A read of the app's stdin waits: in cooked mode, the terminal is
+    /// read only then (what is typed meanwhile is for whoever reads next:
+    /// a pager, the shell after the client).
     bytes_wanted: bool,
     /// The client's own prompt is on screen: nothing is read.
     paused: bool,
     input: VecDeque<u8>,
-    /// Where in `input` the terminal's end of file (Ctrl-D in cooked
-    /// mode) is.
-    eof_at: Option<usize>,
+    /// Where in `input` the terminal's ends of file (Ctrl-D in cooked
+    /// mode) are, in order.
+    eofs: VecDeque<usize>,
+    /// Input was dropped for want of room (said once).
+    overflowed: bool,
     /// The byte reader waiting for input.
     byte_waker: Option<Waker>,
     escapes: Escapes,
@@ -457,25 +535,58 @@ impl State {
             kept.extend_from_slice(bytes);
             Vec::new()
         };
-        let room = MAX_BUFFERED.saturating_sub(self.input.len());
-        self.input.extend(&kept[..kept.len().min(room)]);
+        self.push(&kept);
         escapes
     }
 
-    /// Takes up to `max` bytes for the app; `None` at the terminal's end
-    /// of file.
+    fn push(&mut self, bytes: &[u8]) {
+        let room = MAX_BUFFERED.saturating_sub(self.input.len());
+        if bytes.len() > room && !self.overflowed {
+            self.overflowed = true;
+            tracing::warn!("more than {MAX_BUFFERED} bytes typed ahead: the rest is dropped");
+        }
+        self.input.extend(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Drops `n` bytes from the front of the input.
+    fn consume(&mut self, n: usize) {
+        self.input.drain(..n);
+        for eof in &mut self.eofs {
+            *eof = eof.saturating_sub(n);
+        }
+    }
+
+    /// Drops everything typed ahead.
+    fn flush(&mut self) {
+        self.input.clear();
+        self.eofs.clear();
+    }
+
+    /// Takes up to `max` bytes for the app, at most one line (so that
+    /// nothing typed after it waits in the session's buffer, out of reach
+    /// of a flush or a key read); `None` at the terminal's end of file.
     fn take(&mut self, max: usize) -> Option<Vec<u8>> {
-        if self.eof_at == Some(0) {
-            self.eof_at = None;
+        if self.eofs.front() == Some(&0) {
+            self.eofs.pop_front();
             return None;
         }
+        let line = self
+            .input
+            .iter()
+            .position(|byte| *byte == b'\n')
+            .map_or(usize::MAX, |at| at + 1);
         let n = max
             .min(self.input.len())
-            .min(self.eof_at.unwrap_or(usize::MAX));
-        if let Some(at) = &mut self.eof_at {
-            *at -= n;
-        }
-        Some(self.input.drain(..n).collect())
+            .min(line)
+            .min(self.eofs.front().copied().unwrap_or(usize::MAX));
+        let taken = self.input.iter().take(n).copied().collect();
+        self.consume(n);
+        Some(taken)
+    }
+
+    /// Nothing for the app's stdin yet.
+    fn nothing_to_take(&self) -> bool {
+        self.input.is_empty() && self.eofs.front() != Some(&0)
     }
 
     fn wake_readers(&mut self, arrived: &Notify) {
@@ -497,6 +608,7 @@ pub fn pump() -> &'static KeyPump {
         wake: wake_pipe().ok(),
         arrived: Notify::new(),
         disconnect: Notify::new(),
+        disconnect_seen: std::sync::atomic::AtomicBool::new(false),
         detach: Notify::new(),
     })
 }
@@ -529,8 +641,13 @@ impl KeyPump {
         }
         if paused && !state.paused {
             // The prompt flushes what was typed ahead; so is this.
-            state.input.clear();
-            state.eof_at = None;
+            state.flush();
+        }
+        if !raw && state.raw {
+            // A `~` held at the end of raw mode is just a `~`.
+            let mut held = Vec::new();
+            state.escapes.release(&mut held);
+            state.push(&held);
         }
         if raw && !state.raw {
             // A new raw period tries the terminal again.
@@ -553,14 +670,42 @@ impl KeyPump {
             self.spawn(&mut state);
             return;
         }
-        if let Some((_, write)) = &self.wake {
-            // A full pipe wakes the thread as well.
-            let _ = rustix::io::write(write, &[0]);
-        }
+        self.wake_reader();
         let _ = self
             .stopped
             .wait_timeout_while(state, STOP_WAIT, |state| state.reading)
             .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Wakes the reading thread from its wait for the terminal, to look at
+    /// what is wanted now.
+    fn wake_reader(&self) {
+        if let Some((_, write)) = &self.wake {
+            // A full pipe wakes the thread as well.
+            let _ = rustix::io::write(write, &[0]);
+        }
+    }
+
+    /// Drops what was typed ahead (a password read begins: the terminal
+    /// flushes its own input too).
+    pub(crate) fn flush_input(&self) {
+        self.state().flush();
+    }
+
+    /// The session is over: nothing is read for it any more.
+    pub(crate) fn end_session(&'static self) {
+        let mut state = self.state();
+        state.bytes_wanted = false;
+        state.byte_waker = None;
+        state.raw = false;
+        state.paused = false;
+        self.wanted_changed(state);
+    }
+
+    /// The session saw `~.` and is ending: the watchdog stands down.
+    pub fn disconnect_seen(&self) {
+        self.disconnect_seen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn spawn(&'static self, state: &mut State) {
@@ -616,8 +761,7 @@ impl KeyPump {
                 Decoded::Skip(len) => (None, len),
                 Decoded::Incomplete => break,
             };
-            state.input.drain(..len);
-            state.eof_at = state.eof_at.map(|at| at.saturating_sub(len));
+            state.consume(len);
             if let Some(key) = key {
                 return Ok(Ok(key));
             }
@@ -654,6 +798,11 @@ impl KeyPump {
                 }
                 state.wake_readers(&self.0.arrived);
                 self.0.stopped.notify_all();
+                // Wanted again meanwhile (a new raw period cleared the
+                // failure): a reader of its own.
+                if state.wants_input() {
+                    self.0.spawn(&mut state);
+                }
             }
         }
         let _stopped = Stopped(self);
@@ -723,7 +872,8 @@ impl KeyPump {
                 return Err(io::Error::other("the terminal hung up"));
             }
             // Ctrl-D in cooked mode: the end of this input.
-            state.eof_at = Some(state.input.len());
+            let at = state.input.len();
+            state.eofs.push_back(at);
             state.wake_readers(&self.arrived);
             return Ok(Vec::new());
         }
@@ -732,7 +882,7 @@ impl KeyPump {
         Ok(escapes)
     }
 
-    fn act_on(&self, escapes: &[Escape]) {
+    fn act_on(&'static self, escapes: &[Escape]) {
         for escape in escapes {
             match escape {
                 Escape::Disconnect => {
@@ -741,8 +891,14 @@ impl KeyPump {
                     // the escape still works.
                     let _ = std::thread::Builder::new()
                         .name("terminalwire-disconnect".to_owned())
-                        .spawn(|| {
+                        .spawn(move || {
                             std::thread::sleep(DISCONNECT_GRACE);
+                            if self
+                                .disconnect_seen
+                                .load(std::sync::atomic::Ordering::SeqCst)
+                            {
+                                return;
+                            }
                             let _ = crate::terminal::restore();
                             eprintln!("terminalwire: disconnected (~.)");
                             std::process::exit(i32::from(crate::exit_code::INTERRUPTED));
@@ -750,14 +906,25 @@ impl KeyPump {
                 }
                 Escape::Detach => self.detach.notify_one(),
                 Escape::Help => {
-                    // Not under the state's lock: stderr may block.
-                    let mut stderr = io::stderr().lock();
-                    let _ = stderr.write_all(ESCAPE_HELP.as_bytes());
-                    let _ = stderr.flush();
+                    // To the terminal (stderr may be a file), without
+                    // waiting on it: not under the state's lock either.
+                    use std::os::unix::fs::OpenOptionsExt;
+                    if let Ok(mut tty) = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc_nonblock())
+                        .open("/dev/tty")
+                    {
+                        let _ = tty.write_all(ESCAPE_HELP.as_bytes());
+                    }
                 }
             }
         }
     }
+}
+
+/// `O_NONBLOCK`, for opening the terminal to write without waiting.
+fn libc_nonblock() -> i32 {
+    rustix::fs::OFlags::NONBLOCK.bits() as i32
 }
 
 /// The app's stdin when it is the terminal: what [`KeyPump`] read.
@@ -772,7 +939,7 @@ impl AsyncRead for TtyStdin {
     ) -> Poll<io::Result<()>> {
         let pump = pump();
         let mut state = pump.state();
-        if state.input.is_empty() && state.eof_at != Some(0) {
+        if state.nothing_to_take() {
             if state.failed.is_some() {
                 // The terminal is gone: the end of input.
                 return Poll::Ready(Ok(()));
@@ -789,6 +956,11 @@ impl AsyncRead for TtyStdin {
         }
         if let Some(bytes) = state.take(buf.remaining()) {
             buf.put_slice(&bytes);
+        }
+        // Read: in cooked mode, the terminal is left alone until the next.
+        state.byte_waker = None;
+        if std::mem::take(&mut state.bytes_wanted) && !state.wants_input() {
+            pump.wake_reader();
         }
         Poll::Ready(Ok(()))
     }
@@ -868,6 +1040,65 @@ mod tests {
     }
 
     #[test]
+    fn mouse_reports_and_8_bit_replies_do_not_break_an_escape() {
+        // X10 mouse reports carry three raw bytes (here `~` and `.`).
+        let mouse = b"\x1b[M ~.";
+        let mut typed = b"\r".to_vec();
+        typed.extend_from_slice(mouse);
+        typed.extend_from_slice(b"~");
+        typed.extend_from_slice(mouse);
+        typed.extend_from_slice(b".");
+        let mut expected = b"\r".to_vec();
+        expected.extend_from_slice(mouse);
+        assert_eq!(
+            filtered(&typed, false, 1),
+            (expected, vec![Escape::Disconnect])
+        );
+        // An 8-bit CSI reply, and an 8-bit OSC ended by 8-bit ST.
+        assert_eq!(
+            filtered(b"\r\x9b1;2c~\x9d11;x\x9c.", false, 1),
+            (b"\r\x9b1;2c".to_vec(), vec![Escape::Disconnect])
+        );
+        // A UTF-8 character whose second byte is 0x9b is a character.
+        assert_eq!(
+            filtered("\r\u{db}~.".as_bytes(), false, 1),
+            ("\r\u{db}~.".as_bytes().to_vec(), vec![])
+        );
+    }
+
+    #[test]
+    fn a_line_end_ends_what_looked_like_a_sequence() {
+        // Esc then `P` (vim's paste), typed: Enter still starts a line.
+        assert_eq!(
+            filtered(b"\x1bPx\r~.", false, 1),
+            (b"\x1bPx\r".to_vec(), vec![Escape::Disconnect])
+        );
+        assert_eq!(
+            filtered(b"\x1b[\r~.", false, 1),
+            (b"\x1b[\r".to_vec(), vec![Escape::Disconnect])
+        );
+        // The decoder: Esc, then the keys typed after it.
+        assert_eq!(decode_key(b"\x1bPx\r", true), Decoded::Key(plain("esc"), 1));
+        assert_eq!(decode_key(b"\x1b[\r", false), Decoded::Key(plain("esc"), 1));
+        assert_eq!(
+            decode_key(b"\x1bOx", false),
+            Decoded::Key(key("O", false, true, true), 2)
+        );
+    }
+
+    #[test]
+    fn a_tilde_held_when_raw_mode_ends_is_a_tilde() {
+        let mut escapes = Escapes::default();
+        let mut out = Vec::new();
+        assert!(escapes.feed(b"~", false, &mut out).is_empty());
+        assert!(out.is_empty());
+        escapes.release(&mut out);
+        assert_eq!(out, b"~");
+        assert!(escapes.feed(b".", false, &mut out).is_empty());
+        assert_eq!(out, b"~.");
+    }
+
+    #[test]
     fn help_keeps_the_line_start_and_ctrl_backslash_detaches_when_it_can() {
         assert_eq!(
             filtered(b"~?~.", false, 1),
@@ -923,6 +1154,9 @@ mod tests {
             Decoded::Skip(15)
         );
         assert_eq!(decode_key(b"\x1b[?1;2c", false), Decoded::Skip(7));
+        assert_eq!(decode_key(b"\x1b[M !!x", false), Decoded::Skip(6));
+        assert_eq!(decode_key(b"\x1b[M !", false), Decoded::Incomplete);
+        assert_eq!(decode_key(b"\x9b1;2cx", false), Decoded::Skip(5));
         assert_eq!(decode_key(b"\xff", false), Decoded::Skip(1));
     }
 
@@ -930,11 +1164,16 @@ mod tests {
     fn the_app_reads_up_to_the_end_of_file_then_past_it() {
         let mut state = State::default();
         state.keep(b"abc\n");
-        state.eof_at = Some(state.input.len());
-        state.keep(b"more\n");
+        state.eofs.push_back(state.input.len());
+        state.keep(b"more\nand more\n");
+        state.eofs.push_back(state.input.len());
         assert_eq!(state.take(2).unwrap(), b"ab");
         assert_eq!(state.take(100).unwrap(), b"c\n");
         assert_eq!(state.take(100), None);
+        // One line at a time.
         assert_eq!(state.take(100).unwrap(), b"more\n");
+        assert_eq!(state.take(100).unwrap(), b"and more\n");
+        assert_eq!(state.take(100), None);
+        assert!(state.nothing_to_take());
     }
 }

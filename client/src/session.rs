@@ -929,7 +929,10 @@ where
                 LocalSignal::Terminate(number) => Flow::Done(Err(ClientError::Terminated(number))),
             },
             () = keys.detach_typed() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
-            () = keys.disconnect_typed() => Flow::Done(Err(ClientError::Disconnected)),
+            () = keys.disconnect_typed() => {
+                keys.disconnect_seen();
+                Flow::Done(Err(ClientError::Disconnected))
+            }
             message = next_or_waiting(&mut waiting, &mut link) => {
                 idle_watch.heard(Instant::now());
                 let (incoming, len) = match message {

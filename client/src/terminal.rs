@@ -97,6 +97,11 @@ impl Owner {
         // then is not filtered for the escapes) and after it begins.
         let pump = crate::keys::pump();
         let paused = wanted.own_prompts > 0;
+        if how == OptionalActions::Flush {
+            // The terminal drops what was typed ahead; the client's reader
+            // may have read it already.
+            pump.flush_input();
+        }
         if mode != Mode::Raw {
             pump.set_mode(false, paused);
         }
@@ -236,7 +241,7 @@ pub fn restore() -> io::Result<()> {
     let mut owner = owner();
     owner.wanted = Wanted::NOTHING;
     owner.generation += 1;
-    crate::keys::pump().set_mode(false, false);
+    crate::keys::pump().end_session();
     match owner.found.take() {
         Some(found) => set(&found, Mode::AsFound, OptionalActions::Now),
         None => Ok(()),

@@ -85,7 +85,7 @@ impl TmuxPane {
     /// [`start`](TmuxPane::start) with the terminalwire home `home` (say,
     /// another pane's), when given.
     pub fn start_with_home(args: &[&str], cols: u16, rows: u16, home: Option<&Path>) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, home, None)
+        TmuxPane::launch(args, cols, rows, home, None, false)
     }
 
     /// [`start_with_home`](TmuxPane::start_with_home) with the client's
@@ -98,7 +98,13 @@ impl TmuxPane {
         home: Option<&Path>,
         stdout: &Path,
     ) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, home, Some(stdout))
+        TmuxPane::launch(args, cols, rows, home, Some(stdout), false)
+    }
+
+    /// Like [`TmuxPane::start`]; after the client exits, what was typed and
+    /// left unread in the terminal is shown as `leftover=[...]`.
+    pub fn start_showing_leftover(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
+        TmuxPane::launch(args, cols, rows, None, None, true)
     }
 
     fn launch(
@@ -107,6 +113,7 @@ impl TmuxPane {
         rows: u16,
         home: Option<&Path>,
         stdout: Option<&Path>,
+        show_leftover: bool,
     ) -> TmuxPane {
         require_tmux();
         let binary = client_binary();
@@ -128,6 +135,14 @@ impl TmuxPane {
             quoted_args.push(format!("> {}", shell_quote(&stdout.to_string_lossy())));
         }
         let out = |name: &str| shell_quote(&base.join(name).to_string_lossy());
+        // Reads what is left in the terminal's input for a tenth of a
+        // second, without waiting for a line.
+        let leftover = if show_leftover {
+            "stty -icanon min 0 time 1\n\
+             printf 'leftover=['; head -c 256 | tr '\\n' '|'; printf ']\\n'\n"
+        } else {
+            ""
+        };
         // Catching SIGINT and SIGQUIT (not ignoring them: an ignored signal would stay
         // ignored in the client) keeps the wrapper alive through Ctrl-C to
         // record the client's status; the client gets the default handling.
@@ -139,6 +154,7 @@ impl TmuxPane {
              {command}\n\
              echo $? > {partial}\n\
              stty -g > {after}\n\
+             {leftover}\
              mv {partial} {status}\n\
              exec sleep 3600\n",
             home = shell_quote(&home.to_string_lossy()),

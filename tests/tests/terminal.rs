@@ -31,6 +31,7 @@ fn app() -> Terminal {
             "key-then-line" => key_then_line(ctx).await,
             "raw-bytes" => raw_bytes(ctx).await,
             "three-keys" => three_keys(ctx).await,
+            "line-then-resize" => line_then_resize(ctx).await,
             other => Err(anyhow::anyhow!("unknown test command {other:?}")),
         }
     })
@@ -110,6 +111,20 @@ async fn raw_bytes(ctx: Context) -> anyhow::Result<Exit> {
             .print(format!("got {:?}\r\n", String::from_utf8_lossy(&chunk)))
             .await?;
     }
+}
+
+/// One line read, then no read until the terminal is resized.
+async fn line_then_resize(ctx: Context) -> anyhow::Result<Exit> {
+    let mut resized = std::pin::pin!(ctx.resized());
+    tokio::select! {
+        biased;
+        early = &mut resized => anyhow::bail!("resized too early: {early:?}"),
+        () = std::future::ready(()) => {}
+    }
+    let line = ctx.read_line(Some("line: ")).await?.unwrap_or_default();
+    ctx.stdout().println(format!("got {line}")).await?;
+    resized.await;
+    Ok(Exit(0))
 }
 
 /// Three key reads in cooked mode: each is raw mode of its own.
@@ -388,6 +403,27 @@ async fn tilde_dot_works_while_the_app_reads_raw_bytes_and_the_rest_reaches_it()
         exit.screen
     );
     assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_typed_while_the_app_reads_nothing_is_left_in_the_terminal() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = TmuxPane::start_showing_leftover(&[&server.url(), "line-then-resize"], 80, 24);
+    pane.wait_for("line:").await;
+    pane.type_text("first").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("got first").await;
+    // For whoever reads next (a pager, the shell), not for the client.
+    pane.type_text("later").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.resize(100, 30).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert!(
+        exit.screen.contains("leftover=[later|]"),
+        "screen:\n{}",
+        exit.screen
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

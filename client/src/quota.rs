@@ -10,10 +10,12 @@
 //! upper bound of what the folder grows by (a delete is not credited), so
 //! they only err towards refusing. When a write would go over the quota,
 //! the folder is measured again and the write is refused only if it still
-//! would. Each session keeps its own count; it measures again after
-//! writing an eighth of the quota, so sessions running at once see each
-//! other's writes. Measuring a large folder takes a while, so it spends at
-//! most a tenth of the time ([`MEASURING_SHARE`]).
+//! would. Each session keeps its own count; it measures again before its
+//! writes since the last measurement pass an eighth of the quota, so
+//! sessions running at once see each other's writes (together they can
+//! overshoot by an eighth of the quota each). Measuring a large folder
+//! takes a while, so refusals spend at most a tenth of the time measuring
+//! ([`MEASURING_SHARE`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -98,14 +100,16 @@ impl StorageQuota {
         let recent = state
             .measured_at
             .is_some_and(|at| at.elapsed() < took * MEASURING_SHARE);
-        // Other sessions write too: after an eighth of the quota, look.
-        let stale = used.saturating_sub(state.measured) > self.limit / CHARGED_BEFORE_MEASURING;
-        if fits(used) && (!stale || recent) {
+        // Other sessions write too: after an eighth of the quota, look,
+        // however long looking takes.
+        let stale = used.saturating_add(needed).saturating_sub(state.measured)
+            > self.limit / CHARGED_BEFORE_MEASURING;
+        if fits(used) && !stale {
             state.used = Some(used.saturating_add(needed));
             return Ok(());
         }
         // The running count only grows: look again before refusing.
-        let used = if recent {
+        let used = if recent && !stale {
             used
         } else {
             self.measure(&mut state)
@@ -230,19 +234,21 @@ mod tests {
 
     #[test]
     fn overwrites_charged_in_full_are_credited_by_the_next_measurement() {
+        let e = ENTRY_COST;
         let dir = tempfile::tempdir().unwrap();
-        let quota = StorageQuota::new(dir.path().to_path_buf(), 10 * ENTRY_COST);
+        // 71 of 80 held.
+        std::fs::write(dir.path().join("big"), vec![0; 70 * e as usize]).unwrap();
+        let quota = StorageQuota::new(dir.path().to_path_buf(), 80 * e);
         let file = dir.path().join("f");
         for _ in 0..4 {
-            quota.charge(ENTRY_COST, 1).unwrap();
-            std::fs::write(&file, vec![0; ENTRY_COST as usize]).unwrap();
+            quota.charge(e, 1).unwrap();
+            std::fs::write(&file, vec![0; e as usize]).unwrap();
         }
-        // Counted 8 of 10; the folder holds 2 (the file and its entry).
-        // Refused on the count alone while the last measurement is recent
-        // (as if it took long).
+        // Counted 79; the folder holds 73. Refused on the count alone while
+        // the last measurement is recent (as if it took long).
         quota.state.lock().unwrap().took = Duration::from_secs(3600);
-        assert!(quota.charge(7 * ENTRY_COST, 0).is_err());
+        assert_eq!(quota.charge(2 * e, 0).unwrap_err().used, 79 * e);
         quota.state.lock().unwrap().measured_at = None;
-        quota.charge(7 * ENTRY_COST, 0).unwrap();
+        quota.charge(2 * e, 0).unwrap();
     }
 }

@@ -214,6 +214,13 @@ fn performed_inline(op: &Operation) -> bool {
     )
 }
 
+fn too_many_writes() -> OpError {
+    OpError::new(
+        ErrorCode::TooLarge,
+        format!("more than {MAX_OPEN_WRITES} streamed writes open at once"),
+    )
+}
+
 /// Moves what is queued into `batch` and `flushes`, up to [`AUDIT_BATCH`]
 /// records, without waiting.
 fn drain_audit(
@@ -699,15 +706,15 @@ impl Resources {
                         None => Some(default_mode(&allowed, false)),
                     },
                 };
-                // Charged before the table of writes is locked: the charge
-                // may measure the storage folder.
+                // Charged before the table of writes is locked (the charge
+                // may measure the storage folder), once it has room.
+                if self.writes()?.open.len() >= MAX_OPEN_WRITES {
+                    return Err(too_many_writes());
+                }
                 self.charge(&allowed, 0, 1)?;
                 let mut writes = self.writes()?;
                 if writes.open.len() >= MAX_OPEN_WRITES {
-                    return Err(OpError::new(
-                        ErrorCode::TooLarge,
-                        format!("more than {MAX_OPEN_WRITES} streamed writes open at once"),
-                    ));
+                    return Err(too_many_writes());
                 }
                 let write = StreamedWrite::begin(path.as_path(), mode).map_err(fs_error)?;
                 writes.next += 1;

@@ -55,6 +55,10 @@ pub struct AuditLog {
     path: PathBuf,
     session: Arc<OnceLock<String>>,
     lock: Arc<Mutex<()>>,
+    /// The last wait for the lock timed out: until it is had again, it is
+    /// only tried, not waited for (a stopped client holding it must not
+    /// slow every batch by the wait).
+    lock_timed_out: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AuditLog {
@@ -64,6 +68,7 @@ impl AuditLog {
             path,
             session: Arc::default(),
             lock: Arc::default(),
+            lock_timed_out: Arc::default(),
         }
     }
 
@@ -135,7 +140,15 @@ impl AuditLog {
         // all take (released when the file closes).
         // Without the lock (it cannot be made, or a client holding it is
         // stopped), the line is still written: unlocked, as before.
-        let _locked = lock_log(&self.path);
+        use std::sync::atomic::Ordering;
+        let wait = if self.lock_timed_out.load(Ordering::Relaxed) {
+            std::time::Duration::ZERO
+        } else {
+            LOCK_WAIT
+        };
+        let locked = lock_log(&self.path, wait);
+        self.lock_timed_out
+            .store(locked.is_none(), Ordering::Relaxed);
         if std::fs::metadata(&self.path).is_ok_and(|meta| meta.len() >= MAX_LOG_BYTES) {
             std::fs::rename(&self.path, rotated(&self.path))?;
         }
@@ -171,8 +184,8 @@ pub struct Record {
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Locks the log at `path` against other clients; `None` when that fails
-/// or takes longer than [`LOCK_WAIT`]. Unlocked when the file closes.
-fn lock_log(path: &Path) -> Option<std::fs::File> {
+/// or takes longer than `wait`. Unlocked when the file closes.
+fn lock_log(path: &Path, wait: std::time::Duration) -> Option<std::fs::File> {
     use rustix::fs::{FlockOperation, flock};
     use std::os::unix::fs::OpenOptionsExt;
     let lock = std::fs::OpenOptions::new()
@@ -187,7 +200,7 @@ fn lock_log(path: &Path) -> Option<std::fs::File> {
         match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => return Some(lock),
             Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR)
-                if started.elapsed() < LOCK_WAIT =>
+                if started.elapsed() < wait =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
@@ -329,6 +342,17 @@ mod tests {
             "it did not wait for the lock"
         );
         assert_eq!(read(&path, None).unwrap().len(), 1);
+        // Then it only tries, until it has the lock again.
+        let started = std::time::Instant::now();
+        log.record("path", "file_read", "~/b", "allowed", None);
+        assert!(started.elapsed() < LOCK_WAIT, "it waited again");
+        drop(held);
+        log.record("path", "file_read", "~/c", "allowed", None);
+        assert!(
+            !log.lock_timed_out
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        assert_eq!(read(&path, None).unwrap().len(), 3);
     }
 
     #[test]

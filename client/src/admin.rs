@@ -442,11 +442,19 @@ fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Res
     let path = home.policy_file(authority);
     let policy = load(&path)?;
     writeln!(out, "{authority}   (grants in {})", path.display())?;
+    let storage = home.storage_dir(authority);
+    // As the quota counts it: bytes, plus a block per file or folder.
+    let used = if storage.is_dir() {
+        crate::quota::measure(&storage)
+    } else {
+        0
+    };
     writeln!(
         out,
-        "  storage  {}  read-write, always, up to {} MiB",
-        home.storage_dir(authority).display(),
-        policy.storage_quota_bytes() >> 20
+        "  storage  {}  read-write, always, up to {} MiB ({:.1} MiB used)",
+        storage.display(),
+        policy.storage_quota_bytes() >> 20,
+        used as f64 / f64::from(1u32 << 20)
     )?;
     writeln!(out, "  browser  http(s) URLs of its own origin, always")?;
     for grant in &policy.paths {
@@ -739,9 +747,12 @@ mod tests {
         let home = Home::at(dir.path());
         let out = admin(&home, &["entitlement", "quota", "example.com", "4096"]).unwrap();
         assert_eq!(out, "example.com: storage may hold 4096 MiB\n");
+        let storage = home.storage_dir(&Authority::parse("example.com").unwrap());
+        std::fs::create_dir_all(&storage).unwrap();
+        std::fs::write(storage.join("a"), vec![0; 3 << 19]).unwrap();
         let listed = admin(&home, &["entitlement", "list", "example.com"]).unwrap();
         assert!(
-            listed.contains("read-write, always, up to 4096 MiB"),
+            listed.contains("read-write, always, up to 4096 MiB (1.5 MiB used)"),
             "{listed}"
         );
         let out = admin(&home, &["entitlement", "quota", "example.com", "default"]).unwrap();

@@ -46,6 +46,10 @@ const STOP_WAIT: Duration = Duration::from_millis(200);
 /// by a server that reads slowly must not hold off the escape).
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
+/// How much longer the watchdog waits once the session has seen `~.` and is
+/// ending (writing out what it must: the audit log waits up to 5 s).
+const DISCONNECT_ENDING: Duration = Duration::from_secs(10);
+
 /// The text `~?` shows (raw mode: `\r\n` line ends).
 pub const ESCAPE_HELP: &str = "\r\nterminalwire escapes (after Enter):\r\n\
     \x20 ~.  disconnect\r\n\
@@ -109,12 +113,15 @@ pub struct Escapes {
     /// until the next key says what the `~` is.
     held: Vec<u8>,
     sequence: Sequence,
-    sequence_len: usize,
     /// No parameter in the CSI sequence so far (`ESC [ M` is a mouse report).
     csi_empty: bool,
-    /// Continuation bytes left in the UTF-8 character being typed (they
-    /// are not 8-bit introducers).
+    /// The first bytes of a UTF-8 character not complete yet.
+    pending: Vec<u8>,
+    /// Continuation bytes left in the current UTF-8 character, and its
+    /// first byte: an 8-bit control is one on its own or as `C2 xx`, never
+    /// a byte inside another character.
     utf8_left: u8,
+    utf8_lead: u8,
 }
 
 impl Default for Escapes {
@@ -123,9 +130,10 @@ impl Default for Escapes {
             at_line_start: true,
             held: Vec::new(),
             sequence: Sequence::None,
-            sequence_len: 0,
             csi_empty: false,
+            pending: Vec::new(),
             utf8_left: 0,
+            utf8_lead: 0,
         }
     }
 }
@@ -143,49 +151,108 @@ impl Escapes {
         escapes
     }
 
-    /// Gives up a held `~` (raw mode ended: it is just a `~`).
+    /// Gives up a held `~` and a partial character (raw mode ended).
     pub fn release(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.held);
+        out.append(&mut self.pending);
+    }
+
+    /// A line was typed in cooked mode: the next key starts a line.
+    pub fn line_ended(&mut self) {
+        self.at_line_start = true;
+        self.sequence = Sequence::None;
+        self.pending.clear();
+        self.utf8_left = 0;
+    }
+
+    /// Drops a held `~` (what was typed ahead is flushed).
+    pub fn forget_held(&mut self) {
+        self.held.clear();
+        self.pending.clear();
+    }
+
+    /// Where a byte of a sequence goes: behind a held `~`, or out.
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if self.held.is_empty() {
+            out.extend_from_slice(bytes);
+        } else {
+            self.held.extend_from_slice(bytes);
+            if self.held.len() > MAX_SEQUENCE {
+                out.append(&mut self.held);
+            }
+        }
     }
 
     fn feed_byte(&mut self, byte: u8, detach_key: bool, out: &mut Vec<u8>) -> Option<Escape> {
-        if byte == b'\r' || byte == b'\n' {
+        let continuation = self.utf8_left > 0 && (0x80..=0xbf).contains(&byte);
+        let c1 = (0x80..=0x9f).contains(&byte) && (!continuation || self.utf8_lead == 0xc2);
+        if continuation {
+            self.utf8_left -= 1;
+        } else {
+            self.utf8_lead = byte;
+            self.utf8_left = u8::try_from(utf8_len(byte) - 1).unwrap_or(0);
+        }
+        // Keys no reply holds end whatever looked like a sequence: Esc
+        // then `P` (vim's paste), typed, must not hide the next escape.
+        if matches!(byte, b'\r' | b'\n' | CTRL_BACKSLASH) {
             self.sequence = Sequence::None;
         }
-        let continuation = self.utf8_left > 0 && (0x80..=0xbf).contains(&byte);
-        let introducer =
-            byte == ESC || (!continuation && matches!(byte, C1_SS3 | C1_DCS | C1_CSI | C1_OSC));
-        if self.sequence != Sequence::None || introducer {
-            self.utf8_left = 0;
-            self.sequence = self.next_in_sequence(byte);
-            if self.held.is_empty() {
-                out.push(byte);
-            } else {
-                self.held.push(byte);
-                if self.held.len() > MAX_SEQUENCE {
-                    out.append(&mut self.held);
-                }
+        if detach_key && byte == CTRL_BACKSLASH {
+            return Some(Escape::Detach);
+        }
+        if self.sequence != Sequence::None {
+            if matches!(self.sequence, Sequence::Mouse(_)) {
+                // A report's raw bytes are no characters.
+                self.utf8_left = 0;
             }
+            self.sequence = self.next_in_sequence(byte, c1);
+            self.emit(&[byte], out);
             return None;
         }
-        self.utf8_left = if continuation {
-            self.utf8_left - 1
-        } else {
-            u8::try_from(utf8_len(byte) - 1).unwrap_or(0)
-        };
+        if byte == ESC || (c1 && matches!(byte, C1_SS3 | C1_DCS | C1_CSI | C1_OSC)) {
+            // A UTF-8 encoded introducer's `C2` is pending: it goes first.
+            let pending = std::mem::take(&mut self.pending);
+            self.emit(&pending, out);
+            self.sequence = match byte {
+                ESC => Sequence::Esc,
+                C1_CSI => {
+                    self.csi_empty = true;
+                    Sequence::Csi
+                }
+                C1_SS3 => Sequence::Ss3,
+                _ => Sequence::Text,
+            };
+            self.emit(&[byte], out);
+            return None;
+        }
+        if !continuation && !self.pending.is_empty() {
+            // A character cut short: its bytes are just bytes.
+            let cut = std::mem::take(&mut self.pending);
+            self.typed(&cut, out);
+        }
+        self.pending.push(byte);
+        if self.utf8_left > 0 {
+            return None;
+        }
+        let typed = std::mem::take(&mut self.pending);
+        self.typed(&typed, out)
+    }
+
+    /// A whole character (or a stray byte) typed.
+    fn typed(&mut self, typed: &[u8], out: &mut Vec<u8>) -> Option<Escape> {
         if !self.held.is_empty() {
-            match byte {
-                b'.' => {
+            match typed {
+                b"." => {
                     self.held.clear();
                     return Some(Escape::Disconnect);
                 }
-                b'?' => {
+                b"?" => {
                     // Another escape may follow at once.
                     self.held.clear();
                     self.at_line_start = true;
                     return Some(Escape::Help);
                 }
-                b'~' => {
+                b"~" => {
                     // `~~` is one `~`.
                     out.append(&mut self.held);
                     self.at_line_start = false;
@@ -194,37 +261,25 @@ impl Escapes {
                 _ => out.append(&mut self.held),
             }
         }
-        if detach_key && byte == CTRL_BACKSLASH {
-            return Some(Escape::Detach);
-        }
-        if self.at_line_start && byte == b'~' {
-            self.held.push(byte);
+        if self.at_line_start && typed == b"~" {
+            self.held.extend_from_slice(typed);
             return None;
         }
-        self.at_line_start = byte == b'\r' || byte == b'\n';
-        out.push(byte);
+        self.at_line_start = typed == b"\r" || typed == b"\n";
+        out.extend_from_slice(typed);
         None
     }
 
-    fn next_in_sequence(&mut self, byte: u8) -> Sequence {
-        self.sequence_len = if self.sequence == Sequence::None {
-            1
-        } else {
-            self.sequence_len + 1
-        };
-        if self.sequence_len > MAX_SEQUENCE {
-            return Sequence::None;
-        }
+    fn next_in_sequence(&mut self, byte: u8, c1: bool) -> Sequence {
         match (self.sequence, byte) {
-            (Sequence::None, C1_CSI) | (Sequence::Esc, b'[') => {
+            (Sequence::Esc, b'[') => {
                 self.csi_empty = true;
                 Sequence::Csi
             }
-            (Sequence::None, C1_OSC | C1_DCS) | (Sequence::Esc, b']' | b'P') => Sequence::Text,
-            (Sequence::None, C1_SS3) | (Sequence::Esc, b'O') => Sequence::Ss3,
+            (Sequence::Esc, b']' | b'P') => Sequence::Text,
+            (Sequence::Esc, b'O') => Sequence::Ss3,
             // ESC ESC: the second may start a sequence of its own.
-            (Sequence::None | Sequence::Esc, ESC) => Sequence::Esc,
-            (Sequence::None, _) => Sequence::None,
+            (Sequence::Esc, ESC) => Sequence::Esc,
             // Alt and a key.
             (Sequence::Esc, _) => Sequence::None,
             (Sequence::Csi, b'M') if self.csi_empty => Sequence::Mouse(3),
@@ -235,12 +290,13 @@ impl Escapes {
             (Sequence::Csi, _) => Sequence::None,
             (Sequence::Mouse(left), _) if left > 1 => Sequence::Mouse(left - 1),
             (Sequence::Mouse(_), _) => Sequence::None,
-            (Sequence::Text, 0x07 | C1_ST) => Sequence::None,
+            (Sequence::Text, 0x07) => Sequence::None,
+            (Sequence::Text, C1_ST) if c1 => Sequence::None,
             (Sequence::Text, ESC) => Sequence::TextEsc,
             (Sequence::Text, _) => Sequence::Text,
             (Sequence::TextEsc, b'\\') => Sequence::None,
             (Sequence::TextEsc, _) => Sequence::Text,
-            (Sequence::Ss3, _) => Sequence::None,
+            (Sequence::Ss3 | Sequence::None, _) => Sequence::None,
         }
     }
 }
@@ -276,6 +332,15 @@ pub fn decode_key(input: &[u8], complete: bool) -> Decoded {
     match first {
         C1_CSI => return decode_csi(input, 1, complete).unwrap_or(Decoded::Skip(1)),
         C1_OSC | C1_DCS => return skip_text(input, 1, complete).unwrap_or(Decoded::Skip(1)),
+        C1_SS3 => {
+            return match input.get(1) {
+                Some(&last) => {
+                    decode_ss3(last).map_or(Decoded::Skip(1), |key| Decoded::Key(key, 2))
+                }
+                None if complete => Decoded::Skip(1),
+                None => Decoded::Incomplete,
+            };
+        }
         _ => {}
     }
     if first != ESC {
@@ -299,23 +364,11 @@ pub fn decode_key(input: &[u8], complete: bool) -> Decoded {
         b'O' => match input.get(2) {
             None if complete => Decoded::Key(key("O", false, true, true), 2),
             None => Decoded::Incomplete,
-            Some(&third) => {
-                let name = match third {
-                    b'P' => "f1",
-                    b'Q' => "f2",
-                    b'R' => "f3",
-                    b'S' => "f4",
-                    b'A' => "up",
-                    b'B' => "down",
-                    b'C' => "right",
-                    b'D' => "left",
-                    b'H' => "home",
-                    b'F' => "end",
-                    // Alt-O, then a key of its own.
-                    _ => return Decoded::Key(key("O", false, true, true), 2),
-                };
-                Decoded::Key(key(name, false, false, false), 3)
-            }
+            // Or Alt-O, then a key of its own.
+            Some(&third) => match decode_ss3(third) {
+                Some(key) => Decoded::Key(key, 3),
+                None => Decoded::Key(key("O", false, true, true), 2),
+            },
         },
         b']' | b'P' => skip_text(input, 2, complete).unwrap_or_else(esc),
         // ESC ESC: Esc, then whatever the second starts.
@@ -329,6 +382,24 @@ pub fn decode_key(input: &[u8], complete: bool) -> Decoded {
             None => Decoded::Skip(2),
         },
     }
+}
+
+/// The key an SS3 sequence (`ESC O x`) ending in `last` is.
+fn decode_ss3(last: u8) -> Option<Key> {
+    let name = match last {
+        b'P' => "f1",
+        b'Q' => "f2",
+        b'R' => "f3",
+        b'S' => "f4",
+        b'A' => "up",
+        b'B' => "down",
+        b'C' => "right",
+        b'D' => "left",
+        b'H' => "home",
+        b'F' => "end",
+        _ => return None,
+    };
+    Some(key(name, false, false, false))
 }
 
 /// A key that is not a sequence: a control byte or a character.
@@ -468,7 +539,10 @@ fn skip_text(input: &[u8], start: usize, complete: bool) -> Option<Decoded> {
             _ => at += 1,
         }
     }
-    if complete || input.len() > MAX_SEQUENCE {
+    if input.len() > MAX_SEQUENCE {
+        // A reply too long to be typed: dropped, not turned into keys.
+        Some(Decoded::Skip(input.len()))
+    } else if complete {
         None
     } else {
         Some(Decoded::Incomplete)
@@ -533,6 +607,9 @@ impl State {
             self.escapes.feed(bytes, detach_key, &mut kept)
         } else {
             kept.extend_from_slice(bytes);
+            if bytes.ends_with(b"\n") {
+                self.escapes.line_ended();
+            }
             Vec::new()
         };
         self.push(&kept);
@@ -556,10 +633,11 @@ impl State {
         }
     }
 
-    /// Drops everything typed ahead.
+    /// Drops everything typed ahead, a held `~` too.
     fn flush(&mut self) {
         self.input.clear();
         self.eofs.clear();
+        self.escapes.forget_held();
     }
 
     /// Takes up to `max` bytes for the app, at most one line (so that
@@ -570,10 +648,11 @@ impl State {
             self.eofs.pop_front();
             return None;
         }
+        // Enter is `\r` in raw mode.
         let line = self
             .input
             .iter()
-            .position(|byte| *byte == b'\n')
+            .position(|byte| matches!(byte, b'\n' | b'\r'))
             .map_or(usize::MAX, |at| at + 1);
         let n = max
             .min(self.input.len())
@@ -702,7 +781,7 @@ impl KeyPump {
         self.wanted_changed(state);
     }
 
-    /// The session saw `~.` and is ending: the watchdog stands down.
+    /// The session saw `~.` and is ending: the watchdog gives it longer.
     pub fn disconnect_seen(&self) {
         self.disconnect_seen
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -874,10 +953,16 @@ impl KeyPump {
             // Ctrl-D in cooked mode: the end of this input.
             let at = state.input.len();
             state.eofs.push_back(at);
+            state.bytes_wanted = false;
             state.wake_readers(&self.arrived);
             return Ok(Vec::new());
         }
         let escapes = state.keep(&buffer[..n]);
+        if !state.raw {
+            // One line per read the app makes: a paste of several lines
+            // leaves the rest in the terminal for whoever reads next.
+            state.bytes_wanted = false;
+        }
         state.wake_readers(&self.arrived);
         Ok(escapes)
     }
@@ -897,7 +982,9 @@ impl KeyPump {
                                 .disconnect_seen
                                 .load(std::sync::atomic::Ordering::SeqCst)
                             {
-                                return;
+                                // Ending: its writes out are bounded; a
+                                // last resort should they hang anyway.
+                                std::thread::sleep(DISCONNECT_ENDING);
                             }
                             let _ = crate::terminal::restore();
                             eprintln!("terminalwire: disconnected (~.)");
@@ -1067,6 +1154,39 @@ mod tests {
     }
 
     #[test]
+    fn utf8_encoded_8_bit_replies_and_utf8_text_in_strings_do_not_break_an_escape() {
+        // `C2 9B` is an 8-bit CSI in UTF-8.
+        assert_eq!(
+            filtered(b"\r\xc2\x9b?64;1c~.", false, 1),
+            (b"\r\xc2\x9b?64;1c".to_vec(), vec![Escape::Disconnect])
+        );
+        // A title report with `\u{11c}` (C4 9C): 9C there is no terminator.
+        let title = "\x1b]l\u{11c}x\x1b\\".as_bytes();
+        let mut typed = b"\r".to_vec();
+        typed.extend_from_slice(title);
+        typed.extend_from_slice(b"~.");
+        let mut expected = b"\r".to_vec();
+        expected.extend_from_slice(title);
+        assert_eq!(
+            filtered(&typed, false, 1),
+            (expected, vec![Escape::Disconnect])
+        );
+        // A character typed after a held tilde: both reach the app.
+        assert_eq!(
+            filtered("~\u{e9}".as_bytes(), false, 1),
+            ("~\u{e9}".as_bytes().to_vec(), vec![])
+        );
+    }
+
+    #[test]
+    fn ctrl_backslash_detaches_even_after_a_typed_esc_p() {
+        assert_eq!(
+            filtered(b"\x1bPjk\x1c", true, 1),
+            (b"\x1bPjk".to_vec(), vec![Escape::Detach])
+        );
+    }
+
+    #[test]
     fn a_line_end_ends_what_looked_like_a_sequence() {
         // Esc then `P` (vim's paste), typed: Enter still starts a line.
         assert_eq!(
@@ -1157,6 +1277,11 @@ mod tests {
         assert_eq!(decode_key(b"\x1b[M !!x", false), Decoded::Skip(6));
         assert_eq!(decode_key(b"\x1b[M !", false), Decoded::Incomplete);
         assert_eq!(decode_key(b"\x9b1;2cx", false), Decoded::Skip(5));
+        assert_eq!(decode_key(b"\x8fA", false), Decoded::Key(plain("up"), 2));
+        // A reply too long to be typed is dropped whole.
+        let mut long = b"\x1b]52;c;".to_vec();
+        long.extend(std::iter::repeat_n(b'A', MAX_SEQUENCE));
+        assert_eq!(decode_key(&long, false), Decoded::Skip(long.len()));
         assert_eq!(decode_key(b"\xff", false), Decoded::Skip(1));
     }
 
@@ -1175,5 +1300,16 @@ mod tests {
         assert_eq!(state.take(100).unwrap(), b"and more\n");
         assert_eq!(state.take(100), None);
         assert!(state.nothing_to_take());
+        // Raw mode's Enter is `\r`.
+        state.keep(b"ab\rcd\r");
+        assert_eq!(state.take(100).unwrap(), b"ab\r");
+        // A flush drops what waits, a held `~` too.
+        state.raw = true;
+        state.keep(b"\r~");
+        state.flush();
+        state.raw = false;
+        let mut released = Vec::new();
+        state.escapes.release(&mut released);
+        assert!(released.is_empty() && state.nothing_to_take());
     }
 }

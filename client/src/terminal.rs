@@ -97,13 +97,13 @@ impl Owner {
         // then is not filtered for the escapes) and after it begins.
         let pump = crate::keys::pump();
         let paused = wanted.own_prompts > 0;
-        if how == OptionalActions::Flush {
-            // The terminal drops what was typed ahead; the client's reader
-            // may have read it already.
-            pump.flush_input();
-        }
         if mode != Mode::Raw {
             pump.set_mode(false, paused);
+        }
+        if how == OptionalActions::Flush {
+            // The terminal drops what was typed ahead; the client's reader
+            // may have read it already (a `~` it held included).
+            pump.flush_input();
         }
         if let Some(found) = &self.found
             && let Err(error) = set(found, mode, how)

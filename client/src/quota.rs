@@ -10,12 +10,12 @@
 //! upper bound of what the folder grows by (a delete is not credited), so
 //! they only err towards refusing. When a write would go over the quota,
 //! the folder is measured again and the write is refused only if it still
-//! would. Each session keeps its own count; it measures again before its
-//! writes since the last measurement pass an eighth of the quota, so
-//! sessions running at once see each other's writes (together they can
-//! overshoot by an eighth of the quota each). Measuring a large folder
-//! takes a while, so refusals spend at most a tenth of the time measuring
-//! ([`MEASURING_SHARE`]).
+//! would. Each session keeps its own count; once it has written an eighth
+//! of the quota since it last measured, it measures again, so sessions
+//! running at once see each other's writes (together they can overshoot by
+//! about an eighth of the quota each, plus a write). Measuring a large
+//! folder takes a while, so refusals spend at most a tenth of the time
+//! measuring ([`MEASURING_SHARE`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -100,10 +100,10 @@ impl StorageQuota {
         let recent = state
             .measured_at
             .is_some_and(|at| at.elapsed() < took * MEASURING_SHARE);
-        // Other sessions write too: after an eighth of the quota, look,
-        // however long looking takes.
-        let stale = used.saturating_add(needed).saturating_sub(state.measured)
-            > self.limit / CHARGED_BEFORE_MEASURING;
+        // Other sessions write too: once this one has written an eighth of
+        // the quota since it last looked, it looks, however long looking
+        // takes (that happens once per eighth written, not per refusal).
+        let stale = used.saturating_sub(state.measured) > self.limit / CHARGED_BEFORE_MEASURING;
         if fits(used) && !stale {
             state.used = Some(used.saturating_add(needed));
             return Ok(());
@@ -230,6 +230,20 @@ mod tests {
         second.state.lock().unwrap().measured_at = None;
         let refused = write(&second, "c").unwrap_err();
         assert_eq!(refused.used, 14 * ENTRY_COST);
+    }
+
+    #[test]
+    fn refusals_of_a_write_too_big_do_not_measure_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let quota = StorageQuota::new(dir.path().to_path_buf(), 10 * ENTRY_COST);
+        quota.charge(0, 0).unwrap();
+        // As if measuring took long.
+        quota.state.lock().unwrap().took = Duration::from_secs(3600);
+        let measured_at = quota.state.lock().unwrap().measured_at;
+        for _ in 0..3 {
+            assert!(quota.charge(1 << 40, 0).is_err());
+        }
+        assert_eq!(quota.state.lock().unwrap().measured_at, measured_at);
     }
 
     #[test]

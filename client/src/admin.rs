@@ -449,12 +449,16 @@ fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Res
     } else {
         0
     };
+    let used = if used == u64::MAX {
+        "full: too many entries to count".to_owned()
+    } else {
+        format!("{:.1} MiB used", used as f64 / f64::from(1u32 << 20))
+    };
     writeln!(
         out,
-        "  storage  {}  read-write, always, up to {} MiB ({:.1} MiB used)",
+        "  storage  {}  read-write, always, up to {} MiB ({used})",
         storage.display(),
         policy.storage_quota_bytes() >> 20,
-        used as f64 / f64::from(1u32 << 20)
     )?;
     writeln!(out, "  browser  http(s) URLs of its own origin, always")?;
     for grant in &policy.paths {

@@ -142,7 +142,8 @@ impl AuditLog {
         // stopped), the line is still written: unlocked, as before.
         use std::sync::atomic::Ordering;
         let wait = if self.lock_timed_out.load(Ordering::Relaxed) {
-            std::time::Duration::ZERO
+            // Long enough for a healthy client's append.
+            std::time::Duration::from_millis(10)
         } else {
             LOCK_WAIT
         };

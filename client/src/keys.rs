@@ -1107,14 +1107,9 @@ mod tests {
     #[test]
     fn terminal_sequences_neither_start_nor_break_an_escape() {
         // A reply to a query (OSC 11) between Enter, `~` and `.`.
-        let reply = b"\x1b]11;rgb:0000/0000/0000\x07";
-        let mut typed = b"ab\r".to_vec();
-        typed.extend_from_slice(reply);
-        typed.push(b'~');
-        typed.extend_from_slice(b"\x1b[I");
-        typed.push(b'.');
-        let mut expected = b"ab\r".to_vec();
-        expected.extend_from_slice(reply);
+        let reply: &[u8] = b"\x1b]11;rgb:0000/0000/0000\x07";
+        let typed = [b"ab\r", reply, b"~\x1b[I."].concat();
+        let expected = [b"ab\r", reply].concat();
         assert_eq!(
             filtered(&typed, false, 1),
             (expected, vec![Escape::Disconnect])
@@ -1129,14 +1124,9 @@ mod tests {
     #[test]
     fn mouse_reports_and_8_bit_replies_do_not_break_an_escape() {
         // X10 mouse reports carry three raw bytes (here `~` and `.`).
-        let mouse = b"\x1b[M ~.";
-        let mut typed = b"\r".to_vec();
-        typed.extend_from_slice(mouse);
-        typed.extend_from_slice(b"~");
-        typed.extend_from_slice(mouse);
-        typed.extend_from_slice(b".");
-        let mut expected = b"\r".to_vec();
-        expected.extend_from_slice(mouse);
+        let mouse: &[u8] = b"\x1b[M ~.";
+        let typed = [b"\r", mouse, b"~", mouse, b"."].concat();
+        let expected = [b"\r", mouse].concat();
         assert_eq!(
             filtered(&typed, false, 1),
             (expected, vec![Escape::Disconnect])
@@ -1162,11 +1152,8 @@ mod tests {
         );
         // A title report with `\u{11c}` (C4 9C): 9C there is no terminator.
         let title = "\x1b]l\u{11c}x\x1b\\".as_bytes();
-        let mut typed = b"\r".to_vec();
-        typed.extend_from_slice(title);
-        typed.extend_from_slice(b"~.");
-        let mut expected = b"\r".to_vec();
-        expected.extend_from_slice(title);
+        let typed = [b"\r", title, b"~."].concat();
+        let expected = [b"\r", title].concat();
         assert_eq!(
             filtered(&typed, false, 1),
             (expected, vec![Escape::Disconnect])

@@ -592,6 +592,9 @@ struct State {
     thread: bool,
     /// The reading thread is reading (or waiting for) the terminal.
     reading: bool,
+    /// Raw periods begun: a read that failed in an earlier one does not
+    /// fail this one.
+    raw_periods: u64,
 }
 
 impl State {
@@ -731,6 +734,7 @@ impl KeyPump {
         if raw && !state.raw {
             // A new raw period tries the terminal again.
             state.failed = None;
+            state.raw_periods += 1;
         }
         state.raw = raw;
         state.paused = paused;
@@ -887,7 +891,7 @@ impl KeyPump {
         let _stopped = Stopped(self);
         let mut buffer = vec![0u8; 4096];
         loop {
-            {
+            let period = {
                 let mut state = self.state();
                 state.reading = false;
                 self.stopped.notify_all();
@@ -901,11 +905,16 @@ impl KeyPump {
                         .unwrap_or_else(PoisonError::into_inner);
                 }
                 state.reading = true;
-            }
+                state.raw_periods
+            };
             match self.read_once(wake, &mut buffer) {
                 Ok(escapes) => self.act_on(&escapes),
                 Err(error) => {
                     let mut state = self.state();
+                    if state.raw_periods != period {
+                        // A raw period begun meanwhile tries again.
+                        continue;
+                    }
                     state.failed = Some(error.to_string());
                     state.wake_readers(&self.arrived);
                     return;

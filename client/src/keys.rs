@@ -5,11 +5,13 @@
 //! like any other. A server that put the terminal in raw mode and never
 //! read a key (or kept a byte read waiting, whose reader took every key)
 //! left the user no way out but killing the client from elsewhere. So one
-//! thread is the only reader of the terminal: while the terminal is raw,
-//! or once the app has read its stdin, it reads what the terminal sends
-//! into one bounded buffer. The app's byte and line reads ([`TtyStdin`])
-//! and its key reads ([`KeyPump::next_key`], decoded here) take from that
-//! buffer, in the order typed, across mode changes. In raw mode the client
+//! thread is the only reader of the terminal: while the terminal is raw it
+//! reads all the terminal sends, and in cooked mode one line for each read
+//! of stdin the app makes (the rest stays in the terminal for whoever reads
+//! next: a pager, the shell), into one bounded buffer. The app's byte and
+//! line reads ([`TtyStdin`], one line at a time) and its key reads
+//! ([`KeyPump::next_key`], decoded here) take from that buffer, in the
+//! order typed, across mode changes. In raw mode the client
 //! keeps escapes of its own that the server cannot hold off, as ssh does
 //! ([`Escapes`]): `~.` right after Enter (or as the first keys) disconnects,
 //! `~?` lists the escapes, `~~` sends one `~`; in a resumable session

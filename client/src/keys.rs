@@ -150,6 +150,13 @@ impl Escapes {
                 escapes.push(escape);
             }
         }
+        // Terminals write whole characters: a lead byte left at the end of
+        // a read is a byte of another encoding (Latin-1, 8-bit Meta), for
+        // the app now. A lone `C2` may still be an 8-bit introducer.
+        if !self.pending.is_empty() && self.pending != [0xc2] {
+            self.flush_pending(out);
+            self.utf8_left = 0;
+        }
         escapes
     }
 
@@ -200,6 +207,11 @@ impl Escapes {
             self.sequence = Sequence::None;
         }
         if detach_key && byte == CTRL_BACKSLASH {
+            // What waited goes to the app first: a detach may be refused,
+            // and a `~` held over it would start an escape later.
+            self.flush_pending(out);
+            out.append(&mut self.held);
+            self.at_line_start = false;
             return Some(Escape::Detach);
         }
         if self.sequence != Sequence::None {
@@ -212,9 +224,13 @@ impl Escapes {
             return None;
         }
         if byte == ESC || (c1 && matches!(byte, C1_SS3 | C1_DCS | C1_CSI | C1_OSC)) {
-            // A UTF-8 encoded introducer's `C2` is pending: it goes first.
-            let pending = std::mem::take(&mut self.pending);
-            self.emit(&pending, out);
+            if continuation {
+                // A UTF-8 encoded introducer: its pending `C2` goes first.
+                let pending = std::mem::take(&mut self.pending);
+                self.emit(&pending, out);
+            } else {
+                self.flush_pending(out);
+            }
             self.sequence = match byte {
                 ESC => Sequence::Esc,
                 C1_CSI => {
@@ -227,10 +243,8 @@ impl Escapes {
             self.emit(&[byte], out);
             return None;
         }
-        if !continuation && !self.pending.is_empty() {
-            // A character cut short: its bytes are just bytes.
-            let cut = std::mem::take(&mut self.pending);
-            self.typed(&cut, out);
+        if !continuation {
+            self.flush_pending(out);
         }
         self.pending.push(byte);
         if self.utf8_left > 0 {
@@ -238,6 +252,15 @@ impl Escapes {
         }
         let typed = std::mem::take(&mut self.pending);
         self.typed(&typed, out)
+    }
+
+    /// A character cut short (or a lone byte of another encoding): its
+    /// bytes are typed as they are. They are never `.`, `?` or `~`.
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        if !self.pending.is_empty() {
+            let cut = std::mem::take(&mut self.pending);
+            self.typed(&cut, out);
+        }
     }
 
     /// A whole character (or a stray byte) typed.
@@ -541,10 +564,11 @@ fn skip_text(input: &[u8], start: usize, complete: bool) -> Option<Decoded> {
             _ => at += 1,
         }
     }
-    if input.len() > MAX_SEQUENCE {
-        // A reply too long to be typed: dropped, not turned into keys.
+    if input.len() > MAX_SEQUENCE && start == 1 {
+        // An 8-bit reply too long to be typed: dropped, not turned into
+        // keys. (After ESC it may be Alt-P and a paste: Esc, then keys.)
         Some(Decoded::Skip(input.len()))
-    } else if complete {
+    } else if complete || input.len() > MAX_SEQUENCE {
         None
     } else {
         Some(Decoded::Incomplete)
@@ -1177,6 +1201,32 @@ mod tests {
     }
 
     #[test]
+    fn bytes_of_other_encodings_are_typed_at_once_and_in_order() {
+        // Latin-1 `é`, then an arrow, then `~.`: no escape mid-line.
+        assert_eq!(
+            filtered(b"\r~\xe9\x1b[A.", false, 64),
+            (b"\r~\xe9\x1b[A.".to_vec(), vec![])
+        );
+        assert_eq!(
+            filtered(b"\r\xe9\x1b[A~.", false, 64),
+            (b"\r\xe9\x1b[A~.".to_vec(), vec![])
+        );
+        // A read that ends in a lone lead byte hands it over at once.
+        let mut escapes = Escapes::default();
+        let mut out = Vec::new();
+        escapes.feed(b"\xe1", false, &mut out);
+        assert_eq!(out, b"\xe1");
+    }
+
+    #[test]
+    fn a_detach_gives_a_held_tilde_to_the_app() {
+        assert_eq!(
+            filtered(b"\r~\x1c.", true, 1),
+            (b"\r~.".to_vec(), vec![Escape::Detach])
+        );
+    }
+
+    #[test]
     fn ctrl_backslash_detaches_even_after_a_typed_esc_p() {
         assert_eq!(
             filtered(b"\x1bPjk\x1c", true, 1),
@@ -1276,10 +1326,13 @@ mod tests {
         assert_eq!(decode_key(b"\x1b[M !", false), Decoded::Incomplete);
         assert_eq!(decode_key(b"\x9b1;2cx", false), Decoded::Skip(5));
         assert_eq!(decode_key(b"\x8fA", false), Decoded::Key(plain("up"), 2));
-        // A reply too long to be typed is dropped whole.
-        let mut long = b"\x1b]52;c;".to_vec();
+        // An 8-bit reply too long to be typed is dropped whole; after ESC
+        // (Alt-] and a long paste) it is Esc, then keys.
+        let mut long = b"\x9d52;c;".to_vec();
         long.extend(std::iter::repeat_n(b'A', MAX_SEQUENCE));
         assert_eq!(decode_key(&long, false), Decoded::Skip(long.len()));
+        long.splice(..1, *b"\x1b]");
+        assert_eq!(decode_key(&long, false), Decoded::Key(plain("esc"), 1));
         assert_eq!(decode_key(b"\xff", false), Decoded::Skip(1));
     }
 

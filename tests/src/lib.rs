@@ -310,6 +310,16 @@ pub async fn send_server_frame(socket: &mut ScriptedSocket, frame: &ServerFrame)
     socket.send_sealed(&codec::encode(frame)).await;
 }
 
+/// Waits for the client's hello and answers it with [`scripted_welcome`];
+/// false when the client went away first.
+pub async fn welcome(socket: &mut ScriptedSocket) -> bool {
+    if next_client_frame(socket).await.is_none() {
+        return false;
+    }
+    send_server_frame(socket, &scripted_welcome()).await;
+    true
+}
+
 /// Sends `op` as request `id` and waits for its answer, skipping other
 /// frames; `None` when the client went away.
 pub async fn ask(

@@ -74,6 +74,20 @@ impl ClientHome {
             .kill_on_drop(true);
         command
     }
+
+    /// Runs `terminalwire ARGS...` with this home to its end; fails the
+    /// test if it runs longer than [`crate::CLIENT_DEADLINE`].
+    pub async fn run<I, S>(&self, args: I) -> std::process::Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let child = self.command(args).spawn().unwrap();
+        tokio::time::timeout(crate::CLIENT_DEADLINE, child.wait_with_output())
+            .await
+            .expect("the client hung")
+            .unwrap()
+    }
 }
 
 /// A `kB` figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...), in bytes;

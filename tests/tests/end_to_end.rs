@@ -14,7 +14,7 @@ use terminalwire_server::{Context, Exit, Terminal};
 use terminalwire_tests::process::ClientHome;
 use terminalwire_tests::{
     CLIENT_DEADLINE, Client, ScriptedServer, TestServer, ask, client_binary, next_client_frame,
-    scripted_welcome, send_server_frame,
+    send_server_frame, welcome,
 };
 use tokio::sync::Notify;
 
@@ -344,11 +344,8 @@ async fn an_oversized_frame_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_vanishes_mid_session_is_a_lost_connection() {
     let server = ScriptedServer::start(true, |mut socket| async move {
-        if next_client_frame(&mut socket).await.is_none() {
-            return;
-        }
         // Welcome, then drop the connection without an exit frame.
-        send_server_frame(&mut socket, &scripted_welcome()).await;
+        welcome(&mut socket).await;
     })
     .await;
     let run = Client::new([server.url().as_str(), "hello"]).run().await;
@@ -367,10 +364,9 @@ async fn requests_and_output_arriving_together_are_all_handled_in_order() {
         let storage = script_storage.get().cloned();
         async move {
             let Some(storage) = storage else { return };
-            if next_client_frame(&mut socket).await.is_none() {
+            if !welcome(&mut socket).await {
                 return;
             }
-            send_server_frame(&mut socket, &scripted_welcome()).await;
             let exists = |id: u64, name: &str| {
                 ServerFrame::Request(Request {
                     id: RequestId(id),
@@ -430,11 +426,7 @@ async fn requests_and_output_arriving_together_are_all_handled_in_order() {
     let folder = home.storage_dir(&url);
     std::fs::write(folder.join("present"), b"here").unwrap();
     storage.set(folder).unwrap();
-    let child = home.command([url.as_str(), "go"]).spawn().unwrap();
-    let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
-        .await
-        .expect("the client hung")
-        .unwrap();
+    let output = home.run([url.as_str(), "go"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stdout, "one\ntwo\n", "stderr: {stderr}");
@@ -453,10 +445,9 @@ async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
         let storage = script_storage.get().cloned();
         async move {
             let Some(storage) = storage else { return };
-            if next_client_frame(&mut socket).await.is_none() {
+            if !welcome(&mut socket).await {
                 return;
             }
-            send_server_frame(&mut socket, &scripted_welcome()).await;
             let path = storage.display().to_string();
             let requests = [
                 Operation::DirList { path: path.clone() },
@@ -487,11 +478,7 @@ async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
         std::fs::write(folder.join(format!("{index:05}{}", "n".repeat(235))), b"").unwrap();
     }
     storage.set(folder).unwrap();
-    let child = home.command([url.as_str(), "go"]).spawn().unwrap();
-    let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
-        .await
-        .expect("the client hung")
-        .unwrap();
+    let output = home.run([url.as_str(), "go"]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
 }
@@ -510,10 +497,9 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
         let paths = script_paths.get().cloned();
         async move {
             let Some(paths) = paths else { return };
-            if next_client_frame(&mut socket).await.is_none() {
+            if !welcome(&mut socket).await {
                 return;
             }
-            send_server_frame(&mut socket, &scripted_welcome()).await;
             let mut denials = Vec::new();
             for (id, path) in (1..).zip(paths) {
                 // Two listings, the metadata of a folder and of nothing, then
@@ -566,11 +552,7 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
             named(&dangling.join("x")),
         ])
         .unwrap();
-    let child = home.command([url.as_str(), "go"]).spawn().unwrap();
-    let output = tokio::time::timeout(CLIENT_DEADLINE, child.wait_with_output())
-        .await
-        .expect("the client hung")
-        .unwrap();
+    let output = home.run([url.as_str(), "go"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");

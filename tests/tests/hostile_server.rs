@@ -11,9 +11,7 @@ use terminalwire_protocol::frame::{
 };
 use terminalwire_protocol::{DEFAULT_MAX_CHUNK, codec};
 use terminalwire_tests::process::{ClientHome, proc_status_bytes};
-use terminalwire_tests::{
-    ScriptedServer, ScriptedSocket, next_client_frame, scripted_welcome, send_server_frame,
-};
+use terminalwire_tests::{ScriptedServer, next_client_frame, send_server_frame, welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROTOCOL: i32 = 76;
@@ -55,14 +53,6 @@ async fn attack(url: &str, extra: &[&str]) -> (Option<i32>, String, u64) {
     (status.code(), reading.await.unwrap(), peak)
 }
 
-async fn after_hello(socket: &mut ScriptedSocket) -> bool {
-    if next_client_frame(socket).await.is_none() {
-        return false;
-    }
-    send_server_frame(socket, &scripted_welcome()).await;
-    true
-}
-
 fn check(case: &str, outcome: (Option<i32>, String, u64), expected: i32) {
     let (status, stderr, peak) = outcome;
     assert_eq!(status, Some(expected), "{case}: {stderr}");
@@ -99,7 +89,7 @@ async fn a_nesting_bomb_and_huge_length_claims_are_protocol_errors() {
         let server = ScriptedServer::start(true, move |mut socket| {
             let payload = payload.clone();
             async move {
-                if after_hello(&mut socket).await {
+                if welcome(&mut socket).await {
                     socket.send_sealed(&payload).await;
                     while next_client_frame(&mut socket).await.is_some() {}
                 }
@@ -113,7 +103,7 @@ async fn a_nesting_bomb_and_huge_length_claims_are_protocol_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_and_a_stream_without_credit_are_protocol_errors() {
     let flood = ScriptedServer::start(true, |mut socket| async move {
-        if after_hello(&mut socket).await {
+        if welcome(&mut socket).await {
             for id in 1..=200 {
                 let request = ServerFrame::Request(Request {
                     id: RequestId(id),
@@ -128,7 +118,7 @@ async fn a_request_flood_and_a_stream_without_credit_are_protocol_errors() {
     check("request flood", attack(&flood.url(), &[]).await, PROTOCOL);
 
     let no_credit = ScriptedServer::start(true, |mut socket| async move {
-        if after_hello(&mut socket).await {
+        if welcome(&mut socket).await {
             let chunk = vec![b'x'; DEFAULT_MAX_CHUNK as usize];
             // 64 MiB while the client granted 1 MiB.
             for _ in 0..1024 {
@@ -156,7 +146,7 @@ async fn a_servers_error_message_cannot_write_escape_sequences_to_the_terminal()
     let message =
         "\x1b[2J\x1b[H\r\nterminalwire: all is well\x1b]10;#000000\x07\u{9b}8m\u{202e}lla";
     let server = ScriptedServer::start(true, move |mut socket| async move {
-        if after_hello(&mut socket).await {
+        if welcome(&mut socket).await {
             let error = ServerFrame::Error(SessionError {
                 code: ErrorCode::Internal,
                 message: message.to_owned(),
@@ -201,7 +191,7 @@ async fn big_prompts_cannot_pile_up_behind_a_stderr_nobody_reads() {
             let Some((asked_tx, exit)) = channels else {
                 return;
             };
-            if !after_hello(&mut socket).await {
+            if !welcome(&mut socket).await {
                 return;
             }
             let mut answers = Vec::new();

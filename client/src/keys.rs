@@ -775,8 +775,7 @@ impl KeyPump {
     /// Starts or stops the reading thread for what is now wanted.
     fn wanted_changed(&'static self, mut state: MutexGuard<'_, State>) {
         if state.wants_input() {
-            self.wanted.notify_all();
-            self.spawn(&mut state);
+            self.start_reading(&mut state);
             return;
         }
         self.wake_reader();
@@ -817,7 +816,10 @@ impl KeyPump {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn spawn(&'static self, state: &mut State) {
+    /// Wakes the reading thread from its wait for something to read, or
+    /// starts it.
+    fn start_reading(&'static self, state: &mut State) {
+        self.wanted.notify_all();
         if state.thread {
             return;
         }
@@ -910,7 +912,7 @@ impl KeyPump {
                 // Wanted again meanwhile (a new raw period cleared the
                 // failure): a reader of its own.
                 if state.wants_input() {
-                    self.0.spawn(&mut state);
+                    self.0.start_reading(&mut state);
                 }
             }
         }
@@ -1070,8 +1072,7 @@ impl AsyncRead for TtyStdin {
             if !state.bytes_wanted {
                 state.bytes_wanted = true;
                 if state.wants_input() {
-                    pump.wanted.notify_all();
-                    pump.spawn(&mut state);
+                    pump.start_reading(&mut state);
                 }
             }
             return Poll::Pending;
@@ -1108,6 +1109,19 @@ mod tests {
         (out, found)
     }
 
+    /// `typed` reaches the app as it is, with no escape.
+    fn assert_untouched(typed: &[u8], piece: usize) {
+        assert_eq!(filtered(typed, false, piece), (typed.to_vec(), vec![]));
+    }
+
+    /// `typed` disconnects; the app gets `kept`.
+    fn assert_disconnects(typed: &[u8], kept: &[u8], piece: usize) {
+        assert_eq!(
+            filtered(typed, false, piece),
+            (kept.to_vec(), vec![Escape::Disconnect])
+        );
+    }
+
     #[test]
     fn tilde_dot_disconnects_at_the_start_and_after_enter_only() {
         for piece in [1, 64] {
@@ -1125,18 +1139,12 @@ mod tests {
 
     #[test]
     fn a_held_tilde_goes_to_the_app_before_any_other_key() {
-        assert_eq!(filtered(b"~x", false, 1), (b"~x".to_vec(), vec![]));
+        assert_untouched(b"~x", 1);
         // `~~` is one `~`, and what follows is not at a line's start.
         assert_eq!(filtered(b"~~~.", false, 1), (b"~~.".to_vec(), vec![]));
-        assert_eq!(
-            filtered(b"~\r~.", false, 1),
-            (b"~\r".to_vec(), vec![Escape::Disconnect])
-        );
+        assert_disconnects(b"~\r~.", b"~\r", 1);
         // An arrow after a held tilde comes after it.
-        assert_eq!(
-            filtered(b"~\x1b[Ax", false, 1),
-            (b"~\x1b[Ax".to_vec(), vec![])
-        );
+        assert_untouched(b"~\x1b[Ax", 1);
     }
 
     #[test]
@@ -1145,15 +1153,9 @@ mod tests {
         let reply: &[u8] = b"\x1b]11;rgb:0000/0000/0000\x07";
         let typed = [b"ab\r", reply, b"~\x1b[I."].concat();
         let expected = [b"ab\r", reply].concat();
-        assert_eq!(
-            filtered(&typed, false, 1),
-            (expected, vec![Escape::Disconnect])
-        );
+        assert_disconnects(&typed, &expected, 1);
         // A tilde inside a sequence is not the escape.
-        assert_eq!(
-            filtered(b"\x1b]~.\x07", false, 1),
-            (b"\x1b]~.\x07".to_vec(), vec![])
-        );
+        assert_untouched(b"\x1b]~.\x07", 1);
     }
 
     #[test]
@@ -1162,15 +1164,9 @@ mod tests {
         let mouse: &[u8] = b"\x1b[M ~.";
         let typed = [b"\r", mouse, b"~", mouse, b"."].concat();
         let expected = [b"\r", mouse].concat();
-        assert_eq!(
-            filtered(&typed, false, 1),
-            (expected, vec![Escape::Disconnect])
-        );
+        assert_disconnects(&typed, &expected, 1);
         // An 8-bit CSI reply, and an 8-bit OSC ended by 8-bit ST.
-        assert_eq!(
-            filtered(b"\r\x9b1;2c~\x9d11;x\x9c.", false, 1),
-            (b"\r\x9b1;2c".to_vec(), vec![Escape::Disconnect])
-        );
+        assert_disconnects(b"\r\x9b1;2c~\x9d11;x\x9c.", b"\r\x9b1;2c", 1);
         // A UTF-8 character whose second byte is 0x9b is a character.
         assert_eq!(
             filtered("\r\u{db}~.".as_bytes(), false, 1),
@@ -1181,18 +1177,12 @@ mod tests {
     #[test]
     fn utf8_encoded_8_bit_replies_and_utf8_text_in_strings_do_not_break_an_escape() {
         // `C2 9B` is an 8-bit CSI in UTF-8.
-        assert_eq!(
-            filtered(b"\r\xc2\x9b?64;1c~.", false, 1),
-            (b"\r\xc2\x9b?64;1c".to_vec(), vec![Escape::Disconnect])
-        );
+        assert_disconnects(b"\r\xc2\x9b?64;1c~.", b"\r\xc2\x9b?64;1c", 1);
         // A title report with `\u{11c}` (C4 9C): 9C there is no terminator.
         let title = "\x1b]l\u{11c}x\x1b\\".as_bytes();
         let typed = [b"\r", title, b"~."].concat();
         let expected = [b"\r", title].concat();
-        assert_eq!(
-            filtered(&typed, false, 1),
-            (expected, vec![Escape::Disconnect])
-        );
+        assert_disconnects(&typed, &expected, 1);
         // A character typed after a held tilde: both reach the app.
         assert_eq!(
             filtered("~\u{e9}".as_bytes(), false, 1),
@@ -1203,14 +1193,8 @@ mod tests {
     #[test]
     fn bytes_of_other_encodings_are_typed_at_once_and_in_order() {
         // Latin-1 `é`, then an arrow, then `~.`: no escape mid-line.
-        assert_eq!(
-            filtered(b"\r~\xe9\x1b[A.", false, 64),
-            (b"\r~\xe9\x1b[A.".to_vec(), vec![])
-        );
-        assert_eq!(
-            filtered(b"\r\xe9\x1b[A~.", false, 64),
-            (b"\r\xe9\x1b[A~.".to_vec(), vec![])
-        );
+        assert_untouched(b"\r~\xe9\x1b[A.", 64);
+        assert_untouched(b"\r\xe9\x1b[A~.", 64);
         // A read that ends in a lone lead byte hands it over at once.
         let mut escapes = Escapes::default();
         let mut out = Vec::new();
@@ -1237,14 +1221,8 @@ mod tests {
     #[test]
     fn a_line_end_ends_what_looked_like_a_sequence() {
         // Esc then `P` (vim's paste), typed: Enter still starts a line.
-        assert_eq!(
-            filtered(b"\x1bPx\r~.", false, 1),
-            (b"\x1bPx\r".to_vec(), vec![Escape::Disconnect])
-        );
-        assert_eq!(
-            filtered(b"\x1b[\r~.", false, 1),
-            (b"\x1b[\r".to_vec(), vec![Escape::Disconnect])
-        );
+        assert_disconnects(b"\x1bPx\r~.", b"\x1bPx\r", 1);
+        assert_disconnects(b"\x1b[\r~.", b"\x1b[\r", 1);
         // The decoder: Esc, then the keys typed after it.
         assert_eq!(decode_key(b"\x1bPx\r", true), Decoded::Key(plain("esc"), 1));
         assert_eq!(decode_key(b"\x1b[\r", false), Decoded::Key(plain("esc"), 1));
@@ -1276,7 +1254,7 @@ mod tests {
             filtered(b"a\x1cb", true, 1),
             (b"ab".to_vec(), vec![Escape::Detach])
         );
-        assert_eq!(filtered(b"a\x1cb", false, 1), (b"a\x1cb".to_vec(), vec![]));
+        assert_untouched(b"a\x1cb", 1);
     }
 
     #[test]

@@ -411,7 +411,13 @@ pub fn decode_key(input: &[u8], complete: bool) -> Decoded {
 
 /// The key an SS3 sequence (`ESC O x`) ending in `last` is.
 fn decode_ss3(last: u8) -> Option<Key> {
-    let name = match last {
+    lettered_key(last).map(|name| key(name, false, false, false))
+}
+
+/// The key a letter ends an SS3 or CSI sequence with: arrows, Home, End,
+/// F1–F4.
+fn lettered_key(last: u8) -> Option<&'static str> {
+    Some(match last {
         b'P' => "f1",
         b'Q' => "f2",
         b'R' => "f3",
@@ -423,8 +429,7 @@ fn decode_ss3(last: u8) -> Option<Key> {
         b'H' => "home",
         b'F' => "end",
         _ => return None,
-    };
-    Some(key(name, false, false, false))
+    })
 }
 
 /// A key that is not a sequence: a control byte or a character.
@@ -506,16 +511,6 @@ fn decode_csi(input: &[u8], start: usize, complete: bool) -> Option<Decoded> {
     // xterm's modifier parameter: 1 + (shift 1, alt 2, ctrl 4).
     let modifiers = numbers.next().unwrap_or(1).saturating_sub(1);
     let name = match input[end] {
-        b'A' => "up",
-        b'B' => "down",
-        b'C' => "right",
-        b'D' => "left",
-        b'H' => "home",
-        b'F' => "end",
-        b'P' => "f1",
-        b'Q' => "f2",
-        b'R' => "f3",
-        b'S' => "f4",
         b'Z' => return Some(Decoded::Key(key("tab", false, false, true), len)),
         b'~' => match first {
             1 | 7 => "home",
@@ -538,7 +533,10 @@ fn decode_csi(input: &[u8], start: usize, complete: bool) -> Option<Decoded> {
             24 => "f12",
             _ => return Some(Decoded::Skip(len)),
         },
-        _ => return Some(Decoded::Skip(len)),
+        last => match lettered_key(last) {
+            Some(name) => name,
+            None => return Some(Decoded::Skip(len)),
+        },
     };
     Some(Decoded::Key(
         key(

@@ -260,6 +260,34 @@ impl ScriptedServer {
         }
     }
 
+    /// [`start`](Self::start) for a script that needs something known
+    /// only once the server's address is (a path in the storage folder of
+    /// its authority, say): the script gets it, with the client welcomed,
+    /// once the test has set it; a client that comes earlier is dropped.
+    pub async fn start_welcomed_with<T, F, Fut>(
+        script: F,
+    ) -> (ScriptedServer, std::sync::Arc<OnceLock<T>>)
+    where
+        T: Clone + Send + Sync + 'static,
+        F: Fn(ScriptedSocket, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let later: std::sync::Arc<OnceLock<T>> = std::sync::Arc::default();
+        let given = later.clone();
+        let script = std::sync::Arc::new(script);
+        let server = ScriptedServer::start(true, move |mut socket| {
+            let (value, script) = (given.get().cloned(), script.clone());
+            async move {
+                let Some(value) = value else { return };
+                if welcome(&mut socket).await {
+                    script(socket, value).await;
+                }
+            }
+        })
+        .await;
+        (server, later)
+    }
+
     /// The fingerprint of this server's identity key.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint

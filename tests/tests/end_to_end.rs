@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use terminalwire_protocol::frame::{
@@ -358,15 +358,8 @@ async fn a_server_that_vanishes_mid_session_is_a_lost_connection() {
 /// reordered, and the answers come in the order of their requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_output_arriving_together_are_all_handled_in_order() {
-    let storage: Arc<OnceLock<PathBuf>> = Arc::default();
-    let script_storage = storage.clone();
-    let server = ScriptedServer::start(true, move |mut socket| {
-        let storage = script_storage.get().cloned();
-        async move {
-            let Some(storage) = storage else { return };
-            if !welcome(&mut socket).await {
-                return;
-            }
+    let (server, storage) =
+        ScriptedServer::start_welcomed_with(|mut socket, storage: PathBuf| async move {
             let exists = |id: u64, name: &str| {
                 ServerFrame::Request(Request {
                     id: RequestId(id),
@@ -418,9 +411,8 @@ async fn requests_and_output_arriving_together_are_all_handled_in_order() {
             }
             send_server_frame(&mut socket, &ServerFrame::Exit(ExitFrame { status })).await;
             while next_client_frame(&mut socket).await.is_some() {}
-        }
-    })
-    .await;
+        })
+        .await;
     let home = ClientHome::new();
     let url = server.url();
     let folder = home.storage_dir(&url);
@@ -439,15 +431,8 @@ async fn requests_and_output_arriving_together_are_all_handled_in_order() {
 /// the session was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
-    let storage: Arc<OnceLock<PathBuf>> = Arc::default();
-    let script_storage = storage.clone();
-    let server = ScriptedServer::start(true, move |mut socket| {
-        let storage = script_storage.get().cloned();
-        async move {
-            let Some(storage) = storage else { return };
-            if !welcome(&mut socket).await {
-                return;
-            }
+    let (server, storage) =
+        ScriptedServer::start_welcomed_with(|mut socket, storage: PathBuf| async move {
             let path = storage.display().to_string();
             let requests = [
                 Operation::DirList { path: path.clone() },
@@ -468,9 +453,8 @@ async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
             let status = if refused && went_on { 0 } else { 1 };
             send_server_frame(&mut socket, &ServerFrame::Exit(ExitFrame { status })).await;
             while next_client_frame(&mut socket).await.is_some() {}
-        }
-    })
-    .await;
+        })
+        .await;
     let home = ClientHome::new();
     let url = server.url();
     let folder = home.storage_dir(&url);
@@ -491,15 +475,8 @@ async fn a_listing_too_large_for_a_frame_is_refused_and_the_session_goes_on() {
 /// what was asked about exists (it named an existing folder itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
-    let paths: Arc<OnceLock<Vec<String>>> = Arc::default();
-    let script_paths = paths.clone();
-    let server = ScriptedServer::start(true, move |mut socket| {
-        let paths = script_paths.get().cloned();
-        async move {
-            let Some(paths) = paths else { return };
-            if !welcome(&mut socket).await {
-                return;
-            }
+    let (server, paths) =
+        ScriptedServer::start_welcomed_with(|mut socket, paths: Vec<String>| async move {
             let mut denials = Vec::new();
             for (id, path) in (1..).zip(paths) {
                 // Two listings, the metadata of a folder and of nothing, then
@@ -525,9 +502,8 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
             send_server_frame(&mut socket, &ServerFrame::Data(data)).await;
             send_server_frame(&mut socket, &ServerFrame::Exit(ExitFrame { status: 0 })).await;
             while next_client_frame(&mut socket).await.is_some() {}
-        }
-    })
-    .await;
+        })
+        .await;
     let home = ClientHome::new();
     let url = server.url();
     let storage = home.storage_dir(&url);

@@ -7,16 +7,25 @@
 //! approval code; the app shows a link to its own "approve this device" page
 //! (behind its web login) where the user enters or confirms the code.
 //!
+//! A registry kept in a file is saved by a thread of its own: a change
+//! returns at once, and the changes made while a save runs go to disk
+//! together in the next one. A client making new keys in a loop (each one a
+//! new pending device) therefore never holds a runtime thread in `fsync`,
+//! and costs at most one write of the file at a time.
+//! [`DeviceRegistry::saved`] waits until the changes made so far are on
+//! disk; an app awaits it before it tells a user a revocation took effect.
+//!
 //! [`ClientInfo::device`]: crate::ClientInfo::device
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::context::Context;
 
@@ -87,6 +96,10 @@ pub enum DeviceError {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Devices {
     devices: BTreeMap<String, Device>,
+    /// Changes made since the registry was loaded; the saver's progress is
+    /// counted in these.
+    #[serde(skip)]
+    generation: u64,
 }
 
 /// The app's devices, in memory or persisted in a JSON file.
@@ -94,7 +107,7 @@ struct Devices {
 pub struct DeviceRegistry {
     state: Arc<Mutex<Devices>>,
     changed: Arc<Notify>,
-    file: Option<PathBuf>,
+    saver: Option<Arc<SaverHandle>>,
 }
 
 impl DeviceRegistry {
@@ -103,11 +116,14 @@ impl DeviceRegistry {
         DeviceRegistry {
             state: Arc::default(),
             changed: Arc::default(),
-            file: None,
+            saver: None,
         }
     }
 
     /// A registry kept in `path` (JSON, written atomically, 0600).
+    ///
+    /// A thread saves the changes (see the [module](self)); dropping the
+    /// last clone of the registry waits for the last save.
     pub fn load_or_create(path: &Path) -> io::Result<Self> {
         let devices = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
@@ -119,24 +135,58 @@ impl DeviceRegistry {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Devices::default(),
             Err(error) => return Err(error),
         };
+        let state = Arc::new(Mutex::new(devices));
+        let saver = SaverHandle::start(path.to_path_buf(), Arc::clone(&state))?;
         Ok(DeviceRegistry {
-            state: Arc::new(Mutex::new(devices)),
+            state,
             changed: Arc::default(),
-            file: Some(path.to_path_buf()),
+            saver: Some(Arc::new(saver)),
         })
     }
 
-    fn update<T>(&self, change: impl FnOnce(&mut Devices) -> T) -> T {
+    /// Runs `change` on the devices; saves them and wakes the waiting
+    /// commands when it says it changed them (so that, say, wrong approval
+    /// codes posted in a loop write nothing).
+    fn update<T>(&self, change: impl FnOnce(&mut Devices) -> (T, Change)) -> T {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = change(&mut state);
-        if let Some(file) = &self.file
-            && let Err(error) = save(file, &state)
-        {
-            tracing::error!(%error, file = %file.display(), "cannot save the device registry");
+        let (result, change) = change(&mut state);
+        if change == Unchanged {
+            return result;
         }
+        state.generation += 1;
+        let generation = state.generation;
         drop(state);
+        if let Some(saver) = &self.saver {
+            saver.shared.want(generation);
+        }
         self.changed.notify_waiters();
         result
+    }
+
+    /// Returns once every change made before the call is on disk (at once
+    /// for a registry in memory), or with the error of the save that
+    /// failed. A later change that saves well clears an earlier error.
+    pub async fn saved(&self) -> io::Result<()> {
+        let Some(saver) = &self.saver else {
+            return Ok(());
+        };
+        let target = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation;
+        let mut progress = saver.shared.progress.subscribe();
+        let outcome = progress
+            .wait_for(|progress| progress.saved >= target)
+            .await
+            .map_err(|_| io::Error::other("the device registry's saver has stopped"))?;
+        match &outcome.error {
+            Some(error) => Err(io::Error::other(format!(
+                "cannot save the device registry to {}: {error}",
+                saver.shared.file.display()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Every device, by fingerprint.
@@ -168,6 +218,11 @@ impl DeviceRegistry {
             None => label.to_owned(),
         };
         self.update(|state| {
+            // Another session of the same device may have added it since
+            // `waiting` looked: its code stands.
+            if let Some(device) = state.devices.get(fingerprint) {
+                return (verdict(Some(device)), Unchanged);
+            }
             let pending: Vec<(u64, &String)> = state
                 .devices
                 .values()
@@ -193,8 +248,8 @@ impl DeviceRegistry {
                     pending_since: since,
                 },
             );
-        });
-        Err(DeviceError::NotApproved { code })
+            (Err(DeviceError::NotApproved { code }), Changed)
+        })
     }
 
     /// Approves the pending device with this code; false if none has it.
@@ -207,9 +262,9 @@ impl DeviceRegistry {
             match found {
                 Some(device) => {
                     device.status = DeviceStatus::Approved;
-                    true
+                    (true, Changed)
                 }
-                None => false,
+                None => (false, Unchanged),
             }
         })
     }
@@ -219,9 +274,9 @@ impl DeviceRegistry {
         self.update(|state| match state.devices.get_mut(fingerprint) {
             Some(device) => {
                 device.status = DeviceStatus::Revoked;
-                true
+                (true, Changed)
             }
-            None => false,
+            None => (false, Unchanged),
         })
     }
 
@@ -282,12 +337,28 @@ impl DeviceRegistry {
     /// [`check`](Self::check) for a device already told its code: never
     /// adds it.
     fn waiting(&self, fingerprint: &str) -> Result<(), DeviceError> {
-        match self.status(fingerprint) {
-            Some(DeviceStatus::Approved) => Ok(()),
-            Some(DeviceStatus::Revoked) => Err(DeviceError::Revoked),
-            Some(DeviceStatus::Pending { code }) => Err(DeviceError::NotApproved { code }),
-            None => Err(DeviceError::Forgotten),
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        verdict(state.devices.get(fingerprint))
+    }
+}
+
+/// Whether an update changed the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Changed,
+    Unchanged,
+}
+use Change::{Changed, Unchanged};
+
+/// Whether a device the registry has (or not) may run commands.
+fn verdict(device: Option<&Device>) -> Result<(), DeviceError> {
+    match device.map(|device| &device.status) {
+        Some(DeviceStatus::Approved) => Ok(()),
+        Some(DeviceStatus::Revoked) => Err(DeviceError::Revoked),
+        Some(DeviceStatus::Pending { code }) => {
+            Err(DeviceError::NotApproved { code: code.clone() })
         }
+        None => Err(DeviceError::Forgotten),
     }
 }
 
@@ -312,10 +383,139 @@ fn new_code(fingerprint: &str) -> String {
         .collect()
 }
 
-fn save(path: &Path, devices: &Devices) -> io::Result<()> {
+/// What the saver thread shares with the registry.
+#[derive(Debug)]
+struct Saver {
+    file: PathBuf,
+    /// The newest generation a change asked to save, and whether the
+    /// registry is gone.
+    wanted: Mutex<Wanted>,
+    wake: Condvar,
+    /// What is on disk, for [`DeviceRegistry::saved`].
+    progress: watch::Sender<SaveProgress>,
+    /// Files written, for tests.
+    writes: std::sync::atomic::AtomicU64,
+    /// Held by a test to stall the saver as a slow disk would.
+    #[cfg(test)]
+    stall: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Wanted {
+    generation: u64,
+    closing: bool,
+}
+
+#[derive(Debug, Default)]
+struct SaveProgress {
+    /// Every change up to this generation is on disk (or its save failed).
+    saved: u64,
+    /// Why the last save failed, if it did.
+    error: Option<String>,
+}
+
+impl Saver {
+    fn want(&self, generation: u64) {
+        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        wanted.generation = wanted.generation.max(generation);
+        drop(wanted);
+        self.wake.notify_one();
+    }
+
+    /// The thread: saves the newest state whenever it is newer than the
+    /// file, until the registry is gone and everything is saved.
+    fn run(&self, state: &Mutex<Devices>) {
+        let mut saved = 0;
+        loop {
+            let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+            while wanted.generation <= saved && !wanted.closing {
+                wanted = self
+                    .wake
+                    .wait(wanted)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if wanted.generation <= saved {
+                return;
+            }
+            drop(wanted);
+            #[cfg(test)]
+            drop(self.stall.lock().unwrap_or_else(PoisonError::into_inner));
+            // A copy, so that the registry is not locked while it is encoded
+            // and written.
+            let (devices, generation) = {
+                let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                (state.devices.clone(), state.generation)
+            };
+            let result = save(&self.file, &devices);
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Err(error) = &result {
+                tracing::error!(%error, file = %self.file.display(), "cannot save the device registry");
+            }
+            saved = generation;
+            self.progress.send_replace(SaveProgress {
+                saved,
+                error: result.err().map(|error| error.to_string()),
+            });
+        }
+    }
+}
+
+/// Owns the saver thread: the last registry clone to go waits for the last
+/// save.
+#[derive(Debug)]
+struct SaverHandle {
+    shared: Arc<Saver>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SaverHandle {
+    fn start(file: PathBuf, state: Arc<Mutex<Devices>>) -> io::Result<SaverHandle> {
+        let shared = Arc::new(Saver {
+            file,
+            wanted: Mutex::default(),
+            wake: Condvar::new(),
+            progress: watch::Sender::new(SaveProgress::default()),
+            writes: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(test)]
+            stall: Mutex::default(),
+        });
+        let thread = std::thread::Builder::new()
+            .name("device-registry".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || shared.run(&state)
+            })?;
+        Ok(SaverHandle {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SaverHandle {
+    fn drop(&mut self) {
+        self.shared
+            .wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closing = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn save(path: &Path, devices: &BTreeMap<String, Device>) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let bytes = serde_json::to_vec_pretty(devices).map_err(io::Error::other)?;
+    /// What [`Devices`] is on disk.
+    #[derive(Serialize)]
+    struct DevicesFile<'a> {
+        devices: &'a BTreeMap<String, Device>,
+    }
+    let bytes = serde_json::to_vec_pretty(&DevicesFile { devices }).map_err(io::Error::other)?;
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -373,10 +573,75 @@ mod tests {
             panic!("pending expected");
         };
         registry.approve(&code);
+        // The last clone to go waits for the last save.
+        drop(registry);
         let again = DeviceRegistry::load_or_create(&path).unwrap();
         assert_eq!(again.status("SHA256:b"), Some(DeviceStatus::Approved));
         std::fs::write(&path, "{ not json").unwrap();
         assert!(DeviceRegistry::load_or_create(&path).is_err());
+    }
+
+    #[tokio::test]
+    async fn changes_made_while_a_save_runs_go_to_disk_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.json");
+        let registry = DeviceRegistry::load_or_create(&path).unwrap();
+        let saver = Arc::clone(&registry.saver.as_ref().unwrap().shared);
+        // A disk that takes its time: the saver waits here.
+        let stall = saver.stall.lock().unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let registry = registry.clone();
+            move || {
+                for index in 0..200 {
+                    let _ = registry.check(&format!("SHA256:{index:03}"), "linux");
+                }
+                done.send(()).unwrap();
+            }
+        });
+        // New keys do not wait for the disk (a runtime thread would).
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("checks of new devices waited for the stalled save");
+        drop(stall);
+        registry.saved().await.unwrap();
+        let writes = saver.writes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            (1..=2).contains(&writes),
+            "200 new devices made {writes} writes of the file"
+        );
+        let again = DeviceRegistry::load_or_create(&path).unwrap();
+        assert_eq!(again.list().len(), 200);
+        // Nothing changed, nothing written: wrong codes posted in a loop.
+        for _ in 0..10 {
+            assert!(!registry.approve("WRONGCOD"));
+        }
+        registry.saved().await.unwrap();
+        assert_eq!(
+            saver.writes.load(std::sync::atomic::Ordering::Relaxed),
+            writes
+        );
+    }
+
+    #[tokio::test]
+    async fn saved_reports_a_failed_save_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("state");
+        let path = folder.join("devices.json");
+        let registry = DeviceRegistry::load_or_create(&path).unwrap();
+        // A file where the folder should be: no save can succeed.
+        std::fs::write(&folder, "in the way").unwrap();
+        let _ = registry.check("SHA256:a", "linux");
+        let error = registry.saved().await.unwrap_err().to_string();
+        assert!(
+            error.contains("cannot save the device registry") && error.contains("devices.json"),
+            "{error}"
+        );
+        std::fs::remove_file(&folder).unwrap();
+        assert!(registry.revoke("SHA256:a"));
+        registry.saved().await.unwrap();
+        let again = DeviceRegistry::load_or_create(&path).unwrap();
+        assert_eq!(again.status("SHA256:a"), Some(DeviceStatus::Revoked));
     }
 
     #[test]

@@ -483,6 +483,9 @@ pub struct RevokeForm {
 
 async fn approve_device(Form(form): Form<ApproveForm>) -> (StatusCode, Html<String>) {
     if devices().approve(&form.code) {
+        if let Err(error) = devices().saved().await {
+            return not_saved(&error);
+        }
         (
             StatusCode::OK,
             Html("<p>Device approved. You can go back to your terminal.</p>".into()),
@@ -497,10 +500,26 @@ async fn approve_device(Form(form): Form<ApproveForm>) -> (StatusCode, Html<Stri
 
 async fn revoke_device(Form(form): Form<RevokeForm>) -> (StatusCode, Html<String>) {
     if devices().revoke(&form.device) {
+        // Only a revocation on disk survives a restart of the app.
+        if let Err(error) = devices().saved().await {
+            return not_saved(&error);
+        }
         (StatusCode::OK, Html("<p>Device revoked.</p>".into()))
     } else {
         (StatusCode::NOT_FOUND, Html("<p>No such device.</p>".into()))
     }
+}
+
+/// The change holds until the app stops, but the registry file could not
+/// be written.
+fn not_saved(error: &std::io::Error) -> (StatusCode, Html<String>) {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Html(format!(
+            "<p>Done for now, but not saved: {}. It will be lost when the app restarts.</p>",
+            escape(&error.to_string())
+        )),
+    )
 }
 
 fn escape(text: &str) -> String {

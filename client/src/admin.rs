@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use terminalwire_policy::grant::{Access, BrowserTarget, EnvName, Mode, PathGrant, PathPattern};
 use terminalwire_policy::{Authority, Grant, GrantOutcome, Home, Policy};
+use terminalwire_protocol::report::chain_text;
 
 use crate::error::exit_code;
 use crate::inert::inert;
@@ -196,7 +197,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
             // A policy file or log may quote a server's path.
             eprintln!(
                 "terminalwire: {}",
-                crate::inert::inert_lines(&format!("{error:#}"))
+                crate::inert::inert_lines(&chain_text(error.as_ref()))
             );
             exit_code::FAILURE
         }
@@ -823,6 +824,12 @@ mod tests {
             "[[env]]\nname = \"A\"\n[[bogus]]\n",
             "a corrupt file is left alone"
         );
+        // A file that is not text: its cause is shown once, not twice.
+        std::fs::write(&policy, b"\xff\xfe").unwrap();
+        let error = admin(&home, &["entitlement", "list", "example.com"]).unwrap_err();
+        let message = chain_text(error.as_ref());
+        assert_eq!(message.matches("valid UTF-8").count(), 1, "{message}");
+        assert!(message.starts_with("cannot read policy file"), "{message}");
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //!   timer for a session loop's deadlines.
 //! - [`linger`]: when to poll for a fast peer's answer for a few microseconds
 //!   instead of sleeping.
+//! - [`report`]: an error and its causes as one line for a user.
 //! - [`secure`]: the Noise XX handshake and sealed frames inside the WebSocket
 //!   (pinned server key, device key, AEAD on every frame).
 //!
@@ -58,6 +59,7 @@ pub mod frame;
 pub mod handshake;
 pub mod linger;
 pub mod liveness;
+pub mod report;
 pub mod resume;
 pub mod secure;
 

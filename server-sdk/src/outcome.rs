@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use terminalwire_protocol::report::chain_text;
+
 use crate::Context;
 
 /// How a command ended.
@@ -75,7 +77,7 @@ impl<T: IntoOutcome> IntoOutcome for anyhow::Result<T> {
             Ok(value) => value.into_outcome(),
             Err(error) => match error.downcast_ref::<Exit>() {
                 Some(exit) => Outcome::Exit(exit.0),
-                None => Outcome::Failed(format!("{error:#}")),
+                None => Outcome::Failed(chain_text(error.as_ref())),
             },
         }
     }
@@ -96,7 +98,7 @@ impl<T: IntoOutcome> IntoOutcome for Result<T, Box<dyn std::error::Error + Send 
             Ok(value) => value.into_outcome(),
             Err(error) => match error.downcast_ref::<Exit>() {
                 Some(exit) => Outcome::Exit(exit.0),
-                None => Outcome::Failed(error.to_string()),
+                None => Outcome::Failed(chain_text(error.as_ref())),
             },
         }
     }
@@ -139,6 +141,24 @@ mod tests {
         assert_eq!(
             failed.into_outcome(),
             Outcome::Failed("saving: disk full".into())
+        );
+        // A cause the message already quotes is not repeated (an error
+        // type with a `{source}` field); one it does not quote is appended.
+        let read = std::io::Error::other("not UTF-8");
+        let quoted: anyhow::Result<()> =
+            Err(anyhow::Error::new(read).context("cannot read notes.db: not UTF-8"));
+        assert_eq!(
+            quoted.into_outcome(),
+            Outcome::Failed("cannot read notes.db: not UTF-8".into())
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot save the note")]
+        struct SaveFailed(#[source] std::io::Error);
+        let boxed: Result<(), Box<dyn std::error::Error + Send + Sync>> =
+            Err(Box::new(SaveFailed(std::io::Error::other("disk full"))));
+        assert_eq!(
+            boxed.into_outcome(),
+            Outcome::Failed("cannot save the note: disk full".into())
         );
         let exit: anyhow::Result<()> = Err(Exit(9).into());
         assert_eq!(exit.into_outcome(), Outcome::Exit(9));

@@ -388,14 +388,21 @@ struct IdentityFiles {
 }
 
 fn identity_files(target: &connect::Target) -> Result<IdentityFiles, ClientError> {
-    use terminalwire_policy::{Authority, Home};
+    use terminalwire_policy::{Authority, Home, Privacy};
     let config = |message: String| ClientError::Config(message);
     let home = Home::from_env().map_err(|error| config(error.to_string()))?;
     let authority = Authority::from_url(&target.url).map_err(|error| config(error.to_string()))?;
-    Ok(IdentityFiles {
+    let files = IdentityFiles {
         device_key: home.device_key_file(&authority),
         server_pin: home.server_pin_file(&authority),
-    })
+    };
+    let private = |file, privacy| {
+        home.check_private(file, privacy)
+            .map_err(|error| config(error.to_string()))
+    };
+    private(&files.device_key, Privacy::Secret)?;
+    private(&files.server_pin, Privacy::OwnerWrites)?;
+    Ok(files)
 }
 
 /// Loads the authority's grants and makes sure its storage folder exists.
@@ -410,9 +417,12 @@ fn entitlements(
     let storage = home.storage_dir(&authority);
     create_private_dirs(&storage)
         .map_err(|error| config(format!("cannot create {}: {error}", storage.display())))?;
-    // A corrupt policy file stops the client: never a silent reset.
-    let policy =
-        Policy::load(&home.policy_file(&authority)).map_err(|error| config(error.to_string()))?;
+    // A corrupt policy file stops the client: never a silent reset. So does
+    // one another user could have written.
+    let policy_file = home.policy_file(&authority);
+    home.check_private(&policy_file, terminalwire_policy::Privacy::OwnerWrites)
+        .map_err(|error| config(error.to_string()))?;
+    let policy = Policy::load(&policy_file).map_err(|error| config(error.to_string()))?;
     let user_home =
         terminalwire_policy::home::user_home().map_err(|error| config(error.to_string()))?;
     let client_binary = std::env::current_exe().ok();

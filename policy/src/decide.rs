@@ -666,7 +666,7 @@ impl Entitlements {
 
 /// `text` as one shell word: unchanged when it only has safe characters,
 /// else single-quoted.
-fn shell_word(text: &str) -> String {
+pub(crate) fn shell_word(text: &str) -> String {
     let safe = !text.is_empty()
         && text
             .chars()

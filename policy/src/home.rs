@@ -46,6 +46,29 @@ pub enum HomeError {
         /// The underlying error.
         source: io::Error,
     },
+    /// Another user could change one of the client's own files (or read
+    /// its device key), so it is not used.
+    #[error(
+        "{path} {problem}, so terminalwire will not use it; if that is not on purpose, run: {fix}"
+    )]
+    NotPrivate {
+        /// The file or the folder above it.
+        path: PathBuf,
+        /// What is wrong ("can be changed by other users").
+        problem: String,
+        /// The command that makes it private again.
+        fix: String,
+    },
+}
+
+/// How private a file of the home must be ([`Home::check_private`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privacy {
+    /// Only its owner (or root) may change it or a folder above it: a
+    /// policy file, a pinned server identity.
+    OwnerWrites,
+    /// Nobody else may read it either: a device key.
+    Secret,
 }
 
 impl Home {
@@ -111,6 +134,67 @@ impl Home {
         self.root.join("bin")
     }
 
+    /// Refuses a file of this home that someone other than the user (or
+    /// root) could have written, as `ssh` refuses a loose `authorized_keys`
+    /// or private key: a group- or world-writable file or folder on the way
+    /// from the home root, one owned by another user, or, for a
+    /// [`Privacy::Secret`], a file others may read. Another local user could
+    /// otherwise grant an app the user's files in `policy.toml`, pin a server
+    /// identity of their choice, or copy the device key.
+    ///
+    /// Symlinks are followed (a home root may be one): what is checked is
+    /// what the client would read. A missing file or folder passes (the
+    /// client creates it, private); `file` outside the home root is checked
+    /// on its own.
+    pub fn check_private(&self, file: &Path, privacy: Privacy) -> Result<(), HomeError> {
+        use std::os::unix::fs::MetadataExt;
+        let user = rustix::process::geteuid().as_raw();
+        let mut chain: Vec<&Path> = file
+            .ancestors()
+            .skip(1)
+            .take_while(|dir| dir.starts_with(&self.root))
+            .collect();
+        chain.reverse();
+        chain.push(file);
+        for path in chain {
+            let meta = match std::fs::metadata(path) {
+                Ok(meta) => meta,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => {
+                    return Err(HomeError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
+            };
+            let not_private = |problem: String, fix: String| HomeError::NotPrivate {
+                path: path.to_path_buf(),
+                problem,
+                fix,
+            };
+            let quoted = crate::decide::shell_word(&path.to_string_lossy());
+            if meta.uid() != user && meta.uid() != 0 {
+                return Err(not_private(
+                    format!("belongs to another user (uid {})", meta.uid()),
+                    format!("chown {user} {quoted}"),
+                ));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(not_private(
+                    "can be changed by other users".into(),
+                    format!("chmod go-w {quoted}"),
+                ));
+            }
+            if privacy == Privacy::Secret && path == file && meta.mode() & 0o077 != 0 {
+                return Err(not_private(
+                    "can be read by other users".into(),
+                    format!("chmod 600 {quoted}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The authorities that have a folder, sorted. Entries whose names are
     /// not valid authorities, or that are not directories, are ignored; a
     /// missing `authorities` folder means none.
@@ -171,6 +255,78 @@ mod tests {
             home.policy_file(&a),
             Path::new("/h/.terminalwire/authorities/example.com:3000/policy.toml")
         );
+    }
+
+    #[test]
+    fn files_another_user_could_change_or_read_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let set_mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("tw"));
+        let a = Authority::parse("example.com").unwrap();
+        let policy = home.policy_file(&a);
+        let key = home.device_key_file(&a);
+        // Nothing there yet: the client will create it, private.
+        home.check_private(&policy, Privacy::OwnerWrites).unwrap();
+        std::fs::create_dir_all(home.authority_dir(&a)).unwrap();
+        for dir in [
+            home.root().to_path_buf(),
+            home.authorities_dir(),
+            home.authority_dir(&a),
+        ] {
+            set_mode(&dir, 0o755);
+        }
+        std::fs::write(&policy, "").unwrap();
+        std::fs::write(&key, "").unwrap();
+        set_mode(&policy, 0o644);
+        set_mode(&key, 0o600);
+        home.check_private(&policy, Privacy::OwnerWrites).unwrap();
+        home.check_private(&key, Privacy::Secret).unwrap();
+
+        let refused = |file: &Path, privacy| match home.check_private(file, privacy) {
+            Err(HomeError::NotPrivate { path, fix, .. }) => (path, fix),
+            other => panic!("{} passed as {privacy:?}: {other:?}", file.display()),
+        };
+        // A key others may read; a policy others may write.
+        set_mode(&key, 0o640);
+        assert_eq!(
+            refused(&key, Privacy::Secret),
+            (key.clone(), format!("chmod 600 {}", key.display()))
+        );
+        home.check_private(&key, Privacy::OwnerWrites).unwrap();
+        set_mode(&key, 0o600);
+        set_mode(&policy, 0o664);
+        assert_eq!(
+            refused(&policy, Privacy::OwnerWrites).1,
+            format!("chmod go-w {}", policy.display())
+        );
+        set_mode(&policy, 0o644);
+        // A folder on the way that others may write: they could swap the file.
+        for dir in [home.root().to_path_buf(), home.authority_dir(&a)] {
+            set_mode(&dir, 0o777);
+            assert_eq!(refused(&key, Privacy::Secret).0, dir);
+            assert_eq!(refused(&policy, Privacy::OwnerWrites).0, dir);
+            set_mode(&dir, 0o755);
+        }
+        // Above the home root is not the client's business.
+        set_mode(tmp.path(), 0o777);
+        home.check_private(&policy, Privacy::OwnerWrites).unwrap();
+        set_mode(tmp.path(), 0o700);
+        // A file of another user (only root can make one here).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&policy, Some(65534), None).unwrap();
+            let error = home
+                .check_private(&policy, Privacy::OwnerWrites)
+                .unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("belongs to another user (uid 65534)"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -60,6 +60,6 @@ pub use decide::{
 pub use grant::{
     Access, Action, BrowserTarget, EnvName, Grant, GrantError, Mode, PathGrant, PathPattern,
 };
-pub use home::{Home, HomeError};
+pub use home::{Home, HomeError, Privacy};
 pub use path::{PathError, ResolvedPath, Sighting, resolve, resolve_seen};
 pub use policy::{GrantOutcome, Policy, PolicyError, write_private_atomically};

@@ -131,6 +131,68 @@ async fn first_contact_pins_and_a_changed_identity_is_refused_until_trusted() {
     assert_eq!(run.status, Some(1), "a malformed fingerprint is refused");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_another_local_user_could_change_or_read_stop_the_client() {
+    use std::os::unix::fs::PermissionsExt;
+    let set_mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let home = tempfile::tempdir().unwrap();
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let run = |args: &'static [&'static str]| {
+        let mut all = vec![url.clone()];
+        all.extend(args.iter().map(|arg| (*arg).to_owned()));
+        Client::new(all)
+            .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+            .run()
+    };
+    let first = run(&["hello", "Ada"]).await;
+    assert_eq!(
+        first.stdout_text(),
+        "Hello, Ada!\n",
+        "{}",
+        first.stderr_text()
+    );
+    let authority_dir = home.path().join(format!("authorities/{}", server.addr()));
+    let device_key = authority_dir.join("device.key");
+    let policy = authority_dir.join("policy.toml");
+    std::fs::write(&policy, "").unwrap();
+    set_mode(&policy, 0o644);
+
+    // Each of these could let another user act as this user: read the
+    // device key, or grant the app files (or pin a server) for them.
+    for (path, mode, fix) in [
+        (device_key.clone(), 0o644, "chmod 600"),
+        (policy.clone(), 0o666, "chmod go-w"),
+        (authority_dir.clone(), 0o777, "chmod go-w"),
+    ] {
+        let before = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        set_mode(&path, mode);
+        let refused = run(&["hello", "Mallory"]).await;
+        let stderr = refused.stderr_text();
+        assert_eq!(
+            refused.status,
+            Some(65),
+            "{} at {mode:o}: {stderr}",
+            path.display()
+        );
+        assert!(refused.stdout.is_empty(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{fix} {}", path.display())),
+            "the message names the fix: {stderr}"
+        );
+        set_mode(&path, before);
+    }
+    let again = run(&["hello", "again"]).await;
+    assert_eq!(
+        again.stdout_text(),
+        "Hello, again!\n",
+        "{}",
+        again.stderr_text()
+    );
+}
+
 const SECRET: &str = "the-launch-code-is-0000-and-nobody-else-may-read-it";
 
 fn secret_app() -> Terminal {

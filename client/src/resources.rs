@@ -1006,21 +1006,42 @@ type Described = (&'static str, &'static str, String, Option<u64>);
 
 /// What the audit log says about an operation; `None` for chunks of a
 /// streamed write (the open and the commit are logged).
+/// Most bytes of a server's path, variable name or URL an audit line keeps.
+/// The server chooses them: a request refused at once must not cost the
+/// user megabytes of memory in the audit queue and of disk in the log.
+const AUDITED_TARGET: usize = 1024;
+
+/// `target` as the audit log keeps it: cut at [`AUDITED_TARGET`] bytes (on a
+/// character boundary), with how long it was.
+fn audited_target(target: &str) -> String {
+    if target.len() <= AUDITED_TARGET {
+        return target.to_owned();
+    }
+    let mut end = AUDITED_TARGET;
+    while !target.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &target[..end], target.len())
+}
+
 fn describe(op: &Operation) -> Option<Described> {
-    let path = |action, path: &str| Some(("path", action, path.to_owned(), None));
+    let described = |resource, action, target: &str, bytes| {
+        Some((resource, action, audited_target(target), bytes))
+    };
+    let path = |action, p: &str| described("path", action, p, None);
     match op {
         Operation::FileRead { path: p, .. } => path("file_read", p),
         Operation::FileWrite { path: p, bytes, .. } => {
-            Some(("path", "file_write", p.clone(), Some(bytes.len() as u64)))
+            described("path", "file_write", p, Some(bytes.len() as u64))
         }
         Operation::FileAppend { path: p, bytes } => {
-            Some(("path", "file_append", p.clone(), Some(bytes.len() as u64)))
+            described("path", "file_append", p, Some(bytes.len() as u64))
         }
         Operation::FileDelete { path: p } => path("file_delete", p),
         Operation::FileExists { path: p } => path("file_exists", p),
         Operation::Metadata { path: p } => path("metadata", p),
         Operation::Chmod { path: p, mode } => {
-            Some(("path", "chmod", format!("{p} ({mode:04o})"), None))
+            described("path", "chmod", &format!("{p} ({mode:04o})"), None)
         }
         Operation::DirList { path: p } => path("dir_list", p),
         Operation::DirCreate { path: p, .. } => path("dir_create", p),
@@ -1043,8 +1064,8 @@ fn describe(op: &Operation) -> Option<Described> {
         Operation::FileWriteAbort { handle } => {
             Some(("path", "file_write_abort", format!("handle {handle}"), None))
         }
-        Operation::EnvGet { name } => Some(("env", "env_get", name.clone(), None)),
-        Operation::BrowserOpen { url } => Some(("browser", "browser_open", url.clone(), None)),
+        Operation::EnvGet { name } => described("env", "env_get", name, None),
+        Operation::BrowserOpen { url } => described("browser", "browser_open", url, None),
         _ => None,
     }
 }
@@ -1241,6 +1262,61 @@ mod tests {
             matches!(&again, Some(Err(error)) if error.code == ErrorCode::Denied),
             "{again:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_audit_line_keeps_a_bounded_part_of_a_huge_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let home = terminalwire_policy::Home::at(dir.path());
+        let entitlements = Entitlements::new(
+            &server,
+            &home,
+            &terminalwire_policy::Policy::default(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        let log = dir.path().join("audit.log");
+        let resources = Resources::new(
+            entitlements,
+            dir.path().to_path_buf(),
+            Resources::system_opener(),
+        )
+        .with_audit(AuditLog::new(log.clone()));
+        // Refused at once (far over PATH_MAX), yet audited: each such line
+        // kept whole took megabytes (six per control character in JSON).
+        let huge = format!("/{}", "\u{1}é".repeat(300_000));
+        let refused = resources
+            .perform_now(Operation::FileExists { path: huge.clone() })
+            .unwrap();
+        assert!(refused.is_err(), "{refused:?}");
+        let named = format!("~/{}", "x".repeat(100));
+        resources
+            .perform_now(Operation::FileExists {
+                path: named.clone(),
+            })
+            .unwrap()
+            .ok();
+        resources.end_session();
+        let entries = crate::audit::read(&log, None).unwrap();
+        assert_eq!(entries.len(), 2);
+        let kept = &entries[0].target;
+        assert!(
+            kept.len() < AUDITED_TARGET + 64,
+            "{} bytes kept",
+            kept.len()
+        );
+        let (prefix, _) = kept.split_once('…').unwrap();
+        assert!(prefix.len() > AUDITED_TARGET - 4 && huge.starts_with(prefix));
+        assert!(
+            kept.ends_with(&format!("… ({} bytes in all)", huge.len())),
+            "{kept}"
+        );
+        // A target of usual length is kept as it was.
+        assert_eq!(entries[1].target, named);
+        let on_disk = std::fs::metadata(&log).unwrap().len();
+        assert!(on_disk < 16 * 1024, "the log took {on_disk} bytes");
     }
 
     #[test]

@@ -898,6 +898,14 @@ impl Resources {
                 mode,
             } => {
                 let path = resolve(&path)?;
+                // `mkdir -p` of the storage folder, which the client made:
+                // nothing to do (changing the folder itself is refused).
+                if parents
+                    && entitlements.storage_dir() == Some(path.as_path())
+                    && path.as_path().is_dir()
+                {
+                    return Ok(Reply::Unit);
+                }
                 let allowed = check(&path, Action::Write)?;
                 let mode = match mode {
                     Some(mode) => check_mode(&entitlements, &path, &allowed, true, mode)?,
@@ -1262,6 +1270,77 @@ mod tests {
             matches!(&again, Some(Err(error)) if error.code == ErrorCode::Denied),
             "{again:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_storage_folder_itself_stays_the_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = terminalwire_policy::Home::at(dir.path());
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let authority = terminalwire_policy::Authority::from_url(&server).unwrap();
+        let storage = home.storage_dir(&authority);
+        std::fs::create_dir_all(&storage).unwrap();
+        let policy = terminalwire_policy::Policy::default();
+        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), None).unwrap();
+        let resources = Resources::new(
+            entitlements,
+            dir.path().to_path_buf(),
+            Resources::system_opener(),
+        );
+        let path = storage.display().to_string();
+        // Deleted then appended to, it became a file the quota never saw
+        // (and the next session could not start); made unreadable, its
+        // contents were hidden from the quota's measure.
+        for op in [
+            Operation::DirDelete {
+                path: path.clone(),
+                recursive: true,
+            },
+            Operation::FileAppend {
+                path: path.clone(),
+                bytes: vec![1; 10].into(),
+            },
+            Operation::Chmod {
+                path: path.clone(),
+                mode: 0o300,
+            },
+            Operation::FileWriteOpen {
+                path: path.clone(),
+                mode: None,
+            },
+        ] {
+            let what = format!("{op:?}");
+            let refused = resources.perform(op).await.unwrap();
+            assert!(
+                matches!(&refused, Err(error) if error.code == ErrorCode::Denied),
+                "{what}: {refused:?}"
+            );
+        }
+        // `mkdir -p` of it changes nothing and is fine; what is in it is the
+        // app's.
+        let created = resources
+            .perform(Operation::DirCreate {
+                path: path.clone(),
+                parents: true,
+                mode: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(created, Ok(Reply::Unit));
+        let inside = format!("{path}/notes");
+        let written = resources
+            .perform(Operation::FileWrite {
+                path: inside,
+                bytes: vec![1; 10].into(),
+                mode: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(written, Ok(Reply::Unit));
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&storage).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o700, 0o700);
     }
 
     #[tokio::test]

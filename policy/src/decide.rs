@@ -104,6 +104,11 @@ pub enum ControlArea {
     HomeRoot,
     /// A folder containing the terminalwire home or the client (write only).
     Ancestor,
+    /// The authority's storage folder itself (write only: what is in it is
+    /// the app's, the folder is the client's). Deleted, replaced by a file
+    /// or made unreadable, it would hide what the app stored from the
+    /// client's quota.
+    StorageFolder,
 }
 
 impl fmt::Display for ControlArea {
@@ -116,6 +121,9 @@ impl fmt::Display for ControlArea {
             ControlArea::AuthorityFolder => "it is outside this authority's storage folder",
             ControlArea::HomeRoot => "it is a terminalwire control file",
             ControlArea::Ancestor => "it contains terminalwire's own files",
+            ControlArea::StorageFolder => {
+                "it is the storage folder itself (what is in it is the app's to change)"
+            }
         })
     }
 }
@@ -423,6 +431,9 @@ impl Entitlements {
         if let Some(storage) = &self.storage
             && p.starts_with(storage)
         {
+            if action == Action::Write && p == storage {
+                return never(ControlArea::StorageFolder);
+            }
             return Ok(Allowed {
                 file_mode: Mode::STORAGE_FILE,
                 dir_mode: Mode::STORAGE_DIR,
@@ -816,17 +827,23 @@ mod tests {
     fn own_storage_is_always_allowed() {
         let f = fixture();
         let storage = "~/.terminalwire/authorities/example.com:3000/storage";
-        for raw in [
-            storage.to_owned(),
-            format!("{storage}/session.json"),
-            format!("{storage}/a/b"),
-        ] {
+        for raw in [format!("{storage}/session.json"), format!("{storage}/a/b")] {
             let allowed = f.check(&raw, Action::Write).unwrap();
             assert_eq!(allowed.file_mode, Mode::STORAGE_FILE);
             assert_eq!(allowed.dir_mode, Mode::STORAGE_DIR);
             assert!(allowed.in_storage);
             f.check(&raw, Action::Read).unwrap();
         }
+        // The folder itself may be listed, not deleted, replaced or chmodded.
+        assert!(f.check(storage, Action::Read).unwrap().in_storage);
+        assert_eq!(
+            never(f.check(storage, Action::Write)),
+            ControlArea::StorageFolder
+        );
+        assert_eq!(
+            never(f.check(&format!("{storage}/"), Action::Write)),
+            ControlArea::StorageFolder
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::context::{Context, ResourceError};
 /// Where a session token lives in the authority's storage folder.
 pub const TOKEN_FILE: &str = "session.token";
 
+/// Longest saved session file read; anything longer is not a token.
+const MAX_TOKEN_FILE: u64 = 16 * 1024;
+
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -210,10 +213,12 @@ impl Context {
     /// what the file contains.
     pub async fn session(&self, issuer: &TokenIssuer) -> Result<SessionState, ResourceError> {
         let path = self.token_path()?;
-        let token = match self.file().read_to_string(&path).await {
-            Ok(token) => token,
+        // Read before anyone logged in, from a client that may lie: a token
+        // is a few hundred bytes, and a longer file is no token.
+        let token = match self.file().read_limited(&path, MAX_TOKEN_FILE).await {
+            Ok(bytes) => String::from_utf8(bytes).unwrap_or_default(),
             Err(ResourceError::NotFound { .. }) => return Ok(SessionState::LoggedOut),
-            Err(ResourceError::Invalid { .. }) => String::new(),
+            Err(ResourceError::Invalid { .. } | ResourceError::TooLarge { .. }) => String::new(),
             Err(error) => return Err(error),
         };
         match issuer.verify(&token, &self.client().device) {

@@ -2338,3 +2338,76 @@ async fn one_deadline_covers_the_whole_handshake() {
         "told after {at:?}"
     );
 }
+
+/// The saved-login check runs before anyone logged in, so any client can
+/// answer its read: a client that answers with endless junk (never the end
+/// of the file) gets the file taken for no token and deleted, not megabytes
+/// held in the server's memory (it took up to 256 MiB).
+#[tokio::test]
+async fn the_saved_login_check_reads_no_more_than_a_token() {
+    let issuer =
+        terminalwire_server::tokens::TokenIssuer::new(&[7u8; 32], Duration::from_secs(3600))
+            .unwrap();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let issuer = issuer.clone();
+        async move {
+            let state = ctx.session(&issuer).await?;
+            let rejected = matches!(
+                state,
+                terminalwire_server::tokens::SessionState::Rejected(_)
+            );
+            anyhow::Ok(if rejected { 3 } else { 4 })
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let read = serve_script(&terminal, server, async move {
+        let mut client = secure_client(client).await;
+        let mut hello = hello(&["whoami"]);
+        hello.storage = Some("/home/u/.terminalwire/authorities/example.test/storage".into());
+        send_client(&mut client, &ClientFrame::Hello(hello)).await;
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Welcome(_))
+        ));
+        let mut read = 0u64;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) => {
+                    let reply = match request.op {
+                        Operation::FileRead { path, len, .. } => {
+                            assert!(path.ends_with("/session.token"), "{path}");
+                            read += u64::from(len);
+                            assert!(read <= 1 << 20, "the server read {read} bytes of junk");
+                            Reply::Data {
+                                bytes: vec![b'x'; len as usize].into(),
+                                eof: false,
+                            }
+                        }
+                        // The junk is removed as a rejected token.
+                        Operation::FileDelete { path } => {
+                            assert!(path.ends_with("/session.token"), "{path}");
+                            Reply::Unit
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    };
+                    send_client(
+                        &mut client,
+                        &ClientFrame::Response(Response::ok(request.id, reply)),
+                    )
+                    .await;
+                }
+                Some(ServerFrame::Exit(exit)) => {
+                    assert_eq!(
+                        exit.status, 3,
+                        "the junk was not taken for a rejected token"
+                    );
+                    return read;
+                }
+                Some(_) => {}
+                None => panic!("the session ended without an exit"),
+            }
+        }
+    })
+    .await;
+    assert!(read <= 64 * 1024, "asked for {read} bytes");
+}

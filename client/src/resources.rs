@@ -749,7 +749,16 @@ impl Resources {
                     self.charge_storage(grows, 0)?;
                     *charged_to = (*charged_to).max(end);
                 }
-                open.write.write_at(offset, &bytes).map_err(fs_error)?;
+                if let Err(error) = open.write.write_at(offset, &bytes) {
+                    if matches!(error, FsError::WriteGone { .. }) {
+                        // Nothing can commit it: closed once no chunk holds
+                        // it, the deleted file gives its space back.
+                        if let Ok(mut writes) = self.writes() {
+                            writes.open.remove(&handle);
+                        }
+                    }
+                    return Err(fs_error(error));
+                }
                 let written = open
                     .written
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed)
@@ -1128,7 +1137,7 @@ pub fn denied(denial: PolicyDenial) -> OpError {
 
 fn fs_error(error: FsError) -> OpError {
     let code = match &error {
-        FsError::NotFound { .. } => ErrorCode::NotFound,
+        FsError::NotFound { .. } | FsError::WriteGone { .. } => ErrorCode::NotFound,
         FsError::AlreadyExists { .. } => ErrorCode::Exists,
         FsError::DirectoryNotEmpty { .. } => ErrorCode::NotEmpty,
         FsError::TooLarge { .. } => ErrorCode::TooLarge,
@@ -1270,6 +1279,75 @@ mod tests {
             matches!(&again, Some(Err(error)) if error.code == ErrorCode::Denied),
             "{again:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_write_whose_file_was_deleted_stops_and_lets_it_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = terminalwire_policy::Home::at(dir.path());
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let authority = terminalwire_policy::Authority::from_url(&server).unwrap();
+        let storage = home.storage_dir(&authority);
+        std::fs::create_dir_all(&storage).unwrap();
+        let policy = terminalwire_policy::Policy::default();
+        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), None).unwrap();
+        let resources = Resources::new(
+            entitlements,
+            dir.path().to_path_buf(),
+            Resources::system_opener(),
+        );
+        let opened = resources
+            .perform(Operation::FileWriteOpen {
+                path: format!("{}/big", storage.display()),
+                mode: None,
+            })
+            .await
+            .unwrap();
+        let Ok(Reply::Handle { handle }) = opened else {
+            panic!("{opened:?}")
+        };
+        let chunk = |offset: u64| Operation::FileWriteChunk {
+            handle,
+            offset,
+            bytes: vec![1u8; 4096].into(),
+        };
+        assert_eq!(resources.perform(chunk(0)).await.unwrap(), Ok(Reply::Unit));
+        // The server finds the unfinished file in a listing and deletes it:
+        // what it writes next would take disk space no measure sees.
+        let listed = resources
+            .perform(Operation::DirList {
+                path: storage.display().to_string(),
+            })
+            .await
+            .unwrap();
+        let Ok(Reply::Entries { entries, .. }) = listed else {
+            panic!("{listed:?}")
+        };
+        let [unfinished] = &entries[..] else {
+            panic!("{entries:?}")
+        };
+        let deleted = resources
+            .perform(Operation::FileDelete {
+                path: format!("{}/{}", storage.display(), unfinished.name),
+            })
+            .await
+            .unwrap();
+        assert_eq!(deleted, Ok(Reply::Unit));
+        let refused = resources.perform(chunk(4096)).await.unwrap();
+        assert!(
+            matches!(&refused, Err(error) if error.code == ErrorCode::NotFound
+                && error.message.contains("deleted while it was being written")),
+            "{refused:?}"
+        );
+        // The write is gone, and with it the last descriptor of the file.
+        let again = resources.perform(chunk(8192)).await.unwrap();
+        assert!(again.is_err(), "{again:?}");
+        let still_open = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| target.starts_with(&storage));
+        assert!(!still_open, "the deleted file is still open");
     }
 
     #[tokio::test]

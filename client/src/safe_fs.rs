@@ -120,6 +120,14 @@ pub enum FsError {
         /// The refused entry.
         path: PathBuf,
     },
+    /// A streamed write's unfinished file was deleted (by a request of the
+    /// app, or by hand): its bytes would go where no one can see or count
+    /// them.
+    #[error("the unfinished new {} was deleted while it was being written", path.display())]
+    WriteGone {
+        /// The file being written.
+        path: PathBuf,
+    },
     /// Any other failure.
     #[error("{}: {source}", path.display())]
     Io {
@@ -143,6 +151,7 @@ impl FsError {
             | FsError::TooLarge { path, .. }
             | FsError::InvalidPath { path, .. }
             | FsError::Denied { path }
+            | FsError::WriteGone { path }
             | FsError::Io { path, .. } => path,
         }
     }
@@ -387,6 +396,14 @@ impl StreamedWrite {
     /// order).
     pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), FsError> {
         use std::os::unix::fs::FileExt;
+        // Deleted meanwhile, the file still takes disk space for as long
+        // as it is open, seen by no folder listing (nor by a quota).
+        let stat = rustix::fs::fstat(&self.file).map_err(|e| map_errno(e, &self.path))?;
+        if stat.st_nlink == 0 {
+            return Err(FsError::WriteGone {
+                path: self.path.clone(),
+            });
+        }
         if let Some(direct) = &self.direct
             && direct.write_at(offset, bytes)
         {

@@ -148,6 +148,13 @@ pub enum DenialReason {
         /// The mode asked for.
         requested: u32,
     },
+    /// The mode would take a storage folder's read, write or search
+    /// permission from its owner: the client must always be able to look
+    /// into storage (its quota measures what is there).
+    StorageFolderLocked {
+        /// The mode asked for.
+        requested: u32,
+    },
     /// A scheme that runs code or reads local files.
     DangerousScheme {
         /// The scheme.
@@ -174,6 +181,11 @@ impl fmt::Display for DenialReason {
             DenialReason::SpecialModeBits { requested } => {
                 write!(f, "mode {requested:04o} has setuid, setgid or sticky bits")
             }
+            DenialReason::StorageFolderLocked { requested } => write!(
+                f,
+                "mode {requested:04o} would lock the client out of a storage folder \
+                 (its owner keeps rwx)"
+            ),
             DenialReason::DangerousScheme { scheme } => {
                 write!(f, "the {scheme}: scheme can run code or read local files")
             }
@@ -205,7 +217,9 @@ impl Denial {
     pub fn is_never_grantable(&self) -> bool {
         matches!(
             self.reason,
-            DenialReason::NeverGrantable(_) | DenialReason::SpecialModeBits { .. }
+            DenialReason::NeverGrantable(_)
+                | DenialReason::SpecialModeBits { .. }
+                | DenialReason::StorageFolderLocked { .. }
         )
     }
 }
@@ -491,6 +505,10 @@ impl Entitlements {
         let op = Operation::SetMode(mode);
         if mode & !0o777 != 0 {
             let reason = DenialReason::SpecialModeBits { requested: mode };
+            return Err(self.path_denial(path, op, reason, None));
+        }
+        if allowed.in_storage && is_dir && mode & 0o700 != 0o700 {
+            let reason = DenialReason::StorageFolderLocked { requested: mode };
             return Err(self.path_denial(path, op, reason, None));
         }
         if ceiling.permits(mode) {
@@ -1095,6 +1113,7 @@ mod tests {
         let e = f.entitlements();
         let r = e.resolve("~/out/f").unwrap();
         let allowed = e.check_path(&r, Action::Write).unwrap();
+        let allowed_out = allowed;
         assert!(e.check_mode(&r, &allowed, false, 0o640).is_ok());
         assert!(e.check_mode(&r, &allowed, false, 0o600).is_ok());
         assert!(e.check_mode(&r, &allowed, true, 0o750).is_ok());
@@ -1124,6 +1143,20 @@ mod tests {
         assert!(e.check_mode(&s, &allowed, true, 0o700).is_ok());
         let d = e.check_mode(&s, &allowed, false, 0o644).unwrap_err();
         assert!(d.command.is_none());
+        // A storage folder keeps rwx for its owner: one the client cannot
+        // list would hide what is in it from the quota.
+        for locked in [0o300, 0o600, 0o500, 0o000] {
+            let d = e.check_mode(&s, &allowed, true, locked).unwrap_err();
+            assert!(
+                matches!(d.reason, DenialReason::StorageFolderLocked { requested } if requested == locked),
+                "{locked:o}: {d}"
+            );
+            assert!(d.is_never_grantable() && d.command.is_none());
+        }
+        // A file may be any mode within 0600 (the quota only stats it).
+        assert!(e.check_mode(&s, &allowed, false, 0o200).is_ok());
+        // Elsewhere, a folder's mode is the grant's business.
+        assert!(e.check_mode(&r, &allowed_out, true, 0o300).is_ok());
     }
 
     #[test]

@@ -65,7 +65,20 @@ pub struct Resources {
     /// What the authority's storage folder may still take; `None` without
     /// a storage folder.
     quota: Option<Arc<StorageQuota>>,
+    /// When this session's recent browser launches were (at most
+    /// [`BROWSER_LAUNCHES`] a minute).
+    browser_launches: Arc<Mutex<std::collections::VecDeque<std::time::Instant>>>,
+    /// Recursive deletes running at once: each walk holds the names it
+    /// found (up to 100 000), and a server may have 64 requests in flight.
+    recursive_deletes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Browser launches a session may make in a minute. The server's own pages
+/// open without asking (a login, a receipt), but not one tab after another.
+const BROWSER_LAUNCHES: usize = 4;
+
+/// Recursive deletes a session runs at once; the others wait their turn.
+const RECURSIVE_DELETES: usize = 2;
 
 /// The audit log, written by its own thread: a request is answered without
 /// waiting for its line (a thread hop and a file append per request were
@@ -286,6 +299,8 @@ impl Resources {
             writes: Arc::default(),
             progress: Progress::disabled(),
             audit: None,
+            browser_launches: Arc::default(),
+            recursive_deletes: Arc::new(tokio::sync::Semaphore::new(RECURSIVE_DELETES)),
         }
     }
 
@@ -343,6 +358,8 @@ impl Resources {
             progress: Progress::disabled(),
             audit: None,
             quota: None,
+            browser_launches: Arc::default(),
+            recursive_deletes: Arc::new(tokio::sync::Semaphore::new(RECURSIVE_DELETES)),
         }
     }
 
@@ -510,6 +527,12 @@ impl Resources {
             | Operation::FileWriteChunk { .. }
             | Operation::FileWriteCommit { .. }
             | Operation::FileWriteAbort { .. } => {
+                let _turn = match &op {
+                    Operation::DirDelete {
+                        recursive: true, ..
+                    } => self.recursive_deletes.clone().acquire_owned().await.ok(),
+                    _ => None,
+                };
                 let this = self.clone();
                 blocking(move || this.path_op(op)).await
             }
@@ -553,6 +576,28 @@ impl Resources {
         // its own way.
         let parsed = url::Url::parse(url)
             .map_err(|error| OpError::new(ErrorCode::Invalid, format!("not a URL: {error}")))?;
+        {
+            let now = std::time::Instant::now();
+            let mut launches = self
+                .browser_launches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            while launches
+                .front()
+                .is_some_and(|at| now.duration_since(*at) >= std::time::Duration::from_secs(60))
+            {
+                launches.pop_front();
+            }
+            if launches.len() >= BROWSER_LAUNCHES {
+                return Err(OpError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "not opening {url}: {BROWSER_LAUNCHES} browser launches a minute at most"
+                    ),
+                ));
+            }
+            launches.push_back(now);
+        }
         (self.opener)(parsed.as_str()).map_err(|error| {
             OpError::new(
                 ErrorCode::Io,
@@ -1279,6 +1324,79 @@ mod tests {
             matches!(&again, Some(Err(error)) if error.code == ErrorCode::Denied),
             "{again:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_session_opens_a_few_browser_tabs_a_minute_not_a_flood() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let entitlements = Entitlements::new(
+            &server,
+            &terminalwire_policy::Home::at(dir.path()),
+            &terminalwire_policy::Policy::default(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        let opened = Arc::new(Mutex::new(0));
+        let opener: Opener = {
+            let opened = opened.clone();
+            Arc::new(move |_: &str| {
+                *opened.lock().unwrap() += 1;
+                Ok(())
+            })
+        };
+        let resources = Resources::new(entitlements, dir.path().to_path_buf(), opener);
+        let open = |n: usize| Operation::BrowserOpen {
+            url: format!("http://127.0.0.1:3000/page/{n}"),
+        };
+        for n in 0..BROWSER_LAUNCHES {
+            assert_eq!(resources.perform(open(n)).await.unwrap(), Ok(Reply::Unit));
+        }
+        for n in 0..10 {
+            let refused = resources.perform(open(100 + n)).await.unwrap();
+            assert!(
+                matches!(&refused, Err(error) if error.code == ErrorCode::TooLarge),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(*opened.lock().unwrap(), BROWSER_LAUNCHES);
+    }
+
+    #[tokio::test]
+    async fn recursive_deletes_take_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = terminalwire_policy::Home::at(dir.path());
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let authority = terminalwire_policy::Authority::from_url(&server).unwrap();
+        let storage = home.storage_dir(&authority);
+        let doomed = storage.join("doomed");
+        std::fs::create_dir_all(doomed.join("sub")).unwrap();
+        let policy = terminalwire_policy::Policy::default();
+        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), None).unwrap();
+        let resources = Resources::new(
+            entitlements,
+            dir.path().to_path_buf(),
+            Resources::system_opener(),
+        );
+        // As if two deletes were walking their trees.
+        let running = resources
+            .recursive_deletes
+            .clone()
+            .acquire_many_owned(RECURSIVE_DELETES as u32)
+            .await
+            .unwrap();
+        let delete = resources.perform(Operation::DirDelete {
+            path: doomed.display().to_string(),
+            recursive: true,
+        });
+        tokio::pin!(delete);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), &mut delete).await;
+        assert!(waited.is_err(), "a third delete ran: {waited:?}");
+        assert!(doomed.exists());
+        drop(running);
+        assert_eq!(delete.await.unwrap(), Ok(Reply::Unit));
+        assert!(!doomed.exists());
     }
 
     #[tokio::test]

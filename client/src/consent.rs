@@ -6,8 +6,10 @@
 //! beside it — whether to allow it once, always (written to the policy
 //! file, exactly the grant the denial suggests), or deny. Without a
 //! terminal, or with `TERMINALWIRE_NO_PROMPT=1`, nothing is asked: the
-//! denial stands with its grant command. A request denied in a session is
-//! not asked about again in that session, so prompts cannot be flooded.
+//! denial stands with its grant command. Prompts cannot be flooded: a
+//! request is asked about once a session, a "deny" also covers every later
+//! request that would need the same grant (`~/a0`, `~/a1`, ... all suggest
+//! `~/**`), and after [`MAX_DENIALS`] denials the session asks no more.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
@@ -30,6 +32,21 @@ pub enum Answer {
     Deny,
 }
 
+/// Denials after which a session stops asking: an app that keeps asking
+/// for what the user refused is not asking in good faith.
+pub const MAX_DENIALS: usize = 3;
+
+/// What a session has asked about and been told.
+#[derive(Debug, Default)]
+struct Asked {
+    /// Requests already asked about.
+    requests: HashSet<String>,
+    /// Grant commands the user refused.
+    refused_grants: HashSet<String>,
+    /// Refusals so far.
+    denials: usize,
+}
+
 /// Everything needed to ask, and to rebuild the entitlements after a yes.
 pub struct Consent {
     url: Url,
@@ -38,8 +55,8 @@ pub struct Consent {
     client_binary: Option<PathBuf>,
     /// Grants for this session only ("allow once").
     session: Mutex<Policy>,
-    /// Requests already asked about (or refused) in this session.
-    asked: Mutex<HashSet<String>>,
+    /// What this session has asked about and been told.
+    asked: Mutex<Asked>,
     /// Held for writing while a prompt is on screen: the server's output
     /// waits.
     pub gate: Arc<tokio::sync::RwLock<()>>,
@@ -67,7 +84,7 @@ impl Consent {
             user_home,
             client_binary,
             session: Mutex::new(Policy::default()),
-            asked: Mutex::new(HashSet::new()),
+            asked: Mutex::default(),
             gate: Arc::default(),
             one_prompt: tokio::sync::Mutex::new(()),
             #[cfg(test)]
@@ -96,13 +113,14 @@ impl Consent {
             denial.resource, denial.action, denial.target
         );
         let _one = self.one_prompt.lock().await;
-        if !self
-            .asked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key)
         {
-            return None;
+            let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+            if asked.denials >= MAX_DENIALS
+                || asked.refused_grants.contains(&command)
+                || !asked.requests.insert(key)
+            {
+                return None;
+            }
         }
         // The server's output waits while the prompt is on screen.
         let _paused = self.gate.write().await;
@@ -128,7 +146,12 @@ impl Consent {
         };
         drop(as_found);
         match answer {
-            Answer::Deny => None,
+            Answer::Deny => {
+                let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+                asked.denials += 1;
+                asked.refused_grants.insert(command);
+                None
+            }
             Answer::Once => {
                 let grant = once_grant(denial, &command, &self.user_home)?;
                 self.rebuild(Some(grant)).ok().map(|e| (Answer::Once, e))
@@ -440,6 +463,53 @@ mod tests {
         for moving in ["\x1bc", "\x1b[2J", "\x1b[H", "\x1b[r", "\x1b[?1049"] {
             assert!(!TERMINAL_RESET.contains(moving), "{moving:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_asked_again_and_three_end_the_asking() {
+        let home = tempfile::tempdir().unwrap();
+        let url = Url::parse("ws://h/terminal").unwrap();
+        let consent = Arc::new(Consent::new(
+            url,
+            Home::at(home.path().join("tw")),
+            home.path().to_path_buf(),
+            None,
+        ));
+        let denial = |target: &str, folder: &str| Denial {
+            resource: "path".into(),
+            action: "read".into(),
+            target: target.into(),
+            reason: "not granted".into(),
+            command: Some(format!(
+                "terminalwire entitlement grant h path '{folder}/**' --read"
+            )),
+        };
+        let scripted = || consent.scripted.lock().unwrap().len();
+        consent.scripted.lock().unwrap().extend([
+            Answer::Deny,
+            Answer::Deny,
+            Answer::Deny,
+            Answer::Once,
+        ]);
+        // Refused once: every other file that needs the same grant is
+        // refused without asking (each would offer "always" for `~/**`).
+        assert!(consent.ask(&denial("/home/u/a0", "~")).await.is_none());
+        for n in 1..20 {
+            let target = format!("/home/u/a{n}");
+            assert!(consent.ask(&denial(&target, "~")).await.is_none());
+        }
+        assert_eq!(
+            scripted(),
+            3,
+            "asked again after a refusal of the same grant"
+        );
+        // Two more refusals of other grants: three in all, and the session
+        // asks no more, whatever the request.
+        assert!(consent.ask(&denial("/srv/b/x", "/srv/b")).await.is_none());
+        assert!(consent.ask(&denial("/srv/c/x", "/srv/c")).await.is_none());
+        assert_eq!(scripted(), 1);
+        assert!(consent.ask(&denial("/srv/d/x", "/srv/d")).await.is_none());
+        assert_eq!(scripted(), 1, "asked after {MAX_DENIALS} refusals");
     }
 
     #[test]

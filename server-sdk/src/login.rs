@@ -49,6 +49,9 @@ pub const DEFAULT_LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
 /// longer works (after that it is simply unknown).
 const REMEMBER: Duration = Duration::from_secs(30 * 60);
 
+/// Longest description of the client kept for the page, in characters.
+const MAX_CLIENT_CHARS: usize = 200;
+
 /// What the page may show about a pending login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -118,10 +121,50 @@ enum Decision {
     Refused,
 }
 
+/// Used or expired links remembered at most (only to say why a link no
+/// longer works): anyone may start a login, and a client starting and
+/// dropping them in a loop would otherwise grow the table for half an hour.
+const MAX_REMEMBERED: usize = 4096;
+
+/// The logins by token, and when to next forget what is over.
+#[derive(Default)]
+struct Slots {
+    map: HashMap<String, Slot>,
+    /// The size at which a new login first forgets what is over: looking
+    /// through the table at every login cost each one more as it grew.
+    tidy_at: usize,
+}
+
+impl Slots {
+    /// Forgets what is long over, and the oldest used or expired links
+    /// beyond [`MAX_REMEMBERED`].
+    fn tidy(&mut self, now: Instant) {
+        self.map.retain(|_, slot| match slot {
+            Slot::Waiting { expires, .. } => now < *expires + REMEMBER,
+            Slot::Gone { since, .. } => now < *since + REMEMBER,
+        });
+        let mut gone: Vec<(Instant, String)> = self
+            .map
+            .iter()
+            .filter_map(|(token, slot)| match slot {
+                Slot::Gone { since, .. } => Some((*since, token.clone())),
+                Slot::Waiting { .. } => None,
+            })
+            .collect();
+        if gone.len() > MAX_REMEMBERED {
+            gone.sort_unstable();
+            for (_, token) in &gone[..gone.len() - MAX_REMEMBERED] {
+                self.map.remove(token);
+            }
+        }
+        self.tidy_at = (self.map.len() * 2).max(64);
+    }
+}
+
 /// The app's pending browser logins (in memory; clones share them).
 #[derive(Clone)]
 pub struct BrowserLogins {
-    slots: Arc<Mutex<HashMap<String, Slot>>>,
+    slots: Arc<Mutex<Slots>>,
     lifetime: Duration,
 }
 
@@ -181,18 +224,24 @@ impl BrowserLogins {
         self.lifetime
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts a login for the client of `ctx`: a new one-time token.
     pub fn begin(&self, ctx: &Context) -> Result<PendingLogin, LoginError> {
         let client = ctx.client();
+        let mut described = format!(
+            "{} {} ({} {})",
+            client.name, client.version, client.os, client.arch
+        );
+        // The client wrote it; the page shows a line, the table keeps it.
+        if let Some((end, _)) = described.char_indices().nth(MAX_CLIENT_CHARS) {
+            described.truncate(end);
+            described.push('…');
+        }
         let request = LoginRequest {
-            client: format!(
-                "{} {} ({} {})",
-                client.name, client.version, client.os, client.arch
-            ),
+            client: described,
             device: client.device.clone(),
             expires_in: self.lifetime,
         };
@@ -206,12 +255,10 @@ impl BrowserLogins {
         let now = Instant::now();
         let expires = now + self.lifetime;
         let mut slots = self.slots();
-        // Forget what is long over, so the map stays small.
-        slots.retain(|_, slot| match slot {
-            Slot::Waiting { expires, .. } => now < *expires + REMEMBER,
-            Slot::Gone { since, .. } => now < *since + REMEMBER,
-        });
-        slots.insert(
+        if slots.map.len() >= slots.tidy_at {
+            slots.tidy(now);
+        }
+        slots.map.insert(
             token.clone(),
             Slot::Waiting {
                 sender,
@@ -231,7 +278,7 @@ impl BrowserLogins {
     /// What is waiting behind `token`, for the approval page.
     pub fn request(&self, token: &str) -> Result<LoginRequest, LinkError> {
         let now = Instant::now();
-        match self.slots().get(token) {
+        match self.slots().map.get(token) {
             None => Err(LinkError::Unknown),
             Some(Slot::Gone { why, .. }) => Err(*why),
             Some(Slot::Waiting {
@@ -252,7 +299,7 @@ impl BrowserLogins {
     fn decide(&self, token: &str, decision: Decision) -> Result<(), LinkError> {
         let now = Instant::now();
         let mut slots = self.slots();
-        let slot = slots.get_mut(token).ok_or(LinkError::Unknown)?;
+        let slot = slots.map.get_mut(token).ok_or(LinkError::Unknown)?;
         let expired = match slot {
             Slot::Gone { why, .. } => return Err(*why),
             Slot::Waiting { expires, .. } => now >= *expires,
@@ -268,7 +315,7 @@ impl BrowserLogins {
             Slot::Waiting { .. } if expired => Err(LinkError::Expired),
             Slot::Waiting { sender, .. } => sender.send(decision).map_err(|_| {
                 // The command went away meanwhile.
-                if let Some(slot) = self.slots().get_mut(token) {
+                if let Some(slot) = self.slots().map.get_mut(token) {
                     *slot = Slot::Gone {
                         why: LinkError::Abandoned,
                         since: now,
@@ -294,7 +341,7 @@ impl BrowserLogins {
 
     fn mark_gone(&self, token: &str, why: LinkError) {
         let mut slots = self.slots();
-        if let Some(slot) = slots.get_mut(token)
+        if let Some(slot) = slots.map.get_mut(token)
             && let Slot::Waiting { .. } = slot
         {
             *slot = Slot::Gone {
@@ -380,6 +427,23 @@ impl Drop for PendingLogin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logins_started_and_dropped_in_a_loop_keep_the_table_bounded() {
+        let logins = BrowserLogins::default();
+        let waiting = logins.begin_for(request()).unwrap();
+        let mut last = String::new();
+        for _ in 0..2 * MAX_REMEMBERED + 100 {
+            let pending = logins.begin_for(request()).unwrap();
+            last.clone_from(&pending.token);
+        }
+        let size = logins.slots().map.len();
+        assert!(size <= 2 * MAX_REMEMBERED + 64, "{size} logins kept");
+        // The newest dropped link still says why; the one still waiting
+        // was never forgotten.
+        assert_eq!(logins.request(&last), Err(LinkError::Abandoned));
+        assert!(logins.request(&waiting.token).is_ok());
+    }
 
     fn request() -> LoginRequest {
         LoginRequest {

@@ -70,6 +70,7 @@ pub mod identity;
 pub mod local;
 pub mod login;
 pub mod outcome;
+mod per_address;
 pub mod resources;
 mod session;
 pub mod terminal;

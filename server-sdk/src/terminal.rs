@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
@@ -20,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::identity::ServerIdentity;
 use crate::outcome::Command;
+use crate::per_address::PerAddress;
 use crate::session;
 use crate::transport::{AxumTransport, Transport};
 
@@ -402,51 +402,6 @@ impl Terminal {
     }
 }
 
-/// Sessions per client address.
-#[derive(Debug, Default, Clone)]
-struct PerAddress(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
-
-/// One session's place in [`PerAddress`]; freed when dropped.
-#[derive(Debug)]
-struct AddressSlot {
-    counts: PerAddress,
-    ip: IpAddr,
-}
-
-impl PerAddress {
-    fn take(&self, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
-        let mut counts = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            counts: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .counts
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Resolves on SIGINT or SIGTERM: the usual `shutdown` future for
 /// [`Terminal::serve_app`] in an app's `main`.
 pub async fn shutdown_signal() {
@@ -499,22 +454,6 @@ impl TerminalConnection for tokio::net::UnixStream {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    #[test]
-    fn per_address_slots_are_counted_and_freed() {
-        let counts = PerAddress::default();
-        let ip: IpAddr = [127, 0, 0, 1].into();
-        let a = counts.take(ip, 2).unwrap();
-        let b = counts.take(ip, 2).unwrap();
-        assert!(counts.take(ip, 2).is_none(), "the third is refused");
-        assert!(
-            counts.take([127, 0, 0, 2].into(), 2).is_some(),
-            "other addresses are not"
-        );
-        drop(a);
-        assert!(counts.take(ip, 2).is_some());
-        drop(b);
-    }
 
     /// A TCP listener that hands the test a second handle to each socket it
     /// accepts, to look at the socket's options from outside the server.

@@ -53,6 +53,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::per_address::PerAddress;
 use crate::terminal::TerminalConnection;
 
 /// How long a client may take to complete its TLS handshake.
@@ -60,7 +61,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// At most this many TLS handshakes run at once; further connections wait in
 /// the kernel's accept queue.
-const MAX_HANDSHAKES: usize = 256;
+const MAX_HANDSHAKES: usize = 1024;
+
+/// At most this many of them from one client address (IPv6: one /64); a
+/// connection beyond is closed at once. Connections that never say hello
+/// hold their place for [`HANDSHAKE_TIMEOUT`]: without this, 256 of them
+/// from one machine kept every other user out.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
 
 /// Why a TLS configuration or certificate could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +262,7 @@ async fn accept_loop(
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let mut handshakes = JoinSet::new();
+    let per_address = PerAddress::default();
     loop {
         tokio::select! {
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
@@ -266,11 +274,16 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                let Some(place) = per_address.take(peer.ip(), MAX_HANDSHAKES_PER_ADDRESS) else {
+                    tracing::debug!(%peer, "too many TLS handshakes from this address");
+                    continue;
+                };
                 // Before the handshake, whose flights are small writes too.
                 stream.send_small_writes_at_once();
                 let acceptor = acceptor.clone();
                 let ready = ready.clone();
                 handshakes.spawn(async move {
+                    let _place = place;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let _ = ready.send((stream, peer)).await;
@@ -417,6 +430,57 @@ pub fn self_signed<S: AsRef<str>>(names: &[S]) -> Result<DevCertificate, TlsErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connections_that_never_say_hello_hold_no_one_elses_handshake() {
+        use tokio::io::AsyncReadExt;
+        let dev = self_signed(&["127.0.0.1"]).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let (_terminal, app) = crate::terminal::tests::sessions_per_address(64);
+        let server = tokio::spawn(serve(
+            tcp,
+            dev.tls_config().unwrap(),
+            app,
+            std::future::pending(),
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = dev.write_to(dir.path()).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(
+            terminalwire_client::connect::tls_config(Some(&cert)).unwrap(),
+        );
+        let connect_from = |ip: [u8; 4]| {
+            let connector = connector.clone();
+            async move {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind((ip, 0).into()).unwrap();
+                let tcp = socket.connect(addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                connector.connect(name, tcp).await
+            }
+        };
+        // More silent connections from one address than the server once
+        // had handshake slots in all (256).
+        let mut silent = Vec::new();
+        for _ in 0..300 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Those beyond the address's share are closed at once…
+        let mut byte = [0u8; 1];
+        let last = silent.last_mut().unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), last.read(&mut byte)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0) | Err(_))),
+            "a connection beyond the share was kept: {closed:?}"
+        );
+        // …and another machine (here another loopback address) is served.
+        let other = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, connect_from([127, 0, 0, 2])).await;
+        assert!(
+            matches!(other, Ok(Ok(_))),
+            "another address waited behind the silent ones: {other:?}"
+        );
+        server.abort();
+    }
 
     #[test]
     fn self_signed_certificates_make_a_config() {

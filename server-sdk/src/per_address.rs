@@ -1,0 +1,106 @@
+//! Counting what each client address holds at once (sessions, TLS
+//! handshakes), so that one address cannot take every slot.
+//!
+//! An IPv6 client is counted by its /64 network: a single host commonly has
+//! the whole /64, 2^64 addresses to spread connections over.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// What each address (IPv6: each /64) holds.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One place in a [`PerAddress`]; freed when dropped.
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    counts: PerAddress,
+    group: IpAddr,
+}
+
+/// The address `ip` is counted as: an IPv4 address (also written as
+/// IPv4-mapped IPv6) as itself, an IPv6 address as its /64.
+pub(crate) fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(network.into())
+            }
+        },
+    }
+}
+
+impl PerAddress {
+    /// A place for `ip`, unless its group already holds `limit`.
+    pub(crate) fn take(&self, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
+        let group = address_group(ip);
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(group).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            group,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.group) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.group);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_slots_are_counted_and_freed() {
+        let counts = PerAddress::default();
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let a = counts.take(ip, 2).unwrap();
+        let b = counts.take(ip, 2).unwrap();
+        assert!(counts.take(ip, 2).is_none(), "the third is refused");
+        assert!(
+            counts.take([127, 0, 0, 2].into(), 2).is_some(),
+            "other addresses are not"
+        );
+        drop(a);
+        assert!(counts.take(ip, 2).is_some());
+        drop(b);
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let counts = PerAddress::default();
+        let host = |last: u16| IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, last]);
+        let _held: Vec<AddressSlot> = (1..=3).map(|n| counts.take(host(n), 3).unwrap()).collect();
+        assert!(
+            counts.take(host(999), 3).is_none(),
+            "another address of the same /64 is the same client"
+        );
+        assert!(
+            counts
+                .take(IpAddr::from([0x2001, 0xdb8, 1, 3, 0, 0, 0, 1]), 3)
+                .is_some(),
+            "the next /64 is another"
+        );
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        let _v4 = counts.take(v4, 1).unwrap();
+        let mapped = IpAddr::from(std::net::Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
+        assert!(counts.take(mapped, 1).is_none());
+    }
+}

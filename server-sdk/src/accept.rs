@@ -4,9 +4,13 @@
 //! request's header. `axum::serve` builds hyper without a timer, which turns
 //! hyper's header time-out off: a connection that never sends a request
 //! (or sends it a byte a minute) held its task, buffers and socket forever,
-//! counted by no session limit.
+//! counted by no session limit. A request's body has a time-out too (see
+//! [`BODY_IDLE_TIMEOUT`]), and a shutdown waits for open connections at
+//! most [`SHUTDOWN_DRAIN`].
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,6 +26,16 @@ use tower::ServiceExt as _;
 /// the connection waits for one (also how long an idle keep-alive
 /// connection is kept).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a handler reading a request's body waits for its next bytes
+/// before the body fails: a client that announced a body and sent part of
+/// it held its connection forever, and a shutdown waited for it.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a shutdown waits for open HTTP connections to finish their
+/// requests before it returns (upgraded ones are sessions, which end on
+/// their own).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open
 /// connections finish (upgraded ones included: a session ends on its own)
@@ -48,7 +62,12 @@ pub(crate) async fn serve<L>(
         let service = app
             .clone()
             .map_request(move |request: axum::http::Request<Incoming>| {
-                let mut request = request.map(Body::new);
+                let mut request = request.map(|body| {
+                    Body::new(IdleTimeoutBody {
+                        inner: body,
+                        waiting: None,
+                    })
+                });
                 request.extensions_mut().insert(ConnectInfo(addr.clone()));
                 request
             });
@@ -82,7 +101,59 @@ pub(crate) async fn serve<L>(
     }
     drop(listener);
     drop(stop);
-    open.closed().await;
+    if tokio::time::timeout(SHUTDOWN_DRAIN, open.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(drain = ?SHUTDOWN_DRAIN, "connections still open after the shutdown's drain; leaving them");
+    }
+}
+
+/// A request body that fails once its reader has waited
+/// [`BODY_IDLE_TIMEOUT`] for the next bytes. The clock runs only while the
+/// handler waits: one that reads the body late is not cut off.
+struct IdleTimeoutBody {
+    inner: Incoming,
+    /// Since the reader found nothing to read.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for IdleTimeoutBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = None;
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let waiting = this
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)));
+                match waiting.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                        "no byte of the request's body for {BODY_IDLE_TIMEOUT:?}"
+                    )
+                    .into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +184,54 @@ mod tests {
             "still open after an hour: {read:?}"
         );
         assert!(started.elapsed() <= HEADER_READ_TIMEOUT + Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_coming_ends_its_request_and_holds_no_shutdown() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route(
+                "/form",
+                axum::routing::post(|body: String| async move { body.len().to_string() }),
+            )
+            .route(
+                "/stuck",
+                axum::routing::get(std::future::pending::<&'static str>),
+            );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        // Announces 1 000 bytes, sends 2, then nothing. The clock is paused:
+        // it jumps to the next timer whenever all tasks wait.
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut response = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(3600), client.read_to_end(&mut response))
+                .await;
+        assert!(read.is_ok(), "still open after an hour");
+        assert!(started.elapsed() <= BODY_IDLE_TIMEOUT + Duration::from_secs(1));
+        let response = String::from_utf8_lossy(&response);
+        assert!(!response.starts_with("HTTP/1.1 200"), "{response}");
+
+        // A shutdown waits for a request in progress, but not for ever.
+        let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stuck
+            .write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        let _ = stop.send(());
+        let stopping = tokio::time::Instant::now();
+        let finished = tokio::time::timeout(Duration::from_secs(3600), server).await;
+        assert!(finished.is_ok(), "serve never returned");
+        assert!(stopping.elapsed() <= SHUTDOWN_DRAIN + Duration::from_secs(1));
     }
 
     #[tokio::test]

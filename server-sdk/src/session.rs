@@ -1313,6 +1313,11 @@ fn serve(
         // The highest acknowledgement from the client: each higher one moves
         // `exit_deadline` on.
         let mut acked_upto = 0u64;
+        // Whether a re-attach has moved `exit_deadline` on since the client
+        // last acknowledged something: one that never acknowledges gets one
+        // more grace period, not one per re-attach (re-attaching in a loop
+        // kept a finished session, its replay buffer and its slots, forever).
+        let mut exit_grace_renewed = false;
         let timer = tokio::time::sleep_until(idle_watch.deadline());
         tokio::pin!(timer);
         let mut alarm = Alarm::new();
@@ -1443,6 +1448,7 @@ fn serve(
                                 // exit (a slow link) is not one that ignores it.
                                 if seq > acked_upto {
                                     acked_upto = seq;
+                                    exit_grace_renewed = false;
                                     if let Some(at) = exit_deadline.as_mut() {
                                         *at = Instant::now() + config.resume_grace;
                                     }
@@ -1461,6 +1467,10 @@ fn serve(
                             Action::Detach => {
                                 let refusal = if !resumable {
                                     Some("this session cannot be detached: the client did not ask for resumable sessions".to_owned())
+                                } else if command_done {
+                                    // Its exit is waiting for the client: a
+                                    // detach would only keep a finished session.
+                                    Some("the command has ended: there is nothing left to detach from".to_owned())
                                 } else if config.detach_keep.is_zero() {
                                     Some("detaching is turned off on this server".to_owned())
                                 } else {
@@ -1523,7 +1533,8 @@ fn serve(
                         connection.detaching = false;
                         token_unconfirmed = true;
                         idle_watch.restart(Instant::now());
-                        if command_done {
+                        if command_done && !exit_grace_renewed {
+                            exit_grace_renewed = true;
                             exit_deadline = Some(Instant::now() + config.resume_grace);
                         }
                         let received = receipts.received();

@@ -2411,3 +2411,77 @@ async fn the_saved_login_check_reads_no_more_than_a_token() {
     .await;
     assert!(read <= 64 * 1024, "asked for {read} bytes");
 }
+
+/// A finished session whose exit is never acknowledged cannot be kept by
+/// re-attaching in a loop (each re-attach gave another grace period) or by
+/// detaching (another detach time): it gets one more grace period, then
+/// ends.
+#[tokio::test(start_paused = true)]
+async fn reattaching_in_a_loop_does_not_keep_a_finished_session() {
+    let grace = Duration::from_secs(2);
+    let terminal = Terminal::with_config(
+        |_ctx: Context| async { anyhow::Ok(()) },
+        Config {
+            resume_grace: grace,
+            detach_keep: Duration::from_secs(3600),
+            ..Config::default()
+        },
+    );
+    let device = StaticKey::generate().unwrap();
+    let serve = |server| {
+        tokio::spawn(terminal.serve(WsTransport {
+            socket: server,
+            tap: None,
+            flushes: None,
+        }))
+    };
+    let script = async {
+        let (client, server) = socket_pair().await;
+        serve(server);
+        let mut client = secure_client_as(client, &device).await;
+        send_client(&mut client, &ClientFrame::Hello(resumable_hello())).await;
+        let Some(ServerFrame::Welcome(welcome)) = next_server(&mut client).await else {
+            panic!("expected welcome");
+        };
+        let mut token = welcome.resume.expect("resumable").token;
+        // The command ends at once; its exit is never acknowledged.
+        until_exit(&mut client).await;
+        let ended = tokio::time::Instant::now();
+        send_client(&mut client, &ClientFrame::Detach(Detach {})).await;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Detached(detached)) => {
+                    assert!(!detached.accepted, "a finished session was detached");
+                    break;
+                }
+                Some(ServerFrame::Ack(_)) => {}
+                other => panic!("expected detached, got {other:?}"),
+            }
+        }
+        drop(client);
+        // Back every 1.5 s, never acknowledging: each time within the
+        // grace period of the connection before.
+        for round in 0..20 {
+            tokio::time::sleep(grace * 3 / 4).await;
+            let (client, server) = socket_pair().await;
+            serve(server);
+            let mut client = secure_client_as(client, &device).await;
+            let resume = Resume {
+                session_id: welcome.session_id.clone(),
+                token: token.clone(),
+                received: 0,
+            };
+            send_client(&mut client, &ClientFrame::Resume(resume)).await;
+            match next_server(&mut client).await {
+                Some(ServerFrame::Resumed(resumed)) => token = resumed.token,
+                _ => return (round, ended.elapsed()),
+            }
+        }
+        panic!("the finished session was still kept after 20 re-attaches");
+    };
+    let (round, kept) = tokio::time::timeout(Duration::from_secs(600), script)
+        .await
+        .expect("the session hung");
+    assert!(round >= 1, "the first re-attach gets its grace period");
+    assert!(kept <= grace * 4, "kept for {kept:?}");
+}

@@ -144,9 +144,10 @@ impl DeviceRegistry {
         })
     }
 
-    /// Runs `change` on the devices; saves them and wakes the waiting
-    /// commands when it says it changed them (so that, say, wrong approval
-    /// codes posted in a loop write nothing).
+    /// Runs `change` on the devices; saves them unless it says it changed
+    /// nothing (so that, say, wrong approval codes posted in a loop write
+    /// nothing), and wakes the waiting commands when it changed what they
+    /// wait for ([`Change`]).
     fn update<T>(&self, change: impl FnOnce(&mut Devices) -> (T, Change)) -> T {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (result, change) = change(&mut state);
@@ -159,7 +160,9 @@ impl DeviceRegistry {
         if let Some(saver) = &self.saver {
             saver.shared.want(generation);
         }
-        self.changed.notify_waiters();
+        if change == Changed {
+            self.changed.notify_waiters();
+        }
         result
     }
 
@@ -234,10 +237,14 @@ impl DeviceRegistry {
                 .map(|(since, _)| since + 1)
                 .max()
                 .unwrap_or(1);
+            // A new pending device concerns no one waiting, unless it
+            // pushes out the oldest (whose command then learns it at once).
+            let mut change = Added;
             if pending.len() >= MAX_PENDING
                 && let Some((_, oldest)) = pending.iter().min().map(|(s, f)| (*s, (*f).clone()))
             {
                 state.devices.remove(&oldest);
+                change = Changed;
             }
             state.devices.insert(
                 fingerprint.to_owned(),
@@ -248,7 +255,7 @@ impl DeviceRegistry {
                     pending_since: since,
                 },
             );
-            (Err(DeviceError::NotApproved { code }), Changed)
+            (Err(DeviceError::NotApproved { code }), change)
         })
     }
 
@@ -342,13 +349,19 @@ impl DeviceRegistry {
     }
 }
 
-/// Whether an update changed the registry.
+/// What an update did to the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
+    /// Changed what a waiting command may see: saved, and the waiters woken.
     Changed,
+    /// Added a device no one waits for yet: saved only. (Waking every
+    /// waiting command for each new key a client makes in a loop would
+    /// cost the server a wake-up per waiter per key.)
+    Added,
+    /// Nothing.
     Unchanged,
 }
-use Change::{Changed, Unchanged};
+use Change::{Added, Changed, Unchanged};
 
 /// Whether a device the registry has (or not) may run commands.
 fn verdict(device: Option<&Device>) -> Result<(), DeviceError> {
@@ -501,8 +514,14 @@ impl Drop for SaverHandle {
             .unwrap_or_else(PoisonError::into_inner)
             .closing = true;
         self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // The last save may take an fsync: not on a runtime's worker (a
+        // runtime waits for its blocking tasks when it shuts down).
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || thread.join())),
+            Err(_) => drop(thread.join()),
         }
     }
 }
@@ -620,6 +639,32 @@ mod tests {
         assert_eq!(
             saver.writes.load(std::sync::atomic::Ordering::Relaxed),
             writes
+        );
+    }
+
+    #[test]
+    fn waiting_commands_wake_for_approvals_not_for_every_new_key() {
+        use futures_util::FutureExt;
+        let registry = DeviceRegistry::in_memory();
+        let Err(DeviceError::NotApproved { code }) = registry.check("SHA256:w", "linux") else {
+            panic!("pending expected");
+        };
+        let mut woken = std::pin::pin!(registry.changed.notified());
+        woken.as_mut().enable();
+        // Other clients' new keys: nothing for this waiter.
+        for index in 0..10 {
+            let _ = registry.check(&format!("SHA256:new{index}"), "linux");
+        }
+        assert!(
+            woken.as_mut().now_or_never().is_none(),
+            "woken by a new key"
+        );
+        let mut woken = std::pin::pin!(registry.changed.notified());
+        woken.as_mut().enable();
+        assert!(registry.approve(&code));
+        assert!(
+            woken.as_mut().now_or_never().is_some(),
+            "not woken by its approval"
         );
     }
 

@@ -641,6 +641,17 @@ impl Resources {
             .map_err(|_| OpError::new(ErrorCode::Internal, "streamed writes are unavailable"))
     }
 
+    /// Lets go of the streamed writes whose unfinished file a delete or a
+    /// replacement just unlinked: one that gets no further chunk would
+    /// otherwise keep its space for the rest of the session, unseen.
+    fn forget_deleted_writes(&self) {
+        if let Ok(mut writes) = self.writes() {
+            writes
+                .open
+                .retain(|_, open| !matches!(open.write.is_gone(), Ok(true)));
+        }
+    }
+
     fn open_write(&self, handle: u64) -> Result<Arc<OpenWrite>, OpError> {
         self.writes()?
             .open
@@ -739,6 +750,7 @@ impl Resources {
                 };
                 self.charge(&allowed, grows, entries)?;
                 safe_fs::write_atomic(path.as_path(), &bytes, mode).map_err(fs_error)?;
+                self.forget_deleted_writes();
                 Ok(Reply::Unit)
             }
             Operation::FileWriteOpen { path, mode } => {
@@ -839,6 +851,7 @@ impl Resources {
                 })?;
                 self.progress.update("writing", &open.path, 0, None, true);
                 open.write.commit().map_err(fs_error)?;
+                self.forget_deleted_writes();
                 Ok(Reply::Unit)
             }
             Operation::FileWriteAbort { handle } => {
@@ -862,6 +875,7 @@ impl Resources {
                 let path = resolve(&path)?;
                 check(&path, Action::Write)?;
                 safe_fs::delete_file(path.as_path()).map_err(fs_error)?;
+                self.forget_deleted_writes();
                 Ok(Reply::Unit)
             }
             Operation::FileExists { path } => {
@@ -1004,7 +1018,10 @@ impl Resources {
                         None => false,
                     }
                 };
-                match safe_fs::delete_dir(root.as_path(), recursive, &mut may_delete) {
+                let deleted = safe_fs::delete_dir(root.as_path(), recursive, &mut may_delete);
+                // A recursive delete refused part way has still deleted some.
+                self.forget_deleted_writes();
+                match deleted {
                     Ok(()) => Ok(Reply::Unit),
                     Err(FsError::Denied { path: entry }) => Err(match refused {
                         Some(denial) => denied(denial),
@@ -1399,9 +1416,9 @@ mod tests {
         assert!(!doomed.exists());
     }
 
-    #[tokio::test]
-    async fn a_streamed_write_whose_file_was_deleted_stops_and_lets_it_go() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Resources for a server on 127.0.0.1:3000 with a default policy, and
+    /// its storage folder (created).
+    fn storage_resources(dir: &tempfile::TempDir) -> (Resources, PathBuf) {
         let home = terminalwire_policy::Home::at(dir.path());
         let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
         let authority = terminalwire_policy::Authority::from_url(&server).unwrap();
@@ -1414,75 +1431,115 @@ mod tests {
             dir.path().to_path_buf(),
             Resources::system_opener(),
         );
-        let opened = resources
-            .perform(Operation::FileWriteOpen {
-                path: format!("{}/big", storage.display()),
-                mode: None,
-            })
-            .await
-            .unwrap();
-        let Ok(Reply::Handle { handle }) = opened else {
-            panic!("{opened:?}")
-        };
-        let chunk = |offset: u64| Operation::FileWriteChunk {
-            handle,
-            offset,
-            bytes: vec![1u8; 4096].into(),
-        };
-        assert_eq!(resources.perform(chunk(0)).await.unwrap(), Ok(Reply::Unit));
-        // The server finds the unfinished file in a listing and deletes it:
-        // what it writes next would take disk space no measure sees.
-        let listed = resources
-            .perform(Operation::DirList {
-                path: storage.display().to_string(),
-            })
-            .await
-            .unwrap();
-        let Ok(Reply::Entries { entries, .. }) = listed else {
-            panic!("{listed:?}")
-        };
-        let [unfinished] = &entries[..] else {
-            panic!("{entries:?}")
-        };
-        let deleted = resources
-            .perform(Operation::FileDelete {
-                path: format!("{}/{}", storage.display(), unfinished.name),
-            })
-            .await
-            .unwrap();
-        assert_eq!(deleted, Ok(Reply::Unit));
-        let refused = resources.perform(chunk(4096)).await.unwrap();
-        assert!(
-            matches!(&refused, Err(error) if error.code == ErrorCode::NotFound
-                && error.message.contains("deleted while it was being written")),
-            "{refused:?}"
-        );
-        // The write is gone, and with it the last descriptor of the file.
-        let again = resources.perform(chunk(8192)).await.unwrap();
-        assert!(again.is_err(), "{again:?}");
-        let still_open = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .flatten()
-            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-            .any(|target| target.starts_with(&storage));
-        assert!(!still_open, "the deleted file is still open");
+        (resources, storage)
+    }
+
+    /// What unlinks the unfinished file of a streamed write in
+    /// [`a_streamed_write_whose_file_was_deleted_stops_and_lets_it_go`].
+    #[derive(Debug, Clone, Copy)]
+    enum Unlinked {
+        FileDelete,
+        RecursiveDirDelete,
+        FileWriteOverIt,
+        ALocalProcess,
+    }
+
+    #[tokio::test]
+    async fn a_streamed_write_whose_file_was_deleted_stops_and_lets_it_go() {
+        for how in [
+            Unlinked::FileDelete,
+            Unlinked::RecursiveDirDelete,
+            Unlinked::FileWriteOverIt,
+            Unlinked::ALocalProcess,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (resources, storage) = storage_resources(&dir);
+            let folder = storage.join("f");
+            std::fs::create_dir(&folder).unwrap();
+            let opened = resources
+                .perform(Operation::FileWriteOpen {
+                    path: format!("{}/big", folder.display()),
+                    mode: None,
+                })
+                .await
+                .unwrap();
+            let Ok(Reply::Handle { handle }) = opened else {
+                panic!("{opened:?}")
+            };
+            let chunk = |offset: u64| Operation::FileWriteChunk {
+                handle,
+                offset,
+                bytes: vec![1u8; 4096].into(),
+            };
+            assert_eq!(resources.perform(chunk(0)).await.unwrap(), Ok(Reply::Unit));
+            // The server finds the unfinished file in a listing and deletes
+            // it: while open, it takes disk space that no measure sees.
+            let listed = resources
+                .perform(Operation::DirList {
+                    path: folder.display().to_string(),
+                })
+                .await
+                .unwrap();
+            let Ok(Reply::Entries { entries, .. }) = listed else {
+                panic!("{listed:?}")
+            };
+            let [unfinished] = &entries[..] else {
+                panic!("{entries:?}")
+            };
+            let unfinished = folder.join(&unfinished.name);
+            let by_server = match how {
+                Unlinked::FileDelete => Some(Operation::FileDelete {
+                    path: unfinished.display().to_string(),
+                }),
+                Unlinked::RecursiveDirDelete => Some(Operation::DirDelete {
+                    path: folder.display().to_string(),
+                    recursive: true,
+                }),
+                Unlinked::FileWriteOverIt => Some(Operation::FileWrite {
+                    path: unfinished.display().to_string(),
+                    bytes: b"x".to_vec().into(),
+                    mode: None,
+                }),
+                Unlinked::ALocalProcess => {
+                    std::fs::remove_file(&unfinished).unwrap();
+                    None
+                }
+            };
+            let file_is_open = || {
+                std::fs::read_dir("/proc/self/fd")
+                    .unwrap()
+                    .flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .any(|target| target.starts_with(&storage))
+            };
+            if let Some(op) = by_server {
+                assert_eq!(resources.perform(op).await.unwrap(), Ok(Reply::Unit));
+                // Let go at once: the server need not send another chunk.
+                assert!(!file_is_open(), "{how:?}: the deleted file is still open");
+                let refused = resources.perform(chunk(4096)).await.unwrap();
+                assert!(
+                    matches!(&refused, Err(error) if error.message.contains("no streamed write has handle")),
+                    "{how:?}: {refused:?}"
+                );
+            } else {
+                // Nothing told the client: the next chunk finds out.
+                let refused = resources.perform(chunk(4096)).await.unwrap();
+                assert!(
+                    matches!(&refused, Err(error) if error.code == ErrorCode::NotFound
+                        && error.message.contains("deleted while it was being written")),
+                    "{how:?}: {refused:?}"
+                );
+                assert!(!file_is_open(), "{how:?}: the deleted file is still open");
+                let again = resources.perform(chunk(8192)).await.unwrap();
+                assert!(again.is_err(), "{how:?}: {again:?}");
+            }
+        }
     }
 
     #[tokio::test]
     async fn the_storage_folder_itself_stays_the_clients() {
         let dir = tempfile::tempdir().unwrap();
-        let home = terminalwire_policy::Home::at(dir.path());
-        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
-        let authority = terminalwire_policy::Authority::from_url(&server).unwrap();
-        let storage = home.storage_dir(&authority);
-        std::fs::create_dir_all(&storage).unwrap();
-        let policy = terminalwire_policy::Policy::default();
-        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), None).unwrap();
-        let resources = Resources::new(
-            entitlements,
-            dir.path().to_path_buf(),
-            Resources::system_opener(),
-        );
+        let (resources, storage) = storage_resources(&dir);
         let path = storage.display().to_string();
         // Deleted then appended to, it became a file the quota never saw
         // (and the next session could not start); made unreadable, its

@@ -392,14 +392,19 @@ impl StreamedWrite {
         })
     }
 
+    /// Whether the unfinished file was deleted (or replaced) since the write
+    /// began: it can no longer be committed, and while it stays open it
+    /// takes disk space that no folder listing (nor a quota) sees.
+    pub fn is_gone(&self) -> Result<bool, FsError> {
+        let stat = rustix::fs::fstat(&self.file).map_err(|e| map_errno(e, &self.path))?;
+        Ok(stat.st_nlink == 0)
+    }
+
     /// Writes `bytes` at `offset` of the new file (chunks may arrive in any
     /// order).
     pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), FsError> {
         use std::os::unix::fs::FileExt;
-        // Deleted meanwhile, the file still takes disk space for as long
-        // as it is open, seen by no folder listing (nor by a quota).
-        let stat = rustix::fs::fstat(&self.file).map_err(|e| map_errno(e, &self.path))?;
-        if stat.st_nlink == 0 {
+        if self.is_gone()? {
             return Err(FsError::WriteGone {
                 path: self.path.clone(),
             });

@@ -1533,6 +1533,13 @@ fn serve(
                         connection.detaching = false;
                         token_unconfirmed = true;
                         idle_watch.restart(Instant::now());
+                        // Having received more than it acknowledged is
+                        // progress, as an acknowledgement is: a client on a
+                        // link that keeps dropping still gets its grace.
+                        if reattach.received > acked_upto {
+                            acked_upto = reattach.received;
+                            exit_grace_renewed = false;
+                        }
                         if command_done && !exit_grace_renewed {
                             exit_grace_renewed = true;
                             exit_deadline = Some(Instant::now() + config.resume_grace);

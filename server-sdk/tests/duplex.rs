@@ -2412,15 +2412,23 @@ async fn the_saved_login_check_reads_no_more_than_a_token() {
     assert!(read <= 64 * 1024, "asked for {read} bytes");
 }
 
-/// A finished session whose exit is never acknowledged cannot be kept by
-/// re-attaching in a loop (each re-attach gave another grace period) or by
-/// detaching (another detach time): it gets one more grace period, then
-/// ends.
-#[tokio::test(start_paused = true)]
-async fn reattaching_in_a_loop_does_not_keep_a_finished_session() {
+/// Re-attaches to a finished session every 1.5 s (its grace period is 2 s),
+/// never acknowledging its exit, for up to 20 rounds; the command wrote
+/// `lines` lines before it ended, and a re-attach in round `r` says it
+/// received `received(r)` frames. Returns the round the session was gone
+/// in, and how long after the exit, or `None` if it was kept all along.
+async fn reattach_to_a_finished_session(
+    lines: usize,
+    received: impl Fn(u64) -> u64,
+) -> Option<(u64, Duration)> {
     let grace = Duration::from_secs(2);
     let terminal = Terminal::with_config(
-        |_ctx: Context| async { anyhow::Ok(()) },
+        move |ctx: Context| async move {
+            for _ in 0..lines {
+                ctx.stdout().println("line").await?;
+            }
+            anyhow::Ok(())
+        },
         Config {
             resume_grace: grace,
             detach_keep: Duration::from_secs(3600),
@@ -2444,7 +2452,7 @@ async fn reattaching_in_a_loop_does_not_keep_a_finished_session() {
             panic!("expected welcome");
         };
         let mut token = welcome.resume.expect("resumable").token;
-        // The command ends at once; its exit is never acknowledged.
+        // The command ends; its exit is never acknowledged.
         until_exit(&mut client).await;
         let ended = tokio::time::Instant::now();
         send_client(&mut client, &ClientFrame::Detach(Detach {})).await;
@@ -2459,8 +2467,7 @@ async fn reattaching_in_a_loop_does_not_keep_a_finished_session() {
             }
         }
         drop(client);
-        // Back every 1.5 s, never acknowledging: each time within the
-        // grace period of the connection before.
+        // Each time within the grace period of the connection before.
         for round in 0..20 {
             tokio::time::sleep(grace * 3 / 4).await;
             let (client, server) = socket_pair().await;
@@ -2469,19 +2476,39 @@ async fn reattaching_in_a_loop_does_not_keep_a_finished_session() {
             let resume = Resume {
                 session_id: welcome.session_id.clone(),
                 token: token.clone(),
-                received: 0,
+                received: received(round),
             };
             send_client(&mut client, &ClientFrame::Resume(resume)).await;
             match next_server(&mut client).await {
                 Some(ServerFrame::Resumed(resumed)) => token = resumed.token,
-                _ => return (round, ended.elapsed()),
+                _ => return Some((round, ended.elapsed())),
             }
         }
-        panic!("the finished session was still kept after 20 re-attaches");
+        None
     };
-    let (round, kept) = tokio::time::timeout(Duration::from_secs(600), script)
+    tokio::time::timeout(Duration::from_secs(600), script)
         .await
-        .expect("the session hung");
+        .expect("the session hung")
+}
+
+/// A finished session whose exit is never acknowledged cannot be kept by
+/// re-attaching in a loop (each re-attach gave another grace period) or by
+/// detaching (another detach time): it gets one more grace period, then
+/// ends.
+#[tokio::test(start_paused = true)]
+async fn reattaching_in_a_loop_does_not_keep_a_finished_session() {
+    let (round, kept) = reattach_to_a_finished_session(0, |_| 0)
+        .await
+        .expect("the finished session was still kept after 20 re-attaches");
     assert!(round >= 1, "the first re-attach gets its grace period");
-    assert!(kept <= grace * 4, "kept for {kept:?}");
+    assert!(kept <= Duration::from_secs(8), "kept for {kept:?}");
+}
+
+/// A client whose link keeps dropping while it takes in a finished
+/// command's output is not one that ignores the exit: each re-attach that
+/// says it received more gets a grace period, as an acknowledgement would.
+#[tokio::test(start_paused = true)]
+async fn reattaching_with_progress_keeps_a_finished_session() {
+    let gone = reattach_to_a_finished_session(40, |round| round + 1).await;
+    assert_eq!(gone, None, "a client making progress lost its session");
 }

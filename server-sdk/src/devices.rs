@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{Notify, watch};
 
 use crate::context::Context;
@@ -517,11 +518,17 @@ impl Drop for SaverHandle {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        // The last save may take an fsync: not on a runtime's worker (a
-        // runtime waits for its blocking tasks when it shuts down).
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || thread.join())),
-            Err(_) => drop(thread.join()),
+        // The last save must reach the disk before the registry is gone (a
+        // process exiting next would lose it), and may take an fsync: a
+        // multi-threaded runtime's worker hands its other tasks on while it
+        // waits. (A task spawned to wait would never run in a runtime that
+        // is shutting down; a current-thread runtime cannot hand on.)
+        let on_multi_thread_runtime = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if on_multi_thread_runtime {
+            drop(tokio::task::block_in_place(move || thread.join()));
+        } else {
+            drop(thread.join());
         }
     }
 }
@@ -598,6 +605,61 @@ mod tests {
         assert_eq!(again.status("SHA256:b"), Some(DeviceStatus::Approved));
         std::fs::write(&path, "{ not json").unwrap();
         assert!(DeviceRegistry::load_or_create(&path).is_err());
+    }
+
+    /// Drops the last clone of a registry inside a task of `runtime` while
+    /// its last save waits for a slow disk; says whether that save was on
+    /// disk once the drop returned.
+    fn last_save_on_disk_after_a_drop_in(runtime: &tokio::runtime::Runtime) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.json");
+        let registry = DeviceRegistry::load_or_create(&path).unwrap();
+        let saver = Arc::clone(&registry.saver.as_ref().unwrap().shared);
+        let (locked, disk_is_slow) = std::sync::mpsc::channel();
+        let (dropping, wait_for_drop) = std::sync::mpsc::channel::<()>();
+        let disk = std::thread::spawn(move || {
+            let stall = saver.stall.lock().unwrap();
+            locked.send(()).unwrap();
+            let _ = wait_for_drop.recv();
+            drop(stall);
+        });
+        disk_is_slow.recv().unwrap();
+        let Err(DeviceError::NotApproved { code }) = registry.check("SHA256:d", "linux") else {
+            panic!("pending expected");
+        };
+        assert!(registry.approve(&code));
+        runtime.block_on(async move {
+            tokio::spawn(async move {
+                dropping.send(()).unwrap();
+                drop(registry);
+            })
+            .await
+            .unwrap();
+        });
+        let on_disk = DeviceRegistry::load_or_create(&path)
+            .unwrap()
+            .status("SHA256:d")
+            == Some(DeviceStatus::Approved);
+        disk.join().unwrap();
+        on_disk
+    }
+
+    /// A task spawned to wait for the last save never runs in a runtime
+    /// that is shutting down, and a process exiting next loses the save:
+    /// the drop itself waits, on either kind of runtime.
+    #[test]
+    fn dropping_the_registry_in_a_runtime_waits_for_its_last_save() {
+        for _ in 0..20 {
+            let multi_thread = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            assert!(last_save_on_disk_after_a_drop_in(&multi_thread));
+            let current_thread = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            assert!(last_save_on_disk_after_a_drop_in(&current_thread));
+        }
     }
 
     #[tokio::test]

@@ -37,9 +37,8 @@ pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// their own).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets open
-/// connections finish (upgraded ones included: a session ends on its own)
-/// and returns. Each request carries the peer's address as
+/// Serves `app` on `listener` until `shutdown` resolves, then waits up to
+/// [`SHUTDOWN_DRAIN`] for open connections to finish and returns. Each request carries the peer's address as
 /// `ConnectInfo<L::Addr>`.
 pub(crate) async fn serve<L>(
     mut listener: L,

@@ -1,11 +1,12 @@
 //! Serving an app over TLS (`wss://`), and development certificates.
 //!
 //! TLS is rustls with the *ring* crypto provider, used explicitly (no
-//! process-wide default provider is needed or installed). The app is served by
-//! `axum::serve` exactly like the plain path, over a [`TlsListener`] that
-//! wraps a TCP listener and hands over connections once their TLS handshake
-//! is done (handshakes run concurrently, each bounded by
-//! [`HANDSHAKE_TIMEOUT`], so a slow client never blocks others).
+//! process-wide default provider is needed or installed). [`serve`] serves
+//! the app with the SDK's accept loop, exactly like the plain path, over a
+//! [`TlsListener`] that wraps a TCP listener and hands over connections
+//! once their TLS handshake is done (handshakes run concurrently, each
+//! bounded by [`HANDSHAKE_TIMEOUT`], so a slow client never blocks others;
+//! a full server closes the one that has waited longest to make room).
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -36,6 +37,7 @@
 //! `localhost` and `127.0.0.1`; clients trust it with
 //! `terminalwire --ca-cert dev-cert.pem wss://...`.
 
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -49,7 +51,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -59,15 +61,29 @@ use crate::terminal::TerminalConnection;
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// At most this many TLS handshakes run at once; further connections wait in
-/// the kernel's accept queue.
-const MAX_HANDSHAKES: usize = 1024;
+/// How many TLS handshakes may wait for their client at once.
+#[derive(Debug, Clone, Copy)]
+struct HandshakeLimits {
+    /// At most this many run at once; a connection beyond makes room by
+    /// closing the one that has waited longest. A real client's handshake
+    /// takes a few round trips, so whoever holds slots for long is either
+    /// slow or never going to say hello: without the eviction, enough
+    /// silent connections kept everyone else in the kernel's queue for
+    /// [`HANDSHAKE_TIMEOUT`], and again as they were reopened.
+    total: usize,
+    /// Once half the slots are taken, an address (IPv6: one /64) holding
+    /// this many gets no more: its next connection is closed at once. Not
+    /// before, so that the users behind one NAT may all connect at the
+    /// same moment on a server that is not busy.
+    per_address: usize,
+}
 
-/// At most this many of them from one client address (IPv6: one /64); a
-/// connection beyond is closed at once. Connections that never say hello
-/// hold their place for [`HANDSHAKE_TIMEOUT`]: without this, 256 of them
-/// from one machine kept every other user out.
-const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+impl HandshakeLimits {
+    const DEFAULT: HandshakeLimits = HandshakeLimits {
+        total: 1024,
+        per_address: 8,
+    };
+}
 
 /// Why a TLS configuration or certificate could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -204,10 +220,18 @@ pub struct TlsListener {
 impl TlsListener {
     /// Wraps a bound listener. Must be called within a tokio runtime.
     pub fn new(listener: TcpListener, config: &TlsConfig) -> io::Result<Self> {
+        Self::with_limits(listener, config, HandshakeLimits::DEFAULT)
+    }
+
+    fn with_limits(
+        listener: TcpListener,
+        config: &TlsConfig,
+        limits: HandshakeLimits,
+    ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(16);
         let acceptor = TlsAcceptor::from(config.config.clone());
-        let task = tokio::spawn(accept_loop(listener, acceptor, sender));
+        let task = tokio::spawn(accept_loop(listener, acceptor, sender, limits));
         Ok(TlsListener {
             local_addr,
             ready,
@@ -260,13 +284,25 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    limits: HandshakeLimits,
 ) {
     let mut handshakes = JoinSet::new();
+    // The handshakes in the order they began, to close the one that has
+    // waited longest (finished ones are skipped, and dropped in bulk).
+    let mut by_age: VecDeque<AbortHandle> = VecDeque::new();
+    // Closed to make room but not yet reaped from `handshakes`.
+    let mut evicted: HashSet<tokio::task::Id> = HashSet::new();
     let per_address = PerAddress::default();
     loop {
         tokio::select! {
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => {
+            Some(joined) = handshakes.join_next_with_id(), if !handshakes.is_empty() => {
+                let id = match joined {
+                    Ok((id, ())) => id,
+                    Err(error) => error.id(),
+                };
+                evicted.remove(&id);
+            }
+            accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -274,15 +310,34 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let Some(place) = per_address.take(peer.ip(), MAX_HANDSHAKES_PER_ADDRESS) else {
+                let running = handshakes.len().saturating_sub(evicted.len());
+                let limit = if running >= limits.total / 2 {
+                    limits.per_address
+                } else {
+                    usize::MAX
+                };
+                let Some(place) = per_address.take(peer.ip(), limit) else {
                     tracing::debug!(%peer, "too many TLS handshakes from this address");
                     continue;
                 };
+                if running >= limits.total {
+                    while let Some(oldest) = by_age.pop_front() {
+                        if !oldest.is_finished() {
+                            oldest.abort();
+                            evicted.insert(oldest.id());
+                            tracing::debug!("closed the longest waiting TLS handshake to make room");
+                            break;
+                        }
+                    }
+                }
+                if by_age.len() > 2 * limits.total {
+                    by_age.retain(|handshake| !handshake.is_finished());
+                }
                 // Before the handshake, whose flights are small writes too.
                 stream.send_small_writes_at_once();
                 let acceptor = acceptor.clone();
                 let ready = ready.clone();
-                handshakes.spawn(async move {
+                by_age.push_back(handshakes.spawn(async move {
                     let _place = place;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
@@ -293,7 +348,7 @@ async fn accept_loop(
                         }
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                });
+                }));
             }
             () = ready.closed() => return,
         }
@@ -315,7 +370,8 @@ async fn accept_error(error: io::Error) {
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then waits
-/// for open connections to close (like `axum::serve(..).with_graceful_shutdown`).
+/// up to [`SHUTDOWN_DRAIN`](crate::accept::SHUTDOWN_DRAIN) for open
+/// connections to close.
 ///
 /// To drain running terminal sessions, call
 /// [`Terminal::begin_shutdown`](crate::Terminal::begin_shutdown) in
@@ -431,12 +487,72 @@ pub fn self_signed<S: AsRef<str>>(names: &[S]) -> Result<DevCertificate, TlsErro
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn connections_that_never_say_hello_hold_no_one_elses_handshake() {
+    /// A client of a test server at `addr` with the certificate `dev`.
+    struct TestClient {
+        addr: SocketAddr,
+        connector: tokio_rustls::TlsConnector,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestClient {
+        fn new(addr: SocketAddr, dev: &DevCertificate) -> TestClient {
+            let dir = tempfile::tempdir().unwrap();
+            let (cert, _) = dev.write_to(dir.path()).unwrap();
+            let connector = tokio_rustls::TlsConnector::from(
+                terminalwire_client::connect::tls_config(Some(&cert)).unwrap(),
+            );
+            TestClient {
+                addr,
+                connector,
+                _dir: dir,
+            }
+        }
+
+        /// A TCP connection from loopback address `ip` that never says hello.
+        async fn silent_from(&self, ip: [u8; 4]) -> TcpStream {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((ip, 0).into()).unwrap();
+            socket.connect(self.addr).await.unwrap()
+        }
+
+        /// A TLS handshake from loopback address `ip`; fails the test if it
+        /// is not done within half the handshake time-out.
+        async fn shake_hands_from(&self, ip: [u8; 4]) {
+            let tcp = self.silent_from(ip).await;
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let done =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, self.connector.connect(name, tcp))
+                    .await;
+            assert!(
+                matches!(done, Ok(Ok(_))),
+                "no handshake from {ip:?}: {done:?}"
+            );
+        }
+    }
+
+    /// Whether the server closed `stream` (waits up to 5 s for it).
+    async fn closed(stream: &mut TcpStream) -> bool {
         use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+        matches!(read, Ok(Ok(0) | Err(_)))
+    }
+
+    /// A TLS listener on loopback with `limits`, whose handshakes nobody
+    /// takes (16 wait to be taken, more than these tests make).
+    async fn listener_with(limits: HandshakeLimits) -> (TlsListener, TestClient) {
         let dev = self_signed(&["127.0.0.1"]).unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let client = TestClient::new(tcp.local_addr().unwrap(), &dev);
+        let listener = TlsListener::with_limits(tcp, &dev.tls_config().unwrap(), limits).unwrap();
+        (listener, client)
+    }
+
+    #[tokio::test]
+    async fn connections_that_never_say_hello_hold_no_one_elses_handshake() {
+        let dev = self_signed(&["127.0.0.1"]).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TestClient::new(tcp.local_addr().unwrap(), &dev);
         let (_terminal, app) = crate::terminal::tests::sessions_per_address(64);
         let server = tokio::spawn(serve(
             tcp,
@@ -444,42 +560,67 @@ mod tests {
             app,
             std::future::pending(),
         ));
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, _) = dev.write_to(dir.path()).unwrap();
-        let connector = tokio_rustls::TlsConnector::from(
-            terminalwire_client::connect::tls_config(Some(&cert)).unwrap(),
-        );
-        let connect_from = |ip: [u8; 4]| {
-            let connector = connector.clone();
-            async move {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.bind((ip, 0).into()).unwrap();
-                let tcp = socket.connect(addr).await.unwrap();
-                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-                connector.connect(name, tcp).await
-            }
-        };
-        // More silent connections from one address than the server once
-        // had handshake slots in all (256).
+        // More silent connections from one address than half the slots.
+        let limits = HandshakeLimits::DEFAULT;
         let mut silent = Vec::new();
-        for _ in 0..300 {
-            silent.push(TcpStream::connect(addr).await.unwrap());
+        for _ in 0..limits.total / 2 + limits.per_address + 10 {
+            silent.push(client.silent_from([127, 0, 0, 1]).await);
         }
         // Those beyond the address's share are closed at once…
-        let mut byte = [0u8; 1];
-        let last = silent.last_mut().unwrap();
-        let closed = tokio::time::timeout(Duration::from_secs(5), last.read(&mut byte)).await;
         assert!(
-            matches!(closed, Ok(Ok(0) | Err(_))),
-            "a connection beyond the share was kept: {closed:?}"
+            closed(silent.last_mut().unwrap()).await,
+            "a connection beyond the share was kept"
         );
         // …and another machine (here another loopback address) is served.
-        let other = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, connect_from([127, 0, 0, 2])).await;
-        assert!(
-            matches!(other, Ok(Ok(_))),
-            "another address waited behind the silent ones: {other:?}"
-        );
+        client.shake_hands_from([127, 0, 0, 2]).await;
         server.abort();
+    }
+
+    /// Users behind one NAT share an address: on a server that is not busy
+    /// they may all shake hands at once.
+    #[tokio::test]
+    async fn one_address_may_hold_many_handshakes_while_the_server_is_not_busy() {
+        let limits = HandshakeLimits {
+            total: 16,
+            per_address: 2,
+        };
+        let (_listener, client) = listener_with(limits).await;
+        let mut waiting = Vec::new();
+        for _ in 0..5 {
+            waiting.push(client.silent_from([127, 0, 0, 1]).await);
+        }
+        client.shake_hands_from([127, 0, 0, 1]).await;
+    }
+
+    /// With every slot taken, a new connection closes the handshake that
+    /// has waited longest; under pressure one address keeps its share.
+    #[tokio::test]
+    async fn a_full_server_makes_room_by_closing_the_longest_waiting_handshake() {
+        let limits = HandshakeLimits {
+            total: 16,
+            per_address: 2,
+        };
+        let (_listener, client) = listener_with(limits).await;
+        let mut first = Vec::new();
+        for _ in 0..limits.total / 2 {
+            first.push(client.silent_from([127, 0, 0, 1]).await);
+        }
+        // Half the slots are taken: this address holds more than its share.
+        let mut beyond = client.silent_from([127, 0, 0, 1]).await;
+        assert!(
+            closed(&mut beyond).await,
+            "an address took more than its share"
+        );
+        let mut others = Vec::new();
+        for last in 2..6 {
+            for _ in 0..limits.per_address {
+                others.push(client.silent_from([127, 0, 0, last]).await);
+            }
+        }
+        // Every slot is taken; someone new is served all the same…
+        client.shake_hands_from([127, 0, 0, 6]).await;
+        // …in the place of the connection that waited longest.
+        assert!(closed(&mut first[0]).await, "the oldest handshake was kept");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct Entry {
     pub resource: String,
     /// The operation (`file_read`, `dir_list`, `env_get`, ...).
     pub action: String,
-    /// The path, variable or URL as the server sent it.
+    /// The path, variable or URL as the server sent it (its first KiB).
     pub target: String,
     /// `allowed`, `denied`, or the error code of a permitted action that failed.
     pub decision: String,
@@ -172,7 +172,7 @@ pub struct Record {
     pub resource: &'static str,
     /// The operation (`file_read`, `dir_list`, `env_get`, ...).
     pub action: &'static str,
-    /// The path, variable or URL as the server sent it.
+    /// The path, variable or URL as the server sent it (its first KiB).
     pub target: String,
     /// `allowed`, `denied`, or the error code of a permitted action that failed.
     pub decision: Cow<'static, str>,

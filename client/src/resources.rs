@@ -1083,8 +1083,6 @@ fn default_mode(allowed: &Allowed, is_dir: bool) -> u32 {
 /// bytes sent by the server.
 type Described = (&'static str, &'static str, String, Option<u64>);
 
-/// What the audit log says about an operation; `None` for chunks of a
-/// streamed write (the open and the commit are logged).
 /// Most bytes of a server's path, variable name or URL an audit line keeps.
 /// The server chooses them: a request refused at once must not cost the
 /// user megabytes of memory in the audit queue and of disk in the log.
@@ -1103,6 +1101,8 @@ fn audited_target(target: &str) -> String {
     format!("{}… ({} bytes in all)", &target[..end], target.len())
 }
 
+/// What the audit log says about an operation; `None` for chunks of a
+/// streamed write (the open and the commit are logged).
 fn describe(op: &Operation) -> Option<Described> {
     let described = |resource, action, target: &str, bytes| {
         Some((resource, action, audited_target(target), bytes))

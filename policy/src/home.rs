@@ -176,7 +176,8 @@ impl Home {
             if meta.uid() != user && meta.uid() != 0 {
                 return Err(not_private(
                     format!("belongs to another user (uid {})", meta.uid()),
-                    format!("chown {user} {quoted}"),
+                    // Only root may give a file away.
+                    format!("sudo chown {user} {quoted}"),
                 ));
             }
             if meta.mode() & 0o022 != 0 {

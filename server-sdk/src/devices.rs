@@ -217,10 +217,7 @@ impl DeviceRegistry {
             known => return known,
         }
         let code = new_code(fingerprint);
-        let label = match label.char_indices().nth(MAX_LABEL_CHARS) {
-            Some((end, _)) => format!("{}…", &label[..end]),
-            None => label.to_owned(),
-        };
+        let label = cut_at_chars(label, MAX_LABEL_CHARS);
         self.update(|state| {
             // Another session of the same device may have added it since
             // `waiting` looked: its code stands.
@@ -280,6 +277,8 @@ impl DeviceRegistry {
     /// Revokes a device; false if unknown.
     pub fn revoke(&self, fingerprint: &str) -> bool {
         self.update(|state| match state.devices.get_mut(fingerprint) {
+            // Nothing to save (a page posting it again writes nothing).
+            Some(device) if device.status == DeviceStatus::Revoked => (true, Unchanged),
             Some(device) => {
                 device.status = DeviceStatus::Revoked;
                 (true, Changed)
@@ -533,6 +532,15 @@ impl Drop for SaverHandle {
     }
 }
 
+/// `text`, or its first `max` characters and an ellipsis if it is longer:
+/// what a client describes itself with is shown, not stored in full.
+pub(crate) fn cut_at_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 fn save(path: &Path, devices: &BTreeMap<String, Device>) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -701,6 +709,17 @@ mod tests {
         assert_eq!(
             saver.writes.load(std::sync::atomic::Ordering::Relaxed),
             writes
+        );
+        // Nor a revocation posted again.
+        assert!(registry.revoke("SHA256:007"));
+        registry.saved().await.unwrap();
+        for _ in 0..10 {
+            assert!(registry.revoke("SHA256:007"));
+        }
+        registry.saved().await.unwrap();
+        assert_eq!(
+            saver.writes.load(std::sync::atomic::Ordering::Relaxed),
+            writes + 1
         );
     }
 

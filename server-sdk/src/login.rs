@@ -231,15 +231,12 @@ impl BrowserLogins {
     /// Starts a login for the client of `ctx`: a new one-time token.
     pub fn begin(&self, ctx: &Context) -> Result<PendingLogin, LoginError> {
         let client = ctx.client();
-        let mut described = format!(
+        let described = format!(
             "{} {} ({} {})",
             client.name, client.version, client.os, client.arch
         );
         // The client wrote it; the page shows a line, the table keeps it.
-        if let Some((end, _)) = described.char_indices().nth(MAX_CLIENT_CHARS) {
-            described.truncate(end);
-            described.push('…');
-        }
+        let described = crate::devices::cut_at_chars(&described, MAX_CLIENT_CHARS);
         let request = LoginRequest {
             client: described,
             device: client.device.clone(),

@@ -25,7 +25,7 @@ use crate::context::{Context, ResourceError};
 pub const TOKEN_FILE: &str = "session.token";
 
 /// Longest saved session file read; anything longer is not a token.
-const MAX_TOKEN_FILE: u64 = 16 * 1024;
+pub const MAX_TOKEN_FILE: u64 = 16 * 1024;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// What each address (IPv6: each /64) holds.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+pub(crate) struct PerAddress(Arc<Mutex<Counts>>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    by_group: HashMap<IpAddr, usize>,
+    /// The sum of `by_group`.
+    total: usize,
+}
 
 /// One place in a [`PerAddress`]; freed when dropped.
 #[derive(Debug)]
@@ -39,25 +46,50 @@ impl PerAddress {
     pub(crate) fn take(&self, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
         let group = address_group(ip);
         let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(group).or_insert(0);
+        let count = counts.by_group.entry(group).or_insert(0);
         if *count >= limit {
             return None;
         }
         *count += 1;
+        counts.total += 1;
         Some(AddressSlot {
             counts: self.clone(),
             group,
         })
     }
+
+    /// How many places all addresses hold.
+    pub(crate) fn held(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).total
+    }
+
+    /// The address group holding the most places, if any.
+    pub(crate) fn busiest(&self) -> Option<IpAddr> {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts
+            .by_group
+            .iter()
+            .max_by_key(|(_, count)| **count)
+            .map(|(group, _)| *group)
+    }
+}
+
+impl AddressSlot {
+    /// The address group this place is counted in.
+    pub(crate) fn group(&self) -> IpAddr {
+        self.group
+    }
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.group) {
+        let mut guard = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = &mut *guard;
+        if let Some(count) = counts.by_group.get_mut(&self.group) {
             *count -= 1;
+            counts.total -= 1;
             if *count == 0 {
-                counts.remove(&self.group);
+                counts.by_group.remove(&self.group);
             }
         }
     }
@@ -78,9 +110,13 @@ mod tests {
             counts.take([127, 0, 0, 2].into(), 2).is_some(),
             "other addresses are not"
         );
+        assert_eq!(counts.held(), 2);
+        assert_eq!(counts.busiest(), Some(ip));
         drop(a);
+        assert_eq!(counts.held(), 1);
         assert!(counts.take(ip, 2).is_some());
         drop(b);
+        assert_eq!((counts.held(), counts.busiest()), (0, None));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! [`TlsListener`] that wraps a TCP listener and hands over connections
 //! once their TLS handshake is done (handshakes run concurrently, each
 //! bounded by [`HANDSHAKE_TIMEOUT`], so a slow client never blocks others;
-//! a full server closes the one that has waited longest to make room).
+//! a full server makes room by closing a waiting one of the address that
+//! holds the most).
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -37,12 +38,13 @@
 //! `localhost` and `127.0.0.1`; clients trust it with
 //! `terminalwire --ca-cert dev-cert.pem wss://...`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -64,17 +66,17 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many TLS handshakes may wait for their client at once.
 #[derive(Debug, Clone, Copy)]
 struct HandshakeLimits {
-    /// At most this many run at once; a connection beyond makes room by
-    /// closing the one that has waited longest. A real client's handshake
-    /// takes a few round trips, so whoever holds slots for long is either
-    /// slow or never going to say hello: without the eviction, enough
-    /// silent connections kept everyone else in the kernel's queue for
-    /// [`HANDSHAKE_TIMEOUT`], and again as they were reopened.
+    /// At most this many wait for their client at once; a connection
+    /// beyond makes room by closing the longest waiting handshake of the
+    /// address holding the most. Without that, enough silent connections
+    /// kept everyone else in the kernel's queue for [`HANDSHAKE_TIMEOUT`],
+    /// and again as they were reopened; closing the oldest of all instead
+    /// let a flood of new connections close real clients' handshakes.
     total: usize,
-    /// Once half the slots are taken, an address (IPv6: one /64) holding
-    /// this many gets no more: its next connection is closed at once. Not
-    /// before, so that the users behind one NAT may all connect at the
-    /// same moment on a server that is not busy.
+    /// Once half the slots are taken, an address (IPv6: one /64) already
+    /// holding this many gets no more: its next connection is closed at
+    /// once. Not before, so that the users behind one NAT may all connect
+    /// at the same moment on a server that is not busy.
     per_address: usize,
 }
 
@@ -280,6 +282,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A handshake in [`accept_loop`]'s queue, oldest first.
+struct Waiting {
+    /// The client's address group (IPv6: its /64).
+    group: IpAddr,
+    task: AbortHandle,
+    /// Set once the handshake is done: the connection waits only for the
+    /// server to take it, and is never closed to make room.
+    shaken: Arc<AtomicBool>,
+}
+
+impl Waiting {
+    fn waiting_for_client(&self) -> bool {
+        !self.task.is_finished() && !self.shaken.load(Ordering::Relaxed)
+    }
+}
+
+/// Closes the handshake that has waited longest among those of the address
+/// group holding the most (else the oldest of all), to make room: a flood
+/// of connections then closes its own before anyone else's.
+fn make_room(queue: &mut VecDeque<Waiting>, per_address: &PerAddress) {
+    let busiest = per_address.busiest();
+    let index = busiest
+        .and_then(|group| {
+            queue
+                .iter()
+                .position(|waiting| waiting.group == group && waiting.waiting_for_client())
+        })
+        .or_else(|| queue.iter().position(Waiting::waiting_for_client));
+    if let Some(waiting) = index.and_then(|index| queue.remove(index)) {
+        tracing::debug!(group = %waiting.group, "closed a waiting TLS handshake to make room");
+        waiting.task.abort();
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -287,21 +323,14 @@ async fn accept_loop(
     limits: HandshakeLimits,
 ) {
     let mut handshakes = JoinSet::new();
-    // The handshakes in the order they began, to close the one that has
-    // waited longest (finished ones are skipped, and dropped in bulk).
-    let mut by_age: VecDeque<AbortHandle> = VecDeque::new();
-    // Closed to make room but not yet reaped from `handshakes`.
-    let mut evicted: HashSet<tokio::task::Id> = HashSet::new();
+    // The handshakes in the order they began (finished ones are skipped,
+    // and dropped in bulk).
+    let mut queue: VecDeque<Waiting> = VecDeque::new();
+    // A handshake holds its place until it is done, fails or is closed.
     let per_address = PerAddress::default();
     loop {
         tokio::select! {
-            Some(joined) = handshakes.join_next_with_id(), if !handshakes.is_empty() => {
-                let id = match joined {
-                    Ok((id, ())) => id,
-                    Err(error) => error.id(),
-                };
-                evicted.remove(&id);
-            }
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
@@ -310,7 +339,7 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let running = handshakes.len().saturating_sub(evicted.len());
+                let running = per_address.held();
                 let limit = if running >= limits.total / 2 {
                     limits.per_address
                 } else {
@@ -321,34 +350,34 @@ async fn accept_loop(
                     continue;
                 };
                 if running >= limits.total {
-                    while let Some(oldest) = by_age.pop_front() {
-                        if !oldest.is_finished() {
-                            oldest.abort();
-                            evicted.insert(oldest.id());
-                            tracing::debug!("closed the longest waiting TLS handshake to make room");
-                            break;
-                        }
-                    }
+                    make_room(&mut queue, &per_address);
                 }
-                if by_age.len() > 2 * limits.total {
-                    by_age.retain(|handshake| !handshake.is_finished());
+                if queue.len() > 2 * limits.total {
+                    queue.retain(Waiting::waiting_for_client);
                 }
                 // Before the handshake, whose flights are small writes too.
                 stream.send_small_writes_at_once();
                 let acceptor = acceptor.clone();
                 let ready = ready.clone();
-                by_age.push_back(handshakes.spawn(async move {
-                    let _place = place;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = ready.send((stream, peer)).await;
+                let shaken = Arc::new(AtomicBool::new(false));
+                let group = place.group();
+                let task = handshakes.spawn({
+                    let shaken = Arc::clone(&shaken);
+                    async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                shaken.store(true, Ordering::Relaxed);
+                                drop(place);
+                                let _ = ready.send((stream, peer)).await;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, "TLS handshake failed: {error}");
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {error}");
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                }));
+                });
+                queue.push_back(Waiting { group, task, shaken });
             }
             () = ready.closed() => return,
         }
@@ -548,22 +577,18 @@ mod tests {
         (listener, client)
     }
 
+    /// Small limits, so that the tests hold few descriptors.
+    const TEST_LIMITS: HandshakeLimits = HandshakeLimits {
+        total: 16,
+        per_address: 2,
+    };
+
     #[tokio::test]
     async fn connections_that_never_say_hello_hold_no_one_elses_handshake() {
-        let dev = self_signed(&["127.0.0.1"]).unwrap();
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TestClient::new(tcp.local_addr().unwrap(), &dev);
-        let (_terminal, app) = crate::terminal::tests::sessions_per_address(64);
-        let server = tokio::spawn(serve(
-            tcp,
-            dev.tls_config().unwrap(),
-            app,
-            std::future::pending(),
-        ));
+        let (_listener, client) = listener_with(TEST_LIMITS).await;
         // More silent connections from one address than half the slots.
-        let limits = HandshakeLimits::DEFAULT;
         let mut silent = Vec::new();
-        for _ in 0..limits.total / 2 + limits.per_address + 10 {
+        for _ in 0..TEST_LIMITS.total {
             silent.push(client.silent_from([127, 0, 0, 1]).await);
         }
         // Those beyond the address's share are closed at once…
@@ -573,18 +598,13 @@ mod tests {
         );
         // …and another machine (here another loopback address) is served.
         client.shake_hands_from([127, 0, 0, 2]).await;
-        server.abort();
     }
 
     /// Users behind one NAT share an address: on a server that is not busy
     /// they may all shake hands at once.
     #[tokio::test]
     async fn one_address_may_hold_many_handshakes_while_the_server_is_not_busy() {
-        let limits = HandshakeLimits {
-            total: 16,
-            per_address: 2,
-        };
-        let (_listener, client) = listener_with(limits).await;
+        let (_listener, client) = listener_with(TEST_LIMITS).await;
         let mut waiting = Vec::new();
         for _ in 0..5 {
             waiting.push(client.silent_from([127, 0, 0, 1]).await);
@@ -592,18 +612,20 @@ mod tests {
         client.shake_hands_from([127, 0, 0, 1]).await;
     }
 
-    /// With every slot taken, a new connection closes the handshake that
-    /// has waited longest; under pressure one address keeps its share.
+    /// With every slot taken, a new connection closes a waiting handshake
+    /// of the address holding the most (its oldest), not the oldest of all:
+    /// a flood from a few addresses closes its own.
     #[tokio::test]
-    async fn a_full_server_makes_room_by_closing_the_longest_waiting_handshake() {
-        let limits = HandshakeLimits {
-            total: 16,
-            per_address: 2,
-        };
+    async fn a_full_server_makes_room_by_closing_a_handshake_of_the_busiest_address() {
+        let limits = TEST_LIMITS;
         let (_listener, client) = listener_with(limits).await;
-        let mut first = Vec::new();
-        for _ in 0..limits.total / 2 {
-            first.push(client.silent_from([127, 0, 0, 1]).await);
+        let mut oldest = Vec::new();
+        for _ in 0..limits.per_address {
+            oldest.push(client.silent_from([127, 0, 0, 2]).await);
+        }
+        let mut busiest = Vec::new();
+        for _ in limits.per_address..limits.total / 2 {
+            busiest.push(client.silent_from([127, 0, 0, 1]).await);
         }
         // Half the slots are taken: this address holds more than its share.
         let mut beyond = client.silent_from([127, 0, 0, 1]).await;
@@ -612,15 +634,19 @@ mod tests {
             "an address took more than its share"
         );
         let mut others = Vec::new();
-        for last in 2..6 {
+        for last in 3..7 {
             for _ in 0..limits.per_address {
                 others.push(client.silent_from([127, 0, 0, last]).await);
             }
         }
         // Every slot is taken; someone new is served all the same…
-        client.shake_hands_from([127, 0, 0, 6]).await;
-        // …in the place of the connection that waited longest.
-        assert!(closed(&mut first[0]).await, "the oldest handshake was kept");
+        client.shake_hands_from([127, 0, 0, 7]).await;
+        // …in the place of the busiest address's oldest (one is closed in
+        // all, so the oldest of all, from another address, was not).
+        assert!(
+            closed(&mut busiest[0]).await,
+            "the busiest address kept its handshakes"
+        );
     }
 
     #[test]

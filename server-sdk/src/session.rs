@@ -51,6 +51,11 @@ const INBOUND_BATCH: usize = 64;
 /// How long the final frame and the close may take before the session gives up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A finished resumable session waits for its client to acknowledge the
+/// exit at most this many resume grace periods in all (20 minutes by
+/// default), however often the client shows progress.
+const EXIT_GRACE_PERIODS: u32 = 10;
+
 /// Send side of one output stream.
 #[derive(Debug)]
 struct OutStream {
@@ -1310,14 +1315,23 @@ fn serve(
         // detached or lost one has its own deadline), so that a client that
         // keeps pinging but never acknowledges cannot keep the session.
         let mut exit_deadline: Option<Instant> = None;
-        // The highest acknowledgement from the client: each higher one moves
+        // The highest acknowledgement from the client (or count of frames
+        // it said it received when it re-attached): each higher one moves
         // `exit_deadline` on.
         let mut acked_upto = 0u64;
         // Whether a re-attach has moved `exit_deadline` on since the client
-        // last acknowledged something: one that never acknowledges gets one
-        // more grace period, not one per re-attach (re-attaching in a loop
-        // kept a finished session, its replay buffer and its slots, forever).
+        // last showed progress: one that shows none gets one more grace
+        // period, not one per re-attach (re-attaching in a loop kept a
+        // finished session, its replay buffer and its slots, forever).
         let mut exit_grace_renewed = false;
+        // However the client makes progress, `exit_deadline` never passes
+        // this (set when the command ends): taking in the replay buffer a
+        // frame at a time, one per grace period, could last for years.
+        let mut exit_kept_until: Option<Instant> = None;
+        let exit_grace = |kept_until: Option<Instant>| {
+            let at = Instant::now() + config.resume_grace;
+            kept_until.map_or(at, |until| at.min(until))
+        };
         let timer = tokio::time::sleep_until(idle_watch.deadline());
         tokio::pin!(timer);
         let mut alarm = Alarm::new();
@@ -1450,7 +1464,7 @@ fn serve(
                                     acked_upto = seq;
                                     exit_grace_renewed = false;
                                     if let Some(at) = exit_deadline.as_mut() {
-                                        *at = Instant::now() + config.resume_grace;
+                                        *at = exit_grace(exit_kept_until);
                                     }
                                 }
                                 post.order(Control::Acked(seq));
@@ -1542,7 +1556,7 @@ fn serve(
                         }
                         if command_done && !exit_grace_renewed {
                             exit_grace_renewed = true;
-                            exit_deadline = Some(Instant::now() + config.resume_grace);
+                            exit_deadline = Some(exit_grace(exit_kept_until));
                         }
                         let received = receipts.received();
                         receipts.acknowledged_all();
@@ -1583,7 +1597,9 @@ fn serve(
                     if !resumable {
                         break End::Finished;
                     }
-                    exit_deadline = Some(Instant::now() + config.resume_grace);
+                    exit_kept_until =
+                        Some(Instant::now() + config.resume_grace * EXIT_GRACE_PERIODS);
+                    exit_deadline = Some(exit_grace(exit_kept_until));
                 }
                 () = &mut writer_task, if !writer_done => writer_done = true,
             }

@@ -70,7 +70,8 @@ pub struct Config {
     /// connection dropped to resume it (clients with the `resume`
     /// capability). Zero turns resuming off. Also how long, once the command
     /// has ended, a connected client has to acknowledge the exit (counted
-    /// again from each acknowledgement of more frames).
+    /// again from each acknowledgement of more frames, up to ten grace
+    /// periods after the end).
     pub resume_grace: Duration,
     /// How long a session the user detached from waits to be re-attached.
     /// Zero turns detaching off.

@@ -645,10 +645,20 @@ impl Resources {
     /// replacement just unlinked: one that gets no further chunk would
     /// otherwise keep its space for the rest of the session, unseen.
     fn forget_deleted_writes(&self) {
-        if let Ok(mut writes) = self.writes() {
-            writes
-                .open
-                .retain(|_, open| !matches!(open.write.is_gone(), Ok(true)));
+        let Ok(mut writes) = self.writes() else {
+            return;
+        };
+        let mut gone = Vec::new();
+        writes.open.retain(|_, open| {
+            let deleted = matches!(open.write.is_gone(), Ok(true));
+            if deleted {
+                gone.push(open.path.clone());
+            }
+            !deleted
+        });
+        drop(writes);
+        for path in gone {
+            self.progress.update("writing", &path, 0, None, true);
         }
     }
 
@@ -813,6 +823,7 @@ impl Resources {
                         if let Ok(mut writes) = self.writes() {
                             writes.open.remove(&handle);
                         }
+                        self.progress.update("writing", &open.path, 0, None, true);
                     }
                     return Err(fs_error(error));
                 }
@@ -1505,13 +1516,19 @@ mod tests {
                     None
                 }
             };
+            // Descriptors name the real path, not one through a symlink.
+            let real_storage = storage.canonicalize().unwrap();
             let file_is_open = || {
                 std::fs::read_dir("/proc/self/fd")
                     .unwrap()
                     .flatten()
                     .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .any(|target| target.starts_with(&storage))
+                    .any(|target| target.starts_with(&real_storage))
             };
+            assert!(
+                file_is_open(),
+                "{how:?}: the unfinished file is not seen open"
+            );
             if let Some(op) = by_server {
                 assert_eq!(resources.perform(op).await.unwrap(), Ok(Reply::Unit));
                 // Let go at once: the server need not send another chunk.

@@ -521,7 +521,10 @@ impl Drop for SaverHandle {
         // process exiting next would lose it), and may take an fsync: a
         // multi-threaded runtime's worker hands its other tasks on while it
         // waits. (A task spawned to wait would never run in a runtime that
-        // is shutting down; a current-thread runtime cannot hand on.)
+        // is shutting down; a current-thread runtime cannot hand on, and
+        // waits. A thread inside a current-thread runtime that entered a
+        // multi-threaded one's handle is not supported: block_in_place
+        // refuses it.)
         let on_multi_thread_runtime = tokio::runtime::Handle::try_current()
             .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
         if on_multi_thread_runtime {

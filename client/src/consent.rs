@@ -52,7 +52,7 @@ pub struct Consent {
     url: Url,
     home: Home,
     user_home: PathBuf,
-    client_binary: Option<PathBuf>,
+    client_binaries: Vec<PathBuf>,
     /// Grants for this session only ("allow once").
     session: Mutex<Policy>,
     /// What this session has asked about and been told.
@@ -77,12 +77,12 @@ impl std::fmt::Debug for Consent {
 
 impl Consent {
     /// Prompts for the server at `url`.
-    pub fn new(url: Url, home: Home, user_home: PathBuf, client_binary: Option<PathBuf>) -> Self {
+    pub fn new(url: Url, home: Home, user_home: PathBuf, client_binaries: Vec<PathBuf>) -> Self {
         Consent {
             url,
             home,
             user_home,
-            client_binary,
+            client_binaries,
             session: Mutex::new(Policy::default()),
             asked: Mutex::default(),
             gate: Arc::default(),
@@ -197,7 +197,7 @@ impl Consent {
             &self.home,
             &policy,
             &self.user_home,
-            self.client_binary.as_deref(),
+            &self.client_binaries,
         )
         .map_err(|e| e.to_string())
     }
@@ -473,7 +473,7 @@ mod tests {
             url,
             Home::at(home.path().join("tw")),
             home.path().to_path_buf(),
-            None,
+            Vec::new(),
         ));
         let denial = |target: &str, folder: &str| Denial {
             resource: "path".into(),

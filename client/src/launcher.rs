@@ -25,6 +25,33 @@ use crate::error::exit_code;
 pub const SHEBANG: &str = "#!/usr/bin/env terminalwire-exec";
 /// The name of the program that runs launchers.
 pub const EXEC_NAME: &str = "terminalwire-exec";
+/// The name of the client's main program.
+pub const CLIENT_NAME: &str = "terminalwire";
+
+/// The client's own programs, which no grant reaches: the running one, the
+/// two beside it, and the first of each on `PATH` (the one a launcher's
+/// `#!/usr/bin/env terminalwire-exec` runs). A server allowed to write one
+/// would run its own code, unchecked, the next time the user does.
+pub fn client_binaries() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(running) = std::env::current_exe() {
+        if let Some(dir) = running.parent() {
+            found.extend([CLIENT_NAME, EXEC_NAME].map(|name| dir.join(name)));
+        }
+        found.push(running);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for name in [CLIENT_NAME, EXEC_NAME] {
+            let on_path = std::env::split_paths(&path)
+                .filter(|dir| dir.is_absolute())
+                .map(|dir| dir.join(name))
+                .find(|program| program.is_file());
+            found.extend(on_path);
+        }
+    }
+    found
+}
+
 /// Largest launcher file read.
 const MAX_LAUNCHER_LEN: u64 = 64 * 1024;
 

@@ -425,15 +425,9 @@ fn entitlements(
     let policy = Policy::load(&policy_file).map_err(|error| config(error.to_string()))?;
     let user_home =
         terminalwire_policy::home::user_home().map_err(|error| config(error.to_string()))?;
-    let client_binary = std::env::current_exe().ok();
-    let entitlements = Entitlements::new(
-        &target.url,
-        &home,
-        &policy,
-        &user_home,
-        client_binary.as_deref(),
-    )
-    .map_err(|error| config(error.to_string()))?;
+    let client_binaries = launcher::client_binaries();
+    let entitlements = Entitlements::new(&target.url, &home, &policy, &user_home, &client_binaries)
+        .map_err(|error| config(error.to_string()))?;
     let resources = resources::Resources::new(
         entitlements,
         home.root().to_path_buf(),
@@ -450,7 +444,7 @@ fn entitlements(
             target.url.clone(),
             home.clone(),
             user_home.clone(),
-            client_binary.clone(),
+            client_binaries,
         ))
     } else {
         resources

@@ -1237,7 +1237,7 @@ mod tests {
             &terminalwire_policy::Home::at(dir.path()),
             &terminalwire_policy::Policy::default(),
             dir.path(),
-            None,
+            &[],
         )
         .unwrap();
         let opened = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -1267,7 +1267,7 @@ mod tests {
             storage_quota_mib: Some(1),
             ..Default::default()
         };
-        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), None).unwrap();
+        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), &[]).unwrap();
         let resources = Resources::new(
             entitlements,
             dir.path().to_path_buf(),
@@ -1309,7 +1309,7 @@ mod tests {
             &home,
             &terminalwire_policy::Policy::default(),
             dir.path(),
-            None,
+            &[],
         )
         .unwrap();
         // The opener runs in the retry of the request the user allowed
@@ -1329,7 +1329,7 @@ mod tests {
                 Ok(())
             })
         };
-        let consent = Consent::new(server, home, dir.path().to_path_buf(), None);
+        let consent = Consent::new(server, home, dir.path().to_path_buf(), Vec::new());
         consent
             .scripted
             .lock()
@@ -1363,7 +1363,7 @@ mod tests {
             &terminalwire_policy::Home::at(dir.path()),
             &terminalwire_policy::Policy::default(),
             dir.path(),
-            None,
+            &[],
         )
         .unwrap();
         let opened = Arc::new(Mutex::new(0));
@@ -1401,7 +1401,7 @@ mod tests {
         let doomed = storage.join("doomed");
         std::fs::create_dir_all(doomed.join("sub")).unwrap();
         let policy = terminalwire_policy::Policy::default();
-        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), None).unwrap();
+        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), &[]).unwrap();
         let resources = Resources::new(
             entitlements,
             dir.path().to_path_buf(),
@@ -1436,7 +1436,7 @@ mod tests {
         let storage = home.storage_dir(&authority);
         std::fs::create_dir_all(&storage).unwrap();
         let policy = terminalwire_policy::Policy::default();
-        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), None).unwrap();
+        let entitlements = Entitlements::new(&server, &home, &policy, dir.path(), &[]).unwrap();
         let resources = Resources::new(
             entitlements,
             dir.path().to_path_buf(),
@@ -1623,7 +1623,7 @@ mod tests {
             &home,
             &terminalwire_policy::Policy::default(),
             dir.path(),
-            None,
+            &[],
         )
         .unwrap();
         let log = dir.path().join("audit.log");

@@ -67,7 +67,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     };
     let url = url::Url::parse("wss://example.com/terminal").expect("a URL");
     let entitlements =
-        Entitlements::new(&url, &home, &policy, &user_home, None).expect("entitlements");
+        Entitlements::new(&url, &home, &policy, &user_home, &[]).expect("entitlements");
     Fixture {
         _tmp: tmp,
         user_home,

@@ -282,7 +282,8 @@ pub struct Entitlements {
     bin_dir: PathBuf,
     storage: Option<PathBuf>,
     storage_quota: u64,
-    client_binary: Option<PathBuf>,
+    /// The client's own programs (resolved).
+    client_binaries: Vec<PathBuf>,
     globs: GlobSet,
     /// For each glob in `globs`: the access and file ceiling of its grant.
     glob_grants: Vec<(Access, Mode)>,
@@ -292,14 +293,15 @@ pub struct Entitlements {
 
 impl Entitlements {
     /// Compile the entitlements of the server at `server_url`.
-    /// `user_home` is what `~` means; `client_binary` (from
-    /// `std::env::current_exe`) is protected when given.
+    /// `user_home` is what `~` means; `client_binaries` (the running
+    /// program and the others of the client a user runs) are never
+    /// granted, nor a folder holding one written.
     pub fn new(
         server_url: &Url,
         home: &Home,
         policy: &Policy,
         user_home: &Path,
-        client_binary: Option<&Path>,
+        client_binaries: &[PathBuf],
     ) -> Result<Entitlements, SetupError> {
         let authority = Authority::from_url(server_url)?;
         let server_origin = authority::origin(server_url)?;
@@ -316,9 +318,10 @@ impl Entitlements {
         let storage = resolve_own("the storage folder", &home.storage_dir(&authority))
             .ok()
             .filter(|s| *s == authority_dir.join("storage"));
-        let client_binary = client_binary
-            .map(|p| resolve_own("the client binary", p))
-            .transpose()?;
+        let client_binaries = client_binaries
+            .iter()
+            .map(|p| resolve_own("a client binary", p))
+            .collect::<Result<Vec<_>, _>>()?;
         let resolved_user_home = resolve_own("the user's home", user_home)?;
 
         let mut builder = GlobSetBuilder::new();
@@ -345,7 +348,7 @@ impl Entitlements {
             authority_dir,
             storage,
             storage_quota: policy.storage_quota_bytes(),
-            client_binary,
+            client_binaries,
             globs,
             glob_grants,
             env: policy.env.iter().map(|g| g.name.clone()).collect(),
@@ -437,9 +440,7 @@ impl Entitlements {
                 None,
             ))
         };
-        if let Some(bin) = &self.client_binary
-            && p.starts_with(bin)
-        {
+        if self.client_binaries.iter().any(|bin| p.starts_with(bin)) {
             return never(ControlArea::ClientBinary);
         }
         if let Some(storage) = &self.storage
@@ -459,10 +460,7 @@ impl Entitlements {
         }
         if action == Action::Write
             && (self.home_root.starts_with(p)
-                || self
-                    .client_binary
-                    .as_ref()
-                    .is_some_and(|b| b.starts_with(p)))
+                || self.client_binaries.iter().any(|b| b.starts_with(p)))
         {
             return never(ControlArea::Ancestor);
         }
@@ -765,7 +763,10 @@ mod tests {
                 &self.home,
                 &self.policy,
                 &self.user_home,
-                Some(&self.client),
+                &[
+                    self.client.clone(),
+                    self.client.with_file_name("terminalwire-exec"),
+                ],
             )
             .unwrap()
         }
@@ -821,7 +822,7 @@ mod tests {
             &f.home,
             &f.policy,
             &linked_home,
-            Some(&f.client),
+            std::slice::from_ref(&f.client),
         )
         .unwrap();
         let resolved = e.resolve("~/docs/report.txt").unwrap();
@@ -901,6 +902,10 @@ mod tests {
             ("~/.terminalwire/config".to_owned(), ControlArea::HomeRoot),
             (auth.to_owned(), ControlArea::HomeRoot),
             ("~/tools/terminalwire".to_owned(), ControlArea::ClientBinary),
+            (
+                "~/tools/terminalwire-exec".to_owned(),
+                ControlArea::ClientBinary,
+            ),
         ];
         for (raw, area) in cases {
             assert_eq!(never(f.check(&raw, Action::Read)), area, "{raw}");
@@ -918,7 +923,7 @@ mod tests {
             &f.home,
             &f.policy,
             &f.user_home,
-            None,
+            &[],
         )
         .unwrap();
         let home_dir = no_client.resolve("~").unwrap();
@@ -1097,7 +1102,7 @@ mod tests {
             &f.home,
             &f.policy,
             &f.user_home,
-            None,
+            &[],
         )
         .unwrap();
         assert_eq!(

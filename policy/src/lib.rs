@@ -32,7 +32,7 @@
 //! let user_home = std::fs::canonicalize(tmp.path()).unwrap();
 //! let home = Home::at(user_home.join(".terminalwire"));
 //! let url = url::Url::parse("wss://example.com/terminal").unwrap();
-//! let e = Entitlements::new(&url, &home, &Policy::default(), &user_home, None).unwrap();
+//! let e = Entitlements::new(&url, &home, &Policy::default(), &user_home, &[]).unwrap();
 //!
 //! let secret = e.resolve("~/.ssh/id_ed25519").unwrap();
 //! let denial = e.check_path(&secret, Action::Read).unwrap_err();

@@ -78,7 +78,7 @@ fn fixture(home_name: &str) -> Fixture {
     };
     let url = url::Url::parse("wss://example.com/terminal").expect("a URL");
     let entitlements =
-        Entitlements::new(&url, &home, &policy, &user_home, None).expect("entitlements");
+        Entitlements::new(&url, &home, &policy, &user_home, &[]).expect("entitlements");
     Fixture {
         _tmp: tmp,
         user_home,

@@ -96,6 +96,18 @@ impl Sandbox {
             )
             .env("SECRET_TOKEN", SECRET_TOKEN)
             .env("GRANTED_VAR", GRANTED_VALUE)
+            .env("PATH", &self.search_path())
+    }
+
+    /// `PATH` with a folder of the sandbox first, which holds a
+    /// `terminalwire-exec` of its own.
+    fn search_path(&self) -> String {
+        let system = std::env::var("PATH").unwrap_or_default();
+        format!("{}:{system}", self.path_bin().display())
+    }
+
+    fn path_bin(&self) -> PathBuf {
+        self.base.join("path-bin")
     }
 
     /// Runs `terminalwire ARGS` (an administration command); it must succeed.
@@ -479,6 +491,8 @@ async fn hostile_fixture(sandbox: &Sandbox, authority: &str) -> Vec<Row> {
     }
     assert!(policy.is_file());
 
+    let path_exec = sandbox.path_bin().join("terminalwire-exec");
+    write(&path_exec, "#!/bin/sh\n", 0o755);
     let binary = std::fs::canonicalize(client_binary()).unwrap();
     let binary_mode = std::fs::metadata(&binary).unwrap().permissions().mode() & 0o777;
     let binary_dir = binary.parent().unwrap().to_path_buf();
@@ -754,6 +768,22 @@ async fn hostile_fixture(sandbox: &Sandbox, authority: &str) -> Vec<Row> {
         ("metadata the client binary", metadata(s(&binary)), N),
         ("append to the client binary", append(s(&binary), b""), N),
         ("chmod the client binary", chmod(s(&binary), binary_mode), N),
+        // The client's other programs: a launcher runs the one on PATH.
+        (
+            "write the client's other program beside it",
+            write_op(s(&binary_dir.join("terminalwire-exec")), None),
+            N,
+        ),
+        (
+            "write the terminalwire-exec on PATH",
+            write_op(s(&path_exec), None),
+            N,
+        ),
+        (
+            "chmod the terminalwire-exec on PATH",
+            chmod(s(&path_exec), 0o755),
+            N,
+        ),
         // Folders that contain terminalwire's own files.
         (
             "rm -r a folder holding the terminalwire home",

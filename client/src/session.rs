@@ -459,8 +459,11 @@ async fn write_async(
             };
             writer.write_all(chunk.bytes()).await?;
             // Flush when caught up: interactive output shows at once,
-            // bulk output is written in big pieces.
-            if chunks.is_empty() {
+            // bulk output is written in big pieces. With a prompt to make
+            // way for, always: tokio's stderr hands the bytes to a thread
+            // and returns before they are written, and a chunk still going
+            // out after the gate opened could draw over the prompt.
+            if chunks.is_empty() || gate.is_some() {
                 writer.flush().await?;
             }
             let len = chunk.remote_len();
@@ -2383,6 +2386,82 @@ mod tests {
         assert_eq!(consumed, 10, "the client's own text is not counted");
         assert!(matches!(pipe.push(remote(b"four")), Pushed::Written(4)));
         assert_eq!(std::fs::read(&path).unwrap(), b"one (note) two three four");
+    }
+
+    /// A writer like tokio's stderr: a write returns at once and its bytes
+    /// reach the screen only when flushed.
+    struct WrittenLater {
+        pending: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncWrite for WrittenLater {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.pending.lock().unwrap().extend_from_slice(bytes);
+            Poll::Ready(Ok(bytes.len()))
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.pending.lock().unwrap().clear();
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    /// The consent prompt takes the screen only once what was written
+    /// before it is on screen, even while more output is queued.
+    #[tokio::test]
+    async fn a_prompt_waits_for_output_a_writer_has_not_finished() {
+        const CHUNKS: usize = 2000;
+        let pending = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = WrittenLater {
+            pending: pending.clone(),
+        };
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
+        let (chunk_tx, chunks) = mpsc::unbounded_channel();
+        for _ in 0..CHUNKS {
+            chunk_tx.send(remote(b"output ")).unwrap();
+        }
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_async(
+            1,
+            Box::new(writer),
+            chunks,
+            events_tx,
+            Some(gate.clone()),
+        ));
+        let Some(Event::Consumed { .. }) = events.recv().await else {
+            panic!("the writer failed");
+        };
+        let prompt = gate.write().await;
+        assert_eq!(
+            String::from_utf8_lossy(&pending.lock().unwrap()),
+            "",
+            "output still going out under the prompt"
+        );
+        let mut consumed = 1;
+        while let Ok(Event::Consumed { .. }) = events.try_recv() {
+            consumed += 1;
+        }
+        assert!(
+            consumed < CHUNKS,
+            "the prompt came after all the output: nothing was checked"
+        );
+        drop(prompt);
+        drop(chunk_tx);
+        writer.await.unwrap();
     }
 
     #[tokio::test]

@@ -62,6 +62,8 @@ pub struct Consent {
     pub gate: Arc<tokio::sync::RwLock<()>>,
     /// Serialises prompts.
     one_prompt: tokio::sync::Mutex<()>,
+    /// The session's progress bars, taken off the screen for a prompt.
+    progress: std::sync::OnceLock<crate::progress::Progress>,
     /// Answers given instead of asking on the terminal, for tests.
     #[cfg(test)]
     pub(crate) scripted: Mutex<std::collections::VecDeque<Answer>>,
@@ -86,10 +88,16 @@ impl Consent {
             session: Mutex::new(Policy::default()),
             asked: Mutex::default(),
             gate: Arc::default(),
+            progress: std::sync::OnceLock::new(),
             one_prompt: tokio::sync::Mutex::new(()),
             #[cfg(test)]
             scripted: Mutex::default(),
         }
+    }
+
+    /// The progress bars a prompt takes off the screen (set once).
+    pub fn show_progress(&self, progress: crate::progress::Progress) {
+        let _ = self.progress.set(progress);
     }
 
     /// Whether prompts are possible and wanted here.
@@ -124,6 +132,11 @@ impl Consent {
         }
         // The server's output waits while the prompt is on screen.
         let _paused = self.gate.write().await;
+        // Bars drawn before would otherwise stay above the prompt, and
+        // their next redraw clear its lines.
+        if let Some(progress) = self.progress.get() {
+            progress.hide();
+        }
         // Cooked, with echo, whatever the app asked for; its modes come
         // back after.
         let as_found = crate::terminal::AsFound::begin();

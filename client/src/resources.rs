@@ -306,6 +306,8 @@ impl Resources {
 
     /// Asks the user about grantable denials (see [`Consent`]).
     pub fn with_consent(mut self, consent: Consent) -> Self {
+        self.progress = self.progress.with_screen(Some(consent.gate.clone()));
+        consent.show_progress(self.progress.clone());
         self.consent = Some(Arc::new(consent));
         self
     }
@@ -331,7 +333,10 @@ impl Resources {
 
     /// Shows progress bars for long transfers (when stderr is a terminal).
     pub fn with_progress(mut self, progress: Progress) -> Self {
-        self.progress = progress;
+        self.progress = progress.with_screen(self.output_gate());
+        if let Some(consent) = &self.consent {
+            consent.show_progress(self.progress.clone());
+        }
         self
     }
 

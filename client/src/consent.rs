@@ -130,6 +130,9 @@ impl Consent {
                 return None;
             }
         }
+        // Not while the user types a password (its echo is off, and what
+        // they type is meant for the app).
+        crate::terminal::password_reads_done().await;
         // The server's output waits while the prompt is on screen.
         let _paused = self.gate.write().await;
         // Bars drawn before would otherwise stay above the prompt, and

@@ -1817,13 +1817,15 @@ async fn perform(
                     return Err(refused);
                 }
                 let mut stdin = stdin.lock().await;
-                show(prompt).await;
+                // Echo off before the prompt shows: from then on a consent
+                // prompt waits for this read (`Consent::ask`).
                 let _echo_off = crate::terminal::EchoOff::stdin().map_err(|error| {
                     OpError::new(
                         ErrorCode::Io,
                         format!("cannot turn off echo on the terminal: {error}"),
                     )
                 })?;
+                show(prompt).await;
                 read_line(&mut *stdin).await
             }
             .await

@@ -171,6 +171,27 @@ impl Drop for EchoOff {
                 OptionalActions::Now,
             );
         }
+        if owner.wanted.passwords == 0 {
+            PASSWORD_READS_DONE.notify_waiters();
+        }
+    }
+}
+
+/// Woken when the last password read in progress ends.
+static PASSWORD_READS_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Returns once no password read is in progress: a prompt of the client's
+/// own turns echo on and reads the terminal, so shown during one it would
+/// take (and show) what the user types as the password.
+pub async fn password_reads_done() {
+    loop {
+        let done = PASSWORD_READS_DONE.notified();
+        let mut done = std::pin::pin!(done);
+        done.as_mut().enable();
+        if owner().wanted.passwords == 0 {
+            return;
+        }
+        done.await;
     }
 }
 
@@ -241,6 +262,7 @@ pub fn restore() -> io::Result<()> {
     let mut owner = owner();
     owner.wanted = Wanted::NOTHING;
     owner.generation += 1;
+    PASSWORD_READS_DONE.notify_waiters();
     crate::keys::pump().end_session();
     match owner.found.take() {
         Some(found) => set(&found, Mode::AsFound, OptionalActions::Now),

@@ -171,3 +171,49 @@ async fn a_quick_request_that_needs_consent_waits_for_it() {
     let exit = pane.wait_exit().await;
     assert_eq!(exit.status, 0, "{}", exit.screen);
 }
+
+/// `password-while-reading FILE`: a password read, then (once the test
+/// resizes the pane, which says the prompt is up) a read of FILE that needs
+/// consent, while the password read still waits.
+fn password_app() -> Terminal {
+    Terminal::new(|ctx: Context| async move {
+        let file = ctx.args().get(1).cloned().unwrap_or_default();
+        let resized = ctx.resized();
+        let stdin = ctx.stdin();
+        let password = tokio::spawn(async move { stdin.read_password("Password: ").await });
+        resized.await;
+        ctx.stdout().print("reading\r\n").await.unwrap();
+        let read = match ctx.file().read_to_string(&file).await {
+            Ok(text) => text.trim().to_owned(),
+            Err(error) => error.to_string(),
+        };
+        let password = password.await.unwrap().unwrap().unwrap_or_default();
+        let line = format!("length {} read {read}\r\n", password.chars().count());
+        ctx.stdout().print(line).await.unwrap();
+        ctx.stdout().print("done\r\n").await.unwrap();
+    })
+}
+
+/// A consent prompt waits for a password read in progress: shown over it,
+/// it turned echo back on, and what the user typed as the password was
+/// shown, and taken as the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_prompt_waits_for_the_password_being_typed() {
+    let server = TestServer::with_terminal(password_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start(&[&server.url(), "password-while-reading", &file], 120, 30);
+    pane.wait_for("Password:").await;
+    pane.resize(100, 30).await;
+    pane.wait_for("reading").await;
+    pane.type_text("hunter2-a").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("your choice:").await;
+    let screen = answer_once(&pane).await;
+    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
+    assert!(
+        screen.contains("length 9 read the-content"),
+        "the password or the read went wrong:\n{screen}"
+    );
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
+}

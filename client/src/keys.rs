@@ -1022,6 +1022,7 @@ impl KeyPump {
                                 std::thread::sleep(DISCONNECT_ENDING);
                             }
                             let _ = crate::terminal::restore();
+                            crate::terminal::reset_what_the_app_left();
                             eprintln!("terminalwire: disconnected (~.)");
                             std::process::exit(i32::from(crate::exit_code::INTERRUPTED));
                         });

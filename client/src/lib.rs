@@ -117,6 +117,7 @@ fn on_runtime(session: impl std::future::Future<Output = Result<u8, ClientError>
     // A stdin read still pending on tokio's blocking pool must not hold the
     // process open after the session has ended.
     runtime.shutdown_background();
+    terminal::reset_what_the_app_left();
     match outcome {
         Ok(status) => status,
         Err(error) => {

@@ -255,6 +255,40 @@ pub fn set_raw(on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Written when a session ends, on a terminal the app wrote to: the modes
+/// an app may switch on and leave behind (the alternate screen, mouse
+/// reports, bracketed paste, concealed or coloured text, a hidden cursor)
+/// back to a shell's, so that the client's last words show and the shell
+/// works. Nothing that moves the cursor, clears the normal screen, or
+/// resets the colours the user chose.
+const SESSION_END_RESET: &str = concat!(
+    "\x0f",        // SI: the G0 character set
+    "\x1b(B",      // G0 is ASCII, not line drawing
+    "\x1b[0m",     // no colours, no concealed, reversed or blinking text
+    "\x1b[?1047l", // the normal screen (nothing happens if already on it)
+    "\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1005l\x1b[?1006l\x1b[?1015l", // no mouse reports
+    "\x1b[?1004l", // no focus reports
+    "\x1b[?2004l", // no bracketed paste
+    "\x1b[?1l",    // cursor keys in normal mode
+    "\x1b>",       // the keypad in normal mode
+    "\x1b[?5l",    // the screen not reversed
+    "\x1b[?25h",   // the cursor shown
+    "\x1b[?7h",    // long lines wrap
+    "\x1b[4l",     // text replaces, not inserts
+);
+
+/// Writes [`SESSION_END_RESET`] to stderr when both stdout and stderr are
+/// a terminal (with stdout piped, the terminal may belong to a pager still
+/// showing the output).
+pub fn reset_what_the_app_left() {
+    use std::io::{IsTerminal, Write};
+    if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(SESSION_END_RESET.as_bytes());
+        let _ = stderr.flush();
+    }
+}
+
 /// The terminal back exactly as it was found, whatever was asked since;
 /// guards still alive change nothing any more. Every exit path calls it
 /// (end of session, signals, panics).

@@ -228,6 +228,26 @@ impl TmuxPane {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The pane's modes, as `name=value` words: `alternate_on`,
+    /// `mouse_any_flag`, `keypad_cursor_flag`, `cursor_flag`, `insert_flag`,
+    /// `wrap_flag`.
+    pub async fn modes(&self) -> String {
+        let format = [
+            "alternate_on",
+            "mouse_any_flag",
+            "keypad_cursor_flag",
+            "cursor_flag",
+            "insert_flag",
+            "wrap_flag",
+        ]
+        .map(|name| format!("{name}=#{{{name}}}"))
+        .join(" ");
+        let modes = self
+            .tmux(&["display-message", "-p", "-t", SESSION, &format])
+            .await;
+        modes.trim().to_owned()
+    }
+
     /// The pane's visible text.
     pub async fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-t", SESSION]).await

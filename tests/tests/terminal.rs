@@ -32,9 +32,18 @@ fn app() -> Terminal {
             "raw-bytes" => raw_bytes(ctx).await,
             "three-keys" => three_keys(ctx).await,
             "line-then-resize" => line_then_resize(ctx).await,
+            "leave-modes" => leave_modes(ctx).await,
             other => Err(anyhow::anyhow!("unknown test command {other:?}")),
         }
     })
+}
+
+/// Switches on every mode an app may leave behind, then ends.
+async fn leave_modes(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.stdout()
+        .print("\x1b[?1049h\x1b[?1003h\x1b[?2004h\x1b[?1h\x1b[?25l\x1b[4h\x1b[?7l\x1b[8mhidden")
+        .await?;
+    Ok(Exit(3))
 }
 
 async fn password(ctx: Context) -> anyhow::Result<Exit> {
@@ -601,4 +610,19 @@ async fn without_a_terminal_interactive_requests_fail_clearly_instead_of_echoing
     assert_eq!(lines[4], r#"line Some("piped secret")"#);
     // No prompt was shown for a password that could not be read.
     assert_eq!(run.stderr_text(), "");
+}
+
+/// An app that ends in the alternate screen with mouse reports on, the
+/// cursor hidden and so on leaves the user's shell as it found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_modes_an_app_left_on_are_off_after_the_session() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "leave-modes");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 3, "screen:\n{}", exit.screen);
+    assert_eq!(
+        pane.modes().await,
+        "alternate_on=0 mouse_any_flag=0 keypad_cursor_flag=0 cursor_flag=1 insert_flag=0 wrap_flag=1"
+    );
+    assert_terminal_restored(&exit);
 }

@@ -8,8 +8,9 @@
 //! terminal, or with `TERMINALWIRE_NO_PROMPT=1`, nothing is asked: the
 //! denial stands with its grant command. Prompts cannot be flooded: a
 //! request is asked about once a session, a "deny" also covers every later
-//! request that would need the same grant (`~/a0`, `~/a1`, ... all suggest
-//! `~/**`), and after [`MAX_DENIALS`] denials the session asks no more.
+//! request that would need the same grant (`~/docs/a0`, `~/docs/a1`, ...
+//! all suggest `~/docs/**`), and after [`MAX_DENIALS`] denials the session
+//! asks no more.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
@@ -382,6 +383,15 @@ mod tests {
         };
         assert_eq!(grant.pattern.as_str(), "~/my reports/**");
         assert_eq!(grant.access, Access::Write);
+        // The exact paths suggested in the home itself and above it.
+        for exact in ["~/notes.txt", "~", "/x.txt"] {
+            let command =
+                format!("terminalwire entitlement grant 127.0.0.1:3000 path '{exact}' --write");
+            let Some(Grant::Path(grant)) = grant_of(&command) else {
+                panic!("{command} is not a path grant")
+            };
+            assert_eq!(grant.pattern.as_str(), exact);
+        }
         assert!(matches!(
             grant_of("terminalwire entitlement grant example.com env 'EDITOR'"),
             Some(Grant::Env(_))
@@ -508,11 +518,17 @@ mod tests {
             Answer::Once,
         ]);
         // Refused once: every other file that needs the same grant is
-        // refused without asking (each would offer "always" for `~/**`).
-        assert!(consent.ask(&denial("/home/u/a0", "~")).await.is_none());
+        // refused without asking (each would offer "always" for
+        // `~/docs/**`).
+        assert!(
+            consent
+                .ask(&denial("/home/u/docs/a0", "~/docs"))
+                .await
+                .is_none()
+        );
         for n in 1..20 {
-            let target = format!("/home/u/a{n}");
-            assert!(consent.ask(&denial(&target, "~")).await.is_none());
+            let target = format!("/home/u/docs/a{n}");
+            assert!(consent.ask(&denial(&target, "~/docs")).await.is_none());
         }
         assert_eq!(
             scripted(),

@@ -662,6 +662,9 @@ impl Entitlements {
     /// `terminalwire entitlement grant <authority> path '<folder>/**' --<action> [--mode M]`,
     /// where the folder is the path itself when it is taken as a folder
     /// ([`ResolvedPath::is_dir`]: on disk, or by the request), else its parent.
+    /// When that folder is the user's home or above it, the grant names the
+    /// path alone: one keypress about `~/notes.txt` must not give the
+    /// server `~/.bashrc`.
     fn grant_path_command(
         &self,
         path: &ResolvedPath,
@@ -674,15 +677,24 @@ impl Entitlements {
         } else {
             p.parent().unwrap_or(p)
         };
-        let shown = match folder.strip_prefix(&self.resolved_user_home) {
+        let shown = |path: &Path| match path.strip_prefix(&self.resolved_user_home) {
             Ok(rest) if rest.as_os_str().is_empty() => "~".to_owned(),
             Ok(rest) => format!("~/{}", escape_glob(&rest.to_string_lossy())),
-            Err(_) => escape_glob(folder.to_string_lossy().trim_end_matches('/')),
+            Err(_) => {
+                let text = path.to_string_lossy();
+                let trimmed = text.trim_end_matches('/');
+                escape_glob(if trimmed.is_empty() { "/" } else { trimmed })
+            }
+        };
+        let pattern = if self.resolved_user_home.starts_with(folder) {
+            shown(p)
+        } else {
+            format!("{}/**", shown(folder))
         };
         let mut command = format!(
             "terminalwire entitlement grant {} path {} --{action}",
             shell_word(self.authority.as_str()),
-            single_quote(&format!("{shown}/**")),
+            single_quote(&pattern),
         );
         if let Some(mode) = mode {
             command.push_str(&format!(" --mode {mode}"));
@@ -1067,6 +1079,24 @@ mod tests {
             cmd("~/it's/x", Action::Read),
             r"terminalwire entitlement grant example.com:3000 path '~/it'\''s/**' --read"
         );
+        // In the home itself or above it: the path alone, not everything.
+        assert_eq!(
+            cmd("~/notes.txt", Action::Write),
+            "terminalwire entitlement grant example.com:3000 path '~/notes.txt' --write"
+        );
+        assert_eq!(
+            cmd("~", Action::Read),
+            "terminalwire entitlement grant example.com:3000 path '~' --read"
+        );
+        assert_eq!(
+            cmd("/x.txt", Action::Read),
+            "terminalwire entitlement grant example.com:3000 path '/x.txt' --read"
+        );
+        // Granted as suggested, it allows that file and nothing beside it.
+        let mut granted = fixture();
+        granted.grant("~/notes.txt", Access::Write, None);
+        granted.check("~/notes.txt", Action::Write).unwrap();
+        granted.check("~/.bashrc", Action::Write).unwrap_err();
         let e = f.entitlements();
         assert_eq!(
             e.check_env("EDITOR").unwrap_err().command.unwrap(),

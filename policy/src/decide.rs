@@ -440,7 +440,11 @@ impl Entitlements {
                 None,
             ))
         };
-        if self.client_binaries.iter().any(|bin| p.starts_with(bin)) {
+        if self
+            .client_binaries
+            .iter()
+            .any(|bin| starts_with_any_case(p, bin))
+        {
             return never(ControlArea::ClientBinary);
         }
         if let Some(storage) = &self.storage
@@ -455,12 +459,15 @@ impl Entitlements {
                 in_storage: true,
             });
         }
-        if p.starts_with(&self.home_root) {
+        if starts_with_any_case(p, &self.home_root) {
             return never(self.control_area(p));
         }
         if action == Action::Write
-            && (self.home_root.starts_with(p)
-                || self.client_binaries.iter().any(|b| b.starts_with(p)))
+            && (starts_with_any_case(&self.home_root, p)
+                || self
+                    .client_binaries
+                    .iter()
+                    .any(|b| starts_with_any_case(b, p)))
         {
             return never(ControlArea::Ancestor);
         }
@@ -703,6 +710,23 @@ impl Entitlements {
     }
 }
 
+/// Whether `path` is `prefix` or inside it, letters compared without
+/// their case (ASCII). On a case-insensitive file system (exFAT, CIFS,
+/// ext4 with casefold) `~/.TERMINALWIRE/...` is the terminalwire home, and
+/// the path a server names is not put in the case it has on disk; on
+/// another, refusing such a twin of a protected path costs nothing.
+fn starts_with_any_case(path: &Path, prefix: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (path, prefix) = (path.as_os_str().as_bytes(), prefix.as_os_str().as_bytes());
+    let prefix = match prefix {
+        [rest @ .., b'/'] if !rest.is_empty() => rest,
+        _ => prefix,
+    };
+    path.len() >= prefix.len()
+        && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && (path.len() == prefix.len() || path[prefix.len()] == b'/' || prefix == b"/")
+}
+
 /// `text` as one shell word: unchanged when it only has safe characters,
 /// else single-quoted.
 pub(crate) fn shell_word(text: &str) -> String {
@@ -878,6 +902,18 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_compare_without_ascii_case_on_whole_components() {
+        let yes =
+            |path: &str, prefix: &str| starts_with_any_case(Path::new(path), Path::new(prefix));
+        assert!(yes("/h/.TerminalWire/x", "/h/.terminalwire"));
+        assert!(yes("/h/.terminalwire", "/h/.terminalwire"));
+        assert!(yes("/h/.terminalwire", "/h/.terminalwire/"));
+        assert!(yes("/anything", "/"));
+        assert!(!yes("/h/.terminalwire-other", "/h/.terminalwire"));
+        assert!(!yes("/h", "/h/.terminalwire"));
+    }
+
+    #[test]
     fn control_areas_are_never_granted_even_with_a_root_grant() {
         let mut f = fixture();
         f.grant("/**", Access::ReadWrite, Some(0o777));
@@ -918,6 +954,13 @@ mod tests {
                 "~/tools/terminalwire-exec".to_owned(),
                 ControlArea::ClientBinary,
             ),
+            // Their case twins: the same files on a case-insensitive disk.
+            (
+                "~/.TerminalWire/authorities/other.example/storage/token".to_owned(),
+                ControlArea::HomeRoot,
+            ),
+            ("~/.TERMINALWIRE/bin/app".to_owned(), ControlArea::HomeRoot),
+            ("~/Tools/TerminalWire".to_owned(), ControlArea::ClientBinary),
         ];
         for (raw, area) in cases {
             assert_eq!(never(f.check(&raw, Action::Read)), area, "{raw}");

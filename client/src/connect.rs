@@ -83,6 +83,11 @@ impl Target {
         let authority = terminalwire_policy::Authority::from_url(&url)
             .map_err(|error| bad(&error.to_string()))?
             .to_string();
+        if is_unix_socket_authority(&authority) {
+            return Err(bad(
+                "host names like local- and 12 hex digits are kept for unix: sockets",
+            ));
+        }
         Ok(Target {
             url,
             authority,
@@ -416,9 +421,29 @@ fn describe_tls(error: &rustls::Error, target: &Target) -> String {
     }
 }
 
+/// Whether `authority` is one [`Target::unix`] makes: a host of that name
+/// would share a socket app's folder (its grants, its pinned identity).
+fn is_unix_socket_authority(authority: &str) -> bool {
+    authority
+        .strip_prefix("local-")
+        .is_some_and(|digest| digest.len() == 12 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_cannot_take_a_unix_socket_apps_folder() {
+        let socket = Target::parse("unix:/run/user/1000/app.sock").unwrap();
+        assert!(is_unix_socket_authority(&socket.authority));
+        let same = format!("ws://{}/terminal", socket.authority.to_uppercase());
+        let refused = Target::parse(&same).unwrap_err();
+        assert!(refused.to_string().contains("unix: sockets"), "{refused}");
+        for other in ["ws://local-host/t", "ws://local-0123456789ab:8080/t"] {
+            Target::parse(other).unwrap();
+        }
+    }
 
     #[test]
     fn http_urls_map_to_websocket_urls() {

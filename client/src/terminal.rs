@@ -277,7 +277,7 @@ const SESSION_END_RESET: &str = concat!(
     "\x1b[4l",     // text replaces, not inserts
 );
 
-/// Writes [`SESSION_END_RESET`] to stderr when both stdout and stderr are
+/// Writes `SESSION_END_RESET` to stderr when both stdout and stderr are
 /// a terminal (with stdout piped, the terminal may belong to a pager still
 /// showing the output).
 pub fn reset_what_the_app_left() {

@@ -29,24 +29,26 @@ pub const EXEC_NAME: &str = "terminalwire-exec";
 pub const CLIENT_NAME: &str = "terminalwire";
 
 /// The client's own programs, which no grant reaches: the running one, the
-/// two beside it, and the first of each on `PATH` (the one a launcher's
-/// `#!/usr/bin/env terminalwire-exec` runs). A server allowed to write one
-/// would run its own code, unchecked, the next time the user does.
+/// two beside it, and the two names in every folder of `PATH`, there or
+/// not (a launcher's `#!/usr/bin/env terminalwire-exec` runs the first it
+/// finds, so a new one early on `PATH` would do). A server allowed to write
+/// one would run its own code, unchecked, the next time the user does.
 pub fn client_binaries() -> Vec<PathBuf> {
     let mut found = Vec::new();
+    let mut folders = Vec::new();
     if let Ok(running) = std::env::current_exe() {
-        if let Some(dir) = running.parent() {
-            found.extend([CLIENT_NAME, EXEC_NAME].map(|name| dir.join(name)));
-        }
+        folders.extend(running.parent().map(Path::to_path_buf));
         found.push(running);
     }
     if let Some(path) = std::env::var_os("PATH") {
+        folders.extend(std::env::split_paths(&path).filter(|dir| dir.is_absolute()));
+    }
+    for folder in folders {
         for name in [CLIENT_NAME, EXEC_NAME] {
-            let on_path = std::env::split_paths(&path)
-                .filter(|dir| dir.is_absolute())
-                .map(|dir| dir.join(name))
-                .find(|program| program.is_file());
-            found.extend(on_path);
+            let program = folder.join(name);
+            if !found.contains(&program) {
+                found.push(program);
+            }
         }
     }
     found

@@ -318,10 +318,19 @@ impl Entitlements {
         let storage = resolve_own("the storage folder", &home.storage_dir(&authority))
             .ok()
             .filter(|s| *s == authority_dir.join("storage"));
-        let client_binaries = client_binaries
-            .iter()
-            .map(|p| resolve_own("a client binary", p))
-            .collect::<Result<Vec<_>, _>>()?;
+        // As named and as resolved (a symlink, or its target, may be
+        // replaced); one that cannot be resolved (a dangling link) is still
+        // protected as named, and never stops the client.
+        let mut protected_binaries = Vec::new();
+        for named in client_binaries.iter().filter(|p| p.is_absolute()) {
+            protected_binaries.push(named.clone());
+            if let Ok(resolved) = resolve_own("a client binary", named)
+                && resolved != *named
+            {
+                protected_binaries.push(resolved);
+            }
+        }
+        let client_binaries = protected_binaries;
         let resolved_user_home = resolve_own("the user's home", user_home)?;
 
         let mut builder = GlobSetBuilder::new();
@@ -898,6 +907,30 @@ mod tests {
         assert_eq!(
             never(f.check(&format!("{storage}/"), Action::Write)),
             ControlArea::StorageFolder
+        );
+    }
+
+    /// A client program that cannot be resolved (a dangling symlink where
+    /// one was) does not stop the client, nor the others' protection.
+    #[test]
+    fn an_unresolvable_client_program_does_not_stop_the_client() {
+        let f = fixture();
+        let dangling = f.user_home.join("tools/terminalwire-exec");
+        std::os::unix::fs::symlink(f.user_home.join("tools/gone"), &dangling).unwrap();
+        let e = Entitlements::new(
+            &Url::parse(SERVER).unwrap(),
+            &f.home,
+            &f.policy,
+            &f.user_home,
+            &[dangling, f.client.clone()],
+        )
+        .unwrap();
+        let denial = e
+            .check_path(&e.resolve("~/tools/terminalwire").unwrap(), Action::Write)
+            .unwrap_err();
+        assert_eq!(
+            denial.reason,
+            DenialReason::NeverGrantable(ControlArea::ClientBinary)
         );
     }
 

@@ -99,11 +99,19 @@ impl Sandbox {
             .env("PATH", &self.search_path())
     }
 
-    /// `PATH` with a folder of the sandbox first, which holds a
-    /// `terminalwire-exec` of its own.
+    /// `PATH` with two folders of the sandbox first: one that does not
+    /// exist, then one that holds a `terminalwire-exec` of its own.
     fn search_path(&self) -> String {
         let system = std::env::var("PATH").unwrap_or_default();
-        format!("{}:{system}", self.path_bin().display())
+        format!(
+            "{}:{}:{system}",
+            self.path_missing().display(),
+            self.path_bin().display()
+        )
+    }
+
+    fn path_missing(&self) -> PathBuf {
+        self.base.join("path-missing")
     }
 
     fn path_bin(&self) -> PathBuf {
@@ -782,6 +790,11 @@ async fn hostile_fixture(sandbox: &Sandbox, authority: &str) -> Vec<Row> {
         (
             "chmod the terminalwire-exec on PATH",
             chmod(s(&path_exec), 0o755),
+            N,
+        ),
+        (
+            "create a terminalwire-exec earlier on PATH",
+            write_op(s(&sandbox.path_missing().join("terminalwire-exec")), None),
             N,
         ),
         // Folders that contain terminalwire's own files.

@@ -1597,8 +1597,8 @@ fn serve(
                     if !resumable {
                         break End::Finished;
                     }
-                    exit_kept_until =
-                        Some(Instant::now() + config.resume_grace * EXIT_GRACE_PERIODS);
+                    exit_kept_until = Instant::now()
+                        .checked_add(config.resume_grace.saturating_mul(EXIT_GRACE_PERIODS));
                     exit_deadline = Some(exit_grace(exit_kept_until));
                 }
                 () = &mut writer_task, if !writer_done => writer_done = true,

@@ -43,8 +43,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -57,7 +56,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::per_address::PerAddress;
+use crate::per_address::{AddressSlot, PerAddress};
 use crate::terminal::TerminalConnection;
 
 /// How long a client may take to complete its TLS handshake.
@@ -287,15 +286,24 @@ struct Waiting {
     /// The client's address group (IPv6: its /64).
     group: IpAddr,
     task: AbortHandle,
-    /// Set once the handshake is done: the connection waits only for the
-    /// server to take it, and is never closed to make room.
-    shaken: Arc<AtomicBool>,
+    /// Its place in the count of its address group, shared with the task:
+    /// given up once the handshake is done (the connection then waits only
+    /// for the server to take it, and is never closed to make room), or at
+    /// once when it is closed to make room (an aborted task is dropped
+    /// later, and the counts must not wait for that).
+    place: Arc<Mutex<Option<AddressSlot>>>,
 }
 
 impl Waiting {
     fn waiting_for_client(&self) -> bool {
-        !self.task.is_finished() && !self.shaken.load(Ordering::Relaxed)
+        !self.task.is_finished() && lock(&self.place).is_some()
     }
+}
+
+fn lock(place: &Mutex<Option<AddressSlot>>) -> std::sync::MutexGuard<'_, Option<AddressSlot>> {
+    place
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Closes the handshake that has waited longest among those of the address
@@ -312,6 +320,7 @@ fn make_room(queue: &mut VecDeque<Waiting>, per_address: &PerAddress) {
         .or_else(|| queue.iter().position(Waiting::waiting_for_client));
     if let Some(waiting) = index.and_then(|index| queue.remove(index)) {
         tracing::debug!(group = %waiting.group, "closed a waiting TLS handshake to make room");
+        lock(&waiting.place).take();
         waiting.task.abort();
     }
 }
@@ -359,16 +368,21 @@ async fn accept_loop(
                 stream.send_small_writes_at_once();
                 let acceptor = acceptor.clone();
                 let ready = ready.clone();
-                let shaken = Arc::new(AtomicBool::new(false));
                 let group = place.group();
+                let place = Arc::new(Mutex::new(Some(place)));
                 let task = handshakes.spawn({
-                    let shaken = Arc::clone(&shaken);
+                    let place = Arc::clone(&place);
                     async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                shaken.store(true, Ordering::Relaxed);
-                                drop(place);
-                                let _ = ready.send((stream, peer)).await;
+                                lock(&place).take();
+                                // A server that takes no connection for as
+                                // long gets none: done handshakes must not
+                                // pile up.
+                                let taken = ready.send((stream, peer));
+                                if tokio::time::timeout(HANDSHAKE_TIMEOUT, taken).await.is_err() {
+                                    tracing::debug!(%peer, "TLS connection not taken in time");
+                                }
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, "TLS handshake failed: {error}");
@@ -377,7 +391,7 @@ async fn accept_loop(
                         }
                     }
                 });
-                queue.push_back(Waiting { group, task, shaken });
+                queue.push_back(Waiting { group, task, place });
             }
             () = ready.closed() => return,
         }

@@ -133,9 +133,16 @@ impl Consent {
         }
         // Not while the user types a password (its echo is off, and what
         // they type is meant for the app).
-        crate::terminal::password_reads_done().await;
-        // The server's output waits while the prompt is on screen.
-        let _paused = self.gate.write().await;
+        // The server's output waits while the prompt is on screen. A
+        // password read begun meanwhile waits behind it to show its prompt:
+        // it goes first.
+        let _paused = loop {
+            crate::terminal::password_reads_done().await;
+            let paused = self.gate.write().await;
+            if !crate::terminal::password_read_in_progress() {
+                break paused;
+            }
+        };
         // Bars drawn before would otherwise stay above the prompt, and
         // their next redraw clear its lines.
         if let Some(progress) = self.progress.get() {

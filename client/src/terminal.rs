@@ -157,7 +157,15 @@ pub struct EchoOff {
 impl EchoOff {
     /// Turns echo off on the process's stdin terminal.
     pub fn stdin() -> io::Result<EchoOff> {
-        let generation = owner().change(|w| w.passwords += 1, OptionalActions::Flush)?;
+        let mut owner = owner();
+        // Dropping what was typed ahead, but not a prompt's half-typed
+        // answer.
+        let how = if owner.wanted.own_prompts > 0 {
+            OptionalActions::Now
+        } else {
+            OptionalActions::Flush
+        };
+        let generation = owner.change(|w| w.passwords += 1, how)?;
         Ok(EchoOff { generation })
     }
 }
@@ -165,11 +173,16 @@ impl EchoOff {
 impl Drop for EchoOff {
     fn drop(&mut self) {
         let mut owner = owner();
-        if owner.generation == self.generation {
-            let _ = owner.change(
-                |w| w.passwords = w.passwords.saturating_sub(1),
-                OptionalActions::Now,
-            );
+        if owner.generation == self.generation
+            && owner
+                .change(
+                    |w| w.passwords = w.passwords.saturating_sub(1),
+                    OptionalActions::Now,
+                )
+                .is_err()
+        {
+            // The read is over all the same: prompts must not wait for it.
+            owner.wanted.passwords = owner.wanted.passwords.saturating_sub(1);
         }
         if owner.wanted.passwords == 0 {
             PASSWORD_READS_DONE.notify_waiters();
@@ -184,6 +197,17 @@ static PASSWORD_READS_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new
 /// own turns echo on and reads the terminal, so shown during one it would
 /// take (and show) what the user types as the password.
 pub async fn password_reads_done() {
+    while password_read_in_progress() {
+        wait_for_password_reads().await;
+    }
+}
+
+/// Whether a password read is in progress.
+pub fn password_read_in_progress() -> bool {
+    owner().wanted.passwords > 0
+}
+
+async fn wait_for_password_reads() {
     loop {
         let done = PASSWORD_READS_DONE.notified();
         let mut done = std::pin::pin!(done);
@@ -266,7 +290,7 @@ const SESSION_END_RESET: &str = concat!(
     "\x1b(B",      // G0 is ASCII, not line drawing
     "\x1b[0m",     // no colours, no concealed, reversed or blinking text
     "\x1b[?1047l", // the normal screen (nothing happens if already on it)
-    "\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1005l\x1b[?1006l\x1b[?1015l", // no mouse reports
+    "\x1b[?9l\x1b[?1000l\x1b[?1001l\x1b[?1002l\x1b[?1003l\x1b[?1005l\x1b[?1006l\x1b[?1015l", // no mouse reports
     "\x1b[?1004l", // no focus reports
     "\x1b[?2004l", // no bracketed paste
     "\x1b[?1l",    // cursor keys in normal mode

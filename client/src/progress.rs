@@ -9,12 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// How long a transfer runs before its bar is shown.
 pub const SHOW_AFTER: Duration = Duration::from_secs(1);
 
 /// Where bars draw: stderr, or a recorder in tests.
 type DrawTarget = Arc<dyn Fn() -> ProgressDrawTarget + Send + Sync>;
+
+/// How many columns the terminal has now.
+type Columns = Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// Transfers in progress, by path.
 #[derive(Clone)]
@@ -27,6 +31,7 @@ pub struct Progress {
     /// with the server's path.
     screen: Option<Arc<tokio::sync::RwLock<()>>>,
     target: DrawTarget,
+    columns: Columns,
 }
 
 impl std::fmt::Debug for Progress {
@@ -45,9 +50,73 @@ struct Transfer {
     bar: Option<ProgressBar>,
 }
 
-/// Most characters of a path a bar shows (its end): the bar keeps to one
-/// line, so that it redraws only itself.
-const LABEL_CHARS: usize = 48;
+/// Most columns of a path a bar shows (its end), however wide the terminal.
+const LABEL_COLUMNS: usize = 48;
+
+/// Fewest columns of a path worth a layout: below this the next, narrower
+/// layout is taken.
+const MIN_LABEL_COLUMNS: usize = 12;
+
+/// Columns assumed when the terminal does not say.
+const DEFAULT_COLUMNS: usize = 80;
+
+/// One way to draw a bar: its template and the columns it takes besides
+/// the message (`verb path`), at their widest (`1023.99 MiB` for a size,
+/// `1023.99 MiB/s` for a speed, 5 for a time left, 10 for the bar itself).
+struct Layout {
+    template: &'static str,
+    columns: usize,
+}
+
+/// Layouts for a transfer of known size, widest first.
+const SIZED_LAYOUTS: [Layout; 3] = [
+    Layout {
+        template: "{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        columns: 2 + 10 + 2 + 11 + 1 + 11 + 1 + 13 + 1 + 5,
+    },
+    Layout {
+        template: "{msg} {bytes}/{total_bytes} {bytes_per_sec}",
+        columns: 1 + 11 + 1 + 11 + 1 + 13,
+    },
+    Layout {
+        template: "{msg} {percent}%",
+        columns: 1 + 3 + 1,
+    },
+];
+
+/// Layouts for a transfer whose size is not known, widest first.
+const UNSIZED_LAYOUTS: [Layout; 2] = [
+    Layout {
+        template: "{msg} {bytes} {bytes_per_sec}",
+        columns: 1 + 11 + 1 + 13,
+    },
+    Layout {
+        template: "{msg} {bytes}",
+        columns: 1 + 11,
+    },
+];
+
+/// The widest layout that fits `columns` with room for a useful part of
+/// the path, and how many columns that part may take. A bar keeps to one
+/// line, so that a redraw rubs out only itself; a layout's bar fills what
+/// the rest leaves, and one column is kept as slack for the numbers.
+fn layout(layouts: &[Layout], columns: usize, verb: &str) -> (&'static str, usize) {
+    let usable = columns.saturating_sub(1);
+    let label_room = |layout: &Layout| usable.saturating_sub(layout.columns + verb.len() + 1);
+    let chosen = layouts
+        .iter()
+        .find(|layout| label_room(layout) >= MIN_LABEL_COLUMNS)
+        .unwrap_or(&layouts[layouts.len() - 1]);
+    (chosen.template, label_room(chosen).min(LABEL_COLUMNS))
+}
+
+/// The terminal's width, as stderr's terminal reports it.
+fn terminal_columns() -> usize {
+    match crossterm::terminal::size() {
+        Ok((columns, _)) if columns > 0 => usize::from(columns),
+        _ => DEFAULT_COLUMNS,
+    }
+}
 
 impl Progress {
     /// Bars on stderr when `enabled` (stderr is a terminal).
@@ -57,6 +126,7 @@ impl Progress {
             transfers: Arc::new(Mutex::new(HashMap::new())),
             screen: None,
             target: Arc::new(ProgressDrawTarget::stderr),
+            columns: Arc::new(terminal_columns),
         }
     }
 
@@ -147,29 +217,41 @@ impl Progress {
 
     fn new_bar(&self, verb: &str, path: &Path, total: Option<u64>) -> ProgressBar {
         let bar = ProgressBar::with_draw_target(total, (self.target)());
-        let template = if total.is_some() {
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+        let layouts: &[Layout] = if total.is_some() {
+            &SIZED_LAYOUTS
         } else {
-            "{msg} {bytes} {bytes_per_sec}"
+            &UNSIZED_LAYOUTS
         };
+        let (template, label_columns) = layout(layouts, (self.columns)(), verb);
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
         }
-        bar.set_message(format!("{verb} {}", label(path)));
+        bar.set_message(format!("{verb} {}", label(path, label_columns)));
         bar
     }
 }
 
-/// The path as a bar shows it: the server's, so drawn inert, and its last
-/// [`LABEL_CHARS`] characters at most.
-fn label(path: &Path) -> String {
+/// The path as a bar shows it: the server's, so drawn inert, and as much
+/// of its end as fits in `columns` (a wide character takes two).
+fn label(path: &Path, columns: usize) -> String {
     let inert = crate::inert::inert(&path.to_string_lossy()).to_string();
-    let chars = inert.chars().count();
-    if chars <= LABEL_CHARS {
+    if inert.width() <= columns {
         return inert;
     }
-    let tail: String = inert.chars().skip(chars - (LABEL_CHARS - 1)).collect();
-    format!("…{tail}")
+    // Room for the ellipsis, then characters from the end while they fit.
+    let mut room = columns.saturating_sub(1);
+    let mut tail = Vec::new();
+    for c in inert.chars().rev() {
+        let width = c.width().unwrap_or(0);
+        if width > room {
+            break;
+        }
+        room -= width;
+        tail.push(c);
+    }
+    let mut shown = String::from("…");
+    shown.extend(tail.iter().rev());
+    shown
 }
 
 #[cfg(test)]
@@ -183,70 +265,115 @@ mod tests {
         assert!(progress.transfers.lock().unwrap().is_empty());
     }
 
-    /// A terminal that records how many times it was drawn on.
-    #[derive(Debug, Clone, Default)]
-    struct Recorder(Arc<std::sync::atomic::AtomicUsize>);
+    /// A terminal of `width` columns that records what was drawn on it.
+    #[derive(Debug, Clone)]
+    struct Recorder {
+        width: u16,
+        draws: Arc<std::sync::atomic::AtomicUsize>,
+        /// What was written, line by line.
+        text: Arc<Mutex<Vec<String>>>,
+    }
 
     impl Recorder {
+        fn new(width: u16) -> Self {
+            Recorder {
+                width,
+                draws: Arc::default(),
+                text: Arc::new(Mutex::new(vec![String::new()])),
+            }
+        }
+
         fn draws(&self) -> usize {
-            self.0.load(std::sync::atomic::Ordering::Relaxed)
+            self.draws.load(std::sync::atomic::Ordering::Relaxed)
         }
 
         fn drawn(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.draws
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(())
+        }
+
+        fn write(&self, text: &str, line_ends: bool) -> std::io::Result<()> {
+            let mut lines = self.text.lock().unwrap();
+            lines.last_mut().unwrap().push_str(text);
+            if line_ends {
+                lines.push(String::new());
+            }
+            self.drawn()
+        }
+
+        /// Every non-empty line written.
+        fn lines(&self) -> Vec<String> {
+            let lines = self.text.lock().unwrap();
+            lines
+                .iter()
+                .filter(|line| !line.is_empty())
+                .cloned()
+                .collect()
         }
     }
 
     impl indicatif::TermLike for Recorder {
         fn width(&self) -> u16 {
-            80
+            self.width
         }
+        // Moving the cursor or clearing a line starts a line of its own in
+        // the record: what comes next is another draw.
         fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
-            self.drawn()
+            self.write("", true)
         }
         fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
-            self.drawn()
+            self.write("", true)
         }
         fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
-            self.drawn()
+            self.write("", true)
         }
         fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
-            self.drawn()
+            self.write("", true)
         }
-        fn write_line(&self, _: &str) -> std::io::Result<()> {
-            self.drawn()
+        fn write_line(&self, text: &str) -> std::io::Result<()> {
+            self.write(text, true)
         }
-        fn write_str(&self, _: &str) -> std::io::Result<()> {
-            self.drawn()
+        fn write_str(&self, text: &str) -> std::io::Result<()> {
+            self.write(text, false)
         }
         fn clear_line(&self) -> std::io::Result<()> {
-            self.drawn()
+            self.write("", true)
         }
         fn flush(&self) -> std::io::Result<()> {
             Ok(())
         }
     }
 
-    /// Progress drawing on a recorder, with a transfer of `path` begun long
-    /// enough ago to show a bar.
-    fn recorded(screen: &Arc<tokio::sync::RwLock<()>>, path: &Path) -> (Progress, Recorder) {
-        let recorder = Recorder::default();
+    /// Progress drawing on a recorder `width` columns wide, with a transfer
+    /// of `path` (of `total` bytes) begun long enough ago to show a bar.
+    fn recorded_at(
+        screen: &Arc<tokio::sync::RwLock<()>>,
+        path: &Path,
+        width: u16,
+        total: Option<u64>,
+    ) -> (Progress, Recorder) {
+        let recorder = Recorder::new(width);
         let mut progress = Progress::new(true).with_screen(Some(screen.clone()));
         progress.target = Arc::new({
             let recorder = recorder.clone();
             move || ProgressDrawTarget::term_like(Box::new(recorder.clone()))
         });
+        progress.columns = Arc::new(move || usize::from(width));
         progress.transfers.lock().unwrap().insert(
             path.to_path_buf(),
             Transfer {
                 verb: "writing",
                 started: Instant::now() - SHOW_AFTER * 2,
-                total: Some(100),
+                total,
                 bar: None,
             },
         );
         (progress, recorder)
+    }
+
+    fn recorded(screen: &Arc<tokio::sync::RwLock<()>>, path: &Path) -> (Progress, Recorder) {
+        recorded_at(screen, path, 80, Some(100))
     }
 
     #[test]
@@ -275,13 +402,69 @@ mod tests {
     #[test]
     fn a_bar_names_the_end_of_a_long_path_on_one_line() {
         let long = format!("/storage/{}\n\x1b[2J/{}", "a".repeat(100), "end.txt");
-        let shown = label(Path::new(&long));
-        assert!(shown.chars().count() <= LABEL_CHARS, "{shown}");
+        let shown = label(Path::new(&long), LABEL_COLUMNS);
+        assert!(shown.width() <= LABEL_COLUMNS, "{shown}");
         assert!(
             shown.starts_with('…') && shown.ends_with("/end.txt"),
             "{shown}"
         );
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        // Wide characters take two columns each.
+        let wide = label(Path::new(&format!("/{}", "表".repeat(40))), 21);
+        assert_eq!(wide, format!("…{}", "表".repeat(10)));
+    }
+
+    #[test]
+    fn a_bar_fits_the_terminal_it_is_drawn_on() {
+        let screen = Arc::new(tokio::sync::RwLock::new(()));
+        let long = format!("/storage/{}/end.txt", "a".repeat(100));
+        let gib = 1 << 30;
+        for width in [200, 120, 80, 60, 40, 30] {
+            for total in [Some(gib), None] {
+                let (progress, recorder) = recorded_at(&screen, Path::new(&long), width, total);
+                // The widest numbers a bar shows.
+                progress.update("writing", Path::new(&long), gib - 10, total, false);
+                let lines = recorder.lines();
+                assert!(!lines.is_empty(), "nothing drawn at {width} columns");
+                for line in &lines {
+                    let columns = console_width(line);
+                    assert!(
+                        columns <= usize::from(width),
+                        "{columns} columns at {width}: {line:?}"
+                    );
+                    assert!(line.contains("end.txt"), "{line:?}");
+                }
+                progress.clear();
+            }
+        }
+        // A wide terminal shows the bar itself and the longest label.
+        let (progress, recorder) = recorded_at(&screen, Path::new(&long), 200, Some(gib));
+        progress.update("writing", Path::new(&long), 1, Some(gib), false);
+        let line = recorder.lines().concat();
+        assert!(line.contains('[') && line.contains(']'), "{line:?}");
+        assert!(
+            line.contains(&label(Path::new(&long), LABEL_COLUMNS)),
+            "{line:?}"
+        );
+    }
+
+    /// Columns `text` takes on a terminal, escape sequences aside.
+    fn console_width(text: &str) -> usize {
+        let mut plain = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                // CSI: up to its final byte.
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain.width()
     }
 
     #[test]

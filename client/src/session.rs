@@ -1912,7 +1912,7 @@ async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpE
     let mut bytes = Vec::new();
     // Reads through the session's one buffer: bytes after the newline stay
     // there for the next read instead of being lost with a local buffer.
-    let mut limited = stdin.take(MAX_LINE as u64 + 1);
+    let mut limited = (&mut *stdin).take(MAX_LINE as u64 + 1);
     let io_error =
         |error: io::Error| OpError::new(ErrorCode::Io, format!("reading stdin: {error}"));
     let n = limited
@@ -1928,14 +1928,38 @@ async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpE
             bytes.pop();
         }
     } else if bytes.len() > MAX_LINE {
+        // The rest of the refused line goes too: the next read would
+        // otherwise take it for a line of its own.
+        skip_line(stdin).await.map_err(io_error)?;
         return Err(OpError::new(
             ErrorCode::Invalid,
-            format!("input line longer than {MAX_LINE} bytes"),
+            format!("input line longer than {MAX_LINE} bytes (skipped)"),
         ));
     }
     let line = String::from_utf8(bytes)
         .map_err(|_| OpError::new(ErrorCode::Invalid, "input line is not valid UTF-8"))?;
     Ok(Reply::Line { line: Some(line) })
+}
+
+/// Reads up to and including the next newline (or to the end), keeping
+/// nothing: memory stays bounded however long the line.
+async fn skip_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> io::Result<()> {
+    loop {
+        let available = stdin.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(());
+        }
+        match available.iter().position(|&byte| byte == b'\n') {
+            Some(at) => {
+                stdin.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let len = available.len();
+                stdin.consume(len);
+            }
+        }
+    }
 }
 
 /// A signal the client itself received.
@@ -2803,6 +2827,25 @@ mod tests {
         assert_eq!(
             read_line(&mut input).await.unwrap_err().code,
             ErrorCode::Invalid
+        );
+        // The refused line goes as a whole: what follows is the next line,
+        // not the refused line's end.
+        let mut long = vec![b'y'; 3 * MAX_LINE];
+        long.extend_from_slice(b"\nnext\n");
+        let mut input = tokio::io::BufReader::with_capacity(1000, &long[..]);
+        assert_eq!(
+            read_line(&mut input).await.unwrap_err().code,
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            read_line(&mut input).await.unwrap(),
+            Reply::Line {
+                line: Some("next".into())
+            }
+        );
+        assert_eq!(
+            read_line(&mut input).await.unwrap(),
+            Reply::Line { line: None }
         );
         let mut input: &[u8] = b"\xff\xfe\n";
         assert_eq!(

@@ -1233,18 +1233,25 @@ fn fs_error(error: FsError) -> OpError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_browser_opens_the_url_that_was_checked_not_the_raw_string() {
-        let dir = tempfile::tempdir().unwrap();
+    /// The server on 127.0.0.1:3000 and its entitlements under a default
+    /// policy, with `dir` as both the terminalwire home and the user's home.
+    fn default_entitlements(dir: &Path) -> (url::Url, Entitlements) {
         let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
         let entitlements = Entitlements::new(
             &server,
-            &terminalwire_policy::Home::at(dir.path()),
+            &terminalwire_policy::Home::at(dir),
             &terminalwire_policy::Policy::default(),
-            dir.path(),
+            dir,
             &[],
         )
         .unwrap();
+        (server, entitlements)
+    }
+
+    #[test]
+    fn the_browser_opens_the_url_that_was_checked_not_the_raw_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, entitlements) = default_entitlements(dir.path());
         let opened = Arc::new(Mutex::new(Vec::<String>::new()));
         let opener: Opener = {
             let opened = opened.clone();
@@ -1308,15 +1315,7 @@ mod tests {
     async fn allow_once_leaves_the_sessions_rules_alone_while_its_request_runs() {
         let dir = tempfile::tempdir().unwrap();
         let home = terminalwire_policy::Home::at(dir.path());
-        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
-        let entitlements = Entitlements::new(
-            &server,
-            &home,
-            &terminalwire_policy::Policy::default(),
-            dir.path(),
-            &[],
-        )
-        .unwrap();
+        let (server, entitlements) = default_entitlements(dir.path());
         // The opener runs in the retry of the request the user allowed
         // once, and asks the session's rules about that same URL.
         let session_rules: Arc<OnceLock<Resources>> = Arc::default();
@@ -1362,15 +1361,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_opens_a_few_browser_tabs_a_minute_not_a_flood() {
         let dir = tempfile::tempdir().unwrap();
-        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
-        let entitlements = Entitlements::new(
-            &server,
-            &terminalwire_policy::Home::at(dir.path()),
-            &terminalwire_policy::Policy::default(),
-            dir.path(),
-            &[],
-        )
-        .unwrap();
+        let (_, entitlements) = default_entitlements(dir.path());
         let opened = Arc::new(Mutex::new(0));
         let opener: Opener = {
             let opened = opened.clone();
@@ -1621,16 +1612,7 @@ mod tests {
     #[tokio::test]
     async fn an_audit_line_keeps_a_bounded_part_of_a_huge_target() {
         let dir = tempfile::tempdir().unwrap();
-        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
-        let home = terminalwire_policy::Home::at(dir.path());
-        let entitlements = Entitlements::new(
-            &server,
-            &home,
-            &terminalwire_policy::Policy::default(),
-            dir.path(),
-            &[],
-        )
-        .unwrap();
+        let (_, entitlements) = default_entitlements(dir.path());
         let log = dir.path().join("audit.log");
         let resources = Resources::new(
             entitlements,

@@ -1138,36 +1138,21 @@ mod tests {
     #[test]
     fn denial_commands_are_exact() {
         let f = fixture();
-        let cmd = |raw: &str, action| f.check(raw, action).unwrap_err().command.unwrap();
-        assert_eq!(
-            cmd("~/reports/q1.csv", Action::Write),
-            "terminalwire entitlement grant example.com:3000 path '~/reports/**' --write"
-        );
-        assert_eq!(
-            cmd("~/tools", Action::Read),
-            "terminalwire entitlement grant example.com:3000 path '~/tools/**' --read"
-        );
-        assert_eq!(
-            cmd("/etc/passwd", Action::Read),
-            "terminalwire entitlement grant example.com:3000 path '/etc/**' --read"
-        );
-        assert_eq!(
-            cmd("~/it's/x", Action::Read),
-            r"terminalwire entitlement grant example.com:3000 path '~/it'\''s/**' --read"
-        );
-        // In the home itself or above it: the path alone, not everything.
-        assert_eq!(
-            cmd("~/notes.txt", Action::Write),
-            "terminalwire entitlement grant example.com:3000 path '~/notes.txt' --write"
-        );
-        assert_eq!(
-            cmd("~", Action::Read),
-            "terminalwire entitlement grant example.com:3000 path '~' --read"
-        );
-        assert_eq!(
-            cmd("/x.txt", Action::Read),
-            "terminalwire entitlement grant example.com:3000 path '/x.txt' --read"
-        );
+        let grant = "terminalwire entitlement grant example.com:3000 path";
+        let cases = [
+            ("~/reports/q1.csv", Action::Write, "'~/reports/**' --write"),
+            ("~/tools", Action::Read, "'~/tools/**' --read"),
+            ("/etc/passwd", Action::Read, "'/etc/**' --read"),
+            ("~/it's/x", Action::Read, r"'~/it'\''s/**' --read"),
+            // In the home itself or above it: the path alone, not everything.
+            ("~/notes.txt", Action::Write, "'~/notes.txt' --write"),
+            ("~", Action::Read, "'~' --read"),
+            ("/x.txt", Action::Read, "'/x.txt' --read"),
+        ];
+        for (raw, action, suggested) in cases {
+            let command = f.check(raw, action).unwrap_err().command.unwrap();
+            assert_eq!(command, format!("{grant} {suggested}"), "{raw}");
+        }
         // Granted as suggested, it allows that file and nothing beside it.
         let mut granted = fixture();
         granted.grant("~/notes.txt", Access::Write, None);

@@ -139,6 +139,17 @@ struct WsTransport {
     flushes: Option<Arc<AtomicUsize>>,
 }
 
+impl WsTransport {
+    /// The socket alone: no tap, no flush count.
+    fn plain(socket: WebSocketStream<DuplexStream>) -> Self {
+        WsTransport {
+            socket,
+            tap: None,
+            flushes: None,
+        }
+    }
+}
+
 impl Transport for WsTransport {
     fn split(self) -> (FrameWriter, FrameReader) {
         let (sink, stream) = self.socket.split();
@@ -330,11 +341,7 @@ impl Session {
     /// Runs the session to its end on both sides.
     async fn run(self, terminal: &Terminal) -> Run {
         let (client_socket, server_socket) = socket_pair().await;
-        let transport = WsTransport {
-            socket: server_socket,
-            tap: None,
-            flushes: None,
-        };
+        let transport = WsTransport::plain(server_socket);
         let tap = self.tap;
         let io = LocalIo {
             stdout: Output::Async(Box::new(self.stdout.clone())),
@@ -886,11 +893,7 @@ async fn serve_script<T>(
     server: WebSocketStream<DuplexStream>,
     script: impl Future<Output = T>,
 ) -> T {
-    let transport = WsTransport {
-        socket: server,
-        tap: None,
-        flushes: None,
-    };
+    let transport = WsTransport::plain(server);
     let (_, out) = tokio::time::timeout(DEADLINE, async {
         tokio::join!(terminal.serve(transport), script)
     })
@@ -1326,11 +1329,7 @@ async fn a_client_sending_garbage_is_told_and_the_terminal_keeps_serving() {
                 }
                 frames
             };
-            let transport = WsTransport {
-                socket: server,
-                tap: None,
-                flushes: None,
-            };
+            let transport = WsTransport::plain(server);
             let (_, told) = tokio::time::timeout(DEADLINE, async {
                 tokio::join!(terminal.serve(transport), script)
             })
@@ -1530,11 +1529,7 @@ async fn a_silent_client_is_dropped_after_the_servers_idle_timeout() {
         config,
     );
     let (client_socket, server_socket) = socket_pair().await;
-    let transport = WsTransport {
-        socket: server_socket,
-        tap: None,
-        flushes: None,
-    };
+    let transport = WsTransport::plain(server_socket);
     let client = async {
         let mut socket = secure_client(client_socket).await;
         send_client(&mut socket, &ClientFrame::Hello(hello(&[]))).await;
@@ -2243,13 +2238,7 @@ async fn a_detached_session_keeps_its_exit_beyond_the_resume_grace() {
         },
     );
     let device = StaticKey::generate().unwrap();
-    let serve = |server| {
-        tokio::spawn(terminal.serve(WsTransport {
-            socket: server,
-            tap: None,
-            flushes: None,
-        }))
-    };
+    let serve = |server| tokio::spawn(terminal.serve(WsTransport::plain(server)));
     let script = async {
         let (client, server) = socket_pair().await;
         let first = serve(server);
@@ -2438,13 +2427,7 @@ async fn reattach_to_a_finished_session(
         },
     );
     let device = StaticKey::generate().unwrap();
-    let serve = |server| {
-        tokio::spawn(terminal.serve(WsTransport {
-            socket: server,
-            tap: None,
-            flushes: None,
-        }))
-    };
+    let serve = |server| tokio::spawn(terminal.serve(WsTransport::plain(server)));
     let script = async {
         let (client, server) = socket_pair().await;
         serve(server);

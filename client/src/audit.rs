@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 /// Size at which the log is rotated.
 pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
+
+/// Most bytes `terminalwire audit` reads of each file: a log is rotated
+/// near [`MAX_LOG_BYTES`], so more means it is not the client's log.
+const MAX_READ_BYTES: u64 = 16 * MAX_LOG_BYTES;
 
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,13 +232,16 @@ fn rotated(path: &Path) -> PathBuf {
 pub fn read(path: &Path, since: Option<SystemTime>) -> io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     for file in [rotated(path), path.to_path_buf()] {
-        let reader = match std::fs::File::open(&file) {
-            Ok(file) => io::BufReader::new(file),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(error),
+        let Some(bytes) =
+            terminalwire_policy::read_own_file_bytes(&file, MAX_READ_BYTES).map_err(|error| {
+                io::Error::new(error.kind(), format!("{}: {error}", file.display()))
+            })?
+        else {
+            continue;
         };
-        for line in reader.lines() {
-            let Ok(entry) = serde_json::from_str::<Entry>(&line?) else {
+        // A damaged line is skipped like any other that is not an entry.
+        for line in bytes.split(|&byte| byte == b'\n') {
+            let Ok(entry) = serde_json::from_slice::<Entry>(line) else {
                 continue;
             };
             let recent = since.is_none_or(|since| {

@@ -183,26 +183,30 @@ pub struct Saved {
 }
 
 fn load(path: &Path) -> Result<SessionRecord, RecordError> {
-    use std::io::Read;
-    let io = |source| RecordError::Io {
+    let corrupt = |reason: String| RecordError::Corrupt {
         path: path.to_owned(),
-        source,
+        reason,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_RECORD_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_RECORD_LEN {
-        return Err(RecordError::Corrupt {
-            path: path.to_owned(),
-            reason: format!("larger than {MAX_RECORD_LEN} bytes"),
-        });
-    }
-    serde_json::from_slice(&bytes).map_err(|error| RecordError::Corrupt {
-        path: path.to_owned(),
-        reason: error.to_string(),
-    })
+    let text = match terminalwire_policy::read_own_file(path, MAX_RECORD_LEN) {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            return Err(RecordError::Io {
+                path: path.to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        // Not a file, too large, not text: what is there is not a record.
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(corrupt(error.to_string()));
+        }
+        Err(source) => {
+            return Err(RecordError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))
 }
 
 /// Every saved session of every authority, oldest first. Unreadable

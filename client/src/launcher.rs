@@ -188,17 +188,13 @@ fn unquote(value: &str) -> Option<String> {
 
 /// Reads and parses a launcher file.
 pub fn load(path: &Path) -> Result<Launcher, LauncherError> {
-    use std::io::Read;
     let read = |source| LauncherError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let mut text = String::new();
-    std::fs::File::open(path)
+    let text = terminalwire_policy::read_own_file(path, MAX_LAUNCHER_LEN)
         .map_err(read)?
-        .take(MAX_LAUNCHER_LEN)
-        .read_to_string(&mut text)
-        .map_err(read)?;
+        .ok_or_else(|| read(std::io::ErrorKind::NotFound.into()))?;
     parse(&text, path)
 }
 

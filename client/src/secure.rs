@@ -190,14 +190,18 @@ fn lost(error: tungstenite::Error) -> ClientError {
     ClientError::ConnectionLost(format!("the connection to the server was lost: {error}"))
 }
 
+/// Most bytes a device key or pinned identity file may hold (they take a
+/// few hundred; the rest is room for comments).
+const MAX_IDENTITY_FILE: u64 = 64 * 1024;
+
 /// Loads the device key at `path`, creating it (0600, atomically) on first
 /// contact with the authority.
 pub fn device_key(path: &Path) -> Result<StaticKey, ClientError> {
     let config = |message: String| ClientError::Config(message);
-    match std::fs::read_to_string(path) {
-        Ok(text) => StaticKey::from_file_text(&text)
+    match terminalwire_policy::read_own_file(path, MAX_IDENTITY_FILE) {
+        Ok(Some(text)) => StaticKey::from_file_text(&text)
             .map_err(|error| config(format!("{}: {error}", path.display()))),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+        Ok(None) => {
             let key = StaticKey::generate().map_err(|error| config(error.to_string()))?;
             terminalwire_policy::write_private_atomically(path, key.to_file_text().as_bytes())
                 .map_err(|error| config(format!("cannot write {}: {error}", path.display())))?;
@@ -209,8 +213,8 @@ pub fn device_key(path: &Path) -> Result<StaticKey, ClientError> {
 
 /// The pinned server fingerprint at `path`, if any.
 pub fn load_pin(path: &Path) -> Result<ServerPin, ClientError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
+    match terminalwire_policy::read_own_file(path, MAX_IDENTITY_FILE) {
+        Ok(Some(text)) => {
             let pinned = text
                 .lines()
                 .map(str::trim)
@@ -225,7 +229,7 @@ pub fn load_pin(path: &Path) -> Result<ServerPin, ClientError> {
                 )))
             }
         }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(ServerPin::FirstContact),
+        Ok(None) => Ok(ServerPin::FirstContact),
         Err(error) => Err(ClientError::Config(format!(
             "cannot read {}: {error}",
             path.display()

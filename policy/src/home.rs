@@ -59,6 +59,17 @@ pub enum HomeError {
         /// The command that makes it private again.
         fix: String,
     },
+    /// One of the client's own files is something else (a folder, a FIFO,
+    /// a device), so it is not used.
+    #[error(
+        "{path} is {kind}, not a file, so terminalwire will not use it; move it out of the way"
+    )]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a folder").
+        kind: &'static str,
+    },
 }
 
 /// How private a file of the home must be ([`Home::check_private`]).
@@ -172,6 +183,17 @@ impl Home {
                 problem,
                 fix,
             };
+            if path == file && !meta.is_file() {
+                let kind = if meta.is_dir() {
+                    "a folder"
+                } else {
+                    "a FIFO, socket or device"
+                };
+                return Err(HomeError::NotAFile {
+                    path: path.to_path_buf(),
+                    kind,
+                });
+            }
             let quoted = crate::decide::shell_word(&path.to_string_lossy());
             if meta.uid() != user && meta.uid() != 0 {
                 return Err(not_private(

@@ -62,4 +62,7 @@ pub use grant::{
 };
 pub use home::{Home, HomeError, Privacy};
 pub use path::{PathError, ResolvedPath, Sighting, resolve, resolve_seen};
-pub use policy::{GrantOutcome, Policy, PolicyError, write_private_atomically};
+pub use policy::{
+    GrantOutcome, MAX_POLICY_FILE, Policy, PolicyError, read_own_file, read_own_file_bytes,
+    write_private_atomically,
+};

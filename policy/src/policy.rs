@@ -147,9 +147,9 @@ impl Policy {
 
     /// Load a policy file; a missing file is an empty policy.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Policy::from_toml(&text, path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Policy::default()),
+        match read_own_file(path, MAX_POLICY_FILE) {
+            Ok(Some(text)) => Policy::from_toml(&text, path),
+            Ok(None) => Ok(Policy::default()),
             Err(source) => Err(PolicyError::Read {
                 path: path.to_path_buf(),
                 source,
@@ -290,6 +290,70 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Most bytes a policy file may hold: far more than any hand-kept list of
+/// grants, and a bound on what a corrupt file makes the client read.
+pub const MAX_POLICY_FILE: u64 = 4 << 20;
+
+/// Reads one of the client's own small text files (a policy, a pinned
+/// identity, a key, a launcher): `None` when there is none. What is not a
+/// regular file is refused before it is read (a folder; a FIFO, whose open
+/// would wait for a writer; a device such as `/dev/zero` that never ends),
+/// and so is a file over `max` bytes or one that is not UTF-8: a bad file
+/// gives an error, never a hang or a read of gigabytes.
+pub fn read_own_file(path: &Path, max: u64) -> io::Result<Option<String>> {
+    match read_own_file_bytes(path, max)? {
+        Some(bytes) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "it is not UTF-8 text")),
+        None => Ok(None),
+    }
+}
+
+/// [`read_own_file`], for bytes that need not be text.
+pub fn read_own_file_bytes(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        // A FIFO opens at once instead of waiting for a writer; the check
+        // below then refuses it.
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is {kind}"),
+        ));
+    }
+    let too_large = |size: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is {size} bytes, more than the {max} it may be"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_large(meta.len().to_string()));
+    }
+    let mut bytes = Vec::new();
+    // Bounded again: the file may grow after the check.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(format!("over {max}")));
+    }
+    Ok(Some(bytes))
+}
+
 /// Writes a file only its owner can read, atomically: the folder is
 /// created (0700) if needed, `bytes` go to a temporary file (0600) beside
 /// `path`, which is synced and renamed over `path`, then the folder is
@@ -355,6 +419,45 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::grant::{Access, Mode, PathPattern};
+
+    #[test]
+    fn own_files_are_read_only_when_they_are_small_regular_text_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        assert!(read_own_file(&path, 10).unwrap().is_none());
+        std::fs::write(&path, "0123456789").unwrap();
+        assert_eq!(
+            read_own_file(&path, 10).unwrap().as_deref(),
+            Some("0123456789")
+        );
+        let refused = |path: &Path, max| {
+            let error = read_own_file(path, max).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+            error.to_string()
+        };
+        assert!(refused(&path, 9).contains("10 bytes, more than the 9"));
+        std::fs::write(&path, b"\xff").unwrap();
+        assert!(refused(&path, 10).contains("not UTF-8"));
+        assert_eq!(read_own_file_bytes(&path, 10).unwrap(), Some(vec![0xff]));
+        assert!(refused(dir.path(), 10).contains("a folder"));
+        assert!(refused(Path::new("/dev/zero"), 10).contains("not a regular file"));
+        // A FIFO with no writer: opening it for reading would wait forever.
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (done, read) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(read_own_file(&fifo, 10).map_err(|e| e.to_string())));
+        let outcome = read
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("reading a FIFO hung");
+        assert!(outcome.unwrap_err().contains("not a regular file"));
+    }
 
     fn path_grant(pattern: &str, access: Access, mode: Option<u32>) -> Grant {
         Grant::Path(PathGrant {

@@ -193,6 +193,102 @@ async fn files_another_local_user_could_change_or_read_stop_the_client() {
     );
 }
 
+/// A way to damage a file: its name, what the client's message says of it,
+/// and what makes it.
+type Damage = (&'static str, &'static str, fn(&std::path::Path));
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_files_of_the_home_stop_the_client_with_a_message() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let run = |name: &'static str| {
+        Client::new([url.clone(), "hello".to_owned(), name.to_owned()])
+            .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+            .run()
+    };
+    let first = run("Ada").await;
+    assert_eq!(
+        first.stdout_text(),
+        "Hello, Ada!\n",
+        "{}",
+        first.stderr_text()
+    );
+    let authority_dir = home.path().join(format!("authorities/{}", server.addr()));
+    let scratch = tempfile::tempdir().unwrap();
+    for name in ["device.key", "server.pin", "policy.toml"] {
+        let path = authority_dir.join(name);
+        let kept = scratch.path().join(name);
+        let existed = path.exists();
+        if existed {
+            std::fs::rename(&path, &kept).unwrap();
+        }
+        // What each damage is called in the message.
+        let damages: [Damage; 5] = [
+            ("a folder", "is a folder", |path| {
+                std::fs::create_dir(path).unwrap()
+            }),
+            // Its open would wait for a writer: the client hung.
+            ("a FIFO", "is a FIFO, socket or device", |path| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    path,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap();
+            }),
+            // It never ends: the client read until memory ran out.
+            (
+                "a link to /dev/zero",
+                "is a FIFO, socket or device",
+                |path| {
+                    std::os::unix::fs::symlink("/dev/zero", path).unwrap();
+                },
+            ),
+            // Sparse: the client read 2 GiB of zeros.
+            ("2 GiB", "more than the", |path| {
+                let file = std::fs::File::create(path).unwrap();
+                file.set_len(2 << 30).unwrap();
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .unwrap();
+            }),
+            ("not text", "not UTF-8 text", |path| {
+                std::fs::write(path, b"\xff\xfe\x00garbage").unwrap();
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }),
+        ];
+        for (damage, said, make) in damages {
+            make(&path);
+            let refused = run("Mallory").await;
+            let stderr = refused.stderr_text();
+            assert_eq!(refused.status, Some(65), "{name} {damage}: {stderr}");
+            assert!(refused.stdout.is_empty(), "{name} {damage}: {stderr}");
+            assert!(
+                stderr.contains(&path.display().to_string()) && stderr.contains(said),
+                "{name} {damage}: {stderr}"
+            );
+            if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        if existed {
+            std::fs::rename(&kept, &path).unwrap();
+        }
+    }
+    let again = run("again").await;
+    assert_eq!(
+        again.stdout_text(),
+        "Hello, again!\n",
+        "{}",
+        again.stderr_text()
+    );
+}
+
 const SECRET: &str = "the-launch-code-is-0000-and-nobody-else-may-read-it";
 
 fn secret_app() -> Terminal {

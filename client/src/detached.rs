@@ -192,7 +192,7 @@ fn load(path: &Path) -> Result<SessionRecord, RecordError> {
         Ok(None) => {
             return Err(RecordError::Io {
                 path: path.to_owned(),
-                source: std::io::ErrorKind::NotFound.into(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "there is no such file"),
             });
         }
         // Not a file, too large, not text: what is there is not a record.

@@ -194,7 +194,12 @@ pub fn load(path: &Path) -> Result<Launcher, LauncherError> {
     };
     let text = terminalwire_policy::read_own_file(path, MAX_LAUNCHER_LEN)
         .map_err(read)?
-        .ok_or_else(|| read(std::io::ErrorKind::NotFound.into()))?;
+        .ok_or_else(|| {
+            read(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "there is no such file",
+            ))
+        })?;
     parse(&text, path)
 }
 

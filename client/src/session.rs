@@ -450,8 +450,15 @@ async fn write_async(
     events: mpsc::UnboundedSender<Event>,
     gate: Option<Arc<tokio::sync::RwLock<()>>>,
 ) {
+    // The writer may be a terminal (the process's stderr). Its chunks are
+    // scanned for escapes, a small cost beside the writes of an error
+    // stream.
+    let mut keyboard = crate::terminal::KeyboardWatch::default();
     let result: io::Result<()> = async {
         while let Some(chunk) = chunks.recv().await {
+            if chunk.remote_len() > 0 {
+                keyboard.watch_output(chunk.bytes());
+            }
             // Not while the client's own consent prompt is on screen.
             let _open = match &gate {
                 Some(gate) => Some(gate.read().await),
@@ -493,6 +500,9 @@ fn write_file(
     queued: &std::sync::atomic::AtomicUsize,
 ) {
     let mut batch: Vec<Chunk> = Vec::with_capacity(CHUNKS_PER_WRITE);
+    // Only a terminal keeps the modes the app's bytes switch on.
+    let mut keyboard =
+        std::io::IsTerminal::is_terminal(&file).then(crate::terminal::KeyboardWatch::default);
     while let Some(first) = chunks.blocking_recv() {
         batch.push(first);
         while batch.len() < CHUNKS_PER_WRITE
@@ -505,6 +515,11 @@ fn write_file(
         // Checked after the wait for the prompt, which can be long.
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return;
+        }
+        if let Some(keyboard) = &mut keyboard {
+            for chunk in batch.iter().filter(|chunk| chunk.remote_len() > 0) {
+                keyboard.watch_output(chunk.bytes());
+            }
         }
         if let Err(error) = write_all_vectored(&mut file, &batch) {
             let _ = events.send(Event::Failed { index, error });

@@ -301,14 +301,135 @@ const SESSION_END_RESET: &str = concat!(
     "\x1b[4l",     // text replaces, not inserts
 );
 
-/// Writes `SESSION_END_RESET` to stderr when both stdout and stderr are
-/// a terminal (with stdout piped, the terminal may belong to a pager still
-/// showing the output).
+/// Written as well when the app's output switched on a keyboard protocol
+/// that would leave the shell reading escape codes for plain keys: kitty's
+/// (every flag off, every pushed level popped) and xterm's modifyOtherKeys
+/// (back to the terminal's own setting). Only then: a terminal that knows
+/// neither sequence could take it for another.
+const KEYBOARD_RESET: &str = "\x1b[=0;1u\x1b[<99u\x1b[>4m";
+
+/// Set once an output of the app switched on a keyboard protocol.
+static KEYBOARD_PROTOCOL_SEEN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Longest keyboard-protocol sequence looked for (ESC and all).
+const LONGEST_KEYBOARD_SEQUENCE: usize = 32;
+
+/// Watches what the app writes to the terminal for a sequence that turns
+/// on a keyboard protocol (kitty's `CSI > flags u` and `CSI = flags ; mode
+/// u`, xterm's `CSI > 4 ; level m` with a level above 0), also when a
+/// sequence is cut between two chunks.
+#[derive(Debug, Default)]
+pub struct KeyboardWatch {
+    /// The end of the last chunk, from an escape it cut short.
+    unfinished: Vec<u8>,
+    seen: bool,
+}
+
+impl KeyboardWatch {
+    /// Looks at the next bytes of the stream; true once such a sequence
+    /// was seen in it.
+    pub fn watch(&mut self, bytes: &[u8]) -> bool {
+        if self.seen {
+            return true;
+        }
+        let joined;
+        let data = if self.unfinished.is_empty() {
+            bytes
+        } else {
+            let mut both = std::mem::take(&mut self.unfinished);
+            both.extend_from_slice(bytes);
+            joined = both;
+            &joined[..]
+        };
+        let mut from = 0;
+        while let Some(at) = data[from..].iter().position(|&byte| byte == 0x1b) {
+            let start = from + at;
+            match keyboard_sequence(&data[start..]) {
+                Sequence::SwitchesOn => {
+                    self.seen = true;
+                    return true;
+                }
+                Sequence::Unfinished => {
+                    self.unfinished = data[start..].to_vec();
+                    return false;
+                }
+                Sequence::Other => from = start + 1,
+            }
+        }
+        false
+    }
+
+    /// [`KeyboardWatch::watch`], and remembers for the end of the session
+    /// ([`reset_what_the_app_left`]) what it saw.
+    pub fn watch_output(&mut self, bytes: &[u8]) {
+        if !self.seen && self.watch(bytes) {
+            KEYBOARD_PROTOCOL_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// What an escape sequence is, to [`KeyboardWatch`].
+#[derive(Debug, PartialEq, Eq)]
+enum Sequence {
+    SwitchesOn,
+    /// The bytes end before the sequence does.
+    Unfinished,
+    Other,
+}
+
+/// Reads the sequence at the start of `bytes` (an ESC).
+fn keyboard_sequence(bytes: &[u8]) -> Sequence {
+    let mut rest = bytes.iter().skip(1);
+    match rest.next() {
+        None => return Sequence::Unfinished,
+        Some(b'[') => {}
+        Some(_) => return Sequence::Other,
+    }
+    let marker = match rest.next() {
+        None => return Sequence::Unfinished,
+        Some(&marker @ (b'>' | b'=')) => marker,
+        Some(_) => return Sequence::Other,
+    };
+    let mut params = Vec::new();
+    for (taken, &byte) in rest.enumerate() {
+        if taken + 3 > LONGEST_KEYBOARD_SEQUENCE {
+            return Sequence::Other;
+        }
+        match byte {
+            b'0'..=b'9' | b';' => params.push(byte),
+            b'u' => return Sequence::SwitchesOn,
+            b'm' if marker == b'>' => {
+                // modifyOtherKeys (resource 4) set to a level above 0.
+                let mut fields = params.split(|&byte| byte == b';');
+                let resource = fields.next().unwrap_or_default();
+                let level = fields.next().unwrap_or_default();
+                let on = resource == b"4" && level.iter().any(|&digit| digit != b'0');
+                return if on {
+                    Sequence::SwitchesOn
+                } else {
+                    Sequence::Other
+                };
+            }
+            _ => return Sequence::Other,
+        }
+    }
+    Sequence::Unfinished
+}
+
+/// Writes `SESSION_END_RESET` (and `KEYBOARD_RESET` when an output of the
+/// app switched a keyboard protocol on) to stderr when both stdout and
+/// stderr are a terminal (with stdout piped, the terminal may belong to a
+/// pager still showing the output).
 pub fn reset_what_the_app_left() {
     use std::io::{IsTerminal, Write};
     if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+        let mut reset = String::from(SESSION_END_RESET);
+        if KEYBOARD_PROTOCOL_SEEN.load(std::sync::atomic::Ordering::Relaxed) {
+            reset.push_str(KEYBOARD_RESET);
+        }
         let mut stderr = std::io::stderr().lock();
-        let _ = stderr.write_all(SESSION_END_RESET.as_bytes());
+        let _ = stderr.write_all(reset.as_bytes());
         let _ = stderr.flush();
     }
 }
@@ -340,6 +461,52 @@ pub fn restore_on_panic() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyboard_protocols_the_app_switched_on_are_seen_even_cut_between_chunks() {
+        let on: [&[u8]; 5] = [
+            b"\x1b[>1u",
+            b"\x1b[>31u",
+            b"\x1b[=5;1u",
+            b"\x1b[>4;1m",
+            b"\x1b[>4;2m",
+        ];
+        for sequence in on {
+            let text = [b"before \x1b[1m".as_slice(), sequence, b" after"].concat();
+            // Whole, and cut at every place.
+            for cut in 0..=text.len() {
+                let mut watch = KeyboardWatch::default();
+                let (first, second) = text.split_at(cut);
+                let seen = watch.watch(first) | watch.watch(second);
+                assert!(seen, "{:?} cut at {cut}", String::from_utf8_lossy(&text));
+            }
+        }
+        let off: [&[u8]; 7] = [
+            b"plain text",
+            b"\x1b[4m underlined \x1b[0m",
+            b"\x1b[?u",    // a query of kitty's flags
+            b"\x1b[>4;0m", // modifyOtherKeys off
+            b"\x1b[>4m",   // back to the terminal's own setting
+            b"\x1b[>c",    // a device attributes request
+            b"\x1b[>0;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;;u", // too long to be one
+        ];
+        for text in off {
+            for cut in 0..=text.len() {
+                let mut watch = KeyboardWatch::default();
+                let (first, second) = text.split_at(cut);
+                let seen = watch.watch(first) | watch.watch(second);
+                assert!(!seen, "{:?} cut at {cut}", String::from_utf8_lossy(text));
+            }
+        }
+        // A sequence cut short is kept only from its escape, and only until
+        // the next chunk shows what it was.
+        let mut watch = KeyboardWatch::default();
+        assert!(!watch.watch(&[b'x'; 100_000]));
+        assert!(!watch.watch(b"\x1b["));
+        assert_eq!(watch.unfinished, b"\x1b[");
+        assert!(!watch.watch(b"1mtext"));
+        assert!(watch.unfinished.is_empty());
+    }
 
     #[test]
     fn what_is_asked_decides_the_mode_whatever_the_order() {

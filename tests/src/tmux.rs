@@ -85,7 +85,13 @@ impl TmuxPane {
     /// [`start`](TmuxPane::start) with the terminalwire home `home` (say,
     /// another pane's), when given.
     pub fn start_with_home(args: &[&str], cols: u16, rows: u16, home: Option<&Path>) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, home, None, false)
+        TmuxPane::launch(args, cols, rows, home, None, false, false)
+    }
+
+    /// [`start`](TmuxPane::start), keeping every byte written to the pane
+    /// from before the client starts ([`output`](TmuxPane::output)).
+    pub fn start_capturing(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
+        TmuxPane::launch(args, cols, rows, None, None, false, true)
     }
 
     /// [`start_with_home`](TmuxPane::start_with_home) with the client's
@@ -98,13 +104,13 @@ impl TmuxPane {
         home: Option<&Path>,
         stdout: &Path,
     ) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, home, Some(stdout), false)
+        TmuxPane::launch(args, cols, rows, home, Some(stdout), false, false)
     }
 
     /// Like [`TmuxPane::start`]; after the client exits, what was typed and
     /// left unread in the terminal is shown as `leftover=[...]`.
     pub fn start_showing_leftover(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, None, None, true)
+        TmuxPane::launch(args, cols, rows, None, None, true, false)
     }
 
     fn launch(
@@ -114,6 +120,7 @@ impl TmuxPane {
         home: Option<&Path>,
         stdout: Option<&Path>,
         show_leftover: bool,
+        capture: bool,
     ) -> TmuxPane {
         require_tmux();
         let binary = client_binary();
@@ -143,6 +150,16 @@ impl TmuxPane {
         } else {
             ""
         };
+        // Run in the pane, before the client starts, so that nothing it
+        // writes is missed.
+        let capture = if capture {
+            format!(
+                "tmux pipe-pane -o {}\n",
+                shell_quote(&format!("cat > {}", out("output")))
+            )
+        } else {
+            String::new()
+        };
         // Catching SIGINT and SIGQUIT (not ignoring them: an ignored signal would stay
         // ignored in the client) keeps the wrapper alive through Ctrl-C to
         // record the client's status; the client gets the default handling.
@@ -151,6 +168,7 @@ impl TmuxPane {
              unset CLICOLOR_FORCE TERMINALWIRE_LOG NO_COLOR\n\
              export TERMINALWIRE_HOME={home}\n\
              stty -g > {before}\n\
+             {capture}\
              {command}\n\
              echo $? > {partial}\n\
              stty -g > {after}\n\
@@ -246,6 +264,26 @@ impl TmuxPane {
             .tmux(&["display-message", "-p", "-t", SESSION, &format])
             .await;
         modes.trim().to_owned()
+    }
+
+    /// Waits until the bytes written to a pane started with
+    /// [`start_capturing`](TmuxPane::start_capturing) contain `wanted`;
+    /// returns them all. Fails the test after [`PANE_DEADLINE`].
+    pub async fn wait_for_output(&self, wanted: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + PANE_DEADLINE;
+        loop {
+            let output = std::fs::read(self.base().join("output")).unwrap_or_default();
+            if output.windows(wanted.len()).any(|window| window == wanted) {
+                return output;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} was not written within {PANE_DEADLINE:?}; written:\n{:?}",
+                String::from_utf8_lossy(wanted),
+                String::from_utf8_lossy(&output)
+            );
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// The pane's visible text.

@@ -33,6 +33,7 @@ fn app() -> Terminal {
             "three-keys" => three_keys(ctx).await,
             "line-then-resize" => line_then_resize(ctx).await,
             "leave-modes" => leave_modes(ctx).await,
+            "leave-keyboard" => leave_keyboard(ctx).await,
             other => Err(anyhow::anyhow!("unknown test command {other:?}")),
         }
     })
@@ -44,6 +45,13 @@ async fn leave_modes(ctx: Context) -> anyhow::Result<Exit> {
         .print("\x1b[?1049h\x1b[?1003h\x1b[?2004h\x1b[?1h\x1b[?25l\x1b[4h\x1b[?7l\x1b[8mhidden")
         .await?;
     Ok(Exit(3))
+}
+
+/// Switches on kitty's keyboard protocol and xterm's modifyOtherKeys,
+/// then ends.
+async fn leave_keyboard(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.stdout().print("\x1b[>4;2m\x1b[>31ukeys").await?;
+    Ok(Exit(0))
 }
 
 async fn password(ctx: Context) -> anyhow::Result<Exit> {
@@ -614,6 +622,37 @@ async fn without_a_terminal_interactive_requests_fail_clearly_instead_of_echoing
 
 /// An app that ends in the alternate screen with mouse reports on, the
 /// cursor hidden and so on leaves the user's shell as it found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyboard_protocol_the_app_left_on_is_reset_and_only_then() {
+    const KEYBOARD_RESET: &[u8] = b"\x1b[=0;1u\x1b[<99u\x1b[>4m";
+    // The end of the reset every session on a terminal gets.
+    const RESET_END: &[u8] = b"\x1b[?7h\x1b[4l";
+    let server = TestServer::with_terminal(app()).await;
+    let find = |output: &[u8], wanted: &[u8]| {
+        output
+            .windows(wanted.len())
+            .position(|window| window == wanted)
+    };
+    let pane = TmuxPane::start_capturing(&[server.url().as_str(), "leave-keyboard"], 80, 24);
+    assert_eq!(pane.wait_exit().await.status, 0);
+    let output = pane.wait_for_output(KEYBOARD_RESET).await;
+    let app_wrote = find(&output, b"\x1b[>31ukeys").unwrap();
+    assert!(
+        find(&output[app_wrote..], KEYBOARD_RESET).is_some(),
+        "{:?}",
+        String::from_utf8_lossy(&output)
+    );
+    // An app that did not touch the keyboard: the rest of the reset, not this.
+    let pane = TmuxPane::start_capturing(&[server.url().as_str(), "leave-modes"], 80, 24);
+    assert_eq!(pane.wait_exit().await.status, 3);
+    let output = pane.wait_for_output(RESET_END).await;
+    assert!(
+        find(&output, b"\x1b[<99u").is_none(),
+        "{:?}",
+        String::from_utf8_lossy(&output)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_modes_an_app_left_on_are_off_after_the_session() {
     let server = TestServer::with_terminal(app()).await;

@@ -175,6 +175,11 @@ impl Chunk {
         }
     }
 
+    /// Whether the server chose these bytes (output or a prompt).
+    fn is_the_servers(&self) -> bool {
+        !matches!(self, Chunk::Local(_))
+    }
+
     /// Bytes that count against the window.
     fn remote_len(&self) -> usize {
         match self {
@@ -456,7 +461,7 @@ async fn write_async(
     let mut keyboard = crate::terminal::KeyboardWatch::default();
     let result: io::Result<()> = async {
         while let Some(chunk) = chunks.recv().await {
-            if chunk.remote_len() > 0 {
+            if chunk.is_the_servers() {
                 keyboard.watch_output(chunk.bytes());
             }
             // Not while the client's own consent prompt is on screen.
@@ -517,7 +522,7 @@ fn write_file(
             return;
         }
         if let Some(keyboard) = &mut keyboard {
-            for chunk in batch.iter().filter(|chunk| chunk.remote_len() > 0) {
+            for chunk in batch.iter().filter(|chunk| chunk.is_the_servers()) {
                 keyboard.watch_output(chunk.bytes());
             }
         }

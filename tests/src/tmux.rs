@@ -89,7 +89,7 @@ impl TmuxPane {
     }
 
     /// [`start`](TmuxPane::start), keeping every byte written to the pane
-    /// from before the client starts ([`output`](TmuxPane::output)).
+    /// from before the client starts ([`wait_for_output`](TmuxPane::wait_for_output)).
     pub fn start_capturing(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
         TmuxPane::launch(args, cols, rows, None, None, false, true)
     }

@@ -34,6 +34,7 @@ fn app() -> Terminal {
             "line-then-resize" => line_then_resize(ctx).await,
             "leave-modes" => leave_modes(ctx).await,
             "leave-keyboard" => leave_keyboard(ctx).await,
+            "prompt-keyboard" => prompt_keyboard(ctx).await,
             other => Err(anyhow::anyhow!("unknown test command {other:?}")),
         }
     })
@@ -51,6 +52,12 @@ async fn leave_modes(ctx: Context) -> anyhow::Result<Exit> {
 /// then ends.
 async fn leave_keyboard(ctx: Context) -> anyhow::Result<Exit> {
     ctx.stdout().print("\x1b[>4;2m\x1b[>31ukeys").await?;
+    Ok(Exit(0))
+}
+
+/// Switches on kitty's keyboard protocol in a prompt, then ends.
+async fn prompt_keyboard(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.read_line(Some("\x1b[>1uanswer> ")).await?;
     Ok(Exit(0))
 }
 
@@ -642,6 +649,12 @@ async fn a_keyboard_protocol_the_app_left_on_is_reset_and_only_then() {
         "{:?}",
         String::from_utf8_lossy(&output)
     );
+    // Switched on by a prompt (a request's text, not output).
+    let pane = TmuxPane::start_capturing(&[server.url().as_str(), "prompt-keyboard"], 80, 24);
+    pane.wait_for("answer>").await;
+    pane.send_keys(&["Enter"]).await;
+    assert_eq!(pane.wait_exit().await.status, 0);
+    pane.wait_for_output(KEYBOARD_RESET).await;
     // An app that did not touch the keyboard: the rest of the reset, not this.
     let pane = TmuxPane::start_capturing(&[server.url().as_str(), "leave-modes"], 80, 24);
     assert_eq!(pane.wait_exit().await.status, 3);

@@ -10,7 +10,10 @@
 //! upper bound of what the folder grows by (a delete is not credited), so
 //! they only err towards refusing. When a write would go over the quota,
 //! the folder is measured again and the write is refused only if it still
-//! would. Each session keeps its own count; once it has written an eighth
+//! would. A charge holds its bytes until its write has landed ([`Charge`]):
+//! a measurement adds those still in flight to what it finds, so that the
+//! chunks of a streamed write charged while earlier ones are being written
+//! are not forgotten by it. Each session keeps its own count; once it has written an eighth
 //! of the quota since it last measured, it measures again, so sessions
 //! running at once see each other's writes (together they can overshoot by
 //! about an eighth of the quota each, plus a write). Measuring a large
@@ -53,6 +56,29 @@ struct State {
     measured_at: Option<Instant>,
     /// How long the last measurement took.
     took: Duration,
+    /// Charged bytes whose writes have not landed yet: a measurement does
+    /// not see them.
+    in_flight: u64,
+}
+
+/// A charge made to a [`StorageQuota`]: its bytes count as in flight until
+/// it is dropped, which is done once its write has landed or failed.
+#[derive(Debug)]
+#[must_use = "a charge counts as in flight only while it is held: hold it until the write is done"]
+pub struct Charge<'quota> {
+    quota: &'quota StorageQuota,
+    bytes: u64,
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .quota
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.in_flight = state.in_flight.saturating_sub(self.bytes);
+    }
 }
 
 /// A write the quota refuses.
@@ -87,8 +113,9 @@ impl StorageQuota {
     }
 
     /// Charges a write of `bytes` bytes that may create `entries` files or
-    /// folders; refused when the folder would go over the quota.
-    pub fn charge(&self, bytes: u64, entries: u64) -> Result<(), QuotaExceeded> {
+    /// folders; refused when the folder would go over the quota. Hold the
+    /// charge until the write is done.
+    pub fn charge(&self, bytes: u64, entries: u64) -> Result<Charge<'_>, QuotaExceeded> {
         let needed = bytes.saturating_add(entries.saturating_mul(ENTRY_COST));
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let used = match state.used {
@@ -105,8 +132,7 @@ impl StorageQuota {
         // takes (that happens once per eighth written, not per refusal).
         let stale = used.saturating_sub(state.measured) > self.limit / CHARGED_BEFORE_MEASURING;
         if fits(used) && !stale {
-            state.used = Some(used.saturating_add(needed));
-            return Ok(());
+            return Ok(self.charged(&mut state, used, needed));
         }
         // The running count only grows: look again before refusing.
         let used = if recent && !stale {
@@ -115,8 +141,7 @@ impl StorageQuota {
             self.measure(&mut state)
         };
         if fits(used) {
-            state.used = Some(used.saturating_add(needed));
-            Ok(())
+            Ok(self.charged(&mut state, used, needed))
         } else {
             Err(QuotaExceeded {
                 used,
@@ -126,9 +151,18 @@ impl StorageQuota {
         }
     }
 
+    fn charged(&self, state: &mut State, used: u64, needed: u64) -> Charge<'_> {
+        state.used = Some(used.saturating_add(needed));
+        state.in_flight = state.in_flight.saturating_add(needed);
+        Charge {
+            quota: self,
+            bytes: needed,
+        }
+    }
+
     fn measure(&self, state: &mut State) -> u64 {
         let start = Instant::now();
-        let used = measure(&self.root);
+        let used = measure(&self.root).saturating_add(state.in_flight);
         state.used = Some(used);
         state.measured = used;
         state.measured_at = Some(Instant::now());
@@ -189,7 +223,7 @@ mod tests {
         std::fs::write(dir.path().join("big"), vec![0; 8 * ENTRY_COST as usize]).unwrap();
         let quota = StorageQuota::new(dir.path().to_path_buf(), 10 * ENTRY_COST);
         // 9 of 10 held: one more entry's worth fits, then nothing.
-        quota.charge(ENTRY_COST, 0).unwrap();
+        drop(quota.charge(ENTRY_COST, 0).unwrap());
         // As if measuring took long: the refusal trusts the count.
         quota.state.lock().unwrap().took = Duration::from_secs(3600);
         let refused = quota.charge(1, 0).unwrap_err();
@@ -217,12 +251,12 @@ mod tests {
             StorageQuota::new(dir.path().to_path_buf(), limit),
         );
         let write = |quota: &StorageQuota, name: &str| {
-            quota.charge(6 * ENTRY_COST, 1)?;
+            let _charge = quota.charge(6 * ENTRY_COST, 1)?;
             std::fs::write(dir.path().join(name), vec![0; 6 * ENTRY_COST as usize]).unwrap();
             Ok::<_, QuotaExceeded>(())
         };
         // Each measures an empty folder, then writes 7 of 16.
-        second.charge(0, 0).unwrap();
+        drop(second.charge(0, 0).unwrap());
         write(&first, "a").unwrap();
         write(&second, "b").unwrap();
         // By its own count the second has 9 left; it looks (its last
@@ -236,7 +270,7 @@ mod tests {
     fn refusals_of_a_write_too_big_do_not_measure_each_time() {
         let dir = tempfile::tempdir().unwrap();
         let quota = StorageQuota::new(dir.path().to_path_buf(), 10 * ENTRY_COST);
-        quota.charge(0, 0).unwrap();
+        drop(quota.charge(0, 0).unwrap());
         // As if measuring took long.
         quota.state.lock().unwrap().took = Duration::from_secs(3600);
         let measured_at = quota.state.lock().unwrap().measured_at;
@@ -255,7 +289,7 @@ mod tests {
         let quota = StorageQuota::new(dir.path().to_path_buf(), 80 * e);
         let file = dir.path().join("f");
         for _ in 0..4 {
-            quota.charge(e, 1).unwrap();
+            let _charge = quota.charge(e, 1).unwrap();
             std::fs::write(&file, vec![0; e as usize]).unwrap();
         }
         // Counted 79; the folder holds 73. Refused on the count alone while
@@ -263,6 +297,28 @@ mod tests {
         quota.state.lock().unwrap().took = Duration::from_secs(3600);
         assert_eq!(quota.charge(2 * e, 0).unwrap_err().used, 79 * e);
         quota.state.lock().unwrap().measured_at = None;
-        quota.charge(2 * e, 0).unwrap();
+        drop(quota.charge(2 * e, 0).unwrap());
+    }
+
+    #[test]
+    fn bytes_charged_but_not_yet_written_are_not_forgotten_by_a_measurement() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 16 * ENTRY_COST;
+        let quota = StorageQuota::new(dir.path().to_path_buf(), limit);
+        // A chunk of 10 charged, its write still in flight: the folder is
+        // still empty when the next chunk's charge measures it.
+        let in_flight = quota.charge(10 * ENTRY_COST, 0).unwrap();
+        quota.state.lock().unwrap().measured_at = None;
+        let refused = quota.charge(10 * ENTRY_COST, 0).unwrap_err();
+        assert_eq!(refused.used, 10 * ENTRY_COST);
+        // Once written, the bytes are found on disk instead.
+        std::fs::write(dir.path().join("a"), vec![0; 10 * ENTRY_COST as usize]).unwrap();
+        drop(in_flight);
+        quota.state.lock().unwrap().measured_at = None;
+        assert_eq!(
+            quota.charge(10 * ENTRY_COST, 0).unwrap_err().used,
+            11 * ENTRY_COST
+        );
+        assert_eq!(quota.state.lock().unwrap().in_flight, 0);
     }
 }

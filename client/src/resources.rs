@@ -30,7 +30,7 @@ use terminalwire_protocol::frame::{
 use crate::audit::{AuditLog, Record};
 use crate::consent::Consent;
 use crate::progress::Progress;
-use crate::quota::StorageQuota;
+use crate::quota::{Charge, StorageQuota};
 use crate::safe_fs::{self, FsError, Kind, StreamedWrite};
 
 /// Largest `file_read` answer, so that a response frame stays well under the
@@ -614,19 +614,25 @@ impl Resources {
 
     /// Charges a write of `bytes` that may create `entries` files or
     /// folders to the storage quota, when it is in storage.
-    fn charge(&self, allowed: &Allowed, bytes: u64, entries: u64) -> Result<(), OpError> {
+    /// The charge is held until the write is done.
+    fn charge(
+        &self,
+        allowed: &Allowed,
+        bytes: u64,
+        entries: u64,
+    ) -> Result<Option<Charge<'_>>, OpError> {
         if allowed.in_storage {
             self.charge_storage(bytes, entries)
         } else {
-            Ok(())
+            Ok(None)
         }
     }
 
-    fn charge_storage(&self, bytes: u64, entries: u64) -> Result<(), OpError> {
+    fn charge_storage(&self, bytes: u64, entries: u64) -> Result<Option<Charge<'_>>, OpError> {
         let Some(quota) = &self.quota else {
-            return Ok(());
+            return Ok(None);
         };
-        quota.charge(bytes, entries).map_err(|full| {
+        quota.charge(bytes, entries).map(Some).map_err(|full| {
             let authority = self
                 .entitlements()
                 .map(|rules| rules.authority().to_string())
@@ -763,8 +769,9 @@ impl Resources {
                     }
                     _ => (bytes.len() as u64, 1),
                 };
-                self.charge(&allowed, grows, entries)?;
+                let charge = self.charge(&allowed, grows, entries)?;
                 safe_fs::write_atomic(path.as_path(), &bytes, mode).map_err(fs_error)?;
+                drop(charge);
                 self.forget_deleted_writes();
                 Ok(Reply::Unit)
             }
@@ -783,12 +790,13 @@ impl Resources {
                 if self.writes()?.open.len() >= MAX_OPEN_WRITES {
                     return Err(too_many_writes());
                 }
-                self.charge(&allowed, 0, 1)?;
+                let charge = self.charge(&allowed, 0, 1)?;
                 let mut writes = self.writes()?;
                 if writes.open.len() >= MAX_OPEN_WRITES {
                     return Err(too_many_writes());
                 }
                 let write = StreamedWrite::begin(path.as_path(), mode).map_err(fs_error)?;
+                drop(charge);
                 writes.next += 1;
                 let handle = writes.next;
                 writes.open.insert(
@@ -809,6 +817,7 @@ impl Resources {
                 bytes,
             } => {
                 let open = self.open_write(handle)?;
+                let mut charge = None;
                 if open.in_storage {
                     // What a chunk adds is how far it extends the file: one
                     // byte far past the end makes a file of that size.
@@ -818,10 +827,12 @@ impl Resources {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let end = offset.saturating_add(bytes.len() as u64);
                     let grows = end.saturating_sub(*charged_to);
-                    self.charge_storage(grows, 0)?;
+                    charge = self.charge_storage(grows, 0)?;
                     *charged_to = (*charged_to).max(end);
                 }
-                if let Err(error) = open.write.write_at(offset, &bytes) {
+                let wrote = open.write.write_at(offset, &bytes);
+                drop(charge);
+                if let Err(error) = wrote {
                     if matches!(error, FsError::WriteGone { .. }) {
                         // Nothing can commit it: closed once no chunk holds
                         // it, the deleted file gives its space back.
@@ -882,9 +893,10 @@ impl Resources {
             Operation::FileAppend { path, bytes } => {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
-                self.charge(&allowed, bytes.len() as u64, 1)?;
+                let charge = self.charge(&allowed, bytes.len() as u64, 1)?;
                 safe_fs::append(path.as_path(), &bytes, default_mode(&allowed, false))
                     .map_err(fs_error)?;
+                drop(charge);
                 Ok(Reply::Unit)
             }
             Operation::FileDelete { path } => {
@@ -1009,8 +1021,9 @@ impl Resources {
                         created += 1;
                     }
                 }
-                self.charge(&allowed, 0, created)?;
+                let charge = self.charge(&allowed, 0, created)?;
                 safe_fs::create_dir(path.as_path(), parents, mode).map_err(fs_error)?;
+                drop(charge);
                 Ok(Reply::Unit)
             }
             Operation::DirDelete { path, recursive } => {

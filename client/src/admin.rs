@@ -56,6 +56,9 @@ enum AdminCommand {
         /// The command name (default: from the URL).
         #[arg(long)]
         name: Option<String>,
+        /// Replace a launcher of that name installed for another URL.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove an installed app's launcher.
     Uninstall {
@@ -275,20 +278,40 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 policy.storage_quota_bytes() >> 20
             )?;
         }
-        AdminCommand::Install { url, name } => {
+        AdminCommand::Install { url, name, force } => {
             let name = match name {
                 Some(name) => name,
                 None => crate::launcher::default_name(&url).with_context(|| {
                     format!("cannot derive a command name from {url}; use --name NAME")
                 })?,
             };
-            let path = crate::launcher::install(home, &url, &name)?;
-            writeln!(out, "installed {name}: {}", path.display())?;
+            let installed = crate::launcher::install(home, &url, &name, force)?;
+            let path = installed.path().display();
+            match &installed {
+                crate::launcher::Installed::New(_) => writeln!(out, "installed {name}: {path}")?,
+                crate::launcher::Installed::Unchanged(_) => {
+                    writeln!(out, "{name} is already installed: {path}")?;
+                }
+                crate::launcher::Installed::Replaced { previous, .. } => writeln!(
+                    out,
+                    "installed {name}: {path} (it ran {} before)",
+                    previous.as_deref().unwrap_or("a broken launcher")
+                )?,
+            }
             let dir = home.bin_dir();
+            for other in crate::launcher::shadowed(&name, &dir) {
+                // Said on stderr: it is a warning, whatever stdout is piped to.
+                eprintln!(
+                    "terminalwire: warning: {} is also a command on your PATH; \
+                     `{name}` runs whichever comes first (pick another --name to avoid it)",
+                    other.display()
+                );
+            }
             if !crate::launcher::on_path(&dir) {
+                // Appended, so that a launcher never hides a system command.
                 writeln!(
                     out,
-                    "add it to your PATH to run `{name}`: export PATH=\"{}:$PATH\"",
+                    "add its folder to your PATH to run `{name}`: export PATH=\"$PATH:{}\"",
                     dir.display()
                 )?;
             }

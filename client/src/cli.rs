@@ -54,7 +54,7 @@ struct ClientOptions {
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 10.0,
+        default_value_t = DEFAULT_CONNECT_TIMEOUT.as_secs_f64(),
         env = "TERMINALWIRE_CONNECT_TIMEOUT"
     )]
     connect_timeout: f64,
@@ -72,12 +72,39 @@ struct ClientOptions {
     verbose: u8,
 }
 
+/// The connection time-out when none is given.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A time-out of `seconds`, if that is a positive number that fits.
+fn positive_seconds(seconds: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|timeout| !timeout.is_zero())
+}
+
+/// The connection time-out of a launcher, which takes no options of its
+/// own: `TERMINALWIRE_CONNECT_TIMEOUT` when set, else the default.
+pub fn connect_timeout_from_env() -> Result<Duration, String> {
+    match std::env::var_os("TERMINALWIRE_CONNECT_TIMEOUT") {
+        None => Ok(DEFAULT_CONNECT_TIMEOUT),
+        Some(value) => value
+            .to_str()
+            .and_then(|text| text.trim().parse::<f64>().ok())
+            .and_then(positive_seconds)
+            .ok_or_else(|| {
+                format!(
+                    "TERMINALWIRE_CONNECT_TIMEOUT={value:?} is not a positive number of seconds"
+                )
+            }),
+    }
+}
+
 impl ClientOptions {
     /// The connection time-out, checked.
     fn connect_timeout(&self) -> Result<Duration, ParseOutcome> {
-        match Duration::try_from_secs_f64(self.connect_timeout) {
-            Ok(timeout) if !timeout.is_zero() => Ok(timeout),
-            _ => {
+        match positive_seconds(self.connect_timeout) {
+            Some(timeout) => Ok(timeout),
+            None => {
                 eprintln!("terminalwire: --connect-timeout must be a positive number of seconds");
                 Err(ParseOutcome::Exit(exit_code::USAGE))
             }

@@ -204,34 +204,103 @@ pub fn load(path: &Path) -> Result<Launcher, LauncherError> {
 }
 
 /// A default command name for a URL: the last path segment unless it is
-/// `terminal`, else the host's first label.
+/// `terminal` (for a `unix:` socket, its file name without `.sock`), else
+/// the host's first label (none for an IP address: `127` names nothing).
 pub fn default_name(url: &str) -> Option<String> {
+    let checked = |name: &str| refuse_name(name).is_none().then(|| name.to_owned());
+    if let Some(socket) = url.strip_prefix("unix:") {
+        let file = Path::new(socket).file_name()?.to_str()?;
+        return checked(file.strip_suffix(".sock").unwrap_or(file));
+    }
     let parsed = url::Url::parse(url).ok()?;
     let segment = parsed
         .path_segments()
         .and_then(|mut segments| segments.next_back().map(str::to_owned))
         .filter(|segment| !segment.is_empty() && segment != "terminal");
-    let name = segment.or_else(|| {
-        parsed
-            .host_str()
-            .and_then(|host| host.split('.').next())
-            .map(str::to_owned)
+    let name = segment.or_else(|| match parsed.host()? {
+        url::Host::Domain(domain) => domain.split('.').next().map(str::to_owned),
+        url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
     })?;
-    valid_name(&name).then_some(name)
+    checked(&name)
+}
+
+/// Why `name` cannot be a launcher's name, if it cannot.
+pub fn refuse_name(name: &str) -> Option<String> {
+    if !valid_name(name) {
+        return Some(format!(
+            "{name:?} is not a valid command name (letters, digits, `.`, `_`, `-`)"
+        ));
+    }
+    // `terminalwire-exec` would run itself as its own interpreter forever;
+    // `terminalwire` would hide the client from the user.
+    [CLIENT_NAME, EXEC_NAME]
+        .contains(&name)
+        .then(|| format!("{name:?} is the name of the client's own program: pick another --name"))
+}
+
+/// What [`install`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installed {
+    /// A new launcher was written.
+    New(PathBuf),
+    /// The same launcher was already there.
+    Unchanged(PathBuf),
+    /// A launcher of another URL (or a broken one) was replaced.
+    Replaced {
+        /// The launcher.
+        path: PathBuf,
+        /// The URL it had, if it could be read.
+        previous: Option<String>,
+    },
+}
+
+impl Installed {
+    /// The launcher's path.
+    pub fn path(&self) -> &Path {
+        match self {
+            Installed::New(path)
+            | Installed::Unchanged(path)
+            | Installed::Replaced { path, .. } => path,
+        }
+    }
 }
 
 /// Writes a launcher for `url` as `name` in `home`'s bin folder
-/// (atomically, 0755). Returns its path.
-pub fn install(home: &Home, url: &str, name: &str) -> anyhow::Result<PathBuf> {
+/// (atomically, 0755). A launcher of that name for another URL is replaced
+/// only when `replace` is set; a file there that is not a launcher never is.
+pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Result<Installed> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    anyhow::ensure!(
-        valid_name(name),
-        "{name:?} is not a valid command name (letters, digits, `.`, `_`, `-`)"
-    );
+    if let Some(reason) = refuse_name(name) {
+        anyhow::bail!(reason);
+    }
     crate::connect::Target::parse(url).map_err(|error| anyhow::anyhow!("{error}"))?;
     let dir = home.bin_dir();
     std::fs::DirBuilder::new().recursive(true).create(&dir)?;
     let path = dir.join(name);
+    let previous = match std::fs::symlink_metadata(&path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error.into()),
+        Ok(meta) if !meta.is_file() => anyhow::bail!(
+            "{} is there and is not a launcher: remove it or pick another --name",
+            path.display()
+        ),
+        Ok(_) => match load(&path) {
+            Ok(old) if old.url == url => return Ok(Installed::Unchanged(path)),
+            Ok(old) if !replace => anyhow::bail!(
+                "{name} is already installed, for {}: add --force to replace it, or pick another --name",
+                old.url
+            ),
+            Ok(old) => Some(Some(old.url)),
+            // A broken launcher (ours, by its first line) may be replaced.
+            Err(LauncherError::Invalid { .. }) if replace && starts_as_launcher(&path) => {
+                Some(None)
+            }
+            Err(error) => anyhow::bail!(
+                "{} is there and is not a launcher ({error}): remove it or pick another --name",
+                path.display()
+            ),
+        },
+    };
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
@@ -248,7 +317,39 @@ pub fn install(home: &Home, url: &str, name: &str) -> anyhow::Result<PathBuf> {
         let _ = std::fs::remove_file(&temp);
     }
     written?;
-    Ok(path)
+    Ok(match previous {
+        None => Installed::New(path),
+        Some(previous) => Installed::Replaced { path, previous },
+    })
+}
+
+fn starts_as_launcher(path: &Path) -> bool {
+    terminalwire_policy::read_own_file(path, MAX_LAUNCHER_LEN)
+        .ok()
+        .flatten()
+        .is_some_and(|text| text.lines().next().map(str::trim_end) == Some(SHEBANG))
+}
+
+/// Other programs named `name` on `PATH` (outside `bin_dir`): which one a
+/// user's shell runs depends on the order of `PATH`.
+pub fn shadowed(name: &str, bin_dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = Vec::new();
+    for folder in std::env::split_paths(&path) {
+        if folder == bin_dir || !folder.is_absolute() {
+            continue;
+        }
+        let program = folder.join(name);
+        let executable = std::fs::metadata(&program)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+        if executable && !found.contains(&program) {
+            found.push(program);
+        }
+    }
+    found
 }
 
 /// The installed launchers, sorted, each parsed or with its error.
@@ -326,11 +427,18 @@ pub fn exec_main(args: Vec<OsString>) -> u8 {
             }
         }
     }
+    let connect_timeout = match crate::cli::connect_timeout_from_env() {
+        Ok(timeout) => timeout,
+        Err(problem) => {
+            eprintln!("{}: {problem}", launcher.name);
+            return exit_code::USAGE;
+        }
+    };
     let invocation = crate::cli::Invocation {
         program_name: launcher.name.clone(),
         url: launcher.url,
         args: app_args,
-        connect_timeout: std::time::Duration::from_secs(10),
+        connect_timeout,
         ca_cert: std::env::var_os("TERMINALWIRE_CA_CERT").map(PathBuf::from),
         no_prompt: false,
         verbose: 0,
@@ -392,6 +500,22 @@ mod tests {
             default_name("ws://127.0.0.1:3000/tasks").as_deref(),
             Some("tasks")
         );
+        assert_eq!(
+            default_name("unix:/run/user/1000/terminalwire/hello.sock").as_deref(),
+            Some("hello")
+        );
+        // Nothing names these: the user is asked for --name.
+        for unnamed in [
+            "ws://127.0.0.1:3000/terminal",
+            "ws://[::1]:3000/",
+            "wss://example.com/terminalwire-exec",
+            "unix:/tmp/terminalwire.sock",
+        ] {
+            assert_eq!(default_name(unnamed), None, "{unnamed}");
+        }
+        for reserved in ["terminalwire", "terminalwire-exec"] {
+            assert!(refuse_name(reserved).is_some(), "{reserved}");
+        }
     }
 
     #[test]
@@ -399,7 +523,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path());
-        let path = install(&home, "ws://127.0.0.1:9/terminal", "demo").unwrap();
+        let path = install(&home, "ws://127.0.0.1:9/terminal", "demo", false)
+            .unwrap()
+            .path()
+            .to_path_buf();
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o755
@@ -413,7 +540,7 @@ mod tests {
             listed[1].1.as_ref().unwrap().url,
             "ws://127.0.0.1:9/terminal"
         );
-        assert!(install(&home, "ws://h/t", "../evil").is_err());
+        assert!(install(&home, "ws://h/t", "../evil", false).is_err());
         assert!(
             uninstall(&home, "broken").is_err(),
             "only launchers are removed"

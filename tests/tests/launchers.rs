@@ -116,3 +116,182 @@ async fn a_malformed_launcher_is_a_clear_error_naming_the_file() {
     assert_eq!(run.status, Some(1));
     assert!(!home.path().join("escape").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_keeps_the_clients_names_and_other_launchers_and_warns_of_shadowing() {
+    let home = tempfile::tempdir().unwrap();
+    let launchers = home.path().join("bin");
+    // The client's own names would loop (`terminalwire-exec` as its own
+    // interpreter) or hide the client.
+    for reserved in ["terminalwire-exec", "terminalwire"] {
+        let run = admin(
+            home.path(),
+            &["install", "ws://127.0.0.1:9/terminal", "--name", reserved],
+        )
+        .run()
+        .await;
+        assert_eq!(run.status, Some(1), "{reserved}: {}", run.stdout_text());
+        assert!(
+            run.stderr_text().contains("client's own program"),
+            "{}",
+            run.stderr_text()
+        );
+        assert!(!launchers.join(reserved).exists());
+    }
+    // An IP address names nothing.
+    let run = admin(home.path(), &["install", "ws://127.0.0.1:9/terminal"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(1));
+    assert!(
+        run.stderr_text().contains("--name"),
+        "{}",
+        run.stderr_text()
+    );
+
+    // A command of that name elsewhere on PATH: installed, with a warning.
+    let system = tempfile::tempdir().unwrap();
+    let other = system.path().join("notes");
+    std::fs::write(&other, "#!/bin/sh\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", system.path().display());
+    let install = |url: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec!["install", url, "--name", "notes"];
+        args.extend_from_slice(extra);
+        admin(home.path(), &args).env("PATH", &path).run()
+    };
+    let run = install("ws://127.0.0.1:9/terminal", &[]).await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text()
+            .contains(&format!("warning: {} is also a command", other.display())),
+        "{}",
+        run.stderr_text()
+    );
+    // Appended to PATH, so that system commands keep their names.
+    assert!(
+        run.stdout_text()
+            .contains(&format!("export PATH=\"$PATH:{}\"", launchers.display())),
+        "{}",
+        run.stdout_text()
+    );
+    let first = std::fs::read_to_string(launchers.join("notes")).unwrap();
+
+    // Again: nothing to do. Another URL: refused without --force.
+    let run = install("ws://127.0.0.1:9/terminal", &[]).await;
+    assert_eq!(run.status, Some(0));
+    assert!(
+        run.stdout_text().contains("notes is already installed"),
+        "{}",
+        run.stdout_text()
+    );
+    let run = install("ws://127.0.0.1:10/terminal", &[]).await;
+    assert_eq!(run.status, Some(1));
+    assert!(
+        run.stderr_text()
+            .contains("already installed, for ws://127.0.0.1:9/terminal: add --force"),
+        "{}",
+        run.stderr_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(launchers.join("notes")).unwrap(),
+        first
+    );
+    let run = install("ws://127.0.0.1:10/terminal", &["--force"]).await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert!(
+        run.stdout_text()
+            .contains("(it ran ws://127.0.0.1:9/terminal before)"),
+        "{}",
+        run.stdout_text()
+    );
+    assert!(
+        std::fs::read_to_string(launchers.join("notes"))
+            .unwrap()
+            .contains("ws://127.0.0.1:10/terminal")
+    );
+    // A file there that is not a launcher is never replaced.
+    std::fs::write(launchers.join("mine"), "#!/bin/sh\necho mine\n").unwrap();
+    let run = admin(
+        home.path(),
+        &["install", "ws://127.0.0.1:9/t", "--name", "mine", "--force"],
+    )
+    .run()
+    .await;
+    assert_eq!(run.status, Some(1));
+    assert!(
+        run.stderr_text().contains("is not a launcher"),
+        "{}",
+        run.stderr_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(launchers.join("mine")).unwrap(),
+        "#!/bin/sh\necho mine\n"
+    );
+    // A broken launcher is, with --force.
+    std::fs::write(
+        launchers.join("broken"),
+        "#!/usr/bin/env terminalwire-exec\nurl = nowhere\n",
+    )
+    .unwrap();
+    let run = admin(
+        home.path(),
+        &[
+            "install",
+            "ws://127.0.0.1:9/t",
+            "--name",
+            "broken",
+            "--force",
+        ],
+    )
+    .run()
+    .await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert!(
+        run.stdout_text()
+            .contains("(it ran a broken launcher before)"),
+        "{}",
+        run.stdout_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launcher_takes_its_connection_timeout_from_the_environment() {
+    // A server that accepts and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/terminal", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let run = admin(home.path(), &["install", &url, "--name", "silent"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    let launcher = home.path().join("bin/silent");
+    let with_timeout = |timeout: &str| {
+        Client::new(["x"])
+            .program(&launcher)
+            .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+            .env("TERMINALWIRE_CONNECT_TIMEOUT", timeout)
+            .run()
+    };
+    let run = with_timeout("0.25").await;
+    assert_ne!(run.status, Some(0));
+    assert!(
+        run.stderr_text().contains("timed out after 250ms"),
+        "{}",
+        run.stderr_text()
+    );
+    let run = with_timeout("soon").await;
+    assert_eq!(run.status, Some(2), "a usage error");
+    assert_eq!(
+        run.stderr_text(),
+        "silent: TERMINALWIRE_CONNECT_TIMEOUT=\"soon\" is not a positive number of seconds\n"
+    );
+    silent.abort();
+}

@@ -138,13 +138,14 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         invocation.program_name.clone(),
         invocation.args.clone(),
     )?;
+    let first_visit = FirstVisit::new(&target);
     let (resources, storage) = entitlements(&target, invocation.no_prompt)?;
     hello.storage = Some(storage.to_string_lossy().into_owned());
     let command = std::iter::once(invocation.program_name.clone())
         .chain(invocation.args.iter().cloned())
         .collect();
     let config = session_config(invocation.connect_timeout, resources);
-    connect_and_run(
+    let outcome = connect_and_run(
         &target,
         invocation.ca_cert.as_deref(),
         session::Start::Hello(Box::new(hello)),
@@ -152,7 +153,48 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         &config,
         None,
     )
-    .await
+    .await;
+    if let (Some(first_visit), Err(ClientError::Unavailable { .. })) = (first_visit, &outcome) {
+        first_visit.forget();
+    }
+    outcome
+}
+
+/// An authority met for the first time: its folder is made before
+/// dialing, and forgotten again when the server could not be reached, so
+/// that a mistyped URL leaves no authority behind.
+struct FirstVisit {
+    folder: std::path::PathBuf,
+    made: Vec<std::path::PathBuf>,
+}
+
+impl FirstVisit {
+    /// Some when `target`'s authority has no folder yet.
+    fn new(target: &connect::Target) -> Option<FirstVisit> {
+        use terminalwire_policy::{Authority, Home};
+        let home = Home::from_env().ok()?;
+        let authority = Authority::from_url(&target.url).ok()?;
+        let folder = home.authority_dir(&authority);
+        if std::fs::symlink_metadata(&folder).is_ok() {
+            return None;
+        }
+        Some(FirstVisit {
+            made: vec![
+                home.device_key_file(&authority),
+                home.storage_dir(&authority),
+            ],
+            folder,
+        })
+    }
+
+    /// Removes what the client made, and the folder if nothing else is
+    /// in it (nothing is removed that is not empty or not the client's).
+    fn forget(self) {
+        for made in &self.made {
+            let _ = std::fs::remove_file(made).or_else(|_| std::fs::remove_dir(made));
+        }
+        let _ = std::fs::remove_dir(&self.folder);
+    }
 }
 
 /// `terminalwire attach ID`: re-attaches to a detached session.
@@ -471,8 +513,10 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TERMINALWIRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a terminal: a log kept in a file stays plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

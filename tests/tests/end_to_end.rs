@@ -635,7 +635,12 @@ async fn a_refused_connection_is_unavailable() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let url = format!("ws://{addr}/terminal");
-    let run = Client::new([url.as_str(), "hello"]).run().await;
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_str().unwrap();
+    let run = Client::new([url.as_str(), "hello"])
+        .env("TERMINALWIRE_HOME", home_path)
+        .run()
+        .await;
     assert_eq!(run.status, Some(UNAVAILABLE), "{}", run.stderr_text());
     assert!(
         run.stderr_text()
@@ -643,6 +648,22 @@ async fn a_refused_connection_is_unavailable() {
         "{}",
         run.stderr_text()
     );
+    // A server never reached leaves no authority behind (a mistyped URL
+    // would show up in `entitlement list`)...
+    let folder = home.path().join(format!("authorities/{addr}"));
+    assert!(!folder.exists(), "{} was left", folder.display());
+    // ...but one the user set up keeps what it had.
+    let grant = Client::new(["entitlement", "grant", &addr.to_string(), "env", "LANG"])
+        .env("TERMINALWIRE_HOME", home_path)
+        .run()
+        .await;
+    assert_eq!(grant.status, Some(0), "{}", grant.stderr_text());
+    let run = Client::new([url.as_str(), "hello"])
+        .env("TERMINALWIRE_HOME", home_path)
+        .run()
+        .await;
+    assert_eq!(run.status, Some(UNAVAILABLE));
+    assert!(folder.join("policy.toml").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

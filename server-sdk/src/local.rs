@@ -67,10 +67,17 @@ impl LocalListener {
             }
             Err(error) => return Err(error),
         }
-        // A socket left by a previous run: replace it (never anything else).
+        // A socket left by a previous run: replace it (never anything else,
+        // nor a socket a running server still answers on).
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() && meta.uid() == uid {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("a server is already listening on {}", path.display()),
+                    ));
+                }
                 std::fs::remove_file(path)?;
             } else {
                 return Err(io::Error::new(
@@ -146,9 +153,20 @@ mod tests {
         drop(listener);
         assert!(!path.exists(), "the socket is removed on drop");
 
-        // A stale socket is replaced; a regular file is not.
-        let again = LocalListener::bind(&path).unwrap();
-        std::mem::forget(again);
+        // A socket a server still listens on is kept, and keeps working.
+        let live = LocalListener::bind(&path).unwrap();
+        let refused = LocalListener::bind(&path).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse, "{refused}");
+        assert!(
+            refused.to_string().contains("already listening"),
+            "{refused}"
+        );
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(live);
+        // A stale socket (its server gone, the file left) is replaced; a
+        // regular file is not.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
         assert!(LocalListener::bind(&path).is_ok());
         let file = dir.path().join("run/not-a-socket");
         std::fs::write(&file, "x").unwrap();

@@ -47,8 +47,8 @@ struct Args {
     /// Serve only to this user, on an owner-only Unix socket instead of TCP
     /// (default path: $XDG_RUNTIME_DIR/terminalwire/hello.sock). The first
     /// line is then `listening on unix:PATH`.
-    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["tls_cert", "tls_key", "tls_self_signed"])]
-    local: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", num_args = 0..=1, conflicts_with_all = ["tls_cert", "tls_key", "tls_self_signed"])]
+    local: Option<Option<PathBuf>>,
 }
 
 #[tokio::main]
@@ -91,10 +91,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(fingerprint = %identity.fingerprint(), file = %identity_file.display(), "server identity");
     let terminal = hello::terminal_with_identity(Some(identity));
     if let Some(path) = &args.local {
-        let path = if path.as_os_str().is_empty() {
-            terminalwire_server::local::default_socket_path("hello")
-        } else {
-            path.clone()
+        let path = match path {
+            Some(path) => path.clone(),
+            None => terminalwire_server::local::default_socket_path("hello"),
         };
         let listener = terminalwire_server::local::LocalListener::bind(&path)
             .with_context(|| format!("cannot listen on {}", path.display()))?;
@@ -179,4 +178,22 @@ fn announce(line: &str) {
     use std::io::Write;
     println!("{line}");
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_takes_an_optional_socket_path() {
+        let parse = |args: &[&str]| Args::try_parse_from(args.iter().copied());
+        assert_eq!(parse(&["hello"]).unwrap().local, None);
+        // Without a path: the default socket (clap refused it before).
+        assert_eq!(parse(&["hello", "--local"]).unwrap().local, Some(None));
+        assert_eq!(
+            parse(&["hello", "--local", "/run/h.sock"]).unwrap().local,
+            Some(Some(PathBuf::from("/run/h.sock")))
+        );
+        assert!(parse(&["hello", "--local", "--tls-self-signed", "d"]).is_err());
+    }
 }

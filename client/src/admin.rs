@@ -116,10 +116,12 @@ struct GrantArgs {
 #[derive(Debug, Subcommand)]
 enum GrantTarget {
     /// Paths matching a glob, e.g. '~/reports/**' (quote it for your shell).
+    /// Without an access flag, `grant` grants reading and `revoke` takes
+    /// the whole grant away.
     Path {
         /// An absolute or `~/` glob pattern.
         pattern: String,
-        /// Reading files, listing folders (the default).
+        /// Reading files, listing folders.
         #[arg(long, group = "access")]
         read: bool,
         /// Creating, writing, deleting, changing modes.
@@ -230,7 +232,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
         }
         AdminCommand::Entitlement(EntitlementCommand::Grant(args)) => {
             let authority = parse_authority(&args.authority)?;
-            let grant = parse_grant(args.what)?;
+            let grant = parse_grant(args.what, Access::Read)?;
             let path = home.policy_file(&authority);
             let mut policy = load(&path)?;
             let outcome = policy.grant(grant.clone());
@@ -242,11 +244,20 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 GrantOutcome::Updated => "updated",
                 GrantOutcome::Unchanged => "already granted",
             };
-            writeln!(out, "{authority}: {verb} {}", describe(&grant))?;
+            // What holds now: a grant of write over read is read-write.
+            let held = match &grant {
+                Grant::Path(asked) => policy
+                    .paths
+                    .iter()
+                    .find(|held| held.pattern == asked.pattern)
+                    .map_or_else(|| grant.clone(), |held| Grant::Path(held.clone())),
+                _ => grant.clone(),
+            };
+            writeln!(out, "{authority}: {verb} {}", describe(&held))?;
         }
         AdminCommand::Entitlement(EntitlementCommand::Revoke(args)) => {
             let authority = parse_authority(&args.authority)?;
-            let grant = parse_grant(args.what)?;
+            let grant = parse_grant(args.what, Access::ReadWrite)?;
             let path = home.policy_file(&authority);
             let mut policy = load(&path)?;
             if !policy.revoke(&grant) {
@@ -256,7 +267,24 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 );
             }
             policy.save(&path)?;
-            writeln!(out, "{authority}: revoked {}", describe(&grant))?;
+            match &grant {
+                Grant::Path(gone) => {
+                    let pattern = inert(gone.pattern.as_str());
+                    match policy
+                        .paths
+                        .iter()
+                        .find(|held| held.pattern == gone.pattern)
+                    {
+                        Some(left) => writeln!(
+                            out,
+                            "{authority}: revoked {} of path {pattern}; {} is still granted",
+                            gone.access, left.access
+                        )?,
+                        None => writeln!(out, "{authority}: revoked path {pattern}")?,
+                    }
+                }
+                _ => writeln!(out, "{authority}: revoked {}", describe(&grant))?,
+            }
         }
         AdminCommand::Entitlement(EntitlementCommand::Quota { authority, mib }) => {
             let authority = parse_authority(&authority)?;
@@ -515,7 +543,9 @@ fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Res
 pub fn grant_from_words(words: &[String]) -> Option<Grant> {
     let admin = Admin::try_parse_from(words).ok()?;
     match admin.command {
-        AdminCommand::Entitlement(EntitlementCommand::Grant(args)) => parse_grant(args.what).ok(),
+        AdminCommand::Entitlement(EntitlementCommand::Grant(args)) => {
+            parse_grant(args.what, Access::Read).ok()
+        }
         _ => None,
     }
 }
@@ -530,11 +560,13 @@ fn parse_authority(text: &str) -> anyhow::Result<Authority> {
     }
 }
 
-fn parse_grant(target: GrantTarget) -> anyhow::Result<Grant> {
+/// The grant the words name; a path's access is `unnamed` when no access
+/// flag is given.
+fn parse_grant(target: GrantTarget, unnamed: Access) -> anyhow::Result<Grant> {
     Ok(match target {
         GrantTarget::Path {
             pattern,
-            read: _,
+            read,
             write,
             read_write,
             mode,
@@ -543,8 +575,10 @@ fn parse_grant(target: GrantTarget) -> anyhow::Result<Grant> {
                 Access::ReadWrite
             } else if write {
                 Access::Write
-            } else {
+            } else if read {
                 Access::Read
+            } else {
+                unnamed
             };
             let mode = mode.as_deref().map(Mode::parse).transpose()?;
             Grant::Path(PathGrant {
@@ -674,6 +708,34 @@ mod tests {
         );
         assert!(!listing.contains("old-1"), "{listing}");
         assert!(!stale.exists(), "the expired record is removed");
+    }
+
+    #[test]
+    fn grants_report_what_holds_and_a_bare_revoke_takes_the_whole_path_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let run = |words: &str| admin(&home, &words.split(' ').collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            run("entitlement grant a.example path ~/docs/**"),
+            "a.example: granted path ~/docs/** (read)\n"
+        );
+        // Write over read: read-write holds, and is what is said.
+        assert_eq!(
+            run("entitlement grant a.example path ~/docs/** --write"),
+            "a.example: updated path ~/docs/** (read-write)\n"
+        );
+        assert_eq!(
+            run("entitlement revoke a.example path ~/docs/** --read"),
+            "a.example: revoked read of path ~/docs/**; write is still granted\n"
+        );
+        run("entitlement grant a.example path ~/docs/** --read");
+        // No access named: all of it goes.
+        assert_eq!(
+            run("entitlement revoke a.example path ~/docs/**"),
+            "a.example: revoked path ~/docs/**\n"
+        );
+        let listing = run("entitlement list a.example");
+        assert!(!listing.contains("~/docs"), "{listing}");
     }
 
     #[test]

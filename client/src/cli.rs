@@ -25,17 +25,23 @@ use crate::error::exit_code;
         Over TLS the server's certificate must be issued by a certificate authority this system \
         trusts (or, on a system without any, one of the Mozilla roots built into the client), \
         or by one in the --ca-cert file.",
-    after_help = "Administration: `terminalwire entitlement list|grant|revoke ...` and \
-        `terminalwire authority list|forget ...` manage what each server may do here \
-        (see `terminalwire entitlement --help`).\n\n\
-        Exit status: the remote command's status; 2 bad client arguments; \
-        65 unusable terminalwire home, policy or --ca-cert file; \
-        69 cannot connect (also: TLS certificate not trusted or not for this host); \
-        75 connection lost (and not resumed within the server's grace period), timed out \
-        or server shut down; 76 protocol error; 78 incompatible server; 141 stdout closed.\n\n\
-        A session survives a dropped connection: the client reconnects and resumes it. \
-        Ctrl-\\ detaches from a running command; `terminalwire sessions` lists detached \
-        sessions and `terminalwire attach ID` re-attaches."
+    after_help = "URLs: ws://, wss:// (TLS), http:// and https:// (mapped to them), and \
+        unix:/path/to/app.sock for a per-user server on this machine.\n\n\
+        Commands of the client itself (each has --help):\n  \
+        entitlement list|grant|revoke|quota   what each server may do here\n  \
+        authority list|forget|trust           the servers met, their pinned identities\n  \
+        install URL [--name NAME]             install an app as a command of its own\n  \
+        uninstall NAME, apps                  remove, list installed apps\n  \
+        audit [AUTHORITY] [--since 1h]        what servers asked for, allowed or denied\n  \
+        sessions, attach ID                   list, re-attach sessions (Ctrl-\\ detaches, exit 0)\n\n\
+        Exit status: the remote command's status; 1 the app's command failed, or a command of \
+        the client failed; 2 bad arguments; 65 unusable terminalwire home, policy or --ca-cert \
+        file; 69 cannot connect (also: TLS certificate not trusted or not for this host); \
+        70 internal error; 74 writing the output failed; 75 connection lost (and not resumed \
+        within the server's grace period), timed out or server shut down; 76 protocol error; \
+        77 the server's identity is not the pinned one; 78 incompatible server; \
+        129/143 SIGHUP/SIGTERM; 130 Ctrl-C; 141 stdout closed.\n\n\
+        A session survives a dropped connection: the client reconnects and resumes it."
 )]
 struct Options {
     #[command(flatten)]
@@ -177,6 +183,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
         own.push(arg);
     }
     let options: Options = parse_with(own)?;
+    if options.url == "help" && app_args.is_empty() {
+        let _ = <Options as clap::CommandFactory>::command().print_long_help();
+        return Err(ParseOutcome::Exit(0));
+    }
+    if let Some(problem) = not_a_url(&options.url) {
+        eprintln!("terminalwire: {problem}");
+        return Err(ParseOutcome::Exit(exit_code::USAGE));
+    }
     let mut args = Vec::with_capacity(app_args.len());
     for (index, arg) in app_args.into_iter().enumerate() {
         match arg.into_string() {
@@ -201,10 +215,36 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
     })
 }
 
+/// The words that run one of the client's own commands instead of an app.
+fn client_commands() -> impl Iterator<Item = &'static str> {
+    crate::admin::COMMANDS.iter().copied().chain(["attach"])
+}
+
+/// Why a bare word given where the URL goes is neither a URL nor a
+/// command (a mistyped command would otherwise be "an invalid URL").
+fn not_a_url(word: &str) -> Option<String> {
+    if word.contains([':', '/', '.']) {
+        return None;
+    }
+    let closest = client_commands()
+        .map(|command| (strsim::damerau_levenshtein(word, command), command))
+        .filter(|(distance, _)| *distance <= 2)
+        .min();
+    let hint = match closest {
+        Some((_, command)) => format!("; did you mean `terminalwire {command}`?"),
+        None => String::new(),
+    };
+    Some(format!(
+        "`{word}` is neither an app's URL (ws://, wss://, http://, https://, unix:) nor a command \
+         of the client{hint} (see `terminalwire --help`)"
+    ))
+}
+
 /// `terminalwire attach ID`: re-attach to a detached session.
 #[derive(Debug, Parser)]
 #[command(
     name = "terminalwire attach",
+    bin_name = "terminalwire attach",
     about = "Re-attach to a session you detached from (Ctrl-\\); `terminalwire sessions` lists them.",
     after_help = "Output the command wrote while detached is shown first. \
         Exit status: the command's, or 75 if the server no longer has the session."
@@ -331,6 +371,37 @@ mod tests {
         assert!(matches!(
             parse_attach(["terminalwire", "attach"].map(OsString::from)),
             Err(ParseOutcome::Exit(2))
+        ));
+    }
+
+    #[test]
+    fn a_word_that_is_no_url_is_a_usage_error_with_the_nearest_command() {
+        for word in ["entitelment", "instal", "atach"] {
+            let problem = not_a_url(word).unwrap();
+            assert!(problem.contains("nor a command"), "{problem}");
+            assert!(
+                problem.contains("did you mean `terminalwire "),
+                "{word}: {problem}"
+            );
+        }
+        assert!(
+            not_a_url("atach")
+                .unwrap()
+                .contains("`terminalwire attach`")
+        );
+        assert!(!not_a_url("frobnicate").unwrap().contains("did you mean"));
+        // Anything that could be a host or URL goes on to the URL parser,
+        // which says which scheme to add.
+        for url in ["localhost:3000", "example.com", "ws://h/t", "unix:/s"] {
+            assert_eq!(not_a_url(url), None, "{url}");
+        }
+        assert!(matches!(
+            parse(["terminalwire", "entitelment", "list"].map(OsString::from)),
+            Err(ParseOutcome::Exit(exit_code::USAGE))
+        ));
+        assert!(matches!(
+            parse(["terminalwire", "help"].map(OsString::from)),
+            Err(ParseOutcome::Exit(0))
         ));
     }
 }

@@ -63,6 +63,12 @@ impl Target {
         if let Some(path) = raw.strip_prefix("unix:") {
             return Target::unix(raw, path);
         }
+        if !raw.contains("://") {
+            return Err(bad(&format!(
+                "a URL starts with ws://, wss://, http://, https:// or unix: \
+                 (did you mean https://{raw}, or ws://{raw} on your own machine?)"
+            )));
+        }
         let mut url = Url::parse(raw).map_err(|error| bad(&error.to_string()))?;
         let scheme = match url.scheme() {
             "ws" | "http" => "ws",
@@ -499,5 +505,13 @@ mod tests {
         ] {
             assert!(Target::parse(url).is_err(), "{url} accepted");
         }
+        // A URL without its scheme: told which to add.
+        let missing = Target::parse("localhost:3000/terminal").unwrap_err();
+        assert!(
+            missing.to_string().contains(
+                "did you mean https://localhost:3000/terminal, or ws://localhost:3000/terminal"
+            ),
+            "{missing}"
+        );
     }
 }

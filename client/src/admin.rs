@@ -197,6 +197,8 @@ pub fn main(args: Vec<OsString>) -> u8 {
     let mut out = stdout.lock();
     match run(admin.command, &home, &mut out) {
         Ok(()) => 0,
+        // `terminalwire audit | head`: the reader has all it wanted.
+        Err(error) if is_broken_pipe(&error) => exit_code::BROKEN_PIPE,
         Err(error) => {
             let _ = out.flush();
             // A policy file or log may quote a server's path.
@@ -207,6 +209,14 @@ pub fn main(args: Vec<OsString>) -> u8 {
             exit_code::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Result<()> {

@@ -295,3 +295,25 @@ async fn a_launcher_takes_its_connection_timeout_from_the_environment() {
     );
     silent.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_whose_reader_has_gone_ends_quietly_like_sigpipe() {
+    let home = terminalwire_tests::process::ClientHome::new();
+    for index in 0..50 {
+        std::fs::create_dir_all(home.path().join(format!("authorities/host{index}.example")))
+            .unwrap();
+    }
+    let mut child = home.command(["authority", "list"]).spawn().unwrap();
+    // `terminalwire authority list | head -0`: the reader is gone before
+    // the first line.
+    drop(child.stdout.take());
+    let output = tokio::time::timeout(
+        terminalwire_tests::CLIENT_DEADLINE,
+        child.wait_with_output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(141));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}

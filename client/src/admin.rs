@@ -562,7 +562,13 @@ pub fn grant_from_words(words: &[String]) -> Option<Grant> {
 
 /// An authority typed as `host[:port]` or as a URL of it.
 fn parse_authority(text: &str) -> anyhow::Result<Authority> {
-    if text.contains("://") {
+    if text.starts_with("unix:") {
+        // A per-user server's socket: its authority is `local-` and a hash
+        // of the path, which nobody types.
+        let target =
+            crate::connect::Target::parse(text).map_err(|error| anyhow::anyhow!("{error}"))?;
+        Ok(Authority::parse(&target.authority)?)
+    } else if text.contains("://") {
         let url = url::Url::parse(text).with_context(|| format!("invalid URL {text:?}"))?;
         Ok(Authority::from_url(&url)?)
     } else {
@@ -718,6 +724,31 @@ mod tests {
         );
         assert!(!listing.contains("old-1"), "{listing}");
         assert!(!stale.exists(), "the expired record is removed");
+    }
+
+    #[test]
+    fn a_unix_socket_url_names_its_local_authority() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let out = admin(
+            &home,
+            &[
+                "entitlement",
+                "grant",
+                "unix:/run/user/1/app.sock",
+                "env",
+                "LANG",
+            ],
+        )
+        .unwrap();
+        let authority = crate::connect::Target::parse("unix:/run/user/1/app.sock")
+            .unwrap()
+            .authority;
+        assert!(authority.starts_with("local-"), "{authority}");
+        assert_eq!(out, format!("{authority}: granted env LANG\n"));
+        let listed = admin(&home, &["entitlement", "list", "unix:/run/user/1/app.sock"]).unwrap();
+        assert!(listed.contains("env      LANG"), "{listed}");
+        assert!(admin(&home, &["entitlement", "list", "unix:relative.sock"]).is_err());
     }
 
     #[test]

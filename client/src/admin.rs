@@ -264,6 +264,12 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 _ => grant.clone(),
             };
             writeln!(out, "{authority}: {verb} {}", describe(&held))?;
+            if let Grant::Path(path_grant) = &held {
+                let user_home = terminalwire_policy::home::user_home()?;
+                for warning in grant_warnings(path_grant, home.root(), &user_home) {
+                    eprintln!("terminalwire: warning: {warning}");
+                }
+            }
         }
         AdminCommand::Entitlement(EntitlementCommand::Revoke(args)) => {
             let authority = parse_authority(&args.authority)?;
@@ -576,6 +582,45 @@ fn parse_authority(text: &str) -> anyhow::Result<Authority> {
     }
 }
 
+/// What a path grant does that its user may not expect: it reaches into
+/// the terminalwire home, where no grant has any effect, or it gives the
+/// whole machine or the whole home folder away.
+fn grant_warnings(grant: &PathGrant, home_root: &Path, user_home: &Path) -> Vec<String> {
+    let expanded = grant.pattern.expand(user_home);
+    let literal: String = expanded
+        .chars()
+        .take_while(|c| !matches!(c, '*' | '?' | '[' | '{'))
+        .collect();
+    let wild = literal.len() < expanded.len();
+    // The folder the pattern starts from: the literal part up to its last `/`.
+    let base = match (wild, literal.rfind('/')) {
+        (false, _) => Path::new(&literal).to_path_buf(),
+        (true, Some(slash)) => Path::new(&literal[..slash.max(1)]).to_path_buf(),
+        (true, None) => Path::new("/").to_path_buf(),
+    };
+    let mut warnings = Vec::new();
+    if base.starts_with(home_root) {
+        warnings.push(format!(
+            "{} is the client's own folder: grants, launchers and each server's folders there \
+             stay refused whatever is granted (a server's storage/ needs no grant)",
+            home_root.display()
+        ));
+    }
+    let everything_under = wild && expanded.ends_with("/**");
+    if everything_under && base == Path::new("/") {
+        warnings.push(format!(
+            "this gives the server {} of every file you can reach on this machine",
+            grant.access
+        ));
+    } else if everything_under && base == user_home {
+        warnings.push(format!(
+            "this gives the server {} of your whole home folder (your keys in ~/.ssh included)",
+            grant.access
+        ));
+    }
+    warnings
+}
+
 /// The grant the words name; a path's access is `unnamed` when no access
 /// flag is given.
 fn parse_grant(target: GrantTarget, unnamed: Access) -> anyhow::Result<Grant> {
@@ -724,6 +769,38 @@ mod tests {
         );
         assert!(!listing.contains("old-1"), "{listing}");
         assert!(!stale.exists(), "the expired record is removed");
+    }
+
+    #[test]
+    fn grants_into_the_clients_folder_or_of_everything_are_warned_about() {
+        let warn = |pattern: &str| {
+            let grant = PathGrant {
+                pattern: PathPattern::parse(pattern).unwrap(),
+                access: Access::Read,
+                mode: None,
+            };
+            grant_warnings(
+                &grant,
+                Path::new("/home/u/.terminalwire"),
+                Path::new("/home/u"),
+            )
+        };
+        for pattern in ["~/.terminalwire/**", "~/.terminalwire/authorities/x/*.toml"] {
+            let warnings = warn(pattern);
+            assert_eq!(warnings.len(), 1, "{pattern}: {warnings:?}");
+            assert!(warnings[0].contains("client's own folder"), "{warnings:?}");
+        }
+        assert!(warn("/**")[0].contains("read of every file"));
+        assert!(warn("~/**")[0].contains("read of your whole home folder"));
+        for quiet in [
+            "~/docs/**",
+            "/tmp/*.txt",
+            "~/.terminal*",
+            "~/notes.txt",
+            "/home/**",
+        ] {
+            assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");
+        }
     }
 
     #[test]

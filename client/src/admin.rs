@@ -244,7 +244,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             let authority = parse_authority(&args.authority)?;
             let grant = parse_grant(args.what, Access::Read)?;
             let path = home.policy_file(&authority);
-            let mut policy = load(&path)?;
+            let mut policy = load(home, &path)?;
             let outcome = policy.grant(grant.clone());
             if outcome != GrantOutcome::Unchanged {
                 policy.save(&path)?;
@@ -275,7 +275,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             let authority = parse_authority(&args.authority)?;
             let grant = parse_grant(args.what, Access::ReadWrite)?;
             let path = home.policy_file(&authority);
-            let mut policy = load(&path)?;
+            let mut policy = load(home, &path)?;
             if !policy.revoke(&grant) {
                 bail!(
                     "{authority} has no grant of {}; see `terminalwire entitlement list {authority}`",
@@ -311,7 +311,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 )?),
             };
             let path = home.policy_file(&authority);
-            let mut policy = load(&path)?;
+            let mut policy = load(home, &path)?;
             if policy.storage_quota_mib != quota {
                 policy.storage_quota_mib = quota;
                 policy.save(&path)?;
@@ -501,14 +501,17 @@ fn parse_since(text: &str) -> anyhow::Result<std::time::SystemTime> {
     Ok(std::time::SystemTime::now() - ago)
 }
 
-fn load(path: &Path) -> anyhow::Result<Policy> {
+fn load(home: &Home, path: &Path) -> anyhow::Result<Policy> {
+    // Checked as a session checks it: grants another user could have
+    // written are neither shown as yours nor saved again as yours.
+    home.check_private(path, terminalwire_policy::Privacy::OwnerWrites)?;
     // A corrupt file is reported with its line, never silently replaced.
     Ok(Policy::load(path)?)
 }
 
 fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Result<()> {
     let path = home.policy_file(authority);
-    let policy = load(&path)?;
+    let policy = load(home, &path)?;
     writeln!(out, "{authority}   (grants in {})", path.display())?;
     let storage = home.storage_dir(authority);
     // As the quota counts it: bytes, plus a block per file or folder.
@@ -801,6 +804,26 @@ mod tests {
         ] {
             assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");
         }
+    }
+
+    #[test]
+    fn a_policy_file_others_may_write_is_refused_as_a_session_refuses_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        admin(&home, &["entitlement", "grant", "a.example", "env", "LANG"]).unwrap();
+        let file = home.policy_file(&Authority::parse("a.example").unwrap());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        for words in [
+            &["entitlement", "list", "a.example"][..],
+            &["entitlement", "grant", "a.example", "env", "TERM"],
+            &["entitlement", "revoke", "a.example", "env", "LANG"],
+        ] {
+            let refused = admin(&home, words).unwrap_err().to_string();
+            assert!(refused.contains(&file.display().to_string()), "{refused}");
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("LANG") && !text.contains("TERM"), "{text}");
     }
 
     #[test]

@@ -373,20 +373,32 @@ impl Resources {
     pub fn system_opener() -> Opener {
         Arc::new(|url: &str| match std::env::var_os("TERMINALWIRE_BROWSER") {
             Some(program) if !program.is_empty() => {
-                let status = std::process::Command::new(program)
+                // Its value is not the server's to read: only its name is said.
+                let named = "the program in TERMINALWIRE_BROWSER";
+                let status = std::process::Command::new(&program)
                     .arg(url)
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())
-                    .status()?;
+                    .status()
+                    .map_err(|error| {
+                        std::io::Error::new(error.kind(), format!("{named} cannot be run: {error}"))
+                    })?;
                 if status.success() {
                     Ok(())
                 } else {
-                    Err(std::io::Error::other(format!(
-                        "the browser command failed ({status})"
-                    )))
+                    Err(std::io::Error::other(format!("{named} failed ({status})")))
                 }
             }
-            _ => open::that_detached(url),
+            _ => open::that_detached(url).map_err(|error| {
+                // The opener's own words are a debug dump of a command line
+                // and a wait status: logged, and said plainly.
+                tracing::info!(%error, "the desktop's URL opener failed");
+                std::io::Error::new(
+                    error.kind(),
+                    "no browser could be started here (set TERMINALWIRE_BROWSER to a program \
+                     that opens a URL)",
+                )
+            }),
         })
     }
 

@@ -722,3 +722,21 @@ async fn the_clients_own_help_version_and_usage() {
     assert_eq!(run.status, Some(USAGE));
     assert!(run.stderr_text().contains("ftp"), "{}", run.stderr_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_cannot_start_is_said_plainly_without_its_path() {
+    let server = TestServer::hello().await;
+    let secret_place = "/nonexistent/private-tools/my-browser";
+    let run = Client::new([server.url().as_str(), "open"])
+        .env("TERMINALWIRE_BROWSER", secret_place)
+        .run()
+        .await;
+    assert_eq!(run.status, Some(1), "{}", run.stdout_text());
+    let said = run.stderr_text();
+    assert!(
+        said.contains("the program in TERMINALWIRE_BROWSER cannot be run"),
+        "{said}"
+    );
+    // The server wrote that message: the variable's value stays here.
+    assert!(!said.contains("private-tools"), "{said}");
+}

@@ -84,6 +84,40 @@ impl StreamInfo {
     }
 }
 
+impl std::fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StreamKind::Tty => "a terminal",
+            StreamKind::Pipe => "a pipe",
+            StreamKind::File => "a file",
+            StreamKind::Null => "/dev/null",
+            StreamKind::Other => "something else",
+        })
+    }
+}
+
+impl std::fmt::Display for ColorLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ColorLevel::None => "no colour",
+            ColorLevel::Ansi16 => "16 colours",
+            ColorLevel::Ansi256 => "256 colours",
+            ColorLevel::Truecolor => "24-bit colour",
+        })
+    }
+}
+
+/// For people: `a terminal, 80x24, 24-bit colour`, `a pipe, no colour`.
+impl std::fmt::Display for StreamInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some((columns, rows)) = self.size {
+            write!(f, ", {columns}x{rows}")?;
+        }
+        write!(f, ", {}", self.color)
+    }
+}
+
 /// The client's terminal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -546,5 +580,26 @@ impl Output {
             0 => &self.ctx.info.terminal.stdout,
             _ => &self.ctx.info.terminal.stderr,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_reads_as_words() {
+        let terminal = StreamInfo {
+            kind: StreamKind::Tty,
+            size: Some((80, 24)),
+            color: ColorLevel::Truecolor,
+        };
+        assert_eq!(terminal.to_string(), "a terminal, 80x24, 24-bit colour");
+        let pipe = StreamInfo {
+            kind: StreamKind::Pipe,
+            size: None,
+            color: ColorLevel::None,
+        };
+        assert_eq!(pipe.to_string(), "a pipe, no colour");
     }
 }

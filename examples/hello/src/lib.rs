@@ -213,11 +213,8 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
             .await?;
             out.println(format!("authority: {}", client.authority))
                 .await?;
-            out.println(format!(
-                "stdout:    {:?} {:?} colour {:?}",
-                terminal.stdout.kind, terminal.stdout.size, terminal.stdout.color
-            ))
-            .await?;
+            out.println(format!("stdout:    {}", terminal.stdout))
+                .await?;
             out.println(format!(
                 "term:      {}",
                 terminal.term.as_deref().unwrap_or("(unset)")
@@ -299,7 +296,11 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
                 Some((cols, rows)) => format!("{cols} columns x {rows} rows"),
                 None => "not a terminal".to_owned(),
             };
-            out.println(show(ctx.terminal_size())).await?;
+            let Some(size) = ctx.terminal_size() else {
+                // Nothing will ever be resized: say so and end.
+                anyhow::bail!("your output is not a terminal: it has no size");
+            };
+            out.println(show(Some(size))).await?;
             loop {
                 tokio::select! {
                     size = ctx.resized() => out.println(show(size)).await?,

@@ -247,13 +247,22 @@ pub async fn attach(invocation: cli::Attach) -> Result<u8, ClientError> {
             outcome
         }
         // No answer (the network, the server down): the record is kept.
-        Err(error) if saved.path.exists() => Err(match error {
-            ClientError::ConnectionLost(reason) => ClientError::ConnectionLost(format!(
-                "{reason}; the session is still saved: try `terminalwire attach {}` again",
+        Err(error) if saved.path.exists() => {
+            let again = format!(
+                "the session is still saved: try `terminalwire attach {}` again",
                 invocation.id
-            )),
-            other => other,
-        }),
+            );
+            Err(match error {
+                ClientError::ConnectionLost(reason) => {
+                    ClientError::ConnectionLost(format!("{reason}; {again}"))
+                }
+                ClientError::Unavailable { target, reason } => ClientError::Unavailable {
+                    target,
+                    reason: format!("{reason}; {again} once the server is back"),
+                },
+                other => other,
+            })
+        }
         other => other,
     }
 }

@@ -246,6 +246,21 @@ async fn an_attach_that_loses_its_connection_before_any_answer_keeps_the_record(
         run.status,
         run.stderr_text()
     );
+    // The server down: the record is kept, and the user told so.
+    drop(server);
+    let run = Client::new(["attach", "x-1"])
+        .env("TERMINALWIRE_HOME", &home_text)
+        .run()
+        .await;
+    assert_eq!(run.status, Some(69), "stderr: {}", run.stderr_text());
+    assert!(
+        run.stderr_text().contains(
+            "the session is still saved: try `terminalwire attach x-1` again once the server is back"
+        ),
+        "{}",
+        run.stderr_text()
+    );
+    assert!(path.exists());
 }
 
 /// A detached record holds the unacknowledged frames; after `detached` the

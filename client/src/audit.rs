@@ -3,6 +3,13 @@
 //! `authorities/<authority>/audit.log`. The log is bounded: past
 //! [`MAX_LOG_BYTES`] it is rotated to `audit.log.1` (one old file kept).
 //! Clients of the same authority rotate it under a lock (`audit.log.lock`).
+//!
+//! A server could push the history of its earlier sessions out of that
+//! bound with a flood of cheap requests. So each session writes at most
+//! [`SESSION_BUDGET_BYTES`] of lines one by one; past that its requests are
+//! counted, and summed up per resource, action and decision when the
+//! session ends ([`AuditLog::finish`]). Sessions are started by the user,
+//! never by the server: the log keeps the last few whatever they did.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -15,6 +22,10 @@ use serde::{Deserialize, Serialize};
 
 /// Size at which the log is rotated.
 pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
+
+/// Lines one session writes one by one, at most: an eighth of what the
+/// log and its rotated file keep.
+pub const SESSION_BUDGET_BYTES: u64 = MAX_LOG_BYTES / 4;
 
 /// Most bytes `terminalwire audit` reads of each file: a log is rotated
 /// near [`MAX_LOG_BYTES`], so more means it is not the client's log.
@@ -58,11 +69,27 @@ struct EntryRef<'a> {
 pub struct AuditLog {
     path: PathBuf,
     session: Arc<OnceLock<String>>,
+    /// What this session wrote, and what it counted past its budget.
+    tally: Arc<Mutex<Tally>>,
+    budget: u64,
     lock: Arc<Mutex<()>>,
     /// The last wait for the lock timed out: until it is had again, it is
     /// only tried, not waited for (a stopped client holding it must not
     /// slow every batch by the wait).
     lock_timed_out: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Requests of a session past its budget, by what they were.
+#[derive(Debug, Default)]
+struct Tally {
+    written: u64,
+    counted: std::collections::BTreeMap<(&'static str, &'static str, String), Counted>,
+}
+
+#[derive(Debug, Default)]
+struct Counted {
+    requests: u64,
+    bytes: Option<u64>,
 }
 
 impl AuditLog {
@@ -71,8 +98,46 @@ impl AuditLog {
         AuditLog {
             path,
             session: Arc::default(),
+            tally: Arc::default(),
+            budget: SESSION_BUDGET_BYTES,
             lock: Arc::default(),
             lock_timed_out: Arc::default(),
+        }
+    }
+
+    /// Writes the sums of what the session counted past its budget, one
+    /// line per resource, action and decision. Called at the end of the
+    /// session; again, it writes only what was counted since.
+    pub fn finish(&self) {
+        let counted = std::mem::take(
+            &mut self
+                .tally
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .counted,
+        );
+        if counted.is_empty() {
+            return;
+        }
+        let time = SystemTime::now();
+        let sums: Vec<Record> = counted
+            .into_iter()
+            .map(|((resource, action, decision), counted)| Record {
+                time,
+                resource,
+                action,
+                target: format!(
+                    "({} more requests of this session: counted, not logged one by one)",
+                    counted.requests
+                ),
+                decision: Cow::Owned(decision),
+                bytes: counted.bytes,
+            })
+            .collect();
+        let session = self.session.get().map_or("", String::as_str);
+        let lines = encode(session, &sums);
+        if let Err(error) = self.append(&lines) {
+            tracing::warn!(%error, path = %self.path.display(), "cannot write the audit log");
         }
     }
 
@@ -110,24 +175,41 @@ impl AuditLog {
         let session = self.session.get().map_or("", String::as_str);
         let mut lines = Vec::with_capacity(records.len() * 192);
         let mut time = String::with_capacity(32);
+        let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         for record in records {
-            time.clear();
-            let _ = write!(time, "{}", humantime::format_rfc3339_millis(record.time));
-            // Borrowed: a busy session writes thousands of lines a second.
-            let entry = EntryRef {
-                time: &time,
-                session,
-                resource: record.resource,
-                action: record.action,
-                target: &record.target,
-                decision: &record.decision,
-                bytes: record.bytes,
-            };
-            if let Err(error) = serde_json::to_writer(&mut lines, &entry) {
-                tracing::warn!(%error, "cannot encode an audit entry");
+            if tally.written >= self.budget {
+                if tally.counted.is_empty() {
+                    let notice = Record {
+                        time: record.time,
+                        resource: "audit",
+                        action: "budget",
+                        target: format!(
+                            "this session wrote {} bytes of entries: its further requests \
+                             are counted and summed up when it ends",
+                            tally.written
+                        ),
+                        decision: Cow::Borrowed("counted"),
+                        bytes: None,
+                    };
+                    encode_into(&mut lines, &mut time, session, &notice);
+                }
+                let counted = tally
+                    .counted
+                    .entry((record.resource, record.action, record.decision.to_string()))
+                    .or_default();
+                counted.requests += 1;
+                if let Some(bytes) = record.bytes {
+                    counted.bytes = Some(counted.bytes.unwrap_or(0).saturating_add(bytes));
+                }
                 continue;
             }
-            lines.push(b'\n');
+            let before = lines.len();
+            encode_into(&mut lines, &mut time, session, record);
+            tally.written += (lines.len() - before) as u64;
+        }
+        drop(tally);
+        if lines.is_empty() {
+            return;
         }
         if let Err(error) = self.append(&lines) {
             tracing::warn!(%error, path = %self.path.display(), "cannot write the audit log");
@@ -165,6 +247,39 @@ impl AuditLog {
         // One write of whole lines: concurrent clients never interleave a line.
         file.write_all(lines)
     }
+}
+
+/// The JSON lines of `records`.
+fn encode(session: &str, records: &[Record]) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(records.len() * 192);
+    let mut time = String::with_capacity(32);
+    for record in records {
+        encode_into(&mut lines, &mut time, session, record);
+    }
+    lines
+}
+
+/// Appends the JSON line of `record` to `lines`; `time` is scratch space.
+fn encode_into(lines: &mut Vec<u8>, time: &mut String, session: &str, record: &Record) {
+    time.clear();
+    let _ = write!(time, "{}", humantime::format_rfc3339_millis(record.time));
+    // Borrowed: a busy session writes thousands of lines a second.
+    let entry = EntryRef {
+        time,
+        session,
+        resource: record.resource,
+        action: record.action,
+        target: &record.target,
+        decision: &record.decision,
+        bytes: record.bytes,
+    };
+    let before = lines.len();
+    if let Err(error) = serde_json::to_writer(&mut *lines, &entry) {
+        tracing::warn!(%error, "cannot encode an audit entry");
+        lines.truncate(before);
+        return;
+    }
+    lines.push(b'\n');
 }
 
 /// An action to audit, timed when it happened (it may be written later).
@@ -293,6 +408,78 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn a_flood_past_the_sessions_budget_is_counted_not_logged_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // An earlier session's entry, which the flood must not push out.
+        let earlier = AuditLog::new(path.clone());
+        earlier.set_session("earlier");
+        earlier.record("path", "file_read", "~/secret", "allowed", Some(9));
+        let mut log = AuditLog::new(path.clone());
+        log.budget = 10 * 1024;
+        log.set_session("flood");
+        let flood: Vec<Record> = (0..5000)
+            .map(|index| Record {
+                time: SystemTime::now(),
+                resource: "path",
+                action: if index % 2 == 0 {
+                    "file_read"
+                } else {
+                    "file_exists"
+                },
+                target: format!("~/f{index}"),
+                decision: Cow::Borrowed(if index % 5 == 0 { "denied" } else { "allowed" }),
+                bytes: (index % 2 == 0).then_some(10),
+            })
+            .collect();
+        for batch in flood.chunks(256) {
+            log.record_all(batch);
+        }
+        let logged = std::fs::metadata(&path).unwrap().len();
+        assert!(logged < 12 * 1024, "{logged} bytes logged");
+        log.finish();
+        let entries = read(&path, None).unwrap();
+        assert_eq!(entries[0].target, "~/secret");
+        assert!(
+            entries
+                .iter()
+                .any(|entry| entry.action == "budget" && entry.decision == "counted"),
+            "the log says why entries stop"
+        );
+        // Every request is accounted for: one by one, or in a sum.
+        let one_by_one = entries
+            .iter()
+            .filter(|entry| entry.session == "flood" && entry.target.starts_with("~/f"))
+            .count() as u64;
+        let sums: Vec<&Entry> = entries
+            .iter()
+            .filter(|entry| entry.target.contains("counted, not logged one by one"))
+            .collect();
+        assert_eq!(sums.len(), 4, "read/exists x allowed/denied: {sums:?}");
+        let counted: u64 = sums
+            .iter()
+            .map(|entry| {
+                entry.target[1..]
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(one_by_one + counted, 5000);
+        let read_bytes: u64 = entries
+            .iter()
+            .filter(|entry| entry.session == "flood" && entry.action == "file_read")
+            .filter_map(|entry| entry.bytes)
+            .sum();
+        assert_eq!(read_bytes, 2500 * 10);
+        // Finishing again adds nothing.
+        log.finish();
+        assert_eq!(read(&path, None).unwrap().len(), entries.len());
     }
 
     #[test]

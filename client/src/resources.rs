@@ -349,6 +349,7 @@ impl Resources {
         self.progress.clear();
         if let Some(audit) = &self.audit {
             audit.flush();
+            audit.log.finish();
         }
     }
 

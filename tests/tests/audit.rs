@@ -67,3 +67,77 @@ async fn every_resource_request_is_logged_with_its_decision() {
         .await;
     assert_eq!(bad.status, Some(1));
 }
+
+/// A server floods the log to push an earlier session's entries out of it:
+/// past its budget a session's requests are counted, and summed up when it
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_session_cannot_push_earlier_sessions_out_of_the_log() {
+    use terminalwire_server::{Context, Terminal};
+    let flood = Terminal::new(|ctx: Context| async move {
+        let count: usize = ctx.args()[0].parse().unwrap();
+        let files = ctx.file();
+        for index in 0..count {
+            // About 250 bytes of log each: 12 000 make 3 MiB, more than
+            // the log and its rotated file keep.
+            let path = format!("~/no-such-file-{index:0>100}");
+            let _ = files.exists(&path).await;
+        }
+    });
+    let server = TestServer::with_terminal(flood).await;
+    let home = tempfile::tempdir().unwrap();
+    let home_text = home.path().to_str().unwrap();
+    let run = |count: &str| {
+        Client::new([server.url().as_str(), count])
+            .env("TERMINALWIRE_HOME", home_text)
+            .env("TERMINALWIRE_NO_PROMPT", "1")
+            .run()
+    };
+    let earlier = run("1").await;
+    assert_eq!(earlier.status, Some(0), "{}", earlier.stderr_text());
+    let flood = run("12000").await;
+    assert_eq!(flood.status, Some(0), "{}", flood.stderr_text());
+    let audit = Client::new(["audit", "--json"])
+        .env("TERMINALWIRE_HOME", home_text)
+        .run()
+        .await;
+    let entries: Vec<serde_json::Value> = audit
+        .stdout_text()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let first_session = entries[0]["session"].clone();
+    assert!(
+        entries[0]["target"]
+            .as_str()
+            .unwrap()
+            .ends_with("no-such-file-0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
+        "the earlier session's entry is still first: {:?}",
+        entries[0]
+    );
+    let flooding: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|entry| entry["session"] != first_session)
+        .collect();
+    let one_by_one = flooding
+        .iter()
+        .filter(|entry| entry["action"] == "file_exists" && entry["decision"] == "denied")
+        .filter(|entry| !entry["target"].as_str().unwrap().contains("counted"))
+        .count();
+    let sum = flooding
+        .iter()
+        .find(|entry| {
+            entry["target"]
+                .as_str()
+                .unwrap()
+                .contains("counted, not logged one by one")
+        })
+        .unwrap_or_else(|| panic!("no sum among {} entries", flooding.len()));
+    let counted: usize = sum["target"].as_str().unwrap()[1..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(one_by_one + counted, 12000, "{sum}");
+}

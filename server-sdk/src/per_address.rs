@@ -2,19 +2,30 @@
 //! handshakes), so that one address cannot take every slot.
 //!
 //! An IPv6 client is counted by its /64 network: a single host commonly has
-//! the whole /64, 2^64 addresses to spread connections over.
+//! the whole /64, 2^64 addresses to spread connections over. A home or an
+//! office is commonly given a /56 or a /48, so many /64s: their /56 may
+//! also hold at most [`SITE_56_FACTOR`] times the limit, and their /48
+//! [`SITE_48_FACTOR`] times (a whole /48 then takes at most that share of
+//! the server, not all of it).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// What each address (IPv6: each /64) holds.
+/// How many times an address's limit the /56 around an IPv6 client holds.
+pub(crate) const SITE_56_FACTOR: usize = 4;
+/// How many times an address's limit the /48 around an IPv6 client holds.
+pub(crate) const SITE_48_FACTOR: usize = 16;
+
+/// What each address (IPv6: each /64, and each /56 and /48) holds.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PerAddress(Arc<Mutex<Counts>>);
 
 #[derive(Debug, Default)]
 struct Counts {
     by_group: HashMap<IpAddr, usize>,
+    /// IPv6 networks larger than a /64, by prefix length and network.
+    by_site: HashMap<(u8, IpAddr), usize>,
     /// The sum of `by_group`.
     total: usize,
 }
@@ -24,6 +35,22 @@ struct Counts {
 pub(crate) struct AddressSlot {
     counts: PerAddress,
     group: IpAddr,
+    sites: Vec<(u8, IpAddr)>,
+}
+
+/// The networks around an IPv6 client that are counted too, each with the
+/// factor of the limit it may hold.
+fn sites(group: IpAddr) -> Vec<((u8, IpAddr), usize)> {
+    let IpAddr::V6(v6) = group else {
+        return Vec::new();
+    };
+    [(56u8, SITE_56_FACTOR), (48, SITE_48_FACTOR)]
+        .into_iter()
+        .map(|(prefix, factor)| {
+            let network = u128::from(v6) & !((1u128 << (128 - prefix)) - 1);
+            ((prefix, IpAddr::V6(network.into())), factor)
+        })
+        .collect()
 }
 
 /// The address `ip` is counted as: an IPv4 address (also written as
@@ -45,16 +72,26 @@ impl PerAddress {
     /// A place for `ip`, unless its group already holds `limit`.
     pub(crate) fn take(&self, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
         let group = address_group(ip);
+        let sites = sites(group);
         let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.by_group.entry(group).or_insert(0);
-        if *count >= limit {
+        if counts.by_group.get(&group).copied().unwrap_or(0) >= limit {
             return None;
         }
-        *count += 1;
+        let site_full = sites.iter().any(|(site, factor)| {
+            counts.by_site.get(site).copied().unwrap_or(0) >= limit.saturating_mul(*factor)
+        });
+        if site_full {
+            return None;
+        }
+        *counts.by_group.entry(group).or_insert(0) += 1;
+        for (site, _) in &sites {
+            *counts.by_site.entry(*site).or_insert(0) += 1;
+        }
         counts.total += 1;
         Some(AddressSlot {
             counts: self.clone(),
             group,
+            sites: sites.into_iter().map(|(site, _)| site).collect(),
         })
     }
 
@@ -90,6 +127,14 @@ impl Drop for AddressSlot {
             counts.total -= 1;
             if *count == 0 {
                 counts.by_group.remove(&self.group);
+            }
+        }
+        for site in &self.sites {
+            if let Some(count) = counts.by_site.get_mut(site) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.by_site.remove(site);
+                }
             }
         }
     }
@@ -138,5 +183,32 @@ mod tests {
         let _v4 = counts.take(v4, 1).unwrap();
         let mapped = IpAddr::from(std::net::Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
         assert!(counts.take(mapped, 1).is_none());
+    }
+
+    #[test]
+    fn the_56_and_48_around_ipv6_clients_hold_a_bounded_share() {
+        let counts = PerAddress::default();
+        // One address per /64, all in 2001:db8:0:0::/56.
+        let in_56 = |net: u16| IpAddr::from([0x2001, 0xdb8, 0, net, 0, 0, 0, 1]);
+        let held: Vec<AddressSlot> = (0..8).map(|n| counts.take(in_56(n), 2).unwrap()).collect();
+        assert_eq!(held.len(), 2 * SITE_56_FACTOR);
+        assert!(counts.take(in_56(9), 2).is_none(), "the /56 is full");
+        // The next /56 of the same /48 is not, until the /48 is.
+        let in_48 = |net: u16| IpAddr::from([0x2001, 0xdb8, 0, net << 8, 0, 0, 0, 1]);
+        let more: Vec<AddressSlot> = (1..32).filter_map(|n| counts.take(in_48(n), 2)).collect();
+        assert_eq!(held.len() + more.len(), 2 * SITE_48_FACTOR);
+        assert!(counts.take(in_48(40), 2).is_none(), "the /48 is full");
+        assert!(
+            counts
+                .take(IpAddr::from([0x2001, 0xdb9, 0, 0, 0, 0, 0, 1]), 2)
+                .is_some(),
+            "another /48 is another site"
+        );
+        drop(held);
+        assert!(counts.take(in_56(9), 2).is_some(), "freed with the slots");
+        drop(more);
+        let counted = counts.0.lock().unwrap();
+        assert!(counted.by_site.is_empty(), "{:?}", counted.by_site);
+        assert_eq!(counted.total, 0);
     }
 }

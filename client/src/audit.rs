@@ -5,11 +5,15 @@
 //! Clients of the same authority rotate it under a lock (`audit.log.lock`).
 //!
 //! A server could push the history of its earlier sessions out of that
-//! bound with a flood of cheap requests. So each session writes at most
-//! [`SESSION_BUDGET_BYTES`] of lines one by one; past that its requests are
-//! counted, and summed up per resource, action and decision when the
-//! session ends ([`AuditLog::finish`]). Sessions are started by the user,
-//! never by the server: the log keeps the last few whatever they did.
+//! bound with a flood of cheap requests. So each session writes a bounded
+//! amount of lines one by one, in two budgets: [`SESSION_BUDGET_BYTES`] for
+//! what moves nothing (existence checks, listings, metadata), what stays in
+//! the server's own storage, and denials; [`SIGNIFICANT_BUDGET_BYTES`] for
+//! what reads or changes the user's files, environment or browser (a flood
+//! of the first kind cannot hide one of these). Past its budget, a kind of
+//! request is counted, and summed up per resource, action and decision when
+//! the session ends ([`AuditLog::finish`]). Sessions are started by the
+//! user, never by the server: the log keeps the last few whatever they did.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -23,9 +27,14 @@ use serde::{Deserialize, Serialize};
 /// Size at which the log is rotated.
 pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 
-/// Lines one session writes one by one, at most: an eighth of what the
-/// log and its rotated file keep.
+/// Lines of requests that move nothing, stay in storage or are denied
+/// that one session writes one by one, at most.
 pub const SESSION_BUDGET_BYTES: u64 = MAX_LOG_BYTES / 4;
+
+/// Lines of requests that read or change the user's files, environment or
+/// browser that one session writes one by one, at most. With the other
+/// budget, under half of what the log and its rotated file keep.
+pub const SIGNIFICANT_BUDGET_BYTES: u64 = MAX_LOG_BYTES / 2;
 
 /// Most bytes `terminalwire audit` reads of each file: a log is rotated
 /// near [`MAX_LOG_BYTES`], so more means it is not the client's log.
@@ -69,9 +78,11 @@ struct EntryRef<'a> {
 pub struct AuditLog {
     path: PathBuf,
     session: Arc<OnceLock<String>>,
-    /// What this session wrote, and what it counted past its budget.
+    /// What this session wrote, and what it counted past its budgets.
     tally: Arc<Mutex<Tally>>,
-    budget: u64,
+    /// The budgets of requests that are not [`Record::significant`], and
+    /// of those that are.
+    budgets: [u64; 2],
     lock: Arc<Mutex<()>>,
     /// The last wait for the lock timed out: until it is had again, it is
     /// only tried, not waited for (a stopped client holding it must not
@@ -82,8 +93,15 @@ pub struct AuditLog {
 /// Requests of a session past its budget, by what they were.
 #[derive(Debug, Default)]
 struct Tally {
-    written: u64,
-    counted: std::collections::BTreeMap<(&'static str, &'static str, String), Counted>,
+    /// Bytes written of requests that are not significant, and of those
+    /// that are.
+    written: [u64; 2],
+    /// Requests past their budget, by kind, resource, action and decision.
+    counted: std::collections::BTreeMap<(bool, &'static str, &'static str, String), Counted>,
+    /// Whether the log said that a kind's budget is spent.
+    said: [bool; 2],
+    /// The session is over: late records are written one by one.
+    finished: bool,
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +117,7 @@ impl AuditLog {
             path,
             session: Arc::default(),
             tally: Arc::default(),
-            budget: SESSION_BUDGET_BYTES,
+            budgets: [SESSION_BUDGET_BYTES, SIGNIFICANT_BUDGET_BYTES],
             lock: Arc::default(),
             lock_timed_out: Arc::default(),
         }
@@ -109,20 +127,18 @@ impl AuditLog {
     /// line per resource, action and decision. Called at the end of the
     /// session; again, it writes only what was counted since.
     pub fn finish(&self) {
-        let counted = std::mem::take(
-            &mut self
-                .tally
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .counted,
-        );
+        let counted = {
+            let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+            tally.finished = true;
+            std::mem::take(&mut tally.counted)
+        };
         if counted.is_empty() {
             return;
         }
         let time = SystemTime::now();
         let sums: Vec<Record> = counted
             .into_iter()
-            .map(|((resource, action, decision), counted)| Record {
+            .map(|((_, resource, action, decision), counted)| Record {
                 time,
                 resource,
                 action,
@@ -132,6 +148,7 @@ impl AuditLog {
                 ),
                 decision: Cow::Owned(decision),
                 bytes: counted.bytes,
+                significant: false,
             })
             .collect();
         let session = self.session.get().map_or("", String::as_str);
@@ -162,6 +179,7 @@ impl AuditLog {
             target: target.to_owned(),
             decision: Cow::Owned(decision.to_owned()),
             bytes,
+            significant: false,
         }]);
     }
 
@@ -177,25 +195,38 @@ impl AuditLog {
         let mut time = String::with_capacity(32);
         let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         for record in records {
-            if tally.written >= self.budget {
-                if tally.counted.is_empty() {
+            let kind = usize::from(record.significant);
+            if tally.written[kind] >= self.budgets[kind] && !tally.finished {
+                if !tally.said[kind] {
+                    tally.said[kind] = true;
                     let notice = Record {
                         time: record.time,
                         resource: "audit",
                         action: "budget",
                         target: format!(
-                            "this session wrote {} bytes of entries: its further requests \
+                            "this session wrote {} bytes of entries of {}: its further ones \
                              are counted and summed up when it ends",
-                            tally.written
+                            tally.written[kind],
+                            if record.significant {
+                                "requests that read or change your files, environment or browser"
+                            } else {
+                                "requests that move nothing, stay in its storage or are denied"
+                            }
                         ),
                         decision: Cow::Borrowed("counted"),
                         bytes: None,
+                        significant: false,
                     };
                     encode_into(&mut lines, &mut time, session, &notice);
                 }
                 let counted = tally
                     .counted
-                    .entry((record.resource, record.action, record.decision.to_string()))
+                    .entry((
+                        record.significant,
+                        record.resource,
+                        record.action,
+                        record.decision.to_string(),
+                    ))
                     .or_default();
                 counted.requests += 1;
                 if let Some(bytes) = record.bytes {
@@ -205,7 +236,7 @@ impl AuditLog {
             }
             let before = lines.len();
             encode_into(&mut lines, &mut time, session, record);
-            tally.written += (lines.len() - before) as u64;
+            tally.written[kind] = tally.written[kind].saturating_add((lines.len() - before) as u64);
         }
         drop(tally);
         if lines.is_empty() {
@@ -297,6 +328,10 @@ pub struct Record {
     pub decision: Cow<'static, str>,
     /// Bytes moved, when any.
     pub bytes: Option<u64>,
+    /// Whether it read or changed the user's files (outside the server's
+    /// storage), environment or browser: such requests have a budget of
+    /// their own ([`SIGNIFICANT_BUDGET_BYTES`]).
+    pub significant: bool,
 }
 
 /// How long a client waits for another to finish with the log before it
@@ -419,7 +454,7 @@ mod tests {
         earlier.set_session("earlier");
         earlier.record("path", "file_read", "~/secret", "allowed", Some(9));
         let mut log = AuditLog::new(path.clone());
-        log.budget = 10 * 1024;
+        log.budgets = [10 * 1024, 4 * 1024];
         log.set_session("flood");
         let flood: Vec<Record> = (0..5000)
             .map(|index| Record {
@@ -433,6 +468,7 @@ mod tests {
                 target: format!("~/f{index}"),
                 decision: Cow::Borrowed(if index % 5 == 0 { "denied" } else { "allowed" }),
                 bytes: (index % 2 == 0).then_some(10),
+                significant: false,
             })
             .collect();
         for batch in flood.chunks(256) {
@@ -440,7 +476,21 @@ mod tests {
         }
         let logged = std::fs::metadata(&path).unwrap().len();
         assert!(logged < 12 * 1024, "{logged} bytes logged");
+        // The flood does not hide what reads the user's files: that has a
+        // budget of its own.
+        let secret = Record {
+            time: SystemTime::now(),
+            resource: "path",
+            action: "file_read",
+            target: "~/docs/secret".into(),
+            decision: Cow::Borrowed("allowed"),
+            bytes: Some(5),
+            significant: true,
+        };
+        log.record_all(std::slice::from_ref(&secret));
         log.finish();
+        // A record that comes after the end is written as it is.
+        log.record("path", "file_exists", "~/late", "allowed", None);
         let entries = read(&path, None).unwrap();
         assert_eq!(entries[0].target, "~/secret");
         assert!(
@@ -471,12 +521,14 @@ mod tests {
             })
             .sum();
         assert_eq!(one_by_one + counted, 5000);
+        assert!(entries.iter().any(|entry| entry.target == "~/docs/secret"));
+        assert!(entries.iter().any(|entry| entry.target == "~/late"));
         let read_bytes: u64 = entries
             .iter()
             .filter(|entry| entry.session == "flood" && entry.action == "file_read")
             .filter_map(|entry| entry.bytes)
             .sum();
-        assert_eq!(read_bytes, 2500 * 10);
+        assert_eq!(read_bytes, 2500 * 10 + 5);
         // Finishing again adds nothing.
         log.finish();
         assert_eq!(read(&path, None).unwrap().len(), entries.len());
@@ -565,6 +617,7 @@ mod tests {
                 target: format!("~/f{i}"),
                 decision: Cow::Borrowed("allowed"),
                 bytes: None,
+                significant: false,
             })
             .collect();
         log.record_all(&records);

@@ -214,6 +214,25 @@ impl Audit {
     }
 }
 
+/// Whether an audited action reads or changes the user's files,
+/// environment or browser (rather than looking whether something is there).
+fn reads_or_changes(action: &str) -> bool {
+    matches!(
+        action,
+        "file_read"
+            | "file_write"
+            | "file_append"
+            | "file_delete"
+            | "file_write_open"
+            | "chmod"
+            | "dir_create"
+            | "dir_delete"
+            | "dir_delete_recursive"
+            | "env_get"
+            | "browser_open"
+    )
+}
+
 /// Operations [`Resources::perform`] does on the calling thread, without
 /// waiting for anything unless the user must be asked: a few system calls
 /// each.
@@ -438,7 +457,7 @@ impl Resources {
                 self.perform_unaudited(op).await?
             };
         }
-        self.audit(described, &result);
+        self.audit(described, named.as_deref(), &result);
         Some(self.as_told(named.as_deref(), result))
     }
 
@@ -469,7 +488,7 @@ impl Resources {
         {
             return Err(op);
         }
-        self.audit(described, &result);
+        self.audit(described, named.as_deref(), &result);
         Ok(self.as_told(named.as_deref(), result))
     }
 
@@ -504,14 +523,23 @@ impl Resources {
         Err(error)
     }
 
-    /// Records what an operation did in the audit log, when there is one.
-    fn audit(&self, described: Option<Described>, result: &Result<Reply, OpError>) {
+    /// Records what an operation did in the audit log, when there is one;
+    /// `named` is the path the server named, if any.
+    fn audit(
+        &self,
+        described: Option<Described>,
+        named: Option<&str>,
+        result: &Result<Reply, OpError>,
+    ) {
         if let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) {
             let (decision, bytes) = match result {
                 Ok(Reply::Data { bytes, .. }) => (ALLOWED, Some(bytes.len() as u64)),
                 Ok(_) => (ALLOWED, sent),
                 Err(error) => (std::borrow::Cow::Owned(error.code.to_string()), None),
             };
+            let significant = result.is_ok()
+                && reads_or_changes(action)
+                && !named.is_some_and(|named| self.in_own_storage(named));
             audit.record(Record {
                 time: std::time::SystemTime::now(),
                 resource,
@@ -519,8 +547,23 @@ impl Resources {
                 target,
                 decision,
                 bytes,
+                significant,
             });
         }
+    }
+
+    /// Whether the path the server named is in its own storage (resolved
+    /// again: only requests that read or change something ask).
+    fn in_own_storage(&self, named: &str) -> bool {
+        let Ok(entitlements) = self.entitlements() else {
+            return false;
+        };
+        let Some(storage) = entitlements.storage_dir() else {
+            return false;
+        };
+        entitlements
+            .resolve(named)
+            .is_ok_and(|resolved| resolved.as_path().starts_with(storage))
     }
 
     async fn perform_unaudited(&self, op: Operation) -> Option<Result<Reply, OpError>> {
@@ -1696,6 +1739,7 @@ mod tests {
             target: "~/f".into(),
             decision: "allowed".into(),
             bytes: None,
+            significant: false,
         });
         // The writer took the record and gathers (parked): only a flush
         // that wakes it gets the record written in time.

@@ -83,14 +83,28 @@ async fn a_flooding_session_cannot_push_earlier_sessions_out_of_the_log() {
             let path = format!("~/no-such-file-{index:0>100}");
             let _ = files.exists(&path).await;
         }
+        // After the flood: what it must not hide.
+        let _ = ctx.env().get("AUDITED_SECRET").await;
     });
     let server = TestServer::with_terminal(flood).await;
     let home = tempfile::tempdir().unwrap();
     let home_text = home.path().to_str().unwrap();
+    let grant = Client::new([
+        "entitlement",
+        "grant",
+        &server.addr().to_string(),
+        "env",
+        "AUDITED_SECRET",
+    ])
+    .env("TERMINALWIRE_HOME", home_text)
+    .run()
+    .await;
+    assert_eq!(grant.status, Some(0), "{}", grant.stderr_text());
     let run = |count: &str| {
         Client::new([server.url().as_str(), count])
             .env("TERMINALWIRE_HOME", home_text)
             .env("TERMINALWIRE_NO_PROMPT", "1")
+            .env("AUDITED_SECRET", "x")
             .run()
     };
     let earlier = run("1").await;
@@ -140,4 +154,12 @@ async fn a_flooding_session_cannot_push_earlier_sessions_out_of_the_log() {
         .parse()
         .unwrap();
     assert_eq!(one_by_one + counted, 12000, "{sum}");
+    // What read the user's environment is still there, one by one.
+    assert!(
+        flooding.iter().any(|entry| entry["action"] == "env_get"
+            && entry["target"] == "AUDITED_SECRET"
+            && entry["decision"] == "allowed"),
+        "the flood hid the env_get: {:?}",
+        &flooding[flooding.len().saturating_sub(5)..]
+    );
 }

@@ -100,6 +100,10 @@ struct Tally {
     counted: std::collections::BTreeMap<(bool, &'static str, &'static str, String), Counted>,
     /// Whether the log said that a kind's budget is spent.
     said: [bool; 2],
+    /// The significant requests logged one by one (a hash of each): a
+    /// repeat is counted, so that rereading one granted variable cannot
+    /// spend the budget.
+    significant_seen: std::collections::HashSet<u64>,
     /// The session is over: late records are written one by one.
     finished: bool,
 }
@@ -196,8 +200,13 @@ impl AuditLog {
         let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         for record in records {
             let kind = usize::from(record.significant);
-            if tally.written[kind] >= self.budgets[kind] && !tally.finished {
-                if !tally.said[kind] {
+            let repeat = record.significant && !tally.finished && {
+                use std::hash::BuildHasher;
+                let seen = SEEN_HASHER.hash_one((record.action, &record.target, &record.decision));
+                !tally.significant_seen.insert(seen)
+            };
+            if repeat || (tally.written[kind] >= self.budgets[kind] && !tally.finished) {
+                if !repeat && !tally.said[kind] {
                     tally.said[kind] = true;
                     let notice = Record {
                         time: record.time,
@@ -279,6 +288,11 @@ impl AuditLog {
         file.write_all(lines)
     }
 }
+
+/// Hashes the significant requests a session logged; keyed once per
+/// process, so that a server cannot aim at collisions.
+static SEEN_HASHER: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+    std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
 
 /// The JSON lines of `records`.
 fn encode(session: &str, records: &[Record]) -> Vec<u8> {
@@ -487,6 +501,17 @@ mod tests {
             bytes: Some(5),
             significant: true,
         };
+        // Rereading one granted variable spends nothing: repeats are counted.
+        let variable = Record {
+            time: SystemTime::now(),
+            resource: "env",
+            action: "env_get",
+            target: "EDITOR".into(),
+            decision: Cow::Borrowed("allowed"),
+            bytes: None,
+            significant: true,
+        };
+        log.record_all(&vec![variable; 1000]);
         log.record_all(std::slice::from_ref(&secret));
         log.finish();
         // A record that comes after the end is written as it is.
@@ -508,9 +533,10 @@ mod tests {
             .iter()
             .filter(|entry| entry.target.contains("counted, not logged one by one"))
             .collect();
-        assert_eq!(sums.len(), 4, "read/exists x allowed/denied: {sums:?}");
+        assert_eq!(sums.len(), 5, "read/exists x allowed/denied, env: {sums:?}");
         let counted: u64 = sums
             .iter()
+            .filter(|entry| entry.action != "env_get")
             .map(|entry| {
                 entry.target[1..]
                     .split(' ')
@@ -522,6 +548,13 @@ mod tests {
             .sum();
         assert_eq!(one_by_one + counted, 5000);
         assert!(entries.iter().any(|entry| entry.target == "~/docs/secret"));
+        let editor: Vec<&Entry> = entries
+            .iter()
+            .filter(|entry| entry.action == "env_get")
+            .collect();
+        assert_eq!(editor.len(), 2, "{editor:?}");
+        assert_eq!(editor[0].target, "EDITOR");
+        assert!(editor[1].target.starts_with("(999 more"), "{editor:?}");
         assert!(entries.iter().any(|entry| entry.target == "~/late"));
         let read_bytes: u64 = entries
             .iter()

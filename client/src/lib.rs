@@ -187,11 +187,38 @@ impl FirstVisit {
         })
     }
 
-    /// Removes what the client made, and the folder if nothing else is
-    /// in it (nothing is removed that is not empty or not the client's).
+    /// Removes what the client made, and the folder, only when the folder
+    /// holds exactly that (an empty storage folder and a device key): a
+    /// run of the client started meanwhile that got further leaves more
+    /// (a pinned identity, grants, an audit log, sessions), and then
+    /// nothing is removed.
     fn forget(self) {
-        for made in &self.made {
-            let _ = std::fs::remove_file(made).or_else(|_| std::fs::remove_dir(made));
+        let Ok(listing) = std::fs::read_dir(&self.folder) else {
+            return;
+        };
+        let names: Vec<std::ffi::OsString> =
+            listing.flatten().map(|entry| entry.file_name()).collect();
+        let only_made = names.iter().all(|name| {
+            self.made
+                .iter()
+                .any(|made| made.file_name() == Some(name.as_os_str()))
+        });
+        if !only_made {
+            return;
+        }
+        // Folders first: one that is not empty stops the rest.
+        for made in self.made.iter().rev() {
+            match std::fs::symlink_metadata(made) {
+                Ok(meta) if meta.is_dir() => {
+                    if std::fs::remove_dir(made).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(made);
+                }
+                Err(_) => {}
+            }
         }
         let _ = std::fs::remove_dir(&self.folder);
     }
@@ -528,4 +555,37 @@ fn init_logging(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_visit_is_forgotten_only_while_it_holds_only_what_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("example.com");
+        let visit = || FirstVisit {
+            made: vec![folder.join("device.key"), folder.join("storage")],
+            folder: folder.clone(),
+        };
+        let make = || {
+            std::fs::create_dir_all(folder.join("storage")).unwrap();
+            std::fs::write(folder.join("device.key"), "key").unwrap();
+        };
+        make();
+        visit().forget();
+        assert!(!folder.exists(), "what the run made is gone");
+        // Another run got further meanwhile: it pinned the server.
+        make();
+        std::fs::write(folder.join("server.pin"), "pin").unwrap();
+        visit().forget();
+        assert!(folder.join("device.key").exists() && folder.join("storage").exists());
+        // Or wrote into storage.
+        std::fs::remove_file(folder.join("server.pin")).unwrap();
+        std::fs::write(folder.join("storage/token"), "t").unwrap();
+        visit().forget();
+        assert!(folder.join("device.key").exists(), "the key stays");
+        assert!(folder.join("storage/token").exists());
+    }
 }

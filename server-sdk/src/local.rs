@@ -8,7 +8,7 @@
 //! loosened. Clients connect with `terminalwire unix:/path/to/app.sock ARGS`.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{UnixListener, UnixStream};
@@ -34,6 +34,9 @@ pub struct LocalListener {
     listener: UnixListener,
     path: PathBuf,
     uid: u32,
+    /// The socket file's device and inode: only that file is removed on
+    /// drop, never one another server put at the path since.
+    file_id: (u64, u64),
 }
 
 impl LocalListener {
@@ -67,12 +70,22 @@ impl LocalListener {
             }
             Err(error) => return Err(error),
         }
+        // Two servers starting at once on a stale socket must not both
+        // replace it: the look, the removal and the bind are made under a
+        // lock beside the socket (released when the file closes).
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(lock_path(path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
         // A socket left by a previous run: replace it (never anything else,
         // nor a socket a running server still answers on).
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() && meta.uid() == uid {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                if answers(path)? {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
                         format!("a server is already listening on {}", path.display()),
@@ -88,10 +101,13 @@ impl LocalListener {
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let meta = std::fs::symlink_metadata(path)?;
+        drop(lock);
         Ok(LocalListener {
             listener,
             path: path.to_path_buf(),
             uid,
+            file_id: (meta.dev(), meta.ino()),
         })
     }
 
@@ -103,7 +119,39 @@ impl LocalListener {
 
 impl Drop for LocalListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.file_id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The lock file of the socket at `path`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Whether a server answers on the socket at `path`. The connection is
+/// made without waiting: a live server whose queue of connections is full
+/// makes it fail with `EAGAIN`, which still means "in use", not a hang.
+/// Only a refusal means nobody listens.
+fn answers(path: &Path) -> io::Result<bool> {
+    use rustix::io::Errno;
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let address = SocketAddrUnix::new(path)?;
+    match rustix::net::connect(&socket, &address) {
+        Ok(()) | Err(Errno::AGAIN | Errno::INPROGRESS) => Ok(true),
+        Err(Errno::CONNREFUSED) => Ok(false),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -167,7 +215,15 @@ mod tests {
         // regular file is not.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        assert!(LocalListener::bind(&path).is_ok());
+        let first = LocalListener::bind(&path).unwrap();
+        // Its socket removed by hand and another server at the path: the
+        // first one, dropped, leaves the other's socket alone.
+        std::fs::remove_file(&path).unwrap();
+        let second = LocalListener::bind(&path).unwrap();
+        drop(first);
+        assert!(path.exists(), "the second server's socket is kept");
+        drop(second);
+        assert!(!path.exists());
         let file = dir.path().join("run/not-a-socket");
         std::fs::write(&file, "x").unwrap();
         assert!(LocalListener::bind(&file).is_err());

@@ -602,22 +602,44 @@ fn grant_warnings(grant: &PathGrant, home_root: &Path, user_home: &Path) -> Vec<
         (true, None) => Path::new("/").to_path_buf(),
     };
     let mut warnings = Vec::new();
-    if base.starts_with(home_root) {
+    // Into the folder, by name (`~/.terminal*`) or by a pattern that
+    // reaches what is in it (`~/**`); not `~/*`, which only lists it.
+    let home_root_text = home_root.to_string_lossy();
+    let named = home_root_text.starts_with(&literal)
+        && home_root
+            .parent()
+            .is_some_and(|parent| literal.len() > parent.as_os_str().len() + 1);
+    let reaches_home_root = base.starts_with(home_root)
+        || named
+        || grant.pattern.matches(
+            &home_root.join("authorities/example.com/policy.toml"),
+            user_home,
+        );
+    if reaches_home_root {
         warnings.push(format!(
             "{} is the client's own folder: grants, launchers and each server's folders there \
              stay refused whatever is granted (a server's storage/ needs no grant)",
             home_root.display()
         ));
     }
-    let everything_under = wild && expanded.ends_with("/**");
-    if everything_under && base == Path::new("/") {
+    // After the root or the home folder, a first folder that may be any
+    // (`**`, `*`, a `{...}` set) and a `**` reach anything under it.
+    let after_base = expanded
+        .get(base.as_os_str().len()..)
+        .unwrap_or("")
+        .trim_start_matches('/');
+    let first = after_base.split('/').next().unwrap_or("");
+    let everything = wild
+        && after_base.contains("**")
+        && (first == "**" || first == "*" || first.starts_with('{'));
+    if everything && base == Path::new("/") {
         warnings.push(format!(
-            "this gives the server {} of every file you can reach on this machine",
+            "this gives the server {} of up to every file you can reach on this machine",
             grant.access
         ));
-    } else if everything_under && base == user_home {
+    } else if everything && base == user_home {
         warnings.push(format!(
-            "this gives the server {} of your whole home folder (your keys in ~/.ssh included)",
+            "this gives the server {} of up to your whole home folder (your keys in ~/.ssh included)",
             grant.access
         ));
     }
@@ -788,19 +810,40 @@ mod tests {
                 Path::new("/home/u"),
             )
         };
-        for pattern in ["~/.terminalwire/**", "~/.terminalwire/authorities/x/*.toml"] {
+        for pattern in [
+            "~/.terminalwire/**",
+            "~/.terminalwire/authorities/x/*.toml",
+            "~/.terminal*",
+            "~/.terminal*/**",
+        ] {
             let warnings = warn(pattern);
             assert_eq!(warnings.len(), 1, "{pattern}: {warnings:?}");
             assert!(warnings[0].contains("client's own folder"), "{warnings:?}");
         }
-        assert!(warn("/**")[0].contains("read of every file"));
-        assert!(warn("~/**")[0].contains("read of your whole home folder"));
+        for everything in ["/**", "/**/*", "/*/**"] {
+            let warnings = warn(everything);
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains("read of up to every file")),
+                "{everything}: {warnings:?}"
+            );
+        }
+        for whole_home in ["~/**", "~/**/*", "~/{docs,.ssh}/**"] {
+            let warnings = warn(whole_home);
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains("read of up to your whole home folder")),
+                "{whole_home}: {warnings:?}"
+            );
+        }
         for quiet in [
             "~/docs/**",
             "/tmp/*.txt",
-            "~/.terminal*",
             "~/notes.txt",
-            "/home/**",
+            "/home/u/*",
+            "~/*.md",
         ] {
             assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");
         }

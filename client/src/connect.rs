@@ -113,6 +113,10 @@ impl Target {
         if !path.is_absolute() {
             return Err(bad("expected unix:/absolute/path/to/socket"));
         }
+        // One socket, one authority, however it is spelled: `//` and `.`
+        // dropped (`..` kept: through a symlink it is not the parent).
+        let path: std::path::PathBuf = path.components().collect();
+        let path = path.as_path();
         use sha2::Digest;
         let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
         let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
@@ -505,6 +509,20 @@ mod tests {
         ] {
             assert!(Target::parse(url).is_err(), "{url} accepted");
         }
+        // A socket's authority does not depend on how its path is spelled.
+        let authority = |url: &str| Target::parse(url).unwrap().authority;
+        assert_eq!(
+            authority("unix:///run/./x.sock"),
+            authority("unix:/run/x.sock")
+        );
+        assert_eq!(
+            authority("unix:/run//x.sock"),
+            authority("unix:/run/x.sock")
+        );
+        assert_ne!(
+            authority("unix:/run/y/../x.sock"),
+            authority("unix:/run/x.sock")
+        );
         // A URL without its scheme: told which to add.
         let missing = Target::parse("localhost:3000/terminal").unwrap_err();
         assert!(

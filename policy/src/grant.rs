@@ -248,6 +248,14 @@ impl PathPattern {
         }
     }
 
+    /// Whether the pattern matches `path` (resolved), with `~` as
+    /// `user_home`.
+    pub fn matches(&self, path: &Path, user_home: &Path) -> bool {
+        self.globs(user_home)
+            .iter()
+            .any(|glob| glob.compile_matcher().is_match(path))
+    }
+
     /// The globs that implement this pattern: `~` expanded, the literal
     /// leading folders resolved through symlinks (so they compare with
     /// resolved paths), plus the folder itself for a trailing `/**`.

@@ -233,11 +233,29 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                     "No authorities yet (none has been granted anything or connected)."
                 )?;
             }
+            // One unusable policy file does not hide the others.
+            let mut unusable = 0;
             for (index, authority) in authorities.iter().enumerate() {
                 if index > 0 {
                     writeln!(out)?;
                 }
-                list(home, authority, out)?;
+                if let Err(error) = list(home, authority, out) {
+                    if is_broken_pipe(&error) || authorities.len() == 1 {
+                        return Err(error);
+                    }
+                    out.flush()?;
+                    eprintln!(
+                        "terminalwire: {authority}: {}",
+                        crate::inert::inert_lines(&chain_text(error.as_ref()))
+                    );
+                    unusable += 1;
+                }
+            }
+            if unusable > 0 {
+                bail!(
+                    "{unusable} of {} authorities could not be listed",
+                    authorities.len()
+                );
             }
         }
         AdminCommand::Entitlement(EntitlementCommand::Grant(args)) => {
@@ -277,9 +295,17 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             let path = home.policy_file(&authority);
             let mut policy = load(home, &path)?;
             if !policy.revoke(&grant) {
+                let what = match &grant {
+                    // No grant of that pattern at all: its access is moot.
+                    Grant::Path(gone)
+                        if !policy.paths.iter().any(|held| held.pattern == gone.pattern) =>
+                    {
+                        format!("path {}", inert(gone.pattern.as_str()))
+                    }
+                    _ => describe(&grant),
+                };
                 bail!(
-                    "{authority} has no grant of {}; see `terminalwire entitlement list {authority}`",
-                    describe(&grant)
+                    "{authority} has no grant of {what}; see `terminalwire entitlement list {authority}`"
                 );
             }
             policy.save(&path)?;
@@ -338,8 +364,14 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 }
                 crate::launcher::Installed::Replaced { previous, .. } => writeln!(
                     out,
-                    "installed {name}: {path} (it ran {} before)",
-                    previous.as_deref().unwrap_or("a broken launcher")
+                    "installed {name}: {path} ({})",
+                    match previous {
+                        Some(before) if crate::launcher::same_app(before, &url) => {
+                            "made runnable again".to_owned()
+                        }
+                        Some(before) => format!("it ran {before} before"),
+                        None => "it replaced a broken launcher".to_owned(),
+                    }
                 )?,
             }
             let dir = home.bin_dir();
@@ -857,6 +889,13 @@ mod tests {
         admin(&home, &["entitlement", "grant", "a.example", "env", "LANG"]).unwrap();
         let file = home.policy_file(&Authority::parse("a.example").unwrap());
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // Listing them all shows the others, and fails.
+        admin(&home, &["entitlement", "grant", "b.example", "env", "TZ"]).unwrap();
+        let mut out = Vec::new();
+        let all = Admin::try_parse_from(["terminalwire", "entitlement", "list"]).unwrap();
+        let failed = run(all.command, &home, &mut out).unwrap_err().to_string();
+        assert!(failed.contains("1 of 2 authorities"), "{failed}");
+        assert!(String::from_utf8_lossy(&out).contains("env      TZ"));
         for words in [
             &["entitlement", "list", "a.example"][..],
             &["entitlement", "grant", "a.example", "env", "TERM"],
@@ -993,6 +1032,22 @@ mod tests {
             "{listing}"
         );
 
+        let never = admin(
+            &home,
+            &[
+                "entitlement",
+                "revoke",
+                "example.com:3000",
+                "path",
+                "~/never/**",
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            never.contains("has no grant of path ~/never/**;"),
+            "{never}"
+        );
         let missing = admin(
             &home,
             &["entitlement", "revoke", "example.com:3000", "env", "HOME"],

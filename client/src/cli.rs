@@ -91,7 +91,8 @@ fn positive_seconds(seconds: f64) -> Option<Duration> {
 /// The connection time-out of a launcher, which takes no options of its
 /// own: `TERMINALWIRE_CONNECT_TIMEOUT` when set, else the default.
 pub fn connect_timeout_from_env() -> Result<Duration, String> {
-    match std::env::var_os("TERMINALWIRE_CONNECT_TIMEOUT") {
+    // Empty is unset, as for the client's own option.
+    match std::env::var_os("TERMINALWIRE_CONNECT_TIMEOUT").filter(|value| !value.is_empty()) {
         None => Ok(DEFAULT_CONNECT_TIMEOUT),
         Some(value) => value
             .to_str()
@@ -183,7 +184,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
         own.push(arg);
     }
     let options: Options = parse_with(own)?;
-    if options.url == "help" && app_args.is_empty() {
+    if options.url == "help" {
+        // `help COMMAND` for a command of the client was handled before.
+        if let Some(unknown) = app_args.first() {
+            eprintln!(
+                "terminalwire: `{}` is not a command of the client (see `terminalwire --help`)",
+                unknown.to_string_lossy()
+            );
+            return Err(ParseOutcome::Exit(exit_code::USAGE));
+        }
         let _ = <Options as clap::CommandFactory>::command().print_long_help();
         return Err(ParseOutcome::Exit(0));
     }
@@ -232,7 +241,8 @@ fn not_a_url(word: &str) -> Option<String> {
         .min();
     let hint = match closest {
         Some((_, command)) => format!("; did you mean `terminalwire {command}`?"),
-        None => String::new(),
+        // A host name alone (`localhost`, `myserver`): the scheme is missing.
+        None => format!("; for an app on host {word}, add the scheme: https://{word}/..."),
     };
     Some(format!(
         "`{word}` is neither an app's URL (ws://, wss://, http://, https://, unix:) nor a command \
@@ -389,7 +399,9 @@ mod tests {
                 .unwrap()
                 .contains("`terminalwire attach`")
         );
-        assert!(!not_a_url("frobnicate").unwrap().contains("did you mean"));
+        let host = not_a_url("myserver").unwrap();
+        assert!(!host.contains("did you mean"), "{host}");
+        assert!(host.contains("add the scheme: https://myserver/"), "{host}");
         // Anything that could be a host or URL goes on to the URL parser,
         // which says which scheme to add.
         for url in ["localhost:3000", "example.com", "ws://h/t", "unix:/s"] {
@@ -402,6 +414,10 @@ mod tests {
         assert!(matches!(
             parse(["terminalwire", "help"].map(OsString::from)),
             Err(ParseOutcome::Exit(0))
+        ));
+        assert!(matches!(
+            parse(["terminalwire", "help", "nope"].map(OsString::from)),
+            Err(ParseOutcome::Exit(exit_code::USAGE))
         ));
     }
 }

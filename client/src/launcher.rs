@@ -285,7 +285,10 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
             path.display()
         ),
         Ok(_) => match load(&path) {
-            Ok(old) if old.url == url => return Ok(Installed::Unchanged(path)),
+            Ok(old) if same_app(&old.url, url) && is_executable(&path) => {
+                return Ok(Installed::Unchanged(path));
+            }
+            Ok(old) if same_app(&old.url, url) => Some(Some(old.url)),
             Ok(old) if !replace => anyhow::bail!(
                 "{name} is already installed, for {}: add --force to replace it, or pick another --name",
                 old.url
@@ -295,6 +298,9 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
             Err(LauncherError::Invalid { .. }) if replace && starts_as_launcher(&path) => {
                 Some(None)
             }
+            Err(error) if starts_as_launcher(&path) => anyhow::bail!(
+                "{name} is a broken launcher ({error}): add --force to replace it, or pick another --name"
+            ),
             Err(error) => anyhow::bail!(
                 "{} is there and is not a launcher ({error}): remove it or pick another --name",
                 path.display()
@@ -323,6 +329,27 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
     })
 }
 
+/// Whether two launcher URLs name the same app (`http://` is `ws://`).
+pub fn same_app(old: &str, new: &str) -> bool {
+    let normal = |url: &str| crate::connect::Target::parse(url).map(|target| target.url);
+    old == new || matches!((normal(old), normal(new)), (Ok(a), Ok(b)) if a == b)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o111 == 0o111)
+}
+
+/// Whether two folders are the same one (a `PATH` entry may name the
+/// launchers' folder through a symlink).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(a), Ok(b)) if a == b
+        )
+}
+
 fn starts_as_launcher(path: &Path) -> bool {
     terminalwire_policy::read_own_file(path, MAX_LAUNCHER_LEN)
         .ok()
@@ -339,7 +366,7 @@ pub fn shadowed(name: &str, bin_dir: &Path) -> Vec<PathBuf> {
     };
     let mut found: Vec<PathBuf> = Vec::new();
     for folder in std::env::split_paths(&path) {
-        if folder == bin_dir || !folder.is_absolute() {
+        if !folder.is_absolute() || same_folder(&folder, bin_dir) {
             continue;
         }
         let program = folder.join(name);
@@ -391,8 +418,9 @@ pub fn uninstall(home: &Home, name: &str) -> anyhow::Result<PathBuf> {
 
 /// Whether `dir` is on `$PATH`.
 pub fn on_path(dir: &Path) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|entry| entry == dir))
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|entry| entry.is_absolute() && same_folder(&entry, dir))
+    })
 }
 
 /// `terminalwire-exec LAUNCHER ARGS...`: runs the app a launcher names.

@@ -73,6 +73,15 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
     if called_as_exec {
         return launcher::exec_main(args);
     }
+    // `terminalwire help COMMAND ...` is `terminalwire COMMAND ... --help`.
+    if args.len() > 2 && args[1] == "help" {
+        let mut asked: Vec<OsString> = vec![args[0].clone()];
+        asked.extend(args[2..].iter().cloned());
+        asked.push("--help".into());
+        if admin::is_admin(&asked[1..]) || asked[1] == "attach" {
+            return main_with_args(asked);
+        }
+    }
     if admin::is_admin(args.get(1..).unwrap_or_default()) {
         return admin::main(args);
     }

@@ -235,22 +235,34 @@ async fn install_keeps_the_clients_names_and_other_launchers_and_warns_of_shadow
         "#!/usr/bin/env terminalwire-exec\nurl = nowhere\n",
     )
     .unwrap();
-    let run = admin(
-        home.path(),
-        &[
-            "install",
-            "ws://127.0.0.1:9/t",
-            "--name",
-            "broken",
-            "--force",
-        ],
-    )
-    .run()
-    .await;
+    let install_broken = |url: &'static str, force: bool| {
+        let mut args = vec!["install", url, "--name", "broken"];
+        if force {
+            args.push("--force");
+        }
+        admin(home.path(), &args).run()
+    };
+    let run = install_broken("ws://127.0.0.1:9/t", false).await;
+    assert_eq!(run.status, Some(1));
+    assert!(
+        run.stderr_text().contains("broken is a broken launcher (")
+            && run.stderr_text().contains("add --force"),
+        "{}",
+        run.stderr_text()
+    );
+    let run = install_broken("ws://127.0.0.1:9/t", true).await;
     assert_eq!(run.status, Some(0), "{}", run.stderr_text());
     assert!(
         run.stdout_text()
-            .contains("(it ran a broken launcher before)"),
+            .contains("(it replaced a broken launcher)"),
+        "{}",
+        run.stdout_text()
+    );
+    // The same app by its http:// name is the same launcher.
+    let run = install_broken("http://127.0.0.1:9/t", false).await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert!(
+        run.stdout_text().contains("broken is already installed"),
         "{}",
         run.stdout_text()
     );
@@ -316,4 +328,26 @@ async fn a_listing_whose_reader_has_gone_ends_quietly_like_sigpipe() {
     .unwrap();
     assert_eq!(output.status.code(), Some(141));
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_names_a_command_and_a_mistyped_command_is_named_back() {
+    let home = tempfile::tempdir().unwrap();
+    let run = admin(home.path(), &["help", "install"]).run().await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert!(
+        run.stdout_text().contains("Usage: terminalwire install"),
+        "{}",
+        run.stdout_text()
+    );
+    let run = admin(home.path(), &["instal", "ws://127.0.0.1:9/t"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(2));
+    assert!(
+        run.stderr_text()
+            .contains("did you mean `terminalwire install`?"),
+        "{}",
+        run.stderr_text()
+    );
 }

@@ -315,10 +315,16 @@ async fn a_listing_whose_reader_has_gone_ends_quietly_like_sigpipe() {
         std::fs::create_dir_all(home.path().join(format!("authorities/host{index}.example")))
             .unwrap();
     }
-    let mut child = home.command(["authority", "list"]).spawn().unwrap();
     // `terminalwire authority list | head -0`: the reader is gone before
-    // the first line.
-    drop(child.stdout.take());
+    // the first line (closed before the client starts, so that it cannot
+    // write everything into the pipe first).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = home
+        .command(["authority", "list"])
+        .stdout(writer)
+        .spawn()
+        .unwrap();
     let output = tokio::time::timeout(
         terminalwire_tests::CLIENT_DEADLINE,
         child.wait_with_output(),

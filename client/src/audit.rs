@@ -106,6 +106,11 @@ struct Tally {
     significant_seen: std::collections::HashSet<u64>,
     /// The session is over: late records are written one by one.
     finished: bool,
+    /// When what was counted is next written as sums, so that a client
+    /// killed before its end loses little: 1 s after the first count, then
+    /// twice as long each time (bounded lines however long the session).
+    next_sums: Option<std::time::Instant>,
+    sums_every: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +132,14 @@ impl AuditLog {
         }
     }
 
+    /// What a request touched, for [`Record::same_as`]: its action and
+    /// its resolved path (or variable, or URL). Keyed once per process, so
+    /// that a server cannot aim at collisions.
+    pub fn identity(action: &str, touched: &str) -> u64 {
+        use std::hash::BuildHasher;
+        SEEN_HASHER.hash_one((action, touched))
+    }
+
     /// Writes the sums of what the session counted past its budget, one
     /// line per resource, action and decision. Called at the end of the
     /// session; again, it writes only what was counted since.
@@ -139,22 +152,7 @@ impl AuditLog {
         if counted.is_empty() {
             return;
         }
-        let time = SystemTime::now();
-        let sums: Vec<Record> = counted
-            .into_iter()
-            .map(|((_, resource, action, decision), counted)| Record {
-                time,
-                resource,
-                action,
-                target: format!(
-                    "({} more requests of this session: counted, not logged one by one)",
-                    counted.requests
-                ),
-                decision: Cow::Owned(decision),
-                bytes: counted.bytes,
-                significant: false,
-            })
-            .collect();
+        let sums = sums(counted, SystemTime::now());
         let session = self.session.get().map_or("", String::as_str);
         let lines = encode(session, &sums);
         if let Err(error) = self.append(&lines) {
@@ -184,6 +182,7 @@ impl AuditLog {
             decision: Cow::Owned(decision.to_owned()),
             bytes,
             significant: false,
+            same_as: None,
         }]);
     }
 
@@ -200,11 +199,13 @@ impl AuditLog {
         let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         for record in records {
             let kind = usize::from(record.significant);
-            let repeat = record.significant && !tally.finished && {
-                use std::hash::BuildHasher;
-                let seen = SEEN_HASHER.hash_one((record.action, &record.target, &record.decision));
-                !tally.significant_seen.insert(seen)
-            };
+            // A repeat of what was logged is counted (the set holds only
+            // what was written, so it is bounded by the budget).
+            let repeat = record.significant
+                && !tally.finished
+                && record
+                    .same_as
+                    .is_some_and(|same| tally.significant_seen.contains(&same));
             if repeat || (tally.written[kind] >= self.budgets[kind] && !tally.finished) {
                 if !repeat && !tally.said[kind] {
                     tally.said[kind] = true;
@@ -225,6 +226,7 @@ impl AuditLog {
                         decision: Cow::Borrowed("counted"),
                         bytes: None,
                         significant: false,
+                        same_as: None,
                     };
                     encode_into(&mut lines, &mut time, session, &notice);
                 }
@@ -246,6 +248,22 @@ impl AuditLog {
             let before = lines.len();
             encode_into(&mut lines, &mut time, session, record);
             tally.written[kind] = tally.written[kind].saturating_add((lines.len() - before) as u64);
+            if let Some(same) = record.same_as.filter(|_| record.significant) {
+                tally.significant_seen.insert(same);
+            }
+        }
+        if !tally.counted.is_empty() {
+            let now = std::time::Instant::now();
+            let due = *tally.next_sums.get_or_insert(now + FIRST_SUMS_AFTER);
+            if now >= due {
+                let every = (tally.sums_every.max(FIRST_SUMS_AFTER) * 2).min(MAX_SUMS_EVERY);
+                tally.sums_every = every;
+                tally.next_sums = Some(now + every);
+                let counted = std::mem::take(&mut tally.counted);
+                for sum in sums(counted, SystemTime::now()) {
+                    encode_into(&mut lines, &mut time, session, &sum);
+                }
+            }
         }
         drop(tally);
         if lines.is_empty() {
@@ -288,6 +306,34 @@ impl AuditLog {
         file.write_all(lines)
     }
 }
+
+/// What was counted, as sum records timed `time`.
+fn sums(
+    counted: std::collections::BTreeMap<(bool, &'static str, &'static str, String), Counted>,
+    time: SystemTime,
+) -> Vec<Record> {
+    counted
+        .into_iter()
+        .map(|((_, resource, action, decision), counted)| Record {
+            time,
+            resource,
+            action,
+            target: format!(
+                "({} more requests of this session: counted, not logged one by one)",
+                counted.requests
+            ),
+            decision: Cow::Owned(decision),
+            bytes: counted.bytes,
+            significant: false,
+            same_as: None,
+        })
+        .collect()
+}
+
+/// The first wait before what was counted is written as sums.
+const FIRST_SUMS_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest wait between sums.
+const MAX_SUMS_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Hashes the significant requests a session logged; keyed once per
 /// process, so that a server cannot aim at collisions.
@@ -346,6 +392,10 @@ pub struct Record {
     /// storage), environment or browser: such requests have a budget of
     /// their own ([`SIGNIFICANT_BUDGET_BYTES`]).
     pub significant: bool,
+    /// What it touched ([`AuditLog::identity`]): a significant request
+    /// that touched what one logged before touched is counted, not logged
+    /// again.
+    pub same_as: Option<u64>,
 }
 
 /// How long a client waits for another to finish with the log before it
@@ -483,6 +533,7 @@ mod tests {
                 decision: Cow::Borrowed(if index % 5 == 0 { "denied" } else { "allowed" }),
                 bytes: (index % 2 == 0).then_some(10),
                 significant: false,
+                same_as: None,
             })
             .collect();
         for batch in flood.chunks(256) {
@@ -500,6 +551,7 @@ mod tests {
             decision: Cow::Borrowed("allowed"),
             bytes: Some(5),
             significant: true,
+            same_as: Some(AuditLog::identity("file_read", "/home/u/docs/secret")),
         };
         // Rereading one granted variable spends nothing: repeats are counted.
         let variable = Record {
@@ -510,6 +562,7 @@ mod tests {
             decision: Cow::Borrowed("allowed"),
             bytes: None,
             significant: true,
+            same_as: Some(AuditLog::identity("env_get", "EDITOR")),
         };
         log.record_all(&vec![variable; 1000]);
         log.record_all(std::slice::from_ref(&secret));
@@ -533,7 +586,15 @@ mod tests {
             .iter()
             .filter(|entry| entry.target.contains("counted, not logged one by one"))
             .collect();
-        assert_eq!(sums.len(), 5, "read/exists x allowed/denied, env: {sums:?}");
+        let kinds: std::collections::BTreeSet<(&str, &str)> = sums
+            .iter()
+            .map(|entry| (entry.action.as_str(), entry.decision.as_str()))
+            .collect();
+        assert_eq!(
+            kinds.len(),
+            5,
+            "read/exists x allowed/denied, env: {sums:?}"
+        );
         let counted: u64 = sums
             .iter()
             .filter(|entry| entry.action != "env_get")
@@ -552,9 +613,19 @@ mod tests {
             .iter()
             .filter(|entry| entry.action == "env_get")
             .collect();
-        assert_eq!(editor.len(), 2, "{editor:?}");
         assert_eq!(editor[0].target, "EDITOR");
-        assert!(editor[1].target.starts_with("(999 more"), "{editor:?}");
+        let reread: u64 = editor[1..]
+            .iter()
+            .map(|entry| {
+                entry.target[1..]
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(reread, 999, "{editor:?}");
         assert!(entries.iter().any(|entry| entry.target == "~/late"));
         let read_bytes: u64 = entries
             .iter()
@@ -651,6 +722,7 @@ mod tests {
                 decision: Cow::Borrowed("allowed"),
                 bytes: None,
                 significant: false,
+                same_as: None,
             })
             .collect();
         log.record_all(&records);
@@ -663,5 +735,45 @@ mod tests {
             "the time it happened"
         );
         assert!(entries.iter().all(|e| e.session == "s-2"));
+    }
+
+    #[test]
+    fn what_is_counted_is_written_as_sums_before_the_end_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut log = AuditLog::new(path.clone());
+        log.budgets = [0, 0];
+        let record = |target: &str| Record {
+            time: SystemTime::now(),
+            resource: "path",
+            action: "dir_list",
+            target: target.into(),
+            decision: Cow::Borrowed("allowed"),
+            bytes: None,
+            significant: false,
+            same_as: None,
+        };
+        log.record_all(&[record("~/a"), record("~/b")]);
+        // Counted, not yet written: the first sums are due in a second.
+        let sums = |path: &Path| {
+            read(path, None)
+                .unwrap()
+                .into_iter()
+                .filter(|entry| entry.target.contains("counted, not logged"))
+                .count()
+        };
+        assert_eq!(sums(&path), 0);
+        // As if that second had passed: the next record brings the sums
+        // out, without the session's end (a killed client loses little).
+        log.tally.lock().unwrap().next_sums = Some(std::time::Instant::now());
+        log.record_all(&[record("~/c")]);
+        assert_eq!(sums(&path), 1);
+        let tally = log.tally.lock().unwrap();
+        assert!(tally.counted.is_empty());
+        assert_eq!(
+            tally.sums_every,
+            FIRST_SUMS_AFTER * 2,
+            "the next wait is longer"
+        );
     }
 }

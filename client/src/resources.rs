@@ -224,13 +224,20 @@ fn reads_or_changes(action: &str) -> bool {
             | "file_append"
             | "file_delete"
             | "file_write_open"
+            | "file_write_commit"
             | "chmod"
+            | "dir_list"
             | "dir_create"
             | "dir_delete"
             | "dir_delete_recursive"
             | "env_get"
             | "browser_open"
     )
+}
+
+/// Whether the policy refused the request (it touched nothing).
+fn is_denial(result: &Result<Reply, OpError>) -> bool {
+    matches!(result, Err(error) if error.code == ErrorCode::Denied)
 }
 
 /// Operations [`Resources::perform`] does on the calling thread, without
@@ -425,7 +432,7 @@ impl Resources {
     /// Performs a resource operation. `None` for operations that are not
     /// resources (stdin is the session's).
     pub async fn perform(&self, op: Operation) -> Option<Result<Reply, OpError>> {
-        let described = describe(&op);
+        let (described, touched) = self.describe(&op);
         let named = op.path().map(str::to_owned);
         let retry = self.consent.as_ref().map(|_| op.clone());
         let mut result = self.perform_unaudited(op).await?;
@@ -457,7 +464,22 @@ impl Resources {
                 self.perform_unaudited(op).await?
             };
         }
-        self.audit(described, named.as_deref(), &result);
+        // What a request that reads or changes the user's data touched,
+        // resolved (its path as the server spelled it can hide that), on
+        // a blocking thread: resolving walks the path.
+        let resolved = match (touched, described.as_ref()) {
+            (Some(path), Some((_, action, ..)))
+                if reads_or_changes(action) && !is_denial(&result) =>
+            {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || this.resolve_for_audit(&path))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        };
+        self.audit(described, resolved, &result);
         Some(self.as_told(named.as_deref(), result))
     }
 
@@ -473,6 +495,8 @@ impl Resources {
         }
         // Only a client that can ask needs the operation again.
         let retry = self.consent.as_ref().map(|_| op.clone());
+        // Stat-class: nothing resolved again for the log (none reads or
+        // changes the user's data but `env_get`, which has no path).
         let described = describe(&op);
         let named = op.path().map(str::to_owned);
         let result = match op {
@@ -488,7 +512,7 @@ impl Resources {
         {
             return Err(op);
         }
-        self.audit(described, named.as_deref(), &result);
+        self.audit(described, None, &result);
         Ok(self.as_told(named.as_deref(), result))
     }
 
@@ -523,47 +547,95 @@ impl Resources {
         Err(error)
     }
 
-    /// Records what an operation did in the audit log, when there is one;
-    /// `named` is the path the server named, if any.
+    /// Records what an operation did in the audit log, when there is one.
+    /// `resolved` is the path a request that reads or changes the user's
+    /// data touched, and whether that is in the server's own storage.
     fn audit(
         &self,
         described: Option<Described>,
-        named: Option<&str>,
+        resolved: Option<(PathBuf, bool)>,
         result: &Result<Reply, OpError>,
     ) {
-        if let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) {
-            let (decision, bytes) = match result {
-                Ok(Reply::Data { bytes, .. }) => (ALLOWED, Some(bytes.len() as u64)),
-                Ok(_) => (ALLOWED, sent),
-                Err(error) => (std::borrow::Cow::Owned(error.code.to_string()), None),
-            };
-            let significant = result.is_ok()
-                && reads_or_changes(action)
-                && !named.is_some_and(|named| self.in_own_storage(named));
-            audit.record(Record {
-                time: std::time::SystemTime::now(),
-                resource,
-                action,
-                target,
-                decision,
-                bytes,
-                significant,
-            });
-        }
+        let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) else {
+            return;
+        };
+        let (decision, bytes) = match result {
+            Ok(Reply::Data { bytes, .. }) => (ALLOWED, Some(bytes.len() as u64)),
+            Ok(_) => (ALLOWED, sent),
+            Err(error) => (std::borrow::Cow::Owned(error.code.to_string()), None),
+        };
+        // Allowed or failed part-way (a recursive delete may fail at its
+        // last folder, everything in it gone): what it touched counts.
+        let significant = reads_or_changes(action)
+            && !is_denial(result)
+            && !resolved.as_ref().is_some_and(|(_, in_storage)| *in_storage);
+        // Logged as resolved: that is the file, however it was spelled.
+        let (target, same_as) = match &resolved {
+            Some((path, _)) => {
+                let text = path.to_string_lossy();
+                let identity = AuditLog::identity(action, &text);
+                let mut logged = audited_target(&text);
+                // A mode change says which mode.
+                if action == "chmod"
+                    && let Some(mode) = target.rfind(" (").map(|at| &target[at..])
+                {
+                    logged.push_str(mode);
+                }
+                (logged, Some(identity))
+            }
+            None => {
+                let same_as = significant.then(|| AuditLog::identity(action, &target));
+                (target, same_as)
+            }
+        };
+        audit.record(Record {
+            time: std::time::SystemTime::now(),
+            resource,
+            action,
+            target,
+            decision,
+            bytes,
+            significant,
+            same_as,
+        });
     }
 
-    /// Whether the path the server named is in its own storage (resolved
-    /// again: only requests that read or change something ask).
-    fn in_own_storage(&self, named: &str) -> bool {
-        let Ok(entitlements) = self.entitlements() else {
-            return false;
+    /// The path `named` resolves to, and whether it is in the server's own
+    /// storage; `None` when it does not resolve.
+    fn resolve_for_audit(&self, named: &str) -> Option<(PathBuf, bool)> {
+        let entitlements = self.entitlements().ok()?;
+        let resolved = entitlements.resolve(named).ok()?;
+        let in_storage = entitlements
+            .storage_dir()
+            .is_some_and(|storage| resolved.as_path().starts_with(storage));
+        Some((resolved.as_path().to_path_buf(), in_storage))
+    }
+
+    /// What the audit log says about `op`, and the path it touches, if
+    /// any: a streamed write's commit and abort name the file of their
+    /// handle (the commit is what replaces it).
+    fn describe(&self, op: &Operation) -> (Option<Described>, Option<String>) {
+        let handle = match op {
+            Operation::FileWriteCommit { handle } | Operation::FileWriteAbort { handle } => {
+                Some(*handle)
+            }
+            _ => None,
         };
-        let Some(storage) = entitlements.storage_dir() else {
-            return false;
+        let described = describe(op);
+        let Some(handle) = handle else {
+            return (described, op.path().map(str::to_owned));
         };
-        entitlements
-            .resolve(named)
-            .is_ok_and(|resolved| resolved.as_path().starts_with(storage))
+        let path = self.writes().ok().and_then(|writes| {
+            writes
+                .open
+                .get(&handle)
+                .map(|open| open.path.to_string_lossy().into_owned())
+        });
+        let described = described.map(|(resource, action, target, bytes)| {
+            let target = path.as_deref().map_or(target, audited_target);
+            (resource, action, target, bytes)
+        });
+        (described, path)
     }
 
     async fn perform_unaudited(&self, op: Operation) -> Option<Result<Reply, OpError>> {
@@ -1179,11 +1251,21 @@ fn audited_target(target: &str) -> String {
     if target.len() <= AUDITED_TARGET {
         return target.to_owned();
     }
-    let mut end = AUDITED_TARGET;
-    while !target.is_char_boundary(end) {
-        end -= 1;
+    // Its start and its end: the end of a path is what it names.
+    let mut head = AUDITED_TARGET / 2;
+    while !target.is_char_boundary(head) {
+        head -= 1;
     }
-    format!("{}… ({} bytes in all)", &target[..end], target.len())
+    let mut tail = target.len() - AUDITED_TARGET / 2;
+    while !target.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{}…{} ({} bytes in all)",
+        &target[..head],
+        &target[tail..],
+        target.len()
+    )
 }
 
 /// What the audit log says about an operation; `None` for chunks of a
@@ -1712,12 +1794,12 @@ mod tests {
             "{} bytes kept",
             kept.len()
         );
-        let (prefix, _) = kept.split_once('…').unwrap();
-        assert!(prefix.len() > AUDITED_TARGET - 4 && huge.starts_with(prefix));
-        assert!(
-            kept.ends_with(&format!("… ({} bytes in all)", huge.len())),
-            "{kept}"
-        );
+        // Its start and its end (what a path names is at its end).
+        let (prefix, rest) = kept.split_once('…').unwrap();
+        let (suffix, all) = rest.rsplit_once(" (").unwrap();
+        assert!(prefix.len() > AUDITED_TARGET / 2 - 4 && huge.starts_with(prefix));
+        assert!(suffix.len() > AUDITED_TARGET / 2 - 4 && huge.ends_with(suffix));
+        assert_eq!(all, format!("{} bytes in all)", huge.len()));
         // A target of usual length is kept as it was.
         assert_eq!(entries[1].target, named);
         let on_disk = std::fs::metadata(&log).unwrap().len();
@@ -1740,6 +1822,7 @@ mod tests {
             decision: "allowed".into(),
             bytes: None,
             significant: false,
+            same_as: None,
         });
         // The writer took the record and gathers (parked): only a flush
         // that wakes it gets the record written in time.

@@ -163,7 +163,7 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         None,
     )
     .await;
-    if let (Some(first_visit), Err(ClientError::Unavailable { .. })) = (first_visit, &outcome) {
+    if let Err(ClientError::Unavailable { .. }) = &outcome {
         first_visit.forget();
     }
     outcome
@@ -173,27 +173,40 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
 /// dialing, and forgotten again when the server could not be reached, so
 /// that a mistyped URL leaves no authority behind.
 struct FirstVisit {
+    /// Whether the authority had no folder when this run began.
+    first: bool,
     folder: std::path::PathBuf,
     made: Vec<std::path::PathBuf>,
+    /// `authorities/`, locked shared while this run goes on: every run
+    /// holds it so, and the clean-up takes it exclusive without waiting,
+    /// so nothing is removed while another run may be using it.
+    lock: Option<std::fs::File>,
 }
 
 impl FirstVisit {
-    /// Some when `target`'s authority has no folder yet.
-    fn new(target: &connect::Target) -> Option<FirstVisit> {
+    /// The visit of `target`'s authority that begins: held for the whole
+    /// run (it holds the shared lock).
+    fn new(target: &connect::Target) -> FirstVisit {
         use terminalwire_policy::{Authority, Home};
-        let home = Home::from_env().ok()?;
-        let authority = Authority::from_url(&target.url).ok()?;
+        let (Ok(home), Ok(authority)) = (Home::from_env(), Authority::from_url(&target.url)) else {
+            return FirstVisit {
+                first: false,
+                folder: std::path::PathBuf::new(),
+                made: Vec::new(),
+                lock: None,
+            };
+        };
+        let lock = lock_authorities(&home);
         let folder = home.authority_dir(&authority);
-        if std::fs::symlink_metadata(&folder).is_ok() {
-            return None;
-        }
-        Some(FirstVisit {
+        FirstVisit {
+            first: std::fs::symlink_metadata(&folder).is_err(),
             made: vec![
                 home.device_key_file(&authority),
                 home.storage_dir(&authority),
             ],
             folder,
-        })
+            lock,
+        }
     }
 
     /// Removes what the client made, and the folder, only when the folder
@@ -202,6 +215,15 @@ impl FirstVisit {
     /// (a pinned identity, grants, an audit log, sessions), and then
     /// nothing is removed.
     fn forget(self) {
+        use rustix::fs::{FlockOperation, flock};
+        // Another run of the client, of any authority, may be starting on
+        // this one: then leave it all.
+        let Some(lock) = self.lock.as_ref().filter(|_| self.first) else {
+            return;
+        };
+        if flock(lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return;
+        }
         let Ok(listing) = std::fs::read_dir(&self.folder) else {
             return;
         };
@@ -231,6 +253,17 @@ impl FirstVisit {
         }
         let _ = std::fs::remove_dir(&self.folder);
     }
+}
+
+/// Locks `authorities/` shared (made, private, when missing), for as long
+/// as the file is open; `None` when that cannot be done.
+fn lock_authorities(home: &terminalwire_policy::Home) -> Option<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    let dir = home.authorities_dir();
+    create_private_dirs(&dir).ok()?;
+    let lock = std::fs::File::open(&dir).ok()?;
+    flock(&lock, FlockOperation::LockShared).ok()?;
+    Some(lock)
 }
 
 /// `terminalwire attach ID`: re-attaches to a detached session.
@@ -573,10 +606,13 @@ mod tests {
     #[test]
     fn a_first_visit_is_forgotten_only_while_it_holds_only_what_it_made() {
         let dir = tempfile::tempdir().unwrap();
-        let folder = dir.path().join("example.com");
+        let folder = dir.path().join("authorities/example.com");
+        let home = terminalwire_policy::Home::at(dir.path());
         let visit = || FirstVisit {
+            first: true,
             made: vec![folder.join("device.key"), folder.join("storage")],
             folder: folder.clone(),
+            lock: lock_authorities(&home),
         };
         let make = || {
             std::fs::create_dir_all(folder.join("storage")).unwrap();
@@ -596,5 +632,16 @@ mod tests {
         visit().forget();
         assert!(folder.join("device.key").exists(), "the key stays");
         assert!(folder.join("storage/token").exists());
+        // Another run of the client holds the lock: nothing is removed.
+        std::fs::remove_file(folder.join("storage/token")).unwrap();
+        let other_run = lock_authorities(&home).unwrap();
+        visit().forget();
+        assert!(
+            folder.join("device.key").exists(),
+            "kept while another runs"
+        );
+        drop(other_run);
+        visit().forget();
+        assert!(!folder.exists());
     }
 }

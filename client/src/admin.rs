@@ -674,6 +674,15 @@ fn grant_warnings(grant: &PathGrant, home_root: &Path, user_home: &Path) -> Vec<
             "this gives the server {} of up to your whole home folder (your keys in ~/.ssh included)",
             grant.access
         ));
+    } else if grant
+        .pattern
+        .matches(&user_home.join(".ssh/id_ed25519"), user_home)
+    {
+        // However it is spelled (`~/.*/**`, `~/[.]ssh/**`).
+        warnings.push(format!(
+            "this gives the server {} of your SSH keys (~/.ssh)",
+            grant.access
+        ));
     }
     warnings
 }
@@ -868,6 +877,13 @@ mod tests {
                     .iter()
                     .any(|w| w.contains("read of up to your whole home folder")),
                 "{whole_home}: {warnings:?}"
+            );
+        }
+        for keys in ["~/.*/**", "~/[.]ssh/**", "~/.s*/*"] {
+            let warnings = warn(keys);
+            assert!(
+                warnings.iter().any(|w| w.contains("of your SSH keys")),
+                "{keys}: {warnings:?}"
             );
         }
         for quiet in [

@@ -185,8 +185,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
     }
     let options: Options = parse_with(own)?;
     if options.url == "help" {
-        // `help COMMAND` for a command of the client was handled before.
-        if let Some(unknown) = app_args.first() {
+        if let Some(first) = app_args.first() {
+            // `terminalwire -v help audit`: that command's help.
+            if client_commands().any(|command| first == command) {
+                let mut asked = vec![OsString::from("terminalwire")];
+                asked.extend(app_args.iter().cloned());
+                asked.push("--help".into());
+                return Err(ParseOutcome::Exit(crate::main_with_args(asked)));
+            }
+            let unknown = first;
             eprintln!(
                 "terminalwire: `{}` is not a command of the client (see `terminalwire --help`)",
                 unknown.to_string_lossy()
@@ -418,6 +425,11 @@ mod tests {
         assert!(matches!(
             parse(["terminalwire", "help", "nope"].map(OsString::from)),
             Err(ParseOutcome::Exit(exit_code::USAGE))
+        ));
+        // After the client's options too: that command's help.
+        assert!(matches!(
+            parse(["terminalwire", "-v", "help", "sessions"].map(OsString::from)),
+            Err(ParseOutcome::Exit(0))
         ));
     }
 }

@@ -372,7 +372,9 @@ pub fn shadowed(name: &str, bin_dir: &Path) -> Vec<PathBuf> {
         let program = folder.join(name);
         let executable = std::fs::metadata(&program)
             .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
-        if executable && !found.contains(&program) {
+        // One program reached through two PATH entries is said once.
+        let seen = found.iter().any(|other| same_folder(other, &program));
+        if executable && !seen {
             found.push(program);
         }
     }

@@ -572,16 +572,16 @@ impl Resources {
         // Logged as resolved: that is the file, however it was spelled.
         let (target, same_as) = match &resolved {
             Some((path, _)) => {
-                let text = path.to_string_lossy();
-                let identity = AuditLog::identity(action, &text);
-                let mut logged = audited_target(&text);
-                // A mode change says which mode.
+                let mut text = path.to_string_lossy().into_owned();
+                // A mode change says which mode (and another mode is not a
+                // repeat).
                 if action == "chmod"
                     && let Some(mode) = target.rfind(" (").map(|at| &target[at..])
                 {
-                    logged.push_str(mode);
+                    text.push_str(mode);
                 }
-                (logged, Some(identity))
+                let identity = AuditLog::identity(action, &text);
+                (audited_target(&text), Some(identity))
             }
             None => {
                 let same_as = significant.then(|| AuditLog::identity(action, &target));
@@ -1397,6 +1397,68 @@ mod tests {
         )
         .unwrap();
         (server, entitlements)
+    }
+
+    #[tokio::test]
+    async fn a_file_read_or_changed_is_logged_once_by_what_it_touched() {
+        use terminalwire_policy::grant::{Access, Mode, PathGrant, PathPattern};
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let docs = root.join("docs");
+        std::fs::create_dir(&docs).unwrap();
+        std::fs::write(docs.join("f"), "x").unwrap();
+        let mut policy = terminalwire_policy::Policy::default();
+        policy.grant(terminalwire_policy::Grant::Path(PathGrant {
+            pattern: PathPattern::parse(&format!("{}/**", docs.display())).unwrap(),
+            access: Access::ReadWrite,
+            mode: Mode::new(0o755),
+        }));
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let entitlements = Entitlements::new(
+            &server,
+            &terminalwire_policy::Home::at(root.join("tw")),
+            &policy,
+            &root,
+            &[],
+        )
+        .unwrap();
+        let log = root.join("audit.log");
+        let resources = Resources::new(entitlements, root.clone(), Resources::system_opener())
+            .with_audit(AuditLog::new(log.clone()));
+        let file = docs.join("f").display().to_string();
+        let spelled = format!("{}/./f", docs.display());
+        for (path, mode) in [(&file, 0o644), (&spelled, 0o600), (&file, 0o644)] {
+            let op = Operation::Chmod {
+                path: path.clone(),
+                mode,
+            };
+            resources.perform(op).await.unwrap().unwrap();
+        }
+        for path in [&file, &spelled] {
+            let op = Operation::FileRead {
+                path: path.clone(),
+                offset: 0,
+                len: 1024,
+            };
+            resources.perform(op).await.unwrap().unwrap();
+        }
+        resources.end_session();
+        let entries = crate::audit::read(&log, None).unwrap();
+        let one_by_one: Vec<(&str, &str)> = entries
+            .iter()
+            .filter(|entry| !entry.target.contains("counted"))
+            .map(|entry| (entry.action.as_str(), entry.target.as_str()))
+            .collect();
+        let (chmod_644, chmod_600) = (format!("{file} (0644)"), format!("{file} (0600)"));
+        assert_eq!(
+            one_by_one,
+            [
+                ("chmod", chmod_644.as_str()),
+                ("chmod", chmod_600.as_str()),
+                ("file_read", file.as_str()),
+            ],
+            "each mode once, each file once, as resolved"
+        );
     }
 
     #[test]

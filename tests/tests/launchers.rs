@@ -155,7 +155,15 @@ async fn install_keeps_the_clients_names_and_other_launchers_and_warns_of_shadow
     std::fs::write(&other, "#!/bin/sh\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:/usr/bin:/bin", system.path().display());
+    // The same folder twice, once through a symlink: said once.
+    let links = tempfile::tempdir().unwrap();
+    let linked = links.path().join("system");
+    std::os::unix::fs::symlink(system.path(), &linked).unwrap();
+    let path = format!(
+        "{}:{}:/usr/bin:/bin",
+        system.path().display(),
+        linked.display()
+    );
     let install = |url: &'static str, extra: &'static [&'static str]| {
         let mut args = vec!["install", url, "--name", "notes"];
         args.extend_from_slice(extra);
@@ -166,6 +174,12 @@ async fn install_keeps_the_clients_names_and_other_launchers_and_warns_of_shadow
     assert!(
         run.stderr_text()
             .contains(&format!("warning: {} is also a command", other.display())),
+        "{}",
+        run.stderr_text()
+    );
+    assert_eq!(
+        run.stderr_text().matches("is also a command").count(),
+        1,
         "{}",
         run.stderr_text()
     );

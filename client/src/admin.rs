@@ -861,31 +861,21 @@ mod tests {
             assert_eq!(warnings.len(), 1, "{pattern}: {warnings:?}");
             assert!(warnings[0].contains("client's own folder"), "{warnings:?}");
         }
-        for everything in ["/**", "/**/*", "/*/**"] {
-            let warnings = warn(everything);
-            assert!(
-                warnings
-                    .iter()
-                    .any(|w| w.contains("read of up to every file")),
-                "{everything}: {warnings:?}"
-            );
-        }
-        for whole_home in ["~/**", "~/**/*", "~/{docs,.ssh}/**"] {
-            let warnings = warn(whole_home);
-            assert!(
-                warnings
-                    .iter()
-                    .any(|w| w.contains("read of up to your whole home folder")),
-                "{whole_home}: {warnings:?}"
-            );
-        }
-        for keys in ["~/.*/**", "~/[.]ssh/**", "~/.s*/*"] {
-            let warnings = warn(keys);
-            assert!(
-                warnings.iter().any(|w| w.contains("of your SSH keys")),
-                "{keys}: {warnings:?}"
-            );
-        }
+        let assert_warns = |patterns: &[&str], said: &str| {
+            for pattern in patterns {
+                let warnings = warn(pattern);
+                assert!(
+                    warnings.iter().any(|w| w.contains(said)),
+                    "{pattern}: {warnings:?}"
+                );
+            }
+        };
+        assert_warns(&["/**", "/**/*", "/*/**"], "read of up to every file");
+        assert_warns(
+            &["~/**", "~/**/*", "~/{docs,.ssh}/**"],
+            "read of up to your whole home folder",
+        );
+        assert_warns(&["~/.*/**", "~/[.]ssh/**", "~/.s*/*"], "of your SSH keys");
         for quiet in [
             "~/docs/**",
             "/tmp/*.txt",

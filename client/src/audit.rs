@@ -152,12 +152,8 @@ impl AuditLog {
         if counted.is_empty() {
             return;
         }
-        let sums = sums(counted, SystemTime::now());
         let session = self.session.get().map_or("", String::as_str);
-        let lines = encode(session, &sums);
-        if let Err(error) = self.append(&lines) {
-            tracing::warn!(%error, path = %self.path.display(), "cannot write the audit log");
-        }
+        self.write(&encode(session, &sums(counted, SystemTime::now())));
     }
 
     /// Names the session for later entries (once, from the welcome).
@@ -202,11 +198,11 @@ impl AuditLog {
             // A repeat of what was logged is counted (the set holds only
             // what was written, so it is bounded by the budget).
             let repeat = record.significant
-                && !tally.finished
                 && record
                     .same_as
                     .is_some_and(|same| tally.significant_seen.contains(&same));
-            if repeat || (tally.written[kind] >= self.budgets[kind] && !tally.finished) {
+            let over_budget = tally.written[kind] >= self.budgets[kind];
+            if !tally.finished && (repeat || over_budget) {
                 if !repeat && !tally.said[kind] {
                     tally.said[kind] = true;
                     let notice = Record {
@@ -215,7 +211,7 @@ impl AuditLog {
                         action: "budget",
                         target: format!(
                             "this session wrote {} bytes of entries of {}: its further ones \
-                             are counted and summed up when it ends",
+                             are counted and written as sums",
                             tally.written[kind],
                             if record.significant {
                                 "requests that read or change your files, environment or browser"
@@ -266,10 +262,14 @@ impl AuditLog {
             }
         }
         drop(tally);
-        if lines.is_empty() {
-            return;
+        if !lines.is_empty() {
+            self.write(&lines);
         }
-        if let Err(error) = self.append(&lines) {
+    }
+
+    /// Appends `lines`; a failure is logged, never fatal.
+    fn write(&self, lines: &[u8]) {
+        if let Err(error) = self.append(lines) {
             tracing::warn!(%error, path = %self.path.display(), "cannot write the audit log");
         }
     }
@@ -473,6 +473,12 @@ pub fn read(path: &Path, since: Option<SystemTime>) -> io::Result<Vec<Entry>> {
 mod tests {
     use super::*;
 
+    /// The requests a sum line counts: `(N more requests ...)`.
+    fn counted_requests(target: &str) -> u64 {
+        let count = target.strip_prefix('(').unwrap().split(' ').next().unwrap();
+        count.parse().unwrap()
+    }
+
     #[test]
     fn entries_are_appended_read_back_filtered_and_rotated() {
         let dir = tempfile::tempdir().unwrap();
@@ -598,14 +604,7 @@ mod tests {
         let counted: u64 = sums
             .iter()
             .filter(|entry| entry.action != "env_get")
-            .map(|entry| {
-                entry.target[1..]
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap()
-            })
+            .map(|entry| counted_requests(&entry.target))
             .sum();
         assert_eq!(one_by_one + counted, 5000);
         assert!(entries.iter().any(|entry| entry.target == "~/docs/secret"));
@@ -616,14 +615,7 @@ mod tests {
         assert_eq!(editor[0].target, "EDITOR");
         let reread: u64 = editor[1..]
             .iter()
-            .map(|entry| {
-                entry.target[1..]
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap()
-            })
+            .map(|entry| counted_requests(&entry.target))
             .sum();
         assert_eq!(reread, 999, "{editor:?}");
         assert!(entries.iter().any(|entry| entry.target == "~/late"));

@@ -20,16 +20,7 @@ async fn every_resource_request_is_logged_with_its_decision() {
     let run = run_app(&["env", "PATH"]).run().await;
     assert_eq!(run.status, Some(1));
 
-    let audit = Client::new(["audit", "--json"])
-        .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
-        .run()
-        .await;
-    assert_eq!(audit.status, Some(0), "{}", audit.stderr_text());
-    let entries: Vec<serde_json::Value> = audit
-        .stdout_text()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let entries = audit_entries(home.path().to_str().unwrap()).await;
     let find = |action: &str, decision: &str| {
         entries
             .iter()
@@ -111,15 +102,7 @@ async fn a_flooding_session_cannot_push_earlier_sessions_out_of_the_log() {
     assert_eq!(earlier.status, Some(0), "{}", earlier.stderr_text());
     let flood = run("12000").await;
     assert_eq!(flood.status, Some(0), "{}", flood.stderr_text());
-    let audit = Client::new(["audit", "--json"])
-        .env("TERMINALWIRE_HOME", home_text)
-        .run()
-        .await;
-    let entries: Vec<serde_json::Value> = audit
-        .stdout_text()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let entries = audit_entries(home_text).await;
     let first_session = entries[0]["session"].clone();
     assert!(
         entries[0]["target"]
@@ -153,12 +136,9 @@ async fn a_flooding_session_cannot_push_earlier_sessions_out_of_the_log() {
     let counted: usize = sums
         .iter()
         .map(|sum| {
-            sum["target"].as_str().unwrap()[1..]
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse::<usize>()
-                .unwrap()
+            let target = sum["target"].as_str().unwrap();
+            let count = target.strip_prefix('(').unwrap().split(' ').next().unwrap();
+            count.parse::<usize>().unwrap()
         })
         .sum();
     assert_eq!(one_by_one + counted, 12000, "{sums:?}");
@@ -205,15 +185,7 @@ async fn a_padded_path_is_logged_as_the_file_it_names() {
         .run()
         .await;
     assert_eq!(run.status, Some(0), "{}", run.stderr_text());
-    let audit = Client::new(["audit", "--json"])
-        .env("TERMINALWIRE_HOME", home_text)
-        .run()
-        .await;
-    let entries: Vec<serde_json::Value> = audit
-        .stdout_text()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let entries = audit_entries(home_text).await;
     let read = entries
         .iter()
         .find(|entry| entry["action"] == "file_read")
@@ -223,4 +195,18 @@ async fn a_padded_path_is_logged_as_the_file_it_names() {
         granted_dir.join("secret").display().to_string(),
         "{read}"
     );
+}
+
+/// `terminalwire audit --json` of the home at `home`, one value per entry.
+async fn audit_entries(home: &str) -> Vec<serde_json::Value> {
+    let audit = Client::new(["audit", "--json"])
+        .env("TERMINALWIRE_HOME", home)
+        .run()
+        .await;
+    assert_eq!(audit.status, Some(0), "{}", audit.stderr_text());
+    audit
+        .stdout_text()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }

@@ -720,13 +720,19 @@ impl Entitlements {
 }
 
 /// Whether `path` is `prefix` or inside it, letters compared without
-/// their case (ASCII). On a case-insensitive file system (exFAT, CIFS,
-/// ext4 with casefold) `~/.TERMINALWIRE/...` is the terminalwire home, and
-/// the path a server names is not put in the case it has on disk; on
-/// another, refusing such a twin of a protected path costs nothing.
+/// their case. On a case-insensitive file system (APFS, exFAT, CIFS, ext4
+/// with casefold) `~/.TERMINALWIRE/...` is the terminalwire home, and the
+/// path a server names is not put in the case it has on disk; on another,
+/// refusing such a twin of a protected path costs nothing. Paths that are
+/// all ASCII (the common case, on every request) are compared byte by
+/// byte; others as [`folded`].
 fn starts_with_any_case(path: &Path, prefix: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let (path, prefix) = (path.as_os_str().as_bytes(), prefix.as_os_str().as_bytes());
+    let (path_bytes, prefix_bytes) = (path.as_os_str().as_bytes(), prefix.as_os_str().as_bytes());
+    if !path_bytes.is_ascii() || !prefix_bytes.is_ascii() {
+        return starts_with_folded(path, prefix);
+    }
+    let (path, prefix) = (path_bytes, prefix_bytes);
     let prefix = match prefix {
         [rest @ .., b'/'] if !rest.is_empty() => rest,
         _ => prefix,
@@ -734,6 +740,40 @@ fn starts_with_any_case(path: &Path, prefix: &Path) -> bool {
     path.len() >= prefix.len()
         && path[..prefix.len()].eq_ignore_ascii_case(prefix)
         && (path.len() == prefix.len() || path[prefix.len()] == b'/' || prefix == b"/")
+}
+
+/// [`starts_with_any_case`] for paths that are not all ASCII: component by
+/// component, each [`folded`].
+fn starts_with_folded(path: &Path, prefix: &Path) -> bool {
+    let mut parts = path.components();
+    prefix.components().all(|wanted| {
+        parts
+            .next()
+            .is_some_and(|part| folded(part.as_os_str()) == folded(wanted.as_os_str()))
+    })
+}
+
+/// A name as a case- and normalization-insensitive disk sees it: the
+/// Unicode decomposition (APFS and ext4's casefold take `é` and `e` + a
+/// combining accent for one name) of its letters upper-cased then
+/// lower-cased, which joins the twins that lower-casing alone would keep
+/// apart (`ſ` and `s`, the Kelvin sign and `k`). Over-inclusive where one
+/// disk or another would tell two names apart (Turkish `ı` and `i`): it
+/// only decides what is refused. A name that is not UTF-8 has only its
+/// ASCII letters folded, as such a disk compares it byte by byte.
+fn folded(name: &std::ffi::OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    use unicode_normalization::UnicodeNormalization;
+    match name.to_str() {
+        Some(text) => text
+            .nfd()
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .nfd()
+            .collect::<String>()
+            .into_bytes(),
+        None => name.as_bytes().to_ascii_lowercase(),
+    }
 }
 
 /// `text` as one shell word: unchanged when it only has safe characters,
@@ -944,6 +984,37 @@ mod tests {
         assert!(yes("/anything", "/"));
         assert!(!yes("/h/.terminalwire-other", "/h/.terminalwire"));
         assert!(!yes("/h", "/h/.terminalwire"));
+    }
+
+    #[test]
+    fn prefixes_compare_as_a_case_and_normalization_insensitive_disk_does() {
+        let yes =
+            |path: &str, prefix: &str| starts_with_any_case(Path::new(path), Path::new(prefix));
+        let home = "/home/jos\u{e9}/.terminalwire";
+        // Upper case, and the accent as a combining mark, name the same folder.
+        assert!(yes("/home/JOS\u{c9}/.terminalwire/bin/app", home));
+        assert!(yes("/home/jose\u{301}/.TerminalWire", home));
+        assert!(yes("/home/jos\u{e9}/.terminalwire/", home));
+        // Letters that only upper-casing joins to an ASCII one.
+        assert!(yes(
+            "/home/\u{212a}im/.terminalwire",
+            "/home/kim/.terminalwire"
+        ));
+        assert!(yes("/home/kim/.\u{17f}sh", "/home/kim/.ssh"));
+        assert!(yes("/h/.\u{17f}\u{17f}h/id", "/h/.SSH"));
+        // Still whole components, and another letter is another name.
+        assert!(!yes("/home/jose/.terminalwire", home));
+        assert!(!yes("/home/jos\u{e9}/.terminalwire-other", home));
+        assert!(!yes("/home/jos\u{e9}", home));
+        // A name that is not UTF-8 has its ASCII letters folded.
+        use std::os::unix::ffi::OsStrExt;
+        let raw = Path::new(std::ffi::OsStr::from_bytes(b"/h/\xff/.TERMINALWIRE/x"));
+        assert!(!starts_with_any_case(
+            raw,
+            Path::new("/h/\u{e9}/.terminalwire")
+        ));
+        let prefix = Path::new(std::ffi::OsStr::from_bytes(b"/h/\xff/.terminalwire"));
+        assert!(starts_with_any_case(raw, prefix));
     }
 
     #[test]

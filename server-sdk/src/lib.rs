@@ -2,8 +2,9 @@
 //!
 //! The app writes its command as an async function of a [`Context`]; users run
 //! it with the `terminalwire` client. The app never sees the wire format: the
-//! context offers streams, client facts and (later) client resources, so other
-//! transports (such as Terminalwire v1 clients) can drive the same app.
+//! context offers streams, client facts and client resources (files, folders,
+//! environment, browser), so other transports (such as Terminalwire v1 clients)
+//! can drive the same app.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};

@@ -881,14 +881,7 @@ impl Resources {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
                 let existing = safe_fs::metadata(path.as_path()).map_err(fs_error)?;
-                let mode = match mode {
-                    Some(mode) => Some(check_mode(&entitlements, &path, &allowed, false, mode)?),
-                    // An existing file keeps its mode; a new one gets the default.
-                    None => match existing {
-                        Some(_) => None,
-                        None => Some(default_mode(&allowed, false)),
-                    },
-                };
+                let mode = file_mode(&entitlements, &path, &allowed, mode)?;
                 // Replacing a file frees its bytes: an app that rewrites a
                 // file in storage is charged what it grows by.
                 let (grows, entries) = match &existing {
@@ -906,13 +899,7 @@ impl Resources {
             Operation::FileWriteOpen { path, mode } => {
                 let path = resolve(&path)?;
                 let allowed = check(&path, Action::Write)?;
-                let mode = match mode {
-                    Some(mode) => Some(check_mode(&entitlements, &path, &allowed, false, mode)?),
-                    None => match safe_fs::metadata(path.as_path()).map_err(fs_error)? {
-                        Some(_) => None,
-                        None => Some(default_mode(&allowed, false)),
-                    },
-                };
+                let mode = file_mode(&entitlements, &path, &allowed, mode)?;
                 // Charged before the table of writes is locked (the charge
                 // may measure the storage folder), once it has room.
                 if self.writes()?.open.len() >= MAX_OPEN_WRITES {
@@ -1225,6 +1212,25 @@ fn check_mode(
     Ok(mode)
 }
 
+/// The mode a written file gets: the server's, once checked against the
+/// ceiling; else an existing file's, within the ceiling, or the default.
+fn file_mode(
+    entitlements: &Entitlements,
+    path: &ResolvedPath,
+    allowed: &Allowed,
+    mode: Option<u32>,
+) -> Result<safe_fs::FileMode, OpError> {
+    Ok(match mode {
+        Some(mode) => {
+            safe_fs::FileMode::Exactly(check_mode(entitlements, path, allowed, false, mode)?)
+        }
+        None => safe_fs::FileMode::Keep {
+            new: default_mode(allowed, false),
+            ceiling: allowed.file_mode.bits(),
+        },
+    })
+}
+
 fn default_mode(allowed: &Allowed, is_dir: bool) -> u32 {
     use terminalwire_policy::grant::Mode;
     let (default, ceiling) = if is_dir {
@@ -1459,6 +1465,95 @@ mod tests {
             ],
             "each mode once, each file once, as resolved"
         );
+    }
+
+    /// Resources with `docs` under `root` granted read-write with the
+    /// file-mode ceiling `ceiling`.
+    fn docs_resources(root: &Path, ceiling: u32) -> (Resources, PathBuf) {
+        use terminalwire_policy::grant::{Access, Mode, PathGrant, PathPattern};
+        let docs = root.join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        let mut policy = terminalwire_policy::Policy::default();
+        policy.grant(terminalwire_policy::Grant::Path(PathGrant {
+            pattern: PathPattern::parse(&format!("{}/**", docs.display())).unwrap(),
+            access: Access::ReadWrite,
+            mode: Mode::new(ceiling),
+        }));
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let home = terminalwire_policy::Home::at(root.join("tw"));
+        let entitlements = Entitlements::new(&server, &home, &policy, root, &[]).unwrap();
+        let resources =
+            Resources::new(entitlements, root.to_path_buf(), Resources::system_opener());
+        (resources, docs)
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_file_keeps_its_mode_only_within_the_ceiling() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (resources, docs) = docs_resources(&root, 0o644);
+        let mode_of = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        // (mode before, mode after a rewrite that names none)
+        let cases = [
+            (0o640, 0o640),
+            (0o600, 0o600),
+            (0o755, 0o644),
+            (0o6777, 0o644),
+            (0o4755, 0o644),
+            (0o1644, 0o644),
+        ];
+        for (i, (before, after)) in cases.into_iter().enumerate() {
+            for streamed in [false, true] {
+                let file = docs.join(format!("f{i}-{streamed}"));
+                std::fs::write(&file, "old").unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(before)).unwrap();
+                assert_eq!(mode_of(&file), before, "set up {before:o}");
+                let path = file.display().to_string();
+                if streamed {
+                    let opened = resources
+                        .perform(Operation::FileWriteOpen { path, mode: None })
+                        .await
+                        .unwrap();
+                    let Ok(Reply::Handle { handle }) = opened else {
+                        panic!("{opened:?}")
+                    };
+                    let chunk = Operation::FileWriteChunk {
+                        handle,
+                        offset: 0,
+                        bytes: b"new".to_vec().into(),
+                    };
+                    assert_eq!(resources.perform(chunk).await.unwrap(), Ok(Reply::Unit));
+                    let commit = Operation::FileWriteCommit { handle };
+                    assert_eq!(resources.perform(commit).await.unwrap(), Ok(Reply::Unit));
+                } else {
+                    let op = Operation::FileWrite {
+                        path,
+                        bytes: b"new".to_vec().into(),
+                        mode: None,
+                    };
+                    assert_eq!(resources.perform(op).await.unwrap(), Ok(Reply::Unit));
+                }
+                assert_eq!(std::fs::read(&file).unwrap(), b"new");
+                assert_eq!(
+                    mode_of(&file),
+                    after,
+                    "{before:o} rewritten (streamed: {streamed})"
+                );
+            }
+        }
+        // A new file gets the default within the ceiling, decided when the
+        // write looks at its target (a file deleted since the request was
+        // checked cannot leave the old file's way of deciding behind).
+        let (resources, docs) = docs_resources(&root.join("private"), 0o600);
+        let file = docs.join("new");
+        let op = Operation::FileWrite {
+            path: file.display().to_string(),
+            bytes: b"x".to_vec().into(),
+            mode: None,
+        };
+        assert_eq!(resources.perform(op).await.unwrap(), Ok(Reply::Unit));
+        assert_eq!(mode_of(&file), 0o600);
     }
 
     #[test]

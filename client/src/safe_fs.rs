@@ -49,6 +49,43 @@ pub const MAX_DELETE_DEPTH: usize = 256;
 pub const MAX_DELETE_ENTRIES: usize = 100_000;
 /// The mode of a file created by [`write_atomic`] when no mode is given.
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+/// The permission bits a file written by [`write_atomic`] or
+/// [`StreamedWrite`] gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileMode {
+    /// These bits (masked to `0o7777`), whether the file is new or not.
+    Exactly(u32),
+    /// A file being replaced keeps its permission bits as far as `ceiling`
+    /// allows them and never setuid, setgid or sticky (as the kernel clears
+    /// the first two when a file is written in place); a new file gets `new`.
+    /// Both are decided when the write looks at its target, so a file
+    /// deleted or created since the caller looked cannot widen the mode.
+    Keep {
+        /// The mode of a new file.
+        new: u32,
+        /// The most a kept mode may have.
+        ceiling: u32,
+    },
+}
+
+impl FileMode {
+    /// Keep the plain permission bits of a file replaced, else
+    /// [`DEFAULT_FILE_MODE`].
+    pub const KEEP_OR_DEFAULT: FileMode = FileMode::Keep {
+        new: DEFAULT_FILE_MODE,
+        ceiling: 0o777,
+    };
+
+    /// The mode for a target that is `existing` (a regular file) or absent.
+    fn for_target(self, existing: Option<&Stat>) -> u32 {
+        match (self, existing) {
+            (FileMode::Exactly(mode), _) => mode & PERMISSION_BITS,
+            (FileMode::Keep { new, .. }, None) => new & PERMISSION_BITS,
+            (FileMode::Keep { ceiling, .. }, Some(st)) => mode_bits(st) & 0o777 & ceiling,
+        }
+    }
+}
 /// The permission bits (including setuid, setgid and sticky) that modes keep.
 const PERMISSION_BITS: u32 = 0o7777;
 /// The longest file name (Linux's `NAME_MAX`), for temporary file names.
@@ -270,9 +307,8 @@ pub fn read(path: &Path, offset: u64, max_len: usize) -> Result<(Vec<u8>, bool),
 /// matter) and renamed over `path`; the folder is then synced. On failure the
 /// temporary file is removed.
 ///
-/// `mode` is applied exactly (masked to `0o7777`); `None` keeps the mode of
-/// the file being replaced, or [`DEFAULT_FILE_MODE`] for a new file. The
-/// caller is responsible for any ceiling on the mode.
+/// `mode` says which permission bits the file gets ([`FileMode`]); the
+/// caller is responsible for any ceiling on an exact mode or a new file's.
 ///
 /// An existing folder, FIFO, socket or device at `path` is
 /// [`FsError::NotAFile`] and is left alone. An existing symlink at `path` is
@@ -281,12 +317,12 @@ pub fn read(path: &Path, offset: u64, max_len: usize) -> Result<(Vec<u8>, bool),
 /// the rename, the rename replaces the link itself, never its target.) The
 /// new file belongs to the client's user, and hard links to the old file keep
 /// the old content.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), FsError> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode) -> Result<(), FsError> {
     let (parent, name) = open_parent(path)?;
     let existing = stat_at(&parent, name, path)?;
     let mode = match existing.as_ref().map(|st| (kind_of(st), st)) {
-        None => mode.unwrap_or(DEFAULT_FILE_MODE),
-        Some((Kind::File, st)) => mode.unwrap_or_else(|| mode_bits(st)),
+        None => mode.for_target(None),
+        Some((Kind::File, st)) => mode.for_target(Some(st)),
         Some((Kind::Symlink, _)) => return Err(FsError::SymlinkRace { path: path.into() }),
         Some((Kind::Dir | Kind::Other, _)) => {
             return Err(FsError::NotAFile { path: path.into() });
@@ -364,12 +400,12 @@ const MAX_DIRECT_ALIGN: usize = 64 * 1024;
 impl StreamedWrite {
     /// Starts a write to `path`, with the same rules as [`write_atomic`] for
     /// what may be replaced and which mode the file gets.
-    pub fn begin(path: &Path, mode: Option<u32>) -> Result<StreamedWrite, FsError> {
+    pub fn begin(path: &Path, mode: FileMode) -> Result<StreamedWrite, FsError> {
         let (parent, name) = open_parent(path)?;
         let existing = stat_at(&parent, name, path)?;
         let mode = match existing.as_ref().map(|st| (kind_of(st), st)) {
-            None => mode.unwrap_or(DEFAULT_FILE_MODE),
-            Some((Kind::File, st)) => mode.unwrap_or_else(|| mode_bits(st)),
+            None => mode.for_target(None),
+            Some((Kind::File, st)) => mode.for_target(Some(st)),
             Some((Kind::Symlink, _)) => return Err(FsError::SymlinkRace { path: path.into() }),
             Some((Kind::Dir | Kind::Other, _)) => {
                 return Err(FsError::NotAFile { path: path.into() });
@@ -1380,7 +1416,7 @@ mod tests {
                 "{path:?}"
             );
             assert!(matches!(
-                write_atomic(path, b"y", None),
+                write_atomic(path, b"y", FileMode::KEEP_OR_DEFAULT),
                 Err(FsError::InvalidPath { .. })
             ));
             assert!(matches!(
@@ -1409,7 +1445,7 @@ mod tests {
         assert_eq!(fs::read(d.join("f")).unwrap(), b"x");
         // The root has no parent to write into.
         assert!(matches!(
-            write_atomic(Path::new("/"), b"y", None),
+            write_atomic(Path::new("/"), b"y", FileMode::KEEP_OR_DEFAULT),
             Err(FsError::InvalidPath { .. })
         ));
         // Doubled and trailing slashes are fine.
@@ -1462,7 +1498,7 @@ mod tests {
             "{result:?}"
         );
         let path = fifo.clone();
-        let result = within_seconds(move || write_atomic(&path, b"x", None));
+        let result = within_seconds(move || write_atomic(&path, b"x", FileMode::KEEP_OR_DEFAULT));
         assert!(
             matches!(result, Err(FsError::NotAFile { .. })),
             "{result:?}"
@@ -1482,21 +1518,21 @@ mod tests {
     fn write_atomic_creates_and_replaces_without_leftovers() {
         let (_t, d) = tmp();
         let f = d.join("f.txt");
-        write_atomic(&f, b"first", None).unwrap();
+        write_atomic(&f, b"first", FileMode::KEEP_OR_DEFAULT).unwrap();
         assert_eq!(fs::read(&f).unwrap(), b"first");
         assert_eq!(mode_of(&f), DEFAULT_FILE_MODE);
-        write_atomic(&f, b"second, longer", None).unwrap();
+        write_atomic(&f, b"second, longer", FileMode::KEEP_OR_DEFAULT).unwrap();
         assert_eq!(fs::read(&f).unwrap(), b"second, longer");
-        write_atomic(&f, b"", None).unwrap();
+        write_atomic(&f, b"", FileMode::KEEP_OR_DEFAULT).unwrap();
         assert_eq!(fs::read(&f).unwrap(), b"");
         assert_eq!(names_in(&d), ["f.txt"]);
         // A very long name still gets a temporary name within NAME_MAX.
         let long = d.join("n".repeat(255));
-        write_atomic(&long, b"long", None).unwrap();
+        write_atomic(&long, b"long", FileMode::KEEP_OR_DEFAULT).unwrap();
         assert_eq!(fs::read(&long).unwrap(), b"long");
         assert_eq!(names_in(&d).len(), 2);
         assert!(matches!(
-            write_atomic(&d.join("missing/f"), b"x", None),
+            write_atomic(&d.join("missing/f"), b"x", FileMode::KEEP_OR_DEFAULT),
             Err(FsError::NotFound { .. })
         ));
     }
@@ -1507,7 +1543,7 @@ mod tests {
         let (_t, d) = tmp();
         for mode in [0o600, 0o644, 0o666, 0o640, 0o777] {
             let f = d.join(format!("w{mode:o}"));
-            write_atomic(&f, b"x", Some(mode)).unwrap();
+            write_atomic(&f, b"x", FileMode::Exactly(mode)).unwrap();
             assert_eq!(mode_of(&f), mode, "write {mode:o}");
             let a = d.join(format!("a{mode:o}"));
             append(&a, b"x", mode).unwrap();
@@ -1520,9 +1556,9 @@ mod tests {
         let f = d.join("keep");
         fs::write(&f, "old").unwrap();
         fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
-        write_atomic(&f, b"new", None).unwrap();
+        write_atomic(&f, b"new", FileMode::KEEP_OR_DEFAULT).unwrap();
         assert_eq!(mode_of(&f), 0o640);
-        write_atomic(&f, b"newer", Some(0o600)).unwrap();
+        write_atomic(&f, b"newer", FileMode::Exactly(0o600)).unwrap();
         assert_eq!(mode_of(&f), 0o600);
         // Appending to an existing file keeps its mode.
         append(&f, b"!", 0o666).unwrap();
@@ -1537,7 +1573,7 @@ mod tests {
         fs::create_dir(&sub).unwrap();
         fs::write(sub.join("inner"), "keep").unwrap();
         assert!(matches!(
-            write_atomic(&sub, b"x", None),
+            write_atomic(&sub, b"x", FileMode::KEEP_OR_DEFAULT),
             Err(FsError::NotAFile { .. })
         ));
         assert_eq!(fs::read(sub.join("inner")).unwrap(), b"keep");
@@ -1558,7 +1594,11 @@ mod tests {
             read(&link, 0, 10),
             Err(FsError::SymlinkRace { .. })
         ));
-        assert!(race(write_atomic(&link, b"pwned", None)));
+        assert!(race(write_atomic(
+            &link,
+            b"pwned",
+            FileMode::KEEP_OR_DEFAULT
+        )));
         assert!(race(append(&link, b"pwned", 0o600)));
         assert!(race(chmod(&link, 0o777, Kind::File)));
         assert!(matches!(list(&link, 10), Err(FsError::SymlinkRace { .. })));
@@ -1607,8 +1647,16 @@ mod tests {
             read(&via("f"), 0, 10),
             Err(FsError::SymlinkRace { path }) if path == link
         ));
-        assert!(race(&write_atomic(&via("f"), b"pwned", None)));
-        assert!(race(&write_atomic(&via("new"), b"pwned", None)));
+        assert!(race(&write_atomic(
+            &via("f"),
+            b"pwned",
+            FileMode::KEEP_OR_DEFAULT
+        )));
+        assert!(race(&write_atomic(
+            &via("new"),
+            b"pwned",
+            FileMode::KEEP_OR_DEFAULT
+        )));
         assert!(race(&append(&via("f"), b"pwned", 0o600)));
         assert!(race(&append(&via("new"), b"pwned", 0o600)));
         assert!(race(&delete_file(&via("f"))));
@@ -1634,7 +1682,7 @@ mod tests {
         fs::create_dir_all(d.join("a/b")).unwrap();
         symlink(&outside, d.join("a/b/c")).unwrap();
         assert!(matches!(
-            write_atomic(&d.join("a/b/c/f"), b"pwned", None),
+            write_atomic(&d.join("a/b/c/f"), b"pwned", FileMode::KEEP_OR_DEFAULT),
             Err(FsError::SymlinkRace { .. })
         ));
         assert_eq!(fs::read(outside.join("f")).unwrap(), b"outside");
@@ -2032,7 +2080,7 @@ mod tests {
         let dir = on_disk_tempdir();
         let root = dir.path().canonicalize().unwrap();
         let target = root.join("big.bin");
-        let write = StreamedWrite::begin(&target, None).unwrap();
+        let write = StreamedWrite::begin(&target, FileMode::KEEP_OR_DEFAULT).unwrap();
         // Out of order, two chunks from an odd address (copied to an aligned
         // one), one from a page-aligned address (written as it is), then a
         // small tail.
@@ -2103,7 +2151,7 @@ mod tests {
             return;
         }
         let target = root.join("big.bin");
-        let mut write = StreamedWrite::begin(&target, None).unwrap();
+        let mut write = StreamedWrite::begin(&target, FileMode::KEEP_OR_DEFAULT).unwrap();
         // Claim no alignment is needed: the kernel then refuses the odd offset.
         write.direct.as_mut().unwrap().offset_align = 1;
         write.write_at(1, &numbered(1, CHUNK)).unwrap();
@@ -2126,7 +2174,7 @@ mod tests {
         let target = root.join("big.bin");
         std::fs::write(&target, b"old").unwrap();
 
-        let write = StreamedWrite::begin(&target, Some(0o640)).unwrap();
+        let write = StreamedWrite::begin(&target, FileMode::Exactly(0o640)).unwrap();
         // Out of order, as concurrent chunks may land.
         write.write_at(3, b"def").unwrap();
         write.write_at(0, b"abc").unwrap();
@@ -2143,7 +2191,7 @@ mod tests {
             0o640
         );
 
-        let write = StreamedWrite::begin(&target, None).unwrap();
+        let write = StreamedWrite::begin(&target, FileMode::KEEP_OR_DEFAULT).unwrap();
         write.write_at(0, b"never").unwrap();
         drop(write);
         assert_eq!(std::fs::read(&target).unwrap(), b"abcdef");
@@ -2160,7 +2208,7 @@ mod tests {
         let link = root.join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(matches!(
-            StreamedWrite::begin(&link, None),
+            StreamedWrite::begin(&link, FileMode::KEEP_OR_DEFAULT),
             Err(FsError::SymlinkRace { .. })
         ));
     }

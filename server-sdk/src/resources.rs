@@ -233,7 +233,8 @@ impl Files {
     }
 
     /// Replaces (or creates) the file atomically; a new file gets mode 0644
-    /// (0600 in storage), an existing one keeps its mode.
+    /// (0600 in storage), an existing one keeps its permission bits as far
+    /// as the user's grant allows (never setuid, setgid or sticky).
     pub async fn write(&self, path: &str, bytes: impl AsRef<[u8]>) -> Result<(), ResourceError> {
         self.write_op(path, bytes.as_ref(), None).await
     }

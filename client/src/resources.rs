@@ -1137,9 +1137,42 @@ impl Resources {
                     }
                 }
                 let charge = self.charge(&allowed, 0, created)?;
-                safe_fs::create_dir(path.as_path(), parents, mode).map_err(fs_error)?;
+                // Each folder made on the way is checked again as it is made
+                // (one may have gone since), and gets the mode asked for
+                // within its own grant's ceiling.
+                let mut refused: Option<PolicyDenial> = None;
+                let mut parent_mode = |parent: &Path| {
+                    let verdict =
+                        entitlements
+                            .resolve(&parent.to_string_lossy())
+                            .ok()
+                            .map(|resolved| {
+                                let resolved = resolved.named_as_folder(true);
+                                entitlements.check_path(&resolved, Action::Write)
+                            });
+                    match verdict {
+                        Some(Ok(parent_allowed)) => Some(mode & parent_allowed.dir_mode.bits()),
+                        Some(Err(denial)) => {
+                            refused.get_or_insert(denial);
+                            None
+                        }
+                        None => None,
+                    }
+                };
+                let made =
+                    safe_fs::create_dir_with(path.as_path(), parents, mode, &mut parent_mode);
                 drop(charge);
-                Ok(Reply::Unit)
+                match made {
+                    Ok(()) => Ok(Reply::Unit),
+                    Err(FsError::Denied { path: folder }) => Err(match refused {
+                        Some(denial) => denied(denial),
+                        None => OpError::new(
+                            ErrorCode::Denied,
+                            format!("may not create {}", folder.display()),
+                        ),
+                    }),
+                    Err(error) => Err(fs_error(error)),
+                }
             }
             Operation::DirDelete { path, recursive } => {
                 let root = resolve(&path)?;
@@ -1554,6 +1587,58 @@ mod tests {
         };
         assert_eq!(resources.perform(op).await.unwrap(), Ok(Reply::Unit));
         assert_eq!(mode_of(&file), 0o600);
+    }
+
+    #[tokio::test]
+    async fn folders_made_on_the_way_get_no_more_than_their_own_grant_allows() {
+        use std::os::unix::fs::PermissionsExt;
+        use terminalwire_policy::grant::{Access, Mode, PathGrant, PathPattern};
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(root.join("p")).unwrap();
+        let mut policy = terminalwire_policy::Policy::default();
+        // Private under p, shared under any p/*/pub.
+        for (pattern, ceiling) in [("p/**", 0o600), ("p/*/pub/**", 0o644)] {
+            policy.grant(terminalwire_policy::Grant::Path(PathGrant {
+                pattern: PathPattern::parse(&format!("{}/{pattern}", root.display())).unwrap(),
+                access: Access::ReadWrite,
+                mode: Mode::new(ceiling),
+            }));
+        }
+        let server = url::Url::parse("http://127.0.0.1:3000/terminal").unwrap();
+        let home = terminalwire_policy::Home::at(root.join("tw"));
+        let entitlements = Entitlements::new(&server, &home, &policy, &root, &[]).unwrap();
+        let resources = Resources::new(entitlements, root.clone(), Resources::system_opener());
+        let mode_of = |path: &str| {
+            std::fs::metadata(root.join(path))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        for (folder, mode) in [("y", Some(0o755)), ("n", None)] {
+            let op = Operation::DirCreate {
+                path: format!("{}/p/{folder}/pub/z", root.display()),
+                parents: true,
+                mode,
+            };
+            assert_eq!(resources.perform(op).await.unwrap(), Ok(Reply::Unit));
+            assert_eq!(
+                mode_of(&format!("p/{folder}")),
+                0o700,
+                "{folder}: under p only"
+            );
+            assert_eq!(mode_of(&format!("p/{folder}/pub")), 0o755, "{folder}: pub");
+            assert_eq!(mode_of(&format!("p/{folder}/pub/z")), 0o755, "{folder}: z");
+        }
+        // What the request names alone is held to p's ceiling.
+        let op = Operation::DirCreate {
+            path: format!("{}/p/x", root.display()),
+            parents: false,
+            mode: Some(0o755),
+        };
+        let refused = resources.perform(op).await.unwrap().unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Denied, "{refused:?}");
     }
 
     #[test]

@@ -726,11 +726,24 @@ pub fn list(path: &Path, max_entries: usize) -> Result<Listing, FsError> {
 /// after `mkdirat`, so the umask does not matter).
 ///
 /// With `parents`, each missing folder on the way is created too, each with
-/// `mode`, and an existing folder at `path` is fine; without, the parent must
+/// `mode` (see [`create_dir_with`]), and an existing folder at `path` is fine; without, the parent must
 /// exist and anything existing at `path` is [`FsError::AlreadyExists`]. No
 /// symlink is ever followed: one on the way (or at `path`, with `parents`) is
 /// [`FsError::SymlinkRace`].
 pub fn create_dir(path: &Path, parents: bool, mode: u32) -> Result<(), FsError> {
+    create_dir_with(path, parents, mode, &mut |_| Some(mode))
+}
+
+/// [`create_dir`], where each missing folder on the way to `path` (with
+/// `parents`) gets the mode `parent_mode` gives for its absolute path, asked
+/// right before it is made; `None` refuses it: [`FsError::Denied`] naming
+/// it, with the folders made before it left in place.
+pub fn create_dir_with(
+    path: &Path,
+    parents: bool,
+    mode: u32,
+    parent_mode: &mut dyn FnMut(&Path) -> Option<u32>,
+) -> Result<(), FsError> {
     let parts = components(path)?;
     let Some((last, dirs)) = parts.split_last() else {
         return if parents {
@@ -751,6 +764,13 @@ pub fn create_dir(path: &Path, parents: bool, mode: u32) -> Result<(), FsError> 
         dir = match open_dir_at(&dir, part, walk_flags(), &shown) {
             Ok(next) => next,
             Err(FsError::NotFound { .. }) => {
+                let mode = if is_last {
+                    mode
+                } else {
+                    parent_mode(&shown).ok_or_else(|| FsError::Denied {
+                        path: shown.clone(),
+                    })?
+                };
                 match make_dir_at(&dir, part, mode, &shown) {
                     // Created by someone else meanwhile: use it if it is a folder.
                     Ok(()) | Err(FsError::AlreadyExists { .. }) => {}

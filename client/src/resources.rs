@@ -833,7 +833,7 @@ impl Resources {
         // would, in most cases: the stat-class operations use that look.
         let resolve_seen = |raw: &str| {
             entitlements
-                .resolve_seen(raw)
+                .resolve_request(raw)
                 .map(|(path, seen)| (path.named_as_folder(about_a_folder), seen))
                 .map_err(|error| {
                     // Resolving looked at the disk: why it failed (a dangling
@@ -1142,14 +1142,13 @@ impl Resources {
                 // within its own grant's ceiling.
                 let mut refused: Option<PolicyDenial> = None;
                 let mut parent_mode = |parent: &Path| {
-                    let verdict =
-                        entitlements
-                            .resolve(&parent.to_string_lossy())
-                            .ok()
-                            .map(|resolved| {
-                                let resolved = resolved.named_as_folder(true);
-                                entitlements.check_path(&resolved, Action::Write)
-                            });
+                    let verdict = entitlements
+                        .resolve_request(&parent.to_string_lossy())
+                        .ok()
+                        .map(|(resolved, _)| {
+                            let resolved = resolved.named_as_folder(true);
+                            entitlements.check_path(&resolved, Action::Write)
+                        });
                     match verdict {
                         Some(Ok(parent_allowed)) => Some(mode & parent_allowed.dir_mode.bits()),
                         Some(Err(denial)) => {

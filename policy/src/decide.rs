@@ -285,6 +285,13 @@ pub struct Entitlements {
     /// The client's own programs (resolved).
     client_binaries: Vec<PathBuf>,
     globs: GlobSet,
+    /// The grants' patterns as written (with `~` as the user's home, named
+    /// and resolved): which paths a server names may be granted once
+    /// resolved ([`Entitlements::resolve_request`]).
+    written_globs: GlobSet,
+    /// The storage folder as the client names it (and with the user's home
+    /// resolved), when it is storage.
+    storage_named: Vec<PathBuf>,
     /// For each glob in `globs`: the access and file ceiling of its grant.
     glob_grants: Vec<(Access, Mode)>,
     env: Vec<EnvName>,
@@ -345,6 +352,26 @@ impl Entitlements {
         // Each glob compiled on its own already; should the set still fail,
         // matching nothing is the safe answer.
         let globs = builder.build().unwrap_or_else(|_| GlobSet::empty());
+        let mut written = GlobSetBuilder::new();
+        for grant in &policy.paths {
+            for home in [user_home, &resolved_user_home] {
+                for glob in grant.pattern.written_globs(home) {
+                    written.add(glob);
+                }
+            }
+        }
+        let written_globs = written.build().unwrap_or_else(|_| GlobSet::empty());
+        let storage_named = match &storage {
+            Some(_) => {
+                let named = home.storage_dir(&authority);
+                let mapped = named
+                    .strip_prefix(user_home)
+                    .map(|rest| resolved_user_home.join(rest))
+                    .ok();
+                std::iter::once(named).chain(mapped).collect()
+            }
+            None => Vec::new(),
+        };
 
         Ok(Entitlements {
             bin_dir: home_root.join("bin"),
@@ -359,6 +386,8 @@ impl Entitlements {
             storage_quota: policy.storage_quota_bytes(),
             client_binaries,
             globs,
+            written_globs,
+            storage_named,
             glob_grants,
             env: policy.env.iter().map(|g| g.name.clone()).collect(),
             browser: policy.browser.iter().map(|g| g.target.clone()).collect(),
@@ -400,15 +429,58 @@ impl Entitlements {
         crate::path::resolve_seen(raw, &self.user_home)
     }
 
+    /// [`resolve_seen`](Self::resolve_seen) a path sent by the server, when
+    /// it may be granted once resolved: when it names (with no symlink
+    /// followed but the user's home) a path in the storage folder or under
+    /// a grant, as resolved or as written. Else the path as named, without
+    /// looking at the disk, which [`check_path`](Self::check_path) refuses:
+    /// a server must not make the client walk a path it may not use (an
+    /// automounted `/net/host/...` reaches another machine; a hung network
+    /// mount blocks the walk). A path named through a symlink outside the
+    /// grants is refused even where it leads into one.
+    pub fn resolve_request(
+        &self,
+        raw: &str,
+    ) -> Result<(ResolvedPath, Option<Sighting>), PathError> {
+        match self.as_named_both(raw) {
+            Some((named, mapped)) if !self.may_be_granted(&named, &mapped) => Ok((
+                ResolvedPath {
+                    path: mapped,
+                    is_dir: false,
+                },
+                None,
+            )),
+            // A malformed path: resolving says why.
+            _ => self.resolve_seen(raw),
+        }
+    }
+
+    /// Whether a path named `named` (`mapped`: with the user's home
+    /// resolved) may be in the storage folder or granted once resolved.
+    fn may_be_granted(&self, named: &Path, mapped: &Path) -> bool {
+        [named, mapped].into_iter().any(|path| {
+            self.storage.as_ref().is_some_and(|s| path.starts_with(s))
+                || self.storage_named.iter().any(|s| path.starts_with(s))
+                || self.globs.is_match(path)
+                || self.written_globs.is_match(path)
+        })
+    }
+
+    /// `raw` normalized, and also with the user's home resolved.
+    fn as_named_both(&self, raw: &str) -> Option<(PathBuf, PathBuf)> {
+        let named = crate::path::normalized(raw, &self.user_home).ok()?;
+        let mapped = match named.strip_prefix(&self.user_home) {
+            Ok(rest) => self.resolved_user_home.join(rest),
+            Err(_) => named.clone(),
+        };
+        Some((named, mapped))
+    }
+
     /// The path `raw` (sent by the server) names, with no symlink followed
     /// but the one the user's home may be (so that it compares with
     /// resolved paths); `None` when `raw` is malformed.
     fn as_named(&self, raw: &str) -> Option<PathBuf> {
-        let named = crate::path::normalized(raw, &self.user_home).ok()?;
-        Some(match named.strip_prefix(&self.user_home) {
-            Ok(rest) => self.resolved_user_home.join(rest),
-            Err(_) => named,
-        })
+        self.as_named_both(raw).map(|(_, mapped)| mapped)
     }
 
     /// Whether `resolved` is the path `raw` (sent by the server) names, or a
@@ -984,6 +1056,86 @@ mod tests {
         assert!(yes("/anything", "/"));
         assert!(!yes("/h/.terminalwire-other", "/h/.terminalwire"));
         assert!(!yes("/h", "/h/.terminalwire"));
+    }
+
+    #[test]
+    fn a_path_that_may_not_be_granted_is_not_walked() {
+        use std::os::unix::fs::symlink;
+        let mut f = fixture();
+        let h = f.user_home.clone();
+        std::fs::create_dir_all(h.join("docs")).unwrap();
+        std::fs::create_dir_all(h.join("data/proj")).unwrap();
+        std::fs::create_dir_all(h.join("out")).unwrap();
+        symlink(h.join("docs"), h.join("out/to-docs")).unwrap();
+        symlink(h.join("out/loop"), h.join("out/loop")).unwrap();
+        symlink(h.join("data/proj"), h.join("proj")).unwrap();
+        f.grant("~/docs/**", Access::Read, None);
+        f.grant("~/proj/**", Access::Read, None);
+        let e = f.entitlements();
+        let request = |raw: &str| e.resolve_request(raw).map(|(path, _)| path);
+        // Outside every grant: the path as named, untouched; refused.
+        for raw in ["~/out/to-docs/f", "~/out/loop/f", "/net/host.example/x"] {
+            let named = request(raw).unwrap();
+            let expected = crate::path::normalized(raw, &h).unwrap();
+            assert_eq!(named.as_path(), expected, "{raw}");
+            assert!(e.check_path(&named, Action::Read).is_err(), "{raw}");
+        }
+        // Walking them would have followed the link, or failed on the loop.
+        assert_eq!(
+            e.resolve("~/out/to-docs/f").unwrap().as_path(),
+            h.join("docs/f")
+        );
+        assert!(e.resolve("~/out/loop/f").is_err());
+        // Granted paths are resolved, named as the grant names them or as
+        // resolved; so is the storage folder.
+        for (raw, resolved) in [
+            ("~/docs/f", h.join("docs/f")),
+            ("~/proj/f", h.join("data/proj/f")),
+            ("~/data/proj/f", h.join("data/proj/f")),
+            ("~/proj", h.join("data/proj")),
+        ] {
+            let path = request(raw).unwrap();
+            assert_eq!(path.as_path(), resolved, "{raw}");
+            e.check_path(&path, Action::Read).unwrap();
+        }
+        let storage = e.storage_dir().unwrap().join("f");
+        let path = request(&storage.to_string_lossy()).unwrap();
+        assert!(e.check_path(&path, Action::Write).unwrap().in_storage);
+        // A malformed path is still told as such.
+        assert!(request("").is_err());
+    }
+
+    #[test]
+    fn the_storage_folder_is_reached_through_a_home_that_is_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(tmp.path()).unwrap().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let user_home = real.with_file_name("home");
+        std::os::unix::fs::symlink(&real, &user_home).unwrap();
+        let home = Home::at(user_home.join(".terminalwire"));
+        let a = Authority::parse("example.com:3000").unwrap();
+        std::fs::create_dir_all(home.storage_dir(&a)).unwrap();
+        let e = Entitlements::new(
+            &Url::parse(SERVER).unwrap(),
+            &home,
+            &Policy::default(),
+            &user_home,
+            &[],
+        )
+        .unwrap();
+        // As the client names it to the server (home not resolved), and via `~`.
+        let named = home.storage_dir(&a).join("f");
+        for raw in [
+            named.to_string_lossy().into_owned(),
+            "~/.terminalwire/authorities/example.com:3000/storage/f".to_owned(),
+        ] {
+            let (path, _) = e.resolve_request(&raw).unwrap();
+            assert!(path.as_path().starts_with(&real), "{raw}: {path:?}");
+            assert!(
+                e.check_path(&path, Action::Write).unwrap().in_storage,
+                "{raw}"
+            );
+        }
     }
 
     #[test]

@@ -260,7 +260,17 @@ impl PathPattern {
     /// leading folders resolved through symlinks (so they compare with
     /// resolved paths), plus the folder itself for a trailing `/**`.
     pub(crate) fn globs(&self, user_home: &Path) -> Vec<Glob> {
-        let expanded = resolve_literal_prefix(&self.expand(user_home));
+        Self::globs_of(resolve_literal_prefix(&self.expand(user_home)))
+    }
+
+    /// The globs of this pattern as written, `~` expanded to `user_home`
+    /// and nothing resolved: what a path named through the same folders
+    /// the grant names matches.
+    pub(crate) fn written_globs(&self, user_home: &Path) -> Vec<Glob> {
+        Self::globs_of(self.expand(user_home))
+    }
+
+    fn globs_of(expanded: String) -> Vec<Glob> {
         let mut texts = vec![expanded.clone()];
         if let Some(base) = expanded.strip_suffix("/**")
             && !base.is_empty()

@@ -20,8 +20,8 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// An absolute, normalised path whose existing prefix has its symlinks resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResolvedPath {
-    path: PathBuf,
-    is_dir: bool,
+    pub(crate) path: PathBuf,
+    pub(crate) is_dir: bool,
 }
 
 impl ResolvedPath {

@@ -731,6 +731,135 @@ pub async fn run_with<S>(
 where
     S: Socket,
 {
+    if !config.handle_signals {
+        return run_session(socket, start, io, config, resumption).await;
+    }
+    let watched = ExitSignals::new()
+        .map_err(|error| ClientError::Config(format!("cannot watch for signals: {error}")))?;
+    let (told, exit_now) = tokio::sync::watch::channel(None);
+    let watchdog = tokio::spawn(watched.watch(told));
+    let ended = EXIT_NOW
+        .scope(exit_now, run_session(socket, start, io, config, resumption))
+        .await;
+    watchdog.abort();
+    ended
+}
+
+/// Why the user wants the client to end now, whatever it is doing.
+#[derive(Debug, Clone, Copy)]
+enum ExitNow {
+    /// A second Ctrl-C within [`DOUBLE_INTERRUPT`] of the first.
+    Interrupted,
+    /// SIGTERM (15) or SIGHUP (1).
+    Terminated(i32),
+}
+
+impl From<ExitNow> for ClientError {
+    fn from(exit: ExitNow) -> ClientError {
+        match exit {
+            ExitNow::Interrupted => ClientError::Interrupted,
+            ExitNow::Terminated(number) => ClientError::Terminated(number),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Set once a signal says the client must end ([`ExitSignals`]): sends
+    /// stop waiting for a server that takes no data.
+    static EXIT_NOW: tokio::sync::watch::Receiver<Option<ExitNow>>;
+}
+
+/// The signals that end the client, watched apart from the session's loop.
+/// The loop handles them itself, but while it waits in a send to a server
+/// that stopped reading (up to [`SEND_TIMEOUT`]) it cannot: a second Ctrl-C,
+/// SIGTERM or SIGHUP must still end the client at once.
+struct ExitSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl ExitSignals {
+    fn new() -> io::Result<ExitSignals> {
+        use tokio::signal::unix::{SignalKind as Kind, signal};
+        Ok(ExitSignals {
+            interrupt: signal(Kind::interrupt())?,
+            terminate: signal(Kind::terminate())?,
+            hangup: signal(Kind::hangup())?,
+        })
+    }
+
+    /// Tells `told` the first signal that ends the client, counting Ctrl-C
+    /// as the session's loop does.
+    async fn watch(mut self, told: tokio::sync::watch::Sender<Option<ExitNow>>) {
+        let mut interrupted: Option<Instant> = None;
+        let exit = loop {
+            tokio::select! {
+                Some(()) = self.interrupt.recv() => {
+                    if interrupted.is_some_and(|at| at.elapsed() < DOUBLE_INTERRUPT) {
+                        break ExitNow::Interrupted;
+                    }
+                    interrupted = Some(Instant::now());
+                }
+                Some(()) = self.terminate.recv() => break ExitNow::Terminated(15),
+                Some(()) = self.hangup.recv() => break ExitNow::Terminated(1),
+                else => return,
+            }
+        };
+        told.send_replace(Some(exit));
+    }
+}
+
+/// `sending`, unless a signal says the client must end first
+/// ([`EXIT_NOW`]).
+async fn unless_told_to_exit(
+    sending: impl Future<Output = Result<(), ClientError>>,
+) -> Result<(), ClientError> {
+    until_told_to_exit(sending)
+        .await
+        .unwrap_or_else(|exit| Err(exit.into()))
+}
+
+/// Closes the connection, waiting a second at most, and not at all once a
+/// signal says the client must end.
+async fn close_link<S: Socket>(sink: &mut Sink<S>) {
+    let closing = tokio::time::timeout(Duration::from_secs(1), sink.close());
+    let _ = until_told_to_exit(closing).await;
+}
+
+/// `work`'s output, or why a signal says the client must end first.
+async fn until_told_to_exit<T>(work: impl Future<Output = T>) -> Result<T, ExitNow> {
+    let Ok(mut exit_now) = EXIT_NOW.try_with(Clone::clone) else {
+        return Ok(work.await);
+    };
+    let told = async move {
+        let exit = exit_now
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|exit| *exit);
+        match exit {
+            Some(exit) => exit,
+            // The watch ended without a signal: nothing will come.
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = work => Ok(result),
+        exit = told => Err(exit),
+    }
+}
+
+async fn run_session<S>(
+    socket: S,
+    start: Start,
+    io: LocalIo,
+    config: &SessionConfig,
+    resumption: Option<Resumption<S>>,
+) -> Result<Ended, ClientError>
+where
+    S: Socket,
+{
     let (mut sink, mut source) = split(socket);
     let mut resumption = resumption;
     let mut initial: Vec<ClientFrame> = Vec::new();
@@ -1294,7 +1423,7 @@ where
             tracing::debug!(frames = outgoing.len(), "detaching: last frames");
             let _ = transmit(&mut link, outgoing).await;
             if let Some(mut current) = link.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), current.sink.close()).await;
+                close_link(&mut current.sink).await;
             }
             let (Some(resume), Some(resumption), Some(replay)) = (resume, resumption, replay)
             else {
@@ -1344,7 +1473,7 @@ where
     };
     let flushed = finish_outputs(&mut pipes, &mut events, result.is_ok(), flush_timeout).await;
     if let Some(mut current) = link.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), current.sink.close()).await;
+        close_link(&mut current.sink).await;
     }
     match (result, flushed) {
         (Ok(status), Ok(())) => Ok(Ended::Exit(status)),
@@ -2048,12 +2177,15 @@ where
         }
         sink.flush().await
     };
-    match tokio::time::timeout(SEND_TIMEOUT, sending).await {
-        Ok(result) => result.map_err(lost),
-        Err(_) => Err(ClientError::ConnectionLost(format!(
-            "the server took no data for {SEND_TIMEOUT:?}"
-        ))),
-    }
+    unless_told_to_exit(async {
+        match tokio::time::timeout(SEND_TIMEOUT, sending).await {
+            Ok(result) => result.map_err(lost),
+            Err(_) => Err(ClientError::ConnectionLost(format!(
+                "the server took no data for {SEND_TIMEOUT:?}"
+            ))),
+        }
+    })
+    .await
 }
 
 /// Sends one message; a server that stops reading cannot hold the client
@@ -2062,12 +2194,15 @@ async fn send_message<S>(sink: &mut Sink<S>, message: Message) -> Result<(), Cli
 where
     S: Socket,
 {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
-        Ok(result) => result.map_err(lost),
-        Err(_) => Err(ClientError::ConnectionLost(format!(
-            "the server took no data for {SEND_TIMEOUT:?}"
-        ))),
-    }
+    unless_told_to_exit(async {
+        match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+            Ok(result) => result.map_err(lost),
+            Err(_) => Err(ClientError::ConnectionLost(format!(
+                "the server took no data for {SEND_TIMEOUT:?}"
+            ))),
+        }
+    })
+    .await
 }
 
 /// The next frame from the server, skipping pings and pongs.

@@ -170,6 +170,11 @@ impl ScriptedSocket {
         let _ = self.socket.flush().await;
     }
 
+    /// The TCP connection under the WebSocket (to look at its queues).
+    pub fn tcp(&self) -> &TcpStream {
+        self.socket.get_ref()
+    }
+
     /// Sends a binary WebSocket message as it is, not sealed.
     pub async fn send_unsealed(&mut self, bytes: Vec<u8>) {
         let _ = self.socket.send(Message::Binary(bytes.into())).await;

@@ -297,3 +297,85 @@ async fn a_stalled_handshake_with_a_partial_frame_times_out() {
     );
     stalling.abort();
 }
+
+/// A server that stops reading holds a send of the client for up to its
+/// send time-out (60 s); SIGTERM and SIGHUP still end the client at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_end_a_client_held_up_by_a_server_that_stopped_reading() {
+    use std::sync::{Arc, Mutex};
+    use terminalwire_tests::ScriptedSocket;
+    use tokio::sync::oneshot;
+    for (signal, status) in [
+        (rustix::process::Signal::TERM, 128 + 15),
+        (rustix::process::Signal::HUP, 128 + 1),
+    ] {
+        // The script hands its socket to the test, which never reads it.
+        let (socket_tx, socket_rx) = oneshot::channel::<ScriptedSocket>();
+        let channel = Arc::new(Mutex::new(Some(socket_tx)));
+        let server = ScriptedServer::start(true, move |mut socket| {
+            let channel = channel.lock().unwrap().take();
+            async move {
+                let Some(socket_tx) = channel else { return };
+                if !welcome(&mut socket).await {
+                    return;
+                }
+                // A small receive buffer, so the client's answers fill it
+                // and then the client's own send buffer.
+                rustix::net::sockopt::set_socket_recv_buffer_size(socket.tcp(), 64 * 1024).unwrap();
+                let requests: Vec<ServerFrame> = (1..=64)
+                    .map(|id| {
+                        ServerFrame::Request(Request {
+                            id: RequestId(id),
+                            op: Operation::StdinRead { max: 256 * 1024 },
+                        })
+                    })
+                    .collect();
+                socket.send_frames_together(&requests).await;
+                let _ = socket_tx.send(socket);
+            }
+        })
+        .await;
+        let home = ClientHome::new();
+        let url = server.url();
+        let mut child = home
+            .command([url.as_str(), "go"])
+            .stdin(std::fs::File::open("/dev/zero").unwrap())
+            .spawn()
+            .unwrap();
+        let socket = tokio::time::timeout(Duration::from_secs(60), socket_rx)
+            .await
+            .expect("the client was not welcomed")
+            .unwrap();
+        let unread = || rustix::io::ioctl_fionread(socket.tcp()).unwrap();
+        // The client is held up once the server's queue stays full: its
+        // answers (16 MiB) are far more than both queues hold.
+        let mut last = 0;
+        let full = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut unchanged = 0;
+            while unchanged < 20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let now = unread();
+                unchanged = if now == last && now >= 64 * 1024 {
+                    unchanged + 1
+                } else {
+                    0
+                };
+                last = now;
+            }
+        })
+        .await;
+        assert!(
+            full.is_ok(),
+            "the server's queue never filled ({last} bytes)"
+        );
+        let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        let code = exited
+            .expect("the client kept waiting on its send")
+            .unwrap()
+            .code();
+        assert_eq!(code, Some(status), "{signal:?}");
+        drop(socket);
+    }
+}

@@ -117,6 +117,32 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The longest time a setting means: "forever" as tokio counts it, and
+    /// far enough from the end of time that deadlines computed from it never
+    /// overflow.
+    pub const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    /// The smallest `max_chunk`: a smaller one would make every write
+    /// crawl, and 0 would never move a byte.
+    pub const MIN_CHUNK: u32 = 1024;
+
+    /// Bounds what the app set: [`Config::FOREVER`] for times,
+    /// [`Config::MIN_CHUNK`] for chunks.
+    fn bound(&mut self) {
+        for time in [
+            &mut self.handshake_timeout,
+            &mut self.idle_timeout,
+            &mut self.shutdown_grace,
+            &mut self.resume_grace,
+            &mut self.detach_keep,
+            &mut self.linger,
+        ] {
+            *time = (*time).min(Self::FOREVER);
+        }
+        self.max_chunk = self.max_chunk.max(Self::MIN_CHUNK);
+    }
+}
+
 /// A remote command-line interface, ready to mount on an axum router.
 ///
 /// Cheap to clone. Keep a clone to [`shut down`](Terminal::shutdown) gracefully.
@@ -152,9 +178,12 @@ impl Terminal {
         Self::with_config(command, Config::default())
     }
 
-    /// A terminal with explicit settings.
+    /// A terminal with explicit settings. Times longer than 30 years
+    /// (`Duration::MAX` for "forever") count as 30 years, and `max_chunk`
+    /// as at least 1 KiB.
     pub fn with_config(command: impl Command, mut config: Config) -> Self {
         use std::hash::{BuildHasher, Hasher};
+        config.bound();
         if config.identity.is_none() {
             match ServerIdentity::generate() {
                 Ok(identity) => {

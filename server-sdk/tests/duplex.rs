@@ -1388,6 +1388,47 @@ async fn graceful_shutdown_tells_running_commands_and_they_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_set_to_forever_and_a_zero_chunk_still_serve_and_shut_down() {
+    let started = Arc::new(Notify::new());
+    let started_in_command = started.clone();
+    let config = Config {
+        handshake_timeout: Duration::MAX,
+        idle_timeout: Duration::MAX,
+        shutdown_grace: Duration::MAX,
+        resume_grace: Duration::MAX,
+        detach_keep: Duration::MAX,
+        linger: Duration::MAX,
+        max_chunk: 0,
+        ..Config::default()
+    };
+    let terminal = Terminal::with_config(
+        move |ctx: Context| {
+            let started = started_in_command.clone();
+            async move {
+                ctx.stdout().write_all(&[b'x'; 5000]).await?;
+                started.notify_one();
+                ctx.shutdown_requested().await;
+                anyhow::Ok(())
+            }
+        },
+        config,
+    );
+    assert_eq!(terminal.config().shutdown_grace, Config::FOREVER);
+    assert_eq!(terminal.config().max_chunk, Config::MIN_CHUNK);
+    let session = Session::args(&[]).run(&terminal);
+    let stop = async {
+        started.notified().await;
+        terminal.shutdown().await
+    };
+    let (run, all_ended) = tokio::time::timeout(DEADLINE, async { tokio::join!(session, stop) })
+        .await
+        .expect("shutdown hung");
+    assert!(all_ended);
+    assert_eq!(run.status(), 0);
+    assert_eq!(run.stdout_text(), "x".repeat(5000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_ignoring_shutdown_is_cancelled_after_the_grace_period() {
     let started = Arc::new(Notify::new());
     let started_in_command = started.clone();

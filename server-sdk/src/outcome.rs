@@ -62,44 +62,22 @@ impl IntoOutcome for i32 {
     }
 }
 
-impl<T: IntoOutcome> IntoOutcome for Result<T, Exit> {
+/// Any error an app's command may fail with: `anyhow::Error`, `io::Error`,
+/// the SDK's own (`ResourceError`, ...), or the app's error types. An
+/// [`Exit`] among them, however wrapped, ends with its status and no
+/// message; any other is shown with its causes. (A
+/// `Box<dyn Error + Send + Sync>` goes through `anyhow::Error::from_boxed`.)
+impl<T: IntoOutcome, E: Into<anyhow::Error>> IntoOutcome for Result<T, E> {
     fn into_outcome(self) -> Outcome {
         match self {
             Ok(value) => value.into_outcome(),
-            Err(exit) => Outcome::Exit(exit.0),
-        }
-    }
-}
-
-impl<T: IntoOutcome> IntoOutcome for anyhow::Result<T> {
-    fn into_outcome(self) -> Outcome {
-        match self {
-            Ok(value) => value.into_outcome(),
-            Err(error) => match error.downcast_ref::<Exit>() {
-                Some(exit) => Outcome::Exit(exit.0),
-                None => Outcome::Failed(chain_text(error.as_ref())),
-            },
-        }
-    }
-}
-
-impl<T: IntoOutcome> IntoOutcome for Result<T, std::io::Error> {
-    fn into_outcome(self) -> Outcome {
-        match self {
-            Ok(value) => value.into_outcome(),
-            Err(error) => Outcome::Failed(error.to_string()),
-        }
-    }
-}
-
-impl<T: IntoOutcome> IntoOutcome for Result<T, Box<dyn std::error::Error + Send + Sync>> {
-    fn into_outcome(self) -> Outcome {
-        match self {
-            Ok(value) => value.into_outcome(),
-            Err(error) => match error.downcast_ref::<Exit>() {
-                Some(exit) => Outcome::Exit(exit.0),
-                None => Outcome::Failed(chain_text(error.as_ref())),
-            },
+            Err(error) => {
+                let error: anyhow::Error = error.into();
+                match error.downcast_ref::<Exit>() {
+                    Some(exit) => Outcome::Exit(exit.0),
+                    None => Outcome::Failed(chain_text(error.as_ref())),
+                }
+            }
         }
     }
 }
@@ -154,10 +132,28 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("cannot save the note")]
         struct SaveFailed(#[source] std::io::Error);
-        let boxed: Result<(), Box<dyn std::error::Error + Send + Sync>> =
-            Err(Box::new(SaveFailed(std::io::Error::other("disk full"))));
+        let own: Result<(), SaveFailed> = Err(SaveFailed(std::io::Error::other("disk full")));
         assert_eq!(
-            boxed.into_outcome(),
+            own.into_outcome(),
+            Outcome::Failed("cannot save the note: disk full".into())
+        );
+        let boxed: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(SaveFailed(std::io::Error::other("disk full")));
+        assert_eq!(
+            Err::<(), _>(anyhow::Error::from_boxed(boxed)).into_outcome(),
+            Outcome::Failed("cannot save the note: disk full".into())
+        );
+        // The SDK's own errors, and an io::Error with its causes.
+        let resource: Result<(), crate::context::ResourceError> =
+            Err(crate::context::ResourceError::Disconnected);
+        assert!(
+            matches!(resource.into_outcome(), Outcome::Failed(message) if message.contains("disconnected"))
+        );
+        let io: Result<(), std::io::Error> = Err(std::io::Error::other(SaveFailed(
+            std::io::Error::other("disk full"),
+        )));
+        assert_eq!(
+            io.into_outcome(),
             Outcome::Failed("cannot save the note: disk full".into())
         );
         let exit: anyhow::Result<()> = Err(Exit(9).into());

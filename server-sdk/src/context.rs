@@ -446,9 +446,18 @@ impl Context {
     /// [`interrupted`](Context::interrupted) instead of cancelling the
     /// command (which then exits 130, like a local program).
     pub fn handle_interrupts(&self) {
-        self.shared
+        // Interrupts until now cancelled the command (or would have): the
+        // ones from now on are its to take. Counted before the switch, so
+        // one in between still cancels it rather than being lost.
+        let before = self.shared.signals().interrupts;
+        if !self
+            .shared
             .interrupts_handled
-            .store(true, std::sync::atomic::Ordering::Release);
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.shared
+                .take_in(|signals| signals.interrupts_seen = signals.interrupts_seen.max(before));
+        }
     }
 
     /// Refuses to let the user detach from this command (say, while it
@@ -474,30 +483,41 @@ impl Context {
     }
 
     /// Resolves at the next Ctrl-C the user presses on the client (cooked
-    /// mode; in raw mode Ctrl-C is a key). Calling it means the command
+    /// mode; in raw mode Ctrl-C is a key), or at once for one pressed since
+    /// the command last heard of one (or started to handle them): none is
+    /// lost while the command is busy between two calls, and several
+    /// pressed meanwhile are told as one. Calling it means the command
     /// handles interrupts itself ([`handle_interrupts`](Context::handle_interrupts)).
     pub async fn interrupted(&self) {
         self.handle_interrupts();
-        let seen = self.shared.signals().interrupts;
         tokio::select! {
-            () = self.shared.signal_change(|now| now.interrupts != seen) => {}
+            () = self.shared.signal_change(|now| now.interrupts != now.interrupts_seen) => {}
             () = self.shared.closed.cancelled() => std::future::pending().await,
         }
+        self.shared
+            .take_in(|signals| signals.interrupts_seen = signals.interrupts);
     }
 
     /// The client terminal's size as (columns, rows), as last reported.
+    /// Counts as having seen it: [`resized`](Context::resized) then waits
+    /// for a newer one.
     pub fn terminal_size(&self) -> Option<(u16, u16)> {
-        self.shared.signals().size
+        self.shared.take_in(|signals| {
+            signals.resizes_seen = signals.resizes;
+            signals.size
+        })
     }
 
-    /// Waits until the client's terminal changes size; returns the new size.
+    /// Waits until the client's terminal changes size, or returns at once
+    /// when it did since the command last looked at the size (with
+    /// [`terminal_size`](Context::terminal_size) or this); returns the new
+    /// size.
     pub async fn resized(&self) -> Option<(u16, u16)> {
-        let seen = self.shared.signals().resizes;
         tokio::select! {
-            () = self.shared.signal_change(|now| now.resizes != seen) => {}
+            () = self.shared.signal_change(|now| now.resizes != now.resizes_seen) => {}
             () = self.shared.closed.cancelled() => std::future::pending::<()>().await,
         }
-        self.shared.signals().size
+        self.terminal_size()
     }
 
     /// Switches the client's terminal to raw mode (every key goes to the

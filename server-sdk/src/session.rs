@@ -130,6 +130,11 @@ pub(crate) struct Signals {
     pub(crate) size: Option<(u16, u16)>,
     /// Size reports received.
     pub(crate) resizes: u64,
+    /// `interrupts` when the command last took them in (started handling
+    /// them, or was told of one): those after it are still to be told.
+    pub(crate) interrupts_seen: u64,
+    /// `resizes` when the command last looked at the size.
+    pub(crate) resizes_seen: u64,
 }
 
 fn disconnected() -> io::Error {
@@ -140,6 +145,11 @@ impl Shared {
     /// The signals as they are now.
     pub(crate) fn signals(&self) -> Signals {
         *self.signals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes what the command has taken in of the signals (no wake-up).
+    pub(crate) fn take_in<T>(&self, change: impl FnOnce(&mut Signals) -> T) -> T {
+        change(&mut self.signals.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn signal(&self, change: impl FnOnce(&mut Signals)) {

@@ -950,6 +950,61 @@ async fn until_exit(client: &mut impl Socket) -> u8 {
     }
 }
 
+/// A Ctrl-C and a resize that arrive while the command is busy elsewhere
+/// are told at its next `interrupted()` and `resized()`, not lost; once
+/// told, they are not told again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_that_come_while_the_command_is_busy_are_not_lost() {
+    use terminalwire_protocol::frame::{Signal, SignalKind};
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.handle_interrupts();
+        // Busy: the client's signals arrive before this line's answer.
+        ctx.read_line(Some("busy")).await?;
+        let soon = Duration::from_secs(5);
+        let interrupted = tokio::time::timeout(soon, ctx.interrupted()).await.is_ok();
+        let resized = tokio::time::timeout(soon, ctx.resized())
+            .await
+            .ok()
+            .flatten();
+        let brief = Duration::from_millis(50);
+        let again = tokio::time::timeout(brief, ctx.interrupted()).await.is_ok();
+        let resized_again = tokio::time::timeout(brief, ctx.resized()).await.is_ok();
+        ctx.stdout()
+            .println(format!("{interrupted} {resized:?} {again} {resized_again}"))
+            .await?;
+        anyhow::Ok(())
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        let Some(ServerFrame::Request(request)) = next_server(&mut client).await else {
+            panic!("expected the line read");
+        };
+        let signal = |signal, size| ClientFrame::Signal(Signal { signal, size });
+        send_client(&mut client, &signal(SignalKind::Interrupt, None)).await;
+        let size = TerminalSize {
+            cols: 100,
+            rows: 40,
+        };
+        send_client(&mut client, &signal(SignalKind::Resize, Some(size))).await;
+        send_client(&mut client, &answer_to_line_read(request)).await;
+        let mut out = Vec::new();
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Exit(exit)) => break (exit.status, out),
+                Some(ServerFrame::Data(data)) => out.extend_from_slice(&data.bytes),
+                other => panic!("expected output, got {other:?}"),
+            }
+        }
+    };
+    let (status, out) = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "true Some((100, 40)) false false\n"
+    );
+}
+
 /// With lingering on, each request polls for its answer instead of
 /// sleeping; every answer still reaches its own request, once. (The
 /// scripted client answers within the minute, so each answer is taken while

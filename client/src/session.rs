@@ -47,6 +47,8 @@ pub const MAX_PROMPT: usize = 4 * 1024;
 /// A second Ctrl-C within this time of the first exits the client at once;
 /// later ones are interrupts for the app again.
 pub const DOUBLE_INTERRUPT: Duration = Duration::from_secs(3);
+/// Longest the goodbye of a client the user ends may wait to be sent.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Longest a send may wait for the server to take data.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most bytes one `stdin_read` returns.
@@ -1473,6 +1475,14 @@ where
     };
     let flushed = finish_outputs(&mut pipes, &mut events, result.is_ok(), flush_timeout).await;
     if let Some(mut current) = link.take() {
+        if let Err(
+            error @ (ClientError::Interrupted
+            | ClientError::Disconnected
+            | ClientError::Terminated(_)),
+        ) = &result
+        {
+            say_goodbye(&mut current.sink, error).await;
+        }
         close_link(&mut current.sink).await;
     }
     match (result, flushed) {
@@ -1480,6 +1490,19 @@ where
         (Ok(_), Err(error)) => Err(error),
         (Err(error), _) => Err(error),
     }
+}
+
+/// Tells the server the user ended the client on purpose (`error`,
+/// `cancelled`), so that it cancels the command now instead of keeping the
+/// session for a resume that will not come. Waits briefly: a server that
+/// takes no data does not hold up an exit the user asked for.
+async fn say_goodbye<S: Socket>(sink: &mut Sink<S>, why: &ClientError) {
+    let goodbye = ClientFrame::Error(SessionError {
+        code: ErrorCode::Cancelled,
+        message: format!("the user ended the client ({why})"),
+    });
+    let message = Message::Binary(codec::encode(&goodbye).into());
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, sink.send(message)).await;
 }
 
 /// Sends the hello and waits for the welcome.

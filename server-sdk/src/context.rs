@@ -555,7 +555,13 @@ impl Context {
         self.shared.shutdown.cancelled().await;
     }
 
-    /// Resolves when the client has gone (disconnected, or the session ended).
+    /// Resolves when the session is over: the client went away for good
+    /// (the user ended it, or its connection dropped and it did not come
+    /// back within [`Config::resume_grace`](crate::Config::resume_grace)),
+    /// or the command's exit was sent. The command itself is cancelled
+    /// (dropped) when the client goes, so this is for tasks it spawned
+    /// with a clone of the context; cleanup in the command belongs in a
+    /// `Drop`.
     pub async fn closed(&self) {
         self.shared.closed.cancelled().await;
     }

@@ -569,3 +569,56 @@ async fn an_acknowledgement_due_while_answers_wait_leaves_with_them() {
         "the acknowledgement due at the 32nd request: {acks:?}"
     );
 }
+
+/// A client the user ends on purpose (SIGTERM, SIGHUP, a second Ctrl-C,
+/// `~.`) says so: the server cancels the command at once instead of keeping
+/// the session for a resume that will not come (two minutes by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ended_on_purpose_cancels_its_command_at_once() {
+    use tokio::io::AsyncBufReadExt;
+    /// Tells `dropped` when the command is cancelled.
+    struct OnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            if let Some(dropped) = self.0.take() {
+                let _ = dropped.send(());
+            }
+        }
+    }
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+    let terminal = Terminal::new(move |ctx: Context| {
+        let guard = OnDrop(dropped_tx.lock().unwrap().take());
+        async move {
+            let _guard = guard;
+            ctx.stdout().println("started").await?;
+            std::future::pending::<()>().await;
+            anyhow::Ok(())
+        }
+    });
+    assert!(terminal.config().resume_grace >= Duration::from_secs(60));
+    let server = TestServer::with_terminal(terminal).await;
+    let home = terminalwire_tests::process::ClientHome::new();
+    let mut child = home
+        .command([url_of(server.addr()).as_str(), "go"])
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line))
+        .await
+        .expect("the command did not start")
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the client did not end")
+        .unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    tokio::time::timeout(Duration::from_secs(20), dropped)
+        .await
+        .expect("the command still runs: the server waits for a resume")
+        .unwrap();
+}

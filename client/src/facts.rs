@@ -31,6 +31,10 @@ pub fn hello(
         arch: std::env::consts::ARCH.into(),
         authority: target.authority.clone(),
         storage: None,
+        origin: match target.unix {
+            Some(_) => None,
+            None => terminalwire_policy::authority::origin(&target.url).ok(),
+        },
         program: Program {
             name: program_name,
             args,
@@ -189,6 +193,27 @@ mod tests {
             ),
             ColorLevel::None
         );
+    }
+
+    #[test]
+    fn the_hello_names_the_web_origin_the_client_reached() {
+        let origin = |url: &str| {
+            let target = crate::connect::Target::parse(url).unwrap();
+            hello(&target, "app".into(), Vec::new()).unwrap().origin
+        };
+        assert_eq!(
+            origin("wss://example.com/terminal").as_deref(),
+            Some("https://example.com")
+        );
+        assert_eq!(
+            origin("https://example.com:8443/t").as_deref(),
+            Some("https://example.com:8443")
+        );
+        assert_eq!(
+            origin("ws://127.0.0.1:3000/terminal").as_deref(),
+            Some("http://127.0.0.1:3000")
+        );
+        assert_eq!(origin("unix:/tmp/app.sock"), None);
     }
 
     #[test]

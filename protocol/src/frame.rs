@@ -202,6 +202,12 @@ pub struct Hello {
     /// which the server may always use; absent when the client has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<String>,
+    /// The web origin of the server as the client reached it
+    /// (`https://host[:port]`, `http://` for `ws://`), the one whose pages
+    /// it opens in the browser without a grant; absent when it has none
+    /// (a Unix socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// Program name and arguments.
     pub program: Program,
     /// Facts about the client's terminal and standard streams.

@@ -165,6 +165,7 @@ fn hello_full() -> Hello {
         storage: Some(s(
             "/home/ada/.terminalwire/authorities/example.com:3000/storage",
         )),
+        origin: None,
         program: Program {
             name: s("hello"),
             args: vec![s("greet"), s("--name"), s("Ada")],
@@ -193,6 +194,7 @@ fn hello_minimal() -> Hello {
         arch: s("aarch64"),
         authority: s("127.0.0.1:8080"),
         storage: None,
+        origin: None,
         program: Program {
             name: s("terminalwire ws://127.0.0.1:8080/t"),
             args: vec![],

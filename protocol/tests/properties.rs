@@ -99,13 +99,20 @@ fn hello() -> BoxedStrategy<Hello> {
     let program = (text(), texts()).prop_map(|(name, args)| Program { name, args });
     (
         (versions(), software(), text(), option::of(text()), text()),
-        (text(), option::of(text()), program, terminal, texts()),
+        (
+            text(),
+            option::of(text()),
+            option::of(text()),
+            program,
+            terminal,
+            texts(),
+        ),
         (any::<u32>(), any::<u32>()),
     )
         .prop_map(
             |(
                 (versions, client, os, os_version, arch),
-                (authority, storage, program, terminal, capabilities),
+                (authority, storage, origin, program, terminal, capabilities),
                 (window, max_chunk),
             )| Hello {
                 versions,
@@ -115,6 +122,7 @@ fn hello() -> BoxedStrategy<Hello> {
                 arch,
                 authority,
                 storage,
+                origin,
                 program,
                 terminal,
                 capabilities,

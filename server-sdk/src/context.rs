@@ -31,6 +31,11 @@ pub struct ClientInfo {
     /// The absolute path of this authority's storage folder on the client,
     /// which the app may always use (see [`Context::storage_path`]).
     pub storage: Option<String>,
+    /// The app's web origin as the client reached it (`https://host[:port]`,
+    /// `http://` over plain WebSockets): the base of the app's own pages,
+    /// which the client opens in the browser without a grant. `None` when
+    /// the client has none (a Unix socket) or did not say (an older client).
+    pub origin: Option<String>,
     /// Capabilities both sides support.
     pub capabilities: Vec<String>,
 }
@@ -336,6 +341,23 @@ impl From<wire::OpError> for ResourceError {
 /// The session of one client, handed to the app's command.
 ///
 /// Cheap to clone; all clones talk to the same client.
+///
+/// # Blocking
+///
+/// The command runs inside its session's task: a call that blocks the
+/// thread (`std::thread::sleep`, a synchronous database driver, long
+/// computations) also holds up the output it wrote before, the session's
+/// heartbeats (a minute of it and the client calls the server silent) and
+/// the client's Ctrl-C. Run such work with `tokio::task::spawn_blocking`.
+///
+/// # Giving up a request
+///
+/// Requests to the client ([`read_line`](Context::read_line),
+/// [`read_key`](Context::read_key), file operations, ...) are not
+/// cancel-safe: one dropped before its answer (by `tokio::time::timeout`
+/// or `select!`) still runs on the client, so a line typed for it is read
+/// and lost, and its prompt stays on the screen. Wait for the answer, or
+/// end the command.
 #[derive(Clone)]
 pub struct Context {
     pub(crate) shared: Arc<Shared>,
@@ -435,6 +457,15 @@ impl Context {
         } else {
             format!("{}/{relative}", storage.trim_end_matches('/'))
         })
+    }
+
+    /// The address of the app's own page at `path` (`/login`, ...) as the
+    /// client reaches the app: its [`origin`](ClientInfo::origin) and the
+    /// path, a page the client opens with [`Context::browser`] without a
+    /// grant. `None` when the client has no web origin (a Unix socket).
+    pub fn web_url(&self, path: &str) -> Option<String> {
+        let origin = self.info.client.origin.as_deref()?;
+        Some(format!("{origin}/{}", path.trim_start_matches('/')))
     }
 
     /// Sends one operation and waits for its reply.

@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
-//! use terminalwire_server::{Context, Terminal};
+//! use terminalwire_server::{Config, Context, ServerIdentity, Terminal};
 //!
 //! async fn cli(ctx: Context) -> anyhow::Result<()> {
 //!     let name = ctx.args().first().cloned().unwrap_or_else(|| "world".into());
@@ -17,7 +17,15 @@
 //! }
 //!
 //! # async fn serve() -> std::io::Result<()> {
-//! let terminal = Terminal::new(cli);
+//! // The key clients pin: it must outlive restarts (with a new one every
+//! // client refuses the server). `Terminal::new` makes a random one, for
+//! // tests.
+//! let identity = ServerIdentity::load_or_create("myapp-identity.key".as_ref())?;
+//! let config = Config {
+//!     identity: Some(identity),
+//!     ..Config::default()
+//! };
+//! let terminal = Terminal::with_config(cli, config);
 //! let app = Router::new()
 //!     .route("/", get(|| async { "a web app" }))
 //!     .route("/terminal", terminal.route());

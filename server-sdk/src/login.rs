@@ -24,9 +24,12 @@
 //! ```no_run
 //! # use terminalwire_server::{Context, login::BrowserLogins, tokens::TokenIssuer};
 //! # async fn login(ctx: Context, logins: BrowserLogins, issuer: TokenIssuer) -> anyhow::Result<()> {
-//! let authority = ctx.client().authority.clone();
+//! use anyhow::Context as _;
+//! let page = ctx
+//!     .web_url("/login/approve")
+//!     .context("log in from a client that reaches the app over the web")?;
 //! let user = logins
-//!     .log_in(&ctx, &issuer, |token| format!("http://{authority}/login/approve?t={token}"))
+//!     .log_in(&ctx, &issuer, |token| format!("{page}?t={token}"))
 //!     .await?;
 //! ctx.stdout().println(format!("Logged in as {user}")).await?;
 //! # Ok(()) }

@@ -1260,6 +1260,7 @@ fn serve(
             authority: hello.authority,
             device: device.clone(),
             storage: hello.storage,
+            origin: hello.origin,
             capabilities: hello.capabilities,
         },
         terminal: (&hello.terminal).into(),

@@ -446,6 +446,8 @@ struct Seen {
     os: String,
     arch: String,
     authority: String,
+    origin: Option<String>,
+    login_page: Option<String>,
     capabilities: Vec<String>,
     stdout_tty: bool,
     stdout_size: Option<(u16, u16)>,
@@ -471,6 +473,8 @@ async fn hello_prints_the_greeting_and_sees_the_clients_facts() {
                 os: client.os.clone(),
                 arch: client.arch.clone(),
                 authority: client.authority.clone(),
+                origin: client.origin.clone(),
+                login_page: ctx.web_url("/login"),
                 capabilities: client.capabilities.clone(),
                 stdout_tty: terminal.stdout.is_tty(),
                 stdout_size: terminal.stdout.size,
@@ -507,6 +511,11 @@ async fn hello_prints_the_greeting_and_sees_the_clients_facts() {
     assert_eq!(seen.os, std::env::consts::OS);
     assert_eq!(seen.arch, std::env::consts::ARCH);
     assert_eq!(seen.authority, "example.test");
+    assert_eq!(seen.origin.as_deref(), Some("http://example.test"));
+    assert_eq!(
+        seen.login_page.as_deref(),
+        Some("http://example.test/login")
+    );
     for capability in ["stdout", "stderr", "exit", "stdin.line"] {
         assert!(
             seen.capabilities.iter().any(|c| c == capability),

@@ -241,7 +241,11 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
             None => anyhow::bail!("{name} is not set"),
         },
         Command::Open => {
-            let url = format!("http://{}/", ctx.client().authority);
+            let url = ctx.web_url("/").ok_or_else(|| {
+                anyhow::anyhow!(
+                    "this client reached the app without a web address (a local socket)"
+                )
+            })?;
             ctx.browser().open(&url).await.map_err(explain)?;
             out.println(format!("opened {url}")).await?;
         }
@@ -312,7 +316,11 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
             }
         }
         Command::Secret => {
-            let approve = format!("http://{}/devices", ctx.client().authority);
+            let approve = ctx.web_url("/devices").ok_or_else(|| {
+                anyhow::anyhow!(
+                    "this client reached the app without a web address (a local socket)"
+                )
+            })?;
             devices()
                 .require(&ctx, &approve, std::time::Duration::from_secs(300))
                 .await?;

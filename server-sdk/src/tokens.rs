@@ -7,6 +7,11 @@
 //! under the app's secret. It is only accepted from the device it was issued
 //! to, as proven by the secure handshake ([`ClientInfo::device`]).
 //!
+//! Rotation keeps a session alive while it is used, but never past its
+//! maximum age from the log-in ([`TokenIssuer::with_max_age`], 30 days by
+//! default); an app that revokes sessions (a user's, a device's) says which
+//! with [`TokenIssuer::with_revocation_check`].
+//!
 //! [`ClientInfo::device`]: crate::ClientInfo::device
 
 use std::io;
@@ -39,6 +44,17 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at, seconds since the Unix epoch.
     pub exp: u64,
+    /// When the user logged in (kept by rotation), seconds since the Unix
+    /// epoch; absent in tokens issued before it was kept: then `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<u64>,
+}
+
+impl Claims {
+    /// When the user logged in, seconds since the Unix epoch.
+    pub fn auth_time(&self) -> u64 {
+        self.auth.unwrap_or(self.iat)
+    }
 }
 
 /// Why a token is not accepted. Every case means "log in again".
@@ -54,19 +70,34 @@ pub enum TokenError {
     /// Issued to another device: copied from elsewhere.
     #[error("the saved session belongs to another device; please log in again")]
     WrongDevice,
+    /// The app revoked it ([`TokenIssuer::with_revocation_check`]).
+    #[error("your session was ended; please log in again")]
+    Revoked,
 }
+
+/// Whether a session the app issued still holds (see
+/// [`TokenIssuer::with_revocation_check`]).
+pub type RevocationCheck = std::sync::Arc<dyn Fn(&Claims) -> bool + Send + Sync>;
 
 /// Issues and checks tokens with the app's secret.
 #[derive(Clone)]
 pub struct TokenIssuer {
     secret: Vec<u8>,
     lifetime: Duration,
+    max_age: Duration,
+    still_valid: Option<RevocationCheck>,
 }
+
+/// How long a session lasts from its log-in, however often it is rotated,
+/// unless the app says otherwise ([`TokenIssuer::with_max_age`]).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl std::fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenIssuer")
             .field("lifetime", &self.lifetime)
+            .field("max_age", &self.max_age)
+            .field("revocation_check", &self.still_valid.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -89,7 +120,28 @@ impl TokenIssuer {
         Ok(TokenIssuer {
             secret: secret.to_vec(),
             lifetime,
+            max_age: DEFAULT_MAX_AGE,
+            still_valid: None,
         })
+    }
+
+    /// Sessions end this long after their log-in, however often they were
+    /// rotated (default [`DEFAULT_MAX_AGE`]); the user then logs in again.
+    pub fn with_max_age(mut self, max_age: Duration) -> TokenIssuer {
+        self.max_age = max_age;
+        self
+    }
+
+    /// A session is accepted only while `still_valid` says so of its claims:
+    /// the app's revocation (say, every session of a user logged in before
+    /// they changed their password, or of a device the app revoked). Called
+    /// on every check of a valid token.
+    pub fn with_revocation_check(
+        mut self,
+        still_valid: impl Fn(&Claims) -> bool + Send + Sync + 'static,
+    ) -> TokenIssuer {
+        self.still_valid = Some(std::sync::Arc::new(still_valid));
+        self
     }
 
     /// Loads the secret at `path`, creating a random one (0600) if missing.
@@ -127,17 +179,29 @@ impl TokenIssuer {
         mac
     }
 
-    /// A token for `subject` on the device with fingerprint `device`.
+    /// A token for `subject` on the device with fingerprint `device`, who
+    /// logs in now.
     pub fn issue(&self, subject: &str, device: &str) -> String {
-        self.issue_at(subject, device, now())
+        let now = now();
+        self.issue_at(subject, device, now, now)
     }
 
-    fn issue_at(&self, subject: &str, device: &str, issued: u64) -> String {
+    /// A new token for the session `claims` holds (same subject, device and
+    /// log-in time), valid for a full lifetime from now but never past the
+    /// session's maximum age.
+    pub fn rotate(&self, claims: &Claims) -> String {
+        self.issue_at(&claims.sub, &claims.dev, now(), claims.auth_time())
+    }
+
+    fn issue_at(&self, subject: &str, device: &str, issued: u64, auth: u64) -> String {
         let claims = Claims {
             sub: subject.to_owned(),
             dev: device.to_owned(),
             iat: issued,
-            exp: issued.saturating_add(self.lifetime.as_secs()),
+            exp: issued
+                .saturating_add(self.lifetime.as_secs())
+                .min(auth.saturating_add(self.max_age.as_secs())),
+            auth: Some(auth),
         };
         let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let mac = B64.encode(self.mac(&payload).finalize().into_bytes());
@@ -165,8 +229,14 @@ impl TokenIssuer {
         if claims.dev != device {
             return Err(TokenError::WrongDevice);
         }
-        if now() >= claims.exp {
+        let now = now();
+        if now >= claims.exp || now >= claims.auth_time().saturating_add(self.max_age.as_secs()) {
             return Err(TokenError::Expired);
+        }
+        if let Some(still_valid) = &self.still_valid
+            && !still_valid(&claims)
+        {
+            return Err(TokenError::Revoked);
         }
         Ok(claims)
     }
@@ -224,7 +294,9 @@ impl Context {
         match issuer.verify(&token, &self.client().device) {
             Ok(claims) => {
                 if issuer.wants_rotation(&claims) {
-                    self.log_in(issuer, &claims.sub).await?;
+                    let path = self.token_path()?;
+                    let token = issuer.rotate(&claims);
+                    self.file().write_with_mode(&path, token, 0o600).await?;
                 }
                 Ok(SessionState::LoggedIn(claims))
             }
@@ -281,7 +353,7 @@ mod tests {
                 "{junk:?}"
             );
         }
-        let old = issuer.issue_at("ada", "dev", now() - 7200);
+        let old = issuer.issue_at("ada", "dev", now() - 7200, now() - 7200);
         assert_eq!(issuer.verify(&old, "dev"), Err(TokenError::Expired));
     }
 
@@ -291,9 +363,52 @@ mod tests {
         let fresh = issuer.verify(&issuer.issue("a", "d"), "d").unwrap();
         assert!(!issuer.wants_rotation(&fresh));
         let aging = issuer
-            .verify(&issuer.issue_at("a", "d", now() - 60), "d")
+            .verify(&issuer.issue_at("a", "d", now() - 60, now() - 60), "d")
             .unwrap();
         assert!(issuer.wants_rotation(&aging));
+    }
+
+    #[test]
+    fn rotation_keeps_the_log_in_time_and_never_passes_the_maximum_age() {
+        let issuer = issuer(3600).with_max_age(Duration::from_secs(86_400));
+        // Logged in 23 h 30 min ago, last rotated 40 minutes ago.
+        let logged_in = now() - 84_600;
+        let token = issuer.issue_at("ada", "dev", now() - 2400, logged_in);
+        let claims = issuer.verify(&token, "dev").unwrap();
+        assert_eq!(claims.auth_time(), logged_in);
+        assert!(issuer.wants_rotation(&claims));
+        let rotated = issuer.verify(&issuer.rotate(&claims), "dev").unwrap();
+        assert_eq!(rotated.auth_time(), logged_in, "rotation keeps the log-in");
+        assert_eq!(rotated.exp, logged_in + 86_400, "cut at the maximum age");
+        // Past the maximum age, however fresh the token.
+        let stale = issuer.issue_at("ada", "dev", now() - 10, now() - 86_401);
+        assert_eq!(issuer.verify(&stale, "dev"), Err(TokenError::Expired));
+        // A maximum age lowered since the token was issued holds too.
+        let lenient = issuer
+            .clone()
+            .with_max_age(Duration::from_secs(30 * 86_400));
+        let old_log_in = lenient.issue_at("ada", "dev", now() - 10, now() - 90_000);
+        assert!(lenient.verify(&old_log_in, "dev").is_ok());
+        assert_eq!(issuer.verify(&old_log_in, "dev"), Err(TokenError::Expired));
+        // A token without a log-in time counts from its issue.
+        let legacy = Claims {
+            auth: None,
+            ..claims
+        };
+        assert_eq!(legacy.auth_time(), legacy.iat);
+    }
+
+    #[test]
+    fn the_app_can_revoke_sessions() {
+        let cutoff = now() - 100;
+        // Every session of "ada" from before the cut-off is over.
+        let issuer =
+            issuer(3600).with_revocation_check(move |c| c.sub != "ada" || c.auth_time() >= cutoff);
+        let before = issuer.issue_at("ada", "dev", now() - 200, now() - 200);
+        assert_eq!(issuer.verify(&before, "dev"), Err(TokenError::Revoked));
+        assert!(issuer.verify(&issuer.issue("ada", "dev"), "dev").is_ok());
+        let other = issuer.issue_at("bob", "dev", now() - 200, now() - 200);
+        assert!(issuer.verify(&other, "dev").is_ok());
     }
 
     #[test]

@@ -477,6 +477,14 @@ impl FileReader {
     }
 }
 
+/// What a [`FileWriter`] answers once an earlier chunk failed: the write
+/// was abandoned then, and that error returned.
+fn abandoned() -> ResourceError {
+    ResourceError::Invalid {
+        message: "this write was abandoned after an earlier error".into(),
+    }
+}
+
 /// Size of each chunk of a [`FileWriter`].
 pub const WRITE_CHUNK: usize = 512 * 1024;
 /// Chunks a [`FileWriter`] keeps in flight.
@@ -507,7 +515,7 @@ impl FileWriter {
     /// chunk failed (the client refused it, say), the write is abandoned
     /// (the client drops its temporary file) before the error is returned.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ResourceError> {
-        let handle = self.handle.ok_or(ResourceError::Disconnected)?;
+        let handle = self.handle.ok_or_else(abandoned)?;
         for chunk in bytes.chunks(WRITE_CHUNK) {
             while self.in_flight.len() >= WRITE_CHUNKS_IN_FLIGHT {
                 if let Some(Err(error)) = self.in_flight.next().await {
@@ -546,7 +554,7 @@ impl FileWriter {
     /// path. When a chunk failed, the write is abandoned before the error
     /// is returned, and the path is untouched.
     pub async fn commit(mut self) -> Result<(), ResourceError> {
-        let handle = self.handle.ok_or(ResourceError::Disconnected)?;
+        let handle = self.handle.ok_or_else(abandoned)?;
         while let Some(result) = self.in_flight.next().await {
             if let Err(error) = result {
                 self.abandon().await;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use terminalwire_server::{Config, Context, Terminal};
+use terminalwire_server::{Config, Context, ResourceError, Terminal};
 use terminalwire_tests::{Client, TestServer};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
@@ -197,7 +197,16 @@ fn storage_filler() -> Terminal {
                     async {
                         let mut writer = files.writer(&path).await?;
                         for chunk in bytes(2).chunks(64 * 1024) {
-                            writer.write(chunk).await?;
+                            if let Err(error) = writer.write(chunk).await {
+                                // Abandoned: said so, not "disconnected".
+                                let again = writer.write(b"x").await;
+                                let abandoned = matches!(
+                                    &again,
+                                    Err(ResourceError::Invalid { message }) if message.contains("abandoned")
+                                );
+                                assert!(abandoned, "{again:?}");
+                                return Err(error);
+                            }
                         }
                         writer.commit().await
                     }
@@ -242,6 +251,8 @@ async fn a_server_cannot_write_more_than_its_storage_quota() {
         "write b 600",
         "stream b 600",
         "append b 600",
+        // Far over: refused while the writer still writes.
+        "stream d 4000",
         // Small additions still fit.
         "append c 100",
         // Deleting frees room.
@@ -273,6 +284,7 @@ async fn a_server_cannot_write_more_than_its_storage_quota() {
             "write a: ok",
             "write a: ok",
             "write a: ok",
+            "refused",
             "refused",
             "refused",
             "refused",

@@ -973,6 +973,10 @@ where
         MAX_STDIN_CHUNK,
         io.stdin,
     )));
+    // Stdin requests take their turns in the order they arrived (each task
+    // waits for the one before it): reads in flight at once get the input
+    // in the order the server asked for it, and prompts show in that order.
+    let mut stdin_turn: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let requests = Arc::new(Semaphore::new(config.max_requests_in_flight));
     let (responses_tx, mut responses) =
         mpsc::channel::<Response>(config.max_requests_in_flight.max(1));
@@ -1158,6 +1162,10 @@ where
                                         }
                                         // May wait for something (stdin, consent): a task of its own.
                                         Err(op) => {
+                                            let turn = reads_stdin(&op).then(|| {
+                                                let (done, next) = tokio::sync::oneshot::channel::<()>();
+                                                (stdin_turn.replace(next), done)
+                                            });
                                             let request = Request { id, op };
                                             let stdin = stdin.clone();
                                             let prompts = pipes[1].prompt_sink();
@@ -1165,6 +1173,11 @@ where
                                             let stdin_is_terminal = config.stdin_is_terminal;
                                             let responses = responses_tx.clone();
                                             in_flight.spawn(async move {
+                                                // Dropped, `done` gives the next its turn.
+                                                let (before, _done) = turn.unzip();
+                                                if let Some(before) = before.flatten() {
+                                                    let _ = before.await;
+                                                }
                                                 let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal).await;
                                                 let _ = responses.send(response).await;
                                                 // The permit goes with the answer until it is queued.
@@ -2050,6 +2063,17 @@ async fn perform(
         Ok(reply) => Response::ok(request.id, reply),
         Err(error) => Response::error(request.id, error),
     }
+}
+
+/// Whether `op` reads the client's stdin (its turn is kept, see
+/// `stdin_turn` in [`run_session`]).
+fn reads_stdin(op: &Operation) -> bool {
+    matches!(
+        op,
+        Operation::StdinRead { .. }
+            | Operation::StdinReadLine { .. }
+            | Operation::StdinReadPassword { .. }
+    )
 }
 
 /// Why `prompt` is not shown: it is longer than [`MAX_PROMPT`].

@@ -6,7 +6,8 @@
 //! [`ResourceError::Denied`] with the command the user can run to allow it
 //! ([`ResourceError::grant_command`]). Several calls may be in flight at once
 //! (`futures::future::join_all` over many reads works); the client runs them
-//! concurrently up to a bound.
+//! concurrently up to a bound, but serves reads of stdin in the order they
+//! were asked: raw reads in flight at once return the input in order.
 //!
 //! Paths are strings as the user would type them: absolute, `~/...`, or
 //! relative to the user's home. [`Context::storage_path`] names a path in the

@@ -691,6 +691,36 @@ async fn concurrent_read_lines_each_get_one_distinct_line() {
     assert_eq!(distinct, want, "each line exactly once: {lines:?}");
 }
 
+/// Raw reads in flight at once get the input in the order they were asked:
+/// the client serves stdin requests in their order of arrival.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_reads_in_flight_get_the_input_in_order() {
+    const N: usize = 48;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got_in_command = got.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            let stdin = ctx.stdin();
+            for _ in 0..20 {
+                let reads = (0..N).map(|_| stdin.read_chunk(1));
+                for chunk in future::join_all(reads).await {
+                    got.lock().unwrap().extend(chunk?);
+                }
+            }
+            ctx.stdout().println("done").await?;
+            anyhow::Ok(())
+        }
+    });
+    let stdin: Vec<u8> = (0..N * 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let run = Session::args(&[]).stdin(&stdin).run(&terminal).await;
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    assert_eq!(
+        String::from_utf8_lossy(&got.lock().unwrap()),
+        String::from_utf8_lossy(&stdin)
+    );
+}
+
 /// A scripted client answers concurrent requests in reverse order; each
 /// `read_line` must still get the answer to its own request (matched by id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

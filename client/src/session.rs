@@ -2091,6 +2091,13 @@ fn oversized(prompt: Option<&str>) -> Option<OpError> {
 
 /// Up to `max` bytes of what stdin has (at least one byte unless at end).
 async fn read_chunk(stdin: &mut (impl AsyncBufRead + Unpin), max: usize) -> Result<Reply, OpError> {
+    // An empty answer means the end of input: a read of nothing cannot say.
+    if max == 0 {
+        return Err(OpError::new(
+            ErrorCode::Invalid,
+            "a stdin read must ask for at least one byte",
+        ));
+    }
     let available = stdin
         .fill_buf()
         .await
@@ -2486,6 +2493,18 @@ fn frame_name(frame: &ServerFrame) -> String {
 mod tests {
     use super::*;
     use terminalwire_protocol::RequestId;
+
+    #[tokio::test]
+    async fn a_stdin_read_of_nothing_is_refused_not_taken_for_the_end() {
+        let mut stdin = BufReader::new(&b"abc"[..]);
+        let refused = read_chunk(&mut stdin, 0).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Invalid);
+        let read = read_chunk(&mut stdin, 2).await.unwrap();
+        assert!(
+            matches!(&read, Reply::Data { bytes, eof: false } if bytes.as_slice() == b"ab"),
+            "{read:?}"
+        );
+    }
 
     #[test]
     fn an_answer_over_the_frame_limit_leaves_as_an_error_that_fits() {

@@ -93,7 +93,8 @@ impl Stdin {
         }
     }
 
-    /// Up to `max` bytes of raw input (for piped data); empty at end of input.
+    /// Up to `max` bytes (at least 1) of raw input (for piped data); empty
+    /// at end of input.
     pub async fn read_chunk(&self, max: u32) -> Result<Vec<u8>, ResourceError> {
         let reply = self.ctx.request(Operation::StdinRead { max }).await?;
         data_reply(reply, max).map(|(bytes, _)| bytes)

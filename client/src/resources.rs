@@ -370,7 +370,12 @@ impl Resources {
     /// deleted) and clears progress bars: the session is over.
     pub fn end_session(&self) {
         if let Ok(mut writes) = self.writes.lock() {
-            writes.open.clear();
+            // A chunk still being written holds its write: the unfinished
+            // file goes now, not when that thread lets go (the process may
+            // have exited by then).
+            for (_, open) in writes.open.drain() {
+                open.write.discard();
+            }
         }
         self.progress.clear();
         if let Some(audit) = &self.audit {

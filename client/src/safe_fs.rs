@@ -606,6 +606,18 @@ impl DirectFile {
     }
 }
 
+impl StreamedWrite {
+    /// Deletes the unfinished file now, while another thread may still hold
+    /// the write (a chunk on its way when the session ended): the process
+    /// may exit before the last holder drops it. What that thread still
+    /// writes goes to a file no folder lists, freed when it lets go.
+    pub fn discard(&self) {
+        if let Some(temp) = &self.temp {
+            let _ = rustix::fs::unlinkat(&self.parent, temp, AtFlags::empty());
+        }
+    }
+}
+
 impl Drop for StreamedWrite {
     fn drop(&mut self) {
         if let Some(temp) = self.temp.take() {
@@ -2185,6 +2197,24 @@ mod tests {
         assert_eq!(write.direct_bytes(), Some(0));
         write.commit().unwrap();
         assert!(std::fs::read(&target).unwrap() == numbered(0, 2 * CHUNK + 1));
+    }
+
+    #[test]
+    fn a_discarded_write_leaves_nothing_while_still_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let target = root.join("f");
+        let write =
+            std::sync::Arc::new(StreamedWrite::begin(&target, FileMode::KEEP_OR_DEFAULT).unwrap());
+        let held = write.clone();
+        write.write_at(0, b"unfinished").unwrap();
+        let listed = || std::fs::read_dir(&root).unwrap().count();
+        assert_eq!(listed(), 1, "the temporary file");
+        write.discard();
+        assert_eq!(listed(), 0, "gone while another holder writes on");
+        held.write_at(10, b"more").unwrap_err();
+        drop((write, held));
+        assert!(!target.exists());
     }
 
     #[test]

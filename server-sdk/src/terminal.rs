@@ -337,7 +337,9 @@ impl Terminal {
 
     /// Serves `app` (which mounts this terminal) on `listener` until
     /// `shutdown` resolves, then stops taking sessions and lets running
-    /// commands finish within the grace period.
+    /// commands finish within the grace period, after which they are
+    /// cancelled ([`shutdown`](Self::shutdown)); sessions that still have
+    /// not ended a few seconds later are logged as a warning and left.
     ///
     /// Any axum listener whose connections implement [`TerminalConnection`]
     /// works: TCP and Unix listeners,
@@ -368,7 +370,12 @@ impl Terminal {
             draining.begin_shutdown();
         })
         .await;
-        self.shutdown().await;
+        if !self.shutdown().await {
+            tracing::warn!(
+                sessions = self.session_count(),
+                "sessions still running after the shutdown grace period and its margin; leaving them"
+            );
+        }
         Ok(())
     }
 

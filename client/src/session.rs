@@ -739,9 +739,14 @@ where
     let watched = ExitSignals::new()
         .map_err(|error| ClientError::Config(format!("cannot watch for signals: {error}")))?;
     let (told, exit_now) = tokio::sync::watch::channel(None);
-    let watchdog = tokio::spawn(watched.watch(told));
+    let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = tokio::spawn(watched.watch(told, opened.clone()));
+    let watch = ExitWatch {
+        told: exit_now,
+        opened,
+    };
     let ended = EXIT_NOW
-        .scope(exit_now, run_session(socket, start, io, config, resumption))
+        .scope(watch, run_session(socket, start, io, config, resumption))
         .await;
     watchdog.abort();
     ended
@@ -765,10 +770,29 @@ impl From<ExitNow> for ClientError {
     }
 }
 
+/// What a session's sends and waits learn from [`ExitSignals`].
+#[derive(Debug, Clone)]
+struct ExitWatch {
+    /// Set once a signal says the client must end: sends stop waiting for
+    /// a server that takes no data.
+    told: tokio::sync::watch::Receiver<Option<ExitNow>>,
+    /// Whether the session is open (welcomed or resumed): before, a single
+    /// Ctrl-C ends the client, as it did a program that had not yet caught
+    /// SIGINT.
+    opened: Arc<std::sync::atomic::AtomicBool>,
+}
+
 tokio::task_local! {
-    /// Set once a signal says the client must end ([`ExitSignals`]): sends
-    /// stop waiting for a server that takes no data.
-    static EXIT_NOW: tokio::sync::watch::Receiver<Option<ExitNow>>;
+    static EXIT_NOW: ExitWatch;
+}
+
+/// Tells [`ExitSignals`] that the session is open: Ctrl-C is the app's now.
+fn session_opened() {
+    let _ = EXIT_NOW.try_with(|watch| {
+        watch
+            .opened
+            .store(true, std::sync::atomic::Ordering::Release);
+    });
 }
 
 /// The signals that end the client, watched apart from the session's loop.
@@ -792,13 +816,19 @@ impl ExitSignals {
     }
 
     /// Tells `told` the first signal that ends the client, counting Ctrl-C
-    /// as the session's loop does.
-    async fn watch(mut self, told: tokio::sync::watch::Sender<Option<ExitNow>>) {
+    /// as the session's loop does once the session is `opened` (before, one
+    /// is enough).
+    async fn watch(
+        mut self,
+        told: tokio::sync::watch::Sender<Option<ExitNow>>,
+        opened: Arc<std::sync::atomic::AtomicBool>,
+    ) {
         let mut interrupted: Option<Instant> = None;
         let exit = loop {
             tokio::select! {
                 Some(()) = self.interrupt.recv() => {
-                    if interrupted.is_some_and(|at| at.elapsed() < DOUBLE_INTERRUPT) {
+                    let open = opened.load(std::sync::atomic::Ordering::Acquire);
+                    if !open || interrupted.is_some_and(|at| at.elapsed() < DOUBLE_INTERRUPT) {
                         break ExitNow::Interrupted;
                     }
                     interrupted = Some(Instant::now());
@@ -814,9 +844,9 @@ impl ExitSignals {
 
 /// `sending`, unless a signal says the client must end first
 /// ([`EXIT_NOW`]).
-async fn unless_told_to_exit(
-    sending: impl Future<Output = Result<(), ClientError>>,
-) -> Result<(), ClientError> {
+async fn unless_told_to_exit<T>(
+    sending: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
     until_told_to_exit(sending)
         .await
         .unwrap_or_else(|exit| Err(exit.into()))
@@ -831,7 +861,7 @@ async fn close_link<S: Socket>(sink: &mut Sink<S>) {
 
 /// `work`'s output, or why a signal says the client must end first.
 async fn until_told_to_exit<T>(work: impl Future<Output = T>) -> Result<T, ExitNow> {
-    let Ok(mut exit_now) = EXIT_NOW.try_with(Clone::clone) else {
+    let Ok(mut exit_now) = EXIT_NOW.try_with(|watch| watch.told.clone()) else {
         return Ok(work.await);
     };
     let told = async move {
@@ -875,7 +905,9 @@ where
             }
             let window = hello.window;
             let max_chunk = hello.max_chunk as usize;
-            let welcome = open_session(&mut sink, &mut source, *hello, config).await?;
+            let welcome =
+                unless_told_to_exit(open_session(&mut sink, &mut source, *hello, config)).await?;
+            session_opened();
             let rtt = asked.elapsed();
             config.resources.set_session(&welcome.session_id);
             tracing::info!(session = %welcome.session_id, version = welcome.version, server = %welcome.server.name, "session open");
@@ -892,7 +924,10 @@ where
             (window, max_chunk, rtt, resume, Receipts::new(), replay)
         }
         Start::Attach(record) => {
-            let resumed = attach_session(&mut sink, &mut source, &record, config).await?;
+            let resumed =
+                unless_told_to_exit(attach_session(&mut sink, &mut source, &record, config))
+                    .await?;
+            session_opened();
             let rtt = asked.elapsed();
             if let Some(attached) = resumption.as_mut().and_then(|r| r.on_attached.take()) {
                 attached();

@@ -379,3 +379,50 @@ async fn signals_end_a_client_held_up_by_a_server_that_stopped_reading() {
         drop(socket);
     }
 }
+
+/// While the client waits for the welcome (here: forever), one Ctrl-C
+/// ends it, as it ends a program that has not started its work, and so
+/// do SIGTERM and SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_end_a_client_waiting_for_its_welcome() {
+    use std::sync::{Arc, Mutex};
+    use terminalwire_tests::ScriptedSocket;
+    use tokio::sync::oneshot;
+    for (signal, status) in [
+        (rustix::process::Signal::INT, 130),
+        (rustix::process::Signal::TERM, 128 + 15),
+    ] {
+        let (socket_tx, socket_rx) = oneshot::channel::<ScriptedSocket>();
+        let channel = Arc::new(Mutex::new(Some(socket_tx)));
+        let server = ScriptedServer::start(true, move |mut socket| {
+            let channel = channel.lock().unwrap().take();
+            async move {
+                let Some(socket_tx) = channel else { return };
+                // The hello came: the client now waits for the welcome.
+                if matches!(
+                    next_client_frame(&mut socket).await,
+                    Some(ClientFrame::Hello(_))
+                ) {
+                    let _ = socket_tx.send(socket);
+                }
+            }
+        })
+        .await;
+        let home = ClientHome::new();
+        let url = server.url();
+        let mut child = home
+            .command(["--connect-timeout", "120", url.as_str(), "go"])
+            .spawn()
+            .unwrap();
+        let socket = tokio::time::timeout(Duration::from_secs(60), socket_rx)
+            .await
+            .expect("no hello came")
+            .unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+        let code = exited.expect("the client kept waiting").unwrap().code();
+        assert_eq!(code, Some(status), "{signal:?}");
+        drop(socket);
+    }
+}

@@ -521,12 +521,16 @@ impl Context {
     /// handles interrupts itself ([`handle_interrupts`](Context::handle_interrupts)).
     pub async fn interrupted(&self) {
         self.handle_interrupts();
+        // What was taken in when this call began: every waiter wakes for
+        // what came after, whoever takes it in first.
+        let base = self.shared.signals().interrupts_seen;
         tokio::select! {
-            () = self.shared.signal_change(|now| now.interrupts != now.interrupts_seen) => {}
+            () = self.shared.signal_change(|now| now.interrupts != base) => {}
             () = self.shared.closed.cancelled() => std::future::pending().await,
         }
-        self.shared
-            .take_in(|signals| signals.interrupts_seen = signals.interrupts);
+        self.shared.take_in(|signals| {
+            signals.interrupts_seen = signals.interrupts_seen.max(signals.interrupts);
+        });
     }
 
     /// The client terminal's size as (columns, rows), as last reported.
@@ -544,8 +548,9 @@ impl Context {
     /// [`terminal_size`](Context::terminal_size) or this); returns the new
     /// size.
     pub async fn resized(&self) -> Option<(u16, u16)> {
+        let base = self.shared.signals().resizes_seen;
         tokio::select! {
-            () = self.shared.signal_change(|now| now.resizes != now.resizes_seen) => {}
+            () = self.shared.signal_change(|now| now.resizes != base) => {}
             () = self.shared.closed.cancelled() => std::future::pending::<()>().await,
         }
         self.terminal_size()

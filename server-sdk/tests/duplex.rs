@@ -1011,6 +1011,18 @@ async fn signals_that_come_while_the_command_is_busy_are_not_lost() {
         ctx.stdout()
             .println(format!("{interrupted} {resized:?} {again} {resized_again}"))
             .await?;
+        // Two waiters at once (the command and a helper of its) both hear
+        // the next Ctrl-C: they wait before "waiting" is written.
+        let (first, second, written) = future::join3(
+            tokio::time::timeout(soon, ctx.interrupted()),
+            tokio::time::timeout(soon, ctx.interrupted()),
+            ctx.stdout().println("waiting"),
+        )
+        .await;
+        written?;
+        ctx.stdout()
+            .println(format!("both: {}", first.is_ok() && second.is_ok()))
+            .await?;
         anyhow::Ok(())
     });
     let (client, server) = socket_pair().await;
@@ -1028,11 +1040,16 @@ async fn signals_that_come_while_the_command_is_busy_are_not_lost() {
         send_client(&mut client, &signal(SignalKind::Resize, Some(size))).await;
         send_client(&mut client, &answer_to_line_read(request)).await;
         let mut out = Vec::new();
+        let mut told = false;
         loop {
             match next_server(&mut client).await {
                 Some(ServerFrame::Exit(exit)) => break (exit.status, out),
                 Some(ServerFrame::Data(data)) => out.extend_from_slice(&data.bytes),
                 other => panic!("expected output, got {other:?}"),
+            }
+            if !told && out.ends_with(b"waiting\n") {
+                told = true;
+                send_client(&mut client, &signal(SignalKind::Interrupt, None)).await;
             }
         }
     };
@@ -1040,7 +1057,7 @@ async fn signals_that_come_while_the_command_is_busy_are_not_lost() {
     assert_eq!(status, 0);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "true Some((100, 40)) false false\n"
+        "true Some((100, 40)) false false\nwaiting\nboth: true\n"
     );
 }
 

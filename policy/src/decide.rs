@@ -568,7 +568,7 @@ impl Entitlements {
             }),
             None => {
                 let command = self.grant_path_command(path, action, None);
-                Err(self.path_denial(path, action.into(), DenialReason::NotGranted, Some(command)))
+                Err(self.path_denial(path, action.into(), DenialReason::NotGranted, command))
             }
         }
     }
@@ -605,14 +605,16 @@ impl Entitlements {
             ceiling,
         };
         // Storage modes are fixed; elsewhere a grant with a wider mode helps.
-        let command = (!allowed.in_storage).then(|| {
-            let file_mode = if is_dir {
-                (mode & 0o666) | ((mode & 0o111) << 2)
-            } else {
-                mode
-            };
-            self.grant_path_command(path, Action::Write, Mode::new(file_mode))
-        });
+        let command = (!allowed.in_storage)
+            .then(|| {
+                let file_mode = if is_dir {
+                    (mode & 0o666) | ((mode & 0o111) << 2)
+                } else {
+                    mode
+                };
+                self.grant_path_command(path, Action::Write, Mode::new(file_mode))
+            })
+            .flatten();
         Err(self.path_denial(path, op, reason, command))
     }
 
@@ -752,14 +754,25 @@ impl Entitlements {
     /// ([`ResolvedPath::is_dir`]: on disk, or by the request), else its parent.
     /// When that folder is the user's home or above it, the grant names the
     /// path alone: one keypress about `~/notes.txt` must not give the
-    /// server `~/.bashrc`.
+    /// server `~/.bashrc`. None for the kernel's magic links (`/proc/...`,
+    /// `/dev/fd/...`, `/dev/stdin`): a path through them names the client
+    /// process's own state (`/proc/self/cwd` is wherever the client runs),
+    /// nothing a grant should hold; the user may still grant it by hand.
     fn grant_path_command(
         &self,
         path: &ResolvedPath,
         action: Action,
         mode: Option<Mode>,
-    ) -> String {
+    ) -> Option<String> {
         let p = path.as_path();
+        let magic = p.starts_with("/proc")
+            || p.starts_with("/dev/fd")
+            || ["/dev/stdin", "/dev/stdout", "/dev/stderr"]
+                .iter()
+                .any(|link| p.starts_with(link));
+        if magic {
+            return None;
+        }
         let folder = if path.is_dir() {
             p
         } else {
@@ -787,7 +800,7 @@ impl Entitlements {
         if let Some(mode) = mode {
             command.push_str(&format!(" --mode {mode}"));
         }
-        command
+        Some(command)
     }
 }
 
@@ -1079,6 +1092,22 @@ mod tests {
             let expected = crate::path::normalized(raw, &h).unwrap();
             assert_eq!(named.as_path(), expected, "{raw}");
             assert!(e.check_path(&named, Action::Read).is_err(), "{raw}");
+        }
+        // A grant is suggested for what was named, but none through the
+        // kernel's links to the client's own state.
+        let command = |raw: &str| {
+            e.check_path(&request(raw).unwrap(), Action::Read)
+                .unwrap_err()
+                .command
+        };
+        assert!(command("~/out/to-docs/f").is_some());
+        for raw in [
+            "/proc/self/cwd/x",
+            "/proc/1/environ",
+            "/dev/fd/3",
+            "/dev/stdin",
+        ] {
+            assert_eq!(command(raw), None, "{raw}");
         }
         // Walking them would have followed the link, or failed on the loop.
         assert_eq!(

@@ -547,13 +547,16 @@ async fn hostile_fixture(sandbox: &Sandbox, authority: &str) -> Vec<Row> {
         ("read /etc/passwd", read("/etc/passwd"), G),
         ("exists /etc/passwd", exists("/etc/passwd"), G),
         // Outside every grant: refused as named, without walking the path
-        // (so the denial cannot tell where its symlinks lead).
-        ("read /proc/self/environ", read("/proc/self/environ"), G),
+        // (so the denial cannot tell where its symlinks lead), and with no
+        // grant to suggest through the kernel's magic links.
+        ("read /proc/self/environ", read("/proc/self/environ"), H),
         (
             "read /proc/self/root/etc/passwd",
             read("/proc/self/root/etc/passwd"),
-            G,
+            H,
         ),
+        ("read /proc/self/cwd/x", read("/proc/self/cwd/x"), H),
+        ("read /dev/stdin", read("/dev/stdin"), H),
         ("metadata /etc/shadow", metadata("/etc/shadow"), G),
         ("list /etc", list("/etc"), G),
         (

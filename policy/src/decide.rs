@@ -364,6 +364,9 @@ impl Entitlements {
         let storage_named = match &storage {
             Some(_) => {
                 let named = home.storage_dir(&authority);
+                // As the server will name it: `.` and `..` taken out.
+                let named =
+                    crate::path::normalized(&named.to_string_lossy(), user_home).unwrap_or(named);
                 let mapped = named
                     .strip_prefix(user_home)
                     .map(|rest| resolved_user_home.join(rest))
@@ -502,12 +505,8 @@ impl Entitlements {
     /// path in the authority's storage or under one of its grants. For a
     /// path that could not be resolved: only then may the server hear why.
     pub fn names_a_granted_path(&self, raw: &str) -> bool {
-        self.as_named(raw).is_some_and(|named| {
-            self.storage
-                .as_ref()
-                .is_some_and(|storage| named.starts_with(storage))
-                || !self.globs.matches(&named).is_empty()
-        })
+        self.as_named_both(raw)
+            .is_some_and(|(named, mapped)| self.may_be_granted(&named, &mapped))
     }
 
     /// May the authority do `action` on `path`?
@@ -849,14 +848,28 @@ fn starts_with_folded(path: &Path, prefix: &Path) -> bool {
 fn folded(name: &std::ffi::OsStr) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     use unicode_normalization::UnicodeNormalization;
-    match name.to_str() {
-        Some(text) => text
-            .nfd()
+    let round = |text: &str| {
+        text.nfd()
             .flat_map(char::to_uppercase)
             .flat_map(char::to_lowercase)
             .nfd()
             .collect::<String>()
-            .into_bytes(),
+    };
+    match name.to_str() {
+        // Again until nothing changes: the capital sharp s lower-cases to
+        // `ß`, which only the next round takes to `ss`, as full case
+        // folding does.
+        Some(text) => {
+            let mut folded = round(text);
+            for _ in 0..3 {
+                let again = round(&folded);
+                if again == folded {
+                    break;
+                }
+                folded = again;
+            }
+            folded.into_bytes()
+        }
         None => name.as_bytes().to_ascii_lowercase(),
     }
 }
@@ -1132,6 +1145,10 @@ mod tests {
         assert!(e.check_path(&path, Action::Write).unwrap().in_storage);
         // A malformed path is still told as such.
         assert!(request("").is_err());
+        // A granted path that fails to resolve is told why: it is granted
+        // as the grant is written.
+        assert!(e.names_a_granted_path("~/proj/dangling/x"));
+        assert!(!e.names_a_granted_path("~/out/to-docs/f"));
     }
 
     #[test]
@@ -1183,6 +1200,15 @@ mod tests {
         ));
         assert!(yes("/home/kim/.\u{17f}sh", "/home/kim/.ssh"));
         assert!(yes("/h/.\u{17f}\u{17f}h/id", "/h/.SSH"));
+        // The capital sharp s, the sharp s and "ss" are one name.
+        assert!(yes(
+            "/home/STRA\u{1e9e}E/.terminalwire/x",
+            "/home/stra\u{df}e/.terminalwire"
+        ));
+        assert!(yes(
+            "/home/strasse/.terminalwire",
+            "/home/STRA\u{1e9e}E/.terminalwire"
+        ));
         // Still whole components, and another letter is another name.
         assert!(!yes("/home/jose/.terminalwire", home));
         assert!(!yes("/home/jos\u{e9}/.terminalwire-other", home));

@@ -73,7 +73,8 @@ impl<T: IntoOutcome, E: Into<anyhow::Error>> IntoOutcome for Result<T, E> {
             Ok(value) => value.into_outcome(),
             Err(error) => {
                 let error: anyhow::Error = error.into();
-                match error.downcast_ref::<Exit>() {
+                let exit = error.chain().find_map(|cause| cause.downcast_ref::<Exit>());
+                match exit {
                     Some(exit) => Outcome::Exit(exit.0),
                     None => Outcome::Failed(chain_text(error.as_ref())),
                 }
@@ -158,5 +159,15 @@ mod tests {
         );
         let exit: anyhow::Result<()> = Err(Exit(9).into());
         assert_eq!(exit.into_outcome(), Outcome::Exit(9));
+        // Wrapped in context, or as the source of the app's own error.
+        let wrapped: anyhow::Result<()> = Err(anyhow::Error::new(Exit(4)).context("stopping"));
+        assert_eq!(wrapped.into_outcome(), Outcome::Exit(4));
+        #[derive(Debug, thiserror::Error)]
+        #[error("the app stops")]
+        struct Stops(#[source] Exit);
+        assert_eq!(
+            Err::<(), _>(Stops(Exit(5))).into_outcome(),
+            Outcome::Exit(5)
+        );
     }
 }

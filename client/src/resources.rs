@@ -440,7 +440,16 @@ impl Resources {
         let (described, touched) = self.describe(&op);
         let named = op.path().map(str::to_owned);
         let retry = self.consent.as_ref().map(|_| op.clone());
-        let mut result = self.perform_unaudited(op).await?;
+        // What a request that reads or changes the user's data touched is
+        // logged resolved (its path as the server spelled it can hide
+        // that): resolved on the operation's own blocking thread, right
+        // after it (a thread of its own for each would grow the pool, and
+        // the client's memory, under a stream of chunks).
+        let audited = match (&touched, described.as_ref()) {
+            (Some(path), Some((_, action, ..))) if reads_or_changes(action) => Some(path.clone()),
+            _ => None,
+        };
+        let (mut result, mut resolved) = self.perform_unaudited(op, audited.clone()).await?;
         // A grantable denial, on a terminal: the client asks the user.
         if let (
             Some(consent),
@@ -453,37 +462,25 @@ impl Resources {
             && let Some((answer, updated)) = consent.ask(denial).await
         {
             let updated = Arc::new(updated);
-            result = if answer == crate::consent::Answer::Once {
+            (result, resolved) = if answer == crate::consent::Answer::Once {
                 // Once means this request: it runs with rules of its own.
                 // Swapped into the session's for the retry, they allowed
                 // every request made meanwhile, and two overlapping retries
                 // put back each other's rules, keeping one grant for good.
                 let mut once = self.clone();
                 once.entitlements = Arc::new(std::sync::RwLock::new(Some(updated)));
-                once.perform_unaudited(op).await?
+                once.perform_unaudited(op, audited).await?
             } else {
                 *self
                     .entitlements
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(updated);
-                self.perform_unaudited(op).await?
+                self.perform_unaudited(op, audited).await?
             };
         }
-        // What a request that reads or changes the user's data touched,
-        // resolved (its path as the server spelled it can hide that), on
-        // a blocking thread: resolving walks the path.
-        let resolved = match (touched, described.as_ref()) {
-            (Some(path), Some((_, action, ..)))
-                if reads_or_changes(action) && !is_denial(&result) =>
-            {
-                let this = self.clone();
-                tokio::task::spawn_blocking(move || this.resolve_for_audit(&path))
-                    .await
-                    .ok()
-                    .flatten()
-            }
-            _ => None,
-        };
+        if is_denial(&result) {
+            resolved = None;
+        }
         self.audit(described, resolved, &result);
         Some(self.as_told(named.as_deref(), result))
     }
@@ -643,16 +640,24 @@ impl Resources {
         (described, path)
     }
 
-    async fn perform_unaudited(&self, op: Operation) -> Option<Result<Reply, OpError>> {
+    /// Performs `op`; also resolves `audited` for the audit log
+    /// ([`resolve_for_audit`](Self::resolve_for_audit)) on the same blocking
+    /// thread when the operation runs on one and was not denied.
+    async fn perform_unaudited(
+        &self,
+        op: Operation,
+        audited: Option<String>,
+    ) -> Option<(Result<Reply, OpError>, Option<(PathBuf, bool)>)> {
         Some(match op {
-            Operation::EnvGet { name } => self.env_get(&name),
+            Operation::EnvGet { name } => (self.env_get(&name), None),
             Operation::BrowserOpen { url } => {
                 let this = self.clone();
-                blocking(move || this.browser_open(&url)).await
+                (blocking(move || this.browser_open(&url)).await, None)
             }
             // A few system calls each: a hop to a blocking thread and back
-            // would cost more than the work.
-            op if performed_inline(&op) => self.path_op(op),
+            // would cost more than the work. (None reads or changes the
+            // user's data: nothing to resolve for the log.)
+            op if performed_inline(&op) => (self.path_op(op), None),
             Operation::FileRead { .. }
             | Operation::FileWrite { .. }
             | Operation::FileAppend { .. }
@@ -672,7 +677,19 @@ impl Resources {
                     _ => None,
                 };
                 let this = self.clone();
-                blocking(move || this.path_op(op)).await
+                let work = move || {
+                    let result = this.path_op(op);
+                    let resolved = audited
+                        .filter(|_| !is_denial(&result))
+                        .and_then(|path| this.resolve_for_audit(&path));
+                    (result, resolved)
+                };
+                tokio::task::spawn_blocking(work)
+                    .await
+                    .unwrap_or_else(|error| {
+                        let message = format!("the operation failed inside the client: {error}");
+                        (Err(OpError::new(ErrorCode::Internal, message)), None)
+                    })
             }
             _ => return None,
         })

@@ -160,7 +160,9 @@ pub(crate) fn resolve_absolute(path: &Path) -> Result<ResolvedPath, PathError> {
     resolve_normalized(&normalize(path, &path.to_string_lossy())?).map(|(path, _)| path)
 }
 
-fn resolve_normalized(absolute: &Path) -> Result<(ResolvedPath, Option<Sighting>), PathError> {
+pub(crate) fn resolve_normalized(
+    absolute: &Path,
+) -> Result<(ResolvedPath, Option<Sighting>), PathError> {
     let (mut path, rest, is_dir, sighting) = match symlink_free_prefix(absolute) {
         Some((path, rest, sighting)) => {
             let is_dir = matches!(sighting, Sighting::Present(stat)

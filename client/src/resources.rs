@@ -1171,29 +1171,13 @@ impl Resources {
                             let resolved = resolved.named_as_folder(true);
                             entitlements.check_path(&resolved, Action::Write)
                         });
-                    match verdict {
-                        Some(Ok(parent_allowed)) => Some(mode & parent_allowed.dir_mode.bits()),
-                        Some(Err(denial)) => {
-                            refused.get_or_insert(denial);
-                            None
-                        }
-                        None => None,
-                    }
+                    let parent_allowed = keep_refusal(verdict, &mut refused)?;
+                    Some(mode & parent_allowed.dir_mode.bits())
                 };
                 let made =
                     safe_fs::create_dir_with(path.as_path(), parents, mode, &mut parent_mode);
                 drop(charge);
-                match made {
-                    Ok(()) => Ok(Reply::Unit),
-                    Err(FsError::Denied { path: folder }) => Err(match refused {
-                        Some(denial) => denied(denial),
-                        None => OpError::new(
-                            ErrorCode::Denied,
-                            format!("may not create {}", folder.display()),
-                        ),
-                    }),
-                    Err(error) => Err(fs_error(error)),
-                }
+                walk_outcome(made, refused, "create")
             }
             Operation::DirDelete { path, recursive } => {
                 let root = resolve(&path)?;
@@ -1207,35 +1191,54 @@ impl Resources {
                         .ok()
                         .and_then(|relative| root.join_entry(relative, kind == Kind::Dir))
                         .map(|resolved| entitlements.check_path(&resolved, Action::Write));
-                    match verdict {
-                        Some(Ok(_)) => true,
-                        Some(Err(denial)) => {
-                            refused.get_or_insert(denial);
-                            false
-                        }
-                        None => false,
-                    }
+                    keep_refusal(verdict, &mut refused).is_some()
                 };
                 let deleted = safe_fs::delete_dir(root.as_path(), recursive, &mut may_delete);
                 // A recursive delete refused part way has still deleted some.
                 self.forget_deleted_writes();
-                match deleted {
-                    Ok(()) => Ok(Reply::Unit),
-                    Err(FsError::Denied { path: entry }) => Err(match refused {
-                        Some(denial) => denied(denial),
-                        None => OpError::new(
-                            ErrorCode::Denied,
-                            format!("may not delete {}", entry.display()),
-                        ),
-                    }),
-                    Err(error) => Err(fs_error(error)),
-                }
+                walk_outcome(deleted, refused, "delete")
             }
             _ => Err(OpError::new(
                 ErrorCode::Unsupported,
                 "this client does not support that operation",
             )),
         }
+    }
+}
+
+/// What a check made during a walk of the disk allows; a refusal is kept
+/// (the first one) to tell the server why the walk stopped. `None` also
+/// for a path that could not be checked at all.
+fn keep_refusal<T>(
+    verdict: Option<Result<T, PolicyDenial>>,
+    refused: &mut Option<PolicyDenial>,
+) -> Option<T> {
+    match verdict? {
+        Ok(allowed) => Some(allowed),
+        Err(denial) => {
+            refused.get_or_insert(denial);
+            None
+        }
+    }
+}
+
+/// A walk's outcome as the server is told it: a refusal is the policy's
+/// denial kept by [`keep_refusal`], else "may not `verb` PATH".
+fn walk_outcome(
+    walked: Result<(), FsError>,
+    refused: Option<PolicyDenial>,
+    verb: &str,
+) -> Result<Reply, OpError> {
+    match walked {
+        Ok(()) => Ok(Reply::Unit),
+        Err(FsError::Denied { path }) => Err(match refused {
+            Some(denial) => denied(denial),
+            None => OpError::new(
+                ErrorCode::Denied,
+                format!("may not {verb} {}", path.display()),
+            ),
+        }),
+        Err(error) => Err(fs_error(error)),
     }
 }
 

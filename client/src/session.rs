@@ -2211,10 +2211,10 @@ enum LocalSignal {
 
 /// The process signals the client watches.
 struct Signals {
-    interrupt: tokio::signal::unix::Signal,
+    /// Ctrl-C, SIGTERM and SIGHUP, as the watcher apart from the loop has
+    /// them too.
+    ends: ExitSignals,
     resize: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
 }
 
@@ -2222,10 +2222,8 @@ impl Signals {
     fn new() -> io::Result<Signals> {
         use tokio::signal::unix::{SignalKind as Kind, signal};
         Ok(Signals {
-            interrupt: signal(Kind::interrupt())?,
+            ends: ExitSignals::new()?,
             resize: signal(Kind::window_change())?,
-            terminate: signal(Kind::terminate())?,
-            hangup: signal(Kind::hangup())?,
             quit: signal(Kind::quit())?,
         })
     }
@@ -2236,10 +2234,10 @@ async fn next_signal(signals: &mut Option<Signals>) -> LocalSignal {
         return std::future::pending().await;
     };
     tokio::select! {
-        Some(()) = signals.interrupt.recv() => LocalSignal::Interrupt,
+        Some(()) = signals.ends.interrupt.recv() => LocalSignal::Interrupt,
         Some(()) = signals.resize.recv() => LocalSignal::Resize,
-        Some(()) = signals.terminate.recv() => LocalSignal::Terminate(15),
-        Some(()) = signals.hangup.recv() => LocalSignal::Terminate(1),
+        Some(()) = signals.ends.terminate.recv() => LocalSignal::Terminate(15),
+        Some(()) = signals.ends.hangup.recv() => LocalSignal::Terminate(1),
         Some(()) = signals.quit.recv() => LocalSignal::Detach,
         else => std::future::pending().await,
     }

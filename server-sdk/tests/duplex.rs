@@ -1469,6 +1469,23 @@ async fn a_client_sending_garbage_is_told_and_the_terminal_keeps_serving() {
     assert_eq!(run.stdout_text(), "fine\n");
 }
 
+/// Runs a session of `terminal` and shuts the terminal down once its
+/// command says it `started`: the client's run, the sessions there were
+/// when the shutdown began, and whether every session ended.
+async fn shut_down_once_started(terminal: &Terminal, started: &Notify) -> (Run, usize, bool) {
+    let session = Session::args(&[]).run(terminal);
+    let stop = async {
+        started.notified().await;
+        let sessions = terminal.session_count();
+        (sessions, terminal.shutdown().await)
+    };
+    let (run, (sessions, all_ended)) =
+        tokio::time::timeout(DEADLINE, async { tokio::join!(session, stop) })
+            .await
+            .expect("shutdown hung");
+    (run, sessions, all_ended)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_tells_running_commands_and_they_finish() {
     let started = Arc::new(Notify::new());
@@ -1483,15 +1500,8 @@ async fn graceful_shutdown_tells_running_commands_and_they_finish() {
             Err::<(), anyhow::Error>(Exit(3).into())
         }
     });
-    let session = Session::args(&[]).run(&terminal);
-    let stop = async {
-        started.notified().await;
-        assert_eq!(terminal.session_count(), 1);
-        terminal.shutdown().await
-    };
-    let (run, all_ended) = tokio::time::timeout(DEADLINE, async { tokio::join!(session, stop) })
-        .await
-        .expect("shutdown hung");
+    let (run, sessions, all_ended) = shut_down_once_started(&terminal, &started).await;
+    assert_eq!(sessions, 1);
     assert!(all_ended, "shutdown() reports every session ended");
     assert_eq!(run.status(), 3);
     assert_eq!(run.stdout_text(), "working\nsaving and leaving\n");
@@ -1526,14 +1536,7 @@ async fn times_set_to_forever_and_a_zero_chunk_still_serve_and_shut_down() {
     );
     assert_eq!(terminal.config().shutdown_grace, Config::FOREVER);
     assert_eq!(terminal.config().max_chunk, Config::MIN_CHUNK);
-    let session = Session::args(&[]).run(&terminal);
-    let stop = async {
-        started.notified().await;
-        terminal.shutdown().await
-    };
-    let (run, all_ended) = tokio::time::timeout(DEADLINE, async { tokio::join!(session, stop) })
-        .await
-        .expect("shutdown hung");
+    let (run, _, all_ended) = shut_down_once_started(&terminal, &started).await;
     assert!(all_ended);
     assert_eq!(run.status(), 0);
     assert_eq!(run.stdout_text(), "x".repeat(5000));
@@ -1559,14 +1562,7 @@ async fn a_command_ignoring_shutdown_is_cancelled_after_the_grace_period() {
         },
         config,
     );
-    let session = Session::args(&[]).run(&terminal);
-    let stop = async {
-        started.notified().await;
-        terminal.shutdown().await
-    };
-    let (run, all_ended) = tokio::time::timeout(DEADLINE, async { tokio::join!(session, stop) })
-        .await
-        .expect("shutdown hung");
+    let (run, _, all_ended) = shut_down_once_started(&terminal, &started).await;
     assert!(all_ended);
     let error = run.error();
     assert!(matches!(error, ClientError::ServerShutdown(_)), "{error:?}");

@@ -164,3 +164,24 @@ impl Drop for RssSampler {
         }
     }
 }
+
+/// Sends `signal` to the client process `child` and waits for it to end;
+/// its exit code. Fails the test when it has not ended within `within`,
+/// saying it `kept` doing what the test describes.
+pub async fn signal_and_wait(
+    child: &mut tokio::process::Child,
+    signal: rustix::process::Signal,
+    within: std::time::Duration,
+    kept: &str,
+) -> Option<i32> {
+    let pid = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        .expect("the client is running");
+    rustix::process::kill_process(pid, signal).expect("the signal is sent");
+    tokio::time::timeout(within, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the client kept {kept}"))
+        .expect("the client's status")
+        .code()
+}

@@ -10,8 +10,10 @@ use terminalwire_protocol::frame::{
     SessionError, StreamId,
 };
 use terminalwire_protocol::{DEFAULT_MAX_CHUNK, codec};
-use terminalwire_tests::process::{ClientHome, proc_status_bytes};
-use terminalwire_tests::{ScriptedServer, next_client_frame, send_server_frame, welcome};
+use terminalwire_tests::process::{ClientHome, proc_status_bytes, signal_and_wait};
+use terminalwire_tests::{
+    ScriptedServer, ScriptedSocket, next_client_frame, send_server_frame, welcome,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROTOCOL: i32 = 76;
@@ -298,41 +300,60 @@ async fn a_stalled_handshake_with_a_partial_frame_times_out() {
     stalling.abort();
 }
 
+/// A scripted server whose first session runs `script` and hands the
+/// socket the script gives back to the test (which then never reads it).
+async fn handing_over<F, Fut>(
+    script: F,
+) -> (
+    ScriptedServer,
+    tokio::sync::oneshot::Receiver<ScriptedSocket>,
+)
+where
+    F: Fn(ScriptedSocket) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<ScriptedSocket>> + Send + 'static,
+{
+    let (socket_tx, socket_rx) = tokio::sync::oneshot::channel();
+    let channel = std::sync::Mutex::new(Some(socket_tx));
+    let server = ScriptedServer::start(true, move |socket| {
+        let channel = channel.lock().unwrap().take();
+        let handed = script(socket);
+        async move {
+            if let Some(socket_tx) = channel
+                && let Some(socket) = handed.await
+            {
+                let _ = socket_tx.send(socket);
+            }
+        }
+    })
+    .await;
+    (server, socket_rx)
+}
+
 /// A server that stops reading holds a send of the client for up to its
 /// send time-out (60 s); SIGTERM and SIGHUP still end the client at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_end_a_client_held_up_by_a_server_that_stopped_reading() {
-    use std::sync::{Arc, Mutex};
-    use terminalwire_tests::ScriptedSocket;
-    use tokio::sync::oneshot;
     for (signal, status) in [
         (rustix::process::Signal::TERM, 128 + 15),
         (rustix::process::Signal::HUP, 128 + 1),
     ] {
-        // The script hands its socket to the test, which never reads it.
-        let (socket_tx, socket_rx) = oneshot::channel::<ScriptedSocket>();
-        let channel = Arc::new(Mutex::new(Some(socket_tx)));
-        let server = ScriptedServer::start(true, move |mut socket| {
-            let channel = channel.lock().unwrap().take();
-            async move {
-                let Some(socket_tx) = channel else { return };
-                if !welcome(&mut socket).await {
-                    return;
-                }
-                // A small receive buffer, so the client's answers fill it
-                // and then the client's own send buffer.
-                rustix::net::sockopt::set_socket_recv_buffer_size(socket.tcp(), 64 * 1024).unwrap();
-                let requests: Vec<ServerFrame> = (1..=64)
-                    .map(|id| {
-                        ServerFrame::Request(Request {
-                            id: RequestId(id),
-                            op: Operation::StdinRead { max: 256 * 1024 },
-                        })
-                    })
-                    .collect();
-                socket.send_frames_together(&requests).await;
-                let _ = socket_tx.send(socket);
+        let (server, socket_rx) = handing_over(|mut socket| async move {
+            if !welcome(&mut socket).await {
+                return None;
             }
+            // A small receive buffer, so the client's answers fill it and
+            // then the client's own send buffer.
+            rustix::net::sockopt::set_socket_recv_buffer_size(socket.tcp(), 64 * 1024).unwrap();
+            let requests: Vec<ServerFrame> = (1..=64)
+                .map(|id| {
+                    ServerFrame::Request(Request {
+                        id: RequestId(id),
+                        op: Operation::StdinRead { max: 256 * 1024 },
+                    })
+                })
+                .collect();
+            socket.send_frames_together(&requests).await;
+            Some(socket)
         })
         .await;
         let home = ClientHome::new();
@@ -368,13 +389,8 @@ async fn signals_end_a_client_held_up_by_a_server_that_stopped_reading() {
             full.is_ok(),
             "the server's queue never filled ({last} bytes)"
         );
-        let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
-        rustix::process::kill_process(pid, signal).unwrap();
-        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-        let code = exited
-            .expect("the client kept waiting on its send")
-            .unwrap()
-            .code();
+        let within = Duration::from_secs(20);
+        let code = signal_and_wait(&mut child, signal, within, "waiting on its send").await;
         assert_eq!(code, Some(status), "{signal:?}");
         drop(socket);
     }
@@ -385,27 +401,14 @@ async fn signals_end_a_client_held_up_by_a_server_that_stopped_reading() {
 /// do SIGTERM and SIGHUP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_end_a_client_waiting_for_its_welcome() {
-    use std::sync::{Arc, Mutex};
-    use terminalwire_tests::ScriptedSocket;
-    use tokio::sync::oneshot;
     for (signal, status) in [
         (rustix::process::Signal::INT, 130),
         (rustix::process::Signal::TERM, 128 + 15),
     ] {
-        let (socket_tx, socket_rx) = oneshot::channel::<ScriptedSocket>();
-        let channel = Arc::new(Mutex::new(Some(socket_tx)));
-        let server = ScriptedServer::start(true, move |mut socket| {
-            let channel = channel.lock().unwrap().take();
-            async move {
-                let Some(socket_tx) = channel else { return };
-                // The hello came: the client now waits for the welcome.
-                if matches!(
-                    next_client_frame(&mut socket).await,
-                    Some(ClientFrame::Hello(_))
-                ) {
-                    let _ = socket_tx.send(socket);
-                }
-            }
+        // The hello came: the client now waits for the welcome.
+        let (server, socket_rx) = handing_over(|mut socket| async move {
+            let hello = next_client_frame(&mut socket).await;
+            matches!(hello, Some(ClientFrame::Hello(_))).then_some(socket)
         })
         .await;
         let home = ClientHome::new();
@@ -418,10 +421,8 @@ async fn signals_end_a_client_waiting_for_its_welcome() {
             .await
             .expect("no hello came")
             .unwrap();
-        let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
-        rustix::process::kill_process(pid, signal).unwrap();
-        let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
-        let code = exited.expect("the client kept waiting").unwrap().code();
+        let within = Duration::from_secs(20);
+        let code = signal_and_wait(&mut child, signal, within, "waiting for the welcome").await;
         assert_eq!(code, Some(status), "{signal:?}");
         drop(socket);
     }

@@ -610,13 +610,11 @@ async fn a_client_ended_on_purpose_cancels_its_command_at_once() {
         .expect("the command did not start")
         .unwrap();
     assert_eq!(line, "started\n");
-    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("the client did not end")
-        .unwrap();
-    assert_eq!(status.code(), Some(128 + 15));
+    let term = rustix::process::Signal::TERM;
+    let within = Duration::from_secs(20);
+    let code =
+        terminalwire_tests::process::signal_and_wait(&mut child, term, within, "running").await;
+    assert_eq!(code, Some(128 + 15));
     tokio::time::timeout(Duration::from_secs(20), dropped)
         .await
         .expect("the command still runs: the server waits for a resume")

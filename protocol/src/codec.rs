@@ -381,6 +381,7 @@ tagged!(ServerFrame {
     "data" => Data,
     "window" => Window,
     "request" => Request,
+    "cancel" => Cancel,
     "exit" => Exit,
     "error" => Error,
     "ack" => Ack,

@@ -113,6 +113,10 @@ pub enum ServerFrame {
     Window(WindowAdjust),
     /// `request`: the server asks the client to perform an operation.
     Request(Request),
+    /// `cancel`: the server stopped waiting for a request's answer
+    /// (capability `cancel`). A read of stdin or of a key that has taken no
+    /// input yet ends with `cancelled`; anything else is answered as usual.
+    Cancel(Cancel),
     /// `exit`: the command finished; the client exits with this status after
     /// writing everything received before it.
     Exit(Exit),
@@ -159,6 +163,7 @@ impl ServerFrame {
             ServerFrame::Data(_)
                 | ServerFrame::Window(_)
                 | ServerFrame::Request(_)
+                | ServerFrame::Cancel(_)
                 | ServerFrame::Exit(_)
         )
     }
@@ -457,6 +462,22 @@ pub struct Request {
     pub id: RequestId,
     /// What to do.
     pub op: Operation,
+}
+
+/// The capability under which a server may send [`Cancel`].
+pub const CANCEL_CAPABILITY: &str = "cancel";
+
+/// `cancel`: the server no longer waits for the answer to request `id`.
+///
+/// Only a read that has taken nothing from the user yet (`stdin_read_line`,
+/// `stdin_read_password`, `stdin_read`, `read_key`) stops: it is answered
+/// with the error `cancelled`. A read that has taken input, and every other
+/// operation, is answered as if no `cancel` had come, so that nothing the
+/// user typed and nothing done on their machine goes unreported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The request given up.
+    pub id: RequestId,
 }
 
 /// Operations a server can request. Each has a permanent `k` tag.

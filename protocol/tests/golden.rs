@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::frame::{
-    Ack, ColorLevel, Data, Denial, Detach, Detached, DirEntry, EntryKind, Eof, Exit, Hello,
+    Ack, Cancel, ColorLevel, Data, Denial, Detach, Detached, DirEntry, EntryKind, Eof, Exit, Hello,
     Incompatible, Key, Metadata, OpError, Operation, Program, Reply, Request, Response, Resume,
     ResumeTicket, Resumed, SessionError, Signal, SignalKind, Software, StreamFacts, StreamKind,
     TerminalFacts, TerminalMode, TerminalSize, Welcome, WindowAdjust,
@@ -1119,6 +1119,11 @@ fn table() -> Vec<Case> {
                 ),
             ]),
         ),
+        server(
+            "server_cancel",
+            ServerFrame::Cancel(Cancel { id: RequestId(12) }),
+        )
+        .note("capability `cancel`: the server gave up waiting for request 12"),
         server("server_exit_0", ServerFrame::Exit(Exit { status: 0 })),
         server("server_ack", ServerFrame::Ack(Ack { seq: 7 })),
         server(
@@ -1627,6 +1632,7 @@ fn labels(frame: &Frame, out: &mut BTreeSet<String>) {
                 Operation::Unknown => "op:<unknown>".to_owned(),
                 other => panic!("unlisted operation {other:?}"),
             }),
+            ServerFrame::Cancel(_) => found.push("server:cancel".to_owned()),
             ServerFrame::Exit(_) => found.push("server:exit".to_owned()),
             ServerFrame::Error(error) => {
                 found.push("server:error".to_owned());
@@ -1670,6 +1676,7 @@ fn vectors_cover_every_variant() {
         "server:incompatible",
         "server:data",
         "server:window",
+        "server:cancel",
         "server:exit",
         "server:error",
         "server:ack",

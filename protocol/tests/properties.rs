@@ -18,10 +18,10 @@ use proptest::option;
 use proptest::prelude::*;
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::frame::{
-    ColorLevel, Data, Denial, DirEntry, EntryKind, Eof, Exit, Hello, Incompatible, Key, Metadata,
-    OpError, Operation, Program, Reply, Request, Response, SessionError, Signal, SignalKind,
-    Software, StreamFacts, StreamKind, TerminalFacts, TerminalMode, TerminalSize, Welcome,
-    WindowAdjust,
+    Cancel, ColorLevel, Data, Denial, DirEntry, EntryKind, Eof, Exit, Hello, Incompatible, Key,
+    Metadata, OpError, Operation, Program, Reply, Request, Response, SessionError, Signal,
+    SignalKind, Software, StreamFacts, StreamKind, TerminalFacts, TerminalMode, TerminalSize,
+    Welcome, WindowAdjust,
 };
 #[cfg(not(feature = "insecure-plaintext-bench"))]
 use terminalwire_protocol::secure::SecureError;
@@ -359,6 +359,7 @@ fn server_frame() -> BoxedStrategy<ServerFrame> {
             id: RequestId(id),
             op
         })),
+        any::<u64>().prop_map(|id| ServerFrame::Cancel(Cancel { id: RequestId(id) })),
         any::<u8>().prop_map(|status| ServerFrame::Exit(Exit { status })),
         session_error().prop_map(ServerFrame::Error),
     ]

@@ -11,7 +11,13 @@ use crate::connect::Target;
 use crate::error::ClientError;
 
 /// Capabilities this client implements (see `PROTOCOL.md`).
-pub const CLIENT_CAPABILITIES: &[&str] = &["stdout", "stderr", "exit", "stdin.line"];
+pub const CLIENT_CAPABILITIES: &[&str] = &[
+    "stdout",
+    "stderr",
+    "exit",
+    "stdin.line",
+    terminalwire_protocol::frame::CANCEL_CAPABILITY,
+];
 
 /// The hello for a session with `target`.
 pub fn hello(

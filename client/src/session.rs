@@ -4,7 +4,7 @@
 //! streams ([`LocalIo`]), so tests run it over `tokio::io::duplex` with
 //! in-memory output.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -1049,6 +1049,8 @@ where
     let mut in_flight = tokio::task::JoinSet::new();
     // Requests being performed, so a detach can answer them.
     let mut running: HashSet<u64> = HashSet::new();
+    // How to tell a running read of input that the server cancelled it.
+    let mut cancels: HashMap<u64, tokio::sync::oneshot::Sender<()>> = HashMap::new();
     let mut recent = RecentRequests::new();
     // Answers of requests done at once, not sent yet.
     let mut ready: Vec<Response> = Vec::new();
@@ -1201,6 +1203,16 @@ where
                                                 let (done, next) = tokio::sync::oneshot::channel::<()>();
                                                 (stdin_turn.replace(next), done)
                                             });
+                                            let mut cancel = if cancellable(&op) {
+                                                // Those of reads that ended go first: the map stays
+                                                // as small as the reads in flight.
+                                                cancels.retain(|_, told| !told.is_closed());
+                                                let (told, watch) = tokio::sync::oneshot::channel();
+                                                cancels.insert(id.0, told);
+                                                CancelWatch::Open(watch)
+                                            } else {
+                                                CancelWatch::Never
+                                            };
                                             let request = Request { id, op };
                                             let stdin = stdin.clone();
                                             let prompts = pipes[1].prompt_sink();
@@ -1210,10 +1222,17 @@ where
                                             in_flight.spawn(async move {
                                                 // Dropped, `done` gives the next its turn.
                                                 let (before, _done) = turn.unzip();
-                                                if let Some(before) = before.flatten() {
-                                                    let _ = before.await;
+                                                if let Some(mut before) = before.flatten() {
+                                                    let waited = cancel.unless_cancelled(&mut before).await;
+                                                    if waited.is_err() {
+                                                        let _ = responses.send(Response::error(id, CancelWatch::error())).await;
+                                                        drop(permit);
+                                                        // The turn passes on in order all the same.
+                                                        let _ = before.await;
+                                                        return;
+                                                    }
                                                 }
-                                                let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal).await;
+                                                let response = perform(request, &stdin, prompts, &resources, stdin_is_terminal, &mut cancel).await;
                                                 let _ = responses.send(response).await;
                                                 // The permit goes with the answer until it is queued.
                                                 drop(permit);
@@ -1240,6 +1259,14 @@ where
                                 send_frames(&mut link, replay.as_mut(), &[ClientFrame::Response(response)]).await
                             }
                         },
+                        ServerFrame::Cancel(cancel) => {
+                            // Nothing to do for a request answered already
+                            // or one that cannot be cancelled.
+                            if let Some(told) = cancels.remove(&cancel.id.0) {
+                                let _ = told.send(());
+                            }
+                            Flow::Continue
+                        }
                         ServerFrame::Exit(exit) => Flow::Done(Ok(Finish::Exit(exit.status))),
                         ServerFrame::Error(error) => Flow::Done(Err(server_error(error))),
                         // No client → server stream is open yet; credit for one is harmless.
@@ -2007,6 +2034,7 @@ async fn perform(
     prompts: Option<PromptSink>,
     resources: &Resources,
     stdin_is_terminal: bool,
+    cancel: &mut CancelWatch,
 ) -> Response {
     let show = async |prompt: Option<String>| {
         if let (Some(prompt), Some(prompts)) = (prompt, &prompts) {
@@ -2019,8 +2047,9 @@ async fn perform(
                 if let Some(refused) = oversized(prompt.as_deref()) {
                     return Err(refused);
                 }
-                let mut stdin = stdin.lock().await;
+                let mut stdin = cancel.unless_cancelled(stdin.lock()).await?;
                 show(prompt).await;
+                cancel.unless_cancelled(until_input(&mut *stdin)).await??;
                 read_line(&mut *stdin).await
             }
             .await
@@ -2036,7 +2065,7 @@ async fn perform(
                 if let Some(refused) = oversized(prompt.as_deref()) {
                     return Err(refused);
                 }
-                let mut stdin = stdin.lock().await;
+                let mut stdin = cancel.unless_cancelled(stdin.lock()).await?;
                 // Echo off before the prompt shows: from then on a consent
                 // prompt waits for this read (`Consent::ask`).
                 let _echo_off = crate::terminal::EchoOff::stdin().map_err(|error| {
@@ -2046,6 +2075,7 @@ async fn perform(
                     )
                 })?;
                 show(prompt).await;
+                cancel.unless_cancelled(until_input(&mut *stdin)).await??;
                 read_line(&mut *stdin).await
             }
             .await
@@ -2068,23 +2098,33 @@ async fn perform(
         }
         Operation::ReadKey if stdin_is_terminal => {
             // Keys come from the terminal; hold stdin so no line read competes.
-            let _stdin = stdin.lock().await;
-            let read = async {
-                // Raw for this read, if the app has not asked for it.
-                let _raw = crate::terminal::RawForKeys::begin()?;
-                crate::keys::pump().next_key().await
+            let failed = |error: io::Error| {
+                OpError::new(ErrorCode::Io, format!("cannot read a key: {error}"))
             };
-            read.await
-                .map(Reply::Key)
-                .map_err(|error| OpError::new(ErrorCode::Io, format!("cannot read a key: {error}")))
+            async {
+                let _stdin = cancel.unless_cancelled(stdin.lock()).await?;
+                // Raw for this read, if the app has not asked for it.
+                let _raw = crate::terminal::RawForKeys::begin().map_err(failed)?;
+                // A key is taken only when it is returned: cancelled before,
+                // it stays for the next read.
+                let key = cancel
+                    .unless_cancelled(crate::keys::pump().next_key())
+                    .await?;
+                key.map(Reply::Key).map_err(failed)
+            }
+            .await
         }
         Operation::TerminalMode { .. } | Operation::ReadKey => Err(OpError::new(
             ErrorCode::Unsupported,
             "stdin is not a terminal",
         )),
         Operation::StdinRead { max } => {
-            let mut stdin = stdin.lock().await;
-            read_chunk(&mut *stdin, max as usize).await
+            async {
+                let mut stdin = cancel.unless_cancelled(stdin.lock()).await?;
+                cancel.unless_cancelled(until_input(&mut *stdin)).await??;
+                read_chunk(&mut *stdin, max as usize).await
+            }
+            .await
         }
         op => match resources.perform(op).await {
             Some(result) => result,
@@ -2098,6 +2138,69 @@ async fn perform(
         Ok(reply) => Response::ok(request.id, reply),
         Err(error) => Response::error(request.id, error),
     }
+}
+
+/// The server's `cancel` of one request, as the task performing it sees it.
+#[derive(Debug)]
+pub(crate) enum CancelWatch {
+    /// The request may still be cancelled: a message comes here if it is.
+    Open(tokio::sync::oneshot::Receiver<()>),
+    /// The server cancelled it.
+    Cancelled,
+    /// It cannot be cancelled (any more).
+    Never,
+}
+
+impl CancelWatch {
+    /// The error a request cancelled by the server ends with.
+    fn error() -> OpError {
+        OpError::new(
+            ErrorCode::Cancelled,
+            "the server gave up waiting for this read before it took any input",
+        )
+    }
+
+    /// Resolves once the server has cancelled the request; never if it cannot.
+    async fn cancelled(&mut self) {
+        if let CancelWatch::Open(told) = self {
+            *self = match told.await {
+                Ok(()) => CancelWatch::Cancelled,
+                // Its sender went with the session: no cancel can come.
+                Err(_) => CancelWatch::Never,
+            };
+        }
+        match self {
+            CancelWatch::Cancelled => {}
+            CancelWatch::Open(_) | CancelWatch::Never => std::future::pending().await,
+        }
+    }
+
+    /// Runs `step` (one that takes nothing from the user unless it
+    /// finishes) unless the server cancels the request first; a cancel
+    /// already received wins over a step that could finish too.
+    async fn unless_cancelled<T>(&mut self, step: impl Future<Output = T>) -> Result<T, OpError> {
+        tokio::select! {
+            biased;
+            () = self.cancelled() => Err(Self::error()),
+            done = step => Ok(done),
+        }
+    }
+}
+
+/// Resolves once stdin has input (or its end) in the buffer, taking none of
+/// it: a read cancelled while waiting here has taken nothing.
+async fn until_input(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<(), OpError> {
+    stdin
+        .fill_buf()
+        .await
+        .map(|_| ())
+        .map_err(|error| OpError::new(ErrorCode::Io, format!("reading stdin: {error}")))
+}
+
+/// Whether the server may cancel `op` on this client: reads of the user's
+/// input, until they take some (see `CancelWatch`).
+fn cancellable(op: &Operation) -> bool {
+    reads_stdin(op) || matches!(op, Operation::ReadKey)
 }
 
 /// Whether `op` reads the client's stdin (its turn is kept, see
@@ -2964,6 +3067,7 @@ mod tests {
             Some(prompts.clone()),
             &Resources::none(),
             false,
+            &mut CancelWatch::Never,
         )
         .await;
         let error = response.error.expect("refused");
@@ -2973,7 +3077,15 @@ mod tests {
         // One at the bound is shown (the receiver takes it at once).
         let request = read_line_request("x".repeat(MAX_PROMPT));
         let reading = tokio::spawn(async move {
-            perform(request, &stdin, Some(prompts), &Resources::none(), false).await
+            perform(
+                request,
+                &stdin,
+                Some(prompts),
+                &Resources::none(),
+                false,
+                &mut CancelWatch::Never,
+            )
+            .await
         });
         let chunk = shown.recv().await.unwrap();
         assert_eq!(chunk.bytes().len(), MAX_PROMPT);
@@ -3000,12 +3112,14 @@ mod tests {
         let stdin = stdin_of(b"");
         let prompt = "p".repeat(MAX_PROMPT);
         let resources = Resources::none();
+        let mut never = CancelWatch::Never;
         let mut reading = std::pin::pin!(perform(
             read_line_request(prompt.clone()),
             &stdin,
             stderr.prompt_sink(),
             &resources,
             false,
+            &mut never,
         ));
         // Not answered while its prompt waits: the server cannot ask again
         // and queue another.
@@ -3045,6 +3159,52 @@ mod tests {
         // Nothing is left queued: written at once again.
         assert!(matches!(pipe.push(remote(b"!")), Pushed::Written(1)));
         assert_eq!(std::fs::read(&path).unwrap(), b"Name: out!");
+    }
+
+    /// A read the server cancels before input comes ends `cancelled` and
+    /// takes nothing: the line typed afterwards goes to the next read. One
+    /// cancelled with input already there takes nothing either.
+    #[tokio::test]
+    async fn a_cancelled_read_takes_no_input() {
+        let (mut typing, input) = tokio::io::duplex(64);
+        let stdin: Mutex<BufReader<Box<dyn AsyncRead + Send + Unpin>>> =
+            Mutex::new(BufReader::new(Box::new(input)));
+        let resources = Resources::none();
+        let read = |max| Request {
+            id: terminalwire_protocol::RequestId(1),
+            op: Operation::StdinRead { max },
+        };
+        for request in [read_line_request("? ".into()), read(100)] {
+            let (cancel, told) = tokio::sync::oneshot::channel();
+            let mut watch = CancelWatch::Open(told);
+            let mut reading = std::pin::pin!(perform(
+                request, &stdin, None, &resources, false, &mut watch
+            ));
+            assert!(reading.as_mut().now_or_never().is_none(), "no input yet");
+            cancel.send(()).unwrap();
+            let error = reading.await.error.expect("cancelled");
+            assert_eq!(error.code, ErrorCode::Cancelled);
+        }
+        typing.write_all(b"typed late\n").await.unwrap();
+        // Cancelled with the line already there: it is left too.
+        let (cancel, told) = tokio::sync::oneshot::channel();
+        cancel.send(()).unwrap();
+        let mut watch = CancelWatch::Open(told);
+        let request = read_line_request("? ".into());
+        let response = perform(request, &stdin, None, &resources, false, &mut watch).await;
+        assert_eq!(
+            response.error.map(|error| error.code),
+            Some(ErrorCode::Cancelled)
+        );
+        let mut never = CancelWatch::Never;
+        let request = read_line_request("? ".into());
+        let response = perform(request, &stdin, None, &resources, false, &mut never).await;
+        assert_eq!(
+            response.ok,
+            Some(Reply::Line {
+                line: Some("typed late".into())
+            })
+        );
     }
 
     #[tokio::test]

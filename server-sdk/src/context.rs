@@ -352,12 +352,18 @@ impl From<wire::OpError> for ResourceError {
 ///
 /// # Giving up a request
 ///
-/// Requests to the client ([`read_line`](Context::read_line),
-/// [`read_key`](Context::read_key), file operations, ...) are not
-/// cancel-safe: one dropped before its answer (by `tokio::time::timeout`
-/// or `select!`) still runs on the client, so a line typed for it is read
-/// and lost, and its prompt stays on the screen. Wait for the answer, or
-/// end the command.
+/// Reads of the user's input ([`read_line`](Context::read_line),
+/// [`read_password`](crate::resources::Stdin::read_password), [`read_key`](Context::read_key),
+/// the [`stdin`](Context::stdin) reads) may be given up, by
+/// `tokio::time::timeout` or `select!`: the client stops the read if it
+/// has taken no input yet (its prompt stays on the screen), and input it
+/// took all the same goes to the command's next read of the same kind, so
+/// nothing typed is lost. A read waits for the reads given up before it to
+/// be answered (at once, on a client that knows `cancel`).
+///
+/// Other requests (file operations, ...) still run on the client when
+/// dropped, and their answers are ignored: a dropped write may have
+/// written. Wait for their answers, or end the command.
 #[derive(Clone)]
 pub struct Context {
     pub(crate) shared: Arc<Shared>,

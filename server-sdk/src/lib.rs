@@ -68,6 +68,8 @@
 //! - [`transport`]: the byte-frame transport a session runs over (axum
 //!   WebSockets, or anything implementing [`transport::Transport`]).
 //! - `session` (private): the protocol engine of one connection.
+//! - `pending` (private): requests waiting for answers, and the input of
+//!   reads a command gave up (kept for its next read).
 
 #![forbid(unsafe_code)]
 
@@ -79,6 +81,7 @@ pub mod identity;
 pub mod local;
 pub mod login;
 pub mod outcome;
+mod pending;
 mod per_address;
 pub mod resources;
 mod session;

@@ -13,9 +13,9 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
 use terminalwire_protocol::flow::SendCredit;
 use terminalwire_protocol::frame::{
-    Ack, ClientFrame, Detached, ErrorCode, Exit, Hello, Incompatible, Operation, Reply, Request,
-    Response, Resume, ResumeTicket, Resumed, ServerFrame, SessionError, SignalKind, Software,
-    StreamId, Welcome,
+    Ack, CANCEL_CAPABILITY, Cancel, ClientFrame, Detached, ErrorCode, Exit, Hello, Incompatible,
+    Operation, Reply, Request, Response, Resume, ResumeTicket, Resumed, ServerFrame, SessionError,
+    SignalKind, Software, StreamId, Welcome,
 };
 use terminalwire_protocol::linger::Linger;
 use terminalwire_protocol::liveness::{Alarm, Idle, IdleWatch};
@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::context::{ClientInfo, Context, ResourceError, SessionInfo};
 use crate::outcome::{Command, Outcome};
+use crate::pending::{Completed, InputKind, Pending};
 use crate::terminal::Config;
 use crate::transport::{FrameReader, FrameWriter, Inbound, TransportError};
 use terminalwire_protocol::secure::Responder;
@@ -37,8 +38,14 @@ use terminalwire_protocol::secure::Responder;
 pub(crate) const INTERRUPTED_STATUS: u8 = 130;
 
 /// Capabilities this server implements.
-pub(crate) const SERVER_CAPABILITIES: &[&str] =
-    &["stdout", "stderr", "exit", "stdin.line", resume::CAPABILITY];
+pub(crate) const SERVER_CAPABILITIES: &[&str] = &[
+    "stdout",
+    "stderr",
+    "exit",
+    "stdin.line",
+    CANCEL_CAPABILITY,
+    resume::CAPABILITY,
+];
 
 /// Frames queued for the writer task; small, since data frames are already
 /// bounded by the client's window.
@@ -88,7 +95,12 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     streams: [OutStream; 2],
     max_chunk: usize,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    /// Requests waiting for answers, and input of reads given up.
+    pending: Mutex<Pending>,
+    /// Wakes reads waiting for abandoned reads to be answered.
+    abandoned_answered: Notify,
+    /// The client knows `cancel`: an abandoned read is cancelled on it.
+    cancels: bool,
     next_request: AtomicU64,
     /// Bounds requests in flight to what clients accept; the rest wait.
     request_slots: Arc<tokio::sync::Semaphore>,
@@ -224,6 +236,14 @@ impl Shared {
 
     /// Sends a request and waits for its response.
     pub(crate) async fn request(&self, op: Operation) -> Result<Reply, ResourceError> {
+        let input = InputKind::of(&op);
+        if input.is_some() {
+            // Input that reads given up took comes first, in typed order.
+            self.abandoned_reads_answered().await?;
+            if let Some(reply) = self.pending().take_leftover(&op) {
+                return Ok(reply);
+            }
+        }
         let slot = tokio::select! {
             slot = self.request_slots.clone().acquire_owned() => {
                 slot.map_err(|_| ResourceError::Disconnected)?
@@ -243,14 +263,16 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, slot);
-        let (answer_tx, mut answer_rx) = oneshot::channel();
-        let alone = {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.insert(id, answer_tx);
-            pending.len() == 1
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let alone = self.pending().insert(id, answer_tx);
+        // Forget the request if this future is dropped before the answer
+        // (a read of input is abandoned instead).
+        let mut waiting = PendingGuard {
+            shared: self,
+            id,
+            input,
+            answer: answer_rx,
         };
-        // Forget the request if this future is dropped before the answer.
-        let _forget = PendingGuard { shared: self, id };
         // Before the send: the answer may come before the send returns.
         self.lingering().sent(std::time::Instant::now());
         room.send(Outgoing::Frame(Box::new(ServerFrame::Request(Request {
@@ -263,12 +285,12 @@ impl Shared {
         if alone {
             // No answer is held across an await here: every command's
             // future holds this one's state, idle or not.
-            if let Some(answer) = self.linger_for(&mut answer_rx).await {
+            if let Some(answer) = self.linger_for(&mut waiting.answer).await {
                 return into_reply(answer?);
             }
         }
         let response = tokio::select! {
-            answer = answer_rx => answer.map_err(|_| ResourceError::Disconnected)?,
+            answer = &mut waiting.answer => answer.map_err(|_| ResourceError::Disconnected)?,
             () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
         };
         into_reply(response)
@@ -318,38 +340,82 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&response.id.0);
-        let waiter = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&response.id.0);
-        match waiter {
-            // The requester may have given up; that is fine.
-            Some(waiter) => {
-                let _ = waiter.send(response);
+        let id = response.id.0;
+        match self.pending().complete(response) {
+            Completed::Delivered => Ok(()),
+            Completed::Abandoned { settled } => {
+                if settled {
+                    self.abandoned_answered.notify_waiters();
+                }
                 Ok(())
             }
-            None if response.id.0 < self.next_request.load(Ordering::Relaxed) => Ok(()),
-            None => Err(format!(
-                "response to request {} that was never sent",
-                response.id.0
-            )),
+            // The requester may have given up; that is fine.
+            Completed::Unclaimed if id < self.next_request.load(Ordering::Relaxed) => Ok(()),
+            Completed::Unclaimed => Err(format!("response to request {id} that was never sent")),
+        }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resolves once no read the command gave up waits for its answer.
+    async fn abandoned_reads_answered(&self) -> Result<(), ResourceError> {
+        loop {
+            let answered = self.abandoned_answered.notified();
+            tokio::pin!(answered);
+            // Registered before looking, so no answer can slip between.
+            answered.as_mut().enable();
+            if !self.pending().has_abandoned() {
+                return Ok(());
+            }
+            tokio::select! {
+                () = answered => {}
+                () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
+            }
+        }
+    }
+
+    /// Tells the client that request `id` is given up (it stops a read that
+    /// has taken nothing yet). Called from a destructor: never waits.
+    fn cancel(&self, id: u64) {
+        let cancel = move || {
+            Outgoing::Frame(Box::new(ServerFrame::Cancel(Cancel {
+                id: terminalwire_protocol::RequestId(id),
+            })))
+        };
+        match self.outbound.try_send(cancel()) {
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The queue is full of output: the cancel follows it.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let outbound = self.outbound.clone();
+                    runtime.spawn(async move { outbound.send(cancel()).await });
+                }
+            }
+            // Sent, or the session is over.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
 
+/// A request waiting for its answer; dropped, it gives up (see
+/// [`Pending::give_up`]).
 struct PendingGuard<'a> {
     shared: &'a Shared,
     id: u64,
+    input: Option<InputKind>,
+    answer: oneshot::Receiver<Response>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.id);
+        let abandoned = self
+            .shared
+            .pending()
+            .give_up(self.id, self.input, &mut self.answer);
+        if abandoned && self.shared.cancels {
+            self.shared.cancel(self.id);
+        }
     }
 }
 
@@ -1227,7 +1293,12 @@ fn serve(
         shutdown: shutdown.child_token(),
         streams: [out_stream(StreamId::STDOUT), out_stream(StreamId::STDERR)],
         max_chunk: hello.max_chunk.min(config.max_chunk) as usize,
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(Pending::default()),
+        abandoned_answered: Notify::new(),
+        cancels: hello
+            .capabilities
+            .iter()
+            .any(|capability| capability == CANCEL_CAPABILITY),
         next_request: AtomicU64::new(1),
         request_slots: Arc::new(tokio::sync::Semaphore::new(
             terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT,

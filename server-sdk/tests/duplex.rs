@@ -309,6 +309,8 @@ fn hello(args: &[&str]) -> Hello {
 struct Session {
     hello: Hello,
     stdin: Vec<u8>,
+    /// Stdin from a pipe the test writes into, instead of `stdin`.
+    stdin_pipe: Option<DuplexStream>,
     stdout: Capture,
     stderr: Capture,
     tap: Option<Tap>,
@@ -321,6 +323,7 @@ impl Session {
         Session {
             hello,
             stdin: Vec::new(),
+            stdin_pipe: None,
             stdout: Capture::default(),
             stderr: Capture::default(),
             tap: None,
@@ -338,6 +341,13 @@ impl Session {
         self
     }
 
+    /// Stdin is a pipe; what the test writes into the returned end.
+    fn stdin_pipe(mut self) -> (Self, DuplexStream) {
+        let (typing, input) = tokio::io::duplex(1024);
+        self.stdin_pipe = Some(input);
+        (self, typing)
+    }
+
     /// Runs the session to its end on both sides.
     async fn run(self, terminal: &Terminal) -> Run {
         let (client_socket, server_socket) = socket_pair().await;
@@ -346,7 +356,10 @@ impl Session {
         let io = LocalIo {
             stdout: Output::Async(Box::new(self.stdout.clone())),
             stderr: Output::Async(Box::new(self.stderr.clone())),
-            stdin: Box::new(io::Cursor::new(self.stdin)),
+            stdin: match self.stdin_pipe {
+                Some(pipe) => Box::new(pipe),
+                None => Box::new(io::Cursor::new(self.stdin)),
+            },
         };
         let config = self.config;
         let client = async {
@@ -719,6 +732,131 @@ async fn raw_reads_in_flight_get_the_input_in_order() {
         String::from_utf8_lossy(&got.lock().unwrap()),
         String::from_utf8_lossy(&stdin)
     );
+}
+
+/// A read the command gives up (a time-out) is cancelled on the client: the
+/// line typed afterwards goes to the next read, which shows its own prompt.
+/// (The line went to the given-up read and was lost, and the next read
+/// waited for another.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_given_up_is_cancelled_and_the_next_read_gets_the_line() {
+    let gave_up = Arc::new(Notify::new());
+    let gave_up_in_command = gave_up.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let gave_up = gave_up_in_command.clone();
+        async move {
+            // Nothing is typed until the test hears of the time-out.
+            let first =
+                tokio::time::timeout(Duration::from_millis(50), ctx.read_line(Some("first? ")))
+                    .await;
+            gave_up.notify_one();
+            let second = ctx.read_line(Some("second? ")).await?;
+            ctx.stdout()
+                .println(format!("timed out {}, then {second:?}", first.is_err()))
+                .await?;
+            anyhow::Ok(())
+        }
+    });
+    let (session, mut typing) = Session::args(&[]).stdin_pipe();
+    let typist = async {
+        gave_up.notified().await;
+        tokio::io::AsyncWriteExt::write_all(&mut typing, b"typed late\n")
+            .await
+            .unwrap();
+        typing
+    };
+    let (run, _typing) = tokio::join!(session.run(&terminal), typist);
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    assert_eq!(
+        run.stdout_text(),
+        "timed out true, then Some(\"typed late\")\n"
+    );
+    assert_eq!(run.stderr_text(), "first? second? ");
+}
+
+/// A scripted client that plays the given-up read's race: its answer, a
+/// typed line, left before the server's `cancel` arrived. The next read gets
+/// that line without asking the client again; a client that does not know
+/// `cancel` is not sent one, and its late answer goes to the next read too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_read_for_a_read_given_up_goes_to_the_next_read() {
+    for knows_cancel in [true, false] {
+        let gave_up = Arc::new(Notify::new());
+        let gave_up_in_command = gave_up.clone();
+        let terminal = Terminal::new(move |ctx: Context| {
+            let gave_up = gave_up_in_command.clone();
+            async move {
+                let first =
+                    tokio::time::timeout(Duration::from_millis(50), ctx.read_line(Some("first")))
+                        .await;
+                gave_up.notify_one();
+                let second = ctx.read_line(Some("second")).await?;
+                ctx.stdout()
+                    .println(format!("timed out {}, then {second:?}", first.is_err()))
+                    .await?;
+                anyhow::Ok(())
+            }
+        });
+        let (client, server) = socket_pair().await;
+        let script = async {
+            let mut client = secure_client(client).await;
+            let mut hello = hello(&[]);
+            if !knows_cancel {
+                hello
+                    .capabilities
+                    .retain(|capability| capability != "cancel");
+            }
+            send_client(&mut client, &ClientFrame::Hello(hello)).await;
+            assert!(matches!(
+                next_server(&mut client).await,
+                Some(ServerFrame::Welcome(_))
+            ));
+            let Some(ServerFrame::Request(first)) = next_server(&mut client).await else {
+                panic!("expected the first read");
+            };
+            let mut seen = Vec::new();
+            if knows_cancel {
+                let cancel = next_server(&mut client).await;
+                seen.push(format!("{cancel:?}"));
+            }
+            gave_up.notified().await;
+            // Typed before the cancel came: the answer leaves all the same.
+            let answer = Response::ok(
+                first.id,
+                Reply::Line {
+                    line: Some("typed in time".into()),
+                },
+            );
+            send_client(&mut client, &ClientFrame::Response(answer)).await;
+            let mut stdout = Vec::new();
+            loop {
+                match next_server(&mut client).await {
+                    Some(ServerFrame::Data(data)) => stdout.extend_from_slice(&data.bytes),
+                    Some(ServerFrame::Exit(exit)) => {
+                        seen.push(format!("exit {}", exit.status));
+                        break;
+                    }
+                    other => seen.push(format!("{other:?}")),
+                }
+            }
+            (seen, String::from_utf8_lossy(&stdout).into_owned())
+        };
+        let (seen, stdout) = serve_script(&terminal, server, script).await;
+        let mut want = vec!["exit 0".to_owned()];
+        if knows_cancel {
+            want.insert(
+                0,
+                format!(
+                    "{:?}",
+                    Some(ServerFrame::Cancel(terminalwire_protocol::frame::Cancel {
+                        id: terminalwire_protocol::RequestId(1)
+                    }))
+                ),
+            );
+        }
+        assert_eq!(seen, want, "knows cancel: {knows_cancel}");
+        assert_eq!(stdout, "timed out true, then Some(\"typed in time\")\n");
+    }
 }
 
 /// A scripted client answers concurrent requests in reverse order; each

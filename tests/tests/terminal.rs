@@ -29,6 +29,7 @@ fn app() -> Terminal {
             "password-then-raw" => password_then_raw(ctx).await,
             "hold-raw" => hold_raw(ctx).await,
             "key-then-line" => key_then_line(ctx).await,
+            "key-timeout-then-line" => key_timeout_then_line(ctx).await,
             "raw-bytes" => raw_bytes(ctx).await,
             "three-keys" => three_keys(ctx).await,
             "line-then-resize" => line_then_resize(ctx).await,
@@ -180,6 +181,18 @@ async fn key_then_line(ctx: Context) -> anyhow::Result<Exit> {
     ctx.stdout()
         .println(format!("got key {} line {line:?}", key.key))
         .await?;
+    Ok(Exit(0))
+}
+
+/// A key read given up after a moment, then a line: the line must reach
+/// the app whole, typed in cooked mode.
+async fn key_timeout_then_line(ctx: Context) -> anyhow::Result<Exit> {
+    let key = tokio::time::timeout(Duration::from_millis(200), ctx.read_key()).await;
+    ctx.stdout()
+        .print(format!("key timed out: {}\r\n", key.is_err()))
+        .await?;
+    let line = ctx.read_line(Some("line please: ")).await?;
+    ctx.stdout().println(format!("got line {line:?}")).await?;
     Ok(Exit(0))
 }
 
@@ -482,6 +495,28 @@ async fn a_tilde_that_starts_no_escape_reaches_the_app() {
         ["~", "x", "enter", "~", "~", "q"],
         "screen:\n{screen}"
     );
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+/// A key read the app gave up is cancelled on the client: the terminal is
+/// cooked again and the line typed next reaches the line read whole. (The
+/// key read went on in raw mode and took the line's first letter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_read_given_up_leaves_the_next_line_whole() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "key-timeout-then-line");
+    pane.wait_for("line please:").await;
+    pane.type_text("abc").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("got line").await;
+    assert!(
+        screen.contains("key timed out: true") && screen.contains("got line Some(\"abc\")"),
+        "screen:\n{screen}"
+    );
+    // Typed in cooked mode: echoed by the terminal after the prompt.
+    assert!(screen.contains("line please: abc"), "screen:\n{screen}");
     let exit = pane.wait_exit().await;
     assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
     assert_terminal_restored(&exit);

@@ -1,0 +1,307 @@
+//! Requests waiting for their answers, and the input of reads given up.
+//!
+//! A command may stop waiting for a read of the user's input (a
+//! `tokio::time::timeout` around `read_line`, a `select!`). The client may
+//! have taken a line for it by then, typed by the user: that line must not be
+//! lost. So a read given up before its answer is *abandoned*, not forgotten:
+//! its answer, when it comes, is kept as a *leftover*, and the next read of
+//! the same kind takes it instead of asking the client again. Reads wait for
+//! abandoned reads to be answered first (a client that knows `cancel` answers
+//! them at once with `cancelled`), so input stays in the order it was typed.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_bytes::ByteBuf;
+use terminalwire_protocol::frame::{Operation, Reply, Response};
+use tokio::sync::oneshot;
+
+/// Which kind of input a read takes: only a read of the same kind may take
+/// another's leftover (a line typed with echo is no password).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InputKind {
+    /// `stdin_read_line`.
+    Line,
+    /// `stdin_read_password`.
+    Password,
+    /// `stdin_read`: bytes as they come.
+    Bytes,
+    /// `read_key`.
+    Key,
+}
+
+impl InputKind {
+    /// The kind of input `op` reads, if it reads the user's input.
+    pub(crate) fn of(op: &Operation) -> Option<Self> {
+        match op {
+            Operation::StdinReadLine { .. } => Some(Self::Line),
+            Operation::StdinReadPassword { .. } => Some(Self::Password),
+            Operation::StdinRead { .. } => Some(Self::Bytes),
+            Operation::ReadKey => Some(Self::Key),
+            _ => None,
+        }
+    }
+}
+
+/// The requests of one session that wait for an answer.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// Where each request's answer goes, by id.
+    waiters: HashMap<u64, oneshot::Sender<Response>>,
+    /// Reads given up before their answer came, in the order they were sent.
+    abandoned: Vec<(u64, InputKind)>,
+    /// Input that abandoned reads took, oldest first.
+    leftovers: VecDeque<(InputKind, Reply)>,
+}
+
+/// What became of an answer handed to [`Pending::complete`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// Its requester had it.
+    Delivered,
+    /// It answered an abandoned read; `settled` when no abandoned read is
+    /// left unanswered.
+    Abandoned {
+        /// No abandoned read waits any more.
+        settled: bool,
+    },
+    /// Nobody waited for it.
+    Unclaimed,
+}
+
+impl Pending {
+    /// Registers the request `id`; its answer goes to `waiter`. Whether it
+    /// is the only request in flight.
+    pub(crate) fn insert(&mut self, id: u64, waiter: oneshot::Sender<Response>) -> bool {
+        self.waiters.insert(id, waiter);
+        self.waiters.len() == 1
+    }
+
+    /// Hands `response` to its requester. Done under the lock, so that a
+    /// requester giving up at the same time either still waits (and is
+    /// abandoned) or finds the answer in its channel.
+    pub(crate) fn complete(&mut self, response: Response) -> Completed {
+        let id = response.id.0;
+        if let Some(waiter) = self.waiters.remove(&id) {
+            // Only a dropped receiver refuses, and a requester drops it
+            // after taking the lock (`give_up`).
+            let _ = waiter.send(response);
+            return Completed::Delivered;
+        }
+        let Some(at) = self
+            .abandoned
+            .iter()
+            .position(|&(abandoned, _)| abandoned == id)
+        else {
+            return Completed::Unclaimed;
+        };
+        let (_, kind) = self.abandoned.remove(at);
+        if let Some(reply) = response.ok.filter(|_| response.error.is_none())
+            && carries_input(&reply)
+        {
+            self.leftovers.push_back((kind, reply));
+        }
+        Completed::Abandoned {
+            settled: self.abandoned.is_empty(),
+        }
+    }
+
+    /// The requester of `id` stops waiting. A read of input (`input`) still
+    /// unanswered is abandoned, and `true` says so (the client may be told
+    /// to cancel it); one answered meanwhile leaves its input, if any, in
+    /// `answer` for the next read.
+    pub(crate) fn give_up(
+        &mut self,
+        id: u64,
+        input: Option<InputKind>,
+        answer: &mut oneshot::Receiver<Response>,
+    ) -> bool {
+        let waiting = self.waiters.remove(&id).is_some();
+        let Some(kind) = input else {
+            return false;
+        };
+        if waiting {
+            self.abandoned.push((id, kind));
+            return true;
+        }
+        if let Ok(response) = answer.try_recv()
+            && let Some(reply) = response.ok.filter(|_| response.error.is_none())
+            && carries_input(&reply)
+        {
+            self.leftovers.push_back((kind, reply));
+        }
+        false
+    }
+
+    /// Whether abandoned reads still wait for their answers.
+    pub(crate) fn has_abandoned(&self) -> bool {
+        !self.abandoned.is_empty()
+    }
+
+    /// Input an abandoned read took that answers `op`, oldest first. A byte
+    /// read takes at most its `max` bytes; the rest stays for the next.
+    pub(crate) fn take_leftover(&mut self, op: &Operation) -> Option<Reply> {
+        let kind = InputKind::of(op)?;
+        let at = self.leftovers.iter().position(|(left, _)| *left == kind)?;
+        if let (Operation::StdinRead { max }, Some((_, Reply::Data { bytes, .. }))) =
+            (op, self.leftovers.get_mut(at))
+        {
+            let max = (*max as usize).max(1);
+            if bytes.len() > max {
+                let rest = bytes.split_off(max);
+                let taken = std::mem::replace(bytes, ByteBuf::from(rest));
+                // Bytes are no end of input.
+                return Some(Reply::Data {
+                    bytes: taken,
+                    eof: false,
+                });
+            }
+        }
+        self.leftovers.remove(at).map(|(_, reply)| reply)
+    }
+}
+
+/// Whether `reply` holds something the user typed (not the end of input:
+/// a new read finds that again).
+fn carries_input(reply: &Reply) -> bool {
+    match reply {
+        Reply::Line { line } => line.is_some(),
+        Reply::Data { bytes, .. } => !bytes.is_empty(),
+        Reply::Key(_) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use terminalwire_protocol::RequestId;
+    use terminalwire_protocol::frame::{ErrorCode, OpError};
+
+    fn line(text: &str) -> Reply {
+        Reply::Line {
+            line: Some(text.into()),
+        }
+    }
+
+    fn read_line() -> Operation {
+        Operation::StdinReadLine { prompt: None }
+    }
+
+    /// A request sent and registered, as the session does.
+    fn sent(pending: &mut Pending, id: u64) -> oneshot::Receiver<Response> {
+        let (waiter, answer) = oneshot::channel();
+        pending.insert(id, waiter);
+        answer
+    }
+
+    #[test]
+    fn a_line_read_for_an_abandoned_read_goes_to_the_next_line_read() {
+        let mut pending = Pending::default();
+        let mut answer = sent(&mut pending, 1);
+        assert!(pending.give_up(1, Some(InputKind::Line), &mut answer));
+        assert!(pending.has_abandoned());
+        assert_eq!(
+            pending.complete(Response::ok(RequestId(1), line("yes"))),
+            Completed::Abandoned { settled: true }
+        );
+        assert!(!pending.has_abandoned());
+        // Not for a password or a key read: it was typed for a line.
+        assert_eq!(
+            pending.take_leftover(&Operation::StdinReadPassword { prompt: None }),
+            None
+        );
+        assert_eq!(pending.take_leftover(&Operation::ReadKey), None);
+        assert_eq!(pending.take_leftover(&read_line()), Some(line("yes")));
+        assert_eq!(pending.take_leftover(&read_line()), None);
+    }
+
+    #[test]
+    fn an_answer_that_came_before_the_requester_gave_up_is_kept_too() {
+        let mut pending = Pending::default();
+        let mut answer = sent(&mut pending, 1);
+        assert_eq!(
+            pending.complete(Response::ok(RequestId(1), line("typed"))),
+            Completed::Delivered
+        );
+        // The requester was dropped with the answer in its channel.
+        assert!(!pending.give_up(1, Some(InputKind::Line), &mut answer));
+        assert!(!pending.has_abandoned());
+        assert_eq!(pending.take_leftover(&read_line()), Some(line("typed")));
+    }
+
+    #[test]
+    fn cancelled_reads_failures_and_the_end_of_input_leave_nothing() {
+        let mut pending = Pending::default();
+        let answers = [
+            Response::error(
+                RequestId(1),
+                OpError::new(ErrorCode::Cancelled, "the server gave up"),
+            ),
+            Response::ok(RequestId(2), Reply::Line { line: None }),
+            Response::ok(
+                RequestId(3),
+                Reply::Data {
+                    bytes: ByteBuf::new(),
+                    eof: true,
+                },
+            ),
+        ];
+        for response in answers {
+            let id = response.id.0;
+            let mut answer = sent(&mut pending, id);
+            assert!(pending.give_up(id, Some(InputKind::Line), &mut answer));
+            assert!(matches!(
+                pending.complete(response),
+                Completed::Abandoned { settled: true }
+            ));
+        }
+        assert_eq!(pending.take_leftover(&read_line()), None);
+    }
+
+    #[test]
+    fn other_requests_given_up_are_forgotten_and_their_answers_unclaimed() {
+        let mut pending = Pending::default();
+        let mut answer = sent(&mut pending, 4);
+        assert!(!pending.give_up(4, None, &mut answer));
+        assert!(!pending.has_abandoned());
+        assert_eq!(
+            pending.complete(Response::ok(RequestId(4), Reply::Unit)),
+            Completed::Unclaimed
+        );
+    }
+
+    #[test]
+    fn a_byte_read_takes_at_most_what_it_asked_for_and_leaves_the_rest() {
+        let mut pending = Pending::default();
+        let mut answer = sent(&mut pending, 1);
+        assert!(pending.give_up(1, Some(InputKind::Bytes), &mut answer));
+        let data = |bytes: &[u8], eof| Reply::Data {
+            bytes: ByteBuf::from(bytes.to_vec()),
+            eof,
+        };
+        pending.complete(Response::ok(RequestId(1), data(b"abcdef", false)));
+        let read = |max| Operation::StdinRead { max };
+        assert_eq!(pending.take_leftover(&read(4)), Some(data(b"abcd", false)));
+        assert_eq!(pending.take_leftover(&read(4)), Some(data(b"ef", false)));
+        assert_eq!(pending.take_leftover(&read(4)), None);
+    }
+
+    #[test]
+    fn leftovers_go_in_the_order_they_were_typed() {
+        let mut pending = Pending::default();
+        let mut first = sent(&mut pending, 1);
+        let mut second = sent(&mut pending, 2);
+        assert!(pending.give_up(1, Some(InputKind::Line), &mut first));
+        assert!(pending.give_up(2, Some(InputKind::Line), &mut second));
+        assert_eq!(
+            pending.complete(Response::ok(RequestId(1), line("one"))),
+            Completed::Abandoned { settled: false }
+        );
+        assert_eq!(
+            pending.complete(Response::ok(RequestId(2), line("two"))),
+            Completed::Abandoned { settled: true }
+        );
+        assert_eq!(pending.take_leftover(&read_line()), Some(line("one")));
+        assert_eq!(pending.take_leftover(&read_line()), Some(line("two")));
+    }
+}

@@ -47,6 +47,14 @@ impl InputKind {
 pub(crate) struct Pending {
     /// Where each request's answer goes, by id.
     waiters: HashMap<u64, oneshot::Sender<Response>>,
+    /// Allocated at the first read given up: every idle session pays for
+    /// this struct, few ever give a read up.
+    given_up: Option<Box<GivenUp>>,
+}
+
+/// Reads given up and the input they took.
+#[derive(Debug, Default)]
+struct GivenUp {
     /// Reads given up before their answer came, in the order they were sent.
     abandoned: Vec<(u64, InputKind)>,
     /// Input that abandoned reads took, oldest first.
@@ -87,21 +95,20 @@ impl Pending {
             let _ = waiter.send(response);
             return Completed::Delivered;
         }
-        let Some(at) = self
+        let Some(given_up) = self.given_up.as_deref_mut() else {
+            return Completed::Unclaimed;
+        };
+        let Some(at) = given_up
             .abandoned
             .iter()
             .position(|&(abandoned, _)| abandoned == id)
         else {
             return Completed::Unclaimed;
         };
-        let (_, kind) = self.abandoned.remove(at);
-        if let Some(reply) = response.ok.filter(|_| response.error.is_none())
-            && carries_input(&reply)
-        {
-            self.leftovers.push_back((kind, reply));
-        }
+        let (_, kind) = given_up.abandoned.remove(at);
+        given_up.keep(kind, response);
         Completed::Abandoned {
-            settled: self.abandoned.is_empty(),
+            settled: given_up.abandoned.is_empty(),
         }
     }
 
@@ -120,30 +127,34 @@ impl Pending {
             return false;
         };
         if waiting {
-            self.abandoned.push((id, kind));
+            self.given_up().abandoned.push((id, kind));
             return true;
         }
-        if let Ok(response) = answer.try_recv()
-            && let Some(reply) = response.ok.filter(|_| response.error.is_none())
-            && carries_input(&reply)
-        {
-            self.leftovers.push_back((kind, reply));
+        if let Ok(response) = answer.try_recv() {
+            self.given_up().keep(kind, response);
         }
         false
     }
 
+    fn given_up(&mut self) -> &mut GivenUp {
+        self.given_up.get_or_insert_default()
+    }
+
     /// Whether abandoned reads still wait for their answers.
     pub(crate) fn has_abandoned(&self) -> bool {
-        !self.abandoned.is_empty()
+        self.given_up
+            .as_ref()
+            .is_some_and(|given_up| !given_up.abandoned.is_empty())
     }
 
     /// Input an abandoned read took that answers `op`, oldest first. A byte
     /// read takes at most its `max` bytes; the rest stays for the next.
     pub(crate) fn take_leftover(&mut self, op: &Operation) -> Option<Reply> {
         let kind = InputKind::of(op)?;
-        let at = self.leftovers.iter().position(|(left, _)| *left == kind)?;
+        let leftovers = &mut self.given_up.as_deref_mut()?.leftovers;
+        let at = leftovers.iter().position(|(left, _)| *left == kind)?;
         if let (Operation::StdinRead { max }, Some((_, Reply::Data { bytes, .. }))) =
-            (op, self.leftovers.get_mut(at))
+            (op, leftovers.get_mut(at))
         {
             let max = (*max as usize).max(1);
             if bytes.len() > max {
@@ -156,7 +167,18 @@ impl Pending {
                 });
             }
         }
-        self.leftovers.remove(at).map(|(_, reply)| reply)
+        leftovers.remove(at).map(|(_, reply)| reply)
+    }
+}
+
+impl GivenUp {
+    /// Keeps the input in the answer to a read of `kind`, if it has any.
+    fn keep(&mut self, kind: InputKind, response: Response) {
+        if let Some(reply) = response.ok.filter(|_| response.error.is_none())
+            && carries_input(&reply)
+        {
+            self.leftovers.push_back((kind, reply));
+        }
     }
 }
 

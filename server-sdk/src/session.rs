@@ -97,8 +97,6 @@ pub(crate) struct Shared {
     max_chunk: usize,
     /// Requests waiting for answers, and input of reads given up.
     pending: Mutex<Pending>,
-    /// Wakes reads waiting for abandoned reads to be answered.
-    abandoned_answered: Notify,
     /// The client knows `cancel`: an abandoned read is cancelled on it.
     cancels: bool,
     next_request: AtomicU64,
@@ -114,7 +112,9 @@ pub(crate) struct Shared {
     /// lock and one wake-up instead of a watch channel each: a watch
     /// channel allocates nine `Notify`s, a cost every idle session paid.
     signals: Mutex<Signals>,
-    /// Wakes the command's waiters when `signals` changes.
+    /// Wakes the command's waiters when `signals` changes, and reads waiting
+    /// for given-up reads' answers when the last comes (one `Notify` less
+    /// for every idle session; each waiter looks again at what it waits for).
     signal_changed: Notify,
     /// Why the command may not be detached now, if it may not.
     pub(crate) detach_refusal: Mutex<Option<String>>,
@@ -345,7 +345,7 @@ impl Shared {
             Completed::Delivered => Ok(()),
             Completed::Abandoned { settled } => {
                 if settled {
-                    self.abandoned_answered.notify_waiters();
+                    self.signal_changed.notify_waiters();
                 }
                 Ok(())
             }
@@ -362,7 +362,7 @@ impl Shared {
     /// Resolves once no read the command gave up waits for its answer.
     async fn abandoned_reads_answered(&self) -> Result<(), ResourceError> {
         loop {
-            let answered = self.abandoned_answered.notified();
+            let answered = self.signal_changed.notified();
             tokio::pin!(answered);
             // Registered before looking, so no answer can slip between.
             answered.as_mut().enable();
@@ -1294,7 +1294,6 @@ fn serve(
         streams: [out_stream(StreamId::STDOUT), out_stream(StreamId::STDERR)],
         max_chunk: hello.max_chunk.min(config.max_chunk) as usize,
         pending: Mutex::new(Pending::default()),
-        abandoned_answered: Notify::new(),
         cancels: hello
             .capabilities
             .iter()

@@ -1761,6 +1761,10 @@ async fn finish(
     // Fatal errors go ahead of queued output; the writer closes after them.
     // No `Close` behind an error: it would abandon the error's write, and
     // the client would see a bare disconnect (and try to resume).
+    // The client may not have read the last frame yet: the connection stays
+    // until it closes too. (A resumable session that ends without one has
+    // had its exit acknowledged, or lost its client.)
+    let client_closes = final_frame.is_some() || !resumable;
     match final_frame {
         Some(frame) => post.order(Control::Send(Box::new(frame))),
         None if resumable => post.order(Control::Close),
@@ -1769,8 +1773,12 @@ async fn finish(
     if let Some(writer_task) = writer_task
         && !matches!(end, End::Gone(_) | End::Expired(_))
     {
-        // The writer sends the exit or error frame, then closes; meanwhile keep
-        // reading so the client's window grants and close are consumed.
+        // The writer sends the exit or error frame, then closes; meanwhile,
+        // and until the client closes too, keep reading: its window grants,
+        // answers that crossed the exit and its close are consumed. (Dropped
+        // as soon as the writer closed, the connection broke under a client
+        // still sending an answer, which then reported a lost connection
+        // instead of the exit status it had not read yet.)
         let drain = async {
             while let Some(Ok(inbound)) = next_inbound(&mut reader).await {
                 if let Inbound::Frame(bytes) = inbound {
@@ -1778,10 +1786,19 @@ async fn finish(
                 }
             }
         };
+        let closing = async {
+            if client_closes {
+                tokio::join!(writer_task, drain);
+            } else {
+                tokio::select! {
+                    _ = writer_task => {}
+                    () = drain => {}
+                }
+            }
+        };
         tokio::select! {
-            _ = writer_task => {}
-            () = drain => {}
-            () = tokio::time::sleep(CLOSE_TIMEOUT) => tracing::info!("client did not take the final frame in time"),
+            () = closing => {}
+            () = tokio::time::sleep(CLOSE_TIMEOUT) => tracing::info!("client did not take the final frame and close in time"),
         }
     }
     shared.closed.cancel();

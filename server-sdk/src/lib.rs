@@ -57,6 +57,8 @@
 //! - [`resources`]: the client's stdin, files, directories, environment and
 //!   browser ([`Context::file`], [`Context::dir`], ...), checked by the client
 //!   against the user's entitlements.
+//! - [`streams`]: tokio `AsyncRead`/`AsyncWrite` on the client's stdin,
+//!   stdout/stderr and files ([`Output::writer`], `ctx.stdin().reader()`).
 //! - [`outcome`]: how a command's return value becomes an exit status ([`Exit`],
 //!   [`IntoOutcome`]).
 //! - [`cli`]: clap integration (help, version and usage errors rendered like a
@@ -85,6 +87,7 @@ mod pending;
 mod per_address;
 pub mod resources;
 mod session;
+pub mod streams;
 pub mod terminal;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -136,6 +136,19 @@ impl Pending {
         false
     }
 
+    /// Puts `chunks` of stdin (in order) back before any leftover, for the
+    /// next byte reads: input a reader had taken and not handed on.
+    pub(crate) fn unread(&mut self, chunks: Vec<Vec<u8>>) {
+        let leftovers = &mut self.given_up().leftovers;
+        for bytes in chunks.into_iter().rev() {
+            let reply = Reply::Data {
+                bytes: ByteBuf::from(bytes),
+                eof: false,
+            };
+            leftovers.push_front((InputKind::Bytes, reply));
+        }
+    }
+
     fn given_up(&mut self) -> &mut GivenUp {
         self.given_up.get_or_insert_default()
     }
@@ -306,6 +319,28 @@ mod tests {
         assert_eq!(pending.take_leftover(&read(4)), Some(data(b"abcd", false)));
         assert_eq!(pending.take_leftover(&read(4)), Some(data(b"ef", false)));
         assert_eq!(pending.take_leftover(&read(4)), None);
+    }
+
+    #[test]
+    fn bytes_put_back_come_before_the_input_of_reads_given_up() {
+        let mut pending = Pending::default();
+        let mut answer = sent(&mut pending, 1);
+        assert!(pending.give_up(1, Some(InputKind::Bytes), &mut answer));
+        pending.unread(vec![b"held".to_vec(), b"brought".to_vec()]);
+        pending.complete(Response::ok(
+            RequestId(1),
+            Reply::Data {
+                bytes: ByteBuf::from(b"late".to_vec()),
+                eof: false,
+            },
+        ));
+        let mut read = Vec::new();
+        while let Some(Reply::Data { bytes, .. }) =
+            pending.take_leftover(&Operation::StdinRead { max: 100 })
+        {
+            read.push(String::from_utf8(bytes.into_vec()).unwrap());
+        }
+        assert_eq!(read, ["held", "brought", "late"]);
     }
 
     #[test]

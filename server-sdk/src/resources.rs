@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -98,6 +99,13 @@ impl Stdin {
     pub async fn read_chunk(&self, max: u32) -> Result<Vec<u8>, ResourceError> {
         let reply = self.ctx.request(Operation::StdinRead { max }).await?;
         data_reply(reply, max).map(|(bytes, _)| bytes)
+    }
+
+    /// Stdin as a tokio `AsyncRead` and `AsyncBufRead`, reading ahead:
+    /// `tokio::io::copy(&mut ctx.stdin().reader(), &mut ctx.stdout().writer())`
+    /// or `reader.lines()` (see [`StdinReader`](crate::streams::StdinReader)).
+    pub fn reader(&self) -> crate::streams::StdinReader {
+        crate::streams::StdinReader::new(self.ctx.clone())
     }
 }
 
@@ -199,13 +207,16 @@ impl Files {
     }
 
     /// Reads the file chunk by chunk with a few reads in flight, for files
-    /// of any size in bounded memory ([`FileReader::next_chunk`]).
+    /// of any size in bounded memory ([`FileReader::next_chunk`]; the
+    /// reader is also a tokio `AsyncRead` and `AsyncBufRead`).
     pub fn reader(&self, path: &str) -> FileReader {
         FileReader {
             ctx: self.ctx.clone(),
             path: path.to_owned(),
             next_offset: 0,
             eof_seen: false,
+            current: Vec::new(),
+            position: 0,
             in_flight: FuturesOrdered::new(),
         }
     }
@@ -408,6 +419,9 @@ pub struct FileReader {
     next_offset: u64,
     eof_seen: bool,
     in_flight: FuturesOrdered<ReadFuture>,
+    /// The chunk `AsyncRead` reads from: `current[position..]` is left.
+    current: Vec<u8>,
+    position: usize,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -439,16 +453,30 @@ impl FileReader {
         })
     }
 
-    /// The next chunk, in order; `None` after the end of the file.
+    /// The next chunk, in order; `None` after the end of the file. (After
+    /// reads through `AsyncRead`, first the rest of the chunk they read from.)
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ResourceError> {
+        if self.position < self.current.len() {
+            let rest = self.current.split_off(self.position);
+            self.position = 0;
+            self.current.clear();
+            return Ok(Some(rest));
+        }
+        std::future::poll_fn(|cx| self.poll_next_chunk(cx)).await
+    }
+
+    fn poll_next_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Option<Vec<u8>>, ResourceError>> {
         loop {
             while !self.eof_seen && self.in_flight.len() < READ_CHUNKS_IN_FLIGHT {
                 let read = self.read_at(self.next_offset, READ_CHUNK);
                 self.next_offset += u64::from(READ_CHUNK);
                 self.in_flight.push_back(read);
             }
-            let Some(result) = self.in_flight.next().await else {
-                return Ok(None);
+            let Some(result) = ready!(self.in_flight.poll_next_unpin(cx)) else {
+                return Poll::Ready(Ok(None));
             };
             let ReadPiece {
                 offset,
@@ -470,12 +498,50 @@ impl FileReader {
                 self.in_flight.push_front(rest);
             }
             if !chunk.is_empty() {
-                return Ok(Some(chunk));
+                return Poll::Ready(Ok(Some(chunk)));
             }
             if self.eof_seen {
-                return Ok(None);
+                return Poll::Ready(Ok(None));
             }
         }
+    }
+}
+
+impl tokio::io::AsyncBufRead for FileReader {
+    fn poll_fill_buf(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.position == this.current.len() {
+            if let Some(chunk) = ready!(this.poll_next_chunk(cx))? {
+                this.current = chunk;
+            } else {
+                this.current.clear();
+            }
+            this.position = 0;
+        }
+        Poll::Ready(Ok(&this.current[this.position..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amount: usize) {
+        let this = self.get_mut();
+        this.position = (this.position + amount).min(this.current.len());
+    }
+}
+
+impl tokio::io::AsyncRead for FileReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        use tokio::io::AsyncBufRead;
+        let available = ready!(self.as_mut().poll_fill_buf(cx))?;
+        let len = available.len().min(buf.remaining());
+        buf.put_slice(&available[..len]);
+        self.consume(len);
+        Poll::Ready(Ok(()))
     }
 }
 

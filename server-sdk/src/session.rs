@@ -355,6 +355,12 @@ impl Shared {
         }
     }
 
+    /// Puts stdin a reader took and did not hand on back for the next
+    /// byte reads (see [`Pending::unread`]).
+    pub(crate) fn unread_stdin(&self, chunks: Vec<Vec<u8>>) {
+        self.pending().unread(chunks);
+    }
+
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -859,6 +859,118 @@ async fn a_line_read_for_a_read_given_up_goes_to_the_next_read() {
     }
 }
 
+/// Stdin through `AsyncRead` and stdout through `AsyncWrite`:
+/// `tokio::io::copy` moves megabytes byte-exact in uneven pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_copied_to_stdout_through_async_read_and_write_arrives_whole() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let mut stdout = ctx.stdout().writer();
+        let copied = tokio::io::copy(&mut ctx.stdin().reader(), &mut stdout).await?;
+        tokio::io::AsyncWriteExt::flush(&mut stdout).await?;
+        ctx.stderr().print(format!("copied {copied}")).await?;
+        anyhow::Ok(())
+    });
+    let stdin = pattern(3_000_000, 11);
+    let mut session = Session::args(&[]).stdin(&stdin);
+    session.deadline = BULK_DEADLINE;
+    let run = session.run(&terminal).await;
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    assert_eq!(run.stderr_text(), format!("copied {}", stdin.len()));
+    assert_same_bytes("stdout", &run.stdout, &stdin);
+}
+
+/// A stdin reader keeps two reads in flight: a scripted client that answers
+/// only once two wait gets the whole input across. (One read at a time, it
+/// waited a round trip per chunk; here it would wait forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdin_reader_reads_ahead() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let mut all = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut ctx.stdin().reader(), &mut all).await?;
+        ctx.stdout().print(format!("read {}", all.len())).await?;
+        anyhow::Ok(())
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        let mut waiting = Vec::new();
+        let mut answered = 0;
+        let mut stdout = Vec::new();
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) => {
+                    assert!(matches!(request.op, Operation::StdinRead { .. }));
+                    waiting.push(request.id);
+                    if waiting.len() < 2 {
+                        continue;
+                    }
+                    for id in waiting.drain(..) {
+                        // Ten answers of 1000 bytes, then the end.
+                        let bytes = if answered < 10 {
+                            vec![7; 1000]
+                        } else {
+                            Vec::new()
+                        };
+                        answered += 1;
+                        let reply = Reply::Data {
+                            eof: bytes.is_empty(),
+                            bytes: bytes.into(),
+                        };
+                        send_client(&mut client, &ClientFrame::Response(Response::ok(id, reply)))
+                            .await;
+                    }
+                }
+                Some(ServerFrame::Cancel(_)) => {}
+                Some(ServerFrame::Data(data)) => stdout.extend_from_slice(&data.bytes),
+                Some(ServerFrame::Exit(exit)) => break (exit.status, stdout),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let (status, stdout) = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0);
+    assert_eq!(String::from_utf8_lossy(&stdout), "read 10000");
+}
+
+/// A stdin reader dropped with input in hand and reads in flight loses
+/// nothing: the next reads get the rest, in order. (Its buffer and the
+/// answers of its reads ahead went with it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdin_reader_dropped_early_leaves_the_rest_to_the_next_reads() {
+    use tokio::io::AsyncBufReadExt;
+    let got = Arc::new(Mutex::new((String::new(), Vec::new())));
+    let got_in_command = got.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            let mut first = String::new();
+            {
+                let mut reader = ctx.stdin().reader();
+                reader.read_line(&mut first).await?;
+            }
+            let mut rest = Vec::new();
+            loop {
+                let chunk = ctx.stdin().read_chunk(1000).await?;
+                if chunk.is_empty() {
+                    break;
+                }
+                rest.extend_from_slice(&chunk);
+            }
+            *got.lock().unwrap() = (first, rest);
+            anyhow::Ok(())
+        }
+    });
+    let mut stdin = b"header line\n".to_vec();
+    stdin.extend_from_slice(&pattern(500_000, 3));
+    let mut session = Session::args(&[]).stdin(&stdin);
+    session.deadline = BULK_DEADLINE;
+    let run = session.run(&terminal).await;
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    let (first, rest) = std::mem::take(&mut *got.lock().unwrap());
+    assert_eq!(first, "header line\n");
+    assert_same_bytes("the rest", &rest, &stdin[first.len()..]);
+}
+
 /// A scripted client answers concurrent requests in reverse order; each
 /// `read_line` must still get the answer to its own request (matched by id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2369,8 +2481,18 @@ async fn read_limited_refuses_a_file_over_its_limit() {
 /// file (to stay under its own frame limit). The reader asks for the rest
 /// before going on, so the file comes back whole. (It went on at the next
 /// chunk's offset, and the file came back with holes.)
+///
+/// The same through `AsyncRead`: a few bytes with `read_exact`, the rest of
+/// their chunk with `next_chunk`, then `read_to_end`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_asks_again_for_what_a_short_answer_left_out() {
+    for through_async_read in [false, true] {
+        reads_the_whole_file_from_short_answers(through_async_read).await;
+    }
+}
+
+async fn reads_the_whole_file_from_short_answers(through_async_read: bool) {
+    use tokio::io::AsyncReadExt;
     const SHORT: usize = 100_000;
     let file = pattern(1_300_000, 5);
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -2380,8 +2502,17 @@ async fn a_reader_asks_again_for_what_a_short_answer_left_out() {
         async move {
             let mut reader = ctx.file().reader("f");
             let mut all = Vec::new();
-            while let Some(chunk) = reader.next_chunk().await? {
-                all.extend_from_slice(&chunk);
+            if through_async_read {
+                let mut start = [0; 1000];
+                reader.read_exact(&mut start).await?;
+                all.extend_from_slice(&start);
+                let rest_of_chunk = reader.next_chunk().await?.unwrap_or_default();
+                all.extend_from_slice(&rest_of_chunk);
+                reader.read_to_end(&mut all).await?;
+            } else {
+                while let Some(chunk) = reader.next_chunk().await? {
+                    all.extend_from_slice(&chunk);
+                }
             }
             *got.lock().unwrap() = all;
             anyhow::Ok(())
@@ -2411,7 +2542,7 @@ async fn a_reader_asks_again_for_what_a_short_answer_left_out() {
         }
     };
     let status = serve_script(&terminal, server, script).await;
-    assert_eq!(status, 0);
+    assert_eq!(status, 0, "through AsyncRead: {through_async_read}");
     assert_same_bytes("the file read in chunks", &got.lock().unwrap(), &file);
 }
 

@@ -261,6 +261,25 @@ async fn piped_stdin_answers_read_line() {
     );
 }
 
+/// The example's `wc` counts piped stdin through the SDK's reading-ahead
+/// stdin reader: every byte and line of a few megabytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_stdin_is_counted_whole_by_wc() {
+    let server = TestServer::hello().await;
+    let input: String = (0..60_000)
+        .map(|n| format!("line {n} of the piped input\n"))
+        .collect();
+    let run = Client::new([server.url().as_str(), "wc"])
+        .stdin(input.as_str())
+        .run()
+        .await;
+    assert_eq!(run.status, Some(0), "stderr: {}", run.stderr_text());
+    assert_eq!(
+        run.stdout_text(),
+        format!("60000 lines, {} bytes\n", input.len())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incompatible_server_gives_its_message_and_the_documented_status() {
     let server = ScriptedServer::start(true, |mut socket| async move {

@@ -250,14 +250,19 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
             out.println(format!("opened {url}")).await?;
         }
         Command::Wc => {
+            use tokio::io::AsyncBufReadExt;
             let (mut bytes, mut lines) = (0u64, 0u64);
+            // Reads ahead: the next chunk is on its way while this one is counted.
+            let mut stdin = ctx.stdin().reader();
             loop {
-                let chunk = ctx.stdin().read_chunk(256 * 1024).await.map_err(explain)?;
+                let chunk = stdin.fill_buf().await?;
                 if chunk.is_empty() {
                     break;
                 }
                 bytes += chunk.len() as u64;
                 lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+                let len = chunk.len();
+                stdin.consume(len);
             }
             out.println(format!("{lines} lines, {bytes} bytes")).await?;
         }

@@ -1,0 +1,278 @@
+//! tokio's `AsyncRead`/`AsyncWrite` over the client's streams, for code that
+//! speaks them: `tokio::io::copy`, `BufReader::lines`, codecs, compressors.
+//!
+//! - [`OutputWriter`] ([`Output::writer`]): `AsyncWrite` on the client's
+//!   stdout or stderr, within its flow-control window.
+//! - [`StdinReader`] ([`Stdin::reader`](crate::resources::Stdin::reader)):
+//!   `AsyncRead` and `AsyncBufRead` on the client's stdin, with reads kept in
+//!   flight ahead of the caller.
+//! - [`FileReader`](crate::resources::FileReader) implements `AsyncRead` and
+//!   `AsyncBufRead` itself.
+//!
+//! Errors are [`io::Error`]s whose inner error is the [`ResourceError`]
+//! (`error.get_ref()` and `downcast` give it back).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::context::{Context, Output, ResourceError};
+
+impl From<ResourceError> for io::Error {
+    fn from(error: ResourceError) -> Self {
+        let kind = match &error {
+            ResourceError::Denied { .. } => io::ErrorKind::PermissionDenied,
+            ResourceError::NotFound { .. } => io::ErrorKind::NotFound,
+            ResourceError::Exists { .. } => io::ErrorKind::AlreadyExists,
+            ResourceError::NotEmpty { .. } => io::ErrorKind::DirectoryNotEmpty,
+            ResourceError::TooLarge { .. } => io::ErrorKind::FileTooLarge,
+            ResourceError::Invalid { .. } | ResourceError::UnexpectedReply => {
+                io::ErrorKind::InvalidData
+            }
+            ResourceError::Unsupported { .. } => io::ErrorKind::Unsupported,
+            ResourceError::Disconnected => io::ErrorKind::BrokenPipe,
+            ResourceError::Io { .. } | ResourceError::Other { .. } => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+/// Most bytes one `poll_write` takes.
+pub const MAX_WRITE: usize = 256 * 1024;
+
+type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// `AsyncWrite` on the client's stdout or stderr ([`Output::writer`]).
+///
+/// A write of up to [`MAX_WRITE`] bytes is done once they are queued for
+/// the client within its flow-control window, as with
+/// [`Output::write_all`]: a slow terminal slows the writer down, and nothing
+/// waits inside the writer, so there is nothing to flush and nothing is lost
+/// when it is dropped. (A write given up while it waits may still reach the
+/// client, as with any cancelled write.) `shutdown` does not close the
+/// client's stream: it ends with the command.
+pub struct OutputWriter {
+    output: Output,
+    /// The write in progress and how many bytes it takes.
+    writing: Option<(Pending<io::Result<()>>, usize)>,
+}
+
+impl std::fmt::Debug for OutputWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputWriter")
+            .field("output", &self.output)
+            .field("writing", &self.writing.as_ref().map(|(_, len)| len))
+            .finish()
+    }
+}
+
+impl Output {
+    /// This stream as a tokio `AsyncWrite`: `tokio::io::copy(&mut reader,
+    /// &mut ctx.stdout().writer())`.
+    pub fn writer(&self) -> OutputWriter {
+        OutputWriter {
+            output: self.clone(),
+            writing: None,
+        }
+    }
+}
+
+impl OutputWriter {
+    /// Finishes the write in progress, if any: how many bytes it took.
+    fn poll_writing(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<usize>> {
+        let Some((writing, len)) = &mut self.writing else {
+            return Poll::Ready(Ok(0));
+        };
+        let result = ready!(writing.as_mut().poll(cx));
+        let len = *len;
+        self.writing = None;
+        Poll::Ready(result.map(|()| len))
+    }
+}
+
+impl AsyncWrite for OutputWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // A write that returned `Pending` is polled again with the same
+        // bytes (`AsyncWrite`'s contract): it goes on where it was.
+        if this.writing.is_none() {
+            if buf.is_empty() {
+                return Poll::Ready(Ok(0));
+            }
+            let bytes = buf[..buf.len().min(MAX_WRITE)].to_vec();
+            let len = bytes.len();
+            let output = this.output.clone();
+            let writing: Pending<io::Result<()>> =
+                Box::pin(async move { output.write_all(&bytes).await });
+            this.writing = Some((writing, len));
+        }
+        this.poll_writing(cx)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_writing(cx).map_ok(|_| ())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_writing(cx).map_ok(|_| ())
+    }
+}
+
+/// Bytes each read of a [`StdinReader`] asks for.
+pub const STDIN_READ: u32 = 64 * 1024;
+/// Reads a [`StdinReader`] keeps in flight.
+pub const STDIN_READS_IN_FLIGHT: usize = 2;
+
+/// `AsyncRead` and `AsyncBufRead` on the client's stdin
+/// ([`Stdin::reader`](crate::resources::Stdin::reader)), with
+/// [`STDIN_READS_IN_FLIGHT`] reads of [`STDIN_READ`] bytes in flight, so
+/// that piped input streams instead of waiting a round trip per chunk.
+///
+/// Dropped, it loses nothing: bytes it holds and bytes its reads still in
+/// flight bring go to the command's next byte read of stdin
+/// ([`read_chunk`](crate::resources::Stdin::read_chunk) or another reader;
+/// a line read asks the client for what comes after them).
+pub struct StdinReader {
+    ctx: Context,
+    /// Reads asked for, oldest first; each is polled, so each is sent.
+    in_flight: VecDeque<Read>,
+    /// Bytes received and not consumed: `buffer[position..]`.
+    buffer: Vec<u8>,
+    position: usize,
+    ended: bool,
+}
+
+impl std::fmt::Debug for StdinReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdinReader")
+            .field("in_flight", &self.in_flight.len())
+            .field("buffered", &(self.buffer.len() - self.position))
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+/// One read of a [`StdinReader`].
+enum Read {
+    /// Not answered yet.
+    Waiting(Pending<Result<Vec<u8>, ResourceError>>),
+    /// Answered before the reads ahead of it.
+    Done(Result<Vec<u8>, ResourceError>),
+}
+
+impl StdinReader {
+    pub(crate) fn new(ctx: Context) -> Self {
+        StdinReader {
+            ctx,
+            in_flight: VecDeque::new(),
+            buffer: Vec::new(),
+            position: 0,
+            ended: false,
+        }
+    }
+
+    fn read_ahead(&mut self) {
+        while !self.ended && self.in_flight.len() < STDIN_READS_IN_FLIGHT {
+            let stdin = self.ctx.stdin();
+            self.in_flight.push_back(Read::Waiting(Box::pin(async move {
+                stdin.read_chunk(STDIN_READ).await
+            })));
+        }
+    }
+
+    /// Polls every read in flight (so that each is sent); the oldest's
+    /// answer once it has one.
+    fn poll_oldest(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Vec<u8>, ResourceError>>> {
+        for read in &mut self.in_flight {
+            if let Read::Waiting(waiting) = read
+                && let Poll::Ready(result) = waiting.as_mut().poll(cx)
+            {
+                *read = Read::Done(result);
+            }
+        }
+        match self.in_flight.front() {
+            None => Poll::Ready(None),
+            Some(Read::Waiting(_)) => Poll::Pending,
+            Some(Read::Done(_)) => match self.in_flight.pop_front() {
+                Some(Read::Done(result)) => Poll::Ready(Some(result)),
+                _ => Poll::Ready(None),
+            },
+        }
+    }
+}
+
+impl AsyncBufRead for StdinReader {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        while this.position == this.buffer.len() && !this.ended {
+            this.read_ahead();
+            let Some(result) = ready!(this.poll_oldest(cx)) else {
+                break;
+            };
+            let bytes = result?;
+            if bytes.is_empty() {
+                // The end of input; reads asked after it find it again.
+                this.ended = true;
+                this.in_flight.clear();
+            }
+            this.buffer = bytes;
+            this.position = 0;
+        }
+        Poll::Ready(Ok(&this.buffer[this.position..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amount: usize) {
+        let this = self.get_mut();
+        this.position = (this.position + amount).min(this.buffer.len());
+    }
+}
+
+impl AsyncRead for StdinReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let available = ready!(self.as_mut().poll_fill_buf(cx))?;
+        let len = available.len().min(buf.remaining());
+        buf.put_slice(&available[..len]);
+        self.consume(len);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for StdinReader {
+    fn drop(&mut self) {
+        // First what it holds and what its reads brought, in order, then
+        // what its reads still in flight bring: they give up as they drop,
+        // and their input is kept behind this.
+        let mut held = vec![self.buffer.split_off(self.position)];
+        let mut waiting = Vec::new();
+        for read in std::mem::take(&mut self.in_flight) {
+            match read {
+                Read::Done(Ok(bytes)) => held.push(bytes),
+                Read::Done(Err(_)) => {}
+                Read::Waiting(read) => waiting.push(read),
+            }
+        }
+        held.retain(|bytes| !bytes.is_empty());
+        if !held.is_empty() {
+            self.ctx.shared.unread_stdin(held);
+        }
+        // Oldest first, so their input is kept in order.
+        for read in waiting {
+            drop(read);
+        }
+    }
+}

@@ -356,10 +356,14 @@ impl From<wire::OpError> for ResourceError {
 /// [`read_password`](crate::resources::Stdin::read_password), [`read_key`](Context::read_key),
 /// the [`stdin`](Context::stdin) reads) may be given up, by
 /// `tokio::time::timeout` or `select!`: the client stops the read if it
-/// has taken no input yet (its prompt stays on the screen), and input it
-/// took all the same goes to the command's next read of the same kind, so
-/// nothing typed is lost. A read waits for the reads given up before it to
-/// be answered (at once, on a client that knows `cancel`).
+/// has not started on any input (its prompt stays on the screen). Input it
+/// took all the same is not lost: bytes and keys go to the command's next
+/// byte or key read, a line to the next line read with the same prompt (a
+/// line read with another prompt drops it: it answered another question),
+/// and a password to none (the next password read asks again). A read waits
+/// for the reads given up before it to be answered: on a client that knows
+/// `cancel`, as soon as it hears of it, unless the read had started on a
+/// line (then at its end).
 ///
 /// Other requests (file operations, ...) still run on the client when
 /// dropped, and their answers are ignored: a dropped write may have

@@ -5,9 +5,14 @@
 //! have taken a line for it by then, typed by the user: that line must not be
 //! lost. So a read given up before its answer is *abandoned*, not forgotten:
 //! its answer, when it comes, is kept as a *leftover*, and the next read of
-//! the same kind takes it instead of asking the client again. Reads wait for
-//! abandoned reads to be answered first (a client that knows `cancel` answers
-//! them at once with `cancelled`), so input stays in the order it was typed.
+//! the same kind takes it instead of asking the client again: bytes and keys
+//! for any read of bytes or keys, a line only for a line read with the same
+//! prompt (typed for another question, it is dropped when a read with
+//! another prompt comes), a password never (the next password read asks
+//! again). Reads wait for abandoned reads to be answered first (a client that
+//! knows `cancel` answers them with `cancelled` as soon as it hears of it,
+//! unless it had started on the input), so input stays in the order it was
+//! typed.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -17,10 +22,10 @@ use tokio::sync::oneshot;
 
 /// Which kind of input a read takes: only a read of the same kind may take
 /// another's leftover (a line typed with echo is no password).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum InputKind {
-    /// `stdin_read_line`.
-    Line,
+    /// `stdin_read_line` with this prompt.
+    Line(Option<String>),
     /// `stdin_read_password`.
     Password,
     /// `stdin_read`: bytes as they come.
@@ -33,7 +38,7 @@ impl InputKind {
     /// The kind of input `op` reads, if it reads the user's input.
     pub(crate) fn of(op: &Operation) -> Option<Self> {
         match op {
-            Operation::StdinReadLine { .. } => Some(Self::Line),
+            Operation::StdinReadLine { prompt } => Some(Self::Line(prompt.clone())),
             Operation::StdinReadPassword { .. } => Some(Self::Password),
             Operation::StdinRead { .. } => Some(Self::Bytes),
             Operation::ReadKey => Some(Self::Key),
@@ -165,6 +170,10 @@ impl Pending {
     pub(crate) fn take_leftover(&mut self, op: &Operation) -> Option<Reply> {
         let kind = InputKind::of(op)?;
         let leftovers = &mut self.given_up.as_deref_mut()?.leftovers;
+        if let InputKind::Line(_) = kind {
+            // Lines typed for another question are not this one's answer.
+            leftovers.retain(|(left, _)| !matches!(left, InputKind::Line(_)) || *left == kind);
+        }
         let at = leftovers.iter().position(|(left, _)| *left == kind)?;
         if let (Operation::StdinRead { max }, Some((_, Reply::Data { bytes, .. }))) =
             (op, leftovers.get_mut(at))
@@ -187,6 +196,10 @@ impl Pending {
 impl GivenUp {
     /// Keeps the input in the answer to a read of `kind`, if it has any.
     fn keep(&mut self, kind: InputKind, response: Response) {
+        // A password is never kept for another read.
+        if kind == InputKind::Password {
+            return;
+        }
         if let Some(reply) = response.ok.filter(|_| response.error.is_none())
             && carries_input(&reply)
         {
@@ -233,7 +246,7 @@ mod tests {
     fn a_line_read_for_an_abandoned_read_goes_to_the_next_line_read() {
         let mut pending = Pending::default();
         let mut answer = sent(&mut pending, 1);
-        assert!(pending.give_up(1, Some(InputKind::Line), &mut answer));
+        assert!(pending.give_up(1, Some(InputKind::Line(None)), &mut answer));
         assert!(pending.has_abandoned());
         assert_eq!(
             pending.complete(Response::ok(RequestId(1), line("yes"))),
@@ -259,7 +272,7 @@ mod tests {
             Completed::Delivered
         );
         // The requester was dropped with the answer in its channel.
-        assert!(!pending.give_up(1, Some(InputKind::Line), &mut answer));
+        assert!(!pending.give_up(1, Some(InputKind::Line(None)), &mut answer));
         assert!(!pending.has_abandoned());
         assert_eq!(pending.take_leftover(&read_line()), Some(line("typed")));
     }
@@ -284,7 +297,7 @@ mod tests {
         for response in answers {
             let id = response.id.0;
             let mut answer = sent(&mut pending, id);
-            assert!(pending.give_up(id, Some(InputKind::Line), &mut answer));
+            assert!(pending.give_up(id, Some(InputKind::Line(None)), &mut answer));
             assert!(matches!(
                 pending.complete(response),
                 Completed::Abandoned { settled: true }
@@ -303,6 +316,31 @@ mod tests {
             pending.complete(Response::ok(RequestId(4), Reply::Unit)),
             Completed::Unclaimed
         );
+    }
+
+    #[test]
+    fn a_line_goes_only_to_the_same_question_and_a_password_to_none() {
+        let mut pending = Pending::default();
+        let ask = |prompt: &str| Operation::StdinReadLine {
+            prompt: Some(prompt.into()),
+        };
+        let password = Operation::StdinReadPassword {
+            prompt: Some("Password: ".into()),
+        };
+        for (id, op, typed) in [
+            (1, ask("Name? "), "Ada"),
+            (2, password.clone(), "hunter2"),
+            (3, ask("Name? "), "Bob"),
+        ] {
+            let mut answer = sent(&mut pending, id);
+            assert!(pending.give_up(id, InputKind::of(&op), &mut answer));
+            pending.complete(Response::ok(RequestId(id), line(typed)));
+        }
+        assert_eq!(pending.take_leftover(&password), None);
+        assert_eq!(pending.take_leftover(&ask("Name? ")), Some(line("Ada")));
+        // Another question: "Bob" was typed for "Name? ", and is dropped.
+        assert_eq!(pending.take_leftover(&ask("Age? ")), None);
+        assert_eq!(pending.take_leftover(&ask("Name? ")), None);
     }
 
     #[test]
@@ -348,8 +386,8 @@ mod tests {
         let mut pending = Pending::default();
         let mut first = sent(&mut pending, 1);
         let mut second = sent(&mut pending, 2);
-        assert!(pending.give_up(1, Some(InputKind::Line), &mut first));
-        assert!(pending.give_up(2, Some(InputKind::Line), &mut second));
+        assert!(pending.give_up(1, Some(InputKind::Line(None)), &mut first));
+        assert!(pending.give_up(2, Some(InputKind::Line(None)), &mut second));
         assert_eq!(
             pending.complete(Response::ok(RequestId(1), line("one"))),
             Completed::Abandoned { settled: false }

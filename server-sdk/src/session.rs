@@ -418,7 +418,7 @@ impl Drop for PendingGuard<'_> {
         let abandoned = self
             .shared
             .pending()
-            .give_up(self.id, self.input, &mut self.answer);
+            .give_up(self.id, self.input.take(), &mut self.answer);
         if abandoned && self.shared.cancels {
             self.shared.cancel(self.id);
         }
@@ -1770,7 +1770,8 @@ async fn finish(
     // The client may not have read the last frame yet: the connection stays
     // until it closes too. (A resumable session that ends without one has
     // had its exit acknowledged, or lost its client.)
-    let client_closes = final_frame.is_some() || !resumable;
+    // (Nor one parked without a connection: no close can come.)
+    let client_closes = reader.is_some() && (final_frame.is_some() || !resumable);
     match final_frame {
         Some(frame) => post.order(Control::Send(Box::new(frame))),
         None if resumable => post.order(Control::Close),

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
@@ -46,6 +47,9 @@ pub const MAX_WRITE: usize = 256 * 1024;
 
 type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The bytes of an [`OutputWriter`]'s write, shared with the write.
+type Written = Arc<[u8]>;
+
 /// `AsyncWrite` on the client's stdout or stderr ([`Output::writer`]).
 ///
 /// A write of up to [`MAX_WRITE`] bytes is done once they are queued for
@@ -57,15 +61,18 @@ type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// client's stream: it ends with the command.
 pub struct OutputWriter {
     output: Output,
-    /// The write in progress and how many bytes it takes.
-    writing: Option<(Pending<io::Result<()>>, usize)>,
+    /// The write in progress and the bytes it writes.
+    writing: Option<(Pending<io::Result<()>>, Written)>,
 }
 
 impl std::fmt::Debug for OutputWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutputWriter")
             .field("output", &self.output)
-            .field("writing", &self.writing.as_ref().map(|(_, len)| len))
+            .field(
+                "writing",
+                &self.writing.as_ref().map(|(_, bytes)| bytes.len()),
+            )
             .finish()
     }
 }
@@ -82,15 +89,14 @@ impl Output {
 }
 
 impl OutputWriter {
-    /// Finishes the write in progress, if any: how many bytes it took.
-    fn poll_writing(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<usize>> {
-        let Some((writing, len)) = &mut self.writing else {
-            return Poll::Ready(Ok(0));
+    /// Finishes the write in progress, if any: the bytes it wrote.
+    fn poll_writing(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Option<Written>>> {
+        let Some((writing, _)) = &mut self.writing else {
+            return Poll::Ready(Ok(None));
         };
         let result = ready!(writing.as_mut().poll(cx));
-        let len = *len;
-        self.writing = None;
-        Poll::Ready(result.map(|()| len))
+        let written = self.writing.take().map(|(_, bytes)| bytes);
+        Poll::Ready(result.map(|()| written))
     }
 }
 
@@ -101,28 +107,35 @@ impl AsyncWrite for OutputWriter {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        // A write that returned `Pending` is polled again with the same
-        // bytes (`AsyncWrite`'s contract): it goes on where it was.
-        if this.writing.is_none() {
+        loop {
+            // A write that returned `Pending` is normally polled again with
+            // the same bytes, and goes on where it was. Given up (a time-out)
+            // and followed by other bytes, it is finished first (its bytes
+            // may have reached the client in part), then they are written.
+            if let Some(written) = ready!(this.poll_writing(cx))? {
+                if buf.starts_with(&written) {
+                    return Poll::Ready(Ok(written.len()));
+                }
+                continue;
+            }
             if buf.is_empty() {
                 return Poll::Ready(Ok(0));
             }
-            let bytes = buf[..buf.len().min(MAX_WRITE)].to_vec();
-            let len = bytes.len();
+            let bytes: Arc<[u8]> = Arc::from(&buf[..buf.len().min(MAX_WRITE)]);
             let output = this.output.clone();
+            let writing_bytes = bytes.clone();
             let writing: Pending<io::Result<()>> =
-                Box::pin(async move { output.write_all(&bytes).await });
-            this.writing = Some((writing, len));
+                Box::pin(async move { output.write_all(&writing_bytes).await });
+            this.writing = Some((writing, bytes));
         }
-        this.poll_writing(cx)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_writing(cx).map_ok(|_| ())
+        self.get_mut().poll_writing(cx).map_ok(drop)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_writing(cx).map_ok(|_| ())
+        self.get_mut().poll_writing(cx).map_ok(drop)
     }
 }
 
@@ -222,9 +235,11 @@ impl AsyncBufRead for StdinReader {
             };
             let bytes = result?;
             if bytes.is_empty() {
-                // The end of input; reads asked after it find it again.
+                // The end of input. Reads asked after it find it again, or
+                // what was typed after it (a terminal's Ctrl-D): that goes to
+                // the next read, as when the reader is dropped.
                 this.ended = true;
-                this.in_flight.clear();
+                this.give_back_reads();
             }
             this.buffer = bytes;
             this.position = 0;
@@ -252,12 +267,14 @@ impl AsyncRead for StdinReader {
     }
 }
 
-impl Drop for StdinReader {
-    fn drop(&mut self) {
-        // First what it holds and what its reads brought, in order, then
-        // what its reads still in flight bring: they give up as they drop,
-        // and their input is kept behind this.
+impl StdinReader {
+    /// Gives what it holds and its reads back for the command's next reads:
+    /// first what it holds and what its reads brought, in order, then what
+    /// its reads still in flight bring (they give up as they drop, and their
+    /// input is kept behind this).
+    fn give_back_reads(&mut self) {
         let mut held = vec![self.buffer.split_off(self.position)];
+        self.position = 0;
         let mut waiting = Vec::new();
         for read in std::mem::take(&mut self.in_flight) {
             match read {
@@ -274,5 +291,11 @@ impl Drop for StdinReader {
         for read in waiting {
             drop(read);
         }
+    }
+}
+
+impl Drop for StdinReader {
+    fn drop(&mut self) {
+        self.give_back_reads();
     }
 }

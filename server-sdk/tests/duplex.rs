@@ -26,7 +26,7 @@ use terminalwire_client::{ClientError, exit_code, facts};
 use terminalwire_protocol::frame::{Ack, Detach, Resume};
 use terminalwire_protocol::frame::{
     ColorLevel as WireColor, Hello, Operation, Reply, Request, Response, Software, StreamFacts,
-    StreamKind as WireKind, TerminalSize, Welcome,
+    StreamKind as WireKind, TerminalSize, Welcome, WindowAdjust,
 };
 use terminalwire_protocol::secure::StaticKey;
 use terminalwire_protocol::{
@@ -774,10 +774,52 @@ async fn a_read_given_up_is_cancelled_and_the_next_read_gets_the_line() {
     assert_eq!(run.stderr_text(), "first? second? ");
 }
 
+/// A read given up while it waits for its turn on the client (behind
+/// another read) is cancelled there: it never shows its prompt nor takes
+/// the line meant for the read after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_given_up_while_waiting_for_its_turn_takes_nothing() {
+    let gave_up = Arc::new(Notify::new());
+    let gave_up_in_command = gave_up.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let gave_up = gave_up_in_command.clone();
+        async move {
+            let first = ctx.read_line(Some("a? "));
+            let behind = async {
+                let given_up =
+                    tokio::time::timeout(Duration::from_millis(50), ctx.read_line(Some("b? ")))
+                        .await
+                        .is_err();
+                gave_up.notify_one();
+                given_up
+            };
+            let (first, given_up) = tokio::join!(first, behind);
+            let third = ctx.read_line(Some("c? ")).await?;
+            ctx.stdout()
+                .println(format!("{:?} {given_up} {third:?}", first?))
+                .await?;
+            anyhow::Ok(())
+        }
+    });
+    let (session, mut typing) = Session::args(&[]).stdin_pipe();
+    let typist = async {
+        gave_up.notified().await;
+        tokio::io::AsyncWriteExt::write_all(&mut typing, b"x\ny\n")
+            .await
+            .unwrap();
+        typing
+    };
+    let (run, _typing) = tokio::join!(session.run(&terminal), typist);
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    assert_eq!(run.stdout_text(), "Some(\"x\") true Some(\"y\")\n");
+    assert_eq!(run.stderr_text(), "a? c? ");
+}
+
 /// A scripted client that plays the given-up read's race: its answer, a
-/// typed line, left before the server's `cancel` arrived. The next read gets
-/// that line without asking the client again; a client that does not know
-/// `cancel` is not sent one, and its late answer goes to the next read too.
+/// typed line, left before the server's `cancel` arrived. The next read with
+/// the same prompt gets that line without asking the client again; a client
+/// that does not know `cancel` is not sent one, and its late answer goes to
+/// the next read too. A read with another prompt asks the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_read_for_a_read_given_up_goes_to_the_next_read() {
     for knows_cancel in [true, false] {
@@ -787,12 +829,16 @@ async fn a_line_read_for_a_read_given_up_goes_to_the_next_read() {
             let gave_up = gave_up_in_command.clone();
             async move {
                 let first =
-                    tokio::time::timeout(Duration::from_millis(50), ctx.read_line(Some("first")))
+                    tokio::time::timeout(Duration::from_millis(50), ctx.read_line(Some("name")))
                         .await;
                 gave_up.notify_one();
-                let second = ctx.read_line(Some("second")).await?;
+                let second = ctx.read_line(Some("name")).await?;
+                let other = ctx.read_line(Some("other")).await?;
                 ctx.stdout()
-                    .println(format!("timed out {}, then {second:?}", first.is_err()))
+                    .println(format!(
+                        "timed out {}, then {second:?}, then {other:?}",
+                        first.is_err()
+                    ))
                     .await?;
                 anyhow::Ok(())
             }
@@ -832,6 +878,10 @@ async fn a_line_read_for_a_read_given_up_goes_to_the_next_read() {
             loop {
                 match next_server(&mut client).await {
                     Some(ServerFrame::Data(data)) => stdout.extend_from_slice(&data.bytes),
+                    Some(ServerFrame::Request(request)) => {
+                        seen.push(format!("{:?}", request.op));
+                        send_client(&mut client, &answer_to_line_read(request)).await;
+                    }
                     Some(ServerFrame::Exit(exit)) => {
                         seen.push(format!("exit {}", exit.status));
                         break;
@@ -842,7 +892,10 @@ async fn a_line_read_for_a_read_given_up_goes_to_the_next_read() {
             (seen, String::from_utf8_lossy(&stdout).into_owned())
         };
         let (seen, stdout) = serve_script(&terminal, server, script).await;
-        let mut want = vec!["exit 0".to_owned()];
+        let other = Operation::StdinReadLine {
+            prompt: Some("other".into()),
+        };
+        let mut want = vec![format!("{other:?}"), "exit 0".to_owned()];
         if knows_cancel {
             want.insert(
                 0,
@@ -855,7 +908,10 @@ async fn a_line_read_for_a_read_given_up_goes_to_the_next_read() {
             );
         }
         assert_eq!(seen, want, "knows cancel: {knows_cancel}");
-        assert_eq!(stdout, "timed out true, then Some(\"typed in time\")\n");
+        assert_eq!(
+            stdout,
+            "timed out true, then Some(\"typed in time\"), then Some(\"answer to other\")\n"
+        );
     }
 }
 
@@ -930,6 +986,136 @@ async fn a_stdin_reader_reads_ahead() {
     let (status, stdout) = serve_script(&terminal, server, script).await;
     assert_eq!(status, 0);
     assert_eq!(String::from_utf8_lossy(&stdout), "read 10000");
+}
+
+/// A write given up (the client's window is closed), then other bytes on
+/// the same writer: the given-up write is finished, then the new bytes are
+/// written and counted. (The new write was told the old one's length:
+/// `write_all` panicked, and the new bytes were never sent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_writer_writes_new_bytes_after_a_write_given_up() {
+    let gave_up = Arc::new(Notify::new());
+    let gave_up_in_command = gave_up.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let gave_up = gave_up_in_command.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut out = ctx.stdout().writer();
+            let big = vec![b'a'; 1000];
+            let timed_out = tokio::time::timeout(Duration::from_millis(100), out.write_all(&big))
+                .await
+                .is_err();
+            gave_up.notify_one();
+            out.write_all(b"short").await?;
+            ctx.stderr().print(format!("timed out {timed_out}")).await?;
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = secure_client(client).await;
+        let mut hello = hello(&[]);
+        hello.window = 100;
+        send_client(&mut client, &ClientFrame::Hello(hello)).await;
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Welcome(_))
+        ));
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut granted = false;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Data(data)) => {
+                    if data.sid == StreamId::STDOUT {
+                        stdout.extend_from_slice(&data.bytes);
+                    } else {
+                        stderr.extend_from_slice(&data.bytes);
+                    }
+                    if !granted {
+                        // Credit only once the command gave the write up.
+                        gave_up.notified().await;
+                        granted = true;
+                        for sid in [StreamId::STDOUT, StreamId::STDERR] {
+                            let grant = WindowAdjust {
+                                sid,
+                                bytes: 1 << 20,
+                            };
+                            send_client(&mut client, &ClientFrame::Window(grant)).await;
+                        }
+                    }
+                }
+                Some(ServerFrame::Exit(exit)) => break (exit.status, stdout, stderr),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let (status, stdout, stderr) = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0, "stderr: {}", String::from_utf8_lossy(&stderr));
+    assert_eq!(String::from_utf8_lossy(&stderr), "timed out true");
+    // The given-up write is finished (it may have been cut anywhere), then
+    // the new bytes follow.
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(
+        text.ends_with("short") && text.trim_end_matches("short").bytes().all(|b| b == b'a'),
+        "stdout: {text}"
+    );
+}
+
+/// A stdin reader whose oldest read brings the end of input while its read
+/// ahead brings more (a terminal: Ctrl-D, then more typed) gives that to the
+/// next read. (It was dropped with the reads ahead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdin_reader_at_the_end_leaves_what_came_after_it_to_the_next_read() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let mut all = Vec::new();
+        let mut reader = ctx.stdin().reader();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut all).await?;
+        drop(reader);
+        let next = ctx.stdin().read_chunk(100).await?;
+        ctx.stdout()
+            .print(format!(
+                "{:?} then {:?}",
+                String::from_utf8_lossy(&all),
+                String::from_utf8_lossy(&next)
+            ))
+            .await?;
+        anyhow::Ok(())
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        let mut ids = Vec::new();
+        let mut stdout = Vec::new();
+        let data = |bytes: &[u8]| Reply::Data {
+            bytes: bytes.to_vec().into(),
+            eof: bytes.is_empty(),
+        };
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) => {
+                    ids.push(request.id);
+                    if ids.len() == 2 {
+                        // The read ahead's answer first (answers may come in
+                        // any order): it is in when the end arrives.
+                        for (id, reply) in [(ids[1], data(b"late")), (ids[0], data(b""))] {
+                            let answer = ClientFrame::Response(Response::ok(id, reply));
+                            send_client(&mut client, &answer).await;
+                        }
+                    } else if ids.len() > 2 {
+                        let answer = ClientFrame::Response(Response::ok(request.id, data(b"")));
+                        send_client(&mut client, &answer).await;
+                    }
+                }
+                Some(ServerFrame::Cancel(_)) => {}
+                Some(ServerFrame::Data(data)) => stdout.extend_from_slice(&data.bytes),
+                Some(ServerFrame::Exit(exit)) => break (exit.status, stdout),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let (status, stdout) = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0);
+    assert_eq!(String::from_utf8_lossy(&stdout), "\"\" then \"late\"");
 }
 
 /// A stdin reader dropped with input in hand and reads in flight loses

@@ -30,6 +30,7 @@ fn app() -> Terminal {
             "hold-raw" => hold_raw(ctx).await,
             "key-then-line" => key_then_line(ctx).await,
             "key-timeout-then-line" => key_timeout_then_line(ctx).await,
+            "password-timeout-then-line" => password_timeout_then_line(ctx).await,
             "raw-bytes" => raw_bytes(ctx).await,
             "three-keys" => three_keys(ctx).await,
             "line-then-resize" => line_then_resize(ctx).await,
@@ -190,6 +191,22 @@ async fn key_timeout_then_line(ctx: Context) -> anyhow::Result<Exit> {
     let key = tokio::time::timeout(Duration::from_millis(200), ctx.read_key()).await;
     ctx.stdout()
         .print(format!("key timed out: {}\r\n", key.is_err()))
+        .await?;
+    let line = ctx.read_line(Some("line please: ")).await?;
+    ctx.stdout().println(format!("got line {line:?}")).await?;
+    Ok(Exit(0))
+}
+
+/// A password read given up after a moment, then a line: echo must be
+/// back on for the line.
+async fn password_timeout_then_line(ctx: Context) -> anyhow::Result<Exit> {
+    let password = tokio::time::timeout(
+        Duration::from_millis(200),
+        ctx.stdin().read_password("Password: "),
+    )
+    .await;
+    ctx.stdout()
+        .print(format!("\r\npassword timed out: {}\r\n", password.is_err()))
         .await?;
     let line = ctx.read_line(Some("line please: ")).await?;
     ctx.stdout().println(format!("got line {line:?}")).await?;
@@ -517,6 +534,28 @@ async fn a_key_read_given_up_leaves_the_next_line_whole() {
     );
     // Typed in cooked mode: echoed by the terminal after the prompt.
     assert!(screen.contains("line please: abc"), "screen:\n{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+/// A password read the app gave up is cancelled on the client with echo
+/// turned back on: the line typed next shows as it is typed and reaches the
+/// app whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_read_given_up_turns_echo_back_on() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "password-timeout-then-line");
+    pane.wait_for("line please:").await;
+    pane.type_text("seen").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("got line").await;
+    assert!(
+        screen.contains("password timed out: true")
+            && screen.contains("line please: seen")
+            && screen.contains("got line Some(\"seen\")"),
+        "screen:\n{screen}"
+    );
     let exit = pane.wait_exit().await;
     assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
     assert_terminal_restored(&exit);

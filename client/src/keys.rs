@@ -585,6 +585,9 @@ pub struct KeyPump {
     /// Input arrived, or reading failed.
     arrived: Notify,
     disconnect: Notify,
+    /// `~.` typed so far, for watchers apart from the session's loop (which
+    /// cannot hear `disconnect` while a send holds it up).
+    disconnects: tokio::sync::watch::Sender<u64>,
     /// The session saw the disconnect (see [`KeyPump::disconnect_seen`]).
     disconnect_seen: std::sync::atomic::AtomicBool,
     detach: Notify,
@@ -714,6 +717,7 @@ pub fn pump() -> &'static KeyPump {
         wake: wake_pipe().ok(),
         arrived: Notify::new(),
         disconnect: Notify::new(),
+        disconnects: tokio::sync::watch::Sender::new(0),
         disconnect_seen: std::sync::atomic::AtomicBool::new(false),
         detach: Notify::new(),
     })
@@ -888,6 +892,11 @@ impl KeyPump {
         self.disconnect.notified().await;
     }
 
+    /// Changes each time the user types `~.` from now on.
+    pub fn watch_disconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.disconnects.subscribe()
+    }
+
     /// Completes when the user typed Ctrl-\ in a resumable session.
     pub async fn detach_typed(&self) {
         self.detach.notified().await;
@@ -1007,6 +1016,7 @@ impl KeyPump {
             match escape {
                 Escape::Disconnect => {
                     self.disconnect.notify_one();
+                    self.disconnects.send_modify(|typed| *typed += 1);
                     // The session ends the client; should it be held up,
                     // the escape still works.
                     let _ = std::thread::Builder::new()

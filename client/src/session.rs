@@ -740,7 +740,8 @@ where
         .map_err(|error| ClientError::Config(format!("cannot watch for signals: {error}")))?;
     let (told, exit_now) = tokio::sync::watch::channel(None);
     let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = tokio::spawn(watched.watch(told, opened.clone()));
+    let disconnects = crate::keys::pump().watch_disconnects();
+    let watchdog = tokio::spawn(watched.watch(told, opened.clone(), disconnects));
     let watch = ExitWatch {
         told: exit_now,
         opened,
@@ -759,12 +760,15 @@ enum ExitNow {
     Interrupted,
     /// SIGTERM (15) or SIGHUP (1).
     Terminated(i32),
+    /// `~.` typed.
+    Disconnected,
 }
 
 impl From<ExitNow> for ClientError {
     fn from(exit: ExitNow) -> ClientError {
         match exit {
             ExitNow::Interrupted => ClientError::Interrupted,
+            ExitNow::Disconnected => ClientError::Disconnected,
             ExitNow::Terminated(number) => ClientError::Terminated(number),
         }
     }
@@ -817,11 +821,12 @@ impl ExitSignals {
 
     /// Tells `told` the first signal that ends the client, counting Ctrl-C
     /// as the session's loop does once the session is `opened` (before, one
-    /// is enough).
+    /// is enough), or a `~.` typed (a change of `disconnects`).
     async fn watch(
         mut self,
         told: tokio::sync::watch::Sender<Option<ExitNow>>,
         opened: Arc<std::sync::atomic::AtomicBool>,
+        mut disconnects: tokio::sync::watch::Receiver<u64>,
     ) {
         let mut interrupted: Option<Instant> = None;
         let exit = loop {
@@ -835,6 +840,11 @@ impl ExitSignals {
                 }
                 Some(()) = self.terminate.recv() => break ExitNow::Terminated(15),
                 Some(()) = self.hangup.recv() => break ExitNow::Terminated(1),
+                Ok(()) = disconnects.changed() => {
+                    // Ending: the key pump's last resort waits a little longer.
+                    crate::keys::pump().disconnect_seen();
+                    break ExitNow::Disconnected;
+                }
                 else => return,
             }
         };
@@ -2629,6 +2639,26 @@ fn frame_name(frame: &ServerFrame) -> String {
 mod tests {
     use super::*;
     use terminalwire_protocol::RequestId;
+
+    /// `~.` typed while the session's loop is held up (a send to a server
+    /// that reads nothing) tells the session to end, as a signal does: the
+    /// loop cannot hear the key pump then.
+    #[tokio::test]
+    async fn a_tilde_dot_tells_a_held_up_session_to_end() {
+        let (told, mut exit_now) = tokio::sync::watch::channel(None);
+        let (typed, disconnects) = tokio::sync::watch::channel(0u64);
+        let opened = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let watcher = tokio::spawn(ExitSignals::new().unwrap().watch(told, opened, disconnects));
+        typed.send_replace(1);
+        let exit =
+            tokio::time::timeout(Duration::from_secs(10), exit_now.wait_for(Option::is_some))
+                .await
+                .expect("not told within 10 s")
+                .map(|exit| *exit)
+                .unwrap();
+        assert!(matches!(exit, Some(ExitNow::Disconnected)), "{exit:?}");
+        watcher.await.unwrap();
+    }
 
     #[tokio::test]
     async fn a_stdin_read_of_nothing_is_refused_not_taken_for_the_end() {

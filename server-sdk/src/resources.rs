@@ -585,27 +585,68 @@ impl FileWriter {
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ResourceError> {
         let handle = self.handle.ok_or_else(abandoned)?;
         for chunk in bytes.chunks(WRITE_CHUNK) {
-            while self.in_flight.len() >= WRITE_CHUNKS_IN_FLIGHT {
-                if let Some(Err(error)) = self.in_flight.next().await {
-                    self.abandon().await;
-                    return Err(error);
-                }
+            if let Err(error) = std::future::poll_fn(|cx| self.poll_room(cx)).await {
+                self.abandon().await;
+                return Err(error);
             }
-            let ctx = self.ctx.clone();
-            let op = Operation::FileWriteChunk {
-                handle,
-                offset: self.offset,
-                bytes: ByteBuf::from(chunk.to_vec()),
-            };
-            self.offset += chunk.len() as u64;
-            self.in_flight.push(Box::pin(async move {
-                match ctx.request(op).await? {
-                    Reply::Unit => Ok(()),
-                    _ => unexpected(),
-                }
-            }));
+            self.send_chunk(handle, chunk);
         }
         Ok(())
+    }
+
+    /// Ready when fewer than [`WRITE_CHUNKS_IN_FLIGHT`] chunks are on their
+    /// way; the error of one that failed.
+    fn poll_room(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), ResourceError>> {
+        while self.in_flight.len() >= WRITE_CHUNKS_IN_FLIGHT {
+            if let Some(Err(error)) = ready!(self.in_flight.poll_next_unpin(cx)) {
+                return Poll::Ready(Err(error));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends `chunk` after what was written before.
+    fn send_chunk(&mut self, handle: u64, chunk: &[u8]) {
+        let ctx = self.ctx.clone();
+        let op = Operation::FileWriteChunk {
+            handle,
+            offset: self.offset,
+            bytes: ByteBuf::from(chunk.to_vec()),
+        };
+        self.offset += chunk.len() as u64;
+        self.in_flight.push(Box::pin(async move {
+            match ctx.request(op).await? {
+                Reply::Unit => Ok(()),
+                _ => unexpected(),
+            }
+        }));
+    }
+
+    /// [`abandon`](FileWriter::abandon) from a poll: in a task of its own.
+    fn abandon_later(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let mut in_flight = std::mem::take(&mut self.in_flight);
+        let ctx = self.ctx.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                while in_flight.next().await.is_some() {}
+                let _ = ctx.request(Operation::FileWriteAbort { handle }).await;
+            });
+        }
+    }
+
+    /// Ready once every chunk sent has been written; the error of one that
+    /// failed (the write is abandoned then).
+    fn poll_written(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(result) = ready!(self.in_flight.poll_next_unpin(cx)) {
+            if let Err(error) = result {
+                self.abandon_later();
+                return Poll::Ready(Err(error.into()));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Bytes written so far.
@@ -664,6 +705,47 @@ impl FileWriter {
             Reply::Unit => Ok(()),
             _ => unexpected(),
         }
+    }
+}
+
+/// `AsyncWrite` for `tokio::io::copy` and friends: a write queues up to
+/// [`WRITE_CHUNK`] bytes as [`FileWriter::write`] does; `flush` and
+/// `shutdown` wait until every chunk is written. Neither commits: call
+/// [`FileWriter::commit`] after them, or the path is left untouched.
+impl tokio::io::AsyncWrite for FileWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let Some(handle) = this.handle else {
+            return Poll::Ready(Err(abandoned().into()));
+        };
+        if let Err(error) = ready!(this.poll_room(cx)) {
+            this.abandon_later();
+            return Poll::Ready(Err(error.into()));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let chunk = &buf[..buf.len().min(WRITE_CHUNK)];
+        this.send_chunk(handle, chunk);
+        Poll::Ready(Ok(chunk.len()))
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_mut().poll_written(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_mut().poll_written(cx)
     }
 }
 

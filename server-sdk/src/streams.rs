@@ -7,7 +7,8 @@
 //!   `AsyncRead` and `AsyncBufRead` on the client's stdin, with reads kept in
 //!   flight ahead of the caller.
 //! - [`FileReader`](crate::resources::FileReader) implements `AsyncRead` and
-//!   `AsyncBufRead` itself.
+//!   `AsyncBufRead` itself, [`FileWriter`](crate::resources::FileWriter)
+//!   `AsyncWrite` (commit it after `shutdown`).
 //!
 //! Errors are [`io::Error`]s whose inner error is the [`ResourceError`]
 //! (`error.get_ref()` and `downcast` give it back).

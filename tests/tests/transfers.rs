@@ -293,6 +293,59 @@ async fn a_hundred_concurrent_requests_from_one_session_complete() {
     eprintln!("{REQUESTS} concurrent requests: {:?}", started.elapsed());
 }
 
+/// A client file copied with `tokio::io::copy` from a `FileReader` into a
+/// `FileWriter` (the SDK's AsyncRead and AsyncWrite), then committed,
+/// arrives byte-exact; an uncommitted one leaves no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_copied_through_async_read_and_write_arrives_whole() {
+    const BYTES: usize = 3 * 1024 * 1024 + 12_345;
+    const PATTERN: Pattern = Pattern::new(7);
+    let _serial = SERIAL.lock().await;
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let from = ctx.storage_path("copy.in").unwrap();
+        let to = ctx.storage_path("copy.out").unwrap();
+        let mut reader = ctx.file().reader(&from);
+        let mut writer = ctx.file().writer(&to).await?;
+        let copied = tokio::io::copy(&mut reader, &mut writer).await?;
+        writer.shutdown().await?;
+        writer.commit().await?;
+        let mut unfinished = ctx
+            .file()
+            .writer(&ctx.storage_path("unfinished").unwrap())
+            .await?;
+        unfinished.write_all(b"never committed").await?;
+        unfinished.flush().await?;
+        drop(unfinished);
+        ctx.stdout().println(format!("copied {copied}")).await?;
+        anyhow::Ok(Exit(0))
+    });
+    let home = ClientHome::new();
+    let server = TestServer::with_terminal(terminal).await;
+    let storage = home.storage_dir(&server.url());
+    let mut input = vec![0; BYTES];
+    PATTERN.fill_at(0, &mut input);
+    std::fs::write(storage.join("copy.in"), &input).unwrap();
+    let child = home
+        .command([server.url().as_str(), "copy"])
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("the client hung")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, format!("copied {BYTES}\n"));
+    let copy = std::fs::read(storage.join("copy.out")).unwrap();
+    assert_eq!(PATTERN.first_mismatch(0, &copy), None);
+    assert_eq!(copy.len(), BYTES);
+    assert!(
+        !storage.join("unfinished").exists(),
+        "an uncommitted write left its file"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stdout_reader_makes_the_app_wait_instead_of_buffering() {
     /// Well beyond what flow control lets the app get ahead by.

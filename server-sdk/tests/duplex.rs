@@ -30,7 +30,7 @@ use terminalwire_protocol::frame::{
 };
 use terminalwire_protocol::secure::StaticKey;
 use terminalwire_protocol::{
-    ClientFrame, ErrorCode, ServerFrame, StreamId, VersionRange, codec, resume,
+    ClientFrame, ErrorCode, RequestId, ServerFrame, StreamId, VersionRange, codec, resume,
 };
 use terminalwire_server::transport::{
     FrameReader, FrameWriter, Inbound, Transport, TransportError,
@@ -757,21 +757,32 @@ async fn a_read_given_up_is_cancelled_and_the_next_read_gets_the_line() {
             anyhow::Ok(())
         }
     });
-    let (session, mut typing) = Session::args(&[]).stdin_pipe();
-    let typist = async {
-        gave_up.notified().await;
-        tokio::io::AsyncWriteExt::write_all(&mut typing, b"typed late\n")
-            .await
-            .unwrap();
-        typing
-    };
-    let (run, _typing) = tokio::join!(session.run(&terminal), typist);
+    let run = typing_once_told(Session::args(&[]), &terminal, &gave_up, b"typed late\n").await;
     assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
     assert_eq!(
         run.stdout_text(),
         "timed out true, then Some(\"typed late\")\n"
     );
     assert_eq!(run.stderr_text(), "first? second? ");
+}
+
+/// Runs `session` of `terminal` with stdin a pipe into which `typed` is
+/// written once `told` is notified (the pipe stays open to the end).
+async fn typing_once_told(
+    session: Session,
+    terminal: &Terminal,
+    told: &Notify,
+    typed: &[u8],
+) -> Run {
+    let (session, mut typing) = session.stdin_pipe();
+    let typist = async {
+        told.notified().await;
+        tokio::io::AsyncWriteExt::write_all(&mut typing, typed)
+            .await
+            .unwrap();
+        typing
+    };
+    tokio::join!(session.run(terminal), typist).0
 }
 
 /// A read given up while it waits for its turn on the client (behind
@@ -801,15 +812,7 @@ async fn a_read_given_up_while_waiting_for_its_turn_takes_nothing() {
             anyhow::Ok(())
         }
     });
-    let (session, mut typing) = Session::args(&[]).stdin_pipe();
-    let typist = async {
-        gave_up.notified().await;
-        tokio::io::AsyncWriteExt::write_all(&mut typing, b"x\ny\n")
-            .await
-            .unwrap();
-        typing
-    };
-    let (run, _typing) = tokio::join!(session.run(&terminal), typist);
+    let run = typing_once_told(Session::args(&[]), &terminal, &gave_up, b"x\ny\n").await;
     assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
     assert_eq!(run.stdout_text(), "Some(\"x\") true Some(\"y\")\n");
     assert_eq!(run.stderr_text(), "a? c? ");
@@ -946,34 +949,54 @@ async fn a_stdin_reader_reads_ahead() {
         ctx.stdout().print(format!("read {}", all.len())).await?;
         anyhow::Ok(())
     });
+    let mut waiting = Vec::new();
+    let mut answered = 0;
+    let (status, stdout) = answering_stdin_reads(&terminal, |id| {
+        waiting.push(id);
+        if waiting.len() < 2 {
+            return Vec::new();
+        }
+        // Ten answers of 1000 bytes, then the end.
+        let answers = waiting.drain(..).map(|id| {
+            answered += 1;
+            (
+                id,
+                stdin_data(if answered <= 10 { &[7; 1000] } else { b"" }),
+            )
+        });
+        answers.collect()
+    })
+    .await;
+    assert_eq!(status, 0);
+    assert_eq!(String::from_utf8_lossy(&stdout), "read 10000");
+}
+
+/// Bytes read from stdin, as a client answers them (none: the end).
+fn stdin_data(bytes: &[u8]) -> Reply {
+    Reply::Data {
+        bytes: bytes.to_vec().into(),
+        eof: bytes.is_empty(),
+    }
+}
+
+/// Serves one session of `terminal` to a scripted client that answers its
+/// stdin reads as `answers` says when each arrives (which reads, with what)
+/// and collects stdout until the exit: (status, stdout).
+async fn answering_stdin_reads(
+    terminal: &Terminal,
+    mut answers: impl FnMut(RequestId) -> Vec<(RequestId, Reply)>,
+) -> (u8, Vec<u8>) {
     let (client, server) = socket_pair().await;
     let script = async {
         let mut client = welcomed(client).await;
-        let mut waiting = Vec::new();
-        let mut answered = 0;
         let mut stdout = Vec::new();
         loop {
             match next_server(&mut client).await {
                 Some(ServerFrame::Request(request)) => {
                     assert!(matches!(request.op, Operation::StdinRead { .. }));
-                    waiting.push(request.id);
-                    if waiting.len() < 2 {
-                        continue;
-                    }
-                    for id in waiting.drain(..) {
-                        // Ten answers of 1000 bytes, then the end.
-                        let bytes = if answered < 10 {
-                            vec![7; 1000]
-                        } else {
-                            Vec::new()
-                        };
-                        answered += 1;
-                        let reply = Reply::Data {
-                            eof: bytes.is_empty(),
-                            bytes: bytes.into(),
-                        };
-                        send_client(&mut client, &ClientFrame::Response(Response::ok(id, reply)))
-                            .await;
+                    for (id, reply) in answers(request.id) {
+                        let answer = ClientFrame::Response(Response::ok(id, reply));
+                        send_client(&mut client, &answer).await;
                     }
                 }
                 Some(ServerFrame::Cancel(_)) => {}
@@ -983,9 +1006,7 @@ async fn a_stdin_reader_reads_ahead() {
             }
         }
     };
-    let (status, stdout) = serve_script(&terminal, server, script).await;
-    assert_eq!(status, 0);
-    assert_eq!(String::from_utf8_lossy(&stdout), "read 10000");
+    serve_script(terminal, server, script).await
 }
 
 /// A write given up (the client's window is closed), then other bytes on
@@ -1081,39 +1102,18 @@ async fn a_stdin_reader_at_the_end_leaves_what_came_after_it_to_the_next_read() 
             .await?;
         anyhow::Ok(())
     });
-    let (client, server) = socket_pair().await;
-    let script = async {
-        let mut client = welcomed(client).await;
-        let mut ids = Vec::new();
-        let mut stdout = Vec::new();
-        let data = |bytes: &[u8]| Reply::Data {
-            bytes: bytes.to_vec().into(),
-            eof: bytes.is_empty(),
-        };
-        loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Request(request)) => {
-                    ids.push(request.id);
-                    if ids.len() == 2 {
-                        // The read ahead's answer first (answers may come in
-                        // any order): it is in when the end arrives.
-                        for (id, reply) in [(ids[1], data(b"late")), (ids[0], data(b""))] {
-                            let answer = ClientFrame::Response(Response::ok(id, reply));
-                            send_client(&mut client, &answer).await;
-                        }
-                    } else if ids.len() > 2 {
-                        let answer = ClientFrame::Response(Response::ok(request.id, data(b"")));
-                        send_client(&mut client, &answer).await;
-                    }
-                }
-                Some(ServerFrame::Cancel(_)) => {}
-                Some(ServerFrame::Data(data)) => stdout.extend_from_slice(&data.bytes),
-                Some(ServerFrame::Exit(exit)) => break (exit.status, stdout),
-                other => panic!("unexpected {other:?}"),
-            }
+    let mut ids = Vec::new();
+    let (status, stdout) = answering_stdin_reads(&terminal, |id| {
+        ids.push(id);
+        match ids.len() {
+            1 => Vec::new(),
+            // The read ahead's answer first (answers may come in any
+            // order): it is in when the end arrives.
+            2 => vec![(ids[1], stdin_data(b"late")), (ids[0], stdin_data(b""))],
+            _ => vec![(id, stdin_data(b""))],
         }
-    };
-    let (status, stdout) = serve_script(&terminal, server, script).await;
+    })
+    .await;
     assert_eq!(status, 0);
     assert_eq!(String::from_utf8_lossy(&stdout), "\"\" then \"late\"");
 }

@@ -35,6 +35,17 @@ pub(crate) enum InputKind {
 }
 
 impl InputKind {
+    /// Whether `op` reads the user's input (see [`InputKind::of`]).
+    pub(crate) fn reads_input(op: &Operation) -> bool {
+        matches!(
+            op,
+            Operation::StdinReadLine { .. }
+                | Operation::StdinReadPassword { .. }
+                | Operation::StdinRead { .. }
+                | Operation::ReadKey
+        )
+    }
+
     /// The kind of input `op` reads, if it reads the user's input.
     pub(crate) fn of(op: &Operation) -> Option<Self> {
         match op {

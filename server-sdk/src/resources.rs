@@ -215,8 +215,7 @@ impl Files {
             path: path.to_owned(),
             next_offset: 0,
             eof_seen: false,
-            current: Vec::new(),
-            position: 0,
+            current: None,
             in_flight: FuturesOrdered::new(),
         }
     }
@@ -419,9 +418,9 @@ pub struct FileReader {
     next_offset: u64,
     eof_seen: bool,
     in_flight: FuturesOrdered<ReadFuture>,
-    /// The chunk `AsyncRead` reads from: `current[position..]` is left.
-    current: Vec<u8>,
-    position: usize,
+    /// The chunk `AsyncRead` reads from and how far: boxed, since every
+    /// command's future holds room for a reader, and most read by chunks.
+    current: Option<Box<(Vec<u8>, usize)>>,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -456,10 +455,12 @@ impl FileReader {
     /// The next chunk, in order; `None` after the end of the file. (After
     /// reads through `AsyncRead`, first the rest of the chunk they read from.)
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ResourceError> {
-        if self.position < self.current.len() {
-            let rest = self.current.split_off(self.position);
-            self.position = 0;
-            self.current.clear();
+        if let Some((chunk, position)) = self.current.as_deref_mut()
+            && *position < chunk.len()
+        {
+            let rest = chunk.split_off(*position);
+            chunk.clear();
+            *position = 0;
             return Ok(Some(rest));
         }
         std::future::poll_fn(|cx| self.poll_next_chunk(cx)).await
@@ -513,20 +514,19 @@ impl tokio::io::AsyncBufRead for FileReader {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<&[u8]>> {
         let this = self.get_mut();
-        if this.position == this.current.len() {
-            if let Some(chunk) = ready!(this.poll_next_chunk(cx))? {
-                this.current = chunk;
-            } else {
-                this.current.clear();
-            }
-            this.position = 0;
+        let (chunk, position) = &**this.current.get_or_insert_default();
+        if *position == chunk.len() {
+            let next = ready!(this.poll_next_chunk(cx))?.unwrap_or_default();
+            *this.current.get_or_insert_default().as_mut() = (next, 0);
         }
-        Poll::Ready(Ok(&this.current[this.position..]))
+        let current: &(Vec<u8>, usize) = this.current.get_or_insert_default();
+        Poll::Ready(Ok(&current.0[current.1..]))
     }
 
     fn consume(self: Pin<&mut Self>, amount: usize) {
-        let this = self.get_mut();
-        this.position = (this.position + amount).min(this.current.len());
+        if let Some((chunk, position)) = self.get_mut().current.as_deref_mut() {
+            *position = (*position + amount).min(chunk.len());
+        }
     }
 }
 

@@ -236,13 +236,12 @@ impl Shared {
 
     /// Sends a request and waits for its response.
     pub(crate) async fn request(&self, op: Operation) -> Result<Reply, ResourceError> {
-        let input = InputKind::of(&op);
-        if input.is_some() {
-            // Input that reads given up took comes first, in typed order.
-            self.abandoned_reads_answered().await?;
-            if let Some(reply) = self.pending().take_leftover(&op) {
-                return Ok(reply);
-            }
+        // Boxed, as is the wait below: every command's future holds room
+        // for a request, and few requests read input.
+        if InputKind::reads_input(&op)
+            && let Some(reply) = Box::pin(self.input_left_over(&op)).await?
+        {
+            return Ok(reply);
         }
         let slot = tokio::select! {
             slot = self.request_slots.clone().acquire_owned() => {
@@ -270,7 +269,7 @@ impl Shared {
         let mut waiting = PendingGuard {
             shared: self,
             id,
-            input,
+            input: InputKind::of(&op).map(Box::new),
             answer: answer_rx,
         };
         // Before the send: the answer may come before the send returns.
@@ -365,6 +364,13 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Input that reads given up took and that answers `op`, once every
+    /// read given up was answered: it comes first, in typed order.
+    async fn input_left_over(&self, op: &Operation) -> Result<Option<Reply>, ResourceError> {
+        self.abandoned_reads_answered().await?;
+        Ok(self.pending().take_leftover(op))
+    }
+
     /// Resolves once no read the command gave up waits for its answer.
     async fn abandoned_reads_answered(&self) -> Result<(), ResourceError> {
         loop {
@@ -409,16 +415,17 @@ impl Shared {
 struct PendingGuard<'a> {
     shared: &'a Shared,
     id: u64,
-    input: Option<InputKind>,
+    input: Option<Box<InputKind>>,
     answer: oneshot::Receiver<Response>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let abandoned = self
-            .shared
-            .pending()
-            .give_up(self.id, self.input.take(), &mut self.answer);
+        let abandoned = self.shared.pending().give_up(
+            self.id,
+            self.input.take().map(|input| *input),
+            &mut self.answer,
+        );
         if abandoned && self.shared.cancels {
             self.shared.cancel(self.id);
         }

@@ -532,16 +532,11 @@ impl tokio::io::AsyncBufRead for FileReader {
 
 impl tokio::io::AsyncRead for FileReader {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        use tokio::io::AsyncBufRead;
-        let available = ready!(self.as_mut().poll_fill_buf(cx))?;
-        let len = available.len().min(buf.remaining());
-        buf.put_slice(&available[..len]);
-        self.consume(len);
-        Poll::Ready(Ok(()))
+        crate::streams::poll_read_buffered(self, cx, buf)
     }
 }
 

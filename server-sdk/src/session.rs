@@ -172,12 +172,18 @@ impl Shared {
     /// Resolves once `changed` holds of the signals (checked now and after
     /// every change).
     pub(crate) async fn signal_change(&self, changed: impl Fn(&Signals) -> bool) {
+        self.woken_until(|| changed(&self.signals())).await;
+    }
+
+    /// Resolves once `done` holds, checked now and at every wake-up of
+    /// `signal_changed`.
+    async fn woken_until(&self, done: impl Fn() -> bool) {
         loop {
             let notified = self.signal_changed.notified();
             tokio::pin!(notified);
             // Registered before looking, so no change can slip between.
             notified.as_mut().enable();
-            if changed(&self.signals()) {
+            if done() {
                 return;
             }
             notified.await;
@@ -373,18 +379,9 @@ impl Shared {
 
     /// Resolves once no read the command gave up waits for its answer.
     async fn abandoned_reads_answered(&self) -> Result<(), ResourceError> {
-        loop {
-            let answered = self.signal_changed.notified();
-            tokio::pin!(answered);
-            // Registered before looking, so no answer can slip between.
-            answered.as_mut().enable();
-            if !self.pending().has_abandoned() {
-                return Ok(());
-            }
-            tokio::select! {
-                () = answered => {}
-                () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
-            }
+        tokio::select! {
+            () = self.woken_until(|| !self.pending().has_abandoned()) => Ok(()),
+            () = self.closed.cancelled() => Err(ResourceError::Disconnected),
         }
     }
 

@@ -256,16 +256,26 @@ impl AsyncBufRead for StdinReader {
 
 impl AsyncRead for StdinReader {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let available = ready!(self.as_mut().poll_fill_buf(cx))?;
-        let len = available.len().min(buf.remaining());
-        buf.put_slice(&available[..len]);
-        self.consume(len);
-        Poll::Ready(Ok(()))
+        poll_read_buffered(self, cx, buf)
     }
+}
+
+/// `AsyncRead::poll_read` of a reader that buffers: what its buffer has,
+/// as much as fits.
+pub(crate) fn poll_read_buffered<R: AsyncBufRead>(
+    mut reader: Pin<&mut R>,
+    cx: &mut TaskContext<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let available = ready!(reader.as_mut().poll_fill_buf(cx))?;
+    let len = available.len().min(buf.remaining());
+    buf.put_slice(&available[..len]);
+    reader.consume(len);
+    Poll::Ready(Ok(()))
 }
 
 impl StdinReader {

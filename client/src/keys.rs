@@ -31,6 +31,8 @@ use terminalwire_protocol::frame::Key;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 
+use crate::last_resort;
+
 /// Bytes kept for the app while it does not read them; later ones are
 /// dropped (a terminal's own input queue holds 4 KiB).
 pub const MAX_BUFFERED: usize = 1 << 20;
@@ -42,15 +44,6 @@ pub const ESC_WAIT: Duration = Duration::from_millis(50);
 /// How long the end of raw mode, or a prompt of the client's own, waits for
 /// the reading thread to stop (it wakes at once; this bounds a stuck one).
 const STOP_WAIT: Duration = Duration::from_millis(200);
-
-/// How long after `~.` the session has to end on its own before the
-/// client restores the terminal and exits anyway (a session loop held up
-/// by a server that reads slowly must not hold off the escape).
-const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
-
-/// How much longer the watchdog waits once the session has seen `~.` and is
-/// ending (writing out what it must: the audit log waits up to 5 s).
-const DISCONNECT_ENDING: Duration = Duration::from_secs(10);
 
 /// The text `~?` shows (raw mode: `\r\n` line ends).
 pub const ESCAPE_HELP: &str = "\r\nterminalwire escapes (after Enter):\r\n\
@@ -1022,19 +1015,19 @@ impl KeyPump {
                     let _ = std::thread::Builder::new()
                         .name("terminalwire-disconnect".to_owned())
                         .spawn(move || {
-                            std::thread::sleep(DISCONNECT_GRACE);
+                            std::thread::sleep(last_resort::GRACE);
                             if self
                                 .disconnect_seen
                                 .load(std::sync::atomic::Ordering::SeqCst)
                             {
                                 // Ending: its writes out are bounded; a
                                 // last resort should they hang anyway.
-                                std::thread::sleep(DISCONNECT_ENDING);
+                                std::thread::sleep(last_resort::ENDING);
                             }
-                            let _ = crate::terminal::restore();
-                            crate::terminal::reset_what_the_app_left();
-                            eprintln!("terminalwire: disconnected (~.)");
-                            std::process::exit(i32::from(crate::exit_code::INTERRUPTED));
+                            last_resort::end_process(
+                                &crate::error::ClientError::Disconnected,
+                                "the session did not end when told",
+                            );
                         });
                 }
                 Escape::Detach => self.detach.notify_one(),

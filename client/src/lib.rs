@@ -19,6 +19,8 @@
 //! - [`inert`]: server-chosen text escaped for the client's own messages.
 //! - [`keys`]: keys read while the terminal is raw, and the client's own
 //!   escapes there (`~.` disconnects, Ctrl-\ detaches).
+//! - [`last_resort`]: signals watched on a thread of their own, which end
+//!   the client should its session not end when told (a hung mount).
 //! - [`launcher`]: installed apps (`terminalwire install`) and `terminalwire-exec`.
 //! - [`progress`]: progress bars for long transfers, on a terminal only.
 //! - [`quota`]: the bound on what a server may write to its storage folder.
@@ -44,6 +46,7 @@ pub mod error;
 pub mod facts;
 pub mod inert;
 pub mod keys;
+pub mod last_resort;
 pub mod launcher;
 pub mod progress;
 pub mod quota;

@@ -253,6 +253,25 @@ fn performed_inline(op: &Operation) -> bool {
     )
 }
 
+/// In debug builds only, for the end-to-end tests: holds the session's
+/// thread in each stat-class request for `TERMINALWIRE_DEBUG_HOLD_INLINE_MS`
+/// milliseconds, as a stat on a hung network mount does, after saying so on
+/// stderr.
+#[cfg(debug_assertions)]
+fn debug_hold_inline() {
+    static HOLD: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let hold = HOLD.get_or_init(|| {
+        std::env::var("TERMINALWIRE_DEBUG_HOLD_INLINE_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(hold) = *hold {
+        eprintln!("terminalwire: debug: holding a stat-class request for {hold:?}");
+        std::thread::sleep(hold);
+    }
+}
+
 fn too_many_writes() -> OpError {
     OpError::new(
         ErrorCode::TooLarge,
@@ -495,6 +514,8 @@ impl Resources {
         if !performed_inline(&op) {
             return Err(op);
         }
+        #[cfg(debug_assertions)]
+        debug_hold_inline();
         // Only a client that can ask needs the operation again.
         let retry = self.consent.as_ref().map(|_| op.clone());
         // Stat-class: nothing resolved again for the log (none reads or

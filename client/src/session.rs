@@ -9,6 +9,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 
 use crate::detached::SessionRecord;
 use crate::error::ClientError;
+use crate::last_resort::{self, ExitNow, Interrupts, SessionState, SignalWatch};
 use crate::resources::Resources;
 use crate::woken::WokenOnly;
 
@@ -736,119 +738,75 @@ where
     if !config.handle_signals {
         return run_session(socket, start, io, config, resumption).await;
     }
-    let watched = ExitSignals::new()
-        .map_err(|error| ClientError::Config(format!("cannot watch for signals: {error}")))?;
     let (told, exit_now) = tokio::sync::watch::channel(None);
-    let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let disconnects = crate::keys::pump().watch_disconnects();
-    let watchdog = tokio::spawn(watched.watch(told, opened.clone(), disconnects));
+    let told = Arc::new(told);
+    let state = SessionState::default();
+    let tell = {
+        let told = told.clone();
+        move |exit| {
+            told.send_replace(Some(exit));
+        }
+    };
+    let signals = SignalWatch::start(state.clone(), tell, |exit| {
+        last_resort::end_process(&exit.into(), "the session did not end when told")
+    })
+    .map_err(|error| ClientError::Config(format!("cannot watch for signals: {error}")))?;
+    let disconnects = tokio::spawn(watch_disconnects(
+        told,
+        crate::keys::pump().watch_disconnects(),
+    ));
     let watch = ExitWatch {
         told: exit_now,
-        opened,
+        state,
     };
     let ended = EXIT_NOW
         .scope(watch, run_session(socket, start, io, config, resumption))
         .await;
-    watchdog.abort();
+    disconnects.abort();
+    drop(signals);
     ended
 }
 
-/// Why the user wants the client to end now, whatever it is doing.
-#[derive(Debug, Clone, Copy)]
-enum ExitNow {
-    /// A second Ctrl-C within [`DOUBLE_INTERRUPT`] of the first.
-    Interrupted,
-    /// SIGTERM (15) or SIGHUP (1).
-    Terminated(i32),
-    /// `~.` typed.
-    Disconnected,
-}
-
-impl From<ExitNow> for ClientError {
-    fn from(exit: ExitNow) -> ClientError {
-        match exit {
-            ExitNow::Interrupted => ClientError::Interrupted,
-            ExitNow::Disconnected => ClientError::Disconnected,
-            ExitNow::Terminated(number) => ClientError::Terminated(number),
-        }
-    }
-}
-
-/// What a session's sends and waits learn from [`ExitSignals`].
+/// What a session's sends and waits learn from the signals that end the
+/// client ([`SignalWatch`]) and from `~.` ([`watch_disconnects`]).
 #[derive(Debug, Clone)]
 struct ExitWatch {
-    /// Set once a signal says the client must end: sends stop waiting for
+    /// Set once the user said the client must end: sends stop waiting for
     /// a server that takes no data.
     told: tokio::sync::watch::Receiver<Option<ExitNow>>,
-    /// Whether the session is open (welcomed or resumed): before, a single
-    /// Ctrl-C ends the client, as it did a program that had not yet caught
-    /// SIGINT.
-    opened: Arc<std::sync::atomic::AtomicBool>,
+    /// What the signal watch needs to know of the session.
+    state: SessionState,
 }
 
 tokio::task_local! {
     static EXIT_NOW: ExitWatch;
 }
 
-/// Tells [`ExitSignals`] that the session is open: Ctrl-C is the app's now.
+/// Tells the signal watch that the session is open: Ctrl-C is the app's now.
 fn session_opened() {
     let _ = EXIT_NOW.try_with(|watch| {
-        watch
-            .opened
-            .store(true, std::sync::atomic::Ordering::Release);
+        watch.state.opened.store(true, Ordering::Release);
     });
 }
 
-/// The signals that end the client, watched apart from the session's loop.
-/// The loop handles them itself, but while it waits in a send to a server
-/// that stopped reading (up to [`SEND_TIMEOUT`]) it cannot: a second Ctrl-C,
-/// SIGTERM or SIGHUP must still end the client at once.
-struct ExitSignals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
+/// Tells the signal watch that the session's loop is over: what is left is
+/// writing out what it must, which may take longer than its grace.
+fn session_ending() {
+    let _ = EXIT_NOW.try_with(|watch| {
+        watch.state.ending.store(true, Ordering::Release);
+    });
 }
 
-impl ExitSignals {
-    fn new() -> io::Result<ExitSignals> {
-        use tokio::signal::unix::{SignalKind as Kind, signal};
-        Ok(ExitSignals {
-            interrupt: signal(Kind::interrupt())?,
-            terminate: signal(Kind::terminate())?,
-            hangup: signal(Kind::hangup())?,
-        })
-    }
-
-    /// Tells `told` the first signal that ends the client, counting Ctrl-C
-    /// as the session's loop does once the session is `opened` (before, one
-    /// is enough), or a `~.` typed (a change of `disconnects`).
-    async fn watch(
-        mut self,
-        told: tokio::sync::watch::Sender<Option<ExitNow>>,
-        opened: Arc<std::sync::atomic::AtomicBool>,
-        mut disconnects: tokio::sync::watch::Receiver<u64>,
-    ) {
-        let mut interrupted: Option<Instant> = None;
-        let exit = loop {
-            tokio::select! {
-                Some(()) = self.interrupt.recv() => {
-                    let open = opened.load(std::sync::atomic::Ordering::Acquire);
-                    if !open || interrupted.is_some_and(|at| at.elapsed() < DOUBLE_INTERRUPT) {
-                        break ExitNow::Interrupted;
-                    }
-                    interrupted = Some(Instant::now());
-                }
-                Some(()) = self.terminate.recv() => break ExitNow::Terminated(15),
-                Some(()) = self.hangup.recv() => break ExitNow::Terminated(1),
-                Ok(()) = disconnects.changed() => {
-                    // Ending: the key pump's last resort waits a little longer.
-                    crate::keys::pump().disconnect_seen();
-                    break ExitNow::Disconnected;
-                }
-                else => return,
-            }
-        };
-        told.send_replace(Some(exit));
+/// Tells `told` when `~.` is typed (a change of `disconnects`), which the
+/// session's loop cannot hear while a send holds it up.
+async fn watch_disconnects(
+    told: Arc<tokio::sync::watch::Sender<Option<ExitNow>>>,
+    mut disconnects: tokio::sync::watch::Receiver<u64>,
+) {
+    if disconnects.changed().await.is_ok() {
+        // Ending: the key pump's last resort waits a little longer.
+        crate::keys::pump().disconnect_seen();
+        told.send_replace(Some(ExitNow::Disconnected));
     }
 }
 
@@ -1055,7 +1013,7 @@ where
         } else {
             None
         };
-    let mut interrupted: Option<Instant> = None;
+    let mut interrupts = Interrupts::default();
     let mut in_flight = tokio::task::JoinSet::new();
     // Requests being performed, so a detach can answer them.
     let mut running: HashSet<u64> = HashSet::new();
@@ -1115,11 +1073,10 @@ where
         let flow = tokio::select! {
             signal = next_signal(&mut signals) => match signal {
                 // A second Ctrl-C soon after the first: the user wants out now.
-                LocalSignal::Interrupt if interrupted.is_some_and(|at: Instant| at.elapsed() < DOUBLE_INTERRUPT) => {
+                LocalSignal::Interrupt if interrupts.second(std::time::Instant::now()) => {
                     Flow::Done(Err(ClientError::Interrupted))
                 }
                 LocalSignal::Interrupt => {
-                    interrupted = Some(Instant::now());
                     let frame = ClientFrame::Signal(Signal { signal: SignalKind::Interrupt, size: None });
                     send_frames(&mut link, replay.as_mut(), &[frame]).await
                 }
@@ -1452,6 +1409,7 @@ where
             }
         }
     };
+    session_ending();
 
     let result: Result<u8, ClientError> = match result {
         Ok(Finish::Exit(status)) => Ok(status),
@@ -2324,9 +2282,9 @@ enum LocalSignal {
 
 /// The process signals the client watches.
 struct Signals {
-    /// Ctrl-C, SIGTERM and SIGHUP, as the watcher apart from the loop has
-    /// them too.
-    ends: ExitSignals,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
     resize: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
 }
@@ -2335,7 +2293,9 @@ impl Signals {
     fn new() -> io::Result<Signals> {
         use tokio::signal::unix::{SignalKind as Kind, signal};
         Ok(Signals {
-            ends: ExitSignals::new()?,
+            interrupt: signal(Kind::interrupt())?,
+            terminate: signal(Kind::terminate())?,
+            hangup: signal(Kind::hangup())?,
             resize: signal(Kind::window_change())?,
             quit: signal(Kind::quit())?,
         })
@@ -2347,10 +2307,10 @@ async fn next_signal(signals: &mut Option<Signals>) -> LocalSignal {
         return std::future::pending().await;
     };
     tokio::select! {
-        Some(()) = signals.ends.interrupt.recv() => LocalSignal::Interrupt,
+        Some(()) = signals.interrupt.recv() => LocalSignal::Interrupt,
         Some(()) = signals.resize.recv() => LocalSignal::Resize,
-        Some(()) = signals.ends.terminate.recv() => LocalSignal::Terminate(15),
-        Some(()) = signals.ends.hangup.recv() => LocalSignal::Terminate(1),
+        Some(()) = signals.terminate.recv() => LocalSignal::Terminate(15),
+        Some(()) = signals.hangup.recv() => LocalSignal::Terminate(1),
         Some(()) = signals.quit.recv() => LocalSignal::Detach,
         else => std::future::pending().await,
     }
@@ -2647,8 +2607,7 @@ mod tests {
     async fn a_tilde_dot_tells_a_held_up_session_to_end() {
         let (told, mut exit_now) = tokio::sync::watch::channel(None);
         let (typed, disconnects) = tokio::sync::watch::channel(0u64);
-        let opened = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let watcher = tokio::spawn(ExitSignals::new().unwrap().watch(told, opened, disconnects));
+        let watcher = tokio::spawn(watch_disconnects(Arc::new(told), disconnects));
         typed.send_replace(1);
         let exit =
             tokio::time::timeout(Duration::from_secs(10), exit_now.wait_for(Option::is_some))

@@ -396,6 +396,86 @@ async fn signals_end_a_client_held_up_by_a_server_that_stopped_reading() {
     }
 }
 
+/// A stat on a hung network mount holds the client's session thread in
+/// the kernel, and tokio's signal handling with it (a debug build holds
+/// each stat-class request on request, standing in for the mount): Ctrl-C
+/// pressed again, SIGTERM and SIGHUP still end the client, with the status
+/// the session gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_end_a_client_held_up_in_a_stat() {
+    for (signal, status) in [
+        (rustix::process::Signal::INT, 130),
+        (rustix::process::Signal::TERM, 128 + 15),
+        (rustix::process::Signal::HUP, 128 + 1),
+    ] {
+        let (server, socket_rx) = handing_over(|mut socket| async move {
+            if !welcome(&mut socket).await {
+                return None;
+            }
+            let exists = ServerFrame::Request(Request {
+                id: RequestId(1),
+                op: Operation::FileExists {
+                    path: "/".to_owned(),
+                },
+            });
+            send_server_frame(&mut socket, &exists).await;
+            Some(socket)
+        })
+        .await;
+        let home = ClientHome::new();
+        let url = server.url();
+        let mut child = home
+            .command([url.as_str(), "go"])
+            .env("TERMINALWIRE_DEBUG_HOLD_INLINE_MS", "600000")
+            .spawn()
+            .unwrap();
+        let socket = tokio::time::timeout(Duration::from_secs(60), socket_rx)
+            .await
+            .expect("the client was not welcomed")
+            .unwrap();
+        // Held once it says so (the process is a debug build's).
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        let held = tokio::time::timeout(Duration::from_secs(60), async {
+            use tokio::io::AsyncBufReadExt;
+            while stderr.read_line(&mut said).await.unwrap() > 0 {
+                if said.contains("holding a stat-class request") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(held, Ok(true), "the client never held its stat: {said:?}");
+        // Pressed again until the client ends: two signals sent at once
+        // would be one (and one Ctrl-C is the app's).
+        let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                rustix::process::kill_process(pid, signal).unwrap();
+                if let Ok(status) =
+                    tokio::time::timeout(Duration::from_millis(200), child.wait()).await
+                {
+                    return status.unwrap().code();
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            ended,
+            Ok(Some(status)),
+            "{signal:?}: the client kept holding its stat"
+        );
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).await.unwrap();
+        assert!(
+            rest.contains("the session did not end when told"),
+            "{signal:?}: {rest:?}"
+        );
+        drop(socket);
+    }
+}
+
 /// While the client waits for the welcome (here: forever), one Ctrl-C
 /// ends it, as it ends a program that has not started its work, and so
 /// do SIGTERM and SIGHUP.

@@ -14,6 +14,16 @@ use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 /// How long a transfer runs before its bar is shown.
 pub const SHOW_AFTER: Duration = Duration::from_secs(1);
 
+/// Most transfers tracked at once. A server chooses the paths: a read that
+/// stops before the end of its file is never finished, and each would
+/// otherwise be kept (with its path) until the session ends. Far more than
+/// the requests a server can have in flight.
+pub const MAX_TRANSFERS: usize = 64;
+
+/// A transfer not updated for this long is forgotten (its bar taken off the
+/// screen) when a new one begins: it stopped, or it will begin again.
+pub const FORGET_AFTER: Duration = Duration::from_secs(10);
+
 /// Where bars draw: stderr, or a recorder in tests.
 type DrawTarget = Arc<dyn Fn() -> ProgressDrawTarget + Send + Sync>;
 
@@ -46,6 +56,7 @@ impl std::fmt::Debug for Progress {
 struct Transfer {
     verb: &'static str,
     started: Instant,
+    updated: Instant,
     total: Option<u64>,
     bar: Option<ProgressBar>,
 }
@@ -151,6 +162,18 @@ impl Progress {
         total: Option<u64>,
         finished: bool,
     ) {
+        self.update_at(verb, path, done, total, finished, Instant::now());
+    }
+
+    fn update_at(
+        &self,
+        verb: &'static str,
+        path: &Path,
+        done: u64,
+        total: Option<u64>,
+        finished: bool,
+        now: Instant,
+    ) {
         if !self.enabled {
             return;
         }
@@ -161,30 +184,28 @@ impl Progress {
         let screen = self.screen.as_ref().map(|screen| screen.try_read());
         let may_draw = !matches!(screen, Some(Err(_)));
         if finished {
-            if let Some(transfer) = transfers.remove(path)
-                && let Some(bar) = transfer.bar
-            {
-                if may_draw {
-                    bar.finish_and_clear();
-                } else {
-                    // Dropped without a last draw.
-                    bar.set_draw_target(ProgressDrawTarget::hidden());
-                }
+            if let Some(transfer) = transfers.remove(path) {
+                transfer.put_away(may_draw);
             }
             return;
+        }
+        if !transfers.contains_key(path) {
+            make_room(&mut transfers, now, may_draw);
         }
         let transfer = transfers
             .entry(path.to_path_buf())
             .or_insert_with(|| Transfer {
                 verb,
-                started: Instant::now(),
+                started: now,
+                updated: now,
                 total,
                 bar: None,
             });
+        transfer.updated = now;
         if !may_draw {
             return;
         }
-        if transfer.bar.is_none() && transfer.started.elapsed() >= SHOW_AFTER {
+        if transfer.bar.is_none() && now.saturating_duration_since(transfer.started) >= SHOW_AFTER {
             transfer.bar = Some(self.new_bar(transfer.verb, path, transfer.total));
         }
         if let Some(bar) = &transfer.bar {
@@ -228,6 +249,48 @@ impl Progress {
         }
         bar.set_message(format!("{verb} {}", label(path, label_columns)));
         bar
+    }
+}
+
+impl Transfer {
+    /// Takes its bar off the screen, or drops it without a last draw when a
+    /// prompt holds the screen.
+    fn put_away(self, may_draw: bool) {
+        if let Some(bar) = self.bar {
+            if may_draw {
+                bar.finish_and_clear();
+            } else {
+                bar.set_draw_target(ProgressDrawTarget::hidden());
+            }
+        }
+    }
+}
+
+/// Room for one more transfer: forgets those not updated for
+/// [`FORGET_AFTER`], then, at [`MAX_TRANSFERS`], the one updated longest ago.
+fn make_room(transfers: &mut HashMap<PathBuf, Transfer>, now: Instant, may_draw: bool) {
+    let stale: Vec<PathBuf> = transfers
+        .iter()
+        .filter(|(_, transfer)| now.saturating_duration_since(transfer.updated) >= FORGET_AFTER)
+        .map(|(path, _)| path.clone())
+        .collect();
+    let mut forget = |path: &PathBuf| {
+        if let Some(transfer) = transfers.remove(path) {
+            transfer.put_away(may_draw);
+        }
+    };
+    stale.iter().for_each(&mut forget);
+    while transfers.len() >= MAX_TRANSFERS {
+        let Some(oldest) = transfers
+            .iter()
+            .min_by_key(|(_, transfer)| transfer.updated)
+            .map(|(path, _)| path.clone())
+        else {
+            break;
+        };
+        if let Some(transfer) = transfers.remove(&oldest) {
+            transfer.put_away(may_draw);
+        }
     }
 }
 
@@ -365,6 +428,7 @@ mod tests {
             Transfer {
                 verb: "writing",
                 started: Instant::now() - SHOW_AFTER * 2,
+                updated: Instant::now(),
                 total,
                 bar: None,
             },
@@ -474,5 +538,60 @@ mod tests {
         assert_eq!(progress.transfers.lock().unwrap().len(), 1);
         progress.update("reading", Path::new("/x"), 2, Some(2), true);
         assert!(progress.transfers.lock().unwrap().is_empty());
+    }
+
+    /// A server's reads that stop before the end of their files never
+    /// finish a transfer: the table keeps at most [`MAX_TRANSFERS`], the
+    /// ones updated last, whatever the paths.
+    #[test]
+    fn unfinished_transfers_are_bounded() {
+        let progress = Progress::new(true);
+        let start = Instant::now();
+        let tick = Duration::from_millis(1);
+        let long = "x".repeat(4000);
+        let path = |n: usize| PathBuf::from(format!("/storage/{long}{n}"));
+        for n in 0..2000 {
+            progress.update_at(
+                "reading",
+                &path(n),
+                1,
+                Some(2),
+                false,
+                start + tick * n as u32,
+            );
+            // One transfer goes on all along.
+            progress.update_at(
+                "reading",
+                Path::new("/big"),
+                n as u64,
+                None,
+                false,
+                start + tick * n as u32,
+            );
+        }
+        let transfers = progress.transfers.lock().unwrap();
+        assert_eq!(transfers.len(), MAX_TRANSFERS);
+        assert!(transfers.contains_key(Path::new("/big")));
+        assert!(transfers.contains_key(&path(1999)));
+        // The last ones begun, and no other.
+        assert!(transfers.contains_key(&path(1999 - MAX_TRANSFERS + 2)));
+        assert!(!transfers.contains_key(&path(1999 - MAX_TRANSFERS + 1)));
+    }
+
+    #[test]
+    fn a_transfer_not_updated_for_a_while_is_forgotten_when_another_begins() {
+        let progress = Progress::new(true);
+        let start = Instant::now();
+        progress.update_at("reading", Path::new("/stopped"), 1, Some(9), false, start);
+        progress.update_at("reading", Path::new("/going"), 1, Some(9), false, start);
+        let later = start + FORGET_AFTER;
+        progress.update_at("reading", Path::new("/going"), 2, Some(9), false, later);
+        // Only a new transfer makes room.
+        assert_eq!(progress.transfers.lock().unwrap().len(), 2);
+        progress.update_at("reading", Path::new("/new"), 1, Some(9), false, later);
+        let transfers = progress.transfers.lock().unwrap();
+        let mut kept: Vec<_> = transfers.keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, [PathBuf::from("/going"), PathBuf::from("/new")]);
     }
 }

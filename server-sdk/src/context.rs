@@ -36,8 +36,38 @@ pub struct ClientInfo {
     /// which the client opens in the browser without a grant. `None` when
     /// the client has none (a Unix socket) or did not say (an older client).
     pub origin: Option<String>,
-    /// Capabilities both sides support.
-    pub capabilities: Vec<String>,
+    /// What the session can do beyond running a command, as the client and
+    /// this server agreed when it started (an older client may lack some).
+    pub features: ClientFeatures,
+}
+
+/// What a client's session can do beyond running a command, as the client
+/// and the server agreed when it started. In the app's terms, not the wire
+/// protocol's: another protocol's client (Terminalwire's published v1, one
+/// day) would have none of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientFeatures {
+    /// The session survives a lost connection, and its user can detach from
+    /// it and re-attach later ([`crate::Config::resume_grace`] not zero).
+    pub resumable: bool,
+    /// A read of input the app gives up (a `timeout` around
+    /// [`crate::resources::Stdin::read_line`], say) is cancelled on the
+    /// client, which stops waiting for the user. Without it the client's
+    /// read goes on; what it brings is kept for the app's next read all
+    /// the same.
+    pub cancels_reads: bool,
+}
+
+impl ClientFeatures {
+    /// The features of the capabilities both sides agreed on.
+    pub(crate) fn agreed(capabilities: &[String]) -> ClientFeatures {
+        let has = |name: &str| capabilities.iter().any(|capability| capability == name);
+        ClientFeatures {
+            resumable: has(terminalwire_protocol::resume::CAPABILITY),
+            cancels_reads: has(wire::CANCEL_CAPABILITY),
+        }
+    }
 }
 
 /// The kind of file behind one of the client's standard streams.

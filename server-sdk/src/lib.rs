@@ -95,8 +95,8 @@ pub mod tokens;
 pub mod transport;
 
 pub use context::{
-    ClientInfo, ColorLevel, Context, Denial, Key, Output, ResourceError, StreamInfo, StreamKind,
-    TerminalInfo,
+    ClientFeatures, ClientInfo, ColorLevel, Context, Denial, Key, Output, ResourceError,
+    StreamInfo, StreamKind, TerminalInfo,
 };
 pub use identity::ServerIdentity;
 pub use outcome::{Exit, IntoOutcome, Outcome};

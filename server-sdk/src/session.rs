@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::context::{ClientInfo, Context, ResourceError, SessionInfo};
+use crate::context::{ClientFeatures, ClientInfo, Context, ResourceError, SessionInfo};
 use crate::outcome::{Command, Outcome};
 use crate::pending::{Completed, InputKind, Pending};
 use crate::terminal::Config;
@@ -1304,10 +1304,7 @@ fn serve(
         streams: [out_stream(StreamId::STDOUT), out_stream(StreamId::STDERR)],
         max_chunk: hello.max_chunk.min(config.max_chunk) as usize,
         pending: Mutex::new(Pending::default()),
-        cancels: hello
-            .capabilities
-            .iter()
-            .any(|capability| capability == CANCEL_CAPABILITY),
+        cancels: ClientFeatures::agreed(&hello.capabilities).cancels_reads,
         next_request: AtomicU64::new(1),
         request_slots: Arc::new(tokio::sync::Semaphore::new(
             terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT,
@@ -1341,7 +1338,7 @@ fn serve(
             device: device.clone(),
             storage: hello.storage,
             origin: hello.origin,
-            capabilities: hello.capabilities,
+            features: ClientFeatures::agreed(&hello.capabilities),
         },
         terminal: (&hello.terminal).into(),
     };

@@ -35,7 +35,9 @@ use terminalwire_protocol::{
 use terminalwire_server::transport::{
     FrameReader, FrameWriter, Inbound, Transport, TransportError,
 };
-use terminalwire_server::{ColorLevel, Config, Context, Exit, ResourceError, Terminal};
+use terminalwire_server::{
+    ClientFeatures, ColorLevel, Config, Context, Exit, ResourceError, Terminal,
+};
 use tokio::io::{AsyncWrite, DuplexStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
@@ -461,12 +463,37 @@ struct Seen {
     authority: String,
     origin: Option<String>,
     login_page: Option<String>,
-    capabilities: Vec<String>,
+    features: ClientFeatures,
     stdout_tty: bool,
     stdout_size: Option<(u16, u16)>,
     stdout_color: Option<ColorLevel>,
     term: Option<String>,
     session_id: String,
+}
+
+/// The app learns what the session can do in its own terms: here, a client
+/// that does not cancel given-up reads (an older one) and does not ask to
+/// resume. (The real client's features: the hello test here, and a detach
+/// end to end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_sees_the_features_the_client_and_server_agreed_on() {
+    let seen = Arc::new(Mutex::new(None::<ClientFeatures>));
+    let seen_in_command = seen.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let seen = seen_in_command.clone();
+        async move {
+            *seen.lock().unwrap() = Some(ctx.client().features);
+        }
+    });
+    let mut hello = hello(&[]);
+    hello.capabilities = ["stdout", "stderr", "exit", "stdin.line"]
+        .map(str::to_owned)
+        .to_vec();
+    let run = Session::new(hello).run(&terminal).await;
+    assert_eq!(run.status(), 0, "{}", run.stderr_text());
+    let features = seen.lock().unwrap().expect("the command ran");
+    assert!(!features.resumable);
+    assert!(!features.cancels_reads);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,7 +515,7 @@ async fn hello_prints_the_greeting_and_sees_the_clients_facts() {
                 authority: client.authority.clone(),
                 origin: client.origin.clone(),
                 login_page: ctx.web_url("/login"),
-                capabilities: client.capabilities.clone(),
+                features: client.features,
                 stdout_tty: terminal.stdout.is_tty(),
                 stdout_size: terminal.stdout.size,
                 stdout_color: Some(ctx.stdout().info().color),
@@ -529,19 +556,10 @@ async fn hello_prints_the_greeting_and_sees_the_clients_facts() {
         seen.login_page.as_deref(),
         Some("http://example.test/login")
     );
-    for capability in ["stdout", "stderr", "exit", "stdin.line"] {
-        assert!(
-            seen.capabilities.iter().any(|c| c == capability),
-            "{capability}"
-        );
-    }
-    assert!(
-        seen.capabilities
-            .iter()
-            .all(|c| sent.capabilities.contains(c)),
-        "only capabilities the client offered: {:?}",
-        seen.capabilities
-    );
+    // The real client cancels given-up reads; its hello here does not ask
+    // to resume.
+    assert!(seen.features.cancels_reads);
+    assert!(!seen.features.resumable);
     assert!(seen.stdout_tty);
     assert_eq!(seen.stdout_size, Some((120, 40)));
     assert_eq!(seen.stdout_color, Some(ColorLevel::Ansi256));

@@ -332,7 +332,13 @@ async fn detach_and_attach_with_stdout_in_a_file_gets_every_byte() {
             ctx.stdout().write_all(&mebibytes(0, FIRST)).await?;
             go.notified().await;
             ctx.stdout().write_all(&mebibytes(FIRST, REST)).await?;
-            Ok::<_, std::io::Error>(terminalwire_server::Outcome::Exit(3))
+            // The command knows its session could be detached.
+            let status = if ctx.client().features.resumable {
+                3
+            } else {
+                4
+            };
+            Ok::<_, std::io::Error>(terminalwire_server::Outcome::Exit(status))
         }
     });
     let server = TestServer::with_terminal(terminal).await;

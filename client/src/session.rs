@@ -1389,6 +1389,15 @@ where
             Flow::Continue => {}
             Flow::Done(result) => break result,
             Flow::Lost(reason) => {
+                // A session that cannot resume: the server's exit may be
+                // here already (sent before it closed, while this client
+                // was sending).
+                if (resume.is_none() || resumption.is_none())
+                    && let Some(result) =
+                        last_words(&mut waiting, &mut link, &mut pipes, max_chunk).await
+                {
+                    break result;
+                }
                 // A message kept from the lost link was not counted as
                 // received: the server sends it again after resuming, and
                 // handled now as well it would be handled twice.
@@ -2388,6 +2397,56 @@ where
         Some(current) => next_message(&mut current.source).await,
         None => std::future::pending().await,
     }
+}
+
+/// Longest a session that cannot resume reads on after a failed send,
+/// looking for the server's last words. They are in the socket's buffer
+/// already when they came: this bounds only a server that is still there.
+const LAST_WORDS_WAIT: Duration = Duration::from_millis(250);
+
+/// After a send failed on a session that cannot resume: the server's exit
+/// or error when it is among the messages already received (a server that
+/// sent its exit and closed while this client still sent an answer: the
+/// close broke the send). Output before it is written as usual; requests
+/// are not answered (nothing can be sent). `None` when the messages end,
+/// fail or do not come within [`LAST_WORDS_WAIT`] without either.
+async fn last_words<S>(
+    waiting: &mut Option<Result<Option<(Incoming, usize)>, ClientError>>,
+    link: &mut Option<Link<S>>,
+    pipes: &mut [OutputPipe; 2],
+    max_chunk: usize,
+) -> Option<Result<Finish, ClientError>>
+where
+    S: Socket,
+{
+    link.as_ref()?;
+    let reading = async {
+        loop {
+            let incoming = match next_or_waiting(waiting, link).await {
+                Ok(Some((incoming, _))) => incoming,
+                Ok(None) => continue,
+                Err(_) => return None,
+            };
+            match incoming {
+                Incoming::Chunk(sid, bytes) => {
+                    if take_chunk(pipes, sid, bytes, max_chunk).is_err() {
+                        return None;
+                    }
+                }
+                Incoming::Frame(ServerFrame::Exit(exit)) => {
+                    return Some(Ok(Finish::Exit(exit.status)));
+                }
+                Incoming::Frame(ServerFrame::Error(error)) => {
+                    return Some(Err(server_error(error)));
+                }
+                Incoming::Frame(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(LAST_WORDS_WAIT, reading)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The message found `waiting` by an earlier turn, or else the next one.

@@ -329,6 +329,70 @@ where
     (server, socket_rx)
 }
 
+/// A client held up in a send: the server welcomed it, asked for 16 MiB of
+/// stdin (from `/dev/zero`) and stopped reading; returned once its queue
+/// stays full. The server and home must live as long as the client.
+async fn held_up_by_a_server_that_stopped_reading() -> (
+    ScriptedServer,
+    ClientHome,
+    tokio::process::Child,
+    ScriptedSocket,
+) {
+    let (server, socket_rx) = handing_over(|mut socket| async move {
+        if !welcome(&mut socket).await {
+            return None;
+        }
+        // A small receive buffer, so the client's answers fill it and
+        // then the client's own send buffer.
+        rustix::net::sockopt::set_socket_recv_buffer_size(socket.tcp(), 64 * 1024).unwrap();
+        let requests: Vec<ServerFrame> = (1..=64)
+            .map(|id| {
+                ServerFrame::Request(Request {
+                    id: RequestId(id),
+                    op: Operation::StdinRead { max: 256 * 1024 },
+                })
+            })
+            .collect();
+        socket.send_frames_together(&requests).await;
+        Some(socket)
+    })
+    .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    let child = home
+        .command([url.as_str(), "go"])
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .spawn()
+        .unwrap();
+    let socket = tokio::time::timeout(Duration::from_secs(60), socket_rx)
+        .await
+        .expect("the client was not welcomed")
+        .unwrap();
+    let unread = || rustix::io::ioctl_fionread(socket.tcp()).unwrap();
+    // The client is held up once the server's queue stays full: its
+    // answers (16 MiB) are far more than both queues hold.
+    let mut last = 0;
+    let full = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut unchanged = 0;
+        while unchanged < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = unread();
+            unchanged = if now == last && now >= 64 * 1024 {
+                unchanged + 1
+            } else {
+                0
+            };
+            last = now;
+        }
+    })
+    .await;
+    assert!(
+        full.is_ok(),
+        "the server's queue never filled ({last} bytes)"
+    );
+    (server, home, child, socket)
+}
+
 /// A server that stops reading holds a send of the client for up to its
 /// send time-out (60 s); SIGTERM and SIGHUP still end the client at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,63 +401,40 @@ async fn signals_end_a_client_held_up_by_a_server_that_stopped_reading() {
         (rustix::process::Signal::TERM, 128 + 15),
         (rustix::process::Signal::HUP, 128 + 1),
     ] {
-        let (server, socket_rx) = handing_over(|mut socket| async move {
-            if !welcome(&mut socket).await {
-                return None;
-            }
-            // A small receive buffer, so the client's answers fill it and
-            // then the client's own send buffer.
-            rustix::net::sockopt::set_socket_recv_buffer_size(socket.tcp(), 64 * 1024).unwrap();
-            let requests: Vec<ServerFrame> = (1..=64)
-                .map(|id| {
-                    ServerFrame::Request(Request {
-                        id: RequestId(id),
-                        op: Operation::StdinRead { max: 256 * 1024 },
-                    })
-                })
-                .collect();
-            socket.send_frames_together(&requests).await;
-            Some(socket)
-        })
-        .await;
-        let home = ClientHome::new();
-        let url = server.url();
-        let mut child = home
-            .command([url.as_str(), "go"])
-            .stdin(std::fs::File::open("/dev/zero").unwrap())
-            .spawn()
-            .unwrap();
-        let socket = tokio::time::timeout(Duration::from_secs(60), socket_rx)
-            .await
-            .expect("the client was not welcomed")
-            .unwrap();
-        let unread = || rustix::io::ioctl_fionread(socket.tcp()).unwrap();
-        // The client is held up once the server's queue stays full: its
-        // answers (16 MiB) are far more than both queues hold.
-        let mut last = 0;
-        let full = tokio::time::timeout(Duration::from_secs(30), async {
-            let mut unchanged = 0;
-            while unchanged < 20 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                let now = unread();
-                unchanged = if now == last && now >= 64 * 1024 {
-                    unchanged + 1
-                } else {
-                    0
-                };
-                last = now;
-            }
-        })
-        .await;
-        assert!(
-            full.is_ok(),
-            "the server's queue never filled ({last} bytes)"
-        );
+        let (_server, _home, mut child, socket) = held_up_by_a_server_that_stopped_reading().await;
         let within = Duration::from_secs(20);
         let code = signal_and_wait(&mut child, signal, within, "waiting on its send").await;
         assert_eq!(code, Some(status), "{signal:?}");
         drop(socket);
     }
+}
+
+/// A server (not ours: ours waits for the client's close) that sends its
+/// exit and closes while the client is still sending: the send fails, but
+/// the exit is already in the client's hands, and the client exits with
+/// the app's status, not as if the connection were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_that_came_before_a_failed_send_is_the_clients_status() {
+    let (_server, _home, child, mut socket) = held_up_by_a_server_that_stopped_reading().await;
+    let goodbye = ServerFrame::Data(Data {
+        sid: StreamId::STDOUT,
+        bytes: b"goodbye\n".to_vec().into(),
+    });
+    // Together: a second small write would wait for the first's
+    // acknowledgement (Nagle), and the reset would drop it.
+    socket
+        .send_frames_together(&[goodbye, ServerFrame::Exit(Exit { status: 5 })])
+        .await;
+    // Closed with the client's data unread: a reset.
+    drop(socket);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the client did not end")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "stderr: {stderr}");
+    // And the output before it.
+    assert_eq!(output.stdout, b"goodbye\n", "stderr: {stderr}");
 }
 
 /// A stat on a hung network mount holds the client's session thread in

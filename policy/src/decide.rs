@@ -277,6 +277,8 @@ pub struct Entitlements {
     user_home: PathBuf,
     resolved_user_home: PathBuf,
     home_root: PathBuf,
+    /// The home as named, when it resolves elsewhere (see `new`).
+    home_named: Vec<PathBuf>,
     authorities_dir: PathBuf,
     authority_dir: PathBuf,
     bin_dir: PathBuf,
@@ -361,6 +363,26 @@ impl Entitlements {
             }
         }
         let written_globs = written.build().unwrap_or_else(|_| GlobSet::empty());
+        // The home as named, when that is not where it resolves (it is a
+        // symlink, or under one): the link is not in the home as resolved,
+        // and a server that deleted or replaced it would hand the next
+        // session a home of its making (no pins, its own policy files).
+        let home_named: Vec<PathBuf> = {
+            let named = crate::path::normalized(&home.root().to_string_lossy(), user_home)
+                .unwrap_or_else(|_| home.root().to_path_buf());
+            let mapped = named
+                .strip_prefix(user_home)
+                .map(|rest| resolved_user_home.join(rest))
+                .ok();
+            let mut spellings: Vec<PathBuf> = Vec::new();
+            for spelling in std::iter::once(named).chain(mapped) {
+                if spelling.is_absolute() && spelling != home_root && !spellings.contains(&spelling)
+                {
+                    spellings.push(spelling);
+                }
+            }
+            spellings
+        };
         let storage_named = match &storage {
             Some(_) => {
                 let named = home.storage_dir(&authority);
@@ -383,6 +405,7 @@ impl Entitlements {
             user_home: user_home.to_path_buf(),
             resolved_user_home,
             home_root,
+            home_named,
             authorities_dir,
             authority_dir,
             storage,
@@ -560,8 +583,19 @@ impl Entitlements {
         if starts_with_any_case(p, &self.home_root) {
             return never(self.control_area(p));
         }
+        if self
+            .home_named
+            .iter()
+            .any(|named| starts_with_any_case(p, named))
+        {
+            return never(ControlArea::HomeRoot);
+        }
         if action == Action::Write
             && (starts_with_any_case(&self.home_root, p)
+                || self
+                    .home_named
+                    .iter()
+                    .any(|named| starts_with_any_case(named, p))
                 || self
                     .client_binaries
                     .iter()
@@ -1200,6 +1234,82 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    /// A home that is a symlink is protected as named too: the link, and
+    /// whatever a server would put in its place, are never granted, even by
+    /// a grant of the whole user's home.
+    #[test]
+    fn a_home_that_is_a_symlink_is_never_granted_as_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(tmp.path()).unwrap();
+        let user_home = base.join("home");
+        let real = base.join("elsewhere/terminalwire");
+        std::fs::create_dir_all(&user_home).unwrap();
+        std::fs::create_dir_all(&real).unwrap();
+        let link = user_home.join(".terminalwire");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let home = Home::at(&link);
+        let a = Authority::parse("example.com:3000").unwrap();
+        std::fs::create_dir_all(home.storage_dir(&a)).unwrap();
+        let mut policy = Policy::default();
+        policy.grant(Grant::Path(PathGrant {
+            pattern: PathPattern::parse("~/**").unwrap(),
+            access: Access::ReadWrite,
+            mode: None,
+        }));
+        let e = Entitlements::new(
+            &Url::parse(SERVER).unwrap(),
+            &home,
+            &policy,
+            &user_home,
+            &[],
+        )
+        .unwrap();
+        let check = |raw: &str, action| e.check_path(&e.resolve(raw).unwrap(), action);
+        let never = |result: Result<Allowed, Denial>| match result.unwrap_err().reason {
+            DenialReason::NeverGrantable(area) => area,
+            other => panic!("{other:?}"),
+        };
+        // The link itself: not deleted, renamed or read as a file.
+        assert_eq!(
+            never(check("~/.terminalwire", Action::Write)),
+            ControlArea::HomeRoot
+        );
+        assert_eq!(
+            never(check("~/.terminalwire", Action::Read)),
+            ControlArea::HomeRoot
+        );
+        // Nor the folder holding it.
+        assert_eq!(never(check("~", Action::Write)), ControlArea::Ancestor);
+        // Through the link: the home as resolved, as before.
+        assert_eq!(
+            never(check(
+                "~/.terminalwire/authorities/example.com:3000/policy.toml",
+                Action::Write
+            )),
+            ControlArea::PolicyFile
+        );
+        assert!(
+            check(
+                "~/.terminalwire/authorities/example.com:3000/storage/f",
+                Action::Write
+            )
+            .unwrap()
+            .in_storage
+        );
+        // A folder a server put in the link's place is not its to fill.
+        std::fs::remove_file(&link).unwrap();
+        std::fs::create_dir_all(link.join("authorities/example.com:3000")).unwrap();
+        assert_eq!(
+            never(check(
+                "~/.terminalwire/authorities/example.com:3000/policy.toml",
+                Action::Write
+            )),
+            ControlArea::HomeRoot
+        );
+        // The rest of the user's home is granted.
+        check("~/notes.txt", Action::Write).unwrap();
     }
 
     #[test]

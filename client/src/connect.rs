@@ -217,6 +217,8 @@ pub fn websocket_config() -> WebSocketConfig {
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_SEALED_LEN))
         .max_frame_size(Some(MAX_SEALED_LEN))
+        // A server that pings and reads nothing must not grow it.
+        .max_write_buffer_size(terminalwire_protocol::MAX_WRITE_BUFFER)
 }
 
 /// Opens the WebSocket, offering the protocol's subprotocol, within `timeout`;

@@ -83,6 +83,14 @@ pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 /// decoder's recursion.
 pub const MAX_DEPTH: usize = 32;
 
+/// Most bytes either end's WebSocket keeps queued for writing (tungstenite's
+/// `max_write_buffer_size`): its write buffer (128 KiB, tungstenite's
+/// default), one sealed message and a pong. Unbounded, as it is by default,
+/// a peer that sends pings and reads nothing grows it by a pong per ping.
+/// Bounded, a full buffer keeps only the latest pong, and a send waits for
+/// the peer to read as it does for the socket.
+pub const MAX_WRITE_BUFFER: usize = 128 * 1024 + 2 * secure::MAX_SEALED_LEN;
+
 /// Default largest payload of one `data` frame, in bytes.
 pub const DEFAULT_MAX_CHUNK: u32 = 64 * 1024;
 

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use futures_util::FutureExt;
 use terminalwire_protocol::secure::MAX_SEALED_LEN;
-use terminalwire_protocol::{DEFAULT_MAX_CHUNK, DEFAULT_WINDOW, SUBPROTOCOL};
+use terminalwire_protocol::{DEFAULT_MAX_CHUNK, DEFAULT_WINDOW, MAX_WRITE_BUFFER, SUBPROTOCOL};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -288,6 +288,8 @@ impl Terminal {
             .protocols([SUBPROTOCOL])
             .max_message_size(MAX_SEALED_LEN)
             .max_frame_size(MAX_SEALED_LEN)
+            // A client that pings and reads nothing must not grow it.
+            .max_write_buffer_size(MAX_WRITE_BUFFER)
             .read_buffer_size(self.inner.config.read_buffer_size);
         if upgrade.selected_protocol().is_none() {
             let message = format!(

@@ -170,6 +170,23 @@ impl ScriptedSocket {
         let _ = self.socket.flush().await;
     }
 
+    /// Sends `count` WebSocket pings of `payload`, reading nothing; returns
+    /// once the client took them (all but what the sockets hold).
+    pub async fn send_pings(&mut self, count: usize, payload: &[u8]) {
+        let payload = tokio_tungstenite::tungstenite::Bytes::copy_from_slice(payload);
+        for _ in 0..count {
+            if self
+                .socket
+                .feed(Message::Ping(payload.clone()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = self.socket.flush().await;
+    }
+
     /// The TCP connection under the WebSocket (to look at its queues).
     pub fn tcp(&self) -> &TcpStream {
         self.socket.get_ref()

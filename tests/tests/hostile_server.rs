@@ -393,6 +393,46 @@ async fn held_up_by_a_server_that_stopped_reading() -> (
     (server, home, child, socket)
 }
 
+/// A server that sends pings and reads nothing: each ping's pong waits in
+/// the client's WebSocket write buffer, which is bounded (the latest pong
+/// kept), so the client's memory stays flat; 256 MiB of pings grew it by
+/// as much before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_from_a_server_that_reads_nothing_do_not_grow_the_client() {
+    const PINGS: usize = (256 << 20) / 131;
+    let (server, socket_rx) = handing_over(|mut socket| async move {
+        if !welcome(&mut socket).await {
+            return None;
+        }
+        // Its pongs fill this, then the client's send buffer.
+        rustix::net::sockopt::set_socket_recv_buffer_size(socket.tcp(), 64 * 1024).unwrap();
+        socket.send_pings(PINGS, &[7; 125]).await;
+        Some(socket)
+    })
+    .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    let mut child = home.command([url.as_str(), "go"]).spawn().unwrap();
+    let socket = tokio::time::timeout(Duration::from_secs(120), socket_rx)
+        .await
+        .expect("the pings were not taken")
+        .unwrap();
+    let peak = proc_status_bytes(child.id(), "VmHWM").unwrap();
+    assert!(
+        peak < MEMORY_BOUND,
+        "the client peaked at {} MiB",
+        peak >> 20
+    );
+    // Still serving: the session ends as the server says.
+    let mut socket = socket;
+    send_server_frame(&mut socket, &ServerFrame::Exit(Exit { status: 3 })).await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the client did not end")
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+}
+
 /// A server that stops reading holds a send of the client for up to its
 /// send time-out (60 s); SIGTERM and SIGHUP still end the client at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

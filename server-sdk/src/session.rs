@@ -491,14 +491,14 @@ async fn open(
         match secure_accept(writer, reader, config, deadline).await {
             Ok(secured) => secured,
             Err(reason) => {
-                tracing::info!(%reason, "secure handshake failed");
+                tracing::info!(reason = %said(&reason), "secure handshake failed");
                 return None;
             }
         };
     let first = match first_frame(&mut writer, &mut reader, config, deadline).await {
         Ok(first) => first,
         Err(reason) => {
-            tracing::info!(%reason, "handshake failed");
+            tracing::info!(reason = %said(&reason), "handshake failed");
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
             return None;
         }
@@ -518,14 +518,14 @@ async fn open(
     let (hello, session) = match handshake(&mut writer, hello, config, session).await {
         Ok(opened) => opened,
         Err(reason) => {
-            tracing::info!(%reason, "handshake failed");
+            tracing::info!(reason = %said(&reason), "handshake failed");
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
             return None;
         }
     };
     tracing::info!(
-        session = %session.id, client = %hello.client.name, version = %hello.client.version,
-        os = %hello.os, authority = %hello.authority, resumable = session.ticket.is_some(),
+        session = %session.id, client = %said(&hello.client.name), version = %said(&hello.client.version),
+        os = %said(&hello.os), authority = %said(&hello.authority), resumable = session.ticket.is_some(),
         "session started"
     );
     Some(Box::new(Opened {
@@ -869,7 +869,7 @@ async fn reattach(
 ) {
     match registry.claim(&resume, device) {
         Ok((attach, token)) => {
-            tracing::info!(session = %resume.session_id, received = resume.received, "resume");
+            tracing::info!(session = %said(&resume.session_id), received = resume.received, "resume");
             let reattach = Box::new(Reattach {
                 writer,
                 reader,
@@ -883,7 +883,7 @@ async fn reattach(
             }
         }
         Err((code, message)) => {
-            tracing::info!(session = %resume.session_id, %code, %message, "resume refused");
+            tracing::info!(session = %said(&resume.session_id), %code, message = %said(&message), "resume refused");
             reject(&mut writer, code, message).await;
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
         }
@@ -1435,7 +1435,7 @@ fn serve(
             } else {
                 config.resume_grace
             };
-            tracing::info!(%reason, ?keep, detached = connection.detaching, "client disconnected; keeping the session");
+            tracing::info!(reason = %said(&reason), ?keep, detached = connection.detaching, "client disconnected; keeping the session");
             connection.reader = None;
             connection.generation += 1;
             connection.parked_until = Some(Instant::now() + keep);
@@ -1738,11 +1738,11 @@ async fn finish(
     let final_frame = match &end {
         End::Finished => None,
         End::Gone(reason) => {
-            tracing::info!(%reason, "client gone");
+            tracing::info!(reason = %said(reason), "client gone");
             None
         }
         End::Expired(reason) => {
-            tracing::info!(%reason, "session expired");
+            tracing::info!(reason = %said(reason), "session expired");
             None
         }
         End::ExitUnacknowledged => {
@@ -1752,7 +1752,7 @@ async fn finish(
             None
         }
         End::Violation(reason) => {
-            tracing::warn!(%reason, "protocol violation by the client");
+            tracing::warn!(reason = %said(reason), "protocol violation by the client");
             Some(ServerFrame::Error(SessionError {
                 code: ErrorCode::Protocol,
                 message: reason.clone(),
@@ -1882,6 +1882,39 @@ enum Next {
     Frame(Outgoing),
 }
 
+/// What one frame kept for replay costs besides its bytes: its slot, the
+/// shared header of its bytes and the allocator's rounding. A client can
+/// make every frame tiny (a `max_chunk` or credit of one byte), and with
+/// only the bytes counted a session held five times its `replay_limit`.
+const REPLAY_FRAME_OVERHEAD: u64 = 128;
+
+/// The memory the replay buffer holds, as counted against `replay_limit`.
+fn replay_held(replay: &ReplayBuffer<Bytes>) -> u64 {
+    replay.bytes() + replay.len() as u64 * REPLAY_FRAME_OVERHEAD
+}
+
+/// Text a client chose (or that quotes it), as the server's log shows it:
+/// at most [`LOGGED_CHARS`] characters, control characters escaped, so that
+/// a client cannot write megabytes into each line or forge lines of its own.
+pub(crate) fn said(text: &str) -> String {
+    let mut shown = String::new();
+    for c in crate::devices::cut_at_chars(text, LOGGED_CHARS).chars() {
+        // Line breaks of every kind, escapes, and the marks that reorder
+        // what a terminal shows.
+        let hidden = c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if hidden {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
+/// Most characters of client-chosen text in one field of a log line.
+pub(crate) const LOGGED_CHARS: usize = 200;
+
 /// Sends the session's frames on whichever connection the client has now.
 /// For a resumable session, keeps every sequenced frame until the client
 /// acknowledges it, and replays what a resuming client lacks; stops taking
@@ -1901,7 +1934,7 @@ async fn write_frames(
     };
     let mut frames_open = true;
     loop {
-        let room = !resumable || replay.bytes() < replay_limit;
+        let room = !resumable || replay_held(&replay) < replay_limit;
         let next = match outlet.deferred.pop_front() {
             Some(order) => Next::Control(order),
             None => tokio::select! {

@@ -1395,6 +1395,122 @@ async fn serve_script<T>(
     out
 }
 
+/// A resumable session whose client makes every chunk one byte (its
+/// `max_chunk`) and acknowledges nothing: each frame kept for replay counts
+/// with its overhead against `replay_limit`, not its 22 bytes alone (the
+/// session held five times its limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_byte_chunks_count_against_the_replay_limit_with_their_overhead() {
+    const LIMIT: usize = 1 << 20;
+    let terminal = Terminal::with_config(
+        |ctx: Context| async move {
+            let out = vec![b'x'; 64 * 1024];
+            loop {
+                ctx.stdout().write_all(&out).await?;
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        },
+        Config {
+            replay_limit: LIMIT,
+            ..Config::default()
+        },
+    );
+    let (client, server) = socket_pair().await;
+    let serving = tokio::spawn({
+        let terminal = terminal.clone();
+        async move { terminal.serve(WsTransport::plain(server)).await }
+    });
+    let mut client = secure_client(client).await;
+    let mut hello = hello(&[]);
+    hello.capabilities.push("resume".into());
+    hello.window = u32::MAX;
+    hello.max_chunk = 1;
+    send_client(&mut client, &ClientFrame::Hello(hello)).await;
+    // Everything the server sends before it waits for an acknowledgement;
+    // quiet for half a second: it waits.
+    let mut chunks = 0usize;
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_millis(500), next_server(&mut client)).await
+    {
+        if let ServerFrame::Data(data) = frame {
+            assert_eq!(data.bytes.len(), 1);
+            chunks += 1;
+        }
+    }
+    serving.abort();
+    assert!(chunks > 1000, "only {chunks} chunks");
+    assert!(
+        chunks <= LIMIT / 128,
+        "{chunks} one-byte chunks kept for replay within a limit of {LIMIT} bytes"
+    );
+}
+
+/// Every field of every log event, as text.
+#[derive(Clone, Default)]
+struct LoggedFields(Arc<Mutex<Vec<String>>>);
+
+impl tracing::field::Visit for LoggedFields {
+    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.lock().unwrap().push(format!("{value:?}"));
+    }
+    fn record_str(&mut self, _: &tracing::field::Field, value: &str) {
+        self.0.lock().unwrap().push(value.to_owned());
+    }
+}
+
+impl tracing::Subscriber for LoggedFields {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        span.record(&mut self.clone());
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut self.clone());
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        event.record(&mut self.clone());
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// What a client says of itself is logged cut short and with its control
+/// characters escaped: a client wrote 900 kB into one line per connection,
+/// and lines of its own.
+#[tokio::test(flavor = "current_thread")]
+async fn the_log_keeps_a_short_escaped_part_of_what_the_client_says() {
+    let logged = LoggedFields::default();
+    let _guard = tracing::subscriber::set_default(logged.clone());
+    let terminal = Terminal::new(|_ctx: Context| async {});
+    let (client, server) = socket_pair().await;
+    let serving = tokio::spawn({
+        let terminal = terminal.clone();
+        async move { terminal.serve(WsTransport::plain(server)).await }
+    });
+    let mut client = secure_client(client).await;
+    let mut hello = hello(&[]);
+    hello.client.name = "\u{1b}[2J\nfake log line ".repeat(45_000);
+    send_client(&mut client, &ClientFrame::Hello(hello)).await;
+    while next_server(&mut client).await.is_some() {}
+    serving.await.unwrap();
+    let fields = logged.0.lock().unwrap();
+    assert!(
+        fields.iter().any(|field| field.contains("fake log line")),
+        "the client's name is logged: {fields:?}"
+    );
+    for field in fields.iter() {
+        assert!(field.len() < 4096, "a log field of {} bytes", field.len());
+        assert!(
+            !field.contains(['\n', '\u{1b}']),
+            "a log field with the client's control characters: {field:?}"
+        );
+    }
+}
+
 /// A scripted client, secured, that sent its hello and got the welcome.
 async fn welcomed(socket: WebSocketStream<DuplexStream>) -> SecureSocket<DuplexStream> {
     let mut client = secure_client(socket).await;

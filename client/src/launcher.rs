@@ -186,6 +186,18 @@ fn unquote(value: &str) -> Option<String> {
     Some(out)
 }
 
+/// Refuses a launcher another user could change (the file, or a folder
+/// above it within the terminalwire home): they would choose the server it
+/// runs the user's command against.
+fn check_private(path: &Path) -> Result<(), terminalwire_policy::HomeError> {
+    let home = match Home::from_env() {
+        Ok(home) => home,
+        // No home to check folders within: the file alone.
+        Err(_) => Home::at(path),
+    };
+    home.check_private(path, terminalwire_policy::Privacy::OwnerWrites)
+}
+
 /// Reads and parses a launcher file.
 pub fn load(path: &Path) -> Result<Launcher, LauncherError> {
     let read = |source| LauncherError::Read {
@@ -273,9 +285,20 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
     if let Some(reason) = refuse_name(name) {
         anyhow::bail!(reason);
     }
+    // The URL parser drops tabs and line breaks that the launcher would
+    // keep, and a `unix:` path is not parsed at all.
+    if let Some(c) = url.chars().find(|c| c.is_control()) {
+        anyhow::bail!(
+            "the URL {} contains the control character {}: it cannot be installed",
+            crate::inert::inert(url),
+            c.escape_default()
+        );
+    }
     crate::connect::Target::parse(url).map_err(|error| anyhow::anyhow!("{error}"))?;
     let dir = home.bin_dir();
-    std::fs::DirBuilder::new().recursive(true).create(&dir)?;
+    // The user's alone, whatever the umask: the client refuses a home that
+    // other users could change, and `terminalwire-exec` a launcher.
+    crate::create_private_dirs(&dir)?;
     let path = dir.join(name);
     let previous = match std::fs::symlink_metadata(&path) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => None,
@@ -436,6 +459,10 @@ pub fn exec_main(args: Vec<OsString>) -> u8 {
         );
         return exit_code::USAGE;
     };
+    if let Err(error) = check_private(Path::new(&path)) {
+        eprintln!("{EXEC_NAME}: {error}");
+        return exit_code::CONFIG;
+    }
     let launcher = match load(Path::new(&path)) {
         Ok(launcher) => launcher,
         Err(error) => {

@@ -577,7 +577,7 @@ fn entitlements(
 }
 
 /// `mkdir -p` with mode 0700 for the folders it creates.
-fn create_private_dirs(path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dirs(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

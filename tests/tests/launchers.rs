@@ -70,6 +70,87 @@ async fn an_installed_launcher_runs_the_app_under_its_own_name() {
     assert_eq!(run.status, Some(1));
 }
 
+/// `install` as the first command on a machine whose umask lets the group
+/// write (Ubuntu's and Fedora's default for users with their own group):
+/// the home and its launchers folder are the user's alone, so that the
+/// client runs (it refuses a home others could change) and no member of
+/// the group can point a launcher at another server. A launcher others
+/// could change is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_keeps_the_home_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::hello().await;
+    let base = tempfile::tempdir().unwrap();
+    let home = base.path().join("tw");
+    let client = terminalwire_tests::client_binary();
+    let run = Client::new([
+        "-c",
+        "umask 002 && exec \"$0\" \"$@\"",
+        client.to_str().unwrap(),
+        "install",
+        &server.url(),
+        "--name",
+        "greet",
+    ])
+    .program("/bin/sh")
+    .env("TERMINALWIRE_HOME", home.to_str().unwrap())
+    .env("PATH", "/usr/bin:/bin")
+    .run()
+    .await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    for folder in [home.clone(), home.join("bin")] {
+        let mode = std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", folder.display());
+    }
+    let launcher = home.join("bin/greet");
+    let greet = || {
+        Client::new(["hello", "Group"])
+            .program(&launcher)
+            .env("TERMINALWIRE_HOME", home.to_str().unwrap())
+    };
+    let run = greet().run().await;
+    assert_eq!(
+        run.stdout_text(),
+        "Hello, Group!\n",
+        "{}",
+        run.stderr_text()
+    );
+    // Made writable by the group after all: refused, with the fix.
+    std::fs::set_permissions(home.join("bin"), std::fs::Permissions::from_mode(0o775)).unwrap();
+    let run = greet().run().await;
+    assert_eq!(run.status, Some(65), "{}", run.stderr_text());
+    assert!(run.stdout_text().is_empty());
+    assert!(
+        run.stderr_text().contains("other users") && run.stderr_text().contains("chmod"),
+        "{}",
+        run.stderr_text()
+    );
+}
+
+/// A URL with a line break or a tab (which the URL parser would drop, and a
+/// `unix:` path keeps) is refused, not written into a launcher that then
+/// fails to load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_refuses_a_url_with_control_characters() {
+    let home = tempfile::tempdir().unwrap();
+    for url in [
+        "ws://127.0.0.1:9/terminal\n",
+        "ws://127.0.0.1:9/ter\tminal",
+        "unix:/tmp/a\nb.sock",
+    ] {
+        let run = admin(home.path(), &["install", url, "--name", "app"])
+            .run()
+            .await;
+        assert_ne!(run.status, Some(0), "{url:?}: {}", run.stdout_text());
+        assert!(
+            run.stderr_text().contains("control character"),
+            "{url:?}: {}",
+            run.stderr_text()
+        );
+        assert!(!home.path().join("bin/app").exists(), "{url:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_launcher_is_a_clear_error_naming_the_file() {
     let home = tempfile::tempdir().unwrap();

@@ -415,7 +415,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                     if json {
                         let mut value = serde_json::to_value(&entry)?;
                         value["authority"] = serde_json::Value::from(authority.to_string());
-                        writeln!(out, "{value}")?;
+                        writeln!(out, "{}", json_inert(&value.to_string()))?;
                     } else {
                         if !any {
                             writeln!(
@@ -581,10 +581,10 @@ fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Res
         }
     }
     for grant in &policy.env {
-        writeln!(out, "  env      {}", grant.name.as_str())?;
+        writeln!(out, "  env      {}", inert(grant.name.as_str()))?;
     }
     for grant in &policy.browser {
-        writeln!(out, "  browser  {}", grant.target.as_str())?;
+        writeln!(out, "  browser  {}", inert(grant.target.as_str()))?;
     }
     Ok(())
 }
@@ -729,9 +729,30 @@ fn describe(grant: &Grant) -> String {
             ),
             None => format!("path {} ({})", inert(path.pattern.as_str()), path.access),
         },
-        Grant::Env(name) => format!("env {}", name.as_str()),
-        Grant::Browser(target) => format!("browser {}", target.as_str()),
+        Grant::Env(name) => format!("env {}", inert(name.as_str())),
+        Grant::Browser(target) => format!("browser {}", inert(target.as_str())),
     }
+}
+
+/// JSON as `serde_json` writes it, with what it leaves raw and a terminal
+/// would act on (DEL, C1 controls such as the one-byte CSI, bidi and other
+/// format characters: they come from the server) written as `\uXXXX`.
+/// Such characters occur only inside strings, so the JSON stays valid and
+/// decodes to the same values.
+fn json_inert(json: &str) -> String {
+    use std::fmt::Write as _;
+    let mut shown = String::with_capacity(json.len());
+    for c in json.chars() {
+        if crate::inert::is_unsafe(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(shown, "\\u{unit:04x}");
+            }
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 fn confirm(question: &str) -> anyhow::Result<bool> {
@@ -797,6 +818,86 @@ mod tests {
         let mut out = Vec::new();
         run(parsed.command, home, &mut out)?;
         Ok(String::from_utf8(out)?)
+    }
+
+    /// Characters a terminal acts on, but for line ends.
+    fn unsafe_in(out: &str) -> Vec<char> {
+        out.chars()
+            .filter(|&c| c != '\n' && crate::inert::is_unsafe(c))
+            .collect()
+    }
+
+    /// An env grant a server asked for (the user answered "always") is
+    /// listed with its bidi and zero-width characters written out.
+    #[test]
+    fn an_env_grant_a_server_asked_for_is_listed_inert() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = parse_authority("example.com").unwrap();
+        let mut policy = Policy::default();
+        policy.grant(Grant::Env(
+            EnvName::parse("EDITOR\u{202e}\u{200b}txt.exe").unwrap(),
+        ));
+        policy.save(&home.policy_file(&authority)).unwrap();
+        let out = admin(&home, &["entitlement", "list"]).unwrap();
+        assert_eq!(unsafe_in(&out), Vec::<char>::new(), "{out}");
+        assert!(out.contains("EDITOR"), "{out}");
+    }
+
+    /// The audit log's JSON view writes what the server chose (here C1 CSI,
+    /// DEL and a bidi override) as JSON escapes, and stays JSON that decodes
+    /// to the same target.
+    #[test]
+    fn audit_json_shows_a_servers_escape_sequences_inert() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = parse_authority("example.com").unwrap();
+        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
+        let hostile = "~/x\u{9b}2J\u{7f}\u{202e}gpj.exe\u{1f600}";
+        crate::audit::AuditLog::new(home.authority_dir(&authority).join("audit.log")).record(
+            "path",
+            "file_read",
+            hostile,
+            "denied",
+            None,
+        );
+        let out = admin(&home, &["audit", "--json"]).unwrap();
+        assert_eq!(unsafe_in(&out), Vec::<char>::new(), "{out}");
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(
+            line.to_string().contains(hostile),
+            "the target decodes as it was: {line}"
+        );
+    }
+
+    /// A damaged record (a time far in the future) is neither a panic nor
+    /// taken for expired and deleted.
+    #[test]
+    fn a_session_record_with_a_far_future_time_is_not_a_panic() {
+        use crate::detached::{self, SessionRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = parse_authority("127.0.0.1:9").unwrap();
+        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
+        let record = SessionRecord {
+            session_id: "far-1".into(),
+            url: "ws://127.0.0.1:9/terminal".into(),
+            authority: "127.0.0.1:9".into(),
+            command: vec!["app".into()],
+            token: detached::Bytes64(vec![1; 32]),
+            received: 0,
+            sent: 0,
+            unacked: Vec::new(),
+            window: 1 << 20,
+            max_chunk: 1 << 16,
+            grace_secs: 120,
+            detach_secs: 3600,
+            detached_at: u64::MAX - 10,
+        };
+        let path = detached::save(&home, &authority, &record).unwrap();
+        let listed = admin(&home, &["sessions"]).unwrap();
+        assert!(listed.contains("far-1"), "{listed}");
+        assert!(path.exists(), "a record not expired was deleted");
     }
 
     #[test]

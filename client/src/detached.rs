@@ -79,7 +79,9 @@ pub struct SessionRecord {
 impl SessionRecord {
     /// When the server forgets the session (seconds since the Unix epoch).
     pub fn expires_at(&self) -> u64 {
-        self.detached_at + u64::from(self.detach_secs)
+        // A damaged record must not overflow (a panic in a debug build, a
+        // record taken for expired and deleted in a release one).
+        self.detached_at.saturating_add(u64::from(self.detach_secs))
     }
 
     /// Whether the server has forgotten the session by now.

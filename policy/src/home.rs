@@ -5,6 +5,7 @@
 //!   bin/                           launchers of installed apps
 //!   authorities/<authority>/
 //!     policy.toml                  the grants of that authority
+//!     policy.toml.lock             locked while a client changes them
 //!     storage/                     the authority's own files (always granted)
 //! ```
 

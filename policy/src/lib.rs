@@ -19,7 +19,8 @@
 //! - [`grant`]: the grantable things, each validated: [`PathPattern`] with
 //!   [`Access`] and [`Mode`], [`EnvName`], [`BrowserTarget`].
 //! - [`policy`]: the [`Policy`] file of one authority: strict loading with
-//!   line numbers, atomic private saving, grant and revoke.
+//!   line numbers, atomic private saving, grant and revoke, and
+//!   [`Policy::update`], a change made under the file's lock.
 //! - [`decide`]: [`Entitlements`], which answers each request with an
 //!   allow or a [`Denial`] carrying the command that would allow it.
 //!
@@ -63,6 +64,6 @@ pub use grant::{
 pub use home::{Home, HomeError, Privacy};
 pub use path::{PathError, ResolvedPath, Sighting, resolve, resolve_seen};
 pub use policy::{
-    GrantOutcome, MAX_POLICY_FILE, Policy, PolicyError, read_own_file, read_own_file_bytes,
-    write_private_atomically,
+    GrantOutcome, MAX_POLICY_FILE, Policy, PolicyError, PolicyLock, read_own_file,
+    read_own_file_bytes, write_private_atomically,
 };

@@ -127,6 +127,17 @@ pub enum PolicyError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The lock of the file cannot be taken: it cannot be made, or another
+    /// client held it for longer than [`LOCK_WAIT`].
+    #[error("cannot lock policy file {path} (lock file {lock}): {source}")]
+    Lock {
+        /// The policy file.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+        /// The underlying error (`WouldBlock` when another held it too long).
+        source: io::Error,
+    },
 }
 
 fn location(path: &Path, line: Option<usize>, column: Option<usize>) -> String {
@@ -194,6 +205,90 @@ impl Policy {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// Changes the policy file at `path` with `change`, as one step among
+    /// other clients changing it: under [`Policy::lock`], the file is loaded
+    /// again, changed and saved (atomically, only when `change` changed
+    /// it). A load, change and save without the lock lost updates: two
+    /// grants at once kept one of them, and a session saving an "always"
+    /// grant undid a revoke made meanwhile.
+    ///
+    /// `change` may run twice: first on the file as it is, without the lock;
+    /// when that changes nothing (or fails), that is the outcome, and
+    /// nothing is locked or created (a revoke of what is not granted makes
+    /// no folder). Otherwise it runs again under the lock on the file as it
+    /// is then. Returns the policy as saved and what `change` returned.
+    pub fn update<T, E>(
+        path: &Path,
+        mut change: impl FnMut(&mut Policy) -> Result<T, E>,
+    ) -> Result<(Policy, T), E>
+    where
+        E: From<PolicyError>,
+    {
+        let mut policy = Policy::load(path)?;
+        let before = policy.clone();
+        let outcome = change(&mut policy)?;
+        if policy == before {
+            return Ok((policy, outcome));
+        }
+        let _locked = Policy::lock(path)?;
+        let mut policy = Policy::load(path)?;
+        let before = policy.clone();
+        let outcome = change(&mut policy)?;
+        if policy != before {
+            policy.save(path)?;
+        }
+        Ok((policy, outcome))
+    }
+
+    /// Locks the policy file at `path` against other clients changing it,
+    /// until the returned lock is dropped: an exclusive `flock` of
+    /// `<path>.lock` beside it (created, mode 0600, with its folder, 0700).
+    /// Waits at most [`LOCK_WAIT`] for another client to release it.
+    /// Saving does not take it: a change is a load, a change and a save
+    /// made under it ([`Policy::update`]).
+    pub fn lock(path: &Path) -> Result<PolicyLock, PolicyError> {
+        use rustix::fs::{FlockOperation, flock};
+        use std::os::unix::fs::OpenOptionsExt;
+        let lock = lock_path(path);
+        let failed = |source: io::Error| PolicyError::Lock {
+            path: path.to_path_buf(),
+            lock: lock.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dirs(dir).map_err(failed)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&lock)
+            .map_err(failed)?;
+        let started = std::time::Instant::now();
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(PolicyLock { _file: file }),
+                Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR)
+                    if started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(failed(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "another terminalwire client has held it for over {} s; try again",
+                            LOCK_WAIT.as_secs()
+                        ),
+                    )));
+                }
+                Err(error) => return Err(failed(error.into())),
+            }
+        }
     }
 
     /// Add a grant. The same pattern granted again merges: accesses are
@@ -275,6 +370,23 @@ impl Policy {
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty() && self.env.is_empty() && self.browser.is_empty()
     }
+}
+
+/// The lock of a policy file ([`Policy::lock`]), released when dropped.
+#[derive(Debug)]
+pub struct PolicyLock {
+    _file: std::fs::File,
+}
+
+/// How long [`Policy::lock`] waits for another client to release the lock:
+/// far longer than a load, change and save take.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The lock file of the policy file at `path`: `<path>.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -508,6 +620,82 @@ mod tests {
         let loaded = Policy::load(&file).unwrap();
         assert_eq!(loaded, policy);
         assert_eq!(loaded.storage_quota_bytes(), 3 << 20);
+    }
+
+    #[test]
+    fn updates_at_once_are_all_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("authorities/example.com/policy.toml");
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let file = file.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let name = EnvName::parse(&format!("VAR_{t}_{i}")).unwrap();
+                        Policy::update(&file, |policy| {
+                            Ok::<_, PolicyError>(policy.grant(Grant::Env(name.clone())))
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(Policy::load(&file).unwrap().env.len(), 80);
+    }
+
+    #[test]
+    fn an_update_waits_for_the_lock_and_changes_what_is_saved_then() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("authorities/example.com/policy.toml");
+        let editor = Grant::Env(EnvName::parse("EDITOR").unwrap());
+        let pager = Grant::Env(EnvName::parse("PAGER").unwrap());
+        // Another client is changing the file: it revokes EDITOR.
+        let mut policy = Policy::default();
+        policy.grant(editor.clone());
+        policy.save(&file).unwrap();
+        let held = Policy::lock(&file).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let waiting = {
+            let file = file.clone();
+            std::thread::spawn(move || {
+                let outcome = Policy::update(&file, |policy| {
+                    Ok::<_, PolicyError>(policy.grant(pager.clone()))
+                });
+                done.send(()).unwrap();
+                outcome
+            })
+        };
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the update did not wait for the lock"
+        );
+        policy.revoke(&editor);
+        policy.save(&file).unwrap();
+        drop(held);
+        let (saved, outcome) = waiting.join().unwrap().unwrap();
+        assert_eq!(outcome, GrantOutcome::Added);
+        // The revoke is kept: the update loaded the file under the lock.
+        assert_eq!(Policy::load(&file).unwrap(), saved);
+        let names: Vec<_> = saved.env.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["PAGER"]);
+        assert!(lock_path(&file).is_file());
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("authorities/example.com");
+        let file = dir.join("policy.toml");
+        let editor = Grant::Env(EnvName::parse("EDITOR").unwrap());
+        let (policy, revoked) =
+            Policy::update(&file, |policy| Ok::<_, PolicyError>(policy.revoke(&editor))).unwrap();
+        assert!(!revoked && policy.is_empty());
+        assert!(!dir.exists(), "a folder was made for nothing");
     }
 
     #[test]

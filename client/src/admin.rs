@@ -262,11 +262,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             let authority = parse_authority(&args.authority)?;
             let grant = parse_grant(args.what, Access::Read)?;
             let path = home.policy_file(&authority);
-            let mut policy = load(home, &path)?;
-            let outcome = policy.grant(grant.clone());
-            if outcome != GrantOutcome::Unchanged {
-                policy.save(&path)?;
-            }
+            let (policy, outcome) = update(home, &path, |policy| Ok(policy.grant(grant.clone())))?;
             let verb = match outcome {
                 GrantOutcome::Added => "granted",
                 GrantOutcome::Updated => "updated",
@@ -293,8 +289,10 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             let authority = parse_authority(&args.authority)?;
             let grant = parse_grant(args.what, Access::ReadWrite)?;
             let path = home.policy_file(&authority);
-            let mut policy = load(home, &path)?;
-            if !policy.revoke(&grant) {
+            let (policy, ()) = update(home, &path, |policy| {
+                if policy.revoke(&grant) {
+                    return Ok(());
+                }
                 let what = match &grant {
                     // No grant of that pattern at all: its access is moot.
                     Grant::Path(gone)
@@ -307,8 +305,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 bail!(
                     "{authority} has no grant of {what}; see `terminalwire entitlement list {authority}`"
                 );
-            }
-            policy.save(&path)?;
+            })?;
             match &grant {
                 Grant::Path(gone) => {
                     let pattern = inert(gone.pattern.as_str());
@@ -337,11 +334,10 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 )?),
             };
             let path = home.policy_file(&authority);
-            let mut policy = load(home, &path)?;
-            if policy.storage_quota_mib != quota {
+            let (policy, ()) = update(home, &path, |policy| {
                 policy.storage_quota_mib = quota;
-                policy.save(&path)?;
-            }
+                Ok(())
+            })?;
             writeln!(
                 out,
                 "{authority}: storage may hold {} MiB",
@@ -539,6 +535,20 @@ fn load(home: &Home, path: &Path) -> anyhow::Result<Policy> {
     home.check_private(path, terminalwire_policy::Privacy::OwnerWrites)?;
     // A corrupt file is reported with its line, never silently replaced.
     Ok(Policy::load(path)?)
+}
+
+/// Changes the policy file at `path` under its lock ([`Policy::update`]):
+/// a grant, revoke or quota made by other clients meanwhile (another
+/// `terminalwire entitlement`, a session saving an "always" answer) is kept.
+/// `change` may run twice.
+fn update<T>(
+    home: &Home,
+    path: &Path,
+    change: impl FnMut(&mut Policy) -> anyhow::Result<T>,
+) -> anyhow::Result<(Policy, T)> {
+    // As [`load`] checks it.
+    home.check_private(path, terminalwire_policy::Privacy::OwnerWrites)?;
+    Policy::update(path, change)
 }
 
 fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Result<()> {
@@ -898,6 +908,40 @@ mod tests {
         let listed = admin(&home, &["sessions"]).unwrap();
         assert!(listed.contains("far-1"), "{listed}");
         assert!(path.exists(), "a record not expired was deleted");
+    }
+
+    #[test]
+    fn concurrent_grants_are_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let home = Home::at(&root);
+                    for i in 0..10 {
+                        let name = format!("VAR_{t}_{i}");
+                        admin(
+                            &home,
+                            &["entitlement", "grant", "example.com", "env", &name],
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let home = Home::at(&root);
+        let policy =
+            Policy::load(&home.policy_file(&Authority::parse("example.com").unwrap())).unwrap();
+        assert_eq!(
+            policy.env.len(),
+            80,
+            "grants lost: only {} of 80 kept",
+            policy.env.len()
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use terminalwire_policy::grant::{Access, PathGrant, PathPattern};
-use terminalwire_policy::{Entitlements, Grant, Home, Policy};
+use terminalwire_policy::{Entitlements, Grant, Home, Policy, PolicyError};
 use terminalwire_protocol::frame::Denial;
 use url::Url;
 
@@ -184,11 +184,27 @@ impl Consent {
                 let grant = grant_of(&command)?;
                 let authority = terminalwire_policy::Authority::from_url(&self.url).ok()?;
                 let path = self.home.policy_file(&authority);
-                let mut policy = Policy::load(&path).ok()?;
-                policy.grant(grant);
-                if let Err(error) = policy.save(&path) {
-                    tracing::warn!(%error, "cannot save the grant");
-                    return None;
+                // Under the file's lock, on the file as it is then: saved
+                // from a copy loaded without it, the grant undid a revoke
+                // (or lost a grant) made meanwhile by `terminalwire
+                // entitlement` or another session. Off the runtime: it may
+                // wait for another client to release the lock.
+                let saved = tokio::task::spawn_blocking(move || {
+                    Policy::update(&path, |policy| {
+                        Ok::<_, PolicyError>(policy.grant(grant.clone()))
+                    })
+                })
+                .await;
+                match saved {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "cannot save the grant");
+                        return None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot save the grant");
+                        return None;
+                    }
                 }
                 self.rebuild(None).ok().map(|e| (Answer::Always, e))
             }
@@ -549,6 +565,53 @@ mod tests {
         assert_eq!(scripted(), 1);
         assert!(consent.ask(&denial("/srv/d/x", "/srv/d")).await.is_none());
         assert_eq!(scripted(), 1, "asked after {MAX_DENIALS} refusals");
+    }
+
+    #[tokio::test]
+    async fn always_saves_its_grant_under_the_lock_keeping_a_revoke_made_meanwhile() {
+        let home = tempfile::tempdir().unwrap();
+        let tw = Home::at(home.path().join("tw"));
+        let path = tw.policy_file(&terminalwire_policy::Authority::parse("h").unwrap());
+        let env = |name: &str| Grant::Env(terminalwire_policy::EnvName::parse(name).unwrap());
+        let mut policy = Policy::default();
+        policy.grant(env("EDITOR"));
+        policy.save(&path).unwrap();
+        let consent = Arc::new(Consent::new(
+            Url::parse("ws://h/terminal").unwrap(),
+            tw,
+            home.path().to_path_buf(),
+            Vec::new(),
+        ));
+        consent.scripted.lock().unwrap().push_back(Answer::Always);
+        // `terminalwire entitlement revoke h env EDITOR` is under way: it
+        // has the lock and loaded the file.
+        let revoking = Policy::lock(&path).unwrap();
+        let asking = tokio::spawn({
+            let consent = Arc::clone(&consent);
+            async move {
+                let denial = Denial {
+                    resource: "env".into(),
+                    action: "read".into(),
+                    target: "PAGER".into(),
+                    reason: "not granted".into(),
+                    command: Some("terminalwire entitlement grant h env 'PAGER'".into()),
+                };
+                consent.ask(&denial).await.map(|(answer, _)| answer)
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!asking.is_finished(), "the grant did not wait for the lock");
+        policy.revoke(&env("EDITOR"));
+        policy.save(&path).unwrap();
+        drop(revoking);
+        assert_eq!(asking.await.unwrap(), Some(Answer::Always));
+        let names: Vec<_> = Policy::load(&path)
+            .unwrap()
+            .env
+            .iter()
+            .map(|grant| grant.name.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["PAGER"], "the revoke was undone, or the grant lost");
     }
 
     #[test]

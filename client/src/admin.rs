@@ -68,7 +68,8 @@ enum AdminCommand {
     /// List the installed apps.
     Apps,
     /// List the sessions you detached from (Ctrl-\), oldest first;
-    /// re-attach with `terminalwire attach ID`. Expired ones are removed.
+    /// re-attach with `terminalwire attach ID` (`AUTHORITY/ID` when two
+    /// authorities have a session of that id). Expired ones are removed.
     Sessions,
     /// Show what servers did on this machine (files, folders, environment,
     /// browser), allowed or denied.
@@ -796,7 +797,8 @@ fn sessions(home: &Home, out: &mut impl Write) -> anyhow::Result<()> {
             out,
             "{}\t{}\t{} ago\t{}\t{}",
             record.session_id,
-            record.authority,
+            // The folder's: what `terminalwire attach AUTHORITY/ID` names.
+            saved.authority,
             humantime::format_duration(std::time::Duration::from_secs(
                 now.saturating_sub(record.detached_at)
             )),

@@ -267,7 +267,8 @@ fn not_a_url(word: &str) -> Option<String> {
         Exit status: the command's, or 75 if the server no longer has the session."
 )]
 struct AttachOptions {
-    /// The session id, as listed by `terminalwire sessions`.
+    /// The session id, as listed by `terminalwire sessions`; AUTHORITY/ID
+    /// when apps at two authorities have a session of that id.
     id: String,
     #[command(flatten)]
     client: ClientOptions,
@@ -276,7 +277,7 @@ struct AttachOptions {
 /// A parsed `terminalwire attach` command line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attach {
-    /// The session to re-attach to.
+    /// The session to re-attach to: `ID` or `AUTHORITY/ID`.
     pub id: String,
     /// Connection and handshake time-out.
     pub connect_timeout: Duration,

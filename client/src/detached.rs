@@ -5,7 +5,10 @@
 //! `<home>/authorities/<authority>/sessions/<id>.json` (mode 0600: it holds
 //! the session's resume token, which only works with this device's key
 //! anyway). `terminalwire sessions` lists the records; `terminalwire attach
-//! ID` resumes one, and deletes it once the server has taken it back.
+//! ID` resumes one, and deletes it once the server has taken it back. Ids
+//! are the servers': when two authorities have a session of the same id,
+//! `terminalwire attach AUTHORITY/ID` names the one meant (an id alone is
+//! then an error, never a guess).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -111,6 +114,18 @@ pub enum RecordError {
     /// The id cannot name a session file.
     #[error("`{0}` is not a session id")]
     BadId(String),
+    /// Sessions of this id are saved for more than one authority (ids are
+    /// chosen by servers): which one is meant must be said.
+    #[error(
+        "more than one app has a detached session `{id}`: {}; say which with `terminalwire attach AUTHORITY/{id}`",
+        .authorities.iter().map(|a| format!("`{a}/{id}`")).collect::<Vec<_>>().join(", ")
+    )]
+    Ambiguous {
+        /// The id.
+        id: String,
+        /// The authorities that have a session of that id, sorted.
+        authorities: Vec<Authority>,
+    },
     /// A record file cannot be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -182,6 +197,8 @@ pub struct Saved {
     pub record: SessionRecord,
     /// Its file.
     pub path: PathBuf,
+    /// The authority whose folder holds it.
+    pub authority: Authority,
 }
 
 fn load(path: &Path) -> Result<SessionRecord, RecordError> {
@@ -235,7 +252,11 @@ pub fn list(home: &Home) -> Result<(Vec<Saved>, Vec<RecordError>), RecordError> 
                 continue;
             }
             match load(&path) {
-                Ok(record) => saved.push(Saved { record, path }),
+                Ok(record) => saved.push(Saved {
+                    record,
+                    path,
+                    authority: authority.clone(),
+                }),
                 Err(error) => problems.push(error),
             }
         }
@@ -244,14 +265,42 @@ pub fn list(home: &Home) -> Result<(Vec<Saved>, Vec<RecordError>), RecordError> 
     Ok((saved, problems))
 }
 
-/// The saved session `id`.
-pub fn find(home: &Home, id: &str) -> Result<Saved, RecordError> {
-    check_id(id)?;
+/// The saved session `wanted`: `ID`, or `AUTHORITY/ID` (an authority has
+/// no `/`, nor has an id). An `ID` saved for more than one authority is
+/// [`RecordError::Ambiguous`]: servers choose ids, so two apps' may be the
+/// same, by chance or by one copying the other's.
+pub fn find(home: &Home, wanted: &str) -> Result<Saved, RecordError> {
+    let (authority, id) = match wanted.rsplit_once('/') {
+        Some((authority, id)) => {
+            // Typed as `terminalwire sessions` shows it, not as a URL.
+            let authority = Some(authority)
+                .filter(|typed| !typed.contains('/'))
+                .and_then(|typed| Authority::parse(typed).ok())
+                .ok_or_else(|| RecordError::BadId(wanted.to_owned()))?;
+            (Some(authority), id)
+        }
+        None => (None, wanted),
+    };
+    check_id(id).map_err(|_| RecordError::BadId(wanted.to_owned()))?;
     let (saved, _) = list(home)?;
-    saved
+    let mut found: Vec<Saved> = saved
         .into_iter()
-        .find(|saved| saved.record.session_id == id)
-        .ok_or_else(|| RecordError::NotFound(id.to_owned()))
+        .filter(|saved| saved.record.session_id == id)
+        .filter(|saved| authority.as_ref().is_none_or(|a| *a == saved.authority))
+        .collect();
+    match found.len() {
+        0 => Err(RecordError::NotFound(wanted.to_owned())),
+        1 => Ok(found.remove(0)),
+        _ => {
+            let mut authorities: Vec<_> = found.into_iter().map(|saved| saved.authority).collect();
+            authorities.sort();
+            authorities.dedup();
+            Err(RecordError::Ambiguous {
+                id: id.to_owned(),
+                authorities,
+            })
+        }
+    }
 }
 
 /// Deletes a saved session's file.
@@ -311,6 +360,73 @@ mod tests {
         assert_eq!(find(&home, "a-2").unwrap().record, newer);
         forget(&path).unwrap();
         assert!(matches!(find(&home, "a-2"), Err(RecordError::NotFound(_))));
+    }
+
+    #[test]
+    fn one_session_id_at_two_authorities_is_not_resolved_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let a = Authority::parse("a.example").unwrap();
+        let b = Authority::parse("b.example").unwrap();
+        let mut older = record("0000abcd-1", now() - 60);
+        older.url = "ws://a.example/terminal".into();
+        save(&home, &a, &older).unwrap();
+        let mut newer = record("0000abcd-1", now());
+        newer.url = "ws://b.example/terminal".into();
+        save(&home, &b, &newer).unwrap();
+        // The id alone: an error naming both, not the oldest.
+        let error = find(&home, "0000abcd-1").unwrap_err();
+        let RecordError::Ambiguous { id, authorities } = &error else {
+            panic!("not ambiguous: {error:?}")
+        };
+        assert_eq!(id, "0000abcd-1");
+        assert_eq!(authorities, &[a.clone(), b.clone()]);
+        let text = error.to_string();
+        for named in ["`a.example/0000abcd-1`", "`b.example/0000abcd-1`"] {
+            assert!(text.contains(named), "{text}");
+        }
+        // AUTHORITY/ID finds each (an authority as typed is normalised).
+        let found = find(&home, "a.example/0000abcd-1").unwrap();
+        assert_eq!((found.record, found.authority), (older, a));
+        let found = find(&home, "B.Example/0000abcd-1").unwrap();
+        assert_eq!((found.record, found.authority), (newer, b.clone()));
+        assert!(matches!(
+            find(&home, "c.example/0000abcd-1"),
+            Err(RecordError::NotFound(_))
+        ));
+        // Once one is gone, the id alone is enough again.
+        forget(&find(&home, "a.example/0000abcd-1").unwrap().path).unwrap();
+        assert_eq!(find(&home, "0000abcd-1").unwrap().authority, b);
+    }
+
+    #[test]
+    fn authorities_with_ports_and_bad_qualified_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        for typed in ["127.0.0.1:9", "[::1]:9"] {
+            let authority = Authority::parse(typed).unwrap();
+            save(&home, &authority, &record("s-1", now())).unwrap();
+            let found = find(&home, &format!("{typed}/s-1")).unwrap();
+            assert_eq!(found.authority, authority);
+        }
+        assert!(matches!(
+            find(&home, "s-1"),
+            Err(RecordError::Ambiguous { .. })
+        ));
+        for bad in [
+            "/s-1",
+            "127.0.0.1:9/",
+            "a/b/s-1",
+            "ws://127.0.0.1:9/s-1",
+            "127.0.0.1:9/../s-1",
+            "..//s-1",
+        ] {
+            assert!(
+                matches!(find(&home, bad), Err(RecordError::BadId(_))),
+                "{bad}: {:?}",
+                find(&home, bad)
+            );
+        }
     }
 
     #[test]

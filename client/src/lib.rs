@@ -269,15 +269,16 @@ fn lock_authorities(home: &terminalwire_policy::Home) -> Option<std::fs::File> {
     Some(lock)
 }
 
-/// `terminalwire attach ID`: re-attaches to a detached session.
+/// `terminalwire attach ID` (or `AUTHORITY/ID`): re-attaches to a
+/// detached session.
 pub async fn attach(invocation: cli::Attach) -> Result<u8, ClientError> {
     use terminalwire_policy::Home;
     let config_error = |message: String| ClientError::Config(message);
     let home = Home::from_env().map_err(|error| config_error(error.to_string()))?;
     let saved = detached::find(&home, &invocation.id).map_err(|error| match error {
-        detached::RecordError::NotFound(_) | detached::RecordError::BadId(_) => {
-            ClientError::Usage(error.to_string())
-        }
+        detached::RecordError::NotFound(_)
+        | detached::RecordError::BadId(_)
+        | detached::RecordError::Ambiguous { .. } => ClientError::Usage(error.to_string()),
         other => config_error(other.to_string()),
     })?;
     if saved.record.is_expired() {
@@ -492,9 +493,17 @@ where
             detached::save(&home, &authority, &record).map_err(|error| {
                 ClientError::Config(format!("cannot save the detached session: {error}"))
             })?;
+            // Another app's detached session may have the same id: then
+            // the id alone does not say which.
+            let attach = match detached::find(&home, &record.session_id) {
+                Err(detached::RecordError::Ambiguous { .. }) => {
+                    format!("{authority}/{}", record.session_id)
+                }
+                _ => record.session_id.clone(),
+            };
             eprintln!(
                 "terminalwire: detached from session {id}; the command goes on for up to {keep}.\n\
-                 Re-attach with: terminalwire attach {id}",
+                 Re-attach with: terminalwire attach {attach}",
                 id = record.session_id,
                 keep = humantime::format_duration(std::time::Duration::from_secs(
                     record.detach_secs.into()

@@ -395,11 +395,11 @@ async fn held_up_by_a_server_that_stopped_reading() -> (
 
 /// A server that sends pings and reads nothing: each ping's pong waits in
 /// the client's WebSocket write buffer, which is bounded (the latest pong
-/// kept), so the client's memory stays flat; 256 MiB of pings grew it by
+/// kept), so the client's memory stays flat; 128 MiB of pings grew it by
 /// as much before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_from_a_server_that_reads_nothing_do_not_grow_the_client() {
-    const PINGS: usize = (256 << 20) / 131;
+    const PINGS: usize = (128 << 20) / 131;
     let (server, socket_rx) = handing_over(|mut socket| async move {
         if !welcome(&mut socket).await {
             return None;

@@ -15,10 +15,10 @@
 //!
 //! # Layout
 //!
-//! - [`ExitNow`]: why the user wants the client to end now.
-//! - [`SignalWatch`]: the watching thread, stopped when dropped.
-//! - [`Interrupts`]: a second Ctrl-C soon after the first.
-//! - [`end_process`]: the end itself, shared with the `~.` escape.
+//! - `ExitNow`: why the user wants the client to end now.
+//! - `SignalWatch`: the watching thread, stopped when dropped.
+//! - `Interrupts`: a second Ctrl-C soon after the first.
+//! - `end_process`: the end itself, shared with the `~.` escape.
 
 use std::io::{self, Write};
 use std::sync::Arc;

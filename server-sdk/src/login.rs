@@ -15,6 +15,15 @@
 //!   what is asking, and completes it with [`BrowserLogins::approve`] (with
 //!   the user the app authenticated) or [`BrowserLogins::refuse`].
 //!
+//! A link alone is not enough: someone could send the user a link of a
+//! login *they* started. The terminal that asked shows a short code
+//! ([`PendingLogin::code`], printed by [`BrowserLogins::log_in`]), and the
+//! page must have the user type it ([`BrowserLogins::check_code`],
+//! [`BrowserLogins::approve`]): only someone who sees that terminal can
+//! approve. Wrong codes, and wrong passwords the app counts
+//! ([`BrowserLogins::attempt_failed`]), spend the link after
+//! [`MAX_ATTEMPTS`].
+//!
 //! A token works once: afterwards, and after it expires, the page is told
 //! so ([`LinkError`]). Pending logins live in memory: a restart forgets them,
 //! which only means running `login` again. On approval,
@@ -55,16 +64,36 @@ const REMEMBER: Duration = Duration::from_secs(30 * 60);
 /// Longest description of the client kept for the page, in characters.
 const MAX_CLIENT_CHARS: usize = 200;
 
+/// Wrong codes or passwords a link takes before it is spent (the command
+/// that asked is refused).
+pub const MAX_ATTEMPTS: u8 = 5;
+
+/// The letters of a login's code: no `0`/`O`, `1`/`I`.
+const CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
 /// What the page may show about a pending login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoginRequest {
-    /// Who is asking, in words: the client's machine and program.
+    /// Who is asking, in words: the client's machine and program, as the
+    /// client reports them (control, format and bidi characters removed:
+    /// still words a client chose, to be shown as such).
     pub client: String,
     /// The fingerprint of the device that will hold the session.
     pub device: String,
     /// Time left before the link expires.
     pub expires_in: Duration,
+}
+
+impl LoginRequest {
+    /// A login asked for by `client` (in words) on the device `device`.
+    pub fn new(client: impl Into<String>, device: impl Into<String>) -> Self {
+        LoginRequest {
+            client: shown_text(&client.into()),
+            device: device.into(),
+            expires_in: Duration::ZERO,
+        }
+    }
 }
 
 /// Why a login link cannot be used (the page shows it; HTTP 404 for
@@ -84,6 +113,19 @@ pub enum LinkError {
     /// The command that asked is gone (interrupted or disconnected).
     #[error("the terminal that asked for this login is no longer waiting; run `login` again")]
     Abandoned,
+    /// The code typed is not the one the terminal that asked shows; the
+    /// link takes `left` more attempts.
+    #[error(
+        "that is not the code the terminal shows ({left} attempt{s} left)",
+        s = if *left == 1 { "" } else { "s" }
+    )]
+    WrongCode {
+        /// Attempts left.
+        left: u8,
+    },
+    /// Too many wrong codes or passwords: the link is spent.
+    #[error("too many wrong attempts on this login link; run `login` again in your terminal")]
+    TooManyAttempts,
 }
 
 /// Why a browser login did not complete.
@@ -96,6 +138,9 @@ pub enum LoginError {
     /// The user refused the login on the page.
     #[error("the login was refused in the browser")]
     Refused,
+    /// The page got too many wrong codes or passwords ([`MAX_ATTEMPTS`]).
+    #[error("too many wrong attempts on the login page; run `login` again")]
+    TooManyAttempts,
     /// The server is shutting down.
     #[error("the server is shutting down; run `login` again in a moment")]
     ShuttingDown,
@@ -112,6 +157,10 @@ enum Slot {
         sender: oneshot::Sender<Decision>,
         request: LoginRequest,
         expires: Instant,
+        /// The code the terminal shows (`ABCDEFGH`, without the dash).
+        code: String,
+        /// Wrong codes and passwords so far.
+        failed: u8,
     },
     Gone {
         why: LinkError,
@@ -122,6 +171,8 @@ enum Slot {
 enum Decision {
     Approved(String),
     Refused,
+    /// Spent by wrong codes or passwords.
+    TooManyAttempts,
 }
 
 /// Used or expired links remembered at most (only to say why a link no
@@ -189,6 +240,8 @@ impl Default for BrowserLogins {
 #[derive(Debug)]
 pub struct PendingLogin {
     token: String,
+    /// As the terminal shows it (`ABCD-EFGH`).
+    code: String,
     receiver: oneshot::Receiver<Decision>,
     expires: Instant,
     logins: BrowserLogins,
@@ -199,18 +252,64 @@ impl std::fmt::Debug for Decision {
         match self {
             Decision::Approved(_) => f.write_str("Approved"),
             Decision::Refused => f.write_str("Refused"),
+            Decision::TooManyAttempts => f.write_str("TooManyAttempts"),
         }
     }
 }
 
 /// 128 random bits as 32 hex digits, from the operating system's CSPRNG
 /// (by way of a fresh key pair's private half, hashed).
-fn random_token() -> Result<String, LoginError> {
+/// A new link's token (128 random bits, hex) and code (40 more bits, eight
+/// letters of [`CODE_ALPHABET`]).
+fn random_token_and_code() -> Result<(String, String), LoginError> {
     use sha2::{Digest, Sha256};
     let key = terminalwire_protocol::secure::StaticKey::generate()
         .map_err(|error| LoginError::Random(error.to_string()))?;
     let digest = Sha256::digest(key.to_file_text().as_bytes());
-    Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+    let token = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    // 40 bits, five at a time: each letter equally likely.
+    let bits = digest[16..21]
+        .iter()
+        .fold(0u64, |bits, &byte| bits << 8 | u64::from(byte));
+    let code = (0..8)
+        .rev()
+        .map(|letter| char::from(CODE_ALPHABET[((bits >> (5 * letter)) & 31) as usize]))
+        .collect();
+    Ok((token, code))
+}
+
+/// A code as the user typed it, as it is kept: upper case, without dashes
+/// or spaces.
+fn normalized_code(typed: &str) -> String {
+    typed
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// `code` (`ABCDEFGH`) as the terminal shows it: `ABCD-EFGH`.
+fn shown_code(code: &str) -> String {
+    match (code.get(..4), code.get(4..)) {
+        (Some(first), Some(rest)) => format!("{first}-{rest}"),
+        _ => code.to_owned(),
+    }
+}
+
+/// Text a client chose, as a page may show it: without control, format
+/// and bidi characters (which could reorder what the page shows around
+/// it), and cut to [`MAX_CLIENT_CHARS`].
+fn shown_text(text: &str) -> String {
+    let kept: String = text
+        .chars()
+        .filter(|&c| {
+            !c.is_control()
+                && !matches!(c,
+                    '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+                    | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+        })
+        .collect();
+    crate::devices::cut_at_chars(&kept, MAX_CLIENT_CHARS)
 }
 
 impl BrowserLogins {
@@ -238,19 +337,17 @@ impl BrowserLogins {
             "{} {} ({} {})",
             client.name, client.version, client.os, client.arch
         );
-        // The client wrote it; the page shows a line, the table keeps it.
-        let described = crate::devices::cut_at_chars(&described, MAX_CLIENT_CHARS);
-        let request = LoginRequest {
-            client: described,
-            device: client.device.clone(),
-            expires_in: self.lifetime,
-        };
-        self.begin_for(request)
+        self.begin_for(LoginRequest::new(described, client.device.clone()))
     }
 
     /// Starts a login described by `request` (its `expires_in` is ignored).
     pub fn begin_for(&self, request: LoginRequest) -> Result<PendingLogin, LoginError> {
-        let token = random_token()?;
+        // The client wrote it; the page shows a line, the table keeps it.
+        let request = LoginRequest {
+            client: shown_text(&request.client),
+            ..request
+        };
+        let (token, code) = random_token_and_code()?;
         let (sender, receiver) = oneshot::channel();
         let now = Instant::now();
         let expires = now + self.lifetime;
@@ -264,11 +361,14 @@ impl BrowserLogins {
                 sender,
                 request,
                 expires,
+                code: code.clone(),
+                failed: 0,
             },
         );
         drop(slots);
         Ok(PendingLogin {
             token,
+            code: shown_code(&code),
             receiver,
             expires,
             logins: self.clone(),
@@ -297,6 +397,16 @@ impl BrowserLogins {
     }
 
     fn decide(&self, token: &str, decision: Decision) -> Result<(), LinkError> {
+        self.decide_as(token, decision, LinkError::Used)
+    }
+
+    /// [`decide`](Self::decide), the link then telling `spent` to the page.
+    fn decide_as(
+        &self,
+        token: &str,
+        decision: Decision,
+        spent: LinkError,
+    ) -> Result<(), LinkError> {
         let now = Instant::now();
         let mut slots = self.slots();
         let slot = slots.map.get_mut(token).ok_or(LinkError::Unknown)?;
@@ -304,11 +414,7 @@ impl BrowserLogins {
             Slot::Gone { why, .. } => return Err(*why),
             Slot::Waiting { expires, .. } => now >= *expires,
         };
-        let why = if expired {
-            LinkError::Expired
-        } else {
-            LinkError::Used
-        };
+        let why = if expired { LinkError::Expired } else { spent };
         let taken = std::mem::replace(slot, Slot::Gone { why, since: now });
         drop(slots);
         match taken {
@@ -327,9 +433,66 @@ impl BrowserLogins {
         }
     }
 
+    /// Checks the code the user typed on the page (case, dashes and spaces
+    /// aside) against the one the terminal that asked shows. A wrong one
+    /// counts against the link's [`MAX_ATTEMPTS`]. Check it before anything
+    /// else the page asks for (a password): a link must not let whoever
+    /// holds it try passwords.
+    pub fn check_code(&self, token: &str, typed: &str) -> Result<(), LinkError> {
+        let typed = normalized_code(typed);
+        let now = Instant::now();
+        let matches = match self.slots().map.get(token) {
+            None => return Err(LinkError::Unknown),
+            Some(Slot::Gone { why, .. }) => return Err(*why),
+            Some(Slot::Waiting { expires, .. }) if now >= *expires => {
+                return Err(LinkError::Expired);
+            }
+            Some(Slot::Waiting { code, .. }) => {
+                // Same length and letters, every letter compared.
+                code.len() == typed.len()
+                    && code
+                        .bytes()
+                        .zip(typed.bytes())
+                        .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+                        == 0
+            }
+        };
+        if matches {
+            return Ok(());
+        }
+        let left = self.attempt_failed(token)?;
+        Err(LinkError::WrongCode { left })
+    }
+
+    /// Counts a failed attempt on the link behind `token` (a wrong
+    /// password, say); returns how many are left. The last one spends the
+    /// link ([`LinkError::TooManyAttempts`]) and the command that asked
+    /// fails with [`LoginError::TooManyAttempts`].
+    pub fn attempt_failed(&self, token: &str) -> Result<u8, LinkError> {
+        let mut slots = self.slots();
+        let failed = match slots.map.get_mut(token) {
+            None => return Err(LinkError::Unknown),
+            Some(Slot::Gone { why, .. }) => return Err(*why),
+            Some(Slot::Waiting { failed, .. }) => {
+                *failed = failed.saturating_add(1);
+                *failed
+            }
+        };
+        drop(slots);
+        if failed < MAX_ATTEMPTS {
+            return Ok(MAX_ATTEMPTS - failed);
+        }
+        match self.decide_as(token, Decision::TooManyAttempts, LinkError::TooManyAttempts) {
+            Ok(()) => Err(LinkError::TooManyAttempts),
+            Err(why) => Err(why),
+        }
+    }
+
     /// Completes the login behind `token` as `subject` (the user the app
-    /// authenticated on the page). Works once.
-    pub fn approve(&self, token: &str, subject: &str) -> Result<(), LinkError> {
+    /// authenticated on the page), once `code` is the one the terminal that
+    /// asked shows ([`check_code`](Self::check_code)). Works once.
+    pub fn approve(&self, token: &str, code: &str, subject: &str) -> Result<(), LinkError> {
+        self.check_code(token, code)?;
         self.decide(token, Decision::Approved(subject.to_owned()))
     }
 
@@ -365,6 +528,16 @@ impl BrowserLogins {
         let pending = self.begin(ctx)?;
         let url = url_for(pending.token());
         let err = ctx.stderr();
+        // Before the browser takes the screen.
+        let told = err
+            .println(format!(
+                "Your login code is {}: type it on the login page to approve.",
+                pending.code()
+            ))
+            .await;
+        if told.is_err() {
+            return Err(LoginError::Resource(ResourceError::Disconnected));
+        }
         let told = match ctx.browser().open(&url).await {
             Ok(()) => {
                 err.println(format!(
@@ -398,12 +571,19 @@ impl PendingLogin {
         &self.token
     }
 
+    /// The code to show in the terminal (`ABCD-EFGH`), which the page asks
+    /// the user to type.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
     /// Waits (without polling) until the page approves or refuses, or the
     /// link expires. Returns the approved subject.
     pub async fn wait(mut self) -> Result<String, LoginError> {
         match tokio::time::timeout_at(self.expires, &mut self.receiver).await {
             Ok(Ok(Decision::Approved(subject))) => Ok(subject),
             Ok(Ok(Decision::Refused)) => Err(LoginError::Refused),
+            Ok(Ok(Decision::TooManyAttempts)) => Err(LoginError::TooManyAttempts),
             Ok(Err(_)) | Err(_) => {
                 self.logins.mark_gone(&self.token, LinkError::Expired);
                 Err(LoginError::Expired)
@@ -446,11 +626,7 @@ mod tests {
     }
 
     fn request() -> LoginRequest {
-        LoginRequest {
-            client: "terminalwire 0.1.0 (linux x86_64)".into(),
-            device: "SHA256:dev".into(),
-            expires_in: Duration::ZERO,
-        }
+        LoginRequest::new("terminalwire 0.1.0 (linux x86_64)", "SHA256:dev")
     }
 
     #[tokio::test]
@@ -463,12 +639,18 @@ mod tests {
         let shown = logins.request(&token).unwrap();
         assert_eq!(shown.device, "SHA256:dev");
         assert!(shown.expires_in <= Duration::from_secs(60));
+        let code = pending.code().to_owned();
         let waiting = tokio::spawn(pending.wait());
-        assert_eq!(logins.approve(&token, "ada"), Ok(()));
+        // Typed as people type it.
+        let typed = code.to_lowercase().replace('-', " ");
+        assert_eq!(logins.approve(&token, &typed, "ada"), Ok(()));
         assert_eq!(waiting.await.unwrap().unwrap(), "ada");
-        assert_eq!(logins.approve(&token, "eve"), Err(LinkError::Used));
+        assert_eq!(logins.approve(&token, &code, "eve"), Err(LinkError::Used));
         assert_eq!(logins.request(&token), Err(LinkError::Used));
-        assert_eq!(logins.approve("0123", "eve"), Err(LinkError::Unknown));
+        assert_eq!(
+            logins.approve("0123", &code, "eve"),
+            Err(LinkError::Unknown)
+        );
     }
 
     #[tokio::test]
@@ -486,7 +668,7 @@ mod tests {
         let token = pending.token().to_owned();
         assert_eq!(logins.refuse(&token), Ok(()));
         assert!(matches!(pending.wait().await, Err(LoginError::Refused)));
-        assert_eq!(logins.approve(&token, "ada"), Err(LinkError::Used));
+        assert_eq!(logins.approve(&token, "x", "ada"), Err(LinkError::Used));
     }
 
     #[tokio::test(start_paused = true)]
@@ -498,7 +680,7 @@ mod tests {
         assert!(matches!(pending.wait().await, Err(LoginError::Expired)));
         assert!(started.elapsed() >= Duration::from_secs(300));
         assert_eq!(logins.request(&token), Err(LinkError::Expired));
-        assert_eq!(logins.approve(&token, "ada"), Err(LinkError::Expired));
+        assert_eq!(logins.approve(&token, "x", "ada"), Err(LinkError::Expired));
     }
 
     #[tokio::test(start_paused = true)]
@@ -508,7 +690,11 @@ mod tests {
         let token = pending.token().to_owned();
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(logins.request(&token), Err(LinkError::Expired));
-        assert_eq!(logins.approve(&token, "ada"), Err(LinkError::Expired));
+        let code = pending.code().to_owned();
+        assert_eq!(
+            logins.approve(&token, &code, "ada"),
+            Err(LinkError::Expired)
+        );
         assert!(matches!(pending.wait().await, Err(LoginError::Expired)));
     }
 
@@ -519,6 +705,87 @@ mod tests {
         let token = pending.token().to_owned();
         drop(pending);
         assert_eq!(logins.request(&token), Err(LinkError::Abandoned));
-        assert_eq!(logins.approve(&token, "ada"), Err(LinkError::Abandoned));
+        assert_eq!(
+            logins.approve(&token, "x", "ada"),
+            Err(LinkError::Abandoned)
+        );
+    }
+
+    /// A link someone else started cannot be approved without the code
+    /// their terminal shows: wrong codes, and failures the app counts,
+    /// spend it after `MAX_ATTEMPTS`, and the command that asked fails.
+    #[tokio::test]
+    async fn a_link_takes_a_few_wrong_codes_or_passwords_then_is_spent() {
+        let logins = BrowserLogins::default();
+        let pending = logins.begin_for(request()).unwrap();
+        let token = pending.token().to_owned();
+        let code = pending.code().to_owned();
+        let wrong = if code.starts_with('A') {
+            "BBBB-BBBB"
+        } else {
+            "AAAA-AAAA"
+        };
+        assert_eq!(
+            logins.approve(&token, wrong, "ada"),
+            Err(LinkError::WrongCode {
+                left: MAX_ATTEMPTS - 1
+            })
+        );
+        // A wrong password the app checked counts too.
+        assert_eq!(logins.attempt_failed(&token), Ok(MAX_ATTEMPTS - 2));
+        for left in (1..MAX_ATTEMPTS - 2).rev() {
+            assert_eq!(
+                logins.check_code(&token, wrong),
+                Err(LinkError::WrongCode { left })
+            );
+        }
+        assert_eq!(
+            logins.check_code(&token, wrong),
+            Err(LinkError::TooManyAttempts)
+        );
+        assert_eq!(
+            logins.approve(&token, &code, "ada"),
+            Err(LinkError::TooManyAttempts)
+        );
+        assert_eq!(logins.request(&token), Err(LinkError::TooManyAttempts));
+        assert!(matches!(
+            pending.wait().await,
+            Err(LoginError::TooManyAttempts)
+        ));
+    }
+
+    #[test]
+    fn codes_are_eight_unambiguous_letters_shown_in_two_halves() {
+        let logins = BrowserLogins::default();
+        let codes: Vec<String> = (0..64)
+            .map(|_| logins.begin_for(request()).unwrap().code().to_owned())
+            .collect();
+        for code in &codes {
+            let (first, rest) = code.split_once('-').unwrap();
+            assert_eq!((first.len(), rest.len()), (4, 4), "{code}");
+            assert!(
+                first
+                    .bytes()
+                    .chain(rest.bytes())
+                    .all(|b| CODE_ALPHABET.contains(&b)),
+                "{code}"
+            );
+        }
+        let distinct: std::collections::HashSet<_> = codes.iter().collect();
+        assert_eq!(distinct.len(), codes.len());
+    }
+
+    /// What the client says of itself reaches the page without characters
+    /// that would reorder or hide what the page shows around it.
+    #[test]
+    fn the_clients_words_reach_the_page_without_bidi_or_invisible_characters() {
+        let logins = BrowserLogins::default();
+        let asked = LoginRequest::new(
+            "laptop \u{202e}evorppa\u{202c} \u{200b}x\u{1b}[2J\n",
+            "SHA256:dev",
+        );
+        let pending = logins.begin_for(asked).unwrap();
+        let shown = logins.request(pending.token()).unwrap();
+        assert_eq!(shown.client, "laptop evorppa x[2J");
     }
 }

@@ -466,6 +466,7 @@ pub struct Client {
     envs: Vec<(String, String)>,
     program: Option<PathBuf>,
     stdout_file: Option<PathBuf>,
+    stderr_lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Client {
@@ -481,7 +482,15 @@ impl Client {
             envs: Vec::new(),
             program: None,
             stdout_file: None,
+            stderr_lines: None,
         }
+    }
+
+    /// Also sends each line of stderr to `lines` as it comes (the outcome
+    /// still has all of it), for what a running client shows.
+    pub fn stderr_lines(mut self, lines: tokio::sync::mpsc::UnboundedSender<String>) -> Client {
+        self.stderr_lines = Some(lines);
+        self
     }
 
     /// Feeds `bytes` on stdin (then end of file); stdin is null otherwise.
@@ -550,6 +559,20 @@ impl Client {
             command.env(key, value);
         }
         let mut child = command.spawn().unwrap();
+        let teeing = self.stderr_lines.map(|lines| {
+            let stderr = child.stderr.take().unwrap();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut stderr = tokio::io::BufReader::new(stderr);
+                let mut all = Vec::new();
+                let mut line = Vec::new();
+                while stderr.read_until(b'\n', &mut line).await.unwrap_or(0) > 0 {
+                    let _ = lines.send(String::from_utf8_lossy(&line).into_owned());
+                    all.append(&mut line);
+                }
+                all
+            })
+        });
         if let Some(bytes) = self.stdin {
             let mut stdin = child.stdin.take().unwrap();
             tokio::spawn(async move {
@@ -561,10 +584,14 @@ impl Client {
             .await
             .unwrap_or_else(|_| panic!("client {:?} hung", self.args))
             .unwrap();
+        let stderr = match teeing {
+            Some(teeing) => teeing.await.unwrap(),
+            None => output.stderr,
+        };
         Outcome {
             status: output.status.code(),
             stdout: output.stdout,
-            stderr: output.stderr,
+            stderr,
         }
     }
 }

@@ -223,7 +223,33 @@ fn login_path(server: &NotesServer, url: &str) -> (String, String) {
     (path, token)
 }
 
-/// Runs `login` on `machine` and approves it as `name` over plain HTTP.
+/// Starts `client` (a `login`); the lines of its stderr as they come.
+fn start_login(
+    client: Client,
+) -> (
+    tokio::task::JoinHandle<Outcome>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    (tokio::spawn(client.stderr_lines(lines_tx).run()), lines)
+}
+
+/// The code a running `login` shows for the page.
+async fn shown_code(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.recv().await {
+            if let Some(rest) = line.split("Your login code is ").nth(1) {
+                return rest.split(':').next().unwrap().to_owned();
+            }
+        }
+        panic!("the client ended without showing a login code");
+    })
+    .await
+    .expect("no login code shown")
+}
+
+/// Runs `login` on `machine` and approves it as `name` over plain HTTP,
+/// with the code it shows.
 async fn log_in(machine: &mut Machine, server: &NotesServer, name: &str) -> Outcome {
     // Through the installed launcher when the test installed one.
     let client = if machine.base().join("tw/bin/notes").exists() {
@@ -231,18 +257,31 @@ async fn log_in(machine: &mut Machine, server: &NotesServer, name: &str) -> Outc
     } else {
         machine.notes(server, &["login"])
     };
-    let waiting = tokio::spawn(client.run());
+    let (waiting, mut lines) = start_login(client);
+    let code = shown_code(&mut lines).await;
     let url = machine.next_browser_url().await;
     let (path, token) = login_path(server, &url);
     let (status, page) = http(server.addr, "GET", &path, None).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Log in as:"), "{page}");
+    // The link alone is not enough.
     let (status, page) = http(
         server.addr,
         "POST",
         "/login/approve",
         Some(&format!(
             "t={token}&name={name}&passphrase=&decision=approve"
+        )),
+    )
+    .await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("not the code the terminal shows"), "{page}");
+    let (status, page) = http(
+        server.addr,
+        "POST",
+        "/login/approve",
+        Some(&format!(
+            "t={token}&code={code}&name={name}&passphrase=&decision=approve"
         )),
     )
     .await;
@@ -253,7 +292,9 @@ async fn log_in(machine: &mut Machine, server: &NotesServer, name: &str) -> Outc
         server.addr,
         "POST",
         "/login/approve",
-        Some(&format!("t={token}&name=mallory&decision=approve")),
+        Some(&format!(
+            "t={token}&code={code}&name=mallory&decision=approve"
+        )),
     )
     .await;
     assert_eq!(status, 410, "a used link is gone");
@@ -589,16 +630,17 @@ async fn login_links_are_one_time_refusable_protected_and_expire() {
         .db(move |db| db.set_passphrase("ada", "a door", &hash))
         .await
         .unwrap();
-    let waiting = tokio::spawn(machine.notes(&server, &["login"]).run());
+    let (waiting, mut lines) = start_login(machine.notes(&server, &["login"]));
+    let code = shown_code(&mut lines).await;
     let (_, token) = login_path(&server, &machine.next_browser_url().await);
-    let wrong = format!("t={token}&name=ada&passphrase=guess&decision=approve");
+    let wrong = format!("t={token}&code={code}&name=ada&passphrase=guess&decision=approve");
     let (status, page) = http(server.addr, "POST", "/login/approve", Some(&wrong)).await;
     assert_eq!(status, 403);
     assert!(
-        page.contains("Wrong passphrase for ada. Hint: a door"),
+        page.contains("Wrong passphrase for ada. Hint: a door 4 attempts left."),
         "{page}"
     );
-    let right = format!("t={token}&name=ada&passphrase=open+sesame&decision=approve");
+    let right = format!("t={token}&code={code}&name=ada&passphrase=open+sesame&decision=approve");
     let (status, page) = http(server.addr, "POST", "/login/approve", Some(&right)).await;
     assert_eq!(status, 200, "{page}");
     let run = waiting.await.unwrap();
@@ -823,7 +865,8 @@ async fn a_real_browser_approves_the_login() {
     let server = NotesServer::start().await;
     let mut machine = Machine::new();
 
-    let waiting = tokio::spawn(machine.notes(&server, &["login"]).run());
+    let (waiting, mut lines) = start_login(machine.notes(&server, &["login"]));
+    let code = shown_code(&mut lines).await;
     // The "browser" hook hands the URL over; Chromium opens it.
     let url = machine.next_browser_url().await;
     login_path(&server, &url);
@@ -834,8 +877,11 @@ async fn a_real_browser_approves_the_login() {
     let clicked = browser
         .eval(
             &tab,
-            "document.getElementById('name').value = 'grace';\
-             document.getElementById('approve').click(); true",
+            &format!(
+                "document.getElementById('code').value = '{code}';\
+                 document.getElementById('name').value = 'grace';\
+                 document.getElementById('approve').click(); true"
+            ),
         )
         .await;
     assert_eq!(clicked, Some(serde_json::Value::Bool(true)));

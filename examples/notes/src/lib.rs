@@ -220,11 +220,17 @@ impl App {
         result.context("database error")
     }
 
-    /// The base URL of the web pages for this client.
+    /// The base URL of the web pages for this client: `--public-url`, else
+    /// the origin the client reached the app at (`https://` when it came
+    /// over `wss://`: a login link must not go out in clear).
     fn base_url(&self, ctx: &Context) -> String {
         match &self.public_url {
             Some(url) => url.to_string(),
-            None => format!("http://{}", ctx.client().authority),
+            None => ctx
+                .client()
+                .origin
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", ctx.client().authority)),
         }
     }
 

@@ -129,6 +129,9 @@ pub struct DecisionForm {
     /// The one-time token.
     #[serde(default)]
     pub t: String,
+    /// The code the terminal shows.
+    #[serde(default)]
+    pub code: String,
     /// Who logs in.
     #[serde(default)]
     pub name: String,
@@ -168,11 +171,16 @@ fn approval_form(
         .unwrap_or_default();
     let body = format!(
         "<h1>Log in to notes</h1>\
-         <p>A terminal asks to log in: <b>{client}</b>, device <code>{device}</code>.</p>\
-         <p>Approve only if you just ran <code>login</code> yourself. This link works once \
-         and expires in {minutes} minute{plural}.</p>{error}\
+         <p>A terminal asks to log in: <b><bdi>{client}</bdi></b> (as it describes itself), \
+         device <code>{device}</code>.</p>\
+         <p>Approve only if you just ran <code>login</code> yourself: type the code your \
+         terminal shows. This link works once and expires in {minutes} minute{plural}.</p>\
+         {error}\
          <form method=post action=/login/approve>\
          <input type=hidden name=t value=\"{token}\">\
+         <label>Code shown in your terminal: <input name=code id=code required \
+         maxlength=16 autocomplete=off autocapitalize=characters spellcheck=false \
+         placeholder=ABCD-EFGH></label>\
          <label>Log in as: <input name=name id=name value=\"{name}\" required maxlength=32 \
          pattern=\"[A-Za-z0-9._\\-]+\" autofocus></label>\
          <label>Passphrase (only if this user set one): \
@@ -227,6 +235,21 @@ async fn decide(State(app): State<App>, Form(form): Form<DecisionForm>) -> Respo
             "<p class=error>Approve or refuse the login.</p>",
         );
     }
+    // The code first: only someone who sees the terminal that asked may
+    // go on (and try a passphrase).
+    match app.logins().check_code(&form.t, &form.code) {
+        Ok(()) => {}
+        Err(error @ LinkError::WrongCode { .. }) => {
+            return approval_form(
+                StatusCode::FORBIDDEN,
+                &form.t,
+                &request,
+                form.name.trim(),
+                Some(&error.to_string()),
+            );
+        }
+        Err(error) => return link_error(error),
+    }
     let name = form.name.trim().to_owned();
     if !valid_name(&name) {
         return approval_form(
@@ -257,10 +280,18 @@ async fn decide(State(app): State<App>, Form(form): Form<DecisionForm>) -> Respo
             .await
             .unwrap_or(false);
         if !matches {
+            let left = match app.logins().attempt_failed(&form.t) {
+                Ok(left) => left,
+                Err(error) => return link_error(error),
+            };
             let mut error = format!("Wrong passphrase for {name}.");
             if !hint.is_empty() {
                 error.push_str(&format!(" Hint: {hint}"));
             }
+            error.push_str(&format!(
+                " {left} attempt{} left.",
+                if left == 1 { "" } else { "s" }
+            ));
             return approval_form(
                 StatusCode::FORBIDDEN,
                 &form.t,
@@ -270,7 +301,7 @@ async fn decide(State(app): State<App>, Form(form): Form<DecisionForm>) -> Respo
             );
         }
     }
-    match app.logins().approve(&form.t, &name) {
+    match app.logins().approve(&form.t, &form.code, &name) {
         Ok(()) => page(
             StatusCode::OK,
             "logged in",

@@ -904,3 +904,39 @@ async fn a_real_browser_approves_the_login() {
     server.stop().await;
     eprintln!("browser login took {:?}", started.elapsed());
 }
+
+/// A client that reached the app over `wss://` (its hello says so) is sent
+/// to the login page on `https://`: the link, and the code and passphrase
+/// typed on its page, must not go out in clear. (It was always `http://`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_wss_gets_an_https_login_link() {
+    use terminalwire_protocol::frame::{ClientFrame, Operation, ServerFrame};
+    let server = NotesServer::start().await;
+    let origin = format!("https://{}", server.authority());
+    let device = terminalwire_protocol::secure::StaticKey::generate().unwrap();
+    let url = server.url();
+    let target = terminalwire_client::connect::Target::parse(&url).unwrap();
+    let mut socket = terminalwire_tests::wire::secure_connect(&url, &device).await;
+    let mut hello =
+        terminalwire_client::facts::hello(&target, "notes".into(), vec!["login".into()]).unwrap();
+    hello.origin = Some(origin.clone());
+    terminalwire_tests::wire::send_frame(&mut socket, &ClientFrame::Hello(hello)).await;
+    let opened = tokio::time::timeout(WAIT, async {
+        loop {
+            if let ServerFrame::Request(request) =
+                terminalwire_tests::wire::next_frame(&mut socket).await
+                && let Operation::BrowserOpen { url } = request.op
+            {
+                break url;
+            }
+        }
+    })
+    .await
+    .expect("the app opened no login page");
+    assert!(
+        opened.starts_with(&format!("{origin}/login/approve?t=")),
+        "a client on {origin} is sent to {opened}"
+    );
+    drop(socket);
+    server.stop().await;
+}

@@ -258,6 +258,15 @@ impl DeviceRegistry {
     }
 
     /// Approves the pending device with this code; false if none has it.
+    ///
+    /// A web page that calls this on a form post must make sure the post
+    /// comes from the app's own page and its logged-in user: refuse posts
+    /// from other sites (a cross-site `Origin` or `Sec-Fetch-Site`, or a
+    /// missing CSRF token) and forbid framing (`X-Frame-Options: DENY`,
+    /// `Content-Security-Policy: frame-ancestors 'none'`). Otherwise any
+    /// site its user visits can approve an attacker's device with the code
+    /// the attacker's own terminal showed. The `hello` example shows the
+    /// checks.
     pub fn approve(&self, code: &str) -> bool {
         let code = code.trim().to_ascii_uppercase();
         self.update(|state| {
@@ -275,6 +284,10 @@ impl DeviceRegistry {
     }
 
     /// Revokes a device; false if unknown.
+    ///
+    /// A web page that calls this on a form post must guard against
+    /// cross-site requests and framing as for [`approve`](Self::approve);
+    /// otherwise another site can lock its user's devices out.
     pub fn revoke(&self, fingerprint: &str) -> bool {
         self.update(|state| match state.devices.get_mut(fingerprint) {
             // Nothing to save (a page posting it again writes nothing).

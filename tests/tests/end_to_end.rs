@@ -759,3 +759,125 @@ async fn a_browser_that_cannot_start_is_said_plainly_without_its_path() {
     // The server wrote that message: the variable's value stays here.
     assert!(!said.contains("private-tools"), "{said}");
 }
+
+/// Sends one raw HTTP/1.1 request to `addr` with `headers` (each
+/// `Name: value\r\n`) and returns the whole response.
+async fn raw_http(addr: std::net::SocketAddr, head: &str, headers: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{head} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap()
+}
+
+/// The hello app's device page: another site's form cannot approve or
+/// revoke a device, the page cannot be framed, and the app's own form (or
+/// curl) still works. (No other test here uses the app's device registry.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_site_form_cannot_revoke_or_approve_a_device() {
+    use terminalwire_server::devices::DeviceStatus;
+    let server = TestServer::hello().await;
+    let addr = server.addr();
+    let registry = hello::devices();
+    let pending = |fingerprint: &str| {
+        let _ = registry.check(fingerprint, "linux x86_64, terminalwire 0.1.0");
+        match registry.status(fingerprint) {
+            Some(DeviceStatus::Pending { code }) => code,
+            other => panic!("pending expected: {other:?}"),
+        }
+    };
+    assert!(registry.approve(&pending("SHA256:review4-victim")));
+    let code = pending("SHA256:review4-attacker");
+
+    let evil = "Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n";
+    let revoke = "device=SHA256%3Areview4-victim";
+    let approve = format!("code={code}");
+    for (what, headers) in [
+        ("cross-site", evil),
+        ("another origin", "Origin: https://evil.example\r\n"),
+        (
+            "another port",
+            &*format!("Origin: http://127.0.0.1:{}\r\n", addr.port() ^ 1),
+        ),
+        ("https origin", &*format!("Origin: https://{addr}\r\n")),
+        ("opaque origin", "Origin: null\r\n"),
+        ("a sibling site", "Sec-Fetch-Site: same-site\r\n"),
+    ] {
+        let revoked = raw_http(addr, "POST /devices/revoke", headers, revoke).await;
+        let approved = raw_http(addr, "POST /devices/approve", headers, &approve).await;
+        assert_eq!(
+            (
+                registry.status("SHA256:review4-victim"),
+                registry.status("SHA256:review4-attacker")
+            ),
+            (
+                Some(DeviceStatus::Approved),
+                Some(DeviceStatus::Pending { code: code.clone() })
+            ),
+            "a form from {what} revoked/approved devices:\n{revoked}\n{approved}"
+        );
+        assert_eq!(
+            (status_of(&revoked), status_of(&approved)),
+            (403, 403),
+            "{what}"
+        );
+    }
+
+    // The page may not be framed.
+    let page = raw_http(addr, "GET /devices", "", "")
+        .await
+        .to_ascii_lowercase();
+    assert_eq!(status_of(&page), 200, "{page}");
+    assert!(page.contains("\r\nx-frame-options: deny\r\n"), "{page}");
+    assert!(
+        page.contains("\r\ncontent-security-policy: frame-ancestors 'none'\r\n"),
+        "{page}"
+    );
+
+    // The app's own form works, and so does curl (no Origin).
+    let own = format!("Origin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n");
+    // (typed in lower case: the code is not case-sensitive)
+    let typed = format!("code={}", code.to_ascii_lowercase());
+    let approved = raw_http(addr, "POST /devices/approve", &own, &typed).await;
+    assert_eq!(status_of(&approved), 200, "{approved}");
+    assert!(
+        approved.contains("SHA256:review4-attacker"),
+        "names the device: {approved}"
+    );
+    assert_eq!(
+        registry.status("SHA256:review4-attacker"),
+        Some(DeviceStatus::Approved)
+    );
+    let revoked = raw_http(addr, "POST /devices/revoke", &own, revoke).await;
+    assert_eq!(status_of(&revoked), 200, "{revoked}");
+    assert_eq!(
+        registry.status("SHA256:review4-victim"),
+        Some(DeviceStatus::Revoked)
+    );
+    let revoked = raw_http(
+        addr,
+        "POST /devices/revoke",
+        "",
+        "device=SHA256%3Areview4-attacker",
+    )
+    .await;
+    assert_eq!(status_of(&revoked), 200, "{revoked}");
+    assert_eq!(
+        registry.status("SHA256:review4-attacker"),
+        Some(DeviceStatus::Revoked)
+    );
+}

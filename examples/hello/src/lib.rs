@@ -21,8 +21,8 @@ use std::future::Future;
 
 use axum::Form;
 use axum::Router;
-use axum::http::StatusCode;
-use axum::response::Html;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::{Parser, Subcommand};
 use terminalwire_server::devices::{DeviceRegistry, DeviceStatus};
@@ -454,8 +454,9 @@ pub fn use_device_file(path: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// The "approve this device" page. A real app puts it behind its web login;
-/// the example trusts whoever can load it.
-async fn devices_page() -> Html<String> {
+/// the example trusts whoever can load it. It may not be framed (another
+/// site could trick a click on its buttons).
+async fn devices_page() -> Response {
     let mut rows = String::new();
     for device in devices().list() {
         let status = match &device.status {
@@ -473,12 +474,51 @@ async fn devices_page() -> Html<String> {
             escape(&device.fingerprint),
         ));
     }
-    Html(format!(
+    let html = format!(
         "<!doctype html><title>devices</title><h1>Devices</h1>\
          <p>Approve a new device with the code its terminal shows:</p>\
          <form method=post action=/devices/approve><input name=code autofocus> <button>approve</button></form>\
          <table><tr><th>device</th><th>client</th><th>status</th><th></th></tr>{rows}</table>"
-    ))
+    );
+    (
+        [
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+/// Whether a form post comes from another site (so must not change
+/// anything): its browser says so in `Sec-Fetch-Site`, or its `Origin` is
+/// not this app's (`http://` and the request's `Host`). A post without
+/// either header (curl, an old browser's same-origin form) passes. A real
+/// app also checks its web login's session, with a CSRF token.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let site = headers
+        .get("sec-fetch-site")
+        .map(|site| site.as_bytes().to_ascii_lowercase());
+    if matches!(site.as_deref(), Some(b"cross-site" | b"same-site")) {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    match (origin.to_str(), host) {
+        (Ok(origin), Some(host)) => !origin.eq_ignore_ascii_case(&format!("http://{host}")),
+        _ => true,
+    }
+}
+
+fn refused_cross_site() -> (StatusCode, Html<String>) {
+    (
+        StatusCode::FORBIDDEN,
+        Html("<p>Refused: this form was sent from another site.</p>".into()),
+    )
 }
 
 /// The approval form.
@@ -495,14 +535,38 @@ pub struct RevokeForm {
     pub device: String,
 }
 
-async fn approve_device(Form(form): Form<ApproveForm>) -> (StatusCode, Html<String>) {
+async fn approve_device(
+    headers: HeaderMap,
+    Form(form): Form<ApproveForm>,
+) -> (StatusCode, Html<String>) {
+    if cross_site(&headers) {
+        return refused_cross_site();
+    }
+    // Which device the code is for, to name it in the answer (codes are
+    // compared as `approve` does).
+    let wanted = form.code.trim().to_ascii_uppercase();
+    let device = devices()
+        .list()
+        .into_iter()
+        .find(|device| matches!(&device.status, DeviceStatus::Pending { code } if *code == wanted));
     if devices().approve(&form.code) {
         if let Err(error) = devices().saved().await {
             return not_saved(&error);
         }
+        let named = device
+            .map(|device| {
+                format!(
+                    " <code>{}</code> ({})",
+                    escape(&device.fingerprint),
+                    escape(&device.label)
+                )
+            })
+            .unwrap_or_default();
         (
             StatusCode::OK,
-            Html("<p>Device approved. You can go back to your terminal.</p>".into()),
+            Html(format!(
+                "<p>Device{named} approved. You can go back to your terminal.</p>"
+            )),
         )
     } else {
         (
@@ -512,7 +576,13 @@ async fn approve_device(Form(form): Form<ApproveForm>) -> (StatusCode, Html<Stri
     }
 }
 
-async fn revoke_device(Form(form): Form<RevokeForm>) -> (StatusCode, Html<String>) {
+async fn revoke_device(
+    headers: HeaderMap,
+    Form(form): Form<RevokeForm>,
+) -> (StatusCode, Html<String>) {
+    if cross_site(&headers) {
+        return refused_cross_site();
+    }
     if devices().revoke(&form.device) {
         // Only a revocation on disk survives a restart of the app.
         if let Err(error) = devices().saved().await {

@@ -571,6 +571,94 @@ async fn tampered_and_expired_sessions_must_log_in_again() {
     server.stop().await;
 }
 
+/// Runs `login` on `machine` and approves it as `name` with `passphrase`.
+async fn log_in_with_passphrase(
+    machine: &mut Machine,
+    server: &NotesServer,
+    name: &str,
+    passphrase: &str,
+) -> Outcome {
+    let (waiting, mut lines) = start_login(machine.notes(server, &["login"]));
+    let code = shown_code(&mut lines).await;
+    let (_, token) = login_path(server, &machine.next_browser_url().await);
+    let form =
+        format!("t={token}&code={code}&name={name}&passphrase={passphrase}&decision=approve");
+    let (status, page) = http(server.addr, "POST", "/login/approve", Some(&form)).await;
+    assert_eq!(status, 200, "{page}");
+    waiting.await.unwrap()
+}
+
+/// Whether `machine` is told its session ended.
+async fn session_ended(machine: &Machine, server: &NotesServer) -> bool {
+    let run = machine.notes(server, &["whoami"]).run().await;
+    run.status == Some(1) && run.stdout_text() == "your session was ended; please log in again\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_a_passphrase_ends_the_sessions_made_without_it() {
+    let server = NotesServer::start().await;
+    // Anyone may log in as a name without a passphrase.
+    let mut mallory = Machine::new();
+    assert_ok(&log_in(&mut mallory, &server, "ada").await);
+    // No sleep: a session from the same second as the change ends too.
+    let hash = notes::secret::hash("correct horse battery").unwrap();
+    server
+        .app
+        .db(move |db| db.set_passphrase("ada", "", &hash))
+        .await
+        .unwrap();
+    let run = mallory.notes(&server, &["whoami"]).run().await;
+    assert_ne!(
+        run.stdout_text(),
+        "Logged in as ada\n",
+        "a session from before the passphrase still works"
+    );
+    assert!(
+        run.stdout_text()
+            .contains("your session was ended; please log in again"),
+        "{}",
+        run.stdout_text()
+    );
+
+    // Logging in right after the change works, and keeps working.
+    let mut ada = Machine::new();
+    let run = log_in_with_passphrase(&mut ada, &server, "ada", "correct+horse+battery").await;
+    assert_ok(&run);
+    let run = ada.notes(&server, &["whoami"]).run().await;
+    assert_ok(&run);
+    assert_eq!(run.stdout_text(), "Logged in as ada\n");
+
+    // Removing the passphrase ends the sessions on other machines (say, a
+    // lost laptop's), but not the one that removed it.
+    let mut laptop = Machine::new();
+    assert_ok(&log_in_with_passphrase(&mut laptop, &server, "ada", "correct+horse+battery").await);
+    let run = ada.notes(&server, &["passphrase", "--remove"]).run().await;
+    assert_ok(&run);
+    assert!(
+        run.stdout_text().contains("Passphrase removed"),
+        "{}",
+        run.stdout_text()
+    );
+    assert!(session_ended(&laptop, &server).await);
+    let run = ada.notes(&server, &["whoami"]).run().await;
+    assert_ok(&run);
+    assert_eq!(run.stdout_text(), "Logged in as ada\n");
+    // Other users' sessions are untouched.
+    let mut bob = Machine::new();
+    assert_ok(&log_in(&mut bob, &server, "bob").await);
+    let hash = notes::secret::hash("another one").unwrap();
+    server
+        .app
+        .db(move |db| db.set_passphrase("ada", "", &hash))
+        .await
+        .unwrap();
+    assert!(session_ended(&ada, &server).await);
+    let run = bob.notes(&server, &["whoami"]).run().await;
+    assert_ok(&run);
+    assert_eq!(run.stdout_text(), "Logged in as bob\n");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_links_are_one_time_refusable_protected_and_expire() {
     let server = NotesServer::start().await;

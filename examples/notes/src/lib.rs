@@ -28,7 +28,9 @@
 //! command is told through an in-process channel and saves a session token,
 //! bound to the device, in the authority's storage folder on the user's
 //! machine. A session that is expired, damaged or copied from another
-//! machine is refused with "please log in again". The demo trusts whoever
+//! machine is refused with "please log in again", and so is one its user
+//! logged in to before their passphrase was set, changed or removed (the
+//! `passphrase` command keeps the session it ran in). The demo trusts whoever
 //! can load the page to pick a name; a real app puts its own web login in
 //! front of it.
 //!
@@ -189,11 +191,21 @@ impl App {
         let database = data_dir.join(DATABASE_FILE);
         let store = Store::open(&database)
             .with_context(|| format!("cannot open the database {}", database.display()))?;
+        let store = Arc::new(store);
         let key = data_dir.join(SESSION_KEY_FILE);
+        // A session from before its user's passphrase last changed is over:
+        // it may be someone who logged in as them while they had none, or
+        // with the passphrase they changed.
+        let changes = store.clone();
         let issuer = TokenIssuer::load_or_create(&key, options.session_lifetime)
-            .with_context(|| format!("cannot use the session key {}", key.display()))?;
+            .with_context(|| format!("cannot use the session key {}", key.display()))?
+            .with_revocation_check(move |claims| {
+                changes
+                    .passphrase_changed(&claims.sub)
+                    .is_none_or(|changed| claims.auth_time() > changed)
+            });
         Ok(App {
-            store: Arc::new(store),
+            store,
             issuer: Arc::new(issuer),
             logins: BrowserLogins::new(options.login_link_lifetime),
             public_url: options
@@ -395,13 +407,15 @@ async fn read_stdin(ctx: &Context) -> anyhow::Result<Vec<u8>> {
 async fn passphrase(app: &App, ctx: &Context, user: String, remove: bool) -> anyhow::Result<()> {
     let out = ctx.stdout();
     if remove {
-        let removed = app.db(move |db| db.remove_passphrase(&user)).await?;
-        out.println(if removed {
-            "Passphrase removed"
-        } else {
-            "You had no passphrase"
-        })
-        .await?;
+        let owner = user.clone();
+        let removed = app.db(move |db| db.remove_passphrase(&owner)).await?;
+        if !removed {
+            out.println("You had no passphrase").await?;
+            return Ok(());
+        }
+        keep_session(app, ctx, &user).await?;
+        out.println("Passphrase removed; your sessions on other machines have ended")
+            .await?;
         return Ok(());
     }
     let hint = ctx
@@ -433,11 +447,22 @@ async fn passphrase(app: &App, ctx: &Context, user: String, remove: bool) -> any
     let owner = user.clone();
     app.db(move |db| db.set_passphrase(&owner, &hint, &hash))
         .await?;
+    keep_session(app, ctx, &user).await?;
     out.println(format!(
-        "Passphrase set: the login page will ask for it when someone logs in as {user}"
+        "Passphrase set: the login page will ask for it when someone logs in as {user}; \
+         your sessions on other machines have ended"
     ))
     .await?;
     Ok(())
+}
+
+/// The passphrase of `user` just changed, which ended their sessions: this
+/// machine, where they made the change, gets a new one.
+async fn keep_session(app: &App, ctx: &Context, user: &str) -> anyhow::Result<()> {
+    ctx.log_in(&app.issuer, user)
+        .await
+        .map_err(explain)
+        .context("your passphrase changed, but this machine's session could not be renewed")
 }
 
 /// The text `export` writes.

@@ -4,9 +4,15 @@
 //! `tokio::task::spawn_blocking` ([`crate::App::db`]), one short
 //! transaction at a time behind a mutex (a `Connection` is `Send`, not
 //! `Sync`).
+//!
+//! When a passphrase is set, changed or removed, the sessions its owner
+//! logged in to before are over: [`Store::passphrase_changed`] says when
+//! that last happened, from memory (the session check is synchronous).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -39,6 +45,9 @@ pub struct NewNote {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Owner → when their passphrase last changed (the `updated` column),
+    /// seconds since the Unix epoch.
+    changed: Mutex<HashMap<String, u64>>,
 }
 
 const SCHEMA: &str = "
@@ -50,6 +59,8 @@ CREATE TABLE IF NOT EXISTS notes (
     created INTEGER NOT NULL DEFAULT (unixepoch())
 );
 CREATE INDEX IF NOT EXISTS notes_owner ON notes (owner, id);
+-- A removed passphrase keeps its row, with an empty hash: `updated` still
+-- ends the sessions from before the removal after a restart.
 CREATE TABLE IF NOT EXISTS passphrases (
     owner   TEXT PRIMARY KEY,
     hint    TEXT NOT NULL DEFAULT '',
@@ -57,6 +68,27 @@ CREATE TABLE IF NOT EXISTS passphrases (
     updated INTEGER NOT NULL DEFAULT (unixepoch())
 );
 ";
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Returns once the clock's whole seconds have passed `changed`: a session
+/// issued from then on (its times are whole seconds) is told apart from
+/// the sessions a change at `changed` ends.
+fn wait_past(changed: u64) {
+    loop {
+        let now = unix_now();
+        if now.as_secs() > changed {
+            return;
+        }
+        std::thread::sleep(Duration::from_nanos(u64::from(
+            1_000_000_000 - now.subsec_nanos(),
+        )));
+    }
+}
 
 const NOTE_COLUMNS: &str = "id, title, body, datetime(created, 'unixepoch')";
 
@@ -76,17 +108,24 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-        })
+        Store::with(conn)
     }
 
     /// A database in memory (for tests).
     pub fn in_memory() -> rusqlite::Result<Store> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
+        Store::with(conn)
+    }
+
+    fn with(conn: Connection) -> rusqlite::Result<Store> {
+        let changed = conn
+            .prepare("SELECT owner, updated FROM passphrases")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(Store {
             conn: Mutex::new(conn),
+            changed: Mutex::new(changed),
         })
     }
 
@@ -164,29 +203,71 @@ impl Store {
             .collect()
     }
 
-    /// Sets `owner`'s passphrase (its hash, see [`crate::secret`]) and hint.
+    /// Sets `owner`'s passphrase (its hash, see [`crate::secret`]) and hint,
+    /// which ends their earlier sessions ([`Store::passphrase_changed`]).
+    /// Returns once a session issued now would outlive the change (up to a
+    /// second later).
     pub fn set_passphrase(&self, owner: &str, hint: &str, hash: &str) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "INSERT INTO passphrases (owner, hint, hash) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (owner) DO UPDATE SET hint = ?2, hash = ?3, updated = unixepoch()",
-            params![owner, hint, hash],
-        )?;
+        let changed = {
+            let conn = self.conn();
+            let changed = unix_now().as_secs();
+            conn.execute(
+                "INSERT INTO passphrases (owner, hint, hash, updated) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (owner) DO UPDATE SET hint = ?2, hash = ?3, updated = ?4",
+                params![owner, hint, hash, changed],
+            )?;
+            self.note_change(owner, changed);
+            changed
+        };
+        wait_past(changed);
         Ok(())
     }
 
-    /// Removes `owner`'s passphrase; false if there was none.
+    /// Removes `owner`'s passphrase, which ends their earlier sessions as
+    /// [`Store::set_passphrase`] does; false if there was none.
     pub fn remove_passphrase(&self, owner: &str) -> rusqlite::Result<bool> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM passphrases WHERE owner = ?1", [owner])?
-            > 0)
+        let changed = {
+            let conn = self.conn();
+            let changed = unix_now().as_secs();
+            let removed = conn.execute(
+                "UPDATE passphrases SET hash = '', hint = '', updated = ?2 \
+                 WHERE owner = ?1 AND hash != ''",
+                params![owner, changed],
+            )?;
+            if removed == 0 {
+                return Ok(false);
+            }
+            self.note_change(owner, changed);
+            changed
+        };
+        wait_past(changed);
+        Ok(true)
+    }
+
+    fn note_change(&self, owner: &str, changed: u64) {
+        self.changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(owner.to_owned(), changed);
+    }
+
+    /// When `owner`'s passphrase was last set, changed or removed (seconds
+    /// since the Unix epoch), if ever: their sessions logged in to at or
+    /// before then are over. From memory: cheap enough for every session
+    /// check.
+    pub fn passphrase_changed(&self, owner: &str) -> Option<u64> {
+        self.changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(owner)
+            .copied()
     }
 
     /// `owner`'s passphrase hash and hint, if they set one.
     pub fn passphrase(&self, owner: &str) -> rusqlite::Result<Option<(String, String)>> {
         self.conn()
             .query_row(
-                "SELECT hash, hint FROM passphrases WHERE owner = ?1",
+                "SELECT hash, hint FROM passphrases WHERE owner = ?1 AND hash != ''",
                 [owner],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
@@ -236,7 +317,34 @@ mod tests {
         store.set_passphrase("ada", "cat", "h2")?;
         assert_eq!(store.passphrase("ada")?, Some(("h2".into(), "cat".into())));
         assert!(store.remove_passphrase("ada")?);
+        assert_eq!(store.passphrase("ada")?, None);
         assert!(!store.remove_passphrase("ada")?);
+        store.set_passphrase("ada", "", "h3")?;
+        assert_eq!(store.passphrase("ada")?, Some(("h3".into(), "".into())));
+        Ok(())
+    }
+
+    #[test]
+    fn passphrase_changes_are_remembered_across_reopening() -> rusqlite::Result<()> {
+        let dir = tempfile::tempdir().map_err(|_| rusqlite::Error::InvalidQuery)?;
+        let path = dir.path().join("notes.sqlite3");
+        let store = Store::open(&path)?;
+        assert_eq!(store.passphrase_changed("ada"), None);
+        let before = unix_now().as_secs();
+        store.set_passphrase("ada", "", "h1")?;
+        let set = store.passphrase_changed("ada").unwrap_or(0);
+        assert!(set >= before, "{set} < {before}");
+        // It returns once the clock is past the change.
+        assert!(unix_now().as_secs() > set);
+        assert_eq!(Store::open(&path)?.passphrase_changed("ada"), Some(set));
+        assert!(store.remove_passphrase("ada")?);
+        let removed = store.passphrase_changed("ada").unwrap_or(0);
+        assert!(removed > set, "{removed} <= {set}");
+        // A removal is remembered too.
+        let reopened = Store::open(&path)?;
+        assert_eq!(reopened.passphrase_changed("ada"), Some(removed));
+        assert_eq!(reopened.passphrase("ada")?, None);
+        assert_eq!(reopened.passphrase_changed("bob"), None);
         Ok(())
     }
 

@@ -336,13 +336,29 @@ impl RecentRequests {
         self.entries.is_empty()
     }
 
+    /// Forgets the oldest requests over the budgets, but never one still
+    /// running (a read waiting for input while a thousand newer requests
+    /// come and go): forgotten, a repeat of its id would run it again. It
+    /// goes to the back instead; running requests are at most the ones a
+    /// server may have in flight.
     fn trim(&mut self) {
-        while self.order.len() > RECENT_REQUESTS || self.bytes > RECENT_BYTES {
+        let mut kept_running = 0;
+        while (self.order.len() > RECENT_REQUESTS || self.bytes > RECENT_BYTES)
+            && kept_running < self.order.len()
+        {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if let Some(Entry::Kept(answer)) = self.entries.remove(&oldest) {
-                self.bytes -= answer.len();
+            match self.entries.get(&oldest) {
+                Some(Entry::Running) => {
+                    self.order.push_back(oldest);
+                    kept_running += 1;
+                }
+                _ => {
+                    if let Some(Entry::Kept(answer)) = self.entries.remove(&oldest) {
+                        self.bytes -= answer.len();
+                    }
+                }
             }
         }
     }
@@ -483,6 +499,28 @@ mod tests {
         let newest = RECENT_REQUESTS as u64 * 3 - 1;
         assert!(matches!(recent.begin(newest), Seen::Answered(_)));
         assert_eq!(recent.begin(0), Seen::New);
+    }
+
+    /// A read waiting for input while a thousand and more newer requests
+    /// come and go is still known as running: its id repeated is not run a
+    /// second time (it took a second line of input).
+    #[test]
+    fn a_running_request_is_never_forgotten() {
+        let mut recent = RecentRequests::new();
+        assert_eq!(recent.begin(1), Seen::New);
+        for id in 2..=(RECENT_REQUESTS as u64 * 2) {
+            assert_eq!(recent.begin(id), Seen::New);
+            recent.finish(id, b"answer");
+        }
+        assert!(recent.len() <= RECENT_REQUESTS);
+        assert_eq!(recent.begin(1), Seen::Running);
+        // Once answered, it is forgotten in its turn like any other.
+        recent.finish(1, b"answer");
+        for id in (RECENT_REQUESTS as u64 * 2 + 1)..=(RECENT_REQUESTS as u64 * 4) {
+            recent.begin(id);
+            recent.finish(id, b"answer");
+        }
+        assert_eq!(recent.begin(1), Seen::New);
     }
 
     #[test]

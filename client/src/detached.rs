@@ -151,12 +151,7 @@ pub fn sessions_dir(home: &Home, authority: &Authority) -> PathBuf {
 
 /// Session ids are the server's; only plain names make file names.
 fn check_id(id: &str) -> Result<(), RecordError> {
-    let plain = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if plain {
+    if terminalwire_protocol::frame::valid_session_id(id) {
         Ok(())
     } else {
         Err(RecordError::BadId(id.to_owned()))

@@ -1594,6 +1594,15 @@ async fn open_session<S: Socket>(
         );
         return Err(violation(sink, message).await);
     }
+    // It names the audit log's lines and a detached session's record.
+    if !terminalwire_protocol::frame::valid_session_id(&welcome.session_id) {
+        let message = format!(
+            "the server's session id is not 1 to {} letters, digits, `-` or `_` ({} bytes)",
+            terminalwire_protocol::frame::MAX_SESSION_ID_LEN,
+            welcome.session_id.len()
+        );
+        return Err(violation(sink, message).await);
+    }
     Ok(welcome)
 }
 

@@ -302,7 +302,8 @@ pub struct Welcome {
     pub version: u16,
     /// The server program.
     pub server: Software,
-    /// Identifies the session (for logs, and later for resuming).
+    /// Identifies the session (for logs, and later for resuming): see
+    /// [`valid_session_id`].
     pub session_id: String,
     /// Capabilities both sides support.
     #[serde(default)]
@@ -315,6 +316,19 @@ pub struct Welcome {
     /// both sides have the `resume` capability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumeTicket>,
+}
+
+/// Longest session id, in bytes.
+pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// Whether `id` may be a session id: 1 to [`MAX_SESSION_ID_LEN`] ASCII
+/// letters, digits, `-` and `_`. A client names files and log lines with it;
+/// another is a protocol violation (section 5).
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=MAX_SESSION_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What a client needs to continue a session on a new connection.

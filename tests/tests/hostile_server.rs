@@ -433,6 +433,48 @@ async fn pings_from_a_server_that_reads_nothing_do_not_grow_the_client() {
     assert_eq!(status.code(), Some(3));
 }
 
+/// A session id that is not 1 to 128 plain characters (it names the audit
+/// log's lines and a detached session's record) is a protocol violation:
+/// a megabyte of control characters in it made every audit summary line
+/// megabytes long (85 MiB of log, 110 MiB of memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_that_names_nothing_plainly_is_refused() {
+    for session_id in ["\u{1}".repeat(1_000_000), "../up".to_owned(), String::new()] {
+        let id = session_id.clone();
+        let server = ScriptedServer::start(true, move |mut socket| {
+            let id = id.clone();
+            async move {
+                if next_client_frame(&mut socket).await.is_none() {
+                    return;
+                }
+                let welcome = terminalwire_protocol::frame::Welcome {
+                    session_id: id,
+                    ..terminalwire_tests::scripted_welcome_fields()
+                };
+                send_server_frame(&mut socket, &ServerFrame::Welcome(welcome)).await;
+                let exists = ServerFrame::Request(Request {
+                    id: RequestId(1),
+                    op: Operation::FileExists {
+                        path: "/etc/hostname".to_owned(),
+                    },
+                });
+                send_server_frame(&mut socket, &exists).await;
+                while next_client_frame(&mut socket).await.is_some() {}
+            }
+        })
+        .await;
+        let (status, stderr, peak) = attack(&server.url(), &[]).await;
+        assert_eq!(
+            status,
+            Some(PROTOCOL),
+            "{} bytes: {stderr}",
+            session_id.len()
+        );
+        assert!(stderr.contains("session id"), "{stderr}");
+        assert!(peak < MEMORY_BOUND, "peak {} MiB", peak >> 20);
+    }
+}
+
 /// A server that stops reading holds a send of the client for up to its
 /// send time-out (60 s); SIGTERM and SIGHUP still end the client at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,9 @@ fn unbuffered_stdout() -> Output {
 enum Chunk {
     /// Bytes from the server, counted against the stream's window.
     Remote(Bytes),
+    /// Small chunks of the server's merged while they wait for the writer
+    /// ([`OutputPipe::push`]); the writer takes them out ([`Chunk::settled`]).
+    Merged(Merging),
     /// Bytes the client writes itself (its notices), not counted.
     Local(Vec<u8>),
     /// A request's prompt, not counted either. `_taken` goes with the chunk
@@ -171,11 +174,35 @@ enum Chunk {
     },
 }
 
+/// Small chunks of the server's being merged: `None` once the writer took
+/// them, after which nothing is added.
+type Merging = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
+/// Largest chunk small chunks are merged into.
+const MERGED_CHUNK: usize = 16 * 1024;
+
 impl Chunk {
+    /// The bytes (of a settled chunk: a merged one has none until then).
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Remote(bytes) => bytes,
+            Chunk::Merged(_) => &[],
             Chunk::Local(bytes) | Chunk::Prompt { bytes, .. } => bytes,
+        }
+    }
+
+    /// The chunk as the writer writes it: merged chunks taken out (nothing
+    /// is added to them after).
+    fn settled(self) -> Chunk {
+        match self {
+            Chunk::Merged(merging) => Chunk::Remote(Bytes::from(
+                merging
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                    .unwrap_or_default(),
+            )),
+            other => other,
         }
     }
 
@@ -188,7 +215,7 @@ impl Chunk {
     fn remote_len(&self) -> usize {
         match self {
             Chunk::Remote(bytes) => bytes.len(),
-            Chunk::Local(_) | Chunk::Prompt { .. } => 0,
+            Chunk::Merged(_) | Chunk::Local(_) | Chunk::Prompt { .. } => 0,
         }
     }
 }
@@ -204,6 +231,9 @@ impl Chunk {
 #[derive(Clone)]
 struct PromptSink {
     queue: mpsc::UnboundedSender<Chunk>,
+    /// The output's chunk being merged: closed before the prompt, so that
+    /// later output does not go ahead of it.
+    merging: Arc<std::sync::Mutex<Option<Merging>>>,
     /// The output's [`Direct::queued`], when it has one: a prompt counts
     /// there like any chunk queued, so the session does not write the
     /// server's later bytes past it.
@@ -222,7 +252,15 @@ impl PromptSink {
             bytes: prompt.into_bytes(),
             _taken: taken,
         };
-        if self.queue.send(chunk).is_err() {
+        let sent = {
+            let mut merging = self
+                .merging
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *merging = None;
+            self.queue.send(chunk)
+        };
+        if sent.is_err() {
             // The writer is gone; the prompt with it.
             if let Some(queued) = &self.queued {
                 queued.fetch_sub(1, Ordering::Release);
@@ -269,6 +307,9 @@ struct OutputPipe {
     window: ReceiveWindow,
     /// Set when the output is a file that a write never waits on.
     direct: Option<Direct>,
+    /// The last chunk queued, while small chunks of the server's are merged
+    /// into it ([`OutputPipe::push`]).
+    merging: Arc<std::sync::Mutex<Option<Merging>>>,
 }
 
 /// An output written by the session itself, without handing each chunk to
@@ -370,6 +411,7 @@ impl OutputPipe {
             window: ReceiveWindow::new(window),
             stop,
             direct,
+            merging: Arc::default(),
         }
     }
 
@@ -399,23 +441,60 @@ impl OutputPipe {
         let Some(queue) = &self.queue else {
             return Pushed::Queued;
         };
-        if let Some(direct) = &self.direct {
-            if matches!(chunk, Chunk::Remote(_))
-                && !direct.slow.load(Ordering::Relaxed)
-                && direct.queued.load(Ordering::Acquire) == 0
-            {
-                use std::io::Write as _;
-                let started = std::time::Instant::now();
-                let written = (&direct.file).write_all(chunk.bytes());
-                if started.elapsed() > direct.slow_after {
-                    tracing::debug!(stream = self.name, "slow output: written by its thread");
-                    direct.slow.store(true, Ordering::Relaxed);
-                }
-                return match written {
-                    Ok(()) => Pushed::Written(chunk.remote_len()),
-                    Err(error) => Pushed::Failed(error),
-                };
+        // Held across the send: a prompt queued meanwhile must not go
+        // between a merged chunk and what is added to it.
+        let mut merging = self
+            .merging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(direct) = &self.direct
+            && matches!(chunk, Chunk::Remote(_))
+            && !direct.slow.load(Ordering::Relaxed)
+            && direct.queued.load(Ordering::Acquire) == 0
+        {
+            // Nothing queued: whatever was merged is written.
+            *merging = None;
+            use std::io::Write as _;
+            let started = std::time::Instant::now();
+            let written = (&direct.file).write_all(chunk.bytes());
+            if started.elapsed() > direct.slow_after {
+                tracing::debug!(stream = self.name, "slow output: written by its thread");
+                direct.slow.store(true, Ordering::Relaxed);
             }
+            return match written {
+                Ok(()) => Pushed::Written(chunk.remote_len()),
+                Err(error) => Pushed::Failed(error),
+            };
+        }
+        // A small chunk of the server's joins the one queued before it,
+        // while the writer has not taken that one: a server sending its
+        // output a byte at a time to an output that does not drain would
+        // otherwise cost an entry (some 75 bytes) per byte of its window.
+        let chunk = match chunk {
+            Chunk::Remote(bytes) if bytes.len() < SMALL_CHUNK => {
+                if let Some(open) = merging.as_ref() {
+                    let mut open = open
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(merged) = open.as_mut()
+                        && merged.len() + bytes.len() <= MERGED_CHUNK
+                    {
+                        merged.extend_from_slice(&bytes);
+                        return Pushed::Queued;
+                    }
+                }
+                let mut first = Vec::with_capacity(SMALL_CHUNK);
+                first.extend_from_slice(&bytes);
+                let open: Merging = Arc::new(std::sync::Mutex::new(Some(first)));
+                *merging = Some(open.clone());
+                Chunk::Merged(open)
+            }
+            other => {
+                *merging = None;
+                other
+            }
+        };
+        if let Some(direct) = &self.direct {
             direct.queued.fetch_add(1, Ordering::Release);
         }
         // A failed writer reports through its event; nothing to do here.
@@ -440,6 +519,7 @@ impl OutputPipe {
     fn prompt_sink(&self) -> Option<PromptSink> {
         Some(PromptSink {
             queue: self.queue.clone()?,
+            merging: self.merging.clone(),
             queued: self.direct.as_ref().map(|direct| direct.queued.clone()),
         })
     }
@@ -465,6 +545,7 @@ async fn write_async(
     let mut keyboard = crate::terminal::KeyboardWatch::default();
     let result: io::Result<()> = async {
         while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk.settled();
             if chunk.is_the_servers() {
                 keyboard.watch_output(chunk.bytes());
             }
@@ -513,11 +594,11 @@ fn write_file(
     let mut keyboard =
         std::io::IsTerminal::is_terminal(&file).then(crate::terminal::KeyboardWatch::default);
     while let Some(first) = chunks.blocking_recv() {
-        batch.push(first);
+        batch.push(first.settled());
         while batch.len() < CHUNKS_PER_WRITE
             && let Ok(chunk) = chunks.try_recv()
         {
-            batch.push(chunk);
+            batch.push(chunk.settled());
         }
         // Not while the client's own consent prompt is on screen.
         let _open = gate.map(tokio::sync::RwLock::blocking_read);
@@ -3114,6 +3195,7 @@ mod tests {
         let (queue, mut shown) = mpsc::unbounded_channel();
         let prompts = PromptSink {
             queue,
+            merging: Arc::default(),
             queued: None,
         };
         let stdin = stdin_of(b"");

@@ -475,6 +475,72 @@ async fn a_session_id_that_names_nothing_plainly_is_refused() {
     }
 }
 
+/// Output a byte per frame to outputs nobody reads: each small chunk joins
+/// the one queued before it, so the client holds about the bytes, not an
+/// entry (some 75 bytes) per byte of the window: 2 MiB so cut peaked at
+/// 152 MiB before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_byte_chunks_to_outputs_that_do_not_drain_keep_memory_bounded() {
+    const PER_STREAM: usize = 1_000_000;
+    let (done_tx, done) = tokio::sync::oneshot::channel::<bool>();
+    let done_tx = std::sync::Mutex::new(Some(done_tx));
+    let server = ScriptedServer::start(true, move |mut socket| {
+        let done_tx = done_tx.lock().unwrap().take();
+        async move {
+            let Some(done_tx) = done_tx else { return };
+            if !welcome(&mut socket).await {
+                return;
+            }
+            let frame = |sid| {
+                ServerFrame::Data(Data {
+                    sid,
+                    bytes: b"x".to_vec().into(),
+                })
+            };
+            let batch: Vec<ServerFrame> = (0..8192)
+                .map(|i| {
+                    frame(if i % 2 == 0 {
+                        StreamId::STDOUT
+                    } else {
+                        StreamId::STDERR
+                    })
+                })
+                .collect();
+            for _ in 0..(2 * PER_STREAM / batch.len()) {
+                socket.send_frames_together(&batch).await;
+            }
+            // Answered only once every chunk before it was taken.
+            let answered = terminalwire_tests::ask(
+                &mut socket,
+                1,
+                Operation::EnvGet {
+                    name: "HOME".into(),
+                },
+            )
+            .await
+            .is_some();
+            let _ = done_tx.send(answered);
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    // Nobody reads stdout or stderr.
+    let child = home.command([url.as_str(), "go"]).spawn().unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(120), done)
+        .await
+        .expect("the client did not take the output")
+        .unwrap();
+    assert!(answered, "the client went away");
+    let peak = proc_status_bytes(child.id(), "VmHWM").unwrap();
+    assert!(
+        peak < MEMORY_BOUND,
+        "2 MiB of output in one-byte chunks: the client peaked at {} MiB",
+        peak >> 20
+    );
+}
+
 /// A server that stops reading holds a send of the client for up to its
 /// send time-out (60 s); SIGTERM and SIGHUP still end the client at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

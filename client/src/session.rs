@@ -2320,7 +2320,8 @@ async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpE
     let mut bytes = Vec::new();
     // Reads through the session's one buffer: bytes after the newline stay
     // there for the next read instead of being lost with a local buffer.
-    let mut limited = (&mut *stdin).take(MAX_LINE as u64 + 1);
+    // The longest line and its `\r\n`: one more byte is a line too long.
+    let mut limited = (&mut *stdin).take(MAX_LINE as u64 + 2);
     let io_error =
         |error: io::Error| OpError::new(ErrorCode::Io, format!("reading stdin: {error}"));
     let n = limited
@@ -2330,15 +2331,19 @@ async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpE
     if n == 0 {
         return Ok(Reply::Line { line: None });
     }
-    if bytes.last() == Some(&b'\n') {
+    let ended = bytes.last() == Some(&b'\n');
+    if ended {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
-    } else if bytes.len() > MAX_LINE {
+    }
+    if bytes.len() > MAX_LINE {
         // The rest of the refused line goes too: the next read would
         // otherwise take it for a line of its own.
-        skip_line(stdin).await.map_err(io_error)?;
+        if !ended {
+            skip_line(stdin).await.map_err(io_error)?;
+        }
         return Err(OpError::new(
             ErrorCode::Invalid,
             format!("input line longer than {MAX_LINE} bytes (skipped)"),

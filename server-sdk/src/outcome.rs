@@ -73,14 +73,34 @@ impl<T: IntoOutcome, E: Into<anyhow::Error>> IntoOutcome for Result<T, E> {
             Ok(value) => value.into_outcome(),
             Err(error) => {
                 let error: anyhow::Error = error.into();
-                let exit = error.chain().find_map(|cause| cause.downcast_ref::<Exit>());
-                match exit {
+                match exit_in(error.as_ref()) {
                     Some(exit) => Outcome::Exit(exit.0),
                     None => Outcome::Failed(chain_text(error.as_ref())),
                 }
             }
         }
     }
+}
+
+/// The [`Exit`] in `error`'s chain of causes, also inside an `io::Error`
+/// (whose `source` skips the error it wraps: `io::Error::other(Exit(3))`,
+/// what an app's own `AsyncRead` in `tokio::io::copy` would give).
+fn exit_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Exit> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(exit) = current.downcast_ref::<Exit>() {
+            return Some(exit);
+        }
+        if let Some(wrapped) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(exit) = exit_in(wrapped)
+        {
+            return Some(exit);
+        }
+        cause = current.source();
+    }
+    None
 }
 
 /// A boxed command future.

@@ -484,7 +484,16 @@ impl FileReader {
                 asked,
                 bytes: chunk,
                 eof,
-            } = result?;
+            } = match result {
+                Ok(piece) => piece,
+                Err(error) => {
+                    // The reader ends here: the chunks asked for after the
+                    // failed one would leave a hole where it was.
+                    self.eof_seen = true;
+                    self.in_flight = FuturesOrdered::new();
+                    return Poll::Ready(Err(error));
+                }
+            };
             if eof || chunk.is_empty() {
                 // Reads queued beyond the end come back empty; drop them.
                 self.eof_seen = true;

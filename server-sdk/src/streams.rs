@@ -125,8 +125,14 @@ impl AsyncWrite for OutputWriter {
             let bytes: Arc<[u8]> = Arc::from(&buf[..buf.len().min(MAX_WRITE)]);
             let output = this.output.clone();
             let writing_bytes = bytes.clone();
-            let writing: Pending<io::Result<()>> =
-                Box::pin(async move { output.write_all(&writing_bytes).await });
+            // A task of its own: the write holds the stream until it is
+            // done, and a write given up and never polled again (the writer
+            // kept) would hold every later write of the command.
+            let task = tokio::spawn(async move { output.write_all(&writing_bytes).await });
+            let writing: Pending<io::Result<()>> = Box::pin(async move {
+                task.await
+                    .unwrap_or_else(|error| Err(io::Error::other(error)))
+            });
             this.writing = Some((writing, bytes));
         }
     }
@@ -234,7 +240,16 @@ impl AsyncBufRead for StdinReader {
             let Some(result) = ready!(this.poll_oldest(cx)) else {
                 break;
             };
-            let bytes = result?;
+            let bytes = match result {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    // The reader ends here, as at the end of input: what its
+                    // reads still in flight bring goes to the next read.
+                    this.ended = true;
+                    this.give_back_reads();
+                    return Poll::Ready(Err(error.into()));
+                }
+            };
             if bytes.is_empty() {
                 // The end of input. Reads asked after it find it again, or
                 // what was typed after it (a terminal's Ctrl-D): that goes to

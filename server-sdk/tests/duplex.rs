@@ -3244,3 +3244,237 @@ async fn reattaching_with_progress_keeps_a_finished_session_for_a_while() {
     // The cap, then at most a grace period and the 1.5 s until the next try.
     assert!(kept <= Duration::from_secs(24), "kept for {kept:?}");
 }
+
+/// An `OutputWriter` write given up (a time-out while the window is shut)
+/// keeps its half-done write, holding the stream's writer lock, inside the
+/// writer. Once the client grants credit, a plain `ctx.stdout().print` must
+/// still go through; it waits for that lock forever instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_after_an_output_writer_write_given_up_goes_through() {
+    let gave_up = Arc::new(Notify::new());
+    let gave_up_in_command = gave_up.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let gave_up = gave_up_in_command.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut out = ctx.stdout().writer();
+            let big = vec![b'a'; 1000];
+            let timed_out = tokio::time::timeout(Duration::from_millis(100), out.write_all(&big))
+                .await
+                .is_err();
+            gave_up.notify_one();
+            // The writer is kept (not dropped), as a struct field would be.
+            let printed =
+                tokio::time::timeout(Duration::from_secs(3), ctx.stdout().print("short")).await;
+            ctx.stderr()
+                .print(format!(
+                    "timed out {timed_out}, print {}",
+                    match printed {
+                        Ok(Ok(())) => "ok",
+                        Ok(Err(_)) => "failed",
+                        Err(_) => "hung",
+                    }
+                ))
+                .await?;
+            drop(out);
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = secure_client(client).await;
+        let mut hello = hello(&[]);
+        hello.window = 100;
+        send_client(&mut client, &ClientFrame::Hello(hello)).await;
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Welcome(_))
+        ));
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut granted = false;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Data(data)) => {
+                    if data.sid == StreamId::STDOUT {
+                        stdout.extend_from_slice(&data.bytes);
+                    } else {
+                        stderr.extend_from_slice(&data.bytes);
+                    }
+                    if !granted {
+                        gave_up.notified().await;
+                        granted = true;
+                        for sid in [StreamId::STDOUT, StreamId::STDERR] {
+                            let grant = WindowAdjust {
+                                sid,
+                                bytes: 1 << 20,
+                            };
+                            send_client(&mut client, &ClientFrame::Window(grant)).await;
+                        }
+                    }
+                }
+                Some(ServerFrame::Exit(exit)) => break (exit.status, stdout, stderr),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let (status, _stdout, stderr) = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0);
+    assert_eq!(String::from_utf8_lossy(&stderr), "timed out true, print ok");
+}
+
+/// A `FileReader` whose read of one chunk failed goes on, when asked
+/// again, with the chunk after it: the bytes of the failed chunk are
+/// silently skipped (a hole in the file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_reader_never_skips_a_failed_chunk() {
+    const CHUNK: usize = 512 * 1024;
+    let file = pattern(3 * CHUNK, 3);
+    let got = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+    let got_in_command = got.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let got = got_in_command.clone();
+        async move {
+            let mut reader = ctx.file().reader("f");
+            let mut all = Vec::new();
+            let mut errors = Vec::new();
+            for _ in 0..10 {
+                match reader.next_chunk().await {
+                    Ok(Some(chunk)) => all.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(error) => errors.push(error.to_string()),
+                }
+            }
+            *got.lock().unwrap() = (all, errors);
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        let mut failed_once = false;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) => {
+                    let Operation::FileRead { offset, len, .. } = request.op else {
+                        panic!("unexpected {:?}", request.op);
+                    };
+                    let answer = if offset == CHUNK as u64 && !failed_once {
+                        failed_once = true;
+                        Response::error(
+                            request.id,
+                            terminalwire_protocol::frame::OpError::new(ErrorCode::Io, "transient"),
+                        )
+                    } else {
+                        let start = (offset as usize).min(file.len());
+                        let end = (start + len as usize).min(file.len());
+                        let reply = Reply::Data {
+                            bytes: file[start..end].to_vec().into(),
+                            eof: end == file.len(),
+                        };
+                        Response::ok(request.id, reply)
+                    };
+                    send_client(&mut client, &ClientFrame::Response(answer)).await;
+                }
+                Some(ServerFrame::Exit(exit)) => break exit.status,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let status = serve_script(&terminal, server, script).await;
+    assert_eq!(status, 0);
+    let (all, errors) = &*got.lock().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    // Either the reader stops after the error, or it gives the file whole;
+    // never the file with its second chunk missing.
+    assert!(
+        all.len() == CHUNK || all == &file,
+        "read {} bytes after the error; the file has {}, and the bytes read are {}",
+        all.len(),
+        file.len(),
+        if file.starts_with(&all[..CHUNK]) && all[CHUNK..] == file[2 * CHUNK..] {
+            "the file without its second chunk"
+        } else {
+            "something else"
+        }
+    );
+}
+
+/// A line of exactly the client's limit (64 KiB) is accepted when it ends
+/// with `\n`; the same line ending with `\r\n` is refused as too long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_at_the_limit_ending_in_crlf_is_read_like_one_ending_in_lf() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        for _ in 0..2 {
+            match ctx.read_line(None).await {
+                Ok(Some(line)) => ctx.stdout().println(format!("len {}", line.len())).await?,
+                Ok(None) => ctx.stdout().println("eof").await?,
+                Err(error) => ctx.stdout().println(format!("error {error}")).await?,
+            }
+        }
+        anyhow::Ok(())
+    });
+    let line = "x".repeat(64 * 1024);
+    for ending in ["\n", "\r\n"] {
+        let stdin = format!("{line}{ending}next{ending}");
+        let run = Session::args(&[])
+            .stdin(stdin.as_bytes())
+            .run(&terminal)
+            .await;
+        assert_eq!(run.status(), 0);
+        assert_eq!(run.stdout_text(), "len 65536\nlen 4\n", "ending {ending:?}");
+    }
+}
+
+/// After the session is over, a clone of the context kept by a task fails
+/// its writes and requests (it does not report them done, nor hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_kept_after_the_session_fails_cleanly() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<String>>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let terminal = Terminal::new(move |ctx: Context| {
+        let tx = tx.clone();
+        async move {
+            let kept = ctx.clone();
+            tokio::spawn(async move {
+                kept.closed().await;
+                let mut results = Vec::new();
+                for _ in 0..20 {
+                    let write =
+                        tokio::time::timeout(Duration::from_secs(1), kept.stdout().print("late"))
+                            .await;
+                    results.push(format!("write {write:?}"));
+                    let read =
+                        tokio::time::timeout(Duration::from_secs(1), kept.file().exists("x")).await;
+                    results.push(format!("exists {read:?}"));
+                    let line =
+                        tokio::time::timeout(Duration::from_secs(1), kept.read_line(None)).await;
+                    results.push(format!("line {line:?}"));
+                }
+                let _ = tx.lock().unwrap().take().unwrap().send(results);
+            });
+            ctx.stdout().println("done").await
+        }
+    });
+    let run = Session::args(&[]).run(&terminal).await;
+    assert_eq!(run.status(), 0);
+    let results = tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let bad: Vec<_> = results.iter().filter(|r| !r.contains("Err(")).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// "An Exit among them, however wrapped, ends with its status and no
+/// message": also one inside an `io::Error` (as an app's own AsyncRead or
+/// AsyncWrite would carry it through `tokio::io::copy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_inside_an_io_error_ends_with_its_status() {
+    let terminal =
+        Terminal::new(
+            |_ctx: Context| async move { Err::<(), io::Error>(io::Error::other(Exit(3))) },
+        );
+    let run = Session::args(&[]).run(&terminal).await;
+    assert_eq!(run.stderr_text(), "");
+    assert_eq!(run.status(), 3);
+}

@@ -527,7 +527,9 @@ fn parse_since(text: &str) -> anyhow::Result<std::time::SystemTime> {
     let ago = humantime::parse_duration(text).with_context(|| {
         format!("--since {text:?}: expected a duration like 1h or a time like 2026-11-26T09:00:00Z")
     })?;
-    Ok(std::time::SystemTime::now() - ago)
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .with_context(|| format!("--since {text} is further back than this clock goes"))
 }
 
 fn load(home: &Home, path: &Path) -> anyhow::Result<Policy> {
@@ -944,6 +946,14 @@ mod tests {
             "grants lost: only {} of 80 kept",
             policy.env.len()
         );
+    }
+
+    #[test]
+    fn a_since_further_back_than_the_clock_goes_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let error = admin(&home, &["audit", "--since", "500000000000years"]).unwrap_err();
+        assert!(error.to_string().contains("further back"), "{error:#}");
     }
 
     #[test]

@@ -141,6 +141,14 @@ impl Authority {
     ) -> Result<Authority, AuthorityError> {
         // `Host`'s Display puts IPv6 addresses in brackets.
         let mut text = host.to_string().to_ascii_lowercase();
+        // `example.com.` is `example.com` (the same server, the same
+        // certificate): one folder, one pin, one set of grants.
+        if let Host::Domain(_) = host
+            && let Some(stripped) = text.strip_suffix('.')
+            && !stripped.is_empty()
+        {
+            text = stripped.to_owned();
+        }
         if let Some(port) = port {
             text.push(':');
             text.push_str(&port.to_string());
@@ -228,6 +236,25 @@ mod tests {
 
     fn from(url: &str) -> Result<String, AuthorityError> {
         Authority::from_url(&Url::parse(url).unwrap()).map(|a| a.to_string())
+    }
+
+    /// `example.com.` reaches the same server as `example.com`: one
+    /// folder, one pin, one set of grants (it had a folder of its own).
+    #[test]
+    fn a_trailing_dot_names_the_same_authority() {
+        assert_eq!(from("wss://example.com./t").unwrap(), "example.com");
+        assert_eq!(
+            from("ws://Example.COM.:3000/t").unwrap(),
+            "example.com:3000"
+        );
+        assert_eq!(
+            Authority::parse("example.com.").unwrap().as_str(),
+            "example.com"
+        );
+        assert_eq!(
+            Authority::parse("127.0.0.1.").unwrap().as_str(),
+            "127.0.0.1"
+        );
     }
 
     #[test]

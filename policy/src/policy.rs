@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::grant::{BrowserTarget, EnvName, Grant, PathGrant};
+use crate::grant::{BrowserTarget, EnvName, Grant, Mode, PathGrant};
 
 /// The comment written at the top of every saved policy file.
 pub const HEADER: &str = "\
@@ -170,7 +170,7 @@ impl Policy {
 
     /// Parse policy text; `path` is only used in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Policy, PolicyError> {
-        toml::from_str(text).map_err(|e| {
+        let mut policy: Policy = toml::from_str(text).map_err(|e| {
             let (line, column) = match e.span() {
                 Some(span) => {
                     let (l, c) = line_column(text, span.start);
@@ -184,7 +184,34 @@ impl Policy {
                 column,
                 message: e.message().trim().to_owned(),
             }
-        })
+        })?;
+        policy.merge_repeated_paths();
+        Ok(policy)
+    }
+
+    /// One grant per path pattern, as [`grant`](Self::grant) keeps them: a
+    /// file edited by hand may list a pattern twice, and a revoke or a
+    /// narrower mode must apply to all of it. Merged as the grants were
+    /// enforced: accesses united, ceilings united.
+    fn merge_repeated_paths(&mut self) {
+        let mut merged: Vec<PathGrant> = Vec::with_capacity(self.paths.len());
+        for grant in self.paths.drain(..) {
+            match merged.iter_mut().find(|kept| kept.pattern == grant.pattern) {
+                None => merged.push(grant),
+                Some(kept) => {
+                    kept.access = kept.access.union(grant.access);
+                    kept.mode = match (kept.mode, grant.mode) {
+                        (None, None) => None,
+                        (a, b) => {
+                            let bits = a.unwrap_or(Mode::DEFAULT_FILE).bits()
+                                | b.unwrap_or(Mode::DEFAULT_FILE).bits();
+                            Mode::new(bits)
+                        }
+                    };
+                }
+            }
+        }
+        self.paths = merged;
     }
 
     /// The file's text: [`HEADER`] then the grants.
@@ -531,6 +558,36 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::grant::{Access, Mode, PathPattern};
+
+    /// A file edited by hand that lists a pattern twice: a revoke takes
+    /// all of it away, and a narrower mode applies to all of it (only the
+    /// first entry changed, the second stayed enforced).
+    #[test]
+    fn a_path_pattern_listed_twice_is_one_grant() {
+        let text = "[[path]]\npattern = \"~/docs/**\"\naccess = \"read\"\n\n\
+                    [[path]]\npattern = \"~/docs/**\"\naccess = \"write\"\nmode = \"0666\"\n";
+        let mut policy = Policy::from_toml(text, Path::new("policy.toml")).unwrap();
+        assert_eq!(policy.paths.len(), 1, "{:?}", policy.paths);
+        assert_eq!(policy.paths[0].access, Access::ReadWrite);
+        assert_eq!(policy.paths[0].mode, Mode::new(0o666));
+        let pattern = PathPattern::parse("~/docs/**").unwrap();
+        policy.grant(Grant::Path(PathGrant {
+            pattern: pattern.clone(),
+            access: Access::Write,
+            mode: Mode::new(0o600),
+        }));
+        assert!(
+            policy.paths.iter().all(|g| g.mode == Mode::new(0o600)),
+            "{:?}",
+            policy.paths
+        );
+        assert!(policy.revoke(&Grant::Path(PathGrant {
+            pattern,
+            access: Access::ReadWrite,
+            mode: None,
+        })));
+        assert!(policy.paths.is_empty(), "still granted: {:?}", policy.paths);
+    }
 
     #[test]
     fn own_files_are_read_only_when_they_are_small_regular_text_files() {

@@ -411,7 +411,10 @@ struct ReadPiece {
 /// Reads chunks of size [`READ_CHUNK`] in flight at once.
 pub const READ_CHUNKS_IN_FLIGHT: usize = 4;
 
-/// A client file read in chunks ([`Files::reader`]).
+/// A client file read in chunks ([`Files::reader`]). A failed read ends it:
+/// the error once, then the end (`Ok(None)`, or 0 bytes through
+/// `AsyncRead`), never the chunks after a hole; read on with a new reader
+/// from the offset reached, if the error allows.
 pub struct FileReader {
     ctx: Context,
     path: String,

@@ -357,7 +357,10 @@ fn describe(error: tungstenite::Error, target: &Target) -> String {
                 .and_then(|body| std::str::from_utf8(body).ok())
                 .and_then(|body| body.lines().next())
                 .filter(|line| !line.trim().is_empty())
-                .map(|line| format!(": {}", line.chars().take(200).collect::<String>()))
+                .map(|line| {
+                    let line: String = line.chars().take(200).collect();
+                    format!(": {}", crate::inert::inert(&line))
+                })
                 .unwrap_or_default();
             format!("the server refused the WebSocket upgrade with HTTP {status}{body}")
         }
@@ -373,6 +376,9 @@ fn describe(error: tungstenite::Error, target: &Target) -> String {
     }
 }
 
+/// Most names of a certificate an error shows.
+const MAX_NAMES_SHOWN: usize = 8;
+
 /// A readable reason for a failed TLS handshake, naming rustls's error kind.
 fn describe_tls(error: &rustls::Error, target: &Target) -> String {
     let host = target.url.host_str().unwrap_or_default();
@@ -387,10 +393,23 @@ fn describe_tls(error: &rustls::Error, target: &Target) -> String {
                 certificate(format!("is not valid for {host} (NotValidForName)"))
             }
             CertificateError::NotValidForNameContext { presented, .. } => {
-                let names = if presented.is_empty() {
+                // The certificate's words: shown inert (a name may hold a
+                // line break), a few of them, cut short.
+                let mut names: Vec<String> = presented
+                    .iter()
+                    .take(MAX_NAMES_SHOWN)
+                    .map(|name| {
+                        crate::inert::inert(&name.chars().take(200).collect::<String>())
+                            .into_owned()
+                    })
+                    .collect();
+                if presented.len() > MAX_NAMES_SHOWN {
+                    names.push(format!("{} more", presented.len() - MAX_NAMES_SHOWN));
+                }
+                let names = if names.is_empty() {
                     "no names".to_owned()
                 } else {
-                    presented.join(", ")
+                    names.join(", ")
                 };
                 certificate(format!(
                     "is not valid for {host} (NotValidForName): it is for {names}"

@@ -441,13 +441,7 @@ where
     )
     .await?;
     if identity.pin == secure::ServerPin::FirstContact {
-        let pin_file = &identity.files.server_pin;
-        secure::save_pin(pin_file, &presented).map_err(|error| {
-            ClientError::Config(format!(
-                "cannot pin the server identity in {}: {error}",
-                pin_file.display()
-            ))
-        })?;
+        secure::pin_first_contact(&identity.files.server_pin, &target.authority, &presented)?;
         // Shown once, where a person can see it; pipes stay clean.
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprintln!(
@@ -655,5 +649,120 @@ mod tests {
         drop(other_run);
         visit().forget();
         assert!(!folder.exists());
+    }
+}
+
+#[cfg(test)]
+mod first_contact_tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use terminalwire_protocol::secure::{Responder, StaticKey};
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// Two runs make first contact with a new authority at once: the one
+    /// that pins second meets another identity than the pin now on disk
+    /// (an impostor), and is refused as a changed identity, the pin kept.
+    /// It was overwritten with the impostor's, and the session ran.
+    #[tokio::test]
+    async fn a_first_contact_that_loses_the_race_to_pin_keeps_the_other_runs_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin_file = dir.path().join("authorities/example.com/server.pin");
+        let other_run_pinned = StaticKey::generate().unwrap().fingerprint();
+        let impostor = StaticKey::generate().unwrap();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let pin_for_server = pin_file.clone();
+        let pinned_by_other = other_run_pinned.clone();
+        tokio::spawn(async move {
+            let mut ws = tokio_tungstenite::accept_async(server_io).await.unwrap();
+            let first = loop {
+                if let Some(Ok(Message::Binary(bytes))) = ws.next().await {
+                    break bytes;
+                }
+            };
+            // Meanwhile, the other run completes its first contact.
+            secure::save_pin(&pin_for_server, &pinned_by_other).unwrap();
+            let (responder, answer) = Responder::respond(&impostor, &first).unwrap();
+            ws.send(Message::Binary(answer.into())).await.unwrap();
+            if let Some(Ok(Message::Binary(third))) = ws.next().await {
+                let _ = responder.finish(&third);
+            }
+            // Whatever comes next (nothing should): read until the end.
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        let (client_ws, _) =
+            tokio_tungstenite::client_async("ws://example.com/terminal", client_io)
+                .await
+                .unwrap();
+        let slot = std::sync::Mutex::new(Some(client_ws));
+        let dial = move || -> Dial<tokio::io::DuplexStream> {
+            let socket = slot.lock().unwrap().take();
+            Box::pin(async move {
+                socket.ok_or_else(|| ClientError::Unavailable {
+                    target: "test".into(),
+                    reason: "dialled once".into(),
+                })
+            })
+        };
+        let target = connect::Target::parse("ws://example.com/terminal").unwrap();
+        let identity = Identity {
+            files: IdentityFiles {
+                device_key: dir.path().join("authorities/example.com/device.key"),
+                server_pin: pin_file.clone(),
+            },
+            device: StaticKey::generate().unwrap(),
+            // Loaded before the other run saved its pin.
+            pin: secure::ServerPin::FirstContact,
+        };
+        let hello =
+            session::Start::Hello(Box::new(facts::hello(&target, "x".into(), vec![]).unwrap()));
+        let config = SessionConfig::default();
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            drive(dial, &target, identity, hello, vec![], &config, None),
+        )
+        .await
+        .expect("drive hung");
+        assert!(
+            matches!(outcome, Err(ClientError::IdentityChanged { .. })),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            secure::load_pin(&pin_file).unwrap(),
+            secure::ServerPin::Pinned(other_run_pinned)
+        );
+    }
+
+    /// The other run pinned the same identity: this one goes on.
+    #[test]
+    fn a_first_contact_that_finds_the_same_pin_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin_file = dir.path().join("server.pin");
+        let key = StaticKey::generate().unwrap().fingerprint();
+        secure::pin_first_contact(&pin_file, "example.com", &key).unwrap();
+        secure::pin_first_contact(&pin_file, "example.com", &key).unwrap();
+        assert_eq!(
+            secure::load_pin(&pin_file).unwrap(),
+            secure::ServerPin::Pinned(key)
+        );
+    }
+
+    /// Two first runs make a device key at once: both end with the one on
+    /// disk (the second overwrote the first's, whose sessions and saved
+    /// logins were then another device's).
+    #[test]
+    fn device_keys_made_at_once_are_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorities/a/device.key");
+        let keys: Vec<String> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| secure::device_key(&path).unwrap().fingerprint()))
+                .collect();
+            runs.into_iter().map(|run| run.join().unwrap()).collect()
+        });
+        let on_disk = secure::device_key(&path).unwrap().fingerprint();
+        assert!(
+            keys.iter().all(|key| *key == on_disk),
+            "{keys:?} vs {on_disk}"
+        );
     }
 }

@@ -203,9 +203,12 @@ pub fn device_key(path: &Path) -> Result<StaticKey, ClientError> {
             .map_err(|error| config(format!("{}: {error}", path.display()))),
         Ok(None) => {
             let key = StaticKey::generate().map_err(|error| config(error.to_string()))?;
-            terminalwire_policy::write_private_atomically(path, key.to_file_text().as_bytes())
-                .map_err(|error| config(format!("cannot write {}: {error}", path.display())))?;
-            Ok(key)
+            // Another first run may make one at the same moment: the key on
+            // disk is the device's, whichever run wrote it.
+            let written =
+                terminalwire_policy::write_private_new(path, key.to_file_text().as_bytes())
+                    .map_err(|error| config(format!("cannot write {}: {error}", path.display())))?;
+            if written { Ok(key) } else { device_key(path) }
         }
         Err(error) => Err(config(format!("cannot read {}: {error}", path.display()))),
     }
@@ -237,11 +240,40 @@ pub fn load_pin(path: &Path) -> Result<ServerPin, ClientError> {
     }
 }
 
-/// Pins `fingerprint` for the authority (atomic write, 0600).
-pub fn save_pin(path: &Path, fingerprint: &str) -> io::Result<()> {
-    let text = format!(
+/// The pin file's text for `fingerprint`.
+fn pin_text(fingerprint: &str) -> String {
+    format!(
         "# The server identity terminalwire pinned for this authority.\n\
          # Change it only with `terminalwire authority trust`.\n{fingerprint}\n"
-    );
-    terminalwire_policy::write_private_atomically(path, text.as_bytes())
+    )
+}
+
+/// Pins `fingerprint` for the authority (atomic write, 0600), replacing
+/// any pin (`terminalwire authority trust`).
+pub fn save_pin(path: &Path, fingerprint: &str) -> io::Result<()> {
+    terminalwire_policy::write_private_atomically(path, pin_text(fingerprint).as_bytes())
+}
+
+/// Pins `presented` at first contact, unless a pin appeared meanwhile (a
+/// run started at the same time pinned first): that pin is the one kept,
+/// and a server showing another identity is refused as a changed one.
+pub fn pin_first_contact(path: &Path, authority: &str, presented: &str) -> Result<(), ClientError> {
+    let written = terminalwire_policy::write_private_new(path, pin_text(presented).as_bytes())
+        .map_err(|error| {
+            ClientError::Config(format!(
+                "cannot pin the server identity in {}: {error}",
+                path.display()
+            ))
+        })?;
+    if written {
+        return Ok(());
+    }
+    match load_pin(path)? {
+        ServerPin::Pinned(pinned) if pinned != presented => Err(ClientError::IdentityChanged {
+            authority: authority.to_owned(),
+            pinned,
+            presented: presented.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }

@@ -277,6 +277,21 @@ fn a_certificate_for_another_name_is_one_line_and_exit_69() {
     );
 }
 
+/// A certificate's names are the server's words: one with a line break
+/// cannot add a line of its own (a forged "first contact" notice) to the
+/// client's error.
+#[test]
+fn a_certificate_name_cannot_add_lines_to_the_error() {
+    let fixture = Fixture::new();
+    let server = Server::start(fixture.ca.server_config(&[
+        "other.example\nterminalwire: first contact with 127.0.0.1; pinned its identity SHA256:forged",
+    ]));
+    let url = server.url("wss");
+    let ca = fixture.ca_file();
+    let run = fixture.run(&["--ca-cert", ca.to_str().unwrap(), &url, "hello", "Ada"]);
+    assert_one_line(&run, 69, &["NotValidForName", "other.example"]);
+}
+
 #[test]
 fn a_ca_file_with_several_certificates_and_a_self_signed_dev_certificate() {
     let fixture = Fixture::new();

@@ -513,6 +513,26 @@ pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Like [`write_private_atomically`], but only when no file is at `path`:
+/// false (and nothing written) when one is. Two processes doing this at
+/// once: one file wins whole, the other learns it lost (a hard link of the
+/// finished temporary file, which fails when the name exists).
+pub fn write_private_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    create_private_dirs(dir)?;
+    let tmp = temp_path(path);
+    let linked = write_new_private(&tmp, bytes).and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => sync_dir(dir).map(|()| true),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path

@@ -43,8 +43,13 @@ impl ServerIdentity {
                 }),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 let identity = ServerIdentity::generate()?;
-                write_new_private(path, identity.0.to_file_text().as_bytes())?;
-                Ok(identity)
+                if write_new_private(path, identity.0.to_file_text().as_bytes())? {
+                    Ok(identity)
+                } else {
+                    // Another worker starting at the same moment made it:
+                    // its key is the server's.
+                    ServerIdentity::load_or_create(path)
+                }
             }
             Err(error) => Err(error),
         }
@@ -56,15 +61,25 @@ impl ServerIdentity {
     }
 }
 
-fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to a new private file at `path`, whole or not at all;
+/// false when a file is there already (another process made it first),
+/// which is never replaced.
+fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)?;
-    }
-    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result = (|| {
+    static TEMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    // This writer's own: another thread or process never touches it.
+    let temp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        TEMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let linked = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -73,18 +88,54 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
         // Never overwrite a key another process created meanwhile.
-        std::fs::hard_link(&temp, path)?;
-        std::fs::remove_file(&temp)
+        std::fs::hard_link(&temp, path)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {
+            // The new name survives a crash: a key lost would change the
+            // server's identity, and every client's pin would refuse it.
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(true)
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(error) => Err(error),
     }
-    result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Workers starting at once on a fresh deployment all get the one key
+    /// (they failed: a shared temporary name, a link that lost the race).
+    #[test]
+    fn workers_starting_at_once_all_load_the_one_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        let barrier = std::sync::Barrier::new(8);
+        let fingerprints: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        ServerIdentity::load_or_create(&path).map(|id| id.fingerprint())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().unwrap().unwrap())
+                .collect()
+        });
+        let on_disk = ServerIdentity::load_or_create(&path).unwrap().fingerprint();
+        assert!(
+            fingerprints.iter().all(|f| *f == on_disk),
+            "{fingerprints:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+    }
 
     #[test]
     fn a_key_file_is_created_once_private_and_reloaded() {

@@ -50,25 +50,28 @@ impl LocalListener {
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "the socket path has no folder")
             })?;
-        match std::fs::symlink_metadata(dir) {
-            Ok(meta) => {
-                if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!(
-                            "{} must be a folder owned by you and not writable by others",
-                            dir.display()
-                        ),
-                    ));
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)?;
-            }
-            Err(error) => return Err(error),
+        // Made if missing (the last folder on its own, owner-only), then
+        // checked whoever made it: a folder another user put there between
+        // a check and the making was taken as it was.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+            _ => {}
+        }
+        let meta = std::fs::symlink_metadata(dir)?;
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} must be a folder owned by you and not writable by others",
+                    dir.display()
+                ),
+            ));
         }
         // Two servers starting at once on a stale socket must not both
         // replace it: the look, the removal and the bind are made under a
@@ -189,6 +192,46 @@ impl axum::serve::Listener for LocalListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder others may write that appears while the server makes its
+    /// own (a local user racing it in `/tmp`) is refused like one that was
+    /// there before: it was taken as made. Each round races a rename of a
+    /// 0777 folder into place (it succeeds only if the folder is not there
+    /// yet) against the bind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_folder_others_may_write_is_refused_even_when_it_appears_in_a_race() {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let root = tempfile::tempdir().unwrap();
+        for round in 0..1000u32 {
+            let dir = root.path().join(format!("run{round}"));
+            let staging = root.path().join(format!("staging{round}"));
+            std::fs::create_dir(&staging).unwrap();
+            std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let racer = {
+                let (dir, staging, barrier) = (dir.clone(), staging.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for _ in 0..(round % 200) * 20 {
+                        std::hint::spin_loop();
+                    }
+                    let _ = renameat_with(CWD, &staging, CWD, &dir, RenameFlags::NOREPLACE);
+                })
+            };
+            barrier.wait();
+            let bound = LocalListener::bind(&dir.join("app.sock"));
+            racer.join().unwrap();
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            if let Ok(listener) = bound {
+                assert_eq!(
+                    mode & 0o022,
+                    0,
+                    "round {round}: bound in a folder of mode {mode:o}"
+                );
+                drop(listener);
+            }
+        }
+    }
 
     #[tokio::test]
     async fn the_socket_is_private_and_its_folder_owner_only() {

@@ -1,7 +1,7 @@
 //! [`Terminal`]: the service an app mounts on its axum router.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::net::{IpAddr, SocketAddr};
@@ -162,6 +162,41 @@ struct Inner {
     resumable: Arc<session::Registry>,
     /// Distinguishes this process's session ids from another's.
     instance: u64,
+    /// Upgrades accepted whose session has not started yet: they count
+    /// against `max_sessions` from the check on ([`SessionPlace`]).
+    reserved: AtomicUsize,
+}
+
+/// A place among `max_sessions` taken by an upgrade until its session
+/// counts itself (or the upgrade fails). Upgrades that came together all
+/// passed a check of the running sessions alone: 2–3 of a burst of 64
+/// against a limit of 1.
+struct SessionPlace(Arc<Inner>);
+
+impl SessionPlace {
+    fn take(inner: &Arc<Inner>) -> Option<SessionPlace> {
+        let mut reserved = inner.reserved.load(Ordering::Acquire);
+        loop {
+            if inner.sessions.len() + reserved >= inner.config.max_sessions {
+                return None;
+            }
+            match inner.reserved.compare_exchange_weak(
+                reserved,
+                reserved + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(SessionPlace(inner.clone())),
+                Err(now) => reserved = now,
+            }
+        }
+    }
+}
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        self.0.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Terminal {
@@ -209,6 +244,7 @@ impl Terminal {
                 per_address: PerAddress::default(),
                 resumable: Arc::default(),
                 instance,
+                reserved: AtomicUsize::new(0),
             }),
         }
     }
@@ -297,7 +333,7 @@ impl Terminal {
             );
             return (StatusCode::BAD_REQUEST, message).into_response();
         }
-        if self.session_count() >= self.inner.config.max_sessions {
+        let Some(place) = SessionPlace::take(&self.inner) else {
             tracing::warn!(
                 limit = self.inner.config.max_sessions,
                 "session limit reached"
@@ -307,7 +343,7 @@ impl Terminal {
                 "too many sessions; try again later\n",
             )
                 .into_response();
-        }
+        };
         let slot = match peer.filter(|_| self.inner.config.max_sessions_per_address > 0) {
             Some(ip) => match self
                 .inner
@@ -331,9 +367,10 @@ impl Terminal {
             // The session's future is built here, and not wrapped in another
             // `async` block that would hold the socket and a second copy of
             // it: the task lives as long as the session, idle or not.
-            terminal
-                .session(AxumTransport(socket))
-                .map(move |()| drop(slot))
+            let session = terminal.session(AxumTransport(socket));
+            // The session counts itself now.
+            drop(place);
+            session.map(move |()| drop(slot))
         })
     }
 

@@ -317,3 +317,61 @@ async fn a_server_cannot_write_more_than_its_storage_quota() {
         list.stdout_text()
     );
 }
+
+/// Upgrades that arrive together each take their place among
+/// `max_sessions` as they are checked: with a limit of 1, a burst of 64
+/// gets one session (2–3 were accepted: each passed a check of the running
+/// sessions alone, before any had started).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_limit_holds_for_upgrades_that_arrive_together() {
+    for _burst in 0..40 {
+        let config = Config {
+            max_sessions: 1,
+            max_sessions_per_address: 0,
+            ..Config::default()
+        };
+        let terminal =
+            Terminal::with_config(|ctx: Context| async move { ctx.closed().await }, config);
+        let server = TestServer::with_terminal(terminal).await;
+        let addr = server.addr();
+        let request = format!(
+            "GET /terminal HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: {}\r\n\r\n",
+            terminalwire_protocol::SUBPROTOCOL
+        );
+        // Clients on threads of their own send their requests at one moment.
+        let barrier = Arc::new(std::sync::Barrier::new(64));
+        let clients: Vec<_> = (0..64)
+            .map(|_| {
+                let (barrier, request) = (barrier.clone(), request.clone());
+                std::thread::spawn(move || {
+                    use std::io::{BufRead, Write};
+                    let mut client = std::net::TcpStream::connect(addr).unwrap();
+                    barrier.wait();
+                    client.write_all(request.as_bytes()).unwrap();
+                    let mut reader = std::io::BufReader::new(client);
+                    let mut status = String::new();
+                    reader.read_line(&mut status).unwrap();
+                    (status, reader)
+                })
+            })
+            .collect();
+        let mut upgraded = 0;
+        let mut held = Vec::new();
+        for client in clients {
+            let (status, connection) = tokio::task::spawn_blocking(move || client.join().unwrap())
+                .await
+                .unwrap();
+            if status.starts_with("HTTP/1.1 101") {
+                upgraded += 1;
+            }
+            held.push(connection);
+        }
+        assert_eq!(
+            upgraded, 1,
+            "max_sessions = 1, yet {upgraded} upgrades were accepted"
+        );
+        drop(held);
+    }
+}

@@ -117,7 +117,17 @@ pub struct Escapes {
     /// a byte inside another character.
     utf8_left: u8,
     utf8_lead: u8,
+    /// The parameters of the CSI sequence so far (its first few bytes).
+    csi_params: Vec<u8>,
+    /// Inside a bracketed paste (`CSI 200 ~` .. `CSI 201 ~`, which only
+    /// the terminal writes): pasted text is the app's, a line in it that
+    /// starts with `~.` included. Bytes left before the paste is taken for
+    /// ended, should the terminal never say so.
+    paste_left: usize,
 }
+
+/// Longest bracketed paste whose end is waited for.
+const MAX_PASTE: usize = 16 << 20;
 
 impl Default for Escapes {
     fn default() -> Self {
@@ -129,6 +139,8 @@ impl Default for Escapes {
             pending: Vec::new(),
             utf8_left: 0,
             utf8_lead: 0,
+            csi_params: Vec::new(),
+            paste_left: 0,
         }
     }
 }
@@ -157,11 +169,13 @@ impl Escapes {
     pub fn release(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.held);
         out.append(&mut self.pending);
+        self.paste_left = 0;
     }
 
     /// A line was typed in cooked mode: the next key starts a line.
     pub fn line_ended(&mut self) {
         self.at_line_start = true;
+        self.paste_left = 0;
         self.sequence = Sequence::None;
         self.pending.clear();
         self.utf8_left = 0;
@@ -186,6 +200,7 @@ impl Escapes {
     }
 
     fn feed_byte(&mut self, byte: u8, detach_key: bool, out: &mut Vec<u8>) -> Option<Escape> {
+        self.paste_left = self.paste_left.saturating_sub(1);
         let continuation = self.utf8_left > 0 && (0x80..=0xbf).contains(&byte);
         let c1 = (0x80..=0x9f).contains(&byte) && (!continuation || self.utf8_lead == 0xc2);
         if continuation {
@@ -199,7 +214,7 @@ impl Escapes {
         if matches!(byte, b'\r' | b'\n' | CTRL_BACKSLASH) {
             self.sequence = Sequence::None;
         }
-        if detach_key && byte == CTRL_BACKSLASH {
+        if detach_key && byte == CTRL_BACKSLASH && self.paste_left == 0 {
             // What waited goes to the app first: a detach may be refused,
             // and a `~` held over it would start an escape later.
             self.flush_pending(out);
@@ -211,6 +226,9 @@ impl Escapes {
             if matches!(self.sequence, Sequence::Mouse(_)) {
                 // A report's raw bytes are no characters.
                 self.utf8_left = 0;
+            }
+            if self.sequence == Sequence::Csi {
+                self.bracket_paste(byte);
             }
             self.sequence = self.next_in_sequence(byte, c1);
             self.emit(&[byte], out);
@@ -228,6 +246,7 @@ impl Escapes {
                 ESC => Sequence::Esc,
                 C1_CSI => {
                     self.csi_empty = true;
+                    self.csi_params.clear();
                     Sequence::Csi
                 }
                 C1_SS3 => Sequence::Ss3,
@@ -279,7 +298,7 @@ impl Escapes {
                 _ => out.append(&mut self.held),
             }
         }
-        if self.at_line_start && typed == b"~" {
+        if self.at_line_start && typed == b"~" && self.paste_left == 0 {
             self.held.extend_from_slice(typed);
             return None;
         }
@@ -288,10 +307,27 @@ impl Escapes {
         None
     }
 
+    /// Follows a CSI sequence's bytes for the marks of a bracketed paste.
+    fn bracket_paste(&mut self, byte: u8) {
+        if (0x20..=0x3f).contains(&byte) {
+            if self.csi_params.len() < 8 {
+                self.csi_params.push(byte);
+            }
+            return;
+        }
+        match (byte, self.csi_params.as_slice()) {
+            (b'~', b"200") => self.paste_left = MAX_PASTE,
+            (b'~', b"201") => self.paste_left = 0,
+            _ => {}
+        }
+        self.csi_params.clear();
+    }
+
     fn next_in_sequence(&mut self, byte: u8, c1: bool) -> Sequence {
         match (self.sequence, byte) {
             (Sequence::Esc, b'[') => {
                 self.csi_empty = true;
+                self.csi_params.clear();
                 Sequence::Csi
             }
             (Sequence::Esc, b']' | b'P') => Sequence::Text,
@@ -1122,6 +1158,29 @@ mod tests {
             filtered(typed, false, piece),
             (kept.to_vec(), vec![Escape::Disconnect])
         );
+    }
+
+    /// A bracketed paste (the terminal's marks around pasted text) with a
+    /// line that starts with `~.` is text for the app, and Ctrl-\ in it
+    /// too; after the paste's end mark, the escapes work again.
+    #[test]
+    fn a_bracketed_paste_is_the_apps_text_escapes_and_all() {
+        for piece in [1, 3, 64] {
+            let paste = b"\x1b[200~first line\r~.config/app\r\x1c~?\x1b[201~";
+            assert_untouched(paste, piece);
+            assert_eq!(
+                filtered(paste, true, piece),
+                (paste.to_vec(), vec![]),
+                "Ctrl-\\ in a paste, piece {piece}"
+            );
+            let mut then = paste.to_vec();
+            then.extend_from_slice(b"\r~.");
+            let mut kept = paste.to_vec();
+            kept.push(b'\r');
+            assert_disconnects(&then, &kept, piece);
+            // The 8-bit CSI marks too.
+            assert_untouched(b"\x9b200~\r~.\x9b201~", piece);
+        }
     }
 
     #[test]

@@ -871,6 +871,23 @@ impl KeyPump {
         }
     }
 
+    /// Puts `bytes` taken from the input (and not used: what a byte read
+    /// left in the session's buffer) back in front of it, for the next key
+    /// or byte read.
+    pub fn unread(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut state = self.state();
+        for &byte in bytes.iter().rev() {
+            state.input.push_front(byte);
+        }
+        for eof in &mut state.eofs {
+            *eof += bytes.len();
+        }
+        state.wake_readers(&self.arrived);
+    }
+
     /// The next key for the app, in the order typed.
     pub async fn next_key(&self) -> io::Result<Key> {
         let mut complete = false;

@@ -2169,7 +2169,12 @@ async fn perform(
                 OpError::new(ErrorCode::Io, format!("cannot read a key: {error}"))
             };
             async {
-                let _stdin = cancel.unless_cancelled(stdin.lock()).await?;
+                let mut stdin = cancel.unless_cancelled(stdin.lock()).await?;
+                // What an earlier byte read took from the terminal and did
+                // not use goes back in front of the keys typed after it.
+                let left = stdin.buffer().to_vec();
+                crate::keys::pump().unread(&left);
+                std::pin::Pin::new(&mut *stdin).consume(left.len());
                 // Raw for this read, if the app has not asked for it.
                 let _raw = crate::terminal::RawForKeys::begin().map_err(failed)?;
                 // A key is taken only when it is returned: cancelled before,

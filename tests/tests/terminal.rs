@@ -33,6 +33,7 @@ fn app() -> Terminal {
             "password-timeout-then-line" => password_timeout_then_line(ctx).await,
             "raw-bytes" => raw_bytes(ctx).await,
             "three-keys" => three_keys(ctx).await,
+            "byte-then-keys" => byte_then_keys(ctx).await,
             "line-then-resize" => line_then_resize(ctx).await,
             "leave-modes" => leave_modes(ctx).await,
             "leave-keyboard" => leave_keyboard(ctx).await,
@@ -163,6 +164,21 @@ async fn three_keys(ctx: Context) -> anyhow::Result<Exit> {
     ctx.stdout()
         .println(format!("keys {}", keys.join(" ")))
         .await?;
+    Ok(Exit(0))
+}
+
+/// In raw mode, a one-byte read, then two key reads.
+async fn byte_then_keys(ctx: Context) -> anyhow::Result<Exit> {
+    ctx.set_raw_mode(true).await?;
+    ctx.stdout().print("ready\r\n").await?;
+    let chunk = ctx.stdin().read_chunk(1).await?;
+    ctx.stdout()
+        .print(format!("chunk {}\r\n", String::from_utf8_lossy(&chunk)))
+        .await?;
+    for _ in 0..2 {
+        let key = ctx.read_key().await?;
+        ctx.stdout().print(format!("key {}\r\n", key.key)).await?;
+    }
     Ok(Exit(0))
 }
 
@@ -750,5 +766,22 @@ async fn the_modes_an_app_left_on_are_off_after_the_session() {
         pane.modes().await,
         "alternate_on=0 mouse_any_flag=0 keypad_cursor_flag=0 cursor_flag=1 insert_flag=0 wrap_flag=1"
     );
+    assert_terminal_restored(&exit);
+}
+
+/// `abc` typed at once in raw mode: a one-byte read takes `a`, and the key
+/// reads after it get `b` and `c`, in the order typed (the session's buffer
+/// kept them, and the key reads waited for new keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_typed_with_a_byte_read_reach_the_next_key_reads_in_order() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "byte-then-keys");
+    pane.wait_for("ready").await;
+    pane.type_text("abc").await;
+    pane.wait_for("chunk a").await;
+    let screen = pane.wait_for("key c").await;
+    assert!(screen.contains("key b\n"), "{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "{}", exit.screen);
     assert_terminal_restored(&exit);
 }

@@ -149,6 +149,13 @@ impl Authority {
         {
             text = stripped.to_owned();
         }
+        // `[::ffff:127.0.0.1]` is `127.0.0.1` (an IPv4 address as IPv6
+        // writes it): one authority too.
+        if let Host::Ipv6(address) = host
+            && let Some(v4) = address.to_ipv4_mapped()
+        {
+            text = v4.to_string();
+        }
         if let Some(port) = port {
             text.push(':');
             text.push_str(&port.to_string());
@@ -240,6 +247,20 @@ mod tests {
 
     /// `example.com.` reaches the same server as `example.com`: one
     /// folder, one pin, one set of grants (it had a folder of its own).
+    #[test]
+    fn an_ipv4_mapped_address_names_the_ipv4_authority() {
+        assert_eq!(
+            from("ws://[::ffff:127.0.0.1]:3000/t").unwrap(),
+            "127.0.0.1:3000"
+        );
+        assert_eq!(
+            Authority::parse("[::FFFF:7f00:1]").unwrap().as_str(),
+            "127.0.0.1"
+        );
+        // Other IPv6 addresses stay as they are.
+        assert_eq!(from("ws://[::1]:3000/t").unwrap(), "[::1]:3000");
+    }
+
     #[test]
     fn a_trailing_dot_names_the_same_authority() {
         assert_eq!(from("wss://example.com./t").unwrap(), "example.com");

@@ -559,6 +559,8 @@ impl Context {
     /// lost while the command is busy between two calls, and several
     /// pressed meanwhile are told as one. Calling it means the command
     /// handles interrupts itself ([`handle_interrupts`](Context::handle_interrupts)).
+    /// Once the session has ended it never resolves: a task of its own that
+    /// waits on it should also watch [`closed`](Context::closed).
     pub async fn interrupted(&self) {
         self.handle_interrupts();
         // What was taken in when this call began: every waiter wakes for
@@ -586,7 +588,8 @@ impl Context {
     /// Waits until the client's terminal changes size, or returns at once
     /// when it did since the command last looked at the size (with
     /// [`terminal_size`](Context::terminal_size) or this); returns the new
-    /// size.
+    /// size. Once the session has ended it never resolves (see
+    /// [`interrupted`](Context::interrupted)).
     pub async fn resized(&self) -> Option<(u16, u16)> {
         let base = self.shared.signals().resizes_seen;
         tokio::select! {

@@ -589,6 +589,10 @@ impl FileWriter {
     /// [`WRITE_CHUNKS_IN_FLIGHT`] chunks are already on their way. When a
     /// chunk failed (the client refused it, say), the write is abandoned
     /// (the client drops its temporary file) before the error is returned.
+    /// Not cancel-safe: given up (a time-out around it), the chunks queued
+    /// so far stay queued, and the same bytes written again are written
+    /// twice; abandon the writer (drop it) instead, or go on with the bytes
+    /// after them.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ResourceError> {
         let handle = self.handle.ok_or_else(abandoned)?;
         for chunk in bytes.chunks(WRITE_CHUNK) {

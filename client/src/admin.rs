@@ -834,6 +834,23 @@ mod tests {
         Ok(String::from_utf8(out)?)
     }
 
+    /// A home whose audit log of `example.com` has one denied read of
+    /// `target`.
+    fn audited(target: &str) -> (tempfile::TempDir, Home, Authority) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = parse_authority("example.com").unwrap();
+        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
+        crate::audit::AuditLog::new(home.authority_dir(&authority).join("audit.log")).record(
+            "path",
+            "file_read",
+            target,
+            "denied",
+            None,
+        );
+        (dir, home, authority)
+    }
+
     /// Characters a terminal acts on, but for line ends.
     fn unsafe_in(out: &str) -> Vec<char> {
         out.chars()
@@ -863,18 +880,8 @@ mod tests {
     /// to the same target.
     #[test]
     fn audit_json_shows_a_servers_escape_sequences_inert() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        let authority = parse_authority("example.com").unwrap();
-        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
         let hostile = "~/x\u{9b}2J\u{7f}\u{202e}gpj.exe\u{1f600}";
-        crate::audit::AuditLog::new(home.authority_dir(&authority).join("audit.log")).record(
-            "path",
-            "file_read",
-            hostile,
-            "denied",
-            None,
-        );
+        let (_dir, home, _) = audited(hostile);
         let out = admin(&home, &["audit", "--json"]).unwrap();
         assert_eq!(unsafe_in(&out), Vec::<char>::new(), "{out}");
         let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -1321,19 +1328,9 @@ mod tests {
 
     #[test]
     fn audit_and_grant_listings_show_a_servers_escape_sequences_inert() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        let authority = parse_authority("example.com").unwrap();
-        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
         // A path as a server sent it: clears the line and hides the rest.
         let hostile = "~/x\x1b[2K\r\x1b]11;#000\x07\u{202e}gpj.exe";
-        crate::audit::AuditLog::new(home.authority_dir(&authority).join("audit.log")).record(
-            "path",
-            "file_read",
-            hostile,
-            "denied",
-            None,
-        );
+        let (_dir, home, authority) = audited(hostile);
         // "Always" writes a grant that quotes such a path.
         let mut policy = Policy::default();
         policy.grant(Grant::Path(PathGrant {

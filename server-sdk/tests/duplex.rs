@@ -1051,43 +1051,7 @@ async fn an_output_writer_writes_new_bytes_after_a_write_given_up() {
         }
     });
     let (client, server) = socket_pair().await;
-    let script = async {
-        let mut client = secure_client(client).await;
-        let mut hello = hello(&[]);
-        hello.window = 100;
-        send_client(&mut client, &ClientFrame::Hello(hello)).await;
-        assert!(matches!(
-            next_server(&mut client).await,
-            Some(ServerFrame::Welcome(_))
-        ));
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut granted = false;
-        loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Data(data)) => {
-                    if data.sid == StreamId::STDOUT {
-                        stdout.extend_from_slice(&data.bytes);
-                    } else {
-                        stderr.extend_from_slice(&data.bytes);
-                    }
-                    if !granted {
-                        // Credit only once the command gave the write up.
-                        gave_up.notified().await;
-                        granted = true;
-                        for sid in [StreamId::STDOUT, StreamId::STDERR] {
-                            let grant = WindowAdjust {
-                                sid,
-                                bytes: 1 << 20,
-                            };
-                            send_client(&mut client, &ClientFrame::Window(grant)).await;
-                        }
-                    }
-                }
-                Some(ServerFrame::Exit(exit)) => break (exit.status, stdout, stderr),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    };
+    let script = granting_once_given_up(client, &gave_up);
     let (status, stdout, stderr) = serve_script(&terminal, server, script).await;
     assert_eq!(status, 0, "stderr: {}", String::from_utf8_lossy(&stderr));
     assert_eq!(String::from_utf8_lossy(&stderr), "timed out true");
@@ -1508,6 +1472,49 @@ async fn the_log_keeps_a_short_escaped_part_of_what_the_client_says() {
             !field.contains(['\n', '\u{1b}']),
             "a log field with the client's control characters: {field:?}"
         );
+    }
+}
+
+/// A scripted client with a window of 100 bytes, which grants more credit
+/// only once `gave_up` is notified (the command gave up a write held up by
+/// the shut window); its exit status, stdout and stderr.
+async fn granting_once_given_up(
+    client: WebSocketStream<DuplexStream>,
+    gave_up: &Notify,
+) -> (u8, Vec<u8>, Vec<u8>) {
+    let mut client = secure_client(client).await;
+    let mut hello = hello(&[]);
+    hello.window = 100;
+    send_client(&mut client, &ClientFrame::Hello(hello)).await;
+    assert!(matches!(
+        next_server(&mut client).await,
+        Some(ServerFrame::Welcome(_))
+    ));
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut granted = false;
+    loop {
+        match next_server(&mut client).await {
+            Some(ServerFrame::Data(data)) => {
+                if data.sid == StreamId::STDOUT {
+                    stdout.extend_from_slice(&data.bytes);
+                } else {
+                    stderr.extend_from_slice(&data.bytes);
+                }
+                if !granted {
+                    gave_up.notified().await;
+                    granted = true;
+                    for sid in [StreamId::STDOUT, StreamId::STDERR] {
+                        let grant = WindowAdjust {
+                            sid,
+                            bytes: 1 << 20,
+                        };
+                        send_client(&mut client, &ClientFrame::Window(grant)).await;
+                    }
+                }
+            }
+            Some(ServerFrame::Exit(exit)) => break (exit.status, stdout, stderr),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
 
@@ -3281,42 +3288,7 @@ async fn print_after_an_output_writer_write_given_up_goes_through() {
         }
     });
     let (client, server) = socket_pair().await;
-    let script = async {
-        let mut client = secure_client(client).await;
-        let mut hello = hello(&[]);
-        hello.window = 100;
-        send_client(&mut client, &ClientFrame::Hello(hello)).await;
-        assert!(matches!(
-            next_server(&mut client).await,
-            Some(ServerFrame::Welcome(_))
-        ));
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut granted = false;
-        loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Data(data)) => {
-                    if data.sid == StreamId::STDOUT {
-                        stdout.extend_from_slice(&data.bytes);
-                    } else {
-                        stderr.extend_from_slice(&data.bytes);
-                    }
-                    if !granted {
-                        gave_up.notified().await;
-                        granted = true;
-                        for sid in [StreamId::STDOUT, StreamId::STDERR] {
-                            let grant = WindowAdjust {
-                                sid,
-                                bytes: 1 << 20,
-                            };
-                            send_client(&mut client, &ClientFrame::Window(grant)).await;
-                        }
-                    }
-                }
-                Some(ServerFrame::Exit(exit)) => break (exit.status, stdout, stderr),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    };
+    let script = granting_once_given_up(client, &gave_up);
     let (status, _stdout, stderr) = serve_script(&terminal, server, script).await;
     assert_eq!(status, 0);
     assert_eq!(String::from_utf8_lossy(&stderr), "timed out true, print ok");

@@ -34,7 +34,7 @@ use futures_util::{SinkExt, StreamExt};
 use terminalwire_protocol::secure::{Opener, Responder, Sealer, StaticKey};
 use terminalwire_protocol::{ClientFrame, ServerFrame, codec};
 use terminalwire_server::Terminal;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -594,4 +594,29 @@ impl Client {
             stderr,
         }
     }
+}
+
+/// Sends one raw HTTP/1.1 form request (`head`: `POST /path`) to `addr`
+/// with `headers` (each `Name: value\r\n`) and `body`, and returns the
+/// whole response.
+pub async fn raw_http(addr: SocketAddr, head: &str, headers: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{head} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// The status code of a raw HTTP response.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap()
 }

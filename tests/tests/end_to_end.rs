@@ -14,7 +14,7 @@ use terminalwire_server::{Context, Exit, Terminal};
 use terminalwire_tests::process::ClientHome;
 use terminalwire_tests::{
     CLIENT_DEADLINE, Client, ScriptedServer, TestServer, ask, client_binary, next_client_frame,
-    send_server_frame, welcome,
+    raw_http, send_server_frame, status_of, welcome,
 };
 use tokio::sync::Notify;
 
@@ -758,30 +758,6 @@ async fn a_browser_that_cannot_start_is_said_plainly_without_its_path() {
     );
     // The server wrote that message: the variable's value stays here.
     assert!(!said.contains("private-tools"), "{said}");
-}
-
-/// Sends one raw HTTP/1.1 request to `addr` with `headers` (each
-/// `Name: value\r\n`) and returns the whole response.
-async fn raw_http(addr: std::net::SocketAddr, head: &str, headers: &str, body: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{head} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
-fn status_of(response: &str) -> u16 {
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .unwrap()
 }
 
 /// The hello app's device page: another site's form cannot approve or

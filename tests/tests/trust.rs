@@ -527,21 +527,9 @@ async fn local_mode_serves_its_owner_on_a_private_unix_socket() {
 
 /// POSTs a form to the app and returns the HTTP status.
 async fn post_form(addr: std::net::SocketAddr, path: &str, body: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .unwrap()
+    terminalwire_tests::status_of(
+        &terminalwire_tests::raw_http(addr, &format!("POST {path}"), "", body).await,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

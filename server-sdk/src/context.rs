@@ -27,7 +27,10 @@ pub struct ClientInfo {
     pub authority: String,
     /// The fingerprint (`SHA256:...`) of the client's device key for this
     /// server: a stable id of the device, proven by the secure handshake.
-    pub device: String,
+    /// `None` for a client that has no device key (none speaks to this SDK
+    /// today; Terminalwire's published v1 clients would be such clients):
+    /// such a client cannot be told apart from a copy of itself.
+    pub device: Option<String>,
     /// The absolute path of this authority's storage folder on the client,
     /// which the app may always use (see [`Context::storage_path`]).
     pub storage: Option<String>,
@@ -59,6 +62,25 @@ pub struct ClientFeatures {
     pub cancels_reads: bool,
 }
 
+#[cfg(test)]
+impl ClientInfo {
+    /// A client of this machine with the device key `device`.
+    pub(crate) fn for_test(device: Option<&str>) -> ClientInfo {
+        ClientInfo {
+            name: "terminalwire".into(),
+            version: "0.1.0".into(),
+            os: "linux".into(),
+            os_version: None,
+            arch: "x86_64".into(),
+            authority: "127.0.0.1:8080".into(),
+            device: device.map(str::to_owned),
+            storage: None,
+            origin: None,
+            features: ClientFeatures::default(),
+        }
+    }
+}
+
 impl ClientFeatures {
     /// The features of the capabilities both sides agreed on.
     pub(crate) fn agreed(capabilities: &[String]) -> ClientFeatures {
@@ -84,6 +106,10 @@ pub enum StreamKind {
     Null,
     /// Anything else.
     Other,
+    /// The client did not say (a client of another protocol: Terminalwire's
+    /// published v1 clients send no terminal facts). Treat it like a pipe:
+    /// no colour, no prompts that need a terminal.
+    Unknown,
 }
 
 /// Colour support of one of the client's streams.
@@ -127,6 +153,7 @@ impl std::fmt::Display for StreamKind {
             StreamKind::File => "a file",
             StreamKind::Null => "/dev/null",
             StreamKind::Other => "something else",
+            StreamKind::Unknown => "unknown",
         })
     }
 }

@@ -92,6 +92,12 @@ pub enum DeviceError {
     /// waiting than the registry keeps ([`MAX_PENDING`]).
     #[error("the approval code expired while too many devices were waiting; run the command again")]
     Forgotten,
+    /// The client has no device key ([`crate::ClientInfo::device`] `None`),
+    /// so there is no device to approve.
+    #[error(
+        "this client cannot prove which device it runs on; update it to a client with device keys"
+    )]
+    NoDeviceKey,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -311,6 +317,9 @@ impl DeviceRegistry {
         wait: Duration,
     ) -> Result<(), DeviceError> {
         let client = ctx.client();
+        let Some(device) = client.device.as_deref() else {
+            return Err(DeviceError::NoDeviceKey);
+        };
         let label = format!(
             "{} {}, {} {}",
             client.os, client.arch, client.name, client.version
@@ -323,9 +332,9 @@ impl DeviceRegistry {
             // after it was forgotten, it would have a code the user never
             // saw, and push out the next device waiting, and so on.
             let now = if told {
-                self.waiting(&client.device)
+                self.waiting(device)
             } else {
-                self.check(&client.device, &label)
+                self.check(device, &label)
             };
             match now {
                 Ok(()) => return Ok(()),
@@ -348,7 +357,7 @@ impl DeviceRegistry {
             tokio::select! {
                 () = changed => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    return self.waiting(&client.device);
+                    return self.waiting(device);
                 }
             }
         }

@@ -79,18 +79,20 @@ pub struct LoginRequest {
     /// client reports them (control, format and bidi characters removed:
     /// still words a client chose, to be shown as such).
     pub client: String,
-    /// The fingerprint of the device that will hold the session.
-    pub device: String,
+    /// The fingerprint of the device that will hold the session; `None`
+    /// for a client without a device key ([`crate::ClientInfo::device`]).
+    pub device: Option<String>,
     /// Time left before the link expires.
     pub expires_in: Duration,
 }
 
 impl LoginRequest {
-    /// A login asked for by `client` (in words) on the device `device`.
-    pub fn new(client: impl Into<String>, device: impl Into<String>) -> Self {
+    /// A login asked for by `client` (in words) on the device `device`
+    /// (`None`: a client without a device key).
+    pub fn new(client: impl Into<String>, device: Option<String>) -> Self {
         LoginRequest {
             client: shown_text(&client.into()),
-            device: device.into(),
+            device,
             expires_in: Duration::ZERO,
         }
     }
@@ -626,7 +628,10 @@ mod tests {
     }
 
     fn request() -> LoginRequest {
-        LoginRequest::new("terminalwire 0.1.0 (linux x86_64)", "SHA256:dev")
+        LoginRequest::new(
+            "terminalwire 0.1.0 (linux x86_64)",
+            Some("SHA256:dev".into()),
+        )
     }
 
     #[tokio::test]
@@ -637,7 +642,7 @@ mod tests {
         assert_eq!(token.len(), 32);
         assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
         let shown = logins.request(&token).unwrap();
-        assert_eq!(shown.device, "SHA256:dev");
+        assert_eq!(shown.device.as_deref(), Some("SHA256:dev"));
         assert!(shown.expires_in <= Duration::from_secs(60));
         let code = pending.code().to_owned();
         let waiting = tokio::spawn(pending.wait());
@@ -782,7 +787,7 @@ mod tests {
         let logins = BrowserLogins::default();
         let asked = LoginRequest::new(
             "laptop \u{202e}evorppa\u{202c} \u{200b}x\u{1b}[2J\n",
-            "SHA256:dev",
+            Some("SHA256:dev".into()),
         );
         let pending = logins.begin_for(asked).unwrap();
         let shown = logins.request(pending.token()).unwrap();

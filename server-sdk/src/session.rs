@@ -1335,7 +1335,7 @@ fn serve(
             os_version: hello.os_version,
             arch: hello.arch,
             authority: hello.authority,
-            device: device.clone(),
+            device: Some(device.clone()),
             storage: hello.storage,
             origin: hello.origin,
             features: ClientFeatures::agreed(&hello.capabilities),

@@ -5,7 +5,11 @@
 //! A token is `tw1.<payload>.<mac>`: the payload (JSON: subject, device
 //! fingerprint, issue and expiry times, base64url) signed with HMAC-SHA256
 //! under the app's secret. It is only accepted from the device it was issued
-//! to, as proven by the secure handshake ([`ClientInfo::device`]).
+//! to, as proven by the secure handshake ([`ClientInfo::device`]). A client
+//! without a device key (none today; a client of Terminalwire's published v1
+//! protocol one day) gets a token bound to no device (`dev` empty), which only
+//! such clients accept: it is then as safe as the storage folder it sits in,
+//! like v1's own tokens, and it is never accepted from a device with a key.
 //!
 //! Rotation keeps a session alive while it is used, but never past its
 //! maximum age from the log-in ([`TokenIssuer::with_max_age`], 30 days by
@@ -24,7 +28,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::context::{Context, ResourceError};
+use crate::context::{ClientInfo, Context, ResourceError};
 
 /// Where a session token lives in the authority's storage folder.
 pub const TOKEN_FILE: &str = "session.token";
@@ -38,7 +42,10 @@ pub const MAX_TOKEN_FILE: u64 = 16 * 1024;
 pub struct Claims {
     /// Who is logged in (the app's user id or name).
     pub sub: String,
-    /// The device fingerprint the token is bound to.
+    /// The device fingerprint the token is bound to; empty for a client
+    /// without a device key ([`ClientInfo::device`] `None`).
+    ///
+    /// [`ClientInfo::device`]: crate::ClientInfo::device
     pub dev: String,
     /// Issued at, seconds since the Unix epoch.
     pub iat: u64,
@@ -180,7 +187,8 @@ impl TokenIssuer {
     }
 
     /// A token for `subject` on the device with fingerprint `device`, who
-    /// logs in now.
+    /// logs in now. An empty `device` binds it to no device: only a client
+    /// without a device key accepts it.
     pub fn issue(&self, subject: &str, device: &str) -> String {
         let now = now();
         self.issue_at(subject, device, now, now)
@@ -265,7 +273,7 @@ impl Context {
     /// app's storage folder on the client.
     pub async fn log_in(&self, issuer: &TokenIssuer, subject: &str) -> Result<(), ResourceError> {
         let path = self.token_path()?;
-        let token = issuer.issue(subject, &self.client().device);
+        let token = issuer.issue(subject, token_binding(self.client()));
         self.file().write_with_mode(&path, token, 0o600).await
     }
 
@@ -291,7 +299,7 @@ impl Context {
             Err(ResourceError::Invalid { .. } | ResourceError::TooLarge { .. }) => String::new(),
             Err(error) => return Err(error),
         };
-        match issuer.verify(&token, &self.client().device) {
+        match issuer.verify(&token, token_binding(self.client())) {
             Ok(claims) => {
                 if issuer.wants_rotation(&claims) {
                     let path = self.token_path()?;
@@ -315,6 +323,12 @@ impl Context {
     }
 }
 
+/// What a client's tokens are bound to: its device key's fingerprint, or
+/// nothing (empty) for a client without one.
+fn token_binding(client: &ClientInfo) -> &str {
+    client.device.as_deref().unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +345,29 @@ mod tests {
         assert_eq!(claims.sub, "ada");
         assert_eq!(
             issuer.verify(&token, "SHA256:device-b"),
+            Err(TokenError::WrongDevice)
+        );
+    }
+
+    /// A client without a device key gets a token bound to no device, which
+    /// a device with a key never accepts (nor the other way round).
+    #[test]
+    fn a_token_of_a_client_without_a_device_key_works_on_no_device() {
+        let issuer = issuer(3600);
+        let keyless = ClientInfo::for_test(None);
+        let keyed = ClientInfo::for_test(Some("SHA256:device-a"));
+        let token = issuer.issue("ada", token_binding(&keyless));
+        assert_eq!(
+            issuer.verify(&token, token_binding(&keyless)).unwrap().sub,
+            "ada"
+        );
+        assert_eq!(
+            issuer.verify(&token, token_binding(&keyed)),
+            Err(TokenError::WrongDevice)
+        );
+        let token = issuer.issue("ada", token_binding(&keyed));
+        assert_eq!(
+            issuer.verify(&token, token_binding(&keyless)),
             Err(TokenError::WrongDevice)
         );
     }

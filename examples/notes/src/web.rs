@@ -189,7 +189,12 @@ fn approval_form(
          <button type=submit name=decision value=refuse id=refuse formnovalidate>Refuse</button>\
          </form>",
         client = escape(&request.client),
-        device = escape(&request.device),
+        device = escape(
+            request
+                .device
+                .as_deref()
+                .unwrap_or("none (this client has no device key)")
+        ),
         plural = if minutes == 1 { "" } else { "s" },
         token = escape(token),
         name = escape(name),

@@ -1240,6 +1240,32 @@ mod tests {
         );
     }
 
+    /// A grant typed for `example.com:443` is `example.com`'s: the one
+    /// folder `wss://example.com/` uses, listed and revoked as either.
+    #[test]
+    fn a_typed_default_port_is_the_same_authority() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let out = admin(
+            &home,
+            &["entitlement", "grant", "example.com:443", "env", "EDITOR"],
+        )
+        .unwrap();
+        assert!(out.starts_with("example.com: "), "{out}");
+        let policy = home.policy_file(&parse_authority("wss://example.com/t").unwrap());
+        assert!(Policy::load(&policy).unwrap().env.len() == 1, "{out}");
+        let listed = admin(&home, &["entitlement", "list", "example.com"]).unwrap();
+        assert!(listed.contains("EDITOR"), "{listed}");
+        let all = admin(&home, &["authority", "list"]).unwrap();
+        assert!(!all.contains(":443"), "{all}");
+        admin(
+            &home,
+            &["entitlement", "revoke", "example.com:80", "env", "EDITOR"],
+        )
+        .unwrap();
+        assert!(Policy::load(&policy).unwrap().env.is_empty());
+    }
+
     #[test]
     fn the_storage_quota_is_set_shown_and_reset() {
         let dir = tempfile::tempdir().unwrap();

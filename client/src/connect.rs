@@ -44,7 +44,7 @@ use crate::error::ClientError;
 pub struct Target {
     /// The WebSocket URL (`ws://` or `wss://`).
     pub url: Url,
-    /// The authority (host, plus port when not the scheme's default; for a
+    /// The authority (host, plus port when neither 80 nor 443; for a
     /// Unix socket, `local-` and a digest of its path).
     pub authority: String,
     /// For `unix:PATH`: the socket to connect to (the URL is then a stand-in

@@ -2,10 +2,15 @@
 //! it knows about that server (entitlements, storage), and the server's origin.
 //!
 //! An authority is the lower-cased host (IDNA-encoded by the `url` crate, IPv6
-//! in brackets) plus `:port` when the port is not the scheme's default
-//! (80 for `ws`/`http`, 443 for `wss`/`https`). Because it names a directory
-//! under `~/.terminalwire/authorities/`, it must also be a safe single directory
-//! name; URLs whose authority would not be are refused.
+//! in brackets) plus `:port` when the port is neither 80 nor 443, the web's
+//! default ports (`ws`/`http` and `wss`/`https`), whatever the scheme:
+//! `example.com` is the server at `ws://example.com/` and at
+//! `wss://example.com/`, so a URL with the other scheme's default port
+//! (`ws://example.com:443/`, which reaches the same port as `wss://`) and an
+//! authority typed with either (`example.com:443`, `example.com:80`) name it
+//! too. Because it names a directory under `~/.terminalwire/authorities/`, it
+//! must also be a safe single directory name; URLs whose authority would not
+//! be are refused.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +19,9 @@ use url::{Host, Url};
 
 /// The URL schemes a terminalwire server can be reached with.
 const SERVER_SCHEMES: [&str; 4] = ["ws", "wss", "http", "https"];
+
+/// The default ports of those schemes, which an authority leaves out.
+const WEB_PORTS: [u16; 2] = [80, 443];
 
 /// A validated authority such as `example.com` or `example.com:3000`.
 ///
@@ -75,17 +83,16 @@ impl Authority {
         let host = url.host().ok_or_else(|| AuthorityError::NoHost {
             url: url.to_string(),
         })?;
-        // For these special schemes `url` already drops a default port; the
-        // comparison keeps this correct whatever it does.
-        let port = url.port().filter(|&p| Some(p) != default_port(scheme));
-        Authority::from_parts(&host, port)
+        // `url` already drops the scheme's own default port; `from_parts`
+        // drops the other's.
+        Authority::from_parts(&host, url.port())
     }
 
     /// An authority typed by a user (`example.com:3000`, `[::1]:8080`) or a
     /// server URL (anything containing `://`).
     ///
-    /// A typed authority is taken literally after host normalisation: its port
-    /// is kept even when it is 80 or 443, since no scheme is known.
+    /// A typed authority is normalised like a URL's: `example.com:443` and
+    /// `example.com:80` are `example.com`.
     pub fn parse(input: &str) -> Result<Authority, AuthorityError> {
         let invalid = |reason: &str| AuthorityError::Invalid {
             input: input.to_owned(),
@@ -156,7 +163,11 @@ impl Authority {
         {
             text = v4.to_string();
         }
-        if let Some(port) = port {
+        // 80 and 443 are the ports of `example.com` itself (`ws://` and
+        // `wss://`): one authority for the server on either, whether a URL
+        // or the user named the port. A typed `example.com:443` had a
+        // folder, pin and grant set of its own, which no session used.
+        if let Some(port) = port.filter(|port| !WEB_PORTS.contains(port)) {
             text.push(':');
             text.push_str(&port.to_string());
         }
@@ -261,6 +272,38 @@ mod tests {
         assert_eq!(from("ws://[::1]:3000/t").unwrap(), "[::1]:3000");
     }
 
+    /// `example.com` is the server on port 80 (`ws://`) and on port 443
+    /// (`wss://`): typed `example.com:443` or `:80`, or a URL that reaches
+    /// one of those ports with the other scheme, is that authority too (it
+    /// had a folder of its own: two pins and grant sets for one server).
+    #[test]
+    fn a_typed_web_port_names_the_same_authority() {
+        for typed in [
+            "example.com:443",
+            "example.com:80",
+            "Example.COM.:443",
+            "wss://example.com:443/t",
+            "ws://example.com:443/t",
+            "wss://example.com:80/t",
+            "http://example.com:443",
+        ] {
+            assert_eq!(
+                Authority::parse(typed).unwrap().as_str(),
+                "example.com",
+                "{typed}"
+            );
+        }
+        assert_eq!(Authority::parse("[::1]:443").unwrap().as_str(), "[::1]");
+        assert_eq!(
+            Authority::parse("127.0.0.1:80").unwrap().as_str(),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            Authority::parse("example.com:8443").unwrap().as_str(),
+            "example.com:8443"
+        );
+    }
+
     #[test]
     fn a_trailing_dot_names_the_same_authority() {
         assert_eq!(from("wss://example.com./t").unwrap(), "example.com");
@@ -290,9 +333,11 @@ mod tests {
     #[test]
     fn other_ports_are_kept() {
         assert_eq!(from("ws://example.com:3000/t").unwrap(), "example.com:3000");
-        assert_eq!(from("ws://example.com:443/t").unwrap(), "example.com:443");
-        assert_eq!(from("wss://example.com:80/t").unwrap(), "example.com:80");
-        assert_eq!(from("http://example.com:443").unwrap(), "example.com:443");
+        assert_eq!(
+            from("wss://example.com:8080/t").unwrap(),
+            "example.com:8080"
+        );
+        assert_eq!(from("http://example.com:81").unwrap(), "example.com:81");
         assert_eq!(
             from("https://example.com:8443").unwrap(),
             "example.com:8443"

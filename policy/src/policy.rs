@@ -2,7 +2,7 @@
 //! a human-editable TOML list of grants, loaded strictly and saved atomically.
 //!
 //! ```toml
-//! storage_quota_mib = 2048  # optional: what storage/ may hold (1024 MiB by default)
+//! storage_quota_mib = 2048  # optional: what storage/ may hold, at least 1 (1024 MiB by default)
 //!
 //! [[path]]
 //! pattern = "~/reports/**"
@@ -45,9 +45,14 @@ pub const DEFAULT_STORAGE_QUOTA_MIB: u64 = 1024;
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// What the authority's `storage/` may hold, in MiB;
-    /// [`DEFAULT_STORAGE_QUOTA_MIB`] when unset. (A plain value: TOML
-    /// needs it before the tables.)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// [`DEFAULT_STORAGE_QUOTA_MIB`] when unset. At least 1: a file that
+    /// says 0 is refused on load, as `terminalwire entitlement quota`
+    /// refuses it. (A plain value: TOML needs it before the tables.)
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "quota_mib"
+    )]
     pub storage_quota_mib: Option<u64>,
     /// Path grants, in file order.
     #[serde(default, rename = "path", skip_serializing_if = "Vec::is_empty")]
@@ -58,6 +63,19 @@ pub struct Policy {
     /// Granted browser targets.
     #[serde(default, rename = "browser", skip_serializing_if = "Vec::is_empty")]
     pub browser: Vec<BrowserGrant>,
+}
+
+/// `storage_quota_mib`: a whole number of MiB, at least 1. A quota of 0
+/// would refuse every write to `storage/`, which no one asks for by
+/// writing 0: it is refused with the key's name, like the command refuses it.
+fn quota_mib<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    match u64::deserialize(deserializer)? {
+        0 => Err(serde::de::Error::custom(
+            "storage_quota_mib must be at least 1 (MiB): set a number of MiB, or remove \
+             the line for the default of 1024",
+        )),
+        mib => Ok(Some(mib)),
+    }
 }
 
 /// An `[[env]]` entry.
@@ -697,6 +715,25 @@ mod tests {
         let loaded = Policy::load(&file).unwrap();
         assert_eq!(loaded, policy);
         assert_eq!(loaded.storage_quota_bytes(), 3 << 20);
+    }
+
+    /// A quota of 0 MiB, which `terminalwire entitlement quota` refuses,
+    /// is refused from a file edited by hand too, naming the file, line
+    /// and key (it was taken: every write to storage/ refused).
+    #[test]
+    fn a_storage_quota_of_zero_is_refused_by_name() {
+        let path = Path::new("/h/authorities/example.com/policy.toml");
+        let text = "# mine\nstorage_quota_mib = 0\n";
+        let error = Policy::from_toml(text, path).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("/h/authorities/example.com/policy.toml:2:"),
+            "{message}"
+        );
+        assert!(message.contains("storage_quota_mib"), "{message}");
+        assert!(message.contains("at least 1"), "{message}");
+        let one = Policy::from_toml("storage_quota_mib = 1\n", path).unwrap();
+        assert_eq!(one.storage_quota_bytes(), 1 << 20);
     }
 
     #[test]

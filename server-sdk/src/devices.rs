@@ -567,33 +567,13 @@ pub(crate) fn cut_at_chars(text: &str, max: usize) -> String {
 }
 
 fn save(path: &Path, devices: &BTreeMap<String, Device>) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     /// What [`Devices`] is on disk.
     #[derive(Serialize)]
     struct DevicesFile<'a> {
         devices: &'a BTreeMap<String, Device>,
     }
     let bytes = serde_json::to_vec_pretty(&DevicesFile { devices }).map_err(io::Error::other)?;
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    crate::files::replace(path, &bytes, 0o600)
 }
 
 #[cfg(test)]

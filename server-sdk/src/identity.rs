@@ -43,7 +43,7 @@ impl ServerIdentity {
                 }),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 let identity = ServerIdentity::generate()?;
-                if write_new_private(path, identity.0.to_file_text().as_bytes())? {
+                if crate::files::write_new(path, identity.0.to_file_text().as_bytes(), 0o600)? {
                     Ok(identity)
                 } else {
                     // Another worker starting at the same moment made it:
@@ -58,48 +58,6 @@ impl ServerIdentity {
     /// `SHA256:...` of the public key: what clients pin and show.
     pub fn fingerprint(&self) -> String {
         self.0.fingerprint()
-    }
-}
-
-/// Writes `bytes` to a new private file at `path`, whole or not at all;
-/// false when a file is there already (another process made it first),
-/// which is never replaced.
-fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    static TEMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    // This writer's own: another thread or process never touches it.
-    let temp = path.with_extension(format!(
-        "tmp-{}-{}",
-        std::process::id(),
-        TEMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let linked = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        // Never overwrite a key another process created meanwhile.
-        std::fs::hard_link(&temp, path)
-    })();
-    let _ = std::fs::remove_file(&temp);
-    match linked {
-        Ok(()) => {
-            // The new name survives a crash: a key lost would change the
-            // server's identity, and every client's pin would refuse it.
-            std::fs::File::open(dir)?.sync_all()?;
-            Ok(true)
-        }
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(error) => Err(error),
     }
 }
 

@@ -70,6 +70,8 @@
 //! - [`transport`]: the byte-frame transport a session runs over (axum
 //!   WebSockets, or anything implementing [`transport::Transport`]).
 //! - `session` (private): the protocol engine of one connection.
+//! - `files` (private): the files the SDK keeps (identity key, device
+//!   registry, development certificates), written whole or not at all.
 //! - `pending` (private): requests waiting for answers, and the input of
 //!   reads a command gave up (kept for its next read).
 
@@ -79,6 +81,7 @@ pub mod accept;
 pub mod cli;
 pub mod context;
 pub mod devices;
+mod files;
 pub mod identity;
 pub mod local;
 pub mod login;

@@ -35,7 +35,9 @@
 //! ```
 //!
 //! For development, [`self_signed`] makes a certificate for names such as
-//! `localhost` and `127.0.0.1`; clients trust it with
+//! `localhost` and `127.0.0.1`, and [`DevCertificate::load_or_create`] keeps
+//! one in a folder across restarts (made once, whole, the key private from
+//! the start); clients trust it with
 //! `terminalwire --ca-cert dev-cert.pem wss://...`.
 
 use std::collections::VecDeque;
@@ -461,48 +463,101 @@ impl DevCertificate {
         TlsConfig::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
     }
 
+    /// The development certificate kept in `dir`, or a new one for `names`
+    /// (host names and IP addresses) when there is none, with the paths of
+    /// [`DEV_CERT_FILE`] and [`DEV_KEY_FILE`].
+    ///
+    /// Each file is made once, whole, and never replaced: the key (readable
+    /// by its owner only from the start) first, then a certificate for it.
+    /// Servers starting at once on the same folder all end up with the same
+    /// key and certificate, and a server that stopped between the two makes
+    /// the certificate for the key it left. A certificate already there is
+    /// used as it is, whatever names it was made for (delete the folder's
+    /// files to make a new one); files that are not a matching certificate
+    /// and key are an error naming them, never replaced.
+    pub fn load_or_create<S: AsRef<str>>(
+        dir: impl AsRef<Path>,
+        names: &[S],
+    ) -> Result<(DevCertificate, PathBuf, PathBuf), TlsError> {
+        let dir = dir.as_ref();
+        let (cert, key) = (dir.join(DEV_CERT_FILE), dir.join(DEV_KEY_FILE));
+        let key_pem = match read_if_there(&key)? {
+            Some(pem) => pem,
+            None => create_once(&key, rcgen::KeyPair::generate()?.serialize_pem(), 0o600)?,
+        };
+        let cert_pem = match read_if_there(&cert)? {
+            Some(pem) => pem,
+            None => {
+                let key_pair = rcgen::KeyPair::from_pem(&key_pem).map_err(|error| {
+                    TlsError::Pem(format!(
+                        "{}: not a usable private key: {error}",
+                        key.display()
+                    ))
+                })?;
+                create_once(&cert, certificate_for(names, &key_pair)?, 0o644)?
+            }
+        };
+        // Files another program left must still be a certificate and its key.
+        TlsConfig::from_pem_named(
+            cert_pem.as_bytes(),
+            &cert.display().to_string(),
+            key_pem.as_bytes(),
+            &key.display().to_string(),
+        )?;
+        Ok((DevCertificate { cert_pem, key_pem }, cert, key))
+    }
+
     /// Writes [`DEV_CERT_FILE`] and [`DEV_KEY_FILE`] (the key readable by its
-    /// owner only) into `dir`, creating it, and returns their paths.
+    /// owner only, from the start) into `dir`, creating it, in place of any
+    /// there, and returns their paths. Each file is replaced whole: a reader
+    /// sees the old one or the new one. To keep one certificate across
+    /// restarts, use [`load_or_create`](Self::load_or_create).
     pub fn write_to(&self, dir: impl AsRef<Path>) -> Result<(PathBuf, PathBuf), TlsError> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
         let cert = dir.join(DEV_CERT_FILE);
         let key = dir.join(DEV_KEY_FILE);
-        write_file(&key, self.key_pem.as_bytes(), 0o600)?;
-        write_file(&cert, self.cert_pem.as_bytes(), 0o644)?;
+        let write = |path: &Path, text: &str, mode| {
+            crate::files::replace(path, text.as_bytes(), mode).map_err(|source| TlsError::Write {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        write(&key, &self.key_pem, 0o600)?;
+        write(&cert, &self.cert_pem, 0o644)?;
         Ok((cert, key))
     }
 }
 
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    use std::io::Write as _;
-    let error = |source| TlsError::Write {
+/// The text of `path`, or `None` when there is no such file.
+fn read_if_there(path: &Path) -> Result<Option<String>, TlsError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TlsError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Makes `path` with `text` unless another server made it first, and gives
+/// back what it holds then.
+fn create_once(path: &Path, text: String, mode: u32) -> Result<String, TlsError> {
+    let made =
+        crate::files::write_new(path, text.as_bytes(), mode).map_err(|source| TlsError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+    if made {
+        return Ok(text);
+    }
+    read_if_there(path)?.ok_or_else(|| TlsError::Read {
         path: path.to_owned(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        options.mode(mode);
-        let mut file = options.open(path).map_err(error)?;
-        // An existing file keeps its mode on open: set it.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(error)?;
-        file.write_all(contents).map_err(error)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = mode;
-        options
-            .open(path)
-            .and_then(|mut file| file.write_all(contents))
-            .map_err(error)
-    }
+        source: io::Error::new(
+            io::ErrorKind::NotFound,
+            "deleted while another server was making it",
+        ),
+    })
 }
 
 /// Generates a self-signed certificate for development, valid for `names`
@@ -511,6 +566,15 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
 /// Clients must be told to trust it (`terminalwire --ca-cert dev-cert.pem`);
 /// never use it in production.
 pub fn self_signed<S: AsRef<str>>(names: &[S]) -> Result<DevCertificate, TlsError> {
+    let key = rcgen::KeyPair::generate()?;
+    Ok(DevCertificate {
+        cert_pem: certificate_for(names, &key)?,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A self-signed development certificate for `names` and `key`, in PEM.
+fn certificate_for<S: AsRef<str>>(names: &[S], key: &rcgen::KeyPair) -> Result<String, TlsError> {
     let names: Vec<String> = names.iter().map(|name| name.as_ref().to_owned()).collect();
     let mut params = rcgen::CertificateParams::new(names)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -518,12 +582,7 @@ pub fn self_signed<S: AsRef<str>>(names: &[S]) -> Result<DevCertificate, TlsErro
         rcgen::DnType::CommonName,
         "terminalwire development certificate",
     );
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok(DevCertificate {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(params.self_signed(key)?.pem())
 }
 
 #[cfg(test)]
@@ -749,6 +808,97 @@ mod tests {
         let _ = stop.send(());
         drop(held);
         server.await.unwrap().unwrap();
+    }
+
+    /// Servers starting at once on a fresh folder all serve the one
+    /// certificate and key left on disk, which match and are whole (each
+    /// made its own and wrote it in place over the others': servers with
+    /// different keys, a key file of one and a certificate of another).
+    #[test]
+    fn starts_at_once_share_one_development_certificate() {
+        use std::os::unix::fs::PermissionsExt as _;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        const STARTS: usize = 4;
+        let root = tempfile::tempdir().unwrap();
+        // Many rounds, each on a fresh folder: a barrier's wake-ups are
+        // slow enough for one start to be done before the next looks.
+        for round in 0..32 {
+            let dir = root.path().join(round.to_string());
+            let ready = AtomicUsize::new(0);
+            let made: Vec<DevCertificate> = std::thread::scope(|scope| {
+                let starts: Vec<_> = (0..STARTS)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            ready.fetch_add(1, Ordering::AcqRel);
+                            while ready.load(Ordering::Acquire) < STARTS {
+                                std::thread::yield_now();
+                            }
+                            DevCertificate::load_or_create(&dir, &["localhost"])
+                                .map(|(dev, _, _)| dev)
+                        })
+                    })
+                    .collect();
+                starts
+                    .into_iter()
+                    .map(|start| start.join().unwrap().unwrap())
+                    .collect()
+            });
+            let (cert, key) = (dir.join(DEV_CERT_FILE), dir.join(DEV_KEY_FILE));
+            let on_disk = (
+                std::fs::read_to_string(&cert).unwrap(),
+                std::fs::read_to_string(&key).unwrap(),
+            );
+            for dev in &made {
+                assert_eq!(
+                    (&dev.cert_pem, &dev.key_pem),
+                    (&on_disk.0, &on_disk.1),
+                    "round {round}"
+                );
+            }
+            TlsConfig::from_pem_files(&cert, &key).unwrap();
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let left = std::fs::read_dir(&dir).unwrap().count();
+            assert_eq!(left, 2, "temporary files left");
+            // And the next start serves them too.
+            let (again, ..) = DevCertificate::load_or_create(&dir, &["localhost"]).unwrap();
+            assert_eq!(again.key_pem, on_disk.1);
+        }
+    }
+
+    /// A reader of the key file while certificates are written over it
+    /// sees one whole key or the other, never an empty or half file (it
+    /// was truncated, then written).
+    #[test]
+    fn a_development_key_written_over_is_never_seen_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let devs = [
+            self_signed(&["localhost"]).unwrap(),
+            self_signed(&["localhost"]).unwrap(),
+        ];
+        devs[0].write_to(dir.path()).unwrap();
+        let key = dir.path().join(DEV_KEY_FILE);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut seen = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let text = std::fs::read_to_string(&key).unwrap();
+                    assert!(
+                        devs.iter().any(|dev| dev.key_pem == text),
+                        "after {seen} reads: {text:?}"
+                    );
+                    seen += 1;
+                }
+                seen
+            });
+            for i in 0..300 {
+                devs[i % 2].write_to(dir.path()).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Release);
+            reader.join()
+        });
+        assert!(seen.unwrap() > 0);
     }
 
     #[test]

@@ -126,19 +126,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the development certificate kept in `dir`, or makes one.
+/// Loads the development certificate kept in `dir`, or makes one (once,
+/// whole: servers started at once share it).
 fn self_signed(dir: &Path, listen: SocketAddr) -> anyhow::Result<(tls::TlsConfig, PathBuf)> {
-    let cert = dir.join(tls::DEV_CERT_FILE);
-    let key = dir.join(tls::DEV_KEY_FILE);
-    if cert.exists() && key.exists() {
-        let config = tls::TlsConfig::from_pem_files(&cert, &key).with_context(|| {
-            format!(
-                "cannot use the development certificate in {} (delete it to make a new one)",
-                dir.display()
-            )
-        })?;
-        return Ok((config, cert));
-    }
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -148,9 +138,15 @@ fn self_signed(dir: &Path, listen: SocketAddr) -> anyhow::Result<(tls::TlsConfig
     if !ip.is_unspecified() && !ip.is_loopback() {
         names.push(ip.to_string());
     }
-    let dev = tls::self_signed(&names).context("cannot make a development certificate")?;
-    let (cert, _key) = dev.write_to(dir)?;
-    Ok((dev.tls_config()?, cert))
+    let unusable = || {
+        format!(
+            "cannot use the development certificate in {} (delete it to make a new one)",
+            dir.display()
+        )
+    };
+    let (dev, cert, _key) =
+        tls::DevCertificate::load_or_create(dir, &names).with_context(unusable)?;
+    Ok((dev.tls_config().with_context(unusable)?, cert))
 }
 
 /// Like [`hello::run`], over TLS.

@@ -189,6 +189,7 @@ mod tests {
     async fn a_body_that_stops_coming_ends_its_request_and_holds_no_shutdown() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (entered, mut stuck_entered) = tokio::sync::mpsc::unbounded_channel::<()>();
         let app = Router::new()
             .route(
                 "/form",
@@ -196,7 +197,10 @@ mod tests {
             )
             .route(
                 "/stuck",
-                axum::routing::get(std::future::pending::<&'static str>),
+                axum::routing::get(move || async move {
+                    let _ = entered.send(());
+                    std::future::pending::<&'static str>().await
+                }),
             );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, app, async move {
@@ -225,11 +229,17 @@ mod tests {
             .write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        tokio::task::yield_now().await;
+        stuck_entered.recv().await.unwrap();
         let _ = stop.send(());
         let stopping = tokio::time::Instant::now();
         let finished = tokio::time::timeout(Duration::from_secs(3600), server).await;
         assert!(finished.is_ok(), "serve never returned");
+        // The clock is paused: the drain is waited out exactly.
+        assert!(
+            stopping.elapsed() >= SHUTDOWN_DRAIN,
+            "{:?}",
+            stopping.elapsed()
+        );
         assert!(stopping.elapsed() <= SHUTDOWN_DRAIN + Duration::from_secs(1));
     }
 

@@ -620,3 +620,13 @@ pub fn status_of(response: &str) -> u16 {
         .and_then(|status| status.parse().ok())
         .unwrap()
 }
+
+/// Polls `condition` until it holds (what the server's state shows, where
+/// no event says it changed); fails the test after `deadline`.
+pub async fn eventually(what: &str, deadline: Duration, condition: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

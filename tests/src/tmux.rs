@@ -16,7 +16,7 @@ pub const PANE_DEADLINE: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 /// How long after the client's exit [`TmuxPane::wait_for`] still looks for
 /// its last output on the screen.
-const EXIT_GRACE: Duration = Duration::from_secs(1);
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// The tmux session's name (each test has its own tmux server).
 const SESSION: &str = "tw";
 

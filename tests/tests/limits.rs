@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
 use terminalwire_server::{Config, Context, ResourceError, Terminal};
-use terminalwire_tests::{Client, TestServer};
+
+use terminalwire_tests::{Client, TestServer, eventually};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
@@ -31,7 +33,7 @@ async fn the_session_limit_refuses_cleanly_and_frees_up() {
         },
         config,
     );
-    let server = TestServer::with_terminal(terminal).await;
+    let server = TestServer::with_terminal(terminal.clone()).await;
     let holder = tokio::spawn(Client::new([server.url().as_str(), "hold"]).run());
     started.notified().await;
     let refused = Client::new([server.url().as_str()]).run().await;
@@ -43,6 +45,12 @@ async fn the_session_limit_refuses_cleanly_and_frees_up() {
     );
     release.notify_one();
     assert_eq!(holder.await.unwrap().stdout_text(), "served\n");
+    // The holder's client has exited; the server's end of its session may
+    // still be closing, and holds the only place until it is done.
+    eventually("the session's end", Duration::from_secs(10), || {
+        terminal.session_count() == 0
+    })
+    .await;
     let run = Client::new([server.url().as_str()]).run().await;
     assert_eq!(run.stdout_text(), "served\n", "{}", run.stderr_text());
 }

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use terminalwire_protocol::frame::{ClientFrame, ErrorCode, ServerFrame};
 use terminalwire_protocol::secure::StaticKey;
@@ -15,16 +15,7 @@ use terminalwire_server::{Config, Context, Terminal};
 use terminalwire_tests::cutter::Cutter;
 use terminalwire_tests::tmux::{TmuxPane, session_id_on};
 use terminalwire_tests::wire::{open_resumable, try_resume};
-use terminalwire_tests::{Client, TestServer};
-
-/// Polls `condition` until it holds; fails the test after `deadline`.
-async fn eventually(what: &str, deadline: Duration, condition: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use terminalwire_tests::{Client, TestServer, eventually};
 
 fn url_of(addr: std::net::SocketAddr) -> String {
     format!("ws://{addr}/terminal")

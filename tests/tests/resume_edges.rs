@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
-use std::time::Duration;
-
 use terminalwire_protocol::frame::{Ack, ClientFrame, Detach, ServerFrame};
 use terminalwire_protocol::secure::StaticKey;
 use terminalwire_tests::tmux::{TmuxPane, session_id_on};

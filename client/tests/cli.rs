@@ -34,8 +34,14 @@ fn a_missing_url_is_a_usage_error_on_stderr() {
 #[test]
 fn an_unreachable_tls_server_is_one_line_and_unavailable() {
     let home = tempfile::tempdir().unwrap();
+    // A port nobody listens on: one just given up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let output = Command::new(env!("CARGO_BIN_EXE_terminalwire"))
-        .arg("wss://127.0.0.1:1/terminal")
+        .arg(format!("wss://127.0.0.1:{port}/terminal"))
         .env("TERMINALWIRE_HOME", home.path())
         .output()
         .unwrap();

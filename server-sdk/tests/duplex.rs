@@ -1391,11 +1391,19 @@ async fn one_byte_chunks_count_against_the_replay_limit_with_their_overhead() {
     hello.window = u32::MAX;
     hello.max_chunk = 1;
     send_client(&mut client, &ClientFrame::Hello(hello)).await;
-    // Everything the server sends before it waits for an acknowledgement;
-    // quiet for half a second: it waits.
+    // Everything the server sends before it waits for an acknowledgement:
+    // surely more than 1000 chunks (however slow the machine), then until
+    // it is quiet for half a second: it waits.
     let mut chunks = 0usize;
-    while let Ok(Some(frame)) =
-        tokio::time::timeout(Duration::from_millis(500), next_server(&mut client)).await
+    while let Ok(Some(frame)) = tokio::time::timeout(
+        if chunks > 1000 {
+            Duration::from_millis(500)
+        } else {
+            DEADLINE
+        },
+        next_server(&mut client),
+    )
+    .await
     {
         if let ServerFrame::Data(data) = frame {
             assert_eq!(data.bytes.len(), 1);

@@ -2147,22 +2147,20 @@ async fn perform(
             }
             .await
         }
-        Operation::TerminalMode { mode } if stdin_is_terminal => {
-            let switched = match mode {
-                TerminalMode::Raw => crate::terminal::set_raw(true),
-                TerminalMode::Cooked => crate::terminal::set_raw(false),
-                _ => Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "this client does not know that terminal mode",
-                )),
-            };
-            switched.map(|()| Reply::Unit).map_err(|error| {
+        Operation::TerminalMode {
+            mode: mode @ (TerminalMode::Raw | TerminalMode::Cooked),
+        } if stdin_is_terminal => crate::terminal::set_raw(mode == TerminalMode::Raw)
+            .map(|()| Reply::Unit)
+            .map_err(|error| {
                 OpError::new(
                     ErrorCode::Io,
                     format!("cannot switch the terminal: {error}"),
                 )
-            })
-        }
+            }),
+        Operation::TerminalMode { .. } if stdin_is_terminal => Err(OpError::new(
+            ErrorCode::Unsupported,
+            "this client does not know that terminal mode",
+        )),
         Operation::ReadKey if stdin_is_terminal => {
             // Keys come from the terminal; hold stdin so no line read competes.
             let failed = |error: io::Error| {
@@ -3198,6 +3196,29 @@ mod tests {
                 prompt: Some(prompt),
             },
         }
+    }
+
+    /// A mode of a later protocol is `unsupported` on a terminal too (the
+    /// app may fall back), not an I/O failure of the terminal.
+    #[tokio::test]
+    async fn an_unknown_terminal_mode_is_unsupported_on_a_terminal() {
+        let request = Request {
+            id: terminalwire_protocol::RequestId(1),
+            op: Operation::TerminalMode {
+                mode: TerminalMode::Unknown,
+            },
+        };
+        let response = perform(
+            request,
+            &stdin_of(b""),
+            None,
+            &Resources::none(),
+            true,
+            &mut CancelWatch::Never,
+        )
+        .await;
+        let error = response.error.expect("refused");
+        assert_eq!(error.code, ErrorCode::Unsupported, "{}", error.message);
     }
 
     #[tokio::test]

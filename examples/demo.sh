@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 echo "==> building (release): the terminalwire client and the notes app"
 cargo build --release --quiet -p terminalwire-client -p notes
-bin=$PWD/target/release
+# Where cargo put them (CARGO_TARGET_DIR or build.target-dir may move it).
+bin=$(cargo metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/')/release
 
 tour=$(mktemp -d)
 server=""

@@ -42,10 +42,11 @@ struct Admin {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
-    /// List, grant and revoke what an authority (a server) may do here.
+    /// List, grant and revoke what an authority (a server) may do here, and
+    /// set its storage quota.
     #[command(subcommand)]
     Entitlement(EntitlementCommand),
-    /// List or forget the authorities this client has met.
+    /// List, forget or trust again the authorities this client has met.
     #[command(subcommand)]
     Authority(AuthorityCommand),
     /// Install an app as a command of its own (a launcher in

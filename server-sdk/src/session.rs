@@ -108,6 +108,10 @@ pub(crate) struct Shared {
     slots_held: Mutex<HashMap<u64, tokio::sync::OwnedSemaphorePermit>>,
     /// The command handles Ctrl-C itself (else an interrupt cancels it).
     pub(crate) interrupts_handled: AtomicBool,
+    /// The command's function returned: its outcome is being reported
+    /// (an error message written, the exit queued), and a Ctrl-C has
+    /// nothing left to cancel.
+    returned: AtomicBool,
     /// Interrupts delivered to the command and the terminal's size. One
     /// lock and one wake-up instead of a watch channel each: a watch
     /// channel allocates nine `Notify`s, a cost every idle session paid.
@@ -1311,6 +1315,7 @@ fn serve(
         )),
         slots_held: Mutex::new(HashMap::new()),
         interrupts_handled: AtomicBool::new(false),
+        returned: AtomicBool::new(false),
         signals: Mutex::new(Signals {
             size: hello
                 .terminal
@@ -1558,7 +1563,12 @@ fn serve(
                                 post.order(Control::Acked(seq));
                             }
                             Action::Interrupt => {
-                                if !command_done {
+                                // Once the command returned, its status stands:
+                                // a Ctrl-C that comes while the exit is on its
+                                // way (its error message waiting for credit,
+                                // say) came too late to stop anything, as one
+                                // after a local program's exit does.
+                                if !command_done && !shared.returned.load(Ordering::Acquire) {
                                     interrupted = true;
                                     // Dropped here and now: the command is cancelled.
                                     command_task = Box::pin(std::future::ready(()));
@@ -2143,6 +2153,9 @@ async fn run_command(command: Arc<dyn Command>, ctx: Context) {
     let outcome = AssertUnwindSafe(command.run(ctx.clone()))
         .catch_unwind()
         .await;
+    // Polled by the session loop, which reads this before it handles the
+    // next interrupt.
+    ctx.shared.returned.store(true, Ordering::Release);
     // Boxed: the task holds the command for the session's whole life, and
     // should not also hold room for these final writes.
     Box::pin(report_outcome(ctx, outcome)).await;

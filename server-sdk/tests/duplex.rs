@@ -1646,6 +1646,63 @@ async fn signals_that_come_while_the_command_is_busy_are_not_lost() {
     );
 }
 
+/// A Ctrl-C that comes once the command returned, while its error message
+/// still waits for the client's credit (so before its exit leaves), has
+/// nothing left to cancel: the command's message and status are what the
+/// client gets, not 130 (the interrupt dropped the message being written and
+/// sent 130 in its place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_after_the_command_returned_leaves_its_status() {
+    use terminalwire_protocol::frame::{Signal, SignalKind};
+    let returned = Arc::new(Notify::new());
+    let told = returned.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let told = told.clone();
+        async move {
+            // All of stderr's window: the error message waits for credit.
+            ctx.stderr().write_all(&[b'.'; 100]).await?;
+            told.notify_one();
+            Err::<(), _>(anyhow::anyhow!("too late"))
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = secure_client(client).await;
+        let mut hello = hello(&[]);
+        hello.window = 100;
+        send_client(&mut client, &ClientFrame::Hello(hello)).await;
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Welcome(_))
+        ));
+        // Told in the poll that returns from the command: the session reads
+        // the interrupt after that poll, once the message waits for credit.
+        returned.notified().await;
+        let interrupt = Signal {
+            signal: SignalKind::Interrupt,
+            size: None,
+        };
+        send_client(&mut client, &ClientFrame::Signal(interrupt)).await;
+        let grant = WindowAdjust {
+            sid: StreamId::STDERR,
+            bytes: 1 << 20,
+        };
+        send_client(&mut client, &ClientFrame::Window(grant)).await;
+        let mut stderr = Vec::new();
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Data(data)) => stderr.extend_from_slice(&data.bytes),
+                Some(ServerFrame::Exit(exit)) => break (exit.status, stderr),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let (status, stderr) = serve_script(&terminal, server, script).await;
+    let stderr = String::from_utf8(stderr).unwrap();
+    let message = stderr.trim_start_matches('.');
+    assert_eq!((status, message), (1, "error: too late\n"));
+}
+
 /// With lingering on, each request polls for its answer instead of
 /// sleeping; every answer still reaches its own request, once. (The
 /// scripted client answers within the minute, so each answer is taken while

@@ -138,6 +138,10 @@ pub enum ClientError {
     /// The client received SIGTERM (15) or SIGHUP (1).
     #[error("terminated by signal {0}")]
     Terminated(i32),
+    /// A bug in the client (a panic while it performed a request) ended
+    /// the session.
+    #[error("internal error: {0} (a bug in terminalwire; the session was ended)")]
+    Internal(String),
 }
 
 impl ClientError {
@@ -159,6 +163,7 @@ impl ClientError {
             ClientError::Terminated(number) => {
                 u8::try_from(128 + number).unwrap_or(exit_code::INTERNAL)
             }
+            ClientError::Internal(_) => exit_code::INTERNAL,
         }
     }
 

@@ -272,6 +272,20 @@ fn debug_hold_inline() {
     }
 }
 
+/// In debug builds only, for the end-to-end tests: panics in a request
+/// about the path `TERMINALWIRE_DEBUG_PANIC_ON_PATH` (as the server spelled
+/// it), as a bug in a resource handler would.
+#[cfg(debug_assertions)]
+fn debug_panic_on_path(path: Option<&str>) {
+    static PANIC_ON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let panic_on = PANIC_ON.get_or_init(|| std::env::var("TERMINALWIRE_DEBUG_PANIC_ON_PATH").ok());
+    if let (Some(panic_on), Some(path)) = (panic_on, path)
+        && panic_on == path
+    {
+        panic!("debug: a request about {path} panics (TERMINALWIRE_DEBUG_PANIC_ON_PATH)");
+    }
+}
+
 fn too_many_writes() -> OpError {
     OpError::new(
         ErrorCode::TooLarge,
@@ -708,6 +722,7 @@ impl Resources {
                 tokio::task::spawn_blocking(work)
                     .await
                     .unwrap_or_else(|error| {
+                        let error = panicked_again(error);
                         let message = format!("the operation failed inside the client: {error}");
                         (Err(OpError::new(ErrorCode::Internal, message)), None)
                     })
@@ -853,6 +868,8 @@ impl Resources {
     }
 
     fn path_op(&self, op: Operation) -> Result<Reply, OpError> {
+        #[cfg(debug_assertions)]
+        debug_panic_on_path(op.path());
         let entitlements = self.entitlements()?;
         // What a denial's grant command names follows the request, not the
         // disk: a server must not learn whether a folder it may not see
@@ -1270,11 +1287,24 @@ async fn blocking(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|error| {
+            let error = panicked_again(error);
             Err(OpError::new(
                 ErrorCode::Internal,
                 format!("the operation failed inside the client: {error}"),
             ))
         })
+}
+
+/// A blocking operation's panic goes on in the request's task, which ends
+/// the session (`session::run_session`): a bug in the client is not an
+/// answer to the server, and the session must not go on under it (the
+/// panic hook has restored the terminal). Other failures (the runtime
+/// shutting down) are handed back.
+fn panicked_again(error: tokio::task::JoinError) -> tokio::task::JoinError {
+    match error.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(error) => error,
+    }
 }
 
 fn check_mode(

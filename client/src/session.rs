@@ -1228,10 +1228,15 @@ where
                                 if let Ok(permit) = requests.clone().try_acquire_owned() {
                                     running.insert(request.id.0);
                                     let id = request.id;
-                                    match shared_resources.perform_now(request.op) {
+                                    let op = request.op;
+                                    // A panic here (a bug) ends the session as one in a
+                                    // request's task does, not the whole client at once.
+                                    let now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared_resources.perform_now(op)));
+                                    match now.map_err(|panic| request_panicked(panic.as_ref())) {
+                                        Err(error) => Flow::Done(Err(error)),
                                         // A stat-class request is answered here and now: no
                                         // future, no task, and its answer leaves with the others.
-                                        Ok(result) => {
+                                        Ok(Ok(result)) => {
                                             drop(permit);
                                             ready.push(match result {
                                                 Ok(reply) => Response::ok(id, reply),
@@ -1246,7 +1251,7 @@ where
                                             }
                                         }
                                         // May wait for something (stdin, consent): a task of its own.
-                                        Err(op) => {
+                                        Ok(Err(op)) => {
                                             let turn = reads_stdin(&op).then(|| {
                                                 let (done, next) = tokio::sync::oneshot::channel::<()>();
                                                 (stdin_turn.replace(next), done)
@@ -1415,8 +1420,14 @@ where
                     Flow::Done(Err(output_failed(pipes[index].name, index, error)))
                 }
             },
-            // Reap finished request tasks so the set stays small.
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => Flow::Continue,
+            // Reap finished request tasks so the set stays small. One that
+            // panicked (a bug in the client) ends the session: its request
+            // will never be answered, and the panic hook has restored the
+            // terminal under the app.
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => match joined {
+                Err(error) if error.is_panic() => Flow::Done(Err(request_panicked(error.into_panic().as_ref()))),
+                _ => Flow::Continue,
+            },
             // Answers given at once leave together, once no message waits.
             () = Settle(drained || ready_turns > MAX_ANSWER_BATCH), if !ready.is_empty() => {
                 let answers = answer(std::mem::take(&mut ready), &mut running, &mut recent, replay.as_mut());
@@ -1611,7 +1622,8 @@ where
         if let Err(
             error @ (ClientError::Interrupted
             | ClientError::Disconnected
-            | ClientError::Terminated(_)),
+            | ClientError::Terminated(_)
+            | ClientError::Internal(_)),
         ) = &result
         {
             say_goodbye(&mut current.sink, error).await;
@@ -1626,13 +1638,20 @@ where
 }
 
 /// Tells the server the user ended the client on purpose (`error`,
-/// `cancelled`), so that it cancels the command now instead of keeping the
-/// session for a resume that will not come. Waits briefly: a server that
-/// takes no data does not hold up an exit the user asked for.
+/// `cancelled`), or that a bug in the client did (`error`, `internal`), so
+/// that it cancels the command now instead of keeping the session for a
+/// resume that will not come. Waits briefly: a server that takes no data
+/// does not hold up an exit the user asked for.
 async fn say_goodbye<S: Socket>(sink: &mut Sink<S>, why: &ClientError) {
-    let goodbye = ClientFrame::Error(SessionError {
-        code: ErrorCode::Cancelled,
-        message: format!("the user ended the client ({why})"),
+    let goodbye = ClientFrame::Error(match why {
+        ClientError::Internal(_) => SessionError {
+            code: ErrorCode::Internal,
+            message: "the client failed with an internal error".to_owned(),
+        },
+        _ => SessionError {
+            code: ErrorCode::Cancelled,
+            message: format!("the user ended the client ({why})"),
+        },
     });
     let message = Message::Binary(codec::encode(&goodbye).into());
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, sink.send(message)).await;
@@ -2092,6 +2111,18 @@ impl Future for Settle {
             Poll::Pending
         }
     }
+}
+
+/// The end of a session in which performing a request panicked.
+fn request_panicked(panic: &(dyn std::any::Any + Send)) -> ClientError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|what| (*what).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    ClientError::Internal(format!(
+        "performing a request of the server's panicked: {what}"
+    ))
 }
 
 /// Performs one request and builds its response; never fails the session.

@@ -85,13 +85,13 @@ impl TmuxPane {
     /// [`start`](TmuxPane::start) with the terminalwire home `home` (say,
     /// another pane's), when given.
     pub fn start_with_home(args: &[&str], cols: u16, rows: u16, home: Option<&Path>) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, home, None, false, false)
+        TmuxPane::launch(args, cols, rows, home, None, false, false, &[])
     }
 
     /// [`start`](TmuxPane::start), keeping every byte written to the pane
     /// from before the client starts ([`wait_for_output`](TmuxPane::wait_for_output)).
     pub fn start_capturing(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, None, None, false, true)
+        TmuxPane::launch(args, cols, rows, None, None, false, true, &[])
     }
 
     /// [`start_with_home`](TmuxPane::start_with_home) with the client's
@@ -104,15 +104,22 @@ impl TmuxPane {
         home: Option<&Path>,
         stdout: &Path,
     ) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, home, Some(stdout), false, false)
+        TmuxPane::launch(args, cols, rows, home, Some(stdout), false, false, &[])
     }
 
     /// Like [`TmuxPane::start`]; after the client exits, what was typed and
     /// left unread in the terminal is shown as `leftover=[...]`.
     pub fn start_showing_leftover(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, None, None, true, false)
+        TmuxPane::launch(args, cols, rows, None, None, true, false, &[])
     }
 
+    /// Like [`TmuxPane::start`], with the environment variables `env` set
+    /// for the client (the debug builds' hooks, say).
+    pub fn start_with_env(args: &[&str], cols: u16, rows: u16, env: &[(&str, &str)]) -> TmuxPane {
+        TmuxPane::launch(args, cols, rows, None, None, false, false, env)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         args: &[&str],
         cols: u16,
@@ -121,6 +128,7 @@ impl TmuxPane {
         stdout: Option<&Path>,
         show_leftover: bool,
         capture: bool,
+        env: &[(&str, &str)],
     ) -> TmuxPane {
         require_tmux();
         let binary = client_binary();
@@ -142,6 +150,10 @@ impl TmuxPane {
             quoted_args.push(format!("> {}", shell_quote(&stdout.to_string_lossy())));
         }
         let out = |name: &str| shell_quote(&base.join(name).to_string_lossy());
+        let exports: String = env
+            .iter()
+            .map(|(key, value)| format!("export {key}={}\n", shell_quote(value)))
+            .collect();
         // Reads what is left in the terminal's input for a tenth of a
         // second, without waiting for a line.
         let leftover = if show_leftover {
@@ -167,6 +179,7 @@ impl TmuxPane {
             "trap 'true' INT QUIT\n\
              unset CLICOLOR_FORCE TERMINALWIRE_LOG NO_COLOR\n\
              export TERMINALWIRE_HOME={home}\n\
+             {exports}\
              stty -g > {before}\n\
              {capture}\
              {command}\n\

@@ -13,6 +13,8 @@ use terminalwire_tests::tmux::{PaneExit, TmuxPane};
 use terminalwire_tests::{Client, TestServer};
 
 const INTERRUPTED: i32 = 130;
+/// The client's status for a bug of its own.
+const INTERNAL: i32 = 70;
 
 /// The test apps, one per first argument.
 fn app() -> Terminal {
@@ -38,9 +40,32 @@ fn app() -> Terminal {
             "leave-modes" => leave_modes(ctx).await,
             "leave-keyboard" => leave_keyboard(ctx).await,
             "prompt-keyboard" => prompt_keyboard(ctx).await,
+            "panic-in" => panic_in(ctx).await,
             other => Err(anyhow::anyhow!("unknown test command {other:?}")),
         }
     })
+}
+
+/// The path a debug build of the client panics on, when told to
+/// (`TERMINALWIRE_DEBUG_PANIC_ON_PATH`).
+const PANIC_PATH: &str = "panic-here";
+
+/// Raw mode on, then a request the client panics in: `panic-in read` (on a
+/// blocking thread of a request's task) or `panic-in exists` (stat-class,
+/// answered by the session itself). Says so if the session went on.
+async fn panic_in(ctx: Context) -> anyhow::Result<Exit> {
+    let inline = ctx.args().get(1).is_some_and(|arg| arg == "exists");
+    ctx.set_raw_mode(true).await?;
+    ctx.stdout().print("raw on\r\n").await?;
+    let answer = if inline {
+        ctx.file().exists(PANIC_PATH).await.map(|_| ())
+    } else {
+        ctx.file().read(PANIC_PATH).await.map(|_| ())
+    };
+    ctx.stdout()
+        .print(format!("went on after {answer:?}\r\n"))
+        .await?;
+    Ok(Exit(0))
 }
 
 /// Switches on every mode an app may leave behind, then ends.
@@ -774,4 +799,41 @@ async fn keys_typed_with_a_byte_read_reach_the_next_key_reads_in_order() {
     let exit = pane.wait_exit().await;
     assert_eq!(exit.status, 0, "{}", exit.screen);
     assert_terminal_restored(&exit);
+}
+
+/// A panic in the client while it performs a request (a bug in a resource
+/// handler) ends the session with the client's internal-error status and a
+/// message saying so, the terminal back as it was found. (A panic on a
+/// request's blocking thread was answered as an `internal` error while the
+/// panic hook had already restored the terminal under the app's raw mode,
+/// and the session went on; one in a request's task was never answered,
+/// and the app waited for good; one in a stat-class request took the
+/// client down, status 101.)
+async fn a_panic_in_a_request_ends_the_session(which: &str) {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = TmuxPane::start_with_env(
+        &[&server.url(), "panic-in", which],
+        80,
+        24,
+        &[("TERMINALWIRE_DEBUG_PANIC_ON_PATH", PANIC_PATH)],
+    );
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, INTERNAL, "screen:\n{}", exit.screen);
+    assert!(
+        exit.screen.contains("terminalwire: internal error"),
+        "screen:\n{}",
+        exit.screen
+    );
+    assert!(!exit.screen.contains("went on"), "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_request_task_ends_the_session_with_the_terminal_restored() {
+    a_panic_in_a_request_ends_the_session("read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_request_answered_at_once_ends_the_session_with_the_terminal_restored() {
+    a_panic_in_a_request_ends_the_session("exists").await;
 }

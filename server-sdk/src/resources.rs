@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -285,7 +286,8 @@ impl Files {
     /// [`FileWriter::write`], then [`FileWriter::commit`]. Nothing is visible
     /// at `path` before the commit; dropped without one, the write is
     /// abandoned and `path` is untouched. Memory stays bounded: a few chunks
-    /// are in flight at a time.
+    /// are in flight at a time. Given up once its request left, the write
+    /// the client opened is abandoned when its answer comes.
     pub async fn writer(&self, path: &str) -> Result<FileWriter, ResourceError> {
         self.open_writer(path, None).await
     }
@@ -308,10 +310,23 @@ impl Files {
             path: path.to_owned(),
             mode,
         };
-        match self.ctx.request(op).await? {
+        // The open is waited for in a task of its own: given up once it
+        // left, its answer still comes, and the write it opened is
+        // abandoned at once instead of being kept until the session ends.
+        let (opened, open) = tokio::sync::oneshot::channel();
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            let reply = ctx.request(op).await;
+            if let Err(Ok(Reply::Handle { handle })) = opened.send(reply) {
+                let _ = ctx.request(Operation::FileWriteAbort { handle }).await;
+            }
+        });
+        match open.await.map_err(|_| ResourceError::Disconnected)?? {
             Reply::Handle { handle } => Ok(FileWriter {
                 ctx: self.ctx.clone(),
                 handle: Some(handle),
+                unfinished: Some(handle),
+                finishing: AtomicBool::new(false),
                 offset: 0,
                 in_flight: FuturesUnordered::new(),
             }),
@@ -568,9 +583,21 @@ pub const WRITE_CHUNKS_IN_FLIGHT: usize = 4;
 type ChunkFuture = Pin<Box<dyn Future<Output = Result<(), ResourceError>> + Send>>;
 
 /// An atomic write to a client file in progress ([`Files::writer`]).
+///
+/// Dropped before [`commit`](FileWriter::commit) or
+/// [`abort`](FileWriter::abort) returns (a time-out around them, say) it is
+/// abandoned unless the commit or abort already left: the client is told
+/// to drop the write and its temporary file at once, not when the session
+/// ends.
 pub struct FileWriter {
     ctx: Context,
+    /// The write's handle while bytes may be written and committed.
     handle: Option<u64>,
+    /// The client's write, until the commit or abort for it has left:
+    /// dropped before then, the writer sends an abort.
+    unfinished: Option<u64>,
+    /// Set once that commit or abort has left.
+    finishing: AtomicBool,
     offset: u64,
     in_flight: FuturesUnordered<ChunkFuture>,
 }
@@ -597,7 +624,7 @@ impl FileWriter {
         let handle = self.handle.ok_or_else(abandoned)?;
         for chunk in bytes.chunks(WRITE_CHUNK) {
             if let Err(error) = std::future::poll_fn(|cx| self.poll_room(cx)).await {
-                self.abandon().await;
+                let _ = self.abandon().await;
                 return Err(error);
             }
             self.send_chunk(handle, chunk);
@@ -635,12 +662,17 @@ impl FileWriter {
 
     /// [`abandon`](FileWriter::abandon) from a poll: in a task of its own.
     fn abandon_later(&mut self) {
-        let Some(handle) = self.handle.take() else {
+        self.handle = None;
+        if self.finishing.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(handle) = self.unfinished else {
             return;
         };
-        let mut in_flight = std::mem::take(&mut self.in_flight);
-        let ctx = self.ctx.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.unfinished = None;
+            let mut in_flight = std::mem::take(&mut self.in_flight);
+            let ctx = self.ctx.clone();
             runtime.spawn(async move {
                 while in_flight.next().await.is_some() {}
                 let _ = ctx.request(Operation::FileWriteAbort { handle }).await;
@@ -673,46 +705,54 @@ impl FileWriter {
     /// Waits for every chunk, then makes the new content visible at the
     /// path. When a chunk failed, the write is abandoned before the error
     /// is returned, and the path is untouched.
+    ///
+    /// Given up before the commit leaves (waiting for the chunks, or for
+    /// room to send it), the write is abandoned and the path untouched;
+    /// once it left, the client commits.
     pub async fn commit(mut self) -> Result<(), ResourceError> {
-        let handle = self.handle.ok_or_else(abandoned)?;
+        let handle = self.handle.take().ok_or_else(abandoned)?;
         while let Some(result) = self.in_flight.next().await {
             if let Err(error) = result {
-                self.abandon().await;
+                let _ = self.abandon().await;
                 return Err(error);
             }
         }
-        self.handle = None;
-        match self
+        let commit = Operation::FileWriteCommit { handle };
+        let reply = self
             .ctx
-            .request(Operation::FileWriteCommit { handle })
-            .await?
-        {
+            .shared
+            .request_noting(commit, Some(&self.finishing))
+            .await;
+        self.unfinished = None;
+        match reply? {
             Reply::Unit => Ok(()),
             _ => unexpected(),
         }
     }
 
     /// Waits for the chunks on their way, then has the client drop the
-    /// write; errors are the write's, already returned.
-    async fn abandon(&mut self) {
-        let Some(handle) = self.handle.take() else {
-            return;
+    /// write; nothing more may be written. The abort's answer (errors of
+    /// an abandoned write are its own, already returned).
+    async fn abandon(&mut self) -> Result<Reply, ResourceError> {
+        self.handle = None;
+        let Some(handle) = self.unfinished else {
+            return Ok(Reply::Unit);
         };
         while self.in_flight.next().await.is_some() {}
-        let _ = self.ctx.request(Operation::FileWriteAbort { handle }).await;
+        let abort = Operation::FileWriteAbort { handle };
+        let reply = self
+            .ctx
+            .shared
+            .request_noting(abort, Some(&self.finishing))
+            .await;
+        self.unfinished = None;
+        reply
     }
 
-    /// Abandons the write; the path is untouched.
+    /// Abandons the write; the path is untouched. Given up before it
+    /// returns, the abort is sent all the same.
     pub async fn abort(mut self) -> Result<(), ResourceError> {
-        let Some(handle) = self.handle.take() else {
-            return Ok(());
-        };
-        while self.in_flight.next().await.is_some() {}
-        match self
-            .ctx
-            .request(Operation::FileWriteAbort { handle })
-            .await?
-        {
+        match self.abandon().await? {
             Reply::Unit => Ok(()),
             _ => unexpected(),
         }
@@ -762,9 +802,10 @@ impl tokio::io::AsyncWrite for FileWriter {
 
 impl Drop for FileWriter {
     fn drop(&mut self) {
-        // Not committed: tell the client to drop the temporary file now
-        // rather than at the end of the session.
-        if let Some(handle) = self.handle.take()
+        // Neither committed nor aborted: tell the client to drop the
+        // temporary file now rather than at the end of the session.
+        if let Some(handle) = self.unfinished.take()
+            && !self.finishing.load(Ordering::Acquire)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let ctx = self.ctx.clone();

@@ -246,6 +246,17 @@ impl Shared {
 
     /// Sends a request and waits for its response.
     pub(crate) async fn request(&self, op: Operation) -> Result<Reply, ResourceError> {
+        self.request_noting(op, None).await
+    }
+
+    /// [`request`](Shared::request), setting `sent` once the request has
+    /// left (from then on the client will perform it, whatever becomes of
+    /// this future).
+    pub(crate) async fn request_noting(
+        &self,
+        op: Operation,
+        sent: Option<&AtomicBool>,
+    ) -> Result<Reply, ResourceError> {
         // Boxed, as is the wait below: every command's future holds room
         // for a request, and few requests read input.
         if InputKind::reads_input(&op)
@@ -288,6 +299,9 @@ impl Shared {
             id: terminalwire_protocol::RequestId(id),
             op,
         }))));
+        if let Some(sent) = sent {
+            sent.store(true, Ordering::Release);
+        }
         // Only a request alone in flight lingers: with others in flight,
         // their answers keep the session awake, and many tasks polling in
         // turn would only take the runtime's time.

@@ -2758,6 +2758,164 @@ async fn answer_reads_with_too_much(client: &mut impl Socket) -> u8 {
     }
 }
 
+/// What a [`FileWriter`](terminalwire_server::FileWriter) is given up in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GivenUp {
+    /// `Files::writer`, once its request left.
+    Open,
+    /// `commit`, waiting for a request slot.
+    Commit,
+    /// `abort`, waiting for a request slot.
+    Abort,
+}
+
+/// Plays a client with one streamed write (handle 7). For
+/// [`GivenUp::Open`], it holds the open's answer: tells `held` once it has
+/// the open, and answers it once `given_up`. Else it leaves no request slot
+/// free once the write is open: it holds [`MAX_REQUESTS_IN_FLIGHT`] line
+/// reads unanswered, tells `held`, and answers them once `given_up`.
+/// Records what becomes of the write (`commit`, `abort`), telling
+/// `finished` at the first; the exit status and the command's output.
+///
+/// [`MAX_REQUESTS_IN_FLIGHT`]: terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT
+async fn holding_a_write(
+    socket: WebSocketStream<DuplexStream>,
+    given_up_in: GivenUp,
+    held: &Notify,
+    given_up: &Notify,
+    finished: &Notify,
+) -> (u8, String, Vec<&'static str>) {
+    const HANDLE: u64 = 7;
+    let mut client = welcomed(socket).await;
+    let mut reads = Vec::new();
+    let mut became = Vec::new();
+    let mut stderr = Vec::new();
+    loop {
+        let request = match next_server(&mut client).await {
+            Some(ServerFrame::Request(request)) => request,
+            Some(ServerFrame::Data(data)) => {
+                stderr.extend_from_slice(&data.bytes);
+                continue;
+            }
+            Some(ServerFrame::Exit(exit)) => {
+                return (exit.status, String::from_utf8(stderr).unwrap(), became);
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let reply = match request.op {
+            Operation::StdinReadLine { .. } => {
+                reads.push(request.id);
+                if reads.len() == terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT {
+                    held.notify_one();
+                    given_up.notified().await;
+                    for id in reads.drain(..) {
+                        let line = Reply::Line { line: None };
+                        let answer = ClientFrame::Response(Response::ok(id, line));
+                        send_client(&mut client, &answer).await;
+                    }
+                }
+                continue;
+            }
+            Operation::FileWriteOpen { .. } => {
+                if given_up_in == GivenUp::Open {
+                    held.notify_one();
+                    given_up.notified().await;
+                }
+                Reply::Handle { handle: HANDLE }
+            }
+            Operation::FileWriteChunk { handle: HANDLE, .. } => Reply::Unit,
+            Operation::FileWriteCommit { handle: HANDLE } => {
+                became.push("commit");
+                finished.notify_one();
+                Reply::Unit
+            }
+            Operation::FileWriteAbort { handle: HANDLE } => {
+                became.push("abort");
+                finished.notify_one();
+                Reply::Unit
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let answer = ClientFrame::Response(Response::ok(request.id, reply));
+        send_client(&mut client, &answer).await;
+    }
+}
+
+/// The command of [`a_streamed_write_given_up_unfinished_is_abandoned`]:
+/// opens a write and gives it up in `given_up_in`, then waits (a bounded
+/// time) for the client to be told what became of it.
+async fn give_up_a_write(
+    ctx: Context,
+    given_up_in: GivenUp,
+    held: Arc<Notify>,
+    given_up: Arc<Notify>,
+    finished: Arc<Notify>,
+) -> anyhow::Result<()> {
+    if given_up_in == GivenUp::Open {
+        let files = ctx.file();
+        let mut open = std::pin::pin!(files.writer("f"));
+        tokio::select! {
+            _ = &mut open => anyhow::bail!("the open was answered"),
+            () = held.notified() => {}
+        }
+    } else {
+        let mut writer = ctx.file().writer("f").await?;
+        writer.write(b"unfinished").await?;
+        // Every chunk answered: what is left is the request itself.
+        tokio::io::AsyncWriteExt::flush(&mut writer).await?;
+        let reads = tokio::spawn({
+            let ctx = ctx.clone();
+            async move {
+                let reads = (0..terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT)
+                    .map(|_| ctx.read_line(Some("hold")));
+                future::join_all(reads).await
+            }
+        });
+        held.notified().await;
+        let waited = if given_up_in == GivenUp::Commit {
+            writer.commit().now_or_never().is_none()
+        } else {
+            writer.abort().now_or_never().is_none()
+        };
+        anyhow::ensure!(waited, "the request found a slot");
+        given_up.notify_one();
+        reads.await?;
+    }
+    given_up.notify_one();
+    let told = tokio::time::timeout(DEADLINE / 2, finished.notified()).await;
+    anyhow::ensure!(told.is_ok(), "the client was never told");
+    Ok(())
+}
+
+/// A streamed write given up unfinished (its open once the request left,
+/// its `commit` or `abort` before theirs could leave, every request slot
+/// being taken) is abandoned: the client is told to drop it, and its
+/// temporary file, while the session goes on. (Nothing was sent: the writer
+/// had let go of the write before the commit or abort left, and an open
+/// given up never learnt the handle; the client kept the file until the
+/// session ended.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_write_given_up_unfinished_is_abandoned() {
+    for given_up_in in [GivenUp::Open, GivenUp::Commit, GivenUp::Abort] {
+        let held = Arc::new(Notify::new());
+        let given_up = Arc::new(Notify::new());
+        let finished = Arc::new(Notify::new());
+        let notifies = (held.clone(), given_up.clone(), finished.clone());
+        let terminal = Terminal::new(move |ctx: Context| {
+            let (held, given_up, finished) = notifies.clone();
+            give_up_a_write(ctx, given_up_in, held, given_up, finished)
+        });
+        let (client, server) = socket_pair().await;
+        let script = holding_a_write(client, given_up_in, &held, &given_up, &finished);
+        let (status, stderr, became) = serve_script(&terminal, server, script).await;
+        assert_eq!(
+            (status, stderr.as_str(), became),
+            (0, "", vec!["abort"]),
+            "given up in {given_up_in:?}"
+        );
+    }
+}
+
 /// A client that answers a read with more bytes than were asked for is
 /// refused (`TooLarge`), by every kind of read: the bytes are not the
 /// app's to keep, and a whole-file read would otherwise gather them (up to

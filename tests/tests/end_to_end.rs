@@ -371,6 +371,62 @@ async fn a_server_that_vanishes_mid_session_is_a_lost_connection() {
     assert_eq!(run.status, Some(CONNECTION_LOST), "{}", run.stderr_text());
 }
 
+/// A streamed write left unfinished when the connection is lost leaves no
+/// temporary file behind once the client has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_write_unfinished_when_the_connection_is_lost_leaves_no_file() {
+    let temporary = |folder: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let during = Arc::new(std::sync::Mutex::new(None));
+    let seen = during.clone();
+    let (server, storage) =
+        ScriptedServer::start_welcomed_with(move |mut socket, storage: PathBuf| {
+            let seen = seen.clone();
+            async move {
+                let path = storage.join("unfinished").display().to_string();
+                let open = Operation::FileWriteOpen { path, mode: None };
+                let Some(Reply::Handle { handle }) =
+                    ask(&mut socket, 1, open).await.and_then(|r| r.ok)
+                else {
+                    return;
+                };
+                let chunk = Operation::FileWriteChunk {
+                    handle,
+                    offset: 0,
+                    bytes: b"half of it".to_vec().into(),
+                };
+                if ask(&mut socket, 2, chunk).await.is_none() {
+                    return;
+                }
+                *seen.lock().unwrap() = Some(temporary(&storage));
+                // Gone without an exit: the connection is lost.
+            }
+        })
+        .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    let folder = home.storage_dir(&url);
+    storage.set(folder.clone()).unwrap();
+    let output = home.run([url.as_str(), "go"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(CONNECTION_LOST),
+        "stderr: {stderr}"
+    );
+    let during = during
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the write was not made");
+    assert_eq!(during.len(), 1, "during the session: {during:?}");
+    assert_eq!(temporary(&folder), Vec::<String>::new());
+}
+
 /// Requests and output that arrive in one burst: the client answers a small
 /// request at once but sends the answer only once no message is left to
 /// read, so each next frame is read while an answer waits. None is lost or

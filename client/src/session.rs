@@ -1617,6 +1617,7 @@ where
         }
         _ => config.flush_timeout,
     };
+    tracing::debug!("writing out the output");
     let flushed = finish_outputs(&mut pipes, &mut events, result.is_ok(), flush_timeout).await;
     if let Some(mut current) = link.take() {
         if let Err(
@@ -2057,8 +2058,9 @@ fn output_failed(stream: &'static str, index: usize, error: io::Error) -> Client
 }
 
 /// Closes the output queues and waits for the writers. After a normal exit
-/// the wait is unbounded (a slow reader of our stdout is not an error);
-/// after a failure it is bounded.
+/// the wait is unbounded (a slow reader of our stdout is not an error)
+/// until the user says to end now (Ctrl-C twice, SIGTERM, `~.`); after a
+/// failure it is bounded.
 async fn finish_outputs(
     pipes: &mut [OutputPipe; 2],
     events: &mut mpsc::UnboundedReceiver<Event>,
@@ -2074,7 +2076,12 @@ async fn finish_outputs(
         }
     };
     if unbounded {
-        wait.await;
+        if let Err(exit) = until_told_to_exit(wait).await {
+            for pipe in pipes.iter() {
+                pipe.abort();
+            }
+            return Err(exit.into());
+        }
     } else if tokio::time::timeout(bound, wait).await.is_err() {
         // Nothing more reaches the terminal after the session's end.
         for pipe in pipes.iter() {

@@ -665,6 +665,85 @@ async fn signals_end_a_client_held_up_in_a_stat() {
     }
 }
 
+/// The app exited; its output is still being written out, to a reader
+/// that takes nothing. Ctrl-C twice ends the client now (130), as the
+/// session's own end: the write-out listens to it too, and the last
+/// resort (12 s later, "did not end when told") is not needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_twice_ends_a_client_writing_out_to_a_reader_that_takes_nothing() {
+    let (server, socket_rx) = handing_over(|mut socket| async move {
+        if !welcome(&mut socket).await {
+            return None;
+        }
+        // 512 KiB (within the client's window), then the exit.
+        for _ in 0..8 {
+            let data = ServerFrame::Data(Data {
+                sid: StreamId::STDOUT,
+                bytes: vec![b'x'; 64 * 1024].into(),
+            });
+            socket.send_sealed(&codec::encode(&data)).await;
+        }
+        send_server_frame(&mut socket, &ServerFrame::Exit(Exit { status: 0 })).await;
+        Some(socket)
+    })
+    .await;
+    let home = ClientHome::new();
+    let url = server.url();
+    // Its stdout is a pipe nobody reads.
+    let mut child = home
+        .command([url.as_str(), "go"])
+        .env("TERMINALWIRE_LOG", "terminalwire_client=debug")
+        .spawn()
+        .unwrap();
+    let socket = tokio::time::timeout(Duration::from_secs(60), socket_rx)
+        .await
+        .expect("the client was not welcomed")
+        .unwrap();
+    // Read on, so that the log never holds the client up.
+    let stderr = child.stderr.take().unwrap();
+    let (writing_out_tx, writing_out) = tokio::sync::oneshot::channel();
+    let log = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut log = String::new();
+        let mut writing_out_tx = Some(writing_out_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("writing out the output")
+                && let Some(tx) = writing_out_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    tokio::time::timeout(Duration::from_secs(60), writing_out)
+        .await
+        .expect("the client never wrote out")
+        .unwrap();
+    // Pressed again until the client ends: two signals sent at once would
+    // be one.
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+            if let Ok(status) = tokio::time::timeout(Duration::from_millis(200), child.wait()).await
+            {
+                return status.unwrap().code();
+            }
+        }
+    })
+    .await;
+    let log = log.await.unwrap();
+    assert_eq!(ended, Ok(Some(130)), "log: {log}");
+    assert!(
+        !log.contains("the session did not end when told"),
+        "the write-out did not hear Ctrl-C twice: {log}"
+    );
+    drop(socket);
+}
+
 /// While the client waits for the welcome (here: forever), one Ctrl-C
 /// ends it, as it ends a program that has not started its work, and so
 /// do SIGTERM and SIGHUP.

@@ -314,6 +314,9 @@ fn drain_audit(
 struct Writes {
     next: u64,
     open: HashMap<u64, Arc<OpenWrite>>,
+    /// The session ended: an open still running on its thread then makes
+    /// no file (it would outlive the end's clean-up).
+    ended: bool,
 }
 
 #[derive(Debug)]
@@ -403,6 +406,7 @@ impl Resources {
     /// deleted) and clears progress bars: the session is over.
     pub fn end_session(&self) {
         if let Ok(mut writes) = self.writes.lock() {
+            writes.ended = true;
             // A chunk still being written holds its write: the unfinished
             // file goes now, not when that thread lets go (the process may
             // have exited by then).
@@ -967,6 +971,12 @@ impl Resources {
                 }
                 let charge = self.charge(&allowed, 0, 1)?;
                 let mut writes = self.writes()?;
+                if writes.ended {
+                    return Err(OpError::new(
+                        ErrorCode::Cancelled,
+                        "the session ended before this write began",
+                    ));
+                }
                 if writes.open.len() >= MAX_OPEN_WRITES {
                     return Err(too_many_writes());
                 }
@@ -1917,6 +1927,29 @@ mod tests {
         RecursiveDirDelete,
         FileWriteOverIt,
         ALocalProcess,
+    }
+
+    /// An open that reaches the table of writes after the session ended
+    /// (its thread was still running at the end) makes no file: the end's
+    /// clean-up has passed, and nobody would remove it.
+    #[tokio::test]
+    async fn a_streamed_write_opened_after_the_session_ended_makes_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (resources, storage) = storage_resources(&dir);
+        resources.end_session();
+        let opened = resources
+            .perform(Operation::FileWriteOpen {
+                path: format!("{}/late", storage.display()),
+                mode: None,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(&opened, Err(error) if error.code == ErrorCode::Cancelled),
+            "{opened:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&storage).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@
 //! off") and cancelled at the end left the terminal without echo.
 
 use std::io;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 
 use rustix::termios::{self, LocalModes, OptionalActions, Termios};
 
@@ -75,6 +75,11 @@ static OWNER: Mutex<Owner> = Mutex::new(Owner {
     generation: 0,
 });
 
+/// The settings as first found, for a panic that happens while [`OWNER`]
+/// is held: its hook cannot take that lock (on the panicking thread, it
+/// would never be given back).
+static FIRST_FOUND: OnceLock<Termios> = OnceLock::new();
+
 fn owner() -> MutexGuard<'static, Owner> {
     OWNER.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -91,7 +96,9 @@ impl Owner {
         change(&mut wanted);
         let mode = wanted.mode();
         if self.found.is_none() && mode != Mode::AsFound {
-            self.found = Some(termios::tcgetattr(rustix::stdio::stdin())?);
+            let found = termios::tcgetattr(rustix::stdio::stdin())?;
+            let _ = FIRST_FOUND.set(found.clone());
+            self.found = Some(found);
         }
         // The terminal's reader is told before raw mode ends (what it reads
         // then is not filtered for the escapes) and after it begins.
@@ -453,14 +460,54 @@ pub fn restore() -> io::Result<()> {
 pub fn restore_on_panic() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let _ = restore();
+        restore_in_panic();
         previous(info);
     }));
+}
+
+/// [`restore`], unless the panic came while the terminal's settings were
+/// being changed (the lock held, perhaps by the panicking thread): then
+/// the settings as first found are put back directly.
+fn restore_in_panic() {
+    match OWNER.try_lock() {
+        Ok(owner) => {
+            drop(owner);
+            let _ = restore();
+        }
+        Err(TryLockError::Poisoned(poisoned)) => {
+            drop(poisoned.into_inner());
+            let _ = restore();
+        }
+        Err(TryLockError::WouldBlock) => {
+            if let Some(found) = FIRST_FOUND.get() {
+                let _ = termios::tcsetattr(rustix::stdio::stdin(), OptionalActions::Now, found);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic while the terminal's settings are being changed (the lock
+    /// held on the panicking thread) must not hang the panic hook.
+    #[test]
+    fn a_panic_while_the_settings_are_changed_does_not_hang_its_hook() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let held = owner();
+            restore_in_panic();
+            drop(held);
+            let _ = done.send(());
+        });
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "the panic hook's restore waited for a lock its own thread holds"
+        );
+    }
 
     #[test]
     fn keyboard_protocols_the_app_switched_on_are_seen_even_cut_between_chunks() {

@@ -1665,7 +1665,17 @@ async fn open_session<S: Socket>(
     hello: Hello,
     config: &SessionConfig,
 ) -> Result<terminalwire_protocol::frame::Welcome, ClientError> {
-    send(sink, &ClientFrame::Hello(hello)).await?;
+    let arguments = hello.program.args.len();
+    let hello = codec::encode(&ClientFrame::Hello(hello));
+    // What the server would refuse as no frame at all (over the size or
+    // value limits): the user's command line, said so here.
+    if let Err(error) = codec::decode::<ClientFrame>(&hello) {
+        return Err(ClientError::Usage(format!(
+            "the command line is too long to send ({arguments} arguments, {} bytes encoded): {error}",
+            hello.len()
+        )));
+    }
+    send_message(sink, Message::Binary(hello.into())).await?;
     let welcome = match tokio::time::timeout(config.handshake_timeout, next_frame(source)).await {
         Err(_) => {
             return Err(ClientError::ConnectionLost(format!(

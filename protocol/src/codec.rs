@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::copy;
 use crate::frame::{ClientFrame, ServerFrame, StreamId};
-use crate::{MAX_DEPTH, MAX_FRAME_LEN};
+use crate::{MAX_DEPTH, MAX_FRAME_LEN, MAX_VALUES};
 
 /// Why bytes could not be decoded into a frame.
 #[derive(Debug, thiserror::Error)]
@@ -185,13 +185,17 @@ pub fn decode<F: Frame>(bytes: &[u8]) -> Result<F, DecodeError> {
 }
 
 /// Reads the `t` entry of a frame, checking on the way that `bytes` hold exactly
-/// one MessagePack map, nested no deeper than [`MAX_DEPTH`], whose keys are
-/// strings.
+/// one MessagePack map, nested no deeper than [`MAX_DEPTH`], of at most
+/// [`MAX_VALUES`] values, whose maps (at every level) have string keys.
 ///
 /// Walks the MessagePack markers without decoding values: the entries it
 /// skips (a data chunk's bytes, above all) are neither copied nor allocated.
 fn read_tag(bytes: &[u8]) -> Result<String, rmp_serde::decode::Error> {
-    let mut walk = Walk { bytes, at: 0 };
+    let mut walk = Walk {
+        bytes,
+        at: 0,
+        values_left: MAX_VALUES,
+    };
     let entries = match walk.header(MAX_DEPTH)? {
         Header::Map(entries) => entries,
         _ => return Err(syntax("a frame must be a map")),
@@ -222,6 +226,8 @@ fn syntax(message: impl Into<String>) -> rmp_serde::decode::Error {
 struct Walk<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Values that may still come ([`MAX_VALUES`] in all).
+    values_left: usize,
 }
 
 /// What a MessagePack marker announces.
@@ -260,6 +266,10 @@ impl<'a> Walk<'a> {
     /// Reads one marker (and its length field). `levels` is how many levels
     /// of nesting may still open here; a map or array needs one.
     fn header(&mut self, levels: usize) -> Result<Header, rmp_serde::decode::Error> {
+        self.values_left = self
+            .values_left
+            .checked_sub(1)
+            .ok_or_else(|| syntax(format!("more than {MAX_VALUES} values in a frame")))?;
         let marker = self.take(1)?[0];
         let header = match marker {
             0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Header::Scalar(0),
@@ -321,7 +331,8 @@ impl<'a> Walk<'a> {
                 }
             }
             Header::Map(entries) => {
-                for _ in 0..entries.saturating_mul(2) {
+                for _ in 0..entries {
+                    self.text()?;
                     self.skip(levels - 1)?;
                 }
             }
@@ -334,7 +345,9 @@ impl<'a> Walk<'a> {
 /// ignored like any unknown entry).
 fn payload<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, rmp_serde::decode::Error> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-    de.set_max_depth(MAX_DEPTH + 1);
+    // The walk bounded the nesting already; serde also counts an extension
+    // value as a level, which the walk (and section 2) does not.
+    de.set_max_depth(MAX_DEPTH + 2);
     T::deserialize(&mut de)
 }
 
@@ -442,8 +455,85 @@ mod tests {
 
     /// The `t` entry as serde reads it: the reference `read_tag` must agree with.
     fn reference_read_tag(bytes: &[u8]) -> Result<String, rmp_serde::decode::Error> {
-        use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+        use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
         use std::fmt;
+
+        /// Any value whose maps have string keys (serde's `IgnoredAny`
+        /// takes any key).
+        struct IgnoredAny;
+
+        impl<'de> Deserialize<'de> for IgnoredAny {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.deserialize_ignored_any(AnyVisitor)
+            }
+        }
+
+        struct AnyVisitor;
+
+        impl<'de> Visitor<'de> for AnyVisitor {
+            type Value = IgnoredAny;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value with string keys")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IgnoredAny, A::Error> {
+                while map.next_key::<Text>()?.is_some() {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Ok(IgnoredAny)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IgnoredAny, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IgnoredAny)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IgnoredAny, E> {
+                Ok(IgnoredAny)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IgnoredAny, E> {
+                Ok(IgnoredAny)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IgnoredAny, E> {
+                Ok(IgnoredAny)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IgnoredAny, E> {
+                Ok(IgnoredAny)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IgnoredAny, E> {
+                Ok(IgnoredAny)
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<IgnoredAny, E> {
+                Ok(IgnoredAny)
+            }
+            fn visit_unit<E>(self) -> Result<IgnoredAny, E> {
+                Ok(IgnoredAny)
+            }
+            fn visit_none<E>(self) -> Result<IgnoredAny, E> {
+                Ok(IgnoredAny)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<IgnoredAny, D::Error> {
+                IgnoredAny::deserialize(d)
+            }
+            fn visit_newtype_struct<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<IgnoredAny, D::Error> {
+                IgnoredAny::deserialize(d)
+            }
+            fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<IgnoredAny, A::Error> {
+                use serde::de::VariantAccess;
+                let (IgnoredAny, variant) = data.variant::<IgnoredAny>()?;
+                variant.newtype_variant::<IgnoredAny>()
+            }
+        }
+
+        /// A string key (a `bin` holding UTF-8 counts, as for `String`).
+        struct Text;
+
+        impl<'de> Deserialize<'de> for Text {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer).map(|_| Text)
+            }
+        }
 
         struct Tag(String);
 
@@ -663,6 +753,53 @@ mod tests {
         assert!(data_chunk(&reordered).is_none());
     }
 
+    /// A frame of a million one-byte values took 23–40 MiB to decode for a
+    /// moment: at most `MAX_VALUES` values (the frame's map, its keys and
+    /// every value at every level) are read.
+    #[test]
+    fn a_frame_of_more_than_max_values_values_is_not_a_frame() {
+        // {"t":"x","y":[nil; n]}: five values besides the nils.
+        let frame = |nils: usize| {
+            let mut bytes = vec![0x82, 0xa1, b't', 0xa1, b'x', 0xa1, b'y', 0xdd];
+            bytes.extend_from_slice(&u32::try_from(nils).unwrap().to_be_bytes());
+            bytes.resize(bytes.len() + nils, 0xc0);
+            bytes
+        };
+        assert_eq!(read_tag(&frame(MAX_VALUES - 5)).unwrap(), "x");
+        let refused = read_tag(&frame(MAX_VALUES - 4)).unwrap_err();
+        assert!(
+            refused.to_string().contains("values in a frame"),
+            "{refused}"
+        );
+        assert!(matches!(
+            decode::<ServerFrame>(&frame(MAX_VALUES - 4)),
+            Err(DecodeError::NotAFrame { .. })
+        ));
+    }
+
+    /// Nested records are maps with string keys too (section 2): an integer
+    /// key would pick a field by its place in the source.
+    #[test]
+    fn a_nested_map_with_an_integer_key_is_not_a_frame() {
+        assert!(read_tag(b"\x82\xa1t\xa1x\xa1y\x81\xa1k\x01").is_ok());
+        assert!(read_tag(b"\x82\xa1t\xa1x\xa1y\x81\x00\x01").is_err());
+    }
+
+    /// Section 2 counts maps and arrays: an extension value inside the
+    /// deepest array is no level of its own.
+    #[test]
+    fn an_extension_at_the_deepest_level_decodes() {
+        // {"t":"exit","status":3,"x":[[[...[fixext1]...]]]}, 31 levels of
+        // arrays under the frame's map.
+        let mut bytes = b"\x83\xa1t\xa4exit\xa6status\x03\xa1x".to_vec();
+        bytes.extend(std::iter::repeat_n(0x91, MAX_DEPTH - 1));
+        bytes.extend_from_slice(&[0xd4, 1, 0]);
+        assert_eq!(
+            decode::<ServerFrame>(&bytes).unwrap(),
+            ServerFrame::Exit(Exit { status: 3 })
+        );
+    }
+
     #[test]
     fn the_tag_walker_limits_nesting_like_serde() {
         for arrays in [MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 5] {
@@ -672,7 +809,7 @@ mod tests {
                 for _ in 0..arrays {
                     bytes.push(container);
                     if container == 0x81 {
-                        bytes.push(0x00);
+                        bytes.extend_from_slice(b"\xa1k");
                     }
                 }
                 bytes.push(0xc0);

@@ -83,6 +83,15 @@ pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 /// decoder's recursion.
 pub const MAX_DEPTH: usize = 32;
 
+/// Most MessagePack values in a frame (every map, array, key and value
+/// counts, the frame's own map included). Decoding builds about 20–40 bytes
+/// for each (serde's buffer of a tagged operation or reply, a `String` per
+/// argument): a 1 MiB frame of a million one-byte values took 23–40 MiB
+/// for a moment, and this keeps it to a few. The largest frames the
+/// reference programs send (a listing of 10 000 entries: about 50 000
+/// values) fit with room.
+pub const MAX_VALUES: usize = 128 * 1024;
+
 /// Most bytes either end's WebSocket keeps queued for writing (tungstenite's
 /// `max_write_buffer_size`): its write buffer (128 KiB, tungstenite's
 /// default), one sealed message and a pong. Unbounded, as it is by default,

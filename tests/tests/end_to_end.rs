@@ -43,6 +43,37 @@ async fn hello_prints_the_greeting_and_exits_zero() {
     assert_eq!(run.status, Some(0));
 }
 
+/// A command line the server would refuse as no frame (more values than a
+/// frame may hold) is the user's error, said so, before any hello leaves;
+/// one at the limit goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_too_long_to_send_is_a_usage_error() {
+    let server = TestServer::hello().await;
+    let args = |count: usize| {
+        let mut args = vec![server.url(), "hello".to_owned()];
+        args.extend(std::iter::repeat_n("a".to_owned(), count));
+        args
+    };
+    let run = Client::new(args(terminalwire_protocol::MAX_VALUES))
+        .run()
+        .await;
+    assert_eq!(run.status, Some(2), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text()
+            .contains("the command line is too long to send"),
+        "{}",
+        run.stderr_text()
+    );
+    // The app's own usage error: the hello reached it.
+    let run = Client::new(args(1000)).run().await;
+    assert_eq!(run.status, Some(2), "{}", run.stderr_text());
+    assert!(
+        !run.stderr_text().contains("too long to send"),
+        "{}",
+        run.stderr_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_urls_are_mapped_to_websocket() {
     let server = TestServer::hello().await;

@@ -809,6 +809,11 @@ impl Responder {
             .read_message(last, &mut payload)
             .map_err(handshake_error)?;
         check_peer_build(&payload[..len], "client")?;
+        if ENCRYPTED && len > 0 {
+            return Err(SecureError::Handshake(
+                "the client's last handshake message carries a payload (it must be empty)".into(),
+            ));
+        }
         let device = self
             .state
             .get_remote_static()
@@ -1230,6 +1235,9 @@ impl Opener {
         if message.is_empty() {
             return Err(SecureError::Tampered);
         }
+        if message.len() > MAX_SEALED_LEN {
+            return Err(SecureError::TooLarge { len: message.len() });
+        }
         let mut buffer = Vec::with_capacity(message.len());
         // The spare byte the first piece's flag lands on.
         buffer.push(0);
@@ -1265,7 +1273,9 @@ impl Opener {
             nonce += 1;
             ended = match flag {
                 LAST => true,
-                MORE => false,
+                // A frame is cut one way only: full pieces before its last
+                // (empty ones would make a message of any length).
+                MORE if part_len == MAX_PIECE => false,
                 _ => return Err(SecureError::Tampered),
             };
             buffer[at] = kept;

@@ -220,7 +220,18 @@ fn load(path: &Path) -> Result<SessionRecord, RecordError> {
             });
         }
     };
-    serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))
+    let record: SessionRecord =
+        serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
+    // The unacknowledged frames are the last ones sent: more of them than
+    // were sent would be replayed under numbers they never had.
+    if record.unacked.len() as u64 > record.sent {
+        return Err(corrupt(format!(
+            "it holds {} unacknowledged frames of {} sent",
+            record.unacked.len(),
+            record.sent
+        )));
+    }
+    Ok(record)
 }
 
 /// Every saved session of every authority, oldest first. Unreadable
@@ -333,6 +344,26 @@ mod tests {
     }
 
     #[test]
+    fn a_record_with_more_unacknowledged_frames_than_sent_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = Authority::parse("127.0.0.1:9").unwrap();
+        let mut damaged = record("d-1", now());
+        damaged.sent = 1;
+        damaged.unacked = vec![Bytes64(vec![1]), Bytes64(vec![2])];
+        let path = save(&home, &authority, &damaged).unwrap();
+        match load(&path) {
+            Err(RecordError::Corrupt { reason, .. }) => {
+                assert!(
+                    reason.contains("2 unacknowledged frames of 1 sent"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn records_round_trip_and_list_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path());
@@ -433,6 +464,7 @@ mod tests {
         let mut big = record("big-1", 1);
         // 64 answers of 1 MiB, the most a client keeps unacknowledged.
         big.unacked = vec![Bytes64(vec![0xab; 1 << 20]); 64];
+        big.sent = 64;
         let path = save(&home, &authority, &big).unwrap();
         let len = std::fs::metadata(&path).unwrap().len();
         assert!(len < MAX_RECORD_LEN, "{len} bytes");

@@ -108,9 +108,14 @@ impl<F: AsRef<[u8]> + Clone> ReplayBuffer<F> {
     }
 
     /// A buffer that continues a session in another process: `sent` frames
-    /// were sent, and `unacked` are the last of them, oldest first.
-    pub fn restore(sent: u64, unacked: Vec<F>) -> Self {
-        let acked = sent.saturating_sub(unacked.len() as u64);
+    /// were sent, and `unacked` are the last of them, oldest first (only
+    /// the last `sent` of them are kept, should there be more).
+    pub fn restore(sent: u64, mut unacked: Vec<F>) -> Self {
+        let extra = unacked
+            .len()
+            .saturating_sub(usize::try_from(sent).unwrap_or(usize::MAX));
+        unacked.drain(..extra);
+        let acked = sent - unacked.len() as u64;
         let bytes = unacked
             .iter()
             .map(|frame| frame.as_ref().len() as u64)
@@ -451,6 +456,15 @@ mod tests {
         assert_eq!(buffer.push(frame(11)), 11);
         let unacked: Vec<&[u8]> = buffer.unacked().collect();
         assert_eq!(unacked, vec![&frame(10)[..], &frame(11)[..]]);
+    }
+
+    /// More unacknowledged frames than were sent (a damaged record): only
+    /// the last `sent` are kept, under the numbers they had.
+    #[test]
+    fn a_restore_with_more_unacked_frames_than_sent_keeps_the_last() {
+        let mut buffer = ReplayBuffer::restore(1, vec![frame(0), frame(1)]);
+        assert_eq!(buffer.acked(), 0);
+        assert_eq!(buffer.replay_after(0).unwrap(), vec![frame(1)]);
     }
 
     #[test]

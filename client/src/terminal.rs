@@ -319,6 +319,11 @@ const KEYBOARD_RESET: &str = "\x1b[=0;1u\x1b[<99u\x1b[>4m";
 static KEYBOARD_PROTOCOL_SEEN: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// Set once an output of the app held an escape (ESC) or a shift to
+/// another character set (SO): only such an app can have left modes on.
+static APP_WROTE_CONTROLS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Longest keyboard-protocol sequence looked for (ESC and all).
 const LONGEST_KEYBOARD_SEQUENCE: usize = 32;
 
@@ -370,6 +375,12 @@ impl KeyboardWatch {
     /// [`KeyboardWatch::watch`], and remembers for the end of the session
     /// ([`reset_what_the_app_left`]) what it saw.
     pub fn watch_output(&mut self, bytes: &[u8]) {
+        use std::sync::atomic::Ordering;
+        if !APP_WROTE_CONTROLS.load(Ordering::Relaxed)
+            && bytes.iter().any(|&byte| byte == 0x1b || byte == 0x0e)
+        {
+            APP_WROTE_CONTROLS.store(true, Ordering::Relaxed);
+        }
         if !self.seen && self.watch(bytes) {
             KEYBOARD_PROTOCOL_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -425,11 +436,18 @@ fn keyboard_sequence(bytes: &[u8]) -> Sequence {
 }
 
 /// Writes `SESSION_END_RESET` (and `KEYBOARD_RESET` when an output of the
-/// app switched a keyboard protocol on) to stderr when both stdout and
-/// stderr are a terminal (with stdout piped, the terminal may belong to a
-/// pager still showing the output).
+/// app switched a keyboard protocol on) to stderr when the app's output
+/// held escapes and both stdout and stderr are a terminal (with stdout
+/// piped, the terminal may belong to a pager still showing the output),
+/// unless `TERM` is `dumb` (a terminal that knows no escapes, which would
+/// show them).
 pub fn reset_what_the_app_left() {
     use std::io::{IsTerminal, Write};
+    if !APP_WROTE_CONTROLS.load(std::sync::atomic::Ordering::Relaxed)
+        || std::env::var_os("TERM").is_some_and(|term| term == "dumb")
+    {
+        return;
+    }
     if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
         let mut reset = String::from(SESSION_END_RESET);
         if KEYBOARD_PROTOCOL_SEEN.load(std::sync::atomic::Ordering::Relaxed) {

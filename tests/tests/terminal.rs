@@ -38,6 +38,10 @@ fn app() -> Terminal {
             "byte-then-keys" => byte_then_keys(ctx).await,
             "line-then-resize" => line_then_resize(ctx).await,
             "leave-modes" => leave_modes(ctx).await,
+            "plain" => {
+                ctx.stdout().println("plain text").await?;
+                Ok(Exit(0))
+            }
             "leave-keyboard" => leave_keyboard(ctx).await,
             "prompt-keyboard" => prompt_keyboard(ctx).await,
             "panic-in" => panic_in(ctx).await,
@@ -766,6 +770,18 @@ async fn a_keyboard_protocol_the_app_left_on_is_reset_and_only_then() {
     let output = pane.wait_for_output(RESET_END).await;
     assert!(
         find(&output, b"\x1b[<99u").is_none(),
+        "{:?}",
+        String::from_utf8_lossy(&output)
+    );
+    // An app that wrote no escape at all: no reset (on a terminal that
+    // knows no escapes, it would show as `^[[0m...`). Text typed after the
+    // exit, echoed by the terminal, comes after anything the client wrote.
+    let pane = TmuxPane::start_capturing(&[server.url().as_str(), "plain"], 80, 24);
+    assert_eq!(pane.wait_exit().await.status, 0);
+    pane.type_text("echoed").await;
+    let output = pane.wait_for_output(b"echoed").await;
+    assert!(
+        find(&output, b"plain text").is_some() && find(&output, RESET_END).is_none(),
         "{:?}",
         String::from_utf8_lossy(&output)
     );

@@ -130,7 +130,8 @@ pub fn color_level(is_tty: bool, env: &dyn Fn(&str) -> Option<String>) -> ColorL
     }
     let forced = env("CLICOLOR_FORCE").is_some_and(|value| !value.is_empty() && value != "0");
     let term = env("TERM").unwrap_or_default();
-    if !forced && (!is_tty || term == "dumb") {
+    // No TERM says no more than `dumb` of what the terminal knows.
+    if !forced && (!is_tty || term.is_empty() || term == "dumb") {
         return ColorLevel::None;
     }
     let colorterm = env("COLORTERM").unwrap_or_default();
@@ -180,6 +181,7 @@ mod tests {
             color_level(true, &env_of(&[("TERM", "dumb")])),
             ColorLevel::None
         );
+        assert_eq!(color_level(true, &env_of(&[])), ColorLevel::None);
         assert_eq!(
             color_level(false, &env_of(&[("CLICOLOR_FORCE", "1")])),
             ColorLevel::Ansi16

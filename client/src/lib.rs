@@ -474,7 +474,9 @@ where
         url: target.url.to_string(),
         authority: target.authority.clone(),
         command,
-        show_status: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        // On any stderr: a script's log would otherwise show nothing for
+        // the whole grace period, like a hang.
+        show_status: true,
         on_attached,
     };
     match session::run_with(socket, start, LocalIo::process(), config, Some(resumption)).await? {

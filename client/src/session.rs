@@ -733,7 +733,7 @@ pub struct Resumption<S> {
     pub authority: String,
     /// See `url`.
     pub command: Vec<String>,
-    /// Show the one-line "reconnecting" status on stderr (a terminal).
+    /// Show the one-line "reconnecting" status on stderr.
     pub show_status: bool,
     /// Called once the server has taken a re-attaching client back (the
     /// saved record is spent then).

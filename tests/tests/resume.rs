@@ -163,6 +163,12 @@ async fn a_client_that_does_not_come_back_within_the_grace_period_exits_75() {
         stderr.contains("cannot be resumed") && stderr.contains("grace period"),
         "stderr: {stderr}"
     );
+    // Said at once, on a stderr that is no terminal too: a script's log
+    // would otherwise show nothing for the whole grace period.
+    assert!(
+        stderr.starts_with("terminalwire: connection lost; reconnecting"),
+        "stderr: {stderr}"
+    );
     // Whatever arrived before the cut arrived in order.
     let seen = ticks(&run.stdout_text());
     assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());

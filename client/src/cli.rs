@@ -231,6 +231,97 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
     })
 }
 
+/// How many arguments a client option at `arg` takes up (itself and its
+/// value), if it is one of the options a session takes.
+fn client_option_len(arg: &str) -> Option<usize> {
+    match arg {
+        "--no-prompt" | "--verbose" => Some(1),
+        _ if OPTIONS_WITH_VALUE.contains(&arg) => Some(2),
+        _ if OPTIONS_WITH_VALUE.iter().any(|option| {
+            arg.strip_prefix(option)
+                .is_some_and(|rest| rest.starts_with('='))
+        }) =>
+        {
+            Some(1)
+        }
+        // `-v`, `-vv`, ...
+        _ if arg.len() > 1 && arg.starts_with('-') && arg[1..].bytes().all(|byte| byte == b'v') => {
+            Some(1)
+        }
+        _ => None,
+    }
+}
+
+/// The client's options typed before one of its own commands:
+/// `terminalwire -v --no-prompt attach ID` is `terminalwire attach -v
+/// --no-prompt ID` (process arguments, argv\[0\] included, come back in
+/// that order). The other commands never connect to an app, so they take
+/// none of these options: that is a usage error that says what to run
+/// instead. Any other command line comes back as it was.
+pub fn options_before_command(args: Vec<OsString>) -> Result<Vec<OsString>, ParseOutcome> {
+    let mut index = 1;
+    while let Some(len) = args
+        .get(index)
+        .and_then(|arg| arg.to_str())
+        .and_then(client_option_len)
+    {
+        index += len;
+    }
+    let is_command = args
+        .get(index)
+        .is_some_and(|word| client_commands().any(|command| word == command));
+    if index == 1 || !is_command {
+        return Ok(args);
+    }
+    let mut args = args;
+    let rest = args.split_off(index);
+    let options = args.split_off(1);
+    if rest[0] == "attach" {
+        args.push(rest[0].clone());
+        args.extend(options);
+        args.extend(rest.into_iter().skip(1));
+        return Ok(args);
+    }
+    let shown = |words: &[OsString]| {
+        words
+            .iter()
+            .map(|word| shell_word(&word.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let given: Vec<OsString> = options
+        .iter()
+        .filter(|option| option.to_string_lossy().starts_with('-'))
+        .cloned()
+        .collect();
+    eprintln!(
+        "terminalwire: `terminalwire {command}` does not take {given} (options for connecting \
+         to an app): run `terminalwire {rest}`",
+        command = rest[0].to_string_lossy(),
+        given = given
+            .iter()
+            .map(|option| format!("`{}`", option.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        rest = shown(&rest),
+    );
+    Err(ParseOutcome::Exit(exit_code::USAGE))
+}
+
+/// `word` as it would be typed in a shell: quoted when it holds anything
+/// but letters, digits and `-_./:=@%+,~`; control characters written out.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_alphanumeric() || "-_./:=@%+,~".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", crate::inert::inert(&word.replace('\'', r"'\''")))
+    }
+}
+
 /// The words that run one of the client's own commands instead of an app.
 fn client_commands() -> impl Iterator<Item = &'static str> {
     crate::admin::COMMANDS.iter().copied().chain(["attach"])
@@ -241,6 +332,12 @@ fn client_commands() -> impl Iterator<Item = &'static str> {
 fn not_a_url(word: &str) -> Option<String> {
     if word.contains([':', '/', '.']) {
         return None;
+    }
+    if client_commands().any(|command| word == command) {
+        // After `--`, which says a URL follows.
+        return Some(format!(
+            "`{word}` is a command of the client, not an app's URL: run `terminalwire {word} ...`"
+        ));
     }
     let closest = client_commands()
         .map(|command| (strsim::damerau_levenshtein(word, command), command))
@@ -390,6 +487,84 @@ mod tests {
             parse_attach(["terminalwire", "attach"].map(OsString::from)),
             Err(ParseOutcome::Exit(2))
         ));
+    }
+
+    fn words(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn client_options_before_attach_go_to_attach() {
+        let moved = options_before_command(words(&[
+            "terminalwire",
+            "--no-prompt",
+            "-vv",
+            "--connect-timeout",
+            "3",
+            "--ca-cert=ca.pem",
+            "attach",
+            "abc-1",
+        ]))
+        .expect("accepted");
+        assert_eq!(
+            moved,
+            words(&[
+                "terminalwire",
+                "attach",
+                "--no-prompt",
+                "-vv",
+                "--connect-timeout",
+                "3",
+                "--ca-cert=ca.pem",
+                "abc-1",
+            ])
+        );
+        let attach = parse_attach(moved).expect("parses");
+        assert_eq!(attach.id, "abc-1");
+        assert!(attach.no_prompt);
+        assert_eq!(attach.verbose, 2);
+        assert_eq!(attach.connect_timeout, Duration::from_secs(3));
+        assert_eq!(attach.ca_cert, Some(PathBuf::from("ca.pem")));
+    }
+
+    #[test]
+    fn client_options_before_a_command_that_takes_none_are_a_usage_error() {
+        for args in [
+            &["terminalwire", "-v", "entitlement", "list"][..],
+            &["terminalwire", "--connect-timeout", "3", "sessions"],
+            &["terminalwire", "--no-prompt", "--verbose", "audit"],
+        ] {
+            assert!(
+                matches!(
+                    options_before_command(words(args)),
+                    Err(ParseOutcome::Exit(exit_code::USAGE))
+                ),
+                "{args:?}"
+            );
+        }
+        // Anything else is left as it was.
+        for args in [
+            &["terminalwire", "-v", "ws://h/t", "attach"][..],
+            &["terminalwire", "attach", "-v", "x"],
+            &["terminalwire", "--", "attach", "x"],
+            &["terminalwire", "--bogus", "attach", "x"],
+            &["terminalwire", "--connect-timeout"],
+            &["terminalwire", "entitlement", "list"],
+        ] {
+            assert_eq!(
+                options_before_command(words(args)).expect("left alone"),
+                words(args)
+            );
+        }
+    }
+
+    #[test]
+    fn a_suggested_command_line_is_quoted_for_a_shell() {
+        assert_eq!(shell_word("~/reports/**"), "'~/reports/**'");
+        assert_eq!(shell_word("example.com:3000"), "example.com:3000");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word("a\u{1b}b"), "'a\\u{1b}b'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
     if called_as_exec {
         return launcher::exec_main(args);
     }
+    // `terminalwire -v attach ID`: the options go to the command.
+    let args = match cli::options_before_command(args) {
+        Ok(args) => args,
+        Err(cli::ParseOutcome::Exit(code)) => return code,
+    };
     // `terminalwire help COMMAND ...` is `terminalwire COMMAND ... --help`.
     if args.len() > 2 && args[1] == "help" {
         let mut asked: Vec<OsString> = vec![args[0].clone()];

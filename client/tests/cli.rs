@@ -50,3 +50,61 @@ fn an_unreachable_tls_server_is_one_line_and_unavailable() {
     assert!(stderr.starts_with("terminalwire: "), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// `terminalwire ARGS` with an empty terminalwire home of its own.
+fn terminalwire_at_home(args: &[&str]) -> (Option<i32>, String) {
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_terminalwire"))
+        .args(args)
+        .env("TERMINALWIRE_HOME", home.path())
+        .env_remove("TERMINALWIRE_CONNECT_TIMEOUT")
+        .env_remove("TERMINALWIRE_CA_CERT")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// `terminalwire --no-prompt attach ID` is `terminalwire attach
+/// --no-prompt ID` (it said `attach` was neither a URL nor a command, and
+/// asked "did you mean `terminalwire attach`?").
+#[test]
+fn client_options_before_attach_are_attachs() {
+    let (status, stderr) = terminalwire_at_home(&[
+        "--no-prompt",
+        "-v",
+        "--connect-timeout",
+        "3",
+        "attach",
+        "abc",
+    ]);
+    // No such session in an empty home: attach itself answered.
+    assert_eq!(status, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "terminalwire: no detached session `abc` (see `terminalwire sessions`)\n"
+    );
+}
+
+/// The commands that never connect take no client options: said so, with
+/// the line to run instead.
+#[test]
+fn client_options_before_another_command_say_what_to_run() {
+    let (status, stderr) = terminalwire_at_home(&["-v", "entitlement", "list"]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.ends_with(
+            "`terminalwire entitlement` does not take `-v` (options for connecting to an app): \
+             run `terminalwire entitlement list`\n"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("neither"), "{stderr}");
+    let (status, stderr) = terminalwire_at_home(&["--connect-timeout", "3", "sessions"]);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("take `--connect-timeout` ("), "{stderr}");
+    assert!(stderr.contains("run `terminalwire sessions`"), "{stderr}");
+}

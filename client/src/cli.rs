@@ -252,6 +252,27 @@ fn client_option_len(arg: &str) -> Option<usize> {
     }
 }
 
+/// The client's own options among an app's arguments (up to a `--`),
+/// without their values: `terminalwire URL --no-prompt cmd` gives the app
+/// `--no-prompt`, and its usage error should be told where it belongs.
+pub fn client_options_among(args: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut index = 0;
+    while let Some(arg) = args.get(index) {
+        if arg == "--" {
+            break;
+        }
+        match client_option_len(arg) {
+            Some(len) => {
+                found.push(arg.clone());
+                index += len;
+            }
+            None => index += 1,
+        }
+    }
+    found
+}
+
 /// The client's options typed before one of its own commands:
 /// `terminalwire -v --no-prompt attach ID` is `terminalwire attach -v
 /// --no-prompt ID` (process arguments, argv\[0\] included, come back in
@@ -556,6 +577,25 @@ mod tests {
                 words(args)
             );
         }
+    }
+
+    #[test]
+    fn client_options_among_an_apps_arguments_are_found_up_to_a_double_dash() {
+        let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            client_options_among(&args(&[
+                "--no-prompt",
+                "hello",
+                "--connect-timeout",
+                "-v",
+                "--ca-cert=x",
+                "-vv",
+                "--",
+                "--verbose"
+            ])),
+            ["--no-prompt", "--connect-timeout", "--ca-cert=x", "-vv"]
+        );
+        assert!(client_options_among(&args(&["hello", "-x", "--shout", "--no"])).is_empty());
     }
 
     #[test]

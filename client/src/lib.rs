@@ -103,7 +103,27 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> u8 {
         Ok(invocation) => invocation,
         Err(cli::ParseOutcome::Exit(code)) => return code,
     };
-    run_invocation(invocation)
+    // `terminalwire URL --no-prompt cmd`: the option went to the app. Its
+    // usage error is about to say so; this says where the option goes.
+    let misplaced = cli::client_options_among(&invocation.args);
+    init_logging(invocation.verbose);
+    on_runtime_then(run(invocation), |outcome| {
+        if matches!(outcome, Ok(exit_code::USAGE)) && !misplaced.is_empty() {
+            let (are, them) = if misplaced.len() == 1 {
+                ("is an option", "it")
+            } else {
+                ("are options", "them")
+            };
+            let named: Vec<String> = misplaced
+                .iter()
+                .map(|option| format!("`{}`", inert::inert(option)))
+                .collect();
+            eprintln!(
+                "terminalwire: {} {are} of the client: put {them} before the URL",
+                named.join(", ")
+            );
+        }
+    })
 }
 
 /// Runs one parsed invocation on a fresh runtime; returns the exit status.
@@ -119,6 +139,15 @@ pub fn run_attach(attach: cli::Attach) -> u8 {
 }
 
 fn on_runtime(session: impl std::future::Future<Output = Result<u8, ClientError>>) -> u8 {
+    on_runtime_then(session, |_| {})
+}
+
+/// [`on_runtime`], calling `after` with the outcome once the session has
+/// ended and the terminal is reset, before an error is reported.
+fn on_runtime_then(
+    session: impl std::future::Future<Output = Result<u8, ClientError>>,
+    after: impl FnOnce(&Result<u8, ClientError>),
+) -> u8 {
     terminal::restore_on_panic();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,6 +164,7 @@ fn on_runtime(session: impl std::future::Future<Output = Result<u8, ClientError>
     // process open after the session has ended.
     runtime.shutdown_background();
     terminal::reset_what_the_app_left();
+    after(&outcome);
     match outcome {
         Ok(status) => status,
         Err(error) => {

@@ -185,6 +185,60 @@ async fn clap_usage_errors_go_to_stderr_with_status_two() {
     );
 }
 
+/// A client option typed after the URL goes to the app, as typed, and
+/// the app's usage error is followed by a line that says where it belongs
+/// (there was only the app's "unexpected argument"). An app's usage error
+/// without one, or a client option after `--`, gets no such line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_option_after_the_url_is_pointed_back_before_it() {
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let run = Client::new([url.as_str(), "--no-prompt", "hello", "x"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(USAGE));
+    let stderr = run.stderr_text();
+    // What the app got, unchanged.
+    assert!(
+        stderr.starts_with("error: unexpected argument '--no-prompt' found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with(
+            "\nterminalwire: `--no-prompt` is an option of the client: put it before the URL\n"
+        ),
+        "{stderr}"
+    );
+    let run = Client::new([url.as_str(), "hello", "-v", "--connect-timeout", "3"])
+        .run()
+        .await;
+    assert_eq!(run.status, Some(USAGE));
+    assert!(
+        run.stderr_text().ends_with(
+            "terminalwire: `-v`, `--connect-timeout` are options of the client: put them \
+             before the URL\n"
+        ),
+        "{}",
+        run.stderr_text()
+    );
+    for args in [
+        vec![url.as_str(), "frobnicate"],
+        vec![url.as_str(), "hello", "--", "--no-prompt", "x"],
+    ] {
+        let run = Client::new(args.clone()).run().await;
+        assert_eq!(run.status, Some(USAGE), "{args:?}");
+        assert!(
+            !run.stderr_text().contains("option of the client"),
+            "{args:?}: {}",
+            run.stderr_text()
+        );
+    }
+    // A client option the app's command accepts: no usage error, no line.
+    let run = Client::new([url.as_str(), "hello", "--", "-v"]).run().await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert_eq!(run.stderr_text(), "");
+}
+
 /// The first `bytes` bytes of the hello app's `stream` output.
 fn stream_output(bytes: usize) -> Vec<u8> {
     let mut expected = Vec::with_capacity(bytes + 64);

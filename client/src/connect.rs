@@ -349,21 +349,34 @@ fn describe(error: tungstenite::Error, target: &Target) -> String {
             "`{}` is not a valid TLS server name",
             target.url.host_str().unwrap_or_default()
         ),
-        tungstenite::Error::Http(response) => {
-            let status = response.status();
-            let body = response
-                .body()
-                .as_deref()
-                .and_then(|body| std::str::from_utf8(body).ok())
-                .and_then(|body| body.lines().next())
-                .filter(|line| !line.trim().is_empty())
-                .map(|line| {
-                    let line: String = line.chars().take(200).collect();
-                    format!(": {}", crate::inert::inert(&line))
-                })
-                .unwrap_or_default();
-            format!("the server refused the WebSocket upgrade with HTTP {status}{body}")
+        tungstenite::Error::Http(response) => describe_refusal(&response, target),
+        // A web server of HTTP/1.0 only (`python3 -m http.server`).
+        tungstenite::Error::Protocol(ProtocolError::WrongHttpVersion) => format!(
+            "the server answered in HTTP/1.0: it is a web server, not a terminalwire endpoint; \
+             {}",
+            check_where(target)
+        ),
+        tungstenite::Error::Protocol(ProtocolError::HandshakeIncomplete) => {
+            let tls = if target.is_tls() {
+                ""
+            } else {
+                " (if it serves TLS, use wss:// or https://)"
+            };
+            format!(
+                "the server closed the connection without answering the WebSocket upgrade: it is \
+                 not a terminalwire endpoint{tls}; {}",
+                check_where(target)
+            )
         }
+        tungstenite::Error::Protocol(
+            ProtocolError::MissingUpgradeWebSocketHeader
+            | ProtocolError::MissingConnectionUpgradeHeader
+            | ProtocolError::SecWebSocketAcceptKeyMismatch,
+        ) => format!(
+            "the server's answer is not a WebSocket upgrade (a proxy in between?): it is not a \
+             terminalwire endpoint; {}",
+            check_where(target)
+        ),
         tungstenite::Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(_)) => format!(
             "the server does not speak the terminalwire protocol (it did not accept the `{SUBPROTOCOL}` subprotocol)"
         ),
@@ -374,6 +387,88 @@ fn describe(error: tungstenite::Error, target: &Target) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// What to check when the server there is not a terminalwire endpoint.
+fn check_where(target: &Target) -> &'static str {
+    if target.unix.is_some() {
+        "check the socket's path"
+    } else if target.url.path() == "/terminal" {
+        "check the URL (the host and port)"
+    } else {
+        "check the path, e.g. /terminal"
+    }
+}
+
+/// Most characters of server-chosen text (a header, a body's first line)
+/// an error shows.
+const MAX_QUOTED: usize = 120;
+
+/// `text` cut to [`MAX_QUOTED`] characters and made inert.
+fn quoted(text: &str) -> String {
+    let text = text.trim();
+    let mut shown: String = text.chars().take(MAX_QUOTED).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    crate::inert::inert(&shown).into_owned()
+}
+
+/// One line for an HTTP answer to the WebSocket upgrade other than 101
+/// (the server is a web server, but not this one's endpoint). The body is
+/// quoted only when it is short plain text (never a web page), cut short
+/// and inert.
+fn describe_refusal(
+    response: &tungstenite::http::Response<Option<Vec<u8>>>,
+    target: &Target,
+) -> String {
+    use tungstenite::http::header::{CONTENT_TYPE, LOCATION};
+    let status = response.status();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    };
+    let body = response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let is_page = header(CONTENT_TYPE)
+        .is_some_and(|kind| kind.to_ascii_lowercase().contains("html"))
+        || body.trim_start().starts_with('<');
+    let check = check_where(target);
+    let path = if target.unix.is_some() {
+        String::new()
+    } else {
+        format!(" at {}", quoted(target.url.path()))
+    };
+    if status.is_success() {
+        let page = if is_page { ", a web page" } else { "" };
+        return format!("not a terminalwire endpoint (HTTP {status}{page}{path}); {check}");
+    }
+    if status == tungstenite::http::StatusCode::NOT_FOUND
+        || status == tungstenite::http::StatusCode::GONE
+    {
+        return format!("no terminalwire endpoint (HTTP {status}{path}); {check}");
+    }
+    if status.is_redirection()
+        && let Some(location) = header(LOCATION)
+    {
+        return format!(
+            "the server redirects to {} (HTTP {status}); if that is the app's terminal \
+             endpoint, use it (wss:// for https://)",
+            quoted(&location)
+        );
+    }
+    let said = body
+        .lines()
+        .next()
+        .filter(|line| !is_page && !line.trim().is_empty())
+        .map(|line| format!(": {}", quoted(line)))
+        .unwrap_or_default();
+    format!("the server refused the WebSocket upgrade with HTTP {status}{said}")
 }
 
 /// Most names of a certificate an error shows.
@@ -463,6 +558,115 @@ fn is_unix_socket_authority(authority: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reason `connect` gives for a loopback server that reads the
+    /// upgrade request and answers `answer` (nothing: it closes) at `path`.
+    async fn refused_with(answer: &'static [u8], path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.unwrap();
+                assert_ne!(read, 0, "the request ended early");
+                request.extend_from_slice(&buffer[..read]);
+            }
+            stream.write_all(answer).await.unwrap();
+            stream.shutdown().await.unwrap();
+        });
+        let target = Target::parse(&format!("ws://{addr}{path}")).unwrap();
+        let error = connect(&target, Duration::from_secs(30)).await.unwrap_err();
+        server.await.unwrap();
+        assert_eq!(error.exit_code(), crate::exit_code::UNAVAILABLE, "{error}");
+        let message = error.to_string();
+        assert!(!message.contains('\n'), "{message}");
+        assert!(!message.chars().any(crate::inert::is_unsafe), "{message:?}");
+        message
+    }
+
+    /// Web servers that are not a terminalwire endpoint: one line that
+    /// says so and what to check, not tungstenite's words or a page of HTML.
+    #[tokio::test]
+    async fn a_server_that_is_not_a_terminalwire_endpoint_is_said_so_in_one_line() {
+        let page: &[u8] =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 60\r\n\r\n\
+            <!doctype html><style>body{color:red}</style>\x1b[2J<h1>x</h1>";
+        let said = refused_with(page, "/").await;
+        assert!(
+            said.ends_with(
+                "not a terminalwire endpoint (HTTP 200 OK, a web page at /); check the path, \
+                 e.g. /terminal"
+            ),
+            "{said}"
+        );
+        assert!(!said.contains("<style>"), "{said}");
+        let said = refused_with(page, "/terminal").await;
+        assert!(
+            said.ends_with("check the URL (the host and port)"),
+            "{said}"
+        );
+
+        let missing: &[u8] = b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot found";
+        let said = refused_with(missing, "/app").await;
+        assert!(
+            said.ends_with(
+                "no terminalwire endpoint (HTTP 404 Not Found at /app); check the path, e.g. \
+                 /terminal"
+            ),
+            "{said}"
+        );
+
+        // `python3 -m http.server`.
+        let old: &[u8] = b"HTTP/1.0 404 File not found\r\nContent-Type: text/html\r\n\r\n<html>";
+        let said = refused_with(old, "/terminal").await;
+        assert!(
+            said.ends_with(
+                "the server answered in HTTP/1.0: it is a web server, not a terminalwire \
+                 endpoint; check the URL (the host and port)"
+            ),
+            "{said}"
+        );
+
+        let said = refused_with(b"", "/terminal").await;
+        assert!(
+            said.ends_with(
+                "the server closed the connection without answering the WebSocket upgrade: it \
+                 is not a terminalwire endpoint (if it serves TLS, use wss:// or https://); \
+                 check the URL (the host and port)"
+            ),
+            "{said}"
+        );
+
+        let moved: &[u8] =
+            b"HTTP/1.1 301 Moved Permanently\r\nlocation: https://h/t\xe2\x80\xaeexe\r\n\
+            content-length: 0\r\n\r\n";
+        let said = refused_with(moved, "/terminal").await;
+        assert!(
+            said.ends_with(
+                "redirects to https://h/t\\u{202e}exe (HTTP 301 Moved Permanently); if \
+                that is the app's terminal endpoint, use it (wss:// for https://)"
+            ),
+            "{said}"
+        );
+
+        // Short plain text is quoted, cut short and inert.
+        let long = format!(
+            "HTTP/1.1 403 Forbidden\r\ncontent-length: 300\r\n\r\ndevice not approved\x1b]0;x\x07{}",
+            "y".repeat(277)
+        );
+        let said = refused_with(Box::leak(long.into_bytes().into_boxed_slice()), "/t").await;
+        assert!(
+            said.contains(
+                "refused the WebSocket upgrade with HTTP 403 Forbidden: device not approved\\u{1b}]0;x\\u{7}yyy"
+            ),
+            "{said}"
+        );
+        assert!(said.ends_with("y…"), "{said}");
+        assert!(said.len() < 250, "{said}");
+    }
 
     #[test]
     fn a_host_cannot_take_a_unix_socket_apps_folder() {

@@ -832,6 +832,25 @@ async fn a_page_that_is_not_a_terminal_is_unavailable() {
     let url = server.url().replace("/terminal", "/");
     let run = Client::new([url.as_str(), "hello"]).run().await;
     assert_eq!(run.status, Some(UNAVAILABLE), "{}", run.stderr_text());
+    // One line that says what it is, not the page's HTML.
+    assert_eq!(
+        run.stderr_text(),
+        format!(
+            "terminalwire: cannot connect to {url}: not a terminalwire endpoint (HTTP 200 OK, a \
+             web page at /); check the path, e.g. /terminal\n"
+        )
+    );
+    let url = server.url().replace("/terminal", "/nope");
+    let run = Client::new([url.as_str(), "hello"]).run().await;
+    assert_eq!(run.status, Some(UNAVAILABLE), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text().ends_with(
+            ": no terminalwire endpoint (HTTP 404 Not Found at /nope); check the path, e.g. \
+             /terminal\n"
+        ),
+        "{}",
+        run.stderr_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

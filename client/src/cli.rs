@@ -351,28 +351,73 @@ fn client_commands() -> impl Iterator<Item = &'static str> {
 /// Why a bare word given where the URL goes is neither a URL nor a
 /// command (a mistyped command would otherwise be "an invalid URL").
 fn not_a_url(word: &str) -> Option<String> {
+    if word.trim().is_empty() {
+        return Some(
+            "the app's URL is empty: give one, e.g. `terminalwire ws://127.0.0.1:3000/terminal \
+             ARGS` (see `terminalwire --help`)"
+                .to_owned(),
+        );
+    }
     if word.contains([':', '/', '.']) {
         return None;
     }
+    let shown = crate::inert::inert(word);
     if client_commands().any(|command| word == command) {
         // After `--`, which says a URL follows.
         return Some(format!(
-            "`{word}` is a command of the client, not an app's URL: run `terminalwire {word} ...`"
+            "`{shown}` is a command of the client, not an app's URL: run `terminalwire {shown} ...`"
         ));
     }
+    if let Some((_, line)) = SUBCOMMANDS.iter().find(|(sub, _)| word == *sub) {
+        return Some(format!(
+            "`{shown}` is not a command of its own: did you mean `{line}`? (see \
+             `terminalwire --help`)"
+        ));
+    }
+    let hint = match nearest_command(word) {
+        Some(suggestion) => format!("; did you mean `{suggestion}`?"),
+        // A host name alone (`localhost`, `myserver`): the scheme is missing.
+        None => format!("; for an app on host {shown}, add the scheme: https://{shown}/..."),
+    };
+    Some(format!(
+        "`{shown}` is neither an app's URL (ws://, wss://, http://, https://, unix:) nor a command \
+         of the client{hint} (see `terminalwire --help`)"
+    ))
+}
+
+/// The words of the client's second-level commands, and the command
+/// lines they belong to (`terminalwire grant` is `terminalwire
+/// entitlement grant`).
+const SUBCOMMANDS: &[(&str, &str)] = &[
+    ("grant", "terminalwire entitlement grant"),
+    ("revoke", "terminalwire entitlement revoke"),
+    ("quota", "terminalwire entitlement quota"),
+    (
+        "list",
+        "terminalwire entitlement list` or `terminalwire authority list",
+    ),
+    ("forget", "terminalwire authority forget"),
+    ("trust", "terminalwire authority trust"),
+    ("version", "terminalwire --version"),
+];
+
+/// The command line `word` was most likely meant to start: a command of
+/// the client within two edits, else a second-level command's word
+/// (within one edit for a word of five letters or more).
+fn nearest_command(word: &str) -> Option<String> {
     let closest = client_commands()
         .map(|command| (strsim::damerau_levenshtein(word, command), command))
         .filter(|(distance, _)| *distance <= 2)
         .min();
-    let hint = match closest {
-        Some((_, command)) => format!("; did you mean `terminalwire {command}`?"),
-        // A host name alone (`localhost`, `myserver`): the scheme is missing.
-        None => format!("; for an app on host {word}, add the scheme: https://{word}/..."),
-    };
-    Some(format!(
-        "`{word}` is neither an app's URL (ws://, wss://, http://, https://, unix:) nor a command \
-         of the client{hint} (see `terminalwire --help`)"
-    ))
+    if let Some((_, command)) = closest {
+        return Some(format!("terminalwire {command}"));
+    }
+    SUBCOMMANDS
+        .iter()
+        .map(|(sub, line)| (strsim::damerau_levenshtein(word, sub), sub, line))
+        .filter(|(distance, sub, _)| *distance == 0 || (*distance == 1 && sub.len() >= 5))
+        .min()
+        .map(|(_, _, line)| (*line).to_owned())
 }
 
 /// `terminalwire attach ID`: re-attach to a detached session.
@@ -622,6 +667,27 @@ mod tests {
                 .unwrap()
                 .contains("`terminalwire attach`")
         );
+        // Second-level commands' words, alone or mistyped.
+        for (word, meant) in [
+            ("grant", "`terminalwire entitlement grant`"),
+            ("revoke", "`terminalwire entitlement revoke`"),
+            ("quota", "`terminalwire entitlement quota`"),
+            (
+                "list",
+                "`terminalwire entitlement list` or `terminalwire authority list`",
+            ),
+            ("forget", "`terminalwire authority forget`"),
+            ("trust", "`terminalwire authority trust`"),
+            ("version", "`terminalwire --version`"),
+            ("grnat", "`terminalwire entitlement grant`"),
+            ("forgte", "`terminalwire authority forget`"),
+        ] {
+            let said = not_a_url(word).unwrap();
+            assert!(said.contains(&format!("did you mean {meant}?")), "{said}");
+            assert!(!said.contains("host"), "{said}");
+        }
+        let said = not_a_url("").unwrap();
+        assert!(said.starts_with("the app's URL is empty"), "{said}");
         let host = not_a_url("myserver").unwrap();
         assert!(!host.contains("did you mean"), "{host}");
         assert!(host.contains("add the scheme: https://myserver/"), "{host}");

@@ -63,6 +63,17 @@ impl Target {
         if let Some(path) = raw.strip_prefix("unix:") {
             return Target::unix(raw, path);
         }
+        if raw.trim().is_empty() {
+            return Err(bad(
+                "it is empty: give the app's URL, e.g. ws://127.0.0.1:3000/terminal",
+            ));
+        }
+        if let Some(meant) = mistyped_scheme(raw) {
+            return Err(bad(&format!(
+                "the scheme needs `://`: did you mean {}?",
+                crate::inert::inert(&meant)
+            )));
+        }
         if !raw.contains("://") {
             return Err(bad(&format!(
                 "a URL starts with ws://, wss://, http://, https:// or unix: \
@@ -73,7 +84,13 @@ impl Target {
         let scheme = match url.scheme() {
             "ws" | "http" => "ws",
             "wss" | "https" => "wss",
-            _ => return Err(bad("expected a ws://, wss://, http:// or https:// URL")),
+            other => {
+                return Err(bad(&format!(
+                    "`{}` URLs are not accepted: use ws://, wss://, http://, https:// or \
+                     unix:/path/to/app.sock",
+                    crate::inert::inert(other)
+                )));
+            }
         };
         if url.scheme() != scheme {
             // `Url::set_scheme` refuses special-to-special changes it deems invalid;
@@ -134,6 +151,30 @@ impl Target {
     pub fn is_tls(&self) -> bool {
         self.url.scheme() == "wss"
     }
+}
+
+/// The URL meant by one whose scheme lost a `:` or a `/`: `ws:/host/t`,
+/// `ws//host/t` or `https:host/t` is `ws://host/t`, `https://host/t`.
+fn mistyped_scheme(raw: &str) -> Option<String> {
+    if raw.contains("://") {
+        return None;
+    }
+    let (scheme, rest) = raw.split_once(['/', ':'])?;
+    let scheme = scheme.to_ascii_lowercase();
+    if !["ws", "wss", "http", "https"].contains(&scheme.as_str()) {
+        return None;
+    }
+    let separator = &raw[scheme.len()..];
+    let after = separator.trim_start_matches([':', '/', '\\']);
+    let typed = &separator[..separator.len() - after.len()];
+    // Right already, or `ws:3000` (a host named `ws`, and a port).
+    if typed == "://"
+        || after.is_empty()
+        || (typed == ":" && rest.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        return None;
+    }
+    Some(format!("{scheme}://{after}"))
 }
 
 /// The rustls client configuration for `wss://`: the platform's roots (or
@@ -747,6 +788,32 @@ mod tests {
         assert_ne!(
             authority("unix:/run/y/../x.sock"),
             authority("unix:/run/x.sock")
+        );
+        // A scheme that lost a `:` or a `/`: the URL meant.
+        for (typed, meant) in [
+            (
+                "ws:/127.0.0.1:3000/terminal",
+                "ws://127.0.0.1:3000/terminal",
+            ),
+            (
+                "ws//127.0.0.1:3000/terminal",
+                "ws://127.0.0.1:3000/terminal",
+            ),
+            ("HTTPS:example.com/t", "https://example.com/t"),
+            ("wss:\\\\h/t", "wss://h/t"),
+        ] {
+            let said = Target::parse(typed).unwrap_err().to_string();
+            assert!(said.ends_with(&format!("did you mean {meant}?")), "{said}");
+        }
+        // A host named like a scheme, with a port: left to the rule below.
+        assert_eq!(mistyped_scheme("ws:3000/t"), None);
+        assert_eq!(mistyped_scheme("ws:///h/t"), None);
+        let said = Target::parse(" ").unwrap_err().to_string();
+        assert!(said.contains("it is empty"), "{said}");
+        let said = Target::parse("ftp://x/").unwrap_err().to_string();
+        assert!(
+            said.ends_with("`ftp` URLs are not accepted: use ws://, wss://, http://, https:// or unix:/path/to/app.sock"),
+            "{said}"
         );
         // A URL without its scheme: told which to add.
         let missing = Target::parse("localhost:3000/terminal").unwrap_err();

@@ -108,3 +108,37 @@ fn client_options_before_another_command_say_what_to_run() {
     assert!(stderr.contains("take `--connect-timeout` ("), "{stderr}");
     assert!(stderr.contains("run `terminalwire sessions`"), "{stderr}");
 }
+
+/// Words and URLs that are almost right are told what was meant (they
+/// were told to add a scheme: `https://grant/...`, `https://ws:/...`).
+#[test]
+fn near_misses_are_told_what_was_meant() {
+    for (args, meant) in [
+        (
+            &["grant", "x"][..],
+            "did you mean `terminalwire entitlement grant`?",
+        ),
+        (
+            &["forget", "x"],
+            "did you mean `terminalwire authority forget`?",
+        ),
+        (&["version"], "did you mean `terminalwire --version`?"),
+        (
+            &["ws:/127.0.0.1:3000/terminal", "x"],
+            "did you mean ws://127.0.0.1:3000/terminal?",
+        ),
+        (
+            &["ws//127.0.0.1:3000/terminal", "x"],
+            "did you mean ws://127.0.0.1:3000/terminal?",
+        ),
+        (&["", "hello"], "the app's URL is empty"),
+        (&["ftp://h/t"], "or unix:/path/to/app.sock"),
+    ] {
+        let (status, stderr) = terminalwire_at_home(args);
+        assert_eq!(status, Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(meant), "{args:?}: {stderr}");
+        assert!(!stderr.contains("https://ws"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("on host"), "{args:?}: {stderr}");
+    }
+}

@@ -346,9 +346,10 @@ pub async fn connect_unix(
         HeaderValue::from_static(SUBPROTOCOL),
     );
     let connecting = async {
-        let stream = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|error| unavailable(error.to_string()))?;
+        let stream = match tokio::net::UnixStream::connect(path).await {
+            Ok(stream) => stream,
+            Err(error) => return Err(unavailable(describe_unix_failure(path, error).await)),
+        };
         tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config()))
             .await
             .map_err(|error| unavailable(describe(error, target)))
@@ -367,6 +368,38 @@ pub async fn connect_unix(
         )));
     }
     Ok(socket)
+}
+
+/// Why connecting to the socket at `path` failed, in the words of what is
+/// there: connecting to a file that is no socket says "connection
+/// refused" (ECONNREFUSED, or ENOTSOCK), which blames a server there is not.
+async fn describe_unix_failure(path: &Path, error: std::io::Error) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    match tokio::fs::metadata(path).await {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            let kind = meta.file_type();
+            let what = if kind.is_dir() {
+                "a folder"
+            } else if kind.is_file() {
+                "a file"
+            } else if kind.is_fifo() {
+                "a named pipe"
+            } else {
+                "a device"
+            };
+            format!(
+                "{shown} is {what}, not a socket; give the app's socket, e.g. unix:/run/user/1000/app.sock"
+            )
+        }
+        Ok(_) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("nothing is listening on the socket {shown} (is the app running?)")
+        }
+        Err(missing) if missing.kind() == std::io::ErrorKind::NotFound => {
+            format!("there is no socket at {shown} (is the app running? check the path)")
+        }
+        _ => format!("{shown}: {error}"),
+    }
 }
 
 fn describe(error: tungstenite::Error, target: &Target) -> String {
@@ -707,6 +740,56 @@ mod tests {
         );
         assert!(said.ends_with("y…"), "{said}");
         assert!(said.len() < 250, "{said}");
+    }
+
+    /// Connecting to a `unix:` path that is no socket, or a socket
+    /// nobody listens on, says which (it said "Connection refused" for
+    /// both, and "No such file or directory" for a missing one).
+    #[tokio::test]
+    async fn a_unix_path_that_is_no_listening_socket_says_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let reason = async |path: &Path| {
+            let target = Target::parse(&format!("unix:{}", path.display())).unwrap();
+            let error = connect_unix(&target, Duration::from_secs(30))
+                .await
+                .unwrap_err();
+            assert_eq!(error.exit_code(), crate::exit_code::UNAVAILABLE, "{error}");
+            error.to_string()
+        };
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, "x").unwrap();
+        let said = reason(&file).await;
+        assert!(
+            said.ends_with(&format!(
+                "{}: {} is a file, not a socket; give the app's socket, e.g. \
+                 unix:/run/user/1000/app.sock",
+                file.display(),
+                file.display()
+            )),
+            "{said}"
+        );
+        let said = reason(dir.path()).await;
+        assert!(said.contains("is a folder, not a socket"), "{said}");
+        let missing = dir.path().join("gone.sock");
+        let said = reason(&missing).await;
+        assert!(
+            said.ends_with(&format!(
+                "there is no socket at {} (is the app running? check the path)",
+                missing.display()
+            )),
+            "{said}"
+        );
+        // A socket left by an app that is gone.
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let said = reason(&stale).await;
+        assert!(
+            said.ends_with(&format!(
+                "nothing is listening on the socket {} (is the app running?)",
+                stale.display()
+            )),
+            "{said}"
+        );
     }
 
     #[test]

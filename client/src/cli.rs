@@ -56,14 +56,12 @@ struct Options {
 /// Options of the client for any session (new or re-attached).
 #[derive(Debug, clap::Args)]
 struct ClientOptions {
-    /// Seconds to wait for the connection and the server's answer.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = DEFAULT_CONNECT_TIMEOUT.as_secs_f64(),
-        env = "TERMINALWIRE_CONNECT_TIMEOUT"
-    )]
-    connect_timeout: f64,
+    /// Seconds to wait for the connection and the server's answer (default
+    /// 10, at most 86400, a day; also TERMINALWIRE_CONNECT_TIMEOUT).
+    // The variable is read apart (`connect_timeout_from_env`) so that its
+    // errors name it, not this option.
+    #[arg(long, value_name = "SECS", value_parser = parse_connect_timeout)]
+    connect_timeout: Option<Duration>,
     /// Also trust the certificate authorities in this PEM file (one or more
     /// certificates), e.g. a private CA or a self-signed development
     /// certificate. Used for wss:// and https:// only.
@@ -81,40 +79,79 @@ struct ClientOptions {
 /// The connection time-out when none is given.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A time-out of `seconds`, if that is a positive number that fits.
-fn positive_seconds(seconds: f64) -> Option<Duration> {
+/// The longest connection time-out: a day.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Why a time-out was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadTimeout {
+    /// Not a number, or not above zero.
+    NotPositive,
+    /// Above [`MAX_CONNECT_TIMEOUT`].
+    TooLong,
+}
+
+/// A connection time-out of `text` seconds: more than 0, at most
+/// [`MAX_CONNECT_TIMEOUT`].
+fn connect_timeout_of(text: &str) -> Result<Duration, BadTimeout> {
+    let seconds: f64 = text.trim().parse().map_err(|_| BadTimeout::NotPositive)?;
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Err(BadTimeout::NotPositive);
+    }
+    if seconds > MAX_CONNECT_TIMEOUT.as_secs_f64() {
+        return Err(BadTimeout::TooLong);
+    }
     Duration::try_from_secs_f64(seconds)
         .ok()
         .filter(|timeout| !timeout.is_zero())
+        .ok_or(BadTimeout::NotPositive)
+}
+
+/// `--connect-timeout`'s value parser (clap says which option and value).
+fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
+    connect_timeout_of(text).map_err(|bad| match bad {
+        BadTimeout::NotPositive => "not a positive number of seconds".to_owned(),
+        BadTimeout::TooLong => format!(
+            "more than the maximum, {} seconds (a day)",
+            MAX_CONNECT_TIMEOUT.as_secs()
+        ),
+    })
 }
 
 /// The connection time-out of a launcher, which takes no options of its
-/// own: `TERMINALWIRE_CONNECT_TIMEOUT` when set, else the default.
+/// own: `TERMINALWIRE_CONNECT_TIMEOUT` when set, else the default. Its
+/// errors name the variable.
 pub fn connect_timeout_from_env() -> Result<Duration, String> {
-    // Empty is unset, as for the client's own option.
+    // Empty is unset.
     match std::env::var_os("TERMINALWIRE_CONNECT_TIMEOUT").filter(|value| !value.is_empty()) {
         None => Ok(DEFAULT_CONNECT_TIMEOUT),
         Some(value) => value
             .to_str()
-            .and_then(|text| text.trim().parse::<f64>().ok())
-            .and_then(positive_seconds)
-            .ok_or_else(|| {
-                format!(
+            .ok_or(BadTimeout::NotPositive)
+            .and_then(connect_timeout_of)
+            .map_err(|bad| match bad {
+                BadTimeout::NotPositive => format!(
                     "TERMINALWIRE_CONNECT_TIMEOUT={value:?} is not a positive number of seconds"
-                )
+                ),
+                BadTimeout::TooLong => format!(
+                    "TERMINALWIRE_CONNECT_TIMEOUT={value:?} is more than the maximum, {} seconds \
+                     (a day)",
+                    MAX_CONNECT_TIMEOUT.as_secs()
+                ),
             }),
     }
 }
 
 impl ClientOptions {
-    /// The connection time-out, checked.
+    /// The connection time-out: the option's, else the environment's,
+    /// else the default.
     fn connect_timeout(&self) -> Result<Duration, ParseOutcome> {
-        match positive_seconds(self.connect_timeout) {
+        match self.connect_timeout {
             Some(timeout) => Ok(timeout),
-            None => {
-                eprintln!("terminalwire: --connect-timeout must be a positive number of seconds");
-                Err(ParseOutcome::Exit(exit_code::USAGE))
-            }
+            None => connect_timeout_from_env().map_err(|problem| {
+                eprintln!("terminalwire: {problem}");
+                ParseOutcome::Exit(exit_code::USAGE)
+            }),
         }
     }
 }
@@ -530,6 +567,24 @@ mod tests {
             parse(["terminalwire"].map(OsString::from)),
             Err(ParseOutcome::Exit(2))
         ));
+    }
+
+    #[test]
+    fn a_time_out_is_positive_and_at_most_a_day() {
+        assert_eq!(connect_timeout_of(" 2.5 "), Ok(Duration::from_millis(2500)));
+        assert_eq!(connect_timeout_of("86400"), Ok(MAX_CONNECT_TIMEOUT));
+        for bad in ["0", "-1", "abc", "NaN", "", "1e-12"] {
+            assert_eq!(
+                connect_timeout_of(bad),
+                Err(BadTimeout::NotPositive),
+                "{bad}"
+            );
+        }
+        for long in ["86400.5", "1e30", "inf"] {
+            assert_eq!(connect_timeout_of(long), Err(BadTimeout::TooLong), "{long}");
+        }
+        let said = parse_connect_timeout("1e30").unwrap_err();
+        assert_eq!(said, "more than the maximum, 86400 seconds (a day)");
     }
 
     #[test]

@@ -142,3 +142,60 @@ fn near_misses_are_told_what_was_meant() {
         assert!(!stderr.contains("on host"), "{args:?}: {stderr}");
     }
 }
+
+/// A bad `TERMINALWIRE_CONNECT_TIMEOUT` names the variable (clap named
+/// `--connect-timeout`, which was not typed); a time-out too long says
+/// the maximum (it said "must be a positive number").
+#[test]
+fn a_bad_time_out_names_where_it_came_from_and_the_limit() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], timeout: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_terminalwire"));
+        command
+            .args(args)
+            .env("TERMINALWIRE_HOME", home.path())
+            .env_remove("TERMINALWIRE_CONNECT_TIMEOUT");
+        if let Some(timeout) = timeout {
+            command.env("TERMINALWIRE_CONNECT_TIMEOUT", timeout);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/terminal");
+    let (status, stderr) = run(&[&url, "x"], Some("abc"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "terminalwire: TERMINALWIRE_CONNECT_TIMEOUT=\"abc\" is not a positive number of seconds\n"
+    );
+    let (status, stderr) = run(&["attach", "x"], Some("1e30"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "terminalwire: TERMINALWIRE_CONNECT_TIMEOUT=\"1e30\" is more than the maximum, 86400 \
+         seconds (a day)\n"
+    );
+    // The option, when given, is the one that counts.
+    let (status, stderr) = run(&["--connect-timeout", "3", &url, "x"], Some("abc"));
+    assert_eq!(status, Some(69), "{stderr}");
+    let (status, stderr) = run(&["--connect-timeout", "1e30", &url, "x"], None);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: invalid value '1e30' for '--connect-timeout <SECS>': more than the maximum, \
+             86400 seconds (a day)"
+        ),
+        "{stderr}"
+    );
+    let (status, stderr) = run(&["--connect-timeout", "86400", &url, "x"], None);
+    assert_eq!(status, Some(69), "{stderr}");
+}

@@ -10,7 +10,9 @@
 //! request is asked about once a session, a "deny" also covers every later
 //! request that would need the same grant (`~/docs/a0`, `~/docs/a1`, ...
 //! all suggest `~/docs/**`), and after [`MAX_DENIALS`] denials the session
-//! asks no more.
+//! asks no more. An answer that is not one of the choices (a `y`, say:
+//! neither "once" nor "always" is a yes) is asked again with the choices
+//! spelled out, at most [`MAX_UNCLEAR`] times; Enter alone denies.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
@@ -36,6 +38,33 @@ pub enum Answer {
 /// Denials after which a session stops asking: an app that keeps asking
 /// for what the user refused is not asking in good faith.
 pub const MAX_DENIALS: usize = 3;
+
+/// Answers that are not one of the choices after which a prompt denies.
+pub const MAX_UNCLEAR: usize = 3;
+
+/// The reason a request the user refused at the prompt is denied with.
+pub const DENIED_BY_USER: &str = "you denied it";
+
+/// The reason a request is denied with when the user refused the same
+/// grant earlier in the session (it is not asked again).
+pub const DENIED_BY_USER_BEFORE: &str = "you denied it earlier in this session";
+
+/// What came of a denial the client may have asked the user about.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The user allowed it: the entitlements that allow the request (for
+    /// [`Answer::Once`], meant for this one request only).
+    Allowed(Answer, Entitlements),
+    /// The user denied it: at this prompt, or (`earlier`) the same grant at
+    /// an earlier one, so it was not asked again.
+    DeniedByUser {
+        /// Refused at an earlier prompt of this session.
+        earlier: bool,
+    },
+    /// Nothing changes: not asked (no grant to offer, asked before, too
+    /// many denials), the prompt failed, or the grant could not be made.
+    Unchanged,
+}
 
 /// What a session has asked about and been told.
 #[derive(Debug, Default)]
@@ -112,11 +141,12 @@ impl Consent {
             && std::fs::File::open("/dev/tty").is_ok()
     }
 
-    /// Asks about `denial` unless it was asked before in this session.
-    /// Returns the user's yes and the entitlements that allow the request:
-    /// for [`Answer::Once`] they are meant for this one request only.
-    pub async fn ask(self: &Arc<Self>, denial: &Denial) -> Option<(Answer, Entitlements)> {
-        let command = denial.command.clone()?;
+    /// Asks about `denial` unless it was asked before in this session, and
+    /// says what came of it.
+    pub async fn ask(self: &Arc<Self>, denial: &Denial) -> Outcome {
+        let Some(command) = denial.command.clone() else {
+            return Outcome::Unchanged;
+        };
         let key = format!(
             "{}\u{0}{}\u{0}{}",
             denial.resource, denial.action, denial.target
@@ -124,11 +154,11 @@ impl Consent {
         let _one = self.one_prompt.lock().await;
         {
             let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
-            if asked.denials >= MAX_DENIALS
-                || asked.refused_grants.contains(&command)
-                || !asked.requests.insert(key)
-            {
-                return None;
+            if asked.refused_grants.contains(&command) {
+                return Outcome::DeniedByUser { earlier: true };
+            }
+            if asked.denials >= MAX_DENIALS || !asked.requests.insert(key) {
+                return Outcome::Unchanged;
             }
         }
         // Not while the user types a password (its echo is off, and what
@@ -160,29 +190,43 @@ impl Consent {
             .pop_front();
         #[cfg(not(test))]
         let scripted = None;
+        // A prompt that could not be shown or read denies, as a deny does
+        // (and is not asked again), but not in the user's name.
         let answer = match scripted {
-            Some(answer) => answer,
+            Some(answer) => Some(answer),
             None => tokio::task::spawn_blocking(move || prompt(&question))
                 .await
                 .ok()
-                .and_then(Result::ok)
-                .unwrap_or(Answer::Deny),
+                .and_then(Result::ok),
         };
         drop(as_found);
         match answer {
-            Answer::Deny => {
+            None | Some(Answer::Deny) => {
                 let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
                 asked.denials += 1;
                 asked.refused_grants.insert(command);
-                None
+                if answer.is_some() {
+                    Outcome::DeniedByUser { earlier: false }
+                } else {
+                    Outcome::Unchanged
+                }
             }
-            Answer::Once => {
-                let grant = once_grant(denial, &command, &self.user_home)?;
-                self.rebuild(Some(grant)).ok().map(|e| (Answer::Once, e))
+            Some(Answer::Once) => {
+                let Some(grant) = once_grant(denial, &command, &self.user_home) else {
+                    return Outcome::Unchanged;
+                };
+                match self.rebuild(Some(grant)) {
+                    Ok(entitlements) => Outcome::Allowed(Answer::Once, entitlements),
+                    Err(_) => Outcome::Unchanged,
+                }
             }
-            Answer::Always => {
-                let grant = grant_of(&command)?;
-                let authority = terminalwire_policy::Authority::from_url(&self.url).ok()?;
+            Some(Answer::Always) => {
+                let Some(grant) = grant_of(&command) else {
+                    return Outcome::Unchanged;
+                };
+                let Ok(authority) = terminalwire_policy::Authority::from_url(&self.url) else {
+                    return Outcome::Unchanged;
+                };
                 let path = self.home.policy_file(&authority);
                 // Under the file's lock, on the file as it is then: saved
                 // from a copy loaded without it, the grant undid a revoke
@@ -199,14 +243,17 @@ impl Consent {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => {
                         tracing::warn!(%error, "cannot save the grant");
-                        return None;
+                        return Outcome::Unchanged;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "cannot save the grant");
-                        return None;
+                        return Outcome::Unchanged;
                     }
                 }
-                self.rebuild(None).ok().map(|e| (Answer::Always, e))
+                match self.rebuild(None) {
+                    Ok(entitlements) => Outcome::Allowed(Answer::Always, entitlements),
+                    Err(_) => Outcome::Unchanged,
+                }
             }
         }
     }
@@ -276,7 +323,7 @@ fn question(url: &str, denial: &Denial, command: &str) -> String {
          \x20 [a] always writes this grant to your policy file:\r\n\
          \x20     \x1b[1m{}\x1b[0m\r\n\
          \x20 [o] allow once   [a] always   [d] deny (default)\r\n\
-         \x1b[7m terminalwire \x1b[0m your choice: ",
+         {YOUR_CHOICE}",
         inert(url),
         inert(&denial.action),
         inert(&denial.resource),
@@ -298,18 +345,56 @@ fn prompt(question: &str) -> io::Result<Answer> {
     converse(&tty, question)
 }
 
-/// Resets the terminal, asks `question` on `tty` and reads the answer.
+/// The line the answer is typed on, asked again after an unclear answer.
+const YOUR_CHOICE: &str = "\x1b[7m terminalwire \x1b[0m your choice: ";
+
+/// Resets the terminal, asks `question` on `tty` and reads the answer. An
+/// answer that is not one of the choices is asked again, with the choices
+/// spelled out, [`MAX_UNCLEAR`] times at most; then, or at the end of the
+/// input, it is a deny.
 fn converse(mut tty: impl io::Read + Write, question: &str) -> io::Result<Answer> {
     tty.write_all(TERMINAL_RESET.as_bytes())?;
     tty.write_all(question.as_bytes())?;
     tty.flush()?;
-    let mut line = String::new();
-    io::BufReader::new(tty).read_line(&mut line)?;
-    Ok(match line.trim().to_ascii_lowercase().as_str() {
-        "o" | "once" => Answer::Once,
-        "a" | "always" => Answer::Always,
-        _ => Answer::Deny,
-    })
+    let mut tty = io::BufReader::new(tty);
+    for unclear in 1..=MAX_UNCLEAR {
+        let mut line = String::new();
+        if tty.read_line(&mut line)? == 0 {
+            return Ok(Answer::Deny);
+        }
+        if let Some(answer) = answer_of(&line) {
+            return Ok(answer);
+        }
+        let typed: String = line.trim().chars().take(40).collect();
+        let out = tty.get_mut();
+        write!(
+            out,
+            "  `{}` is not one of the choices: type o to allow once, a to allow always, \
+             d to deny (Enter alone denies)\r\n",
+            crate::inert::inert(&typed),
+        )?;
+        if unclear == MAX_UNCLEAR {
+            write!(
+                out,
+                "  denied after {MAX_UNCLEAR} answers that are not choices\r\n"
+            )?;
+        } else {
+            out.write_all(YOUR_CHOICE.as_bytes())?;
+        }
+        out.flush()?;
+    }
+    Ok(Answer::Deny)
+}
+
+/// The answer `line` gives, if it is one of the choices. A yes (`y`) is
+/// not: it does not say whether once or always.
+fn answer_of(line: &str) -> Option<Answer> {
+    match line.trim().to_ascii_lowercase().as_str() {
+        "o" | "once" => Some(Answer::Once),
+        "a" | "always" => Some(Answer::Always),
+        "" | "d" | "deny" | "n" | "no" => Some(Answer::Deny),
+        _ => None,
+    }
 }
 
 /// Splits a suggested command the way a shell would (it only uses single
@@ -514,6 +599,60 @@ mod tests {
         }
     }
 
+    fn answered(input: &str) -> (Answer, String) {
+        let mut tty = FakeTty {
+            input: io::Cursor::new(input.as_bytes().to_vec()),
+            output: Vec::new(),
+        };
+        let answer = converse(&mut tty, "Q").unwrap();
+        let written = String::from_utf8(tty.output).unwrap();
+        let written = written.strip_prefix(TERMINAL_RESET).unwrap().to_owned();
+        (answer, written)
+    }
+
+    #[test]
+    fn an_answer_that_is_not_a_choice_is_asked_again_never_taken() {
+        // The choices, and the usual ways of saying no.
+        for (input, expected) in [
+            ("o\n", Answer::Once),
+            ("ONCE\n", Answer::Once),
+            (" a \n", Answer::Always),
+            ("always\n", Answer::Always),
+            ("\n", Answer::Deny),
+            ("d\n", Answer::Deny),
+            ("deny\n", Answer::Deny),
+            ("n\n", Answer::Deny),
+            ("No\n", Answer::Deny),
+            ("", Answer::Deny),
+        ] {
+            let (answer, written) = answered(input);
+            assert_eq!(answer, expected, "{input:?}");
+            assert_eq!(written, "Q", "{input:?} was asked again");
+        }
+        // A yes says neither once nor always: asked again, with the choices.
+        let (answer, written) = answered("y\no\n");
+        assert_eq!(answer, Answer::Once);
+        assert_eq!(
+            written,
+            format!(
+                "Q  `y` is not one of the choices: type o to allow once, a to allow always, \
+                 d to deny (Enter alone denies)\r\n{YOUR_CHOICE}"
+            )
+        );
+        let (answer, _) = answered("yes\nsure\na\n");
+        assert_eq!(answer, Answer::Always);
+        // Three unclear answers deny; so does the end of the input.
+        let (answer, written) = answered("y\nyes\nY\no\n");
+        assert_eq!(answer, Answer::Deny);
+        assert_eq!(written.matches("is not one of the choices").count(), 3);
+        assert_eq!(written.matches(YOUR_CHOICE).count(), 2, "{written:?}");
+        assert!(written.ends_with("denied after 3 answers that are not choices\r\n"));
+        assert_eq!(answered("y\n").0, Answer::Deny);
+        // What was typed is shown inert.
+        let (_, written) = answered("\x1b[2Jy\n\n");
+        assert!(written.contains("`\\u{1b}[2Jy`"), "{written:?}");
+    }
+
     #[tokio::test]
     async fn a_refusal_is_not_asked_again_and_three_end_the_asking() {
         let home = tempfile::tempdir().unwrap();
@@ -543,15 +682,16 @@ mod tests {
         // Refused once: every other file that needs the same grant is
         // refused without asking (each would offer "always" for
         // `~/docs/**`).
-        assert!(
-            consent
-                .ask(&denial("/home/u/docs/a0", "~/docs"))
-                .await
-                .is_none()
-        );
+        assert!(matches!(
+            consent.ask(&denial("/home/u/docs/a0", "~/docs")).await,
+            Outcome::DeniedByUser { earlier: false }
+        ));
         for n in 1..20 {
             let target = format!("/home/u/docs/a{n}");
-            assert!(consent.ask(&denial(&target, "~/docs")).await.is_none());
+            assert!(matches!(
+                consent.ask(&denial(&target, "~/docs")).await,
+                Outcome::DeniedByUser { earlier: true }
+            ));
         }
         assert_eq!(
             scripted(),
@@ -560,10 +700,17 @@ mod tests {
         );
         // Two more refusals of other grants: three in all, and the session
         // asks no more, whatever the request.
-        assert!(consent.ask(&denial("/srv/b/x", "/srv/b")).await.is_none());
-        assert!(consent.ask(&denial("/srv/c/x", "/srv/c")).await.is_none());
+        for (target, folder) in [("/srv/b/x", "/srv/b"), ("/srv/c/x", "/srv/c")] {
+            assert!(matches!(
+                consent.ask(&denial(target, folder)).await,
+                Outcome::DeniedByUser { earlier: false }
+            ));
+        }
         assert_eq!(scripted(), 1);
-        assert!(consent.ask(&denial("/srv/d/x", "/srv/d")).await.is_none());
+        assert!(matches!(
+            consent.ask(&denial("/srv/d/x", "/srv/d")).await,
+            Outcome::Unchanged
+        ));
         assert_eq!(scripted(), 1, "asked after {MAX_DENIALS} refusals");
     }
 
@@ -596,7 +743,10 @@ mod tests {
                     reason: "not granted".into(),
                     command: Some("terminalwire entitlement grant h env 'PAGER'".into()),
                 };
-                consent.ask(&denial).await.map(|(answer, _)| answer)
+                match consent.ask(&denial).await {
+                    Outcome::Allowed(answer, _) => Some(answer),
+                    _ => None,
+                }
             }
         });
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

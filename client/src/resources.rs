@@ -488,16 +488,21 @@ impl Resources {
         };
         let (mut result, mut resolved) = self.perform_unaudited(op, audited.clone()).await?;
         // A grantable denial, on a terminal: the client asks the user.
-        if let (
-            Some(consent),
-            Some(op),
-            Err(OpError {
-                denial: Some(denial),
-                ..
-            }),
-        ) = (&self.consent, retry, &result)
-            && let Some((answer, updated)) = consent.ask(denial).await
-        {
+        let asked = match (&self.consent, &result) {
+            (
+                Some(consent),
+                Err(OpError {
+                    denial: Some(denial),
+                    ..
+                }),
+            ) => consent.ask(denial).await,
+            _ => crate::consent::Outcome::Unchanged,
+        };
+        let denied_by_user = match asked {
+            crate::consent::Outcome::DeniedByUser { earlier } => Some(earlier),
+            _ => None,
+        };
+        if let (crate::consent::Outcome::Allowed(answer, updated), Some(op)) = (asked, retry) {
             let updated = Arc::new(updated);
             (result, resolved) = if answer == crate::consent::Answer::Once {
                 // Once means this request: it runs with rules of its own.
@@ -519,7 +524,13 @@ impl Resources {
             resolved = None;
         }
         self.audit(described, resolved, &result);
-        Some(self.as_told(named.as_deref(), result))
+        // The user said no: the app is told so (whatever it is told of the
+        // path), not that nobody granted it.
+        let mut told = self.as_told(named.as_deref(), result);
+        if let (Some(earlier), Err(error)) = (denied_by_user, &mut told) {
+            denied_by_the_user(error, earlier);
+        }
+        Some(told)
     }
 
     /// Performs a stat-class operation ([`performed_inline`]) here and now,
@@ -1470,6 +1481,29 @@ fn not_granted(raw: &str, action: Action) -> OpError {
             reason,
             command: None,
         }),
+    }
+}
+
+/// `error`, a denial, as refused by the user at a consent prompt: now, or
+/// (`earlier`) the same grant earlier in the session.
+fn denied_by_the_user(error: &mut OpError, earlier: bool) {
+    let Some(denial) = error.denial.as_mut() else {
+        return;
+    };
+    denial.reason = if earlier {
+        crate::consent::DENIED_BY_USER_BEFORE
+    } else {
+        crate::consent::DENIED_BY_USER
+    }
+    .to_owned();
+    error.message = format!(
+        "may not {} {} {}: {}",
+        denial.action, denial.resource, denial.target, denial.reason
+    );
+    if let Some(command) = &denial.command {
+        error
+            .message
+            .push_str(&format!(". To allow it, run: {command}"));
     }
 }
 

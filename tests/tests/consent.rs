@@ -217,3 +217,41 @@ async fn a_consent_prompt_waits_for_the_password_being_typed() {
     let exit = pane.wait_exit().await;
     assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
 }
+
+/// `y` is not one of the prompt's answers: it is neither taken as a deny
+/// (users are trained by `[y/N]` prompts to expect a yes) nor as a grant
+/// (the prompt never grants by accident). The prompt says what the choices
+/// are and asks again; a deny then tells the app the user denied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_a_choice_is_asked_again_and_a_deny_says_so() {
+    let server = TestServer::hello().await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start(&[&server.url(), "cat", &file], 120, 30);
+    pane.wait_for("your choice:").await;
+    pane.type_text("y").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("is not one of the choices").await;
+    assert!(
+        screen.contains("o to allow once, a to allow always, d to deny"),
+        "{screen}"
+    );
+    assert_eq!(
+        screen.matches("your choice:").count(),
+        2,
+        "asked again:\n{screen}"
+    );
+    assert!(!screen.contains("the-content"), "granted on y:\n{screen}");
+    // Enter alone is the default: deny.
+    pane.send_keys(&["Enter"]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 1, "{}", exit.screen);
+    assert!(
+        exit.screen.contains(&format!(
+            "did not let this app read path {file}: you denied it"
+        )),
+        "{}",
+        exit.screen
+    );
+    assert!(!exit.screen.contains("the-content"), "{}", exit.screen);
+    assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
+}

@@ -391,8 +391,18 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             }
         }
         AdminCommand::Uninstall { name } => {
-            let path = crate::launcher::uninstall(home, &name)?;
-            writeln!(out, "uninstalled {name}: removed {}", path.display())?;
+            let removed = crate::launcher::uninstall(home, &name)?;
+            // What broke it is in `terminalwire apps`; it is gone now.
+            let broken = if removed.broken.is_some() {
+                " (a broken launcher)"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "uninstalled {name}{broken}: removed {}",
+                removed.path.display()
+            )?;
         }
         AdminCommand::Audit {
             authority,

@@ -427,18 +427,90 @@ pub fn list(home: &Home) -> io::Result<Vec<(String, Result<Launcher, LauncherErr
     Ok(found)
 }
 
-/// Removes the launcher `name`; only a file that is a launcher.
-pub fn uninstall(home: &Home, name: &str) -> anyhow::Result<PathBuf> {
-    anyhow::ensure!(valid_name(name), "{name:?} is not a valid command name");
-    let path = home.bin_dir().join(name);
+/// What [`uninstall`] removed.
+#[derive(Debug)]
+pub struct Uninstalled {
+    /// The launcher's path.
+    pub path: PathBuf,
+    /// Why it could not be used, when it was broken.
+    pub broken: Option<LauncherError>,
+}
+
+/// Removes the launcher `name`: a regular file that starts as a launcher
+/// (its first line is [`SHEBANG`]), even when the rest of it is broken.
+/// Anything else there is left alone.
+pub fn uninstall(home: &Home, name: &str) -> anyhow::Result<Uninstalled> {
     anyhow::ensure!(
-        path.is_file(),
-        "no app named {name} is installed ({} does not exist)",
-        path.display()
+        valid_name(name),
+        "{} is not a valid command name, so no app is installed under it \
+         (`terminalwire apps` lists the installed ones)",
+        crate::inert::inert(&format!("{name:?}"))
     );
-    load(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(path)
+    let path = home.bin_dir().join(name);
+    let not_a_launcher = |what: &str| {
+        anyhow::anyhow!("`{name}` is not a terminalwire launcher ({what}); not removing it")
+    };
+    let meta = match std::fs::symlink_metadata(&path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => anyhow::bail!(
+            "no app named {name} is installed ({} does not exist; `terminalwire apps` lists \
+             the installed ones)",
+            path.display()
+        ),
+        Err(error) => anyhow::bail!("cannot look at {}: {error}", path.display()),
+        Ok(meta) => meta,
+    };
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return Err(not_a_launcher(&format!("{} is a folder", path.display())));
+    }
+    if kind.is_symlink() {
+        return Err(not_a_launcher(&format!(
+            "{} is a symbolic link",
+            path.display()
+        )));
+    }
+    if !kind.is_file() {
+        return Err(not_a_launcher(&format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    match first_line_is_shebang(&path) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(not_a_launcher(&format!(
+                "{} does not start with `{SHEBANG}`",
+                path.display()
+            )));
+        }
+        Err(error) => anyhow::bail!("cannot read {}: {error}", path.display()),
+    }
+    let broken = load(&path).err();
+    std::fs::remove_file(&path)
+        .map_err(|error| anyhow::anyhow!("cannot remove {}: {error}", path.display()))?;
+    Ok(Uninstalled { path, broken })
+}
+
+/// Whether the regular file at `path` (not followed if a symbolic link)
+/// starts with the launcher's [`SHEBANG`] line; only that line is read.
+fn first_line_is_shebang(path: &Path) -> io::Result<bool> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Ok(false);
+    }
+    let mut start = Vec::new();
+    file.take(SHEBANG.len() as u64 + 64)
+        .read_to_end(&mut start)?;
+    let first = start
+        .split(|&byte| byte == b'\n')
+        .next()
+        .unwrap_or_default();
+    Ok(first.trim_ascii_end() == SHEBANG.as_bytes())
 }
 
 /// Whether `dir` is on `$PATH`.
@@ -602,7 +674,21 @@ mod tests {
             uninstall(&home, "broken").is_err(),
             "only launchers are removed"
         );
-        uninstall(&home, "demo").unwrap();
+        assert!(uninstall(&home, "demo").unwrap().broken.is_none());
         assert!(!path.exists());
+        // Broken past its first line: still removed.
+        let broken = home.bin_dir().join("half");
+        std::fs::write(&broken, format!("{SHEBANG}  \r\nurl = \"ftp://x\"\n")).unwrap();
+        assert!(uninstall(&home, "half").unwrap().broken.is_some());
+        assert!(!broken.exists());
+        // A symbolic link to a launcher is not one.
+        install(&home, "ws://127.0.0.1:9/terminal", "demo", false).unwrap();
+        std::os::unix::fs::symlink(&path, home.bin_dir().join("link")).unwrap();
+        let error = uninstall(&home, "link").unwrap_err().to_string();
+        assert!(
+            error.ends_with("is a symbolic link); not removing it"),
+            "{error}"
+        );
+        assert!(path.exists());
     }
 }

@@ -452,3 +452,68 @@ async fn help_names_a_command_and_a_mistyped_command_is_named_back() {
         run.stderr_text()
     );
 }
+
+/// A launcher whose body was broken (its URL edited to one the client does
+/// not take) is still the client's to remove: `apps` lists it as broken,
+/// and its own comment says to remove it with `terminalwire uninstall`.
+/// A file there that does not start as a launcher is left alone, and said
+/// to be no launcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_removes_a_broken_launcher_and_leaves_other_files() {
+    let home = tempfile::tempdir().unwrap();
+    let run = admin(
+        home.path(),
+        &["install", "ws://127.0.0.1:9/terminal", "--name", "greet"],
+    )
+    .env("PATH", "/usr/bin:/bin")
+    .run()
+    .await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    let launcher = home.path().join("bin/greet");
+    let text = std::fs::read_to_string(&launcher).unwrap();
+    assert!(text.contains("terminalwire uninstall NAME"), "{text}");
+    let broken = text.replace("ws://127.0.0.1:9/terminal", "ftp://x");
+    std::fs::write(&launcher, broken).unwrap();
+    let run = admin(home.path(), &["apps"]).run().await;
+    assert!(
+        run.stdout_text().starts_with("greet  (broken:"),
+        "{}",
+        run.stdout_text()
+    );
+    let run = admin(home.path(), &["uninstall", "greet"]).run().await;
+    assert_eq!(run.status, Some(0), "{}", run.stderr_text());
+    assert!(!launcher.exists(), "the broken launcher is still there");
+    assert!(
+        run.stdout_text()
+            .starts_with("uninstalled greet (a broken launcher): removed "),
+        "{}",
+        run.stdout_text()
+    );
+
+    // Not a launcher: a script of the user's, a folder.
+    let mine = home.path().join("bin/mine");
+    std::fs::write(&mine, "#!/bin/sh\necho mine\n").unwrap();
+    std::fs::create_dir(home.path().join("bin/folder")).unwrap();
+    for name in ["mine", "folder"] {
+        let run = admin(home.path(), &["uninstall", name]).run().await;
+        assert_eq!(run.status, Some(1), "{}", run.stderr_text());
+        let stderr = run.stderr_text();
+        assert!(
+            stderr.starts_with(&format!(
+                "terminalwire: `{name}` is not a terminalwire launcher ("
+            )) && stderr.trim_end().ends_with("); not removing it"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    assert!(mine.exists() && home.path().join("bin/folder").is_dir());
+    // Nothing of that name.
+    let run = admin(home.path(), &["uninstall", "nothing"]).run().await;
+    assert_eq!(run.status, Some(1), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text()
+            .contains("no app named nothing is installed"),
+        "{}",
+        run.stderr_text()
+    );
+}

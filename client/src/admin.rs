@@ -658,6 +658,17 @@ fn grant_warnings(grant: &PathGrant, home_root: &Path, user_home: &Path) -> Vec<
         (true, None) => Path::new("/").to_path_buf(),
     };
     let mut warnings = Vec::new();
+    // `~/r/` names the folder, not what is in it; kept as typed (a grant
+    // is never widened behind the user's back), and said. Not for `/`:
+    // what is in it is everything.
+    let typed = grant.pattern.as_str();
+    if typed.len() > 1 && typed.ends_with('/') {
+        warnings.push(format!(
+            "`{}` matches the folder itself only; for what is in it grant {}",
+            inert(typed),
+            inert(&single_quote(&format!("{typed}**")))
+        ));
+    }
     // Into the folder, by name (`~/.terminal*`) or by a pattern that
     // reaches what is in it (`~/**`); not `~/*`, which only lists it.
     let home_root_text = home_root.to_string_lossy();
@@ -709,6 +720,11 @@ fn grant_warnings(grant: &PathGrant, home_root: &Path, user_home: &Path) -> Vec<
         ));
     }
     warnings
+}
+
+/// `text` in single quotes for a shell, each `'` written as `'\''`.
+fn single_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// The grant the words name; a path's access is `unnamed` when no access
@@ -1059,6 +1075,51 @@ mod tests {
             "~/*.md",
         ] {
             assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");
+        }
+    }
+
+    /// `~/r/` matches the folder `~/r` and nothing in it: the grant is
+    /// kept as typed (it is not widened), with a warning that says so and
+    /// the pattern that reaches what is in the folder.
+    #[test]
+    fn a_path_grant_ending_in_a_slash_is_warned_to_match_the_folder_only() {
+        let user_home = tempfile::tempdir().unwrap();
+        let user_home = std::fs::canonicalize(user_home.path()).unwrap();
+        std::fs::create_dir(user_home.join("r")).unwrap();
+        let grant = |pattern: &str| PathGrant {
+            pattern: PathPattern::parse(pattern).unwrap(),
+            access: Access::Read,
+            mode: None,
+        };
+        let held = grant("~/r/");
+        assert!(!held.pattern.matches(&user_home.join("r/a.txt"), &user_home));
+        let warnings = grant_warnings(&held, Path::new("/nowhere/.terminalwire"), &user_home);
+        assert_eq!(
+            warnings,
+            ["`~/r/` matches the folder itself only; for what is in it grant '~/r/**'"]
+        );
+        let warnings = grant_warnings(
+            &grant("/srv/it's/"),
+            Path::new("/nowhere/.terminalwire"),
+            &user_home,
+        );
+        assert_eq!(
+            warnings,
+            [
+                r"`/srv/it's/` matches the folder itself only; for what is in it grant '/srv/it'\''s/**'"
+            ]
+        );
+        // The root alone is not told to grant everything.
+        for quiet in ["/", "~/r", "~/r/**", "~/r/*"] {
+            let warnings = grant_warnings(
+                &grant(quiet),
+                Path::new("/nowhere/.terminalwire"),
+                &user_home,
+            );
+            assert!(
+                !warnings.iter().any(|w| w.contains("folder itself only")),
+                "{quiet}: {warnings:?}"
+            );
         }
     }
 

@@ -280,11 +280,16 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 _ => grant.clone(),
             };
             writeln!(out, "{authority}: {verb} {}", describe(&held))?;
-            if let Grant::Path(path_grant) = &held {
-                let user_home = terminalwire_policy::home::user_home()?;
-                for warning in grant_warnings(path_grant, home.root(), &user_home) {
-                    eprintln!("terminalwire: warning: {warning}");
+            let warnings = match &held {
+                Grant::Path(path_grant) => {
+                    let user_home = terminalwire_policy::home::user_home()?;
+                    grant_warnings(path_grant, home.root(), &user_home)
                 }
+                Grant::Browser(target) => browser_warnings(target),
+                Grant::Env(_) => Vec::new(),
+            };
+            for warning in warnings {
+                eprintln!("terminalwire: warning: {warning}");
             }
         }
         AdminCommand::Entitlement(EntitlementCommand::Revoke(args)) => {
@@ -755,8 +760,58 @@ fn parse_grant(target: GrantTarget, unnamed: Access) -> anyhow::Result<Grant> {
             })
         }
         GrantTarget::Env { name } => Grant::Env(EnvName::parse(&name)?),
-        GrantTarget::Browser { target } => Grant::Browser(BrowserTarget::parse(&target)?),
+        GrantTarget::Browser { target } => Grant::Browser(typed_browser_target(&target)?),
     })
+}
+
+/// A browser target as the user typed it: [`BrowserTarget::parse`], except
+/// that a host typed as a scheme (`github.com`, `localhost:3000`), which
+/// no URL would ever have, is refused with the origin it likely means. A
+/// scheme with a dot in its name (`com.example.app`) is typed with its
+/// colon (a policy file may hold it without).
+fn typed_browser_target(text: &str) -> anyhow::Result<BrowserTarget> {
+    if !text.contains("://") && !text.ends_with(':') && text.contains(['.', ':', '/']) {
+        let host = text.split('/').next().unwrap_or(text);
+        let a_scheme = text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        let colon = if a_scheme {
+            format!(
+                " (if it really is a URL scheme, type it with its colon: `{}:`)",
+                inert(text)
+            )
+        } else {
+            String::new()
+        };
+        bail!(
+            "`{}` is not a scheme: for a website grant its origin, `https://{}`{colon}",
+            inert(text),
+            inert(host)
+        );
+    }
+    Ok(BrowserTarget::parse(text)?)
+}
+
+/// What a browser grant allows that its user may not expect: every website
+/// (a scheme grant of http or https), or URLs that run code or read local
+/// files.
+fn browser_warnings(target: &BrowserTarget) -> Vec<String> {
+    let BrowserTarget::Scheme(scheme) = target else {
+        return Vec::new();
+    };
+    if matches!(scheme.as_str(), "http" | "https") {
+        vec![format!(
+            "this lets the server open any website ({scheme}://...) in your browser; to allow \
+             one site, grant its origin instead, such as `https://github.com`"
+        )]
+    } else if terminalwire_policy::decide::DANGEROUS_SCHEMES.contains(&scheme.as_str()) {
+        vec![format!(
+            "{scheme}: URLs can run code or read local files: the server may now open any of \
+             them in your browser"
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 fn describe(grant: &Grant) -> String {
@@ -1120,6 +1175,80 @@ mod tests {
                 !warnings.iter().any(|w| w.contains("folder itself only")),
                 "{quiet}: {warnings:?}"
             );
+        }
+    }
+
+    /// `browser github.com` recorded a scheme `github.com` that no URL a
+    /// server opens has: refused, with the origin it meant. A scheme that
+    /// does have a dot (`com.example.app`) is typed with its colon.
+    #[test]
+    fn a_host_typed_as_a_browser_scheme_is_refused_with_its_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let grant = |target: &str| {
+            admin(
+                &home,
+                &["entitlement", "grant", "example.com", "browser", target],
+            )
+        };
+        for (typed, said) in [
+            (
+                "github.com",
+                "`github.com` is not a scheme: for a website grant its origin, \
+                 `https://github.com` (if it really is a URL scheme, type it with its colon: \
+                 `github.com:`)",
+            ),
+            (
+                "github.com/octo",
+                "`github.com/octo` is not a scheme: for a website grant its origin, \
+                 `https://github.com`",
+            ),
+            (
+                "localhost:3000",
+                "`localhost:3000` is not a scheme: for a website grant its origin, \
+                 `https://localhost:3000`",
+            ),
+        ] {
+            let error = grant(typed).unwrap_err().to_string();
+            assert_eq!(error, said);
+        }
+        let policy = home.policy_file(&Authority::parse("example.com").unwrap());
+        assert!(!policy.exists(), "a refused grant was written");
+        let out = grant("com.example.app:").unwrap();
+        assert_eq!(out, "example.com: granted browser com.example.app\n");
+        assert!(grant("mailto").is_ok() && grant("https://github.com").is_ok());
+        // What a denial suggests for such a scheme parses back ("always").
+        let words: Vec<String> = "terminalwire entitlement grant h browser com.example.app:"
+            .split(' ')
+            .map(str::to_owned)
+            .collect();
+        assert!(grant_from_words(&words).is_some());
+    }
+
+    /// Scheme grants of every website, or of URLs that run code or read
+    /// local files, are warned about; an origin or `mailto` is not.
+    #[test]
+    fn broad_or_dangerous_browser_schemes_are_warned_about() {
+        let warn = |target: &str| browser_warnings(&BrowserTarget::parse(target).unwrap());
+        for any_site in ["https", "http", "HTTPS:"] {
+            let warnings = warn(any_site);
+            assert_eq!(warnings.len(), 1, "{any_site}: {warnings:?}");
+            assert!(
+                warnings[0].contains("open any website")
+                    && warnings[0].contains("grant its origin instead"),
+                "{warnings:?}"
+            );
+        }
+        for dangerous in ["javascript", "file", "data", "vbscript", "blob", "about"] {
+            let warnings = warn(dangerous);
+            assert_eq!(warnings.len(), 1, "{dangerous}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with(&format!("{dangerous}: URLs can run code or read")),
+                "{warnings:?}"
+            );
+        }
+        for quiet in ["mailto", "https://github.com", "com.example.app:"] {
+            assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");
         }
     }
 

@@ -30,7 +30,8 @@ use crate::policy::Policy;
 
 /// URL schemes that are never suggested for a grant (they run code or read
 /// local files); they can still be granted by hand, by scheme.
-const DANGEROUS_SCHEMES: [&str; 6] = ["javascript", "vbscript", "file", "data", "blob", "about"];
+pub const DANGEROUS_SCHEMES: [&str; 6] =
+    ["javascript", "vbscript", "file", "data", "blob", "about"];
 
 /// The kind of resource a request is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -760,9 +761,16 @@ impl Entitlements {
             };
             return Err(denial(reason, None));
         }
+        // `com.example.app:`, so that it is not taken for a host name
+        // typed as a scheme.
+        let target = if scheme.contains('.') {
+            format!("{scheme}:")
+        } else {
+            scheme.to_owned()
+        };
         Err(denial(
             DenialReason::NotGranted,
-            Some(grant_command(scheme)),
+            Some(grant_command(&target)),
         ))
     }
 
@@ -1725,5 +1733,14 @@ mod tests {
         assert!(e.check_browser("https://github.com:8443/").is_err());
         assert!(e.check_browser("https://gist.github.com/").is_err());
         assert!(e.check_browser("javascript:alert(1)").is_ok());
+        // A scheme with a dot is suggested with its colon, so that it is not
+        // taken for a host name typed as a scheme.
+        assert_eq!(
+            e.check_browser("com.example.app:/callback")
+                .unwrap_err()
+                .command
+                .unwrap(),
+            "terminalwire entitlement grant example.com:3000 browser com.example.app:"
+        );
     }
 }

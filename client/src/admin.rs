@@ -96,8 +96,8 @@ enum EntitlementCommand {
     },
     /// Allow an authority a path pattern, an environment variable or a browser target.
     Grant(GrantArgs),
-    /// Take a grant away (same shapes as `grant`).
-    Revoke(GrantArgs),
+    /// Take a grant away (same shapes as `grant`, without `--mode`).
+    Revoke(RevokeArgs),
     /// Set what an authority's storage folder may hold (1024 MiB unless set).
     Quota {
         /// An authority (`example.com:3000`) or a URL of it.
@@ -148,6 +148,44 @@ enum GrantTarget {
     },
 }
 
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// An authority (`example.com:3000`) or a URL of it.
+    authority: String,
+    #[command(subcommand)]
+    what: RevokeTarget,
+}
+
+#[derive(Debug, Subcommand)]
+enum RevokeTarget {
+    /// A path grant, by its pattern as granted (see `entitlement list`).
+    /// Without an access flag the whole grant is taken away, whatever its
+    /// mode.
+    Path {
+        /// The pattern, exactly as granted.
+        pattern: String,
+        /// Take reading away (writing stays, if granted).
+        #[arg(long, group = "access")]
+        read: bool,
+        /// Take writing away (reading stays, if granted).
+        #[arg(long, group = "access")]
+        write: bool,
+        /// Take both away: the whole grant.
+        #[arg(long, group = "access")]
+        read_write: bool,
+    },
+    /// An environment variable.
+    Env {
+        /// The variable's name.
+        name: String,
+    },
+    /// A scheme or origin, as granted.
+    Browser {
+        /// The scheme or origin.
+        target: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum AuthorityCommand {
     /// List the authorities that have a folder here.
@@ -179,9 +217,43 @@ pub fn is_admin(args: &[OsString]) -> bool {
         .is_some_and(|first| COMMANDS.iter().any(|command| first == *command))
 }
 
+/// Parses the words of an administration command; a usage error gets a
+/// tip where clap's own words do not say what to type instead.
+fn parse_admin(args: Vec<OsString>) -> Result<Admin, clap::Error> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let revoking = args.iter().any(|arg| arg == "revoke");
+    Admin::try_parse_from(args).map_err(|mut error| {
+        let named = |kind| match error.get(kind) {
+            Some(ContextValue::String(one)) => vec![one.clone()],
+            Some(ContextValue::Strings(many)) => many.clone(),
+            _ => Vec::new(),
+        };
+        let mut flags = named(ContextKind::InvalidArg);
+        flags.extend(named(ContextKind::PriorArg));
+        let has = |flag: &str| flags.iter().any(|named| named == flag);
+        let tip = match error.kind() {
+            ErrorKind::ArgumentConflict if has("--read") && has("--write") => {
+                Some("for both, use --read-write")
+            }
+            ErrorKind::UnknownArgument if revoking && has("--mode") => Some(
+                "revoke takes a grant away whatever its mode; to change the mode, grant the \
+                 pattern again with --mode",
+            ),
+            _ => None,
+        };
+        if let Some(tip) = tip {
+            error.insert(
+                ContextKind::Suggested,
+                ContextValue::StyledStrs(vec![tip.into()]),
+            );
+        }
+        error
+    })
+}
+
 /// Runs an administration command; returns the exit status.
 pub fn main(args: Vec<OsString>) -> u8 {
-    let admin = match Admin::try_parse_from(args) {
+    let admin = match parse_admin(args) {
         Ok(admin) => admin,
         Err(error) => {
             let _ = error.print();
@@ -294,7 +366,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
         }
         AdminCommand::Entitlement(EntitlementCommand::Revoke(args)) => {
             let authority = parse_authority(&args.authority)?;
-            let grant = parse_grant(args.what, Access::ReadWrite)?;
+            let grant = parse_revoke(args.what)?;
             let path = home.policy_file(&authority);
             let (policy, ()) = update(home, &path, |policy| {
                 if policy.revoke(&grant) {
@@ -663,6 +735,12 @@ fn grant_warnings(grant: &PathGrant, home_root: &Path, user_home: &Path) -> Vec<
         (true, None) => Path::new("/").to_path_buf(),
     };
     let mut warnings = Vec::new();
+    if let (Some(mode), Access::Read) = (grant.mode, grant.access) {
+        warnings.push(format!(
+            "mode {mode} only limits files the server creates or changes the mode of, which \
+             takes write access: this grant is read-only (grant --read-write to let it write)"
+        ));
+    }
     // `~/r/` names the folder, not what is in it; kept as typed (a grant
     // is never widened behind the user's back), and said. Not for `/`:
     // what is in it is everything.
@@ -732,6 +810,39 @@ fn single_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
+/// The access the flags name; `unnamed` when none is given.
+fn access_of(read: bool, write: bool, read_write: bool, unnamed: Access) -> Access {
+    if read_write {
+        Access::ReadWrite
+    } else if write {
+        Access::Write
+    } else if read {
+        Access::Read
+    } else {
+        unnamed
+    }
+}
+
+/// The grant the words of a revoke name: a path's whole grant when no
+/// access flag is given. A browser target is taken as a policy file holds
+/// it (a scheme `github.com` granted before it was refused can go).
+fn parse_revoke(target: RevokeTarget) -> anyhow::Result<Grant> {
+    Ok(match target {
+        RevokeTarget::Path {
+            pattern,
+            read,
+            write,
+            read_write,
+        } => Grant::Path(PathGrant {
+            pattern: PathPattern::parse(&pattern)?,
+            access: access_of(read, write, read_write, Access::ReadWrite),
+            mode: None,
+        }),
+        RevokeTarget::Env { name } => Grant::Env(EnvName::parse(&name)?),
+        RevokeTarget::Browser { target } => Grant::Browser(BrowserTarget::parse(&target)?),
+    })
+}
+
 /// The grant the words name; a path's access is `unnamed` when no access
 /// flag is given.
 fn parse_grant(target: GrantTarget, unnamed: Access) -> anyhow::Result<Grant> {
@@ -743,15 +854,7 @@ fn parse_grant(target: GrantTarget, unnamed: Access) -> anyhow::Result<Grant> {
             read_write,
             mode,
         } => {
-            let access = if read_write {
-                Access::ReadWrite
-            } else if write {
-                Access::Write
-            } else if read {
-                Access::Read
-            } else {
-                unnamed
-            };
+            let access = access_of(read, write, read_write, unnamed);
             let mode = mode.as_deref().map(Mode::parse).transpose()?;
             Grant::Path(PathGrant {
                 pattern: PathPattern::parse(&pattern)?,
@@ -1250,6 +1353,112 @@ mod tests {
         for quiet in ["mailto", "https://github.com", "com.example.app:"] {
             assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");
         }
+    }
+
+    /// The error and tips clap gives for `terminalwire ARGS`.
+    fn usage_error(args: &[&str]) -> (clap::error::ErrorKind, String) {
+        let args: Vec<OsString> = std::iter::once("terminalwire")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        let error = parse_admin(args).unwrap_err();
+        (error.kind(), error.render().to_string())
+    }
+
+    /// `revoke path P --mode 0644` was accepted, the mode ignored and the
+    /// whole grant taken away; `revoke path --help` listed `--mode`.
+    #[test]
+    fn revoke_takes_no_mode_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        admin(
+            &home,
+            &["entitlement", "grant", "example.com", "path", "/tmp/x"],
+        )
+        .unwrap();
+        let (kind, said) = usage_error(&[
+            "entitlement",
+            "revoke",
+            "example.com",
+            "path",
+            "/tmp/x",
+            "--mode",
+            "0644",
+        ]);
+        assert_eq!(kind, clap::error::ErrorKind::UnknownArgument, "{said}");
+        assert!(
+            said.contains("tip: revoke takes a grant away whatever its mode"),
+            "{said}"
+        );
+        let policy =
+            Policy::load(&home.policy_file(&Authority::parse("example.com").unwrap())).unwrap();
+        assert_eq!(policy.paths.len(), 1, "the grant was taken away");
+        let (_, help) = usage_error(&["entitlement", "revoke", "example.com", "path", "--help"]);
+        assert!(!help.contains("--mode"), "{help}");
+        assert!(help.contains("--read-write"), "{help}");
+    }
+
+    /// `--read --write` is refused by clap (one access flag), with the one
+    /// that means both.
+    #[test]
+    fn read_and_write_together_point_to_read_write() {
+        for verb in ["grant", "revoke"] {
+            let (kind, said) = usage_error(&[
+                "entitlement",
+                verb,
+                "example.com",
+                "path",
+                "/tmp/x",
+                "--read",
+                "--write",
+            ]);
+            assert_eq!(kind, clap::error::ErrorKind::ArgumentConflict, "{said}");
+            assert!(said.contains("tip: for both, use --read-write"), "{said}");
+        }
+        let (_, said) = usage_error(&[
+            "entitlement",
+            "grant",
+            "example.com",
+            "path",
+            "/tmp/x",
+            "--read",
+            "--read-write",
+        ]);
+        assert!(!said.contains("tip:"), "{said}");
+    }
+
+    /// A mode ceiling limits what a server creates or chmods: a read-only
+    /// grant has no use for it, and says so.
+    #[test]
+    fn a_mode_on_a_read_only_grant_is_warned_about() {
+        let grant = |access, mode: Option<&str>| PathGrant {
+            pattern: PathPattern::parse("/tmp/x/**").unwrap(),
+            access,
+            mode: mode.map(|mode| Mode::parse(mode).unwrap()),
+        };
+        let warn = |grant: PathGrant| {
+            grant_warnings(
+                &grant,
+                Path::new("/home/u/.terminalwire"),
+                Path::new("/home/u"),
+            )
+        };
+        assert_eq!(
+            warn(grant(Access::Read, Some("0777"))),
+            [
+                "mode 0777 only limits files the server creates or changes the mode of, which \
+              takes write access: this grant is read-only (grant --read-write to let it write)"
+            ]
+        );
+        assert_eq!(
+            warn(grant(Access::ReadWrite, Some("0777"))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            warn(grant(Access::Write, Some("0600"))),
+            Vec::<String>::new()
+        );
+        assert_eq!(warn(grant(Access::Read, None)), Vec::<String>::new());
     }
 
     #[test]

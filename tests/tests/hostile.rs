@@ -1669,9 +1669,11 @@ async fn a_denial_names_the_command_that_grants_it_and_revoking_denies_again() {
     // A foreign origin was granted, so it was launched; nothing else.
     assert_eq!(sandbox.launched(), "https://evil.example/x\n");
 
-    // Revoke them all: denied again.
+    // Revoke them all: denied again. (A revoke takes the grant away
+    // whatever its mode, and takes no `--mode`.)
     for (_, command) in &denied {
         let revoke = command.replacen(" grant ", " revoke ", 1);
+        let revoke = revoke.split(" --mode ").next().unwrap_or_default();
         let words = shell_words(&revoke);
         let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
         sandbox.cli(&args).await;

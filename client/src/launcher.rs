@@ -236,12 +236,24 @@ pub fn default_name(url: &str) -> Option<String> {
     checked(&name)
 }
 
-/// Why `name` cannot be a launcher's name, if it cannot.
+/// Why `name` cannot be a launcher's name, if it cannot: what is wrong
+/// with it, not only what a name may hold.
 pub fn refuse_name(name: &str) -> Option<String> {
     if !valid_name(name) {
-        return Some(format!(
-            "{name:?} is not a valid command name (letters, digits, `.`, `_`, `-`)"
-        ));
+        let wrong = |what: String| Some(format!("{name:?} is not a valid command name: {what}"));
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        return match name.chars().next() {
+            None => Some("a command name may not be empty".to_owned()),
+            Some(first) if allowed(first) && !first.is_ascii_alphanumeric() => wrong(format!(
+                "it may not start with `{first}` (it starts with a letter or digit)"
+            )),
+            _ => match name.chars().find(|&c| !allowed(c)) {
+                Some(c) => wrong(format!(
+                    "{c:?} is not allowed (letters, digits, `.`, `_`, `-`)"
+                )),
+                None => wrong("it is longer than 64 characters".to_owned()),
+            },
+        };
     }
     // `terminalwire-exec` would run itself as its own interpreter forever;
     // `terminalwire` would hide the client from the user.
@@ -645,6 +657,48 @@ mod tests {
         for reserved in ["terminalwire", "terminalwire-exec"] {
             assert!(refuse_name(reserved).is_some(), "{reserved}");
         }
+    }
+
+    /// Each refusal names what is wrong with the name: `.hidden` was told
+    /// its characters are not allowed, though every one of them is.
+    #[test]
+    fn a_refused_name_says_what_is_wrong_with_it() {
+        let long = "a".repeat(65);
+        for (name, said) in [
+            (
+                ".hidden",
+                "\".hidden\" is not a valid command name: it may not start with `.` (it starts \
+                 with a letter or digit)",
+            ),
+            (
+                "-x",
+                "\"-x\" is not a valid command name: it may not start with `-` (it starts with \
+                 a letter or digit)",
+            ),
+            (
+                "a b",
+                "\"a b\" is not a valid command name: ' ' is not allowed (letters, digits, `.`, \
+                 `_`, `-`)",
+            ),
+            (
+                "../x",
+                "\"../x\" is not a valid command name: it may not start with `.` (it starts \
+                 with a letter or digit)",
+            ),
+            (
+                "a/b",
+                "\"a/b\" is not a valid command name: '/' is not allowed (letters, digits, `.`, \
+                 `_`, `-`)",
+            ),
+            ("", "a command name may not be empty"),
+            (
+                &long,
+                &format!("\"{long}\" is not a valid command name: it is longer than 64 characters"),
+            ),
+        ] {
+            assert_eq!(refuse_name(name).as_deref(), Some(said), "{name:?}");
+        }
+        assert_eq!(refuse_name("my-app.v2"), None);
     }
 
     #[test]

@@ -102,6 +102,19 @@ impl Authority {
             let url = Url::parse(input).map_err(|e| invalid(&e.to_string()))?;
             return Authority::from_url(&url);
         }
+        // `example.com/`, `example.com:3000/terminal`: a URL's path typed
+        // with its authority, not a host name the IDNA rules refuse.
+        if let Some(at) = input.find(['/', '?', '#']) {
+            let before = &input[..at];
+            return Err(match Authority::parse(before) {
+                Ok(meant) if !before.is_empty() => invalid(&format!(
+                    "an authority is host[:port], without a path: `{meant}`"
+                )),
+                _ => invalid(
+                    "an authority is host[:port], without a path, such as `example.com:3000`",
+                ),
+            });
+        }
         let (host, port) = if let Some(rest) = input.strip_prefix('[') {
             let (inside, after) = rest
                 .split_once(']')
@@ -416,6 +429,32 @@ mod tests {
             ":3000",
         ] {
             assert!(Authority::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    /// `example.com/` was "invalid international domain name": a path
+    /// after the host is said to be one, with the authority it likely
+    /// means.
+    #[test]
+    fn a_typed_authority_with_a_path_says_so() {
+        for (typed, said) in [
+            (
+                "example.com/",
+                "\"example.com/\" is not a valid URL or authority: an authority is host[:port], \
+                 without a path: `example.com`",
+            ),
+            (
+                "example.com:3000/terminal",
+                "\"example.com:3000/terminal\" is not a valid URL or authority: an authority \
+                 is host[:port], without a path: `example.com:3000`",
+            ),
+            (
+                "/terminal",
+                "\"/terminal\" is not a valid URL or authority: an authority is host[:port], \
+                 without a path, such as `example.com:3000`",
+            ),
+        ] {
+            assert_eq!(Authority::parse(typed).unwrap_err().to_string(), said);
         }
     }
 

@@ -408,9 +408,25 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             let authority = parse_authority(&authority)?;
             let quota = match mib.as_str() {
                 "default" => None,
-                number => Some(number.parse::<u64>().ok().filter(|n| *n > 0).with_context(
-                    || format!("invalid quota {mib:?}: give a whole number of MiB, or `default`"),
-                )?),
+                number => {
+                    use terminalwire_policy::MAX_STORAGE_QUOTA_MIB as MAX;
+                    let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+                    match number.parse::<u64>() {
+                        Ok(n) if (1..=MAX).contains(&n) => Some(n),
+                        // Past the most, or past what a u64 holds.
+                        Ok(n) if n > MAX => bail!(
+                            "quota {number} MiB is more than the most there can be, {MAX} MiB: \
+                             give a smaller number, or `default`"
+                        ),
+                        Err(_) if digits => bail!(
+                            "quota {number} MiB is more than the most there can be, {MAX} MiB: \
+                             give a smaller number, or `default`"
+                        ),
+                        _ => {
+                            bail!("invalid quota {mib:?}: give a whole number of MiB, or `default`")
+                        }
+                    }
+                }
             };
             let path = home.policy_file(&authority);
             let (policy, ()) = update(home, &path, |policy| {
@@ -1459,6 +1475,42 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(warn(grant(Access::Read, None)), Vec::<String>::new());
+    }
+
+    /// `quota A 99999999999999` became 17592186044415 MiB without a word:
+    /// a quota above the most that can be counted is refused, naming it.
+    #[test]
+    fn a_quota_above_the_maximum_is_refused_naming_the_maximum() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let quota = |mib: &str| admin(&home, &["entitlement", "quota", "example.com", mib]);
+        for too_much in [
+            "99999999999999",
+            "17592186044416",
+            "99999999999999999999999",
+        ] {
+            let error = quota(too_much).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "quota {too_much} MiB is more than the most there can be, 17592186044415 MiB: \
+                     give a smaller number, or `default`"
+                )
+            );
+        }
+        let policy = home.policy_file(&Authority::parse("example.com").unwrap());
+        assert!(!policy.exists(), "a refused quota was written");
+        assert_eq!(
+            quota("17592186044415").unwrap(),
+            "example.com: storage may hold 17592186044415 MiB\n"
+        );
+        for bad in ["0", "1.5", "lots", ""] {
+            let error = quota(bad).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("invalid quota \"{bad}\"")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

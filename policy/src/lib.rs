@@ -64,6 +64,6 @@ pub use grant::{
 pub use home::{Home, HomeError, Privacy};
 pub use path::{PathError, ResolvedPath, Sighting, resolve, resolve_seen};
 pub use policy::{
-    GrantOutcome, MAX_POLICY_FILE, Policy, PolicyError, PolicyLock, read_own_file,
-    read_own_file_bytes, write_private_atomically, write_private_new,
+    GrantOutcome, MAX_POLICY_FILE, MAX_STORAGE_QUOTA_MIB, Policy, PolicyError, PolicyLock,
+    read_own_file, read_own_file_bytes, write_private_atomically, write_private_new,
 };

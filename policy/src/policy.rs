@@ -40,6 +40,9 @@ pub const HEADER: &str = "\
 /// (`storage_quota_mib`), in MiB.
 pub const DEFAULT_STORAGE_QUOTA_MIB: u64 = 1024;
 
+/// The most `storage_quota_mib` may be: more MiB than a count of bytes holds.
+pub const MAX_STORAGE_QUOTA_MIB: u64 = u64::MAX >> 20;
+
 /// The grants of one authority.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +68,8 @@ pub struct Policy {
     pub browser: Vec<BrowserGrant>,
 }
 
-/// `storage_quota_mib`: a whole number of MiB, at least 1. A quota of 0
+/// `storage_quota_mib`: a whole number of MiB, at least 1 and at most
+/// [`MAX_STORAGE_QUOTA_MIB`]. A quota of 0
 /// would refuse every write to `storage/`, which no one asks for by
 /// writing 0: it is refused with the key's name, like the command refuses it.
 fn quota_mib<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
@@ -74,6 +78,10 @@ fn quota_mib<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option
             "storage_quota_mib must be at least 1 (MiB): set a number of MiB, or remove \
              the line for the default of 1024",
         )),
+        mib if mib > MAX_STORAGE_QUOTA_MIB => Err(serde::de::Error::custom(format!(
+            "storage_quota_mib may be at most {MAX_STORAGE_QUOTA_MIB} (MiB): set a smaller \
+             number, or remove the line for the default of 1024"
+        ))),
         mib => Ok(Some(mib)),
     }
 }
@@ -697,6 +705,23 @@ mod tests {
         assert!(text.contains("pattern = \"~/reports/**\""), "{text}");
         assert!(text.contains("mode = \"0640\""), "{text}");
         assert_eq!(Policy::load(&file).unwrap(), policy);
+    }
+
+    /// A quota of more MiB than bytes can count is refused from a file,
+    /// naming the most, as the command refuses it (it was taken as the
+    /// most, silently).
+    #[test]
+    fn a_storage_quota_above_the_maximum_is_refused_by_name() {
+        let path = Path::new("/h/authorities/example.com/policy.toml");
+        let text = format!("storage_quota_mib = {}\n", MAX_STORAGE_QUOTA_MIB + 1);
+        let message = Policy::from_toml(&text, path).unwrap_err().to_string();
+        assert!(
+            message.contains("storage_quota_mib may be at most 17592186044415"),
+            "{message}"
+        );
+        let text = format!("storage_quota_mib = {MAX_STORAGE_QUOTA_MIB}\n");
+        let policy = Policy::from_toml(&text, path).unwrap();
+        assert_eq!(policy.storage_quota_bytes(), MAX_STORAGE_QUOTA_MIB << 20);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub const DENIED_BY_USER_BEFORE: &str = "you denied it earlier in this session";
 pub enum Outcome {
     /// The user allowed it: the entitlements that allow the request (for
     /// [`Answer::Once`], meant for this one request only).
-    Allowed(Answer, Entitlements),
+    Allowed(Answer, Arc<Entitlements>),
     /// The user denied it: at this prompt, or (`earlier`) the same grant at
     /// an earlier one, so it was not asked again.
     DeniedByUser {
@@ -216,7 +216,7 @@ impl Consent {
                     return Outcome::Unchanged;
                 };
                 match self.rebuild(Some(grant)) {
-                    Ok(entitlements) => Outcome::Allowed(Answer::Once, entitlements),
+                    Ok(entitlements) => Outcome::Allowed(Answer::Once, Arc::new(entitlements)),
                     Err(_) => Outcome::Unchanged,
                 }
             }
@@ -251,7 +251,7 @@ impl Consent {
                     }
                 }
                 match self.rebuild(None) {
-                    Ok(entitlements) => Outcome::Allowed(Answer::Always, entitlements),
+                    Ok(entitlements) => Outcome::Allowed(Answer::Always, Arc::new(entitlements)),
                     Err(_) => Outcome::Unchanged,
                 }
             }

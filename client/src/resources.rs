@@ -503,7 +503,6 @@ impl Resources {
             _ => None,
         };
         if let (crate::consent::Outcome::Allowed(answer, updated), Some(op)) = (asked, retry) {
-            let updated = Arc::new(updated);
             (result, resolved) = if answer == crate::consent::Answer::Once {
                 // Once means this request: it runs with rules of its own.
                 // Swapped into the session's for the retry, they allowed

@@ -1674,7 +1674,7 @@ async fn a_denial_names_the_command_that_grants_it_and_revoking_denies_again() {
     for (_, command) in &denied {
         let revoke = command.replacen(" grant ", " revoke ", 1);
         let revoke = revoke.split(" --mode ").next().unwrap_or_default();
-        let words = shell_words(&revoke);
+        let words = shell_words(revoke);
         let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
         sandbox.cli(&args).await;
     }

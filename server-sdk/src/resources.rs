@@ -321,7 +321,19 @@ impl Files {
                 let _ = ctx.request(Operation::FileWriteAbort { handle }).await;
             }
         });
-        match open.await.map_err(|_| ResourceError::Disconnected)?? {
+        // Given up after the answer came but before it was taken (a
+        // `select!` that chose another branch on the same turn), the guard
+        // abandons the write.
+        let mut pending = PendingOpen {
+            open: Some(open),
+            ctx: self.ctx.clone(),
+        };
+        let answer = match pending.open.as_mut() {
+            Some(open) => open.await,
+            None => return Err(ResourceError::Disconnected),
+        };
+        pending.open = None;
+        match answer.map_err(|_| ResourceError::Disconnected)?? {
             Reply::Handle { handle } => Ok(FileWriter {
                 ctx: self.ctx.clone(),
                 handle: Some(handle),
@@ -806,12 +818,38 @@ impl Drop for FileWriter {
         // temporary file now rather than at the end of the session.
         if let Some(handle) = self.unfinished.take()
             && !self.finishing.load(Ordering::Acquire)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let ctx = self.ctx.clone();
-            runtime.spawn(async move {
-                let _ = ctx.request(Operation::FileWriteAbort { handle }).await;
-            });
+            abandon_write(&self.ctx, handle);
+        }
+    }
+}
+
+/// Tells the client to drop the temporary file of the write `handle` (a
+/// task of its own: called from a `Drop`).
+fn abandon_write(ctx: &Context, handle: u64) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let ctx = ctx.clone();
+        runtime.spawn(async move {
+            let _ = ctx.request(Operation::FileWriteAbort { handle }).await;
+        });
+    }
+}
+
+/// The answer to a streamed write's open, not yet taken by its caller.
+struct PendingOpen {
+    open: Option<tokio::sync::oneshot::Receiver<Result<Reply, ResourceError>>>,
+    ctx: Context,
+}
+
+impl Drop for PendingOpen {
+    fn drop(&mut self) {
+        if let Some(mut open) = self.open.take() {
+            // No answer can come in after this: one still on its way is
+            // refused, and its task abandons the write itself.
+            open.close();
+            if let Ok(Ok(Reply::Handle { handle })) = open.try_recv() {
+                abandon_write(&self.ctx, handle);
+            }
         }
     }
 }

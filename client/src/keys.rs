@@ -833,7 +833,29 @@ impl KeyPump {
 
     /// The session is over: nothing is read for it any more.
     pub(crate) fn end_session(&'static self) {
-        let mut state = self.state();
+        self.end_session_of(self.state());
+    }
+
+    /// [`end_session`](KeyPump::end_session) unless the pump's lock is
+    /// held (a panic hook on a thread that may hold it).
+    pub(crate) fn try_end_session(&'static self) {
+        match self.state.try_lock() {
+            Ok(state) => self.end_session_of(state),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                self.end_session_of(poisoned.into_inner());
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+    }
+
+    /// Holds the pump's lock while `then` runs, as key parsing does.
+    #[cfg(test)]
+    pub(crate) fn hold_for_test(&self, then: impl FnOnce()) {
+        let _held = self.state();
+        then();
+    }
+
+    fn end_session_of(&'static self, mut state: MutexGuard<'_, State>) {
         state.bytes_wanted = false;
         state.byte_waker = None;
         state.raw = false;

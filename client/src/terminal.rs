@@ -11,7 +11,7 @@
 //! off") and cancelled at the end left the terminal without echo.
 
 use std::io;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use rustix::termios::{self, LocalModes, OptionalActions, Termios};
 
@@ -76,12 +76,41 @@ static OWNER: Mutex<Owner> = Mutex::new(Owner {
 });
 
 /// The settings as first found, for a panic that happens while [`OWNER`]
-/// is held: its hook cannot take that lock (on the panicking thread, it
+/// is held by the panicking thread: its hook cannot take that lock (it
 /// would never be given back).
 static FIRST_FOUND: OnceLock<Termios> = OnceLock::new();
 
-fn owner() -> MutexGuard<'static, Owner> {
-    OWNER.lock().unwrap_or_else(PoisonError::into_inner)
+thread_local! {
+    /// This thread holds [`OWNER`] now.
+    static HOLDS_OWNER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`OWNER`], held; says so to this thread's panic hook while it is.
+struct OwnerGuard(MutexGuard<'static, Owner>);
+
+impl std::ops::Deref for OwnerGuard {
+    type Target = Owner;
+    fn deref(&self) -> &Owner {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for OwnerGuard {
+    fn deref_mut(&mut self) -> &mut Owner {
+        &mut self.0
+    }
+}
+
+impl Drop for OwnerGuard {
+    fn drop(&mut self) {
+        HOLDS_OWNER.with(|holds| holds.set(false));
+    }
+}
+
+fn owner() -> OwnerGuard {
+    let guard = OWNER.lock().unwrap_or_else(PoisonError::into_inner);
+    HOLDS_OWNER.with(|holds| holds.set(true));
+    OwnerGuard(guard)
 }
 
 impl Owner {
@@ -463,11 +492,16 @@ pub fn reset_what_the_app_left() {
 /// guards still alive change nothing any more. Every exit path calls it
 /// (end of session, signals, panics).
 pub fn restore() -> io::Result<()> {
+    restore_then(|| crate::keys::pump().end_session())
+}
+
+/// [`restore`], telling the key pump with `end_keys`.
+fn restore_then(end_keys: impl FnOnce()) -> io::Result<()> {
     let mut owner = owner();
     owner.wanted = Wanted::NOTHING;
     owner.generation += 1;
     PASSWORD_READS_DONE.notify_waiters();
-    crate::keys::pump().end_session();
+    end_keys();
     match owner.found.take() {
         Some(found) => set(&found, Mode::AsFound, OptionalActions::Now),
         None => Ok(()),
@@ -483,30 +517,67 @@ pub fn restore_on_panic() {
     }));
 }
 
-/// [`restore`], unless the panic came while the terminal's settings were
-/// being changed (the lock held, perhaps by the panicking thread): then
-/// the settings as first found are put back directly.
+/// [`restore`] from a panic hook, which must never wait for a lock its
+/// own thread holds: when the panic came while this thread was changing
+/// the terminal's settings, the settings as first found are put back
+/// directly; the key pump is told only if its lock is free (the session's
+/// end tells it again). Another thread holding the settings' lock gives it
+/// back soon, and is waited for: its change must not land after the
+/// restore.
 fn restore_in_panic() {
-    match OWNER.try_lock() {
-        Ok(owner) => {
-            drop(owner);
-            let _ = restore();
+    if HOLDS_OWNER.with(std::cell::Cell::get) {
+        if let Some(found) = FIRST_FOUND.get() {
+            let _ = termios::tcsetattr(rustix::stdio::stdin(), OptionalActions::Now, found);
         }
-        Err(TryLockError::Poisoned(poisoned)) => {
-            drop(poisoned.into_inner());
-            let _ = restore();
-        }
-        Err(TryLockError::WouldBlock) => {
-            if let Some(found) = FIRST_FOUND.get() {
-                let _ = termios::tcsetattr(rustix::stdio::stdin(), OptionalActions::Now, found);
-            }
-        }
+        return;
     }
+    let _ = restore_then(|| crate::keys::pump().try_end_session());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic on one thread while another changes the settings (a request
+    /// switching raw mode on): the hook waits for that change and then
+    /// restores, or the change would land after it.
+    #[test]
+    fn a_panic_while_another_thread_changes_the_settings_still_restores() {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            let owner = owner();
+            let before = owner.generation;
+            held_tx.send(()).unwrap();
+            // Held a while, as a change may be (the hook must wait).
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(owner);
+            before
+        });
+        held_rx.recv().unwrap();
+        restore_in_panic();
+        let before = other.join().unwrap();
+        assert!(
+            owner().generation > before,
+            "the hook gave up on the restore"
+        );
+    }
+
+    /// A panic while the key pump's lock is held on the panicking thread (a
+    /// bug in key parsing) must not hang the hook.
+    #[test]
+    fn a_panic_while_the_key_pump_is_locked_does_not_hang_its_hook() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            crate::keys::pump().hold_for_test(restore_in_panic);
+            let _ = done.send(());
+        });
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "the panic hook waited for the key pump's lock its own thread holds"
+        );
+    }
 
     /// A panic while the terminal's settings are being changed (the lock
     /// held on the panicking thread) must not hang the panic hook.

@@ -194,10 +194,7 @@ impl Consent {
         // (and is not asked again), but not in the user's name.
         let answer = match scripted {
             Some(answer) => Some(answer),
-            None => tokio::task::spawn_blocking(move || prompt(&question))
-                .await
-                .ok()
-                .and_then(Result::ok),
+            None => prompt_answer(tokio::task::spawn_blocking(move || prompt(&question)).await),
         };
         drop(as_found);
         match answer {
@@ -246,6 +243,9 @@ impl Consent {
                         return Outcome::Unchanged;
                     }
                     Err(error) => {
+                        // A panic (a bug) ends the session, as one in a
+                        // request does.
+                        let error = crate::resources::panicked_again(error);
                         tracing::warn!(%error, "cannot save the grant");
                         return Outcome::Unchanged;
                     }
@@ -334,6 +334,18 @@ fn question(url: &str, denial: &Denial, command: &str) -> String {
 }
 
 /// Shows the question on the controlling terminal and reads the answer.
+/// The user's answer, if the prompt could be shown and read. A panic on the
+/// prompt's thread (a bug) goes on in the caller's task, which ends the
+/// session (status 70), as one in a request does: taken for a prompt that
+/// could not be shown, the session went on under a terminal the panic hook
+/// had restored.
+fn prompt_answer(joined: Result<io::Result<Answer>, tokio::task::JoinError>) -> Option<Answer> {
+    joined
+        .map_err(crate::resources::panicked_again)
+        .ok()
+        .and_then(Result::ok)
+}
+
 fn prompt(question: &str) -> io::Result<Answer> {
     let tty = std::fs::OpenOptions::new()
         .read(true)
@@ -479,6 +491,21 @@ fn shell_words(command: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_on_the_prompts_thread_goes_on_in_the_task() {
+        let joined =
+            tokio::task::spawn_blocking(|| -> io::Result<Answer> { panic!("a bug in the prompt") })
+                .await;
+        let resumed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || prompt_answer(joined)));
+        assert!(resumed.is_err(), "the panic was taken for no answer");
+        let unreadable = tokio::task::spawn_blocking(|| -> io::Result<Answer> {
+            Err(io::Error::other("no terminal"))
+        })
+        .await;
+        assert_eq!(prompt_answer(unreadable), None);
+    }
 
     #[test]
     fn suggested_commands_parse_back_into_grants() {

@@ -1320,7 +1320,7 @@ async fn blocking(
 /// answer to the server, and the session must not go on under it (the
 /// panic hook has restored the terminal). Other failures (the runtime
 /// shutting down) are handed back.
-fn panicked_again(error: tokio::task::JoinError) -> tokio::task::JoinError {
+pub(crate) fn panicked_again(error: tokio::task::JoinError) -> tokio::task::JoinError {
     match error.try_into_panic() {
         Ok(panic) => std::panic::resume_unwind(panic),
         Err(error) => error,

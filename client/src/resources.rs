@@ -386,8 +386,14 @@ impl Resources {
         self
     }
 
-    /// Names the session in the audit log.
+    /// A session begins: names it in the audit log, and lets streamed
+    /// writes begin again should an earlier session have ended on these
+    /// resources.
     pub fn set_session(&self, session: &str) {
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .ended = false;
         if let Some(audit) = &self.audit {
             audit.log.set_session(session);
         }
@@ -405,7 +411,13 @@ impl Resources {
     /// Drops every unfinished streamed write (their temporary files are
     /// deleted) and clears progress bars: the session is over.
     pub fn end_session(&self) {
-        if let Ok(mut writes) = self.writes.lock() {
+        // Poisoned (a panic, which ends the session, while it was held):
+        // the clean-up is needed all the more.
+        {
+            let mut writes = self
+                .writes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             writes.ended = true;
             // A chunk still being written holds its write: the unfinished
             // file goes now, not when that thread lets go (the process may
@@ -1962,6 +1974,31 @@ mod tests {
         ALocalProcess,
     }
 
+    /// A panic while the table of writes is locked (which ends the session)
+    /// must not stop the end's clean-up of unfinished writes.
+    #[tokio::test]
+    async fn a_poisoned_table_of_writes_still_loses_its_files_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (resources, storage) = storage_resources(&dir);
+        let opened = resources
+            .perform(Operation::FileWriteOpen {
+                path: format!("{}/late", storage.display()),
+                mode: None,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(opened, Ok(Reply::Handle { .. })), "{opened:?}");
+        let writes = resources.writes.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = writes.lock().unwrap();
+            panic!("a bug while the table of writes is locked");
+        })
+        .join();
+        resources.end_session();
+        let left: Vec<_> = std::fs::read_dir(&storage).unwrap().collect();
+        assert!(left.is_empty(), "left after the end: {left:?}");
+    }
+
     /// An open that reaches the table of writes after the session ended
     /// (its thread was still running at the end) makes no file: the end's
     /// clean-up has passed, and nobody would remove it.
@@ -1970,19 +2007,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (resources, storage) = storage_resources(&dir);
         resources.end_session();
-        let opened = resources
-            .perform(Operation::FileWriteOpen {
-                path: format!("{}/late", storage.display()),
-                mode: None,
-            })
-            .await
-            .unwrap();
+        let open = || Operation::FileWriteOpen {
+            path: format!("{}/late", storage.display()),
+            mode: None,
+        };
+        let opened = resources.perform(open()).await.unwrap();
         assert!(
             matches!(&opened, Err(error) if error.code == ErrorCode::Cancelled),
             "{opened:?}"
         );
         let left: Vec<_> = std::fs::read_dir(&storage).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+        // The same resources in a next session (a library's caller may
+        // reuse them): writes begin again.
+        resources.set_session("next");
+        let opened = resources.perform(open()).await.unwrap();
+        assert!(matches!(opened, Ok(Reply::Handle { .. })), "{opened:?}");
     }
 
     #[tokio::test]

@@ -134,7 +134,7 @@ impl Consent {
     pub fn available() -> bool {
         use std::io::IsTerminal;
         let disabled = std::env::var_os("TERMINALWIRE_NO_PROMPT")
-            .is_some_and(|value| !value.is_empty() && value != "0");
+            .is_some_and(|value| no_prompt_means_yes(&value.to_string_lossy()));
         !disabled
             && std::io::stdin().is_terminal()
             && std::io::stderr().is_terminal()
@@ -334,6 +334,15 @@ fn question(url: &str, denial: &Denial, command: &str) -> String {
 }
 
 /// Shows the question on the controlling terminal and reads the answer.
+/// Whether a `TERMINALWIRE_NO_PROMPT` of `value` turns prompts off: any
+/// value but an empty one, `0`, `false`, `no` or `off` (in any case).
+fn no_prompt_means_yes(value: &str) -> bool {
+    !matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "" | "0" | "false" | "no" | "off"
+    )
+}
+
 /// The user's answer, if the prompt could be shown and read. A panic on the
 /// prompt's thread (a bug) goes on in the caller's task, which ends the
 /// session (status 70), as one in a request does: taken for a prompt that
@@ -491,6 +500,16 @@ fn shell_words(command: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_prompt_is_off_for_the_usual_ways_of_saying_no() {
+        for off in ["", "0", "false", "FALSE", "no", "off", " Off "] {
+            assert!(!no_prompt_means_yes(off), "{off:?}");
+        }
+        for on in ["1", "true", "yes", "on", "anything"] {
+            assert!(no_prompt_means_yes(on), "{on:?}");
+        }
+    }
 
     #[tokio::test]
     async fn a_panic_on_the_prompts_thread_goes_on_in_the_task() {

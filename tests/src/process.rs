@@ -165,6 +165,34 @@ impl Drop for RssSampler {
     }
 }
 
+/// Sends `signal` to the client process `child` again and again (two sent
+/// at once would be one: a second Ctrl-C must come after the first) until
+/// it ends; its exit code. Fails the test when it has not ended within
+/// `within`, saying it `kept` doing what the test describes.
+pub async fn signal_until_ended(
+    child: &mut tokio::process::Child,
+    signal: rustix::process::Signal,
+    within: std::time::Duration,
+    kept: &str,
+) -> Option<i32> {
+    let pid = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        .expect("the client is running");
+    let ended = tokio::time::timeout(within, async {
+        loop {
+            rustix::process::kill_process(pid, signal).expect("the signal is sent");
+            if let Ok(status) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), child.wait()).await
+            {
+                return status.expect("the client's status").code();
+            }
+        }
+    })
+    .await;
+    ended.unwrap_or_else(|_| panic!("the client kept {kept}"))
+}
+
 /// Sends `signal` to the client process `child` and waits for it to end;
 /// its exit code. Fails the test when it has not ended within `within`,
 /// saying it `kept` doing what the test describes.

@@ -10,7 +10,9 @@ use terminalwire_protocol::frame::{
     SessionError, StreamId,
 };
 use terminalwire_protocol::{DEFAULT_MAX_CHUNK, codec};
-use terminalwire_tests::process::{ClientHome, proc_status_bytes, signal_and_wait};
+use terminalwire_tests::process::{
+    ClientHome, proc_status_bytes, signal_and_wait, signal_until_ended,
+};
 use terminalwire_tests::{
     ScriptedServer, ScriptedSocket, next_client_frame, send_server_frame, welcome,
 };
@@ -636,25 +638,15 @@ async fn signals_end_a_client_held_up_in_a_stat() {
         })
         .await;
         assert_eq!(held, Ok(true), "the client never held its stat: {said:?}");
-        // Pressed again until the client ends: two signals sent at once
-        // would be one (and one Ctrl-C is the app's).
-        let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
-        let ended = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                rustix::process::kill_process(pid, signal).unwrap();
-                if let Ok(status) =
-                    tokio::time::timeout(Duration::from_millis(200), child.wait()).await
-                {
-                    return status.unwrap().code();
-                }
-            }
-        })
+        // Pressed again until the client ends (one Ctrl-C is the app's).
+        let ended = signal_until_ended(
+            &mut child,
+            signal,
+            Duration::from_secs(20),
+            "holding its stat",
+        )
         .await;
-        assert_eq!(
-            ended,
-            Ok(Some(status)),
-            "{signal:?}: the client kept holding its stat"
-        );
+        assert_eq!(ended, Some(status), "{signal:?}");
         let mut rest = String::new();
         stderr.read_to_string(&mut rest).await.unwrap();
         assert!(
@@ -722,21 +714,15 @@ async fn ctrl_c_twice_ends_a_client_writing_out_to_a_reader_that_takes_nothing()
         .await
         .expect("the client never wrote out")
         .unwrap();
-    // Pressed again until the client ends: two signals sent at once would
-    // be one.
-    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-            if let Ok(status) = tokio::time::timeout(Duration::from_millis(200), child.wait()).await
-            {
-                return status.unwrap().code();
-            }
-        }
-    })
+    let ended = signal_until_ended(
+        &mut child,
+        rustix::process::Signal::INT,
+        Duration::from_secs(60),
+        "writing out",
+    )
     .await;
     let log = log.await.unwrap();
-    assert_eq!(ended, Ok(Some(130)), "log: {log}");
+    assert_eq!(ended, Some(130), "log: {log}");
     assert!(
         !log.contains("the session did not end when told"),
         "the write-out did not hear Ctrl-C twice: {log}"

@@ -77,8 +77,9 @@ enum AdminCommand {
     Audit {
         /// Only this authority (or a URL of it); default: all.
         authority: Option<String>,
-        /// Only entries since then: a duration (`1h`, `30m`, `2days`) or a
-        /// time (`2026-11-26T09:00:00Z`).
+        /// Only entries since then: a duration (`1h`, `30m`, `2days`), a
+        /// time (`2026-11-26T09:00:00Z`) or a day (`2026-11-26`, from
+        /// midnight UTC).
         #[arg(long)]
         since: Option<String>,
         /// One JSON object per line instead of a table.
@@ -623,14 +624,21 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
     Ok(())
 }
 
-/// `1h`, `30m`, `2days` ago, or an RFC 3339 time.
+/// `1h`, `30m`, `2days` ago, an RFC 3339 time, or a day (from midnight
+/// UTC, as the log's times are).
 fn parse_since(text: &str) -> anyhow::Result<std::time::SystemTime> {
     if let Ok(time) = humantime::parse_rfc3339_weak(text) {
         return Ok(time);
     }
-    let ago = humantime::parse_duration(text).with_context(|| {
-        format!("--since {text:?}: expected a duration like 1h or a time like 2026-11-26T09:00:00Z")
-    })?;
+    if let Ok(time) = humantime::parse_rfc3339_weak(&format!("{text}T00:00:00Z")) {
+        return Ok(time);
+    }
+    let Ok(ago) = humantime::parse_duration(text) else {
+        anyhow::bail!(
+            "--since {text:?}: expected a duration like 1h, a day like 2026-11-26 or a time \
+             like 2026-11-26T09:00:00Z"
+        );
+    };
     std::time::SystemTime::now()
         .checked_sub(ago)
         .with_context(|| format!("--since {text} is further back than this clock goes"))
@@ -1154,6 +1162,21 @@ mod tests {
             "grants lost: only {} of 80 kept",
             policy.env.len()
         );
+    }
+
+    #[test]
+    fn since_takes_a_day_a_time_or_a_duration_and_says_so() {
+        let day = parse_since("2026-11-26").unwrap();
+        assert_eq!(
+            day,
+            humantime::parse_rfc3339("2026-11-26T00:00:00Z").unwrap()
+        );
+        let time = parse_since("2026-11-26T09:00:00Z").unwrap();
+        assert_eq!(time.duration_since(day).unwrap().as_secs(), 9 * 3600);
+        assert!(parse_since("1h").is_ok());
+        let error = parse_since("yesterday").unwrap_err().to_string();
+        assert!(error.contains("a day like 2026-11-26"), "{error}");
+        assert!(!error.contains("invalid character"), "{error}");
     }
 
     #[test]

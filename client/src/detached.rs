@@ -108,9 +108,16 @@ pub enum RecordError {
     /// The home folder is unusable.
     #[error("{0}")]
     Home(String),
-    /// No saved session has this id.
-    #[error("no detached session `{0}` (see `terminalwire sessions`)")]
-    NotFound(String),
+    /// No saved session has this id; the one whose id starts with it, if
+    /// just one does.
+    #[error(
+        "no detached session `{0}`{meant}",
+        meant = match .1 {
+            Some(meant) => format!("; did you mean `terminalwire attach {meant}`?"),
+            None => " (see `terminalwire sessions`)".to_owned(),
+        }
+    )]
+    NotFound(String, Option<String>),
     /// The id cannot name a session file.
     #[error("`{0}` is not a session id")]
     BadId(String),
@@ -289,13 +296,25 @@ pub fn find(home: &Home, wanted: &str) -> Result<Saved, RecordError> {
     };
     check_id(id).map_err(|_| RecordError::BadId(wanted.to_owned()))?;
     let (saved, _) = list(home)?;
-    let mut found: Vec<Saved> = saved
+    let (mut found, others): (Vec<Saved>, Vec<Saved>) = saved
         .into_iter()
-        .filter(|saved| saved.record.session_id == id)
         .filter(|saved| authority.as_ref().is_none_or(|a| *a == saved.authority))
-        .collect();
+        .partition(|saved| saved.record.session_id == id);
     match found.len() {
-        0 => Err(RecordError::NotFound(wanted.to_owned())),
+        0 => {
+            // The start of an id, typed short as one types a commit's.
+            let mut starting = others
+                .iter()
+                .filter(|saved| saved.record.session_id.starts_with(id));
+            let meant = match (starting.next(), starting.next()) {
+                (Some(only), None) => Some(match &authority {
+                    Some(authority) => format!("{authority}/{}", only.record.session_id),
+                    None => only.record.session_id.clone(),
+                }),
+                _ => None,
+            };
+            Err(RecordError::NotFound(wanted.to_owned(), meant))
+        }
         1 => Ok(found.remove(0)),
         _ => {
             let mut authorities: Vec<_> = found.into_iter().map(|saved| saved.authority).collect();
@@ -344,6 +363,28 @@ mod tests {
     }
 
     #[test]
+    fn the_start_of_an_id_is_told_the_whole_one_when_just_one_starts_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = Authority::parse("127.0.0.1:9").unwrap();
+        save(&home, &authority, &record("f97821ce-62", now())).unwrap();
+        let error = find(&home, "f97821ce").unwrap_err().to_string();
+        assert!(
+            error.contains("did you mean `terminalwire attach f97821ce-62`?"),
+            "{error}"
+        );
+        let error = find(&home, "127.0.0.1:9/f97821ce").unwrap_err().to_string();
+        assert!(
+            error.contains("`terminalwire attach 127.0.0.1:9/f97821ce-62`"),
+            "{error}"
+        );
+        // Two ids start so: which one is not guessed.
+        save(&home, &authority, &record("f97821ce-63", now())).unwrap();
+        let error = find(&home, "f97821ce").unwrap_err().to_string();
+        assert!(error.contains("see `terminalwire sessions`"), "{error}");
+    }
+
+    #[test]
     fn a_record_with_more_unacknowledged_frames_than_sent_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path());
@@ -385,7 +426,7 @@ mod tests {
         assert_eq!(ids, ["a-1", "a-2"]);
         assert_eq!(find(&home, "a-2").unwrap().record, newer);
         forget(&path).unwrap();
-        assert!(matches!(find(&home, "a-2"), Err(RecordError::NotFound(_))));
+        assert!(matches!(find(&home, "a-2"), Err(RecordError::NotFound(..))));
     }
 
     #[test]
@@ -418,7 +459,7 @@ mod tests {
         assert_eq!((found.record, found.authority), (newer, b.clone()));
         assert!(matches!(
             find(&home, "c.example/0000abcd-1"),
-            Err(RecordError::NotFound(_))
+            Err(RecordError::NotFound(..))
         ));
         // Once one is gone, the id alone is enough again.
         forget(&find(&home, "a.example/0000abcd-1").unwrap().path).unwrap();

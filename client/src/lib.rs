@@ -311,7 +311,7 @@ pub async fn attach(invocation: cli::Attach) -> Result<u8, ClientError> {
     let config_error = |message: String| ClientError::Config(message);
     let home = Home::from_env().map_err(|error| config_error(error.to_string()))?;
     let saved = detached::find(&home, &invocation.id).map_err(|error| match error {
-        detached::RecordError::NotFound(_)
+        detached::RecordError::NotFound(..)
         | detached::RecordError::BadId(_)
         | detached::RecordError::Ambiguous { .. } => ClientError::Usage(error.to_string()),
         other => config_error(other.to_string()),

@@ -265,7 +265,7 @@ pub fn main(args: Vec<OsString>) -> u8 {
         Ok(home) => home,
         Err(error) => {
             eprintln!("terminalwire: {error}");
-            return exit_code::FAILURE;
+            return exit_code::CONFIG;
         }
     };
     let stdout = std::io::stdout();
@@ -281,8 +281,30 @@ pub fn main(args: Vec<OsString>) -> u8 {
                 "terminalwire: {}",
                 crate::inert::inert_lines(&chain_text(error.as_ref()))
             );
-            exit_code::FAILURE
+            exit_code_of(&error)
         }
+    }
+}
+
+/// 65 when the home or a policy file is unusable (as a session says it),
+/// else 1.
+fn exit_code_of(error: &anyhow::Error) -> u8 {
+    let unusable = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<terminalwire_policy::HomeError>()
+            .is_some()
+            || matches!(
+                cause.downcast_ref::<terminalwire_policy::PolicyError>(),
+                Some(
+                    terminalwire_policy::PolicyError::Read { .. }
+                        | terminalwire_policy::PolicyError::Parse { .. }
+                )
+            )
+    });
+    if unusable {
+        exit_code::CONFIG
+    } else {
+        exit_code::FAILURE
     }
 }
 
@@ -1824,6 +1846,14 @@ mod tests {
         let error = admin(&home, &["entitlement", "grant", "example.com", "env", "B"]).unwrap_err();
         let message = format!("{error:#}");
         assert!(message.contains("policy.toml:3"), "{message}");
+        // As a session says it: the configuration is unusable (65).
+        assert_eq!(exit_code_of(&error), exit_code::CONFIG);
+        let other = admin(
+            &home,
+            &["entitlement", "grant", "other.example", "env", "1=B"],
+        )
+        .unwrap_err();
+        assert_eq!(exit_code_of(&other), exit_code::FAILURE, "{other:#}");
         assert_eq!(
             std::fs::read_to_string(&policy).unwrap(),
             "[[env]]\nname = \"A\"\n[[bogus]]\n",

@@ -537,12 +537,33 @@ pub fn on_path(dir: &Path) -> bool {
 pub fn exec_main(args: Vec<OsString>) -> u8 {
     let mut args = args.into_iter();
     let _argv0 = args.next();
+    let usage = format!(
+        "usage: {EXEC_NAME} LAUNCHER [ARGS...] (launchers start with `{SHEBANG}`; install one with `terminalwire install URL`)"
+    );
     let Some(path) = args.next() else {
-        eprintln!(
-            "usage: {EXEC_NAME} LAUNCHER [ARGS...] (launchers start with `{SHEBANG}`; install one with `terminalwire install URL`)"
-        );
+        eprintln!("{usage}");
         return exit_code::USAGE;
     };
+    // Typed by a person (a launcher's kernel passes its absolute path).
+    match path.to_str() {
+        Some("-h" | "--help") => {
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "Runs the app a launcher names: the kernel calls it for a file that starts with \
+                 `{SHEBANG}`.\n\n{usage}"
+            );
+            return 0;
+        }
+        Some("-V" | "--version") => {
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{EXEC_NAME} {}",
+                env!("CARGO_PKG_VERSION")
+            );
+            return 0;
+        }
+        _ => {}
+    }
     if let Err(error) = check_private(Path::new(&path)) {
         eprintln!("{EXEC_NAME}: {error}");
         return exit_code::CONFIG;

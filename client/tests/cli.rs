@@ -199,3 +199,26 @@ fn a_bad_time_out_names_where_it_came_from_and_the_limit() {
     let (status, stderr) = run(&["--connect-timeout", "86400", &url, "x"], None);
     assert_eq!(status, Some(69), "{stderr}");
 }
+
+/// `terminalwire-exec --help`, typed by a person, is help (it was taken for
+/// a launcher named `--help`, which could not be read: status 65).
+#[test]
+fn terminalwire_exec_help_and_version_are_answered() {
+    let run = |arg: &str| {
+        Command::new(env!("CARGO_BIN_EXE_terminalwire-exec"))
+            .arg(arg)
+            .output()
+            .unwrap()
+    };
+    let help = run("--help");
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8(help.stdout).unwrap();
+    assert!(text.contains("usage: terminalwire-exec LAUNCHER"), "{text}");
+    let version = run("--version");
+    assert_eq!(version.status.code(), Some(0));
+    assert!(
+        String::from_utf8(version.stdout)
+            .unwrap()
+            .starts_with("terminalwire-exec ")
+    );
+}

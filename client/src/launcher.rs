@@ -416,7 +416,9 @@ pub fn shadowed(name: &str, bin_dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// The installed launchers, sorted, each parsed or with its error.
+/// The installed launchers, sorted, each parsed or with its error. Files
+/// that do not start as launchers ([`SHEBANG`]) are no launchers, broken
+/// or not, and are left out.
 pub fn list(home: &Home) -> io::Result<Vec<(String, Result<Launcher, LauncherError>)>> {
     let dir = home.bin_dir();
     let entries = match std::fs::read_dir(&dir) {
@@ -431,6 +433,9 @@ pub fn list(home: &Home) -> io::Result<Vec<(String, Result<Launcher, LauncherErr
             continue;
         };
         if name.starts_with('.') || !entry.file_type()?.is_file() {
+            continue;
+        }
+        if !first_line_is_shebang(&entry.path()).unwrap_or(true) {
             continue;
         }
         found.push((name, load(&entry.path())));
@@ -737,13 +742,21 @@ mod tests {
         );
         assert!(std::fs::read_to_string(&path).unwrap().starts_with(SHEBANG));
         std::fs::write(home.bin_dir().join("broken"), "#!/bin/sh\n").unwrap();
+        std::fs::write(
+            home.bin_dir().join("cracked"),
+            format!("{SHEBANG}\nurl = \"ftp://x\"\n"),
+        )
+        .unwrap();
         let listed = list(&home).unwrap();
-        assert_eq!(listed.len(), 2);
-        assert!(listed[0].1.is_err(), "broken is listed with its error");
+        let names: Vec<&str> = listed.iter().map(|(name, _)| name.as_str()).collect();
+        // Another script is no launcher at all: not listed as a broken one.
+        assert_eq!(names, ["cracked", "demo"]);
+        assert!(listed[0].1.is_err(), "cracked is listed with its error");
         assert_eq!(
             listed[1].1.as_ref().unwrap().url,
             "ws://127.0.0.1:9/terminal"
         );
+        std::fs::remove_file(home.bin_dir().join("cracked")).unwrap();
         assert!(install(&home, "ws://h/t", "../evil", false).is_err());
         assert!(
             uninstall(&home, "broken").is_err(),

@@ -222,3 +222,23 @@ fn terminalwire_exec_help_and_version_are_answered() {
             .starts_with("terminalwire-exec ")
     );
 }
+
+/// A terminalwire home that is a file is named as such, with the status of
+/// an unusable configuration (it was a bare "Not a directory", status 1).
+#[test]
+fn a_home_that_is_a_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("home");
+    std::fs::write(&file, "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_terminalwire"))
+        .arg("apps")
+        .env("TERMINALWIRE_HOME", &file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(65));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("{} is not a folder", file.display())),
+        "{stderr}"
+    );
+}

@@ -39,6 +39,14 @@ pub enum HomeError {
         /// The value of the variable.
         path: PathBuf,
     },
+    /// The home is something other than a folder.
+    #[error(
+        "the terminalwire home {path} is not a folder; move it out of the way, or set TERMINALWIRE_HOME to a folder"
+    )]
+    NotAFolder {
+        /// The home's path.
+        path: PathBuf,
+    },
     /// A directory could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -90,12 +98,22 @@ impl Home {
             Some(value) if !value.is_empty() => {
                 let path = PathBuf::from(value);
                 if path.is_absolute() {
-                    Ok(Home::at(path))
+                    Home::located(path)
                 } else {
                     Err(HomeError::NotAbsolute { path })
                 }
             }
-            _ => Ok(Home::at(user_home()?.join(".terminalwire"))),
+            _ => Home::located(user_home()?.join(".terminalwire")),
+        }
+    }
+
+    /// The home at `root`, which is a folder or not there yet (it is made
+    /// when first needed): a file there made every command fail with a
+    /// bare "Not a directory".
+    fn located(root: PathBuf) -> Result<Home, HomeError> {
+        match std::fs::metadata(&root) {
+            Ok(metadata) if !metadata.is_dir() => Err(HomeError::NotAFolder { path: root }),
+            _ => Ok(Home::at(root)),
         }
     }
 
@@ -264,6 +282,22 @@ pub fn user_home() -> Result<PathBuf, HomeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_home_that_is_a_file_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("home");
+        std::fs::write(&file, "").unwrap();
+        let error = Home::located(file.clone()).unwrap_err();
+        assert!(
+            matches!(&error, HomeError::NotAFolder { path } if *path == file),
+            "{error}"
+        );
+        assert!(error.to_string().contains("is not a folder"), "{error}");
+        // A folder, or nothing yet: the home.
+        assert!(Home::located(dir.path().to_path_buf()).is_ok());
+        assert!(Home::located(dir.path().join("later")).is_ok());
+    }
 
     #[test]
     fn layout() {

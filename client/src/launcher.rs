@@ -310,7 +310,8 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
     let dir = home.bin_dir();
     // The user's alone, whatever the umask: the client refuses a home that
     // other users could change, and `terminalwire-exec` a launcher.
-    crate::create_private_dirs(&dir)?;
+    crate::create_private_dirs(&dir)
+        .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", dir.display()))?;
     let path = dir.join(name);
     let previous = match std::fs::symlink_metadata(&path) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => None,
@@ -357,7 +358,7 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    written?;
+    written.map_err(|error| anyhow::anyhow!("cannot write {}: {error}", path.display()))?;
     Ok(match previous {
         None => Installed::New(path),
         Some(previous) => Installed::Replaced { path, previous },

@@ -623,6 +623,14 @@ pub(crate) fn create_private_dirs(path: &std::path::Path) -> std::io::Result<()>
         .recursive(true)
         .mode(0o700)
         .create(path)
+        .map_err(|error| match std::fs::symlink_metadata(path) {
+            // Said so, rather than "File exists".
+            Ok(meta) if !meta.is_dir() => std::io::Error::new(
+                error.kind(),
+                "something that is not a folder is there; move it out of the way",
+            ),
+            _ => error,
+        })
 }
 
 fn init_logging(verbose: u8) {
@@ -686,6 +694,28 @@ mod tests {
         drop(other_run);
         visit().forget();
         assert!(!folder.exists());
+    }
+}
+
+#[cfg(test)]
+mod private_dirs_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_where_a_folder_belongs_is_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        std::fs::write(&storage, "").unwrap();
+        let error = create_private_dirs(&storage).unwrap_err().to_string();
+        assert!(error.contains("not a folder is there"), "{error}");
+        // A folder is made, private.
+        use std::os::unix::fs::PermissionsExt;
+        let made = dir.path().join("a/b");
+        create_private_dirs(&made).unwrap();
+        assert_eq!(
+            std::fs::metadata(&made).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 }
 

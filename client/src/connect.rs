@@ -237,7 +237,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError
 
 fn ca_error(path: &Path, reason: &str) -> ClientError {
     ClientError::Config(format!(
-        "cannot use the CA certificate file {} (--ca-cert): {reason}",
+        "cannot use the CA certificate file {} (--ca-cert or TERMINALWIRE_CA_CERT): {reason}",
         path.display()
     ))
 }

@@ -366,18 +366,10 @@ pub fn options_before_command(args: Vec<OsString>) -> Result<Vec<OsString>, Pars
     Err(ParseOutcome::Exit(exit_code::USAGE))
 }
 
-/// `word` as it would be typed in a shell: quoted when it holds anything
-/// but letters, digits and `-_./:=@%+,~`; control characters written out.
+/// `word` as it would be typed in a shell (the policy's quoting, as in the
+/// commands a denial suggests), control characters written out.
 fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_alphanumeric() || "-_./:=@%+,~".contains(c));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", crate::inert::inert(&word.replace('\'', r"'\''")))
-    }
+    terminalwire_policy::shell_word(&crate::inert::inert(word))
 }
 
 /// The words that run one of the client's own commands instead of an app.

@@ -936,7 +936,7 @@ fn folded(name: &std::ffi::OsStr) -> Vec<u8> {
 
 /// `text` as one shell word: unchanged when it only has safe characters,
 /// else single-quoted.
-pub(crate) fn shell_word(text: &str) -> String {
+pub fn shell_word(text: &str) -> String {
     let safe = !text.is_empty()
         && text
             .chars()

@@ -57,6 +57,7 @@ pub mod policy;
 pub use authority::{Authority, AuthorityError};
 pub use decide::{
     Allowed, ControlArea, Denial, DenialReason, Entitlements, Operation, Resource, SetupError,
+    shell_word,
 };
 pub use grant::{
     Access, Action, BrowserTarget, EnvName, Grant, GrantError, Mode, PathGrant, PathPattern,

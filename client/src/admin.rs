@@ -434,14 +434,15 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 number => {
                     use terminalwire_policy::MAX_STORAGE_QUOTA_MIB as MAX;
                     let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
-                    match number.parse::<u64>() {
+                    let parsed = number.parse::<u64>();
+                    // Past the most, or past what a u64 holds.
+                    let too_big = match &parsed {
+                        Ok(n) => *n > MAX,
+                        Err(_) => digits,
+                    };
+                    match parsed {
                         Ok(n) if (1..=MAX).contains(&n) => Some(n),
-                        // Past the most, or past what a u64 holds.
-                        Ok(n) if n > MAX => bail!(
-                            "quota {number} MiB is more than the most there can be, {MAX} MiB: \
-                             give a smaller number, or `default`"
-                        ),
-                        Err(_) if digits => bail!(
+                        _ if too_big => bail!(
                             "quota {number} MiB is more than the most there can be, {MAX} MiB: \
                              give a smaller number, or `default`"
                         ),
@@ -795,7 +796,7 @@ fn grant_warnings(grant: &PathGrant, home_root: &Path, user_home: &Path) -> Vec<
         warnings.push(format!(
             "`{}` matches the folder itself only; for what is in it grant {}",
             inert(typed),
-            inert(&single_quote(&format!("{typed}**")))
+            inert(&terminalwire_policy::shell_word(&format!("{typed}**")))
         ));
     }
     // Into the folder, by name (`~/.terminal*`) or by a pattern that
@@ -849,11 +850,6 @@ fn grant_warnings(grant: &PathGrant, home_root: &Path, user_home: &Path) -> Vec<
         ));
     }
     warnings
-}
-
-/// `text` in single quotes for a shell, each `'` written as `'\''`.
-fn single_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// The access the flags name; `unnamed` when none is given.

@@ -165,6 +165,14 @@ impl Drop for RssSampler {
     }
 }
 
+/// The process id of the running client `child`.
+fn pid_of(child: &tokio::process::Child) -> rustix::process::Pid {
+    child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        .expect("the client is running")
+}
+
 /// Sends `signal` to the client process `child` again and again (two sent
 /// at once would be one: a second Ctrl-C must come after the first) until
 /// it ends; its exit code. Fails the test when it has not ended within
@@ -175,10 +183,7 @@ pub async fn signal_until_ended(
     within: std::time::Duration,
     kept: &str,
 ) -> Option<i32> {
-    let pid = child
-        .id()
-        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-        .expect("the client is running");
+    let pid = pid_of(child);
     let ended = tokio::time::timeout(within, async {
         loop {
             rustix::process::kill_process(pid, signal).expect("the signal is sent");
@@ -202,10 +207,7 @@ pub async fn signal_and_wait(
     within: std::time::Duration,
     kept: &str,
 ) -> Option<i32> {
-    let pid = child
-        .id()
-        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-        .expect("the client is running");
+    let pid = pid_of(child);
     rustix::process::kill_process(pid, signal).expect("the signal is sent");
     tokio::time::timeout(within, child.wait())
         .await

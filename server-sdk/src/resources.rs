@@ -325,14 +325,12 @@ impl Files {
         // `select!` that chose another branch on the same turn), the guard
         // abandons the write.
         let mut pending = PendingOpen {
-            open: Some(open),
+            open,
+            taken: false,
             ctx: self.ctx.clone(),
         };
-        let answer = match pending.open.as_mut() {
-            Some(open) => open.await,
-            None => return Err(ResourceError::Disconnected),
-        };
-        pending.open = None;
+        let answer = (&mut pending.open).await;
+        pending.taken = true;
         match answer.map_err(|_| ResourceError::Disconnected)?? {
             Reply::Handle { handle } => Ok(FileWriter {
                 ctx: self.ctx.clone(),
@@ -837,17 +835,19 @@ fn abandon_write(ctx: &Context, handle: u64) {
 
 /// The answer to a streamed write's open, not yet taken by its caller.
 struct PendingOpen {
-    open: Option<tokio::sync::oneshot::Receiver<Result<Reply, ResourceError>>>,
+    open: tokio::sync::oneshot::Receiver<Result<Reply, ResourceError>>,
+    /// The caller has the answer.
+    taken: bool,
     ctx: Context,
 }
 
 impl Drop for PendingOpen {
     fn drop(&mut self) {
-        if let Some(mut open) = self.open.take() {
+        if !self.taken {
             // No answer can come in after this: one still on its way is
             // refused, and its task abandons the write itself.
-            open.close();
-            if let Ok(Ok(Reply::Handle { handle })) = open.try_recv() {
+            self.open.close();
+            if let Ok(Ok(Reply::Handle { handle })) = self.open.try_recv() {
                 abandon_write(&self.ctx, handle);
             }
         }

@@ -737,9 +737,17 @@ impl Resources {
                     } => self.recursive_deletes.clone().acquire_owned().await.ok(),
                     _ => None,
                 };
+                // Made here, on the session's thread, not on the blocking
+                // one: see `safe_fs::read_into`.
+                let read_buffer = match &op {
+                    Operation::FileRead { len, .. } => {
+                        Vec::with_capacity((*len).min(MAX_READ) as usize)
+                    }
+                    _ => Vec::new(),
+                };
                 let this = self.clone();
                 let work = move || {
-                    let result = this.path_op(op);
+                    let result = this.path_op_into(op, read_buffer);
                     let resolved = audited
                         .filter(|_| !is_denial(&result))
                         .and_then(|path| this.resolve_for_audit(&path));
@@ -894,6 +902,12 @@ impl Resources {
     }
 
     fn path_op(&self, op: Operation) -> Result<Reply, OpError> {
+        self.path_op_into(op, Vec::new())
+    }
+
+    /// [`path_op`](Self::path_op), a file read filling `read_buffer`
+    /// ([`safe_fs::read_into`]).
+    fn path_op_into(&self, op: Operation, read_buffer: Vec<u8>) -> Result<Reply, OpError> {
         #[cfg(debug_assertions)]
         debug_panic_on_path(op.path());
         let entitlements = self.entitlements()?;
@@ -946,7 +960,8 @@ impl Resources {
                 let path = resolve(&path)?;
                 check(&path, Action::Read)?;
                 let len = len.min(MAX_READ) as usize;
-                let (bytes, eof) = safe_fs::read(path.as_path(), offset, len).map_err(fs_error)?;
+                let (bytes, eof) = safe_fs::read_into(path.as_path(), offset, len, read_buffer)
+                    .map_err(fs_error)?;
                 let done = offset.saturating_add(bytes.len() as u64);
                 let total = if offset == 0 && !eof {
                     safe_fs::metadata(path.as_path())

@@ -151,15 +151,21 @@ impl TokenIssuer {
         self
     }
 
+    /// Tokens signed with a new random secret, valid for `lifetime`: for
+    /// tests, and for an app that keeps nothing across restarts (every
+    /// saved session is refused after one, and the user logs in again).
+    /// Several server processes behind one load balancer share a secret
+    /// instead ([`load_or_create`](TokenIssuer::load_or_create)).
+    pub fn generate(lifetime: Duration) -> io::Result<TokenIssuer> {
+        TokenIssuer::new(&random_secret()?, lifetime)
+    }
+
     /// Loads the secret at `path`, creating a random one (0600) if missing.
     pub fn load_or_create(path: &Path, lifetime: Duration) -> io::Result<TokenIssuer> {
         match std::fs::read(path) {
             Ok(secret) => TokenIssuer::new(&secret, lifetime),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                // A fresh static key's bytes are a good random secret.
-                let key = terminalwire_protocol::secure::StaticKey::generate()
-                    .map_err(io::Error::other)?;
-                let secret = key.to_file_text().into_bytes();
+                let secret = random_secret()?;
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -254,6 +260,12 @@ impl TokenIssuer {
     pub fn wants_rotation(&self, claims: &Claims) -> bool {
         now() >= claims.iat.saturating_add(self.lifetime.as_secs() / 2)
     }
+}
+
+/// A new random secret: a fresh static key's bytes (as its file holds them).
+fn random_secret() -> io::Result<Vec<u8>> {
+    let key = terminalwire_protocol::secure::StaticKey::generate().map_err(io::Error::other)?;
+    Ok(key.to_file_text().into_bytes())
 }
 
 /// The outcome of looking for a saved session.
@@ -370,6 +382,17 @@ mod tests {
             issuer.verify(&token, token_binding(&keyless)),
             Err(TokenError::WrongDevice)
         );
+    }
+
+    /// Each generated issuer has a secret of its own: its tokens are
+    /// refused by another (a restarted app that keeps nothing).
+    #[test]
+    fn generated_issuers_accept_only_their_own_tokens() {
+        let first = TokenIssuer::generate(Duration::from_secs(60)).unwrap();
+        let second = TokenIssuer::generate(Duration::from_secs(60)).unwrap();
+        let token = first.issue("ada", "dev");
+        assert_eq!(first.verify(&token, "dev").unwrap().sub, "ada");
+        assert_eq!(second.verify(&token, "dev"), Err(TokenError::Invalid));
     }
 
     #[test]

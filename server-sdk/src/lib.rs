@@ -102,5 +102,5 @@ pub use context::{
     StreamInfo, StreamKind, TerminalInfo,
 };
 pub use identity::ServerIdentity;
-pub use outcome::{Exit, IntoOutcome, Outcome};
+pub use outcome::{Exit, Failure, IntoOutcome, Outcome};
 pub use terminal::{Config, Terminal, TerminalConnection, shutdown_signal};

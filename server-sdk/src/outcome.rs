@@ -9,21 +9,71 @@ use crate::Context;
 
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The command chose this exit status.
     Exit(u8),
     /// The command failed: the message is shown on the client's stderr
     /// (`error: ...`) and the client exits with status 1.
     Failed(String),
+    /// The command failed with an exit status of its own
+    /// ([`Exit::with_message`]): the message is shown as for
+    /// [`Failed`](Outcome::Failed) and the client exits with this status.
+    FailedWith(u8, String),
 }
 
 /// Ends the command at once with a status, after everything it printed is delivered.
 ///
 /// Return it as an error (`return Err(Exit(3).into())`, or `?` on a function
 /// returning it) to stop from deep inside a command; no message is printed.
+/// To say why as well, return [`Exit::with_message`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("exit with status {0}")]
 pub struct Exit(pub u8);
+
+impl Exit {
+    /// An error that ends the command with this status after showing
+    /// `message` on the client's stderr as any other error is shown
+    /// (`error: ...`, with the context an `anyhow` chain adds around it):
+    ///
+    /// ```
+    /// use terminalwire_server::Exit;
+    ///
+    /// const NOT_FOUND: Exit = Exit(3);
+    ///
+    /// fn task(id: u64) -> anyhow::Result<String> {
+    ///     Err(NOT_FOUND.with_message(format!("you have no task {id}")).into())
+    /// }
+    /// # assert!(task(7).is_err());
+    /// ```
+    pub fn with_message(self, message: impl Into<String>) -> Failure {
+        Failure {
+            status: self,
+            message: message.into(),
+        }
+    }
+}
+
+/// An error that ends the command with an exit status of its own and a
+/// message ([`Exit::with_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    status: Exit,
+    message: String,
+}
+
+impl Failure {
+    /// The status the client exits with.
+    pub fn status(&self) -> Exit {
+        self.status
+    }
+
+    /// What the client is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 /// Values a command may return.
 pub trait IntoOutcome {
@@ -65,7 +115,8 @@ impl IntoOutcome for i32 {
 /// Any error an app's command may fail with: `anyhow::Error`, `io::Error`,
 /// the SDK's own (`ResourceError`, ...), or the app's error types. An
 /// [`Exit`] among them, however wrapped, ends with its status and no
-/// message; any other is shown with its causes. (A
+/// message; a [`Failure`] with its status and the message of the whole
+/// chain; any other is shown with its causes, and status 1. (A
 /// `Box<dyn Error + Send + Sync>` goes through `anyhow::Error::from_boxed`.)
 impl<T: IntoOutcome, E: Into<anyhow::Error>> IntoOutcome for Result<T, E> {
     fn into_outcome(self) -> Outcome {
@@ -74,7 +125,10 @@ impl<T: IntoOutcome, E: Into<anyhow::Error>> IntoOutcome for Result<T, E> {
             Err(error) => {
                 let error: anyhow::Error = error.into();
                 match exit_in(error.as_ref()) {
-                    Some(exit) => Outcome::Exit(exit.0),
+                    Some(Ending::Exit(exit)) => Outcome::Exit(exit.0),
+                    Some(Ending::Failure(failure)) => {
+                        Outcome::FailedWith(failure.status.0, chain_text(error.as_ref()))
+                    }
                     None => Outcome::Failed(chain_text(error.as_ref())),
                 }
             }
@@ -82,14 +136,24 @@ impl<T: IntoOutcome, E: Into<anyhow::Error>> IntoOutcome for Result<T, E> {
     }
 }
 
-/// The [`Exit`] in `error`'s chain of causes, also inside an `io::Error`
-/// (whose `source` skips the error it wraps: `io::Error::other(Exit(3))`,
-/// what an app's own `AsyncRead` in `tokio::io::copy` would give).
-fn exit_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Exit> {
+/// An error that chooses the exit status.
+enum Ending<'a> {
+    Exit(&'a Exit),
+    Failure(&'a Failure),
+}
+
+/// The first [`Exit`] or [`Failure`] in `error`'s chain of causes, also
+/// inside an `io::Error` (whose `source` skips the error it wraps:
+/// `io::Error::other(Exit(3))`, what an app's own `AsyncRead` in
+/// `tokio::io::copy` would give).
+fn exit_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<Ending<'a>> {
     let mut cause = Some(error);
     while let Some(current) = cause {
         if let Some(exit) = current.downcast_ref::<Exit>() {
-            return Some(exit);
+            return Some(Ending::Exit(exit));
+        }
+        if let Some(failure) = current.downcast_ref::<Failure>() {
+            return Some(Ending::Failure(failure));
         }
         if let Some(wrapped) = current
             .downcast_ref::<std::io::Error>()
@@ -176,6 +240,24 @@ mod tests {
         assert_eq!(
             io.into_outcome(),
             Outcome::Failed("cannot save the note: disk full".into())
+        );
+        // A status of its own with a message, and the context around it.
+        let failed: anyhow::Result<()> = Err(Exit(3).with_message("no task 7").into());
+        assert_eq!(
+            failed.into_outcome(),
+            Outcome::FailedWith(3, "no task 7".into())
+        );
+        let failed: anyhow::Result<()> =
+            Err(anyhow::Error::new(Exit(3).with_message("no task 7")).context("done"));
+        assert_eq!(
+            failed.into_outcome(),
+            Outcome::FailedWith(3, "done: no task 7".into())
+        );
+        let io: Result<(), std::io::Error> =
+            Err(std::io::Error::other(Exit(4).with_message("log in first")));
+        assert_eq!(
+            io.into_outcome(),
+            Outcome::FailedWith(4, "log in first".into())
         );
         let exit: anyhow::Result<()> = Err(Exit(9).into());
         assert_eq!(exit.into_outcome(), Outcome::Exit(9));

@@ -2179,14 +2179,8 @@ async fn run_command(command: Arc<dyn Command>, ctx: Context) {
 async fn report_outcome(ctx: Context, outcome: std::thread::Result<Outcome>) {
     let status = match outcome {
         Ok(Outcome::Exit(status)) => status,
-        Ok(Outcome::Failed(message)) => {
-            tracing::info!(%message, "command failed");
-            let _ = ctx
-                .stderr()
-                .write_all(format!("error: {message}\n").as_bytes())
-                .await;
-            1
-        }
+        Ok(Outcome::Failed(message)) => failed(&ctx, 1, &message).await,
+        Ok(Outcome::FailedWith(status, message)) => failed(&ctx, status, &message).await,
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -2200,6 +2194,16 @@ async fn report_outcome(ctx: Context, outcome: std::thread::Result<Outcome>) {
         }
     };
     let _ = ctx.shared.send(ServerFrame::Exit(Exit { status })).await;
+}
+
+/// Shows why the command failed on the client's stderr; `status`.
+async fn failed(ctx: &Context, status: u8, message: &str) -> u8 {
+    tracing::info!(%message, status, "command failed");
+    let _ = ctx
+        .stderr()
+        .write_all(format!("error: {message}\n").as_bytes())
+        .await;
+    status
 }
 
 #[cfg(test)]

@@ -72,8 +72,9 @@ impl TestServer {
         .await
     }
 
-    /// Starts `serve(listener, shutdown)` on `127.0.0.1:0`.
-    async fn start<S, Fut>(serve: S) -> TestServer
+    /// Starts `serve(listener, shutdown)` on `127.0.0.1:0`: an app with
+    /// routes of its own.
+    pub async fn start<S, Fut>(serve: S) -> TestServer
     where
         S: FnOnce(TcpListener, ShutdownSignal) -> Fut,
         Fut: Future<Output = std::io::Result<()>> + Send + 'static,

@@ -1,5 +1,6 @@
-//! Files the SDK keeps for the app (its identity key, the device registry,
-//! development certificates), written whole or not at all.
+//! Files the SDK keeps for the app (its identity key, the session tokens'
+//! secret, the device registry, development certificates), written whole or
+//! not at all.
 //!
 //! The bytes go to a temporary file of this writer's own beside the target,
 //! made with the final mode (never readable by others, not even for a

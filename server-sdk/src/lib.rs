@@ -70,8 +70,9 @@
 //! - [`transport`]: the byte-frame transport a session runs over (axum
 //!   WebSockets, or anything implementing [`transport::Transport`]).
 //! - `session` (private): the protocol engine of one connection.
-//! - `files` (private): the files the SDK keeps (identity key, device
-//!   registry, development certificates), written whole or not at all.
+//! - `files` (private): the files the SDK keeps (identity key, session
+//!   tokens' secret, device registry, development certificates), written
+//!   whole or not at all.
 //! - `pending` (private): requests waiting for answers, and the input of
 //!   reads a command gave up (kept for its next read).
 

@@ -160,25 +160,20 @@ impl TokenIssuer {
         TokenIssuer::new(&random_secret()?, lifetime)
     }
 
-    /// Loads the secret at `path`, creating a random one (0600) if missing.
+    /// Loads the secret at `path`, creating a random one (0600, whole or
+    /// not at all) if missing. Workers starting at once all load the one
+    /// that was made first.
     pub fn load_or_create(path: &Path, lifetime: Duration) -> io::Result<TokenIssuer> {
         match std::fs::read(path) {
             Ok(secret) => TokenIssuer::new(&secret, lifetime),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 let secret = random_secret()?;
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
+                if crate::files::write_new(path, &secret, 0o600)? {
+                    TokenIssuer::new(&secret, lifetime)
+                } else {
+                    // Another worker made it first: its secret is the app's.
+                    TokenIssuer::load_or_create(path, lifetime)
                 }
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)?;
-                file.write_all(&secret)?;
-                file.sync_all()?;
-                TokenIssuer::new(&secret, lifetime)
             }
             Err(error) => Err(error),
         }
@@ -393,6 +388,41 @@ mod tests {
         let token = first.issue("ada", "dev");
         assert_eq!(first.verify(&token, "dev").unwrap().sub, "ada");
         assert_eq!(second.verify(&token, "dev"), Err(TokenError::Invalid));
+    }
+
+    /// Workers starting at once on a fresh deployment all get the one
+    /// secret: each one's tokens work on the others. (The secret was made
+    /// in place: the workers that lost the race failed with "File exists",
+    /// or read a file not yet written whole.)
+    #[test]
+    fn workers_starting_at_once_share_the_one_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/session.key");
+        let barrier = std::sync::Barrier::new(8);
+        let issuers: Vec<TokenIssuer> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        TokenIssuer::load_or_create(&path, Duration::from_secs(60))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().unwrap().unwrap())
+                .collect()
+        });
+        let on_disk = TokenIssuer::load_or_create(&path, Duration::from_secs(60)).unwrap();
+        let token = on_disk.issue("ada", "dev");
+        for issuer in &issuers {
+            assert_eq!(issuer.verify(&token, "dev").unwrap().sub, "ada");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let left = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+        assert_eq!(left, 1, "temporary files left");
     }
 
     #[test]

@@ -2187,7 +2187,7 @@ async fn report_outcome(ctx: Context, outcome: std::thread::Result<Outcome>) {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(panic = %what, "command panicked");
+            tracing::error!(panic = %said(&what), "command panicked");
             let message = "error: the command failed unexpectedly on the server (internal error)\n";
             let _ = ctx.stderr().write_all(message.as_bytes()).await;
             1
@@ -2198,7 +2198,8 @@ async fn report_outcome(ctx: Context, outcome: std::thread::Result<Outcome>) {
 
 /// Shows why the command failed on the client's stderr; `status`.
 async fn failed(ctx: &Context, status: u8, message: &str) -> u8 {
-    tracing::info!(%message, status, "command failed");
+    // It may quote the client (a refused request's message, say).
+    tracing::info!(message = %said(message), status, "command failed");
     let _ = ctx
         .stderr()
         .write_all(format!("error: {message}\n").as_bytes())

@@ -1483,6 +1483,45 @@ async fn the_log_keeps_a_short_escaped_part_of_what_the_client_says() {
     }
 }
 
+/// A command that fails with an error quoting the client (here, the
+/// message of a refused request) logs it cut short and escaped, as the
+/// session logs what the client says: a hostile client's message went into
+/// the server's log whole, its line breaks and escapes too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failure_quoting_the_client_is_logged_short_and_escaped() {
+    let logged = LoggedFields::default();
+    let _guard = tracing::subscriber::set_default(logged.clone());
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.file().read("~/notes.txt").await?;
+        anyhow::Ok(())
+    });
+    let (client, server) = socket_pair().await;
+    let said = "\u{1b}[2J\nfake log line ".repeat(1000);
+    let script = async {
+        let mut client = welcomed(client).await;
+        let Some(ServerFrame::Request(request)) = next_server(&mut client).await else {
+            panic!("expected the read");
+        };
+        let error = terminalwire_protocol::frame::OpError::new(ErrorCode::Io, said.clone());
+        let answer = ClientFrame::Response(Response::error(request.id, error));
+        send_client(&mut client, &answer).await;
+        until_exit(&mut client).await
+    };
+    assert_eq!(serve_script(&terminal, server, script).await, 1);
+    let fields = logged.0.lock().unwrap();
+    assert!(
+        fields.iter().any(|field| field.contains("fake log line")),
+        "the failure is logged: {fields:?}"
+    );
+    for field in fields.iter() {
+        assert!(field.len() < 4096, "a log field of {} bytes", field.len());
+        assert!(
+            !field.contains(['\n', '\u{1b}']),
+            "a log field with the client's control characters: {field:?}"
+        );
+    }
+}
+
 /// A scripted client with a window of 100 bytes, which grants more credit
 /// only once `gave_up` is notified (the command gave up a write held up by
 /// the shut window); its exit status, stdout and stderr.

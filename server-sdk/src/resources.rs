@@ -95,9 +95,15 @@ impl Stdin {
         }
     }
 
-    /// Up to `max` bytes (at least 1) of raw input (for piped data); empty
-    /// at end of input.
+    /// Up to `max` bytes of raw input (for piped data); empty at end of
+    /// input. A `max` of 0 is refused at once ([`ResourceError::Invalid`]):
+    /// its empty answer could not be told from the end of input.
     pub async fn read_chunk(&self, max: u32) -> Result<Vec<u8>, ResourceError> {
+        if max == 0 {
+            return Err(ResourceError::Invalid {
+                message: "a read of standard input must ask for at least one byte".into(),
+            });
+        }
         let reply = self.ctx.request(Operation::StdinRead { max }).await?;
         data_reply(reply, max).map(|(bytes, _)| bytes)
     }

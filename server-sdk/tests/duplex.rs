@@ -1522,6 +1522,26 @@ async fn a_failure_quoting_the_client_is_logged_short_and_escaped() {
     }
 }
 
+/// A stdin read of no bytes is refused by the SDK itself, at once: sent,
+/// it waited for the user to type before the client refused it (and a
+/// client of another protocol might answer it as the end of input).
+#[tokio::test(flavor = "current_thread")]
+async fn a_stdin_read_of_no_bytes_is_refused_without_asking_the_client() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        match ctx.stdin().read_chunk(0).await {
+            Err(ResourceError::Invalid { .. }) => Exit(3),
+            _ => Exit(4),
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        // A request instead of the exit fails here.
+        until_exit(&mut client).await
+    };
+    assert_eq!(serve_script(&terminal, server, script).await, 3);
+}
+
 /// A scripted client with a window of 100 bytes, which grants more credit
 /// only once `gave_up` is notified (the command gave up a write held up by
 /// the shut window); its exit status, stdout and stderr.

@@ -2,13 +2,16 @@
 //!
 //! A bar appears on stderr only when stderr is a terminal and a transfer has
 //! run for more than about a second; pipes and quick transfers never see one.
+//! The bars of transfers at once share the screen through one
+//! [`MultiProgress`], one line each: a bar drawing on its own would clear
+//! the line another drew last, and leave its own behind.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// How long a transfer runs before its bar is shown.
@@ -24,9 +27,6 @@ pub const MAX_TRANSFERS: usize = 64;
 /// screen) when a new one begins: it stopped, or it will begin again.
 pub const FORGET_AFTER: Duration = Duration::from_secs(10);
 
-/// Where bars draw: stderr, or a recorder in tests.
-type DrawTarget = Arc<dyn Fn() -> ProgressDrawTarget + Send + Sync>;
-
 /// How many columns the terminal has now.
 type Columns = Arc<dyn Fn() -> usize + Send + Sync>;
 
@@ -40,7 +40,9 @@ pub struct Progress {
     /// the bar drew last and clears them, which would overwrite a prompt
     /// with the server's path.
     screen: Option<Arc<tokio::sync::RwLock<()>>>,
-    target: DrawTarget,
+    /// Where every bar draws, each on a line of its own: stderr, or a
+    /// recorder in tests.
+    bars: MultiProgress,
     columns: Columns,
 }
 
@@ -132,11 +134,16 @@ fn terminal_columns() -> usize {
 impl Progress {
     /// Bars on stderr when `enabled` (stderr is a terminal).
     pub fn new(enabled: bool) -> Self {
+        let target = if enabled {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
         Progress {
             enabled,
             transfers: Arc::new(Mutex::new(HashMap::new())),
             screen: None,
-            target: Arc::new(ProgressDrawTarget::stderr),
+            bars: MultiProgress::with_draw_target(target),
             columns: Arc::new(terminal_columns),
         }
     }
@@ -185,12 +192,12 @@ impl Progress {
         let may_draw = !matches!(screen, Some(Err(_)));
         if finished {
             if let Some(transfer) = transfers.remove(path) {
-                transfer.put_away(may_draw);
+                transfer.put_away(&self.bars, may_draw);
             }
             return;
         }
         if !transfers.contains_key(path) {
-            make_room(&mut transfers, now, may_draw);
+            make_room(&mut transfers, &self.bars, now, may_draw);
         }
         let transfer = transfers
             .entry(path.to_path_buf())
@@ -219,10 +226,12 @@ impl Progress {
         if let Ok(mut transfers) = self.transfers.lock() {
             for transfer in transfers.values_mut() {
                 if let Some(bar) = transfer.bar.take() {
-                    bar.finish_and_clear();
+                    self.bars.remove(&bar);
                 }
             }
         }
+        // The lines the bars took, rubbed out at once.
+        let _ = self.bars.clear();
     }
 
     /// Clears every bar (the session is over).
@@ -230,14 +239,21 @@ impl Progress {
         if let Ok(mut transfers) = self.transfers.lock() {
             for (_, transfer) in transfers.drain() {
                 if let Some(bar) = transfer.bar {
-                    bar.finish_and_clear();
+                    self.bars.remove(&bar);
                 }
             }
         }
+        let _ = self.bars.clear();
     }
 
+    /// A bar on a line of its own under the others'. It joins them before
+    /// it draws anything (a bar that drew before would be a line the others
+    /// do not know of).
     fn new_bar(&self, verb: &str, path: &Path, total: Option<u64>) -> ProgressBar {
-        let bar = ProgressBar::with_draw_target(total, (self.target)());
+        let bar = self.bars.add(ProgressBar::with_draw_target(
+            total,
+            ProgressDrawTarget::hidden(),
+        ));
         let layouts: &[Layout] = if total.is_some() {
             &SIZED_LAYOUTS
         } else {
@@ -253,22 +269,26 @@ impl Progress {
 }
 
 impl Transfer {
-    /// Takes its bar off the screen, or drops it without a last draw when a
-    /// prompt holds the screen.
-    fn put_away(self, may_draw: bool) {
+    /// Takes its bar off the screen (the others' lines close up over its
+    /// line), or drops it without a draw when a prompt holds the screen.
+    fn put_away(self, bars: &MultiProgress, may_draw: bool) {
         if let Some(bar) = self.bar {
             if may_draw {
                 bar.finish_and_clear();
-            } else {
-                bar.set_draw_target(ProgressDrawTarget::hidden());
             }
+            bars.remove(&bar);
         }
     }
 }
 
 /// Room for one more transfer: forgets those not updated for
 /// [`FORGET_AFTER`], then, at [`MAX_TRANSFERS`], the one updated longest ago.
-fn make_room(transfers: &mut HashMap<PathBuf, Transfer>, now: Instant, may_draw: bool) {
+fn make_room(
+    transfers: &mut HashMap<PathBuf, Transfer>,
+    bars: &MultiProgress,
+    now: Instant,
+    may_draw: bool,
+) {
     let stale: Vec<PathBuf> = transfers
         .iter()
         .filter(|(_, transfer)| now.saturating_duration_since(transfer.updated) >= FORGET_AFTER)
@@ -276,7 +296,7 @@ fn make_room(transfers: &mut HashMap<PathBuf, Transfer>, now: Instant, may_draw:
         .collect();
     let mut forget = |path: &PathBuf| {
         if let Some(transfer) = transfers.remove(path) {
-            transfer.put_away(may_draw);
+            transfer.put_away(bars, may_draw);
         }
     };
     stale.iter().for_each(&mut forget);
@@ -289,7 +309,7 @@ fn make_room(transfers: &mut HashMap<PathBuf, Transfer>, now: Instant, may_draw:
             break;
         };
         if let Some(transfer) = transfers.remove(&oldest) {
-            transfer.put_away(may_draw);
+            transfer.put_away(bars, may_draw);
         }
     }
 }
@@ -328,13 +348,90 @@ mod tests {
         assert!(progress.transfers.lock().unwrap().is_empty());
     }
 
-    /// A terminal of `width` columns that records what was drawn on it.
+    /// A terminal of `width` columns that records what was drawn on it,
+    /// and what it shows after.
     #[derive(Debug, Clone)]
     struct Recorder {
         width: u16,
         draws: Arc<std::sync::atomic::AtomicUsize>,
         /// What was written, line by line.
         text: Arc<Mutex<Vec<String>>>,
+        screen: Arc<Mutex<Screen>>,
+    }
+
+    /// What a terminal shows: rows of characters and a cursor, which
+    /// wraps to the next row when a character is written past the last
+    /// column (as a terminal does: a line of exactly the width leaves the
+    /// cursor on it until the next character).
+    #[derive(Debug)]
+    struct Screen {
+        width: usize,
+        rows: Vec<Vec<char>>,
+        row: usize,
+        column: usize,
+    }
+
+    impl Screen {
+        fn put(&mut self, c: char) {
+            if self.column >= self.width {
+                self.row += 1;
+                self.column = 0;
+            }
+            let (width, column) = (self.width, self.column);
+            let row = self.row_mut();
+            row.resize(width, ' ');
+            row[column] = c;
+            self.column += 1;
+        }
+
+        fn row_mut(&mut self) -> &mut Vec<char> {
+            if self.rows.len() <= self.row {
+                self.rows.resize(self.row + 1, Vec::new());
+            }
+            &mut self.rows[self.row]
+        }
+
+        fn write(&mut self, text: &str) {
+            let mut chars = text.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    // An escape sequence (a style): shows nothing.
+                    '\x1b' => {
+                        for c in chars.by_ref() {
+                            if c.is_ascii_alphabetic() {
+                                break;
+                            }
+                        }
+                    }
+                    '\r' => self.column = 0,
+                    '\n' => {
+                        self.row += 1;
+                        self.column = 0;
+                    }
+                    c => self.put(c),
+                }
+            }
+        }
+
+        /// Moves the cursor `rows` up (negative) or down, in its column.
+        fn move_by(&mut self, rows: isize) {
+            self.row = self.row.saturating_add_signed(rows);
+            self.column = self.column.min(self.width - 1);
+        }
+
+        fn clear_line(&mut self) {
+            self.row_mut().clear();
+            self.column = 0;
+        }
+
+        /// The rows that show something, without their trailing blanks.
+        fn shown(&self) -> Vec<String> {
+            self.rows
+                .iter()
+                .map(|row| row.iter().collect::<String>().trim_end().to_string())
+                .filter(|row| !row.is_empty())
+                .collect()
+        }
     }
 
     impl Recorder {
@@ -343,7 +440,18 @@ mod tests {
                 width,
                 draws: Arc::default(),
                 text: Arc::new(Mutex::new(vec![String::new()])),
+                screen: Arc::new(Mutex::new(Screen {
+                    width: usize::from(width),
+                    rows: Vec::new(),
+                    row: 0,
+                    column: 0,
+                })),
             }
+        }
+
+        /// What the terminal shows now, row by row.
+        fn shown(&self) -> Vec<String> {
+            self.screen.lock().unwrap().shown()
         }
 
         fn draws(&self) -> usize {
@@ -365,6 +473,13 @@ mod tests {
             self.drawn()
         }
 
+        /// Something done to the screen, recorded as a draw that ends a
+        /// line of the record.
+        fn on_screen(&self, change: impl FnOnce(&mut Screen)) -> std::io::Result<()> {
+            change(&mut self.screen.lock().unwrap());
+            self.write("", true)
+        }
+
         /// Every non-empty line written.
         fn lines(&self) -> Vec<String> {
             let lines = self.text.lock().unwrap();
@@ -382,26 +497,30 @@ mod tests {
         }
         // Moving the cursor or clearing a line starts a line of its own in
         // the record: what comes next is another draw.
-        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
-            self.write("", true)
+        fn move_cursor_up(&self, rows: usize) -> std::io::Result<()> {
+            self.on_screen(|screen| screen.move_by(-(rows as isize)))
         }
-        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
-            self.write("", true)
+        fn move_cursor_down(&self, rows: usize) -> std::io::Result<()> {
+            self.on_screen(|screen| screen.move_by(rows as isize))
         }
-        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
-            self.write("", true)
+        fn move_cursor_right(&self, columns: usize) -> std::io::Result<()> {
+            self.on_screen(|screen| {
+                screen.column = (screen.column + columns).min(screen.width - 1);
+            })
         }
-        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
-            self.write("", true)
+        fn move_cursor_left(&self, columns: usize) -> std::io::Result<()> {
+            self.on_screen(|screen| screen.column = screen.column.saturating_sub(columns))
         }
         fn write_line(&self, text: &str) -> std::io::Result<()> {
+            self.screen.lock().unwrap().write(&format!("{text}\n"));
             self.write(text, true)
         }
         fn write_str(&self, text: &str) -> std::io::Result<()> {
+            self.screen.lock().unwrap().write(text);
             self.write(text, false)
         }
         fn clear_line(&self) -> std::io::Result<()> {
-            self.write("", true)
+            self.on_screen(Screen::clear_line)
         }
         fn flush(&self) -> std::io::Result<()> {
             Ok(())
@@ -418,11 +537,16 @@ mod tests {
     ) -> (Progress, Recorder) {
         let recorder = Recorder::new(width);
         let mut progress = Progress::new(true).with_screen(Some(screen.clone()));
-        progress.target = Arc::new({
-            let recorder = recorder.clone();
-            move || ProgressDrawTarget::term_like(Box::new(recorder.clone()))
-        });
+        progress
+            .bars
+            .set_draw_target(ProgressDrawTarget::term_like(Box::new(recorder.clone())));
         progress.columns = Arc::new(move || usize::from(width));
+        begun_a_while_ago(&progress, path, total);
+        (progress, recorder)
+    }
+
+    /// A transfer of `path` begun long enough ago to show a bar.
+    fn begun_a_while_ago(progress: &Progress, path: &Path, total: Option<u64>) {
         progress.transfers.lock().unwrap().insert(
             path.to_path_buf(),
             Transfer {
@@ -433,7 +557,6 @@ mod tests {
                 bar: None,
             },
         );
-        (progress, recorder)
     }
 
     fn recorded(screen: &Arc<tokio::sync::RwLock<()>>, path: &Path) -> (Progress, Recorder) {
@@ -461,6 +584,67 @@ mod tests {
         progress.update("writing", path, 100, Some(100), true);
         assert_eq!(recorder.draws(), after_hiding, "drawn under the prompt");
         drop(prompt);
+    }
+
+    /// Two transfers at once (a server reading two big files) show one
+    /// bar each, one under the other, and leave nothing on the screen once
+    /// both end: each bar redrawing on its own cleared the other's line
+    /// and left its own behind.
+    #[test]
+    fn concurrent_transfers_share_the_screen_and_leave_nothing_behind() {
+        let screen = Arc::new(tokio::sync::RwLock::new(()));
+        let (one, two) = (Path::new("/storage/one"), Path::new("/storage/two"));
+        let (progress, recorder) = recorded(&screen, one);
+        begun_a_while_ago(&progress, two, Some(100));
+        for done in [10, 20, 30] {
+            progress.update("writing", one, done, Some(100), false);
+            progress.update("writing", two, done, Some(100), false);
+        }
+        // Each bar as last updated, nothing else.
+        let shown = recorder.shown();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        for (line, path) in shown.iter().zip(["/storage/one ", "/storage/two "]) {
+            assert!(line.contains(path), "{shown:#?}");
+            assert!(line.contains(" 30 B/100 B "), "{shown:#?}");
+        }
+        progress.update("writing", one, 100, Some(100), true);
+        progress.update("writing", two, 40, Some(100), false);
+        let shown = recorder.shown();
+        assert_eq!(shown.len(), 1, "{shown:#?}");
+        assert!(shown[0].contains("/storage/two"), "{shown:#?}");
+        progress.update("writing", two, 100, Some(100), true);
+        assert_eq!(recorder.shown(), Vec::<String>::new());
+    }
+
+    /// A prompt takes every bar off the screen at once, they come back
+    /// one under the other after it, and bars forgotten for a new transfer
+    /// leave no line behind.
+    #[test]
+    fn concurrent_bars_hidden_or_forgotten_leave_nothing_behind() {
+        let screen = Arc::new(tokio::sync::RwLock::new(()));
+        let (one, two) = (Path::new("/storage/one"), Path::new("/storage/two"));
+        let (progress, recorder) = recorded(&screen, one);
+        begun_a_while_ago(&progress, two, Some(100));
+        progress.update("writing", one, 10, Some(100), false);
+        progress.update("writing", two, 10, Some(100), false);
+        assert_eq!(recorder.shown().len(), 2, "{:#?}", recorder.shown());
+        let prompt = screen.try_write().unwrap();
+        progress.hide();
+        assert_eq!(recorder.shown(), Vec::<String>::new());
+        progress.update("writing", one, 20, Some(100), false);
+        assert_eq!(recorder.shown(), Vec::<String>::new());
+        drop(prompt);
+        progress.update("writing", one, 30, Some(100), false);
+        progress.update("writing", two, 30, Some(100), false);
+        let shown = recorder.shown();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        assert!(shown.iter().all(|line| line.contains(" 30 B/100 B ")));
+        // Both stopped; a new transfer forgets them.
+        let later = Instant::now() + FORGET_AFTER;
+        let three = Path::new("/storage/three");
+        progress.update_at("writing", three, 1, Some(100), false, later);
+        assert_eq!(recorder.shown(), Vec::<String>::new());
+        assert_eq!(progress.transfers.lock().unwrap().len(), 1);
     }
 
     #[test]

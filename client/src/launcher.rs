@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use terminalwire_policy::Home;
+use terminalwire_policy::{Home, HomeError};
 
 use crate::error::exit_code;
 
@@ -189,7 +189,7 @@ fn unquote(value: &str) -> Option<String> {
 /// Refuses a launcher another user could change (the file, or a folder
 /// above it within the terminalwire home): they would choose the server it
 /// runs the user's command against.
-fn check_private(path: &Path) -> Result<(), terminalwire_policy::HomeError> {
+fn check_private(path: &Path) -> Result<(), HomeError> {
     let home = match Home::from_env() {
         Ok(home) => home,
         // No home to check folders within: the file alone.
@@ -310,12 +310,11 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
     let dir = home.bin_dir();
     // The user's alone, whatever the umask: the client refuses a home that
     // other users could change, and `terminalwire-exec` a launcher.
-    crate::create_private_dirs(&dir)
-        .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", dir.display()))?;
+    crate::create_private_dirs(&dir).map_err(|error| unusable("create", &dir, error))?;
     let path = dir.join(name);
     let previous = match std::fs::symlink_metadata(&path) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-        Err(error) => return Err(error.into()),
+        Err(error) => return Err(unusable("look at", &path, error).into()),
         Ok(meta) if !meta.is_file() => anyhow::bail!(
             "{} is there and is not a launcher: remove it or pick another --name",
             path.display()
@@ -358,11 +357,21 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    written.map_err(|error| anyhow::anyhow!("cannot write {}: {error}", path.display()))?;
+    written.map_err(|error| unusable("write", &path, error))?;
     Ok(match previous {
         None => Installed::New(path),
         Some(previous) => Installed::Replaced { path, previous },
     })
+}
+
+/// The launchers' folder (or `path` in it) cannot be used: a home the
+/// client cannot use (status 65, as for the client's other commands).
+fn unusable(action: &'static str, path: &Path, error: io::Error) -> HomeError {
+    HomeError::Unusable {
+        action,
+        path: path.to_path_buf(),
+        source: crate::folder_error(path.parent().unwrap_or(path), path, error),
+    }
 }
 
 /// Whether two launcher URLs name the same app (`http://` is `ws://`).
@@ -417,23 +426,31 @@ pub fn shadowed(name: &str, bin_dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// An installed app: its launcher's name, and the launcher or why it
+/// cannot be used.
+pub type InstalledApp = (String, Result<Launcher, LauncherError>);
+
 /// The installed launchers, sorted, each parsed or with its error. Files
 /// that do not start as launchers ([`SHEBANG`]) are no launchers, broken
 /// or not, and are left out.
-pub fn list(home: &Home) -> io::Result<Vec<(String, Result<Launcher, LauncherError>)>> {
+pub fn list(home: &Home) -> Result<Vec<InstalledApp>, HomeError> {
     let dir = home.bin_dir();
+    let read = |source| HomeError::Io {
+        path: dir.clone(),
+        source: crate::folder_error(&dir, &dir, source),
+    };
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(error),
+        Err(error) => return Err(read(error)),
     };
     let mut found = Vec::new();
     for entry in entries {
-        let entry = entry?;
+        let entry = entry.map_err(read)?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if name.starts_with('.') || !entry.file_type()?.is_file() {
+        if name.starts_with('.') || !entry.file_type().map_err(read)?.is_file() {
             continue;
         }
         if !first_line_is_shebang(&entry.path()).unwrap_or(true) {
@@ -474,7 +491,7 @@ pub fn uninstall(home: &Home, name: &str) -> anyhow::Result<Uninstalled> {
              the installed ones)",
             path.display()
         ),
-        Err(error) => anyhow::bail!("cannot look at {}: {error}", path.display()),
+        Err(error) => return Err(unusable("look at", &path, error).into()),
         Ok(meta) => meta,
     };
     let kind = meta.file_type();
@@ -501,11 +518,10 @@ pub fn uninstall(home: &Home, name: &str) -> anyhow::Result<Uninstalled> {
                 path.display()
             )));
         }
-        Err(error) => anyhow::bail!("cannot read {}: {error}", path.display()),
+        Err(error) => return Err(unusable("read", &path, error).into()),
     }
     let broken = load(&path).err();
-    std::fs::remove_file(&path)
-        .map_err(|error| anyhow::anyhow!("cannot remove {}: {error}", path.display()))?;
+    std::fs::remove_file(&path).map_err(|error| unusable("remove", &path, error))?;
     Ok(Uninstalled { path, broken })
 }
 

@@ -623,14 +623,38 @@ pub(crate) fn create_private_dirs(path: &std::path::Path) -> std::io::Result<()>
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|error| match std::fs::symlink_metadata(path) {
-            // Said so, rather than "File exists".
-            Ok(meta) if !meta.is_dir() => std::io::Error::new(
-                error.kind(),
-                "something that is not a folder is there; move it out of the way",
-            ),
-            _ => error,
-        })
+        .map_err(|error| folder_error(path, path, error))
+}
+
+/// `error`, met using the folder `folder` or something in it (`named`, the
+/// path the error is said of), said plainly when that folder or one above
+/// it is something else ("File exists", "Not a directory" name neither
+/// what is in the way nor what to do).
+pub(crate) fn folder_error(
+    folder: &std::path::Path,
+    named: &std::path::Path,
+    error: std::io::Error,
+) -> std::io::Error {
+    // The nearest of them that is there: a folder, or what is in the way.
+    let in_the_way = folder.ancestors().find_map(|there| {
+        match std::fs::metadata(there) {
+            Ok(meta) => Some((!meta.is_dir()).then_some(there)),
+            // A symbolic link to nothing is in the way too.
+            Err(_) if std::fs::symlink_metadata(there).is_ok() => Some(Some(there)),
+            Err(_) => None,
+        }
+    });
+    let plainly = |message: String| std::io::Error::new(error.kind(), message);
+    match in_the_way.flatten() {
+        Some(there) if there == named => {
+            plainly("something that is not a folder is there; move it out of the way".to_owned())
+        }
+        Some(there) => plainly(format!(
+            "{} is not a folder; move it out of the way",
+            there.display()
+        )),
+        None => error,
+    }
 }
 
 fn init_logging(verbose: u8) {
@@ -708,6 +732,17 @@ mod private_dirs_tests {
         std::fs::write(&storage, "").unwrap();
         let error = create_private_dirs(&storage).unwrap_err().to_string();
         assert!(error.contains("not a folder is there"), "{error}");
+        // Above it: named.
+        let error = create_private_dirs(&storage.join("a/b"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{} is not a folder; move it out of the way",
+                storage.display()
+            )
+        );
         // A folder is made, private.
         use std::os::unix::fs::PermissionsExt;
         let made = dir.path().join("a/b");

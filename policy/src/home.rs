@@ -47,6 +47,17 @@ pub enum HomeError {
         /// The home's path.
         path: PathBuf,
     },
+    /// A folder or file of the home could not be made, changed or looked
+    /// at (a file where a folder belongs, no room left, no permission).
+    #[error("cannot {action} {path}: {source}")]
+    Unusable {
+        /// What could not be done: "create", "write", "remove", "look at".
+        action: &'static str,
+        /// The folder or file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// A directory could not be read.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -517,3 +517,38 @@ async fn uninstall_removes_a_broken_launcher_and_leaves_other_files() {
         run.stderr_text()
     );
 }
+
+/// A file where the launchers' folder belongs, or where a folder above the
+/// home belongs, is a home the client cannot use: `install`, `apps` and
+/// `uninstall` exit 65 as the client's other commands do for it, and name
+/// the file in the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_in_the_way_of_the_launchers_folder_is_an_unusable_home() {
+    let base = tempfile::tempdir().unwrap();
+    let home = base.path().join("tw");
+    std::fs::create_dir(&home).unwrap();
+    let bin = home.join("bin");
+    std::fs::write(&bin, "").unwrap();
+    let above = base.path().join("file");
+    std::fs::write(&above, "").unwrap();
+    for (home, in_the_way) in [(home.clone(), &bin), (above.join("tw"), &above)] {
+        for args in [
+            &["install", "ws://127.0.0.1:9/terminal", "--name", "greet"][..],
+            &["apps"],
+            &["uninstall", "greet"],
+        ] {
+            let run = admin(&home, args).env("PATH", "/usr/bin:/bin").run().await;
+            let stderr = run.stderr_text();
+            assert_eq!(run.status, Some(65), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{} is not a folder", in_the_way.display()))
+                    || (stderr.contains(&in_the_way.display().to_string())
+                        && stderr.contains("something that is not a folder is there")),
+                "{args:?}: {stderr}"
+            );
+            assert!(stderr.contains("move it out of the way"), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+    assert_eq!(std::fs::read(&bin).unwrap(), b"", "the file was changed");
+}

@@ -534,9 +534,15 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             let mut any = false;
             for authority in authorities {
                 let path = home.authority_dir(&authority).join("audit.log");
-                for entry in crate::audit::read(&path, since)
-                    .with_context(|| format!("cannot read the audit log of {authority}"))?
-                {
+                let read = crate::audit::read(&path, since).map_err(|error| {
+                    match error.kind() == std::io::ErrorKind::PermissionDenied {
+                        true => home.not_yours(&path).map(anyhow::Error::from),
+                        false => None,
+                    }
+                    .unwrap_or_else(|| anyhow::Error::from(error))
+                    .context(format!("cannot read the audit log of {authority}"))
+                })?;
+                for entry in read {
                     if json {
                         let mut value = serde_json::to_value(&entry)?;
                         value["authority"] = serde_json::Value::from(authority.to_string());
@@ -640,7 +646,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 bail!("not confirmed; nothing was deleted (use --yes to skip the question)");
             }
             std::fs::remove_dir_all(&folder)
-                .with_context(|| format!("cannot delete {}", folder.display()))?;
+                .map_err(|error| crate::home_error(home, "delete", &folder, error))?;
             writeln!(out, "forgot {authority}: deleted {}", folder.display())?;
         }
     }

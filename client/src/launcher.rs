@@ -310,11 +310,12 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
     let dir = home.bin_dir();
     // The user's alone, whatever the umask: the client refuses a home that
     // other users could change, and `terminalwire-exec` a launcher.
-    crate::create_private_dirs(&dir).map_err(|error| unusable("create", &dir, error))?;
+    crate::create_private_dirs(&dir)
+        .map_err(|error| crate::home_error(home, "create", &dir, error))?;
     let path = dir.join(name);
     let previous = match std::fs::symlink_metadata(&path) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-        Err(error) => return Err(unusable("look at", &path, error).into()),
+        Err(error) => return Err(crate::home_error(home, "look at", &path, error).into()),
         Ok(meta) if !meta.is_file() => anyhow::bail!(
             "{} is there and is not a launcher: remove it or pick another --name",
             path.display()
@@ -357,21 +358,11 @@ pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Res
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    written.map_err(|error| unusable("write", &path, error))?;
+    written.map_err(|error| crate::home_error(home, "write", &path, error))?;
     Ok(match previous {
         None => Installed::New(path),
         Some(previous) => Installed::Replaced { path, previous },
     })
-}
-
-/// The launchers' folder (or `path` in it) cannot be used: a home the
-/// client cannot use (status 65, as for the client's other commands).
-fn unusable(action: &'static str, path: &Path, error: io::Error) -> HomeError {
-    HomeError::Unusable {
-        action,
-        path: path.to_path_buf(),
-        source: crate::folder_error(path.parent().unwrap_or(path), path, error),
-    }
 }
 
 /// Whether two launcher URLs name the same app (`http://` is `ws://`).
@@ -435,9 +426,15 @@ pub type InstalledApp = (String, Result<Launcher, LauncherError>);
 /// or not, and are left out.
 pub fn list(home: &Home) -> Result<Vec<InstalledApp>, HomeError> {
     let dir = home.bin_dir();
-    let read = |source| HomeError::Io {
-        path: dir.clone(),
-        source: crate::folder_error(&dir, &dir, source),
+    let read = |source: io::Error| {
+        let denied = source.kind() == io::ErrorKind::PermissionDenied;
+        denied
+            .then(|| home.not_yours(&dir))
+            .flatten()
+            .unwrap_or_else(|| HomeError::Io {
+                path: dir.clone(),
+                source: crate::folder_error(&dir, &dir, source),
+            })
     };
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -491,7 +488,7 @@ pub fn uninstall(home: &Home, name: &str) -> anyhow::Result<Uninstalled> {
              the installed ones)",
             path.display()
         ),
-        Err(error) => return Err(unusable("look at", &path, error).into()),
+        Err(error) => return Err(crate::home_error(home, "look at", &path, error).into()),
         Ok(meta) => meta,
     };
     let kind = meta.file_type();
@@ -518,10 +515,10 @@ pub fn uninstall(home: &Home, name: &str) -> anyhow::Result<Uninstalled> {
                 path.display()
             )));
         }
-        Err(error) => return Err(unusable("read", &path, error).into()),
+        Err(error) => return Err(crate::home_error(home, "read", &path, error).into()),
     }
     let broken = load(&path).err();
-    std::fs::remove_file(&path).map_err(|error| unusable("remove", &path, error))?;
+    std::fs::remove_file(&path).map_err(|error| crate::home_error(home, "remove", &path, error))?;
     Ok(Uninstalled { path, broken })
 }
 

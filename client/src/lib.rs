@@ -580,7 +580,7 @@ fn entitlements(
     let authority = Authority::from_url(&target.url).map_err(|error| config(error.to_string()))?;
     let storage = home.storage_dir(&authority);
     create_private_dirs(&storage)
-        .map_err(|error| config(format!("cannot create {}: {error}", storage.display())))?;
+        .map_err(|error| config(home_error(&home, "create", &storage, error).to_string()))?;
     // A corrupt policy file stops the client: never a silent reset. So does
     // one another user could have written.
     let policy_file = home.policy_file(&authority);
@@ -624,6 +624,28 @@ pub(crate) fn create_private_dirs(path: &std::path::Path) -> std::io::Result<()>
         .mode(0o700)
         .create(path)
         .map_err(|error| folder_error(path, path, error))
+}
+
+/// `error`, met doing `action` ("create", "write", "delete") on `path` of
+/// `home`: a home the client cannot use (status 65). Said of the folder or
+/// file another user owns when that is why it was denied, and of what is in
+/// the way when a file stands where a folder belongs.
+pub(crate) fn home_error(
+    home: &terminalwire_policy::Home,
+    action: &'static str,
+    path: &std::path::Path,
+    error: std::io::Error,
+) -> terminalwire_policy::HomeError {
+    if error.kind() == std::io::ErrorKind::PermissionDenied
+        && let Some(not_yours) = home.not_yours(path)
+    {
+        return not_yours;
+    }
+    terminalwire_policy::HomeError::Unusable {
+        action,
+        path: path.to_path_buf(),
+        source: folder_error(path.parent().unwrap_or(path), path, error),
+    }
 }
 
 /// `error`, met using the folder `folder` or something in it (`named`, the

@@ -79,6 +79,22 @@ pub enum HomeError {
         /// The command that makes it private again.
         fix: String,
     },
+    /// The home, or a folder or file of it, belongs to another user and
+    /// this one may not use it (a command run with `sudo` made it, say).
+    #[error(
+        "{path} belongs to another user ({owner}), so terminalwire cannot use it as uid {user}; \
+         if it should be yours, run: {fix}; or set TERMINALWIRE_HOME to a folder of your own"
+    )]
+    NotYours {
+        /// The home, or the folder or file of it that is another user's.
+        path: PathBuf,
+        /// Whose it is: "root", or "uid 1001".
+        owner: String,
+        /// This user's id.
+        user: u32,
+        /// The command that gives it to this user.
+        fix: String,
+    },
     /// One of the client's own files is something else (a folder, a FIFO,
     /// a device), so it is not used.
     #[error(
@@ -121,11 +137,58 @@ impl Home {
     /// The home at `root`, which is a folder or not there yet (it is made
     /// when first needed): a file there made every command fail with a
     /// bare "Not a directory".
+    /// A home of another user's that this one may not read and change
+    /// stops here, named, rather than at a bare "Permission denied" from
+    /// whatever command meets it first.
     fn located(root: PathBuf) -> Result<Home, HomeError> {
         match std::fs::metadata(&root) {
             Ok(metadata) if !metadata.is_dir() => Err(HomeError::NotAFolder { path: root }),
-            _ => Ok(Home::at(root)),
+            Ok(_) => {
+                let home = Home::at(root);
+                let usable = rustix::fs::access(
+                    &home.root,
+                    rustix::fs::Access::READ_OK
+                        | rustix::fs::Access::WRITE_OK
+                        | rustix::fs::Access::EXEC_OK,
+                );
+                match usable.err().and_then(|_| home.not_yours(&home.root)) {
+                    Some(error) => Err(error),
+                    None => Ok(home),
+                }
+            }
+            Err(_) => Ok(Home::at(root)),
         }
+    }
+
+    /// For an access to `path` (in this home) that was denied: the home's
+    /// root or the folder or file on the way to `path` that belongs to
+    /// another user, the first met from the root, if there is one.
+    pub fn not_yours(&self, path: &Path) -> Option<HomeError> {
+        use std::os::unix::fs::MetadataExt;
+        let user = rustix::process::geteuid().as_raw();
+        let mut chain: Vec<&Path> = path
+            .ancestors()
+            .take_while(|dir| dir.starts_with(&self.root))
+            .collect();
+        chain.reverse();
+        for there in chain {
+            // What cannot be seen is behind one already looked at.
+            let meta = std::fs::symlink_metadata(there).ok()?;
+            if meta.uid() != user {
+                let owner = match meta.uid() {
+                    0 => "root".to_owned(),
+                    uid => format!("uid {uid}"),
+                };
+                let quoted = crate::decide::shell_word(&there.to_string_lossy());
+                return Some(HomeError::NotYours {
+                    path: there.to_path_buf(),
+                    owner,
+                    user,
+                    fix: format!("sudo chown -R {user} {quoted}"),
+                });
+            }
+        }
+        None
     }
 
     /// A home rooted at `root` (tests, or an explicit `--home`).
@@ -201,6 +264,12 @@ impl Home {
             let meta = match std::fs::metadata(path) {
                 Ok(meta) => meta,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(self.not_yours(path).unwrap_or(HomeError::Io {
+                        path: path.to_path_buf(),
+                        source: error,
+                    }));
+                }
                 Err(source) => {
                     return Err(HomeError::Io {
                         path: path.to_path_buf(),
@@ -260,6 +329,9 @@ impl Home {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(self.not_yours(&dir).unwrap_or_else(|| io_err(e)));
+            }
             Err(e) => return Err(io_err(e)),
         };
         let mut found = Vec::new();
@@ -308,6 +380,39 @@ mod tests {
         // A folder, or nothing yet: the home.
         assert!(Home::located(dir.path().to_path_buf()).is_ok());
         assert!(Home::located(dir.path().join("later")).is_ok());
+    }
+
+    /// The first folder or file from the root that is another user's is
+    /// named, with the command that gives it to this user. (Only root can
+    /// give a file away: skipped otherwise.)
+    #[test]
+    fn the_folder_of_another_user_on_the_way_is_named() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: giving a folder to another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("tw"));
+        let theirs = home.root().join("authorities/example.com");
+        std::fs::create_dir_all(theirs.join("storage")).unwrap();
+        assert!(home.not_yours(&theirs.join("storage/file")).is_none());
+        std::os::unix::fs::chown(&theirs, Some(1001), None).unwrap();
+        std::os::unix::fs::chown(theirs.join("storage"), Some(1002), None).unwrap();
+        let error = home.not_yours(&theirs.join("storage/file")).unwrap();
+        assert!(
+            matches!(&error, HomeError::NotYours { path, owner, user: 0, .. }
+                if *path == theirs && owner == "uid 1001"),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("run: sudo chown -R 0 {}", theirs.display())),
+            "{message}"
+        );
+        // Nothing is looked at outside the home.
+        let own = Home::at(dir.path().join("own"));
+        std::fs::create_dir(own.root()).unwrap();
+        assert!(own.not_yours(&theirs).is_none());
     }
 
     #[test]

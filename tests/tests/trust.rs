@@ -612,24 +612,39 @@ async fn a_new_device_waits_for_approval_on_the_web_and_can_be_revoked() {
 /// Runs the client as user `nobody` (65534) with its own home; `None` when
 /// this test process cannot switch users (not root, or no `setpriv`).
 async fn run_as_nobody(args: &[&str]) -> Option<terminalwire_tests::Outcome> {
+    let base = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    run_as_nobody_in(&base.path().join("tw"), args).await
+}
+
+/// Whether this test process can run the client as another user: it is
+/// root and has `setpriv`.
+fn setpriv() -> Option<&'static str> {
     if rustix::process::getuid().as_raw() != 0 {
         return None;
     }
-    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+    ["/usr/bin/setpriv", "/bin/setpriv"]
         .into_iter()
-        .find(|path| std::path::Path::new(path).exists())?;
+        .find(|path| std::path::Path::new(path).exists())
+}
+
+/// Runs the client as user `nobody` (65534) with the terminalwire home
+/// `home` (its user home the folder above it); `None` as [`setpriv`].
+async fn run_as_nobody_in(
+    home: &std::path::Path,
+    args: &[&str],
+) -> Option<terminalwire_tests::Outcome> {
+    let setpriv = setpriv()?;
     let binary = terminalwire_tests::client_binary();
-    let home = tempfile::tempdir().unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    }
     let output = tokio::process::Command::new(setpriv)
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&binary)
         .args(args)
-        .env("TERMINALWIRE_HOME", home.path().join("tw"))
-        .env("HOME", home.path())
+        .env("TERMINALWIRE_HOME", home)
+        .env("HOME", home.parent().unwrap())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -642,6 +657,80 @@ async fn run_as_nobody(args: &[&str]) -> Option<terminalwire_tests::Outcome> {
         stdout: output.stdout,
         stderr: output.stderr,
     })
+}
+
+/// A home another user made (root, by `sudo terminalwire ...` say), or a
+/// folder of it another user made in this user's home, is named with its
+/// owner and the `chown` that gives it back, not a bare "Permission
+/// denied", by the client's commands and by a session (65).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_or_folder_of_another_user_is_named_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    if setpriv().is_none() {
+        eprintln!("skipped: switching to another user needs root and setpriv");
+        return;
+    }
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let expect_refused = |run: terminalwire_tests::Outcome, folder: &std::path::Path| {
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert_eq!(run.status, Some(65), "{stderr}");
+        assert!(run.stdout.is_empty(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{} belongs to another user (root), so terminalwire cannot use it as uid 65534",
+                folder.display()
+            )),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("run: sudo chown -R 65534 {}", folder.display())),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("Permission denied"), "{stderr}");
+    };
+
+    // The whole home is root's: made by the client run as root.
+    let home = base.path().join("root-made");
+    let made = admin(
+        &home,
+        &["entitlement", "grant", "example.com", "env", "EDITOR"],
+    )
+    .run()
+    .await;
+    assert_eq!(made.status, Some(0), "{}", made.stderr_text());
+    for args in [
+        &["entitlement", "list", "example.com"][..],
+        &["install", url.as_str(), "--name", "greet"],
+        &["sessions"],
+        &[url.as_str(), "hello", "Ada"],
+    ] {
+        let run = run_as_nobody_in(&home, args).await.unwrap();
+        expect_refused(run, &home);
+    }
+
+    // This user's home, with a folder root made for the server in it.
+    let home = base.path().join("own");
+    let authority = home.join(format!("authorities/{}", server.addr()));
+    std::fs::create_dir_all(&authority).unwrap();
+    std::fs::set_permissions(&authority, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(authority.join("policy.toml"), "").unwrap();
+    for folder in [&home, &home.join("authorities")] {
+        std::os::unix::fs::chown(folder, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let addr = server.addr().to_string();
+    for args in [
+        &[url.as_str(), "hello", "Ada"][..],
+        &["entitlement", "list", addr.as_str()],
+        &["authority", "forget", addr.as_str(), "--yes"],
+    ] {
+        let run = run_as_nobody_in(&home, args).await.unwrap();
+        expect_refused(run, &authority);
+    }
+    assert!(authority.join("policy.toml").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -538,27 +538,99 @@ fn restore_in_panic() {
 mod tests {
     use super::*;
 
+    /// The environment variable that makes this test binary the process of
+    /// [`in_a_process_of_its_own`]: the name of the test it runs.
+    const OWN_PROCESS: &str = "TERMINALWIRE_TEST_OWN_PROCESS";
+
+    /// Longest a test of the panic hook may take in its own process.
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Runs `body` as the test `name` (of this module) in a process of its
+    /// own: this test binary again, running that test alone. A panic hook
+    /// that deadlocked would hang for good on a lock of the whole process
+    /// (the terminal's settings, the key pump) that other tests need, and
+    /// with them the test binary; here the test fails after [`DEADLINE`],
+    /// and only its own process, killed, was stuck.
+    fn in_a_process_of_its_own(name: &str, body: impl FnOnce()) {
+        use std::io::Read;
+        if std::env::var(OWN_PROCESS).as_deref() == Ok(name) {
+            body();
+            return;
+        }
+        // Test names leave out the crate's.
+        let module = module_path!()
+            .split_once("::")
+            .map_or(module_path!(), |(_, module)| module);
+        let test = format!("{module}::{name}");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env(OWN_PROCESS, name)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let read = |mut from: Box<dyn Read + Send>, ended: Option<std::sync::mpsc::Sender<()>>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = from.read_to_end(&mut text);
+                // Its end of the pipe closes when the process ends.
+                drop(ended);
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
+        let stdout = read(Box::new(child.stdout.take().unwrap()), Some(ended_tx));
+        let stderr = read(Box::new(child.stderr.take().unwrap()), None);
+        let in_time = matches!(
+            ended.recv_timeout(DEADLINE),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+        if !in_time {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        let output = format!("{}{}", stdout.join().unwrap(), stderr.join().unwrap());
+        assert!(
+            in_time,
+            "{test} did not end within {DEADLINE:?} (a deadlock?), and was killed:\n{output}"
+        );
+        assert!(
+            status.success(),
+            "{test} failed in its own process:\n{output}"
+        );
+        assert!(
+            output.contains("test result: ok. 1 passed"),
+            "{test} did not run in its own process:\n{output}"
+        );
+    }
+
     /// A panic on one thread while another changes the settings (a request
     /// switching raw mode on): the hook waits for that change and then
     /// restores, or the change would land after it.
     #[test]
     fn a_panic_while_another_thread_changes_the_settings_still_restores() {
-        let (held_tx, held_rx) = std::sync::mpsc::channel();
-        let other = std::thread::spawn(move || {
-            let owner = owner();
-            let before = owner.generation;
-            held_tx.send(()).unwrap();
-            // Held a while, as a change may be (the hook must wait).
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            drop(owner);
-            before
-        });
-        held_rx.recv().unwrap();
-        restore_in_panic();
-        let before = other.join().unwrap();
-        assert!(
-            owner().generation > before,
-            "the hook gave up on the restore"
+        in_a_process_of_its_own(
+            "a_panic_while_another_thread_changes_the_settings_still_restores",
+            || {
+                let (held_tx, held_rx) = std::sync::mpsc::channel();
+                let other = std::thread::spawn(move || {
+                    let owner = owner();
+                    let before = owner.generation;
+                    held_tx.send(()).unwrap();
+                    // Held a while, as a change may be (the hook must wait).
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    drop(owner);
+                    before
+                });
+                held_rx.recv().unwrap();
+                restore_in_panic();
+                let before = other.join().unwrap();
+                assert!(
+                    owner().generation > before,
+                    "the hook gave up on the restore"
+                );
+            },
         );
     }
 
@@ -566,16 +638,9 @@ mod tests {
     /// bug in key parsing) must not hang the hook.
     #[test]
     fn a_panic_while_the_key_pump_is_locked_does_not_hang_its_hook() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            crate::keys::pump().hold_for_test(restore_in_panic);
-            let _ = done.send(());
-        });
-        assert!(
-            finished
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .is_ok(),
-            "the panic hook waited for the key pump's lock its own thread holds"
+        in_a_process_of_its_own(
+            "a_panic_while_the_key_pump_is_locked_does_not_hang_its_hook",
+            || crate::keys::pump().hold_for_test(restore_in_panic),
         );
     }
 
@@ -583,18 +648,13 @@ mod tests {
     /// held on the panicking thread) must not hang the panic hook.
     #[test]
     fn a_panic_while_the_settings_are_changed_does_not_hang_its_hook() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let held = owner();
-            restore_in_panic();
-            drop(held);
-            let _ = done.send(());
-        });
-        assert!(
-            finished
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .is_ok(),
-            "the panic hook's restore waited for a lock its own thread holds"
+        in_a_process_of_its_own(
+            "a_panic_while_the_settings_are_changed_does_not_hang_its_hook",
+            || {
+                let held = owner();
+                restore_in_panic();
+                drop(held);
+            },
         );
     }
 

@@ -330,10 +330,11 @@ impl Files {
         // Given up after the answer came but before it was taken (a
         // `select!` that chose another branch on the same turn), the guard
         // abandons the write.
+        let ctx = self.ctx.clone();
         let mut pending = PendingOpen {
             open,
             taken: false,
-            ctx: self.ctx.clone(),
+            abandon: Some(Box::new(move |handle| abandon_write(&ctx, handle))),
         };
         let answer = (&mut pending.open).await;
         pending.taken = true;
@@ -844,7 +845,8 @@ struct PendingOpen {
     open: tokio::sync::oneshot::Receiver<Result<Reply, ResourceError>>,
     /// The caller has the answer.
     taken: bool,
-    ctx: Context,
+    /// Abandons the write of a handle ([`abandon_write`]).
+    abandon: Option<Box<dyn FnOnce(u64) + Send>>,
 }
 
 impl Drop for PendingOpen {
@@ -853,8 +855,10 @@ impl Drop for PendingOpen {
             // No answer can come in after this: one still on its way is
             // refused, and its task abandons the write itself.
             self.open.close();
-            if let Ok(Ok(Reply::Handle { handle })) = self.open.try_recv() {
-                abandon_write(&self.ctx, handle);
+            if let Ok(Ok(Reply::Handle { handle })) = self.open.try_recv()
+                && let Some(abandon) = self.abandon.take()
+            {
+                abandon(handle);
             }
         }
     }
@@ -1002,5 +1006,68 @@ impl Browser {
             Reply::Unit => Ok(()),
             _ => unexpected(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Where an open's task sends its answer.
+    type Answer = tokio::sync::oneshot::Sender<Result<Reply, ResourceError>>;
+
+    /// An open whose caller gave up, recording the handles it abandons.
+    fn pending_open() -> (Answer, PendingOpen, Arc<Mutex<Vec<u64>>>) {
+        let (opened, open) = tokio::sync::oneshot::channel();
+        let abandoned = Arc::new(Mutex::new(Vec::new()));
+        let pending = PendingOpen {
+            open,
+            taken: false,
+            abandon: Some(Box::new({
+                let abandoned = abandoned.clone();
+                move |handle| abandoned.lock().unwrap().push(handle)
+            })),
+        };
+        (opened, pending, abandoned)
+    }
+
+    /// The race of an open given up in a `select!`: polled while no answer
+    /// had come, the answer comes (its task sends it) while nobody polls,
+    /// then the open is dropped. The write it opened is abandoned, every
+    /// time: the answer is known to be there before the drop.
+    #[test]
+    fn an_open_answered_while_nobody_polled_is_abandoned_when_dropped() {
+        let (opened, mut pending, abandoned) = pending_open();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let polled = std::pin::Pin::new(&mut pending.open).poll(&mut cx);
+        assert!(polled.is_pending(), "answered before it was sent");
+        assert!(opened.send(Ok(Reply::Handle { handle: 7 })).is_ok());
+        drop(pending);
+        assert_eq!(*abandoned.lock().unwrap(), [7]);
+    }
+
+    /// Dropped before its answer comes, the open refuses it (its task then
+    /// abandons the write itself); dropped once its caller took the answer,
+    /// it abandons nothing; an error abandons nothing.
+    #[test]
+    fn an_open_abandons_only_a_write_its_caller_did_not_take() {
+        let (opened, pending, abandoned) = pending_open();
+        drop(pending);
+        assert!(opened.send(Ok(Reply::Handle { handle: 7 })).is_err());
+        assert!(abandoned.lock().unwrap().is_empty());
+
+        let (opened, mut pending, abandoned) = pending_open();
+        assert!(opened.send(Ok(Reply::Handle { handle: 8 })).is_ok());
+        assert!(pending.open.try_recv().is_ok());
+        pending.taken = true;
+        drop(pending);
+        assert!(abandoned.lock().unwrap().is_empty());
+
+        let (opened, pending, abandoned) = pending_open();
+        assert!(opened.send(Err(ResourceError::Disconnected)).is_ok());
+        drop(pending);
+        assert!(abandoned.lock().unwrap().is_empty());
     }
 }

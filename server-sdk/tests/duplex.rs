@@ -3733,38 +3733,3 @@ async fn an_exit_inside_an_io_error_ends_with_its_status() {
     assert_eq!(run.stderr_text(), "");
     assert_eq!(run.status(), 3);
 }
-
-/// An open whose answer reached the writer while its future was not being
-/// polled (a `select!` whose other branch won the same turn, a time-out
-/// firing then), and which is then dropped, still has its write abandoned.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_answered_but_never_polled_again_is_abandoned() {
-    let held = Arc::new(Notify::new());
-    let given_up = Arc::new(Notify::new());
-    let finished = Arc::new(Notify::new());
-    let notifies = (held.clone(), given_up.clone(), finished.clone());
-    let terminal = Terminal::new(move |ctx: Context| {
-        let (held, given_up, finished) = notifies.clone();
-        async move {
-            let files = ctx.file();
-            let mut open = Box::pin(files.writer("f"));
-            tokio::select! {
-                _ = &mut open => anyhow::bail!("the open was answered"),
-                () = held.notified() => {}
-            }
-            given_up.notify_one();
-            // A window for the answer to come while nobody polls the open
-            // (no event says it came: should it come later, the open's own
-            // task abandons the write, and the test passes that way too).
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            drop(open);
-            let told = tokio::time::timeout(DEADLINE / 2, finished.notified()).await;
-            anyhow::ensure!(told.is_ok(), "the client was never told");
-            Ok(())
-        }
-    });
-    let (client, server) = socket_pair().await;
-    let script = holding_a_write(client, GivenUp::Open, &held, &given_up, &finished);
-    let (status, stderr, became) = serve_script(&terminal, server, script).await;
-    assert_eq!((status, stderr.as_str(), became), (0, "", vec!["abort"]));
-}

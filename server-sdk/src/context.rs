@@ -514,12 +514,20 @@ impl Context {
     }
 
     /// `relative` inside this authority's storage folder on the client (a
-    /// folder the app may always read and write); `None` when the client
-    /// did not report one.
+    /// folder the app may always read and write), such as `notes.txt` or
+    /// `exports/today.csv`; `""` or `"."` is the folder itself.
+    ///
+    /// `None` when the client did not report a storage folder, and for a
+    /// name that would leave the folder: one with a `..` component, an
+    /// absolute one (`/etc/passwd`, `\\server\share`, `C:\x` or `C:x`), or
+    /// one with a NUL byte. `\` counts as a separator there, as on a
+    /// Windows client. The name is otherwise kept as given.
     pub fn storage_path(&self, relative: &str) -> Option<String> {
         let storage = self.info.client.storage.as_deref()?;
-        let relative = relative.trim_start_matches('/');
-        Some(if relative.is_empty() {
+        if !stays_inside(relative) {
+            return None;
+        }
+        Some(if matches!(relative, "" | ".") {
             storage.to_owned()
         } else {
             format!("{}/{relative}", storage.trim_end_matches('/'))
@@ -671,6 +679,22 @@ impl Context {
     pub async fn closed(&self) {
         self.shared.closed.cancelled().await;
     }
+}
+
+/// Whether `relative`, joined to a folder, names a place inside it: no `..`
+/// component, not absolute (no leading `/` or `\`, no Windows drive), no
+/// NUL byte. Both `/` and `\` separate components, as on a Windows client.
+fn stays_inside(relative: &str) -> bool {
+    let separator = |c: char| c == '/' || c == '\\';
+    let drive = relative
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphabetic)
+        && relative.as_bytes().get(1) == Some(&b':');
+    !relative.starts_with(separator)
+        && !drive
+        && !relative.contains('\0')
+        && !relative.split(separator).any(|component| component == "..")
 }
 
 /// A writer on one of the client's output streams.

@@ -3733,3 +3733,65 @@ async fn an_exit_inside_an_io_error_ends_with_its_status() {
     assert_eq!(run.stderr_text(), "");
     assert_eq!(run.status(), 3);
 }
+
+/// `ctx.storage_path` names places inside the storage folder only: a name
+/// that would leave it (`..`, absolute, a Windows drive) gets `None`, not a
+/// path the client would have to refuse.
+#[tokio::test]
+async fn storage_path_never_leaves_the_storage_folder() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        for name in ctx.args() {
+            let path = ctx.storage_path(name);
+            ctx.stdout()
+                .println(format!("{name:?} {}", path.as_deref().unwrap_or("none")))
+                .await?;
+        }
+        anyhow::Ok(())
+    });
+    let names = [
+        "notes.txt",
+        "a/b.csv",
+        "",
+        ".",
+        "./x",
+        "..x",
+        "x..",
+        "../x",
+        "..",
+        "a/../../x",
+        "a/..",
+        "/etc/passwd",
+        "//x",
+        "..\\x",
+        "\\\\server\\share",
+        "C:\\x",
+        "c:x",
+        "a\0b",
+    ];
+    let mut hello = hello(&names);
+    hello.storage = Some("/home/u/.tw/storage/".into());
+    let run = Session::new(hello).run(&terminal).await;
+    assert_eq!(run.status(), 0, "{}", run.stderr_text());
+    let s = "/home/u/.tw/storage";
+    let want = [
+        format!("\"notes.txt\" {s}/notes.txt"),
+        format!("\"a/b.csv\" {s}/a/b.csv"),
+        format!("\"\" {s}/"),
+        format!("\".\" {s}/"),
+        format!("\"./x\" {s}/./x"),
+        format!("\"..x\" {s}/..x"),
+        format!("\"x..\" {s}/x.."),
+        "\"../x\" none".to_owned(),
+        "\"..\" none".to_owned(),
+        "\"a/../../x\" none".to_owned(),
+        "\"a/..\" none".to_owned(),
+        "\"/etc/passwd\" none".to_owned(),
+        "\"//x\" none".to_owned(),
+        "\"..\\\\x\" none".to_owned(),
+        "\"\\\\\\\\server\\\\share\" none".to_owned(),
+        "\"C:\\\\x\" none".to_owned(),
+        "\"c:x\" none".to_owned(),
+        "\"a\\0b\" none".to_owned(),
+    ];
+    assert_eq!(run.stdout_text().lines().collect::<Vec<_>>(), want);
+}

@@ -178,7 +178,10 @@ pub async fn command(ctx: Context) -> anyhow::Result<()> {
         }
         Command::Append { times, file } => {
             let Some(path) = ctx.storage_path(&file) else {
-                anyhow::bail!("your client has no storage folder for this app");
+                if ctx.client().storage.is_none() {
+                    anyhow::bail!("your client has no storage folder for this app");
+                }
+                anyhow::bail!("{file:?} is not a name inside the storage folder");
             };
             for n in 1..=times {
                 ctx.file()

@@ -301,10 +301,15 @@ pub enum ResourceError {
         /// The client's explanation.
         message: String,
     },
-    /// The client does not implement the operation.
-    #[error("the client does not support this: {message}")]
+    /// The client cannot do it: it does not implement the operation, or
+    /// the operation needs what the client lacks here. A password, raw mode
+    /// or a key read when the client's stdin is not a terminal (the user
+    /// piped or redirected the command's input) fails with this variant,
+    /// and a message that says so and what the user can do.
+    #[error("{message}")]
     Unsupported {
-        /// The client's explanation.
+        /// What could not be done and why, in a sentence of its own (the
+        /// client's, or the SDK's for a missing terminal).
         message: String,
     },
     /// The client answered with another error code.
@@ -324,6 +329,27 @@ pub enum ResourceError {
 }
 
 impl ResourceError {
+    /// `self`, with a message that says what happened and what to do when
+    /// the client refused to `what` (`read a password`, ...) because its
+    /// stdin, of kind `stdin`, is not a terminal. Other errors, and a
+    /// client that did not tell what its stdin is, are left as they are.
+    pub(crate) fn for_stdin(self, what: &str, stdin: StreamKind) -> ResourceError {
+        match self {
+            ResourceError::Unsupported { .. }
+                if !matches!(stdin, StreamKind::Tty | StreamKind::Unknown) =>
+            {
+                ResourceError::Unsupported {
+                    message: format!(
+                        "cannot {what}: stdin is not a terminal but {stdin} (the command's \
+                         input is piped or redirected); run the command in a terminal, \
+                         without redirecting its input"
+                    ),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// What was refused, for a denied request whose client gave details.
     pub fn denial(&self) -> Option<&Denial> {
         match self {
@@ -637,22 +663,32 @@ impl Context {
     /// Switches the client's terminal to raw mode (every key goes to the
     /// app, Ctrl-C included) or back to cooked mode. The client restores
     /// cooked mode when the session ends. Fails with
-    /// [`ResourceError::Unsupported`] when the client's stdin is not a terminal.
+    /// [`ResourceError::Unsupported`] when the client's stdin is not a
+    /// terminal (its message says so, and what the user can do).
     pub async fn set_raw_mode(&self, raw: bool) -> Result<(), ResourceError> {
         let mode = if raw {
             wire::TerminalMode::Raw
         } else {
             wire::TerminalMode::Cooked
         };
-        match self.request(Operation::TerminalMode { mode }).await? {
+        let what = if raw {
+            "switch the terminal to raw mode"
+        } else {
+            "switch the terminal back to cooked mode"
+        };
+        let reply = self.request(Operation::TerminalMode { mode }).await;
+        match reply.map_err(|error| error.for_stdin(what, self.info.terminal.stdin.kind))? {
             Reply::Unit => Ok(()),
             _ => Err(ResourceError::UnexpectedReply),
         }
     }
 
-    /// Waits for one key press on the client's terminal.
+    /// Waits for one key press on the client's terminal. Fails with
+    /// [`ResourceError::Unsupported`] when the client's stdin is not a
+    /// terminal.
     pub async fn read_key(&self) -> Result<Key, ResourceError> {
-        match self.request(Operation::ReadKey).await? {
+        let reply = self.request(Operation::ReadKey).await;
+        match reply.map_err(|error| error.for_stdin("read a key", self.info.terminal.stdin.kind))? {
             Reply::Key(key) => Ok(Key {
                 key: key.key,
                 ctrl: key.ctrl,

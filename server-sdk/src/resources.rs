@@ -84,12 +84,18 @@ impl Stdin {
 
     /// One line typed without echo on the client's terminal. Fails with
     /// [`ResourceError::Unsupported`] when the client's stdin is not a
-    /// terminal (a password is never read from a pipe by accident).
+    /// terminal (a password is never read from a pipe by accident), with a
+    /// message for the user that says so: `cannot read a password: stdin is
+    /// not a terminal but a pipe (...)`. An app that offers another way
+    /// (say, `--password-stdin`) checks `ctx.terminal().stdin.is_tty()`
+    /// first, or matches the variant, and says so.
     pub async fn read_password(&self, prompt: &str) -> Result<Option<String>, ResourceError> {
         let op = Operation::StdinReadPassword {
             prompt: Some(prompt.to_owned()),
         };
-        match self.ctx.request(op).await? {
+        let stdin = self.ctx.terminal().stdin.kind;
+        let reply = self.ctx.request(op).await;
+        match reply.map_err(|error| error.for_stdin("read a password", stdin))? {
             Reply::Line { line } => Ok(line),
             _ => unexpected(),
         }

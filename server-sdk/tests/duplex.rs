@@ -3795,3 +3795,49 @@ async fn storage_path_never_leaves_the_storage_folder() {
     ];
     assert_eq!(run.stdout_text().lines().collect::<Vec<_>>(), want);
 }
+
+/// A password, raw mode or a key asked of a client whose stdin is piped
+/// fails with `ResourceError::Unsupported` (apps match on it) and a message
+/// that says what happened and what to do, not that the client lacks
+/// support; the real client's refusal is reworded by the SDK.
+#[tokio::test]
+async fn a_password_from_piped_stdin_is_refused_with_a_message_that_says_why() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let show = |what: &str, error: Option<ResourceError>| {
+            let variant = match &error {
+                Some(ResourceError::Unsupported { .. }) => "unsupported",
+                _ => "UNEXPECTED",
+            };
+            let message = error.map(|error| error.to_string()).unwrap_or_default();
+            format!("{what} {variant}: {message}")
+        };
+        let password = ctx.stdin().read_password("Password: ").await.err();
+        let raw = ctx.set_raw_mode(true).await.err();
+        let key = ctx.read_key().await.err();
+        let out = ctx.stdout();
+        out.println(show("password", password)).await?;
+        out.println(show("raw", raw)).await?;
+        out.println(show("key", key)).await?;
+        anyhow::Ok(())
+    });
+    let mut hello = hello(&[]);
+    hello.terminal.stdin = StreamFacts {
+        kind: WireKind::Pipe,
+        size: None,
+        color: WireColor::None,
+    };
+    let run = Session::new(hello).stdin(b"piped\n").run(&terminal).await;
+    assert_eq!(run.status(), 0, "{}", run.stderr_text());
+    let advice = "stdin is not a terminal but a pipe (the command's input is piped or \
+                  redirected); run the command in a terminal, without redirecting its input";
+    assert_eq!(
+        run.stdout_text().lines().collect::<Vec<_>>(),
+        [
+            format!("password unsupported: cannot read a password: {advice}"),
+            format!("raw unsupported: cannot switch the terminal to raw mode: {advice}"),
+            format!("key unsupported: cannot read a key: {advice}"),
+        ]
+    );
+    // No prompt was shown for a password that could not be read.
+    assert_eq!(run.stderr_text(), "");
+}

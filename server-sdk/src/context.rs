@@ -132,7 +132,10 @@ pub enum ColorLevel {
 pub struct StreamInfo {
     /// What it is connected to.
     pub kind: StreamKind,
-    /// Terminal size as (columns, rows), for a terminal.
+    /// Terminal size as (columns, rows), for a terminal: the size when the
+    /// session started, never updated. For the size now (after the user
+    /// resized the window) use [`Context::terminal_size`], which
+    /// [`Context::resized`] also keeps track of.
     pub size: Option<(u16, u16)>,
     /// Colour support.
     pub color: ColorLevel,
@@ -481,7 +484,11 @@ impl Context {
         &self.info.client
     }
 
-    /// Facts about the client's terminal.
+    /// Facts about the client's terminal, as the client reported them when
+    /// the session started: what each stream is, colours, `TERM`. They do
+    /// not change; in particular `ctx.terminal().stdout.size` is the size
+    /// at the start. For the current size, use
+    /// [`terminal_size`](Context::terminal_size).
     pub fn terminal(&self) -> &TerminalInfo {
         &self.info.terminal
     }
@@ -636,9 +643,18 @@ impl Context {
         });
     }
 
-    /// The client terminal's size as (columns, rows), as last reported.
+    /// The client terminal's size as (columns, rows), as last reported: the
+    /// size at the start, then the one of the latest resize. Use it to lay
+    /// out output now (a table cut to the width, a full-screen view).
+    ///
     /// Counts as having seen it: [`resized`](Context::resized) then waits
-    /// for a newer one.
+    /// for a newer one. So a loop that redraws on resize reads the size
+    /// here and then waits on `resized()`, and misses no resize in between.
+    /// `ctx.terminal().stdout.size`, by contrast, is the size when the
+    /// session started, never updated, and reading it marks nothing as
+    /// seen. Also known when only stdin is a terminal (output piped to a
+    /// pager, say), from stdin's terminal; `None` when the client reported
+    /// no terminal size at all.
     pub fn terminal_size(&self) -> Option<(u16, u16)> {
         self.shared.take_in(|signals| {
             signals.resizes_seen = signals.resizes;

@@ -38,6 +38,32 @@
 //! # }
 //! ```
 //!
+//! # Testing an app
+//!
+//! With the cargo feature `testing` (off by default; for an app's
+//! `[dev-dependencies]`: `terminalwire-server = { version = "...", features =
+//! ["testing"] }`), `terminalwire_server::testing::TestClient` runs the
+//! app's command without a network or the client binary: a scripted client
+//! that does the secure handshake and hello of the real one over an
+//! in-memory transport, so the command runs in the SDK's real session code.
+//! It answers stdin from the bytes it is given, files and folders inside a
+//! storage folder of the test's (everything else is denied as the real
+//! client denies a path not granted), the environment variables it is
+//! given, and records the browser opens:
+//!
+//! ```text
+//! let out = TestClient::new()
+//!     .args(["add", "Water the plants"])
+//!     .storage(tempdir.path())
+//!     .terminal(80, 24)
+//!     .run(&terminal)
+//!     .await;
+//! assert_eq!((out.status, out.stdout_text()), (0, "Added task 1\n".into()));
+//! ```
+//!
+//! The `testing` module's docs list what it answers and how; the `tasks`
+//! example's unit tests use it.
+//!
 //! # Layout
 //!
 //! - [`terminal`]: [`Terminal`], the service an app mounts, its [`Config`] and
@@ -63,6 +89,10 @@
 //!   [`IntoOutcome`]).
 //! - [`cli`]: clap integration (help, version and usage errors rendered like a
 //!   local program).
+//! - `testing` (feature `testing`, off by default): `testing::TestClient`
+//!   runs a command through the SDK's session code in memory, for the
+//!   app's own tests (no network, no client binary; see "Testing an app"
+//!   below).
 //! - [`tls`] (feature `tls`, on by default): serve the app over TLS (`wss://`)
 //!   with rustls, and self-signed development certificates.
 //! - [`tokens`]: app sessions saved on the client, short-lived, rotated and
@@ -93,6 +123,8 @@ pub mod resources;
 mod session;
 pub mod streams;
 pub mod terminal;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod tokens;

@@ -424,3 +424,148 @@ pub async fn serve(
     let router = router(app, &terminal);
     terminal.serve_app(listener, router, shutdown).await
 }
+
+/// The commands run in memory by the SDK's test client: no network, no
+/// client binary (the end-to-end test in `tests/` runs the real one).
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use terminalwire_server::testing::TestClient;
+
+    use super::*;
+
+    fn app() -> (App, Terminal) {
+        let app = App::new([("ada".to_owned(), "hunter2".to_owned())]).unwrap();
+        let terminal = terminal(&app, None);
+        (app, terminal)
+    }
+
+    #[tokio::test]
+    async fn a_login_is_kept_on_the_machine_and_tasks_are_added_listed_done_and_exported() {
+        let (_app, terminal) = app();
+        let storage = tempfile::tempdir().unwrap();
+        let machine = TestClient::new().program("tasks").storage(storage.path());
+        let run = |args: &[&str]| machine.clone().args(args.iter().copied());
+
+        let out = run(&["whoami"]).run(&terminal).await;
+        assert_eq!(out.status, NOT_LOGGED_IN.0);
+        assert_eq!(
+            out.stderr_text(),
+            "error: not logged in; run `tasks login`\n"
+        );
+
+        let out = run(&["login", "-u", "ada", "--password-stdin"])
+            .stdin(b"hunter2\n")
+            .run(&terminal)
+            .await;
+        assert_eq!(
+            out.stdout_text(),
+            "Logged in as ada\n",
+            "{}",
+            out.stderr_text()
+        );
+
+        let out = run(&["add", "Water", "the", "plants", "-p", "high"])
+            .run(&terminal)
+            .await;
+        assert_eq!(out.stdout_text(), "Added task 1\n");
+        run(&["add", "Buy", "soil"]).run(&terminal).await;
+        assert_eq!(
+            run(&["done", "2"]).run(&terminal).await.stdout_text(),
+            "Done: 2\n"
+        );
+
+        let out = run(&["list", "--all"]).run(&terminal).await;
+        assert_eq!(
+            out.stdout_text(),
+            "  ID  PRIORITY  DONE  TASK\n   1  high            Water the plants\n   \
+             2  normal    yes   Buy soil\n"
+        );
+
+        let out = run(&["done", "7"]).run(&terminal).await;
+        assert_eq!(out.status, NOT_FOUND.0);
+        assert_eq!(
+            out.stderr_text(),
+            "error: you have no task 7; nothing was marked\n"
+        );
+
+        let out = run(&["export"]).run(&terminal).await;
+        assert_eq!(out.status, 0, "{}", out.stderr_text());
+        let exported = std::fs::read_to_string(storage.path().join(EXPORT_FILE)).unwrap();
+        assert_eq!(
+            exported,
+            "# Tasks of ada\n\n- [ ] Water the plants (high)\n- [x] Buy soil (normal)\n"
+        );
+        // Outside the storage folder the client refuses, and says how to allow it.
+        let out = run(&["export", "/etc/tasks.md"]).run(&terminal).await;
+        assert_eq!(out.status, 1);
+        assert!(
+            out.stderr_text()
+                .contains("To allow it, run: terminalwire entitlement grant"),
+            "{}",
+            out.stderr_text()
+        );
+
+        let out = run(&["open"]).run(&terminal).await;
+        assert_eq!(out.opened, ["https://app.test/u/ada"]);
+    }
+
+    #[tokio::test]
+    async fn the_password_is_asked_on_a_terminal_and_clear_asks_first() {
+        let (_app, terminal) = app();
+        let storage = tempfile::tempdir().unwrap();
+        let machine = TestClient::new()
+            .program("tasks")
+            .storage(storage.path())
+            .terminal(30, 10);
+        let out = machine
+            .clone()
+            .args(["login", "-u", "ada"])
+            .stdin(b"hunter2\n")
+            .run(&terminal)
+            .await;
+        assert_eq!(out.stdout_text(), "Logged in as ada\n");
+        assert_eq!(out.stderr_text(), "Password: ");
+
+        // Piped, the password is not asked for.
+        let piped = TestClient::new().program("tasks").storage(storage.path());
+        let out = piped
+            .args(["login", "-u", "ada"])
+            .stdin(b"hunter2\n")
+            .run(&terminal)
+            .await;
+        assert_eq!(out.status, NOT_LOGGED_IN.0);
+        assert!(out.stderr_text().contains("--password-stdin"));
+
+        let add = |text: &'static str| machine.clone().args(["add", text]);
+        add("a task whose text is longer than the terminal")
+            .run(&terminal)
+            .await;
+        machine.clone().args(["done", "1"]).run(&terminal).await;
+        // The table is cut to the terminal's 30 columns.
+        let out = machine.clone().args(["list", "-a"]).run(&terminal).await;
+        assert_eq!(
+            out.stdout_text(),
+            "  ID  PRIORITY  DONE  TASK\n   1  normal    yes   a task w\n"
+        );
+        let out = machine
+            .clone()
+            .args(["clear"])
+            .stdin(b"n\n")
+            .run(&terminal)
+            .await;
+        assert_eq!(out.status, 1);
+        assert_eq!(
+            out.stderr_text(),
+            "Remove 1 finished task(s)? [y/N] error: nothing removed\n"
+        );
+        let out = machine
+            .clone()
+            .args(["clear"])
+            .stdin(b"y\n")
+            .run(&terminal)
+            .await;
+        assert_eq!(out.stdout_text(), "Removed 1 finished task(s).\n");
+    }
+}

@@ -1,0 +1,324 @@
+//! The test client for apps (`terminalwire_server::testing`, feature
+//! `testing`): each request a command can make, answered as the real client
+//! answers it, through the SDK's session code in memory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::time::Duration;
+
+use terminalwire_server::resources::EntryKind;
+use terminalwire_server::testing::TestClient;
+use terminalwire_server::{ColorLevel, Context, Exit, ResourceError, Terminal};
+use tokio::io::AsyncWriteExt as _;
+
+#[tokio::test]
+async fn arguments_output_stdin_prompts_and_the_exit_status_reach_the_test() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let out = ctx.stdout();
+        out.println(format!("{} {:?}", ctx.program_name(), ctx.args()))
+            .await?;
+        let first = ctx.read_line(Some("first? ")).await?;
+        let rest = ctx.stdin().read_chunk(100).await?;
+        let end = ctx.read_line(None).await?;
+        out.println(format!("{first:?} {:?} {end:?}", String::from_utf8(rest)?))
+            .await?;
+        ctx.stderr().print("warning\n").await?;
+        Err::<(), anyhow::Error>(Exit(3).with_message("no task 7").into())
+    });
+    let out = TestClient::new()
+        .program("tasks")
+        .args(["done", "7"])
+        .stdin(b"one\r\ntwo\nthree")
+        .run(&terminal)
+        .await;
+    assert_eq!(out.status, 3);
+    assert_eq!(
+        out.stdout_text(),
+        "tasks [\"done\", \"7\"]\nSome(\"one\") \"two\\nthree\" None\n"
+    );
+    assert_eq!(out.stderr_text(), "first? warning\nerror: no task 7\n");
+}
+
+#[tokio::test]
+async fn output_larger_than_the_flow_control_window_arrives_whole() {
+    const LEN: usize = 5 * 1024 * 1024 + 17;
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let mut writer = ctx.stdout().writer();
+        writer.write_all(&vec![b'x'; LEN]).await?;
+        writer.flush().await?;
+        anyhow::Ok(())
+    });
+    let out = TestClient::new().run(&terminal).await;
+    assert_eq!(out.status, 0, "{}", out.stderr_text());
+    assert_eq!(out.stdout.len(), LEN);
+    assert!(out.stdout.iter().all(|&b| b == b'x'));
+}
+
+/// The terminal facts the command sees, and what needs a terminal.
+async fn interactive(ctx: Context) -> anyhow::Result<()> {
+    let out = ctx.stdout();
+    let terminal = ctx.terminal();
+    out.println(format!(
+        "tty={} size={:?} color={:?} term={:?}",
+        terminal.stdin.is_tty(),
+        ctx.terminal_size(),
+        ctx.stdout().info().color,
+        terminal.term
+    ))
+    .await?;
+    let password = ctx.stdin().read_password("Password: ").await;
+    out.println(format!("password {password:?}")).await?;
+    match ctx.set_raw_mode(true).await {
+        Ok(()) => {
+            for _ in 0..3 {
+                let key = ctx.read_key().await;
+                out.println(format!("{key:?}")).await?;
+            }
+        }
+        Err(error) => out.println(format!("raw {error}")).await?,
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn on_a_terminal_passwords_and_scripted_keys_are_read() {
+    let terminal = Terminal::new(interactive);
+    let out = TestClient::new()
+        .terminal(100, 30)
+        .color(ColorLevel::Ansi256)
+        .stdin(b"hunter2\n")
+        .keys(["a", "ctrl+alt+c"])
+        .run(&terminal)
+        .await;
+    assert_eq!(out.status, 0, "{}", out.stderr_text());
+    let lines: Vec<String> = out.stdout_text().lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines[..2],
+        [
+            "tty=true size=Some((100, 30)) color=Ansi256 term=Some(\"xterm-256color\")",
+            "password Ok(Some(\"hunter2\"))",
+        ]
+    );
+    assert!(
+        lines[2].starts_with("Ok(Key { key: \"a\", ctrl: false, alt: false"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].starts_with("Ok(Key { key: \"c\", ctrl: true, alt: true, shift: false"),
+        "{}",
+        lines[3]
+    );
+    assert!(lines[4].starts_with("Err(Io {"), "{}", lines[4]);
+    assert_eq!(out.stderr_text(), "Password: ");
+}
+
+#[tokio::test]
+async fn without_a_terminal_passwords_and_keys_are_refused_like_the_real_client() {
+    let terminal = Terminal::new(interactive);
+    let out = TestClient::new().stdin(b"hunter2\n").run(&terminal).await;
+    assert_eq!(out.status, 0, "{}", out.stderr_text());
+    let lines: Vec<String> = out.stdout_text().lines().map(str::to_owned).collect();
+    assert_eq!(lines[0], "tty=false size=None color=None term=None");
+    assert!(
+        lines[1].starts_with("password Err(Unsupported { message: \"cannot read a password: stdin is not a terminal but a pipe"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("raw cannot switch the terminal to raw mode: stdin is not a terminal"),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(out.stderr_text(), "");
+}
+
+#[tokio::test]
+async fn files_and_folders_work_in_the_storage_folder_and_nowhere_else() {
+    let storage = tempfile::tempdir().unwrap();
+    std::fs::write(storage.path().join("given.txt"), "from the test").unwrap();
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let out = ctx.stdout();
+        let path = |name: &str| ctx.storage_path(name).unwrap();
+        let files = ctx.file();
+        let dirs = ctx.dir();
+        out.println(files.read_to_string(&path("given.txt")).await?)
+            .await?;
+        dirs.create_all(&path("a/b")).await?;
+        files.write(&path("a/b/new.txt"), "one\n").await?;
+        files.append(&path("a/b/new.txt"), "two\n").await?;
+        let mut writer = files.writer(&path("a/streamed.bin")).await?;
+        writer.write(&[7; 100_000]).await?;
+        writer.write(b"end").await?;
+        writer.commit().await?;
+        let names: Vec<String> = dirs
+            .list(&path("a"))
+            .await?
+            .into_iter()
+            .map(|entry| format!("{}:{}", entry.name, entry.kind == EntryKind::Dir))
+            .collect();
+        out.println(names.join(" ")).await?;
+        let meta = files.metadata(&path("a/streamed.bin")).await?.unwrap();
+        out.println(format!(
+            "size {} exists {} {} gone {:?}",
+            meta.size,
+            files.exists(&path("a/b/new.txt")).await?,
+            dirs.exists(&path("a/b")).await?,
+            files
+                .metadata(&path("nothing"))
+                .await?
+                .map(|meta| meta.size),
+        ))
+        .await?;
+        files.delete(&path("given.txt")).await?;
+        let missing = files.read(&path("given.txt")).await;
+        out.println(format!(
+            "missing {}",
+            matches!(missing, Err(ResourceError::NotFound { .. }))
+        ))
+        .await?;
+        // Outside the storage folder: denied as the real client denies it.
+        let storage = ctx.storage_path("").unwrap();
+        for outside in ["/etc/passwd", "notes.txt", &format!("{storage}/../x")] {
+            let error = files.read(outside).await.unwrap_err();
+            let denial = error.denial().unwrap();
+            out.println(format!(
+                "{} {} {} | {}",
+                denial.resource,
+                denial.action,
+                denial.target,
+                error.grant_command().unwrap()
+            ))
+            .await?;
+        }
+        let error = dirs.create(&format!("{storage}/../x")).await.unwrap_err();
+        out.println(error.to_string()).await?;
+        anyhow::Ok(())
+    });
+    let out = TestClient::new()
+        .storage(storage.path())
+        .run(&terminal)
+        .await;
+    assert_eq!(out.status, 0, "{}", out.stderr_text());
+    let root = std::fs::canonicalize(storage.path()).unwrap();
+    let root = root.display();
+    let lines: Vec<String> = out.stdout_text().lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            "from the test".to_owned(),
+            "b:true streamed.bin:false".to_owned(),
+            "size 100003 exists true true gone None".to_owned(),
+            "missing true".to_owned(),
+            "path read /etc/passwd | terminalwire entitlement grant app.test path '/etc/passwd'"
+                .to_owned(),
+            "path read notes.txt | terminalwire entitlement grant app.test path 'notes.txt'"
+                .to_owned(),
+            format!(
+                "path read {root}/../x | terminalwire entitlement grant app.test path '{root}/../x'"
+            ),
+            format!(
+                "denied by the client: app.test may not write path {root}/../x: it has not been \
+                 granted. To allow it, run: terminalwire entitlement grant app.test path \
+                 '{root}/../x' --read-write"
+            ),
+        ]
+    );
+    // The files are really there, and nothing was written outside.
+    let new = std::fs::read_to_string(storage.path().join("a/b/new.txt")).unwrap();
+    assert_eq!(new, "one\ntwo\n");
+    let streamed = std::fs::read(storage.path().join("a/streamed.bin")).unwrap();
+    assert_eq!(streamed.len(), 100_003);
+    assert!(!storage.path().join("given.txt").exists());
+    assert!(!storage.path().join("../x").exists());
+}
+
+#[tokio::test]
+async fn without_a_storage_folder_the_command_sees_none() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.stdout()
+            .println(format!("{:?}", ctx.storage_path("x")))
+            .await
+    });
+    let out = TestClient::new().run(&terminal).await;
+    assert_eq!(out.stdout_text(), "None\n");
+}
+
+#[tokio::test]
+async fn variables_given_are_read_others_denied_and_browser_opens_recorded() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let out = ctx.stdout();
+        out.println(format!("{:?}", ctx.env().get("EDITOR").await?))
+            .await?;
+        let secret = ctx.env().get("AWS_SECRET").await.unwrap_err();
+        out.println(format!("{:?}", secret.grant_command())).await?;
+        ctx.browser().open(&ctx.web_url("/tasks").unwrap()).await?;
+        ctx.browser().open("https://example.com/").await?;
+        anyhow::Ok(())
+    });
+    let out = TestClient::new()
+        .env("EDITOR", "vi")
+        .origin("https://tasks.example:8443/")
+        .run(&terminal)
+        .await;
+    assert_eq!(out.status, 0, "{}", out.stderr_text());
+    assert_eq!(
+        out.stdout_text(),
+        "Some(\"vi\")\n\
+         Some(\"terminalwire entitlement grant tasks.example:8443 env AWS_SECRET\")\n"
+    );
+    assert_eq!(
+        out.opened,
+        ["https://tasks.example:8443/tasks", "https://example.com/"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "the command did not finish within 5s")]
+async fn a_command_that_never_ends_fails_the_test_at_the_deadline() {
+    let terminal = Terminal::new(|_ctx: Context| std::future::pending::<()>());
+    TestClient::new()
+        .deadline(Duration::from_secs(5))
+        .run(&terminal)
+        .await;
+}
+
+#[tokio::test]
+async fn clones_of_a_client_are_one_machine_with_one_device_key() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let device = ctx.client().device.clone().unwrap();
+        ctx.stdout().print(device).await
+    });
+    let machine = TestClient::new();
+    let first = machine.clone().run(&terminal).await.stdout_text();
+    let again = machine.clone().run(&terminal).await.stdout_text();
+    let other = TestClient::new().run(&terminal).await.stdout_text();
+    assert!(first.starts_with("SHA256:"), "{first}");
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+}
+
+#[tokio::test]
+async fn lines_too_long_or_not_utf8_are_refused_like_the_real_client() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        for _ in 0..3 {
+            let line = ctx.read_line(None).await;
+            ctx.stdout()
+                .println(match line {
+                    Ok(line) => format!("{line:?}"),
+                    Err(error) => error.to_string(),
+                })
+                .await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut stdin = vec![b'x'; 64 * 1024 + 1];
+    stdin.extend_from_slice(b"\n\xff\nok\n");
+    let out = TestClient::new().stdin(stdin).run(&terminal).await;
+    assert_eq!(
+        out.stdout_text(),
+        "invalid request: input line longer than 65536 bytes (skipped)\n\
+         invalid request: input line is not valid UTF-8\n\
+         Some(\"ok\")\n"
+    );
+}

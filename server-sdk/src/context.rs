@@ -237,6 +237,8 @@ pub(crate) struct SessionInfo {
     pub(crate) args: Vec<String>,
     pub(crate) client: ClientInfo,
     pub(crate) terminal: TerminalInfo,
+    /// The app's values from the connection that started the session.
+    pub(crate) extensions: axum::http::Extensions,
 }
 
 /// A key press on the client's terminal.
@@ -491,6 +493,23 @@ impl Context {
     /// [`terminal_size`](Context::terminal_size).
     pub fn terminal(&self) -> &TerminalInfo {
         &self.info.terminal
+    }
+
+    /// A value of type `T` the app passed in with the connection that
+    /// started this session ([`Terminal::upgrade_with`](crate::Terminal::upgrade_with),
+    /// [`Terminal::serve_with`](crate::Terminal::serve_with)): the peer's
+    /// address, a header of the WebSocket upgrade, a user the app's own
+    /// middleware authenticated, ... `None` when it passed none of that type
+    /// (`Terminal::route` passes none).
+    ///
+    /// These are the values of the connection that *started* the session,
+    /// for its whole life: when the client resumes the session on a new
+    /// connection (after a network change, or re-attaching), the new
+    /// connection's values are not seen. Check per-connection facts (an
+    /// address allow-list) when the connection is upgraded, where the app
+    /// can refuse it.
+    pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
+        self.info.extensions.get::<T>()
     }
 
     /// This session's id (also in the server's logs).

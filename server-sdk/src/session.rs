@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::http::Extensions;
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_bytes::ByteBuf;
@@ -454,6 +455,7 @@ impl Drop for PendingGuard<'_> {
 /// small: it holds the two halves of the transport rather than the
 /// transport, and the handshake runs in a boxed future of its own (over a
 /// kilobyte that the session would otherwise carry to its end).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     writer: FrameWriter,
     reader: FrameReader,
@@ -462,10 +464,14 @@ pub(crate) fn run(
     shutdown: CancellationToken,
     session_id: String,
     registry: Arc<Registry>,
+    extensions: Extensions,
 ) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!("connection", id = %session_id);
     async move {
-        let opened = Box::pin(open(writer, reader, &config, session_id, &registry)).await;
+        let opened = Box::pin(open(
+            writer, reader, &config, session_id, &registry, extensions,
+        ))
+        .await;
         // Unboxed at once, so that the box is freed now and not when the
         // session ends.
         let Some(Opened {
@@ -501,6 +507,7 @@ async fn open(
     config: &Config,
     session_id: String,
     registry: &Registry,
+    extensions: Extensions,
 ) -> Option<Box<Opened>> {
     // One deadline for both handshakes: each had its own, and a slow client
     // could take twice the handshake time-out before it said hello.
@@ -532,6 +539,7 @@ async fn open(
         id: session_id,
         device,
         ticket: None,
+        extensions,
     };
     let (hello, session) = match handshake(&mut writer, hello, config, session).await {
         Ok(opened) => opened,
@@ -561,6 +569,8 @@ struct Started {
     device: String,
     /// The first resume token, when the session can be resumed.
     ticket: Option<Token>,
+    /// The app's values from the connection that started the session.
+    extensions: Extensions,
 }
 
 /// What a client opens a connection with.
@@ -1306,6 +1316,7 @@ fn serve(
         id: session_id,
         device,
         ticket,
+        extensions,
     } = session;
     let resumable = ticket.is_some();
     let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -1360,6 +1371,7 @@ fn serve(
             features: ClientFeatures::agreed(&hello.capabilities),
         },
         terminal: (&hello.terminal).into(),
+        extensions,
     };
     let ctx = Context {
         shared: shared.clone(),

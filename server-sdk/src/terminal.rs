@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use futures_util::FutureExt;
@@ -293,6 +293,57 @@ impl Terminal {
         headers: &HeaderMap,
         peer: Option<IpAddr>,
     ) -> Response {
+        self.upgrade_with(upgrade, headers, peer, Extensions::new())
+    }
+
+    /// [`upgrade_from`](Terminal::upgrade_from), handing the session
+    /// `extensions`: values of the app's from this request (its peer
+    /// address, a header, what the app's middleware found) that the command
+    /// reads with [`Context::extension`](crate::Context::extension). They
+    /// are the ones of the connection that starts the session; a connection
+    /// that resumes one does not change them.
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    /// use axum::extract::{ConnectInfo, WebSocketUpgrade};
+    /// use axum::http::{Extensions, HeaderMap};
+    /// use axum::routing::get;
+    /// use terminalwire_server::{Context, Terminal};
+    ///
+    /// /// What the command may know of the request that started it.
+    /// #[derive(Clone)]
+    /// struct Upgrade {
+    ///     peer: SocketAddr,
+    ///     user_agent: Option<String>,
+    /// }
+    ///
+    /// let terminal = Terminal::new(|ctx: Context| async move {
+    ///     let upgrade = ctx.extension::<Upgrade>().expect("set by the route");
+    ///     ctx.stdout().println(format!("from {}", upgrade.peer)).await
+    /// });
+    /// let handler = terminal.clone();
+    /// let route = get(
+    ///     move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ///           headers: HeaderMap,
+    ///           upgrade: WebSocketUpgrade| async move {
+    ///         let user_agent = headers
+    ///             .get("user-agent")
+    ///             .and_then(|value| value.to_str().ok())
+    ///             .map(str::to_owned);
+    ///         let mut extensions = Extensions::new();
+    ///         extensions.insert(Upgrade { peer, user_agent });
+    ///         handler.upgrade_with(upgrade, &headers, Some(peer.ip()), extensions)
+    ///     },
+    /// );
+    /// let app: axum::Router = axum::Router::new().route("/terminal", route);
+    /// ```
+    pub fn upgrade_with(
+        &self,
+        upgrade: WebSocketUpgrade,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        extensions: Extensions,
+    ) -> Response {
         // A browser always sends Origin; the native client never does. A page
         // the app did not list must not open a session (cross-site WebSocket
         // hijacking).
@@ -367,7 +418,7 @@ impl Terminal {
             // The session's future is built here, and not wrapped in another
             // `async` block that would hold the socket and a second copy of
             // it: the task lives as long as the session, idle or not.
-            let session = terminal.session(AxumTransport(socket));
+            let session = terminal.session(AxumTransport(socket), extensions);
             // The session counts itself now.
             drop(place);
             session.map(move |()| drop(slot))
@@ -424,13 +475,28 @@ impl Terminal {
     /// and for [`shutdown`](Self::shutdown)), not from the first poll of the
     /// returned future: await it at once, or drop it.
     pub fn serve<T: Transport>(&self, transport: T) -> impl Future<Output = ()> + Send + use<T> {
-        self.session(transport)
+        self.session(transport, Extensions::new())
+    }
+
+    /// [`serve`](Terminal::serve), handing the session `extensions`, which
+    /// the command reads with [`Context::extension`](crate::Context::extension)
+    /// (see [`upgrade_with`](Terminal::upgrade_with)).
+    pub fn serve_with<T: Transport>(
+        &self,
+        transport: T,
+        extensions: Extensions,
+    ) -> impl Future<Output = ()> + Send + use<T> {
+        self.session(transport, extensions)
     }
 
     /// [`serve`](Terminal::serve), built at once: the future holds the
     /// halves of the transport, not the transport (idle sessions pay for
     /// every byte of it).
-    fn session<T: Transport>(&self, transport: T) -> impl Future<Output = ()> + Send + use<T> {
+    fn session<T: Transport>(
+        &self,
+        transport: T,
+        extensions: Extensions,
+    ) -> impl Future<Output = ()> + Send + use<T> {
         let inner = &self.inner;
         let number = inner.next_session.fetch_add(1, Ordering::Relaxed);
         let session_id = format!("{:08x}-{number}", inner.instance as u32);
@@ -443,6 +509,7 @@ impl Terminal {
             inner.shutdown.clone(),
             session_id,
             inner.resumable.clone(),
+            extensions,
         );
         inner.sessions.track_future(session)
     }

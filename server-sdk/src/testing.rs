@@ -62,6 +62,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::http::Extensions;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use terminalwire_protocol::frame::{
@@ -115,6 +116,8 @@ pub struct TestClient {
     keys: Vec<String>,
     origin: String,
     deadline: Duration,
+    /// Values for [`Context::extension`](crate::Context::extension).
+    extensions: Extensions,
     /// The device key, made at the first run and shared by clones.
     device: Arc<OnceLock<StaticKey>>,
 }
@@ -140,6 +143,7 @@ impl TestClient {
             keys: Vec::new(),
             origin: "https://app.test".into(),
             deadline: Duration::from_secs(30),
+            extensions: Extensions::new(),
             device: Arc::default(),
         }
     }
@@ -204,6 +208,14 @@ impl TestClient {
         self
     }
 
+    /// A value the command reads with
+    /// [`Context::extension`](crate::Context::extension), as the app's
+    /// route passes it with [`Terminal::upgrade_with`].
+    pub fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
     /// The longest the session may take (30 s by default).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
@@ -222,8 +234,9 @@ impl TestClient {
         let (to_server, inbox) = mpsc::unbounded_channel();
         let (outbox, from_server) = mpsc::channel(8);
         let transport = MemoryTransport { outbox, inbox };
+        let session = terminal.serve_with(transport, self.extensions.clone());
         let client = self.drive(to_server, from_server);
-        let both = async { tokio::join!(terminal.serve(transport), client).1 };
+        let both = async { tokio::join!(session, client).1 };
         match tokio::time::timeout(deadline, both).await {
             Ok(Ok(output)) => output,
             Ok(Err(error)) => panic!("the test session failed: {error}"),

@@ -322,3 +322,21 @@ async fn lines_too_long_or_not_utf8_are_refused_like_the_real_client() {
          Some(\"ok\")\n"
     );
 }
+
+/// What an app's route found in the upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Peer(String);
+
+#[tokio::test]
+async fn the_command_reads_the_values_its_route_passed_with_the_connection() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let peer = ctx.extension::<Peer>().cloned();
+        let missing = ctx.extension::<String>().cloned();
+        ctx.stdout().println(format!("{peer:?} {missing:?}")).await
+    });
+    let out = TestClient::new()
+        .extension(Peer("192.0.2.7:5000".into()))
+        .run(&terminal)
+        .await;
+    assert_eq!(out.stdout_text(), "Some(Peer(\"192.0.2.7:5000\")) None\n");
+}

@@ -18,7 +18,8 @@ pub enum Outcome {
     Failed(String),
     /// The command failed with an exit status of its own
     /// ([`Exit::with_message`]): the message is shown as for
-    /// [`Failed`](Outcome::Failed) and the client exits with this status.
+    /// [`Failed`](Outcome::Failed) and the client exits with this status,
+    /// or with 1 when it is 0 (a failure never reports success).
     FailedWith(u8, String),
 }
 
@@ -34,7 +35,12 @@ pub struct Exit(pub u8);
 impl Exit {
     /// An error that ends the command with this status after showing
     /// `message` on the client's stderr as any other error is shown
-    /// (`error: ...`, with the context an `anyhow` chain adds around it):
+    /// (`error: ...`, with the context an `anyhow` chain adds around it).
+    ///
+    /// A failure never exits with 0: `Exit(0).with_message(..)` exits with
+    /// 1, as any other error does, rather than tell a script that a command
+    /// which printed `error: ...` succeeded. To end successfully with a
+    /// note, print it (`ctx.stderr().println(..)`) and return `Exit(0)`.
     ///
     /// ```
     /// use terminalwire_server::Exit;
@@ -48,10 +54,15 @@ impl Exit {
     /// ```
     pub fn with_message(self, message: impl Into<String>) -> Failure {
         Failure {
-            status: self,
+            status: Exit(failure_status(self.0)),
             message: message.into(),
         }
     }
+}
+
+/// The status a failure chose, except 0: a failure does not succeed.
+pub(crate) fn failure_status(status: u8) -> u8 {
+    if status == 0 { 1 } else { status }
 }
 
 /// An error that ends the command with an exit status of its own and a
@@ -64,7 +75,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// The status the client exits with.
+    /// The status the client exits with (never 0: see [`Exit::with_message`]).
     pub fn status(&self) -> Exit {
         self.status
     }
@@ -258,6 +269,14 @@ mod tests {
         assert_eq!(
             io.into_outcome(),
             Outcome::FailedWith(4, "log in first".into())
+        );
+        // A failure never exits with 0.
+        let zero = Exit(0).with_message("nothing to do");
+        assert_eq!(zero.status(), Exit(1));
+        let failed: anyhow::Result<()> = Err(zero.into());
+        assert_eq!(
+            failed.into_outcome(),
+            Outcome::FailedWith(1, "nothing to do".into())
         );
         let exit: anyhow::Result<()> = Err(Exit(9).into());
         assert_eq!(exit.into_outcome(), Outcome::Exit(9));

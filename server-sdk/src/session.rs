@@ -2192,7 +2192,10 @@ async fn report_outcome(ctx: Context, outcome: std::thread::Result<Outcome>) {
     let status = match outcome {
         Ok(Outcome::Exit(status)) => status,
         Ok(Outcome::Failed(message)) => failed(&ctx, 1, &message).await,
-        Ok(Outcome::FailedWith(status, message)) => failed(&ctx, status, &message).await,
+        Ok(Outcome::FailedWith(status, message)) => {
+            let status = crate::outcome::failure_status(status);
+            failed(&ctx, status, &message).await
+        }
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()

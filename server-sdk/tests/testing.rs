@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use terminalwire_server::resources::EntryKind;
 use terminalwire_server::testing::TestClient;
-use terminalwire_server::{ColorLevel, Context, Exit, ResourceError, Terminal};
+use terminalwire_server::{ColorLevel, Context, Exit, Outcome, ResourceError, Terminal};
 use tokio::io::AsyncWriteExt as _;
 
 #[tokio::test]
@@ -37,6 +37,26 @@ async fn arguments_output_stdin_prompts_and_the_exit_status_reach_the_test() {
         "tasks [\"done\", \"7\"]\nSome(\"one\") \"two\\nthree\" None\n"
     );
     assert_eq!(out.stderr_text(), "first? warning\nerror: no task 7\n");
+}
+
+#[tokio::test]
+async fn a_failure_with_status_0_exits_with_1_and_says_error() {
+    // Returned as an error, or as an outcome the app built itself.
+    let terminal = Terminal::new(|ctx: Context| async move {
+        if ctx.args().is_empty() {
+            Err::<Outcome, anyhow::Error>(Exit(0).with_message("no tasks").into())
+        } else {
+            Ok(Outcome::FailedWith(0, "no tasks".into()))
+        }
+    });
+    for args in [&[][..], &["built"][..]] {
+        let out = TestClient::new()
+            .args(args.iter().copied())
+            .run(&terminal)
+            .await;
+        assert_eq!(out.status, 1, "{args:?}");
+        assert_eq!(out.stderr_text(), "error: no tasks\n", "{args:?}");
+    }
 }
 
 #[tokio::test]

@@ -16,21 +16,27 @@
 //! - **files and folders**: inside the [`storage`](TestClient::storage)
 //!   folder only, on the disk, as the client's storage folder
 //!   ([`Context::storage_path`](crate::Context::storage_path) names paths
-//!   in it). Every other path is denied as the real client denies a path
-//!   not granted (a [`ResourceError::Denied`](crate::ResourceError::Denied)
-//!   with its [`Denial`](crate::Denial) and grant command). Paths are
-//!   checked as written, `..` resolved; a symlink in the folder is
-//!   followed (the real client does not), as the folder is the test's own.
+//!   in it); the folder itself is the client's, and changing it is
+//!   refused as the real client refuses it. Every other path is denied by
+//!   the real client's own rules for a user who granted nothing (a
+//!   [`ResourceError::Denied`](crate::ResourceError::Denied) with its
+//!   [`Denial`](crate::Denial) and the same grant command, `~` being the
+//!   user's home). Paths in the folder are checked as written, `..`
+//!   resolved; a symlink in it is followed (the real client does not), as
+//!   the folder is the test's own.
 //! - **environment**: the variables given with [`env`](TestClient::env);
-//!   any other is denied, as a variable not granted.
-//! - **browser**: every open succeeds and is recorded ([`TestOutput::opened`]).
+//!   any other is denied as the real client denies a variable not granted.
+//! - **browser**: opening a page of the app's own origin succeeds and is
+//!   recorded ([`TestOutput::opened`]); any other URL is denied as the
+//!   real client denies a target not granted.
 //! - **raw mode and keys**: on a terminal, raw mode is accepted and each key
 //!   read takes the next of [`keys`](TestClient::keys) (once they run out a
 //!   read fails with an I/O error); without a terminal both are refused as
 //!   the real client refuses them.
 //!
 //! Not simulated: Ctrl-C, resizes, detaching and reconnecting, consent
-//! prompts, storage quotas. The session is bounded by a deadline
+//! prompts, storage quotas, the mode ceilings of the storage folder, the
+//! client's limit of browser launches a minute. The session is bounded by a deadline
 //! ([`TestClient::deadline`], 30 s by default; on a paused tokio clock it
 //! counts in paused time): a command still running then fails the test.
 //!
@@ -65,6 +71,9 @@ use std::time::Duration;
 use axum::http::Extensions;
 use bytes::Bytes;
 use futures_util::SinkExt;
+use terminalwire_policy::{
+    Action, ControlArea, Denial as PolicyDenial, DenialReason, Entitlements, Home, Policy, Resource,
+};
 use terminalwire_protocol::frame::{
     ClientFrame, ColorLevel as WireColor, Data, Denial, DirEntry, EntryKind, ErrorCode, Hello, Key,
     Metadata, OpError, Operation, Program, Reply, Response, ServerFrame, Software, StreamFacts,
@@ -279,7 +288,7 @@ impl TestClient {
         send(third)?;
         let (mut sealer, mut opener) = channel.split();
         let mut client = Client {
-            authority: self.origin.split("://").last().unwrap_or("").to_owned(),
+            entitlements: entitlements(&self.origin)?,
             storage,
             stdin: VecDeque::from(self.stdin.clone()),
             keys: self.keys.iter().cloned().collect(),
@@ -416,7 +425,9 @@ impl TestOutput {
 
 /// The client's state during a run.
 struct Client {
-    authority: String,
+    /// The real client's decisions for a user who granted nothing: what
+    /// it refuses, and how it words the refusal.
+    entitlements: Entitlements,
     /// The storage folder, canonical.
     storage: Option<PathBuf>,
     stdin: VecDeque<u8>,
@@ -455,9 +466,14 @@ impl Client {
                 Some(value) => Ok(Reply::Value {
                     value: Some(value.clone()),
                 }),
-                None => Err(self.denied("env", "read", &name)),
+                None => match self.entitlements.check_env(&name) {
+                    Err(denial) => Err(denied(denial)),
+                    // A variable every app may read (the client's own home).
+                    Ok(()) => Ok(Reply::Value { value: None }),
+                },
             },
             Operation::BrowserOpen { url } => {
+                self.entitlements.check_browser(&url).map_err(denied)?;
                 self.output.opened.push(url);
                 Ok(Reply::Unit)
             }
@@ -495,7 +511,14 @@ impl Client {
                 "this client does not support that operation",
             ));
         };
-        let writes = !matches!(
+        let about_a_folder = matches!(
+            op,
+            Operation::DirList { .. }
+                | Operation::DirCreate { .. }
+                | Operation::DirDelete { .. }
+                | Operation::DirExists { .. }
+        );
+        let reads = matches!(
             op,
             Operation::FileRead { .. }
                 | Operation::FileExists { .. }
@@ -503,10 +526,25 @@ impl Client {
                 | Operation::DirList { .. }
                 | Operation::DirExists { .. }
         );
-        let action = if writes { "write" } else { "read" };
-        let path = self
-            .inside_storage(&raw)
-            .ok_or_else(|| self.denied("path", action, &raw))?;
+        let action = if reads { Action::Read } else { Action::Write };
+        let Some(path) = self.inside_storage(&raw) else {
+            return Err(self.refused(&raw, action, about_a_folder));
+        };
+        // The storage folder itself is the client's: only what is in it
+        // may change (`mkdir -p` of it has nothing to do).
+        if action == Action::Write && Some(&path) == self.storage.as_ref() {
+            if let Operation::DirCreate { parents: true, .. } = op {
+                return Ok(Reply::Unit);
+            }
+            return Err(denied(PolicyDenial {
+                authority: self.entitlements.authority().clone(),
+                resource: Resource::Path,
+                action: action.into(),
+                target: path.to_string_lossy().into_owned(),
+                reason: DenialReason::NeverGrantable(ControlArea::StorageFolder),
+                command: None,
+            }));
+        }
         let unit = |result: io::Result<()>| result.map(|()| Reply::Unit).map_err(fs_error);
         match op {
             Operation::FileRead { offset, len, .. } => {
@@ -649,34 +687,68 @@ impl Client {
         (path.is_absolute() && path.starts_with(storage)).then_some(path)
     }
 
-    /// The real client's refusal of what was not granted.
-    fn denied(&self, resource: &str, action: &str, target: &str) -> OpError {
-        let authority = &self.authority;
-        let command = match resource {
-            "env" => format!("terminalwire entitlement grant {authority} env {target}"),
-            _ => format!(
-                "terminalwire entitlement grant {authority} path '{target}'{}",
-                if action == "write" {
-                    " --read-write"
+    /// The real client's refusal of `raw`, a path outside the storage
+    /// folder, for a user who granted nothing.
+    fn refused(&self, raw: &str, action: Action, about_a_folder: bool) -> OpError {
+        let entitlements = &self.entitlements;
+        let path = match entitlements.resolve_request(raw) {
+            Ok((path, _)) => path.named_as_folder(about_a_folder),
+            Err(error) => {
+                return if entitlements.normalized_ok(raw) && !entitlements.names_a_granted_path(raw)
+                {
+                    not_granted(raw, action)
                 } else {
-                    ""
-                }
-            ),
+                    OpError::new(ErrorCode::Invalid, error.to_string())
+                };
+            }
         };
-        let reason = "it has not been granted";
-        OpError {
-            code: ErrorCode::Denied,
-            message: format!(
-                "{authority} may not {action} {resource} {target}: {reason}. To allow it, run: {command}"
-            ),
-            denial: Some(Denial {
-                resource: resource.into(),
-                action: action.into(),
-                target: target.into(),
-                reason: reason.into(),
-                command: Some(command),
-            }),
+        match entitlements.check_path(&path, action) {
+            Err(denial) => denied(denial),
+            // In the real client's storage folder, which is not this one.
+            Ok(_) => not_granted(raw, action),
         }
+    }
+}
+
+/// The entitlements the real client has for `origin` with nothing
+/// granted, in the user's home as the client finds it.
+fn entitlements(origin: &str) -> Result<Entitlements, String> {
+    let url = url::Url::parse(origin).map_err(|error| format!("the origin {origin}: {error}"))?;
+    let user_home = terminalwire_policy::home::user_home().map_err(failed("the user's home"))?;
+    let home = Home::at(user_home.join(".terminalwire"));
+    Entitlements::new(&url, &home, &Policy::default(), &user_home, &[])
+        .map_err(failed("the client's entitlements"))
+}
+
+/// The wire form of the real client's denial.
+fn denied(denial: PolicyDenial) -> OpError {
+    OpError {
+        code: ErrorCode::Denied,
+        message: denial.to_string(),
+        denial: Some(Denial {
+            resource: denial.resource.to_string(),
+            action: denial.action.to_string(),
+            target: denial.target.clone(),
+            reason: denial.reason.to_string(),
+            command: denial.command.clone(),
+        }),
+    }
+}
+
+/// The real client's denial of `raw` that tells nothing but that it is
+/// not granted (a path it could not resolve).
+fn not_granted(raw: &str, action: Action) -> OpError {
+    let reason = DenialReason::NotGranted.to_string();
+    OpError {
+        code: ErrorCode::Denied,
+        message: format!("may not {action} path {raw}: {reason}"),
+        denial: Some(Denial {
+            resource: "path".into(),
+            action: action.to_string(),
+            target: raw.to_owned(),
+            reason,
+            command: None,
+        }),
     }
 }
 

@@ -220,8 +220,11 @@ async fn files_and_folders_work_in_the_storage_folder_and_nowhere_else() {
         .run(&terminal)
         .await;
     assert_eq!(out.status, 0, "{}", out.stderr_text());
+    // Named as the real client names them: `~` is the user's home.
     let root = std::fs::canonicalize(storage.path()).unwrap();
-    let root = root.display();
+    let parent = root.parent().unwrap().display();
+    let home = std::env::home_dir().unwrap();
+    let home = home.display();
     let lines: Vec<String> = out.stdout_text().lines().map(str::to_owned).collect();
     assert_eq!(
         lines,
@@ -230,17 +233,20 @@ async fn files_and_folders_work_in_the_storage_folder_and_nowhere_else() {
             "b:true streamed.bin:false".to_owned(),
             "size 100003 exists true true gone None".to_owned(),
             "missing true".to_owned(),
-            "path read /etc/passwd | terminalwire entitlement grant app.test path '/etc/passwd'"
-                .to_owned(),
-            "path read notes.txt | terminalwire entitlement grant app.test path 'notes.txt'"
+            "path read /etc/passwd | terminalwire entitlement grant app.test path '/etc/**' --read"
                 .to_owned(),
             format!(
-                "path read {root}/../x | terminalwire entitlement grant app.test path '{root}/../x'"
+                "path read {home}/notes.txt | terminalwire entitlement grant app.test path \
+                 '~/notes.txt' --read"
             ),
             format!(
-                "denied by the client: app.test may not write path {root}/../x: it has not been \
+                "path read {parent}/x | terminalwire entitlement grant app.test path \
+                 '{parent}/**' --read"
+            ),
+            format!(
+                "denied by the client: app.test may not write path {parent}/x: it has not been \
                  granted. To allow it, run: terminalwire entitlement grant app.test path \
-                 '{root}/../x' --read-write"
+                 '{parent}/x/**' --write"
             ),
         ]
     );
@@ -265,7 +271,7 @@ async fn without_a_storage_folder_the_command_sees_none() {
 }
 
 #[tokio::test]
-async fn variables_given_are_read_others_denied_and_browser_opens_recorded() {
+async fn variables_given_are_read_others_denied_and_opens_of_the_app_recorded_others_denied() {
     let terminal = Terminal::new(|ctx: Context| async move {
         let out = ctx.stdout();
         out.println(format!("{:?}", ctx.env().get("EDITOR").await?))
@@ -273,7 +279,13 @@ async fn variables_given_are_read_others_denied_and_browser_opens_recorded() {
         let secret = ctx.env().get("AWS_SECRET").await.unwrap_err();
         out.println(format!("{:?}", secret.grant_command())).await?;
         ctx.browser().open(&ctx.web_url("/tasks").unwrap()).await?;
-        ctx.browser().open("https://example.com/").await?;
+        let elsewhere = ctx
+            .browser()
+            .open("https://example.com/")
+            .await
+            .unwrap_err();
+        out.println(format!("{:?}", elsewhere.grant_command()))
+            .await?;
         anyhow::Ok(())
     });
     let out = TestClient::new()
@@ -285,12 +297,10 @@ async fn variables_given_are_read_others_denied_and_browser_opens_recorded() {
     assert_eq!(
         out.stdout_text(),
         "Some(\"vi\")\n\
-         Some(\"terminalwire entitlement grant tasks.example:8443 env AWS_SECRET\")\n"
+         Some(\"terminalwire entitlement grant tasks.example:8443 env AWS_SECRET\")\n\
+         Some(\"terminalwire entitlement grant tasks.example:8443 browser https://example.com\")\n"
     );
-    assert_eq!(
-        out.opened,
-        ["https://tasks.example:8443/tasks", "https://example.com/"]
-    );
+    assert_eq!(out.opened, ["https://tasks.example:8443/tasks"]);
 }
 
 #[tokio::test(start_paused = true)]

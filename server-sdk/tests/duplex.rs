@@ -3841,3 +3841,78 @@ async fn a_password_from_piped_stdin_is_refused_with_a_message_that_says_why() {
     // No prompt was shown for a password that could not be read.
     assert_eq!(run.stderr_text(), "");
 }
+
+/// A resumed session keeps the values the connection that started it
+/// handed over (`serve_with`): the resuming connection's are not seen.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_session_keeps_the_values_of_its_first_connection() {
+    let resumed = Arc::new(Notify::new());
+    let waiting = resumed.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let resumed = waiting.clone();
+        async move {
+            resumed.notified().await;
+            let value = ctx.extension::<String>();
+            ctx.stdout().println(format!("{value:?}")).await
+        }
+    });
+    let device = StaticKey::generate().unwrap();
+    let serve = |server, value: &str| {
+        let mut extensions = axum::http::Extensions::new();
+        extensions.insert(value.to_owned());
+        tokio::spawn(terminal.serve_with(WsTransport::plain(server), extensions))
+    };
+    let script = async {
+        let (client, server) = socket_pair().await;
+        let first = serve(server, "first");
+        let mut client = secure_client_as(client, &device).await;
+        send_client(&mut client, &ClientFrame::Hello(resumable_hello())).await;
+        let Some(ServerFrame::Welcome(welcome)) = next_server(&mut client).await else {
+            panic!("expected welcome");
+        };
+        send_client(&mut client, &ClientFrame::Detach(Detach {})).await;
+        let token = loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Detached(detached)) if detached.accepted => {
+                    break detached.token.expect("a token");
+                }
+                Some(ServerFrame::Ack(_)) => {}
+                other => panic!("expected detached, got {other:?}"),
+            }
+        };
+        drop(client);
+        let (client, server) = socket_pair().await;
+        let second = serve(server, "second");
+        let mut client = secure_client_as(client, &device).await;
+        let resume = Resume {
+            session_id: welcome.session_id,
+            token,
+            received: 0,
+        };
+        send_client(&mut client, &ClientFrame::Resume(resume)).await;
+        let Some(ServerFrame::Resumed(_)) = next_server(&mut client).await else {
+            panic!("expected resumed");
+        };
+        resumed.notify_one();
+        let mut frames = Vec::new();
+        let status = loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Exit(exit)) => break exit.status,
+                Some(frame) => frames.push(frame),
+                None => panic!("closed after {frames:?}"),
+            }
+        };
+        send_client(&mut client, &ClientFrame::Ack(Ack { seq: 2 })).await;
+        first.await.unwrap();
+        second.await.unwrap();
+        (status, frames)
+    };
+    let (status, frames) = tokio::time::timeout(Duration::from_secs(30), script)
+        .await
+        .expect("the session hung");
+    assert_eq!(status, 0);
+    assert!(
+        matches!(&frames[0], ServerFrame::Data(data) if &data.bytes[..] == b"Some(\"first\")\n"),
+        "{frames:?}"
+    );
+}

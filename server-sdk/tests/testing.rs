@@ -370,3 +370,21 @@ async fn the_command_reads_the_values_its_route_passed_with_the_connection() {
         .await;
     assert_eq!(out.stdout_text(), "Some(Peer(\"192.0.2.7:5000\")) None\n");
 }
+
+#[tokio::test]
+async fn a_command_that_panics_fails_with_status_1_as_on_the_real_client() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.stdout().println("before").await?;
+        if ctx.args().is_empty() {
+            panic!("a bug of the app's");
+        }
+        anyhow::Ok(())
+    });
+    let out = TestClient::new().run(&terminal).await;
+    assert_eq!(out.status, 1);
+    assert_eq!(out.stdout_text(), "before\n");
+    assert_eq!(
+        out.stderr_text(),
+        "error: the command failed unexpectedly on the server (internal error)\n"
+    );
+}

@@ -92,3 +92,54 @@ async fn the_test_client_answers_as_the_real_client_does() {
     assert_eq!(test.stdout_text(), real_out);
     assert_eq!(test.stderr_text(), real.stderr_text());
 }
+
+/// What the command may know of the request that started its session.
+#[derive(Debug, Clone)]
+struct Upgrade {
+    peer: std::net::SocketAddr,
+    user_agent: String,
+}
+
+#[tokio::test]
+async fn values_of_the_upgrade_request_reach_the_command_through_a_real_route() {
+    use axum::extract::{ConnectInfo, WebSocketUpgrade};
+    use axum::http::{Extensions, HeaderMap};
+
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let upgrade = ctx.extension::<Upgrade>().unwrap();
+        ctx.stdout()
+            .println(format!("{} {}", upgrade.peer.ip(), upgrade.user_agent))
+            .await?;
+        // Not given by the route: none.
+        ctx.stdout()
+            .println(format!("{:?}", ctx.extension::<String>()))
+            .await
+    });
+    let server = TestServer::start(move |listener, shutdown| async move {
+        let handler = terminal.clone();
+        let route = axum::routing::get(
+            move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+                  headers: HeaderMap,
+                  upgrade: WebSocketUpgrade| async move {
+                let user_agent = headers
+                    .get("user-agent")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                let mut extensions = Extensions::new();
+                extensions.insert(Upgrade { peer, user_agent });
+                handler.upgrade_with(upgrade, &headers, Some(peer.ip()), extensions)
+            },
+        );
+        let app = axum::Router::new().route("/terminal", route);
+        terminal.serve_app(listener, app, shutdown).await
+    })
+    .await;
+    let out = Client::new([server.url()]).run().await;
+    assert_eq!(out.status, Some(0), "{out:?}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        out.stdout_text(),
+        format!("127.0.0.1 terminalwire/{version}\nNone\n")
+    );
+}

@@ -108,6 +108,8 @@ impl Drop for OwnerGuard {
 }
 
 fn owner() -> OwnerGuard {
+    #[cfg(test)]
+    tests::about_to_wait_for_the_owner();
     let guard = OWNER.lock().unwrap_or_else(PoisonError::into_inner);
     HOLDS_OWNER.with(|holds| holds.set(true));
     OwnerGuard(guard)
@@ -542,6 +544,26 @@ mod tests {
     /// [`in_a_process_of_its_own`]: the name of the test it runs.
     const OWN_PROCESS: &str = "TERMINALWIRE_TEST_OWN_PROCESS";
 
+    /// What the test of a panic during another thread's change hears.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Heard {
+        /// A thread is about to wait for the settings' lock.
+        Waiting,
+        /// The hook returned.
+        Returned,
+    }
+
+    /// Where [`about_to_wait_for_the_owner`] tells, when a test listens.
+    static LISTENER: Mutex<Option<std::sync::mpsc::Sender<Heard>>> = Mutex::new(None);
+
+    /// Called by [`owner`] before it waits for the lock.
+    pub(super) fn about_to_wait_for_the_owner() {
+        let listener = LISTENER.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(listener) = listener.as_ref() {
+            let _ = listener.send(Heard::Waiting);
+        }
+    }
+
     /// Longest a test of the panic hook may take in its own process.
     const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -614,18 +636,28 @@ mod tests {
             "a_panic_while_another_thread_changes_the_settings_still_restores",
             || {
                 let (held_tx, held_rx) = std::sync::mpsc::channel();
+                let (heard_tx, heard_rx) = std::sync::mpsc::channel();
                 let other = std::thread::spawn(move || {
                     let owner = owner();
                     let before = owner.generation;
                     held_tx.send(()).unwrap();
-                    // Held a while, as a change may be (the hook must wait).
-                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    // Held until the hook waits for it (or, if it does not
+                    // wait, has returned): a change in progress.
+                    let heard = heard_rx.recv().unwrap();
                     drop(owner);
-                    before
+                    (before, heard)
                 });
                 held_rx.recv().unwrap();
+                *LISTENER.lock().unwrap() = Some(heard_tx.clone());
                 restore_in_panic();
-                let before = other.join().unwrap();
+                *LISTENER.lock().unwrap() = None;
+                let _ = heard_tx.send(Heard::Returned);
+                let (before, heard) = other.join().unwrap();
+                assert_eq!(
+                    heard,
+                    Heard::Waiting,
+                    "the hook did not wait for the change"
+                );
                 assert!(
                     owner().generation > before,
                     "the hook gave up on the restore"

@@ -678,7 +678,7 @@ fn load(home: &Home, path: &Path) -> anyhow::Result<Policy> {
     // written are neither shown as yours nor saved again as yours.
     home.check_private(path, terminalwire_policy::Privacy::OwnerWrites)?;
     // A corrupt file is reported with its line, never silently replaced.
-    Ok(Policy::load(path)?)
+    Policy::load(path).map_err(|error| crate::policy_error(home, error))
 }
 
 /// Changes the policy file at `path` under its lock ([`Policy::update`]):
@@ -692,7 +692,12 @@ fn update<T>(
 ) -> anyhow::Result<(Policy, T)> {
     // As [`load`] checks it.
     home.check_private(path, terminalwire_policy::Privacy::OwnerWrites)?;
-    Policy::update(path, change)
+    Policy::update(path, change).map_err(|error| {
+        match error.downcast::<terminalwire_policy::PolicyError>() {
+            Ok(error) => crate::policy_error(home, error),
+            Err(error) => error,
+        }
+    })
 }
 
 fn list(home: &Home, authority: &Authority, out: &mut impl Write) -> anyhow::Result<()> {

@@ -263,8 +263,8 @@ impl Consent {
     fn rebuild(&self, extra: Option<Grant>) -> Result<Entitlements, String> {
         let authority =
             terminalwire_policy::Authority::from_url(&self.url).map_err(|e| e.to_string())?;
-        let mut policy =
-            Policy::load(&self.home.policy_file(&authority)).map_err(|e| e.to_string())?;
+        let mut policy = Policy::load(&self.home.policy_file(&authority))
+            .map_err(|error| crate::policy_error(&self.home, error).to_string())?;
         let session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         for grant in &session.paths {
             policy.grant(Grant::Path(grant.clone()));

@@ -586,7 +586,8 @@ fn entitlements(
     let policy_file = home.policy_file(&authority);
     home.check_private(&policy_file, terminalwire_policy::Privacy::OwnerWrites)
         .map_err(|error| config(error.to_string()))?;
-    let policy = Policy::load(&policy_file).map_err(|error| config(error.to_string()))?;
+    let policy = Policy::load(&policy_file)
+        .map_err(|error| config(policy_error(&home, error).to_string()))?;
     let user_home =
         terminalwire_policy::home::user_home().map_err(|error| config(error.to_string()))?;
     let client_binaries = launcher::client_binaries();
@@ -624,6 +625,32 @@ pub(crate) fn create_private_dirs(path: &std::path::Path) -> std::io::Result<()>
         .mode(0o700)
         .create(path)
         .map_err(|error| folder_error(path, path, error))
+}
+
+/// `error`, met loading or changing a policy file of `home`: said of the
+/// file or folder another user owns when that is why it was denied (a
+/// `sudo terminalwire ...` run with this user's `HOME` made it), as the
+/// home's folders are ([`home_error`]), rather than a bare "Permission
+/// denied".
+pub(crate) fn policy_error(
+    home: &terminalwire_policy::Home,
+    error: terminalwire_policy::PolicyError,
+) -> anyhow::Error {
+    use terminalwire_policy::PolicyError;
+    let denied = match &error {
+        PolicyError::Read { path, source } | PolicyError::Write { path, source } => {
+            Some((path, source))
+        }
+        PolicyError::Lock { lock, source, .. } => Some((lock, source)),
+        _ => None,
+    };
+    if let Some((path, source)) = denied
+        && source.kind() == std::io::ErrorKind::PermissionDenied
+        && let Some(not_yours) = home.not_yours(path)
+    {
+        return not_yours.into();
+    }
+    error.into()
 }
 
 /// `error`, met doing `action` ("create", "write", "delete") on `path` of

@@ -731,6 +731,19 @@ async fn a_home_or_folder_of_another_user_is_named_with_the_fix() {
         expect_refused(run, &authority);
     }
     assert!(authority.join("policy.toml").exists());
+
+    // This user's folders, with a policy file root made in it (0600).
+    let policy = authority.join("policy.toml");
+    std::os::unix::fs::chown(&authority, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for args in [
+        &[url.as_str(), "hello", "Ada"][..],
+        &["entitlement", "list", addr.as_str()],
+        &["entitlement", "grant", addr.as_str(), "env", "EDITOR"],
+    ] {
+        let run = run_as_nobody_in(&home, args).await.unwrap();
+        expect_refused(run, &policy);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,9 @@ struct ClientOptions {
     #[arg(long, value_name = "FILE", env = "TERMINALWIRE_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// Never ask about requests that are not granted: deny them (also
-    /// TERMINALWIRE_NO_PROMPT=1).
+    /// TERMINALWIRE_NO_PROMPT=1). Otherwise a question on the terminal not
+    /// answered within TERMINALWIRE_PROMPT_TIMEOUT seconds (default 300,
+    /// five minutes; 0 waits as long as it takes) denies.
     #[arg(long)]
     no_prompt: bool,
     /// Log the client's own activity on stderr (repeat for more).
@@ -79,7 +81,7 @@ struct ClientOptions {
 /// The connection time-out when none is given.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The longest connection time-out: a day.
+/// The longest time-out: a day.
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Why a time-out was refused.
@@ -91,9 +93,9 @@ enum BadTimeout {
     TooLong,
 }
 
-/// A connection time-out of `text` seconds: more than 0, at most
+/// A time-out of `text` seconds: more than 0, at most
 /// [`MAX_CONNECT_TIMEOUT`].
-fn connect_timeout_of(text: &str) -> Result<Duration, BadTimeout> {
+fn timeout_of(text: &str) -> Result<Duration, BadTimeout> {
     let seconds: f64 = text.trim().parse().map_err(|_| BadTimeout::NotPositive)?;
     if seconds.is_nan() || seconds <= 0.0 {
         return Err(BadTimeout::NotPositive);
@@ -107,9 +109,19 @@ fn connect_timeout_of(text: &str) -> Result<Duration, BadTimeout> {
         .ok_or(BadTimeout::NotPositive)
 }
 
+/// A consent prompt's time-out of `text` seconds: as [`timeout_of`], or 0
+/// for none (`None`: the prompt waits as long as it takes, as sudo's
+/// `passwd_timeout` of 0 does).
+fn prompt_timeout_of(text: &str) -> Result<Option<Duration>, BadTimeout> {
+    match text.trim().parse::<f64>() {
+        Ok(0.0) => Ok(None),
+        _ => timeout_of(text).map(Some),
+    }
+}
+
 /// `--connect-timeout`'s value parser (clap says which option and value).
 fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
-    connect_timeout_of(text).map_err(|bad| match bad {
+    timeout_of(text).map_err(|bad| match bad {
         BadTimeout::NotPositive => "not a positive number of seconds".to_owned(),
         BadTimeout::TooLong => format!(
             "more than the maximum, {} seconds (a day)",
@@ -118,28 +130,63 @@ fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// The time-out `value` of the environment variable `name`, parsed by
+/// `parse`; `None` when it is unset or empty. Its errors name the variable;
+/// `zero` is added to the one for a value that is not positive, to say
+/// what 0 means when it means something.
+fn timeout_in_env<T>(
+    name: &str,
+    value: Option<OsString>,
+    parse: impl FnOnce(&str) -> Result<T, BadTimeout>,
+    zero: &str,
+) -> Result<Option<T>, String> {
+    // Empty is unset.
+    let Some(value) = value.filter(|value| !value.is_empty()) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok_or(BadTimeout::NotPositive)
+        .and_then(parse)
+        .map(Some)
+        .map_err(|bad| match bad {
+            BadTimeout::NotPositive => {
+                format!("{name}={value:?} is not a positive number of seconds{zero}")
+            }
+            BadTimeout::TooLong => format!(
+                "{name}={value:?} is more than the maximum, {} seconds (a day)",
+                MAX_CONNECT_TIMEOUT.as_secs()
+            ),
+        })
+}
+
 /// The connection time-out of a launcher, which takes no options of its
 /// own: `TERMINALWIRE_CONNECT_TIMEOUT` when set, else the default. Its
 /// errors name the variable.
 pub fn connect_timeout_from_env() -> Result<Duration, String> {
-    // Empty is unset.
-    match std::env::var_os("TERMINALWIRE_CONNECT_TIMEOUT").filter(|value| !value.is_empty()) {
-        None => Ok(DEFAULT_CONNECT_TIMEOUT),
-        Some(value) => value
-            .to_str()
-            .ok_or(BadTimeout::NotPositive)
-            .and_then(connect_timeout_of)
-            .map_err(|bad| match bad {
-                BadTimeout::NotPositive => format!(
-                    "TERMINALWIRE_CONNECT_TIMEOUT={value:?} is not a positive number of seconds"
-                ),
-                BadTimeout::TooLong => format!(
-                    "TERMINALWIRE_CONNECT_TIMEOUT={value:?} is more than the maximum, {} seconds \
-                     (a day)",
-                    MAX_CONNECT_TIMEOUT.as_secs()
-                ),
-            }),
-    }
+    const NAME: &str = "TERMINALWIRE_CONNECT_TIMEOUT";
+    timeout_in_env(NAME, std::env::var_os(NAME), timeout_of, "")
+        .map(|timeout| timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
+}
+
+/// How long a consent prompt waits for an answer before it denies:
+/// `TERMINALWIRE_PROMPT_TIMEOUT` seconds when set (0: as long as it takes,
+/// `None`), else [`DEFAULT_PROMPT_TIMEOUT`](crate::consent::DEFAULT_PROMPT_TIMEOUT).
+/// Its errors name the variable.
+pub fn prompt_timeout_from_env() -> Result<Option<Duration>, String> {
+    const NAME: &str = "TERMINALWIRE_PROMPT_TIMEOUT";
+    prompt_timeout_in_env(std::env::var_os(NAME))
+}
+
+/// [`prompt_timeout_from_env`] of the value `value`.
+fn prompt_timeout_in_env(value: Option<OsString>) -> Result<Option<Duration>, String> {
+    timeout_in_env(
+        "TERMINALWIRE_PROMPT_TIMEOUT",
+        value,
+        prompt_timeout_of,
+        " (or 0, to wait as long as it takes)",
+    )
+    .map(|timeout| timeout.unwrap_or(Some(crate::consent::DEFAULT_PROMPT_TIMEOUT)))
 }
 
 impl ClientOptions {
@@ -153,6 +200,16 @@ impl ClientOptions {
                 ParseOutcome::Exit(exit_code::USAGE)
             }),
         }
+    }
+
+    /// How long a consent prompt waits (`None`: as long as it takes), from
+    /// the environment. Checked even under `--no-prompt`: a mistyped value
+    /// is found at once, not at a later session's first prompt.
+    fn prompt_timeout(&self) -> Result<Option<Duration>, ParseOutcome> {
+        prompt_timeout_from_env().map_err(|problem| {
+            eprintln!("terminalwire: {problem}");
+            ParseOutcome::Exit(exit_code::USAGE)
+        })
     }
 }
 
@@ -182,6 +239,9 @@ pub struct Invocation {
     pub ca_cert: Option<PathBuf>,
     /// Deny ungranted requests without asking (`--no-prompt`).
     pub no_prompt: bool,
+    /// How long a consent prompt waits for an answer (`None`: as long as
+    /// it takes); `TERMINALWIRE_PROMPT_TIMEOUT`.
+    pub prompt_timeout: Option<Duration>,
     /// Log level of the client's own logs.
     pub verbose: u8,
 }
@@ -260,6 +320,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
     Ok(Invocation {
         program_name: format!("terminalwire {}", options.url),
         connect_timeout: options.client.connect_timeout()?,
+        prompt_timeout: options.client.prompt_timeout()?,
         url: options.url,
         args,
         ca_cert: options.client.ca_cert,
@@ -477,6 +538,9 @@ pub struct Attach {
     pub ca_cert: Option<PathBuf>,
     /// Deny ungranted requests without asking.
     pub no_prompt: bool,
+    /// How long a consent prompt waits for an answer (`None`: as long as
+    /// it takes).
+    pub prompt_timeout: Option<Duration>,
     /// Log level of the client's own logs.
     pub verbose: u8,
 }
@@ -492,6 +556,7 @@ pub fn parse_attach(args: impl IntoIterator<Item = OsString>) -> Result<Attach, 
     let options: AttachOptions = parse_with(args)?;
     Ok(Attach {
         connect_timeout: options.client.connect_timeout()?,
+        prompt_timeout: options.client.prompt_timeout()?,
         id: options.id,
         ca_cert: options.client.ca_cert,
         no_prompt: options.client.no_prompt,
@@ -563,20 +628,53 @@ mod tests {
 
     #[test]
     fn a_time_out_is_positive_and_at_most_a_day() {
-        assert_eq!(connect_timeout_of(" 2.5 "), Ok(Duration::from_millis(2500)));
-        assert_eq!(connect_timeout_of("86400"), Ok(MAX_CONNECT_TIMEOUT));
+        assert_eq!(timeout_of(" 2.5 "), Ok(Duration::from_millis(2500)));
+        assert_eq!(timeout_of("86400"), Ok(MAX_CONNECT_TIMEOUT));
         for bad in ["0", "-1", "abc", "NaN", "", "1e-12"] {
-            assert_eq!(
-                connect_timeout_of(bad),
-                Err(BadTimeout::NotPositive),
-                "{bad}"
-            );
+            assert_eq!(timeout_of(bad), Err(BadTimeout::NotPositive), "{bad}");
         }
         for long in ["86400.5", "1e30", "inf"] {
-            assert_eq!(connect_timeout_of(long), Err(BadTimeout::TooLong), "{long}");
+            assert_eq!(timeout_of(long), Err(BadTimeout::TooLong), "{long}");
         }
         let said = parse_connect_timeout("1e30").unwrap_err();
         assert_eq!(said, "more than the maximum, 86400 seconds (a day)");
+    }
+
+    #[test]
+    fn a_prompt_time_out_is_five_minutes_unless_set_and_zero_is_none() {
+        let of = |value: Option<&str>| prompt_timeout_in_env(value.map(OsString::from));
+        let five_minutes = Some(crate::consent::DEFAULT_PROMPT_TIMEOUT);
+        assert_eq!(five_minutes, Some(Duration::from_secs(300)));
+        assert_eq!(of(None), Ok(five_minutes));
+        assert_eq!(of(Some("")), Ok(five_minutes), "empty is unset");
+        assert_eq!(of(Some("0.5")), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(of(Some(" 60 ")), Ok(Some(Duration::from_secs(60))));
+        for none in ["0", "0.0", " 0 "] {
+            assert_eq!(of(Some(none)), Ok(None), "{none:?}");
+        }
+        assert_eq!(
+            of(Some("-1")).unwrap_err(),
+            "TERMINALWIRE_PROMPT_TIMEOUT=\"-1\" is not a positive number of seconds \
+             (or 0, to wait as long as it takes)"
+        );
+        for bad in ["abc", "NaN", "1e-12", "5m"] {
+            assert!(of(Some(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            of(Some("86401")).unwrap_err(),
+            "TERMINALWIRE_PROMPT_TIMEOUT=\"86401\" is more than the maximum, 86400 seconds (a day)"
+        );
+        // The connection's variable says what it always said.
+        let connect = timeout_in_env(
+            "TERMINALWIRE_CONNECT_TIMEOUT",
+            Some("0".into()),
+            timeout_of,
+            "",
+        );
+        assert_eq!(
+            connect.unwrap_err(),
+            "TERMINALWIRE_CONNECT_TIMEOUT=\"0\" is not a positive number of seconds"
+        );
     }
 
     #[test]

@@ -13,11 +13,24 @@
 //! asks no more. An answer that is not one of the choices (a `y`, say:
 //! neither "once" nor "always" is a yes) is asked again with the choices
 //! spelled out, at most [`MAX_UNCLEAR`] times; Enter alone denies.
+//!
+//! A prompt gives up, as sudo's password prompt does, when nobody answers
+//! within its time-out ([`DEFAULT_PROMPT_TIMEOUT`], or
+//! `TERMINALWIRE_PROMPT_TIMEOUT` seconds; 0 waits as long as it takes): it
+//! denies, never allows. The prompt's own thread waits with `poll()` on the
+//! terminal, so no thread is left reading the user's next keys; what was
+//! typed and not sent by then is dropped, the line finished with a note
+//! ("no answer in 5 minutes: denied"), and the app told that the user did
+//! not answer, not that they refused. The session then asks no more: the
+//! user is away, and every later prompt would hold the session (the server's
+//! too, and the output queued behind it) for another time-out; later
+//! requests are denied as without a terminal, with their grant commands.
 
 use std::collections::HashSet;
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use terminalwire_policy::grant::{Access, PathGrant, PathPattern};
 use terminalwire_policy::{Entitlements, Grant, Home, Policy, PolicyError};
@@ -35,6 +48,27 @@ pub enum Answer {
     Deny,
 }
 
+/// How long a prompt waits for an answer when
+/// `TERMINALWIRE_PROMPT_TIMEOUT` does not say: five minutes (sudo's
+/// password prompt waits as long).
+pub const DEFAULT_PROMPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// How a prompt on the terminal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// The user answered (a deny included: Enter alone, unclear answers,
+    /// the end of the terminal's input).
+    Answered(Answer),
+    /// Nobody answered within the time-out: denied.
+    NotAnswered,
+}
+
+impl From<Answer> for Reply {
+    fn from(answer: Answer) -> Reply {
+        Reply::Answered(answer)
+    }
+}
+
 /// Denials after which a session stops asking: an app that keeps asking
 /// for what the user refused is not asking in good faith.
 pub const MAX_DENIALS: usize = 3;
@@ -49,6 +83,28 @@ pub const DENIED_BY_USER: &str = "you denied it";
 /// grant earlier in the session (it is not asked again).
 pub const DENIED_BY_USER_BEFORE: &str = "you denied it earlier in this session";
 
+/// The reason a request is denied with when its prompt got no answer
+/// within `waited`: "you did not answer in 5 minutes".
+pub fn not_answered(waited: Duration) -> String {
+    format!("you did not answer in {}", spoken(waited))
+}
+
+/// `duration` as said in a sentence: "5 minutes", "1 second", "2.5
+/// seconds", "1 hour".
+fn spoken(duration: Duration) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    let seconds = duration.as_secs();
+    if duration.subsec_nanos() != 0 {
+        format!("{} seconds", duration.as_secs_f64())
+    } else if seconds >= 3600 && seconds.is_multiple_of(3600) {
+        plural(seconds / 3600, "hour")
+    } else if seconds >= 60 && seconds.is_multiple_of(60) {
+        plural(seconds / 60, "minute")
+    } else {
+        plural(seconds, "second")
+    }
+}
+
 /// What came of a denial the client may have asked the user about.
 #[derive(Debug)]
 pub enum Outcome {
@@ -60,6 +116,12 @@ pub enum Outcome {
     DeniedByUser {
         /// Refused at an earlier prompt of this session.
         earlier: bool,
+    },
+    /// Nobody answered the prompt within `waited`: denied, and the session
+    /// asks no more.
+    NotAnswered {
+        /// The prompt's time-out.
+        waited: Duration,
     },
     /// Nothing changes: not asked (no grant to offer, asked before, too
     /// many denials), the prompt failed, or the grant could not be made.
@@ -75,6 +137,9 @@ struct Asked {
     refused_grants: HashSet<String>,
     /// Refusals so far.
     denials: usize,
+    /// A prompt got no answer in time: the user is away, nothing more is
+    /// asked.
+    not_answered: bool,
 }
 
 /// Everything needed to ask, and to rebuild the entitlements after a yes.
@@ -94,9 +159,11 @@ pub struct Consent {
     one_prompt: tokio::sync::Mutex<()>,
     /// The session's progress bars, taken off the screen for a prompt.
     progress: std::sync::OnceLock<crate::progress::Progress>,
+    /// How long a prompt waits for an answer; `None`: as long as it takes.
+    timeout: Option<Duration>,
     /// Answers given instead of asking on the terminal, for tests.
     #[cfg(test)]
-    pub(crate) scripted: Mutex<std::collections::VecDeque<Answer>>,
+    pub(crate) scripted: Mutex<std::collections::VecDeque<Reply>>,
 }
 
 impl std::fmt::Debug for Consent {
@@ -119,10 +186,18 @@ impl Consent {
             asked: Mutex::default(),
             gate: Arc::default(),
             progress: std::sync::OnceLock::new(),
+            timeout: Some(DEFAULT_PROMPT_TIMEOUT),
             one_prompt: tokio::sync::Mutex::new(()),
             #[cfg(test)]
             scripted: Mutex::default(),
         }
+    }
+
+    /// Prompts that wait `timeout` for an answer (`None`: as long as it
+    /// takes) instead of [`DEFAULT_PROMPT_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The progress bars a prompt takes off the screen (set once).
@@ -157,7 +232,7 @@ impl Consent {
             if asked.refused_grants.contains(&command) {
                 return Outcome::DeniedByUser { earlier: true };
             }
-            if asked.denials >= MAX_DENIALS || !asked.requests.insert(key) {
+            if asked.denials >= MAX_DENIALS || asked.not_answered || !asked.requests.insert(key) {
                 return Outcome::Unchanged;
             }
         }
@@ -192,11 +267,30 @@ impl Consent {
         let scripted = None;
         // A prompt that could not be shown or read denies, as a deny does
         // (and is not asked again), but not in the user's name.
-        let answer = match scripted {
-            Some(answer) => Some(answer),
-            None => prompt_answer(tokio::task::spawn_blocking(move || prompt(&question)).await),
+        let timeout = self.timeout;
+        let reply = match scripted {
+            Some(reply) => Some(reply),
+            None => {
+                prompt_answer(tokio::task::spawn_blocking(move || prompt(&question, timeout)).await)
+            }
         };
         drop(as_found);
+        let answer = match reply {
+            Some(Reply::NotAnswered) => {
+                // Not a refusal: the user is away. Asking on would hold the
+                // session another time-out for each request (see the
+                // module's docs).
+                self.asked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .not_answered = true;
+                return Outcome::NotAnswered {
+                    waited: timeout.unwrap_or_default(),
+                };
+            }
+            Some(Reply::Answered(answer)) => Some(answer),
+            None => None,
+        };
         match answer {
             None | Some(Answer::Deny) => {
                 let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
@@ -333,7 +427,6 @@ fn question(url: &str, denial: &Denial, command: &str) -> String {
     )
 }
 
-/// Shows the question on the controlling terminal and reads the answer.
 /// Whether a `TERMINALWIRE_NO_PROMPT` of `value` turns prompts off: any
 /// value but an empty one, `0`, `false`, `no` or `off` (in any case).
 fn no_prompt_means_yes(value: &str) -> bool {
@@ -348,14 +441,16 @@ fn no_prompt_means_yes(value: &str) -> bool {
 /// session (status 70), as one in a request does: taken for a prompt that
 /// could not be shown, the session went on under a terminal the panic hook
 /// had restored.
-fn prompt_answer(joined: Result<io::Result<Answer>, tokio::task::JoinError>) -> Option<Answer> {
+fn prompt_answer(joined: Result<io::Result<Reply>, tokio::task::JoinError>) -> Option<Reply> {
     joined
         .map_err(crate::resources::panicked_again)
         .ok()
         .and_then(Result::ok)
 }
 
-fn prompt(question: &str) -> io::Result<Answer> {
+/// Shows the question on the controlling terminal and reads the answer,
+/// waiting at most `timeout` for it (`None`: as long as it takes).
+fn prompt(question: &str, timeout: Option<Duration>) -> io::Result<Reply> {
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -363,48 +458,157 @@ fn prompt(question: &str) -> io::Result<Answer> {
     // Keys typed ahead, or a terminal's replies to queries in the server's
     // output (a window title sent back, say), must not answer for the user.
     let _ = rustix::termios::tcflush(&tty, rustix::termios::QueueSelector::IFlush);
-    converse(&tty, question)
+    converse(&tty, question, timeout)
+}
+
+/// The terminal a prompt is on.
+trait Keyboard: io::Read + Write {
+    /// Waits until there is something to read (input, its end, or an error
+    /// the read will tell), or until `deadline` (`None`: no deadline).
+    /// Whether there is.
+    fn wait_for_input(&mut self, deadline: Option<Instant>) -> io::Result<bool>;
+
+    /// Drops what was typed and not read, a line not finished with Enter
+    /// included.
+    fn discard_input(&mut self);
+}
+
+impl Keyboard for &std::fs::File {
+    fn wait_for_input(&mut self, deadline: Option<Instant>) -> io::Result<bool> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        loop {
+            let left = match deadline {
+                None => None,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    Some(Timespec::try_from(left).map_err(io::Error::other)?)
+                }
+            };
+            let mut fds = [PollFd::new(*self, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, left.as_ref()) {
+                Ok(0) if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                    return Ok(false);
+                }
+                Ok(0) => {}
+                Ok(_) => return Ok(true),
+                // A signal (a resize, Ctrl-C): wait on, for what is left.
+                Err(rustix::io::Errno::INTR) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    fn discard_input(&mut self) {
+        // Canonical mode keeps a line not finished with Enter for later: it
+        // would reach the app (at once, if it is in raw mode) or the next
+        // prompt.
+        let _ = rustix::termios::tcflush(*self, rustix::termios::QueueSelector::IFlush);
+    }
 }
 
 /// The line the answer is typed on, asked again after an unclear answer.
 const YOUR_CHOICE: &str = "\x1b[7m terminalwire \x1b[0m your choice: ";
 
-/// Resets the terminal, asks `question` on `tty` and reads the answer. An
-/// answer that is not one of the choices is asked again, with the choices
-/// spelled out, [`MAX_UNCLEAR`] times at most; then, or at the end of the
-/// input, it is a deny.
-fn converse(mut tty: impl io::Read + Write, question: &str) -> io::Result<Answer> {
+/// What came of waiting for a line.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line (with its `\n`, unless it ended the input).
+    Read(String),
+    /// The end of the input.
+    End,
+    /// Nothing by the deadline.
+    Late,
+}
+
+/// Reads lines from a terminal, each waited for until a deadline. Nothing
+/// is read before there is something to read: a thread never stays blocked
+/// reading after a deadline, and the user's next keys are not taken.
+#[derive(Debug, Default)]
+struct Lines {
+    /// Read past the last line's end (the terminal gives a line a read; a
+    /// pipe gives what it has).
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// The next line from `tty`, if it comes by `deadline`.
+    fn next(&mut self, tty: &mut impl Keyboard, deadline: Option<Instant>) -> io::Result<Line> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&byte| byte == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Ok(Line::Read(String::from_utf8_lossy(&line).into_owned()));
+            }
+            if !tty.wait_for_input(deadline)? {
+                self.pending.clear();
+                return Ok(Line::Late);
+            }
+            let mut buffer = [0; 256];
+            match tty.read(&mut buffer) {
+                Ok(0) if self.pending.is_empty() => return Ok(Line::End),
+                Ok(0) => {
+                    let line = std::mem::take(&mut self.pending);
+                    return Ok(Line::Read(String::from_utf8_lossy(&line).into_owned()));
+                }
+                Ok(read) => self.pending.extend_from_slice(&buffer[..read]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Resets the terminal, asks `question` on `tty` and reads the answer,
+/// waiting `timeout` for each (`None`: as long as it takes). An answer that
+/// is not one of the choices is asked again, with the choices spelled out,
+/// [`MAX_UNCLEAR`] times at most; then, or at the end of the input, it is a
+/// deny. No answer in time is [`Reply::NotAnswered`]: what was typed of one
+/// is dropped, and the prompt's line finished with a note that says so.
+fn converse(
+    mut tty: impl Keyboard,
+    question: &str,
+    timeout: Option<Duration>,
+) -> io::Result<Reply> {
     tty.write_all(TERMINAL_RESET.as_bytes())?;
     tty.write_all(question.as_bytes())?;
     tty.flush()?;
-    let mut tty = io::BufReader::new(tty);
+    let mut lines = Lines::default();
     for unclear in 1..=MAX_UNCLEAR {
-        let mut line = String::new();
-        if tty.read_line(&mut line)? == 0 {
-            return Ok(Answer::Deny);
-        }
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let line = match lines.next(&mut tty, deadline)? {
+            Line::Read(line) => line,
+            Line::End => return Ok(Reply::Answered(Answer::Deny)),
+            Line::Late => {
+                tty.discard_input();
+                write!(
+                    tty,
+                    "\r\n  no answer in {}: denied\r\n",
+                    spoken(timeout.unwrap_or_default())
+                )?;
+                tty.flush()?;
+                return Ok(Reply::NotAnswered);
+            }
+        };
         if let Some(answer) = answer_of(&line) {
-            return Ok(answer);
+            return Ok(Reply::Answered(answer));
         }
         let typed: String = line.trim().chars().take(40).collect();
-        let out = tty.get_mut();
         write!(
-            out,
+            tty,
             "  `{}` is not one of the choices: type o to allow once, a to allow always, \
              d to deny (Enter alone denies)\r\n",
             crate::inert::inert(&typed),
         )?;
         if unclear == MAX_UNCLEAR {
             write!(
-                out,
+                tty,
                 "  denied after {MAX_UNCLEAR} answers that are not choices\r\n"
             )?;
         } else {
-            out.write_all(YOUR_CHOICE.as_bytes())?;
+            tty.write_all(YOUR_CHOICE.as_bytes())?;
         }
-        out.flush()?;
+        tty.flush()?;
     }
-    Ok(Answer::Deny)
+    Ok(Reply::Answered(Answer::Deny))
 }
 
 /// The answer `line` gives, if it is one of the choices. A yes (`y`) is
@@ -514,12 +718,12 @@ mod tests {
     #[tokio::test]
     async fn a_panic_on_the_prompts_thread_goes_on_in_the_task() {
         let joined =
-            tokio::task::spawn_blocking(|| -> io::Result<Answer> { panic!("a bug in the prompt") })
+            tokio::task::spawn_blocking(|| -> io::Result<Reply> { panic!("a bug in the prompt") })
                 .await;
         let resumed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || prompt_answer(joined)));
         assert!(resumed.is_err(), "the panic was taken for no answer");
-        let unreadable = tokio::task::spawn_blocking(|| -> io::Result<Answer> {
+        let unreadable = tokio::task::spawn_blocking(|| -> io::Result<Reply> {
             Err(io::Error::other("no terminal"))
         })
         .await;
@@ -625,14 +829,22 @@ mod tests {
         }
     }
 
+    /// All of its input is there at once.
+    impl Keyboard for &mut FakeTty {
+        fn wait_for_input(&mut self, _: Option<Instant>) -> io::Result<bool> {
+            Ok(true)
+        }
+        fn discard_input(&mut self) {}
+    }
+
     #[test]
     fn the_terminal_is_made_legible_before_the_question_without_clearing_it() {
         let mut tty = FakeTty {
             input: io::Cursor::new(b"a\n".to_vec()),
             output: Vec::new(),
         };
-        let answer = converse(&mut tty, "the question").unwrap();
-        assert_eq!(answer, Answer::Always);
+        let answer = converse(&mut tty, "the question", None).unwrap();
+        assert_eq!(answer, Reply::Answered(Answer::Always));
         let written = String::from_utf8(tty.output).unwrap();
         assert_eq!(written, format!("{TERMINAL_RESET}the question"));
         // Colours, default foreground and background, cursor shown.
@@ -650,7 +862,10 @@ mod tests {
             input: io::Cursor::new(input.as_bytes().to_vec()),
             output: Vec::new(),
         };
-        let answer = converse(&mut tty, "Q").unwrap();
+        let reply = converse(&mut tty, "Q", Some(Duration::from_secs(60))).unwrap();
+        let Reply::Answered(answer) = reply else {
+            panic!("{input:?} was not answered")
+        };
         let written = String::from_utf8(tty.output).unwrap();
         let written = written.strip_prefix(TERMINAL_RESET).unwrap().to_owned();
         (answer, written)
@@ -699,6 +914,168 @@ mod tests {
         assert!(written.contains("`\\u{1b}[2Jy`"), "{written:?}");
     }
 
+    /// A pseudo-terminal, as a new one is set (cooked, with echo): the
+    /// user's side, which types and shows, and the terminal the prompt is
+    /// on.
+    fn pty() -> (std::fs::File, std::fs::File) {
+        use rustix::fs::{Mode, OFlags};
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let user = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        grantpt(&user).unwrap();
+        unlockpt(&user).unwrap();
+        let name = ptsname(&user, Vec::new()).unwrap();
+        let tty = rustix::fs::open(
+            name.as_c_str(),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        (user.into(), tty.into())
+    }
+
+    /// What the user's side of a pty shows, read until it shows `wanted`
+    /// (failing the test after 10 s).
+    fn shown_until(mut user: &std::fs::File, wanted: &str) -> String {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut shown = Vec::new();
+        while !String::from_utf8_lossy(&shown).contains(wanted) {
+            let ready = user.wait_for_input(Some(deadline)).unwrap();
+            assert!(
+                ready,
+                "{wanted:?} not shown: {:?}",
+                String::from_utf8_lossy(&shown)
+            );
+            let mut buffer = [0; 1024];
+            let read = user.read(&mut buffer).unwrap();
+            shown.extend_from_slice(&buffer[..read]);
+        }
+        String::from_utf8_lossy(&shown).into_owned()
+    }
+
+    #[test]
+    fn a_prompt_nobody_answers_denies_at_its_time_out_and_drops_what_was_typed() {
+        let (mut user, tty) = pty();
+        // Typed, not sent: the terminal echoes it and keeps it for Enter.
+        user.write_all(b"al").unwrap();
+        shown_until(&user, "al");
+        let timeout = Duration::from_millis(300);
+        let asked = Instant::now();
+        let reply = converse(&tty, "Q", Some(timeout)).unwrap();
+        assert_eq!(reply, Reply::NotAnswered);
+        assert!(asked.elapsed() >= timeout, "{:?}", asked.elapsed());
+        let shown = shown_until(&user, "denied");
+        assert!(
+            shown.ends_with("Q\r\r\n  no answer in 0.3 seconds: denied\r\r\n"),
+            "{shown:?}"
+        );
+        // The half-typed answer reaches neither the app nor the next prompt:
+        // the next line read is the one typed next, alone.
+        user.write_all(b"b\n").unwrap();
+        let mut next = [0; 64];
+        let read = io::Read::read(&mut &tty, &mut next).unwrap();
+        assert_eq!(String::from_utf8_lossy(&next[..read]), "b\n");
+    }
+
+    #[test]
+    fn a_prompt_waits_for_an_answer_and_each_question_has_the_whole_time_out() {
+        let (mut user, tty) = pty();
+        let answering = std::thread::spawn(move || {
+            shown_until(&user, "Q");
+            user.write_all(b"y\n").unwrap();
+            shown_until(&user, YOUR_CHOICE);
+            user.write_all(b"once\n").unwrap();
+            user
+        });
+        let reply = converse(&tty, "Q", Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(reply, Reply::Answered(Answer::Once));
+        answering.join().unwrap();
+        // As long as it takes, without a time-out.
+        let (mut user, tty) = pty();
+        let answering = std::thread::spawn(move || {
+            shown_until(&user, "Q");
+            user.write_all(b"a\n").unwrap();
+            // Kept open: a terminal closed is the end of the input.
+            user
+        });
+        assert_eq!(
+            converse(&tty, "Q", None).unwrap(),
+            Reply::Answered(Answer::Always)
+        );
+        answering.join().unwrap();
+        // An unclear answer, then nothing: the question asked again gets
+        // its own time-out, then denies as not answered.
+        let (mut user, tty) = pty();
+        user.write_all(b"y\n").unwrap();
+        let reply = converse(&tty, "Q", Some(Duration::from_millis(200))).unwrap();
+        assert_eq!(reply, Reply::NotAnswered);
+        let shown = shown_until(&user, "denied");
+        assert!(shown.contains("is not one of the choices"), "{shown:?}");
+        assert!(
+            shown.contains("no answer in 0.2 seconds: denied"),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn a_time_out_is_said_in_words() {
+        for (duration, said) in [
+            (Duration::from_secs(300), "5 minutes"),
+            (Duration::from_secs(60), "1 minute"),
+            (Duration::from_secs(90), "90 seconds"),
+            (Duration::from_secs(1), "1 second"),
+            (Duration::from_millis(2500), "2.5 seconds"),
+            (Duration::from_secs(7200), "2 hours"),
+        ] {
+            assert_eq!(spoken(duration), said);
+        }
+        assert_eq!(
+            not_answered(DEFAULT_PROMPT_TIMEOUT),
+            "you did not answer in 5 minutes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_prompt_not_answered_denies_and_the_session_asks_no_more() {
+        let home = tempfile::tempdir().unwrap();
+        let consent = Arc::new(
+            Consent::new(
+                Url::parse("ws://h/terminal").unwrap(),
+                Home::at(home.path().join("tw")),
+                home.path().to_path_buf(),
+                Vec::new(),
+            )
+            .with_timeout(Some(Duration::from_secs(7))),
+        );
+        let denial = |folder: &str| Denial {
+            resource: "path".into(),
+            action: "read".into(),
+            target: format!("{folder}/x"),
+            reason: "not granted".into(),
+            command: Some(format!(
+                "terminalwire entitlement grant h path '{folder}/**' --read"
+            )),
+        };
+        consent
+            .scripted
+            .lock()
+            .unwrap()
+            .extend([Reply::NotAnswered, Answer::Once.into()]);
+        assert!(matches!(
+            consent.ask(&denial("/srv/a")).await,
+            Outcome::NotAnswered { waited } if waited == Duration::from_secs(7)
+        ));
+        // Neither another grant nor the same one is asked about: not as
+        // refused by the user (they did not refuse), as not asked.
+        for folder in ["/srv/b", "/srv/a"] {
+            assert!(matches!(
+                consent.ask(&denial(folder)).await,
+                Outcome::Unchanged
+            ));
+        }
+        assert_eq!(consent.scripted.lock().unwrap().len(), 1, "asked again");
+    }
+
     #[tokio::test]
     async fn a_refusal_is_not_asked_again_and_three_end_the_asking() {
         let home = tempfile::tempdir().unwrap();
@@ -719,12 +1096,11 @@ mod tests {
             )),
         };
         let scripted = || consent.scripted.lock().unwrap().len();
-        consent.scripted.lock().unwrap().extend([
-            Answer::Deny,
-            Answer::Deny,
-            Answer::Deny,
-            Answer::Once,
-        ]);
+        consent
+            .scripted
+            .lock()
+            .unwrap()
+            .extend([Answer::Deny, Answer::Deny, Answer::Deny, Answer::Once].map(Reply::from));
         // Refused once: every other file that needs the same grant is
         // refused without asking (each would offer "always" for
         // `~/docs/**`).
@@ -775,7 +1151,11 @@ mod tests {
             home.path().to_path_buf(),
             Vec::new(),
         ));
-        consent.scripted.lock().unwrap().push_back(Answer::Always);
+        consent
+            .scripted
+            .lock()
+            .unwrap()
+            .push_back(Answer::Always.into());
         // `terminalwire entitlement revoke h env EDITOR` is under way: it
         // has the lock and loaded the file.
         let revoking = Policy::lock(&path).unwrap();

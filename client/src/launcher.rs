@@ -615,11 +615,19 @@ pub fn exec_main(args: Vec<OsString>) -> u8 {
             return exit_code::USAGE;
         }
     };
+    let prompt_timeout = match crate::cli::prompt_timeout_from_env() {
+        Ok(timeout) => timeout,
+        Err(problem) => {
+            eprintln!("{}: {problem}", launcher.name);
+            return exit_code::USAGE;
+        }
+    };
     let invocation = crate::cli::Invocation {
         program_name: launcher.name.clone(),
         url: launcher.url,
         args: app_args,
         connect_timeout,
+        prompt_timeout,
         ca_cert: std::env::var_os("TERMINALWIRE_CA_CERT").map(PathBuf::from),
         no_prompt: false,
         verbose: 0,

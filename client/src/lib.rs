@@ -186,7 +186,8 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         invocation.args.clone(),
     )?;
     let first_visit = FirstVisit::new(&target);
-    let (resources, storage) = entitlements(&target, invocation.no_prompt)?;
+    let (resources, storage) =
+        entitlements(&target, invocation.no_prompt, invocation.prompt_timeout)?;
     hello.storage = Some(storage.to_string_lossy().into_owned());
     let command = std::iter::once(invocation.program_name.clone())
         .chain(invocation.args.iter().cloned())
@@ -324,7 +325,7 @@ pub async fn attach(invocation: cli::Attach) -> Result<u8, ClientError> {
         )));
     }
     let target = connect::Target::parse(&saved.record.url)?;
-    let (resources, _) = entitlements(&target, invocation.no_prompt)?;
+    let (resources, _) = entitlements(&target, invocation.no_prompt, invocation.prompt_timeout)?;
     let command = saved.record.command.clone();
     let config = session_config(invocation.connect_timeout, resources);
     let start = session::Start::Attach(Box::new(saved.record));
@@ -570,9 +571,13 @@ fn identity_files(target: &connect::Target) -> Result<IdentityFiles, ClientError
 }
 
 /// Loads the authority's grants and makes sure its storage folder exists.
+/// Unless `no_prompt`, requests not granted are asked about on a terminal,
+/// each prompt waiting `prompt_timeout` for an answer (`None`: as long as
+/// it takes).
 fn entitlements(
     target: &connect::Target,
     no_prompt: bool,
+    prompt_timeout: Option<std::time::Duration>,
 ) -> Result<(resources::Resources, std::path::PathBuf), ClientError> {
     use terminalwire_policy::{Authority, Entitlements, Home, Policy};
     let config = |message: String| ClientError::Config(message);
@@ -605,12 +610,15 @@ fn entitlements(
         home.authority_dir(&authority).join("audit.log"),
     ));
     let resources = if !no_prompt && consent::Consent::available() {
-        resources.with_consent(consent::Consent::new(
-            target.url.clone(),
-            home.clone(),
-            user_home.clone(),
-            client_binaries,
-        ))
+        resources.with_consent(
+            consent::Consent::new(
+                target.url.clone(),
+                home.clone(),
+                user_home.clone(),
+                client_binaries,
+            )
+            .with_timeout(prompt_timeout),
+        )
     } else {
         resources
     };

@@ -510,8 +510,18 @@ impl Resources {
             ) => consent.ask(denial).await,
             _ => crate::consent::Outcome::Unchanged,
         };
-        let denied_by_user = match asked {
-            crate::consent::Outcome::DeniedByUser { earlier } => Some(earlier),
+        // Why, when the prompt denied it: the app is told, not that nobody
+        // granted it.
+        let prompt_denied = match &asked {
+            crate::consent::Outcome::DeniedByUser { earlier: true } => {
+                Some(crate::consent::DENIED_BY_USER_BEFORE.to_owned())
+            }
+            crate::consent::Outcome::DeniedByUser { earlier: false } => {
+                Some(crate::consent::DENIED_BY_USER.to_owned())
+            }
+            crate::consent::Outcome::NotAnswered { waited } => {
+                Some(crate::consent::not_answered(*waited))
+            }
             _ => None,
         };
         if let (crate::consent::Outcome::Allowed(answer, updated), Some(op)) = (asked, retry) {
@@ -535,11 +545,11 @@ impl Resources {
             resolved = None;
         }
         self.audit(described, resolved, &result);
-        // The user said no: the app is told so (whatever it is told of the
-        // path), not that nobody granted it.
+        // The user said no, or did not answer: the app is told so
+        // (whatever it is told of the path), not that nobody granted it.
         let mut told = self.as_told(named.as_deref(), result);
-        if let (Some(earlier), Err(error)) = (denied_by_user, &mut told) {
-            denied_by_the_user(error, earlier);
+        if let (Some(reason), Err(error)) = (prompt_denied, &mut told) {
+            denied_at_the_prompt(error, reason);
         }
         Some(told)
     }
@@ -1510,18 +1520,14 @@ fn not_granted(raw: &str, action: Action) -> OpError {
     }
 }
 
-/// `error`, a denial, as refused by the user at a consent prompt: now, or
-/// (`earlier`) the same grant earlier in the session.
-fn denied_by_the_user(error: &mut OpError, earlier: bool) {
+/// `error`, a denial, as denied at a consent prompt for `reason`: refused
+/// by the user (now, or the same grant earlier in the session), or not
+/// answered in time.
+fn denied_at_the_prompt(error: &mut OpError, reason: String) {
     let Some(denial) = error.denial.as_mut() else {
         return;
     };
-    denial.reason = if earlier {
-        crate::consent::DENIED_BY_USER_BEFORE
-    } else {
-        crate::consent::DENIED_BY_USER
-    }
-    .to_owned();
+    denial.reason = reason;
     error.message = format!(
         "may not {} {} {}: {}",
         denial.action, denial.resource, denial.target, denial.reason
@@ -1876,7 +1882,7 @@ mod tests {
             .scripted
             .lock()
             .unwrap()
-            .push_back(crate::consent::Answer::Once);
+            .push_back(crate::consent::Answer::Once.into());
         let resources =
             Resources::new(entitlements, dir.path().to_path_buf(), opener).with_consent(consent);
         session_rules.set(resources.clone()).ok().unwrap();

@@ -255,3 +255,82 @@ async fn an_answer_that_is_not_a_choice_is_asked_again_and_a_deny_says_so() {
     assert!(!exit.screen.contains("the-content"), "{}", exit.screen);
     assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
 }
+
+/// `read-then-line FILE`: reads FILE and says what came of it (a denial's
+/// reason, as the client gave it), then reads a line and shows it.
+fn read_then_line_app() -> Terminal {
+    Terminal::new(|ctx: Context| async move {
+        let out = ctx.stdout();
+        let file = ctx.args().get(1).cloned().unwrap_or_default();
+        let read = match ctx.file().read_to_string(&file).await {
+            Ok(text) => format!("read: {}", text.trim()),
+            Err(error) => match error.denial() {
+                Some(denial) => format!("denied: {}", denial.reason),
+                None => format!("error: {error}"),
+            },
+        };
+        out.print(format!("{read}\r\n")).await.unwrap();
+        let line = ctx.stdin().read_line(Some("line? ")).await;
+        out.print(format!("line: {line:?}\r\n")).await.unwrap();
+        out.print("done\r\n").await.unwrap();
+    })
+}
+
+/// A prompt nobody answers gives up after `TERMINALWIRE_PROMPT_TIMEOUT`
+/// seconds and denies: its line is finished with a note, the app is told
+/// the user did not answer (not that they refused), what was half-typed
+/// at the prompt does not reach the app, and the session goes on and ends
+/// as usual with the terminal as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_nobody_answers_denies_at_its_time_out() {
+    let server = TestServer::with_terminal(read_then_line_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start_with_env(
+        &[&server.url(), "read-then-line", &file],
+        120,
+        30,
+        &[("TERMINALWIRE_PROMPT_TIMEOUT", "3")],
+    );
+    pane.wait_for("your choice:").await;
+    // Typed at the prompt, never sent with Enter.
+    pane.type_text("al").await;
+    pane.wait_for("your choice: al").await;
+    let screen = pane.wait_for("line?").await;
+    assert!(
+        screen.contains("your choice: al\n  no answer in 3 seconds: denied\n"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("denied: you did not answer in 3 seconds"),
+        "{screen}"
+    );
+    assert!(!screen.contains("the-content"), "{screen}");
+    pane.type_text("b").await;
+    pane.send_keys(&["Enter"]).await;
+    let exit = pane.wait_exit().await;
+    assert!(
+        exit.screen.contains("line: Ok(Some(\"b\"))"),
+        "what was typed at the prompt reached the app:\n{}",
+        exit.screen
+    );
+    assert_eq!(exit.status, 0, "{}", exit.screen);
+    assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
+}
+
+/// A prompt time-out that is not a number of seconds is a usage error that
+/// names the variable, before anything is asked or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_prompt_time_out_is_a_usage_error() {
+    let server = TestServer::with_terminal(reader_app()).await;
+    let run = terminalwire_tests::Client::new([server.url().as_str(), "read"])
+        .env("TERMINALWIRE_PROMPT_TIMEOUT", "5m")
+        .run()
+        .await;
+    assert_eq!(run.status, Some(2), "{}", run.stderr_text());
+    assert_eq!(
+        run.stderr_text(),
+        "terminalwire: TERMINALWIRE_PROMPT_TIMEOUT=\"5m\" is not a positive number of seconds \
+         (or 0, to wait as long as it takes)\n"
+    );
+    assert_eq!(run.stdout_text(), "");
+}

@@ -400,6 +400,19 @@ async fn a_launcher_takes_its_connection_timeout_from_the_environment() {
         run.stderr_text(),
         "silent: TERMINALWIRE_CONNECT_TIMEOUT=\"soon\" is not a positive number of seconds\n"
     );
+    // The consent prompt's time-out is checked as well, before connecting.
+    let run = Client::new(["x"])
+        .program(&launcher)
+        .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
+        .env("TERMINALWIRE_PROMPT_TIMEOUT", "-5")
+        .run()
+        .await;
+    assert_eq!(run.status, Some(2), "a usage error");
+    assert_eq!(
+        run.stderr_text(),
+        "silent: TERMINALWIRE_PROMPT_TIMEOUT=\"-5\" is not a positive number of seconds \
+         (or 0, to wait as long as it takes)\n"
+    );
     silent.abort();
 }
 

@@ -924,21 +924,8 @@ impl Resources {
         // What a denial's grant command names follows the request, not the
         // disk: a server must not learn whether a folder it may not see
         // exists from the command it is told to suggest.
-        let about_a_folder = matches!(
-            op,
-            Operation::DirList { .. }
-                | Operation::DirCreate { .. }
-                | Operation::DirDelete { .. }
-                | Operation::DirExists { .. }
-        );
-        let reads = matches!(
-            op,
-            Operation::FileRead { .. }
-                | Operation::FileExists { .. }
-                | Operation::DirExists { .. }
-                | Operation::Metadata { .. }
-                | Operation::DirList { .. }
-        );
+        let about_a_folder = op.names_a_folder();
+        let reads = op.only_reads();
         // Resolving also looks at the path, the same way `safe_fs::metadata`
         // would, in most cases: the stat-class operations use that look.
         let resolve_seen = |raw: &str| {

@@ -707,6 +707,32 @@ impl Operation {
             _ => None,
         }
     }
+
+    /// Whether the path the operation names is a folder's (a listing, a
+    /// folder made, removed or looked for): what a grant that allows it
+    /// must cover.
+    pub fn names_a_folder(&self) -> bool {
+        matches!(
+            self,
+            Operation::DirList { .. }
+                | Operation::DirCreate { .. }
+                | Operation::DirDelete { .. }
+                | Operation::DirExists { .. }
+        )
+    }
+
+    /// Whether the operation only looks at its path (reads a file, lists a
+    /// folder, asks whether something is there), rather than changing it.
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Operation::FileRead { .. }
+                | Operation::FileExists { .. }
+                | Operation::DirExists { .. }
+                | Operation::Metadata { .. }
+                | Operation::DirList { .. }
+        )
+    }
 }
 
 /// How the client's terminal treats input.

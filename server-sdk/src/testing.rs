@@ -511,22 +511,12 @@ impl Client {
                 "this client does not support that operation",
             ));
         };
-        let about_a_folder = matches!(
-            op,
-            Operation::DirList { .. }
-                | Operation::DirCreate { .. }
-                | Operation::DirDelete { .. }
-                | Operation::DirExists { .. }
-        );
-        let reads = matches!(
-            op,
-            Operation::FileRead { .. }
-                | Operation::FileExists { .. }
-                | Operation::Metadata { .. }
-                | Operation::DirList { .. }
-                | Operation::DirExists { .. }
-        );
-        let action = if reads { Action::Read } else { Action::Write };
+        let about_a_folder = op.names_a_folder();
+        let action = if op.only_reads() {
+            Action::Read
+        } else {
+            Action::Write
+        };
         let Some(path) = self.inside_storage(&raw) else {
             return Err(self.refused(&raw, action, about_a_folder));
         };

@@ -51,14 +51,35 @@
 //! client denies a path not granted), the environment variables it is
 //! given, and records the browser opens:
 //!
-//! ```text
+//! ```
+//! # #[cfg(feature = "testing")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! use terminalwire_server::{Context, Terminal, testing::TestClient};
+//!
+//! // The app's command: saves its arguments in the client's storage folder.
+//! let terminal = Terminal::new(|ctx: Context| async move {
+//!     let text = ctx.args().join(" ");
+//!     let file = ctx.storage_path("last.txt").expect("a storage folder");
+//!     ctx.file().write(&file, &text).await?;
+//!     ctx.stdout().println(format!("Saved: {text}")).await?;
+//!     anyhow::Ok(())
+//! });
+//!
+//! let folder = tempfile::tempdir()?;
 //! let out = TestClient::new()
-//!     .args(["add", "Water the plants"])
-//!     .storage(tempdir.path())
+//!     .args(["Water", "the plants"])
+//!     .storage(folder.path())
 //!     .terminal(80, 24)
 //!     .run(&terminal)
 //!     .await;
-//! assert_eq!((out.status, out.stdout_text()), (0, "Added task 1\n".into()));
+//! assert_eq!((out.status, out.stdout_text()), (0, "Saved: Water the plants\n".into()));
+//! let saved = std::fs::read_to_string(folder.path().join("last.txt"))?;
+//! assert_eq!(saved, "Water the plants");
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "testing"))]
+//! # fn main() {}
 //! ```
 //!
 //! The `testing` module's docs list what it answers and how; the `tasks`
@@ -86,13 +107,13 @@
 //! - [`streams`]: tokio `AsyncRead`/`AsyncWrite` on the client's stdin,
 //!   stdout/stderr and files ([`Output::writer`], `ctx.stdin().reader()`).
 //! - [`outcome`]: how a command's return value becomes an exit status ([`Exit`],
-//!   [`IntoOutcome`]).
+//!   [`Exit::with_message`]'s [`Failure`], [`IntoOutcome`]).
 //! - [`cli`]: clap integration (help, version and usage errors rendered like a
 //!   local program).
 //! - `testing` (feature `testing`, off by default): `testing::TestClient`
 //!   runs a command through the SDK's session code in memory, for the
 //!   app's own tests (no network, no client binary; see "Testing an app"
-//!   below).
+//!   above).
 //! - [`tls`] (feature `tls`, on by default): serve the app over TLS (`wss://`)
 //!   with rustls, and self-signed development certificates.
 //! - [`tokens`]: app sessions saved on the client, short-lived, rotated and
@@ -105,6 +126,8 @@
 //!   whole or not at all.
 //! - `pending` (private): requests waiting for answers, and the input of
 //!   reads a command gave up (kept for its next read).
+//! - `per_address` (private): what each client address holds at once
+//!   (sessions, TLS handshakes), IPv6 clients counted by their /64.
 
 #![forbid(unsafe_code)]
 

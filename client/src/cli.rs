@@ -68,11 +68,17 @@ struct ClientOptions {
     #[arg(long, value_name = "FILE", env = "TERMINALWIRE_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// Never ask about requests that are not granted: deny them (also
-    /// TERMINALWIRE_NO_PROMPT=1). Otherwise a question on the terminal not
-    /// answered within TERMINALWIRE_PROMPT_TIMEOUT seconds (default 300,
-    /// five minutes; 0 waits as long as it takes) denies.
+    /// TERMINALWIRE_NO_PROMPT=1).
     #[arg(long)]
     no_prompt: bool,
+    /// Seconds a question on the terminal about a request not granted waits
+    /// for your answer before it denies (default 300, five minutes, at most
+    /// 86400, a day; 0 waits as long as it takes; also
+    /// TERMINALWIRE_PROMPT_TIMEOUT).
+    // Read apart from the variable, as --connect-timeout is: Duration::ZERO
+    // for 0 (a value parser cannot give clap an `Option` to keep).
+    #[arg(long, value_name = "SECS", value_parser = parse_prompt_timeout)]
+    prompt_timeout: Option<Duration>,
     /// Log the client's own activity on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -123,11 +129,28 @@ fn prompt_timeout_of(text: &str) -> Result<Option<Duration>, BadTimeout> {
 fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
     timeout_of(text).map_err(|bad| match bad {
         BadTimeout::NotPositive => "not a positive number of seconds".to_owned(),
-        BadTimeout::TooLong => format!(
-            "more than the maximum, {} seconds (a day)",
-            MAX_CONNECT_TIMEOUT.as_secs()
-        ),
+        BadTimeout::TooLong => more_than_a_day(),
     })
+}
+
+/// What a time-out option's value too long is told.
+fn more_than_a_day() -> String {
+    format!(
+        "more than the maximum, {} seconds (a day)",
+        MAX_CONNECT_TIMEOUT.as_secs()
+    )
+}
+
+/// `--prompt-timeout`'s value parser: the time-out, or [`Duration::ZERO`]
+/// for 0 (no time-out).
+fn parse_prompt_timeout(text: &str) -> Result<Duration, String> {
+    match prompt_timeout_of(text) {
+        Ok(timeout) => Ok(timeout.unwrap_or(Duration::ZERO)),
+        Err(BadTimeout::NotPositive) => {
+            Err("not a positive number of seconds (or 0, to wait as long as it takes)".to_owned())
+        }
+        Err(BadTimeout::TooLong) => Err(more_than_a_day()),
+    }
 }
 
 /// The time-out `value` of the environment variable `name`, parsed by
@@ -202,14 +225,18 @@ impl ClientOptions {
         }
     }
 
-    /// How long a consent prompt waits (`None`: as long as it takes), from
-    /// the environment. Checked even under `--no-prompt`: a mistyped value
-    /// is found at once, not at a later session's first prompt.
+    /// How long a consent prompt waits (`None`: as long as it takes): the
+    /// option's, else the environment's, else the default. The variable is
+    /// checked even under `--no-prompt`: a mistyped value is found at once,
+    /// not at a later session's first prompt.
     fn prompt_timeout(&self) -> Result<Option<Duration>, ParseOutcome> {
-        prompt_timeout_from_env().map_err(|problem| {
-            eprintln!("terminalwire: {problem}");
-            ParseOutcome::Exit(exit_code::USAGE)
-        })
+        match self.prompt_timeout {
+            Some(timeout) => Ok((!timeout.is_zero()).then_some(timeout)),
+            None => prompt_timeout_from_env().map_err(|problem| {
+                eprintln!("terminalwire: {problem}");
+                ParseOutcome::Exit(exit_code::USAGE)
+            }),
+        }
     }
 }
 
@@ -222,7 +249,7 @@ fn parse_with<P: Parser>(args: Vec<OsString>) -> Result<P, ParseOutcome> {
 }
 
 /// Client options that take a value (so the URL split can skip their values).
-const OPTIONS_WITH_VALUE: &[&str] = &["--connect-timeout", "--ca-cert"];
+const OPTIONS_WITH_VALUE: &[&str] = &["--connect-timeout", "--prompt-timeout", "--ca-cert"];
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,7 +267,7 @@ pub struct Invocation {
     /// Deny ungranted requests without asking (`--no-prompt`).
     pub no_prompt: bool,
     /// How long a consent prompt waits for an answer (`None`: as long as
-    /// it takes); `TERMINALWIRE_PROMPT_TIMEOUT`.
+    /// it takes); `--prompt-timeout`, `TERMINALWIRE_PROMPT_TIMEOUT`.
     pub prompt_timeout: Option<Duration>,
     /// Log level of the client's own logs.
     pub verbose: u8,
@@ -597,6 +624,34 @@ mod tests {
         assert_eq!(invocation.ca_cert, None);
     }
 
+    /// `--prompt-timeout SECS` takes its value before the URL (the URL
+    /// split skips it) and 0 is no time-out; after the URL it is the app's.
+    #[test]
+    fn prompt_timeout_takes_seconds_before_the_url_and_zero_is_none() {
+        let invocation = parse_ok(&[
+            "terminalwire",
+            "--prompt-timeout",
+            "2.5",
+            "ws://h/t",
+            "--prompt-timeout",
+            "9",
+        ]);
+        assert_eq!(invocation.prompt_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(invocation.url, "ws://h/t");
+        assert_eq!(invocation.args, ["--prompt-timeout", "9"]);
+        let invocation = parse_ok(&["terminalwire", "--prompt-timeout=0", "ws://h/t"]);
+        assert_eq!(invocation.prompt_timeout, None);
+        assert_eq!(parse_prompt_timeout("86400"), Ok(MAX_CONNECT_TIMEOUT));
+        assert_eq!(
+            parse_prompt_timeout("-1").unwrap_err(),
+            "not a positive number of seconds (or 0, to wait as long as it takes)"
+        );
+        assert_eq!(
+            parse_prompt_timeout("86401").unwrap_err(),
+            "more than the maximum, 86400 seconds (a day)"
+        );
+    }
+
     #[test]
     fn ca_cert_takes_a_value_before_the_url() {
         let invocation = parse_ok(&[
@@ -779,11 +834,19 @@ mod tests {
                 "--connect-timeout",
                 "-v",
                 "--ca-cert=x",
+                "--prompt-timeout",
+                "-vv",
                 "-vv",
                 "--",
                 "--verbose"
             ])),
-            ["--no-prompt", "--connect-timeout", "--ca-cert=x", "-vv"]
+            [
+                "--no-prompt",
+                "--connect-timeout",
+                "--ca-cert=x",
+                "--prompt-timeout",
+                "-vv"
+            ]
         );
         assert!(client_options_among(&args(&["hello", "-x", "--shout", "--no"])).is_empty());
     }

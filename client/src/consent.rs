@@ -15,8 +15,8 @@
 //! spelled out, at most [`MAX_UNCLEAR`] times; Enter alone denies.
 //!
 //! A prompt gives up, as sudo's password prompt does, when nobody answers
-//! within its time-out ([`DEFAULT_PROMPT_TIMEOUT`], or
-//! `TERMINALWIRE_PROMPT_TIMEOUT` seconds; 0 waits as long as it takes): it
+//! within its time-out ([`DEFAULT_PROMPT_TIMEOUT`], or `--prompt-timeout`
+//! or `TERMINALWIRE_PROMPT_TIMEOUT` seconds; 0 waits as long as it takes): it
 //! denies, never allows. The prompt's own thread waits with `poll()` on the
 //! terminal, so no thread is left reading the user's next keys; what was
 //! typed and not sent by then is dropped, the line finished with a note
@@ -48,8 +48,8 @@ pub enum Answer {
     Deny,
 }
 
-/// How long a prompt waits for an answer when
-/// `TERMINALWIRE_PROMPT_TIMEOUT` does not say: five minutes (sudo's
+/// How long a prompt waits for an answer when neither `--prompt-timeout`
+/// nor `TERMINALWIRE_PROMPT_TIMEOUT` says: five minutes (sudo's
 /// password prompt waits as long).
 pub const DEFAULT_PROMPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 

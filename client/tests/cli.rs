@@ -200,6 +200,82 @@ fn a_bad_time_out_names_where_it_came_from_and_the_limit() {
     assert_eq!(status, Some(69), "{stderr}");
 }
 
+/// `--prompt-timeout SECS` sets the consent prompt's time-out as
+/// `--connect-timeout` sets the connection's: checked as the variable is
+/// (0 waits as long as it takes), and when given it wins over
+/// `TERMINALWIRE_PROMPT_TIMEOUT`, which is then not read; it goes before
+/// `attach` too, and `--help` names it.
+#[test]
+fn prompt_timeout_is_an_option_that_wins_over_its_variable() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], timeout: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_terminalwire"));
+        command
+            .args(args)
+            .env("TERMINALWIRE_HOME", home.path())
+            .env_remove("TERMINALWIRE_CONNECT_TIMEOUT")
+            .env_remove("TERMINALWIRE_PROMPT_TIMEOUT");
+        if let Some(timeout) = timeout {
+            command.env("TERMINALWIRE_PROMPT_TIMEOUT", timeout);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    // A port nobody listens on: a command line the client accepts ends
+    // there, with 69.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/terminal");
+    for (value, said) in [
+        (
+            "5m",
+            "not a positive number of seconds (or 0, to wait as long as it takes)",
+        ),
+        ("-1", "not a positive number of seconds"),
+        ("86401", "more than the maximum, 86400 seconds (a day)"),
+    ] {
+        let option = format!("--prompt-timeout={value}");
+        let (status, stderr) = run(&[&option, &url, "x"], None);
+        assert_eq!(status, Some(2), "{value}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "error: invalid value '{value}' for '--prompt-timeout <SECS>': {said}"
+            )),
+            "{value}: {stderr}"
+        );
+    }
+    for value in ["0", "0.5", "86400"] {
+        let (status, stderr) = run(&["--prompt-timeout", value, &url, "x"], None);
+        assert_eq!(status, Some(69), "{value}: {stderr}");
+    }
+    // The option, when given, is the one that counts; without it, the
+    // variable's bad value is a usage error that names it.
+    let (status, stderr) = run(&["--prompt-timeout", "3", &url, "x"], Some("5m"));
+    assert_eq!(status, Some(69), "{stderr}");
+    let (status, stderr) = run(&[&url, "x"], Some("5m"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("terminalwire: TERMINALWIRE_PROMPT_TIMEOUT=\"5m\""),
+        "{stderr}"
+    );
+    // Before `attach`, it is attach's (no such session in an empty home).
+    let (status, stderr) = run(&["--prompt-timeout", "3", "attach", "abc"], Some("5m"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "terminalwire: no detached session `abc` (see `terminalwire sessions`)\n"
+    );
+    let help = terminalwire(&["--help"]);
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("--prompt-timeout <SECS>"), "{help}");
+}
+
 /// `terminalwire-exec --help`, typed by a person, is help (it was taken for
 /// a launcher named `--help`, which could not be read: status 65).
 #[test]

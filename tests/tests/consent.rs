@@ -317,6 +317,36 @@ async fn a_prompt_nobody_answers_denies_at_its_time_out() {
     assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
 }
 
+/// `--prompt-timeout SECS` is the prompt's time-out, over
+/// `TERMINALWIRE_PROMPT_TIMEOUT`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prompt_timeout_option_wins_over_the_variable() {
+    let server = TestServer::with_terminal(read_then_line_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start_with_env(
+        &[
+            "--prompt-timeout",
+            "2",
+            &server.url(),
+            "read-then-line",
+            &file,
+        ],
+        120,
+        30,
+        &[("TERMINALWIRE_PROMPT_TIMEOUT", "600")],
+    );
+    pane.wait_for("your choice:").await;
+    let screen = pane.wait_for("line?").await;
+    assert!(
+        screen.contains("no answer in 2 seconds: denied"),
+        "{screen}"
+    );
+    pane.type_text("b").await;
+    pane.send_keys(&["Enter"]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "{}", exit.screen);
+}
+
 /// A prompt time-out that is not a number of seconds is a usage error that
 /// names the variable, before anything is asked or sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,8 @@
 //! ```
 //!
 //! Tasks live in memory (a restart forgets them, and every login with them).
+//! The web page of a user's tasks (`/u/NAME`, what `open` opens) asks for no
+//! login: a demo, for a trusted network.
 //!
 //! # Exit statuses
 //!
@@ -25,11 +27,15 @@
 //!
 //! # Layout
 //!
-//! - [`Cli`]: the remote CLI (clap derive); [`command`] runs one session.
+//! - [`Cli`]: the remote CLI (clap derive); [`command`] runs one session,
+//!   [`terminal`] mounts it.
 //! - [`App`]: the accounts, the tasks and the session [`TokenIssuer`],
 //!   shared by the terminal and the web pages.
 //! - [`router`]: the web routes with the terminal at `/terminal`;
 //!   [`serve`]: serves until a shutdown signal, then drains.
+//! - The unit tests run commands in memory with the SDK's
+//!   `terminalwire_server::testing::TestClient` (no network, no client
+//!   binary); `tests/tests/tasks.rs` runs the real client against it.
 
 #![forbid(unsafe_code)]
 

@@ -58,9 +58,12 @@ pub struct Config {
     /// reverse proxy or load balancer every client has the proxy's address:
     /// there, set 0, which turns this limit off.
     pub max_sessions_per_address: usize,
-    /// Size of each connection's WebSocket read buffer. It stays resident
-    /// for the connection's life, so it dominates the memory of idle
-    /// sessions; larger values save system calls on big uploads.
+    /// Size of each connection's WebSocket read buffer (4 KiB). It stays
+    /// resident for the connection's life, so it dominates the memory of
+    /// idle sessions. A message bigger than it (a file chunk the client
+    /// sends) grows the buffer as it arrives, so it does not limit big
+    /// uploads: 1 GiB read from the client took as long with 4 KiB as with
+    /// 8 KiB (`bench/PROFILE.md`, 2026-11-29, sixth).
     pub read_buffer_size: usize,
     /// Browser origins allowed to open a session (`Origin` header). The
     /// native client sends none; an upgrade from any other web page is
@@ -105,7 +108,7 @@ impl Default for Config {
             max_chunk: DEFAULT_MAX_CHUNK,
             incompatible_message: None,
             identity: None,
-            read_buffer_size: 8 * 1024,
+            read_buffer_size: 4 * 1024,
             max_sessions: 10_000,
             max_sessions_per_address: 64,
             allowed_origins: Vec::new(),

@@ -573,7 +573,9 @@ fn converse(
     tty.flush()?;
     let mut lines = Lines::default();
     for unclear in 1..=MAX_UNCLEAR {
-        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        // A time-out too long to be a deadline (`Consent::with_timeout`
+        // takes any) waits as long as it takes.
+        let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
         let line = match lines.next(&mut tty, deadline)? {
             Line::Read(line) => line,
             Line::End => return Ok(Reply::Answered(Answer::Deny)),
@@ -1015,6 +1017,14 @@ mod tests {
             shown.contains("no answer in 0.2 seconds: denied"),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn a_time_out_too_long_for_a_deadline_waits_for_the_answer() {
+        let (mut user, tty) = pty();
+        user.write_all(b"o\n").unwrap();
+        let reply = converse(&tty, "Q", Some(Duration::MAX)).unwrap();
+        assert_eq!(reply, Reply::Answered(Answer::Once));
     }
 
     #[test]

@@ -1035,3 +1035,121 @@ impl<'de> Deserialize<'de> for ErrorCode {
         Ok(ErrorCode::parse(&code))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation, once: the match in
+    /// [`every_operation_is_classified_on_purpose`] has no `_` arm, so a new
+    /// one does not compile until someone says what it is.
+    fn every_operation() -> Vec<Operation> {
+        let path = || "~/x".to_owned();
+        let bytes = || ByteBuf::from(b"b".to_vec());
+        vec![
+            Operation::StdinReadLine { prompt: None },
+            Operation::StdinReadPassword { prompt: None },
+            Operation::StdinRead { max: 1 },
+            Operation::FileRead {
+                path: path(),
+                offset: 0,
+                len: 1,
+            },
+            Operation::FileWrite {
+                path: path(),
+                bytes: bytes(),
+                mode: None,
+            },
+            Operation::FileAppend {
+                path: path(),
+                bytes: bytes(),
+            },
+            Operation::FileDelete { path: path() },
+            Operation::FileExists { path: path() },
+            Operation::Metadata { path: path() },
+            Operation::Chmod {
+                path: path(),
+                mode: 0o600,
+            },
+            Operation::DirList { path: path() },
+            Operation::DirCreate {
+                path: path(),
+                parents: false,
+                mode: None,
+            },
+            Operation::DirExists { path: path() },
+            Operation::DirDelete {
+                path: path(),
+                recursive: false,
+            },
+            Operation::EnvGet {
+                name: "HOME".to_owned(),
+            },
+            Operation::BrowserOpen {
+                url: "https://example.com".to_owned(),
+            },
+            Operation::FileWriteOpen {
+                path: path(),
+                mode: None,
+            },
+            Operation::FileWriteChunk {
+                handle: 1,
+                offset: 0,
+                bytes: bytes(),
+            },
+            Operation::FileWriteCommit { handle: 1 },
+            Operation::FileWriteAbort { handle: 1 },
+            Operation::TerminalMode {
+                mode: TerminalMode::Raw,
+            },
+            Operation::ReadKey,
+            Operation::Unknown,
+        ]
+    }
+
+    /// What a grant that allows each operation must cover: whether it names
+    /// a path, whether that path is a folder's, and whether it only reads
+    /// (else it needs write access). The client's entitlement checks and
+    /// the SDK's test client both go by [`Operation::names_a_folder`] and
+    /// [`Operation::only_reads`].
+    #[test]
+    fn every_operation_is_classified_on_purpose() {
+        /// (names a path, names a folder, only reads)
+        const FILE_READ: (bool, bool, bool) = (true, false, true);
+        const FILE_WRITE: (bool, bool, bool) = (true, false, false);
+        const FOLDER_READ: (bool, bool, bool) = (true, true, true);
+        const FOLDER_WRITE: (bool, bool, bool) = (true, true, false);
+        const NO_PATH: (bool, bool, bool) = (false, false, false);
+        let operations = every_operation();
+        assert_eq!(operations.len(), 23, "one of each");
+        for op in operations {
+            let expected = match &op {
+                Operation::FileRead { .. }
+                | Operation::FileExists { .. }
+                | Operation::Metadata { .. } => FILE_READ,
+                Operation::FileWrite { .. }
+                | Operation::FileAppend { .. }
+                | Operation::FileDelete { .. }
+                | Operation::Chmod { .. }
+                | Operation::FileWriteOpen { .. } => FILE_WRITE,
+                Operation::DirList { .. } | Operation::DirExists { .. } => FOLDER_READ,
+                Operation::DirCreate { .. } | Operation::DirDelete { .. } => FOLDER_WRITE,
+                // A chunk, commit or abort names the handle of a write
+                // opened (and checked) by `FileWriteOpen`.
+                Operation::FileWriteChunk { .. }
+                | Operation::FileWriteCommit { .. }
+                | Operation::FileWriteAbort { .. }
+                | Operation::StdinReadLine { .. }
+                | Operation::StdinReadPassword { .. }
+                | Operation::StdinRead { .. }
+                | Operation::EnvGet { .. }
+                | Operation::BrowserOpen { .. }
+                | Operation::TerminalMode { .. }
+                | Operation::ReadKey
+                | Operation::Unknown => NO_PATH,
+            };
+            let actual = (op.path().is_some(), op.names_a_folder(), op.only_reads());
+            assert_eq!(actual, expected, "{op:?}");
+        }
+    }
+}

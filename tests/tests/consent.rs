@@ -364,3 +364,50 @@ async fn a_bad_prompt_time_out_is_a_usage_error() {
     );
     assert_eq!(run.stdout_text(), "");
 }
+
+/// `raw-then-read FILE`: turns raw mode on, ignores interrupts, and reads
+/// FILE (a prompt, if it is not granted), then waits.
+fn raw_then_read_app() -> Terminal {
+    Terminal::new(|ctx: Context| async move {
+        ctx.handle_interrupts();
+        ctx.set_raw_mode(true).await.unwrap();
+        let file = ctx.args().get(1).cloned().unwrap_or_default();
+        let read = ctx.file().read_to_string(&file).await;
+        let out = ctx.stdout();
+        out.print(format!("read: {}\r\n", read.is_ok()))
+            .await
+            .unwrap();
+        // Interrupts are handled, and ignored: only the client ends it.
+        std::future::pending::<()>().await;
+    })
+}
+
+/// Ctrl-C twice at a consent prompt (cooked, whatever the app asked for)
+/// ends the client at once, as it does anywhere else, long before the
+/// prompt's time-out, with the terminal as found (not the app's raw mode,
+/// not the prompt's cooked one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_twice_at_a_prompt_ends_the_client_with_the_terminal_as_found() {
+    let server = TestServer::with_terminal(raw_then_read_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start_with_env(
+        &[&server.url(), "raw-then-read", &file],
+        120,
+        30,
+        &[("TERMINALWIRE_PROMPT_TIMEOUT", "600")],
+    );
+    pane.wait_for("your choice:").await;
+    pane.type_text("al").await;
+    pane.wait_for("your choice: al").await;
+    pane.send_keys(&["C-c"]).await;
+    pane.send_keys(&["C-c"]).await;
+    let Some(exit) = pane.try_wait_exit(std::time::Duration::from_secs(15)).await else {
+        panic!(
+            "Ctrl-C twice at the prompt did not end the client; screen:\n{}",
+            pane.screen().await
+        );
+    };
+    assert_eq!(exit.status, 130, "{}", exit.screen);
+    assert!(!exit.screen.contains("read: true"), "{}", exit.screen);
+    assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
+}

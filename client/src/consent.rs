@@ -10,7 +10,9 @@
 //! request is asked about once a session, a "deny" also covers every later
 //! request that would need the same grant (`~/docs/a0`, `~/docs/a1`, ...
 //! all suggest `~/docs/**`), and after [`MAX_DENIALS`] denials the session
-//! asks no more. An answer that is not one of the choices (a `y`, say:
+//! asks no more. An "always" whose grant cannot be saved (a lock or policy
+//! file of another user's, a full disk) allows the request once, and the
+//! client says why on the terminal. An answer that is not one of the choices (a `y`, say:
 //! neither "once" nor "always" is a yes) is asked again with the choices
 //! spelled out, at most [`MAX_UNCLEAR`] times; Enter alone denies.
 //!
@@ -164,6 +166,9 @@ pub struct Consent {
     /// Answers given instead of asking on the terminal, for tests.
     #[cfg(test)]
     pub(crate) scripted: Mutex<std::collections::VecDeque<Reply>>,
+    /// What [`tell`](Consent::tell) would have written on the terminal, in tests.
+    #[cfg(test)]
+    pub(crate) told: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Consent {
@@ -190,6 +195,8 @@ impl Consent {
             one_prompt: tokio::sync::Mutex::new(()),
             #[cfg(test)]
             scripted: Mutex::default(),
+            #[cfg(test)]
+            told: Mutex::default(),
         }
     }
 
@@ -333,8 +340,29 @@ impl Consent {
                 match saved {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => {
-                        tracing::warn!(%error, "cannot save the grant");
-                        return Outcome::Unchanged;
+                        // The user allowed it: a grant that cannot be kept
+                        // still allows this request, and the user is told
+                        // why it was not kept (a lock or policy file of
+                        // another user's, a full disk), not left to find
+                        // out at the next prompt.
+                        let why = crate::policy_error(&self.home, error);
+                        tracing::warn!(%why, "cannot save the grant");
+                        let once = once_grant(denial, &command, &self.user_home)
+                            .and_then(|grant| self.rebuild(Some(grant)).ok());
+                        return match once {
+                            Some(entitlements) => {
+                                self.tell(&format!(
+                                    "allowed this once only: the grant could not be saved: {why}"
+                                ));
+                                Outcome::Allowed(Answer::Once, Arc::new(entitlements))
+                            }
+                            None => {
+                                self.tell(&format!(
+                                    "the grant could not be saved, and the request stays denied: {why}"
+                                ));
+                                Outcome::Unchanged
+                            }
+                        };
                     }
                     Err(error) => {
                         // A panic (a bug) ends the session, as one in a
@@ -349,6 +377,25 @@ impl Consent {
                     Err(_) => Outcome::Unchanged,
                 }
             }
+        }
+    }
+
+    /// Tells the user something about their answer, on the terminal the
+    /// prompt was on (the server's output is still paused).
+    fn tell(&self, note: &str) {
+        #[cfg(test)]
+        self.told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(note.to_owned());
+        #[cfg(not(test))]
+        if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+            // `\r\n`: the app's raw mode may be back already.
+            let _ = write!(
+                tty,
+                "\x1b[7m terminalwire \x1b[0m {}\r\n",
+                crate::inert::inert(note)
+            );
         }
     }
 
@@ -1084,6 +1131,65 @@ mod tests {
             ));
         }
         assert_eq!(consent.scripted.lock().unwrap().len(), 1, "asked again");
+    }
+
+    /// "Always" whose grant cannot be saved (here the policy file's lock
+    /// cannot be made: a folder stands where it belongs) still allows the
+    /// request the user allowed, once, and says why on the terminal; it was
+    /// a silent "not granted".
+    #[tokio::test]
+    async fn an_always_that_cannot_be_saved_allows_once_and_says_why() {
+        let home = tempfile::tempdir().unwrap();
+        let tw = Home::at(home.path().join("tw"));
+        let authority =
+            terminalwire_policy::Authority::from_url(&Url::parse("ws://h/terminal").unwrap())
+                .unwrap();
+        let policy = tw.policy_file(&authority);
+        std::fs::create_dir_all(policy.with_extension("toml.lock")).unwrap();
+        let consent = Arc::new(Consent::new(
+            Url::parse("ws://h/terminal").unwrap(),
+            tw,
+            home.path().to_path_buf(),
+            Vec::new(),
+        ));
+        consent
+            .scripted
+            .lock()
+            .unwrap()
+            .push_back(Answer::Always.into());
+        let data = home.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let denial = Denial {
+            resource: "path".into(),
+            action: "read".into(),
+            target: format!("{}/x", data.display()),
+            reason: "not granted".into(),
+            command: Some(format!(
+                "terminalwire entitlement grant h path '{}/**' --read",
+                data.display()
+            )),
+        };
+        let Outcome::Allowed(Answer::Once, entitlements) = consent.ask(&denial).await else {
+            panic!("not allowed once");
+        };
+        let allowed = |name: &str| {
+            let path =
+                terminalwire_policy::resolve(&format!("{}/{name}", data.display()), home.path())
+                    .unwrap();
+            entitlements
+                .check_path(&path, terminalwire_policy::Action::Read)
+                .is_ok()
+        };
+        assert!(allowed("x"));
+        assert!(!allowed("y"), "more than the one request allowed");
+        assert!(!policy.exists(), "a grant was saved");
+        let told = consent.told.lock().unwrap().clone();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(
+            told[0].starts_with("allowed this once only: the grant could not be saved: ")
+                && told[0].contains("policy.toml.lock"),
+            "{told:?}"
+        );
     }
 
     #[tokio::test]

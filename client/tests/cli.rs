@@ -5,6 +5,39 @@
 
 use std::process::Command;
 
+/// A loopback port nobody listens on: one just given up.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the client with its home at `home`, neither time-out variable set
+/// but `variable` when given a value: its status and stderr.
+fn run_with_timeout_variable(
+    home: &std::path::Path,
+    args: &[&str],
+    variable: &str,
+    value: Option<&str>,
+) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_terminalwire"));
+    command
+        .args(args)
+        .env("TERMINALWIRE_HOME", home)
+        .env_remove("TERMINALWIRE_CONNECT_TIMEOUT")
+        .env_remove("TERMINALWIRE_PROMPT_TIMEOUT");
+    if let Some(value) = value {
+        command.env(variable, value);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
 fn terminalwire(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_terminalwire"))
         .args(args)
@@ -35,11 +68,7 @@ fn a_missing_url_is_a_usage_error_on_stderr() {
 fn an_unreachable_tls_server_is_one_line_and_unavailable() {
     let home = tempfile::tempdir().unwrap();
     // A port nobody listens on: one just given up.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let output = Command::new(env!("CARGO_BIN_EXE_terminalwire"))
         .arg(format!("wss://127.0.0.1:{port}/terminal"))
         .env("TERMINALWIRE_HOME", home.path())
@@ -150,26 +179,10 @@ fn near_misses_are_told_what_was_meant() {
 fn a_bad_time_out_names_where_it_came_from_and_the_limit() {
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str], timeout: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_terminalwire"));
-        command
-            .args(args)
-            .env("TERMINALWIRE_HOME", home.path())
-            .env_remove("TERMINALWIRE_CONNECT_TIMEOUT");
-        if let Some(timeout) = timeout {
-            command.env("TERMINALWIRE_CONNECT_TIMEOUT", timeout);
-        }
-        let output = command.output().unwrap();
-        (
-            output.status.code(),
-            String::from_utf8(output.stderr).unwrap(),
-        )
+        run_with_timeout_variable(home.path(), args, "TERMINALWIRE_CONNECT_TIMEOUT", timeout)
     };
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("ws://127.0.0.1:{port}/terminal");
     let (status, stderr) = run(&[&url, "x"], Some("abc"));
     assert_eq!(status, Some(2), "{stderr}");
@@ -209,28 +222,11 @@ fn a_bad_time_out_names_where_it_came_from_and_the_limit() {
 fn prompt_timeout_is_an_option_that_wins_over_its_variable() {
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str], timeout: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_terminalwire"));
-        command
-            .args(args)
-            .env("TERMINALWIRE_HOME", home.path())
-            .env_remove("TERMINALWIRE_CONNECT_TIMEOUT")
-            .env_remove("TERMINALWIRE_PROMPT_TIMEOUT");
-        if let Some(timeout) = timeout {
-            command.env("TERMINALWIRE_PROMPT_TIMEOUT", timeout);
-        }
-        let output = command.output().unwrap();
-        (
-            output.status.code(),
-            String::from_utf8(output.stderr).unwrap(),
-        )
+        run_with_timeout_variable(home.path(), args, "TERMINALWIRE_PROMPT_TIMEOUT", timeout)
     };
     // A port nobody listens on: a command line the client accepts ends
     // there, with 69.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("ws://127.0.0.1:{port}/terminal");
     for (value, said) in [
         (

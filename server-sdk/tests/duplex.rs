@@ -1633,6 +1633,19 @@ async fn until_exit(client: &mut impl Socket) -> u8 {
     }
 }
 
+/// Every frame before the exit, and the exit's status (the connection
+/// must not close first).
+async fn frames_until_exit(client: &mut impl Socket) -> (u8, Vec<ServerFrame>) {
+    let mut frames = Vec::new();
+    loop {
+        match next_server(client).await {
+            Some(ServerFrame::Exit(exit)) => return (exit.status, frames),
+            Some(frame) => frames.push(frame),
+            None => panic!("closed after {frames:?}"),
+        }
+    }
+}
+
 /// A Ctrl-C and a resize that arrive while the command is busy elsewhere
 /// are told at its next `interrupted()` and `resized()`, not lost; once
 /// told, they are not told again.
@@ -3295,14 +3308,7 @@ async fn a_detached_session_keeps_its_exit_beyond_the_resume_grace() {
             received: 0,
         };
         send_client(&mut client, &ClientFrame::Resume(resume)).await;
-        let mut frames = Vec::new();
-        let status = loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Exit(exit)) => break exit.status,
-                Some(frame) => frames.push(frame),
-                None => panic!("closed after {frames:?}"),
-            }
-        };
+        let (status, frames) = frames_until_exit(&mut client).await;
         send_client(&mut client, &ClientFrame::Ack(Ack { seq: 2 })).await;
         first.await.unwrap();
         second.await.unwrap();
@@ -3894,14 +3900,7 @@ async fn a_resumed_session_keeps_the_values_of_its_first_connection() {
             panic!("expected resumed");
         };
         resumed.notify_one();
-        let mut frames = Vec::new();
-        let status = loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Exit(exit)) => break exit.status,
-                Some(frame) => frames.push(frame),
-                None => panic!("closed after {frames:?}"),
-            }
-        };
+        let (status, frames) = frames_until_exit(&mut client).await;
         send_client(&mut client, &ClientFrame::Ack(Ack { seq: 2 })).await;
         first.await.unwrap();
         second.await.unwrap();

@@ -112,6 +112,14 @@ enum AuditMessage {
 /// The audit decision of an operation that was performed.
 const ALLOWED: std::borrow::Cow<'static, str> = std::borrow::Cow::Borrowed("allowed");
 
+/// The audit decision of a request the user refused at the consent prompt
+/// (now or earlier in the session): theirs, not the policy's.
+const DENIED_BY_USER_DECISION: &str = "denied by the user";
+
+/// The audit decision of a request whose consent prompt got no answer in
+/// time: nobody refused it.
+const NOT_ANSWERED_DECISION: &str = "not answered";
+
 /// Records queued for the audit thread before requests wait for it.
 const AUDIT_QUEUE: usize = 4096;
 /// Most records the audit thread appends with one write.
@@ -510,17 +518,19 @@ impl Resources {
             ) => consent.ask(denial).await,
             _ => crate::consent::Outcome::Unchanged,
         };
-        // Why, when the prompt denied it: the app is told, not that nobody
-        // granted it.
+        // Why, when the prompt denied it: the app is told, and the audit
+        // log says, not that nobody granted it.
         let prompt_denied = match &asked {
-            crate::consent::Outcome::DeniedByUser { earlier: true } => {
-                Some(crate::consent::DENIED_BY_USER_BEFORE.to_owned())
-            }
-            crate::consent::Outcome::DeniedByUser { earlier: false } => {
-                Some(crate::consent::DENIED_BY_USER.to_owned())
-            }
+            crate::consent::Outcome::DeniedByUser { earlier: true } => Some((
+                crate::consent::DENIED_BY_USER_BEFORE.to_owned(),
+                DENIED_BY_USER_DECISION,
+            )),
+            crate::consent::Outcome::DeniedByUser { earlier: false } => Some((
+                crate::consent::DENIED_BY_USER.to_owned(),
+                DENIED_BY_USER_DECISION,
+            )),
             crate::consent::Outcome::NotAnswered { waited } => {
-                Some(crate::consent::not_answered(*waited))
+                Some((crate::consent::not_answered(*waited), NOT_ANSWERED_DECISION))
             }
             _ => None,
         };
@@ -544,11 +554,15 @@ impl Resources {
         if is_denial(&result) {
             resolved = None;
         }
-        self.audit(described, resolved, &result);
+        let decided_at_the_prompt = prompt_denied
+            .as_ref()
+            .filter(|_| is_denial(&result))
+            .map(|(_, decision)| *decision);
+        self.audit(described, resolved, &result, decided_at_the_prompt);
         // The user said no, or did not answer: the app is told so
         // (whatever it is told of the path), not that nobody granted it.
         let mut told = self.as_told(named.as_deref(), result);
-        if let (Some(reason), Err(error)) = (prompt_denied, &mut told) {
+        if let (Some((reason, _)), Err(error)) = (prompt_denied, &mut told) {
             denied_at_the_prompt(error, reason);
         }
         Some(told)
@@ -585,7 +599,7 @@ impl Resources {
         {
             return Err(op);
         }
-        self.audit(described, None, &result);
+        self.audit(described, None, &result, None);
         Ok(self.as_told(named.as_deref(), result))
     }
 
@@ -622,20 +636,23 @@ impl Resources {
 
     /// Records what an operation did in the audit log, when there is one.
     /// `resolved` is the path a request that reads or changes the user's
-    /// data touched, and whether that is in the server's own storage.
+    /// data touched, and whether that is in the server's own storage;
+    /// `at_the_prompt`, the decision of a denial the user's prompt made.
     fn audit(
         &self,
         described: Option<Described>,
         resolved: Option<(PathBuf, bool)>,
         result: &Result<Reply, OpError>,
+        at_the_prompt: Option<&'static str>,
     ) {
         let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) else {
             return;
         };
-        let (decision, bytes) = match result {
-            Ok(Reply::Data { bytes, .. }) => (ALLOWED, Some(bytes.len() as u64)),
-            Ok(_) => (ALLOWED, sent),
-            Err(error) => (std::borrow::Cow::Owned(error.code.to_string()), None),
+        let (decision, bytes) = match (result, at_the_prompt) {
+            (Ok(Reply::Data { bytes, .. }), _) => (ALLOWED, Some(bytes.len() as u64)),
+            (Ok(_), _) => (ALLOWED, sent),
+            (Err(_), Some(decision)) => (std::borrow::Cow::Borrowed(decision), None),
+            (Err(error), None) => (std::borrow::Cow::Owned(error.code.to_string()), None),
         };
         // Allowed or failed part-way (a recursive delete may fail at its
         // last folder, everything in it gone): what it touched counts.
@@ -1635,6 +1652,53 @@ mod tests {
                 ("file_read", file.as_str()),
             ],
             "each mode once, each file once, as resolved"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_says_who_denied_a_request_the_prompt_asked_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = terminalwire_policy::Home::at(dir.path());
+        let (server, entitlements) = default_entitlements(dir.path());
+        let consent = Consent::new(server, home, dir.path().to_path_buf(), Vec::new());
+        consent.scripted.lock().unwrap().extend([
+            crate::consent::Answer::Deny.into(),
+            crate::consent::Reply::NotAnswered,
+        ]);
+        let log = dir.path().join("audit.log");
+        let resources =
+            Resources::new(entitlements, dir.path().to_path_buf(), Arc::new(|_| Ok(())))
+                .with_consent(consent)
+                .with_audit(AuditLog::new(log.clone()));
+        // Refused at the prompt; the same grant again (not asked); another
+        // nobody answered; and one not asked about once nobody answers.
+        for url in [
+            "https://example.com/a",
+            "https://example.com/b",
+            "https://example.org/",
+            "https://example.net/",
+        ] {
+            let op = Operation::BrowserOpen { url: url.into() };
+            let denied = resources.perform(op).await.unwrap();
+            assert!(
+                matches!(&denied, Err(error) if error.code == ErrorCode::Denied),
+                "{denied:?}"
+            );
+        }
+        resources.end_session();
+        let decisions: Vec<String> = crate::audit::read(&log, None)
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.decision)
+            .collect();
+        assert_eq!(
+            decisions,
+            [
+                "denied by the user",
+                "denied by the user",
+                "not answered",
+                "denied"
+            ]
         );
     }
 

@@ -169,6 +169,9 @@ pub struct Consent {
     /// What [`tell`](Consent::tell) would have written on the terminal, in tests.
     #[cfg(test)]
     pub(crate) told: Mutex<Vec<String>>,
+    /// Whether setting the terminal for a prompt fails, in tests.
+    #[cfg(test)]
+    pub(crate) terminal_unsettable: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Consent {
@@ -197,7 +200,21 @@ impl Consent {
             scripted: Mutex::default(),
             #[cfg(test)]
             told: Mutex::default(),
+            #[cfg(test)]
+            terminal_unsettable: Default::default(),
         }
+    }
+
+    /// The terminal as found (cooked, with echo) while the result lives.
+    fn as_found(&self) -> io::Result<crate::terminal::AsFound> {
+        #[cfg(test)]
+        if self
+            .terminal_unsettable
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(io::Error::other("the terminal could not be set"));
+        }
+        crate::terminal::AsFound::begin()
     }
 
     /// Prompts that wait `timeout` for an answer (`None`: as long as it
@@ -261,8 +278,12 @@ impl Consent {
             progress.hide();
         }
         // Cooked, with echo, whatever the app asked for; its modes come
-        // back after.
-        let as_found = crate::terminal::AsFound::begin();
+        // back after. Left in the app's raw mode, a prompt would never see
+        // the end of a line (and the app's key reader would get the
+        // answer): it is not shown.
+        let as_found = self.as_found().inspect_err(|error| {
+            tracing::warn!(%error, "the terminal could not be set for a consent prompt");
+        });
         let question = question(self.url.as_str(), denial, &command);
         #[cfg(test)]
         let scripted = self
@@ -275,9 +296,10 @@ impl Consent {
         // A prompt that could not be shown or read denies, as a deny does
         // (and is not asked again), but not in the user's name.
         let timeout = self.timeout;
-        let reply = match scripted {
-            Some(reply) => Some(reply),
-            None => {
+        let reply = match (scripted, &as_found) {
+            (_, Err(_)) => None,
+            (Some(reply), Ok(_)) => Some(reply),
+            (None, Ok(_)) => {
                 prompt_answer(tokio::task::spawn_blocking(move || prompt(&question, timeout)).await)
             }
         };
@@ -1131,6 +1153,38 @@ mod tests {
             ));
         }
         assert_eq!(consent.scripted.lock().unwrap().len(), 1, "asked again");
+    }
+
+    /// A terminal that cannot be set back to cooked mode for the prompt
+    /// (the app's raw mode would swallow the answer's Enter) is not asked:
+    /// the request is denied as by a prompt that could not be shown, and
+    /// the session's rules stay as they were.
+    #[tokio::test]
+    async fn a_terminal_that_cannot_be_set_for_a_prompt_is_not_asked() {
+        let home = tempfile::tempdir().unwrap();
+        let consent = Arc::new(Consent::new(
+            Url::parse("ws://h/terminal").unwrap(),
+            Home::at(home.path().join("tw")),
+            home.path().to_path_buf(),
+            Vec::new(),
+        ));
+        consent
+            .terminal_unsettable
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        consent
+            .scripted
+            .lock()
+            .unwrap()
+            .push_back(Answer::Once.into());
+        let denial = Denial {
+            resource: "path".into(),
+            action: "read".into(),
+            target: "/srv/a/x".into(),
+            reason: "not granted".into(),
+            command: Some("terminalwire entitlement grant h path '/srv/a/**' --read".into()),
+        };
+        let outcome = consent.ask(&denial).await;
+        assert!(matches!(outcome, Outcome::Unchanged), "{outcome:?}");
     }
 
     /// "Always" whose grant cannot be saved (here the policy file's lock

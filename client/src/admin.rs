@@ -536,7 +536,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 let path = home.authority_dir(&authority).join("audit.log");
                 let read = crate::audit::read(&path, since).map_err(|error| {
                     match error.kind() == std::io::ErrorKind::PermissionDenied {
-                        true => home.not_yours(&path).map(anyhow::Error::from),
+                        true => home.why_denied(&path).map(anyhow::Error::from),
                         false => None,
                     }
                     .unwrap_or_else(|| anyhow::Error::from(error))

@@ -429,7 +429,7 @@ pub fn list(home: &Home) -> Result<Vec<InstalledApp>, HomeError> {
     let read = |source: io::Error| {
         let denied = source.kind() == io::ErrorKind::PermissionDenied;
         denied
-            .then(|| home.not_yours(&dir))
+            .then(|| home.why_denied(&dir))
             .flatten()
             .unwrap_or_else(|| HomeError::Io {
                 path: dir.clone(),

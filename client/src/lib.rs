@@ -654,9 +654,9 @@ pub(crate) fn policy_error(
     };
     if let Some((path, source)) = denied
         && source.kind() == std::io::ErrorKind::PermissionDenied
-        && let Some(not_yours) = home.not_yours(path)
+        && let Some(why) = home.why_denied(path)
     {
-        return not_yours.into();
+        return why.into();
     }
     error.into()
 }
@@ -672,9 +672,9 @@ pub(crate) fn home_error(
     error: std::io::Error,
 ) -> terminalwire_policy::HomeError {
     if error.kind() == std::io::ErrorKind::PermissionDenied
-        && let Some(not_yours) = home.not_yours(path)
+        && let Some(why) = home.why_denied(path)
     {
-        return not_yours;
+        return why;
     }
     terminalwire_policy::HomeError::Unusable {
         action,

@@ -95,6 +95,20 @@ pub enum HomeError {
         /// The command that gives it to this user.
         fix: String,
     },
+    /// The home, or a folder or file of it, is this user's, but its mode
+    /// does not let its owner use it (a `chmod 000`, say).
+    #[error(
+        "{path} is yours, but its mode ({mode:04o}) does not let you use it, so terminalwire \
+         cannot; run: {fix}"
+    )]
+    ShutOut {
+        /// The home, or the folder or file of it.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The command that gives its owner back what the client needs.
+        fix: String,
+    },
     /// One of the client's own files is something else (a folder, a FIFO,
     /// a device), so it is not used.
     #[error(
@@ -151,7 +165,7 @@ impl Home {
                         | rustix::fs::Access::WRITE_OK
                         | rustix::fs::Access::EXEC_OK,
                 );
-                match usable.err().and_then(|_| home.not_yours(&home.root)) {
+                match usable.err().and_then(|_| home.why_denied(&home.root)) {
                     Some(error) => Err(error),
                     None => Ok(home),
                 }
@@ -162,8 +176,9 @@ impl Home {
 
     /// For an access to `path` (in this home) that was denied: the home's
     /// root or the folder or file on the way to `path` that belongs to
-    /// another user, the first met from the root, if there is one.
-    pub fn not_yours(&self, path: &Path) -> Option<HomeError> {
+    /// another user, or that is this user's but whose mode shuts its owner
+    /// out (a `chmod 000`), the first met from the root, if there is one.
+    pub fn why_denied(&self, path: &Path) -> Option<HomeError> {
         use std::os::unix::fs::MetadataExt;
         let user = rustix::process::geteuid().as_raw();
         let mut chain: Vec<&Path> = path
@@ -174,17 +189,32 @@ impl Home {
         for there in chain {
             // What cannot be seen is behind one already looked at.
             let meta = std::fs::symlink_metadata(there).ok()?;
+            let quoted = || crate::decide::shell_word(&there.to_string_lossy());
             if meta.uid() != user {
                 let owner = match meta.uid() {
                     0 => "root".to_owned(),
                     uid => format!("uid {uid}"),
                 };
-                let quoted = crate::decide::shell_word(&there.to_string_lossy());
+                let quoted = quoted();
                 return Some(HomeError::NotYours {
                     path: there.to_path_buf(),
                     owner,
                     user,
                     fix: format!("sudo chown -R {user} {quoted}"),
+                });
+            }
+            // What the client needs of its own: to go through, list and
+            // change a folder; to read and replace a file.
+            let (needed, symbolic) = match meta.is_dir() {
+                true => (0o700, "u+rwx"),
+                false => (0o600, "u+rw"),
+            };
+            let mode = meta.mode() & 0o7777;
+            if mode & needed != needed {
+                return Some(HomeError::ShutOut {
+                    path: there.to_path_buf(),
+                    mode,
+                    fix: format!("chmod {symbolic} {}", quoted()),
                 });
             }
         }
@@ -265,7 +295,7 @@ impl Home {
                 Ok(meta) => meta,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
-                    return Err(self.not_yours(path).unwrap_or(HomeError::Io {
+                    return Err(self.why_denied(path).unwrap_or(HomeError::Io {
                         path: path.to_path_buf(),
                         source: error,
                     }));
@@ -330,7 +360,7 @@ impl Home {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Err(self.not_yours(&dir).unwrap_or_else(|| io_err(e)));
+                return Err(self.why_denied(&dir).unwrap_or_else(|| io_err(e)));
             }
             Err(e) => return Err(io_err(e)),
         };
@@ -395,10 +425,10 @@ mod tests {
         let home = Home::at(dir.path().join("tw"));
         let theirs = home.root().join("authorities/example.com");
         std::fs::create_dir_all(theirs.join("storage")).unwrap();
-        assert!(home.not_yours(&theirs.join("storage/file")).is_none());
+        assert!(home.why_denied(&theirs.join("storage/file")).is_none());
         std::os::unix::fs::chown(&theirs, Some(1001), None).unwrap();
         std::os::unix::fs::chown(theirs.join("storage"), Some(1002), None).unwrap();
-        let error = home.not_yours(&theirs.join("storage/file")).unwrap();
+        let error = home.why_denied(&theirs.join("storage/file")).unwrap();
         assert!(
             matches!(&error, HomeError::NotYours { path, owner, user: 0, .. }
                 if *path == theirs && owner == "uid 1001"),
@@ -412,7 +442,46 @@ mod tests {
         // Nothing is looked at outside the home.
         let own = Home::at(dir.path().join("own"));
         std::fs::create_dir(own.root()).unwrap();
-        assert!(own.not_yours(&theirs).is_none());
+        assert!(own.why_denied(&theirs).is_none());
+    }
+
+    /// A folder or file of the user's own whose mode shuts its owner out
+    /// is named with the `chmod` that lets them back in, the first met from
+    /// the root; modes that let the owner in are no reason.
+    #[test]
+    fn an_own_folder_or_file_the_owner_is_shut_out_of_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("tw"));
+        let folder = home.root().join("authorities/example.com");
+        std::fs::create_dir_all(&folder).unwrap();
+        let policy = folder.join("policy.toml");
+        std::fs::write(&policy, "").unwrap();
+        mode(&policy, 0o600);
+        mode(&folder, 0o700);
+        assert!(home.why_denied(&policy).is_none());
+        mode(&policy, 0o444);
+        let error = home.why_denied(&policy).unwrap();
+        assert!(
+            matches!(&error, HomeError::ShutOut { path, mode: 0o444, fix }
+                if *path == policy && *fix == format!("chmod u+rw {}", policy.display())),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("is yours, but its mode (0444)"),
+            "{error}"
+        );
+        mode(&folder, 0o500);
+        let error = home.why_denied(&policy).unwrap();
+        assert!(
+            matches!(&error, HomeError::ShutOut { path, fix, .. }
+                if *path == folder && *fix == format!("chmod u+rwx {}", folder.display())),
+            "{error:?}"
+        );
+        mode(&folder, 0o700);
     }
 
     #[test]

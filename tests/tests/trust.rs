@@ -746,6 +746,52 @@ async fn a_home_or_folder_of_another_user_is_named_with_the_fix() {
     }
 }
 
+/// A policy file of the user's own that its mode shuts them out of (a
+/// `chmod 000`) is named with the `chmod` that lets them back in, not a
+/// bare "Permission denied", by a session and by the client's commands
+/// (65).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_policy_file_its_mode_shuts_out_is_named_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    if setpriv().is_none() {
+        eprintln!("skipped: switching to another user needs root and setpriv");
+        return;
+    }
+    let server = TestServer::hello().await;
+    let url = server.url();
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = base.path().join("tw");
+    let authority = home.join(format!("authorities/{}", server.addr()));
+    std::fs::create_dir_all(&authority).unwrap();
+    let policy = authority.join("policy.toml");
+    std::fs::write(&policy, "").unwrap();
+    for folder in [&home, &home.join("authorities"), &authority] {
+        std::os::unix::fs::chown(folder, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::os::unix::fs::chown(&policy, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let addr = server.addr().to_string();
+    for args in [
+        &[url.as_str(), "hello", "Ada"][..],
+        &["entitlement", "list", addr.as_str()],
+        &["entitlement", "grant", addr.as_str(), "env", "EDITOR"],
+    ] {
+        let run = run_as_nobody_in(&home, args).await.unwrap();
+        let stderr = run.stderr_text();
+        assert_eq!(run.status, Some(65), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{} is yours, but its mode (0000) does not let you use it",
+                policy.display()
+            )) && stderr.contains(&format!("run: chmod u+rw {}", policy.display())),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("Permission denied"), "{args:?}: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_local_user_cannot_drive_a_local_session() {
     use std::os::unix::fs::PermissionsExt;

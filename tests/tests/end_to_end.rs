@@ -72,6 +72,31 @@ async fn a_command_line_too_long_to_send_is_a_usage_error() {
         "{}",
         run.stderr_text()
     );
+    // By bytes: a hello of about 0.9 MiB reaches the app through the real
+    // server; one of about 1.2 MiB, past the frame limit, never leaves.
+    let long_args = |count: usize| {
+        let mut args = vec![server.url(), "hello".to_owned()];
+        args.extend(std::iter::repeat_n("a".repeat(100), count));
+        args
+    };
+    let run = Client::new(long_args(9_000)).run().await;
+    assert_eq!(run.status, Some(2), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text().contains("unexpected argument"),
+        "{}",
+        run.stderr_text()
+    );
+    let run = Client::new(long_args(12_000)).run().await;
+    assert_eq!(run.status, Some(2), "{}", run.stderr_text());
+    assert!(
+        run.stderr_text()
+            .contains("the command line is too long to send")
+            && run
+                .stderr_text()
+                .contains("exceeds the limit of 1048576 bytes"),
+        "{}",
+        run.stderr_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1670,8 +1670,14 @@ async fn open_session<S: Socket>(
     // What the server would refuse as no frame at all (over the size or
     // value limits): the user's command line, said so here.
     if let Err(error) = codec::decode::<ClientFrame>(&hello) {
+        // Well formed, as encoded here: only a limit can be what is wrong,
+        // and "not a frame" would say otherwise.
+        let limit = match error {
+            codec::DecodeError::NotAFrame { source, .. } => source.to_string(),
+            error => error.to_string(),
+        };
         return Err(ClientError::Usage(format!(
-            "the command line is too long to send ({arguments} arguments, {} bytes encoded): {error}",
+            "the command line is too long to send ({arguments} arguments, {} bytes encoded): {limit}",
             hello.len()
         )));
     }

@@ -60,7 +60,11 @@ async fn a_command_line_too_long_to_send_is_a_usage_error() {
     assert_eq!(run.status, Some(2), "{}", run.stderr_text());
     assert!(
         run.stderr_text()
-            .contains("the command line is too long to send"),
+            .contains("the command line is too long to send")
+            && run
+                .stderr_text()
+                .contains("more than 131072 values in a frame")
+            && !run.stderr_text().contains("not a frame"),
         "{}",
         run.stderr_text()
     );

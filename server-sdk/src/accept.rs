@@ -6,9 +6,13 @@
 //! (or sends it a byte a minute) held its task, buffers and socket forever,
 //! counted by no session limit. A request's body has a time-out too (see
 //! [`BODY_IDLE_TIMEOUT`]), and a shutdown waits for open connections at
-//! most [`SHUTDOWN_DRAIN`].
+//! most [`SHUTDOWN_DRAIN`]. Once 512 connections wait for (or serve) a
+//! request, an address (IPv6: its /64) already holding 8 gets no more: each
+//! held a descriptor until the header time-out, and one client opening
+//! them in a loop took every descriptor the process may open.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +25,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tower::ServiceExt as _;
+
+use crate::per_address::PerAddress;
 
 /// How long a client may take to send a request's header, from the moment
 /// the connection waits for one (also how long an idle keep-alive
@@ -37,13 +43,47 @@ pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// their own).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
+/// How many connections may be open at once before their request (or
+/// their upgrade to a session) is done.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    /// Once this many are open, an address already holding
+    /// `per_address` gets no more: its next connection is closed at once.
+    /// Not before, so that the users behind one NAT (and a browser's
+    /// keep-alive connections) may all connect on a server that is not
+    /// busy.
+    pub(crate) busy: usize,
+    /// See `busy`.
+    pub(crate) per_address: usize,
+}
+
+impl ConnectionLimits {
+    pub(crate) const DEFAULT: ConnectionLimits = ConnectionLimits {
+        busy: 512,
+        per_address: 8,
+    };
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then waits up to
 /// [`SHUTDOWN_DRAIN`] for open connections to finish and returns. Each request carries the peer's address as
 /// `ConnectInfo<L::Addr>`.
 pub(crate) async fn serve<L>(
+    listener: L,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: Listener,
+    L::Addr: Clone + Send + Sync + 'static,
+{
+    serve_limited(listener, app, shutdown, ConnectionLimits::DEFAULT).await;
+}
+
+/// [`serve`], with `limits` on the connections of one address.
+pub(crate) async fn serve_limited<L>(
     mut listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnectionLimits,
 ) where
     L: Listener,
     L::Addr: Clone + Send + Sync + 'static,
@@ -52,11 +92,32 @@ pub(crate) async fn serve<L>(
     // connection holds a receiver, so `closed` waits for them all.
     let (stop, stopped) = tokio::sync::watch::channel(());
     let (open, _) = tokio::sync::watch::channel(());
+    // A connection holds its place until its request (or upgrade) is done.
+    let per_address = PerAddress::default();
     tokio::pin!(shutdown);
     loop {
         let (io, addr) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
+        };
+        // TCP and TLS peers have an IP address; a Unix socket's have none
+        // (and are checked by user id).
+        let place = match (&addr as &dyn std::any::Any).downcast_ref::<SocketAddr>() {
+            Some(peer) => {
+                let limit = if per_address.held() >= limits.busy {
+                    limits.per_address
+                } else {
+                    usize::MAX
+                };
+                match per_address.take(peer.ip(), limit) {
+                    Some(place) => Some(place),
+                    None => {
+                        tracing::debug!(%peer, "too many connections from this address");
+                        continue;
+                    }
+                }
+            }
+            None => None,
         };
         let service = app
             .clone()
@@ -96,6 +157,7 @@ pub(crate) async fn serve<L>(
                 }
             }
             drop(held);
+            drop(place);
         });
     }
     drop(listener);
@@ -241,6 +303,57 @@ mod tests {
             stopping.elapsed()
         );
         assert!(stopping.elapsed() <= SHUTDOWN_DRAIN + Duration::from_secs(1));
+    }
+
+    /// A TCP connection to `addr` from the loopback address `ip`.
+    async fn connect_from(ip: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((ip, 0).into()).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    /// Sends a request for `/` on `client`; the status line of the answer.
+    async fn status_of_get(client: &mut tokio::net::TcpStream) -> String {
+        let _ = client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut response = Vec::new();
+        let _ = client.read_to_end(&mut response).await;
+        let response = String::from_utf8_lossy(&response);
+        response.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn connections_that_send_no_request_hold_no_one_elses_descriptors() {
+        // Small limits, so that the test holds few descriptors.
+        let limits = ConnectionLimits {
+            busy: 8,
+            per_address: 2,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
+        tokio::spawn(serve_limited(listener, app, std::future::pending(), limits));
+        // More connections that send nothing, from one address, than a busy
+        // server lets it hold: each held a descriptor and a task until the
+        // header time-out, and enough of them took every descriptor the
+        // process may open.
+        let mut silent = Vec::new();
+        for _ in 0..2 * limits.busy {
+            silent.push(connect_from([127, 0, 0, 1], addr).await);
+        }
+        // The ones beyond its share are closed at once…
+        let mut byte = [0u8; 1];
+        let beyond = silent.last_mut().unwrap().read(&mut byte).await;
+        assert!(matches!(beyond, Ok(0) | Err(_)), "{beyond:?}");
+        // …not by the header time-out, which would have closed the first
+        // ones before (they are still served)…
+        let first = status_of_get(&mut silent[0]).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+        // …and another address is served.
+        let mut other = connect_from([127, 0, 0, 2], addr).await;
+        let other = status_of_get(&mut other).await;
+        assert!(other.starts_with("HTTP/1.1 200"), "{other:?}");
     }
 
     #[tokio::test]

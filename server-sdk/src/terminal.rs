@@ -359,7 +359,9 @@ impl Terminal {
                     .any(|allowed| allowed.eq_ignore_ascii_case(origin))
             });
             if !allowed {
-                tracing::warn!(origin = ?origin, "refused a WebSocket upgrade from a web page");
+                // The client's text: cut short, escaped.
+                let origin = session::said(&String::from_utf8_lossy(origin.as_bytes()));
+                tracing::warn!(%origin, "refused a WebSocket upgrade from a web page");
                 return (
                     StatusCode::FORBIDDEN,
                     "this terminal endpoint does not accept sessions from web pages\n",
@@ -719,6 +721,68 @@ pub(crate) mod tests {
                 .await
         });
         (addr, stop, server)
+    }
+
+    /// Every field of every log event, as text.
+    #[derive(Clone, Default)]
+    struct LoggedFields(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl tracing::field::Visit for LoggedFields {
+        fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.lock().unwrap().push(format!("{value:?}"));
+        }
+    }
+
+    impl tracing::Subscriber for LoggedFields {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            span.record(&mut self.clone());
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+            values.record(&mut self.clone());
+        }
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            event.record(&mut self.clone());
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// The `Origin` of a refused upgrade is the client's text: logged cut
+    /// short, as the session logs what a client says. It went into a
+    /// warning whole, hundreds of kilobytes a request, with no session
+    /// (nor its limits) needed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_origin_is_logged_short() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let logged = LoggedFields::default();
+        let _guard = tracing::subscriber::set_default(logged.clone());
+        let (terminal, app) = sessions_per_address(0);
+        let (addr, _stop, _server) = serving(terminal, app).await;
+        let origin = format!("https://{}.example", "a".repeat(300_000));
+        let request = format!(
+            "GET /terminal HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\nOrigin: {origin}\r\n\r\n"
+        );
+        let mut client = connect(addr).await;
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut status = [0u8; 12];
+        client.read_exact(&mut status).await.unwrap();
+        assert_eq!(&status, b"HTTP/1.1 403");
+        let fields = logged.0.lock().unwrap();
+        assert!(
+            fields.iter().any(|field| field.contains("https://aaaa")),
+            "the origin is logged: {} fields",
+            fields.len()
+        );
+        for field in fields.iter() {
+            assert!(field.len() < 4096, "a log field of {} bytes", field.len());
+        }
     }
 
     #[tokio::test]

@@ -46,6 +46,15 @@ impl InputKind {
         )
     }
 
+    /// Most bytes an answer to `op` may carry: a byte read's `max` (more
+    /// is refused, as `data_reply` refuses it), no bound for other reads.
+    pub(crate) fn most_bytes(op: &Operation) -> u32 {
+        match op {
+            Operation::StdinRead { max } => *max,
+            _ => u32::MAX,
+        }
+    }
+
     /// The kind of input `op` reads, if it reads the user's input.
     pub(crate) fn of(op: &Operation) -> Option<Self> {
         match op {
@@ -71,8 +80,9 @@ pub(crate) struct Pending {
 /// Reads given up and the input they took.
 #[derive(Debug, Default)]
 struct GivenUp {
-    /// Reads given up before their answer came, in the order they were sent.
-    abandoned: Vec<(u64, InputKind)>,
+    /// Reads given up before their answer came, in the order they were
+    /// sent, with the most bytes their answer may carry.
+    abandoned: Vec<(u64, InputKind, u32)>,
     /// Input that abandoned reads took, oldest first.
     leftovers: VecDeque<(InputKind, Reply)>,
 }
@@ -117,12 +127,12 @@ impl Pending {
         let Some(at) = given_up
             .abandoned
             .iter()
-            .position(|&(abandoned, _)| abandoned == id)
+            .position(|&(abandoned, _, _)| abandoned == id)
         else {
             return Completed::Unclaimed;
         };
-        let (_, kind) = given_up.abandoned.remove(at);
-        given_up.keep(kind, response);
+        let (_, kind, most) = given_up.abandoned.remove(at);
+        given_up.keep(kind, most, response);
         Completed::Abandoned {
             settled: given_up.abandoned.is_empty(),
         }
@@ -131,11 +141,13 @@ impl Pending {
     /// The requester of `id` stops waiting. A read of input (`input`) still
     /// unanswered is abandoned, and `true` says so (the client may be told
     /// to cancel it); one answered meanwhile leaves its input, if any, in
-    /// `answer` for the next read.
+    /// `answer` for the next read. An answer of more than `most` bytes
+    /// (the read's [`InputKind::most_bytes`]) is not kept.
     pub(crate) fn give_up(
         &mut self,
         id: u64,
         input: Option<InputKind>,
+        most: u32,
         answer: &mut oneshot::Receiver<Response>,
     ) -> bool {
         let waiting = self.waiters.remove(&id).is_some();
@@ -143,11 +155,11 @@ impl Pending {
             return false;
         };
         if waiting {
-            self.given_up().abandoned.push((id, kind));
+            self.given_up().abandoned.push((id, kind, most));
             return true;
         }
         if let Ok(response) = answer.try_recv() {
-            self.given_up().keep(kind, response);
+            self.given_up().keep(kind, most, response);
         }
         false
     }
@@ -205,8 +217,9 @@ impl Pending {
 }
 
 impl GivenUp {
-    /// Keeps the input in the answer to a read of `kind`, if it has any.
-    fn keep(&mut self, kind: InputKind, response: Response) {
+    /// Keeps the input in the answer to a read of `kind`, if it has any
+    /// and carries at most `most` bytes.
+    fn keep(&mut self, kind: InputKind, most: u32, response: Response) {
         // A password is never kept for another read.
         if kind == InputKind::Password {
             return;
@@ -214,6 +227,13 @@ impl GivenUp {
         if let Some(reply) = response.ok.filter(|_| response.error.is_none())
             && carries_input(&reply)
         {
+            // More than the read asked for: a hostile client's bytes, which
+            // the read would have refused (`data_reply`).
+            if let Reply::Data { bytes, .. } = &reply
+                && bytes.len() as u64 > u64::from(most)
+            {
+                return;
+            }
             self.leftovers.push_back((kind, reply));
         }
     }
@@ -257,7 +277,7 @@ mod tests {
     fn a_line_read_for_an_abandoned_read_goes_to_the_next_line_read() {
         let mut pending = Pending::default();
         let mut answer = sent(&mut pending, 1);
-        assert!(pending.give_up(1, Some(InputKind::Line(None)), &mut answer));
+        assert!(pending.give_up(1, Some(InputKind::Line(None)), u32::MAX, &mut answer));
         assert!(pending.has_abandoned());
         assert_eq!(
             pending.complete(Response::ok(RequestId(1), line("yes"))),
@@ -283,7 +303,7 @@ mod tests {
             Completed::Delivered
         );
         // The requester was dropped with the answer in its channel.
-        assert!(!pending.give_up(1, Some(InputKind::Line(None)), &mut answer));
+        assert!(!pending.give_up(1, Some(InputKind::Line(None)), u32::MAX, &mut answer));
         assert!(!pending.has_abandoned());
         assert_eq!(pending.take_leftover(&read_line()), Some(line("typed")));
     }
@@ -308,7 +328,7 @@ mod tests {
         for response in answers {
             let id = response.id.0;
             let mut answer = sent(&mut pending, id);
-            assert!(pending.give_up(id, Some(InputKind::Line(None)), &mut answer));
+            assert!(pending.give_up(id, Some(InputKind::Line(None)), u32::MAX, &mut answer));
             assert!(matches!(
                 pending.complete(response),
                 Completed::Abandoned { settled: true }
@@ -321,7 +341,7 @@ mod tests {
     fn other_requests_given_up_are_forgotten_and_their_answers_unclaimed() {
         let mut pending = Pending::default();
         let mut answer = sent(&mut pending, 4);
-        assert!(!pending.give_up(4, None, &mut answer));
+        assert!(!pending.give_up(4, None, u32::MAX, &mut answer));
         assert!(!pending.has_abandoned());
         assert_eq!(
             pending.complete(Response::ok(RequestId(4), Reply::Unit)),
@@ -344,7 +364,7 @@ mod tests {
             (3, ask("Name? "), "Bob"),
         ] {
             let mut answer = sent(&mut pending, id);
-            assert!(pending.give_up(id, InputKind::of(&op), &mut answer));
+            assert!(pending.give_up(id, InputKind::of(&op), u32::MAX, &mut answer));
             pending.complete(Response::ok(RequestId(id), line(typed)));
         }
         assert_eq!(pending.take_leftover(&password), None);
@@ -358,7 +378,7 @@ mod tests {
     fn a_byte_read_takes_at_most_what_it_asked_for_and_leaves_the_rest() {
         let mut pending = Pending::default();
         let mut answer = sent(&mut pending, 1);
-        assert!(pending.give_up(1, Some(InputKind::Bytes), &mut answer));
+        assert!(pending.give_up(1, Some(InputKind::Bytes), 100, &mut answer));
         let data = |bytes: &[u8], eof| Reply::Data {
             bytes: ByteBuf::from(bytes.to_vec()),
             eof,
@@ -371,10 +391,33 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_of_more_bytes_than_the_read_asked_for_is_not_kept() {
+        let mut pending = Pending::default();
+        for (id, answered) in [(1, &b"abcdefg"[..]), (2, b"abcdef")] {
+            let mut answer = sent(&mut pending, id);
+            assert!(pending.give_up(id, Some(InputKind::Bytes), 6, &mut answer));
+            let reply = Reply::Data {
+                bytes: ByteBuf::from(answered.to_vec()),
+                eof: false,
+            };
+            pending.complete(Response::ok(RequestId(id), reply));
+        }
+        let kept = pending.take_leftover(&Operation::StdinRead { max: 100 });
+        assert!(
+            matches!(&kept, Some(Reply::Data { bytes, .. }) if bytes.as_slice() == b"abcdef"),
+            "{kept:?}"
+        );
+        assert_eq!(
+            pending.take_leftover(&Operation::StdinRead { max: 100 }),
+            None
+        );
+    }
+
+    #[test]
     fn bytes_put_back_come_before_the_input_of_reads_given_up() {
         let mut pending = Pending::default();
         let mut answer = sent(&mut pending, 1);
-        assert!(pending.give_up(1, Some(InputKind::Bytes), &mut answer));
+        assert!(pending.give_up(1, Some(InputKind::Bytes), 100, &mut answer));
         pending.unread(vec![b"held".to_vec(), b"brought".to_vec()]);
         pending.complete(Response::ok(
             RequestId(1),
@@ -397,8 +440,8 @@ mod tests {
         let mut pending = Pending::default();
         let mut first = sent(&mut pending, 1);
         let mut second = sent(&mut pending, 2);
-        assert!(pending.give_up(1, Some(InputKind::Line(None)), &mut first));
-        assert!(pending.give_up(2, Some(InputKind::Line(None)), &mut second));
+        assert!(pending.give_up(1, Some(InputKind::Line(None)), u32::MAX, &mut first));
+        assert!(pending.give_up(2, Some(InputKind::Line(None)), u32::MAX, &mut second));
         assert_eq!(
             pending.complete(Response::ok(RequestId(1), line("one"))),
             Completed::Abandoned { settled: false }

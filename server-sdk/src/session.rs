@@ -291,7 +291,7 @@ impl Shared {
         let mut waiting = PendingGuard {
             shared: self,
             id,
-            input: InputKind::of(&op).map(Box::new),
+            input: InputKind::of(&op).map(|kind| Box::new((kind, InputKind::most_bytes(&op)))),
             answer: answer_rx,
         };
         // Before the send: the answer may come before the send returns.
@@ -431,17 +431,21 @@ impl Shared {
 struct PendingGuard<'a> {
     shared: &'a Shared,
     id: u64,
-    input: Option<Box<InputKind>>,
+    /// What a read of input reads, and the most bytes its answer may carry.
+    input: Option<Box<(InputKind, u32)>>,
     answer: oneshot::Receiver<Response>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let abandoned = self.shared.pending().give_up(
-            self.id,
-            self.input.take().map(|input| *input),
-            &mut self.answer,
-        );
+        let (input, most) = match self.input.take() {
+            Some(input) => (Some(input.0), input.1),
+            None => (None, u32::MAX),
+        };
+        let abandoned = self
+            .shared
+            .pending()
+            .give_up(self.id, input, most, &mut self.answer);
         if abandoned && self.shared.cancels {
             self.shared.cancel(self.id);
         }

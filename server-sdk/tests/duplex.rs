@@ -784,6 +784,66 @@ async fn a_read_given_up_is_cancelled_and_the_next_read_gets_the_line() {
     assert_eq!(run.stderr_text(), "first? second? ");
 }
 
+/// A byte read given up, then answered (past the server's `cancel`) with
+/// more bytes than it asked for: the answer is refused as it would have
+/// been had the read waited (`ResourceError::TooLarge`), not kept for the
+/// next reads. Kept, a hostile client handed the app bytes it never asked
+/// for, and each small read after it copied what was left of up to a
+/// megabyte (a read of 16 bytes at a time, thousands of times a megabyte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_read_given_up_and_answered_with_more_than_asked_keeps_nothing() {
+    let give_up = Arc::new(Notify::new());
+    let give_up_in_command = give_up.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let give_up = give_up_in_command.clone();
+        async move {
+            let stdin = ctx.stdin();
+            tokio::select! {
+                _ = stdin.read_chunk(4) => return Exit(9),
+                () = give_up.notified() => {}
+            }
+            match stdin.read_chunk(4).await {
+                Ok(next) => Exit(u8::try_from(next.len()).unwrap_or(u8::MAX)),
+                Err(_) => Exit(8),
+            }
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = welcomed(client).await;
+        let mut given_up = None;
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Request(request)) if given_up.is_none() => {
+                    given_up = Some(request.id);
+                    give_up.notify_one();
+                }
+                Some(ServerFrame::Cancel(cancel)) => {
+                    let reply = Reply::Data {
+                        bytes: vec![b'x'; 100_000].into(),
+                        eof: false,
+                    };
+                    let answer = ClientFrame::Response(Response::ok(cancel.id, reply));
+                    send_client(&mut client, &answer).await;
+                }
+                Some(ServerFrame::Request(request)) => {
+                    let reply = Reply::Data {
+                        bytes: b"ok".to_vec().into(),
+                        eof: false,
+                    };
+                    let answer = ClientFrame::Response(Response::ok(request.id, reply));
+                    send_client(&mut client, &answer).await;
+                }
+                Some(ServerFrame::Exit(exit)) => break exit.status,
+                Some(_) => {}
+                None => panic!("the session ended without an exit"),
+            }
+        }
+    };
+    // The next read asked the client again and got its two bytes.
+    assert_eq!(serve_script(&terminal, server, script).await, 2);
+}
+
 /// Runs `session` of `terminal` with stdin a pipe into which `typed` is
 /// written once `told` is notified (the pipe stays open to the end).
 async fn typing_once_told(

@@ -103,6 +103,11 @@ pub const MAX_WRITE_BUFFER: usize = 128 * 1024 + 2 * secure::MAX_SEALED_LEN;
 /// Default largest payload of one `data` frame, in bytes.
 pub const DEFAULT_MAX_CHUNK: u32 = 64 * 1024;
 
+/// Smallest `max_chunk` a peer may announce (section 5.1 of `PROTOCOL.md`):
+/// a smaller one makes every few bytes a frame of their own, each encoded,
+/// sealed and sent, and the reference server refuses it.
+pub const MIN_CHUNK: u32 = 1024;
+
 /// Default initial flow-control window of a stream, in bytes.
 pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
 

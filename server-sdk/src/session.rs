@@ -1078,13 +1078,24 @@ async fn handshake(
         .await;
         return Err(format!("incompatible client versions {}", hello.versions));
     };
-    if hello.window == 0 || hello.max_chunk == 0 {
+    if hello.window == 0 {
         return Err(reject(
             writer,
             ErrorCode::Protocol,
-            "hello with a zero window or chunk size".into(),
+            "hello with a zero window".into(),
         )
         .await);
+    }
+    // A chunk of one byte made every byte of output a frame of its own,
+    // encoded, sealed and sent: a client's one hello cost the server a
+    // hundred to a thousand times the work of its output.
+    if hello.max_chunk < Config::MIN_CHUNK {
+        let message = format!(
+            "hello with a chunk size of {} bytes (the least is {})",
+            hello.max_chunk,
+            Config::MIN_CHUNK
+        );
+        return Err(reject(writer, ErrorCode::Protocol, message).await);
     }
     let resumable = !config.resume_grace.is_zero()
         && hello

@@ -40,7 +40,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Initial credit granted to the client on its streams.
     pub window: u32,
-    /// Largest data chunk the server sends and accepts.
+    /// Largest data chunk the server sends and accepts. A client must
+    /// accept at least [`Config::MIN_CHUNK`] bytes: a hello announcing a
+    /// smaller `max_chunk` is refused (protocol error).
     pub max_chunk: u32,
     /// What an incompatible client is told (default: versions and how to upgrade).
     pub incompatible_message: Option<String>,
@@ -125,9 +127,11 @@ impl Config {
     /// far enough from the end of time that deadlines computed from it never
     /// overflow.
     pub const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-    /// The smallest `max_chunk`: a smaller one would make every write
-    /// crawl, and 0 would never move a byte.
-    pub const MIN_CHUNK: u32 = 1024;
+    /// The smallest `max_chunk`, the server's and the client's
+    /// ([`terminalwire_protocol::MIN_CHUNK`]): a smaller one would make every
+    /// write crawl, and 0 would never move a byte. A hello announcing less
+    /// is refused.
+    pub const MIN_CHUNK: u32 = terminalwire_protocol::MIN_CHUNK;
 
     /// Bounds what the app set: [`Config::FOREVER`] for times,
     /// [`Config::MIN_CHUNK`] for chunks.

@@ -631,7 +631,8 @@ impl FlowProbe {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_gets_everything_in_order_and_the_window_bounds_the_server() {
     const WINDOW: u32 = 4096;
-    const MAX_CHUNK: u32 = 1000;
+    // Above the least a server accepts, and no divisor of the window.
+    const MAX_CHUNK: u32 = 1500;
     let stdout = Arc::new(pattern(600_000 + 11, 3));
     let stderr = Arc::new(pattern(150_000 + 5, 4));
     let (out, err) = (stdout.clone(), stderr.clone());
@@ -677,7 +678,9 @@ async fn a_slow_client_gets_everything_in_order_and_the_window_bounds_the_server
         0,
         "chunks over max_chunk"
     );
-    assert!(probe.frames.load(Ordering::SeqCst) >= (stdout.len() + stderr.len()) / 1000);
+    assert!(
+        probe.frames.load(Ordering::SeqCst) >= (stdout.len() + stderr.len()) / MAX_CHUNK as usize
+    );
     for (index, name) in ["stdout", "stderr"].into_iter().enumerate() {
         let max = probe.max_outstanding[index].load(Ordering::SeqCst);
         assert!(max > 0, "{name}: the probe saw no data");
@@ -1419,8 +1422,9 @@ async fn serve_script<T>(
     out
 }
 
-/// A resumable session whose client makes every chunk one byte (its
-/// `max_chunk`) and acknowledges nothing: each frame kept for replay counts
+/// A resumable session whose client makes every chunk one byte (credit
+/// granted a byte at a time; a `max_chunk` under [`Config::MIN_CHUNK`] is
+/// refused) and acknowledges nothing: each frame kept for replay counts
 /// with its overhead against `replay_limit`, not its 22 bytes alone (the
 /// session held five times its limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1440,7 +1444,7 @@ async fn one_byte_chunks_count_against_the_replay_limit_with_their_overhead() {
             ..Config::default()
         },
     );
-    let (client, server) = socket_pair().await;
+    let (client, server) = socket_pair_buffered(1 << 16).await;
     let serving = tokio::spawn({
         let terminal = terminal.clone();
         async move { terminal.serve(WsTransport::plain(server)).await }
@@ -1448,12 +1452,12 @@ async fn one_byte_chunks_count_against_the_replay_limit_with_their_overhead() {
     let mut client = secure_client(client).await;
     let mut hello = hello(&[]);
     hello.capabilities.push("resume".into());
-    hello.window = u32::MAX;
-    hello.max_chunk = 1;
+    hello.window = 1;
     send_client(&mut client, &ClientFrame::Hello(hello)).await;
-    // Everything the server sends before it waits for an acknowledgement:
-    // surely more than 1000 chunks (however slow the machine), then until
-    // it is quiet for half a second: it waits.
+    // Everything the server sends before it waits for an acknowledgement,
+    // a byte of credit after each byte: surely more than 1000 chunks
+    // (however slow the machine), then until it is quiet for half a
+    // second: it waits.
     let mut chunks = 0usize;
     while let Ok(Some(frame)) = tokio::time::timeout(
         if chunks > 1000 {
@@ -1468,6 +1472,11 @@ async fn one_byte_chunks_count_against_the_replay_limit_with_their_overhead() {
         if let ServerFrame::Data(data) = frame {
             assert_eq!(data.bytes.len(), 1);
             chunks += 1;
+            let grant = WindowAdjust {
+                sid: StreamId::STDOUT,
+                bytes: 1,
+            };
+            send_client(&mut client, &ClientFrame::Window(grant)).await;
         }
     }
     serving.abort();
@@ -1476,6 +1485,55 @@ async fn one_byte_chunks_count_against_the_replay_limit_with_their_overhead() {
         chunks <= LIMIT / 128,
         "{chunks} one-byte chunks kept for replay within a limit of {LIMIT} bytes"
     );
+}
+
+/// A hello whose `max_chunk` is under [`Config::MIN_CHUNK`] is refused
+/// like one of zero: with a chunk of one byte, every byte the command wrote
+/// was a frame of its own, encoded, sealed and sent (a megabyte of output,
+/// a million frames). The least is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_chunks_under_the_minimum_is_refused() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.stdout().write_all(&vec![b'x'; 1 << 20]).await?;
+        anyhow::Ok(())
+    });
+    for max_chunk in [1, Config::MIN_CHUNK - 1] {
+        let (client, server) = socket_pair().await;
+        let script = async move {
+            let mut client = secure_client(client).await;
+            let mut hello = hello(&[]);
+            hello.max_chunk = max_chunk;
+            send_client(&mut client, &ClientFrame::Hello(hello)).await;
+            let frames = rest_of_session(&mut client).await;
+            let [ServerFrame::Error(error)] = &frames[..] else {
+                panic!("max_chunk {max_chunk}: {frames:?}");
+            };
+            assert_eq!(error.code, ErrorCode::Protocol);
+            assert!(error.message.contains("chunk"), "{}", error.message);
+        };
+        serve_script(&terminal, server, script).await;
+    }
+    let (client, server) = socket_pair_buffered(1 << 16).await;
+    let script = async move {
+        let mut client = secure_client(client).await;
+        let mut hello = hello(&[]);
+        hello.max_chunk = Config::MIN_CHUNK;
+        send_client(&mut client, &ClientFrame::Hello(hello)).await;
+        let (status, frames) = frames_until_exit(&mut client).await;
+        assert!(matches!(frames[0], ServerFrame::Welcome(_)));
+        let sent: usize = frames
+            .iter()
+            .map(|frame| match frame {
+                ServerFrame::Data(data) => {
+                    assert!(data.bytes.len() <= Config::MIN_CHUNK as usize);
+                    data.bytes.len()
+                }
+                _ => 0,
+            })
+            .sum();
+        (status, sent)
+    };
+    assert_eq!(serve_script(&terminal, server, script).await, (0, 1 << 20));
 }
 
 /// Every field of every log event, as text.

@@ -472,10 +472,20 @@ pub(crate) fn run(
 ) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!("connection", id = %session_id);
     async move {
-        let opened = Box::pin(open(
+        let opening = Box::pin(open(
             writer, reader, &config, session_id, &registry, extensions,
-        ))
-        .await;
+        ));
+        // A connection still in its handshake when the server shuts down is
+        // closed: it watched nothing, and a client that said hello just
+        // before the handshake time-out started its grace period then,
+        // holding the shutdown well past its bound.
+        let opened = tokio::select! {
+            opened = opening => opened,
+            () = shutdown.cancelled() => {
+                tracing::info!("server shutting down; closed a connection in its handshake");
+                return;
+            }
+        };
         // Unboxed at once, so that the box is freed now and not when the
         // session ends.
         let Some(Opened {

@@ -523,8 +523,9 @@ impl Terminal {
         inner.sessions.track_future(session)
     }
 
-    /// Begins a graceful shutdown: new sessions are refused, running commands
-    /// see [`Context::shutdown_requested`](crate::Context::shutdown_requested)
+    /// Begins a graceful shutdown: new sessions are refused, connections
+    /// still in their handshake are closed, running commands see
+    /// [`Context::shutdown_requested`](crate::Context::shutdown_requested)
     /// and have the configured grace period to finish.
     pub fn begin_shutdown(&self) {
         self.inner.shutdown.cancel();

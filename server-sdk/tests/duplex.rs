@@ -2340,6 +2340,36 @@ async fn graceful_shutdown_tells_running_commands_and_they_finish() {
     assert_eq!(terminal.session_count(), 0);
 }
 
+/// A connection still in its handshake when the shutdown begins is closed.
+/// It watched nothing: a client that said hello just before the handshake
+/// time-out (and then read nothing) started a session whose grace period
+/// began only then, and `shutdown` gave up at its bound (grace + 6 s)
+/// with the session still running. On tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_connection_in_its_handshake_does_not_hold_up_the_shutdown() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.stdout().println("ignoring the shutdown").await?;
+        std::future::pending::<()>().await;
+        anyhow::Ok(())
+    });
+    let (client, server) = socket_pair_buffered(1 << 16).await;
+    let connected = tokio::time::Instant::now();
+    let serving = tokio::spawn(terminal.serve(WsTransport::plain(server)));
+    let mut client = secure_client(client).await;
+    terminal.begin_shutdown();
+    let hello_late = async {
+        let late = terminal.config().handshake_timeout - Duration::from_millis(100);
+        tokio::time::sleep_until(connected + late).await;
+        // Closed at once with the fix: the send fails then.
+        let frame = Message::Binary(codec::encode(&ClientFrame::Hello(hello(&[]))).into());
+        let _ = client.send(frame).await;
+    };
+    let (all_ended, ()) = tokio::join!(terminal.shutdown(), hello_late);
+    assert!(all_ended, "a session outlived the shutdown's bound");
+    assert_eq!(terminal.session_count(), 0);
+    serving.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn times_set_to_forever_and_a_zero_chunk_still_serve_and_shut_down() {
     let started = Arc::new(Notify::new());

@@ -52,7 +52,9 @@ pub enum DeviceStatus {
 pub struct Device {
     /// Its key's fingerprint.
     pub fingerprint: String,
-    /// What the client said about itself (`linux x86_64, terminalwire 0.1.0`).
+    /// What the client said about itself (`linux x86_64, terminalwire 0.1.0`),
+    /// control, format and bidi characters removed: still words a client
+    /// chose, to be shown as such.
     pub label: String,
     /// Where it stands.
     #[serde(flatten)]
@@ -132,7 +134,7 @@ impl DeviceRegistry {
     /// A thread saves the changes (see the [module](self)); dropping the
     /// last clone of the registry waits for the last save.
     pub fn load_or_create(path: &Path) -> io::Result<Self> {
-        let devices = match std::fs::read(path) {
+        let mut devices: Devices = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -142,6 +144,10 @@ impl DeviceRegistry {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Devices::default(),
             Err(error) => return Err(error),
         };
+        // Labels saved before they were cleaned are cleaned as they load.
+        for device in devices.devices.values_mut() {
+            device.label = crate::login::shown_text(&device.label, MAX_LABEL_CHARS);
+        }
         let state = Arc::new(Mutex::new(devices));
         let saver = SaverHandle::start(path.to_path_buf(), Arc::clone(&state))?;
         Ok(DeviceRegistry {
@@ -223,7 +229,9 @@ impl DeviceRegistry {
             known => return known,
         }
         let code = new_code(fingerprint);
-        let label = cut_at_chars(label, MAX_LABEL_CHARS);
+        // The client wrote it: with bidi or invisible characters kept, it
+        // could read as another device's label on the app's devices page.
+        let label = crate::login::shown_text(label, MAX_LABEL_CHARS);
         self.update(|state| {
             // Another session of the same device may have added it since
             // `waiting` looked: its code stands.
@@ -773,6 +781,28 @@ mod tests {
         registry.saved().await.unwrap();
         let again = DeviceRegistry::load_or_create(&path).unwrap();
         assert_eq!(again.status("SHA256:a"), Some(DeviceStatus::Revoked));
+    }
+
+    /// A label keeps no character that would reorder or hide what the
+    /// devices page shows around it (a client could make its label read as
+    /// another device's), also one saved before labels were cleaned.
+    #[test]
+    fn labels_keep_no_bidi_control_or_invisible_characters() {
+        let said =
+            "linux \u{202e}46_68x\u{202c} \u{200b}x\u{1b}[2J\n, \u{2066}client\u{2069}\u{feff} 1";
+        let registry = DeviceRegistry::in_memory();
+        let _ = registry.check("SHA256:a", said);
+        let devices = registry.list();
+        assert_eq!(devices[0].label, "linux 46_68x x[2J, client 1");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.json");
+        let saved = serde_json::json!({"devices": {"SHA256:b": {
+            "fingerprint": "SHA256:b", "label": said, "status": "approved"
+        }}});
+        std::fs::write(&path, saved.to_string()).unwrap();
+        let registry = DeviceRegistry::load_or_create(&path).unwrap();
+        assert_eq!(registry.list()[0].label, "linux 46_68x x[2J, client 1");
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl LoginRequest {
     /// (`None`: a client without a device key).
     pub fn new(client: impl Into<String>, device: Option<String>) -> Self {
         LoginRequest {
-            client: shown_text(&client.into()),
+            client: shown_text(&client.into(), MAX_CLIENT_CHARS),
             device,
             expires_in: Duration::ZERO,
         }
@@ -300,8 +300,8 @@ fn shown_code(code: &str) -> String {
 
 /// Text a client chose, as a page may show it: without control, format
 /// and bidi characters (which could reorder what the page shows around
-/// it), and cut to [`MAX_CLIENT_CHARS`].
-fn shown_text(text: &str) -> String {
+/// it), and cut to `max` characters. Device labels are cleaned with it too.
+pub(crate) fn shown_text(text: &str, max: usize) -> String {
     let kept: String = text
         .chars()
         .filter(|&c| {
@@ -311,7 +311,7 @@ fn shown_text(text: &str) -> String {
                     | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
         })
         .collect();
-    crate::devices::cut_at_chars(&kept, MAX_CLIENT_CHARS)
+    crate::devices::cut_at_chars(&kept, max)
 }
 
 impl BrowserLogins {
@@ -346,7 +346,7 @@ impl BrowserLogins {
     pub fn begin_for(&self, request: LoginRequest) -> Result<PendingLogin, LoginError> {
         // The client wrote it; the page shows a line, the table keeps it.
         let request = LoginRequest {
-            client: shown_text(&request.client),
+            client: shown_text(&request.client, MAX_CLIENT_CHARS),
             ..request
         };
         let (token, code) = random_token_and_code()?;

@@ -84,7 +84,28 @@ struct GivenUp {
     /// sent, with the most bytes their answer may carry.
     abandoned: Vec<(u64, InputKind, u32)>,
     /// Input that abandoned reads took, oldest first.
-    leftovers: VecDeque<(InputKind, Reply)>,
+    leftovers: VecDeque<Leftover>,
+}
+
+/// The input of one read given up, as the next reads take it.
+#[derive(Debug)]
+struct Leftover {
+    kind: InputKind,
+    reply: Reply,
+    /// Bytes of a data reply already taken: a byte read takes a piece, and
+    /// the rest stays where it is (cut off instead, every small read after
+    /// a large answer copied all the rest, and kept its allocation).
+    taken: usize,
+}
+
+impl Leftover {
+    fn new(kind: InputKind, reply: Reply) -> Self {
+        Leftover {
+            kind,
+            reply,
+            taken: 0,
+        }
+    }
 }
 
 /// What became of an answer handed to [`Pending::complete`].
@@ -173,7 +194,7 @@ impl Pending {
                 bytes: ByteBuf::from(bytes),
                 eof: false,
             };
-            leftovers.push_front((InputKind::Bytes, reply));
+            leftovers.push_front(Leftover::new(InputKind::Bytes, reply));
         }
     }
 
@@ -195,24 +216,32 @@ impl Pending {
         let leftovers = &mut self.given_up.as_deref_mut()?.leftovers;
         if let InputKind::Line(_) = kind {
             // Lines typed for another question are not this one's answer.
-            leftovers.retain(|(left, _)| !matches!(left, InputKind::Line(_)) || *left == kind);
+            leftovers.retain(|left| !matches!(left.kind, InputKind::Line(_)) || left.kind == kind);
         }
-        let at = leftovers.iter().position(|(left, _)| *left == kind)?;
-        if let (Operation::StdinRead { max }, Some((_, Reply::Data { bytes, .. }))) =
-            (op, leftovers.get_mut(at))
+        let at = leftovers.iter().position(|left| left.kind == kind)?;
+        if let (Operation::StdinRead { max }, Some(left)) = (op, leftovers.get_mut(at))
+            && let Reply::Data { bytes, eof } = &left.reply
         {
             let max = (*max as usize).max(1);
-            if bytes.len() > max {
-                let rest = bytes.split_off(max);
-                let taken = std::mem::replace(bytes, ByteBuf::from(rest));
-                // Bytes are no end of input.
+            let rest = &bytes[left.taken..];
+            if left.taken > 0 || rest.len() > max {
+                // A piece, copied alone: a read costs what it returns.
+                let piece = rest[..rest.len().min(max)].to_vec();
+                let last = piece.len() == rest.len();
+                // Bytes are no end of input, but the last ones of an answer
+                // that ended it.
+                let eof = last && *eof;
+                left.taken += piece.len();
+                if last {
+                    leftovers.remove(at);
+                }
                 return Some(Reply::Data {
-                    bytes: taken,
-                    eof: false,
+                    bytes: ByteBuf::from(piece),
+                    eof,
                 });
             }
         }
-        leftovers.remove(at).map(|(_, reply)| reply)
+        leftovers.remove(at).map(|left| left.reply)
     }
 }
 
@@ -234,7 +263,7 @@ impl GivenUp {
             {
                 return;
             }
-            self.leftovers.push_back((kind, reply));
+            self.leftovers.push_back(Leftover::new(kind, reply));
         }
     }
 }
@@ -388,6 +417,49 @@ mod tests {
         assert_eq!(pending.take_leftover(&read(4)), Some(data(b"abcd", false)));
         assert_eq!(pending.take_leftover(&read(4)), Some(data(b"ef", false)));
         assert_eq!(pending.take_leftover(&read(4)), None);
+    }
+
+    /// Small reads after a large answer to a read given up take it a piece
+    /// at a time, in order, each piece copied alone: the rest is neither
+    /// copied nor held by the pieces (each read copied all the rest, and
+    /// each piece kept the whole allocation: 64 KiB read a byte at a time
+    /// copied some 2 GB).
+    #[test]
+    fn small_reads_of_a_large_leftover_copy_only_what_they_take() {
+        const LEN: usize = 64 * 1024;
+        let mut pending = Pending::default();
+        let mut answer = sent(&mut pending, 1);
+        assert!(pending.give_up(1, Some(InputKind::Bytes), LEN as u32, &mut answer));
+        let typed: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8).collect();
+        let bytes = ByteBuf::from(typed.clone());
+        let kept_at = bytes.as_ptr();
+        pending.complete(Response::ok(RequestId(1), Reply::Data { bytes, eof: true }));
+        let mut read = Vec::new();
+        for max in (1..=5).cycle() {
+            let Some(Reply::Data { bytes, eof }) =
+                pending.take_leftover(&Operation::StdinRead { max })
+            else {
+                break;
+            };
+            assert!(bytes.len() <= max as usize);
+            assert!(
+                bytes.capacity() <= max as usize,
+                "a piece holds {} bytes",
+                bytes.capacity()
+            );
+            read.extend_from_slice(&bytes);
+            // Only the last bytes end the input.
+            assert_eq!(eof, read.len() == LEN);
+            if let Some(Leftover {
+                reply: Reply::Data { bytes, .. },
+                ..
+            }) = pending.given_up.as_ref().unwrap().leftovers.front()
+            {
+                assert_eq!(bytes.as_ptr(), kept_at, "the rest was copied");
+            }
+        }
+        assert!(read == typed, "the bytes came out changed or out of order");
+        assert!(pending.given_up.as_ref().unwrap().leftovers.is_empty());
     }
 
     #[test]

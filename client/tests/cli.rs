@@ -314,3 +314,35 @@ fn a_home_that_is_a_file_is_named() {
         "{stderr}"
     );
 }
+
+/// A user's home folder that does not exist (`HOME=/nonexistent`, as
+/// system users such as `nobody` have) is not made by the client to hold
+/// `~/.terminalwire`: said, with the status of an unusable configuration
+/// (the client created the whole home, `/nonexistent` included, then ran).
+#[test]
+fn a_missing_user_home_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent");
+    let url = format!("ws://127.0.0.1:{}/terminal", free_port());
+    for args in [
+        vec![url.as_str(), "x"],
+        vec!["install", url.as_str(), "--name", "x"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_terminalwire"))
+            .args(&args)
+            .env("HOME", &missing)
+            .env_remove("TERMINALWIRE_HOME")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(65), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "your home folder {} does not exist",
+                missing.display()
+            )) && stderr.contains("TERMINALWIRE_HOME"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} made the user's home");
+    }
+}

@@ -33,6 +33,18 @@ pub enum HomeError {
     /// No user home directory could be found (and `TERMINALWIRE_HOME` is unset).
     #[error("cannot find the user's home directory")]
     NoUserHome,
+    /// The user's home directory is missing or not a folder, so
+    /// `~/.terminalwire` is not made in it (making it would make the home).
+    #[error(
+        "your home folder {path} {problem}, so terminalwire has nowhere to keep its files; \
+         set TERMINALWIRE_HOME to a folder of your own"
+    )]
+    NoHomeFolder {
+        /// The user's home directory (`$HOME`).
+        path: PathBuf,
+        /// "does not exist", "is not a folder".
+        problem: &'static str,
+    },
     /// `TERMINALWIRE_HOME` is set to a relative path.
     #[error("TERMINALWIRE_HOME must be an absolute path, not {path:?}")]
     NotAbsolute {
@@ -144,7 +156,29 @@ impl Home {
                     Err(HomeError::NotAbsolute { path })
                 }
             }
-            _ => Home::located(user_home()?.join(".terminalwire")),
+            _ => Home::in_user_home(&user_home()?),
+        }
+    }
+
+    /// `~/.terminalwire` in the user's home `user_home`, which must be a
+    /// folder: the home is made when first needed, but not the user's home
+    /// above it (`HOME=/nonexistent`, the home of system users such as
+    /// `nobody`, made the client create `/nonexistent`).
+    fn in_user_home(user_home: &Path) -> Result<Home, HomeError> {
+        let problem = match std::fs::metadata(user_home) {
+            Ok(metadata) if metadata.is_dir() => None,
+            Ok(_) => Some("is not a folder"),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Some("does not exist"),
+            // Not ours to judge (no permission to look, say): met, and
+            // named, when the home is used.
+            Err(_) => None,
+        };
+        match problem {
+            Some(problem) => Err(HomeError::NoHomeFolder {
+                path: user_home.to_path_buf(),
+                problem,
+            }),
+            None => Home::located(user_home.join(".terminalwire")),
         }
     }
 
@@ -395,6 +429,25 @@ pub fn user_home() -> Result<PathBuf, HomeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_user_home_is_named_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nonexistent");
+        let error = Home::in_user_home(&missing).unwrap_err();
+        assert!(
+            matches!(&error, HomeError::NoHomeFolder { path, problem: "does not exist" } if *path == missing),
+            "{error}"
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let error = Home::in_user_home(&file).unwrap_err();
+        assert!(error.to_string().contains("is not a folder"), "{error}");
+        assert_eq!(
+            Home::in_user_home(dir.path()).unwrap().root(),
+            dir.path().join(".terminalwire")
+        );
+    }
 
     #[test]
     fn a_home_that_is_a_file_is_named_as_such() {

@@ -600,7 +600,13 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                     Ok(crate::secure::ServerPin::Pinned(fingerprint)) => {
                         writeln!(out, "{authority}  {fingerprint}")?
                     }
-                    _ => writeln!(out, "{authority}")?,
+                    Ok(crate::secure::ServerPin::FirstContact) => writeln!(out, "{authority}")?,
+                    // Not shown as unpinned: every session with it exits 65.
+                    Err(error) => writeln!(
+                        out,
+                        "{authority}  (damaged: {})",
+                        crate::inert::inert(&error.to_string())
+                    )?,
                 }
             }
         }
@@ -1751,6 +1757,31 @@ mod tests {
         assert_eq!(
             admin(&home, &["authority", "list"]).unwrap(),
             "No authorities yet.\n"
+        );
+    }
+
+    /// A damaged pin is listed as such, with the command that pins the
+    /// server again: it was listed as no pin at all, while every session
+    /// with that server exits 65.
+    #[test]
+    fn authority_list_names_a_damaged_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let authority = Authority::parse("example.com:3000").unwrap();
+        std::fs::create_dir_all(home.authority_dir(&authority)).unwrap();
+        terminalwire_policy::write_private_atomically(
+            &home.server_pin_file(&authority),
+            b"garbage\n",
+        )
+        .unwrap();
+        let listed = admin(&home, &["authority", "list"]).unwrap();
+        assert!(
+            listed.starts_with("example.com:3000  (damaged: ")
+                && listed.contains("server.pin: expected a SHA256:... fingerprint")
+                && listed.contains(
+                    "terminalwire authority trust example.com:3000 --fingerprint SHA256:..."
+                ),
+            "{listed}"
         );
     }
 

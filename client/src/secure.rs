@@ -226,8 +226,14 @@ pub fn load_pin(path: &Path) -> Result<ServerPin, ClientError> {
             if pinned.starts_with("SHA256:") {
                 Ok(ServerPin::Pinned(pinned.to_owned()))
             } else {
+                // The file is `<authority's folder>/server.pin`.
+                let authority = path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .map_or_else(|| "AUTHORITY".into(), |name| name.to_string_lossy());
                 Err(ClientError::Config(format!(
-                    "{}: expected a SHA256:... fingerprint",
+                    "{}: expected a SHA256:... fingerprint; pin the server again with \
+                     `terminalwire authority trust {authority} --fingerprint SHA256:...`",
                     path.display()
                 )))
             }

@@ -442,6 +442,10 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                     };
                     match parsed {
                         Ok(n) if (1..=MAX).contains(&n) => Some(n),
+                        Ok(0) => bail!(
+                            "invalid quota {mib:?}: it must be at least 1 MiB; give a whole \
+                             number of MiB, or `default`"
+                        ),
                         _ if too_big => bail!(
                             "quota {number} MiB is more than the most there can be, {MAX} MiB: \
                              give a smaller number, or `default`"
@@ -1567,6 +1571,18 @@ mod tests {
             assert!(
                 error.starts_with(&format!("invalid quota \"{bad}\"")),
                 "{error}"
+            );
+        }
+        // 0 is a whole number: said what is wrong with it, as a policy
+        // file's 0 is (it was told to give a whole number of MiB).
+        for zero in ["0", "000"] {
+            let error = quota(zero).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "invalid quota \"{zero}\": it must be at least 1 MiB; give a whole number \
+                     of MiB, or `default`"
+                )
             );
         }
     }

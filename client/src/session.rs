@@ -2170,7 +2170,9 @@ async fn perform(
                 }
                 let mut stdin = cancel.unless_cancelled(stdin.lock()).await?;
                 show(prompt).await;
-                cancel.unless_cancelled(until_input(&mut *stdin)).await??;
+                if !cancel.unless_cancelled(until_input(&mut *stdin)).await?? {
+                    return Ok(Reply::Line { line: None });
+                }
                 read_line(&mut *stdin).await
             }
             .await
@@ -2196,7 +2198,9 @@ async fn perform(
                     )
                 })?;
                 show(prompt).await;
-                cancel.unless_cancelled(until_input(&mut *stdin)).await??;
+                if !cancel.unless_cancelled(until_input(&mut *stdin)).await?? {
+                    return Ok(Reply::Line { line: None });
+                }
                 read_line(&mut *stdin).await
             }
             .await
@@ -2245,7 +2249,12 @@ async fn perform(
         Operation::StdinRead { max } => {
             async {
                 let mut stdin = cancel.unless_cancelled(stdin.lock()).await?;
-                cancel.unless_cancelled(until_input(&mut *stdin)).await??;
+                if max > 0 && !cancel.unless_cancelled(until_input(&mut *stdin)).await?? {
+                    return Ok(Reply::Data {
+                        bytes: Vec::new().into(),
+                        eof: true,
+                    });
+                }
                 read_chunk(&mut *stdin, max as usize).await
             }
             .await
@@ -2312,12 +2321,14 @@ impl CancelWatch {
 }
 
 /// Resolves once stdin has input (or its end) in the buffer, taking none of
-/// it: a read cancelled while waiting here has taken nothing.
-async fn until_input(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<(), OpError> {
+/// it: a read cancelled while waiting here has taken nothing. `false` at
+/// the end of input, which the read answers itself: a terminal says it
+/// once (Ctrl-D), and a second look would wait for another.
+async fn until_input(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<bool, OpError> {
     stdin
         .fill_buf()
         .await
-        .map(|_| ())
+        .map(|available| !available.is_empty())
         .map_err(|error| OpError::new(ErrorCode::Io, format!("reading stdin: {error}")))
 }
 
@@ -3429,6 +3440,57 @@ mod tests {
                 line: Some("typed late".into())
             })
         );
+    }
+
+    /// Stdin as a terminal gives it: what was typed, then one end of file
+    /// (Ctrl-D), then nothing until more is typed.
+    struct TypedThenCtrlD(Option<&'static [u8]>, bool);
+
+    impl AsyncRead for TypedThenCtrlD {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(typed) = self.0.take() {
+                buf.put_slice(typed);
+            } else if std::mem::take(&mut self.1) {
+                // The end of file: a read of nothing, once.
+            } else {
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// One Ctrl-D on a terminal ends the app's input, as it ends `cat`'s: a
+    /// read took it while waiting for input, then waited for a second one.
+    #[tokio::test]
+    async fn one_end_of_file_from_a_terminal_ends_a_read() {
+        let resources = Resources::none();
+        let read = Request {
+            id: terminalwire_protocol::RequestId(1),
+            op: Operation::StdinRead { max: 100 },
+        };
+        for request in [read, read_line_request("? ".into())] {
+            let stdin: Mutex<BufReader<Box<dyn AsyncRead + Send + Unpin>>> = Mutex::new(
+                BufReader::new(Box::new(TypedThenCtrlD(Some(b"abc\n"), true))),
+            );
+            let mut never = CancelWatch::Never;
+            let first = perform(request.clone(), &stdin, None, &resources, false, &mut never).await;
+            assert!(first.error.is_none(), "{first:?}");
+            let second = perform(request, &stdin, None, &resources, false, &mut never);
+            let second = tokio::time::timeout(Duration::from_secs(5), second)
+                .await
+                .expect("the end of file was not seen: the read waits for another");
+            assert!(
+                matches!(
+                    second.ok,
+                    Some(Reply::Line { line: None }) | Some(Reply::Data { eof: true, .. })
+                ),
+                "{second:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -309,7 +309,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Par
     }
     let options: Options = parse_with(own)?;
     if options.url == "help" {
-        if let Some(first) = app_args.first() {
+        // `terminalwire help --help`, as git and cargo answer it: the
+        // client's help.
+        if let Some(first) = app_args
+            .first()
+            .filter(|first| *first != "--help" && *first != "-h")
+        {
             // `terminalwire -v help audit`: that command's help.
             if client_commands().any(|command| first == command) {
                 let mut asked = vec![OsString::from("terminalwire")];
@@ -921,5 +926,13 @@ mod tests {
             parse(["terminalwire", "-v", "help", "sessions"].map(OsString::from)),
             Err(ParseOutcome::Exit(0))
         ));
+        // The help of `help` is the client's help (it said "`--help` is not
+        // a command of the client", status 2).
+        for asked in ["--help", "-h"] {
+            assert!(matches!(
+                parse(["terminalwire", "help", asked].map(OsString::from)),
+                Err(ParseOutcome::Exit(0))
+            ));
+        }
     }
 }

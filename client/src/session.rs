@@ -1158,6 +1158,12 @@ where
                     Flow::Done(Err(ClientError::Interrupted))
                 }
                 LocalSignal::Interrupt => {
+                    // The terminal echoes nothing for Ctrl-C at a password
+                    // prompt (echo is off): what comes next, the app's words
+                    // or the shell's prompt, starts a line of its own.
+                    if crate::terminal::password_read_in_progress() {
+                        let _ = pipes[1].push(Chunk::Local(b"\n".to_vec()));
+                    }
                     let frame = ClientFrame::Signal(Signal { signal: SignalKind::Interrupt, size: None });
                     send_frames(&mut link, replay.as_mut(), &[frame]).await
                 }
@@ -2198,10 +2204,18 @@ async fn perform(
                     )
                 })?;
                 show(prompt).await;
-                if !cancel.unless_cancelled(until_input(&mut *stdin)).await?? {
-                    return Ok(Reply::Line { line: None });
+                // With echo off the terminal still echoes the Enter that
+                // ends the line (ECHONL), but nothing for an end of input
+                // (Ctrl-D): the next output would go on the prompt's line.
+                let mut newline_typed = false;
+                let read = match cancel.unless_cancelled(until_input(&mut *stdin)).await?? {
+                    true => read_line_noting_end(&mut *stdin, &mut newline_typed).await,
+                    false => Ok(Reply::Line { line: None }),
+                };
+                if !newline_typed {
+                    show(Some("\n".into())).await;
                 }
-                read_line(&mut *stdin).await
+                read
             }
             .await
         }
@@ -2385,6 +2399,14 @@ async fn read_chunk(stdin: &mut (impl AsyncBufRead + Unpin), max: usize) -> Resu
 }
 
 async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpError> {
+    read_line_noting_end(stdin, &mut false).await
+}
+
+/// [`read_line`], setting `newline_typed` when a newline ended the line.
+async fn read_line_noting_end(
+    stdin: &mut (impl AsyncBufRead + Unpin),
+    newline_typed: &mut bool,
+) -> Result<Reply, OpError> {
     let mut bytes = Vec::new();
     // Reads through the session's one buffer: bytes after the newline stay
     // there for the next read instead of being lost with a local buffer.
@@ -2400,6 +2422,7 @@ async fn read_line(stdin: &mut (impl AsyncBufRead + Unpin)) -> Result<Reply, OpE
         return Ok(Reply::Line { line: None });
     }
     let ended = bytes.last() == Some(&b'\n');
+    *newline_typed = ended;
     if ended {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {

@@ -680,6 +680,50 @@ async fn ctrl_c_at_a_password_prompt_exits_130_with_echo_back_on() {
     assert_terminal_restored(&exit);
 }
 
+/// Ctrl-D at a password prompt ends the input, and what comes next starts
+/// a line of its own, as after sudo's prompt: with echo off, the terminal
+/// echoes no newline for it (it does for Enter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ctrl_d_at_a_password_prompt_the_next_output_starts_a_line() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "password");
+    pane.wait_for("Password:").await;
+    pane.send_keys(&["C-d"]).await;
+    let screen = pane.wait_for("Name:").await;
+    assert!(
+        screen.lines().any(|line| line.starts_with("Name:")),
+        "the next prompt is on the password prompt's line:\n{screen}"
+    );
+    pane.type_text("ada").await;
+    pane.send_keys(&["Enter"]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert!(exit.screen.contains("length 0 name ada"), "{}", exit.screen);
+}
+
+/// Ctrl-C at a password prompt: the shell's prompt after the client starts
+/// a line of its own (the terminal echoes nothing for it, echo being off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ctrl_c_at_a_password_prompt_the_next_output_starts_a_line() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = TmuxPane::start_capturing(&[server.url().as_str(), "password"], 80, 24);
+    pane.wait_for("Password:").await;
+    pane.send_keys(&["C-c"]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, INTERRUPTED, "screen:\n{}", exit.screen);
+    let output = pane.wait_for_output(b"Password: ").await;
+    let after = output
+        .windows(b"Password: ".len())
+        .rposition(|window| window == b"Password: ")
+        .map(|at| &output[at + b"Password: ".len()..])
+        .unwrap();
+    assert!(
+        after.contains(&b'\n'),
+        "no newline after the password prompt: {:?}",
+        String::from_utf8_lossy(&output)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_handles_ctrl_c_chooses_the_exit_status() {
     let server = TestServer::with_terminal(app()).await;

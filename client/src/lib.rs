@@ -202,15 +202,19 @@ pub async fn run(invocation: cli::Invocation) -> Result<u8, ClientError> {
         None,
     )
     .await;
-    if let Err(ClientError::Unavailable { .. }) = &outcome {
+    // Whatever the failure: one past the secure handshake pinned the
+    // server, which `forget` keeps with the rest of the folder.
+    if outcome.is_err() {
         first_visit.forget();
     }
     outcome
 }
 
 /// An authority met for the first time: its folder is made before
-/// dialing, and forgotten again when the server could not be reached, so
-/// that a mistyped URL leaves no authority behind.
+/// dialing, and forgotten again when the run fails before the secure
+/// handshake pinned the server (a mistyped URL, a server that is not
+/// terminalwire's), so that no authority is left that `authority list`
+/// shows as known.
 struct FirstVisit {
     /// Whether the authority had no folder when this run began.
     first: bool,

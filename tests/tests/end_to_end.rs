@@ -855,6 +855,93 @@ async fn a_refused_connection_is_unavailable() {
     assert!(folder.join("policy.toml").is_file());
 }
 
+/// A server that takes the terminalwire upgrade but never completes the
+/// secure handshake: silent, or answering its first message with `reply`.
+async fn upgrade_only_server(
+    reply: Option<Vec<u8>>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                #[allow(
+                    clippy::result_large_err,
+                    reason = "the signature tungstenite asks for"
+                )]
+                let callback = |_: &Request, mut response: Response| {
+                    response.headers_mut().insert(
+                        "sec-websocket-protocol",
+                        terminalwire_protocol::SUBPROTOCOL.parse().unwrap(),
+                    );
+                    Ok(response)
+                };
+                let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await
+                else {
+                    return;
+                };
+                if let (Some(reply), Some(Ok(_))) = (reply, socket.next().await) {
+                    let _ = socket.send(Message::Binary(reply.into())).await;
+                }
+                while let Some(Ok(_)) = socket.next().await {}
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A first contact whose secure handshake never completes (a server that
+/// is not terminalwire's, silent or answering garbage) leaves no authority
+/// behind: `authority list` showed it as a known server. It left
+/// `device.key` and `storage/`. A folder the user had made before (a
+/// grant typed before the first contact) is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_contact_that_never_completes_leaves_no_authority() {
+    for (reply, status) in [
+        (None, CONNECTION_LOST),
+        (Some(b"not a noise message".to_vec()), PROTOCOL),
+    ] {
+        let (addr, server) = upgrade_only_server(reply).await;
+        let home = tempfile::tempdir().unwrap();
+        let home_path = home.path().to_str().unwrap();
+        let url = format!("ws://{addr}/terminal");
+        let run = Client::new(["--connect-timeout", "1", url.as_str(), "hello"])
+            .env("TERMINALWIRE_HOME", home_path)
+            .run()
+            .await;
+        assert_eq!(run.status, Some(status), "{}", run.stderr_text());
+        let folder = home.path().join(format!("authorities/{addr}"));
+        assert!(!folder.exists(), "{} was left", folder.display());
+        let list = Client::new(["authority", "list"])
+            .env("TERMINALWIRE_HOME", home_path)
+            .run()
+            .await;
+        assert!(
+            !list.stdout_text().contains(&addr.to_string()),
+            "{}",
+            list.stdout_text()
+        );
+        // A grant made before any contact stays, with its folder.
+        let grant = Client::new(["entitlement", "grant", &addr.to_string(), "env", "LANG"])
+            .env("TERMINALWIRE_HOME", home_path)
+            .run()
+            .await;
+        assert_eq!(grant.status, Some(0), "{}", grant.stderr_text());
+        let run = Client::new(["--connect-timeout", "1", url.as_str(), "hello"])
+            .env("TERMINALWIRE_HOME", home_path)
+            .run()
+            .await;
+        assert_eq!(run.status, Some(status), "{}", run.stderr_text());
+        assert!(folder.join("policy.toml").is_file());
+        assert!(folder.join("storage").is_dir());
+        server.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_that_is_not_a_terminal_is_unavailable() {
     let server = TestServer::hello().await;

@@ -286,26 +286,60 @@ pub fn main(args: Vec<OsString>) -> u8 {
     }
 }
 
-/// 65 when the home or a policy file is unusable (as a session says it),
-/// else 1.
+/// 2 for an argument that does not parse, 65 when the home or a policy
+/// file is unusable (as a session says it: damaged, or one that cannot be
+/// written, such as on a read-only home), else 1.
 fn exit_code_of(error: &anyhow::Error) -> u8 {
+    if let Some(unlisted) = error.downcast_ref::<Unlisted>() {
+        return unlisted.status;
+    }
+    if error.downcast_ref::<BadArgument>().is_some() {
+        return exit_code::USAGE;
+    }
+    use terminalwire_policy::PolicyError;
     let unusable = error.chain().any(|cause| {
         cause
             .downcast_ref::<terminalwire_policy::HomeError>()
             .is_some()
-            || matches!(
-                cause.downcast_ref::<terminalwire_policy::PolicyError>(),
-                Some(
-                    terminalwire_policy::PolicyError::Read { .. }
-                        | terminalwire_policy::PolicyError::Parse { .. }
-                )
-            )
+            || match cause.downcast_ref::<PolicyError>() {
+                Some(PolicyError::Read { .. } | PolicyError::Parse { .. }) => true,
+                Some(PolicyError::Write { .. }) => true,
+                // Another client held the lock too long: nothing is wrong
+                // with the home, the command may simply be run again.
+                Some(PolicyError::Lock { source, .. }) => {
+                    source.kind() != std::io::ErrorKind::WouldBlock
+                }
+                _ => false,
+            }
     });
     if unusable {
         exit_code::CONFIG
     } else {
         exit_code::FAILURE
     }
+}
+
+/// An argument of an administration command that does not parse (an
+/// authority, a grant's value, a quota, a fingerprint, `--since`): a usage
+/// error, as clap's own are, not a command that failed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct BadArgument(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+/// Marks `error`, met parsing an argument, as a [`BadArgument`].
+fn bad_argument(error: anyhow::Error) -> anyhow::Error {
+    BadArgument(error.into()).into()
+}
+
+/// `entitlement list` of every authority, some of which could not be
+/// listed (each said already): the status is the most specific of theirs,
+/// 65 when one was unusable, as listing that authority alone exits.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {total} authorities could not be listed")]
+struct Unlisted {
+    failed: usize,
+    total: usize,
+    status: u8,
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
@@ -332,6 +366,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             }
             // One unusable policy file does not hide the others.
             let mut unusable = 0;
+            let mut status = exit_code::FAILURE;
             for (index, authority) in authorities.iter().enumerate() {
                 if index > 0 {
                     writeln!(out)?;
@@ -346,18 +381,23 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                         crate::inert::inert_lines(&chain_text(error.as_ref()))
                     );
                     unusable += 1;
+                    if exit_code_of(&error) == exit_code::CONFIG {
+                        status = exit_code::CONFIG;
+                    }
                 }
             }
             if unusable > 0 {
-                bail!(
-                    "{unusable} of {} authorities could not be listed",
-                    authorities.len()
-                );
+                return Err(Unlisted {
+                    failed: unusable,
+                    total: authorities.len(),
+                    status,
+                }
+                .into());
             }
         }
         AdminCommand::Entitlement(EntitlementCommand::Grant(args)) => {
             let authority = parse_authority(&args.authority)?;
-            let grant = parse_grant(args.what, Access::Read)?;
+            let grant = parse_grant(args.what, Access::Read).map_err(bad_argument)?;
             let path = home.policy_file(&authority);
             let (policy, outcome) = update(home, &path, |policy| Ok(policy.grant(grant.clone())))?;
             let verb = match outcome {
@@ -389,7 +429,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
         }
         AdminCommand::Entitlement(EntitlementCommand::Revoke(args)) => {
             let authority = parse_authority(&args.authority)?;
-            let grant = parse_revoke(args.what)?;
+            let grant = parse_revoke(args.what).map_err(bad_argument)?;
             let path = home.policy_file(&authority);
             let (policy, ()) = update(home, &path, |policy| {
                 if policy.revoke(&grant) {
@@ -429,33 +469,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
         }
         AdminCommand::Entitlement(EntitlementCommand::Quota { authority, mib }) => {
             let authority = parse_authority(&authority)?;
-            let quota = match mib.as_str() {
-                "default" => None,
-                number => {
-                    use terminalwire_policy::MAX_STORAGE_QUOTA_MIB as MAX;
-                    let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
-                    let parsed = number.parse::<u64>();
-                    // Past the most, or past what a u64 holds.
-                    let too_big = match &parsed {
-                        Ok(n) => *n > MAX,
-                        Err(_) => digits,
-                    };
-                    match parsed {
-                        Ok(n) if (1..=MAX).contains(&n) => Some(n),
-                        Ok(0) => bail!(
-                            "invalid quota {mib:?}: it must be at least 1 MiB; give a whole \
-                             number of MiB, or `default`"
-                        ),
-                        _ if too_big => bail!(
-                            "quota {number} MiB is more than the most there can be, {MAX} MiB: \
-                             give a smaller number, or `default`"
-                        ),
-                        _ => {
-                            bail!("invalid quota {mib:?}: give a whole number of MiB, or `default`")
-                        }
-                    }
-                }
-            };
+            let quota = parse_quota(&mib).map_err(bad_argument)?;
             let path = home.policy_file(&authority);
             let (policy, ()) = update(home, &path, |policy| {
                 policy.storage_quota_mib = quota;
@@ -530,7 +544,11 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             since,
             json,
         } => {
-            let since = since.as_deref().map(parse_since).transpose()?;
+            let since = since
+                .as_deref()
+                .map(parse_since)
+                .transpose()
+                .map_err(bad_argument)?;
             let authorities = match authority {
                 Some(authority) => vec![parse_authority(&authority)?],
                 None => home.list_authorities()?,
@@ -626,14 +644,16 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                         .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
             });
             if !valid {
-                bail!(
+                return Err(bad_argument(anyhow::anyhow!(
                     "{fingerprint:?} is not a fingerprint; expected SHA256: and 43 base64 characters, as the client printed it"
-                );
+                )));
             }
             let path = home.server_pin_file(&authority);
             let before = crate::secure::load_pin(&path).ok();
+            // A home that cannot be written (read-only, another user's) is
+            // unusable, as `forget` and a policy change say it.
             crate::secure::save_pin(&path, &fingerprint)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+                .map_err(|error| crate::home_error(home, "write", &path, error))?;
             match before {
                 Some(crate::secure::ServerPin::Pinned(old)) if old != fingerprint => {
                     writeln!(out, "{authority}: now trusting {fingerprint} (was {old})")?
@@ -770,8 +790,44 @@ pub fn grant_from_words(words: &[String]) -> Option<Grant> {
     }
 }
 
+/// A quota as typed: a whole number of MiB within the bounds, or `default`
+/// (`None`).
+fn parse_quota(mib: &str) -> anyhow::Result<Option<u64>> {
+    Ok(match mib {
+        "default" => None,
+        number => {
+            use terminalwire_policy::MAX_STORAGE_QUOTA_MIB as MAX;
+            let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+            let parsed = number.parse::<u64>();
+            // Past the most, or past what a u64 holds.
+            let too_big = match &parsed {
+                Ok(n) => *n > MAX,
+                Err(_) => digits,
+            };
+            match parsed {
+                Ok(n) if (1..=MAX).contains(&n) => Some(n),
+                Ok(0) => bail!(
+                    "invalid quota {mib:?}: it must be at least 1 MiB; give a whole \
+                     number of MiB, or `default`"
+                ),
+                _ if too_big => bail!(
+                    "quota {number} MiB is more than the most there can be, {MAX} MiB: \
+                     give a smaller number, or `default`"
+                ),
+                _ => {
+                    bail!("invalid quota {mib:?}: give a whole number of MiB, or `default`")
+                }
+            }
+        }
+    })
+}
+
 /// An authority typed as `host[:port]` or as a URL of it.
 fn parse_authority(text: &str) -> anyhow::Result<Authority> {
+    typed_authority(text).map_err(bad_argument)
+}
+
+fn typed_authority(text: &str) -> anyhow::Result<Authority> {
     if text.starts_with("unix:") {
         // A per-user server's socket: its authority is `local-` and a hash
         // of the path, which nobody types.
@@ -1587,6 +1643,126 @@ mod tests {
         }
     }
 
+    /// The exit statuses of the administration commands agree with the
+    /// README's table: a home that cannot be written is unusable (65) for
+    /// a grant as for `authority forget` (a grant exited 1); listing every
+    /// authority exits as listing the unusable one alone (65, not 1); an
+    /// argument that does not parse is a usage error (2, not 1).
+    #[test]
+    fn exit_statuses_follow_the_table() {
+        use terminalwire_policy::PolicyError;
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let status = |words: &[&str]| exit_code_of(&admin(&home, words).unwrap_err());
+        admin(&home, &["entitlement", "grant", "a.example", "env", "LANG"]).unwrap();
+        // The lock cannot be made (as on a read-only home; the tests may
+        // run as root, whom modes do not stop).
+        let policy = home.policy_file(&Authority::parse("a.example").unwrap());
+        let lock = policy.with_file_name("policy.toml.lock");
+        let _ = std::fs::remove_file(&lock);
+        std::fs::create_dir(&lock).unwrap();
+        for words in [
+            &["entitlement", "grant", "a.example", "env", "TERM"][..],
+            &["entitlement", "revoke", "a.example", "env", "LANG"],
+            &["entitlement", "quota", "a.example", "5"],
+        ] {
+            assert_eq!(status(words), exit_code::CONFIG, "{words:?}");
+        }
+        std::fs::remove_dir(&lock).unwrap();
+        let read_only = std::io::Error::from_raw_os_error(30); // EROFS
+        let write = PolicyError::Write {
+            path: policy.clone(),
+            source: read_only,
+        };
+        assert_eq!(exit_code_of(&write.into()), exit_code::CONFIG);
+        // Another client held the lock too long: run it again.
+        let busy = PolicyError::Lock {
+            path: policy.clone(),
+            lock: lock.clone(),
+            source: std::io::ErrorKind::WouldBlock.into(),
+        };
+        assert_eq!(exit_code_of(&busy.into()), exit_code::FAILURE);
+        // `authority trust` on a pin it cannot write, as `forget` says it.
+        let pin = home.server_pin_file(&Authority::parse("a.example").unwrap());
+        std::fs::create_dir(&pin).unwrap();
+        let fingerprint = format!("SHA256:{}", "A".repeat(43));
+        assert_eq!(
+            status(&[
+                "authority",
+                "trust",
+                "a.example",
+                "--fingerprint",
+                &fingerprint
+            ]),
+            exit_code::CONFIG
+        );
+        std::fs::remove_dir(&pin).unwrap();
+
+        admin(&home, &["entitlement", "grant", "b.example", "env", "TZ"]).unwrap();
+        let b = home.policy_file(&Authority::parse("b.example").unwrap());
+        std::fs::write(&b, "garbage = [").unwrap();
+        assert_eq!(
+            status(&["entitlement", "list", "b.example"]),
+            exit_code::CONFIG
+        );
+        assert_eq!(status(&["entitlement", "list"]), exit_code::CONFIG);
+        // A failure that is not the home's stays 1.
+        assert_eq!(
+            exit_code_of(
+                &Unlisted {
+                    failed: 1,
+                    total: 2,
+                    status: exit_code::FAILURE
+                }
+                .into()
+            ),
+            exit_code::FAILURE
+        );
+
+        for words in [
+            &["audit", "--since", "foo"][..],
+            &["audit", "not/an/authority"],
+            &["entitlement", "list", "a/b"],
+            &["entitlement", "grant", "a.example", "env", "A=B"],
+            &["entitlement", "grant", "a.example", "path", "relative"],
+            &[
+                "entitlement",
+                "grant",
+                "a.example",
+                "path",
+                "~/x",
+                "--mode",
+                "999",
+            ],
+            &[
+                "entitlement",
+                "revoke",
+                "a.example",
+                "browser",
+                "not a scheme",
+            ],
+            &["entitlement", "quota", "a.example", "0"],
+            &[
+                "authority",
+                "trust",
+                "a.example",
+                "--fingerprint",
+                "SHA256:nope",
+            ],
+        ] {
+            assert_eq!(status(words), exit_code::USAGE, "{words:?}");
+        }
+        // Parsed, but nothing to do: the command failed.
+        assert_eq!(
+            status(&["entitlement", "revoke", "a.example", "env", "NOPE"]),
+            exit_code::FAILURE
+        );
+        assert_eq!(
+            status(&["authority", "forget", "nowhere.example", "--yes"]),
+            exit_code::FAILURE
+        );
+    }
+
     #[test]
     fn a_policy_file_others_may_write_is_refused_as_a_session_refuses_it() {
         use std::os::unix::fs::PermissionsExt;
@@ -1907,7 +2083,8 @@ mod tests {
             &["entitlement", "grant", "other.example", "env", "1=B"],
         )
         .unwrap_err();
-        assert_eq!(exit_code_of(&other), exit_code::FAILURE, "{other:#}");
+        // An argument that does not parse is a usage error.
+        assert_eq!(exit_code_of(&other), exit_code::USAGE, "{other:#}");
         assert_eq!(
             std::fs::read_to_string(&policy).unwrap(),
             "[[env]]\nname = \"A\"\n[[bogus]]\n",

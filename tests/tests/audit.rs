@@ -56,7 +56,8 @@ async fn every_resource_request_is_logged_with_its_decision() {
         .env("TERMINALWIRE_HOME", home.path().to_str().unwrap())
         .run()
         .await;
-    assert_eq!(bad.status, Some(1));
+    // A usage error, as the client's own arguments are.
+    assert_eq!(bad.status, Some(2), "{}", bad.stderr_text());
 }
 
 /// A server floods the log to push an earlier session's entries out of it:

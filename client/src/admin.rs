@@ -73,7 +73,8 @@ enum AdminCommand {
     /// authorities have a session of that id). Expired ones are removed.
     Sessions,
     /// Show what servers did on this machine (files, folders, environment,
-    /// browser), allowed or denied.
+    /// browser), allowed or denied. Lines of a log that are not entries are
+    /// counted on stderr, per file, not shown.
     Audit {
         /// Only this authority (or a URL of it); default: all.
         authority: Option<String>,
@@ -554,9 +555,10 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                 None => home.list_authorities()?,
             };
             let mut any = false;
+            let mut unreadable = Vec::new();
             for authority in authorities {
                 let path = home.authority_dir(&authority).join("audit.log");
-                let read = crate::audit::read(&path, since).map_err(|error| {
+                let read = crate::audit::read_log(&path, since).map_err(|error| {
                     match error.kind() == std::io::ErrorKind::PermissionDenied {
                         true => home.why_denied(&path).map(anyhow::Error::from),
                         false => None,
@@ -564,7 +566,8 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                     .unwrap_or_else(|| anyhow::Error::from(error))
                     .context(format!("cannot read the audit log of {authority}"))
                 })?;
-                for entry in read {
+                unreadable.extend(read.unreadable);
+                for entry in read.entries {
                     if json {
                         let mut value = serde_json::to_value(&entry)?;
                         value["authority"] = serde_json::Value::from(authority.to_string());
@@ -595,6 +598,21 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             }
             if !any && !json {
                 writeln!(out, "Nothing recorded.")?;
+            }
+            // Said after the listing, on stderr (a `--json` reader's stdout
+            // stays JSON): what the log lost is not silently hidden, and
+            // what it kept is still shown.
+            out.flush()?;
+            for (file, lines) in unreadable {
+                let lines = match lines {
+                    1 => "1 line".to_owned(),
+                    many => format!("{many} lines"),
+                };
+                eprintln!(
+                    "terminalwire: warning: {lines} of {} could not be read (not audit \
+                     entries) and are not shown",
+                    inert(&file.display().to_string())
+                );
             }
         }
         AdminCommand::Apps => {

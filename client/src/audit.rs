@@ -441,10 +441,25 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// What [`read_log`] found in a log and its rotated file.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// The entries, older rotated file first.
+    pub entries: Vec<Entry>,
+    /// Each file that had lines that are not entries (appended garbage, a
+    /// line torn by a crash), with how many: shown, never silently lost.
+    pub unreadable: Vec<(PathBuf, usize)>,
+}
+
 /// The entries of the log at `path` (older rotated file first), skipping
 /// lines that are not entries; only those at or after `since` when given.
 pub fn read(path: &Path, since: Option<SystemTime>) -> io::Result<Vec<Entry>> {
-    let mut entries = Vec::new();
+    read_log(path, since).map(|read| read.entries)
+}
+
+/// [`read`], also counting the lines skipped in each file.
+pub fn read_log(path: &Path, since: Option<SystemTime>) -> io::Result<Read> {
+    let mut read = Read::default();
     for file in [rotated(path), path.to_path_buf()] {
         let Some(bytes) =
             terminalwire_policy::read_own_file_bytes(&file, MAX_READ_BYTES).map_err(|error| {
@@ -453,20 +468,28 @@ pub fn read(path: &Path, since: Option<SystemTime>) -> io::Result<Vec<Entry>> {
         else {
             continue;
         };
-        // A damaged line is skipped like any other that is not an entry.
+        let mut unreadable = 0;
+        // A damaged line is skipped, and counted; an empty one (the end
+        // of the last line) is nothing.
         for line in bytes.split(|&byte| byte == b'\n') {
             let Ok(entry) = serde_json::from_slice::<Entry>(line) else {
+                if !line.is_empty() {
+                    unreadable += 1;
+                }
                 continue;
             };
             let recent = since.is_none_or(|since| {
                 humantime::parse_rfc3339_weak(&entry.time).is_ok_and(|time| time >= since)
             });
             if recent {
-                entries.push(entry);
+                read.entries.push(entry);
             }
         }
+        if unreadable > 0 {
+            read.unreadable.push((file, unreadable));
+        }
     }
-    Ok(entries)
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -502,17 +525,49 @@ mod tests {
             .unwrap();
         log.record("browser", "browser_open", "https://x", "allowed", None);
         assert!(rotated(&path).exists());
-        let after = read(&path, None).unwrap();
+        let after = read_log(&path, None).unwrap();
         assert_eq!(
-            after.len(),
+            after.entries.len(),
             3,
             "old entries stay readable, junk lines are skipped"
         );
+        // ...and counted, of the file they are in.
+        assert_eq!(after.unreadable, vec![(rotated(&path), 1)]);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    /// Lines that are not entries (garbage appended, a line torn by a
+    /// crash) are counted per file, whatever `since` keeps; blank lines
+    /// and the end of the last line are not lines of the log.
+    #[test]
+    fn lines_that_are_not_entries_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::new(path.clone());
+        log.set_session("s-1");
+        log.record("env", "env_get", "HOME", "denied", None);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b"garbage\n\n{\"time\":1}\n").unwrap();
+        log.record("env", "env_get", "LANG", "denied", None);
+        file.write_all(b"{\"torn").unwrap();
+        let read = read_log(&path, None).unwrap();
+        assert_eq!(read.entries.len(), 2);
+        assert_eq!(read.unreadable, vec![(path.clone(), 3)]);
+        let future = SystemTime::now() + std::time::Duration::from_secs(3600);
+        let read = read_log(&path, Some(future)).unwrap();
+        assert!(read.entries.is_empty());
+        assert_eq!(read.unreadable, vec![(path.clone(), 3)]);
+        // A log of entries only has none.
+        std::fs::remove_file(&path).unwrap();
+        log.record("env", "env_get", "TZ", "denied", None);
+        assert!(read_log(&path, None).unwrap().unreadable.is_empty());
     }
 
     #[test]

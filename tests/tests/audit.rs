@@ -211,3 +211,52 @@ async fn audit_entries(home: &str) -> Vec<serde_json::Value> {
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
+
+/// Lines of the log that are not entries (garbage appended to it) are
+/// said on stderr, with their count and file, and the others are still
+/// listed: they were skipped without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_lines_of_the_log_are_said_not_hidden() {
+    use std::io::Write as _;
+    let server = TestServer::hello().await;
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_str().unwrap();
+    let run = Client::new([server.url().as_str(), "env", "PATH"])
+        .env("TERMINALWIRE_HOME", home_path)
+        .run()
+        .await;
+    assert_eq!(run.status, Some(1), "{}", run.stderr_text());
+    let log = home
+        .path()
+        .join(format!("authorities/{}/audit.log", server.addr()));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"\x00garbage\nnot json either\n")
+        .unwrap();
+    for json in [false, true] {
+        let mut args = vec!["audit"];
+        if json {
+            args.push("--json");
+        }
+        let audit = Client::new(args)
+            .env("TERMINALWIRE_HOME", home_path)
+            .run()
+            .await;
+        assert_eq!(audit.status, Some(0), "{}", audit.stderr_text());
+        assert!(
+            audit.stdout_text().contains("PATH"),
+            "{}",
+            audit.stdout_text()
+        );
+        assert_eq!(
+            audit.stderr_text(),
+            format!(
+                "terminalwire: warning: 2 lines of {} could not be read (not audit entries) and \
+                 are not shown\n",
+                log.display()
+            )
+        );
+    }
+}

@@ -853,6 +853,11 @@ fn typed_authority(text: &str) -> anyhow::Result<Authority> {
             crate::connect::Target::parse(text).map_err(|error| anyhow::anyhow!("{error}"))?;
         Ok(Authority::parse(&target.authority)?)
     } else if text.contains("://") {
+        if terminalwire_policy::authority::has_no_host(text) {
+            bail!(terminalwire_policy::AuthorityError::NoHost {
+                url: text.to_owned()
+            });
+        }
         let url = url::Url::parse(text).with_context(|| format!("invalid URL {text:?}"))?;
         Ok(Authority::from_url(&url)?)
     } else {
@@ -1741,6 +1746,9 @@ mod tests {
             &["audit", "--since", "foo"][..],
             &["audit", "not/an/authority"],
             &["entitlement", "list", "a/b"],
+            &["entitlement", "grant", "example.com:0", "env", "A"],
+            &["entitlement", "grant", "ws://example.com:0/t", "env", "A"],
+            &["entitlement", "grant", "ws:///terminal", "env", "A"],
             &["entitlement", "grant", "a.example", "env", "A=B"],
             &["entitlement", "grant", "a.example", "path", "relative"],
             &[

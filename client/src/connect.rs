@@ -80,6 +80,12 @@ impl Target {
                  (did you mean https://{raw}, or ws://{raw} on your own machine?)"
             )));
         }
+        if terminalwire_policy::authority::has_no_host(raw) {
+            return Err(bad(
+                "it has no host: nothing comes between `//` and the path \
+                 (e.g. ws://127.0.0.1:3000/terminal)",
+            ));
+        }
         let mut url = Url::parse(raw).map_err(|error| bad(&error.to_string()))?;
         let scheme = match url.scheme() {
             "ws" | "http" => "ws",
@@ -103,6 +109,13 @@ impl Target {
             return Err(bad("credentials in the URL are not supported"));
         }
         url.set_fragment(None);
+        // Said here rather than by the authority, whose words would quote
+        // the URL a second time.
+        if url.port() == Some(0) {
+            return Err(bad(
+                "port 0 is no server's port: give the port the app listens on",
+            ));
+        }
         let authority = terminalwire_policy::Authority::from_url(&url)
             .map_err(|error| bad(&error.to_string()))?
             .to_string();
@@ -846,6 +859,27 @@ mod tests {
     fn the_default_tls_config_has_roots() {
         assert!(!platform_roots().is_empty());
         tls_config(None).unwrap();
+    }
+
+    /// `ws:///terminal` was read as host `terminal` and failed at the DNS
+    /// lookup (69); a URL to port 0 was dialled. Both are usage errors.
+    #[test]
+    fn a_url_without_a_host_or_to_port_zero_is_a_usage_error() {
+        for (url, said) in [
+            ("ws:///terminal", "it has no host"),
+            ("https:///terminal", "it has no host"),
+            ("ws:////127.0.0.1:3000/terminal", "it has no host"),
+            ("ws://127.0.0.1:0/terminal", "port 0 is no server's port"),
+            ("http://example.com:0/", "port 0 is no server's port"),
+        ] {
+            let error = Target::parse(url).unwrap_err();
+            assert!(
+                matches!(error, ClientError::BadUrl { .. }),
+                "{url}: {error:?}"
+            );
+            assert_eq!(error.exit_code(), crate::exit_code::USAGE);
+            assert!(error.to_string().contains(said), "{url}: {error}");
+        }
     }
 
     #[test]

@@ -83,6 +83,14 @@ impl Authority {
         let host = url.host().ok_or_else(|| AuthorityError::NoHost {
             url: url.to_string(),
         })?;
+        // Port 0 asks the system for any free port when listening: no
+        // server is reached on it.
+        if url.port() == Some(0) {
+            return Err(AuthorityError::Invalid {
+                input: url.to_string(),
+                reason: PORT_ZERO.to_owned(),
+            });
+        }
         // `url` already drops the scheme's own default port; `from_parts`
         // drops the other's.
         Authority::from_parts(&host, url.port())
@@ -99,6 +107,11 @@ impl Authority {
             reason: reason.to_owned(),
         };
         if input.contains("://") {
+            if has_no_host(input) {
+                return Err(AuthorityError::NoHost {
+                    url: input.to_owned(),
+                });
+            }
             let url = Url::parse(input).map_err(|e| invalid(&e.to_string()))?;
             return Authority::from_url(&url);
         }
@@ -143,6 +156,9 @@ impl Authority {
                     .map_err(|_| invalid("the port is out of range"))
             })
             .transpose()?;
+        if port == Some(0) {
+            return Err(invalid(PORT_ZERO));
+        }
         if host.is_empty() {
             return Err(invalid("empty host"));
         }
@@ -250,6 +266,17 @@ fn default_port(scheme: &str) -> Option<u16> {
         "wss" | "https" => Some(443),
         _ => None,
     }
+}
+
+/// Why port 0 is refused.
+const PORT_ZERO: &str = "port 0 is no server's port: give the port the app listens on";
+
+/// Whether a URL typed as `raw` has nothing where its host belongs
+/// (`ws:///terminal`): the `url` crate skips the extra slashes of a web
+/// scheme and would take `terminal` for the host.
+pub fn has_no_host(raw: &str) -> bool {
+    raw.split_once("://")
+        .is_some_and(|(_, rest)| rest.starts_with(['/', '\\']))
 }
 
 /// True when `name` can be used as one directory name without escaping its parent.
@@ -395,6 +422,46 @@ mod tests {
         assert!(from("http://%2e%2e/").is_err());
         assert!(from("http://../").is_err());
         assert!(Authority::parse("ws://").is_err());
+    }
+
+    /// Port 0 reaches no server (it means any free port to a listener):
+    /// refused typed or in a URL, as `example.com:0` was taken for an
+    /// authority.
+    #[test]
+    fn port_zero_is_refused() {
+        for typed in [
+            "example.com:0",
+            "example.com:00",
+            "[::1]:0",
+            "ws://example.com:0/terminal",
+            "https://example.com:0",
+        ] {
+            let error = Authority::parse(typed).unwrap_err().to_string();
+            assert!(
+                error.contains("port 0 is no server's port"),
+                "{typed}: {error}"
+            );
+        }
+        assert!(from("wss://example.com:0/t").is_err());
+    }
+
+    /// `ws:///terminal` has no host: the `url` crate read `terminal` as
+    /// its host.
+    #[test]
+    fn a_url_without_a_host_is_refused() {
+        for typed in [
+            "ws:///terminal",
+            "wss:////example.com/t",
+            "http:///",
+            "ws://\\x/t",
+        ] {
+            assert!(
+                matches!(Authority::parse(typed), Err(AuthorityError::NoHost { .. })),
+                "{typed}"
+            );
+        }
+        assert!(!has_no_host("ws://example.com/t"));
+        assert!(!has_no_host("example.com"));
     }
 
     #[test]

@@ -320,6 +320,10 @@ fn exit_code_of(error: &anyhow::Error) -> u8 {
     }
 }
 
+/// Width of the audit table's DECISION column: its longest decision,
+/// "denied by the user", so that BYTES and TARGET stay in line.
+const DECISION_WIDTH: usize = crate::resources::DENIED_BY_USER_DECISION.len();
+
 /// An argument of an administration command that does not parse (an
 /// authority, a grant's value, a quota, a fingerprint, `--since`): a usage
 /// error, as clap's own are, not a command that failed.
@@ -576,14 +580,14 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                         if !any {
                             writeln!(
                                 out,
-                                "{:<24} {:<22} {:<8} {:<20} {:<10} {:>10}  TARGET",
+                                "{:<24} {:<22} {:<8} {:<20} {:<DECISION_WIDTH$} {:>10}  TARGET",
                                 "TIME", "AUTHORITY", "RESOURCE", "ACTION", "DECISION", "BYTES"
                             )?;
                         }
                         // Targets are the server's paths and URLs, as sent.
                         writeln!(
                             out,
-                            "{:<24} {:<22} {:<8} {:<20} {:<10} {:>10}  {}",
+                            "{:<24} {:<22} {:<8} {:<20} {:<DECISION_WIDTH$} {:>10}  {}",
                             inert(&entry.time),
                             authority.as_str(),
                             inert(&entry.resource),
@@ -1200,6 +1204,31 @@ mod tests {
         let out = admin(&home, &["entitlement", "list"]).unwrap();
         assert_eq!(unsafe_in(&out), Vec::<char>::new(), "{out}");
         assert!(out.contains("EDITOR"), "{out}");
+    }
+
+    /// The table's columns line up whatever the decision: "denied by the
+    /// user" (a request refused at the consent prompt) overflowed a
+    /// DECISION column made for "allowed" and "denied", pushing BYTES and
+    /// TARGET of its rows out of line with the others'.
+    #[test]
+    fn audit_table_columns_line_up_for_every_decision() {
+        let (_dir, home, authority) = audited("~/denied");
+        let log = crate::audit::AuditLog::new(home.authority_dir(&authority).join("audit.log"));
+        for (target, decision) in [
+            ("~/by-user", crate::resources::DENIED_BY_USER_DECISION),
+            ("~/unanswered", crate::resources::NOT_ANSWERED_DECISION),
+        ] {
+            log.record("path", "file_read", target, decision, None);
+        }
+        let out = admin(&home, &["audit"]).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        let column = lines[0].find("TARGET").unwrap();
+        for (line, target) in lines[1..]
+            .iter()
+            .zip(["~/denied", "~/by-user", "~/unanswered"])
+        {
+            assert_eq!(line.find(target), Some(column), "{out}");
+        }
     }
 
     /// The audit log's JSON view writes what the server chose (here C1 CSI,

@@ -114,11 +114,11 @@ const ALLOWED: std::borrow::Cow<'static, str> = std::borrow::Cow::Borrowed("allo
 
 /// The audit decision of a request the user refused at the consent prompt
 /// (now or earlier in the session): theirs, not the policy's.
-const DENIED_BY_USER_DECISION: &str = "denied by the user";
+pub(crate) const DENIED_BY_USER_DECISION: &str = "denied by the user";
 
 /// The audit decision of a request whose consent prompt got no answer in
 /// time: nobody refused it.
-const NOT_ANSWERED_DECISION: &str = "not answered";
+pub(crate) const NOT_ANSWERED_DECISION: &str = "not answered";
 
 /// Records queued for the audit thread before requests wait for it.
 const AUDIT_QUEUE: usize = 4096;

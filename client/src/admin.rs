@@ -321,8 +321,17 @@ fn exit_code_of(error: &anyhow::Error) -> u8 {
 }
 
 /// Width of the audit table's DECISION column: its longest decision,
-/// "denied by the user", so that BYTES and TARGET stay in line.
-const DECISION_WIDTH: usize = crate::resources::DENIED_BY_USER_DECISION.len();
+/// "denied (unanswered)", so that BYTES and TARGET stay in line.
+const DECISION_WIDTH: usize = "denied ()".len() + crate::audit::PROMPT_UNANSWERED.len();
+
+/// An audit entry's decision as the table shows it: with what the consent
+/// prompt made of it, when it asked ("denied (refused)").
+fn shown_decision(entry: &crate::audit::Entry) -> String {
+    match &entry.prompt {
+        Some(prompt) => format!("{} ({prompt})", entry.decision),
+        None => entry.decision.clone(),
+    }
+}
 
 /// An argument of an administration command that does not parse (an
 /// authority, a grant's value, a quota, a fingerprint, `--since`): a usage
@@ -592,7 +601,7 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
                             authority.as_str(),
                             inert(&entry.resource),
                             inert(&entry.action),
-                            inert(&entry.decision),
+                            inert(&shown_decision(&entry)),
                             entry.bytes.map(|b| b.to_string()).unwrap_or_default(),
                             inert(&entry.target)
                         )?;
@@ -1206,20 +1215,33 @@ mod tests {
         assert!(out.contains("EDITOR"), "{out}");
     }
 
-    /// The table's columns line up whatever the decision: "denied by the
-    /// user" (a request refused at the consent prompt) overflowed a
-    /// DECISION column made for "allowed" and "denied", pushing BYTES and
-    /// TARGET of its rows out of line with the others'.
+    /// The table's columns line up whatever the decision: "denied
+    /// (unanswered)" (a request whose consent prompt got no answer) would
+    /// overflow a DECISION column made for "allowed" and "denied", pushing
+    /// BYTES and TARGET of its rows out of line with the others'. The
+    /// prompt's part is shown in the table and kept apart in the JSON.
     #[test]
     fn audit_table_columns_line_up_for_every_decision() {
         let (_dir, home, authority) = audited("~/denied");
         let log = crate::audit::AuditLog::new(home.authority_dir(&authority).join("audit.log"));
-        for (target, decision) in [
-            ("~/by-user", crate::resources::DENIED_BY_USER_DECISION),
-            ("~/unanswered", crate::resources::NOT_ANSWERED_DECISION),
-        ] {
-            log.record("path", "file_read", target, decision, None);
-        }
+        let records: Vec<crate::audit::Record> = [
+            ("~/by-user", crate::audit::PROMPT_REFUSED),
+            ("~/unanswered", crate::audit::PROMPT_UNANSWERED),
+        ]
+        .into_iter()
+        .map(|(target, prompt)| crate::audit::Record {
+            time: std::time::SystemTime::now(),
+            resource: "path",
+            action: "file_read",
+            target: target.into(),
+            decision: "denied".into(),
+            bytes: None,
+            significant: false,
+            same_as: None,
+            prompt: Some(prompt),
+        })
+        .collect();
+        log.record_all(&records);
         let out = admin(&home, &["audit"]).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         let column = lines[0].find("TARGET").unwrap();
@@ -1229,6 +1251,26 @@ mod tests {
         {
             assert_eq!(line.find(target), Some(column), "{out}");
         }
+        assert!(out.contains("denied (unanswered)"), "{out}");
+        let json = admin(&home, &["audit", "--json"]).unwrap();
+        let prompts: Vec<(String, Option<String>)> = json
+            .lines()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                (
+                    value["decision"].as_str().unwrap().to_owned(),
+                    value["prompt"].as_str().map(str::to_owned),
+                )
+            })
+            .collect();
+        assert_eq!(
+            prompts,
+            [
+                ("denied".to_owned(), None),
+                ("denied".to_owned(), Some("refused".to_owned())),
+                ("denied".to_owned(), Some("unanswered".to_owned())),
+            ]
+        );
     }
 
     /// The audit log's JSON view writes what the server chose (here C1 CSI,

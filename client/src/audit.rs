@@ -58,6 +58,10 @@ pub struct Entry {
     /// Bytes moved, when any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// What the consent prompt made of a denied request, when it asked:
+    /// `refused` or `unanswered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 /// An [`Entry`] as written, borrowing its fields.
@@ -71,6 +75,8 @@ struct EntryRef<'a> {
     decision: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
 }
 
 /// The audit log of one authority.
@@ -179,6 +185,7 @@ impl AuditLog {
             bytes,
             significant: false,
             same_as: None,
+            prompt: None,
         }]);
     }
 
@@ -223,6 +230,7 @@ impl AuditLog {
                         bytes: None,
                         significant: false,
                         same_as: None,
+                        prompt: None,
                     };
                     encode_into(&mut lines, &mut time, session, &notice);
                 }
@@ -326,6 +334,7 @@ fn sums(
             bytes: counted.bytes,
             significant: false,
             same_as: None,
+            prompt: None,
         })
         .collect()
 }
@@ -363,6 +372,7 @@ fn encode_into(lines: &mut Vec<u8>, time: &mut String, session: &str, record: &R
         target: &record.target,
         decision: &record.decision,
         bytes: record.bytes,
+        prompt: record.prompt,
     };
     let before = lines.len();
     if let Err(error) = serde_json::to_writer(&mut *lines, &entry) {
@@ -396,7 +406,18 @@ pub struct Record {
     /// that touched what one logged before touched is counted, not logged
     /// again.
     pub same_as: Option<u64>,
+    /// For a request denied at the consent prompt: [`PROMPT_REFUSED`] or
+    /// [`PROMPT_UNANSWERED`] (its decision stays `denied`).
+    pub prompt: Option<&'static str>,
 }
+
+/// [`Record::prompt`] of a request the user refused at the consent prompt
+/// (now or earlier in the session).
+pub const PROMPT_REFUSED: &str = "refused";
+
+/// [`Record::prompt`] of a request whose consent prompt got no answer in
+/// time: nobody refused it.
+pub const PROMPT_UNANSWERED: &str = "unanswered";
 
 /// How long a client waits for another to finish with the log before it
 /// writes without the lock.
@@ -595,6 +616,7 @@ mod tests {
                 bytes: (index % 2 == 0).then_some(10),
                 significant: false,
                 same_as: None,
+                prompt: None,
             })
             .collect();
         for batch in flood.chunks(256) {
@@ -613,6 +635,7 @@ mod tests {
             bytes: Some(5),
             significant: true,
             same_as: Some(AuditLog::identity("file_read", "/home/u/docs/secret")),
+            prompt: None,
         };
         // Rereading one granted variable spends nothing: repeats are counted.
         let variable = Record {
@@ -624,6 +647,7 @@ mod tests {
             bytes: None,
             significant: true,
             same_as: Some(AuditLog::identity("env_get", "EDITOR")),
+            prompt: None,
         };
         log.record_all(&vec![variable; 1000]);
         log.record_all(std::slice::from_ref(&secret));
@@ -770,6 +794,7 @@ mod tests {
                 bytes: None,
                 significant: false,
                 same_as: None,
+                prompt: None,
             })
             .collect();
         log.record_all(&records);
@@ -799,6 +824,7 @@ mod tests {
             bytes: None,
             significant: false,
             same_as: None,
+            prompt: None,
         };
         log.record_all(&[record("~/a"), record("~/b")]);
         // Counted, not yet written: the first sums are due in a second.

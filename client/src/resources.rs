@@ -112,14 +112,6 @@ enum AuditMessage {
 /// The audit decision of an operation that was performed.
 const ALLOWED: std::borrow::Cow<'static, str> = std::borrow::Cow::Borrowed("allowed");
 
-/// The audit decision of a request the user refused at the consent prompt
-/// (now or earlier in the session): theirs, not the policy's.
-pub(crate) const DENIED_BY_USER_DECISION: &str = "denied by the user";
-
-/// The audit decision of a request whose consent prompt got no answer in
-/// time: nobody refused it.
-pub(crate) const NOT_ANSWERED_DECISION: &str = "not answered";
-
 /// Records queued for the audit thread before requests wait for it.
 const AUDIT_QUEUE: usize = 4096;
 /// Most records the audit thread appends with one write.
@@ -523,15 +515,16 @@ impl Resources {
         let prompt_denied = match &asked {
             crate::consent::Outcome::DeniedByUser { earlier: true } => Some((
                 crate::consent::DENIED_BY_USER_BEFORE.to_owned(),
-                DENIED_BY_USER_DECISION,
+                crate::audit::PROMPT_REFUSED,
             )),
             crate::consent::Outcome::DeniedByUser { earlier: false } => Some((
                 crate::consent::DENIED_BY_USER.to_owned(),
-                DENIED_BY_USER_DECISION,
+                crate::audit::PROMPT_REFUSED,
             )),
-            crate::consent::Outcome::NotAnswered { waited } => {
-                Some((crate::consent::not_answered(*waited), NOT_ANSWERED_DECISION))
-            }
+            crate::consent::Outcome::NotAnswered { waited } => Some((
+                crate::consent::not_answered(*waited),
+                crate::audit::PROMPT_UNANSWERED,
+            )),
             _ => None,
         };
         if let (crate::consent::Outcome::Allowed(answer, updated), Some(op)) = (asked, retry) {
@@ -554,11 +547,11 @@ impl Resources {
         if is_denial(&result) {
             resolved = None;
         }
-        let decided_at_the_prompt = prompt_denied
+        let prompt = prompt_denied
             .as_ref()
             .filter(|_| is_denial(&result))
-            .map(|(_, decision)| *decision);
-        self.audit(described, resolved, &result, decided_at_the_prompt);
+            .map(|(_, prompt)| *prompt);
+        self.audit(described, resolved, &result, prompt);
         // The user said no, or did not answer: the app is told so
         // (whatever it is told of the path), not that nobody granted it.
         let mut told = self.as_told(named.as_deref(), result);
@@ -637,22 +630,22 @@ impl Resources {
     /// Records what an operation did in the audit log, when there is one.
     /// `resolved` is the path a request that reads or changes the user's
     /// data touched, and whether that is in the server's own storage;
-    /// `at_the_prompt`, the decision of a denial the user's prompt made.
+    /// `prompt`, what the consent prompt made of a denial it asked about
+    /// ([`Record::prompt`]).
     fn audit(
         &self,
         described: Option<Described>,
         resolved: Option<(PathBuf, bool)>,
         result: &Result<Reply, OpError>,
-        at_the_prompt: Option<&'static str>,
+        prompt: Option<&'static str>,
     ) {
         let (Some(audit), Some((resource, action, target, sent))) = (&self.audit, described) else {
             return;
         };
-        let (decision, bytes) = match (result, at_the_prompt) {
-            (Ok(Reply::Data { bytes, .. }), _) => (ALLOWED, Some(bytes.len() as u64)),
-            (Ok(_), _) => (ALLOWED, sent),
-            (Err(_), Some(decision)) => (std::borrow::Cow::Borrowed(decision), None),
-            (Err(error), None) => (std::borrow::Cow::Owned(error.code.to_string()), None),
+        let (decision, bytes) = match result {
+            Ok(Reply::Data { bytes, .. }) => (ALLOWED, Some(bytes.len() as u64)),
+            Ok(_) => (ALLOWED, sent),
+            Err(error) => (std::borrow::Cow::Owned(error.code.to_string()), None),
         };
         // Allowed or failed part-way (a recursive delete may fail at its
         // last folder, everything in it gone): what it touched counts.
@@ -687,6 +680,7 @@ impl Resources {
             bytes,
             significant,
             same_as,
+            prompt,
         });
     }
 
@@ -1686,18 +1680,19 @@ mod tests {
             );
         }
         resources.end_session();
-        let decisions: Vec<String> = crate::audit::read(&log, None)
+        let decisions: Vec<(String, Option<String>)> = crate::audit::read(&log, None)
             .unwrap()
             .into_iter()
-            .map(|entry| entry.decision)
+            .map(|entry| (entry.decision, entry.prompt))
             .collect();
+        let denied = |prompt: Option<&str>| ("denied".to_owned(), prompt.map(str::to_owned));
         assert_eq!(
             decisions,
             [
-                "denied by the user",
-                "denied by the user",
-                "not answered",
-                "denied"
+                denied(Some("refused")),
+                denied(Some("refused")),
+                denied(Some("unanswered")),
+                denied(None),
             ]
         );
     }
@@ -2318,6 +2313,7 @@ mod tests {
             bytes: None,
             significant: false,
             same_as: None,
+            prompt: None,
         });
         // The writer took the record and gathers (parked): only a flush
         // that wakes it gets the record written in time.

@@ -199,7 +199,16 @@ impl Home {
                         | rustix::fs::Access::WRITE_OK
                         | rustix::fs::Access::EXEC_OK,
                 );
-                match usable.err().and_then(|_| home.why_denied(&home.root)) {
+                // A home of the user's own that they made read-only still
+                // serves what only reads; a write names the `chmod` when it
+                // fails.
+                let refused = usable
+                    .err()
+                    .and_then(|_| home.why_denied(&home.root))
+                    .filter(|why| {
+                        !matches!(why, HomeError::ShutOut { mode, .. } if mode & 0o500 == 0o500)
+                    });
+                match refused {
                     Some(error) => Err(error),
                     None => Ok(home),
                 }

@@ -791,6 +791,16 @@ async fn an_own_policy_file_its_mode_shuts_out_is_named_with_the_fix() {
         );
         assert!(!stderr.contains("Permission denied"), "{args:?}: {stderr}");
     }
+
+    // A home the user made read-only still serves what only reads; a write
+    // names the `chmod` that lets it in.
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o500)).unwrap();
+    for args in [&["authority", "list"][..], &["audit"]] {
+        let run = run_as_nobody_in(&home, args).await.unwrap();
+        assert_eq!(run.status, Some(0), "{args:?}: {}", run.stderr_text());
+    }
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

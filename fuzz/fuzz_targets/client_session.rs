@@ -12,6 +12,8 @@
 //! a folder outside it, and a file outside the home):
 //! - the client never panics;
 //! - it ends within 10 s of the server going away (no hang);
+//! - no answer holds the content of the secret or of the file outside (a
+//!   random text per process, so that only a read can have sent it);
 //! - nothing outside the grant and the authority's own folder changed: the
 //!   secret, the policy file, the home's top level (but for the granted
 //!   folder itself) and the folder outside.
@@ -40,7 +42,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 const SERVER: &str = "ws://fuzz.example/terminal";
-const SECRET: &[u8] = b"the user's secret\n";
+/// The content of the files the server may not read: random per process,
+/// so that only a read can have put it in what the client sends.
+fn secret() -> &'static [u8] {
+    static SECRET: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        use std::hash::{BuildHasher, RandomState};
+        let random = RandomState::new().hash_one(std::process::id());
+        format!("secret {random:016x} {:016x}\n", random.rotate_left(17)).into_bytes()
+    })
+}
 const POLICY: &str = "# the user's policy\n";
 
 fuzz_target!(|data: &[u8]| {
@@ -168,6 +179,10 @@ async fn answers(
         while !unanswered.is_empty() {
             match ws.next().await {
                 Some(Ok(Message::Binary(bytes))) => {
+                    assert!(
+                        !bytes.windows(secret().len()).any(|part| part == secret()),
+                        "the client sent the secret beside the grant to the server"
+                    );
                     if let Ok(ClientFrame::Response(response)) = codec::decode(&bytes) {
                         unanswered.remove(&response.id);
                     }
@@ -237,9 +252,9 @@ impl Fixture {
         let outside = base.join("outside");
         std::fs::create_dir_all(user_home.join("granted/sub")).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
-        std::fs::write(user_home.join("secret.txt"), SECRET).unwrap();
+        std::fs::write(user_home.join("secret.txt"), secret()).unwrap();
         std::fs::write(user_home.join("granted/a.txt"), b"granted\n").unwrap();
-        std::fs::write(outside.join("file.txt"), SECRET).unwrap();
+        std::fs::write(outside.join("file.txt"), secret()).unwrap();
         std::os::unix::fs::symlink(&outside, user_home.join("granted/escape")).unwrap();
         std::os::unix::fs::symlink(
             user_home.join("secret.txt"),
@@ -279,12 +294,12 @@ impl Fixture {
         let read = |path: &Path| std::fs::read(path).ok();
         assert_eq!(
             read(&self.user_home.join("secret.txt")).as_deref(),
-            Some(SECRET),
+            Some(secret()),
             "the secret beside the grant changed"
         );
         assert_eq!(
             read(&self.base.join("outside/file.txt")).as_deref(),
-            Some(SECRET),
+            Some(secret()),
             "the file outside the home changed"
         );
         let authority = self.home.authority_dir(&"fuzz.example".parse().unwrap());

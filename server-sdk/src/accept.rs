@@ -6,10 +6,11 @@
 //! (or sends it a byte a minute) held its task, buffers and socket forever,
 //! counted by no session limit. A request's body has a time-out too (see
 //! [`BODY_IDLE_TIMEOUT`]), and a shutdown waits for open connections at
-//! most [`SHUTDOWN_DRAIN`]. Once 512 connections wait for (or serve) a
-//! request, an address (IPv6: its /64) already holding 8 gets no more: each
-//! held a descriptor until the header time-out, and one client opening
-//! them in a loop took every descriptor the process may open.
+//! most [`SHUTDOWN_DRAIN`]. Once 512 HTTP connections are open (not
+//! counting those upgraded to sessions), an address (IPv6: its /64) already
+//! holding 8 gets no more: each held a descriptor until the header
+//! time-out, and one client opening them in a loop took every descriptor
+//! the process may open.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,8 +44,9 @@ pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// their own).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
-/// How many connections may be open at once before their request (or
-/// their upgrade to a session) is done.
+/// How many HTTP connections one address may hold at once: a connection
+/// counts from its accept until it closes (keep-alive time between
+/// requests included) or is upgraded to a session.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectionLimits {
     /// Once this many are open, an address already holding
@@ -92,7 +94,8 @@ pub(crate) async fn serve_limited<L>(
     // connection holds a receiver, so `closed` waits for them all.
     let (stop, stopped) = tokio::sync::watch::channel(());
     let (open, _) = tokio::sync::watch::channel(());
-    // A connection holds its place until its request (or upgrade) is done.
+    // A connection holds its place until it closes or is upgraded (hyper's
+    // connection future ends at the upgrade).
     let per_address = PerAddress::default();
     tokio::pin!(shutdown);
     loop {

@@ -480,6 +480,10 @@ pub(crate) fn run(
         // before the handshake time-out started its grace period then,
         // holding the shutdown well past its bound.
         let opened = tokio::select! {
+            // A handshake done as the shutdown comes is a session: the
+            // shutdown then ends it as it ends the others, with a word to
+            // the client, not a bare close after its welcome.
+            biased;
             opened = opening => opened,
             () = shutdown.cancelled() => {
                 tracing::info!("server shutting down; closed a connection in its handshake");

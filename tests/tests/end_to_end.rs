@@ -49,11 +49,13 @@ async fn hello_prints_the_greeting_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_line_too_long_to_send_is_a_usage_error() {
     let server = TestServer::hello().await;
-    let args = |count: usize| {
+    // `count` arguments of `len` bytes each.
+    let args_of = |count: usize, len: usize| {
         let mut args = vec![server.url(), "hello".to_owned()];
-        args.extend(std::iter::repeat_n("a".to_owned(), count));
+        args.extend(std::iter::repeat_n("a".repeat(len), count));
         args
     };
+    let args = |count: usize| args_of(count, 1);
     let run = Client::new(args(terminalwire_protocol::MAX_VALUES))
         .run()
         .await;
@@ -78,19 +80,14 @@ async fn a_command_line_too_long_to_send_is_a_usage_error() {
     );
     // By bytes: a hello of about 0.9 MiB reaches the app through the real
     // server; one of about 1.2 MiB, past the frame limit, never leaves.
-    let long_args = |count: usize| {
-        let mut args = vec![server.url(), "hello".to_owned()];
-        args.extend(std::iter::repeat_n("a".repeat(100), count));
-        args
-    };
-    let run = Client::new(long_args(9_000)).run().await;
+    let run = Client::new(args_of(9_000, 100)).run().await;
     assert_eq!(run.status, Some(2), "{}", run.stderr_text());
     assert!(
         run.stderr_text().contains("unexpected argument"),
         "{}",
         run.stderr_text()
     );
-    let run = Client::new(long_args(12_000)).run().await;
+    let run = Client::new(args_of(12_000, 100)).run().await;
     assert_eq!(run.status, Some(2), "{}", run.stderr_text());
     assert!(
         run.stderr_text()

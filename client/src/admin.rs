@@ -498,10 +498,13 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
         AdminCommand::Install { url, name, force } => {
             let name = match name {
                 Some(name) => name,
-                None => crate::launcher::default_name(&url).with_context(|| {
-                    format!("cannot derive a command name from {url}; use --name NAME")
-                })?,
+                None => crate::launcher::default_name(&url)
+                    .with_context(|| {
+                        format!("cannot derive a command name from {url}; use --name NAME")
+                    })
+                    .map_err(bad_argument)?,
             };
+            crate::launcher::check_arguments(&url, &name).map_err(bad_argument)?;
             let installed = crate::launcher::install(home, &url, &name, force)?;
             let path = installed.path().display();
             match &installed {

@@ -262,6 +262,26 @@ pub fn refuse_name(name: &str) -> Option<String> {
         .then(|| format!("{name:?} is the name of the client's own program: pick another --name"))
 }
 
+/// Why `url` and `name` cannot make a launcher, looking at nothing on disk:
+/// a name that is no command name or is the client's own, a URL with a
+/// control character or that does not parse.
+pub fn check_arguments(url: &str, name: &str) -> anyhow::Result<()> {
+    if let Some(reason) = refuse_name(name) {
+        anyhow::bail!(reason);
+    }
+    // The URL parser drops tabs and line breaks that the launcher would
+    // keep, and a `unix:` path is not parsed at all.
+    if let Some(c) = url.chars().find(|c| c.is_control()) {
+        anyhow::bail!(
+            "the URL {} contains the control character {}: it cannot be installed",
+            crate::inert::inert(url),
+            c.escape_default()
+        );
+    }
+    crate::connect::Target::parse(url).map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok(())
+}
+
 /// What [`install`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Installed {
@@ -294,19 +314,7 @@ impl Installed {
 /// only when `replace` is set; a file there that is not a launcher never is.
 pub fn install(home: &Home, url: &str, name: &str, replace: bool) -> anyhow::Result<Installed> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Some(reason) = refuse_name(name) {
-        anyhow::bail!(reason);
-    }
-    // The URL parser drops tabs and line breaks that the launcher would
-    // keep, and a `unix:` path is not parsed at all.
-    if let Some(c) = url.chars().find(|c| c.is_control()) {
-        anyhow::bail!(
-            "the URL {} contains the control character {}: it cannot be installed",
-            crate::inert::inert(url),
-            c.escape_default()
-        );
-    }
-    crate::connect::Target::parse(url).map_err(|error| anyhow::anyhow!("{error}"))?;
+    check_arguments(url, name)?;
     let dir = home.bin_dir();
     // The user's alone, whatever the umask: the client refuses a home that
     // other users could change, and `terminalwire-exec` a launcher.

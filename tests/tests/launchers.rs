@@ -141,7 +141,7 @@ async fn install_refuses_a_url_with_control_characters() {
         let run = admin(home.path(), &["install", url, "--name", "app"])
             .run()
             .await;
-        assert_ne!(run.status, Some(0), "{url:?}: {}", run.stdout_text());
+        assert_eq!(run.status, Some(2), "{url:?}: {}", run.stdout_text());
         assert!(
             run.stderr_text().contains("control character"),
             "{url:?}: {}",
@@ -194,7 +194,7 @@ async fn a_malformed_launcher_is_a_clear_error_naming_the_file() {
     )
     .run()
     .await;
-    assert_eq!(run.status, Some(1));
+    assert_eq!(run.status, Some(2), "a usage error");
     assert!(!home.path().join("escape").exists());
 }
 
@@ -211,7 +211,7 @@ async fn install_keeps_the_clients_names_and_other_launchers_and_warns_of_shadow
         )
         .run()
         .await;
-        assert_eq!(run.status, Some(1), "{reserved}: {}", run.stdout_text());
+        assert_eq!(run.status, Some(2), "{reserved}: {}", run.stdout_text());
         assert!(
             run.stderr_text().contains("client's own program"),
             "{}",
@@ -223,7 +223,7 @@ async fn install_keeps_the_clients_names_and_other_launchers_and_warns_of_shadow
     let run = admin(home.path(), &["install", "ws://127.0.0.1:9/terminal"])
         .run()
         .await;
-    assert_eq!(run.status, Some(1));
+    assert_eq!(run.status, Some(2));
     assert!(
         run.stderr_text().contains("--name"),
         "{}",

@@ -11,9 +11,10 @@
 //! the server's own storage, and denials; [`SIGNIFICANT_BUDGET_BYTES`] for
 //! what reads or changes the user's files, environment or browser (a flood
 //! of the first kind cannot hide one of these). Past its budget, a kind of
-//! request is counted, and summed up per resource, action and decision when
-//! the session ends ([`AuditLog::finish`]). Sessions are started by the
-//! user, never by the server: the log keeps the last few whatever they did.
+//! request is counted, and summed up per resource, action and decision (and
+//! [`Record::prompt`]) when the session ends ([`AuditLog::finish`]).
+//! Sessions are started by the user, never by the server: the log keeps the
+//! last few whatever they did.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -102,8 +103,9 @@ struct Tally {
     /// Bytes written of requests that are not significant, and of those
     /// that are.
     written: [u64; 2],
-    /// Requests past their budget, by kind, resource, action and decision.
-    counted: std::collections::BTreeMap<(bool, &'static str, &'static str, String), Counted>,
+    /// Requests past their budget, by kind, resource, action, decision and
+    /// what the consent prompt made of a denial.
+    counted: std::collections::BTreeMap<CountedKey, Counted>,
     /// Whether the log said that a kind's budget is spent.
     said: [bool; 2],
     /// The significant requests logged one by one (a hash of each): a
@@ -118,6 +120,16 @@ struct Tally {
     next_sums: Option<std::time::Instant>,
     sums_every: std::time::Duration,
 }
+
+/// What requests past their budget are summed by: kind (significant),
+/// resource, action, decision and [`Record::prompt`].
+type CountedKey = (
+    bool,
+    &'static str,
+    &'static str,
+    String,
+    Option<&'static str>,
+);
 
 #[derive(Debug, Default)]
 struct Counted {
@@ -147,7 +159,7 @@ impl AuditLog {
     }
 
     /// Writes the sums of what the session counted past its budget, one
-    /// line per resource, action and decision. Called at the end of the
+    /// line per resource, action, decision and prompt. Called at the end of the
     /// session; again, it writes only what was counted since.
     pub fn finish(&self) {
         let counted = {
@@ -241,6 +253,7 @@ impl AuditLog {
                         record.resource,
                         record.action,
                         record.decision.to_string(),
+                        record.prompt,
                     ))
                     .or_default();
                 counted.requests += 1;
@@ -316,26 +329,25 @@ impl AuditLog {
 }
 
 /// What was counted, as sum records timed `time`.
-fn sums(
-    counted: std::collections::BTreeMap<(bool, &'static str, &'static str, String), Counted>,
-    time: SystemTime,
-) -> Vec<Record> {
+fn sums(counted: std::collections::BTreeMap<CountedKey, Counted>, time: SystemTime) -> Vec<Record> {
     counted
         .into_iter()
-        .map(|((_, resource, action, decision), counted)| Record {
-            time,
-            resource,
-            action,
-            target: format!(
-                "({} more requests of this session: counted, not logged one by one)",
-                counted.requests
-            ),
-            decision: Cow::Owned(decision),
-            bytes: counted.bytes,
-            significant: false,
-            same_as: None,
-            prompt: None,
-        })
+        .map(
+            |((_, resource, action, decision, prompt), counted)| Record {
+                time,
+                resource,
+                action,
+                target: format!(
+                    "({} more requests of this session: counted, not logged one by one)",
+                    counted.requests
+                ),
+                decision: Cow::Owned(decision),
+                bytes: counted.bytes,
+                significant: false,
+                same_as: None,
+                prompt,
+            },
+        )
         .collect()
 }
 
@@ -807,6 +819,58 @@ mod tests {
             "the time it happened"
         );
         assert!(entries.iter().all(|e| e.session == "s-2"));
+    }
+
+    /// Denials past the budget are summed apart by what the consent prompt
+    /// made of them: a request the user refused is not one the policy
+    /// denied, in the sums as one by one.
+    #[test]
+    fn sums_keep_what_the_prompt_made_of_a_denial() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut log = AuditLog::new(path.clone());
+        log.budgets = [0, 0];
+        let record = |prompt: Option<&'static str>| Record {
+            time: SystemTime::now(),
+            resource: "path",
+            action: "file_read",
+            target: "~/secret".into(),
+            decision: Cow::Borrowed("denied"),
+            bytes: None,
+            significant: false,
+            same_as: None,
+            prompt,
+        };
+        log.record_all(&[
+            record(Some(PROMPT_REFUSED)),
+            record(Some(PROMPT_REFUSED)),
+            record(None),
+            record(Some(PROMPT_UNANSWERED)),
+        ]);
+        log.finish();
+        let sums: Vec<(String, Option<String>, String)> = read(&path, None)
+            .unwrap()
+            .into_iter()
+            .filter(|entry| entry.action == "file_read")
+            .map(|entry| (entry.decision, entry.prompt, entry.target))
+            .collect();
+        let sum = |prompt: Option<&str>, requests: u64| {
+            (
+                "denied".to_owned(),
+                prompt.map(str::to_owned),
+                format!(
+                    "({requests} more requests of this session: counted, not logged one by one)"
+                ),
+            )
+        };
+        assert_eq!(
+            sums,
+            [
+                sum(None, 1),
+                sum(Some(PROMPT_REFUSED), 2),
+                sum(Some(PROMPT_UNANSWERED), 1),
+            ]
+        );
     }
 
     #[test]

@@ -800,6 +800,16 @@ async fn an_own_policy_file_its_mode_shuts_out_is_named_with_the_fix() {
         let run = run_as_nobody_in(&home, args).await.unwrap();
         assert_eq!(run.status, Some(0), "{args:?}: {}", run.stderr_text());
     }
+    // `install` makes `bin/` in the home itself.
+    let run = run_as_nobody_in(&home, &["install", url.as_str(), "--name", "hello"])
+        .await
+        .unwrap();
+    let stderr = run.stderr_text();
+    assert_eq!(run.status, Some(65), "{stderr}");
+    assert!(
+        stderr.contains(&format!("run: chmod u+rwx {}", home.display())),
+        "{stderr}"
+    );
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 

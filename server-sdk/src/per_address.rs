@@ -101,6 +101,10 @@ impl PerAddress {
     }
 
     /// The address group holding the most places, if any.
+    #[cfg_attr(
+        not(feature = "tls"),
+        allow(dead_code, reason = "the TLS accept loop's alone")
+    )]
     pub(crate) fn busiest(&self) -> Option<IpAddr> {
         let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         counts
@@ -113,6 +117,10 @@ impl PerAddress {
 
 impl AddressSlot {
     /// The address group this place is counted in.
+    #[cfg_attr(
+        not(feature = "tls"),
+        allow(dead_code, reason = "the TLS accept loop's alone")
+    )]
     pub(crate) fn group(&self) -> IpAddr {
         self.group
     }

@@ -17,7 +17,7 @@ seconds=${1:-20}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(decode_client_frame decode_server_frame secure_open handshake_responder policy_resolve client_session)
+    targets=(decode_client_frame decode_server_frame secure_open handshake_responder policy_resolve client_session server_session)
 fi
 sanitizer=${FUZZ_SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
@@ -26,7 +26,7 @@ cargo fuzz build -s "$sanitizer"
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target"
     extra=()
-    case $target in decode_* | client_session) extra=(-dict=fuzz/frames.dict) ;; esac
+    case $target in decode_* | *_session) extra=(-dict=fuzz/frames.dict) ;; esac
     log=$(mktemp)
     if cargo fuzz run -s "$sanitizer" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then

@@ -32,6 +32,9 @@ for target in "${targets[@]}"; do
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then
         echo "fuzz $target: $(grep -E '^#[0-9]+' "$log" | tail -n 1 | tr -s '\t ' ' ')"
         rm -f "$log"
+        # client_session's fixture, one per process (libFuzzer exits
+        # without running destructors).
+        rm -rf "${TMPDIR:-/tmp}"/tw-fuzz-client-*
     else
         tail -n 60 "$log"
         echo "fuzz $target FAILED (full log: $log; the input is in fuzz/artifacts/$target)" >&2

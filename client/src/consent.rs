@@ -1117,15 +1117,7 @@ mod tests {
     #[tokio::test]
     async fn a_prompt_not_answered_denies_and_the_session_asks_no_more() {
         let home = tempfile::tempdir().unwrap();
-        let consent = Arc::new(
-            Consent::new(
-                Url::parse("ws://h/terminal").unwrap(),
-                Home::at(home.path().join("tw")),
-                home.path().to_path_buf(),
-                Vec::new(),
-            )
-            .with_timeout(Some(Duration::from_secs(7))),
-        );
+        let consent = Arc::new(consent_in(home.path()).with_timeout(Some(Duration::from_secs(7))));
         let denial = |folder: &str| Denial {
             resource: "path".into(),
             action: "read".into(),
@@ -1155,6 +1147,17 @@ mod tests {
         assert_eq!(consent.scripted.lock().unwrap().len(), 1, "asked again");
     }
 
+    /// Prompts for the server `ws://h/terminal`, the user's home `home` and
+    /// the terminalwire home `home/tw`.
+    fn consent_in(home: &std::path::Path) -> Consent {
+        Consent::new(
+            Url::parse("ws://h/terminal").unwrap(),
+            Home::at(home.join("tw")),
+            home.to_path_buf(),
+            Vec::new(),
+        )
+    }
+
     /// A terminal that cannot be set back to cooked mode for the prompt
     /// (the app's raw mode would swallow the answer's Enter) is not asked:
     /// the request is denied as by a prompt that could not be shown, and
@@ -1162,12 +1165,7 @@ mod tests {
     #[tokio::test]
     async fn a_terminal_that_cannot_be_set_for_a_prompt_is_not_asked() {
         let home = tempfile::tempdir().unwrap();
-        let consent = Arc::new(Consent::new(
-            Url::parse("ws://h/terminal").unwrap(),
-            Home::at(home.path().join("tw")),
-            home.path().to_path_buf(),
-            Vec::new(),
-        ));
+        let consent = Arc::new(consent_in(home.path()));
         consent
             .terminal_unsettable
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1200,12 +1198,7 @@ mod tests {
                 .unwrap();
         let policy = tw.policy_file(&authority);
         std::fs::create_dir_all(policy.with_extension("toml.lock")).unwrap();
-        let consent = Arc::new(Consent::new(
-            Url::parse("ws://h/terminal").unwrap(),
-            tw,
-            home.path().to_path_buf(),
-            Vec::new(),
-        ));
+        let consent = Arc::new(consent_in(home.path()));
         consent
             .scripted
             .lock()
@@ -1315,12 +1308,7 @@ mod tests {
         let mut policy = Policy::default();
         policy.grant(env("EDITOR"));
         policy.save(&path).unwrap();
-        let consent = Arc::new(Consent::new(
-            Url::parse("ws://h/terminal").unwrap(),
-            tw,
-            home.path().to_path_buf(),
-            Vec::new(),
-        ));
+        let consent = Arc::new(consent_in(home.path()));
         consent
             .scripted
             .lock()

@@ -21,6 +21,8 @@
 
 #![no_main]
 
+mod session_input;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,10 +58,9 @@ fn secret() -> &'static [u8] {
 const POLICY: &str = "# the user's policy\n";
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else {
+    let Some((flags, frames)) = session_input::parse(data) else {
         return;
     };
-    let frames = split_frames(rest);
     let fixture = Fixture::new();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -70,18 +71,6 @@ fuzz_target!(|data: &[u8]| {
     drop(runtime);
     fixture.check();
 });
-
-fn split_frames(mut rest: &[u8]) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    while rest.len() >= 2 {
-        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-        let body = &rest[2..];
-        let (frame, after) = body.split_at(len.min(body.len()));
-        frames.push(frame.to_vec());
-        rest = after;
-    }
-    frames
-}
 
 async fn session(fixture: &Fixture, cancel: bool, frames: Vec<Vec<u8>>) {
     let (client_io, server_io) = tokio::io::duplex(256 * 1024);

@@ -21,6 +21,8 @@
 
 #![no_main]
 
+mod session_input;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt, future};
@@ -42,10 +44,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else {
+    let Some((flags, frames)) = session_input::parse(data) else {
         return;
     };
-    let frames = split_frames(rest);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -53,18 +54,6 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     runtime.block_on(session(flags, frames));
 });
-
-fn split_frames(mut rest: &[u8]) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    while rest.len() >= 2 {
-        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-        let body = &rest[2..];
-        let (frame, after) = body.split_at(len.min(body.len()));
-        frames.push(frame.to_vec());
-        rest = after;
-    }
-    frames
-}
 
 async fn session(flags: u8, frames: Vec<Vec<u8>>) {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);

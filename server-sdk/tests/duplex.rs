@@ -3317,6 +3317,31 @@ async fn reads_the_whole_file_from_short_answers(through_async_read: bool) {
 }
 
 /// Runs the client's side of the secure handshake with `device`.
+/// Starts a resumable session as `device` on `client` and detaches from it
+/// (acknowledgements skipped); the `resume` that re-attaches to it.
+async fn detach_as(client: WebSocketStream<DuplexStream>, device: &StaticKey) -> Resume {
+    let mut client = secure_client_as(client, device).await;
+    send_client(&mut client, &ClientFrame::Hello(resumable_hello())).await;
+    let Some(ServerFrame::Welcome(welcome)) = next_server(&mut client).await else {
+        panic!("expected welcome");
+    };
+    send_client(&mut client, &ClientFrame::Detach(Detach {})).await;
+    let token = loop {
+        match next_server(&mut client).await {
+            Some(ServerFrame::Detached(detached)) if detached.accepted => {
+                break detached.token.expect("a token");
+            }
+            Some(ServerFrame::Ack(_)) => {}
+            other => panic!("expected detached, got {other:?}"),
+        }
+    };
+    Resume {
+        session_id: welcome.session_id,
+        token,
+        received: 0,
+    }
+}
+
 async fn secure_client_as(
     socket: WebSocketStream<DuplexStream>,
     device: &StaticKey,
@@ -3429,32 +3454,12 @@ async fn a_detached_session_keeps_its_exit_beyond_the_resume_grace() {
     let script = async {
         let (client, server) = socket_pair().await;
         let first = serve(server);
-        let mut client = secure_client_as(client, &device).await;
-        send_client(&mut client, &ClientFrame::Hello(resumable_hello())).await;
-        let Some(ServerFrame::Welcome(welcome)) = next_server(&mut client).await else {
-            panic!("expected welcome");
-        };
-        send_client(&mut client, &ClientFrame::Detach(Detach {})).await;
-        let token = loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Detached(detached)) if detached.accepted => {
-                    break detached.token.expect("a token");
-                }
-                Some(ServerFrame::Ack(_)) => {}
-                other => panic!("expected detached, got {other:?}"),
-            }
-        };
-        drop(client);
+        let resume = detach_as(client, &device).await;
         // The command ends after 1 s; the resume grace would end at 3 s.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (client, server) = socket_pair().await;
         let second = serve(server);
         let mut client = secure_client_as(client, &device).await;
-        let resume = Resume {
-            session_id: welcome.session_id,
-            token,
-            received: 0,
-        };
         send_client(&mut client, &ClientFrame::Resume(resume)).await;
         let (status, frames) = frames_until_exit(&mut client).await;
         send_client(&mut client, &ClientFrame::Ack(Ack { seq: 2 })).await;
@@ -4019,30 +4024,10 @@ async fn a_resumed_session_keeps_the_values_of_its_first_connection() {
     let script = async {
         let (client, server) = socket_pair().await;
         let first = serve(server, "first");
-        let mut client = secure_client_as(client, &device).await;
-        send_client(&mut client, &ClientFrame::Hello(resumable_hello())).await;
-        let Some(ServerFrame::Welcome(welcome)) = next_server(&mut client).await else {
-            panic!("expected welcome");
-        };
-        send_client(&mut client, &ClientFrame::Detach(Detach {})).await;
-        let token = loop {
-            match next_server(&mut client).await {
-                Some(ServerFrame::Detached(detached)) if detached.accepted => {
-                    break detached.token.expect("a token");
-                }
-                Some(ServerFrame::Ack(_)) => {}
-                other => panic!("expected detached, got {other:?}"),
-            }
-        };
-        drop(client);
+        let resume = detach_as(client, &device).await;
         let (client, server) = socket_pair().await;
         let second = serve(server, "second");
         let mut client = secure_client_as(client, &device).await;
-        let resume = Resume {
-            session_id: welcome.session_id,
-            token,
-            received: 0,
-        };
         send_client(&mut client, &ClientFrame::Resume(resume)).await;
         let Some(ServerFrame::Resumed(_)) = next_server(&mut client).await else {
             panic!("expected resumed");

@@ -11,6 +11,13 @@
 //! holding 8 gets no more: each held a descriptor until the header
 //! time-out, and one client opening them in a loop took every descriptor
 //! the process may open.
+//!
+//! Many addresses together are bounded by the process's limit on open
+//! files: the loop first raises its soft limit to the hard one
+//! ([`raise_open_file_limit`]), then takes at most half of it in HTTP
+//! connections. Past that, a new connection is closed at once, so that the
+//! sessions and the app's own files keep the other half however many
+//! addresses open connections that send nothing.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,10 +51,10 @@ pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// their own).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
-/// How many HTTP connections one address may hold at once: a connection
-/// counts from its accept until it closes (keep-alive time between
-/// requests included) or is upgraded to a session.
-#[derive(Debug, Clone, Copy)]
+/// How many HTTP connections one address, and all together, may hold at
+/// once: a connection counts from its accept until it closes (keep-alive
+/// time between requests included) or is upgraded to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConnectionLimits {
     /// Once this many are open, an address already holding
     /// `per_address` gets no more: its next connection is closed at once.
@@ -57,13 +64,78 @@ pub(crate) struct ConnectionLimits {
     pub(crate) busy: usize,
     /// See `busy`.
     pub(crate) per_address: usize,
+    /// Once this many are open, every new connection is closed at once.
+    pub(crate) total: usize,
 }
 
 impl ConnectionLimits {
-    pub(crate) const DEFAULT: ConnectionLimits = ConnectionLimits {
-        busy: 512,
-        per_address: 8,
-    };
+    /// The limits of a process that may open `open_files` descriptors
+    /// (`None`: no limit): HTTP connections take at most half of them, and
+    /// an address is limited from 512 on (or from half the total, when
+    /// that is lower).
+    pub(crate) fn for_open_files(open_files: Option<u64>) -> ConnectionLimits {
+        // No limit at all is rare (root, with RLIM_INFINITY): the kernel's
+        // own default ceiling, `fs.nr_open`, stands in for it.
+        let open_files = open_files.unwrap_or(OPEN_FILE_CEILING);
+        let total = usize::try_from(open_files / 2)
+            .unwrap_or(usize::MAX)
+            .max(MIN_TOTAL);
+        ConnectionLimits {
+            busy: 512.min(total / 2),
+            per_address: 8,
+            total,
+        }
+    }
+}
+
+/// The least [`ConnectionLimits::total`], even under a tiny descriptor
+/// limit (a server that cannot open 32 files fails elsewhere first).
+const MIN_TOTAL: usize = 16;
+
+/// The highest soft limit on open files [`raise_open_file_limit`] asks
+/// for: Linux's default `fs.nr_open`, above which `setrlimit` fails.
+const OPEN_FILE_CEILING: u64 = 1 << 20;
+
+/// Raises this process's soft limit on open files (`ulimit -n`) to its hard
+/// limit, or to 1 048 576 when the hard limit is higher, as Go's runtime
+/// does at start; returns the soft limit in force afterwards (`None`: no
+/// limit). [`Terminal::serve_app`](crate::Terminal::serve_app) and
+/// [`tls::serve`](crate::tls::serve) call it; an app serving
+/// [`Terminal::route`](crate::Terminal::route) with an accept loop of its
+/// own may call it at start.
+///
+/// Each connection and each session holds a descriptor, and the usual soft
+/// limit (1 024) is a few hundred users. The hard limit is the
+/// administrator's: it is never raised. Child processes the app starts
+/// inherit the raised limit (a program that still uses `select(2)` cannot
+/// watch descriptors above 1 023). When the limit cannot be raised, it is
+/// left as it was.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = limit
+        .maximum
+        .unwrap_or(OPEN_FILE_CEILING)
+        .min(OPEN_FILE_CEILING);
+    match limit.current {
+        Some(current) if current < wanted => {
+            let raised = Rlimit {
+                current: Some(wanted),
+                maximum: limit.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    tracing::debug!(from = current, to = wanted, "raised the open-file limit");
+                    Some(wanted)
+                }
+                Err(error) => {
+                    tracing::debug!(%error, current, wanted, "cannot raise the open-file limit");
+                    Some(current)
+                }
+            }
+        }
+        current => current,
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits up to
@@ -77,7 +149,8 @@ pub(crate) async fn serve<L>(
     L: Listener,
     L::Addr: Clone + Send + Sync + 'static,
 {
-    serve_limited(listener, app, shutdown, ConnectionLimits::DEFAULT).await;
+    let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
+    serve_limited(listener, app, shutdown, limits).await;
 }
 
 /// [`serve`], with `limits` on the connections of one address.
@@ -97,6 +170,8 @@ pub(crate) async fn serve_limited<L>(
     // A connection holds its place until it closes or is upgraded (hyper's
     // connection future ends at the upgrade).
     let per_address = PerAddress::default();
+    // The total was reached and said so in the log.
+    let mut full = false;
     tokio::pin!(shutdown);
     loop {
         let (io, addr) = tokio::select! {
@@ -107,7 +182,23 @@ pub(crate) async fn serve_limited<L>(
         // (and are checked by user id).
         let place = match (&addr as &dyn std::any::Any).downcast_ref::<SocketAddr>() {
             Some(peer) => {
-                let limit = if per_address.held() >= limits.busy {
+                let held = per_address.held();
+                if held >= limits.total {
+                    if !full {
+                        tracing::warn!(
+                            connections = held,
+                            "as many HTTP connections open as this process takes (half its \
+                             open-file limit); new ones are closed until some end"
+                        );
+                    }
+                    full = true;
+                    continue;
+                }
+                // Logged again once a tenth of the places came free.
+                if held < limits.total - limits.total / 10 {
+                    full = false;
+                }
+                let limit = if held >= limits.busy {
                     limits.per_address
                 } else {
                     usize::MAX
@@ -332,6 +423,7 @@ mod tests {
         let limits = ConnectionLimits {
             busy: 8,
             per_address: 2,
+            total: 64,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -357,6 +449,88 @@ mod tests {
         let mut other = connect_from([127, 0, 0, 2], addr).await;
         let other = status_of_get(&mut other).await;
         assert!(other.starts_with("HTTP/1.1 200"), "{other:?}");
+    }
+
+    #[tokio::test]
+    async fn many_addresses_together_hold_at_most_the_total() {
+        // Each address holds fewer than its share: only the total stops them.
+        let limits = ConnectionLimits {
+            busy: 64,
+            per_address: 8,
+            total: 4,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
+        tokio::spawn(serve_limited(listener, app, std::future::pending(), limits));
+        let mut silent = Vec::new();
+        for host in 1..=4 {
+            silent.push(connect_from([127, 0, 0, host], addr).await);
+        }
+        // A fifth address is closed at once, the four are still served…
+        let mut fifth = connect_from([127, 0, 0, 5], addr).await;
+        let mut byte = [0u8; 1];
+        let beyond = fifth.read(&mut byte).await;
+        assert!(matches!(beyond, Ok(0) | Err(_)), "{beyond:?}");
+        let first = status_of_get(&mut silent[0]).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+        // …and the place of the one that ended is free again (the runtime
+        // has one thread: the server freed it before the answer's end was
+        // seen).
+        let mut sixth = connect_from([127, 0, 0, 6], addr).await;
+        let sixth = status_of_get(&mut sixth).await;
+        assert!(sixth.starts_with("HTTP/1.1 200"), "{sixth:?}");
+    }
+
+    #[test]
+    fn http_connections_take_at_most_half_the_open_files() {
+        let limits = |open_files| {
+            let limits = ConnectionLimits::for_open_files(open_files);
+            (limits.busy, limits.per_address, limits.total)
+        };
+        assert_eq!(limits(Some(20_000)), (512, 8, 10_000));
+        assert_eq!(limits(Some(1024)), (256, 8, 512));
+        assert_eq!(limits(None), (512, 8, 1 << 19));
+        assert_eq!(limits(Some(0)), (8, 8, MIN_TOTAL));
+    }
+
+    /// Set in the child process of
+    /// `the_soft_open_file_limit_is_raised_to_the_hard_one`.
+    const RAISE_CHILD: &str = "TERMINALWIRE_TEST_RAISE_CHILD";
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let name = "accept::tests::the_soft_open_file_limit_is_raised_to_the_hard_one";
+        if std::env::var_os(RAISE_CHILD).is_none() {
+            // In a process of its own: the limit is the whole process's.
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads=1", "--nocapture"])
+                .env(RAISE_CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&child.stdout);
+            assert!(
+                child.status.success() && stdout.contains("1 passed"),
+                "{stdout}{}",
+                String::from_utf8_lossy(&child.stderr)
+            );
+            return;
+        }
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let wanted = hard.unwrap_or(OPEN_FILE_CEILING).min(OPEN_FILE_CEILING);
+        assert!(wanted > 64, "a hard limit too low to test: {hard:?}");
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(64),
+                maximum: hard,
+            },
+        )
+        .unwrap();
+        assert_eq!(raise_open_file_limit(), Some(wanted));
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!((limit.current, limit.maximum), (Some(wanted), hard));
     }
 
     #[tokio::test]

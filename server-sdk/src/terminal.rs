@@ -447,6 +447,10 @@ impl Terminal {
     /// `axum::serve::ListenerExt::tap_io`. Each accepted connection is tuned
     /// with [`TerminalConnection::send_small_writes_at_once`] first. For other
     /// connection types, call `axum::serve` yourself and set `TCP_NODELAY`.
+    ///
+    /// It raises the process's soft limit on open files first
+    /// ([`accept::raise_open_file_limit`](crate::accept::raise_open_file_limit)),
+    /// and keeps HTTP connections to half of it (see [`accept`](crate::accept)).
     pub async fn serve_app<L>(
         &self,
         listener: L,

@@ -416,7 +416,9 @@ async fn accept_error(error: io::Error) {
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then waits
 /// up to [`SHUTDOWN_DRAIN`](crate::accept::SHUTDOWN_DRAIN) for open
-/// connections to close.
+/// connections to close. Like [`Terminal::serve_app`](crate::Terminal::serve_app),
+/// it raises the process's soft limit on open files and keeps HTTP
+/// connections to half of it (see [`accept`](crate::accept)).
 ///
 /// To drain running terminal sessions, call
 /// [`Terminal::begin_shutdown`](crate::Terminal::begin_shutdown) in

@@ -9,14 +9,18 @@ impl Context {
     ///
     /// On `--help`, `--version` or a usage error, prints clap's text on the
     /// client (help and version on stdout, errors on stderr, coloured when that
-    /// client stream supports colour, wrapped to the client's terminal width)
-    /// and returns [`Exit`] with clap's status (0 or 2), which a command
-    /// propagates with `?`.
+    /// client stream supports colour) and returns [`Exit`] with clap's status
+    /// (0 or 2), which a command propagates with `?`.
+    ///
+    /// Help is wrapped to the client's terminal width, or at 100 columns
+    /// without a terminal (`terminalwire URL --help | less`), as a local clap
+    /// program wraps it; never at the width of the server's own terminal or
+    /// its `COLUMNS`. A `term_width` or `max_term_width` the app's command
+    /// sets itself is not seen: clap offers no way to read it back.
     pub async fn parse_args<C: clap::Parser>(&self) -> Result<C, Exit> {
-        let mut command = C::command().bin_name(self.program_name().to_owned());
-        if let Some((cols, _)) = self.terminal().stdout.size {
-            command = command.term_width(usize::from(cols));
-        }
+        let mut command = C::command()
+            .bin_name(self.program_name().to_owned())
+            .term_width(self.help_width());
         let argv =
             std::iter::once(self.program_name().to_owned()).chain(self.args().iter().cloned());
         let error = match command.try_get_matches_from_mut(argv) {
@@ -41,4 +45,20 @@ impl Context {
         let _ = output.write_all(text.as_bytes()).await;
         Err(Exit(u8::try_from(error.exit_code()).unwrap_or(2)))
     }
+
+    /// The width clap wraps help to, as a local program's clap finds it on
+    /// the client: the client's terminal (stdout's, else stdin's, else
+    /// stderr's), else clap's own default for no terminal. Always set: left
+    /// to itself, clap would measure the *server's* terminal, or read the
+    /// server's `COLUMNS`.
+    fn help_width(&self) -> usize {
+        self.shared
+            .signals()
+            .size
+            .or(self.terminal().stderr.size)
+            .map_or(NO_TERMINAL_WIDTH, |(columns, _)| usize::from(columns))
+    }
 }
+
+/// The width clap wraps help to when there is no terminal (`wrap_help`).
+const NO_TERMINAL_WIDTH: usize = 100;

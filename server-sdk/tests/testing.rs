@@ -388,3 +388,70 @@ async fn a_command_that_panics_fails_with_status_1_as_on_the_real_client() {
         "error: the command failed unexpectedly on the server (internal error)\n"
     );
 }
+
+/// A clap CLI whose help has lines longer than any width tried below.
+#[derive(clap::Parser)]
+#[command(name = "wide")]
+struct Wide {
+    /// An option whose help is long enough for clap to wrap it at any of the widths these tests try, which shows where the lines break.
+    #[arg(long)]
+    option: Option<String>,
+}
+
+/// The `--help` of a command parsing `C`, as a client of `client` sees it.
+async fn help_of<C: clap::Parser + Send + 'static>(client: TestClient) -> String {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.parse_args::<C>().await?;
+        anyhow::Ok(())
+    });
+    let out = client.args(["--help"]).run(&terminal).await;
+    assert_eq!(out.status, 0, "{}", out.stderr_text());
+    out.stdout_text()
+}
+
+fn widest_line(text: &str) -> usize {
+    text.lines().map(|line| line.chars().count()).max().unwrap()
+}
+
+#[tokio::test]
+async fn help_is_wrapped_to_the_client_terminal() {
+    let on_120 = help_of::<Wide>(TestClient::new().terminal(120, 24)).await;
+    assert!((100..=120).contains(&widest_line(&on_120)), "{on_120}");
+    let on_60 = help_of::<Wide>(TestClient::new().terminal(60, 24)).await;
+    assert!((50..=60).contains(&widest_line(&on_60)), "{on_60}");
+}
+
+/// Set in the process of its own that
+/// [`help_without_a_client_terminal_is_wrapped_at_clap_s_default_not_the_server_s_columns`]
+/// runs its check in.
+const HELP_CHILD: &str = "TERMINALWIRE_TEST_HELP_WIDTH_CHILD";
+
+#[tokio::test]
+async fn help_without_a_client_terminal_is_wrapped_at_clap_s_default_not_the_server_s_columns() {
+    if std::env::var_os(HELP_CHILD).is_some() {
+        // The server's `COLUMNS` (and its terminal, when it has one) are
+        // not the client's: the help was wrapped at 40 columns here.
+        let help = help_of::<Wide>(TestClient::new()).await;
+        assert!((90..=100).contains(&widest_line(&help)), "{help}");
+        return;
+    }
+    // In a process of its own, with no terminal and a narrow `COLUMNS`
+    // (which a test cannot set in its own process).
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "help_without_a_client_terminal_is_wrapped_at_clap_s_default_not_the_server_s_columns",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(HELP_CHILD, "1")
+        .env("COLUMNS", "40")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,6 +1,8 @@
 //! clap integration: define the remote CLI with clap; help, version and usage
 //! errors reach the client exactly as a local clap program would print them.
 
+use clap::ColorChoice;
+
 use crate::context::{ColorLevel, Context};
 use crate::outcome::Exit;
 
@@ -8,8 +10,9 @@ impl Context {
     /// Parses the client's arguments with clap.
     ///
     /// On `--help`, `--version` or a usage error, prints clap's text on the
-    /// client (help and version on stdout, errors on stderr, coloured when that
-    /// client stream supports colour) and returns [`Exit`] with clap's status
+    /// client (help and version on stdout, errors on stderr; coloured as the
+    /// command's `color` setting says, by default when that client stream
+    /// supports colour) and returns [`Exit`] with clap's status
     /// (0 or 2), which a command propagates with `?`.
     ///
     /// Help is wrapped to the client's terminal width, or at 100 columns
@@ -36,10 +39,17 @@ impl Context {
             self.stdout()
         };
         let styled = error.render();
-        let text = if output.info().color == ColorLevel::None {
-            styled.to_string()
-        } else {
+        // As a local clap program: the app's choice, else what the client's
+        // stream supports (its terminal, `NO_COLOR`, `CLICOLOR_FORCE`).
+        let coloured = match command.get_color() {
+            ColorChoice::Never => false,
+            ColorChoice::Always => true,
+            ColorChoice::Auto => output.info().color != ColorLevel::None,
+        };
+        let text = if coloured {
             styled.ansi().to_string()
+        } else {
+            styled.to_string()
         };
         // If the client is gone there is nobody to tell.
         let _ = output.write_all(text.as_bytes()).await;

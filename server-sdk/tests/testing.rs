@@ -455,3 +455,60 @@ async fn help_without_a_client_terminal_is_wrapped_at_clap_s_default_not_the_ser
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+// A CLI that never colours its help and errors, as its app chose (a plain
+// comment: a doc comment would be its help's text).
+#[derive(clap::Parser)]
+#[command(name = "plain", color = clap::ColorChoice::Never)]
+struct Plain {
+    #[arg(long)]
+    option: Option<String>,
+}
+
+// One that always colours them.
+#[derive(clap::Parser)]
+#[command(name = "coloured", color = clap::ColorChoice::Always)]
+struct Coloured {
+    #[arg(long)]
+    option: Option<String>,
+}
+
+/// What the client sees of `args` parsed as `C`: (status, stdout, stderr).
+async fn parsed<C: clap::Parser + Send + 'static>(
+    client: TestClient,
+    args: &[&str],
+) -> (u8, String, String) {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        ctx.parse_args::<C>().await?;
+        anyhow::Ok(())
+    });
+    let out = client.args(args.iter().copied()).run(&terminal).await;
+    (out.status, out.stdout_text(), out.stderr_text())
+}
+
+#[tokio::test]
+async fn help_and_usage_errors_are_coloured_as_the_client_and_the_apps_color_choice_say() {
+    let escape = |text: &str| text.contains('\x1b');
+    let colours = || {
+        TestClient::new()
+            .terminal(80, 24)
+            .color(ColorLevel::Truecolor)
+    };
+    // `Auto`, clap's default: as the client's stream supports.
+    let (_, help, _) = parsed::<Wide>(colours(), &["--help"]).await;
+    assert!(escape(&help), "{help:?}");
+    let (_, help, _) = parsed::<Wide>(TestClient::new(), &["--help"]).await;
+    assert!(!escape(&help), "{help:?}");
+    // `Never`, whatever the client supports (it was coloured all the same).
+    let (_, help, _) = parsed::<Plain>(colours(), &["--help"]).await;
+    assert!(!escape(&help), "{help:?}");
+    let (status, _, error) = parsed::<Plain>(colours(), &["--bogus"]).await;
+    assert_eq!(status, 2);
+    assert!(!escape(&error), "{error:?}");
+    // `Always`, even into a pipe.
+    let (_, help, _) = parsed::<Coloured>(TestClient::new(), &["--help"]).await;
+    assert!(escape(&help), "{help:?}");
+    let (status, _, error) = parsed::<Coloured>(TestClient::new(), &["--bogus"]).await;
+    assert_eq!(status, 2);
+    assert!(escape(&error), "{error:?}");
+}

@@ -72,6 +72,15 @@ impl Stdin {
 
     /// One line without its ending, after showing `prompt` on the client's
     /// stderr; `None` at end of input.
+    ///
+    /// A line is read by the client, from what it has not sent yet: bytes a
+    /// [`reader`](Stdin::reader) took ahead and did not hand on (dropped
+    /// after its first `lines()`, say) are not part of it, and go to the
+    /// next byte read instead. With piped input the reader has usually
+    /// taken all of it, so this answers `None` while they wait: once a
+    /// command reads stdin with a reader, it reads its lines with one too
+    /// (`reader.lines()`), or its bytes with
+    /// [`read_chunk`](Stdin::read_chunk).
     pub async fn read_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
         let op = Operation::StdinReadLine {
             prompt: prompt.map(str::to_owned),
@@ -117,6 +126,8 @@ impl Stdin {
     /// Stdin as a tokio `AsyncRead` and `AsyncBufRead`, reading ahead:
     /// `tokio::io::copy(&mut ctx.stdin().reader(), &mut ctx.stdout().writer())`
     /// or `reader.lines()` (see [`StdinReader`](crate::streams::StdinReader)).
+    /// What it read ahead goes to later byte reads, not to
+    /// [`read_line`](Stdin::read_line): keep one reader for the lines.
     pub fn reader(&self) -> crate::streams::StdinReader {
         crate::streams::StdinReader::new(self.ctx.clone())
     }

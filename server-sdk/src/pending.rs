@@ -108,6 +108,16 @@ impl Leftover {
     }
 }
 
+/// The start of a line, from bytes of stdin kept for byte reads
+/// ([`Pending::take_line_bytes`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeptLine {
+    /// The bytes, with the newline that ended them if one did.
+    pub(crate) bytes: Vec<u8>,
+    /// A newline or the end of input ended them.
+    pub(crate) ended: bool,
+}
+
 /// What became of an answer handed to [`Pending::complete`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Completed {
@@ -207,6 +217,51 @@ impl Pending {
         self.given_up
             .as_ref()
             .is_some_and(|given_up| !given_up.abandoned.is_empty())
+    }
+
+    /// Bytes of stdin kept for byte reads (what a reader took ahead and
+    /// did not hand on, answers to byte reads given up), oldest first, up
+    /// to and including the first newline: the start of the next line,
+    /// which a line read takes before it asks the client for more. `None`
+    /// when no bytes are kept; `ended` when a newline or the end of input
+    /// ended them (the client has nothing more of this line).
+    pub(crate) fn take_line_bytes(&mut self) -> Option<KeptLine> {
+        let leftovers = &mut self.given_up.as_deref_mut()?.leftovers;
+        let mut kept: Option<KeptLine> = None;
+        let mut at = 0;
+        while at < leftovers.len() {
+            let left = &mut leftovers[at];
+            let Reply::Data { bytes, eof } = &left.reply else {
+                at += 1;
+                continue;
+            };
+            if left.kind != InputKind::Bytes {
+                at += 1;
+                continue;
+            }
+            let rest = &bytes[left.taken..];
+            let line = kept.get_or_insert_with(KeptLine::default);
+            match rest.iter().position(|&byte| byte == b'\n') {
+                Some(newline) => {
+                    line.bytes.extend_from_slice(&rest[..=newline]);
+                    line.ended = true;
+                    left.taken += newline + 1;
+                    if left.taken == bytes.len() {
+                        leftovers.remove(at);
+                    }
+                    return kept;
+                }
+                None => {
+                    line.bytes.extend_from_slice(rest);
+                    line.ended = *eof;
+                    leftovers.remove(at);
+                    if line.ended {
+                        return kept;
+                    }
+                }
+            }
+        }
+        kept
     }
 
     /// Input an abandoned read took that answers `op`, oldest first. A byte
@@ -483,6 +538,44 @@ mod tests {
             pending.take_leftover(&Operation::StdinRead { max: 100 }),
             None
         );
+    }
+
+    #[test]
+    fn a_line_is_taken_from_the_bytes_kept_up_to_its_newline() {
+        let mut pending = Pending::default();
+        assert_eq!(pending.take_line_bytes(), None);
+        let mut answer = sent(&mut pending, 1);
+        assert!(pending.give_up(1, Some(InputKind::Line(None)), 0, &mut answer));
+        pending.complete(Response::ok(RequestId(1), line("typed for a line read")));
+        pending.unread(vec![b"one\ntw".to_vec(), b"o\nthr".to_vec()]);
+        let kept = |bytes: &[u8], ended| {
+            Some(KeptLine {
+                bytes: bytes.to_vec(),
+                ended,
+            })
+        };
+        assert_eq!(pending.take_line_bytes(), kept(b"one\n", true));
+        // A line over two chunks.
+        assert_eq!(pending.take_line_bytes(), kept(b"two\n", true));
+        // The start of a line whose rest the client has.
+        assert_eq!(pending.take_line_bytes(), kept(b"thr", false));
+        assert_eq!(pending.take_line_bytes(), None);
+        // A line read's own input is no byte read's.
+        assert_eq!(
+            pending.take_leftover(&read_line()),
+            Some(line("typed for a line read"))
+        );
+        // Bytes that end the input end the line.
+        pending.unread(vec![b"last".to_vec()]);
+        let Some(Leftover {
+            reply: Reply::Data { eof, .. },
+            ..
+        }) = pending.given_up.as_mut().unwrap().leftovers.front_mut()
+        else {
+            panic!("nothing kept");
+        };
+        *eof = true;
+        assert_eq!(pending.take_line_bytes(), kept(b"last", true));
     }
 
     #[test]

@@ -27,6 +27,10 @@ use terminalwire_protocol::frame::{self as wire, Operation, Reply};
 
 use crate::context::{Context, ResourceError};
 
+/// The longest input line the client sends, without its ending (longer
+/// ones it refuses and skips).
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+
 /// Largest payload of one `write`/`append` request: a request must fit in
 /// one protocol frame. Larger appends are split; larger writes are streamed
 /// ([`Files::writer`]), still atomic.
@@ -73,15 +77,49 @@ impl Stdin {
     /// One line without its ending, after showing `prompt` on the client's
     /// stderr; `None` at end of input.
     ///
-    /// A line is read by the client, from what it has not sent yet: bytes a
-    /// [`reader`](Stdin::reader) took ahead and did not hand on (dropped
-    /// after its first `lines()`, say) are not part of it, and go to the
-    /// next byte read instead. With piped input the reader has usually
-    /// taken all of it, so this answers `None` while they wait: once a
-    /// command reads stdin with a reader, it reads its lines with one too
-    /// (`reader.lines()`), or its bytes with
-    /// [`read_chunk`](Stdin::read_chunk).
+    /// Stdin is one stream: bytes a [`reader`](Stdin::reader) took ahead
+    /// and did not hand on (dropped after its first `lines()`, say), or
+    /// that a [`read_chunk`](Stdin::read_chunk) given up received, come
+    /// first, and the line goes on with what the client has not sent yet.
+    /// The prompt is then written to stderr by the server, before the line.
     pub async fn read_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
+        // Boxed: every command's future holds room for this one.
+        let Some(kept) = Box::pin(self.ctx.shared.kept_line()).await? else {
+            return self.ask_line(prompt).await;
+        };
+        if let Some(prompt) = prompt {
+            // As the client shows it: on stderr, before the line is read.
+            let _ = self.ctx.stderr().write_all(prompt.as_bytes()).await;
+        }
+        let mut bytes = kept.bytes;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        } else if !kept.ended {
+            // The rest of the line is still the client's (at the end of
+            // input, the kept bytes are the last line).
+            if let Some(rest) = self.ask_line(None).await? {
+                bytes.extend_from_slice(rest.as_bytes());
+            }
+        } else if bytes.is_empty() {
+            return Ok(None);
+        }
+        if bytes.len() > MAX_LINE {
+            return Err(ResourceError::Invalid {
+                message: format!("input line longer than {MAX_LINE} bytes (skipped)"),
+            });
+        }
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| ResourceError::Invalid {
+                message: "input line is not valid UTF-8".into(),
+            })
+    }
+
+    /// A line the client reads, after it shows `prompt`.
+    async fn ask_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
         let op = Operation::StdinReadLine {
             prompt: prompt.map(str::to_owned),
         };
@@ -126,8 +164,8 @@ impl Stdin {
     /// Stdin as a tokio `AsyncRead` and `AsyncBufRead`, reading ahead:
     /// `tokio::io::copy(&mut ctx.stdin().reader(), &mut ctx.stdout().writer())`
     /// or `reader.lines()` (see [`StdinReader`](crate::streams::StdinReader)).
-    /// What it read ahead goes to later byte reads, not to
-    /// [`read_line`](Stdin::read_line): keep one reader for the lines.
+    /// What it read ahead and did not hand on goes to later reads once it
+    /// is dropped.
     pub fn reader(&self) -> crate::streams::StdinReader {
         crate::streams::StdinReader::new(self.ctx.clone())
     }

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::context::{ClientFeatures, ClientInfo, Context, ResourceError, SessionInfo};
 use crate::outcome::{Command, Outcome};
-use crate::pending::{Completed, InputKind, Pending};
+use crate::pending::{Completed, InputKind, KeptLine, Pending};
 use crate::terminal::Config;
 use crate::transport::{FrameReader, FrameWriter, Inbound, TransportError};
 use terminalwire_protocol::secure::Responder;
@@ -394,6 +394,13 @@ impl Shared {
     async fn input_left_over(&self, op: &Operation) -> Result<Option<Reply>, ResourceError> {
         self.abandoned_reads_answered().await?;
         Ok(self.pending().take_leftover(op))
+    }
+
+    /// The start of the next line from stdin kept for byte reads, once
+    /// every read given up was answered (see [`Pending::take_line_bytes`]).
+    pub(crate) async fn kept_line(&self) -> Result<Option<KeptLine>, ResourceError> {
+        self.abandoned_reads_answered().await?;
+        Ok(self.pending().take_line_bytes())
     }
 
     /// Resolves once no read the command gave up waits for its answer.

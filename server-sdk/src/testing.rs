@@ -92,7 +92,7 @@ use crate::transport::{FrameReader, FrameWriter, Inbound, Transport, TransportEr
 const MAX_READ: u32 = 512 * 1024;
 
 /// The longest line a line read returns, as the real client's.
-const MAX_LINE: usize = 64 * 1024;
+use crate::resources::MAX_LINE;
 
 /// How often the client shows it is alive (the real client's WebSocket pings).
 const HEARTBEAT: Duration = Duration::from_secs(15);

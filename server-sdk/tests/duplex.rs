@@ -1202,6 +1202,42 @@ async fn a_stdin_reader_dropped_early_leaves_the_rest_to_the_next_reads() {
     assert_same_bytes("the rest", &rest, &stdin[first.len()..]);
 }
 
+/// Line reads after a stdin reader was dropped start with what it took
+/// ahead: stdin is one stream. (They asked the client, which had sent all
+/// of a piped input to the reader, and got the end of input.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_reads_after_a_dropped_stdin_reader_start_with_what_it_took_ahead() {
+    use tokio::io::AsyncBufReadExt;
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let mut first = String::new();
+        {
+            let mut reader = ctx.stdin().reader();
+            reader.read_line(&mut first).await?;
+        }
+        let mut lines = vec![first.trim_end().to_owned()];
+        while let Some(line) = ctx.read_line(Some("next? ")).await? {
+            lines.push(line);
+        }
+        // The end of input is the end for every kind of read.
+        let after = ctx.stdin().read_chunk(100).await?;
+        ctx.stdout()
+            .print(format!("{lines:?} then {after:?}"))
+            .await?;
+        anyhow::Ok(())
+    });
+    let run = Session::args(&[])
+        .stdin(b"first\nsecond\r\n\nfourth, the last without a newline")
+        .run(&terminal)
+        .await;
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        r#"["first", "second", "", "fourth, the last without a newline"] then []"#
+    );
+    // Each line read showed its prompt, the one that found the end too.
+    assert_eq!(run.stderr_text(), "next? ".repeat(4));
+}
+
 /// A scripted client answers concurrent requests in reverse order; each
 /// `read_line` must still get the answer to its own request (matched by id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -556,7 +556,7 @@ impl Resources {
         // (whatever it is told of the path), not that nobody granted it.
         let mut told = self.as_told(named.as_deref(), result);
         if let (Some((reason, _)), Err(error)) = (prompt_denied, &mut told) {
-            denied_at_the_prompt(error, reason);
+            denied_at_the_prompt(error, reason, &self.authority_name());
         }
         Some(told)
     }
@@ -620,8 +620,7 @@ impl Resources {
                 denial.target = named.to_owned();
                 denial.reason = terminalwire_policy::decide::DenialReason::NotGranted.to_string();
                 denial.command = None;
-                error.message =
-                    format!("may not {} path {named}: {}", denial.action, denial.reason);
+                error.message = denial_message(&self.authority_name(), denial);
             }
         }
         Err(error)
@@ -786,6 +785,15 @@ impl Resources {
         })
     }
 
+    /// The authority whose entitlements these are, as messages name it.
+    fn authority_name(&self) -> String {
+        self.entitlements().map_or_else(
+            // Not loaded: no denial by them follows.
+            |_| "the server".to_owned(),
+            |entitlements| entitlements.authority().to_string(),
+        )
+    }
+
     fn entitlements(&self) -> Result<Arc<Entitlements>, OpError> {
         let current = self
             .entitlements
@@ -948,7 +956,8 @@ impl Resources {
                     // link, a folder it may not enter) is only told for a path
                     // the server may use. A malformed path is its own.
                     if entitlements.normalized_ok(raw) && !entitlements.names_a_granted_path(raw) {
-                        not_granted(raw, if reads { Action::Read } else { Action::Write })
+                        let action = if reads { Action::Read } else { Action::Write };
+                        not_granted(raw, action, entitlements.authority())
                     } else {
                         OpError::new(ErrorCode::Invalid, error.to_string())
                     }
@@ -1501,40 +1510,46 @@ fn entry_kind(kind: Kind) -> EntryKind {
     }
 }
 
-/// A denial of `raw` for `action` that tells nothing but that it is not
-/// granted.
-fn not_granted(raw: &str, action: Action) -> OpError {
-    let reason = terminalwire_policy::decide::DenialReason::NotGranted.to_string();
+/// A denial of `raw` for `action` by `authority`'s entitlements that tells
+/// nothing but that it is not granted.
+fn not_granted(raw: &str, action: Action, authority: &impl std::fmt::Display) -> OpError {
+    let denial = Denial {
+        resource: "path".into(),
+        action: action.to_string(),
+        target: raw.to_owned(),
+        reason: terminalwire_policy::decide::DenialReason::NotGranted.to_string(),
+        command: None,
+    };
     OpError {
         code: ErrorCode::Denied,
-        message: format!("may not {action} path {raw}: {reason}"),
-        denial: Some(Denial {
-            resource: "path".into(),
-            action: action.to_string(),
-            target: raw.to_owned(),
-            reason,
-            command: None,
-        }),
+        message: denial_message(authority, &denial),
+        denial: Some(denial),
     }
 }
 
-/// `error`, a denial, as denied at a consent prompt for `reason`: refused
-/// by the user (now, or the same grant earlier in the session), or not
-/// answered in time.
-fn denied_at_the_prompt(error: &mut OpError, reason: String) {
+/// A denial's message, worded as the policy's own (`PolicyDenial`'s
+/// `Display`): "AUTHORITY may not ACTION RESOURCE TARGET: REASON", and the
+/// command that allows it.
+fn denial_message(authority: &impl std::fmt::Display, denial: &Denial) -> String {
+    let mut message = format!(
+        "{authority} may not {} {} {}: {}",
+        denial.action, denial.resource, denial.target, denial.reason
+    );
+    if let Some(command) = &denial.command {
+        message.push_str(&format!(". To allow it, run: {command}"));
+    }
+    message
+}
+
+/// `error`, a denial by `authority`'s entitlements, as denied at a consent
+/// prompt for `reason`: refused by the user (now, or the same grant earlier
+/// in the session), or not answered in time.
+fn denied_at_the_prompt(error: &mut OpError, reason: String, authority: &str) {
     let Some(denial) = error.denial.as_mut() else {
         return;
     };
     denial.reason = reason;
-    error.message = format!(
-        "may not {} {} {}: {}",
-        denial.action, denial.resource, denial.target, denial.reason
-    );
-    if let Some(command) = &denial.command {
-        error
-            .message
-            .push_str(&format!(". To allow it, run: {command}"));
-    }
+    error.message = denial_message(&authority, denial);
 }
 
 /// The wire form of a policy denial.
@@ -1674,8 +1689,11 @@ mod tests {
         ] {
             let op = Operation::BrowserOpen { url: url.into() };
             let denied = resources.perform(op).await.unwrap();
+            // Worded as the policy's denials: whose entitlements, what.
+            let told = format!("127.0.0.1:3000 may not launch browser {url}: ");
             assert!(
-                matches!(&denied, Err(error) if error.code == ErrorCode::Denied),
+                matches!(&denied, Err(error) if error.code == ErrorCode::Denied
+                    && error.message.starts_with(&told)),
                 "{denied:?}"
             );
         }

@@ -722,6 +722,16 @@ async fn a_denial_names_the_path_as_sent_not_where_a_symlink_led() {
     let [first, second, folder, nothing, behind_link] = denials[..] else {
         panic!("five denials expected: {stdout}");
     };
+    // Each says whose entitlements refused it, as the policy's own do.
+    let authority = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/terminal");
+    for denial in &denials {
+        assert!(
+            denial.contains(&format!("message: \"{authority} may not ")),
+            "{denial}"
+        );
+    }
     assert!(
         !first.contains("hidden-place"),
         "the link's target leaked: {first}"

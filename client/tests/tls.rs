@@ -38,6 +38,18 @@ impl Ca {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         TlsConfig::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
     }
+
+    /// A server certificate for `names`, signed by this CA, that expired in
+    /// 2001.
+    fn expired_server_config(&self, names: &[&str]) -> TlsConfig {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        TlsConfig::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+    }
 }
 
 /// The hello app over TLS on 127.0.0.1:0, on its own runtime thread; shut
@@ -273,6 +285,28 @@ fn a_certificate_for_another_name_is_one_line_and_exit_69() {
             "not valid for 127.0.0.1",
             "NotValidForName",
             "other.example",
+        ],
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_one_line_and_exit_69() {
+    let fixture = Fixture::new();
+    let server = Server::start(
+        fixture
+            .ca
+            .expired_server_config(&["127.0.0.1", "localhost"]),
+    );
+    let url = server.url("wss");
+    let ca = fixture.ca_file();
+    let run = fixture.run(&["--ca-cert", ca.to_str().unwrap(), &url, "hello", "Ada"]);
+    assert_one_line(
+        &run,
+        69,
+        &[
+            &format!("cannot connect to {url}"),
+            "has expired",
+            "Expired",
         ],
     );
 }

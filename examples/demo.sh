@@ -78,8 +78,11 @@ run() {
     echo "(exit status $status)"
 }
 
-# Launchers first: the app server binary in target/release is also called `notes`.
-export PATH=$TERMINALWIRE_HOME/bin:$bin:$PATH
+# The client's two programs (a launcher runs `terminalwire-exec`), not the
+# whole of target/release, whose app server binary is also called `notes`.
+mkdir -p "$tour/bin"
+ln -s "$bin/terminalwire" "$bin/terminalwire-exec" "$tour/bin/"
+export PATH=$TERMINALWIRE_HOME/bin:$tour/bin:$PATH
 run terminalwire install "$url" --name notes
 step "notes login"
 # Its stderr also to login.err, where the stand-in browser reads the code.

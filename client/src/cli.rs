@@ -36,9 +36,10 @@ use crate::error::exit_code;
         sessions, attach ID                   list, re-attach sessions (Ctrl-\\ detaches, exit 0)\n\n\
         Exit status: the remote command's status; 1 the app's command failed, or a command of \
         the client failed; 2 bad arguments; 65 unusable terminalwire home, policy or --ca-cert \
-        file; 69 cannot connect (also: TLS certificate not trusted or not for this host); \
-        70 internal error; 74 writing the output failed; 75 connection lost (and not resumed \
-        within the server's grace period), timed out or server shut down; 76 protocol error; \
+        file; 69 cannot connect (also: no answer within the connection time-out, TLS certificate \
+        not trusted or not for this host); 70 internal error; 74 writing the output failed; \
+        75 connection lost (and not resumed within the server's grace period), handshake timed \
+        out or server shut down; 76 protocol error; \
         77 the server's identity is not the pinned one; 78 incompatible server; \
         129/143 SIGHUP/SIGTERM; 130 Ctrl-C; 141 stdout closed.\n\n\
         A session survives a dropped connection: the client reconnects and resumes it."

@@ -202,7 +202,8 @@ enum AuthorityCommand {
         fingerprint: String,
     },
     /// Delete an authority's folder: its storage, its grants, its pinned
-    /// identity and this device's key for it.
+    /// identity, this device's key for it, its audit log and its detached
+    /// sessions.
     Forget {
         /// An authority (`example.com:3000`) or a URL of it.
         authority: String,
@@ -703,7 +704,8 @@ fn run(command: AdminCommand, home: &Home, out: &mut impl Write) -> anyhow::Resu
             }
             if !yes
                 && !confirm(&format!(
-                    "Delete {} (the storage and grants of {authority})? [y/N] ",
+                    "Delete {} (the storage, grants, pinned identity, device key, audit log and \
+                     detached sessions of {authority})? [y/N] ",
                     folder.display()
                 ))?
             {

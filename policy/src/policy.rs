@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::grant::{BrowserTarget, EnvName, Grant, Mode, PathGrant};
+use crate::grant::{Action, BrowserTarget, EnvName, Grant, Mode, PathGrant};
 
 /// The comment written at the top of every saved policy file.
 pub const HEADER: &str = "\
@@ -386,7 +386,9 @@ impl Policy {
 
     /// Take a grant away; true when anything was removed. For a path the
     /// pattern must be the same text; revoking `write` from a `read-write`
-    /// grant leaves a `read` grant (the mode of the revoke is ignored).
+    /// grant leaves a `read` grant (the mode of the revoke is ignored), and
+    /// forgets its mode ceiling: a later `write` grant without `--mode`
+    /// gets the default ceiling, not the one the user took away.
     pub fn revoke(&mut self, grant: &Grant) -> bool {
         match grant {
             Grant::Path(gone) => {
@@ -401,6 +403,10 @@ impl Policy {
                     }
                     Some(left) if left != old => {
                         self.paths[i].access = left;
+                        if !left.allows(Action::Write) {
+                            // A ceiling for files written: none are now.
+                            self.paths[i].mode = None;
+                        }
                         true
                     }
                     Some(_) => false,
@@ -947,6 +953,27 @@ mod tests {
         );
         assert_eq!(p.env.len(), 1);
         assert_eq!(p.browser.len(), 1);
+    }
+
+    #[test]
+    fn revoking_write_forgets_the_mode_ceiling() {
+        let mut p = Policy::default();
+        p.grant(path_grant("~/r/**", Access::ReadWrite, Some(0o777)));
+        assert!(p.revoke(&path_grant("~/r/**", Access::Write, None)));
+        assert_eq!((p.paths[0].access, p.paths[0].mode), (Access::Read, None));
+        // Write granted again without a mode: the default, not 0777.
+        p.grant(path_grant("~/r/**", Access::Write, None));
+        assert_eq!(
+            (p.paths[0].access, p.paths[0].mode),
+            (Access::ReadWrite, None)
+        );
+        // Revoking read keeps the ceiling of what is still written.
+        p.grant(path_grant("~/w/**", Access::ReadWrite, Some(0o600)));
+        assert!(p.revoke(&path_grant("~/w/**", Access::Read, None)));
+        assert_eq!(
+            (p.paths[1].access, p.paths[1].mode),
+            (Access::Write, Mode::new(0o600))
+        );
     }
 
     #[test]

@@ -302,16 +302,20 @@ fn shown_code(code: &str) -> String {
 /// and bidi characters (which could reorder what the page shows around
 /// it), and cut to `max` characters. Device labels are cleaned with it too.
 pub(crate) fn shown_text(text: &str, max: usize) -> String {
-    let kept: String = text
-        .chars()
-        .filter(|&c| {
-            !c.is_control()
-                && !matches!(c,
-                    '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
-                    | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
-        })
-        .collect();
+    let kept: String = text.chars().filter(|&c| !is_hidden(c)).collect();
     crate::devices::cut_at_chars(&kept, max)
+}
+
+/// Whether `c` is no visible character of its own: a control character
+/// (line breaks, escapes), a line or paragraph separator, a mark that
+/// reorders what is shown around it (bidi), or an invisible one (soft
+/// hyphen, zero-width characters, byte-order mark). Pages drop them
+/// ([`shown_text`]); the log escapes them (`session::said`).
+pub(crate) fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
 }
 
 impl BrowserLogins {

@@ -1966,16 +1966,13 @@ fn replay_held(replay: &ReplayBuffer<Bytes>) -> u64 {
 }
 
 /// Text a client chose (or that quotes it), as the server's log shows it:
-/// at most [`LOGGED_CHARS`] characters, control characters escaped, so that
-/// a client cannot write megabytes into each line or forge lines of its own.
+/// at most [`LOGGED_CHARS`] characters, control, bidi and invisible
+/// characters escaped (`login::is_hidden`), so that a client cannot write
+/// megabytes into each line, forge lines of its own or hide words.
 pub(crate) fn said(text: &str) -> String {
     let mut shown = String::new();
     for c in crate::devices::cut_at_chars(text, LOGGED_CHARS).chars() {
-        // Line breaks of every kind, escapes, and the marks that reorder
-        // what a terminal shows.
-        let hidden = c.is_control()
-            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if hidden {
+        if crate::login::is_hidden(c) {
             shown.extend(c.escape_default());
         } else {
             shown.push(c);
@@ -2261,6 +2258,20 @@ async fn failed(ctx: &Context, status: u8, message: &str) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clients_text_is_logged_with_hidden_characters_escaped_and_cut_short() {
+        // A forged line, a reversed word, a zero-width space and a soft
+        // hyphen: each shown as its escape.
+        assert_eq!(
+            said("ok\nINFO forged\u{202e}txt.exe\u{200b}x\u{ad}y"),
+            "ok\\nINFO forged\\u{202e}txt.exe\\u{200b}x\\u{ad}y"
+        );
+        assert_eq!(
+            said(&"é".repeat(1000)),
+            format!("{}…", "é".repeat(LOGGED_CHARS))
+        );
+    }
 
     #[tokio::test]
     async fn orders_arrive_in_order_and_end_after_the_queued_ones() {

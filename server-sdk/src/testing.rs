@@ -686,7 +686,7 @@ impl Client {
             Err(error) => {
                 return if entitlements.normalized_ok(raw) && !entitlements.names_a_granted_path(raw)
                 {
-                    not_granted(raw, action)
+                    not_granted(raw, action, entitlements.authority())
                 } else {
                     OpError::new(ErrorCode::Invalid, error.to_string())
                 };
@@ -695,7 +695,7 @@ impl Client {
         match entitlements.check_path(&path, action) {
             Err(denial) => denied(denial),
             // In the real client's storage folder, which is not this one.
-            Ok(_) => not_granted(raw, action),
+            Ok(_) => not_granted(raw, action, entitlements.authority()),
         }
     }
 }
@@ -727,11 +727,11 @@ fn denied(denial: PolicyDenial) -> OpError {
 
 /// The real client's denial of `raw` that tells nothing but that it is
 /// not granted (a path it could not resolve).
-fn not_granted(raw: &str, action: Action) -> OpError {
+fn not_granted(raw: &str, action: Action, authority: &impl std::fmt::Display) -> OpError {
     let reason = DenialReason::NotGranted.to_string();
     OpError {
         code: ErrorCode::Denied,
-        message: format!("may not {action} path {raw}: {reason}"),
+        message: format!("{authority} may not {action} path {raw}: {reason}"),
         denial: Some(Denial {
             resource: "path".into(),
             action: action.to_string(),

@@ -259,6 +259,28 @@ async fn files_and_folders_work_in_the_storage_folder_and_nowhere_else() {
     assert!(!storage.path().join("../x").exists());
 }
 
+/// The real client's own storage folder is not the test's: a path there
+/// is refused as the real client refuses a path it will not tell about,
+/// naming whose entitlements refused it.
+#[tokio::test]
+async fn a_path_in_the_real_clients_storage_folder_is_refused_naming_the_authority() {
+    let terminal = Terminal::new(|ctx: Context| async move {
+        let path = "~/.terminalwire/authorities/app.test/storage/x";
+        let error = ctx.file().read(path).await.unwrap_err();
+        ctx.stdout().println(error.to_string()).await
+    });
+    let storage = tempfile::tempdir().unwrap();
+    let out = TestClient::new()
+        .storage(storage.path())
+        .run(&terminal)
+        .await;
+    assert_eq!(
+        out.stdout_text(),
+        "denied by the client: app.test may not read path \
+         ~/.terminalwire/authorities/app.test/storage/x: it has not been granted\n"
+    );
+}
+
 #[tokio::test]
 async fn without_a_storage_folder_the_command_sees_none() {
     let terminal = Terminal::new(|ctx: Context| async move {

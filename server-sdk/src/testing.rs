@@ -17,7 +17,9 @@
 //!   folder only, on the disk, as the client's storage folder
 //!   ([`Context::storage_path`](crate::Context::storage_path) names paths
 //!   in it); the folder itself is the client's, and changing it is
-//!   refused as the real client refuses it. Every other path is denied by
+//!   refused as the real client refuses it. Errors of the disk there (no
+//!   such file, already exists, not empty, not a file, not a folder) have
+//!   the real client's error and words. Every other path is denied by
 //!   the real client's own rules for a user who granted nothing (a
 //!   [`ResourceError::Denied`](crate::ResourceError::Denied) with its
 //!   [`Denial`](crate::Denial) and the same grant command, `~` being the
@@ -492,7 +494,7 @@ impl Client {
             }
             Operation::FileWriteCommit { handle } => {
                 let (path, content) = self.writes.remove(&handle).ok_or_else(no_handle)?;
-                std::fs::write(path, content).map_err(fs_error)?;
+                std::fs::write(&path, content).map_err(|error| fs_error(&path, error))?;
                 Ok(Reply::Unit)
             }
             Operation::FileWriteAbort { handle } => {
@@ -535,10 +537,11 @@ impl Client {
                 command: None,
             }));
         }
-        let unit = |result: io::Result<()>| result.map(|()| Reply::Unit).map_err(fs_error);
+        let failed = |error| fs_error(&path, error);
+        let unit = |result: io::Result<()>| result.map(|()| Reply::Unit).map_err(failed);
         match op {
             Operation::FileRead { offset, len, .. } => {
-                let content = std::fs::read(&path).map_err(fs_error)?;
+                let content = std::fs::read(&path).map_err(failed)?;
                 let start = usize::try_from(offset)
                     .unwrap_or(usize::MAX)
                     .min(content.len());
@@ -566,12 +569,12 @@ impl Client {
             Operation::Chmod { mode, .. } => unit(chmod(&path, mode)),
             Operation::DirList { .. } => {
                 let mut entries = Vec::new();
-                for entry in std::fs::read_dir(&path).map_err(fs_error)? {
-                    let entry = entry.map_err(fs_error)?;
+                for entry in std::fs::read_dir(&path).map_err(failed)? {
+                    let entry = entry.map_err(failed)?;
                     let Ok(name) = entry.file_name().into_string() else {
                         continue;
                     };
-                    let kind = entry_kind(&entry.file_type().map_err(fs_error)?);
+                    let kind = entry_kind(&entry.file_type().map_err(failed)?);
                     entries.push(DirEntry { name, kind });
                 }
                 entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -746,16 +749,21 @@ fn no_handle() -> OpError {
     OpError::new(ErrorCode::Invalid, "no such streamed write")
 }
 
-/// An error of the disk as the client reports it.
-fn fs_error(error: io::Error) -> OpError {
-    let code = match error.kind() {
-        io::ErrorKind::NotFound => ErrorCode::NotFound,
-        io::ErrorKind::AlreadyExists => ErrorCode::Exists,
-        io::ErrorKind::DirectoryNotEmpty => ErrorCode::NotEmpty,
-        io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => ErrorCode::Invalid,
-        _ => ErrorCode::Io,
+/// An error of the disk with `path`, as the real client reports it
+/// (its code, and its words for the common kinds).
+fn fs_error(path: &Path, error: io::Error) -> OpError {
+    let path = path.display();
+    let (code, message) = match error.kind() {
+        io::ErrorKind::NotFound => (ErrorCode::NotFound, format!("{path} does not exist")),
+        io::ErrorKind::AlreadyExists => (ErrorCode::Exists, format!("{path} already exists")),
+        io::ErrorKind::DirectoryNotEmpty => (ErrorCode::NotEmpty, format!("{path} is not empty")),
+        io::ErrorKind::IsADirectory => {
+            (ErrorCode::Invalid, format!("{path} is not a regular file"))
+        }
+        io::ErrorKind::NotADirectory => (ErrorCode::Invalid, format!("{path} is not a folder")),
+        _ => (ErrorCode::Io, error.to_string()),
     };
-    OpError::new(code, error.to_string())
+    OpError::new(code, message)
 }
 
 fn entry_kind(kind: &std::fs::FileType) -> EntryKind {

@@ -39,6 +39,21 @@ async fn command(ctx: Context) -> anyhow::Result<()> {
         dirs.list("/nonexistent-terminalwire-test").await.map(drop),
     ))
     .await?;
+    // Errors of the disk inside the storage folder.
+    let inside = |name: &str| format!("{}/{name}", storage.trim_end_matches('/'));
+    out.println(said(files.read(&inside("missing.txt")).await.map(drop)))
+        .await?;
+    out.println(said(dirs.list(&inside("missing")).await.map(drop)))
+        .await?;
+    out.println(said(dirs.create(&inside("sub")).await)).await?;
+    out.println(said(dirs.create(&inside("sub")).await)).await?;
+    out.println(said(files.write(&inside("sub/f"), "x").await))
+        .await?;
+    out.println(said(dirs.delete(&inside("sub")).await)).await?;
+    out.println(said(files.read(&inside("sub")).await.map(drop)))
+        .await?;
+    out.println(said(dirs.list(&inside("sub/f")).await.map(drop)))
+        .await?;
     // The storage folder itself is the client's.
     out.println(said(dirs.create_all(&storage).await)).await?;
     out.println(said(dirs.delete_all(&storage).await)).await?;

@@ -1176,6 +1176,15 @@ where
                 }
                 LocalSignal::Detach => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
                 LocalSignal::Terminate(number) => Flow::Done(Err(ClientError::Terminated(number))),
+                LocalSignal::Continued => {
+                    // Stopped (Ctrl-Z at a password prompt), the shell set
+                    // the terminal for itself; the read or raw mode still
+                    // going on needs it set again.
+                    if let Err(error) = crate::terminal::reassert() {
+                        tracing::warn!(%error, "cannot set the terminal again after a stop");
+                    }
+                    Flow::Continue
+                }
             },
             () = keys.detach_typed() => request_detach(&mut link, &resume, &pipes, &mut detach_requested).await,
             () = keys.disconnect_typed() => {
@@ -2473,6 +2482,8 @@ enum LocalSignal {
     /// Ctrl-\ (SIGQUIT): detach from the session.
     Detach,
     Terminate(i32),
+    /// SIGCONT: the client was stopped and goes on.
+    Continued,
 }
 
 /// The process signals the client watches.
@@ -2482,6 +2493,8 @@ struct Signals {
     hangup: tokio::signal::unix::Signal,
     resize: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
+    /// SIGCONT: watching it leaves the default (to go on) as it is.
+    cont: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -2493,6 +2506,7 @@ impl Signals {
             hangup: signal(Kind::hangup())?,
             resize: signal(Kind::window_change())?,
             quit: signal(Kind::quit())?,
+            cont: signal(Kind::from_raw(signal_hook::consts::SIGCONT))?,
         })
     }
 }
@@ -2507,6 +2521,7 @@ async fn next_signal(signals: &mut Option<Signals>) -> LocalSignal {
         Some(()) = signals.terminate.recv() => LocalSignal::Terminate(15),
         Some(()) = signals.hangup.recv() => LocalSignal::Terminate(1),
         Some(()) = signals.quit.recv() => LocalSignal::Detach,
+        Some(()) = signals.cont.recv() => LocalSignal::Continued,
         else => std::future::pending().await,
     }
 }

@@ -310,6 +310,26 @@ impl Drop for AsFound {
     }
 }
 
+/// Sets the terminal again for what is asked now, after the client was
+/// stopped (Ctrl-Z at a password prompt, `kill -STOP`) and continued
+/// (`fg`): the shell had the terminal meanwhile and set it for itself,
+/// cooked and with echo, so a password typed after `fg` showed on the
+/// screen, and an app's raw mode was cooked. Nothing to do when the
+/// terminal was never changed.
+pub fn reassert() -> io::Result<()> {
+    let owner = owner();
+    let Some(found) = &owner.found else {
+        return Ok(());
+    };
+    let mode = owner.wanted.mode();
+    // crossterm still takes itself for raw and would do nothing: it puts
+    // back what it saved (`found`, see `set`) and starts again from there.
+    if mode == Mode::Raw && crossterm::terminal::is_raw_mode_enabled()? {
+        crossterm::terminal::disable_raw_mode()?;
+    }
+    set(found, mode, OptionalActions::Now)
+}
+
 /// Raw mode on (every key to the app, Ctrl-C included) or off, as the app
 /// asks.
 pub fn set_raw(on: bool) -> io::Result<()> {

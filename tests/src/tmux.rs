@@ -354,6 +354,32 @@ impl TmuxPane {
             .await;
     }
 
+    /// The pane's terminal device (`/dev/pts/N`).
+    pub async fn tty(&self) -> PathBuf {
+        let tty = self
+            .tmux(&["display-message", "-p", "-t", SESSION, "#{pane_tty}"])
+            .await;
+        PathBuf::from(tty.trim())
+    }
+
+    /// The client's process id: the one child of the pane's shell wrapper
+    /// while the client runs. Fails the test when there is none.
+    pub async fn client_pid(&self) -> rustix::process::Pid {
+        let shell = self
+            .tmux(&["display-message", "-p", "-t", SESSION, "#{pane_pid}"])
+            .await;
+        let shell = shell.trim();
+        let children =
+            std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+        let child: i32 = children
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("the pane's shell ({shell}) runs no client"))
+            .parse()
+            .unwrap();
+        rustix::process::Pid::from_raw(child).unwrap()
+    }
+
     fn status(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.base().join("status")).ok()?;
         Some(text.trim().parse().unwrap())

@@ -897,3 +897,94 @@ async fn a_panic_in_a_request_task_ends_the_session_with_the_terminal_restored()
 async fn a_panic_in_a_request_answered_at_once_ends_the_session_with_the_terminal_restored() {
     a_panic_in_a_request_ends_the_session("exists").await;
 }
+
+/// The settings of the terminal `tty` as `stty -a` words (`-echo`, `icanon`, ...).
+fn stty_words(tty: &std::path::Path) -> Vec<String> {
+    let output = std::process::Command::new("stty")
+        .arg("-F")
+        .arg(tty)
+        .arg("-a")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "stty -F {tty:?} -a failed");
+    String::from_utf8_lossy(&output.stdout)
+        .split([' ', ';', '\n'])
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Stops the client (as Ctrl-Z does), lets the terminal be set for a shell
+/// meanwhile (cooked, with echo: what bash and zsh put back for their
+/// prompt), then continues it (as `fg` does).
+async fn stop_then_continue_under_a_shell(pane: &TmuxPane) {
+    use rustix::process::{Signal, kill_process};
+    let client = pane.client_pid().await;
+    let tty = pane.tty().await;
+    kill_process(client, Signal::STOP).unwrap();
+    let stat = format!("/proc/{}/stat", client.as_raw_nonzero());
+    terminalwire_tests::eventually("the client to stop", Duration::from_secs(20), || {
+        std::fs::read_to_string(&stat).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.starts_with(" T"))
+        })
+    })
+    .await;
+    let sane = std::process::Command::new("stty")
+        .arg("-F")
+        .arg(&tty)
+        .arg("sane")
+        .status()
+        .unwrap();
+    assert!(sane.success());
+    assert!(stty_words(&tty).iter().any(|word| word == "echo"));
+    kill_process(client, Signal::CONT).unwrap();
+}
+
+/// Ctrl-Z at a password prompt, then `fg`: the shell had the terminal
+/// meanwhile and turned echo back on for itself, so the client turns it
+/// off again for the password still being read. It went on with echo on,
+/// and the password typed after `fg` showed on the screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_read_stopped_and_continued_still_does_not_echo() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "password");
+    pane.wait_for("Password:").await;
+    stop_then_continue_under_a_shell(&pane).await;
+    let tty = pane.tty().await;
+    terminalwire_tests::eventually("echo off again", Duration::from_secs(20), || {
+        stty_words(&tty).iter().any(|word| word == "-echo")
+    })
+    .await;
+    pane.type_text("hunter2").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("Name:").await;
+    pane.type_text("visible-name").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("length 7 name visible-name").await;
+    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+/// The same for the app's raw mode: continued, the client makes the
+/// terminal raw again (the shell left it cooked), and its escape still
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_stopped_and_continued_is_raw_again() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "hold-raw");
+    pane.wait_for("raw held").await;
+    stop_then_continue_under_a_shell(&pane).await;
+    let tty = pane.tty().await;
+    terminalwire_tests::eventually("raw mode again", Duration::from_secs(20), || {
+        let words = stty_words(&tty);
+        words.iter().any(|word| word == "-icanon") && words.iter().any(|word| word == "-echo")
+    })
+    .await;
+    pane.send_keys(&["Enter", "~", "."]).await;
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, INTERRUPTED, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}

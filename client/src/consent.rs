@@ -485,8 +485,7 @@ fn question(url: &str, denial: &Denial, command: &str) -> String {
          \x20 ({})\r\n\
          \x20 [a] always writes this grant to your policy file:\r\n\
          \x20     \x1b[1m{}\x1b[0m\r\n\
-         \x20 [o] allow once   [a] always   [d] deny (default)\r\n\
-         {YOUR_CHOICE}",
+         \x20 [o] allow once   [a] always   [d] deny (default)\r\n",
         inert(url),
         inert(&denial.action),
         inert(&denial.resource),
@@ -540,6 +539,31 @@ trait Keyboard: io::Read + Write {
     /// Drops what was typed and not read, a line not finished with Enter
     /// included.
     fn discard_input(&mut self);
+
+    /// Waits [`SETTLE`] after the question shows, then drops what was
+    /// typed meanwhile: keys on their way when it came up were meant for
+    /// the app.
+    fn settle(&mut self);
+}
+
+/// How long a question is on screen before its choice line shows and an
+/// answer is read; what is typed before is dropped. An app sees every key
+/// in raw mode: it can bring a prompt up just as the user types `a` and
+/// Enter for it, and that `a` and Enter, already on their way, granted
+/// "always". (Browsers hold their permission buttons off as long.)
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// [`SETTLE`], or in debug builds `TERMINALWIRE_DEBUG_PROMPT_SETTLE_MS`
+/// milliseconds, for the end-to-end tests.
+fn settle_time() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("TERMINALWIRE_DEBUG_PROMPT_SETTLE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    SETTLE
 }
 
 impl Keyboard for &std::fs::File {
@@ -572,6 +596,11 @@ impl Keyboard for &std::fs::File {
         // would reach the app (at once, if it is in raw mode) or the next
         // prompt.
         let _ = rustix::termios::tcflush(*self, rustix::termios::QueueSelector::IFlush);
+    }
+
+    fn settle(&mut self) {
+        std::thread::sleep(settle_time());
+        self.discard_input();
     }
 }
 
@@ -639,6 +668,9 @@ fn converse(
 ) -> io::Result<Reply> {
     tty.write_all(TERMINAL_RESET.as_bytes())?;
     tty.write_all(question.as_bytes())?;
+    tty.flush()?;
+    tty.settle();
+    tty.write_all(YOUR_CHOICE.as_bytes())?;
     tty.flush()?;
     let mut lines = Lines::default();
     for unclear in 1..=MAX_UNCLEAR {
@@ -906,6 +938,7 @@ mod tests {
             Ok(true)
         }
         fn discard_input(&mut self) {}
+        fn settle(&mut self) {}
     }
 
     #[test]
@@ -917,7 +950,10 @@ mod tests {
         let answer = converse(&mut tty, "the question", None).unwrap();
         assert_eq!(answer, Reply::Answered(Answer::Always));
         let written = String::from_utf8(tty.output).unwrap();
-        assert_eq!(written, format!("{TERMINAL_RESET}the question"));
+        assert_eq!(
+            written,
+            format!("{TERMINAL_RESET}the question{YOUR_CHOICE}")
+        );
         // Colours, default foreground and background, cursor shown.
         for reset in ["\x1b[0m", "\x1b]110\x1b\\", "\x1b]111\x1b\\", "\x1b[?25h"] {
             assert!(TERMINAL_RESET.contains(reset), "{reset:?} missing");
@@ -938,7 +974,12 @@ mod tests {
             panic!("{input:?} was not answered")
         };
         let written = String::from_utf8(tty.output).unwrap();
-        let written = written.strip_prefix(TERMINAL_RESET).unwrap().to_owned();
+        // The question, then (once it settled) its choice line.
+        let written = written.strip_prefix(TERMINAL_RESET).unwrap().replacen(
+            &format!("Q{YOUR_CHOICE}"),
+            "Q",
+            1,
+        );
         (answer, written)
     }
 
@@ -1026,18 +1067,22 @@ mod tests {
 
     #[test]
     fn a_prompt_nobody_answers_denies_at_its_time_out_and_drops_what_was_typed() {
-        let (mut user, tty) = pty();
-        // Typed, not sent: the terminal echoes it and keeps it for Enter.
-        user.write_all(b"al").unwrap();
-        shown_until(&user, "al");
-        let timeout = Duration::from_millis(300);
+        let (user, tty) = pty();
+        let typing = std::thread::spawn(move || {
+            shown_until(&user, YOUR_CHOICE);
+            // Typed, not sent: the terminal echoes it and keeps it for Enter.
+            (&user).write_all(b"al").unwrap();
+            let shown = shown_until(&user, "denied");
+            (user, shown)
+        });
+        let timeout = Duration::from_millis(1500);
         let asked = Instant::now();
         let reply = converse(&tty, "Q", Some(timeout)).unwrap();
         assert_eq!(reply, Reply::NotAnswered);
-        assert!(asked.elapsed() >= timeout, "{:?}", asked.elapsed());
-        let shown = shown_until(&user, "denied");
+        assert!(asked.elapsed() >= SETTLE + timeout, "{:?}", asked.elapsed());
+        let (mut user, shown) = typing.join().unwrap();
         assert!(
-            shown.ends_with("Q\r\r\n  no answer in 0.3 seconds: denied\r\r\n"),
+            shown.ends_with("al\r\r\n  no answer in 1.5 seconds: denied\r\r\n"),
             "{shown:?}"
         );
         // The half-typed answer reaches neither the app nor the next prompt:
@@ -1052,7 +1097,7 @@ mod tests {
     fn a_prompt_waits_for_an_answer_and_each_question_has_the_whole_time_out() {
         let (mut user, tty) = pty();
         let answering = std::thread::spawn(move || {
-            shown_until(&user, "Q");
+            shown_until(&user, YOUR_CHOICE);
             user.write_all(b"y\n").unwrap();
             shown_until(&user, YOUR_CHOICE);
             user.write_all(b"once\n").unwrap();
@@ -1064,7 +1109,7 @@ mod tests {
         // As long as it takes, without a time-out.
         let (mut user, tty) = pty();
         let answering = std::thread::spawn(move || {
-            shown_until(&user, "Q");
+            shown_until(&user, YOUR_CHOICE);
             user.write_all(b"a\n").unwrap();
             // Kept open: a terminal closed is the end of the input.
             user
@@ -1077,23 +1122,48 @@ mod tests {
         // An unclear answer, then nothing: the question asked again gets
         // its own time-out, then denies as not answered.
         let (mut user, tty) = pty();
-        user.write_all(b"y\n").unwrap();
-        let reply = converse(&tty, "Q", Some(Duration::from_millis(200))).unwrap();
+        let answering = std::thread::spawn(move || {
+            shown_until(&user, YOUR_CHOICE);
+            user.write_all(b"y\n").unwrap();
+            shown_until(&user, "denied")
+        });
+        let reply = converse(&tty, "Q", Some(Duration::from_millis(1500))).unwrap();
         assert_eq!(reply, Reply::NotAnswered);
-        let shown = shown_until(&user, "denied");
+        let shown = answering.join().unwrap();
         assert!(shown.contains("is not one of the choices"), "{shown:?}");
         assert!(
-            shown.contains("no answer in 0.2 seconds: denied"),
+            shown.contains("no answer in 1.5 seconds: denied"),
             "{shown:?}"
         );
     }
 
     #[test]
+    fn keys_typed_before_the_choice_line_shows_are_dropped() {
+        let (mut user, tty) = pty();
+        let answering = std::thread::spawn(move || {
+            shown_until(&user, "Q");
+            // On its way as the question came up: meant for the app.
+            user.write_all(b"a\n").unwrap();
+            shown_until(&user, YOUR_CHOICE);
+            user.write_all(b"d\n").unwrap();
+            user
+        });
+        let reply = converse(&tty, "Q", Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(reply, Reply::Answered(Answer::Deny));
+        answering.join().unwrap();
+    }
+
+    #[test]
     fn a_time_out_too_long_for_a_deadline_waits_for_the_answer() {
         let (mut user, tty) = pty();
-        user.write_all(b"o\n").unwrap();
+        let answering = std::thread::spawn(move || {
+            shown_until(&user, YOUR_CHOICE);
+            user.write_all(b"o\n").unwrap();
+            user
+        });
         let reply = converse(&tty, "Q", Some(Duration::MAX)).unwrap();
         assert_eq!(reply, Reply::Answered(Answer::Once));
+        answering.join().unwrap();
     }
 
     #[test]

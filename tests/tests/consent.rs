@@ -411,3 +411,36 @@ async fn ctrl_c_twice_at_a_prompt_ends_the_client_with_the_terminal_as_found() {
     assert!(!exit.screen.contains("read: true"), "{}", exit.screen);
     assert_eq!(exit.stty_before, exit.stty_after, "terminal restored");
 }
+
+/// Keys typed in the moment the question shows, before its choice line
+/// does, do not answer it: an app can bring a prompt up while the user is
+/// typing `a` and Enter for it (it sees every key in raw mode), and the
+/// next `a` Enter, already on its way, granted "always". Here the moment is
+/// stretched to 5 s (a debug build's `TERMINALWIRE_DEBUG_PROMPT_SETTLE_MS`)
+/// so that the keys surely fall in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_typed_as_the_question_shows_do_not_answer_it() {
+    let server = TestServer::with_terminal(reader_app()).await;
+    let (_dir, file) = secret_file();
+    let pane = TmuxPane::start_with_env(
+        &[&server.url(), "read", &file],
+        120,
+        30,
+        &[("TERMINALWIRE_DEBUG_PROMPT_SETTLE_MS", "5000")],
+    );
+    pane.wait_for("YOUR CLIENT asks").await;
+    pane.type_text("a").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("your choice:").await;
+    pane.type_text("d").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("done").await;
+    assert!(screen.lines().any(|line| line == "denied"), "{screen}");
+    assert!(!screen.contains("the-content"), "{screen}");
+    pane.wait_exit().await;
+    let policy = pane
+        .home()
+        .join(format!("authorities/{}/policy.toml", server.addr()));
+    let text = std::fs::read_to_string(&policy).unwrap_or_default();
+    assert!(!text.contains("[[path]]"), "{text}");
+}

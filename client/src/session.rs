@@ -1365,7 +1365,14 @@ where
                         }
                     },
                 };
-                if sequenced && matches!(flow, Flow::Continue | Flow::Done(Ok(Finish::Exit(_)))) {
+                // A frame handled counts as received, even when a send
+                // that followed found the connection lost (the grant due
+                // after output written at once, answers): not counted, it
+                // would come again after the resume and be handled twice
+                // (the output written twice). The resume says the count.
+                if sequenced && matches!(flow, Flow::Lost(_)) {
+                    let _ = receipts.on_frame(len);
+                } else if sequenced && matches!(flow, Flow::Continue | Flow::Done(Ok(Finish::Exit(_)))) {
                     let exit = matches!(flow, Flow::Done(_));
                     let due = receipts.on_frame(len);
                     // The server keeps the session until it knows the exit arrived.
@@ -2930,6 +2937,206 @@ mod tests {
         // What a resume would send again is the error, not the answer.
         assert!(matches!(recent.begin(7), Seen::Answered(bytes) if bytes == sent[0].0));
         assert!(running.is_empty());
+    }
+
+    /// A socket of plain (unsealed) messages: what the client sends goes
+    /// to `sent`, what it reads comes from `incoming`; a send of a `window`
+    /// frame fails when `fail_window` is set (the connection breaks just
+    /// then).
+    struct MockSocket {
+        incoming: mpsc::UnboundedReceiver<Message>,
+        sent: mpsc::UnboundedSender<Message>,
+        fail_window: bool,
+    }
+
+    impl futures_util::Stream for MockSocket {
+        type Item = Result<Message, tungstenite::Error>;
+        fn poll_next(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx).map(|message| message.map(Ok))
+        }
+    }
+
+    impl futures_util::Sink<Message> for MockSocket {
+        type Error = tungstenite::Error;
+        fn poll_ready(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+            if self.fail_window
+                && let Message::Binary(bytes) = &message
+                && let Ok(ClientFrame::Window(_)) = codec::decode(bytes)
+            {
+                return Err(tungstenite::Error::Io(
+                    io::ErrorKind::ConnectionReset.into(),
+                ));
+            }
+            let _ = self.sent.send(message);
+            Ok(())
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn server_message(frame: &ServerFrame) -> Message {
+        Message::Binary(codec::encode(frame).into())
+    }
+
+    fn client_frame(message: &Message) -> Option<ClientFrame> {
+        match message {
+            Message::Binary(bytes) => codec::decode(bytes).ok(),
+            _ => None,
+        }
+    }
+
+    /// Chunk `n` of the server's output: 64 KiB of the byte `n`.
+    fn output_chunk(n: u8) -> ServerFrame {
+        ServerFrame::Data(terminalwire_protocol::frame::Data {
+            sid: StreamId::STDOUT,
+            bytes: ByteBuf::from(vec![n; 64 << 10]),
+        })
+    }
+
+    /// Output into a file is written at once, then the window grant it made
+    /// due is sent. When that send finds the connection broken, the chunk
+    /// is in the file all the same: it must count as received, or the
+    /// server sends it again after the resume and it is written twice (the
+    /// chaos test saw stdout files longer than the output).
+    #[tokio::test]
+    async fn a_chunk_written_before_its_grant_failed_to_leave_is_not_written_again() {
+        const CHUNKS: u8 = 14;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let io = LocalIo {
+            stdout: Output::File(std::fs::File::create(&out).unwrap()),
+            stderr: Output::Async(Box::new(tokio::io::sink())),
+            stdin: Box::new(tokio::io::empty()),
+        };
+        // The first connection: the welcome, then every chunk; the grant
+        // due after the twelfth (the file's window is 512 KiB, the first
+        // 512 KiB consumed are not granted again, then half a window) fails.
+        let (first_in, incoming) = mpsc::unbounded_channel();
+        let (sent, mut first_out) = mpsc::unbounded_channel();
+        let first = MockSocket {
+            incoming,
+            sent,
+            fail_window: true,
+        };
+        let welcome = terminalwire_protocol::frame::Welcome {
+            version: 1,
+            server: terminalwire_protocol::frame::Software {
+                name: "mock".into(),
+                version: "0".into(),
+            },
+            session_id: "mock".into(),
+            capabilities: vec![resume::CAPABILITY.into()],
+            window: terminalwire_protocol::DEFAULT_WINDOW,
+            max_chunk: terminalwire_protocol::DEFAULT_MAX_CHUNK,
+            resume: Some(terminalwire_protocol::frame::ResumeTicket {
+                token: ByteBuf::from(vec![1; 32]),
+                grace_secs: 30,
+                detach_secs: 0,
+            }),
+        };
+        first_in
+            .send(server_message(&ServerFrame::Welcome(welcome)))
+            .unwrap();
+        for n in 1..=CHUNKS {
+            first_in.send(server_message(&output_chunk(n))).unwrap();
+        }
+        // The second connection: the server answers the resume and sends
+        // again what the client says it did not receive, then the exit.
+        let (second_in, incoming) = mpsc::unbounded_channel();
+        let (sent, mut second_out) = mpsc::unbounded_channel();
+        let second = Arc::new(std::sync::Mutex::new(Some(MockSocket {
+            incoming,
+            sent,
+            fail_window: false,
+        })));
+        let reconnect: Reconnect<MockSocket> = Arc::new(move || {
+            let socket = second.lock().unwrap().take();
+            Box::pin(async move {
+                socket.ok_or_else(|| ClientError::ConnectionLost("no third connection".into()))
+            })
+        });
+        let server = tokio::spawn(async move {
+            let received = loop {
+                let message = second_out.recv().await.expect("no resume came");
+                if let Some(ClientFrame::Resume(resume)) = client_frame(&message) {
+                    break resume.received;
+                }
+            };
+            let resumed = ServerFrame::Resumed(Resumed {
+                received: 0,
+                token: ByteBuf::from(vec![2; 32]),
+            });
+            second_in.send(server_message(&resumed)).unwrap();
+            for n in received + 1..=u64::from(CHUNKS) {
+                second_in
+                    .send(server_message(&output_chunk(n as u8)))
+                    .unwrap();
+            }
+            let exit = ServerFrame::Exit(terminalwire_protocol::frame::Exit { status: 0 });
+            second_in.send(server_message(&exit)).unwrap();
+            // Kept open until the client is done.
+            while second_out.recv().await.is_some() {}
+            drop(second_in);
+            received
+        });
+        let target = crate::connect::Target::parse("ws://127.0.0.1:1/terminal").unwrap();
+        let hello = crate::facts::hello(&target, "mock".into(), Vec::new()).unwrap();
+        let resumption = Resumption {
+            reconnect,
+            url: "ws://127.0.0.1:1/terminal".into(),
+            authority: "127.0.0.1:1".into(),
+            command: Vec::new(),
+            show_status: false,
+            on_attached: None,
+        };
+        let config = SessionConfig::default();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(20),
+            run_with(
+                first,
+                Start::Hello(Box::new(hello)),
+                io,
+                &config,
+                Some(resumption),
+            ),
+        )
+        .await
+        .expect("the session hung")
+        .unwrap();
+        assert!(matches!(ended, Ended::Exit(0)), "{ended:?}");
+        // The grant did fail, after the twelfth chunk: the client resumed.
+        while first_out.try_recv().is_ok() {}
+        let received = server.await.unwrap();
+        assert!(received >= 11, "the connection failed at chunk {received}");
+        let written = std::fs::read(&out).unwrap();
+        let expected: Vec<u8> = (1..=CHUNKS)
+            .flat_map(|n| std::iter::repeat_n(n, 64 << 10))
+            .collect();
+        assert_eq!(
+            written.len(),
+            expected.len(),
+            "output lost or written twice"
+        );
+        assert!(written == expected, "the output differs");
     }
 
     /// The file writer's loop with no prompt, never stopped.

@@ -10,12 +10,17 @@
 //! - [`Client`]: runs the `terminalwire` binary and collects its output.
 //! - [`client_binary`]: where that binary is.
 //! - [`relay`]: a man in the middle that switches targets, records and tampers.
+//! - [`cutter`]: a proxy that resets connections after a seeded byte count.
+//! - [`chaos`]: a proxy that breaks connections in seeded ways (resets of
+//!   one side or both, half-closes, stalls, black holes), an app with
+//!   checkable workloads, and a checker of whole runs (`tests/chaos.rs`).
 //!
 //! The tests themselves live in `tests/`.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, reason = "a test harness fails loudly")]
 
+pub mod chaos;
 pub mod cutter;
 pub mod pattern;
 pub mod process;

@@ -31,6 +31,37 @@ use crate::context::{Context, ResourceError};
 /// ones it refuses and skips).
 pub(crate) const MAX_LINE: usize = 64 * 1024;
 
+/// A line of stdin without its ending, refused as the client refuses it.
+fn line_of(bytes: Vec<u8>) -> Result<Option<String>, ResourceError> {
+    if bytes.len() > MAX_LINE {
+        return Err(ResourceError::Invalid {
+            message: format!("input line longer than {MAX_LINE} bytes (skipped)"),
+        });
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| ResourceError::Invalid {
+            message: "input line is not valid UTF-8".into(),
+        })
+}
+
+/// Bytes of stdin a line read took from those kept for byte reads, put
+/// back for the next read if the line read is dropped before it is done.
+struct KeptBack<'a> {
+    ctx: &'a Context,
+    bytes: Vec<u8>,
+}
+
+impl Drop for KeptBack<'_> {
+    fn drop(&mut self) {
+        if !self.bytes.is_empty() {
+            self.ctx
+                .shared
+                .unread_stdin(vec![std::mem::take(&mut self.bytes)]);
+        }
+    }
+}
+
 /// Largest payload of one `write`/`append` request: a request must fit in
 /// one protocol frame. Larger appends are split; larger writes are streamed
 /// ([`Files::writer`]), still atomic.
@@ -87,38 +118,47 @@ impl Stdin {
         let Some(kept) = Box::pin(self.ctx.shared.kept_line()).await? else {
             return self.ask_line(prompt).await;
         };
+        // Put back for the next read should this one be given up (dropped
+        // while it waits), as the input of every read given up is kept.
+        let mut kept_back = KeptBack {
+            ctx: &self.ctx,
+            bytes: kept.bytes,
+        };
         if let Some(prompt) = prompt {
             // As the client shows it: on stderr, before the line is read.
             let _ = self.ctx.stderr().write_all(prompt.as_bytes()).await;
         }
-        let mut bytes = kept.bytes;
-        if bytes.last() == Some(&b'\n') {
+        if kept_back.bytes.last() == Some(&b'\n') {
+            let mut bytes = std::mem::take(&mut kept_back.bytes);
             bytes.pop();
             if bytes.last() == Some(&b'\r') {
                 bytes.pop();
             }
-        } else if !kept.ended {
-            // The rest of the line is still the client's (at the end of
-            // input, the kept bytes are the last line).
-            if let Some(rest) = self.ask_line(None).await? {
-                bytes.extend_from_slice(rest.as_bytes());
+            return line_of(bytes);
+        }
+        if kept.ended {
+            // The end of input ended them: the last line, or none.
+            let bytes = std::mem::take(&mut kept_back.bytes);
+            return if bytes.is_empty() {
+                Ok(None)
+            } else {
+                line_of(bytes)
+            };
+        }
+        // The rest of the line is still the client's.
+        let rest = self.ask_line(None).await;
+        let mut bytes = std::mem::take(&mut kept_back.bytes);
+        if let Some(rest) = rest? {
+            // A `\r\n` split between the two: the client saw only `\n`.
+            if rest.is_empty() && bytes.last() == Some(&b'\r') {
+                bytes.pop();
             }
-        } else if bytes.is_empty() {
-            return Ok(None);
+            bytes.extend_from_slice(rest.as_bytes());
         }
-        if bytes.len() > MAX_LINE {
-            return Err(ResourceError::Invalid {
-                message: format!("input line longer than {MAX_LINE} bytes (skipped)"),
-            });
-        }
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| ResourceError::Invalid {
-                message: "input line is not valid UTF-8".into(),
-            })
+        line_of(bytes)
     }
 
-    /// A line the client reads, after it shows `prompt`.
+    /// A line read by the client, after it shows `prompt`.
     async fn ask_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
         let op = Operation::StdinReadLine {
             prompt: prompt.map(str::to_owned),

@@ -1238,6 +1238,65 @@ async fn line_reads_after_a_dropped_stdin_reader_start_with_what_it_took_ahead()
     assert_eq!(run.stderr_text(), "next? ".repeat(4));
 }
 
+/// A line read given up after it took the start of its line from what a
+/// dropped reader took ahead puts it back: the next line read gets the
+/// whole line. (It was lost with the read given up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_read_given_up_puts_back_the_start_it_took() {
+    assert_eq!(
+        line_read_given_up_then_again(b"first\nsec", b"ond\r\n").await,
+        r#""first\n" true Some("second")"#
+    );
+    // A `\r\n` split between the start and the rest is a line's end too.
+    assert_eq!(
+        line_read_given_up_then_again(b"first\nsec\r", b"\n").await,
+        r#""first\n" true Some("sec")"#
+    );
+}
+
+/// Reads a line with a reader (stdin `typed_first`), then a line read given
+/// up, then one more once `typed_later` is typed; what the command saw.
+async fn line_read_given_up_then_again(typed_first: &[u8], typed_later: &[u8]) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let gave_up = Arc::new(Notify::new());
+    let gave_up_in_command = gave_up.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let gave_up = gave_up_in_command.clone();
+        async move {
+            let mut first = String::new();
+            {
+                let mut reader = ctx.stdin().reader();
+                reader.read_line(&mut first).await?;
+            }
+            // The rest of the line is not typed yet.
+            let given_up =
+                tokio::time::timeout(Duration::from_millis(200), ctx.read_line(Some("p ")))
+                    .await
+                    .is_err();
+            gave_up.notify_one();
+            let next = ctx.read_line(Some("p ")).await?;
+            ctx.stdout()
+                .print(format!("{first:?} {given_up} {next:?}"))
+                .await?;
+            anyhow::Ok(())
+        }
+    });
+    let (session, mut typing) = Session::args(&[]).stdin_pipe();
+    let typist = async {
+        tokio::io::AsyncWriteExt::write_all(&mut typing, typed_first)
+            .await
+            .unwrap();
+        gave_up.notified().await;
+        tokio::io::AsyncWriteExt::write_all(&mut typing, typed_later)
+            .await
+            .unwrap();
+        typing
+    };
+    let run = tokio::join!(session.run(&terminal), typist).0;
+    assert_eq!(run.status(), 0, "stderr: {}", run.stderr_text());
+    String::from_utf8_lossy(&run.stdout).into_owned()
+}
+
 /// A scripted client answers concurrent requests in reverse order; each
 /// `read_line` must still get the answer to its own request (matched by id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

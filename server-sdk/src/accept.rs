@@ -15,13 +15,17 @@
 //! Many addresses together are bounded by the process's limit on open
 //! files: the loop first raises its soft limit to the hard one
 //! ([`raise_open_file_limit`]), then takes at most half of it in HTTP
-//! connections. Past that, a new connection is closed at once, so that the
-//! sessions and the app's own files keep the other half however many
-//! addresses open connections that send nothing.
+//! connections (counted over all of the process's loops). Past that, a new
+//! connection is closed at once, so that the sessions and the app's own
+//! files keep the other half however many addresses open connections that
+//! send nothing. TLS handshakes come before the HTTP connection and are
+//! bounded on their own (1 024 per listener, see [`tls`](crate::tls)).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -150,15 +154,40 @@ pub(crate) async fn serve<L>(
     L::Addr: Clone + Send + Sync + 'static,
 {
     let limits = ConnectionLimits::for_open_files(raise_open_file_limit());
-    serve_limited(listener, app, shutdown, limits).await;
+    serve_limited(listener, app, shutdown, limits, in_this_process()).await;
 }
 
-/// [`serve`], with `limits` on the connections of one address.
+/// The HTTP connections open in all of this process's accept loops (two
+/// `serve_app` calls, or one and a `tls::serve`, share the total).
+fn in_this_process() -> Arc<AtomicUsize> {
+    static OPEN: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+    OPEN.get_or_init(Arc::default).clone()
+}
+
+/// One connection counted in a total of open connections, until dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicUsize>) -> Counted {
+        open.fetch_add(1, Ordering::Relaxed);
+        Counted(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// [`serve`], with `limits` on the connections of one address, and on all
+/// of them together counted in `counted`.
 pub(crate) async fn serve_limited<L>(
     mut listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ConnectionLimits,
+    counted: Arc<AtomicUsize>,
 ) where
     L: Listener,
     L::Addr: Clone + Send + Sync + 'static,
@@ -182,7 +211,7 @@ pub(crate) async fn serve_limited<L>(
         // (and are checked by user id).
         let place = match (&addr as &dyn std::any::Any).downcast_ref::<SocketAddr>() {
             Some(peer) => {
-                let held = per_address.held();
+                let held = counted.load(Ordering::Relaxed);
                 if held >= limits.total {
                     if !full {
                         tracing::warn!(
@@ -198,13 +227,13 @@ pub(crate) async fn serve_limited<L>(
                 if held < limits.total - limits.total / 10 {
                     full = false;
                 }
-                let limit = if held >= limits.busy {
+                let limit = if per_address.held() >= limits.busy {
                     limits.per_address
                 } else {
                     usize::MAX
                 };
                 match per_address.take(peer.ip(), limit) {
-                    Some(place) => Some(place),
+                    Some(place) => Some((place, Counted::new(&counted))),
                     None => {
                         tracing::debug!(%peer, "too many connections from this address");
                         continue;
@@ -428,7 +457,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
-        tokio::spawn(serve_limited(listener, app, std::future::pending(), limits));
+        tokio::spawn(serve_limited(
+            listener,
+            app,
+            std::future::pending(),
+            limits,
+            Arc::default(),
+        ));
         // More connections that send nothing, from one address, than a busy
         // server lets it hold: each held a descriptor and a task until the
         // header time-out, and enough of them took every descriptor the
@@ -462,7 +497,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
-        tokio::spawn(serve_limited(listener, app, std::future::pending(), limits));
+        tokio::spawn(serve_limited(
+            listener,
+            app,
+            std::future::pending(),
+            limits,
+            Arc::default(),
+        ));
         let mut silent = Vec::new();
         for host in 1..=4 {
             silent.push(connect_from([127, 0, 0, host], addr).await);
@@ -480,6 +521,47 @@ mod tests {
         let mut sixth = connect_from([127, 0, 0, 6], addr).await;
         let sixth = status_of_get(&mut sixth).await;
         assert!(sixth.starts_with("HTTP/1.1 200"), "{sixth:?}");
+    }
+
+    #[tokio::test]
+    async fn two_accept_loops_share_the_total() {
+        let limits = ConnectionLimits {
+            busy: 64,
+            per_address: 8,
+            total: 4,
+        };
+        let counted = Arc::new(AtomicUsize::new(0));
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
+            tokio::spawn(serve_limited(
+                listener,
+                app,
+                std::future::pending(),
+                limits,
+                counted.clone(),
+            ));
+        }
+        let mut silent = Vec::new();
+        for host in 1..=4u8 {
+            let mut client = connect_from([127, 0, 0, host], addrs[usize::from(host % 2)]).await;
+            // Served, so counted before the next one comes.
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = [0u8; 12];
+            client.read_exact(&mut answer).await.unwrap();
+            silent.push(client);
+        }
+        // Each loop holds two: a fifth, to either, is closed at once.
+        for addr in addrs {
+            let mut fifth = connect_from([127, 0, 0, 5], addr).await;
+            let status = status_of_get(&mut fifth).await;
+            assert!(status.is_empty(), "served: {status:?}");
+        }
     }
 
     #[test]

@@ -321,6 +321,11 @@ pub fn reassert() -> io::Result<()> {
     let Some(found) = &owner.found else {
         return Ok(());
     };
+    // Continued in the background (`bg`): the terminal is the shell's
+    // until `fg`, which continues the client again.
+    if !in_the_foreground() {
+        return Ok(());
+    }
     let mode = owner.wanted.mode();
     // crossterm still takes itself for raw and would do nothing: it puts
     // back what it saved (`found`, see `set`) and starts again from there.
@@ -328,6 +333,15 @@ pub fn reassert() -> io::Result<()> {
         crossterm::terminal::disable_raw_mode()?;
     }
     set(found, mode, OptionalActions::Now)
+}
+
+/// Whether this process's group is the foreground of stdin's terminal.
+/// Setting the terminal from the background stops the client again
+/// (SIGTTOU) or, where that signal is ignored, changes the terminal under
+/// the shell.
+fn in_the_foreground() -> bool {
+    rustix::termios::tcgetpgrp(rustix::stdio::stdin())
+        .is_ok_and(|foreground| foreground == rustix::process::getpgrp())
 }
 
 /// Raw mode on (every key to the app, Ctrl-C included) or off, as the app

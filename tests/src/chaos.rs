@@ -4,7 +4,7 @@
 //! byte offset counted in one direction or both, all drawn from a seed; an
 //! app whose commands stream checkable output, echo stdin, write and read a
 //! file in the client's storage folder and make many round trips; and
-//! [`run_seed`], which runs the real client through the proxy and checks the
+//! [`run_scenario`], which runs the real client through the proxy and checks the
 //! output byte for byte and the exit status.
 //!
 //! A failure names its seed; `CHAOS_SEED=... cargo test -p terminalwire-tests
@@ -180,8 +180,11 @@ struct ProxyState {
     faults: u32,
     previous_broken: bool,
     log: Vec<String>,
-    /// Bytes (up, down) each connection passed once its gate counted.
+    /// Bytes (up, down) each connection passed once its gate counted,
+    /// written when its forwarding ends.
     traffic: Vec<(u64, u64)>,
+    /// Connections still being forwarded.
+    forwarding: usize,
 }
 
 impl ProxyState {
@@ -227,6 +230,8 @@ pub struct Proxy {
     addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
     task: JoinHandle<()>,
+    /// Woken when a connection's forwarding ends.
+    ended: Arc<tokio::sync::Notify>,
 }
 
 impl Proxy {
@@ -243,8 +248,11 @@ impl Proxy {
             previous_broken: false,
             log: Vec::new(),
             traffic: Vec::new(),
+            forwarding: 0,
         }));
         let shared = state.clone();
+        let ended = Arc::new(tokio::sync::Notify::new());
+        let ended_in_task = ended.clone();
         let task = tokio::spawn(async move {
             let mut tasks = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
@@ -253,22 +261,46 @@ impl Proxy {
                     let plan = state.plan();
                     let index = state.log.len();
                     state.traffic.push((0, 0));
+                    state.forwarding += 1;
                     state.log.push(match plan {
                         Some(plan) => format!("#{index}: {plan:?}"),
                         None => format!("#{index}: reliable"),
                     });
                     (state.target, plan, index)
                 };
-                tasks.push(AbortOnDrop(tokio::spawn(forward(
-                    client,
-                    target,
-                    plan,
-                    index,
-                    shared.clone(),
-                ))));
+                let shared = shared.clone();
+                let ended = ended_in_task.clone();
+                tasks.push(AbortOnDrop(tokio::spawn(async move {
+                    forward(client, target, plan, index, shared.clone()).await;
+                    shared.lock().unwrap().forwarding -= 1;
+                    ended.notify_waiters();
+                })));
             }
         });
-        Proxy { addr, state, task }
+        Proxy {
+            addr,
+            state,
+            task,
+            ended,
+        }
+    }
+
+    /// Waits (at most `bound`) until no connection is being forwarded: a
+    /// connection's traffic is written when its forwarding ends, which may
+    /// be after the client has exited.
+    pub async fn settled(&self, bound: Duration) {
+        let _ = tokio::time::timeout(bound, async {
+            loop {
+                let ended = self.ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.state.lock().unwrap().forwarding == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        })
+        .await;
     }
 
     /// Where clients connect.
@@ -861,6 +893,12 @@ pub async fn run_scenario(server: SocketAddr, mut scenario: Scenario) -> Result<
         calm.chaos.max_faults = 0;
         let (_, traffic) = run_once(server, calm).await;
         if let Some(&(up, down)) = traffic.first() {
+            // Measured, or the cut would come first thing, not at the tail.
+            assert!(
+                up > 0 && down > 0,
+                "seed {:#x}: the calm run measured no traffic",
+                scenario.seed
+            );
             let total = if counted == Counted::Down { down } else { up };
             scenario.chaos.first = Some(Plan {
                 fault,
@@ -878,7 +916,12 @@ async fn run_once(
     scenario: Scenario,
 ) -> (Result<u32, Box<Failure>>, Vec<(u64, u64)>) {
     let proxy = Proxy::start(server, scenario.chaos.clone(), scenario.seed).await;
+    let calm = scenario.chaos.max_faults == 0;
     let result = check_run(&proxy, scenario).await;
+    if calm {
+        // Measured for the tail of the next run: every byte counted.
+        proxy.settled(Duration::from_secs(10)).await;
+    }
     (result, proxy.traffic())
 }
 

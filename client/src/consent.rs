@@ -544,6 +544,11 @@ trait Keyboard: io::Read + Write {
     /// typed meanwhile: keys on their way when it came up were meant for
     /// the app.
     fn settle(&mut self);
+
+    /// Turns the terminal's echo on or off; whether it was on. Off while
+    /// the question settles: keys typed then are dropped, and shown beside
+    /// the question they looked taken.
+    fn echo(&mut self, on: bool) -> bool;
 }
 
 /// How long a question is on screen before its choice line shows and an
@@ -601,6 +606,17 @@ impl Keyboard for &std::fs::File {
     fn settle(&mut self) {
         std::thread::sleep(settle_time());
         self.discard_input();
+    }
+
+    fn echo(&mut self, on: bool) -> bool {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let Ok(mut settings) = tcgetattr(*self) else {
+            return false;
+        };
+        let was = settings.local_modes.contains(LocalModes::ECHO);
+        settings.local_modes.set(LocalModes::ECHO, on);
+        let _ = tcsetattr(*self, OptionalActions::Now, &settings);
+        was
     }
 }
 
@@ -666,10 +682,21 @@ fn converse(
     question: &str,
     timeout: Option<Duration>,
 ) -> io::Result<Reply> {
-    tty.write_all(TERMINAL_RESET.as_bytes())?;
-    tty.write_all(question.as_bytes())?;
-    tty.flush()?;
-    tty.settle();
+    // Echo off before the question shows: keys on their way as it comes
+    // up are dropped, and must not look taken.
+    let echoed = tty.echo(false);
+    let asked = (|| {
+        tty.write_all(TERMINAL_RESET.as_bytes())?;
+        tty.write_all(question.as_bytes())?;
+        tty.flush()
+    })();
+    if asked.is_ok() {
+        tty.settle();
+    }
+    if echoed {
+        tty.echo(true);
+    }
+    asked?;
     tty.write_all(YOUR_CHOICE.as_bytes())?;
     tty.flush()?;
     let mut lines = Lines::default();
@@ -939,6 +966,9 @@ mod tests {
         }
         fn discard_input(&mut self) {}
         fn settle(&mut self) {}
+        fn echo(&mut self, _: bool) -> bool {
+            true
+        }
     }
 
     #[test]
@@ -1144,13 +1174,16 @@ mod tests {
             shown_until(&user, "Q");
             // On its way as the question came up: meant for the app.
             user.write_all(b"a\n").unwrap();
-            shown_until(&user, YOUR_CHOICE);
+            let shown = shown_until(&user, YOUR_CHOICE);
             user.write_all(b"d\n").unwrap();
-            user
+            (user, shown)
         });
         let reply = converse(&tty, "Q", Some(Duration::from_secs(20))).unwrap();
         assert_eq!(reply, Reply::Answered(Answer::Deny));
-        answering.join().unwrap();
+        let (_user, shown) = answering.join().unwrap();
+        // Not echoed beside the question either, as if it counted: all
+        // that showed after the question is the choice line.
+        assert_eq!(shown.replace(YOUR_CHOICE, ""), "", "{shown:?}");
     }
 
     #[test]

@@ -34,15 +34,20 @@ pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// A line of stdin without its ending, refused as the client refuses it.
 fn line_of(bytes: Vec<u8>) -> Result<Option<String>, ResourceError> {
     if bytes.len() > MAX_LINE {
-        return Err(ResourceError::Invalid {
-            message: format!("input line longer than {MAX_LINE} bytes (skipped)"),
-        });
+        return Err(line_too_long());
     }
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| ResourceError::Invalid {
             message: "input line is not valid UTF-8".into(),
         })
+}
+
+/// The client's refusal of a line over [`MAX_LINE`].
+fn line_too_long() -> ResourceError {
+    ResourceError::Invalid {
+        message: format!("input line longer than {MAX_LINE} bytes (skipped)"),
+    }
 }
 
 /// Bytes of stdin a line read took from those kept for byte reads, put
@@ -111,8 +116,10 @@ impl Stdin {
     /// Stdin is one stream: bytes a [`reader`](Stdin::reader) took ahead
     /// and did not hand on (dropped after its first `lines()`, say), or
     /// that a [`read_chunk`](Stdin::read_chunk) given up received, come
-    /// first, and the line goes on with what the client has not sent yet.
-    /// The prompt is then written to stderr by the server, before the line.
+    /// first, and the line goes on with what the client has not sent yet,
+    /// read as bytes up to the newline (what follows it is kept for the
+    /// next read). The prompt is then written to stderr by the server,
+    /// before the line.
     pub async fn read_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
         // Boxed: every command's future holds room for this one.
         let Some(kept) = Box::pin(self.ctx.shared.kept_line()).await? else {
@@ -145,17 +152,54 @@ impl Stdin {
                 line_of(bytes)
             };
         }
-        // The rest of the line is still the client's.
-        let rest = self.ask_line(None).await;
-        let mut bytes = std::mem::take(&mut kept_back.bytes);
-        if let Some(rest) = rest? {
-            // A `\r\n` split between the two: the client saw only `\n`.
-            if rest.is_empty() && bytes.last() == Some(&b'\r') {
-                bytes.pop();
+        // The rest of the line is still the client's: read as bytes, as
+        // its start was (a line read of the client's would refuse a
+        // character split between the two as not UTF-8), up to the
+        // newline; what comes after it is put back for the next read.
+        loop {
+            let chunk = self.read_chunk(crate::streams::STDIN_READ).await?;
+            if chunk.is_empty() {
+                // The end of input ends the last line.
+                return line_of(std::mem::take(&mut kept_back.bytes));
             }
-            bytes.extend_from_slice(rest.as_bytes());
+            let newline = chunk.iter().position(|&byte| byte == b'\n');
+            let end = newline.map_or(chunk.len(), |at| at + 1);
+            kept_back.bytes.extend_from_slice(&chunk[..end]);
+            if newline.is_some() {
+                if end < chunk.len() {
+                    self.ctx.shared.unread_stdin(vec![chunk[end..].to_vec()]);
+                }
+                let mut bytes = std::mem::take(&mut kept_back.bytes);
+                bytes.pop();
+                if bytes.last() == Some(&b'\r') {
+                    bytes.pop();
+                }
+                return line_of(bytes);
+            }
+            if kept_back.bytes.len() > MAX_LINE + 1 {
+                // Too long: the rest of it goes too, as the client skips
+                // the rest of a line it refuses.
+                kept_back.bytes.clear();
+                self.skip_line().await?;
+                return Err(line_too_long());
+            }
         }
-        line_of(bytes)
+    }
+
+    /// Reads and drops stdin up to the next newline, or to the end.
+    async fn skip_line(&self) -> Result<(), ResourceError> {
+        loop {
+            let chunk = self.read_chunk(crate::streams::STDIN_READ).await?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            if let Some(at) = chunk.iter().position(|&byte| byte == b'\n') {
+                if at + 1 < chunk.len() {
+                    self.ctx.shared.unread_stdin(vec![chunk[at + 1..].to_vec()]);
+                }
+                return Ok(());
+            }
+        }
     }
 
     /// A line read by the client, after it shows `prompt`.

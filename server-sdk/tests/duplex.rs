@@ -1252,6 +1252,20 @@ async fn a_line_read_given_up_puts_back_the_start_it_took() {
         line_read_given_up_then_again(b"first\nsec\r", b"\n").await,
         r#""first\n" true Some("sec")"#
     );
+    // So is a character split between them one character; and what comes
+    // after the line's end is the next read's.
+    assert_eq!(
+        line_read_given_up_then_again(b"first\ns\xc3", b"\xa9cond\nthird\n").await,
+        r#""first\n" true Some("sécond") Some("third")"#
+    );
+    // A line too long is refused, and skipped to its end, as the client
+    // refuses and skips it.
+    let mut long = vec![b'x'; 70_000];
+    long.extend_from_slice(b"\nnext\n");
+    assert_eq!(
+        line_read_given_up_then_again(b"first\nxx", &long).await,
+        r#""first\n" true invalid request: input line longer than 65536 bytes (skipped) Some("next")"#
+    );
 }
 
 /// Reads a line with a reader (stdin `typed_first`), then a line read given
@@ -1274,10 +1288,20 @@ async fn line_read_given_up_then_again(typed_first: &[u8], typed_later: &[u8]) -
                     .await
                     .is_err();
             gave_up.notify_one();
-            let next = ctx.read_line(Some("p ")).await?;
+            let next = match ctx.read_line(Some("p ")).await {
+                Ok(line) => format!("{line:?}"),
+                Err(error) => error.to_string(),
+            };
             ctx.stdout()
-                .print(format!("{first:?} {given_up} {next:?}"))
+                .print(format!("{first:?} {given_up} {next}"))
                 .await?;
+            // Whatever was typed after it (the pipe stays open: no wait
+            // for its end).
+            if let Ok(Ok(Some(after))) =
+                tokio::time::timeout(Duration::from_millis(200), ctx.read_line(None)).await
+            {
+                ctx.stdout().print(format!(" {:?}", Some(after))).await?;
+            }
             anyhow::Ok(())
         }
     });

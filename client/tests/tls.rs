@@ -32,20 +32,24 @@ impl Ca {
 
     /// A server certificate for `names`, signed by this CA.
     fn server_config(&self, names: &[&str]) -> TlsConfig {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let params = CertificateParams::new(names).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        TlsConfig::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+        self.signed(names, |_| {})
     }
 
     /// A server certificate for `names`, signed by this CA, that expired in
     /// 2001.
     fn expired_server_config(&self, names: &[&str]) -> TlsConfig {
+        self.signed(names, |params| {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        })
+    }
+
+    /// A server certificate for `names` with `adjust`'s changes, signed by
+    /// this CA.
+    fn signed(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> TlsConfig {
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         let mut params = CertificateParams::new(names).unwrap();
-        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        adjust(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         TlsConfig::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()

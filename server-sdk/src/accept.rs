@@ -428,6 +428,22 @@ mod tests {
         assert!(stopping.elapsed() <= SHUTDOWN_DRAIN + Duration::from_secs(1));
     }
 
+    /// Serves a one-route app on a fresh port with `limits`, counting all
+    /// connections in `counted`; its address.
+    async fn serving(limits: ConnectionLimits, counted: Arc<AtomicUsize>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
+        tokio::spawn(serve_limited(
+            listener,
+            app,
+            std::future::pending(),
+            limits,
+            counted,
+        ));
+        addr
+    }
+
     /// A TCP connection to `addr` from the loopback address `ip`.
     async fn connect_from(ip: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -454,16 +470,7 @@ mod tests {
             per_address: 2,
             total: 64,
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
-        tokio::spawn(serve_limited(
-            listener,
-            app,
-            std::future::pending(),
-            limits,
-            Arc::default(),
-        ));
+        let addr = serving(limits, Arc::default()).await;
         // More connections that send nothing, from one address, than a busy
         // server lets it hold: each held a descriptor and a task until the
         // header time-out, and enough of them took every descriptor the
@@ -494,16 +501,7 @@ mod tests {
             per_address: 8,
             total: 4,
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
-        tokio::spawn(serve_limited(
-            listener,
-            app,
-            std::future::pending(),
-            limits,
-            Arc::default(),
-        ));
+        let addr = serving(limits, Arc::default()).await;
         let mut silent = Vec::new();
         for host in 1..=4 {
             silent.push(connect_from([127, 0, 0, host], addr).await);
@@ -531,19 +529,10 @@ mod tests {
             total: 4,
         };
         let counted = Arc::new(AtomicUsize::new(0));
-        let mut addrs = Vec::new();
-        for _ in 0..2 {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addrs.push(listener.local_addr().unwrap());
-            let app = Router::new().route("/", axum::routing::get(|| async { "up" }));
-            tokio::spawn(serve_limited(
-                listener,
-                app,
-                std::future::pending(),
-                limits,
-                counted.clone(),
-            ));
-        }
+        let addrs = [
+            serving(limits, counted.clone()).await,
+            serving(limits, counted.clone()).await,
+        ];
         let mut silent = Vec::new();
         for host in 1..=4u8 {
             let mut client = connect_from([127, 0, 0, host], addrs[usize::from(host % 2)]).await;

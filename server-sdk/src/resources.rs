@@ -43,6 +43,15 @@ fn line_of(bytes: Vec<u8>) -> Result<Option<String>, ResourceError> {
         })
 }
 
+/// A line read up to its `\n`, without the `\n` or the `\r\n` that ends it.
+fn without_ending(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.pop();
+    if bytes.last() == Some(&b'\r') {
+        bytes.pop();
+    }
+    bytes
+}
+
 /// The client's refusal of a line over [`MAX_LINE`].
 fn line_too_long() -> ResourceError {
     ResourceError::Invalid {
@@ -136,12 +145,7 @@ impl Stdin {
             let _ = self.ctx.stderr().write_all(prompt.as_bytes()).await;
         }
         if kept_back.bytes.last() == Some(&b'\n') {
-            let mut bytes = std::mem::take(&mut kept_back.bytes);
-            bytes.pop();
-            if bytes.last() == Some(&b'\r') {
-                bytes.pop();
-            }
-            return line_of(bytes);
+            return line_of(without_ending(std::mem::take(&mut kept_back.bytes)));
         }
         if kept.ended {
             // The end of input ended them: the last line, or none.
@@ -169,12 +173,7 @@ impl Stdin {
                 if end < chunk.len() {
                     self.ctx.shared.unread_stdin(vec![chunk[end..].to_vec()]);
                 }
-                let mut bytes = std::mem::take(&mut kept_back.bytes);
-                bytes.pop();
-                if bytes.last() == Some(&b'\r') {
-                    bytes.pop();
-                }
-                return line_of(bytes);
+                return line_of(without_ending(std::mem::take(&mut kept_back.bytes)));
             }
             if kept_back.bytes.len() > MAX_LINE + 1 {
                 // Too long: the rest of it goes too, as the client skips

@@ -3,7 +3,7 @@
 //! # TLS
 //!
 //! `wss://` (and `https://`, mapped to it) connects with rustls, using the
-//! *ring* crypto provider explicitly (never a process-wide default). The
+//! *aws-lc-rs* crypto provider explicitly (never a process-wide default). The
 //! server's certificate must chain to a trusted certificate authority:
 //!
 //! - the platform's trusted roots, loaded with `rustls-native-certs` (on Unix
@@ -192,7 +192,7 @@ fn mistyped_scheme(raw: &str) -> Option<String> {
 
 /// The rustls client configuration for `wss://`: the platform's roots (or
 /// the bundled Mozilla roots when the platform has none) plus the CA
-/// certificates in the PEM file `ca_cert`, verified with the ring provider.
+/// certificates in the PEM file `ca_cert`, verified with the aws-lc-rs provider.
 ///
 /// An unreadable or invalid `ca_cert` file is a [`ClientError::Config`].
 pub fn tls_config(ca_cert: Option<&Path>) -> Result<Arc<ClientConfig>, ClientError> {
@@ -207,7 +207,7 @@ pub fn tls_config(ca_cert: Option<&Path>) -> Result<Arc<ClientConfig>, ClientErr
             })?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| ClientError::Config(format!("cannot set up TLS: {error}")))?

@@ -399,3 +399,47 @@ fn a_plain_server_behind_a_wss_url_is_explained() {
     assert_one_line(&run, 69, &["TLS", "ws://"]);
     thread.join().unwrap();
 }
+
+#[test]
+fn the_client_and_the_sdk_agree_on_the_post_quantum_key_exchange() {
+    // The client's real TLS configuration against the SDK's, handshaking in
+    // memory: both prefer X25519MLKEM768 (a hybrid of X25519 and ML-KEM), so
+    // a recording of today's traffic stays sealed against a later quantum
+    // computer.
+    let fixture = Fixture::new();
+    let server_config = fixture.ca.server_config(&["127.0.0.1"]).rustls().clone();
+    let client_config = terminalwire_client::connect::tls_config(Some(&fixture.ca_file())).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+    let mut server = rustls::ServerConnection::new(server_config).unwrap();
+    let mut flights = 0;
+    while client.is_handshaking() || server.is_handshaking() {
+        flights += 1;
+        assert!(flights < 10, "the handshake does not finish");
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        server.read_tls(&mut wire.as_slice()).unwrap();
+        server.process_new_packets().unwrap();
+        let mut wire = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut wire).unwrap();
+        }
+        client.read_tls(&mut wire.as_slice()).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    for group in [
+        client.negotiated_key_exchange_group(),
+        server.negotiated_key_exchange_group(),
+    ] {
+        assert_eq!(
+            group.map(|group| group.name()),
+            Some(rustls::NamedGroup::X25519MLKEM768)
+        );
+    }
+    assert_eq!(
+        client.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}

@@ -42,7 +42,7 @@
 //! on the frame's last piece, 0 before) and the piece, plus the 16-byte tag.
 //! The flag is encrypted and authenticated, so a frame cannot be cut short or
 //! two frames glued together without the receiver noticing. The AEAD is
-//! Noise's cipher of that name, done here with `ring`: the key is the 32-byte
+//! Noise's cipher of that name, done here with aws-lc-rs: the key is the 32-byte
 //! `Split()` key of the direction, the associated data is empty, and the
 //! 96-bit nonce is 4 zero bytes then the piece's counter (0, 1, 2, ... per
 //! direction) as a **little-endian** `u64` for ChaChaPoly and a
@@ -87,9 +87,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::num::NonZeroU64;
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use base64::Engine as _;
 use bytes::{Buf as _, Bytes};
-use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 use snow::{Builder, HandshakeState};
@@ -878,7 +878,7 @@ impl Channel {
             ));
         }
         // Noise's Split(): the initiator sends with the first key. The
-        // transport is Noise's cipher `cipher` done here with `ring` rather
+        // transport is Noise's cipher `cipher` done here with aws-lc-rs rather
         // than snow's, so that a piece is encrypted and decrypted where it
         // lies in the message instead of through scratch buffers (same bytes
         // on the wire: 96-bit nonce of 4 zero bytes and the counter, little-
@@ -1358,13 +1358,21 @@ mod tests {
 
     #[test]
     fn small_order_keys_are_refused_and_real_ones_accepted() {
-        use ring::agreement::{EphemeralPrivateKey, UnparsedPublicKey, X25519, agree_ephemeral};
-        let rng = ring::rand::SystemRandom::new();
+        use aws_lc_rs::agreement::{
+            EphemeralPrivateKey, UnparsedPublicKey, X25519, agree_ephemeral,
+        };
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         for bad in SMALL_ORDER_KEYS {
-            // Each listed key really is of small order: ring's X25519 refuses
-            // the all-zero result it gives.
+            // Each listed key really is of small order: aws-lc's X25519
+            // refuses the all-zero result it gives.
             let private = EphemeralPrivateKey::generate(&X25519, &rng).unwrap();
-            let agreed = agree_ephemeral(private, &UnparsedPublicKey::new(&X25519, bad), |_| ());
+            let agreed =
+                agree_ephemeral(
+                    private,
+                    UnparsedPublicKey::new(&X25519, bad),
+                    (),
+                    |_| Ok(()),
+                );
             assert!(agreed.is_err(), "{bad:02x?} is not of small order");
             assert!(check_public_key(&bad).is_err());
             let mut high = bad;
@@ -2655,7 +2663,7 @@ mod tests {
                 .key
                 .seal_in_place_separate_tag(
                     noise_nonce(CHACHA, 0).unwrap(),
-                    ring::aead::Aad::empty(),
+                    Aad::empty(),
                     &mut piece,
                 )
                 .unwrap();

@@ -1,6 +1,6 @@
 //! Serving an app over TLS (`wss://`), and development certificates.
 //!
-//! TLS is rustls with the *ring* crypto provider, used explicitly (no
+//! TLS is rustls with the *aws-lc-rs* crypto provider, used explicitly (no
 //! process-wide default provider is needed or installed). [`serve`] serves
 //! the app with the SDK's accept loop, exactly like the plain path, over a
 //! [`TlsListener`] that wraps a TCP listener and hands over connections
@@ -182,7 +182,7 @@ impl TlsConfig {
         cert_chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()

@@ -432,7 +432,7 @@ fn locate_and_build_client() -> PathBuf {
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         // Set for the test process, it would differ from the outer build's
-        // environment and make build scripts that watch it (ring's) rebuild
+        // environment and make build scripts that watch it rebuild
         // every time, inside and outside.
         .env_remove("CARGO_MANIFEST_DIR")
         .status()

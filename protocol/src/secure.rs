@@ -89,7 +89,7 @@ use std::num::NonZeroU64;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use base64::Engine as _;
-use bytes::{Buf as _, Bytes};
+use bytes::{Bytes, BytesMut};
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 use snow::{Builder, HandshakeState};
@@ -894,6 +894,7 @@ impl Channel {
             sealer: Sealer {
                 key: Transport::new(cipher, &send, REKEY_INTERVAL)?,
                 nonce: 0,
+                spare: None,
             },
             opener: Opener {
                 key: Transport::new(cipher, &receive, REKEY_INTERVAL)?,
@@ -1015,12 +1016,20 @@ impl Transport {
         Ok(pending.as_ref().unwrap_or(self))
     }
 
-    /// Encrypts `in_out` in place with counter `n`; returns the tag.
+    /// Encrypts with counter `n` the plaintext `flag` then `part`: `flag`
+    /// in place, `part` into `out`, which is as long as `part` plus the tag
+    /// and gets the tag last. `part` is read where it lies: no copy first.
     #[cfg(not(feature = "insecure-plaintext-bench"))]
     #[inline]
-    fn seal(&self, n: u64, in_out: &mut [u8]) -> Result<impl AsRef<[u8]> + use<>, SecureError> {
+    fn seal(
+        &self,
+        n: u64,
+        flag: &mut [u8],
+        part: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), SecureError> {
         self.key
-            .seal_in_place_separate_tag(noise_nonce(self.cipher, n)?, Aad::empty(), in_out)
+            .seal_in_place_scatter(noise_nonce(self.cipher, n)?, Aad::empty(), flag, part, out)
             .map_err(|_| SecureError::Tampered)
     }
 
@@ -1034,13 +1043,22 @@ impl Transport {
             .map_err(|_| SecureError::Tampered)
     }
 
-    /// INSECURE, benchmarks only: leaves `in_out` in the clear; the "tag" is
-    /// [`PLAINTEXT_TAG`] and the counter.
+    /// INSECURE, benchmarks only: leaves `flag` and `part` (copied into
+    /// `out`) in the clear; the "tag" is [`PLAINTEXT_TAG`] and the counter.
     #[cfg(feature = "insecure-plaintext-bench")]
     #[inline]
-    fn seal(&self, n: u64, _in_out: &mut [u8]) -> Result<impl AsRef<[u8]> + use<>, SecureError> {
+    fn seal(
+        &self,
+        n: u64,
+        _flag: &mut [u8],
+        part: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), SecureError> {
         noise_nonce(self.cipher, n)?;
-        Ok(plaintext_tag(n))
+        let (clear, tag) = out.split_at_mut(part.len());
+        clear.copy_from_slice(part);
+        tag.copy_from_slice(&plaintext_tag(n));
+        Ok(())
     }
 
     /// INSECURE, benchmarks only: checks the tag slot holds
@@ -1120,7 +1138,20 @@ pub const MESSAGE_LEAD: usize = 32;
 pub struct Sealer {
     key: Transport,
     nonce: u64,
+    /// The allocation of the last big message [`seal_message`] made, to seal
+    /// the next one into once the socket has let go of it (it copies each
+    /// message into its own buffer as it takes it). Already written, it needs
+    /// no zeroing: a stream's pieces are sealed straight from the frame into
+    /// it, with no copy and no fresh memory (`bench/PROFILE.md`).
+    ///
+    /// [`seal_message`]: Sealer::seal_message
+    spare: Option<Bytes>,
 }
+
+/// The smallest frame whose sealed message's allocation [`Sealer`] keeps for
+/// the next: a stream's chunks (64 KiB), not answers and prompts, so that a
+/// quiet session holds no big buffer for them.
+const SPARE_MIN: usize = 16 * 1024;
 
 impl Sealer {
     /// The AEAD that seals the frames.
@@ -1131,7 +1162,7 @@ impl Sealer {
     /// Seals one plaintext frame into one WebSocket message. A socket sends
     /// [`seal_message`](Sealer::seal_message)'s instead.
     pub fn seal(&mut self, frame: &[u8]) -> Result<Vec<u8>, SecureError> {
-        let mut out = Vec::with_capacity(sealed_len(frame.len()));
+        let mut out = vec![0; sealed_len(frame.len())];
         self.seal_into(frame, &mut out)?;
         Ok(out)
     }
@@ -1141,20 +1172,33 @@ impl Sealer {
     /// behind its frame header then copies it at full speed (see
     /// [`MESSAGE_LEAD`]).
     pub fn seal_message(&mut self, frame: &[u8]) -> Result<Bytes, SecureError> {
-        let mut out = Vec::with_capacity(MESSAGE_LEAD + sealed_len(frame.len()));
-        out.resize(MESSAGE_LEAD, 0);
-        self.seal_into(frame, &mut out)?;
-        let mut message = Bytes::from(out);
-        message.advance(MESSAGE_LEAD);
-        Ok(message)
-    }
-
-    /// Appends the sealed message of `frame` to `out`; on error, `out` may
-    /// hold part of it.
-    fn seal_into(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), SecureError> {
         if frame.len() > MAX_FRAME_LEN {
             return Err(SecureError::TooLarge { len: frame.len() });
         }
+        let len = MESSAGE_LEAD + sealed_len(frame.len());
+        // The last big message's allocation once nothing else holds it.
+        let mut out = match self.spare.take().map(Bytes::try_into_mut) {
+            Some(Ok(mut spare)) if spare.capacity() >= len => {
+                spare.resize(len, 0);
+                spare
+            }
+            _ => BytesMut::zeroed(len),
+        };
+        self.seal_into(frame, &mut out[MESSAGE_LEAD..])?;
+        let out = out.freeze();
+        if frame.len() >= SPARE_MIN {
+            self.spare = Some(out.clone());
+        }
+        Ok(out.slice(MESSAGE_LEAD..))
+    }
+
+    /// Writes the sealed message of `frame` into `out`, exactly
+    /// [`sealed_len`] bytes; on error, `out` may hold part of it.
+    fn seal_into(&mut self, frame: &[u8], out: &mut [u8]) -> Result<(), SecureError> {
+        if frame.len() > MAX_FRAME_LEN {
+            return Err(SecureError::TooLarge { len: frame.len() });
+        }
+        debug_assert_eq!(out.len(), sealed_len(frame.len()));
         let mut chunks: Vec<&[u8]> = frame.chunks(MAX_PIECE).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
@@ -1163,17 +1207,21 @@ impl Sealer {
         let mut nonce = self.nonce;
         // The key after a rekey within this frame, if any.
         let mut rekeyed = None;
+        let mut rest = out;
         for (index, chunk) in chunks.into_iter().enumerate() {
             let len = 1 + chunk.len() + TAG_LEN;
             let prefix = u16::try_from(len).map_err(|_| SecureError::TooLarge { len })?;
-            out.extend_from_slice(&prefix.to_be_bytes());
-            // The piece is written once, where it goes, and encrypted there.
-            let start = out.len();
-            out.push(if index == last_index { LAST } else { MORE });
-            crate::copy::extend_from_slice(out, chunk);
+            let (piece, after) = rest
+                .split_at_mut_checked(2 + len)
+                .ok_or(SecureError::TooLarge { len })?;
+            let (prefix_bytes, piece) = piece.split_at_mut(2);
+            prefix_bytes.copy_from_slice(&prefix.to_be_bytes());
+            let (flag, sealed) = piece.split_at_mut(1);
+            flag[0] = if index == last_index { LAST } else { MORE };
+            // The chunk is encrypted from the frame into the message.
             let key = self.key.for_piece(nonce, &mut rekeyed)?;
-            let tag = key.seal(nonce, &mut out[start..])?;
-            out.extend_from_slice(tag.as_ref());
+            key.seal(nonce, flag, chunk, sealed)?;
+            rest = after;
             nonce += 1;
         }
         // Only a frame sealed whole moves the channel on.
@@ -1492,6 +1540,43 @@ mod tests {
         // The refused frame moved nothing: the next one opens.
         let message = seal.seal_message(b"after").unwrap();
         assert_eq!(open.open(&message).unwrap(), b"after");
+    }
+
+    #[test]
+    fn a_big_message_is_sealed_into_the_last_ones_allocation_once_it_is_let_go() {
+        for ciphers in each_cipher() {
+            let ((mut seal, _), (_, mut open)) = pair_of(&ciphers);
+            let frame = |size: usize, salt: usize| -> Vec<u8> {
+                (0..size).map(|i| ((i + salt) % 241) as u8).collect()
+            };
+            let (a, b, c) = (
+                frame(MAX_PIECE + 9, 1),
+                frame(2 * MAX_PIECE, 2),
+                frame(SPARE_MIN, 3),
+            );
+            // Still held (by the socket, say): the next one gets its own
+            // allocation, and the held one is left as it was.
+            let first = seal.seal_message(&a).unwrap();
+            let second = seal.seal_message(&b).unwrap();
+            assert_ne!(first.as_ptr(), second.as_ptr());
+            assert_eq!(open.open(&first).unwrap(), a, "{ciphers:?}");
+            assert_eq!(open.open(&second).unwrap(), b, "{ciphers:?}");
+            // Let go: the next, smaller, is sealed where the last one was.
+            let at = second.as_ptr();
+            drop((first, second));
+            let third = seal.seal_message(&c).unwrap();
+            assert_eq!(third.as_ptr(), at, "{ciphers:?}");
+            assert_eq!(open.open(&third).unwrap(), c, "{ciphers:?}");
+            assert!(seal.spare.is_some());
+            // A small one may use it, but a quiet session keeps no big buffer.
+            drop(third);
+            let small = seal.seal_message(b"small").unwrap();
+            assert!(seal.spare.is_none(), "{ciphers:?}");
+            assert_eq!(open.open(&small).unwrap(), b"small");
+            let big = frame(3 * MAX_PIECE, 4);
+            let message = seal.seal_message(&big).unwrap();
+            assert_eq!(open.open(&message).unwrap(), big, "{ciphers:?}");
+        }
     }
 
     // The plaintext bench build authenticates nothing: a flipped byte of a

@@ -443,3 +443,17 @@ fn the_client_and_the_sdk_agree_on_the_post_quantum_key_exchange() {
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
 }
+
+#[test]
+fn the_client_seeds_its_random_generator_without_cpu_jitter() {
+    // `.cargo/config.toml` builds aws-lc without its CPU jitter entropy
+    // source, which took about 20 ms of every client process's first TLS
+    // handshake; the OS's generator seeds it instead.
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_terminalwire")).unwrap();
+    let contains = |needle: &[u8]| binary.windows(needle.len()).any(|window| window == needle);
+    assert!(
+        contains(b"aes_gcm_encrypt"),
+        "aws-lc's symbols are in the binary"
+    );
+    assert!(!contains(b"jent_entropy_collector_alloc"));
+}

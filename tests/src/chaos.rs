@@ -21,7 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::pattern::Pattern;
+use crate::cutter::reset;
+use crate::pattern::{Pattern, SPLITMIX64_GAMMA, fnv, splitmix64};
 
 /// A small seeded generator (splitmix64).
 #[derive(Debug, Clone)]
@@ -35,11 +36,8 @@ impl Rng {
 
     /// The next 64 random bits.
     pub fn bits(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(SPLITMIX64_GAMMA);
+        splitmix64(self.0)
     }
 
     /// Uniform in `low..=high`.
@@ -344,12 +342,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn reset(stream: TcpStream) {
-    #[allow(deprecated)]
-    let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
 /// Counts bytes towards the plan's offset.
 struct Gate {
     at: Option<u64>,
@@ -545,16 +537,6 @@ async fn forward(
 
 // ---------------------------------------------------------------------
 // The app.
-
-/// FNV-1a, 64 bits.
-pub fn fnv(bytes: &[u8]) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
 
 /// The chunk sizes `stream SEED BYTES` writes: varied, from 1 byte to
 /// 200 KB.

@@ -164,7 +164,7 @@ impl Drop for Cutter {
 
 /// Drops a connection with a reset, as a dead network path looks to a peer
 /// that tries to use it.
-fn reset(stream: TcpStream) {
+pub(crate) fn reset(stream: TcpStream) {
     // A zero linger never blocks (the warning's concern): the close sends
     // a reset at once.
     #[allow(deprecated)]

@@ -1,6 +1,23 @@
 //! Deterministic pseudo-random content for transfer tests, addressable by
 //! offset so any chunk can be generated or checked on its own.
 
+/// splitmix64's step between states.
+pub const SPLITMIX64_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// splitmix64's output for the state `z`.
+pub const fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a, 64 bits: a small stable hash for comparing content.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A byte stream whose every 8-byte word is `splitmix64(seed + index)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pattern {
@@ -14,12 +31,7 @@ impl Pattern {
     }
 
     fn word(&self, index: u64) -> [u8; 8] {
-        let mut z = self
-            .seed
-            .wrapping_add(index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)).to_le_bytes()
+        splitmix64(self.seed.wrapping_add(index.wrapping_mul(SPLITMIX64_GAMMA))).to_le_bytes()
     }
 
     /// Fills `out` with the stream's bytes from `offset` on.

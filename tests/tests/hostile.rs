@@ -24,6 +24,7 @@ use terminalwire_protocol::frame::{
 };
 use terminalwire_protocol::{ClientFrame, ErrorCode, RequestId, ServerFrame};
 use terminalwire_server::{Context, ResourceError, Terminal};
+use terminalwire_tests::pattern::fnv;
 use terminalwire_tests::{
     Client, ScriptedServer, ScriptedSocket, TestServer, client_binary, next_client_frame,
     send_server_frame,
@@ -1398,13 +1399,6 @@ async fn a_folder_swapped_for_a_file_after_the_check_keeps_the_file_ceiling() {
 
 // ---------------------------------------------------------------------------
 // Every resource through the SDK.
-
-/// A small stable hash for comparing stdin content.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 
 async fn use_every_resource(ctx: Context) -> anyhow::Result<()> {
     use anyhow::Context as _;

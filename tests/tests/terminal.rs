@@ -915,8 +915,8 @@ fn stty_words(tty: &std::path::Path) -> Vec<String> {
 
 /// Stops the client (as Ctrl-Z does), lets the terminal be set for a shell
 /// meanwhile (cooked, with echo: what bash and zsh put back for their
-/// prompt), then continues it (as `fg` does).
-async fn stop_then_continue_under_a_shell(pane: &TmuxPane) {
+/// prompt), then continues it (as `fg` does); the pane's terminal.
+async fn stop_then_continue_under_a_shell(pane: &TmuxPane) -> std::path::PathBuf {
     use rustix::process::{Signal, kill_process};
     let client = pane.client_pid().await;
     let tty = pane.tty().await;
@@ -939,6 +939,7 @@ async fn stop_then_continue_under_a_shell(pane: &TmuxPane) {
     assert!(sane.success());
     assert!(stty_words(&tty).iter().any(|word| word == "echo"));
     kill_process(client, Signal::CONT).unwrap();
+    tty
 }
 
 /// Ctrl-Z at a password prompt, then `fg`: the shell had the terminal
@@ -950,8 +951,7 @@ async fn a_password_read_stopped_and_continued_still_does_not_echo() {
     let server = TestServer::with_terminal(app()).await;
     let pane = pane_for(&server, "password");
     pane.wait_for("Password:").await;
-    stop_then_continue_under_a_shell(&pane).await;
-    let tty = pane.tty().await;
+    let tty = stop_then_continue_under_a_shell(&pane).await;
     terminalwire_tests::eventually("echo off again", Duration::from_secs(20), || {
         stty_words(&tty).iter().any(|word| word == "-echo")
     })
@@ -976,8 +976,7 @@ async fn raw_mode_stopped_and_continued_is_raw_again() {
     let server = TestServer::with_terminal(app()).await;
     let pane = pane_for(&server, "hold-raw");
     pane.wait_for("raw held").await;
-    stop_then_continue_under_a_shell(&pane).await;
-    let tty = pane.tty().await;
+    let tty = stop_then_continue_under_a_shell(&pane).await;
     terminalwire_tests::eventually("raw mode again", Duration::from_secs(20), || {
         let words = stty_words(&tty);
         words.iter().any(|word| word == "-icanon") && words.iter().any(|word| word == "-echo")

@@ -1182,7 +1182,7 @@ impl Sealer {
     /// Seals one plaintext frame into one WebSocket message. A socket sends
     /// [`seal_message`](Sealer::seal_message)'s instead.
     pub fn seal(&mut self, frame: &[u8]) -> Result<Vec<u8>, SecureError> {
-        let mut out = vec![0; sealed_len(frame.len())];
+        let mut out = vec![0; checked_sealed_len(frame)?];
         self.seal_into(frame, &mut out)?;
         Ok(out)
     }
@@ -1192,10 +1192,7 @@ impl Sealer {
     /// behind its frame header then copies it at full speed (see
     /// [`MESSAGE_LEAD`]).
     pub fn seal_message(&mut self, frame: &[u8]) -> Result<Bytes, SecureError> {
-        if frame.len() > MAX_FRAME_LEN {
-            return Err(SecureError::TooLarge { len: frame.len() });
-        }
-        let len = MESSAGE_LEAD + sealed_len(frame.len());
+        let len = MESSAGE_LEAD + checked_sealed_len(frame)?;
         // The last big message's allocation once nothing else holds it.
         let mut out = match self.spare.take().map(Bytes::try_into_mut) {
             Some(Ok(mut spare)) if spare.capacity() >= len => {
@@ -1213,12 +1210,8 @@ impl Sealer {
     }
 
     /// Writes the sealed message of `frame` into `out`, exactly
-    /// [`sealed_len`] bytes; on error, `out` may hold part of it.
+    /// [`checked_sealed_len`] bytes; on error, `out` may hold part of it.
     fn seal_into(&mut self, frame: &[u8], out: &mut [u8]) -> Result<(), SecureError> {
-        if frame.len() > MAX_FRAME_LEN {
-            return Err(SecureError::TooLarge { len: frame.len() });
-        }
-        debug_assert_eq!(out.len(), sealed_len(frame.len()));
         let mut chunks: Vec<&[u8]> = frame.chunks(MAX_PIECE).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
@@ -1249,6 +1242,15 @@ impl Sealer {
         self.nonce = nonce;
         Ok(())
     }
+}
+
+/// The length of the sealed message of `frame`; a frame over
+/// [`MAX_FRAME_LEN`] is refused before anything is made for it.
+fn checked_sealed_len(frame: &[u8]) -> Result<usize, SecureError> {
+    if frame.len() > MAX_FRAME_LEN {
+        return Err(SecureError::TooLarge { len: frame.len() });
+    }
+    Ok(sealed_len(frame.len()))
 }
 
 /// The length of the sealed message of a frame of `frame_len` bytes.

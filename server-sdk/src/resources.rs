@@ -170,9 +170,7 @@ impl Stdin {
             let end = newline.map_or(chunk.len(), |at| at + 1);
             kept_back.bytes.extend_from_slice(&chunk[..end]);
             if newline.is_some() {
-                if end < chunk.len() {
-                    self.ctx.shared.unread_stdin(vec![chunk[end..].to_vec()]);
-                }
+                self.unread_from(&chunk, end);
                 return line_of(without_ending(std::mem::take(&mut kept_back.bytes)));
             }
             if kept_back.bytes.len() > MAX_LINE + 1 {
@@ -193,11 +191,17 @@ impl Stdin {
                 return Ok(());
             }
             if let Some(at) = chunk.iter().position(|&byte| byte == b'\n') {
-                if at + 1 < chunk.len() {
-                    self.ctx.shared.unread_stdin(vec![chunk[at + 1..].to_vec()]);
-                }
+                self.unread_from(&chunk, at + 1);
                 return Ok(());
             }
+        }
+    }
+
+    /// Puts `chunk[from..]`, what a line read took past its newline, back
+    /// for the next read.
+    fn unread_from(&self, chunk: &[u8], from: usize) {
+        if from < chunk.len() {
+            self.ctx.shared.unread_stdin(vec![chunk[from..].to_vec()]);
         }
     }
 

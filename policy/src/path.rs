@@ -163,21 +163,21 @@ pub(crate) fn resolve_absolute(path: &Path) -> Result<ResolvedPath, PathError> {
 pub(crate) fn resolve_normalized(
     absolute: &Path,
 ) -> Result<(ResolvedPath, Option<Sighting>), PathError> {
-    let (mut path, rest, is_dir, sighting) = match symlink_free_prefix(absolute) {
-        Some((path, rest, sighting)) => {
+    let (path, is_dir, sighting) = match symlink_free(absolute) {
+        Some(sighting) => {
             let is_dir = matches!(sighting, Sighting::Present(stat)
                 if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory);
-            (path, rest, is_dir, Some(sighting))
+            (absolute.to_path_buf(), is_dir, Some(sighting))
         }
         None => {
-            let (path, rest) = canonical_prefix(absolute)?;
+            let (mut path, rest) = canonical_prefix(absolute)?;
             let is_dir = rest.is_empty() && path.is_dir();
-            (path, rest, is_dir, None)
+            for part in rest {
+                path.push(part);
+            }
+            (path, is_dir, None)
         }
     };
-    for part in rest {
-        path.push(part);
-    }
     check_len(path.as_os_str())?;
     Ok((ResolvedPath { path, is_dir }, sighting))
 }
@@ -194,17 +194,25 @@ pub fn expand_tilde(raw: &str, user_home: &Path) -> Result<PathBuf, PathError> {
         });
     }
     check_len(OsStr::new(raw))?;
+    // Joined into one allocation of the final size (a request's path
+    // comes here every time).
+    let join = |rest: &str| {
+        let mut joined = PathBuf::with_capacity(user_home.as_os_str().len() + 1 + rest.len());
+        joined.push(user_home);
+        joined.push(rest);
+        joined
+    };
     let expanded = if raw == "~" {
         user_home.to_path_buf()
     } else if let Some(rest) = raw.strip_prefix("~/") {
-        user_home.join(rest)
+        join(rest)
     } else if raw.starts_with('~') {
         return Err(PathError::OtherUserHome {
             path: raw.to_owned(),
         });
     } else {
         // A relative path starts from the user's home; an absolute one is kept.
-        user_home.join(raw)
+        join(raw)
     };
     check_len(expanded.as_os_str())?;
     Ok(expanded)
@@ -212,7 +220,8 @@ pub fn expand_tilde(raw: &str, user_home: &Path) -> Result<PathBuf, PathError> {
 
 /// Remove `.` and `..` lexically from an absolute path; `raw` is named in errors.
 fn normalize(path: &Path, raw: &str) -> Result<PathBuf, PathError> {
-    let mut out = PathBuf::new();
+    // Never longer than `path`: one allocation per request.
+    let mut out = PathBuf::with_capacity(path.as_os_str().len());
     for component in path.components() {
         match component {
             Component::Prefix(p) => out.push(p.as_os_str()),
@@ -246,13 +255,13 @@ fn normalize(path: &Path, raw: &str) -> Result<PathBuf, PathError> {
 /// itself): `ENOENT` means nothing is there and every component the kernel
 /// met was a plain one, so the path is canonical in one system call (the
 /// usual answer to an `exists`); otherwise `fstat` on what it opened says
-/// what is there. Returns the prefix, the missing components and what is at
-/// the path; `None` for anything else (a symlink, a file on the way, an
-/// error), which the general resolution handles.
+/// what is there. Returns the path, canonical as it is, and what is at it;
+/// `None` for anything else (a symlink, a file on the way, an error, the
+/// root), which the general resolution handles.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn symlink_free_prefix(path: &Path) -> Option<(PathBuf, Vec<&OsStr>, Sighting)> {
+fn symlink_free(path: &Path) -> Option<Sighting> {
     use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
-    let (parent, name) = (path.parent()?, path.file_name()?);
+    path.file_name()?;
     let opened = rustix::fs::openat2(
         rustix::fs::CWD,
         path,
@@ -266,19 +275,19 @@ fn symlink_free_prefix(path: &Path) -> Option<(PathBuf, Vec<&OsStr>, Sighting)> 
             match FileType::from_raw_mode(stat.st_mode) {
                 // Followed by the general resolution.
                 FileType::Symlink => None,
-                _ => Some((path.to_path_buf(), Vec::new(), Sighting::Present(stat))),
+                _ => Some(Sighting::Present(stat)),
             }
         }
         // Some component is missing: the ones before it are plain folders
         // (a symlink among them would have been ELOOP first), and the ones
         // after it do not exist, so none is a symlink.
-        Err(rustix::io::Errno::NOENT) => Some((parent.to_path_buf(), vec![name], Sighting::Absent)),
+        Err(rustix::io::Errno::NOENT) => Some(Sighting::Absent),
         Err(_) => None,
     }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn symlink_free_prefix(_path: &Path) -> Option<(PathBuf, Vec<&OsStr>, Sighting)> {
+fn symlink_free(_path: &Path) -> Option<Sighting> {
     None
 }
 

@@ -464,6 +464,12 @@ async fn tilde_dot_after_enter_leaves_a_server_that_holds_raw_mode_and_reads_no_
         "screen:\n{}",
         exit.screen
     );
+    // The session loop ended the client, not the key pump's last resort.
+    assert!(
+        !exit.screen.contains("did not end when told"),
+        "screen:\n{}",
+        exit.screen
+    );
     assert_terminal_restored(&exit);
 }
 

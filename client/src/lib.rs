@@ -32,7 +32,8 @@
 //! - [`session`]: the protocol engine, generic over the WebSocket's byte stream
 //!   and the local streams, so tests drive it in memory.
 //! - [`error`]: [`ClientError`] and the exit codes.
-//! - [`woken`]: a stream polled only when it woke its task (the WebSocket).
+//! - [`woken`]: a stream polled only when it woke its task (the WebSocket,
+//!   the signals, the escape keys).
 
 #![forbid(unsafe_code)]
 

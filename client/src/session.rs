@@ -2556,26 +2556,28 @@ async fn next_signal(signals: &mut Option<WokenOnly<Signals>>) -> LocalSignal {
     }
 }
 
-/// The first signal that arrived, in a fixed order. Polled through
-/// [`WokenOnly`]: the session loop turns many times a request while it
-/// lingers, and polling six signal streams each turn took a few percent of
-/// the client's time per request.
+/// A signal that arrived: the first pending one in a fixed order, those
+/// that end or detach the client first and the window's size last (a
+/// window being dragged sends many, and must not hold the others back).
+/// Polled through [`WokenOnly`]: the session loop turns many times a
+/// request while it lingers, and polling six signal streams each turn took
+/// a few percent of the client's time per request.
 impl Stream for Signals {
     type Item = LocalSignal;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LocalSignal>> {
         let this = self.get_mut();
         let watched = [
-            (&mut this.interrupt, LocalSignal::Interrupt),
-            (&mut this.resize, LocalSignal::Resize),
             (&mut this.terminate, LocalSignal::Terminate(15)),
             (&mut this.hangup, LocalSignal::Terminate(1)),
+            (&mut this.interrupt, LocalSignal::Interrupt),
             (&mut this.quit, LocalSignal::Detach),
             (&mut this.cont, LocalSignal::Continued),
+            (&mut this.resize, LocalSignal::Resize),
         ];
         for (signal, local) in watched {
-            // `None`: tokio's signal driver is gone, and that signal with
-            // it; the others may still come.
+            // tokio gives no `None` here (its signal driver lives as long
+            // as the runtime); ignored, should it ever.
             if let Poll::Ready(Some(())) = signal.poll_recv(cx) {
                 return Poll::Ready(Some(local));
             }

@@ -160,9 +160,17 @@ pub(crate) fn resolve_absolute(path: &Path) -> Result<ResolvedPath, PathError> {
     resolve_normalized(&normalize(path, &path.to_string_lossy())?).map(|(path, _)| path)
 }
 
+/// [`resolve_seen`] of a path already made absolute and normalized (as
+/// `normalize` makes it: no `.`, `..`, doubled or trailing separator), which
+/// the path returned is when no symlink was on the way.
 pub(crate) fn resolve_normalized(
     absolute: &Path,
 ) -> Result<(ResolvedPath, Option<Sighting>), PathError> {
+    debug_assert!(
+        normalize(absolute, "")
+            .is_ok_and(|normalized| normalized.as_os_str() == absolute.as_os_str()),
+        "{absolute:?} is not normalized"
+    );
     let (path, is_dir, sighting) = match symlink_free(absolute) {
         Some(sighting) => {
             let is_dir = matches!(sighting, Sighting::Present(stat)
@@ -255,8 +263,8 @@ fn normalize(path: &Path, raw: &str) -> Result<PathBuf, PathError> {
 /// itself): `ENOENT` means nothing is there and every component the kernel
 /// met was a plain one, so the path is canonical in one system call (the
 /// usual answer to an `exists`); otherwise `fstat` on what it opened says
-/// what is there. Returns the path, canonical as it is, and what is at it;
-/// `None` for anything else (a symlink, a file on the way, an error, the
+/// what is there. Returns what is at the path, which is then its own
+/// canonical form; `None` for anything else (a symlink, a file on the way, an error, the
 /// root), which the general resolution handles.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn symlink_free(path: &Path) -> Option<Sighting> {

@@ -7,7 +7,8 @@
 //! loop's thread to run: a stat of a path on a hung network mount (answered
 //! on that thread, `resources::Resources::perform_now`) holds it in the
 //! kernel, and tokio's signal handling with it. This thread hears SIGINT,
-//! SIGTERM and SIGHUP whatever the loop does; once one says the client must
+//! SIGTERM and SIGHUP whatever the loop does (and SIGTSTP, Ctrl-Z: see
+//! `stop`); once one says the client must
 //! end, it tells the session, and if the session has not ended
 //! [`GRACE`] later (or [`ENDING`] more, when the session is writing out
 //! what it must), it restores the terminal and ends the process with the
@@ -19,6 +20,8 @@
 //! - `SignalWatch`: the watching thread, stopped when dropped.
 //! - `Interrupts`: a second Ctrl-C soon after the first.
 //! - `end_process`: the end itself, shared with the `~.` escape.
+//! - `stop`: Ctrl-Z, with the terminal given back to the shell meanwhile,
+//!   and `group_orphaned`, which says when nobody could continue the client.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGTSTP};
 
 use crate::error::ClientError;
 use crate::session::DOUBLE_INTERRUPT;
@@ -114,7 +117,7 @@ impl SignalWatch {
         tell: impl Fn(ExitNow) + Send + 'static,
         end: impl FnOnce(ExitNow) + Send + 'static,
     ) -> io::Result<SignalWatch> {
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGTSTP])?;
         let handle = signals.handle();
         let (ended, session_ended) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -130,6 +133,10 @@ impl SignalWatch {
                     }
                     SIGTERM => Some(ExitNow::Terminated(15)),
                     SIGHUP => Some(ExitNow::Terminated(1)),
+                    SIGTSTP => {
+                        stop();
+                        None
+                    }
                     _ => None,
                 });
                 // `None`: the watch was dropped.
@@ -149,6 +156,72 @@ impl SignalWatch {
             thread: Some(thread),
         })
     }
+}
+
+/// Ctrl-Z (SIGTSTP, caught while a session runs): the terminal as it was
+/// found while the client is stopped, then the stop itself (SIGSTOP, which
+/// cannot be caught). Not caught, a stop at a password prompt left echo off
+/// (or an app's raw mode on) for a shell that does not set the terminal
+/// for itself (dash). Once continued, the session loop sets the terminal
+/// again for what is going on (SIGCONT, `terminal::reassert`). In raw mode
+/// Ctrl-Z is a key for the app, and only `kill -TSTP` comes here.
+///
+/// The kernel discards Ctrl-Z for an orphaned process group (`exec
+/// terminalwire ...` from a login shell, `ssh -t host terminalwire ...`):
+/// nobody could continue it. Caught, the signal comes here all the same,
+/// so such a client does not stop either.
+fn stop() {
+    if group_orphaned() {
+        return;
+    }
+    if let Err(error) = crate::terminal::suspend() {
+        tracing::warn!(%error, "cannot give the terminal back before stopping");
+    }
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+}
+
+/// Whether this process's group is orphaned, as the kernel decides for
+/// Ctrl-Z: no member's parent is in another group of the same session (the
+/// job-control shell that would continue it). Walked from this process up
+/// through its ancestors in its group (a launcher that runs the client
+/// as its child is one): the first parent outside the group says. A group
+/// this cannot prove continuable counts as orphaned: stopped for good with
+/// nobody to continue it, the client would hang, where ignoring Ctrl-Z is
+/// what the kernel itself does for such a group.
+fn group_orphaned() -> bool {
+    use rustix::process::{getpgid, getpgrp, getpid, getsid};
+    let (group, Ok(session)) = (getpgrp(), getsid(None)) else {
+        return true;
+    };
+    let mut member = getpid();
+    // A bound, should the process table change under the walk.
+    for _ in 0..64 {
+        let Some(parent) = parent_of(member) else {
+            return true;
+        };
+        let Ok(parent_group) = getpgid(Some(parent)) else {
+            return true;
+        };
+        if parent_group != group {
+            return getsid(Some(parent)).ok() != Some(session);
+        }
+        member = parent;
+    }
+    true
+}
+
+/// The parent of `pid`: this process's from the kernel, another's from
+/// `/proc` where there is one.
+fn parent_of(pid: rustix::process::Pid) -> Option<rustix::process::Pid> {
+    if pid == rustix::process::getpid() {
+        return rustix::process::getppid();
+    }
+    // `/proc/PID/stat`: "PID (NAME) STATE PPID ...", the name may hold
+    // anything, parentheses included.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let parent: i32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
+    rustix::process::Pid::from_raw(parent)
 }
 
 /// Whether the session is still running after `wait` (its watch not

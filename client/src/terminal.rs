@@ -310,6 +310,16 @@ impl Drop for AsFound {
     }
 }
 
+/// Puts the terminal back as found for a stop (Ctrl-Z), keeping what is
+/// asked: [`reassert`] sets it again once the client is continued.
+pub fn suspend() -> io::Result<()> {
+    let owner = owner();
+    match &owner.found {
+        Some(found) => set(found, Mode::AsFound, OptionalActions::Now),
+        None => Ok(()),
+    }
+}
+
 /// Sets the terminal again for what is asked now, after the client was
 /// stopped (Ctrl-Z at a password prompt, `kill -STOP`) and continued
 /// (`fg`): the shell had the terminal meanwhile and set it for itself,

@@ -85,13 +85,24 @@ impl TmuxPane {
     /// [`start`](TmuxPane::start) with the terminalwire home `home` (say,
     /// another pane's), when given.
     pub fn start_with_home(args: &[&str], cols: u16, rows: u16, home: Option<&Path>) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, home, None, false, false, &[])
+        TmuxPane::launch(args, cols, rows, home, None, false, false, &[], false)
+    }
+
+    /// [`start`](TmuxPane::start) under a shell with job control (`set -m`,
+    /// as an interactive shell has): the client runs as a job of its own in
+    /// the foreground, so Ctrl-Z stops it (the pane's wrapper shell alone is
+    /// an orphaned process group, for which the kernel discards Ctrl-Z).
+    /// Once the job stops, the shell records the terminal's settings as it
+    /// finds them ([`stty_while_stopped`](TmuxPane::stty_while_stopped)) and
+    /// continues it with `fg`, once.
+    pub fn start_with_job_control(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
+        TmuxPane::launch(args, cols, rows, None, None, false, false, &[], true)
     }
 
     /// [`start`](TmuxPane::start), keeping every byte written to the pane
     /// from before the client starts ([`wait_for_output`](TmuxPane::wait_for_output)).
     pub fn start_capturing(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, None, None, false, true, &[])
+        TmuxPane::launch(args, cols, rows, None, None, false, true, &[], false)
     }
 
     /// [`start_with_home`](TmuxPane::start_with_home) with the client's
@@ -104,19 +115,29 @@ impl TmuxPane {
         home: Option<&Path>,
         stdout: &Path,
     ) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, home, Some(stdout), false, false, &[])
+        TmuxPane::launch(
+            args,
+            cols,
+            rows,
+            home,
+            Some(stdout),
+            false,
+            false,
+            &[],
+            false,
+        )
     }
 
     /// Like [`TmuxPane::start`]; after the client exits, what was typed and
     /// left unread in the terminal is shown as `leftover=[...]`.
     pub fn start_showing_leftover(args: &[&str], cols: u16, rows: u16) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, None, None, true, false, &[])
+        TmuxPane::launch(args, cols, rows, None, None, true, false, &[], false)
     }
 
     /// Like [`TmuxPane::start`], with the environment variables `env` set
     /// for the client (the debug builds' hooks, say).
     pub fn start_with_env(args: &[&str], cols: u16, rows: u16, env: &[(&str, &str)]) -> TmuxPane {
-        TmuxPane::launch(args, cols, rows, None, None, false, false, env)
+        TmuxPane::launch(args, cols, rows, None, None, false, false, env, false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -129,6 +150,7 @@ impl TmuxPane {
         show_leftover: bool,
         capture: bool,
         env: &[(&str, &str)],
+        job_control: bool,
     ) -> TmuxPane {
         require_tmux();
         let binary = client_binary();
@@ -172,6 +194,33 @@ impl TmuxPane {
         } else {
             String::new()
         };
+        // With job control, the command is a job: stopped (status 147 or
+        // 148: SIGSTOP or SIGTSTP; the client stops itself with the first),
+        // the shell notes the terminal as it finds it, then continues it in
+        // the foreground.
+        let (job_control, run) = if job_control {
+            (
+                "set -m\n".to_owned(),
+                format!(
+                    "{command}\n\
+                     status=$?\n\
+                     if [ \"$status\" -eq 147 ] || [ \"$status\" -eq 148 ]; then stty -a > {stopped}.partial; mv {stopped}.partial {stopped}; fg; status=$?; fi\n\
+                     echo $status > {partial}\n",
+                    command = quoted_args.join(" "),
+                    stopped = out("stty.stopped"),
+                    partial = out("status.partial"),
+                ),
+            )
+        } else {
+            (
+                String::new(),
+                format!(
+                    "{}\necho $? > {}\n",
+                    quoted_args.join(" "),
+                    out("status.partial")
+                ),
+            )
+        };
         // Catching SIGINT and SIGQUIT (not ignoring them: an ignored signal would stay
         // ignored in the client) keeps the wrapper alive through Ctrl-C to
         // record the client's status; the client gets the default handling.
@@ -182,15 +231,14 @@ impl TmuxPane {
              {exports}\
              stty -g > {before}\n\
              {capture}\
-             {command}\n\
-             echo $? > {partial}\n\
+             {job_control}\
+             {run}\
              stty -g > {after}\n\
              {leftover}\
              mv {partial} {status}\n\
              exec sleep 3600\n",
             home = shell_quote(&home.to_string_lossy()),
             before = out("stty.before"),
-            command = quoted_args.join(" "),
             partial = out("status.partial"),
             after = out("stty.after"),
             status = out("status"),
@@ -378,6 +426,13 @@ impl TmuxPane {
             .parse()
             .unwrap();
         rustix::process::Pid::from_raw(child).unwrap()
+    }
+
+    /// The terminal's settings (`stty -a`) as the shell found them once
+    /// the client stopped, under [`start_with_job_control`](TmuxPane::start_with_job_control);
+    /// `None` until then.
+    pub fn stty_while_stopped(&self) -> Option<String> {
+        std::fs::read_to_string(self.base().join("stty.stopped")).ok()
     }
 
     fn status(&self) -> Option<i32> {

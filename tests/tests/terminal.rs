@@ -974,6 +974,70 @@ async fn a_password_read_stopped_and_continued_still_does_not_echo() {
     assert_terminal_restored(&exit);
 }
 
+/// Ctrl-Z at a password prompt, under a shell with job control that does
+/// not set the terminal for itself (dash): the client gives the terminal
+/// back as it found it before it stops, so the shell has echo; continued
+/// (`fg`), it turns echo off again for the password. The stop left echo
+/// off for the shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_z_at_a_password_prompt_gives_the_shell_its_terminal_back() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = TmuxPane::start_with_job_control(&[server.url().as_str(), "password"], 80, 24);
+    pane.wait_for("Password:").await;
+    let tty = pane.tty().await;
+    assert!(stty_words(&tty).iter().any(|word| word == "-echo"));
+    pane.send_keys(&["C-z"]).await;
+    terminalwire_tests::eventually(
+        "the shell to see the client stop",
+        Duration::from_secs(20),
+        || pane.stty_while_stopped().is_some(),
+    )
+    .await;
+    let stopped = pane.stty_while_stopped().unwrap_or_default();
+    assert!(
+        stopped.split([' ', ';', '\n']).any(|word| word == "echo"),
+        "the shell got the terminal without echo:\n{stopped}"
+    );
+    // `fg`: the password read goes on, without echo.
+    terminalwire_tests::eventually("echo off again", Duration::from_secs(20), || {
+        stty_words(&tty).iter().any(|word| word == "-echo")
+    })
+    .await;
+    pane.type_text("hunter2").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("Name:").await;
+    pane.type_text("visible-name").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("length 7 name visible-name").await;
+    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
+/// Ctrl-Z where nobody could continue the client (an orphaned process
+/// group: the pane's wrapper shell has no job control, and its parent is
+/// in another session) does not stop it, as the kernel itself discards
+/// Ctrl-Z for such a group: the password read goes on. A client that
+/// stopped there would hang for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_z_without_a_shell_to_continue_the_client_does_not_stop_it() {
+    let server = TestServer::with_terminal(app()).await;
+    let pane = pane_for(&server, "password");
+    pane.wait_for("Password:").await;
+    pane.send_keys(&["C-z"]).await;
+    pane.type_text("hunter2").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("Name:").await;
+    pane.type_text("visible-name").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("length 7 name visible-name").await;
+    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
 /// The same for the app's raw mode: continued, the client makes the
 /// terminal raw again (the shell left it cooked), and its escape still
 /// works.

@@ -919,6 +919,22 @@ fn stty_words(tty: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// Types the `password` command's password, then its name: the password
+/// not echoed, the name echoed, the client ending well with the terminal
+/// restored.
+async fn answer_the_password_then_the_name(pane: &TmuxPane) {
+    pane.type_text("hunter2").await;
+    pane.send_keys(&["Enter"]).await;
+    pane.wait_for("Name:").await;
+    pane.type_text("visible-name").await;
+    pane.send_keys(&["Enter"]).await;
+    let screen = pane.wait_for("length 7 name visible-name").await;
+    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
+    let exit = pane.wait_exit().await;
+    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
+    assert_terminal_restored(&exit);
+}
+
 /// Stops the client (as Ctrl-Z does), lets the terminal be set for a shell
 /// meanwhile (cooked, with echo: what bash and zsh put back for their
 /// prompt), then continues it (as `fg` does); the pane's terminal.
@@ -962,16 +978,7 @@ async fn a_password_read_stopped_and_continued_still_does_not_echo() {
         stty_words(&tty).iter().any(|word| word == "-echo")
     })
     .await;
-    pane.type_text("hunter2").await;
-    pane.send_keys(&["Enter"]).await;
-    pane.wait_for("Name:").await;
-    pane.type_text("visible-name").await;
-    pane.send_keys(&["Enter"]).await;
-    let screen = pane.wait_for("length 7 name visible-name").await;
-    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
-    let exit = pane.wait_exit().await;
-    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
-    assert_terminal_restored(&exit);
+    answer_the_password_then_the_name(&pane).await;
 }
 
 /// Ctrl-Z at a password prompt, under a shell with job control that does
@@ -1003,16 +1010,7 @@ async fn ctrl_z_at_a_password_prompt_gives_the_shell_its_terminal_back() {
         stty_words(&tty).iter().any(|word| word == "-echo")
     })
     .await;
-    pane.type_text("hunter2").await;
-    pane.send_keys(&["Enter"]).await;
-    pane.wait_for("Name:").await;
-    pane.type_text("visible-name").await;
-    pane.send_keys(&["Enter"]).await;
-    let screen = pane.wait_for("length 7 name visible-name").await;
-    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
-    let exit = pane.wait_exit().await;
-    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
-    assert_terminal_restored(&exit);
+    answer_the_password_then_the_name(&pane).await;
 }
 
 /// Ctrl-Z where nobody could continue the client (an orphaned process
@@ -1026,16 +1024,7 @@ async fn ctrl_z_without_a_shell_to_continue_the_client_does_not_stop_it() {
     let pane = pane_for(&server, "password");
     pane.wait_for("Password:").await;
     pane.send_keys(&["C-z"]).await;
-    pane.type_text("hunter2").await;
-    pane.send_keys(&["Enter"]).await;
-    pane.wait_for("Name:").await;
-    pane.type_text("visible-name").await;
-    pane.send_keys(&["Enter"]).await;
-    let screen = pane.wait_for("length 7 name visible-name").await;
-    assert!(!screen.contains("hunter2"), "password echoed:\n{screen}");
-    let exit = pane.wait_exit().await;
-    assert_eq!(exit.status, 0, "screen:\n{}", exit.screen);
-    assert_terminal_restored(&exit);
+    answer_the_password_then_the_name(&pane).await;
 }
 
 /// The same for the app's raw mode: continued, the client makes the

@@ -12,7 +12,10 @@
 //! again). Reads wait for abandoned reads to be answered first (a client that
 //! knows `cancel` answers them with `cancelled` as soon as it hears of it,
 //! unless it had started on the input), so input stays in the order it was
-//! typed.
+//! typed. Leftovers are kept in that order, across kinds, by the id of the
+//! read that brought them (the client answers reads of input in the order
+//! they were sent), bytes a reader puts back too: a line read finds a line
+//! typed for an earlier read given up before bytes typed after it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -91,6 +94,8 @@ struct GivenUp {
 #[derive(Debug)]
 struct Leftover {
     kind: InputKind,
+    /// The id of the read that brought it: when it was typed.
+    typed: u64,
     reply: Reply,
     /// Bytes of a data reply already taken: a byte read takes a piece, and
     /// the rest stays where it is (cut off instead, every small read after
@@ -99,9 +104,10 @@ struct Leftover {
 }
 
 impl Leftover {
-    fn new(kind: InputKind, reply: Reply) -> Self {
+    fn new(kind: InputKind, typed: u64, reply: Reply) -> Self {
         Leftover {
             kind,
+            typed,
             reply,
             taken: 0,
         }
@@ -112,6 +118,8 @@ impl Leftover {
 /// ([`Pending::take_line_bytes`]).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct KeptLine {
+    /// The id of the read that brought the first of them.
+    pub(crate) typed: u64,
     /// The bytes, with the newline that ended them if one did.
     pub(crate) bytes: Vec<u8>,
     /// A newline or the end of input ended them.
@@ -195,16 +203,20 @@ impl Pending {
         false
     }
 
-    /// Puts `chunks` of stdin (in order) back before any leftover, for the
-    /// next byte reads: input a reader had taken and not handed on.
-    pub(crate) fn unread(&mut self, chunks: Vec<Vec<u8>>) {
+    /// Puts `chunks` of stdin (in order, each with the id of the read that
+    /// brought it) back for the next byte reads: input a reader had taken
+    /// and not handed on. Each goes where it was typed among the leftovers:
+    /// before what later reads brought, and before the rest of its own
+    /// read's answer, which is what followed it.
+    pub(crate) fn unread(&mut self, chunks: Vec<(u64, Vec<u8>)>) {
         let leftovers = &mut self.given_up().leftovers;
-        for bytes in chunks.into_iter().rev() {
+        for (typed, bytes) in chunks.into_iter().rev() {
             let reply = Reply::Data {
                 bytes: ByteBuf::from(bytes),
                 eof: false,
             };
-            leftovers.push_front(Leftover::new(InputKind::Bytes, reply));
+            let at = leftovers.partition_point(|left| left.typed < typed);
+            leftovers.insert(at, Leftover::new(InputKind::Bytes, typed, reply));
         }
     }
 
@@ -223,10 +235,19 @@ impl Pending {
     /// did not hand on, answers to byte reads given up), oldest first, up
     /// to and including the first newline: the start of the next line,
     /// which a line read takes before it asks the client for more. `None`
-    /// when no bytes are kept; `ended` when a newline or the end of input
-    /// ended them (the client has nothing more of this line).
-    pub(crate) fn take_line_bytes(&mut self) -> Option<KeptLine> {
+    /// when no bytes are kept, or when a line kept for this line read
+    /// (`line`, its kind) was typed before them: the read takes that line
+    /// first ([`take_leftover`](Pending::take_leftover)). `ended` when a
+    /// newline or the end of input ended them (the client has nothing more
+    /// of this line).
+    pub(crate) fn take_line_bytes(&mut self, line: &InputKind) -> Option<KeptLine> {
         let leftovers = &mut self.given_up.as_deref_mut()?.leftovers;
+        let first = leftovers
+            .iter()
+            .find(|left| left.kind == InputKind::Bytes || left.kind == *line)?;
+        if first.kind != InputKind::Bytes {
+            return None;
+        }
         let mut kept: Option<KeptLine> = None;
         let mut at = 0;
         while at < leftovers.len() {
@@ -240,7 +261,10 @@ impl Pending {
                 continue;
             }
             let rest = &bytes[left.taken..];
-            let line = kept.get_or_insert_with(KeptLine::default);
+            let line = kept.get_or_insert_with(|| KeptLine {
+                typed: left.typed,
+                ..KeptLine::default()
+            });
             match rest.iter().position(|&byte| byte == b'\n') {
                 Some(newline) => {
                     line.bytes.extend_from_slice(&rest[..=newline]);
@@ -264,9 +288,10 @@ impl Pending {
         kept
     }
 
-    /// Input an abandoned read took that answers `op`, oldest first. A byte
-    /// read takes at most its `max` bytes; the rest stays for the next.
-    pub(crate) fn take_leftover(&mut self, op: &Operation) -> Option<Reply> {
+    /// Input an abandoned read took that answers `op`, oldest first, with
+    /// the id of the read that brought it. A byte read takes at most its
+    /// `max` bytes; the rest stays for the next.
+    pub(crate) fn take_leftover(&mut self, op: &Operation) -> Option<(u64, Reply)> {
         let kind = InputKind::of(op)?;
         let leftovers = &mut self.given_up.as_deref_mut()?.leftovers;
         if let InputKind::Line(_) = kind {
@@ -287,16 +312,20 @@ impl Pending {
                 // that ended it.
                 let eof = last && *eof;
                 left.taken += piece.len();
+                let typed = left.typed;
                 if last {
                     leftovers.remove(at);
                 }
-                return Some(Reply::Data {
-                    bytes: ByteBuf::from(piece),
-                    eof,
-                });
+                return Some((
+                    typed,
+                    Reply::Data {
+                        bytes: ByteBuf::from(piece),
+                        eof,
+                    },
+                ));
             }
         }
-        leftovers.remove(at).map(|left| left.reply)
+        leftovers.remove(at).map(|left| (left.typed, left.reply))
     }
 }
 
@@ -318,7 +347,11 @@ impl GivenUp {
             {
                 return;
             }
-            self.leftovers.push_back(Leftover::new(kind, reply));
+            // In the order typed: answers come in the order their reads
+            // were sent, so this is almost always the end.
+            let typed = response.id.0;
+            let at = self.leftovers.partition_point(|left| left.typed <= typed);
+            self.leftovers.insert(at, Leftover::new(kind, typed, reply));
         }
     }
 }
@@ -346,6 +379,11 @@ mod tests {
         }
     }
 
+    /// The reply a leftover gives `op`, without the id of its read.
+    fn reply_to(pending: &mut Pending, op: &Operation) -> Option<Reply> {
+        pending.take_leftover(op).map(|(_, reply)| reply)
+    }
+
     fn read_line() -> Operation {
         Operation::StdinReadLine { prompt: None }
     }
@@ -370,12 +408,12 @@ mod tests {
         assert!(!pending.has_abandoned());
         // Not for a password or a key read: it was typed for a line.
         assert_eq!(
-            pending.take_leftover(&Operation::StdinReadPassword { prompt: None }),
+            reply_to(&mut pending, &Operation::StdinReadPassword { prompt: None }),
             None
         );
-        assert_eq!(pending.take_leftover(&Operation::ReadKey), None);
-        assert_eq!(pending.take_leftover(&read_line()), Some(line("yes")));
-        assert_eq!(pending.take_leftover(&read_line()), None);
+        assert_eq!(reply_to(&mut pending, &Operation::ReadKey), None);
+        assert_eq!(reply_to(&mut pending, &read_line()), Some(line("yes")));
+        assert_eq!(reply_to(&mut pending, &read_line()), None);
     }
 
     #[test]
@@ -389,7 +427,7 @@ mod tests {
         // The requester was dropped with the answer in its channel.
         assert!(!pending.give_up(1, Some(InputKind::Line(None)), u32::MAX, &mut answer));
         assert!(!pending.has_abandoned());
-        assert_eq!(pending.take_leftover(&read_line()), Some(line("typed")));
+        assert_eq!(reply_to(&mut pending, &read_line()), Some(line("typed")));
     }
 
     #[test]
@@ -418,7 +456,7 @@ mod tests {
                 Completed::Abandoned { settled: true }
             ));
         }
-        assert_eq!(pending.take_leftover(&read_line()), None);
+        assert_eq!(reply_to(&mut pending, &read_line()), None);
     }
 
     #[test]
@@ -451,11 +489,11 @@ mod tests {
             assert!(pending.give_up(id, InputKind::of(&op), u32::MAX, &mut answer));
             pending.complete(Response::ok(RequestId(id), line(typed)));
         }
-        assert_eq!(pending.take_leftover(&password), None);
-        assert_eq!(pending.take_leftover(&ask("Name? ")), Some(line("Ada")));
+        assert_eq!(reply_to(&mut pending, &password), None);
+        assert_eq!(reply_to(&mut pending, &ask("Name? ")), Some(line("Ada")));
         // Another question: "Bob" was typed for "Name? ", and is dropped.
-        assert_eq!(pending.take_leftover(&ask("Age? ")), None);
-        assert_eq!(pending.take_leftover(&ask("Name? ")), None);
+        assert_eq!(reply_to(&mut pending, &ask("Age? ")), None);
+        assert_eq!(reply_to(&mut pending, &ask("Name? ")), None);
     }
 
     #[test]
@@ -469,9 +507,9 @@ mod tests {
         };
         pending.complete(Response::ok(RequestId(1), data(b"abcdef", false)));
         let read = |max| Operation::StdinRead { max };
-        assert_eq!(pending.take_leftover(&read(4)), Some(data(b"abcd", false)));
-        assert_eq!(pending.take_leftover(&read(4)), Some(data(b"ef", false)));
-        assert_eq!(pending.take_leftover(&read(4)), None);
+        assert_eq!(reply_to(&mut pending, &read(4)), Some(data(b"abcd", false)));
+        assert_eq!(reply_to(&mut pending, &read(4)), Some(data(b"ef", false)));
+        assert_eq!(reply_to(&mut pending, &read(4)), None);
     }
 
     /// Small reads after a large answer to a read given up take it a piece
@@ -492,7 +530,7 @@ mod tests {
         let mut read = Vec::new();
         for max in (1..=5).cycle() {
             let Some(Reply::Data { bytes, eof }) =
-                pending.take_leftover(&Operation::StdinRead { max })
+                reply_to(&mut pending, &Operation::StdinRead { max })
             else {
                 break;
             };
@@ -529,13 +567,13 @@ mod tests {
             };
             pending.complete(Response::ok(RequestId(id), reply));
         }
-        let kept = pending.take_leftover(&Operation::StdinRead { max: 100 });
+        let kept = reply_to(&mut pending, &Operation::StdinRead { max: 100 });
         assert!(
             matches!(&kept, Some(Reply::Data { bytes, .. }) if bytes.as_slice() == b"abcdef"),
             "{kept:?}"
         );
         assert_eq!(
-            pending.take_leftover(&Operation::StdinRead { max: 100 }),
+            reply_to(&mut pending, &Operation::StdinRead { max: 100 }),
             None
         );
     }
@@ -543,30 +581,33 @@ mod tests {
     #[test]
     fn a_line_is_taken_from_the_bytes_kept_up_to_its_newline() {
         let mut pending = Pending::default();
-        assert_eq!(pending.take_line_bytes(), None);
-        let mut answer = sent(&mut pending, 1);
-        assert!(pending.give_up(1, Some(InputKind::Line(None)), 0, &mut answer));
-        pending.complete(Response::ok(RequestId(1), line("typed for a line read")));
-        pending.unread(vec![b"one\ntw".to_vec(), b"o\nthr".to_vec()]);
-        let kept = |bytes: &[u8], ended| {
+        let line_read = InputKind::Line(None);
+        assert_eq!(pending.take_line_bytes(&line_read), None);
+        let mut answer = sent(&mut pending, 5);
+        assert!(pending.give_up(5, Some(InputKind::Line(None)), 0, &mut answer));
+        pending.complete(Response::ok(RequestId(5), line("typed for a line read")));
+        // Brought by reads 2 and 3, before the line read.
+        pending.unread(vec![(2, b"one\ntw".to_vec()), (3, b"o\nthr".to_vec())]);
+        let kept = |typed, bytes: &[u8], ended| {
             Some(KeptLine {
+                typed,
                 bytes: bytes.to_vec(),
                 ended,
             })
         };
-        assert_eq!(pending.take_line_bytes(), kept(b"one\n", true));
+        assert_eq!(pending.take_line_bytes(&line_read), kept(2, b"one\n", true));
         // A line over two chunks.
-        assert_eq!(pending.take_line_bytes(), kept(b"two\n", true));
+        assert_eq!(pending.take_line_bytes(&line_read), kept(2, b"two\n", true));
         // The start of a line whose rest the client has.
-        assert_eq!(pending.take_line_bytes(), kept(b"thr", false));
-        assert_eq!(pending.take_line_bytes(), None);
+        assert_eq!(pending.take_line_bytes(&line_read), kept(3, b"thr", false));
+        assert_eq!(pending.take_line_bytes(&line_read), None);
         // A line read's own input is no byte read's.
         assert_eq!(
-            pending.take_leftover(&read_line()),
+            reply_to(&mut pending, &read_line()),
             Some(line("typed for a line read"))
         );
         // Bytes that end the input end the line.
-        pending.unread(vec![b"last".to_vec()]);
+        pending.unread(vec![(6, b"last".to_vec())]);
         let Some(Leftover {
             reply: Reply::Data { eof, .. },
             ..
@@ -575,17 +616,18 @@ mod tests {
             panic!("nothing kept");
         };
         *eof = true;
-        assert_eq!(pending.take_line_bytes(), kept(b"last", true));
+        assert_eq!(pending.take_line_bytes(&line_read), kept(6, b"last", true));
     }
 
     #[test]
     fn bytes_put_back_come_before_the_input_of_reads_given_up() {
         let mut pending = Pending::default();
-        let mut answer = sent(&mut pending, 1);
-        assert!(pending.give_up(1, Some(InputKind::Bytes), 100, &mut answer));
-        pending.unread(vec![b"held".to_vec(), b"brought".to_vec()]);
+        let mut answer = sent(&mut pending, 3);
+        assert!(pending.give_up(3, Some(InputKind::Bytes), 100, &mut answer));
+        // Brought by reads 1 and 2, before the read given up.
+        pending.unread(vec![(1, b"held".to_vec()), (2, b"brought".to_vec())]);
         pending.complete(Response::ok(
-            RequestId(1),
+            RequestId(3),
             Reply::Data {
                 bytes: ByteBuf::from(b"late".to_vec()),
                 eof: false,
@@ -593,7 +635,7 @@ mod tests {
         ));
         let mut read = Vec::new();
         while let Some(Reply::Data { bytes, .. }) =
-            pending.take_leftover(&Operation::StdinRead { max: 100 })
+            reply_to(&mut pending, &Operation::StdinRead { max: 100 })
         {
             read.push(String::from_utf8(bytes.into_vec()).unwrap());
         }
@@ -615,7 +657,49 @@ mod tests {
             pending.complete(Response::ok(RequestId(2), line("two"))),
             Completed::Abandoned { settled: true }
         );
-        assert_eq!(pending.take_leftover(&read_line()), Some(line("one")));
-        assert_eq!(pending.take_leftover(&read_line()), Some(line("two")));
+        assert_eq!(reply_to(&mut pending, &read_line()), Some(line("one")));
+        assert_eq!(reply_to(&mut pending, &read_line()), Some(line("two")));
+    }
+
+    /// A line typed for a line read given up, then bytes a reader took
+    /// after it and put back: the next line read with that prompt gets the
+    /// line first, as typed. (The bytes came first: they were put back in
+    /// front of every leftover.) Bytes typed before the line still come
+    /// before it.
+    #[test]
+    fn a_line_typed_for_a_read_given_up_comes_before_bytes_typed_after_it() {
+        let mut pending = Pending::default();
+        let line_read = InputKind::Line(Some("p ".into()));
+        let mut answer = sent(&mut pending, 4);
+        assert!(pending.give_up(4, Some(line_read.clone()), u32::MAX, &mut answer));
+        pending.complete(Response::ok(RequestId(4), line("typed first")));
+        // Read 5 brought "B\nC\n"; a reader handed on "B\n", put back the
+        // rest. Read 2 brought what another reader put back: typed before.
+        pending.unread(vec![(5, b"C\n".to_vec())]);
+        pending.unread(vec![(2, b"before\n".to_vec())]);
+        let kept = |typed, bytes: &[u8]| {
+            Some(KeptLine {
+                typed,
+                bytes: bytes.to_vec(),
+                ended: true,
+            })
+        };
+        assert_eq!(pending.take_line_bytes(&line_read), kept(2, b"before\n"));
+        assert_eq!(pending.take_line_bytes(&line_read), None);
+        let ask = Operation::StdinReadLine {
+            prompt: Some("p ".into()),
+        };
+        assert_eq!(reply_to(&mut pending, &ask), Some(line("typed first")));
+        assert_eq!(pending.take_line_bytes(&line_read), kept(5, b"C\n"));
+        // A line read with another prompt does not wait for that line.
+        let mut pending = Pending::default();
+        let mut answer = sent(&mut pending, 4);
+        assert!(pending.give_up(4, Some(line_read.clone()), u32::MAX, &mut answer));
+        pending.complete(Response::ok(RequestId(4), line("typed first")));
+        pending.unread(vec![(5, b"C\n".to_vec())]);
+        assert_eq!(
+            pending.take_line_bytes(&InputKind::Line(Some("other ".into()))),
+            kept(5, b"C\n")
+        );
     }
 }

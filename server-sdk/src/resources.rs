@@ -26,6 +26,7 @@ use serde_bytes::ByteBuf;
 use terminalwire_protocol::frame::{self as wire, Operation, Reply};
 
 use crate::context::{Context, ResourceError};
+use crate::pending::InputKind;
 
 /// The longest input line the client sends, without its ending (longer
 /// ones it refuses and skips).
@@ -63,6 +64,9 @@ fn line_too_long() -> ResourceError {
 /// back for the next read if the line read is dropped before it is done.
 struct KeptBack<'a> {
     ctx: &'a Context,
+    /// The id of the read that brought the first of them: put back, they
+    /// go where it was typed (see `pending`).
+    typed: u64,
     bytes: Vec<u8>,
 }
 
@@ -71,7 +75,7 @@ impl Drop for KeptBack<'_> {
         if !self.bytes.is_empty() {
             self.ctx
                 .shared
-                .unread_stdin(vec![std::mem::take(&mut self.bytes)]);
+                .unread_stdin(vec![(self.typed, std::mem::take(&mut self.bytes))]);
         }
     }
 }
@@ -128,16 +132,19 @@ impl Stdin {
     /// first, and the line goes on with what the client has not sent yet,
     /// read as bytes up to the newline (what follows it is kept for the
     /// next read). The prompt is then written to stderr by the server,
-    /// before the line.
+    /// before the line. A line typed for an earlier read with the same
+    /// prompt that was given up comes before bytes typed after it.
     pub async fn read_line(&self, prompt: Option<&str>) -> Result<Option<String>, ResourceError> {
+        let line = InputKind::Line(prompt.map(str::to_owned));
         // Boxed: every command's future holds room for this one.
-        let Some(kept) = Box::pin(self.ctx.shared.kept_line()).await? else {
+        let Some(kept) = Box::pin(self.ctx.shared.kept_line(&line)).await? else {
             return self.ask_line(prompt).await;
         };
         // Put back for the next read should this one be given up (dropped
         // while it waits), as the input of every read given up is kept.
         let mut kept_back = KeptBack {
             ctx: &self.ctx,
+            typed: kept.typed,
             bytes: kept.bytes,
         };
         if let Some(prompt) = prompt {
@@ -161,7 +168,7 @@ impl Stdin {
         // character split between the two as not UTF-8), up to the
         // newline; what comes after it is put back for the next read.
         loop {
-            let chunk = self.read_chunk(crate::streams::STDIN_READ).await?;
+            let (typed, chunk) = self.read_chunk_typed(crate::streams::STDIN_READ).await?;
             if chunk.is_empty() {
                 // The end of input ends the last line.
                 return line_of(std::mem::take(&mut kept_back.bytes));
@@ -170,7 +177,7 @@ impl Stdin {
             let end = newline.map_or(chunk.len(), |at| at + 1);
             kept_back.bytes.extend_from_slice(&chunk[..end]);
             if newline.is_some() {
-                self.unread_from(&chunk, end);
+                self.unread_from(typed, &chunk, end);
                 return line_of(without_ending(std::mem::take(&mut kept_back.bytes)));
             }
             if kept_back.bytes.len() > MAX_LINE + 1 {
@@ -186,12 +193,12 @@ impl Stdin {
     /// Reads and drops stdin up to the next newline, or to the end.
     async fn skip_line(&self) -> Result<(), ResourceError> {
         loop {
-            let chunk = self.read_chunk(crate::streams::STDIN_READ).await?;
+            let (typed, chunk) = self.read_chunk_typed(crate::streams::STDIN_READ).await?;
             if chunk.is_empty() {
                 return Ok(());
             }
             if let Some(at) = chunk.iter().position(|&byte| byte == b'\n') {
-                self.unread_from(&chunk, at + 1);
+                self.unread_from(typed, &chunk, at + 1);
                 return Ok(());
             }
         }
@@ -199,9 +206,11 @@ impl Stdin {
 
     /// Puts `chunk[from..]`, what a line read took past its newline, back
     /// for the next read.
-    fn unread_from(&self, chunk: &[u8], from: usize) {
+    fn unread_from(&self, typed: u64, chunk: &[u8], from: usize) {
         if from < chunk.len() {
-            self.ctx.shared.unread_stdin(vec![chunk[from..].to_vec()]);
+            self.ctx
+                .shared
+                .unread_stdin(vec![(typed, chunk[from..].to_vec())]);
         }
     }
 
@@ -239,13 +248,23 @@ impl Stdin {
     /// input. A `max` of 0 is refused at once ([`ResourceError::Invalid`]):
     /// its empty answer could not be told from the end of input.
     pub async fn read_chunk(&self, max: u32) -> Result<Vec<u8>, ResourceError> {
+        self.read_chunk_typed(max).await.map(|(_, bytes)| bytes)
+    }
+
+    /// [`read_chunk`](Stdin::read_chunk), with the id of the read that
+    /// brought the bytes: where they go if they are put back.
+    pub(crate) async fn read_chunk_typed(&self, max: u32) -> Result<(u64, Vec<u8>), ResourceError> {
         if max == 0 {
             return Err(ResourceError::Invalid {
                 message: "a read of standard input must ask for at least one byte".into(),
             });
         }
-        let reply = self.ctx.request(Operation::StdinRead { max }).await?;
-        data_reply(reply, max).map(|(bytes, _)| bytes)
+        let (typed, reply) = self
+            .ctx
+            .shared
+            .request_answered(Operation::StdinRead { max }, None)
+            .await?;
+        data_reply(reply, max).map(|(bytes, _)| (typed, bytes))
     }
 
     /// Stdin as a tokio `AsyncRead` and `AsyncBufRead`, reading ahead:

@@ -258,12 +258,27 @@ impl Shared {
         op: Operation,
         sent: Option<&AtomicBool>,
     ) -> Result<Reply, ResourceError> {
+        self.request_answered(op, sent)
+            .await
+            .map(|(_, reply)| reply)
+    }
+
+    /// [`request_noting`](Shared::request_noting), with the id of the
+    /// request whose answer the reply is: for input, when it was typed
+    /// (the client answers reads of input in the order they were sent),
+    /// which orders what reads given up and readers leave (see
+    /// [`Pending`]).
+    pub(crate) async fn request_answered(
+        &self,
+        op: Operation,
+        sent: Option<&AtomicBool>,
+    ) -> Result<(u64, Reply), ResourceError> {
         // Boxed, as is the wait below: every command's future holds room
         // for a request, and few requests read input.
         if InputKind::reads_input(&op)
-            && let Some(reply) = Box::pin(self.input_left_over(&op)).await?
+            && let Some(left_over) = Box::pin(self.input_left_over(&op)).await?
         {
-            return Ok(reply);
+            return Ok(left_over);
         }
         let slot = tokio::select! {
             slot = self.request_slots.clone().acquire_owned() => {
@@ -310,14 +325,14 @@ impl Shared {
             // No answer is held across an await here: every command's
             // future holds this one's state, idle or not.
             if let Some(answer) = self.linger_for(&mut waiting.answer).await {
-                return into_reply(answer?);
+                return into_reply(answer?).map(|reply| (id, reply));
             }
         }
         let response = tokio::select! {
             answer = &mut waiting.answer => answer.map_err(|_| ResourceError::Disconnected)?,
             () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
         };
-        into_reply(response)
+        into_reply(response).map(|reply| (id, reply))
     }
 
     /// Polls for an answer while the client answers fast (`linger`), rather
@@ -380,8 +395,9 @@ impl Shared {
     }
 
     /// Puts stdin a reader took and did not hand on back for the next
-    /// byte reads (see [`Pending::unread`]).
-    pub(crate) fn unread_stdin(&self, chunks: Vec<Vec<u8>>) {
+    /// byte reads, each chunk with the id of the read that brought it (see
+    /// [`Pending::unread`]).
+    pub(crate) fn unread_stdin(&self, chunks: Vec<(u64, Vec<u8>)>) {
         self.pending().unread(chunks);
     }
 
@@ -391,16 +407,20 @@ impl Shared {
 
     /// Input that reads given up took and that answers `op`, once every
     /// read given up was answered: it comes first, in typed order.
-    async fn input_left_over(&self, op: &Operation) -> Result<Option<Reply>, ResourceError> {
+    async fn input_left_over(&self, op: &Operation) -> Result<Option<(u64, Reply)>, ResourceError> {
         self.abandoned_reads_answered().await?;
         Ok(self.pending().take_leftover(op))
     }
 
     /// The start of the next line from stdin kept for byte reads, once
-    /// every read given up was answered (see [`Pending::take_line_bytes`]).
-    pub(crate) async fn kept_line(&self) -> Result<Option<KeptLine>, ResourceError> {
+    /// every read given up was answered, for a line read of `line` (see
+    /// [`Pending::take_line_bytes`]).
+    pub(crate) async fn kept_line(
+        &self,
+        line: &InputKind,
+    ) -> Result<Option<KeptLine>, ResourceError> {
         self.abandoned_reads_answered().await?;
-        Ok(self.pending().take_line_bytes())
+        Ok(self.pending().take_line_bytes(line))
     }
 
     /// Resolves once no read the command gave up waits for its answer.

@@ -168,6 +168,9 @@ pub struct StdinReader {
     /// Bytes received and not consumed: `buffer[position..]`.
     buffer: Vec<u8>,
     position: usize,
+    /// The id of the read that brought `buffer`: where its rest goes if it
+    /// is put back.
+    buffer_typed: u64,
     ended: bool,
 }
 
@@ -181,12 +184,15 @@ impl std::fmt::Debug for StdinReader {
     }
 }
 
+/// The bytes of one read, with its id.
+type Typed = (u64, Vec<u8>);
+
 /// One read of a [`StdinReader`].
 enum Read {
     /// Not answered yet.
-    Waiting(Pending<Result<Vec<u8>, ResourceError>>),
+    Waiting(Pending<Result<Typed, ResourceError>>),
     /// Answered before the reads ahead of it.
-    Done(Result<Vec<u8>, ResourceError>),
+    Done(Result<Typed, ResourceError>),
 }
 
 impl StdinReader {
@@ -196,6 +202,7 @@ impl StdinReader {
             in_flight: VecDeque::new(),
             buffer: Vec::new(),
             position: 0,
+            buffer_typed: 0,
             ended: false,
         }
     }
@@ -204,7 +211,7 @@ impl StdinReader {
         while !self.ended && self.in_flight.len() < STDIN_READS_IN_FLIGHT {
             let stdin = self.ctx.stdin();
             self.in_flight.push_back(Read::Waiting(Box::pin(async move {
-                stdin.read_chunk(STDIN_READ).await
+                stdin.read_chunk_typed(STDIN_READ).await
             })));
         }
     }
@@ -214,7 +221,7 @@ impl StdinReader {
     fn poll_oldest(
         &mut self,
         cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Vec<u8>, ResourceError>>> {
+    ) -> Poll<Option<Result<Typed, ResourceError>>> {
         for read in &mut self.in_flight {
             if let Read::Waiting(waiting) = read
                 && let Poll::Ready(result) = waiting.as_mut().poll(cx)
@@ -241,8 +248,8 @@ impl AsyncBufRead for StdinReader {
             let Some(result) = ready!(this.poll_oldest(cx)) else {
                 break;
             };
-            let bytes = match result {
-                Ok(bytes) => bytes,
+            let (typed, bytes) = match result {
+                Ok(typed_bytes) => typed_bytes,
                 Err(error) => {
                     // The reader ends here, as at the end of input: what its
                     // reads still in flight bring goes to the next read.
@@ -259,6 +266,7 @@ impl AsyncBufRead for StdinReader {
                 this.give_back_reads();
             }
             this.buffer = bytes;
+            this.buffer_typed = typed;
             this.position = 0;
         }
         Poll::Ready(Ok(&this.buffer[this.position..]))
@@ -300,7 +308,7 @@ impl StdinReader {
     /// its reads still in flight bring (they give up as they drop, and their
     /// input is kept behind this).
     fn give_back_reads(&mut self) {
-        let mut held = vec![self.buffer.split_off(self.position)];
+        let mut held = vec![(self.buffer_typed, self.buffer.split_off(self.position))];
         self.position = 0;
         let mut waiting = Vec::new();
         for read in std::mem::take(&mut self.in_flight) {
@@ -310,7 +318,7 @@ impl StdinReader {
                 Read::Waiting(read) => waiting.push(read),
             }
         }
-        held.retain(|bytes| !bytes.is_empty());
+        held.retain(|(_, bytes)| !bytes.is_empty());
         if !held.is_empty() {
             self.ctx.shared.unread_stdin(held);
         }

@@ -999,6 +999,111 @@ async fn a_line_read_for_a_read_given_up_goes_to_the_next_read() {
     }
 }
 
+/// A line typed for a line read given up, then a stdin reader that reads
+/// bytes typed after it and is dropped holding some: the next line reads
+/// with that prompt get the line first, then those bytes, as typed. (The
+/// bytes came first: what a dropped reader held went in front of every
+/// line kept.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_typed_for_a_read_given_up_comes_before_what_a_reader_put_back() {
+    use tokio::io::AsyncBufReadExt;
+    let gave_up = Arc::new(Notify::new());
+    let gave_up_in_command = gave_up.clone();
+    let terminal = Terminal::new(move |ctx: Context| {
+        let gave_up = gave_up_in_command.clone();
+        async move {
+            let first =
+                tokio::time::timeout(Duration::from_millis(50), ctx.read_line(Some("p "))).await;
+            gave_up.notify_one();
+            let mut by_reader = String::new();
+            {
+                let mut reader = ctx.stdin().reader();
+                reader.read_line(&mut by_reader).await?;
+            }
+            let mut lines = Vec::new();
+            for _ in 0..3 {
+                lines.push(ctx.read_line(Some("p ")).await?);
+            }
+            ctx.stdout()
+                .println(format!(
+                    "timed out {}, the reader {by_reader:?}, then {lines:?}",
+                    first.is_err()
+                ))
+                .await?;
+            anyhow::Ok(())
+        }
+    });
+    let (client, server) = socket_pair().await;
+    let script = async {
+        let mut client = secure_client(client).await;
+        send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
+        assert!(matches!(
+            next_server(&mut client).await,
+            Some(ServerFrame::Welcome(_))
+        ));
+        let Some(ServerFrame::Request(first)) = next_server(&mut client).await else {
+            panic!("expected the line read");
+        };
+        let cancel = next_server(&mut client).await;
+        assert!(matches!(cancel, Some(ServerFrame::Cancel(_))), "{cancel:?}");
+        gave_up.notified().await;
+        // Typed before the cancel came: the answer leaves all the same.
+        let line = Reply::Line {
+            line: Some("typed first".into()),
+        };
+        send_client(
+            &mut client,
+            &ClientFrame::Response(Response::ok(first.id, line)),
+        )
+        .await;
+        // Typed after it, for the reader's two reads.
+        let mut typed_later = [&b"B\nC\n"[..], &b"D\n"[..]].into_iter();
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match next_server(&mut client).await {
+                Some(ServerFrame::Data(data)) if data.sid == StreamId::STDOUT => {
+                    stdout.extend_from_slice(&data.bytes);
+                }
+                Some(ServerFrame::Data(data)) => stderr.extend_from_slice(&data.bytes),
+                Some(ServerFrame::Request(request)) => {
+                    let Operation::StdinRead { .. } = request.op else {
+                        panic!("unexpected {:?}", request.op);
+                    };
+                    let bytes = typed_later.next().expect("no third read");
+                    let reply = Reply::Data {
+                        bytes: bytes.to_vec().into(),
+                        eof: false,
+                    };
+                    send_client(
+                        &mut client,
+                        &ClientFrame::Response(Response::ok(request.id, reply)),
+                    )
+                    .await;
+                }
+                // The reader's second read, given up as it was dropped.
+                Some(ServerFrame::Cancel(_)) => {}
+                Some(ServerFrame::Exit(exit)) => {
+                    assert_eq!(exit.status, 0);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (
+            String::from_utf8_lossy(&stdout).into_owned(),
+            String::from_utf8_lossy(&stderr).into_owned(),
+        )
+    };
+    let (stdout, stderr) = serve_script(&terminal, server, script).await;
+    // The server shows the prompt of the lines it reads from bytes; the
+    // client showed the first line's.
+    assert_eq!(stderr, "p p ");
+    assert_eq!(
+        stdout,
+        "timed out true, the reader \"B\\n\", then [Some(\"typed first\"), Some(\"C\"), Some(\"D\")]\n"
+    );
+}
+
 /// Stdin through `AsyncRead` and stdout through `AsyncWrite`:
 /// `tokio::io::copy` moves megabytes byte-exact in uneven pieces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,11 @@
 //! knows `cancel` answers them with `cancelled` as soon as it hears of it,
 //! unless it had started on the input), so input stays in the order it was
 //! typed. Leftovers are kept in that order, across kinds, by the id of the
-//! read that brought them (the client answers reads of input in the order
-//! they were sent), bytes a reader puts back too: a line read finds a line
-//! typed for an earlier read given up before bytes typed after it.
+//! read that brought them (the client reads stdin for reads of bytes, lines
+//! and passwords in the order they were sent; keys, read apart, are only
+//! ever taken by key reads), bytes a reader puts back too: a line read
+//! finds a line typed for an earlier read given up before bytes typed
+//! after it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -239,7 +241,9 @@ impl Pending {
     /// (`line`, its kind) was typed before them: the read takes that line
     /// first ([`take_leftover`](Pending::take_leftover)). `ended` when a
     /// newline or the end of input ended them (the client has nothing more
-    /// of this line).
+    /// of this line). Bytes without a newline go on with the next bytes
+    /// kept, past a line kept between them (typed for a line read, it was
+    /// no part of these bytes' line).
     pub(crate) fn take_line_bytes(&mut self, line: &InputKind) -> Option<KeptLine> {
         let leftovers = &mut self.given_up.as_deref_mut()?.leftovers;
         let first = leftovers

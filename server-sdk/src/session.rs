@@ -101,6 +101,11 @@ pub(crate) struct Shared {
     /// The client knows `cancel`: an abandoned read is cancelled on it.
     cancels: bool,
     next_request: AtomicU64,
+    /// Held from taking a request's id to queueing it, so that ids leave
+    /// in order (tasks on other threads may send at once): the client
+    /// reads stdin in the order reads come, and input kept for later reads
+    /// is ordered by id (see `pending`).
+    sending: Mutex<()>,
     /// Bounds requests in flight to what clients accept; the rest wait.
     request_slots: Arc<tokio::sync::Semaphore>,
     /// The slot of each request the client has not answered yet: held until
@@ -264,10 +269,10 @@ impl Shared {
     }
 
     /// [`request_noting`](Shared::request_noting), with the id of the
-    /// request whose answer the reply is: for input, when it was typed
-    /// (the client answers reads of input in the order they were sent),
-    /// which orders what reads given up and readers leave (see
-    /// [`Pending`]).
+    /// request whose answer the reply is: for stdin, when it was typed
+    /// (the client reads stdin for reads of bytes, lines and passwords in
+    /// the order they were sent, and ids are sent in order), which orders
+    /// what reads given up and readers leave (see [`Pending`]).
     pub(crate) async fn request_answered(
         &self,
         op: Operation,
@@ -294,6 +299,8 @@ impl Shared {
             room = self.outbound.reserve() => room.map_err(|_| ResourceError::Disconnected)?,
             () = self.closed.cancelled() => return Err(ResourceError::Disconnected),
         };
+        // Not held across an await: taken and released within this poll.
+        let in_order = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         self.slots_held
             .lock()
@@ -315,6 +322,7 @@ impl Shared {
             id: terminalwire_protocol::RequestId(id),
             op,
         }))));
+        drop(in_order);
         if let Some(sent) = sent {
             sent.store(true, Ordering::Release);
         }
@@ -1391,6 +1399,7 @@ fn serve(
         pending: Mutex::new(Pending::default()),
         cancels: ClientFeatures::agreed(&hello.capabilities).cancels_reads,
         next_request: AtomicU64::new(1),
+        sending: Mutex::new(()),
         request_slots: Arc::new(tokio::sync::Semaphore::new(
             terminalwire_protocol::MAX_REQUESTS_IN_FLIGHT,
         )),

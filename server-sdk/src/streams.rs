@@ -159,7 +159,8 @@ pub const STDIN_READS_IN_FLIGHT: usize = 2;
 /// Dropped, it loses nothing: bytes it holds and bytes its reads still in
 /// flight bring go to the command's next byte read of stdin
 /// ([`read_chunk`](crate::resources::Stdin::read_chunk), another reader, or
-/// a line read, which starts with them). A failed read
+/// a line read, which starts with them unless a line kept for it was typed
+/// before them). A failed read
 /// ends it the same way: the error once, then the end of input.
 pub struct StdinReader {
     ctx: Context,

@@ -2547,13 +2547,13 @@ impl Signals {
 }
 
 async fn next_signal(signals: &mut Option<WokenOnly<Signals>>) -> LocalSignal {
-    match signals {
-        Some(signals) => match signals.next().await {
-            Some(signal) => signal,
-            None => std::future::pending().await,
-        },
-        None => std::future::pending().await,
+    // `Signals` never ends; none watched, nothing comes.
+    if let Some(signals) = signals
+        && let Some(signal) = signals.next().await
+    {
+        return signal;
     }
+    std::future::pending().await
 }
 
 /// A signal that arrived: the first pending one in a fixed order, those

@@ -264,8 +264,8 @@ fn normalize(path: &Path, raw: &str) -> Result<PathBuf, PathError> {
 /// met was a plain one, so the path is canonical in one system call (the
 /// usual answer to an `exists`); otherwise `fstat` on what it opened says
 /// what is there. Returns what is at the path, which is then its own
-/// canonical form; `None` for anything else (a symlink, a file on the way, an error, the
-/// root), which the general resolution handles.
+/// canonical form; `None` for anything else (a symlink, a file on the way,
+/// an error, the root), which the general resolution handles.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn symlink_free(path: &Path) -> Option<Sighting> {
     use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};

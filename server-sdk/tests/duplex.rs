@@ -1035,12 +1035,7 @@ async fn a_line_typed_for_a_read_given_up_comes_before_what_a_reader_put_back() 
     });
     let (client, server) = socket_pair().await;
     let script = async {
-        let mut client = secure_client(client).await;
-        send_client(&mut client, &ClientFrame::Hello(hello(&[]))).await;
-        assert!(matches!(
-            next_server(&mut client).await,
-            Some(ServerFrame::Welcome(_))
-        ));
+        let mut client = welcomed(client).await;
         let Some(ServerFrame::Request(first)) = next_server(&mut client).await else {
             panic!("expected the line read");
         };

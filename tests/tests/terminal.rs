@@ -913,10 +913,23 @@ fn stty_words(tty: &std::path::Path) -> Vec<String> {
         .output()
         .unwrap();
     assert!(output.status.success(), "stty -F {tty:?} -a failed");
-    String::from_utf8_lossy(&output.stdout)
-        .split([' ', ';', '\n'])
+    words_of_stty(&String::from_utf8_lossy(&output.stdout))
         .map(str::to_owned)
         .collect()
+}
+
+/// The words of `stty -a`'s output.
+fn words_of_stty(text: &str) -> impl Iterator<Item = &str> {
+    text.split([' ', ';', '\n'])
+}
+
+/// Waits until echo is off on `tty` again (the client, continued, set it
+/// for the password read still going on).
+async fn wait_for_echo_off(tty: &std::path::Path) {
+    terminalwire_tests::eventually("echo off again", Duration::from_secs(20), || {
+        stty_words(tty).iter().any(|word| word == "-echo")
+    })
+    .await;
 }
 
 /// Types the `password` command's password, then its name: the password
@@ -974,10 +987,7 @@ async fn a_password_read_stopped_and_continued_still_does_not_echo() {
     let pane = pane_for(&server, "password");
     pane.wait_for("Password:").await;
     let tty = stop_then_continue_under_a_shell(&pane).await;
-    terminalwire_tests::eventually("echo off again", Duration::from_secs(20), || {
-        stty_words(&tty).iter().any(|word| word == "-echo")
-    })
-    .await;
+    wait_for_echo_off(&tty).await;
     answer_the_password_then_the_name(&pane).await;
 }
 
@@ -1002,14 +1012,11 @@ async fn ctrl_z_at_a_password_prompt_gives_the_shell_its_terminal_back() {
     .await;
     let stopped = pane.stty_while_stopped().unwrap_or_default();
     assert!(
-        stopped.split([' ', ';', '\n']).any(|word| word == "echo"),
+        words_of_stty(&stopped).any(|word| word == "echo"),
         "the shell got the terminal without echo:\n{stopped}"
     );
     // `fg`: the password read goes on, without echo.
-    terminalwire_tests::eventually("echo off again", Duration::from_secs(20), || {
-        stty_words(&tty).iter().any(|word| word == "-echo")
-    })
-    .await;
+    wait_for_echo_off(&tty).await;
     answer_the_password_then_the_name(&pane).await;
 }
 
@@ -1027,8 +1034,8 @@ async fn ctrl_z_without_a_shell_to_continue_the_client_does_not_stop_it() {
     answer_the_password_then_the_name(&pane).await;
 }
 
-/// The same for the app's raw mode: continued, the client makes the
-/// terminal raw again (the shell left it cooked), and its escape still
+/// As `a_password_read_stopped_and_continued_still_does_not_echo`, for the
+/// app's raw mode: continued, the client makes the terminal raw again (the shell left it cooked), and its escape still
 /// works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_mode_stopped_and_continued_is_raw_again() {
